@@ -1,0 +1,25 @@
+# Two commands a newcomer needs: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/taskmill: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+demo: $(BIN)/taskmill
+	$(BIN)/taskmill run -n 4 examples/monte_carlo_pi.py
+
+test: $(BIN)/taskmill
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+bench: $(BIN)/taskmill
+	$(BIN)/python benchmarks/compare.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,267 @@
+"""The `taskmill` command: controller, engine, cluster start|stop|status, status, run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .connection import (
+    default_connection_file,
+    ensure_private_dir,
+    find_connection_file,
+    new_connection_info,
+    profile_dir,
+    read_connection_file,
+    write_connection_file,
+)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def _open_store(db: str | None) -> Any:
+    from .store import MemoryStore
+
+    if db in (None, ":memory:"):
+        return MemoryStore()
+    raise SystemExit(
+        f"taskmill: --db {db}: the durable SQLite store is not built yet; use --db :memory: "
+        "(results then live in the controller's memory until cleared)")
+
+
+def cmd_controller(a: argparse.Namespace) -> int:
+    from .controller import run_controller
+    from .engine import watch_parent
+
+    _setup_logging(a.log_level)
+    path = Path(a.connection_file) if a.connection_file else default_connection_file()
+    if path.exists():
+        info = read_connection_file(path)  # reuse key and addresses: old peers reconnect
+    else:
+        info = new_connection_info(a.ip, a.port, a.engine_port)
+        write_connection_file(path, info)
+        logging.getLogger("taskmill").info("wrote connection file %s", path)
+    store = _open_store(a.db)
+    if a.parent_fd is not None:
+        watch_parent(a.parent_fd, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    run_controller(info, store=store, unmet_timeout=a.unmet_timeout, heartbeat=a.heartbeat)
+    return 0
+
+
+def cmd_engine(a: argparse.Namespace) -> int:
+    from .engine import parse_property, run_engine
+
+    _setup_logging(a.log_level)
+    props = dict(parse_property(p) for p in a.property or [])
+    info = read_connection_file(find_connection_file(a.connection_file))
+    run_engine(info, props, parent_fd=a.parent_fd)
+    return 0
+
+
+def _cluster_state_file() -> Path:
+    return profile_dir() / "cluster.json"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cmd_cluster(a: argparse.Namespace) -> int:
+    state = _cluster_state_file()
+    if a.action == "start":
+        if a.launcher != "local":
+            print(f"taskmill: launcher {a.launcher!r} is not built yet; use --launcher local",
+                  file=sys.stderr)
+            return 2
+        if state.exists():
+            old = json.loads(state.read_text())
+            if _pid_alive(old["pid"]):
+                print(f"taskmill: a cluster is already running (pid {old['pid']}); "
+                      "`taskmill cluster stop` first", file=sys.stderr)
+                return 1
+            state.unlink()
+        if a.daemon:
+            return _start_daemon(a, state)
+        return _run_cluster_foreground(a, state)
+    if a.action == "stop":
+        if not state.exists():
+            print("taskmill: no cluster is running in this profile", file=sys.stderr)
+            return 1
+        pid = json.loads(state.read_text())["pid"]
+        if _pid_alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while _pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        state.unlink(missing_ok=True)
+        print(f"cluster (pid {pid}) stopped")
+        return 0
+    # status
+    if not state.exists() or not _pid_alive(json.loads(state.read_text())["pid"]):
+        print("no cluster running")
+        return 1
+    s = json.loads(state.read_text())
+    print(f"cluster running: pid {s['pid']}, {s['n']} engines, connection file "
+          f"{s['connection_file']}")
+    return 0
+
+
+def _run_cluster_foreground(a: argparse.Namespace, state: Path) -> int:
+    from .cluster import Cluster
+
+    conn = Path(a.connection_file) if a.connection_file else default_connection_file()
+    cluster = Cluster(a.n, ip=a.ip, db=a.db, connection_file=conn,
+                      unmet_timeout=a.unmet_timeout)
+    stopping = False
+
+    def _stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    cluster.start()
+    ensure_private_dir(state.parent)
+    state.write_text(json.dumps({"pid": os.getpid(), "n": cluster.n,
+                                 "connection_file": str(cluster.connection_file)}))
+    print(f"cluster started: {cluster.n} engines; connection file {cluster.connection_file}",
+          flush=True)
+    try:
+        while not stopping:
+            signal.pause()
+    finally:
+        cluster.stop()
+        state.unlink(missing_ok=True)
+    return 0
+
+
+def _start_daemon(a: argparse.Namespace, state: Path) -> int:
+    ensure_private_dir(state.parent)
+    log = state.parent / "cluster.log"
+    cmd = [sys.executable, "-m", "taskmill", "cluster", "start", "-n", str(a.n), "--ip", a.ip,
+           "--unmet-timeout", str(a.unmet_timeout)]
+    if a.connection_file:
+        cmd += ["--connection-file", a.connection_file]
+    if a.db:
+        cmd += ["--db", a.db]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if state.exists():
+            print(f"cluster started in the background (pid {proc.pid}); log: {log}")
+            return 0
+        if proc.poll() is not None:
+            print(f"taskmill: the cluster failed to start; see {log}", file=sys.stderr)
+            return 1
+        time.sleep(0.05)
+    print(f"taskmill: the cluster did not come up within 120s; see {log}", file=sys.stderr)
+    return 1
+
+
+def _status_table(queue: dict[str, Any], engines: list[dict[str, Any]]) -> str:
+    lines = ["queue: " + ", ".join(f"{k} {v}" for k, v in queue.items()), "",
+             f"{'engine':>6}  {'state':<5}  {'done':>6}  {'host':<20} {'pid':>7}  properties"]
+    for e in engines:
+        extra = {k: v for k, v in e["properties"].items()
+                 if k not in ("engineid", "hostname", "pid")}
+        lines.append(f"{e['engineid']:>6}  {e['state']:<5}  {e['tasks_done']:>6}  "
+                     f"{e['hostname'][:20]:<20} {e['pid']:>7}  {extra or ''}")
+    return "\n".join(lines)
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    from .client import TaskClient
+
+    with TaskClient(a.connection_file, timeout=a.timeout) as tc:
+        queue = tc.queue_status()
+        engines = tc.engines()
+    if a.json:
+        print(json.dumps({"queue": queue, "engines": engines}, indent=2))
+    else:
+        print(_status_table(queue, engines))
+    return 0
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from .cluster import Cluster
+
+    with Cluster(a.n) as cluster:
+        env = dict(os.environ, TASKMILL_CONNECTION=str(cluster.connection_file))
+        return subprocess.call([sys.executable, a.script, *a.args], env=env)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="taskmill", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("controller", help="run a controller in the foreground")
+    c.add_argument("--ip", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    c.add_argument("--port", type=int, default=None, help="client port (default: random)")
+    c.add_argument("--engine-port", type=int, default=None, help="engine port (default: random)")
+    c.add_argument("--db", default=None, help="task store path, or :memory:")
+    c.add_argument("--connection-file", default=None,
+                   help="reused when it exists (same key and addresses), else written")
+    c.add_argument("--unmet-timeout", type=float, default=30.0)
+    c.add_argument("--heartbeat", type=float, default=1.0)
+    c.add_argument("--log-level", default="INFO")
+    c.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)
+    c.set_defaults(func=cmd_controller)
+
+    e = sub.add_parser("engine", help="run an engine in the foreground")
+    e.add_argument("--connection-file", default=None)
+    e.add_argument("--property", action="append", metavar="KEY=VALUE",
+                   help="an engine property (VALUE read as JSON when it parses); repeatable")
+    e.add_argument("--log-level", default="INFO")
+    e.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)
+    e.set_defaults(func=cmd_engine)
+
+    cl = sub.add_parser("cluster", help="start, stop or inspect a local cluster")
+    cl.add_argument("action", choices=["start", "stop", "status"])
+    cl.add_argument("-n", type=int, default=os.cpu_count() or 1, help="number of engines")
+    cl.add_argument("--launcher", default="local", choices=["local", "ssh", "mpi", "slurm"])
+    cl.add_argument("--daemon", action="store_true", help="run in the background")
+    cl.add_argument("--ip", default="127.0.0.1")
+    cl.add_argument("--db", default=None)
+    cl.add_argument("--connection-file", default=None)
+    cl.add_argument("--unmet-timeout", type=float, default=30.0)
+    cl.set_defaults(func=cmd_cluster)
+
+    s = sub.add_parser("status", help="the queue and the engines of a running controller")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--connection-file", default=None)
+    s.add_argument("--timeout", type=float, default=5.0)
+    s.set_defaults(func=cmd_status)
+
+    r = sub.add_parser("run", help="run a script on a throw-away local cluster")
+    r.add_argument("-n", type=int, default=os.cpu_count() or 1, help="number of engines")
+    r.add_argument("script")
+    r.add_argument("args", nargs=argparse.REMAINDER)
+    r.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+

@@ -1,0 +1,153 @@
+"""Connection files: where the controller listens and the key that signs every message.
+
+A connection file is JSON with `key` (hex), `signature_scheme`, `client_url`, `engine_url` and
+`ip`. It is created with mode 0600 from birth (never written first and restricted after) in a
+directory of mode 0700, and refused when readable by others. It is found through an explicit
+path, then `$TASKMILL_CONNECTION`, then the default profile
+(`$TASKMILL_DIR` or `~/.taskmill`, then `profile_default/connection.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import stat
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConnectionFileError
+
+SIGNATURE_SCHEME = "hmac-sha256"
+
+
+@dataclass(slots=True)
+class ConnectionInfo:
+    key: str
+    client_url: str
+    engine_url: str
+    ip: str = "127.0.0.1"
+    signature_scheme: str = SIGNATURE_SCHEME
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key_bytes(self) -> bytes:
+        return bytes.fromhex(self.key)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        extra = d.pop("extra")
+        d.update(extra)
+        return json.dumps(d, indent=2, sort_keys=True)
+
+
+def taskmill_dir() -> Path:
+    """The root folder of taskmill's profiles: `$TASKMILL_DIR` or `~/.taskmill`."""
+    env = os.environ.get("TASKMILL_DIR")
+    return Path(env) if env else Path.home() / ".taskmill"
+
+
+def profile_dir(profile: str = "default") -> Path:
+    """The folder of one profile (created 0700 on demand by `ensure_private_dir`)."""
+    return taskmill_dir() / f"profile_{profile}"
+
+
+def default_connection_file(profile: str = "default") -> Path:
+    return profile_dir(profile) / "connection.json"
+
+
+def find_connection_file(connection: str | os.PathLike[str] | None = None) -> Path:
+    """The connection file to use: explicit, then `$TASKMILL_CONNECTION`, then the default."""
+    if connection is not None:
+        return Path(connection)
+    env = os.environ.get("TASKMILL_CONNECTION")
+    if env:
+        return Path(env)
+    return default_connection_file()
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create `path` (and parents) with mode 0700; tighten it if taskmill created it wider."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_mode & 0o077 and st.st_uid == os.getuid():
+        os.chmod(path, 0o700)
+    return path
+
+
+def free_port(ip: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on `ip`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((ip, 0))
+        return int(s.getsockname()[1])
+
+
+def new_connection_info(
+    ip: str = "127.0.0.1", client_port: int | None = None, engine_port: int | None = None
+) -> ConnectionInfo:
+    """A fresh key and a pair of (free, unless given) ports on `ip`."""
+    cp = client_port or free_port(ip)
+    ep = engine_port or free_port(ip)
+    while ep == cp:
+        ep = free_port(ip)
+    return ConnectionInfo(
+        key=secrets.token_hex(32),
+        client_url=f"tcp://{ip}:{cp}",
+        engine_url=f"tcp://{ip}:{ep}",
+        ip=ip,
+    )
+
+
+def write_connection_file(path: str | os.PathLike[str], info: ConnectionInfo) -> Path:
+    """Write `info` to `path` with mode 0600 from birth; the parent directory is made 0700."""
+    path = Path(path)
+    ensure_private_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(info.to_json())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_connection_file(path: str | os.PathLike[str]) -> ConnectionInfo:
+    """Read and check a connection file; refuse one that others can read."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ConnectionFileError(
+            f"no connection file at {path}: start a controller (`taskmill cluster start` or "
+            "`taskmill controller`) or point $TASKMILL_CONNECTION at its connection file"
+        ) from None
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise ConnectionFileError(
+            f"connection file {path} has mode {stat.S_IMODE(st.st_mode):04o}: it holds the key "
+            f"that runs code on every engine, so only its owner may read it. Fix: chmod 600 {path}"
+        )
+    try:
+        d = json.loads(path.read_text())
+        known = {"key", "client_url", "engine_url", "ip", "signature_scheme"}
+        info = ConnectionInfo(
+            key=d["key"],
+            client_url=d["client_url"],
+            engine_url=d["engine_url"],
+            ip=d.get("ip", "127.0.0.1"),
+            signature_scheme=d.get("signature_scheme", SIGNATURE_SCHEME),
+            extra={k: v for k, v in d.items() if k not in known},
+        )
+        bytes.fromhex(info.key)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConnectionFileError(f"connection file {path} is malformed: {e!r}") from None
+    if info.signature_scheme != SIGNATURE_SCHEME:
+        raise ConnectionFileError(
+            f"connection file {path} asks for signature scheme {info.signature_scheme!r}; "
+            f"taskmill speaks only {SIGNATURE_SCHEME!r}"
+        )
+    return info

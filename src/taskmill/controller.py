@@ -1,0 +1,649 @@
+"""The controller: the only process that listens. A thin I/O shell around the scheduler.
+
+How a task travels (reading order below follows it):
+
+    client --submit--> [client ROUTER] --> store.add + scheduler.submit
+                                              |
+                                   Dispatch(tid, eid) action
+                                              v
+    engine <--task--- [engine ROUTER] <-- store.task(tid) body frames, sent as opaque bytes
+    engine ---result--> [engine ROUTER] --> scheduler.task_done --> Finish action
+                                              |
+                                 store.finish + wake the waiters
+                                              v
+    client <--reply--- [client ROUTER] (replies are sent after the store has committed)
+
+One thread, one loop: poll both sockets, handle every message that is waiting, fire due timers,
+commit the store once (group commit), then send the replies that commit allowed. The controller
+never unpickles user data, except a callable `depend`, which it must call.
+
+Client messages (every one carries `req`; the reply echoes it):
+  hello, ping, submit{tasks}, result{tids, block}, watch{tids}, wait{tids}, abort{tid},
+  spin, status{verbose}, clear{tids}, engines
+Engine control messages: register, hb (heartbeat)  ->  registered, hb, reregister, interrupt
+Engine task messages: task (controller -> engine), result (engine -> controller)
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from . import __version__
+from .connection import ConnectionInfo
+from .scheduler import (
+    ABORTED,
+    DEPENDENCY,
+    ENGINE_DIED,
+    RESULT,
+    UNMET_TIMEOUT,
+    ArmTimer,
+    CancelTimer,
+    Dispatch,
+    Finish,
+    Interrupt,
+    Node,
+    Scheduler,
+)
+from .store import MemoryStore, StoredResult, StoredTask, TaskStore
+from .wire import Refused, Wire, loads
+
+log = logging.getLogger("taskmill.controller")
+
+DRAIN_BATCH = 1000
+
+
+class BadRequest(Exception):
+    """A well-signed message whose contents make no sense: answered with an error, never acted on."""
+
+
+@dataclass(slots=True)
+class EngineRecord:
+    eid: int
+    uuid: str
+    task_ident: bytes
+    ctl_ident: bytes
+    hostname: str
+    pid: int
+    properties: dict[str, Any]
+    registered: float
+    last_seen: float
+    state: str = "idle"
+    tasks_done: int = 0
+    failures: int = 0
+
+
+@dataclass(slots=True)
+class Waiter:
+    reply_to: bytes
+    req: int
+    mode: str  # "result": one reply with every result; "wait": one empty reply; "watch": one per task
+    tids: list[int]
+    remaining: set[int]
+
+
+@dataclass(slots=True)
+class Stats:
+    started: float = field(default_factory=time.time)
+    messages_in: int = 0
+    messages_out: int = 0
+    submitted: int = 0
+    finished: int = 0
+    engines_died: int = 0
+
+
+def _check_int_list(value: Any, what: str) -> list[int]:
+    if not isinstance(value, list) or not all(
+        isinstance(x, int) and not isinstance(x, bool) for x in value
+    ):
+        raise BadRequest(f"{what} must be a list of ints")
+    return value
+
+
+class Controller:
+    """Owns the sockets, the scheduler, the store and the engine registry."""
+
+    def __init__(
+        self,
+        info: ConnectionInfo,
+        *,
+        store: TaskStore | None = None,
+        unmet_timeout: float = 30.0,
+        heartbeat: float = 1.0,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.info = info
+        self.wire = Wire(info.key_bytes)
+        self.store: TaskStore = store if store is not None else MemoryStore()
+        self.sched = Scheduler(unmet_timeout=unmet_timeout)
+        self.unmet_timeout = unmet_timeout
+        self.heartbeat = heartbeat
+        self.dead_after = max(3 * heartbeat, 0.5)
+        self.engines: dict[int, EngineRecord] = {}
+        self._by_ident: dict[bytes, int] = {}
+        self._by_uuid: dict[str, int] = {}
+        self._next_eid = 0
+        self._waiters: dict[int, list[Waiter]] = {}
+        self._death_reasons: dict[int, str] = {}
+        self._started: dict[int, float] = {}  # tid -> when its current attempt was dispatched
+        self._report: tuple[dict[str, Any], list[Any]] | None = None
+        self._timers: list[tuple[float, int, tuple]] = []
+        self._timer_live: dict[tuple, int] = {}
+        self._timer_seq = itertools.count()
+        self._outbox: list[tuple[zmq.Socket, list[Any]]] = []
+        self.stats = Stats()
+        self._stopping = False
+        self.ctx = context or zmq.Context()
+        self._own_ctx = context is None
+        self.client_sock = self._router(info.client_url)
+        self.engine_sock = self._router(info.engine_url)
+        self._arm(("heartbeat-check",), self.heartbeat / 2)
+
+    def _router(self, url: str) -> zmq.Socket:
+        s = self.ctx.socket(zmq.ROUTER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.SNDHWM, 0)
+        s.setsockopt(zmq.RCVHWM, 0)
+        s.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        s.setsockopt(zmq.MAXMSGSIZE, self.wire.max_message)
+        s.bind(url)
+        return s
+
+    # -- the loop --------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.engine_sock, zmq.POLLIN)
+        poller.register(self.client_sock, zmq.POLLIN)
+        log.info("controller %s listening: clients %s, engines %s (pid %d)",
+                 __version__, self.info.client_url, self.info.engine_url, os.getpid())
+        try:
+            while not self._stopping:
+                events = dict(poller.poll(self._poll_timeout_ms()))
+                if self.engine_sock in events:
+                    self._drain(self.engine_sock, self._on_engine)
+                if self.client_sock in events:
+                    self._drain(self.client_sock, self._on_client)
+                self._fire_timers()
+                self._flush()
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def close(self) -> None:
+        try:
+            self._flush()
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            log.exception("flushing on close failed")
+        self.store.close()
+        self.client_sock.close(0)
+        self.engine_sock.close(0)
+        if self._own_ctx:
+            self.ctx.term()
+
+    def _drain(self, sock: zmq.Socket, handler: Callable[[bytes, list[Any]], None]) -> None:
+        for _ in range(DRAIN_BATCH):
+            try:
+                msg = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self.stats.messages_in += 1
+            ident = msg[0].bytes
+            try:
+                header, frames = self.wire.decode(msg[1:])
+            except Refused as e:
+                log.debug("refused message from %r: %s", ident, e)
+                continue
+            handler(ident, header, frames)
+
+    def _flush(self) -> None:
+        if not self._outbox:
+            return
+        self.store.commit()
+        out, self._outbox = self._outbox, []
+        for sock, frames in out:
+            sock.send_multipart(frames, copy=False)
+        self.stats.messages_out += len(out)
+
+    def _send(self, sock: zmq.Socket, ident: bytes, header: dict[str, Any], frames: list[Any] = ()) -> None:
+        self._outbox.append((sock, [ident, *self.wire.encode(header, frames)]))
+
+    # -- timers ----------------------------------------------------------------------------
+    def _arm(self, key: tuple, delay: float) -> None:
+        seq = next(self._timer_seq)
+        self._timer_live[key] = seq
+        heapq.heappush(self._timers, (time.monotonic() + delay, seq, key))
+
+    def _poll_timeout_ms(self) -> int:
+        if self._outbox:
+            return 0
+        while self._timers and self._timer_live.get(self._timers[0][2]) != self._timers[0][1]:
+            heapq.heappop(self._timers)
+        if not self._timers:
+            return 1000
+        return max(0, int((self._timers[0][0] - time.monotonic()) * 1000) + 1)
+
+    def _fire_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, seq, key = heapq.heappop(self._timers)
+            if self._timer_live.get(key) != seq:
+                continue
+            del self._timer_live[key]
+            if key[0] == "heartbeat-check":
+                self._check_heartbeats()
+                self._arm(key, self.heartbeat / 2)
+            else:
+                self._apply(self.sched.timer_fired(key))
+
+    # -- engines ---------------------------------------------------------------------------
+    def _on_engine(self, ident: bytes, header: dict[str, Any], frames: list[Any]) -> None:
+        kind = header["type"]
+        eid = self._by_ident.get(ident)
+        rec = self.engines.get(eid) if eid is not None else None
+        if rec is not None and rec.state != "dead":
+            rec.last_seen = time.monotonic()
+        try:
+            if kind == "register":
+                self._register(ident, header)
+            elif rec is None or rec.state == "dead":
+                # An engine this controller does not know (it restarted, or declared it dead).
+                if kind == "hb":
+                    self._send(self.engine_sock, ident, {"type": "reregister"})
+            elif kind == "hb":
+                self._send(self.engine_sock, ident, {"type": "hb"})
+            elif kind == "result":
+                self._on_result(rec, header, frames)
+            else:
+                self.wire.refused["unknown-type"] += 1
+        except (BadRequest, KeyError, TypeError, ValueError) as e:
+            self.wire.refused["bad-engine-message"] += 1
+            log.warning("bad %s message from engine %s: %r", kind, eid, e)
+
+    def _register(self, ident: bytes, header: dict[str, Any]) -> None:
+        uuid = header["uuid"]
+        eid = self._by_uuid.get(uuid)
+        if eid is not None and self.engines[eid].state != "dead":
+            rec = self.engines[eid]  # a repeated register: answer it again
+        else:
+            eid = self._next_eid
+            self._next_eid += 1
+            props = dict(header.get("properties") or {})
+            props.update(engineid=eid, hostname=header["hostname"], pid=header["pid"])
+            now = time.monotonic()
+            rec = EngineRecord(
+                eid=eid, uuid=uuid, task_ident=ident, ctl_ident=header["ctl_ident"],
+                hostname=header["hostname"], pid=header["pid"], properties=props,
+                registered=time.time(), last_seen=now,
+            )
+            self.engines[eid] = rec
+            self._by_uuid[uuid] = eid
+            self._by_ident[rec.task_ident] = eid
+            self._by_ident[rec.ctl_ident] = eid
+            log.info("engine %d registered: %s pid %d %s", eid, rec.hostname, rec.pid, props)
+            self._apply(self.sched.add_engine(eid, props))
+        self._send(self.engine_sock, ident, {
+            "type": "registered", "engineid": eid, "heartbeat": self.heartbeat,
+            "properties": rec.properties,
+        })
+
+    def _check_heartbeats(self) -> None:
+        now = time.monotonic()
+        for rec in list(self.engines.values()):
+            if rec.state != "dead" and now - rec.last_seen > self.dead_after:
+                self._engine_died(rec, f"no heartbeat for {now - rec.last_seen:.1f}s")
+
+    def _engine_died(self, rec: EngineRecord, why: str) -> None:
+        log.warning("engine %d (%s pid %d) is dead: %s", rec.eid, rec.hostname, rec.pid, why)
+        rec.state = "dead"
+        self.stats.engines_died += 1
+        self._death_reasons[rec.eid] = why
+        self._apply(self.sched.remove_engine(rec.eid))
+        self._by_ident.pop(rec.task_ident, None)
+        self._by_ident.pop(rec.ctl_ident, None)
+
+    def _on_result(self, rec: EngineRecord, header: dict[str, Any], frames: list[Any]) -> None:
+        tid, attempt, status = header["tid"], header["attempt"], header["status"]
+        props = header.get("properties")
+        if props is not None:
+            if not isinstance(props, dict):
+                raise BadRequest("properties must be a map")
+            props = {**props, "engineid": rec.eid, "hostname": rec.hostname, "pid": rec.pid}
+            rec.properties = props
+        rec.tasks_done += 1
+        if status != "ok":
+            rec.failures += 1
+        self._report = (header, frames)
+        try:
+            self._apply(self.sched.task_done(rec.eid, tid, attempt, status, props))
+        finally:
+            self._report = None
+        rec.state = "busy" if self.sched.engine_load(rec.eid) else "idle"
+
+    # -- actions ---------------------------------------------------------------------------
+    def _apply(self, actions: list[Any]) -> None:
+        for a in actions:
+            if isinstance(a, Dispatch):
+                self._dispatch(a)
+            elif isinstance(a, Finish):
+                self._finish(a)
+            elif isinstance(a, Interrupt):
+                rec = self.engines.get(a.eid)
+                if rec is not None and rec.state != "dead":
+                    self._send(self.engine_sock, rec.ctl_ident,
+                               {"type": "interrupt", "tid": a.tid, "reason": a.reason})
+            elif isinstance(a, ArmTimer):
+                self._arm(a.key, a.delay)
+            elif isinstance(a, CancelTimer):
+                self._timer_live.pop(a.key, None)
+
+    def _dispatch(self, a: Dispatch) -> None:
+        task = self.store.task(a.tid)
+        rec = self.engines[a.eid]
+        node = task.spec["nodes"][a.node]
+        start, end = node["span"]
+        self._started[a.tid] = time.time()
+        rec.state = "busy"
+        self._send(self.engine_sock, rec.task_ident, {
+            "type": "task", "tid": a.tid, "attempt": a.attempt, "engineid": a.eid,
+            "exec": node["exec"], "pmac": node["pmac"],
+        }, task.frames[start:end])
+
+    def _finish(self, a: Finish) -> None:
+        task = self.store.task(a.tid)
+        now = time.time()
+        meta: dict[str, Any] = {
+            "tid": a.tid, "engineid": a.engineid, "attempts": a.attempts,
+            "submitted": task.submitted if task else now, "completed": now,
+            "started": self._started.pop(a.tid, None), "duration": 0.0,
+            "stdout": "", "stderr": "", "kind": "map", "error": None,
+        }
+        frames: list[Any] = []
+        if a.outcome == RESULT:
+            assert self._report is not None, "a RESULT finish comes only from an engine report"
+            header, frames = self._report
+            meta.update(
+                status="ok" if a.ok else "error", kind=header.get("kind", "map"),
+                error=header.get("error"), duration=header.get("duration", 0.0),
+                stdout=header.get("stdout", ""), stderr=header.get("stderr", ""),
+                pmac=header.get("pmac"),
+            )
+        else:
+            status, etype, message = self._controller_failure(a)
+            meta.update(status=status, error={"type": etype, "message": message,
+                                              "controller": True, "traceback": ""})
+            if task is not None:
+                last = task.spec["nodes"][-1 if a.outcome == ENGINE_DIED else 0]
+                meta["kind"] = last["exec"]["kind"]
+        self.store.finish(a.tid, StoredResult(meta, list(frames)))
+        self.stats.finished += 1
+        for w in self._waiters.pop(a.tid, ()):
+            self._wake(w, a.tid)
+
+    def _controller_failure(self, a: Finish) -> tuple[str, str, str]:
+        if a.outcome == ENGINE_DIED:
+            why = self._death_reasons.get(a.engineid, "")
+            return "error", "EngineDied", (
+                f"engine {a.engineid} died while running task {a.tid} ({why})")
+        if a.outcome == ABORTED:
+            return "aborted", "TaskAborted", f"task {a.tid} was aborted"
+        if a.outcome == UNMET_TIMEOUT:
+            return "unmet_timeout", "TaskTimeout", (
+                f"task {a.tid}: no engine satisfied its depend for {self.unmet_timeout:g}s while "
+                "every engine was idle; start an engine with the properties it needs, or relax "
+                "the depend")
+        if a.outcome == DEPENDENCY:
+            return "dependency", "DependencyError", (
+                f"task {a.tid} did not run: task {a.detail}, which it waits for (after=), "
+                "failed, was aborted, or is unknown")
+        raise AssertionError(f"unknown outcome {a.outcome}")
+
+    # -- clients ---------------------------------------------------------------------------
+    def _on_client(self, ident: bytes, header: dict[str, Any], frames: list[Any]) -> None:
+        kind = header["type"]
+        req = header.get("req")
+        reply_to = header.get("rt", ident)
+        if not isinstance(reply_to, bytes):
+            reply_to = ident
+        handler = getattr(self, f"_c_{kind}", None)
+        if handler is None:
+            self.wire.refused["unknown-type"] += 1
+            self._reply(reply_to, req, error=f"unknown request type {kind!r}")
+            return
+        try:
+            handler(reply_to, req, header, frames)
+        except (BadRequest, KeyError, TypeError, ValueError, IndexError) as e:
+            self.wire.refused["bad-request"] += 1
+            self._reply(reply_to, req, error=f"bad {kind} request: {e}")
+
+    def _reply(self, reply_to: bytes, req: Any, frames: list[Any] = (), *, error: str | None = None,
+               **fields: Any) -> None:
+        header = {"type": "reply", "req": req, "ok": error is None, **fields}
+        if error is not None:
+            header["error"] = error
+        self._send(self.client_sock, reply_to, header, frames)
+
+    def _c_hello(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        self._reply(rt, req, version=__version__, engines=self._n_alive())
+
+    def _c_ping(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        self._reply(rt, req)
+
+    def _n_alive(self) -> int:
+        return sum(1 for r in self.engines.values() if r.state != "dead")
+
+    def _c_submit(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        specs = h["tasks"]
+        if not isinstance(specs, list) or not specs:
+            raise BadRequest("tasks must be a non-empty list")
+        parsed = []
+        pos = 0
+        for spec in specs:  # check everything before storing anything
+            nodes, task_frames, pos = self._parse_task(spec, frames, pos)
+            parsed.append((spec, nodes, task_frames))
+        if pos != len(frames):
+            raise BadRequest(f"{len(frames)} payload frames, but the tasks describe {pos}")
+        now = time.time()
+        tids = []
+        for spec, nodes, task_frames in parsed:
+            tid = self.store.allocate()
+            after = _check_int_list(spec.get("after", []), "after")
+            self.store.add(StoredTask(tid, {"nodes": spec["nodes"], "after": after},
+                                      task_frames, now))
+            active, broken = [], None
+            for dep in after:
+                if self.sched.is_active(dep):
+                    active.append(dep)
+                else:
+                    r = self.store.result(dep)
+                    if r is None or not r.ok:
+                        broken = dep
+                        break
+            self.stats.submitted += 1
+            self._apply(self.sched.submit(tid, nodes, after=active, broken_after=broken))
+            tids.append(tid)
+        self._reply(rt, req, tids=tids)
+
+    def _parse_task(self, spec: Any, frames: list[Any], pos: int) -> tuple[list[Node], list[Any], int]:
+        if not isinstance(spec, dict) or not isinstance(spec.get("nodes"), list) or not spec["nodes"]:
+            raise BadRequest("each task needs a non-empty list of nodes")
+        start = pos
+        nodes = []
+        n = len(spec["nodes"])
+        for meta in spec["nodes"]:
+            if not isinstance(meta, dict) or not isinstance(meta.get("exec"), dict):
+                raise BadRequest("each node needs an exec map")
+            if meta["exec"].get("kind") not in ("string", "map"):
+                raise BadRequest("exec kind must be 'string' or 'map'")
+            nf, df = meta.get("nframes", 0), meta.get("dframes", 0)
+            retries, recovery = meta.get("retries", 0), meta.get("recovery")
+            if not isinstance(nf, int) or not isinstance(df, int) or nf < 0 or df < 0:
+                raise BadRequest("nframes and dframes must be ints >= 0")
+            if not isinstance(retries, int) or retries < 0:
+                raise BadRequest("retries must be an int >= 0")
+            if recovery is not None and not (isinstance(recovery, int) and 0 <= recovery < n):
+                raise BadRequest("recovery must index a node of the same task")
+            if pos + nf + df > len(frames):
+                raise BadRequest("the tasks describe more payload frames than the message has")
+            meta["span"] = [pos - start, pos - start + nf]
+            pos += nf
+            meta["dspan"] = [pos - start, pos - start + df]
+            depend = meta.get("depend")
+            if depend == "callable":
+                dframes = frames[pos:pos + df]
+                try:
+                    self.wire.check_payload(dframes, meta.get("dpmac"))
+                    depend = loads(dframes)
+                except Refused as e:
+                    raise BadRequest(f"depend payload refused: {e}") from None
+                except Exception as e:
+                    raise BadRequest(
+                        f"the controller cannot unpickle this task's depend callable ({e!r}); "
+                        "use a dict depend or a function the controller can import") from None
+                if not callable(depend):
+                    raise BadRequest("depend must unpickle to a callable")
+            elif depend is not None and not isinstance(depend, dict):
+                raise BadRequest("depend must be null, a map, or 'callable'")
+            pos += df
+            timeout = meta.get("timeout")
+            if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
+                raise BadRequest("timeout must be null or a number > 0")
+            nodes.append(Node(retries=retries, depend=depend, recovery=recovery, timeout=timeout))
+        return nodes, list(frames[start:pos]), pos
+
+    def _result_entry(self, tid: int) -> tuple[dict[str, Any] | None, list[Any]]:
+        r = self.store.result(tid)
+        if r is not None:
+            return {**r.meta, "nframes": len(r.frames)}, r.frames
+        if self.sched.is_active(tid):
+            return None, []
+        return {"tid": tid, "unknown": True, "nframes": 0}, []
+
+    def _reply_results(self, rt: bytes, req: Any, tids: list[int]) -> None:
+        entries, out = [], []
+        for tid in tids:
+            meta, frames = self._result_entry(tid)
+            entries.append(meta)
+            out.extend(frames)
+        self._reply(rt, req, out, results=entries)
+
+    def _add_waiter(self, rt: bytes, req: Any, mode: str, tids: list[int]) -> None:
+        pending = {t for t in tids if self.sched.is_active(t)}
+        w = Waiter(rt, req, mode, tids, pending)
+        if mode == "watch":
+            for tid in tids:
+                if tid not in pending:
+                    self._send_watch(w, tid)
+        if not pending:
+            if mode == "result":
+                self._reply_results(rt, req, tids)
+            elif mode == "wait":
+                self._reply(rt, req)
+            return
+        for t in pending:
+            self._waiters.setdefault(t, []).append(w)
+
+    def _wake(self, w: Waiter, tid: int) -> None:
+        w.remaining.discard(tid)
+        if w.mode == "watch":
+            self._send_watch(w, tid)
+        elif not w.remaining:
+            if w.mode == "result":
+                self._reply_results(w.reply_to, w.req, w.tids)
+            else:
+                self._reply(w.reply_to, w.req)
+
+    def _send_watch(self, w: Waiter, tid: int) -> None:
+        meta, frames = self._result_entry(tid)
+        self._send(self.client_sock, w.reply_to,
+                   {"type": "done", "req": w.req, "tid": tid, "result": meta}, frames)
+
+    def _c_result(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        tids = _check_int_list(h["tids"], "tids")
+        if h.get("block"):
+            self._add_waiter(rt, req, "result", tids)
+        else:
+            self._reply_results(rt, req, tids)
+
+    def _c_watch(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        self._add_waiter(rt, req, "watch", _check_int_list(h["tids"], "tids"))
+
+    def _c_wait(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        self._add_waiter(rt, req, "wait", _check_int_list(h["tids"], "tids"))
+
+    def _c_abort(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        tid = h["tid"]
+        if not isinstance(tid, int):
+            raise BadRequest("tid must be an int")
+        found, actions = self.sched.abort(tid)
+        if found:
+            self._apply(actions)
+            self._reply(rt, req, status="aborted")
+        elif self.store.result(tid) is not None:
+            self._reply(rt, req, status="finished")
+        else:
+            self._reply(rt, req, status="unknown")
+
+    def _c_spin(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        dispatched, actions = self.sched.spin()
+        self._apply(actions)
+        self._reply(rt, req, dispatched=dispatched)
+
+    def _c_status(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        self._reply(rt, req, status=self.queue_status(bool(h.get("verbose"))))
+
+    def queue_status(self, verbose: bool = False) -> dict[str, Any]:
+        if verbose:
+            ok, failed = self.store.finished_ids()
+            return {"scheduled": self.sched.scheduled_ids(), "pending": self.sched.pending_ids(),
+                    "succeeded": ok, "failed": failed}
+        scheduled, pending = self.sched.counts()
+        ok, failed = self.store.counts()
+        return {"scheduled": scheduled, "pending": pending, "succeeded": ok, "failed": failed}
+
+    def _c_clear(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        tids = h.get("tids")
+        if tids is not None:
+            tids = _check_int_list(tids, "tids")
+        dropped, missing = self.store.clear(tids)
+        self._reply(rt, req, dropped=dropped, missing=missing)
+
+    def _c_engines(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        self._reply(rt, req, engines=self.engine_table())
+
+    def engine_table(self) -> list[dict[str, Any]]:
+        return [
+            {"engineid": r.eid, "hostname": r.hostname, "pid": r.pid,
+             "properties": r.properties, "state": r.state, "tasks_done": r.tasks_done,
+             "failures": r.failures}
+            for r in self.engines.values()
+        ]
+
+
+def run_controller(
+    info: ConnectionInfo,
+    *,
+    store: TaskStore | None = None,
+    unmet_timeout: float = 30.0,
+    heartbeat: float = 1.0,
+) -> None:
+    """Serve until SIGTERM/SIGINT."""
+    import signal
+
+    ctl = Controller(info, store=store, unmet_timeout=unmet_timeout, heartbeat=heartbeat)
+
+    def _stop(signum: int, frame: Any) -> None:
+        ctl.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    ctl.serve_forever()

@@ -1,0 +1,427 @@
+"""The engine: a Python process with a persistent namespace that runs one task at a time.
+
+How a task travels through an engine:
+
+    controller --task--> [task socket] main thread: check pmac, unpickle body
+                                          |  clear_before, push, exec / call, pull, clear_after
+                                          |  (stdout/stderr captured; TaskRejectError -> rejected)
+    controller <-result- [task socket] <--+  pickled value or exception, traceback text, timings,
+                                             properties when task code changed them
+    controller <--hb---> [control socket] control thread: heartbeats, interrupts, re-registration
+
+The main thread owns the task socket and registers through it, so the controller never sends a
+task to a socket that has not connected. The control thread owns the control socket; it keeps
+heartbeating while task code runs, and it interrupts the running task on `abort` by sending the
+main thread a signal whose handler raises `TaskInterrupted` in the task code.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import json
+import linecache
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+import uuid as uuidlib
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+import zmq
+
+from .connection import ConnectionInfo
+from .errors import SerializationError, TaskAborted, TaskRejectError
+from .wire import Refused, Wire, dumps, loads
+
+log = logging.getLogger("taskmill.engine")
+
+OUTPUT_LIMIT = 1 << 20  # bytes of stdout (and of stderr) kept per task
+INTERRUPT_SIGNAL = signal.SIGUSR1
+
+_CURRENT: Engine | None = None
+
+
+class TaskInterrupted(BaseException):
+    """Raised inside task code when the controller interrupts it (abort).
+
+    A BaseException, so that task code's `except Exception` does not swallow it.
+    """
+
+
+def current_engine() -> Engine:
+    """The engine running the current task (for `.engineid` and `.properties`)."""
+    if _CURRENT is None:
+        raise RuntimeError(
+            "current_engine() works only inside task code running on a taskmill engine"
+        )
+    return _CURRENT
+
+
+def parse_property(text: str) -> tuple[str, Any]:
+    """`KEY=VALUE`, VALUE read as JSON when it parses (1, true, "x"), else kept as a str."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"a property must look like KEY=VALUE, not {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+class _Capture(io.TextIOBase):
+    """A bounded text sink for one task's stdout or stderr."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[str] = []
+        self.size = 0
+        self.dropped = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        room = self.limit - self.size
+        if room > 0:
+            kept = s[:room]
+            self.parts.append(kept)
+            self.size += len(kept)
+            self.dropped += len(s) - len(kept)
+        else:
+            self.dropped += len(s)
+        return len(s)
+
+    def getvalue(self) -> str:
+        text = "".join(self.parts)
+        if self.dropped:
+            text += f"\n[taskmill: output truncated, {self.dropped} more characters dropped]\n"
+        return text
+
+
+def _format_remote_traceback(exc: BaseException) -> str:
+    """The traceback of task code, without the engine's own frames."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+class Engine:
+    """One engine: connect, register, run tasks until stopped."""
+
+    def __init__(
+        self,
+        info: ConnectionInfo,
+        properties: dict[str, Any] | None = None,
+        *,
+        output_limit: int = OUTPUT_LIMIT,
+    ) -> None:
+        self.info = info
+        self.wire = Wire(info.key_bytes)
+        self.uuid = uuidlib.uuid4().hex
+        self.hostname = socket.gethostname()
+        self.pid = os.getpid()
+        self.output_limit = output_limit
+        self.engineid: int | None = None
+        self._start_properties = dict(properties or {})
+        self.properties: dict[str, Any] = {}
+        self._sent_properties: dict[str, Any] = {}
+        self.namespace: dict[str, Any] = {}
+        self.heartbeat = 1.0
+        self._stop = threading.Event()
+        self._need_register = threading.Event()
+        self._registered = threading.Event()
+        self._lock = threading.Lock()  # guards _current and _skip
+        self._current: int | None = None
+        self._in_task_code = False
+        self._skip: set[int] = set()
+        self.ctx = zmq.Context()
+        self.task_sock = self._dealer(b".t")
+        self.ctl_sock = self._dealer(b".c")
+        self._reset()
+
+    def _dealer(self, suffix: bytes) -> zmq.Socket:
+        s = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 1000)
+        s.setsockopt(zmq.SNDHWM, 0)
+        s.setsockopt(zmq.RCVHWM, 0)
+        s.setsockopt(zmq.ROUTING_ID, self.uuid.encode() + suffix)
+        s.setsockopt(zmq.RECONNECT_IVL, 100)
+        s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        s.connect(self.info.engine_url)
+        return s
+
+    # -- namespace and properties ----------------------------------------------------------
+    def _base_properties(self) -> dict[str, Any]:
+        props = dict(self._start_properties)
+        props.update(hostname=self.hostname, pid=self.pid)
+        if self.engineid is not None:
+            props["engineid"] = self.engineid
+        return props
+
+    def _reset(self) -> None:
+        self.namespace.clear()
+        self.namespace.update(__name__="__main__", __builtins__=builtins, engineid=self.engineid)
+        self.properties.clear()
+        self.properties.update(self._base_properties())
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def run(self) -> None:
+        """Register, then run tasks until `stop()`."""
+        global _CURRENT
+        _CURRENT = self
+        old = signal.signal(INTERRUPT_SIGNAL, self._on_interrupt_signal)
+        ctl = threading.Thread(target=self._control_loop, name="taskmill-control", daemon=True)
+        ctl.start()
+        try:
+            self._register()
+            self._task_loop()
+        finally:
+            self._stop.set()
+            ctl.join(timeout=2)
+            signal.signal(INTERRUPT_SIGNAL, old)
+            _CURRENT = None
+            self.task_sock.close(linger=500)
+            self.ctl_sock.close(linger=0)
+            self.ctx.term()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _register(self) -> None:
+        """Send `register` through the task socket until the controller answers."""
+        self._registered.clear()
+        while not self._stop.is_set():
+            self._send(self.task_sock, {
+                "type": "register", "uuid": self.uuid, "ctl_ident": self.uuid.encode() + b".c",
+                "hostname": self.hostname, "pid": self.pid, "properties": self._start_properties,
+            })
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline and not self._stop.is_set():
+                if not self.task_sock.poll(100):
+                    continue
+                header, _ = self._recv(self.task_sock)
+                if header is not None and header["type"] == "registered":
+                    first = self.engineid is None
+                    self.engineid = header["engineid"]
+                    self.heartbeat = float(header.get("heartbeat", 1.0))
+                    self.namespace["engineid"] = self.engineid
+                    self.properties["engineid"] = self.engineid
+                    self._sent_properties = dict(header.get("properties") or {})
+                    self._need_register.clear()
+                    self._registered.set()
+                    log.info("registered as engine %d%s", self.engineid,
+                             "" if first else " (again)")
+                    return
+
+    def _send(self, sock: zmq.Socket, header: dict[str, Any], frames: Sequence[Any] = ()) -> None:
+        sock.send_multipart(self.wire.encode(header, frames), copy=False)
+
+    def _recv(self, sock: zmq.Socket) -> tuple[dict[str, Any] | None, list[Any]]:
+        msg = sock.recv_multipart(copy=False)
+        try:
+            return self.wire.decode(msg)
+        except Refused as e:
+            log.warning("refused a message: %s", e)
+            return None, []
+
+    def _task_loop(self) -> None:
+        while not self._stop.is_set():
+            if self._need_register.is_set():
+                self._register()
+                continue
+            if not self.task_sock.poll(100):
+                continue
+            header, frames = self._recv(self.task_sock)
+            if header is None or header["type"] != "task":
+                continue
+            try:
+                self._run_task(header, frames)
+            except TaskInterrupted:
+                pass  # a late interrupt that landed outside task code: nothing to undo
+
+    # -- control thread --------------------------------------------------------------------
+    def _control_loop(self) -> None:
+        self._registered.wait()
+        next_hb = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_hb:
+                self._send(self.ctl_sock, {"type": "hb", "engineid": self.engineid})
+                next_hb = now + self.heartbeat
+            if not self.ctl_sock.poll(max(1, int((next_hb - now) * 1000))):
+                continue
+            header, _ = self._recv(self.ctl_sock)
+            if header is None:
+                continue
+            kind = header["type"]
+            if kind == "interrupt":
+                self._interrupt(header["tid"])
+            elif kind == "reregister":
+                log.warning("the controller does not know this engine: registering again")
+                self._need_register.set()
+
+    def _interrupt(self, tid: int) -> None:
+        with self._lock:
+            if self._current == tid and self._in_task_code:
+                signal.pthread_kill(threading.main_thread().ident, INTERRUPT_SIGNAL)
+            elif self._current != tid:
+                self._skip.add(tid)  # buffered behind the running task
+
+    def _on_interrupt_signal(self, signum: int, frame: Any) -> None:
+        if self._in_task_code:
+            raise TaskInterrupted()
+
+    # -- running a task --------------------------------------------------------------------
+    def _run_task(self, header: dict[str, Any], frames: list[Any]) -> None:
+        tid, attempt = header["tid"], header["attempt"]
+        spec = header["exec"]
+        kind = spec["kind"]
+        if header.get("engineid") is not None and header["engineid"] != self.engineid:
+            self.engineid = header["engineid"]
+            self.namespace["engineid"] = self.engineid
+        reply: dict[str, Any] = {"type": "result", "tid": tid, "attempt": attempt, "kind": kind}
+        with self._lock:
+            if tid in self._skip:
+                self._skip.discard(tid)
+                skipped = True
+            else:
+                skipped = False
+                self._current = tid
+        if skipped:
+            reply.update(status="error", duration=0.0,
+                         **self._error_fields(TaskAborted(f"task {tid} was aborted")))
+            self._send(self.task_sock, reply)
+            return
+        out, err = _Capture(self.output_limit), _Capture(self.output_limit)
+        value: Any = None
+        exc: BaseException | None = None
+        t0 = time.perf_counter()
+        old_out, old_err = sys.stdout, sys.stderr
+        try:
+            if frames:
+                self.wire.check_payload(frames, header.get("pmac"))
+            sys.stdout, sys.stderr = out, err
+            try:
+                if spec.get("clear_before"):
+                    self._reset()
+                value = self._execute(tid, spec, frames)
+            finally:
+                if spec.get("clear_after"):
+                    self._reset()
+        except TaskInterrupted:
+            exc = TaskAborted(f"task {tid} was interrupted on engine {self.engineid}")
+        except Refused as e:
+            exc = SerializationError(f"task {tid}'s payload was refused by the engine: {e}")
+        except BaseException as e:  # noqa: BLE001 - task code may raise anything
+            exc = e
+        finally:
+            self._in_task_code = False
+            sys.stdout, sys.stderr = old_out, old_err
+            with self._lock:
+                self._current = None
+        reply["duration"] = time.perf_counter() - t0
+        reply["stdout"], reply["stderr"] = out.getvalue(), err.getvalue()
+        body: list[Any] = []
+        if exc is None:
+            try:
+                body = dumps(value)
+                reply["status"] = "ok"
+            except Exception as e:  # noqa: BLE001 - any pickling failure
+                exc = SerializationError(
+                    f"task {tid}'s result ({type(value).__name__}) cannot be pickled: {e}")
+        if exc is not None:
+            reply["status"] = "rejected" if isinstance(exc, TaskRejectError) else "error"
+            reply.update(self._error_fields(exc))
+            body = self._pickle_exception(exc, reply["error"])
+        if body:
+            reply["pmac"] = self.wire.payload_mac(body)
+        self._attach_properties(reply)
+        self._send(self.task_sock, reply, body)
+
+    def _execute(self, tid: int, spec: dict[str, Any], frames: list[Any]) -> Any:
+        if spec["kind"] == "string":
+            ns = self.namespace
+            if frames:
+                ns.update(loads(frames))
+            filename = f"<taskmill task {tid}>"
+            source = spec["expression"]
+            linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+            code = compile(source, filename, "exec")
+            self._in_task_code = True
+            exec(code, ns)
+            self._in_task_code = False
+            results = {}
+            for name in spec.get("pull", ()):
+                if name not in ns:
+                    raise NameError(f"name {name!r} is not defined (pulled by task {tid})")
+                results[name] = ns[name]
+            return results
+        func, args, kwargs = loads(frames)
+        self._in_task_code = True
+        return func(*args, **kwargs)
+
+    def _error_fields(self, exc: BaseException) -> dict[str, Any]:
+        return {"error": {
+            "type": type(exc).__qualname__, "module": type(exc).__module__,
+            "message": str(exc), "traceback": _format_remote_traceback(exc), "pickled": False,
+        }}
+
+    def _pickle_exception(self, exc: BaseException, info: dict[str, Any]) -> list[Any]:
+        """The exception pickled, if it survives a round trip here; else nothing (RemoteError)."""
+        try:
+            exc.__traceback__ = None
+            body = dumps(exc)
+            loads(body)
+        except Exception:  # noqa: BLE001 - unpicklable exceptions become RemoteError
+            return []
+        info["pickled"] = True
+        return body
+
+    def _attach_properties(self, reply: dict[str, Any]) -> None:
+        if self.properties == self._sent_properties:
+            return
+        try:
+            msgpack.packb(self.properties, use_bin_type=True)
+        except Exception as e:  # noqa: BLE001
+            reply["stderr"] += (f"\n[taskmill: engine properties not sent, they must be plain "
+                                f"data (str, numbers, lists, dicts): {e}]\n")
+            return
+        reply["properties"] = dict(self.properties)
+        self._sent_properties = dict(self.properties)
+
+
+def watch_parent(fd: int, on_exit: Any) -> None:
+    """Call `on_exit()` when the write end of pipe `fd` closes (its owner died)."""
+
+    def wait() -> None:
+        try:
+            while os.read(fd, 1):
+                pass
+        except OSError:
+            pass
+        on_exit()
+
+    threading.Thread(target=wait, name="taskmill-parent-watch", daemon=True).start()
+
+
+def run_engine(info: ConnectionInfo, properties: dict[str, Any] | None = None,
+               parent_fd: int | None = None) -> None:
+    engine = Engine(info, properties)
+
+    def _term(signum: int, frame: Any) -> None:
+        engine.stop()
+        if engine._in_task_code:
+            raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, _term)
+    if parent_fd is not None:
+        watch_parent(parent_fd, lambda: os._exit(0))
+    engine.run()

@@ -1,0 +1,131 @@
+"""The error vocabulary of taskmill.
+
+Every error about a task is a `TaskError`. Remote exceptions keep their own type where the
+client can rebuild it; otherwise they arrive as `RemoteError`. This module imports nothing of
+taskmill and does no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+
+class TaskError(Exception):
+    """Base class of every error taskmill raises about a task."""
+
+
+class TaskAborted(TaskError):
+    """The task was aborted by a client before it finished."""
+
+
+class TaskTimeout(TaskError):
+    """The task ran past its `timeout`, or no engine satisfied its `depend` in time."""
+
+
+class TaskRejectError(TaskError):
+    """Raised by task code to say "not on this engine": the task is tried elsewhere."""
+
+
+class EngineDied(TaskError):
+    """The engine running the task died (exited, was killed, or stopped heartbeating)."""
+
+
+class DependencyError(TaskError):
+    """A task named in `after` failed, was aborted, or is unknown, so this task never ran."""
+
+
+class SerializationError(TaskError, TypeError):
+    """A task's function, arguments or result could not be pickled or unpickled."""
+
+
+class ControllerUnreachable(TimeoutError):
+    """No controller answered within the client's timeout."""
+
+
+class ConnectionFileError(RuntimeError):
+    """A connection file is missing, malformed, or readable by others."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the engine's traceback text; attached as ``__cause__`` of remote exceptions."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class RemoteError(TaskError):
+    """A remote exception whose type could not be rebuilt on the client."""
+
+    def __init__(
+        self,
+        type_name: str,
+        message: str,
+        remote_traceback: str = "",
+        engineid: int | None = None,
+        taskid: int | None = None,
+    ) -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+        self.engineid = engineid
+        self.taskid = taskid
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            RemoteError,
+            (self.type_name, self.message, self.remote_traceback, self.engineid, self.taskid),
+        )
+
+
+class MapFailure(NamedTuple):
+    """One failed element of a map: where it was, where it ran, and what it raised."""
+
+    index: int
+    engineid: int | None
+    exception: BaseException
+    traceback: str
+
+
+class CompositeError(TaskError):
+    """Every failure of a map, in input order. `elist` is the list of `MapFailure`s."""
+
+    def __init__(self, message: str, elist: list[MapFailure]) -> None:
+        super().__init__(message)
+        self.message = message
+        self.elist = list(elist)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (CompositeError, (self.message, self.elist))
+
+    def __str__(self) -> str:
+        lines = [f"{self.message} ({len(self.elist)} failed)"]
+        for f in self.elist:
+            lines.append(
+                f"[{f.index}] engine {f.engineid}: {type(f.exception).__name__}: {f.exception}"
+            )
+        return "\n".join(lines)
+
+    def raise_exception(self, i: int = 0) -> None:
+        """Raise the exception of failure `i` (the first by default)."""
+        if not self.elist:
+            raise IndexError("this CompositeError holds no failures")
+        raise self.elist[i].exception
+
+
+_CONTROLLER_ERRORS: dict[str, type[TaskError]] = {
+    cls.__name__: cls
+    for cls in (TaskAborted, TaskTimeout, TaskRejectError, EngineDied, DependencyError)
+}
+
+
+def controller_error(type_name: str, message: str) -> TaskError:
+    """Build one of taskmill's own errors from its name (used for controller-decided failures)."""
+    cls = _CONTROLLER_ERRORS.get(type_name)
+    if cls is None:
+        return RemoteError(type_name, message)
+    return cls(message)

@@ -1,0 +1,471 @@
+"""The scheduler: a pure state machine that decides which task runs where and when it is done.
+
+Events come in as method calls; each returns the actions the I/O shell (the controller) must
+carry out, in order. The scheduler reads no clock, touches no socket and does no pickling: time
+enters only as timers it asks the shell to arm (`ArmTimer`) and that the shell reports back
+(`timer_fired`). So every rule of SPEC.md §2 is a direct unit test.
+
+Events                                   Actions
+  submit(tid, nodes, after=...)            Dispatch(tid, eid, node, attempt)
+  add_engine(eid, properties)              Finish(tid, outcome, ok, engineid, detail)
+  set_properties(eid, properties)          Interrupt(eid, tid, reason)
+  task_done(eid, tid, attempt, status)     ArmTimer(key, delay) / CancelTimer(key)
+  remove_engine(eid)
+  abort(tid), timer_fired(key), spin()
+
+Rules, in one place:
+- The queue is FIFO by taskid: each pass gives the oldest runnable task to the longest-idle
+  engine that satisfies its `depend` (a dict of property values, or a callable on the engine's
+  properties; an exception counts as False) and has not rejected it.
+- A failed attempt is retried while the current node has retries left, preferring an engine that
+  has not failed it. Then the node's recovery task runs under the same taskid, unless that
+  recovery task has already handed over to a recovery of its own (checked before marking the
+  failed node as handed over), so chains cannot loop.
+- `after`: a task waits for those tasks; when one fails, it finishes with `dependency` at once,
+  and so do its own dependents.
+- Unmet `depend`: if every registered engine is idle and none satisfies a waiting task for
+  `unmet_timeout` seconds, it finishes with `unmet_timeout`.
+- `rejected` (TaskRejectError from task code): the task never goes to that engine again and does
+  not count an attempt; when every registered engine has rejected it, that report is final.
+- Abort of a running task finishes it at once and interrupts its engine; the engine's slot stays
+  taken until the engine reports, and that report is dropped.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+# Outcomes of Finish.
+RESULT = "result"  # the engine's report of the last attempt is the task's result
+ENGINE_DIED = "engine_died"
+ABORTED = "aborted"
+UNMET_TIMEOUT = "unmet_timeout"
+DEPENDENCY = "dependency"
+
+# Statuses an engine reports for an attempt.
+OK = "ok"
+ERROR = "error"
+REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    tid: int
+    eid: int
+    node: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    tid: int
+    outcome: str
+    ok: bool
+    engineid: int | None = None
+    detail: Any = None
+    attempts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupt:
+    eid: int
+    tid: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ArmTimer:
+    key: tuple
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTimer:
+    key: tuple
+
+
+Action = Dispatch | Finish | Interrupt | ArmTimer | CancelTimer
+
+
+@dataclass(slots=True)
+class Node:
+    """What the scheduler needs of one task of a recovery chain."""
+
+    retries: int = 0
+    depend: dict | Callable[[Any], Any] | None = None
+    recovery: int | None = None
+    timeout: float | None = None
+
+
+# Task states.
+WAITING = "waiting"  # for `after` tasks
+READY = "ready"  # in the ready heap
+PARKED = "parked"  # no free engine satisfies it right now
+RUNNING = "running"
+
+
+@dataclass(slots=True)
+class _Task:
+    tid: int
+    nodes: list[Node]
+    node: int = 0
+    state: str = READY
+    tries: int = 0  # attempts of the current node
+    attempts: int = 0  # attempts of the whole task
+    engine: int | None = None
+    avoid: set[int] = field(default_factory=set)
+    rejected: set[int] = field(default_factory=set)
+    handed_over: set[int] = field(default_factory=set)
+    blocked_on: set[int] = field(default_factory=set)
+    dep_cache: dict[int, tuple[int, bool]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Engine:
+    eid: int
+    properties: dict[str, Any]
+    slots: int
+    version: int = 0
+    running: dict[int, int] = field(default_factory=dict)  # tid -> attempt, dispatch order
+
+
+class Scheduler:
+    """See the module docstring for the rules."""
+
+    def __init__(self, *, unmet_timeout: float = 30.0, slots: int = 1) -> None:
+        self.unmet_timeout = unmet_timeout
+        self.slots = slots
+        self.tasks: dict[int, _Task] = {}
+        self.engines: dict[int, _Engine] = {}
+        self._ready: list[int] = []
+        self._parked: set[int] = set()
+        self._free: dict[int, None] = {}  # engines with a free slot, longest free first
+        self._fresh: set[int] = set()  # engines freed or changed since the last pass
+        self._dependents: dict[int, list[int]] = {}
+        self._busy_slots = 0
+        self._unmet: dict[int, int] = {}  # tid -> timer token
+        self._token = 0
+        self._out: list[Action] = []
+        self._dispatched = False
+        self.finished_count = 0
+
+    # -- queries ---------------------------------------------------------------------------
+    def is_active(self, tid: int) -> bool:
+        return tid in self.tasks
+
+    def scheduled_ids(self) -> list[int]:
+        return sorted(t.tid for t in self.tasks.values() if t.state != RUNNING)
+
+    def pending_ids(self) -> list[int]:
+        return sorted(t.tid for t in self.tasks.values() if t.state == RUNNING)
+
+    def counts(self) -> tuple[int, int]:
+        """(scheduled, pending): waiting in the controller, handed to an engine."""
+        pending = self._busy_running()
+        return len(self.tasks) - pending, pending
+
+    def _busy_running(self) -> int:
+        return sum(
+            1 for e in self.engines.values() for tid in e.running if self._is_current(tid, e.eid)
+        )
+
+    def _is_current(self, tid: int, eid: int) -> bool:
+        t = self.tasks.get(tid)
+        return t is not None and t.state == RUNNING and t.engine == eid
+
+    def engine_load(self, eid: int) -> list[int]:
+        """The taskids an engine holds, running or buffered (aborted ones included)."""
+        e = self.engines.get(eid)
+        return list(e.running) if e else []
+
+    # -- events ----------------------------------------------------------------------------
+    def submit(
+        self,
+        tid: int,
+        nodes: list[Node],
+        *,
+        after: Iterable[int] = (),
+        broken_after: int | None = None,
+        node: int = 0,
+        attempts: int = 0,
+        tries: int = 0,
+        handed_over: Iterable[int] = (),
+    ) -> list[Action]:
+        """A new task (or one reloaded after a restart, with its counters).
+
+        `after` holds the taskids this task still waits for, each active in this scheduler;
+        `broken_after` names one that already failed or is unknown (the task fails at once).
+        """
+        if tid in self.tasks:
+            raise ValueError(f"task {tid} is already active")
+        if not nodes:
+            raise ValueError("a task needs at least one node")
+        t = _Task(tid, list(nodes), node=node, attempts=attempts, tries=tries)
+        t.handed_over.update(handed_over)
+        self.tasks[tid] = t
+        if broken_after is not None:
+            self._finish(t, DEPENDENCY, False, detail=broken_after)
+            return self._flush()
+        for dep in after:
+            if dep in self.tasks and dep != tid:
+                t.blocked_on.add(dep)
+                self._dependents.setdefault(dep, []).append(tid)
+        if t.blocked_on:
+            t.state = WAITING
+        else:
+            self._make_ready(t)
+        return self._flush()
+
+    def add_engine(self, eid: int, properties: dict[str, Any], slots: int | None = None) -> list[Action]:
+        if eid in self.engines:
+            raise ValueError(f"engine {eid} is already registered")
+        self.engines[eid] = _Engine(eid, dict(properties), slots or self.slots)
+        self._free[eid] = None
+        self._fresh.add(eid)
+        return self._flush()
+
+    def set_properties(self, eid: int, properties: dict[str, Any]) -> list[Action]:
+        e = self.engines.get(eid)
+        if e is not None and e.properties != properties:
+            e.properties = dict(properties)
+            e.version += 1
+            self._fresh.add(eid)
+        return self._flush()
+
+    def task_done(
+        self,
+        eid: int,
+        tid: int,
+        attempt: int,
+        status: str,
+        properties: dict[str, Any] | None = None,
+    ) -> list[Action]:
+        """An engine reports an attempt: `ok`, `error` or `rejected`."""
+        e = self.engines.get(eid)
+        if e is None:
+            return self._flush()  # a dead engine's late report: its task was failed already
+        if properties is not None and properties != e.properties:
+            e.properties = dict(properties)
+            e.version += 1
+        if e.running.get(tid) == attempt:
+            self._release_slot(e, tid)
+        t = self.tasks.get(tid)
+        if t is None or t.state != RUNNING or t.engine != eid or t.attempts != attempt:
+            return self._flush()  # aborted, or a stale attempt
+        t.engine = None
+        if status == OK:
+            self._finish(t, RESULT, True, engineid=eid)
+        elif status == REJECTED:
+            t.rejected.add(eid)
+            t.tries -= 1
+            t.attempts -= 1
+            if all(x in t.rejected for x in self.engines):
+                t.attempts += 1
+                self._finish(t, RESULT, False, engineid=eid)
+            else:
+                self._make_ready(t)
+        else:
+            self._attempt_failed(t, eid, RESULT)
+        return self._flush()
+
+    def remove_engine(self, eid: int) -> list[Action]:
+        """An engine died or left: its current attempts fail with ENGINE_DIED; buffered ones requeue."""
+        e = self.engines.pop(eid, None)
+        if e is None:
+            return self._flush()
+        self._free.pop(eid, None)
+        self._fresh.discard(eid)
+        for position, tid in enumerate(list(e.running)):
+            self._busy_slots -= 1
+            t = self.tasks.get(tid)
+            if t is None or t.state != RUNNING or t.engine != eid:
+                continue
+            t.engine = None
+            if position == 0:  # the engine runs its tasks in dispatch order
+                self._attempt_failed(t, eid, ENGINE_DIED)
+            else:  # buffered behind the running one: it never started
+                t.tries -= 1
+                t.attempts -= 1
+                self._make_ready(t)
+        e.running.clear()
+        for t in list(self.tasks.values()):
+            t.dep_cache.pop(eid, None)
+        return self._flush()
+
+    def abort(self, tid: int) -> tuple[bool, list[Action]]:
+        """Abort an active task. Returns (False, []) when the task is not active here."""
+        t = self.tasks.get(tid)
+        if t is None:
+            return False, []
+        if t.state == RUNNING and t.engine is not None:
+            self._out.append(Interrupt(t.engine, tid, ABORTED))
+        self._finish(t, ABORTED, False, engineid=t.engine)
+        return True, self._flush()
+
+    def timer_fired(self, key: tuple) -> list[Action]:
+        if key and key[0] == "unmet":
+            _, tid, token = key
+            if self._unmet.get(tid) == token:
+                del self._unmet[tid]
+                t = self.tasks.get(tid)
+                if t is not None and t.state == PARKED and self._all_idle():
+                    self._finish(t, UNMET_TIMEOUT, False)
+        return self._flush()
+
+    def spin(self) -> tuple[bool, list[Action]]:
+        """Run a pass; True if it dispatched anything."""
+        actions = self._flush()
+        return any(isinstance(a, Dispatch) for a in actions), actions
+
+    # -- internals -------------------------------------------------------------------------
+    def _flush(self) -> list[Action]:
+        self._pass()
+        out, self._out = self._out, []
+        return out
+
+    def _make_ready(self, t: _Task) -> None:
+        t.state = READY
+        heapq.heappush(self._ready, t.tid)
+
+    def _release_slot(self, e: _Engine, tid: int) -> None:
+        del e.running[tid]
+        self._busy_slots -= 1
+        if e.eid not in self._free:
+            self._free[e.eid] = None
+        self._fresh.add(e.eid)
+
+    def _attempt_failed(self, t: _Task, eid: int | None, outcome: str) -> None:
+        node = t.nodes[t.node]
+        if eid is not None:
+            t.avoid.add(eid)
+        if t.tries <= node.retries:
+            self._make_ready(t)
+        elif node.recovery is not None and node.recovery not in t.handed_over:
+            t.handed_over.add(t.node)
+            t.node = node.recovery
+            t.tries = 0
+            t.avoid.clear()
+            t.rejected.clear()
+            t.dep_cache.clear()
+            self._make_ready(t)
+        else:
+            self._finish(t, outcome, False, engineid=eid)
+
+    def _finish(self, t: _Task, outcome: str, ok: bool, *, engineid: int | None = None,
+                detail: Any = None) -> None:
+        """Finish `t` and, transitively, its dependents (iteratively: chains may be long)."""
+        stack = [(t, outcome, ok, engineid, detail)]
+        while stack:
+            t, outcome, ok, engineid, detail = stack.pop()
+            if self.tasks.pop(t.tid, None) is None:
+                continue
+            self.finished_count += 1
+            self._parked.discard(t.tid)
+            token = self._unmet.pop(t.tid, None)
+            if token is not None:
+                self._out.append(CancelTimer(("unmet", t.tid, token)))
+            for dep in t.blocked_on:
+                waiting = self._dependents.get(dep)
+                if waiting is not None and t.tid in waiting:
+                    waiting.remove(t.tid)
+            self._out.append(Finish(t.tid, outcome, ok, engineid, detail, t.attempts))
+            for child_id in self._dependents.pop(t.tid, ()):
+                child = self.tasks.get(child_id)
+                if child is None:
+                    continue
+                child.blocked_on.discard(t.tid)
+                if not ok:
+                    stack.append((child, DEPENDENCY, False, None, t.tid))
+                elif not child.blocked_on and child.state == WAITING:
+                    self._make_ready(child)
+
+    def _satisfies(self, t: _Task, e: _Engine) -> bool:
+        depend = t.nodes[t.node].depend
+        if depend is None:
+            return True
+        if isinstance(depend, dict):
+            props = e.properties
+            return all(k in props and props[k] == v for k, v in depend.items())
+        cached = t.dep_cache.get(e.eid)
+        if cached is not None and cached[0] == e.version:
+            return cached[1]
+        try:
+            ok = bool(depend(MappingProxyType(e.properties)))
+        except Exception:
+            ok = False
+        t.dep_cache[e.eid] = (e.version, ok)
+        return ok
+
+    def _choose_engine(self, t: _Task) -> int | None:
+        fallback = None
+        for eid in self._free:
+            if eid in t.rejected:
+                continue
+            if not self._satisfies(t, self.engines[eid]):
+                continue
+            if eid not in t.avoid:
+                return eid
+            if fallback is None:
+                fallback = eid
+        return fallback
+
+    def _dispatch(self, t: _Task, eid: int) -> None:
+        e = self.engines[eid]
+        t.state = RUNNING
+        t.engine = eid
+        t.tries += 1
+        t.attempts += 1
+        e.running[t.tid] = t.attempts
+        self._busy_slots += 1
+        del self._free[eid]
+        if len(e.running) < e.slots:
+            self._free[eid] = None  # still has room: goes to the back of the line
+        token = self._unmet.pop(t.tid, None)
+        if token is not None:
+            self._out.append(CancelTimer(("unmet", t.tid, token)))
+        self._out.append(Dispatch(t.tid, eid, t.node, t.attempts))
+
+    def _unpark(self) -> None:
+        fresh = [self.engines[e] for e in self._fresh if e in self._free]
+        self._fresh.clear()
+        if not fresh or not self._parked:
+            return
+        for tid in sorted(self._parked):
+            t = self.tasks[tid]
+            if any(e.eid not in t.rejected and self._satisfies(t, e) for e in fresh):
+                self._parked.discard(tid)
+                self._make_ready(t)
+
+    def _all_idle(self) -> bool:
+        return bool(self.engines) and self._busy_slots == 0
+
+    def _pass(self) -> None:
+        self._unpark()
+        while self._free and self._ready:
+            tid = heapq.heappop(self._ready)
+            t = self.tasks.get(tid)
+            if t is None or t.state != READY:
+                continue
+            eid = self._choose_engine(t)
+            if eid is None:
+                t.state = PARKED
+                self._parked.add(tid)
+            else:
+                self._dispatch(t, eid)
+        self._check_unmet()
+
+    def _check_unmet(self) -> None:
+        if self._all_idle():
+            for tid in self._parked:
+                if tid not in self._unmet:
+                    self._token += 1
+                    self._unmet[tid] = self._token
+                    self._out.append(ArmTimer(("unmet", tid, self._token), self.unmet_timeout))
+        elif self._unmet:
+            for tid, token in self._unmet.items():
+                self._out.append(CancelTimer(("unmet", tid, token)))
+            self._unmet.clear()

@@ -1,0 +1,32 @@
+"""Shared fixtures: a private TASKMILL_DIR per run and a shared 2-engine cluster."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+# Never touch the user's ~/.taskmill from tests.
+os.environ["TASKMILL_DIR"] = tempfile.mkdtemp(prefix="taskmill-test-home-")
+os.environ.pop("TASKMILL_CONNECTION", None)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A 2-engine cluster shared by the tests that do not need one of their own.
+
+    Tests using it must leave the engines as they found them (no lasting properties, no
+    killed engines); tests that break things start their own `Cluster`.
+    """
+    from taskmill import Cluster
+
+    with Cluster(2, heartbeat=0.5, unmet_timeout=2.0) as c:
+        yield c
+
+
+@pytest.fixture
+def client(cluster):
+    tc = cluster.client()
+    yield tc
+    tc.close()
