@@ -61,7 +61,10 @@ class _Connection:
     def __init__(self, connection: Any, timeout: float) -> None:
         self.path = find_connection_file(connection)
         self.info = read_connection_file(self.path)
-        self.wire = Wire(self.info.key_bytes)
+        # One Wire per socket: each sending socket has its own (sid, seq) stream, and replay
+        # checks hold per receiving socket, where messages arrive in order.
+        self.wire = Wire(self.info.key_bytes)  # the receive socket's (I/O thread only)
+        self._send_wire = Wire(self.info.key_bytes)  # the send socket's (under _send_lock)
         self.timeout = timeout
         self.ctx = zmq.Context()
         base = uuidlib.uuid4().hex.encode()
@@ -140,7 +143,7 @@ class _Connection:
                 self._streams[req] = stream
             else:
                 self._futures[req] = fut
-            self._send_sock.send_multipart(self.wire.encode(header, frames), copy=False)
+            self._send_sock.send_multipart(self._send_wire.encode(header, frames), copy=False)
         return fut
 
     def call(self, header: dict[str, Any], frames: Sequence[Any] = (),
@@ -430,6 +433,11 @@ class TaskClient:
         """Every engine the controller knows: id, host, pid, properties, state, tasks done."""
         reply, _ = self._conn.call({"type": "engines"})
         return list(reply["engines"])
+
+    def statistics(self) -> dict[str, Any]:
+        """The controller's counters: messages, tasks, engine deaths, refused messages by reason."""
+        reply, _ = self._conn.call({"type": "stats"})
+        return dict(reply["stats"])
 
     def _watch(self, tids: list[int], on_done: Callable[[int, dict[str, Any], list[Any]], None]) -> Future:
         """Call `on_done(tid, meta, frames)` as each task finishes; the Future ends after the last."""

@@ -19,7 +19,7 @@ never unpickles user data, except a callable `depend`, which it must call.
 
 Client messages (every one carries `req`; the reply echoes it):
   hello, ping, submit{tasks}, result{tids, block}, watch{tids}, wait{tids}, abort{tid},
-  spin, status{verbose}, clear{tids}, engines
+  spin, status{verbose}, clear{tids}, engines, stats
 Engine control messages: register, hb (heartbeat)  ->  registered, hb, reregister, interrupt
 Engine task messages: task (controller -> engine), result (engine -> controller)
 """
@@ -203,7 +203,11 @@ class Controller:
             except Refused as e:
                 log.debug("refused message from %r: %s", ident, e)
                 continue
-            handler(ident, header, frames)
+            try:
+                handler(ident, header, frames)
+            except Exception:  # noqa: BLE001 - one bad message must not stop the controller
+                self.wire.refused["internal-error"] += 1
+                log.exception("error handling a %r message from %r", header.get("type"), ident)
 
     def _flush(self) -> None:
         if not self._outbox:
@@ -616,6 +620,19 @@ class Controller:
             tids = _check_int_list(tids, "tids")
         dropped, missing = self.store.clear(tids)
         self._reply(rt, req, dropped=dropped, missing=missing)
+
+    def _c_stats(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        self._reply(rt, req, stats=self.statistics())
+
+    def statistics(self) -> dict[str, Any]:
+        """What the controller is doing: counters, queue, engines, refused messages by reason."""
+        return {
+            "uptime": time.time() - self.stats.started,
+            "messages_in": self.stats.messages_in, "messages_out": self.stats.messages_out,
+            "submitted": self.stats.submitted, "finished": self.stats.finished,
+            "engines_died": self.stats.engines_died, "refused": dict(self.wire.refused),
+            "queue": self.queue_status(), "engines": self.engine_table(),
+        }
 
     def _c_engines(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
         self._reply(rt, req, engines=self.engine_table())

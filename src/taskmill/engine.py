@@ -145,6 +145,8 @@ class Engine:
         self.ctx = zmq.Context()
         self.task_sock = self._dealer(b".t")
         self.ctl_sock = self._dealer(b".c")
+        # One Wire per socket: replay checks hold per socket, where messages arrive in order.
+        self._wires = {self.task_sock: self.wire, self.ctl_sock: Wire(info.key_bytes)}
         self._reset()
 
     def _dealer(self, suffix: bytes) -> zmq.Socket:
@@ -222,12 +224,12 @@ class Engine:
                     return
 
     def _send(self, sock: zmq.Socket, header: dict[str, Any], frames: Sequence[Any] = ()) -> None:
-        sock.send_multipart(self.wire.encode(header, frames), copy=False)
+        sock.send_multipart(self._wires[sock].encode(header, frames), copy=False)
 
     def _recv(self, sock: zmq.Socket) -> tuple[dict[str, Any] | None, list[Any]]:
         msg = sock.recv_multipart(copy=False)
         try:
-            return self.wire.decode(msg)
+            return self._wires[sock].decode(msg)
         except Refused as e:
             log.warning("refused a message: %s", e)
             return None, []

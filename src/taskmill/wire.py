@@ -4,8 +4,10 @@ A message is a ZeroMQ multipart message:
 
     [PROTOCOL, signature, header, *payload]
 
-- `header` is a small msgpack map. It always holds `type`, the sender's `sid` (random per process
-  and socket owner) and `seq` (rising by one per message of that sender).
+- `header` is a small msgpack map. It always holds `type`, the sender's `sid` (random per
+  `Wire`) and `seq` (rising by one per message of that `Wire`). Each socket has a `Wire` of its
+  own: a socket's messages reach a peer socket in order, so a receiving socket refuses any
+  `(sid, seq)` at or below the last it saw from that `sid` (replays).
 - `signature` is HMAC-SHA256, with the connection file's key, over the header bytes.
 - Payload frames (pickles and their out-of-band buffers) are covered by `pmac`, an HMAC over
   every payload frame, carried in the header and so covered by the signature too. The sender of a

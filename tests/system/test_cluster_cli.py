@@ -1,0 +1,157 @@
+"""Cluster lifecycle and the `taskmill` command, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from taskmill import Cluster, ControllerUnreachable, MapTask, TaskClient
+
+TASKMILL = [sys.executable, "-m", "taskmill"]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie child of ours counts as gone once reaped by its parent; check /proc state.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _wait_gone(pids, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(_gone(p) for p in pids):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"still running: {[p for p in pids if not _gone(p)]}")
+
+
+def test_constructing_starts_nothing_and_stop_is_idempotent():
+    c = Cluster(1, heartbeat=0.5)
+    assert c.controller_pid is None and c.connection_file is None
+    c.stop()  # stopping a cluster never started is fine
+    with c:
+        pids = [c.controller_pid, *c.engine_pids.values()]
+        assert len(pids) == 2
+        with c.client() as tc:
+            assert tc.run(MapTask(os.getpid), block=True) in c.engine_pids.values()
+    c.stop()
+    _wait_gone(pids)
+
+
+def test_engine_properties_and_add_engines():
+    with Cluster(2, heartbeat=0.5, engine_properties=[{"role": "a"}, {"role": "b"}]) as c:
+        with c.client() as tc:
+            roles = sorted(e["properties"]["role"] for e in tc.engines())
+            assert roles == ["a", "b"]
+            c.add_engines(1, properties={"role": "c", "gpu": 1})
+            c.wait_for_engines(3, timeout=60)
+            props = {e["properties"]["role"]: e["properties"] for e in tc.engines()}
+            assert props["c"]["gpu"] == 1
+            for p in props.values():
+                assert {"engineid", "hostname", "pid"} <= set(p)
+            pid = tc.run(MapTask(os.getpid, depend={"role": "c"}), block=True)
+            assert pid == props["c"]["pid"]
+            assert set(c.engine_pids.values()) == {p["pid"] for p in props.values()}
+
+
+def test_nothing_left_running_after_the_owner_is_killed(tmp_path):
+    script = tmp_path / "owner.py"
+    script.write_text(textwrap.dedent("""
+        import json, sys, time
+        from taskmill import Cluster
+        c = Cluster(2, heartbeat=0.5).start()
+        print(json.dumps([c.controller_pid, *c.engine_pids.values()]), flush=True)
+        time.sleep(600)
+    """))
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = json.loads(owner.stdout.readline())
+        assert len(pids) == 3
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+        _wait_gone(pids)
+    finally:
+        owner.kill()
+
+
+def test_nothing_left_running_after_a_normal_exit_without_stop(tmp_path):
+    script = tmp_path / "owner.py"
+    script.write_text(textwrap.dedent("""
+        import json
+        from taskmill import Cluster
+        c = Cluster(1, heartbeat=0.5).start()
+        print(json.dumps([c.controller_pid, *c.engine_pids.values()]), flush=True)
+    """))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120, check=True)
+    _wait_gone(json.loads(out.stdout))
+
+
+def test_taskmill_run_gives_the_script_a_cluster(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        from taskmill import TaskClient
+        with TaskClient() as tc:
+            print(sorted(tc.map(abs, [-1, -2, -3])), len(tc.engines()), sys.argv[1:])
+    """))
+    out = subprocess.run([*TASKMILL, "run", "-n", "2", str(script), "x", "--flag"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[1, 2, 3] 2 ['x', '--flag']"
+
+
+def test_cluster_start_daemon_status_and_stop(tmp_path):
+    env = dict(os.environ, TASKMILL_DIR=str(tmp_path / "home"))
+    run = lambda *a: subprocess.run([*TASKMILL, *a], capture_output=True, text=True,  # noqa: E731
+                                    timeout=120, env=env)
+    started = run("cluster", "start", "-n", "2", "--daemon")
+    assert started.returncode == 0, started.stderr
+    try:
+        assert run("cluster", "status").returncode == 0
+        st = run("status", "--json")
+        assert st.returncode == 0, st.stderr
+        data = json.loads(st.stdout)
+        assert set(data["queue"]) == {"scheduled", "pending", "succeeded", "failed"}
+        assert len(data["engines"]) == 2
+        table = run("status")
+        assert "engine" in table.stdout and "queue:" in table.stdout
+    finally:
+        stopped = run("cluster", "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert run("cluster", "status").returncode == 1
+
+
+def test_unreachable_controller_is_a_clear_error(tmp_path):
+    from taskmill.connection import new_connection_info, write_connection_file
+
+    path = write_connection_file(tmp_path / "c.json", new_connection_info())
+    with pytest.raises(ControllerUnreachable) as e:
+        TaskClient(path, timeout=0.5)
+    msg = str(e.value)
+    assert "tcp://127.0.0.1" in msg and str(path) in msg and "taskmill cluster start" in msg
+    assert isinstance(e.value, TimeoutError)
+
+
+def test_status_json_matches_the_client(cluster, client):
+    out = subprocess.run([*TASKMILL, "status", "--json", "--connection-file",
+                          str(cluster.connection_file)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert set(data) == {"queue", "engines"}
+    assert [e["engineid"] for e in data["engines"]] == [e["engineid"] for e in client.engines()]

@@ -1,0 +1,62 @@
+"""Garbage on both controller ports is counted and dropped; real clients keep being served."""
+
+from __future__ import annotations
+
+import time
+
+import zmq
+
+from taskmill import MapTask
+from taskmill.connection import read_connection_file
+from taskmill.wire import PROTOCOL, Wire
+
+
+def _poll_refused(client, reason, at_least, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        refused = client.statistics()["refused"]
+        if refused.get(reason, 0) >= at_least:
+            return refused
+        time.sleep(0.05)
+    raise AssertionError(f"refused[{reason!r}] never reached {at_least}: {refused}")
+
+
+def test_raw_garbage_gets_no_reply_and_controller_serves_on(cluster, client):
+    info = read_connection_file(cluster.connection_file)
+    before = client.statistics()["refused"]
+    ctx = zmq.Context()
+    try:
+        for url in (info.client_url, info.engine_url):
+            s = ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(url)
+            s.send_multipart([b"hello?"])
+            s.send_multipart([PROTOCOL, b"x" * 32, b"\x81\xa4type\xa3run"])
+            s.send_multipart([PROTOCOL])
+            s.send_multipart([b"\x00" * 5000, b"", b"junk"])
+            # A well-formed message signed with the wrong key.
+            s.send_multipart(Wire(b"wrong-key" * 4).encode({"type": "submit", "req": 1}))
+            assert s.poll(500) == 0, "the controller answered an unsigned message"
+            s.close()
+    finally:
+        ctx.term()
+    refused = _poll_refused(client, "bad-signature", before.get("bad-signature", 0) + 4)
+    assert refused.get("malformed", 0) >= before.get("malformed", 0) + 4
+    assert client.run(MapTask(pow, (2, 10)), block=True) == 1024
+
+
+def test_signed_nonsense_gets_a_clear_error(cluster, client):
+    """A correctly signed request with bad contents is answered with an error, not acted on."""
+    from taskmill import TaskError
+
+    conn = client._conn
+    for header in ({"type": "submit", "tasks": "nope"}, {"type": "no-such-verb"},
+                   {"type": "submit", "tasks": [{"nodes": [{"exec": {"kind": "evil"}}]}]},
+                   {"type": "result", "tids": ["x"]}):
+        try:
+            conn.call(header)
+        except TaskError as e:
+            assert "bad" in str(e) or "unknown" in str(e)
+        else:
+            raise AssertionError(f"{header} was accepted")
+    assert client.run(MapTask(abs, (-3,)), block=True) == 3

@@ -1,0 +1,98 @@
+"""The wire format: signing, replay refusal, malformed input, payload round trips."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from taskmill.wire import PROTOCOL, Refused, Wire, dumps, loads
+
+KEY = b"k" * 32
+
+
+def test_round_trip_and_refused_counts():
+    a, b = Wire(KEY), Wire(KEY)
+    msg = a.encode({"type": "x", "n": 1}, [b"payload"])
+    header, frames = b.decode(msg)
+    assert header["type"] == "x" and header["n"] == 1
+    assert frames == [b"payload"]
+    assert not b.refused
+
+
+def test_wrong_key_is_refused_and_counted():
+    msg = Wire(b"other" * 8).encode({"type": "x"})
+    w = Wire(KEY)
+    with pytest.raises(Refused) as e:
+        w.decode(msg)
+    assert e.value.reason == "bad-signature"
+    assert w.refused["bad-signature"] == 1
+
+
+def test_missing_or_truncated_signature_is_refused():
+    w = Wire(KEY)
+    good = Wire(KEY).encode({"type": "x"})
+    for bad in ([PROTOCOL, b"", good[2]], [PROTOCOL, good[1][:10], good[2]], good[:2], [b"junk"]):
+        with pytest.raises(Refused):
+            w.decode(bad)
+
+
+def test_replay_is_refused():
+    a, b = Wire(KEY), Wire(KEY)
+    m1 = a.encode({"type": "x"})
+    m2 = a.encode({"type": "y"})
+    b.decode(m1)
+    b.decode(m2)
+    with pytest.raises(Refused) as e:
+        b.decode(m1)
+    assert e.value.reason == "replay"
+
+
+def test_signed_but_malformed_header_is_refused():
+    w = Wire(KEY)
+    for header in (b"\xc1garbage", msgpack.packb([1, 2]), msgpack.packb({"type": 3}),
+                   msgpack.packb({"type": "x"})):  # the last lacks sid/seq
+        with pytest.raises(Refused) as e:
+            w.decode([PROTOCOL, w._sign(header), header])
+        assert e.value.reason == "malformed"
+
+
+def test_oversize_message_is_refused():
+    a, b = Wire(KEY), Wire(KEY, max_message=1000)
+    with pytest.raises(Refused) as e:
+        b.decode(a.encode({"type": "x"}, [b"x" * 2000]))
+    assert e.value.reason == "too-large"
+
+
+def test_payload_mac_covers_frames_and_boundaries():
+    w = Wire(KEY)
+    mac = w.payload_mac([b"ab", b"c"])
+    w.check_payload([b"ab", b"c"], mac)
+    for other in ([b"a", b"bc"], [b"ab", b"d"], [b"abc"]):
+        with pytest.raises(Refused):
+            w.check_payload(other, mac)
+
+
+def test_large_numpy_array_travels_out_of_band():
+    arr = np.arange(1_000_000, dtype=np.float64)
+    frames = dumps(arr)
+    assert len(frames) == 2  # the pickle and the array's buffer
+    assert len(frames[0]) < 1000  # the data is not inside the pickle
+    back = loads(frames)
+    assert np.array_equal(arr, back)
+
+
+def test_closures_and_lambdas_pickle():
+    k = 7
+    f = loads(dumps(lambda x: x + k))
+    assert f(1) == 8
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=64), min_size=0, max_size=6))
+def test_random_frames_never_pass_or_crash(frames):
+    w = Wire(KEY)
+    with pytest.raises(Refused):
+        w.decode(frames)
