@@ -30,3 +30,11 @@ def client(cluster):
     tc = cluster.client()
     yield tc
     tc.close()
+
+
+def pytest_collection_finish(session):
+    """Ship test-module functions by value: engines cannot import the test modules."""
+    import cloudpickle
+
+    for module in {item.module for item in session.items if getattr(item, "module", None)}:
+        cloudpickle.register_pickle_by_value(module)

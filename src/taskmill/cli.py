@@ -29,19 +29,10 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
-def _open_store(db: str | None) -> Any:
-    from .store import MemoryStore
-
-    if db in (None, ":memory:"):
-        return MemoryStore()
-    raise SystemExit(
-        f"taskmill: --db {db}: the durable SQLite store is not built yet; use --db :memory: "
-        "(results then live in the controller's memory until cleared)")
-
-
 def cmd_controller(a: argparse.Namespace) -> int:
     from .controller import run_controller
     from .engine import watch_parent
+    from .store import open_store
 
     _setup_logging(a.log_level)
     path = Path(a.connection_file) if a.connection_file else default_connection_file()
@@ -51,7 +42,9 @@ def cmd_controller(a: argparse.Namespace) -> int:
         info = new_connection_info(a.ip, a.port, a.engine_port)
         write_connection_file(path, info)
         logging.getLogger("taskmill").info("wrote connection file %s", path)
-    store = _open_store(a.db)
+    db = a.db or str(ensure_private_dir(path.parent) / "tasks.db")
+    store = open_store(db)
+    logging.getLogger("taskmill").info("task store: %s", db)
     if a.parent_fd is not None:
         watch_parent(a.parent_fd, lambda: os.kill(os.getpid(), signal.SIGTERM))
     run_controller(info, store=store, unmet_timeout=a.unmet_timeout, heartbeat=a.heartbeat)
@@ -216,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ip", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     c.add_argument("--port", type=int, default=None, help="client port (default: random)")
     c.add_argument("--engine-port", type=int, default=None, help="engine port (default: random)")
-    c.add_argument("--db", default=None, help="task store path, or :memory:")
+    c.add_argument("--db", default=None,
+                   help="task store (SQLite) path, or :memory: (default: tasks.db beside the "
+                        "connection file)")
     c.add_argument("--connection-file", default=None,
                    help="reused when it exists (same key and addresses), else written")
     c.add_argument("--unmet-timeout", type=float, default=30.0)

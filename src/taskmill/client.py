@@ -47,6 +47,9 @@ from .task import (
 from .wire import Refused, Wire, dumps, loads
 
 SUBMIT_BATCH = 1000
+PING_INTERVAL = 1.0
+# Requests sent again to a restarted controller (reads, and submits, which it de-duplicates).
+RESENDABLE = frozenset({"submit", "result", "wait", "watch"})
 TIME_FORMAT = "%Y/%m/%d %H:%M:%S"
 _CONTROLLER_DECIDED = ("aborted", "unmet_timeout", "dependency")
 
@@ -74,6 +77,9 @@ class _Connection:
         self._recv_sock = self._dealer(self.recv_ident)
         self._req = itertools.count(1)
         self._futures: dict[int, Future] = {}
+        self._outstanding: dict[int, tuple[dict[str, Any], list[Any]]] = {}
+        self._controller_sid: bytes | None = None
+        self._key_prefix = base.decode() + ":"
         self._streams: dict[int, Callable[[dict[str, Any], list[Any]], bool]] = {}
         self._closed = threading.Event()
         self._hello: Future = Future()
@@ -101,12 +107,15 @@ class _Connection:
 
     def _io_loop(self) -> None:
         sock = self._recv_sock
-        next_hello = 0.0
+        next_ping = 0.0
         while not self._closed.is_set():
-            if not self._hello.done() and time.monotonic() >= next_hello:
-                # Said from the receive socket, so the controller knows its id before any reply.
-                sock.send_multipart(self.wire.encode({"type": "hello", "req": 0}), copy=False)
-                next_hello = time.monotonic() + 0.5
+            now = time.monotonic()
+            if now >= next_ping:
+                # Said from the receive socket, so the controller knows its id before any
+                # reply; after the hello, pings tell a restarted controller from the old one.
+                kind = "ping" if self._hello.done() else "hello"
+                sock.send_multipart(self.wire.encode({"type": kind, "req": 0}), copy=False)
+                next_ping = now + (PING_INTERVAL if self._hello.done() else 0.5)
             if not sock.poll(100):
                 continue
             msg = sock.recv_multipart(copy=False)
@@ -114,6 +123,10 @@ class _Connection:
                 header, frames = self.wire.decode(msg)
             except Refused:
                 continue
+            if header["sid"] != self._controller_sid:
+                if self._controller_sid is not None:
+                    self._controller_restarted()
+                self._controller_sid = header["sid"]
             req = header.get("req")
             if req == 0:
                 if not self._hello.done():
@@ -123,11 +136,28 @@ class _Connection:
             if stream is not None:
                 if stream(header, frames):
                     del self._streams[req]
+                    self._outstanding.pop(req, None)
                 continue
+            self._outstanding.pop(req, None)
             fut = self._futures.pop(req, None)
             if fut is not None and not fut.done():
                 fut.set_result((header, frames))
         sock.close(0)
+
+    def _controller_restarted(self) -> None:
+        """A new controller answered: send again what the old one never answered."""
+        with self._send_lock:
+            for req, (header, frames) in list(self._outstanding.items()):
+                if header["type"] in RESENDABLE:
+                    self._send_sock.send_multipart(self._send_wire.encode(header, frames),
+                                                   copy=False)
+                    continue
+                del self._outstanding[req]
+                fut = self._futures.pop(req, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(ControllerUnreachable(
+                        f"the controller at {self.info.client_url} restarted before it answered "
+                        f"a {header['type']!r} request, which may or may not have taken effect"))
 
     def send(self, header: dict[str, Any], frames: Sequence[Any] = (),
              stream: Callable[[dict[str, Any], list[Any]], bool] | None = None) -> Future:
@@ -139,10 +169,13 @@ class _Connection:
             req = next(self._req)
             header["req"] = req
             header["rt"] = self.recv_ident
+            if header["type"] == "submit":
+                header["key"] = self._key_prefix + str(req)  # lets a resend be recognised
             if stream is not None:
                 self._streams[req] = stream
             else:
                 self._futures[req] = fut
+            self._outstanding[req] = (header, list(frames))
             self._send_sock.send_multipart(self._send_wire.encode(header, frames), copy=False)
         return fut
 
@@ -154,6 +187,7 @@ class _Connection:
         try:
             reply, frames = fut.result(wait)
         except FutureTimeout:
+            self._forget(header["req"])
             raise ControllerUnreachable(
                 f"the controller at {self.info.client_url} did not answer a "
                 f"{header['type']!r} request within {wait:g}s"
@@ -161,6 +195,12 @@ class _Connection:
         if not reply.get("ok", True):
             raise TaskError(reply.get("error", "the controller refused the request"))
         return reply, frames
+
+    def _forget(self, req: int) -> None:
+        with self._send_lock:
+            self._outstanding.pop(req, None)
+            self._futures.pop(req, None)
+            self._streams.pop(req, None)
 
     def close(self) -> None:
         if self._closed.is_set():

@@ -130,7 +130,6 @@ class Controller:
         self.engines: dict[int, EngineRecord] = {}
         self._by_ident: dict[bytes, int] = {}
         self._by_uuid: dict[str, int] = {}
-        self._next_eid = 0
         self._waiters: dict[int, list[Waiter]] = {}
         self._death_reasons: dict[int, str] = {}
         self._started: dict[int, float] = {}  # tid -> when its current attempt was dispatched
@@ -146,6 +145,7 @@ class Controller:
         self.client_sock = self._router(info.client_url)
         self.engine_sock = self._router(info.engine_url)
         self._arm(("heartbeat-check",), self.heartbeat / 2)
+        self._reload()
 
     def _router(self, url: str) -> zmq.Socket:
         s = self.ctx.socket(zmq.ROUTER)
@@ -262,7 +262,8 @@ class Controller:
             elif rec is None or rec.state == "dead":
                 # An engine this controller does not know (it restarted, or declared it dead).
                 if kind == "hb":
-                    self._send(self.engine_sock, ident, {"type": "reregister"})
+                    self._send(self.engine_sock, ident,
+                               {"type": "reregister", "gen": header.get("gen")})
             elif kind == "hb":
                 self._send(self.engine_sock, ident, {"type": "hb"})
             elif kind == "result":
@@ -279,8 +280,7 @@ class Controller:
         if eid is not None and self.engines[eid].state != "dead":
             rec = self.engines[eid]  # a repeated register: answer it again
         else:
-            eid = self._next_eid
-            self._next_eid += 1
+            eid = self.store.allocate_engine()
             props = dict(header.get("properties") or {})
             props.update(engineid=eid, hostname=header["hostname"], pid=header["pid"])
             now = time.monotonic()
@@ -355,6 +355,8 @@ class Controller:
         rec = self.engines[a.eid]
         node = task.spec["nodes"][a.node]
         start, end = node["span"]
+        t = self.sched.tasks[a.tid]
+        self.store.mark_running(a.tid, a.eid, a.node, a.attempt, t.tries, sorted(t.handed_over))
         self._started[a.tid] = time.time()
         rec.state = "busy"
         self._send(self.engine_sock, rec.task_ident, {
@@ -446,42 +448,74 @@ class Controller:
         return sum(1 for r in self.engines.values() if r.state != "dead")
 
     def _c_submit(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        key = h.get("key")
+        if isinstance(key, str):
+            known = self.store.submitted(key)
+            if known is not None:  # a client sent it again after a restart: same taskids
+                self._reply(rt, req, tids=known)
+                return
         specs = h["tasks"]
         if not isinstance(specs, list) or not specs:
             raise BadRequest("tasks must be a non-empty list")
         parsed = []
         pos = 0
         for spec in specs:  # check everything before storing anything
-            nodes, task_frames, pos = self._parse_task(spec, frames, pos)
-            parsed.append((spec, nodes, task_frames))
+            end = self._check_task(spec, frames, pos)
+            task_frames = list(frames[pos:end])
+            stored = {"nodes": spec["nodes"], "after": _check_int_list(spec.get("after", []),
+                                                                       "after")}
+            parsed.append((stored, self._nodes(stored, task_frames), task_frames))
+            pos = end
         if pos != len(frames):
             raise BadRequest(f"{len(frames)} payload frames, but the tasks describe {pos}")
         now = time.time()
         tids = []
-        for spec, nodes, task_frames in parsed:
+        for stored, nodes, task_frames in parsed:
             tid = self.store.allocate()
-            after = _check_int_list(spec.get("after", []), "after")
-            self.store.add(StoredTask(tid, {"nodes": spec["nodes"], "after": after},
-                                      task_frames, now))
-            active, broken = [], None
-            for dep in after:
-                if self.sched.is_active(dep):
-                    active.append(dep)
-                else:
-                    r = self.store.result(dep)
-                    if r is None or not r.ok:
-                        broken = dep
-                        break
+            self.store.add(StoredTask(tid, stored, task_frames, now))
             self.stats.submitted += 1
-            self._apply(self.sched.submit(tid, nodes, after=active, broken_after=broken))
+            self._submit_to_scheduler(tid, stored, nodes)
             tids.append(tid)
+        if isinstance(key, str):
+            self.store.remember_submit(key, tids)
         self._reply(rt, req, tids=tids)
 
-    def _parse_task(self, spec: Any, frames: list[Any], pos: int) -> tuple[list[Node], list[Any], int]:
+    def _submit_to_scheduler(self, tid: int, spec: dict[str, Any], nodes: list[Node],
+                             **counters: Any) -> None:
+        active, broken = [], None
+        for dep in spec["after"]:
+            if self.sched.is_active(dep):
+                active.append(dep)
+            else:
+                r = self.store.result(dep)
+                if r is None or not r.ok:
+                    broken = dep
+                    break
+        self._apply(self.sched.submit(tid, nodes, after=active, broken_after=broken, **counters))
+
+    def _reload(self) -> None:
+        """Queue again every task a previous controller left unfinished in the store."""
+        n = 0
+        for task, c in self.store.unfinished():
+            try:
+                nodes = self._nodes(task.spec, task.frames)
+            except BadRequest as e:  # e.g. a depend callable this controller cannot load
+                log.error("task %d cannot be reloaded: %s", task.tid, e)
+                nodes = [Node(depend=lambda props: False)]
+            # A task that was running is run again: its lost attempt counts in `attempts`
+            # but does not use up a retry.
+            self._submit_to_scheduler(
+                task.tid, task.spec, nodes, node=c["node"], attempts=c["attempts"],
+                tries=max(0, c["tries"] - 1), handed_over=c["handed_over"])
+            n += 1
+        if n:
+            log.info("reloaded %d unfinished task(s) from the store", n)
+
+    def _check_task(self, spec: Any, frames: list[Any], pos: int) -> int:
+        """Check one task of a submit message; note each node's frame spans; return its end."""
         if not isinstance(spec, dict) or not isinstance(spec.get("nodes"), list) or not spec["nodes"]:
             raise BadRequest("each task needs a non-empty list of nodes")
         start = pos
-        nodes = []
         n = len(spec["nodes"])
         for meta in spec["nodes"]:
             if not isinstance(meta, dict) or not isinstance(meta.get("exec"), dict):
@@ -498,31 +532,39 @@ class Controller:
                 raise BadRequest("recovery must index a node of the same task")
             if pos + nf + df > len(frames):
                 raise BadRequest("the tasks describe more payload frames than the message has")
-            meta["span"] = [pos - start, pos - start + nf]
-            pos += nf
-            meta["dspan"] = [pos - start, pos - start + df]
             depend = meta.get("depend")
-            if depend == "callable":
-                dframes = frames[pos:pos + df]
-                try:
-                    self.wire.check_payload(dframes, meta.get("dpmac"))
-                    depend = loads(dframes)
-                except Refused as e:
-                    raise BadRequest(f"depend payload refused: {e}") from None
-                except Exception as e:
-                    raise BadRequest(
-                        f"the controller cannot unpickle this task's depend callable ({e!r}); "
-                        "use a dict depend or a function the controller can import") from None
-                if not callable(depend):
-                    raise BadRequest("depend must unpickle to a callable")
-            elif depend is not None and not isinstance(depend, dict):
+            if depend not in (None, "callable") and not isinstance(depend, dict):
                 raise BadRequest("depend must be null, a map, or 'callable'")
-            pos += df
             timeout = meta.get("timeout")
             if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
                 raise BadRequest("timeout must be null or a number > 0")
-            nodes.append(Node(retries=retries, depend=depend, recovery=recovery, timeout=timeout))
-        return nodes, list(frames[start:pos]), pos
+            meta["span"] = [pos - start, pos - start + nf]
+            pos += nf
+            meta["dspan"] = [pos - start, pos - start + df]
+            pos += df
+        return pos
+
+    def _nodes(self, spec: dict[str, Any], frames: list[Any]) -> list[Node]:
+        """The scheduler's view of a stored task; a callable depend is unpickled here."""
+        nodes = []
+        for meta in spec["nodes"]:
+            depend = meta.get("depend")
+            if depend == "callable":
+                s, e = meta["dspan"]
+                try:
+                    self.wire.check_payload(frames[s:e], meta.get("dpmac"))
+                    depend = loads(frames[s:e])
+                except Refused as err:
+                    raise BadRequest(f"depend payload refused: {err}") from None
+                except Exception as err:
+                    raise BadRequest(
+                        f"the controller cannot unpickle this task's depend callable ({err!r}); "
+                        "use a dict depend or a function the controller can import") from None
+                if not callable(depend):
+                    raise BadRequest("depend must unpickle to a callable")
+            nodes.append(Node(retries=meta.get("retries", 0), depend=depend,
+                              recovery=meta.get("recovery"), timeout=meta.get("timeout")))
+        return nodes
 
     def _result_entry(self, tid: int) -> tuple[dict[str, Any] | None, list[Any]]:
         r = self.store.result(tid)

@@ -30,6 +30,7 @@ import threading
 import time
 import traceback
 import uuid as uuidlib
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -142,6 +143,8 @@ class Engine:
         self._current: int | None = None
         self._in_task_code = False
         self._skip: set[int] = set()
+        self._backlog: deque[tuple[dict[str, Any], list[Any]]] = deque()
+        self._generation = 0  # rises with each registration; stale "reregister"s are ignored
         self.ctx = zmq.Context()
         self.task_sock = self._dealer(b".t")
         self.ctl_sock = self._dealer(b".c")
@@ -198,7 +201,10 @@ class Engine:
         self._stop.set()
 
     def _register(self) -> None:
-        """Send `register` through the task socket until the controller answers."""
+        """Send `register` through the task socket until the controller answers.
+
+        Tasks that arrive meanwhile are kept for the task loop, never dropped.
+        """
         self._registered.clear()
         while not self._stop.is_set():
             self._send(self.task_sock, {
@@ -209,14 +215,19 @@ class Engine:
             while time.monotonic() < deadline and not self._stop.is_set():
                 if not self.task_sock.poll(100):
                     continue
-                header, _ = self._recv(self.task_sock)
-                if header is not None and header["type"] == "registered":
+                header, frames = self._recv(self.task_sock)
+                if header is None:
+                    continue
+                if header["type"] == "task":
+                    self._backlog.append((header, frames))
+                elif header["type"] == "registered":
                     first = self.engineid is None
                     self.engineid = header["engineid"]
                     self.heartbeat = float(header.get("heartbeat", 1.0))
                     self.namespace["engineid"] = self.engineid
                     self.properties["engineid"] = self.engineid
                     self._sent_properties = dict(header.get("properties") or {})
+                    self._generation += 1
                     self._need_register.clear()
                     self._registered.set()
                     log.info("registered as engine %d%s", self.engineid,
@@ -239,9 +250,12 @@ class Engine:
             if self._need_register.is_set():
                 self._register()
                 continue
-            if not self.task_sock.poll(100):
+            if self._backlog:
+                header, frames = self._backlog.popleft()
+            elif not self.task_sock.poll(100):
                 continue
-            header, frames = self._recv(self.task_sock)
+            else:
+                header, frames = self._recv(self.task_sock)
             if header is None or header["type"] != "task":
                 continue
             try:
@@ -256,7 +270,8 @@ class Engine:
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_hb:
-                self._send(self.ctl_sock, {"type": "hb", "engineid": self.engineid})
+                self._send(self.ctl_sock, {"type": "hb", "engineid": self.engineid,
+                                           "gen": self._generation})
                 next_hb = now + self.heartbeat
             if not self.ctl_sock.poll(max(1, int((next_hb - now) * 1000))):
                 continue
@@ -266,7 +281,8 @@ class Engine:
             kind = header["type"]
             if kind == "interrupt":
                 self._interrupt(header["tid"])
-            elif kind == "reregister":
+            elif kind == "reregister" and header.get("gen") == self._generation:
+                # (A reply to a heartbeat sent before the latest registration is stale.)
                 log.warning("the controller does not know this engine: registering again")
                 self._need_register.set()
 

@@ -1,0 +1,183 @@
+"""Nothing lost: controller kill -9 and restart on the same store, engine deaths."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from taskmill import Cluster, EngineDied, MapTask, TaskClient
+from taskmill.connection import new_connection_info, write_connection_file
+
+TASKMILL = [sys.executable, "-m", "taskmill"]
+
+
+def poll(condition, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_for_file(path: str, timeout: float = 60.0) -> None:
+    """Run on an engine: block until `path` exists (tests release tasks this way)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def busy_for(seconds: float) -> int:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pass
+    return os.getpid()
+
+
+class ControllerProcess:
+    def __init__(self, tmp_path):
+        self.conn = write_connection_file(tmp_path / "conn.json", new_connection_info())
+        self.db = str(tmp_path / "tasks.db")
+        self.log = open(tmp_path / "controller.log", "ab")  # noqa: SIM115
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [*TASKMILL, "controller", "--connection-file", str(self.conn), "--db", self.db,
+             "--heartbeat", "0.5"], stdout=self.log, stderr=subprocess.STDOUT)
+
+    def kill9(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.mark.timeout(300)
+def test_kill9_controller_five_times_loses_nothing(tmp_path):
+    ctl = ControllerProcess(tmp_path)
+    ctl.start()
+    engines = [subprocess.Popen([*TASKMILL, "engine", "--connection-file", str(ctl.conn)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for _ in range(2)]
+    tc = None
+    try:
+        tc = TaskClient(ctl.conn, timeout=30)
+        poll(lambda: len(tc.engines()) >= 2, what="2 engines")
+        n = 2000
+        tids = tc.mapper(block=False).map(busy_for, [0.002] * n)
+        assert tids == list(range(n))
+        released = threading.Event()
+
+        def blocked_barrier():
+            tc.barrier(tids)
+            released.set()
+
+        waiter = threading.Thread(target=blocked_barrier, daemon=True)
+        waiter.start()
+        rng = random.Random(7)
+        marks = sorted(rng.sample(range(50, n - 100), 5))
+        for mark in marks:
+            # Kill at a random moment: once at least `mark` tasks have finished.
+            poll(lambda m=mark: _finished(ctl.db) >= m, timeout=120, what=f"{mark} finished")
+            ctl.kill9()
+            ctl.start()
+        assert released.wait(180), "the client blocked in barrier never got through"
+        status = tc.queue_status(verbose=True)
+        assert status["succeeded"] == tids, "some task has no successful result"
+        assert status["failed"] == [] and status["scheduled"] == [] and status["pending"] == []
+        pids = {tc.get_task_result(t) for t in tids}
+        assert pids <= {e.pid for e in engines}
+        rows = sqlite3.connect(ctl.db).execute(
+            "SELECT COUNT(*), COUNT(DISTINCT tid) FROM tasks WHERE state='finished'").fetchone()
+        assert rows == (n, n)
+        # Tasks cut off by a kill ran again, so some needed more than one attempt.
+        attempts = sqlite3.connect(ctl.db).execute("SELECT MAX(attempts) FROM tasks").fetchone()
+        assert attempts[0] >= 1
+        # New taskids continue after the old ones, even across restarts.
+        assert tc.run(MapTask(abs, (-1,))) == n
+    finally:
+        if tc is not None:
+            tc.close()
+        for e in engines:
+            e.kill()
+        ctl.stop()
+
+
+def _finished(db: str) -> int:
+    try:
+        con = sqlite3.connect(db, timeout=5)
+        try:
+            return con.execute("SELECT COUNT(*) FROM tasks WHERE state='finished'").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.OperationalError:
+        return 0
+
+
+@pytest.fixture
+def three_engines(tmp_path):
+    with Cluster(3, heartbeat=0.5) as c:
+        yield c
+
+
+def _running_on(tc, tid):
+    def check():
+        for e in tc.engines():
+            if e["state"] == "busy":
+                return e
+        return None
+
+    return poll(check, what=f"task {tid} running")
+
+
+def test_sigkill_engine_mid_task_retry_succeeds_elsewhere(three_engines, tmp_path):
+    c = three_engines
+    with c.client() as tc:
+        gate = str(tmp_path / "gate")
+        tid = tc.run(MapTask(wait_for_file, (gate, 60.0), retries=1))
+        victim = _running_on(tc, tid)
+        os.kill(victim["pid"], signal.SIGKILL)
+        open(gate, "w").close()
+        tc.get_task_result(tid, block=True)  # no exception: the retry ran elsewhere
+        states = {e["engineid"]: e["state"] for e in tc.engines()}
+        assert states[victim["engineid"]] == "dead"
+
+
+def test_sigkill_engine_without_retries_fails_with_engine_died(three_engines, tmp_path):
+    c = three_engines
+    with c.client() as tc:
+        tid = tc.run(MapTask(wait_for_file, (str(tmp_path / "never"), 60.0)))
+        victim = _running_on(tc, tid)
+        os.kill(victim["pid"], signal.SIGKILL)
+        with pytest.raises(EngineDied) as e:
+            tc.get_task_result(tid, block=True)
+        assert str(victim["engineid"]) in str(e.value)
+
+
+def test_sigstopped_engine_is_declared_dead_by_heartbeat(three_engines, tmp_path):
+    c = three_engines
+    with c.client() as tc:
+        tid = tc.run(MapTask(wait_for_file, (str(tmp_path / "never"), 60.0)))
+        victim = _running_on(tc, tid)
+        os.kill(victim["pid"], signal.SIGSTOP)
+        try:
+            with pytest.raises(EngineDied, match="heartbeat"):
+                tc.get_task_result(tid, block=True)
+            poll(lambda: {e["engineid"]: e["state"] for e in tc.engines()}[victim["engineid"]]
+                 == "dead", what="engine marked dead")
+        finally:
+            os.kill(victim["pid"], signal.SIGCONT)
