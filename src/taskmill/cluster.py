@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -23,7 +25,10 @@ from typing import Any
 from .client import TaskClient
 from .connection import new_connection_info, write_connection_file
 
+log = logging.getLogger("taskmill.cluster")
+
 _LIVE: weakref.WeakSet[Cluster] = weakref.WeakSet()
+NANNY_INTERVAL = 0.2
 
 
 def _stop_all_at_exit() -> None:
@@ -55,6 +60,7 @@ class Cluster:
         heartbeat: float = 1.0,
         connection_file: str | os.PathLike[str] | None = None,
         start_timeout: float = 60.0,
+        max_restarts: int = 10,
     ) -> None:
         self.n = (os.cpu_count() or 1) if n is None else n
         if not isinstance(self.n, int) or self.n < 0:
@@ -70,6 +76,10 @@ class Cluster:
         self.connection_file: Path | None = None
         self._controller: subprocess.Popen[bytes] | None = None
         self._engines: list[subprocess.Popen[bytes]] = []
+        self._engine_props: list[dict[str, Any]] = []
+        self.max_restarts = max_restarts
+        self.restarts = 0
+        self._nanny: threading.Thread | None = None
         self._lifeline: tuple[int, int] | None = None
         self._client: TaskClient | None = None
         self._started = False
@@ -107,6 +117,9 @@ class Cluster:
             self._controller = self._spawn(cmd, "controller")
             self._spawn_engines(self.engine_properties)
             self.wait_for_engines(self.n, self.start_timeout)
+            self._nanny = threading.Thread(target=self._watch_engines, name="taskmill-nanny",
+                                           daemon=True)
+            self._nanny.start()
         except BaseException:
             self.stop()
             raise
@@ -126,9 +139,39 @@ class Cluster:
 
     def _spawn_engines(self, props: list[dict[str, Any]]) -> None:
         for p in props:
-            cmd = [sys.executable, "-m", "taskmill", "engine",
-                   "--connection-file", str(self.connection_file), *_property_args(p)]
-            self._engines.append(self._spawn(cmd, f"engine-{len(self._engines)}"))
+            self._engines.append(self._spawn_engine(p, len(self._engines)))
+            self._engine_props.append(p)
+
+    def _spawn_engine(self, props: dict[str, Any], slot: int) -> subprocess.Popen[bytes]:
+        cmd = [sys.executable, "-m", "taskmill", "engine",
+               "--connection-file", str(self.connection_file), *_property_args(props)]
+        return self._spawn(cmd, f"engine-{slot}")
+
+    def _watch_engines(self) -> None:
+        """The nanny: tell the controller at once when an engine process exits, and replace it."""
+        while self._started:
+            for slot, proc in enumerate(list(self._engines)):
+                status = proc.poll()
+                if status is None or isinstance(proc, _Exited) or not self._started:
+                    continue
+                try:
+                    self._own_client()._conn.call(
+                        {"type": "engine_exited", "pid": proc.pid, "status": status})
+                except Exception as e:  # noqa: BLE001 - the heartbeat will notice instead
+                    log.warning("could not tell the controller that pid %d exited: %s",
+                                proc.pid, e)
+                if self.restarts >= self.max_restarts:
+                    log.error("engine pid %d exited with status %s; not restarted: the limit "
+                              "of %d restarts is reached", proc.pid, status, self.max_restarts)
+                    self._engines[slot] = _Exited(proc.pid, status)
+                    continue
+                self.restarts += 1
+                new = self._spawn_engine(self._engine_props[slot], slot)
+                self._engines[slot] = new
+                log.warning("engine pid %d exited with status %s; restarted as pid %d "
+                            "(restart %d of at most %d)", proc.pid, status, new.pid,
+                            self.restarts, self.max_restarts)
+            time.sleep(NANNY_INTERVAL)
 
     def stop(self) -> None:
         """Stop every process of this cluster (idempotent)."""
@@ -136,10 +179,14 @@ class Cluster:
             return
         self._started = False
         _LIVE.discard(self)
+        if self._nanny is not None and self._nanny is not threading.current_thread():
+            self._nanny.join(timeout=5)
+            self._nanny = None
         if self._client is not None:
             self._client.close()
             self._client = None
-        procs = [p for p in [*self._engines, self._controller] if p is not None]
+        procs = [p for p in [*self._engines, self._controller]
+                 if p is not None and not isinstance(p, _Exited)]
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -219,3 +266,14 @@ class Cluster:
         """engineid -> pid of every live engine."""
         return {e["engineid"]: e["pid"] for e in self._own_client().engines()
                 if e["state"] != "dead"}
+
+
+class _Exited:
+    """Stands in the engine list for an engine process that exited and was not replaced."""
+
+    def __init__(self, pid: int, status: int) -> None:
+        self.pid = pid
+        self.returncode = status
+
+    def poll(self) -> int:
+        return self.returncode

@@ -19,7 +19,7 @@ never unpickles user data, except a callable `depend`, which it must call.
 
 Client messages (every one carries `req`; the reply echoes it):
   hello, ping, submit{tasks}, result{tids, block}, watch{tids}, wait{tids}, abort{tid},
-  spin, status{verbose}, clear{tids}, engines, stats
+  spin, status{verbose}, clear{tids}, engines, stats, engine_exited{pid, status} (from a nanny)
 Engine control messages: register, hb (heartbeat)  ->  registered, hb, reregister, interrupt
 Engine task messages: task (controller -> engine), result (engine -> controller)
 """
@@ -30,6 +30,8 @@ import heapq
 import itertools
 import logging
 import os
+import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -663,6 +665,22 @@ class Controller:
         dropped, missing = self.store.clear(tids)
         self._reply(rt, req, dropped=dropped, missing=missing)
 
+    def _c_engine_exited(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        """A local nanny saw an engine process exit: no need to wait for its heartbeat."""
+        pid, status = h["pid"], h["status"]
+        if not isinstance(pid, int) or not isinstance(status, int):
+            raise BadRequest("pid and status must be ints")
+        how = f"process exited with status {status}"
+        if status < 0:
+            try:
+                how += f" ({signal.Signals(-status).name})"
+            except ValueError:
+                pass
+        for rec in list(self.engines.values()):
+            if rec.pid == pid and rec.state != "dead" and rec.hostname == socket.gethostname():
+                self._engine_died(rec, how)
+        self._reply(rt, req)
+
     def _c_stats(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
         self._reply(rt, req, stats=self.statistics())
 
@@ -696,8 +714,6 @@ def run_controller(
     heartbeat: float = 1.0,
 ) -> None:
     """Serve until SIGTERM/SIGINT."""
-    import signal
-
     ctl = Controller(info, store=store, unmet_timeout=unmet_timeout, heartbeat=heartbeat)
 
     def _stop(signum: int, frame: Any) -> None:

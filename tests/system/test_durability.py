@@ -181,3 +181,22 @@ def test_sigstopped_engine_is_declared_dead_by_heartbeat(three_engines, tmp_path
                  == "dead", what="engine marked dead")
         finally:
             os.kill(victim["pid"], signal.SIGCONT)
+
+
+def test_nanny_reports_exit_status_and_replaces_the_engine(tmp_path):
+    with Cluster(2, heartbeat=5.0, max_restarts=1) as c, c.client() as tc:
+        # heartbeat=5: a death noticed within seconds can only be the nanny's report.
+        tid = tc.run(MapTask(wait_for_file, (str(tmp_path / "never"), 60.0)))
+        victim = _running_on(tc, tid)
+        os.kill(victim["pid"], signal.SIGKILL)
+        with pytest.raises(EngineDied, match=r"status -9 \(SIGKILL\)"):
+            tc.get_task_result(tid, block=True)
+        new = poll(lambda: [e for e in tc.engines()
+                            if e["state"] != "dead" and e["pid"] != victim["pid"]
+                            and e["engineid"] > victim["engineid"]
+                            and e["engineid"] not in (0, 1)], what="a replacement engine")
+        assert new[0]["pid"] != victim["pid"]
+        assert c.restarts == 1
+        assert sorted(c.engine_pids) == sorted(
+            e["engineid"] for e in tc.engines() if e["state"] != "dead")
+        assert tc.run(MapTask(abs, (-5,)), block=True) == 5
