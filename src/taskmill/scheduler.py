@@ -251,6 +251,7 @@ class Scheduler:
         if properties is not None and properties != e.properties:
             e.properties = dict(properties)
             e.version += 1
+            self._fresh.add(eid)
         if e.running.get(tid) == attempt:
             self._release_slot(e, tid)
         t = self.tasks.get(tid)
