@@ -11,10 +11,15 @@ controller picks up where a killed one stopped.
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
+
+import msgpack
 
 # How many submit keys (client id + request number) are remembered to de-duplicate resends.
 SUBMIT_KEYS_KEPT = 100_000
@@ -149,7 +154,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     state TEXT NOT NULL,            -- queued | running | finished
     submitted REAL NOT NULL,
     spec BLOB,                      -- msgpack: nodes and after
-    frames BLOB,                    -- msgpack list of the task's payload frames (NULL once done)
+    frames BLOB,                    -- the task's payload frames (NULL once finished)
     node INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
     tries INTEGER NOT NULL DEFAULT 0,
@@ -163,21 +168,23 @@ CREATE TABLE IF NOT EXISTS submits (key TEXT PRIMARY KEY, tids BLOB NOT NULL, at
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state) WHERE state != 'finished';
 """
 
+# Frames at least this large are kept in files of their own beside the database: writing them
+# is one copy into the page cache, dropping them one unlink, and neither goes through the WAL.
+EXTERNAL_MIN = 64 * 1024
+# The checkpointer copies the WAL into the database once it is larger than this.
+CHECKPOINT_BYTES = 32 * 1024 * 1024
+
 
 def _pack(obj: Any) -> bytes:
-    import msgpack
-
     return msgpack.packb(obj, use_bin_type=True)
 
 
 def _unpack(data: bytes) -> Any:
-    import msgpack
-
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
-def _frames_blob(frames: list[Any]) -> bytes:
-    return _pack([bytes(getattr(f, "buffer", f)) for f in frames])
+def _nbytes(frame: Any) -> int:
+    return memoryview(getattr(frame, "buffer", frame)).nbytes
 
 
 class SQLiteStore:
@@ -185,23 +192,33 @@ class SQLiteStore:
 
     Writes are queued and run in one transaction at `commit()`, which the controller calls
     once per loop turn, before it sends the replies that depend on them (group commit). Active
-    tasks are also kept in memory, for dispatch; finished results live on disk, with a bounded
-    cache in memory, so memory stays flat however many results are kept.
+    tasks are also kept in memory, for dispatch; finished results live on disk, with a cache
+    bounded in entries and bytes, so memory stays flat however many results are kept. Large
+    frames live in files in `<db>.blobs/`, written before the row that names them commits and
+    removed only after the row that drops them commits. A background thread checkpoints the
+    WAL, so the controller's thread never waits for that copy and its fsync.
     """
 
-    def __init__(self, path: str, *, cache_size: int = 1024) -> None:
-        import sqlite3
-
+    def __init__(self, path: str, *, cache_size: int = 1024,
+                 cache_bytes: int = 64 * 1024 * 1024) -> None:
         self.path = path
+        self.blob_dir = Path(f"{path}.blobs")
+        self.blob_dir.mkdir(mode=0o700, exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA page_size=65536")  # takes effect on a new database only
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # durable against a process crash
+        self.db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
         self.db.executescript(_SCHEMA)
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
+        self._unlink_after_commit: list[Path] = []
         self._recent_submits: OrderedDict[str, list[int]] = OrderedDict()
         self._active: dict[int, StoredTask] = {}
-        self._cache: OrderedDict[int, StoredResult] = OrderedDict()
+        self._task_blobs: dict[int, bytes] = {}  # active tasks whose frames are in files
+        self._cache: OrderedDict[int, tuple[StoredResult, int]] = OrderedDict()
         self._cache_size = cache_size
+        self._cache_bytes = cache_bytes
+        self._cached_bytes = 0
         row = self.db.execute("SELECT value FROM meta WHERE key='next_tid'").fetchone()
         top = self.db.execute("SELECT MAX(tid) FROM tasks").fetchone()[0]
         self._next = max(row[0] if row else 0, (top + 1) if top is not None else 0)
@@ -212,6 +229,65 @@ class SQLiteStore:
             self.db.execute(
                 "SELECT COALESCE(SUM(ok), 0), COALESCE(SUM(1 - ok), 0) FROM tasks "
                 "WHERE state='finished'").fetchone())
+        self._remove_orphan_blobs()
+        self._closing = threading.Event()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop,
+                                              name="taskmill-checkpoint", daemon=True)
+        self._checkpointer.start()
+
+    # -- frames ----------------------------------------------------------------------------
+    def _frames_blob(self, tid: int, kind: str, frames: list[Any]) -> bytes:
+        """Pack frames for a row; large ones go to files now (before the row commits)."""
+        packed: list[Any] = []
+        for i, f in enumerate(frames):
+            buf = getattr(f, "buffer", f)
+            if memoryview(buf).nbytes >= EXTERNAL_MIN:
+                name = f"{tid}.{kind}.{i}"
+                with open(self.blob_dir / name, "wb") as out:
+                    out.write(buf)
+                packed.append({"file": name})
+            else:
+                packed.append(bytes(buf))
+        return _pack(packed)
+
+    def _frames_from_blob(self, blob: bytes | None) -> list[Any]:
+        out = []
+        for item in _unpack(blob) if blob else []:
+            if isinstance(item, dict):
+                out.append((self.blob_dir / item["file"]).read_bytes())
+            else:
+                out.append(item)
+        return out
+
+    def _drop_blobs(self, blob: bytes | None) -> None:
+        for item in _unpack(blob) if blob else []:
+            if isinstance(item, dict):
+                self._unlink_after_commit.append(self.blob_dir / item["file"])
+
+    def _remove_orphan_blobs(self) -> None:
+        """Files written for rows that never committed (the controller died in between)."""
+        live: set[str] = set()
+        for frames, results in self.db.execute("SELECT frames, result_frames FROM tasks"):
+            for blob in (frames, results):
+                for item in _unpack(blob) if blob else []:
+                    if isinstance(item, dict):
+                        live.add(item["file"])
+        for f in self.blob_dir.iterdir():
+            if f.name not in live:
+                f.unlink(missing_ok=True)
+
+    def _checkpoint_loop(self) -> None:
+        con = sqlite3.connect(self.path, isolation_level=None)
+        wal = Path(f"{self.path}-wal")
+        try:
+            while not self._closing.wait(0.5):
+                try:
+                    if wal.exists() and wal.stat().st_size > CHECKPOINT_BYTES:
+                        con.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    pass  # busy: try again next turn
+        finally:
+            con.close()
 
     # -- ids -------------------------------------------------------------------------------
     def allocate(self) -> int:
@@ -230,9 +306,12 @@ class SQLiteStore:
     # -- tasks -----------------------------------------------------------------------------
     def add(self, task: StoredTask) -> None:
         self._active[task.tid] = task
+        blob = self._frames_blob(task.tid, "task", task.frames)
+        if any(_nbytes(f) >= EXTERNAL_MIN for f in task.frames):
+            self._task_blobs[task.tid] = blob  # to drop its files when the task finishes
         self._pending.append((
             "INSERT INTO tasks (tid, state, submitted, spec, frames) VALUES (?, 'queued', ?, ?, ?)",
-            (task.tid, task.submitted, _pack(task.spec), _frames_blob(task.frames)),
+            (task.tid, task.submitted, _pack(task.spec), blob),
         ))
 
     def task(self, tid: int) -> StoredTask | None:
@@ -253,7 +332,8 @@ class SQLiteStore:
             "FROM tasks WHERE state != 'finished' ORDER BY tid").fetchall()
         out = []
         for tid, state, submitted, spec, frames, node, attempts, tries, handed in rows:
-            task = StoredTask(tid, _unpack(spec), _unpack(frames), submitted)
+            task = StoredTask(tid, _unpack(spec), self._frames_from_blob(frames), submitted)
+            self._task_blobs[tid] = frames
             self._active[tid] = task
             out.append((task, {"state": state, "node": node, "attempts": attempts,
                                "tries": tries, "handed_over": _unpack(handed) if handed else []}))
@@ -278,12 +358,12 @@ class SQLiteStore:
     # -- results ---------------------------------------------------------------------------
     def finish(self, tid: int, result: StoredResult) -> None:
         self._active.pop(tid, None)
-        frames = [bytes(getattr(f, "buffer", f)) for f in result.frames]
-        result = StoredResult(result.meta, frames)
+        self._drop_blobs(self._task_blobs.pop(tid, None))
+        blob = self._frames_blob(tid, "result", result.frames)
         self._pending.append((
             "UPDATE tasks SET state='finished', ok=?, result_meta=?, result_frames=?, "
             "frames=NULL WHERE tid=?",
-            (int(result.ok), _pack(result.meta), _pack(frames), tid),
+            (int(result.ok), _pack(result.meta), blob, tid),
         ))
         if result.ok:
             self._n_ok += 1
@@ -292,48 +372,67 @@ class SQLiteStore:
         self._remember(tid, result)
 
     def _remember(self, tid: int, result: StoredResult) -> None:
-        self._cache[tid] = result
-        self._cache.move_to_end(tid)
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        size = sum(_nbytes(f) for f in result.frames)
+        if size > self._cache_bytes // 4:
+            return  # a huge result is read back from disk when asked for
+        old = self._cache.pop(tid, None)
+        if old is not None:
+            self._cached_bytes -= old[1]
+        self._cache[tid] = (result, size)
+        self._cached_bytes += size
+        while len(self._cache) > self._cache_size or self._cached_bytes > self._cache_bytes:
+            _, (_, dropped) = self._cache.popitem(last=False)
+            self._cached_bytes -= dropped
+
+    def _forget(self, tid: int) -> None:
+        old = self._cache.pop(tid, None)
+        if old is not None:
+            self._cached_bytes -= old[1]
 
     def result(self, tid: int) -> StoredResult | None:
-        r = self._cache.get(tid)
-        if r is not None:
-            return r
+        hit = self._cache.get(tid)
+        if hit is not None:
+            return hit[0]
         self.commit()  # reads must see queued writes
         row = self.db.execute(
             "SELECT result_meta, result_frames FROM tasks WHERE tid=? AND state='finished'",
             (tid,)).fetchone()
         if row is None:
             return None
-        r = StoredResult(_unpack(row[0]), _unpack(row[1]))
+        r = StoredResult(_unpack(row[0]), self._frames_from_blob(row[1]))
         self._remember(tid, r)
         return r
 
     def clear(self, tids: list[int] | None) -> tuple[int, list[int]]:
         self.commit()
         if tids is None:
+            for (blob,) in self.db.execute(
+                    "SELECT result_frames FROM tasks WHERE state='finished'"):
+                self._drop_blobs(blob)
             n = self.db.execute("DELETE FROM tasks WHERE state='finished'").rowcount
             self._cache.clear()
+            self._cached_bytes = 0
             self._n_ok = self._n_failed = 0
+            self._unlink_dropped()
             return n, []
         dropped, missing = 0, []
         self.db.execute("BEGIN")
         for tid in tids:
             row = self.db.execute(
-                "DELETE FROM tasks WHERE tid=? AND state='finished' RETURNING ok", (tid,)
-            ).fetchone()
+                "DELETE FROM tasks WHERE tid=? AND state='finished' RETURNING ok, result_frames",
+                (tid,)).fetchone()
             if row is None:
                 missing.append(tid)
                 continue
             dropped += 1
-            self._cache.pop(tid, None)
+            self._drop_blobs(row[1])
+            self._forget(tid)
             if row[0]:
                 self._n_ok -= 1
             else:
                 self._n_failed -= 1
         self.db.execute("COMMIT")
+        self._unlink_dropped()
         return dropped, missing
 
     def counts(self) -> tuple[int, int]:
@@ -360,11 +459,23 @@ class SQLiteStore:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+        self._unlink_dropped()
+
+    def _unlink_dropped(self) -> None:
+        for path in self._unlink_after_commit:
+            path.unlink(missing_ok=True)
+        self._unlink_after_commit.clear()
 
     def close(self) -> None:
         try:
             self.commit()
         finally:
+            self._closing.set()
+            self._checkpointer.join(timeout=5)
+            try:
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
             self.db.close()
 
 

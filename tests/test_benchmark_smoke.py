@@ -1,0 +1,50 @@
+"""benchmarks/compare.py runs end to end with tiny sizes and prints its table (no timing checks)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "compare.py"
+
+METRICS = [
+    "startup:",
+    "submit+wait:",
+    "sequential latency, no-op round trip, median",
+    "sequential latency, no-op round trip, p99",
+    "bytes echoed",
+    "float64 ndarray echoed",
+    "map of",
+    "controller CPU per task",
+    "controller CPU per map item",
+    "controller peak RSS",
+]
+
+
+@pytest.mark.timeout(120)
+def test_compare_quick_runs_and_prints_the_table():
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--peers", "none", "--timeout", "60"],
+        cwd=ROOT, capture_output=True, text=True, timeout=110, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    out = proc.stdout
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert table, out
+    header = table[0]
+    for col in ("metric", "better", "taskmill", "ProcessPoolExecutor", "multiprocessing.Pool"):
+        assert col in header, header
+    # --peers none measures neither third-party peer.
+    assert "ipyparallel" not in header and "dask" not in header, header
+    for name in METRICS:
+        rows = [line for line in table if name in line]
+        assert rows, f"no row for {name!r} in:\n{out}"
+    # Every measured cell of the taskmill column holds a number, not an error.
+    for row in table[2:]:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[2] and not cells[2].startswith(("error", "not ")), row
+    assert "--quick --peers none" in out  # the exact command line is printed

@@ -1,0 +1,88 @@
+"""The task stores: ids, results, clear, counts; the SQLite store across reopen (as after kill -9)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from taskmill.store import MemoryStore, SQLiteStore, StoredResult, StoredTask
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request, tmp_path):
+    s = MemoryStore() if request.param == "memory" else SQLiteStore(str(tmp_path / "t.db"))
+    yield s
+    s.close()
+
+
+def _task(store, frames=(b"body",)):
+    tid = store.allocate()
+    store.add(StoredTask(tid, {"nodes": [], "after": []}, list(frames), 1.0))
+    return tid
+
+
+def test_ids_results_counts_and_clear(store):
+    tids = [_task(store) for _ in range(4)]
+    assert tids == [0, 1, 2, 3]
+    store.finish(0, StoredResult({"status": "ok"}, [b"r0"]))
+    store.finish(1, StoredResult({"status": "error"}, []))
+    store.finish(2, StoredResult({"status": "ok"}, [b"r2"]))
+    store.commit()
+    assert store.counts() == (2, 1)
+    assert store.finished_ids() == ([0, 2], [1])
+    assert store.result(0).frames == [b"r0"] and store.result(3) is None
+    assert store.clear([0, 3, 99]) == (1, [3, 99])
+    assert store.result(0) is None and store.counts() == (1, 1)
+    assert store.clear(None) == (2, [])
+    assert store.counts() == (0, 0)
+    assert _task(store) == 4  # ids are never reused, even after clear
+
+
+def test_sqlite_survives_reopen_without_close(tmp_path):
+    path = str(tmp_path / "t.db")
+    big = os.urandom(300_000)  # stored in a file of its own
+    s = SQLiteStore(path)
+    a = _task(s, [b"small", big])
+    b = _task(s)
+    s.mark_running(b, engine=3, node=0, attempts=1, tries=1, handed_over=[])
+    s.finish(a, StoredResult({"status": "ok"}, [big]))
+    c = _task(s, [big])
+    s.remember_submit("client:1", [a, b, c])
+    s.commit()  # no close(): as if the controller were killed here
+    s2 = SQLiteStore(path)
+    assert s2.allocate() == 3
+    assert s2.result(a).frames == [big]
+    unfinished = {t.tid: (t, counters) for t, counters in s2.unfinished()}
+    assert set(unfinished) == {b, c}
+    assert unfinished[b][1]["attempts"] == 1 and unfinished[b][1]["state"] == "running"
+    assert unfinished[c][0].frames == [big]
+    assert s2.submitted("client:1") == [a, b, c]
+    s2.finish(c, StoredResult({"status": "ok"}, []))
+    s2.commit()
+    names = sorted(p.name for p in s2.blob_dir.iterdir())
+    assert names == [f"{a}.result.0"]  # the finished task's body file is gone
+    s2.clear([a])
+    assert list(s2.blob_dir.iterdir()) == []
+    s2.close()
+    s.db.close()
+
+
+def test_sqlite_removes_orphan_blob_files(tmp_path):
+    path = str(tmp_path / "t.db")
+    s = SQLiteStore(path)
+    _task(s, [os.urandom(100_000)])  # file written, row never committed
+    s2 = SQLiteStore(path)
+    assert list(s2.blob_dir.iterdir()) == []
+    s2.close()
+    s.db.close()
+
+
+def test_sqlite_cache_is_bounded(tmp_path):
+    s = SQLiteStore(str(tmp_path / "t.db"), cache_size=10, cache_bytes=10_000)
+    for _ in range(50):
+        tid = _task(s)
+        s.finish(tid, StoredResult({"status": "ok"}, [b"x" * 1000]))
+    assert len(s._cache) <= 10 and s._cached_bytes <= 10_000
+    assert s.result(0).frames == [b"x" * 1000]  # read back from disk
+    s.close()
