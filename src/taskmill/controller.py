@@ -61,6 +61,7 @@ from .wire import Refused, Wire, loads
 log = logging.getLogger("taskmill.controller")
 
 DRAIN_BATCH = 1000
+COMMIT_INTERVAL = 0.05  # seconds a write with no reply waiting on it may stay uncommitted
 
 
 class BadRequest(Exception):
@@ -140,6 +141,7 @@ class Controller:
         self._timer_live: dict[tuple, int] = {}
         self._timer_seq = itertools.count()
         self._outbox: list[tuple[zmq.Socket, list[Any]]] = []
+        self._last_commit = time.monotonic()
         self.stats = Stats()
         self._stopping = False
         self.ctx = context or zmq.Context()
@@ -212,9 +214,16 @@ class Controller:
                 log.exception("error handling a %r message from %r", header.get("type"), ident)
 
     def _flush(self) -> None:
+        """Commit the store, then send. A reply to a client may tell it a taskid or a result,
+        so it waits for the commit; messages to engines do not, and writes with no reply
+        waiting on them are committed at most COMMIT_INTERVAL later (group commit)."""
+        now = time.monotonic()
+        to_client = any(sock is self.client_sock for sock, _ in self._outbox)
+        if to_client or (self.store.dirty() and now - self._last_commit >= COMMIT_INTERVAL):
+            self.store.commit()
+            self._last_commit = now
         if not self._outbox:
             return
-        self.store.commit()
         out, self._outbox = self._outbox, []
         for sock, frames in out:
             sock.send_multipart(frames, copy=False)
@@ -234,9 +243,10 @@ class Controller:
             return 0
         while self._timers and self._timer_live.get(self._timers[0][2]) != self._timers[0][1]:
             heapq.heappop(self._timers)
-        if not self._timers:
-            return 1000
-        return max(0, int((self._timers[0][0] - time.monotonic()) * 1000) + 1)
+        deadline = self._timers[0][0] if self._timers else time.monotonic() + 1.0
+        if self.store.dirty():
+            deadline = min(deadline, self._last_commit + COMMIT_INTERVAL)
+        return max(0, int((deadline - time.monotonic()) * 1000) + 1)
 
     def _fire_timers(self) -> None:
         now = time.monotonic()

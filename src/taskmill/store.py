@@ -61,6 +61,7 @@ class TaskStore(Protocol):
     def counts(self) -> tuple[int, int]: ...
     def finished_ids(self) -> tuple[list[int], list[int]]: ...
     def commit(self) -> None: ...
+    def dirty(self) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -143,6 +144,9 @@ class MemoryStore:
     def commit(self) -> None:
         pass
 
+    def dirty(self) -> bool:
+        return False
+
     def close(self) -> None:
         pass
 
@@ -167,6 +171,15 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE TABLE IF NOT EXISTS submits (key TEXT PRIMARY KEY, tids BLOB NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state) WHERE state != 'finished';
 """
+
+_INSERT = ("INSERT INTO tasks (tid, state, submitted, spec, frames) "
+           "VALUES (?, 'queued', ?, ?, ?)")
+_RUNNING = ("UPDATE tasks SET state='running', engine=?, node=?, attempts=?, tries=?, "
+            "handed_over=? WHERE tid=?")
+_FINISH = ("UPDATE tasks SET state='finished', ok=?, result_meta=?, result_frames=?, "
+           "frames=NULL WHERE tid=?")
+_SUBMIT = "INSERT OR REPLACE INTO submits VALUES (?, ?, ?)"
+_WRITES = (_INSERT, _RUNNING, _FINISH, _SUBMIT)
 
 # Frames at least this large are kept in files of their own beside the database: writing them
 # is one copy into the page cache, dropping them one unlink, and neither goes through the WAL.
@@ -210,7 +223,10 @@ class SQLiteStore:
         self.db.execute("PRAGMA synchronous=NORMAL")  # durable against a process crash
         self.db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
         self.db.executescript(_SCHEMA)
-        self._pending: list[tuple[str, tuple[Any, ...]]] = []
+        # Queued writes, one list of rows per statement, run with executemany at commit in
+        # this order (a task's insert comes before its running mark and its finish).
+        self._pending: dict[str, list[tuple[Any, ...]]] = {sql: [] for sql in _WRITES}
+        self._dirty = False
         self._unlink_after_commit: list[Path] = []
         self._recent_submits: OrderedDict[str, list[int]] = OrderedDict()
         self._active: dict[int, StoredTask] = {}
@@ -293,14 +309,13 @@ class SQLiteStore:
     def allocate(self) -> int:
         tid = self._next
         self._next += 1
-        self._pending.append(("INSERT OR REPLACE INTO meta VALUES ('next_tid', ?)", (self._next,)))
+        self._dirty = True
         return tid
 
     def allocate_engine(self) -> int:
         eid = self._next_eid
         self._next_eid += 1
-        self._pending.append(
-            ("INSERT OR REPLACE INTO meta VALUES ('next_eid', ?)", (self._next_eid,)))
+        self._dirty = True
         return eid
 
     # -- tasks -----------------------------------------------------------------------------
@@ -309,21 +324,14 @@ class SQLiteStore:
         blob = self._frames_blob(task.tid, "task", task.frames)
         if any(_nbytes(f) >= EXTERNAL_MIN for f in task.frames):
             self._task_blobs[task.tid] = blob  # to drop its files when the task finishes
-        self._pending.append((
-            "INSERT INTO tasks (tid, state, submitted, spec, frames) VALUES (?, 'queued', ?, ?, ?)",
-            (task.tid, task.submitted, _pack(task.spec), blob),
-        ))
+        self._queue(_INSERT, (task.tid, task.submitted, _pack(task.spec), blob))
 
     def task(self, tid: int) -> StoredTask | None:
         return self._active.get(tid)
 
     def mark_running(self, tid: int, engine: int, node: int, attempts: int, tries: int,
                      handed_over: list[int]) -> None:
-        self._pending.append((
-            "UPDATE tasks SET state='running', engine=?, node=?, attempts=?, tries=?, "
-            "handed_over=? WHERE tid=?",
-            (engine, node, attempts, tries, _pack(handed_over), tid),
-        ))
+        self._queue(_RUNNING, (engine, node, attempts, tries, _pack(handed_over), tid))
 
     def unfinished(self) -> list[tuple[StoredTask, dict[str, Any]]]:
         """Every queued or running task, oldest first, with its scheduling counters."""
@@ -352,19 +360,14 @@ class SQLiteStore:
         self._recent_submits[key] = tids
         while len(self._recent_submits) > SUBMIT_KEYS_KEPT:
             self._recent_submits.popitem(last=False)
-        self._pending.append(("INSERT OR REPLACE INTO submits VALUES (?, ?, ?)",
-                              (key, _pack(tids), time.time())))
+        self._queue(_SUBMIT, (key, _pack(tids), time.time()))
 
     # -- results ---------------------------------------------------------------------------
     def finish(self, tid: int, result: StoredResult) -> None:
         self._active.pop(tid, None)
         self._drop_blobs(self._task_blobs.pop(tid, None))
         blob = self._frames_blob(tid, "result", result.frames)
-        self._pending.append((
-            "UPDATE tasks SET state='finished', ok=?, result_meta=?, result_frames=?, "
-            "frames=NULL WHERE tid=?",
-            (int(result.ok), _pack(result.meta), blob, tid),
-        ))
+        self._queue(_FINISH, (int(result.ok), _pack(result.meta), blob, tid))
         if result.ok:
             self._n_ok += 1
         else:
@@ -447,14 +450,25 @@ class SQLiteStore:
             (ok if good else failed).append(tid)
         return ok, failed
 
+    def dirty(self) -> bool:
+        return self._dirty
+
+    def _queue(self, sql: str, row: tuple[Any, ...]) -> None:
+        self._pending[sql].append(row)
+        self._dirty = True
+
     def commit(self) -> None:
-        if not self._pending:
+        if not self._dirty:
             return
-        pending, self._pending = self._pending, []
+        self._dirty = False
         self.db.execute("BEGIN")
         try:
-            for sql, args in pending:
-                self.db.execute(sql, args)
+            for sql, rows in self._pending.items():
+                if rows:
+                    self.db.executemany(sql, rows)
+                    rows.clear()
+            self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                                [("next_tid", self._next), ("next_eid", self._next_eid)])
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")

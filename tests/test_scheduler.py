@@ -1,0 +1,1206 @@
+"""Unit tests of the scheduler's rules (SPEC.md §2, §6.5), plus a stateful model test.
+
+The scheduler is a pure state machine, so everything here is fast and needs no cluster: each
+event is a method call and we check the exact actions it returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from taskmill.scheduler import (
+    ABORTED,
+    DEPENDENCY,
+    ENGINE_DIED,
+    ERROR,
+    OK,
+    REJECTED,
+    RESULT,
+    UNMET_TIMEOUT,
+    ArmTimer,
+    CancelTimer,
+    Dispatch,
+    Finish,
+    Interrupt,
+    Node,
+    Scheduler,
+)
+
+UNMET = 5.0
+
+
+def make(**kw: Any) -> Scheduler:
+    kw.setdefault("unmet_timeout", UNMET)
+    return Scheduler(**kw)
+
+
+def of(actions: list, cls: type) -> list:
+    return [a for a in actions if isinstance(a, cls)]
+
+
+def one(actions: list, cls: type) -> Any:
+    found = of(actions, cls)
+    assert len(found) == 1, actions
+    return found[0]
+
+
+def arm_keys(actions: list) -> list[tuple]:
+    return [a.key for a in of(actions, ArmTimer)]
+
+
+# ---------------------------------------------------------------------------------------------
+# FIFO and longest-idle engine
+# ---------------------------------------------------------------------------------------------
+
+
+def test_fifo_oldest_task_to_longest_idle_engine():
+    s = make()
+    assert s.add_engine(0, {}) == []
+    assert s.add_engine(1, {}) == []
+    assert s.submit(0, [Node()]) == [Dispatch(0, 0, 0, 1)]  # engine 0 registered first
+    assert s.submit(1, [Node()]) == [Dispatch(1, 1, 0, 1)]
+    for tid in (2, 3, 4):
+        assert s.submit(tid, [Node()]) == []  # both engines busy
+    # engine 1 frees first: the oldest queued task goes to it
+    assert s.task_done(1, 1, 1, OK) == [Finish(1, RESULT, True, 1, None, 1), Dispatch(2, 1, 0, 1)]
+    assert s.task_done(1, 2, 1, OK) == [Finish(2, RESULT, True, 1, None, 1), Dispatch(3, 1, 0, 1)]
+    assert s.task_done(0, 0, 1, OK) == [Finish(0, RESULT, True, 0, None, 1), Dispatch(4, 0, 0, 1)]
+    # now engine 1 goes idle before engine 0: engine 1 is the longest idle, not the lowest id
+    assert s.task_done(1, 3, 1, OK) == [Finish(3, RESULT, True, 1, None, 1)]
+    assert s.task_done(0, 4, 1, OK) == [Finish(4, RESULT, True, 0, None, 1)]
+    assert s.submit(5, [Node()]) == [Dispatch(5, 1, 0, 1)]
+    assert s.submit(6, [Node()]) == [Dispatch(6, 0, 0, 1)]
+
+
+def test_engine_with_room_left_goes_to_the_back_of_the_line():
+    s = make()
+    s.add_engine(0, {}, slots=2)
+    s.add_engine(1, {})
+    assert s.submit(0, [Node()]) == [Dispatch(0, 0, 0, 1)]
+    assert s.submit(1, [Node()]) == [Dispatch(1, 1, 0, 1)]  # engine 0 still has room, but behind 1
+    assert s.submit(2, [Node()]) == [Dispatch(2, 0, 0, 1)]
+    assert s.submit(3, [Node()]) == []
+    assert s.engine_load(0) == [0, 2]
+
+
+def test_retried_task_keeps_its_taskid_place_in_the_queue():
+    s = make()
+    s.add_engine(0, {})
+    assert s.submit(0, [Node(retries=1)]) == [Dispatch(0, 0, 0, 1)]
+    assert s.submit(1, [Node()]) == []
+    assert s.submit(2, [Node()]) == []
+    # the retry of task 0 is older than 1 and 2: it goes first
+    assert s.task_done(0, 0, 1, ERROR) == [Dispatch(0, 0, 0, 2)]
+    assert s.task_done(0, 0, 2, OK) == [Finish(0, RESULT, True, 0, None, 2), Dispatch(1, 0, 0, 1)]
+
+
+def test_parked_task_keeps_its_place_when_an_engine_for_it_frees():
+    s = make()
+    s.add_engine(0, {"x": 0})
+    s.add_engine(1, {"x": 1})
+    assert s.submit(0, [Node(depend={"x": 1})]) == [Dispatch(0, 1, 0, 1)]
+    assert s.submit(1, [Node(depend={"x": 1})]) == []  # engine 0 is free but does not qualify
+    assert s.submit(2, [Node()]) == [Dispatch(2, 0, 0, 1)]
+    assert s.submit(3, [Node()]) == []
+    # engine 1 frees: the parked task 1 is older than 3 and gets it
+    assert s.task_done(1, 0, 1, OK) == [Finish(0, RESULT, True, 1, None, 1), Dispatch(1, 1, 0, 1)]
+    assert s.task_done(0, 2, 1, OK) == [Finish(2, RESULT, True, 0, None, 1), Dispatch(3, 0, 0, 1)]
+
+
+# ---------------------------------------------------------------------------------------------
+# depend
+# ---------------------------------------------------------------------------------------------
+
+
+def test_depend_dict_picks_a_matching_engine():
+    s = make()
+    s.add_engine(0, {"gpu": 0})
+    s.add_engine(1, {"gpu": 1, "mem": 8})
+    s.add_engine(2, {})
+    assert s.submit(0, [Node(depend={"gpu": 1})]) == [Dispatch(0, 1, 0, 1)]
+    assert s.submit(1, [Node(depend={"gpu": 1})]) == []  # only engine 1 qualifies: busy
+    assert s.submit(2, [Node(depend={"gpu": 0})]) == [Dispatch(2, 0, 0, 1)]
+    assert s.submit(3, [Node(depend={"cpu": 1})]) == []  # a missing key does not match
+    assert s.submit(4, [Node(depend={"gpu": 1, "mem": 4})]) == []  # every item must match
+    assert s.submit(5, [Node(depend={})]) == [Dispatch(5, 2, 0, 1)]  # empty dict: any engine
+    assert s.task_done(1, 0, 1, OK) == [Finish(0, RESULT, True, 1, None, 1), Dispatch(1, 1, 0, 1)]
+    assert s.scheduled_ids() == [3, 4]
+
+
+def test_depend_callable():
+    s = make()
+    s.add_engine(0, {"mem": 2})
+    s.add_engine(1, {"mem": 16})
+    seen = []
+
+    def big(props):
+        seen.append(dict(props))
+        return props["mem"] >= 8
+
+    assert s.submit(0, [Node(depend=big)]) == [Dispatch(0, 1, 0, 1)]
+    assert {"mem": 2} in seen and {"mem": 16} in seen
+    # truthy / falsy return values count
+    assert s.submit(1, [Node(depend=lambda p: p["mem"] - 2)]) == []  # 0 on engine 0: falsy
+    assert s.task_done(1, 0, 1, OK) == [Finish(0, RESULT, True, 1, None, 1), Dispatch(1, 1, 0, 1)]
+
+
+@pytest.mark.parametrize(
+    "depend",
+    [lambda p: p["missing"], lambda p: 1 / 0, lambda p: p.nope(), lambda p: [][0]],
+    ids=["KeyError", "ZeroDivisionError", "AttributeError", "IndexError"],
+)
+def test_depend_callable_that_raises_counts_as_false(depend):
+    s = make()
+    s.add_engine(0, {"gpu": 1})
+    acts = s.submit(0, [Node(depend=depend)])
+    assert of(acts, Dispatch) == []
+    keys = arm_keys(acts)  # every engine idle, none satisfies
+    assert len(keys) == 1 and keys[0][:2] == ("unmet", 0)
+    assert s.is_active(0)
+
+
+def test_depend_callable_raising_on_one_engine_still_matches_another():
+    s = make()
+    s.add_engine(0, {})
+    s.add_engine(1, {"gpu": 1})
+    assert s.submit(0, [Node(depend=lambda p: p["gpu"] == 1)]) == [Dispatch(0, 1, 0, 1)]
+
+
+def test_depend_callable_is_not_reevaluated_when_properties_did_not_change():
+    s = make()
+    calls: list[str] = []
+
+    def wants_x(props):
+        calls.append(props["name"])
+        return props.get("x") == 1
+
+    s.add_engine(0, {"name": "e0", "x": 0})
+    s.add_engine(1, {"name": "e1", "x": 0})
+    assert s.submit(0, [Node()]) == [Dispatch(0, 0, 0, 1)]
+    assert s.submit(1, [Node(depend=wants_x)]) == []  # parked: engine 1 does not qualify
+    assert calls.count("e1") == 1
+    # engine 0 frees: it is checked once for the parked task
+    acts = s.task_done(0, 0, 1, OK)
+    assert acts[0] == Finish(0, RESULT, True, 0, None, 1) and not of(acts, Dispatch)
+    assert calls.count("e0") == 1
+    # engines busy and free again, spins, same properties re-set: no new evaluation
+    ds = [one(s.submit(tid, [Node()]), Dispatch) for tid in (2, 3)]
+    assert {d.eid for d in ds} == {0, 1}
+    for d in ds:
+        assert of(s.task_done(d.eid, d.tid, d.attempt, OK), Finish)
+    s.spin()
+    assert s.set_properties(0, {"name": "e0", "x": 0}) == []
+    s.spin()
+    assert calls.count("e0") == 1 and calls.count("e1") == 1
+    assert s.is_active(1) and s.scheduled_ids() == [1]
+    # a property change is seen, and the task runs
+    assert Dispatch(1, 1, 0, 1) in s.set_properties(1, {"name": "e1", "x": 1})
+    assert calls.count("e1") == 2
+
+
+def test_properties_reported_with_a_result_are_used():
+    s = make()
+    s.add_engine(0, {"x": 0})
+    assert s.submit(0, [Node()]) == [Dispatch(0, 0, 0, 1)]
+    assert s.submit(1, [Node(depend={"x": 1})]) == []
+    assert s.task_done(0, 0, 1, OK, {"x": 1}) == [
+        Finish(0, RESULT, True, 0, None, 1),
+        Dispatch(1, 0, 0, 1),
+    ]
+
+
+def test_properties_reported_with_a_stale_report_are_used():
+    """A report the scheduler drops still updates the engine's properties; a parked task
+    that they now satisfy must run (not sit there until the unmet timer finishes it)."""
+    s = make()
+    s.add_engine(0, {"x": 0})
+    acts = s.submit(0, [Node(depend={"x": 1})])
+    assert of(acts, Dispatch) == [] and len(arm_keys(acts)) == 1
+    acts = s.task_done(0, 99, 1, OK, {"x": 1})  # no such attempt on engine 0
+    assert s.engines[0].properties == {"x": 1}
+    assert Dispatch(0, 0, 0, 1) in acts
+
+
+# ---------------------------------------------------------------------------------------------
+# retries
+# ---------------------------------------------------------------------------------------------
+
+
+def test_retries_dispatch_exactly_retries_plus_one_times():
+    s = make()
+    s.add_engine(0, {})
+    acts = s.submit(0, [Node(retries=2)])
+    for attempt in (1, 2, 3):
+        assert acts == [Dispatch(0, 0, 0, attempt)]
+        acts = s.task_done(0, 0, attempt, ERROR)
+    assert acts == [Finish(0, RESULT, False, 0, None, 3)]
+    assert not s.is_active(0)
+
+
+def test_no_retries_fails_after_one_attempt_and_success_on_retry_is_a_success():
+    s = make()
+    s.add_engine(0, {})
+    assert s.submit(0, [Node()]) == [Dispatch(0, 0, 0, 1)]
+    assert s.task_done(0, 0, 1, ERROR) == [Finish(0, RESULT, False, 0, None, 1)]
+    assert s.submit(1, [Node(retries=3)]) == [Dispatch(1, 0, 0, 1)]
+    assert s.task_done(0, 1, 1, ERROR) == [Dispatch(1, 0, 0, 2)]
+    assert s.task_done(0, 1, 2, OK) == [Finish(1, RESULT, True, 0, None, 2)]
+
+
+def test_retry_prefers_an_engine_that_has_not_failed_it():
+    s = make()
+    s.add_engine(0, {}, slots=2)
+    s.add_engine(1, {})
+    assert s.submit(0, [Node(retries=1)]) == [Dispatch(0, 0, 0, 1)]
+    assert s.submit(1, [Node()]) == [Dispatch(1, 1, 0, 1)]
+    assert s.task_done(1, 1, 1, OK) == [Finish(1, RESULT, True, 1, None, 1)]
+    # engine 0 (which still has a free slot) is ahead of engine 1 in the idle line, but it
+    # failed task 0: the retry goes to engine 1
+    assert s.task_done(0, 0, 1, ERROR) == [Dispatch(0, 1, 0, 2)]
+
+
+def test_retry_falls_back_to_the_same_engine_when_it_is_the_only_one():
+    s = make()
+    s.add_engine(0, {})
+    assert s.submit(0, [Node(retries=1)]) == [Dispatch(0, 0, 0, 1)]
+    assert s.task_done(0, 0, 1, ERROR) == [Dispatch(0, 0, 0, 2)]
+
+
+def test_retry_avoid_does_not_override_depend():
+    s = make()
+    s.add_engine(0, {"gpu": 1}, slots=2)
+    s.add_engine(1, {"gpu": 0})
+    assert s.submit(0, [Node(retries=1, depend={"gpu": 1})]) == [Dispatch(0, 0, 0, 1)]
+    # engine 1 is free but does not qualify: the retry goes back to engine 0
+    assert s.task_done(0, 0, 1, ERROR) == [Dispatch(0, 0, 0, 2)]
+
+
+# ---------------------------------------------------------------------------------------------
+# recovery chains (§6.5)
+# ---------------------------------------------------------------------------------------------
+
+
+def run_to_the_end(s: Scheduler, tid: int, acts: list, status: str = ERROR) -> tuple[list, list]:
+    """Fail every dispatch of `tid` on engine 0; return (dispatches, final actions)."""
+    dispatches = []
+    while True:
+        d = [a for a in acts if isinstance(a, Dispatch) and a.tid == tid]
+        if not d:
+            return dispatches, acts
+        assert len(d) == 1
+        dispatches.append(d[0])
+        assert len(dispatches) < 50, "runaway chain"
+        acts = s.task_done(d[0].eid, tid, d[0].attempt, status)
+
+
+def test_recovery_runs_under_the_same_taskid():
+    s = make()
+    s.add_engine(0, {})
+    acts = s.submit(7, [Node(recovery=1), Node()])
+    ds, last = run_to_the_end(s, 7, acts)
+    assert ds == [Dispatch(7, 0, 0, 1), Dispatch(7, 0, 1, 2)]
+    assert last == [Finish(7, RESULT, False, 0, None, 2)]
+
+
+def test_recovery_result_is_the_task_result():
+    s = make()
+    s.add_engine(0, {})
+    assert s.submit(0, [Node(recovery=1), Node()]) == [Dispatch(0, 0, 0, 1)]
+    assert s.task_done(0, 0, 1, ERROR) == [Dispatch(0, 0, 1, 2)]
+    assert s.task_done(0, 0, 2, OK) == [Finish(0, RESULT, True, 0, None, 2)]
+
+
+def test_recovery_chain_a_b_a_runs_a_then_b():
+    s = make()
+    s.add_engine(0, {})
+    acts = s.submit(0, [Node(recovery=1), Node(recovery=0)])
+    ds, last = run_to_the_end(s, 0, acts)
+    assert [d.node for d in ds] == [0, 1]
+    assert last == [Finish(0, RESULT, False, 0, None, 2)]
+
+
+def test_task_that_is_its_own_recovery_runs_twice():
+    s = make()
+    s.add_engine(0, {})
+    acts = s.submit(0, [Node(recovery=0)])
+    ds, last = run_to_the_end(s, 0, acts)
+    assert [d.node for d in ds] == [0, 0]
+    assert last == [Finish(0, RESULT, False, 0, None, 2)]
+
+
+def test_longer_chain_a_b_c_b():
+    s = make()
+    s.add_engine(0, {})
+    acts = s.submit(0, [Node(recovery=1), Node(recovery=2), Node(recovery=1)])
+    ds, last = run_to_the_end(s, 0, acts)
+    # C's recovery B has already handed over (to C): the chain stops after C
+    assert [d.node for d in ds] == [0, 1, 2]
+    assert last == [Finish(0, RESULT, False, 0, None, 3)]
+
+
+def test_recovery_takes_fresh_retries():
+    s = make()
+    s.add_engine(0, {})
+    acts = s.submit(0, [Node(retries=1, recovery=1), Node(retries=2)])
+    ds, last = run_to_the_end(s, 0, acts)
+    assert [d.node for d in ds] == [0, 0, 1, 1, 1]
+    assert [d.attempt for d in ds] == [1, 2, 3, 4, 5]
+    assert last == [Finish(0, RESULT, False, 0, None, 5)]
+
+
+def test_recovery_uses_its_own_depend():
+    s = make()
+    s.add_engine(0, {"kind": "a"})
+    s.add_engine(1, {"kind": "b"})
+    nodes = [Node(depend={"kind": "a"}, recovery=1), Node(depend={"kind": "b"})]
+    assert s.submit(0, nodes) == [Dispatch(0, 0, 0, 1)]
+    assert s.task_done(0, 0, 1, ERROR) == [Dispatch(0, 1, 1, 2)]
+
+
+def test_recovery_after_engine_died():
+    s = make()
+    s.add_engine(0, {})
+    s.add_engine(1, {})
+    assert s.submit(0, [Node(recovery=1), Node()]) == [Dispatch(0, 0, 0, 1)]
+    assert s.remove_engine(0) == [Dispatch(0, 1, 1, 2)]
+    assert s.remove_engine(1) == [Finish(0, ENGINE_DIED, False, 1, None, 2)]
+
+
+# ---------------------------------------------------------------------------------------------
+# after
+# ---------------------------------------------------------------------------------------------
+
+
+def test_after_waits_for_its_dependencies_to_succeed():
+    s = make()
+    s.add_engine(0, {})
+    assert s.submit(0, [Node()]) == [Dispatch(0, 0, 0, 1)]
+    assert s.submit(1, [Node()]) == []
+    assert s.submit(2, [Node()], after=[0, 1]) == []
+    assert s.add_engine(1, {}) == [Dispatch(1, 1, 0, 1)]  # not 2: it waits
+    assert s.add_engine(2, {}) == []
+    assert s.scheduled_ids() == [2]
+    assert s.task_done(0, 0, 1, OK) == [Finish(0, RESULT, True, 0, None, 1)]  # still waits for 1
+    assert s.task_done(1, 1, 1, OK) == [Finish(1, RESULT, True, 1, None, 1), Dispatch(2, 2, 0, 1)]
+
+
+def test_after_a_finished_or_unknown_id_is_ignored_by_the_scheduler():
+    # the controller only passes active ids; others must not block the task
+    s = make()
+    s.add_engine(0, {})
+    assert s.submit(5, [Node()], after=[1, 2, 5]) == [Dispatch(5, 0, 0, 1)]
+
+
+def test_failed_dependency_finishes_dependents_transitively():
+    s = make()
+    s.add_engine(0, {})
+    assert s.submit(0, [Node()]) == [Dispatch(0, 0, 0, 1)]
+    s.submit(1, [Node()], after=[0])
+    s.submit(2, [Node()], after=[1])
+    s.submit(3, [Node()], after=[2, 0])
+    s.submit(4, [Node()])  # unrelated
+    acts = s.task_done(0, 0, 1, ERROR)
+    fins = {f.tid: f for f in of(acts, Finish)}
+    assert fins[0] == Finish(0, RESULT, False, 0, None, 1)
+    assert fins[1] == Finish(1, DEPENDENCY, False, None, 0, 0)
+    assert fins[2] == Finish(2, DEPENDENCY, False, None, 1, 0)
+    assert fins[3].outcome == DEPENDENCY and fins[3].detail in (0, 2)
+    assert set(fins) == {0, 1, 2, 3}
+    assert of(acts, Dispatch) == [Dispatch(4, 0, 0, 1)]
+    assert [f.tid for f in of(acts, Finish)][0] == 0  # the cause comes first
+
+
+def test_aborted_dependency_finishes_dependents():
+    s = make()
+    s.submit(0, [Node()])
+    s.submit(1, [Node()], after=[0])
+    found, acts = s.abort(0)
+    assert found
+    assert acts == [Finish(0, ABORTED, False), Finish(1, DEPENDENCY, False, None, 0, 0)]
+
+
+def test_dependency_chain_of_5000_does_not_recurse():
+    s = make()
+    s.add_engine(0, {})
+    s.submit(0, [Node()])
+    n = 5000
+    for tid in range(1, n + 1):
+        assert s.submit(tid, [Node()], after=[tid - 1]) == []
+    acts = s.task_done(0, 0, 1, ERROR)
+    fins = of(acts, Finish)
+    assert len(fins) == n + 1
+    assert all(f.outcome == DEPENDENCY and f.detail == f.tid - 1 for f in fins[1:])
+    assert s.counts() == (0, 0)
+
+
+def test_dependency_chain_of_5000_succeeds_in_order():
+    s = make()
+    s.add_engine(0, {})
+    n = 5000
+    assert s.submit(0, [Node()]) == [Dispatch(0, 0, 0, 1)]
+    for tid in range(1, n):
+        s.submit(tid, [Node()], after=[tid - 1])
+    for tid in range(n):
+        acts = s.task_done(0, tid, 1, OK)
+        expected = [Finish(tid, RESULT, True, 0, None, 1)]
+        if tid + 1 < n:
+            expected.append(Dispatch(tid + 1, 0, 0, 1))
+        assert acts == expected
+
+
+def test_broken_after_fails_at_once():
+    s = make()
+    s.add_engine(0, {})
+    assert s.submit(3, [Node()], broken_after=1) == [Finish(3, DEPENDENCY, False, None, 1, 0)]
+    assert not s.is_active(3)
+    assert s.counts() == (0, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# unmet depend
+# ---------------------------------------------------------------------------------------------
+
+
+def test_unmet_depend_arms_a_timer_when_all_engines_idle_and_times_out():
+    s = make()
+    s.add_engine(0, {"gpu": 0})
+    acts = s.submit(0, [Node(depend={"gpu": 1})])
+    assert len(acts) == 1 and isinstance(acts[0], ArmTimer)
+    key = acts[0].key
+    assert key[:2] == ("unmet", 0) and acts[0].delay == UNMET
+    assert s.timer_fired(key) == [Finish(0, UNMET_TIMEOUT, False, None, None, 0)]
+    assert not s.is_active(0)
+
+
+def test_unmet_timer_only_when_every_engine_is_idle():
+    s = make()
+    s.add_engine(0, {"gpu": 0})
+    assert s.submit(0, [Node()]) == [Dispatch(0, 0, 0, 1)]
+    assert s.submit(1, [Node(depend={"gpu": 1})]) == []  # engine 0 is busy: no timer
+    acts = s.task_done(0, 0, 1, OK)
+    assert acts[0] == Finish(0, RESULT, True, 0, None, 1)
+    assert [k[:2] for k in arm_keys(acts)] == [("unmet", 1)]
+
+
+def test_unmet_timer_cancelled_when_an_engine_becomes_busy_and_stale_key_ignored():
+    s = make()
+    s.add_engine(0, {"gpu": 0})
+    (old,) = arm_keys(s.submit(0, [Node(depend={"gpu": 1})]))
+    acts = s.submit(1, [Node()])
+    assert Dispatch(1, 0, 0, 1) in acts and CancelTimer(old) in acts
+    assert s.timer_fired(old) == []  # stale
+    assert s.is_active(0)
+    acts = s.task_done(0, 1, 1, OK)
+    (new,) = arm_keys(acts)
+    assert new[:2] == ("unmet", 0) and new != old
+    assert s.timer_fired(old) == []
+    assert s.timer_fired(("unmet", 0, 10**9)) == []  # an unknown token
+    assert s.timer_fired(("something-else",)) == []
+    assert s.is_active(0)
+    assert s.timer_fired(new) == [Finish(0, UNMET_TIMEOUT, False, None, None, 0)]
+    assert s.timer_fired(new) == []  # fired twice: ignored
+
+
+def test_unmet_timer_cancelled_when_a_satisfying_engine_arrives():
+    s = make()
+    s.add_engine(0, {"gpu": 0})
+    (key,) = arm_keys(s.submit(0, [Node(depend={"gpu": 1})]))
+    acts = s.add_engine(1, {"gpu": 1})
+    assert Dispatch(0, 1, 0, 1) in acts and CancelTimer(key) in acts
+    assert s.timer_fired(key) == []
+    assert s.is_active(0)
+
+
+def test_unmet_timer_cancelled_when_properties_change_to_satisfy():
+    s = make()
+    s.add_engine(0, {"gpu": 0})
+    (key,) = arm_keys(s.submit(0, [Node(depend={"gpu": 1})]))
+    acts = s.set_properties(0, {"gpu": 1})
+    assert Dispatch(0, 0, 0, 1) in acts and CancelTimer(key) in acts
+
+
+def test_no_unmet_timer_with_zero_engines():
+    s = make()
+    assert s.submit(0, [Node(depend={"gpu": 1})]) == []
+    assert s.submit(1, [Node()]) == []
+    assert s.counts() == (2, 0)
+    # an armed timer is cancelled when the last engine leaves, and no new one is armed
+    assert s.add_engine(0, {}) == [Dispatch(1, 0, 0, 1)]
+    acts = s.task_done(0, 1, 1, OK)
+    assert acts[0] == Finish(1, RESULT, True, 0, None, 1)
+    (key,) = arm_keys(acts)
+    assert key[:2] == ("unmet", 0)
+    assert s.remove_engine(0) == [CancelTimer(key)]
+    assert s.is_active(0)
+    assert s.timer_fired(key) == []
+
+
+def test_unmet_timer_is_armed_after_the_last_busy_engine_leaves():
+    s = make()
+    s.add_engine(0, {"gpu": 0})
+    s.add_engine(1, {"gpu": 0})
+    s.submit(0, [Node()])
+    assert s.submit(1, [Node(depend={"gpu": 1})]) == []  # engine 0 busy
+    acts = s.remove_engine(0)
+    assert acts[0] == Finish(0, ENGINE_DIED, False, 0, None, 1)
+    assert [k[:2] for k in arm_keys(acts)] == [("unmet", 1)]
+
+
+def test_engine_that_rejected_counts_as_not_satisfying_for_unmet():
+    s = make()
+    s.add_engine(0, {})
+    s.add_engine(1, {"gpu": 0})
+    assert s.submit(0, [Node(depend=lambda p: p.get("gpu") != 0)]) == [Dispatch(0, 0, 0, 1)]
+    acts = s.task_done(0, 0, 1, REJECTED)
+    assert not of(acts, Finish)  # engine 1 has not rejected it (it just does not qualify)
+    assert [k[:2] for k in arm_keys(acts)] == [("unmet", 0)]
+
+
+# ---------------------------------------------------------------------------------------------
+# rejection
+# ---------------------------------------------------------------------------------------------
+
+
+def test_rejected_goes_elsewhere_and_does_not_count_an_attempt():
+    s = make()
+    s.add_engine(0, {})
+    s.add_engine(1, {})
+    s.add_engine(2, {})
+    assert s.submit(0, [Node(retries=2)]) == [Dispatch(0, 0, 0, 1)]
+    assert s.task_done(0, 0, 1, REJECTED) == [Dispatch(0, 1, 0, 1)]  # same attempt number
+    # engine 0 is free and engine 1 failed it, but engine 0 rejected it: never again there
+    assert s.task_done(1, 0, 1, ERROR) == [Dispatch(0, 2, 0, 2)]
+    assert s.task_done(2, 0, 2, ERROR) == [Dispatch(0, 1, 0, 3)]
+    assert s.task_done(1, 0, 3, ERROR) == [Finish(0, RESULT, False, 1, None, 3)]
+
+
+def test_rejected_by_the_only_free_engine_waits_for_another():
+    s = make()
+    s.add_engine(0, {})
+    s.add_engine(1, {})
+    assert s.submit(0, [Node()]) == [Dispatch(0, 0, 0, 1)]
+    assert s.submit(1, [Node()]) == [Dispatch(1, 1, 0, 1)]
+    assert s.task_done(0, 0, 1, REJECTED) == []  # engine 0 free, but it rejected task 0
+    assert s.submit(2, [Node()]) == [Dispatch(2, 0, 0, 1)]  # engine 0 serves others
+    assert s.task_done(1, 1, 1, OK) == [Finish(1, RESULT, True, 1, None, 1), Dispatch(0, 1, 0, 1)]
+
+
+def test_rejected_by_every_registered_engine_is_final():
+    s = make()
+    s.add_engine(0, {})
+    s.add_engine(1, {})
+    assert s.submit(0, [Node(retries=5, recovery=0)]) == [Dispatch(0, 0, 0, 1)]
+    assert s.task_done(0, 0, 1, REJECTED) == [Dispatch(0, 1, 0, 1)]
+    # no retries, no recovery: that report is the result
+    assert s.task_done(1, 0, 1, REJECTED) == [Finish(0, RESULT, False, 1, None, 1)]
+
+
+def test_rejected_by_the_only_engine_is_final_at_once():
+    s = make()
+    s.add_engine(0, {})
+    s.submit(0, [Node(retries=1)])
+    assert s.task_done(0, 0, 1, REJECTED) == [Finish(0, RESULT, False, 0, None, 1)]
+
+
+def test_rejection_by_a_departed_engine_does_not_count_toward_all():
+    s = make()
+    s.add_engine(0, {})
+    s.add_engine(1, {})
+    s.submit(0, [Node()])
+    s.submit(1, [Node()])
+    assert s.task_done(0, 0, 1, REJECTED) == []  # engine 1 busy with task 1
+    s.remove_engine(0)
+    s.add_engine(2, {})
+    assert s.engine_load(2) == [0]
+    assert s.task_done(2, 0, 1, REJECTED) == []  # engine 1 has not rejected it yet
+    assert s.task_done(1, 1, 1, OK) == [Finish(1, RESULT, True, 1, None, 1), Dispatch(0, 1, 0, 1)]
+
+
+# ---------------------------------------------------------------------------------------------
+# remove_engine
+# ---------------------------------------------------------------------------------------------
+
+
+def test_remove_engine_fails_the_running_attempt_with_engine_died():
+    s = make()
+    s.add_engine(0, {})
+    s.submit(0, [Node()])
+    assert s.remove_engine(0) == [Finish(0, ENGINE_DIED, False, 0, None, 1)]
+    assert s.remove_engine(0) == []  # twice: nothing
+    assert s.task_done(0, 0, 1, OK) == []  # a dead engine's late report
+
+
+def test_remove_engine_retries_apply():
+    s = make()
+    s.add_engine(0, {})
+    s.add_engine(1, {})
+    assert s.submit(0, [Node(retries=1)]) == [Dispatch(0, 0, 0, 1)]
+    assert s.remove_engine(0) == [Dispatch(0, 1, 0, 2)]
+    assert s.task_done(0, 0, 1, OK) == []
+    assert s.remove_engine(1) == [Finish(0, ENGINE_DIED, False, 1, None, 2)]
+
+
+def test_remove_engine_requeues_buffered_tasks_without_counting():
+    s = make()
+    s.add_engine(0, {}, slots=3)
+    assert s.submit(0, [Node()]) == [Dispatch(0, 0, 0, 1)]
+    assert s.submit(1, [Node()]) == [Dispatch(1, 0, 0, 1)]
+    assert s.submit(2, [Node()]) == [Dispatch(2, 0, 0, 1)]
+    assert s.counts() == (0, 3)
+    acts = s.remove_engine(0)
+    assert acts == [Finish(0, ENGINE_DIED, False, 0, None, 1)]  # only the running one fails
+    assert s.counts() == (2, 0)
+    assert s.add_engine(1, {}) == [Dispatch(1, 1, 0, 1)]  # attempt 1 again
+    assert s.task_done(1, 1, 1, OK) == [Finish(1, RESULT, True, 1, None, 1), Dispatch(2, 1, 0, 1)]
+
+
+def test_remove_engine_with_an_aborted_task_ahead_requeues_the_buffered_one():
+    s = make()
+    s.add_engine(0, {}, slots=2)
+    s.submit(0, [Node()])
+    s.submit(1, [Node()])
+    found, _ = s.abort(0)
+    assert found
+    assert s.remove_engine(0) == []  # task 1 was buffered behind the aborted one
+    assert s.scheduled_ids() == [1]
+    assert s.add_engine(1, {}) == [Dispatch(1, 1, 0, 1)]
+
+
+# ---------------------------------------------------------------------------------------------
+# abort
+# ---------------------------------------------------------------------------------------------
+
+
+def test_abort_queued_task():
+    s = make()
+    s.submit(0, [Node()])
+    assert s.abort(0) == (True, [Finish(0, ABORTED, False, None, None, 0)])
+    assert not s.is_active(0)
+    assert s.abort(0) == (False, [])  # already finished
+    assert s.add_engine(0, {}) == []
+
+
+def test_abort_parked_task_cancels_its_timer():
+    s = make()
+    s.add_engine(0, {})
+    (key,) = arm_keys(s.submit(0, [Node(depend={"gpu": 1})]))
+    found, acts = s.abort(0)
+    assert found and acts == [CancelTimer(key), Finish(0, ABORTED, False, None, None, 0)]
+
+
+def test_abort_running_task_interrupts_and_keeps_the_slot_until_the_engine_reports():
+    s = make()
+    s.add_engine(0, {})
+    assert s.submit(0, [Node(retries=3, recovery=0)]) == [Dispatch(0, 0, 0, 1)]
+    assert s.submit(1, [Node()]) == []
+    found, acts = s.abort(0)
+    assert found
+    assert acts == [Interrupt(0, 0, ABORTED), Finish(0, ABORTED, False, 0, None, 1)]
+    assert s.engine_load(0) == [0]  # slot still taken
+    assert s.counts() == (1, 0) and s.pending_ids() == [] and s.scheduled_ids() == [1]
+    assert s.spin() == (False, [])
+    # the engine's report yields no Finish (and no retry or recovery); the slot frees
+    assert s.task_done(0, 0, 1, ERROR) == [Dispatch(1, 0, 0, 1)]
+    assert s.abort(0) == (False, [])
+
+
+def test_abort_unknown_tid():
+    s = make()
+    assert s.abort(42) == (False, [])
+    s.add_engine(0, {})
+    assert s.abort(0) == (False, [])
+
+
+# ---------------------------------------------------------------------------------------------
+# stale reports, spin, counts and ids
+# ---------------------------------------------------------------------------------------------
+
+
+def test_stale_attempt_report_is_ignored():
+    s = make()
+    s.add_engine(0, {})
+    s.add_engine(1, {})
+    assert s.submit(0, [Node(retries=1)]) == [Dispatch(0, 0, 0, 1)]
+    assert s.task_done(0, 0, 1, ERROR) == [Dispatch(0, 1, 0, 2)]
+    assert s.task_done(0, 0, 1, OK) == []  # a duplicate of the old report
+    assert s.task_done(1, 0, 1, OK) == []  # right engine, wrong attempt
+    assert s.task_done(0, 0, 2, OK) == []  # right attempt, wrong engine
+    assert s.pending_ids() == [0]
+    assert s.task_done(1, 0, 2, OK) == [Finish(0, RESULT, True, 1, None, 2)]
+
+
+def test_spin_returns_flag_and_actions():
+    s = make()
+    result = s.spin()
+    assert result == (False, [])
+    s.add_engine(0, {})
+    s.submit(0, [Node()])
+    dispatched, acts = s.spin()
+    assert dispatched is False and acts == []  # every event already ran a pass
+
+
+def test_counts_scheduled_and_pending_ids():
+    s = make()
+    s.add_engine(0, {}, slots=2)
+    assert s.counts() == (0, 0)
+    s.submit(0, [Node()])  # running
+    s.submit(1, [Node()])  # buffered on engine 0: pending too
+    s.submit(2, [Node()])  # queued
+    s.submit(3, [Node()], after=[0])  # waiting
+    assert s.counts() == (2, 2)
+    assert s.pending_ids() == [0, 1]
+    assert s.scheduled_ids() == [2, 3]
+    s.abort(1)
+    assert s.counts() == (2, 1)
+    assert s.pending_ids() == [0]
+    s.task_done(0, 1, 1, OK)  # the aborted one reports: task 2 takes the slot
+    assert s.pending_ids() == [0, 2] and s.scheduled_ids() == [3]
+    s.task_done(0, 0, 1, OK)
+    assert s.pending_ids() == [2, 3] and s.scheduled_ids() == []
+    assert s.counts() == (0, 2)
+
+
+def test_bad_submissions_raise():
+    s = make()
+    s.submit(0, [Node()])
+    with pytest.raises(ValueError):
+        s.submit(0, [Node()])
+    with pytest.raises(ValueError):
+        s.submit(1, [])
+    s.add_engine(0, {})
+    with pytest.raises(ValueError):
+        s.add_engine(0, {})
+
+
+# ---------------------------------------------------------------------------------------------
+# Stateful model test
+# ---------------------------------------------------------------------------------------------
+
+KEYS = ("a", "b")
+MODEL_UNMET = 7.0
+
+
+class DependFn:
+    """A callable `depend` whose meaning the model can read: "these keys have these values",
+    raising KeyError on a missing key (which must count as False), or always raising."""
+
+    def __init__(self, spec: dict, raises: bool = False) -> None:
+        self.spec = spec
+        self.raises = raises
+
+    def __call__(self, props: Any) -> bool:
+        if self.raises:
+            raise RuntimeError("depend exploded")
+        return all(props[k] == v for k, v in self.spec.items())
+
+    def __repr__(self) -> str:
+        return f"DependFn({self.spec!r}, raises={self.raises})"
+
+
+def model_satisfies(depend: Any, props: dict) -> bool:
+    if depend is None:
+        return True
+    if isinstance(depend, DependFn):
+        if depend.raises:
+            return False
+        depend = depend.spec
+    return all(k in props and props[k] == v for k, v in depend.items())
+
+
+# The whole property space is small: every dict over KEYS with values 0/1 (9 of them). Drawing
+# from precomputed lists keeps hypothesis' per-step cost low.
+PROP_SPACE = [{}] + [{k: v} for k in KEYS for v in (0, 1)] + [
+    {"a": x, "b": y} for x in (0, 1) for y in (0, 1)
+]
+PROPS = st.sampled_from(PROP_SPACE)
+DEPENDS = (
+    [None]
+    + [dict(d) for d in PROP_SPACE[1:]]
+    + [DependFn(d) for d in PROP_SPACE]
+    + [DependFn({}, raises=True)]
+)
+
+
+@st.composite
+def node_lists(draw: Any) -> list[Node]:
+    n = draw(st.integers(1, 2))
+    return [
+        Node(
+            retries=draw(st.integers(0, 2)),
+            depend=draw(st.sampled_from(DEPENDS)),
+            recovery=draw(st.sampled_from([None, None, *range(n)])),
+        )
+        for _ in range(n)
+    ]
+
+
+PICK = st.integers(0, 63)  # an index into whatever the model holds at that step
+
+
+def pick(seq: list, i: int) -> Any:
+    return seq[i % len(seq)]
+
+
+@dataclass
+class MTask:
+    tid: int
+    nodes: list[Node]
+    deps: list[int]
+    node: int = 0
+    fails: int = 0  # counted failed attempts of the current node
+    attempts: int = 0  # counted attempts of the whole task
+    handed_over: set[int] = field(default_factory=set)
+    rejected: set[int] = field(default_factory=set)
+    engine: int | None = None  # where the current attempt is held
+    attempt: int | None = None
+    finish: Finish | None = None
+
+
+@dataclass
+class MEngine:
+    props: dict
+    slots: int
+    held: list[tuple[int, int]] = field(default_factory=list)  # (tid, attempt), dispatch order
+
+
+class SchedulerMachine(RuleBasedStateMachine):
+    """Random event sequences against a model that applies every returned action.
+
+    The model predicts every Finish (which task, which outcome) from the rules: retries,
+    recovery chains, rejection, engine death, abort, unmet timers and `after`. Dispatches are
+    not predicted (which engine is FIFO/longest-idle detail, tested directly above) but each one
+    is checked to be legal, and the invariants check that no free engine is left idle while a
+    queued task could use it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s = Scheduler(unmet_timeout=MODEL_UNMET)
+        self.tasks: dict[int, MTask] = {}
+        self.engines: dict[int, MEngine] = {}
+        self.next_tid = 0
+        self.next_eid = 0
+        self.armed: dict[int, tuple] = {}  # tid -> live timer key
+        self.dead_keys: list[tuple] = []
+
+    # -- model helpers ---------------------------------------------------------------------
+    def active(self) -> list[MTask]:
+        return [t for t in self.tasks.values() if t.finish is None]
+
+    def waiting(self, t: MTask) -> bool:
+        return any(self.tasks[d].finish is None for d in t.deps)
+
+    def eligible(self, t: MTask, eid: int) -> bool:
+        e = self.engines[eid]
+        return eid not in t.rejected and model_satisfies(t.nodes[t.node].depend, e.props)
+
+    def counted_failure(self, t: MTask, eid: int, outcome: str) -> tuple | None:
+        """The model's rule for a failed attempt: retry, recovery, or a final Finish."""
+        node = t.nodes[t.node]
+        t.fails += 1
+        if t.fails <= node.retries:
+            return None
+        if node.recovery is not None and node.recovery not in t.handed_over:
+            t.handed_over.add(t.node)
+            t.node = node.recovery
+            t.fails = 0
+            t.rejected.clear()
+            return None
+        return (outcome, False, eid)
+
+    def apply(self, actions: list, expected: dict | None = None, interrupts: set | None = None):
+        expected = dict(expected or {})
+        interrupts = set(interrupts or ())
+        finished_now: dict[int, Finish] = {}
+        for a in actions:
+            if isinstance(a, Dispatch):
+                self.on_dispatch(a)
+            elif isinstance(a, Finish):
+                t = self.tasks.get(a.tid)
+                assert t is not None, f"Finish of a task never submitted: {a}"
+                assert t.finish is None, f"task {a.tid} finished twice: {t.finish} then {a}"
+                if a.outcome != ABORTED:
+                    assert t.engine is None, f"{a} while the task is still held by {t.engine}"
+                assert a.attempts == t.attempts, (a, t.attempts)
+                if a.outcome == DEPENDENCY:
+                    dep = self.tasks.get(a.detail)
+                    assert a.detail in t.deps and dep is not None, a
+                    assert dep.finish is not None and not dep.finish.ok, (a, dep.finish)
+                    assert a.engineid is None
+                t.finish = a
+                t.engine = None
+                finished_now[a.tid] = a
+            elif isinstance(a, Interrupt):
+                assert (a.eid, a.tid) in interrupts, f"unexpected {a}"
+                assert a.reason == ABORTED
+                interrupts.discard((a.eid, a.tid))
+            elif isinstance(a, ArmTimer):
+                kind, tid, _token = a.key
+                assert kind == "unmet"
+                assert tid not in self.armed, f"second timer for {tid}: {a}"
+                assert a.delay == MODEL_UNMET
+                self.armed[tid] = a.key
+            elif isinstance(a, CancelTimer):
+                tid = a.key[1]
+                assert self.armed.get(tid) == a.key, f"cancel of a timer not armed: {a}"
+                del self.armed[tid]
+                self.dead_keys.append(a.key)
+            else:  # pragma: no cover
+                raise AssertionError(f"unknown action {a!r}")
+        assert not interrupts, f"missing Interrupt for {interrupts}"
+        for tid, (outcome, ok, eid) in expected.items():
+            f = finished_now.get(tid)
+            assert f is not None, f"expected Finish({tid}, {outcome}) in {actions}"
+            assert (f.outcome, f.ok) == (outcome, ok), (f, outcome, ok)
+            assert f.engineid == eid, (f, eid)
+        for tid, f in finished_now.items():
+            if tid not in expected:
+                assert f.outcome == DEPENDENCY, f"unexpected {f}"
+        return actions
+
+    def on_dispatch(self, a: Dispatch) -> None:
+        t = self.tasks.get(a.tid)
+        assert t is not None and t.finish is None, f"dispatch of an inactive task: {a}"
+        for d in t.deps:
+            f = self.tasks[d].finish
+            assert f is not None and f.ok, f"{a} before its dependency {d} finished ok"
+        for eid, e in self.engines.items():
+            assert all(tid != a.tid for tid, _ in e.held), f"{a} while held by engine {eid}"
+        e = self.engines.get(a.eid)
+        assert e is not None, f"{a} to an unregistered engine"
+        assert len(e.held) < e.slots, f"{a} to a full engine {e}"
+        assert a.node == t.node, (a, t.node)
+        assert model_satisfies(t.nodes[t.node].depend, e.props), (a, e.props)
+        assert a.eid not in t.rejected, f"{a} to an engine that rejected it"
+        t.attempts += 1
+        assert a.attempt == t.attempts, (a, t.attempts)
+        e.held.append((a.tid, a.attempt))
+        t.engine, t.attempt = a.eid, a.attempt
+
+    # -- rules -----------------------------------------------------------------------------
+    @rule(nodes=node_lists(), picks=st.lists(PICK, max_size=2))
+    def submit(self, nodes: list[Node], picks: list[int]) -> None:
+        tid = self.next_tid
+        self.next_tid += 1
+        after = list(dict.fromkeys(i % tid for i in picks)) if tid else []
+        active, broken = [], None
+        for dep in after:  # as the controller does it
+            if self.s.is_active(dep):
+                active.append(dep)
+            elif not self.tasks[dep].finish.ok:
+                broken = dep
+                break
+        self.tasks[tid] = MTask(tid, nodes, deps=list(after))
+        actions = self.s.submit(tid, nodes, after=active, broken_after=broken)
+        expected = {tid: (DEPENDENCY, False, None)} if broken is not None else {}
+        self.apply(actions, expected)
+        if broken is not None:
+            assert self.tasks[tid].finish.detail == broken
+
+    @rule(props=PROPS, slots=st.integers(1, 2))
+    def add_engine(self, props: dict, slots: int) -> None:
+        eid = self.next_eid
+        self.next_eid += 1
+        self.engines[eid] = MEngine(dict(props), slots)
+        self.apply(self.s.add_engine(eid, props, slots))
+
+    @precondition(lambda self: self.next_eid > 0)
+    @rule(props=PROPS, i=PICK)
+    def set_properties(self, props: dict, i: int) -> None:
+        eid = i % self.next_eid  # sometimes a dead one
+        if eid in self.engines:
+            self.engines[eid].props = dict(props)
+        self.apply(self.s.set_properties(eid, props))
+
+    @precondition(lambda self: self.engines)
+    @rule(i=PICK)
+    def remove_engine(self, i: int) -> None:
+        eid = pick(sorted(self.engines), i)
+        e = self.engines.pop(eid)
+        expected = {}
+        for position, (tid, _attempt) in enumerate(e.held):
+            t = self.tasks[tid]
+            if t.finish is not None or t.engine != eid:
+                continue  # aborted, still held
+            t.engine = None
+            if position == 0:
+                f = self.counted_failure(t, eid, ENGINE_DIED)
+                if f:
+                    expected[tid] = f
+            else:  # buffered: never started
+                t.attempts -= 1
+        self.apply(self.s.remove_engine(eid), expected)
+
+    @precondition(lambda self: any(e.held for e in self.engines.values()))
+    @rule(
+        i=PICK,
+        j=PICK,
+        status=st.sampled_from([OK, ERROR, ERROR, REJECTED]),
+        props=st.none() | st.none() | PROPS,
+    )
+    def report(self, i: int, j: int, status: str, props: dict | None) -> None:
+        """An engine reports the attempt it is running (the head of its line), or an
+        aborted one it was told to drop."""
+        eid = pick(sorted(e for e, m in self.engines.items() if m.held), i)
+        e = self.engines[eid]
+        choices = [e.held[0]] + [
+            h for h in e.held[1:] if self.tasks[h[0]].finish is not None
+        ]
+        tid, attempt = pick(choices, j)
+        self._task_done(eid, tid, attempt, status, props)
+
+    @precondition(lambda self: self.next_eid > 0)
+    @rule(
+        i=PICK,
+        j=PICK,
+        attempt=st.integers(0, 4),
+        status=st.sampled_from([OK, ERROR, REJECTED]),
+        props=st.none() | PROPS,
+    )
+    def stale_report(self, i: int, j: int, attempt: int, status: str, props: dict | None):
+        """A report that matches nothing the engine holds: a wrong attempt, a finished task,
+        a dead engine."""
+        eid = i % self.next_eid
+        tid = j % (self.next_tid + 1)
+        e = self.engines.get(eid)
+        if e is not None and (tid, attempt) in e.held:
+            attempt += 100
+        self._task_done(eid, tid, attempt, status, props)
+
+    def _task_done(self, eid: int, tid: int, attempt: int, status: str, props: Any) -> None:
+        actions = self.s.task_done(eid, tid, attempt, status, props)
+        e = self.engines.get(eid)
+        if e is None:
+            assert actions == [], f"a dead engine's report did something: {actions}"
+            return
+        if props is not None:
+            e.props = dict(props)
+        if (tid, attempt) in e.held:
+            e.held.remove((tid, attempt))
+        t = self.tasks.get(tid)
+        expected = {}
+        if t is not None and t.finish is None and t.engine == eid and t.attempt == attempt:
+            t.engine = None
+            if status == OK:
+                expected[tid] = (RESULT, True, eid)
+            elif status == REJECTED:
+                t.rejected.add(eid)
+                t.attempts -= 1
+                if all(x in t.rejected for x in self.engines):
+                    t.attempts += 1
+                    expected[tid] = (RESULT, False, eid)
+            else:
+                f = self.counted_failure(t, eid, RESULT)
+                if f:
+                    expected[tid] = f
+        self.apply(actions, expected)
+
+    @precondition(lambda self: self.next_tid > 0)
+    @rule(i=PICK)
+    def abort(self, i: int) -> None:
+        tid = i % (self.next_tid + 1)  # sometimes unknown
+        found, actions = self.s.abort(tid)
+        t = self.tasks.get(tid)
+        if t is None or t.finish is not None:
+            assert (found, actions) == (False, [])
+            return
+        assert found is True
+        interrupts = {(t.engine, tid)} if t.engine is not None else set()
+        self.apply(actions, {tid: (ABORTED, False, t.engine)}, interrupts)
+
+    @precondition(lambda self: self.armed)
+    @rule(i=PICK)
+    def fire_armed_timer(self, i: int) -> None:
+        tid = pick(sorted(self.armed), i)
+        key = self.armed.pop(tid)  # the shell's timer is gone once it fires
+        self.apply(self.s.timer_fired(key), {tid: (UNMET_TIMEOUT, False, None)})
+
+    @precondition(lambda self: self.next_tid > 0)
+    @rule(i=PICK)
+    def fire_stale_timer(self, i: int) -> None:
+        made_up = [("unmet", self.next_tid, 1), ("unmet", 0, 10**6), ("other", 1)]
+        key = pick(made_up + self.dead_keys, i)
+        self.apply(self.s.timer_fired(key))
+
+    @rule()
+    def spin(self) -> None:
+        dispatched, actions = self.s.spin()
+        assert dispatched == any(isinstance(a, Dispatch) for a in actions)
+        self.apply(actions)
+
+    # -- invariants ------------------------------------------------------------------------
+    @invariant()
+    def no_task_lost(self) -> None:
+        for tid, t in self.tasks.items():
+            assert self.s.is_active(tid) == (t.finish is None), (tid, t.finish)
+        assert len(self.s.tasks) == len(self.active())
+
+    @invariant()
+    def queue_views_match(self) -> None:
+        active = self.active()
+        pending = sorted(t.tid for t in active if t.engine is not None)
+        scheduled = sorted(t.tid for t in active if t.engine is None)
+        assert self.s.pending_ids() == pending
+        assert self.s.scheduled_ids() == scheduled
+        assert self.s.counts() == (len(scheduled), len(pending))
+
+    @invariant()
+    def engines_hold_what_the_model_says(self) -> None:
+        holders: dict[int, int] = {}
+        for eid, e in self.engines.items():
+            assert len(e.held) <= e.slots
+            assert self.s.engine_load(eid) == [tid for tid, _ in e.held]
+            for tid, _ in e.held:
+                assert tid not in holders, f"task {tid} on engines {holders[tid]} and {eid}"
+                holders[tid] = eid
+        for t in self.active():
+            if t.engine is not None:
+                assert holders.get(t.tid) == t.engine
+
+    @invariant()
+    def dependencies_hold(self) -> None:
+        for t in self.active():
+            for d in t.deps:
+                f = self.tasks[d].finish
+                assert f is None or f.ok, f"task {t.tid} still active after {d} failed"
+                if t.engine is not None:
+                    assert f is not None and f.ok
+
+    @invariant()
+    def no_idle_engine_could_run_a_queued_task(self) -> None:
+        for t in self.active():
+            if t.engine is not None or self.waiting(t):
+                continue
+            for eid, e in self.engines.items():
+                if len(e.held) < e.slots:
+                    assert not self.eligible(t, eid), (
+                        f"task {t.tid} (node {t.node}: {t.nodes[t.node].depend}) queued while "
+                        f"engine {eid} {e} has a free slot and qualifies"
+                    )
+
+    @invariant()
+    def unmet_timers_exactly_when_all_idle_and_none_satisfies(self) -> None:
+        want = set()
+        if self.engines and not any(e.held for e in self.engines.values()):
+            for t in self.active():
+                if t.engine is None and not self.waiting(t):
+                    if not any(self.eligible(t, eid) for eid in self.engines):
+                        want.add(t.tid)
+        assert set(self.armed) == want
+
+
+SchedulerMachine.TestCase.settings = settings(
+    max_examples=500,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    # no "explain" phase: its line tracer makes a failing run take minutes on Python 3.11
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+)
+TestSchedulerStateful = SchedulerMachine.TestCase
