@@ -373,18 +373,20 @@ class Controller:
         rec.state = "busy"
         self._send(self.engine_sock, rec.task_ident, {
             "type": "task", "tid": a.tid, "attempt": a.attempt, "engineid": a.eid,
-            "exec": node["exec"], "pmac": node["pmac"],
+            "exec": node["exec"], "pmac": node["pmac"], "timeout": node.get("timeout"),
         }, task.frames[start:end])
 
     def _finish(self, a: Finish) -> None:
         task = self.store.task(a.tid)
         now = time.time()
+        started = self._started.pop(a.tid, None)
         meta: dict[str, Any] = {
             "tid": a.tid, "engineid": a.engineid, "attempts": a.attempts,
             "submitted": task.submitted if task else now, "completed": now,
-            "started": self._started.pop(a.tid, None), "duration": 0.0,
+            "started": started, "duration": 0.0,
             "stdout": "", "stderr": "", "kind": "map", "error": None,
         }
+        node = task.spec["nodes"][a.node] if task else {}
         frames: list[Any] = []
         if a.outcome == RESULT:
             assert self._report is not None, "a RESULT finish comes only from an engine report"
@@ -396,20 +398,25 @@ class Controller:
                 pmac=header.get("pmac"),
             )
         else:
-            status, etype, message = self._controller_failure(a)
+            status, etype, message = self._controller_failure(a, node, started)
             meta.update(status=status, error={"type": etype, "message": message,
                                               "controller": True, "traceback": ""})
-            if task is not None:
-                last = task.spec["nodes"][-1 if a.outcome == ENGINE_DIED else 0]
-                meta["kind"] = last["exec"]["kind"]
+            if node:
+                meta["kind"] = node["exec"]["kind"]
         self.store.finish(a.tid, StoredResult(meta, list(frames)))
         self.stats.finished += 1
         for w in self._waiters.pop(a.tid, ()):
             self._wake(w, a.tid)
 
-    def _controller_failure(self, a: Finish) -> tuple[str, str, str]:
+    def _controller_failure(self, a: Finish, node: dict[str, Any],
+                            started: float | None) -> tuple[str, str, str]:
         if a.outcome == ENGINE_DIED:
             why = self._death_reasons.get(a.engineid, "")
+            timeout = node.get("timeout")
+            if timeout and started is not None and time.time() - started > timeout:
+                return "error", "TaskTimeout", (
+                    f"task {a.tid} ran past its timeout of {timeout:g}s and did not let the "
+                    f"interruption through, so engine {a.engineid} was ended ({why})")
             return "error", "EngineDied", (
                 f"engine {a.engineid} died while running task {a.tid} ({why})")
         if a.outcome == ABORTED:

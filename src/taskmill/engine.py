@@ -18,6 +18,7 @@ main thread a signal whose handler raises `TaskInterrupted` in the task code.
 from __future__ import annotations
 
 import builtins
+import faulthandler
 import io
 import json
 import linecache
@@ -38,13 +39,15 @@ import msgpack
 import zmq
 
 from .connection import ConnectionInfo
-from .errors import SerializationError, TaskAborted, TaskRejectError
+from .errors import SerializationError, TaskAborted, TaskRejectError, TaskTimeout
 from .wire import Refused, Wire, dumps, loads
 
 log = logging.getLogger("taskmill.engine")
 
 OUTPUT_LIMIT = 1 << 20  # bytes of stdout (and of stderr) kept per task
 INTERRUPT_SIGNAL = signal.SIGUSR1
+RESIGNAL_EVERY = 0.2  # seconds between signals to code that has not yet let one through
+KILL_GRACE = 3.0  # seconds past an abort or a timeout before the engine process is ended
 
 _CURRENT: Engine | None = None
 
@@ -141,6 +144,8 @@ class Engine:
         self._registered = threading.Event()
         self._lock = threading.Lock()  # guards _current and _skip
         self._current: int | None = None
+        self._deadline: float | None = None  # monotonic time the running task must end by
+        self._interrupt_req: tuple[int, str] | None = None  # (tid, "abort" | "timeout")
         self._in_task_code = False
         self._skip: set[int] = set()
         self._backlog: deque[tuple[dict[str, Any], list[Any]]] = deque()
@@ -273,29 +278,54 @@ class Engine:
                 self._send(self.ctl_sock, {"type": "hb", "engineid": self.engineid,
                                            "gen": self._generation})
                 next_hb = now + self.heartbeat
-            if not self.ctl_sock.poll(max(1, int((next_hb - now) * 1000))):
+            self._watch_running_task(now)
+            wake = next_hb
+            if self._interrupt_req is not None:
+                wake = min(wake, now + RESIGNAL_EVERY)
+            if self._deadline is not None:
+                wake = min(wake, self._deadline)
+            if not self.ctl_sock.poll(max(1, int((wake - now) * 1000))):
                 continue
             header, _ = self._recv(self.ctl_sock)
             if header is None:
                 continue
             kind = header["type"]
             if kind == "interrupt":
-                self._interrupt(header["tid"])
+                self._request_interrupt(header["tid"], "abort")
             elif kind == "reregister" and header.get("gen") == self._generation:
                 # (A reply to a heartbeat sent before the latest registration is stale.)
                 log.warning("the controller does not know this engine: registering again")
                 self._need_register.set()
 
-    def _interrupt(self, tid: int) -> None:
+    def _watch_running_task(self, now: float) -> None:
+        """Past its timeout a task is interrupted; an interruption not yet taken is sent again."""
         with self._lock:
-            if self._current == tid and self._in_task_code:
+            current, deadline, req = self._current, self._deadline, self._interrupt_req
+        if current is None:
+            return
+        if req is None and deadline is not None and now >= deadline:
+            self._request_interrupt(current, "timeout")
+        elif req is not None and req[0] == current and self._in_task_code:
+            signal.pthread_kill(threading.main_thread().ident, INTERRUPT_SIGNAL)
+
+    def _request_interrupt(self, tid: int, reason: str) -> None:
+        with self._lock:
+            if self._current != tid:
+                if reason == "abort":
+                    self._skip.add(tid)  # buffered behind the running task
+                return
+            self._interrupt_req = (tid, reason)
+            if self._in_task_code:
                 signal.pthread_kill(threading.main_thread().ident, INTERRUPT_SIGNAL)
-            elif self._current != tid:
-                self._skip.add(tid)  # buffered behind the running task
+        if reason == "abort":
+            # If the code never lets the interruption through (a C call holding the GIL),
+            # faulthandler's own thread ends the process; the nanny starts a new engine.
+            faulthandler.dump_traceback_later(KILL_GRACE, exit=True, file=sys.__stderr__)
 
     def _on_interrupt_signal(self, signum: int, frame: Any) -> None:
-        if self._in_task_code:
-            raise TaskInterrupted()
+        req = self._interrupt_req
+        if self._in_task_code and req is not None and req[0] == self._current:
+            raise TaskInterrupted(req[1])
 
     # -- running a task --------------------------------------------------------------------
     def _run_task(self, header: dict[str, Any], frames: list[Any]) -> None:
@@ -306,6 +336,7 @@ class Engine:
             self.engineid = header["engineid"]
             self.namespace["engineid"] = self.engineid
         reply: dict[str, Any] = {"type": "result", "tid": tid, "attempt": attempt, "kind": kind}
+        timeout = header.get("timeout")
         with self._lock:
             if tid in self._skip:
                 self._skip.discard(tid)
@@ -313,6 +344,9 @@ class Engine:
             else:
                 skipped = False
                 self._current = tid
+                self._interrupt_req = None
+                if timeout:
+                    self._deadline = time.monotonic() + timeout
         if skipped:
             reply.update(status="error", duration=0.0,
                          **self._error_fields(TaskAborted(f"task {tid} was aborted")))
@@ -323,6 +357,9 @@ class Engine:
         exc: BaseException | None = None
         t0 = time.perf_counter()
         old_out, old_err = sys.stdout, sys.stderr
+        if timeout:
+            # The last resort for code that never lets the interruption through.
+            faulthandler.dump_traceback_later(timeout + KILL_GRACE, exit=True, file=sys.__stderr__)
         try:
             if frames:
                 self.wire.check_payload(frames, header.get("pmac"))
@@ -334,17 +371,24 @@ class Engine:
             finally:
                 if spec.get("clear_after"):
                     self._reset()
-        except TaskInterrupted:
-            exc = TaskAborted(f"task {tid} was interrupted on engine {self.engineid}")
+        except TaskInterrupted as e:
+            if e.args and e.args[0] == "timeout":
+                exc = TaskTimeout(f"task {tid} ran past its timeout of {timeout:g}s on engine "
+                                  f"{self.engineid} and was interrupted")
+            else:
+                exc = TaskAborted(f"task {tid} was interrupted on engine {self.engineid}")
         except Refused as e:
             exc = SerializationError(f"task {tid}'s payload was refused by the engine: {e}")
         except BaseException as e:  # noqa: BLE001 - task code may raise anything
             exc = e
         finally:
             self._in_task_code = False
+            faulthandler.cancel_dump_traceback_later()
             sys.stdout, sys.stderr = old_out, old_err
             with self._lock:
                 self._current = None
+                self._deadline = None
+                self._interrupt_req = None
         reply["duration"] = time.perf_counter() - t0
         reply["stdout"], reply["stderr"] = out.getvalue(), err.getvalue()
         body: list[Any] = []

@@ -68,6 +68,7 @@ class Finish:
     engineid: int | None = None
     detail: Any = None
     attempts: int = 0
+    node: int = 0  # the node of the recovery chain that ran last
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,7 +374,7 @@ class Scheduler:
                 waiting = self._dependents.get(dep)
                 if waiting is not None and t.tid in waiting:
                     waiting.remove(t.tid)
-            self._out.append(Finish(t.tid, outcome, ok, engineid, detail, t.attempts))
+            self._out.append(Finish(t.tid, outcome, ok, engineid, detail, t.attempts, t.node))
             for child_id in self._dependents.pop(t.tid, ()):
                 child = self.tasks.get(child_id)
                 if child is None:
