@@ -305,7 +305,7 @@ def test_recovery_runs_under_the_same_taskid():
     acts = s.submit(7, [Node(recovery=1), Node()])
     ds, last = run_to_the_end(s, 7, acts)
     assert ds == [Dispatch(7, 0, 0, 1), Dispatch(7, 0, 1, 2)]
-    assert last == [Finish(7, RESULT, False, 0, None, 2)]
+    assert last == [Finish(7, RESULT, False, 0, None, 2, 1)]
 
 
 def test_recovery_result_is_the_task_result():
@@ -313,7 +313,7 @@ def test_recovery_result_is_the_task_result():
     s.add_engine(0, {})
     assert s.submit(0, [Node(recovery=1), Node()]) == [Dispatch(0, 0, 0, 1)]
     assert s.task_done(0, 0, 1, ERROR) == [Dispatch(0, 0, 1, 2)]
-    assert s.task_done(0, 0, 2, OK) == [Finish(0, RESULT, True, 0, None, 2)]
+    assert s.task_done(0, 0, 2, OK) == [Finish(0, RESULT, True, 0, None, 2, 1)]
 
 
 def test_recovery_chain_a_b_a_runs_a_then_b():
@@ -322,7 +322,7 @@ def test_recovery_chain_a_b_a_runs_a_then_b():
     acts = s.submit(0, [Node(recovery=1), Node(recovery=0)])
     ds, last = run_to_the_end(s, 0, acts)
     assert [d.node for d in ds] == [0, 1]
-    assert last == [Finish(0, RESULT, False, 0, None, 2)]
+    assert last == [Finish(0, RESULT, False, 0, None, 2, 1)]
 
 
 def test_task_that_is_its_own_recovery_runs_twice():
@@ -341,7 +341,7 @@ def test_longer_chain_a_b_c_b():
     ds, last = run_to_the_end(s, 0, acts)
     # C's recovery B has already handed over (to C): the chain stops after C
     assert [d.node for d in ds] == [0, 1, 2]
-    assert last == [Finish(0, RESULT, False, 0, None, 3)]
+    assert last == [Finish(0, RESULT, False, 0, None, 3, 2)]
 
 
 def test_recovery_takes_fresh_retries():
@@ -351,7 +351,7 @@ def test_recovery_takes_fresh_retries():
     ds, last = run_to_the_end(s, 0, acts)
     assert [d.node for d in ds] == [0, 0, 1, 1, 1]
     assert [d.attempt for d in ds] == [1, 2, 3, 4, 5]
-    assert last == [Finish(0, RESULT, False, 0, None, 5)]
+    assert last == [Finish(0, RESULT, False, 0, None, 5, 1)]
 
 
 def test_recovery_uses_its_own_depend():
@@ -369,7 +369,7 @@ def test_recovery_after_engine_died():
     s.add_engine(1, {})
     assert s.submit(0, [Node(recovery=1), Node()]) == [Dispatch(0, 0, 0, 1)]
     assert s.remove_engine(0) == [Dispatch(0, 1, 1, 2)]
-    assert s.remove_engine(1) == [Finish(0, ENGINE_DIED, False, 1, None, 2)]
+    assert s.remove_engine(1) == [Finish(0, ENGINE_DIED, False, 1, None, 2, 1)]
 
 
 # ---------------------------------------------------------------------------------------------
