@@ -22,6 +22,10 @@ from .connection import (
     read_connection_file,
     write_connection_file,
 )
+from .curve import add_curve
+from .curve import enabled as curve_enabled
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _setup_logging(level: str) -> None:
@@ -36,18 +40,40 @@ def cmd_controller(a: argparse.Namespace) -> int:
 
     _setup_logging(a.log_level)
     path = Path(a.connection_file) if a.connection_file else default_connection_file()
+    log = logging.getLogger("taskmill")
     if path.exists():
         info = read_connection_file(path)  # reuse key and addresses: old peers reconnect
+        if a.curve and not curve_enabled(info):
+            raise SystemExit(f"taskmill: {path} was made without --curve; remove it (clients "
+                             "and engines then need the new file) or drop --curve")
     else:
         info = new_connection_info(a.ip, a.port, a.engine_port)
+        if a.curve:
+            add_curve(info, path)
         write_connection_file(path, info)
-        logging.getLogger("taskmill").info("wrote connection file %s", path)
+        log.info("wrote connection file %s", path)
+    if info.ip not in LOOPBACK and not curve_enabled(info):
+        log.warning(
+            "binding %s without --curve: messages travel unencrypted, so anyone on that network "
+            "can read every task and result, and anyone who obtains the key in %s can run any "
+            "code on every engine. Use --curve on networks you do not trust.", info.ip, path)
     db = a.db or str(ensure_private_dir(path.parent) / "tasks.db")
     store = open_store(db)
     logging.getLogger("taskmill").info("task store: %s", db)
     if a.parent_fd is not None:
         watch_parent(a.parent_fd, lambda: os.kill(os.getpid(), signal.SIGTERM))
-    run_controller(info, store=store, unmet_timeout=a.unmet_timeout, heartbeat=a.heartbeat)
+    run_controller(info, store=store, unmet_timeout=a.unmet_timeout, heartbeat=a.heartbeat,
+                   connection_file=path)
+    return 0
+
+
+def cmd_curve_key(a: argparse.Namespace) -> int:
+    from .curve import SECRET_KEY_ENV, make_key
+
+    public, secret = make_key(Path(a.dir), a.name)
+    print(f"public key: {public}  (copy it into the controller's "
+          "<connection file>.allowed-keys/ directory)")
+    print(f"secret key: {secret}  (keep it private; use it with {SECRET_KEY_ENV}={secret})")
     return 0
 
 
@@ -216,9 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reused when it exists (same key and addresses), else written")
     c.add_argument("--unmet-timeout", type=float, default=30.0)
     c.add_argument("--heartbeat", type=float, default=1.0)
+    c.add_argument("--curve", action="store_true",
+                   help="encrypt with CurveZMQ; only allowed client/engine keys may connect")
     c.add_argument("--log-level", default="INFO")
     c.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)
     c.set_defaults(func=cmd_controller)
+
+    k = sub.add_parser("curve-key", help="make a Curve key pair for a client or an engine")
+    k.add_argument("name")
+    k.add_argument("--dir", default=".", help="where to write NAME.key and NAME.key_secret")
+    k.set_defaults(func=cmd_curve_key)
 
     e = sub.add_parser("engine", help="run an engine in the foreground")
     e.add_argument("--connection-file", default=None)

@@ -27,6 +27,7 @@ import msgpack
 import zmq
 
 from .connection import find_connection_file, read_connection_file
+from .curve import apply_client as apply_curve
 from .errors import (
     ControllerUnreachable,
     RemoteError,
@@ -102,6 +103,7 @@ class _Connection:
         s.setsockopt(zmq.RCVHWM, 0)
         s.setsockopt(zmq.ROUTING_ID, ident)
         s.setsockopt(zmq.RECONNECT_IVL, 100)
+        apply_curve(s, self.info)
         s.connect(self.info.client_url)
         return s
 
@@ -114,7 +116,11 @@ class _Connection:
                 # Said from the receive socket, so the controller knows its id before any
                 # reply; after the hello, pings tell a restarted controller from the old one.
                 kind = "ping" if self._hello.done() else "hello"
-                sock.send_multipart(self.wire.encode({"type": kind, "req": 0}), copy=False)
+                try:  # never block here: with no connection yet, a DEALER's send would wait
+                    sock.send_multipart(self.wire.encode({"type": kind, "req": 0}),
+                                        flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    pass
                 next_ping = now + (PING_INTERVAL if self._hello.done() else 0.5)
             if not sock.poll(100):
                 continue
@@ -213,7 +219,7 @@ class _Connection:
         for fut in self._futures.values():
             if not fut.done():
                 fut.set_exception(RuntimeError("the client was closed"))
-        self.ctx.term()
+        self.ctx.destroy(linger=0)
 
 
 class TaskClient:

@@ -35,12 +35,15 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zmq
 
 from . import __version__
 from .connection import ConnectionInfo
+from .curve import CurveServer
+from .curve import enabled as curve_enabled
 from .scheduler import (
     ABORTED,
     DEPENDENCY,
@@ -122,6 +125,7 @@ class Controller:
         unmet_timeout: float = 30.0,
         heartbeat: float = 1.0,
         context: zmq.Context | None = None,
+        connection_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.info = info
         self.wire = Wire(info.key_bytes)
@@ -146,6 +150,11 @@ class Controller:
         self._stopping = False
         self.ctx = context or zmq.Context()
         self._own_ctx = context is None
+        self.curve: CurveServer | None = None
+        if curve_enabled(info):
+            if connection_file is None:
+                raise ValueError("a Curve controller needs its connection file (for its keys)")
+            self.curve = CurveServer(self.ctx, Path(connection_file))
         self.client_sock = self._router(info.client_url)
         self.engine_sock = self._router(info.engine_url)
         self._arm(("heartbeat-check",), self.heartbeat / 2)
@@ -158,6 +167,8 @@ class Controller:
         s.setsockopt(zmq.RCVHWM, 0)
         s.setsockopt(zmq.ROUTER_HANDOVER, 1)
         s.setsockopt(zmq.MAXMSGSIZE, self.wire.max_message)
+        if self.curve is not None:
+            self.curve.apply(s)
         s.bind(url)
         return s
 
@@ -191,6 +202,8 @@ class Controller:
         self.store.close()
         self.client_sock.close(0)
         self.engine_sock.close(0)
+        if self.curve is not None:
+            self.curve.stop()
         if self._own_ctx:
             self.ctx.term()
 
@@ -257,6 +270,8 @@ class Controller:
             del self._timer_live[key]
             if key[0] == "heartbeat-check":
                 self._check_heartbeats()
+                if self.curve is not None:
+                    self.curve.reload()
                 self._arm(key, self.heartbeat / 2)
             else:
                 self._apply(self.sched.timer_fired(key))
@@ -729,9 +744,11 @@ def run_controller(
     store: TaskStore | None = None,
     unmet_timeout: float = 30.0,
     heartbeat: float = 1.0,
+    connection_file: str | os.PathLike[str] | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT."""
-    ctl = Controller(info, store=store, unmet_timeout=unmet_timeout, heartbeat=heartbeat)
+    ctl = Controller(info, store=store, unmet_timeout=unmet_timeout, heartbeat=heartbeat,
+                     connection_file=connection_file)
 
     def _stop(signum: int, frame: Any) -> None:
         ctl.stop()

@@ -39,6 +39,7 @@ import msgpack
 import zmq
 
 from .connection import ConnectionInfo
+from .curve import apply_client as apply_curve
 from .errors import SerializationError, TaskAborted, TaskRejectError, TaskTimeout
 from .wire import Refused, Wire, dumps, loads
 
@@ -165,6 +166,7 @@ class Engine:
         s.setsockopt(zmq.ROUTING_ID, self.uuid.encode() + suffix)
         s.setsockopt(zmq.RECONNECT_IVL, 100)
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        apply_curve(s, self.info)
         s.connect(self.info.engine_url)
         return s
 
@@ -315,12 +317,14 @@ class Engine:
                     self._skip.add(tid)  # buffered behind the running task
                 return
             self._interrupt_req = (tid, reason)
+            if reason == "abort":
+                # If the code never lets the interruption through (a C call holding the GIL),
+                # faulthandler's own thread ends the process; the nanny starts a new engine.
+                # Armed under the lock: the main thread cancels it under the lock too, after
+                # the task is over, so it can never outlive the task.
+                faulthandler.dump_traceback_later(KILL_GRACE, exit=True, file=sys.__stderr__)
             if self._in_task_code:
                 signal.pthread_kill(threading.main_thread().ident, INTERRUPT_SIGNAL)
-        if reason == "abort":
-            # If the code never lets the interruption through (a C call holding the GIL),
-            # faulthandler's own thread ends the process; the nanny starts a new engine.
-            faulthandler.dump_traceback_later(KILL_GRACE, exit=True, file=sys.__stderr__)
 
     def _on_interrupt_signal(self, signum: int, frame: Any) -> None:
         req = self._interrupt_req
@@ -383,9 +387,9 @@ class Engine:
             exc = e
         finally:
             self._in_task_code = False
-            faulthandler.cancel_dump_traceback_later()
             sys.stdout, sys.stderr = old_out, old_err
             with self._lock:
+                faulthandler.cancel_dump_traceback_later()
                 self._current = None
                 self._deadline = None
                 self._interrupt_req = None
