@@ -63,7 +63,7 @@ def cmd_controller(a: argparse.Namespace) -> int:
     if a.parent_fd is not None:
         watch_parent(a.parent_fd, lambda: os.kill(os.getpid(), signal.SIGTERM))
     run_controller(info, store=store, unmet_timeout=a.unmet_timeout, heartbeat=a.heartbeat,
-                   connection_file=path)
+                   connection_file=path, prefetch=a.prefetch)
     return 0
 
 
@@ -242,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reused when it exists (same key and addresses), else written")
     c.add_argument("--unmet-timeout", type=float, default=30.0)
     c.add_argument("--heartbeat", type=float, default=1.0)
+    c.add_argument("--prefetch", type=int, default=1,
+                   help="tasks an engine may hold at once, the running one included (default 1: "
+                        "best balance for long tasks; 2 or more: fewer idle gaps between tiny "
+                        "tasks)")
     c.add_argument("--curve", action="store_true",
                    help="encrypt with CurveZMQ; only allowed client/engine keys may connect")
     c.add_argument("--log-level", default="INFO")

@@ -61,6 +61,7 @@ class Cluster:
         connection_file: str | os.PathLike[str] | None = None,
         start_timeout: float = 60.0,
         max_restarts: int = 10,
+        prefetch: int = 1,
     ) -> None:
         self.n = (os.cpu_count() or 1) if n is None else n
         if not isinstance(self.n, int) or self.n < 0:
@@ -70,6 +71,7 @@ class Cluster:
         self.engine_properties = self._per_engine(engine_properties, self.n)
         self.unmet_timeout = unmet_timeout
         self.heartbeat = heartbeat
+        self.prefetch = prefetch
         self.start_timeout = start_timeout
         self._requested_connection_file = Path(connection_file) if connection_file else None
         self.state_dir: Path | None = None
@@ -111,7 +113,7 @@ class Cluster:
             cmd = [sys.executable, "-m", "taskmill", "controller",
                    "--connection-file", str(self.connection_file),
                    "--unmet-timeout", str(self.unmet_timeout),
-                   "--heartbeat", str(self.heartbeat)]
+                   "--heartbeat", str(self.heartbeat), "--prefetch", str(self.prefetch)]
             if self.db is not None:
                 cmd += ["--db", self.db]
             self._controller = self._spawn(cmd, "controller")

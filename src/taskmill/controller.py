@@ -126,11 +126,12 @@ class Controller:
         heartbeat: float = 1.0,
         context: zmq.Context | None = None,
         connection_file: str | os.PathLike[str] | None = None,
+        prefetch: int = 1,
     ) -> None:
         self.info = info
         self.wire = Wire(info.key_bytes)
         self.store: TaskStore = store if store is not None else MemoryStore()
-        self.sched = Scheduler(unmet_timeout=unmet_timeout)
+        self.sched = Scheduler(unmet_timeout=unmet_timeout, slots=prefetch)
         self.unmet_timeout = unmet_timeout
         self.heartbeat = heartbeat
         self.dead_after = max(3 * heartbeat, 0.5)
@@ -745,10 +746,11 @@ def run_controller(
     unmet_timeout: float = 30.0,
     heartbeat: float = 1.0,
     connection_file: str | os.PathLike[str] | None = None,
+    prefetch: int = 1,
 ) -> None:
     """Serve until SIGTERM/SIGINT."""
     ctl = Controller(info, store=store, unmet_timeout=unmet_timeout, heartbeat=heartbeat,
-                     connection_file=connection_file)
+                     connection_file=connection_file, prefetch=prefetch)
 
     def _stop(signum: int, frame: Any) -> None:
         ctl.stop()
