@@ -63,7 +63,8 @@ def cmd_controller(a: argparse.Namespace) -> int:
     if a.parent_fd is not None:
         watch_parent(a.parent_fd, lambda: os.kill(os.getpid(), signal.SIGTERM))
     run_controller(info, store=store, unmet_timeout=a.unmet_timeout, heartbeat=a.heartbeat,
-                   connection_file=path, prefetch=a.prefetch)
+                   connection_file=path, prefetch=a.prefetch,
+                   max_message=a.max_message_size)
     return 0
 
 
@@ -246,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tasks an engine may hold at once, the running one included (default 1: "
                         "best balance for long tasks; 2 or more: fewer idle gaps between tiny "
                         "tasks)")
+    c.add_argument("--max-message-size", type=int, default=512 * 1024 * 1024,
+                   help="bytes; larger messages are refused (default 512 MiB)")
     c.add_argument("--curve", action="store_true",
                    help="encrypt with CurveZMQ; only allowed client/engine keys may connect")
     c.add_argument("--log-level", default="INFO")

@@ -59,11 +59,12 @@ from .scheduler import (
     Scheduler,
 )
 from .store import MemoryStore, StoredResult, StoredTask, TaskStore
-from .wire import Refused, Wire, loads
+from .wire import DEFAULT_MAX_MESSAGE, Refused, Wire, loads
 
 log = logging.getLogger("taskmill.controller")
 
 DRAIN_BATCH = 1000
+REFUSAL_LOG_EVERY = 60.0  # seconds between log lines about one peer's refused messages
 COMMIT_INTERVAL = 0.05  # seconds a write with no reply waiting on it may stay uncommitted
 
 
@@ -127,9 +128,10 @@ class Controller:
         context: zmq.Context | None = None,
         connection_file: str | os.PathLike[str] | None = None,
         prefetch: int = 1,
+        max_message: int = DEFAULT_MAX_MESSAGE,
     ) -> None:
         self.info = info
-        self.wire = Wire(info.key_bytes)
+        self.wire = Wire(info.key_bytes, max_message=max_message)
         self.store: TaskStore = store if store is not None else MemoryStore()
         self.sched = Scheduler(unmet_timeout=unmet_timeout, slots=prefetch)
         self.unmet_timeout = unmet_timeout
@@ -147,6 +149,7 @@ class Controller:
         self._timer_seq = itertools.count()
         self._outbox: list[tuple[zmq.Socket, list[Any]]] = []
         self._last_commit = time.monotonic()
+        self._refusal_logged: dict[bytes, float] = {}
         self.stats = Stats()
         self._stopping = False
         self.ctx = context or zmq.Context()
@@ -219,13 +222,24 @@ class Controller:
             try:
                 header, frames = self.wire.decode(msg[1:])
             except Refused as e:
-                log.debug("refused message from %r: %s", ident, e)
+                self._log_refusal(ident, e)
                 continue
             try:
                 handler(ident, header, frames)
             except Exception:  # noqa: BLE001 - one bad message must not stop the controller
                 self.wire.refused["internal-error"] += 1
                 log.exception("error handling a %r message from %r", header.get("type"), ident)
+
+    def _log_refusal(self, ident: bytes, e: Refused) -> None:
+        """At most one log line per peer per minute: a flood must not flood the log too."""
+        now = time.monotonic()
+        if now - self._refusal_logged.get(ident, -REFUSAL_LOG_EVERY) < REFUSAL_LOG_EVERY:
+            return
+        if len(self._refusal_logged) > 10_000:
+            self._refusal_logged.clear()
+        self._refusal_logged[ident] = now
+        log.warning("refused a message from peer %r: %s (refused so far: %s)", ident, e,
+                    dict(self.wire.refused))
 
     def _flush(self) -> None:
         """Commit the store, then send. A reply to a client may tell it a taskid or a result,
@@ -747,10 +761,11 @@ def run_controller(
     heartbeat: float = 1.0,
     connection_file: str | os.PathLike[str] | None = None,
     prefetch: int = 1,
+    max_message: int = DEFAULT_MAX_MESSAGE,
 ) -> None:
     """Serve until SIGTERM/SIGINT."""
     ctl = Controller(info, store=store, unmet_timeout=unmet_timeout, heartbeat=heartbeat,
-                     connection_file=connection_file, prefetch=prefetch)
+                     connection_file=connection_file, prefetch=prefetch, max_message=max_message)
 
     def _stop(signum: int, frame: Any) -> None:
         ctl.stop()

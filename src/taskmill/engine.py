@@ -166,6 +166,7 @@ class Engine:
         s.setsockopt(zmq.ROUTING_ID, self.uuid.encode() + suffix)
         s.setsockopt(zmq.RECONNECT_IVL, 100)
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        s.setsockopt(zmq.MAXMSGSIZE, self.wire.max_message)
         apply_curve(s, self.info)
         s.connect(self.info.engine_url)
         return s

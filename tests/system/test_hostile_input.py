@@ -60,3 +60,24 @@ def test_signed_nonsense_gets_a_clear_error(cluster, client):
         else:
             raise AssertionError(f"{header} was accepted")
     assert client.run(MapTask(abs, (-3,)), block=True) == 3
+
+
+def test_a_flood_of_refused_messages_is_logged_once_per_peer(cluster, client):
+    info = read_connection_file(cluster.connection_file)
+    ident = b"flood-peer-7c1e"
+    before = client.statistics()["refused"].get("bad-signature", 0)
+    ctx = zmq.Context()
+    try:
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.ROUTING_ID, ident)
+        s.connect(info.client_url)
+        for i in range(200):
+            s.send_multipart(Wire(b"wrong-key" * 4).encode({"type": "ping", "req": i}))
+        s.close()
+    finally:
+        ctx.term()
+    _poll_refused(client, "bad-signature", before + 200)
+    lines = [ln for ln in cluster.log_tail("controller", 100_000).splitlines()
+             if "flood-peer-7c1e" in ln]
+    assert len(lines) == 1, lines
