@@ -2,7 +2,8 @@
 
 __version__ = "0.1.0"
 
-from .client import BlockingTaskClient, TaskClient  # noqa: E402
+from .aio import AsyncTaskClient, AsyncTaskFuture  # noqa: E402
+from .client import BlockingTaskClient, TaskClient, TaskFuture, TaskOptions  # noqa: E402
 from .cluster import Cluster  # noqa: E402
 from .engine import current_engine  # noqa: E402
 from .errors import (  # noqa: E402
@@ -22,6 +23,8 @@ from .errors import (  # noqa: E402
 from .task import BaseTask, MapTask, ResultNS, StringTask, TaskResult  # noqa: E402
 
 __all__ = [
+    "AsyncTaskClient",
+    "AsyncTaskFuture",
     "BaseTask",
     "BlockingTaskClient",
     "Cluster",
@@ -39,6 +42,8 @@ __all__ = [
     "TaskAborted",
     "TaskClient",
     "TaskError",
+    "TaskFuture",
+    "TaskOptions",
     "TaskRejectError",
     "TaskResult",
     "TaskTimeout",

@@ -9,18 +9,29 @@ The caller sends on its own socket, so a submit never waits for another thread; 
 owns the receive socket, and every reply carries `rt`, the id of that socket, so the controller
 answers there. What crosses the wire is a small header plus opaque payload frames: tasks are
 pickled here, once, and results are unpickled here, lazily, by the caller that asked for them.
+
+Futures (`submit`, `future`, and the maps built on them) travel the same way:
+
+    submit() --submit--> controller --reply{tids}--> I/O thread: taskid known; the future waits
+    in the _Watcher, which names it in one `watch` request per batch (sent once the I/O thread
+    has read every message waiting) --done{tid, result}--> I/O thread marks the future done
+
+The I/O thread only marks futures done; `result()` unpickles, in the thread that calls it.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
+import logging
 import os
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, InvalidStateError, as_completed
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures._base import CANCELLED
 from typing import Any
 
 import msgpack
@@ -29,7 +40,9 @@ import zmq
 from .connection import find_connection_file, read_connection_file
 from .curve import apply_client as apply_curve
 from .errors import (
+    CompositeError,
     ControllerUnreachable,
+    MapFailure,
     RemoteError,
     RemoteTraceback,
     SerializationError,
@@ -49,10 +62,16 @@ from .wire import Refused, Wire, dumps, loads
 
 SUBMIT_BATCH = 1000
 PING_INTERVAL = 1.0
+IDLE_AT_LEAST_EVERY = 256  # messages: a steady stream of replies must not starve the idle hook
 # Requests sent again to a restarted controller (reads, and submits, which it de-duplicates).
 RESENDABLE = frozenset({"submit", "result", "wait", "watch"})
 TIME_FORMAT = "%Y/%m/%d %H:%M:%S"
 _CONTROLLER_DECIDED = ("aborted", "unmet_timeout", "dependency")
+METADATA_KEYS = ("engineid", "submitted", "started", "completed", "duration", "stdout", "stderr",
+                 "attempts")
+
+
+log = logging.getLogger("taskmill.client")
 
 
 def _fmt_time(ts: float | None) -> str:
@@ -61,6 +80,10 @@ def _fmt_time(ts: float | None) -> str:
 
 class _Connection:
     """Two DEALER sockets to the controller and the I/O thread that reads replies."""
+
+    # Called on the I/O thread whenever it has read every message waiting (the client's
+    # _Watcher sends the watch requests it batched up meanwhile).
+    on_idle: Callable[[], None] | None = None
 
     def __init__(self, connection: Any, timeout: float) -> None:
         self.path = find_connection_file(connection)
@@ -110,6 +133,7 @@ class _Connection:
     def _io_loop(self) -> None:
         sock = self._recv_sock
         next_ping = 0.0
+        burst = 0  # messages read since the idle hook last ran
         while not self._closed.is_set():
             now = time.monotonic()
             if now >= next_ping:
@@ -122,8 +146,12 @@ class _Connection:
                 except zmq.Again:
                     pass
                 next_ping = now + (PING_INTERVAL if self._hello.done() else 0.5)
-            if not sock.poll(100):
-                continue
+            if burst >= IDLE_AT_LEAST_EVERY or not sock.poll(0):
+                burst = 0
+                self._idle()
+                if not sock.poll(100):
+                    continue
+            burst += 1
             msg = sock.recv_multipart(copy=False)
             try:
                 header, frames = self.wire.decode(msg)
@@ -149,6 +177,14 @@ class _Connection:
             if fut is not None and not fut.done():
                 fut.set_result((header, frames))
         sock.close(0)
+
+    def _idle(self) -> None:
+        hook = self.on_idle
+        if hook is not None:
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - the I/O thread must keep reading
+                log.exception("the I/O thread's idle hook failed")
 
     def _controller_restarted(self) -> None:
         """A new controller answered: send again what the old one never answered."""
@@ -222,17 +258,346 @@ class _Connection:
         self.ctx.destroy(linger=0)
 
 
+class TaskFuture(Future):
+    """A `concurrent.futures.Future` for one task (SPEC.md §6.13).
+
+    It works wherever a Future does: `concurrent.futures.wait` and `as_completed`,
+    `asyncio.wrap_future`, `add_done_callback`. `taskid` is the task's id: `submit` does not
+    wait for the controller to acknowledge it, so the first read of `taskid` may wait for that
+    (up to the client's timeout). `metadata` is filled in when the task finishes: `engineid`,
+    `submitted`, `started`, `completed` (float seconds since the epoch, or None), `duration`,
+    `stdout`, `stderr`, `attempts`.
+
+    The client's I/O thread marks the future done when the controller's `done` message arrives,
+    without unpickling anything; `result()` and `exception()` unpickle the value or the remote
+    exception in the thread that calls them (once: it is kept). A task's failure is raised by
+    `result()` as its own type (§3, §6.1): for a StringTask `result()` is a `TaskResult`.
+    `cancel()` aborts the task (see there).
+    """
+
+    def __init__(self, client: TaskClient, taskid: int | None = None) -> None:
+        super().__init__()
+        self._client = client
+        self._taskid = taskid
+        self._known = threading.Event()
+        if taskid is not None:
+            self._known.set()
+        self._submit_error: BaseException | None = None
+        self._raw: tuple[dict[str, Any] | None, list[Any]] | None = None
+        self._outcome: tuple[bool, Any] | None = None
+        self._decode_lock = threading.Lock()
+        self._cancelling = False
+        self.metadata: dict[str, Any] = dict.fromkeys(METADATA_KEYS)
+
+    @property
+    def taskid(self) -> int:
+        """The task's id, once the controller has acknowledged the submit."""
+        if not self._known.is_set():
+            wait = self._client._conn.timeout
+            if not self._known.wait(wait):
+                raise ControllerUnreachable(
+                    f"the controller at {self._client._conn.info.client_url} did not "
+                    f"acknowledge a submit within {wait:g}s")
+        if self._taskid is None:
+            assert self._submit_error is not None
+            raise self._submit_error
+        return self._taskid
+
+    # -- what the client does to it ----------------------------------------------------------
+    def _set_taskid(self, tid: int) -> None:
+        self._taskid = tid
+        self._known.set()
+
+    def _submit_failed(self, exc: BaseException) -> None:
+        self._submit_error = exc
+        self._known.set()
+        self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        try:
+            self.set_exception(exc)
+        except InvalidStateError:
+            pass
+
+    def _resolve(self, meta: dict[str, Any] | None, frames: list[Any]) -> None:
+        """The task finished (called on the I/O thread; nothing is unpickled here)."""
+        if meta:
+            for key in METADATA_KEYS:
+                if key in meta:
+                    self.metadata[key] = meta[key]
+        if self._cancelling and meta and meta.get("status") == "aborted":
+            self._mark_cancelled()
+            return
+        self._raw = (meta, frames)
+        try:
+            self.set_result(None)
+        except InvalidStateError:  # cancelled meanwhile
+            self._raw = None
+
+    def _decoded(self) -> tuple[bool, Any]:
+        with self._decode_lock:
+            if self._outcome is None:
+                assert self._raw is not None
+                meta, frames = self._raw
+                try:
+                    value = self._client._decode(meta, frames)
+                except BaseException as e:  # noqa: BLE001 - the task's failure, kept for result()
+                    self._outcome = (False, e)
+                else:
+                    self._outcome = (True, value)
+                self._raw = None
+            return self._outcome
+
+    # -- the Future API ------------------------------------------------------------------------
+    def result(self, timeout: float | None = None) -> Any:
+        super().result(timeout)  # waits; raises CancelledError, TimeoutError, a submit error
+        ok, value = self._decoded()
+        if ok:
+            return value
+        raise value
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        exc = super().exception(timeout)
+        if exc is not None:
+            return exc
+        ok, value = self._decoded()
+        return None if ok else value
+
+    def cancel(self) -> bool:
+        """Abort the task: True if it was aborted (or was cancelled already), False if it had
+        finished. A cancelled future raises `CancelledError` from `result()`. Waits for the
+        controller's answer, so it must not be called from a done-callback on the client's I/O
+        thread (that raises RuntimeError)."""
+        if self.done():
+            return self.cancelled()
+        if threading.current_thread() is self._client._conn._thread:
+            raise RuntimeError("TaskFuture.cancel() waits for the controller's answer, which the "
+                               "client's I/O thread (running this callback) would have to read; "
+                               "call it from another thread")
+        self._cancelling = True
+        try:
+            self._client.abort(self.taskid)
+        except IndexError:  # it finished (its result is on the way) or is unknown
+            self._cancelling = False
+            return False
+        self._mark_cancelled()
+        return self.cancelled()
+
+    def _mark_cancelled(self) -> None:
+        """Cancel and tell the waiters of `wait`/`as_completed`, which (as for an executor's
+        futures) only hear of it through `set_running_or_notify_cancel`."""
+        with self._condition:
+            Future.cancel(self)
+            if self._state == CANCELLED:
+                self.set_running_or_notify_cancel()
+
+    def __repr__(self) -> str:
+        tid = "?" if self._taskid is None else self._taskid
+        state = "cancelled" if self.cancelled() else "finished" if self.done() else "pending"
+        return f"<TaskFuture taskid={tid} {state}>"
+
+
+class _Watcher:
+    """Marks TaskFutures done from the controller's `done` messages.
+
+    A future waits in `_queued` until a watch request names its taskid. Futures queued on the
+    I/O thread (those whose submit replies it reads) share one request, sent when the I/O thread
+    has read every message waiting; futures queued by a caller are sent at once. A taskid being
+    watched already is not watched again, so every result crosses the wire once.
+    """
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+        self._queued: list[TaskFuture] = []
+        self._pending: dict[int, list[TaskFuture]] = {}
+        self._closed: BaseException | None = None
+        conn.on_idle = self.flush
+
+    def watch(self, futs: Sequence[TaskFuture]) -> None:
+        with self._lock:
+            closed = self._closed
+            if closed is None:
+                self._queued.extend(futs)
+        if closed is not None:
+            for f in futs:
+                f._fail(closed)
+        elif threading.current_thread() is not self._conn._thread:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._queued:
+                return
+            queued, self._queued = self._queued, []
+            tids: list[int] = []
+            for f in queued:
+                waiting = self._pending.setdefault(f._taskid, [])
+                if not waiting:
+                    tids.append(f._taskid)
+                waiting.append(f)
+        if not tids:
+            return
+        left = set(tids)
+
+        def on_done(header: dict[str, Any], frames: list[Any]) -> bool:
+            tid = header.get("tid")
+            if tid in left:
+                left.discard(tid)
+                with self._lock:
+                    futs = self._pending.pop(tid, [])
+                for f in futs:
+                    f._resolve(header.get("result"), frames)
+            return not left
+
+        try:
+            self._conn.send({"type": "watch", "tids": tids}, stream=on_done)
+        except RuntimeError as e:  # the client was closed
+            self.fail_all(e)
+
+    def fail_all(self, exc: BaseException) -> None:
+        with self._lock:
+            self._closed = exc
+            futs = [f for waiting in self._pending.values() for f in waiting] + self._queued
+            self._pending.clear()
+            self._queued = []
+        for f in futs:
+            f._fail(exc)
+
+
+class TaskOptions:
+    """Task options for `submit`, `map` and `imap`, kept apart from the function's arguments.
+
+    `client.options(retries=2, timeout=5)` returns one. Its `submit(f, *args, **kwargs)`,
+    `map(f, *sequences)` and `imap(f, iterable)` are the client's, with these options on every
+    task they send, so the function's own keywords never clash with them:
+    `tc.options(retries=2).submit(f, x, retries=7)` retries the task twice and passes
+    `retries=7` to `f`. `options(**more)` makes a copy with more options on top. The options
+    are those of `MapTask`: `retries`, `timeout`, `depend`, `after` (taskids or futures),
+    `recovery_task`, `clear_before`, `clear_after`; they are checked here, at once.
+    For `map` and `imap` they apply to each chunk task (a `timeout` bounds a whole chunk), and
+    `recovery_task` is refused there, since its result would stand for a whole chunk.
+    """
+
+    __slots__ = ("client", "retries", "timeout", "depend", "after", "recovery_task",
+                 "clear_before", "clear_after")
+    NAMES = __slots__[1:]
+
+    def __init__(self, client: Any = None, *, retries: int = 0, timeout: float | None = None,
+                 depend: Any = None, after: Any = None, recovery_task: BaseTask | None = None,
+                 clear_before: bool = False, clear_after: bool = False) -> None:
+        self.client = client  # a TaskClient or an AsyncTaskClient
+        self.retries = retries
+        self.timeout = timeout
+        self.depend = depend
+        self.after = after
+        self.recovery_task = recovery_task
+        self.clear_before = clear_before
+        self.clear_after = clear_after
+        self.task(len)  # check the options now, not at the first submit
+
+    def task(self, func: Callable[..., Any], args: Sequence[Any] = (),
+             kwargs: dict[str, Any] | None = None) -> MapTask:
+        """The MapTask that calls `func(*args, **kwargs)` with these options."""
+        return MapTask(func, tuple(args), dict(kwargs or {}), self.clear_before,
+                       self.clear_after, self.retries, self.recovery_task, self.depend,
+                       timeout=self.timeout, after=self.after)
+
+    def options(self, **changes: Any) -> TaskOptions:
+        """A copy with `changes` on top of these options."""
+        current = {name: getattr(self, name) for name in self.NAMES}
+        unknown = set(changes) - set(self.NAMES)
+        if unknown:
+            raise TypeError(f"unknown task options {sorted(unknown)}; they are {list(self.NAMES)}")
+        return TaskOptions(self.client, **{**current, **changes})
+
+    def _bound(self) -> Any:
+        if self.client is None:
+            raise RuntimeError("these TaskOptions belong to no client; use client.options(...)")
+        return self.client
+
+    def submit(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """`client.submit(func, *args, **kwargs)` with these options."""
+        return self._bound()._submit_with(self, func, args, kwargs)
+
+    def map(self, func: Callable[..., Any], /, *sequences: Iterable[Any],
+            chunksize: int | None = None, progress: bool | None = False) -> Any:
+        """`client.map(...)` with these options on every chunk task."""
+        return self._bound()._map(self, func, sequences, chunksize, progress)
+
+    def imap(self, func: Callable[..., Any], iterable: Iterable[Any], *, ordered: bool = True,
+             chunksize: int | None = None, max_outstanding: int | None = None,
+             progress: bool | None = False) -> Any:
+        """`client.imap(...)` with these options on every chunk task."""
+        return self._bound()._imap(self, func, iterable, ordered, chunksize, max_outstanding,
+                                   progress)
+
+    def __repr__(self) -> str:
+        set_ = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.NAMES
+                         if getattr(self, n) != getattr(NO_OPTIONS, n, None))
+        return f"TaskOptions({set_})"
+
+
+NO_OPTIONS = TaskOptions()
+
+
+class _OnEngine:
+    """A callable depend pinned to one engine: `run_all`'s copy of a task with its own depend."""
+
+    def __init__(self, engineid: int, depend: Callable[[dict[str, Any]], Any]) -> None:
+        self.engineid = engineid
+        self.depend = depend
+
+    def __call__(self, properties: dict[str, Any]) -> bool:
+        return properties.get("engineid") == self.engineid and bool(self.depend(properties))
+
+
+def pinned_copies(task: BaseTask, engineids: Sequence[int]) -> list[BaseTask]:
+    """One copy of `task` per engine, each with a depend that only its engine satisfies."""
+    if not isinstance(task, BaseTask):
+        raise TypeError(f"run_all() takes a StringTask or MapTask, not {type(task).__name__}")
+    task.validate()
+    copies = []
+    for eid in engineids:
+        t = copy.copy(task)
+        if t.depend is None:
+            t.depend = {"engineid": eid}
+        elif isinstance(t.depend, dict):
+            t.depend = {**t.depend, "engineid": eid}
+        else:
+            t.depend = _OnEngine(eid, t.depend)
+        copies.append(t)
+    return copies
+
+
+def run_all_outcome(engineids: Sequence[int], outcomes: Sequence[tuple[bool, Any]]) -> dict[int, Any]:
+    """`run_all`'s dict engineid -> result, or a CompositeError naming each engine that failed."""
+    out: dict[int, Any] = {}
+    elist: list[MapFailure] = []
+    for i, (eid, (ok, value)) in enumerate(zip(engineids, outcomes, strict=True)):
+        if ok:
+            out[eid] = value
+        else:
+            elist.append(MapFailure(i, eid, value, getattr(value, "remote_traceback", "") or ""))
+    if elist:
+        raise CompositeError(f"run_all failed on {len(elist)} of {len(engineids)} engines", elist)
+    return out
+
+
 class TaskClient:
     """Submit tasks to a taskmill controller and collect their results (SPEC.md §4)."""
 
     def __init__(self, connection: str | os.PathLike[str] | None = None, *,
                  timeout: float = 10.0) -> None:
         self._conn = _Connection(connection, timeout)
+        self._watcher = _Watcher(self._conn)
         self.connection_file = self._conn.path
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
+        """Close the connection; futures still waiting fail with RuntimeError."""
         self._conn.close()
+        self._watcher.fail_all(RuntimeError("the client was closed"))
 
     def __enter__(self) -> TaskClient:
         return self
@@ -306,6 +671,46 @@ class TaskClient:
 
     def _submit_tasks(self, tasks: Iterable[BaseTask]) -> list[int]:
         return self._submit_encoded([self._encode(t) for t in tasks])
+
+    def _submit_futures(self, encoded: list[tuple[dict[str, Any], list[Any]]]) -> list[TaskFuture]:
+        """Send encoded tasks (SUBMIT_BATCH to a message) without waiting; one future each."""
+        if self._conn._closed.is_set():
+            raise RuntimeError("this client is closed")
+        futs = [TaskFuture(self) for _ in encoded]
+        for i in range(0, len(encoded), SUBMIT_BATCH):
+            batch, batch_futs = encoded[i:i + SUBMIT_BATCH], futs[i:i + SUBMIT_BATCH]
+            frames = [f for _, fr in batch for f in fr]
+            try:
+                reply = self._conn.send({"type": "submit", "tasks": [s for s, _ in batch]},
+                                        frames)
+            except RuntimeError as e:  # the client was closed
+                for f in futs[i:]:
+                    f._submit_failed(e)
+                break
+            reply.add_done_callback(lambda r, fs=batch_futs: self._submitted(fs, r))
+        return futs
+
+    def _submitted(self, futs: list[TaskFuture], reply_fut: Future) -> None:
+        """A submit was answered (usually on the I/O thread): the futures learn their ids."""
+        try:
+            reply, _ = reply_fut.result()
+            if not reply.get("ok", True):
+                raise TaskError(reply.get("error", "the controller refused the submit"))
+            tids = reply["tids"]
+        except BaseException as e:  # noqa: BLE001 - each future carries the error
+            for f in futs:
+                f._submit_failed(e)
+            return
+        for f, tid in zip(futs, tids, strict=True):
+            f._set_taskid(tid)
+        self._watcher.watch(futs)
+
+    def _send_and_forget(self, header: dict[str, Any]) -> None:
+        """A request whose answer nobody waits for (imap's clears and aborts)."""
+        self._conn.send(header).add_done_callback(_ignore)
+
+    def _alive_engines(self) -> int:
+        return sum(1 for e in self.engines() if e["state"] != "dead")
 
     # -- decoding results ------------------------------------------------------------------
     def _rebuild_exception(self, meta: dict[str, Any], frames: list[Any]) -> BaseException:
@@ -382,12 +787,7 @@ class TaskClient:
     def _results(self, tids: list[int], block: bool) -> list[tuple[dict[str, Any] | None, list[Any]]]:
         reply, frames = self._conn.call({"type": "result", "tids": tids, "block": block},
                                         timeout=None if block else -1.0)
-        out, pos = [], 0
-        for meta in reply["results"]:
-            n = meta["nframes"] if meta else 0
-            out.append((meta, frames[pos:pos + n]))
-            pos += n
-        return out
+        return split_results(reply, frames)
 
     # -- the seed's verbs ------------------------------------------------------------------
     def run(self, task: BaseTask, block: bool = False) -> Any:
@@ -407,17 +807,22 @@ class TaskClient:
         """Abort a queued or running task (it finishes as TaskAborted)."""
         _check_taskid(taskid)
         reply, _ = self._conn.call({"type": "abort", "tid": taskid})
-        if reply["status"] == "finished":
-            raise IndexError("Task Already Completed")
-        if reply["status"] == "unknown":
-            raise IndexError(f"no task with id {taskid}: it is unknown, or its result was cleared")
+        abort_outcome(reply, taskid)
 
-    def barrier(self, taskids: int | Sequence[int]) -> None:
-        """Wait until every task in `taskids` has finished (failed and unknown ones count)."""
-        tids = [taskids] if isinstance(taskids, int) else list(taskids)
-        for t in tids:
-            _check_taskid(t)
-        if tids:
+    def barrier(self, taskids: int | Sequence[int], progress: bool | None = False) -> None:
+        """Wait until every task in `taskids` has finished (failed and unknown ones count).
+
+        `taskids` may hold TaskFutures too. `progress=True` draws a bar (then the tasks'
+        results are streamed here and dropped); `None` draws one only on a terminal.
+        """
+        from .mapper import show_progress
+
+        tids = taskid_list(taskids)
+        if not tids:
+            return
+        if show_progress(progress):
+            self.wait(tids, progress=True)
+        else:
             self._conn.call({"type": "wait", "tids": tids}, timeout=None)
 
     def spin(self) -> bool:
@@ -432,25 +837,27 @@ class TaskClient:
 
     def clear(self, taskids: int | Sequence[int] | None = None) -> int:
         """Drop finished results (all, one id, or a list); return how many were dropped."""
-        if taskids is None:
-            tids = None
-        else:
-            tids = [taskids] if isinstance(taskids, int) else list(taskids)
-            for t in tids:
-                _check_taskid(t)
+        tids = None if taskids is None else taskid_list(taskids)
         reply, _ = self._conn.call({"type": "clear", "tids": tids})
-        if reply["missing"]:
-            raise KeyError(
-                f"no finished result for task ids {reply['missing']} (unknown, unfinished, or "
-                f"already cleared); {reply['dropped']} other result(s) were cleared")
-        return int(reply["dropped"])
+        return clear_outcome(reply)
 
-    def map(self, func: Callable[..., Any], *sequences: Iterable[Any],
-            chunksize: int | None = None, progress: bool = False) -> list[Any]:
-        """Load-balanced `map`; every failure is reported in one CompositeError."""
+    def map(self, func: Callable[..., Any], /, *sequences: Iterable[Any],
+            chunksize: int | None = None, progress: bool | None = False) -> list[Any]:
+        """Load-balanced `map`: a list equal to `list(map(func, *sequences))`.
+
+        Elements are sent in chunks (with `chunksize=None`, enough chunks to keep every engine
+        busy, at most 2000 elements each); every failure is reported in one CompositeError
+        naming each failed index. `progress=True` draws a tqdm bar on stderr (`None`: only on
+        a terminal). Task options: `client.options(retries=..., ...).map(...)`.
+        """
+        return self._map(NO_OPTIONS, func, sequences, chunksize, progress)
+
+    def _map(self, options: TaskOptions, func: Callable[..., Any],
+             sequences: Sequence[Iterable[Any]], chunksize: int | None,
+             progress: bool | None) -> list[Any]:
         from .mapper import client_map
 
-        return client_map(self, func, sequences, chunksize=chunksize, progress=progress)
+        return client_map(self, options, func, sequences, chunksize=chunksize, progress=progress)
 
     def mapper(self, clear_before: bool = False, clear_after: bool = False, retries: int = 0,
                recovery_task: BaseTask | None = None, depend: Any = None,
@@ -485,31 +892,98 @@ class TaskClient:
         reply, _ = self._conn.call({"type": "stats"})
         return dict(reply["stats"])
 
-    def _watch(self, tids: list[int], on_done: Callable[[int, dict[str, Any], list[Any]], None]) -> Future:
-        """Call `on_done(tid, meta, frames)` as each task finishes; the Future ends after the last."""
-        finished: Future = Future()
-        left = set(tids)
+    # -- futures -----------------------------------------------------------------------------
+    def submit(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
+        """Run `func(*args, **kwargs)` on an engine; return its TaskFuture at once.
 
-        def stream(header: dict[str, Any], frames: list[Any]) -> bool:
-            tid = header["tid"]
+        Every keyword goes to `func`. Task options go on `options()`:
+        `tc.options(retries=2, timeout=5, after=[fut]).submit(func, x, retries="func's own")`.
+        """
+        return self._submit_with(NO_OPTIONS, func, args, kwargs)
+
+    def _submit_with(self, options: TaskOptions, func: Callable[..., Any],
+                     args: Sequence[Any], kwargs: dict[str, Any]) -> TaskFuture:
+        return self._submit_futures([self._encode(options.task(func, args, kwargs))])[0]
+
+    def options(self, *, retries: int = 0, timeout: float | None = None, depend: Any = None,
+                after: Any = None, recovery_task: BaseTask | None = None,
+                clear_before: bool = False, clear_after: bool = False) -> TaskOptions:
+        """Task options for `submit`, `map` and `imap`: see `TaskOptions`."""
+        return TaskOptions(self, retries=retries, timeout=timeout, depend=depend, after=after,
+                           recovery_task=recovery_task, clear_before=clear_before,
+                           clear_after=clear_after)
+
+    def future(self, taskid: int) -> TaskFuture:
+        """A TaskFuture for a task submitted before (by any client); IndexError from
+        `result()` if it is unknown or was cleared."""
+        return self._futures_for([taskid])[0]
+
+    def _futures_for(self, taskids: Sequence[int]) -> list[TaskFuture]:
+        for t in taskids:
+            _check_taskid(t)
+        futs = [TaskFuture(self, t) for t in taskids]
+        self._watcher.watch(futs)
+        return futs
+
+    def wait(self, futures_or_ids: Any, *, timeout: float | None = None,
+             progress: bool | None = None) -> list[Future]:
+        """Wait until every future or taskid given has finished; return their futures.
+
+        Taskids become TaskFutures (so `[f.result() for f in tc.wait(ids)]` works).
+        `progress=None` draws a bar when stderr is a terminal, `True` always, `False` never.
+        Past `timeout` seconds, TimeoutError.
+        """
+        from .mapper import progress_bar
+
+        items = [futures_or_ids] if isinstance(futures_or_ids, int | Future) \
+            else list(futures_or_ids)
+        ids = [x for x in items if not isinstance(x, Future)]
+        made = iter(self._futures_for(ids))
+        futs = [x if isinstance(x, Future) else next(made) for x in items]
+        with progress_bar(progress, len(futs), "wait", "task") as bar:
+            for _ in as_completed(futs, timeout=timeout):
+                bar.update()
+        return futs
+
+    def imap(self, func: Callable[..., Any], iterable: Iterable[Any], *, ordered: bool = True,
+             chunksize: int | None = None, max_outstanding: int | None = None,
+             progress: bool | None = False) -> Iterator[Any]:
+        """A lazy load-balanced map over one iterable of any length, even an endless one.
+
+        Yields `func(item)` in input order (`ordered=False`: as they finish). Items are pulled
+        only while fewer than `max_outstanding` are sent and not yet yielded (None: 8 chunks
+        per engine), so memory stays bounded. `chunksize=None` starts at one item per task and
+        grows chunks to about 0.1 s of work each. A failed element raises its exception when
+        its turn comes; closing the generator early (break, `close()`) aborts what is still
+        out. The chunks' results are dropped from the controller as they are handed out.
+        """
+        return self._imap(NO_OPTIONS, func, iterable, ordered, chunksize, max_outstanding,
+                          progress)
+
+    def _imap(self, options: TaskOptions, func: Callable[..., Any], iterable: Iterable[Any],
+              ordered: bool, chunksize: int | None, max_outstanding: int | None,
+              progress: bool | None) -> Iterator[Any]:
+        from .mapper import client_imap
+
+        return client_imap(self, options, func, iterable, ordered=ordered, chunksize=chunksize,
+                           max_outstanding=max_outstanding, progress=progress)
+
+    def run_all(self, task: BaseTask) -> dict[int, Any]:
+        """Run one copy of `task` on every live engine (for set-up); engineid -> result.
+
+        Each copy has `depend={"engineid": k}` added. Failures (a MapTask's exception, an
+        engine that died) are raised together as a CompositeError naming the engines.
+        """
+        eids = sorted(e["engineid"] for e in self.engines() if e["state"] != "dead")
+        copies = pinned_copies(task, eids)
+        futs = self._submit_futures([self._encode(t) for t in copies])
+        outcomes = []
+        for f in futs:
             try:
-                if tid in left:
-                    left.discard(tid)
-                    on_done(tid, header["result"], frames)
-            except BaseException as e:  # noqa: BLE001 - hand it to the waiting caller
-                if not finished.done():
-                    finished.set_exception(e)
-            if not left:
-                if not finished.done():
-                    finished.set_result(None)
-                return True
-            return False
-
-        if not tids:
-            finished.set_result(None)
-        else:
-            self._conn.send({"type": "watch", "tids": tids}, stream=stream)
-        return finished
+                outcomes.append((True, f.result()))
+            except Exception as e:  # noqa: BLE001 - reported per engine
+                outcomes.append((False, e))
+        return run_all_outcome(eids, outcomes)
 
 
 class _Failed:
@@ -525,6 +999,46 @@ class _Failed:
 def _check_taskid(taskid: Any) -> None:
     if isinstance(taskid, bool) or not isinstance(taskid, int):
         raise TypeError(f"a taskid is an int, not {type(taskid).__name__}")
+
+
+def _ignore(fut: Future) -> None:
+    fut.exception()  # retrieved, so nothing is logged about it
+
+
+def taskid_list(taskids: Any) -> list[int]:
+    """An int, a future, or a sequence of them, as a checked list of taskids."""
+    items = [taskids] if isinstance(taskids, int) or hasattr(taskids, "taskid") \
+        else list(taskids)
+    tids = [getattr(t, "taskid", t) for t in items]
+    for t in tids:
+        _check_taskid(t)
+    return tids
+
+
+def abort_outcome(reply: dict[str, Any], taskid: int) -> None:
+    if reply["status"] == "finished":
+        raise IndexError("Task Already Completed")
+    if reply["status"] == "unknown":
+        raise IndexError(f"no task with id {taskid}: it is unknown, or its result was cleared")
+
+
+def clear_outcome(reply: dict[str, Any]) -> int:
+    if reply["missing"]:
+        raise KeyError(
+            f"no finished result for task ids {reply['missing']} (unknown, unfinished, or "
+            f"already cleared); {reply['dropped']} other result(s) were cleared")
+    return int(reply["dropped"])
+
+
+def split_results(reply: dict[str, Any],
+                  frames: list[Any]) -> list[tuple[dict[str, Any] | None, list[Any]]]:
+    """A `result` reply as (meta, frames) per taskid."""
+    out, pos = [], 0
+    for meta in reply["results"]:
+        n = meta["nframes"] if meta else 0
+        out.append((meta, frames[pos:pos + n]))
+        pos += n
+    return out
 
 
 BlockingTaskClient = TaskClient

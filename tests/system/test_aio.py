@@ -1,0 +1,190 @@
+"""System tests of `taskmill.AsyncTaskClient` on the shared 2-engine cluster.
+
+Each test runs its own event loop with `asyncio.run` (no asyncio test plugin is needed) and
+leaves the engines as it found them. Nothing asserts on wall-clock time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import pytest
+
+import taskmill
+from taskmill import (
+    AsyncTaskClient,
+    AsyncTaskFuture,
+    CompositeError,
+    MapTask,
+    StringTask,
+    TaskAborted,
+    TaskResult,
+)
+
+pytestmark = pytest.mark.timeout(180, method="thread")
+
+
+def square(x):
+    return x * x
+
+
+def fail_on_multiples_of_seven(x):
+    if x % 7 == 0:
+        raise ValueError(f"{x} is a multiple of 7")
+    return x
+
+
+def raise_keyerror(key):
+    raise KeyError(key)
+
+
+def block_until(release: str, started: str, deadline: float = 90.0) -> str:
+    open(started, "w").close()
+    end = time.monotonic() + deadline
+    while not os.path.exists(release):
+        if time.monotonic() > end:
+            raise TimeoutError(f"{release} never appeared")
+        time.sleep(0.01)
+    return "released"
+
+
+async def wait_until(predicate, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def run(coro_fn, cluster):
+    async def main():
+        async with AsyncTaskClient(cluster.connection_file) as tc:
+            return await coro_fn(tc)
+
+    return asyncio.run(main())
+
+
+def test_gather_over_1000_submissions_returns_the_right_values(cluster):
+    async def body(tc):
+        futs = [tc.submit(square, i) for i in range(1000)]
+        assert all(isinstance(f, AsyncTaskFuture) and isinstance(f, asyncio.Future)
+                   for f in futs)
+        values = await asyncio.gather(*futs)
+        assert values == [i * i for i in range(1000)]
+        assert len({f.taskid for f in futs}) == 1000
+        assert futs[0].metadata["attempts"] == 1
+        # asyncio.as_completed and asyncio.wait work on them too
+        more = [tc.submit(square, i) for i in range(20)]
+        got = sorted([await f for f in asyncio.as_completed(more)])
+        assert got == sorted(i * i for i in range(20))
+
+    run(body, cluster)
+
+
+def test_the_seed_verbs_as_coroutines(cluster):
+    async def body(tc):
+        tid = await tc.run(MapTask(square, (6,)))
+        assert isinstance(tid, int)
+        assert await tc.get_task_result(tid, block=True) == 36
+        assert await tc.run(MapTask(square, (7,)), block=True) == 49
+        tr = await tc.run(StringTask("y = x * 2", push={"x": 21}, pull="y"), block=True)
+        assert isinstance(tr, TaskResult) and tr.ns.y == 42
+        await tc.barrier([tid])
+        status = await tc.queue_status()
+        assert set(status) == {"scheduled", "pending", "succeeded", "failed"}
+        assert tid in (await tc.queue_status(verbose=True))["succeeded"]
+        assert await tc.clear(tid) == 1
+        with pytest.raises(KeyError):
+            await tc.clear(tid)
+        with pytest.raises(IndexError):
+            await tc.get_task_result(tid)
+        with pytest.raises(IndexError):
+            await tc.abort(987_654_321)
+        with pytest.raises(TypeError):
+            await tc.abort("3")
+        assert isinstance(await tc.spin(), bool)
+        engines = await tc.engines()
+        assert {"engineid", "hostname", "pid", "properties", "state", "tasks_done"} <= set(
+            engines[0])
+        assert (await tc.statistics())["submitted"] >= 3
+
+    run(body, cluster)
+
+
+def test_map_run_all_imap_and_options(cluster):
+    async def body(tc):
+        items = list(range(20_000))
+        assert await tc.map(square, items) == list(map(square, items))
+        assert await tc.map(pow, [2, 3], [3, 2]) == [8, 9]
+        with pytest.raises(CompositeError) as info:
+            await tc.map(fail_on_multiples_of_seven, range(30), chunksize=4)
+        assert [f.index for f in info.value.elist] == [0, 7, 14, 21, 28]
+
+        out = await tc.run_all(StringTask("here = engineid", pull="here"))
+        alive = sorted(e["engineid"] for e in await tc.engines() if e["state"] != "dead")
+        assert sorted(out) == alive and all(out[e].ns.here == e for e in alive)
+
+        got = [y async for y in tc.imap(square, (i for i in range(2000)), max_outstanding=300)]
+        assert got == [i * i for i in range(2000)]
+        unordered = [y async for y in tc.imap(square, range(500), ordered=False)]
+        assert sorted(unordered) == [i * i for i in range(500)]
+
+        opts = tc.options(retries=1)
+        assert await opts.submit(square, 5) == 25
+        assert await opts.map(square, range(4)) == [0, 1, 4, 9]
+
+        done = await tc.wait([tc.submit(square, 2), await tc.run(MapTask(square, (3,)))],
+                             progress=False)
+        assert [f.result() for f in done] == [4, 9]
+
+    run(body, cluster)
+
+
+def test_exceptions_and_cancel_of_a_queued_future(cluster, tmp_path):
+    release = tmp_path / "release"
+
+    async def body(tc):
+        with pytest.raises(KeyError) as info:
+            await tc.submit(raise_keyerror, "gone")
+        assert "raise_keyerror" in info.value.remote_traceback
+
+        alive = sorted(e["engineid"] for e in await tc.engines() if e["state"] != "dead")
+        held = [tc.options(depend={"engineid": e}).submit(
+            block_until, str(release), str(tmp_path / f"started-{e}")) for e in alive]
+        try:
+            async def all_started():
+                return all((tmp_path / f"started-{e}").exists() for e in alive)
+
+            await wait_until(all_started, "the gate tasks to start")
+            queued = tc.submit(square, 3)
+            assert queued.taskid >= 0
+            assert queued.cancel() is True
+            assert queued.cancelled()
+            with pytest.raises(asyncio.CancelledError):
+                await queued
+            with pytest.raises(TaskAborted):
+                await tc.get_task_result(queued.taskid, block=True)
+        finally:
+            release.touch()
+            assert await asyncio.gather(*held) == ["released"] * len(alive)
+        finished = tc.submit(square, 4)
+        assert await finished == 16
+        assert finished.cancel() is False
+
+    run(body, cluster)
+
+
+def test_close_and_use_without_async_with(cluster):
+    async def body():
+        tc = AsyncTaskClient(cluster.connection_file, timeout=10.0)
+        with pytest.raises(RuntimeError, match="not connected"):
+            tc.submit(square, 1)
+        await tc.connect()
+        assert await tc.submit(square, 11) == 121
+        assert isinstance(tc.blocking, taskmill.TaskClient)
+        await tc.close()
+        await tc.close()  # idempotent
+
+    asyncio.run(body())

@@ -1,0 +1,389 @@
+"""System tests of the client people expect today: futures, options, imap, map, run_all, wait.
+
+They run on the shared 2-engine `cluster` fixture and leave it as they found it: engines held
+by a gate are released and waited for, and no test changes an engine's properties. Nothing
+asserts on wall-clock time; conditions are polled with a deadline. Functions shipped to the
+engines are defined in this module, which conftest registers for pickling by value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import io
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+import taskmill
+from taskmill import CompositeError, MapTask, StringTask, TaskAborted, TaskFuture, TaskResult
+
+# A blocking wait sits in a lock acquire that SIGALRM does not interrupt: use the thread method.
+pytestmark = pytest.mark.timeout(180, method="thread")
+
+METADATA_KEYS = {"engineid", "submitted", "started", "completed", "duration", "stdout",
+                 "stderr", "attempts"}
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def wait_until(predicate, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.01)
+
+
+def square(x):
+    return x * x
+
+
+def fail_on_multiples_of_seven(x):
+    if x % 7 == 0:
+        raise ValueError(f"{x} is a multiple of 7")
+    return x
+
+
+class CustomError(Exception):
+    """An exception type of this module, raised on an engine and rebuilt here."""
+
+
+def raise_keyerror(key):
+    raise KeyError(key)
+
+
+def raise_custom(message):
+    raise CustomError(message)
+
+
+def talk_and_return(x):
+    import sys
+
+    print(f"out {x}")
+    print(f"err {x}", file=sys.stderr)
+    return x + 1
+
+
+def echo_kwargs(x, **kwargs):
+    return x, kwargs
+
+
+def block_until(release: str, started: str, deadline: float = 90.0) -> str:
+    open(started, "w").close()
+    end = time.monotonic() + deadline
+    while not os.path.exists(release):
+        if time.monotonic() > end:
+            raise TimeoutError(f"{release} never appeared")
+        time.sleep(0.01)
+    return "released"
+
+
+def rss_mib(pid: int | str = "self") -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def alive_engine_ids(tc) -> list[int]:
+    return sorted(e["engineid"] for e in tc.engines() if e["state"] != "dead")
+
+
+class Gate:
+    """Holds every engine with a blocking task until `release()`."""
+
+    def __init__(self, tc, folder: Path) -> None:
+        self.tc = tc
+        self.folder = folder
+        self.release_file = folder / "release"
+        self.held: list[TaskFuture] = []
+
+    def hold(self) -> list[TaskFuture]:
+        eids = alive_engine_ids(self.tc)
+        for eid in eids:
+            self.held.append(self.tc.options(depend={"engineid": eid}).submit(
+                block_until, str(self.release_file), str(self.folder / f"started-{eid}")))
+        wait_until(lambda: all((self.folder / f"started-{e}").exists() for e in eids),
+                   "the gate tasks to start")
+        return self.held
+
+    def release(self) -> None:
+        self.release_file.touch()
+        cf.wait(self.held, timeout=60)
+
+
+@pytest.fixture
+def gate(client, tmp_path):
+    g = Gate(client, tmp_path)
+    yield g
+    g.release()
+
+
+# -- futures ---------------------------------------------------------------------------------
+
+
+def test_as_completed_yields_each_of_1000_task_futures_with_its_value(client):
+    futs = [client.submit(square, i) for i in range(1000)]
+    assert all(isinstance(f, cf.Future) for f in futs)
+    seen = {}
+    for f in cf.as_completed(futs, timeout=120):
+        assert f not in seen
+        seen[f] = f.result()
+    assert len(seen) == 1000
+    assert [seen[f] for f in futs] == [i * i for i in range(1000)]
+    tids = [f.taskid for f in futs]
+    assert len(set(tids)) == 1000 and all(isinstance(t, int) for t in tids)
+    assert tids == sorted(tids)  # one client's submits get rising ids
+
+
+def test_task_future_works_with_wait_callbacks_and_asyncio(client):
+    called = []
+    f = client.submit(square, 12)
+    f.add_done_callback(called.append)
+    done, not_done = cf.wait([f], timeout=60)
+    assert done == {f} and not not_done
+    wait_until(lambda: called == [f], "the done callback")
+    assert f.result() == 144 and f.exception() is None and not f.cancelled()
+
+    async def awaited():
+        return await asyncio.wrap_future(client.submit(square, 5))
+
+    assert asyncio.run(awaited()) == 25
+    later = client.submit(square, 3)
+    later.result(timeout=60)
+    late_calls = []
+    later.add_done_callback(late_calls.append)  # added after it finished: called at once
+    assert late_calls == [later]
+
+
+def test_metadata_fields_are_filled_when_the_task_finishes(client):
+    f = client.submit(talk_and_return, 41)
+    assert f.result(timeout=60) == 42
+    md = f.metadata
+    assert set(md) == METADATA_KEYS
+    assert md["engineid"] in alive_engine_ids(client)
+    for key in ("submitted", "started", "completed", "duration"):
+        assert isinstance(md[key], float), key
+    assert md["submitted"] <= md["started"] <= md["completed"]
+    assert md["duration"] >= 0
+    assert "out 41" in md["stdout"] and "err 41" in md["stderr"]
+    assert md["attempts"] == 1
+
+
+def test_exceptions_are_raised_again_with_their_type(client):
+    f = client.submit(raise_keyerror, "missing")
+    with pytest.raises(KeyError) as info:
+        f.result(timeout=60)
+    err = info.value
+    assert err.taskid == f.taskid and err.engineid == f.metadata["engineid"]
+    assert "raise_keyerror" in err.remote_traceback
+    assert "raise_keyerror" in str(err.__cause__)
+    assert f.exception() is err  # decoded once, kept
+
+    g = client.submit(raise_custom, "mine")
+    with pytest.raises(CustomError, match="mine"):
+        g.result(timeout=60)
+
+    # A StringTask's failure is carried in its TaskResult, as get_task_result does.
+    tid = client.run(StringTask("1 / 0"))
+    tr = client.future(tid).result(timeout=60)
+    assert isinstance(tr, TaskResult) and isinstance(tr.failure, ZeroDivisionError)
+
+    with pytest.raises(IndexError):
+        client.future(987_654_321).result(timeout=60)
+
+
+def test_future_follows_a_task_submitted_with_run(client):
+    tid = client.run(MapTask(square, (9,)))
+    f = client.future(tid)
+    assert f.taskid == tid and f.result(timeout=60) == 81
+    assert f.metadata["attempts"] == 1
+
+
+def test_cancel_aborts_a_queued_future_and_not_a_finished_one(client, gate):
+    held = gate.hold()
+    f = client.submit(square, 7)
+    assert not f.done()
+    assert set(f.metadata.values()) == {None}  # nothing is known before it finishes
+    assert f.cancel() is True
+    assert f.cancelled() and f.done()
+    with pytest.raises(cf.CancelledError):
+        f.result(timeout=1)
+    assert list(cf.as_completed([f], timeout=5)) == [f]  # waiters hear of the cancel
+    assert cf.wait([f], timeout=5).done == {f}
+    assert f.cancel() is True  # cancelling again: still cancelled
+    with pytest.raises(TaskAborted):  # the controller says the same
+        client.get_task_result(f.taskid, block=True)
+    assert not any(h.done() for h in held)
+
+    gate.release()
+    assert [h.result() for h in held] == ["released"] * len(held)
+    done = client.submit(square, 2)
+    assert done.result(timeout=60) == 4
+    assert done.cancel() is False and not done.cancelled()
+
+
+def test_closing_the_client_fails_its_waiting_futures(cluster, gate):
+    gate.hold()
+    tc = cluster.client()
+    f = tc.submit(square, 5)
+    assert isinstance(f.taskid, int)
+    tc.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        f.result(timeout=10)
+    with pytest.raises(RuntimeError, match="closed"):
+        tc.submit(square, 6)
+
+
+# -- options ---------------------------------------------------------------------------------
+
+
+def test_options_are_kept_apart_from_the_function_keywords(client):
+    opts = client.options(retries=1, timeout=30)
+    f = opts.submit(echo_kwargs, 1, retries=5, timeout="mine", after="also mine")
+    assert f.result(timeout=60) == (1, {"retries": 5, "timeout": "mine", "after": "also mine"})
+    assert opts.map(square, range(5)) == [0, 1, 4, 9, 16]
+    assert list(opts.options(clear_after=True).imap(square, iter(range(4)))) == [0, 1, 4, 9]
+    assert "retries=1" in repr(opts)
+
+
+def test_after_accepts_futures(client):
+    bad = client.submit(raise_keyerror, "x")
+    follower = client.options(after=[bad]).submit(square, 3)
+    with pytest.raises(taskmill.DependencyError):
+        follower.result(timeout=60)
+    good = client.submit(square, 2)
+    assert client.options(after=good).submit(square, 4).result(timeout=60) == 16
+
+
+def test_bad_options_are_refused_at_once(client):
+    with pytest.raises(TypeError):
+        client.options(retries=-1)
+    with pytest.raises(TypeError):
+        client.options(depend=42)
+    with pytest.raises(TypeError):
+        client.options().options(retires=1)
+    with pytest.raises(ValueError, match="recovery_task"):
+        client.options(recovery_task=MapTask(square, (1,))).map(square, [1, 2])
+
+
+# -- imap ------------------------------------------------------------------------------------
+
+
+def test_imap_ordered_and_unordered_over_a_generator(client):
+    ordered = list(client.imap(square, (i for i in range(3000)), max_outstanding=500))
+    assert ordered == [i * i for i in range(3000)]
+    unordered = list(client.imap(square, (i for i in range(3000)), ordered=False))
+    assert sorted(unordered) == [i * i for i in range(3000)]
+    assert list(client.imap(square, iter([]))) == []
+    assert list(client.imap(square, range(10), chunksize=3)) == [i * i for i in range(10)]
+
+
+def test_imap_raises_a_failed_element_at_its_turn(client):
+    it = client.imap(fail_on_multiples_of_seven, range(1, 100), chunksize=4)
+    got = []
+    with pytest.raises(ValueError, match="7 is a multiple of 7") as info:
+        for x in it:
+            got.append(x)
+    assert got == [1, 2, 3, 4, 5, 6]
+    assert "fail_on_multiples_of_seven" in info.value.remote_traceback
+
+
+def test_imap_over_ten_million_items_keeps_client_and_controller_memory_bounded(client,
+                                                                                 cluster):
+    list(client.imap(square, range(2000)))  # warm up: imports, caches
+    before = client.queue_status()
+    client_before = rss_mib()
+    controller_before = rss_mib(cluster.controller_pid)
+    source = (i for i in range(10_000_000))
+    results = client.imap(square, source, max_outstanding=5000)
+    n = 0
+    for value in results:
+        assert value == n * n
+        n += 1
+        if n == 50_000:
+            break
+    results.close()
+    pulled = next(source)
+    source.close()
+    assert 50_000 <= pulled <= 50_000 + 5000  # never more than max_outstanding ahead
+    client_growth = rss_mib() - client_before
+    controller_growth = rss_mib(cluster.controller_pid) - controller_before
+    # A materialised list of 10 million ints alone would be ~400 MiB.
+    assert client_growth < 100, f"client RSS grew by {client_growth:.0f} MiB"
+    assert controller_growth < 150, f"controller RSS grew by {controller_growth:.0f} MiB"
+    # Every chunk's result, aborted or not, is dropped from the controller again.
+    wait_until(lambda: client.queue_status() == before, "imap's results to be cleared")
+
+
+# -- map -------------------------------------------------------------------------------------
+
+
+def test_map_of_100000_ints_equals_builtin_map_in_far_fewer_tasks(client):
+    submitted = client.statistics()["submitted"]
+    items = list(range(100_000))
+    assert client.map(square, items) == list(map(square, items))
+    tasks = client.statistics()["submitted"] - submitted
+    assert 1 <= tasks <= 1000
+    assert client.map(pow, [2, 3, 4], [5, 2, 1]) == list(map(pow, [2, 3, 4], [5, 2, 1]))
+    assert client.map(square, []) == []
+
+
+def test_map_composite_error_names_every_failed_index(client):
+    with pytest.raises(CompositeError) as info:
+        client.map(fail_on_multiples_of_seven, range(50), chunksize=6)
+    err = info.value
+    expected = [i for i in range(50) if i % 7 == 0]
+    assert [f.index for f in err.elist] == expected
+    text = str(err)
+    for i in expected:
+        assert f"[{i}] engine " in text
+    assert all(isinstance(f.exception, ValueError) for f in err.elist)
+    assert all("fail_on_multiples_of_seven" in f.traceback for f in err.elist)
+
+
+def test_map_progress_bar_is_drawn_when_asked(client, capsys):
+    assert client.map(square, range(500), progress=True) == [i * i for i in range(500)]
+    err = capsys.readouterr().err
+    assert "square" in err and "500/500" in err and "100%" in err
+    client.map(square, range(10))  # the default: no bar
+    client.wait([client.submit(square, 1)])  # None: only on a terminal, and this is not one
+    assert capsys.readouterr().err == ""
+
+
+def test_wait_and_barrier_draw_progress_for_taskids_and_futures(client, capsys):
+    tids = [client.run(MapTask(square, (i,))) for i in range(20)]
+    futs = client.wait(tids + [client.submit(square, 5)], progress=True)
+    assert [f.result() for f in futs] == [i * i for i in range(20)] + [25]
+    client.barrier(tids, progress=True)
+    err = capsys.readouterr().err
+    assert "21/21" in err and "20/20" in err
+    with pytest.raises(TimeoutError):
+        client.wait([cf.Future()], timeout=0.05, progress=False)
+
+
+# -- run_all ---------------------------------------------------------------------------------
+
+
+def test_run_all_runs_one_copy_on_every_engine(client):
+    eids = alive_engine_ids(client)
+    out = client.run_all(StringTask("here = engineid", pull="here"))
+    assert sorted(out) == eids
+    assert all(out[e].ns.here == e for e in eids)
+    pids = client.run_all(MapTask(os.getpid))
+    assert set(pids.values()) == {e["pid"] for e in client.engines() if e["state"] != "dead"}
+    with pytest.raises(CompositeError) as info:
+        client.run_all(MapTask(raise_keyerror, ("set-up",)))
+    assert sorted(f.engineid for f in info.value.elist) == eids
+
+
+def test_progress_can_be_written_to_a_file_object(client, monkeypatch):
+    buf = io.StringIO()
+    monkeypatch.setattr("sys.stderr", buf)
+    assert list(client.imap(square, range(50), progress=True)) == [i * i for i in range(50)]
+    assert "50/50" in buf.getvalue()
