@@ -417,7 +417,7 @@ class Engine:
         if spec["kind"] == "string":
             ns = self.namespace
             if frames:
-                ns.update(loads(frames))
+                ns.update(self._unpickle(tid, frames, "pushed values"))
             filename = f"<taskmill task {tid}>"
             source = spec["expression"]
             linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
@@ -431,9 +431,18 @@ class Engine:
                     raise NameError(f"name {name!r} is not defined (pulled by task {tid})")
                 results[name] = ns[name]
             return results
-        func, args, kwargs = loads(frames)
+        func, args, kwargs = self._unpickle(tid, frames, "function or arguments")
         self._in_task_code = True
         return func(*args, **kwargs)
+
+    def _unpickle(self, tid: int, frames: list[Any], what: str) -> Any:
+        try:
+            return loads(frames)
+        except Exception as e:
+            raise SerializationError(
+                f"task {tid}'s {what} cannot be unpickled on engine {self.engineid} "
+                f"({type(e).__name__}: {e}); is every module it needs installed on the "
+                "engine's machine?") from e
 
     def _error_fields(self, exc: BaseException) -> dict[str, Any]:
         return {"error": {
