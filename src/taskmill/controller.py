@@ -318,6 +318,12 @@ class Controller:
 
     def _register(self, ident: bytes, header: dict[str, Any]) -> None:
         uuid = header["uuid"]
+        checks = (("uuid", str), ("ctl_ident", bytes), ("hostname", str), ("pid", int))
+        for name, kind in checks:
+            if not isinstance(header.get(name), kind):
+                raise BadRequest(f"register needs {name} as {kind.__name__}")
+        if not isinstance(header.get("properties") or {}, dict):
+            raise BadRequest("register needs properties as a map")
         eid = self._by_uuid.get(uuid)
         if eid is not None and self.engines[eid].state != "dead":
             rec = self.engines[eid]  # a repeated register: answer it again
@@ -339,7 +345,7 @@ class Controller:
             self._apply(self.sched.add_engine(eid, props))
         self._send(self.engine_sock, ident, {
             "type": "registered", "engineid": eid, "heartbeat": self.heartbeat,
-            "properties": rec.properties,
+            "properties": rec.properties, "max_message": self.wire.max_message,
         })
 
     def _check_heartbeats(self) -> None:
@@ -479,6 +485,10 @@ class Controller:
         except (BadRequest, KeyError, TypeError, ValueError, IndexError) as e:
             self.wire.refused["bad-request"] += 1
             self._reply(reply_to, req, error=f"bad {kind} request: {e}")
+        except Exception as e:  # noqa: BLE001 - a bug here must not leave the client waiting
+            self.wire.refused["internal-error"] += 1
+            log.exception("error handling a %r request", kind)
+            self._reply(reply_to, req, error=f"the controller failed on a {kind} request: {e!r}")
 
     def _reply(self, reply_to: bytes, req: Any, frames: list[Any] = (), *, error: str | None = None,
                **fields: Any) -> None:

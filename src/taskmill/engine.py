@@ -48,7 +48,8 @@ log = logging.getLogger("taskmill.engine")
 OUTPUT_LIMIT = 1 << 20  # bytes of stdout (and of stderr) kept per task
 INTERRUPT_SIGNAL = signal.SIGUSR1
 RESIGNAL_EVERY = 0.2  # seconds between signals to code that has not yet let one through
-KILL_GRACE = 3.0  # seconds past an abort or a timeout before the engine process is ended
+KILL_GRACE = 3.0
+RESULT_HEADROOM = 64 * 1024  # bytes of a result message kept for its header  # seconds past an abort or a timeout before the engine process is ended
 
 _CURRENT: Engine | None = None
 
@@ -140,6 +141,7 @@ class Engine:
         self._sent_properties: dict[str, Any] = {}
         self.namespace: dict[str, Any] = {}
         self.heartbeat = 1.0
+        self.max_result = self.wire.max_message - RESULT_HEADROOM
         self._stop = threading.Event()
         self._need_register = threading.Event()
         self._registered = threading.Event()
@@ -232,6 +234,9 @@ class Engine:
                     first = self.engineid is None
                     self.engineid = header["engineid"]
                     self.heartbeat = float(header.get("heartbeat", 1.0))
+                    limit = header.get("max_message")
+                    if isinstance(limit, int) and limit > 0:
+                        self.max_result = limit - min(RESULT_HEADROOM, limit // 2)
                     self.namespace["engineid"] = self.engineid
                     self.properties["engineid"] = self.engineid
                     self._sent_properties = dict(header.get("properties") or {})
@@ -404,6 +409,15 @@ class Engine:
             except Exception as e:  # noqa: BLE001 - any pickling failure
                 exc = SerializationError(
                     f"task {tid}'s result ({type(value).__name__}) cannot be pickled: {e}")
+            else:
+                size = sum(memoryview(f).nbytes for f in body)
+                output = len(reply["stdout"].encode()) + len(reply["stderr"].encode())
+                if size + output > self.max_result:
+                    body = []
+                    exc = SerializationError(
+                        f"task {tid}'s result is {size} bytes pickled, more than the "
+                        f"controller accepts ({self.max_result} bytes; see its "
+                        "--max-message-size); return less, or write it to shared storage")
         if exc is not None:
             reply["status"] = "rejected" if isinstance(exc, TaskRejectError) else "error"
             reply.update(self._error_fields(exc))

@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 import msgpack
 
+MAX_TID = 2**63 - 1  # the largest id SQLite can hold
+
 # How many submit keys (client id + request number) are remembered to de-duplicate resends.
 SUBMIT_KEYS_KEPT = 100_000
 # Submit keys older than this are forgotten when a SQLite store opens.
@@ -396,6 +398,8 @@ class SQLiteStore:
         hit = self._cache.get(tid)
         if hit is not None:
             return hit[0]
+        if not 0 <= tid <= MAX_TID:
+            return None  # no such task (and SQLite could not even look it up)
         self.commit()  # reads must see queued writes
         row = self.db.execute(
             "SELECT result_meta, result_frames FROM tasks WHERE tid=? AND state='finished'",
@@ -420,21 +424,28 @@ class SQLiteStore:
             return n, []
         dropped, missing = 0, []
         self.db.execute("BEGIN")
-        for tid in tids:
-            row = self.db.execute(
-                "DELETE FROM tasks WHERE tid=? AND state='finished' RETURNING ok, result_frames",
-                (tid,)).fetchone()
-            if row is None:
-                missing.append(tid)
-                continue
-            dropped += 1
-            self._drop_blobs(row[1])
-            self._forget(tid)
-            if row[0]:
-                self._n_ok -= 1
-            else:
-                self._n_failed -= 1
-        self.db.execute("COMMIT")
+        try:
+            for tid in tids:
+                row = None
+                if 0 <= tid <= MAX_TID:
+                    row = self.db.execute(
+                        "DELETE FROM tasks WHERE tid=? AND state='finished' "
+                        "RETURNING ok, result_frames", (tid,)).fetchone()
+                if row is None:
+                    missing.append(tid)
+                    continue
+                dropped += 1
+                self._drop_blobs(row[1])
+                self._forget(tid)
+                if row[0]:
+                    self._n_ok -= 1
+                else:
+                    self._n_failed -= 1
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            self._unlink_after_commit.clear()
+            raise
         self._unlink_dropped()
         return dropped, missing
 
