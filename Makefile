@@ -19,6 +19,7 @@ test: $(BIN)/taskmill
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/taskmill
+	$(BIN)/pip install -q -e '.[bench,test]'
 	$(BIN)/python benchmarks/compare.py
 
 clean:
