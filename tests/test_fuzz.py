@@ -664,7 +664,7 @@ def test_fuzz_controller_in_process(tmp_path):
 LIVE_CLIENT_VERBS = ["hello", "ping", "result", "watch", "wait", "abort", "spin", "status",
                      "engines", "stats", "no-such-verb"]
 LIVE_ENGINE_VERBS = ["hb", "result", "interrupt"]
-LIVE_MESSAGES = 3000
+LIVE_MESSAGES = 10_000
 
 
 def test_fuzz_live_controller(cluster, client):

@@ -126,6 +126,7 @@ class _Connection:
         s.setsockopt(zmq.RCVHWM, 0)
         s.setsockopt(zmq.ROUTING_ID, ident)
         s.setsockopt(zmq.RECONNECT_IVL, 100)
+        s.setsockopt(zmq.MAXMSGSIZE, self.wire.max_message)
         apply_curve(s, self.info)
         s.connect(self.info.client_url)
         return s
