@@ -47,6 +47,7 @@ log = logging.getLogger("taskmill.engine")
 
 OUTPUT_LIMIT = 1 << 20  # bytes of stdout (and of stderr) kept per task
 INTERRUPT_SIGNAL = signal.SIGUSR1
+CONTROL_TICK = 0.05  # seconds the control thread sleeps at most (timeouts are this precise)
 RESIGNAL_EVERY = 0.2  # seconds between signals to code that has not yet let one through
 KILL_GRACE = 3.0
 RESULT_HEADROOM = 64 * 1024  # bytes of a result message kept for its header  # seconds past an abort or a timeout before the engine process is ended
@@ -287,7 +288,9 @@ class Engine:
                                            "gen": self._generation})
                 next_hb = now + self.heartbeat
             self._watch_running_task(now)
-            wake = next_hb
+            # Wake at least every CONTROL_TICK: a task's deadline is set by the main thread
+            # after this thread went to sleep.
+            wake = min(next_hb, now + CONTROL_TICK)
             if self._interrupt_req is not None:
                 wake = min(wake, now + RESIGNAL_EVERY)
             if self._deadline is not None:
