@@ -220,7 +220,6 @@ class SQLiteStore:
         self.blob_dir = Path(f"{path}.blobs")
         self.blob_dir.mkdir(mode=0o700, exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA page_size=65536")  # takes effect on a new database only
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # durable against a process crash
         self.db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
