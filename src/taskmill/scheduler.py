@@ -152,7 +152,6 @@ class Scheduler:
         self._token = 0
         self._out: list[Action] = []
         self._dispatched = False
-        self.finished_count = 0
 
     # -- queries ---------------------------------------------------------------------------
     def is_active(self, tid: int) -> bool:
@@ -365,7 +364,6 @@ class Scheduler:
             t, outcome, ok, engineid, detail = stack.pop()
             if self.tasks.pop(t.tid, None) is None:
                 continue
-            self.finished_count += 1
             self._parked.discard(t.tid)
             token = self._unmet.pop(t.tid, None)
             if token is not None:
