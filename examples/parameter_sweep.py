@@ -6,23 +6,10 @@ parameter point is then a StringTask that pushes its parameters and pulls the re
 same sweep is also done with map over a plain function.
 """
 
+import inspect
 import math
 
 from taskmill import StringTask, TaskClient
-
-MODEL = '''
-import math
-def settle_time(damping, stiffness, dt=1e-3, tol=1e-3):
-    x, v, t = 1.0, 0.0, 0.0
-    while t < 100.0:
-        a = -stiffness * x - damping * v
-        v += a * dt
-        x += v * dt
-        t += dt
-        if abs(x) < tol and abs(v) < tol:
-            return t
-    return math.inf
-'''
 
 
 def settle_time(damping: float, stiffness: float, dt: float = 1e-3, tol: float = 1e-3) -> float:
@@ -35,6 +22,10 @@ def settle_time(damping: float, stiffness: float, dt: float = 1e-3, tol: float =
         if abs(x) < tol and abs(v) < tol:
             return t
     return math.inf
+
+
+# The same function as StringTask code: its source, run in each engine's namespace.
+MODEL = "import math\n" + inspect.getsource(settle_time)
 
 
 def main() -> None:

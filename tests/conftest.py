@@ -34,7 +34,12 @@ def client(cluster):
 
 def pytest_collection_finish(session):
     """Ship test-module functions by value: engines cannot import the test modules."""
+    import sys
+
     import cloudpickle
 
-    for module in {item.module for item in session.items if getattr(item, "module", None)}:
+    modules = {item.module for item in session.items if getattr(item, "module", None)}
+    if "systest" in sys.modules:  # tests/system/systest.py, the shared helpers
+        modules.add(sys.modules["systest"])
+    for module in modules:
         cloudpickle.register_pickle_by_value(module)

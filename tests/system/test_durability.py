@@ -12,6 +12,7 @@ import threading
 import time
 
 import pytest
+from systest import poll, wait_for_file
 
 from taskmill import Cluster, EngineDied, MapTask, TaskClient
 from taskmill.connection import new_connection_info, write_connection_file
@@ -19,21 +20,10 @@ from taskmill.connection import new_connection_info, write_connection_file
 TASKMILL = [sys.executable, "-m", "taskmill"]
 
 
-def poll(condition, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
-def wait_for_file(path: str, timeout: float = 60.0) -> None:
-    """Run on an engine: block until `path` exists (tests release tasks this way)."""
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.01)
+
+
 
 
 def busy_for(seconds: float) -> int:

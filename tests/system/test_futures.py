@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from systest import wait_until
 
 import taskmill
 from taskmill import CompositeError, MapTask, StringTask, TaskAborted, TaskFuture, TaskResult
@@ -29,13 +30,6 @@ METADATA_KEYS = {"engineid", "submitted", "started", "completed", "duration", "s
 
 # -- helpers ---------------------------------------------------------------------------------
 
-
-def wait_until(predicate, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.01)
 
 
 def square(x):

@@ -4,30 +4,19 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
+from systest import poll, wait_for_file
 
 from taskmill import Cluster, MapTask, TaskAborted
 
 pytestmark = pytest.mark.timeout(180, method="thread")
 
 
-def wait_for_file(path: str, timeout: float = 60.0) -> int:
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return os.getpid()
 
 
-def poll(condition, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError("timed out")
+
+
 
 
 def test_prefetch_buffers_tasks_and_they_can_be_aborted_or_rescued(tmp_path):

@@ -22,12 +22,12 @@ import secrets
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 import zmq
+from systest import read_lines, wait_until
 
 from taskmill import (
     Cluster,
@@ -50,13 +50,7 @@ pytestmark = pytest.mark.timeout(120, method="thread")
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def wait_until(predicate, what: str, timeout: float = 30.0) -> None:
-    """Poll `predicate` until it is true; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
+
 
 
 def refused(tc: TaskClient, reason: str) -> int:
@@ -101,8 +95,7 @@ def append_line(path: str, line: str) -> int:
     return os.getpid()
 
 
-def read_lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
+
 
 
 def raw_dealer(ctx: zmq.Context, url: str) -> zmq.Socket:

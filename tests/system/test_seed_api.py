@@ -28,6 +28,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from systest import make_blocker, read_lines, wait_until
 
 import taskmill
 from taskmill import MapTask, StringTask, TaskResult
@@ -44,39 +45,8 @@ UNKNOWN_TID = 987_654_321
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def wait_until(predicate, what: str, timeout: float = 60.0) -> None:
-    """Poll `predicate` until it is true; fail the test after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.01)
-
-
 def alive_engine_ids(tc: taskmill.TaskClient) -> list[int]:
     return sorted(e["engineid"] for e in tc.engines() if e["state"] != "dead")
-
-
-def read_lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
-
-
-def make_blocker():
-    """A function that marks `started`, then waits (bounded) until `release` exists."""
-
-    def block_until_released(started, release, value=None, deadline=90.0):
-        import os
-        import time
-
-        open(started, "w").close()
-        end = time.monotonic() + deadline
-        while not os.path.exists(release):
-            if time.monotonic() > end:
-                raise TimeoutError(f"{release} never appeared")
-            time.sleep(0.01)
-        return value
-
-    return block_until_released
 
 
 def make_logger(fail: bool = True, message: str = "attempt failed"):

@@ -1,0 +1,58 @@
+"""Helpers shared by the system tests: polling with a deadline, and file gates for tasks.
+
+Functions here that are sent to engines are pickled by value (tests/conftest.py registers this
+module), since engines cannot import the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def poll(condition, timeout: float = 60.0, what: str = "condition"):
+    """Call `condition` until it returns something true, and return that; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.01)
+
+
+def wait_until(predicate, what: str, timeout: float = 60.0) -> None:
+    """Poll `predicate` until it is true; fail the test after `timeout` seconds."""
+    poll(predicate, timeout, what)
+
+
+def read_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def wait_for_file(path: str, timeout: float = 60.0) -> int:
+    """Run on an engine: block until `path` exists (tests release tasks this way); its pid."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os.getpid()
+
+
+def make_blocker():
+    """A function that marks `started`, then waits (bounded) until `release` exists."""
+
+    def block_until_released(started, release, value=None, deadline=90.0):
+        import os
+        import time
+
+        open(started, "w").close()
+        end = time.monotonic() + deadline
+        while not os.path.exists(release):
+            if time.monotonic() > end:
+                raise TimeoutError(f"{release} never appeared")
+            time.sleep(0.01)
+        return value
+
+    return block_until_released
