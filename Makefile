@@ -15,6 +15,7 @@ demo: $(BIN)/taskmill
 	$(BIN)/taskmill run -n 4 examples/monte_carlo_pi.py
 
 test: $(BIN)/taskmill
+	.ci/install-debian-packages
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

@@ -56,3 +56,23 @@ def make_blocker():
         return value
 
     return block_until_released
+
+
+def need_programs(*names: str) -> None:
+    """Skip the calling test, naming what is missing, unless every program is on PATH.
+
+    Under `.ci/run` (TASKMILL_REQUIRE_SYSTEM_TESTS=1) a missing program fails the test instead:
+    CI installs them all (.ci/debian-packages), so none is ever skipped silently there.
+    """
+    import shutil
+
+    import pytest
+
+    missing = [n for n in names if shutil.which(n) is None]
+    if not missing:
+        return
+    why = (f"needs {', '.join(missing)} (Debian packages in .ci/debian-packages; "
+           "`make test` installs them when run as root)")
+    if os.environ.get("TASKMILL_REQUIRE_SYSTEM_TESTS") == "1":
+        pytest.fail(why)
+    pytest.skip(why)
