@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import hmac
 import itertools
 import os
@@ -39,7 +40,7 @@ from taskmill import MapTask, StringTask, TaskClient
 from taskmill.connection import new_connection_info, read_connection_file, write_connection_file
 from taskmill.controller import Controller
 from taskmill.store import SQLiteStore
-from taskmill.wire import PROTOCOL, Refused, Wire, dumps
+from taskmill.wire import PROTOCOL, FunctionPickles, Refused, Wire, dumps
 
 pytestmark = pytest.mark.timeout(120, method="thread")
 
@@ -50,7 +51,7 @@ MIN_MESSAGES = 10_000
 
 CLIENT_VERBS = ["hello", "ping", "submit", "result", "watch", "wait", "abort", "spin", "status",
                 "clear", "engines", "stats", "engine_exited"]
-ENGINE_VERBS = ["register", "hb", "result"]
+ENGINE_VERBS = ["register", "hb", "results", "revoked"]
 
 
 def _nested(depth: int) -> Any:
@@ -78,7 +79,8 @@ def boundary(c, n: int = len(BOUNDARY)) -> Any:
 
 def _encode_task(wire: Wire, task) -> tuple[dict[str, Any], list[Any]]:
     """A task encoded exactly as a real client encodes it."""
-    fake_client = SimpleNamespace(_conn=SimpleNamespace(wire=wire))
+    fake_client = SimpleNamespace(_conn=SimpleNamespace(wire=wire), _functions=FunctionPickles())
+    fake_client._encode_node = functools.partial(TaskClient._encode_node, fake_client)
     spec, frames = TaskClient._encode(fake_client, task)
     return spec, [bytes(getattr(f, "buffer", f)) for f in frames]
 
@@ -117,6 +119,8 @@ class Material:
             h["tasks"] = specs
             if pick(2):
                 h["key"] = f"fuzz:{pick(50)}"
+            if pick(2):
+                h["watch"] = True
         elif verb in ("result", "watch", "wait"):
             h["tids"] = [tid, tid + 1]
             if verb == "result":
@@ -140,7 +144,9 @@ class Material:
                     "properties": {"gpu": pick(2), "role": "fuzz"}}, []
         if verb == "hb":
             return {"type": "hb", "engineid": n, "gen": 1 + pick(3)}, []
-        h: dict[str, Any] = {"type": "result", "tid": tid, "attempt": 1 + pick(2), "kind": "map",
+        if verb == "revoked":
+            return {"type": "revoked", "tid": tid, "attempt": 1 + pick(2), "ok": bool(pick(2))}, []
+        h: dict[str, Any] = {"tid": tid, "attempt": 1 + pick(2), "kind": "map",
                              "duration": 0.01, "stdout": "out", "stderr": ""}
         outcome = pick(4)
         if outcome == 0:
@@ -158,9 +164,8 @@ class Material:
         else:
             h.update(status="ok", pmac=self.result_pmac, properties={"gpu": 1, "level": pick(3)})
             frames = list(self.result_body)
-        if verb != "result":
-            h["type"] = verb
-        return h, frames
+        h["n"] = len(frames)
+        return {"type": verb, "results": [h]}, frames
 
 
 # -- mutations (driven by a "chooser": hypothesis draws, or a random.Random) -------------------
@@ -370,7 +375,7 @@ class Generator:
 
     def sign(self, header: Any, frames: list[Any]) -> list[Any]:
         hb = msgpack.packb(header, use_bin_type=True)
-        return [PROTOCOL, hmac.digest(self.m.key, hb, "sha256"), hb, *frames]
+        return [PROTOCOL + hmac.digest(self.m.key, hb, "sha256") + hb, *frames]
 
     def real(self, port: str, c) -> tuple[dict[str, Any], list[Any]]:
         tids = self.tids()
@@ -411,7 +416,7 @@ class Generator:
         elif kind == 15:  # random frames
             frames = [c.blob(48) for _ in range(c.pick(6))]
             if c.pick(2):
-                frames[:1] = [PROTOCOL]
+                frames[:1] = [PROTOCOL + (frames[0] if frames else b"")]
         elif kind == 16:  # a signed "header" that is not a valid one
             header = [c.junk(), {"type": c.junk()}, {"type": "ping"},
                       {"type": "ping", "sid": c.junk(), "seq": c.junk()}][c.pick(4)]
@@ -663,7 +668,7 @@ def test_fuzz_controller_in_process(tmp_path):
 # engines, no cleared results, no engine declared dead, no queued tasks).
 LIVE_CLIENT_VERBS = ["hello", "ping", "result", "watch", "wait", "abort", "spin", "status",
                      "engines", "stats", "no-such-verb"]
-LIVE_ENGINE_VERBS = ["hb", "result", "interrupt"]
+LIVE_ENGINE_VERBS = ["hb", "results", "revoked", "interrupt"]
 LIVE_MESSAGES = 10_000
 
 

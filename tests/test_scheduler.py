@@ -29,6 +29,7 @@ from taskmill.scheduler import (
     Finish,
     Interrupt,
     Node,
+    Revoke,
     Scheduler,
 )
 
@@ -779,6 +780,147 @@ def test_bad_submissions_raise():
 
 
 # ---------------------------------------------------------------------------------------------
+# Adaptive prefetch and stealing
+# ---------------------------------------------------------------------------------------------
+
+
+def test_adaptive_engine_without_history_holds_one_task():
+    s = make()  # slots=None: adaptive
+    s.add_engine(0, {})
+    acts = [a for tid in range(3) for a in s.submit(tid, [Node()])]
+    assert [d.tid for d in of(acts, Dispatch)] == [0]
+    assert s.capacity(0) == 1
+
+
+def test_adaptive_capacity_follows_reported_durations():
+    s = make(buffer_seconds=0.002, max_slots=64)
+    s.add_engine(0, {})
+    s.submit(0, [Node()])
+    s.task_done(0, 0, 1, OK, duration=0.0001)  # 0.1 ms tasks: 20 fit in 2 ms
+    assert s.capacity(0) == 20
+    acts = [a for tid in range(1, 40) for a in s.submit(tid, [Node()])]
+    assert len(of(acts, Dispatch)) == 20
+    s.task_done(0, 1, 1, OK, duration=1.0)  # a long one: the average jumps, capacity drops
+    assert s.capacity(0) == 1
+    more = s.submit(40, [Node()])
+    assert of(more, Dispatch) == []  # it holds 19 already: nothing more until it drains
+
+
+def test_adaptive_engine_stops_buffering_behind_a_task_that_runs_long():
+    s = make(buffer_seconds=0.002)
+    s.add_engine(0, {})
+    s.submit(0, [Node()])
+    s.task_done(0, 0, 1, OK, duration=0.0001)
+    acts = s.submit(1, [Node()])  # the head now: a timer watches it
+    assert arm_keys(acts) == [("slow", 0, 1, 1)]
+    assert one(acts, ArmTimer).delay == pytest.approx(0.004)
+    s.submit(2, [Node()])
+    assert s.engine_load(0) == [1, 2]
+    key = ("slow", 0, 1, 1)
+    s.timer_fired(key)  # task 1 is still running: it is not a tiny one
+    assert s.capacity(0) == 1
+    assert of(s.submit(3, [Node()]), Dispatch) == []
+    assert s.counts() == (1, 2)
+    s.timer_fired(("slow", 0, 0, 1))  # a stale one (task 0 is done): nothing changes
+    assert s.engine_load(0) == [1, 2]
+
+
+def test_adaptive_capacity_is_capped():
+    s = make(max_slots=8)
+    s.add_engine(0, {})
+    s.submit(0, [Node()])
+    s.task_done(0, 0, 1, OK, duration=0.0)
+    assert s.capacity(0) == 8
+
+
+def test_fixed_slots_ignore_durations():
+    s = make(slots=3)
+    s.add_engine(0, {})
+    s.submit(0, [Node()])
+    s.task_done(0, 0, 1, OK, duration=10.0)
+    assert s.capacity(0) == 3
+
+
+def _two_busy_engines_with_a_buffer() -> Scheduler:
+    """Engine 0 holds tasks 0 (running) and 2 (buffered); engine 1 holds task 1."""
+    s = make(slots=2)
+    s.add_engine(0, {})
+    s.add_engine(1, {}, slots=1)
+    acts = [a for tid in range(3) for a in s.submit(tid, [Node()])]
+    assert [(d.tid, d.eid) for d in of(acts, Dispatch)] == [(0, 0), (1, 1), (2, 0)]
+    return s
+
+
+def test_idle_engine_asks_for_a_buffered_task_and_runs_it_when_given_back():
+    s = _two_busy_engines_with_a_buffer()
+    acts = s.task_done(1, 1, 1, OK)
+    assert one(acts, Revoke) == Revoke(0, 2, 1)
+    assert s.pending_ids() == [0, 2]  # still on engine 0 until it answers
+    acts = s.revoke_answered(0, 2, 1, ok=True)
+    assert one(acts, Dispatch) == Dispatch(2, 1, 0, 1)  # same attempt number: none was used
+    assert s.engine_load(0) == [0] and s.engine_load(1) == [2]
+
+
+def test_revoke_refused_leaves_the_task_and_is_not_asked_again():
+    s = _two_busy_engines_with_a_buffer()
+    s.task_done(1, 1, 1, OK)
+    acts = s.revoke_answered(0, 2, 1, ok=False)  # it had started
+    assert of(acts, Revoke) == [] and of(acts, Dispatch) == []
+    assert s.engine_load(0) == [0, 2]
+    acts = s.task_done(0, 0, 1, OK)
+    assert of(acts, Revoke) == []
+    acts = s.task_done(0, 2, 1, OK)
+    assert one(acts, Finish).outcome == RESULT
+
+
+def test_one_revoke_in_flight_per_idle_engine():
+    s = make(slots=3)
+    s.add_engine(0, {})
+    s.add_engine(1, {}, slots=1)
+    for tid in range(5):
+        s.submit(tid, [Node()])  # 0 -> e0, 1 -> e1, 2 -> e0, 3 -> e0 (3 slots), 4 queued
+    assert s.engine_load(0) == [0, 2, 3] and s.engine_load(1) == [1]
+    acts = s.task_done(1, 1, 1, OK)  # engine 1 takes task 4 from the queue first
+    assert one(acts, Dispatch).tid == 4 and of(acts, Revoke) == []
+    acts = s.task_done(1, 4, 1, OK)
+    assert of(acts, Revoke) == [Revoke(0, 3, 1)]  # the newest buffered task
+    acts = s.spin()[1]
+    assert of(acts, Revoke) == []  # still waiting for that answer
+
+
+def test_steal_respects_depend_and_rejection():
+    s = make(slots=2)
+    s.add_engine(0, {"gpu": 1})
+    s.add_engine(1, {}, slots=1)
+    s.submit(0, [Node(depend={"gpu": 1})])
+    s.submit(1, [Node()])
+    s.submit(2, [Node(depend={"gpu": 1})])
+    assert s.engine_load(0) == [0, 2]
+    acts = s.task_done(1, 1, 1, OK)
+    assert of(acts, Revoke) == []  # engine 1 cannot run task 2
+
+
+def test_abort_while_a_revoke_is_in_flight():
+    s = _two_busy_engines_with_a_buffer()
+    s.task_done(1, 1, 1, OK)
+    found, acts = s.abort(2)
+    assert found and one(acts, Interrupt) == Interrupt(0, 2, ABORTED)
+    acts = s.revoke_answered(0, 2, 1, ok=True)  # the engine drops it without a report
+    assert of(acts, Dispatch) == [] and s.engine_load(0) == [0]
+    assert s.counts() == (0, 1)
+
+
+def test_engine_death_while_a_revoke_is_in_flight_requeues_and_ignores_the_answer():
+    s = _two_busy_engines_with_a_buffer()
+    s.task_done(1, 1, 1, OK)
+    acts = s.remove_engine(0)
+    assert {a.tid for a in of(acts, Dispatch)} == {2}  # the buffered task goes to engine 1
+    assert one(acts, Finish).outcome == ENGINE_DIED  # task 0 was running
+    assert s.revoke_answered(0, 2, 1, ok=True) == []
+    assert s.engine_load(1) == [2]
+
+
+# ---------------------------------------------------------------------------------------------
 # Stateful model test
 # ---------------------------------------------------------------------------------------------
 
@@ -860,6 +1002,7 @@ class MTask:
     engine: int | None = None  # where the current attempt is held
     attempt: int | None = None
     finish: Finish | None = None
+    steal_tried: bool = False  # a Revoke of the current attempt was sent
 
 
 @dataclass
@@ -888,6 +1031,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.next_eid = 0
         self.armed: dict[int, tuple] = {}  # tid -> live timer key
         self.dead_keys: list[tuple] = []
+        self.revokes: list[Revoke] = []  # sent, not yet answered
 
     # -- model helpers ---------------------------------------------------------------------
     def active(self) -> list[MTask]:
@@ -940,6 +1084,8 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert (a.eid, a.tid) in interrupts, f"unexpected {a}"
                 assert a.reason == ABORTED
                 interrupts.discard((a.eid, a.tid))
+            elif isinstance(a, Revoke):
+                self.on_revoke(a)
             elif isinstance(a, ArmTimer):
                 kind, tid, _token = a.key
                 assert kind == "unmet"
@@ -983,7 +1129,58 @@ class SchedulerMachine(RuleBasedStateMachine):
         e.held.append((a.tid, a.attempt))
         t.engine, t.attempt = a.eid, a.attempt
 
+    def steal_candidates(self, thief: int) -> list[int]:
+        """Tasks buffered (not first in line) on other engines that engine `thief` may run."""
+        out = []
+        for eid, e in self.engines.items():
+            if eid == thief:
+                continue
+            for tid, attempt in e.held[1:]:
+                t = self.tasks[tid]
+                if (t.finish is None and t.engine == eid and t.attempt == attempt
+                        and not t.steal_tried and self.eligible(t, thief)):
+                    out.append(tid)
+        return out
+
+    def on_revoke(self, a: Revoke) -> None:
+        t = self.tasks.get(a.tid)
+        e = self.engines.get(a.eid)
+        assert t is not None and t.finish is None and e is not None, f"{a} of nothing held"
+        assert t.engine == a.eid and t.attempt == a.attempt, (a, t)
+        position = e.held.index((a.tid, a.attempt))
+        assert position >= 1, f"{a} of the task the engine runs"
+        assert not t.steal_tried, f"{a} sent twice"
+        assert any(not m.held and self.eligible(t, x) for x, m in self.engines.items()), (
+            f"{a} with no idle engine that could run it")
+        t.steal_tried = True
+        self.revokes.append(a)
+
     # -- rules -----------------------------------------------------------------------------
+    @precondition(lambda self: self.revokes)
+    @rule(i=PICK, ok=st.booleans())
+    def answer_revoke(self, i: int, ok: bool) -> None:
+        """The engine answers a Revoke: ok only if it has not started the task (the first in
+        its line may have started; any may have, when its report is still on the way)."""
+        a = self.revokes.pop(i % len(self.revokes))
+        e = self.engines.get(a.eid)
+        held = e is not None and (a.tid, a.attempt) in e.held
+        if held and e.held.index((a.tid, a.attempt)) == 0:
+            ok = False
+        if not held:
+            ok = ok and e is None  # (a dead engine's answer: ignored whatever it says)
+        actions = self.s.revoke_answered(a.eid, a.tid, a.attempt, ok)
+        if e is None:
+            self.apply(actions)
+            return
+        t = self.tasks[a.tid]
+        if ok and held:
+            e.held.remove((a.tid, a.attempt))
+            if t.finish is None and t.engine == a.eid and t.attempt == a.attempt:
+                t.engine = None
+                t.attempts -= 1
+                t.steal_tried = False
+        self.apply(actions)
+
     @rule(nodes=node_lists(), picks=st.lists(PICK, max_size=2))
     def submit(self, nodes: list[Node], picks: list[int]) -> None:
         tid = self.next_tid
@@ -1003,7 +1200,13 @@ class SchedulerMachine(RuleBasedStateMachine):
         if broken is not None:
             assert self.tasks[tid].finish.detail == broken
 
-    @rule(props=PROPS, slots=st.integers(1, 2))
+    @rule(retries=st.integers(0, 1), n=st.integers(1, 4))
+    def submit_plain(self, retries: int, n: int) -> None:
+        """A few tasks any engine may run: engines fill up and buffer, so steals happen."""
+        for _ in range(n):
+            self.submit([Node(retries=retries)], [])
+
+    @rule(props=PROPS, slots=st.integers(1, 3))
     def add_engine(self, props: dict, slots: int) -> None:
         eid = self.next_eid
         self.next_eid += 1
@@ -1029,6 +1232,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             if t.finish is not None or t.engine != eid:
                 continue  # aborted, still held
             t.engine = None
+            t.steal_tried = False
             if position == 0:
                 f = self.counted_failure(t, eid, ENGINE_DIED)
                 if f:
@@ -1087,6 +1291,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         expected = {}
         if t is not None and t.finish is None and t.engine == eid and t.attempt == attempt:
             t.engine = None
+            t.steal_tried = False
             if status == OK:
                 expected[tid] = (RESULT, True, eid)
             elif status == REJECTED:
@@ -1183,6 +1388,12 @@ class SchedulerMachine(RuleBasedStateMachine):
                         f"task {t.tid} (node {t.node}: {t.nodes[t.node].depend}) queued while "
                         f"engine {eid} {e} has a free slot and qualifies"
                     )
+
+    @invariant()
+    def an_idle_engine_asks_for_buffered_work(self) -> None:
+        idle = [eid for eid, e in self.engines.items() if not e.held]
+        if any(self.steal_candidates(eid) for eid in idle):
+            assert self.revokes, "an idle engine could take a buffered task but asked for none"
 
     @invariant()
     def unmet_timers_exactly_when_all_idle_and_none_satisfies(self) -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taskmill.wire import PROTOCOL, Refused, Wire, dumps, loads
+from taskmill.wire import PROTOCOL, FunctionLoads, FunctionPickles, Refused, Wire, dumps, loads
 
 KEY = b"k" * 32
 
@@ -33,8 +33,10 @@ def test_wrong_key_is_refused_and_counted():
 
 def test_missing_or_truncated_signature_is_refused():
     w = Wire(KEY)
-    good = Wire(KEY).encode({"type": "x"})
-    for bad in ([PROTOCOL, b"", good[2]], [PROTOCOL, good[1][:10], good[2]], good[:2], [b"junk"]):
+    (good,) = Wire(KEY).encode({"type": "x"})
+    header = good[len(PROTOCOL) + 32:]
+    for bad in ([PROTOCOL + header], [PROTOCOL + good[3:13] + header], [good[:20]],
+                [b"junk"], [], [PROTOCOL]):
         with pytest.raises(Refused):
             w.decode(bad)
 
@@ -55,7 +57,7 @@ def test_signed_but_malformed_header_is_refused():
     for header in (b"\xc1garbage", msgpack.packb([1, 2]), msgpack.packb({"type": 3}),
                    msgpack.packb({"type": "x"})):  # the last lacks sid/seq
         with pytest.raises(Refused) as e:
-            w.decode([PROTOCOL, w._sign(header), header])
+            w.decode([w.seal(header)])
         assert e.value.reason == "malformed"
 
 
@@ -64,6 +66,12 @@ def test_oversize_message_is_refused():
     with pytest.raises(Refused) as e:
         b.decode(a.encode({"type": "x"}, [b"x" * 2000]))
     assert e.value.reason == "too-large"
+
+
+def test_one_envelope_frame_then_payload():
+    msg = Wire(KEY).encode({"type": "x"}, [b"p1", b"p2"])
+    assert len(msg) == 3 and msg[0].startswith(PROTOCOL)
+    assert Wire(KEY).decode(msg[:1])[1] == []  # a message without payload is a single frame
 
 
 def test_payload_mac_covers_frames_and_boundaries():
@@ -96,3 +104,67 @@ def test_random_frames_never_pass_or_crash(frames):
     w = Wire(KEY)
     with pytest.raises(Refused):
         w.decode(frames)
+
+
+# -- the function pickle caches ----------------------------------------------------------------
+# Test modules are pickled by value (tests/conftest.py), as __main__ code would be.
+
+SCALE = 2
+SETTINGS = {"offset": 1}
+
+
+def scaled(x):
+    return x * SCALE
+
+
+def uses_settings(x):
+    return x + SETTINGS["offset"]
+
+
+def calls_scaled(x):
+    return scaled(x) + 1
+
+
+def _run(frames, *args):
+    return loads(frames)(*args)
+
+
+def test_an_unchanged_function_is_pickled_once():
+    cache = FunctionPickles()
+    first = cache.dumps(scaled)
+    assert cache.dumps(scaled) is first
+    assert _run(first, 21) == 42
+    assert cache.dumps(abs) is cache.dumps(abs)  # builtins cannot change
+
+
+def test_a_rebound_global_is_seen(monkeypatch):
+    cache = FunctionPickles()
+    assert _run(cache.dumps(scaled), 5) == 10
+    assert _run(cache.dumps(calls_scaled), 5) == 11
+    monkeypatch.setitem(globals(), "SCALE", 3)
+    assert _run(cache.dumps(scaled), 5) == 15
+    assert _run(cache.dumps(calls_scaled), 5) == 16  # through the function it calls
+
+
+def test_functions_naming_mutable_state_are_pickled_every_time(monkeypatch):
+    cache = FunctionPickles()
+    assert _run(cache.dumps(uses_settings), 1) == 2
+    monkeypatch.setitem(SETTINGS, "offset", 10)  # edited in place
+    assert _run(cache.dumps(uses_settings), 1) == 11
+    items = [1]
+    holder = lambda: len(items)  # noqa: E731 - a closure over a list
+    cache.dumps(holder)
+    items.append(2)
+    assert _run(cache.dumps(holder)) == 2
+
+    def with_default(x, acc=[]):  # noqa: B006 - a mutable default, on purpose
+        return len(acc)
+
+    assert cache.dumps(with_default) is not cache.dumps(with_default)
+
+
+def test_engine_function_cache_keys_on_the_pickle():
+    cache = FunctionLoads()
+    frames = FunctionPickles().dumps(scaled)
+    f = cache.loads([bytes(frames[0])])
+    assert cache.loads([bytes(frames[0])]) is f and f(2) == 4

@@ -228,6 +228,15 @@ def cmd_run(a: argparse.Namespace) -> int:
         return subprocess.call([sys.executable, a.script, *a.args], env=env)
 
 
+def _prefetch(text: str) -> int | None:
+    if text == "auto":
+        return None
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError("prefetch must be 'auto' or an int >= 1")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="taskmill", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -243,10 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reused when it exists (same key and addresses), else written")
     c.add_argument("--unmet-timeout", type=float, default=30.0)
     c.add_argument("--heartbeat", type=float, default=1.0)
-    c.add_argument("--prefetch", type=int, default=1,
-                   help="tasks an engine may hold at once, the running one included (default 1: "
-                        "best balance for long tasks; 2 or more: fewer idle gaps between tiny "
-                        "tasks)")
+    c.add_argument("--prefetch", type=_prefetch, default=None, metavar="N|auto",
+                   help="tasks an engine may hold at once, the running one included (default "
+                        "auto: as many as take about 2 ms by the durations it reports, so tiny "
+                        "tasks never wait a round trip while long ones go one at a time; an "
+                        "idle engine takes back tasks buffered on a busy one)")
     c.add_argument("--max-message-size", type=int, default=512 * 1024 * 1024,
                    help="bytes; larger messages are refused (default 512 MiB)")
     c.add_argument("--curve", action="store_true",

@@ -10,13 +10,17 @@ owns the receive socket, and every reply carries `rt`, the id of that socket, so
 answers there. What crosses the wire is a small header plus opaque payload frames: tasks are
 pickled here, once, and results are unpickled here, lazily, by the caller that asked for them.
 
-Futures (`submit`, `future`, and the maps built on them) travel the same way:
+Futures (`submit` and the maps built on them) travel the same way, in one request each:
 
-    submit() --submit--> controller --reply{tids}--> I/O thread: taskid known; the future waits
-    in the _Watcher, which names it in one `watch` request per batch (sent once the I/O thread
-    has read every message waiting) --done{tid, result}--> I/O thread marks the future done
+    submit() --submit{tasks, watch}--> controller --reply{tids}--> I/O thread: taskids known
+                                        controller --done{results}--> I/O thread: futures done
 
-The I/O thread only marks futures done; `result()` unpickles, in the thread that calls it.
+`submit` sends at once when no submit of this client is unanswered; otherwise its task waits
+for that answer and then goes with every other task queued meanwhile, in one message (the
+_Submitter). So a loop of submits costs a message per round trip, not per task, and a lone
+submit never waits. Futures for tasks submitted before (`future`, `wait`) are named in `watch`
+requests by the _Watcher instead. The I/O thread only marks futures done; `result()`
+unpickles, in the thread that calls it.
 """
 
 from __future__ import annotations
@@ -58,9 +62,19 @@ from .task import (
     normalize_after,
     recovery_chain,
 )
-from .wire import Refused, Wire, dumps, loads
+from .wire import (
+    FunctionPickles,
+    Refused,
+    Wire,
+    dumps,
+    dumps_arguments,
+    loads,
+    recv_message,
+    send_message,
+)
 
 SUBMIT_BATCH = 1000
+MAX_SUBMITS_IN_FLIGHT = 1  # futures' submit requests unanswered at once (see _Submitter)
 PING_INTERVAL = 1.0
 IDLE_AT_LEAST_EVERY = 256  # messages: a steady stream of replies must not starve the idle hook
 # Requests sent again to a restarted controller (reads, and submits, which it de-duplicates).
@@ -153,7 +167,7 @@ class _Connection:
                 if not sock.poll(100):
                     continue
             burst += 1
-            msg = sock.recv_multipart(copy=False)
+            msg = recv_message(sock)
             try:
                 header, frames = self.wire.decode(msg)
             except Refused:
@@ -192,8 +206,7 @@ class _Connection:
         with self._send_lock:
             for req, (header, frames) in list(self._outstanding.items()):
                 if header["type"] in RESENDABLE:
-                    self._send_sock.send_multipart(self._send_wire.encode(header, frames),
-                                                   copy=False)
+                    send_message(self._send_sock, self._send_wire.encode(header, frames))
                     continue
                 del self._outstanding[req]
                 fut = self._futures.pop(req, None)
@@ -219,7 +232,7 @@ class _Connection:
             else:
                 self._futures[req] = fut
             self._outstanding[req] = (header, list(frames))
-            self._send_sock.send_multipart(self._send_wire.encode(header, frames), copy=False)
+            send_message(self._send_sock, self._send_wire.encode(header, frames))
         return fut
 
     def call(self, header: dict[str, Any], frames: Sequence[Any] = (),
@@ -280,22 +293,28 @@ class TaskFuture(Future):
         super().__init__()
         self._client = client
         self._taskid = taskid
-        self._known = threading.Event()
-        if taskid is not None:
-            self._known.set()
+        self._known_event: threading.Event | None = None
         self._submit_error: BaseException | None = None
         self._raw: tuple[dict[str, Any] | None, list[Any]] | None = None
         self._outcome: tuple[bool, Any] | None = None
-        self._decode_lock = threading.Lock()
         self._cancelling = False
         self.metadata: dict[str, Any] = dict.fromkeys(METADATA_KEYS)
 
     @property
     def taskid(self) -> int:
         """The task's id, once the controller has acknowledged the submit."""
-        if not self._known.is_set():
+        if not self._known():
             wait = self._client._conn.timeout
-            if not self._known.wait(wait):
+            # An Event made only when someone waits (most futures learn their id first). The
+            # Future's own condition serves as the lock, never notified: Future.result() would
+            # take a notify for its result and give up.
+            with self._condition:
+                if self._known_event is None:
+                    self._known_event = threading.Event()
+                event = self._known_event
+                if self._known():
+                    event.set()
+            if not event.wait(wait):
                 raise ControllerUnreachable(
                     f"the controller at {self._client._conn.info.client_url} did not "
                     f"acknowledge a submit within {wait:g}s")
@@ -304,14 +323,23 @@ class TaskFuture(Future):
             raise self._submit_error
         return self._taskid
 
+    def _known(self) -> bool:
+        return self._taskid is not None or self._submit_error is not None
+
     # -- what the client does to it ----------------------------------------------------------
     def _set_taskid(self, tid: int) -> None:
-        self._taskid = tid
-        self._known.set()
+        with self._condition:
+            self._taskid = tid
+            event = self._known_event
+        if event is not None:
+            event.set()
 
     def _submit_failed(self, exc: BaseException) -> None:
-        self._submit_error = exc
-        self._known.set()
+        with self._condition:
+            self._submit_error = exc
+            event = self._known_event
+        if event is not None:
+            event.set()
         self._fail(exc)
 
     def _fail(self, exc: BaseException) -> None:
@@ -336,7 +364,7 @@ class TaskFuture(Future):
             self._raw = None
 
     def _decoded(self) -> tuple[bool, Any]:
-        with self._decode_lock:
+        with self._condition:
             if self._outcome is None:
                 assert self._raw is not None
                 meta, frames = self._raw
@@ -442,13 +470,17 @@ class _Watcher:
         left = set(tids)
 
         def on_done(header: dict[str, Any], frames: list[Any]) -> bool:
-            tid = header.get("tid")
-            if tid in left:
-                left.discard(tid)
-                with self._lock:
-                    futs = self._pending.pop(tid, [])
-                for f in futs:
-                    f._resolve(header.get("result"), frames)
+            if header.get("type") != "done":  # an error reply to the watch request
+                self.fail_all(TaskError(header.get("error", "the controller refused a watch")))
+                return True
+            for meta, fr in split_results(header, frames):
+                tid = meta.get("tid") if meta else None
+                if tid in left:
+                    left.discard(tid)
+                    with self._lock:
+                        futs = self._pending.pop(tid, [])
+                    for f in futs:
+                        f._resolve(meta, fr)
             return not left
 
         try:
@@ -464,6 +496,121 @@ class _Watcher:
             self._queued = []
         for f in futs:
             f._fail(exc)
+
+
+class _Submitter:
+    """Sends futures' tasks, in `submit` requests with `watch`, batching by itself.
+
+    At most MAX_SUBMITS_IN_FLIGHT such requests are unanswered at a time. A task submitted
+    while that many are out waits in the queue; the next answer (read by the I/O thread) sends
+    everything queued, SUBMIT_BATCH tasks to a message. So a lone submit goes at once, and a
+    flood of them costs one message per round trip rather than one per task.
+    """
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+        self._queue: list[tuple[tuple[dict[str, Any], list[Any]], TaskFuture]] = []
+        self._in_flight = 0
+        self._streams: set[_SubmitStream] = set()
+
+    def add(self, encoded: list[tuple[dict[str, Any], list[Any]]],
+            futs: list[TaskFuture]) -> None:
+        with self._lock:
+            self._queue.extend(zip(encoded, futs, strict=True))
+            batches = self._take()
+        self._send(batches)
+
+    def _take(self) -> list[list[tuple[tuple[dict[str, Any], list[Any]], TaskFuture]]]:
+        """Batches to send now (called under the lock)."""
+        batches = []
+        while self._queue and self._in_flight < MAX_SUBMITS_IN_FLIGHT:
+            batches.append(self._queue[:SUBMIT_BATCH])
+            del self._queue[:SUBMIT_BATCH]
+            self._in_flight += 1
+        return batches
+
+    def _send(self, batches: list[list[tuple[tuple[dict[str, Any], list[Any]], TaskFuture]]]) -> None:
+        for batch in batches:
+            futs = [f for _, f in batch]
+            frames = [fr for (_, task_frames), _ in batch for fr in task_frames]
+            header = {"type": "submit", "watch": True, "tasks": [spec for (spec, _), _ in batch]}
+            try:
+                self._conn.send(header, frames, stream=self._stream(futs))
+            except RuntimeError as e:  # the client was closed
+                for f in futs:
+                    f._submit_failed(e)
+
+    def _answered(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            batches = self._take()
+        self._send(batches)
+
+    def _stream(self, futs: list[TaskFuture]) -> Callable[[dict[str, Any], list[Any]], bool]:
+        stream = _SubmitStream(self, futs)
+        with self._lock:
+            self._streams.add(stream)
+        return stream.on_message
+
+    def _finished(self, stream: _SubmitStream) -> None:
+        with self._lock:
+            self._streams.discard(stream)
+
+    def fail_all(self, exc: BaseException) -> None:
+        with self._lock:
+            queued, self._queue = self._queue, []
+            streams, self._streams = self._streams, set()
+        for _, f in queued:
+            f._submit_failed(exc)
+        for stream in streams:
+            for f in stream.futs:
+                if not f._known():
+                    f._submit_failed(exc)
+                else:
+                    f._fail(exc)
+
+
+class _SubmitStream:
+    """The answers to one futures' submit: its taskids, then its results as they come."""
+
+    __slots__ = ("submitter", "futs", "by_tid", "answered")
+
+    def __init__(self, submitter: _Submitter, futs: list[TaskFuture]) -> None:
+        self.submitter = submitter
+        self.futs = futs
+        self.by_tid: dict[int, TaskFuture] = {}
+        self.answered = False
+
+    def on_message(self, header: dict[str, Any], frames: list[Any]) -> bool:
+        """Called on the I/O thread; True when nothing more is expected."""
+        if header.get("type") == "reply":
+            if self.answered:  # a restarted controller answers a resent submit again
+                return self._done()
+            self.answered = True
+            try:
+                if not header.get("ok", True):
+                    raise TaskError(header.get("error", "the controller refused the submit"))
+                for f, tid in zip(self.futs, header["tids"], strict=True):
+                    f._set_taskid(tid)
+                    self.by_tid[tid] = f
+            except BaseException as e:  # noqa: BLE001 - each future carries the error
+                for f in self.futs:
+                    f._submit_failed(e)
+                self.by_tid.clear()
+            self.submitter._answered()
+            return self._done()
+        for meta, fr in split_results(header, frames):
+            f = self.by_tid.pop(meta.get("tid"), None) if meta else None
+            if f is not None:
+                f._resolve(meta, fr)
+        return self._done()
+
+    def _done(self) -> bool:
+        if self.answered and not self.by_tid:
+            self.submitter._finished(self)
+            return True
+        return False
 
 
 class TaskOptions:
@@ -590,8 +737,10 @@ class TaskClient:
 
     def __init__(self, connection: str | os.PathLike[str] | None = None, *,
                  timeout: float = 10.0) -> None:
+        self._functions = FunctionPickles()
         self._conn = _Connection(connection, timeout)
         self._watcher = _Watcher(self._conn)
+        self._submitter = _Submitter(self._conn)
         self.connection_file = self._conn.path
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -599,6 +748,7 @@ class TaskClient:
         """Close the connection; futures still waiting fail with RuntimeError."""
         self._conn.close()
         self._watcher.fail_all(RuntimeError("the client was closed"))
+        self._submitter.fail_all(RuntimeError("the client was closed"))
 
     def __enter__(self) -> TaskClient:
         return self
@@ -615,51 +765,60 @@ class TaskClient:
                 pass
 
     # -- encoding tasks --------------------------------------------------------------------
-    def _encode(self, task: BaseTask) -> tuple[dict[str, Any], list[Any]]:
+    def _encode(self, task: BaseTask, *, validated: bool = False) -> tuple[dict[str, Any], list[Any]]:
+        """The submit entry and payload frames of `task` and its recovery chain."""
         if not isinstance(task, BaseTask):
             raise TypeError(f"run() takes a StringTask or MapTask, not {type(task).__name__}")
+        if task.recovery_task is None:  # the common case: one node
+            if not validated:
+                task.validate()
+            node, frames = self._encode_node(task, None)
+            return {"nodes": [node], "after": list(normalize_after(task.after))}, frames
         chain = recovery_chain(task)
         links = chain_links(chain)
         nodes, frames = [], []
-        wire = self._conn.wire
         for t, link in zip(chain, links, strict=True):
             t.validate()
-            if not isinstance(t, StringTask | MapTask):
-                raise TypeError(f"unknown task type {type(t).__name__}")
-            try:
-                if isinstance(t, StringTask):
-                    ex = {"kind": "string", "expression": t.expression, "pull": list(t.pull)}
-                    body = dumps(t.push) if t.push else []
-                else:
-                    ex = {"kind": "map"}
-                    body = dumps((t.function, tuple(t.args), t.kwargs))
-            except Exception as e:
-                raise SerializationError(
-                    f"cannot send {t!r}: its function, arguments or pushed values cannot be "
-                    f"pickled ({type(e).__name__}: {e})") from e
-            ex["clear_before"], ex["clear_after"] = t.clear_before, t.clear_after
-            node: dict[str, Any] = {
-                "exec": ex, "nframes": len(body), "retries": t.retries, "timeout": t.timeout,
-                "recovery": link, "pmac": wire.payload_mac(body) if body else None,
-            }
-            dframes: list[Any] = []
-            if isinstance(t.depend, dict):
-                try:
-                    msgpack.packb(t.depend, use_bin_type=True)
-                except Exception as e:
-                    raise TypeError(f"a dict depend must hold plain values: {e}") from None
-                node["depend"] = t.depend
-            elif t.depend is not None:
-                try:
-                    dframes = dumps(t.depend)
-                except Exception as e:
-                    raise SerializationError(f"cannot pickle depend {t.depend!r}: {e}") from e
-                node.update(depend="callable", dframes=len(dframes),
-                            dpmac=wire.payload_mac(dframes))
+            node, node_frames = self._encode_node(t, link)
             nodes.append(node)
-            frames.extend(body)
-            frames.extend(dframes)
+            frames.extend(node_frames)
         return {"nodes": nodes, "after": list(normalize_after(task.after))}, frames
+
+    def _encode_node(self, t: BaseTask, link: int | None) -> tuple[dict[str, Any], list[Any]]:
+        wire = self._conn.wire
+        if not isinstance(t, StringTask | MapTask):
+            raise TypeError(f"unknown task type {type(t).__name__}")
+        try:
+            if isinstance(t, StringTask):
+                ex = {"kind": "string", "expression": t.expression, "pull": list(t.pull)}
+                body = dumps(t.push) if t.push else []
+            else:
+                function = self._functions.dumps(t.function)
+                ex = {"kind": "map", "fn": len(function)}
+                body = [*function, *dumps_arguments(tuple(t.args), t.kwargs)]
+        except Exception as e:
+            raise SerializationError(
+                f"cannot send {t!r}: its function, arguments or pushed values cannot be "
+                f"pickled ({type(e).__name__}: {e})") from e
+        ex["clear_before"], ex["clear_after"] = t.clear_before, t.clear_after
+        node: dict[str, Any] = {
+            "exec": ex, "nframes": len(body), "retries": t.retries, "timeout": t.timeout,
+            "recovery": link, "pmac": wire.payload_mac(body) if body else None,
+        }
+        if isinstance(t.depend, dict):
+            try:
+                msgpack.packb(t.depend, use_bin_type=True)
+            except Exception as e:
+                raise TypeError(f"a dict depend must hold plain values: {e}") from None
+            node["depend"] = t.depend
+        elif t.depend is not None:
+            try:
+                dframes = dumps(t.depend)
+            except Exception as e:
+                raise SerializationError(f"cannot pickle depend {t.depend!r}: {e}") from e
+            node.update(depend="callable", dframes=len(dframes), dpmac=wire.payload_mac(dframes))
+            return node, [*body, *dframes]
+        return node, body
 
     def _submit_encoded(self, encoded: list[tuple[dict[str, Any], list[Any]]]) -> list[int]:
         tids: list[int] = []
@@ -674,37 +833,12 @@ class TaskClient:
         return self._submit_encoded([self._encode(t) for t in tasks])
 
     def _submit_futures(self, encoded: list[tuple[dict[str, Any], list[Any]]]) -> list[TaskFuture]:
-        """Send encoded tasks (SUBMIT_BATCH to a message) without waiting; one future each."""
+        """Send encoded tasks without waiting (see _Submitter); one future each."""
         if self._conn._closed.is_set():
             raise RuntimeError("this client is closed")
         futs = [TaskFuture(self) for _ in encoded]
-        for i in range(0, len(encoded), SUBMIT_BATCH):
-            batch, batch_futs = encoded[i:i + SUBMIT_BATCH], futs[i:i + SUBMIT_BATCH]
-            frames = [f for _, fr in batch for f in fr]
-            try:
-                reply = self._conn.send({"type": "submit", "tasks": [s for s, _ in batch]},
-                                        frames)
-            except RuntimeError as e:  # the client was closed
-                for f in futs[i:]:
-                    f._submit_failed(e)
-                break
-            reply.add_done_callback(lambda r, fs=batch_futs: self._submitted(fs, r))
+        self._submitter.add(encoded, futs)
         return futs
-
-    def _submitted(self, futs: list[TaskFuture], reply_fut: Future) -> None:
-        """A submit was answered (usually on the I/O thread): the futures learn their ids."""
-        try:
-            reply, _ = reply_fut.result()
-            if not reply.get("ok", True):
-                raise TaskError(reply.get("error", "the controller refused the submit"))
-            tids = reply["tids"]
-        except BaseException as e:  # noqa: BLE001 - each future carries the error
-            for f in futs:
-                f._submit_failed(e)
-            return
-        for f, tid in zip(futs, tids, strict=True):
-            f._set_taskid(tid)
-        self._watcher.watch(futs)
 
     def _send_and_forget(self, header: dict[str, Any]) -> None:
         """A request whose answer nobody waits for (imap's clears and aborts)."""
@@ -904,7 +1038,8 @@ class TaskClient:
 
     def _submit_with(self, options: TaskOptions, func: Callable[..., Any],
                      args: Sequence[Any], kwargs: dict[str, Any]) -> TaskFuture:
-        return self._submit_futures([self._encode(options.task(func, args, kwargs))])[0]
+        task = options.task(func, args, kwargs)
+        return self._submit_futures([self._encode(task, validated=True)])[0]
 
     def options(self, *, retries: int = 0, timeout: float | None = None, depend: Any = None,
                 after: Any = None, recovery_task: BaseTask | None = None,

@@ -61,7 +61,7 @@ class Cluster:
         connection_file: str | os.PathLike[str] | None = None,
         start_timeout: float = 60.0,
         max_restarts: int = 10,
-        prefetch: int = 1,
+        prefetch: int | None = None,
     ) -> None:
         self.n = (os.cpu_count() or 1) if n is None else n
         if not isinstance(self.n, int) or self.n < 0:
@@ -113,7 +113,8 @@ class Cluster:
             cmd = [sys.executable, "-m", "taskmill", "controller",
                    "--connection-file", str(self.connection_file),
                    "--unmet-timeout", str(self.unmet_timeout),
-                   "--heartbeat", str(self.heartbeat), "--prefetch", str(self.prefetch)]
+                   "--heartbeat", str(self.heartbeat),
+                   "--prefetch", "auto" if self.prefetch is None else str(self.prefetch)]
             if self.db is not None:
                 cmd += ["--db", self.db]
             self._controller = self._spawn(cmd, "controller")

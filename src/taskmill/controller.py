@@ -17,11 +17,19 @@ One thread, one loop: poll both sockets, handle every message that is waiting, f
 commit the store once (group commit), then send the replies that commit allowed. The controller
 never unpickles user data, except a callable `depend`, which it must call.
 
+One loop turn sends in this order: messages to engines (a task need not wait for the disk),
+then the store commits, then messages to clients (a taskid or a result a client hears of is on
+disk). Messages to one engine in one turn travel as one `tasks` message, and results for one
+client request in one turn as one `done` message.
+
 Client messages (every one carries `req`; the reply echoes it):
-  hello, ping, submit{tasks}, result{tids, block}, watch{tids}, wait{tids}, abort{tid},
+  hello, ping, submit{tasks, watch}, result{tids, block}, watch{tids}, wait{tids}, abort{tid},
   spin, status{verbose}, clear{tids}, engines, stats, engine_exited{pid, status} (from a nanny)
-Engine control messages: register, hb (heartbeat)  ->  registered, hb, reregister, interrupt
-Engine task messages: task (controller -> engine), result (engine -> controller)
+  A submit with `watch` is answered with its taskids, then with `done` messages as its tasks
+  finish (one request instead of a submit and a watch).
+Engine control messages: register, hb (heartbeat), revoked  ->  registered, hb, reregister,
+  interrupt, revoke{seq} (give back a buffered task, see the scheduler's stealing)
+Engine task messages: tasks (controller -> engine), results (engine -> controller)
 """
 
 from __future__ import annotations
@@ -56,10 +64,11 @@ from .scheduler import (
     Finish,
     Interrupt,
     Node,
+    Revoke,
     Scheduler,
 )
 from .store import MemoryStore, StoredResult, StoredTask, TaskStore
-from .wire import DEFAULT_MAX_MESSAGE, Refused, Wire, loads
+from .wire import DEFAULT_MAX_MESSAGE, Refused, Wire, loads, recv_message, send_message
 
 log = logging.getLogger("taskmill.controller")
 
@@ -127,7 +136,7 @@ class Controller:
         heartbeat: float = 1.0,
         context: zmq.Context | None = None,
         connection_file: str | os.PathLike[str] | None = None,
-        prefetch: int = 1,
+        prefetch: int | None = None,
         max_message: int = DEFAULT_MAX_MESSAGE,
     ) -> None:
         self.info = info
@@ -147,7 +156,14 @@ class Controller:
         self._timers: list[tuple[float, int, tuple]] = []
         self._timer_live: dict[tuple, int] = {}
         self._timer_seq = itertools.count()
-        self._outbox: list[tuple[zmq.Socket, list[Any]]] = []
+        # What this loop turn will send (see _flush): to engines, in order; tasks per engine;
+        # to clients, in order; results per (client socket, request).
+        self._to_engines: list[list[Any]] = []
+        self._tasks_out: dict[int, tuple[list[dict[str, Any]], list[Any]]] = {}
+        self._to_clients: list[list[Any]] = []
+        self._done_out: dict[tuple[bytes, Any], tuple[list[Any], list[Any]]] = {}
+        self._dispatch_seq = itertools.count(1)
+        self._seq_of: dict[tuple[int, int], int] = {}  # (tid, attempt) -> its dispatch seq
         self._last_commit = time.monotonic()
         self._refusal_logged: dict[bytes, float] = {}
         self.stats = Stats()
@@ -214,11 +230,11 @@ class Controller:
     def _drain(self, sock: zmq.Socket, handler: Callable[[bytes, list[Any]], None]) -> None:
         for _ in range(DRAIN_BATCH):
             try:
-                msg = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                msg = recv_message(sock, zmq.NOBLOCK, routed=True)
             except zmq.Again:
                 return
             self.stats.messages_in += 1
-            ident = msg[0].bytes
+            ident = msg[0]
             try:
                 header, frames = self.wire.decode(msg[1:])
             except Refused as e:
@@ -242,23 +258,46 @@ class Controller:
                     dict(self.wire.refused))
 
     def _flush(self) -> None:
-        """Commit the store, then send. A reply to a client may tell it a taskid or a result,
-        so it waits for the commit; messages to engines do not, and writes with no reply
-        waiting on them are committed at most COMMIT_INTERVAL later (group commit)."""
+        """Send what this turn produced: engines first, then commit, then clients.
+
+        A reply to a client may tell it a taskid or a result, so it waits for the commit;
+        messages to engines do not, and writes with no reply waiting on them are committed at
+        most COMMIT_INTERVAL later (group commit)."""
+        sent = 0
+        if self._to_engines or self._tasks_out:
+            out, self._to_engines = self._to_engines, []
+            for eid, (entries, frames) in self._tasks_out.items():
+                rec = self.engines.get(eid)
+                if rec is not None and rec.state != "dead":
+                    out.append([rec.task_ident, *self.wire.encode(
+                        {"type": "tasks", "engineid": eid, "tasks": entries}, frames)])
+            self._tasks_out.clear()
+            for frames in out:
+                send_message(self.engine_sock, frames)
+            sent += len(out)
         now = time.monotonic()
-        to_client = any(sock is self.client_sock for sock, _ in self._outbox)
+        to_client = bool(self._to_clients or self._done_out)
         if to_client or (self.store.dirty() and now - self._last_commit >= COMMIT_INTERVAL):
             self.store.commit()
             self._last_commit = now
-        if not self._outbox:
-            return
-        out, self._outbox = self._outbox, []
-        for sock, frames in out:
-            sock.send_multipart(frames, copy=False)
-        self.stats.messages_out += len(out)
+        if to_client:
+            out, self._to_clients = self._to_clients, []
+            for (reply_to, req), (entries, frames) in self._done_out.items():
+                out.append([reply_to, *self.wire.encode(
+                    {"type": "done", "req": req, "results": entries}, frames)])
+            self._done_out.clear()
+            for frames in out:
+                send_message(self.client_sock, frames)
+            sent += len(out)
+        self.stats.messages_out += sent
 
-    def _send(self, sock: zmq.Socket, ident: bytes, header: dict[str, Any], frames: list[Any] = ()) -> None:
-        self._outbox.append((sock, [ident, *self.wire.encode(header, frames)]))
+    def _pending_output(self) -> bool:
+        return bool(self._to_engines or self._tasks_out or self._to_clients or self._done_out)
+
+    def _send(self, sock: zmq.Socket, ident: bytes, header: dict[str, Any],
+              frames: list[Any] = ()) -> None:
+        out = self._to_clients if sock is self.client_sock else self._to_engines
+        out.append([ident, *self.wire.encode(header, frames)])
 
     # -- timers ----------------------------------------------------------------------------
     def _arm(self, key: tuple, delay: float) -> None:
@@ -267,7 +306,7 @@ class Controller:
         heapq.heappush(self._timers, (time.monotonic() + delay, seq, key))
 
     def _poll_timeout_ms(self) -> int:
-        if self._outbox:
+        if self._pending_output():
             return 0
         while self._timers and self._timer_live.get(self._timers[0][2]) != self._timers[0][1]:
             heapq.heappop(self._timers)
@@ -308,8 +347,15 @@ class Controller:
                                {"type": "reregister", "gen": header.get("gen")})
             elif kind == "hb":
                 self._send(self.engine_sock, ident, {"type": "hb"})
-            elif kind == "result":
-                self._on_result(rec, header, frames)
+            elif kind == "results":
+                self._on_results(rec, header, frames)
+            elif kind == "revoked":
+                tid, attempt, ok = header["tid"], header["attempt"], header["ok"]
+                if not isinstance(tid, int) or not isinstance(attempt, int):
+                    raise BadRequest("revoked needs int tid and attempt")
+                if ok:
+                    self._seq_of.pop((tid, attempt), None)
+                self._apply(self.sched.revoke_answered(rec.eid, tid, attempt, bool(ok)))
             else:
                 self.wire.refused["unknown-type"] += 1
         except (BadRequest, KeyError, TypeError, ValueError) as e:
@@ -359,24 +405,46 @@ class Controller:
         rec.state = "dead"
         self.stats.engines_died += 1
         self._death_reasons[rec.eid] = why
+        for tid in self.sched.engine_load(rec.eid):
+            t = self.sched.tasks.get(tid)
+            if t is not None:
+                self._seq_of.pop((tid, t.attempts), None)
         self._apply(self.sched.remove_engine(rec.eid))
         self._by_ident.pop(rec.task_ident, None)
         self._by_ident.pop(rec.ctl_ident, None)
 
-    def _on_result(self, rec: EngineRecord, header: dict[str, Any], frames: list[Any]) -> None:
-        tid, attempt, status = header["tid"], header["attempt"], header["status"]
-        props = header.get("properties")
+    def _on_results(self, rec: EngineRecord, header: dict[str, Any], frames: list[Any]) -> None:
+        entries = header["results"]
+        if not isinstance(entries, list):
+            raise BadRequest("results must be a list")
+        pos = 0
+        for entry in entries:
+            n = entry.get("n", 0) if isinstance(entry, dict) else -1
+            if not isinstance(n, int) or n < 0 or pos + n > len(frames):
+                raise BadRequest("a result describes more payload frames than the message has")
+            self._on_result(rec, entry, frames[pos:pos + n])
+            pos += n
+
+    def _on_result(self, rec: EngineRecord, entry: dict[str, Any], frames: list[Any]) -> None:
+        tid, attempt, status = entry["tid"], entry["attempt"], entry["status"]
+        if not isinstance(tid, int) or not isinstance(attempt, int):
+            raise BadRequest("a result needs int tid and attempt")
+        props = entry.get("properties")
         if props is not None:
             if not isinstance(props, dict):
                 raise BadRequest("properties must be a map")
             props = {**props, "engineid": rec.eid, "hostname": rec.hostname, "pid": rec.pid}
             rec.properties = props
+        duration = entry.get("duration")
+        if not isinstance(duration, int | float):
+            duration = None
         rec.tasks_done += 1
         if status != "ok":
             rec.failures += 1
-        self._report = (header, frames)
+        self._seq_of.pop((tid, attempt), None)
+        self._report = (entry, frames)
         try:
-            self._apply(self.sched.task_done(rec.eid, tid, attempt, status, props))
+            self._apply(self.sched.task_done(rec.eid, tid, attempt, status, props, duration))
         finally:
             self._report = None
         rec.state = "busy" if self.sched.engine_load(rec.eid) else "idle"
@@ -393,6 +461,14 @@ class Controller:
                 if rec is not None and rec.state != "dead":
                     self._send(self.engine_sock, rec.ctl_ident,
                                {"type": "interrupt", "tid": a.tid, "reason": a.reason})
+            elif isinstance(a, Revoke):
+                rec = self.engines.get(a.eid)
+                seq = self._seq_of.get((a.tid, a.attempt))
+                if rec is not None and rec.state != "dead" and seq is not None:
+                    self._send(self.engine_sock, rec.ctl_ident, {
+                        "type": "revoke", "tid": a.tid, "attempt": a.attempt, "seq": seq})
+                else:  # nothing to ask back: as good as refused
+                    self._apply(self.sched.revoke_answered(a.eid, a.tid, a.attempt, False))
             elif isinstance(a, ArmTimer):
                 self._arm(a.key, a.delay)
             elif isinstance(a, CancelTimer):
@@ -407,10 +483,13 @@ class Controller:
         self.store.mark_running(a.tid, a.eid, a.node, a.attempt, t.tries, sorted(t.handed_over))
         self._started[a.tid] = time.time()
         rec.state = "busy"
-        self._send(self.engine_sock, rec.task_ident, {
-            "type": "task", "tid": a.tid, "attempt": a.attempt, "engineid": a.eid,
-            "exec": node["exec"], "pmac": node["pmac"], "timeout": node.get("timeout"),
-        }, task.frames[start:end])
+        seq = next(self._dispatch_seq)
+        self._seq_of[(a.tid, a.attempt)] = seq
+        entries, frames = self._tasks_out.setdefault(a.eid, ([], []))
+        entries.append({"tid": a.tid, "attempt": a.attempt, "seq": seq, "exec": node["exec"],
+                        "pmac": node["pmac"], "timeout": node.get("timeout"),
+                        "n": end - start})
+        frames.extend(task.frames[start:end])
 
     def _finish(self, a: Finish) -> None:
         task = self.store.task(a.tid)
@@ -512,6 +591,8 @@ class Controller:
             known = self.store.submitted(key)
             if known is not None:  # a client sent it again after a restart: same taskids
                 self._reply(rt, req, tids=known)
+                if h.get("watch"):
+                    self._add_waiter(rt, req, "watch", known)
                 return
         specs = h["tasks"]
         if not isinstance(specs, list) or not specs:
@@ -538,6 +619,8 @@ class Controller:
         if isinstance(key, str):
             self.store.remember_submit(key, tids)
         self._reply(rt, req, tids=tids)
+        if h.get("watch"):
+            self._add_waiter(rt, req, "watch", tids)
 
     def _submit_to_scheduler(self, tid: int, spec: dict[str, Any], nodes: list[Node],
                              **counters: Any) -> None:
@@ -669,8 +752,11 @@ class Controller:
 
     def _send_watch(self, w: Waiter, tid: int) -> None:
         meta, frames = self._result_entry(tid)
-        self._send(self.client_sock, w.reply_to,
-                   {"type": "done", "req": w.req, "tid": tid, "result": meta}, frames)
+        if meta is None:  # (cannot happen: a watch is woken when its task finishes)
+            meta = {"tid": tid, "active": True, "nframes": 0}
+        entries, out = self._done_out.setdefault((w.reply_to, w.req), ([], []))
+        entries.append(meta)
+        out.extend(frames)
 
     def _c_result(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
         tids = _check_int_list(h["tids"], "tids")
@@ -758,7 +844,8 @@ class Controller:
         return [
             {"engineid": r.eid, "hostname": r.hostname, "pid": r.pid,
              "properties": r.properties, "state": r.state, "tasks_done": r.tasks_done,
-             "failures": r.failures}
+             "failures": r.failures,
+             "capacity": self.sched.capacity(r.eid) if r.eid in self.sched.engines else 0}
             for r in self.engines.values()
         ]
 
@@ -770,7 +857,7 @@ def run_controller(
     unmet_timeout: float = 30.0,
     heartbeat: float = 1.0,
     connection_file: str | os.PathLike[str] | None = None,
-    prefetch: int = 1,
+    prefetch: int | None = None,
     max_message: int = DEFAULT_MAX_MESSAGE,
 ) -> None:
     """Serve until SIGTERM/SIGINT."""

@@ -2,17 +2,25 @@
 
 How a task travels through an engine:
 
-    controller --task--> [task socket] main thread: check pmac, unpickle body
+    controller --tasks-> [task socket] main thread: the backlog, run in order; for each task:
+                                          |  check pmac, unpickle body,
                                           |  clear_before, push, exec / call, pull, clear_after
                                           |  (stdout/stderr captured; TaskRejectError -> rejected)
-    controller <-result- [task socket] <--+  pickled value or exception, traceback text, timings,
+    controller <-results [task socket] <--+  pickled value or exception, traceback text, timings,
                                              properties when task code changed them
-    controller <--hb---> [control socket] control thread: heartbeats, interrupts, re-registration
+    controller <--hb---> [control socket] control thread: heartbeats, interrupts, revokes,
+                                          re-registration
 
 The main thread owns the task socket and registers through it, so the controller never sends a
 task to a socket that has not connected. The control thread owns the control socket; it keeps
 heartbeating while task code runs, and it interrupts the running task on `abort` by sending the
 main thread a signal whose handler raises `TaskInterrupted` in the task code.
+
+An engine may hold several tasks (the controller's prefetch). Each carries `seq`, the
+controller's dispatch number, which rises in the order the engine runs them. So "not started
+yet" is `seq > the last started`, and the control thread can promise a task back to the
+controller (`revoke`) without asking the main thread: a revoked task is dropped when its turn
+comes, never run and never reported.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ import zmq
 from .connection import ConnectionInfo
 from .curve import apply_client as apply_curve
 from .errors import SerializationError, TaskAborted, TaskRejectError, TaskTimeout
-from .wire import Refused, Wire, dumps, loads
+from .wire import FunctionLoads, Refused, Wire, dumps, loads, recv_message, send_message
 
 log = logging.getLogger("taskmill.engine")
 
@@ -141,6 +149,7 @@ class Engine:
         self.properties: dict[str, Any] = {}
         self._sent_properties: dict[str, Any] = {}
         self.namespace: dict[str, Any] = {}
+        self._functions = FunctionLoads()  # MapTask functions, unpickled once
         self.heartbeat = 1.0
         self.max_result = self.wire.max_message - RESULT_HEADROOM
         self._stop = threading.Event()
@@ -151,7 +160,9 @@ class Engine:
         self._deadline: float | None = None  # monotonic time the running task must end by
         self._interrupt_req: tuple[int, str] | None = None  # (tid, "abort" | "timeout")
         self._in_task_code = False
-        self._skip: set[int] = set()
+        self._skip: set[int] = set()  # aborted before they started: reported as aborted
+        self._revoked: set[int] = set()  # seqs given back to the controller: dropped silently
+        self._last_started = 0  # the highest seq started (tasks run in seq order)
         self._backlog: deque[tuple[dict[str, Any], list[Any]]] = deque()
         self._generation = 0  # rises with each registration; stale "reregister"s are ignored
         self.ctx = zmq.Context()
@@ -229,8 +240,8 @@ class Engine:
                 header, frames = self._recv(self.task_sock)
                 if header is None:
                     continue
-                if header["type"] == "task":
-                    self._backlog.append((header, frames))
+                if header["type"] == "tasks":
+                    self._take_tasks(header, frames)
                 elif header["type"] == "registered":
                     first = self.engineid is None
                     self.engineid = header["engineid"]
@@ -241,6 +252,9 @@ class Engine:
                     self.namespace["engineid"] = self.engineid
                     self.properties["engineid"] = self.engineid
                     self._sent_properties = dict(header.get("properties") or {})
+                    with self._lock:  # a new controller numbers its dispatches from 1 again
+                        self._last_started = 0
+                        self._revoked.clear()
                     self._generation += 1
                     self._need_register.clear()
                     self._registered.set()
@@ -249,31 +263,50 @@ class Engine:
                     return
 
     def _send(self, sock: zmq.Socket, header: dict[str, Any], frames: Sequence[Any] = ()) -> None:
-        sock.send_multipart(self._wires[sock].encode(header, frames), copy=False)
+        send_message(sock, self._wires[sock].encode(header, frames))
 
     def _recv(self, sock: zmq.Socket) -> tuple[dict[str, Any] | None, list[Any]]:
-        msg = sock.recv_multipart(copy=False)
+        msg = recv_message(sock)
         try:
             return self._wires[sock].decode(msg)
         except Refused as e:
             log.warning("refused a message: %s", e)
             return None, []
 
+    def _take_tasks(self, header: dict[str, Any], frames: list[Any]) -> None:
+        """Queue the tasks of a `tasks` message, each with its own payload frames."""
+        eid = header.get("engineid")
+        if isinstance(eid, int) and eid != self.engineid:
+            self.engineid = eid
+            self.namespace["engineid"] = eid
+        entries = header.get("tasks")
+        if not isinstance(entries, list):
+            log.warning("refused a tasks message without a task list")
+            return
+        pos = 0
+        for entry in entries:
+            n = entry.get("n", 0) if isinstance(entry, dict) else -1
+            if not isinstance(n, int) or n < 0 or pos + n > len(frames):
+                log.warning("refused a tasks message whose tasks do not match its frames")
+                return
+            self._backlog.append((entry, frames[pos:pos + n]))
+            pos += n
+
     def _task_loop(self) -> None:
         while not self._stop.is_set():
             if self._need_register.is_set():
                 self._register()
                 continue
-            if self._backlog:
-                header, frames = self._backlog.popleft()
-            elif not self.task_sock.poll(100):
-                continue
-            else:
+            if not self._backlog:
+                if not self.task_sock.poll(100):
+                    continue
                 header, frames = self._recv(self.task_sock)
-            if header is None or header["type"] != "task":
+                if header is not None and header["type"] == "tasks":
+                    self._take_tasks(header, frames)
                 continue
+            entry, frames = self._backlog.popleft()
             try:
-                self._run_task(header, frames)
+                self._run_task(entry, frames)
             except TaskInterrupted:
                 pass  # a late interrupt that landed outside task code: nothing to undo
 
@@ -303,10 +336,24 @@ class Engine:
             kind = header["type"]
             if kind == "interrupt":
                 self._request_interrupt(header["tid"], "abort")
+            elif kind == "revoke":
+                self._answer_revoke(header)
             elif kind == "reregister" and header.get("gen") == self._generation:
                 # (A reply to a heartbeat sent before the latest registration is stale.)
                 log.warning("the controller does not know this engine: registering again")
                 self._need_register.set()
+
+    def _answer_revoke(self, header: dict[str, Any]) -> None:
+        """Give a buffered task back, if it has not started (tasks start in seq order)."""
+        seq = header.get("seq")
+        if not isinstance(seq, int):
+            return
+        with self._lock:
+            ok = seq > self._last_started
+            if ok:
+                self._revoked.add(seq)
+        self._send(self.ctl_sock, {"type": "revoked", "tid": header.get("tid"),
+                                   "attempt": header.get("attempt"), "ok": ok})
 
     def _watch_running_task(self, now: float) -> None:
         """Past its timeout a task is interrupted; an interruption not yet taken is sent again."""
@@ -345,12 +392,15 @@ class Engine:
         tid, attempt = header["tid"], header["attempt"]
         spec = header["exec"]
         kind = spec["kind"]
-        if header.get("engineid") is not None and header["engineid"] != self.engineid:
-            self.engineid = header["engineid"]
-            self.namespace["engineid"] = self.engineid
-        reply: dict[str, Any] = {"type": "result", "tid": tid, "attempt": attempt, "kind": kind}
+        reply: dict[str, Any] = {"tid": tid, "attempt": attempt, "kind": kind}
         timeout = header.get("timeout")
+        seq = header.get("seq")
         with self._lock:
+            if isinstance(seq, int):
+                if seq in self._revoked:  # promised back to the controller: never runs
+                    self._revoked.discard(seq)
+                    return
+                self._last_started = max(self._last_started, seq)
             if tid in self._skip:
                 self._skip.discard(tid)
                 skipped = True
@@ -363,7 +413,7 @@ class Engine:
         if skipped:
             reply.update(status="error", duration=0.0,
                          **self._error_fields(TaskAborted(f"task {tid} was aborted")))
-            self._send(self.task_sock, reply)
+            self._send_result(reply, [])
             return
         out, err = _Capture(self.output_limit), _Capture(self.output_limit)
         value: Any = None
@@ -428,7 +478,11 @@ class Engine:
         if body:
             reply["pmac"] = self.wire.payload_mac(body)
         self._attach_properties(reply)
-        self._send(self.task_sock, reply, body)
+        self._send_result(reply, body)
+
+    def _send_result(self, entry: dict[str, Any], body: list[Any]) -> None:
+        entry["n"] = len(body)
+        self._send(self.task_sock, {"type": "results", "results": [entry]}, body)
 
     def _execute(self, tid: int, spec: dict[str, Any], frames: list[Any]) -> Any:
         if spec["kind"] == "string":
@@ -448,13 +502,18 @@ class Engine:
                     raise NameError(f"name {name!r} is not defined (pulled by task {tid})")
                 results[name] = ns[name]
             return results
-        func, args, kwargs = self._unpickle(tid, frames, "function or arguments")
+        n = spec.get("fn")
+        if isinstance(n, int) and 0 < n <= len(frames):
+            func = self._unpickle(tid, frames[:n], "function", self._functions.loads)
+            args, kwargs = self._unpickle(tid, frames[n:], "arguments")
+        else:
+            func, args, kwargs = self._unpickle(tid, frames, "function or arguments")
         self._in_task_code = True
         return func(*args, **kwargs)
 
-    def _unpickle(self, tid: int, frames: list[Any], what: str) -> Any:
+    def _unpickle(self, tid: int, frames: list[Any], what: str, load: Any = None) -> Any:
         try:
-            return loads(frames)
+            return (load or loads)(frames)
         except Exception as e:
             raise SerializationError(
                 f"task {tid}'s {what} cannot be unpickled on engine {self.engineid} "

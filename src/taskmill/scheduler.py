@@ -9,7 +9,9 @@ Events                                   Actions
   submit(tid, nodes, after=...)            Dispatch(tid, eid, node, attempt)
   add_engine(eid, properties)              Finish(tid, outcome, ok, engineid, detail)
   set_properties(eid, properties)          Interrupt(eid, tid, reason)
-  task_done(eid, tid, attempt, status)     ArmTimer(key, delay) / CancelTimer(key)
+  task_done(eid, tid, attempt, status,     Revoke(eid, tid, attempt)
+            duration=...)                  ArmTimer(key, delay) / CancelTimer(key)
+  revoke_answered(eid, tid, attempt, ok)
   remove_engine(eid)
   abort(tid), timer_fired(key), spin()
 
@@ -29,6 +31,21 @@ Rules, in one place:
   not count an attempt; when every registered engine has rejected it, that report is final.
 - Abort of a running task finishes it at once and interrupts its engine; the engine's slot stays
   taken until the engine reports, and that report is dropped.
+- Prefetch: an engine may hold several tasks, run in dispatch order (the first is running, the
+  others are buffered on the engine). With a fixed number of slots it holds at most that many.
+  Adaptive (the default): an engine whose tasks took `d` seconds lately (a moving average of
+  the durations it reports) holds about `buffer_seconds / d` of them, at least 1 and at most
+  `max_slots`; an engine with no history holds 1. So tiny tasks are buffered and an engine
+  never waits a round trip between them, while long tasks are handed out one at a time. When
+  an adaptive engine takes a task while holding more than one, a timer (`slow`) is armed: if
+  that task is still the one it runs `2 * buffer_seconds` later, the engine's average is
+  raised to that, so nothing more is buffered behind a task that turned out long.
+- Stealing: an engine that holds nothing while another holds a buffered task it qualifies for
+  asks for it back (`Revoke`). The engine answers: `ok` means it will never run that task nor
+  report it, so its slot is free and the task is queued again (no attempt counted); not `ok`
+  means it had started it (the task stays where it is and is not asked for again). One revoke
+  is in flight per idle engine at a time. So a long task that arrives behind a burst of tiny
+  ones never holds up the tasks buffered behind it while another engine is idle.
 """
 
 from __future__ import annotations
@@ -79,6 +96,15 @@ class Interrupt:
 
 
 @dataclass(frozen=True, slots=True)
+class Revoke:
+    """Ask engine `eid` to give back a buffered attempt (it answers with revoke_answered)."""
+
+    eid: int
+    tid: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
 class ArmTimer:
     key: tuple
     delay: float
@@ -89,7 +115,12 @@ class CancelTimer:
     key: tuple
 
 
-Action = Dispatch | Finish | Interrupt | ArmTimer | CancelTimer
+Action = Dispatch | Finish | Interrupt | Revoke | ArmTimer | CancelTimer
+
+# Adaptive prefetch: how much buffered work an engine may hold, and the moving average.
+BUFFER_SECONDS = 0.002
+MAX_SLOTS = 64
+DURATION_WEIGHT = 0.25  # of the newest duration in the moving average
 
 
 @dataclass(slots=True)
@@ -123,23 +154,33 @@ class _Task:
     handed_over: set[int] = field(default_factory=set)
     blocked_on: set[int] = field(default_factory=set)
     dep_cache: dict[int, tuple[int, bool]] = field(default_factory=dict)
+    steal_tried: bool = False  # a revoke of the current attempt was sent
 
 
 @dataclass(slots=True)
 class _Engine:
     eid: int
     properties: dict[str, Any]
-    slots: int
+    slots: int | None  # None: adaptive (see the module docstring)
     version: int = 0
     running: dict[int, int] = field(default_factory=dict)  # tid -> attempt, dispatch order
+    duration: float | None = None  # moving average of the durations it reported
 
 
 class Scheduler:
     """See the module docstring for the rules."""
 
-    def __init__(self, *, unmet_timeout: float = 30.0, slots: int = 1) -> None:
+    def __init__(self, *, unmet_timeout: float = 30.0, slots: int | None = None,
+                 buffer_seconds: float = BUFFER_SECONDS, max_slots: int = MAX_SLOTS) -> None:
+        if slots is not None and slots < 1:
+            raise ValueError(f"slots must be None (adaptive) or an int >= 1, not {slots!r}")
         self.unmet_timeout = unmet_timeout
         self.slots = slots
+        self.buffer_seconds = buffer_seconds
+        self.slow_after = 2 * buffer_seconds
+        self.max_slots = max_slots
+        # idle engine -> the (engine, tid, attempt) it asked back for it
+        self._thieves: dict[int, tuple[int, int, int]] = {}
         self.tasks: dict[int, _Task] = {}
         self.engines: dict[int, _Engine] = {}
         self._ready: list[int] = []
@@ -176,6 +217,17 @@ class Scheduler:
     def _is_current(self, tid: int, eid: int) -> bool:
         t = self.tasks.get(tid)
         return t is not None and t.state == RUNNING and t.engine == eid
+
+    def capacity(self, eid: int) -> int:
+        """How many tasks engine `eid` may hold now (running and buffered)."""
+        return self._capacity(self.engines[eid])
+
+    def _capacity(self, e: _Engine) -> int:
+        if e.slots is not None:
+            return e.slots
+        if e.duration is None:
+            return 1
+        return max(1, min(self.max_slots, int(self.buffer_seconds / max(e.duration, 1e-7))))
 
     def engine_load(self, eid: int) -> list[int]:
         """The taskids an engine holds, running or buffered (aborted ones included)."""
@@ -220,7 +272,9 @@ class Scheduler:
             self._make_ready(t)
         return self._flush()
 
-    def add_engine(self, eid: int, properties: dict[str, Any], slots: int | None = None) -> list[Action]:
+    def add_engine(self, eid: int, properties: dict[str, Any],
+                   slots: int | None = None) -> list[Action]:
+        """A new engine; `slots` overrides the scheduler's prefetch for it."""
         if eid in self.engines:
             raise ValueError(f"engine {eid} is already registered")
         self.engines[eid] = _Engine(eid, dict(properties), slots or self.slots)
@@ -243,8 +297,9 @@ class Scheduler:
         attempt: int,
         status: str,
         properties: dict[str, Any] | None = None,
+        duration: float | None = None,
     ) -> list[Action]:
-        """An engine reports an attempt: `ok`, `error` or `rejected`."""
+        """An engine reports an attempt: `ok`, `error` or `rejected`, and how long it ran."""
         e = self.engines.get(eid)
         if e is None:
             return self._flush()  # a dead engine's late report: its task was failed already
@@ -252,12 +307,16 @@ class Scheduler:
             e.properties = dict(properties)
             e.version += 1
             self._fresh.add(eid)
+        if duration is not None and duration >= 0:
+            e.duration = duration if e.duration is None else (
+                e.duration + DURATION_WEIGHT * (duration - e.duration))
         if e.running.get(tid) == attempt:
             self._release_slot(e, tid)
         t = self.tasks.get(tid)
         if t is None or t.state != RUNNING or t.engine != eid or t.attempts != attempt:
             return self._flush()  # aborted, or a stale attempt
         t.engine = None
+        t.steal_tried = False
         if status == OK:
             self._finish(t, RESULT, True, engineid=eid)
         elif status == REJECTED:
@@ -280,12 +339,14 @@ class Scheduler:
             return self._flush()
         self._free.pop(eid, None)
         self._fresh.discard(eid)
+        self._thieves.pop(eid, None)
         for position, tid in enumerate(list(e.running)):
             self._busy_slots -= 1
             t = self.tasks.get(tid)
             if t is None or t.state != RUNNING or t.engine != eid:
                 continue
             t.engine = None
+            t.steal_tried = False
             if position == 0:  # the engine runs its tasks in dispatch order
                 self._attempt_failed(t, eid, ENGINE_DIED)
             else:  # buffered behind the running one: it never started
@@ -295,6 +356,26 @@ class Scheduler:
         e.running.clear()
         for t in list(self.tasks.values()):
             t.dep_cache.pop(eid, None)
+        return self._flush()
+
+    def revoke_answered(self, eid: int, tid: int, attempt: int, ok: bool) -> list[Action]:
+        """Engine `eid` answers a Revoke: `ok` if it will never run that attempt."""
+        for thief, wanted in list(self._thieves.items()):
+            if wanted == (eid, tid, attempt):
+                del self._thieves[thief]
+                self._fresh.add(thief)
+        e = self.engines.get(eid)
+        if e is None or not ok:
+            return self._flush()
+        if e.running.get(tid) == attempt:
+            self._release_slot(e, tid)
+        t = self.tasks.get(tid)
+        if t is not None and t.state == RUNNING and t.engine == eid and t.attempts == attempt:
+            t.engine = None
+            t.steal_tried = False
+            t.tries -= 1
+            t.attempts -= 1
+            self._make_ready(t)
         return self._flush()
 
     def abort(self, tid: int) -> tuple[bool, list[Action]]:
@@ -308,7 +389,14 @@ class Scheduler:
         return True, self._flush()
 
     def timer_fired(self, key: tuple) -> list[Action]:
-        if key and key[0] == "unmet":
+        if key and key[0] == "slow":
+            _, eid, tid, attempt = key
+            e = self.engines.get(eid)
+            if e is not None and e.running and next(iter(e.running.items())) == (tid, attempt):
+                e.duration = max(e.duration or 0.0, self.slow_after)
+                if len(e.running) >= self._capacity(e):
+                    self._free.pop(eid, None)
+        elif key and key[0] == "unmet":
             _, tid, token = key
             if self._unmet.get(tid) == token:
                 del self._unmet[tid]
@@ -333,9 +421,12 @@ class Scheduler:
         heapq.heappush(self._ready, t.tid)
 
     def _release_slot(self, e: _Engine, tid: int) -> None:
+        head = next(iter(e.running)) == tid
         del e.running[tid]
         self._busy_slots -= 1
-        if e.eid not in self._free:
+        if head:
+            self._watch_head(e)
+        if e.eid not in self._free and len(e.running) < self._capacity(e):
             self._free[e.eid] = None
         self._fresh.add(e.eid)
 
@@ -402,15 +493,23 @@ class Scheduler:
 
     def _choose_engine(self, t: _Task) -> int | None:
         fallback = None
+        full = None
         for eid in self._free:
+            e = self.engines[eid]
+            if e.slots is None and len(e.running) >= self._capacity(e):
+                full = [*(full or ()), eid]  # its capacity shrank since it was freed
+                continue
             if eid in t.rejected:
                 continue
             if not self._satisfies(t, self.engines[eid]):
                 continue
             if eid not in t.avoid:
-                return eid
+                fallback = eid
+                break
             if fallback is None:
                 fallback = eid
+        for eid in full or ():
+            del self._free[eid]
         return fallback
 
     def _dispatch(self, t: _Task, eid: int) -> None:
@@ -421,13 +520,21 @@ class Scheduler:
         t.attempts += 1
         e.running[t.tid] = t.attempts
         self._busy_slots += 1
+        if len(e.running) == 1:
+            self._watch_head(e)
         del self._free[eid]
-        if len(e.running) < e.slots:
+        if len(e.running) < self._capacity(e):
             self._free[eid] = None  # still has room: goes to the back of the line
         token = self._unmet.pop(t.tid, None)
         if token is not None:
             self._out.append(CancelTimer(("unmet", t.tid, token)))
         self._out.append(Dispatch(t.tid, eid, t.node, t.attempts))
+
+    def _watch_head(self, e: _Engine) -> None:
+        """Arm the `slow` timer for the task an adaptive, buffering engine now runs."""
+        if e.slots is None and e.running and self._capacity(e) > 1:
+            tid, attempt = next(iter(e.running.items()))
+            self._out.append(ArmTimer(("slow", e.eid, tid, attempt), self.slow_after))
 
     def _unpark(self) -> None:
         fresh = [self.engines[e] for e in self._fresh if e in self._free]
@@ -456,7 +563,40 @@ class Scheduler:
                 self._parked.add(tid)
             else:
                 self._dispatch(t, eid)
+        if self._free and self._busy_slots:
+            self._steal()
         self._check_unmet()
+
+    def _steal(self) -> None:
+        """Each engine that holds nothing asks for one task buffered behind another's."""
+        victims = [e for e in self.engines.values() if len(e.running) > 1]
+        if not victims:
+            return
+        victims.sort(key=lambda e: len(e.running), reverse=True)
+        for eid in self._free:
+            thief = self.engines[eid]
+            if thief.running or eid in self._thieves:
+                continue
+            for victim in victims:
+                t = self._stealable(victim, thief)
+                if t is not None:
+                    t.steal_tried = True
+                    self._thieves[eid] = (victim.eid, t.tid, t.attempts)
+                    self._out.append(Revoke(victim.eid, t.tid, t.attempts))
+                    break
+
+    def _stealable(self, victim: _Engine, thief: _Engine) -> _Task | None:
+        """The newest task buffered on `victim` (not its first) that `thief` may run."""
+        held = list(victim.running)
+        for tid in reversed(held[1:]):
+            t = self.tasks.get(tid)
+            if (t is None or t.state != RUNNING or t.engine != victim.eid or t.steal_tried
+                    or victim.running[tid] != t.attempts):
+                continue
+            if thief.eid in t.rejected or not self._satisfies(t, thief):
+                continue
+            return t
+        return None
 
     def _check_unmet(self) -> None:
         if self._all_idle():

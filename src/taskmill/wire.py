@@ -2,13 +2,15 @@
 
 A message is a ZeroMQ multipart message:
 
-    [PROTOCOL, signature, header, *payload]
+    [envelope, *payload]        envelope = PROTOCOL + signature + header
 
 - `header` is a small msgpack map. It always holds `type`, the sender's `sid` (random per
   `Wire`) and `seq` (rising by one per message of that `Wire`). Each socket has a `Wire` of its
   own: a socket's messages reach a peer socket in order, so a receiving socket refuses any
   `(sid, seq)` at or below the last it saw from that `sid` (replays).
-- `signature` is HMAC-SHA256, with the connection file's key, over the header bytes.
+- `signature` (32 bytes) is HMAC-SHA256, with the connection file's key, over the header bytes.
+  Protocol, signature and header share one frame: every frame costs a ZeroMQ send and receive
+  of its own, and a message that carries no payload is then a single frame.
 - Payload frames (pickles and their out-of-band buffers) are covered by `pmac`, an HMAC over
   every payload frame, carried in the header and so covered by the signature too. The sender of a
   payload computes `pmac` once; whoever unpickles it checks it. The controller routes payloads
@@ -17,7 +19,7 @@ A message is a ZeroMQ multipart message:
 
 A message with a bad or missing signature, a replayed `(sid, seq)`, a malformed header or an
 oversize body raises `Refused`, which the receiver counts and drops: it is never acted on.
-This module holds no sockets.
+This module holds no sockets; `recv_message` reads one message from a socket it is given.
 """
 
 from __future__ import annotations
@@ -27,17 +29,23 @@ import hmac
 import itertools
 import os
 import pickle
-from collections import Counter
+import threading
+import types
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 import cloudpickle
 import msgpack
+import zmq
 
-PROTOCOL = b"TM1"
+PROTOCOL = b"TM2"
+SIGNATURE_BYTES = 32
+_HEADER_AT = len(PROTOCOL) + SIGNATURE_BYTES
 DEFAULT_MAX_MESSAGE = 512 * 1024 * 1024
 # Buffers smaller than this stay inside the pickle; larger ones travel as frames of their own.
 OUT_OF_BAND_MIN = 64 * 1024
+SMALL_PAYLOAD = 16 * 1024  # a single payload frame below this is MACed in one call
 
 Frame = Any  # bytes, memoryview, or zmq.Frame
 
@@ -78,6 +86,11 @@ class Wire:
 
     def payload_mac(self, frames: Sequence[Frame]) -> bytes:
         """HMAC over payload frames, each prefixed by its length so boundaries count too."""
+        if len(frames) == 1:
+            b = _buf(frames[0])
+            n = memoryview(b).nbytes
+            if n < SMALL_PAYLOAD:  # one C call over a small copy beats an HMAC object
+                return hmac.digest(self.key, n.to_bytes(8, "little") + b, "sha256")
         h = hmac.new(self.key, digestmod=hashlib.sha256)
         for f in frames:
             b = _buf(f)
@@ -95,8 +108,11 @@ class Wire:
         """The frames of a signed message (without routing ids)."""
         header["sid"] = self.sid
         header["seq"] = next(self._seq)
-        hb = msgpack.packb(header, use_bin_type=True)
-        return [PROTOCOL, self._sign(hb), hb, *frames]
+        return [self.seal(msgpack.packb(header, use_bin_type=True)), *frames]
+
+    def seal(self, header_bytes: bytes) -> bytes:
+        """The envelope frame for already packed header bytes."""
+        return PROTOCOL + self._sign(header_bytes) + header_bytes
 
     def decode(self, msg: Sequence[Frame]) -> tuple[dict[str, Any], list[Frame]]:
         """Check and unpack a message (without routing ids); raise Refused if it is bad."""
@@ -107,17 +123,21 @@ class Wire:
             raise
 
     def _decode(self, msg: Sequence[Frame]) -> tuple[dict[str, Any], list[Frame]]:
-        if len(msg) < 3:
-            raise Refused("malformed", f"{len(msg)} frames, need at least 3")
-        proto = bytes(_buf(msg[0]))
-        if proto != PROTOCOL:
+        if not msg:
+            raise Refused("malformed", "an empty message")
+        env = _buf(msg[0])
+        if not isinstance(env, bytes):
+            env = bytes(env)
+        if len(env) <= _HEADER_AT or env[:len(PROTOCOL)] != PROTOCOL:
             raise Refused("malformed", "not a taskmill message (bad protocol frame)")
-        total = sum(frame_len(f) for f in msg)
+        if len(msg) == 1:
+            total = len(env)
+        else:
+            total = len(env) + sum(frame_len(f) for f in msg[1:])
         if total > self.max_message:
             raise Refused("too-large", f"{total} bytes > limit {self.max_message}")
-        sig = bytes(_buf(msg[1]))
-        hb = _buf(msg[2])
-        if len(sig) != 32 or not hmac.compare_digest(self._sign(hb), sig):
+        hb = memoryview(env)[_HEADER_AT:]
+        if not hmac.compare_digest(self._sign(hb), env[len(PROTOCOL):_HEADER_AT]):
             raise Refused("bad-signature", "signature does not match (wrong key?)")
         try:
             header = msgpack.unpackb(hb, raw=False, strict_map_key=False)
@@ -132,12 +152,62 @@ class Wire:
         if last is not None and seq <= last:
             raise Refused("replay", f"seq {seq} <= {last} from this sender")
         self._last_seq[sid] = seq
-        return header, list(msg[3:])
+        return header, list(msg[1:])
+
+
+# pyzmq's Socket methods add Python-level conveniences (enum flags, sockopt lookups) that
+# cost more than the send or receive itself on small messages: call the backend's directly.
+_send = zmq.backend.Socket.send
+_recv = zmq.backend.Socket.recv
+_SNDMORE = int(zmq.SNDMORE)
+_COPY_BELOW = 64 * 1024  # frames smaller than this are copied into ZeroMQ (cheaper); larger not
+
+
+def recv_message(sock: Any, flags: int = 0, *, routed: bool = False) -> list[Frame]:
+    """One whole message from a ZeroMQ socket: the routing id (if `routed`) and the envelope
+    as bytes, payload frames as zero-copy `zmq.Frame`s. Raises zmq.Again like `recv`."""
+    frame = _recv(sock, int(flags), False)
+    parts: list[Frame] = [frame.bytes]
+    if routed and frame.more:
+        frame = _recv(sock, 0, False)
+        parts.append(frame.bytes)
+    while frame.more:
+        frame = _recv(sock, 0, False)
+        parts.append(frame)
+    return parts
+
+
+def send_message(sock: Any, parts: Sequence[Frame]) -> None:
+    """Send a whole message; small frames are copied, large ones and zmq.Frames are not."""
+    last = len(parts) - 1
+    for i, part in enumerate(parts):
+        copy = type(part) is bytes and len(part) < _COPY_BELOW
+        _send(sock, part, _SNDMORE if i < last else 0, copy)
 
 
 # -- user payloads -------------------------------------------------------------------------
+# Values the standard pickler handles exactly as cloudpickle would (no functions, classes or
+# objects that may live in __main__), so a result like None or a few numbers skips
+# cloudpickle's per-object Python hooks.
+_PLAIN = frozenset({type(None), bool, int, float, complex, str, bytes})
+
+
+def _is_plain(obj: Any) -> bool:
+    t = type(obj)
+    if t in _PLAIN:
+        return True
+    if t is tuple or t is list:
+        return len(obj) <= 64 and all(type(x) in _PLAIN for x in obj)
+    if t is dict:
+        return len(obj) <= 64 and all(type(k) in _PLAIN and type(v) in _PLAIN
+                                      for k, v in obj.items())
+    return False
+
+
 def dumps(obj: Any) -> list[Any]:
     """Pickle `obj` (cloudpickle, protocol 5); large buffers become frames of their own."""
+    if _is_plain(obj):
+        return [pickle.dumps(obj, protocol=5)]
     buffers: list[Any] = []
 
     def keep(buf: pickle.PickleBuffer) -> bool:
@@ -150,8 +220,139 @@ def dumps(obj: Any) -> list[Any]:
     return [cloudpickle.dumps(obj, protocol=5, buffer_callback=keep), *buffers]
 
 
+def dumps_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+    """Pickle a call's `(args, kwargs)`, with the plain-data fast path for each."""
+    if _is_plain(args) and _is_plain(kwargs):
+        return [pickle.dumps((args, kwargs), protocol=5)]
+    return dumps((args, kwargs))
+
+
 def loads(frames: Sequence[Frame]) -> Any:
     """Unpickle what `dumps` made; out-of-band buffers are used in place, not copied."""
     if not frames:
         raise ValueError("no payload frames to unpickle")
     return pickle.loads(_buf(frames[0]), buffers=[_buf(f) for f in frames[1:]])
+
+
+# -- functions, pickled once -------------------------------------------------------------------
+FUNCTION_CACHE_SIZE = 128
+FUNCTION_CACHE_MAX_BYTES = 64 * 1024
+_IMMUTABLE = _PLAIN | {type, types.ModuleType, types.BuiltinFunctionType, types.CodeType}
+
+
+def _function_state(func: types.FunctionType, depth: int = 0) -> tuple[Any, ...] | None:
+    """The objects a by-value pickle of `func` is made of, or None if some could change in place.
+
+    cloudpickle pickles a function defined in __main__ (or a notebook) by value: its code,
+    defaults, closure and the globals its code names. If each of those is a function whose own
+    state qualifies, or something that cannot be edited in place (a number, a string, a module,
+    a class, a builtin), then the same objects make the same pickle. A global dict, list or
+    array could be edited in place, so a function that names one is never cached.
+    """
+    if depth > 3 or func.__dict__:
+        return None
+    code = func.__code__
+    state: list[Any] = [func, code]
+    for value in (*(func.__defaults__ or ()), *(func.__kwdefaults__ or {}).values()):
+        if type(value) not in _PLAIN:
+            return None
+        state.append(value)
+    cells = func.__closure__ or ()
+    values: list[Any] = []
+    for cell in cells:
+        try:
+            values.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            values.append(None)
+    g = func.__globals__
+    missing = _MISSING
+    for name in _code_names(code):
+        values.append(g.get(name, missing))
+    for value in values:
+        t = type(value)
+        if t is types.FunctionType:
+            inner = _function_state(value, depth + 1)
+            if inner is None:
+                return None
+            state.extend(inner)
+        elif t in _IMMUTABLE or value is missing or isinstance(value, type):
+            state.append(value)
+        else:
+            return None
+    return tuple(state)
+
+
+_MISSING = object()
+_NAMES: dict[types.CodeType, tuple[str, ...]] = {}
+
+
+def _code_names(code: types.CodeType) -> tuple[str, ...]:
+    """Every name the code (and code nested in it) may look up, a superset of its globals."""
+    names = _NAMES.get(code)
+    if names is None:
+        found = set(code.co_names)
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                found.update(_code_names(const))
+        names = _NAMES[code] = tuple(sorted(found))
+        if len(_NAMES) > 4096:
+            _NAMES.clear()
+    return names
+
+
+class FunctionPickles:
+    """A client's cache of function pickles: a function sent again unchanged is not pickled
+    again (cloudpickle takes ~30 us for a function defined in __main__). See _function_state
+    for what "unchanged" means; anything else is pickled every time."""
+
+    def __init__(self, size: int = FUNCTION_CACHE_SIZE) -> None:
+        self.size = size
+        self._cache: OrderedDict[int, tuple[tuple[Any, ...], list[Any]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def dumps(self, func: Any) -> list[Any]:
+        t = type(func)
+        if t is types.BuiltinFunctionType:
+            state: tuple[Any, ...] | None = (func,)
+        elif t is types.FunctionType:
+            state = _function_state(func)
+        else:
+            return dumps(func)
+        if state is None:
+            return dumps(func)
+        with self._lock:
+            hit = self._cache.get(id(func))
+            if hit is not None and len(hit[0]) == len(state) and all(
+                    a is b for a, b in zip(hit[0], state, strict=True)):
+                self._cache.move_to_end(id(func))
+                return hit[1]
+        frames = dumps(func)
+        if len(frames) == 1 and len(frames[0]) <= FUNCTION_CACHE_MAX_BYTES:
+            with self._lock:
+                self._cache[id(func)] = (state, frames)  # state[0] is func: its id stays its own
+                while len(self._cache) > self.size:
+                    self._cache.popitem(last=False)
+        return frames
+
+
+class FunctionLoads:
+    """An engine's cache of unpickled functions, by their pickle's bytes (checked already)."""
+
+    def __init__(self, size: int = FUNCTION_CACHE_SIZE) -> None:
+        self.size = size
+        self._cache: OrderedDict[bytes, Any] = OrderedDict()
+
+    def loads(self, frames: Sequence[Frame]) -> Any:
+        if len(frames) != 1:
+            return loads(frames)
+        key = bytes(_buf(frames[0]))
+        if len(key) > FUNCTION_CACHE_MAX_BYTES:
+            return loads(frames)
+        func = self._cache.get(key)
+        if func is None:
+            func = self._cache[key] = loads(frames)
+            while len(self._cache) > self.size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return func

@@ -31,9 +31,10 @@ def test_raw_garbage_gets_no_reply_and_controller_serves_on(cluster, client):
             s.setsockopt(zmq.LINGER, 2000)  # close() sends what is queued
             s.connect(url)
             s.send_multipart([b"hello?"])
-            s.send_multipart([PROTOCOL, b"x" * 32, b"\x81\xa4type\xa3run"])
+            s.send_multipart([PROTOCOL + b"x" * 32 + b"\x81\xa4type\xa3run"])  # forged signature
             s.send_multipart([PROTOCOL])
             s.send_multipart([b"\x00" * 5000, b"", b"junk"])
+            s.send_multipart([PROTOCOL, b"x" * 32, b"\x81\xa4type\xa3run"])  # the old 3-frame form
             # A well-formed message signed with the wrong key.
             s.send_multipart(Wire(b"wrong-key" * 4).encode({"type": "submit", "req": 1}))
             assert s.poll(500) == 0, "the controller answered an unsigned message"

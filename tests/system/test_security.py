@@ -111,19 +111,20 @@ def recv_reply(sock: zmq.Socket, wire: Wire, timeout: float = 10.0) -> dict:
     return header
 
 
-class _RecordingSocket:
-    """Stands in for a client's send socket: records every message, then sends it."""
+class _RecordingWire:
+    """Stands in for a client's send-socket Wire: records every message it signs."""
 
-    def __init__(self, sock: zmq.Socket) -> None:
-        self._sock = sock
+    def __init__(self, wire: Wire) -> None:
+        self._wire = wire
         self.sent: list[list[bytes]] = []
 
-    def send_multipart(self, frames, *args, **kwargs):
-        self.sent.append([bytes(getattr(f, "buffer", f)) for f in frames])
-        return self._sock.send_multipart(frames, *args, **kwargs)
+    def encode(self, header, frames=()):
+        message = self._wire.encode(header, frames)
+        self.sent.append([bytes(getattr(f, "buffer", f)) for f in message])
+        return message
 
     def __getattr__(self, name):
-        return getattr(self._sock, name)
+        return getattr(self._wire, name)
 
 
 @pytest.fixture
@@ -159,11 +160,11 @@ def test_replayed_submit_of_a_real_client_runs_once(cluster, tmp_path):
     with cluster.client() as tc:
         conn = tc._conn
         with conn._send_lock:
-            recorder = _RecordingSocket(conn._send_sock)
-            conn._send_sock = recorder
+            recorder = _RecordingWire(conn._send_wire)
+            conn._send_wire = recorder
         tid = tc.run(MapTask(append_line, (str(out), "once")))
         with conn._send_lock:
-            conn._send_sock = recorder._sock
+            conn._send_wire = recorder._wire
         wait_finished(tc, tid)
         assert tc.get_task_result(tid, block=True) > 0
         assert read_lines(out) == ["once"]

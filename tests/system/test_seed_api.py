@@ -85,6 +85,7 @@ class Gate:
         self.release_file = folder / "gate-release"
         self.tids: list[int] = []
         self.started: list[Path] = []
+        self.eids: list[int] = []
 
     def hold(self, eid: int, value=None) -> int:
         started = self.folder / f"gate-started-{len(self.tids)}"
@@ -93,6 +94,7 @@ class Gate:
         tid = self.tc.run(task)
         self.tids.append(tid)
         self.started.append(started)
+        self.eids.append(eid)
         return tid
 
     def hold_all(self, eids: list[int]) -> list[int]:
@@ -102,6 +104,11 @@ class Gate:
 
     def wait_started(self) -> None:
         wait_until(lambda: all(p.exists() for p in self.started), "the gate tasks to start")
+        # With adaptive prefetch an engine that ran tiny tasks may buffer more behind a gate
+        # task until the controller sees it run long; tests of where tasks wait need it not to.
+        held = set(self.eids)
+        wait_until(lambda: all(e["capacity"] == 1 for e in self.tc.engines()
+                               if e["engineid"] in held), "held engines to take one task at a time")
 
     def release(self) -> None:
         self.release_file.touch()
