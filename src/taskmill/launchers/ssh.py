@@ -1,0 +1,192 @@
+"""The ssh launcher: engines on other machines, each started through its own `ssh` session.
+
+For each host it first copies the connection file there (through `ssh HOST 'cat > FILE'`, into
+a private folder under the remote home; or it points the engines to a path that is already
+there, `connection_file_on_hosts`) and checks that the remote python can import taskmill; a
+host that refuses the connection, or lacks taskmill, fails the launch with an error naming it.
+Then it runs `ssh HOST 'exec PYTHON -m taskmill engine --parent-fd 0 ...'` once per engine,
+engines spread round-robin over the hosts. The engine's standard input is its lifeline: it is
+a pipe from this process through ssh, so when the owner goes (or `stop()` closes it) the
+remote engine reads EOF and ends. `cleanup()` removes the copied file from every host.
+
+Hosts are anything `ssh` accepts as a destination: `host`, `user@host`, or
+`ssh://user@host:port`. The default command is `ssh -o BatchMode=yes`: launching must not wait
+for a password, so log in with a key or an agent.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .base import (
+    AdoptedProcess,
+    EngineGroup,
+    LaunchContext,
+    Launcher,
+    LauncherError,
+    ProcessHandle,
+    engine_command,
+    process_state,
+    require_programs,
+    spawn,
+    tail,
+    terminate,
+)
+
+DEFAULT_SSH = ("ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10")
+PREPARE_TIMEOUT = 60.0
+
+
+def read_hosts_file(path: str | os.PathLike[str]) -> list[str]:
+    """The hosts of a hosts file: one per line; blank lines and `#` comments are skipped."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise LauncherError(f"cannot read the hosts file {path}: {e}") from None
+    hosts = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    hosts = [h for h in hosts if h]
+    if not hosts:
+        raise LauncherError(f"the hosts file {path} names no host (one host per line)")
+    return hosts
+
+
+class SSHLauncher(Launcher):
+    """Engines started through ssh, spread round-robin over `hosts`."""
+
+    name = "ssh"
+
+    def __init__(
+        self,
+        hosts: Sequence[str] | None = None,
+        *,
+        hosts_file: str | os.PathLike[str] | None = None,
+        ssh: Sequence[str] = DEFAULT_SSH,
+        python: str = sys.executable,
+        connection_file_on_hosts: str | None = None,
+    ) -> None:
+        if isinstance(hosts, str):
+            raise LauncherError(f"hosts must be a list of hosts, not the string {hosts!r}")
+        found = list(hosts or [])
+        if hosts_file is not None:
+            found += read_hosts_file(hosts_file)
+        if not found:
+            raise LauncherError("the ssh launcher needs hosts: give hosts=[...] or hosts_file= "
+                                "(CLI: --hosts a,b or --hosts-file FILE)")
+        self.hosts = found
+        self.ssh = list(ssh)
+        self.python = python
+        self.connection_file_on_hosts = connection_file_on_hosts
+        # Relative to the remote home folder, where ssh starts its commands.
+        self.remote_dir = f".taskmill/ssh-launch-{secrets.token_hex(4)}"
+        self._prepared: list[str] = []
+        self._sessions: list[tuple[str, ProcessHandle]] = []
+        self._stdins: list[Any] = []
+        self._ctx: LaunchContext | None = None
+
+    def check(self) -> None:
+        require_programs(self.name, self.ssh[0],
+                         how="install an OpenSSH client (Debian: openssh-client)")
+
+    @property
+    def remote_connection_file(self) -> str:
+        return self.connection_file_on_hosts or f"{self.remote_dir}/connection.json"
+
+    def _ssh(self, host: str, command: str,
+             stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+        try:
+            return subprocess.run([*self.ssh, host, command], input=stdin, capture_output=True,
+                                  timeout=PREPARE_TIMEOUT, check=False)
+        except subprocess.TimeoutExpired:
+            raise LauncherError(f"ssh to {host} did not finish within {PREPARE_TIMEOUT:g}s "
+                                f"(command: {command})") from None
+
+    def _prepare(self, host: str, connection_file: Path) -> None:
+        """Copy the connection file to `host` (unless pointed to one) and check taskmill there."""
+        py = shlex.quote(self.python)
+        check = (f"command -v {py} >/dev/null 2>&1 || {{ echo 'no python at {py}' >&2; exit 3; }}"
+                 f" && {py} -c 'import taskmill'")
+        if self.connection_file_on_hosts:
+            command, data = check, b""
+        else:
+            d = shlex.quote(self.remote_dir)
+            command = (f"umask 077 && mkdir -p {d} && cat > {d}/connection.json && {check}")
+            data = connection_file.read_bytes()
+        done = self._ssh(host, command, data)
+        why = done.stderr.decode(errors="replace").strip() or f"exit status {done.returncode}"
+        if done.returncode == 255:
+            raise LauncherError(f"ssh could not log in to {host}: {why}")
+        self._prepared.append(host)  # logged in: cleanup() removes what it may have written
+        if done.returncode != 0:
+            raise LauncherError(
+                f"cannot start engines on {host} with {self.python}: {why}. Install taskmill "
+                f"there, or give the python that has it (python=..., CLI --python)")
+
+    def launch(self, ctx: LaunchContext, properties: list[dict[str, Any]]) -> None:
+        self._ctx = ctx
+        start = len(self._sessions)
+        for i, props in enumerate(properties):
+            host = self.hosts[(start + i) % len(self.hosts)]
+            if host not in self._prepared:
+                self._prepare(host, ctx.connection_file)
+            cmd = engine_command(self.python, self.remote_connection_file, props,
+                                 "--parent-fd", "0")
+            remote = "exec " + " ".join(shlex.quote(c) for c in cmd)
+            slot = len(self._sessions)
+            proc = spawn([*self.ssh, host, remote], ctx.state_dir / f"ssh-{slot}.log",
+                         stdin=subprocess.PIPE)
+            self._sessions.append((host, proc))
+            self._stdins.append(proc.stdin)
+
+    def groups(self) -> list[EngineGroup]:
+        return [EngineGroup(f"ssh {host} (pid {p.pid})", 1, process_state(p))
+                for host, p in self._sessions]
+
+    def failure(self) -> str | None:
+        if not self._sessions or any(p.poll() is None for _, p in self._sessions):
+            return None
+        host, first = self._sessions[0]
+        log = self.logs()[0] if self.logs() else None
+        return (f"every ssh session ended (the first, to {host}: {process_state(first)})"
+                + (f"; its log:\n{tail(log)}" if log else ""))
+
+    def stop(self) -> None:
+        for f in self._stdins:  # the engines' lifeline: they end on EOF
+            if f is not None and not f.closed:
+                f.close()
+        self._stdins = []
+        terminate([p for _, p in self._sessions], grace=10.0)
+
+    def cleanup(self) -> None:
+        if self.connection_file_on_hosts:
+            return
+        for host in self._prepared:
+            # The .taskmill folder too, when this launcher's folder was all it held.
+            self._ssh(host, f"rm -rf {shlex.quote(self.remote_dir)}; rmdir .taskmill 2>/dev/null;"
+                            " true")
+        self._prepared = []
+
+    def logs(self) -> list[Path]:
+        if self._ctx is None:
+            return []
+        return [self._ctx.state_dir / f"ssh-{i}.log" for i in range(len(self._sessions))]
+
+    def record(self) -> dict[str, Any]:
+        return {"launcher": self.name, "ssh": self.ssh, "remote_dir": self.remote_dir,
+                "prepared": self._prepared if not self.connection_file_on_hosts else [],
+                "sessions": [[h, p.pid] for h, p in self._sessions]}
+
+    @classmethod
+    def adopt(cls, record: dict[str, Any]) -> SSHLauncher:
+        sessions = [(h, AdoptedProcess(pid)) for h, pid in record.get("sessions", [])]
+        launcher = cls([h for h, _ in sessions] or ["(none)"], ssh=record.get("ssh", DEFAULT_SSH))
+        launcher.remote_dir = record.get("remote_dir", launcher.remote_dir)
+        launcher._prepared = list(record.get("prepared", []))
+        launcher._sessions = list(sessions)
+        return launcher
