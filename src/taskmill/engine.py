@@ -339,8 +339,10 @@ class Engine:
             kind = header["type"]
             if kind == "interrupt":
                 self._request_interrupt(header["tid"], "abort")
-            elif kind == "reregister" and header.get("gen") == self._generation:
-                # (A reply to a heartbeat sent before the latest registration is stale.)
+            elif (kind == "reregister" and header.get("gen") == self._generation
+                  and not self._need_register.is_set()):
+                # (A reply to a heartbeat sent before the latest registration is stale, and
+                # after a network cut every heartbeat sent during it is answered at once.)
                 log.warning("the controller does not know this engine: registering again")
                 self._need_register.set()
 
