@@ -412,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "filesystem): do not copy it")
     cl.add_argument("--mpiexec", default=None, help="mpi: the mpiexec to run (default: mpiexec)")
     cl.add_argument("--mpi-args", default=None,
-                    help='mpi: arguments for mpiexec, e.g. "--hostfile hosts --oversubscribe"')
+                    help='mpi: arguments for mpiexec, e.g. --mpi-args="--hostfile hosts '
+                         '--oversubscribe"')
     cl.add_argument("--work-dir", default=None,
                     help="mpi, slurm: a folder the engines' machines share, for the connection "
                          "file and the batch script (default: ~/.taskmill/launch)")
@@ -421,7 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--slurm-time", default=None,
                     help="slurm: the job's time limit (sbatch --time)")
     cl.add_argument("--slurm-directive", action="append", default=None, metavar="OPTION",
-                    help='slurm: one more #SBATCH line, e.g. "--mem=4G"; repeatable')
+                    help='slurm: one more #SBATCH line, e.g. --slurm-directive=--mem=4G; '
+                         "repeatable")
     cl.add_argument("--slurm-mode", default=None, choices=["srun", "array"],
                     help="slurm: one job of N tasks under srun (default), or a job array of N")
     cl.set_defaults(func=cmd_cluster)
