@@ -20,6 +20,7 @@ from .connection import (
     new_connection_info,
     profile_dir,
     read_connection_file,
+    read_connection_line,
     wait_for_connection_file,
     write_connection_file,
 )
@@ -92,8 +93,11 @@ def cmd_engine(a: argparse.Namespace) -> int:
     if rank is not None:
         props.setdefault("mpi_rank", rank)
     try:
-        info = wait_for_connection_file(find_connection_file(a.connection_file),
-                                        a.controller_timeout)
+        if a.connection_file == "-":
+            info = read_connection_line(0)
+        else:
+            info = wait_for_connection_file(find_connection_file(a.connection_file),
+                                            a.controller_timeout)
         run_engine(info, props, parent_fd=a.parent_fd, register_timeout=a.controller_timeout)
     except (ConnectionFileError, ControllerUnreachable) as e:
         print(f"taskmill engine: {e}", file=sys.stderr)
@@ -361,7 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(func=cmd_curve_key)
 
     e = sub.add_parser("engine", help="run an engine in the foreground")
-    e.add_argument("--connection-file", default=None)
+    e.add_argument("--connection-file", default=None,
+                   help="the controller's connection file; `-`: its JSON as one line on "
+                        "standard input (as the ssh launcher sends it)")
     e.add_argument("--property", action="append", metavar="KEY=VALUE",
                    help="an engine property (VALUE read as JSON when it parses); repeatable")
     e.add_argument("--controller-timeout", type=float, default=None, metavar="SECONDS",

@@ -28,6 +28,7 @@ from .errors import ConnectionFileError
 SIGNATURE_SCHEME = "hmac-sha256"
 
 log = logging.getLogger("taskmill.connection")
+MAX_CONNECTION_LINE = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -183,8 +184,13 @@ def read_connection_file(path: str | os.PathLike[str]) -> ConnectionInfo:
             f"connection file {path} has mode {stat.S_IMODE(st.st_mode):04o}: it holds the key "
             f"that runs code on every engine, so only its owner may read it. Fix: chmod 600 {path}"
         )
+    return parse_connection_info(path.read_text(), f"connection file {path}")
+
+
+def parse_connection_info(text: str, source: str) -> ConnectionInfo:
+    """The ConnectionInfo in `text` (a connection file's JSON); `source` names it in errors."""
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(text)
         known = {"key", "client_url", "engine_url", "ip", "signature_scheme"}
         info = ConnectionInfo(
             key=d["key"],
@@ -196,13 +202,36 @@ def read_connection_file(path: str | os.PathLike[str]) -> ConnectionInfo:
         )
         bytes.fromhex(info.key)
     except (ValueError, KeyError, TypeError) as e:
-        raise ConnectionFileError(f"connection file {path} is malformed: {e!r}") from None
+        raise ConnectionFileError(f"{source} is malformed: {e!r}") from None
     if info.signature_scheme != SIGNATURE_SCHEME:
         raise ConnectionFileError(
-            f"connection file {path} asks for signature scheme {info.signature_scheme!r}; "
+            f"{source} asks for signature scheme {info.signature_scheme!r}; "
             f"taskmill speaks only {SIGNATURE_SCHEME!r}"
         )
     return info
+
+
+def read_connection_line(fd: int = 0) -> ConnectionInfo:
+    """A connection file's JSON sent as one line on `fd` (the ssh launcher's engines get it so).
+
+    Read byte by byte, never past the newline: what follows stays for the next reader (an
+    engine then watches the same stdin as its lifeline). Nothing is written to disk.
+    """
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        line += byte
+        if len(line) > MAX_CONNECTION_LINE:
+            raise ConnectionFileError(
+                f"the connection info on file descriptor {fd} is longer than "
+                f"{MAX_CONNECTION_LINE} bytes without a newline")
+    if not line.strip():
+        raise ConnectionFileError(
+            f"no connection info on file descriptor {fd} (`--connection-file -` reads the "
+            "connection file's JSON as one line from standard input)")
+    return parse_connection_info(line.decode(errors="replace"), "the connection info on stdin")
 
 
 def wait_for_connection_file(

@@ -24,7 +24,7 @@ from systest import gone, need_programs, need_root, wait_until
 
 from taskmill import Cluster, MapTask, TaskClient, current_engine
 from taskmill.connection import free_port
-from taskmill.launchers import SlurmLauncher
+from taskmill.launchers import LauncherError, SlurmLauncher
 
 TASKMILL = [sys.executable, "-m", "taskmill"]
 MPI_AS_ROOT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
@@ -295,13 +295,14 @@ def sshd(tmp_path_factory):
 
 
 def test_ssh_launcher_starts_engines_through_sshd(sshd, profile):
+    remote_home = Path(pwd.getpwuid(0).pw_dir)
+    home_before = sorted(p.name for p in remote_home.iterdir())
     started = profile("cluster", "start", "--launcher", "ssh", "-n", "2", "--hosts", sshd.host,
                       "--ssh-command", " ".join(sshd.ssh), "--daemon")
     assert started.returncode == 0, started.stderr + started.stdout
-    record = profile.record()["launcher"]
-    remote = Path(pwd.getpwuid(0).pw_dir) / record["remote_dir"]
-    assert (remote / "connection.json").stat().st_mode & 0o077 == 0  # copied, private
-    ssh_pids = [pid for _, pid in record["sessions"]]
+    ssh_pids = [pid for _, pid in profile.record()["launcher"]["sessions"]]
+    status = profile("cluster", "status")
+    assert status.stdout.count(f"ssh {sshd.host} (pid ") == 2, status.stdout
     with TaskClient(profile.connection_file) as tc:
         assert len(tc.engines()) == 2
         facts = list(tc.run_all(MapTask(engine_facts)).values())
@@ -309,11 +310,53 @@ def test_ssh_launcher_starts_engines_through_sshd(sshd, profile):
         assert {f["parent"] for f in facts} == {"sshd"}  # started by sshd, not by us
         assert tc.map(abs, range(-20, 0)) == list(range(20, 0, -1))
         pids = [f["pid"] for f in facts]
+    # The connection info went through ssh's stdin: nothing was written on the "remote" host.
+    assert sorted(p.name for p in remote_home.iterdir()) == home_before
     stopped = profile("cluster", "stop")
     assert stopped.returncode == 0, stopped.stderr
     wait_until(lambda: all(gone(p) for p in [*pids, *ssh_pids]),
                "the engines and their ssh sessions to end")
-    assert not remote.exists()  # cleanup removed the copied connection file
+
+
+def test_ssh_launcher_can_point_to_a_connection_file_already_on_the_host(sshd, tmp_path):
+    from taskmill.launchers import SSHLauncher
+
+    shared = tmp_path / "shared" / "connection.json"  # as on a shared filesystem
+    launcher = SSHLauncher([sshd.host], ssh=sshd.ssh, connection_file_on_hosts=str(shared))
+    with Cluster(1, launcher=launcher, connection_file=shared, heartbeat=0.5) as c:
+        with c.client() as tc:
+            assert tc.run(MapTask(engine_facts), block=True)["parent"] == "sshd"
+    missing = SSHLauncher([sshd.host], ssh=sshd.ssh,
+                          connection_file_on_hosts=str(tmp_path / "nowhere.json"))
+    with pytest.raises(LauncherError, match=f"cannot start engines on {sshd.host}.*no connection"):
+        Cluster(1, launcher=missing).start()
+
+
+def test_ssh_engines_end_when_their_owner_is_killed(sshd, tmp_path):
+    script = tmp_path / "owner.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, time
+        from taskmill import Cluster
+        from taskmill.launchers import SSHLauncher
+        launcher = SSHLauncher([{sshd.host!r}], ssh={sshd.ssh!r})
+        c = Cluster(1, launcher=launcher).start()
+        ssh = [pid for _, pid in launcher.record()["sessions"]]
+        print(json.dumps([c.controller_pid, *ssh, *c.engine_pids.values()]), flush=True)
+        time.sleep(600)
+    """))
+    env = dict(os.environ, TASKMILL_DIR=str(tmp_path / "home"))
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                             env=env)
+    try:
+        pids = json.loads(owner.stdout.readline())
+        assert len(pids) == 3
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+        wait_until(lambda: all(gone(p) for p in pids),
+                   "the engine to read EOF on its stdin, and its ssh session to end")
+    finally:
+        owner.kill()
+        owner.wait()
 
 
 # -- Slurm ---------------------------------------------------------------------------------

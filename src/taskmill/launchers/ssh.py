@@ -1,13 +1,14 @@
 """The ssh launcher: engines on other machines, each started through its own `ssh` session.
 
-For each host it first copies the connection file there (through `ssh HOST 'cat > FILE'`, into
-a private folder under the remote home; or it points the engines to a path that is already
-there, `connection_file_on_hosts`) and checks that the remote python can import taskmill; a
-host that refuses the connection, or lacks taskmill, fails the launch with an error naming it.
-Then it runs `ssh HOST 'exec PYTHON -m taskmill engine --parent-fd 0 ...'` once per engine,
-engines spread round-robin over the hosts. The engine's standard input is its lifeline: it is
-a pipe from this process through ssh, so when the owner goes (or `stop()` closes it) the
-remote engine reads EOF and ends. `cleanup()` removes the copied file from every host.
+For each host it first checks, through ssh, that it can log in and that the remote python
+imports taskmill; a host that refuses, or lacks taskmill, fails the launch with an error naming
+it. Then it runs `ssh HOST 'exec PYTHON -m taskmill engine --connection-file - --parent-fd 0'`
+once per engine, engines spread round-robin over the hosts, and writes the connection file's
+JSON as the first line of the session's standard input: the key never rests on the remote
+disk, so there is nothing to clean up there. (Or, with `connection_file_on_hosts`, it points
+the engines to a connection file that is already there, e.g. on a shared filesystem.) The rest
+of that standard input is the engine's lifeline: a pipe from this process through ssh, so when
+the owner goes (or `stop()` closes it) the remote engine reads EOF and ends, and so does ssh.
 
 Hosts are anything `ssh` accepts as a destination: `host`, `user@host`, or
 `ssh://user@host:port`. The default command is `ssh -o BatchMode=yes`: launching must not wait
@@ -16,16 +17,18 @@ for a password, so log in with a key or an agent.
 
 from __future__ import annotations
 
+import json
 import os
-import secrets
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .base import (
+    STOP_GRACE,
     AdoptedProcess,
     EngineGroup,
     LaunchContext,
@@ -83,9 +86,7 @@ class SSHLauncher(Launcher):
         self.ssh = list(ssh)
         self.python = python
         self.connection_file_on_hosts = connection_file_on_hosts
-        # Relative to the remote home folder, where ssh starts its commands.
-        self.remote_dir = f".taskmill/ssh-launch-{secrets.token_hex(4)}"
-        self._prepared: list[str] = []
+        self._checked: list[str] = []
         self._sessions: list[tuple[str, ProcessHandle]] = []
         self._stdins: list[Any] = []
         self._ctx: LaunchContext | None = None
@@ -93,10 +94,6 @@ class SSHLauncher(Launcher):
     def check(self) -> None:
         require_programs(self.name, self.ssh[0],
                          how="install an OpenSSH client (Debian: openssh-client)")
-
-    @property
-    def remote_connection_file(self) -> str:
-        return self.connection_file_on_hosts or f"{self.remote_dir}/connection.json"
 
     def _ssh(self, host: str, command: str,
              stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
@@ -107,35 +104,38 @@ class SSHLauncher(Launcher):
             raise LauncherError(f"ssh to {host} did not finish within {PREPARE_TIMEOUT:g}s "
                                 f"(command: {command})") from None
 
-    def _prepare(self, host: str, connection_file: Path) -> None:
-        """Copy the connection file to `host` (unless pointed to one) and check taskmill there."""
+    def _check_host(self, host: str) -> None:
+        """Log in to `host` and check that the remote python imports taskmill."""
         py = shlex.quote(self.python)
-        check = (f"command -v {py} >/dev/null 2>&1 || {{ echo 'no python at {py}' >&2; exit 3; }}"
-                 f" && {py} -c 'import taskmill'")
+        command = (f"command -v {py} >/dev/null 2>&1 || {{ echo 'no python at {py}' >&2; "
+                   f"exit 3; }}; {py} -c 'import taskmill'")
         if self.connection_file_on_hosts:
-            command, data = check, b""
-        else:
-            d = shlex.quote(self.remote_dir)
-            command = (f"umask 077 && mkdir -p {d} && cat > {d}/connection.json && {check}")
-            data = connection_file.read_bytes()
-        done = self._ssh(host, command, data)
+            f = shlex.quote(self.connection_file_on_hosts)
+            command += (f" && {{ test -r {f} || {{ echo 'no connection file at {f}' >&2; "
+                        "exit 4; }; }")
+        done = self._ssh(host, command)
         why = done.stderr.decode(errors="replace").strip() or f"exit status {done.returncode}"
         if done.returncode == 255:
             raise LauncherError(f"ssh could not log in to {host}: {why}")
-        self._prepared.append(host)  # logged in: cleanup() removes what it may have written
         if done.returncode != 0:
             raise LauncherError(
                 f"cannot start engines on {host} with {self.python}: {why}. Install taskmill "
                 f"there, or give the python that has it (python=..., CLI --python)")
+        self._checked.append(host)
 
     def launch(self, ctx: LaunchContext, properties: list[dict[str, Any]]) -> None:
         self._ctx = ctx
+        line = b""
+        if not self.connection_file_on_hosts:  # one line of JSON, then the lifeline
+            compact = json.dumps(json.loads(ctx.connection_file.read_text()),
+                                 separators=(",", ":"))
+            line = compact.encode() + b"\n"
         start = len(self._sessions)
         for i, props in enumerate(properties):
             host = self.hosts[(start + i) % len(self.hosts)]
-            if host not in self._prepared:
-                self._prepare(host, ctx.connection_file)
-            cmd = engine_command(self.python, self.remote_connection_file, props,
+            if host not in self._checked:
+                self._check_host(host)
+            cmd = engine_command(self.python, self.connection_file_on_hosts or "-", props,
                                  "--parent-fd", "0")
             remote = "exec " + " ".join(shlex.quote(c) for c in cmd)
             slot = len(self._sessions)
@@ -143,6 +143,12 @@ class SSHLauncher(Launcher):
                          stdin=subprocess.PIPE)
             self._sessions.append((host, proc))
             self._stdins.append(proc.stdin)
+            if line and proc.stdin is not None:
+                try:
+                    proc.stdin.write(line)
+                    proc.stdin.flush()
+                except BrokenPipeError:
+                    pass  # ssh already ended; groups() and failure() say so
 
     def groups(self) -> list[EngineGroup]:
         return [EngineGroup(f"ssh {host} (pid {p.pid})", 1, process_state(p))
@@ -157,20 +163,15 @@ class SSHLauncher(Launcher):
                 + (f"; its log:\n{tail(log)}" if log else ""))
 
     def stop(self) -> None:
-        for f in self._stdins:  # the engines' lifeline: they end on EOF
+        for f in self._stdins:  # the engines' lifeline: they end on EOF, then ssh exits
             if f is not None and not f.closed:
                 f.close()
         self._stdins = []
-        terminate([p for _, p in self._sessions], grace=10.0)
-
-    def cleanup(self) -> None:
-        if self.connection_file_on_hosts:
-            return
-        for host in self._prepared:
-            # The .taskmill folder too, when this launcher's folder was all it held.
-            self._ssh(host, f"rm -rf {shlex.quote(self.remote_dir)}; rmdir .taskmill 2>/dev/null;"
-                            " true")
-        self._prepared = []
+        sessions = [p for _, p in self._sessions]
+        deadline = time.monotonic() + STOP_GRACE
+        while any(p.poll() is None for p in sessions) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        terminate(sessions)
 
     def logs(self) -> list[Path]:
         if self._ctx is None:
@@ -178,15 +179,11 @@ class SSHLauncher(Launcher):
         return [self._ctx.state_dir / f"ssh-{i}.log" for i in range(len(self._sessions))]
 
     def record(self) -> dict[str, Any]:
-        return {"launcher": self.name, "ssh": self.ssh, "remote_dir": self.remote_dir,
-                "prepared": self._prepared if not self.connection_file_on_hosts else [],
-                "sessions": [[h, p.pid] for h, p in self._sessions]}
+        return {"launcher": self.name, "sessions": [[h, p.pid] for h, p in self._sessions]}
 
     @classmethod
     def adopt(cls, record: dict[str, Any]) -> SSHLauncher:
         sessions = [(h, AdoptedProcess(pid)) for h, pid in record.get("sessions", [])]
-        launcher = cls([h for h, _ in sessions] or ["(none)"], ssh=record.get("ssh", DEFAULT_SSH))
-        launcher.remote_dir = record.get("remote_dir", launcher.remote_dir)
-        launcher._prepared = list(record.get("prepared", []))
+        launcher = cls([h for h, _ in sessions] or ["(none)"])
         launcher._sessions = list(sessions)
         return launcher

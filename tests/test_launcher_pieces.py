@@ -96,3 +96,27 @@ def test_the_connection_file_advertises_the_location_and_the_controller_binds_ip
     assert plain.client_url == plain.client_bind_url and plain.ip == "127.0.0.1"
     assert default_location("10.1.2.3") == "10.1.2.3"
     assert default_location("0.0.0.0") not in ("0.0.0.0", "")
+
+
+def test_connection_info_as_one_line_leaves_the_rest_of_the_stream():
+    import json
+    import os
+
+    from taskmill.connection import read_connection_line
+    from taskmill.errors import ConnectionFileError
+
+    info = new_connection_info()
+    r, w = os.pipe()
+    try:
+        line = json.dumps(json.loads(info.to_json()), separators=(",", ":"))
+        os.write(w, line.encode() + b"\nthe lifeline")
+        assert read_connection_line(r) == info
+        assert os.read(r, 100) == b"the lifeline"
+        os.close(w)
+        w = -1
+        with pytest.raises(ConnectionFileError, match="no connection info"):
+            read_connection_line(r)
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
