@@ -213,6 +213,17 @@ def test_mpi_launcher_engines_carry_their_rank(tmp_path):
     assert not work_dirs[0].exists()
 
 
+def test_an_mpiexec_that_fails_fails_the_start_with_its_output(tmp_path):
+    need_programs("mpiexec")
+    profile = Profile(tmp_path / "home", **MPI_AS_ROOT)
+    done = profile("cluster", "start", "--launcher", "mpi", "-n", "2",
+                   "--mpi-args=--no-such-mpiexec-option")
+    assert done.returncode == 1
+    assert "2 engines registered, and no more will: mpiexec ended (exited" in done.stderr
+    assert "no-such-mpiexec-option" in done.stderr  # mpiexec's own complaint
+    assert not (profile.home / "profile_default" / "cluster.json").exists()
+
+
 def test_mpi_engines_end_when_their_owner_is_killed(tmp_path):
     need_programs("mpiexec")
     script = tmp_path / "owner.py"

@@ -44,6 +44,7 @@ from .base import (
 
 MODES = ("srun", "array")
 CANCEL_WAIT = 60.0  # seconds stop() waits for squeue to drop a cancelled job
+SQUEUE_EVERY = 2.0  # seconds: how often failure() asks squeue at most
 
 
 class SlurmLauncher(Launcher):
@@ -79,6 +80,7 @@ class SlurmLauncher(Launcher):
         self.jobs: list[tuple[str, int]] = []  # (job id, engines)
         self._tethers: list[ProcessHandle] = []
         self._cancelled: set[str] = set()
+        self._last_queue: tuple[float, dict[str, list[str]]] | None = None
 
     def check(self) -> None:
         require_programs(self.name, "sbatch", "scancel", "squeue",
@@ -121,10 +123,16 @@ class SlurmLauncher(Launcher):
         self._tethers.append(spawn_tether(ctx, ctx.state_dir / f"slurm-tether-{job}.log",
                                           on_orphan=["scancel", job], remove=self.work.path))
 
-    def _queue(self) -> dict[str, list[str]]:
-        """job id -> states of its entries that squeue still lists."""
+    def _queue(self, max_age: float = 0.0) -> dict[str, list[str]]:
+        """job id -> states of its entries that squeue still lists.
+
+        An answer younger than `max_age` seconds is reused: `failure()` is asked many times a
+        second while a cluster waits for its engines, and squeue is a call to slurmctld.
+        """
         if not self.jobs:
             return {}
+        if self._last_queue is not None and time.monotonic() - self._last_queue[0] < max_age:
+            return self._last_queue[1]
         done = subprocess.run(["squeue", "-h", "-o", "%F %T %r", "-j",
                                ",".join(j for j, _ in self.jobs)],
                               capture_output=True, text=True, timeout=60, check=False)
@@ -132,6 +140,7 @@ class SlurmLauncher(Launcher):
         for line in done.stdout.splitlines():
             job, _, state = line.partition(" ")
             queue.setdefault(job, []).append(state.replace(" None", ""))
+        self._last_queue = (time.monotonic(), queue)
         return queue
 
     def groups(self) -> list[EngineGroup]:
@@ -147,7 +156,7 @@ class SlurmLauncher(Launcher):
         return groups
 
     def failure(self) -> str | None:
-        if not self.jobs or self._queue():
+        if not self.jobs or self._queue(max_age=SQUEUE_EVERY):
             return None
         outputs = sorted(self.work.path.glob("slurm-*.out"))
         return (f"the Slurm job{'s' if len(self.jobs) > 1 else ''} "
