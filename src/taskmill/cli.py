@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .connection import (
     default_connection_file,
@@ -26,6 +26,9 @@ from .connection import (
 )
 from .curve import add_curve
 from .curve import enabled as curve_enabled
+
+if TYPE_CHECKING:
+    from .launchers import Launcher
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -128,7 +131,7 @@ LAUNCHER_OPTIONS = {  # option (argparse dest) -> the launchers it is for
 }
 
 
-def _launcher_from_args(a: argparse.Namespace) -> Any:
+def _launcher_from_args(a: argparse.Namespace) -> Launcher:
     """The launcher that `cluster start --launcher NAME [options]` asks for."""
     import shlex
 
@@ -225,7 +228,7 @@ def _stop_cluster(state: Path) -> int:
     return 0
 
 
-def _run_cluster_foreground(a: argparse.Namespace, state: Path, launcher: Any) -> int:
+def _run_cluster_foreground(a: argparse.Namespace, state: Path, launcher: Launcher) -> int:
     from .cluster import Cluster
     from .engine import parse_property
     from .launchers import LauncherError
@@ -371,9 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--property", action="append", metavar="KEY=VALUE",
                    help="an engine property (VALUE read as JSON when it parses); repeatable")
     e.add_argument("--controller-timeout", type=float, default=None, metavar="SECONDS",
-                   help="exit with an error when no controller has answered (or no connection "
-                        "file appeared) within SECONDS (default: wait for it, retrying with "
-                        "backoff)")
+                   help="exit with an error when no connection file appeared within SECONDS, "
+                        "or no controller answered within SECONDS of reading it (default: wait "
+                        "for them, asking again with backoff)")
     e.add_argument("--log-level", default="INFO")
     e.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)
     e.set_defaults(func=cmd_engine)

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -86,7 +87,7 @@ class Cluster:
         self._requested_connection_file = Path(connection_file) if connection_file else None
         self.state_dir: Path | None = None
         self.connection_file: Path | None = None
-        self._controller: Any = None  # subprocess.Popen of the controller
+        self._controller: subprocess.Popen[bytes] | None = None
         self.max_restarts = max_restarts
         if launcher is None or launcher == "local":
             launcher = LocalLauncher(max_restarts=max_restarts)
