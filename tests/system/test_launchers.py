@@ -285,10 +285,9 @@ def sshd(tmp_path_factory):
         UsePAM no
         StrictModes no
     """))
-    run_dir = Path("/run/sshd")  # sshd's privilege-separation folder, made by its service
-    made_run_dir = not run_dir.exists()
-    if made_run_dir:
-        run_dir.mkdir(mode=0o755, parents=True)
+    # sshd's privilege-separation folder, which its service would make. It stays (empty, in
+    # the /run tmpfs): removing it could pull it from under another test run's sshd.
+    Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
     with open(d / "sshd.log", "wb") as log:
         server = subprocess.Popen([shutil.which("sshd"), "-D", "-e", "-f", str(d / "sshd_config")],
                                   stdout=log, stderr=subprocess.STDOUT)
@@ -300,9 +299,11 @@ def sshd(tmp_path_factory):
         yield SSHServer(port, d / "user_key")
     finally:
         server.terminate()
-        server.wait(10)
-        if made_run_dir:
-            shutil.rmtree(run_dir, ignore_errors=True)
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def test_ssh_launcher_starts_engines_through_sshd(sshd, profile):
@@ -391,6 +392,7 @@ class SlurmCluster:
                               timeout=60).stdout
 
     def write_config(self) -> None:
+        """slurm.conf for one node of 2 CPUs (config_overrides: whatever this machine has)."""
         d, node = self.dir, socket.gethostname()
         for sub in ("state", "spool", "munge"):
             (d / sub).mkdir(mode=0o700)
@@ -424,6 +426,7 @@ class SlurmCluster:
             InactiveLimit=0
             MinJobAge=2
             KillWait=5
+            SlurmdParameters=config_overrides
             NodeName={node} NodeAddr=127.0.0.1 CPUs=2 RealMemory=1000 State=UNKNOWN
             PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
         """))
