@@ -233,14 +233,16 @@ def test_mpi_engines_end_when_their_owner_is_killed(tmp_path):
         from taskmill.launchers import MPILauncher
         c = Cluster(2, launcher=MPILauncher(mpi_args=["--oversubscribe"])).start()
         tether = c.launcher.record()["runs"][0][1]
-        print(json.dumps([c.controller_pid, tether, *c.engine_pids.values()]), flush=True)
+        print(json.dumps([str(c.state_dir), c.controller_pid, tether, *c.engine_pids.values()]),
+              flush=True)
         time.sleep(600)
     """))
     env = dict(os.environ, TASKMILL_DIR=str(tmp_path / "home"), **MPI_AS_ROOT)
     owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
                              env=env)
+    state_dir = None
     try:
-        pids = json.loads(owner.stdout.readline())
+        state_dir, *pids = json.loads(owner.stdout.readline())
         assert len(pids) == 4
         owner.send_signal(signal.SIGKILL)
         owner.wait()
@@ -250,6 +252,8 @@ def test_mpi_engines_end_when_their_owner_is_killed(tmp_path):
     finally:
         owner.kill()
         owner.wait()
+        if state_dir:  # a killed owner cannot remove its logs
+            shutil.rmtree(state_dir, ignore_errors=True)
 
 
 # -- SSH -----------------------------------------------------------------------------------
@@ -353,14 +357,16 @@ def test_ssh_engines_end_when_their_owner_is_killed(sshd, tmp_path):
         launcher = SSHLauncher([{sshd.host!r}], ssh={sshd.ssh!r})
         c = Cluster(1, launcher=launcher).start()
         ssh = [pid for _, pid in launcher.record()["sessions"]]
-        print(json.dumps([c.controller_pid, *ssh, *c.engine_pids.values()]), flush=True)
+        print(json.dumps([str(c.state_dir), c.controller_pid, *ssh, *c.engine_pids.values()]),
+              flush=True)
         time.sleep(600)
     """))
     env = dict(os.environ, TASKMILL_DIR=str(tmp_path / "home"))
     owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
                              env=env)
+    state_dir = None
     try:
-        pids = json.loads(owner.stdout.readline())
+        state_dir, *pids = json.loads(owner.stdout.readline())
         assert len(pids) == 3
         owner.send_signal(signal.SIGKILL)
         owner.wait()
@@ -369,6 +375,8 @@ def test_ssh_engines_end_when_their_owner_is_killed(sshd, tmp_path):
     finally:
         owner.kill()
         owner.wait()
+        if state_dir:  # a killed owner cannot remove its logs
+            shutil.rmtree(state_dir, ignore_errors=True)
 
 
 # -- Slurm ---------------------------------------------------------------------------------
@@ -539,14 +547,15 @@ def test_a_slurm_job_is_cancelled_when_its_owner_is_killed(slurm, tmp_path):
         import json, time
         from taskmill import Cluster
         c = Cluster(1, launcher="slurm").start()
-        print(json.dumps(c.launcher.jobs[0][0]), flush=True)
+        print(json.dumps([str(c.state_dir), c.launcher.jobs[0][0]]), flush=True)
         time.sleep(600)
     """))
     env = dict(os.environ, TASKMILL_DIR=str(tmp_path / "home"))
     owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
                              env=env)
+    state_dir = None
     try:
-        job = json.loads(owner.stdout.readline())
+        state_dir, job = json.loads(owner.stdout.readline())
         assert [line.split()[0] for line in slurm.squeue()] == [job]
         owner.send_signal(signal.SIGKILL)
         owner.wait()
@@ -554,3 +563,5 @@ def test_a_slurm_job_is_cancelled_when_its_owner_is_killed(slurm, tmp_path):
     finally:
         owner.kill()
         owner.wait()
+        if state_dir:  # a killed owner cannot remove its logs
+            shutil.rmtree(state_dir, ignore_errors=True)
