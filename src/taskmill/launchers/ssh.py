@@ -44,7 +44,7 @@ from .base import (
 )
 
 DEFAULT_SSH = ("ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10")
-PREPARE_TIMEOUT = 60.0
+CHECK_TIMEOUT = 60.0  # seconds for the login-and-check ssh call to a host
 
 
 def read_hosts_file(path: str | os.PathLike[str]) -> list[str]:
@@ -95,13 +95,12 @@ class SSHLauncher(Launcher):
         require_programs(self.name, self.ssh[0],
                          how="install an OpenSSH client (Debian: openssh-client)")
 
-    def _ssh(self, host: str, command: str,
-             stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    def _ssh(self, host: str, command: str) -> subprocess.CompletedProcess[bytes]:
         try:
-            return subprocess.run([*self.ssh, host, command], input=stdin, capture_output=True,
-                                  timeout=PREPARE_TIMEOUT, check=False)
+            return subprocess.run([*self.ssh, host, command], stdin=subprocess.DEVNULL,
+                                  capture_output=True, timeout=CHECK_TIMEOUT, check=False)
         except subprocess.TimeoutExpired:
-            raise LauncherError(f"ssh to {host} did not finish within {PREPARE_TIMEOUT:g}s "
+            raise LauncherError(f"ssh to {host} did not finish within {CHECK_TIMEOUT:g}s "
                                 f"(command: {command})") from None
 
     def _check_host(self, host: str) -> None:
