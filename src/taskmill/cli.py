@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .connection import (
     default_connection_file,
@@ -20,10 +20,15 @@ from .connection import (
     new_connection_info,
     profile_dir,
     read_connection_file,
+    read_connection_line,
+    wait_for_connection_file,
     write_connection_file,
 )
 from .curve import add_curve
 from .curve import enabled as curve_enabled
+
+if TYPE_CHECKING:
+    from .launchers import Launcher
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -47,11 +52,13 @@ def cmd_controller(a: argparse.Namespace) -> int:
             raise SystemExit(f"taskmill: {path} was made without --curve; remove it (clients "
                              "and engines then need the new file) or drop --curve")
     else:
-        info = new_connection_info(a.ip, a.port, a.engine_port)
+        info = new_connection_info(a.ip, a.port, a.engine_port, a.location)
         if a.curve:
             add_curve(info, path)
         write_connection_file(path, info)
         log.info("wrote connection file %s", path)
+    log.info("binding %s; clients and engines connect to %s and %s", info.ip, info.client_url,
+             info.engine_url)
     if info.ip not in LOOPBACK and not curve_enabled(info):
         log.warning(
             "binding %s without --curve: messages travel unencrypted, so anyone on that network "
@@ -80,11 +87,24 @@ def cmd_curve_key(a: argparse.Namespace) -> int:
 
 def cmd_engine(a: argparse.Namespace) -> int:
     from .engine import parse_property, run_engine
+    from .errors import ConnectionFileError, ControllerUnreachable
+    from .launchers.mpi import mpi_rank_from_environment
 
     _setup_logging(a.log_level)
     props = dict(parse_property(p) for p in a.property or [])
-    info = read_connection_file(find_connection_file(a.connection_file))
-    run_engine(info, props, parent_fd=a.parent_fd)
+    rank = mpi_rank_from_environment()
+    if rank is not None:
+        props.setdefault("mpi_rank", rank)
+    try:
+        if a.connection_file == "-":
+            info = read_connection_line(0)
+        else:
+            info = wait_for_connection_file(find_connection_file(a.connection_file),
+                                            a.controller_timeout)
+        run_engine(info, props, parent_fd=a.parent_fd, register_timeout=a.controller_timeout)
+    except (ConnectionFileError, ControllerUnreachable) as e:
+        print(f"taskmill engine: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -102,13 +122,53 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+LAUNCHER_OPTIONS = {  # option (argparse dest) -> the launchers it is for
+    "hosts": ("ssh",), "hosts_file": ("ssh",), "ssh_command": ("ssh",),
+    "connection_file_on_hosts": ("ssh",), "mpiexec": ("mpi",), "mpi_args": ("mpi",),
+    "slurm_account": ("slurm",), "slurm_partition": ("slurm",), "slurm_time": ("slurm",),
+    "slurm_directive": ("slurm",), "slurm_mode": ("slurm",),
+    "python": ("ssh", "mpi", "slurm"), "work_dir": ("mpi", "slurm"),
+}
+
+
+def _launcher_from_args(a: argparse.Namespace) -> Launcher:
+    """The launcher that `cluster start --launcher NAME [options]` asks for."""
+    import shlex
+
+    from .launchers import LauncherError, make_launcher
+
+    for dest, launchers in LAUNCHER_OPTIONS.items():
+        if getattr(a, dest) is not None and a.launcher not in launchers:
+            flag = "--" + dest.replace("_", "-")
+            raise LauncherError(f"{flag} is an option of --launcher {' or '.join(launchers)}, "
+                                f"not of --launcher {a.launcher}")
+    options: dict[str, Any] = {}
+    if a.python is not None:
+        options["python"] = a.python
+    if a.work_dir is not None:
+        options["work_dir"] = a.work_dir
+    if a.launcher == "local":
+        return make_launcher("local")
+    if a.launcher == "ssh":
+        hosts = [h.strip() for part in a.hosts or [] for h in part.split(",") if h.strip()]
+        if a.ssh_command:
+            options["ssh"] = shlex.split(a.ssh_command)
+        return make_launcher("ssh", hosts=hosts, hosts_file=a.hosts_file,
+                             connection_file_on_hosts=a.connection_file_on_hosts, **options)
+    if a.launcher == "mpi":
+        if a.mpiexec:
+            options["mpiexec"] = a.mpiexec
+        return make_launcher("mpi", mpi_args=shlex.split(a.mpi_args or ""), **options)
+    return make_launcher("slurm", account=a.slurm_account, partition=a.slurm_partition,
+                         time_limit=a.slurm_time, directives=a.slurm_directive or [],
+                         mode=a.slurm_mode or "srun", **options)
+
+
 def cmd_cluster(a: argparse.Namespace) -> int:
+    from .launchers import LauncherError
+
     state = _cluster_state_file()
     if a.action == "start":
-        if a.launcher != "local":
-            print(f"taskmill: launcher {a.launcher!r} is not built yet; use --launcher local",
-                  file=sys.stderr)
-            return 2
         if state.exists():
             old = json.loads(state.read_text())
             if _pid_alive(old["pid"]):
@@ -116,22 +176,17 @@ def cmd_cluster(a: argparse.Namespace) -> int:
                       "`taskmill cluster stop` first", file=sys.stderr)
                 return 1
             state.unlink()
+        try:
+            launcher = _launcher_from_args(a)
+            launcher.check()
+        except LauncherError as e:
+            print(f"taskmill: {e}", file=sys.stderr)
+            return 2
         if a.daemon:
             return _start_daemon(a, state)
-        return _run_cluster_foreground(a, state)
+        return _run_cluster_foreground(a, state, launcher)
     if a.action == "stop":
-        if not state.exists():
-            print("taskmill: no cluster is running in this profile", file=sys.stderr)
-            return 1
-        pid = json.loads(state.read_text())["pid"]
-        if _pid_alive(pid):
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 15
-            while _pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-        state.unlink(missing_ok=True)
-        print(f"cluster (pid {pid}) stopped")
-        return 0
+        return _stop_cluster(state)
     # status
     if not state.exists() or not _pid_alive(json.loads(state.read_text())["pid"]):
         print("no cluster running")
@@ -139,15 +194,51 @@ def cmd_cluster(a: argparse.Namespace) -> int:
     s = json.loads(state.read_text())
     print(f"cluster running: pid {s['pid']}, {s['n']} engines, connection file "
           f"{s['connection_file']}")
+    if s.get("launcher"):
+        from .launchers import adopt
+
+        print(f"launcher {s['launcher']['launcher']}:")
+        for g in adopt(s["launcher"]).groups():
+            print(f"  {g.label}: {g.state} ({g.engines} engine{'s' if g.engines != 1 else ''})")
     return 0
 
 
-def _run_cluster_foreground(a: argparse.Namespace, state: Path) -> int:
+def _stop_cluster(state: Path) -> int:
+    """Stop the cluster process; if it is gone or does not stop, stop what its launcher left."""
+    from .launchers import adopt
+
+    if not state.exists():
+        print("taskmill: no cluster is running in this profile", file=sys.stderr)
+        return 1
+    s = json.loads(state.read_text())
+    pid = s["pid"]
+    stopped_itself = False
+    if _pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 120  # a Slurm launcher waits for squeue to drop its job
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stopped_itself = not _pid_alive(pid)
+    if not stopped_itself and s.get("launcher"):
+        launcher = adopt(s["launcher"])
+        launcher.stop()
+        launcher.cleanup()
+    state.unlink(missing_ok=True)
+    print(f"cluster (pid {pid}) stopped")
+    return 0
+
+
+def _run_cluster_foreground(a: argparse.Namespace, state: Path, launcher: Launcher) -> int:
     from .cluster import Cluster
+    from .engine import parse_property
+    from .launchers import LauncherError
 
     conn = Path(a.connection_file) if a.connection_file else default_connection_file()
-    cluster = Cluster(a.n, ip=a.ip, db=a.db, connection_file=conn,
-                      unmet_timeout=a.unmet_timeout)
+    props = dict(parse_property(p) for p in a.property or [])
+    cluster = Cluster(a.n, ip=a.ip, location=a.location, port=a.port, engine_port=a.engine_port,
+                      db=a.db, connection_file=conn, unmet_timeout=a.unmet_timeout,
+                      heartbeat=a.heartbeat, launcher=launcher, engine_properties=props,
+                      start_timeout=a.start_timeout, wait=not a.no_wait)
     stopping = False
 
     def _stop(signum: int, frame: Any) -> None:
@@ -156,15 +247,28 @@ def _run_cluster_foreground(a: argparse.Namespace, state: Path) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    cluster.start()
+    try:
+        cluster.start()
+    except (LauncherError, RuntimeError, TimeoutError) as e:
+        print(f"taskmill: the cluster did not start: {e}", file=sys.stderr)
+        return 1
     ensure_private_dir(state.parent)
-    state.write_text(json.dumps({"pid": os.getpid(), "n": cluster.n,
-                                 "connection_file": str(cluster.connection_file)}))
-    print(f"cluster started: {cluster.n} engines; connection file {cluster.connection_file}",
-          flush=True)
+
+    def write_state() -> dict[str, Any]:
+        record = cluster.launcher.record()
+        state.write_text(json.dumps({"pid": os.getpid(), "n": cluster.n,
+                                     "connection_file": str(cluster.connection_file),
+                                     "launcher": record}))
+        return record
+
+    written = write_state()
+    print(f"cluster started: {cluster.n} engines ({cluster.launcher.name} launcher); "
+          f"connection file {cluster.connection_file}", flush=True)
     try:
         while not stopping:
-            signal.pause()
+            time.sleep(0.5)
+            if cluster.launcher.record() != written:  # e.g. a local engine was restarted
+                written = write_state()
     finally:
         cluster.stop()
         state.unlink(missing_ok=True)
@@ -174,25 +278,23 @@ def _run_cluster_foreground(a: argparse.Namespace, state: Path) -> int:
 def _start_daemon(a: argparse.Namespace, state: Path) -> int:
     ensure_private_dir(state.parent)
     log = state.parent / "cluster.log"
-    cmd = [sys.executable, "-m", "taskmill", "cluster", "start", "-n", str(a.n), "--ip", a.ip,
-           "--unmet-timeout", str(a.unmet_timeout)]
-    if a.connection_file:
-        cmd += ["--connection-file", a.connection_file]
-    if a.db:
-        cmd += ["--db", a.db]
+    cmd = [sys.executable, "-m", "taskmill", *[x for x in a.argv if x != "--daemon"]]
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    deadline = time.monotonic() + 120
+    limit = a.start_timeout + 60
+    deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if state.exists():
             print(f"cluster started in the background (pid {proc.pid}); log: {log}")
             return 0
         if proc.poll() is not None:
-            print(f"taskmill: the cluster failed to start; see {log}", file=sys.stderr)
+            print(f"taskmill: the cluster failed to start; see {log}:\n"
+                  + "\n".join(log.read_text(errors="replace").splitlines()[-5:]),
+                  file=sys.stderr)
             return 1
         time.sleep(0.05)
-    print(f"taskmill: the cluster did not come up within 120s; see {log}", file=sys.stderr)
+    print(f"taskmill: the cluster did not come up within {limit:g}s; see {log}", file=sys.stderr)
     return 1
 
 
@@ -242,7 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("controller", help="run a controller in the foreground")
-    c.add_argument("--ip", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    c.add_argument("--ip", default="127.0.0.1",
+                   help="interface to bind (default 127.0.0.1; 0.0.0.0: every interface)")
+    c.add_argument("--location", default=None,
+                   help="address that clients and engines connect to, written into the "
+                        "connection file (default: the --ip, or for 0.0.0.0 this machine's "
+                        "outward address)")
     c.add_argument("--port", type=int, default=None, help="client port (default: random)")
     c.add_argument("--engine-port", type=int, default=None, help="engine port (default: random)")
     c.add_argument("--db", default=None,
@@ -271,22 +378,73 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(func=cmd_curve_key)
 
     e = sub.add_parser("engine", help="run an engine in the foreground")
-    e.add_argument("--connection-file", default=None)
+    e.add_argument("--connection-file", default=None,
+                   help="the controller's connection file; `-`: its JSON as one line on "
+                        "standard input (as the ssh launcher sends it)")
     e.add_argument("--property", action="append", metavar="KEY=VALUE",
                    help="an engine property (VALUE read as JSON when it parses); repeatable")
+    e.add_argument("--controller-timeout", type=float, default=None, metavar="SECONDS",
+                   help="exit with an error when no connection file appeared within SECONDS, "
+                        "or no controller answered within SECONDS of reading it (default: wait "
+                        "for them, asking again with backoff)")
     e.add_argument("--log-level", default="INFO")
     e.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)
     e.set_defaults(func=cmd_engine)
 
-    cl = sub.add_parser("cluster", help="start, stop or inspect a local cluster")
+    cl = sub.add_parser("cluster", help="start, stop or inspect a cluster",
+                        description="A controller here and N engines started by a launcher: "
+                                    "local subprocesses, ssh, mpiexec or Slurm.")
     cl.add_argument("action", choices=["start", "stop", "status"])
     cl.add_argument("-n", type=int, default=os.cpu_count() or 1, help="number of engines")
     cl.add_argument("--launcher", default="local", choices=["local", "ssh", "mpi", "slurm"])
     cl.add_argument("--daemon", action="store_true", help="run in the background")
-    cl.add_argument("--ip", default="127.0.0.1")
+    cl.add_argument("--ip", default="127.0.0.1",
+                    help="interface the controller binds (0.0.0.0 for engines elsewhere)")
+    cl.add_argument("--location", default=None,
+                    help="address engines and clients connect to (default: --ip, or this "
+                         "machine's outward address for 0.0.0.0)")
+    cl.add_argument("--port", type=int, default=None, help="client port (default: random)")
+    cl.add_argument("--engine-port", type=int, default=None, help="engine port (default: random)")
+    cl.add_argument("--heartbeat", type=float, default=1.0,
+                    help="seconds between heartbeats; an engine silent for 3 is declared dead")
     cl.add_argument("--db", default=None)
     cl.add_argument("--connection-file", default=None)
     cl.add_argument("--unmet-timeout", type=float, default=30.0)
+    cl.add_argument("--property", action="append", metavar="KEY=VALUE",
+                    help="a property of every engine (VALUE read as JSON when it parses)")
+    cl.add_argument("--start-timeout", type=float, default=60.0,
+                    help="seconds to wait for the N engines to register (default 60)")
+    cl.add_argument("--no-wait", action="store_true",
+                    help="do not wait for the engines (e.g. a Slurm job waiting in the queue)")
+    cl.add_argument("--python", default=None,
+                    help="ssh, mpi, slurm: the python that runs the engines (default: this one, "
+                         f"{sys.executable})")
+    cl.add_argument("--hosts", action="append", default=None, metavar="H1,H2",
+                    help="ssh: hosts ([user@]host or ssh://user@host:port), engines spread "
+                         "round-robin")
+    cl.add_argument("--hosts-file", default=None, help="ssh: a file of hosts, one per line")
+    cl.add_argument("--ssh-command", default=None,
+                    help="ssh: the ssh command (default: ssh -o BatchMode=yes -o "
+                         "ConnectTimeout=10)")
+    cl.add_argument("--connection-file-on-hosts", default=None, metavar="PATH",
+                    help="ssh: the connection file is already at PATH on every host (a shared "
+                         "filesystem): do not copy it")
+    cl.add_argument("--mpiexec", default=None, help="mpi: the mpiexec to run (default: mpiexec)")
+    cl.add_argument("--mpi-args", default=None,
+                    help='mpi: arguments for mpiexec, e.g. --mpi-args="--hostfile hosts '
+                         '--oversubscribe"')
+    cl.add_argument("--work-dir", default=None,
+                    help="mpi, slurm: a folder the engines' machines share, for the connection "
+                         "file and the batch script (default: ~/.taskmill/launch)")
+    cl.add_argument("--slurm-account", default=None)
+    cl.add_argument("--slurm-partition", default=None)
+    cl.add_argument("--slurm-time", default=None,
+                    help="slurm: the job's time limit (sbatch --time)")
+    cl.add_argument("--slurm-directive", action="append", default=None, metavar="OPTION",
+                    help='slurm: one more #SBATCH line, e.g. --slurm-directive=--mem=4G; '
+                         "repeatable")
+    cl.add_argument("--slurm-mode", default=None, choices=["srun", "array"],
+                    help="slurm: one job of N tasks under srun (default), or a job array of N")
     cl.set_defaults(func=cmd_cluster)
 
     s = sub.add_parser("status", help="the queue and the engines of a running controller")
@@ -305,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -1,14 +1,14 @@
-"""`Cluster`: a local controller and engines as subprocesses of this one.
+"""`Cluster`: a local controller and engines started by a launcher (default: local subprocesses).
 
 Every child holds the read end of a "lifeline" pipe whose write end only this process holds. When
 this process exits, however it exits (`stop()`, a normal exit, SIGKILL), the pipe closes and
-every child ends itself. So nothing is left running after the owner is gone.
+every child ends itself. So nothing is left running after the owner is gone. Launchers that
+start engines elsewhere (ssh, mpi, slurm; see launchers/) extend the lifeline to them.
 """
 
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import shutil
@@ -24,6 +24,8 @@ from typing import Any
 
 from .client import TaskClient
 from .connection import new_connection_info, write_connection_file
+from .launchers import LaunchContext, Launcher, LocalLauncher, make_launcher
+from .launchers.base import spawn, tail, terminate
 
 log = logging.getLogger("taskmill.cluster")
 
@@ -39,15 +41,15 @@ def _stop_all_at_exit() -> None:
 atexit.register(_stop_all_at_exit)
 
 
-def _property_args(props: dict[str, Any]) -> list[str]:
-    args: list[str] = []
-    for k, v in props.items():
-        args += ["--property", f"{k}={json.dumps(v)}"]
-    return args
-
-
 class Cluster:
-    """A local controller and `n` engines (default: the CPU count), started by `start()`."""
+    """A local controller and `n` engines (default: the CPU count), started by `start()`.
+
+    `launcher` starts the engines: "local" (default), "ssh", "mpi", "slurm", or a `Launcher`
+    built with its options (e.g. `SSHLauncher(["node1", "node2"])`). For engines on other
+    machines, bind an interface they can reach (`ip="0.0.0.0"`) and, if needed, name the
+    address they should connect to (`location=`). With `wait=False`, `start()` returns once the
+    engines are launched (a Slurm job may wait in the queue); use `wait_for_engines` later.
+    """
 
     def __init__(
         self,
@@ -62,25 +64,38 @@ class Cluster:
         start_timeout: float = 60.0,
         max_restarts: int = 10,
         prefetch: int | None = None,
+        launcher: str | Launcher | None = None,
+        location: str | None = None,
+        port: int | None = None,
+        engine_port: int | None = None,
+        wait: bool = True,
     ) -> None:
         self.n = (os.cpu_count() or 1) if n is None else n
         if not isinstance(self.n, int) or self.n < 0:
             raise ValueError(f"n must be an int >= 0, not {n!r}")
         self.ip = ip
+        self.location = location
+        self.port = port
+        self.engine_port = engine_port
         self.db = db
         self.engine_properties = self._per_engine(engine_properties, self.n)
         self.unmet_timeout = unmet_timeout
         self.heartbeat = heartbeat
         self.prefetch = prefetch
         self.start_timeout = start_timeout
+        self.wait = wait
         self._requested_connection_file = Path(connection_file) if connection_file else None
         self.state_dir: Path | None = None
         self.connection_file: Path | None = None
         self._controller: subprocess.Popen[bytes] | None = None
-        self._engines: list[subprocess.Popen[bytes]] = []
-        self._engine_props: list[dict[str, Any]] = []
         self.max_restarts = max_restarts
-        self.restarts = 0
+        if launcher is None or launcher == "local":
+            launcher = LocalLauncher(max_restarts=max_restarts)
+        elif isinstance(launcher, str):
+            launcher = make_launcher(launcher)
+        if not isinstance(launcher, Launcher):
+            raise TypeError(f"launcher must be a launcher's name or a Launcher, not {launcher!r}")
+        self.launcher: Launcher = launcher
         self._nanny: threading.Thread | None = None
         self._lifeline: tuple[int, int] | None = None
         self._client: TaskClient | None = None
@@ -98,15 +113,21 @@ class Cluster:
             f"engine properties must be one dict for every engine or a list of {k} dicts, "
             f"not {props!r}")
 
+    @property
+    def restarts(self) -> int:
+        """Engines started again after they exited (the local launcher's nanny does that)."""
+        return self.launcher.restarts
+
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> Cluster:
         if self._started:
             return self
+        self.launcher.check()  # a missing program fails here, before anything starts
         self._started = True
         _LIVE.add(self)
         try:
             self.state_dir = Path(tempfile.mkdtemp(prefix="taskmill-cluster-"))
-            info = new_connection_info(self.ip)
+            info = new_connection_info(self.ip, self.port, self.engine_port, self.location)
             self.connection_file = write_connection_file(
                 self._requested_connection_file or self.state_dir / "connection.json", info)
             self._lifeline = os.pipe()
@@ -114,12 +135,17 @@ class Cluster:
                    "--connection-file", str(self.connection_file),
                    "--unmet-timeout", str(self.unmet_timeout),
                    "--heartbeat", str(self.heartbeat),
-                   "--prefetch", "auto" if self.prefetch is None else str(self.prefetch)]
+                   "--prefetch", "auto" if self.prefetch is None else str(self.prefetch),
+                   "--parent-fd", str(self._lifeline[0])]
             if self.db is not None:
                 cmd += ["--db", self.db]
-            self._controller = self._spawn(cmd, "controller")
-            self._spawn_engines(self.engine_properties)
-            self.wait_for_engines(self.n, self.start_timeout)
+            self._controller = spawn(cmd, self.state_dir / "controller.log",
+                                     pass_fds=(self._lifeline[0],))
+            self.launcher.launch(self._context(), self.engine_properties)
+            if self.wait:
+                self.wait_for_engines(self.n, self.start_timeout)
+            else:
+                self.wait_for_engines(0, self.start_timeout)  # the controller answers
             self._nanny = threading.Thread(target=self._watch_engines, name="taskmill-nanny",
                                            daemon=True)
             self._nanny.start()
@@ -128,52 +154,23 @@ class Cluster:
             raise
         return self
 
-    def _spawn(self, cmd: list[str], name: str) -> subprocess.Popen[bytes]:
-        assert self.state_dir is not None and self._lifeline is not None
-        r = self._lifeline[0]
-        log = open(self.state_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        try:
-            return subprocess.Popen(
-                [*cmd, "--parent-fd", str(r)], pass_fds=(r,), stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        finally:
-            log.close()
-
-    def _spawn_engines(self, props: list[dict[str, Any]]) -> None:
-        for p in props:
-            self._engines.append(self._spawn_engine(p, len(self._engines)))
-            self._engine_props.append(p)
-
-    def _spawn_engine(self, props: dict[str, Any], slot: int) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-m", "taskmill", "engine",
-               "--connection-file", str(self.connection_file), *_property_args(props)]
-        return self._spawn(cmd, f"engine-{slot}")
+    def _context(self) -> LaunchContext:
+        assert self.connection_file is not None and self.state_dir is not None
+        return LaunchContext(self.connection_file, self.state_dir,
+                             self._lifeline[0] if self._lifeline else None)
 
     def _watch_engines(self) -> None:
-        """The nanny: tell the controller at once when an engine process exits, and replace it."""
+        """The nanny: tell the controller at once when a local engine process exits.
+
+        (The local launcher starts a replacement in `reap()`.)
+        """
         while self._started:
-            for slot, proc in enumerate(list(self._engines)):
-                status = proc.poll()
-                if status is None or isinstance(proc, _Exited) or not self._started:
-                    continue
+            for pid, status in self.launcher.reap():
                 try:
                     self._own_client()._conn.call(
-                        {"type": "engine_exited", "pid": proc.pid, "status": status})
+                        {"type": "engine_exited", "pid": pid, "status": status})
                 except Exception as e:  # noqa: BLE001 - the heartbeat will notice instead
-                    log.warning("could not tell the controller that pid %d exited: %s",
-                                proc.pid, e)
-                if self.restarts >= self.max_restarts:
-                    log.error("engine pid %d exited with status %s; not restarted: the limit "
-                              "of %d restarts is reached", proc.pid, status, self.max_restarts)
-                    self._engines[slot] = _Exited(proc.pid, status)
-                    continue
-                self.restarts += 1
-                new = self._spawn_engine(self._engine_props[slot], slot)
-                self._engines[slot] = new
-                log.warning("engine pid %d exited with status %s; restarted as pid %d "
-                            "(restart %d of at most %d)", proc.pid, status, new.pid,
-                            self.restarts, self.max_restarts)
+                    log.warning("could not tell the controller that pid %d exited: %s", pid, e)
             time.sleep(NANNY_INTERVAL)
 
     def stop(self) -> None:
@@ -188,26 +185,25 @@ class Cluster:
         if self._client is not None:
             self._client.close()
             self._client = None
-        procs = [p for p in [*self._engines, self._controller]
-                 if p is not None and not isinstance(p, _Exited)]
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        for p in procs:
+        if self._controller is not None and self._controller.poll() is None:
+            self._controller.send_signal(signal.SIGTERM)  # it stops while the engines do
+        try:
+            self.launcher.stop()
+        finally:
+            if self._controller is not None:
+                terminate([self._controller])
             try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        if self._lifeline is not None:
-            for fd in self._lifeline:
-                os.close(fd)
-            self._lifeline = None
-        if self._requested_connection_file and self.connection_file:
-            self.connection_file.unlink(missing_ok=True)
-        if self.state_dir is not None:
-            shutil.rmtree(self.state_dir, ignore_errors=True)
+                self.launcher.cleanup()
+            except Exception as e:  # noqa: BLE001 - stopping must finish
+                log.warning("the %s launcher could not clean up: %s", self.launcher.name, e)
+            if self._lifeline is not None:
+                for fd in self._lifeline:
+                    os.close(fd)
+                self._lifeline = None
+            if self._requested_connection_file and self.connection_file:
+                self.connection_file.unlink(missing_ok=True)
+            if self.state_dir is not None:
+                shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def __enter__(self) -> Cluster:
         return self.start()
@@ -231,7 +227,7 @@ class Cluster:
         """Start `k` more engines (they register on their own; see wait_for_engines)."""
         if not self._started:
             raise RuntimeError("the cluster is not started")
-        self._spawn_engines(self._per_engine(properties, k))
+        self.launcher.launch(self._context(), self._per_engine(properties, k))
 
     def wait_for_engines(self, k: int, timeout: float = 60.0) -> None:
         """Wait until at least `k` engines have registered in all."""
@@ -246,19 +242,25 @@ class Cluster:
                 return
             if len(self._own_client().engines()) >= k:
                 return
+            failure = self.launcher.failure()
+            if failure is not None:
+                raise RuntimeError(
+                    f"only {len(self._own_client().engines())} of {k} engines registered, and "
+                    f"no more will: {failure}")
             if time.monotonic() > deadline:
+                logs = self.launcher.logs()
                 raise TimeoutError(
                     f"only {len(self._own_client().engines())} of {k} engines registered within "
-                    f"{timeout:g}s; engine log:\n{self.log_tail('engine-0')}")
+                    f"{timeout:g}s ({self.launcher.name} launcher: "
+                    f"{', '.join(f'{g.label} {g.state}' for g in self.launcher.groups())})"
+                    + (f"; {logs[0].name}:\n{tail(logs[0], 30)}" if logs else ""))
             time.sleep(0.05)
 
     def log_tail(self, name: str, lines: int = 30) -> str:
+        """The end of the log of `name`: "controller" or "engine-<i>" (local launcher)."""
         if self.state_dir is None:
             return ""
-        path = self.state_dir / f"{name}.log"
-        if not path.exists():
-            return f"(no {path})"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return tail(self.state_dir / f"{name}.log", lines)
 
     @property
     def controller_pid(self) -> int | None:
@@ -269,14 +271,3 @@ class Cluster:
         """engineid -> pid of every live engine."""
         return {e["engineid"]: e["pid"] for e in self._own_client().engines()
                 if e["state"] != "dead"}
-
-
-class _Exited:
-    """Stands in the engine list for an engine process that exited and was not replaced."""
-
-    def __init__(self, pid: int, status: int) -> None:
-        self.pid = pid
-        self.returncode = status
-
-    def poll(self) -> int:
-        return self.returncode

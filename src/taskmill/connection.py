@@ -1,19 +1,24 @@
 """Connection files: where the controller listens and the key that signs every message.
 
 A connection file is JSON with `key` (hex), `signature_scheme`, `client_url`, `engine_url` and
-`ip`. It is created with mode 0600 from birth (never written first and restricted after) in a
-directory of mode 0700, and refused when readable by others. It is found through an explicit
-path, then `$TASKMILL_CONNECTION`, then the default profile
-(`$TASKMILL_DIR` or `~/.taskmill`, then `profile_default/connection.json`).
+`ip`. The two URLs carry the address that clients and engines connect to (the controller's
+"location", which other machines must be able to reach); `ip` is the interface the controller
+binds, with the ports of the URLs (`0.0.0.0` binds every interface). It is created with mode
+0600 from birth (never written first and restricted after) in a directory of mode 0700, and
+refused when readable by others. It is found through an explicit path, then
+`$TASKMILL_CONNECTION`, then the default profile (`$TASKMILL_DIR` or `~/.taskmill`, then
+`profile_default/connection.json`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import socket
 import stat
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +26,9 @@ from typing import Any
 from .errors import ConnectionFileError
 
 SIGNATURE_SCHEME = "hmac-sha256"
+
+log = logging.getLogger("taskmill.connection")
+MAX_CONNECTION_LINE = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -35,6 +43,16 @@ class ConnectionInfo:
     @property
     def key_bytes(self) -> bytes:
         return bytes.fromhex(self.key)
+
+    @property
+    def client_bind_url(self) -> str:
+        """Where the controller binds its client socket: `ip` with the port of `client_url`."""
+        return _with_host(self.client_url, self.ip)
+
+    @property
+    def engine_bind_url(self) -> str:
+        """Where the controller binds its engine socket: `ip` with the port of `engine_url`."""
+        return _with_host(self.engine_url, self.ip)
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -84,19 +102,54 @@ def free_port(ip: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+WILDCARD_IPS = ("0.0.0.0", "*")
+
+
+def _with_host(url: str, host: str) -> str:
+    port = url.rsplit(":", 1)[1]
+    if host == "*":
+        host = "0.0.0.0"
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+
+
+def default_location(ip: str) -> str:
+    """The address to advertise for a controller bound to `ip`.
+
+    A specific address advertises itself. A wildcard bind advertises this machine's address on
+    the interface that routes outwards (no packet is sent to find it), else its hostname.
+    """
+    if ip not in WILDCARD_IPS:
+        return ip
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))
+            return str(s.getsockname()[0])
+    except OSError:
+        return socket.gethostname()
+
+
 def new_connection_info(
-    ip: str = "127.0.0.1", client_port: int | None = None, engine_port: int | None = None
+    ip: str = "127.0.0.1",
+    client_port: int | None = None,
+    engine_port: int | None = None,
+    location: str | None = None,
 ) -> ConnectionInfo:
-    """A fresh key and a pair of (free, unless given) ports on `ip`."""
-    cp = client_port or free_port(ip)
-    ep = engine_port or free_port(ip)
+    """A fresh key and a pair of (free, unless given) ports on `ip`.
+
+    The URLs carry `location` (default: `default_location(ip)`), the address that clients and
+    engines connect to; the controller binds `ip`.
+    """
+    bind = "0.0.0.0" if ip == "*" else ip
+    cp = client_port or free_port(bind)
+    ep = engine_port or free_port(bind)
     while ep == cp:
-        ep = free_port(ip)
+        ep = free_port(bind)
+    host = location or default_location(bind)
     return ConnectionInfo(
         key=secrets.token_hex(32),
-        client_url=f"tcp://{ip}:{cp}",
-        engine_url=f"tcp://{ip}:{ep}",
-        ip=ip,
+        client_url=_with_host(f"tcp://x:{cp}", host),
+        engine_url=_with_host(f"tcp://x:{ep}", host),
+        ip=bind,
     )
 
 
@@ -131,8 +184,13 @@ def read_connection_file(path: str | os.PathLike[str]) -> ConnectionInfo:
             f"connection file {path} has mode {stat.S_IMODE(st.st_mode):04o}: it holds the key "
             f"that runs code on every engine, so only its owner may read it. Fix: chmod 600 {path}"
         )
+    return parse_connection_info(path.read_text(), f"connection file {path}")
+
+
+def parse_connection_info(text: str, source: str) -> ConnectionInfo:
+    """The ConnectionInfo in `text` (a connection file's JSON); `source` names it in errors."""
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(text)
         known = {"key", "client_url", "engine_url", "ip", "signature_scheme"}
         info = ConnectionInfo(
             key=d["key"],
@@ -144,10 +202,59 @@ def read_connection_file(path: str | os.PathLike[str]) -> ConnectionInfo:
         )
         bytes.fromhex(info.key)
     except (ValueError, KeyError, TypeError) as e:
-        raise ConnectionFileError(f"connection file {path} is malformed: {e!r}") from None
+        raise ConnectionFileError(f"{source} is malformed: {e!r}") from None
     if info.signature_scheme != SIGNATURE_SCHEME:
         raise ConnectionFileError(
-            f"connection file {path} asks for signature scheme {info.signature_scheme!r}; "
+            f"{source} asks for signature scheme {info.signature_scheme!r}; "
             f"taskmill speaks only {SIGNATURE_SCHEME!r}"
         )
     return info
+
+
+def read_connection_line(fd: int = 0) -> ConnectionInfo:
+    """A connection file's JSON sent as one line on `fd` (the ssh launcher's engines get it so).
+
+    Read byte by byte, never past the newline: what follows stays for the next reader (an
+    engine then watches the same stdin as its lifeline). Nothing is written to disk.
+    """
+    line = bytearray()
+    while not line.endswith(b"\n"):
+        byte = os.read(fd, 1)
+        if not byte:
+            break
+        line += byte
+        if len(line) > MAX_CONNECTION_LINE:
+            raise ConnectionFileError(
+                f"the connection info on file descriptor {fd} is longer than "
+                f"{MAX_CONNECTION_LINE} bytes without a newline")
+    if not line.strip():
+        raise ConnectionFileError(
+            f"no connection info on file descriptor {fd} (`--connection-file -` reads the "
+            "connection file's JSON as one line from standard input)")
+    return parse_connection_info(line.decode(errors="replace"), "the connection info on stdin")
+
+
+def wait_for_connection_file(
+    path: str | os.PathLike[str], timeout: float | None = None
+) -> ConnectionInfo:
+    """`read_connection_file(path)`, first waiting while the file does not exist yet.
+
+    An engine may start before its controller has written the file (on a shared filesystem, or
+    in the same batch job): it checks again after 0.1 s, doubling to every 2 s, for at most
+    `timeout` seconds (None: no limit). A file that exists but is unusable fails at once.
+    """
+    path = Path(path)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.1
+    logged = False
+    while not path.exists():
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            break  # read_connection_file names the missing file and how to get one
+        if not logged:
+            log.warning("waiting for the connection file %s (a controller writes it when it "
+                        "starts)", path)
+            logged = True
+        time.sleep(delay if deadline is None else min(delay, deadline - now))
+        delay = min(delay * 2, 2.0)
+    return read_connection_file(path)

@@ -175,8 +175,8 @@ class Controller:
             if connection_file is None:
                 raise ValueError("a Curve controller needs its connection file (for its keys)")
             self.curve = CurveServer(self.ctx, Path(connection_file))
-        self.client_sock = self._router(info.client_url)
-        self.engine_sock = self._router(info.engine_url)
+        self.client_sock = self._router(info.client_bind_url)
+        self.engine_sock = self._router(info.engine_bind_url)
         self._arm(("heartbeat-check",), self.heartbeat / 2)
         self._reload()
 
@@ -345,6 +345,13 @@ class Controller:
                 if kind == "hb":
                     self._send(self.engine_sock, ident,
                                {"type": "reregister", "gen": header.get("gen")})
+                elif kind == "result":
+                    # Counted and logged, not acted on: its task already failed with
+                    # EngineDied (and was retried, if it had retries), so it finishes once.
+                    self.wire.refused["result-from-dead-engine"] += 1
+                    log.warning("dropped a late result of task %s from an engine declared "
+                                "dead (the task was failed with EngineDied and retried if it "
+                                "had retries)", header.get("tid"))
             elif kind == "hb":
                 self._send(self.engine_sock, ident, {"type": "hb"})
             elif kind == "results":

@@ -48,7 +48,13 @@ import zmq
 
 from .connection import ConnectionInfo
 from .curve import apply_client as apply_curve
-from .errors import SerializationError, TaskAborted, TaskRejectError, TaskTimeout
+from .errors import (
+    ControllerUnreachable,
+    SerializationError,
+    TaskAborted,
+    TaskRejectError,
+    TaskTimeout,
+)
 from .wire import FunctionLoads, Refused, Wire, dumps, loads, recv_message, send_message
 
 log = logging.getLogger("taskmill.engine")
@@ -59,6 +65,8 @@ CONTROL_TICK = 0.05  # seconds the control thread sleeps at most (timeouts are t
 RESIGNAL_EVERY = 0.2  # seconds between signals to code that has not yet let one through
 KILL_GRACE = 3.0
 RESULT_HEADROOM = 64 * 1024  # bytes of a result message kept for its header  # seconds past an abort or a timeout before the engine process is ended
+REGISTER_RETRY_FIRST = 1.0  # seconds to wait for `registered` before asking again, doubling
+REGISTER_RETRY_MAX = 10.0
 
 _CURRENT: Engine | None = None
 
@@ -137,8 +145,10 @@ class Engine:
         properties: dict[str, Any] | None = None,
         *,
         output_limit: int = OUTPUT_LIMIT,
+        register_timeout: float | None = None,
     ) -> None:
         self.info = info
+        self.register_timeout = register_timeout
         self.wire = Wire(info.key_bytes)
         self.uuid = uuidlib.uuid4().hex
         self.hostname = socket.gethostname()
@@ -225,15 +235,32 @@ class Engine:
     def _register(self) -> None:
         """Send `register` through the task socket until the controller answers.
 
-        Tasks that arrive meanwhile are kept for the task loop, never dropped.
+        Without an answer it asks again after 1 s, then 2, 4, ... at most every
+        REGISTER_RETRY_MAX: an engine started before its controller, or cut off from it, waits
+        instead of dying (ZeroMQ reconnects by itself, and a request queued while nobody
+        listened reaches the controller as soon as it does). Only a first registration can time
+        out, after `register_timeout`. Tasks that arrive meanwhile are kept for the task loop,
+        never dropped.
         """
         self._registered.clear()
+        started = time.monotonic()
+        wait = REGISTER_RETRY_FIRST
+        next_log = 0.0
         while not self._stop.is_set():
+            if (self.register_timeout is not None and self.engineid is None
+                    and time.monotonic() - started >= self.register_timeout):
+                raise ControllerUnreachable(
+                    f"no taskmill controller answered at {self.info.engine_url} within "
+                    f"{self.register_timeout:g}s; start it (`taskmill controller` or "
+                    "`taskmill cluster start`), or check that this machine can reach that "
+                    "address (the controller's --location)")
             self._send(self.task_sock, {
                 "type": "register", "uuid": self.uuid, "ctl_ident": self.uuid.encode() + b".c",
                 "hostname": self.hostname, "pid": self.pid, "properties": self._start_properties,
             })
-            deadline = time.monotonic() + 1.0
+            deadline = time.monotonic() + wait
+            if self.register_timeout is not None and self.engineid is None:
+                deadline = min(deadline, started + self.register_timeout)
             while time.monotonic() < deadline and not self._stop.is_set():
                 if not self.task_sock.poll(100):
                     continue
@@ -261,6 +288,13 @@ class Engine:
                     log.info("registered as engine %d%s", self.engineid,
                              "" if first else " (again)")
                     return
+            waited = time.monotonic() - started
+            if waited >= next_log:  # each retry while backing off, then once a minute
+                log.warning("no answer from the controller at %s after %.0fs; asking again "
+                            "(next wait %.0fs)", self.info.engine_url, waited,
+                            min(wait * 2, REGISTER_RETRY_MAX))
+                next_log = waited + (60.0 if wait >= REGISTER_RETRY_MAX else 0.0)
+            wait = min(wait * 2, REGISTER_RETRY_MAX)
 
     def _send(self, sock: zmq.Socket, header: dict[str, Any], frames: Sequence[Any] = ()) -> None:
         send_message(sock, self._wires[sock].encode(header, frames))
@@ -312,7 +346,9 @@ class Engine:
 
     # -- control thread --------------------------------------------------------------------
     def _control_loop(self) -> None:
-        self._registered.wait()
+        while not self._registered.wait(0.1):
+            if self._stop.is_set():
+                return
         next_hb = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
@@ -338,8 +374,10 @@ class Engine:
                 self._request_interrupt(header["tid"], "abort")
             elif kind == "revoke":
                 self._answer_revoke(header)
-            elif kind == "reregister" and header.get("gen") == self._generation:
-                # (A reply to a heartbeat sent before the latest registration is stale.)
+            elif (kind == "reregister" and header.get("gen") == self._generation
+                  and not self._need_register.is_set()):
+                # (A reply to a heartbeat sent before the latest registration is stale, and
+                # after a network cut every heartbeat sent during it is answered at once.)
                 log.warning("the controller does not know this engine: registering again")
                 self._need_register.set()
 
@@ -565,8 +603,8 @@ def watch_parent(fd: int, on_exit: Any) -> None:
 
 
 def run_engine(info: ConnectionInfo, properties: dict[str, Any] | None = None,
-               parent_fd: int | None = None) -> None:
-    engine = Engine(info, properties)
+               parent_fd: int | None = None, register_timeout: float | None = None) -> None:
+    engine = Engine(info, properties, register_timeout=register_timeout)
 
     def _term(signum: int, frame: Any) -> None:
         engine.stop()

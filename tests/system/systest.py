@@ -76,3 +76,28 @@ def need_programs(*names: str) -> None:
     if os.environ.get("TASKMILL_REQUIRE_SYSTEM_TESTS") == "1":
         pytest.fail(why)
     pytest.skip(why)
+
+
+def need_root(what: str) -> None:
+    """Skip the calling test unless it runs as root (namespaces, daemons); fail so under CI."""
+    import pytest
+
+    if os.geteuid() == 0:
+        return
+    why = f"needs root to {what} (`.ci/run` runs as root)"
+    if os.environ.get("TASKMILL_REQUIRE_SYSTEM_TESTS") == "1":
+        pytest.fail(why)
+    pytest.skip(why)
+
+
+def gone(pid: int) -> bool:
+    """True when process `pid` has exited (a zombie counts as exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, IndexError):
+        return True

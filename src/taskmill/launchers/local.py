@@ -1,0 +1,103 @@
+"""The local launcher (the default): engines as subprocesses of this process, on this machine.
+
+Each engine holds the read end of the owner's lifeline pipe and ends itself when the pipe
+closes. An engine that exits is started again (at most `max_restarts` times in all), and
+`reap()` reports its pid so that the cluster can tell the controller at once, without waiting
+for missed heartbeats.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .base import (
+    AdoptedProcess,
+    EngineGroup,
+    LaunchContext,
+    Launcher,
+    ProcessHandle,
+    engine_command,
+    process_state,
+    spawn,
+    terminate,
+)
+
+log = logging.getLogger("taskmill.launchers.local")
+
+
+class LocalLauncher(Launcher):
+    """Engines as local subprocesses, replaced when they exit."""
+
+    name = "local"
+
+    def __init__(self, *, python: str = sys.executable, max_restarts: int = 10) -> None:
+        self.python = python
+        self.max_restarts = max_restarts
+        self.restarts = 0
+        self._ctx: LaunchContext | None = None
+        self._procs: list[ProcessHandle] = []
+        self._props: list[dict[str, Any]] = []
+        self._gone: set[int] = set()  # slots whose engine exited and was not replaced
+        self._stopping = False
+
+    def launch(self, ctx: LaunchContext, properties: list[dict[str, Any]]) -> None:
+        self._ctx = ctx
+        for p in properties:
+            self._procs.append(self._spawn(p, len(self._procs)))
+            self._props.append(p)
+
+    def _spawn(self, props: dict[str, Any], slot: int) -> subprocess.Popen[bytes]:
+        ctx = self._ctx
+        assert ctx is not None
+        extra: list[str] = []
+        fds: tuple[int, ...] = ()
+        if ctx.lifeline_fd is not None:
+            extra, fds = ["--parent-fd", str(ctx.lifeline_fd)], (ctx.lifeline_fd,)
+        return spawn(engine_command(self.python, ctx.connection_file, props, *extra),
+                     ctx.state_dir / f"engine-{slot}.log", pass_fds=fds)
+
+    def reap(self) -> list[tuple[int, int]]:
+        exits: list[tuple[int, int]] = []
+        for slot, proc in enumerate(list(self._procs)):
+            status = proc.poll()
+            if status is None or slot in self._gone or self._stopping:
+                continue
+            exits.append((proc.pid, status))
+            if self.restarts >= self.max_restarts:
+                log.error("engine pid %d exited with status %s; not restarted: the limit of %d "
+                          "restarts is reached", proc.pid, status, self.max_restarts)
+                self._gone.add(slot)
+                continue
+            self.restarts += 1
+            new = self._spawn(self._props[slot], slot)
+            self._procs[slot] = new
+            log.warning("engine pid %d exited with status %s; restarted as pid %d (restart %d "
+                        "of at most %d)", proc.pid, status, new.pid, self.restarts,
+                        self.max_restarts)
+        return exits
+
+    def groups(self) -> list[EngineGroup]:
+        return [EngineGroup(f"engine pid {p.pid}", 1, process_state(p)) for p in self._procs]
+
+    def stop(self) -> None:
+        self._stopping = True
+        terminate(self._procs)
+
+    def logs(self) -> list[Path]:
+        if self._ctx is None:
+            return []
+        return sorted(self._ctx.state_dir.glob("engine-*.log"))
+
+    def record(self) -> dict[str, Any]:
+        return {"launcher": self.name, "pids": [p.pid for p in self._procs]}
+
+    @classmethod
+    def adopt(cls, record: dict[str, Any]) -> LocalLauncher:
+        launcher = cls(max_restarts=0)
+        launcher._procs = [AdoptedProcess(pid) for pid in record.get("pids", [])]
+        launcher._stopping = True  # it reports and stops; it never restarts
+        return launcher
