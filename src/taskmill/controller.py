@@ -345,13 +345,16 @@ class Controller:
                 if kind == "hb":
                     self._send(self.engine_sock, ident,
                                {"type": "reregister", "gen": header.get("gen")})
-                elif kind == "result":
+                elif kind == "results":
                     # Counted and logged, not acted on: its task already failed with
                     # EngineDied (and was retried, if it had retries), so it finishes once.
-                    self.wire.refused["result-from-dead-engine"] += 1
-                    log.warning("dropped a late result of task %s from an engine declared "
-                                "dead (the task was failed with EngineDied and retried if it "
-                                "had retries)", header.get("tid"))
+                    entries = header.get("results")
+                    tids = [e.get("tid") for e in entries if isinstance(e, dict)] \
+                        if isinstance(entries, list) else []
+                    self.wire.refused["result-from-dead-engine"] += max(1, len(tids))
+                    log.warning("dropped late results of tasks %s from an engine declared "
+                                "dead (each was failed with EngineDied and retried if it "
+                                "had retries)", tids)
             elif kind == "hb":
                 self._send(self.engine_sock, ident, {"type": "hb"})
             elif kind == "results":
