@@ -19,7 +19,8 @@ never unpickles user data, except a callable `depend`, which it must call.
 
 Client messages (every one carries `req`; the reply echoes it):
   hello, ping, submit{tasks}, result{tids, block}, watch{tids}, wait{tids}, abort{tid},
-  spin, status{verbose}, clear{tids}, engines, stats, engine_exited{pid, status} (from a nanny)
+  spin, status{verbose}, clear{tids}, engines, stats, engine_exited{pid, status} (from a nanny),
+  activity{since} and task{tid} (read-only, for the dashboard: stats.py keeps what they read)
 Engine control messages: register, hb (heartbeat)  ->  registered, hb, reregister, interrupt
 Engine task messages: task (controller -> engine), result (engine -> controller)
 """
@@ -49,6 +50,7 @@ from .scheduler import (
     DEPENDENCY,
     ENGINE_DIED,
     RESULT,
+    RUNNING,
     UNMET_TIMEOUT,
     ArmTimer,
     CancelTimer,
@@ -58,6 +60,7 @@ from .scheduler import (
     Node,
     Scheduler,
 )
+from .stats import RecentActivity
 from .store import MemoryStore, StoredResult, StoredTask, TaskStore
 from .wire import DEFAULT_MAX_MESSAGE, Refused, Wire, loads
 
@@ -151,6 +154,7 @@ class Controller:
         self._last_commit = time.monotonic()
         self._refusal_logged: dict[bytes, float] = {}
         self.stats = Stats()
+        self.activity = RecentActivity(self.stats.started)
         self._stopping = False
         self.ctx = context or zmq.Context()
         self._own_ctx = context is None
@@ -285,6 +289,7 @@ class Controller:
             del self._timer_live[key]
             if key[0] == "heartbeat-check":
                 self._check_heartbeats()
+                self.activity.sample_queue(time.time(), *self.sched.counts())
                 if self.curve is not None:
                     self.curve.reload()
                 self._arm(key, self.heartbeat / 2)
@@ -359,6 +364,7 @@ class Controller:
         rec.state = "dead"
         self.stats.engines_died += 1
         self._death_reasons[rec.eid] = why
+        self.activity.engine_lost(rec.eid, time.time())
         self._apply(self.sched.remove_engine(rec.eid))
         self._by_ident.pop(rec.task_ident, None)
         self._by_ident.pop(rec.ctl_ident, None)
@@ -374,6 +380,7 @@ class Controller:
         rec.tasks_done += 1
         if status != "ok":
             rec.failures += 1
+        self.activity.attempt_ended(tid, rec.eid, attempt, status, time.time())
         self._report = (header, frames)
         try:
             self._apply(self.sched.task_done(rec.eid, tid, attempt, status, props))
@@ -405,7 +412,8 @@ class Controller:
         start, end = node["span"]
         t = self.sched.tasks[a.tid]
         self.store.mark_running(a.tid, a.eid, a.node, a.attempt, t.tries, sorted(t.handed_over))
-        self._started[a.tid] = time.time()
+        now = self._started[a.tid] = time.time()
+        self.activity.dispatched(a.tid, a.eid, a.attempt, now)
         rec.state = "busy"
         self._send(self.engine_sock, rec.task_ident, {
             "type": "task", "tid": a.tid, "attempt": a.attempt, "engineid": a.eid,
@@ -441,6 +449,9 @@ class Controller:
                 meta["kind"] = node["exec"]["kind"]
         self.store.finish(a.tid, StoredResult(meta, list(frames)))
         self.stats.finished += 1
+        self.activity.finished(a.tid, meta["status"], now, engineid=a.engineid,
+                               duration=meta["duration"] if a.outcome == RESULT else None,
+                               error=meta["error"])
         for w in self._waiters.pop(a.tid, ()):
             self._wake(w, a.tid)
 
@@ -742,14 +753,53 @@ class Controller:
         self._reply(rt, req, stats=self.statistics())
 
     def statistics(self) -> dict[str, Any]:
-        """What the controller is doing: counters, queue, engines, refused messages by reason."""
+        """What the controller is doing: counters, queue, engines (with the task each one runs
+        and its last heartbeat), tasks/s over the last minute, the task-duration histogram,
+        refused messages by reason. `taskmill status`, /metrics and the dashboard read this."""
+        now, mono = time.time(), time.monotonic()
+        engines = self.engine_table()
+        for row in engines:
+            held = self.activity.held_by(row["engineid"])
+            row.update(current_task=held[0] if held else None, held=held,
+                       last_heartbeat_ago=mono - self.engines[row["engineid"]].last_seen)
         return {
-            "uptime": time.time() - self.stats.started,
+            "time": now, "uptime": now - self.stats.started,
             "messages_in": self.stats.messages_in, "messages_out": self.stats.messages_out,
             "submitted": self.stats.submitted, "finished": self.stats.finished,
             "engines_died": self.stats.engines_died, "refused": dict(self.wire.refused),
-            "queue": self.queue_status(), "engines": self.engine_table(),
+            "queue": self.queue_status(), "engines": engines,
+            "tasks_per_second": self.activity.tasks_per_second(now),
+            "durations": self.activity.durations.as_dict(),
         }
+
+    def _c_activity(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        since = h.get("since", 0)
+        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+            raise BadRequest("since must be an int >= 0")
+        self._reply(rt, req, activity=self.activity.snapshot(time.time(), since))
+
+    def _c_task(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        tid = h["tid"]
+        if not isinstance(tid, int) or isinstance(tid, bool):
+            raise BadRequest("tid must be an int")
+        self._reply(rt, req, task=self.task_info(tid))
+
+    def task_info(self, tid: int) -> dict[str, Any]:
+        """One task's state and metadata (times, engine, output, error), never its payload."""
+        r = self.store.result(tid)
+        if r is not None:
+            meta = {k: v for k, v in r.meta.items() if k != "pmac"}
+            return {**meta, "tid": tid, "state": "succeeded" if r.ok else "failed"}
+        t = self.sched.tasks.get(tid)
+        if t is None:
+            return {"tid": tid, "state": "unknown"}
+        task = self.store.task(tid)
+        running = t.state == RUNNING
+        return {"tid": tid, "state": "pending" if running else "scheduled",
+                "engineid": t.engine, "attempts": t.attempts,
+                "submitted": task.submitted if task else None,
+                "started": self._started.get(tid) if running else None,
+                "kind": task.spec["nodes"][t.node]["exec"]["kind"] if task else None}
 
     def _c_engines(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
         self._reply(rt, req, engines=self.engine_table())
