@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import TaskClient
-from .connection import new_connection_info, write_connection_file
+from .connection import new_connection_info, read_connection_file, write_connection_file
 
 log = logging.getLogger("taskmill.cluster")
 
@@ -62,6 +62,7 @@ class Cluster:
         start_timeout: float = 60.0,
         max_restarts: int = 10,
         prefetch: int = 1,
+        dashboard: bool = True,
     ) -> None:
         self.n = (os.cpu_count() or 1) if n is None else n
         if not isinstance(self.n, int) or self.n < 0:
@@ -72,6 +73,7 @@ class Cluster:
         self.unmet_timeout = unmet_timeout
         self.heartbeat = heartbeat
         self.prefetch = prefetch
+        self.dashboard = dashboard
         self.start_timeout = start_timeout
         self._requested_connection_file = Path(connection_file) if connection_file else None
         self.state_dir: Path | None = None
@@ -116,6 +118,8 @@ class Cluster:
                    "--heartbeat", str(self.heartbeat), "--prefetch", str(self.prefetch)]
             if self.db is not None:
                 cmd += ["--db", self.db]
+            if not self.dashboard:
+                cmd += ["--no-dashboard"]
             self._controller = self._spawn(cmd, "controller")
             self._spawn_engines(self.engine_properties)
             self.wait_for_engines(self.n, self.start_timeout)
@@ -258,6 +262,15 @@ class Cluster:
         if not path.exists():
             return f"(no {path})"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """The link (with its token) to the controller's web dashboard; None without one."""
+        if self.connection_file is None:
+            return None
+        from .dashboard import dashboard_link
+
+        return dashboard_link(read_connection_file(self.connection_file))
 
     @property
     def controller_pid(self) -> int | None:
