@@ -7,7 +7,7 @@ const POLL_MS = 1000;
 const STREAM_SECONDS = 60;
 const HISTORY_SECONDS = 300;
 const MAX_ATTEMPTS = 4000;
-const RECENT_ROWS = 12;
+const RECENT_ROWS = 10;
 const STALE_MS = 5000;
 
 const css = getComputedStyle(document.documentElement);
@@ -187,7 +187,7 @@ function renderEngines(engines) {
     const held = e.held || [];
     let task;
     if (e.state === "dead") task = el("div", { class: "tile-task", text: "dead" });
-    else if (e.current_task == null) task = el("div", { class: "tile-task", text: "idle" });
+    else if (e.current_task == null) task = el("div", { class: "tile-task muted", text: "waiting for a task" });
     else {
       task = el("div", { class: "tile-task" }, "running task ", taskLink(e.current_task));
       if (held.length > 1) task.append(` (+${held.length - 1} queued)`);
@@ -277,9 +277,9 @@ function drawStream() {
   const canvas = $("stream");
   const engines = snap.stats.engines;
   const ids = engines.map((e) => e.engineid);
-  const lane = ids.length > 24 ? Math.max(5, Math.floor(360 / ids.length)) : 24;
   const axis = 22;
-  const { ctx, width, height } = prepare(canvas, Math.max(90, ids.length * lane + axis + 6));
+  const lane = ids.length > 12 ? Math.max(5, Math.floor(400 / ids.length)) : 32;
+  const { ctx, width } = prepare(canvas, Math.max(90, ids.length * lane + axis + 6));
   const left = 74, right = width - 8;
   const t1 = nowSeconds(), t0 = t1 - STREAM_SECONDS;
   const x = (t) => left + ((t - t0) / STREAM_SECONDS) * (right - left);
@@ -318,7 +318,7 @@ function drawStream() {
     const x0 = Math.max(left, x(a.start)), x1 = Math.max(x0 + 2, Math.min(right, x(end)));
     const y = 3 + i * lane + (lane > 8 ? 3 : 1), h = lane > 8 ? lane - 6 : lane - 2;
     ctx.fillStyle = STATUS_COLORS[status] || "#9aa5b1";
-    ctx.fillRect(x0, y, x1 - x0, h);
+    ctx.fillRect(x0, y, x1 - x0 > 3 ? x1 - x0 - 1 : x1 - x0, h);  // a gap between neighbours
     state.bars.push({ x0, x1, y, h, a, status, end });
   };
   for (const a of state.attempts) bar(a, a.end, a.status);
