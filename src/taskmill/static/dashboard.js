@@ -4,7 +4,6 @@
 "use strict";
 
 const POLL_MS = 1000;
-const STREAM_SECONDS = 60;
 const HISTORY_SECONDS = 300;
 const MAX_ATTEMPTS = 4000;
 const RECENT_ROWS = 10;
@@ -32,6 +31,7 @@ const state = {
   lastOk: 0,         // Date.now() of the latest good snapshot
   error: null,       // why the latest poll failed
   selected: null,    // the taskid shown in the detail panel
+  window: 60,        // seconds the task stream shows
   bars: [],          // hit boxes of the stream's bars, for clicks and hover
   timer: null,
 };
@@ -177,38 +177,58 @@ function taskLink(tid) {
   return a;
 }
 
+// Rebuild a container only when what it shows has changed, so that a row or tile under the
+// pointer is not replaced while someone clicks it.
+const shownKeys = new WeakMap();
+function replaceIfChanged(container, key, build) {
+  if (shownKeys.get(container) === key) return;
+  shownKeys.set(container, key);
+  container.replaceChildren(...build());
+}
+
+function heartbeatText(e) {
+  if (e.state === "dead") return "no heartbeat";
+  const ago = e.last_heartbeat_ago;
+  return `heartbeat ${ago < 60 ? ago.toFixed(1) + " s" : fmtUptime(ago)} ago`;
+}
+
 function renderEngines(engines) {
   const grid = $("engines");
   if (!engines.length) {
-    grid.replaceChildren(el("p", { class: "empty", text: "No engine has registered yet." }));
+    replaceIfChanged(grid, "none", () => [el("p", { class: "empty", text: "No engine has registered yet." })]);
     return;
   }
-  const tiles = engines.map((e) => {
-    const held = e.held || [];
-    let task;
-    if (e.state === "dead") task = el("div", { class: "tile-task", text: "dead" });
-    else if (e.current_task == null) task = el("div", { class: "tile-task muted", text: "waiting for a task" });
-    else {
-      task = el("div", { class: "tile-task" }, "running task ", taskLink(e.current_task));
-      if (held.length > 1) task.append(` (+${held.length - 1} queued)`);
-    }
-    const props = Object.entries(e.properties || {})
-      .filter(([k]) => !["engineid", "hostname", "pid"].includes(k))
-      .map(([k, v]) => el("span", { class: "prop", text: `${k}=${JSON.stringify(v)}` }));
-    const heartbeat = e.state === "dead" ? "no heartbeat"
-      : `heartbeat ${e.last_heartbeat_ago < 60 ? e.last_heartbeat_ago.toFixed(1) + " s" : fmtUptime(e.last_heartbeat_ago)} ago`;
-    return el("div", { class: "engine-tile", "data-state": e.state, "data-engineid": e.engineid },
-      el("div", { class: "tile-head" },
-        el("span", { class: "tile-name", text: `engine ${e.engineid}` }),
-        el("span", { class: "badge", "data-state": e.state, text: e.state })),
-      task,
-      el("div", { class: "tile-line", text: `${fmtNumber(e.tasks_done)} done · ${fmtNumber(e.failures || 0)} failed` }),
-      el("div", { class: "tile-line", text: `${e.hostname} · pid ${e.pid}`, title: `${e.hostname} pid ${e.pid}` }),
-      el("div", { class: "tile-line", text: heartbeat }),
-      props.length ? el("div", { class: "props" }, ...props) : null);
-  });
-  grid.replaceChildren(...tiles);
+  const key = JSON.stringify(engines.map(({ last_heartbeat_ago, ...rest }) => rest));
+  replaceIfChanged(grid, key, () => engines.map(engineTile));
+  for (const e of engines) {
+    const line = grid.querySelector(`.engine-tile[data-engineid="${e.engineid}"] .tile-hb`);
+    if (line) line.textContent = heartbeatText(e);
+  }
 }
+
+function engineTile(e) {
+  const held = e.held || [];
+  let task;
+  if (e.state === "dead") task = el("div", { class: "tile-task", text: "dead" });
+  else if (e.current_task == null) task = el("div", { class: "tile-task muted", text: "waiting for a task" });
+  else {
+    task = el("div", { class: "tile-task" }, "running task ", taskLink(e.current_task));
+    if (held.length > 1) task.append(` (+${held.length - 1} queued)`);
+  }
+  const props = Object.entries(e.properties || {})
+    .filter(([k]) => !["engineid", "hostname", "pid"].includes(k))
+    .map(([k, v]) => el("span", { class: "prop", text: `${k}=${JSON.stringify(v)}` }));
+  return el("div", { class: "engine-tile", "data-state": e.state, "data-engineid": e.engineid },
+    el("div", { class: "tile-head" },
+      el("span", { class: "tile-name", text: `engine ${e.engineid}` }),
+      el("span", { class: "badge", "data-state": e.state, text: e.state })),
+    task,
+    el("div", { class: "tile-line", text: `${fmtNumber(e.tasks_done)} done · ${fmtNumber(e.failures || 0)} failed` }),
+    el("div", { class: "tile-line", text: `${e.hostname} · pid ${e.pid}`, title: `${e.hostname} pid ${e.pid}` }),
+    el("div", { class: "tile-line tile-hb", text: heartbeatText(e) }),
+    props.length ? el("div", { class: "props" }, ...props) : null);
+}
+
 
 function statusBadge(status) {
   return el("span", { class: "badge", "data-status": status, text: STATUS_WORDS[status] || status });
@@ -223,35 +243,46 @@ function row(tid, cells) {
 }
 
 function renderRecent(snap) {
-  const now = snap.now;
-  const rows = [];
-  const running = [...snap.running].sort((a, b) => b.start - a.start);
-  for (const a of running.slice(0, RECENT_ROWS)) {
-    rows.push(row(a.tid, [String(a.tid), String(a.engineid), statusBadge("running"),
-      fmtDuration(now - a.start), fmtClock(a.start)]));
+  const shown = [...snap.running].sort((a, b) => b.start - a.start).slice(0, RECENT_ROWS);
+  for (let i = state.attempts.length - 1; i >= 0 && shown.length < RECENT_ROWS; i--) {
+    shown.push(state.attempts[i]);
   }
-  for (let i = state.attempts.length - 1; i >= 0 && rows.length < RECENT_ROWS; i--) {
-    const a = state.attempts[i];
+  const body = $("recent-tasks").tBodies[0];
+  replaceIfChanged(body, JSON.stringify(shown), () => shown.map((a) => {
+    if (a.end == null) {  // running: its time so far is kept up to date by tick()
+      const tr = row(a.tid, [String(a.tid), String(a.engineid), statusBadge("running"), "",
+        fmtClock(a.start)]);
+      tr.dataset.status = "running";
+      tr.cells[3].className = "elapsed";
+      tr.cells[3].dataset.start = a.start;
+      return tr;
+    }
     const tr = row(a.tid, [String(a.tid), String(a.engineid), statusBadge(a.status),
       fmtDuration(a.end - a.start), fmtClock(a.end)]);
     tr.dataset.status = a.status;
-    rows.push(tr);
+    return tr;
+  }));
+  updateElapsed();
+  $("recent-empty").classList.toggle("hidden", shown.length > 0);
+}
+
+function updateElapsed() {
+  const now = nowSeconds();
+  for (const cell of document.querySelectorAll("td.elapsed")) {
+    cell.textContent = fmtDuration(Math.max(0, now - Number(cell.dataset.start)));
   }
-  $("recent-tasks").tBodies[0].replaceChildren(...rows);
-  $("recent-empty").classList.toggle("hidden", rows.length > 0);
 }
 
 function renderFailures(failures) {
-  const rows = [...failures].reverse().map((f) => {
+  replaceIfChanged($("failures").tBodies[0], JSON.stringify(failures), () => [...failures].reverse().map((f) => {
     const error = el("span", {}, el("span", { class: "errtype", text: f.type || f.status }), f.message);
     const tr = row(f.tid, [String(f.tid), f.engineid == null ? "–" : String(f.engineid), error,
       fmtClock(f.time)]);
     tr.cells[2].className = "message";
     tr.cells[2].title = `${f.type}: ${f.message}`;
     return tr;
-  });
-  $("failures").tBodies[0].replaceChildren(...rows);
-  $("failures-empty").classList.toggle("hidden", rows.length > 0);
+  }));
+  $("failures-empty").classList.toggle("hidden", failures.length > 0);
 }
 
 // -- canvases --------------------------------------------------------------------------------
@@ -281,8 +312,9 @@ function drawStream() {
   const lane = ids.length > 12 ? Math.max(5, Math.floor(400 / ids.length)) : 32;
   const { ctx, width } = prepare(canvas, Math.max(90, ids.length * lane + axis + 6));
   const left = 74, right = width - 8;
-  const t1 = nowSeconds(), t0 = t1 - STREAM_SECONDS;
-  const x = (t) => left + ((t - t0) / STREAM_SECONDS) * (right - left);
+  const span = state.window;
+  const t1 = nowSeconds(), t0 = t1 - span;
+  const x = (t) => left + ((t - t0) / span) * (right - left);
   const laneOf = new Map(ids.map((id, i) => [id, i]));
   const dead = new Set(engines.filter((e) => e.state === "dead").map((e) => e.engineid));
 
@@ -302,10 +334,11 @@ function drawStream() {
   ctx.strokeStyle = "#e1e6ec";
   ctx.fillStyle = "#66788a";
   ctx.textAlign = "center";
-  for (let s = 0; s <= STREAM_SECONDS; s += 10) {
+  const step = span <= 15 ? 5 : span <= 60 ? 10 : 60;
+  for (let s = 0; s <= span; s += step) {
     const tx = x(t1 - s);
     ctx.beginPath(); ctx.moveTo(tx, 3); ctx.lineTo(tx, bottom); ctx.stroke();
-    ctx.fillText(s === 0 ? "now" : `-${s}s`, Math.min(tx, right - 12), bottom + 11);
+    ctx.fillText(s === 0 ? "now" : `-${fmtAgo(s)}`, Math.min(tx, right - 12), bottom + 11);
   }
   if (!ids.length) {
     ctx.fillText("no engines yet", (left + right) / 2, 40);
@@ -325,21 +358,28 @@ function drawStream() {
   for (const a of snap.running) bar(a, t1, "running");
 }
 
-function niceMax(v) {
-  if (v <= 0) return 1;
-  const p = Math.pow(10, Math.floor(Math.log10(v)));
-  for (const m of [1, 2, 2.5, 5, 10]) if (v <= m * p) return m * p;
-  return 10 * p;
+function fmtAgo(s) {
+  return s < 60 ? `${+s.toFixed(1)}s` : s % 60 ? `${Math.floor(s / 60)}m${s % 60}s` : `${s / 60}m`;
 }
 
-function drawChart(canvas, series, t1) {
+// The top of a y axis with four equal steps that read well; whole steps for counts.
+function axisTop(v, whole) {
+  const want = Math.max(v, whole ? 4 : 1e-9) / 4;
+  const p = Math.pow(10, Math.floor(Math.log10(want)));
+  const steps = whole ? [1, 2, 5, 10] : [1, 2, 2.5, 5, 10];
+  const step = steps.map((m) => m * p).find((m) => m >= want - 1e-12);
+  return 4 * (whole ? Math.max(1, step) : step);
+}
+
+function drawChart(canvas, series, t1, span, whole) {
   const { ctx, width, height } = prepare(canvas);
   const left = 44, right = width - 10, top = 18, bottom = height - 20;
-  const t0 = t1 - HISTORY_SECONDS;
-  const x = (t) => left + ((t - t0) / HISTORY_SECONDS) * (right - left);
+  const t0 = t1 - span;
+  const x = (t) => left + ((t - t0) / span) * (right - left);
   let max = 0;
+  series = series.map((s) => ({ ...s, points: s.points.filter(([t]) => t >= t0 && t <= t1) }));
   for (const s of series) for (const [, v] of s.points) max = Math.max(max, v);
-  max = niceMax(max * 1.1);
+  max = axisTop(max * 1.05, whole);
   const y = (v) => bottom - (v / max) * (bottom - top);
   ctx.strokeStyle = "#e8ecf0";
   ctx.fillStyle = "#66788a";
@@ -351,12 +391,13 @@ function drawChart(canvas, series, t1) {
     ctx.fillText(v >= 100 ? fmtNumber(Math.round(v)) : String(+v.toFixed(2)), left - 6, ty);
   }
   ctx.textAlign = "center";
-  for (let m = 0; m <= HISTORY_SECONDS / 60; m++) {
-    const tx = x(t1 - m * 60);
-    ctx.fillText(m === 0 ? "now" : `-${m}m`, Math.min(tx, right - 12), bottom + 11);
+  const tick = span <= 60 ? 10 : 60;
+  for (let s = 0; s <= span; s += tick) {
+    const tx = x(t1 - s);
+    ctx.fillText(s === 0 ? "now" : `-${fmtAgo(s)}`, Math.min(tx, right - 12), bottom + 11);
   }
   series.forEach((s, k) => {
-    const pts = s.points.filter(([t]) => t >= t0);
+    const pts = s.points;
     ctx.strokeStyle = s.color;
     ctx.lineWidth = 1.8;
     ctx.beginPath();
@@ -384,15 +425,19 @@ function drawChart(canvas, series, t1) {
 function drawPlots(snap) {
   const t1 = Math.floor(snap.now) - 1;  // the current second is not over yet
   const counts = new Map(snap.finished_per_second.map(([t, n]) => [t, n]));
-  const first = Math.max(t1 - HISTORY_SECONDS, Math.floor(snap.started));
+  // A young controller's plots span its lifetime (at least a minute), later the last 5 minutes.
+  const span = Math.min(HISTORY_SECONDS, Math.max(60, Math.ceil((t1 - snap.started) / 60) * 60));
+  const first = Math.max(t1 - span, Math.floor(snap.started));
   const perSecond = [];
   for (let t = first; t <= t1; t++) perSecond.push([t, counts.get(t) || 0]);
-  drawChart($("throughput-plot"), [{ name: "tasks/s", color: color("--ok"), points: perSecond, fill: true }], t1);
+  drawChart($("throughput-plot"), [{ name: "tasks/s", color: color("--ok"), points: perSecond, fill: true }],
+    t1, span, false);
   const q = snap.queue_per_second;
   drawChart($("queue-plot"), [
     { name: "scheduled", color: color("--aborted"), points: q.map(([t, s]) => [t, s]) },
     { name: "pending", color: color("--busy"), points: q.map(([t, , p]) => [t, p]) },
-  ], t1);
+  ], t1, span, true);
+  $("plot-span").textContent = $("queue-span").textContent = fmtAgo(span);
 }
 
 function barAt(ev) {
@@ -465,6 +510,15 @@ function start() {
     canvas.title = b ? `task ${b.a.tid} on engine ${b.a.engineid}: ${STATUS_WORDS[b.status] || b.status}, ` +
       `${fmtDuration(b.end - b.a.start)}` : "";
   });
+  for (const button of document.querySelectorAll("#stream-window button")) {
+    button.addEventListener("click", () => {
+      state.window = Number(button.dataset.seconds);
+      document.querySelectorAll("#stream-window button").forEach(
+        (b) => b.classList.toggle("active", b === button));
+      $("stream-span").textContent = fmtAgo(state.window);
+      drawStream();
+    });
+  }
   $("task-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     const text = $("task-input").value.trim();
@@ -476,7 +530,7 @@ function start() {
   });
   document.addEventListener("visibilitychange", () => { if (!document.hidden) schedule(0); });
   window.addEventListener("resize", () => { drawStream(); if (state.snap) drawPlots(state.snap); });
-  setInterval(() => { if (!document.hidden) { drawStream(); renderLive(); } }, 250);
+  setInterval(() => { if (!document.hidden) { drawStream(); renderLive(); updateElapsed(); } }, 250);
   const m = /^#task=(\d+)$/.exec(location.hash);
   if (m) showTask(Number(m[1]));
   poll();
