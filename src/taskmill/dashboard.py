@@ -498,6 +498,9 @@ def start_dashboard(connection_file: Path, info: ConnectionInfo, *, ip: str = "1
         return None
     log.info("dashboard: %s%s", dashboard_link(info),
              " (open to every user of this machine)" if open_access else "")
+    if not is_loopback(ip):
+        log.warning("the dashboard listens on %s over plain HTTP: its token and every figure it "
+                    "shows travel unencrypted on that network", ip)
     return dashboard
 
 

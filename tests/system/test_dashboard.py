@@ -4,6 +4,7 @@ options."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from systest import make_blocker, poll, wait_until
 
-from taskmill import MapTask, TaskClient
+from taskmill import AsyncTaskClient, MapTask, TaskClient
 from taskmill.connection import read_connection_file
 from taskmill.dashboard import dashboard_token
 
@@ -105,6 +106,18 @@ def test_a_failed_task_is_among_the_latest_failures(client):
     assert info["state"] == "failed"
     assert "fail_loudly" in info["error"]["traceback"]
     assert "dashboard boom" in info["error"]["traceback"]
+
+
+def test_the_async_client_reads_activity_and_task_info_too(cluster):
+    async def run():
+        async with AsyncTaskClient(cluster.connection_file) as tc:
+            tid = await tc.run(MapTask(abs, (-3,)))
+            await tc.barrier(tid)
+            return tid, await tc.task_info(tid), await tc.activity()
+
+    tid, info, activity = asyncio.run(run())
+    assert info["state"] == "succeeded" and info["tid"] == tid
+    assert any(a["tid"] == tid and a["status"] == "ok" for a in activity["attempts"])
 
 
 # -- taskmill status -------------------------------------------------------------------------
