@@ -491,10 +491,18 @@ def start_dashboard(connection_file: Path, info: ConnectionInfo, *, ip: str = "1
                           dashboard_port=dashboard.port, dashboard_open=open_access)
         write_connection_file(connection_file, info)
         dashboard.start()
-    except Exception:  # noqa: BLE001 - the controller runs on without its dashboard
-        log.exception("the dashboard could not start; the controller runs without it")
+    except Exception as e:  # noqa: BLE001 - the controller runs on without its dashboard
+        if isinstance(e, OSError):
+            log.error("the dashboard could not listen on %s (%s); the controller runs without "
+                      "it", ip, e)
+        else:
+            log.exception("the dashboard could not start; the controller runs without it")
         if server is not None:
             server.server_close()
+        try:
+            forget_dashboard(connection_file, info)
+        except OSError:
+            log.exception("could not remove the dashboard's address from %s", connection_file)
         return None
     log.info("dashboard: %s%s", dashboard_link(info),
              " (open to every user of this machine)" if open_access else "")

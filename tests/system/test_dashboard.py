@@ -335,6 +335,16 @@ def test_a_restarted_controller_serves_its_dashboard_on_the_same_port(controller
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
+def test_a_dashboard_that_cannot_listen_leaves_the_controller_running(controllers):
+    # 203.0.113.1 (TEST-NET-3) is no address of this machine: binding it fails at once.
+    c = controllers("--dashboard-ip", "203.0.113.1")
+    extra = c.ready()
+    assert not any(k.startswith("dashboard") for k in extra), extra
+    assert "the dashboard could not listen on 203.0.113.1" in c.log.read_text()
+    with TaskClient(c.file, timeout=30) as tc:
+        assert tc.queue_status() == {"scheduled": 0, "pending": 0, "succeeded": 0, "failed": 0}
+
+
 def test_an_open_dashboard_needs_no_token_but_a_loopback_host(controllers):
     c = controllers("--dashboard-open")
     extra = c.ready()

@@ -16,7 +16,7 @@ OUTPUT = Path(__file__).resolve().parents[2] / "test-output" / "dashboard"
 CHROMIUM_FLAGS = [
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--no-proxy-server", "--window-size=1440,1800",
+    "--no-proxy-server", "--disable-dev-shm-usage", "--window-size=1440,1800",
 ]
 
 
