@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from systest import make_blocker, poll, wait_until
 
-from taskmill import AsyncTaskClient, MapTask, TaskClient
+from taskmill import AsyncTaskClient, Cluster, MapTask, TaskClient
 from taskmill.connection import read_connection_file
 from taskmill.dashboard import dashboard_token
 
@@ -355,6 +355,13 @@ def test_an_open_dashboard_needs_no_token_but_a_loopback_host(controllers):
     port = extra["dashboard_port"]
     status, _, body = get(url, {"Host": f"attacker.example:{port}"})
     assert status == 403 and b"loopback" in body
+
+
+def test_a_cluster_can_do_without_a_dashboard():
+    with Cluster(0, dashboard=False) as cluster:
+        assert cluster.dashboard_url is None
+        extra = read_connection_file(cluster.connection_file).extra
+        assert not any(k.startswith("dashboard") for k in extra), extra
 
 
 def test_an_open_dashboard_off_loopback_is_refused_at_start(tmp_path):
