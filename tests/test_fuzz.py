@@ -50,7 +50,7 @@ MESSAGE_BYTES = 64  # hypothesis-drawn bytes that decide one message
 MIN_MESSAGES = 10_000
 
 CLIENT_VERBS = ["hello", "ping", "submit", "result", "watch", "wait", "abort", "spin", "status",
-                "clear", "engines", "stats", "engine_exited"]
+                "clear", "engines", "stats", "engine_exited", "activity", "task"]
 ENGINE_VERBS = ["register", "hb", "results", "revoked"]
 
 
@@ -125,8 +125,10 @@ class Material:
             h["tids"] = [tid, tid + 1]
             if verb == "result":
                 h["block"] = bool(pick(2))
-        elif verb == "abort":
+        elif verb in ("abort", "task"):
             h["tid"] = tid
+        elif verb == "activity":
+            h["since"] = pick(50)
         elif verb == "status":
             h["verbose"] = bool(pick(2))
         elif verb == "clear":
@@ -667,7 +669,7 @@ def test_fuzz_controller_in_process(tmp_path):
 # Verbs whose mutations cannot change the shared cluster for the tests after this one (no new
 # engines, no cleared results, no engine declared dead, no queued tasks).
 LIVE_CLIENT_VERBS = ["hello", "ping", "result", "watch", "wait", "abort", "spin", "status",
-                     "engines", "stats", "no-such-verb"]
+                     "engines", "stats", "activity", "task", "no-such-verb"]
 LIVE_ENGINE_VERBS = ["hb", "results", "revoked", "interrupt"]
 LIVE_MESSAGES = 10_000
 

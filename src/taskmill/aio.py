@@ -102,9 +102,9 @@ class AsyncTaskClient:
     """The asyncio client: `async with AsyncTaskClient() as tc: await tc.map(f, xs)`.
 
     The same verbs as `TaskClient`, as coroutines: `run`, `get_task_result`, `abort`,
-    `barrier`, `spin`, `queue_status`, `clear`, `map`, `engines`, `statistics`, `run_all`,
-    `wait`, `close`. `submit(f, *args, **kwargs)` and `future(taskid)` return awaitable
-    `AsyncTaskFuture`s at once (they are plain methods, so
+    `barrier`, `spin`, `queue_status`, `clear`, `map`, `engines`, `statistics`, `activity`,
+    `task_info`, `run_all`, `wait`, `close`. `submit(f, *args, **kwargs)` and `future(taskid)`
+    return awaitable `AsyncTaskFuture`s at once (they are plain methods, so
     `await asyncio.gather(*(tc.submit(f, x) for x in xs))` gives the values); `imap` is an
     async iterator; `options(...)` works as on `TaskClient` (its `map` is a coroutine here).
     `connection` and `timeout` are those of `TaskClient`; connecting happens in `async with`
@@ -249,6 +249,15 @@ class AsyncTaskClient:
     async def statistics(self) -> dict[str, Any]:
         reply, _ = await self._call({"type": "stats"})
         return dict(reply["stats"])
+
+    async def activity(self, since: int = 0) -> dict[str, Any]:
+        reply, _ = await self._call({"type": "activity", "since": since})
+        return dict(reply["activity"])
+
+    async def task_info(self, taskid: int) -> dict[str, Any]:
+        _check_taskid(taskid)
+        reply, _ = await self._call({"type": "task", "tid": taskid})
+        return dict(reply["task"])
 
     async def _alive_engines(self) -> int:
         return sum(1 for e in await self.engines() if e["state"] != "dead")

@@ -40,10 +40,15 @@ def _setup_logging(level: str) -> None:
 
 def cmd_controller(a: argparse.Namespace) -> int:
     from .controller import run_controller
+    from .dashboard import forget_dashboard, is_loopback, start_dashboard
     from .engine import watch_parent
     from .store import open_store
 
     _setup_logging(a.log_level)
+    if a.dashboard_open and not is_loopback(a.dashboard_ip):
+        raise SystemExit(f"taskmill: --dashboard-open serves the dashboard without its token, "
+                         f"which is allowed on loopback only, not on {a.dashboard_ip}; drop "
+                         "--dashboard-open (the link `taskmill status` prints carries the token)")
     path = Path(a.connection_file) if a.connection_file else default_connection_file()
     log = logging.getLogger("taskmill")
     if path.exists():
@@ -69,9 +74,19 @@ def cmd_controller(a: argparse.Namespace) -> int:
     logging.getLogger("taskmill").info("task store: %s", db)
     if a.parent_fd is not None:
         watch_parent(a.parent_fd, lambda: os.kill(os.getpid(), signal.SIGTERM))
-    run_controller(info, store=store, unmet_timeout=a.unmet_timeout, heartbeat=a.heartbeat,
-                   connection_file=path, prefetch=a.prefetch,
-                   max_message=a.max_message_size)
+    dashboard = None
+    if a.no_dashboard:
+        forget_dashboard(path, info)
+    else:
+        dashboard = start_dashboard(path, info, ip=a.dashboard_ip, port=a.dashboard_port,
+                                    open_access=a.dashboard_open)
+    try:
+        run_controller(info, store=store, unmet_timeout=a.unmet_timeout, heartbeat=a.heartbeat,
+                       connection_file=path, prefetch=a.prefetch,
+                       max_message=a.max_message_size)
+    finally:
+        if dashboard is not None:
+            dashboard.stop()
     return 0
 
 
@@ -298,28 +313,18 @@ def _start_daemon(a: argparse.Namespace, state: Path) -> int:
     return 1
 
 
-def _status_table(queue: dict[str, Any], engines: list[dict[str, Any]]) -> str:
-    lines = ["queue: " + ", ".join(f"{k} {v}" for k, v in queue.items()), "",
-             f"{'engine':>6}  {'state':<5}  {'done':>6}  {'host':<20} {'pid':>7}  properties"]
-    for e in engines:
-        extra = {k: v for k, v in e["properties"].items()
-                 if k not in ("engineid", "hostname", "pid")}
-        lines.append(f"{e['engineid']:>6}  {e['state']:<5}  {e['tasks_done']:>6}  "
-                     f"{e['hostname'][:20]:<20} {e['pid']:>7}  {extra or ''}")
-    return "\n".join(lines)
-
-
 def cmd_status(a: argparse.Namespace) -> int:
     from .client import TaskClient
+    from .dashboard import dashboard_link
+    from .status import show_status
 
-    with TaskClient(a.connection_file, timeout=a.timeout) as tc:
-        queue = tc.queue_status()
-        engines = tc.engines()
-    if a.json:
-        print(json.dumps({"queue": queue, "engines": engines}, indent=2))
-    else:
-        print(_status_table(queue, engines))
-    return 0
+    path = find_connection_file(a.connection_file)
+    info = read_connection_file(path)
+    with TaskClient(path, timeout=a.timeout) as tc:
+        return show_status(
+            tc.statistics, as_json=a.json,
+            json_view=lambda: {"queue": tc.queue_status(), "engines": tc.engines()},
+            watch=a.watch, controller=info.client_url, dashboard=dashboard_link(info))
 
 
 def cmd_run(a: argparse.Namespace) -> int:
@@ -368,6 +373,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bytes; larger messages are refused (default 512 MiB)")
     c.add_argument("--curve", action="store_true",
                    help="encrypt with CurveZMQ; only allowed client/engine keys may connect")
+    c.add_argument("--dashboard-port", type=int, default=None,
+                   help="port of the web dashboard (default: the one this connection file "
+                        "recorded, else a free one)")
+    c.add_argument("--dashboard-ip", default="127.0.0.1",
+                   help="address the dashboard binds (default 127.0.0.1)")
+    c.add_argument("--dashboard-open", action="store_true",
+                   help="serve the dashboard without its token (loopback only)")
+    c.add_argument("--no-dashboard", action="store_true", help="run without the web dashboard")
     c.add_argument("--log-level", default="INFO")
     c.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)
     c.set_defaults(func=cmd_controller)
@@ -447,8 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="slurm: one job of N tasks under srun (default), or a job array of N")
     cl.set_defaults(func=cmd_cluster)
 
-    s = sub.add_parser("status", help="the queue and the engines of a running controller")
-    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("status", help="the engines, queue and throughput of a running controller")
+    s.add_argument("--json", action="store_true",
+                   help='print {"queue": queue_status(), "engines": engines()} as JSON (with '
+                        "--watch: one line per refresh)")
+    s.add_argument("--watch", type=float, nargs="?", const=2.0, default=None, metavar="SECONDS",
+                   help="refresh every SECONDS (default 2) until Ctrl-C")
     s.add_argument("--connection-file", default=None)
     s.add_argument("--timeout", type=float, default=5.0)
     s.set_defaults(func=cmd_status)

@@ -1023,9 +1023,25 @@ class TaskClient:
         return list(reply["engines"])
 
     def statistics(self) -> dict[str, Any]:
-        """The controller's counters: messages, tasks, engine deaths, refused messages by reason."""
+        """What the controller is doing: queue, engines (state, current task, tasks done,
+        failures, last heartbeat, properties), tasks/s over the last minute, task durations,
+        messages, engine deaths, refused messages by reason."""
         reply, _ = self._conn.call({"type": "stats"})
         return dict(reply["stats"])
+
+    def activity(self, since: int = 0) -> dict[str, Any]:
+        """What happened recently: the attempts finished after sequence number `since` (which
+        engine ran which task, when), the attempts running now, the latest failures, and
+        per-second throughput and queue lengths (see taskmill.stats.RecentActivity.snapshot)."""
+        reply, _ = self._conn.call({"type": "activity", "since": since})
+        return dict(reply["activity"])
+
+    def task_info(self, taskid: int) -> dict[str, Any]:
+        """One task's `state` (scheduled, pending, succeeded, failed or unknown) and metadata
+        (engine, times, attempts, output, error with its traceback), without unpickling."""
+        _check_taskid(taskid)
+        reply, _ = self._conn.call({"type": "task", "tid": taskid})
+        return dict(reply["task"])
 
     # -- futures -----------------------------------------------------------------------------
     def submit(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import TaskClient
-from .connection import new_connection_info, write_connection_file
+from .connection import new_connection_info, read_connection_file, write_connection_file
 from .launchers import LaunchContext, Launcher, LocalLauncher, make_launcher
 from .launchers.base import spawn, tail, terminate
 
@@ -69,6 +69,7 @@ class Cluster:
         port: int | None = None,
         engine_port: int | None = None,
         wait: bool = True,
+        dashboard: bool = True,
     ) -> None:
         self.n = (os.cpu_count() or 1) if n is None else n
         if not isinstance(self.n, int) or self.n < 0:
@@ -82,6 +83,7 @@ class Cluster:
         self.unmet_timeout = unmet_timeout
         self.heartbeat = heartbeat
         self.prefetch = prefetch
+        self.dashboard = dashboard
         self.start_timeout = start_timeout
         self.wait = wait
         self._requested_connection_file = Path(connection_file) if connection_file else None
@@ -139,6 +141,8 @@ class Cluster:
                    "--parent-fd", str(self._lifeline[0])]
             if self.db is not None:
                 cmd += ["--db", self.db]
+            if not self.dashboard:
+                cmd += ["--no-dashboard"]
             self._controller = spawn(cmd, self.state_dir / "controller.log",
                                      pass_fds=(self._lifeline[0],))
             self.launcher.launch(self._context(), self.engine_properties)
@@ -261,6 +265,15 @@ class Cluster:
         if self.state_dir is None:
             return ""
         return tail(self.state_dir / f"{name}.log", lines)
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """The link (with its token) to the controller's web dashboard; None without one."""
+        if self.connection_file is None:
+            return None
+        from .dashboard import dashboard_link
+
+        return dashboard_link(read_connection_file(self.connection_file))
 
     @property
     def controller_pid(self) -> int | None:

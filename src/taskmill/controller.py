@@ -24,7 +24,8 @@ client request in one turn as one `done` message.
 
 Client messages (every one carries `req`; the reply echoes it):
   hello, ping, submit{tasks, watch}, result{tids, block}, watch{tids}, wait{tids}, abort{tid},
-  spin, status{verbose}, clear{tids}, engines, stats, engine_exited{pid, status} (from a nanny)
+  spin, status{verbose}, clear{tids}, engines, stats, engine_exited{pid, status} (from a nanny),
+  activity{since} and task{tid} (read-only, for the dashboard: stats.py keeps what they read)
   A submit with `watch` is answered with its taskids, then with `done` messages as its tasks
   finish (one request instead of a submit and a watch).
 Engine control messages: register, hb (heartbeat), revoked  ->  registered, hb, reregister,
@@ -57,6 +58,7 @@ from .scheduler import (
     DEPENDENCY,
     ENGINE_DIED,
     RESULT,
+    RUNNING,
     UNMET_TIMEOUT,
     ArmTimer,
     CancelTimer,
@@ -67,6 +69,7 @@ from .scheduler import (
     Revoke,
     Scheduler,
 )
+from .stats import RecentActivity
 from .store import MemoryStore, StoredResult, StoredTask, TaskStore
 from .wire import DEFAULT_MAX_MESSAGE, Refused, Wire, loads, recv_message, send_message
 
@@ -167,6 +170,7 @@ class Controller:
         self._last_commit = time.monotonic()
         self._refusal_logged: dict[bytes, float] = {}
         self.stats = Stats()
+        self.activity = RecentActivity(self.stats.started)
         self._stopping = False
         self.ctx = context or zmq.Context()
         self._own_ctx = context is None
@@ -324,6 +328,7 @@ class Controller:
             del self._timer_live[key]
             if key[0] == "heartbeat-check":
                 self._check_heartbeats()
+                self.activity.sample_queue(time.time(), *self.sched.counts())
                 if self.curve is not None:
                     self.curve.reload()
                 self._arm(key, self.heartbeat / 2)
@@ -419,6 +424,7 @@ class Controller:
             t = self.sched.tasks.get(tid)
             if t is not None:
                 self._seq_of.pop((tid, t.attempts), None)
+        self.activity.engine_lost(rec.eid, time.time())
         self._apply(self.sched.remove_engine(rec.eid))
         self._by_ident.pop(rec.task_ident, None)
         self._by_ident.pop(rec.ctl_ident, None)
@@ -452,6 +458,7 @@ class Controller:
         if status != "ok":
             rec.failures += 1
         self._seq_of.pop((tid, attempt), None)
+        self.activity.attempt_ended(tid, rec.eid, attempt, status, time.time())
         self._report = (entry, frames)
         try:
             self._apply(self.sched.task_done(rec.eid, tid, attempt, status, props, duration))
@@ -491,7 +498,8 @@ class Controller:
         start, end = node["span"]
         t = self.sched.tasks[a.tid]
         self.store.mark_running(a.tid, a.eid, a.node, a.attempt, t.tries, sorted(t.handed_over))
-        self._started[a.tid] = time.time()
+        now = self._started[a.tid] = time.time()
+        self.activity.dispatched(a.tid, a.eid, a.attempt, now)
         rec.state = "busy"
         seq = next(self._dispatch_seq)
         self._seq_of[(a.tid, a.attempt)] = seq
@@ -530,6 +538,9 @@ class Controller:
                 meta["kind"] = node["exec"]["kind"]
         self.store.finish(a.tid, StoredResult(meta, list(frames)))
         self.stats.finished += 1
+        self.activity.finished(a.tid, meta["status"], now, engineid=a.engineid,
+                               duration=meta["duration"] if a.outcome == RESULT else None,
+                               error=meta["error"])
         for w in self._waiters.pop(a.tid, ()):
             self._wake(w, a.tid)
 
@@ -838,14 +849,53 @@ class Controller:
         self._reply(rt, req, stats=self.statistics())
 
     def statistics(self) -> dict[str, Any]:
-        """What the controller is doing: counters, queue, engines, refused messages by reason."""
+        """What the controller is doing: counters, queue, engines (with the task each one runs
+        and its last heartbeat), tasks/s over the last minute, the task-duration histogram,
+        refused messages by reason. `taskmill status`, /metrics and the dashboard read this."""
+        now, mono = time.time(), time.monotonic()
+        engines = self.engine_table()
+        for row in engines:
+            held = self.activity.held_by(row["engineid"])
+            row.update(current_task=held[0] if held else None, held=held,
+                       last_heartbeat_ago=mono - self.engines[row["engineid"]].last_seen)
         return {
-            "uptime": time.time() - self.stats.started,
+            "time": now, "uptime": now - self.stats.started,
             "messages_in": self.stats.messages_in, "messages_out": self.stats.messages_out,
             "submitted": self.stats.submitted, "finished": self.stats.finished,
             "engines_died": self.stats.engines_died, "refused": dict(self.wire.refused),
-            "queue": self.queue_status(), "engines": self.engine_table(),
+            "queue": self.queue_status(), "engines": engines,
+            "tasks_per_second": self.activity.tasks_per_second(now),
+            "durations": self.activity.durations.as_dict(),
         }
+
+    def _c_activity(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        since = h.get("since", 0)
+        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+            raise BadRequest("since must be an int >= 0")
+        self._reply(rt, req, activity=self.activity.snapshot(time.time(), since))
+
+    def _c_task(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        tid = h["tid"]
+        if not isinstance(tid, int) or isinstance(tid, bool):
+            raise BadRequest("tid must be an int")
+        self._reply(rt, req, task=self.task_info(tid))
+
+    def task_info(self, tid: int) -> dict[str, Any]:
+        """One task's state and metadata (times, engine, output, error), never its payload."""
+        r = self.store.result(tid)
+        if r is not None:
+            meta = {k: v for k, v in r.meta.items() if k != "pmac"}
+            return {**meta, "tid": tid, "state": "succeeded" if r.ok else "failed"}
+        t = self.sched.tasks.get(tid)
+        if t is None:
+            return {"tid": tid, "state": "unknown"}
+        task = self.store.task(tid)
+        running = t.state == RUNNING
+        return {"tid": tid, "state": "pending" if running else "scheduled",
+                "engineid": t.engine, "attempts": t.attempts,
+                "submitted": task.submitted if task else None,
+                "started": self._started.get(tid) if running else None,
+                "kind": task.spec["nodes"][t.node]["exec"]["kind"] if task else None}
 
     def _c_engines(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
         self._reply(rt, req, engines=self.engine_table())
