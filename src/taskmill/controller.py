@@ -71,6 +71,7 @@ from .scheduler import (
 )
 from .stats import RecentActivity
 from .store import MemoryStore, StoredResult, StoredTask, TaskStore
+from .task import MAX_TIMEOUT
 from .wire import DEFAULT_MAX_MESSAGE, Refused, Wire, loads, recv_message, send_message
 
 log = logging.getLogger("taskmill.controller")
@@ -169,6 +170,7 @@ class Controller:
         self._seq_of: dict[tuple[int, int], int] = {}  # (tid, attempt) -> its dispatch seq
         self._last_commit = time.monotonic()
         self._refusal_logged: dict[bytes, float] = {}
+        self._late_logged: dict[bytes, float] = {}
         self.stats = Stats()
         self.activity = RecentActivity(self.stats.started)
         self._stopping = False
@@ -357,9 +359,14 @@ class Controller:
                     tids = [e.get("tid") for e in entries if isinstance(e, dict)] \
                         if isinstance(entries, list) else []
                     self.wire.refused["result-from-dead-engine"] += max(1, len(tids))
-                    log.warning("dropped late results of tasks %s from an engine declared "
-                                "dead (each was failed with EngineDied and retried if it "
-                                "had retries)", tids)
+                    now = time.monotonic()
+                    if now - self._late_logged.get(ident, -REFUSAL_LOG_EVERY) >= \
+                            REFUSAL_LOG_EVERY:  # at most once a minute per engine socket
+                        self._late_logged[ident] = now
+                        log.warning("dropped late results of tasks %s from an engine declared "
+                                    "dead (each was failed with EngineDied and retried if it "
+                                    "had retries; further ones are only counted for a minute)",
+                                    tids)
             elif kind == "hb":
                 self._send(self.engine_sock, ident, {"type": "hb"})
             elif kind == "results":
@@ -699,8 +706,9 @@ class Controller:
             if depend not in (None, "callable") and not isinstance(depend, dict):
                 raise BadRequest("depend must be null, a map, or 'callable'")
             timeout = meta.get("timeout")
-            if timeout is not None and not (isinstance(timeout, int | float) and timeout > 0):
-                raise BadRequest("timeout must be null or a number > 0")
+            if timeout is not None and not (isinstance(timeout, int | float)
+                                            and 0 < timeout <= MAX_TIMEOUT):
+                raise BadRequest(f"timeout must be null or a number > 0 and <= {MAX_TIMEOUT:g}")
             meta["span"] = [pos - start, pos - start + nf]
             pos += nf
             meta["dspan"] = [pos - start, pos - start + df]

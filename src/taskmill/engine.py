@@ -459,8 +459,14 @@ class Engine:
         t0 = time.perf_counter()
         old_out, old_err = sys.stdout, sys.stderr
         if timeout:
-            # The last resort for code that never lets the interruption through.
-            faulthandler.dump_traceback_later(timeout + KILL_GRACE, exit=True, file=sys.__stderr__)
+            # The last resort for code that never lets the interruption through. (The
+            # controller admits timeouts up to MAX_TIMEOUT, which faulthandler takes.)
+            try:
+                faulthandler.dump_traceback_later(timeout + KILL_GRACE, exit=True,
+                                                  file=sys.__stderr__)
+            except (OverflowError, ValueError):
+                log.warning("task %s: timeout %r too large for the last-resort kill", tid,
+                            timeout)
         try:
             if frames:
                 self.wire.check_payload(frames, header.get("pmac"))

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+MAX_TIMEOUT = 366 * 24 * 3600.0  # a year: beyond that, say None
+
 
 def _check_common(task: BaseTask) -> None:
     if not isinstance(task.clear_before, bool):
@@ -31,8 +33,9 @@ def _check_common(task: BaseTask) -> None:
     if task.timeout is not None:
         if isinstance(task.timeout, bool) or not isinstance(task.timeout, int | float):
             raise TypeError(f"timeout must be a number of seconds or None, not {task.timeout!r}")
-        if task.timeout <= 0:
-            raise ValueError(f"timeout must be > 0 seconds, not {task.timeout!r}")
+        if not 0 < task.timeout <= MAX_TIMEOUT:
+            raise ValueError(f"timeout must be > 0 and at most {MAX_TIMEOUT:g} seconds (None for "
+                             f"no timeout), not {task.timeout!r}")
 
 
 def normalize_after(after: Any) -> tuple[int, ...]:

@@ -53,7 +53,10 @@ def test_signed_nonsense_gets_a_clear_error(cluster, client):
     conn = client._conn
     for header in ({"type": "submit", "tasks": "nope"}, {"type": "no-such-verb"},
                    {"type": "submit", "tasks": [{"nodes": [{"exec": {"kind": "evil"}}]}]},
-                   {"type": "result", "tids": ["x"]}):
+                   {"type": "result", "tids": ["x"]},
+                   # a timeout no engine can arm (it once ended the engine that got it)
+                   {"type": "submit", "tasks": [{"nodes": [{"exec": {"kind": "map"},
+                                                            "timeout": 1e10}]}]}):
         try:
             conn.call(header)
         except TaskError as e:

@@ -60,3 +60,15 @@ def test_code_that_ignores_interruption_is_ended_by_restarting_the_engine():
         after = c.engine_pids
         assert set(after.values()).isdisjoint(before.values())
         assert tc.run(MapTask(abs, (-2,)), block=True) == 2
+
+
+def test_the_longest_timeout_is_accepted_and_a_longer_one_refused(client):
+    """A timeout past what the engine's last-resort kill can arm once ended the engine."""
+    from taskmill.task import MAX_TIMEOUT
+
+    pids = {e["pid"] for e in client.engines() if e["state"] != "dead"}
+    assert client.run(MapTask(abs, (-3,), timeout=MAX_TIMEOUT), block=True) == 3
+    for too_long in (MAX_TIMEOUT * 2, 1e10, float("inf")):
+        with pytest.raises(ValueError, match="None for no timeout"):
+            MapTask(abs, (-3,), timeout=too_long)
+    assert {e["pid"] for e in client.engines() if e["state"] != "dead"} == pids
