@@ -812,17 +812,31 @@ def test_adaptive_engine_stops_buffering_behind_a_task_that_runs_long():
     s.submit(0, [Node()])
     s.task_done(0, 0, 1, OK, duration=0.0001)
     acts = s.submit(1, [Node()])  # the head now: a timer watches it
-    assert arm_keys(acts) == [("slow", 0, 1, 1)]
+    assert arm_keys(acts) == [("slow", 0)]
     assert one(acts, ArmTimer).delay == pytest.approx(0.004)
     s.submit(2, [Node()])
     assert s.engine_load(0) == [1, 2]
-    key = ("slow", 0, 1, 1)
-    s.timer_fired(key)  # task 1 is still running: it is not a tiny one
+    s.timer_fired(("slow", 0))  # task 1 is still running: it is not a tiny one
     assert s.capacity(0) == 1
     assert of(s.submit(3, [Node()]), Dispatch) == []
     assert s.counts() == (1, 2)
-    s.timer_fired(("slow", 0, 0, 1))  # a stale one (task 0 is done): nothing changes
+    assert s.timer_fired(("slow", 0)) == []  # a stale one: nothing changes
     assert s.engine_load(0) == [1, 2]
+
+
+def test_slow_timer_moves_on_to_the_next_task_when_the_watched_one_finished():
+    s = make(buffer_seconds=0.002)
+    s.add_engine(0, {})
+    s.submit(0, [Node()])
+    s.task_done(0, 0, 1, OK, duration=0.0001)
+    for tid in (1, 2, 3):
+        s.submit(tid, [Node()])
+    s.task_done(0, 1, 1, OK, duration=0.0001)  # task 2 runs now; the timer watched task 1
+    acts = s.timer_fired(("slow", 0))
+    assert arm_keys(acts) == [("slow", 0)]  # watching task 2 now
+    assert s.capacity(0) == 20
+    s.timer_fired(("slow", 0))  # task 2 is still running a timer later: it is long
+    assert s.capacity(0) == 1
 
 
 def test_adaptive_capacity_is_capped():

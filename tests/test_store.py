@@ -43,6 +43,7 @@ def test_sqlite_survives_reopen_without_close(tmp_path):
     path = str(tmp_path / "t.db")
     big = os.urandom(300_000)  # stored in a file of its own
     s = SQLiteStore(path)
+    s.running_delay = 0.0  # (see the next test for the delay)
     a = _task(s, [b"small", big])
     b = _task(s)
     s.mark_running(b, engine=3, node=0, attempts=1, tries=1, handed_over=[])
@@ -66,6 +67,27 @@ def test_sqlite_survives_reopen_without_close(tmp_path):
     assert list(s2.blob_dir.iterdir()) == []
     s2.close()
     s.db.close()
+
+
+def test_sqlite_writes_a_running_mark_only_if_the_task_is_still_running_later(tmp_path):
+    path = str(tmp_path / "t.db")
+    s = SQLiteStore(path)
+    s.running_delay = 3600.0
+    quick, slow = _task(s), _task(s)
+    s.mark_running(quick, engine=1, node=0, attempts=1, tries=1, handed_over=[])
+    s.mark_running(slow, engine=2, node=0, attempts=1, tries=1, handed_over=[0])
+    s.finish(quick, StoredResult({"status": "ok"}, []))
+    s.commit()
+    assert s.dirty()  # the slow one's mark is still waiting
+    states = dict(s.db.execute("SELECT tid, state FROM tasks"))
+    assert states == {quick: "finished", slow: "queued"}
+    s.running_delay = 0.0
+    s.commit()
+    assert not s.dirty()
+    row = s.db.execute("SELECT state, engine, handed_over FROM tasks WHERE tid=?",
+                       (slow,)).fetchone()
+    assert row[:2] == ("running", 2) and row[2] == b"\x91\x00"
+    s.close()
 
 
 def test_sqlite_removes_orphan_blob_files(tmp_path):

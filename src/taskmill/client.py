@@ -206,6 +206,7 @@ class _Connection:
         with self._send_lock:
             for req, (header, frames) in list(self._outstanding.items()):
                 if header["type"] in RESENDABLE:
+                    header["resent"] = True  # (a submit: the controller looks up its key)
                     send_message(self._send_sock, self._send_wire.encode(header, frames))
                     continue
                 del self._outstanding[req]

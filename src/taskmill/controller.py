@@ -471,7 +471,7 @@ class Controller:
             self._apply(self.sched.task_done(rec.eid, tid, attempt, status, props, duration))
         finally:
             self._report = None
-        rec.state = "busy" if self.sched.engine_load(rec.eid) else "idle"
+        rec.state = "busy" if self.sched.engine_busy(rec.eid) else "idle"
 
     # -- actions ---------------------------------------------------------------------------
     def _apply(self, actions: list[Any]) -> None:
@@ -616,7 +616,7 @@ class Controller:
     def _c_submit(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
         key = h.get("key")
         if isinstance(key, str):
-            known = self.store.submitted(key)
+            known = self.store.submitted(key, resent=bool(h.get("resent")))
             if known is not None:  # a client sent it again after a restart: same taskids
                 self._reply(rt, req, tids=known)
                 if h.get("watch"):

@@ -61,10 +61,16 @@ log = logging.getLogger("taskmill.engine")
 
 OUTPUT_LIMIT = 1 << 20  # bytes of stdout (and of stderr) kept per task
 INTERRUPT_SIGNAL = signal.SIGUSR1
-CONTROL_TICK = 0.05  # seconds the control thread sleeps at most (timeouts are this precise)
+CONTROL_TICK = 0.01  # seconds the control thread sleeps at most (timeouts are this precise)
 RESIGNAL_EVERY = 0.2  # seconds between signals to code that has not yet let one through
-KILL_GRACE = 3.0
-RESULT_HEADROOM = 64 * 1024  # bytes of a result message kept for its header  # seconds past an abort or a timeout before the engine process is ended
+KILL_GRACE = 3.0  # seconds past an abort or a timeout before the engine process is ended
+RESULT_HEADROOM = 64 * 1024  # bytes of a result message kept for its header
+# Results of tiny tasks travel together: while more tasks wait in the backlog, a result waits
+# for others, at most RESULT_BATCH of them and RESULT_DELAY seconds (the control thread sends
+# what waited longer, when the main thread is busy with a longer task).
+RESULT_BATCH = 64
+RESULT_DELAY = 0.001
+RESULT_BATCH_BYTES = 256 * 1024
 REGISTER_RETRY_FIRST = 1.0  # seconds to wait for `registered` before asking again, doubling
 REGISTER_RETRY_MAX = 10.0
 
@@ -174,6 +180,9 @@ class Engine:
         self._revoked: set[int] = set()  # seqs given back to the controller: dropped silently
         self._last_started = 0  # the highest seq started (tasks run in seq order)
         self._backlog: deque[tuple[dict[str, Any], list[Any]]] = deque()
+        self._unsent: list[tuple[dict[str, Any], list[Any]]] = []  # results held (see _send_result)
+        self._unsent_since = 0.0
+        self._unsent_bytes = 0
         self._generation = 0  # rises with each registration; stale "reregister"s are ignored
         self.ctx = zmq.Context()
         self.task_sock = self._dealer(b".t")
@@ -332,6 +341,10 @@ class Engine:
                 self._register()
                 continue
             if not self._backlog:
+                with self._lock:
+                    held = self._take_unsent()
+                if held:  # nothing more to run now: what waited goes
+                    self._send_results(self.task_sock, held)
                 if not self.task_sock.poll(100):
                     continue
                 header, frames = self._recv(self.task_sock)
@@ -357,6 +370,7 @@ class Engine:
                                            "gen": self._generation})
                 next_hb = now + self.heartbeat
             self._watch_running_task(now)
+            self._send_late_results(now)
             # Wake at least every CONTROL_TICK: a task's deadline is set by the main thread
             # after this thread went to sleep.
             wake = min(next_hb, now + CONTROL_TICK)
@@ -525,8 +539,38 @@ class Engine:
         self._send_result(reply, body)
 
     def _send_result(self, entry: dict[str, Any], body: list[Any]) -> None:
+        """Queue a result; send the queue now unless more tasks wait to run right away."""
         entry["n"] = len(body)
-        self._send(self.task_sock, {"type": "results", "results": [entry]}, body)
+        size = sum(memoryview(getattr(f, "buffer", f)).nbytes for f in body)
+        with self._lock:
+            if not self._unsent:
+                self._unsent_since = time.monotonic()
+            self._unsent.append((entry, body))
+            self._unsent_bytes += size
+            hold = (self._backlog and len(self._unsent) < RESULT_BATCH
+                    and self._unsent_bytes < RESULT_BATCH_BYTES
+                    and time.monotonic() - self._unsent_since < RESULT_DELAY)
+            batch = [] if hold else self._take_unsent()
+        if batch:
+            self._send_results(self.task_sock, batch)
+
+    def _take_unsent(self) -> list[tuple[dict[str, Any], list[Any]]]:
+        """The results waiting to be sent (called under the lock)."""
+        batch, self._unsent = self._unsent, []
+        self._unsent_bytes = 0
+        return batch
+
+    def _send_results(self, sock: zmq.Socket, batch: list[tuple[dict[str, Any], list[Any]]]) -> None:
+        frames = [f for _, body in batch for f in body]
+        self._send(sock, {"type": "results", "results": [e for e, _ in batch]}, frames)
+
+    def _send_late_results(self, now: float) -> None:
+        """(Control thread) Results held while the main thread runs a longer task go now."""
+        with self._lock:
+            if not self._unsent or now - self._unsent_since < RESULT_DELAY:
+                return
+            batch = self._take_unsent()
+        self._send_results(self.ctl_sock, batch)
 
     def _execute(self, tid: int, spec: dict[str, Any], frames: list[Any]) -> Any:
         if spec["kind"] == "string":

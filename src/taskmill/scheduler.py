@@ -165,6 +165,8 @@ class _Engine:
     version: int = 0
     running: dict[int, int] = field(default_factory=dict)  # tid -> attempt, dispatch order
     duration: float | None = None  # moving average of the durations it reported
+    cap: int = 1  # how many tasks it may hold now (see Scheduler._capacity)
+    watched: tuple[int, int] | None = None  # the (tid, attempt) the `slow` timer watches
 
 
 class Scheduler:
@@ -223,11 +225,20 @@ class Scheduler:
         return self._capacity(self.engines[eid])
 
     def _capacity(self, e: _Engine) -> int:
+        return e.cap
+
+    def _update_capacity(self, e: _Engine) -> None:
         if e.slots is not None:
-            return e.slots
-        if e.duration is None:
-            return 1
-        return max(1, min(self.max_slots, int(self.buffer_seconds / max(e.duration, 1e-7))))
+            e.cap = e.slots
+        elif e.duration is None:
+            e.cap = 1
+        else:
+            e.cap = max(1, min(self.max_slots, int(self.buffer_seconds / max(e.duration, 1e-7))))
+
+    def engine_busy(self, eid: int) -> bool:
+        """Whether engine `eid` holds any task."""
+        e = self.engines.get(eid)
+        return bool(e and e.running)
 
     def engine_load(self, eid: int) -> list[int]:
         """The taskids an engine holds, running or buffered (aborted ones included)."""
@@ -277,7 +288,8 @@ class Scheduler:
         """A new engine; `slots` overrides the scheduler's prefetch for it."""
         if eid in self.engines:
             raise ValueError(f"engine {eid} is already registered")
-        self.engines[eid] = _Engine(eid, dict(properties), slots or self.slots)
+        e = self.engines[eid] = _Engine(eid, dict(properties), slots or self.slots)
+        self._update_capacity(e)
         self._free[eid] = None
         self._fresh.add(eid)
         return self._flush()
@@ -307,9 +319,10 @@ class Scheduler:
             e.properties = dict(properties)
             e.version += 1
             self._fresh.add(eid)
-        if duration is not None and duration >= 0:
+        if duration is not None and duration >= 0 and e.slots is None:
             e.duration = duration if e.duration is None else (
                 e.duration + DURATION_WEIGHT * (duration - e.duration))
+            self._update_capacity(e)
         if e.running.get(tid) == attempt:
             self._release_slot(e, tid)
         t = self.tasks.get(tid)
@@ -390,12 +403,16 @@ class Scheduler:
 
     def timer_fired(self, key: tuple) -> list[Action]:
         if key and key[0] == "slow":
-            _, eid, tid, attempt = key
-            e = self.engines.get(eid)
-            if e is not None and e.running and next(iter(e.running.items())) == (tid, attempt):
-                e.duration = max(e.duration or 0.0, self.slow_after)
-                if len(e.running) >= self._capacity(e):
-                    self._free.pop(eid, None)
+            e = self.engines.get(key[1])
+            if e is not None and e.watched is not None:
+                watched, e.watched = e.watched, None
+                if e.running and next(iter(e.running.items())) == watched:
+                    e.duration = max(e.duration or 0.0, self.slow_after)
+                    self._update_capacity(e)
+                    if len(e.running) >= e.cap:
+                        self._free.pop(e.eid, None)
+                else:  # that task is done: watch the one running now
+                    self._watch_head(e)
         elif key and key[0] == "unmet":
             _, tid, token = key
             if self._unmet.get(tid) == token:
@@ -531,10 +548,11 @@ class Scheduler:
         self._out.append(Dispatch(t.tid, eid, t.node, t.attempts))
 
     def _watch_head(self, e: _Engine) -> None:
-        """Arm the `slow` timer for the task an adaptive, buffering engine now runs."""
-        if e.slots is None and e.running and self._capacity(e) > 1:
-            tid, attempt = next(iter(e.running.items()))
-            self._out.append(ArmTimer(("slow", e.eid, tid, attempt), self.slow_after))
+        """Arm the `slow` timer for the task an adaptive, buffering engine now runs (one
+        timer per engine: while it is armed, the task it watches is checked when it fires)."""
+        if e.slots is None and e.running and e.cap > 1 and e.watched is None:
+            e.watched = next(iter(e.running.items()))
+            self._out.append(ArmTimer(("slow", e.eid), self.slow_after))
 
     def _unpark(self) -> None:
         fresh = [self.engines[e] for e in self._fresh if e in self._free]
@@ -551,7 +569,10 @@ class Scheduler:
         return bool(self.engines) and self._busy_slots == 0
 
     def _pass(self) -> None:
-        self._unpark()
+        if self._parked:
+            self._unpark()
+        else:
+            self._fresh.clear()
         while self._free and self._ready:
             tid = heapq.heappop(self._ready)
             t = self.tasks.get(tid)
@@ -563,7 +584,8 @@ class Scheduler:
                 self._parked.add(tid)
             else:
                 self._dispatch(t, eid)
-        if self._free and self._busy_slots:
+        if self._free and self._busy_slots and any(
+                not self.engines[eid].running for eid in self._free):
             self._steal()
         self._check_unmet()
 

@@ -55,7 +55,7 @@ class TaskStore(Protocol):
     def mark_running(self, tid: int, engine: int, node: int, attempts: int, tries: int,
                      handed_over: list[int]) -> None: ...
     def unfinished(self) -> list[tuple[StoredTask, dict[str, Any]]]: ...
-    def submitted(self, key: str) -> list[int] | None: ...
+    def submitted(self, key: str, resent: bool = True) -> list[int] | None: ...
     def remember_submit(self, key: str, tids: list[int]) -> None: ...
     def finish(self, tid: int, result: StoredResult) -> None: ...
     def result(self, tid: int) -> StoredResult | None: ...
@@ -101,7 +101,7 @@ class MemoryStore:
     def unfinished(self) -> list[tuple[StoredTask, dict[str, Any]]]:
         return []
 
-    def submitted(self, key: str) -> list[int] | None:
+    def submitted(self, key: str, resent: bool = True) -> list[int] | None:
         return self._submits.get(key)
 
     def remember_submit(self, key: str, tids: list[int]) -> None:
@@ -188,6 +188,11 @@ _WRITES = (_INSERT, _RUNNING, _FINISH, _SUBMIT)
 EXTERNAL_MIN = 64 * 1024
 # The checkpointer copies the WAL into the database once it is larger than this.
 CHECKPOINT_BYTES = 32 * 1024 * 1024
+# A task's running mark is written only if it is still running this much later.
+RUNNING_DELAY = 0.05
+
+
+_EMPTY_LIST = b"\x90"  # msgpack of []
 
 
 def _pack(obj: Any) -> bytes:
@@ -230,6 +235,8 @@ class SQLiteStore:
         self._dirty = False
         self._unlink_after_commit: list[Path] = []
         self._recent_submits: OrderedDict[str, list[int]] = OrderedDict()
+        self._running: dict[int, tuple[float, tuple[Any, ...]]] = {}  # held-back running marks
+        self.running_delay = RUNNING_DELAY
         self._active: dict[int, StoredTask] = {}
         self._task_blobs: dict[int, bytes] = {}  # active tasks whose frames are in files
         self._cache: OrderedDict[int, tuple[StoredResult, int]] = OrderedDict()
@@ -241,6 +248,7 @@ class SQLiteStore:
         self._next = max(row[0] if row else 0, (top + 1) if top is not None else 0)
         row = self.db.execute("SELECT value FROM meta WHERE key='next_eid'").fetchone()
         self._next_eid = row[0] if row else 0
+        self._written_eid = self._next_eid
         self.db.execute("DELETE FROM submits WHERE at < ?", (time.time() - SUBMIT_KEY_AGE,))
         self._n_ok, self._n_failed = (
             self.db.execute(
@@ -253,12 +261,17 @@ class SQLiteStore:
         self._checkpointer.start()
 
     # -- frames ----------------------------------------------------------------------------
-    def _frames_blob(self, tid: int, kind: str, frames: list[Any]) -> bytes:
+    def _frames_blob(self, tid: int, kind: str, frames: list[Any],
+                     sizes: list[int] | None = None) -> bytes:
         """Pack frames for a row; large ones go to files now (before the row commits)."""
+        if sizes is None:
+            sizes = [_nbytes(f) for f in frames]
+        if not sizes or max(sizes) < EXTERNAL_MIN:  # the usual case: all small
+            return _pack([bytes(getattr(f, "buffer", f)) for f in frames])
         packed: list[Any] = []
         for i, f in enumerate(frames):
             buf = getattr(f, "buffer", f)
-            if memoryview(buf).nbytes >= EXTERNAL_MIN:
+            if sizes[i] >= EXTERNAL_MIN:
                 name = f"{tid}.{kind}.{i}"
                 with open(self.blob_dir / name, "wb") as out:
                     out.write(buf)
@@ -322,8 +335,9 @@ class SQLiteStore:
     # -- tasks -----------------------------------------------------------------------------
     def add(self, task: StoredTask) -> None:
         self._active[task.tid] = task
-        blob = self._frames_blob(task.tid, "task", task.frames)
-        if any(_nbytes(f) >= EXTERNAL_MIN for f in task.frames):
+        sizes = [_nbytes(f) for f in task.frames]
+        blob = self._frames_blob(task.tid, "task", task.frames, sizes)
+        if sizes and max(sizes) >= EXTERNAL_MIN:
             self._task_blobs[task.tid] = blob  # to drop its files when the task finishes
         self._queue(_INSERT, (task.tid, task.submitted, _pack(task.spec), blob))
 
@@ -332,7 +346,14 @@ class SQLiteStore:
 
     def mark_running(self, tid: int, engine: int, node: int, attempts: int, tries: int,
                      handed_over: list[int]) -> None:
-        self._queue(_RUNNING, (engine, node, attempts, tries, _pack(handed_over), tid))
+        # Held back for RUNNING_DELAY: most tasks finish sooner, and then only their finish
+        # is written. A controller killed meanwhile reruns such a task without counting the
+        # attempt it lost (the task itself is never lost: its insert is on disk).
+        self._running.pop(tid, None)  # (re-inserted: the dict stays in time order)
+        self._running[tid] = (time.monotonic(),
+                              (engine, node, attempts, tries,
+                               _pack(handed_over) if handed_over else _EMPTY_LIST, tid))
+        self._dirty = True
 
     def unfinished(self) -> list[tuple[StoredTask, dict[str, Any]]]:
         """Every queued or running task, oldest first, with its scheduling counters."""
@@ -348,11 +369,11 @@ class SQLiteStore:
                                "tries": tries, "handed_over": _unpack(handed) if handed else []}))
         return out
 
-    def submitted(self, key: str) -> list[int] | None:
+    def submitted(self, key: str, resent: bool = True) -> list[int] | None:
         # Keys of this controller's lifetime are in memory (maybe not yet committed); the
-        # table holds those of earlier lifetimes.
+        # table holds those of earlier lifetimes, which only a resent submit can carry.
         tids = self._recent_submits.get(key)
-        if tids is not None:
+        if tids is not None or not resent:
             return tids
         row = self.db.execute("SELECT tids FROM submits WHERE key=?", (key,)).fetchone()
         return _unpack(row[0]) if row else None
@@ -366,17 +387,22 @@ class SQLiteStore:
     # -- results ---------------------------------------------------------------------------
     def finish(self, tid: int, result: StoredResult) -> None:
         self._active.pop(tid, None)
-        self._drop_blobs(self._task_blobs.pop(tid, None))
-        blob = self._frames_blob(tid, "result", result.frames)
+        self._running.pop(tid, None)
+        blobs = self._task_blobs.pop(tid, None)
+        if blobs is not None:
+            self._drop_blobs(blobs)
+        sizes = [_nbytes(f) for f in result.frames]
+        blob = self._frames_blob(tid, "result", result.frames, sizes)
         self._queue(_FINISH, (int(result.ok), _pack(result.meta), blob, tid))
         if result.ok:
             self._n_ok += 1
         else:
             self._n_failed += 1
-        self._remember(tid, result)
+        self._remember(tid, result, sum(sizes))
 
-    def _remember(self, tid: int, result: StoredResult) -> None:
-        size = sum(_nbytes(f) for f in result.frames)
+    def _remember(self, tid: int, result: StoredResult, size: int | None = None) -> None:
+        if size is None:
+            size = sum(_nbytes(f) for f in result.frames)
         if size > self._cache_bytes // 4:
             return  # a huge result is read back from disk when asked for
         old = self._cache.pop(tid, None)
@@ -411,6 +437,9 @@ class SQLiteStore:
 
     def clear(self, tids: list[int] | None) -> tuple[int, list[int]]:
         self.commit()
+        # Clearing may drop the highest taskids: the next one is kept in `meta` first (it is
+        # otherwise known from the highest row), so no taskid is ever given out twice.
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_tid', ?)", (self._next,))
         if tids is None:
             for (blob,) in self.db.execute(
                     "SELECT result_frames FROM tasks WHERE state='finished'"):
@@ -467,18 +496,30 @@ class SQLiteStore:
         self._pending[sql].append(row)
         self._dirty = True
 
-    def commit(self) -> None:
+    def commit(self, *, everything: bool = False) -> None:
+        """Run the queued writes in one transaction (running marks once RUNNING_DELAY old)."""
         if not self._dirty:
             return
-        self._dirty = False
+        if self._running:
+            due = time.monotonic() - (0.0 if everything else self.running_delay)
+            running = self._pending[_RUNNING]
+            while self._running:
+                tid, (at, row) = next(iter(self._running.items()))
+                if at > due:
+                    break  # (oldest first)
+                del self._running[tid]
+                running.append(row)
+        self._dirty = bool(self._running)
         self.db.execute("BEGIN")
         try:
             for sql, rows in self._pending.items():
                 if rows:
                     self.db.executemany(sql, rows)
                     rows.clear()
-            self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                                [("next_tid", self._next), ("next_eid", self._next_eid)])
+            if self._next_eid != self._written_eid:
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_eid', ?)",
+                                (self._next_eid,))
+                self._written_eid = self._next_eid
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -492,7 +533,9 @@ class SQLiteStore:
 
     def close(self) -> None:
         try:
-            self.commit()
+            self._dirty = True
+            self.commit(everything=True)
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_tid', ?)", (self._next,))
         finally:
             self._closing.set()
             self._checkpointer.join(timeout=5)

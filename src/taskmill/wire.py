@@ -130,10 +130,10 @@ class Wire:
             env = bytes(env)
         if len(env) <= _HEADER_AT or env[:len(PROTOCOL)] != PROTOCOL:
             raise Refused("malformed", "not a taskmill message (bad protocol frame)")
-        if len(msg) == 1:
-            total = len(env)
-        else:
-            total = len(env) + sum(frame_len(f) for f in msg[1:])
+        total = len(env)
+        for f in msg[1:]:
+            t = type(f)  # a zmq.Frame's and a bytes' len() is its size; others are asked
+            total += len(f) if t is zmq.Frame or t is bytes else frame_len(f)
         if total > self.max_message:
             raise Refused("too-large", f"{total} bytes > limit {self.max_message}")
         hb = memoryview(env)[_HEADER_AT:]
