@@ -441,12 +441,16 @@ class Controller:
         if not isinstance(entries, list):
             raise BadRequest("results must be a list")
         pos = 0
-        for entry in entries:
-            n = entry.get("n", 0) if isinstance(entry, dict) else -1
-            if not isinstance(n, int) or n < 0 or pos + n > len(frames):
-                raise BadRequest("a result describes more payload frames than the message has")
-            self._on_result(rec, entry, frames[pos:pos + n])
-            pos += n
+        try:
+            for entry in entries:
+                n = entry.get("n", 0) if isinstance(entry, dict) else -1
+                if not isinstance(n, int) or n < 0 or pos + n > len(frames):
+                    raise BadRequest(
+                        "a result describes more payload frames than the message has")
+                self._on_result(rec, entry, frames[pos:pos + n])
+                pos += n
+        finally:
+            self._apply(self.sched.run_pass())  # one pass for the whole batch
 
     def _on_result(self, rec: EngineRecord, entry: dict[str, Any], frames: list[Any]) -> None:
         tid, attempt, status = entry["tid"], entry["attempt"], entry["status"]
@@ -468,7 +472,8 @@ class Controller:
         self.activity.attempt_ended(tid, rec.eid, attempt, status, time.time())
         self._report = (entry, frames)
         try:
-            self._apply(self.sched.task_done(rec.eid, tid, attempt, status, props, duration))
+            self._apply(self.sched.task_done(rec.eid, tid, attempt, status, props, duration,
+                                             dispatch=False))
         finally:
             self._report = None
         rec.state = "busy" if self.sched.engine_busy(rec.eid) else "idle"
@@ -520,29 +525,31 @@ class Controller:
         task = self.store.task(a.tid)
         now = time.time()
         started = self._started.pop(a.tid, None)
-        meta: dict[str, Any] = {
-            "tid": a.tid, "engineid": a.engineid, "attempts": a.attempts,
-            "submitted": task.submitted if task else now, "completed": now,
-            "started": started, "duration": 0.0,
-            "stdout": "", "stderr": "", "kind": "map", "error": None,
-        }
-        node = task.spec["nodes"][a.node] if task else {}
+        submitted = task.submitted if task else now
         frames: list[Any] = []
         if a.outcome == RESULT:
             assert self._report is not None, "a RESULT finish comes only from an engine report"
-            header, frames = self._report
-            meta.update(
-                status="ok" if a.ok else "error", kind=header.get("kind", "map"),
-                error=header.get("error"), duration=header.get("duration", 0.0),
-                stdout=header.get("stdout", ""), stderr=header.get("stderr", ""),
-                pmac=header.get("pmac"),
-            )
+            entry, frames = self._report
+            # The engine's entry becomes the stored metadata (one dict less per task).
+            meta: dict[str, Any] = {
+                "tid": a.tid, "engineid": a.engineid, "attempts": a.attempts,
+                "submitted": submitted, "completed": now, "started": started,
+                "status": "ok" if a.ok else "error", "kind": entry.get("kind", "map"),
+                "error": entry.get("error"), "duration": entry.get("duration", 0.0),
+                "stdout": entry.get("stdout", ""), "stderr": entry.get("stderr", ""),
+                "pmac": entry.get("pmac"),
+            }
         else:
+            node = task.spec["nodes"][a.node] if task else {}
             status, etype, message = self._controller_failure(a, node, started)
-            meta.update(status=status, error={"type": etype, "message": message,
-                                              "controller": True, "traceback": ""})
-            if node:
-                meta["kind"] = node["exec"]["kind"]
+            meta = {
+                "tid": a.tid, "engineid": a.engineid, "attempts": a.attempts,
+                "submitted": submitted, "completed": now, "started": started,
+                "duration": 0.0, "stdout": "", "stderr": "",
+                "kind": node["exec"]["kind"] if node else "map", "status": status,
+                "error": {"type": etype, "message": message, "controller": True,
+                          "traceback": ""},
+            }
         self.store.finish(a.tid, StoredResult(meta, list(frames)))
         self.stats.finished += 1
         self.activity.finished(a.tid, meta["status"], now, engineid=a.engineid,
@@ -642,8 +649,9 @@ class Controller:
             tid = self.store.allocate()
             self.store.add(StoredTask(tid, stored, task_frames, now))
             self.stats.submitted += 1
-            self._submit_to_scheduler(tid, stored, nodes)
+            self._submit_to_scheduler(tid, stored, nodes, dispatch=False)
             tids.append(tid)
+        self._apply(self.sched.run_pass())  # one pass for the whole batch
         if isinstance(key, str):
             self.store.remember_submit(key, tids)
         self._reply(rt, req, tids=tids)

@@ -257,11 +257,14 @@ class Scheduler:
         attempts: int = 0,
         tries: int = 0,
         handed_over: Iterable[int] = (),
+        dispatch: bool = True,
     ) -> list[Action]:
         """A new task (or one reloaded after a restart, with its counters).
 
         `after` holds the taskids this task still waits for, each active in this scheduler;
         `broken_after` names one that already failed or is unknown (the task fails at once).
+        With `dispatch=False` no scheduling pass runs: the caller runs one (`run_pass`) after
+        a batch of events, and gets the same dispatches it would have got one by one.
         """
         if tid in self.tasks:
             raise ValueError(f"task {tid} is already active")
@@ -272,7 +275,7 @@ class Scheduler:
         self.tasks[tid] = t
         if broken_after is not None:
             self._finish(t, DEPENDENCY, False, detail=broken_after)
-            return self._flush()
+            return self._flush(dispatch)
         for dep in after:
             if dep in self.tasks and dep != tid:
                 t.blocked_on.add(dep)
@@ -281,7 +284,7 @@ class Scheduler:
             t.state = WAITING
         else:
             self._make_ready(t)
-        return self._flush()
+        return self._flush(dispatch)
 
     def add_engine(self, eid: int, properties: dict[str, Any],
                    slots: int | None = None) -> list[Action]:
@@ -310,11 +313,13 @@ class Scheduler:
         status: str,
         properties: dict[str, Any] | None = None,
         duration: float | None = None,
+        dispatch: bool = True,
     ) -> list[Action]:
-        """An engine reports an attempt: `ok`, `error` or `rejected`, and how long it ran."""
+        """An engine reports an attempt: `ok`, `error` or `rejected`, and how long it ran.
+        (`dispatch=False`: see `submit`.)"""
         e = self.engines.get(eid)
         if e is None:
-            return self._flush()  # a dead engine's late report: its task was failed already
+            return self._flush(dispatch)  # a dead engine's late report: failed already
         if properties is not None and properties != e.properties:
             e.properties = dict(properties)
             e.version += 1
@@ -327,7 +332,7 @@ class Scheduler:
             self._release_slot(e, tid)
         t = self.tasks.get(tid)
         if t is None or t.state != RUNNING or t.engine != eid or t.attempts != attempt:
-            return self._flush()  # aborted, or a stale attempt
+            return self._flush(dispatch)  # aborted, or a stale attempt
         t.engine = None
         t.steal_tried = False
         if status == OK:
@@ -343,6 +348,10 @@ class Scheduler:
                 self._make_ready(t)
         else:
             self._attempt_failed(t, eid, RESULT)
+        return self._flush(dispatch)
+
+    def run_pass(self) -> list[Action]:
+        """A scheduling pass (after events given with `dispatch=False`)."""
         return self._flush()
 
     def remove_engine(self, eid: int) -> list[Action]:
@@ -428,8 +437,9 @@ class Scheduler:
         return any(isinstance(a, Dispatch) for a in actions), actions
 
     # -- internals -------------------------------------------------------------------------
-    def _flush(self) -> list[Action]:
-        self._pass()
+    def _flush(self, dispatch: bool = True) -> list[Action]:
+        if dispatch:
+            self._pass()
         out, self._out = self._out, []
         return out
 
