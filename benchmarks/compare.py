@@ -8,6 +8,8 @@ threads_per_worker=1, processes=True)`) when they are importable (`pip install -
 Metrics (sizes set by the flags below; `--quick` makes them tiny):
 
 1. submit+wait: N no-op tasks submitted one by one, then every result gathered (tasks/s);
+   taskmill through `submit` futures, and again through the seed API (`run(MapTask)`, then
+   `get_task_result`), which must wait a round trip per `run` for its int taskid;
 2. sequential latency: round trips of one no-op task (median and p99, ms);
 3. payload: round trips of a bytes argument returned unchanged, and of a float64 numpy array
    (median ms);
@@ -203,10 +205,19 @@ class TaskmillPeer(Peer):
         self.cluster.start()
         self.client = self.cluster.client()
 
-    def submit(self, func: Callable[..., Any], *args: Any) -> int:
+    def submit(self, func: Callable[..., Any], *args: Any) -> Any:
+        return self.client.submit(func, *args)
+
+    def gather(self, handles: list[Any]) -> list[Any]:
+        out = [f.result() for f in handles]
+        self._done.extend(f.taskid for f in handles)
+        return out
+
+    def submit_seed(self, func: Callable[..., Any], *args: Any) -> int:
+        """The seed API: `run(MapTask)` returns the int taskid (a round trip each)."""
         return self.client.run(self.MapTask(func, args))
 
-    def gather(self, handles: list[int]) -> list[Any]:
+    def gather_seed(self, handles: list[int]) -> list[Any]:
         self.client.barrier(handles)
         out = [self.client.get_task_result(t, block=True) for t in handles]
         self._done.extend(handles)
@@ -412,6 +423,8 @@ def metric_rows(sz: Sizes) -> list[Metric]:
                "lower"),
         Metric("submit", f"submit+wait: {sz.tasks:,} no-op tasks one by one, then gather (tasks/s)",
                "higher"),
+        Metric("submit_seed", f"taskmill seed API: {sz.tasks:,} × `run(MapTask)`, then "
+               "`get_task_result` (tasks/s)", "higher", ratio=False),
         Metric("lat_med", f"sequential latency, no-op round trip, median of {sz.latency} (ms)",
                "lower"),
         Metric("lat_p99", f"sequential latency, no-op round trip, p99 of {sz.latency} (ms)",
@@ -421,7 +434,7 @@ def metric_rows(sz: Sizes) -> list[Metric]:
         Metric("array", f"payload: {human_bytes(sz.array_bytes)} float64 ndarray echoed, median of "
                f"{sz.payload} (ms)", "lower"),
         Metric("map", f"map of {sz.map_items:,} no-op items, best batching (items/s)", "higher"),
-        Metric("cpu_task", "taskmill controller CPU per task during submit+wait (ms/task)",
+        Metric("cpu_task", "taskmill controller CPU per task during submit+wait (µs/task)",
                "lower", ratio=False),
         Metric("cpu_map", "taskmill controller CPU per map item (µs/item)", "lower", ratio=False),
         Metric("rss", "taskmill controller peak RSS, VmHWM (MiB)", "lower", ratio=False),
@@ -486,7 +499,7 @@ def measure_peer(peer: Peer, sz: Sizes, limit: float) -> PeerResult:
         res.values["startup"] = time.perf_counter() - t0
 
     if not step("startup", startup):
-        for m in ("submit", "lat_med", "lat_p99", "bytes", "array", "map"):
+        for m in ("submit", "submit_seed", "lat_med", "lat_p99", "bytes", "array", "map"):
             res.errors[m] = "not measured: the start failed"
         with contextlib.suppress(BaseException), time_limit(limit):
             peer.stop()
@@ -503,7 +516,17 @@ def measure_peer(peer: Peer, sz: Sizes, limit: float) -> PeerResult:
             raise AssertionError("wrong results")
         res.values["submit"] = sz.tasks / dt
         if cpu0 is not None and cpu1 is not None:
-            res.values["cpu_task"] = (cpu1 - cpu0) / sz.tasks * 1e3
+            res.values["cpu_task"] = (cpu1 - cpu0) / sz.tasks * 1e6
+
+    def submit_wait_seed() -> None:
+        assert isinstance(peer, TaskmillPeer)
+        t0 = time.perf_counter()
+        handles = [peer.submit_seed(noop) for _ in range(sz.tasks)]
+        out = peer.gather_seed(handles)
+        dt = time.perf_counter() - t0
+        if len(out) != sz.tasks or any(x is not None for x in out):
+            raise AssertionError("wrong results")
+        res.values["submit_seed"] = sz.tasks / dt
 
     def round_trips(n: int, arg: Any, same: Callable[[Any, Any], bool]) -> list[float]:
         times = []
@@ -551,6 +574,8 @@ def measure_peer(peer: Peer, sz: Sizes, limit: float) -> PeerResult:
             res.values["cpu_map"] = (cpu1 - cpu0) / sz.map_items * 1e6
 
     step(("submit", "cpu_task"), submit_wait)
+    if isinstance(peer, TaskmillPeer):
+        step("submit_seed", submit_wait_seed)
     step(("lat_med", "lat_p99"), latency)
     step("bytes", payload_bytes)
     step("array", payload_array)
@@ -684,9 +709,11 @@ def report(results: list[PeerResult], sz: Sizes, args: argparse.Namespace,
             parts.append(f"{m.key} {rc} ({winner} better)")
         lines.append(f"- {r.name}: " + ("; ".join(parts) if parts else "no ratio (no values)"))
     lines += ["", "How each system was driven:", ""]
-    lines.append("- taskmill: submit = `client.run(MapTask(f, args))`, one request per task; "
-                 "gather = `client.barrier(tids)` then `client.get_task_result(tid, block=True)` "
-                 "per id; each stored result is cleared after a measured step, untimed")
+    lines.append("- taskmill: submit = `client.submit(f, *args)` (a TaskFuture; submits made while "
+                 "one is unanswered travel together); gather = `future.result()` each; the seed "
+                 "row: `client.run(MapTask(f, args))` per task, then `client.barrier(tids)` and "
+                 "`client.get_task_result(tid, block=True)` per id; each stored result is "
+                 "cleared after a measured step, untimed")
     drive = {
         "ProcessPoolExecutor": "submit = `executor.submit`; gather = `future.result()` each",
         "multiprocessing.Pool": "submit = `pool.apply_async`; gather = `result.get()` each",
@@ -708,7 +735,8 @@ def report(results: list[PeerResult], sz: Sizes, args: argparse.Namespace,
         f"{sz.probe_delay * 1e3:g} ms so that both workers get one). Controller CPU is "
         "utime+stime from /proc/<controller_pid>/stat around the step; peak RSS is VmHWM of the "
         "controller at the end of its run. The peers' own schedulers are not measured there "
-        "(n/a). The machine may run other work meanwhile: numbers are noisy.",
+        "(n/a). The machine may run other work meanwhile: numbers are noisy (on this VM, "
+        "identical runs differ by 10-30%).",
         "",
     ]
     return "\n".join(lines)

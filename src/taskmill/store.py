@@ -171,7 +171,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     result_frames BLOB
 );
 CREATE TABLE IF NOT EXISTS submits (key TEXT PRIMARY KEY, tids BLOB NOT NULL, at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state) WHERE state != 'finished';
+-- (No index on state: each insert and finish would pay for it. A restart finds the unfinished
+-- tasks from meta's low_tid, below which every task had finished: see SQLiteStore.commit.)
+DROP INDEX IF EXISTS tasks_state;
 """
 
 _INSERT = ("INSERT INTO tasks (tid, state, submitted, spec, frames) "
@@ -190,13 +192,10 @@ EXTERNAL_MIN = 64 * 1024
 CHECKPOINT_BYTES = 32 * 1024 * 1024
 # A task's running mark is written only if it is still running this much later.
 RUNNING_DELAY = 0.05
+LOW_TID_EVERY = 1.0  # seconds between writes of meta's low_tid
 
 
 _EMPTY_LIST = b"\x90"  # msgpack of []
-
-
-def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
 
 
 def _unpack(data: bytes) -> Any:
@@ -225,6 +224,9 @@ class SQLiteStore:
         self.blob_dir = Path(f"{path}.blobs")
         self.blob_dir.mkdir(mode=0o700, exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # One Packer for this store's writes (cheaper than packb's Packer per call); the
+        # store is used by one thread, the controller's.
+        self._pack = msgpack.Packer(use_bin_type=True).pack
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # durable against a process crash
         self.db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
@@ -249,6 +251,9 @@ class SQLiteStore:
         row = self.db.execute("SELECT value FROM meta WHERE key='next_eid'").fetchone()
         self._next_eid = row[0] if row else 0
         self._written_eid = self._next_eid
+        row = self.db.execute("SELECT value FROM meta WHERE key='low_tid'").fetchone()
+        self._low_tid = row[0] if row else 0
+        self._low_written = 0.0  # monotonic time low_tid was last written
         self.db.execute("DELETE FROM submits WHERE at < ?", (time.time() - SUBMIT_KEY_AGE,))
         self._n_ok, self._n_failed = (
             self.db.execute(
@@ -267,7 +272,7 @@ class SQLiteStore:
         if sizes is None:
             sizes = [_nbytes(f) for f in frames]
         if not sizes or max(sizes) < EXTERNAL_MIN:  # the usual case: all small
-            return _pack([bytes(getattr(f, "buffer", f)) for f in frames])
+            return self._pack([bytes(getattr(f, "buffer", f)) for f in frames])
         packed: list[Any] = []
         for i, f in enumerate(frames):
             buf = getattr(f, "buffer", f)
@@ -278,7 +283,7 @@ class SQLiteStore:
                 packed.append({"file": name})
             else:
                 packed.append(bytes(buf))
-        return _pack(packed)
+        return self._pack(packed)
 
     def _frames_from_blob(self, blob: bytes | None) -> list[Any]:
         out = []
@@ -339,7 +344,7 @@ class SQLiteStore:
         blob = self._frames_blob(task.tid, "task", task.frames, sizes)
         if sizes and max(sizes) >= EXTERNAL_MIN:
             self._task_blobs[task.tid] = blob  # to drop its files when the task finishes
-        self._queue(_INSERT, (task.tid, task.submitted, _pack(task.spec), blob))
+        self._queue(_INSERT, (task.tid, task.submitted, self._pack(task.spec), blob))
 
     def task(self, tid: int) -> StoredTask | None:
         return self._active.get(tid)
@@ -352,14 +357,15 @@ class SQLiteStore:
         self._running.pop(tid, None)  # (re-inserted: the dict stays in time order)
         self._running[tid] = (time.monotonic(),
                               (engine, node, attempts, tries,
-                               _pack(handed_over) if handed_over else _EMPTY_LIST, tid))
+                               self._pack(handed_over) if handed_over else _EMPTY_LIST, tid))
         self._dirty = True
 
     def unfinished(self) -> list[tuple[StoredTask, dict[str, Any]]]:
         """Every queued or running task, oldest first, with its scheduling counters."""
         rows = self.db.execute(
             "SELECT tid, state, submitted, spec, frames, node, attempts, tries, handed_over "
-            "FROM tasks WHERE state != 'finished' ORDER BY tid").fetchall()
+            "FROM tasks WHERE tid >= ? AND state != 'finished' ORDER BY tid",
+            (self._low_tid,)).fetchall()
         out = []
         for tid, state, submitted, spec, frames, node, attempts, tries, handed in rows:
             task = StoredTask(tid, _unpack(spec), self._frames_from_blob(frames), submitted)
@@ -382,7 +388,7 @@ class SQLiteStore:
         self._recent_submits[key] = tids
         while len(self._recent_submits) > SUBMIT_KEYS_KEPT:
             self._recent_submits.popitem(last=False)
-        self._queue(_SUBMIT, (key, _pack(tids), time.time()))
+        self._queue(_SUBMIT, (key, self._pack(tids), time.time()))
 
     # -- results ---------------------------------------------------------------------------
     def finish(self, tid: int, result: StoredResult) -> None:
@@ -393,7 +399,7 @@ class SQLiteStore:
             self._drop_blobs(blobs)
         sizes = [_nbytes(f) for f in result.frames]
         blob = self._frames_blob(tid, "result", result.frames, sizes)
-        self._queue(_FINISH, (int(result.ok), _pack(result.meta), blob, tid))
+        self._queue(_FINISH, (int(result.ok), self._pack(result.meta), blob, tid))
         if result.ok:
             self._n_ok += 1
         else:
@@ -520,6 +526,12 @@ class SQLiteStore:
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_eid', ?)",
                                 (self._next_eid,))
                 self._written_eid = self._next_eid
+            now = time.monotonic()
+            if everything or now - self._low_written >= LOW_TID_EVERY:
+                # Every task below this had finished: a restart looks only above it.
+                low = min(self._active) if self._active else self._next
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('low_tid', ?)", (low,))
+                self._low_written = now
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
