@@ -30,7 +30,7 @@ def run(n: int, db: str) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=20_000)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     a = p.parse_args()
     rates: dict[str, list[float]] = {"sqlite": [], ":memory:": []}
     for i in range(a.rounds):
