@@ -11,33 +11,20 @@ import textwrap
 import time
 
 import pytest
-from systest import poll
+from systest import gone, poll
 
 from taskmill import Cluster, ControllerUnreachable, MapTask, TaskClient
 
 TASKMILL = [sys.executable, "-m", "taskmill"]
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    # A zombie child of ours counts as gone once reaped by its parent; check /proc state.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] == "Z"
-    except FileNotFoundError:
-        return True
-
-
 def _wait_gone(pids, timeout=20.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(_gone(p) for p in pids):
+        if all(gone(p) for p in pids):
             return
         time.sleep(0.05)
-    raise AssertionError(f"still running: {[p for p in pids if not _gone(p)]}")
+    raise AssertionError(f"still running: {[p for p in pids if not gone(p)]}")
 
 
 def test_constructing_starts_nothing_and_stop_is_idempotent():

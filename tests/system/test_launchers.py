@@ -238,17 +238,26 @@ def test_mpi_engines_end_when_their_owner_is_killed(tmp_path):
         time.sleep(600)
     """))
     env = dict(os.environ, TASKMILL_DIR=str(tmp_path / "home"), **MPI_AS_ROOT)
+    def after_the_kill(pids: list[int]) -> None:
+        assert len(pids) == 4
+        wait_until(lambda: all(gone(p) for p in pids), "mpiexec's engines to end", timeout=30)
+        wait_until(lambda: not list((tmp_path / "home" / "launch").glob("mpi-*")),
+                   "the tether to remove the copy of the connection file")
+
+    kill_the_owner(script, env, after_the_kill)
+
+
+def kill_the_owner(script: Path, env: dict[str, str], check) -> None:
+    """Run `script` (it prints its state folder and the pids it started, then sleeps), SIGKILL
+    it, and `check(pids)`; its state folder is removed whatever happens."""
     owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
                              env=env)
     state_dir = None
     try:
         state_dir, *pids = json.loads(owner.stdout.readline())
-        assert len(pids) == 4
         owner.send_signal(signal.SIGKILL)
         owner.wait()
-        wait_until(lambda: all(gone(p) for p in pids), "mpiexec's engines to end", timeout=30)
-        wait_until(lambda: not list((tmp_path / "home" / "launch").glob("mpi-*")),
-                   "the tether to remove the copy of the connection file")
+        check(pids)
     finally:
         owner.kill()
         owner.wait()
@@ -362,21 +371,12 @@ def test_ssh_engines_end_when_their_owner_is_killed(sshd, tmp_path):
         time.sleep(600)
     """))
     env = dict(os.environ, TASKMILL_DIR=str(tmp_path / "home"))
-    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
-                             env=env)
-    state_dir = None
-    try:
-        state_dir, *pids = json.loads(owner.stdout.readline())
+    def after_the_kill(pids: list[int]) -> None:
         assert len(pids) == 3
-        owner.send_signal(signal.SIGKILL)
-        owner.wait()
         wait_until(lambda: all(gone(p) for p in pids),
                    "the engine to read EOF on its stdin, and its ssh session to end")
-    finally:
-        owner.kill()
-        owner.wait()
-        if state_dir:  # a killed owner cannot remove its logs
-            shutil.rmtree(state_dir, ignore_errors=True)
+
+    kill_the_owner(script, env, after_the_kill)
 
 
 # -- Slurm ---------------------------------------------------------------------------------
