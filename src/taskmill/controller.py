@@ -29,7 +29,8 @@ Client messages (every one carries `req`; the reply echoes it):
   A submit with `watch` is answered with its taskids, then with `done` messages as its tasks
   finish (one request instead of a submit and a watch).
 Engine control messages: register, hb (heartbeat), revoked  ->  registered, hb, reregister,
-  interrupt, revoke{seq} (give back a buffered task, see the scheduler's stealing)
+  interrupt, revoke{dseq} (give back a buffered task, see the scheduler's stealing; `dseq`, not
+  `seq`, which every header carries for the Wire's replay check)
 Engine task messages: tasks (controller -> engine), results (engine -> controller)
 """
 
@@ -118,6 +119,8 @@ class Stats:
     submitted: int = 0
     finished: int = 0
     engines_died: int = 0
+    revokes_sent: int = 0  # an idle engine asked for a task buffered on another
+    revokes_granted: int = 0  # ... and got it
 
 
 def _check_int_list(value: Any, what: str) -> list[int]:
@@ -376,6 +379,7 @@ class Controller:
                 if not isinstance(tid, int) or not isinstance(attempt, int):
                     raise BadRequest("revoked needs int tid and attempt")
                 if ok:
+                    self.stats.revokes_granted += 1
                     self._seq_of.pop((tid, attempt), None)
                 self._apply(self.sched.revoke_answered(rec.eid, tid, attempt, bool(ok)))
             else:
@@ -494,8 +498,9 @@ class Controller:
                 rec = self.engines.get(a.eid)
                 seq = self._seq_of.get((a.tid, a.attempt))
                 if rec is not None and rec.state != "dead" and seq is not None:
+                    self.stats.revokes_sent += 1
                     self._send(self.engine_sock, rec.ctl_ident, {
-                        "type": "revoke", "tid": a.tid, "attempt": a.attempt, "seq": seq})
+                        "type": "revoke", "tid": a.tid, "attempt": a.attempt, "dseq": seq})
                 else:  # nothing to ask back: as good as refused
                     self._apply(self.sched.revoke_answered(a.eid, a.tid, a.attempt, False))
             elif isinstance(a, ArmTimer):
@@ -516,7 +521,7 @@ class Controller:
         seq = next(self._dispatch_seq)
         self._seq_of[(a.tid, a.attempt)] = seq
         entries, frames = self._tasks_out.setdefault(a.eid, ([], []))
-        entries.append({"tid": a.tid, "attempt": a.attempt, "seq": seq, "exec": node["exec"],
+        entries.append({"tid": a.tid, "attempt": a.attempt, "dseq": seq, "exec": node["exec"],
                         "pmac": node["pmac"], "timeout": node.get("timeout"),
                         "n": end - start})
         frames.extend(task.frames[start:end])
@@ -879,6 +884,8 @@ class Controller:
             "messages_in": self.stats.messages_in, "messages_out": self.stats.messages_out,
             "submitted": self.stats.submitted, "finished": self.stats.finished,
             "engines_died": self.stats.engines_died, "refused": dict(self.wire.refused),
+            "revokes_sent": self.stats.revokes_sent,
+            "revokes_granted": self.stats.revokes_granted,
             "queue": self.queue_status(), "engines": engines,
             "tasks_per_second": self.activity.tasks_per_second(now),
             "durations": self.activity.durations.as_dict(),

@@ -16,9 +16,9 @@ task to a socket that has not connected. The control thread owns the control soc
 heartbeating while task code runs, and it interrupts the running task on `abort` by sending the
 main thread a signal whose handler raises `TaskInterrupted` in the task code.
 
-An engine may hold several tasks (the controller's prefetch). Each carries `seq`, the
+An engine may hold several tasks (the controller's prefetch). Each carries `dseq`, the
 controller's dispatch number, which rises in the order the engine runs them. So "not started
-yet" is `seq > the last started`, and the control thread can promise a task back to the
+yet" is `dseq > the last started`, and the control thread can promise a task back to the
 controller (`revoke`) without asking the main thread: a revoked task is dropped when its turn
 comes, never run and never reported.
 """
@@ -397,7 +397,7 @@ class Engine:
 
     def _answer_revoke(self, header: dict[str, Any]) -> None:
         """Give a buffered task back, if it has not started (tasks start in seq order)."""
-        seq = header.get("seq")
+        seq = header.get("dseq")
         if not isinstance(seq, int):
             return
         with self._lock:
@@ -446,7 +446,7 @@ class Engine:
         kind = spec["kind"]
         reply: dict[str, Any] = {"tid": tid, "attempt": attempt, "kind": kind}
         timeout = header.get("timeout")
-        seq = header.get("seq")
+        seq = header.get("dseq")
         with self._lock:
             if isinstance(seq, int):
                 if seq in self._revoked:  # promised back to the controller: never runs

@@ -108,7 +108,8 @@ class Wire:
 
     # -- messages ---------------------------------------------------------------------------
     def encode(self, header: dict[str, Any], frames: Sequence[Frame] = ()) -> list[Frame]:
-        """The frames of a signed message (without routing ids)."""
+        """The frames of a signed message (without routing ids). `sid` and `seq` in `header`
+        are this Wire's (set here, overwriting any): never use those names for anything else."""
         header["sid"] = self.sid
         header["seq"] = next(self._seq)
         return [self.seal(self._pack(header)), *frames]

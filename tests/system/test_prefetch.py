@@ -1,4 +1,5 @@
-"""--prefetch: engines hold more than one task; buffered tasks can be aborted and survive deaths."""
+"""Prefetch: engines hold more than one task; buffered tasks can be aborted, survive deaths, and
+are taken back by an idle engine (adaptive prefetch, the default, with stealing)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,62 @@ from taskmill import Cluster, MapTask, TaskAborted
 pytestmark = pytest.mark.timeout(180, method="thread")
 
 
+def log_and_return(path, tag, seconds=0.0):
+    """Append `tag` to `path` (one line per run: O_APPEND keeps lines whole), maybe sleep."""
+    import os
+    import time
+
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{tag}\n".encode())
+    finally:
+        os.close(fd)
+    if seconds:
+        time.sleep(seconds)
+    return tag
 
 
+def warm_up(tc, n=400):
+    """Tiny tasks, so that adaptive engines buffer many at a time."""
+    assert tc.map(abs, range(-n, 0), chunksize=1) == list(range(n, 0, -1))
 
 
+def test_tasks_buffered_behind_a_long_one_are_taken_by_the_idle_engine(tmp_path):
+    gate, log = str(tmp_path / "gate"), str(tmp_path / "runs.log")
+    with Cluster(2, heartbeat=0.5) as c, c.client() as tc:
+        warm_up(tc)
+        assert all(e["capacity"] > 1 for e in tc.engines())
+        long = tc.submit(wait_for_file, gate)
+        tiny = [tc.submit(log_and_return, log, f"tiny {i}") for i in range(12)]
+        # Some went to the long task's engine, behind it: the other engine asks for them back.
+        assert [f.result(timeout=60) for f in tiny] == [f"tiny {i}" for i in range(12)]
+        assert not long.done()
+        stats = tc.statistics()
+        assert stats["revokes_granted"] >= 1, stats
+        open(gate, "w").close()
+        assert long.result(timeout=60) > 0
+    assert sorted(read(log)) == sorted(f"tiny {i}" for i in range(12))  # each ran once
+
+
+def test_stealing_under_a_mixed_load_runs_every_task_exactly_once(tmp_path):
+    log = str(tmp_path / "runs.log")
+    with Cluster(2, heartbeat=0.5) as c, c.client() as tc:
+        warm_up(tc)
+        futs = []
+        for r in range(20):  # a slow task now and then among many fast ones
+            futs.append(tc.submit(log_and_return, log, f"slow {r}", 0.05))
+            futs += [tc.submit(log_and_return, log, f"fast {r}.{i}") for i in range(24)]
+        tags = [f.result(timeout=120) for f in futs]
+        stats = tc.statistics()
+    runs = read(log)
+    assert sorted(runs) == sorted(tags), "a task ran twice or never"
+    assert len(set(tags)) == len(futs) == 500
+    assert stats["revokes_sent"] >= stats["revokes_granted"] >= 1, stats
+
+
+def read(path):
+    with open(path) as f:
+        return f.read().splitlines()
 
 
 def test_prefetch_buffers_tasks_and_they_can_be_aborted_or_rescued(tmp_path):
