@@ -123,6 +123,34 @@ class Stats:
     revokes_granted: int = 0  # ... and got it
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_exec(ex: dict[str, Any], nframes: int) -> dict[str, Any]:
+    """What an engine is told to do with a node, rebuilt from its checked fields."""
+    kind = ex.get("kind")
+    clear_before, clear_after = ex.get("clear_before", False), ex.get("clear_after", False)
+    if not isinstance(clear_before, bool) or not isinstance(clear_after, bool):
+        raise BadRequest("clear_before and clear_after must be bools")
+    if kind == "string":
+        expression, pull = ex.get("expression"), ex.get("pull", [])
+        if not isinstance(expression, str):
+            raise BadRequest("a string task needs its expression as a str")
+        if not isinstance(pull, list) or not all(isinstance(x, str) for x in pull):
+            raise BadRequest("pull must be a list of names")
+        return {"kind": kind, "expression": expression, "pull": pull,
+                "clear_before": clear_before, "clear_after": clear_after}
+    if kind == "map":
+        fn = ex.get("fn")
+        if fn is not None and not (_is_int(fn) and 0 < fn <= nframes):
+            raise BadRequest("fn must count the function's frames (an int within nframes)")
+        if nframes == 0:
+            raise BadRequest("a map task needs its function's payload frames")
+        return {"kind": kind, "fn": fn, "clear_before": clear_before, "clear_after": clear_after}
+    raise BadRequest("exec kind must be 'string' or 'map'")
+
+
 def _check_int_list(value: Any, what: str) -> list[int]:
     if not isinstance(value, list) or not all(
         isinstance(x, int) and not isinstance(x, bool) for x in value
@@ -485,28 +513,35 @@ class Controller:
     # -- actions ---------------------------------------------------------------------------
     def _apply(self, actions: list[Any]) -> None:
         for a in actions:
-            if isinstance(a, Dispatch):
-                self._dispatch(a)
-            elif isinstance(a, Finish):
-                self._finish(a)
-            elif isinstance(a, Interrupt):
-                rec = self.engines.get(a.eid)
-                if rec is not None and rec.state != "dead":
-                    self._send(self.engine_sock, rec.ctl_ident,
-                               {"type": "interrupt", "tid": a.tid, "reason": a.reason})
-            elif isinstance(a, Revoke):
-                rec = self.engines.get(a.eid)
-                seq = self._seq_of.get((a.tid, a.attempt))
-                if rec is not None and rec.state != "dead" and seq is not None:
-                    self.stats.revokes_sent += 1
-                    self._send(self.engine_sock, rec.ctl_ident, {
-                        "type": "revoke", "tid": a.tid, "attempt": a.attempt, "dseq": seq})
-                else:  # nothing to ask back: as good as refused
-                    self._apply(self.sched.revoke_answered(a.eid, a.tid, a.attempt, False))
-            elif isinstance(a, ArmTimer):
-                self._arm(a.key, a.delay)
-            elif isinstance(a, CancelTimer):
-                self._timer_live.pop(a.key, None)
+            try:
+                self._apply_one(a)
+            except Exception:  # noqa: BLE001 - the other actions must still be carried out
+                self.wire.refused["internal-error"] += 1
+                log.exception("carrying out %r failed", a)
+
+    def _apply_one(self, a: Any) -> None:
+        if isinstance(a, Dispatch):
+            self._dispatch(a)
+        elif isinstance(a, Finish):
+            self._finish(a)
+        elif isinstance(a, Interrupt):
+            rec = self.engines.get(a.eid)
+            if rec is not None and rec.state != "dead":
+                self._send(self.engine_sock, rec.ctl_ident,
+                           {"type": "interrupt", "tid": a.tid, "reason": a.reason})
+        elif isinstance(a, Revoke):
+            rec = self.engines.get(a.eid)
+            seq = self._seq_of.get((a.tid, a.attempt))
+            if rec is not None and rec.state != "dead" and seq is not None:
+                self.stats.revokes_sent += 1
+                self._send(self.engine_sock, rec.ctl_ident, {
+                    "type": "revoke", "tid": a.tid, "attempt": a.attempt, "dseq": seq})
+            else:  # nothing to ask back: as good as refused
+                self._apply(self.sched.revoke_answered(a.eid, a.tid, a.attempt, False))
+        elif isinstance(a, ArmTimer):
+            self._arm(a.key, a.delay)
+        elif isinstance(a, CancelTimer):
+            self._timer_live.pop(a.key, None)
 
     def _dispatch(self, a: Dispatch) -> None:
         task = self.store.task(a.tid)
@@ -599,6 +634,11 @@ class Controller:
             self.wire.refused["unknown-type"] += 1
             self._reply(reply_to, req, error=f"unknown request type {kind!r}")
             return
+        if req is not None and not isinstance(req, int | str | bytes):
+            # (Results for one request travel together, keyed by it: it must be a plain key.)
+            self.wire.refused["bad-request"] += 1
+            self._reply(reply_to, req, error=f"bad {kind} request: req must be an int or a str")
+            return
         try:
             handler(reply_to, req, header, frames)
         except (BadRequest, KeyError, TypeError, ValueError, IndexError) as e:
@@ -640,10 +680,9 @@ class Controller:
         parsed = []
         pos = 0
         for spec in specs:  # check everything before storing anything
-            end = self._check_task(spec, frames, pos)
+            end, nodes = self._check_task(spec, frames, pos)
             task_frames = list(frames[pos:end])
-            stored = {"nodes": spec["nodes"], "after": _check_int_list(spec.get("after", []),
-                                                                       "after")}
+            stored = {"nodes": nodes, "after": _check_int_list(spec.get("after", []), "after")}
             parsed.append((stored, self._nodes(stored, task_frames), task_frames))
             pos = end
         if pos != len(frames):
@@ -694,24 +733,25 @@ class Controller:
         if n:
             log.info("reloaded %d unfinished task(s) from the store", n)
 
-    def _check_task(self, spec: Any, frames: list[Any], pos: int) -> int:
-        """Check one task of a submit message; note each node's frame spans; return its end."""
+    def _check_task(self, spec: Any, frames: list[Any], pos: int) -> tuple[int, list[dict]]:
+        """Check one task of a submit message; return where its frames end and its nodes,
+        rebuilt from the checked fields only (with their frame spans). So whatever a client
+        sent, a stored node always has the fields dispatch and reload rely on."""
         if not isinstance(spec, dict) or not isinstance(spec.get("nodes"), list) or not spec["nodes"]:
             raise BadRequest("each task needs a non-empty list of nodes")
         start = pos
         n = len(spec["nodes"])
+        nodes = []
         for meta in spec["nodes"]:
             if not isinstance(meta, dict) or not isinstance(meta.get("exec"), dict):
                 raise BadRequest("each node needs an exec map")
-            if meta["exec"].get("kind") not in ("string", "map"):
-                raise BadRequest("exec kind must be 'string' or 'map'")
             nf, df = meta.get("nframes", 0), meta.get("dframes", 0)
             retries, recovery = meta.get("retries", 0), meta.get("recovery")
-            if not isinstance(nf, int) or not isinstance(df, int) or nf < 0 or df < 0:
+            if not _is_int(nf) or not _is_int(df) or nf < 0 or df < 0:
                 raise BadRequest("nframes and dframes must be ints >= 0")
-            if not isinstance(retries, int) or retries < 0:
+            if not _is_int(retries) or retries < 0:
                 raise BadRequest("retries must be an int >= 0")
-            if recovery is not None and not (isinstance(recovery, int) and 0 <= recovery < n):
+            if recovery is not None and not (_is_int(recovery) and 0 <= recovery < n):
                 raise BadRequest("recovery must index a node of the same task")
             if pos + nf + df > len(frames):
                 raise BadRequest("the tasks describe more payload frames than the message has")
@@ -720,13 +760,25 @@ class Controller:
                 raise BadRequest("depend must be null, a map, or 'callable'")
             timeout = meta.get("timeout")
             if timeout is not None and not (isinstance(timeout, int | float)
+                                            and not isinstance(timeout, bool)
                                             and 0 < timeout <= MAX_TIMEOUT):
                 raise BadRequest(f"timeout must be null or a number > 0 and <= {MAX_TIMEOUT:g}")
-            meta["span"] = [pos - start, pos - start + nf]
+            pmac, dpmac = meta.get("pmac"), meta.get("dpmac")
+            if (nf and not isinstance(pmac, bytes)) or (pmac is not None
+                                                          and not isinstance(pmac, bytes)):
+                raise BadRequest("a node with payload frames needs their pmac (bytes)")
+            if depend == "callable" and not isinstance(dpmac, bytes):
+                raise BadRequest("a callable depend needs its dpmac (bytes)")
+            node = {"exec": _check_exec(meta["exec"], nf), "nframes": nf, "dframes": df,
+                    "retries": retries, "recovery": recovery, "timeout": timeout,
+                    "pmac": pmac, "depend": depend, "span": [pos - start, pos - start + nf]}
+            if depend == "callable":
+                node["dpmac"] = dpmac
             pos += nf
-            meta["dspan"] = [pos - start, pos - start + df]
+            node["dspan"] = [pos - start, pos - start + df]
             pos += df
-        return pos
+            nodes.append(node)
+        return pos, nodes
 
     def _nodes(self, spec: dict[str, Any], frames: list[Any]) -> list[Node]:
         """The scheduler's view of a stored task; a callable depend is unpickled here."""

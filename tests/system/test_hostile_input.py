@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import zmq
 
 from taskmill import MapTask
@@ -56,14 +57,30 @@ def test_signed_nonsense_gets_a_clear_error(cluster, client):
                    {"type": "result", "tids": ["x"]},
                    # a timeout no engine can arm (it once ended the engine that got it)
                    {"type": "submit", "tasks": [{"nodes": [{"exec": {"kind": "map"},
-                                                            "timeout": 1e10}]}]}):
+                                                            "timeout": 1e10}]}]},
+                   # fields dispatch relies on, missing or of the wrong type (such a task was
+                   # once stored, and its dispatch failed half done: the engine never got it)
+                   {"type": "submit", "tasks": [{"nodes": [{"exec": {"kind": "map"},
+                                                            "nframes": 0}]}]},
+                   {"type": "submit", "tasks": [{"nodes": [{"exec": {"kind": "string",
+                                                                     "expression": 3}}]}]},
+                   {"type": "submit", "tasks": [{"nodes": [{"exec": {"kind": "string",
+                                                                     "expression": "x = 1",
+                                                                     "clear_after": "yes"}}]}]}):
         try:
             conn.call(header)
         except TaskError as e:
             assert "bad" in str(e) or "unknown" in str(e)
         else:
             raise AssertionError(f"{header} was accepted")
+    # Payload frames without the pmac that covers them.
+    spec, frames = client._encode(MapTask(abs, (-3,)))
+    del spec["nodes"][0]["pmac"]
+    with pytest.raises(TaskError, match="pmac"):
+        conn.call({"type": "submit", "tasks": [spec]}, frames)
+    before = client.queue_status()
     assert client.run(MapTask(abs, (-3,)), block=True) == 3
+    assert client.queue_status()["scheduled"] == before["scheduled"] == 0
 
 
 def test_a_flood_of_refused_messages_is_logged_once_per_peer(cluster, client):
