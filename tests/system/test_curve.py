@@ -41,7 +41,16 @@ class Relay:
                 a, _ = self.listener.accept()
             except TimeoutError:
                 continue
-            b = socket.create_connection(self.target)
+            # The connection file is written before the controller binds: a client that comes
+            # early must find the relay waiting for it, as a ZeroMQ peer would reconnect.
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    b = socket.create_connection(self.target)
+                    break
+                except ConnectionRefusedError:
+                    if time.monotonic() > deadline or self.stop.wait(0.05):
+                        raise
             threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
     def _pipe(self, a: socket.socket, b: socket.socket) -> None:
