@@ -4,6 +4,8 @@
 Peers: concurrent.futures.ProcessPoolExecutor(2) and multiprocessing.Pool(2) always; ipyparallel
 (`ipp.Cluster(n=2)`, LoadBalancedView) and dask.distributed (`LocalCluster(n_workers=2,
 threads_per_worker=1, processes=True)`) when they are importable (`pip install -e '.[bench]'`).
+And, as the floor no task farm can go below, a bare ZeroMQ relay: a broker and 2 workers in
+Python loops, pickling but not signing, storing or scheduling (`RelayPeer`).
 
 Metrics (sizes set by the flags below; `--quick` makes them tiny):
 
@@ -301,6 +303,127 @@ class PoolPeer(Peer):
         if self.pool is not None:
             self.pool.terminate()
             self.pool.join()
+
+
+def _relay_broker(client_port: int, worker_port: int) -> None:
+    """The relay's broker: tasks from clients to workers in turn, results back to their client."""
+    import zmq
+
+    ctx = zmq.Context()
+    front, back = ctx.socket(zmq.ROUTER), ctx.socket(zmq.ROUTER)
+    for sock, port in ((front, client_port), (back, worker_port)):
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.bind(f"tcp://127.0.0.1:{port}")
+    poller = zmq.Poller()
+    poller.register(front, zmq.POLLIN)
+    poller.register(back, zmq.POLLIN)
+    workers: list[bytes] = []
+    turn = 0
+    while True:
+        events = dict(poller.poll())
+        if back in events:
+            msg = back.recv_multipart(copy=False)
+            if len(msg) == 2:  # [worker, b"ready"]
+                workers.append(msg[0].bytes)
+            else:  # [worker, client, tid, *result]
+                front.send_multipart(msg[1:], copy=False)
+        if front in events and workers:
+            msg = front.recv_multipart(copy=False)  # [client, tid, *task]
+            back.send_multipart([workers[turn % len(workers)], *msg], copy=False)
+            turn += 1
+
+
+def _relay_worker(worker_port: int) -> None:
+    import pickle
+
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.connect(f"tcp://127.0.0.1:{worker_port}")
+    sock.send(b"ready")
+    while True:
+        client, tid, head, *buffers = sock.recv_multipart(copy=False)
+        func, args = pickle.loads(head.buffer, buffers=[b.buffer for b in buffers])
+        out: list[Any] = []
+        head = pickle.dumps(func(*args), protocol=5, buffer_callback=out.append)
+        sock.send_multipart([client, tid, head, *out], copy=False)
+
+
+class RelayPeer(Peer):
+    """The transport's floor, not a task farm: a bare ZeroMQ broker and 2 worker processes in
+    Python loops, pickle protocol 5 with out-of-band buffers, no signatures, no store, no
+    scheduling beyond taking turns, no retries. What taskmill costs above plain messaging."""
+
+    name = "ZeroMQ relay (floor)"
+
+    def __init__(self) -> None:
+        self.procs: list[Any] = []
+        self.ctx: Any = None
+        self.sock: Any = None
+        self._next = 0
+        self._results: dict[int, Any] = {}
+
+    def start(self) -> None:
+        import multiprocessing
+        import socket
+
+        import zmq
+
+        ports = []
+        for _ in range(2):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                ports.append(s.getsockname()[1])
+        mp = multiprocessing.get_context("fork")
+        self.procs = [mp.Process(target=_relay_broker, args=ports, daemon=True)]
+        self.procs += [mp.Process(target=_relay_worker, args=(ports[1],), daemon=True)
+                       for _ in range(WORKERS)]
+        for proc in self.procs:
+            proc.start()
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.connect(f"tcp://127.0.0.1:{ports[0]}")
+
+    def submit(self, func: Callable[..., Any], *args: Any) -> Any:
+        import pickle
+
+        tid = self._next
+        self._next += 1
+        out: list[Any] = []
+        head = pickle.dumps((func, args), protocol=5, buffer_callback=out.append)
+        self.sock.send_multipart([tid.to_bytes(8, "little"), head, *out], copy=False)
+        return tid
+
+    def gather(self, handles: list[Any]) -> list[Any]:
+        import pickle
+
+        for tid in handles:
+            while tid not in self._results:
+                got, head, *buffers = self.sock.recv_multipart(copy=False)
+                self._results[int.from_bytes(got.bytes, "little")] = pickle.loads(
+                    head.buffer, buffers=[b.buffer for b in buffers])
+        return [self._results.pop(tid) for tid in handles]
+
+    def map(self, n: int) -> list[Any]:
+        cs = peer_chunksize(n)
+        self.map_method = (f"batches of {cs} items, each one task of `noop_batch` "
+                           "(the relay has no map of its own)")
+        batches = [list(range(i, min(n, i + cs))) for i in range(0, n, cs)]
+        out: list[Any] = []
+        for part in self.gather([self.submit(noop_batch, b) for b in batches]):
+            out.extend(part.values)
+        return out
+
+    def stop(self) -> None:
+        if self.ctx is not None:
+            self.ctx.destroy(linger=0)
+        for proc in self.procs:
+            proc.terminate()
+            proc.join(10)
 
 
 class IpyparallelPeer(Peer):
@@ -716,6 +839,10 @@ def report(results: list[PeerResult], sz: Sizes, args: argparse.Namespace,
                  "cleared after a measured step, untimed")
     drive = {
         "ProcessPoolExecutor": "submit = `executor.submit`; gather = `future.result()` each",
+        RelayPeer.name: "a bare ZeroMQ broker (ROUTER/ROUTER) and 2 DEALER workers, Python loops, "
+                        "pickle protocol 5 with out-of-band buffers; no signatures, no store, no "
+                        "scheduling beyond taking turns: the transport's floor, not a peer one "
+                        "would use",
         "multiprocessing.Pool": "submit = `pool.apply_async`; gather = `result.get()` each",
         "ipyparallel": "`ipp.Cluster(n=2).start_and_connect_sync()`, LoadBalancedView; submit = "
                        "`view.apply_async`; gather = `client.wait(ars)` then `ar.get()` each",
@@ -758,9 +885,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--map-items", type=int, help="items for the map (default 100000)")
     p.add_argument("--peers", default="all",
                    help="optional third-party peers: all (default), none, or a comma list of "
-                        f"{','.join(OPTIONAL_PEERS)}; taskmill and the stdlib peers always run")
+                        f"{','.join(OPTIONAL_PEERS)}; taskmill, the stdlib peers and the relay always run")
     p.add_argument("--no-stdlib", action="store_true",
-                   help="skip ProcessPoolExecutor and multiprocessing.Pool")
+                   help="skip ProcessPoolExecutor, multiprocessing.Pool and the ZeroMQ relay")
     p.add_argument("--heartbeat", type=float, default=1.0, help="taskmill heartbeat (s)")
     p.add_argument("--taskmill-db", default=None,
                    help="taskmill's task store, passed as Cluster(db=...): a SQLite path or "
@@ -801,7 +928,7 @@ def main(argv: list[str] | None = None) -> int:
     peers: list[Peer] = []
     if not args.no_stdlib:
         # First, while this process has no threads of its own yet: multiprocessing may fork.
-        peers += [ProcessPoolPeer(), PoolPeer()]
+        peers += [ProcessPoolPeer(), PoolPeer(), RelayPeer()]
     peers.append(TaskmillPeer(args.heartbeat, args.taskmill_db))
     results: dict[str, PeerResult] = {}
     skipped: list[PeerResult] = []

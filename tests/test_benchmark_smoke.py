@@ -36,7 +36,8 @@ def test_compare_quick_runs_and_prints_the_table():
     table = [line for line in out.splitlines() if line.startswith("|")]
     assert table, out
     header = table[0]
-    for col in ("metric", "better", "taskmill", "ProcessPoolExecutor", "multiprocessing.Pool"):
+    for col in ("metric", "better", "taskmill", "ProcessPoolExecutor", "multiprocessing.Pool",
+                "ZeroMQ relay (floor)"):
         assert col in header, header
     # --peers none measures neither third-party peer.
     assert "ipyparallel" not in header and "dask" not in header, header
@@ -47,4 +48,9 @@ def test_compare_quick_runs_and_prints_the_table():
     for row in table[2:]:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[2] and not cells[2].startswith(("error", "not ")), row
+    # The relay (the transport's floor) is measured too: no cell of its column is an error.
+    relay = [c.strip() for c in header.strip("|").split("|")].index("ZeroMQ relay (floor)")
+    for row in table[2:]:
+        cell = [c.strip() for c in row.strip("|").split("|")][relay]
+        assert cell and not cell.startswith(("error", "not ")), row
     assert "--quick --peers none" in out  # the exact command line is printed

@@ -8,7 +8,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taskmill.wire import PROTOCOL, FunctionLoads, FunctionPickles, Refused, Wire, dumps, loads
+from taskmill import wire
+from taskmill.wire import (
+    PROTOCOL,
+    TREE_MIN,
+    FunctionLoads,
+    FunctionPickles,
+    Refused,
+    Wire,
+    dumps,
+    dumps_arguments,
+    loads,
+)
 
 KEY = b"k" * 32
 
@@ -90,6 +101,40 @@ def test_large_numpy_array_travels_out_of_band():
     assert len(frames[0]) < 1000  # the data is not inside the pickle
     back = loads(frames)
     assert np.array_equal(arr, back)
+
+
+def test_large_bytes_travel_out_of_band_and_come_back_as_themselves():
+    big, mutable = bytes(range(256)) * 1024, bytearray(b"m" * 200_000)
+    for value in (big, mutable, [1, big], {"a": big, "b": 2}):
+        frames = dumps(value)
+        assert len(frames) >= 2 and len(frames[0]) < 1000, "the bytes went into the pickle"
+        assert loads(frames) == value
+    frames = dumps_arguments((big, 3), {"m": mutable})
+    assert len(frames) == 3 and len(frames[0]) < 1000
+    args, kwargs = loads(frames)
+    assert args == (big, 3) and type(args[0]) is bytes
+    assert kwargs == {"m": mutable} and type(kwargs["m"]) is bytearray
+    assert kwargs["m"] is not mutable
+    assert len(dumps(b"small")) == 1 and loads(dumps(b"small")) == b"small"  # in the pickle
+
+
+def test_mac_of_a_large_frame_covers_each_chunk_and_its_length(monkeypatch):
+    w = Wire(KEY)
+    base = bytearray(np.random.default_rng(1).bytes(TREE_MIN + 12345))
+    mac = w.payload_mac([b"p", base])
+    w.check_payload([b"p", bytes(base)], mac)
+    for at in (0, len(base) // 4, len(base) // 2 + 7, len(base) - 1):  # a byte in each chunk
+        changed = bytearray(base)
+        changed[at] ^= 1
+        with pytest.raises(Refused):
+            w.check_payload([b"p", changed], mac)
+    with pytest.raises(Refused):
+        w.check_payload([b"p", base[:-1]], mac)
+    with pytest.raises(Refused):
+        w.check_payload([b"p" + base[:1], base[1:]], mac)
+    # The same MAC whether the chunks are hashed side by side or one after another.
+    monkeypatch.setattr(wire, "_hash_pool", (wire.os.getpid(), None, 1))
+    assert w.payload_mac([b"p", base]) == mac
 
 
 def test_closures_and_lambdas_pickle():

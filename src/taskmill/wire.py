@@ -12,7 +12,8 @@ A message is a ZeroMQ multipart message:
   Protocol, signature and header share one frame: every frame costs a ZeroMQ send and receive
   of its own, and a message that carries no payload is then a single frame.
 - Payload frames (pickles and their out-of-band buffers) are covered by `pmac`, an HMAC over
-  every payload frame, carried in the header and so covered by the signature too. The sender of a
+  every payload frame (a frame of 512 KiB or more through the SHA-256 digests of its four
+  chunks, hashed side by side on several cores: see `Wire.payload_mac`), carried in the header and so covered by the signature too. The sender of a
   payload computes `pmac` once; whoever unpickles it checks it. The controller routes payloads
   as opaque bytes and so never hashes them, except the one kind it unpickles (a callable
   `depend`).
@@ -33,6 +34,7 @@ import threading
 import types
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import cloudpickle
@@ -46,6 +48,10 @@ DEFAULT_MAX_MESSAGE = 512 * 1024 * 1024
 # Buffers smaller than this stay inside the pickle; larger ones travel as frames of their own.
 OUT_OF_BAND_MIN = 64 * 1024
 SMALL_PAYLOAD = 16 * 1024  # a single payload frame below this is MACed in one call
+
+# Frames this large are MACed as the digests of TREE_LANES chunks, hashed side by side.
+TREE_MIN = 512 * 1024
+TREE_LANES = 4
 
 Frame = Any  # bytes, memoryview, or zmq.Frame
 
@@ -65,6 +71,46 @@ def _buf(frame: Frame) -> Any:
 
 def frame_len(frame: Frame) -> int:
     return memoryview(_buf(frame)).nbytes
+
+
+_hash_pool: tuple[int, ThreadPoolExecutor | None, int] | None = None  # (pid, pool, lanes)
+_hash_pool_lock = threading.Lock()
+
+
+def _hashers() -> tuple[ThreadPoolExecutor | None, int]:
+    """The threads that hash chunks beside the caller (none on one core) and how many lanes
+    that makes with the caller; one set per process, made again in a forked child."""
+    global _hash_pool
+    pool = _hash_pool
+    if pool is None or pool[0] != os.getpid():
+        with _hash_pool_lock:
+            if _hash_pool is None or _hash_pool[0] != os.getpid():
+                n = min(TREE_LANES, os.cpu_count() or 1) - 1
+                _hash_pool = (os.getpid(), ThreadPoolExecutor(n, "taskmill-hash") if n else None,
+                              n + 1)
+            pool = _hash_pool
+    return pool[1], pool[2]
+
+
+def _sha256_each(chunks: list[memoryview]) -> list[bytes]:
+    return [hashlib.sha256(c).digest() for c in chunks]  # (hashlib lets go of the GIL)
+
+
+def _chunk_digests(buf: Any) -> bytes:
+    """The SHA-256 digests of a buffer's TREE_LANES equal chunks (the last may be shorter),
+    concatenated; the chunks are hashed on up to TREE_LANES cores."""
+    view = memoryview(buf).cast("B")
+    step = -(-view.nbytes // TREE_LANES)
+    chunks = [view[i:i + step] for i in range(0, view.nbytes, step)]
+    pool, lanes = _hashers()
+    if pool is None:
+        return b"".join(_sha256_each(chunks))
+    futures = [pool.submit(_sha256_each, chunks[k::lanes]) for k in range(1, lanes)]
+    digests: list[bytes] = [b""] * len(chunks)
+    digests[0::lanes] = _sha256_each(chunks[0::lanes])
+    for k, fut in enumerate(futures, 1):
+        digests[k::lanes] = fut.result()
+    return b"".join(digests)
 
 
 class Wire:
@@ -88,7 +134,11 @@ class Wire:
         return hmac.digest(self.key, data, "sha256")
 
     def payload_mac(self, frames: Sequence[Frame]) -> bytes:
-        """HMAC over payload frames, each prefixed by its length so boundaries count too."""
+        """HMAC over payload frames, each prefixed by its length so boundaries count too.
+
+        A frame of TREE_MIN bytes or more enters the HMAC as the SHA-256 digests of its
+        TREE_LANES equal chunks instead of as itself (its length, which comes first, says
+        which), so that the chunks can be hashed on several cores at once."""
         if len(frames) == 1:
             b = _buf(frames[0])
             n = memoryview(b).nbytes
@@ -97,8 +147,9 @@ class Wire:
         h = hmac.new(self.key, digestmod=hashlib.sha256)
         for f in frames:
             b = _buf(f)
-            h.update(memoryview(b).nbytes.to_bytes(8, "little"))
-            h.update(b)
+            n = memoryview(b).nbytes
+            h.update(n.to_bytes(8, "little"))
+            h.update(_chunk_digests(b) if n >= TREE_MIN else b)
         return h.digest()
 
     def check_payload(self, frames: Sequence[Frame], pmac: bytes | None) -> None:
@@ -208,10 +259,55 @@ def _is_plain(obj: Any) -> bool:
     return False
 
 
+class _LargeBytes:
+    """Stands in for a large bytes or bytearray while pickling: pickle never hands those to
+    the buffer callback, and copying one into the pickle costs ~10x a memcpy."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes | bytearray) -> None:
+        self.value = value
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # Unpickled as bytes(buffer) / bytearray(buffer): one copy out of the received frame.
+        return type(self.value), (pickle.PickleBuffer(self.value),)
+
+
+def _swap_large(obj: Any) -> Any:
+    """`obj` with a large bytes/bytearray (itself, or an item of a small tuple, list or dict)
+    replaced by a _LargeBytes, or `obj` itself if it has none."""
+    t = type(obj)
+    if t is bytes or t is bytearray:
+        return _LargeBytes(obj) if len(obj) >= OUT_OF_BAND_MIN else obj
+    if (t is tuple or t is list) and len(obj) <= 64:
+        items = [_swap_large_item(x) for x in obj]
+        if any(a is not b for a, b in zip(items, obj, strict=True)):
+            return t(items)
+    elif t is dict and len(obj) <= 64:
+        values = {k: _swap_large_item(v) for k, v in obj.items()}
+        if any(values[k] is not v for k, v in obj.items()):
+            return values
+    return obj
+
+
+def _swap_large_item(x: Any) -> Any:
+    t = type(x)
+    if (t is bytes or t is bytearray) and len(x) >= OUT_OF_BAND_MIN:
+        return _LargeBytes(x)
+    return x
+
+
 def dumps(obj: Any) -> list[Any]:
     """Pickle `obj` (cloudpickle, protocol 5); large buffers become frames of their own."""
+    swapped = _swap_large(obj)
+    if swapped is not obj:
+        return _dumps_buffers(swapped)
     if _is_plain(obj):
         return [pickle.dumps(obj, protocol=5)]
+    return _dumps_buffers(obj)
+
+
+def _dumps_buffers(obj: Any) -> list[Any]:
     buffers: list[Any] = []
 
     def keep(buf: pickle.PickleBuffer) -> bool:
@@ -226,9 +322,12 @@ def dumps(obj: Any) -> list[Any]:
 
 def dumps_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
     """Pickle a call's `(args, kwargs)`, with the plain-data fast path for each."""
+    swapped_args, swapped_kwargs = _swap_large(args), _swap_large(kwargs)
+    if swapped_args is not args or swapped_kwargs is not kwargs:
+        return _dumps_buffers((swapped_args, swapped_kwargs))
     if _is_plain(args) and _is_plain(kwargs):
         return [pickle.dumps((args, kwargs), protocol=5)]
-    return dumps((args, kwargs))
+    return _dumps_buffers((args, kwargs))
 
 
 def loads(frames: Sequence[Frame]) -> Any:
