@@ -253,7 +253,8 @@ def _run_cluster_foreground(a: argparse.Namespace, state: Path, launcher: Launch
     cluster = Cluster(a.n, ip=a.ip, location=a.location, port=a.port, engine_port=a.engine_port,
                       db=a.db, connection_file=conn, unmet_timeout=a.unmet_timeout,
                       heartbeat=a.heartbeat, launcher=launcher, engine_properties=props,
-                      start_timeout=a.start_timeout, wait=not a.no_wait)
+                      start_timeout=a.start_timeout, wait=not a.no_wait,
+                      dashboard=not a.no_dashboard)
     stopping = False
 
     def _stop(signum: int, frame: Any) -> None:
@@ -423,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--db", default=None)
     cl.add_argument("--connection-file", default=None)
     cl.add_argument("--unmet-timeout", type=float, default=30.0)
+    cl.add_argument("--no-dashboard", action="store_true",
+                    help="run the controller without its web dashboard")
     cl.add_argument("--property", action="append", metavar="KEY=VALUE",
                     help="a property of every engine (VALUE read as JSON when it parses)")
     cl.add_argument("--start-timeout", type=float, default=60.0,

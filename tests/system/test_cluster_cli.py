@@ -107,10 +107,13 @@ def test_cluster_start_daemon_status_and_stop(tmp_path):
     env = dict(os.environ, TASKMILL_DIR=str(tmp_path / "home"))
     run = lambda *a: subprocess.run([*TASKMILL, *a], capture_output=True, text=True,  # noqa: E731
                                     timeout=120, env=env)
-    started = run("cluster", "start", "-n", "2", "--daemon")
+    started = run("cluster", "start", "-n", "2", "--daemon", "--no-dashboard")
     assert started.returncode == 0, started.stderr
     try:
         assert run("cluster", "status").returncode == 0
+        state = json.loads((tmp_path / "home" / "profile_default" / "cluster.json").read_text())
+        conn = json.loads(open(state["connection_file"]).read())
+        assert "dashboard_url" not in conn  # --no-dashboard reached the controller
         st = run("status", "--json")
         assert st.returncode == 0, st.stderr
         data = json.loads(st.stdout)
