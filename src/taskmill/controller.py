@@ -764,8 +764,7 @@ class Controller:
                                             and 0 < timeout <= MAX_TIMEOUT):
                 raise BadRequest(f"timeout must be null or a number > 0 and <= {MAX_TIMEOUT:g}")
             pmac, dpmac = meta.get("pmac"), meta.get("dpmac")
-            if (nf and not isinstance(pmac, bytes)) or (pmac is not None
-                                                          and not isinstance(pmac, bytes)):
+            if (nf or pmac is not None) and not isinstance(pmac, bytes):
                 raise BadRequest("a node with payload frames needs their pmac (bytes)")
             if depend == "callable" and not isinstance(dpmac, bytes):
                 raise BadRequest("a callable depend needs its dpmac (bytes)")

@@ -55,7 +55,16 @@ from .errors import (
     TaskRejectError,
     TaskTimeout,
 )
-from .wire import FunctionLoads, Refused, Wire, dumps, loads, recv_message, send_message
+from .wire import (
+    FunctionLoads,
+    Refused,
+    Wire,
+    dumps,
+    frame_len,
+    loads,
+    recv_message,
+    send_message,
+)
 
 log = logging.getLogger("taskmill.engine")
 
@@ -541,7 +550,7 @@ class Engine:
     def _send_result(self, entry: dict[str, Any], body: list[Any]) -> None:
         """Queue a result; send the queue now unless more tasks wait to run right away."""
         entry["n"] = len(body)
-        size = sum(memoryview(getattr(f, "buffer", f)).nbytes for f in body)
+        size = sum(frame_len(f) for f in body)
         with self._lock:
             if not self._unsent:
                 self._unsent_since = time.monotonic()

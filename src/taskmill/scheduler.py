@@ -165,7 +165,7 @@ class _Engine:
     version: int = 0
     running: dict[int, int] = field(default_factory=dict)  # tid -> attempt, dispatch order
     duration: float | None = None  # moving average of the durations it reported
-    cap: int = 1  # how many tasks it may hold now (see Scheduler._capacity)
+    cap: int = 1  # how many tasks it may hold now (see Scheduler._update_capacity)
     watched: tuple[int, int] | None = None  # the (tid, attempt) the `slow` timer watches
 
 
@@ -222,10 +222,7 @@ class Scheduler:
 
     def capacity(self, eid: int) -> int:
         """How many tasks engine `eid` may hold now (running and buffered)."""
-        return self._capacity(self.engines[eid])
-
-    def _capacity(self, e: _Engine) -> int:
-        return e.cap
+        return self.engines[eid].cap
 
     def _update_capacity(self, e: _Engine) -> None:
         if e.slots is not None:
@@ -453,7 +450,7 @@ class Scheduler:
         self._busy_slots -= 1
         if head:
             self._watch_head(e)
-        if e.eid not in self._free and len(e.running) < self._capacity(e):
+        if e.eid not in self._free and len(e.running) < e.cap:
             self._free[e.eid] = None
         self._fresh.add(e.eid)
 
@@ -523,7 +520,7 @@ class Scheduler:
         full = None
         for eid in self._free:
             e = self.engines[eid]
-            if e.slots is None and len(e.running) >= self._capacity(e):
+            if e.slots is None and len(e.running) >= e.cap:
                 full = [*(full or ()), eid]  # its capacity shrank since it was freed
                 continue
             if eid in t.rejected:
@@ -550,7 +547,7 @@ class Scheduler:
         if len(e.running) == 1:
             self._watch_head(e)
         del self._free[eid]
-        if len(e.running) < self._capacity(e):
+        if len(e.running) < e.cap:
             self._free[eid] = None  # still has room: goes to the back of the line
         token = self._unmet.pop(t.tid, None)
         if token is not None:

@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 import msgpack
 
+from .wire import frame_len
+
 MAX_TID = 2**63 - 1  # the largest id SQLite can hold
 
 # How many submit keys (client id + request number) are remembered to de-duplicate resends.
@@ -202,10 +204,6 @@ def _unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
-def _nbytes(frame: Any) -> int:
-    return memoryview(getattr(frame, "buffer", frame)).nbytes
-
-
 class SQLiteStore:
     """Tasks and results in a SQLite file (WAL): they survive a kill -9 of the controller.
 
@@ -266,11 +264,9 @@ class SQLiteStore:
         self._checkpointer.start()
 
     # -- frames ----------------------------------------------------------------------------
-    def _frames_blob(self, tid: int, kind: str, frames: list[Any],
-                     sizes: list[int] | None = None) -> bytes:
-        """Pack frames for a row; large ones go to files now (before the row commits)."""
-        if sizes is None:
-            sizes = [_nbytes(f) for f in frames]
+    def _frames_blob(self, tid: int, kind: str, frames: list[Any], sizes: list[int]) -> bytes:
+        """Pack frames (of these sizes) for a row; large ones go to files now (before the row
+        commits)."""
         if not sizes or max(sizes) < EXTERNAL_MIN:  # the usual case: all small
             return self._pack([bytes(getattr(f, "buffer", f)) for f in frames])
         packed: list[Any] = []
@@ -340,7 +336,7 @@ class SQLiteStore:
     # -- tasks -----------------------------------------------------------------------------
     def add(self, task: StoredTask) -> None:
         self._active[task.tid] = task
-        sizes = [_nbytes(f) for f in task.frames]
+        sizes = [frame_len(f) for f in task.frames]
         blob = self._frames_blob(task.tid, "task", task.frames, sizes)
         if sizes and max(sizes) >= EXTERNAL_MIN:
             self._task_blobs[task.tid] = blob  # to drop its files when the task finishes
@@ -397,7 +393,7 @@ class SQLiteStore:
         blobs = self._task_blobs.pop(tid, None)
         if blobs is not None:
             self._drop_blobs(blobs)
-        sizes = [_nbytes(f) for f in result.frames]
+        sizes = [frame_len(f) for f in result.frames]
         blob = self._frames_blob(tid, "result", result.frames, sizes)
         self._queue(_FINISH, (int(result.ok), self._pack(result.meta), blob, tid))
         if result.ok:
@@ -408,7 +404,7 @@ class SQLiteStore:
 
     def _remember(self, tid: int, result: StoredResult, size: int | None = None) -> None:
         if size is None:
-            size = sum(_nbytes(f) for f in result.frames)
+            size = sum(frame_len(f) for f in result.frames)
         if size > self._cache_bytes // 4:
             return  # a huge result is read back from disk when asked for
         old = self._cache.pop(tid, None)

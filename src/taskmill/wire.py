@@ -278,7 +278,7 @@ def _swap_large(obj: Any) -> Any:
     replaced by a _LargeBytes, or `obj` itself if it has none."""
     t = type(obj)
     if t is bytes or t is bytearray:
-        return _LargeBytes(obj) if len(obj) >= OUT_OF_BAND_MIN else obj
+        return _swap_large_item(obj)
     if (t is tuple or t is list) and len(obj) <= 64:
         items = [_swap_large_item(x) for x in obj]
         if any(a is not b for a, b in zip(items, obj, strict=True)):
