@@ -1,4 +1,4 @@
-"""benchmarks/compare.py runs end to end with tiny sizes and prints its table (no timing checks)."""
+"""The benchmarks run end to end with tiny sizes and print their tables (no timing checks)."""
 
 from __future__ import annotations
 
@@ -54,3 +54,18 @@ def test_compare_quick_runs_and_prints_the_table():
         cell = [c.strip() for c in row.strip("|").split("|")][relay]
         assert cell and not cell.startswith(("error", "not ")), row
     assert "--quick --peers none" in out  # the exact command line is printed
+
+
+@pytest.mark.timeout(60)
+def test_payload_costs_runs_and_prints_a_number_in_every_cell():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "payload_costs.py"), "--repeat", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=50, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 1 MiB")
+            or line.startswith("| 8 MB")]
+    assert len(rows) == 2, proc.stdout
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")][1:]
+        assert len(cells) == 5 and all(float(c) >= 0 for c in cells), row
