@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import time
+from pathlib import Path
 
 import pytest
 
@@ -93,7 +96,9 @@ def test_sqlite_writes_a_running_mark_only_if_the_task_is_still_running_later(tm
 def test_sqlite_removes_orphan_blob_files(tmp_path):
     path = str(tmp_path / "t.db")
     s = SQLiteStore(path)
-    _task(s, [os.urandom(100_000)])  # file written, row never committed
+    _task(s, [os.urandom(100_000)])
+    s._write_blobs()  # a commit's first step: its file is written, the row never commits
+    assert len(list(s.blob_dir.iterdir())) == 1
     s2 = SQLiteStore(path)
     assert list(s2.blob_dir.iterdir()) == []
     s2.close()
@@ -108,3 +113,67 @@ def test_sqlite_cache_is_bounded(tmp_path):
     assert len(s._cache) <= 10 and s._cached_bytes <= 10_000
     assert s.result(0).frames == [b"x" * 1000]  # read back from disk
     s.close()
+
+
+def _resident_pages(path: Path) -> int:
+    """How many of the file's pages are in the page cache (mincore(2) over a mapping)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = path.stat().st_size
+    page = os.sysconf("SC_PAGE_SIZE")
+    vec = (ctypes.c_ubyte * (-(-size // page)))()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+        assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            assert libc.mincore(addr, size, vec) == 0, os.strerror(ctypes.get_errno())
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    return sum(v & 1 for v in vec)
+
+
+def _on_tmpfs(path: Path) -> bool:
+    best, fstype = "", ""
+    for line in Path("/proc/mounts").read_text().splitlines():
+        _, mnt, kind = line.split()[:3]
+        if str(path).startswith(mnt) and len(mnt) > len(best):
+            best, fstype = mnt, kind
+    return fstype == "tmpfs"
+
+
+def test_sqlite_result_files_are_synced_and_leave_the_page_cache(tmp_path):
+    if _on_tmpfs(tmp_path):
+        pytest.skip("the temporary directory is on tmpfs, whose pages are the files themselves")
+    path = str(tmp_path / "t.db")
+    s = SQLiteStore(path)
+    big = os.urandom(1 << 20)
+    a = _task(s, [big])
+    s.commit()
+    task_file = s.blob_dir / f"{a}.task.0"
+    assert task_file.read_bytes() == big  # written at the commit that made the row durable
+    s.finish(a, StoredResult({"status": "ok"}, [big]))
+    s.commit()
+    result_file = s.blob_dir / f"{a}.result.0"
+    assert not task_file.exists() and result_file.exists()
+    deadline = time.monotonic() + 30
+    while s.spilled < 1:
+        assert time.monotonic() < deadline, "the spill thread did not sync the result file"
+        time.sleep(0.01)
+    assert _resident_pages(result_file) == 0
+    assert s.result(a).frames == [big]  # from the store's own cache
+    # A task that finishes within one commit never has its body file written.
+    b = _task(s, [big])
+    s.finish(b, StoredResult({"status": "ok"}, [b"small"]))
+    s.commit()
+    assert sorted(p.name for p in s.blob_dir.iterdir()) == [result_file.name]
+    s.close()
+    s2 = SQLiteStore(path)  # from the disk this time
+    assert s2.result(a).frames == [big] and s2.result(b).frames == [b"small"]
+    s2.close()

@@ -11,6 +11,8 @@ controller picks up where a killed one stopped.
 
 from __future__ import annotations
 
+import os
+import queue
 import sqlite3
 import threading
 import time
@@ -213,7 +215,8 @@ class SQLiteStore:
     bounded in entries and bytes, so memory stays flat however many results are kept. Large
     frames live in files in `<db>.blobs/`, written before the row that names them commits and
     removed only after the row that drops them commits. A background thread checkpoints the
-    WAL, so the controller's thread never waits for that copy and its fsync.
+    WAL, so the controller's thread never waits for that copy and its fsync; another one syncs
+    each result file to disk and then drops its pages from the page cache (see _spill_loop).
     """
 
     def __init__(self, path: str, *, cache_size: int = 1024,
@@ -234,6 +237,7 @@ class SQLiteStore:
         self._pending: dict[str, list[tuple[Any, ...]]] = {sql: [] for sql in _WRITES}
         self._dirty = False
         self._unlink_after_commit: list[Path] = []
+        self._unwritten: dict[str, Any] = {}  # blob file name -> its bytes, until commit
         self._recent_submits: OrderedDict[str, list[int]] = OrderedDict()
         self._running: dict[int, tuple[float, tuple[Any, ...]]] = {}  # held-back running marks
         self.running_delay = RUNNING_DELAY
@@ -262,11 +266,16 @@ class SQLiteStore:
         self._checkpointer = threading.Thread(target=self._checkpoint_loop,
                                               name="taskmill-checkpoint", daemon=True)
         self._checkpointer.start()
+        self._spill: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        self.spilled = 0  # result files synced and dropped from the page cache so far
+        self._spiller = threading.Thread(target=self._spill_loop, name="taskmill-spill",
+                                         daemon=True)
+        self._spiller.start()
 
     # -- frames ----------------------------------------------------------------------------
     def _frames_blob(self, tid: int, kind: str, frames: list[Any], sizes: list[int]) -> bytes:
-        """Pack frames (of these sizes) for a row; large ones go to files now (before the row
-        commits)."""
+        """Pack frames (of these sizes) for a row; large ones are named there and go to files
+        at the next commit, before the row does (see _write_blobs)."""
         if not sizes or max(sizes) < EXTERNAL_MIN:  # the usual case: all small
             return self._pack([bytes(getattr(f, "buffer", f)) for f in frames])
         packed: list[Any] = []
@@ -274,12 +283,26 @@ class SQLiteStore:
             buf = getattr(f, "buffer", f)
             if sizes[i] >= EXTERNAL_MIN:
                 name = f"{tid}.{kind}.{i}"
-                with open(self.blob_dir / name, "wb") as out:
-                    out.write(buf)
+                self._unwritten[name] = buf
                 packed.append({"file": name})
             else:
                 packed.append(bytes(buf))
         return self._pack(packed)
+
+    def _write_blobs(self) -> None:
+        """Write the files the queued rows name (at commit, before the rows).
+
+        Not at add/finish time: a submit's tasks then reach their engines before their
+        files are written (the controller sends to engines before it commits), so the write
+        overlaps the engine's work instead of delaying it. A file dropped before it was
+        written (its task finished within one commit) is never written."""
+        for name, buf in self._unwritten.items():
+            path = self.blob_dir / name
+            with open(path, "wb") as out:
+                out.write(buf)
+            if ".result." in name:
+                self._spill.put(path)
+        self._unwritten.clear()
 
     def _frames_from_blob(self, blob: bytes | None) -> list[Any]:
         out = []
@@ -292,7 +315,7 @@ class SQLiteStore:
 
     def _drop_blobs(self, blob: bytes | None) -> None:
         for item in _unpack(blob) if blob else []:
-            if isinstance(item, dict):
+            if isinstance(item, dict) and self._unwritten.pop(item["file"], None) is None:
                 self._unlink_after_commit.append(self.blob_dir / item["file"])
 
     def _remove_orphan_blobs(self) -> None:
@@ -319,6 +342,35 @@ class SQLiteStore:
                     pass  # busy: try again next turn
         finally:
             con.close()
+
+    def _spill_loop(self) -> None:
+        """Sync each result file, then drop its pages from the page cache.
+
+        A result file lives until its result is cleared, so its pages would stay cached (and
+        dirty, until writeback) for as long: the cache would grow by every large result, and
+        each write would need fresh memory, which can cost far more than reusing pages (3 ms
+        per MiB against 0.25 on the 2-core VM of benchmarks/results.md). Once synced, the pages are clean and can be
+        dropped, and the next write reuses them. A read of a dropped result goes to the disk;
+        recent results are in the store's own cache. The controller's thread never waits for
+        this: the row naming the file is committed as soon as the write returns (durable
+        against a crash of the process), and this adds durability against a crash of the
+        machine."""
+        while True:
+            path = self._spill.get()
+            if path is None:
+                return
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue  # cleared (unlinked) already
+            try:
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                self.spilled += 1
+            except OSError:
+                pass  # a file system without these: the pages stay cached, nothing is lost
+            finally:
+                os.close(fd)
 
     # -- ids -------------------------------------------------------------------------------
     def allocate(self) -> int:
@@ -512,6 +564,7 @@ class SQLiteStore:
                 del self._running[tid]
                 running.append(row)
         self._dirty = bool(self._running)
+        self._write_blobs()
         self.db.execute("BEGIN")
         try:
             for sql, rows in self._pending.items():
@@ -546,7 +599,9 @@ class SQLiteStore:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_tid', ?)", (self._next,))
         finally:
             self._closing.set()
+            self._spill.put(None)
             self._checkpointer.join(timeout=5)
+            self._spiller.join(timeout=5)
             try:
                 self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error:
