@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import msgpack
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from taskmill.wire import (
     TREE_MIN,
     FunctionLoads,
     FunctionPickles,
+    HmacSha256,
     Refused,
     Wire,
     dumps,
@@ -77,6 +81,30 @@ def test_oversize_message_is_refused():
     with pytest.raises(Refused) as e:
         b.decode(a.encode({"type": "x"}, [b"x" * 2000]))
     assert e.value.reason == "too-large"
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=st.binary(min_size=1, max_size=200), data=st.binary(max_size=300))
+def test_hmac_matches_the_standard_library(key, data):
+    """Keys shorter than, equal to and longer than SHA-256's block; the pieces-wise form too."""
+    mac = HmacSha256(key)
+    want = hmac.digest(key, data, "sha256")
+    assert mac.digest(data) == want
+    inner = mac.start()
+    inner.update(data[:7])
+    inner.update(data[7:])
+    assert mac.finish(inner) == want
+
+
+def test_envelope_and_payload_macs_are_hmac_sha256():
+    w = Wire(KEY)
+    env = w.encode({"type": "x"})[0]
+    at = len(PROTOCOL)
+    assert env[at:at + 32] == hmac.digest(KEY, env[at + 32:], "sha256")
+    frames = [b"ab", b"cde"]
+    body = b"".join(len(f).to_bytes(8, "little") + f for f in frames)
+    assert w.payload_mac(frames) == hmac.new(KEY, body, hashlib.sha256).digest()
+    assert w.payload_mac([b"ab"]) == hmac.digest(KEY, (2).to_bytes(8, "little") + b"ab", "sha256")
 
 
 def test_one_envelope_frame_then_payload():

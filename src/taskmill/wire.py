@@ -113,6 +113,39 @@ def _chunk_digests(buf: Any) -> bytes:
     return b"".join(digests)
 
 
+class HmacSha256:
+    """HMAC-SHA256 (RFC 2104) with the key's inner and outer pad blocks hashed once.
+
+    `hmac.digest` pads and hashes the key again on every call; starting from copies of the two
+    keyed SHA-256 states costs less than half as much on the small headers every message
+    carries. The MACs are the standard ones (the tests compare them with `hmac`)."""
+
+    BLOCK = 64  # SHA-256's block size
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > self.BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(self.BLOCK, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+    def start(self) -> Any:
+        """A running inner hash: `update` it, then `finish` it."""
+        return self._inner.copy()
+
+    def finish(self, inner: Any) -> bytes:
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+    def digest(self, data: Any) -> bytes:
+        inner = self._inner.copy()
+        inner.update(data)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
 class Wire:
     """Signs, checks, packs and unpacks messages for one process with one key."""
 
@@ -120,6 +153,7 @@ class Wire:
         if not key:
             raise ValueError("a taskmill key must not be empty")
         self.key = key
+        self._mac = HmacSha256(key)
         self.max_message = max_message
         self.sid = os.urandom(8)
         self._seq = itertools.count()
@@ -131,7 +165,7 @@ class Wire:
 
     # -- signing ----------------------------------------------------------------------------
     def _sign(self, data: Any) -> bytes:
-        return hmac.digest(self.key, data, "sha256")
+        return self._mac.digest(data)
 
     def payload_mac(self, frames: Sequence[Frame]) -> bytes:
         """HMAC over payload frames, each prefixed by its length so boundaries count too.
@@ -142,15 +176,15 @@ class Wire:
         if len(frames) == 1:
             b = _buf(frames[0])
             n = memoryview(b).nbytes
-            if n < SMALL_PAYLOAD:  # one C call over a small copy beats an HMAC object
-                return hmac.digest(self.key, n.to_bytes(8, "little") + b, "sha256")
-        h = hmac.new(self.key, digestmod=hashlib.sha256)
+            if n < SMALL_PAYLOAD:  # one update over a small copy beats two
+                return self._mac.digest(n.to_bytes(8, "little") + b)
+        h = self._mac.start()
         for f in frames:
             b = _buf(f)
             n = memoryview(b).nbytes
             h.update(n.to_bytes(8, "little"))
             h.update(_chunk_digests(b) if n >= TREE_MIN else b)
-        return h.digest()
+        return self._mac.finish(h)
 
     def check_payload(self, frames: Sequence[Frame], pmac: bytes | None) -> None:
         """Raise Refused unless `frames` carry the MAC their sender computed."""
