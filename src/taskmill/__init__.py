@@ -1,26 +1,65 @@
-"""taskmill: a load-balanced task farm for Python (one controller, many engines, many clients)."""
+"""taskmill: a load-balanced task farm for Python (one controller, many engines, many clients).
+
+The names below are imported on first use (PEP 562), so a controller or engine process, which
+needs none of the client side (asyncio among it), starts without importing it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .aio import AsyncTaskClient, AsyncTaskFuture  # noqa: E402
-from .client import BlockingTaskClient, TaskClient, TaskFuture, TaskOptions  # noqa: E402
-from .cluster import Cluster  # noqa: E402
-from .engine import current_engine  # noqa: E402
-from .errors import (  # noqa: E402
-    CompositeError,
-    ConnectionFileError,
-    ControllerUnreachable,
-    DependencyError,
-    EngineDied,
-    MapFailure,
-    RemoteError,
-    SerializationError,
-    TaskAborted,
-    TaskError,
-    TaskRejectError,
-    TaskTimeout,
-)
-from .task import BaseTask, MapTask, ResultNS, StringTask, TaskResult  # noqa: E402
+_WHERE = {
+    "AsyncTaskClient": "aio", "AsyncTaskFuture": "aio",
+    "BlockingTaskClient": "client", "TaskClient": "client", "TaskFuture": "client",
+    "TaskOptions": "client",
+    "Cluster": "cluster",
+    "current_engine": "engine",
+    "CompositeError": "errors", "ConnectionFileError": "errors",
+    "ControllerUnreachable": "errors", "DependencyError": "errors", "EngineDied": "errors",
+    "MapFailure": "errors", "RemoteError": "errors", "SerializationError": "errors",
+    "TaskAborted": "errors", "TaskError": "errors", "TaskRejectError": "errors",
+    "TaskTimeout": "errors",
+    "BaseTask": "task", "MapTask": "task", "ResultNS": "task", "StringTask": "task",
+    "TaskResult": "task",
+}
+
+if TYPE_CHECKING:
+    from .aio import AsyncTaskClient, AsyncTaskFuture
+    from .client import BlockingTaskClient, TaskClient, TaskFuture, TaskOptions
+    from .cluster import Cluster
+    from .engine import current_engine
+    from .errors import (
+        CompositeError,
+        ConnectionFileError,
+        ControllerUnreachable,
+        DependencyError,
+        EngineDied,
+        MapFailure,
+        RemoteError,
+        SerializationError,
+        TaskAborted,
+        TaskError,
+        TaskRejectError,
+        TaskTimeout,
+    )
+    from .task import BaseTask, MapTask, ResultNS, StringTask, TaskResult
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'taskmill' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})
+
 
 __all__ = [
     "AsyncTaskClient",

@@ -139,7 +139,8 @@ class _Connection:
         s.setsockopt(zmq.SNDHWM, 0)
         s.setsockopt(zmq.RCVHWM, 0)
         s.setsockopt(zmq.ROUTING_ID, ident)
-        s.setsockopt(zmq.RECONNECT_IVL, 100)
+        s.setsockopt(zmq.RECONNECT_IVL, 10)  # 10 ms after a refused connect, doubling to 100
+        s.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
         s.setsockopt(zmq.MAXMSGSIZE, self.wire.max_message)
         apply_curve(s, self.info)
         s.connect(self.info.client_url)

@@ -258,7 +258,7 @@ class Cluster:
                     f"{timeout:g}s ({self.launcher.name} launcher: "
                     f"{', '.join(f'{g.label} {g.state}' for g in self.launcher.groups())})"
                     + (f"; {logs[0].name}:\n{tail(logs[0], 30)}" if logs else ""))
-            time.sleep(0.05)
+            time.sleep(0.01)  # (an engines request costs the controller little)
 
     def log_tail(self, name: str, lines: int = 30) -> str:
         """The end of the log of `name`: "controller" or "engine-<i>" (local launcher)."""

@@ -18,8 +18,6 @@ import os
 from pathlib import Path
 
 import zmq
-import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 
 from .connection import ConnectionInfo, ensure_private_dir
 
@@ -69,6 +67,8 @@ def _write_public_cert(path: Path, public: bytes) -> None:
 def make_key(directory: Path, name: str) -> tuple[Path, Path]:
     """A new client/engine key pair as ZeroMQ certificates: (public file, secret file)."""
     ensure_private_dir(directory)
+    import zmq.auth  # (here: zmq.auth pulls in asyncio, which a plain process never needs)
+
     public, secret = zmq.auth.create_certificates(str(directory), name)
     os.chmod(secret, 0o600)
     return Path(public), Path(secret)
@@ -81,6 +81,8 @@ class CurveServer:
         lines = server_key_file(connection_file).read_text().split()
         self.public, self.secret = lines[0].encode(), lines[1].encode()
         self.allowed = allow_dir(connection_file)
+        from zmq.auth.thread import ThreadAuthenticator
+
         self.auth = ThreadAuthenticator(ctx)
         self.auth.start()
         self._mtime = -1.0
@@ -108,6 +110,8 @@ def apply_client(sock: zmq.Socket, info: ConnectionInfo) -> None:
         return
     own = os.environ.get(SECRET_KEY_ENV)
     if own:
+        import zmq.auth
+
         public, secret = zmq.auth.load_certificate(own)
         if secret is None:
             raise ValueError(f"{own} holds no secret key (${SECRET_KEY_ENV} must name a "
