@@ -300,18 +300,7 @@ class Controller:
         A reply to a client may tell it a taskid or a result, so it waits for the commit;
         messages to engines do not, and writes with no reply waiting on them are committed at
         most COMMIT_INTERVAL later (group commit)."""
-        sent = 0
-        if self._to_engines or self._tasks_out:
-            out, self._to_engines = self._to_engines, []
-            for eid, (entries, frames) in self._tasks_out.items():
-                rec = self.engines.get(eid)
-                if rec is not None and rec.state != "dead":
-                    out.append([rec.task_ident, *self.wire.encode(
-                        {"type": "tasks", "engineid": eid, "tasks": entries}, frames)])
-            self._tasks_out.clear()
-            for frames in out:
-                send_message(self.engine_sock, frames)
-            sent += len(out)
+        self._send_to_engines()
         now = time.monotonic()
         to_client = bool(self._to_clients or self._done_out)
         if to_client or (self.store.dirty() and now - self._last_commit >= COMMIT_INTERVAL):
@@ -325,8 +314,22 @@ class Controller:
             self._done_out.clear()
             for frames in out:
                 send_message(self.client_sock, frames)
-            sent += len(out)
-        self.stats.messages_out += sent
+            self.stats.messages_out += len(out)
+
+    def _send_to_engines(self) -> None:
+        """Send what waits for engines (tasks batched per engine)."""
+        if not (self._to_engines or self._tasks_out):
+            return
+        out, self._to_engines = self._to_engines, []
+        for eid, (entries, frames) in self._tasks_out.items():
+            rec = self.engines.get(eid)
+            if rec is not None and rec.state != "dead":
+                out.append([rec.task_ident, *self.wire.encode(
+                    {"type": "tasks", "engineid": eid, "tasks": entries}, frames)])
+        self._tasks_out.clear()
+        for frames in out:
+            send_message(self.engine_sock, frames)
+        self.stats.messages_out += len(out)
 
     def _pending_output(self) -> bool:
         return bool(self._to_engines or self._tasks_out or self._to_clients or self._done_out)
@@ -696,6 +699,8 @@ class Controller:
             self._submit_to_scheduler(tid, stored, nodes, dispatch=False)
             tids.append(tid)
         self._apply(self.sched.run_pass())  # one pass for the whole batch
+        # Tasks dispatched just now go before this request's own bookkeeping and reply.
+        self._send_to_engines()
         if isinstance(key, str):
             self.store.remember_submit(key, tids)
         self._reply(rt, req, tids=tids)
