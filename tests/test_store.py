@@ -177,3 +177,27 @@ def test_sqlite_result_files_are_synced_and_leave_the_page_cache(tmp_path):
     s2 = SQLiteStore(path)  # from the disk this time
     assert s2.result(a).frames == [big] and s2.result(b).frames == [b"small"]
     s2.close()
+
+
+def test_recent_submits_keep_their_taskids_compactly(store):
+    """A resent submit gets its taskids back; keeping many submits costs little memory."""
+    import tracemalloc
+
+    tids = [_task(store) for _ in range(5)]
+    store.remember_submit("c:0", tids)
+    store.remember_submit("c:odd", [7, 3, 9])  # (not consecutive: kept as they are)
+    assert store.submitted("c:0") == tids and store.submitted("c:odd") == [7, 3, 9]
+    assert store.submitted("c:unknown", resent=False) is None
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for k in range(200):  # 200 submits of a thousand tasks each
+            store.remember_submit(f"c:{k + 1}", list(range(10_000 + 1000 * k, 11_000 + 1000 * k)))
+            if k % 50 == 49:
+                store.commit()  # (the SQLite store's queued rows are not what is kept)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert store.submitted("c:200") == list(range(209_000, 210_000))
+    # As lists of ints these would hold ~8 MB; as ranges, a few hundred bytes per submit.
+    assert grown < 1_000_000, grown

@@ -33,6 +33,15 @@ SUBMIT_KEYS_KEPT = 100_000
 SUBMIT_KEY_AGE = 24 * 3600.0
 
 
+def _compact(tids: list[int]) -> range | tuple[int, ...]:
+    """A submit's taskids as kept in memory: a range when they run on by one, as the
+    controller allocates them. (A list of a thousand ints costs ~40 KB, a range 48 bytes: the
+    SUBMIT_KEYS_KEPT recent submits must not hold every taskid they ever gave out.)"""
+    if tids and tids[-1] - tids[0] == len(tids) - 1 and tids == list(range(tids[0], tids[-1] + 1)):
+        return range(tids[0], tids[-1] + 1)
+    return tuple(tids)
+
+
 @dataclass(slots=True)
 class StoredTask:
     tid: int
@@ -77,7 +86,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._next = 0
         self._next_eid = 0
-        self._submits: OrderedDict[str, list[int]] = OrderedDict()
+        self._submits: OrderedDict[str, range | tuple[int, ...]] = OrderedDict()
         self._active: dict[int, StoredTask] = {}
         self._results: dict[int, StoredResult] = {}
         self._n_ok = 0
@@ -106,10 +115,11 @@ class MemoryStore:
         return []
 
     def submitted(self, key: str, resent: bool = True) -> list[int] | None:
-        return self._submits.get(key)
+        tids = self._submits.get(key)
+        return None if tids is None else list(tids)
 
     def remember_submit(self, key: str, tids: list[int]) -> None:
-        self._submits[key] = tids
+        self._submits[key] = _compact(tids)
         while len(self._submits) > SUBMIT_KEYS_KEPT:
             self._submits.popitem(last=False)
 
@@ -240,7 +250,7 @@ class SQLiteStore:
         self._dirty = False
         self._unlink_after_commit: list[Path] = []
         self._unwritten: dict[str, Any] = {}  # blob file name -> its bytes, until commit
-        self._recent_submits: OrderedDict[str, list[int]] = OrderedDict()
+        self._recent_submits: OrderedDict[str, range | tuple[int, ...]] = OrderedDict()
         self._running: dict[int, tuple[float, tuple[Any, ...]]] = {}  # held-back running marks
         self.running_delay = RUNNING_DELAY
         self._active: dict[int, StoredTask] = {}
@@ -430,12 +440,12 @@ class SQLiteStore:
         # table holds those of earlier lifetimes, which only a resent submit can carry.
         tids = self._recent_submits.get(key)
         if tids is not None or not resent:
-            return tids
+            return None if tids is None else list(tids)
         row = self.db.execute("SELECT tids FROM submits WHERE key=?", (key,)).fetchone()
         return _unpack(row[0]) if row else None
 
     def remember_submit(self, key: str, tids: list[int]) -> None:
-        self._recent_submits[key] = tids
+        self._recent_submits[key] = _compact(tids)
         while len(self._recent_submits) > SUBMIT_KEYS_KEPT:
             self._recent_submits.popitem(last=False)
         self._queue(_SUBMIT, (key, self._pack(tids), time.time()))
