@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,8 +73,13 @@ def cmd_controller(a: argparse.Namespace) -> int:
     db = a.db or str(ensure_private_dir(path.parent) / "tasks.db")
     store = open_store(db)
     logging.getLogger("taskmill").info("task store: %s", db)
+    orphaned = []
     if a.parent_fd is not None:
-        watch_parent(a.parent_fd, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        def _parent_gone() -> None:
+            orphaned.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        watch_parent(a.parent_fd, _parent_gone)
     dashboard = None
     if a.no_dashboard:
         forget_dashboard(path, info)
@@ -87,6 +93,10 @@ def cmd_controller(a: argparse.Namespace) -> int:
     finally:
         if dashboard is not None:
             dashboard.stop()
+        if orphaned and a.remove_if_orphaned:
+            # The owner (a Cluster) died without stop(), e.g. by SIGKILL: nobody else will
+            # remove its state directory (logs, and the store unless it lives elsewhere).
+            shutil.rmtree(a.remove_if_orphaned, ignore_errors=True)
     return 0
 
 
@@ -384,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-dashboard", action="store_true", help="run without the web dashboard")
     c.add_argument("--log-level", default="INFO")
     c.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)
+    c.add_argument("--remove-if-orphaned", default=None, help=argparse.SUPPRESS)
     c.set_defaults(func=cmd_controller)
 
     k = sub.add_parser("curve-key", help="make a Curve key pair for a client or an engine")

@@ -138,7 +138,8 @@ class Cluster:
                    "--unmet-timeout", str(self.unmet_timeout),
                    "--heartbeat", str(self.heartbeat),
                    "--prefetch", "auto" if self.prefetch is None else str(self.prefetch),
-                   "--parent-fd", str(self._lifeline[0])]
+                   "--parent-fd", str(self._lifeline[0]),
+                   "--remove-if-orphaned", str(self.state_dir)]
             if self.db is not None:
                 cmd += ["--db", self.db]
             if not self.dashboard:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 from systest import gone, poll
@@ -62,16 +63,19 @@ def test_nothing_left_running_after_the_owner_is_killed(tmp_path):
         import json, sys, time
         from taskmill import Cluster
         c = Cluster(2, heartbeat=0.5).start()
-        print(json.dumps([c.controller_pid, *c.engine_pids.values()]), flush=True)
+        print(json.dumps([str(c.state_dir), c.controller_pid, *c.engine_pids.values()]),
+              flush=True)
         time.sleep(600)
     """))
     owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
-        pids = json.loads(owner.stdout.readline())
-        assert len(pids) == 3
+        state_dir, *pids = json.loads(owner.stdout.readline())
+        assert len(pids) == 3 and (Path(state_dir) / "controller.log").exists()
         owner.send_signal(signal.SIGKILL)
         owner.wait()
         _wait_gone(pids)
+        # ...and its state directory (logs, connection file, store) does not stay behind.
+        poll(lambda: not Path(state_dir).exists(), timeout=30, what="state dir removed")
     finally:
         owner.kill()
 
