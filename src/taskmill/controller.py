@@ -152,6 +152,8 @@ def _check_exec(ex: dict[str, Any], nframes: int) -> dict[str, Any]:
 
 
 def _check_int_list(value: Any, what: str) -> list[int]:
+    if value == []:  # (the usual `after`)
+        return value
     if not isinstance(value, list) or not all(
         isinstance(x, int) and not isinstance(x, bool) for x in value
     ):

@@ -70,6 +70,9 @@ def _buf(frame: Frame) -> Any:
 
 
 def frame_len(frame: Frame) -> int:
+    t = type(frame)  # a bytes' and a zmq.Frame's len() is its size; other buffers are asked
+    if t is bytes or t is zmq.Frame:
+        return len(frame)
     return memoryview(_buf(frame)).nbytes
 
 
