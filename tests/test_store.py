@@ -201,3 +201,30 @@ def test_recent_submits_keep_their_taskids_compactly(store):
     assert store.submitted("c:200") == list(range(209_000, 210_000))
     # As lists of ints these would hold ~8 MB; as ranges, a few hundred bytes per submit.
     assert grown < 1_000_000, grown
+
+
+def test_sqlite_a_failed_file_write_keeps_everything_queued(tmp_path, monkeypatch):
+    """Disk full while writing a large frame's file: the commit fails, nothing is lost, and the
+    next commit writes the file and the row."""
+    import errno
+
+    from taskmill import store as store_module
+
+    s = SQLiteStore(str(tmp_path / "t.db"))
+    big = os.urandom(200_000)
+    tid = _task(s, [big])
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_module, "open", full, raising=False)
+    with pytest.raises(OSError):
+        s.commit()
+    assert s.dirty() and s.db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0] == 0
+    monkeypatch.undo()
+    s.commit()
+    assert not s.dirty()
+    s.close()
+    s2 = SQLiteStore(str(tmp_path / "t.db"))
+    assert [t.frames for t, _ in s2.unfinished()] == [[big]] and tid == 0
+    s2.close()

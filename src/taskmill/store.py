@@ -566,6 +566,7 @@ class SQLiteStore:
         """Run the queued writes in one transaction (running marks once RUNNING_DELAY old)."""
         if not self._dirty:
             return
+        self._write_blobs()  # (first: if a write fails, everything queued stays queued)
         if self._running:
             due = time.monotonic() - (0.0 if everything else self.running_delay)
             running = self._pending[_RUNNING]
@@ -576,7 +577,6 @@ class SQLiteStore:
                 del self._running[tid]
                 running.append(row)
         self._dirty = bool(self._running)
-        self._write_blobs()
         self.db.execute("BEGIN")
         try:
             for sql, rows in self._pending.items():
