@@ -37,9 +37,8 @@ def _compact(tids: list[int]) -> range | tuple[int, ...]:
     """A submit's taskids as kept in memory: a range when they run on by one, as the
     controller allocates them. (A list of a thousand ints costs ~40 KB, a range 48 bytes: the
     SUBMIT_KEYS_KEPT recent submits must not hold every taskid they ever gave out.)"""
-    if tids and tids[-1] - tids[0] == len(tids) - 1 and tids == list(range(tids[0], tids[-1] + 1)):
-        return range(tids[0], tids[-1] + 1)
-    return tuple(tids)
+    run = range(tids[0], tids[0] + len(tids)) if tids else range(0)
+    return run if tids == list(run) else tuple(tids)
 
 
 @dataclass(slots=True)

@@ -142,11 +142,9 @@ class HmacSha256:
         return outer.digest()
 
     def digest(self, data: Any) -> bytes:
-        inner = self._inner.copy()
+        inner = self.start()
         inner.update(data)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()
+        return self.finish(inner)
 
 
 class Wire:
@@ -224,8 +222,7 @@ class Wire:
             raise Refused("malformed", "not a taskmill message (bad protocol frame)")
         total = len(env)
         for f in msg[1:]:
-            t = type(f)  # a zmq.Frame's and a bytes' len() is its size; others are asked
-            total += len(f) if t is zmq.Frame or t is bytes else frame_len(f)
+            total += frame_len(f)
         if total > self.max_message:
             raise Refused("too-large", f"{total} bytes > limit {self.max_message}")
         hb = memoryview(env)[_HEADER_AT:]
