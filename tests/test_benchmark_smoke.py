@@ -69,3 +69,17 @@ def test_payload_costs_runs_and_prints_a_number_in_every_cell():
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")][1:]
         assert len(cells) == 5 and all(float(c) >= 0 for c in cells), row
+
+
+@pytest.mark.timeout(120)
+def test_cpu_per_task_runs_and_reports_each_process():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "cpu_per_task.py"), "--lone", "20",
+         "--flood", "200", "--db", ":memory:"],
+        cwd=ROOT, capture_output=True, text=True, timeout=110, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = proc.stdout
+    assert out.count("tasks/s") == 2, out
+    for who in ("controller", "engine", "client"):
+        assert out.count(f"- {who}: ") == 2, out
