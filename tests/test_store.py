@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from taskmill.errors import StoreError
 from taskmill.store import MemoryStore, SQLiteStore, StoredResult, StoredTask
 
 
@@ -42,26 +43,40 @@ def test_ids_results_counts_and_clear(store):
     assert _task(store) == 4  # ids are never reused, even after clear
 
 
+def _killed(s: SQLiteStore) -> None:
+    """What a kill -9 leaves of a store: nothing queued is written, and the kernel drops the
+    lock (the process's open files close)."""
+    s._closing.set()
+    s._spill.put(None)
+    s.db.close()
+    os.close(s._lock_fd)
+    s._lock_fd = None
+
+
 def test_sqlite_survives_reopen_without_close(tmp_path):
     path = str(tmp_path / "t.db")
     big = os.urandom(300_000)  # stored in a file of its own
     s = SQLiteStore(path)
-    s.running_delay = 0.0  # (see the next test for the delay)
     a = _task(s, [b"small", big])
     b = _task(s)
-    s.mark_running(b, engine=3, node=0, attempts=1, tries=1, handed_over=[])
+    s.allocate_engine("engine-uuid-3")
+    s.mark_running(b, engine=0, node=0, attempts=1, tries=1, handed_over=[])
     s.finish(a, StoredResult({"status": "ok"}, [big]))
     c = _task(s, [big])
     s.remember_submit("client:1", [a, b, c])
-    s.commit()  # no close(): as if the controller were killed here
+    s.commit()
+    _killed(s)  # no close(): as if the controller were killed here
     s2 = SQLiteStore(path)
     assert s2.allocate() == 3
     assert s2.result(a).frames == [big]
     unfinished = {t.tid: (t, counters) for t, counters in s2.unfinished()}
     assert set(unfinished) == {b, c}
     assert unfinished[b][1]["attempts"] == 1 and unfinished[b][1]["state"] == "running"
+    assert unfinished[b][1]["engine_uuid"] == "engine-uuid-3"
+    assert unfinished[c][1]["engine_uuid"] is None
     assert unfinished[c][0].frames == [big]
     assert s2.submitted("client:1") == [a, b, c]
+    assert s2.allocate_engine("another") == 1  # engine ids are not given out twice either
     s2.finish(c, StoredResult({"status": "ok"}, []))
     s2.commit()
     names = sorted(p.name for p in s2.blob_dir.iterdir())
@@ -69,28 +84,157 @@ def test_sqlite_survives_reopen_without_close(tmp_path):
     s2.clear([a])
     assert list(s2.blob_dir.iterdir()) == []
     s2.close()
-    s.db.close()
 
 
-def test_sqlite_writes_a_running_mark_only_if_the_task_is_still_running_later(tmp_path):
+def test_sqlite_a_dispatch_is_written_by_the_next_commit(tmp_path):
+    """A running mark is on disk before the task may be sent (the controller commits first):
+    written into the task's insert when that is not written yet, else as an update."""
     path = str(tmp_path / "t.db")
     s = SQLiteStore(path)
-    s.running_delay = 3600.0
-    quick, slow = _task(s), _task(s)
-    s.mark_running(quick, engine=1, node=0, attempts=1, tries=1, handed_over=[])
-    s.mark_running(slow, engine=2, node=0, attempts=1, tries=1, handed_over=[0])
-    s.finish(quick, StoredResult({"status": "ok"}, []))
+    first = _task(s)
     s.commit()
-    assert s.dirty()  # the slow one's mark is still waiting
-    states = dict(s.db.execute("SELECT tid, state FROM tasks"))
-    assert states == {quick: "finished", slow: "queued"}
-    s.running_delay = 0.0
+    second = _task(s)
+    s.mark_running(first, engine=1, node=0, attempts=1, tries=1, handed_over=[])
+    s.mark_running(second, engine=2, node=0, attempts=1, tries=1, handed_over=[0])
+    assert s.dirty()
+    s.commit()
+    rows = {tid: row for tid, *row in s.db.execute(
+        "SELECT tid, state, engine, attempts, handed_over FROM tasks")}
+    assert rows == {first: ["running", 1, 1, b"\x90"], second: ["running", 2, 1, b"\x91\x00"]}
+    s.close()
+
+
+def test_sqlite_a_failed_commit_keeps_every_row_and_a_later_one_writes_them(tmp_path):
+    """Another process holds the write lock past the busy timeout: the commit fails with
+    StoreError naming the cause, nothing is lost, results stay readable, and the next commit
+    writes everything."""
+    import sqlite3
+
+    path = str(tmp_path / "t.db")
+    s = SQLiteStore(path)
+    done = _task(s)
+    s.commit()
+    queued = _task(s)
+    s.mark_running(done, engine=0, node=0, attempts=1, tries=1, handed_over=[])
+    s.finish(done, StoredResult({"status": "ok"}, [b"result"]))
+    s.remember_submit("c:1", [queued])
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # holds the write lock
+    try:
+        with pytest.raises(StoreError, match="locked"):
+            s.commit()
+        assert s.dirty()
+        assert s.result(done).frames == [b"result"]  # read from what is queued
+        assert s.finished_ids() == ([done], [])
+        with pytest.raises(StoreError):
+            s.clear([done])  # a clear needs a commit first
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
     s.commit()
     assert not s.dirty()
-    row = s.db.execute("SELECT state, engine, handed_over FROM tasks WHERE tid=?",
-                       (slow,)).fetchone()
-    assert row[:2] == ("running", 2) and row[2] == b"\x91\x00"
+    states = dict(s.db.execute("SELECT tid, state FROM tasks"))
+    assert states == {done: "finished", queued: "queued"}
+    assert s.clear([done]) == (1, [])
+    _killed(s)
+    s2 = SQLiteStore(path)
+    assert s2.submitted("c:1") == [queued] and s2.allocate() == 2
+    s2.close()
+
+
+def test_sqlite_a_failing_rollback_does_not_hide_the_cause(tmp_path, caplog):
+    import sqlite3
+
+    s = SQLiteStore(str(tmp_path / "t.db"))
+    _task(s)
+    real = s.db
+
+    class Failing:
+        """The store's connection, with every write and ROLLBACK failing."""
+
+        in_transaction = property(lambda self: real.in_transaction)
+
+        def execute(self, sql, *args):
+            if sql == "ROLLBACK":
+                raise sqlite3.OperationalError("disk I/O error (rollback)")
+            return real.execute(sql, *args)
+
+        def executemany(self, sql, rows):
+            raise sqlite3.OperationalError("database or disk is full")
+
+    s.db = Failing()
+    with pytest.raises(StoreError, match="disk is full"):
+        s.commit()
+    assert "ROLLBACK failed" in caplog.text and s.dirty()
+    s.db = real
+    s.commit()  # (the transaction the failed ROLLBACK left open is rolled back first)
+    assert s.db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0] == 1
     s.close()
+
+
+def test_sqlite_withdraw_takes_back_rows_that_never_committed(tmp_path):
+    s = SQLiteStore(str(tmp_path / "t.db"))
+    kept = _task(s)
+    big = os.urandom(100_000)
+    gone = [_task(s, [big]), _task(s)]
+    s.mark_running(gone[0], engine=0, node=0, attempts=1, tries=1, handed_over=[])
+    s.finish(gone[1], StoredResult({"status": "error"}, [big]))
+    s.remember_submit("c:7", gone)
+    s._write_blobs()  # (as a commit that failed after writing its files)
+    s.withdraw(gone, "c:7")
+    assert s.counts() == (0, 0) and s.result(gone[1]) is None
+    assert s.submitted("c:7", resent=False) is None and s.task(gone[0]) is None
+    assert list(s.blob_dir.iterdir()) == []
+    s.commit()
+    assert [r[0] for r in s.db.execute("SELECT tid FROM tasks")] == [kept]
+    assert s.allocate() == 3  # withdrawn taskids are not given out again
+    s.close()
+
+
+def test_sqlite_a_second_store_on_the_same_file_is_refused_naming_the_holder(tmp_path):
+    path = str(tmp_path / "t.db")
+    s = SQLiteStore(path)
+    with pytest.raises(StoreError, match=f"in use by another controller \\(pid {os.getpid()}\\)"):
+        SQLiteStore(path)
+    s.close()
+    SQLiteStore(path).close()  # free again once closed
+
+
+def test_sqlite_lock_goes_with_a_killed_holder(tmp_path):
+    """The lock is the kernel's (flock): kill -9 of its holder frees it, no stale file."""
+    import signal
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "t.db")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom taskmill.store import SQLiteStore\n"
+         f"s = SQLiteStore({path!r})\nprint('open', flush=True)\ntime.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(StoreError, match=f"pid {holder.pid}"):
+            SQLiteStore(path)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    SQLiteStore(path).close()
+
+
+def test_sqlite_store_files_are_private_and_bad_files_get_one_clear_error(tmp_path):
+    import stat
+
+    path = tmp_path / "t.db"
+    SQLiteStore(str(path)).close()
+    for f in (path, tmp_path / "t.db.lock"):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    assert stat.S_IMODE((tmp_path / "t.db.blobs").stat().st_mode) == 0o700
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database, it only has a name like one" * 100)
+    with pytest.raises(StoreError, match="damaged or not a taskmill store") as err:
+        SQLiteStore(str(junk))
+    assert "\n" not in str(err.value)
+    SQLiteStore(str(junk.with_name("fine.db"))).close()  # (the failed open kept no lock)
 
 
 def test_sqlite_removes_orphan_blob_files(tmp_path):
@@ -99,10 +243,10 @@ def test_sqlite_removes_orphan_blob_files(tmp_path):
     _task(s, [os.urandom(100_000)])
     s._write_blobs()  # a commit's first step: its file is written, the row never commits
     assert len(list(s.blob_dir.iterdir())) == 1
+    _killed(s)
     s2 = SQLiteStore(path)
     assert list(s2.blob_dir.iterdir()) == []
     s2.close()
-    s.db.close()
 
 
 def test_sqlite_cache_is_bounded(tmp_path):
@@ -218,7 +362,7 @@ def test_sqlite_a_failed_file_write_keeps_everything_queued(tmp_path, monkeypatc
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(store_module, "open", full, raising=False)
-    with pytest.raises(OSError):
+    with pytest.raises(StoreError, match="No space left"):
         s.commit()
     assert s.dirty() and s.db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0] == 0
     monkeypatch.undo()

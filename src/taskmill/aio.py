@@ -29,11 +29,12 @@ from .client import (
     abort_outcome,
     clear_outcome,
     pinned_copies,
+    refusal,
     run_all_outcome,
     split_results,
     taskid_list,
 )
-from .errors import ControllerUnreachable, TaskError
+from .errors import ControllerUnreachable
 from .mapper import (
     IMapRun,
     assemble_map,
@@ -160,7 +161,7 @@ class AsyncTaskClient:
                 f"the controller at {conn.info.client_url} did not answer a "
                 f"{header['type']!r} request within {wait:g}s") from None
         if not reply.get("ok", True):
-            raise TaskError(reply.get("error", "the controller refused the request"))
+            raise refusal(reply)
         return reply, frames
 
     def _wrap(self, tf: TaskFuture) -> AsyncTaskFuture:

@@ -43,6 +43,7 @@ def cmd_controller(a: argparse.Namespace) -> int:
     from .controller import run_controller
     from .dashboard import forget_dashboard, is_loopback, start_dashboard
     from .engine import watch_parent
+    from .errors import StoreError
     from .store import open_store
 
     _setup_logging(a.log_level)
@@ -52,6 +53,12 @@ def cmd_controller(a: argparse.Namespace) -> int:
                          "--dashboard-open (the link `taskmill status` prints carries the token)")
     path = Path(a.connection_file) if a.connection_file else default_connection_file()
     log = logging.getLogger("taskmill")
+    db = a.db or str(ensure_private_dir(path.parent) / "tasks.db")
+    try:  # first: a controller that cannot have its store writes and binds nothing
+        store = open_store(db)
+    except StoreError as e:  # in use by another controller, locked, damaged: one clear line
+        print(f"taskmill controller: {e}", file=sys.stderr)
+        return 1
     if path.exists():
         info = read_connection_file(path)  # reuse key and addresses: old peers reconnect
         if a.curve and not curve_enabled(info):
@@ -70,8 +77,6 @@ def cmd_controller(a: argparse.Namespace) -> int:
             "binding %s without --curve: messages travel unencrypted, so anyone on that network "
             "can read every task and result, and anyone who obtains the key in %s can run any "
             "code on every engine. Use --curve on networks you do not trust.", info.ip, path)
-    db = a.db or str(ensure_private_dir(path.parent) / "tasks.db")
-    store = open_store(db)
     logging.getLogger("taskmill").info("task store: %s", db)
     orphaned = []
     if a.parent_fd is not None:

@@ -50,6 +50,7 @@ from .errors import (
     RemoteError,
     RemoteTraceback,
     SerializationError,
+    StoreError,
     TaskError,
     controller_error,
 )
@@ -251,7 +252,7 @@ class _Connection:
                 f"{header['type']!r} request within {wait:g}s"
             ) from None
         if not reply.get("ok", True):
-            raise TaskError(reply.get("error", "the controller refused the request"))
+            raise refusal(reply)
         return reply, frames
 
     def _forget(self, req: int) -> None:
@@ -592,7 +593,7 @@ class _SubmitStream:
             self.answered = True
             try:
                 if not header.get("ok", True):
-                    raise TaskError(header.get("error", "the controller refused the submit"))
+                    raise refusal(header)
                 for f, tid in zip(self.futs, header["tids"], strict=True):
                     f._set_taskid(tid)
                     self.by_tid[tid] = f
@@ -1148,6 +1149,15 @@ class _Failed:
     def __init__(self, exception: BaseException, engineid: int | None) -> None:
         self.exception = exception
         self.engineid = engineid
+
+
+def refusal(reply: dict[str, Any]) -> Exception:
+    """The error a refused request raises: StoreError when the controller's store could not
+    write (the request changed nothing), else TaskError with the controller's reason."""
+    text = reply.get("error", "the controller refused the request")
+    if reply.get("error_type") == "StoreError":
+        return StoreError(text)
+    return TaskError(text)
 
 
 def _check_taskid(taskid: Any) -> None:

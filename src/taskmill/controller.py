@@ -14,13 +14,21 @@ How a task travels (reading order below follows it):
     client <--reply--- [client ROUTER] (replies are sent after the store has committed)
 
 One thread, one loop: poll both sockets, handle every message that is waiting, fire due timers,
-commit the store once (group commit), then send the replies that commit allowed. The controller
+commit the store once (group commit), then send what that commit allowed. The controller
 never unpickles user data, except a callable `depend`, which it must call.
 
-One loop turn sends in this order: messages to engines (a task need not wait for the disk),
-then the store commits, then messages to clients (a taskid or a result a client hears of is on
-disk). Messages to one engine in one turn travel as one `tasks` message, and results for one
-client request in one turn as one `done` message.
+One loop turn commits first, then sends to engines, then to clients: a task reaches an engine
+only once its row and its running mark are on disk (so a restarted controller knows where it
+went and never gives its taskid to another task), and a taskid or a result a client hears of
+is on disk. Messages to one engine in one turn travel as one `tasks` message, and results for
+one client request in one turn as one `done` message. Only messages that depend on nothing
+stored (heartbeats, hello, refusals) go out without waiting for the commit.
+
+When the store cannot write (disk full, locked by another process), nothing that depends on
+the failed commit is sent: the rows stay queued and the commit is tried again with a growing
+pause; the submits of that commit are taken back (their taskids are never used) and answered
+with StoreError; everything else waits until the store writes again. The controller keeps
+serving meanwhile and logs the cause once.
 
 Client messages (every one carries `req`; the reply echoes it):
   hello, ping, submit{tasks, watch}, result{tids, block}, watch{tids}, wait{tids}, abort{tid},
@@ -55,6 +63,7 @@ from . import __version__
 from .connection import ConnectionInfo
 from .curve import CurveServer
 from .curve import enabled as curve_enabled
+from .errors import StoreError
 from .scheduler import (
     ABORTED,
     DEPENDENCY,
@@ -81,6 +90,8 @@ log = logging.getLogger("taskmill.controller")
 DRAIN_BATCH = 1000
 REFUSAL_LOG_EVERY = 60.0  # seconds between log lines about one peer's refused messages
 COMMIT_INTERVAL = 0.05  # seconds a write with no reply waiting on it may stay uncommitted
+STORE_RETRY_FIRST = 0.05  # seconds before a failed commit is tried again, doubling ...
+STORE_RETRY_MAX = 0.5  # ... to this
 
 
 class BadRequest(Exception):
@@ -113,6 +124,17 @@ class Waiter:
 
 
 @dataclass(slots=True)
+class NewSubmit:
+    """A submit whose tasks wait for the commit that stores them; answered after it."""
+
+    reply_to: bytes
+    req: Any
+    tids: list[int]
+    key: str | None
+    watch: bool
+
+
+@dataclass(slots=True)
 class Stats:
     started: float = field(default_factory=time.time)
     messages_in: int = 0
@@ -122,6 +144,7 @@ class Stats:
     engines_died: int = 0
     revokes_sent: int = 0  # an idle engine asked for a task buffered on another
     revokes_granted: int = 0  # ... and got it
+    store_refusals: int = 0  # submits refused because the store could not write
 
 
 def _is_int(value: Any) -> bool:
@@ -200,6 +223,12 @@ class Controller:
         self._tasks_out: dict[int, tuple[list[dict[str, Any]], list[Any]]] = {}
         self._to_clients: list[list[Any]] = []
         self._done_out: dict[tuple[bytes, Any], tuple[list[Any], list[Any]]] = {}
+        self._new_submits: list[NewSubmit] = []  # answered after the commit that stores them
+        # Messages that depend on nothing stored: sent every turn, even while the store fails.
+        self._now_out: list[tuple[zmq.Socket, list[Any]]] = []
+        self._store_down_since: float | None = None  # monotonic time of the first failure
+        self._store_retry_at = 0.0
+        self._store_retry_delay = STORE_RETRY_FIRST
         self._dispatch_seq = itertools.count(1)
         self._seq_of: dict[tuple[int, int], int] = {}  # (tid, attempt) -> its dispatch seq
         self._last_commit = time.monotonic()
@@ -256,6 +285,7 @@ class Controller:
 
     def close(self) -> None:
         try:
+            self._store_retry_at = 0.0
             self._flush()
         except Exception:  # noqa: BLE001 - best effort on the way out
             log.exception("flushing on close failed")
@@ -298,18 +328,36 @@ class Controller:
                     dict(self.wire.refused))
 
     def _flush(self) -> None:
-        """Send what this turn produced: engines first, then commit, then clients.
+        """Commit, then send: to engines first, then to clients (see the module docstring).
 
-        A reply to a client may tell it a taskid or a result, so it waits for the commit;
-        messages to engines do not, and writes with no reply waiting on them are committed at
-        most COMMIT_INTERVAL later (group commit)."""
-        self._send_to_engines()
+        Writes with no message waiting on them are committed at most COMMIT_INTERVAL later
+        (group commit). While the store fails, only the messages that depend on nothing
+        stored go out."""
         now = time.monotonic()
-        to_client = bool(self._to_clients or self._done_out)
-        if to_client or (self.store.dirty() and now - self._last_commit >= COMMIT_INTERVAL):
-            self.store.commit()
-            self._last_commit = now
-        if to_client:
+        held = self._held_output()
+        if self.store.dirty() and now >= self._store_retry_at and (
+                held or now - self._last_commit >= COMMIT_INTERVAL):
+            try:
+                self.store.commit()
+            except StoreError as e:
+                self._commit_failed(e, now)
+            else:
+                self._last_commit = now
+                if self._store_down_since is not None:
+                    log.warning("the task store writes again (after %.1fs); sending what waited",
+                                now - self._store_down_since)
+                    self._store_down_since = None
+                    self._store_retry_delay = STORE_RETRY_FIRST
+        if self._now_out:
+            out, self._now_out = self._now_out, []
+            for sock, frames in out:
+                send_message(sock, frames)
+            self.stats.messages_out += len(out)
+        if not held or (self.store.dirty() and self._store_down_since is not None):
+            return  # (nothing waits, or it waits for the store)
+        self._answer_submits()
+        self._send_to_engines()
+        if self._to_clients or self._done_out:
             out, self._to_clients = self._to_clients, []
             for (reply_to, req), (entries, frames) in self._done_out.items():
                 out.append([reply_to, *self.wire.encode(
@@ -318,6 +366,69 @@ class Controller:
             for frames in out:
                 send_message(self.client_sock, frames)
             self.stats.messages_out += len(out)
+
+    def _held_output(self) -> bool:
+        return bool(self._to_engines or self._tasks_out or self._to_clients or self._done_out
+                    or self._new_submits)
+
+    def _commit_failed(self, e: StoreError, now: float) -> None:
+        """The commit failed and every row stays queued: take back the submits it carried
+        (answered with StoreError, their taskids never used), hold the rest, try again later."""
+        if self._store_down_since is None:
+            self._store_down_since = now
+            log.error("%s; submits are refused with StoreError and everything else waits until "
+                      "it writes again (tried again every %gs at most)", e, STORE_RETRY_MAX)
+        self._store_retry_at = now + self._store_retry_delay
+        self._store_retry_delay = min(self._store_retry_delay * 2, STORE_RETRY_MAX)
+        submits, self._new_submits = self._new_submits, []
+        taken: set[int] = set()
+        for ns in submits:
+            self._withdraw([t for t in ns.tids if t not in taken], ns.key)
+            taken.update(ns.tids)
+            self.stats.store_refusals += 1
+            self._reply(ns.reply_to, ns.req, now=True, error_type="StoreError",
+                        error=f"the submit was not accepted, none of its tasks will run: {e}")
+
+    def _withdraw(self, tids: list[int], key: str | None) -> None:
+        """Take back tasks whose rows never committed: from the scheduler, the dispatches
+        waiting to be sent, the activity record and the store."""
+        gone = set(tids)
+        self._apply(self.sched.withdraw(tids))
+        for eid, (entries, frames) in list(self._tasks_out.items()):
+            if not any(e["tid"] in gone for e in entries):
+                continue
+            kept_entries: list[dict[str, Any]] = []
+            kept_frames: list[Any] = []
+            pos = 0
+            for entry in entries:
+                n = entry["n"]
+                if entry["tid"] not in gone:
+                    kept_entries.append(entry)
+                    kept_frames.extend(frames[pos:pos + n])
+                pos += n
+            if kept_entries:
+                self._tasks_out[eid] = (kept_entries, kept_frames)
+            else:
+                del self._tasks_out[eid]
+        for tid in gone:
+            self._started.pop(tid, None)
+            self.activity.withdrawn(tid)
+            self._waiters.pop(tid, None)
+        for (tid, attempt) in [k for k in self._seq_of if k[0] in gone]:
+            del self._seq_of[(tid, attempt)]
+        for rec in self.engines.values():
+            if rec.state != "dead":
+                rec.state = "busy" if self.sched.engine_busy(rec.eid) else "idle"
+        self.store.withdraw(tids, key)
+        self.stats.submitted -= len(gone)
+
+    def _answer_submits(self) -> None:
+        """The submits whose tasks are now stored get their taskids (and watches)."""
+        submits, self._new_submits = self._new_submits, []
+        for ns in submits:
+            self._reply(ns.reply_to, ns.req, tids=ns.tids)
+            if ns.watch:
+                self._add_waiter(ns.reply_to, ns.req, "watch", ns.tids)
 
     def _send_to_engines(self) -> None:
         """Send what waits for engines (tasks batched per engine)."""
@@ -335,12 +446,19 @@ class Controller:
         self.stats.messages_out += len(out)
 
     def _pending_output(self) -> bool:
-        return bool(self._to_engines or self._tasks_out or self._to_clients or self._done_out)
+        return bool(self._now_out) or (self._held_output() and (
+            self._store_down_since is None or time.monotonic() >= self._store_retry_at))
 
     def _send(self, sock: zmq.Socket, ident: bytes, header: dict[str, Any],
-              frames: list[Any] = ()) -> None:
-        out = self._to_clients if sock is self.client_sock else self._to_engines
-        out.append([ident, *self.wire.encode(header, frames)])
+              frames: list[Any] = (), *, now: bool = False) -> None:
+        """Queue a message: sent after this turn's commit, or (`now`) whatever the store does."""
+        msg = [ident, *self.wire.encode(header, frames)]
+        if now:
+            self._now_out.append((sock, msg))
+        elif sock is self.client_sock:
+            self._to_clients.append(msg)
+        else:
+            self._to_engines.append(msg)
 
     # -- timers ----------------------------------------------------------------------------
     def _arm(self, key: tuple, delay: float) -> None:
@@ -355,7 +473,8 @@ class Controller:
             heapq.heappop(self._timers)
         deadline = self._timers[0][0] if self._timers else time.monotonic() + 1.0
         if self.store.dirty():
-            deadline = min(deadline, self._last_commit + COMMIT_INTERVAL)
+            deadline = min(deadline, max(self._last_commit + COMMIT_INTERVAL,
+                                         self._store_retry_at))
         return max(0, int((deadline - time.monotonic()) * 1000) + 1)
 
     def _fire_timers(self) -> None:
@@ -388,7 +507,7 @@ class Controller:
                 # An engine this controller does not know (it restarted, or declared it dead).
                 if kind == "hb":
                     self._send(self.engine_sock, ident,
-                               {"type": "reregister", "gen": header.get("gen")})
+                               {"type": "reregister", "gen": header.get("gen")}, now=True)
                 elif kind == "results":
                     # Counted and logged, not acted on: its task already failed with
                     # EngineDied (and was retried, if it had retries), so it finishes once.
@@ -405,7 +524,7 @@ class Controller:
                                     "had retries; further ones are only counted for a minute)",
                                     tids)
             elif kind == "hb":
-                self._send(self.engine_sock, ident, {"type": "hb"})
+                self._send(self.engine_sock, ident, {"type": "hb"}, now=True)
             elif kind == "results":
                 self._on_results(rec, header, frames)
             elif kind == "revoked":
@@ -434,7 +553,7 @@ class Controller:
         if eid is not None and self.engines[eid].state != "dead":
             rec = self.engines[eid]  # a repeated register: answer it again
         else:
-            eid = self.store.allocate_engine()
+            eid = self.store.allocate_engine(uuid)
             props = dict(header.get("properties") or {})
             props.update(engineid=eid, hostname=header["hostname"], pid=header["pid"])
             now = time.monotonic()
@@ -638,35 +757,42 @@ class Controller:
         handler = getattr(self, f"_c_{kind}", None)
         if handler is None:
             self.wire.refused["unknown-type"] += 1
-            self._reply(reply_to, req, error=f"unknown request type {kind!r}")
+            self._reply(reply_to, req, now=True, error=f"unknown request type {kind!r}")
             return
         if req is not None and not isinstance(req, int | str | bytes):
             # (Results for one request travel together, keyed by it: it must be a plain key.)
             self.wire.refused["bad-request"] += 1
-            self._reply(reply_to, req, error=f"bad {kind} request: req must be an int or a str")
+            self._reply(reply_to, req, now=True,
+                        error=f"bad {kind} request: req must be an int or a str")
             return
         try:
             handler(reply_to, req, header, frames)
+        except StoreError as e:
+            self._reply(reply_to, req, now=True, error_type="StoreError", error=str(e))
         except (BadRequest, KeyError, TypeError, ValueError, IndexError) as e:
             self.wire.refused["bad-request"] += 1
-            self._reply(reply_to, req, error=f"bad {kind} request: {e}")
+            self._reply(reply_to, req, now=True, error=f"bad {kind} request: {e}")
         except Exception as e:  # noqa: BLE001 - a bug here must not leave the client waiting
             self.wire.refused["internal-error"] += 1
             log.exception("error handling a %r request", kind)
-            self._reply(reply_to, req, error=f"the controller failed on a {kind} request: {e!r}")
+            self._reply(reply_to, req, now=True,
+                        error=f"the controller failed on a {kind} request: {e!r}")
 
     def _reply(self, reply_to: bytes, req: Any, frames: list[Any] = (), *, error: str | None = None,
-               **fields: Any) -> None:
+               now: bool = False, **fields: Any) -> None:
+        """Answer a request: after this turn's commit, or (`now`: it depends on nothing
+        stored, e.g. a refusal) at once."""
         header = {"type": "reply", "req": req, "ok": error is None, **fields}
         if error is not None:
             header["error"] = error
-        self._send(self.client_sock, reply_to, header, frames)
+        self._send(self.client_sock, reply_to, header, frames, now=now)
 
     def _c_hello(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
-        self._reply(rt, req, version=__version__, engines=self._n_alive())
+        self._reply(rt, req, now=True, version=__version__, engines=self._n_alive(),
+                    max_message=self.wire.max_message)
 
     def _c_ping(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
-        self._reply(rt, req)
+        self._reply(rt, req, now=True)
 
     def _n_alive(self) -> int:
         return sum(1 for r in self.engines.values() if r.state != "dead")
@@ -676,9 +802,7 @@ class Controller:
         if isinstance(key, str):
             known = self.store.submitted(key, resent=bool(h.get("resent")))
             if known is not None:  # a client sent it again after a restart: same taskids
-                self._reply(rt, req, tids=known)
-                if h.get("watch"):
-                    self._add_waiter(rt, req, "watch", known)
+                self._new_submits.append(NewSubmit(rt, req, known, None, bool(h.get("watch"))))
                 return
         specs = h["tasks"]
         if not isinstance(specs, list) or not specs:
@@ -702,13 +826,11 @@ class Controller:
             self._submit_to_scheduler(tid, stored, nodes, dispatch=False)
             tids.append(tid)
         self._apply(self.sched.run_pass())  # one pass for the whole batch
-        # Tasks dispatched just now go before this request's own bookkeeping and reply.
-        self._send_to_engines()
         if isinstance(key, str):
             self.store.remember_submit(key, tids)
-        self._reply(rt, req, tids=tids)
-        if h.get("watch"):
-            self._add_waiter(rt, req, "watch", tids)
+        # Answered after the commit that stores these tasks (or refused if it fails).
+        self._new_submits.append(NewSubmit(rt, req, tids, key if isinstance(key, str) else None,
+                                           bool(h.get("watch"))))
 
     def _submit_to_scheduler(self, tid: int, spec: dict[str, Any], nodes: list[Node],
                              **counters: Any) -> None:
@@ -888,10 +1010,11 @@ class Controller:
     def _c_spin(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
         dispatched, actions = self.sched.spin()
         self._apply(actions)
-        self._reply(rt, req, dispatched=dispatched)
+        self._reply(rt, req, now=True, dispatched=dispatched)
 
     def _c_status(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
-        self._reply(rt, req, status=self.queue_status(bool(h.get("verbose"))))
+        # (Read-only views are answered at once, even while the store cannot write.)
+        self._reply(rt, req, now=True, status=self.queue_status(bool(h.get("verbose"))))
 
     def queue_status(self, verbose: bool = False) -> dict[str, Any]:
         if verbose:
@@ -926,7 +1049,7 @@ class Controller:
         self._reply(rt, req)
 
     def _c_stats(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
-        self._reply(rt, req, stats=self.statistics())
+        self._reply(rt, req, now=True, stats=self.statistics())
 
     def statistics(self) -> dict[str, Any]:
         """What the controller is doing: counters, queue, engines (with the task each one runs
@@ -954,13 +1077,13 @@ class Controller:
         since = h.get("since", 0)
         if not isinstance(since, int) or isinstance(since, bool) or since < 0:
             raise BadRequest("since must be an int >= 0")
-        self._reply(rt, req, activity=self.activity.snapshot(time.time(), since))
+        self._reply(rt, req, now=True, activity=self.activity.snapshot(time.time(), since))
 
     def _c_task(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
         tid = h["tid"]
         if not isinstance(tid, int) or isinstance(tid, bool):
             raise BadRequest("tid must be an int")
-        self._reply(rt, req, task=self.task_info(tid))
+        self._reply(rt, req, now=True, task=self.task_info(tid))
 
     def task_info(self, tid: int) -> dict[str, Any]:
         """One task's state and metadata (times, engine, output, error), never its payload."""
@@ -980,7 +1103,7 @@ class Controller:
                 "kind": task.spec["nodes"][t.node]["exec"]["kind"] if task else None}
 
     def _c_engines(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
-        self._reply(rt, req, engines=self.engine_table())
+        self._reply(rt, req, now=True, engines=self.engine_table())
 
     def engine_table(self) -> list[dict[str, Any]]:
         return [

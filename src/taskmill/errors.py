@@ -42,6 +42,12 @@ class ControllerUnreachable(TimeoutError):
     """No controller answered within the client's timeout."""
 
 
+class StoreError(RuntimeError):
+    """The controller's task store could not write (disk full, file locked, I/O error), or
+    could not be opened. A request it concerns is refused with this error and changes nothing:
+    a submit refused so was not accepted (its tasks never run, its taskids are never used)."""
+
+
 class ConnectionFileError(RuntimeError):
     """A connection file is missing, malformed, or readable by others."""
 

@@ -13,6 +13,7 @@ Events                                   Actions
             duration=...)                  ArmTimer(key, delay) / CancelTimer(key)
   revoke_answered(eid, tid, attempt, ok)
   remove_engine(eid)
+  withdraw(tids)
   abort(tid), timer_fired(key), spin()
 
 Rules, in one place:
@@ -395,6 +396,39 @@ class Scheduler:
             t.tries -= 1
             t.attempts -= 1
             self._make_ready(t)
+        return self._flush()
+
+    def withdraw(self, tids: Iterable[int]) -> list[Action]:
+        """Forget tasks as if they had never been submitted (their submit could not be
+        stored): no Finish; a slot one took is free again. A task that waits for one of them
+        fails with `dependency`."""
+        gone = set(tids)
+        orphans = []
+        for tid in gone:
+            t = self.tasks.pop(tid, None)
+            if t is None:
+                continue
+            self._parked.discard(tid)
+            token = self._unmet.pop(tid, None)
+            if token is not None:
+                self._out.append(CancelTimer(("unmet", tid, token)))
+            if t.state == RUNNING and t.engine is not None:
+                e = self.engines.get(t.engine)
+                if e is not None and tid in e.running:
+                    self._release_slot(e, tid)
+            for dep in t.blocked_on:
+                waiting = self._dependents.get(dep)
+                if waiting is not None and tid in waiting:
+                    waiting.remove(tid)
+            orphans.extend(c for c in self._dependents.pop(tid, ()) if c not in gone)
+        for thief, (_, tid, _) in list(self._thieves.items()):
+            if tid in gone:
+                del self._thieves[thief]
+                self._fresh.add(thief)
+        for child_id in orphans:
+            child = self.tasks.get(child_id)
+            if child is not None:
+                self._finish(child, DEPENDENCY, False, detail=next(iter(gone)))
         return self._flush()
 
     def abort(self, tid: int) -> tuple[bool, list[Action]]:

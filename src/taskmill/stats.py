@@ -140,6 +140,14 @@ class RecentActivity:
         if a is not None and a.eid == eid and a.attempt == attempt:
             self._close(a, status if status in ENGINE_STATUSES else "error", now)
 
+    def withdrawn(self, tid: int) -> None:
+        """Task `tid` was taken back before it reached an engine: its attempt never was."""
+        a = self.open.pop(tid, None)
+        if a is not None:
+            held = self.held.get(a.eid)
+            if held is not None:
+                held.pop(tid, None)
+
     def engine_lost(self, eid: int, now: float) -> None:
         """Engine `eid` died: every attempt it held ends as `died`."""
         for tid in list(self.held.get(eid, ())):

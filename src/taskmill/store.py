@@ -1,16 +1,25 @@
 """Where the controller keeps tasks and results: one small interface, `TaskStore`.
 
 The controller asks the store for taskids, hands it each submitted task (its spec and opaque
-payload frames), fetches a node's body to dispatch it, records each final result, and drops
-results on `clear`. Results are opaque: the store never unpickles anything.
+payload frames), marks each dispatch, records each final result, and drops results on
+`clear`. Results are opaque: the store never unpickles anything.
+
+Writes are queued and made durable together by `commit()`. A commit either writes every
+queued row or none: when it fails (disk full, the file locked by another process, an I/O
+error) every row stays queued, `StoreError` names the cause, and the next commit tries them
+all again. Nothing is forgotten on the way, and what was queued can be taken back
+(`withdraw`, for a submit that is refused because of the failure).
 
 `MemoryStore` keeps everything in this process (results until cleared), for throw-away runs
 (`--db :memory:`). `SQLiteStore` keeps it in a SQLite file in WAL mode, so a restarted
-controller picks up where a killed one stopped.
+controller picks up where a killed one stopped; it holds an exclusive lock on the store for
+its whole life, so a second controller cannot open the same store.
 """
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 import queue
 import sqlite3
@@ -23,7 +32,10 @@ from typing import Any, Protocol
 
 import msgpack
 
+from .errors import StoreError
 from .wire import frame_len
+
+log = logging.getLogger("taskmill.store")
 
 MAX_TID = 2**63 - 1  # the largest id SQLite can hold
 
@@ -31,6 +43,8 @@ MAX_TID = 2**63 - 1  # the largest id SQLite can hold
 SUBMIT_KEYS_KEPT = 100_000
 # Submit keys older than this are forgotten when a SQLite store opens.
 SUBMIT_KEY_AGE = 24 * 3600.0
+# Rows of engines that hold no running task are forgotten this long after they registered.
+ENGINE_ROW_AGE = 24 * 3600.0
 
 
 def _compact(tids: list[int]) -> range | tuple[int, ...]:
@@ -61,7 +75,7 @@ class StoredResult:
 
 class TaskStore(Protocol):
     def allocate(self) -> int: ...
-    def allocate_engine(self) -> int: ...
+    def allocate_engine(self, uuid: str) -> int: ...
     def add(self, task: StoredTask) -> None: ...
     def task(self, tid: int) -> StoredTask | None: ...
     def mark_running(self, tid: int, engine: int, node: int, attempts: int, tries: int,
@@ -69,6 +83,7 @@ class TaskStore(Protocol):
     def unfinished(self) -> list[tuple[StoredTask, dict[str, Any]]]: ...
     def submitted(self, key: str, resent: bool = True) -> list[int] | None: ...
     def remember_submit(self, key: str, tids: list[int]) -> None: ...
+    def withdraw(self, tids: list[int], key: str | None = None) -> None: ...
     def finish(self, tid: int, result: StoredResult) -> None: ...
     def result(self, tid: int) -> StoredResult | None: ...
     def clear(self, tids: list[int] | None) -> tuple[int, list[int]]: ...
@@ -95,7 +110,7 @@ class MemoryStore:
         self._next += 1
         return tid
 
-    def allocate_engine(self) -> int:
+    def allocate_engine(self, uuid: str = "") -> int:
         eid = self._next_eid
         self._next_eid += 1
         return eid
@@ -121,6 +136,15 @@ class MemoryStore:
         self._submits[key] = _compact(tids)
         while len(self._submits) > SUBMIT_KEYS_KEPT:
             self._submits.popitem(last=False)
+
+    def withdraw(self, tids: list[int], key: str | None = None) -> None:
+        for tid in tids:
+            self._active.pop(tid, None)
+            r = self._results.pop(tid, None)
+            if r is not None:
+                self._n_ok -= r.ok
+        if key is not None:
+            self._submits.pop(key, None)
 
     def finish(self, tid: int, result: StoredResult) -> None:
         self._active.pop(tid, None)
@@ -186,28 +210,39 @@ CREATE TABLE IF NOT EXISTS tasks (
 -- WITHOUT ROWID: one B-tree (keyed by key) instead of a rowid table plus its key index.
 CREATE TABLE IF NOT EXISTS submits (key TEXT PRIMARY KEY, tids BLOB NOT NULL, at REAL NOT NULL)
     WITHOUT ROWID;
+-- Which engine process (its uuid) an engine id was given to: a restarted controller knows
+-- by it the engines that come back still running the tasks it had handed them.
+CREATE TABLE IF NOT EXISTS engines (eid INTEGER PRIMARY KEY, uuid TEXT NOT NULL,
+    registered REAL NOT NULL);
 -- (No index on state: each insert and finish would pay for it. A restart finds the unfinished
 -- tasks from meta's low_tid, below which every task had finished: see SQLiteStore.commit.)
 DROP INDEX IF EXISTS tasks_state;
 """
 
-_INSERT = ("INSERT INTO tasks (tid, state, submitted, spec, frames) "
-           "VALUES (?, 'queued', ?, ?, ?)")
+# A task's row goes in whole: a task dispatched (or even finished) before its first commit
+# is inserted in that state, with no UPDATE after its INSERT.
+_INSERT = ("INSERT INTO tasks (tid, state, submitted, spec, frames, node, attempts, tries, "
+           "handed_over, engine, ok, result_meta, result_frames) "
+           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _RUNNING = ("UPDATE tasks SET state='running', engine=?, node=?, attempts=?, tries=?, "
             "handed_over=? WHERE tid=?")
 _FINISH = ("UPDATE tasks SET state='finished', ok=?, result_meta=?, result_frames=?, "
            "frames=NULL WHERE tid=?")
 _SUBMIT = "INSERT OR REPLACE INTO submits VALUES (?, ?, ?)"
-_WRITES = (_INSERT, _RUNNING, _FINISH, _SUBMIT)
+_ENGINE = "INSERT OR REPLACE INTO engines VALUES (?, ?, ?)"
+# Positions in an insert row.
+_STATE, _FRAMES, _NODE, _OK = 1, 4, 5, 10
 
 # Frames at least this large are kept in files of their own beside the database: writing them
 # is one copy into the page cache, dropping them one unlink, and neither goes through the WAL.
 EXTERNAL_MIN = 64 * 1024
 # The checkpointer copies the WAL into the database once it is larger than this.
 CHECKPOINT_BYTES = 32 * 1024 * 1024
-# A task's running mark is written only if it is still running this much later.
-RUNNING_DELAY = 0.05
 LOW_TID_EVERY = 1.0  # seconds between writes of meta's low_tid
+# How long a commit waits for a lock another process holds on the database before it fails
+# (and is tried again later): the controller's loop must not stall behind it.
+BUSY_TIMEOUT = 0.1
+OPEN_TIMEOUT = 2.0  # ... and how long opening the store waits for it
 
 
 _EMPTY_LIST = b"\x90"  # msgpack of []
@@ -217,61 +252,114 @@ def _unpack(data: bytes) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
 
 
+def _hold_lock(path: str) -> int:
+    """Take the store's exclusive lock (`<path>.lock`, flock) for this process's life.
+
+    The kernel drops it when the process dies, however it dies, so a kill -9 leaves no stale
+    lock; the pid written inside only names the holder in the error a second controller gets.
+    """
+    lock_path = f"{path}.lock"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise StoreError(f"cannot create the task store's lock file {lock_path}: "
+                         f"{e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreError(
+            f"the task store {path} is in use by another controller (pid {holder}); one store "
+            "serves one controller: stop that one first (`taskmill cluster stop`, or kill "
+            f"{holder}), or give this controller a store of its own (--db PATH)") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _open_error(path: str, e: BaseException) -> StoreError:
+    text = str(e)
+    if "locked" in text or "busy" in text:
+        return StoreError(
+            f"the task store {path} is locked by another process ({text}); close whatever "
+            "holds it (e.g. a sqlite3 shell inside a transaction) and start again")
+    if isinstance(e, sqlite3.DatabaseError) and ("not a database" in text
+                                                 or "malformed" in text or "corrupt" in text):
+        return StoreError(
+            f"the task store {path} is damaged or not a taskmill store ({text}); move it aside "
+            "to keep it and start with an empty store, or give another --db")
+    return StoreError(f"cannot open the task store {path}: {text}")
+
+
 class SQLiteStore:
     """Tasks and results in a SQLite file (WAL): they survive a kill -9 of the controller.
 
     Writes are queued and run in one transaction at `commit()`, which the controller calls
-    once per loop turn, before it sends the replies that depend on them (group commit). Active
+    once per loop turn, before it sends anything that depends on them (group commit). Active
     tasks are also kept in memory, for dispatch; finished results live on disk, with a cache
     bounded in entries and bytes, so memory stays flat however many results are kept. Large
     frames live in files in `<db>.blobs/`, written before the row that names them commits and
     removed only after the row that drops them commits. A background thread checkpoints the
     WAL, so the controller's thread never waits for that copy and its fsync; another one syncs
     each result file to disk and then drops its pages from the page cache (see _spill_loop).
+    The database and its lock file are created with mode 0600, the blob folder 0700.
     """
 
     def __init__(self, path: str, *, cache_size: int = 1024,
                  cache_bytes: int = 64 * 1024 * 1024) -> None:
         self.path = path
-        self.blob_dir = Path(f"{path}.blobs")
-        self.blob_dir.mkdir(mode=0o700, exist_ok=True)
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._lock_fd: int | None = _hold_lock(path)
+        try:
+            self._open(cache_size, cache_bytes)
+        except BaseException:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise
+
+    def _open(self, cache_size: int, cache_bytes: int) -> None:
+        path = self.path
+        try:
+            # Created 0600 before SQLite opens it (its -wal and -shm files take that mode).
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            self.blob_dir = Path(f"{path}.blobs")
+            self.blob_dir.mkdir(mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the task store {path}: {e.strerror or e}") from None
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                      timeout=OPEN_TIMEOUT)
+        except sqlite3.Error as e:
+            raise _open_error(path, e) from None
+        try:
+            self._read_state()
+        except (sqlite3.Error, OSError, ValueError) as e:
+            self.db.close()
+            raise _open_error(path, e) from None
+        self.db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
         # One Packer for this store's writes (cheaper than packb's Packer per call); the
         # store is used by one thread, the controller's.
         self._pack = msgpack.Packer(use_bin_type=True).pack
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")  # durable against a process crash
-        self.db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
-        self.db.executescript(_SCHEMA)
-        # Queued writes, one list of rows per statement, run with executemany at commit in
-        # this order (a task's insert comes before its running mark and its finish).
-        self._pending: dict[str, list[tuple[Any, ...]]] = {sql: [] for sql in _WRITES}
+        # Queued writes, run at commit in this order: inserts (whole rows: a later running
+        # mark or finish of a row not yet written changes it in place), running marks,
+        # finishes, submit keys, engines. Keyed by taskid (or key, engine id), so that a
+        # refused submit's rows can be taken back.
+        self._ins: dict[int, list[Any]] = {}
+        self._run: dict[int, tuple[Any, ...]] = {}
+        self._fin: dict[int, tuple[Any, ...]] = {}
+        self._subs: dict[str, tuple[Any, ...]] = {}
+        self._eng: dict[int, tuple[Any, ...]] = {}
+        self._unsaved: dict[int, StoredResult] = {}  # finished, not yet committed
         self._dirty = False
         self._unlink_after_commit: list[Path] = []
         self._unwritten: dict[str, Any] = {}  # blob file name -> its bytes, until commit
         self._recent_submits: OrderedDict[str, range | tuple[int, ...]] = OrderedDict()
-        self._running: dict[int, tuple[float, tuple[Any, ...]]] = {}  # held-back running marks
-        self.running_delay = RUNNING_DELAY
         self._active: dict[int, StoredTask] = {}
         self._task_blobs: dict[int, bytes] = {}  # active tasks whose frames are in files
         self._cache: OrderedDict[int, tuple[StoredResult, int]] = OrderedDict()
         self._cache_size = cache_size
         self._cache_bytes = cache_bytes
         self._cached_bytes = 0
-        row = self.db.execute("SELECT value FROM meta WHERE key='next_tid'").fetchone()
-        top = self.db.execute("SELECT MAX(tid) FROM tasks").fetchone()[0]
-        self._next = max(row[0] if row else 0, (top + 1) if top is not None else 0)
-        row = self.db.execute("SELECT value FROM meta WHERE key='next_eid'").fetchone()
-        self._next_eid = row[0] if row else 0
-        self._written_eid = self._next_eid
-        row = self.db.execute("SELECT value FROM meta WHERE key='low_tid'").fetchone()
-        self._low_tid = row[0] if row else 0
-        self._low_written = 0.0  # monotonic time low_tid was last written
-        self.db.execute("DELETE FROM submits WHERE at < ?", (time.time() - SUBMIT_KEY_AGE,))
-        self._n_ok, self._n_failed = (
-            self.db.execute(
-                "SELECT COALESCE(SUM(ok), 0), COALESCE(SUM(1 - ok), 0) FROM tasks "
-                "WHERE state='finished'").fetchone())
         self._remove_orphan_blobs()
         self._closing = threading.Event()
         self._checkpointer = threading.Thread(target=self._checkpoint_loop,
@@ -282,6 +370,36 @@ class SQLiteStore:
         self._spiller = threading.Thread(target=self._spill_loop, name="taskmill-spill",
                                          daemon=True)
         self._spiller.start()
+
+    def _read_state(self) -> None:
+        db = self.db
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # durable against a process crash
+        db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
+        db.executescript(_SCHEMA)
+
+        def meta(key: str) -> int | None:
+            row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+            return row[0] if row else None
+
+        top = db.execute("SELECT MAX(tid) FROM tasks").fetchone()[0]
+        self._next = max(meta("next_tid") or 0, (top + 1) if top is not None else 0)
+        top_eid = db.execute("SELECT MAX(eid) FROM engines").fetchone()[0]
+        self._next_eid = max(meta("next_eid") or 0, (top_eid + 1) if top_eid is not None else 0)
+        self._written_eid = self._next_eid
+        self._low_tid = meta("low_tid") or 0
+        self._low_written = 0.0  # monotonic time low_tid was last written
+        now = time.time()
+        db.execute("BEGIN")
+        db.execute("DELETE FROM submits WHERE at < ?", (now - SUBMIT_KEY_AGE,))
+        db.execute("DELETE FROM engines WHERE registered < ? AND eid NOT IN "
+                   "(SELECT engine FROM tasks WHERE tid >= ? AND state='running' "
+                   "AND engine IS NOT NULL)", (now - ENGINE_ROW_AGE, self._low_tid))
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('next_eid', ?)", (self._next_eid,))
+        db.execute("COMMIT")
+        self._n_ok, self._n_failed = db.execute(
+            "SELECT COALESCE(SUM(ok), 0), COALESCE(SUM(1 - ok), 0) FROM tasks "
+            "WHERE state='finished'").fetchone()
 
     # -- frames ----------------------------------------------------------------------------
     def _frames_blob(self, tid: int, kind: str, frames: list[Any], sizes: list[int]) -> bytes:
@@ -303,16 +421,16 @@ class SQLiteStore:
     def _write_blobs(self) -> None:
         """Write the files the queued rows name (at commit, before the rows).
 
-        Not at add/finish time: a submit's tasks then reach their engines before their
-        files are written (the controller sends to engines before it commits), so the write
-        overlaps the engine's work instead of delaying it. A file dropped before it was
-        written (its task finished within one commit) is never written."""
+        A file dropped before it was written (its task finished within one commit) is never
+        written. If a write fails, every name stays queued: the next commit writes them all
+        (a file written twice is the same file)."""
         for name, buf in self._unwritten.items():
             path = self.blob_dir / name
             with open(path, "wb") as out:
                 out.write(buf)
+        for name in self._unwritten:
             if ".result." in name:
-                self._spill.put(path)
+                self._spill.put(self.blob_dir / name)
         self._unwritten.clear()
 
     def _frames_from_blob(self, blob: bytes | None) -> list[Any]:
@@ -324,10 +442,16 @@ class SQLiteStore:
                 out.append(item)
         return out
 
-    def _drop_blobs(self, blob: bytes | None) -> None:
+    def _drop_blobs(self, blob: bytes | None, *, now: bool = False) -> None:
+        """Forget the files a row's frames name: unwritten ones are never written; written
+        ones are removed after the next commit (or `now`, for rows that never committed)."""
         for item in _unpack(blob) if blob else []:
             if isinstance(item, dict) and self._unwritten.pop(item["file"], None) is None:
-                self._unlink_after_commit.append(self.blob_dir / item["file"])
+                path = self.blob_dir / item["file"]
+                if now:
+                    path.unlink(missing_ok=True)
+                else:
+                    self._unlink_after_commit.append(path)
 
     def _remove_orphan_blobs(self) -> None:
         """Files written for rows that never committed (the controller died in between)."""
@@ -387,12 +511,12 @@ class SQLiteStore:
     def allocate(self) -> int:
         tid = self._next
         self._next += 1
-        self._dirty = True
         return tid
 
-    def allocate_engine(self) -> int:
+    def allocate_engine(self, uuid: str = "") -> int:
         eid = self._next_eid
         self._next_eid += 1
+        self._eng[eid] = (eid, uuid, time.time())
         self._dirty = True
         return eid
 
@@ -403,35 +527,42 @@ class SQLiteStore:
         blob = self._frames_blob(task.tid, "task", task.frames, sizes)
         if sizes and max(sizes) >= EXTERNAL_MIN:
             self._task_blobs[task.tid] = blob  # to drop its files when the task finishes
-        self._queue(_INSERT, (task.tid, task.submitted, self._pack(task.spec), blob))
+        self._ins[task.tid] = [task.tid, "queued", task.submitted, self._pack(task.spec), blob,
+                               0, 0, 0, None, None, None, None, None]
+        self._dirty = True
 
     def task(self, tid: int) -> StoredTask | None:
         return self._active.get(tid)
 
     def mark_running(self, tid: int, engine: int, node: int, attempts: int, tries: int,
                      handed_over: list[int]) -> None:
-        # Held back for RUNNING_DELAY: most tasks finish sooner, and then only their finish
-        # is written. A controller killed meanwhile reruns such a task without counting the
-        # attempt it lost (the task itself is never lost: its insert is on disk).
-        self._running.pop(tid, None)  # (re-inserted: the dict stays in time order)
-        self._running[tid] = (time.monotonic(),
-                              (engine, node, attempts, tries,
-                               self._pack(handed_over) if handed_over else _EMPTY_LIST, tid))
+        """A dispatch: written at the next commit, which comes before the task is sent."""
+        handed = self._pack(handed_over) if handed_over else _EMPTY_LIST
+        row = self._ins.get(tid)
+        if row is not None:
+            row[_STATE] = "running"
+            row[_NODE:_OK] = [node, attempts, tries, handed, engine]
+        else:
+            self._run[tid] = (engine, node, attempts, tries, handed, tid)
         self._dirty = True
 
     def unfinished(self) -> list[tuple[StoredTask, dict[str, Any]]]:
-        """Every queued or running task, oldest first, with its scheduling counters."""
+        """Every queued or running task, oldest first, with its scheduling counters and, for
+        a running one, the engine id and engine uuid it was handed to."""
         rows = self.db.execute(
-            "SELECT tid, state, submitted, spec, frames, node, attempts, tries, handed_over "
-            "FROM tasks WHERE tid >= ? AND state != 'finished' ORDER BY tid",
+            "SELECT t.tid, t.state, t.submitted, t.spec, t.frames, t.node, t.attempts, t.tries, "
+            "t.handed_over, t.engine, e.uuid FROM tasks t LEFT JOIN engines e ON e.eid = t.engine "
+            "WHERE t.tid >= ? AND t.state != 'finished' ORDER BY t.tid",
             (self._low_tid,)).fetchall()
         out = []
-        for tid, state, submitted, spec, frames, node, attempts, tries, handed in rows:
+        for tid, state, submitted, spec, frames, node, attempts, tries, handed, eng, uuid in rows:
             task = StoredTask(tid, _unpack(spec), self._frames_from_blob(frames), submitted)
             self._task_blobs[tid] = frames
             self._active[tid] = task
             out.append((task, {"state": state, "node": node, "attempts": attempts,
-                               "tries": tries, "handed_over": _unpack(handed) if handed else []}))
+                               "tries": tries, "handed_over": _unpack(handed) if handed else [],
+                               "engine": eng if state == "running" else None,
+                               "engine_uuid": uuid if state == "running" else None}))
         return out
 
     def submitted(self, key: str, resent: bool = True) -> list[int] | None:
@@ -447,18 +578,55 @@ class SQLiteStore:
         self._recent_submits[key] = _compact(tids)
         while len(self._recent_submits) > SUBMIT_KEYS_KEPT:
             self._recent_submits.popitem(last=False)
-        self._queue(_SUBMIT, (key, self._pack(tids), time.time()))
+        self._subs[key] = (key, self._pack(tids), time.time())
+        self._dirty = True
+
+    def withdraw(self, tids: list[int], key: str | None = None) -> None:
+        """Take back tasks whose rows have not been committed (a refused submit): their rows,
+        running marks, results and files are dropped as if they had never been added. Their
+        taskids are not given out again."""
+        for tid in tids:
+            if tid in self._ins:
+                row = self._ins.pop(tid)
+                self._drop_blobs(row[_FRAMES], now=True)
+                self._drop_blobs(row[12], now=True)
+            self._task_blobs.pop(tid, None)
+            self._active.pop(tid, None)
+            self._run.pop(tid, None)
+            fin = self._fin.pop(tid, None)
+            if fin is not None:
+                self._drop_blobs(fin[2], now=True)
+            r = self._unsaved.pop(tid, None)
+            if r is not None:
+                if r.ok:
+                    self._n_ok -= 1
+                else:
+                    self._n_failed -= 1
+                self._forget(tid)
+        if key is not None:
+            self._recent_submits.pop(key, None)
+            self._subs.pop(key, None)
+        self._dirty = bool(self._ins or self._run or self._fin or self._subs or self._eng
+                           or self._unwritten)
 
     # -- results ---------------------------------------------------------------------------
     def finish(self, tid: int, result: StoredResult) -> None:
         self._active.pop(tid, None)
-        self._running.pop(tid, None)
+        self._run.pop(tid, None)  # (the finish says all a restart needs)
         blobs = self._task_blobs.pop(tid, None)
         if blobs is not None:
             self._drop_blobs(blobs)
         sizes = [frame_len(f) for f in result.frames]
         blob = self._frames_blob(tid, "result", result.frames, sizes)
-        self._queue(_FINISH, (int(result.ok), self._pack(result.meta), blob, tid))
+        row = self._ins.get(tid)
+        if row is not None:  # its insert is not written yet: it goes in finished
+            row[_STATE] = "finished"
+            row[_FRAMES] = None
+            row[_OK:] = [int(result.ok), self._pack(result.meta), blob]
+        else:
+            self._fin[tid] = (int(result.ok), self._pack(result.meta), blob, tid)
+        self._unsaved[tid] = result
+        self._dirty = True
         if result.ok:
             self._n_ok += 1
         else:
@@ -488,9 +656,11 @@ class SQLiteStore:
         hit = self._cache.get(tid)
         if hit is not None:
             return hit[0]
+        unsaved = self._unsaved.get(tid)
+        if unsaved is not None:
+            return unsaved
         if not 0 <= tid <= MAX_TID:
             return None  # no such task (and SQLite could not even look it up)
-        self.commit()  # reads must see queued writes
         row = self.db.execute(
             "SELECT result_meta, result_frames FROM tasks WHERE tid=? AND state='finished'",
             (tid,)).fetchone()
@@ -501,102 +671,123 @@ class SQLiteStore:
         return r
 
     def clear(self, tids: list[int] | None) -> tuple[int, list[int]]:
+        """Drop finished results. Commits what is queued first, then deletes in a transaction
+        of its own; StoreError (and nothing dropped) if either fails."""
         self.commit()
-        # Clearing may drop the highest taskids: the next one is kept in `meta` first (it is
-        # otherwise known from the highest row), so no taskid is ever given out twice.
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_tid', ?)", (self._next,))
-        if tids is None:
-            for (blob,) in self.db.execute(
-                    "SELECT result_frames FROM tasks WHERE state='finished'"):
-                self._drop_blobs(blob)
-            n = self.db.execute("DELETE FROM tasks WHERE state='finished'").rowcount
-            self._cache.clear()
-            self._cached_bytes = 0
-            self._n_ok = self._n_failed = 0
-            self._unlink_dropped()
-            return n, []
-        dropped, missing = 0, []
-        self.db.execute("BEGIN")
+        db = self.db
+        dropped_rows: list[tuple[int, int, bytes | None]] = []
+        missing: list[int] = []
         try:
-            for tid in tids:
-                row = None
-                if 0 <= tid <= MAX_TID:
-                    row = self.db.execute(
-                        "DELETE FROM tasks WHERE tid=? AND state='finished' "
-                        "RETURNING ok, result_frames", (tid,)).fetchone()
-                if row is None:
-                    missing.append(tid)
-                    continue
-                dropped += 1
-                self._drop_blobs(row[1])
-                self._forget(tid)
-                if row[0]:
-                    self._n_ok -= 1
-                else:
-                    self._n_failed -= 1
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            self._unlink_after_commit.clear()
-            raise
+            db.execute("BEGIN")
+            # Clearing may drop the highest taskids: the next one is kept in `meta` (it is
+            # otherwise known from the highest row), so no taskid is ever given out twice.
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('next_tid', ?)", (self._next,))
+            if tids is None:
+                dropped_rows = db.execute(
+                    "DELETE FROM tasks WHERE state='finished' "
+                    "RETURNING tid, ok, result_frames").fetchall()
+            else:
+                for tid in tids:
+                    row = None
+                    if 0 <= tid <= MAX_TID:
+                        row = db.execute(
+                            "DELETE FROM tasks WHERE tid=? AND state='finished' "
+                            "RETURNING tid, ok, result_frames", (tid,)).fetchone()
+                    if row is None:
+                        missing.append(tid)
+                    else:
+                        dropped_rows.append(row)
+            db.execute("COMMIT")
+        except sqlite3.Error as e:
+            self._rollback(e)
+            raise StoreError(f"the task store {self.path} cannot write: {e} (nothing was "
+                             "cleared)") from None
+        for tid, ok, blob in dropped_rows:
+            self._drop_blobs(blob)
+            self._forget(tid)
+            if ok:
+                self._n_ok -= 1
+            else:
+                self._n_failed -= 1
         self._unlink_dropped()
-        return dropped, missing
+        return len(dropped_rows), missing
 
     def counts(self) -> tuple[int, int]:
         return self._n_ok, self._n_failed
 
     def finished_ids(self) -> tuple[list[int], list[int]]:
-        self.commit()
-        rows = self.db.execute("SELECT tid, ok FROM tasks WHERE state='finished' ORDER BY tid")
         ok: list[int] = []
         failed: list[int] = []
-        for tid, good in rows:
+        for tid, good in self.db.execute("SELECT tid, ok FROM tasks WHERE state='finished'"):
             (ok if good else failed).append(tid)
+        for tid, r in self._unsaved.items():  # finished, not yet committed
+            (ok if r.ok else failed).append(tid)
+        ok.sort()
+        failed.sort()
         return ok, failed
 
     def dirty(self) -> bool:
         return self._dirty
 
-    def _queue(self, sql: str, row: tuple[Any, ...]) -> None:
-        self._pending[sql].append(row)
-        self._dirty = True
-
     def commit(self, *, everything: bool = False) -> None:
-        """Run the queued writes in one transaction (running marks once RUNNING_DELAY old)."""
+        """Write every queued row in one transaction, or none of them.
+
+        On failure every row stays queued and StoreError names the cause; the next commit
+        tries them all again. A failed ROLLBACK is logged, never raised in the cause's place.
+        `everything` also writes meta's low_tid now (on close)."""
         if not self._dirty:
             return
-        self._write_blobs()  # (first: if a write fails, everything queued stays queued)
-        if self._running:
-            due = time.monotonic() - (0.0 if everything else self.running_delay)
-            running = self._pending[_RUNNING]
-            while self._running:
-                tid, (at, row) = next(iter(self._running.items()))
-                if at > due:
-                    break  # (oldest first)
-                del self._running[tid]
-                running.append(row)
-        self._dirty = bool(self._running)
-        self.db.execute("BEGIN")
         try:
-            for sql, rows in self._pending.items():
-                if rows:
-                    self.db.executemany(sql, rows)
-                    rows.clear()
+            self._write_blobs()  # (first: no row may name a file that is not written)
+        except OSError as e:
+            raise StoreError(f"the task store cannot write a file in {self.blob_dir}: "
+                             f"{e.strerror or e}") from None
+        db = self.db
+        try:
+            if db.in_transaction:  # a ROLLBACK that failed earlier left one open
+                db.execute("ROLLBACK")
+            db.execute("BEGIN")
+            if self._ins:
+                db.executemany(_INSERT, self._ins.values())
+            if self._run:
+                db.executemany(_RUNNING, self._run.values())
+            if self._fin:
+                db.executemany(_FINISH, self._fin.values())
+            if self._subs:
+                db.executemany(_SUBMIT, self._subs.values())
+            if self._eng:
+                db.executemany(_ENGINE, self._eng.values())
             if self._next_eid != self._written_eid:
-                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_eid', ?)",
-                                (self._next_eid,))
-                self._written_eid = self._next_eid
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('next_eid', ?)",
+                           (self._next_eid,))
             now = time.monotonic()
             if everything or now - self._low_written >= LOW_TID_EVERY:
                 # Every task below this had finished: a restart looks only above it.
                 low = min(self._active) if self._active else self._next
-                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('low_tid', ?)", (low,))
-                self._low_written = now
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('low_tid', ?)", (low,))
+            db.execute("COMMIT")
+        except sqlite3.Error as e:
+            self._rollback(e)
+            raise StoreError(f"the task store {self.path} cannot write: {e}") from None
+        if everything or now - self._low_written >= LOW_TID_EVERY:
+            self._low_written = now
+        self._written_eid = self._next_eid
+        self._ins.clear()
+        self._run.clear()
+        self._fin.clear()
+        self._subs.clear()
+        self._eng.clear()
+        self._unsaved.clear()
+        self._dirty = False
         self._unlink_dropped()
+
+    def _rollback(self, cause: BaseException) -> None:
+        try:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            log.error("the task store %s: ROLLBACK failed (%s) after a write failed (%s); the "
+                      "queued rows are kept and tried again", self.path, e, cause)
 
     def _unlink_dropped(self) -> None:
         for path in self._unlink_after_commit:
@@ -608,6 +799,9 @@ class SQLiteStore:
             self._dirty = True
             self.commit(everything=True)
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_tid', ?)", (self._next,))
+        except (StoreError, sqlite3.Error) as e:
+            log.error("the task store %s could not write on close: %s (what was not written "
+                      "is as if the controller had been killed)", self.path, e)
         finally:
             self._closing.set()
             self._spill.put(None)
@@ -618,10 +812,14 @@ class SQLiteStore:
             except sqlite3.Error:
                 pass
             self.db.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # (releases the lock)
+                self._lock_fd = None
 
 
 def open_store(db: str | None) -> MemoryStore | SQLiteStore:
-    """`:memory:` or None for a MemoryStore, else a SQLiteStore at that path."""
+    """`:memory:` or None for a MemoryStore, else a SQLiteStore at that path (StoreError with
+    one clear line if it is in use, locked, damaged or cannot be created)."""
     if db in (None, ":memory:"):
         return MemoryStore()
     return SQLiteStore(db)

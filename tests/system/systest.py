@@ -7,8 +7,13 @@ module), since engines cannot import the tests.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
+
+TASKMILL = [sys.executable, "-m", "taskmill"]
 
 
 def poll(condition, timeout: float = 60.0, what: str = "condition"):
@@ -101,3 +106,48 @@ def gone(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except (FileNotFoundError, IndexError):
         return True
+
+
+class ControllerProcess:
+    """A `taskmill controller` of a test's own (TCP on 127.0.0.1, a store in `tmp_path`),
+    to kill -9 and start again on the same connection file and store."""
+
+    def __init__(self, tmp_path, *, db: str | None = None, args: tuple[str, ...] = ()):
+        from taskmill.connection import new_connection_info, write_connection_file
+
+        self.conn = write_connection_file(tmp_path / "conn.json", new_connection_info())
+        self.db = db or str(tmp_path / "tasks.db")
+        self.log_path = tmp_path / "controller.log"
+        self.log = open(self.log_path, "ab")  # noqa: SIM115
+        self.args = list(args)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, *extra: str) -> subprocess.Popen:
+        self.proc = subprocess.Popen(
+            [*TASKMILL, "controller", "--connection-file", str(self.conn), "--db", self.db,
+             "--heartbeat", "0.5", "--no-dashboard", *self.args, *extra],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        return self.proc
+
+    def engine(self, *extra: str) -> subprocess.Popen:
+        """An engine process for this controller (the caller kills it)."""
+        return subprocess.Popen([*TASKMILL, "engine", "--connection-file", str(self.conn),
+                                 *extra], stdout=self.log, stderr=subprocess.STDOUT)
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()

@@ -7,23 +7,13 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
-from systest import poll, wait_for_file
+from systest import TASKMILL, ControllerProcess, poll, wait_for_file
 
 from taskmill import Cluster, EngineDied, MapTask, TaskClient
-from taskmill.connection import new_connection_info, write_connection_file
-
-TASKMILL = [sys.executable, "-m", "taskmill"]
-
-
-
-
-
-
 
 
 def busy_for(seconds: float) -> int:
@@ -31,29 +21,6 @@ def busy_for(seconds: float) -> int:
     while time.monotonic() < deadline:
         pass
     return os.getpid()
-
-
-class ControllerProcess:
-    def __init__(self, tmp_path):
-        self.conn = write_connection_file(tmp_path / "conn.json", new_connection_info())
-        self.db = str(tmp_path / "tasks.db")
-        self.log = open(tmp_path / "controller.log", "ab")  # noqa: SIM115
-        self.proc = None
-
-    def start(self):
-        self.proc = subprocess.Popen(
-            [*TASKMILL, "controller", "--connection-file", str(self.conn), "--db", self.db,
-             "--heartbeat", "0.5"], stdout=self.log, stderr=subprocess.STDOUT)
-
-    def kill9(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.log.close()
 
 
 @pytest.mark.timeout(300)

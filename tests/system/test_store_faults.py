@@ -1,0 +1,173 @@
+"""A store that cannot write: nothing lost, no taskid given twice, the controller serves on.
+
+The faults are real: another process holding SQLite's write lock past the busy timeout, and a
+small tmpfs filled up (root only, as in CI). A second controller on the same store is refused.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+
+import pytest
+from systest import TASKMILL, ControllerProcess, need_root, poll, wait_for_file
+
+from taskmill import MapTask, StoreError, TaskClient
+
+
+def tag(value):
+    """A task whose result says which task it was (to catch a result under the wrong id)."""
+    return f"result of {value}"
+
+
+@pytest.fixture
+def controller(tmp_path):
+    ctl = ControllerProcess(tmp_path)
+    ctl.start()
+    engines = [ctl.engine(), ctl.engine()]
+    tc = TaskClient(ctl.conn, timeout=30)
+    poll(lambda: len(tc.engines()) >= 2, what="2 engines")
+    yield ctl, tc
+    tc.close()
+    for e in engines:
+        e.kill()
+        e.wait()
+    ctl.stop()
+
+
+def _check_results(tc, given: dict[int, str]) -> None:
+    """Every taskid a client was given has its own task's result, and ids were never reused."""
+    for tid, marker in given.items():
+        assert tc.get_task_result(tid, block=True) == tag(marker), tid
+
+
+@pytest.mark.timeout(120)
+def test_store_locked_by_another_process_refuses_submits_and_loses_nothing(controller, tmp_path):
+    ctl, tc = controller
+    given: dict[int, str] = {}
+    for i in range(5):
+        given[tc.run(MapTask(tag, (f"before-{i}",)))] = f"before-{i}"
+    started, release = tmp_path / "started", tmp_path / "release"
+    running = tc.run(MapTask(wait_for_file, (str(release),)))
+    tc.run(MapTask(lambda s, r: (open(s, "w").close(), wait_for_file(r)), (str(started),
+                                                                          str(release))))
+    poll(lambda: started.exists(), what="a task to start")
+    locker = sqlite3.connect(ctl.db, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")  # the write lock, held past the busy timeout
+    try:
+        with pytest.raises(StoreError, match="locked") as refused:
+            tc.run(MapTask(tag, ("refused",)))
+        assert "not accepted" in str(refused.value)
+        fut = tc.submit(tag, "refused too")
+        with pytest.raises(StoreError):
+            fut.result(timeout=30)
+        status = tc.queue_status()  # the controller keeps answering what needs no write
+        assert status["pending"] == 2
+        release.touch()  # the running tasks finish while nothing can be written ...
+        assert tc.get_task_result(running) is None  # ... so their results wait
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert tc.get_task_result(running, block=True) is not None
+    for i in range(5):
+        given[tc.run(MapTask(tag, (f"after-{i}",)))] = f"after-{i}"
+    # 0-4 before, 5 and 6 running, 7 and 8 refused (never given out, never used again).
+    assert sorted(given) == [0, 1, 2, 3, 4, 9, 10, 11, 12, 13]
+    for refused_tid in (7, 8):
+        with pytest.raises(IndexError):
+            tc.get_task_result(refused_tid)
+    ctl.kill9()
+    ctl.start()
+    for i in range(5):
+        given[tc.run(MapTask(tag, (f"restarted-{i}",)))] = f"restarted-{i}"
+    assert sorted(given)[10:] == [14, 15, 16, 17, 18]  # no id was given twice
+    _check_results(tc, given)
+    assert tc.queue_status()["failed"] == 0
+    log = ctl.log_text()
+    assert log.count("cannot write") == 1, log  # the cause, logged once
+    assert "writes again" in log
+
+
+@pytest.mark.timeout(120)
+def test_store_on_a_full_disk_refuses_submits_then_recovers(tmp_path):
+    """A 2 MiB tmpfs holds the store; a file fills it; submits get StoreError naming the
+    cause; once the file is gone, everything works and nothing was lost."""
+    need_root("mount a small tmpfs")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
+    ctl = engines = tc = None
+    try:
+        ctl = ControllerProcess(tmp_path, db=str(mnt / "tasks.db"))
+        ctl.start()
+        engines = [ctl.engine()]
+        tc = TaskClient(ctl.conn, timeout=30)
+        poll(lambda: len(tc.engines()) >= 1, what="an engine")
+        given = {tc.run(MapTask(tag, (f"ok-{i}",))): f"ok-{i}" for i in range(3)}
+        filler = mnt / "filler"
+        with open(filler, "wb", buffering=0) as f:  # fill the disk to the last block
+            for size in (65536, 4096, 512):
+                try:
+                    while True:
+                        f.write(b"\0" * size)
+                except OSError:
+                    pass
+        refused = 0
+        for i in range(20):  # (SQLite may still fit a few rows in pages it already has)
+            try:
+                given[tc.run(MapTask(tag, ("x" * 20_000 + str(i),)))] = "x" * 20_000 + str(i)
+            except StoreError as e:
+                assert "full" in str(e) or "No space" in str(e), e
+                refused += 1
+                break
+        assert refused == 1, "the full disk never refused a submit"
+        filler.unlink()
+        poll(lambda: _submits(tc, given), timeout=30, what="submits to work again")
+        _check_results(tc, given)
+        assert tc.queue_status()["failed"] == 0
+    finally:
+        if tc is not None:
+            tc.close()
+        for e in engines or ():
+            e.kill()
+        if ctl is not None:
+            ctl.stop()
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _submits(tc, given) -> bool:
+    try:
+        given[tc.run(MapTask(tag, ("again",)))] = "again"
+        return True
+    except StoreError:
+        return False
+
+
+@pytest.mark.timeout(60)
+def test_a_second_controller_on_the_same_store_refuses_to_start(controller, tmp_path):
+    ctl, tc = controller
+    tid = tc.run(MapTask(tag, ("first",)))
+    other_conn = tmp_path / "other" / "conn.json"
+    second = subprocess.run(
+        [*TASKMILL, "controller", "--connection-file", str(other_conn), "--db", ctl.db,
+         "--no-dashboard"], capture_output=True, text=True, timeout=30)
+    assert second.returncode != 0
+    err = second.stderr.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err  # one clear line
+    assert f"in use by another controller (pid {ctl.proc.pid})" in err, err
+    assert tc.run(MapTask(tag, ("second",))) == tid + 1  # the first one serves on
+    assert tc.get_task_result(tid + 1, block=True) == tag("second")
+
+
+@pytest.mark.timeout(60)
+def test_a_damaged_store_gives_one_clear_line(tmp_path):
+    db = tmp_path / "tasks.db"
+    db.write_bytes(b"garbage " * 1000)
+    run = subprocess.run(
+        [*TASKMILL, "controller", "--connection-file", str(tmp_path / "c.json"), "--db",
+         str(db), "--no-dashboard"], capture_output=True, text=True, timeout=30)
+    assert run.returncode != 0
+    assert run.stderr.strip().count("\n") == 0 and "Traceback" not in run.stderr, run.stderr
+    assert "damaged or not a taskmill store" in run.stderr
+
+
