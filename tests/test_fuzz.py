@@ -51,7 +51,7 @@ MIN_MESSAGES = 10_000
 
 CLIENT_VERBS = ["hello", "ping", "submit", "result", "watch", "wait", "abort", "spin", "status",
                 "clear", "engines", "stats", "engine_exited", "activity", "task"]
-ENGINE_VERBS = ["register", "hb", "results", "revoked"]
+ENGINE_VERBS = ["hello", "register", "hb", "results", "revoked"]
 
 
 def _nested(depth: int) -> Any:
@@ -92,8 +92,9 @@ def _always(properties):
 class Material:
     """Real message headers and payloads to start mutating from."""
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, session: bytes | None = None) -> None:
         self.key = key
+        self.session = session  # the controller's (engine messages name it)
         wire = Wire(key)
         self.tasks = [
             _encode_task(wire, MapTask(abs, (-3,))),
@@ -140,14 +141,24 @@ class Material:
         return h, frames
 
     def engine(self, verb: str, pick, tid: int, n: int) -> tuple[dict[str, Any], list[Any]]:
+        if verb == "hello":
+            return {"type": "hello"}, []
         if verb == "register":
             return {"type": "register", "uuid": f"fz-{n}", "ctl_ident": f"fz-{n}.c".encode(),
-                    "hostname": "fuzzhost", "pid": 4242 + n,
-                    "properties": {"gpu": pick(2), "role": "fuzz"}}, []
+                    "res_ident": f"fz-{n}.r".encode(), "heart_ident": f"fz-{n}.h".encode(),
+                    "hostname": "fuzzhost", "pid": 4242 + n, "session": self.session,
+                    "prev_session": [None, b"old-session"][pick(2)],
+                    "running": [None, [tid, 1]][pick(2)], "finished": [[tid, 2]][:pick(2)],
+                    "t": 1.5, "properties": {"gpu": pick(2), "role": "fuzz"}}, []
         if verb == "hb":
-            return {"type": "hb", "engineid": n, "gen": 1 + pick(3)}, []
+            return {"type": "hb", "engineid": n, "gen": 1 + pick(3), "session": self.session,
+                    "t": 2.5, "held": [[tid, 1 + pick(2)]][:pick(2)],
+                    "current": [None, [tid, 1]][pick(2)],
+                    "unacked": [[tid, 1 + pick(2)]][:pick(2)], "mseq": pick(4),
+                    "missing": [1][:pick(2)]}, []
         if verb == "revoked":
-            return {"type": "revoked", "tid": tid, "attempt": 1 + pick(2), "ok": bool(pick(2))}, []
+            return {"type": "revoked", "tid": tid, "attempt": 1 + pick(2), "ok": bool(pick(2)),
+                    "session": self.session}, []
         h: dict[str, Any] = {"tid": tid, "attempt": 1 + pick(2), "kind": "map",
                              "duration": 0.01, "stdout": "out", "stderr": ""}
         outcome = pick(4)
@@ -167,7 +178,7 @@ class Material:
             h.update(status="ok", pmac=self.result_pmac, properties={"gpu": 1, "level": pick(3)})
             frames = list(self.result_body)
         h["n"] = len(frames)
-        return {"type": verb, "results": [h]}, frames
+        return {"type": verb, "results": [h], "session": self.session}, frames
 
 
 # -- mutations (driven by a "chooser": hypothesis draws, or a random.Random) -------------------
@@ -448,7 +459,7 @@ class Harness:
         # A long heartbeat keeps the fake engines alive for the fuzz; their death is forced
         # later. A short unmet_timeout makes parked tasks time out while the fuzz runs.
         self.ctl = Controller(self.info, store=self.store, heartbeat=3600.0, unmet_timeout=0.01)
-        self.material = Material(self.info.key_bytes)
+        self.material = Material(self.info.key_bytes, self.ctl.session)
         self.engine_idents = [f"fz-{n}.t".encode() for n in range(3)]
         self.gen = Generator(self.material, client_verbs=CLIENT_VERBS + ["no-such-verb"],
                              engine_verbs=ENGINE_VERBS + ["interrupt"],

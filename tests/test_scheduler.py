@@ -526,20 +526,19 @@ def test_unmet_timer_cancelled_when_properties_change_to_satisfy():
     assert Dispatch(0, 0, 0, 1) in acts and CancelTimer(key) in acts
 
 
-def test_no_unmet_timer_with_zero_engines():
+def test_unmet_depend_times_out_with_no_engine_at_all():
+    """No engine registered: a task with a depend is unmet (its timer runs); one without a
+    depend waits for engines; an engine that arrives and satisfies it cancels the timer."""
     s = make()
-    assert s.submit(0, [Node(depend={"gpu": 1})]) == []
+    (key,) = arm_keys(s.submit(0, [Node(depend={"gpu": 1})]))
+    assert key[:2] == ("unmet", 0)
     assert s.submit(1, [Node()]) == []
     assert s.counts() == (2, 0)
-    # an armed timer is cancelled when the last engine leaves, and no new one is armed
-    assert s.add_engine(0, {}) == [Dispatch(1, 0, 0, 1)]
-    acts = s.task_done(0, 1, 1, OK)
-    assert acts[0] == Finish(1, RESULT, True, 0, None, 1)
-    (key,) = arm_keys(acts)
-    assert key[:2] == ("unmet", 0)
-    assert s.remove_engine(0) == [CancelTimer(key)]
-    assert s.is_active(0)
-    assert s.timer_fired(key) == []
+    assert s.timer_fired(key) == [Finish(0, UNMET_TIMEOUT, False, None, None, 0)]
+    (key,) = arm_keys(s.submit(2, [Node(depend={"gpu": 1})]))
+    acts = s.add_engine(0, {"gpu": 1})
+    assert Dispatch(1, 0, 0, 1) in acts and CancelTimer(key) in acts
+    assert s.task_done(0, 1, 1, OK)[1] == Dispatch(2, 0, 0, 1)
 
 
 def test_unmet_timer_is_armed_after_the_last_busy_engine_leaves():
@@ -647,30 +646,55 @@ def test_remove_engine_retries_apply():
     assert s.remove_engine(1) == [Finish(0, ENGINE_DIED, False, 1, None, 2)]
 
 
-def test_remove_engine_requeues_buffered_tasks_without_counting():
+def test_remove_engine_counts_an_attempt_for_buffered_tasks_too():
+    """A buffered task may have started since the engine last reported: its attempt counts
+    (so a task with retries=0 runs at most once); with retries it runs again elsewhere."""
     s = make()
     s.add_engine(0, {}, slots=3)
     assert s.submit(0, [Node()]) == [Dispatch(0, 0, 0, 1)]
-    assert s.submit(1, [Node()]) == [Dispatch(1, 0, 0, 1)]
+    assert s.submit(1, [Node(retries=1)]) == [Dispatch(1, 0, 0, 1)]
     assert s.submit(2, [Node()]) == [Dispatch(2, 0, 0, 1)]
     assert s.counts() == (0, 3)
     acts = s.remove_engine(0)
-    assert acts == [Finish(0, ENGINE_DIED, False, 0, None, 1)]  # only the running one fails
-    assert s.counts() == (2, 0)
-    assert s.add_engine(1, {}) == [Dispatch(1, 1, 0, 1)]  # attempt 1 again
-    assert s.task_done(1, 1, 1, OK) == [Finish(1, RESULT, True, 1, None, 1), Dispatch(2, 1, 0, 1)]
+    assert acts == [Finish(0, ENGINE_DIED, False, 0, None, 1),
+                    Finish(2, ENGINE_DIED, False, 0, None, 1)]
+    assert s.counts() == (1, 0)
+    assert s.add_engine(1, {}) == [Dispatch(1, 1, 0, 2)]  # its second attempt
+    assert s.task_done(1, 1, 2, OK) == [Finish(1, RESULT, True, 1, None, 2)]
 
 
-def test_remove_engine_with_an_aborted_task_ahead_requeues_the_buffered_one():
+def test_remove_engine_with_an_aborted_task_ahead_fails_the_buffered_one():
     s = make()
     s.add_engine(0, {}, slots=2)
     s.submit(0, [Node()])
-    s.submit(1, [Node()])
+    s.submit(1, [Node(retries=1)])
     found, _ = s.abort(0)
     assert found
-    assert s.remove_engine(0) == []  # task 1 was buffered behind the aborted one
+    assert s.remove_engine(0) == []  # task 1 was buffered behind the aborted one: retried
     assert s.scheduled_ids() == [1]
-    assert s.add_engine(1, {}) == [Dispatch(1, 1, 0, 1)]
+    assert s.add_engine(1, {}) == [Dispatch(1, 1, 0, 2)]
+
+
+def test_lost_tasks_wait_for_their_engine_and_are_adopted_given_back_or_failed():
+    """After a controller restart: a task that was running waits for its engine. Adopted, it
+    runs there as it was; given back (never started), it is queued without counting an
+    attempt; if its engine never comes back, the attempt fails as an engine death."""
+    s = make()
+    assert s.submit(0, [Node()], attempts=1, tries=1, lost=True) == []
+    assert s.submit(1, [Node()], attempts=1, tries=1, lost=True) == []
+    assert s.submit(2, [Node(retries=1)], attempts=1, tries=1, lost=True) == []
+    assert s.submit(3, [Node()]) == []
+    assert s.counts() == (4, 0)
+    # Engine 5 comes back still running task 0; task 3 fills its other slot.
+    assert s.add_engine(5, {}, slots=2, adopt=[0]) == [Dispatch(3, 5, 0, 1)]
+    assert s.engine_load(5) == [0, 3] and s.counts() == (2, 2)
+    assert s.task_done(5, 0, 1, OK) == [Finish(0, RESULT, True, 5, None, 1)]
+    # Task 1's engine came back without it: it never started.
+    assert s.lost_returned(1) == [Dispatch(1, 5, 0, 1)]
+    # Task 2's engine never came back: a lost attempt, retried.
+    assert s.lost_expired(2) == []  # (engine 5 is full)
+    assert s.task_done(5, 3, 1, OK)[1] == Dispatch(2, 5, 0, 2)
+    assert s.lost_expired(2) == [] and s.lost_returned(2) == []  # (no longer lost)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -924,14 +948,13 @@ def test_abort_while_a_revoke_is_in_flight():
     assert s.counts() == (0, 1)
 
 
-def test_engine_death_while_a_revoke_is_in_flight_requeues_and_ignores_the_answer():
+def test_engine_death_while_a_revoke_is_in_flight_fails_and_ignores_the_answer():
     s = _two_busy_engines_with_a_buffer()
     s.task_done(1, 1, 1, OK)
     acts = s.remove_engine(0)
-    assert {a.tid for a in of(acts, Dispatch)} == {2}  # the buffered task goes to engine 1
-    assert one(acts, Finish).outcome == ENGINE_DIED  # task 0 was running
+    assert {a.tid for a in of(acts, Finish)} == {0, 2}  # both held tasks fail: may have run
     assert s.revoke_answered(0, 2, 1, ok=True) == []
-    assert s.engine_load(1) == [2]
+    assert s.engine_load(1) == [] and s.counts() == (0, 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1241,18 +1264,16 @@ class SchedulerMachine(RuleBasedStateMachine):
         eid = pick(sorted(self.engines), i)
         e = self.engines.pop(eid)
         expected = {}
-        for position, (tid, _attempt) in enumerate(e.held):
+        for tid, _attempt in e.held:
             t = self.tasks[tid]
             if t.finish is not None or t.engine != eid:
                 continue  # aborted, still held
             t.engine = None
             t.steal_tried = False
-            if position == 0:
-                f = self.counted_failure(t, eid, ENGINE_DIED)
-                if f:
-                    expected[tid] = f
-            else:  # buffered: never started
-                t.attempts -= 1
+            # Buffered ones too: the engine may have started them since it last reported.
+            f = self.counted_failure(t, eid, ENGINE_DIED)
+            if f:
+                expected[tid] = f
         self.apply(self.s.remove_engine(eid), expected)
 
     @precondition(lambda self: any(e.held for e in self.engines.values()))
@@ -1412,10 +1433,13 @@ class SchedulerMachine(RuleBasedStateMachine):
     @invariant()
     def unmet_timers_exactly_when_all_idle_and_none_satisfies(self) -> None:
         want = set()
-        if self.engines and not any(e.held for e in self.engines.values()):
+        if not any(e.held for e in self.engines.values()):
             for t in self.active():
                 if t.engine is None and not self.waiting(t):
-                    if not any(self.eligible(t, eid) for eid in self.engines):
+                    if not self.engines:  # (with none at all, a task with a depend is unmet)
+                        if t.nodes[t.node].depend is not None:
+                            want.add(t.tid)
+                    elif not any(self.eligible(t, eid) for eid in self.engines):
                         want.add(t.tid)
         assert set(self.armed) == want
 

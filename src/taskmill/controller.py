@@ -52,6 +52,7 @@ import os
 import signal
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,13 +84,26 @@ from .scheduler import (
 from .stats import RecentActivity
 from .store import MemoryStore, StoredResult, StoredTask, TaskStore
 from .task import MAX_TIMEOUT
-from .wire import DEFAULT_MAX_MESSAGE, Refused, Wire, loads, recv_message, send_message
+from .wire import (
+    DEFAULT_MAX_MESSAGE,
+    Refused,
+    Wire,
+    apply_transport_heartbeat,
+    loads,
+    recv_message,
+    send_message,
+)
 
 log = logging.getLogger("taskmill.controller")
 
 DRAIN_BATCH = 1000
 REFUSAL_LOG_EVERY = 60.0  # seconds between log lines about one peer's refused messages
 COMMIT_INTERVAL = 0.05  # seconds a write with no reply waiting on it may stay uncommitted
+PING = b"TMHB"  # pings to engines' heart sockets start so (a Wire envelope starts b"TM2")
+DEAD_RECORDS_KEPT = 1000  # dead engines still listed (engines(), statistics) at most
+# How long after a restart the controller waits for the engine a task was running on
+# (at least; also 4 x dead_after) before its attempt counts as lost with that engine.
+LOST_GRACE = 5.0
 STORE_RETRY_FIRST = 0.05  # seconds before a failed commit is tried again, doubling ...
 STORE_RETRY_MAX = 0.5  # ... to this
 
@@ -102,8 +116,10 @@ class BadRequest(Exception):
 class EngineRecord:
     eid: int
     uuid: str
-    task_ident: bytes
-    ctl_ident: bytes
+    task_ident: bytes  # where tasks go
+    ctl_ident: bytes  # control messages and heartbeat answers
+    res_ident: bytes  # where its results come from
+    heart_ident: bytes  # its echo device (pings, answered without the GIL)
     hostname: str
     pid: int
     properties: dict[str, Any]
@@ -112,6 +128,13 @@ class EngineRecord:
     state: str = "idle"
     tasks_done: int = 0
     failures: int = 0
+    mseq: int = 0  # the number of the last `tasks` message sent to it
+    # (tid, attempt) -> the number of the `tasks` message that carried it (0: adopted)
+    sent: dict[tuple[int, int], int] = field(default_factory=dict)
+    to_ack: list[list[int]] = field(default_factory=list)  # results taken, not yet committed
+    ackable: list[list[int]] = field(default_factory=list)  # committed: acknowledge them
+    prev_unacked: set[tuple[int, int]] = field(default_factory=set)  # in its last heartbeat
+    ticked: int = 0  # the message number of the last empty `tasks` message (see _on_heartbeat)
 
 
 @dataclass(slots=True)
@@ -144,6 +167,7 @@ class Stats:
     engines_died: int = 0
     revokes_sent: int = 0  # an idle engine asked for a task buffered on another
     revokes_granted: int = 0  # ... and got it
+    tasks_lost_in_transit: int = 0  # dispatches an engine never got, queued again
     store_refusals: int = 0  # submits refused because the store could not write
 
 
@@ -173,6 +197,14 @@ def _check_exec(ex: dict[str, Any], nframes: int) -> dict[str, Any]:
             raise BadRequest("a map task needs its function's payload frames")
         return {"kind": kind, "fn": fn, "clear_before": clear_before, "clear_after": clear_after}
     raise BadRequest("exec kind must be 'string' or 'map'")
+
+
+def _pairs(value: Any) -> set[tuple[int, int]]:
+    """An engine's list of [tid, attempt] pairs, as a set (malformed items are ignored)."""
+    if not isinstance(value, list):
+        return set()
+    return {(x[0], x[1]) for x in value
+            if isinstance(x, list) and len(x) == 2 and _is_int(x[0]) and _is_int(x[1])}
 
 
 def _check_int_list(value: Any, what: str) -> list[int]:
@@ -207,6 +239,15 @@ class Controller:
         self.unmet_timeout = unmet_timeout
         self.heartbeat = heartbeat
         self.dead_after = max(3 * heartbeat, 0.5)
+        # Random per controller start: every message of a peer names it, so a message
+        # captured before a restart is refused after it.
+        self.session = os.urandom(8)
+        self._pings: deque[bytes] = deque(maxlen=3)  # the latest rounds' ping payloads
+        self._stall_end = float("-inf")  # monotonic end of the last loop turn that ran long
+        self._turn_start = time.monotonic()
+        self._lost: dict[str | None, list[int]] = {}  # engine uuid -> tasks lost with it
+        self._lost_expired: set[int] = set()
+        self._acking: set[int] = set()  # engines with results to acknowledge after a commit
         self.engines: dict[int, EngineRecord] = {}
         self._by_ident: dict[bytes, int] = {}
         self._by_uuid: dict[str, int] = {}
@@ -218,14 +259,18 @@ class Controller:
         self._timer_live: dict[tuple, int] = {}
         self._timer_seq = itertools.count()
         # What this loop turn will send (see _flush): to engines, in order; tasks per engine;
-        # to clients, in order; results per (client socket, request).
-        self._to_engines: list[list[Any]] = []
+        # to clients, in order; results per (client socket, request). Messages are signed
+        # as they are sent, never before: each socket's messages must leave in the order of
+        # their sequence numbers, or peers refuse the later-numbered ones sent first as
+        # replays.
+        self._to_engines: list[tuple[bytes, dict[str, Any], Any]] = []
         self._tasks_out: dict[int, tuple[list[dict[str, Any]], list[Any]]] = {}
-        self._to_clients: list[list[Any]] = []
+        self._to_clients: list[tuple[bytes, dict[str, Any], Any]] = []
         self._done_out: dict[tuple[bytes, Any], tuple[list[Any], list[Any]]] = {}
         self._new_submits: list[NewSubmit] = []  # answered after the commit that stores them
         # Messages that depend on nothing stored: sent every turn, even while the store fails.
-        self._now_out: list[tuple[zmq.Socket, list[Any]]] = []
+        # (header None: raw frames, a ping.)
+        self._now_out: list[tuple[zmq.Socket, bytes, dict[str, Any] | None, Any]] = []
         self._store_down_since: float | None = None  # monotonic time of the first failure
         self._store_retry_at = 0.0
         self._store_retry_delay = STORE_RETRY_FIRST
@@ -247,6 +292,7 @@ class Controller:
         self.client_sock = self._router(info.client_bind_url)
         self.engine_sock = self._router(info.engine_bind_url)
         self._arm(("heartbeat-check",), self.heartbeat / 2)
+        self._arm(("ping",), 0.0)
         self._reload()
 
     def _router(self, url: str) -> zmq.Socket:
@@ -254,8 +300,12 @@ class Controller:
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.SNDHWM, 0)
         s.setsockopt(zmq.RCVHWM, 0)
-        s.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # No ROUTER_HANDOVER: a peer that connects with the routing id of one that is
+        # connected (ids travel in clear over TCP) is refused, never given its messages. A
+        # vanished peer's connection ends within wire.TRANSPORT_TIMEOUT_MS (ZeroMQ's
+        # heartbeats), which frees its id for its own reconnection.
         s.setsockopt(zmq.MAXMSGSIZE, self.wire.max_message)
+        apply_transport_heartbeat(s)
         if self.curve is not None:
             self.curve.apply(s)
         s.bind(url)
@@ -271,12 +321,18 @@ class Controller:
         try:
             while not self._stopping:
                 events = dict(poller.poll(self._poll_timeout_ms()))
+                self._turn_start = time.monotonic()
                 if self.engine_sock in events:
                     self._drain(self.engine_sock, self._on_engine)
                 if self.client_sock in events:
                     self._drain(self.client_sock, self._on_client)
                 self._fire_timers()
                 self._flush()
+                end = time.monotonic()
+                if end - self._turn_start > self.heartbeat / 2:
+                    # This turn kept the loop from reading for a while (e.g. a slow depend):
+                    # no engine is held to answers it could not have been heard giving.
+                    self._stall_end = end
         finally:
             self.close()
 
@@ -305,6 +361,9 @@ class Controller:
                 return
             self.stats.messages_in += 1
             ident = msg[0]
+            if len(msg) == 2 and msg[1][:4] == PING and sock is self.engine_sock:
+                self._on_pong(ident, msg[1])
+                continue
             try:
                 header, frames = self.wire.decode(msg[1:])
             except Refused as e:
@@ -350,9 +409,19 @@ class Controller:
                     self._store_retry_delay = STORE_RETRY_FIRST
         if self._now_out:
             out, self._now_out = self._now_out, []
-            for sock, frames in out:
-                send_message(sock, frames)
+            for sock, ident, header, frames in out:
+                if header is None:
+                    send_message(sock, [ident, *frames])
+                else:
+                    send_message(sock, [ident, *self.wire.encode(header, frames)])
             self.stats.messages_out += len(out)
+        if self._acking and not self.store.dirty():
+            for eid in self._acking:  # results now stored: the engines may drop them
+                rec = self.engines.get(eid)
+                if rec is not None:
+                    rec.ackable.extend(rec.to_ack)
+                    rec.to_ack.clear()
+            self._acking.clear()
         if not held or (self.store.dirty() and self._store_down_since is not None):
             return  # (nothing waits, or it waits for the store)
         self._answer_submits()
@@ -360,11 +429,10 @@ class Controller:
         if self._to_clients or self._done_out:
             out, self._to_clients = self._to_clients, []
             for (reply_to, req), (entries, frames) in self._done_out.items():
-                out.append([reply_to, *self.wire.encode(
-                    {"type": "done", "req": req, "results": entries}, frames)])
+                out.append((reply_to, {"type": "done", "req": req, "results": entries}, frames))
             self._done_out.clear()
-            for frames in out:
-                send_message(self.client_sock, frames)
+            for ident, header, frames in out:
+                send_message(self.client_sock, [ident, *self.wire.encode(header, frames)])
             self.stats.messages_out += len(out)
 
     def _held_output(self) -> bool:
@@ -438,11 +506,15 @@ class Controller:
         for eid, (entries, frames) in self._tasks_out.items():
             rec = self.engines.get(eid)
             if rec is not None and rec.state != "dead":
-                out.append([rec.task_ident, *self.wire.encode(
-                    {"type": "tasks", "engineid": eid, "tasks": entries}, frames)])
+                rec.mseq += 1
+                for entry in entries:
+                    rec.sent[(entry["tid"], entry["attempt"])] = rec.mseq
+                out.append((rec.task_ident, {"type": "tasks", "engineid": eid,
+                                             "session": self.session, "mseq": rec.mseq,
+                                             "tasks": entries}, frames))
         self._tasks_out.clear()
-        for frames in out:
-            send_message(self.engine_sock, frames)
+        for ident, header, frames in out:
+            send_message(self.engine_sock, [ident, *self.wire.encode(header, frames)])
         self.stats.messages_out += len(out)
 
     def _pending_output(self) -> bool:
@@ -452,13 +524,12 @@ class Controller:
     def _send(self, sock: zmq.Socket, ident: bytes, header: dict[str, Any],
               frames: list[Any] = (), *, now: bool = False) -> None:
         """Queue a message: sent after this turn's commit, or (`now`) whatever the store does."""
-        msg = [ident, *self.wire.encode(header, frames)]
         if now:
-            self._now_out.append((sock, msg))
+            self._now_out.append((sock, ident, header, frames))
         elif sock is self.client_sock:
-            self._to_clients.append(msg)
+            self._to_clients.append((ident, header, frames))
         else:
-            self._to_engines.append(msg)
+            self._to_engines.append((ident, header, frames))
 
     # -- timers ----------------------------------------------------------------------------
     def _arm(self, key: tuple, delay: float) -> None:
@@ -490,6 +561,11 @@ class Controller:
                 if self.curve is not None:
                     self.curve.reload()
                 self._arm(key, self.heartbeat / 2)
+            elif key[0] == "ping":
+                self._ping()
+                self._arm(key, self.heartbeat)
+            elif key[0] == "lost":
+                self._lost_engine_gone(key[1])
             else:
                 self._apply(self.sched.timer_fired(key))
 
@@ -498,33 +574,26 @@ class Controller:
         kind = header["type"]
         eid = self._by_ident.get(ident)
         rec = self.engines.get(eid) if eid is not None else None
-        if rec is not None and rec.state != "dead":
+        alive = rec is not None and rec.state != "dead"
+        if alive:
             rec.last_seen = time.monotonic()
         try:
-            if kind == "register":
+            if kind == "hello":  # (no side effect: anyone connected may learn the session)
+                self._send(self.engine_sock, ident, {"type": "welcome", "session": self.session},
+                           now=True)
+            elif kind == "register":
                 self._register(ident, header)
-            elif rec is None or rec.state == "dead":
-                # An engine this controller does not know (it restarted, or declared it dead).
+            elif not alive or header.get("session") != self.session:
+                # An engine this controller does not know (it restarted, or declared it dead),
+                # or a message of another controller session.
                 if kind == "hb":
-                    self._send(self.engine_sock, ident,
-                               {"type": "reregister", "gen": header.get("gen")}, now=True)
+                    self._send(self.engine_sock, ident, {"type": "reregister",
+                                                         "gen": header.get("gen"),
+                                                         "session": self.session}, now=True)
                 elif kind == "results":
-                    # Counted and logged, not acted on: its task already failed with
-                    # EngineDied (and was retried, if it had retries), so it finishes once.
-                    entries = header.get("results")
-                    tids = [e.get("tid") for e in entries if isinstance(e, dict)] \
-                        if isinstance(entries, list) else []
-                    self.wire.refused["result-from-dead-engine"] += max(1, len(tids))
-                    now = time.monotonic()
-                    if now - self._late_logged.get(ident, -REFUSAL_LOG_EVERY) >= \
-                            REFUSAL_LOG_EVERY:  # at most once a minute per engine socket
-                        self._late_logged[ident] = now
-                        log.warning("dropped late results of tasks %s from an engine declared "
-                                    "dead (each was failed with EngineDied and retried if it "
-                                    "had retries; further ones are only counted for a minute)",
-                                    tids)
+                    self._late_results(ident, header)
             elif kind == "hb":
-                self._send(self.engine_sock, ident, {"type": "hb"}, now=True)
+                self._on_heartbeat(rec, ident, header)
             elif kind == "results":
                 self._on_results(rec, header, frames)
             elif kind == "revoked":
@@ -534,6 +603,7 @@ class Controller:
                 if ok:
                     self.stats.revokes_granted += 1
                     self._seq_of.pop((tid, attempt), None)
+                    rec.sent.pop((tid, attempt), None)
                 self._apply(self.sched.revoke_answered(rec.eid, tid, attempt, bool(ok)))
             else:
                 self.wire.refused["unknown-type"] += 1
@@ -541,14 +611,36 @@ class Controller:
             self.wire.refused["bad-engine-message"] += 1
             log.warning("bad %s message from engine %s: %r", kind, eid, e)
 
+    def _late_results(self, ident: bytes, header: dict[str, Any]) -> None:
+        """Results from an engine declared dead (or of another session): counted and logged,
+        not acted on (each task already failed with EngineDied and was retried if it could,
+        so it finishes once) and not acknowledged (after a restart the engine sends them
+        again, once registered)."""
+        entries = header.get("results")
+        tids = [e.get("tid") for e in entries if isinstance(e, dict)] \
+            if isinstance(entries, list) else []
+        self.wire.refused["result-from-dead-engine"] += max(1, len(tids))
+        now = time.monotonic()
+        if now - self._late_logged.get(ident, -REFUSAL_LOG_EVERY) >= REFUSAL_LOG_EVERY:
+            if len(self._late_logged) > 10_000:
+                self._late_logged.clear()
+            self._late_logged[ident] = now  # at most once a minute per engine socket
+            log.warning("dropped late results of tasks %s from an engine declared dead or of an "
+                        "earlier controller (further ones are only counted for a minute)", tids)
+
     def _register(self, ident: bytes, header: dict[str, Any]) -> None:
         uuid = header["uuid"]
-        checks = (("uuid", str), ("ctl_ident", bytes), ("hostname", str), ("pid", int))
+        checks = (("uuid", str), ("ctl_ident", bytes), ("res_ident", bytes),
+                  ("heart_ident", bytes), ("hostname", str), ("pid", int))
         for name, kind in checks:
             if not isinstance(header.get(name), kind):
                 raise BadRequest(f"register needs {name} as {kind.__name__}")
         if not isinstance(header.get("properties") or {}, dict):
             raise BadRequest("register needs properties as a map")
+        if header.get("session") != self.session:  # (stale: for a controller before this one)
+            self._send(self.engine_sock, ident, {"type": "welcome", "session": self.session},
+                       now=True)
+            return
         eid = self._by_uuid.get(uuid)
         if eid is not None and self.engines[eid].state != "dead":
             rec = self.engines[eid]  # a repeated register: answer it again
@@ -559,25 +651,170 @@ class Controller:
             now = time.monotonic()
             rec = EngineRecord(
                 eid=eid, uuid=uuid, task_ident=ident, ctl_ident=header["ctl_ident"],
+                res_ident=header["res_ident"], heart_ident=header["heart_ident"],
                 hostname=header["hostname"], pid=header["pid"], properties=props,
                 registered=time.time(), last_seen=now,
             )
             self.engines[eid] = rec
             self._by_uuid[uuid] = eid
-            self._by_ident[rec.task_ident] = eid
-            self._by_ident[rec.ctl_ident] = eid
+            for i in (rec.task_ident, rec.ctl_ident, rec.res_ident, rec.heart_ident):
+                self._by_ident[i] = eid
             log.info("engine %d registered: %s pid %d %s", eid, rec.hostname, rec.pid, props)
-            self._apply(self.sched.add_engine(eid, props))
+            self._adopt(rec, header)
         self._send(self.engine_sock, ident, {
             "type": "registered", "engineid": eid, "heartbeat": self.heartbeat,
-            "properties": rec.properties, "max_message": self.wire.max_message,
+            "dead_after": self.dead_after, "properties": rec.properties,
+            "max_message": self.wire.max_message, "session": self.session,
+            "t": header.get("t"),
         })
+
+    def _adopt(self, rec: EngineRecord, header: dict[str, Any]) -> None:
+        """Add a new engine to the scheduler. After a controller restart, the tasks that the
+        store says were running on this engine process (by its uuid) and that it still runs or
+        has results of are adopted (they run on as they were); the others it never started
+        (it dropped what waited), so they are queued again. What it claims that this
+        controller does not expect of it is dropped there (acknowledged, or interrupted)."""
+        claims: set[tuple[int, int]] = set()
+        running = header.get("running")
+        if isinstance(running, list) and len(running) == 2:
+            claims.add((running[0], running[1]))
+        finished = header.get("finished")
+        for key in finished if isinstance(finished, list) else ():
+            if isinstance(key, list) and len(key) == 2:
+                claims.add((key[0], key[1]))
+        adopt, given_back = [], []
+        lost = self._lost.pop(rec.uuid, None)
+        if lost:
+            self._timer_live.pop(("lost", rec.uuid), None)
+            for tid in lost:
+                t = self.sched.tasks.get(tid)
+                if t is None:
+                    continue
+                (adopt if (tid, t.attempts) in claims else given_back).append(tid)
+        self._apply(self.sched.add_engine(rec.eid, rec.properties, adopt=adopt))
+        now = time.time()
+        for tid in adopt:
+            t = self.sched.tasks[tid]
+            rec.sent[(tid, t.attempts)] = 0
+            claims.discard((tid, t.attempts))
+            self.store.mark_running(tid, rec.eid, t.node, t.attempts, t.tries,
+                                    sorted(t.handed_over))
+            self._started[tid] = now
+            self.activity.dispatched(tid, rec.eid, t.attempts, now)
+        for tid in given_back:
+            self._apply(self.sched.lost_returned(tid))
+        if adopt or given_back:
+            log.info("engine %d (back after a restart) still had task(s) %s; task(s) %s it "
+                     "never started are queued again", rec.eid, adopt, given_back)
+        for tid, attempt in claims:  # nothing this controller expects of it
+            if running is not None and [tid, attempt] == running:
+                self._send(self.engine_sock, rec.ctl_ident, {
+                    "type": "interrupt", "tid": tid, "attempt": attempt, "reason": "stale",
+                    "session": self.session}, now=True)
+            else:
+                rec.to_ack.append([tid, attempt])
+                self._acking.add(rec.eid)
+        rec.state = "busy" if self.sched.engine_busy(rec.eid) else "idle"
+
+    def _lost_engine_gone(self, uuid: str | None) -> None:
+        """The engine that ran these tasks before the restart did not come back."""
+        lost = self._lost.pop(uuid, [])
+        if lost:
+            log.warning("the engine that ran task(s) %s before the controller restarted did not "
+                        "come back within %gs: their attempts are lost", lost, self._lost_grace())
+        for tid in lost:
+            self._lost_expired.add(tid)
+            self._apply(self.sched.lost_expired(tid))
+
+    def _lost_grace(self) -> float:
+        return max(LOST_GRACE, 4 * self.dead_after)
+
+    def _ping(self) -> None:
+        """One round of pings to every engine's heart socket; the echo proves it alive."""
+        payload = PING + os.urandom(8)
+        self._pings.append(payload)
+        for rec in self.engines.values():
+            if rec.state != "dead":
+                self._now_out.append((self.engine_sock, rec.heart_ident, None, [payload]))
+
+    def _on_pong(self, ident: bytes, payload: bytes) -> None:
+        if payload in self._pings:
+            eid = self._by_ident.get(ident)
+            rec = self.engines.get(eid) if eid is not None else None
+            if rec is not None and rec.state != "dead":
+                rec.last_seen = time.monotonic()
+
+    def _on_heartbeat(self, rec: EngineRecord, ident: bytes, h: dict[str, Any]) -> None:
+        """An engine's report of what it holds: reconcile it with what it was sent.
+
+        A task the engine neither holds nor has a result for, although the message that
+        carried it has arrived (or is known lost: a later message came first), never started
+        there (a `tasks` message lost to a reset connection, a revoke whose answer was lost):
+        it is queued again without counting an attempt. An idle engine that has not seen the
+        latest message is sent an empty one, whose number shows whether that one was lost.
+        Results the engine still keeps are acknowledged once stored, or asked for again when
+        they seem lost; an aborted task still running there is interrupted again."""
+        held = _pairs(h.get("held"))
+        unacked = _pairs(h.get("unacked"))
+        seen = h.get("mseq") if _is_int(h.get("mseq")) else 0
+        missing = set(x for x in h.get("missing") or () if _is_int(x))
+        e = self.sched.engines.get(rec.eid)
+        expected: dict[tuple[int, int], None] = {}
+        if e is not None:
+            expected = {(tid, att): None for tid, att in e.running.items()}
+        gone, in_flight = [], False
+        for key in expected:
+            if key in held or key in unacked:
+                continue
+            m = rec.sent.get(key)
+            if m is None:
+                continue  # not sent yet (it waits for a commit)
+            if m == 0 or m in missing or m <= seen:
+                gone.append(key)
+            else:
+                in_flight = True
+        for tid, attempt in gone:
+            rec.sent.pop((tid, attempt), None)
+            self._seq_of.pop((tid, attempt), None)
+            self.stats.tasks_lost_in_transit += 1
+            log.warning("engine %d does not hold task %d (attempt %d) it was sent: the message "
+                        "was lost; queued again", rec.eid, tid, attempt)
+            self._apply(self.sched.revoke_answered(rec.eid, tid, attempt, True))
+        if in_flight and not held and rec.ticked < rec.mseq:
+            rec.mseq += 1
+            rec.ticked = rec.mseq
+            self._send(self.engine_sock, rec.task_ident, {
+                "type": "tasks", "engineid": rec.eid, "session": self.session,
+                "mseq": rec.mseq, "tasks": []}, now=True)
+        resend = []
+        for key in unacked:
+            if key not in expected:
+                rec.to_ack.append(list(key))  # taken already, or not wanted: drop it there
+                self._acking.add(rec.eid)
+            elif key in rec.prev_unacked:
+                resend.append(list(key))  # in two reports and never arrived: lost
+        rec.prev_unacked = {k for k in unacked if k in expected}
+        current = h.get("current")
+        if isinstance(current, list) and len(current) == 2 and e is not None:
+            tid, attempt = current
+            if e.running.get(tid) == attempt and not self.sched.is_running_on(tid, rec.eid):
+                self._send(self.engine_sock, rec.ctl_ident, {  # aborted, and still running
+                    "type": "interrupt", "tid": tid, "attempt": attempt, "reason": ABORTED,
+                    "session": self.session}, now=True)
+        ack, rec.ackable = rec.ackable, []
+        self._send(self.engine_sock, ident, {"type": "hb", "session": self.session,
+                                             "t": h.get("t"), "ack": ack, "resend": resend},
+                   now=True)
+        rec.state = "busy" if self.sched.engine_busy(rec.eid) else "idle"
 
     def _check_heartbeats(self) -> None:
         now = time.monotonic()
+        if now - self._turn_start > self.heartbeat / 2:
+            return  # this turn has kept the loop busy: the engines' pings wait unread
         for rec in list(self.engines.values()):
-            if rec.state != "dead" and now - rec.last_seen > self.dead_after:
-                self._engine_died(rec, f"no heartbeat for {now - rec.last_seen:.1f}s")
+            quiet = now - max(rec.last_seen, self._stall_end)
+            if rec.state != "dead" and quiet > self.dead_after:
+                self._engine_died(rec, f"no heartbeat for {quiet:.1f}s")
 
     def _engine_died(self, rec: EngineRecord, why: str) -> None:
         log.warning("engine %d (%s pid %d) is dead: %s", rec.eid, rec.hostname, rec.pid, why)
@@ -588,15 +825,29 @@ class Controller:
             t = self.sched.tasks.get(tid)
             if t is not None:
                 self._seq_of.pop((tid, t.attempts), None)
+        rec.sent.clear()
+        rec.to_ack.clear()
+        rec.ackable.clear()
         self.activity.engine_lost(rec.eid, time.time())
         self._apply(self.sched.remove_engine(rec.eid))
-        self._by_ident.pop(rec.task_ident, None)
-        self._by_ident.pop(rec.ctl_ident, None)
+        for i in (rec.task_ident, rec.ctl_ident, rec.res_ident, rec.heart_ident):
+            self._by_ident.pop(i, None)
+        self._forget_dead_engines()
+
+    def _forget_dead_engines(self) -> None:
+        """Keep at most DEAD_RECORDS_KEPT dead engines' records (oldest go first)."""
+        dead = [eid for eid, r in self.engines.items() if r.state == "dead"]
+        for eid in dead[:max(0, len(dead) - DEAD_RECORDS_KEPT)]:
+            rec = self.engines.pop(eid)
+            self._death_reasons.pop(eid, None)
+            if self._by_uuid.get(rec.uuid) == eid:
+                del self._by_uuid[rec.uuid]
 
     def _on_results(self, rec: EngineRecord, header: dict[str, Any], frames: list[Any]) -> None:
         entries = header["results"]
         if not isinstance(entries, list):
             raise BadRequest("results must be a list")
+        e = self.sched.engines.get(rec.eid)
         pos = 0
         try:
             for entry in entries:
@@ -604,15 +855,22 @@ class Controller:
                 if not isinstance(n, int) or n < 0 or pos + n > len(frames):
                     raise BadRequest(
                         "a result describes more payload frames than the message has")
-                self._on_result(rec, entry, frames[pos:pos + n])
+                tid, attempt = entry.get("tid"), entry.get("attempt")
+                if not _is_int(tid) or not _is_int(attempt):
+                    raise BadRequest("a result needs int tid and attempt")
+                rec.to_ack.append([tid, attempt])  # acknowledged once stored
+                self._acking.add(rec.eid)
+                if e is not None and e.running.get(tid) == attempt:
+                    rec.sent.pop((tid, attempt), None)
+                    self._on_result(rec, entry, frames[pos:pos + n])
+                # else: sent again (a resend that crossed the first), or for an attempt
+                # that is over: taken once only
                 pos += n
         finally:
             self._apply(self.sched.run_pass())  # one pass for the whole batch
 
     def _on_result(self, rec: EngineRecord, entry: dict[str, Any], frames: list[Any]) -> None:
         tid, attempt, status = entry["tid"], entry["attempt"], entry["status"]
-        if not isinstance(tid, int) or not isinstance(attempt, int):
-            raise BadRequest("a result needs int tid and attempt")
         props = entry.get("properties")
         if props is not None:
             if not isinstance(props, dict):
@@ -651,16 +909,19 @@ class Controller:
             self._finish(a)
         elif isinstance(a, Interrupt):
             rec = self.engines.get(a.eid)
-            if rec is not None and rec.state != "dead":
+            e = self.sched.engines.get(a.eid)
+            if rec is not None and rec.state != "dead" and e is not None:
                 self._send(self.engine_sock, rec.ctl_ident,
-                           {"type": "interrupt", "tid": a.tid, "reason": a.reason})
+                           {"type": "interrupt", "tid": a.tid, "attempt": e.running.get(a.tid),
+                            "reason": a.reason, "session": self.session})
         elif isinstance(a, Revoke):
             rec = self.engines.get(a.eid)
             seq = self._seq_of.get((a.tid, a.attempt))
             if rec is not None and rec.state != "dead" and seq is not None:
                 self.stats.revokes_sent += 1
                 self._send(self.engine_sock, rec.ctl_ident, {
-                    "type": "revoke", "tid": a.tid, "attempt": a.attempt, "dseq": seq})
+                    "type": "revoke", "tid": a.tid, "attempt": a.attempt, "dseq": seq,
+                    "session": self.session})
             else:  # nothing to ask back: as good as refused
                 self._apply(self.sched.revoke_answered(a.eid, a.tid, a.attempt, False))
         elif isinstance(a, ArmTimer):
@@ -725,6 +986,11 @@ class Controller:
 
     def _controller_failure(self, a: Finish, node: dict[str, Any],
                             started: float | None) -> tuple[str, str, str]:
+        if a.outcome == ENGINE_DIED and a.engineid is None and a.tid in self._lost_expired:
+            self._lost_expired.discard(a.tid)
+            return "error", "EngineDied", (
+                f"the controller restarted while task {a.tid} was running, and the engine that "
+                f"ran it did not come back within {self._lost_grace():g}s")
         if a.outcome == ENGINE_DIED:
             why = self._death_reasons.get(a.engineid, "")
             timeout = node.get("timeout")
@@ -733,7 +999,8 @@ class Controller:
                     f"task {a.tid} ran past its timeout of {timeout:g}s and did not let the "
                     f"interruption through, so engine {a.engineid} was ended ({why})")
             return "error", "EngineDied", (
-                f"engine {a.engineid} died while running task {a.tid} ({why})")
+                f"engine {a.engineid} died while it held task {a.tid} (running it, or with it "
+                f"waiting there, perhaps started: {why})")
         if a.outcome == ABORTED:
             return "aborted", "TaskAborted", f"task {a.tid} was aborted"
         if a.outcome == UNMET_TIMEOUT:
@@ -833,20 +1100,27 @@ class Controller:
                                            bool(h.get("watch"))))
 
     def _submit_to_scheduler(self, tid: int, spec: dict[str, Any], nodes: list[Node],
-                             **counters: Any) -> None:
+                             cleared_ok: bool = False, **counters: Any) -> None:
+        """`cleared_ok`: an `after` task with no result was cleared after it succeeded (a
+        reloaded task's), rather than unknown."""
         active, broken = [], None
         for dep in spec["after"]:
             if self.sched.is_active(dep):
                 active.append(dep)
             else:
                 r = self.store.result(dep)
-                if r is None or not r.ok:
+                if (r is None and not cleared_ok) or (r is not None and not r.ok):
                     broken = dep
                     break
         self._apply(self.sched.submit(tid, nodes, after=active, broken_after=broken, **counters))
 
     def _reload(self) -> None:
-        """Queue again every task a previous controller left unfinished in the store."""
+        """Queue again every task a previous controller left unfinished in the store.
+
+        A task that was running waits (`lost`) for the engine it ran on: that engine comes
+        back with it (see _adopt), or its attempt is lost after a grace period. A queued task
+        whose `after` tasks have been cleared meanwhile had them finish successfully (a
+        failure would have failed it in the same commit): they count as done."""
         n = 0
         for task, c in self.store.unfinished():
             try:
@@ -854,14 +1128,24 @@ class Controller:
             except BadRequest as e:  # e.g. a depend callable this controller cannot load
                 log.error("task %d cannot be reloaded: %s", task.tid, e)
                 nodes = [Node(depend=lambda props: False)]
-            # A task that was running is run again: its lost attempt counts in `attempts`
-            # but does not use up a retry.
-            self._submit_to_scheduler(
-                task.tid, task.spec, nodes, node=c["node"], attempts=c["attempts"],
-                tries=max(0, c["tries"] - 1), handed_over=c["handed_over"])
+            if c["state"] == "running":
+                self._apply(self.sched.submit(
+                    task.tid, nodes, node=c["node"], attempts=c["attempts"], tries=c["tries"],
+                    handed_over=c["handed_over"], lost=True, dispatch=False))
+                self._lost.setdefault(c.get("engine_uuid"), []).append(task.tid)
+            else:
+                self._submit_to_scheduler(
+                    task.tid, task.spec, nodes, cleared_ok=True, node=c["node"],
+                    attempts=c["attempts"], tries=c["tries"], handed_over=c["handed_over"],
+                    dispatch=False)
             n += 1
+        for uuid in self._lost:
+            self._arm(("lost", uuid), self._lost_grace())
+        self._apply(self.sched.run_pass())
         if n:
-            log.info("reloaded %d unfinished task(s) from the store", n)
+            log.info("reloaded %d unfinished task(s) from the store (%d were running: they wait "
+                     "up to %gs for their engines)", n, sum(map(len, self._lost.values())),
+                     self._lost_grace())
 
     def _check_task(self, spec: Any, frames: list[Any], pos: int) -> tuple[int, list[dict]]:
         """Check one task of a submit message; return where its frames end and its nodes,

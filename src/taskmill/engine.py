@@ -2,23 +2,42 @@
 
 How a task travels through an engine:
 
-    controller --tasks-> [task socket] main thread: the backlog, run in order; for each task:
+    controller --tasks--> [task socket] I/O thread: the backlog (numbered messages; a skipped
+                                          |          number is a lost message, reported)
+                                          v
+                          main thread: takes the next task while it holds a lease; for each:
                                           |  check pmac, unpickle body,
                                           |  clear_before, push, exec / call, pull, clear_after
                                           |  (stdout/stderr captured; TaskRejectError -> rejected)
-    controller <-results [task socket] <--+  pickled value or exception, traceback text, timings,
-                                             properties when task code changed them
-    controller <--hb---> [control socket] control thread: heartbeats, interrupts, revokes,
-                                          re-registration
+    controller <-results- [result socket] +  pickled value or exception, traceback text,
+                                             timings, properties when task code changed them;
+                                             kept until the controller acknowledges them
+    controller <--hb-->   [control socket] I/O thread: registration, heartbeats (what this
+                                          engine holds, its lease), interrupts, revokes
+    controller <-ping->   [heart socket]  a ZeroMQ device echoing pings without the GIL
 
-The main thread owns the task socket and registers through it, so the controller never sends a
-task to a socket that has not connected. The control thread owns the control socket; it keeps
-heartbeating while task code runs, and it interrupts the running task on `abort` by sending the
+Three threads: the main thread runs task code and sends results; the I/O thread owns the task
+and control sockets (registration, heartbeats, interrupts, revokes, acknowledgements); the
+heart thread is ZeroMQ's own C device, so the controller hears this engine live even while
+task code holds the GIL. The I/O thread interrupts the running task on `abort` by sending the
 main thread a signal whose handler raises `TaskInterrupted` in the task code.
+
+Being honest under faults:
+- A task starts only under a lease: within a share of the controller's `dead_after` of a
+  heartbeat it answered. An engine stopped or cut off longer than that (so perhaps declared
+  dead, its tasks failed or given elsewhere) waits for a fresh answer before it starts another
+  task; if the answer says it was declared dead, it drops every task it held, interrupts the
+  running one, and registers anew.
+- A result is kept until the controller acknowledges it (after storing it): a lost message
+  or a controller restart costs a resend, never the result. After a restart, the engine
+  drops the tasks waiting in its backlog (they never started) and registers naming the task
+  it runs and the results not yet acknowledged, so the new controller adopts them.
+- The heartbeat names the tasks held and the task messages received, so the controller
+  finds a lost `tasks` message within a heartbeat and queues its tasks again.
 
 An engine may hold several tasks (the controller's prefetch). Each carries `dseq`, the
 controller's dispatch number, which rises in the order the engine runs them. So "not started
-yet" is `dseq > the last started`, and the control thread can promise a task back to the
+yet" is `dseq > the last started`, and the I/O thread can promise a task back to the
 controller (`revoke`) without asking the main thread: a revoked task is dropped when its turn
 comes, never run and never reported.
 """
@@ -56,9 +75,11 @@ from .errors import (
     TaskTimeout,
 )
 from .wire import (
+    DEFAULT_MAX_MESSAGE,
     FunctionLoads,
     Refused,
     Wire,
+    apply_transport_heartbeat,
     dumps,
     frame_len,
     loads,
@@ -82,6 +103,9 @@ RESULT_DELAY = 0.001
 RESULT_BATCH_BYTES = 256 * 1024
 REGISTER_RETRY_FIRST = 1.0  # seconds to wait for `registered` before asking again, doubling
 REGISTER_RETRY_MAX = 10.0
+# An engine starts a task only within this share of the controller's `dead_after` of a
+# heartbeat the controller answered (see Engine._next_task).
+LEASE_SHARE = 0.6
 
 _CURRENT: Engine | None = None
 
@@ -164,7 +188,6 @@ class Engine:
     ) -> None:
         self.info = info
         self.register_timeout = register_timeout
-        self.wire = Wire(info.key_bytes)
         self.uuid = uuidlib.uuid4().hex
         self.hostname = socket.gethostname()
         self.pid = os.getpid()
@@ -176,28 +199,47 @@ class Engine:
         self.namespace: dict[str, Any] = {}
         self._functions = FunctionLoads()  # MapTask functions, unpickled once
         self.heartbeat = 1.0
-        self.max_result = self.wire.max_message - RESULT_HEADROOM
+        self.lease = 1.0  # seconds an answered heartbeat lets this engine start tasks
+        self.max_result = DEFAULT_MAX_MESSAGE - RESULT_HEADROOM
         self._stop = threading.Event()
-        self._need_register = threading.Event()
-        self._registered = threading.Event()
-        self._lock = threading.Lock()  # guards _current and _skip
-        self._current: int | None = None
+        self._fatal: BaseException | None = None  # the I/O thread gave up (first registration)
+        # Everything below is shared by the main thread and the I/O thread: under _lock.
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # the main thread waits on it for tasks
+        self.session: bytes | None = None  # the controller session this engine belongs to
+        self._registered = False
+        self._need_register = True
+        self._prev_session: bytes | None = None  # a restarted controller's predecessor
+        self._lease_until = 0.0  # monotonic: buffered tasks may start only before it
+        self._lease_wanted = False  # the main thread waits for a fresh lease: ask at once
+        self._current: tuple[int, int] | None = None  # (tid, attempt) running now
         self._deadline: float | None = None  # monotonic time the running task must end by
-        self._interrupt_req: tuple[int, str] | None = None  # (tid, "abort" | "timeout")
+        self._interrupt_req: tuple[int, str] | None = None  # (tid, "abort"|"timeout"|"drop")
         self._in_task_code = False
-        self._skip: set[int] = set()  # aborted before they started: reported as aborted
-        self._revoked: set[int] = set()  # seqs given back to the controller: dropped silently
-        self._last_started = 0  # the highest seq started (tasks run in seq order)
+        self._skip: set[tuple[int, int]] = set()  # aborted before they started
+        self._revoked: set[int] = set()  # dseqs given back to the controller: dropped silently
+        self._last_started = 0  # the highest dseq started (tasks run in dseq order)
         self._backlog: deque[tuple[dict[str, Any], list[Any]]] = deque()
-        self._unsent: list[tuple[dict[str, Any], list[Any]]] = []  # results held (see _send_result)
+        self._mseq_seen = 0  # the highest `tasks` message number received this registration
+        self._missing: set[int] = set()  # numbers skipped: those messages were lost
+        # Results until the controller acknowledges them (it does after storing them):
+        # (tid, attempt) -> (entry, body). A lost message or a controller restart costs a
+        # resend, never the result.
+        self._unacked: dict[tuple[int, int], tuple[dict[str, Any], list[Any]]] = {}
+        self._unsent: list[tuple[dict[str, Any], list[Any]]] = []  # held to travel together
         self._unsent_since = 0.0
         self._unsent_bytes = 0
         self._generation = 0  # rises with each registration; stale "reregister"s are ignored
         self.ctx = zmq.Context()
-        self.task_sock = self._dealer(b".t")
-        self.ctl_sock = self._dealer(b".c")
+        self.task_sock = self._dealer(b".t")  # I/O thread: register, tasks in
+        self.ctl_sock = self._dealer(b".c")  # I/O thread: heartbeats, control, late results
+        self.res_sock = self._dealer(b".r")  # main thread: results out
+        self.heart_sock = self._dealer(b".h")  # echo device: liveness without the GIL
+        wire_of = {s: Wire(info.key_bytes) for s in (self.task_sock, self.ctl_sock,
+                                                     self.res_sock)}
         # One Wire per socket: replay checks hold per socket, where messages arrive in order.
-        self._wires = {self.task_sock: self.wire, self.ctl_sock: Wire(info.key_bytes)}
+        self._wires = wire_of
+        self.wire = wire_of[self.res_sock]
         self._reset()
 
     def _dealer(self, suffix: bytes) -> zmq.Socket:
@@ -210,7 +252,8 @@ class Engine:
         # usually gets there before it listens), doubling up to 2 s while nobody listens.
         s.setsockopt(zmq.RECONNECT_IVL, 10)
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        s.setsockopt(zmq.MAXMSGSIZE, self.wire.max_message)
+        s.setsockopt(zmq.MAXMSGSIZE, DEFAULT_MAX_MESSAGE)
+        apply_transport_heartbeat(s)
         apply_curve(s, self.info)
         s.connect(self.info.engine_url)
         return s
@@ -235,219 +278,416 @@ class Engine:
         global _CURRENT
         _CURRENT = self
         old = signal.signal(INTERRUPT_SIGNAL, self._on_interrupt_signal)
-        ctl = threading.Thread(target=self._control_loop, name="taskmill-control", daemon=True)
-        ctl.start()
+        heart = threading.Thread(target=self._heart, name="taskmill-heart", daemon=True)
+        heart.start()
+        io_thread = threading.Thread(target=self._io_loop, name="taskmill-io", daemon=True)
+        io_thread.start()
         try:
-            self._register()
             self._task_loop()
         finally:
             self._stop.set()
-            ctl.join(timeout=2)
+            with self._work:
+                self._work.notify_all()
+            io_thread.join(timeout=2)
             signal.signal(INTERRUPT_SIGNAL, old)
             _CURRENT = None
-            self.task_sock.close(linger=500)
+            self.res_sock.close(linger=500)
+            self.task_sock.close(linger=0)
             self.ctl_sock.close(linger=0)
-            self.ctx.term()
+            self.ctx.term()  # (ends the heart's device, which then closes its socket)
+            heart.join(timeout=2)
 
     def stop(self) -> None:
+        """Stop after the running task (safe from a signal handler: takes no lock; the main
+        thread notices within 0.1 s)."""
         self._stop.set()
 
-    def _register(self) -> None:
-        """Send `register` through the task socket until the controller answers.
-
-        Without an answer it asks again after 1 s, then 2, 4, ... at most every
-        REGISTER_RETRY_MAX: an engine started before its controller, or cut off from it, waits
-        instead of dying (ZeroMQ reconnects by itself, and a request queued while nobody
-        listened reaches the controller as soon as it does). Only a first registration can time
-        out, after `register_timeout`. Tasks that arrive meanwhile are kept for the task loop,
-        never dropped.
-        """
-        self._registered.clear()
-        started = time.monotonic()
-        wait = REGISTER_RETRY_FIRST
-        next_log = 0.0
-        while not self._stop.is_set():
-            if (self.register_timeout is not None and self.engineid is None
-                    and time.monotonic() - started >= self.register_timeout):
-                raise ControllerUnreachable(
-                    f"no taskmill controller answered at {self.info.engine_url} within "
-                    f"{self.register_timeout:g}s; start it (`taskmill controller` or "
-                    "`taskmill cluster start`), or check that this machine can reach that "
-                    "address (the controller's --location)")
-            self._send(self.task_sock, {
-                "type": "register", "uuid": self.uuid, "ctl_ident": self.uuid.encode() + b".c",
-                "hostname": self.hostname, "pid": self.pid, "properties": self._start_properties,
-            })
-            deadline = time.monotonic() + wait
-            if self.register_timeout is not None and self.engineid is None:
-                deadline = min(deadline, started + self.register_timeout)
-            while time.monotonic() < deadline and not self._stop.is_set():
-                if not self.task_sock.poll(100):
-                    continue
-                header, frames = self._recv(self.task_sock)
-                if header is None:
-                    continue
-                if header["type"] == "tasks":
-                    self._take_tasks(header, frames)
-                elif header["type"] == "registered":
-                    first = self.engineid is None
-                    self.engineid = header["engineid"]
-                    self.heartbeat = float(header.get("heartbeat", 1.0))
-                    limit = header.get("max_message")
-                    if isinstance(limit, int) and limit > 0:
-                        self.max_result = limit - min(RESULT_HEADROOM, limit // 2)
-                    self.namespace["engineid"] = self.engineid
-                    self.properties["engineid"] = self.engineid
-                    self._sent_properties = dict(header.get("properties") or {})
-                    with self._lock:  # a new controller numbers its dispatches from 1 again
-                        self._last_started = 0
-                        self._revoked.clear()
-                    self._generation += 1
-                    self._need_register.clear()
-                    self._registered.set()
-                    log.info("registered as engine %d%s", self.engineid,
-                             "" if first else " (again)")
-                    return
-            waited = time.monotonic() - started
-            if waited >= next_log:  # each retry while backing off, then once a minute
-                log.warning("no answer from the controller at %s after %.0fs; asking again "
-                            "(next wait %.0fs)", self.info.engine_url, waited,
-                            min(wait * 2, REGISTER_RETRY_MAX))
-                next_log = waited + (60.0 if wait >= REGISTER_RETRY_MAX else 0.0)
-            wait = min(wait * 2, REGISTER_RETRY_MAX)
-
-    def _send(self, sock: zmq.Socket, header: dict[str, Any], frames: Sequence[Any] = ()) -> None:
-        send_message(sock, self._wires[sock].encode(header, frames))
-
-    def _recv(self, sock: zmq.Socket) -> tuple[dict[str, Any] | None, list[Any]]:
-        msg = recv_message(sock)
+    def _heart(self) -> None:
+        """Echo whatever the controller sends to the heart socket, in ZeroMQ's own C code,
+        which runs without the GIL: task code that holds the GIL for minutes (a long regex,
+        a C extension) never makes a live engine look dead. A stopped process (SIGSTOP) or a
+        cut network does not answer."""
         try:
-            return self._wires[sock].decode(msg)
-        except Refused as e:
-            log.warning("refused a message: %s", e)
-            return None, []
+            zmq.proxy(self.heart_sock, self.heart_sock)
+        except zmq.ContextTerminated:
+            pass
+        except zmq.ZMQError as e:  # (the context ends while the device starts)
+            if e.errno != zmq.ETERM:
+                log.warning("the heartbeat device stopped: %s", e)
+        finally:
+            self.heart_sock.close(linger=0)
 
-    def _take_tasks(self, header: dict[str, Any], frames: list[Any]) -> None:
-        """Queue the tasks of a `tasks` message, each with its own payload frames."""
-        eid = header.get("engineid")
-        if isinstance(eid, int) and eid != self.engineid:
-            self.engineid = eid
-            self.namespace["engineid"] = eid
-        entries = header.get("tasks")
-        if not isinstance(entries, list):
-            log.warning("refused a tasks message without a task list")
-            return
-        pos = 0
-        for entry in entries:
-            n = entry.get("n", 0) if isinstance(entry, dict) else -1
-            if not isinstance(n, int) or n < 0 or pos + n > len(frames):
-                log.warning("refused a tasks message whose tasks do not match its frames")
-                return
-            self._backlog.append((entry, frames[pos:pos + n]))
-            pos += n
-
+    # -- the main thread: run tasks in order -----------------------------------------------
     def _task_loop(self) -> None:
-        while not self._stop.is_set():
-            if self._need_register.is_set():
-                self._register()
-                continue
-            if not self._backlog:
-                with self._lock:
-                    held = self._take_unsent()
-                if held:  # nothing more to run now: what waited goes
-                    self._send_results(self.task_sock, held)
-                if not self.task_sock.poll(100):
-                    continue
-                header, frames = self._recv(self.task_sock)
-                if header is not None and header["type"] == "tasks":
-                    self._take_tasks(header, frames)
-                continue
-            entry, frames = self._backlog.popleft()
+        while True:
+            with self._work:
+                job = self._next_task()
+            if job is None:
+                if self._fatal is not None:
+                    raise self._fatal
+                return
+            entry, frames = job
             try:
                 self._run_task(entry, frames)
             except TaskInterrupted:
                 pass  # a late interrupt that landed outside task code: nothing to undo
 
-    # -- control thread --------------------------------------------------------------------
-    def _control_loop(self) -> None:
-        while not self._registered.wait(0.1):
-            if self._stop.is_set():
-                return
+    def _next_task(self) -> tuple[dict[str, Any], list[Any]] | None:
+        """(Under the lock.) Wait for a task this engine may start now, and make it current.
+
+        A task starts only while this engine is registered and holds a lease: an answer to a
+        heartbeat sent less than `lease` ago. The controller declares an engine dead only
+        after it has heard nothing for longer than that, so an engine stopped (SIGSTOP) or cut
+        off past that point never starts a task the controller has already given elsewhere:
+        it waits for a fresh answer, which tells it to drop everything instead."""
+        while True:
+            if self._stop.is_set() or self._fatal is not None:
+                return None
+            if self._registered and not self._need_register and self._backlog:
+                if time.monotonic() < self._lease_until:
+                    job = self._start_next()
+                    if job is not None:
+                        return job
+                    continue
+                self._lease_wanted = True
+            elif not self._backlog:
+                unsent = self._take_unsent()
+                if unsent:  # nothing more to run now: what waited goes
+                    self._lock.release()
+                    try:
+                        self._send_results(self.res_sock, unsent)
+                    finally:
+                        self._lock.acquire()
+                    continue
+            self._work.wait(0.1)
+
+    def _start_next(self) -> tuple[dict[str, Any], list[Any]] | None:
+        """(Under the lock.) Take the next backlog task and make it the current one; None if
+        it was given back (revoked) or aborted before it started (then its result is queued)."""
+        entry, frames = self._backlog.popleft()
+        key = (entry["tid"], entry["attempt"])
+        seq = entry.get("dseq")
+        if isinstance(seq, int):
+            if seq in self._revoked:  # promised back to the controller: never runs
+                self._revoked.discard(seq)
+                return None
+            self._last_started = max(self._last_started, seq)
+        if key in self._skip:
+            self._skip.discard(key)
+            reply = {"tid": key[0], "attempt": key[1], "kind": entry["exec"]["kind"],
+                     "status": "error", "duration": 0.0,
+                     **self._error_fields(TaskAborted(f"task {key[0]} was aborted"))}
+            self._queue_result(reply, [])  # (sent with the next batch)
+            return None
+        self._current = key
+        self._interrupt_req = None
+        timeout = entry.get("timeout")
+        self._deadline = time.monotonic() + timeout if timeout else None
+        return entry, frames
+
+    # -- the I/O thread: sockets, registration, heartbeats, control ------------------------
+    def _io_loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.task_sock, zmq.POLLIN)
+        poller.register(self.ctl_sock, zmq.POLLIN)
+        started = time.monotonic()
+        reg_wait = REGISTER_RETRY_FIRST
+        reg_next = 0.0  # when to (re)send hello/register
+        reg_log = REGISTER_RETRY_FIRST
         next_hb = 0.0
-        while not self._stop.is_set():
-            now = time.monotonic()
-            if now >= next_hb:
-                self._send(self.ctl_sock, {"type": "hb", "engineid": self.engineid,
-                                           "gen": self._generation})
-                next_hb = now + self.heartbeat
-            self._watch_running_task(now)
-            self._send_late_results(now)
-            # Wake at least every CONTROL_TICK: a task's deadline is set by the main thread
-            # after this thread went to sleep.
-            wake = min(next_hb, now + CONTROL_TICK)
-            if self._interrupt_req is not None:
-                wake = min(wake, now + RESIGNAL_EVERY)
-            if self._deadline is not None:
-                wake = min(wake, self._deadline)
-            if not self.ctl_sock.poll(max(1, int((wake - now) * 1000))):
-                continue
-            header, _ = self._recv(self.ctl_sock)
-            if header is None:
-                continue
-            kind = header["type"]
-            if kind == "interrupt":
-                self._request_interrupt(header["tid"], "abort")
-            elif kind == "revoke":
-                self._answer_revoke(header)
-            elif (kind == "reregister" and header.get("gen") == self._generation
-                  and not self._need_register.is_set()):
-                # (A reply to a heartbeat sent before the latest registration is stale, and
-                # after a network cut every heartbeat sent during it is answered at once.)
-                log.warning("the controller does not know this engine: registering again")
-                self._need_register.set()
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                with self._lock:
+                    need_register = self._need_register
+                    wanted, self._lease_wanted = self._lease_wanted, False
+                if need_register:
+                    if (self.register_timeout is not None and self.engineid is None
+                            and now - started >= self.register_timeout):
+                        raise ControllerUnreachable(
+                            f"no taskmill controller answered at {self.info.engine_url} "
+                            f"within {self.register_timeout:g}s; start it (`taskmill "
+                            "controller` or `taskmill cluster start`), or check that this "
+                            "machine can reach that address (the controller's --location)")
+                    if now >= reg_next:
+                        self._send(self.task_sock, {"type": "hello"})
+                        reg_next = now + reg_wait
+                        if now - started >= reg_log and self.engineid is None:
+                            log.warning("no answer from the controller at %s after %.0fs; "
+                                        "asking again", self.info.engine_url, now - started)
+                            reg_log = now - started + 60.0
+                        reg_wait = min(reg_wait * 2, REGISTER_RETRY_MAX)
+                elif now >= next_hb or wanted:
+                    self._send_report(now)
+                    next_hb = now + self.heartbeat
+                else:
+                    reg_wait = REGISTER_RETRY_FIRST
+                self._watch_running_task(now)
+                self._send_late_results(now)
+                # Wake at least every CONTROL_TICK: a task's deadline is set by the main
+                # thread after this thread went to sleep.
+                wake = min(next_hb if not need_register else reg_next, now + CONTROL_TICK)
+                if self._interrupt_req is not None:
+                    wake = min(wake, now + RESIGNAL_EVERY)
+                if self._deadline is not None:
+                    wake = min(wake, self._deadline)
+                for sock, _ in poller.poll(max(1, int((wake - now) * 1000))):
+                    for _ in range(100):  # (what is waiting, without starving the rest)
+                        try:
+                            msg = recv_message(sock, zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._on_message(sock, msg)
+        except ControllerUnreachable as e:
+            self._fatal = e
+        except zmq.ContextTerminated:
+            pass
+        except Exception as e:  # noqa: BLE001 - the main thread must hear of it
+            log.exception("the engine's I/O thread failed")
+            self._fatal = e
+        finally:
+            with self._work:
+                self._work.notify_all()
+
+    def _on_message(self, sock: zmq.Socket, msg: list[Any]) -> None:
+        try:
+            header, frames = self._wires[sock].decode(msg)
+        except Refused as e:
+            log.warning("refused a message: %s", e)
+            return
+        kind = header["type"]
+        if kind == "tasks":
+            self._take_tasks(header, frames)
+        elif kind == "hb":
+            self._on_heartbeat_answer(header)
+        elif kind == "interrupt":
+            tid, attempt = header.get("tid"), header.get("attempt")
+            if isinstance(tid, int) and isinstance(attempt, int):
+                self._request_interrupt((tid, attempt), "abort")
+        elif kind == "revoke":
+            self._answer_revoke(header)
+        elif kind == "welcome":
+            self._on_welcome(header)
+        elif kind == "registered":
+            self._on_registered(header)
+        elif kind == "reregister":
+            self._on_reregister(header)
+
+    # -- registration ----------------------------------------------------------------------
+    def _on_welcome(self, header: dict[str, Any]) -> None:
+        """The controller's session: register with it (the registration names what this
+        engine still runs or has finished for the controller before it, if it restarted)."""
+        session = header.get("session")
+        if not isinstance(session, bytes):
+            return
+        with self._lock:
+            if not self._need_register:
+                return
+            if self.session is not None and session != self.session:
+                self._restarted(session)
+            self.session = session
+            running = list(self._current) if self._current else None
+            finished = [list(k) for k in self._unacked]
+            prev = self._prev_session
+        self._send(self.task_sock, {
+            "type": "register", "uuid": self.uuid, "ctl_ident": self.uuid.encode() + b".c",
+            "res_ident": self.uuid.encode() + b".r", "heart_ident": self.uuid.encode() + b".h",
+            "hostname": self.hostname, "pid": self.pid, "properties": self._start_properties,
+            "session": session, "prev_session": prev, "running": running,
+            "finished": finished, "t": time.monotonic(),
+        })
+
+    def _on_registered(self, header: dict[str, Any]) -> None:
+        if header.get("session") != self.session or not isinstance(header.get("engineid"), int):
+            return
+        first = self.engineid is None
+        with self._lock:
+            if not self._need_register:
+                return  # (an answer to a repeated register)
+            self.engineid = header["engineid"]
+            self.heartbeat = float(header.get("heartbeat", 1.0))
+            # The controller declares this engine dead after `dead_after` seconds without a
+            # sign of it; the lease stays well inside that.
+            self.lease = LEASE_SHARE * float(header.get("dead_after", 3 * self.heartbeat))
+            sent = header.get("t")
+            if isinstance(sent, int | float):
+                self._lease_until = sent + self.lease
+            limit = header.get("max_message")
+            if isinstance(limit, int) and limit > 0:
+                self.max_result = limit - min(RESULT_HEADROOM, limit // 2)
+            self.namespace["engineid"] = self.engineid
+            self.properties["engineid"] = self.engineid
+            self._sent_properties = dict(header.get("properties") or {})
+            # A new registration numbers its dispatches and messages from the start again.
+            self._last_started = 0
+            self._revoked.clear()
+            self._mseq_seen = 0
+            self._missing.clear()
+            self._prev_session = None
+            self._generation += 1
+            self._need_register = False
+            self._registered = True
+            resend = list(self._unacked.values())  # results the controller may not have
+            self._work.notify_all()
+        log.info("registered as engine %d%s", self.engineid, "" if first else " (again)")
+        if resend:
+            self._send_results(self.ctl_sock, resend)
+
+    def _on_reregister(self, header: dict[str, Any]) -> None:
+        """The controller does not know this engine: it restarted (another session), or it
+        declared this engine dead (same session: a SIGSTOP, a network cut). Then every task
+        held here has been failed or given to another engine: drop them all, interrupt the
+        running one, and register anew."""
+        session = header.get("session")
+        with self._lock:
+            if header.get("gen") != self._generation or self._need_register:
+                return  # stale: an answer to a heartbeat sent before the latest registration
+            self._need_register = True
+            self._registered = False
+            if isinstance(session, bytes) and session != self.session:
+                log.warning("the controller restarted: registering again (what runs here "
+                            "goes on; what waited here is dropped)")
+                self._restarted(session)
+                self.session = session
+                return
+            log.warning("the controller declared this engine dead (was it stopped, or cut "
+                        "off?): dropping every task it held and registering anew")
+            self._backlog.clear()
+            self._skip.clear()
+            self._unacked.clear()
+            self._take_unsent()
+            self.session = None
+            if self._current is not None:
+                self._request_interrupt_locked(self._current, "drop")
+
+    def _restarted(self, session: bytes) -> None:
+        """(Under the lock.) A new controller session: the tasks waiting here never started
+        (its registration says which run or finished; it queues the rest again)."""
+        if self._prev_session is None:
+            self._prev_session = self.session
+        self._backlog.clear()
+        self._skip.clear()
+
+    # -- tasks in --------------------------------------------------------------------------
+    def _take_tasks(self, header: dict[str, Any], frames: list[Any]) -> None:
+        """Queue the tasks of a `tasks` message, each with its own payload frames. Message
+        numbers that were skipped are noted: those messages were lost on the way (a reset
+        connection), and the next report says so."""
+        if header.get("session") != self.session:
+            return
+        entries = header.get("tasks")
+        mseq = header.get("mseq")
+        if not isinstance(entries, list) or not isinstance(mseq, int):
+            log.warning("refused a tasks message without a task list and number")
+            return
+        batch = []
+        pos = 0
+        for entry in entries:
+            n = entry.get("n", 0) if isinstance(entry, dict) else -1
+            if (not isinstance(n, int) or n < 0 or pos + n > len(frames)
+                    or not isinstance(entry.get("tid"), int)
+                    or not isinstance(entry.get("attempt"), int)):
+                log.warning("refused a tasks message whose tasks do not match its frames")
+                return
+            batch.append((entry, frames[pos:pos + n]))
+            pos += n
+        with self._lock:
+            if self._need_register:
+                return  # for a registration that is over
+            if mseq > self._mseq_seen + 1:
+                self._missing.update(range(self._mseq_seen + 1, mseq))
+            self._missing.discard(mseq)
+            self._mseq_seen = max(self._mseq_seen, mseq)
+            self._backlog.extend(batch)
+            if batch:
+                self._work.notify()
+
+    # -- heartbeats: what this engine holds, and the lease ---------------------------------
+    def _send_report(self, now: float) -> None:
+        """The heartbeat: what this engine holds (so that a lost message costs a heartbeat,
+        not a task), and a request for a fresh lease."""
+        with self._lock:
+            held = [[e["tid"], e["attempt"]] for e, _ in self._backlog
+                    if e.get("dseq") not in self._revoked]
+            if self._current is not None:
+                held.insert(0, list(self._current))
+            report = {"type": "hb", "engineid": self.engineid, "gen": self._generation,
+                      "session": self.session, "t": now, "held": held,
+                      "current": list(self._current) if self._current else None,
+                      "unacked": [list(k) for k in self._unacked],
+                      "mseq": self._mseq_seen, "missing": sorted(self._missing)}
+        self._send(self.ctl_sock, report)
+
+    def _on_heartbeat_answer(self, header: dict[str, Any]) -> None:
+        sent = header.get("t")
+        resend = []
+        with self._lock:
+            if header.get("session") != self.session or self._need_register:
+                return
+            if isinstance(sent, int | float) and not isinstance(sent, bool):
+                self._lease_until = max(self._lease_until, sent + self.lease)
+                self._work.notify()
+            for key in header.get("ack") or ():
+                if isinstance(key, list) and len(key) == 2:
+                    self._unacked.pop((key[0], key[1]), None)
+            for key in header.get("resend") or ():
+                if isinstance(key, list) and len(key) == 2:
+                    held = self._unacked.get((key[0], key[1]))
+                    if held is not None:
+                        resend.append(held)
+        if resend:
+            self._send_results(self.ctl_sock, resend)
 
     def _answer_revoke(self, header: dict[str, Any]) -> None:
-        """Give a buffered task back, if it has not started (tasks start in seq order)."""
+        """Give a buffered task back, if it has not started (tasks start in dseq order)."""
         seq = header.get("dseq")
         if not isinstance(seq, int):
             return
         with self._lock:
-            ok = seq > self._last_started
+            ok = seq > self._last_started and header.get("session") == self.session
             if ok:
                 self._revoked.add(seq)
         self._send(self.ctl_sock, {"type": "revoked", "tid": header.get("tid"),
-                                   "attempt": header.get("attempt"), "ok": ok})
+                                   "attempt": header.get("attempt"), "ok": ok,
+                                   "session": self.session})
 
+    # -- interrupts ------------------------------------------------------------------------
     def _watch_running_task(self, now: float) -> None:
         """Past its timeout a task is interrupted; an interruption not yet taken is sent again."""
         with self._lock:
             current, deadline, req = self._current, self._deadline, self._interrupt_req
-        if current is None:
-            return
-        if req is None and deadline is not None and now >= deadline:
-            self._request_interrupt(current, "timeout")
-        elif req is not None and req[0] == current and self._in_task_code:
-            signal.pthread_kill(threading.main_thread().ident, INTERRUPT_SIGNAL)
-
-    def _request_interrupt(self, tid: int, reason: str) -> None:
-        with self._lock:
-            if self._current != tid:
-                if reason == "abort":
-                    self._skip.add(tid)  # buffered behind the running task
+            if current is None:
                 return
-            self._interrupt_req = (tid, reason)
-            if reason == "abort":
-                # If the code never lets the interruption through (a C call holding the GIL),
-                # faulthandler's own thread ends the process; the nanny starts a new engine.
-                # Armed under the lock: the main thread cancels it under the lock too, after
-                # the task is over, so it can never outlive the task.
-                faulthandler.dump_traceback_later(KILL_GRACE, exit=True, file=sys.__stderr__)
-            if self._in_task_code:
+            if req is None and deadline is not None and now >= deadline:
+                self._request_interrupt_locked(current, "timeout")
+            elif req is not None and req[0] == current[0] and self._in_task_code:
                 signal.pthread_kill(threading.main_thread().ident, INTERRUPT_SIGNAL)
+
+    def _request_interrupt(self, key: tuple[int, int], reason: str) -> None:
+        with self._lock:
+            self._request_interrupt_locked(key, reason)
+
+    def _request_interrupt_locked(self, key: tuple[int, int], reason: str) -> None:
+        if self._current != key:
+            if reason == "abort" and any((e["tid"], e["attempt"]) == key
+                                         for e, _ in self._backlog):
+                self._skip.add(key)  # buffered behind the running task
+            return
+        self._interrupt_req = (key[0], reason)
+        if reason == "abort":
+            # If the code never lets the interruption through (a C call holding the GIL),
+            # faulthandler's own thread ends the process; the nanny starts a new engine.
+            # Armed under the lock: the main thread cancels it under the lock too, after
+            # the task is over, so it can never outlive the task.
+            faulthandler.dump_traceback_later(KILL_GRACE, exit=True, file=sys.__stderr__)
+        if self._in_task_code:
+            signal.pthread_kill(threading.main_thread().ident, INTERRUPT_SIGNAL)
 
     def _on_interrupt_signal(self, signum: int, frame: Any) -> None:
         req = self._interrupt_req
-        if self._in_task_code and req is not None and req[0] == self._current:
+        current = self._current
+        if self._in_task_code and req is not None and current is not None \
+                and req[0] == current[0]:
             raise TaskInterrupted(req[1])
 
     # -- running a task --------------------------------------------------------------------
@@ -457,30 +697,10 @@ class Engine:
         kind = spec["kind"]
         reply: dict[str, Any] = {"tid": tid, "attempt": attempt, "kind": kind}
         timeout = header.get("timeout")
-        seq = header.get("dseq")
-        with self._lock:
-            if isinstance(seq, int):
-                if seq in self._revoked:  # promised back to the controller: never runs
-                    self._revoked.discard(seq)
-                    return
-                self._last_started = max(self._last_started, seq)
-            if tid in self._skip:
-                self._skip.discard(tid)
-                skipped = True
-            else:
-                skipped = False
-                self._current = tid
-                self._interrupt_req = None
-                if timeout:
-                    self._deadline = time.monotonic() + timeout
-        if skipped:
-            reply.update(status="error", duration=0.0,
-                         **self._error_fields(TaskAborted(f"task {tid} was aborted")))
-            self._send_result(reply, [])
-            return
         out, err = _Capture(self.output_limit), _Capture(self.output_limit)
         value: Any = None
         exc: BaseException | None = None
+        dropped = False
         t0 = time.perf_counter()
         old_out, old_err = sys.stdout, sys.stderr
         if timeout:
@@ -504,7 +724,9 @@ class Engine:
                 if spec.get("clear_after"):
                     self._reset()
         except TaskInterrupted as e:
-            if e.args and e.args[0] == "timeout":
+            if e.args and e.args[0] == "drop":
+                dropped = True
+            elif e.args and e.args[0] == "timeout":
                 exc = TaskTimeout(f"task {tid} ran past its timeout of {timeout:g}s on engine "
                                   f"{self.engineid} and was interrupted")
             else:
@@ -518,9 +740,13 @@ class Engine:
             sys.stdout, sys.stderr = old_out, old_err
             with self._lock:
                 faulthandler.cancel_dump_traceback_later()
+                if self._interrupt_req is not None and self._interrupt_req[1] == "drop":
+                    dropped = True
                 self._current = None
                 self._deadline = None
                 self._interrupt_req = None
+        if dropped:
+            return  # this engine was declared dead: its task was failed or given elsewhere
         reply["duration"] = time.perf_counter() - t0
         reply["stdout"], reply["stderr"] = out.getvalue(), err.getvalue()
         body: list[Any] = []
@@ -547,41 +773,52 @@ class Engine:
         if body:
             reply["pmac"] = self.wire.payload_mac(body)
         self._attach_properties(reply)
-        self._send_result(reply, body)
-
-    def _send_result(self, entry: dict[str, Any], body: list[Any]) -> None:
-        """Queue a result; send the queue now unless more tasks wait to run right away."""
-        entry["n"] = len(body)
-        size = sum(frame_len(f) for f in body)
         with self._lock:
-            if not self._unsent:
-                self._unsent_since = time.monotonic()
-            self._unsent.append((entry, body))
-            self._unsent_bytes += size
-            hold = (self._backlog and len(self._unsent) < RESULT_BATCH
-                    and self._unsent_bytes < RESULT_BATCH_BYTES
-                    and time.monotonic() - self._unsent_since < RESULT_DELAY)
-            batch = [] if hold else self._take_unsent()
+            batch = self._queue_result(reply, body)
         if batch:
-            self._send_results(self.task_sock, batch)
+            self._send_results(self.res_sock, batch)
+
+    # -- results out -----------------------------------------------------------------------
+    def _queue_result(self, entry: dict[str, Any],
+                      body: list[Any]) -> list[tuple[dict[str, Any], list[Any]]]:
+        """(Under the lock.) Keep a result until it is acknowledged, and return the batch to
+        send now (empty while more tasks wait to run right away, or while unregistered)."""
+        entry["n"] = len(body)
+        self._unacked[(entry["tid"], entry["attempt"])] = (entry, body)
+        if not self._unsent:
+            self._unsent_since = time.monotonic()
+        self._unsent.append((entry, body))
+        self._unsent_bytes += sum(frame_len(f) for f in body)
+        hold = (not self._registered or (
+            self._backlog and len(self._unsent) < RESULT_BATCH
+            and self._unsent_bytes < RESULT_BATCH_BYTES
+            and time.monotonic() - self._unsent_since < RESULT_DELAY))
+        return [] if hold else self._take_unsent()
 
     def _take_unsent(self) -> list[tuple[dict[str, Any], list[Any]]]:
         """The results waiting to be sent (called under the lock)."""
+        if not self._registered:
+            return []
         batch, self._unsent = self._unsent, []
         self._unsent_bytes = 0
         return batch
 
     def _send_results(self, sock: zmq.Socket, batch: list[tuple[dict[str, Any], list[Any]]]) -> None:
         frames = [f for _, body in batch for f in body]
-        self._send(sock, {"type": "results", "results": [e for e, _ in batch]}, frames)
+        self._send(sock, {"type": "results", "session": self.session,
+                          "results": [e for e, _ in batch]}, frames)
 
     def _send_late_results(self, now: float) -> None:
-        """(Control thread) Results held while the main thread runs a longer task go now."""
+        """(I/O thread) Results held while the main thread runs a longer task go now."""
         with self._lock:
             if not self._unsent or now - self._unsent_since < RESULT_DELAY:
                 return
             batch = self._take_unsent()
-        self._send_results(self.ctl_sock, batch)
+        if batch:
+            self._send_results(self.ctl_sock, batch)
+
+    def _send(self, sock: zmq.Socket, header: dict[str, Any], frames: Sequence[Any] = ()) -> None:
+        send_message(sock, self._wires[sock].encode(header, frames))
 
     def _execute(self, tid: int, spec: dict[str, Any], frames: list[Any]) -> Any:
         if spec["kind"] == "string":

@@ -6,14 +6,15 @@ enters only as timers it asks the shell to arm (`ArmTimer`) and that the shell r
 (`timer_fired`). So every rule of SPEC.md §2 is a direct unit test.
 
 Events                                   Actions
-  submit(tid, nodes, after=...)            Dispatch(tid, eid, node, attempt)
-  add_engine(eid, properties)              Finish(tid, outcome, ok, engineid, detail)
+  submit(tid, nodes, after=..., lost=...)  Dispatch(tid, eid, node, attempt)
+  add_engine(eid, properties, adopt=...)   Finish(tid, outcome, ok, engineid, detail)
   set_properties(eid, properties)          Interrupt(eid, tid, reason)
   task_done(eid, tid, attempt, status,     Revoke(eid, tid, attempt)
             duration=...)                  ArmTimer(key, delay) / CancelTimer(key)
   revoke_answered(eid, tid, attempt, ok)
   remove_engine(eid)
   withdraw(tids)
+  lost_returned(tid), lost_expired(tid)
   abort(tid), timer_fired(key), spin()
 
 Rules, in one place:
@@ -30,8 +31,19 @@ Rules, in one place:
   `unmet_timeout` seconds, it finishes with `unmet_timeout`.
 - `rejected` (TaskRejectError from task code): the task never goes to that engine again and does
   not count an attempt; when every registered engine has rejected it, that report is final.
+- Unmet `depend` while no engine is registered counts as unmet too: a task with a depend
+  fails after `unmet_timeout` if no engine arrives.
 - Abort of a running task finishes it at once and interrupts its engine; the engine's slot stays
   taken until the engine reports, and that report is dropped.
+- An engine that dies (or is declared dead) fails every attempt it held: the running one and
+  those buffered behind it, which may have started since the engine last reported (an
+  attempt is counted whenever the task's code may have run, so a task with `retries=0` runs
+  at most once). Retries then apply. A task given back for sure (a granted revoke, a lost
+  `tasks` message, a backlog an engine dropped) is queued again without counting an attempt.
+- After a controller restart a task that was running is `lost` until its engine registers
+  again: adopted (running there, as it was) if the engine still runs it or has its result,
+  queued again without counting an attempt if the engine never started it, and failed like
+  an engine death (`lost_expired`) if the engine does not come back.
 - Prefetch: an engine may hold several tasks, run in dispatch order (the first is running, the
   others are buffered on the engine). With a fixed number of slots it holds at most that many.
   Adaptive (the default): an engine whose tasks took `d` seconds lately (a moving average of
@@ -139,6 +151,7 @@ WAITING = "waiting"  # for `after` tasks
 READY = "ready"  # in the ready heap
 PARKED = "parked"  # no free engine satisfies it right now
 RUNNING = "running"
+LOST = "lost"  # was running when the controller restarted; its engine has not come back yet
 
 
 @dataclass(slots=True)
@@ -217,6 +230,10 @@ class Scheduler:
             1 for e in self.engines.values() for tid in e.running if self._is_current(tid, e.eid)
         )
 
+    def is_running_on(self, tid: int, eid: int) -> bool:
+        """Whether task `tid`'s current attempt is held by engine `eid`."""
+        return self._is_current(tid, eid)
+
     def _is_current(self, tid: int, eid: int) -> bool:
         t = self.tasks.get(tid)
         return t is not None and t.state == RUNNING and t.engine == eid
@@ -255,9 +272,11 @@ class Scheduler:
         attempts: int = 0,
         tries: int = 0,
         handed_over: Iterable[int] = (),
+        lost: bool = False,
         dispatch: bool = True,
     ) -> list[Action]:
-        """A new task (or one reloaded after a restart, with its counters).
+        """A new task (or one reloaded after a restart, with its counters; `lost`: it was
+        running, and waits for its engine to come back, see `add_engine`).
 
         `after` holds the taskids this task still waits for, each active in this scheduler;
         `broken_after` names one that already failed or is unknown (the task fails at once).
@@ -271,6 +290,9 @@ class Scheduler:
         t = _Task(tid, list(nodes), node=node, attempts=attempts, tries=tries)
         t.handed_over.update(handed_over)
         self.tasks[tid] = t
+        if lost:
+            t.state = LOST
+            return self._flush(dispatch)
         if broken_after is not None:
             self._finish(t, DEPENDENCY, False, detail=broken_after)
             return self._flush(dispatch)
@@ -285,14 +307,42 @@ class Scheduler:
         return self._flush(dispatch)
 
     def add_engine(self, eid: int, properties: dict[str, Any],
-                   slots: int | None = None) -> list[Action]:
-        """A new engine; `slots` overrides the scheduler's prefetch for it."""
+                   slots: int | None = None, adopt: Iterable[int] = ()) -> list[Action]:
+        """A new engine; `slots` overrides the scheduler's prefetch for it. `adopt` names
+        `lost` tasks it still runs (or has results of): they run there, as they were."""
         if eid in self.engines:
             raise ValueError(f"engine {eid} is already registered")
         e = self.engines[eid] = _Engine(eid, dict(properties), slots or self.slots)
         self._update_capacity(e)
-        self._free[eid] = None
+        for tid in adopt:
+            t = self.tasks.get(tid)
+            if t is not None and t.state == LOST:
+                t.state = RUNNING
+                t.engine = eid
+                e.running[tid] = t.attempts
+                self._busy_slots += 1
+        if len(e.running) < e.cap:
+            self._free[eid] = None
+        self._watch_head(e)
         self._fresh.add(eid)
+        return self._flush()
+
+    def lost_returned(self, tid: int) -> list[Action]:
+        """A `lost` task's engine came back without it (it never started, or waited there
+        unstarted and was dropped): queued again, no attempt counted."""
+        t = self.tasks.get(tid)
+        if t is not None and t.state == LOST:
+            t.tries -= 1
+            t.attempts -= 1
+            self._make_ready(t)
+        return self._flush()
+
+    def lost_expired(self, tid: int) -> list[Action]:
+        """A `lost` task's engine did not come back: its attempt failed as if the engine had
+        died (retries apply)."""
+        t = self.tasks.get(tid)
+        if t is not None and t.state == LOST:
+            self._attempt_failed(t, None, ENGINE_DIED)
         return self._flush()
 
     def set_properties(self, eid: int, properties: dict[str, Any]) -> list[Action]:
@@ -360,19 +410,15 @@ class Scheduler:
         self._free.pop(eid, None)
         self._fresh.discard(eid)
         self._thieves.pop(eid, None)
-        for position, tid in enumerate(list(e.running)):
+        for tid in list(e.running):
             self._busy_slots -= 1
             t = self.tasks.get(tid)
             if t is None or t.state != RUNNING or t.engine != eid:
                 continue
             t.engine = None
             t.steal_tried = False
-            if position == 0:  # the engine runs its tasks in dispatch order
-                self._attempt_failed(t, eid, ENGINE_DIED)
-            else:  # buffered behind the running one: it never started
-                t.tries -= 1
-                t.attempts -= 1
-                self._make_ready(t)
+            # Buffered ones too: the engine may have started them since it last reported.
+            self._attempt_failed(t, eid, ENGINE_DIED)
         e.running.clear()
         for t in list(self.tasks.values()):
             t.dep_cache.pop(eid, None)
@@ -607,9 +653,11 @@ class Scheduler:
                 self._make_ready(t)
 
     def _all_idle(self) -> bool:
-        return bool(self.engines) and self._busy_slots == 0
+        return self._busy_slots == 0
 
     def _pass(self) -> None:
+        if not self.engines and self._ready:
+            self._park_depends()
         if self._parked:
             self._unpark()
         else:
@@ -629,6 +677,25 @@ class Scheduler:
                 not self.engines[eid].running for eid in self._free):
             self._steal()
         self._check_unmet()
+
+    def _has_depend(self, tid: int) -> bool:
+        t = self.tasks[tid]
+        return t.nodes[t.node].depend is not None
+
+    def _park_depends(self) -> None:
+        """With no engine at all, a task with a depend is unmet (and its timer runs)."""
+        keep = []
+        for tid in self._ready:
+            t = self.tasks.get(tid)
+            if t is None or t.state != READY:
+                continue
+            if t.nodes[t.node].depend is not None:
+                t.state = PARKED
+                self._parked.add(tid)
+            else:
+                keep.append(tid)
+        heapq.heapify(keep)
+        self._ready = keep
 
     def _steal(self) -> None:
         """Each engine that holds nothing asks for one task buffered behind another's."""
@@ -664,7 +731,7 @@ class Scheduler:
     def _check_unmet(self) -> None:
         if self._all_idle():
             for tid in self._parked:
-                if tid not in self._unmet:
+                if tid not in self._unmet and (self.engines or self._has_depend(tid)):
                     self._token += 1
                     self._unmet[tid] = self._token
                     self._out.append(ArmTimer(("unmet", tid, self._token), self.unmet_timeout))

@@ -252,6 +252,21 @@ _SNDMORE = int(zmq.SNDMORE)
 _COPY_BELOW = 64 * 1024  # frames smaller than this are copied into ZeroMQ (cheaper); larger not
 
 
+# ZeroMQ's own heartbeats on every connection: a connection whose peer vanished (a machine
+# that went away, a network cut) is closed within TRANSPORT_TIMEOUT, so its routing identity is
+# free again for the peer's next connection (ROUTERs refuse a second connection with an
+# identity in use: see the controller).
+TRANSPORT_HEARTBEAT_MS = 1000
+TRANSPORT_TIMEOUT_MS = 5000
+
+
+def apply_transport_heartbeat(sock: Any) -> None:
+    """Turn on ZeroMQ's connection heartbeats (ZMTP PING/PONG, in ZeroMQ's I/O thread)."""
+    sock.setsockopt(zmq.HEARTBEAT_IVL, TRANSPORT_HEARTBEAT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, TRANSPORT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, TRANSPORT_TIMEOUT_MS)
+
+
 def recv_message(sock: Any, flags: int = 0, *, routed: bool = False) -> list[Frame]:
     """One whole message from a ZeroMQ socket: the routing id (if `routed`) and the envelope
     as bytes, payload frames as zero-copy `zmq.Frame`s. Raises zmq.Again like `recv`."""

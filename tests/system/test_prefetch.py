@@ -9,7 +9,7 @@ import signal
 import pytest
 from systest import poll, wait_for_file
 
-from taskmill import Cluster, MapTask, TaskAborted
+from taskmill import Cluster, EngineDied, MapTask, TaskAborted
 
 pytestmark = pytest.mark.timeout(180, method="thread")
 
@@ -73,21 +73,27 @@ def read(path):
 
 
 def test_prefetch_buffers_tasks_and_they_can_be_aborted_or_rescued(tmp_path):
+    """Buffered tasks can be aborted; when their engine dies, each one it held counts an
+    attempt (it may have started since the engine last reported): with retries it runs
+    elsewhere, without it fails with EngineDied. A task still in the controller just runs."""
     gate = str(tmp_path / "gate")
-    with Cluster(1, heartbeat=0.5, prefetch=3) as c, c.client() as tc:
-        tids = [tc.run(MapTask(wait_for_file, (gate,))) for _ in range(4)]
-        # One running and two buffered on the engine; the fourth waits in the controller.
-        status = poll(lambda: (s := tc.queue_status())["pending"] == 3 and s)
+    with Cluster(1, heartbeat=0.5, prefetch=4) as c, c.client() as tc:
+        retries = [0, 0, 0, 1, 0]
+        tids = [tc.run(MapTask(wait_for_file, (gate,), retries=r)) for r in retries]
+        # One running and three buffered on the engine; the fifth waits in the controller.
+        status = poll(lambda: (s := tc.queue_status())["pending"] == 4 and s)
         assert status["scheduled"] == 1
         tc.abort(tids[1])  # buffered on the engine
         with pytest.raises(TaskAborted):
             tc.get_task_result(tids[1])
         pid = next(iter(c.engine_pids.values()))
-        os.kill(pid, signal.SIGKILL)  # the running task fails, buffered ones go back
+        os.kill(pid, signal.SIGKILL)
         c.wait_for_engines(2, timeout=60)  # the nanny's replacement
         open(gate, "w").close()
-        with pytest.raises(Exception, match="died"):
-            tc.get_task_result(tids[0], block=True)
-        new_pids = {tc.get_task_result(t, block=True) for t in tids[2:]}
+        for failed in (tids[0], tids[2]):
+            with pytest.raises(EngineDied, match="died"):
+                tc.get_task_result(failed, block=True)
+        new_pids = {tc.get_task_result(t, block=True) for t in (tids[3], tids[4])}
         assert pid not in new_pids and len(new_pids) == 1
+        assert tc.get_task_result(tids[3], block=True) in new_pids
         assert tc.map(abs, range(-50, 0)) == list(range(50, 0, -1))
