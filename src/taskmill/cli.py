@@ -27,6 +27,7 @@ from .connection import (
 )
 from .curve import add_curve
 from .curve import enabled as curve_enabled
+from .errors import ConnectionFileError
 
 if TYPE_CHECKING:
     from .launchers import Launcher
@@ -499,4 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except ConnectionFileError as e:
+        print(f"taskmill: {e}", file=sys.stderr)
+        return 1
 

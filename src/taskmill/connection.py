@@ -87,11 +87,35 @@ def find_connection_file(connection: str | os.PathLike[str] | None = None) -> Pa
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create `path` (and parents) with mode 0700; tighten it if taskmill created it wider."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """`path` as a folder for taskmill's private files (connection file, keys, task store).
+
+    A folder taskmill creates here (`path` and each missing parent) gets mode 0700. A folder
+    that exists already is left as it is (files taskmill writes into it are 0600), except that
+    one others can write to is refused with ConnectionFileError: they could replace or add
+    files there (the connection file, a certificate, the task store's journal).
+    """
+    path = Path(path)
+    missing = []
+    folder = path
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:  # made meanwhile by someone else: checked below
+            continue
+        os.chmod(d, 0o700)  # (mkdir's mode passes through the umask, which may narrow it)
     st = path.stat()
-    if st.st_mode & 0o077 and st.st_uid == os.getuid():
-        os.chmod(path, 0o700)
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConnectionFileError(f"{path} is not a folder; taskmill needs a folder there for "
+                                  "its private files (connection file, keys, task store)")
+    if st.st_mode & 0o022:
+        raise ConnectionFileError(
+            f"the folder {path} can be written by others (mode {stat.S_IMODE(st.st_mode):04o}), "
+            "so they could replace the files taskmill keeps there (connection file, keys, task "
+            f"store). Fix: `chmod go-w {path}`, or use a folder only you can write to (e.g. one "
+            "made with `mkdir -m 700`)")
     return path
 
 

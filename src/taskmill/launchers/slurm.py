@@ -47,6 +47,16 @@ CANCEL_WAIT = 60.0  # seconds stop() waits for squeue to drop a cancelled job
 SQUEUE_EVERY = 2.0  # seconds: how often failure() asks squeue at most
 
 
+def _one_line(what: str, value: object) -> None:
+    """Refuse a value that would not stay on its own `#SBATCH` line of the batch script."""
+    if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise LauncherError(
+            f"the slurm launcher's {what} {value!r} holds a newline or another control "
+            "character, which would put a line of its own into the batch script; give each "
+            "option on one line (several directives as several list items / "
+            "--slurm-directive options)")
+
+
 class SlurmLauncher(Launcher):
     """Engines in a Slurm job (N tasks under srun) or a job array (N one-task jobs)."""
 
@@ -77,6 +87,11 @@ class SlurmLauncher(Launcher):
         self.job_name = job_name
         self.python = python
         self.work = SharedWorkDir("slurm", work_dir)
+        for what, value in (("account", account), ("partition", partition),
+                            ("time_limit", time_limit), ("job_name", job_name),
+                            ("work_dir", str(self.work.path)),
+                            *(("directive", d) for d in directives)):
+            _one_line(what, value)
         self.jobs: list[tuple[str, int]] = []  # (job id, engines)
         self._tethers: list[ProcessHandle] = []
         self._cancelled: set[str] = set()
