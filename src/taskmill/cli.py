@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -11,8 +12,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import zmq
 
 from .connection import (
     default_connection_file,
@@ -33,6 +37,9 @@ if TYPE_CHECKING:
     from .launchers import Launcher
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Errors of binding the controller's sockets, reported as one line instead of a traceback.
+BIND_ERRORS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES, errno.ENOENT,
+               errno.ENAMETOOLONG, errno.EINVAL)
 
 
 def _setup_logging(level: str) -> None:
@@ -91,6 +98,12 @@ def cmd_controller(a: argparse.Namespace) -> int:
         run_controller(info, store=store, unmet_timeout=a.unmet_timeout, heartbeat=a.heartbeat,
                        connection_file=path, prefetch=a.prefetch,
                        max_message=a.max_message_size)
+    except zmq.ZMQError as e:
+        if e.errno not in BIND_ERRORS:
+            raise
+        hint = (" (another program, or another controller, listens there: choose other ports "
+                "with --port/--engine-port, or stop it)" if e.errno == errno.EADDRINUSE else "")
+        raise SystemExit(f"taskmill controller: cannot listen: {e}{hint}") from None
     finally:
         if dashboard is not None:
             dashboard.stop()
@@ -347,6 +360,21 @@ def cmd_run(a: argparse.Namespace) -> int:
         return subprocess.call([sys.executable, a.script, *a.args], env=env)
 
 
+def _seconds(*, zero: bool = False, infinite: bool = False) -> Callable[[str], float]:
+    """An argparse type: a number of seconds, refusing NaN, negative (and 0, inf unless told)."""
+    from .checks import seconds
+
+    def parse(text: str) -> float:
+        try:
+            return seconds("it", float(text), zero=zero, infinite=infinite)
+        except ValueError:
+            what = (">= 0" if zero else "> 0") + ("" if infinite else " and finite")
+            raise argparse.ArgumentTypeError(
+                f"must be a number of seconds {what}, not {text!r}") from None
+
+    return parse
+
+
 def _prefetch(text: str) -> int | None:
     if text == "auto":
         return None
@@ -374,8 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "connection file)")
     c.add_argument("--connection-file", default=None,
                    help="reused when it exists (same key and addresses), else written")
-    c.add_argument("--unmet-timeout", type=float, default=30.0)
-    c.add_argument("--heartbeat", type=float, default=1.0)
+    c.add_argument("--unmet-timeout", type=_seconds(zero=True), default=30.0,
+                   help="seconds a task whose depend no idle engine satisfies waits before it "
+                        "fails with TaskTimeout (default 30)")
+    c.add_argument("--heartbeat", type=_seconds(), default=1.0,
+                   help="seconds between heartbeats; an engine silent for 3 is declared dead")
     c.add_argument("--prefetch", type=_prefetch, default=None, metavar="N|auto",
                    help="tasks an engine may hold at once, the running one included (default "
                         "auto: as many as take about 2 ms by the durations it reports, so tiny "
@@ -409,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "standard input (as the ssh launcher sends it)")
     e.add_argument("--property", action="append", metavar="KEY=VALUE",
                    help="an engine property (VALUE read as JSON when it parses); repeatable")
-    e.add_argument("--controller-timeout", type=float, default=None, metavar="SECONDS",
+    e.add_argument("--controller-timeout", type=_seconds(), default=None, metavar="SECONDS",
                    help="exit with an error when no connection file appeared within SECONDS, "
                         "or no controller answered within SECONDS of reading it (default: wait "
                         "for them, asking again with backoff)")
@@ -431,16 +462,16 @@ def build_parser() -> argparse.ArgumentParser:
                          "machine's outward address for 0.0.0.0)")
     cl.add_argument("--port", type=int, default=None, help="client port (default: random)")
     cl.add_argument("--engine-port", type=int, default=None, help="engine port (default: random)")
-    cl.add_argument("--heartbeat", type=float, default=1.0,
+    cl.add_argument("--heartbeat", type=_seconds(), default=1.0,
                     help="seconds between heartbeats; an engine silent for 3 is declared dead")
     cl.add_argument("--db", default=None)
     cl.add_argument("--connection-file", default=None)
-    cl.add_argument("--unmet-timeout", type=float, default=30.0)
+    cl.add_argument("--unmet-timeout", type=_seconds(zero=True), default=30.0)
     cl.add_argument("--no-dashboard", action="store_true",
                     help="run the controller without its web dashboard")
     cl.add_argument("--property", action="append", metavar="KEY=VALUE",
                     help="a property of every engine (VALUE read as JSON when it parses)")
-    cl.add_argument("--start-timeout", type=float, default=60.0,
+    cl.add_argument("--start-timeout", type=_seconds(), default=60.0,
                     help="seconds to wait for the N engines to register (default 60)")
     cl.add_argument("--no-wait", action="store_true",
                     help="do not wait for the engines (e.g. a Slurm job waiting in the queue)")
@@ -482,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--watch", type=float, nargs="?", const=2.0, default=None, metavar="SECONDS",
                    help="refresh every SECONDS (default 2) until Ctrl-C")
     s.add_argument("--connection-file", default=None)
-    s.add_argument("--timeout", type=float, default=5.0)
+    s.add_argument("--timeout", type=_seconds(), default=5.0)
     s.set_defaults(func=cmd_status)
 
     r = sub.add_parser("run", help="run a script on a throw-away local cluster")

@@ -22,8 +22,10 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from .checks import seconds
 from .client import TaskClient
 from .connection import new_connection_info, read_connection_file, write_connection_file
+from .errors import ControllerUnreachable
 from .launchers import LaunchContext, Launcher, LocalLauncher, make_launcher
 from .launchers.base import spawn, tail, terminate
 
@@ -31,6 +33,7 @@ log = logging.getLogger("taskmill.cluster")
 
 _LIVE: weakref.WeakSet[Cluster] = weakref.WeakSet()
 NANNY_INTERVAL = 0.2
+CONTROLLER_PROBE = 0.5  # seconds: how long start() asks the controller before checking it lives
 
 
 def _stop_all_at_exit() -> None:
@@ -80,11 +83,11 @@ class Cluster:
         self.engine_port = engine_port
         self.db = db
         self.engine_properties = self._per_engine(engine_properties, self.n)
-        self.unmet_timeout = unmet_timeout
-        self.heartbeat = heartbeat
+        self.unmet_timeout = seconds("unmet_timeout", unmet_timeout, zero=True)
+        self.heartbeat = seconds("heartbeat", heartbeat)
         self.prefetch = prefetch
         self.dashboard = dashboard
-        self.start_timeout = start_timeout
+        self.start_timeout = seconds("start_timeout", start_timeout)
         self.wait = wait
         self._requested_connection_file = Path(connection_file) if connection_file else None
         self.state_dir: Path | None = None
@@ -225,8 +228,34 @@ class Cluster:
 
     def _own_client(self) -> TaskClient:
         if self._client is None:
+            self._await_controller()
             self._client = self.client(timeout=self.start_timeout)
         return self._client
+
+    def _check_controller(self) -> None:
+        """Raise RuntimeError, with the end of its log, if the controller process has exited."""
+        if self._controller is not None and self._controller.poll() is not None:
+            raise RuntimeError(
+                f"the controller exited with status {self._controller.returncode}:\n"
+                + self.log_tail("controller"))
+
+    def _await_controller(self) -> None:
+        """Return once the controller answers; raise at once if its process exits first (it
+        cannot bind its port, say), rather than waiting `start_timeout` for an answer."""
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            self._check_controller()
+            left = deadline - time.monotonic()
+            try:
+                self.client(timeout=max(0.01, min(CONTROLLER_PROBE, left))).close()
+                return
+            except ControllerUnreachable:
+                self._check_controller()  # (it may have exited while we asked)
+                if time.monotonic() >= deadline:
+                    raise ControllerUnreachable(
+                        f"the controller (pid {self.controller_pid}) did not answer within "
+                        f"{self.start_timeout:g}s; the end of its log:\n"
+                        + self.log_tail("controller")) from None
 
     def add_engines(self, k: int, properties: dict[str, Any] | list[dict[str, Any]] | None = None) -> None:
         """Start `k` more engines (they register on their own; see wait_for_engines)."""
@@ -235,13 +264,11 @@ class Cluster:
         self.launcher.launch(self._context(), self._per_engine(properties, k))
 
     def wait_for_engines(self, k: int, timeout: float = 60.0) -> None:
-        """Wait until at least `k` engines have registered in all."""
+        """Wait until at least `k` engines have registered in all (`timeout` may be math.inf)."""
+        timeout = seconds("timeout", timeout, zero=True, infinite=True)
         deadline = time.monotonic() + timeout
         while True:
-            if self._controller is not None and self._controller.poll() is not None:
-                raise RuntimeError(
-                    f"the controller exited with status {self._controller.returncode}:\n"
-                    + self.log_tail("controller"))
+            self._check_controller()
             if k <= 0:
                 self._own_client()
                 return

@@ -52,6 +52,7 @@ from typing import Any
 import zmq
 
 from . import __version__
+from .checks import seconds
 from .connection import ConnectionInfo
 from .curve import CurveServer
 from .curve import enabled as curve_enabled
@@ -177,6 +178,8 @@ class Controller:
         prefetch: int | None = None,
         max_message: int = DEFAULT_MAX_MESSAGE,
     ) -> None:
+        seconds("heartbeat", heartbeat)  # (NaN, inf or <= 0 would end or stall the loop later)
+        seconds("unmet_timeout", unmet_timeout, zero=True)
         self.info = info
         self.wire = Wire(info.key_bytes, max_message=max_message)
         self.store: TaskStore = store if store is not None else MemoryStore()
