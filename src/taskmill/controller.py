@@ -75,7 +75,7 @@ from .scheduler import (
 from .stats import RecentActivity
 from .store import MemoryStore, StoredResult, StoredTask, TaskStore
 from .task import MAX_TIMEOUT
-from .wire import DEFAULT_MAX_MESSAGE, Refused, Wire, loads, recv_message, send_message
+from .wire import DEFAULT_MAX_MESSAGE, MAX_FRAMES, Refused, Wire, loads, recv_message, send_message
 
 log = logging.getLogger("taskmill.controller")
 
@@ -181,7 +181,7 @@ class Controller:
         seconds("heartbeat", heartbeat)  # (NaN, inf or <= 0 would end or stall the loop later)
         seconds("unmet_timeout", unmet_timeout, zero=True)
         self.info = info
-        self.wire = Wire(info.key_bytes, max_message=max_message)
+        self.wire = Wire(info.key_bytes, max_message=max_message, max_frames=MAX_FRAMES)
         self.store: TaskStore = store if store is not None else MemoryStore()
         self.sched = Scheduler(unmet_timeout=unmet_timeout, slots=prefetch)
         self.unmet_timeout = unmet_timeout
@@ -273,7 +273,8 @@ class Controller:
     def _drain(self, sock: zmq.Socket, handler: Callable[[bytes, list[Any]], None]) -> None:
         for _ in range(DRAIN_BATCH):
             try:
-                msg = recv_message(sock, zmq.NOBLOCK, routed=True)
+                msg = recv_message(sock, zmq.NOBLOCK, routed=True,
+                                   max_frames=self.wire.max_frames)
             except zmq.Again:
                 return
             self.stats.messages_in += 1
