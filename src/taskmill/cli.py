@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from .connection import (
+    check_ipc_folder,
     default_connection_file,
     ensure_private_dir,
     find_connection_file,
+    ipc_urls,
     new_connection_info,
     profile_dir,
     read_connection_file,
@@ -65,15 +67,36 @@ def cmd_controller(a: argparse.Namespace) -> int:
         if a.curve and not curve_enabled(info):
             raise SystemExit(f"taskmill: {path} was made without --curve; remove it (clients "
                              "and engines then need the new file) or drop --curve")
+        made_for = "ipc" if info.is_ipc else "tcp"
+        if a.transport is not None and a.transport != made_for:
+            raise SystemExit(f"taskmill: {path} was made for --transport {made_for}; remove it "
+                             f"(clients and engines then need the new file) or drop --transport")
     else:
-        info = new_connection_info(a.ip, a.port, a.engine_port, a.location)
+        ipc_dir = None
+        if a.transport == "ipc":
+            if {a.ip, a.location, a.port, a.engine_port} - {"127.0.0.1", None}:
+                raise SystemExit("taskmill: --transport ipc listens on unix sockets beside the "
+                                 "connection file: drop --ip, --location, --port, --engine-port")
+            ipc_dir = ensure_private_dir(path.parent)
+            if ipc_urls(ipc_dir, path.stem + ".") is None:
+                raise SystemExit(f"taskmill: --transport ipc: the folder {ipc_dir} is too deep "
+                                 "for unix sockets; put the connection file in a shorter one")
+        info = new_connection_info(a.ip, a.port, a.engine_port, a.location, ipc_dir=ipc_dir,
+                                   ipc_prefix=path.stem + ".")
         if a.curve:
             add_curve(info, path)
+        if info.is_ipc:
+            check_ipc_folder(info)  # before the file that names the sockets exists
         write_connection_file(path, info)
         log.info("wrote connection file %s", path)
-    log.info("binding %s; clients and engines connect to %s and %s", info.ip, info.client_url,
-             info.engine_url)
-    if info.ip not in LOOPBACK and not curve_enabled(info):
+    if info.is_ipc:
+        check_ipc_folder(info)
+        log.info("listening on unix sockets %s (clients) and %s (engines), in a folder only "
+                 "this user can enter", info.client_url, info.engine_url)
+    else:
+        log.info("binding %s; clients and engines connect to %s and %s", info.ip,
+                 info.client_url, info.engine_url)
+    if not info.is_ipc and info.ip not in LOOPBACK and not curve_enabled(info):
         log.warning(
             "binding %s without --curve: messages travel unencrypted, so anyone on that network "
             "can read every task and result, and anyone who obtains the key in %s can run any "
@@ -274,11 +297,16 @@ def _run_cluster_foreground(a: argparse.Namespace, state: Path, launcher: Launch
 
     conn = Path(a.connection_file) if a.connection_file else default_connection_file()
     props = dict(parse_property(p) for p in a.property or [])
-    cluster = Cluster(a.n, ip=a.ip, location=a.location, port=a.port, engine_port=a.engine_port,
-                      db=a.db, connection_file=conn, unmet_timeout=a.unmet_timeout,
-                      heartbeat=a.heartbeat, launcher=launcher, engine_properties=props,
-                      start_timeout=a.start_timeout, wait=not a.no_wait,
-                      dashboard=not a.no_dashboard)
+    try:
+        cluster = Cluster(a.n, ip=a.ip, location=a.location, port=a.port,
+                          engine_port=a.engine_port, db=a.db, connection_file=conn,
+                          unmet_timeout=a.unmet_timeout, heartbeat=a.heartbeat,
+                          launcher=launcher, engine_properties=props,
+                          start_timeout=a.start_timeout, wait=not a.no_wait,
+                          dashboard=not a.no_dashboard, transport=a.transport)
+    except ValueError as e:
+        print(f"taskmill: {e}", file=sys.stderr)
+        return 2
     stopping = False
 
     def _stop(signum: int, frame: Any) -> None:
@@ -416,6 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bytes; larger messages are refused (default 512 MiB)")
     c.add_argument("--curve", action="store_true",
                    help="encrypt with CurveZMQ; only allowed client/engine keys may connect")
+    c.add_argument("--transport", choices=["tcp", "ipc"], default=None,
+                   help="tcp (default, for engines and clients anywhere) or ipc: unix sockets "
+                        "beside the connection file, in its 0700 folder, so that only this "
+                        "user on this machine can connect")
     c.add_argument("--dashboard-port", type=int, default=None,
                    help="port of the web dashboard (default: the one this connection file "
                         "recorded, else a free one)")
@@ -462,6 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "machine's outward address for 0.0.0.0)")
     cl.add_argument("--port", type=int, default=None, help="client port (default: random)")
     cl.add_argument("--engine-port", type=int, default=None, help="engine port (default: random)")
+    cl.add_argument("--transport", choices=["tcp", "ipc"], default=None,
+                    help="ipc (unix sockets in the cluster's private folder; the default with "
+                         "the local launcher on loopback and no --port, --engine-port or "
+                         "--location) or tcp (the default otherwise)")
     cl.add_argument("--heartbeat", type=_seconds(), default=1.0,
                     help="seconds between heartbeats; an engine silent for 3 is declared dead")
     cl.add_argument("--db", default=None)

@@ -24,7 +24,12 @@ from typing import Any
 
 from .checks import seconds
 from .client import TaskClient
-from .connection import new_connection_info, read_connection_file, write_connection_file
+from .connection import (
+    LOOPBACK_IPS,
+    new_connection_info,
+    read_connection_file,
+    write_connection_file,
+)
 from .errors import ControllerUnreachable
 from .launchers import LaunchContext, Launcher, LocalLauncher, make_launcher
 from .launchers.base import spawn, tail, terminate
@@ -52,6 +57,12 @@ class Cluster:
     machines, bind an interface they can reach (`ip="0.0.0.0"`) and, if needed, name the
     address they should connect to (`location=`). With `wait=False`, `start()` returns once the
     engines are launched (a Slurm job may wait in the queue); use `wait_for_engines` later.
+
+    `transport`: "ipc" (unix sockets in the cluster's 0700 state folder, so that no other user
+    of this machine can connect) or "tcp". The default is "ipc" for a cluster that is all on
+    this machine (the local launcher, a loopback `ip`, no `port`, `engine_port` or
+    `location`), else "tcp". (When the state folder is too deep for a unix socket's path,
+    `start()` falls back to TCP on `ip` and logs why; `transport` then says "tcp".)
     """
 
     def __init__(
@@ -73,6 +84,7 @@ class Cluster:
         engine_port: int | None = None,
         wait: bool = True,
         dashboard: bool = True,
+        transport: str | None = None,
     ) -> None:
         self.n = (os.cpu_count() or 1) if n is None else n
         if not isinstance(self.n, int) or self.n < 0:
@@ -101,10 +113,27 @@ class Cluster:
         if not isinstance(launcher, Launcher):
             raise TypeError(f"launcher must be a launcher's name or a Launcher, not {launcher!r}")
         self.launcher: Launcher = launcher
+        self.transport = self._choose_transport(transport)
         self._nanny: threading.Thread | None = None
         self._lifeline: tuple[int, int] | None = None
         self._client: TaskClient | None = None
         self._started = False
+
+    def _choose_transport(self, transport: str | None) -> str:
+        local = (self.launcher.name == "local" and self.ip in LOOPBACK_IPS
+                 and self.port is None and self.engine_port is None and self.location is None)
+        if transport is None:
+            return "ipc" if local else "tcp"
+        if transport not in ("ipc", "tcp"):
+            raise ValueError(f"transport must be 'ipc', 'tcp' or None (ipc for a cluster all on "
+                             f"this machine), not {transport!r}")
+        if transport == "ipc" and not local:
+            raise ValueError(
+                "transport='ipc' (unix sockets) is for a cluster all on this machine: the local "
+                "launcher, a loopback ip and no port, engine_port or location; not "
+                f"launcher={self.launcher.name!r}, ip={self.ip!r}, port={self.port!r}, "
+                f"engine_port={self.engine_port!r}, location={self.location!r}")
+        return transport
 
     @staticmethod
     def _per_engine(props: Any, k: int) -> list[dict[str, Any]]:
@@ -131,8 +160,11 @@ class Cluster:
         self._started = True
         _LIVE.add(self)
         try:
-            self.state_dir = Path(tempfile.mkdtemp(prefix="taskmill-cluster-"))
-            info = new_connection_info(self.ip, self.port, self.engine_port, self.location)
+            self.state_dir = Path(tempfile.mkdtemp(prefix="taskmill-cluster-"))  # mode 0700
+            info = new_connection_info(
+                self.ip, self.port, self.engine_port, self.location,
+                ipc_dir=self.state_dir if self.transport == "ipc" else None)
+            self.transport = "ipc" if info.is_ipc else "tcp"
             self.connection_file = write_connection_file(
                 self._requested_connection_file or self.state_dir / "connection.json", info)
             self._lifeline = os.pipe()

@@ -118,6 +118,8 @@ def test_cluster_start_daemon_status_and_stop(tmp_path):
         state = json.loads((tmp_path / "home" / "profile_default" / "cluster.json").read_text())
         conn = json.loads(open(state["connection_file"]).read())
         assert "dashboard_url" not in conn  # --no-dashboard reached the controller
+        assert conn["client_url"].startswith("ipc://")  # the local launcher: unix sockets
+        assert conn["engine_url"].startswith("ipc://")
         st = run("status", "--json")
         assert st.returncode == 0, st.stderr
         data = json.loads(st.stdout)

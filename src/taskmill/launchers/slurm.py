@@ -37,6 +37,7 @@ from .base import (
     engine_command,
     one_set_of_properties,
     require_programs,
+    require_tcp,
     spawn_tether,
     tail,
     terminate,
@@ -123,6 +124,7 @@ class SlurmLauncher(Launcher):
         if not properties:
             return
         props = one_set_of_properties(self.name, properties)
+        require_tcp(self.name, ctx.connection_file)
         conn = self.work.connection_file(ctx.connection_file)
         script = self.work.path / f"engines-{len(self.jobs)}.sbatch"
         script.write_text(self.batch_script(len(properties), conn, props))

@@ -38,6 +38,7 @@ from .base import (
     engine_command,
     process_state,
     require_programs,
+    require_tcp,
     spawn,
     tail,
     terminate,
@@ -145,6 +146,7 @@ class SSHLauncher(Launcher):
 
     def launch(self, ctx: LaunchContext, properties: list[dict[str, Any]]) -> None:
         self._ctx = ctx
+        require_tcp(self.name, ctx.connection_file)
         line = b""
         if not self.connection_file_on_hosts:  # one line of JSON, then the lifeline
             compact = json.dumps(json.loads(ctx.connection_file.read_text()),
