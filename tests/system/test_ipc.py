@@ -147,8 +147,7 @@ def test_controller_keeps_tcp_and_transport_ipc_survives_a_restart(tmp_path):
         assert read_connection_file(plain).client_url.startswith("tcp://127.0.0.1:")
 
         args = ("controller", "--transport", "ipc", "--connection-file", str(conn),
-                "--db", str(tmp_path / "ipc" / "tasks.db"), "--no-dashboard",
-                "--heartbeat", "0.5")
+                "--no-dashboard", "--heartbeat", "0.5")  # (the store: tasks.db beside it)
         ctl = start(*args)
         wait_until(conn.exists, "the ipc controller's connection file", 30)
         info = read_connection_file(conn)
