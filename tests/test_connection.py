@@ -64,3 +64,38 @@ def test_lookup_order(tmp_path, monkeypatch):
     monkeypatch.setenv("TASKMILL_DIR", str(tmp_path / "home"))
     assert find_connection_file() == default_connection_file()
     assert str(default_connection_file()).startswith(str(tmp_path / "home"))
+
+
+def test_folders_taskmill_makes_are_0700_and_an_existing_one_keeps_its_mode(tmp_path):
+    path = write_connection_file(tmp_path / "a" / "b" / "conn.json", new_connection_info())
+    assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o700  # parents too
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    shared = tmp_path / "readable"
+    shared.mkdir()
+    os.chmod(shared, 0o755)  # others may read it: the file itself is 0600, so that is fine
+    path = write_connection_file(shared / "conn.json", new_connection_info())
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755, "an existing folder was chmodded"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o1777, 0o722], ids=lambda m: f"{m:04o}")
+def test_a_folder_others_can_write_is_refused_with_the_fix(tmp_path, mode):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, mode)
+    with pytest.raises(ConnectionFileError, match=r"can be written by others .*chmod go-w"):
+        write_connection_file(shared / "conn.json", new_connection_info())
+    assert stat.S_IMODE(shared.stat().st_mode) == mode, "the folder's mode was changed"
+    assert not list(shared.iterdir()), "something was written into it"
+
+
+def test_the_cli_reports_a_writable_folder_without_a_traceback(tmp_path, capsys):
+    from taskmill.cli import main
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    assert main(["curve-key", "bob", "--dir", str(shared)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("taskmill: the folder") and "chmod go-w" in err
+    assert not list(shared.iterdir())

@@ -57,6 +57,53 @@ def test_slurm_options_are_checked():
         SlurmLauncher(directives="--mem=4G")
 
 
+@pytest.mark.parametrize("option, value", [
+    ("directives", ["--mem=4G\n#SBATCH --wrap='rm -rf ~'"]),
+    ("directives", ["--mem=4G", "--gres=gpu:1\r"]),
+    ("account", "proj1\nexec evil"),
+    ("partition", "cpu\x00"),
+    ("time_limit", "1:00:00\n"),
+    ("job_name", "jobs\x1b[2J"),
+])
+def test_a_slurm_option_with_a_newline_or_control_character_is_refused(tmp_path, option, value):
+    with pytest.raises(LauncherError, match="newline or another control character"):
+        SlurmLauncher(work_dir=tmp_path, **{option: value})
+
+
+def test_a_slurm_work_dir_with_a_newline_is_refused(tmp_path):
+    with pytest.raises(LauncherError, match="work_dir"):
+        SlurmLauncher(work_dir=tmp_path / "a\n#SBATCH --wrap=x")
+
+
+def test_slurm_options_on_one_line_stay_one_line_each(tmp_path):
+    launcher = SlurmLauncher(account="proj1", directives=["--mem=4G", "--cpus-per-task=2"],
+                             work_dir=tmp_path)
+    lines = launcher.batch_script(2, tmp_path / "c.json", {}).splitlines()
+    assert [ln for ln in lines if ln.startswith("#SBATCH")][-3:] == [
+        "#SBATCH --account=proj1", "#SBATCH --mem=4G", "#SBATCH --cpus-per-task=2"]
+
+
+@pytest.mark.parametrize("host", ["-oProxyCommand=touch /tmp/pwned", "-", "--", "node1 -v",
+                                  "node\n2", ""])
+def test_an_ssh_host_that_ssh_would_read_as_an_option_is_refused(tmp_path, host):
+    with pytest.raises(LauncherError, match="starts with '-'|space or a control|non-empty"):
+        SSHLauncher(["node1", host])
+    hosts = tmp_path / "hosts"
+    hosts.write_text(f"node1\n{host}\n")
+    if host.strip() and "\n" not in host:  # (a hosts file has one host per line)
+        with pytest.raises(LauncherError, match="starts with '-'|space or a control"):
+            SSHLauncher(hosts_file=hosts)
+
+
+def test_ssh_options_end_before_the_host():
+    launcher = SSHLauncher(["alice@node1"], ssh=["/usr/bin/ssh", "-i", "key"])
+    assert launcher.ssh_argv("alice@node1", "exec x") == [
+        "/usr/bin/ssh", "-i", "key", "--", "alice@node1", "exec x"]
+    # Another program (a wrapper) may not know `--`: it gets the host as before.
+    wrapped = SSHLauncher(["node1"], ssh=["my-ssh-wrapper", "-q"])
+    assert wrapped.ssh_argv("node1", "exec x") == ["my-ssh-wrapper", "-q", "node1", "exec x"]
+
+
 def test_hosts_file(tmp_path):
     path = tmp_path / "hosts"
     path.write_text("# the lab\nnode1\n\n  alice@node2   # the big one\nssh://bob@node3:2222\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -11,13 +12,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import zmq
+
 from .connection import (
+    check_ipc_folder,
     default_connection_file,
     ensure_private_dir,
     find_connection_file,
+    ipc_urls,
     new_connection_info,
     profile_dir,
     read_connection_file,
@@ -27,11 +33,15 @@ from .connection import (
 )
 from .curve import add_curve
 from .curve import enabled as curve_enabled
+from .errors import ConnectionFileError
 
 if TYPE_CHECKING:
     from .launchers import Launcher
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Errors of binding the controller's sockets, reported as one line instead of a traceback.
+BIND_ERRORS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES, errno.ENOENT,
+               errno.ENAMETOOLONG, errno.EINVAL)
 
 
 def _setup_logging(level: str) -> None:
@@ -64,15 +74,36 @@ def cmd_controller(a: argparse.Namespace) -> int:
         if a.curve and not curve_enabled(info):
             raise SystemExit(f"taskmill: {path} was made without --curve; remove it (clients "
                              "and engines then need the new file) or drop --curve")
+        made_for = "ipc" if info.is_ipc else "tcp"
+        if a.transport is not None and a.transport != made_for:
+            raise SystemExit(f"taskmill: {path} was made for --transport {made_for}; remove it "
+                             f"(clients and engines then need the new file) or drop --transport")
     else:
-        info = new_connection_info(a.ip, a.port, a.engine_port, a.location)
+        ipc_dir = None
+        if a.transport == "ipc":
+            if {a.ip, a.location, a.port, a.engine_port} - {"127.0.0.1", None}:
+                raise SystemExit("taskmill: --transport ipc listens on unix sockets beside the "
+                                 "connection file: drop --ip, --location, --port, --engine-port")
+            ipc_dir = ensure_private_dir(path.parent)
+            if ipc_urls(ipc_dir, path.stem + ".") is None:
+                raise SystemExit(f"taskmill: --transport ipc: the folder {ipc_dir} is too deep "
+                                 "for unix sockets; put the connection file in a shorter one")
+        info = new_connection_info(a.ip, a.port, a.engine_port, a.location, ipc_dir=ipc_dir,
+                                   ipc_prefix=path.stem + ".")
         if a.curve:
             add_curve(info, path)
+        if info.is_ipc:
+            check_ipc_folder(info)  # before the file that names the sockets exists
         write_connection_file(path, info)
         log.info("wrote connection file %s", path)
-    log.info("binding %s; clients and engines connect to %s and %s", info.ip, info.client_url,
-             info.engine_url)
-    if info.ip not in LOOPBACK and not curve_enabled(info):
+    if info.is_ipc:
+        check_ipc_folder(info)
+        log.info("listening on unix sockets %s (clients) and %s (engines), in a folder only "
+                 "this user can enter", info.client_url, info.engine_url)
+    else:
+        log.info("binding %s; clients and engines connect to %s and %s", info.ip,
+                 info.client_url, info.engine_url)
+    if not info.is_ipc and info.ip not in LOOPBACK and not curve_enabled(info):
         log.warning(
             "binding %s without --curve: messages travel unencrypted, so anyone on that network "
             "can read every task and result, and anyone who obtains the key in %s can run any "
@@ -95,6 +126,12 @@ def cmd_controller(a: argparse.Namespace) -> int:
         run_controller(info, store=store, unmet_timeout=a.unmet_timeout, heartbeat=a.heartbeat,
                        connection_file=path, prefetch=a.prefetch,
                        max_message=a.max_message_size)
+    except zmq.ZMQError as e:
+        if e.errno not in BIND_ERRORS:
+            raise
+        hint = (" (another program, or another controller, listens there: choose other ports "
+                "with --port/--engine-port, or stop it)" if e.errno == errno.EADDRINUSE else "")
+        raise SystemExit(f"taskmill controller: cannot listen: {e}{hint}") from None
     finally:
         if dashboard is not None:
             dashboard.stop()
@@ -265,11 +302,16 @@ def _run_cluster_foreground(a: argparse.Namespace, state: Path, launcher: Launch
 
     conn = Path(a.connection_file) if a.connection_file else default_connection_file()
     props = dict(parse_property(p) for p in a.property or [])
-    cluster = Cluster(a.n, ip=a.ip, location=a.location, port=a.port, engine_port=a.engine_port,
-                      db=a.db, connection_file=conn, unmet_timeout=a.unmet_timeout,
-                      heartbeat=a.heartbeat, launcher=launcher, engine_properties=props,
-                      start_timeout=a.start_timeout, wait=not a.no_wait,
-                      dashboard=not a.no_dashboard)
+    try:
+        cluster = Cluster(a.n, ip=a.ip, location=a.location, port=a.port,
+                          engine_port=a.engine_port, db=a.db, connection_file=conn,
+                          unmet_timeout=a.unmet_timeout, heartbeat=a.heartbeat,
+                          launcher=launcher, engine_properties=props,
+                          start_timeout=a.start_timeout, wait=not a.no_wait,
+                          dashboard=not a.no_dashboard, transport=a.transport)
+    except ValueError as e:
+        print(f"taskmill: {e}", file=sys.stderr)
+        return 2
     stopping = False
 
     def _stop(signum: int, frame: Any) -> None:
@@ -351,6 +393,21 @@ def cmd_run(a: argparse.Namespace) -> int:
         return subprocess.call([sys.executable, a.script, *a.args], env=env)
 
 
+def _seconds(*, zero: bool = False, infinite: bool = False) -> Callable[[str], float]:
+    """An argparse type: a number of seconds, refusing NaN, negative (and 0, inf unless told)."""
+    from .checks import seconds
+
+    def parse(text: str) -> float:
+        try:
+            return seconds("it", float(text), zero=zero, infinite=infinite)
+        except ValueError:
+            what = (">= 0" if zero else "> 0") + ("" if infinite else " and finite")
+            raise argparse.ArgumentTypeError(
+                f"must be a number of seconds {what}, not {text!r}") from None
+
+    return parse
+
+
 def _prefetch(text: str) -> int | None:
     if text == "auto":
         return None
@@ -378,8 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "connection file)")
     c.add_argument("--connection-file", default=None,
                    help="reused when it exists (same key and addresses), else written")
-    c.add_argument("--unmet-timeout", type=float, default=30.0)
-    c.add_argument("--heartbeat", type=float, default=1.0)
+    c.add_argument("--unmet-timeout", type=_seconds(zero=True), default=30.0,
+                   help="seconds a task whose depend no idle engine satisfies waits before it "
+                        "fails with TaskTimeout (default 30)")
+    c.add_argument("--heartbeat", type=_seconds(), default=1.0,
+                   help="seconds between heartbeats; an engine silent for 3 is declared dead")
     c.add_argument("--prefetch", type=_prefetch, default=None, metavar="N|auto",
                    help="tasks an engine may hold at once, the running one included (default "
                         "auto: as many as take about 2 ms by the durations it reports, so tiny "
@@ -389,6 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bytes; larger messages are refused (default 512 MiB)")
     c.add_argument("--curve", action="store_true",
                    help="encrypt with CurveZMQ; only allowed client/engine keys may connect")
+    c.add_argument("--transport", choices=["tcp", "ipc"], default=None,
+                   help="tcp (default, for engines and clients anywhere) or ipc: unix sockets "
+                        "beside the connection file, in its 0700 folder, so that only this "
+                        "user on this machine can connect")
     c.add_argument("--dashboard-port", type=int, default=None,
                    help="port of the web dashboard (default: the one this connection file "
                         "recorded, else a free one)")
@@ -413,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "standard input (as the ssh launcher sends it)")
     e.add_argument("--property", action="append", metavar="KEY=VALUE",
                    help="an engine property (VALUE read as JSON when it parses); repeatable")
-    e.add_argument("--controller-timeout", type=float, default=None, metavar="SECONDS",
+    e.add_argument("--controller-timeout", type=_seconds(), default=None, metavar="SECONDS",
                    help="exit with an error when no connection file appeared within SECONDS, "
                         "or no controller answered within SECONDS of reading it (default: wait "
                         "for them, asking again with backoff)")
@@ -435,16 +499,20 @@ def build_parser() -> argparse.ArgumentParser:
                          "machine's outward address for 0.0.0.0)")
     cl.add_argument("--port", type=int, default=None, help="client port (default: random)")
     cl.add_argument("--engine-port", type=int, default=None, help="engine port (default: random)")
-    cl.add_argument("--heartbeat", type=float, default=1.0,
+    cl.add_argument("--transport", choices=["tcp", "ipc"], default=None,
+                    help="ipc (unix sockets in the cluster's private folder; the default with "
+                         "the local launcher on loopback and no --port, --engine-port or "
+                         "--location) or tcp (the default otherwise)")
+    cl.add_argument("--heartbeat", type=_seconds(), default=1.0,
                     help="seconds between heartbeats; an engine silent for 3 is declared dead")
     cl.add_argument("--db", default=None)
     cl.add_argument("--connection-file", default=None)
-    cl.add_argument("--unmet-timeout", type=float, default=30.0)
+    cl.add_argument("--unmet-timeout", type=_seconds(zero=True), default=30.0)
     cl.add_argument("--no-dashboard", action="store_true",
                     help="run the controller without its web dashboard")
     cl.add_argument("--property", action="append", metavar="KEY=VALUE",
                     help="a property of every engine (VALUE read as JSON when it parses)")
-    cl.add_argument("--start-timeout", type=float, default=60.0,
+    cl.add_argument("--start-timeout", type=_seconds(), default=60.0,
                     help="seconds to wait for the N engines to register (default 60)")
     cl.add_argument("--no-wait", action="store_true",
                     help="do not wait for the engines (e.g. a Slurm job waiting in the queue)")
@@ -486,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--watch", type=float, nargs="?", const=2.0, default=None, metavar="SECONDS",
                    help="refresh every SECONDS (default 2) until Ctrl-C")
     s.add_argument("--connection-file", default=None)
-    s.add_argument("--timeout", type=float, default=5.0)
+    s.add_argument("--timeout", type=_seconds(), default=5.0)
     s.set_defaults(func=cmd_status)
 
     r = sub.add_parser("run", help="run a script on a throw-away local cluster")
@@ -504,4 +572,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except ConnectionFileError as e:
+        print(f"taskmill: {e}", file=sys.stderr)
+        return 1
 

@@ -22,8 +22,15 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from .checks import seconds
 from .client import TaskClient
-from .connection import new_connection_info, read_connection_file, write_connection_file
+from .connection import (
+    LOOPBACK_IPS,
+    new_connection_info,
+    read_connection_file,
+    write_connection_file,
+)
+from .errors import ControllerUnreachable
 from .launchers import LaunchContext, Launcher, LocalLauncher, make_launcher
 from .launchers.base import spawn, tail, terminate
 
@@ -31,6 +38,7 @@ log = logging.getLogger("taskmill.cluster")
 
 _LIVE: weakref.WeakSet[Cluster] = weakref.WeakSet()
 NANNY_INTERVAL = 0.2
+CONTROLLER_PROBE = 0.5  # seconds: how long start() asks the controller before checking it lives
 
 
 def _stop_all_at_exit() -> None:
@@ -49,6 +57,12 @@ class Cluster:
     machines, bind an interface they can reach (`ip="0.0.0.0"`) and, if needed, name the
     address they should connect to (`location=`). With `wait=False`, `start()` returns once the
     engines are launched (a Slurm job may wait in the queue); use `wait_for_engines` later.
+
+    `transport`: "ipc" (unix sockets in the cluster's 0700 state folder, so that no other user
+    of this machine can connect) or "tcp". The default is "ipc" for a cluster that is all on
+    this machine (the local launcher, a loopback `ip`, no `port`, `engine_port` or
+    `location`), else "tcp". (When the state folder is too deep for a unix socket's path,
+    `start()` falls back to TCP on `ip` and logs why; `transport` then says "tcp".)
     """
 
     def __init__(
@@ -70,6 +84,7 @@ class Cluster:
         engine_port: int | None = None,
         wait: bool = True,
         dashboard: bool = True,
+        transport: str | None = None,
     ) -> None:
         self.n = (os.cpu_count() or 1) if n is None else n
         if not isinstance(self.n, int) or self.n < 0:
@@ -80,11 +95,11 @@ class Cluster:
         self.engine_port = engine_port
         self.db = db
         self.engine_properties = self._per_engine(engine_properties, self.n)
-        self.unmet_timeout = unmet_timeout
-        self.heartbeat = heartbeat
+        self.unmet_timeout = seconds("unmet_timeout", unmet_timeout, zero=True)
+        self.heartbeat = seconds("heartbeat", heartbeat)
         self.prefetch = prefetch
         self.dashboard = dashboard
-        self.start_timeout = start_timeout
+        self.start_timeout = seconds("start_timeout", start_timeout)
         self.wait = wait
         self._requested_connection_file = Path(connection_file) if connection_file else None
         self.state_dir: Path | None = None
@@ -98,10 +113,27 @@ class Cluster:
         if not isinstance(launcher, Launcher):
             raise TypeError(f"launcher must be a launcher's name or a Launcher, not {launcher!r}")
         self.launcher: Launcher = launcher
+        self.transport = self._choose_transport(transport)
         self._nanny: threading.Thread | None = None
         self._lifeline: tuple[int, int] | None = None
         self._client: TaskClient | None = None
         self._started = False
+
+    def _choose_transport(self, transport: str | None) -> str:
+        local = (self.launcher.name == "local" and self.ip in LOOPBACK_IPS
+                 and self.port is None and self.engine_port is None and self.location is None)
+        if transport is None:
+            return "ipc" if local else "tcp"
+        if transport not in ("ipc", "tcp"):
+            raise ValueError(f"transport must be 'ipc', 'tcp' or None (ipc for a cluster all on "
+                             f"this machine), not {transport!r}")
+        if transport == "ipc" and not local:
+            raise ValueError(
+                "transport='ipc' (unix sockets) is for a cluster all on this machine: the local "
+                "launcher, a loopback ip and no port, engine_port or location; not "
+                f"launcher={self.launcher.name!r}, ip={self.ip!r}, port={self.port!r}, "
+                f"engine_port={self.engine_port!r}, location={self.location!r}")
+        return transport
 
     @staticmethod
     def _per_engine(props: Any, k: int) -> list[dict[str, Any]]:
@@ -128,8 +160,11 @@ class Cluster:
         self._started = True
         _LIVE.add(self)
         try:
-            self.state_dir = Path(tempfile.mkdtemp(prefix="taskmill-cluster-"))
-            info = new_connection_info(self.ip, self.port, self.engine_port, self.location)
+            self.state_dir = Path(tempfile.mkdtemp(prefix="taskmill-cluster-"))  # mode 0700
+            info = new_connection_info(
+                self.ip, self.port, self.engine_port, self.location,
+                ipc_dir=self.state_dir if self.transport == "ipc" else None)
+            self.transport = "ipc" if info.is_ipc else "tcp"
             self.connection_file = write_connection_file(
                 self._requested_connection_file or self.state_dir / "connection.json", info)
             self._lifeline = os.pipe()
@@ -225,8 +260,34 @@ class Cluster:
 
     def _own_client(self) -> TaskClient:
         if self._client is None:
+            self._await_controller()
             self._client = self.client(timeout=self.start_timeout)
         return self._client
+
+    def _check_controller(self) -> None:
+        """Raise RuntimeError, with the end of its log, if the controller process has exited."""
+        if self._controller is not None and self._controller.poll() is not None:
+            raise RuntimeError(
+                f"the controller exited with status {self._controller.returncode}:\n"
+                + self.log_tail("controller"))
+
+    def _await_controller(self) -> None:
+        """Return once the controller answers; raise at once if its process exits first (it
+        cannot bind its port, say), rather than waiting `start_timeout` for an answer."""
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            self._check_controller()
+            left = deadline - time.monotonic()
+            try:
+                self.client(timeout=max(0.01, min(CONTROLLER_PROBE, left))).close()
+                return
+            except ControllerUnreachable:
+                self._check_controller()  # (it may have exited while we asked)
+                if time.monotonic() >= deadline:
+                    raise ControllerUnreachable(
+                        f"the controller (pid {self.controller_pid}) did not answer within "
+                        f"{self.start_timeout:g}s; the end of its log:\n"
+                        + self.log_tail("controller")) from None
 
     def add_engines(self, k: int, properties: dict[str, Any] | list[dict[str, Any]] | None = None) -> None:
         """Start `k` more engines (they register on their own; see wait_for_engines)."""
@@ -235,13 +296,11 @@ class Cluster:
         self.launcher.launch(self._context(), self._per_engine(properties, k))
 
     def wait_for_engines(self, k: int, timeout: float = 60.0) -> None:
-        """Wait until at least `k` engines have registered in all."""
+        """Wait until at least `k` engines have registered in all (`timeout` may be math.inf)."""
+        timeout = seconds("timeout", timeout, zero=True, infinite=True)
         deadline = time.monotonic() + timeout
         while True:
-            if self._controller is not None and self._controller.poll() is not None:
-                raise RuntimeError(
-                    f"the controller exited with status {self._controller.returncode}:\n"
-                    + self.log_tail("controller"))
+            self._check_controller()
             if k <= 0:
                 self._own_client()
                 return

@@ -1,9 +1,12 @@
 """Connection files: where the controller listens and the key that signs every message.
 
 A connection file is JSON with `key` (hex), `signature_scheme`, `client_url`, `engine_url` and
-`ip`. The two URLs carry the address that clients and engines connect to (the controller's
-"location", which other machines must be able to reach); `ip` is the interface the controller
-binds, with the ports of the URLs (`0.0.0.0` binds every interface). It is created with mode
+`ip`. Over TCP, the two URLs carry the address that clients and engines connect to (the
+controller's "location", which other machines must be able to reach); `ip` is the interface the
+controller binds, with the ports of the URLs (`0.0.0.0` binds every interface). A cluster that
+is all on this machine uses `ipc://PATH` URLs instead: unix sockets in a folder of mode 0700, so
+that no other user of the machine can even connect; the controller binds those same paths.
+The connection file is created with mode
 0600 from birth (never written first and restricted after) in a directory of mode 0700, and
 refused when readable by others. It is found through an explicit path, then
 `$TASKMILL_CONNECTION`, then the default profile (`$TASKMILL_DIR` or `~/.taskmill`, then
@@ -46,13 +49,21 @@ class ConnectionInfo:
 
     @property
     def client_bind_url(self) -> str:
-        """Where the controller binds its client socket: `ip` with the port of `client_url`."""
+        """Where the controller binds its client socket: `ip` with the port of `client_url`
+        (an `ipc://` URL: itself)."""
         return _with_host(self.client_url, self.ip)
 
     @property
     def engine_bind_url(self) -> str:
-        """Where the controller binds its engine socket: `ip` with the port of `engine_url`."""
+        """Where the controller binds its engine socket: `ip` with the port of `engine_url`
+        (an `ipc://` URL: itself)."""
         return _with_host(self.engine_url, self.ip)
+
+    @property
+    def is_ipc(self) -> bool:
+        """True when the controller listens on unix sockets (clients and engines on this
+        machine only), False for TCP."""
+        return is_ipc(self.client_url) or is_ipc(self.engine_url)
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -87,11 +98,35 @@ def find_connection_file(connection: str | os.PathLike[str] | None = None) -> Pa
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create `path` (and parents) with mode 0700; tighten it if taskmill created it wider."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """`path` as a folder for taskmill's private files (connection file, keys, task store).
+
+    A folder taskmill creates here (`path` and each missing parent) gets mode 0700. A folder
+    that exists already is left as it is (files taskmill writes into it are 0600), except that
+    one others can write to is refused with ConnectionFileError: they could replace or add
+    files there (the connection file, a certificate, the task store's journal).
+    """
+    path = Path(path)
+    missing = []
+    folder = path
+    while not os.path.lexists(folder) and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:  # made meanwhile by someone else: checked below
+            continue
+        os.chmod(d, 0o700)  # (mkdir's mode passes through the umask, which may narrow it)
     st = path.stat()
-    if st.st_mode & 0o077 and st.st_uid == os.getuid():
-        os.chmod(path, 0o700)
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConnectionFileError(f"{path} is not a folder; taskmill needs a folder there for "
+                                  "its private files (connection file, keys, task store)")
+    if st.st_mode & 0o022:
+        raise ConnectionFileError(
+            f"the folder {path} can be written by others (mode {stat.S_IMODE(st.st_mode):04o}), "
+            "so they could replace the files taskmill keeps there (connection file, keys, task "
+            f"store). Fix: `chmod go-w {path}`, or use a folder only you can write to (e.g. one "
+            "made with `mkdir -m 700`)")
     return path
 
 
@@ -103,9 +138,55 @@ def free_port(ip: str = "127.0.0.1") -> int:
 
 
 WILDCARD_IPS = ("0.0.0.0", "*")
+LOOPBACK_IPS = ("127.0.0.1", "localhost", "::1")
+IPC = "ipc://"
+
+
+def is_ipc(url: str) -> bool:
+    return url.startswith(IPC)
+
+
+def ipc_path(url: str) -> Path:
+    """The socket file of an `ipc://` URL."""
+    return Path(url[len(IPC):])
+
+
+def ipc_path_limit() -> int:
+    """The longest path a unix socket address holds (107 bytes on Linux)."""
+    import zmq
+
+    return int(getattr(zmq, "IPC_PATH_MAX_LEN", 0) or 107)
+
+
+def ipc_urls(folder: str | os.PathLike[str], prefix: str = "") -> tuple[str, str] | None:
+    """`ipc://` URLs for a controller's client and engine sockets in `folder` (which must be
+    private: see `check_ipc_folder`), or None when a path would be longer than a unix socket
+    address holds."""
+    folder = Path(folder).absolute()
+    paths = [folder / f"{prefix}client.sock", folder / f"{prefix}engine.sock"]
+    if any(len(os.fsencode(p)) > ipc_path_limit() for p in paths):
+        return None
+    return f"{IPC}{paths[0]}", f"{IPC}{paths[1]}"
+
+
+def check_ipc_folder(info: ConnectionInfo) -> None:
+    """Make sure the folder of `info`'s unix sockets exists with mode 0700 (a connection file
+    may outlive its folder: then it is made again), so that no other user can connect."""
+    for url in (info.client_url, info.engine_url):
+        if not is_ipc(url):
+            continue
+        folder = ensure_private_dir(ipc_path(url).parent)
+        st = folder.stat()
+        if stat.S_IMODE(st.st_mode) & 0o077 or st.st_uid != os.getuid():
+            raise ConnectionFileError(
+                f"the controller's unix sockets ({url}) would be in {folder}, which has mode "
+                f"{stat.S_IMODE(st.st_mode):04o} and owner uid {st.st_uid}: other users could "
+                f"connect to them. Fix: `chmod 700 {folder}` (as its owner), or use TCP")
 
 
 def _with_host(url: str, host: str) -> str:
+    if is_ipc(url):
+        return url  # a unix socket: the same path for binding and connecting
     port = url.rsplit(":", 1)[1]
     if host == "*":
         host = "0.0.0.0"
@@ -133,12 +214,25 @@ def new_connection_info(
     client_port: int | None = None,
     engine_port: int | None = None,
     location: str | None = None,
+    *,
+    ipc_dir: str | os.PathLike[str] | None = None,
+    ipc_prefix: str = "",
 ) -> ConnectionInfo:
     """A fresh key and a pair of (free, unless given) ports on `ip`.
 
     The URLs carry `location` (default: `default_location(ip)`), the address that clients and
-    engines connect to; the controller binds `ip`.
+    engines connect to; the controller binds `ip`. With `ipc_dir` (a private folder, for a
+    cluster that is all on this machine) the URLs are unix sockets in it instead, unless their
+    paths would be too long for a unix socket: then TCP on `ip` it is, and a warning says why.
     """
+    if ipc_dir is not None:
+        urls = ipc_urls(ipc_dir, ipc_prefix)
+        if urls is not None:
+            return ConnectionInfo(key=secrets.token_hex(32), client_url=urls[0],
+                                  engine_url=urls[1], ip=ip)
+        log.warning("the folder %s is too deep for unix sockets (paths of at most %d bytes): "
+                    "the controller listens on TCP on %s instead (set TMPDIR to a shorter "
+                    "folder to get unix sockets)", ipc_dir, ipc_path_limit(), ip)
     bind = "0.0.0.0" if ip == "*" else ip
     cp = client_port or free_port(bind)
     ep = engine_port or free_port(bind)

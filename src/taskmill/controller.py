@@ -61,6 +61,7 @@ from typing import Any
 import zmq
 
 from . import __version__
+from .checks import seconds
 from .connection import ConnectionInfo
 from .curve import CurveServer
 from .curve import enabled as curve_enabled
@@ -86,6 +87,7 @@ from .store import MemoryStore, StoredResult, StoredTask, TaskStore
 from .task import MAX_TIMEOUT
 from .wire import (
     DEFAULT_MAX_MESSAGE,
+    MAX_FRAMES,
     Refused,
     Wire,
     apply_transport_heartbeat,
@@ -232,8 +234,10 @@ class Controller:
         prefetch: int | None = None,
         max_message: int = DEFAULT_MAX_MESSAGE,
     ) -> None:
+        seconds("heartbeat", heartbeat)  # (NaN, inf or <= 0 would end or stall the loop later)
+        seconds("unmet_timeout", unmet_timeout, zero=True)
         self.info = info
-        self.wire = Wire(info.key_bytes, max_message=max_message)
+        self.wire = Wire(info.key_bytes, max_message=max_message, max_frames=MAX_FRAMES)
         self.store: TaskStore = store if store is not None else MemoryStore()
         self.sched = Scheduler(unmet_timeout=unmet_timeout, slots=prefetch)
         self.unmet_timeout = unmet_timeout
@@ -356,7 +360,8 @@ class Controller:
     def _drain(self, sock: zmq.Socket, handler: Callable[[bytes, list[Any]], None]) -> None:
         for _ in range(DRAIN_BATCH):
             try:
-                msg = recv_message(sock, zmq.NOBLOCK, routed=True)
+                msg = recv_message(sock, zmq.NOBLOCK, routed=True,
+                                   max_frames=self.wire.max_frames)
             except zmq.Again:
                 return
             self.stats.messages_in += 1

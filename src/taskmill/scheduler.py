@@ -69,6 +69,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from .checks import seconds
+
 # Outcomes of Finish.
 RESULT = "result"  # the engine's report of the last attempt is the task's result
 ENGINE_DIED = "engine_died"
@@ -190,7 +192,7 @@ class Scheduler:
                  buffer_seconds: float = BUFFER_SECONDS, max_slots: int = MAX_SLOTS) -> None:
         if slots is not None and slots < 1:
             raise ValueError(f"slots must be None (adaptive) or an int >= 1, not {slots!r}")
-        self.unmet_timeout = unmet_timeout
+        self.unmet_timeout = seconds("unmet_timeout", unmet_timeout, zero=True)
         self.slots = slots
         self.buffer_seconds = buffer_seconds
         self.slow_after = 2 * buffer_seconds

@@ -45,6 +45,10 @@ PROTOCOL = b"TM2"
 SIGNATURE_BYTES = 32
 _HEADER_AT = len(PROTOCOL) + SIGNATURE_BYTES
 DEFAULT_MAX_MESSAGE = 512 * 1024 * 1024
+# The controller refuses a message of more frames (before any HMAC or parse work), and
+# `recv_message(max_frames=...)` keeps no frame past it. A client's batch of SUBMIT_BATCH tasks
+# stays far below: a few frames per task, and out-of-band buffers of 64 KiB or more.
+MAX_FRAMES = 1 << 17
 # Buffers smaller than this stay inside the pickle; larger ones travel as frames of their own.
 OUT_OF_BAND_MIN = 64 * 1024
 SMALL_PAYLOAD = 16 * 1024  # a single payload frame below this is MACed in one call
@@ -150,12 +154,14 @@ class HmacSha256:
 class Wire:
     """Signs, checks, packs and unpacks messages for one process with one key."""
 
-    def __init__(self, key: bytes, *, max_message: int = DEFAULT_MAX_MESSAGE) -> None:
+    def __init__(self, key: bytes, *, max_message: int = DEFAULT_MAX_MESSAGE,
+                 max_frames: int | None = None) -> None:
         if not key:
             raise ValueError("a taskmill key must not be empty")
         self.key = key
         self._mac = HmacSha256(key)
         self.max_message = max_message
+        self.max_frames = max_frames  # None: no limit (a message from the controller)
         self.sid = os.urandom(8)
         self._seq = itertools.count()
         self._last_seq: dict[bytes, int] = {}
@@ -215,6 +221,8 @@ class Wire:
     def _decode(self, msg: Sequence[Frame]) -> tuple[dict[str, Any], list[Frame]]:
         if not msg:
             raise Refused("malformed", "an empty message")
+        if self.max_frames is not None and len(msg) > self.max_frames:
+            raise Refused("too-many-frames", f"more than {self.max_frames} frames")
         env = _buf(msg[0])
         if not isinstance(env, bytes):
             env = bytes(env)
@@ -267,17 +275,22 @@ def apply_transport_heartbeat(sock: Any) -> None:
     sock.setsockopt(zmq.HEARTBEAT_TTL, TRANSPORT_TIMEOUT_MS)
 
 
-def recv_message(sock: Any, flags: int = 0, *, routed: bool = False) -> list[Frame]:
+def recv_message(sock: Any, flags: int = 0, *, routed: bool = False,
+                 max_frames: int | None = None) -> list[Frame]:
     """One whole message from a ZeroMQ socket: the routing id (if `routed`) and the envelope
-    as bytes, payload frames as zero-copy `zmq.Frame`s. Raises zmq.Again like `recv`."""
+    as bytes, payload frames as zero-copy `zmq.Frame`s. Raises zmq.Again like `recv`.
+    Past `max_frames` frames (routing id aside) the rest are read and dropped, one more kept
+    so that `Wire(max_frames=...)` refuses the message."""
     frame = _recv(sock, int(flags), False)
     parts: list[Frame] = [frame.bytes]
     if routed and frame.more:
         frame = _recv(sock, 0, False)
         parts.append(frame.bytes)
+    keep = len(parts) + max_frames if max_frames is not None else -1
     while frame.more:
         frame = _recv(sock, 0, False)
-        parts.append(frame)
+        if len(parts) != keep:
+            parts.append(frame)
     return parts
 
 

@@ -118,6 +118,8 @@ def test_cluster_start_daemon_status_and_stop(tmp_path):
         state = json.loads((tmp_path / "home" / "profile_default" / "cluster.json").read_text())
         conn = json.loads(open(state["connection_file"]).read())
         assert "dashboard_url" not in conn  # --no-dashboard reached the controller
+        assert conn["client_url"].startswith("ipc://")  # the local launcher: unix sockets
+        assert conn["engine_url"].startswith("ipc://")
         st = run("status", "--json")
         assert st.returncode == 0, st.stderr
         data = json.loads(st.stdout)
@@ -158,3 +160,20 @@ def test_status_json_matches_queue_status_and_engines(cluster, client):
     data, expected = poll(status_json, 60, "a quiet moment to compare")
     assert data == expected
     assert data["queue"]["succeeded"] >= 2 and len(data["engines"]) >= 2
+
+
+@pytest.mark.parametrize("which", ["port", "engine_port"])
+def test_a_busy_port_is_reported_at_once_with_the_controllers_error(which):
+    """The controller cannot bind: start() raises its error line as soon as it exits (before,
+    it waited start_timeout for an answer and then blamed a missing controller)."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        c = Cluster(1, heartbeat=0.5, start_timeout=30, **{which: port})
+        with pytest.raises(RuntimeError, match="the controller exited with status") as e:
+            c.start()
+    msg = str(e.value)
+    assert "cannot listen: Address already in use" in msg and f"127.0.0.1:{port}" in msg, msg
+    assert "choose other ports" in msg
+    assert c.controller_pid is not None and gone(c.controller_pid)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,10 +13,12 @@ import threading
 import time
 
 import pytest
+import zmq
+from systest import wait_until
 
 from taskmill import ControllerUnreachable, MapTask, StringTask, TaskClient
 from taskmill.connection import free_port, read_connection_file, write_connection_file
-from taskmill.curve import allow_dir, make_key
+from taskmill.curve import allow_dir, apply_client, make_key
 
 pytestmark = pytest.mark.timeout(180, method="thread")
 TASKMILL = [sys.executable, "-m", "taskmill"]
@@ -137,6 +140,69 @@ def test_only_allowed_keys_connect(tmp_path, procs, monkeypatch):
             break
         except ControllerUnreachable:
             assert time.monotonic() < deadline, "an allowed key never got in"
+
+
+def _handshake(conn) -> str:
+    """How a Curve handshake with the connection file's default client key ends: "ok" or
+    "refused" (the controller's ZAP handler said no), as the client socket's monitor reports."""
+    info = read_connection_file(conn)
+    ctx = zmq.Context()
+    try:
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        apply_client(s, info)
+        monitor = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED
+                                       | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+        s.connect(info.client_url)
+        assert monitor.poll(30_000), "the Curve handshake neither succeeded nor was refused"
+        event = zmq.utils.monitor.recv_monitor_message(monitor)["event"]
+        s.disable_monitor()
+        monitor.close(0)
+        s.close(0)
+        return "ok" if event == zmq.EVENT_HANDSHAKE_SUCCEEDED else "refused"
+    finally:
+        ctx.term()
+
+
+def test_the_allow_list_fails_closed(tmp_path, procs):
+    """A deleted allow-list directory, or a malformed certificate in it, lets nobody in (before,
+    the keys read earlier stayed allowed); fixing it lets them in again; each change is logged
+    once, not at every check."""
+    import zmq.utils.monitor  # noqa: F401 - used by _handshake
+
+    conn, ps = _start(tmp_path, "ctl", True)
+    procs.extend(ps)
+    allowed = allow_dir(conn)
+    default = allowed / "connection-file-default.key"
+    certificate = default.read_text()
+    with TaskClient(conn, timeout=30) as tc:
+        assert tc.run(MapTask(abs, (-3,)), block=True) == 3
+    assert _handshake(conn) == "ok"
+
+    shutil.rmtree(allowed)
+    wait_until(lambda: _handshake(conn) == "refused", "a deleted allow-list to refuse the key")
+    allowed.mkdir(mode=0o700)
+    default.write_text(certificate)
+    wait_until(lambda: _handshake(conn) == "ok", "the restored allow-list to let the key in")
+
+    (allowed / "broken.key").write_text("#   ZeroMQ CURVE Public Certificate\nmetadata\ncurve\n"
+                                        '    public-key = "not a key"\n')
+    wait_until(lambda: _handshake(conn) == "refused", "a malformed certificate to refuse all")
+    (allowed / "broken.key").unlink()
+    wait_until(lambda: _handshake(conn) == "ok", "removing the bad certificate to let it in")
+
+    default.write_text("garbage\n")  # in place: the directory's mtime does not change
+    wait_until(lambda: _handshake(conn) == "refused", "a certificate broken in place to refuse")
+    default.write_text(certificate)
+    wait_until(lambda: _handshake(conn) == "ok", "the repaired certificate to let it in")
+    with TaskClient(conn, timeout=30) as tc:
+        assert tc.run(MapTask(abs, (-5,)), block=True) == 5
+
+    log = (tmp_path / "ctl.log").read_text()
+    assert log.count("allow-list directory") == 1 and "does not exist" in log, log
+    assert log.count("broken.key is not a public certificate") == 1, log
+    assert log.count("connection-file-default.key is not a public certificate") == 1, log
+    assert log.count("is readable again") == 3, log
 
 
 def test_curve_key_command_and_port_warning(tmp_path):

@@ -524,6 +524,31 @@ def test_message_above_the_size_limit_is_refused_and_counted(small_controller):
         assert tc.queue_status() == {"scheduled": 0, "pending": 0, "succeeded": 0, "failed": 0}
 
 
+def test_a_message_of_too_many_frames_is_refused_before_any_other_work(small_controller):
+    """ZMQ_MAXMSGSIZE bounds each frame, not their number: the controller refuses a message of
+    more than MAX_FRAMES frames, counted as such even when its signature is bad too (the
+    count comes first), and keeps none of the frames past the limit."""
+    from taskmill.wire import MAX_FRAMES
+
+    info, conn, ctl = small_controller
+    wire = Wire(info.key_bytes)
+    with TaskClient(conn, timeout=10) as tc:
+        ctx = zmq.Context()
+        try:
+            sock = raw_dealer(ctx, info.client_url)
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.send_multipart(wire.encode({"type": "ping", "req": 1}, [b""] * MAX_FRAMES))
+            sock.send_multipart([b"TM2" + b"x" * 40, *[b""] * MAX_FRAMES])  # and unsigned
+            wait_refused(tc, "too-many-frames", 2)
+            assert sock.poll(200) == 0, "a message of too many frames was answered"
+            sock.send_multipart(wire.encode({"type": "ping", "req": 2}, [b""] * 100))
+            reply = recv_reply(sock, Wire(info.key_bytes))
+            assert reply["ok"] and reply["req"] == 2
+        finally:
+            ctx.destroy(linger=0)
+        assert tc.statistics()["refused"] == {"too-many-frames": 2}
+
+
 def test_single_frame_above_the_size_limit_is_not_acted_on(small_controller):
     """ZeroMQ itself drops a frame above ZMQ_MAXMSGSIZE (and that connection with it)."""
     info, conn, ctl = small_controller

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from ..connection import ensure_private_dir, taskmill_dir
+from ..connection import ensure_private_dir, read_connection_file, taskmill_dir
 
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL when stopping what a launcher started
 
@@ -202,6 +202,18 @@ def require_programs(launcher: str, *programs: str, how: str) -> None:
         raise LauncherError(
             f"--launcher {launcher} needs {', '.join(repr(m) for m in missing)}, which "
             f"{'is' if len(missing) == 1 else 'are'} not on PATH; {how}")
+
+
+def require_tcp(launcher: str, connection_file: Path) -> None:
+    """Raise LauncherError when the controller listens on unix sockets (`ipc://`), which
+    engines started through a resource manager (perhaps on other machines) cannot reach."""
+    info = read_connection_file(connection_file)
+    if info.is_ipc:
+        raise LauncherError(
+            f"the {launcher} launcher starts engines that may run on other machines, but the "
+            f"controller listens on unix sockets ({info.engine_url}), which only this machine "
+            "reaches: give the cluster TCP (Cluster(transport='tcp'), or an ip the engines "
+            "can reach such as ip='0.0.0.0')")
 
 
 def one_set_of_properties(launcher: str, properties: list[dict[str, Any]]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from .base import (
     one_set_of_properties,
     process_state,
     require_programs,
+    require_tcp,
     spawn_tether,
     tail,
     terminate,
@@ -77,6 +78,7 @@ class MPILauncher(Launcher):
             return
         self._ctx = ctx
         props = one_set_of_properties(self.name, properties)
+        require_tcp(self.name, ctx.connection_file)
         conn = self.work.connection_file(ctx.connection_file)
         cmd = [self.mpiexec, "-n", str(len(properties)), *self.mpi_args,
                *engine_command(self.python, conn, props)]

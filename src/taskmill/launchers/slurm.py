@@ -37,6 +37,7 @@ from .base import (
     engine_command,
     one_set_of_properties,
     require_programs,
+    require_tcp,
     spawn_tether,
     tail,
     terminate,
@@ -45,6 +46,16 @@ from .base import (
 MODES = ("srun", "array")
 CANCEL_WAIT = 60.0  # seconds stop() waits for squeue to drop a cancelled job
 SQUEUE_EVERY = 2.0  # seconds: how often failure() asks squeue at most
+
+
+def _one_line(what: str, value: object) -> None:
+    """Refuse a value that would not stay on its own `#SBATCH` line of the batch script."""
+    if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise LauncherError(
+            f"the slurm launcher's {what} {value!r} holds a newline or another control "
+            "character, which would put a line of its own into the batch script; give each "
+            "option on one line (several directives as several list items / "
+            "--slurm-directive options)")
 
 
 class SlurmLauncher(Launcher):
@@ -77,6 +88,11 @@ class SlurmLauncher(Launcher):
         self.job_name = job_name
         self.python = python
         self.work = SharedWorkDir("slurm", work_dir)
+        for what, value in (("account", account), ("partition", partition),
+                            ("time_limit", time_limit), ("job_name", job_name),
+                            ("work_dir", str(self.work.path)),
+                            *(("directive", d) for d in directives)):
+            _one_line(what, value)
         self.jobs: list[tuple[str, int]] = []  # (job id, engines)
         self._tethers: list[ProcessHandle] = []
         self._cancelled: set[str] = set()
@@ -108,6 +124,7 @@ class SlurmLauncher(Launcher):
         if not properties:
             return
         props = one_set_of_properties(self.name, properties)
+        require_tcp(self.name, ctx.connection_file)
         conn = self.work.connection_file(ctx.connection_file)
         script = self.work.path / f"engines-{len(self.jobs)}.sbatch"
         script.write_text(self.batch_script(len(properties), conn, props))

@@ -38,6 +38,7 @@ from .base import (
     engine_command,
     process_state,
     require_programs,
+    require_tcp,
     spawn,
     tail,
     terminate,
@@ -58,6 +59,19 @@ def read_hosts_file(path: str | os.PathLike[str]) -> list[str]:
     if not hosts:
         raise LauncherError(f"the hosts file {path} names no host (one host per line)")
     return hosts
+
+
+def _check_host_name(host: str) -> None:
+    """Refuse a host that ssh would read as an option, or that holds a control character."""
+    if not isinstance(host, str) or not host:
+        raise LauncherError(f"an ssh host must be a non-empty string, not {host!r}")
+    if host.startswith("-"):
+        raise LauncherError(
+            f"the ssh host {host!r} starts with '-', so ssh would read it as an option; give "
+            "ssh options with the ssh command (ssh=[...], CLI --ssh-command) and hosts as "
+            "host, user@host or ssh://user@host:port")
+    if any(ord(c) < 32 or ord(c) == 127 or c.isspace() for c in host):
+        raise LauncherError(f"the ssh host {host!r} holds a space or a control character")
 
 
 class SSHLauncher(Launcher):
@@ -82,6 +96,8 @@ class SSHLauncher(Launcher):
         if not found:
             raise LauncherError("the ssh launcher needs hosts: give hosts=[...] or hosts_file= "
                                 "(CLI: --hosts a,b or --hosts-file FILE)")
+        for host in found:
+            _check_host_name(host)
         self.hosts = found
         self.ssh = list(ssh)
         self.python = python
@@ -95,9 +111,15 @@ class SSHLauncher(Launcher):
         require_programs(self.name, self.ssh[0],
                          how="install an OpenSSH client (Debian: openssh-client)")
 
+    def ssh_argv(self, host: str, command: str) -> list[str]:
+        """The command line that runs `command` on `host`; `--` ends ssh's options first
+        (when the ssh command is OpenSSH's `ssh`), so a host is never read as an option."""
+        end = ["--"] if os.path.basename(self.ssh[0]) == "ssh" else []
+        return [*self.ssh, *end, host, command]
+
     def _ssh(self, host: str, command: str) -> subprocess.CompletedProcess[bytes]:
         try:
-            return subprocess.run([*self.ssh, host, command], stdin=subprocess.DEVNULL,
+            return subprocess.run(self.ssh_argv(host, command), stdin=subprocess.DEVNULL,
                                   capture_output=True, timeout=CHECK_TIMEOUT, check=False)
         except subprocess.TimeoutExpired:
             raise LauncherError(f"ssh to {host} did not finish within {CHECK_TIMEOUT:g}s "
@@ -124,6 +146,7 @@ class SSHLauncher(Launcher):
 
     def launch(self, ctx: LaunchContext, properties: list[dict[str, Any]]) -> None:
         self._ctx = ctx
+        require_tcp(self.name, ctx.connection_file)
         line = b""
         if not self.connection_file_on_hosts:  # one line of JSON, then the lifeline
             compact = json.dumps(json.loads(ctx.connection_file.read_text()),
@@ -138,7 +161,7 @@ class SSHLauncher(Launcher):
                                  "--parent-fd", "0")
             remote = "exec " + " ".join(shlex.quote(c) for c in cmd)
             slot = len(self._sessions)
-            proc = spawn([*self.ssh, host, remote], ctx.state_dir / f"ssh-{slot}.log",
+            proc = spawn(self.ssh_argv(host, remote), ctx.state_dir / f"ssh-{slot}.log",
                          stdin=subprocess.PIPE)
             self._sessions.append((host, proc))
             self._stdins.append(proc.stdin)

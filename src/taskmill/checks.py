@@ -1,0 +1,26 @@
+"""Checks of settings given in seconds (heartbeat, unmet_timeout, timeouts), shared by the
+Python API, the CLI and the controller, so that NaN or a negative number is refused where it is
+given, naming the setting, instead of looping forever or ending the controller later.
+This module imports nothing of taskmill and does no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def seconds(name: str, value: object, *, zero: bool = False, infinite: bool = False) -> float:
+    """`value` as a float number of seconds, or ValueError/TypeError naming `name` and `value`.
+
+    Always refused: NaN, negative numbers, bools and non-numbers. `zero` admits 0, `infinite`
+    admits math.inf ("no limit")."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds, not {value!r}")
+    v = float(value)
+    ok = (not math.isnan(v) and (v > 0 or (zero and v == 0))
+          and (infinite or not math.isinf(v)))
+    if not ok:
+        what = ">= 0" if zero else "> 0"
+        what += "" if infinite else " and finite"
+        raise ValueError(f"{name} must be a number of seconds {what}, not {value!r}")
+    return v
