@@ -65,6 +65,7 @@ from .checks import seconds
 from .connection import ConnectionInfo
 from .curve import CurveServer
 from .curve import enabled as curve_enabled
+from .depend import BoundedDepend, DependRunner
 from .errors import StoreError
 from .scheduler import (
     ABORTED,
@@ -136,7 +137,7 @@ class EngineRecord:
     to_ack: list[list[int]] = field(default_factory=list)  # results taken, not yet committed
     ackable: list[list[int]] = field(default_factory=list)  # committed: acknowledge them
     prev_unacked: set[tuple[int, int]] = field(default_factory=set)  # in its last heartbeat
-    ticked: int = 0  # the message number of the last empty `tasks` message (see _on_heartbeat)
+    ticked_at: float = 0.0  # when the last empty `tasks` message went (see _on_heartbeat)
 
 
 @dataclass(slots=True)
@@ -252,6 +253,8 @@ class Controller:
         self._lost: dict[str | None, list[int]] = {}  # engine uuid -> tasks lost with it
         self._lost_expired: set[int] = set()
         self._acking: set[int] = set()  # engines with results to acknowledge after a commit
+        self.depends = DependRunner()  # callable depends run with a deadline
+        self._slow_depends: set[int] = set()  # tasks whose depend callable was given up on
         self.engines: dict[int, EngineRecord] = {}
         self._by_ident: dict[bytes, int] = {}
         self._by_uuid: dict[str, int] = {}
@@ -350,6 +353,7 @@ class Controller:
         except Exception:  # noqa: BLE001 - best effort on the way out
             log.exception("flushing on close failed")
         self.store.close()
+        self.depends.close()
         self.client_sock.close(0)
         self.engine_sock.close(0)
         if self.curve is not None:
@@ -785,9 +789,10 @@ class Controller:
             log.warning("engine %d does not hold task %d (attempt %d) it was sent: the message "
                         "was lost; queued again", rec.eid, tid, attempt)
             self._apply(self.sched.revoke_answered(rec.eid, tid, attempt, True))
-        if in_flight and not held and rec.ticked < rec.mseq:
+        now = time.monotonic()
+        if in_flight and not held and seen < rec.mseq and now - rec.ticked_at > self.heartbeat:
             rec.mseq += 1
-            rec.ticked = rec.mseq
+            rec.ticked_at = now
             self._send(self.engine_sock, rec.task_ident, {
                 "type": "tasks", "engineid": rec.eid, "session": self.session,
                 "mseq": rec.mseq, "tasks": []}, now=True)
@@ -981,6 +986,7 @@ class Controller:
                 "error": {"type": etype, "message": message, "controller": True,
                           "traceback": ""},
             }
+        self._slow_depends.discard(a.tid)
         self.store.finish(a.tid, StoredResult(meta, list(frames)))
         self.stats.finished += 1
         self.activity.finished(a.tid, meta["status"], now, engineid=a.engineid,
@@ -1008,6 +1014,13 @@ class Controller:
                 f"waiting there, perhaps started: {why})")
         if a.outcome == ABORTED:
             return "aborted", "TaskAborted", f"task {a.tid} was aborted"
+        if a.outcome == UNMET_TIMEOUT and a.tid in self._slow_depends:
+            self._slow_depends.discard(a.tid)
+            return "unmet_timeout", "TaskTimeout", (
+                f"task {a.tid}: its depend callable took longer than {self.depends.budget:g}s, "
+                "so it counts as False for every engine and no engine could take the task; a "
+                "depend must answer at once (use a dict depend, or a quick test of the "
+                "properties)")
         if a.outcome == UNMET_TIMEOUT:
             return "unmet_timeout", "TaskTimeout", (
                 f"task {a.tid}: no engine satisfied its depend for {self.unmet_timeout:g}s while "
@@ -1093,6 +1106,9 @@ class Controller:
         tids = []
         for stored, nodes, task_frames in parsed:
             tid = self.store.allocate()
+            for n in nodes:
+                if isinstance(n.depend, BoundedDepend):
+                    n.depend.tid = tid
             self.store.add(StoredTask(tid, stored, task_frames, now))
             self.stats.submitted += 1
             self._submit_to_scheduler(tid, stored, nodes, dispatch=False)
@@ -1133,6 +1149,9 @@ class Controller:
             except BadRequest as e:  # e.g. a depend callable this controller cannot load
                 log.error("task %d cannot be reloaded: %s", task.tid, e)
                 nodes = [Node(depend=lambda props: False)]
+            for node in nodes:
+                if isinstance(node.depend, BoundedDepend):
+                    node.depend.tid = task.tid
             if c["state"] == "running":
                 self._apply(self.sched.submit(
                     task.tid, nodes, node=c["node"], attempts=c["attempts"], tries=c["tries"],
@@ -1216,9 +1235,19 @@ class Controller:
                         "use a dict depend or a function the controller can import") from None
                 if not callable(depend):
                     raise BadRequest("depend must unpickle to a callable")
+                depend = self.depends.guard(depend, self._slow_depend)
             nodes.append(Node(retries=meta.get("retries", 0), depend=depend,
                               recovery=meta.get("recovery"), timeout=meta.get("timeout")))
         return nodes
+
+    def _slow_depend(self, guard: BoundedDepend) -> None:
+        """A depend callable overran its budget: it counts as False from now on."""
+        self.wire.refused["slow-depend"] += 1
+        if guard.tid is not None:
+            self._slow_depends.add(guard.tid)
+        log.warning("task %s: its depend callable took longer than %gs and is given up on (it "
+                    "counts as False for every engine; the controller went on meanwhile)",
+                    guard.tid, self.depends.budget)
 
     def _result_entry(self, tid: int) -> tuple[dict[str, Any] | None, list[Any]]:
         r = self.store.result(tid)

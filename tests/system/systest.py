@@ -112,6 +112,8 @@ class ControllerProcess:
     """A `taskmill controller` of a test's own (TCP on 127.0.0.1, a store in `tmp_path`),
     to kill -9 and start again on the same connection file and store."""
 
+    TASKMILL = TASKMILL
+
     def __init__(self, tmp_path, *, db: str | None = None, args: tuple[str, ...] = ()):
         from taskmill.connection import new_connection_info, write_connection_file
 

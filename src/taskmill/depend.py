@@ -1,0 +1,83 @@
+"""Callable `depend`s, called by the controller with a deadline.
+
+A callable depend is user code that must run inside the controller (it decides where a task
+may go, from each engine's properties). A slow one must not freeze the controller: while its
+loop waits, no message is read, and engines would look dead. So each call runs on a worker
+thread and the controller waits for it at most `budget` seconds. A call that takes longer
+counts as False and the callable is given up on: it counts as False for every engine from
+then on (so it can hold the controller up once, not once per engine or per pass), and the
+controller reports it (a log line, `statistics()["refused"]["slow-depend"]`, and the task's
+TaskTimeout names it if no engine ever takes the task). Python cannot stop a thread: the
+call that overran finishes on its own, or never; when every worker is held by such calls,
+later calls get fresh workers.
+
+This module touches no socket and reads no clock of its own (the waits are the futures').
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+DEPEND_BUDGET = 0.1  # seconds a depend callable may take per call
+DEPEND_WORKERS = 4
+
+
+class DependRunner:
+    """Runs depend callables on worker threads, each call bounded by `budget` seconds."""
+
+    def __init__(self, budget: float = DEPEND_BUDGET, workers: int = DEPEND_WORKERS) -> None:
+        self.budget = budget
+        self.workers = workers
+        self._pool: ThreadPoolExecutor | None = None
+        self._overran: list[Future] = []  # calls past their deadline in the current pool
+        self.given_up = 0  # callables given up on so far
+
+    def guard(self, fn: Callable[[Any], Any],
+              on_slow: Callable[[BoundedDepend], None]) -> BoundedDepend:
+        return BoundedDepend(fn, self, on_slow)
+
+    def call(self, guard: BoundedDepend, properties: Any) -> bool:
+        self._overran = [f for f in self._overran if not f.done()]
+        if self._pool is None or len(self._overran) >= self.workers:
+            if self._pool is not None:  # every worker is held by an overrunning call
+                self._pool.shutdown(wait=False)
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="taskmill-depend")
+            self._overran = []
+        fut = self._pool.submit(guard.fn, dict(properties))
+        try:
+            return bool(fut.result(self.budget))
+        except FutureTimeout:
+            self._overran.append(fut)
+            guard.slow = True
+            self.given_up += 1
+            guard.on_slow(guard)
+            return False
+        # (any other exception reaches the scheduler, where it counts as False)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
+
+class BoundedDepend:
+    """A callable depend as the scheduler calls it: through its runner, with a deadline."""
+
+    __slots__ = ("fn", "runner", "on_slow", "slow", "tid", "__weakref__")
+
+    def __init__(self, fn: Callable[[Any], Any], runner: DependRunner,
+                 on_slow: Callable[[BoundedDepend], None]) -> None:
+        self.fn = fn
+        self.runner = runner
+        self.on_slow = on_slow
+        self.slow = False
+        self.tid: int | None = None  # the task it belongs to (set once the task has an id)
+
+    def __call__(self, properties: Any) -> bool:
+        if self.slow:
+            return False
+        return self.runner.call(self, properties)
+
+

@@ -1,0 +1,124 @@
+"""A TCP proxy between engines (or clients) and a controller that can break connections.
+
+Engines connect to the proxy's port; each connection is forwarded to the controller. Faults:
+- `reset_all()`: every connection is reset (RST), as a network blip or a NAT that forgot them;
+- `drop_next(min_bytes, marker)`: the next chunk of at least `min_bytes` the controller sends
+  down a connection whose first bytes from the peer contain `marker` (e.g. the routing id of
+  an engine's task socket, b".t") is lost, and that connection is reset: one message lost at
+  the wrong moment, while the peer reconnects and goes on.
+A thread per direction per connection; the proxy is for tests, not for speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+
+
+def _reset(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+class _Pair:
+    def __init__(self, proxy: FaultProxy, down: socket.socket, up: socket.socket) -> None:
+        self.proxy = proxy
+        self.down = down  # to the peer (engine / client)
+        self.up = up  # to the controller
+        self.hello = b""  # the first bytes from the peer (its ZMTP greeting and routing id)
+        self.closed = False
+
+    def start(self) -> None:
+        threading.Thread(target=self._pump, args=(self.down, self.up, True), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.up, self.down, False),
+                         daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, from_peer: bool) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if from_peer and len(self.hello) < 512:
+                    self.hello += data[:512]
+                if not from_peer and self.proxy._should_drop(self, data):
+                    self.proxy.dropped += 1
+                    self.close()
+                    return
+                dst.sendall(data)
+        except OSError:
+            pass
+        self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            _reset(self.down)
+            _reset(self.up)
+
+
+class FaultProxy:
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self._lock = threading.Lock()
+        self._pairs: list[_Pair] = []
+        self._drop: tuple[int, bytes] | None = None
+        self.dropped = 0
+        self.resets = 0
+        self._stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stopped:
+            try:
+                down, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                up = socket.create_connection(self.target, timeout=5)
+                up.settimeout(None)
+            except OSError:
+                _reset(down)
+                continue
+            pair = _Pair(self, down, up)
+            with self._lock:
+                self._pairs = [p for p in self._pairs if not p.closed] + [pair]
+            pair.start()
+
+    def _should_drop(self, pair: _Pair, data: bytes) -> bool:
+        with self._lock:
+            if self._drop is None:
+                return False
+            min_bytes, marker = self._drop
+            if len(data) >= min_bytes and marker in pair.hello:
+                self._drop = None
+                return True
+        return False
+
+    def drop_next(self, min_bytes: int, marker: bytes) -> None:
+        """Lose the next chunk of at least `min_bytes` sent to a peer whose greeting holds
+        `marker`, and reset that connection."""
+        with self._lock:
+            self._drop = (min_bytes, marker)
+
+    def reset_all(self) -> None:
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for p in pairs:
+            p.close()
+        self.resets += 1
+
+    def close(self) -> None:
+        self._stopped = True
+        with contextlib.suppress(OSError):
+            self.listener.close()
+        self.reset_all()

@@ -1,0 +1,192 @@
+"""Engines under faults: a lost `tasks` message, a stopped engine that resumes, a controller
+restart with tasks waiting on an engine, task code that holds the GIL, a slow depend.
+
+Each task records every run of its code (a line in a file) so that "ran once" is checked,
+not assumed. Real processes, real signals, a real TCP proxy that loses a message.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import pytest
+from faultproxy import FaultProxy
+from systest import ControllerProcess, gone, poll, read_lines
+
+from taskmill import Cluster, EngineDied, MapTask, TaskClient, TaskTimeout
+from taskmill.connection import read_connection_file, write_connection_file
+
+
+def record(log, tag, gate=None):
+    """Task code: note this run, then (optionally) wait for `gate`; returns the pid."""
+    import os
+    import time
+
+    with open(log, "a") as f:
+        f.write(f"{tag}\n")
+    end = time.monotonic() + 90
+    while gate is not None and not os.path.exists(gate):
+        if time.monotonic() > end:
+            raise TimeoutError("gate never opened")
+        time.sleep(0.01)
+    return os.getpid()
+
+
+def hold_the_gil(seconds):
+    """One C call that holds the GIL for about `seconds` (catastrophic regex backtracking),
+    calibrated on this machine: no Python thread of this process runs meanwhile."""
+    import math
+    import re
+    import time
+
+    def run(n):
+        t0 = time.perf_counter()
+        re.match(r"(a+)+$", "a" * n + "b")
+        return time.perf_counter() - t0
+
+    n, took = 16, run(16)
+    while took < 0.05:
+        n += 1
+        took = run(n)
+    n += max(0, math.ceil(math.log2(seconds / took)))
+    return run(n)
+
+
+@pytest.mark.timeout(120)
+def test_a_lost_tasks_message_costs_a_heartbeat_not_the_task(tmp_path):
+    """The `tasks` message carrying a task is lost (its connection reset as it passed): the
+    engine reconnects, its heartbeats show the message missing, and the task runs, once."""
+    ctl = ControllerProcess(tmp_path)
+    ctl.start()
+    info = read_connection_file(ctl.conn)
+    host, port = info.engine_url.rsplit(":", 1)
+    proxy = FaultProxy(host.split("//")[1], int(port))
+    info.engine_url = f"tcp://127.0.0.1:{proxy.port}"
+    engine_conn = write_connection_file(tmp_path / "via-proxy" / "conn.json", info)
+    engine = subprocess.Popen(
+        [*ControllerProcess.TASKMILL, "engine", "--connection-file", str(engine_conn)],
+        stdout=ctl.log, stderr=subprocess.STDOUT)
+    runs = tmp_path / "runs"
+    try:
+        with TaskClient(ctl.conn, timeout=30) as tc:
+            poll(lambda: tc.engines(), what="the engine")
+            assert tc.run(MapTask(record, (str(runs), "warm-up")), block=True) == engine.pid
+            proxy.drop_next(200, b".t")  # the next task message down the task socket
+            tid = tc.run(MapTask(record, (str(runs), "the task")))
+            assert tc.get_task_result(tid, block=True) == engine.pid
+            assert proxy.dropped == 1
+            assert read_lines(runs) == ["warm-up", "the task"]
+            assert tc.statistics()["engines_died"] == 0
+            info = tc.task_info(tid)
+            assert info["attempts"] == 1 and info["state"] == "succeeded"
+    finally:
+        engine.kill()
+        proxy.close()
+        ctl.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_stopped_engine_declared_dead_drops_its_backlog_when_it_resumes(tmp_path):
+    """SIGSTOP an engine holding a running task and a backlog until it is declared dead, then
+    SIGCONT it: it must not run the backlog the controller gave elsewhere. Tasks without
+    retries run at most once; tasks with retries run on the other engine."""
+    runs, gate = tmp_path / "runs", tmp_path / "gate"
+    with Cluster(1, heartbeat=0.5, prefetch=4) as c, c.client() as tc:
+        (stopped_eid, stopped_pid), = c.engine_pids.items()
+        head = tc.run(MapTask(record, (str(runs), "head", str(gate))))
+        plain = [tc.run(MapTask(record, (str(runs), f"plain-{i}"))) for i in range(2)]
+        retried = tc.run(MapTask(record, (str(runs), "retried"), retries=1))
+        poll(lambda: tc.queue_status()["pending"] == 4, what="4 tasks on the engine")
+        poll(lambda: read_lines(runs) == ["head"], what="the head task to start")
+        os.kill(stopped_pid, signal.SIGSTOP)
+        try:
+            poll(lambda: any(e["state"] == "dead" for e in tc.engines()),
+                 what="the stopped engine declared dead")
+            c.add_engines(1)
+            assert tc.get_task_result(retried, block=True) != stopped_pid
+            for tid in (head, *plain):
+                with pytest.raises(EngineDied):
+                    tc.get_task_result(tid, block=True)
+        finally:
+            os.kill(stopped_pid, signal.SIGCONT)
+        gate.touch()
+        # It comes back as a new engine (same process), having dropped what it held.
+        poll(lambda: [e for e in tc.engines() if e["pid"] == stopped_pid
+                      and e["state"] != "dead"], what="the resumed engine to register anew")
+        assert tc.run(MapTask(os.getpid, depend={"pid": stopped_pid}), block=True) == stopped_pid
+        lines = read_lines(runs)
+        assert sorted(lines) == ["head", "retried"], lines  # plain-*: never run
+        assert stopped_eid not in [e["engineid"] for e in tc.engines() if e["state"] != "dead"]
+
+
+@pytest.mark.timeout(120)
+def test_after_a_controller_restart_tasks_waiting_on_an_engine_run_once(tmp_path):
+    """kill -9 of the controller while an engine runs one task and holds three more: the
+    engine drops the three (they never started), the new controller adopts the running one and
+    sends the three again. Every task runs exactly once, as one attempt."""
+    ctl = ControllerProcess(tmp_path, args=("--prefetch", "4"))
+    ctl.start()
+    engine = ctl.engine()
+    runs, gate = tmp_path / "runs", tmp_path / "gate"
+    try:
+        with TaskClient(ctl.conn, timeout=30) as tc:
+            poll(lambda: tc.engines(), what="the engine")
+            tids = [tc.run(MapTask(record, (str(runs), "head", str(gate))))]
+            tids += [tc.run(MapTask(record, (str(runs), f"waiting-{i}"))) for i in range(3)]
+            poll(lambda: tc.queue_status()["pending"] == 4, what="4 tasks on the engine")
+            poll(lambda: read_lines(runs) == ["head"], what="the head task to start")
+            ctl.kill9()
+            ctl.start()
+            gate.touch()
+            assert [tc.get_task_result(t, block=True) for t in tids] == [engine.pid] * 4
+            assert sorted(read_lines(runs)) == ["head", "waiting-0", "waiting-1", "waiting-2"]
+            assert [tc.task_info(t)["attempts"] for t in tids] == [1, 1, 1, 1]
+            new = tc.run(MapTask(record, (str(runs), "new")), block=True)
+            assert new == engine.pid and tc.run(MapTask(abs, (-1,))) == len(tids) + 1
+    finally:
+        engine.kill()
+        ctl.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_task_holding_the_gil_does_not_make_its_engine_look_dead():
+    """Task code that holds the GIL for about 4 s (8 x the time after which a silent engine
+    is declared dead here): the engine's heart answers from ZeroMQ's own thread, so the
+    engine stays alive and the task succeeds on it."""
+    with Cluster(1, heartbeat=0.25) as c, c.client() as tc:
+        (pid,) = c.engine_pids.values()
+        tid = tc.run(MapTask(hold_the_gil, (4.0,)))
+        held = tc.get_task_result(tid, block=True)
+        assert held > 1.0, held  # (the hold did happen: far past dead_after, 0.75 s)
+        assert tc.statistics()["engines_died"] == 0
+        assert c.engine_pids == {0: pid} and not gone(pid)
+        assert tc.task_info(tid)["attempts"] == 1
+
+
+def slow_depend(properties):
+    import time
+
+    time.sleep(5)
+    return True
+
+
+@pytest.mark.timeout(120)
+def test_a_slow_depend_does_not_freeze_the_controller(tmp_path):
+    """A depend callable that sleeps 5 s is given up on after its budget (it counts as False),
+    so the controller keeps serving and no healthy engine is declared dead; the task fails
+    with TaskTimeout naming its slow depend."""
+    runs, gate = tmp_path / "runs", tmp_path / "gate"
+    with Cluster(2, heartbeat=0.25, unmet_timeout=2.0) as c, c.client() as tc:
+        busy = tc.run(MapTask(record, (str(runs), "busy", str(gate))))
+        poll(lambda: read_lines(runs) == ["busy"], what="a healthy task to run")
+        slow = tc.run(MapTask(abs, (-1,), depend=slow_depend))
+        other = tc.run(MapTask(abs, (-2,)))
+        assert tc.get_task_result(other, block=True) == 2  # served meanwhile
+        gate.touch()
+        assert tc.get_task_result(busy, block=True) in c.engine_pids.values()
+        with pytest.raises(TaskTimeout, match="depend callable took longer"):
+            tc.get_task_result(slow, block=True)
+        stats = tc.statistics()
+        assert stats["engines_died"] == 0 and stats["refused"].get("slow-depend") == 1
