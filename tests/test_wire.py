@@ -241,3 +241,17 @@ def test_engine_function_cache_keys_on_the_pickle():
     frames = FunctionPickles().dumps(scaled)
     f = cache.loads([bytes(frames[0])])
     assert cache.loads([bytes(frames[0])]) is f and f(2) == 4
+
+
+def test_replay_table_is_bounded_and_keeps_the_senders_heard_from_lately():
+    receiver = Wire(b"k" * 32)
+    receiver.max_senders = 50
+    steady = Wire(b"k" * 32)
+    first = steady.encode({"type": "ping"})
+    receiver.decode(first)
+    for _ in range(200):  # many senders, one message each; `steady` speaks now and then
+        receiver.decode(Wire(b"k" * 32).encode({"type": "ping"}))
+        receiver.decode(steady.encode({"type": "ping"}))
+    assert len(receiver._last_seq) <= 50
+    with pytest.raises(Refused, match="replay"):  # still known: its replay is refused
+        receiver.decode(first)

@@ -7,7 +7,9 @@ A message is a ZeroMQ multipart message:
 - `header` is a small msgpack map. It always holds `type`, the sender's `sid` (random per
   `Wire`) and `seq` (rising by one per message of that `Wire`). Each socket has a `Wire` of its
   own: a socket's messages reach a peer socket in order, so a receiving socket refuses any
-  `(sid, seq)` at or below the last it saw from that `sid` (replays).
+  `(sid, seq)` at or below the last it saw from that `sid` (replays). It remembers the
+  MAX_SENDERS senders heard from most recently. What survives a restart of the controller is
+  refused by the controller itself: every message names the controller session it is for.
 - `signature` (32 bytes) is HMAC-SHA256, with the connection file's key, over the header bytes.
   Protocol, signature and header share one frame: every frame costs a ZeroMQ send and receive
   of its own, and a message that carries no payload is then a single frame.
@@ -52,6 +54,7 @@ MAX_FRAMES = 1 << 17
 # Buffers smaller than this stay inside the pickle; larger ones travel as frames of their own.
 OUT_OF_BAND_MIN = 64 * 1024
 SMALL_PAYLOAD = 16 * 1024  # a single payload frame below this is MACed in one call
+MAX_SENDERS = 100_000  # senders whose last sequence number a Wire remembers (replay checks)
 
 # Frames this large are MACed as the digests of TREE_LANES chunks, hashed side by side.
 TREE_MIN = 512 * 1024
@@ -164,7 +167,10 @@ class Wire:
         self.max_frames = max_frames  # None: no limit (a message from the controller)
         self.sid = os.urandom(8)
         self._seq = itertools.count()
+        # Each sender's last sequence number, at most `max_senders` of them (the longest silent
+        # go first). A sender is a Wire of a key holder: nobody without the key can add one.
         self._last_seq: dict[bytes, int] = {}
+        self.max_senders = MAX_SENDERS
         self.refused: Counter[str] = Counter()
         # One Packer per Wire (a Wire belongs to one socket, used by one thread at a time):
         # cheaper than msgpack.packb, which makes a Packer per call.
@@ -245,10 +251,14 @@ class Wire:
         sid, seq = header.get("sid"), header.get("seq")
         if not isinstance(sid, bytes) or not isinstance(seq, int):
             raise Refused("malformed", "header lacks sid/seq")
-        last = self._last_seq.get(sid)
+        seen = self._last_seq
+        last = seen.pop(sid, None)  # (popped and put back: the table stays in recency order)
         if last is not None and seq <= last:
+            seen[sid] = last
             raise Refused("replay", f"seq {seq} <= {last} from this sender")
-        self._last_seq[sid] = seq
+        seen[sid] = seq
+        if len(seen) > self.max_senders:
+            del seen[next(iter(seen))]  # the sender silent for longest
         return header, list(msg[1:])
 
 

@@ -248,3 +248,30 @@ def test_a_task_whose_engine_died_with_the_controller_is_retried_or_fails(tmp_pa
         if other is not None:
             other.kill()
         ctl.stop()
+
+
+@pytest.mark.timeout(180)
+def test_a_restart_keeps_tasks_whose_after_tasks_were_cleared(tmp_path):
+    """Task B runs after A; A's result is cleared; the controller is killed and restarted. A
+    succeeded, so B (running) and C (queued behind B, also after A) must not fail with
+    DependencyError: a cleared result of a task they waited for was a success."""
+    ctl = ControllerProcess(tmp_path, args=("--prefetch", "1"))
+    ctl.start()
+    engine = ctl.engine()
+    gate = tmp_path / "gate"
+    try:
+        with TaskClient(ctl.conn, timeout=30) as tc:
+            a = tc.run(MapTask(abs, (-1,)))
+            assert tc.get_task_result(a, block=True) == 1
+            b = tc.run(MapTask(wait_for_file, (str(gate),), after=[a]))
+            c = tc.run(MapTask(abs, (-3,), after=[a]))
+            poll(lambda: tc.queue_status()["pending"] == 1, what="B running")
+            assert tc.clear(a) == 1
+            ctl.kill9()
+            ctl.start()
+            gate.touch()
+            assert tc.get_task_result(b, block=True) == engine.pid
+            assert tc.get_task_result(c, block=True) == 3
+    finally:
+        engine.kill()
+        ctl.stop()

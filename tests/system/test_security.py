@@ -592,3 +592,29 @@ def test_result_above_the_size_limit_fails_the_task_clearly(small_controller, tm
             proc.kill()
             proc.wait()
 
+
+
+@pytest.mark.timeout(60)
+def test_a_peer_using_another_clients_routing_id_gets_none_of_its_replies(tmp_path):
+    """Routing ids travel in clear over TCP. A peer that connects with a connected client's
+    id must not take its place: the controller refuses the second connection, the client
+    keeps getting its replies, and the impostor gets nothing."""
+    import zmq
+    from systest import ControllerProcess
+
+    ctl = ControllerProcess(tmp_path)
+    ctl.start()
+    ctx = zmq.Context()
+    try:
+        with TaskClient(ctl.conn, timeout=30) as tc:
+            assert tc.queue_status()["scheduled"] == 0
+            impostor = ctx.socket(zmq.DEALER)
+            impostor.setsockopt(zmq.LINGER, 0)
+            impostor.setsockopt(zmq.ROUTING_ID, tc._conn.recv_ident)
+            impostor.connect(read_connection_file(ctl.conn).client_url)
+            for _ in range(20):  # (the controller's answers go to the real client only)
+                assert tc.queue_status()["failed"] == 0
+            assert impostor.poll(500) == 0, "the impostor received a reply meant for the client"
+    finally:
+        ctx.destroy(linger=0)
+        ctl.stop()
