@@ -1,0 +1,390 @@
+"""A fault soak: thousands of tasks while the controller, engines, network and disk fail.
+
+    python benchmarks/fault_soak.py --minutes 10          # the README's run
+    python benchmarks/fault_soak.py --seconds 60 --json r.json   # tests/system/test_fault_soak.py
+
+A controller (TCP, a durable store), engines that reach it through a TCP proxy that can reset
+their connections, and one client that keeps submitting tasks (with and without retries; the
+seed's `run` and futures' `submit`, by turns) while a fault thread, every 1.5-4 s, does one of:
+- kill -9 the controller and start it again on the same store and connection file;
+- SIGKILL an engine (and start a new one);
+- SIGSTOP an engine for 0.5-3 s (past 1.5 s it is declared dead), then SIGCONT it;
+- reset every engine connection (the proxy sends RST both ways);
+- fill the store's disk for 1-3 s (a 64 MiB tmpfs; only when run as root).
+
+Each task appends its marker (unique per submitted task) to a log file when its code starts,
+then sleeps a little and returns the marker. At the end, with every fault stopped:
+- every taskid the client was given finished, once (its result is fetched; the queue holds
+  nothing; `succeeded` + `failed` list each id once);
+- no result came back under the wrong id (each value is its own task's marker);
+- each task's code ran at most `retries + 1` times (with `retries=0`: exactly once, or at most
+  once when it failed with EngineDied); a refused submit's task never ran;
+- no client call waited past its bound (every call has one: the client's timeout or
+  `reconnect_timeout`), and the longest wait is reported;
+- the controller's memory (RSS) at the end, with every result cleared, against the controller
+  of the same lifetime after its first tasks.
+Exit status 1 if any check fails. The report (`--json`) has every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "system"))  # the fault proxy is shared with the tests
+
+from faultproxy import FaultProxy  # noqa: E402
+
+from taskmill import MapTask, StoreError, TaskClient  # noqa: E402
+from taskmill.connection import (  # noqa: E402
+    new_connection_info,
+    read_connection_file,
+    write_connection_file,
+)
+
+TASKMILL = [sys.executable, "-m", "taskmill"]
+HEARTBEAT = 0.5  # the controller's; an engine silent 1.5 s is declared dead
+CALL_TIMEOUT = 30.0  # the client's timeout for each request
+RECONNECT_TIMEOUT = 60.0  # ... and how long it rides out a controller that does not answer
+IN_FLIGHT = 200  # tasks submitted and not yet finished, at most
+
+
+def soak_task(log: str, marker: str, seconds: float, fail: bool) -> str:
+    """Task code: note this run, sleep, return the marker (or fail)."""
+    import os
+    import time
+
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, (marker + "\n").encode())
+    finally:
+        os.close(fd)
+    time.sleep(seconds)
+    if fail:
+        raise ValueError(f"{marker} failed on purpose")
+    return marker
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise KeyError("VmRSS")
+
+
+class Cluster:
+    """The processes of the soak: a controller, engines behind a proxy, a small disk."""
+
+    def __init__(self, work: Path, engines: int, small_disk: bool) -> None:
+        self.work = work
+        self.disk: Path | None = None
+        if small_disk:
+            self.disk = work / "disk"
+            self.disk.mkdir()
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(self.disk)],
+                           check=True)
+        self.db = str((self.disk or work) / "tasks.db")
+        self.conn = write_connection_file(work / "conn.json", new_connection_info())
+        self.log = open(work / "processes.log", "ab")  # noqa: SIM115
+        self.controller: subprocess.Popen | None = None
+        self.start_controller()
+        info = read_connection_file(self.conn)
+        host, port = info.engine_url.rsplit(":", 1)
+        self.proxy = FaultProxy(host.split("//")[1], int(port))
+        info.engine_url = f"tcp://127.0.0.1:{self.proxy.port}"
+        self.engine_conn = write_connection_file(work / "via-proxy" / "conn.json", info)
+        self.engines: list[subprocess.Popen] = [self.new_engine() for _ in range(engines)]
+        self.stopped: set[int] = set()
+
+    def start_controller(self) -> None:
+        self.controller = subprocess.Popen(
+            [*TASKMILL, "controller", "--connection-file", str(self.conn), "--db", self.db,
+             "--heartbeat", str(HEARTBEAT), "--no-dashboard"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+
+    def new_engine(self) -> subprocess.Popen:
+        return subprocess.Popen([*TASKMILL, "engine", "--connection-file", str(self.engine_conn)],
+                                stdout=self.log, stderr=subprocess.STDOUT)
+
+    def close(self) -> None:
+        for p in self.engines:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGCONT)
+            p.kill()
+            p.wait()
+        if self.controller is not None:
+            self.controller.terminate()
+            try:
+                self.controller.wait(30)
+            except subprocess.TimeoutExpired:
+                self.controller.kill()
+                self.controller.wait()
+        self.proxy.close()
+        self.log.close()
+        if self.disk is not None:
+            subprocess.run(["umount", "-l", str(self.disk)], check=False)
+
+
+class Faults(threading.Thread):
+    """Every 1.5-4 s, one fault of a random kind (see the module docstring)."""
+
+    def __init__(self, cluster: Cluster, rng: random.Random) -> None:
+        super().__init__(name="faults", daemon=True)
+        self.c = cluster
+        self.rng = rng
+        self.stop_event = threading.Event()
+        self.done: Counter[str] = Counter()
+        self.kinds = {"controller kill -9": self._kill_controller,
+                      "engine SIGKILL": self._kill_engine,
+                      "engine SIGSTOP": self._stop_engine,
+                      "connection reset": self._reset_connections}
+        if cluster.disk is not None:
+            self.kinds["disk full"] = self._fill_disk
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.stop_event.wait(self.rng.uniform(1.5, 4.0)):
+                kind = self.rng.choice(sorted(self.kinds))
+                self.kinds[kind]()
+                self.done[kind] += 1
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            self.error = e
+
+    def _kill_controller(self) -> None:
+        self.c.controller.send_signal(signal.SIGKILL)
+        self.c.controller.wait()
+        self.c.start_controller()
+
+    def _kill_engine(self) -> None:
+        i = self.rng.randrange(len(self.c.engines))
+        victim = self.c.engines[i]
+        victim.kill()
+        victim.wait()
+        self.c.engines[i] = self.c.new_engine()
+
+    def _stop_engine(self) -> None:
+        victim = self.rng.choice(self.c.engines)
+        os.kill(victim.pid, signal.SIGSTOP)
+        try:
+            self.stop_event.wait(self.rng.uniform(0.5, 3.0))
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)
+
+    def _reset_connections(self) -> None:
+        self.c.proxy.reset_all()
+
+    def _fill_disk(self) -> None:
+        filler = self.c.disk / "filler"
+        with open(filler, "wb", buffering=0) as f:
+            for size in (1 << 20, 65536, 4096, 512):
+                with contextlib.suppress(OSError):
+                    while True:
+                        f.write(b"\0" * size)
+        try:
+            self.stop_event.wait(self.rng.uniform(1.0, 3.0))
+        finally:
+            filler.unlink()
+
+
+class Calls:
+    """Every client call, timed: none may wait past its bound."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self.count = 0
+        self.raised: Counter[str] = Counter()
+
+    def __call__(self, fn, *args, **kwargs):
+        t0 = time.monotonic()
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as e:
+            self.raised[type(e).__name__] += 1
+            raise
+        finally:
+            self.longest = max(self.longest, time.monotonic() - t0)
+            self.count += 1
+
+
+def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
+    rng = random.Random(seed)
+    small_disk = os.geteuid() == 0
+    cluster = Cluster(work, engines, small_disk)
+    runs_log = str(work / "runs.log")
+    calls = Calls()
+    given: dict[int, tuple[str, int]] = {}  # taskid -> (marker, retries)
+    refused: list[str] = []  # markers of submits refused with StoreError
+    unsure: list[str] = []  # submits whose fate the client could not learn
+    futures: dict = {}
+    faults = Faults(cluster, rng)
+    tc = None
+    try:
+        kwargs = {"timeout": CALL_TIMEOUT}
+        try:
+            tc = TaskClient(cluster.conn, reconnect_timeout=RECONNECT_TIMEOUT, **kwargs)
+        except TypeError:  # (a client without reconnect_timeout)
+            tc = TaskClient(cluster.conn, **kwargs)
+        deadline = time.monotonic() + 60
+        while len(tc.engines()) < engines:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the engines did not register")
+            time.sleep(0.05)
+        warm = [calls(tc.run, MapTask(soak_task, (runs_log, f"warm-{i}", 0.0, False)))
+                for i in range(20)]
+        for tid in warm:
+            calls(tc.get_task_result, tid, block=True)
+        rss_start = rss_kib(cluster.controller.pid)
+        controller_at_start = cluster.controller.pid
+        faults.start()
+        end = time.monotonic() + seconds
+        n = 0
+        outstanding: list[int] = []
+        while time.monotonic() < end:
+            if faults.error is not None:
+                raise faults.error
+            if len(outstanding) + len(futures) >= IN_FLIGHT:
+                oldest = outstanding.pop(0) if outstanding else None
+                if oldest is not None:
+                    calls(tc.barrier, [oldest])
+                for f in [f for f in futures if f.done()]:
+                    futures.pop(f)
+                if not outstanding and futures:
+                    f = next(iter(futures))
+                    with contextlib.suppress(Exception):
+                        calls(f.result, CALL_TIMEOUT + RECONNECT_TIMEOUT)
+                    futures.pop(f)
+                continue
+            marker = f"m{n}-{uuid.uuid4().hex[:8]}"
+            retries = rng.choice((0, 0, 2))
+            duration = rng.choice((0.0, 0.002, 0.01, 0.02, 0.3))
+            fail = rng.random() < 0.03
+            task_args = (runs_log, marker, duration, fail)
+            n += 1
+            try:
+                if n % 2:
+                    tid = calls(tc.run, MapTask(soak_task, task_args, retries=retries))
+                    given[tid] = (marker, retries)
+                    outstanding.append(tid)
+                else:
+                    fut = calls(tc.options(retries=retries).submit, soak_task, *task_args)
+                    futures[fut] = (marker, retries)
+                    given_tid = calls(lambda f=fut: f.taskid)
+                    given[given_tid] = (marker, retries)
+            except StoreError:
+                refused.append(marker)
+            except (TimeoutError, RuntimeError, ConnectionError) as e:  # fate unknown
+                unsure.append(f"{marker}: {type(e).__name__}: {e}")
+        faults.stop_event.set()
+        faults.join(60)
+        if faults.error is not None:
+            raise faults.error
+        # Everything settles: every task the client was given finishes.
+        tids = sorted(given)
+        calls(tc.barrier, tids)
+        report = check(tc, calls, given, refused, runs_log)
+        for chunk in range(0, len(tids), 1000):
+            calls(tc.clear, tids[chunk:chunk + 1000])
+        rss_end = rss_kib(cluster.controller.pid)
+        report.update(
+            seconds=seconds, engines=engines, seed=seed, faults=dict(faults.done),
+            submitted=n, refused_submits=len(refused), unsure_submits=unsure,
+            client_calls=calls.count, client_raised=dict(calls.raised),
+            longest_call_s=round(calls.longest, 2),
+            call_bound_s=CALL_TIMEOUT + RECONNECT_TIMEOUT,
+            controller_rss_kib={"start": rss_start, "end": rss_end,
+                                "same_controller": cluster.controller.pid ==
+                                controller_at_start},
+            disk_faults=small_disk, proxy_dropped_or_reset=cluster.proxy.resets)
+        return report
+    finally:
+        faults.stop_event.set()
+        if tc is not None:
+            tc.close()
+        cluster.close()
+
+
+def check(tc, calls, given: dict, refused: list, runs_log: str) -> dict:
+    runs = Counter(Path(runs_log).read_text().split()) if os.path.exists(runs_log) else Counter()
+    problems: list[str] = []
+    outcomes: Counter[str] = Counter()
+    for tid, (marker, retries) in sorted(given.items()):
+        try:
+            value = calls(tc.get_task_result, tid, block=True)
+        except Exception as e:  # noqa: BLE001 - a task's failure is an outcome
+            outcome = type(e).__name__
+            value = None
+        else:
+            outcome = "ok"
+            if value != marker:
+                problems.append(f"task {tid}: result {value!r} is not its own ({marker!r})")
+        outcomes[outcome] += 1
+        ran = runs[marker]
+        if ran > retries + 1:
+            problems.append(f"task {tid} ({marker}, retries={retries}) ran {ran} times")
+        if outcome == "ok" and ran < 1:
+            problems.append(f"task {tid} ({marker}) succeeded without running")
+        if retries == 0 and outcome not in ("EngineDied",) and ran != 1:
+            problems.append(f"task {tid} ({marker}, retries=0, {outcome}) ran {ran} times")
+    for marker in refused:
+        if runs[marker]:
+            problems.append(f"{marker}: its submit was refused, yet it ran {runs[marker]} times")
+    status = calls(tc.queue_status, verbose=True)
+    finished = status["succeeded"] + status["failed"]
+    counts = Counter(finished)
+    twice = [t for t, k in counts.items() if k > 1]
+    missing = sorted(set(given) - set(finished))
+    if status["scheduled"] or status["pending"]:
+        problems.append(f"still queued or running: {status['scheduled']} {status['pending']}")
+    if twice:
+        problems.append(f"finished twice: {twice[:10]}")
+    if missing:
+        problems.append(f"given but not finished: {missing[:10]}")
+    extra_runs = sum(max(0, runs[m] - 1) for m, _ in given.values())
+    return {"tasks": len(given), "outcomes": dict(outcomes), "lost": len(missing),
+            "finished_twice": len(twice), "wrong_results": sum("is not its own" in p
+                                                               for p in problems),
+            "over_runs": sum("ran" in p and "times" in p for p in problems),
+            "reruns_within_retries": extra_runs, "problems": problems[:50],
+            "ok": not problems}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=None)
+    p.add_argument("--seconds", type=float, default=None)
+    p.add_argument("--engines", type=int, default=3)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", default=None, help="write the report here too")
+    a = p.parse_args()
+    seconds = a.seconds if a.seconds is not None else 60 * (a.minutes or 10)
+    work = Path(tempfile.mkdtemp(prefix="taskmill-soak-"))
+    t0 = time.time()
+    report = soak(seconds, a.engines, a.seed, work)
+    report["wall_s"] = round(time.time() - t0, 1)
+    report["command"] = " ".join(["python", "benchmarks/fault_soak.py", *sys.argv[1:]])
+    report["date"] = time.strftime("%Y-%m-%d %H:%M")
+    text = json.dumps(report, indent=2, sort_keys=True)
+    print(text)
+    if a.json:
+        Path(a.json).write_text(text)
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

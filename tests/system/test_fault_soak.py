@@ -1,0 +1,37 @@
+"""The fault soak, short: `benchmarks/fault_soak.py --seconds 45` must find nothing.
+
+The soak kills and restarts the controller, kills and stops engines, resets their connections
+and (as root) fills the store's disk, while a client submits tasks; then it checks that every
+taskid the client was given finished once with its own result, that no task ran more often
+than its retries allow, and that no client call waited past its bound. See its docstring.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(240)
+def test_fault_soak_finds_nothing(tmp_path):
+    report_path = tmp_path / "report.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "fault_soak.py"), "--seconds", "45",
+         "--json", str(report_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=230, stdin=subprocess.DEVNULL)
+    assert report_path.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["problems"] == [], report
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert report["ok"] and report["lost"] == 0 and report["finished_twice"] == 0
+    assert report["wrong_results"] == 0 and report["over_runs"] == 0
+    assert report["tasks"] >= 300, report  # (a soak that ran almost nothing tested nothing)
+    assert sum(report["faults"].values()) >= 8, report["faults"]
+    assert len(report["faults"]) >= 3, report["faults"]
+    assert report["longest_call_s"] <= report["call_bound_s"], report
