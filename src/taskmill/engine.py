@@ -213,6 +213,7 @@ class Engine:
         self._lease_until = 0.0  # monotonic: buffered tasks may start only before it
         self._lease_wanted = False  # the main thread waits for a fresh lease: ask at once
         self._current: tuple[int, int] | None = None  # (tid, attempt) running now
+        self._finishing = False  # the current task's code is over; its result is being made
         self._deadline: float | None = None  # monotonic time the running task must end by
         self._interrupt_req: tuple[int, str] | None = None  # (tid, "abort"|"timeout"|"drop")
         self._in_task_code = False
@@ -656,7 +657,7 @@ class Engine:
         """Past its timeout a task is interrupted; an interruption not yet taken is sent again."""
         with self._lock:
             current, deadline, req = self._current, self._deadline, self._interrupt_req
-            if current is None:
+            if current is None or self._finishing:
                 return
             if req is None and deadline is not None and now >= deadline:
                 self._request_interrupt_locked(current, "timeout")
@@ -668,6 +669,8 @@ class Engine:
             self._request_interrupt_locked(key, reason)
 
     def _request_interrupt_locked(self, key: tuple[int, int], reason: str) -> None:
+        if self._current == key and self._finishing:
+            return  # its code is over: nothing to interrupt (its result is on the way)
         if self._current != key:
             if reason == "abort" and any((e["tid"], e["attempt"]) == key
                                          for e, _ in self._backlog):
@@ -742,10 +745,15 @@ class Engine:
                 faulthandler.cancel_dump_traceback_later()
                 if self._interrupt_req is not None and self._interrupt_req[1] == "drop":
                     dropped = True
-                self._current = None
+                # The task stays current until its result is queued (a heartbeat must never
+                # show it neither held nor finished), but nothing can interrupt it any more.
+                self._finishing = True
                 self._deadline = None
                 self._interrupt_req = None
         if dropped:
+            with self._lock:
+                self._current = None
+                self._finishing = False
             return  # this engine was declared dead: its task was failed or given elsewhere
         reply["duration"] = time.perf_counter() - t0
         reply["stdout"], reply["stderr"] = out.getvalue(), err.getvalue()
@@ -775,6 +783,8 @@ class Engine:
         self._attach_properties(reply)
         with self._lock:
             batch = self._queue_result(reply, body)
+            self._current = None
+            self._finishing = False
         if batch:
             self._send_results(self.res_sock, batch)
 
