@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
+import operator
 import os
 import pickle
 import threading
@@ -412,51 +413,144 @@ def loads(frames: Sequence[Frame]) -> Any:
 # -- functions, pickled once -------------------------------------------------------------------
 FUNCTION_CACHE_SIZE = 128
 FUNCTION_CACHE_MAX_BYTES = 64 * 1024
-_IMMUTABLE = _PLAIN | {type, types.ModuleType, types.BuiltinFunctionType, types.CodeType}
+# Objects of these exact types cannot change: the same object always pickles the same.
+_SCALARS = _PLAIN | {type(Ellipsis), type(NotImplemented), types.CodeType}
+_NESTING = 4  # deeper than this, tuples and functions are not looked into (not cached)
+
+try:  # the very test cloudpickle uses to choose between by reference and by value
+    from cloudpickle.cloudpickle import _should_pickle_by_reference
+except ImportError:  # pragma: no cover - another cloudpickle: then nothing is cached
+    _should_pickle_by_reference = None
 
 
-def _function_state(func: types.FunctionType, depth: int = 0) -> tuple[Any, ...] | None:
-    """The objects a by-value pickle of `func` is made of, or None if some could change in place.
+def _by_reference(obj: Any) -> bool:
+    """Whether cloudpickle pickles `obj` (a function, class or module) as a name to import,
+    so that what the client does to the object itself never travels."""
+    if _should_pickle_by_reference is None:
+        return False
+    try:
+        return bool(_should_pickle_by_reference(obj))
+    except Exception:  # noqa: BLE001 - unsure: pickled every time
+        return False
 
-    cloudpickle pickles a function defined in __main__ (or a notebook) by value: its code,
-    defaults, closure and the globals its code names. If each of those is a function whose own
-    state qualifies, or something that cannot be edited in place (a number, a string, a module,
-    a class, a builtin), then the same objects make the same pickle. A global dict, list or
-    array could be edited in place, so a function that names one is never cached.
+
+def _frozen(value: Any, depth: int = 0) -> bool:
+    """Whether `value` is immutable all the way down: a str, number, bytes, None, code, or a
+    tuple/frozenset of those (exact types: a subclass may carry a mutable __dict__)."""
+    t = type(value)
+    if t in _SCALARS:
+        return True
+    if (t is tuple or t is frozenset) and depth < _NESTING:
+        return all(_frozen(x, depth + 1) for x in value)
+    return False
+
+
+class _Mutable(Exception):
+    """Something a pickle of the function is made of could change in place."""
+
+
+def _function_state(func: Any) -> tuple[Any, ...] | None:
+    """The objects a pickle of `func` is made of, or None if one of them could change without
+    becoming another object (then the function must be pickled every time).
+
+    The pickle is made of these objects alone (what cloudpickle reads; see its
+    `_function_getstate` and `_function_getnewargs`), and each of them either cannot change or
+    travels as a name, so the same objects (compared by identity) make the same pickle:
+    - a function, class or module that cloudpickle pickles by reference: a name the engine
+      imports, so what this process does to the object never travels. Not a package, though
+      (a module whose `__package__` is set): cloudpickle sends along the submodules of a
+      package that are in `sys.modules` at the time, so a function naming one is not cached;
+    - a builtin function whose `__self__` is such a module (not a method bound to an object);
+    - a frozen value (see `_frozen`);
+    - a function pickled by value (defined in __main__, a notebook, a module registered by
+      value): itself, its code, name, qualname, module, doc, defaults, keyword defaults and
+      annotations (the dicts item by item), the base globals cloudpickle sends (`__name__`,
+      `__package__`, `__path__`, `__file__`), and the values of its closure cells and of every
+      global its code (or code nested in it) may name, each of them qualifying in turn. Its
+      `__dict__` must be empty.
+    Nothing else qualifies: not a class pickled by value (defined in __main__: its attributes
+    can be set, `Params.alpha = 10`), a module registered by value, a list, dict, set, array,
+    an instance of any class, a bound method.
     """
-    if depth > 3 or func.__dict__:
+    state: list[Any] = []
+    try:
+        _add(func, state, set(), 0)
+    except _Mutable:
         return None
-    code = func.__code__
-    state: list[Any] = [func, code]
-    for value in (*(func.__defaults__ or ()), *(func.__kwdefaults__ or {}).values()):
-        if type(value) not in _PLAIN:
-            return None
-        state.append(value)
-    cells = func.__closure__ or ()
-    values: list[Any] = []
-    for cell in cells:
-        try:
-            values.append(cell.cell_contents)
-        except ValueError:  # an empty cell
-            values.append(None)
-    g = func.__globals__
-    missing = _MISSING
-    for name in _code_names(code):
-        values.append(g.get(name, missing))
-    for value in values:
-        t = type(value)
-        if t is types.FunctionType:
-            inner = _function_state(value, depth + 1)
-            if inner is None:
-                return None
-            state.extend(inner)
-        elif t in _IMMUTABLE or value is missing or isinstance(value, type):
-            state.append(value)
-        else:
-            return None
     return tuple(state)
 
 
+def _add(value: Any, state: list[Any], seen: set[int], depth: int) -> None:
+    state.append(value)
+    t = type(value)
+    if t in _SCALARS:
+        return
+    if t is types.FunctionType:
+        if id(value) in seen or _by_reference(value):
+            return
+        seen.add(id(value))
+        _add_function(value, state, seen, depth)
+    elif t is types.BuiltinFunctionType:
+        owner = value.__self__
+        if not (owner is None or (type(owner) is types.ModuleType and _module_ok(owner))):
+            raise _Mutable
+    elif t is types.ModuleType:
+        if not _module_ok(value):
+            raise _Mutable
+    elif isinstance(value, type):
+        if not _by_reference(value):
+            raise _Mutable
+    elif not _frozen(value):
+        raise _Mutable
+
+
+def _module_ok(module: types.ModuleType) -> bool:
+    return not getattr(module, "__package__", None) and _by_reference(module)
+
+
+def _add_function(func: types.FunctionType, state: list[Any], seen: set[int],
+                  depth: int) -> None:
+    if depth >= _NESTING or func.__dict__ or getattr(func, "__type_params__", None):
+        raise _Mutable
+    code, module, doc, defaults = func.__code__, func.__module__, func.__doc__, func.__defaults__
+    if type(module) not in _SCALARS or type(doc) not in _SCALARS:
+        raise _Mutable
+    state += (code, func.__name__, func.__qualname__, module, doc, defaults)
+    if defaults:  # (a tuple: assigning new defaults makes another one)
+        for value in defaults:
+            _add(value, state, seen, depth + 1)
+    for mapping in (func.__kwdefaults__, func.__annotations__):
+        state.append(mapping)  # (None, or a dict: the same one, with the same items)
+        if mapping:
+            state.append(len(mapping))
+            for key, value in mapping.items():
+                state.append(key)
+                _add(value, state, seen, depth + 1)
+    g = func.__globals__
+    missing = _MISSING
+    for name in _BASE_GLOBALS:
+        value = g.get(name, missing)
+        state.append(value)
+        if value is not missing and type(value) not in _SCALARS and not _frozen(value):
+            raise _Mutable
+    for cell in func.__closure__ or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            value = missing
+        if value is missing or type(value) in _SCALARS:
+            state.append(value)
+        else:
+            _add(value, state, seen, depth + 1)
+    for name in _code_names(code):
+        value = g.get(name, missing)
+        if value is missing or type(value) in _SCALARS:
+            state.append(value)
+        else:
+            _add(value, state, seen, depth + 1)
+
+
+_BASE_GLOBALS = ("__package__", "__name__", "__path__", "__file__")
 _MISSING = object()
 _NAMES: dict[types.CodeType, tuple[str, ...]] = {}
 
@@ -477,8 +571,9 @@ def _code_names(code: types.CodeType) -> tuple[str, ...]:
 
 class FunctionPickles:
     """A client's cache of function pickles: a function sent again unchanged is not pickled
-    again (cloudpickle takes ~30 us for a function defined in __main__). See _function_state
-    for what "unchanged" means; anything else is pickled every time."""
+    again (cloudpickle takes ~30 us for a function defined in __main__). A pickle is reused
+    only while every object it was made of is the same object and immutable (see
+    _function_state); anything else is pickled every time."""
 
     def __init__(self, size: int = FUNCTION_CACHE_SIZE) -> None:
         self.size = size
@@ -487,18 +582,15 @@ class FunctionPickles:
 
     def dumps(self, func: Any) -> list[Any]:
         t = type(func)
-        if t is types.BuiltinFunctionType:
-            state: tuple[Any, ...] | None = (func,)
-        elif t is types.FunctionType:
-            state = _function_state(func)
-        else:
+        if t is not types.FunctionType and t is not types.BuiltinFunctionType:
             return dumps(func)
+        state = _function_state(func)
         if state is None:
             return dumps(func)
         with self._lock:
             hit = self._cache.get(id(func))
             if hit is not None and len(hit[0]) == len(state) and all(
-                    a is b for a, b in zip(hit[0], state, strict=True)):
+                    map(operator.is_, hit[0], state)):
                 self._cache.move_to_end(id(func))
                 return hit[1]
         frames = dumps(func)
