@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import zmq
 
 from . import __version__
@@ -92,6 +93,7 @@ from .wire import (
     Refused,
     Wire,
     apply_transport_heartbeat,
+    frame_len,
     loads,
     recv_message,
     send_message,
@@ -109,6 +111,9 @@ DEAD_RECORDS_KEPT = 1000  # dead engines still listed (engines(), statistics) at
 LOST_GRACE = 5.0
 STORE_RETRY_FIRST = 0.05  # seconds before a failed commit is tried again, doubling ...
 STORE_RETRY_MAX = 0.5  # ... to this
+# Results sent to a client go in pieces below the size limit (see _within_limit): this much of
+# a message is kept for its header's own fields.
+RESULTS_HEADER_ROOM = 1024
 
 
 class BadRequest(Exception):
@@ -176,6 +181,23 @@ class Stats:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _meta_bound(meta: dict[str, Any] | None) -> int:
+    """At least the packed size of a result entry: its texts (output, error) take at most 4
+    bytes a character (UTF-8), every other field far less than 1 KiB together."""
+    if not meta:
+        return 16
+    n = 1024
+    for key in ("stdout", "stderr"):
+        text = meta.get(key)
+        if isinstance(text, str):
+            n += 4 * len(text)
+    error = meta.get("error")
+    if isinstance(error, dict):
+        for value in error.values():
+            n += 4 * len(value) if isinstance(value, str) else 64
+    return n
 
 
 def _check_exec(ex: dict[str, Any], nframes: int) -> dict[str, Any]:
@@ -438,7 +460,9 @@ class Controller:
         if self._to_clients or self._done_out:
             out, self._to_clients = self._to_clients, []
             for (reply_to, req), (entries, frames) in self._done_out.items():
-                out.append((reply_to, {"type": "done", "req": req, "results": entries}, frames))
+                for part, part_frames in self._within_limit(entries, frames):
+                    out.append((reply_to, {"type": "done", "req": req, "results": part},
+                                part_frames))
             self._done_out.clear()
             for ident, header, frames in out:
                 send_message(self.client_sock, [ident, *self.wire.encode(header, frames)])
@@ -1263,7 +1287,38 @@ class Controller:
             meta, frames = self._result_entry(tid)
             entries.append(meta)
             out.extend(frames)
-        self._reply(rt, req, out, results=entries)
+        parts = self._within_limit(entries, out)
+        for i, (part, part_frames) in enumerate(parts):
+            if i < len(parts) - 1:  # the client joins the pieces of a reply marked `more`
+                self._reply(rt, req, part_frames, results=part, more=True)
+            else:
+                self._reply(rt, req, part_frames, results=part)
+
+    def _within_limit(self, entries: list[Any], frames: list[Any]) -> list[tuple[list, list]]:
+        """Result entries (and their frames) in pieces, each small enough for one message:
+        a client's socket refuses a message above the size limit, and each result alone is
+        below it (an engine fails a task whose result is not)."""
+        budget = self.wire.max_message - RESULTS_HEADER_ROOM
+        bound = sum(frame_len(f) for f in frames) + sum(_meta_bound(m) for m in entries)
+        if bound <= budget:  # (nearly always)
+            return [(entries, frames)]
+        parts: list[tuple[list, list]] = []
+        part: list[Any] = []
+        part_frames: list[Any] = []
+        size = pos = 0
+        for meta in entries:
+            n = meta["nframes"] if meta else 0
+            own = frames[pos:pos + n]
+            pos += n
+            need = len(msgpack.packb(meta, use_bin_type=True)) + sum(map(frame_len, own))
+            if part and size + need > budget:
+                parts.append((part, part_frames))
+                part, part_frames, size = [], [], 0
+            part.append(meta)
+            part_frames.extend(own)
+            size += need
+        parts.append((part, part_frames))
+        return parts
 
     def _add_waiter(self, rt: bytes, req: Any, mode: str, tids: list[int]) -> None:
         pending = {t for t in tids if self.sched.is_active(t)}
