@@ -22,11 +22,15 @@ from typing import Any
 
 from .client import (
     NO_OPTIONS,
+    RECONNECT_TIMEOUT,
     TaskClient,
     TaskFuture,
     TaskOptions,
     _check_taskid,
+    _in_range,
+    _unknown_message,
     abort_outcome,
+    check_client_timeouts,
     clear_outcome,
     pinned_copies,
     refusal,
@@ -39,15 +43,29 @@ from .mapper import (
     IMapRun,
     assemble_map,
     check_imap,
+    check_unreachable,
+    encode_chunks,
     plan_map,
     progress_bar,
     show_progress,
 )
-from .task import BaseTask
+from .task import BaseTask, check_seconds
 
 
 def _advance(bar: Any, n: int, _fut: object) -> None:
     bar.update(n)
+
+
+def _retrieved(fut: asyncio.Future) -> None:
+    """A done-callback for futures of ours that nobody will await any more (their call ended
+    early): their exception counts as retrieved, so asyncio does not log it."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _abandon(futs: Iterable[asyncio.Future]) -> None:
+    for f in futs:
+        f.add_done_callback(_retrieved)
 
 
 class AsyncTaskFuture(asyncio.Future):
@@ -108,21 +126,27 @@ class AsyncTaskClient:
     return awaitable `AsyncTaskFuture`s at once (they are plain methods, so
     `await asyncio.gather(*(tc.submit(f, x) for x in xs))` gives the values); `imap` is an
     async iterator; `options(...)` works as on `TaskClient` (its `map` is a coroutine here).
-    `connection` and `timeout` are those of `TaskClient`; connecting happens in `async with`
-    (or `await tc.connect()`), off the event loop.
+    `connection`, `timeout` and `reconnect_timeout` are those of `TaskClient`; connecting
+    happens in `async with` (or `await tc.connect()`), off the event loop. The blocking verbs
+    (`run(block=True)`, `get_task_result(block=True)`, `barrier`, `map`, `run_all`, `wait`)
+    take a keyword-only `timeout` as there; cancelling `map` or `run_all` (or a timeout, or
+    any exception ending them) aborts their tasks still queued or running.
     """
 
     def __init__(self, connection: str | os.PathLike[str] | None = None, *,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, reconnect_timeout: float = RECONNECT_TIMEOUT) -> None:
+        check_client_timeouts(timeout, reconnect_timeout)
         self._connection = connection
         self.timeout = timeout
+        self.reconnect_timeout = reconnect_timeout
         self._client: TaskClient | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def connect(self) -> AsyncTaskClient:
         if self._client is None:
             self._client = await asyncio.to_thread(TaskClient, self._connection,
-                                                   timeout=self.timeout)
+                                                   timeout=self.timeout,
+                                                   reconnect_timeout=self.reconnect_timeout)
         return self
 
     async def __aenter__(self) -> AsyncTaskClient:
@@ -155,6 +179,8 @@ class AsyncTaskClient:
         wait = conn.timeout if timeout == -1.0 else timeout
         try:
             reply, frames = await asyncio.wait_for(asyncio.wrap_future(fut), wait)
+        except ControllerUnreachable:  # (a TimeoutError too: not this wait's)
+            raise
         except TimeoutError:
             conn._forget(header["req"])
             raise ControllerUnreachable(
@@ -164,42 +190,85 @@ class AsyncTaskClient:
             raise refusal(reply)
         return reply, frames
 
+    async def _wait_reply(self, header: dict[str, Any], timeout: float | None,
+                          what: str) -> tuple[dict[str, Any], list[Any]]:
+        """A blocking verb's request (see _Connection.wait_reply): past the caller's own
+        `timeout`, the builtin TimeoutError; the tasks are untouched."""
+        conn = self.blocking._conn
+        fut = conn.send(header)
+        answered = False
+        try:
+            reply, frames = await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
+            answered = True
+        except ControllerUnreachable:  # (a TimeoutError too: not this wait's)
+            raise
+        except TimeoutError:
+            raise TimeoutError(f"{what} did not finish within {timeout:g}s (timeout=); the "
+                               "tasks are untouched") from None
+        finally:
+            if not answered:  # timed out or cancelled: nobody waits for the answer any more
+                conn._forget(header["req"])
+        if not reply.get("ok", True):
+            raise refusal(reply)
+        return reply, frames
+
     def _wrap(self, tf: TaskFuture) -> AsyncTaskFuture:
         return AsyncTaskFuture(tf, loop=asyncio.get_running_loop())
 
     # -- the seed's verbs ------------------------------------------------------------------
-    async def run(self, task: BaseTask, block: bool = False) -> Any:
-        """Submit `task`; return its taskid, or with `block=True` its result."""
-        header, frames = self.blocking._encode(task)
+    async def run(self, task: BaseTask, block: bool = False, *,
+                  timeout: float | None = None) -> Any:
+        """Submit `task`; return its taskid, or with `block=True` its result (past `timeout`
+        seconds, TimeoutError; the task goes on)."""
+        check_seconds(timeout, "timeout")
+        client = self.blocking
+        enc = client._encode(task)
+        client._check_sizes([enc])
+        header, frames = enc
         reply, _ = await self._call({"type": "submit", "tasks": [header]}, frames)
         tid = reply["tids"][0]
         if block:
-            return await self.get_task_result(tid, block=True)
+            return await self.get_task_result(tid, block=True, timeout=timeout)
         return tid
 
-    async def get_task_result(self, taskid: int, block: bool = False) -> Any:
-        """The result of a task (SPEC.md §3), or None while it runs and `block` is false."""
+    async def get_task_result(self, taskid: int, block: bool = False, *,
+                              timeout: float | None = None) -> Any:
+        """The result of a task (SPEC.md §3), or None while it runs and `block` is false
+        (with `block`, past `timeout` seconds, TimeoutError)."""
         _check_taskid(taskid)
-        reply, frames = await self._call({"type": "result", "tids": [taskid], "block": block},
-                                         timeout=None if block else -1.0)
+        check_seconds(timeout, "timeout")
+        if not _in_range(taskid):
+            raise IndexError(_unknown_message(taskid))
+        header = {"type": "result", "tids": [taskid], "block": block}
+        if block:
+            reply, frames = await self._wait_reply(
+                header, timeout, f"get_task_result({taskid}, block=True)")
+        else:
+            reply, frames = await self._call(header)
         (meta, fr), = split_results(reply, frames)
         return self.blocking._decode(meta, fr)
 
     async def abort(self, taskid: int) -> None:
         """Abort a queued or running task (it finishes as TaskAborted)."""
         _check_taskid(taskid)
+        if not _in_range(taskid):
+            raise IndexError(_unknown_message(taskid))
         reply, _ = await self._call({"type": "abort", "tid": taskid})
         abort_outcome(reply, taskid)
 
-    async def barrier(self, taskids: Any, progress: bool | None = False) -> None:
-        """Wait until every task in `taskids` has finished (failed and unknown ones count)."""
-        tids = taskid_list(taskids)
+    async def barrier(self, taskids: Any, progress: bool | None = False, *,
+                      timeout: float | None = None) -> None:
+        """Wait until every task in `taskids` has finished (failed and unknown ones count).
+        Past `timeout` seconds, TimeoutError. The tasks are not this call's: cancelling it
+        leaves them running."""
+        check_seconds(timeout, "timeout")
+        tids = [t for t in taskid_list(taskids) if _in_range(t)]
         if not tids:
             return
         if show_progress(progress):
-            await self.wait(tids, progress=True)
+            await self.wait(tids, progress=True, timeout=timeout)
         else:
-            await self._call({"type": "wait", "tids": tids}, timeout=None)
+            await self._wait_reply({"type": "wait", "tids": tids}, timeout, "barrier")
 
     async def spin(self) -> bool:
         reply, _ = await self._call({"type": "spin"})
@@ -211,35 +280,51 @@ class AsyncTaskClient:
 
     async def clear(self, taskids: Any = None) -> int:
         tids = None if taskids is None else taskid_list(taskids)
+        if tids is not None and not all(_in_range(t) for t in tids):
+            return await asyncio.to_thread(self.blocking.clear, tids)  # (see there)
         reply, _ = await self._call({"type": "clear", "tids": tids})
         return clear_outcome(reply)
 
     async def map(self, func: Callable[..., Any], /, *sequences: Iterable[Any],
-                  chunksize: int | None = None, progress: bool | None = False) -> list[Any]:
-        """`TaskClient.map` as a coroutine: results in input order, or one CompositeError."""
-        return await self._map(NO_OPTIONS, func, sequences, chunksize, progress)
+                  chunksize: int | None = None, progress: bool | None = False,
+                  timeout: float | None = None) -> list[Any]:
+        """`TaskClient.map` as a coroutine: results in input order, or one CompositeError.
+        Past `timeout` seconds, TimeoutError. Cancelling it (or the timeout, or any exception
+        that ends it early) aborts its tasks still queued or running."""
+        return await self._map(NO_OPTIONS, func, sequences, chunksize, progress, timeout)
 
     async def _map(self, options: TaskOptions, func: Callable[..., Any],
                    sequences: Sequence[Iterable[Any]], chunksize: int | None,
-                   progress: bool | None) -> list[Any]:
+                   progress: bool | None, timeout: float | None = None) -> list[Any]:
+        check_seconds(timeout, "timeout")
         # The engines are counted here, not by plan_map, whose way of asking would block.
         alive = await self._alive_engines() if chunksize is None else 1
-        n_items, chunks, tasks = plan_map(options, func, sequences, chunksize, lambda: alive)
-        if not tasks:
+        n_items, chunks = plan_map(options, func, sequences, chunksize, lambda: alive)
+        if not chunks:
             return []
         client = self.blocking
-        futs = client._submit_futures([client._encode(t) for t in tasks])
+        chunks, encoded = encode_chunks(client, options, func, chunks, split=chunksize is None)
         name = getattr(func, "__name__", "map")
-        with progress_bar(progress, n_items, name, "item") as bar:
-            waiting = []
-            for tf, chunk in zip(futs, chunks, strict=True):
-                af = self._wrap(tf)
-                af.add_done_callback(functools.partial(_advance, bar, len(chunk)))
-                waiting.append(af)
-            await asyncio.wait(waiting)
+        futs = client._submit_futures(encoded, checked=True)
+        waiting: list[AsyncTaskFuture] = []
+        try:
+            with progress_bar(progress, n_items, name, "item") as bar:
+                for tf, chunk in zip(futs, chunks, strict=True):
+                    af = self._wrap(tf)
+                    af.add_done_callback(functools.partial(_advance, bar, len(chunk)))
+                    waiting.append(af)
+                _, pending = await asyncio.wait(waiting, timeout=timeout)
+            if pending:
+                raise TimeoutError(f"map of {name} did not finish within {timeout:g}s "
+                                   "(timeout=); its unfinished tasks were aborted")
+        except BaseException:  # cancelled, timed out...: abort what is left
+            _abandon(waiting)
+            await _abort(client, futs)
+            raise
         for af in waiting:
             if not af.cancelled():
                 af.exception()  # retrieved: assemble_map reports it
+        check_unreachable(futs)
         return assemble_map(name, futs, chunks, n_items)
 
     # -- beyond the seed -------------------------------------------------------------------
@@ -257,6 +342,8 @@ class AsyncTaskClient:
 
     async def task_info(self, taskid: int) -> dict[str, Any]:
         _check_taskid(taskid)
+        if not _in_range(taskid):
+            return {"tid": taskid, "state": "unknown"}
         reply, _ = await self._call({"type": "task", "tid": taskid})
         return dict(reply["task"])
 
@@ -285,7 +372,10 @@ class AsyncTaskClient:
 
     async def wait(self, futures_or_ids: Any, *, timeout: float | None = None,
                    progress: bool | None = None) -> list[asyncio.Future]:
-        """Wait until every future or taskid given has finished; return their futures."""
+        """Wait until every future or taskid given has finished; return their futures.
+        Past `timeout` seconds, TimeoutError. The tasks are not this call's: cancelling it
+        leaves them running."""
+        check_seconds(timeout, "timeout")
         items = [futures_or_ids] if isinstance(futures_or_ids, int | asyncio.Future | Future) \
             else list(futures_or_ids)
         futs = [x if isinstance(x, asyncio.Future) else
@@ -293,13 +383,18 @@ class AsyncTaskClient:
                 for x in items]
         if not futs:
             return futs
-        with progress_bar(progress, len(futs), "wait", "task") as bar:
-            for f in futs:
-                f.add_done_callback(lambda _: bar.update())
-            _, pending = await asyncio.wait(futs, timeout=timeout)
-        if pending:
-            raise TimeoutError(f"{len(pending)} of {len(futs)} tasks unfinished after "
-                               f"{timeout:g}s")
+        ours = [f for f, x in zip(futs, items, strict=True) if f is not x]
+        try:
+            with progress_bar(progress, len(futs), "wait", "task") as bar:
+                for f in futs:
+                    f.add_done_callback(lambda _: bar.update())
+                _, pending = await asyncio.wait(futs, timeout=timeout)
+            if pending:
+                raise TimeoutError(f"{len(pending)} of {len(futs)} tasks unfinished after "
+                                   f"{timeout:g}s")
+        except BaseException:
+            _abandon(ours)
+            raise
         return futs
 
     def imap(self, func: Callable[..., Any], iterable: Iterable[Any], *, ordered: bool = True,
@@ -349,13 +444,26 @@ class AsyncTaskClient:
             bar.close()
             run.close()
 
-    async def run_all(self, task: BaseTask) -> dict[int, Any]:
-        """One copy of `task` on every live engine; engineid -> result (see TaskClient)."""
+    async def run_all(self, task: BaseTask, *, timeout: float | None = None) -> dict[int, Any]:
+        """One copy of `task` on every live engine; engineid -> result (see TaskClient).
+        Past `timeout` seconds, TimeoutError; that, cancelling it or any exception ending it
+        early aborts the copies still queued or running."""
+        check_seconds(timeout, "timeout")
         eids = sorted(e["engineid"] for e in await self.engines() if e["state"] != "dead")
         client = self.blocking
         copies = pinned_copies(task, eids)
-        futs = [self._wrap(tf) for tf in
-                client._submit_futures([client._encode(t) for t in copies])]
+        tfs = client._submit_futures([client._encode(t) for t in copies])
+        futs = [self._wrap(tf) for tf in tfs]
+        try:
+            if futs:
+                _, pending = await asyncio.wait(futs, timeout=timeout)
+                if pending:
+                    raise TimeoutError(f"run_all did not finish within {timeout:g}s "
+                                       "(timeout=); its unfinished copies were aborted")
+        except BaseException:
+            _abandon(futs)
+            await _abort(client, tfs)
+            raise
         outcomes = []
         for f in futs:
             try:
@@ -363,3 +471,11 @@ class AsyncTaskClient:
             except Exception as e:  # noqa: BLE001 - reported per engine
                 outcomes.append((False, e))
         return run_all_outcome(eids, outcomes)
+
+
+async def _abort(client: TaskClient, futs: Sequence[TaskFuture]) -> None:
+    """Abort the unfinished tasks of `futs` (see TaskClient._abort_futures), off the loop."""
+    try:
+        await asyncio.to_thread(client._abort_futures, futs)
+    except Exception:  # noqa: BLE001 - the error that ended the map is the one to raise
+        pass

@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, as_completed
 from typing import TYPE_CHECKING, Any
 
-from .errors import CompositeError, MapFailure, RemoteError, RemoteTraceback
-from .task import BaseTask, MapTask
+from .errors import CompositeError, ControllerUnreachable, MapFailure, RemoteError, RemoteTraceback
+from .task import BaseTask, MapTask, check_seconds
 
 if TYPE_CHECKING:
     from .client import TaskClient, TaskFuture, TaskOptions
@@ -132,18 +132,56 @@ def chunk_entries(fut: TaskFuture, n: int) -> list[tuple[bool, Any]]:
 
 # -- map -------------------------------------------------------------------------------------
 def plan_map(options: TaskOptions, func: Callable[..., Any], sequences: Sequence[Iterable[Any]],
-             chunksize: int | None, n_engines: Callable[[], int]) -> tuple[int, list[list[Any]],
-                                                                           list[MapTask]]:
-    """The chunks of a map and their tasks; `n_engines` is asked only when chunksize is None."""
+             chunksize: int | None, n_engines: Callable[[], int]) -> tuple[int, list[list[Any]]]:
+    """The chunks of a map; `n_engines` is asked only when chunksize is None."""
     check_map_options(options)
     check_positive(chunksize, "chunksize")
     args = zip_sequences(sequences)
     if not args:
-        return 0, [], []
+        return 0, []
     if chunksize is None:
         chunksize = auto_chunksize(len(args), n_engines())
-    chunks = [args[i:i + chunksize] for i in range(0, len(args), chunksize)]
-    return len(args), chunks, [chunk_task(options, func, c) for c in chunks]
+    return len(args), [args[i:i + chunksize] for i in range(0, len(args), chunksize)]
+
+
+def encode_chunks(client: TaskClient, options: TaskOptions, func: Callable[..., Any],
+                  chunks: list[list[Any]], *, split: bool) -> tuple[list[list[Any]], list[Any]]:
+    """Each chunk's task, encoded, and the chunks they are (in order). None is larger than the
+    controller accepts in one message: with `split` (chunksize=None) a chunk that would be is
+    cut in halves until it fits; a single element that does not fit, or a chunk of a chosen
+    chunksize, raises ValueError, before anything is sent."""
+    name = getattr(func, "__qualname__", type(func).__name__)
+    out_chunks: list[list[Any]] = []
+    out: list[Any] = []
+    start = 0  # the index of the chunk's first element
+    todo = chunks[::-1]
+    while todo:
+        chunk = todo.pop()
+        enc = client._encode(chunk_task(options, func, chunk))
+        what = (f"element {start} of map({name})" if len(chunk) == 1 else
+                f"the chunk of elements {start}..{start + len(chunk) - 1} of map({name})")
+        error = client._too_big(enc, what)
+        if error is not None:
+            if split and len(chunk) > 1:
+                half = len(chunk) // 2
+                todo += [chunk[half:], chunk[:half]]
+                continue
+            if len(chunk) > 1:
+                raise ValueError(f"{error} (chunksize={len(chunk)}: a smaller one may do)")
+            raise error
+        out_chunks.append(chunk)
+        out.append(enc)
+        start += len(chunk)
+    return out_chunks, out
+
+
+def check_unreachable(futs: Sequence[Future]) -> None:
+    """Raise ControllerUnreachable if a future failed with it (a map raises it as itself)."""
+    for f in futs:
+        if not f.cancelled():
+            exc = Future.exception(f)
+            if isinstance(exc, ControllerUnreachable):
+                raise exc
 
 
 def assemble_map(name: str, futs: Sequence[TaskFuture], chunks: Sequence[list[Any]],
@@ -167,16 +205,32 @@ def assemble_map(name: str, futs: Sequence[TaskFuture], chunks: Sequence[list[An
 
 def client_map(client: TaskClient, options: TaskOptions, func: Callable[..., Any],
                sequences: Sequence[Iterable[Any]], *, chunksize: int | None,
-               progress: bool | None) -> list[Any]:
-    n_items, chunks, tasks = plan_map(options, func, sequences, chunksize, client._alive_engines)
-    if not tasks:
+               progress: bool | None, timeout: float | None = None) -> list[Any]:
+    """`TaskClient.map`. Whatever ends it before every chunk has finished (Ctrl-C, `timeout`,
+    any exception) aborts the chunks still queued or running."""
+    check_seconds(timeout, "timeout")
+    n_items, chunks = plan_map(options, func, sequences, chunksize, client._alive_engines)
+    if not chunks:
         return []
-    futs = client._submit_futures([client._encode(t) for t in tasks])
-    size = {f: len(c) for f, c in zip(futs, chunks, strict=True)}
+    chunks, encoded = encode_chunks(client, options, func, chunks, split=chunksize is None)
     name = getattr(func, "__name__", "map")
-    with progress_bar(progress, n_items, name, "item") as bar:
-        for f in as_completed(futs):
-            bar.update(size[f])
+    futs: list[TaskFuture] = []
+    try:
+        futs = client._submit_futures(encoded, checked=True)
+        size = {f: len(c) for f, c in zip(futs, chunks, strict=True)}
+        with progress_bar(progress, n_items, name, "item") as bar:
+            for f in as_completed(futs, timeout=timeout):
+                bar.update(size[f])
+    except ControllerUnreachable:  # (a TimeoutError too; nothing can be aborted)
+        raise
+    except TimeoutError:
+        client._abort_futures(futs)
+        raise TimeoutError(f"map of {name} did not finish within {timeout:g}s (timeout=); its "
+                           "unfinished tasks were aborted") from None
+    except BaseException:
+        client._abort_futures(futs)
+        raise
+    check_unreachable(futs)
     return assemble_map(name, futs, chunks, n_items)
 
 
@@ -367,14 +421,26 @@ class TaskMapper:
         self.block = block
         MapTask(len, **self.options)  # check the options now, not at the first map
 
-    def map(self, func: Callable[..., Any], *sequences: Iterable[Any]) -> list[Any]:
+    def map(self, func: Callable[..., Any], *sequences: Iterable[Any],
+            timeout: float | None = None) -> list[Any]:
+        """One MapTask per element: with `block`, their results in order (the first failure
+        raised; past `timeout` seconds, TimeoutError), else their taskids. Whatever ends it
+        before it returns (Ctrl-C, `timeout`, any exception) aborts the tasks it had sent."""
+        check_seconds(timeout, "timeout")
+        client = self.client
         args = zip_sequences(sequences)
-        tids = self.client._submit_tasks(MapTask(func, a, **self.options) for a in args)
-        if not self.block:
-            return tids
-        if not tids:
-            return []
-        return [self.client._decode(m, f) for m, f in self.client._results(tids, block=True)]
+        encoded = [client._encode(MapTask(func, a, **self.options)) for a in args]
+        tids: list[int] = []
+        try:
+            client._submit_encoded(encoded, tids)
+            if not self.block or not tids:
+                return tids
+            name = getattr(func, "__name__", "map")
+            entries = client._results(tids, True, timeout, f"map of {name}")
+        except BaseException:
+            client._abort_taskids(tids)
+            raise
+        return [client._decode(m, f) for m, f in entries]
 
 
 class ParallelFunction:

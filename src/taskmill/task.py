@@ -38,6 +38,17 @@ def _check_common(task: BaseTask) -> None:
                              f"no timeout), not {task.timeout!r}")
 
 
+def check_seconds(value: Any, name: str, *, none: bool = True) -> None:
+    """TypeError/ValueError unless `value` is a number of seconds >= 0 (or None if `none`)."""
+    if value is None and none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of seconds{' or None' if none else ''}, "
+                        f"not {value!r}")
+    if not value >= 0:
+        raise ValueError(f"{name} must be >= 0 seconds, not {value!r}")
+
+
 def normalize_after(after: Any) -> tuple[int, ...]:
     """`after` as a tuple of ints: accepts None, an int, a future, or a sequence of those."""
     if after is None:

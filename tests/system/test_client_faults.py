@@ -1,0 +1,511 @@
+"""The client under faults (SPEC.md §1 Client, §4): it never waits forever, bad requests fail at
+the call, no message crosses the size limit, and a map that ends early aborts its tasks.
+
+- A controller that stays dead: after `reconnect_timeout` seconds of silence every blocked call,
+  every future and every later call raises ControllerUnreachable; a controller started again
+  on the same connection file is used again. Blocking verbs take their own `timeout=`.
+- A request that cannot be encoded (an id beyond 64 bits, a lone surrogate) raises at the call,
+  and the client stays usable, even across a controller restart (which resends what is
+  outstanding).
+- Against a controller with a small `max_message`: a task too large fails at once, batches are
+  split by bytes, and results that together exceed the limit arrive in pieces.
+- Ctrl-C (a real SIGINT to a script) or any exception that ends a blocking map aborts the
+  tasks it had queued or running.
+
+Processes are real (controllers, engines and scripts are subprocesses, or a Controller in this
+process), and every wait polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from systest import ControllerProcess, make_blocker, poll, wait_until
+
+from taskmill import (
+    AsyncTaskClient,
+    Cluster,
+    ControllerUnreachable,
+    DependencyError,
+    MapTask,
+    StringTask,
+    TaskClient,
+)
+from taskmill.connection import new_connection_info, write_connection_file
+from taskmill.controller import Controller
+
+pytestmark = pytest.mark.timeout(120, method="thread")
+
+TASKMILL = [sys.executable, "-m", "taskmill"]
+
+
+@pytest.fixture
+def controller(tmp_path):
+    ctl = ControllerProcess(tmp_path)
+    ctl.start()
+    engines: list[subprocess.Popen] = []
+    ctl.engines = engines
+    try:
+        yield ctl
+    finally:
+        for e in engines:
+            e.kill()
+            e.wait()
+        ctl.stop()
+
+
+def outcome(call) -> list:
+    """Run `call` in a thread; the list gets ("ok", value) or ("raised", exc) when it ends."""
+    box: list = []
+
+    def run() -> None:
+        try:
+            box.append(("ok", call()))
+        except BaseException as e:  # noqa: BLE001 - reported to the test
+            box.append(("raised", e))
+
+    threading.Thread(target=run, daemon=True).start()
+    return box
+
+
+def ended(boxes: dict[str, list], timeout: float) -> dict[str, tuple]:
+    """Wait (bounded) until every call has ended; fail naming those still blocked."""
+    deadline = time.monotonic() + timeout
+    while any(not b for b in boxes.values()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    blocked = sorted(k for k, b in boxes.items() if not b)
+    assert not blocked, f"still blocked after {timeout:g}s: {blocked}"
+    return {k: b[0] for k, b in boxes.items()}
+
+
+def slow(x, seconds=60.0):
+    import time
+
+    time.sleep(seconds)
+    return x
+
+
+# -- 11. a controller that never comes back ------------------------------------------------------
+
+@pytest.mark.timeout(90, method="thread")
+def test_a_controller_gone_for_good_fails_every_blocked_call_then_one_started_again_is_used(
+        controller):
+    ctl = controller
+    tc = TaskClient(ctl.conn, timeout=10, reconnect_timeout=2)
+    try:
+        tid = tc.run(MapTask(abs, (-1,)))  # no engine yet: it stays queued
+        fut = tc.submit(abs, -2)
+        assert fut.taskid == tid + 1
+
+        async def aio_blocked():
+            async with AsyncTaskClient(ctl.conn, reconnect_timeout=2) as atc:
+                await atc.get_task_result(tid, block=True)
+
+        blocked = {
+            "get_task_result": outcome(lambda: tc.get_task_result(tid, block=True)),
+            "barrier": outcome(lambda: tc.barrier([tid])),
+            "map": outcome(lambda: tc.map(abs, [-3, -4])),
+            "mapper().map": outcome(lambda: tc.mapper().map(abs, [-5])),
+            "future.result": outcome(lambda: fut.result()),
+            "AsyncTaskClient.get_task_result": outcome(lambda: asyncio.run(aio_blocked())),
+        }
+        wait_until(lambda: tc.queue_status()["scheduled"] >= 5, "the blocked calls' tasks")
+        ctl.kill9()
+        late = tc.submit(abs, -6)  # sent to nobody: its taskid never comes
+        blocked["late submit's taskid"] = outcome(lambda: late.taskid)
+        for what, (how, value) in ended(blocked, 30).items():
+            assert how == "raised" and isinstance(value, ControllerUnreachable), (what, value)
+        message = str(blocked["get_task_result"][0][1])
+        assert ctl_url(ctl) in message and str(ctl.conn) in message and "2s" in message
+        assert isinstance(late.exception(timeout=5), ControllerUnreachable)
+        # Later calls raise at once, while nobody answers.
+        with pytest.raises(ControllerUnreachable, match="has not answered"):
+            tc.queue_status()
+        with pytest.raises(ControllerUnreachable):
+            tc.submit(abs, -7).result(timeout=5)
+
+        # Started again on the same connection file and store: the client uses it again.
+        ctl.start()
+        ctl.engines.append(ctl.engine())
+        poll(lambda: _answers(tc), 30, "the restarted controller to answer")
+        assert tc.get_task_result(tid, block=True, timeout=60) == 1  # reloaded and run
+        assert tc.submit(abs, -8).result(timeout=60) == 8
+        assert tc.map(abs, [-9, -10], timeout=60) == [9, 10]
+    finally:
+        tc.close()
+
+
+def ctl_url(ctl: ControllerProcess) -> str:
+    from taskmill.connection import read_connection_file
+
+    return read_connection_file(ctl.conn).client_url
+
+
+def _answers(tc: TaskClient) -> bool:
+    try:
+        tc.queue_status()
+    except ControllerUnreachable:
+        return False
+    return True
+
+
+def test_reconnect_timeout_is_checked():
+    for bad, error in ((0, ValueError), (-1, ValueError), ("2", TypeError), (None, TypeError)):
+        with pytest.raises(error, match="reconnect_timeout"):
+            TaskClient("/nonexistent/connection.json", reconnect_timeout=bad)
+        with pytest.raises(error, match="reconnect_timeout"):
+            AsyncTaskClient(reconnect_timeout=bad)
+
+
+def test_blocking_verbs_take_a_timeout_and_leave_the_tasks_alone(client, tmp_path):
+    blocker = make_blocker()
+    started, release = tmp_path / "started", tmp_path / "release"
+    tid = client.run(MapTask(blocker, (str(started), str(release), 7)))
+    wait_until(started.exists, "the task to start")
+    other = client.submit(blocker, str(tmp_path / "started2"), str(release), 8)
+
+    async def aio(verb: str):
+        async with AsyncTaskClient(client.connection_file) as atc:
+            if verb == "get_task_result":
+                return await atc.get_task_result(tid, block=True, timeout=0.2)
+            if verb == "barrier":
+                return await atc.barrier([tid], timeout=0.2)
+            if verb == "wait":
+                return await atc.wait([tid], timeout=0.2)
+            return await atc.run(MapTask(abs, (-1,), depend={"never": True}), block=True,
+                                 timeout=0.2)
+
+    calls = {
+        "get_task_result": lambda: client.get_task_result(tid, block=True, timeout=0.2),
+        "barrier": lambda: client.barrier(tid, timeout=0.2),
+        "barrier with a bar": lambda: client.barrier([tid], progress=True, timeout=0.2),
+        "wait": lambda: client.wait([tid, other], timeout=0.2),
+        "run": lambda: client.run(MapTask(abs, (-1,), depend={"never": True}), block=True,
+                                  timeout=0.2),
+        "future.result": lambda: other.result(timeout=0.2),
+        **{f"async {v}": (lambda v=v: asyncio.run(aio(v)))
+           for v in ("get_task_result", "barrier", "wait", "run")},
+    }
+    for what, call in calls.items():
+        with pytest.raises(TimeoutError) as info:
+            call()
+        assert not isinstance(info.value, ControllerUnreachable), what
+    # The tasks waited on are untouched: still running, and they finish as they would have.
+    assert client.task_info(tid)["state"] == "pending"
+    release.touch()
+    assert client.get_task_result(tid, block=True, timeout=60) == 7
+    assert other.result(timeout=60) == 8
+    for bad, error in ((-1, ValueError), ("1", TypeError), (True, TypeError)):
+        with pytest.raises(error, match="timeout"):
+            client.get_task_result(tid, block=True, timeout=bad)
+        with pytest.raises(error, match="timeout"):
+            client.map(abs, [1], timeout=bad)
+
+
+# -- 12. requests that cannot be encoded ------------------------------------------------------
+
+def test_ids_beyond_any_taskid_are_unknown_ids_never_overflow(client):
+    huge = 2**64
+    with pytest.raises(IndexError, match="unknown"):
+        client.get_task_result(huge)
+    with pytest.raises(IndexError, match="unknown"):
+        client.get_task_result(huge, block=True)
+    with pytest.raises(IndexError, match="unknown"):
+        client.abort(huge)
+    with pytest.raises(IndexError, match="unknown"):
+        client.future(huge).result(timeout=10)
+    assert client.task_info(huge)["state"] == "unknown"
+    client.barrier([huge, -(2**70)])  # unknown ids never raise
+    (fut,) = client.wait([huge], timeout=10)
+    assert isinstance(fut.exception(), IndexError)
+    tid = client.run(MapTask(abs, (-3,)))
+    assert client.get_task_result(tid, block=True, timeout=60) == 3
+    with pytest.raises(KeyError, match=str(huge)) as info:
+        client.clear([tid, huge])
+    assert "1 other result(s) were cleared" in str(info.value)
+    with pytest.raises(IndexError):
+        client.get_task_result(tid)  # cleared with the others
+    # `after` naming an id that cannot exist: like any unknown id, DependencyError.
+    dependent = client.options(after=[huge]).submit(abs, -1)
+    with pytest.raises(DependencyError):
+        dependent.result(timeout=60)
+    # ... and later submits are not stuck behind it.
+    assert client.submit(abs, -4).result(timeout=60) == 4
+    assert client.map(abs, [-5, -6], timeout=60) == [5, 6]
+
+
+def test_a_submit_that_cannot_be_encoded_does_not_hold_up_later_ones(client):
+    """Before, the submit raised on its way out and left the submitter's count of requests
+    in flight at one for good: every later submit waited behind it, forever."""
+    with pytest.raises(Exception):  # noqa: B017 - (its type is checked below)
+        client.options(retries=2**64).submit(abs, 1)
+    assert client.submit(abs, -4).result(timeout=30) == 4
+    assert client.map(abs, [-5, -6], chunksize=1) == [5, 6]
+
+
+def test_unencodable_tasks_raise_at_the_call_and_later_ones_run(client):
+    with pytest.raises(ValueError, match="surrogate"):
+        client.run(StringTask("x = '\udc80'"))
+    with pytest.raises(ValueError, match="surrogate"):
+        client.run(StringTask("x = 1", pull=["x", "\udc80"]))
+    with pytest.raises(ValueError, match="surrogate"):
+        client.run(StringTask("\udcff"), block=True)
+    with pytest.raises(TypeError, match="dict depend"):
+        client.run(MapTask(abs, (1,), depend={"k": "\udc80"}))
+    with pytest.raises(ValueError, match="64 bits"):
+        client.run(MapTask(abs, (1,), retries=2**64))
+    with pytest.raises(ValueError, match="64 bits"):
+        client.options(retries=2**64).submit(abs, 1)
+    with pytest.raises(ValueError, match="surrogate"):
+        client.run_all(StringTask("'\udc80'"))
+    # A pushed name travels pickled: one with a lone surrogate is just a name.
+    tr = client.run(StringTask("y = 2", push={"\udc80": 1}, pull="y"), block=True, timeout=60)
+    assert tr.ns.y == 2
+    assert client.submit(abs, -2).result(timeout=60) == 2
+    assert client.map(abs, [-1], timeout=60) == [1]
+    assert client.mapper().map(abs, [-3], timeout=60) == [3]
+
+
+@pytest.mark.timeout(90, method="thread")
+def test_a_request_that_could_not_be_sent_is_not_resent_after_a_restart(controller):
+    """Before, the header was registered for resending before it was encoded: the next
+    controller restart made the I/O thread encode it again, which killed the thread."""
+    ctl = controller
+    ctl.engines.append(ctl.engine())
+    tc = TaskClient(ctl.conn, timeout=10)
+    try:
+        poll(lambda: tc.engines(), 30, "the engine")
+        bad = [lambda: tc.run(StringTask("x = '\udc80'")),
+               lambda: tc.get_task_result(2**64),
+               lambda: tc.abort(2**64)]
+        for call in bad:  # (what each raises is checked above)
+            with pytest.raises(Exception):  # noqa: B017
+                call()
+        ctl.kill9()
+        ctl.start()
+        got = outcome(lambda: tc.run(MapTask(abs, (-5,)), block=True))
+        (how, value), = ended({"run after the restart": got}, 60).values()
+        assert (how, value) == ("ok", 5)
+    finally:
+        tc.close()
+
+
+# -- 13. the size limit ----------------------------------------------------------------------
+
+LIMIT = 64 * 1024
+
+
+@pytest.fixture
+def small_controller(tmp_path):
+    """A controller in this process that accepts messages of at most LIMIT bytes (as
+    `taskmill controller --max-message-size LIMIT`), handing one task at a time to its engine
+    (so that the engine never sends several results together), with one engine."""
+    info = new_connection_info()
+    conn = write_connection_file(tmp_path / "small" / "connection.json", info)
+    ctl = Controller(info, heartbeat=0.5, max_message=LIMIT, prefetch=1)
+    thread = threading.Thread(target=ctl.serve_forever, name="small-controller", daemon=True)
+    thread.start()
+    engine = subprocess.Popen([*TASKMILL, "engine", "--connection-file", str(conn)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with TaskClient(conn, timeout=10) as tc:
+            wait_until(lambda: len(tc.engines()) == 1, "the engine to register", 60)
+        yield conn, ctl
+    finally:
+        engine.kill()
+        engine.wait()
+        ctl.stop()
+        thread.join(10)
+
+
+def test_a_task_above_the_size_limit_fails_at_once_naming_the_limit(small_controller):
+    conn, ctl = small_controller
+    big = b"x" * LIMIT
+    with TaskClient(conn, timeout=5) as tc:
+        fut = tc.submit(len, big)
+        error = fut.exception(timeout=5)
+        assert isinstance(error, ValueError)
+        for part in ("bytes once pickled", f"{LIMIT:,}", "--max-message-size", " len"):
+            assert part in str(error), (part, str(error))
+        with pytest.raises(ValueError, match="--max-message-size"):
+            _ = fut.taskid
+        for call in (lambda: tc.run(MapTask(len, (big,))),
+                     lambda: tc.map(len, [big]),
+                     lambda: tc.map(len, [b"", big], chunksize=2),
+                     lambda: tc.mapper().map(len, [b"", big]),
+                     lambda: tc.run_all(MapTask(len, (big,)))):
+            with pytest.raises(ValueError, match="--max-message-size"):
+                call()
+        assert tc.statistics()["submitted"] == 0  # nothing of those was sent
+        assert tc.statistics()["refused"] == {}
+        assert tc.submit(len, b"ok").result(timeout=30) == 2
+        assert tc._conn.max_message == LIMIT  # the controller's hello said so
+
+
+def test_batches_are_split_below_the_size_limit(small_controller):
+    conn, ctl = small_controller
+    piece = b"y" * 20_000  # ten of them are three times the limit
+    with TaskClient(conn, timeout=5) as tc:
+        got = outcome(lambda: tc.mapper(block=False).map(len, [piece] * 10))
+        (how, tids), = ended({"mapper(block=False).map": got}, 30).values()
+        assert how == "ok" and len(tids) == 10, tids
+        got = outcome(lambda: tc.map(len, [piece] * 10, chunksize=1))
+        (how, values), = ended({"map": got}, 60).values()
+        assert (how, values) == ("ok", [20_000] * 10)
+        # A map whose automatic chunks would be too large cuts them smaller.
+        got = outcome(lambda: tc.map(len, [piece] * 10))
+        (how, values), = ended({"map, automatic chunks": got}, 60).values()
+        assert (how, values) == ("ok", [20_000] * 10)
+        assert tc.statistics()["refused"] == {}
+
+
+def test_results_above_the_size_limit_together_arrive_in_pieces(small_controller):
+    conn, ctl = small_controller
+    with TaskClient(conn, timeout=5) as tc:
+        # This client refuses what its socket would refuse at the controller's limit (with the
+        # default 512 MiB on both sides, it is the client's socket that drops a larger one).
+        tc._conn.wire.max_message = LIMIT
+        tids = [tc.run(MapTask(bytes, (25_000,))) for _ in range(4)]  # 4 x 25 kB: 100 kB
+        wait_until(lambda: tc.queue_status()["succeeded"] == 4, "the tasks to finish", 60)
+        for t in tids:  # one by one, each fits
+            assert len(tc.get_task_result(t)) == 25_000
+        # A watch of finished tasks: their results in `done` messages.
+        got = outcome(lambda: [len(f.result()) for f in tc.wait(tids)])
+        # One `result` reply for the seed mapper's tasks, in pieces.
+        got2 = outcome(lambda: [len(b) for b in tc.mapper().map(bytes, [25_000] * 4)])
+        for what, value in ended({"wait": got, "mapper().map": got2}, 60).items():
+            assert value == ("ok", [25_000] * 4), what
+        assert tc._conn.wire.refused == {}
+
+
+# -- 15. a map that ends early aborts its tasks -----------------------------------------------
+
+SCRIPT = """
+import sys, time
+from taskmill import MapTask, TaskClient
+
+def slow(x):
+    time.sleep(60)
+    return x
+
+tc = TaskClient(sys.argv[1])
+verb = sys.argv[2]
+if verb == "map":
+    tc.map(slow, range(8), chunksize=1)
+elif verb == "options.map":
+    tc.options(retries=1).map(slow, range(8))
+elif verb == "mapper().map":
+    tc.mapper().map(slow, range(8))
+elif verb == "parallel":
+    tc.parallel()(slow)(range(8))
+elif verb == "run_all":
+    tc.run_all(MapTask(slow, (1,)))
+print("the map returned", flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def own_cluster():
+    with Cluster(2, heartbeat=0.5, unmet_timeout=2.0) as c:
+        yield c
+
+
+def queue_empty(tc: TaskClient) -> bool:
+    q = tc.queue_status()
+    return q["scheduled"] == 0 and q["pending"] == 0
+
+
+@pytest.mark.parametrize("verb", ["map", "options.map", "mapper().map", "parallel", "run_all"])
+def test_ctrl_c_during_a_blocking_map_aborts_its_tasks(own_cluster, tmp_path, verb):
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    with own_cluster.client() as tc:
+        assert queue_empty(tc)
+        proc = subprocess.Popen([sys.executable, str(script), str(own_cluster.connection_file),
+                                 verb], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            wait_until(lambda: tc.queue_status()["pending"] >= 1, "the map's tasks to run", 30)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+        assert b"KeyboardInterrupt" in err and b"the map returned" not in out, err
+        wait_until(lambda: queue_empty(tc), "the map's tasks to be aborted", 15)
+        assert tc.queue_status()["failed"] >= 1  # (they finished as aborted)
+
+
+def test_a_map_that_times_out_aborts_its_tasks(own_cluster):
+    with own_cluster.client() as tc:
+        with pytest.raises(TimeoutError, match="aborted"):
+            tc.map(slow, range(6), chunksize=1, timeout=0.5)
+        wait_until(lambda: queue_empty(tc), "the map's tasks to be aborted", 15)
+        with pytest.raises(TimeoutError):
+            tc.mapper().map(slow, range(6), timeout=0.5)
+        wait_until(lambda: queue_empty(tc), "the seed mapper's tasks to be aborted", 15)
+        with pytest.raises(TimeoutError):
+            tc.run_all(MapTask(slow, (1,)), timeout=0.5)
+        wait_until(lambda: queue_empty(tc), "run_all's tasks to be aborted", 15)
+        assert tc.map(abs, [-1, -2], timeout=60) == [1, 2]  # the engines survived
+
+
+def test_cancelling_an_async_map_aborts_its_tasks(own_cluster):
+    async def main() -> None:
+        async with AsyncTaskClient(own_cluster.connection_file) as atc:
+            for start in (lambda: atc.map(slow, range(6), chunksize=1),
+                          lambda: atc.run_all(MapTask(slow, (1,)))):
+                task = asyncio.create_task(start())
+                deadline = time.monotonic() + 30
+                while (await atc.queue_status())["pending"] < 1:
+                    assert time.monotonic() < deadline, "the map's tasks never ran"
+                    await asyncio.sleep(0.01)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                deadline = time.monotonic() + 15
+                while True:
+                    q = await atc.queue_status()
+                    if q["scheduled"] == 0 and q["pending"] == 0:
+                        break
+                    assert time.monotonic() < deadline, f"tasks left after the cancel: {q}"
+                    await asyncio.sleep(0.01)
+            with pytest.raises(TimeoutError, match="aborted"):
+                await atc.map(slow, range(4), chunksize=1, timeout=0.3)
+        with own_cluster.client() as tc:
+            wait_until(lambda: queue_empty(tc), "the timed-out map's tasks to be aborted", 15)
+
+    asyncio.run(main())
+
+
+def test_wait_and_barrier_leave_tasks_they_did_not_submit_alone(own_cluster):
+    with own_cluster.client() as tc:
+        fut = tc.submit(slow, 3, 0.5)
+        wait_until(lambda: tc.queue_status()["pending"] >= 1, "the task to run", 30)
+        with pytest.raises(TimeoutError):
+            tc.barrier(fut, timeout=0.05)
+        with pytest.raises(TimeoutError):
+            tc.wait([fut], timeout=0.05)
+        assert fut.result(timeout=60) == 3
+
+
+# -- 14. the function-pickle cache is never stale ---------------------------------------------
+
+class Params:
+    alpha = 1
+
+
+def scaled_by_params(x):
+    return x * Params.alpha
+
+
+def test_a_changed_class_attribute_reaches_the_engines(client, monkeypatch):
+    """This module is pickled by value, as a script's __main__ is: so is its class."""
+    assert client.submit(scaled_by_params, 1).result(timeout=60) == 1
+    monkeypatch.setattr(Params, "alpha", 10)
+    assert client.submit(scaled_by_params, 1).result(timeout=60) == 10
+    assert client.map(scaled_by_params, [2], timeout=60) == [20]
