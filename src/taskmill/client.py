@@ -67,6 +67,7 @@ from .task import (
     recovery_chain,
 )
 from .wire import (
+    MAX_FRAMES,
     FunctionPickles,
     Refused,
     Wire,
@@ -703,12 +704,7 @@ class _Submitter:
         batches = []
         budget = self._conn.max_message - SUBMIT_OVERHEAD
         while self._queue and self._in_flight < MAX_SUBMITS_IN_FLIGHT:
-            n, size = 0, 0
-            for enc, _ in itertools.islice(self._queue, SUBMIT_BATCH):
-                if n and size + enc.size > budget:
-                    break
-                n += 1
-                size += enc.size
+            n = _batch_length((enc for enc, _ in self._queue), budget)
             batches.append(self._queue[:n])
             del self._queue[:n]
             self._in_flight += 1
@@ -1059,12 +1055,17 @@ class TaskClient:
     def _too_big(self, enc: _Encoded, what: str | None = None) -> ValueError | None:
         """The error for a task too large for one message to the controller, or None."""
         limit = self._conn.max_message
-        if enc.size <= limit - SUBMIT_OVERHEAD:
+        if enc.size <= limit - SUBMIT_OVERHEAD and len(enc[1]) < MAX_FRAMES:
             return None
+        if enc.size <= limit - SUBMIT_OVERHEAD:
+            return ValueError(
+                f"{what or enc.what} is {len(enc[1]):,} payload frames once pickled (an "
+                "out-of-band buffer each), more than the controller accepts in one message "
+                f"({MAX_FRAMES:,}): nothing was sent. Send fewer large buffers per task")
         return ValueError(
-            f"{what or enc.what} is {enc.size:,} bytes once pickled, more than the controller accepts "
-            f"in one message ({limit:,} bytes, with {SUBMIT_OVERHEAD} for the message's "
-            "header): nothing was sent. Start the controller with a larger "
+            f"{what or enc.what} is {enc.size:,} bytes once pickled, more than the controller "
+            f"accepts in one message ({limit:,} bytes, with {SUBMIT_OVERHEAD} for the "
+            "message's header): nothing was sent. Start the controller with a larger "
             "--max-message-size (Cluster(max_message_size=...)), or send less per task "
             "(e.g. a path to a file the engines can read, or smaller chunks)")
 
@@ -1083,12 +1084,7 @@ class TaskClient:
         budget = self._conn.max_message - SUBMIT_OVERHEAD
         i = 0
         while i < len(encoded):
-            n, size = 0, 0
-            for enc in encoded[i:i + SUBMIT_BATCH]:
-                if n and size + enc.size > budget:
-                    break
-                n += 1
-                size += enc.size
+            n = _batch_length(itertools.islice(encoded, i, None), budget)
             batch = encoded[i:i + n]
             frames = [f for _, fr in batch for f in fr]
             header = {"type": "submit", "tasks": [s for s, _ in batch]}
@@ -1583,6 +1579,20 @@ def check_client_timeouts(timeout: Any, reconnect_timeout: Any) -> None:
     check_seconds(reconnect_timeout, "reconnect_timeout", none=False)
     if not reconnect_timeout > 0:
         raise ValueError(f"reconnect_timeout must be > 0 seconds, not {reconnect_timeout!r}")
+
+
+def _batch_length(encoded: Iterable[_Encoded], budget: int) -> int:
+    """How many of `encoded` go in one submit message (at least one, at most SUBMIT_BATCH):
+    together at most `budget` bytes and fewer than MAX_FRAMES frames."""
+    n = size = frames = 0
+    for enc in itertools.islice(encoded, SUBMIT_BATCH):
+        nf = len(enc[1])
+        if n and (size + enc.size > budget or frames + nf >= MAX_FRAMES):
+            break
+        n += 1
+        size += enc.size
+        frames += nf
+    return n
 
 
 def wait_all(futs: Sequence[Future], timeout: float | None, what: str) -> None:
