@@ -825,8 +825,10 @@ class TaskOptions:
     task they send, so the function's own keywords never clash with them:
     `tc.options(retries=2).submit(f, x, retries=7)` retries the task twice and passes
     `retries=7` to `f`. `options(**more)` makes a copy with more options on top. The options
-    are those of `MapTask`: `retries`, `timeout`, `depend`, `after` (taskids or futures),
-    `recovery_task`, `clear_before`, `clear_after`; they are checked here, at once.
+    are those of `MapTask`: `retries`, `timeout`, `depend`, `after` (taskids or futures; an
+    unknown id there, even one beyond any taskid such as 2**64, fails the task with
+    DependencyError), `recovery_task`, `clear_before`, `clear_after`; they are checked here,
+    at once.
     For `map` and `imap` they apply to each chunk task (a `timeout` bounds a whole chunk), and
     `recovery_task` is refused there, since its result would stand for a whole chunk.
     """

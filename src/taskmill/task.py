@@ -71,7 +71,12 @@ def normalize_after(after: Any) -> tuple[int, ...]:
 
 
 class BaseTask:
-    """The options common to every task; see SPEC.md §2."""
+    """The options common to every task; see SPEC.md §2.
+
+    `after`: taskids (or futures) that must finish successfully first. One that failed, was
+    aborted or is unknown makes the task fail with DependencyError without running; an int
+    that cannot be a taskid at all (negative, or 2**63 and beyond, e.g. 2**64) counts as an
+    unknown id, not as an error at the call."""
 
     def __init__(
         self,
