@@ -464,6 +464,7 @@ class AsyncTaskClient:
             _abandon(futs)
             await _abort(client, tfs)
             raise
+        check_unreachable(tfs)  # (raised as itself, not as a failure of each engine)
         outcomes = []
         for f in futs:
             try:

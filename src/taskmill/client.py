@@ -1508,6 +1508,9 @@ class TaskClient:
         except BaseException:
             self._abort_futures(futs)
             raise
+        from .mapper import check_unreachable
+
+        check_unreachable(futs)  # (raised as itself, not as a failure of each engine)
         outcomes = []
         for f in futs:
             try:

@@ -129,6 +129,8 @@ def test_a_controller_gone_for_good_fails_every_blocked_call_then_one_started_ag
             tc.queue_status()
         with pytest.raises(ControllerUnreachable):
             tc.submit(abs, -7).result(timeout=5)
+        with pytest.raises(ControllerUnreachable):
+            tc.run_all(MapTask(abs, (-7,)))
 
         # Started again on the same connection file and store: the client uses it again.
         ctl.start()
