@@ -109,7 +109,7 @@ class Material:
         self.error_pmac = wire.payload_mac(self.error_body)
 
     def client(self, verb: str, pick, tid: int) -> tuple[dict[str, Any], list[Any]]:
-        h: dict[str, Any] = {"type": verb, "req": pick(1000)}
+        h: dict[str, Any] = {"type": verb, "req": pick(1000), "session": self.session}
         frames: list[Any] = []
         if verb == "submit":
             specs = []

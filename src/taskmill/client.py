@@ -145,6 +145,9 @@ class _Connection:
         self._outstanding: dict[int, tuple[dict[str, Any], list[Any]]] = {}
         self._partial: dict[int, list[tuple[dict[str, Any], list[Any]]]] = {}  # replies in pieces
         self._controller_sid: bytes | None = None
+        # The controller's session (its replies say it): every request names it, so that a
+        # request captured before a restart does nothing after it.
+        self.session: bytes | None = None
         self._key_prefix = base.decode() + ":"
         self._streams: dict[int, Callable[[dict[str, Any], list[Any]], bool]] = {}
         self._silent = 0.0  # seconds of this thread's running time since the controller spoke
@@ -221,6 +224,9 @@ class _Connection:
         except Refused:
             return
         self._silent = 0.0
+        session = header.get("session")
+        if isinstance(session, bytes):
+            self.session = session
         if self._unreachable:
             self._unreachable = False
             log.info("the controller at %s answers again", self.info.client_url)
@@ -244,6 +250,8 @@ class _Connection:
         parts = self._partial.pop(req, None)
         if parts:
             header, frames = _joined([*parts, (header, frames)])
+        if header.get("error_type") == "session" and self._resend_for_session(req):
+            return
         stream = self._streams.get(req)
         if stream is not None:
             if stream(header, frames):
@@ -254,6 +262,20 @@ class _Connection:
         fut = self._futures.pop(req, None)
         if fut is not None and not fut.done():
             fut.set_result((header, frames))
+
+    def _resend_for_session(self, req: Any) -> bool:
+        """A request refused because it named an earlier controller session did nothing:
+        send it again, named for the controller's session now. False if that is not it."""
+        with self._send_lock:
+            sent = self._outstanding.get(req)
+            if sent is None:
+                return False
+            if sent[0].get("session") == self.session:
+                return True  # (sent again already, when the restart was noticed)
+            header, frames = sent
+            header["session"] = self.session
+            send_message(self._send_sock, self._send_wire.encode(header, frames))
+        return True
 
     def _idle(self) -> None:
         hook = self.on_idle
@@ -272,6 +294,7 @@ class _Connection:
             for req, (header, frames) in list(self._outstanding.items()):
                 if header["type"] in RESENDABLE:
                     header["resent"] = True  # (a submit: the controller looks up its key)
+                    header["session"] = self.session
                     try:
                         send_message(self._send_sock, self._send_wire.encode(header, frames))
                         continue
@@ -332,6 +355,7 @@ class _Connection:
             req = next(self._req)
             header["req"] = req
             header["rt"] = self.recv_ident
+            header["session"] = self.session
             if header["type"] == "submit":
                 header["key"] = self._key_prefix + str(req)  # lets a resend be recognised
             try:

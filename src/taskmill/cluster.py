@@ -252,11 +252,13 @@ class Cluster:
         self.stop()
 
     # -- using it --------------------------------------------------------------------------
-    def client(self, timeout: float = 10.0) -> TaskClient:
-        """A new TaskClient connected to this cluster."""
+    def client(self, timeout: float = 10.0, reconnect_timeout: float = 120.0) -> TaskClient:
+        """A new TaskClient connected to this cluster (its `timeout` and `reconnect_timeout`
+        are TaskClient's)."""
         if self.connection_file is None:
             raise RuntimeError("the cluster is not started: call start() or use `with`")
-        return TaskClient(self.connection_file, timeout=timeout)
+        return TaskClient(self.connection_file, timeout=timeout,
+                          reconnect_timeout=reconnect_timeout)
 
     def _own_client(self) -> TaskClient:
         if self._client is None:

@@ -106,6 +106,9 @@ REFUSAL_LOG_EVERY = 60.0  # seconds between log lines about one peer's refused m
 COMMIT_INTERVAL = 0.05  # seconds a write with no reply waiting on it may stay uncommitted
 PING = b"TMHB"  # pings to engines' heart sockets start so (a Wire envelope starts b"TM2")
 DEAD_RECORDS_KEPT = 1000  # dead engines still listed (engines(), statistics) at most
+# Client requests that need not name the controller session (they change nothing; their
+# replies tell it).
+SESSIONLESS = frozenset({"hello", "ping"})
 # How long after a restart the controller waits for the engine a task was running on
 # (at least; also 4 x dead_after) before its attempt counts as lost with that engine.
 LOST_GRACE = 5.0
@@ -538,13 +541,15 @@ class Controller:
         out, self._to_engines = self._to_engines, []
         for eid, (entries, frames) in self._tasks_out.items():
             rec = self.engines.get(eid)
-            if rec is not None and rec.state != "dead":
+            if rec is None or rec.state == "dead":
+                continue
+            for part, part_frames in self._within_limit(entries, frames, "n"):
                 rec.mseq += 1
-                for entry in entries:
+                for entry in part:
                     rec.sent[(entry["tid"], entry["attempt"])] = rec.mseq
                 out.append((rec.task_ident, {"type": "tasks", "engineid": eid,
                                              "session": self.session, "mseq": rec.mseq,
-                                             "tasks": entries}, frames))
+                                             "tasks": part}, part_frames))
         self._tasks_out.clear()
         for ident, header, frames in out:
             send_message(self.engine_sock, [ident, *self.wire.encode(header, frames)])
@@ -1074,6 +1079,14 @@ class Controller:
             self._reply(reply_to, req, now=True,
                         error=f"bad {kind} request: req must be an int or a str")
             return
+        if kind not in SESSIONLESS and header.get("session") != self.session:
+            # Sent to an earlier controller (a client resends it, stamped anew), or a message
+            # captured before a restart and replayed: it does nothing.
+            self.wire.refused["wrong-session"] += 1
+            self._reply(reply_to, req, now=True, error_type="session",
+                        error=f"a {kind} request for another controller session (sent before "
+                              "the controller restarted, or replayed); it did nothing")
+            return
         try:
             handler(reply_to, req, header, frames)
         except StoreError as e:
@@ -1091,7 +1104,8 @@ class Controller:
                now: bool = False, **fields: Any) -> None:
         """Answer a request: after this turn's commit, or (`now`: it depends on nothing
         stored, e.g. a refusal) at once."""
-        header = {"type": "reply", "req": req, "ok": error is None, **fields}
+        header = {"type": "reply", "req": req, "ok": error is None, "session": self.session,
+                  **fields}
         if error is not None:
             header["error"] = error
         self._send(self.client_sock, reply_to, header, frames, now=now)
@@ -1294,10 +1308,12 @@ class Controller:
             else:
                 self._reply(rt, req, part_frames, results=part)
 
-    def _within_limit(self, entries: list[Any], frames: list[Any]) -> list[tuple[list, list]]:
+    def _within_limit(self, entries: list[Any], frames: list[Any],
+                      count: str = "nframes") -> list[tuple[list, list]]:
         """Result entries (and their frames) in pieces, each small enough for one message:
         a client's socket refuses a message above the size limit, and each result alone is
-        below it (an engine fails a task whose result is not)."""
+        below it (an engine fails a task whose result is not). The same for the tasks of one
+        engine (`count="n"`), each below the limit (a client never sends a larger one)."""
         budget = self.wire.max_message - RESULTS_HEADER_ROOM
         bound = sum(frame_len(f) for f in frames) + sum(_meta_bound(m) for m in entries)
         if bound <= budget:  # (nearly always)
@@ -1307,7 +1323,7 @@ class Controller:
         part_frames: list[Any] = []
         size = pos = 0
         for meta in entries:
-            n = meta["nframes"] if meta else 0
+            n = meta[count] if meta else 0
             own = frames[pos:pos + n]
             pos += n
             need = len(msgpack.packb(meta, use_bin_type=True)) + sum(map(frame_len, own))

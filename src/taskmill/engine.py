@@ -378,7 +378,8 @@ class Engine:
             reply = {"tid": key[0], "attempt": key[1], "kind": entry["exec"]["kind"],
                      "status": "error", "duration": 0.0,
                      **self._error_fields(TaskAborted(f"task {key[0]} was aborted"))}
-            self._queue_result(reply, [])  # (sent with the next batch)
+            for batch in self._queue_result(reply, []):
+                self._send_results(self.res_sock, batch)  # (main thread: its socket)
             return None
         self._current = key
         self._interrupt_req = None
@@ -782,28 +783,36 @@ class Engine:
             reply["pmac"] = self.wire.payload_mac(body)
         self._attach_properties(reply)
         with self._lock:
-            batch = self._queue_result(reply, body)
+            batches = self._queue_result(reply, body)
             self._current = None
             self._finishing = False
-        if batch:
+        for batch in batches:
             self._send_results(self.res_sock, batch)
 
     # -- results out -----------------------------------------------------------------------
     def _queue_result(self, entry: dict[str, Any],
-                      body: list[Any]) -> list[tuple[dict[str, Any], list[Any]]]:
-        """(Under the lock.) Keep a result until it is acknowledged, and return the batch to
-        send now (empty while more tasks wait to run right away, or while unregistered)."""
+                      body: list[Any]) -> list[list[tuple[dict[str, Any], list[Any]]]]:
+        """(Under the lock.) Keep a result until it is acknowledged, and return the batches
+        to send now, each one message below the size limit (none while more tasks wait to run
+        right away, or while unregistered)."""
         entry["n"] = len(body)
         self._unacked[(entry["tid"], entry["attempt"])] = (entry, body)
+        size = sum(frame_len(f) for f in body)
+        early: list[tuple[dict[str, Any], list[Any]]] = []
+        if self._unsent and self._unsent_bytes + size > self.max_result:
+            early = self._take_unsent()  # (together they would pass the size limit)
         if not self._unsent:
             self._unsent_since = time.monotonic()
         self._unsent.append((entry, body))
-        self._unsent_bytes += sum(frame_len(f) for f in body)
+        self._unsent_bytes += size
         hold = (not self._registered or (
             self._backlog and len(self._unsent) < RESULT_BATCH
             and self._unsent_bytes < RESULT_BATCH_BYTES
             and time.monotonic() - self._unsent_since < RESULT_DELAY))
-        return [] if hold else self._take_unsent()
+        batches = [early] if early else []
+        if not hold:
+            batches.append(self._take_unsent())
+        return [b for b in batches if b]
 
     def _take_unsent(self) -> list[tuple[dict[str, Any], list[Any]]]:
         """The results waiting to be sent (called under the lock)."""
@@ -814,6 +823,21 @@ class Engine:
         return batch
 
     def _send_results(self, sock: zmq.Socket, batch: list[tuple[dict[str, Any], list[Any]]]) -> None:
+        """Send results, in as many messages as the size limit needs."""
+        part: list[tuple[dict[str, Any], list[Any]]] = []
+        size = 0
+        for entry, body in batch:
+            n = sum(frame_len(f) for f in body)
+            if part and size + n > self.max_result:
+                self._send_result_message(sock, part)
+                part, size = [], 0
+            part.append((entry, body))
+            size += n
+        if part:
+            self._send_result_message(sock, part)
+
+    def _send_result_message(self, sock: zmq.Socket,
+                             batch: list[tuple[dict[str, Any], list[Any]]]) -> None:
         frames = [f for _, body in batch for f in body]
         self._send(sock, {"type": "results", "session": self.session,
                           "results": [e for e, _ in batch]}, frames)

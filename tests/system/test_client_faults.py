@@ -26,7 +26,7 @@ import threading
 import time
 
 import pytest
-from systest import ControllerProcess, make_blocker, poll, wait_until
+from systest import ControllerProcess, make_blocker, poll, wait_for_file, wait_until
 
 from taskmill import (
     AsyncTaskClient,
@@ -511,3 +511,38 @@ def test_a_changed_class_attribute_reaches_the_engines(client, monkeypatch):
     monkeypatch.setattr(Params, "alpha", 10)
     assert client.submit(scaled_by_params, 1).result(timeout=60) == 10
     assert client.map(scaled_by_params, [2], timeout=60) == [20]
+
+
+def echo(value):
+    return value
+
+
+@pytest.mark.timeout(120, method="thread")
+def test_many_tasks_and_results_to_one_engine_travel_below_the_size_limit(tmp_path):
+    """24 tasks of 30 KB whose 30 KB results come back, with a 64 KiB limit and an engine
+    that holds 8 at a time: the controller splits what it sends one engine in one turn, and
+    the engine splits the results it sends together, so nothing is refused as too large."""
+    info = new_connection_info()
+    conn = write_connection_file(tmp_path / "small" / "connection.json", info)
+    ctl = Controller(info, heartbeat=0.5, max_message=LIMIT, prefetch=8)
+    thread = threading.Thread(target=ctl.serve_forever, name="small-controller", daemon=True)
+    thread.start()
+    engine = subprocess.Popen([*TASKMILL, "engine", "--connection-file", str(conn)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with TaskClient(conn, timeout=10) as tc:
+            wait_until(lambda: len(tc.engines()) == 1, "the engine to register", 60)
+            gate = tmp_path / "gate"
+            held = tc.submit(wait_for_file, str(gate))  # (the others queue up behind it)
+            values = [bytes([i]) * 30_000 for i in range(24)]
+            futs = [tc.submit(echo, v) for v in values]
+            wait_until(lambda: tc.queue_status()["pending"] == 8, "8 tasks on the engine", 60)
+            gate.touch()
+            assert held.result(timeout=60) > 0
+            assert [f.result(timeout=60) for f in futs] == values
+            assert "too-large" not in tc.statistics()["refused"]
+    finally:
+        engine.kill()
+        engine.wait()
+        ctl.stop()
+        thread.join(10)

@@ -111,6 +111,14 @@ def recv_reply(sock: zmq.Socket, wire: Wire, timeout: float = 10.0) -> dict:
     return header
 
 
+def session_of(sock: zmq.Socket, key: bytes) -> bytes:
+    """The controller's session, as a client learns it (a hello's reply names it)."""
+    sock.send_multipart(Wire(key).encode({"type": "hello", "req": "hello"}))
+    reply = recv_reply(sock, Wire(key))
+    assert reply["req"] == "hello", reply
+    return reply.get("session")
+
+
 class _RecordingWire:
     """Stands in for a client's send-socket Wire: records every message it signs."""
 
@@ -210,14 +218,16 @@ def test_replayed_submit_without_a_dedup_key_is_refused(cluster, client, tmp_pat
     wire = Wire(info.key_bytes)
     out = tmp_path / "ran.txt"
     spec, frames = client._encode(MapTask(append_line, (str(out), "once")))
-    message = wire.encode({"type": "submit", "req": 11, "tasks": [spec]}, frames)
-    assert "key" not in Wire(info.key_bytes).decode(message)[0]
 
     replays_before = refused(client, "replay")
     submitted_before = client.statistics()["submitted"]
     ctx = zmq.Context()
     try:
         sock = raw_dealer(ctx, info.client_url)
+        session = session_of(sock, info.key_bytes)
+        message = wire.encode({"type": "submit", "req": 11, "tasks": [spec],
+                               "session": session}, frames)
+        assert "key" not in Wire(info.key_bytes).decode(message)[0]
         sock.send_multipart(message)
         reply = recv_reply(sock, Wire(info.key_bytes))
         assert reply["ok"] and reply["req"] == 11, reply
@@ -617,4 +627,55 @@ def test_a_peer_using_another_clients_routing_id_gets_none_of_its_replies(tmp_pa
             assert impostor.poll(500) == 0, "the impostor received a reply meant for the client"
     finally:
         ctx.destroy(linger=0)
+        ctl.stop()
+
+
+@pytest.mark.timeout(120)
+def test_messages_captured_before_a_restart_do_nothing_after_it(tmp_path):
+    """A submit and a clear-all, captured as they travelled, are replayed after the
+    controller restarted: both are refused (they name the earlier controller session), so the
+    task does not run again and the results stored since are not wiped."""
+    from systest import ControllerProcess
+
+    ctl = ControllerProcess(tmp_path)
+    ctl.start()
+    engine = ctl.engine()
+    out = tmp_path / "ran.txt"
+    ctx = zmq.Context()
+    try:
+        with TaskClient(ctl.conn, timeout=30) as tc:
+            wait_until(lambda: tc.engines(), "the engine")
+            info = read_connection_file(ctl.conn)
+            wire = Wire(info.key_bytes)  # the sending client's
+            sock = raw_dealer(ctx, info.client_url)
+            session = session_of(sock, info.key_bytes)
+            spec, frames = tc._encode(MapTask(append_line, (str(out), "once")))
+            submit = wire.encode({"type": "submit", "req": 1, "tasks": [spec], "key": "c:1",
+                                  "session": session}, frames)
+            clear = wire.encode({"type": "clear", "req": 2, "tids": None, "session": session})
+            sock.send_multipart(submit)
+            (tid,) = recv_reply(sock, Wire(info.key_bytes))["tids"]
+            wait_finished(tc, tid)
+            sock.send_multipart(clear)
+            assert recv_reply(sock, Wire(info.key_bytes))["dropped"] == 1
+            ctl.kill9()
+            ctl.start()
+            kept = tc.run(MapTask(abs, (-7,)))
+            assert tc.get_task_result(kept, block=True) == 7
+            before = refused(tc, "wrong-session")  # (the client's own, resent since)
+            attacker = raw_dealer(ctx, info.client_url)
+            attacker.send_multipart(submit)
+            attacker.send_multipart(clear)
+            assert attacker.poll(5000), "the replays were not answered"
+            wait_until(lambda: refused(tc, "wrong-session") == before + 2
+                       or read_lines(out) != ["once"],
+                       "the replays to be refused (or, wrongly, acted on)")
+            assert tc.get_task_result(kept) == 7  # not wiped
+            assert tc.queue_status() == {"scheduled": 0, "pending": 0, "succeeded": 1,
+                                         "failed": 0}
+            assert read_lines(out) == ["once"]  # not run again
+            assert tc.run(MapTask(abs, (-1,))) == kept + 1
+    finally:
+        ctx.destroy(linger=0)
+        engine.kill()
         ctl.stop()
