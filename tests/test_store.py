@@ -372,3 +372,22 @@ def test_sqlite_a_failed_file_write_keeps_everything_queued(tmp_path, monkeypatc
     s2 = SQLiteStore(str(tmp_path / "t.db"))
     assert [t.frames for t, _ in s2.unfinished()] == [[big]] and tid == 0
     s2.close()
+
+
+def test_sqlite_a_store_locked_at_start_gives_one_clear_error(tmp_path):
+    """Another process holds the database's write lock while the store opens: StoreError in
+    one line naming the cause (no traceback from sqlite3), and no lock kept behind."""
+    import sqlite3
+
+    path = tmp_path / "t.db"
+    SQLiteStore(str(path)).close()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreError, match="locked by another process") as err:
+            SQLiteStore(str(path))
+        assert "\n" not in str(err.value)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    SQLiteStore(str(path)).close()
