@@ -19,6 +19,7 @@ process), and every wait polls with a deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -303,14 +304,14 @@ def test_a_request_that_could_not_be_sent_is_not_resent_after_a_restart(controll
 LIMIT = 64 * 1024
 
 
-@pytest.fixture
-def small_controller(tmp_path):
+@contextlib.contextmanager
+def limited_controller(tmp_path, prefetch: int):
     """A controller in this process that accepts messages of at most LIMIT bytes (as
-    `taskmill controller --max-message-size LIMIT`), handing one task at a time to its engine
-    (so that the engine never sends several results together), with one engine."""
+    `taskmill controller --max-message-size LIMIT`), with one engine holding `prefetch`
+    tasks at a time."""
     info = new_connection_info()
     conn = write_connection_file(tmp_path / "small" / "connection.json", info)
-    ctl = Controller(info, heartbeat=0.5, max_message=LIMIT, prefetch=1)
+    ctl = Controller(info, heartbeat=0.5, max_message=LIMIT, prefetch=prefetch)
     thread = threading.Thread(target=ctl.serve_forever, name="small-controller", daemon=True)
     thread.start()
     engine = subprocess.Popen([*TASKMILL, "engine", "--connection-file", str(conn)],
@@ -324,6 +325,14 @@ def small_controller(tmp_path):
         engine.wait()
         ctl.stop()
         thread.join(10)
+
+
+@pytest.fixture
+def small_controller(tmp_path):
+    """`limited_controller` handing one task at a time to its engine (so that the engine
+    never sends several results together)."""
+    with limited_controller(tmp_path, prefetch=1) as both:
+        yield both
 
 
 def test_a_task_above_the_size_limit_fails_at_once_naming_the_limit(small_controller):
@@ -522,27 +531,14 @@ def test_many_tasks_and_results_to_one_engine_travel_below_the_size_limit(tmp_pa
     """24 tasks of 30 KB whose 30 KB results come back, with a 64 KiB limit and an engine
     that holds 8 at a time: the controller splits what it sends one engine in one turn, and
     the engine splits the results it sends together, so nothing is refused as too large."""
-    info = new_connection_info()
-    conn = write_connection_file(tmp_path / "small" / "connection.json", info)
-    ctl = Controller(info, heartbeat=0.5, max_message=LIMIT, prefetch=8)
-    thread = threading.Thread(target=ctl.serve_forever, name="small-controller", daemon=True)
-    thread.start()
-    engine = subprocess.Popen([*TASKMILL, "engine", "--connection-file", str(conn)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        with TaskClient(conn, timeout=10) as tc:
-            wait_until(lambda: len(tc.engines()) == 1, "the engine to register", 60)
-            gate = tmp_path / "gate"
-            held = tc.submit(wait_for_file, str(gate))  # (the others queue up behind it)
-            values = [bytes([i]) * 30_000 for i in range(24)]
-            futs = [tc.submit(echo, v) for v in values]
-            wait_until(lambda: tc.queue_status()["pending"] == 8, "8 tasks on the engine", 60)
-            gate.touch()
-            assert held.result(timeout=60) > 0
-            assert [f.result(timeout=60) for f in futs] == values
-            assert "too-large" not in tc.statistics()["refused"]
-    finally:
-        engine.kill()
-        engine.wait()
-        ctl.stop()
-        thread.join(10)
+    with limited_controller(tmp_path, prefetch=8) as (conn, _ctl), \
+            TaskClient(conn, timeout=10) as tc:
+        gate = tmp_path / "gate"
+        held = tc.submit(wait_for_file, str(gate))  # (the others queue up behind it)
+        values = [bytes([i]) * 30_000 for i in range(24)]
+        futs = [tc.submit(echo, v) for v in values]
+        wait_until(lambda: tc.queue_status()["pending"] == 8, "8 tasks on the engine", 60)
+        gate.touch()
+        assert held.result(timeout=60) > 0
+        assert [f.result(timeout=60) for f in futs] == values
+        assert "too-large" not in tc.statistics()["refused"]
