@@ -10,7 +10,8 @@ seed's `run` and futures' `submit`, by turns) while a fault thread, every 1.5-4 
 - SIGKILL an engine (and start a new one);
 - SIGSTOP an engine for 0.5-3 s (past 1.5 s it is declared dead), then SIGCONT it;
 - reset every engine connection (the proxy sends RST both ways);
-- fill the store's disk for 1-3 s (a 64 MiB tmpfs; only when run as root).
+- fill the store's disk for 1-3 s (a 512 MiB tmpfs, room for the soak's own store; only
+  when run as root).
 
 Each task appends its marker (unique per submitted task) to a log file when its code starts,
 then sleeps a little and returns the marker. At the end, with every fault stopped:
@@ -95,7 +96,7 @@ class Cluster:
         if small_disk:
             self.disk = work / "disk"
             self.disk.mkdir()
-            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(self.disk)],
+            subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", str(self.disk)],
                            check=True)
         self.db = str((self.disk or work) / "tasks.db")
         self.conn = write_connection_file(work / "conn.json", new_connection_info())
@@ -115,6 +116,14 @@ class Cluster:
             [*TASKMILL, "controller", "--connection-file", str(self.conn), "--db", self.db,
              "--heartbeat", str(HEARTBEAT), "--no-dashboard"],
             stdout=self.log, stderr=subprocess.STDOUT)
+
+    def check_controller(self) -> None:
+        """A controller that exits by itself (e.g. it cannot open its store) ends the soak."""
+        if self.controller.poll() is not None and self.controller.returncode != -9:
+            self.log.flush()
+            tail = (self.work / "processes.log").read_text(errors="replace").splitlines()[-5:]
+            raise RuntimeError(f"the controller exited with status {self.controller.returncode}: "
+                               + " | ".join(tail))
 
     def new_engine(self) -> subprocess.Popen:
         return subprocess.Popen([*TASKMILL, "engine", "--connection-file", str(self.engine_conn)],
@@ -257,6 +266,7 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
         while time.monotonic() < end:
             if faults.error is not None:
                 raise faults.error
+            cluster.check_controller()
             if len(outstanding) + len(futures) >= IN_FLIGHT:
                 oldest = outstanding.pop(0) if outstanding else None
                 if oldest is not None:

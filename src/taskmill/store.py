@@ -22,6 +22,7 @@ import fcntl
 import logging
 import os
 import queue
+import shutil
 import sqlite3
 import threading
 import time
@@ -278,8 +279,17 @@ def _hold_lock(path: str) -> int:
     return fd
 
 
+def _disk_note(path: str) -> str:
+    """' (the disk holding it has N bytes free)' when that is little, else ''."""
+    try:
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+    except OSError:
+        return ""
+    return f" (the disk holding it has {free:,} bytes free)" if free < LOW_DISK else ""
+
+
 def _open_error(path: str, e: BaseException) -> StoreError:
-    text = str(e)
+    text = str(e) + _disk_note(path)
     if "locked" in text or "busy" in text:
         return StoreError(
             f"the task store {path} is locked by another process ({text}); close whatever "
@@ -290,6 +300,9 @@ def _open_error(path: str, e: BaseException) -> StoreError:
             f"the task store {path} is damaged or not a taskmill store ({text}); move it aside "
             "to keep it and start with an empty store, or give another --db")
     return StoreError(f"cannot open the task store {path}: {text}")
+
+
+LOW_DISK = 16 * 1024 * 1024  # bytes free below which a store error names the free space
 
 
 class SQLiteStore:
@@ -768,7 +781,8 @@ class SQLiteStore:
             db.execute("COMMIT")
         except sqlite3.Error as e:
             self._rollback(e)
-            raise StoreError(f"the task store {self.path} cannot write: {e}") from None
+            raise StoreError(f"the task store {self.path} cannot write: {e}"
+                             f"{_disk_note(self.path)}") from None
         if everything or now - self._low_written >= LOW_TID_EVERY:
             self._low_written = now
         self._written_eid = self._next_eid
