@@ -77,6 +77,7 @@ from .wire import (
     loads,
     recv_message,
     send_message,
+    ship_local_modules,
 )
 
 SUBMIT_BATCH = 1000
@@ -980,6 +981,9 @@ class TaskClient:
     def __init__(self, connection: str | os.PathLike[str] | None = None, *,
                  timeout: float = 10.0, reconnect_timeout: float = RECONNECT_TIMEOUT) -> None:
         check_client_timeouts(timeout, reconnect_timeout)
+        # Modules beside the script or in the working folder, which engines cannot import,
+        # travel by value from now on (SPEC §2; see wire.is_local_module).
+        ship_local_modules()
         self._functions = FunctionPickles()
         self._conn = _Connection(connection, timeout, reconnect_timeout)
         self._watcher = _Watcher(self._conn)

@@ -196,8 +196,10 @@ class Engine:
         self._start_properties = dict(properties or {})
         self.properties: dict[str, Any] = {}
         self._sent_properties: dict[str, Any] = {}
+        # One namespace per engine, cleared in place (`_reset`): functions defined
+        # interactively are rebuilt over this very dict, and the cache keeps them so.
         self.namespace: dict[str, Any] = {}
-        self._functions = FunctionLoads()  # MapTask functions, unpickled once
+        self._functions = FunctionLoads(namespace=self.namespace)  # MapTask functions
         self.heartbeat = 1.0
         self.lease = 1.0  # seconds an answered heartbeat lets this engine start tasks
         self.max_result = DEFAULT_MAX_MESSAGE - RESULT_HEADROOM
@@ -858,7 +860,7 @@ class Engine:
         if spec["kind"] == "string":
             ns = self.namespace
             if frames:
-                ns.update(self._unpickle(tid, frames, "pushed values"))
+                ns.update(self._unpickle(tid, frames, "pushed values", self._load_here))
             filename = f"<taskmill task {tid}>"
             source = spec["expression"]
             linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
@@ -875,11 +877,18 @@ class Engine:
         n = spec.get("fn")
         if isinstance(n, int) and 0 < n <= len(frames):
             func = self._unpickle(tid, frames[:n], "function", self._functions.loads)
-            args, kwargs = self._unpickle(tid, frames[n:], "arguments")
+            args, kwargs = self._unpickle(tid, frames[n:], "arguments", self._load_here)
         else:
-            func, args, kwargs = self._unpickle(tid, frames, "function or arguments")
+            func, args, kwargs = self._unpickle(tid, frames, "function or arguments",
+                                                self._load_here)
         self._in_task_code = True
         return func(*args, **kwargs)
+
+    def _load_here(self, frames: list[Any]) -> Any:
+        """Unpickle a task's payload: functions defined interactively in it (the task's
+        function, one passed as an argument as `map` does, a pushed one) get this engine's
+        namespace as their globals, and the globals they brought are set there (SPEC §2)."""
+        return loads(frames, self.namespace)
 
     def _unpickle(self, tid: int, frames: list[Any], what: str, load: Any = None) -> Any:
         try:

@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import itertools
 import operator
 import os
 import pickle
+import sys
 import threading
 import types
 from collections import Counter, OrderedDict
@@ -390,7 +392,9 @@ def _dumps_buffers(obj: Any) -> list[Any]:
         buffers.append(raw)
         return False
 
-    return [cloudpickle.dumps(obj, protocol=5, buffer_callback=keep), *buffers]
+    with io.BytesIO() as file:
+        _Pickler(file, protocol=5, buffer_callback=keep).dump(obj)
+        return [file.getvalue(), *buffers]
 
 
 def dumps_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
@@ -403,11 +407,223 @@ def dumps_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
     return _dumps_buffers((args, kwargs))
 
 
-def loads(frames: Sequence[Frame]) -> Any:
-    """Unpickle what `dumps` made; out-of-band buffers are used in place, not copied."""
+def loads(frames: Sequence[Frame], namespace: dict[str, Any] | None = None) -> Any:
+    """Unpickle what `dumps` made; out-of-band buffers are used in place, not copied.
+
+    With a `namespace` (an engine's), the functions defined interactively that the payload
+    holds are rebuilt over it, and the globals they bring are set in it (see `load_into`)."""
+    if namespace is not None:
+        return load_into(frames, namespace)[0]
     if not frames:
         raise ValueError("no payload frames to unpickle")
     return pickle.loads(_buf(frames[0]), buffers=[_buf(f) for f in frames[1:]])
+
+
+# -- functions defined interactively, and modules beside the client's script ---------------------
+# cloudpickle pickles a function defined in `__main__` (a script, a notebook, a console) by
+# value, with a fresh globals dict holding the globals its code names that exist where it was
+# pickled. taskmill pickles such a function with the same state but two other callables, so
+# that an engine rebuilds it over its own namespace (as the seed did, and ipyparallel's
+# `@interactive`): the function sees what earlier tasks set there, its `global` statements
+# write there, and the globals it brought are set there first. Without an engine namespace
+# (a client unpickling a result, the controller a `depend`) it is cloudpickle's function.
+
+try:
+    from cloudpickle.cloudpickle import _function_setstate as _cp_function_setstate
+    from cloudpickle.cloudpickle import _make_function as _cp_make_function
+except ImportError:  # pragma: no cover - another cloudpickle: no interactive functions
+    _cp_function_setstate = _cp_make_function = None
+
+_into = threading.local()  # .target: (namespace, [globals set]) while `load_into` runs
+
+
+def _make_interactive(code: types.CodeType, base_globals: dict[str, Any], name: Any,
+                      argdefs: Any, closure: Any) -> types.FunctionType:
+    """Unpickling: the function skeleton, over the engine's namespace if there is one."""
+    target = getattr(_into, "target", None)
+    if target is None:
+        return _cp_make_function(code, base_globals, name, argdefs, closure)
+    return types.FunctionType(code, target[0], name, argdefs, closure)
+
+
+def _interactive_setstate(func: types.FunctionType, state: tuple[dict[str, Any], dict[str, Any]]
+                          ) -> None:
+    """Unpickling: the rest of the function (as cloudpickle's `_function_setstate`), its
+    globals set in the engine's namespace rather than in a dict of its own."""
+    target = getattr(_into, "target", None)
+    if target is None or func.__globals__ is not target[0]:
+        _cp_function_setstate(func, state)
+        return
+    attributes, slots = state
+    func.__dict__.update(attributes)
+    shipped = slots.pop("__globals__")
+    closure = slots.pop("__closure__")
+    slots.pop("_cloudpickle_submodules", None)  # (imported already, by being unpickled)
+    if shipped:
+        target[0].update(shipped)
+        target[1].append(shipped)
+    if closure is not None:
+        for cell, value in zip(func.__closure__ or (), closure, strict=False):
+            try:
+                cell.cell_contents = value.cell_contents
+            except ValueError:  # an empty cell stays empty
+                pass
+    for key, value in slots.items():
+        setattr(func, key, value)
+
+
+def load_into(frames: Sequence[Frame], namespace: dict[str, Any]
+              ) -> tuple[Any, list[dict[str, Any]]]:
+    """Unpickle `frames` on an engine whose namespace is `namespace`: every function defined
+    interactively in the payload (the task's function, one among its arguments as `map`
+    sends them, a helper it calls, a method, a lambda in a partial...) gets `namespace` as
+    its globals, and the globals that came with it are set there, in the order they are
+    unpickled (a helper's before the function that names it). Returns the object and those
+    globals dicts, which a cached function sets again before each later run."""
+    applied: list[dict[str, Any]] = []
+    previous = getattr(_into, "target", None)
+    _into.target = (namespace, applied)
+    try:
+        if not frames:
+            raise ValueError("no payload frames to unpickle")
+        value = pickle.loads(_buf(frames[0]), buffers=[_buf(f) for f in frames[1:]])
+    finally:
+        _into.target = previous
+    return value, applied
+
+
+# Modules that live beside the client's script or in its working folder and are not
+# installed: the engines cannot import them, so a client pickles them by value (cloudpickle's
+# `register_pickle_by_value`), deciding once per module, when it first pickles something of it.
+_local_modules = False
+_module_checked: dict[str, bool] = {}
+_installed_names: set[str] | None = None
+
+
+def ship_local_modules(on: bool = True) -> None:
+    """Pickle local modules by value from now on in this process (a client turns it on;
+    engines do not, so that what they return travels by name as before)."""
+    global _local_modules
+    _local_modules = on
+
+
+def _note_module(name: Any) -> None:
+    """Register module `name` to be pickled by value if it is local (see `is_local_module`)."""
+    if not _local_modules or type(name) is not str or name in _module_checked:
+        return
+    local = is_local_module(name)
+    if local:
+        cloudpickle.register_pickle_by_value(sys.modules[name])
+    _module_checked[name] = local  # (after registering: another thread may be pickling)
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+_libraries: list[str] | None = None
+
+
+def _library_folders() -> list[str]:
+    """The standard library's and site-packages' folders (of this venv and its base)."""
+    global _libraries
+    if _libraries is not None:
+        return _libraries
+    import site
+    import sysconfig
+
+    folders = set()
+    for scheme_vars in ({}, {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}):
+        paths = sysconfig.get_paths(vars=scheme_vars or None)
+        folders.update(paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")
+                       if k in paths)
+    try:
+        folders.update(site.getsitepackages())
+    except AttributeError:  # pragma: no cover - an old virtualenv's site module
+        pass
+    if site.ENABLE_USER_SITE:
+        folders.add(site.getusersitepackages())
+    _libraries = [os.path.realpath(f) for f in folders if f]
+    return _libraries
+
+
+def _installed(top: str) -> bool:
+    """Whether an installed distribution provides the top-level import name `top`."""
+    global _installed_names
+    if _installed_names is None:
+        import importlib.metadata
+
+        try:
+            _installed_names = set(importlib.metadata.packages_distributions())
+        except Exception:  # noqa: BLE001 - broken metadata: assume nothing is installed
+            _installed_names = set()
+    return top in _installed_names
+
+
+def is_local_module(name: str) -> bool:
+    """Whether the module `name` (imported here) is one the engines cannot import: its file
+    lies in the folder of this process's script (`sys.argv[0]`'s) or in its working folder,
+    not in the standard library or site-packages, and no installed distribution provides it.
+    Never taskmill itself, `__main__` (pickled by value anyway) or a built-in module."""
+    top = name.partition(".")[0]
+    if top in ("__main__", "__mp_main__", "taskmill") or top in sys.stdlib_module_names:
+        return False
+    module = sys.modules.get(name)
+    file = getattr(module, "__file__", None)
+    if not isinstance(file, str):
+        return False
+    try:
+        cwd = os.getcwd()
+    except OSError:  # (the working folder was removed)
+        cwd = None
+    roots = [os.path.realpath(cwd)] if cwd else []
+    if _SCRIPT_FOLDER is not None:
+        roots.append(_SCRIPT_FOLDER)
+    path = os.path.realpath(file)
+    if not any(_inside(path, root) for root in roots):
+        return False
+    if any(_inside(path, lib) for lib in _library_folders()):
+        return False
+    return not _installed(top)
+
+
+def _script_folder() -> str | None:
+    """The folder of the script this process runs (`python script.py`: the folder Python put
+    first on sys.path), as it was when taskmill was imported; None for `-c`, a console, or a
+    program started from the standard library or site-packages (pytest, a Jupyter kernel).
+    (Not sys.path[0] now: a program or a test runner may have put another folder there.)"""
+    argv = getattr(sys, "argv", None) or [""]
+    if not isinstance(argv[0], str) or not os.path.isfile(argv[0]):
+        return None
+    return os.path.dirname(os.path.realpath(argv[0]))
+
+
+_SCRIPT_FOLDER = _script_folder()
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle's Pickler, but a function defined in `__main__` is rebuilt on an engine over
+    the engine's namespace (see `load_into`), and, in a client, a local module's functions and
+    classes travel by value (see `ship_local_modules`)."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        t = type(obj)
+        if t is types.FunctionType:
+            module = obj.__module__
+            if _local_modules:
+                _note_module(module)
+            reduced = super().reducer_override(obj)
+            if (module == "__main__" and type(reduced) is tuple and len(reduced) == 6
+                    and reduced[0] is _cp_make_function
+                    and reduced[5] is _cp_function_setstate):
+                return (_make_interactive, *reduced[1:5], _interactive_setstate)
+            return reduced
+        if _local_modules:
+            if t is types.ModuleType:
+                _note_module(obj.__name__)
+            elif isinstance(obj, type):
+                _note_module(getattr(obj, "__module__", None))
+        return super().reducer_override(obj)
 
 
 # -- functions, pickled once -------------------------------------------------------------------
@@ -428,6 +644,9 @@ def _by_reference(obj: Any) -> bool:
     so that what the client does to the object itself never travels."""
     if _should_pickle_by_reference is None:
         return False
+    if _local_modules:  # (decided before the pickle is made, which may then ship it by value)
+        _note_module(obj.__name__ if type(obj) is types.ModuleType
+                     else getattr(obj, "__module__", None))
     try:
         return bool(_should_pickle_by_reference(obj))
     except Exception:  # noqa: BLE001 - unsure: pickled every time
@@ -603,23 +822,49 @@ class FunctionPickles:
 
 
 class FunctionLoads:
-    """An engine's cache of unpickled functions, by their pickle's bytes (checked already)."""
+    """An engine's cache of unpickled functions, by their pickle's bytes (checked already).
 
-    def __init__(self, size: int = FUNCTION_CACHE_SIZE) -> None:
+    With a `namespace` (the engine's; `_reset` clears it in place, so it stays the same dict),
+    functions defined interactively are rebuilt over it (see `load_into`), and a cached one
+    sets the globals it brought in it again before each run: a task that cleared the namespace
+    (`clear_before`) or changed one of those names still runs with the client's values.
+    A function is kept only if what it is made of cannot change in place (the client cache's
+    rule, `_function_state`): a list, dict, instance, class defined in a script... in its
+    globals, defaults or closure is unpickled afresh for every task, as the client sent it,
+    never as an earlier task on this engine left it."""
+
+    def __init__(self, size: int = FUNCTION_CACHE_SIZE,
+                 namespace: dict[str, Any] | None = None) -> None:
         self.size = size
+        self.namespace = namespace
+        # bytes -> (function, globals dicts to set before each run), or _FRESH: load each time
         self._cache: OrderedDict[bytes, Any] = OrderedDict()
+
+    def _load(self, frames: Sequence[Frame]) -> tuple[Any, list[dict[str, Any]]]:
+        if self.namespace is None:
+            return loads(frames), []
+        return load_into(frames, self.namespace)
 
     def loads(self, frames: Sequence[Frame]) -> Any:
         if len(frames) != 1:
-            return loads(frames)
+            return self._load(frames)[0]
         key = bytes(_buf(frames[0]))
         if len(key) > FUNCTION_CACHE_MAX_BYTES:
-            return loads(frames)
-        func = self._cache.get(key)
-        if func is None:
-            func = self._cache[key] = loads(frames)
-            while len(self._cache) > self.size:
-                self._cache.popitem(last=False)
-        else:
+            return self._load(frames)[0]
+        hit = self._cache.get(key)
+        if hit is not None:
             self._cache.move_to_end(key)
+            if hit is _FRESH:
+                return self._load(frames)[0]
+            func, applied = hit
+            for shipped in applied:
+                self.namespace.update(shipped)  # type: ignore[union-attr]
+            return func
+        func, applied = self._load(frames)
+        self._cache[key] = (func, applied) if _function_state(func) is not None else _FRESH
+        while len(self._cache) > self.size:
+            self._cache.popitem(last=False)
         return func
+
+
+_FRESH = object()  # a FunctionLoads entry: this pickle is unpickled for every task
