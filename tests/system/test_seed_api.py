@@ -296,6 +296,11 @@ def test_task_result_fields(client, eids):
     ns = tr.ns
     assert isinstance(ns, taskmill.ResultNS)
     assert ns.y == 42
+    assert ns["y"] == 42  # item access too, as the seed's ResultNS
+    assert "y" in ns and "not_pulled" not in ns
+    assert repr(ns) == "NS{'y': 42}"
+    with pytest.raises(KeyError):
+        ns["not_pulled"]
     with pytest.raises(AttributeError):
         ns.y = 1
     with pytest.raises(AttributeError):
