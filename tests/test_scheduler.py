@@ -552,14 +552,33 @@ def test_unmet_timer_is_armed_after_the_last_busy_engine_leaves():
     assert [k[:2] for k in arm_keys(acts)] == [("unmet", 1)]
 
 
-def test_engine_that_rejected_counts_as_not_satisfying_for_unmet():
+def test_a_task_that_only_waits_for_a_skip_is_not_unmet():
+    """Engine 0 satisfies the task but is skipped (it rejected it): no unmet timer while every
+    engine is idle; when the skip ends it runs there again."""
     s = make()
     s.add_engine(0, {})
     s.add_engine(1, {"gpu": 0})
-    assert s.submit(0, [Node(depend=lambda p: p.get("gpu") != 0)]) == [Dispatch(0, 0, 0, 1)]
+    assert s.submit(0, [Node(retries=1, depend=lambda p: p.get("gpu") != 0)]) == [
+        Dispatch(0, 0, 0, 1)]
     acts = s.task_done(0, 0, 1, REJECTED)
-    assert not of(acts, Finish)  # engine 1 has not rejected it (it just does not qualify)
-    assert [k[:2] for k in arm_keys(acts)] == [("unmet", 0)]
+    (key,) = arm_keys(acts)  # the skip only: no ("unmet", ...) timer
+    assert key[:3] == ("skip", 0, 0) and acts == [ArmTimer(key, 1.0)]
+    assert s.timer_fired(key) == [Dispatch(0, 0, 0, 1)]
+    # rejected with no retries left; engine 1 does not satisfy it, so need not be offered it
+    assert s.task_done(0, 0, 1, REJECTED) == [Finish(0, RESULT, False, 0, None, 1)]
+
+
+def test_a_skipped_task_whose_engine_stops_satisfying_it_is_unmet():
+    s = make()
+    s.add_engine(0, {"gpu": 1})
+    assert s.submit(0, [Node(retries=1, depend={"gpu": 1})]) == [Dispatch(0, 0, 0, 1)]
+    (skip,) = arm_keys(s.task_done(0, 0, 1, REJECTED))
+    acts = s.set_properties(0, {"gpu": 0})
+    assert acts[0] == CancelTimer(skip)
+    (unmet,) = arm_keys(acts)
+    assert unmet[:2] == ("unmet", 0) and len(acts) == 2
+    assert s.timer_fired(skip) == []
+    assert s.timer_fired(unmet) == [Finish(0, UNMET_TIMEOUT, False, None, None, 0)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -567,17 +586,56 @@ def test_engine_that_rejected_counts_as_not_satisfying_for_unmet():
 # ---------------------------------------------------------------------------------------------
 
 
-def test_rejected_goes_elsewhere_and_does_not_count_an_attempt():
+def skip_key(actions: list, tid: int, eid: int) -> tuple:
+    """The key of the one skip timer armed in `actions`, for task `tid` on engine `eid`."""
+    keys = [a.key for a in of(actions, ArmTimer) if a.key[0] == "skip"]
+    assert len(keys) == 1 and keys[0][1:3] == (tid, eid), actions
+    assert one(actions, ArmTimer).delay == 1.0
+    return keys[0]
+
+
+def test_a_rejection_uses_a_retry_and_counts_no_attempt():
+    s = make()
+    s.add_engine(0, {})
+    assert s.submit(0, [Node(retries=2)]) == [Dispatch(0, 0, 0, 1)]
+    for _ in range(2):  # retries left: back to the queue, engine 0 skipped for 1 s
+        acts = s.task_done(0, 0, 1, REJECTED)
+        key = skip_key(acts, 0, 0)
+        assert acts == [ArmTimer(key, 1.0)]
+        assert s.scheduled_ids() == [0] and s.counts() == (1, 0)
+        assert s.spin() == (False, [])
+        assert s.timer_fired(key) == [Dispatch(0, 0, 0, 1)]  # the same attempt number
+    # the third rejection finds no retry left, and engine 0 is the only engine: final. The
+    # final rejection is the result, and counts as its one attempt.
+    assert s.task_done(0, 0, 1, REJECTED) == [Finish(0, RESULT, False, 0, None, 1)]
+
+
+def test_rejections_and_failed_attempts_share_the_retries():
+    s = make()
+    s.add_engine(0, {})
+    assert s.submit(0, [Node(retries=1)]) == [Dispatch(0, 0, 0, 1)]
+    assert s.task_done(0, 0, 1, ERROR) == [Dispatch(0, 0, 0, 2)]
+    assert s.task_done(0, 0, 2, REJECTED) == [Finish(0, RESULT, False, 0, None, 2)]
+    assert s.submit(1, [Node(retries=1)]) == [Dispatch(1, 0, 0, 1)]
+    key = skip_key(s.task_done(0, 1, 1, REJECTED), 1, 0)
+    assert s.timer_fired(key) == [Dispatch(1, 0, 0, 1)]
+    assert s.task_done(0, 1, 1, ERROR) == [Finish(1, RESULT, False, 0, None, 1)]
+
+
+def test_a_rejected_task_goes_elsewhere_at_once_and_skips_the_engine_that_rejected_it():
     s = make()
     s.add_engine(0, {})
     s.add_engine(1, {})
     s.add_engine(2, {})
     assert s.submit(0, [Node(retries=2)]) == [Dispatch(0, 0, 0, 1)]
-    assert s.task_done(0, 0, 1, REJECTED) == [Dispatch(0, 1, 0, 1)]  # same attempt number
-    # engine 0 is free and engine 1 failed it, but engine 0 rejected it: never again there
+    acts = s.task_done(0, 0, 1, REJECTED)
+    key = skip_key(acts, 0, 0)
+    assert acts == [ArmTimer(key, 1.0), Dispatch(0, 1, 0, 1)]  # same attempt number
+    # engine 0 is free (and has not failed it), but it is skipped: the retry goes to engine 2
     assert s.task_done(1, 0, 1, ERROR) == [Dispatch(0, 2, 0, 2)]
-    assert s.task_done(2, 0, 2, ERROR) == [Dispatch(0, 1, 0, 3)]
-    assert s.task_done(1, 0, 3, ERROR) == [Finish(0, RESULT, False, 1, None, 3)]
+    # a rejection used one of the two retries: this failure is final
+    assert s.task_done(2, 0, 2, ERROR) == [CancelTimer(key), Finish(0, RESULT, False, 2, None, 2)]
+    assert s.timer_fired(key) == []
 
 
 def test_rejected_by_the_only_free_engine_waits_for_another():
@@ -586,40 +644,207 @@ def test_rejected_by_the_only_free_engine_waits_for_another():
     s.add_engine(1, {})
     assert s.submit(0, [Node()]) == [Dispatch(0, 0, 0, 1)]
     assert s.submit(1, [Node()]) == [Dispatch(1, 1, 0, 1)]
-    assert s.task_done(0, 0, 1, REJECTED) == []  # engine 0 free, but it rejected task 0
+    acts = s.task_done(0, 0, 1, REJECTED)  # engine 0 free, but task 0 skips it
+    key = skip_key(acts, 0, 0)
+    assert acts == [ArmTimer(key, 1.0)]
     assert s.submit(2, [Node()]) == [Dispatch(2, 0, 0, 1)]  # engine 0 serves others
-    assert s.task_done(1, 1, 1, OK) == [Finish(1, RESULT, True, 1, None, 1), Dispatch(0, 1, 0, 1)]
+    acts = s.task_done(1, 1, 1, OK)
+    assert acts == [Finish(1, RESULT, True, 1, None, 1), Dispatch(0, 1, 0, 1)]
 
 
-def test_rejected_by_every_registered_engine_is_final():
+def test_no_retries_left_fails_only_after_every_live_engine_was_offered_it():
+    s = make()
+    for eid in range(4):
+        s.add_engine(eid, {})
+    assert s.submit(0, [Node()]) == [Dispatch(0, 0, 0, 1)]
+    keys = []
+    for eid in range(3):
+        acts = s.task_done(eid, 0, 1, REJECTED)
+        keys.append(skip_key(acts, 0, eid))
+        assert acts == [ArmTimer(keys[-1], 1.0), Dispatch(0, eid + 1, 0, 1)]
+    acts = s.task_done(3, 0, 1, REJECTED)
+    assert acts == [*(CancelTimer(k) for k in keys), Finish(0, RESULT, False, 3, None, 1)]
+    assert s.counts() == (0, 0)
+
+
+def test_an_engine_busy_past_the_skip_is_waited_for_and_the_other_asked_again():
     s = make()
     s.add_engine(0, {})
     s.add_engine(1, {})
-    assert s.submit(0, [Node(retries=5, recovery=0)]) == [Dispatch(0, 0, 0, 1)]
-    assert s.task_done(0, 0, 1, REJECTED) == [Dispatch(0, 1, 0, 1)]
-    # no retries, no recovery: that report is the result
-    assert s.task_done(1, 0, 1, REJECTED) == [Finish(0, RESULT, False, 1, None, 1)]
+    assert s.submit(0, [Node()]) == [Dispatch(0, 0, 0, 1)]
+    assert s.submit(1, [Node()]) == [Dispatch(1, 1, 0, 1)]
+    for _ in range(2):  # no retries left, but engine 1 (busy) has not been offered it yet
+        key = skip_key(s.task_done(0, 0, 1, REJECTED), 0, 0)
+        assert s.timer_fired(key) == [Dispatch(0, 0, 0, 1)]
+    key = skip_key(s.task_done(0, 0, 1, REJECTED), 0, 0)
+    assert s.task_done(1, 1, 1, OK) == [Finish(1, RESULT, True, 1, None, 1), Dispatch(0, 1, 0, 1)]
+    assert s.task_done(1, 0, 1, REJECTED) == [CancelTimer(key),
+                                              Finish(0, RESULT, False, 1, None, 1)]
 
 
-def test_rejected_by_the_only_engine_is_final_at_once():
+def test_an_engine_that_registered_meanwhile_is_offered_it_too():
     s = make()
     s.add_engine(0, {})
-    s.submit(0, [Node(retries=1)])
-    assert s.task_done(0, 0, 1, REJECTED) == [Finish(0, RESULT, False, 0, None, 1)]
+    s.add_engine(1, {})
+    assert s.submit(0, [Node()]) == [Dispatch(0, 0, 0, 1)]
+    k0 = skip_key(s.task_done(0, 0, 1, REJECTED), 0, 0)
+    assert s.add_engine(2, {}) == []  # the task runs on engine 1
+    acts = s.task_done(1, 0, 1, REJECTED)
+    k1 = skip_key(acts, 0, 1)
+    assert acts == [ArmTimer(k1, 1.0), Dispatch(0, 2, 0, 1)]
+    assert s.task_done(2, 0, 1, REJECTED) == [CancelTimer(k0), CancelTimer(k1),
+                                              Finish(0, RESULT, False, 2, None, 1)]
 
 
-def test_rejection_by_a_departed_engine_does_not_count_toward_all():
+def test_an_engine_that_died_need_not_be_offered_it():
+    s = make()
+    s.add_engine(0, {})
+    s.add_engine(1, {})
+    s.add_engine(2, {})
+    assert s.submit(0, [Node()]) == [Dispatch(0, 0, 0, 1)]
+    assert s.submit(1, [Node()]) == [Dispatch(1, 1, 0, 1)]
+    assert s.submit(2, [Node()]) == [Dispatch(2, 2, 0, 1)]
+    k0 = skip_key(s.task_done(0, 0, 1, REJECTED), 0, 0)
+    assert s.remove_engine(2) == [Finish(2, ENGINE_DIED, False, 2, None, 1)]
+    assert s.task_done(1, 1, 1, OK) == [Finish(1, RESULT, True, 1, None, 1), Dispatch(0, 1, 0, 1)]
+    assert s.task_done(1, 0, 1, REJECTED) == [CancelTimer(k0),
+                                              Finish(0, RESULT, False, 1, None, 1)]
+
+
+def test_a_rejection_by_a_departed_engine_does_not_count_toward_every_engine():
     s = make()
     s.add_engine(0, {})
     s.add_engine(1, {})
     s.submit(0, [Node()])
     s.submit(1, [Node()])
-    assert s.task_done(0, 0, 1, REJECTED) == []  # engine 1 busy with task 1
-    s.remove_engine(0)
-    s.add_engine(2, {})
-    assert s.engine_load(2) == [0]
-    assert s.task_done(2, 0, 1, REJECTED) == []  # engine 1 has not rejected it yet
+    key = skip_key(s.task_done(0, 0, 1, REJECTED), 0, 0)  # engine 1 busy with task 1
+    assert s.remove_engine(0) == [CancelTimer(key)]  # its skip goes with it
+    assert s.add_engine(2, {}) == [Dispatch(0, 2, 0, 1)]
+    skip_key(s.task_done(2, 0, 1, REJECTED), 0, 2)  # engine 1 has not been offered it yet
     assert s.task_done(1, 1, 1, OK) == [Finish(1, RESULT, True, 1, None, 1), Dispatch(0, 1, 0, 1)]
+    assert of(s.task_done(1, 0, 1, REJECTED), Finish) == [Finish(0, RESULT, False, 1, None, 1)]
+
+
+def test_engines_that_do_not_satisfy_the_depend_need_not_be_offered_it():
+    s = make()
+    s.add_engine(0, {"gpu": 1})
+    s.add_engine(1, {"gpu": 0})
+    s.add_engine(2, {})
+    assert s.submit(0, [Node(depend={"gpu": 1})]) == [Dispatch(0, 0, 0, 1)]
+    assert s.task_done(0, 0, 1, REJECTED) == [Finish(0, RESULT, False, 0, None, 1)]
+
+
+def test_an_engine_that_failed_the_task_was_offered_it():
+    s = make()
+    s.add_engine(0, {})
+    s.add_engine(1, {})
+    assert s.submit(0, [Node(retries=1)]) == [Dispatch(0, 0, 0, 1)]
+    assert s.task_done(0, 0, 1, ERROR) == [Dispatch(0, 1, 0, 2)]
+    assert s.task_done(1, 0, 2, REJECTED) == [Finish(0, RESULT, False, 1, None, 2)]
+
+
+def test_an_engine_that_gave_a_buffered_attempt_back_was_not_offered_it():
+    s = _two_busy_engines_with_a_buffer()  # task 2 waits on engine 0, behind task 0
+    assert one(s.task_done(1, 1, 1, OK), Revoke) == Revoke(0, 2, 1)
+    assert s.revoke_answered(0, 2, 1, ok=True) == [Dispatch(2, 1, 0, 1)]
+    acts = s.task_done(1, 2, 1, REJECTED)  # engine 0 never ran it: not final
+    key = skip_key(acts, 2, 1)
+    assert acts == [ArmTimer(key, 1.0), Dispatch(2, 0, 0, 1)]
+    assert s.task_done(0, 0, 1, OK) == [Finish(0, RESULT, True, 0, None, 1)]
+    assert s.task_done(0, 2, 1, REJECTED) == [CancelTimer(key),
+                                              Finish(2, RESULT, False, 0, None, 1)]
+
+
+def test_a_skip_ends_when_the_engines_properties_change():
+    s = make()
+    s.add_engine(0, {"x": 0})
+    assert s.submit(0, [Node(retries=3)]) == [Dispatch(0, 0, 0, 1)]
+    key = skip_key(s.task_done(0, 0, 1, REJECTED), 0, 0)
+    assert s.set_properties(0, {"x": 0}) == []  # not a change
+    assert s.set_properties(0, {"x": 1}) == [CancelTimer(key), Dispatch(0, 0, 0, 1)]
+    assert s.timer_fired(key) == []
+    # properties that come with the rejection itself do not end the skip it starts
+    acts = s.task_done(0, 0, 1, REJECTED, {"x": 2})
+    key = skip_key(acts, 0, 0)
+    assert acts == [ArmTimer(key, 1.0)]
+    assert s.engines[0].properties == {"x": 2}
+
+
+def test_a_skip_ends_when_properties_come_with_another_result():
+    s = make()
+    s.add_engine(0, {"x": 0}, slots=2)
+    assert s.submit(0, [Node(retries=1)]) == [Dispatch(0, 0, 0, 1)]
+    assert s.submit(1, [Node()]) == [Dispatch(1, 0, 0, 1)]
+    key = skip_key(s.task_done(0, 0, 1, REJECTED), 0, 0)
+    assert s.spin() == (False, [])  # engine 0 has a free slot, but task 0 skips it
+    assert s.task_done(0, 1, 1, OK, {"x": 1}) == [
+        CancelTimer(key), Finish(1, RESULT, True, 0, None, 1), Dispatch(0, 0, 0, 1)]
+
+
+def test_a_skip_timer_is_cancelled_by_abort_engine_death_and_withdraw():
+    s = make()
+    s.add_engine(0, {})
+    s.add_engine(1, {})
+    s.submit(0, [Node(retries=1)])
+    acts = s.task_done(0, 0, 1, REJECTED)
+    key = skip_key(acts, 0, 0)
+    assert Dispatch(0, 1, 0, 1) in acts
+    assert s.abort(0) == (True, [Interrupt(1, 0, ABORTED), CancelTimer(key),
+                                 Finish(0, ABORTED, False, 1, None, 1)])
+    assert s.timer_fired(key) == []
+    s.task_done(1, 0, 1, ERROR)  # the aborted attempt's report: dropped
+
+    s.submit(1, [Node(retries=1)])
+    key = skip_key(s.task_done(0, 1, 1, REJECTED), 1, 0)  # (longest idle: engine 0)
+    assert s.remove_engine(0) == [CancelTimer(key)]
+    assert s.timer_fired(key) == []
+    assert s.task_done(1, 1, 1, OK) == [Finish(1, RESULT, True, 1, None, 1)]
+
+    s.submit(2, [Node(retries=1)])
+    key = skip_key(s.task_done(1, 2, 1, REJECTED), 2, 1)
+    assert s.withdraw([2]) == [CancelTimer(key)]
+    assert s.timer_fired(key) == [] and not s.is_active(2)
+
+
+def test_a_final_rejection_hands_over_to_the_recovery_task():
+    """Rejected with no retries left by every engine, the node is over like a failed last
+    attempt: its recovery task runs, skipping no engine and offered to none yet."""
+    s = make()
+    s.add_engine(0, {})
+    s.add_engine(1, {})
+    assert s.submit(0, [Node(recovery=1), Node()]) == [Dispatch(0, 0, 0, 1)]
+    k0 = skip_key(s.task_done(0, 0, 1, REJECTED), 0, 0)
+    assert s.task_done(1, 0, 1, REJECTED) == [CancelTimer(k0), Dispatch(0, 0, 1, 1)]
+    k1 = skip_key(s.task_done(0, 0, 1, REJECTED), 0, 0)  # engine 1 not offered node 1 yet
+    assert s.engine_load(1) == [0]
+    assert s.task_done(1, 0, 1, REJECTED) == [CancelTimer(k1),
+                                              Finish(0, RESULT, False, 1, None, 1, 1)]
+
+
+def test_a_skipped_engine_does_not_steal_the_task_until_its_skip_ends():
+    s = make()
+    s.add_engine(0, {}, slots=2)
+    s.add_engine(1, {}, slots=1)
+    assert s.submit(0, [Node()]) == [Dispatch(0, 0, 0, 1)]
+    assert s.submit(1, [Node(retries=1)]) == [Dispatch(1, 1, 0, 1)]
+    acts = s.task_done(1, 1, 1, REJECTED)
+    key = skip_key(acts, 1, 1)
+    # task 1 is buffered on engine 0 behind task 0; engine 1 is idle but may not ask for it
+    assert acts == [ArmTimer(key, 1.0), Dispatch(1, 0, 0, 1)]
+    assert of(s.spin()[1], Revoke) == []
+    assert s.timer_fired(key) == [Revoke(0, 1, 1)]
+
+
+def test_after_dependents_wait_through_rejections_and_fail_with_the_final_one():
+    s = make()
+    s.add_engine(0, {})
+    s.add_engine(1, {})
+    assert s.submit(0, [Node()]) == [Dispatch(0, 0, 0, 1)]
+    assert s.submit(1, [Node()], after=[0]) == []
+    acts = s.task_done(0, 0, 1, REJECTED)
+    assert of(acts, Finish) == [] and Dispatch(0, 1, 0, 1) in acts
+    fins = of(s.task_done(1, 0, 1, REJECTED), Finish)
+    assert fins == [Finish(0, RESULT, False, 1, None, 1), Finish(1, DEPENDENCY, False, None, 0, 0)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1035,7 +1260,8 @@ class MTask:
     fails: int = 0  # counted failed attempts of the current node
     attempts: int = 0  # counted attempts of the whole task
     handed_over: set[int] = field(default_factory=set)
-    rejected: set[int] = field(default_factory=set)
+    offered: set[int] = field(default_factory=set)  # engines that reported an attempt of the node
+    skip: set[int] = field(default_factory=set)  # engines it skips (they rejected it)
     engine: int | None = None  # where the current attempt is held
     attempt: int | None = None
     finish: Finish | None = None
@@ -1053,7 +1279,8 @@ class SchedulerMachine(RuleBasedStateMachine):
     """Random event sequences against a model that applies every returned action.
 
     The model predicts every Finish (which task, which outcome) from the rules: retries,
-    recovery chains, rejection, engine death, abort, unmet timers and `after`. Dispatches are
+    recovery chains, rejection (with the skips it starts and whatever ends them), engine
+    death, abort, unmet timers and `after`; and which skip and unmet timers are armed. Dispatches are
     not predicted (which engine is FIFO/longest-idle detail, tested directly above) but each one
     is checked to be legal, and the invariants check that no free engine is left idle while a
     queued task could use it.
@@ -1066,7 +1293,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.engines: dict[int, MEngine] = {}
         self.next_tid = 0
         self.next_eid = 0
-        self.armed: dict[int, tuple] = {}  # tid -> live timer key
+        self.armed: dict[int, tuple] = {}  # tid -> live unmet timer key
+        self.skips: dict[tuple[int, int], tuple] = {}  # (tid, eid) -> live skip timer key
         self.dead_keys: list[tuple] = []
         self.revokes: list[Revoke] = []  # sent, not yet answered
 
@@ -1079,21 +1307,49 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def eligible(self, t: MTask, eid: int) -> bool:
         e = self.engines[eid]
-        return eid not in t.rejected and model_satisfies(t.nodes[t.node].depend, e.props)
+        return eid not in t.skip and model_satisfies(t.nodes[t.node].depend, e.props)
 
     def counted_failure(self, t: MTask, eid: int, outcome: str) -> tuple | None:
         """The model's rule for a failed attempt: retry, recovery, or a final Finish."""
-        node = t.nodes[t.node]
         t.fails += 1
-        if t.fails <= node.retries:
+        if t.fails <= t.nodes[t.node].retries:
             return None
+        return self.node_over(t, eid, outcome)
+
+    def node_over(self, t: MTask, eid: int, outcome: str) -> tuple | None:
+        """The current node failed for good: hand over to its recovery, or the final Finish."""
+        node = t.nodes[t.node]
         if node.recovery is not None and node.recovery not in t.handed_over:
             t.handed_over.add(t.node)
             t.node = node.recovery
             t.fails = 0
-            t.rejected.clear()
+            t.offered.clear()
+            t.skip.clear()
             return None
         return (outcome, False, eid)
+
+    def rejected(self, t: MTask, eid: int) -> tuple | None:
+        """The model's rule for a rejection: it uses a retry and counts no attempt; the task
+        skips that engine, unless it is out of retries and every live engine that satisfies
+        it was offered it: then the node is over (the final rejection counts an attempt)."""
+        t.offered.add(eid)
+        t.attempts -= 1
+        t.fails += 1
+        depend = t.nodes[t.node].depend
+        everywhere = all(x in t.offered for x, m in self.engines.items()
+                         if model_satisfies(depend, m.props))
+        if t.fails <= t.nodes[t.node].retries or not everywhere:
+            t.skip.add(eid)
+            return None
+        f = self.node_over(t, eid, RESULT)
+        if f is not None:
+            t.attempts += 1
+        return f
+
+    def engine_changed(self, eid: int) -> None:
+        """Engine `eid`'s properties changed, or it left: no task skips it any more."""
+        for t in self.active():
+            t.skip.discard(eid)
 
     def apply(self, actions: list, expected: dict | None = None, interrupts: set | None = None):
         expected = dict(expected or {})
@@ -1116,6 +1372,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                     assert a.engineid is None
                 t.finish = a
                 t.engine = None
+                t.skip.clear()
                 finished_now[a.tid] = a
             elif isinstance(a, Interrupt):
                 assert (a.eid, a.tid) in interrupts, f"unexpected {a}"
@@ -1123,12 +1380,22 @@ class SchedulerMachine(RuleBasedStateMachine):
                 interrupts.discard((a.eid, a.tid))
             elif isinstance(a, Revoke):
                 self.on_revoke(a)
+            elif isinstance(a, ArmTimer) and a.key[0] == "skip":
+                _, tid, eid, _token = a.key
+                assert (tid, eid) not in self.skips, f"second skip timer for {(tid, eid)}: {a}"
+                assert a.delay == 1.0, a
+                self.skips[(tid, eid)] = a.key
             elif isinstance(a, ArmTimer):
                 kind, tid, _token = a.key
                 assert kind == "unmet"
                 assert tid not in self.armed, f"second timer for {tid}: {a}"
                 assert a.delay == MODEL_UNMET
                 self.armed[tid] = a.key
+            elif isinstance(a, CancelTimer) and a.key[0] == "skip":
+                _, tid, eid, _token = a.key
+                assert self.skips.get((tid, eid)) == a.key, f"cancel of a timer not armed: {a}"
+                del self.skips[(tid, eid)]
+                self.dead_keys.append(a.key)
             elif isinstance(a, CancelTimer):
                 tid = a.key[1]
                 assert self.armed.get(tid) == a.key, f"cancel of a timer not armed: {a}"
@@ -1160,7 +1427,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert len(e.held) < e.slots, f"{a} to a full engine {e}"
         assert a.node == t.node, (a, t.node)
         assert model_satisfies(t.nodes[t.node].depend, e.props), (a, e.props)
-        assert a.eid not in t.rejected, f"{a} to an engine that rejected it"
+        assert a.eid not in t.skip, f"{a} to an engine the task skips"
         t.attempts += 1
         assert a.attempt == t.attempts, (a, t.attempts)
         e.held.append((a.tid, a.attempt))
@@ -1243,6 +1510,11 @@ class SchedulerMachine(RuleBasedStateMachine):
         for _ in range(n):
             self.submit([Node(retries=retries)], [])
 
+    @rule(retries=st.integers(0, 1), again=st.integers(0, 1))
+    def submit_with_recovery(self, retries: int, again: int) -> None:
+        """A task any engine may run, with a recovery task any engine may run."""
+        self.submit([Node(retries=retries, recovery=1), Node(retries=again)], [])
+
     @rule(props=PROPS, slots=st.integers(1, 3))
     def add_engine(self, props: dict, slots: int) -> None:
         eid = self.next_eid
@@ -1255,6 +1527,8 @@ class SchedulerMachine(RuleBasedStateMachine):
     def set_properties(self, props: dict, i: int) -> None:
         eid = i % self.next_eid  # sometimes a dead one
         if eid in self.engines:
+            if self.engines[eid].props != props:
+                self.engine_changed(eid)
             self.engines[eid].props = dict(props)
         self.apply(self.s.set_properties(eid, props))
 
@@ -1263,6 +1537,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     def remove_engine(self, i: int) -> None:
         eid = pick(sorted(self.engines), i)
         e = self.engines.pop(eid)
+        self.engine_changed(eid)  # (its skips end)
         expected = {}
         for tid, _attempt in e.held:
             t = self.tasks[tid]
@@ -1294,6 +1569,15 @@ class SchedulerMachine(RuleBasedStateMachine):
         tid, attempt = pick(choices, j)
         self._task_done(eid, tid, attempt, status, props)
 
+    @precondition(lambda self: any(e.held for e in self.engines.values()))
+    @rule(i=PICK, props=st.none() | st.none() | st.none() | PROPS)
+    def reject(self, i: int, props: dict | None) -> None:
+        """An engine rejects the attempt it runs (more often than `report` alone would, so
+        that tasks run out of retries and engines while some are skipped)."""
+        eid = pick(sorted(e for e, m in self.engines.items() if m.held), i)
+        tid, attempt = self.engines[eid].held[0]
+        self._task_done(eid, tid, attempt, REJECTED, props)
+
     @precondition(lambda self: self.next_eid > 0)
     @rule(
         i=PICK,
@@ -1319,6 +1603,8 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert actions == [], f"a dead engine's report did something: {actions}"
             return
         if props is not None:
+            if props != e.props:
+                self.engine_changed(eid)  # (before the rejection below starts a skip)
             e.props = dict(props)
         if (tid, attempt) in e.held:
             e.held.remove((tid, attempt))
@@ -1330,12 +1616,11 @@ class SchedulerMachine(RuleBasedStateMachine):
             if status == OK:
                 expected[tid] = (RESULT, True, eid)
             elif status == REJECTED:
-                t.rejected.add(eid)
-                t.attempts -= 1
-                if all(x in t.rejected for x in self.engines):
-                    t.attempts += 1
-                    expected[tid] = (RESULT, False, eid)
+                f = self.rejected(t, eid)
+                if f:
+                    expected[tid] = f
             else:
+                t.offered.add(eid)
                 f = self.counted_failure(t, eid, RESULT)
                 if f:
                     expected[tid] = f
@@ -1361,10 +1646,20 @@ class SchedulerMachine(RuleBasedStateMachine):
         key = self.armed.pop(tid)  # the shell's timer is gone once it fires
         self.apply(self.s.timer_fired(key), {tid: (UNMET_TIMEOUT, False, None)})
 
+    @precondition(lambda self: self.skips)
+    @rule(i=PICK)
+    def fire_skip_timer(self, i: int) -> None:
+        """A second has passed since an engine rejected a task: the task may go there again."""
+        tid, eid = pick(sorted(self.skips), i)
+        key = self.skips.pop((tid, eid))
+        self.tasks[tid].skip.discard(eid)
+        self.apply(self.s.timer_fired(key))
+
     @precondition(lambda self: self.next_tid > 0)
     @rule(i=PICK)
     def fire_stale_timer(self, i: int) -> None:
-        made_up = [("unmet", self.next_tid, 1), ("unmet", 0, 10**6), ("other", 1)]
+        made_up = [("unmet", self.next_tid, 1), ("unmet", 0, 10**6), ("other", 1),
+                   ("skip", 0, 0, 10**6), ("skip", self.next_tid, 0, 1)]
         key = pick(made_up + self.dead_keys, i)
         self.apply(self.s.timer_fired(key))
 
@@ -1439,9 +1734,17 @@ class SchedulerMachine(RuleBasedStateMachine):
                     if not self.engines:  # (with none at all, a task with a depend is unmet)
                         if t.nodes[t.node].depend is not None:
                             want.add(t.tid)
-                    elif not any(self.eligible(t, eid) for eid in self.engines):
-                        want.add(t.tid)
+                    elif not any(model_satisfies(t.nodes[t.node].depend, m.props)
+                                 for m in self.engines.values()):
+                        want.add(t.tid)  # (one that only waits for a skip to end is not unmet)
         assert set(self.armed) == want
+
+    @invariant()
+    def skip_timers_exactly_where_the_model_skips(self) -> None:
+        want = {(t.tid, eid) for t in self.active() for eid in t.skip}
+        assert set(self.skips) == want
+        for tid, eid in want:
+            assert eid in self.engines, f"task {tid} skips engine {eid}, which is gone"
 
 
 SchedulerMachine.TestCase.settings = settings(

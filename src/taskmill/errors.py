@@ -23,7 +23,9 @@ class TaskTimeout(TaskError):
 
 
 class TaskRejectError(TaskError):
-    """Raised by task code to say "not on this engine": the task is tried elsewhere."""
+    """Raised by task code to say "not on this engine, not now": the task goes back to the
+    queue and skips that engine for 1 s (or until its properties change). It counts no attempt
+    but uses a retry; with none left, once every live engine was offered it, it is the result."""
 
 
 class EngineDied(TaskError):

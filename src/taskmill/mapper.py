@@ -409,17 +409,29 @@ def _blocking_imap(client: TaskClient, options: TaskOptions, func: Callable[...,
 
 # -- the seed's mapper -----------------------------------------------------------------------
 class TaskMapper:
-    """The seed's IMapper: `.map(func, *sequences)`, one MapTask per element."""
+    """The seed's IMapper: `.map(func, *sequences)`, one MapTask per element.
+
+    As in the seed, the client is `task_controller` and the options are plain attributes of
+    their own names (`clear_before`, `clear_after`, `retries`, `recovery_task`, `depend`,
+    `block`); a change to one applies to the next `map`, and is checked there."""
 
     def __init__(self, client: TaskClient, *, clear_before: bool = False,
                  clear_after: bool = False, retries: int = 0,
                  recovery_task: BaseTask | None = None, depend: Any = None,
                  block: bool = True) -> None:
-        self.client = client
-        self.options = {"clear_before": clear_before, "clear_after": clear_after,
-                        "retries": retries, "recovery_task": recovery_task, "depend": depend}
+        self.task_controller = client
+        self.clear_before = clear_before
+        self.clear_after = clear_after
+        self.retries = retries
+        self.recovery_task = recovery_task
+        self.depend = depend
         self.block = block
-        MapTask(len, **self.options)  # check the options now, not at the first map
+        MapTask(len, **self._options())  # check the options now, not at the first map
+
+    def _options(self) -> dict[str, Any]:
+        return {"clear_before": self.clear_before, "clear_after": self.clear_after,
+                "retries": self.retries, "recovery_task": self.recovery_task,
+                "depend": self.depend}
 
     def map(self, func: Callable[..., Any], *sequences: Iterable[Any],
             timeout: float | None = None) -> list[Any]:
@@ -427,9 +439,11 @@ class TaskMapper:
         raised; past `timeout` seconds, TimeoutError), else their taskids. Whatever ends it
         before it returns (Ctrl-C, `timeout`, any exception) aborts the tasks it had sent."""
         check_seconds(timeout, "timeout")
-        client = self.client
+        client = self.task_controller
+        options = self._options()
+        MapTask(len, **options)  # an attribute changed since: checked before anything is sent
         args = zip_sequences(sequences)
-        encoded = [client._encode(MapTask(func, a, **self.options)) for a in args]
+        encoded = [client._encode(MapTask(func, a, **options)) for a in args]
         tids: list[int] = []
         try:
             client._submit_encoded(encoded, tids)

@@ -20,7 +20,7 @@ Events                                   Actions
 Rules, in one place:
 - The queue is FIFO by taskid: each pass gives the oldest runnable task to the longest-idle
   engine that satisfies its `depend` (a dict of property values, or a callable on the engine's
-  properties; an exception counts as False) and has not rejected it.
+  properties; an exception counts as False) and that the task does not skip (see `rejected`).
 - A failed attempt is retried while the current node has retries left, preferring an engine that
   has not failed it. Then the node's recovery task runs under the same taskid, unless that
   recovery task has already handed over to a recovery of its own (checked before marking the
@@ -28,9 +28,31 @@ Rules, in one place:
 - `after`: a task waits for those tasks; when one fails, it finishes with `dependency` at once,
   and so do its own dependents.
 - Unmet `depend`: if every registered engine is idle and none satisfies a waiting task for
-  `unmet_timeout` seconds, it finishes with `unmet_timeout`.
-- `rejected` (TaskRejectError from task code): the task never goes to that engine again and does
-  not count an attempt; when every registered engine has rejected it, that report is final.
+  `unmet_timeout` seconds, it finishes with `unmet_timeout`. A task that waits only for a skip
+  to end (below) is not unmet: an engine satisfies it, it just may not have it yet.
+- `rejected` (TaskRejectError from task code: "not on this engine, not now"), as in the seed:
+  - It counts no attempt (the next dispatch has the same attempt number), but it uses one of
+    the node's retries, as a failed attempt does (both count against `retries`).
+  - The task goes back to the queue and skips that engine until the engine's skip timer
+    (`("skip", tid, eid, token)`, `reject_skip` = 1 s) fires or the engine's properties change
+    (`set_properties`, or properties reported with any result, this rejection's own excepted:
+    they are taken before the rejection). Other engines may take it at once; the skipped one
+    gets it again after the skip, whether or not the task has retries left.
+  - A node's task is "offered" to an engine once that engine reported an attempt of it (ok,
+    error or rejected; a revoked or a died-with attempt was not offered).
+  - Rejected with no retries left, the node is over only when every live engine that
+    satisfies its `depend` (now, with the properties this report brought) has been offered
+    it; until then it goes back to the queue as above. Engines that registered since it was
+    submitted count (it goes to them too); engines that died do not. So with `retries=0` and
+    four engines it goes to each of the four once before it is over (to one a second time
+    only if the others stay busy past its skip).
+  - A node that is over this way is treated like one whose last attempt failed: its recovery
+    task runs (with no skips, and offered to no engine yet), else the task finishes with the
+    rejecting engine's report (`RESULT`, not ok); that final rejection is the one attempt it
+    counts. Its `after` dependents then fail with `dependency`.
+  - Skip timers die with what they guard: a finished, aborted or withdrawn task, a hand-over
+    to a recovery task, a removed engine and a property change each cancel theirs
+    (`CancelTimer`). A skipped engine never steals the task either.
 - Unmet `depend` while no engine is registered counts as unmet too: a task with a depend
   fails after `unmet_timeout` if no engine arrives.
 - Abort of a running task finishes it at once and interrupts its engine; the engine's slot stays
@@ -70,6 +92,8 @@ from types import MappingProxyType
 from typing import Any
 
 from .checks import seconds
+
+REJECT_SKIP_SECONDS = 1.0  # how long a task skips an engine that rejected it (the seed's pause)
 
 # Outcomes of Finish.
 RESULT = "result"  # the engine's report of the last attempt is the task's result
@@ -166,7 +190,8 @@ class _Task:
     attempts: int = 0  # attempts of the whole task
     engine: int | None = None
     avoid: set[int] = field(default_factory=set)
-    rejected: set[int] = field(default_factory=set)
+    offered: set[int] = field(default_factory=set)  # engines that reported an attempt of the node
+    skip: dict[int, tuple] = field(default_factory=dict)  # engine -> its skip timer's key
     handed_over: set[int] = field(default_factory=set)
     blocked_on: set[int] = field(default_factory=set)
     dep_cache: dict[int, tuple[int, bool]] = field(default_factory=dict)
@@ -183,16 +208,19 @@ class _Engine:
     duration: float | None = None  # moving average of the durations it reported
     cap: int = 1  # how many tasks it may hold now (see Scheduler._update_capacity)
     watched: tuple[int, int] | None = None  # the (tid, attempt) the `slow` timer watches
+    skipped_by: set[int] = field(default_factory=set)  # tasks that skip it (they rejected it)
 
 
 class Scheduler:
     """See the module docstring for the rules."""
 
     def __init__(self, *, unmet_timeout: float = 30.0, slots: int | None = None,
-                 buffer_seconds: float = BUFFER_SECONDS, max_slots: int = MAX_SLOTS) -> None:
+                 buffer_seconds: float = BUFFER_SECONDS, max_slots: int = MAX_SLOTS,
+                 reject_skip: float = REJECT_SKIP_SECONDS) -> None:
         if slots is not None and slots < 1:
             raise ValueError(f"slots must be None (adaptive) or an int >= 1, not {slots!r}")
         self.unmet_timeout = seconds("unmet_timeout", unmet_timeout, zero=True)
+        self.reject_skip = seconds("reject_skip", reject_skip, zero=True)
         self.slots = slots
         self.buffer_seconds = buffer_seconds
         self.slow_after = 2 * buffer_seconds
@@ -350,9 +378,7 @@ class Scheduler:
     def set_properties(self, eid: int, properties: dict[str, Any]) -> list[Action]:
         e = self.engines.get(eid)
         if e is not None and e.properties != properties:
-            e.properties = dict(properties)
-            e.version += 1
-            self._fresh.add(eid)
+            self._properties_changed(e, properties)
         return self._flush()
 
     def task_done(
@@ -371,9 +397,7 @@ class Scheduler:
         if e is None:
             return self._flush(dispatch)  # a dead engine's late report: failed already
         if properties is not None and properties != e.properties:
-            e.properties = dict(properties)
-            e.version += 1
-            self._fresh.add(eid)
+            self._properties_changed(e, properties)
         if duration is not None and duration >= 0 and e.slots is None:
             e.duration = duration if e.duration is None else (
                 e.duration + DURATION_WEIGHT * (duration - e.duration))
@@ -388,15 +412,15 @@ class Scheduler:
         if status == OK:
             self._finish(t, RESULT, True, engineid=eid)
         elif status == REJECTED:
-            t.rejected.add(eid)
-            t.tries -= 1
-            t.attempts -= 1
-            if all(x in t.rejected for x in self.engines):
-                t.attempts += 1
-                self._finish(t, RESULT, False, engineid=eid)
-            else:
+            t.offered.add(eid)
+            t.attempts -= 1  # no attempt counted; the retry it used stays used (t.tries)
+            if t.tries <= t.nodes[t.node].retries or not self._offered_everywhere(t):
+                self._skip(t, e)
                 self._make_ready(t)
+            else:
+                self._node_over(t, eid, RESULT, final_attempt=True)
         else:
+            t.offered.add(eid)
             self._attempt_failed(t, eid, RESULT)
         return self._flush(dispatch)
 
@@ -412,6 +436,7 @@ class Scheduler:
         self._free.pop(eid, None)
         self._fresh.discard(eid)
         self._thieves.pop(eid, None)
+        self._unskip_engine(e)
         for tid in list(e.running):
             self._busy_slots -= 1
             t = self.tasks.get(tid)
@@ -460,6 +485,7 @@ class Scheduler:
             token = self._unmet.pop(tid, None)
             if token is not None:
                 self._out.append(CancelTimer(("unmet", tid, token)))
+            self._unskip_task(t)
             if t.state == RUNNING and t.engine is not None:
                 e = self.engines.get(t.engine)
                 if e is not None and tid in e.running:
@@ -501,6 +527,17 @@ class Scheduler:
                         self._free.pop(e.eid, None)
                 else:  # that task is done: watch the one running now
                     self._watch_head(e)
+        elif key and key[0] == "skip" and len(key) == 4:
+            _, tid, eid, _token = key
+            t = self.tasks.get(tid)
+            if t is not None and t.skip.get(eid) == key:
+                del t.skip[eid]
+                e = self.engines.get(eid)
+                if e is not None:
+                    e.skipped_by.discard(tid)
+                if t.state == PARKED:  # the pass gives it to that engine if it is free
+                    self._parked.discard(tid)
+                    self._make_ready(t)
         elif key and key[0] == "unmet":
             _, tid, token = key
             if self._unmet.get(tid) == token:
@@ -537,21 +574,71 @@ class Scheduler:
         self._fresh.add(e.eid)
 
     def _attempt_failed(self, t: _Task, eid: int | None, outcome: str) -> None:
-        node = t.nodes[t.node]
         if eid is not None:
             t.avoid.add(eid)
-        if t.tries <= node.retries:
+        if t.tries <= t.nodes[t.node].retries:
             self._make_ready(t)
-        elif node.recovery is not None and node.recovery not in t.handed_over:
+        else:
+            self._node_over(t, eid, outcome)
+
+    def _node_over(self, t: _Task, eid: int | None, outcome: str, *,
+                   final_attempt: bool = False) -> None:
+        """The current node failed for good: its recovery task runs, else `t` finishes.
+        `final_attempt`: the report that ended it counted no attempt, but as the task's
+        result it counts one."""
+        node = t.nodes[t.node]
+        if node.recovery is not None and node.recovery not in t.handed_over:
             t.handed_over.add(t.node)
             t.node = node.recovery
             t.tries = 0
             t.avoid.clear()
-            t.rejected.clear()
+            t.offered.clear()
+            self._unskip_task(t)
             t.dep_cache.clear()
             self._make_ready(t)
         else:
+            if final_attempt:
+                t.attempts += 1
             self._finish(t, outcome, False, engineid=eid)
+
+    def _offered_everywhere(self, t: _Task) -> bool:
+        """Whether every live engine that satisfies `t`'s current node was offered it."""
+        return all(eid in t.offered for eid, e in self.engines.items() if self._satisfies(t, e))
+
+    def _skip(self, t: _Task, e: _Engine) -> None:
+        """`t` skips engine `e` until a timer fires or `e`'s properties change."""
+        old = t.skip.get(e.eid)
+        if old is not None:
+            self._out.append(CancelTimer(old))
+        self._token += 1
+        key = ("skip", t.tid, e.eid, self._token)
+        t.skip[e.eid] = key
+        e.skipped_by.add(t.tid)
+        self._out.append(ArmTimer(key, self.reject_skip))
+
+    def _unskip_task(self, t: _Task) -> None:
+        """`t` skips no engine any more (it finished, or handed over to a recovery task)."""
+        for eid, key in t.skip.items():
+            self._out.append(CancelTimer(key))
+            e = self.engines.get(eid)
+            if e is not None:
+                e.skipped_by.discard(t.tid)
+        t.skip.clear()
+
+    def _unskip_engine(self, e: _Engine) -> None:
+        """No task skips `e` any more (its properties changed, or it left)."""
+        for tid in sorted(e.skipped_by):
+            t = self.tasks.get(tid)
+            key = t.skip.pop(e.eid, None) if t is not None else None
+            if key is not None:
+                self._out.append(CancelTimer(key))
+        e.skipped_by.clear()
+
+    def _properties_changed(self, e: _Engine, properties: dict[str, Any]) -> None:
+        e.properties = dict(properties)
+        e.version += 1
+        self._fresh.add(e.eid)
+        self._unskip_engine(e)
 
     def _finish(self, t: _Task, outcome: str, ok: bool, *, engineid: int | None = None,
                 detail: Any = None) -> None:
@@ -565,6 +652,7 @@ class Scheduler:
             token = self._unmet.pop(t.tid, None)
             if token is not None:
                 self._out.append(CancelTimer(("unmet", t.tid, token)))
+            self._unskip_task(t)
             for dep in t.blocked_on:
                 waiting = self._dependents.get(dep)
                 if waiting is not None and t.tid in waiting:
@@ -605,7 +693,7 @@ class Scheduler:
             if e.slots is None and len(e.running) >= e.cap:
                 full = [*(full or ()), eid]  # its capacity shrank since it was freed
                 continue
-            if eid in t.rejected:
+            if eid in t.skip:
                 continue
             if not self._satisfies(t, self.engines[eid]):
                 continue
@@ -650,7 +738,7 @@ class Scheduler:
             return
         for tid in sorted(self._parked):
             t = self.tasks[tid]
-            if any(e.eid not in t.rejected and self._satisfies(t, e) for e in fresh):
+            if any(e.eid not in t.skip and self._satisfies(t, e) for e in fresh):
                 self._parked.discard(tid)
                 self._make_ready(t)
 
@@ -680,9 +768,13 @@ class Scheduler:
             self._steal()
         self._check_unmet()
 
-    def _has_depend(self, tid: int) -> bool:
+    def _unmet_now(self, tid: int) -> bool:
+        """Whether parked task `tid` (every engine idle) has no engine that satisfies it: with
+        none at all, if it has a depend; else unless it only waits for a skip to end."""
         t = self.tasks[tid]
-        return t.nodes[t.node].depend is not None
+        if not self.engines:
+            return t.nodes[t.node].depend is not None
+        return not any(self._satisfies(t, self.engines[eid]) for eid in t.skip)
 
     def _park_depends(self) -> None:
         """With no engine at all, a task with a depend is unmet (and its timer runs)."""
@@ -725,7 +817,7 @@ class Scheduler:
             if (t is None or t.state != RUNNING or t.engine != victim.eid or t.steal_tried
                     or victim.running[tid] != t.attempts):
                 continue
-            if thief.eid in t.rejected or not self._satisfies(t, thief):
+            if thief.eid in t.skip or not self._satisfies(t, thief):
                 continue
             return t
         return None
@@ -733,10 +825,11 @@ class Scheduler:
     def _check_unmet(self) -> None:
         if self._all_idle():
             for tid in self._parked:
-                if tid not in self._unmet and (self.engines or self._has_depend(tid)):
-                    self._token += 1
-                    self._unmet[tid] = self._token
-                    self._out.append(ArmTimer(("unmet", tid, self._token), self.unmet_timeout))
+                if tid in self._unmet or not self._unmet_now(tid):
+                    continue
+                self._token += 1
+                self._unmet[tid] = self._token
+                self._out.append(ArmTimer(("unmet", tid, self._token), self.unmet_timeout))
         elif self._unmet:
             for tid, token in self._unmet.items():
                 self._out.append(CancelTimer(("unmet", tid, token)))

@@ -201,7 +201,8 @@ class MapTask(BaseTask):
 
 
 class ResultNS:
-    """Read-only attribute access to a StringTask's pulled values."""
+    """Read-only access to a StringTask's pulled values, as attributes (`ns.a`) and items
+    (`ns['a']`), like the seed's ResultNS; `'a' in ns` and iteration give the names."""
 
     __slots__ = ("_values",)
 
@@ -213,6 +214,15 @@ class ResultNS:
             return self._values[name]
         except KeyError:
             raise AttributeError(f"no result named {name!r}; pulled: {sorted(self._values)}") from None
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise KeyError(f"no result named {name!r}; pulled: {sorted(self._values)}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._values
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("ResultNS is read-only")
@@ -227,7 +237,8 @@ class ResultNS:
         return sorted(self._values)
 
     def __repr__(self) -> str:
-        return f"ResultNS({self._values!r})"
+        # As the seed's: "NS" and the values by name, in sorted order (it listed dir()).
+        return "NS" + repr(dict(sorted(self._values.items())))
 
 
 class TaskResult:

@@ -552,6 +552,10 @@ PICKY_CODE = textwrap.dedent("""\
 
 
 def test_a_rejected_task_goes_to_another_engine(tmp_path):
+    """Engine 0 rejects; engine 1 is held. The task goes back to the queue, skips engine 0
+    for 1 s, is offered to engine 0 again after that (it has no retries left, but engine 1
+    has not been offered it yet), and runs on engine 1 once that one is free. No rejection
+    counts an attempt."""
     with taskmill.Cluster(2, heartbeat=0.5) as c, c.client() as tc:
         c.wait_for_engines(2, 30)
         assert sorted(alive_engines(tc)) == [0, 1]
@@ -563,7 +567,7 @@ def test_a_rejected_task_goes_to_another_engine(tmp_path):
                                   depend={"engineid": 1}))
             wait_until(started.exists, "engine 1 to be held")
             if kind == "map":
-                tid = tc.run(MapTask(make_picky(), (str(log),)))  # retries=0: no retry needed
+                tid = tc.run(MapTask(make_picky(), (str(log),)))  # retries=0
             else:
                 tid = tc.run(StringTask(PICKY_CODE, pull="tm_eid", clear_after=True,
                                         push={"tm_path": str(log), "tm_reject_all": False}))
@@ -572,7 +576,10 @@ def test_a_rejected_task_goes_to_another_engine(tmp_path):
             wait_until(lambda: tid in tc.queue_status(verbose=True)["scheduled"],  # noqa: B023
                        "the rejected task to be queued again")
             assert tc.get_task_result(tid) is None
-            assert read_lines(log) == ["0"]
+            # Its skip of engine 0 ends (1 s): engine 0 is asked again, and rejects again.
+            wait_until(lambda: read_lines(log)[:2] == ["0", "0"],  # noqa: B023
+                       "engine 0 to be offered the task again after its skip")
+            assert tc.get_task_result(tid) is None
             release.touch()
             if kind == "map":
                 assert tc.get_task_result(tid, block=True) == 1
@@ -582,20 +589,24 @@ def test_a_rejected_task_goes_to_another_engine(tmp_path):
                 assert tr.engineid == 1
                 assert tr.results == {"tm_eid": 1}
                 assert tr.attempts == 1  # a rejection is not a failed attempt
-            assert read_lines(log) == ["0", "1"]
+            lines = read_lines(log)
+            assert lines[-1] == "1" and set(lines[:-1]) == {"0"} and len(lines) >= 3, lines
             tc.barrier(gate)
             # Engine 0 still takes other tasks.
             assert tc.run(MapTask(make_where(), depend={"engineid": 0}), block=True) == 0
 
 
 def test_a_task_every_engine_rejects_fails_with_task_reject_error(tmp_path):
+    """Each rejection uses a retry; with none left, the task fails with TaskRejectError once
+    every live engine has been offered it."""
     with taskmill.Cluster(2, heartbeat=0.5) as c, c.client() as tc:
         c.wait_for_engines(2, 30)
         log = tmp_path / "map.log"
         tid = tc.run(MapTask(make_picky(reject_all=True), (str(log),), retries=2))
         with pytest.raises(taskmill.TaskRejectError, match="not on engine"):
             tc.get_task_result(tid, block=True)
-        assert sorted(read_lines(log)) == ["0", "1"]  # once on each engine, retries unused
+        lines = read_lines(log)  # three offers (retries + 1), on both engines
+        assert len(lines) == 3 and set(lines) == {"0", "1"}, lines
 
         log = tmp_path / "string.log"
         tr = tc.run(StringTask(PICKY_CODE, clear_after=True,
@@ -604,8 +615,61 @@ def test_a_task_every_engine_rejects_fails_with_task_reject_error(tmp_path):
         assert isinstance(tr.failure, taskmill.TaskRejectError)
         with pytest.raises(taskmill.TaskRejectError):
             tr.raise_exception()
-        assert sorted(read_lines(log)) == ["0", "1"]
+        assert sorted(read_lines(log)) == ["0", "1"]  # retries=0: once on each engine
         assert tid in tc.queue_status(verbose=True)["failed"]
         # Both engines still serve.
         for e in (0, 1):
             assert tc.run(MapTask(make_where(), depend={"engineid": e}), block=True) == e
+
+
+REJECT_UNLESS_RUN = textwrap.dedent("""\
+    from taskmill import TaskRejectError
+    if not run:
+        with open(tm_path, 'a') as f:
+            f.write(f'{engineid}\\n')
+        raise TaskRejectError('not yet')
+    x = engineid
+    """)
+
+
+def test_the_seeds_example_tasks_wait_by_rejecting_until_engines_are_ready(tmp_path):
+    """The original's example: 10 tasks with retries=20 reject every engine until `run` is
+    set on two of four; they all finish, on those two."""
+    with taskmill.Cluster(4, heartbeat=0.5) as c, c.client() as tc:
+        c.wait_for_engines(4, 30)
+        assert sorted(alive_engines(tc)) == [0, 1, 2, 3]
+        tc.run_all(StringTask("run = False"))
+        log = tmp_path / "rejections.log"
+        tids = [tc.run(StringTask(REJECT_UNLESS_RUN, pull="x", push={"tm_path": str(log)},
+                                  retries=20)) for _ in range(10)]
+        ready = (1, 3)
+        for k in ready:
+            tc.run(StringTask("run = True", depend={"engineid": k}))
+        results = [tc.get_task_result(tid, block=True) for tid in tids]
+        for tr in results:
+            assert tr.failure is None, tr.failure
+            assert tr.engineid in ready and tr.ns.x == tr.engineid
+            assert tr.attempts == 1  # the rejections counted none
+        # Every engine was held with run = False when the first four tasks arrived.
+        assert len(read_lines(log)) >= 4
+        assert set(read_lines(log)) <= {"0", "1", "2", "3"}
+
+
+def test_retries_0_rejected_everywhere_is_offered_to_each_live_engine_once(tmp_path):
+    with taskmill.Cluster(4, heartbeat=0.5) as c, c.client() as tc:
+        c.wait_for_engines(4, 30)
+        assert sorted(alive_engines(tc)) == [0, 1, 2, 3]
+        log = tmp_path / "once.log"
+        tr = tc.run(StringTask(PICKY_CODE, clear_after=True,
+                               push={"tm_path": str(log), "tm_reject_all": True}), block=True)
+        assert isinstance(tr.failure, taskmill.TaskRejectError)
+        assert tr.engineid in (0, 1, 2, 3)
+        assert sorted(read_lines(log)) == ["0", "1", "2", "3"]  # each engine once, then final
+        # With retries, each rejection uses one: retries + 1 offers, every engine among them
+        # (the first four at once, the others after a 1 s skip).
+        log = tmp_path / "retries.log"
+        tid = tc.run(MapTask(make_picky(reject_all=True), (str(log),), retries=5))
+        with pytest.raises(taskmill.TaskRejectError):
+            tc.get_task_result(tid, block=True)
+        lines = read_lines(log)
+        assert len(lines) == 6 and set(lines) == {"0", "1", "2", "3"}, lines

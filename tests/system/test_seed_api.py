@@ -296,6 +296,11 @@ def test_task_result_fields(client, eids):
     ns = tr.ns
     assert isinstance(ns, taskmill.ResultNS)
     assert ns.y == 42
+    assert ns["y"] == 42  # item access too, as the seed's ResultNS
+    assert "y" in ns and "not_pulled" not in ns
+    assert repr(ns) == "NS{'y': 42}"
+    with pytest.raises(KeyError):
+        ns["not_pulled"]
     with pytest.raises(AttributeError):
         ns.y = 1
     with pytest.raises(AttributeError):
@@ -945,6 +950,41 @@ def test_mapper_options_reach_every_task(client, eids, tmp_path):
     with pytest.raises(ValueError):
         client.mapper(retries=2).map(make_logger(), [str(log)], ["x"])
     assert read_lines(log) == ["x"] * 3
+
+
+def test_mapper_exposes_its_client_and_options_as_attributes(client, eids, tmp_path):
+    """As the seed's TaskMapper: `task_controller` and each option, by name; a change to an
+    option applies to the next map (and a bad value is refused there, before anything runs)."""
+    recovery = MapTask(abs, (-1,))
+    depend = {"engineid": eids[0]}
+    m = client.mapper(clear_before=True, clear_after=True, retries=3, recovery_task=recovery,
+                      depend=depend, block=False)
+    assert m.task_controller is client
+    assert (m.clear_before, m.clear_after, m.retries) == (True, True, 3)
+    assert m.recovery_task is recovery and m.depend == depend and m.block is False
+    d = client.mapper()
+    assert d.task_controller is client
+    assert (d.clear_before, d.clear_after, d.retries, d.recovery_task, d.depend, d.block) == (
+        False, False, 0, None, None, True)
+
+    log = tmp_path / "attempts.log"
+    d.retries = 1
+    with pytest.raises(ValueError):
+        d.map(make_logger(), [str(log)], ["x"])
+    assert read_lines(log) == ["x"] * 2
+    d.retries = 0
+    d.depend = {"engineid": eids[1]}
+    assert d.map(make_where(), range(4)) == [eids[1]] * 4
+    d.block = False
+    tids = d.map(make_where(), range(2))
+    assert [client.get_task_result(t, block=True) for t in tids] == [eids[1]] * 2
+    d.retries = -1
+    with pytest.raises(TypeError, match="retries"):
+        d.map(make_where(), range(3))
+    d.retries = 0
+    more = d.map(make_where(), [0])
+    assert more == [tids[-1] + 1]  # the refused map sent nothing
+    assert client.get_task_result(more[0], block=True) == eids[1]
 
 
 def test_parallel_decorator_on_two_functions(client):
