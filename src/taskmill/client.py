@@ -56,6 +56,12 @@ from .errors import (
     TaskError,
     controller_error,
 )
+
+# Besides its own names, this module has those a program written for IPython.kernel finds in
+# its `client` module (TaskClient, StringTask, MapTask, TaskResult, ResultNS, CompositeError,
+# TaskRejectError), so that `from IPython.kernel import client` -> `from taskmill import client`
+# is enough.
+from .errors import TaskRejectError as TaskRejectError
 from .task import (
     BaseTask,
     MapTask,
@@ -66,6 +72,7 @@ from .task import (
     normalize_after,
     recovery_chain,
 )
+from .task import ResultNS as ResultNS
 from .wire import (
     MAX_FRAMES,
     FunctionPickles,
