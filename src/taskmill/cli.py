@@ -33,12 +33,12 @@ from .connection import (
 )
 from .curve import add_curve
 from .curve import enabled as curve_enabled
+from .defaults import DEFAULT_HEARTBEAT, DEFAULT_UNMET_TIMEOUT, MAX_MESSAGE_SIZE, is_loopback
 from .errors import ConnectionFileError
 
 if TYPE_CHECKING:
     from .launchers import Launcher
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # Errors of binding the controller's sockets, reported as one line instead of a traceback.
 BIND_ERRORS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES, errno.ENOENT,
                errno.ENAMETOOLONG, errno.EINVAL)
@@ -51,7 +51,7 @@ def _setup_logging(level: str) -> None:
 
 def cmd_controller(a: argparse.Namespace) -> int:
     from .controller import run_controller
-    from .dashboard import forget_dashboard, is_loopback, start_dashboard
+    from .dashboard import forget_dashboard, start_dashboard
     from .engine import watch_parent
     from .errors import StoreError
     from .store import open_store
@@ -103,7 +103,7 @@ def cmd_controller(a: argparse.Namespace) -> int:
     else:
         log.info("binding %s; clients and engines connect to %s and %s", info.ip,
                  info.client_url, info.engine_url)
-    if not info.is_ipc and info.ip not in LOOPBACK and not curve_enabled(info):
+    if not info.is_ipc and not is_loopback(info.ip) and not curve_enabled(info):
         log.warning(
             "binding %s without --curve: messages travel unencrypted, so anyone on that network "
             "can read every task and result, and anyone who obtains the key in %s can run any "
@@ -435,17 +435,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "connection file)")
     c.add_argument("--connection-file", default=None,
                    help="reused when it exists (same key and addresses), else written")
-    c.add_argument("--unmet-timeout", type=_seconds(zero=True), default=30.0,
+    c.add_argument("--unmet-timeout", type=_seconds(zero=True), default=DEFAULT_UNMET_TIMEOUT,
                    help="seconds a task whose depend no idle engine satisfies waits before it "
                         "fails with TaskTimeout (default 30)")
-    c.add_argument("--heartbeat", type=_seconds(), default=1.0,
+    c.add_argument("--heartbeat", type=_seconds(), default=DEFAULT_HEARTBEAT,
                    help="seconds between heartbeats; an engine silent for 3 is declared dead")
     c.add_argument("--prefetch", type=_prefetch, default=None, metavar="N|auto",
                    help="tasks an engine may hold at once, the running one included (default "
                         "auto: as many as take about 2 ms by the durations it reports, so tiny "
                         "tasks never wait a round trip while long ones go one at a time; an "
                         "idle engine takes back tasks buffered on a busy one)")
-    c.add_argument("--max-message-size", type=int, default=512 * 1024 * 1024,
+    c.add_argument("--max-message-size", type=int, default=MAX_MESSAGE_SIZE,
                    help="bytes; larger messages are refused (default 512 MiB)")
     c.add_argument("--curve", action="store_true",
                    help="encrypt with CurveZMQ; only allowed client/engine keys may connect")
@@ -503,11 +503,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="ipc (unix sockets in the cluster's private folder; the default with "
                          "the local launcher on loopback and no --port, --engine-port or "
                          "--location) or tcp (the default otherwise)")
-    cl.add_argument("--heartbeat", type=_seconds(), default=1.0,
+    cl.add_argument("--heartbeat", type=_seconds(), default=DEFAULT_HEARTBEAT,
                     help="seconds between heartbeats; an engine silent for 3 is declared dead")
     cl.add_argument("--db", default=None)
     cl.add_argument("--connection-file", default=None)
-    cl.add_argument("--unmet-timeout", type=_seconds(zero=True), default=30.0)
+    cl.add_argument("--unmet-timeout", type=_seconds(zero=True), default=DEFAULT_UNMET_TIMEOUT)
     cl.add_argument("--no-dashboard", action="store_true",
                     help="run the controller without its web dashboard")
     cl.add_argument("--property", action="append", metavar="KEY=VALUE",

@@ -25,11 +25,11 @@ from typing import Any
 from .checks import seconds
 from .client import TaskClient
 from .connection import (
-    LOOPBACK_IPS,
     new_connection_info,
     read_connection_file,
     write_connection_file,
 )
+from .defaults import DEFAULT_HEARTBEAT, DEFAULT_UNMET_TIMEOUT, is_loopback
 from .errors import ControllerUnreachable
 from .launchers import LaunchContext, Launcher, LocalLauncher, make_launcher
 from .launchers.base import spawn, tail, terminate
@@ -72,8 +72,8 @@ class Cluster:
         ip: str = "127.0.0.1",
         db: str | None = None,
         engine_properties: dict[str, Any] | list[dict[str, Any]] | None = None,
-        unmet_timeout: float = 30.0,
-        heartbeat: float = 1.0,
+        unmet_timeout: float = DEFAULT_UNMET_TIMEOUT,
+        heartbeat: float = DEFAULT_HEARTBEAT,
         connection_file: str | os.PathLike[str] | None = None,
         start_timeout: float = 60.0,
         max_restarts: int = 10,
@@ -120,7 +120,7 @@ class Cluster:
         self._started = False
 
     def _choose_transport(self, transport: str | None) -> str:
-        local = (self.launcher.name == "local" and self.ip in LOOPBACK_IPS
+        local = (self.launcher.name == "local" and is_loopback(self.ip)
                  and self.port is None and self.engine_port is None and self.location is None)
         if transport is None:
             return "ipc" if local else "tcp"

@@ -138,7 +138,6 @@ def free_port(ip: str = "127.0.0.1") -> int:
 
 
 WILDCARD_IPS = ("0.0.0.0", "*")
-LOOPBACK_IPS = ("127.0.0.1", "localhost", "::1")
 IPC = "ipc://"
 
 

@@ -66,6 +66,7 @@ from .checks import seconds
 from .connection import ConnectionInfo
 from .curve import CurveServer
 from .curve import enabled as curve_enabled
+from .defaults import DEFAULT_HEARTBEAT, DEFAULT_UNMET_TIMEOUT, LOGGED_ONCE_MAX, dead_after
 from .depend import BoundedDepend, DependRunner
 from .errors import StoreError
 from .scheduler import (
@@ -253,8 +254,8 @@ class Controller:
         info: ConnectionInfo,
         *,
         store: TaskStore | None = None,
-        unmet_timeout: float = 30.0,
-        heartbeat: float = 1.0,
+        unmet_timeout: float = DEFAULT_UNMET_TIMEOUT,
+        heartbeat: float = DEFAULT_HEARTBEAT,
         context: zmq.Context | None = None,
         connection_file: str | os.PathLike[str] | None = None,
         prefetch: int | None = None,
@@ -268,7 +269,7 @@ class Controller:
         self.sched = Scheduler(unmet_timeout=unmet_timeout, slots=prefetch)
         self.unmet_timeout = unmet_timeout
         self.heartbeat = heartbeat
-        self.dead_after = max(3 * heartbeat, 0.5)
+        self.dead_after = dead_after(heartbeat)
         # Random per controller start: every message of a peer names it, so a message
         # captured before a restart is refused after it.
         self.session = os.urandom(8)
@@ -414,7 +415,7 @@ class Controller:
         now = time.monotonic()
         if now - self._refusal_logged.get(ident, -REFUSAL_LOG_EVERY) < REFUSAL_LOG_EVERY:
             return
-        if len(self._refusal_logged) > 10_000:
+        if len(self._refusal_logged) > LOGGED_ONCE_MAX:
             self._refusal_logged.clear()
         self._refusal_logged[ident] = now
         log.warning("refused a message from peer %r: %s (refused so far: %s)", ident, e,
@@ -660,7 +661,7 @@ class Controller:
         self.wire.refused["result-from-dead-engine"] += max(1, len(tids))
         now = time.monotonic()
         if now - self._late_logged.get(ident, -REFUSAL_LOG_EVERY) >= REFUSAL_LOG_EVERY:
-            if len(self._late_logged) > 10_000:
+            if len(self._late_logged) > LOGGED_ONCE_MAX:
                 self._late_logged.clear()
             self._late_logged[ident] = now  # at most once a minute per engine socket
             log.warning("dropped late results of tasks %s from an engine declared dead or of an "
@@ -1508,8 +1509,8 @@ def run_controller(
     info: ConnectionInfo,
     *,
     store: TaskStore | None = None,
-    unmet_timeout: float = 30.0,
-    heartbeat: float = 1.0,
+    unmet_timeout: float = DEFAULT_UNMET_TIMEOUT,
+    heartbeat: float = DEFAULT_HEARTBEAT,
     connection_file: str | os.PathLike[str] | None = None,
     prefetch: int | None = None,
     max_message: int = DEFAULT_MAX_MESSAGE,

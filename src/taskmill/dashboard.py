@@ -49,6 +49,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from .connection import ConnectionInfo, write_connection_file
+from .defaults import is_loopback
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import render_metrics
 from .stats import ATTEMPT_RING
@@ -59,7 +60,6 @@ TOKEN_CONTEXT = b"taskmill-dashboard"
 SNAPSHOT_TTL = 0.5  # seconds a snapshot of the controller serves every page that asks
 IDLE_CLOSE = 15.0  # seconds after the last request until the dashboard's client disconnects
 CONNECT_TIMEOUT = 5.0
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 OUTPUT_CHARS = 100_000  # a task's stdout/stderr/traceback is cut to this many characters
 STATIC_FILES = {
     "/": ("dashboard.html", "text/html; charset=utf-8"),
@@ -88,10 +88,6 @@ def dashboard_link(info: ConnectionInfo) -> str | None:
     if info.extra.get("dashboard_open"):
         return url
     return f"{url}?token={dashboard_token(info.key_bytes)}"
-
-
-def is_loopback(ip: str) -> bool:
-    return ip in LOOPBACK_NAMES or ip.startswith("127.")
 
 
 class BadQuery(ValueError):

@@ -67,6 +67,7 @@ import zmq
 
 from .connection import ConnectionInfo
 from .curve import apply_client as apply_curve
+from .defaults import DEFAULT_HEARTBEAT
 from .errors import (
     ControllerUnreachable,
     SerializationError,
@@ -200,7 +201,7 @@ class Engine:
         # interactively are rebuilt over this very dict, and the cache keeps them so.
         self.namespace: dict[str, Any] = {}
         self._functions = FunctionLoads(namespace=self.namespace)  # MapTask functions
-        self.heartbeat = 1.0
+        self.heartbeat = DEFAULT_HEARTBEAT
         self.lease = 1.0  # seconds an answered heartbeat lets this engine start tasks
         self.max_result = DEFAULT_MAX_MESSAGE - RESULT_HEADROOM
         self._stop = threading.Event()

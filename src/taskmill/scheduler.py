@@ -92,6 +92,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .checks import seconds
+from .defaults import DEFAULT_UNMET_TIMEOUT
 
 REJECT_SKIP_SECONDS = 1.0  # how long a task skips an engine that rejected it (the seed's pause)
 
@@ -214,7 +215,7 @@ class _Engine:
 class Scheduler:
     """See the module docstring for the rules."""
 
-    def __init__(self, *, unmet_timeout: float = 30.0, slots: int | None = None,
+    def __init__(self, *, unmet_timeout: float = DEFAULT_UNMET_TIMEOUT, slots: int | None = None,
                  buffer_seconds: float = BUFFER_SECONDS, max_slots: int = MAX_SLOTS,
                  reject_skip: float = REJECT_SKIP_SECONDS) -> None:
         if slots is not None and slots < 1:

@@ -46,16 +46,16 @@ import cloudpickle
 import msgpack
 import zmq
 
+from .defaults import MAX_MESSAGE_SIZE, OUT_OF_BAND_MIN, PLAIN_CONTAINER_MAX
+
 PROTOCOL = b"TM2"
 SIGNATURE_BYTES = 32
 _HEADER_AT = len(PROTOCOL) + SIGNATURE_BYTES
-DEFAULT_MAX_MESSAGE = 512 * 1024 * 1024
+DEFAULT_MAX_MESSAGE = MAX_MESSAGE_SIZE
 # The controller refuses a message of more frames (before any HMAC or parse work), and
 # `recv_message(max_frames=...)` keeps no frame past it. A client's batch of SUBMIT_BATCH tasks
 # stays far below: a few frames per task, and out-of-band buffers of 64 KiB or more.
 MAX_FRAMES = 1 << 17
-# Buffers smaller than this stay inside the pickle; larger ones travel as frames of their own.
-OUT_OF_BAND_MIN = 64 * 1024
 SMALL_PAYLOAD = 16 * 1024  # a single payload frame below this is MACed in one call
 MAX_SENDERS = 100_000  # senders whose last sequence number a Wire remembers (replay checks)
 
@@ -327,9 +327,9 @@ def _is_plain(obj: Any) -> bool:
     if t in _PLAIN:
         return True
     if t is tuple or t is list:
-        return len(obj) <= 64 and all(type(x) in _PLAIN for x in obj)
+        return len(obj) <= PLAIN_CONTAINER_MAX and all(type(x) in _PLAIN for x in obj)
     if t is dict:
-        return len(obj) <= 64 and all(type(k) in _PLAIN and type(v) in _PLAIN
+        return len(obj) <= PLAIN_CONTAINER_MAX and all(type(k) in _PLAIN and type(v) in _PLAIN
                                       for k, v in obj.items())
     return False
 
@@ -354,11 +354,11 @@ def _swap_large(obj: Any) -> Any:
     t = type(obj)
     if t is bytes or t is bytearray:
         return _swap_large_item(obj)
-    if (t is tuple or t is list) and len(obj) <= 64:
+    if (t is tuple or t is list) and len(obj) <= PLAIN_CONTAINER_MAX:
         items = [_swap_large_item(x) for x in obj]
         if any(a is not b for a, b in zip(items, obj, strict=True)):
             return t(items)
-    elif t is dict and len(obj) <= 64:
+    elif t is dict and len(obj) <= PLAIN_CONTAINER_MAX:
         values = {k: _swap_large_item(v) for k, v in obj.items()}
         if any(values[k] is not v for k, v in obj.items()):
             return values

@@ -1,0 +1,44 @@
+"""Defaults and limits named once.
+
+Every default that more than one module (or the command line) uses lives here, with the reason
+for its value; modules import the name instead of repeating the number.
+"""
+
+from __future__ import annotations
+
+#: seconds a task whose `depend` is unmet everywhere waits before it fails (SPEC §6)
+DEFAULT_UNMET_TIMEOUT = 30.0
+
+#: seconds between heartbeats (engines ping the controller; the controller checks engines)
+DEFAULT_HEARTBEAT = 1.0
+
+#: an engine that has not answered for this many heartbeats is declared dead
+DEAD_AFTER_HEARTBEATS = 3
+
+#: ... but never sooner than this many seconds (a very short heartbeat would misfire)
+DEAD_AFTER_MIN = 0.5
+
+#: bytes one message may hold; larger ones are refused (`--max-message-size`)
+MAX_MESSAGE_SIZE = 512 * 1024 * 1024
+
+#: a tuple, list or dict with at most this many plain items is encoded with msgpack rather than pickled
+PLAIN_CONTAINER_MAX = 64
+
+#: frames of at least this many bytes travel out of band (not copied into the pickle stream)
+OUT_OF_BAND_MIN = 64 * 1024
+
+#: sets that remember what was already logged once (so a flood logs once) are reset at this size
+LOGGED_ONCE_MAX = 10_000
+
+#: addresses that name this machine
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+def dead_after(heartbeat: float) -> float:
+    """Seconds of silence after which an engine with this heartbeat is declared dead."""
+    return max(DEAD_AFTER_HEARTBEATS * heartbeat, DEAD_AFTER_MIN)
+
+
+def is_loopback(ip: str) -> bool:
+    """True when `ip` names this machine."""
+    return ip in LOOPBACK_NAMES or ip.startswith("127.")
