@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from .checks import seconds
+
 MAX_TIMEOUT = 366 * 24 * 3600.0  # a year: beyond that, say None
 
 
@@ -39,14 +41,11 @@ def _check_common(task: BaseTask) -> None:
 
 
 def check_seconds(value: Any, name: str, *, none: bool = True) -> None:
-    """TypeError/ValueError unless `value` is a number of seconds >= 0 (or None if `none`)."""
+    """TypeError/ValueError unless `value` is a number of seconds >= 0, math.inf included (or
+    None if `none`): the rule of `checks.seconds` for the `timeout=` of blocking calls."""
     if value is None and none:
         return
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number of seconds{' or None' if none else ''}, "
-                        f"not {value!r}")
-    if not value >= 0:
-        raise ValueError(f"{name} must be >= 0 seconds, not {value!r}")
+    seconds(name, value, zero=True, infinite=True)
 
 
 def normalize_after(after: Any) -> tuple[int, ...]:
