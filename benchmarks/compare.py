@@ -2,8 +2,9 @@
 """Compare taskmill with other Python task farms, every one with 2 workers, in one run.
 
 Peers: concurrent.futures.ProcessPoolExecutor(2) and multiprocessing.Pool(2) always; ipyparallel
-(`ipp.Cluster(n=2)`, LoadBalancedView) and dask.distributed (`LocalCluster(n_workers=2,
-threads_per_worker=1, processes=True)`) when they are importable (`pip install -e '.[bench]'`).
+(`ipp.Cluster(n=2)`, LoadBalancedView), dask.distributed (`LocalCluster(n_workers=2,
+threads_per_worker=1, processes=True)`) and Ray (`ray.init(num_cpus=2)`, remote functions) when
+they are importable (`pip install -e '.[bench]'`).
 And, as the floor no task farm can go below, a bare ZeroMQ relay: a broker and 2 workers in
 Python loops, pickling but not signing, storing or scheduling (`RelayPeer`).
 
@@ -517,7 +518,49 @@ class DaskPeer(Peer):
             self.cluster.close()
 
 
-OPTIONAL_PEERS: dict[str, type[Peer]] = {"ipyparallel": IpyparallelPeer, "dask": DaskPeer}
+class RayPeer(Peer):
+    name = "Ray"
+    module = "ray"
+
+    def __init__(self) -> None:
+        self.ray: Any = None
+        self._remote: dict[Callable[..., Any], Any] = {}
+
+    def start(self) -> None:
+        import ray
+
+        self.ray = ray
+        # 2 CPUs: Ray starts a worker per CPU on demand and runs one task per worker at a time.
+        ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.ERROR, configure_logging=False)
+
+    def _fn(self, func: Callable[..., Any]) -> Any:
+        fn = self._remote.get(func)
+        if fn is None:
+            fn = self._remote[func] = self.ray.remote(func)
+        return fn
+
+    def submit(self, func: Callable[..., Any], *args: Any) -> Any:
+        return self._fn(func).remote(*args)
+
+    def gather(self, handles: list[Any]) -> list[Any]:
+        return self.ray.get(handles)
+
+    def map(self, n: int) -> list[Any]:
+        cs = peer_chunksize(n)
+        self.map_method = (f"remote `noop_batch` over batches of {cs} items, then `ray.get` "
+                           "(Ray has no map of its own over remote functions)")
+        items = list(range(n))
+        refs = [self._fn(noop_batch).remote(items[i:i + cs]) for i in range(0, n, cs)]
+        return [x for part in self.ray.get(refs) for x in part.values]
+
+    def stop(self) -> None:
+        if self.ray is not None:
+            self.ray.shutdown()
+
+
+OPTIONAL_PEERS: dict[str, type[Peer]] = {"ipyparallel": IpyparallelPeer, "dask": DaskPeer,
+                                         "ray": RayPeer}
 
 
 # -- the measurements --------------------------------------------------------------------------
@@ -849,6 +892,8 @@ def report(results: list[PeerResult], sz: Sizes, args: argparse.Namespace,
         "dask.distributed": "`LocalCluster(n_workers=2, threads_per_worker=1, processes=True)`; "
                             "submit = `client.submit(f, *args, pure=False)`; gather = "
                             "`client.gather(futures)`",
+        RayPeer.name: "`ray.init(num_cpus=2)`; submit = `ray.remote(f).remote(*args)` (the remote "
+                      "function made once per function); gather = `ray.get(refs)`",
     }
     for r in peers:
         lines.append(f"- {r.name}: {drive.get(r.name, '')}")
