@@ -83,3 +83,20 @@ def test_cpu_per_task_runs_and_reports_each_process():
     assert out.count("tasks/s") == 2, out
     for who in ("controller", "engine", "client"):
         assert out.count(f"- {who}: ") == 2, out
+
+
+@pytest.mark.timeout(180)
+def test_many_engines_registers_light_engines_and_fills_its_table():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "many_engines.py"), "--engines", "2,20",
+         "--tasks", "200", "--idle", "0.5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=170, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 2 ")
+            or line.startswith("| 20 ")]
+    assert len(rows) == 2, proc.stdout
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert len(cells) == 7 and float(cells[3].replace(",", "")) > 0, row
+    assert "engines alive at the end" not in proc.stdout, proc.stdout

@@ -1,0 +1,294 @@
+#!/usr/bin/env python3
+"""One controller, many engines: dispatch throughput, controller CPU and RSS at 2 … 1,000 engines.
+
+Real engines are processes of ~30 MB each; a thousand of them do not fit on this machine. So the
+engines here are *light*: one process (`--serve N`) holds N engines' sockets (four DEALERs each,
+as a real engine has) and speaks the engine protocol over them — hello, register, heartbeats
+with what the engine holds, echoing pings, taking `tasks` messages and answering each task at
+once with a `None` result, keeping results until acknowledged. The controller cannot tell them
+from real engines, so what is measured is the controller's own cost of many engines:
+
+- heartbeat load: the controller's CPU while idle with N engines (pings out, echoes and
+  heartbeat reports in), as a share of one core;
+- dispatch: T no-op tasks submitted as futures and gathered (tasks/s), and the controller's CPU
+  per task;
+- the controller's RSS after registration and at the end.
+
+    python benchmarks/many_engines.py                        # 2, 100, 1000 engines
+    python benchmarks/many_engines.py --engines 2,1000 --tasks 5000 --write
+    python benchmarks/many_engines.py --engines 1000 --profile ctl.prof   # cProfile the controller
+
+The light engines share two cores with the controller and the client here, so the 1,000-engine
+row also pays for one Python process polling 4,000 sockets; `--light-procs P` spreads them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from taskmill import TaskClient
+from taskmill.connection import read_connection_file
+from taskmill.wire import Refused, Wire, dumps, recv_message, send_message
+
+ROOT = Path(__file__).resolve().parent
+
+
+def noop() -> None:
+    return None
+
+
+# -- the light engines -----------------------------------------------------------------------------
+class LightEngine:
+    """One engine's sockets and protocol state; answers every task at once with None."""
+
+    def __init__(self, ctx: zmq.Context, url: str, key: bytes) -> None:
+        self.uuid = uuid.uuid4().hex.encode()
+        self.socks: dict[str, zmq.Socket] = {}
+        for kind in ("t", "c", "r", "h"):
+            s = ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.SNDHWM, 0)
+            s.setsockopt(zmq.RCVHWM, 0)
+            s.setsockopt(zmq.ROUTING_ID, self.uuid + b"." + kind.encode())
+            s.connect(url)
+            self.socks[kind] = s
+        self.wires = {k: Wire(key) for k in ("t", "c", "r")}
+        self.session: bytes | None = None
+        self.engineid: int | None = None
+        self.gen = 0
+        self.mseq = 0
+        self.unacked: dict[tuple[int, int], dict[str, Any]] = {}
+        self.result_body = dumps(None)
+        self.pmac = self.wires["r"].payload_mac(self.result_body)
+        self.next_hb = 0.0
+        self.next_hello = 0.0
+        self.heartbeat = 1.0
+
+    def send(self, kind: str, header: dict[str, Any], frames: list[Any] | None = None) -> None:
+        send_message(self.socks[kind], self.wires[kind].encode(header, frames or []))
+
+    def tick(self, now: float) -> None:
+        if self.engineid is None:
+            if now >= self.next_hello:
+                self.send("t", {"type": "hello"})
+                self.next_hello = now + 1.0
+        elif now >= self.next_hb:
+            self.send("c", {"type": "hb", "engineid": self.engineid, "gen": self.gen,
+                            "session": self.session, "t": now, "held": [], "current": None,
+                            "unacked": [list(k) for k in self.unacked], "mseq": self.mseq,
+                            "missing": []})
+            self.next_hb = now + self.heartbeat
+
+    def on_message(self, kind: str, msg: list[Any]) -> None:
+        if kind == "h":  # a ping: echo it, as the real engine's ZeroMQ device does
+            send_message(self.socks["h"], msg)
+            return
+        try:
+            h, frames = self.wires[kind].decode(msg)
+        except Refused:
+            return
+        t = h["type"]
+        if t == "welcome" and self.engineid is None:
+            self.session = h.get("session")
+            self.send("t", {"type": "register", "uuid": self.uuid.decode(),
+                            "ctl_ident": self.uuid + b".c", "res_ident": self.uuid + b".r",
+                            "heart_ident": self.uuid + b".h", "hostname": socket.gethostname(),
+                            "pid": os.getpid(), "properties": {}, "session": self.session,
+                            "prev_session": None, "running": None, "finished": [],
+                            "t": time.monotonic()})
+        elif t == "registered" and h.get("session") == self.session:
+            self.engineid = h["engineid"]
+            self.heartbeat = float(h.get("heartbeat", 1.0))
+            self.gen += 1
+        elif t == "tasks" and h.get("session") == self.session:
+            self.mseq = max(self.mseq, h.get("mseq", 0))
+            entries, frames_out = [], []
+            for entry in h.get("tasks") or ():
+                reply = {"tid": entry["tid"], "attempt": entry["attempt"],
+                         "kind": entry["exec"]["kind"], "duration": 0.0, "stdout": "",
+                         "stderr": "", "status": "ok", "n": len(self.result_body),
+                         "pmac": self.pmac}
+                self.unacked[(entry["tid"], entry["attempt"])] = reply
+                entries.append(reply)
+                frames_out.extend(self.result_body)
+            if entries:
+                self.send("r", {"type": "results", "session": self.session, "results": entries},
+                          frames_out)
+        elif t == "hb" and h.get("session") == self.session:
+            for key in h.get("ack") or ():
+                self.unacked.pop((key[0], key[1]), None)
+        elif t == "revoke":
+            self.send("c", {"type": "revoked", "tid": h.get("tid"), "attempt": h.get("attempt"),
+                            "ok": False, "session": self.session})
+
+
+def serve(n: int, connection_file: str) -> None:
+    """Run n light engines in this process until SIGTERM."""
+    info = read_connection_file(connection_file)
+    ctx = zmq.Context()
+    ctx.set(zmq.MAX_SOCKETS, 4 * n + 64)
+    engines = [LightEngine(ctx, info.engine_url, info.key_bytes) for _ in range(n)]
+    poller = zmq.Poller()
+    where: dict[zmq.Socket, tuple[LightEngine, str]] = {}
+    for e in engines:
+        for kind in ("t", "c", "r", "h"):
+            poller.register(e.socks[kind], zmq.POLLIN)
+            where[e.socks[kind]] = (e, kind)
+    stop = False
+
+    def on_term(signum: int, frame: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    next_tick = 0.0
+    while not stop:
+        now = time.monotonic()
+        if now >= next_tick:
+            for e in engines:
+                e.tick(now)
+            next_tick = now + 0.05
+        for sock, _ in poller.poll(50):
+            e, kind = where[sock]
+            for _ in range(64):
+                try:
+                    msg = recv_message(sock, zmq.NOBLOCK) if kind != "h" else sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                e.on_message(kind, msg)
+    ctx.destroy(linger=0)
+
+
+# -- the measurement -------------------------------------------------------------------------------
+def proc_cpu(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_kib(pid: int, field: str) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def measure(n: int, tasks: int, procs: int, idle: float, profile: str | None) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="taskmill-many-") as tmp:
+        conn = Path(tmp) / "connection.json"
+        ctl_cmd = [sys.executable, "-m", "taskmill", "controller", "--connection-file", str(conn),
+                   "--no-dashboard", "--db", str(Path(tmp) / "tasks.db"), "--log-level", "WARNING"]
+        if profile:  # (the controller writes its profile when SIGTERM ends it)
+            ctl_cmd[1:1] = ["-m", "cProfile", "-o", profile]
+        ctl = subprocess.Popen(ctl_cmd, stdin=subprocess.DEVNULL)
+        lights: list[subprocess.Popen] = []
+        try:
+            deadline = time.monotonic() + 60
+            while not conn.exists():
+                if time.monotonic() > deadline or ctl.poll() is not None:
+                    raise RuntimeError("the controller did not start")
+                time.sleep(0.05)
+            share = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
+            for k in share:
+                if k:
+                    lights.append(subprocess.Popen(
+                        [sys.executable, __file__, "--serve", str(k), "--connection-file",
+                         str(conn)], stdin=subprocess.DEVNULL))
+            with TaskClient(str(conn)) as tc:
+                t0 = time.perf_counter()
+                while len([e for e in tc.engines() if e.get("state") != "dead"]) < n:
+                    if time.perf_counter() - t0 > 300:
+                        raise RuntimeError(f"only {len(tc.engines())} of {n} engines registered")
+                    time.sleep(0.2)
+                registered = time.perf_counter() - t0
+                time.sleep(2.0)  # (let registration's own traffic settle)
+                rss_idle = proc_kib(ctl.pid, "VmRSS")
+                c0, w0 = proc_cpu(ctl.pid), time.perf_counter()
+                time.sleep(idle)
+                idle_share = (proc_cpu(ctl.pid) - c0) / (time.perf_counter() - w0)
+                for _ in range(3):  # warm up (submits: a light engine's None is no map chunk)
+                    for f in [tc.submit(noop) for _ in range(2 * n)]:
+                        f.result(timeout=300)
+                tc.clear()
+                c0, t0 = proc_cpu(ctl.pid), time.perf_counter()
+                futures = [tc.submit(noop) for _ in range(tasks)]
+                for f in futures:
+                    f.result(timeout=300)
+                wall = time.perf_counter() - t0
+                cpu = proc_cpu(ctl.pid) - c0
+                tc.clear()
+                alive = len([e for e in tc.engines() if e.get("state") != "dead"])
+            return {"engines": n, "alive_after": alive, "register_s": registered,
+                    "idle_core_share": idle_share, "tasks_per_s": tasks / wall,
+                    "cpu_us_per_task": cpu / tasks * 1e6, "rss_idle_mib": rss_idle / 1024,
+                    "rss_hwm_mib": proc_kib(ctl.pid, "VmHWM") / 1024}
+        finally:
+            for p in lights:
+                p.send_signal(signal.SIGTERM)
+            ctl.send_signal(signal.SIGTERM)
+            for p in [*lights, ctl]:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--engines", default="2,100,1000", help="engine counts (default 2,100,1000)")
+    p.add_argument("--tasks", type=int, default=20_000, help="no-op tasks per count (default 20000)")
+    p.add_argument("--idle", type=float, default=10.0,
+                   help="seconds the idle controller's CPU is read (default 10)")
+    p.add_argument("--light-procs", type=int, default=1, help="processes for the light engines")
+    p.add_argument("--profile", default=None, help="cProfile the controller into this file "
+                                                   "(of the last engine count)")
+    p.add_argument("--write", action="store_true", help="also write benchmarks/many_engines.md")
+    p.add_argument("--serve", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--connection-file", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.serve is not None:
+        serve(a.serve, a.connection_file)
+        return 0
+    counts = [int(x) for x in a.engines.split(",")]
+    rows = []
+    for i, n in enumerate(counts):
+        print(f"... {n} engines", file=sys.stderr, flush=True)
+        rows.append(measure(n, a.tasks, a.light_procs, a.idle,
+                            a.profile if i == len(counts) - 1 else None))
+    base = rows[0]["tasks_per_s"]
+    out = [f"# One controller, many engines ({time.strftime('%Y-%m-%d %H:%M')}, "
+           f"{os.cpu_count()} cores, {a.tasks:,} no-op tasks per row, light engines in "
+           f"{a.light_procs} process(es))", "",
+           f"    python benchmarks/many_engines.py --engines {a.engines} --tasks {a.tasks}", "",
+           "| engines | registered in (s) | idle controller CPU (% of a core) | tasks/s | "
+           f"vs {counts[0]} engines | controller CPU µs/task | controller RSS idle / peak (MiB) |",
+           "|--:|--:|--:|--:|--:|--:|--:|"]
+    for r in rows:
+        out.append(f"| {r['engines']:,} | {r['register_s']:.1f} | {100 * r['idle_core_share']:.1f} | "
+                   f"{r['tasks_per_s']:,.0f} | {r['tasks_per_s'] / base:.2f}x | "
+                   f"{r['cpu_us_per_task']:.0f} | {r['rss_idle_mib']:.0f} / {r['rss_hwm_mib']:.0f} |")
+        if r["alive_after"] != r["engines"]:
+            out.append(f"|  | (only {r['alive_after']} engines alive at the end) | | | | | |")
+    text = "\n".join(out)
+    print(text)
+    if a.write:
+        (ROOT / "many_engines.md").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
