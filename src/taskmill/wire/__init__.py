@@ -16,10 +16,9 @@ A message is a ZeroMQ multipart message:
 - Payload frames (pickles and their out-of-band buffers) are covered by `pmac`, an HMAC over
   every payload frame (a frame of 512 KiB or more through the SHA-256 digests of its four
   chunks, hashed side by side on several cores: see `Wire.payload_mac`), carried in the header
-  and so covered by the signature too. The sender of a
-  payload computes `pmac` once; whoever unpickles it checks it. The controller routes payloads
-  as opaque bytes and so never hashes them, except the one kind it unpickles (a callable
-  `depend`).
+  and so covered by the signature too. The sender of a payload computes `pmac` once; whoever
+  unpickles it checks it. The controller routes payloads as opaque bytes and so never hashes
+  them, except the one kind it unpickles (a callable `depend`).
 
 A message with a bad or missing signature, a replayed `(sid, seq)`, a malformed header or an
 oversize body raises `Refused`, which the receiver counts and drops: it is never acted on.
