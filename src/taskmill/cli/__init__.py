@@ -12,12 +12,12 @@ from __future__ import annotations
 import sys
 
 from ..errors import ConnectionFileError
-from .cluster import cmd_cluster
-from .commands import cmd_controller, cmd_curve_key, cmd_engine, cmd_run, cmd_status
+from .cluster import LAUNCHER_OPTIONS, cmd_cluster
+from .commands import BIND_ERRORS, cmd_controller, cmd_curve_key, cmd_engine, cmd_run, cmd_status
 from .parser import build_parser
 
-__all__ = ["build_parser", "cmd_cluster", "cmd_controller", "cmd_curve_key", "cmd_engine",
-           "cmd_run", "cmd_status", "main"]
+__all__ = ["BIND_ERRORS", "LAUNCHER_OPTIONS", "build_parser", "cmd_cluster", "cmd_controller",
+           "cmd_curve_key", "cmd_engine", "cmd_run", "cmd_status", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,10 +32,12 @@ from .base import (
 )
 from .files import EXTERNAL_MIN
 from .memory import MemoryStore
-from .sqlite import SQLiteStore
+from .schema import BUSY_TIMEOUT, LOW_DISK, OPEN_TIMEOUT
+from .sqlite import CHECKPOINT_BYTES, LOW_TID_EVERY, SQLiteStore
 
 __all__ = [
-    "ENGINE_ROW_AGE", "EXTERNAL_MIN", "MAX_TID", "SUBMIT_KEYS_KEPT", "SUBMIT_KEY_AGE",
+    "BUSY_TIMEOUT", "CHECKPOINT_BYTES", "ENGINE_ROW_AGE", "EXTERNAL_MIN", "LOW_DISK",
+    "LOW_TID_EVERY", "MAX_TID", "OPEN_TIMEOUT", "SUBMIT_KEYS_KEPT", "SUBMIT_KEY_AGE",
     "MemoryStore", "SQLiteStore", "StoredResult", "StoredTask", "TaskStore", "open_store",
 ]
 
