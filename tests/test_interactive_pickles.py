@@ -1,4 +1,4 @@
-"""The pickling pieces behind SPEC §2's interactive functions and local modules (wire.py).
+"""The pickling pieces behind SPEC §2's interactive functions and local modules (taskmill.wire).
 
 - A function defined in `__main__` unpickled with an engine namespace (`load_into`) has that
   namespace as its globals, and the globals it brought are set there; without one it is
@@ -23,7 +23,15 @@ import cloudpickle
 import pytest
 
 from taskmill import wire
-from taskmill.wire import FunctionLoads, FunctionPickles, dumps, is_local_module, load_into, loads
+from taskmill.wire import (
+    FunctionLoads,
+    FunctionPickles,
+    dumps,
+    is_local_module,
+    load_into,
+    loads,
+    local_modules,
+)
 
 
 def script(source: str) -> dict:
@@ -160,10 +168,10 @@ def local_module(tmp_path, monkeypatch):
     (tmp_path / f"{name}.py").write_text("K = 1\n\ndef f():\n    return K\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(wire, "_local_modules", False)
+    monkeypatch.setattr(local_modules, "shipping", False)
     module = importlib.import_module(name)
     yield module
-    wire._module_checked.pop(name, None)
+    local_modules.checked.pop(name, None)
     if name in cloudpickle.list_registry_pickle_by_value():
         cloudpickle.unregister_pickle_by_value(module)
     sys.modules.pop(name, None)

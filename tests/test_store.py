@@ -46,11 +46,7 @@ def test_ids_results_counts_and_clear(store):
 def _killed(s: SQLiteStore) -> None:
     """What a kill -9 leaves of a store: nothing queued is written, and the kernel drops the
     lock (the process's open files close)."""
-    s._closing.set()
-    s._spill.put(None)
-    s.db.close()
-    os.close(s._lock_fd)
-    s._lock_fd = None
+    s.abandon()
 
 
 def test_sqlite_survives_reopen_without_close(tmp_path):
@@ -180,7 +176,7 @@ def test_sqlite_withdraw_takes_back_rows_that_never_committed(tmp_path):
     s.mark_running(gone[0], engine=0, node=0, attempts=1, tries=1, handed_over=[])
     s.finish(gone[1], StoredResult({"status": "error"}, [big]))
     s.remember_submit("c:7", gone)
-    s._write_blobs()  # (as a commit that failed after writing its files)
+    s.files.write()  # (as a commit that failed after writing its files)
     s.withdraw(gone, "c:7")
     assert s.counts() == (0, 0) and s.result(gone[1]) is None
     assert s.submitted("c:7", resent=False) is None and s.task(gone[0]) is None
@@ -241,7 +237,7 @@ def test_sqlite_removes_orphan_blob_files(tmp_path):
     path = str(tmp_path / "t.db")
     s = SQLiteStore(path)
     _task(s, [os.urandom(100_000)])
-    s._write_blobs()  # a commit's first step: its file is written, the row never commits
+    s.files.write()  # a commit's first step: its file is written, the row never commits
     assert len(list(s.blob_dir.iterdir())) == 1
     _killed(s)
     s2 = SQLiteStore(path)
@@ -254,7 +250,7 @@ def test_sqlite_cache_is_bounded(tmp_path):
     for _ in range(50):
         tid = _task(s)
         s.finish(tid, StoredResult({"status": "ok"}, [b"x" * 1000]))
-    assert len(s._cache) <= 10 and s._cached_bytes <= 10_000
+    assert len(s.cache) <= 10 and s.cache.bytes <= 10_000
     assert s.result(0).frames == [b"x" * 1000]  # read back from disk
     s.close()
 
@@ -352,7 +348,7 @@ def test_sqlite_a_failed_file_write_keeps_everything_queued(tmp_path, monkeypatc
     next commit writes the file and the row."""
     import errno
 
-    from taskmill import store as store_module
+    from taskmill.store import files as store_module
 
     s = SQLiteStore(str(tmp_path / "t.db"))
     big = os.urandom(200_000)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 
 import msgpack
 import numpy as np
@@ -11,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taskmill import wire
 from taskmill.wire import (
     PROTOCOL,
     TREE_MIN,
@@ -23,6 +23,7 @@ from taskmill.wire import (
     dumps,
     dumps_arguments,
     loads,
+    signing,
 )
 
 KEY = b"k" * 32
@@ -161,7 +162,7 @@ def test_mac_of_a_large_frame_covers_each_chunk_and_its_length(monkeypatch):
     with pytest.raises(Refused):
         w.check_payload([b"p" + base[:1], base[1:]], mac)
     # The same MAC whether the chunks are hashed side by side or one after another.
-    monkeypatch.setattr(wire, "_hash_pool", (wire.os.getpid(), None, 1))
+    monkeypatch.setattr(signing, "hash_pool", (os.getpid(), None, 1))
     assert w.payload_mac([b"p", base]) == mac
 
 
@@ -252,6 +253,6 @@ def test_replay_table_is_bounded_and_keeps_the_senders_heard_from_lately():
     for _ in range(200):  # many senders, one message each; `steady` speaks now and then
         receiver.decode(Wire(b"k" * 32).encode({"type": "ping"}))
         receiver.decode(steady.encode({"type": "ping"}))
-    assert len(receiver._last_seq) <= 50
+    assert len(receiver.last_seq) <= 50
     with pytest.raises(Refused, match="replay"):  # still known: its replay is refused
         receiver.decode(first)

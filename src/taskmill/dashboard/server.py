@@ -1,28 +1,12 @@
-"""The web dashboard: a small HTTP server in a thread of the controller process.
+"""The dashboard's HTTP server: a thread of the controller process, GET only.
 
-How a page gets its figures:
-
-    browser --GET /api/snapshot?since=N--> [HTTP server thread] --> ControllerFeed
-    ControllerFeed --stats, activity{since}--> controller   (a TaskClient on the connection file)
-
-The dashboard talks to its controller as an ordinary client, so it shares no state with the
-controller loop and cannot stall it: the controller answers it between other requests. It polls
-only while someone is looking: its client connects at the first request, fetches at most once
-every SNAPSHOT_TTL seconds however many pages ask, and is closed IDLE_CLOSE seconds after the last
-request. An idle dashboard sends the controller nothing and wakes up for nothing.
-
-Paths: `/` (static/dashboard.html with its .js and .css: package data, no CDN, no build step),
-`/api/snapshot?since=N`, `/api/task/<taskid>`, `/metrics` (Prometheus text). GET only.
-
-Access: every request needs the token, HMAC-SHA256(connection key, "taskmill-dashboard"), given
-as `?token=` (the page then keeps it in a cookie), as that cookie, or as
-`Authorization: Bearer <token>`: without it the answer is 401, with a wrong one 403. Knowing the
-token does not reveal the key. Only a dashboard bound to loopback may be opened to every user of
-this machine (`--dashboard-open`); an open one still checks the Host header, so that a web site
-cannot read it through DNS rebinding.
-
-It must never break its controller: a port in use falls back to a free one, and a dashboard that
-cannot start is logged and left out.
+`start_dashboard` binds it (a port in use falls back to a free one; one that cannot start is
+logged and left out), writes its address into the connection file and starts the thread;
+`Dashboard` serves until `stop`, closing the feed's client when it is idle. Each request
+(`DashboardHandler`) is checked for the token (`dashboard_token`, as ?token=, cookie or
+bearer; an open dashboard checks the Host header instead), then routed: the static page
+(package data in taskmill/static), /api/snapshot, /api/task/<taskid> and /metrics, whose
+figures come from feed.py's `ControllerFeed`.
 """
 
 from __future__ import annotations
@@ -30,16 +14,12 @@ from __future__ import annotations
 import errno
 import hashlib
 import hmac
-import json
 import logging
-import math
 import os
 import selectors
 import socket
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -48,19 +28,24 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .connection import ConnectionInfo, write_connection_file
-from .defaults import is_loopback
-from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .metrics import render_metrics
-from .stats import ATTEMPT_RING
+from ..connection import ConnectionInfo, write_connection_file
+from ..defaults import is_loopback
+from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..metrics import render_metrics
+from .feed import (
+    BadQuery,
+    ControllerFeed,
+    NotFound,
+    parse_since,
+    parse_taskid,
+    task_view,
+    to_json,
+)
 
 log = logging.getLogger("taskmill.dashboard")
 
 TOKEN_CONTEXT = b"taskmill-dashboard"
-SNAPSHOT_TTL = 0.5  # seconds a snapshot of the controller serves every page that asks
-IDLE_CLOSE = 15.0  # seconds after the last request until the dashboard's client disconnects
 CONNECT_TIMEOUT = 5.0
-OUTPUT_CHARS = 100_000  # a task's stdout/stderr/traceback is cut to this many characters
 STATIC_FILES = {
     "/": ("dashboard.html", "text/html; charset=utf-8"),
     "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
@@ -88,167 +73,6 @@ def dashboard_link(info: ConnectionInfo) -> str | None:
     if info.extra.get("dashboard_open"):
         return url
     return f"{url}?token={dashboard_token(info.key_bytes)}"
-
-
-class BadQuery(ValueError):
-    """A request whose path or query makes no sense: answered 400 with the message."""
-
-
-class NotFound(LookupError):
-    """Answered 404 with the message."""
-
-
-class ControllerFeed:
-    """The dashboard's view of its controller, fetched on demand through one client.
-
-    `connect` makes the client (a TaskClient, or a stand-in in tests); `clock` gives monotonic
-    seconds. Thread-safe: every call to the controller happens under one lock.
-    """
-
-    def __init__(self, connect: Callable[[], Any], *, ttl: float = SNAPSHOT_TTL,
-                 idle_close: float = IDLE_CLOSE,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._connect = connect
-        self.ttl = ttl
-        self.idle_close = idle_close
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._client: Any = None
-        self._last_request = -math.inf
-        self._fetched_at = -math.inf
-        self._stats: dict[str, Any] | None = None
-        self._activity: dict[str, Any] = {}
-        self._attempts: deque[dict[str, Any]] = deque(maxlen=ATTEMPT_RING)
-        self._seq = 0
-        self._started: float | None = None
-
-    @property
-    def connected(self) -> bool:
-        return self._client is not None
-
-    def _client_now(self) -> Any:
-        self._last_request = self._clock()
-        if self._client is None:
-            self._client = self._connect()
-        return self._client
-
-    def _refresh(self, client: Any) -> None:
-        stats = client.statistics()
-        activity = client.activity(self._seq)
-        if self._started is not None and activity["started"] != self._started:
-            # A new controller on the same connection file: its attempts are numbered anew.
-            self._attempts.clear()
-            self._seq = 0
-            activity = client.activity(0)
-        self._started = activity["started"]
-        self._attempts.extend(activity.pop("attempts"))
-        self._seq = activity["seq"]
-        self._stats, self._activity = stats, activity
-        self._fetched_at = self._clock()
-
-    def snapshot(self, since: int = 0) -> dict[str, Any]:
-        """Statistics and recent activity, with the attempts numbered above `since`."""
-        with self._lock:
-            client = self._client_now()
-            if self._clock() - self._fetched_at >= self.ttl:
-                self._refresh(client)
-            return {**self._activity, "stats": self._stats,
-                    "attempts": [a for a in self._attempts if a["seq"] > since]}
-
-    def statistics(self) -> dict[str, Any]:
-        """Fresh statistics (for /metrics, which a scraper reads seldom)."""
-        with self._lock:
-            return self._client_now().statistics()
-
-    def task(self, taskid: int) -> dict[str, Any]:
-        with self._lock:
-            return self._client_now().task_info(taskid)
-
-    def seconds_until_idle(self) -> float | None:
-        """How long until the client should close; None while there is none."""
-        if self._client is None:
-            return None
-        return max(0.0, self._last_request + self.idle_close - self._clock())
-
-    def close_if_idle(self) -> None:
-        with self._lock:
-            if self._client is not None and self._clock() - self._last_request >= self.idle_close:
-                self._close()
-
-    def close(self) -> None:
-        with self._lock:
-            self._close()
-
-    def _close(self) -> None:
-        client, self._client = self._client, None
-        self._fetched_at = -math.inf
-        if client is not None:
-            client.close()
-
-
-def _finite(obj: Any) -> Any:
-    """`obj` with every NaN or infinity replaced by None (JSON has neither)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, bytes):
-        return obj.hex()
-    return repr(obj)
-
-
-def to_json(obj: Any) -> bytes:
-    try:
-        text = json.dumps(obj, default=_json_default, allow_nan=False)
-    except ValueError:
-        text = json.dumps(_finite(obj), default=_json_default, allow_nan=False)
-    return text.encode()
-
-
-def _cut(text: Any) -> Any:
-    if isinstance(text, str) and len(text) > OUTPUT_CHARS:
-        return text[:OUTPUT_CHARS] + f"\n… ({len(text) - OUTPUT_CHARS} more characters)"
-    return text
-
-
-def task_view(info: dict[str, Any]) -> dict[str, Any]:
-    """What /api/task/<taskid> shows of one task: long texts cut, unknown ids a NotFound."""
-    if info.get("state") == "unknown":
-        raise NotFound(f"no task with id {info.get('tid')}: it is unknown, or its result was "
-                       "cleared")
-    view = {k: _cut(v) for k, v in info.items()}
-    error = view.get("error")
-    if isinstance(error, dict):
-        view["error"] = {k: _cut(v) for k, v in error.items()}
-    return view
-
-
-def parse_taskid(text: str) -> int:
-    try:
-        tid = int(text, 10)
-    except ValueError:
-        raise BadQuery(f"a taskid is an int >= 0, not {text[:40]!r}") from None
-    if tid < 0:
-        raise BadQuery(f"a taskid is an int >= 0, not {tid}")
-    return tid
-
-
-def parse_since(query: dict[str, list[str]]) -> int:
-    text = query.get("since", ["0"])[0]
-    try:
-        since = int(text, 10)
-    except ValueError:
-        raise BadQuery(f"since must be an int >= 0, not {text[:40]!r}") from None
-    if since < 0:
-        raise BadQuery(f"since must be an int >= 0, not {since}")
-    return since
-
 
 def _static(name: str) -> bytes:
     return (resources.files("taskmill") / "static" / name).read_bytes()
@@ -467,7 +291,7 @@ def start_dashboard(connection_file: Path, info: ConnectionInfo, *, ip: str = "1
     the restarted controller), else any free one. Never raises: a dashboard that cannot start
     is logged, and None is returned.
     """
-    from .client import TaskClient
+    from ..client import TaskClient
 
     if open_access and not is_loopback(ip):
         raise ValueError(f"an open dashboard must be bound to loopback, not {ip}")

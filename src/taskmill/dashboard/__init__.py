@@ -1,0 +1,64 @@
+"""The web dashboard: a small HTTP server in a thread of the controller process.
+
+How a page gets its figures:
+
+    browser --GET /api/snapshot?since=N--> [HTTP server thread] --> ControllerFeed
+    ControllerFeed --stats, activity{since}--> controller   (a TaskClient on the connection file)
+
+The dashboard talks to its controller as an ordinary client, so it shares no state with the
+controller loop and cannot stall it: the controller answers it between other requests. It polls
+only while someone is looking: its client connects at the first request, fetches at most once
+every SNAPSHOT_TTL seconds however many pages ask, and is closed IDLE_CLOSE seconds after the last
+request. An idle dashboard sends the controller nothing and wakes up for nothing.
+
+Paths: `/` (static/dashboard.html with its .js and .css: package data, no CDN, no build step),
+`/api/snapshot?since=N`, `/api/task/<taskid>`, `/metrics` (Prometheus text). GET only.
+
+Access: every request needs the token, HMAC-SHA256(connection key, "taskmill-dashboard"), given
+as `?token=` (the page then keeps it in a cookie), as that cookie, or as
+`Authorization: Bearer <token>`: without it the answer is 401, with a wrong one 403. Knowing the
+token does not reveal the key. Only a dashboard bound to loopback may be opened to every user of
+this machine (`--dashboard-open`); an open one still checks the Host header, so that a web site
+cannot read it through DNS rebinding.
+
+It must never break its controller: a port in use falls back to a free one, and a dashboard that
+cannot start is logged and left out.
+
+What lives where: server.py (the HTTP server, its thread, access checks, start and forget),
+feed.py (`ControllerFeed` and the JSON views of what it fetches).
+"""
+
+from __future__ import annotations
+
+from .feed import (
+    IDLE_CLOSE,
+    OUTPUT_CHARS,
+    SNAPSHOT_TTL,
+    BadQuery,
+    ControllerFeed,
+    NotFound,
+    parse_since,
+    parse_taskid,
+    task_view,
+    to_json,
+)
+from .server import (
+    CONNECT_TIMEOUT,
+    SECURITY_HEADERS,
+    STATIC_FILES,
+    TOKEN_CONTEXT,
+    Dashboard,
+    DashboardHandler,
+    DashboardHTTPServer,
+    dashboard_link,
+    dashboard_token,
+    forget_dashboard,
+    start_dashboard,
+)
+
+__all__ = [
+    "CONNECT_TIMEOUT", "IDLE_CLOSE", "OUTPUT_CHARS", "SECURITY_HEADERS", "SNAPSHOT_TTL",
+    "STATIC_FILES", "TOKEN_CONTEXT", "BadQuery", "ControllerFeed", "Dashboard",
+    "DashboardHTTPServer", "DashboardHandler", "NotFound", "dashboard_link", "dashboard_token",
+    "forget_dashboard", "parse_since", "parse_taskid", "start_dashboard", "task_view", "to_json",
+]

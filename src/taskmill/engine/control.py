@@ -1,0 +1,478 @@
+"""The engine's state both of its threads share, its sockets, and its I/O thread.
+
+`EngineControl` is the part of an `Engine` (core.py) that talks to the controller:
+
+    [task socket]    hello/welcome/register/registered; `tasks` messages --> the backlog
+                     (numbered: a skipped number is a lost message, reported)
+    [control socket] heartbeats out (what this engine holds, its lease) and their answers in
+                     (the lease renewed, results acknowledged or asked again, `reregister`);
+                     interrupts and revokes in; results that waited too long out
+    [result socket]  results out, from the main thread (`send_results`)
+    [heart socket]   echoed by ZeroMQ's own device (core.py)
+
+The I/O thread (`io_loop`) owns the task and control sockets. Everything the main thread and
+the I/O thread share is guarded by `lock` (`work` is its condition, on which the main thread
+waits for tasks): registration state, the lease, the backlog, the running task and what it is
+to be interrupted for, revoked and skipped tasks, and the results outbox (results.py). An
+interrupt (abort, timeout, or drop after this engine was declared dead) is a signal to the
+main thread, whose handler raises `TaskInterrupted` while task code runs (running.py).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid as uuidlib
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+
+from ..connection import ConnectionInfo
+from ..curve import apply_client as apply_curve
+from ..defaults import DEFAULT_HEARTBEAT
+from ..errors import ControllerUnreachable
+from ..wire import (
+    DEFAULT_MAX_MESSAGE,
+    Refused,
+    Wire,
+    apply_transport_heartbeat,
+    recv_message,
+    send_message,
+)
+from .results import Result, ResultOutbox, split_by_size
+from .running import OUTPUT_LIMIT, TaskCode, TaskInterrupted
+
+log = logging.getLogger("taskmill.engine")
+
+INTERRUPT_SIGNAL = signal.SIGUSR1
+CONTROL_TICK = 0.01  # seconds the control thread sleeps at most (timeouts are this precise)
+RESIGNAL_EVERY = 0.2  # seconds between signals to code that has not yet let one through
+KILL_GRACE = 3.0  # seconds past an abort or a timeout before the engine process is ended
+RESULT_HEADROOM = 64 * 1024  # bytes of a result message kept for its header
+REGISTER_RETRY_FIRST = 1.0  # seconds to wait for `registered` before asking again, doubling
+REGISTER_RETRY_MAX = 10.0
+# An engine starts a task only within this share of the controller's `dead_after` of a
+# heartbeat the controller answered (see Engine._next_task).
+LEASE_SHARE = 0.6
+
+
+class EngineControl:
+    """An engine's identity, sockets and shared state, and what its I/O thread does."""
+
+    def __init__(
+        self,
+        info: ConnectionInfo,
+        properties: dict[str, Any] | None = None,
+        *,
+        output_limit: int = OUTPUT_LIMIT,
+        register_timeout: float | None = None,
+    ) -> None:
+        self.info = info
+        self.register_timeout = register_timeout
+        self.uuid = uuidlib.uuid4().hex
+        self.hostname = socket.gethostname()
+        self.pid = os.getpid()
+        self.output_limit = output_limit
+        self.engineid: int | None = None
+        self.start_properties = dict(properties or {})
+        self.properties: dict[str, Any] = {}
+        self.sent_properties: dict[str, Any] = {}
+        # One namespace per engine, cleared in place (`Engine._reset`): functions defined
+        # interactively are rebuilt over this very dict, and the cache keeps them so.
+        self.namespace: dict[str, Any] = {}
+        self.code = TaskCode(self.namespace)  # running task code (main thread)
+        self.heartbeat = DEFAULT_HEARTBEAT
+        self.lease = 1.0  # seconds an answered heartbeat lets this engine start tasks
+        self.max_result = DEFAULT_MAX_MESSAGE - RESULT_HEADROOM
+        self.stopping = threading.Event()
+        self.fatal: BaseException | None = None  # the I/O thread gave up (first registration)
+        # Everything below is shared by the main thread and the I/O thread: under `lock`
+        # (package-internal: core.py and this module use it, nothing else should).
+        self.lock = threading.Lock()
+        self.work = threading.Condition(self.lock)  # the main thread waits on it for tasks
+        self.session: bytes | None = None  # the controller session this engine belongs to
+        self.registered = False
+        self.need_register = True
+        self._prev_session: bytes | None = None  # a restarted controller's predecessor
+        self.lease_until = 0.0  # monotonic: buffered tasks may start only before it
+        self.lease_wanted = False  # the main thread waits for a fresh lease: ask at once
+        self.current: tuple[int, int] | None = None  # (tid, attempt) running now
+        self.finishing = False  # the current task's code is over; its result is being made
+        self.deadline: float | None = None  # monotonic time the running task must end by
+        self.interrupt_req: tuple[int, str] | None = None  # (tid, "abort"|"timeout"|"drop")
+        self.skip: set[tuple[int, int]] = set()  # aborted before they started
+        self.revoked: set[int] = set()  # dseqs given back to the controller: dropped silently
+        self.last_started = 0  # the highest dseq started (tasks run in dseq order)
+        self.backlog: deque[tuple[dict[str, Any], list[Any]]] = deque()
+        self._mseq_seen = 0  # the highest `tasks` message number received this registration
+        self._missing: set[int] = set()  # numbers skipped: those messages were lost
+        # Results until the controller acknowledges them (it does after storing them).
+        self.outbox = ResultOutbox()
+        self._generation = 0  # rises with each registration; stale "reregister"s are ignored
+        self.ctx = zmq.Context()
+        self.task_sock = self._dealer(b".t")  # I/O thread: register, tasks in
+        self.ctl_sock = self._dealer(b".c")  # I/O thread: heartbeats, control, late results
+        self.res_sock = self._dealer(b".r")  # main thread: results out
+        self.heart_sock = self._dealer(b".h")  # echo device: liveness without the GIL
+        wire_of = {s: Wire(info.key_bytes) for s in (self.task_sock, self.ctl_sock,
+                                                     self.res_sock)}
+        # One Wire per socket: replay checks hold per socket, where messages arrive in order.
+        self._wires = wire_of
+        self.wire = wire_of[self.res_sock]
+
+    def _dealer(self, suffix: bytes) -> zmq.Socket:
+        s = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 1000)
+        s.setsockopt(zmq.SNDHWM, 0)
+        s.setsockopt(zmq.RCVHWM, 0)
+        s.setsockopt(zmq.ROUTING_ID, self.uuid.encode() + suffix)
+        # A first try 10 ms after a refused connect (an engine started beside its controller
+        # usually gets there before it listens), doubling up to 2 s while nobody listens.
+        s.setsockopt(zmq.RECONNECT_IVL, 10)
+        s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        s.setsockopt(zmq.MAXMSGSIZE, DEFAULT_MAX_MESSAGE)
+        apply_transport_heartbeat(s)
+        apply_curve(s, self.info)
+        s.connect(self.info.engine_url)
+        return s
+    # -- the I/O thread: sockets, registration, heartbeats, control ------------------------
+    def io_loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.task_sock, zmq.POLLIN)
+        poller.register(self.ctl_sock, zmq.POLLIN)
+        started = time.monotonic()
+        reg_wait = REGISTER_RETRY_FIRST
+        reg_next = 0.0  # when to (re)send hello/register
+        reg_log = REGISTER_RETRY_FIRST
+        next_hb = 0.0
+        try:
+            while not self.stopping.is_set():
+                now = time.monotonic()
+                with self.lock:
+                    need_register = self.need_register
+                    wanted, self.lease_wanted = self.lease_wanted, False
+                if need_register:
+                    if (self.register_timeout is not None and self.engineid is None
+                            and now - started >= self.register_timeout):
+                        raise ControllerUnreachable(
+                            f"no taskmill controller answered at {self.info.engine_url} "
+                            f"within {self.register_timeout:g}s; start it (`taskmill "
+                            "controller` or `taskmill cluster start`), or check that this "
+                            "machine can reach that address (the controller's --location)")
+                    if now >= reg_next:
+                        self._send(self.task_sock, {"type": "hello"})
+                        reg_next = now + reg_wait
+                        if now - started >= reg_log and self.engineid is None:
+                            log.warning("no answer from the controller at %s after %.0fs; "
+                                        "asking again", self.info.engine_url, now - started)
+                            reg_log = now - started + 60.0
+                        reg_wait = min(reg_wait * 2, REGISTER_RETRY_MAX)
+                elif now >= next_hb or wanted:
+                    self._send_report(now)
+                    next_hb = now + self.heartbeat
+                else:
+                    reg_wait = REGISTER_RETRY_FIRST
+                self._watch_running_task(now)
+                self._send_late_results(now)
+                # Wake at least every CONTROL_TICK: a task's deadline is set by the main
+                # thread after this thread went to sleep.
+                wake = min(next_hb if not need_register else reg_next, now + CONTROL_TICK)
+                if self.interrupt_req is not None:
+                    wake = min(wake, now + RESIGNAL_EVERY)
+                if self.deadline is not None:
+                    wake = min(wake, self.deadline)
+                for sock, _ in poller.poll(max(1, int((wake - now) * 1000))):
+                    for _ in range(100):  # (what is waiting, without starving the rest)
+                        try:
+                            msg = recv_message(sock, zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self._on_message(sock, msg)
+        except ControllerUnreachable as e:
+            self.fatal = e
+        except zmq.ContextTerminated:
+            pass
+        except Exception as e:  # noqa: BLE001 - the main thread must hear of it
+            log.exception("the engine's I/O thread failed")
+            self.fatal = e
+        finally:
+            with self.work:
+                self.work.notify_all()
+
+    def _on_message(self, sock: zmq.Socket, msg: list[Any]) -> None:
+        try:
+            header, frames = self._wires[sock].decode(msg)
+        except Refused as e:
+            log.warning("refused a message: %s", e)
+            return
+        kind = header["type"]
+        if kind == "tasks":
+            self._take_tasks(header, frames)
+        elif kind == "hb":
+            self._on_heartbeat_answer(header)
+        elif kind == "interrupt":
+            tid, attempt = header.get("tid"), header.get("attempt")
+            if isinstance(tid, int) and isinstance(attempt, int):
+                self._request_interrupt((tid, attempt), "abort")
+        elif kind == "revoke":
+            self._answer_revoke(header)
+        elif kind == "welcome":
+            self._on_welcome(header)
+        elif kind == "registered":
+            self._on_registered(header)
+        elif kind == "reregister":
+            self._on_reregister(header)
+
+    # -- registration ----------------------------------------------------------------------
+    def _on_welcome(self, header: dict[str, Any]) -> None:
+        """The controller's session: register with it (the registration names what this
+        engine still runs or has finished for the controller before it, if it restarted)."""
+        session = header.get("session")
+        if not isinstance(session, bytes):
+            return
+        with self.lock:
+            if not self.need_register:
+                return
+            if self.session is not None and session != self.session:
+                self._restarted(session)
+            self.session = session
+            running = list(self.current) if self.current else None
+            finished = [list(k) for k in self.outbox.unacked]
+            prev = self._prev_session
+        self._send(self.task_sock, {
+            "type": "register", "uuid": self.uuid, "ctl_ident": self.uuid.encode() + b".c",
+            "res_ident": self.uuid.encode() + b".r", "heart_ident": self.uuid.encode() + b".h",
+            "hostname": self.hostname, "pid": self.pid, "properties": self.start_properties,
+            "session": session, "prev_session": prev, "running": running,
+            "finished": finished, "t": time.monotonic(),
+        })
+
+    def _on_registered(self, header: dict[str, Any]) -> None:
+        if header.get("session") != self.session or not isinstance(header.get("engineid"), int):
+            return
+        first = self.engineid is None
+        with self.lock:
+            if not self.need_register:
+                return  # (an answer to a repeated register)
+            self.engineid = header["engineid"]
+            self.heartbeat = float(header.get("heartbeat", 1.0))
+            # The controller declares this engine dead after `dead_after` seconds without a
+            # sign of it; the lease stays well inside that.
+            self.lease = LEASE_SHARE * float(header.get("dead_after", 3 * self.heartbeat))
+            sent = header.get("t")
+            if isinstance(sent, int | float):
+                self.lease_until = sent + self.lease
+            limit = header.get("max_message")
+            if isinstance(limit, int) and limit > 0:
+                self.max_result = limit - min(RESULT_HEADROOM, limit // 2)
+            self.namespace["engineid"] = self.engineid
+            self.properties["engineid"] = self.engineid
+            self.sent_properties = dict(header.get("properties") or {})
+            # A new registration numbers its dispatches and messages from the start again.
+            self.last_started = 0
+            self.revoked.clear()
+            self._mseq_seen = 0
+            self._missing.clear()
+            self._prev_session = None
+            self._generation += 1
+            self.need_register = False
+            self.registered = True
+            resend = list(self.outbox.unacked.values())  # results the controller may not have
+            self.work.notify_all()
+        log.info("registered as engine %d%s", self.engineid, "" if first else " (again)")
+        if resend:
+            self.send_results(self.ctl_sock, resend)
+
+    def _on_reregister(self, header: dict[str, Any]) -> None:
+        """The controller does not know this engine: it restarted (another session), or it
+        declared this engine dead (same session: a SIGSTOP, a network cut). Then every task
+        held here has been failed or given to another engine: drop them all, interrupt the
+        running one, and register anew."""
+        session = header.get("session")
+        with self.lock:
+            if header.get("gen") != self._generation or self.need_register:
+                return  # stale: an answer to a heartbeat sent before the latest registration
+            self.need_register = True
+            self.registered = False
+            if isinstance(session, bytes) and session != self.session:
+                log.warning("the controller restarted: registering again (what runs here "
+                            "goes on; what waited here is dropped)")
+                self._restarted(session)
+                self.session = session
+                return
+            log.warning("the controller declared this engine dead (was it stopped, or cut "
+                        "off?): dropping every task it held and registering anew")
+            self.backlog.clear()
+            self.skip.clear()
+            self.outbox.unacked.clear()
+            self.take_unsent()
+            self.session = None
+            if self.current is not None:
+                self._request_interrupt_locked(self.current, "drop")
+
+    def _restarted(self, session: bytes) -> None:
+        """(Under the lock.) A new controller session: the tasks waiting here never started
+        (its registration says which run or finished; it queues the rest again)."""
+        if self._prev_session is None:
+            self._prev_session = self.session
+        self.backlog.clear()
+        self.skip.clear()
+
+    # -- tasks in --------------------------------------------------------------------------
+    def _take_tasks(self, header: dict[str, Any], frames: list[Any]) -> None:
+        """Queue the tasks of a `tasks` message, each with its own payload frames. Message
+        numbers that were skipped are noted: those messages were lost on the way (a reset
+        connection), and the next report says so."""
+        if header.get("session") != self.session:
+            return
+        entries = header.get("tasks")
+        mseq = header.get("mseq")
+        if not isinstance(entries, list) or not isinstance(mseq, int):
+            log.warning("refused a tasks message without a task list and number")
+            return
+        batch = []
+        pos = 0
+        for entry in entries:
+            n = entry.get("n", 0) if isinstance(entry, dict) else -1
+            if (not isinstance(n, int) or n < 0 or pos + n > len(frames)
+                    or not isinstance(entry.get("tid"), int)
+                    or not isinstance(entry.get("attempt"), int)):
+                log.warning("refused a tasks message whose tasks do not match its frames")
+                return
+            batch.append((entry, frames[pos:pos + n]))
+            pos += n
+        with self.lock:
+            if self.need_register:
+                return  # for a registration that is over
+            if mseq > self._mseq_seen + 1:
+                self._missing.update(range(self._mseq_seen + 1, mseq))
+            self._missing.discard(mseq)
+            self._mseq_seen = max(self._mseq_seen, mseq)
+            self.backlog.extend(batch)
+            if batch:
+                self.work.notify()
+
+    # -- heartbeats: what this engine holds, and the lease ---------------------------------
+    def _send_report(self, now: float) -> None:
+        """The heartbeat: what this engine holds (so that a lost message costs a heartbeat,
+        not a task), and a request for a fresh lease."""
+        with self.lock:
+            held = [[e["tid"], e["attempt"]] for e, _ in self.backlog
+                    if e.get("dseq") not in self.revoked]
+            if self.current is not None:
+                held.insert(0, list(self.current))
+            report = {"type": "hb", "engineid": self.engineid, "gen": self._generation,
+                      "session": self.session, "t": now, "held": held,
+                      "current": list(self.current) if self.current else None,
+                      "unacked": [list(k) for k in self.outbox.unacked],
+                      "mseq": self._mseq_seen, "missing": sorted(self._missing)}
+        self._send(self.ctl_sock, report)
+
+    def _on_heartbeat_answer(self, header: dict[str, Any]) -> None:
+        sent = header.get("t")
+        resend = []
+        with self.lock:
+            if header.get("session") != self.session or self.need_register:
+                return
+            if isinstance(sent, int | float) and not isinstance(sent, bool):
+                self.lease_until = max(self.lease_until, sent + self.lease)
+                self.work.notify()
+            for key in header.get("ack") or ():
+                if isinstance(key, list) and len(key) == 2:
+                    self.outbox.unacked.pop((key[0], key[1]), None)
+            for key in header.get("resend") or ():
+                if isinstance(key, list) and len(key) == 2:
+                    held = self.outbox.unacked.get((key[0], key[1]))
+                    if held is not None:
+                        resend.append(held)
+        if resend:
+            self.send_results(self.ctl_sock, resend)
+
+    def _answer_revoke(self, header: dict[str, Any]) -> None:
+        """Give a buffered task back, if it has not started (tasks start in dseq order)."""
+        seq = header.get("dseq")
+        if not isinstance(seq, int):
+            return
+        with self.lock:
+            ok = seq > self.last_started and header.get("session") == self.session
+            if ok:
+                self.revoked.add(seq)
+        self._send(self.ctl_sock, {"type": "revoked", "tid": header.get("tid"),
+                                   "attempt": header.get("attempt"), "ok": ok,
+                                   "session": self.session})
+
+    # -- interrupts ------------------------------------------------------------------------
+    def _watch_running_task(self, now: float) -> None:
+        """Past its timeout a task is interrupted; an interruption not yet taken is sent again."""
+        with self.lock:
+            current, deadline, req = self.current, self.deadline, self.interrupt_req
+            if current is None or self.finishing:
+                return
+            if req is None and deadline is not None and now >= deadline:
+                self._request_interrupt_locked(current, "timeout")
+            elif req is not None and req[0] == current[0] and self.code.active:
+                signal.pthread_kill(threading.main_thread().ident, INTERRUPT_SIGNAL)
+
+    def _request_interrupt(self, key: tuple[int, int], reason: str) -> None:
+        with self.lock:
+            self._request_interrupt_locked(key, reason)
+
+    def _request_interrupt_locked(self, key: tuple[int, int], reason: str) -> None:
+        if self.current == key and self.finishing:
+            return  # its code is over: nothing to interrupt (its result is on the way)
+        if self.current != key:
+            if reason == "abort" and any((e["tid"], e["attempt"]) == key
+                                         for e, _ in self.backlog):
+                self.skip.add(key)  # buffered behind the running task
+            return
+        self.interrupt_req = (key[0], reason)
+        if reason == "abort":
+            # If the code never lets the interruption through (a C call holding the GIL),
+            # faulthandler's own thread ends the process; the nanny starts a new engine.
+            # Armed under the lock: the main thread cancels it under the lock too, after
+            # the task is over, so it can never outlive the task.
+            faulthandler.dump_traceback_later(KILL_GRACE, exit=True, file=sys.__stderr__)
+        if self.code.active:
+            signal.pthread_kill(threading.main_thread().ident, INTERRUPT_SIGNAL)
+
+    def on_interrupt_signal(self, signum: int, frame: Any) -> None:
+        req = self.interrupt_req
+        current = self.current
+        if self.code.active and req is not None and current is not None \
+                and req[0] == current[0]:
+            raise TaskInterrupted(req[1])
+
+    # -- results out -----------------------------------------------------------------------
+    def take_unsent(self) -> list[Result]:
+        """The results waiting to be sent (called under the lock)."""
+        return self.outbox.take(self.registered)
+
+    def send_results(self, sock: zmq.Socket, batch: list[Result]) -> None:
+        """Send results, in as many messages as the size limit needs."""
+        for part in split_by_size(batch, self.max_result):
+            self._send_result_message(sock, part)
+
+    def _send_result_message(self, sock: zmq.Socket, batch: list[Result]) -> None:
+        frames = [f for _, body in batch for f in body]
+        self._send(sock, {"type": "results", "session": self.session,
+                          "results": [e for e, _ in batch]}, frames)
+
+    def _send_late_results(self, now: float) -> None:
+        """(I/O thread) Results held while the main thread runs a longer task go now."""
+        with self.lock:
+            if not self.outbox.overdue(now):
+                return
+            batch = self.take_unsent()
+        if batch:
+            self.send_results(self.ctl_sock, batch)
+
+    def _send(self, sock: zmq.Socket, header: dict[str, Any], frames: Sequence[Any] = ()) -> None:
+        send_message(sock, self._wires[sock].encode(header, frames))

@@ -1,0 +1,281 @@
+"""The engine: a Python process with a persistent namespace that runs one task at a time.
+
+`Engine` is `EngineControl` (control.py: identity, sockets, shared state, the I/O thread) plus
+what the main thread does: `run` starts the heart (ZeroMQ's echo device, answering the
+controller's pings without the GIL) and the I/O thread, then takes tasks in order while it holds
+a lease (`_next_task`), runs each (`_run_task`: check its payload, clear, push, exec or call
+through running.py's `TaskCode`, pull, clear; stdout and stderr captured; the timeout armed),
+and queues its result in the outbox (results.py), sending what is ready on the result socket.
+`current_engine()` is the engine running the current task.
+"""
+
+from __future__ import annotations
+
+import builtins
+import faulthandler
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import msgpack
+import zmq
+
+from ..connection import ConnectionInfo
+from ..errors import SerializationError, TaskAborted, TaskTimeout
+from ..wire import Refused
+from .control import INTERRUPT_SIGNAL, KILL_GRACE, EngineControl
+from .results import Result
+from .running import OUTPUT_LIMIT, Capture, TaskInterrupted, error_fields, reply_body
+
+log = logging.getLogger("taskmill.engine")
+
+_CURRENT: Engine | None = None
+
+
+def current_engine() -> Engine:
+    """The engine running the current task (for `.engineid` and `.properties`)."""
+    if _CURRENT is None:
+        raise RuntimeError(
+            "current_engine() works only inside task code running on a taskmill engine"
+        )
+    return _CURRENT
+
+
+class Engine(EngineControl):
+    """One engine: connect, register, run tasks until stopped."""
+
+    def __init__(
+        self,
+        info: ConnectionInfo,
+        properties: dict[str, Any] | None = None,
+        *,
+        output_limit: int = OUTPUT_LIMIT,
+        register_timeout: float | None = None,
+    ) -> None:
+        super().__init__(info, properties, output_limit=output_limit,
+                         register_timeout=register_timeout)
+        self._reset()
+
+    # -- namespace and properties ----------------------------------------------------------
+    def _base_properties(self) -> dict[str, Any]:
+        props = dict(self.start_properties)
+        props.update(hostname=self.hostname, pid=self.pid)
+        if self.engineid is not None:
+            props["engineid"] = self.engineid
+        return props
+
+    def _reset(self) -> None:
+        self.namespace.clear()
+        self.namespace.update(__name__="__main__", __builtins__=builtins, engineid=self.engineid)
+        self.properties.clear()
+        self.properties.update(self._base_properties())
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def run(self) -> None:
+        """Register, then run tasks until `stop()`."""
+        global _CURRENT
+        _CURRENT = self
+        old = signal.signal(INTERRUPT_SIGNAL, self.on_interrupt_signal)
+        heart = threading.Thread(target=self._heart, name="taskmill-heart", daemon=True)
+        heart.start()
+        io_thread = threading.Thread(target=self.io_loop, name="taskmill-io", daemon=True)
+        io_thread.start()
+        try:
+            self._task_loop()
+        finally:
+            self.stopping.set()
+            with self.work:
+                self.work.notify_all()
+            io_thread.join(timeout=2)
+            signal.signal(INTERRUPT_SIGNAL, old)
+            _CURRENT = None
+            self.res_sock.close(linger=500)
+            self.task_sock.close(linger=0)
+            self.ctl_sock.close(linger=0)
+            self.ctx.term()  # (ends the heart's device, which then closes its socket)
+            heart.join(timeout=2)
+
+    def stop(self) -> None:
+        """Stop after the running task (safe from a signal handler: takes no lock; the main
+        thread notices within 0.1 s)."""
+        self.stopping.set()
+
+    def _heart(self) -> None:
+        """Echo whatever the controller sends to the heart socket, in ZeroMQ's own C code,
+        which runs without the GIL: task code that holds the GIL for minutes (a long regex,
+        a C extension) never makes a live engine look dead. A stopped process (SIGSTOP) or a
+        cut network does not answer."""
+        try:
+            zmq.proxy(self.heart_sock, self.heart_sock)
+        except zmq.ContextTerminated:
+            pass
+        except zmq.ZMQError as e:  # (the context ends while the device starts)
+            if e.errno != zmq.ETERM:
+                log.warning("the heartbeat device stopped: %s", e)
+        finally:
+            self.heart_sock.close(linger=0)
+
+    # -- the main thread: run tasks in order -----------------------------------------------
+    def _task_loop(self) -> None:
+        while True:
+            with self.work:
+                job = self._next_task()
+            if job is None:
+                if self.fatal is not None:
+                    raise self.fatal
+                return
+            entry, frames = job
+            try:
+                self._run_task(entry, frames)
+            except TaskInterrupted:
+                pass  # a late interrupt that landed outside task code: nothing to undo
+
+    def _next_task(self) -> tuple[dict[str, Any], list[Any]] | None:
+        """(Under the lock.) Wait for a task this engine may start now, and make it current.
+
+        A task starts only while this engine is registered and holds a lease: an answer to a
+        heartbeat sent less than `lease` ago. The controller declares an engine dead only
+        after it has heard nothing for longer than that, so an engine stopped (SIGSTOP) or cut
+        off past that point never starts a task the controller has already given elsewhere:
+        it waits for a fresh answer, which tells it to drop everything instead."""
+        while True:
+            if self.stopping.is_set() or self.fatal is not None:
+                return None
+            if self.registered and not self.need_register and self.backlog:
+                if time.monotonic() < self.lease_until:
+                    job = self._start_next()
+                    if job is not None:
+                        return job
+                    continue
+                self.lease_wanted = True
+            elif not self.backlog:
+                unsent = self.take_unsent()
+                if unsent:  # nothing more to run now: what waited goes
+                    self.lock.release()
+                    try:
+                        self.send_results(self.res_sock, unsent)
+                    finally:
+                        self.lock.acquire()
+                    continue
+            self.work.wait(0.1)
+
+    def _start_next(self) -> tuple[dict[str, Any], list[Any]] | None:
+        """(Under the lock.) Take the next backlog task and make it the current one; None if
+        it was given back (revoked) or aborted before it started (then its result is queued)."""
+        entry, frames = self.backlog.popleft()
+        key = (entry["tid"], entry["attempt"])
+        seq = entry.get("dseq")
+        if isinstance(seq, int):
+            if seq in self.revoked:  # promised back to the controller: never runs
+                self.revoked.discard(seq)
+                return None
+            self.last_started = max(self.last_started, seq)
+        if key in self.skip:
+            self.skip.discard(key)
+            reply = {"tid": key[0], "attempt": key[1], "kind": entry["exec"]["kind"],
+                     "status": "error", "duration": 0.0,
+                     **error_fields(TaskAborted(f"task {key[0]} was aborted"))}
+            for batch in self._queue_result(reply, []):
+                self.send_results(self.res_sock, batch)  # (main thread: its socket)
+            return None
+        self.current = key
+        self.interrupt_req = None
+        timeout = entry.get("timeout")
+        self.deadline = time.monotonic() + timeout if timeout else None
+        return entry, frames
+    # -- running a task --------------------------------------------------------------------
+    def _run_task(self, header: dict[str, Any], frames: list[Any]) -> None:
+        tid, attempt = header["tid"], header["attempt"]
+        spec = header["exec"]
+        kind = spec["kind"]
+        reply: dict[str, Any] = {"tid": tid, "attempt": attempt, "kind": kind}
+        timeout = header.get("timeout")
+        out, err = Capture(self.output_limit), Capture(self.output_limit)
+        value: Any = None
+        exc: BaseException | None = None
+        dropped = False
+        t0 = time.perf_counter()
+        old_out, old_err = sys.stdout, sys.stderr
+        if timeout:
+            # The last resort for code that never lets the interruption through. (The
+            # controller admits timeouts up to MAX_TIMEOUT, which faulthandler takes.)
+            try:
+                faulthandler.dump_traceback_later(timeout + KILL_GRACE, exit=True,
+                                                  file=sys.__stderr__)
+            except (OverflowError, ValueError):
+                log.warning("task %s: timeout %r too large for the last-resort kill", tid,
+                            timeout)
+        try:
+            if frames:
+                self.wire.check_payload(frames, header.get("pmac"))
+            sys.stdout, sys.stderr = out, err
+            try:
+                if spec.get("clear_before"):
+                    self._reset()
+                value = self.code.execute(tid, spec, frames, self.engineid)
+            finally:
+                if spec.get("clear_after"):
+                    self._reset()
+        except TaskInterrupted as e:
+            if e.args and e.args[0] == "drop":
+                dropped = True
+            elif e.args and e.args[0] == "timeout":
+                exc = TaskTimeout(f"task {tid} ran past its timeout of {timeout:g}s on engine "
+                                  f"{self.engineid} and was interrupted")
+            else:
+                exc = TaskAborted(f"task {tid} was interrupted on engine {self.engineid}")
+        except Refused as e:
+            exc = SerializationError(f"task {tid}'s payload was refused by the engine: {e}")
+        except BaseException as e:  # noqa: BLE001 - task code may raise anything
+            exc = e
+        finally:
+            self.code.active = False
+            sys.stdout, sys.stderr = old_out, old_err
+            with self.lock:
+                faulthandler.cancel_dump_traceback_later()
+                if self.interrupt_req is not None and self.interrupt_req[1] == "drop":
+                    dropped = True
+                # The task stays current until its result is queued (a heartbeat must never
+                # show it neither held nor finished), but nothing can interrupt it any more.
+                self.finishing = True
+                self.deadline = None
+                self.interrupt_req = None
+        if dropped:
+            with self.lock:
+                self.current = None
+                self.finishing = False
+            return  # this engine was declared dead: its task was failed or given elsewhere
+        reply["duration"] = time.perf_counter() - t0
+        reply["stdout"], reply["stderr"] = out.getvalue(), err.getvalue()
+        body = reply_body(reply, value, exc, self.max_result)
+        if body:
+            reply["pmac"] = self.wire.payload_mac(body)
+        self._attach_properties(reply)
+        with self.lock:
+            batches = self._queue_result(reply, body)
+            self.current = None
+            self.finishing = False
+        for batch in batches:
+            self.send_results(self.res_sock, batch)
+
+    # -- results out -----------------------------------------------------------------------
+    def _queue_result(self, entry: dict[str, Any], body: list[Any]) -> list[list[Result]]:
+        """(Under the lock.) Keep a result until it is acknowledged, and return the batches
+        to send now (see ResultOutbox.queue)."""
+        return self.outbox.queue(entry, body, registered=self.registered,
+                                 more_to_run=bool(self.backlog), max_result=self.max_result)
+
+    def _attach_properties(self, reply: dict[str, Any]) -> None:
+        if self.properties == self.sent_properties:
+            return
+        try:
+            msgpack.packb(self.properties, use_bin_type=True)
+        except Exception as e:  # noqa: BLE001
+            reply["stderr"] += (f"\n[taskmill: engine properties not sent, they must be plain "
+                                f"data (str, numbers, lists, dicts): {e}]\n")
+            return
+        reply["properties"] = dict(self.properties)
+        self.sent_properties = dict(self.properties)

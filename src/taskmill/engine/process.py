@@ -1,0 +1,59 @@
+"""The engine process: reading `KEY=VALUE` properties, its signals, and its parent's death.
+
+`taskmill engine` (cli/commands.py) calls `run_engine`: one `Engine` (core.py) until SIGTERM
+(which ends running task code at once, else after the task) or until the write end of
+`parent_fd` closes (the process that started it died: the engine ends with it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from typing import Any
+
+from ..connection import ConnectionInfo
+from .core import Engine
+
+
+def parse_property(text: str) -> tuple[str, Any]:
+    """`KEY=VALUE`, VALUE read as JSON when it parses (1, true, "x"), else kept as a str."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"a property must look like KEY=VALUE, not {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+
+def watch_parent(fd: int, on_exit: Any) -> None:
+    """Call `on_exit()` when the write end of pipe `fd` closes (its owner died)."""
+
+    def wait() -> None:
+        try:
+            while os.read(fd, 1):
+                pass
+        except OSError:
+            pass
+        on_exit()
+
+    threading.Thread(target=wait, name="taskmill-parent-watch", daemon=True).start()
+
+
+def run_engine(info: ConnectionInfo, properties: dict[str, Any] | None = None,
+               parent_fd: int | None = None, register_timeout: float | None = None) -> None:
+    """Run one engine in this process until it is stopped (SIGTERM) or its parent dies."""
+    engine = Engine(info, properties, register_timeout=register_timeout)
+
+    def _term(signum: int, frame: Any) -> None:
+        engine.stop()
+        if engine.code.active:
+            raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, _term)
+    if parent_fd is not None:
+        watch_parent(parent_fd, lambda: os._exit(0))
+    engine.run()

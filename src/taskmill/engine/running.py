@@ -1,0 +1,181 @@
+"""Running one task's code on the engine's main thread, and what its result message says.
+
+    task (spec, payload frames) --> TaskCode.execute: unpickle (functions through the cache,
+        rebuilt over the namespace), exec the string or call the function, pull the names
+    --> the value or the exception --> reply_body: the value pickled (or a SerializationError
+        if it cannot be, or is larger than the controller accepts), else the error's fields
+        (`error_fields`: type, message, the task code's traceback) and the exception pickled
+        if it survives a round trip
+
+`TaskCode.active` is True exactly while task code runs: the I/O thread interrupts a task (abort,
+timeout, drop) only then, by a signal whose handler raises `TaskInterrupted` in the task code
+(see control.py). Captured stdout and stderr go to bounded `Capture`s. The engine (core.py)
+holds the timeout, the last-resort kill and the reply's bookkeeping.
+"""
+
+from __future__ import annotations
+
+import io
+import linecache
+import os
+import traceback
+from typing import Any
+
+from ..errors import SerializationError, TaskRejectError
+from ..wire import FunctionLoads, dumps, loads
+
+OUTPUT_LIMIT = 1 << 20  # bytes of stdout (and of stderr) kept per task
+_HERE = os.path.dirname(__file__)  # the folder of the engine's own files (not task code)
+
+
+class TaskInterrupted(BaseException):
+    """Raised inside task code when the controller interrupts it (abort).
+
+    A BaseException, so that task code's `except Exception` does not swallow it.
+    """
+
+
+class Capture(io.TextIOBase):
+    """A bounded text sink for one task's stdout or stderr."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[str] = []
+        self.size = 0
+        self.dropped = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        room = self.limit - self.size
+        if room > 0:
+            kept = s[:room]
+            self.parts.append(kept)
+            self.size += len(kept)
+            self.dropped += len(s) - len(kept)
+        else:
+            self.dropped += len(s)
+        return len(s)
+
+    def getvalue(self) -> str:
+        text = "".join(self.parts)
+        if self.dropped:
+            text += f"\n[taskmill: output truncated, {self.dropped} more characters dropped]\n"
+        return text
+
+
+def format_remote_traceback(exc: BaseException) -> str:
+    """The traceback of task code, without the engine's own frames."""
+    tb = exc.__traceback__
+    while tb is not None and os.path.dirname(tb.tb_frame.f_code.co_filename) == _HERE:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def error_fields(exc: BaseException) -> dict[str, Any]:
+    """A failed task's `error` entry: what a client shows of the exception."""
+    return {"error": {
+        "type": type(exc).__qualname__, "module": type(exc).__module__,
+        "message": str(exc), "traceback": format_remote_traceback(exc), "pickled": False,
+    }}
+
+
+def pickle_exception(exc: BaseException, info: dict[str, Any]) -> list[Any]:
+    """The exception pickled, if it survives a round trip here; else nothing (RemoteError)."""
+    try:
+        exc.__traceback__ = None
+        body = dumps(exc)
+        loads(body)
+    except Exception:  # noqa: BLE001 - unpicklable exceptions become RemoteError
+        return []
+    info["pickled"] = True
+    return body
+
+
+def reply_body(reply: dict[str, Any], value: Any, exc: BaseException | None,
+               max_result: int) -> list[Any]:
+    """Fill in `reply`'s status (and error) for a task that returned `value` or raised `exc`,
+    and return the payload frames: the value pickled, else the exception if it pickles."""
+    tid = reply["tid"]
+    body: list[Any] = []
+    if exc is None:
+        try:
+            body = dumps(value)
+            reply["status"] = "ok"
+        except Exception as e:  # noqa: BLE001 - any pickling failure
+            exc = SerializationError(
+                f"task {tid}'s result ({type(value).__name__}) cannot be pickled: {e}")
+        else:
+            size = sum(memoryview(f).nbytes for f in body)
+            output = len(reply["stdout"].encode()) + len(reply["stderr"].encode())
+            if size + output > max_result:
+                body = []
+                exc = SerializationError(
+                    f"task {tid}'s result is {size} bytes pickled, more than the "
+                    f"controller accepts ({max_result} bytes; see its "
+                    "--max-message-size); return less, or write it to shared storage")
+    if exc is not None:
+        reply["status"] = "rejected" if isinstance(exc, TaskRejectError) else "error"
+        reply.update(error_fields(exc))
+        body = pickle_exception(exc, reply["error"])
+    return body
+
+
+class TaskCode:
+    """The namespace task code runs in (one per engine, cleared in place, so that functions
+    defined interactively, rebuilt over it, stay valid), the cache of MapTask functions, and
+    running a task's code in them."""
+
+    def __init__(self, namespace: dict[str, Any]) -> None:
+        self.namespace = namespace
+        self.functions = FunctionLoads(namespace=namespace)  # MapTask functions
+        self.active = False  # task code runs now (exec, or the function's call)
+
+    def execute(self, tid: int, spec: dict[str, Any], frames: list[Any],
+                engineid: int | None) -> Any:
+        """Run a task's code: a StringTask's source (pushed values set first, pulled ones
+        returned as a dict) or a MapTask's call; returns what it gives, raises what it raises."""
+        if spec["kind"] == "string":
+            ns = self.namespace
+            if frames:
+                ns.update(self.unpickle(tid, frames, "pushed values", engineid, self.load_here))
+            filename = f"<taskmill task {tid}>"
+            source = spec["expression"]
+            linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+            code = compile(source, filename, "exec")
+            self.active = True
+            exec(code, ns)
+            self.active = False
+            results = {}
+            for name in spec.get("pull", ()):
+                if name not in ns:
+                    raise NameError(f"name {name!r} is not defined (pulled by task {tid})")
+                results[name] = ns[name]
+            return results
+        n = spec.get("fn")
+        if isinstance(n, int) and 0 < n <= len(frames):
+            func = self.unpickle(tid, frames[:n], "function", engineid, self.functions.loads)
+            args, kwargs = self.unpickle(tid, frames[n:], "arguments", engineid, self.load_here)
+        else:
+            func, args, kwargs = self.unpickle(tid, frames, "function or arguments", engineid,
+                                               self.load_here)
+        self.active = True
+        return func(*args, **kwargs)
+
+    def load_here(self, frames: list[Any]) -> Any:
+        """Unpickle a task's payload: functions defined interactively in it (the task's
+        function, one passed as an argument as `map` does, a pushed one) get this engine's
+        namespace as their globals, and the globals they brought are set there (SPEC §2)."""
+        return loads(frames, self.namespace)
+
+    def unpickle(self, tid: int, frames: list[Any], what: str, engineid: int | None,
+                 load: Any = None) -> Any:
+        try:
+            return (load or loads)(frames)
+        except Exception as e:
+            raise SerializationError(
+                f"task {tid}'s {what} cannot be unpickled on engine {engineid} "
+                f"({type(e).__name__}: {e}); is every module it needs installed on the "
+                "engine's machine?") from e
+

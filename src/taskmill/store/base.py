@@ -1,0 +1,75 @@
+"""What every task store shares: the records it keeps and the interface the controller uses.
+
+The controller hands a store `StoredTask`s (spec and opaque payload frames) and `StoredResult`s
+(metadata and opaque frames) and reads them back through `TaskStore`; memory.py and sqlite.py
+are the two stores. `compact_tids` is how both keep a submit's taskids in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgpack
+
+MAX_TID = 2**63 - 1  # the largest id SQLite can hold
+
+# How many submit keys (client id + request number) are remembered to de-duplicate resends.
+SUBMIT_KEYS_KEPT = 100_000
+# Submit keys older than this are forgotten when a SQLite store opens.
+SUBMIT_KEY_AGE = 24 * 3600.0
+# Rows of engines that hold no running task are forgotten this long after they registered.
+ENGINE_ROW_AGE = 24 * 3600.0
+
+
+def compact_tids(tids: list[int]) -> range | tuple[int, ...]:
+    """A submit's taskids as kept in memory: a range when they run on by one, as the
+    controller allocates them. (A list of a thousand ints costs ~40 KB, a range 48 bytes: the
+    SUBMIT_KEYS_KEPT recent submits must not hold every taskid they ever gave out.)"""
+    run = range(tids[0], tids[0] + len(tids)) if tids else range(0)
+    return run if tids == list(run) else tuple(tids)
+
+
+@dataclass(slots=True)
+class StoredTask:
+    tid: int
+    # {"nodes": [node meta...], "after": [...]}; a node's meta has its body's frame spans
+    spec: dict[str, Any]
+    frames: list[Any]
+    submitted: float
+
+
+@dataclass(slots=True)
+class StoredResult:
+    meta: dict[str, Any]  # status, kind, error, engineid, times, stdout, stderr, attempts, pmac
+    frames: list[Any]
+
+    @property
+    def ok(self) -> bool:
+        return self.meta.get("status") == "ok"
+
+
+class TaskStore(Protocol):
+    def allocate(self) -> int: ...
+    def allocate_engine(self, uuid: str) -> int: ...
+    def add(self, task: StoredTask) -> None: ...
+    def task(self, tid: int) -> StoredTask | None: ...
+    def mark_running(self, tid: int, engine: int, node: int, attempts: int, tries: int,
+                     handed_over: list[int]) -> None: ...
+    def unfinished(self) -> list[tuple[StoredTask, dict[str, Any]]]: ...
+    def submitted(self, key: str, resent: bool = True) -> list[int] | None: ...
+    def remember_submit(self, key: str, tids: list[int]) -> None: ...
+    def withdraw(self, tids: list[int], key: str | None = None) -> None: ...
+    def finish(self, tid: int, result: StoredResult) -> None: ...
+    def result(self, tid: int) -> StoredResult | None: ...
+    def clear(self, tids: list[int] | None) -> tuple[int, list[int]]: ...
+    def counts(self) -> tuple[int, int]: ...
+    def finished_ids(self) -> tuple[list[int], list[int]]: ...
+    def commit(self) -> None: ...
+    def dirty(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+def unpack(data: bytes) -> Any:
+    """A msgpack value as the stores write them (str keys and values, maps of any keys)."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)

@@ -1,0 +1,156 @@
+"""Large frames in files of their own, beside the SQLite database (`<db>.blobs/`).
+
+A frame of EXTERNAL_MIN bytes or more is not put in its row: `pack` names it there
+(`{"file": "<tid>.<task|result>.<i>"}`) and keeps its bytes until `write`, which the store's
+commit calls before the rows that name the files. Writing one is one copy into the page cache,
+dropping one an unlink, and neither goes through the WAL. `read` brings a row's frames back;
+`drop` forgets a row's files (never written, or unlinked after the next commit:
+`unlink_dropped`); `remove_orphans` deletes files no committed row names (the controller died
+between the file and the row). A thread of this object syncs each result file and then drops
+its pages from the page cache (see `_spill_loop`).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from .base import unpack
+
+# Frames at least this large are kept in files of their own beside the database: writing them
+# is one copy into the page cache, dropping them one unlink, and neither goes through the WAL.
+EXTERNAL_MIN = 64 * 1024
+
+
+class FrameFiles:
+    """The files of one store's large frames, in `folder` (made by the store, mode 0700)."""
+
+    def __init__(self, folder: Path, pack: Callable[[Any], bytes]) -> None:
+        self.folder = folder
+        self._pack = pack  # the store's msgpack Packer
+        self._unwritten: dict[str, Any] = {}  # file name -> its bytes, until commit
+        self._unlink_after_commit: list[Path] = []
+        self._spill: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        self.spilled = 0  # result files synced and dropped from the page cache so far
+        self._spiller = threading.Thread(target=self._spill_loop, name="taskmill-spill",
+                                         daemon=True)
+
+    def start(self) -> None:
+        """Start the thread that syncs result files and drops their pages."""
+        self._spiller.start()
+
+    def stop(self) -> None:
+        """Ask that thread to end (after the files queued before it is asked)."""
+        self._spill.put(None)
+
+    def join(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for that thread to end (after `stop`)."""
+        self._spiller.join(timeout=timeout)
+
+    def pending(self) -> bool:
+        """Whether files wait to be written at the next commit."""
+        return bool(self._unwritten)
+
+    def pack(self, tid: int, kind: str, frames: list[Any], sizes: list[int]) -> bytes:
+        """Pack frames (of these sizes) for a row; large ones are named there and go to files
+        at the next commit, before the row does (see `write`)."""
+        if not sizes or max(sizes) < EXTERNAL_MIN:  # the usual case: all small
+            return self._pack([bytes(getattr(f, "buffer", f)) for f in frames])
+        packed: list[Any] = []
+        for i, f in enumerate(frames):
+            buf = getattr(f, "buffer", f)
+            if sizes[i] >= EXTERNAL_MIN:
+                name = f"{tid}.{kind}.{i}"
+                self._unwritten[name] = buf
+                packed.append({"file": name})
+            else:
+                packed.append(bytes(buf))
+        return self._pack(packed)
+
+    def write(self) -> None:
+        """Write the files the queued rows name (at commit, before the rows).
+
+        A file dropped before it was written (its task finished within one commit) is never
+        written. If a write fails, every name stays queued: the next commit writes them all
+        (a file written twice is the same file)."""
+        for name, buf in self._unwritten.items():
+            path = self.folder / name
+            with open(path, "wb") as out:
+                out.write(buf)
+        for name in self._unwritten:
+            if ".result." in name:
+                self._spill.put(self.folder / name)
+        self._unwritten.clear()
+
+    def read(self, blob: bytes | None) -> list[Any]:
+        """The frames of a row packed by `pack` (from its files where it names them)."""
+        out = []
+        for item in unpack(blob) if blob else []:
+            if isinstance(item, dict):
+                out.append((self.folder / item["file"]).read_bytes())
+            else:
+                out.append(item)
+        return out
+
+    def drop(self, blob: bytes | None, *, now: bool = False) -> None:
+        """Forget the files a row's frames name: unwritten ones are never written; written
+        ones are removed after the next commit (or `now`, for rows that never committed)."""
+        for item in unpack(blob) if blob else []:
+            if isinstance(item, dict) and self._unwritten.pop(item["file"], None) is None:
+                path = self.folder / item["file"]
+                if now:
+                    path.unlink(missing_ok=True)
+                else:
+                    self._unlink_after_commit.append(path)
+
+    def unlink_dropped(self) -> None:
+        """Remove the files of rows dropped by the commit that just succeeded."""
+        for path in self._unlink_after_commit:
+            path.unlink(missing_ok=True)
+        self._unlink_after_commit.clear()
+
+    def remove_orphans(self, rows: Iterable[tuple[bytes | None, bytes | None]]) -> None:
+        """Files written for rows that never committed (the controller died in between);
+        `rows` are every task row's (frames, result_frames)."""
+        live: set[str] = set()
+        for frames, results in rows:
+            for blob in (frames, results):
+                for item in unpack(blob) if blob else []:
+                    if isinstance(item, dict):
+                        live.add(item["file"])
+        for f in self.folder.iterdir():
+            if f.name not in live:
+                f.unlink(missing_ok=True)
+
+    def _spill_loop(self) -> None:
+        """Sync each result file, then drop its pages from the page cache.
+
+        A result file lives until its result is cleared, so its pages would stay cached (and
+        dirty, until writeback) for as long: the cache would grow by every large result, and
+        each write would need fresh memory, which can cost far more than reusing pages (3 ms
+        per MiB against 0.25 on the 2-core VM of benchmarks/results.md). Once synced, the
+        pages are clean and can be dropped, and the next write reuses them. A read of a
+        dropped result goes to the disk; recent results are in the store's own cache. The
+        controller's thread never waits for this: the row naming the file is committed as soon
+        as the write returns (durable against a crash of the process), and this adds
+        durability against a crash of the machine."""
+        while True:
+            path = self._spill.get()
+            if path is None:
+                return
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue  # cleared (unlinked) already
+            try:
+                os.fdatasync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                self.spilled += 1
+            except OSError:
+                pass  # a file system without these: the pages stay cached, nothing is lost
+            finally:
+                os.close(fd)

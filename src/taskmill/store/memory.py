@@ -1,0 +1,107 @@
+"""`MemoryStore`: tasks and results in the controller's memory (`--db :memory:`).
+
+Nothing survives a restart; commits are free. Results stay until they are cleared.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from .base import SUBMIT_KEYS_KEPT, StoredResult, StoredTask, compact_tids
+
+
+class MemoryStore:
+    """Tasks and results in this process's memory; nothing survives a restart."""
+
+    def __init__(self) -> None:
+        self._next = 0
+        self._next_eid = 0
+        self._submits: OrderedDict[str, range | tuple[int, ...]] = OrderedDict()
+        self._active: dict[int, StoredTask] = {}
+        self._results: dict[int, StoredResult] = {}
+        self._n_ok = 0
+
+    def allocate(self) -> int:
+        tid = self._next
+        self._next += 1
+        return tid
+
+    def allocate_engine(self, uuid: str = "") -> int:
+        eid = self._next_eid
+        self._next_eid += 1
+        return eid
+
+    def add(self, task: StoredTask) -> None:
+        self._active[task.tid] = task
+
+    def task(self, tid: int) -> StoredTask | None:
+        return self._active.get(tid)
+
+    def mark_running(self, tid: int, engine: int, node: int, attempts: int, tries: int,
+                     handed_over: list[int]) -> None:
+        pass
+
+    def unfinished(self) -> list[tuple[StoredTask, dict[str, Any]]]:
+        return []
+
+    def submitted(self, key: str, resent: bool = True) -> list[int] | None:
+        tids = self._submits.get(key)
+        return None if tids is None else list(tids)
+
+    def remember_submit(self, key: str, tids: list[int]) -> None:
+        self._submits[key] = compact_tids(tids)
+        while len(self._submits) > SUBMIT_KEYS_KEPT:
+            self._submits.popitem(last=False)
+
+    def withdraw(self, tids: list[int], key: str | None = None) -> None:
+        for tid in tids:
+            self._active.pop(tid, None)
+            r = self._results.pop(tid, None)
+            if r is not None:
+                self._n_ok -= r.ok
+        if key is not None:
+            self._submits.pop(key, None)
+
+    def finish(self, tid: int, result: StoredResult) -> None:
+        self._active.pop(tid, None)
+        if tid in self._results:
+            raise RuntimeError(f"task {tid} finished twice")
+        self._results[tid] = result
+        self._n_ok += result.ok
+
+    def result(self, tid: int) -> StoredResult | None:
+        return self._results.get(tid)
+
+    def clear(self, tids: list[int] | None) -> tuple[int, list[int]]:
+        if tids is None:
+            n = len(self._results)
+            self._results.clear()
+            self._n_ok = 0
+            return n, []
+        dropped, missing = 0, []
+        for tid in tids:
+            r = self._results.pop(tid, None)
+            if r is None:
+                missing.append(tid)
+            else:
+                dropped += 1
+                self._n_ok -= r.ok
+        return dropped, missing
+
+    def counts(self) -> tuple[int, int]:
+        return self._n_ok, len(self._results) - self._n_ok
+
+    def finished_ids(self) -> tuple[list[int], list[int]]:
+        ok = sorted(t for t, r in self._results.items() if r.ok)
+        failed = sorted(t for t, r in self._results.items() if not r.ok)
+        return ok, failed
+
+    def commit(self) -> None:
+        pass
+
+    def dirty(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass

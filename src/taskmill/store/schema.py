@@ -1,0 +1,117 @@
+"""The SQLite store's file: its schema, the statements it runs, and opening it safely.
+
+sqlite.py's `SQLiteStore` queues whole rows shaped as `INSERT_TASK` takes them (positions
+`STATE`, `FRAMES`, `NODE`, `OK`, `RESULT_FRAMES`) and runs these statements at commit.
+`hold_lock` takes the store's exclusive lock file for the controller's life; `open_error` and
+`disk_note` turn what SQLite or the disk said into one clear line of `StoreError`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import sqlite3
+
+from ..errors import StoreError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks (
+    tid INTEGER PRIMARY KEY,
+    state TEXT NOT NULL,            -- queued | running | finished
+    submitted REAL NOT NULL,
+    spec BLOB,                      -- msgpack: nodes and after
+    frames BLOB,                    -- the task's payload frames (NULL once finished)
+    node INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    tries INTEGER NOT NULL DEFAULT 0,
+    handed_over BLOB,
+    engine INTEGER,
+    ok INTEGER,
+    result_meta BLOB,
+    result_frames BLOB
+);
+-- WITHOUT ROWID: one B-tree (keyed by key) instead of a rowid table plus its key index.
+CREATE TABLE IF NOT EXISTS submits (key TEXT PRIMARY KEY, tids BLOB NOT NULL, at REAL NOT NULL)
+    WITHOUT ROWID;
+-- Which engine process (its uuid) an engine id was given to: a restarted controller knows
+-- by it the engines that come back still running the tasks it had handed them.
+CREATE TABLE IF NOT EXISTS engines (eid INTEGER PRIMARY KEY, uuid TEXT NOT NULL,
+    registered REAL NOT NULL);
+-- (No index on state: each insert and finish would pay for it. A restart finds the unfinished
+-- tasks from meta's low_tid, below which every task had finished: see SQLiteStore.commit.)
+"""
+
+# A task's row goes in whole: a task dispatched (or even finished) before its first commit
+# is inserted in that state, with no UPDATE after its INSERT.
+INSERT_TASK = ("INSERT INTO tasks (tid, state, submitted, spec, frames, node, attempts, "
+               "tries, handed_over, engine, ok, result_meta, result_frames) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+MARK_RUNNING = ("UPDATE tasks SET state='running', engine=?, node=?, attempts=?, tries=?, "
+                "handed_over=? WHERE tid=?")
+FINISH_TASK = ("UPDATE tasks SET state='finished', ok=?, result_meta=?, result_frames=?, "
+               "frames=NULL WHERE tid=?")
+REMEMBER_SUBMIT = "INSERT OR REPLACE INTO submits VALUES (?, ?, ?)"
+REMEMBER_ENGINE = "INSERT OR REPLACE INTO engines VALUES (?, ?, ?)"
+# Positions in an insert row.
+STATE, FRAMES, NODE, OK, RESULT_FRAMES = 1, 4, 5, 10, 12
+
+# How long a commit waits for a lock another process holds on the database before it fails
+# (and is tried again later): the controller's loop must not stall behind it.
+BUSY_TIMEOUT = 0.1
+OPEN_TIMEOUT = 2.0  # ... and how long opening the store waits for it
+LOW_DISK = 16 * 1024 * 1024  # bytes free below which a store error names the free space
+
+EMPTY_LIST = b"\x90"  # msgpack of []
+
+
+def hold_lock(path: str) -> int:
+    """Take the store's exclusive lock (`<path>.lock`, flock) for this process's life.
+
+    The kernel drops it when the process dies, however it dies, so a kill -9 leaves no stale
+    lock; the pid written inside only names the holder in the error a second controller gets.
+    """
+    lock_path = f"{path}.lock"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise StoreError(f"cannot create the task store's lock file {lock_path}: "
+                         f"{e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreError(
+            f"the task store {path} is in use by another controller (pid {holder}); one store "
+            "serves one controller: stop that one first (`taskmill cluster stop`, or kill "
+            f"{holder}), or give this controller a store of its own (--db PATH)") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def disk_note(path: str) -> str:
+    """' (the disk holding it has N bytes free)' when that is little, else ''."""
+    try:
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+    except OSError:
+        return ""
+    return f" (the disk holding it has {free:,} bytes free)" if free < LOW_DISK else ""
+
+
+def open_error(path: str, e: BaseException) -> StoreError:
+    """The one-line StoreError for a store that cannot be opened (in use, damaged, ...)."""
+    text = str(e) + disk_note(path)
+    if "locked" in text or "busy" in text:
+        return StoreError(
+            f"the task store {path} is locked by another process ({text}); close whatever "
+            "holds it (e.g. a sqlite3 shell inside a transaction) and start again")
+    if isinstance(e, sqlite3.DatabaseError) and ("not a database" in text
+                                                 or "malformed" in text or "corrupt" in text):
+        return StoreError(
+            f"the task store {path} is damaged or not a taskmill store ({text}); move it aside "
+            "to keep it and start with an empty store, or give another --db")
+    return StoreError(f"cannot open the task store {path}: {text}")
+

@@ -1,0 +1,481 @@
+"""`SQLiteStore`: tasks and results in a SQLite file (WAL) that outlives the controller.
+
+The controller's thread queues whole rows (`add`, `mark_running`, `finish`, submit keys,
+engines) and `commit()` writes them in one transaction, once per loop turn (group commit):
+first the files of large frames (files.py), then the rows (schema.py's statements), and only
+then are the files of dropped rows unlinked. Active tasks are also kept in memory, for
+dispatch; finished results are read back from disk through a bounded cache (cache.py). Opening
+takes the store's lock (schema.py), reads the counters and ids back, and removes orphan files.
+Two threads of its own: one checkpoints the WAL, one syncs result files (files.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from ..errors import StoreError
+from ..wire import frame_len
+from .base import (
+    ENGINE_ROW_AGE,
+    MAX_TID,
+    SUBMIT_KEY_AGE,
+    SUBMIT_KEYS_KEPT,
+    StoredResult,
+    StoredTask,
+    compact_tids,
+    unpack,
+)
+from .cache import ResultCache
+from .files import EXTERNAL_MIN, FrameFiles
+from .schema import (
+    BUSY_TIMEOUT,
+    EMPTY_LIST,
+    FINISH_TASK,
+    FRAMES,
+    INSERT_TASK,
+    MARK_RUNNING,
+    NODE,
+    OK,
+    OPEN_TIMEOUT,
+    REMEMBER_ENGINE,
+    REMEMBER_SUBMIT,
+    RESULT_FRAMES,
+    SCHEMA,
+    STATE,
+    disk_note,
+    hold_lock,
+    open_error,
+)
+
+log = logging.getLogger("taskmill.store")
+
+# The checkpointer copies the WAL into the database once it is larger than this.
+CHECKPOINT_BYTES = 32 * 1024 * 1024
+LOW_TID_EVERY = 1.0  # seconds between writes of meta's low_tid
+
+
+class SQLiteStore:
+    """Tasks and results in a SQLite file (WAL): they survive a kill -9 of the controller.
+
+    Writes are queued and run in one transaction at `commit()`, which the controller calls
+    once per loop turn, before it sends anything that depends on them (group commit). Active
+    tasks are also kept in memory, for dispatch; finished results live on disk, with a cache
+    bounded in entries and bytes, so memory stays flat however many results are kept. Large
+    frames live in files in `<db>.blobs/`, written before the row that names them commits and
+    removed only after the row that drops them commits. A background thread checkpoints the
+    WAL, so the controller's thread never waits for that copy and its fsync; another one syncs
+    each result file to disk and then drops its pages from the page cache (see files.py).
+    The database and its lock file are created with mode 0600, the blob folder 0700.
+    """
+
+    def __init__(self, path: str, *, cache_size: int = 1024,
+                 cache_bytes: int = 64 * 1024 * 1024) -> None:
+        self.path = path
+        self._lock_fd: int | None = hold_lock(path)
+        try:
+            self._open(cache_size, cache_bytes)
+        except BaseException:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise
+
+    def _open(self, cache_size: int, cache_bytes: int) -> None:
+        path = self.path
+        try:
+            # Created 0600 before SQLite opens it (its -wal and -shm files take that mode).
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            self.blob_dir = Path(f"{path}.blobs")
+            self.blob_dir.mkdir(mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the task store {path}: {e.strerror or e}") from None
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                      timeout=OPEN_TIMEOUT)
+        except sqlite3.Error as e:
+            raise open_error(path, e) from None
+        try:
+            self._read_state()
+        except (sqlite3.Error, OSError, ValueError) as e:
+            self.db.close()
+            raise open_error(path, e) from None
+        self.db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
+        # One Packer for this store's writes (cheaper than packb's Packer per call); the
+        # store is used by one thread, the controller's.
+        self._pack = msgpack.Packer(use_bin_type=True).pack
+        # Queued writes, run at commit in this order: inserts (whole rows: a later running
+        # mark or finish of a row not yet written changes it in place), running marks,
+        # finishes, submit keys, engines. Keyed by taskid (or key, engine id), so that a
+        # refused submit's rows can be taken back.
+        self._ins: dict[int, list[Any]] = {}
+        self._run: dict[int, tuple[Any, ...]] = {}
+        self._fin: dict[int, tuple[Any, ...]] = {}
+        self._subs: dict[str, tuple[Any, ...]] = {}
+        self._eng: dict[int, tuple[Any, ...]] = {}
+        self._unsaved: dict[int, StoredResult] = {}  # finished, not yet committed
+        self._dirty = False
+        self.files = FrameFiles(self.blob_dir, self._pack)  # large frames, in files
+        self._recent_submits: OrderedDict[str, range | tuple[int, ...]] = OrderedDict()
+        self._active: dict[int, StoredTask] = {}
+        self._task_blobs: dict[int, bytes] = {}  # active tasks whose frames are in files
+        self.cache = ResultCache(cache_size, cache_bytes)  # recent finished results
+        self.files.remove_orphans(self.db.execute("SELECT frames, result_frames FROM tasks"))
+        self._closing = threading.Event()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop,
+                                              name="taskmill-checkpoint", daemon=True)
+        self._checkpointer.start()
+        self.files.start()
+
+    def _read_state(self) -> None:
+        db = self.db
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # durable against a process crash
+        db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
+        db.executescript(SCHEMA)
+
+        def meta(key: str) -> int | None:
+            row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+            return row[0] if row else None
+
+        top = db.execute("SELECT MAX(tid) FROM tasks").fetchone()[0]
+        self._next = max(meta("next_tid") or 0, (top + 1) if top is not None else 0)
+        top_eid = db.execute("SELECT MAX(eid) FROM engines").fetchone()[0]
+        self._next_eid = max(meta("next_eid") or 0, (top_eid + 1) if top_eid is not None else 0)
+        self._written_eid = self._next_eid
+        self._low_tid = meta("low_tid") or 0
+        self._low_written = 0.0  # monotonic time low_tid was last written
+        now = time.time()
+        db.execute("BEGIN")
+        db.execute("DELETE FROM submits WHERE at < ?", (now - SUBMIT_KEY_AGE,))
+        db.execute("DELETE FROM engines WHERE registered < ? AND eid NOT IN "
+                   "(SELECT engine FROM tasks WHERE tid >= ? AND state='running' "
+                   "AND engine IS NOT NULL)", (now - ENGINE_ROW_AGE, self._low_tid))
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('next_eid', ?)", (self._next_eid,))
+        db.execute("COMMIT")
+        self._n_ok, self._n_failed = db.execute(
+            "SELECT COALESCE(SUM(ok), 0), COALESCE(SUM(1 - ok), 0) FROM tasks "
+            "WHERE state='finished'").fetchone()
+
+    def _checkpoint_loop(self) -> None:
+        con = sqlite3.connect(self.path, isolation_level=None)
+        wal = Path(f"{self.path}-wal")
+        try:
+            while not self._closing.wait(0.5):
+                try:
+                    if wal.exists() and wal.stat().st_size > CHECKPOINT_BYTES:
+                        con.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    pass  # busy: try again next turn
+        finally:
+            con.close()
+
+    # -- ids -------------------------------------------------------------------------------
+    def allocate(self) -> int:
+        tid = self._next
+        self._next += 1
+        return tid
+
+    def allocate_engine(self, uuid: str = "") -> int:
+        eid = self._next_eid
+        self._next_eid += 1
+        self._eng[eid] = (eid, uuid, time.time())
+        self._dirty = True
+        return eid
+
+    # -- tasks -----------------------------------------------------------------------------
+    def add(self, task: StoredTask) -> None:
+        self._active[task.tid] = task
+        sizes = [frame_len(f) for f in task.frames]
+        blob = self.files.pack(task.tid, "task", task.frames, sizes)
+        if sizes and max(sizes) >= EXTERNAL_MIN:
+            self._task_blobs[task.tid] = blob  # to drop its files when the task finishes
+        self._ins[task.tid] = [task.tid, "queued", task.submitted, self._pack(task.spec), blob,
+                               0, 0, 0, None, None, None, None, None]
+        self._dirty = True
+
+    def task(self, tid: int) -> StoredTask | None:
+        return self._active.get(tid)
+
+    def mark_running(self, tid: int, engine: int, node: int, attempts: int, tries: int,
+                     handed_over: list[int]) -> None:
+        """A dispatch: written at the next commit, which comes before the task is sent."""
+        handed = self._pack(handed_over) if handed_over else EMPTY_LIST
+        row = self._ins.get(tid)
+        if row is not None:
+            row[STATE] = "running"
+            row[NODE:OK] = [node, attempts, tries, handed, engine]
+        else:
+            self._run[tid] = (engine, node, attempts, tries, handed, tid)
+        self._dirty = True
+
+    def unfinished(self) -> list[tuple[StoredTask, dict[str, Any]]]:
+        """Every queued or running task, oldest first, with its scheduling counters and, for
+        a running one, the engine id and engine uuid it was handed to."""
+        rows = self.db.execute(
+            "SELECT t.tid, t.state, t.submitted, t.spec, t.frames, t.node, t.attempts, t.tries, "
+            "t.handed_over, t.engine, e.uuid FROM tasks t LEFT JOIN engines e ON e.eid = t.engine "
+            "WHERE t.tid >= ? AND t.state != 'finished' ORDER BY t.tid",
+            (self._low_tid,)).fetchall()
+        out = []
+        for tid, state, submitted, spec, frames, node, attempts, tries, handed, eng, uuid in rows:
+            task = StoredTask(tid, unpack(spec), self.files.read(frames), submitted)
+            self._task_blobs[tid] = frames
+            self._active[tid] = task
+            out.append((task, {"state": state, "node": node, "attempts": attempts,
+                               "tries": tries, "handed_over": unpack(handed) if handed else [],
+                               "engine": eng if state == "running" else None,
+                               "engine_uuid": uuid if state == "running" else None}))
+        return out
+
+    def submitted(self, key: str, resent: bool = True) -> list[int] | None:
+        # Keys of this controller's lifetime are in memory (maybe not yet committed); the
+        # table holds those of earlier lifetimes, which only a resent submit can carry.
+        tids = self._recent_submits.get(key)
+        if tids is not None or not resent:
+            return None if tids is None else list(tids)
+        row = self.db.execute("SELECT tids FROM submits WHERE key=?", (key,)).fetchone()
+        return unpack(row[0]) if row else None
+
+    def remember_submit(self, key: str, tids: list[int]) -> None:
+        self._recent_submits[key] = compact_tids(tids)
+        while len(self._recent_submits) > SUBMIT_KEYS_KEPT:
+            self._recent_submits.popitem(last=False)
+        self._subs[key] = (key, self._pack(tids), time.time())
+        self._dirty = True
+
+    def withdraw(self, tids: list[int], key: str | None = None) -> None:
+        """Take back tasks whose rows have not been committed (a refused submit): their rows,
+        running marks, results and files are dropped as if they had never been added. Their
+        taskids are not given out again."""
+        for tid in tids:
+            if tid in self._ins:
+                row = self._ins.pop(tid)
+                self.files.drop(row[FRAMES], now=True)
+                self.files.drop(row[RESULT_FRAMES], now=True)
+            self._task_blobs.pop(tid, None)
+            self._active.pop(tid, None)
+            self._run.pop(tid, None)
+            fin = self._fin.pop(tid, None)
+            if fin is not None:
+                self.files.drop(fin[2], now=True)
+            r = self._unsaved.pop(tid, None)
+            if r is not None:
+                if r.ok:
+                    self._n_ok -= 1
+                else:
+                    self._n_failed -= 1
+                self.cache.forget(tid)
+        if key is not None:
+            self._recent_submits.pop(key, None)
+            self._subs.pop(key, None)
+        self._dirty = bool(self._ins or self._run or self._fin or self._subs or self._eng
+                           or self.files.pending())
+
+    # -- results ---------------------------------------------------------------------------
+    def finish(self, tid: int, result: StoredResult) -> None:
+        self._active.pop(tid, None)
+        self._run.pop(tid, None)  # (the finish says all a restart needs)
+        blobs = self._task_blobs.pop(tid, None)
+        if blobs is not None:
+            self.files.drop(blobs)
+        sizes = [frame_len(f) for f in result.frames]
+        blob = self.files.pack(tid, "result", result.frames, sizes)
+        row = self._ins.get(tid)
+        if row is not None:  # its insert is not written yet: it goes in finished
+            row[STATE] = "finished"
+            row[FRAMES] = None
+            row[OK:] = [int(result.ok), self._pack(result.meta), blob]
+        else:
+            self._fin[tid] = (int(result.ok), self._pack(result.meta), blob, tid)
+        self._unsaved[tid] = result
+        self._dirty = True
+        if result.ok:
+            self._n_ok += 1
+        else:
+            self._n_failed += 1
+        self.cache.remember(tid, result, sum(sizes))
+
+    def result(self, tid: int) -> StoredResult | None:
+        hit = self.cache.get(tid)
+        if hit is not None:
+            return hit
+        unsaved = self._unsaved.get(tid)
+        if unsaved is not None:
+            return unsaved
+        if not 0 <= tid <= MAX_TID:
+            return None  # no such task (and SQLite could not even look it up)
+        row = self.db.execute(
+            "SELECT result_meta, result_frames FROM tasks WHERE tid=? AND state='finished'",
+            (tid,)).fetchone()
+        if row is None:
+            return None
+        r = StoredResult(unpack(row[0]), self.files.read(row[1]))
+        self.cache.remember(tid, r)
+        return r
+
+    def clear(self, tids: list[int] | None) -> tuple[int, list[int]]:
+        """Drop finished results. Commits what is queued first, then deletes in a transaction
+        of its own; StoreError (and nothing dropped) if either fails."""
+        self.commit()
+        db = self.db
+        dropped_rows: list[tuple[int, int, bytes | None]] = []
+        missing: list[int] = []
+        try:
+            db.execute("BEGIN")
+            # Clearing may drop the highest taskids: the next one is kept in `meta` (it is
+            # otherwise known from the highest row), so no taskid is ever given out twice.
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('next_tid', ?)", (self._next,))
+            if tids is None:
+                dropped_rows = db.execute(
+                    "DELETE FROM tasks WHERE state='finished' "
+                    "RETURNING tid, ok, result_frames").fetchall()
+            else:
+                for tid in tids:
+                    row = None
+                    if 0 <= tid <= MAX_TID:
+                        row = db.execute(
+                            "DELETE FROM tasks WHERE tid=? AND state='finished' "
+                            "RETURNING tid, ok, result_frames", (tid,)).fetchone()
+                    if row is None:
+                        missing.append(tid)
+                    else:
+                        dropped_rows.append(row)
+            db.execute("COMMIT")
+        except sqlite3.Error as e:
+            self._rollback(e)
+            raise StoreError(f"the task store {self.path} cannot write: {e} (nothing was "
+                             "cleared)") from None
+        for tid, ok, blob in dropped_rows:
+            self.files.drop(blob)
+            self.cache.forget(tid)
+            if ok:
+                self._n_ok -= 1
+            else:
+                self._n_failed -= 1
+        self.files.unlink_dropped()
+        return len(dropped_rows), missing
+
+    def counts(self) -> tuple[int, int]:
+        return self._n_ok, self._n_failed
+
+    def finished_ids(self) -> tuple[list[int], list[int]]:
+        ok: list[int] = []
+        failed: list[int] = []
+        for tid, good in self.db.execute("SELECT tid, ok FROM tasks WHERE state='finished'"):
+            (ok if good else failed).append(tid)
+        for tid, r in self._unsaved.items():  # finished, not yet committed
+            (ok if r.ok else failed).append(tid)
+        ok.sort()
+        failed.sort()
+        return ok, failed
+
+    def dirty(self) -> bool:
+        return self._dirty
+
+    def commit(self, *, everything: bool = False) -> None:
+        """Write every queued row in one transaction, or none of them.
+
+        On failure every row stays queued and StoreError names the cause; the next commit
+        tries them all again. A failed ROLLBACK is logged, never raised in the cause's place.
+        `everything` also writes meta's low_tid now (on close)."""
+        if not self._dirty:
+            return
+        try:
+            self.files.write()  # (first: no row may name a file that is not written)
+        except OSError as e:
+            raise StoreError(f"the task store cannot write a file in {self.blob_dir}: "
+                             f"{e.strerror or e}") from None
+        db = self.db
+        try:
+            if db.in_transaction:  # a ROLLBACK that failed earlier left one open
+                db.execute("ROLLBACK")
+            db.execute("BEGIN")
+            if self._ins:
+                db.executemany(INSERT_TASK, self._ins.values())
+            if self._run:
+                db.executemany(MARK_RUNNING, self._run.values())
+            if self._fin:
+                db.executemany(FINISH_TASK, self._fin.values())
+            if self._subs:
+                db.executemany(REMEMBER_SUBMIT, self._subs.values())
+            if self._eng:
+                db.executemany(REMEMBER_ENGINE, self._eng.values())
+            if self._next_eid != self._written_eid:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('next_eid', ?)",
+                           (self._next_eid,))
+            now = time.monotonic()
+            if everything or now - self._low_written >= LOW_TID_EVERY:
+                # Every task below this had finished: a restart looks only above it.
+                low = min(self._active) if self._active else self._next
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('low_tid', ?)", (low,))
+            db.execute("COMMIT")
+        except sqlite3.Error as e:
+            self._rollback(e)
+            raise StoreError(f"the task store {self.path} cannot write: {e}"
+                             f"{disk_note(self.path)}") from None
+        if everything or now - self._low_written >= LOW_TID_EVERY:
+            self._low_written = now
+        self._written_eid = self._next_eid
+        self._ins.clear()
+        self._run.clear()
+        self._fin.clear()
+        self._subs.clear()
+        self._eng.clear()
+        self._unsaved.clear()
+        self._dirty = False
+        self.files.unlink_dropped()
+
+    def _rollback(self, cause: BaseException) -> None:
+        try:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            log.error("the task store %s: ROLLBACK failed (%s) after a write failed (%s); the "
+                      "queued rows are kept and tried again", self.path, e, cause)
+
+    def close(self) -> None:
+        try:
+            self._dirty = True
+            self.commit(everything=True)
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_tid', ?)", (self._next,))
+        except (StoreError, sqlite3.Error) as e:
+            log.error("the task store %s could not write on close: %s (what was not written "
+                      "is as if the controller had been killed)", self.path, e)
+        finally:
+            self._closing.set()
+            self.files.stop()
+            self._checkpointer.join(timeout=5)
+            self.files.join(timeout=5)
+            try:
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+            self.db.close()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # (releases the lock)
+                self._lock_fd = None
+
+
+    @property
+    def spilled(self) -> int:
+        """Result files synced and dropped from the page cache so far (see files.py)."""
+        return self.files.spilled
+
+    def abandon(self) -> None:
+        """Let go of the store as a killed controller would: stop its threads, close the
+        database and drop the lock, writing nothing that is queued (what a kill -9 leaves:
+        the tests' stand-in for one)."""
+        self._closing.set()
+        self.files.stop()
+        self.db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None

@@ -1,0 +1,215 @@
+"""Framing: the envelope of every message, its checks, and moving whole messages on sockets.
+
+A message is `[envelope, *payload]`, envelope = PROTOCOL + signature + header (see the package
+docstring). `Wire.encode` numbers and signs a header; `Wire.decode` checks a received message
+(size, frame count, protocol, signature, msgpack header, replay) and raises `Refused`, counted in
+`Wire.refused`, for anything that must not be acted on. `Wire.payload_mac`/`check_payload` cover
+the payload frames (with signing.py's HMAC). `recv_message`/`send_message` move one whole message
+through a ZeroMQ socket the caller owns; this module holds no sockets.
+"""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import os
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+import zmq
+
+from ..defaults import MAX_MESSAGE_SIZE
+from .signing import TREE_MIN, HmacSha256, chunk_digests
+
+PROTOCOL = b"TM2"
+SIGNATURE_BYTES = 32
+_HEADER_AT = len(PROTOCOL) + SIGNATURE_BYTES
+DEFAULT_MAX_MESSAGE = MAX_MESSAGE_SIZE
+# The controller refuses a message of more frames (before any HMAC or parse work), and
+# `recv_message(max_frames=...)` keeps no frame past it. A client's batch of SUBMIT_BATCH tasks
+# stays far below: a few frames per task, and out-of-band buffers of 64 KiB or more.
+MAX_FRAMES = 1 << 17
+SMALL_PAYLOAD = 16 * 1024  # a single payload frame below this is MACed in one call
+MAX_SENDERS = 100_000  # senders whose last sequence number a Wire remembers (replay checks)
+
+Frame = Any  # bytes, memoryview, or zmq.Frame
+
+
+class Refused(Exception):
+    """A message that must not be acted on; `reason` is a short counter key."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def frame_buffer(frame: Frame) -> Any:
+    """A buffer view of a frame without copying (zmq.Frame exposes `.buffer`)."""
+    return getattr(frame, "buffer", frame)
+
+
+def frame_len(frame: Frame) -> int:
+    t = type(frame)  # a bytes' and a zmq.Frame's len() is its size; other buffers are asked
+    if t is bytes or t is zmq.Frame:
+        return len(frame)
+    return memoryview(frame_buffer(frame)).nbytes
+
+
+class Wire:
+    """Signs, checks, packs and unpacks messages for one process with one key."""
+
+    def __init__(self, key: bytes, *, max_message: int = DEFAULT_MAX_MESSAGE,
+                 max_frames: int | None = None) -> None:
+        if not key:
+            raise ValueError("a taskmill key must not be empty")
+        self._mac = HmacSha256(key)
+        self.max_message = max_message
+        self.max_frames = max_frames  # None: no limit (a message from the controller)
+        self.sid = os.urandom(8)
+        self._seq = itertools.count()
+        # Each sender's last sequence number, at most `max_senders` of them (the longest silent
+        # go first). A sender is a Wire of a key holder: nobody without the key can add one.
+        self.last_seq: dict[bytes, int] = {}
+        self.max_senders = MAX_SENDERS
+        self.refused: Counter[str] = Counter()
+        # One Packer per Wire (a Wire belongs to one socket, used by one thread at a time):
+        # cheaper than msgpack.packb, which makes a Packer per call.
+        self._pack = msgpack.Packer(use_bin_type=True).pack
+
+    # -- signing ----------------------------------------------------------------------------
+    def _sign(self, data: Any) -> bytes:
+        return self._mac.digest(data)
+
+    def payload_mac(self, frames: Sequence[Frame]) -> bytes:
+        """HMAC over payload frames, each prefixed by its length so boundaries count too.
+
+        A frame of TREE_MIN bytes or more enters the HMAC as the SHA-256 digests of its
+        TREE_LANES equal chunks instead of as itself (its length, which comes first, says
+        which), so that the chunks can be hashed on several cores at once."""
+        if len(frames) == 1:
+            b = frame_buffer(frames[0])
+            n = memoryview(b).nbytes
+            if n < SMALL_PAYLOAD:  # one update over a small copy beats two
+                return self._mac.digest(n.to_bytes(8, "little") + b)
+        h = self._mac.start()
+        for f in frames:
+            b = frame_buffer(f)
+            n = memoryview(b).nbytes
+            h.update(n.to_bytes(8, "little"))
+            h.update(chunk_digests(b) if n >= TREE_MIN else b)
+        return self._mac.finish(h)
+
+    def check_payload(self, frames: Sequence[Frame], pmac: bytes | None) -> None:
+        """Raise Refused unless `frames` carry the MAC their sender computed."""
+        if not isinstance(pmac, bytes) or not hmac.compare_digest(self.payload_mac(frames), pmac):
+            raise Refused("bad-payload-signature", "payload frames do not match their MAC")
+
+    # -- messages ---------------------------------------------------------------------------
+    def encode(self, header: dict[str, Any], frames: Sequence[Frame] = ()) -> list[Frame]:
+        """The frames of a signed message (without routing ids). `sid` and `seq` in `header`
+        are this Wire's (set here, overwriting any): never use those names for anything else."""
+        header["sid"] = self.sid
+        header["seq"] = next(self._seq)
+        return [self.seal(self._pack(header)), *frames]
+
+    def seal(self, header_bytes: bytes) -> bytes:
+        """The envelope frame for already packed header bytes."""
+        return PROTOCOL + self._sign(header_bytes) + header_bytes
+
+    def decode(self, msg: Sequence[Frame]) -> tuple[dict[str, Any], list[Frame]]:
+        """Check and unpack a message (without routing ids); raise Refused if it is bad."""
+        try:
+            return self._decode(msg)
+        except Refused as e:
+            self.refused[e.reason] += 1
+            raise
+
+    def _decode(self, msg: Sequence[Frame]) -> tuple[dict[str, Any], list[Frame]]:
+        if not msg:
+            raise Refused("malformed", "an empty message")
+        if self.max_frames is not None and len(msg) > self.max_frames:
+            raise Refused("too-many-frames", f"more than {self.max_frames} frames")
+        env = frame_buffer(msg[0])
+        if not isinstance(env, bytes):
+            env = bytes(env)
+        if len(env) <= _HEADER_AT or env[:len(PROTOCOL)] != PROTOCOL:
+            raise Refused("malformed", "not a taskmill message (bad protocol frame)")
+        total = len(env)
+        for f in msg[1:]:
+            total += frame_len(f)
+        if total > self.max_message:
+            raise Refused("too-large", f"{total} bytes > limit {self.max_message}")
+        hb = memoryview(env)[_HEADER_AT:]
+        if not hmac.compare_digest(self._sign(hb), env[len(PROTOCOL):_HEADER_AT]):
+            raise Refused("bad-signature", "signature does not match (wrong key?)")
+        try:
+            header = msgpack.unpackb(hb, raw=False, strict_map_key=False)
+        except Exception as e:
+            raise Refused("malformed", f"header is not msgpack: {e}") from None
+        if not isinstance(header, dict) or not isinstance(header.get("type"), str):
+            raise Refused("malformed", "header is not a map with a str 'type'")
+        sid, seq = header.get("sid"), header.get("seq")
+        if not isinstance(sid, bytes) or not isinstance(seq, int):
+            raise Refused("malformed", "header lacks sid/seq")
+        seen = self.last_seq
+        last = seen.pop(sid, None)  # (popped and put back: the table stays in recency order)
+        if last is not None and seq <= last:
+            seen[sid] = last
+            raise Refused("replay", f"seq {seq} <= {last} from this sender")
+        seen[sid] = seq
+        if len(seen) > self.max_senders:
+            del seen[next(iter(seen))]  # the sender silent for longest
+        return header, list(msg[1:])
+
+
+# pyzmq's Socket methods add Python-level conveniences (enum flags, sockopt lookups) that
+# cost more than the send or receive itself on small messages: call the backend's directly.
+_send = zmq.backend.Socket.send
+_recv = zmq.backend.Socket.recv
+_SNDMORE = int(zmq.SNDMORE)
+_COPY_BELOW = 64 * 1024  # frames smaller than this are copied into ZeroMQ (cheaper); larger not
+
+
+# ZeroMQ's own heartbeats on every connection: a connection whose peer vanished (a machine
+# that went away, a network cut) is closed within TRANSPORT_TIMEOUT, so its routing identity is
+# free again for the peer's next connection (ROUTERs refuse a second connection with an
+# identity in use: see the controller).
+TRANSPORT_HEARTBEAT_MS = 1000
+TRANSPORT_TIMEOUT_MS = 5000
+
+
+def apply_transport_heartbeat(sock: Any) -> None:
+    """Turn on ZeroMQ's connection heartbeats (ZMTP PING/PONG, in ZeroMQ's I/O thread)."""
+    sock.setsockopt(zmq.HEARTBEAT_IVL, TRANSPORT_HEARTBEAT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, TRANSPORT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, TRANSPORT_TIMEOUT_MS)
+
+
+def recv_message(sock: Any, flags: int = 0, *, routed: bool = False,
+                 max_frames: int | None = None) -> list[Frame]:
+    """One whole message from a ZeroMQ socket: the routing id (if `routed`) and the envelope
+    as bytes, payload frames as zero-copy `zmq.Frame`s. Raises zmq.Again like `recv`.
+    Past `max_frames` frames (routing id aside) the rest are read and dropped, one more kept
+    so that `Wire(max_frames=...)` refuses the message."""
+    frame = _recv(sock, int(flags), False)
+    parts: list[Frame] = [frame.bytes]
+    if routed and frame.more:
+        frame = _recv(sock, 0, False)
+        parts.append(frame.bytes)
+    keep = len(parts) + max_frames if max_frames is not None else -1
+    while frame.more:
+        frame = _recv(sock, 0, False)
+        if len(parts) != keep:
+            parts.append(frame)
+    return parts
+
+
+def send_message(sock: Any, parts: Sequence[Frame]) -> None:
+    """Send a whole message; small frames are copied, large ones and zmq.Frames are not."""
+    last = len(parts) - 1
+    for i, part in enumerate(parts):
+        copy = type(part) is bytes and len(part) < _COPY_BELOW
+        _send(sock, part, _SNDMORE if i < last else 0, copy)
+
