@@ -10,20 +10,17 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from systest import make_blocker, poll, wait_until
+from systest import TASKMILL, fail_loudly, make_blocker, poll, wait_until
 
 from taskmill import AsyncTaskClient, Cluster, MapTask, TaskClient
 from taskmill.connection import read_connection_file
 from taskmill.dashboard import dashboard_token
-
-TASKMILL = [sys.executable, "-m", "taskmill"]
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -51,10 +48,6 @@ def split_link(link: str) -> tuple[str, str]:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-def fail_loudly(message):
-    raise ValueError(message)
 
 
 # -- the statistics structure ----------------------------------------------------------------
