@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from systest import read_lines, wait_until
+from systest import controller_thread, read_lines, wait_until
 
 from taskmill import (
     Cluster,
@@ -40,8 +40,7 @@ from taskmill import (
     TaskError,
     TaskTimeout,
 )
-from taskmill.connection import new_connection_info, read_connection_file, write_connection_file
-from taskmill.controller import Controller
+from taskmill.connection import read_connection_file
 from taskmill.wire import Wire
 
 pytestmark = pytest.mark.timeout(120, method="thread")
@@ -494,18 +493,10 @@ LIMIT = 64 * 1024
 def small_controller(tmp_path):
     """A controller in this process whose message size limit is LIMIT bytes (its `Wire` and
     its sockets' ZMQ_MAXMSGSIZE), as `taskmill controller --max-message-size LIMIT` has."""
-    info = new_connection_info()
-    conn = write_connection_file(tmp_path / "small" / "connection.json", info)
-    ctl = Controller(info, heartbeat=0.5, max_message=LIMIT)
-    assert ctl.wire.max_message == LIMIT
-    thread = threading.Thread(target=ctl.serve_forever, name="small-controller", daemon=True)
-    thread.start()
-    try:
-        yield info, conn, ctl
-    finally:
-        ctl.stop()
-        thread.join(10)
-        assert not thread.is_alive()
+    with controller_thread(tmp_path, max_message=LIMIT) as small:
+        assert small.ctl.wire.max_message == LIMIT
+        yield small.info, small.conn, small.ctl
+    assert not small.thread.is_alive()
 
 
 def test_message_above_the_size_limit_is_refused_and_counted(small_controller):
