@@ -52,7 +52,25 @@ async def wait_until_async(predicate, what: str, timeout: float = 60.0) -> None:
         await asyncio.sleep(0.01)
 
 
-def read_lines(path: Path) -> list[str]:
+def refused(tc, reason: str) -> int:
+    """How many messages the controller has refused for `reason` (its statistics)."""
+    return tc.statistics()["refused"].get(reason, 0)
+
+
+def wait_refused(tc, reason: str, at_least: int, timeout: float = 30.0) -> dict:
+    """Wait until the controller has refused `at_least` messages for `reason`; the `refused`
+    counts of the statistics that showed it."""
+
+    def reached():
+        counts = tc.statistics()["refused"]
+        return [counts] if counts.get(reason, 0) >= at_least else None
+
+    return poll(reached, timeout, f"refused[{reason!r}] to reach {at_least}")[0]
+
+
+def read_lines(path: Path | str) -> list[str]:
+    """The lines of the file at `path`; none if there is no such file yet."""
+    path = Path(path)
     return path.read_text().splitlines() if path.exists() else []
 
 
@@ -255,6 +273,16 @@ def gone(pid: int) -> bool:
         return True
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Terminate `proc` and wait for it; kill it if it is still there after `timeout`."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class ControllerProcess:
     """A `taskmill controller` process of a test's own (TCP on 127.0.0.1 unless `args` say
     otherwise), to kill -9 and start again on the same connection file and store.
@@ -263,7 +291,8 @@ class ControllerProcess:
     starts, the store is `folder/tasks.db`, the heartbeat 0.5 s and there is no dashboard.
     `conn=`, `log_path=`, `db=` (`""`: no `--db`, the controller's own default),
     `heartbeat=` (None: the controller's default), `dashboard=True` and `write_connection=False`
-    (the controller writes the file, as with `--curve` or `--transport ipc`) change that.
+    (the controller writes the file, as with `--curve` or `--transport ipc`) change that;
+    `stop()` waits `stop_timeout` seconds for it to end before it kills it.
     """
 
     TASKMILL = TASKMILL
@@ -271,7 +300,7 @@ class ControllerProcess:
     def __init__(self, folder, *, db: str | None = None, args: tuple[str, ...] = (),
                  conn: Path | None = None, log_path: Path | None = None,
                  heartbeat: float | None = 0.5, dashboard: bool = False,
-                 write_connection: bool = True):
+                 write_connection: bool = True, stop_timeout: float = 10.0):
         folder = Path(folder)
         self.conn = Path(conn) if conn is not None else folder / "conn.json"
         if write_connection:
@@ -283,13 +312,14 @@ class ControllerProcess:
         self.log = open(self.log_path, "ab")  # noqa: SIM115
         self.args = [*(["--heartbeat", f"{heartbeat:g}"] if heartbeat is not None else []),
                      *([] if dashboard else ["--no-dashboard"]), *args]
+        self.stop_timeout = stop_timeout
         self.proc: subprocess.Popen | None = None
 
     def start(self, *extra: str) -> subprocess.Popen:
         store = ["--db", self.db] if self.db else []
         self.proc = subprocess.Popen(
             [*TASKMILL, "controller", "--connection-file", str(self.conn), *store, *self.args,
-             *extra], stdout=self.log, stderr=subprocess.STDOUT)
+             *extra], stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT)
         return self.proc
 
     def wait_for_connection_file(self, timeout: float = 30.0) -> None:
@@ -298,10 +328,22 @@ class ControllerProcess:
         while not self.conn.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
 
+    def ready(self) -> dict:
+        """Wait until it answers a client; the connection file's `extra` fields then."""
+        from taskmill import TaskClient
+        from taskmill.connection import read_connection_file
+
+        poll(lambda: self.conn.exists() or self.proc.poll() is not None, 60, "the connection file")
+        assert self.proc.poll() is None, self.log_text()
+        with TaskClient(self.conn, timeout=60):
+            pass
+        return read_connection_file(self.conn).extra
+
     def engine(self, *extra: str) -> subprocess.Popen:
         """An engine process for this controller (the caller kills it)."""
         return subprocess.Popen([*TASKMILL, "engine", "--connection-file", str(self.conn),
-                                 *extra], stdout=self.log, stderr=subprocess.STDOUT)
+                                 *extra], stdin=subprocess.DEVNULL, stdout=self.log,
+                                stderr=subprocess.STDOUT)
 
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -313,12 +355,7 @@ class ControllerProcess:
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, self.stop_timeout)
         self.log.close()
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from systest import TASKMILL, ControllerProcess, need_root, wait_until
+from systest import TASKMILL, ControllerProcess, need_root, stop_process, wait_until
 
 from taskmill import Cluster, MapTask, TaskClient
 from taskmill.connection import ipc_path, ipc_path_limit, read_connection_file
@@ -155,12 +155,7 @@ def test_controller_keeps_tcp_and_transport_ipc_survives_a_restart(tmp_path):
             assert tc.run(MapTask(abs, (-8,)), block=True) == 8  # the engine came back
     finally:
         if engine is not None:
-            engine.terminate()
-            try:
-                engine.wait(10)
-            except subprocess.TimeoutExpired:
-                engine.kill()
-                engine.wait()
+            stop_process(engine)
         ipc_ctl.stop()
         plain_ctl.stop()
 

@@ -20,7 +20,15 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from systest import TASKMILL, ControllerProcess, gone, need_programs, need_root, wait_until
+from systest import (
+    TASKMILL,
+    ControllerProcess,
+    gone,
+    need_programs,
+    need_root,
+    stop_process,
+    wait_until,
+)
 
 from taskmill import Cluster, MapTask, TaskClient, current_engine
 from taskmill.connection import free_port
@@ -306,12 +314,7 @@ def sshd(tmp_path_factory):
         wait_until(listening, "sshd to listen", timeout=30)
         yield SSHServer(port, d / "user_key")
     finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server)
 
 
 def test_ssh_launcher_starts_engines_through_sshd(sshd, profile):
@@ -465,12 +468,7 @@ class SlurmCluster:
                 wait_until(lambda: not self.squeue(), "squeue to be empty", timeout=60)
         finally:
             for daemon in reversed(self.daemons):  # slurmd, slurmctld, then munged
-                daemon.terminate()
-                try:
-                    daemon.wait(30)
-                except subprocess.TimeoutExpired:
-                    daemon.kill()
-                    daemon.wait()
+                stop_process(daemon, 30)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,14 @@ from pathlib import Path
 
 import pytest
 import zmq
-from systest import controller_thread, read_lines, wait_until
+from systest import (
+    controller_thread,
+    read_lines,
+    refused,
+    stop_process,
+    wait_refused,
+    wait_until,
+)
 
 from taskmill import (
     Cluster,
@@ -50,15 +57,6 @@ pytestmark = pytest.mark.timeout(120, method="thread")
 
 
 
-
-
-def refused(tc: TaskClient, reason: str) -> int:
-    return tc.statistics()["refused"].get(reason, 0)
-
-
-def wait_refused(tc: TaskClient, reason: str, at_least: int, timeout: float = 30.0) -> None:
-    wait_until(lambda: refused(tc, reason) >= at_least,
-               f"refused[{reason!r}] to reach {at_least}", timeout)
 
 
 def wait_finished(tc: TaskClient, tid: int, timeout: float = 30.0) -> None:
@@ -290,12 +288,7 @@ def test_engine_with_the_wrong_key_never_registers_and_gets_no_task(cluster, cli
         assert proc.pid not in {e["pid"] for e in engines_after}
         assert proc.poll() is None
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
     log_text = log_path.read_text(errors="replace")
     assert "registered as engine" not in log_text, log_text
     # The controller sent it nothing at all (it would have been refused there, and logged).
@@ -586,12 +579,7 @@ def test_result_above_the_size_limit_fails_the_task_clearly(small_controller, tm
                 tc.get_task_result(tid, block=True)
             assert result_of(tc, MapTask(abs, (-5,))) == 5
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 
