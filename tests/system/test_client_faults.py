@@ -50,7 +50,6 @@ from taskmill import (
 pytestmark = pytest.mark.timeout(120, method="thread")
 
 
-
 @pytest.fixture
 def controller(tmp_path):
     """A controller process of the test's own, with no engine yet (a test adds its own to

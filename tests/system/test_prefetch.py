@@ -73,8 +73,6 @@ def test_stealing_under_a_mixed_load_runs_every_task_exactly_once(tmp_path):
     assert stats["revokes_sent"] >= stats["revokes_granted"] >= 1, stats
 
 
-
-
 def test_prefetch_buffers_tasks_and_they_can_be_aborted_or_rescued(tmp_path):
     """Buffered tasks can be aborted; when their engine dies, each one it held counts an
     attempt (it may have started since the engine last reported): with retries it runs
