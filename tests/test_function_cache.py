@@ -19,15 +19,9 @@ import cloudpickle
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from testhelp import script
 
 from taskmill.wire import FunctionPickles, dumps
-
-
-def script(source: str) -> dict:
-    """Run `source` as a script's `__main__` would; its namespace."""
-    ns = {"__name__": "__main__", "__builtins__": __builtins__}
-    exec(compile(textwrap.dedent(source), "<script>", "exec"), ns)
-    return ns
 
 
 def as_bytes(frames: list) -> list[bytes]:

@@ -16,11 +16,11 @@ from __future__ import annotations
 import builtins
 import importlib
 import sys
-import textwrap
 import uuid
 
 import cloudpickle
 import pytest
+from testhelp import script
 
 from taskmill import wire
 from taskmill.wire import (
@@ -32,13 +32,6 @@ from taskmill.wire import (
     loads,
     local_modules,
 )
-
-
-def script(source: str) -> dict:
-    """Run `source` as a script's `__main__` would; its namespace."""
-    ns = {"__name__": "__main__", "__builtins__": builtins}
-    exec(compile(textwrap.dedent(source), "<script>", "exec"), ns)
-    return ns
 
 
 def engine_namespace(**names) -> dict:

@@ -7,10 +7,15 @@ leaves the engines as it found them. Nothing asserts on wall-clock time.
 from __future__ import annotations
 
 import asyncio
-import os
-import time
 
 import pytest
+from systest import (
+    block_until,
+    fail_on_multiples_of_seven,
+    raise_keyerror,
+    square,
+    wait_until_async,
+)
 
 import taskmill
 from taskmill import (
@@ -24,38 +29,6 @@ from taskmill import (
 )
 
 pytestmark = pytest.mark.timeout(180, method="thread")
-
-
-def square(x):
-    return x * x
-
-
-def fail_on_multiples_of_seven(x):
-    if x % 7 == 0:
-        raise ValueError(f"{x} is a multiple of 7")
-    return x
-
-
-def raise_keyerror(key):
-    raise KeyError(key)
-
-
-def block_until(release: str, started: str, deadline: float = 90.0) -> str:
-    open(started, "w").close()
-    end = time.monotonic() + deadline
-    while not os.path.exists(release):
-        if time.monotonic() > end:
-            raise TimeoutError(f"{release} never appeared")
-        time.sleep(0.01)
-    return "released"
-
-
-async def wait_until(predicate, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def run(coro_fn, cluster):
@@ -157,7 +130,7 @@ def test_exceptions_and_cancel_of_a_queued_future(cluster, tmp_path):
             async def all_started():
                 return all((tmp_path / f"started-{e}").exists() for e in alive)
 
-            await wait_until(all_started, "the gate tasks to start")
+            await wait_until_async(all_started, "the gate tasks to start")
             queued = tc.submit(square, 3)
             assert queued.taskid >= 0
             assert queued.cancel() is True

@@ -27,7 +27,15 @@ import threading
 import time
 
 import pytest
-from systest import ControllerProcess, make_blocker, poll, wait_for_file, wait_until
+from systest import (
+    ControllerProcess,
+    controller_process,
+    controller_thread,
+    make_blocker,
+    poll,
+    wait_for_file,
+    wait_until,
+)
 
 from taskmill import (
     AsyncTaskClient,
@@ -38,27 +46,16 @@ from taskmill import (
     StringTask,
     TaskClient,
 )
-from taskmill.connection import new_connection_info, write_connection_file
-from taskmill.controller import Controller
 
 pytestmark = pytest.mark.timeout(120, method="thread")
-
-TASKMILL = [sys.executable, "-m", "taskmill"]
 
 
 @pytest.fixture
 def controller(tmp_path):
-    ctl = ControllerProcess(tmp_path)
-    ctl.start()
-    engines: list[subprocess.Popen] = []
-    ctl.engines = engines
-    try:
+    """A controller process of the test's own, with no engine yet (a test adds its own to
+    `ctl.engines`)."""
+    with controller_process(tmp_path) as ctl:
         yield ctl
-    finally:
-        for e in engines:
-            e.kill()
-            e.wait()
-        ctl.stop()
 
 
 def outcome(call) -> list:
@@ -309,22 +306,8 @@ def limited_controller(tmp_path, prefetch: int):
     """A controller in this process that accepts messages of at most LIMIT bytes (as
     `taskmill controller --max-message-size LIMIT`), with one engine holding `prefetch`
     tasks at a time."""
-    info = new_connection_info()
-    conn = write_connection_file(tmp_path / "small" / "connection.json", info)
-    ctl = Controller(info, heartbeat=0.5, max_message=LIMIT, prefetch=prefetch)
-    thread = threading.Thread(target=ctl.serve_forever, name="small-controller", daemon=True)
-    thread.start()
-    engine = subprocess.Popen([*TASKMILL, "engine", "--connection-file", str(conn)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        with TaskClient(conn, timeout=10) as tc:
-            wait_until(lambda: len(tc.engines()) == 1, "the engine to register", 60)
-        yield conn, ctl
-    finally:
-        engine.kill()
-        engine.wait()
-        ctl.stop()
-        thread.join(10)
+    with controller_thread(tmp_path, engines=1, max_message=LIMIT, prefetch=prefetch) as small:
+        yield small.conn, small.ctl
 
 
 @pytest.fixture

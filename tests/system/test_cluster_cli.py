@@ -12,11 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from systest import gone, poll
+from systest import TASKMILL, gone, poll
 
 from taskmill import Cluster, ControllerUnreachable, MapTask, TaskClient
-
-TASKMILL = [sys.executable, "-m", "taskmill"]
 
 
 def _wait_gone(pids, timeout=20.0):

@@ -8,20 +8,18 @@ import select
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
 import zmq
-from systest import wait_until
+from systest import TASKMILL, ControllerProcess, wait_until
 
 from taskmill import ControllerUnreachable, MapTask, StringTask, TaskClient
 from taskmill.connection import free_port, read_connection_file, write_connection_file
 from taskmill.curve import allow_dir, apply_client, make_key
 
 pytestmark = pytest.mark.timeout(180, method="thread")
-TASKMILL = [sys.executable, "-m", "taskmill"]
 MARKER = "PLAINTEXT-MARKER-5f3a9c"
 
 
@@ -70,17 +68,15 @@ class Relay:
 
 
 def _start(tmp_path, name, curve):
-    conn = tmp_path / name / "conn.json"
-    args = [*TASKMILL, "controller", "--connection-file", str(conn), "--db", ":memory:",
-            "--heartbeat", "0.5"] + (["--curve"] if curve else [])
-    log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115
-    ctl = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while not conn.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    eng = subprocess.Popen([*TASKMILL, "engine", "--connection-file", str(conn)], stdout=log,
-                           stderr=subprocess.STDOUT)
-    return conn, [ctl, eng]
+    """A controller (which writes its connection file, with --curve its keys) and one engine,
+    both logging to `name`.log; the connection file and the two processes."""
+    ctl = ControllerProcess(tmp_path, conn=tmp_path / name / "conn.json",
+                            log_path=tmp_path / f"{name}.log", db=":memory:", dashboard=True,
+                            write_connection=False, args=("--curve",) if curve else ())
+    ctl.start()
+    ctl.wait_for_connection_file(30)
+    eng = ctl.engine()
+    return ctl.conn, [ctl.proc, eng]
 
 
 def _via_relay(tmp_path, conn, name):

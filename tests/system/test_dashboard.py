@@ -10,20 +10,16 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from systest import make_blocker, poll, wait_until
+from systest import TASKMILL, ControllerProcess, fail_loudly, make_blocker, poll, wait_until
 
 from taskmill import AsyncTaskClient, Cluster, MapTask, TaskClient
 from taskmill.connection import read_connection_file
 from taskmill.dashboard import dashboard_token
-
-TASKMILL = [sys.executable, "-m", "taskmill"]
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -51,10 +47,6 @@ def split_link(link: str) -> tuple[str, str]:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-def fail_loudly(message):
-    raise ValueError(message)
 
 
 # -- the statistics structure ----------------------------------------------------------------
@@ -264,42 +256,20 @@ def test_task_detail_answers_bad_and_unknown_taskids_clearly(cluster, client):
 
 
 # -- the controller's dashboard options --------------------------------------------------------
-class Controller:
-    """A `taskmill controller` process on a connection file in `folder` (no engines)."""
-
-    def __init__(self, folder: Path, *args: str) -> None:
-        self.file = folder / "connection.json"
-        self.log = folder / f"controller-{len(list(folder.glob('controller-*.log')))}.log"
-        with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [*TASKMILL, "controller", "--connection-file", str(self.file), "--db", ":memory:",
-                 *args], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-    def ready(self) -> dict:
-        """Wait until it answers a client; the connection file's fields then."""
-        poll(lambda: self.file.exists() or self.proc.poll() is not None, 60, "the connection file")
-        assert self.proc.poll() is None, self.log.read_text()
-        with TaskClient(self.file, timeout=60):
-            pass
-        return read_connection_file(self.file).extra
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @pytest.fixture
 def controllers(tmp_path):
-    started: list[Controller] = []
+    """Starts `taskmill controller` processes (with these arguments) on one connection file
+    in `tmp_path`, each with a log of its own, no engines; stops them at the end."""
+    started: list[ControllerProcess] = []
 
-    def start(*args: str) -> Controller:
-        started.append(Controller(tmp_path, *args))
-        return started[-1]
+    def start(*args: str) -> ControllerProcess:
+        c = ControllerProcess(tmp_path, conn=tmp_path / "connection.json",
+                              log_path=tmp_path / f"controller-{len(started)}.log",
+                              db=":memory:", heartbeat=None, dashboard=True,
+                              write_connection=False, stop_timeout=20.0, args=args)
+        c.start()
+        started.append(c)
+        return c
 
     yield start
     for c in started:
@@ -314,9 +284,9 @@ def test_a_dashboard_port_in_use_falls_back_to_a_free_one(controllers):
         c = controllers("--dashboard-port", str(port))
         extra = c.ready()
         assert extra["dashboard_port"] != port and extra["dashboard_url"].startswith("http://")
-    log = c.log.read_text()
+    log = c.log_text()
     assert f"dashboard port {port} on 127.0.0.1 is in use" in log
-    token = dashboard_token(read_connection_file(c.file).key_bytes)
+    token = dashboard_token(read_connection_file(c.conn).key_bytes)
     assert f"dashboard: {extra['dashboard_url']}?token={token}" in log
     assert get(extra["dashboard_url"], bearer(token))[0] == 200
 
@@ -340,8 +310,8 @@ def test_a_dashboard_that_cannot_listen_leaves_the_controller_running(controller
     c = controllers("--dashboard-ip", "203.0.113.1")
     extra = c.ready()
     assert not any(k.startswith("dashboard") for k in extra), extra
-    assert "the dashboard could not listen on 203.0.113.1" in c.log.read_text()
-    with TaskClient(c.file, timeout=30) as tc:
+    assert "the dashboard could not listen on 203.0.113.1" in c.log_text()
+    with TaskClient(c.conn, timeout=30) as tc:
         assert tc.queue_status() == {"scheduled": 0, "pending": 0, "succeeded": 0, "failed": 0}
 
 

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from systest import make_blocker, need_programs, wait_until
+from systest import fail_loudly, make_blocker, need_programs, wait_until
 
 from taskmill import Cluster, MapTask
 
@@ -25,10 +25,6 @@ def pause(seconds):
 
     time.sleep(seconds)
     return seconds
-
-
-def fail_loudly(message):
-    raise ValueError(message)
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@
 They run on the shared 2-engine `cluster` fixture and leave it as they found it: engines held
 by a gate are released and waited for, and no test changes an engine's properties. Nothing
 asserts on wall-clock time; conditions are polled with a deadline. Functions shipped to the
-engines are defined in this module, which conftest registers for pickling by value.
+engines are defined in this module or in systest.py, which conftest registers for pickling by
+value.
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ import asyncio
 import concurrent.futures as cf
 import io
 import os
-import time
-from pathlib import Path
 
 import pytest
-from systest import wait_until
+from systest import (
+    alive_engine_ids,
+    fail_on_multiples_of_seven,
+    raise_keyerror,
+    square,
+    wait_until,
+)
 
 import taskmill
-from taskmill import CompositeError, MapTask, StringTask, TaskAborted, TaskFuture, TaskResult
+from taskmill import CompositeError, MapTask, StringTask, TaskAborted, TaskResult
 
 # A blocking wait sits in a lock acquire that SIGALRM does not interrupt: use the thread method.
 pytestmark = pytest.mark.timeout(180, method="thread")
@@ -31,23 +36,8 @@ METADATA_KEYS = {"engineid", "submitted", "started", "completed", "duration", "s
 # -- helpers ---------------------------------------------------------------------------------
 
 
-
-def square(x):
-    return x * x
-
-
-def fail_on_multiples_of_seven(x):
-    if x % 7 == 0:
-        raise ValueError(f"{x} is a multiple of 7")
-    return x
-
-
 class CustomError(Exception):
     """An exception type of this module, raised on an engine and rebuilt here."""
-
-
-def raise_keyerror(key):
-    raise KeyError(key)
 
 
 def raise_custom(message):
@@ -66,56 +56,12 @@ def echo_kwargs(x, **kwargs):
     return x, kwargs
 
 
-def block_until(release: str, started: str, deadline: float = 90.0) -> str:
-    open(started, "w").close()
-    end = time.monotonic() + deadline
-    while not os.path.exists(release):
-        if time.monotonic() > end:
-            raise TimeoutError(f"{release} never appeared")
-        time.sleep(0.01)
-    return "released"
-
-
 def rss_mib(pid: int | str = "self") -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise AssertionError(f"no VmRSS for {pid}")
-
-
-def alive_engine_ids(tc) -> list[int]:
-    return sorted(e["engineid"] for e in tc.engines() if e["state"] != "dead")
-
-
-class Gate:
-    """Holds every engine with a blocking task until `release()`."""
-
-    def __init__(self, tc, folder: Path) -> None:
-        self.tc = tc
-        self.folder = folder
-        self.release_file = folder / "release"
-        self.held: list[TaskFuture] = []
-
-    def hold(self) -> list[TaskFuture]:
-        eids = alive_engine_ids(self.tc)
-        for eid in eids:
-            self.held.append(self.tc.options(depend={"engineid": eid}).submit(
-                block_until, str(self.release_file), str(self.folder / f"started-{eid}")))
-        wait_until(lambda: all((self.folder / f"started-{e}").exists() for e in eids),
-                   "the gate tasks to start")
-        return self.held
-
-    def release(self) -> None:
-        self.release_file.touch()
-        cf.wait(self.held, timeout=60)
-
-
-@pytest.fixture
-def gate(client, tmp_path):
-    g = Gate(client, tmp_path)
-    yield g
-    g.release()
 
 
 # -- futures ---------------------------------------------------------------------------------
@@ -200,7 +146,7 @@ def test_future_follows_a_task_submitted_with_run(client):
 
 
 def test_cancel_aborts_a_queued_future_and_not_a_finished_one(client, gate):
-    held = gate.hold()
+    held = gate.hold_every_engine()
     f = client.submit(square, 7)
     assert not f.done()
     assert set(f.metadata.values()) == {None}  # nothing is known before it finishes
@@ -223,7 +169,7 @@ def test_cancel_aborts_a_queued_future_and_not_a_finished_one(client, gate):
 
 
 def test_closing_the_client_fails_its_waiting_futures(cluster, gate):
-    gate.hold()
+    gate.hold_every_engine()
     tc = cluster.client()
     f = tc.submit(square, 5)
     assert isinstance(f.taskid, int)

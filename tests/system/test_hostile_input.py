@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import zmq
+from systest import wait_refused
 
 from taskmill import MapTask
 from taskmill.connection import read_connection_file
 from taskmill.wire import PROTOCOL, Wire
-
-
-def _poll_refused(client, reason, at_least, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        refused = client.statistics()["refused"]
-        if refused.get(reason, 0) >= at_least:
-            return refused
-        time.sleep(0.05)
-    raise AssertionError(f"refused[{reason!r}] never reached {at_least}: {refused}")
 
 
 def test_raw_garbage_gets_no_reply_and_controller_serves_on(cluster, client):
@@ -42,7 +31,8 @@ def test_raw_garbage_gets_no_reply_and_controller_serves_on(cluster, client):
             s.close()
     finally:
         ctx.term()
-    refused = _poll_refused(client, "bad-signature", before.get("bad-signature", 0) + 4)
+    refused = wait_refused(client, "bad-signature", before.get("bad-signature", 0) + 4,
+                           timeout=20.0)
     assert refused.get("malformed", 0) >= before.get("malformed", 0) + 4
     assert client.run(MapTask(pow, (2, 10)), block=True) == 1024
 
@@ -96,7 +86,7 @@ def test_a_flood_of_refused_messages_is_logged_once_per_peer(cluster, client):
         for i in range(200):
             s.send_multipart(Wire(b"wrong-key" * 4).encode({"type": "ping", "req": i}))
         # Keep the socket open until all 200 have arrived (LINGER 0 would drop the unsent).
-        _poll_refused(client, "bad-signature", before + 200)
+        wait_refused(client, "bad-signature", before + 200, timeout=20.0)
         s.close()
     finally:
         ctx.term()

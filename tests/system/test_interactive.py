@@ -51,13 +51,6 @@ def client(cluster):
     tc.close()
 
 
-@pytest.fixture
-def eids(client) -> list[int]:
-    ids = sorted(e["engineid"] for e in client.engines() if e["state"] != "dead")
-    assert len(ids) == 2, f"the shared cluster should have 2 live engines, has {ids}"
-    return ids
-
-
 def pulled(tc: taskmill.TaskClient, name: str) -> dict[int, object]:
     """engineid -> the value of `name` in that engine's namespace."""
     return {eid: tr[name] for eid, tr in tc.run_all(StringTask("", pull=name)).items()}

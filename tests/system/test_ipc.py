@@ -8,25 +8,21 @@ import json
 import logging
 import os
 import pwd
-import signal
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import zmq
-from systest import need_root, wait_until
+from systest import TASKMILL, ControllerProcess, need_root, stop_process, wait_until
 
 from taskmill import Cluster, MapTask, TaskClient
 from taskmill.connection import ipc_path, ipc_path_limit, read_connection_file
 from taskmill.wire import Wire
 
 pytestmark = pytest.mark.timeout(120, method="thread")
-TASKMILL = [sys.executable, "-m", "taskmill"]
 
 
 def _connect_as(user: str | None, info) -> dict:
@@ -132,47 +128,36 @@ def test_a_state_folder_too_deep_for_unix_sockets_falls_back_to_tcp(tmp_path, mo
 def test_controller_keeps_tcp_and_transport_ipc_survives_a_restart(tmp_path):
     plain = tmp_path / "plain" / "conn.json"
     conn = tmp_path / "ipc" / "conn.json"
-    procs: list[subprocess.Popen] = []
-    log = open(tmp_path / "procs.log", "ab")  # noqa: SIM115
-
-    def start(*args: str) -> subprocess.Popen:
-        p = subprocess.Popen([*TASKMILL, *args], stdout=log, stderr=subprocess.STDOUT)
-        procs.append(p)
-        return p
-
+    log = tmp_path / "procs.log"
+    plain_ctl = ControllerProcess(tmp_path, conn=plain, log_path=log, db=":memory:",
+                                  heartbeat=None, write_connection=False)
+    # (the store: tasks.db beside the connection file, the controller's default)
+    ipc_ctl = ControllerProcess(tmp_path, conn=conn, log_path=log, db="",
+                                write_connection=False, args=("--transport", "ipc"))
+    engine = None
     try:
-        start("controller", "--connection-file", str(plain), "--db", ":memory:",
-              "--no-dashboard")
+        plain_ctl.start()
         wait_until(plain.exists, "the plain controller's connection file", 30)
         assert read_connection_file(plain).client_url.startswith("tcp://127.0.0.1:")
 
-        args = ("controller", "--transport", "ipc", "--connection-file", str(conn),
-                "--no-dashboard", "--heartbeat", "0.5")  # (the store: tasks.db beside it)
-        ctl = start(*args)
+        ipc_ctl.start()
         wait_until(conn.exists, "the ipc controller's connection file", 30)
         info = read_connection_file(conn)
         assert info.client_url == f"ipc://{conn.parent}/conn.client.sock"
         assert info.engine_url == f"ipc://{conn.parent}/conn.engine.sock"
         assert stat.S_IMODE(conn.parent.stat().st_mode) == 0o700
-        start("engine", "--connection-file", str(conn))
+        engine = ipc_ctl.engine()
         with TaskClient(conn, timeout=30) as tc:
             wait_until(lambda: len(tc.engines()) == 1, "the engine to register", 60)
             assert tc.run(MapTask(abs, (-1,)), block=True) == 1
-            ctl.send_signal(signal.SIGKILL)
-            ctl.wait(10)
-            start(*args)  # the same file: the same sockets, bound again
+            ipc_ctl.kill9()
+            ipc_ctl.start()  # the same file: the same sockets, bound again
             assert tc.run(MapTask(abs, (-8,)), block=True) == 8  # the engine came back
     finally:
-        for p in procs:
-            p.terminate()
-        deadline = time.monotonic() + 10
-        for p in procs:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        log.close()
+        if engine is not None:
+            stop_process(engine)
+        ipc_ctl.stop()
+        plain_ctl.stop()
 
 
 def test_controller_transport_ipc_refuses_a_folder_others_can_enter(tmp_path):

@@ -20,13 +20,20 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from systest import gone, need_programs, need_root, wait_until
+from systest import (
+    TASKMILL,
+    ControllerProcess,
+    gone,
+    need_programs,
+    need_root,
+    stop_process,
+    wait_until,
+)
 
 from taskmill import Cluster, MapTask, TaskClient, current_engine
 from taskmill.connection import free_port
 from taskmill.launchers import LauncherError, SlurmLauncher
 
-TASKMILL = [sys.executable, "-m", "taskmill"]
 MPI_AS_ROOT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
 
@@ -108,29 +115,25 @@ def test_cluster_takes_a_launcher_by_name_or_object():
 # -- engines that start before their controller -------------------------------------------
 
 def test_an_engine_waits_for_a_controller_that_starts_later(tmp_path):
-    from taskmill.connection import new_connection_info, write_connection_file
-
-    conn = write_connection_file(tmp_path / "connection.json", new_connection_info())
+    controller = ControllerProcess(tmp_path, conn=tmp_path / "connection.json", db=":memory:",
+                                   heartbeat=None, dashboard=True)
+    conn = controller.conn
     log = tmp_path / "engine.log"
     with open(log, "wb") as out:
         engine = subprocess.Popen([*TASKMILL, "engine", "--connection-file", str(conn)],
                                   stdout=out, stderr=subprocess.STDOUT)
-    controller = None
     try:
         wait_until(lambda: "no answer from the controller" in log.read_text(),
                    "the engine to say it waits for its controller")
         assert engine.poll() is None
-        controller = subprocess.Popen([*TASKMILL, "controller", "--connection-file", str(conn),
-                                       "--db", ":memory:"], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL)
+        controller.start()
         with TaskClient(conn, timeout=30) as tc:
             wait_until(lambda: len(tc.engines()) == 1, "the engine to register", timeout=60)
             assert tc.run(MapTask(os.getpid), block=True) == engine.pid
     finally:
-        for p in (engine, controller):
-            if p is not None:
-                p.terminate()
-                p.wait(10)
+        engine.terminate()
+        engine.wait(10)
+        controller.stop()
 
 
 def test_an_engine_gives_up_after_its_controller_timeout(tmp_path):
@@ -311,12 +314,7 @@ def sshd(tmp_path_factory):
         wait_until(listening, "sshd to listen", timeout=30)
         yield SSHServer(port, d / "user_key")
     finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server)
 
 
 def test_ssh_launcher_starts_engines_through_sshd(sshd, profile):
@@ -470,12 +468,7 @@ class SlurmCluster:
                 wait_until(lambda: not self.squeue(), "squeue to be empty", timeout=60)
         finally:
             for daemon in reversed(self.daemons):  # slurmd, slurmctld, then munged
-                daemon.terminate()
-                try:
-                    daemon.wait(30)
-                except subprocess.TimeoutExpired:
-                    daemon.kill()
-                    daemon.wait()
+                stop_process(daemon, 30)
 
 
 @pytest.fixture(scope="module")

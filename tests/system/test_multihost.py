@@ -26,12 +26,10 @@ import time
 from pathlib import Path
 
 import pytest
-from systest import gone, need_programs, need_root, wait_until
+from systest import TASKMILL, gone, need_programs, need_root, wait_until
 
 from taskmill import TaskClient
 from taskmill.connection import read_connection_file
-
-TASKMILL = [sys.executable, "-m", "taskmill"]
 
 
 class Hosts:

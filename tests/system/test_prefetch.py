@@ -7,7 +7,7 @@ import os
 import signal
 
 import pytest
-from systest import poll, wait_for_file
+from systest import poll, read_lines, wait_for_file
 
 from taskmill import Cluster, EngineDied, MapTask, TaskAborted
 
@@ -48,7 +48,7 @@ def test_tasks_buffered_behind_a_long_one_are_taken_by_the_idle_engine(tmp_path)
         assert stats["revokes_granted"] >= 1, stats
         open(gate, "w").close()
         assert long.result(timeout=60) > 0
-    assert sorted(read(log)) == sorted(f"tiny {i}" for i in range(12))  # each ran once
+    assert sorted(read_lines(log)) == sorted(f"tiny {i}" for i in range(12))  # each ran once
 
 
 def test_stealing_under_a_mixed_load_runs_every_task_exactly_once(tmp_path):
@@ -67,15 +67,10 @@ def test_stealing_under_a_mixed_load_runs_every_task_exactly_once(tmp_path):
             stats = tc.statistics()
             if stats["revokes_granted"] >= 1:
                 break
-    runs = read(log)
+    runs = read_lines(log)
     assert sorted(runs) == sorted(tags), "a task ran twice or never"
     assert len(set(tags)) == len(futs) and len(futs) % 500 == 0
     assert stats["revokes_sent"] >= stats["revokes_granted"] >= 1, stats
-
-
-def read(path):
-    with open(path) as f:
-        return f.read().splitlines()
 
 
 def test_prefetch_buffers_tasks_and_they_can_be_aborted_or_rescued(tmp_path):

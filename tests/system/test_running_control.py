@@ -5,7 +5,7 @@ Real processes throughout: the shared 2-engine `cluster` fixture where the engin
 they were found, and a private `taskmill.Cluster` where a test changes engine properties or needs
 to know which engine a task lands on first.
 
-Rules these tests keep (as in test_seed_api.py):
+Rules these tests keep (as in tests/system/conftest.py):
 - No sleeping to wait for a condition: poll with a deadline (`wait_until`), or hold an engine with
   a task that waits for a file the test creates. Nothing asserts on wall-clock durations; the
   pytest timeout is the bound. (Abort latencies are measured and printed, see `-s`.)
@@ -23,47 +23,23 @@ import time
 from pathlib import Path
 
 import pytest
-from systest import make_blocker, read_lines, wait_until
+from systest import (
+    UNKNOWN_TID,
+    alive_engines,
+    make_blocker,
+    make_logger,
+    make_where,
+    read_lines,
+    wait_until,
+)
 
 import taskmill
 from taskmill import MapTask, StringTask, TaskResult
 
-# See test_seed_api.py: the thread method always ends a hung test.
+# The thread method always ends a hung test (see tests/system/conftest.py).
 pytestmark = pytest.mark.timeout(120, method="thread")
 
-UNKNOWN_TID = 987_654_321
-
-
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def alive_engines(tc: taskmill.TaskClient) -> dict[int, dict]:
-    return {e["engineid"]: e for e in tc.engines() if e["state"] != "dead"}
-
-
-def make_logger(fail: bool = False):
-    """A function that appends its engine id (or `tag`) to `path`; fails if asked."""
-
-    def log_attempt(path, tag=None):
-        import taskmill
-
-        line = str(taskmill.current_engine().engineid) if tag is None else tag
-        with open(path, "a") as f:
-            f.write(line + "\n")
-        if fail:
-            raise ValueError(f"attempt failed ({line})")
-        return line
-
-    return log_attempt
-
-
-def make_where():
-    def where(*_args):
-        import taskmill
-
-        return taskmill.current_engine().engineid
-
-    return where
 
 
 def make_stamp():
@@ -87,21 +63,10 @@ def who_am_i(tc: taskmill.TaskClient, eid: int, extra_pull=()) -> TaskResult:
 
 
 @pytest.fixture
-def eids(client) -> list[int]:
-    ids = sorted(alive_engines(client))
-    assert len(ids) == 2, f"the shared cluster should have 2 live engines, has {ids}"
-    return ids
-
-
-@pytest.fixture
-def engine_names(client, eids):
-    """Names the test sets in engine namespaces; they are removed from every engine after."""
-    names: list[str] = ["_tm_os", "_tm_pid"]
-    yield names
-    for e in eids:
-        tr = client.run(StringTask(f"[globals().pop(n, None) for n in {names!r}]",
-                                   depend={"engineid": e}), block=True)
-        tr.raise_exception()
+def engine_names(engine_names):
+    """conftest's `engine_names`, with the names `who_am_i` sets: removed from every engine."""
+    engine_names += ["_tm_os", "_tm_pid"]
+    return engine_names
 
 
 # -- 1. abort of a running task: interrupted, no retry, no recovery, same engine -------------
@@ -165,7 +130,7 @@ def _abort_running(client, cluster, eid, tmp_path, kind, body, label):
         task = StringTask(_string_code(body), push={"tm_log": str(log), "tm_started": str(started)},
                           retries=2, recovery_task=rescue, depend=pin)
     else:
-        rescue = MapTask(make_logger(), (str(rescued), "rescue"))
+        rescue = MapTask(make_logger(fail=False), (str(rescued), "rescue"))
         task = MapTask(_map_function(body), (str(log), str(started)), retries=2,
                        recovery_task=rescue, depend=pin)
     tid = client.run(task)

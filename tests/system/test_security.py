@@ -27,7 +27,14 @@ from pathlib import Path
 
 import pytest
 import zmq
-from systest import read_lines, wait_until
+from systest import (
+    controller_thread,
+    read_lines,
+    refused,
+    stop_process,
+    wait_refused,
+    wait_until,
+)
 
 from taskmill import (
     Cluster,
@@ -40,8 +47,7 @@ from taskmill import (
     TaskError,
     TaskTimeout,
 )
-from taskmill.connection import new_connection_info, read_connection_file, write_connection_file
-from taskmill.controller import Controller
+from taskmill.connection import read_connection_file
 from taskmill.wire import Wire
 
 pytestmark = pytest.mark.timeout(120, method="thread")
@@ -51,15 +57,6 @@ pytestmark = pytest.mark.timeout(120, method="thread")
 
 
 
-
-
-def refused(tc: TaskClient, reason: str) -> int:
-    return tc.statistics()["refused"].get(reason, 0)
-
-
-def wait_refused(tc: TaskClient, reason: str, at_least: int, timeout: float = 30.0) -> None:
-    wait_until(lambda: refused(tc, reason) >= at_least,
-               f"refused[{reason!r}] to reach {at_least}", timeout)
 
 
 def wait_finished(tc: TaskClient, tid: int, timeout: float = 30.0) -> None:
@@ -291,12 +288,7 @@ def test_engine_with_the_wrong_key_never_registers_and_gets_no_task(cluster, cli
         assert proc.pid not in {e["pid"] for e in engines_after}
         assert proc.poll() is None
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
     log_text = log_path.read_text(errors="replace")
     assert "registered as engine" not in log_text, log_text
     # The controller sent it nothing at all (it would have been refused there, and logged).
@@ -494,18 +486,10 @@ LIMIT = 64 * 1024
 def small_controller(tmp_path):
     """A controller in this process whose message size limit is LIMIT bytes (its `Wire` and
     its sockets' ZMQ_MAXMSGSIZE), as `taskmill controller --max-message-size LIMIT` has."""
-    info = new_connection_info()
-    conn = write_connection_file(tmp_path / "small" / "connection.json", info)
-    ctl = Controller(info, heartbeat=0.5, max_message=LIMIT)
-    assert ctl.wire.max_message == LIMIT
-    thread = threading.Thread(target=ctl.serve_forever, name="small-controller", daemon=True)
-    thread.start()
-    try:
-        yield info, conn, ctl
-    finally:
-        ctl.stop()
-        thread.join(10)
-        assert not thread.is_alive()
+    with controller_thread(tmp_path, max_message=LIMIT) as small:
+        assert small.ctl.wire.max_message == LIMIT
+        yield small.info, small.conn, small.ctl
+    assert not small.thread.is_alive()
 
 
 def test_message_above_the_size_limit_is_refused_and_counted(small_controller):
@@ -595,12 +579,7 @@ def test_result_above_the_size_limit_fails_the_task_clearly(small_controller, tm
                 tc.get_task_result(tid, block=True)
             assert result_of(tc, MapTask(abs, (-5,))) == 5
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 

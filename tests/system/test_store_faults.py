@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 
 import pytest
-from systest import TASKMILL, ControllerProcess, need_root, poll, wait_for_file
+from systest import TASKMILL, ControllerProcess, controller_process, need_root, poll, wait_for_file
 
 from taskmill import MapTask, StoreError, TaskClient
 
@@ -22,17 +22,11 @@ def tag(value):
 
 @pytest.fixture
 def controller(tmp_path):
-    ctl = ControllerProcess(tmp_path)
-    ctl.start()
-    engines = [ctl.engine(), ctl.engine()]
-    tc = TaskClient(ctl.conn, timeout=30)
-    poll(lambda: len(tc.engines()) >= 2, what="2 engines")
-    yield ctl, tc
-    tc.close()
-    for e in engines:
-        e.kill()
-        e.wait()
-    ctl.stop()
+    with controller_process(tmp_path, engines=2) as ctl:
+        tc = TaskClient(ctl.conn, timeout=30)
+        poll(lambda: len(tc.engines()) >= 2, what="2 engines")
+        yield ctl, tc
+        tc.close()
 
 
 def _check_results(tc, given: dict[int, str]) -> None:
