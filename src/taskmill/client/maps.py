@@ -1,33 +1,33 @@
-"""Maps over a TaskClient: the seed's `mapper`/`parallel`, the batching `map`, and `imap`.
+"""The pieces of maps, none of which waits on anything: chunking, chunk tasks, assembling.
 
-The seed's mapper sends one MapTask per element and raises the first failure in input order.
-`TaskClient.map` batches elements into chunks (one MapTask per chunk, run by `run_chunk` on the
-engine), follows the chunks' futures for a progress bar, and reports every failed element at
-once in a `CompositeError`. `imap` streams: `IMapRun` pulls chunks from the iterable only while
-fewer than a bound of items are out, so an iterable of any length runs in bounded memory.
+    map:    sequences --map_arguments--> argument tuples --chunked / auto_chunksize--> chunks
+            chunks --encode_chunks--> one encoded MapTask per chunk (`run_chunk` on the engine)
+            finished chunk futures --assemble_map--> results in order, or one CompositeError
+    imap:   IMapRun pulls chunks from the iterable only while fewer than a bound of items are
+            out, and hands back each finished chunk's entries when their turn comes
+    run_all: pinned_copies (one copy per engine) --> futures --> run_all_outcome
 
-The pieces here never wait on the network themselves (except the seed's blocking mapper): the
-blocking client and the asyncio client each drive them with their own way of waiting.
+The verbs that drive these (`verbs.py`) say when to wait; each front waits its own way.
 """
 
 from __future__ import annotations
 
-import functools
+import copy
 import itertools
 import math
 import pickle
-import queue
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, as_completed
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import Future
+from typing import Any
 
-from .errors import CompositeError, ControllerUnreachable, MapFailure, RemoteError, RemoteTraceback
-from .task import BaseTask, MapTask, check_seconds
-
-if TYPE_CHECKING:
-    from .client import TaskClient, TaskFuture, TaskOptions
+from ..errors import CompositeError, ControllerUnreachable, MapFailure, RemoteError, RemoteTraceback
+from ..task import BaseTask, MapTask
+from .codec import Encoded
+from .futures import TaskFuture
+from .options import TaskOptions
+from .session import Session
 
 CHUNKS_PER_ENGINE = 8
 MAX_AUTO_CHUNK = 2000
@@ -131,36 +131,36 @@ def chunk_entries(fut: TaskFuture, n: int) -> list[tuple[bool, Any]]:
 
 
 # -- map -------------------------------------------------------------------------------------
-def plan_map(options: TaskOptions, func: Callable[..., Any], sequences: Sequence[Iterable[Any]],
-             chunksize: int | None, n_engines: Callable[[], int]) -> tuple[int, list[list[Any]]]:
-    """The chunks of a map; `n_engines` is asked only when chunksize is None."""
+def map_arguments(options: TaskOptions, sequences: Sequence[Iterable[Any]],
+                  chunksize: int | None) -> list[tuple[Any, ...]]:
+    """A map's argument tuples, its options and chunksize checked."""
     check_map_options(options)
     check_positive(chunksize, "chunksize")
-    args = zip_sequences(sequences)
-    if not args:
-        return 0, []
-    if chunksize is None:
-        chunksize = auto_chunksize(len(args), n_engines())
-    return len(args), [args[i:i + chunksize] for i in range(0, len(args), chunksize)]
+    return zip_sequences(sequences)
 
 
-def encode_chunks(client: TaskClient, options: TaskOptions, func: Callable[..., Any],
-                  chunks: list[list[Any]], *, split: bool) -> tuple[list[list[Any]], list[Any]]:
+def chunked(args: list[tuple[Any, ...]], chunksize: int) -> list[list[tuple[Any, ...]]]:
+    return [args[i:i + chunksize] for i in range(0, len(args), chunksize)]
+
+
+def encode_chunks(session: Session, options: TaskOptions, func: Callable[..., Any],
+                  chunks: list[list[Any]], *,
+                  split: bool) -> tuple[list[list[Any]], list[Encoded]]:
     """Each chunk's task, encoded, and the chunks they are (in order). None is larger than the
     controller accepts in one message: with `split` (chunksize=None) a chunk that would be is
     cut in halves until it fits; a single element that does not fit, or a chunk of a chosen
     chunksize, raises ValueError, before anything is sent."""
     name = getattr(func, "__qualname__", type(func).__name__)
     out_chunks: list[list[Any]] = []
-    out: list[Any] = []
+    out: list[Encoded] = []
     start = 0  # the index of the chunk's first element
     todo = chunks[::-1]
     while todo:
         chunk = todo.pop()
-        enc = client._encode(chunk_task(options, func, chunk))
+        enc = session.encode(chunk_task(options, func, chunk))
         what = (f"element {start} of map({name})" if len(chunk) == 1 else
                 f"the chunk of elements {start}..{start + len(chunk) - 1} of map({name})")
-        error = client._too_big(enc, what)
+        error = session.too_big(enc, what)
         if error is not None:
             if split and len(chunk) > 1:
                 half = len(chunk) // 2
@@ -203,37 +203,6 @@ def assemble_map(name: str, futs: Sequence[TaskFuture], chunks: Sequence[list[An
     return results
 
 
-def client_map(client: TaskClient, options: TaskOptions, func: Callable[..., Any],
-               sequences: Sequence[Iterable[Any]], *, chunksize: int | None,
-               progress: bool | None, timeout: float | None = None) -> list[Any]:
-    """`TaskClient.map`. Whatever ends it before every chunk has finished (Ctrl-C, `timeout`,
-    any exception) aborts the chunks still queued or running."""
-    check_seconds(timeout, "timeout")
-    n_items, chunks = plan_map(options, func, sequences, chunksize, client._alive_engines)
-    if not chunks:
-        return []
-    chunks, encoded = encode_chunks(client, options, func, chunks, split=chunksize is None)
-    name = getattr(func, "__name__", "map")
-    futs: list[TaskFuture] = []
-    try:
-        futs = client._submit_futures(encoded, checked=True)
-        size = {f: len(c) for f, c in zip(futs, chunks, strict=True)}
-        with progress_bar(progress, n_items, name, "item") as bar:
-            for f in as_completed(futs, timeout=timeout):
-                bar.update(size[f])
-    except ControllerUnreachable:  # (a TimeoutError too; nothing can be aborted)
-        raise
-    except TimeoutError:
-        client._abort_futures(futs)
-        raise TimeoutError(f"map of {name} did not finish within {timeout:g}s (timeout=); its "
-                           "unfinished tasks were aborted") from None
-    except BaseException:
-        client._abort_futures(futs)
-        raise
-    check_unreachable(futs)
-    return assemble_map(name, futs, chunks, n_items)
-
-
 # -- imap ------------------------------------------------------------------------------------
 class IMapRun:
     """The bookkeeping of one imap: which items to send next, which results may go out next.
@@ -247,10 +216,10 @@ class IMapRun:
     `IMAP_CHUNK_SECONDS` on an engine, as measured by the engines' reported durations.
     """
 
-    def __init__(self, client: Any, options: TaskOptions, func: Callable[..., Any],
+    def __init__(self, session: Session, options: TaskOptions, func: Callable[..., Any],
                  iterable: Iterable[Any], *, ordered: bool, chunksize: int | None,
                  max_outstanding: int | None, n_engines: int) -> None:
-        self.client = client  # a TaskClient (the asyncio client drives its blocking one)
+        self.session = session
         self.options = options
         self.func = func
         self.items: Iterator[Any] = iter(iterable)
@@ -295,9 +264,9 @@ class IMapRun:
             self.outstanding += len(chunk)
         if not chunks:
             return []
-        client = self.client
-        futs = client._submit_futures(
-            [client._encode(chunk_task(self.options, self.func, c)) for c in chunks])
+        session = self.session
+        futs = session.submit_futures(
+            [session.encode(chunk_task(self.options, self.func, c)) for c in chunks])
         for fut, chunk in zip(futs, chunks, strict=True):
             self.inflight[fut] = (self.next_seq, len(chunk))
             self.next_seq += 1
@@ -308,8 +277,8 @@ class IMapRun:
         seq, n = self.inflight.pop(fut)
         entries = chunk_entries(fut, n)
         self._adapt(fut, n)
-        if fut._taskid is not None:
-            self.to_clear.append(fut._taskid)
+        if fut.known_taskid is not None:
+            self.to_clear.append(fut.known_taskid)
             if len(self.to_clear) >= CLEAR_BATCH:
                 self._clear()
         if not self.ordered:
@@ -336,7 +305,7 @@ class IMapRun:
         """Drop the results already handed out: a stream must not fill the controller's store."""
         tids, self.to_clear = self.to_clear, []
         if tids:
-            self.client._send_and_forget({"type": "clear", "tids": tids})
+            self.session.send_and_forget({"type": "clear", "tids": tids})
 
     def close(self) -> None:
         """Abort what is still out, and drop every result of this imap from the controller
@@ -345,10 +314,10 @@ class IMapRun:
         for fut in list(self.inflight):
             try:
                 if fut.done():
-                    if fut._taskid is not None:
-                        self.to_clear.append(fut._taskid)
+                    if fut.known_taskid is not None:
+                        self.to_clear.append(fut.known_taskid)
                     continue
-                self.client._send_and_forget({"type": "abort", "tid": fut.taskid})
+                self.session.send_and_forget({"type": "abort", "tid": fut.taskid})
                 fut.add_done_callback(self._clear_when_done)
             except Exception:  # noqa: BLE001 - a failed submit or a closed client: nothing to do
                 pass
@@ -360,10 +329,10 @@ class IMapRun:
             pass
 
     def _clear_when_done(self, fut: TaskFuture) -> None:  # on the I/O thread
-        if fut._taskid is None:
+        if fut.known_taskid is None:
             return
         try:
-            self.client._send_and_forget({"type": "clear", "tids": [fut._taskid]})
+            self.session.send_and_forget({"type": "clear", "tids": [fut.known_taskid]})
         except Exception:  # noqa: BLE001 - the client was closed
             pass
 
@@ -374,96 +343,45 @@ def check_imap(options: TaskOptions, chunksize: Any, max_outstanding: Any) -> No
     check_positive(max_outstanding, "max_outstanding")
 
 
-def client_imap(client: TaskClient, options: TaskOptions, func: Callable[..., Any],
-                iterable: Iterable[Any], *, ordered: bool, chunksize: int | None,
-                max_outstanding: int | None, progress: bool | None) -> Iterator[Any]:
-    check_imap(options, chunksize, max_outstanding)
-    return _blocking_imap(client, options, func, iterable, ordered=ordered,
-                          chunksize=chunksize, max_outstanding=max_outstanding,
-                          progress=progress)
+# -- run_all ---------------------------------------------------------------------------------
+class OnEngine:
+    """A callable depend pinned to one engine: `run_all`'s copy of a task with its own depend."""
 
-
-def _blocking_imap(client: TaskClient, options: TaskOptions, func: Callable[..., Any],
-                   iterable: Iterable[Any], *, ordered: bool, chunksize: int | None,
-                   max_outstanding: int | None, progress: bool | None) -> Iterator[Any]:
-    run = IMapRun(client, options, func, iterable, ordered=ordered, chunksize=chunksize,
-                  max_outstanding=max_outstanding, n_engines=client._alive_engines())
-    done: queue.SimpleQueue[Future] = queue.SimpleQueue()
-    total = len(iterable) if hasattr(iterable, "__len__") else None
-    bar = progress_bar(progress, total, getattr(func, "__name__", "imap"), "item")
-    try:
-        while True:
-            for fut in run.send_more():
-                fut.add_done_callback(done.put)
-            if run.finished:
-                return
-            for ok, value in run.chunk_done(done.get()):
-                if not ok:
-                    raise value
-                bar.update()
-                yield value
-    finally:
-        bar.close()
-        run.close()
-
-
-# -- the seed's mapper -----------------------------------------------------------------------
-class TaskMapper:
-    """The seed's IMapper: `.map(func, *sequences)`, one MapTask per element.
-
-    As in the seed, the client is `task_controller` and the options are plain attributes of
-    their own names (`clear_before`, `clear_after`, `retries`, `recovery_task`, `depend`,
-    `block`); a change to one applies to the next `map`, and is checked there."""
-
-    def __init__(self, client: TaskClient, *, clear_before: bool = False,
-                 clear_after: bool = False, retries: int = 0,
-                 recovery_task: BaseTask | None = None, depend: Any = None,
-                 block: bool = True) -> None:
-        self.task_controller = client
-        self.clear_before = clear_before
-        self.clear_after = clear_after
-        self.retries = retries
-        self.recovery_task = recovery_task
+    def __init__(self, engineid: int, depend: Callable[[dict[str, Any]], Any]) -> None:
+        self.engineid = engineid
         self.depend = depend
-        self.block = block
-        MapTask(len, **self._options())  # check the options now, not at the first map
 
-    def _options(self) -> dict[str, Any]:
-        return {"clear_before": self.clear_before, "clear_after": self.clear_after,
-                "retries": self.retries, "recovery_task": self.recovery_task,
-                "depend": self.depend}
+    def __call__(self, properties: dict[str, Any]) -> bool:
+        return properties.get("engineid") == self.engineid and bool(self.depend(properties))
 
-    def map(self, func: Callable[..., Any], *sequences: Iterable[Any],
-            timeout: float | None = None) -> list[Any]:
-        """One MapTask per element: with `block`, their results in order (the first failure
-        raised; past `timeout` seconds, TimeoutError), else their taskids. Whatever ends it
-        before it returns (Ctrl-C, `timeout`, any exception) aborts the tasks it had sent."""
-        check_seconds(timeout, "timeout")
-        client = self.task_controller
-        options = self._options()
-        MapTask(len, **options)  # an attribute changed since: checked before anything is sent
-        args = zip_sequences(sequences)
-        encoded = [client._encode(MapTask(func, a, **options)) for a in args]
-        tids: list[int] = []
+
+def pinned_copies(task: BaseTask, engineids: Sequence[int]) -> list[BaseTask]:
+    """One copy of `task` per engine, each with a depend that only its engine satisfies."""
+    if not isinstance(task, BaseTask):
+        raise TypeError(f"run_all() takes a StringTask or MapTask, not {type(task).__name__}")
+    task.validate()
+    copies = []
+    for eid in engineids:
+        t = copy.copy(task)
+        if t.depend is None:
+            t.depend = {"engineid": eid}
+        elif isinstance(t.depend, dict):
+            t.depend = {**t.depend, "engineid": eid}
+        else:
+            t.depend = OnEngine(eid, t.depend)
+        copies.append(t)
+    return copies
+
+
+def run_all_outcome(engineids: Sequence[int], futs: Sequence[TaskFuture]) -> dict[int, Any]:
+    """`run_all`'s dict engineid -> result, or a CompositeError naming each engine that failed."""
+    out: dict[int, Any] = {}
+    elist: list[MapFailure] = []
+    for i, (eid, f) in enumerate(zip(engineids, futs, strict=True)):
         try:
-            client._submit_encoded(encoded, tids)
-            if not self.block or not tids:
-                return tids
-            name = getattr(func, "__name__", "map")
-            entries = client._results(tids, True, timeout, f"map of {name}")
-        except BaseException:
-            client._abort_taskids(tids)
-            raise
-        return [client._decode(m, f) for m, f in entries]
-
-
-class ParallelFunction:
-    """What `@client.parallel()` makes of a function: it maps itself over its arguments."""
-
-    def __init__(self, mapper: TaskMapper, func: Callable[..., Any]) -> None:
-        self.mapper = mapper
-        self.func = func
-        functools.update_wrapper(self, func)
-
-    def __call__(self, *sequences: Iterable[Any]) -> list[Any]:
-        return self.mapper.map(self.func, *sequences)
+            out[eid] = f.result()
+        except Exception as e:  # noqa: BLE001 - reported per engine
+            elist.append(MapFailure(i, eid, e, getattr(e, "remote_traceback", "") or ""))
+    if elist:
+        raise CompositeError(f"run_all failed on {len(elist)} of {len(engineids)} engines", elist)
+    return out
