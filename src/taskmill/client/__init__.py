@@ -9,15 +9,15 @@ How the package is laid out, from the bottom up (each module's docstring says mo
     connection.py  the sockets and the I/O thread (reconnects, reconnect_timeout)
     futures.py     TaskFuture
     submitter.py   the Submitter (batched submits) and the Watcher (results of older tasks)
-    session.py     Session: what both fronts share, and the blocking way to carry out a verb
+    backend.py     Backend: what both fronts share, and the blocking way to carry out a verb
     options.py     TaskOptions
     maps.py        the pieces of map, imap and run_all, none of which waits
     verbs.py       every verb, once: a generator of steps that never blocks
     seedmap.py     the seed's mapper and @parallel
-    blocking.py    TaskClient: each verb in one line over `Session.run`
+    blocking.py    TaskClient: each verb in one line over `Backend.run`
     aio.py         AsyncTaskClient: each verb in one line over an awaiting driver
 
-A call's path: TaskClient.map -> verbs.map_elements yields steps -> Session.run sends each
+A call's path: TaskClient.map -> verbs.map_elements yields steps -> Backend.run sends each
 Request over the Connection and waits for task futures -> the I/O thread resolves them ->
 the verb assembles the results. The async front runs the very same verbs, awaiting instead.
 
@@ -36,12 +36,12 @@ from ..task import MapTask as MapTask
 from ..task import ResultNS as ResultNS
 from ..task import StringTask as StringTask
 from ..task import TaskResult as TaskResult
+from .backend import Backend
 from .blocking import BlockingTaskClient, TaskClient
 from .codec import refusal, split_results, taskid_list
 from .connection import RECONNECT_TIMEOUT, check_client_timeouts
 from .futures import TaskFuture
 from .options import NO_OPTIONS, TaskOptions
-from .session import Session
 
 __all__ = [
     "NO_OPTIONS",
@@ -51,7 +51,7 @@ __all__ = [
     "CompositeError",
     "MapTask",
     "ResultNS",
-    "Session",
+    "Backend",
     "StringTask",
     "TaskClient",
     "TaskFuture",

@@ -1,13 +1,13 @@
 """The asyncio client, `AsyncTaskClient`: the verbs of `TaskClient` as coroutines, one line each.
 
-    await atc.map(f, xs) --> verbs.map_elements(session, ...) (the same generator of steps the
+    await atc.map(f, xs) --> verbs.map_elements(backend, ...) (the same generator of steps the
                              blocking client runs, verbs.py)
                          --> AsyncDriver carries each step out by awaiting:
                              Request: send on the blocking client's connection; the I/O thread
                              resolves a concurrent Future, awaited via asyncio.wrap_future
                              WaitFor: the task futures as AsyncTaskFutures, asyncio.wait
 
-It rides on a blocking client's Session (`blocking`), so nothing here waits on the network in
+It rides on a blocking client's Backend (`blocking`), so nothing here waits on the network in
 the event loop, and replies and results are unpickled in the loop's thread, by the coroutine
 that asked. `submit` returns an `AsyncTaskFuture`, an `asyncio.Future` that follows the
 blocking client's `TaskFuture` for the same task.
@@ -27,12 +27,12 @@ from typing import Any
 from ..errors import ControllerUnreachable
 from ..task import BaseTask
 from . import steps, verbs
+from .backend import Backend
 from .blocking import TaskClient
 from .codec import checked
 from .connection import RECONNECT_TIMEOUT, check_client_timeouts, too_slow
 from .futures import TaskFuture
 from .options import NO_OPTIONS, TaskOptions
-from .session import Session
 from .steps import Abort, Adopt, Emit, Follow, NextDone, Request, WaitFor
 
 
@@ -93,10 +93,10 @@ class AsyncTaskFuture(asyncio.Future):
 
 
 class AsyncDriver:
-    """Carries out a verb's steps (steps.py) by awaiting, on the blocking client's Session."""
+    """Carries out a verb's steps (steps.py) by awaiting, on the blocking client's Backend."""
 
-    def __init__(self, session: Session) -> None:
-        self.session = session
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
         self.result: Any = None  # what the verb carried out by `stream` returned
 
     def adopt(self, fut: Any) -> asyncio.Future:
@@ -167,7 +167,7 @@ class AsyncDriver:
             return await self.wait_for(step)
         if isinstance(step, Abort):  # (off the loop: it waits for the controller)
             try:
-                await asyncio.to_thread(self.session.abort_all, step)
+                await asyncio.to_thread(self.backend.abort_all, step)
             except Exception:  # noqa: BLE001 - the error that ended the call is the one to raise
                 pass
             return None
@@ -194,7 +194,7 @@ class AsyncDriver:
 
     async def request(self, req: Request) -> Any:
         """Send `req` and await its reply (see steps.Request for the two kinds of wait)."""
-        conn = self.session.connection
+        conn = self.backend.connection
         fut = conn.send(req.header, req.frames)
         wait = req.timeout if req.blocking else conn.timeout
         answered = False
@@ -267,13 +267,13 @@ class AsyncTaskClient:
     def connection_file(self) -> Any:
         return self.blocking.connection_file
 
-    def _driver(self) -> tuple[AsyncDriver, Session]:
-        session = self.blocking.session
-        return AsyncDriver(session), session
+    def _driver(self) -> tuple[AsyncDriver, Backend]:
+        backend = self.blocking.backend
+        return AsyncDriver(backend), backend
 
-    async def _run(self, make: Callable[[Session], Any]) -> Any:
-        driver, session = self._driver()
-        return await driver.run(make(session))
+    async def _run(self, make: Callable[[Backend], Any]) -> Any:
+        driver, backend = self._driver()
+        return await driver.run(make(backend))
 
     # -- the seed's verbs ------------------------------------------------------------------
     async def run(self, task: BaseTask, block: bool = False, *,
@@ -343,13 +343,13 @@ class AsyncTaskClient:
     def submit_with(self, options: TaskOptions, func: Callable[..., Any], args: Sequence[Any],
                     kwargs: dict[str, Any]) -> AsyncTaskFuture:
         """`submit` with these task options (what `options(...).submit` calls)."""
-        driver, session = self._driver()
-        return driver.adopt(verbs.submit(session, options, func, args, kwargs))
+        driver, backend = self._driver()
+        return driver.adopt(verbs.submit(backend, options, func, args, kwargs))
 
     def future(self, taskid: int) -> AsyncTaskFuture:
         """An awaitable future for a task submitted before."""
-        driver, session = self._driver()
-        return driver.adopt(session.futures_for([taskid])[0])
+        driver, backend = self._driver()
+        return driver.adopt(backend.futures_for([taskid])[0])
 
     def options(self, *, retries: int = 0, timeout: float | None = None, depend: Any = None,
                 after: Any = None, recovery_task: BaseTask | None = None,
@@ -379,8 +379,8 @@ class AsyncTaskClient:
                   progress: bool | None = False) -> AsyncIterator[Any]:
         """`imap` with these task options on every chunk task (what `options(...).imap`
         calls)."""
-        driver, session = self._driver()
-        return driver.stream(verbs.imap_elements(session, options, func, iterable, ordered,
+        driver, backend = self._driver()
+        return driver.stream(verbs.imap_elements(backend, options, func, iterable, ordered,
                                                  chunksize, max_outstanding, progress))
 
     async def run_all(self, task: BaseTask, *, timeout: float | None = None) -> dict[int, Any]:

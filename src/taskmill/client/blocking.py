@@ -1,7 +1,7 @@
 """The blocking client, `TaskClient` (the seed's `BlockingTaskClient`): each verb in one line.
 
-    tc.map(f, xs) --> verbs.map_elements(session, ...) (a generator of steps, verbs.py)
-                  --> Session.run carries each step out, blocking this thread:
+    tc.map(f, xs) --> verbs.map_elements(backend, ...) (a generator of steps, verbs.py)
+                  --> Backend.run carries each step out, blocking this thread:
                       caller --request--> [send socket] --> controller --reply--> I/O thread
                       --> the request's Future --> the verb reads it and goes on
 
@@ -21,11 +21,11 @@ from typing import Any
 from ..task import BaseTask
 from ..wire import ship_local_modules
 from . import steps, verbs
+from .backend import Backend
 from .connection import RECONNECT_TIMEOUT, check_client_timeouts
 from .futures import TaskFuture
 from .options import NO_OPTIONS, TaskOptions
 from .seedmap import ParallelFunction, TaskMapper
-from .session import Session
 
 
 class TaskClient:
@@ -41,8 +41,8 @@ class TaskClient:
     Blocking verbs take their own keyword-only `timeout` (seconds): past it, the builtin
     `TimeoutError`, and the tasks are left as they are (a map that ends so aborts its tasks).
 
-    `session` is the connection and futures machinery underneath (for taskmill's own
-    modules and tests; see taskmill.client.session).
+    `backend` is the connection and futures machinery underneath (for taskmill's own
+    modules and tests; see taskmill.client.backend).
     """
 
     def __init__(self, connection: str | os.PathLike[str] | None = None, *,
@@ -51,13 +51,13 @@ class TaskClient:
         # Modules beside the script or in the working folder, which engines cannot import,
         # travel by value from now on (SPEC §2; see wire.is_local_module).
         ship_local_modules()
-        self.session = Session(connection, timeout, reconnect_timeout)
-        self.connection_file = self.session.connection.path
+        self.backend = Backend(connection, timeout, reconnect_timeout)
+        self.connection_file = self.backend.connection.path
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:
         """Close the connection; futures still waiting fail with RuntimeError."""
-        self.session.close()
+        self.backend.close()
 
     def __enter__(self) -> TaskClient:
         return self
@@ -66,10 +66,10 @@ class TaskClient:
         self.close()
 
     def __del__(self) -> None:
-        session = getattr(self, "session", None)
-        if session is not None:
+        backend = getattr(self, "backend", None)
+        if backend is not None:
             try:
-                session.connection.close()
+                backend.connection.close()
             except Exception:  # noqa: BLE001 - interpreter shutdown
                 pass
 
@@ -77,7 +77,7 @@ class TaskClient:
     def run(self, task: BaseTask, block: bool = False, *, timeout: float | None = None) -> Any:
         """Submit `task`; return its taskid, or with `block=True` its result (then past
         `timeout` seconds, TimeoutError; the task goes on)."""
-        return self.session.run(verbs.run(self.session, task, block, timeout))
+        return self.backend.run(verbs.run(self.backend, task, block, timeout))
 
     def get_task_result(self, taskid: int, block: bool = False, *,
                         timeout: float | None = None) -> Any:
@@ -86,11 +86,11 @@ class TaskClient:
         With `block=True`, waits until it has finished; past `timeout` seconds (None: no
         limit), TimeoutError, and the task goes on. IndexError for an unknown or cleared id
         (any int outside 0..2**63-1 is one)."""
-        return self.session.run(verbs.get_task_result(self.session, taskid, block, timeout))
+        return self.backend.run(verbs.get_task_result(self.backend, taskid, block, timeout))
 
     def abort(self, taskid: int) -> None:
         """Abort a queued or running task (it finishes as TaskAborted)."""
-        return self.session.run(steps.abort(taskid))
+        return self.backend.run(steps.abort(taskid))
 
     def barrier(self, taskids: int | Sequence[int], progress: bool | None = False, *,
                 timeout: float | None = None) -> None:
@@ -101,20 +101,20 @@ class TaskClient:
         Past `timeout` seconds (None: no limit), TimeoutError. The tasks are not this call's:
         an interrupted barrier (Ctrl-C, a timeout) leaves them running.
         """
-        return self.session.run(verbs.barrier(self.session, taskids, progress, timeout))
+        return self.backend.run(verbs.barrier(self.backend, taskids, progress, timeout))
 
     def spin(self) -> bool:
         """Run the scheduler once; True if it dispatched anything."""
-        return self.session.run(steps.spin())
+        return self.backend.run(steps.spin())
 
     def queue_status(self, verbose: bool = False) -> dict[str, Any]:
         """`scheduled`, `pending`, `succeeded`, `failed`: counts, or taskid lists if verbose."""
-        return self.session.run(steps.queue_status(verbose))
+        return self.backend.run(steps.queue_status(verbose))
 
     def clear(self, taskids: int | Sequence[int] | None = None) -> int:
         """Drop finished results (all, one id, or a list); return how many were dropped.
         KeyError names the ids that had no finished result (the others are dropped)."""
-        return self.session.run(verbs.clear(taskids))
+        return self.backend.run(verbs.clear(taskids))
 
     def map(self, func: Callable[..., Any], /, *sequences: Iterable[Any],
             chunksize: int | None = None, progress: bool | None = False,
@@ -135,7 +135,7 @@ class TaskClient:
                  sequences: Sequence[Iterable[Any]], chunksize: int | None = None,
                  progress: bool | None = False, timeout: float | None = None) -> list[Any]:
         """`map` with these task options on every chunk task (what `options(...).map` calls)."""
-        return self.session.run(verbs.map_elements(self.session, options, func, sequences,
+        return self.backend.run(verbs.map_elements(self.backend, options, func, sequences,
                                                    chunksize, progress, timeout))
 
     def mapper(self, clear_before: bool = False, clear_after: bool = False, retries: int = 0,
@@ -160,24 +160,24 @@ class TaskClient:
     # -- beyond the seed -------------------------------------------------------------------
     def engines(self) -> list[dict[str, Any]]:
         """Every engine the controller knows: id, host, pid, properties, state, tasks done."""
-        return self.session.run(steps.engines())
+        return self.backend.run(steps.engines())
 
     def statistics(self) -> dict[str, Any]:
         """What the controller is doing: queue, engines (state, current task, tasks done,
         failures, last heartbeat, properties), tasks/s over the last minute, task durations,
         messages, engine deaths, refused messages by reason."""
-        return self.session.run(steps.statistics())
+        return self.backend.run(steps.statistics())
 
     def activity(self, since: int = 0) -> dict[str, Any]:
         """What happened recently: the attempts finished after sequence number `since` (which
         engine ran which task, when), the attempts running now, the latest failures, and
         per-second throughput and queue lengths (see taskmill.stats.RecentActivity.snapshot)."""
-        return self.session.run(steps.activity(since))
+        return self.backend.run(steps.activity(since))
 
     def task_info(self, taskid: int) -> dict[str, Any]:
         """One task's `state` (scheduled, pending, succeeded, failed or unknown) and metadata
         (engine, times, attempts, output, error with its traceback), without unpickling."""
-        return self.session.run(verbs.task_info(taskid))
+        return self.backend.run(verbs.task_info(taskid))
 
     # -- futures -----------------------------------------------------------------------------
     def submit(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
@@ -186,12 +186,12 @@ class TaskClient:
         Every keyword goes to `func`. Task options go on `options()`:
         `tc.options(retries=2, timeout=5, after=[fut]).submit(func, x, retries="func's own")`.
         """
-        return verbs.submit(self.session, NO_OPTIONS, func, args, kwargs)
+        return verbs.submit(self.backend, NO_OPTIONS, func, args, kwargs)
 
     def submit_with(self, options: TaskOptions, func: Callable[..., Any], args: Sequence[Any],
                     kwargs: dict[str, Any]) -> TaskFuture:
         """`submit` with these task options (what `options(...).submit` calls)."""
-        return verbs.submit(self.session, options, func, args, kwargs)
+        return verbs.submit(self.backend, options, func, args, kwargs)
 
     def options(self, *, retries: int = 0, timeout: float | None = None, depend: Any = None,
                 after: Any = None, recovery_task: BaseTask | None = None,
@@ -204,7 +204,7 @@ class TaskClient:
     def future(self, taskid: int) -> TaskFuture:
         """A TaskFuture for a task submitted before (by any client); IndexError from
         `result()` if it is unknown or was cleared."""
-        return self.session.futures_for([taskid])[0]
+        return self.backend.futures_for([taskid])[0]
 
     def wait(self, futures_or_ids: Any, *, timeout: float | None = None,
              progress: bool | None = None) -> list[Future]:
@@ -215,7 +215,7 @@ class TaskClient:
         Past `timeout` seconds, TimeoutError. The tasks are not this call's: an interrupted
         wait (Ctrl-C, a timeout) leaves them running.
         """
-        return self.session.run(verbs.wait(self.session, futures_or_ids, timeout, progress))
+        return self.backend.run(verbs.wait(self.backend, futures_or_ids, timeout, progress))
 
     def imap(self, func: Callable[..., Any], iterable: Iterable[Any], *, ordered: bool = True,
              chunksize: int | None = None, max_outstanding: int | None = None,
@@ -238,7 +238,7 @@ class TaskClient:
                   progress: bool | None = False) -> Iterator[Any]:
         """`imap` with these task options on every chunk task (what `options(...).imap`
         calls)."""
-        return self.session.stream(verbs.imap_elements(self.session, options, func, iterable,
+        return self.backend.stream(verbs.imap_elements(self.backend, options, func, iterable,
                                                        ordered, chunksize, max_outstanding,
                                                        progress))
 
@@ -250,7 +250,7 @@ class TaskClient:
         `timeout` seconds (None: no limit), TimeoutError; whatever ends it early (that, Ctrl-C)
         aborts the copies still queued or running.
         """
-        return self.session.run(verbs.run_all(self.session, task, timeout))
+        return self.backend.run(verbs.run_all(self.backend, task, timeout))
 
 
 BlockingTaskClient = TaskClient

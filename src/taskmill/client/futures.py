@@ -5,7 +5,7 @@
                                                                  unpickled yet
     caller --result()--> owner.decode(meta, frames), once, in the caller's thread
 
-A future belongs to an *owner* (the client's `Session`), which it asks three things: its
+A future belongs to an *owner* (the client's `Backend`), which it asks three things: its
 `connection` (for the timeouts), `decode` (a result entry to a value or a raised error) and
 `abort` (for `cancel`). The `set_*` methods are what the client does to a future, public as
 `Future.set_result` is: for the client's own modules, not for programs.

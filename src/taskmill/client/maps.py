@@ -24,10 +24,10 @@ from typing import Any
 
 from ..errors import CompositeError, ControllerUnreachable, MapFailure, RemoteError, RemoteTraceback
 from ..task import BaseTask, MapTask
+from .backend import Backend
 from .codec import Encoded
 from .futures import TaskFuture
 from .options import TaskOptions
-from .session import Session
 
 CHUNKS_PER_ENGINE = 8
 MAX_AUTO_CHUNK = 2000
@@ -143,7 +143,7 @@ def chunked(args: list[tuple[Any, ...]], chunksize: int) -> list[list[tuple[Any,
     return [args[i:i + chunksize] for i in range(0, len(args), chunksize)]
 
 
-def encode_chunks(session: Session, options: TaskOptions, func: Callable[..., Any],
+def encode_chunks(backend: Backend, options: TaskOptions, func: Callable[..., Any],
                   chunks: list[list[Any]], *,
                   split: bool) -> tuple[list[list[Any]], list[Encoded]]:
     """Each chunk's task, encoded, and the chunks they are (in order). None is larger than the
@@ -157,10 +157,10 @@ def encode_chunks(session: Session, options: TaskOptions, func: Callable[..., An
     todo = chunks[::-1]
     while todo:
         chunk = todo.pop()
-        enc = session.encode(chunk_task(options, func, chunk))
+        enc = backend.encode(chunk_task(options, func, chunk))
         what = (f"element {start} of map({name})" if len(chunk) == 1 else
                 f"the chunk of elements {start}..{start + len(chunk) - 1} of map({name})")
-        error = session.too_big(enc, what)
+        error = backend.too_big(enc, what)
         if error is not None:
             if split and len(chunk) > 1:
                 half = len(chunk) // 2
@@ -216,10 +216,10 @@ class IMapRun:
     `IMAP_CHUNK_SECONDS` on an engine, as measured by the engines' reported durations.
     """
 
-    def __init__(self, session: Session, options: TaskOptions, func: Callable[..., Any],
+    def __init__(self, backend: Backend, options: TaskOptions, func: Callable[..., Any],
                  iterable: Iterable[Any], *, ordered: bool, chunksize: int | None,
                  max_outstanding: int | None, n_engines: int) -> None:
-        self.session = session
+        self.backend = backend
         self.options = options
         self.func = func
         self.items: Iterator[Any] = iter(iterable)
@@ -264,9 +264,9 @@ class IMapRun:
             self.outstanding += len(chunk)
         if not chunks:
             return []
-        session = self.session
-        futs = session.submit_futures(
-            [session.encode(chunk_task(self.options, self.func, c)) for c in chunks])
+        backend = self.backend
+        futs = backend.submit_futures(
+            [backend.encode(chunk_task(self.options, self.func, c)) for c in chunks])
         for fut, chunk in zip(futs, chunks, strict=True):
             self.inflight[fut] = (self.next_seq, len(chunk))
             self.next_seq += 1
@@ -305,7 +305,7 @@ class IMapRun:
         """Drop the results already handed out: a stream must not fill the controller's store."""
         tids, self.to_clear = self.to_clear, []
         if tids:
-            self.session.send_and_forget({"type": "clear", "tids": tids})
+            self.backend.send_and_forget({"type": "clear", "tids": tids})
 
     def close(self) -> None:
         """Abort what is still out, and drop every result of this imap from the controller
@@ -317,7 +317,7 @@ class IMapRun:
                     if fut.known_taskid is not None:
                         self.to_clear.append(fut.known_taskid)
                     continue
-                self.session.send_and_forget({"type": "abort", "tid": fut.taskid})
+                self.backend.send_and_forget({"type": "abort", "tid": fut.taskid})
                 fut.add_done_callback(self._clear_when_done)
             except Exception:  # noqa: BLE001 - a failed submit or a closed client: nothing to do
                 pass
@@ -332,7 +332,7 @@ class IMapRun:
         if fut.known_taskid is None:
             return
         try:
-            self.session.send_and_forget({"type": "clear", "tids": [fut.known_taskid]})
+            self.backend.send_and_forget({"type": "clear", "tids": [fut.known_taskid]})
         except Exception:  # noqa: BLE001 - the client was closed
             pass
 

@@ -1,6 +1,6 @@
 """The seed's mapper: `TaskClient.mapper()` and `@TaskClient.parallel()`.
 
-    mapper.map(f, xs) --> verbs.seed_map (one MapTask per element) --> the client's session
+    mapper.map(f, xs) --> verbs.seed_map (one MapTask per element) --> the client's backend
         submit{tasks} --> taskids --> result{tids, block} --> values in order (the first
         failure raised), or with block=False the taskids
 
@@ -15,11 +15,11 @@ from typing import Any, Protocol
 
 from ..task import BaseTask, MapTask
 from . import verbs
-from .session import Session
+from .backend import Backend
 
 
 class HasSession(Protocol):
-    session: Session
+    backend: Backend
 
 
 class TaskMapper:
@@ -52,8 +52,8 @@ class TaskMapper:
         """One MapTask per element: with `block`, their results in order (the first failure
         raised; past `timeout` seconds, TimeoutError), else their taskids. Whatever ends it
         before it returns (Ctrl-C, `timeout`, any exception) aborts the tasks it had sent."""
-        session = self.task_controller.session
-        return session.run(verbs.seed_map(session, func, sequences, self._options(), self.block,
+        backend = self.task_controller.backend
+        return backend.run(verbs.seed_map(backend, func, sequences, self._options(), self.block,
                                           timeout))
 
 

@@ -8,7 +8,7 @@ A verb (see `verbs.py`) is a generator that yields these and is sent what each c
          <--the futures still unfinished------ as each finishes, in the caller's thread
     verb --Abort(futs) / Adopt(futs) / Follow(futs) / NextDone() / Emit(value)--> ...
 
-The blocking front (`session.Session.run`) carries a step out by blocking the caller's
+The blocking front (`backend.Backend.run`) carries a step out by blocking the caller's
 thread; the asyncio front (`aio.py`) by awaiting. Nothing here does I/O: the builders at the
 end are the one-request verbs, each a Request that says what to send and how to read the
 reply.
@@ -71,7 +71,7 @@ class WaitFor:
 
 class Abort:
     """Abort the unfinished tasks of these TaskFutures and these taskids (a call that ended
-    early), waiting a little for the controller to hear it (see Session.abort_futures).
+    early), waiting a little for the controller to hear it (see Backend.abort_futures).
     Comes to None; a failure to abort is not raised (the error that ended the call is)."""
 
     __slots__ = ("futs", "tids")

@@ -1,7 +1,7 @@
 """Every verb of the client, written once, for both fronts: generators of steps (sans-I/O).
 
-    TaskClient.map(...)       --> session.run(map_elements(session, ...))         (blocking)
-    AsyncTaskClient.map(...)  --> await driver.run(map_elements(session, ...))    (asyncio)
+    TaskClient.map(...)       --> backend.run(map_elements(backend, ...))         (blocking)
+    AsyncTaskClient.map(...)  --> await driver.run(map_elements(backend, ...))    (asyncio)
 
 A verb checks its arguments, then yields what it needs done (`steps.py`: a Request to the
 controller, a wait for task futures, an abort...) and is sent what that came to (or has the
@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import ControllerUnreachable
 from ..task import BaseTask, MapTask, check_seconds
+from .backend import Backend
 from .codec import (
     Encoded,
     batches,
@@ -45,7 +46,6 @@ from .maps import (
     zip_sequences,
 )
 from .options import TaskOptions
-from .session import Session
 from .steps import (
     Abort,
     Adopt,
@@ -72,34 +72,34 @@ def read_tids(reply: dict[str, Any], _: list[Any]) -> list[int]:
 
 
 # -- submitting ------------------------------------------------------------------------------
-def submit(session: Session, options: TaskOptions, func: Callable[..., Any],
+def submit(backend: Backend, options: TaskOptions, func: Callable[..., Any],
            args: Sequence[Any], kwargs: dict[str, Any]) -> TaskFuture:
     """A future for `func(*args, **kwargs)`, sent without waiting; one that cannot be sent
     fails at once (as a task that fails would)."""
-    enc = session.encode(options.task(func, args, kwargs), validated=True)
-    error = session.too_big(enc)
+    enc = backend.encode(options.task(func, args, kwargs), validated=True)
+    error = backend.too_big(enc)
     if error is not None:
-        return session.failed_future(error)
-    return session.submit_futures([enc], checked=True)[0]
+        return backend.failed_future(error)
+    return backend.submit_futures([enc], checked=True)[0]
 
 
-def submit_tasks(session: Session, encoded: Sequence[Encoded], tids: list[int]) -> Verb:
+def submit_tasks(backend: Backend, encoded: Sequence[Encoded], tids: list[int]) -> Verb:
     """Submit and wait for the taskids, appended to `tids` as each batch is answered (so that
     a caller interrupted meanwhile knows what was submitted; an interrupted wait still learns
     the batch's taskids if they come within a moment)."""
-    session.check_sizes(encoded)
-    for batch in batches(encoded, session.connection.max_message):
+    backend.check_sizes(encoded)
+    for batch in batches(encoded, backend.connection.max_message):
         header, frames = submit_header(batch)
         tids.extend((yield Request(header, frames, read=read_tids,
                                    interrupted=lambda reply: tids.extend(reply.get("tids") or ()))))
     return tids
 
 
-def run(session: Session, task: BaseTask, block: bool, timeout: float | None) -> Verb:
+def run(backend: Backend, task: BaseTask, block: bool, timeout: float | None) -> Verb:
     check_seconds(timeout, "timeout")
-    tid = (yield from submit_tasks(session, [session.encode(task)], []))[0]
+    tid = (yield from submit_tasks(backend, [backend.encode(task)], []))[0]
     if block:
-        return (yield from get_task_result(session, tid, True, timeout))
+        return (yield from get_task_result(backend, tid, True, timeout))
     return tid
 
 
@@ -116,12 +116,12 @@ def results(tids: list[int], block: bool, timeout: float | None, what: str) -> V
     return entries
 
 
-def get_task_result(session: Session, taskid: int, block: bool, timeout: float | None) -> Verb:
+def get_task_result(backend: Backend, taskid: int, block: bool, timeout: float | None) -> Verb:
     check_taskid(taskid)
     check_seconds(timeout, "timeout")
     (meta, frames), = yield from results([taskid], block, timeout,
                                          f"get_task_result({taskid}, block=True)")
-    return session.decode(meta, frames)
+    return backend.decode(meta, frames)
 
 
 def task_info(taskid: int) -> Verb:
@@ -147,26 +147,26 @@ def clear(taskids: Any) -> Verb:
 
 
 # -- waiting ---------------------------------------------------------------------------------
-def barrier(session: Session, taskids: Any, progress: bool | None,
+def barrier(backend: Backend, taskids: Any, progress: bool | None,
             timeout: float | None) -> Verb:
     check_seconds(timeout, "timeout")
     tids = [t for t in taskid_list(taskids) if in_range(t)]
     if not tids:
         return None
     if show_progress(progress):
-        yield from wait(session, tids, timeout, True)
+        yield from wait(backend, tids, timeout, True)
     else:
         yield Request({"type": "wait", "tids": tids}, blocking=True, timeout=timeout,
                       what="barrier")
     return None
 
 
-def wait(session: Session, futures_or_ids: Any, timeout: float | None,
+def wait(backend: Backend, futures_or_ids: Any, timeout: float | None,
          progress: bool | None) -> Verb:
     check_seconds(timeout, "timeout")
     items = [futures_or_ids] if isinstance(futures_or_ids, int) or is_future(futures_or_ids) \
         else list(futures_or_ids)
-    made = iter(session.futures_for([x for x in items if not is_future(x)]))
+    made = iter(backend.futures_for([x for x in items if not is_future(x)]))
     futs = yield Adopt([x if is_future(x) else next(made) for x in items])
     if not futs:
         return futs
@@ -178,7 +178,7 @@ def wait(session: Session, futures_or_ids: Any, timeout: float | None,
 
 
 # -- maps ------------------------------------------------------------------------------------
-def map_elements(session: Session, options: TaskOptions, func: Callable[..., Any],
+def map_elements(backend: Backend, options: TaskOptions, func: Callable[..., Any],
                  sequences: Sequence[Iterable[Any]], chunksize: int | None,
                  progress: bool | None, timeout: float | None) -> Verb:
     """Whatever ends it before every chunk has finished (Ctrl-C, cancelling, `timeout`, any
@@ -188,12 +188,12 @@ def map_elements(session: Session, options: TaskOptions, func: Callable[..., Any
     if not args:
         return []
     size = chunksize or auto_chunksize(len(args), (yield live_engine_count()))
-    chunks, encoded = encode_chunks(session, options, func, chunked(args, size),
+    chunks, encoded = encode_chunks(backend, options, func, chunked(args, size),
                                     split=chunksize is None)
     name = getattr(func, "__name__", "map")
     futs: list[TaskFuture] = []
     try:
-        futs = session.submit_futures(encoded, checked=True)
+        futs = backend.submit_futures(encoded, checked=True)
         items = {f: len(c) for f, c in zip(futs, chunks, strict=True)}
         with progress_bar(progress, len(args), name, "item") as bar:
             pending = yield WaitFor(futs, timeout, lambda f: bar.update(items[f]))
@@ -209,20 +209,20 @@ def map_elements(session: Session, options: TaskOptions, func: Callable[..., Any
     return assemble_map(name, futs, chunks, len(args))
 
 
-def imap_elements(session: Session, options: TaskOptions, func: Callable[..., Any],
+def imap_elements(backend: Backend, options: TaskOptions, func: Callable[..., Any],
                   iterable: Iterable[Any], ordered: bool, chunksize: int | None,
                   max_outstanding: int | None, progress: bool | None) -> Verb:
     """Checks the options now; the verb streams (see IMapRun). Closing it early aborts what
     is still out."""
     check_imap(options, chunksize, max_outstanding)
-    return _imap(session, options, func, iterable, ordered, chunksize, max_outstanding,
+    return _imap(backend, options, func, iterable, ordered, chunksize, max_outstanding,
                  progress)
 
 
-def _imap(session: Session, options: TaskOptions, func: Callable[..., Any],
+def _imap(backend: Backend, options: TaskOptions, func: Callable[..., Any],
           iterable: Iterable[Any], ordered: bool, chunksize: int | None,
           max_outstanding: int | None, progress: bool | None) -> Verb:
-    run = IMapRun(session, options, func, iterable, ordered=ordered, chunksize=chunksize,
+    run = IMapRun(backend, options, func, iterable, ordered=ordered, chunksize=chunksize,
                   max_outstanding=max_outstanding, n_engines=(yield live_engine_count()))
     total = len(iterable) if hasattr(iterable, "__len__") else None
     bar = progress_bar(progress, total, getattr(func, "__name__", "imap"), "item")
@@ -243,11 +243,11 @@ def _imap(session: Session, options: TaskOptions, func: Callable[..., Any],
         run.close()
 
 
-def run_all(session: Session, task: BaseTask, timeout: float | None) -> Verb:
+def run_all(backend: Backend, task: BaseTask, timeout: float | None) -> Verb:
     """One copy of `task` per live engine; whatever ends it early aborts the copies left."""
     check_seconds(timeout, "timeout")
     eids = yield live_engine_ids()
-    futs = session.submit_futures([session.encode(t) for t in pinned_copies(task, eids)])
+    futs = backend.submit_futures([backend.encode(t) for t in pinned_copies(task, eids)])
     try:
         pending = yield WaitFor(futs, timeout)
         if pending:
@@ -263,17 +263,17 @@ def run_all(session: Session, task: BaseTask, timeout: float | None) -> Verb:
     return run_all_outcome(eids, futs)
 
 
-def seed_map(session: Session, func: Callable[..., Any], sequences: Sequence[Iterable[Any]],
+def seed_map(backend: Backend, func: Callable[..., Any], sequences: Sequence[Iterable[Any]],
              options: dict[str, Any], block: bool, timeout: float | None) -> Verb:
     """The seed mapper's map: one MapTask per element; with `block` their results in order
     (the first failure raised), else their taskids. Whatever ends it before it returns aborts
     the tasks it had sent."""
     check_seconds(timeout, "timeout")
     MapTask(len, **options)  # an option changed since: checked before anything is sent
-    encoded = [session.encode(MapTask(func, a, **options)) for a in zip_sequences(sequences)]
+    encoded = [backend.encode(MapTask(func, a, **options)) for a in zip_sequences(sequences)]
     tids: list[int] = []
     try:
-        yield from submit_tasks(session, encoded, tids)
+        yield from submit_tasks(backend, encoded, tids)
         if not block or not tids:
             return tids
         name = getattr(func, "__name__", "map")
@@ -283,4 +283,4 @@ def seed_map(session: Session, func: Callable[..., Any], sequences: Sequence[Ite
     except BaseException:
         yield Abort((), tids)
         raise
-    return [session.decode(m, f) for m, f in entries]
+    return [backend.decode(m, f) for m, f in entries]

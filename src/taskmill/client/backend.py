@@ -1,15 +1,15 @@
-"""`Session`: what both fronts share, and the blocking way of carrying out a verb.
+"""`Backend`: what both fronts share, and the blocking way of carrying out a verb.
 
     TaskClient / AsyncTaskClient --verb (verbs.py), a generator of steps (steps.py)-->
-        Session.run / Session.stream (blocking)  or  aio.py's driver (awaiting)
+        Backend.run / Backend.stream (blocking)  or  aio.py's driver (awaiting)
             Request --> Connection.call / wait_reply --> the reply, read by the Request
             WaitFor / Abort / Adopt / Follow / NextDone / Emit --> futures, here or there
-    submit() --encode (codec.py)--> Session.submit_futures --> Submitter --> TaskFutures
+    submit() --encode (codec.py)--> Backend.submit_futures --> Submitter --> TaskFutures
 
-One Session per client: the connection (connection.py), the Watcher and Submitter of futures
+One Backend per client: the connection (connection.py), the Watcher and Submitter of futures
 (submitter.py), the function pickles its tasks share (wire.FunctionPickles), and the codecs
 bound to this connection's key and size limit. The asyncio client rides on its blocking
-client's Session: only the way of waiting differs.
+client's Backend: only the way of waiting differs.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ LATE_REPLY_WAIT = 2.0  # an interrupted submit waits this long to learn its task
 Verb = Generator[Any, Any, Any]
 
 
-class Session:
+class Backend:
     """One client's connection, futures machinery and codecs (see the module docstring)."""
 
     def __init__(self, connection: str | os.PathLike[str] | None, timeout: float,
