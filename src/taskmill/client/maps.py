@@ -1,7 +1,7 @@
 """The pieces of maps, none of which waits on anything: chunking, chunk tasks, assembling.
 
     map:    sequences --map_arguments--> argument tuples --chunked / auto_chunksize--> chunks
-            chunks --encode_chunks--> one encoded MapTask per chunk (`run_chunk` on the engine)
+            chunks --encode_chunks--> one encoded MapTask per chunk (taskmill.mapper.run_chunk)
             finished chunk futures --assemble_map--> results in order, or one CompositeError
     imap:   IMapRun pulls chunks from the iterable only while fewer than a bound of items are
             out, and hands back each finished chunk's entries when their turn comes
@@ -15,14 +15,13 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-import pickle
 import sys
-import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from ..errors import CompositeError, ControllerUnreachable, MapFailure, RemoteError, RemoteTraceback
+from ..errors import CompositeError, ControllerUnreachable, MapFailure, RemoteTraceback
+from ..mapper import run_chunk
 from ..task import BaseTask, MapTask
 from .backend import Backend
 from .codec import Encoded
@@ -71,28 +70,6 @@ def auto_chunksize(n_items: int, n_engines: int) -> int:
 def check_positive(value: Any, name: str) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(f"{name} must be None or an int >= 1, not {value!r}")
-
-
-def _portable(exc: BaseException, tb: str) -> BaseException:
-    """`exc` if it survives pickling, else a RemoteError that says the same."""
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:  # noqa: BLE001
-        return RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), tb)
-
-
-def run_chunk(func: Callable[..., Any], arglists: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """Run on an engine: `func` over each argument tuple, each failure kept with its traceback."""
-    out: list[tuple[Any, ...]] = []
-    for args in arglists:
-        try:
-            out.append((True, func(*args)))
-        except Exception as e:  # noqa: BLE001 - every element's failure is reported
-            tb = "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next))
-            e.__traceback__ = None
-            out.append((False, _portable(e, tb), tb))
-    return out
 
 
 def chunk_task(options: TaskOptions, func: Callable[..., Any],

@@ -13,12 +13,12 @@ builders (steps.py); `submit` needs no waiting at all and is a plain function.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..errors import ControllerUnreachable
 from ..task import BaseTask, MapTask, check_seconds
-from .backend import Backend
+from .backend import Backend, Verb
 from .codec import (
     Encoded,
     batches,
@@ -58,8 +58,6 @@ from .steps import (
     live_engine_ids,
 )
 from .steps import task_info as task_info_request
-
-Verb = Generator[Any, Any, Any]
 
 
 def is_future(x: Any) -> bool:

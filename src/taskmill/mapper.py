@@ -1,0 +1,41 @@
+"""What a map's chunk task runs on the engine: `run_chunk`.
+
+    client (taskmill.client.maps) --MapTask(run_chunk, (func, [args, ...]))--> engine
+    engine: run_chunk --> [(True, value) | (False, exception, traceback), ...] per element
+        --> the chunk's result, which the client's maps.chunk_entries takes apart
+
+It travels by reference (engines import taskmill), so its import path `taskmill.mapper.run_chunk`
+is part of what a client and its engines share: it stays here, apart from the client package,
+which an engine never needs to import.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from .errors import RemoteError
+
+
+def _portable(exc: BaseException, tb: str) -> BaseException:
+    """`exc` if it survives pickling, else a RemoteError that says the same."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # noqa: BLE001
+        return RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), tb)
+
+
+def run_chunk(func: Callable[..., Any], arglists: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Run on an engine: `func` over each argument tuple, each failure kept with its traceback."""
+    out: list[tuple[Any, ...]] = []
+    for args in arglists:
+        try:
+            out.append((True, func(*args)))
+        except Exception as e:  # noqa: BLE001 - every element's failure is reported
+            tb = "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next))
+            e.__traceback__ = None
+            out.append((False, _portable(e, tb), tb))
+    return out
