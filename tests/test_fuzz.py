@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import copy
-import functools
 import hmac
 import itertools
 import os
@@ -27,7 +26,6 @@ import sys
 import threading
 import time
 import uuid
-from types import SimpleNamespace
 from typing import Any
 
 import msgpack
@@ -37,6 +35,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from taskmill import MapTask, StringTask, TaskClient
+from taskmill.client.codec import encode_task
 from taskmill.connection import new_connection_info, read_connection_file, write_connection_file
 from taskmill.controller import Controller
 from taskmill.store import SQLiteStore
@@ -79,9 +78,7 @@ def boundary(c, n: int = len(BOUNDARY)) -> Any:
 
 def _encode_task(wire: Wire, task) -> tuple[dict[str, Any], list[Any]]:
     """A task encoded exactly as a real client encodes it."""
-    fake_client = SimpleNamespace(_conn=SimpleNamespace(wire=wire), _functions=FunctionPickles())
-    fake_client._encode_node = functools.partial(TaskClient._encode_node, fake_client)
-    spec, frames = TaskClient._encode(fake_client, task)
+    spec, frames = encode_task(task, wire, FunctionPickles())
     return spec, [bytes(getattr(f, "buffer", f)) for f in frames]
 
 

@@ -207,7 +207,7 @@ class Cluster:
         while self._started:
             for pid, status in self.launcher.reap():
                 try:
-                    self._own_client()._conn.call(
+                    self._own_client().backend.connection.call(
                         {"type": "engine_exited", "pid": pid, "status": status})
                 except Exception as e:  # noqa: BLE001 - the heartbeat will notice instead
                     log.warning("could not tell the controller that pid %d exited: %s", pid, e)

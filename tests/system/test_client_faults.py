@@ -339,7 +339,7 @@ def test_a_task_above_the_size_limit_fails_at_once_naming_the_limit(small_contro
         assert tc.statistics()["submitted"] == 0  # nothing of those was sent
         assert tc.statistics()["refused"] == {}
         assert tc.submit(len, b"ok").result(timeout=30) == 2
-        assert tc._conn.max_message == LIMIT  # the controller's hello said so
+        assert tc.backend.connection.max_message == LIMIT  # the controller's hello said so
 
 
 def test_batches_are_split_below_the_size_limit(small_controller):
@@ -364,7 +364,7 @@ def test_results_above_the_size_limit_together_arrive_in_pieces(small_controller
     with TaskClient(conn, timeout=5) as tc:
         # This client refuses what its socket would refuse at the controller's limit (with the
         # default 512 MiB on both sides, it is the client's socket that drops a larger one).
-        tc._conn.wire.max_message = LIMIT
+        tc.backend.connection.wire.max_message = LIMIT
         tids = [tc.run(MapTask(bytes, (25_000,))) for _ in range(4)]  # 4 x 25 kB: 100 kB
         wait_until(lambda: tc.queue_status()["succeeded"] == 4, "the tasks to finish", 60)
         for t in tids:  # one by one, each fits
@@ -375,7 +375,7 @@ def test_results_above_the_size_limit_together_arrive_in_pieces(small_controller
         got2 = outcome(lambda: [len(b) for b in tc.mapper().map(bytes, [25_000] * 4)])
         for what, value in ended({"wait": got, "mapper().map": got2}, 60).items():
             assert value == ("ok", [25_000] * 4), what
-        assert tc._conn.wire.refused == {}
+        assert tc.backend.connection.wire.refused == {}
 
 
 # -- 15. a map that ends early aborts its tasks -----------------------------------------------

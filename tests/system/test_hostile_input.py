@@ -41,7 +41,7 @@ def test_signed_nonsense_gets_a_clear_error(cluster, client):
     """A correctly signed request with bad contents is answered with an error, not acted on."""
     from taskmill import TaskError
 
-    conn = client._conn
+    conn = client.backend.connection
     for header in ({"type": "submit", "tasks": "nope"}, {"type": "no-such-verb"},
                    {"type": "submit", "tasks": [{"nodes": [{"exec": {"kind": "evil"}}]}]},
                    {"type": "result", "tids": ["x"]},
@@ -64,7 +64,7 @@ def test_signed_nonsense_gets_a_clear_error(cluster, client):
         else:
             raise AssertionError(f"{header} was accepted")
     # Payload frames without the pmac that covers them.
-    spec, frames = client._encode(MapTask(abs, (-3,)))
+    spec, frames = client.backend.encode(MapTask(abs, (-3,)))
     del spec["nodes"][0]["pmac"]
     with pytest.raises(TaskError, match="pmac"):
         conn.call({"type": "submit", "tasks": [spec]}, frames)

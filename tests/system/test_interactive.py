@@ -207,7 +207,7 @@ def test_functions_from_importable_modules_keep_their_module_globals(client, eid
     assert tc.submit(os.getpid).result() in set(cluster.engine_pids.values())
     assert tc.map(posixpath.basename, ["x/y", "z"]) == ["y", "z"]
     # taskmill is installed on the engines: its functions travel by name
-    from taskmill.mapper import zip_sequences
+    from taskmill.client.maps import zip_sequences
     assert tc.submit(zip_sequences, [[1, 2], "ab"]).result() == [(1, "a"), (2, "b")]
     ns = interactive("""
         import posixpath

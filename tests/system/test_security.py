@@ -163,13 +163,13 @@ def test_replayed_submit_of_a_real_client_runs_once(cluster, tmp_path):
     info = read_connection_file(cluster.connection_file)
     out = tmp_path / "ran.txt"
     with cluster.client() as tc:
-        conn = tc._conn
-        with conn._send_lock:
-            recorder = _RecordingWire(conn._send_wire)
-            conn._send_wire = recorder
+        conn = tc.backend.connection
+        with conn.send_lock:
+            recorder = _RecordingWire(conn.send_wire)
+            conn.send_wire = recorder
         tid = tc.run(MapTask(append_line, (str(out), "once")))
-        with conn._send_lock:
-            conn._send_wire = recorder._wire
+        with conn.send_lock:
+            conn.send_wire = recorder._wire
         wait_finished(tc, tid)
         assert tc.get_task_result(tid, block=True) > 0
         assert read_lines(out) == ["once"]
@@ -214,7 +214,7 @@ def test_replayed_submit_without_a_dedup_key_is_refused(cluster, client, tmp_pat
     info = read_connection_file(cluster.connection_file)
     wire = Wire(info.key_bytes)
     out = tmp_path / "ran.txt"
-    spec, frames = client._encode(MapTask(append_line, (str(out), "once")))
+    spec, frames = client.backend.encode(MapTask(append_line, (str(out), "once")))
 
     replays_before = refused(client, "replay")
     submitted_before = client.statistics()["submitted"]
@@ -599,7 +599,7 @@ def test_a_peer_using_another_clients_routing_id_gets_none_of_its_replies(tmp_pa
             assert tc.queue_status()["scheduled"] == 0
             impostor = ctx.socket(zmq.DEALER)
             impostor.setsockopt(zmq.LINGER, 0)
-            impostor.setsockopt(zmq.ROUTING_ID, tc._conn.recv_ident)
+            impostor.setsockopt(zmq.ROUTING_ID, tc.backend.connection.recv_ident)
             impostor.connect(read_connection_file(ctl.conn).client_url)
             for _ in range(20):  # (the controller's answers go to the real client only)
                 assert tc.queue_status()["failed"] == 0
@@ -628,7 +628,7 @@ def test_messages_captured_before_a_restart_do_nothing_after_it(tmp_path):
             wire = Wire(info.key_bytes)  # the sending client's
             sock = raw_dealer(ctx, info.client_url)
             session = session_of(sock, info.key_bytes)
-            spec, frames = tc._encode(MapTask(append_line, (str(out), "once")))
+            spec, frames = tc.backend.encode(MapTask(append_line, (str(out), "once")))
             submit = wire.encode({"type": "submit", "req": 1, "tasks": [spec], "key": "c:1",
                                   "session": session}, frames)
             clear = wire.encode({"type": "clear", "req": 2, "tids": None, "session": session})

@@ -1,0 +1,390 @@
+"""The asyncio client, `AsyncTaskClient`: the verbs of `TaskClient` as coroutines, one line each.
+
+    await atc.map(f, xs) --> verbs.map_elements(backend, ...) (the same generator of steps the
+                             blocking client runs, verbs.py)
+                         --> AsyncDriver carries each step out by awaiting:
+                             Request: send on the blocking client's connection; the I/O thread
+                             resolves a concurrent Future, awaited via asyncio.wrap_future
+                             WaitFor: the task futures as AsyncTaskFutures, asyncio.wait
+
+It rides on a blocking client's Backend (`blocking`), so nothing here waits on the network in
+the event loop, and replies and results are unpickled in the loop's thread, by the coroutine
+that asked. `submit` returns an `AsyncTaskFuture`, an `asyncio.Future` that follows the
+blocking client's `TaskFuture` for the same task.
+
+Never here: a blocking wait for a task. The few short blocking steps are named where they are
+(`AsyncTaskFuture.cancel`, and `taskid` before the controller has acknowledged a submit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from ..errors import ControllerUnreachable
+from ..task import BaseTask
+from . import steps, verbs
+from .backend import Backend
+from .blocking import TaskClient
+from .codec import checked
+from .connection import RECONNECT_TIMEOUT, check_client_timeouts, too_slow
+from .futures import TaskFuture
+from .options import NO_OPTIONS, TaskOptions
+from .steps import Abort, Adopt, Emit, Follow, NextDone, Request, WaitFor
+
+
+def _retrieved(fut: asyncio.Future) -> None:
+    """A done-callback for futures of ours that nobody will await any more (their call ended
+    early): their exception counts as retrieved, so asyncio does not log it."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+class AsyncTaskFuture(asyncio.Future):
+    """An `asyncio.Future` for one task: `await` it for the result (or its exception).
+
+    `taskid` and `metadata` are those of `task_future`, the blocking client's `TaskFuture` it
+    follows. `cancel()` aborts the task as `TaskFuture.cancel()` does: it waits for the
+    controller's answer (a round trip) in the loop's thread, and returns False if the task had
+    finished. `await client.abort(fut.taskid)` aborts without that wait.
+    """
+
+    def __init__(self, task_future: TaskFuture, *, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self.task_future = task_future
+        task_future.add_done_callback(self._follow)
+
+    @property
+    def taskid(self) -> int:
+        """The task's id (waits, briefly, if the controller has not acknowledged it yet)."""
+        return self.task_future.taskid
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.task_future.metadata
+
+    def _follow(self, tf: Future) -> None:  # on the client's I/O thread, or any
+        try:
+            self.get_loop().call_soon_threadsafe(self._copy, tf)
+        except RuntimeError:  # the loop is closed: nobody awaits this any more
+            pass
+
+    def _copy(self, tf: Future) -> None:  # on the loop's thread: the result is unpickled here
+        if self.done():
+            return
+        if tf.cancelled():
+            super().cancel()
+            return
+        exc = tf.exception()
+        if exc is not None:
+            self.set_exception(exc)
+        else:
+            self.set_result(tf.result())
+
+    def cancel(self, msg: Any = None) -> bool:
+        if self.done():
+            return False
+        if not self.task_future.cancel():
+            return False
+        return super().cancel(msg)
+
+
+class AsyncDriver:
+    """Carries out a verb's steps (steps.py) by awaiting, on the blocking client's Backend."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.result: Any = None  # what the verb carried out by `stream` returned
+
+    def adopt(self, fut: Any) -> asyncio.Future:
+        if isinstance(fut, asyncio.Future):
+            return fut
+        if isinstance(fut, TaskFuture):
+            return AsyncTaskFuture(fut, loop=asyncio.get_running_loop())
+        return asyncio.wrap_future(fut)
+
+    async def run(self, verb: verbs.Verb | Request) -> Any:
+        """Carry out a verb; return what it returns."""
+        if isinstance(verb, Request):
+            return await self.request(verb)
+        async for value in self.stream(verb):
+            raise RuntimeError(f"a verb handed out {value!r} where one result was expected")
+        return self.result
+
+    async def stream(self, verb: verbs.Verb) -> AsyncIterator[Any]:
+        """Carry out a streaming verb: yield what it emits (closing this closes the verb)."""
+        done: asyncio.Queue[Future] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def arrived(tf: Future) -> None:  # on the I/O thread
+            try:
+                loop.call_soon_threadsafe(done.put_nowait, tf)
+            except RuntimeError:  # the loop is closed
+                pass
+
+        made: list[asyncio.Future] = []  # futures made here: abandoned if the verb fails
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            while True:
+                try:
+                    step = verb.send(value) if error is None else verb.throw(error)
+                except StopIteration as stop:
+                    self.result = stop.value
+                    return
+                value = error = None
+                if isinstance(step, Emit):
+                    yield step.value
+                    continue
+                try:
+                    if isinstance(step, Follow):
+                        for f in step.futs:
+                            f.add_done_callback(arrived)
+                    elif isinstance(step, NextDone):
+                        value = await done.get()
+                    elif isinstance(step, Adopt):
+                        value = [self.adopt(f) for f in step.futs]
+                        made.extend(f for f, x in zip(value, step.futs, strict=True)
+                                    if f is not x)
+                    else:
+                        value = await self.perform(step)
+                except BaseException as e:  # noqa: BLE001 - the verb's to handle
+                    error = e
+        except BaseException:
+            for f in made:
+                f.add_done_callback(_retrieved)
+            raise
+        finally:
+            verb.close()
+
+    async def perform(self, step: Any) -> Any:
+        if isinstance(step, Request):
+            return await self.request(step)
+        if isinstance(step, WaitFor):
+            return await self.wait_for(step)
+        if isinstance(step, Abort):  # (off the loop: it waits for the controller)
+            try:
+                await asyncio.to_thread(self.backend.abort_all, step)
+            except Exception:  # noqa: BLE001 - the error that ended the call is the one to raise
+                pass
+            return None
+        raise TypeError(f"not a step of a verb: {step!r}")
+
+    async def wait_for(self, step: WaitFor) -> list[Any]:
+        if not step.futs:
+            return []
+        waiting = {self.adopt(f): f for f in step.futs}
+        ours = [af for af, f in waiting.items() if af is not f]
+        each = step.each
+        if each is not None:
+            for af, f in waiting.items():
+                af.add_done_callback(lambda _, f=f: each(f))
+        try:
+            _, pending = await asyncio.wait(waiting, timeout=step.timeout)
+        except BaseException:  # cancelled: nobody awaits ours any more
+            for af in ours:
+                af.add_done_callback(_retrieved)
+            raise
+        for af in ours:
+            af.add_done_callback(_retrieved)  # (done: retrieved now; pending: when done)
+        return [waiting[af] for af in pending]
+
+    async def request(self, req: Request) -> Any:
+        """Send `req` and await its reply (see steps.Request for the two kinds of wait)."""
+        conn = self.backend.connection
+        fut = conn.send(req.header, req.frames)
+        wait = req.timeout if req.blocking else conn.timeout
+        answered = False
+        try:
+            reply, frames = await asyncio.wait_for(asyncio.wrap_future(fut), wait)
+            answered = True
+        except ControllerUnreachable:  # (a TimeoutError too: not this wait's)
+            raise
+        except TimeoutError:
+            raise too_slow(req.what, wait) if req.blocking else conn.no_answer(req.header,
+                                                                                wait) from None
+        finally:
+            if not answered:  # timed out or cancelled: nobody waits for the answer any more
+                conn.forget(req.header["req"])
+        return req.read(checked(reply), frames)
+
+
+class AsyncTaskClient:
+    """The asyncio client: `async with AsyncTaskClient() as tc: await tc.map(f, xs)`.
+
+    The same verbs as `TaskClient`, as coroutines: `run`, `get_task_result`, `abort`,
+    `barrier`, `spin`, `queue_status`, `clear`, `map`, `engines`, `statistics`, `activity`,
+    `task_info`, `run_all`, `wait`, `close`. `submit(f, *args, **kwargs)` and `future(taskid)`
+    return awaitable `AsyncTaskFuture`s at once (they are plain methods, so
+    `await asyncio.gather(*(tc.submit(f, x) for x in xs))` gives the values); `imap` is an
+    async iterator; `options(...)` works as on `TaskClient` (its `map` is a coroutine here).
+    `connection`, `timeout` and `reconnect_timeout` are those of `TaskClient`; connecting
+    happens in `async with` (or `await tc.connect()`), off the event loop. The blocking verbs
+    (`run(block=True)`, `get_task_result(block=True)`, `barrier`, `map`, `run_all`, `wait`)
+    take a keyword-only `timeout` as there; cancelling `map` or `run_all` (or a timeout, or
+    any exception ending them) aborts their tasks still queued or running.
+    """
+
+    def __init__(self, connection: str | os.PathLike[str] | None = None, *,
+                 timeout: float = 10.0, reconnect_timeout: float = RECONNECT_TIMEOUT) -> None:
+        check_client_timeouts(timeout, reconnect_timeout)
+        self._connection = connection
+        self.timeout = timeout
+        self.reconnect_timeout = reconnect_timeout
+        self._client: TaskClient | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def connect(self) -> AsyncTaskClient:
+        if self._client is None:
+            self._client = await asyncio.to_thread(TaskClient, self._connection,
+                                                   timeout=self.timeout,
+                                                   reconnect_timeout=self.reconnect_timeout)
+        return self
+
+    async def __aenter__(self) -> AsyncTaskClient:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await asyncio.to_thread(client.close)
+
+    @property
+    def blocking(self) -> TaskClient:
+        """The blocking client underneath (same connection), for code that may block."""
+        if self._client is None:
+            raise RuntimeError("this AsyncTaskClient is not connected: use `async with "
+                               "AsyncTaskClient() as tc:` or `await tc.connect()` first")
+        return self._client
+
+    @property
+    def connection_file(self) -> Any:
+        return self.blocking.connection_file
+
+    def _driver(self) -> tuple[AsyncDriver, Backend]:
+        backend = self.blocking.backend
+        return AsyncDriver(backend), backend
+
+    async def _run(self, make: Callable[[Backend], Any]) -> Any:
+        driver, backend = self._driver()
+        return await driver.run(make(backend))
+
+    # -- the seed's verbs ------------------------------------------------------------------
+    async def run(self, task: BaseTask, block: bool = False, *,
+                  timeout: float | None = None) -> Any:
+        """Submit `task`; return its taskid, or with `block=True` its result (past `timeout`
+        seconds, TimeoutError; the task goes on)."""
+        return await self._run(lambda s: verbs.run(s, task, block, timeout))
+
+    async def get_task_result(self, taskid: int, block: bool = False, *,
+                              timeout: float | None = None) -> Any:
+        """The result of a task (SPEC.md §3), or None while it runs and `block` is false
+        (with `block`, past `timeout` seconds, TimeoutError)."""
+        return await self._run(lambda s: verbs.get_task_result(s, taskid, block, timeout))
+
+    async def abort(self, taskid: int) -> None:
+        """Abort a queued or running task (it finishes as TaskAborted)."""
+        return await self._run(lambda _: steps.abort(taskid))
+
+    async def barrier(self, taskids: Any, progress: bool | None = False, *,
+                      timeout: float | None = None) -> None:
+        """Wait until every task in `taskids` has finished (failed and unknown ones count).
+        Past `timeout` seconds, TimeoutError. The tasks are not this call's: cancelling it
+        leaves them running."""
+        return await self._run(lambda s: verbs.barrier(s, taskids, progress, timeout))
+
+    async def spin(self) -> bool:
+        return await self._run(lambda _: steps.spin())
+
+    async def queue_status(self, verbose: bool = False) -> dict[str, Any]:
+        return await self._run(lambda _: steps.queue_status(verbose))
+
+    async def clear(self, taskids: Any = None) -> int:
+        return await self._run(lambda _: verbs.clear(taskids))
+
+    async def map(self, func: Callable[..., Any], /, *sequences: Iterable[Any],
+                  chunksize: int | None = None, progress: bool | None = False,
+                  timeout: float | None = None) -> list[Any]:
+        """`TaskClient.map` as a coroutine: results in input order, or one CompositeError.
+        Past `timeout` seconds, TimeoutError. Cancelling it (or the timeout, or any exception
+        that ends it early) aborts its tasks still queued or running."""
+        return await self.map_with(NO_OPTIONS, func, sequences, chunksize, progress, timeout)
+
+    async def map_with(self, options: TaskOptions, func: Callable[..., Any],
+                       sequences: Sequence[Iterable[Any]], chunksize: int | None = None,
+                       progress: bool | None = False, timeout: float | None = None) -> list[Any]:
+        """`map` with these task options on every chunk task (what `options(...).map` calls)."""
+        return await self._run(lambda s: verbs.map_elements(s, options, func, sequences,
+                                                            chunksize, progress, timeout))
+
+    # -- beyond the seed -------------------------------------------------------------------
+    async def engines(self) -> list[dict[str, Any]]:
+        return await self._run(lambda _: steps.engines())
+
+    async def statistics(self) -> dict[str, Any]:
+        return await self._run(lambda _: steps.statistics())
+
+    async def activity(self, since: int = 0) -> dict[str, Any]:
+        return await self._run(lambda _: steps.activity(since))
+
+    async def task_info(self, taskid: int) -> dict[str, Any]:
+        return await self._run(lambda _: verbs.task_info(taskid))
+
+    def submit(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncTaskFuture:
+        """Run `func(*args, **kwargs)` on an engine; an awaitable future at once (no await)."""
+        return self.submit_with(NO_OPTIONS, func, args, kwargs)
+
+    def submit_with(self, options: TaskOptions, func: Callable[..., Any], args: Sequence[Any],
+                    kwargs: dict[str, Any]) -> AsyncTaskFuture:
+        """`submit` with these task options (what `options(...).submit` calls)."""
+        driver, backend = self._driver()
+        return driver.adopt(verbs.submit(backend, options, func, args, kwargs))
+
+    def future(self, taskid: int) -> AsyncTaskFuture:
+        """An awaitable future for a task submitted before."""
+        driver, backend = self._driver()
+        return driver.adopt(backend.futures_for([taskid])[0])
+
+    def options(self, *, retries: int = 0, timeout: float | None = None, depend: Any = None,
+                after: Any = None, recovery_task: BaseTask | None = None,
+                clear_before: bool = False, clear_after: bool = False) -> TaskOptions:
+        """Task options for `submit`, `map` and `imap` (see `taskmill.TaskOptions`)."""
+        return TaskOptions(self, retries=retries, timeout=timeout, depend=depend, after=after,
+                           recovery_task=recovery_task, clear_before=clear_before,
+                           clear_after=clear_after)
+
+    async def wait(self, futures_or_ids: Any, *, timeout: float | None = None,
+                   progress: bool | None = None) -> list[asyncio.Future]:
+        """Wait until every future or taskid given has finished; return their futures.
+        Past `timeout` seconds, TimeoutError. The tasks are not this call's: cancelling it
+        leaves them running."""
+        return await self._run(lambda s: verbs.wait(s, futures_or_ids, timeout, progress))
+
+    def imap(self, func: Callable[..., Any], iterable: Iterable[Any], *, ordered: bool = True,
+             chunksize: int | None = None, max_outstanding: int | None = None,
+             progress: bool | None = False) -> AsyncIterator[Any]:
+        """`TaskClient.imap` as an async iterator: `async for y in tc.imap(f, xs): ...`."""
+        return self.imap_with(NO_OPTIONS, func, iterable, ordered, chunksize, max_outstanding,
+                              progress)
+
+    def imap_with(self, options: TaskOptions, func: Callable[..., Any], iterable: Iterable[Any],
+                  ordered: bool = True, chunksize: int | None = None,
+                  max_outstanding: int | None = None,
+                  progress: bool | None = False) -> AsyncIterator[Any]:
+        """`imap` with these task options on every chunk task (what `options(...).imap`
+        calls)."""
+        driver, backend = self._driver()
+        return driver.stream(verbs.imap_elements(backend, options, func, iterable, ordered,
+                                                 chunksize, max_outstanding, progress))
+
+    async def run_all(self, task: BaseTask, *, timeout: float | None = None) -> dict[int, Any]:
+        """One copy of `task` on every live engine; engineid -> result (see TaskClient).
+        Past `timeout` seconds, TimeoutError; that, cancelling it or any exception ending it
+        early aborts the copies still queued or running."""
+        return await self._run(lambda s: verbs.run_all(s, task, timeout))

@@ -1,0 +1,258 @@
+"""`Backend`: what both fronts share, and the blocking way of carrying out a verb.
+
+    TaskClient / AsyncTaskClient --verb (verbs.py), a generator of steps (steps.py)-->
+        Backend.run / Backend.stream (blocking)  or  aio.py's driver (awaiting)
+            Request --> Connection.call / wait_reply --> the reply, read by the Request
+            WaitFor / Abort / Adopt / Follow / NextDone / Emit --> futures, here or there
+    submit() --encode (codec.py)--> Backend.submit_futures --> Submitter --> TaskFutures
+
+One Backend per client: the connection (connection.py), the Watcher and Submitter of futures
+(submitter.py), the function pickles its tasks share (wire.FunctionPickles), and the codecs
+bound to this connection's key and size limit. The asyncio client rides on its blocking
+client's Backend: only the way of waiting differs.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import time
+from collections.abc import Generator, Sequence
+from concurrent.futures import Future, as_completed
+from concurrent.futures import wait as wait_futures
+from typing import Any
+
+from ..task import BaseTask
+from ..wire import FunctionPickles
+from .codec import (
+    Encoded,
+    check_taskid,
+    decode_result,
+    encode_task,
+    in_range,
+    too_big,
+    unknown_entry,
+)
+from .connection import Connection
+from .futures import TaskFuture
+from .steps import Abort, Adopt, Emit, Follow, NextDone, Request, WaitFor
+from .steps import abort as abort_request
+from .submitter import Submitter, Watcher
+
+ABORT_WAIT = 10.0  # at most this long, a map that ends early waits for its aborts to be heard
+LATE_REPLY_WAIT = 2.0  # an interrupted submit waits this long to learn its taskids anyway
+
+Verb = Generator[Any, Any, Any]
+
+
+class Backend:
+    """One client's connection, futures machinery and codecs (see the module docstring)."""
+
+    def __init__(self, connection: str | os.PathLike[str] | None, timeout: float,
+                 reconnect_timeout: float) -> None:
+        self.functions = FunctionPickles()
+        self.connection = Connection(connection, timeout, reconnect_timeout)
+        self.watcher = Watcher(self.connection)
+        self.submitter = Submitter(self.connection)
+        self.connection.on_unreachable = self._unreachable
+
+    def close(self) -> None:
+        """Close the connection; futures still waiting fail with RuntimeError."""
+        self.connection.close()
+        self.watcher.fail_all(RuntimeError("the client was closed"))
+        self.submitter.fail_all(RuntimeError("the client was closed"))
+
+    def _unreachable(self, exc: BaseException) -> None:  # on the I/O thread
+        self.watcher.fail_all(exc, close=False)
+        self.submitter.fail_all(exc)
+
+    # -- codecs bound to this connection -----------------------------------------------------
+    def encode(self, task: BaseTask, *, validated: bool = False) -> Encoded:
+        return encode_task(task, self.connection.wire, self.functions, validated=validated)
+
+    def too_big(self, enc: Encoded, what: str | None = None) -> ValueError | None:
+        return too_big(enc, self.connection.max_message, what)
+
+    def check_sizes(self, encoded: Sequence[Encoded]) -> None:
+        for enc in encoded:
+            error = self.too_big(enc)
+            if error is not None:
+                raise error
+
+    def decode(self, meta: dict[str, Any] | None, frames: list[Any]) -> Any:
+        return decode_result(meta, frames, self.connection.wire)
+
+    # -- futures ---------------------------------------------------------------------------
+    def submit_futures(self, encoded: Sequence[Encoded], *,
+                       checked: bool = False) -> list[TaskFuture]:
+        """Send encoded tasks without waiting (see Submitter); one future each. A task too
+        large for one message raises ValueError (unless `checked` already), and nothing is
+        sent."""
+        if self.connection.closed:
+            raise RuntimeError("this client is closed")
+        if not checked:
+            self.check_sizes(encoded)
+        futs = [TaskFuture(self) for _ in encoded]
+        self.submitter.add(encoded, futs)
+        return futs
+
+    def failed_future(self, error: BaseException) -> TaskFuture:
+        """A future whose task could not be submitted (it fails at once, as a task would)."""
+        fut = TaskFuture(self)
+        fut.set_submit_error(error)
+        return fut
+
+    def futures_for(self, taskids: Sequence[int]) -> list[TaskFuture]:
+        """TaskFutures for tasks submitted before (by any client), watched from now on."""
+        for t in taskids:
+            check_taskid(t)
+        futs = [TaskFuture(self, t) for t in taskids]
+        for f, t in zip(futs, taskids, strict=True):
+            if not in_range(t):  # unknown, and cannot even be asked about
+                f.set_outcome(unknown_entry(t), [])
+        self.watcher.watch([f for f in futs if not f.done()])
+        return futs
+
+    def abort(self, taskid: int) -> None:
+        """Abort one task, waiting for the answer (TaskFuture.cancel)."""
+        self.run_request(abort_request(taskid))
+
+    def abort_futures(self, futs: Sequence[TaskFuture], wait: float = ABORT_WAIT) -> None:
+        """Abort the unfinished tasks of `futs` (a map that ends early): those still queued in
+        this client are withdrawn unsent; the others are aborted on the controller once their
+        taskids are known. Waits, at most `wait` seconds in all, until the controller has heard
+        every abort, so that a script that exits right after (Ctrl-C) leaves nothing running."""
+        deadline = time.monotonic() + wait
+        withdrawn = self.submitter.withdraw(futs)
+        replies: list[Future] = []
+        for f in futs:
+            if f in withdrawn or f.done():
+                continue
+            if not f.wait_submit_answered(max(0.0, deadline - time.monotonic())) \
+                    or f.known_taskid is None:
+                continue  # (no answer in time, or the submit itself failed)
+            try:
+                replies.append(self.connection.send({"type": "abort", "tid": f.known_taskid}))
+            except Exception:  # noqa: BLE001 - closed or unreachable: nothing more to do
+                break
+        heard(replies, max(0.0, deadline - time.monotonic()))
+
+    def abort_taskids(self, tids: Sequence[int], wait: float = ABORT_WAIT) -> None:
+        """Abort these tasks, waiting at most `wait` seconds until the controller has heard."""
+        replies: list[Future] = []
+        for tid in tids:
+            try:
+                replies.append(self.connection.send({"type": "abort", "tid": tid}))
+            except Exception:  # noqa: BLE001 - closed or unreachable: nothing more to do
+                break
+        heard(replies, wait)
+
+    def abort_all(self, step: Abort) -> None:
+        """Carry out an Abort step (blocking, at most ABORT_WAIT seconds for each part)."""
+        try:
+            if step.futs:
+                self.abort_futures(step.futs)
+            if step.tids:
+                self.abort_taskids(step.tids)
+        except Exception:  # noqa: BLE001 - the error that ended the call is the one to raise
+            pass
+
+    def send_and_forget(self, header: dict[str, Any]) -> None:
+        """A request whose answer nobody waits for (imap's clears and aborts)."""
+        self.connection.send(header).add_done_callback(ignore)
+
+    # -- carrying out a verb, blocking -----------------------------------------------------
+    def run(self, verb: Verb | Request) -> Any:
+        """Carry out a verb here, blocking the calling thread; return what it returns."""
+        if isinstance(verb, Request):
+            return self.run_request(verb)
+        steps = self.stream(verb)
+        try:
+            value = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        steps.close()
+        raise RuntimeError(f"a verb handed out {value!r} where one result was expected")
+
+    def stream(self, verb: Verb) -> Generator[Any, None, Any]:
+        """Carry out a streaming verb: yield what it emits (closing this closes the verb)."""
+        done: queue.SimpleQueue[Future] = queue.SimpleQueue()
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            while True:
+                try:
+                    step = verb.send(value) if error is None else verb.throw(error)
+                except StopIteration as stop:
+                    return stop.value
+                value = error = None
+                if isinstance(step, Emit):
+                    yield step.value
+                elif isinstance(step, Follow):
+                    for f in step.futs:
+                        f.add_done_callback(done.put)
+                elif isinstance(step, NextDone):
+                    value = done.get()
+                else:
+                    try:
+                        value = self.perform(step)
+                    except BaseException as e:  # noqa: BLE001 - the verb's to handle
+                        error = e
+        finally:
+            verb.close()
+
+    def perform(self, step: Any) -> Any:
+        """One step of a verb, blocking (see steps.py)."""
+        if isinstance(step, Request):
+            return self.run_request(step)
+        if isinstance(step, WaitFor):
+            try:
+                for f in as_completed(step.futs, timeout=step.timeout):
+                    if step.each is not None:
+                        step.each(f)
+            except TimeoutError:
+                return [f for f in step.futs if not f.done()]
+            return []
+        if isinstance(step, Abort):
+            self.abort_all(step)
+            return None
+        if isinstance(step, Adopt):
+            return list(step.futs)
+        raise TypeError(f"not a step of a verb: {step!r}")
+
+    def run_request(self, req: Request) -> Any:
+        conn = self.connection
+        if req.blocking:
+            reply, frames = conn.wait_reply(req.header, req.frames, req.timeout, req.what)
+            return req.read(reply, frames)
+        fut = conn.send(req.header, req.frames)
+        try:
+            reply, frames = conn.reply(fut, req.header)
+        except (KeyboardInterrupt, SystemExit):
+            if req.interrupted is not None:
+                late = late_reply(fut)
+                if late is not None:
+                    req.interrupted(late)
+            raise
+        return req.read(reply, frames)
+
+
+def late_reply(fut: Future, wait: float = LATE_REPLY_WAIT) -> dict[str, Any] | None:
+    """The reply `fut` gives, if it comes within `wait` seconds and is not a refusal."""
+    try:
+        reply, _ = fut.result(wait)
+    except BaseException:  # noqa: BLE001 - not in time, or failed: nothing to learn
+        return None
+    return reply if reply.get("ok", True) else None
+
+
+def ignore(fut: Future) -> None:
+    fut.exception()  # retrieved, so nothing is logged about it
+
+
+def heard(replies: Sequence[Future], wait: float) -> None:
+    """Wait at most `wait` seconds for these replies (whatever they say)."""
+    for r in replies:
+        r.add_done_callback(ignore)
+    if replies:
+        wait_futures(replies, timeout=wait)

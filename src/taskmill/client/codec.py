@@ -1,0 +1,376 @@
+"""The client's codecs: pure functions between tasks and results and what crosses the wire.
+
+Nothing here touches a socket, a thread or the clock:
+
+    BaseTask --encode_task(task, wire, functions)--> Encoded [spec, frames] (+ its size)
+        (a task and its recovery chain: one *node* per task of the chain; `recovery` in a
+         node is the index of the node that recovers it)
+    [Encoded, ...] --batch_length--> how many go in one submit message
+    reply {results: [meta, ...]} + frames --split_results--> (meta, frames) per taskid
+    (meta, frames) --decode_result(meta, frames, wire)--> the value, a TaskResult, or a raised error
+
+Besides, the checks of taskids every verb makes before asking anything (`check_taskid`,
+`in_range`), and `refusal`, the error of a request the controller refused.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgpack
+
+from ..errors import (
+    RemoteError,
+    RemoteTraceback,
+    SerializationError,
+    StoreError,
+    TaskError,
+    controller_error,
+)
+from ..task import (
+    BaseTask,
+    MapTask,
+    StringTask,
+    TaskResult,
+    chain_links,
+    normalize_after,
+    recovery_chain,
+)
+from ..wire import (
+    MAX_FRAMES,
+    FunctionPickles,
+    Refused,
+    Wire,
+    dumps,
+    dumps_arguments,
+    frame_len,
+    loads,
+)
+
+SUBMIT_BATCH = 1000  # tasks in one submit message, at most
+# Bytes of a submit message besides its tasks' own (envelope, type, req, rt, key, sid, seq).
+SUBMIT_OVERHEAD = 1024
+TASKID_LIMIT = 2**63  # taskids are in range(TASKID_LIMIT); any other int is an unknown id
+TIME_FORMAT = "%Y/%m/%d %H:%M:%S"
+CONTROLLER_DECIDED = ("aborted", "unmet_timeout", "dependency")
+METADATA_KEYS = ("engineid", "submitted", "started", "completed", "duration", "stdout", "stderr",
+                 "attempts")
+
+Entry = tuple[dict[str, Any] | None, list[Any]]  # one task's result: (meta, payload frames)
+
+
+# -- taskids ---------------------------------------------------------------------------------
+def check_taskid(taskid: Any) -> None:
+    if isinstance(taskid, bool) or not isinstance(taskid, int):
+        raise TypeError(f"a taskid is an int, not {type(taskid).__name__}")
+
+
+def in_range(taskid: int) -> bool:
+    """Whether `taskid` could be a taskid at all; any other int is an unknown id, answered
+    here without asking (the controller's ids are 0..2**63-1; a header cannot even carry
+    some ints, e.g. 2**64)."""
+    return 0 <= taskid < TASKID_LIMIT
+
+
+def unknown_message(taskid: int) -> str:
+    return f"no task with id {taskid}: it is unknown, or its result was cleared"
+
+
+def unknown_entry(taskid: int) -> dict[str, Any]:
+    """What the controller says of an unknown id, said here for one that cannot be a taskid."""
+    return {"tid": taskid, "unknown": True, "nframes": 0}
+
+
+def taskid_list(taskids: Any) -> list[int]:
+    """An int, a future, or a sequence of them, as a checked list of taskids."""
+    items = [taskids] if isinstance(taskids, int) or hasattr(taskids, "taskid") \
+        else list(taskids)
+    tids = [getattr(t, "taskid", t) for t in items]
+    for t in tids:
+        check_taskid(t)
+    return tids
+
+
+def after_ids(after: Any) -> list[int]:
+    """`after` for the wire. An id that cannot be a taskid is unknown, like any other unknown
+    id, so the task fails with DependencyError; one beyond what a header carries (e.g. 2**64)
+    is sent as 2**63, an id that cannot exist either."""
+    return [t if -TASKID_LIMIT <= t < TASKID_LIMIT else TASKID_LIMIT
+            for t in normalize_after(after)]
+
+
+# -- replies ---------------------------------------------------------------------------------
+def refusal(reply: dict[str, Any]) -> Exception:
+    """The error a refused request raises: StoreError when the controller's store could not
+    write (the request changed nothing), else TaskError with the controller's reason."""
+    text = reply.get("error", "the controller refused the request")
+    if reply.get("error_type") == "StoreError":
+        return StoreError(text)
+    return TaskError(text)
+
+
+def checked(reply: dict[str, Any]) -> dict[str, Any]:
+    """The reply, or its refusal raised."""
+    if not reply.get("ok", True):
+        raise refusal(reply)
+    return reply
+
+
+def joined(parts: list[tuple[dict[str, Any], list[Any]]]) -> tuple[dict[str, Any], list[Any]]:
+    """The pieces of a reply sent in several messages (`more`), as one reply."""
+    header = dict(parts[-1][0])
+    header["results"] = [r for h, _ in parts for r in h.get("results") or ()]
+    return header, [f for _, fr in parts for f in fr]
+
+
+def split_results(reply: dict[str, Any], frames: list[Any]) -> list[Entry]:
+    """A `result` reply as (meta, frames) per taskid."""
+    out, pos = [], 0
+    for meta in reply["results"]:
+        n = meta["nframes"] if meta else 0
+        out.append((meta, frames[pos:pos + n]))
+        pos += n
+    return out
+
+
+# -- tasks -> submit entries -----------------------------------------------------------------
+class Encoded(list):
+    """[spec, frames] of one task for a submit message, with `size`, the bytes it adds to
+    that message, and `task`, for errors."""
+
+    __slots__ = ("size", "task")
+
+    @property
+    def what(self) -> str:
+        return describe(self.task)
+
+
+def describe(task: BaseTask) -> str:
+    """A task in a few words (its repr may hold megabytes of arguments)."""
+    if isinstance(task, MapTask):
+        f = task.function
+        return f"a MapTask calling {getattr(f, '__qualname__', type(f).__name__)}"
+    text = getattr(task, "expression", "")
+    return f"the StringTask {text[:40] + '...' if len(text) > 40 else text!r}"
+
+
+def encode_task(task: BaseTask, wire: Wire, functions: FunctionPickles | None = None, *,
+                validated: bool = False) -> Encoded:
+    """The submit entry and payload frames of `task` and its recovery chain (an `Encoded`
+    pair). `wire` signs the payloads (only its key matters); `functions` pickles functions
+    once per client. Whatever cannot be sent raises here: TypeError/ValueError/
+    SerializationError naming the problem."""
+    if not isinstance(task, BaseTask):
+        raise TypeError(f"run() takes a StringTask or MapTask, not {type(task).__name__}")
+    functions = FunctionPickles() if functions is None else functions
+    if task.recovery_task is None:  # the common case: one node
+        if not validated:
+            task.validate()
+        node, frames = encode_node(task, None, wire, functions)
+        return packed({"nodes": [node], "after": after_ids(task.after)}, frames, task)
+    chain = recovery_chain(task)
+    nodes, frames = [], []
+    for t, recovery in zip(chain, chain_links(chain), strict=True):
+        t.validate()
+        node, node_frames = encode_node(t, recovery, wire, functions)
+        nodes.append(node)
+        frames.extend(node_frames)
+    return packed({"nodes": nodes, "after": after_ids(task.after)}, frames, task)
+
+
+def encode_node(t: BaseTask, recovery: int | None, wire: Wire,
+                functions: FunctionPickles) -> tuple[dict[str, Any], list[Any]]:
+    """One task of a chain: its node (`recovery`: the index of the node that recovers it)."""
+    if not isinstance(t, StringTask | MapTask):
+        raise TypeError(f"unknown task type {type(t).__name__}")
+    if isinstance(t, StringTask):
+        check_text(t.expression, f"the expression of {t!r}")
+        for name in t.pull:
+            check_text(name, f"the pulled name {name!r}")
+    try:
+        if isinstance(t, StringTask):
+            ex = {"kind": "string", "expression": t.expression, "pull": list(t.pull)}
+            body = dumps(t.push) if t.push else []
+        else:
+            function = functions.dumps(t.function)
+            ex = {"kind": "map", "fn": len(function)}
+            body = [*function, *dumps_arguments(tuple(t.args), t.kwargs)]
+    except Exception as e:
+        raise SerializationError(
+            f"cannot send {t!r}: its function, arguments or pushed values cannot be "
+            f"pickled ({type(e).__name__}: {e})") from e
+    ex["clear_before"], ex["clear_after"] = t.clear_before, t.clear_after
+    node: dict[str, Any] = {
+        "exec": ex, "nframes": len(body), "retries": t.retries, "timeout": t.timeout,
+        "recovery": recovery, "pmac": wire.payload_mac(body) if body else None,
+    }
+    if isinstance(t.depend, dict):
+        try:
+            # A copy, as it is now: the request may be sent again after a restart.
+            node["depend"] = msgpack.unpackb(msgpack.packb(t.depend, use_bin_type=True),
+                                             raw=False, strict_map_key=False)
+        except Exception as e:
+            raise TypeError(
+                f"a dict depend must hold plain values (str without lone surrogates, ints "
+                f"of at most 64 bits, floats, bools, None, lists and dicts of those): "
+                f"{type(e).__name__}: {e}") from None
+    elif t.depend is not None:
+        try:
+            dframes = dumps(t.depend)
+        except Exception as e:
+            raise SerializationError(f"cannot pickle depend {t.depend!r}: {e}") from e
+        node.update(depend="callable", dframes=len(dframes), dpmac=wire.payload_mac(dframes))
+        return node, [*body, *dframes]
+    return node, body
+
+
+def check_text(text: str, what: str) -> None:
+    """ValueError if `text` cannot travel in a header (UTF-8: no lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"{what} cannot be sent: it holds {text[e.start:e.end]!r} at index {e.start}, a "
+            "lone surrogate that UTF-8 cannot encode (typically from bytes decoded with "
+            "errors='surrogateescape'); decode it differently or pass it in push=") from None
+
+
+def packed(spec: dict[str, Any], frames: list[Any], task: BaseTask) -> Encoded:
+    """Pack the spec now: what cannot be encoded raises at the call that made the task, never
+    later on the I/O thread; its size counts towards the size limit of a message."""
+    try:
+        data = msgpack.packb(spec, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ValueError(f"cannot send {describe(task)}: its options cannot be encoded "
+                         f"({type(e).__name__}: {e}); ints must fit in 64 bits") from None
+    enc = Encoded((spec, frames))
+    size = len(data)
+    for f in frames:
+        size += frame_len(f)
+    enc.size = size
+    enc.task = task
+    return enc
+
+
+def too_big(enc: Encoded, max_message: int, what: str | None = None) -> ValueError | None:
+    """The error for a task too large for one message of `max_message` bytes, or None."""
+    if enc.size <= max_message - SUBMIT_OVERHEAD and len(enc[1]) < MAX_FRAMES:
+        return None
+    if enc.size <= max_message - SUBMIT_OVERHEAD:
+        return ValueError(
+            f"{what or enc.what} is {len(enc[1]):,} payload frames once pickled (an "
+            "out-of-band buffer each), more than the controller accepts in one message "
+            f"({MAX_FRAMES:,}): nothing was sent. Send fewer large buffers per task")
+    return ValueError(
+        f"{what or enc.what} is {enc.size:,} bytes once pickled, more than the controller "
+        f"accepts in one message ({max_message:,} bytes, with {SUBMIT_OVERHEAD} for the "
+        "message's header): nothing was sent. Start the controller with a larger "
+        "--max-message-size (Cluster(max_message_size=...)), or send less per task "
+        "(e.g. a path to a file the engines can read, or smaller chunks)")
+
+
+def batch_length(encoded: Iterable[Encoded], budget: int) -> int:
+    """How many of `encoded` go in one submit message (at least one, at most SUBMIT_BATCH):
+    together at most `budget` bytes and fewer than MAX_FRAMES frames."""
+    n = size = frames = 0
+    for enc in itertools.islice(encoded, SUBMIT_BATCH):
+        nf = len(enc[1])
+        if n and (size + enc.size > budget or frames + nf >= MAX_FRAMES):
+            break
+        n += 1
+        size += enc.size
+        frames += nf
+    return n
+
+
+def batches(encoded: Sequence[Encoded], max_message: int) -> list[Sequence[Encoded]]:
+    """`encoded` cut into the submit messages they go in."""
+    out, i = [], 0
+    budget = max_message - SUBMIT_OVERHEAD
+    while i < len(encoded):
+        n = batch_length(itertools.islice(encoded, i, None), budget)
+        out.append(encoded[i:i + n])
+        i += n
+    return out
+
+
+def submit_header(batch: Sequence[Encoded]) -> tuple[dict[str, Any], list[Any]]:
+    """The submit request (header, frames) of one batch."""
+    return ({"type": "submit", "tasks": [spec for spec, _ in batch]},
+            [f for _, frames in batch for f in frames])
+
+
+# -- result entries -> values ----------------------------------------------------------------
+def fmt_time(ts: float | None) -> str:
+    return "" if ts is None else time.strftime(TIME_FORMAT, time.localtime(ts))
+
+
+def rebuild_exception(meta: dict[str, Any], frames: list[Any], wire: Wire) -> BaseException:
+    """A failed task's exception: its own pickled one, else a RemoteError saying the same."""
+    err = meta.get("error") or {}
+    tb = err.get("traceback", "")
+    exc: BaseException | None = None
+    if err.get("controller"):
+        exc = controller_error(err.get("type", "TaskError"), err.get("message", ""))
+    elif err.get("pickled") and frames:
+        try:
+            wire.check_payload(frames, meta.get("pmac"))
+            exc = loads(frames)
+        except Exception:  # noqa: BLE001 - fall back to RemoteError below
+            exc = None
+    if not isinstance(exc, BaseException):
+        module = err.get("module", "")
+        name = err.get("type", "Exception")
+        type_name = name if module in ("builtins", "") else f"{module}.{name}"
+        exc = RemoteError(type_name, err.get("message", ""), tb)
+    for attr, value in (("engineid", meta.get("engineid")), ("taskid", meta.get("tid")),
+                        ("remote_traceback", tb)):
+        try:
+            setattr(exc, attr, value)
+        except Exception:  # noqa: BLE001 - exceptions without a __dict__
+            pass
+    if tb:
+        exc.__cause__ = RemoteTraceback(tb)
+    return exc
+
+
+def decode_result(meta: dict[str, Any] | None, frames: list[Any], wire: Wire) -> Any:
+    """A result entry from the controller: the value, a TaskResult, or a raised error."""
+    if meta is None:
+        return None
+    tid = meta.get("tid")
+    if meta.get("unknown"):
+        raise IndexError(unknown_message(tid))
+    status = meta["status"]
+    if status in CONTROLLER_DECIDED:
+        raise rebuild_exception(meta, frames, wire)
+    failure: BaseException | None = None
+    value: Any = None
+    if status == "ok":
+        if frames:
+            try:
+                wire.check_payload(frames, meta.get("pmac"))
+            except Refused as e:
+                raise SerializationError(f"result of task {tid} was refused: {e}") from None
+            try:
+                value = loads(frames)
+            except Exception as e:
+                failure = SerializationError(
+                    f"the result of task {tid} cannot be unpickled here "
+                    f"({type(e).__name__}: {e}); is a module missing on the client?")
+    else:
+        failure = rebuild_exception(meta, frames, wire)
+    if meta.get("kind") == "string":
+        return TaskResult(
+            value if failure is None else None, failure, taskid=tid,
+            engineid=meta.get("engineid"), submitted=fmt_time(meta.get("submitted")),
+            completed=fmt_time(meta.get("completed")), duration=meta.get("duration", 0.0),
+            stdout=meta.get("stdout", ""), stderr=meta.get("stderr", ""),
+            attempts=meta.get("attempts", 1),
+        )
+    if failure is not None:
+        raise failure
+    return value

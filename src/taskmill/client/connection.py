@@ -1,0 +1,398 @@
+"""The client's connection: two DEALER sockets to the controller and the I/O thread.
+
+    caller thread --send(header, frames)--> [send socket, under send_lock] --> controller
+    controller --reply / done--> [receive socket] I/O thread --> the request's Future, or its
+                                                                 stream callback
+
+The caller sends on its own socket, so a submit never waits for another thread; the I/O thread
+owns the receive socket, and every request carries `rt`, the id of that socket, so the
+controller answers there. What crosses the wire is a small header plus opaque payload frames
+(see `codec.py`). Besides reading, the I/O thread pings the controller, rides out its restarts
+(sending again what it never answered) and, after `reconnect_timeout` seconds of silence,
+declares it unreachable. Everything above (futures, verbs, both fronts) uses only `send`,
+`call`, `reply`, `wait_reply` and `forget`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+import zmq
+
+from ..connection import find_connection_file, read_connection_file
+from ..curve import apply_client as apply_curve
+from ..errors import ControllerUnreachable
+from ..task import check_seconds
+from ..wire import Refused, Wire, recv_message, send_message
+from .codec import checked, joined
+
+PING_INTERVAL = 1.0
+RECONNECT_TIMEOUT = 120.0  # seconds of silence from the controller before calls give up
+IDLE_AT_LEAST_EVERY = 256  # messages: a steady stream of replies must not starve the idle hook
+# Requests sent again to a restarted controller (reads, and submits, which it de-duplicates).
+RESENDABLE = frozenset({"submit", "result", "wait", "watch"})
+
+Stream = Callable[[dict[str, Any], list[Any]], bool]
+
+log = logging.getLogger("taskmill.client")
+
+
+def check_client_timeouts(timeout: Any, reconnect_timeout: Any) -> None:
+    check_seconds(timeout, "timeout", none=False)
+    check_seconds(reconnect_timeout, "reconnect_timeout", none=False)
+    if not reconnect_timeout > 0:
+        raise ValueError(f"reconnect_timeout must be > 0 seconds, not {reconnect_timeout!r}")
+
+
+def too_slow(what: str, timeout: float | None) -> TimeoutError:
+    """The error of a blocking verb's request not answered within the caller's `timeout`."""
+    return TimeoutError(f"{what} did not finish within {timeout:g}s (timeout=); the tasks are "
+                        "untouched")
+
+
+class Connection:
+    """Two DEALER sockets to the controller and the I/O thread that reads replies.
+
+    The I/O thread pings the controller every second and counts how long nothing has arrived
+    from it. Past `reconnect_timeout` seconds of silence the connection is *unreachable*: every
+    request waiting for an answer fails with ControllerUnreachable, `on_unreachable` fails the
+    client's futures, and every later request raises it at once. The pings go on, so when the
+    controller answers again (restarted on the same connection file, or back on the network)
+    the connection is usable again for new requests; what failed stays failed.
+    """
+
+    # Called on the I/O thread whenever it has read every message waiting (the client's
+    # Watcher sends the watch requests it batched up meanwhile).
+    on_idle: Callable[[], None] | None = None
+    # Called on the I/O thread when the controller is declared unreachable, with the error.
+    on_unreachable: Callable[[BaseException], None] | None = None
+
+    def __init__(self, connection: Any, timeout: float,
+                 reconnect_timeout: float = RECONNECT_TIMEOUT) -> None:
+        self.path = find_connection_file(connection)
+        self.info = read_connection_file(self.path)
+        # One Wire per socket: each sending socket has its own (sid, seq) stream, and replay
+        # checks hold per receiving socket, where messages arrive in order.
+        self.wire = Wire(self.info.key_bytes)  # the receive socket's (I/O thread only)
+        self.send_wire = Wire(self.info.key_bytes)  # the send socket's (under _send_lock)
+        self.timeout = timeout
+        self.reconnect_timeout = reconnect_timeout
+        # Often enough that a healthy controller is never silent for reconnect_timeout.
+        self._ping_interval = min(PING_INTERVAL, reconnect_timeout / 4)
+        # The largest message the controller accepts (its hello says; else our own default).
+        self.max_message = self.send_wire.max_message
+        self.ctx = zmq.Context()
+        base = uuidlib.uuid4().hex.encode()
+        self.recv_ident = base + b".r"
+        self.send_lock = threading.Lock()
+        self._send_sock = self._dealer(base + b".s")
+        self._recv_sock = self._dealer(self.recv_ident)
+        self._req = itertools.count(1)
+        self._futures: dict[int, Future] = {}
+        self._outstanding: dict[int, tuple[dict[str, Any], list[Any]]] = {}
+        self._partial: dict[int, list[tuple[dict[str, Any], list[Any]]]] = {}  # replies in pieces
+        self._controller_sid: bytes | None = None
+        # The controller's session (its replies say it): every request names it, so that a
+        # request captured before a restart does nothing after it.
+        self.session: bytes | None = None
+        self._key_prefix = base.decode() + ":"
+        self._streams: dict[int, Callable[[dict[str, Any], list[Any]], bool]] = {}
+        self._silent = 0.0  # seconds of this thread's running time since the controller spoke
+        self._unreachable = False
+        self._say_hello = True  # the next keep-alive is a hello (its reply names the limit)
+        self._closed = threading.Event()
+        self._hello: Future = Future()
+        self._thread = threading.Thread(target=self._io_loop, name="taskmill-client-io", daemon=True)
+        self._thread.start()
+        try:
+            self._hello.result(timeout)
+        except FutureTimeout:
+            self.close()
+            raise ControllerUnreachable(
+                f"no taskmill controller answered at {self.info.client_url} within {timeout:g}s "
+                f"(connection file {self.path}). Start one with `taskmill cluster start` "
+                "(or `taskmill controller`), or pass the right connection file."
+            ) from None
+
+    def _dealer(self, ident: bytes) -> zmq.Socket:
+        s = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.SNDHWM, 0)
+        s.setsockopt(zmq.RCVHWM, 0)
+        s.setsockopt(zmq.ROUTING_ID, ident)
+        s.setsockopt(zmq.RECONNECT_IVL, 10)  # 10 ms after a refused connect, doubling to 100
+        s.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
+        s.setsockopt(zmq.MAXMSGSIZE, self.wire.max_message)
+        apply_curve(s, self.info)
+        s.connect(self.info.client_url)
+        return s
+
+    def _io_loop(self) -> None:
+        sock = self._recv_sock
+        next_ping = 0.0
+        burst = 0  # messages read since the idle hook last ran
+        last = time.monotonic()
+        while not self._closed.is_set():
+            now = time.monotonic()
+            # Silence counts this thread's running time only: a pause of the whole process
+            # (SIGSTOP, a laptop's sleep) adds at most one ping interval, so the replies
+            # waiting when it resumes are read before anyone is told the controller is gone.
+            self._silent += min(now - last, self._ping_interval)
+            last = now
+            if now >= next_ping:
+                # Said from the receive socket, so the controller knows its id before any
+                # reply; after the hello, pings tell a restarted controller from the old one.
+                kind = "hello" if self._say_hello else "ping"
+                try:  # never block here: with no connection yet, a DEALER's send would wait
+                    sock.send_multipart(self.wire.encode({"type": kind, "req": 0}),
+                                        flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    pass
+                next_ping = now + (self._ping_interval if self._hello.done() else 0.5)
+            if self._silent > self.reconnect_timeout and not self._unreachable \
+                    and self._hello.done():
+                self._declare_unreachable()
+            if burst >= IDLE_AT_LEAST_EVERY or not sock.poll(0):
+                burst = 0
+                self._idle()
+                if not sock.poll(100):
+                    continue
+            burst += 1
+            msg = recv_message(sock)
+            try:
+                self._on_message(msg)
+            except Exception:  # noqa: BLE001 - the I/O thread must keep reading
+                log.exception("the client's I/O thread failed on a message")
+        sock.close(0)
+
+    def _on_message(self, msg: list[Any]) -> None:
+        try:
+            header, frames = self.wire.decode(msg)
+        except Refused:
+            return
+        self._silent = 0.0
+        session = header.get("session")
+        if isinstance(session, bytes):
+            self.session = session
+        if self._unreachable:
+            self._unreachable = False
+            log.info("the controller at %s answers again", self.info.client_url)
+        if header["sid"] != self._controller_sid:
+            if self._controller_sid is not None:
+                self._controller_restarted()
+            self._controller_sid = header["sid"]
+        req = header.get("req")
+        if req == 0:
+            if header.get("version") is not None:  # a hello's reply
+                self._say_hello = False
+                limit = header.get("max_message")
+                if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+                    self.max_message = limit
+            if not self._hello.done():
+                self._hello.set_result(header)
+            return
+        if header.get("more"):  # a reply in pieces (results above the size limit): keep it
+            self._partial.setdefault(req, []).append((header, frames))
+            return
+        parts = self._partial.pop(req, None)
+        if parts:
+            header, frames = joined([*parts, (header, frames)])
+        if header.get("error_type") == "session" and self._resend_for_session(req):
+            return
+        stream = self._streams.get(req)
+        if stream is not None:
+            if stream(header, frames):
+                del self._streams[req]
+                self._outstanding.pop(req, None)
+            return
+        self._outstanding.pop(req, None)
+        fut = self._futures.pop(req, None)
+        if fut is not None and not fut.done():
+            fut.set_result((header, frames))
+
+    def _resend_for_session(self, req: Any) -> bool:
+        """A request refused because it named an earlier controller session did nothing:
+        send it again, named for the controller's session now. False if that is not it."""
+        with self.send_lock:
+            sent = self._outstanding.get(req)
+            if sent is None:
+                return False
+            if sent[0].get("session") == self.session:
+                return True  # (sent again already, when the restart was noticed)
+            header, frames = sent
+            header["session"] = self.session
+            send_message(self._send_sock, self.send_wire.encode(header, frames))
+        return True
+
+    def _idle(self) -> None:
+        hook = self.on_idle
+        if hook is not None:
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - the I/O thread must keep reading
+                log.exception("the I/O thread's idle hook failed")
+
+    def _controller_restarted(self) -> None:
+        """A new controller answered: send again what the old one never answered."""
+        self._say_hello = True  # (it may have another size limit)
+        self._partial.clear()
+        failed: list[tuple[Future | None, BaseException]] = []
+        with self.send_lock:
+            for req, (header, frames) in list(self._outstanding.items()):
+                if header["type"] in RESENDABLE:
+                    header["resent"] = True  # (a submit: the controller looks up its key)
+                    header["session"] = self.session
+                    try:
+                        send_message(self._send_sock, self.send_wire.encode(header, frames))
+                        continue
+                    except Exception as e:  # noqa: BLE001 - (it was encoded once: cannot happen)
+                        error: BaseException = e
+                else:
+                    error = ControllerUnreachable(
+                        f"the controller at {self.info.client_url} restarted before it answered "
+                        f"a {header['type']!r} request, which may or may not have taken effect")
+                del self._outstanding[req]
+                self._streams.pop(req, None)
+                failed.append((self._futures.pop(req, None), error))
+        for fut, error in failed:
+            if fut is not None and not fut.done():
+                fut.set_exception(error)
+
+    def unreachable_error(self) -> ControllerUnreachable:
+        return ControllerUnreachable(
+            f"the controller at {self.info.client_url} (connection file {self.path}) has not "
+            f"answered for {self.reconnect_timeout:g}s (this client's reconnect_timeout). Is it "
+            "running? Started again on the same connection file (`taskmill controller "
+            f"--connection-file {self.path}` with the same --db), it is used again by this "
+            "client for new requests.")
+
+    def _declare_unreachable(self) -> None:
+        """Fail every request waiting for the controller, and the client's futures."""
+        log.warning("the controller at %s has not answered for %gs: giving up on what waits "
+                    "for it", self.info.client_url, self.reconnect_timeout)
+        with self.send_lock:
+            self._unreachable = True
+            waiting = list(self._futures.values())
+            self._futures.clear()
+            self._streams.clear()
+            self._outstanding.clear()
+            self._partial.clear()
+        for fut in waiting:
+            if not fut.done():
+                fut.set_exception(self.unreachable_error())
+        hook = self.on_unreachable
+        if hook is not None:
+            try:
+                hook(self.unreachable_error())
+            except Exception:  # noqa: BLE001 - the I/O thread must keep reading
+                log.exception("failing the futures of an unreachable controller failed")
+
+    def send(self, header: dict[str, Any], frames: Sequence[Any] = (),
+             stream: Callable[[dict[str, Any], list[Any]], bool] | None = None) -> Future:
+        """Send a request; the Future resolves to the reply (header, frames).
+
+        The header is packed before the request is registered anywhere: one that cannot be
+        encoded raises ValueError here, and nothing of it stays behind (it is never resent)."""
+        if self._closed.is_set():
+            raise RuntimeError("this client is closed")
+        fut: Future = Future()
+        with self.send_lock:
+            if self._unreachable:
+                raise self.unreachable_error()
+            req = next(self._req)
+            header["req"] = req
+            header["rt"] = self.recv_ident
+            header["session"] = self.session
+            if header["type"] == "submit":
+                header["key"] = self._key_prefix + str(req)  # lets a resend be recognised
+            try:
+                msg = self.send_wire.encode(header, frames)
+            except (TypeError, ValueError, OverflowError) as e:
+                raise ValueError(
+                    f"cannot send a {header['type']!r} request: its header cannot be encoded "
+                    f"({type(e).__name__}: {e}); it may hold only ints of at most 64 bits, str "
+                    "without lone surrogates, bytes, lists and dicts of those") from None
+            if stream is not None:
+                self._streams[req] = stream
+            else:
+                self._futures[req] = fut
+            self._outstanding[req] = (header, list(frames))
+            send_message(self._send_sock, msg)
+        return fut
+
+    def call(self, header: dict[str, Any], frames: Sequence[Any] = (),
+             timeout: float | None = -1.0) -> tuple[dict[str, Any], list[Any]]:
+        """A request and its reply, within the client's `timeout` (-1) or `timeout` seconds
+        (None: as long as the controller is reachable); past it, ControllerUnreachable."""
+        return self.reply(self.send(header, frames), header, timeout)
+
+    def reply(self, fut: Future, header: dict[str, Any],
+              timeout: float | None = -1.0) -> tuple[dict[str, Any], list[Any]]:
+        """`call`'s wait for the reply `fut` to the request `header`."""
+        wait = self.timeout if timeout == -1.0 else timeout
+        try:
+            reply, frames = fut.result(wait)
+        except ControllerUnreachable:  # (a TimeoutError too: not this wait's)
+            raise
+        except FutureTimeout:
+            self.forget(header["req"])
+            raise self.no_answer(header, wait) from None
+        return checked(reply), frames
+
+    def no_answer(self, header: dict[str, Any], wait: float) -> ControllerUnreachable:
+        """The error of a quick request not answered within `wait` seconds."""
+        return ControllerUnreachable(f"the controller at {self.info.client_url} did not answer "
+                                     f"a {header['type']!r} request within {wait:g}s")
+
+    def wait_reply(self, header: dict[str, Any], frames: Sequence[Any] = (),
+                   timeout: float | None = None,
+                   what: str = "") -> tuple[dict[str, Any], list[Any]]:
+        """A request whose answer may take as long as tasks take (a blocking verb): waits until
+        it comes, or the controller is unreachable (ControllerUnreachable), or the caller's
+        own `timeout` has passed (then the builtin TimeoutError, and nothing is changed)."""
+        fut = self.send(header, frames)
+        try:
+            reply, frames = fut.result(timeout)
+        except ControllerUnreachable:  # (a TimeoutError too: not this wait's)
+            raise
+        except FutureTimeout:
+            self.forget(header["req"])
+            raise too_slow(what or header["type"], timeout) from None
+        return checked(reply), frames
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def on_io_thread(self) -> bool:
+        """Whether the calling thread is this connection's I/O thread."""
+        return threading.current_thread() is self._thread
+
+    def forget(self, req: int) -> None:
+        """Nobody waits for the answer to request `req` any more: drop it (never resent)."""
+        with self.send_lock:
+            self._outstanding.pop(req, None)
+            self._futures.pop(req, None)
+            self._streams.pop(req, None)
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=2)
+        with self.send_lock:
+            self._send_sock.close(0)
+        for fut in self._futures.values():
+            if not fut.done():
+                fut.set_exception(RuntimeError("the client was closed"))
+        self.ctx.destroy(linger=0)
+

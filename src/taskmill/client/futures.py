@@ -1,0 +1,216 @@
+"""`TaskFuture`: a `concurrent.futures.Future` for one task.
+
+    Submitter (submitter.py) --set_taskid / set_submit_error--> TaskFuture: its taskid known
+    I/O thread (a `done` message) --set_outcome(meta, frames)--> TaskFuture done, nothing
+                                                                 unpickled yet
+    caller --result()--> owner.decode(meta, frames), once, in the caller's thread
+
+A future belongs to an *owner* (the client's `Backend`), which it asks three things: its
+`connection` (for the timeouts), `decode` (a result entry to a value or a raised error) and
+`abort` (for `cancel`). The `set_*` methods are what the client does to a future, public as
+`Future.set_result` is: for the client's own modules, not for programs.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, InvalidStateError
+from concurrent.futures._base import CANCELLED
+from typing import Any, Protocol
+
+from ..errors import ControllerUnreachable, TaskAborted
+from .codec import METADATA_KEYS
+from .connection import Connection
+
+
+class FutureOwner(Protocol):
+    """What a TaskFuture asks of the client it belongs to."""
+
+    connection: Connection
+
+    def decode(self, meta: dict[str, Any] | None, frames: list[Any]) -> Any: ...
+
+    def abort(self, taskid: int) -> None: ...
+
+
+class TaskFuture(Future):
+    """A `concurrent.futures.Future` for one task (SPEC.md §6.13).
+
+    It works wherever a Future does: `concurrent.futures.wait` and `as_completed`,
+    `asyncio.wrap_future`, `add_done_callback`. `taskid` is the task's id: `submit` does not
+    wait for the controller to acknowledge it, so the first read of `taskid` may wait for that
+    (up to the client's timeout); `known_taskid` never waits. `metadata` is filled in when the
+    task finishes: `engineid`, `submitted`, `started`, `completed` (float seconds since the
+    epoch, or None), `duration`, `stdout`, `stderr`, `attempts`.
+
+    The client's I/O thread marks the future done when the controller's `done` message arrives,
+    without unpickling anything; `result()` and `exception()` unpickle the value or the remote
+    exception in the thread that calls them (once: it is kept). A task's failure is raised by
+    `result()` as its own type (§3, §6.1): for a StringTask `result()` is a `TaskResult`.
+    `cancel()` aborts the task (see there).
+    """
+
+    def __init__(self, owner: FutureOwner, taskid: int | None = None) -> None:
+        super().__init__()
+        self._owner = owner
+        self._taskid = taskid
+        self._known_event: threading.Event | None = None
+        self._submit_error: BaseException | None = None
+        self._raw: tuple[dict[str, Any] | None, list[Any]] | None = None
+        self._outcome: tuple[bool, Any] | None = None
+        self._cancelling = False
+        self.metadata: dict[str, Any] = dict.fromkeys(METADATA_KEYS)
+
+    @property
+    def taskid(self) -> int:
+        """The task's id, once the controller has acknowledged the submit.
+
+        Waits for that while the controller is reachable (a restart is ridden out); raises
+        ControllerUnreachable once it has not answered for the client's `reconnect_timeout`,
+        or the error that kept the task from being submitted."""
+        conn = self._owner.connection
+        wait = conn.timeout + conn.reconnect_timeout  # (a backstop: the I/O thread ends it)
+        if not self.wait_submit_answered(wait):
+            raise ControllerUnreachable(
+                f"the controller at {conn.info.client_url} did not acknowledge a submit "
+                f"within {wait:g}s")
+        if self._taskid is None:
+            assert self._submit_error is not None
+            raise self._submit_error
+        return self._taskid
+
+    @property
+    def known_taskid(self) -> int | None:
+        """The task's id if the controller has acknowledged the submit, else None (never
+        waits)."""
+        return self._taskid
+
+    def submit_answered(self) -> bool:
+        """Whether the taskid (or the submit's failure) is known."""
+        return self._taskid is not None or self._submit_error is not None
+
+    def wait_submit_answered(self, wait: float | None) -> bool:
+        """Wait until the taskid (or the submit's failure) is known; False if `wait` passed."""
+        if self.submit_answered():
+            return True
+        # An Event made only when someone waits (most futures learn their id first). The
+        # Future's own condition serves as the lock, never notified: Future.result() would
+        # take a notify for its result and give up.
+        with self._condition:
+            if self._known_event is None:
+                self._known_event = threading.Event()
+            event = self._known_event
+            if self.submit_answered():
+                event.set()
+        return event.wait(wait)
+
+    # -- what the client does to it ----------------------------------------------------------
+    def set_taskid(self, tid: int) -> None:
+        with self._condition:
+            self._taskid = tid
+            event = self._known_event
+        if event is not None:
+            event.set()
+
+    def set_submit_error(self, exc: BaseException) -> None:
+        """The task was never submitted: `taskid` and `result()` raise `exc`."""
+        with self._condition:
+            self._submit_error = exc
+            event = self._known_event
+        if event is not None:
+            event.set()
+        self.set_failure(exc)
+
+    def set_failure(self, exc: BaseException) -> None:
+        """Fail the future with `exc`, unless it is done already."""
+        try:
+            self.set_exception(exc)
+        except InvalidStateError:
+            pass
+
+    def set_outcome(self, meta: dict[str, Any] | None, frames: list[Any]) -> None:
+        """The task finished (called on the I/O thread; nothing is unpickled here)."""
+        if meta:
+            for key in METADATA_KEYS:
+                if key in meta:
+                    self.metadata[key] = meta[key]
+        if self._cancelling and meta and meta.get("status") == "aborted":
+            self._mark_cancelled()
+            return
+        self._raw = (meta, frames)
+        try:
+            self.set_result(None)
+        except InvalidStateError:  # cancelled meanwhile
+            self._raw = None
+
+    def set_withdrawn(self) -> None:
+        """It was never sent (the map it belongs to ended first): cancelled, no taskid."""
+        with self._condition:
+            self._submit_error = TaskAborted("this task was withdrawn before it was sent: the "
+                                             "map it belonged to ended early")
+            event = self._known_event
+        if event is not None:
+            event.set()
+        self._mark_cancelled()
+
+    def _decoded(self) -> tuple[bool, Any]:
+        with self._condition:
+            if self._outcome is None:
+                assert self._raw is not None
+                meta, frames = self._raw
+                try:
+                    value = self._owner.decode(meta, frames)
+                except BaseException as e:  # noqa: BLE001 - the task's failure, kept for result()
+                    self._outcome = (False, e)
+                else:
+                    self._outcome = (True, value)
+                self._raw = None
+            return self._outcome
+
+    # -- the Future API ------------------------------------------------------------------------
+    def result(self, timeout: float | None = None) -> Any:
+        super().result(timeout)  # waits; raises CancelledError, TimeoutError, a submit error
+        ok, value = self._decoded()
+        if ok:
+            return value
+        raise value
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        exc = super().exception(timeout)
+        if exc is not None:
+            return exc
+        ok, value = self._decoded()
+        return None if ok else value
+
+    def cancel(self) -> bool:
+        """Abort the task: True if it was aborted (or was cancelled already), False if it had
+        finished. A cancelled future raises `CancelledError` from `result()`. Waits for the
+        controller's answer, so it must not be called from a done-callback on the client's I/O
+        thread (that raises RuntimeError)."""
+        if self.done():
+            return self.cancelled()
+        if self._owner.connection.on_io_thread():
+            raise RuntimeError("TaskFuture.cancel() waits for the controller's answer, which the "
+                               "client's I/O thread (running this callback) would have to read; "
+                               "call it from another thread")
+        self._cancelling = True
+        try:
+            self._owner.abort(self.taskid)
+        except IndexError:  # it finished (its result is on the way) or is unknown
+            self._cancelling = False
+            return False
+        self._mark_cancelled()
+        return self.cancelled()
+
+    def _mark_cancelled(self) -> None:
+        """Cancel and tell the waiters of `wait`/`as_completed`, which (as for an executor's
+        futures) only hear of it through `set_running_or_notify_cancel`."""
+        with self._condition:
+            Future.cancel(self)
+            if self._state == CANCELLED:
+                self.set_running_or_notify_cancel()
+
+    def __repr__(self) -> str:
+        tid = "?" if self._taskid is None else self._taskid
+        state = "cancelled" if self.cancelled() else "finished" if self.done() else "pending"
+        return f"<TaskFuture taskid={tid} {state}>"

@@ -1,0 +1,168 @@
+"""What a verb asks its front to do: requests and the other steps, as plain values.
+
+A verb (see `verbs.py`) is a generator that yields these and is sent what each came to:
+
+    verb --Request(header, frames, read, ...)--> front sends it, waits its own way for the
+         <--read(reply, frames)--------------- reply (or throws the error into the verb)
+    verb --WaitFor(futs, timeout, each)------> front waits for task futures, calls `each`
+         <--the futures still unfinished------ as each finishes, in the caller's thread
+    verb --Abort(futs) / Adopt(futs) / Follow(futs) / NextDone() / Emit(value)--> ...
+
+The blocking front (`backend.Backend.run`) carries a step out by blocking the caller's
+thread; the asyncio front (`aio.py`) by awaiting. Nothing here does I/O: the builders at the
+end are the one-request verbs, each a Request that says what to send and how to read the
+reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from .codec import check_taskid, in_range, unknown_message
+
+Reader = Callable[[dict[str, Any], list[Any]], Any]
+
+
+def whole_reply(reply: dict[str, Any], frames: list[Any]) -> tuple[dict[str, Any], list[Any]]:
+    return reply, frames
+
+
+class Request:
+    """One request: what to send and how to read the reply (already checked: a refusal is
+    raised, never read).
+
+    A quick request (`blocking=False`) waits the client's `timeout` for its answer; past it,
+    ControllerUnreachable. A blocking verb's request (`blocking=True`: its answer may take as
+    long as tasks take) waits until the controller is unreachable or the caller's own
+    `timeout` has passed (then the builtin TimeoutError naming `what`; nothing is changed).
+    `interrupted`, if given, is told the reply's Future when the caller is interrupted
+    (Ctrl-C) while waiting, to learn what the controller did anyway."""
+
+    __slots__ = ("header", "frames", "read", "blocking", "timeout", "what", "interrupted")
+
+    def __init__(self, header: dict[str, Any], frames: Sequence[Any] = (), *,
+                 read: Reader = whole_reply, blocking: bool = False,
+                 timeout: float | None = None, what: str = "",
+                 interrupted: Callable[[Future], None] | None = None) -> None:
+        self.header = header
+        self.frames = frames
+        self.read = read
+        self.blocking = blocking
+        self.timeout = timeout
+        self.what = what or header["type"]
+        self.interrupted = interrupted
+
+
+class WaitFor:
+    """Wait until every future of `futs` is done, or `timeout` seconds (None: no limit);
+    `each(fut)` is called in the caller's thread as each one finishes. Comes to the list of
+    those still unfinished."""
+
+    __slots__ = ("futs", "timeout", "each")
+
+    def __init__(self, futs: Sequence[Any], timeout: float | None,
+                 each: Callable[[Any], None] | None = None) -> None:
+        self.futs = futs
+        self.timeout = timeout
+        self.each = each
+
+
+class Abort:
+    """Abort the unfinished tasks of these TaskFutures and these taskids (a call that ended
+    early), waiting a little for the controller to hear it (see Backend.abort_futures).
+    Comes to None; a failure to abort is not raised (the error that ended the call is)."""
+
+    __slots__ = ("futs", "tids")
+
+    def __init__(self, futs: Sequence[Any], tids: Sequence[int] = ()) -> None:
+        self.futs = futs
+        self.tids = tids
+
+
+class Adopt:
+    """These futures as the front hands futures to its caller (the blocking front: as they
+    are; the asyncio front: asyncio futures). Comes to that list."""
+
+    __slots__ = ("futs",)
+
+    def __init__(self, futs: Sequence[Any]) -> None:
+        self.futs = futs
+
+
+class Follow:
+    """(A streaming verb) from now on, tell `NextDone` of each of these futures as it ends."""
+
+    __slots__ = ("futs",)
+
+    def __init__(self, futs: Sequence[Any]) -> None:
+        self.futs = futs
+
+
+class NextDone:
+    """(A streaming verb) the next followed future to end, waiting for it."""
+
+    __slots__ = ()
+
+
+class Emit:
+    """(A streaming verb) hand `value` to the caller; the verb resumes when the next is asked."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+# -- the one-request verbs -------------------------------------------------------------------
+def spin() -> Request:
+    return Request({"type": "spin"}, read=lambda r, _: bool(r["dispatched"]))
+
+
+def queue_status(verbose: bool) -> Request:
+    return Request({"type": "status", "verbose": bool(verbose)},
+                   read=lambda r, _: dict(r["status"]))
+
+
+def engines() -> Request:
+    return Request({"type": "engines"}, read=lambda r, _: list(r["engines"]))
+
+
+def live_engine_ids() -> Request:
+    """The ids of the engines not dead, sorted."""
+    return Request({"type": "engines"}, read=lambda r, _: sorted(
+        e["engineid"] for e in r["engines"] if e["state"] != "dead"))
+
+
+def live_engine_count() -> Request:
+    return Request({"type": "engines"},
+                   read=lambda r, _: sum(1 for e in r["engines"] if e["state"] != "dead"))
+
+
+def statistics() -> Request:
+    return Request({"type": "stats"}, read=lambda r, _: dict(r["stats"]))
+
+
+def activity(since: int) -> Request:
+    return Request({"type": "activity", "since": since}, read=lambda r, _: dict(r["activity"]))
+
+
+def task_info(taskid: int) -> Request:
+    """(For an id in range only: see verbs.task_info.)"""
+    return Request({"type": "task", "tid": taskid}, read=lambda r, _: dict(r["task"]))
+
+
+def abort(taskid: int) -> Request:
+    """Abort a task: IndexError if it had finished or is unknown (checked before sending)."""
+    check_taskid(taskid)
+    if not in_range(taskid):
+        raise IndexError(unknown_message(taskid))
+
+    def read(reply: dict[str, Any], _: list[Any]) -> None:
+        if reply["status"] == "finished":
+            raise IndexError("Task Already Completed")
+        if reply["status"] == "unknown":
+            raise IndexError(unknown_message(taskid))
+
+    return Request({"type": "abort", "tid": taskid}, read=read)

@@ -1,0 +1,284 @@
+"""Every verb of the client, written once, for both fronts: generators of steps (sans-I/O).
+
+    TaskClient.map(...)       --> backend.run(map_elements(backend, ...))         (blocking)
+    AsyncTaskClient.map(...)  --> await driver.run(map_elements(backend, ...))    (asyncio)
+
+A verb checks its arguments, then yields what it needs done (`steps.py`: a Request to the
+controller, a wait for task futures, an abort...) and is sent what that came to (or has the
+error thrown in, at the same `yield`). It never blocks and never touches a socket: the front
+decides how to wait. So each verb's rules (what is checked first, what is aborted when it ends
+early, what its errors say) are said once. One-request verbs are plain `steps.Request`
+builders (steps.py); `submit` needs no waiting at all and is a plain function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from ..errors import ControllerUnreachable
+from ..task import BaseTask, MapTask, check_seconds
+from .backend import Backend, Verb
+from .codec import (
+    Encoded,
+    batches,
+    check_taskid,
+    in_range,
+    split_results,
+    submit_header,
+    taskid_list,
+    unknown_entry,
+)
+from .futures import TaskFuture
+from .maps import (
+    IMapRun,
+    assemble_map,
+    auto_chunksize,
+    check_imap,
+    check_unreachable,
+    chunked,
+    encode_chunks,
+    map_arguments,
+    pinned_copies,
+    progress_bar,
+    run_all_outcome,
+    show_progress,
+    zip_sequences,
+)
+from .options import TaskOptions
+from .steps import (
+    Abort,
+    Adopt,
+    Emit,
+    Follow,
+    NextDone,
+    Request,
+    WaitFor,
+    live_engine_count,
+    live_engine_ids,
+)
+from .steps import task_info as task_info_request
+
+
+def is_future(x: Any) -> bool:
+    """A future of either kind (concurrent or asyncio), as opposed to a taskid."""
+    return hasattr(x, "add_done_callback")
+
+
+def read_tids(reply: dict[str, Any], _: list[Any]) -> list[int]:
+    return list(reply["tids"])
+
+
+# -- submitting ------------------------------------------------------------------------------
+def submit(backend: Backend, options: TaskOptions, func: Callable[..., Any],
+           args: Sequence[Any], kwargs: dict[str, Any]) -> TaskFuture:
+    """A future for `func(*args, **kwargs)`, sent without waiting; one that cannot be sent
+    fails at once (as a task that fails would)."""
+    enc = backend.encode(options.task(func, args, kwargs), validated=True)
+    error = backend.too_big(enc)
+    if error is not None:
+        return backend.failed_future(error)
+    return backend.submit_futures([enc], checked=True)[0]
+
+
+def submit_tasks(backend: Backend, encoded: Sequence[Encoded], tids: list[int]) -> Verb:
+    """Submit and wait for the taskids, appended to `tids` as each batch is answered (so that
+    a caller interrupted meanwhile knows what was submitted; an interrupted wait still learns
+    the batch's taskids if they come within a moment)."""
+    backend.check_sizes(encoded)
+    for batch in batches(encoded, backend.connection.max_message):
+        header, frames = submit_header(batch)
+        tids.extend((yield Request(header, frames, read=read_tids,
+                                   interrupted=lambda reply: tids.extend(reply.get("tids") or ()))))
+    return tids
+
+
+def run(backend: Backend, task: BaseTask, block: bool, timeout: float | None) -> Verb:
+    check_seconds(timeout, "timeout")
+    tid = (yield from submit_tasks(backend, [backend.encode(task)], []))[0]
+    if block:
+        return (yield from get_task_result(backend, tid, True, timeout))
+    return tid
+
+
+# -- results ---------------------------------------------------------------------------------
+def results(tids: list[int], block: bool, timeout: float | None, what: str) -> Verb:
+    """Result entries (meta, frames) of taskids; an id out of range reads as unknown."""
+    entries = [(unknown_entry(t), []) for t in tids]
+    asked = [t for t in tids if in_range(t)]
+    if asked:
+        got = iter((yield Request({"type": "result", "tids": asked, "block": block},
+                                  read=split_results, blocking=block, timeout=timeout,
+                                  what=what)))
+        entries = [next(got) if in_range(t) else e for t, e in zip(tids, entries, strict=True)]
+    return entries
+
+
+def get_task_result(backend: Backend, taskid: int, block: bool, timeout: float | None) -> Verb:
+    check_taskid(taskid)
+    check_seconds(timeout, "timeout")
+    (meta, frames), = yield from results([taskid], block, timeout,
+                                         f"get_task_result({taskid}, block=True)")
+    return backend.decode(meta, frames)
+
+
+def task_info(taskid: int) -> Verb:
+    check_taskid(taskid)
+    if not in_range(taskid):
+        return {"tid": taskid, "state": "unknown"}
+    return (yield task_info_request(taskid))
+
+
+def clear(taskids: Any) -> Verb:
+    """Drop finished results; KeyError names the ids without one (the others are dropped)."""
+    tids = None if taskids is None else taskid_list(taskids)
+    reply = {"dropped": 0, "missing": []}
+    asked = tids if tids is None else [t for t in tids if in_range(t)]
+    if asked is None or asked:
+        reply, _ = yield Request({"type": "clear", "tids": asked})
+    missing = [*reply["missing"], *(t for t in tids or () if not in_range(t))]
+    if missing:
+        raise KeyError(
+            f"no finished result for task ids {missing} (unknown, unfinished, or already "
+            f"cleared); {reply['dropped']} other result(s) were cleared")
+    return int(reply["dropped"])
+
+
+# -- waiting ---------------------------------------------------------------------------------
+def barrier(backend: Backend, taskids: Any, progress: bool | None,
+            timeout: float | None) -> Verb:
+    check_seconds(timeout, "timeout")
+    tids = [t for t in taskid_list(taskids) if in_range(t)]
+    if not tids:
+        return None
+    if show_progress(progress):
+        yield from wait(backend, tids, timeout, True)
+    else:
+        yield Request({"type": "wait", "tids": tids}, blocking=True, timeout=timeout,
+                      what="barrier")
+    return None
+
+
+def wait(backend: Backend, futures_or_ids: Any, timeout: float | None,
+         progress: bool | None) -> Verb:
+    check_seconds(timeout, "timeout")
+    items = [futures_or_ids] if isinstance(futures_or_ids, int) or is_future(futures_or_ids) \
+        else list(futures_or_ids)
+    made = iter(backend.futures_for([x for x in items if not is_future(x)]))
+    futs = yield Adopt([x if is_future(x) else next(made) for x in items])
+    if not futs:
+        return futs
+    with progress_bar(progress, len(futs), "wait", "task") as bar:
+        pending = yield WaitFor(futs, timeout, lambda _: bar.update())
+    if pending:
+        raise TimeoutError(f"{len(pending)} of {len(futs)} tasks unfinished after {timeout:g}s")
+    return futs
+
+
+# -- maps ------------------------------------------------------------------------------------
+def map_elements(backend: Backend, options: TaskOptions, func: Callable[..., Any],
+                 sequences: Sequence[Iterable[Any]], chunksize: int | None,
+                 progress: bool | None, timeout: float | None) -> Verb:
+    """Whatever ends it before every chunk has finished (Ctrl-C, cancelling, `timeout`, any
+    exception) aborts the chunks still queued or running."""
+    check_seconds(timeout, "timeout")
+    args = map_arguments(options, sequences, chunksize)
+    if not args:
+        return []
+    size = chunksize or auto_chunksize(len(args), (yield live_engine_count()))
+    chunks, encoded = encode_chunks(backend, options, func, chunked(args, size),
+                                    split=chunksize is None)
+    name = getattr(func, "__name__", "map")
+    futs: list[TaskFuture] = []
+    try:
+        futs = backend.submit_futures(encoded, checked=True)
+        items = {f: len(c) for f, c in zip(futs, chunks, strict=True)}
+        with progress_bar(progress, len(args), name, "item") as bar:
+            pending = yield WaitFor(futs, timeout, lambda f: bar.update(items[f]))
+        if pending:
+            raise TimeoutError(f"map of {name} did not finish within {timeout:g}s (timeout=); "
+                               "its unfinished tasks were aborted")
+    except (GeneratorExit, ControllerUnreachable):  # (nothing can be aborted)
+        raise
+    except BaseException:
+        yield Abort(futs)
+        raise
+    check_unreachable(futs)
+    return assemble_map(name, futs, chunks, len(args))
+
+
+def imap_elements(backend: Backend, options: TaskOptions, func: Callable[..., Any],
+                  iterable: Iterable[Any], ordered: bool, chunksize: int | None,
+                  max_outstanding: int | None, progress: bool | None) -> Verb:
+    """Checks the options now; the verb streams (see IMapRun). Closing it early aborts what
+    is still out."""
+    check_imap(options, chunksize, max_outstanding)
+    return _imap(backend, options, func, iterable, ordered, chunksize, max_outstanding,
+                 progress)
+
+
+def _imap(backend: Backend, options: TaskOptions, func: Callable[..., Any],
+          iterable: Iterable[Any], ordered: bool, chunksize: int | None,
+          max_outstanding: int | None, progress: bool | None) -> Verb:
+    run = IMapRun(backend, options, func, iterable, ordered=ordered, chunksize=chunksize,
+                  max_outstanding=max_outstanding, n_engines=(yield live_engine_count()))
+    total = len(iterable) if hasattr(iterable, "__len__") else None
+    bar = progress_bar(progress, total, getattr(func, "__name__", "imap"), "item")
+    try:
+        while True:
+            futs = run.send_more()
+            if futs:
+                yield Follow(futs)
+            if run.finished:
+                return None
+            for ok, value in run.chunk_done((yield NextDone())):
+                if not ok:
+                    raise value
+                bar.update()
+                yield Emit(value)
+    finally:
+        bar.close()
+        run.close()
+
+
+def run_all(backend: Backend, task: BaseTask, timeout: float | None) -> Verb:
+    """One copy of `task` per live engine; whatever ends it early aborts the copies left."""
+    check_seconds(timeout, "timeout")
+    eids = yield live_engine_ids()
+    futs = backend.submit_futures([backend.encode(t) for t in pinned_copies(task, eids)])
+    try:
+        pending = yield WaitFor(futs, timeout)
+        if pending:
+            raise TimeoutError(f"run_all did not finish within {timeout:g}s (timeout=): "
+                               f"{len(pending)} of {len(futs)} tasks unfinished; they were "
+                               "aborted")
+    except GeneratorExit:
+        raise
+    except BaseException:
+        yield Abort(futs)
+        raise
+    check_unreachable(futs)  # (raised as itself, not as a failure of each engine)
+    return run_all_outcome(eids, futs)
+
+
+def seed_map(backend: Backend, func: Callable[..., Any], sequences: Sequence[Iterable[Any]],
+             options: dict[str, Any], block: bool, timeout: float | None) -> Verb:
+    """The seed mapper's map: one MapTask per element; with `block` their results in order
+    (the first failure raised), else their taskids. Whatever ends it before it returns aborts
+    the tasks it had sent."""
+    check_seconds(timeout, "timeout")
+    MapTask(len, **options)  # an option changed since: checked before anything is sent
+    encoded = [backend.encode(MapTask(func, a, **options)) for a in zip_sequences(sequences)]
+    tids: list[int] = []
+    try:
+        yield from submit_tasks(backend, encoded, tids)
+        if not block or not tids:
+            return tids
+        name = getattr(func, "__name__", "map")
+        entries = yield from results(tids, True, timeout, f"map of {name}")
+    except GeneratorExit:
+        raise
+    except BaseException:
+        yield Abort((), tids)
+        raise
+    return [backend.decode(m, f) for m, f in entries]
