@@ -327,3 +327,14 @@ def test_progress_can_be_written_to_a_file_object(client, monkeypatch):
     monkeypatch.setattr("sys.stderr", buf)
     assert list(client.imap(square, range(50), progress=True)) == [i * i for i in range(50)]
     assert "50/50" in buf.getvalue()
+
+
+def test_a_future_keeps_the_client_it_came_from_alive(cluster):
+    """`cluster.client().submit(f).result()`: nothing else names that client, and dropping it
+    must not close the connection its future waits on."""
+    import gc
+
+    futures = [cluster.client().submit(square, x) for x in range(3)]
+    gc.collect()
+    assert [f.result(timeout=60) for f in futures] == [0, 1, 4]
+    assert cluster.client().submit(square, 9).result(timeout=60) == 81

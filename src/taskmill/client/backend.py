@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import queue
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, as_completed
 from concurrent.futures import wait as wait_futures
 from typing import Any
@@ -51,6 +51,7 @@ class Backend:
     def __init__(self, connection: str | os.PathLike[str] | None, timeout: float,
                  reconnect_timeout: float) -> None:
         self.functions = FunctionPickles()
+        self.front: Callable[[], Any] = lambda: None  # the TaskClient over this, weakly
         self.connection = Connection(connection, timeout, reconnect_timeout)
         self.watcher = Watcher(self.connection)
         self.submitter = Submitter(self.connection)

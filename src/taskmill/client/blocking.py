@@ -14,6 +14,7 @@ results are unpickled here, lazily, by the caller that asked for them (futures.p
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -52,6 +53,7 @@ class TaskClient:
         # travel by value from now on (SPEC §2; see wire.is_local_module).
         ship_local_modules()
         self.backend = Backend(connection, timeout, reconnect_timeout)
+        self.backend.front = weakref.ref(self)
         self.connection_file = self.backend.connection.path
 
     # -- lifecycle -------------------------------------------------------------------------

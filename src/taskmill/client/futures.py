@@ -14,6 +14,7 @@ A future belongs to an *owner* (the client's `Backend`), which it asks three thi
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures._base import CANCELLED
 from typing import Any, Protocol
@@ -27,6 +28,9 @@ class FutureOwner(Protocol):
     """What a TaskFuture asks of the client it belongs to."""
 
     connection: Connection
+    #: the front (TaskClient) that made this owner, weakly: every future keeps it alive, as a
+    #: dropped client would otherwise close the connection its futures wait on
+    front: Callable[[], Any]
 
     def decode(self, meta: dict[str, Any] | None, frames: list[Any]) -> Any: ...
 
@@ -53,6 +57,7 @@ class TaskFuture(Future):
     def __init__(self, owner: FutureOwner, taskid: int | None = None) -> None:
         super().__init__()
         self._owner = owner
+        self._front = owner.front()  # (`tc.submit(f).result()` with no other name for tc)
         self._taskid = taskid
         self._known_event: threading.Event | None = None
         self._submit_error: BaseException | None = None
