@@ -212,7 +212,7 @@ class Engines:
 
     def arm_lost(self) -> None:
         for uuid in self.lost:
-            self.ctx.timers.arm(("lost", uuid), self.ctx.now.mono + self.lost_grace())
+            self.ctx.timers.arm(("lost", uuid), self.lost_grace())
 
     def lost_engine_gone(self, uuid: str | None) -> None:
         """The engine that ran these tasks before the restart did not come back."""

@@ -47,6 +47,7 @@ log = logging.getLogger("taskmill.controller")
 
 DRAIN_BATCH = 1000  # messages read from one socket before the other gets its turn
 IDLE_POLL = 1.0  # seconds the loop waits at most when nothing is due
+SESSION_BYTES = 8  # random bytes naming one controller start (its session)
 # The controller makes few reference cycles but many short-lived containers per task: a
 # collection every 700 of them (the default) cost ~20% of its CPU in a flood.
 GC_THRESHOLDS = (20_000, 20, 20)
@@ -78,7 +79,7 @@ class Controller:
         self.store: TaskStore = store if store is not None else MemoryStore()
         # Random per controller start: every message of a peer names it, so a message
         # captured before a restart is refused after it.
-        self.session = os.urandom(8)
+        self.session = os.urandom(SESSION_BYTES)
         self._refusal_logged: dict[bytes, float] = {}
         self._stopping = False
         self.ctx = context or zmq.Context()
@@ -155,7 +156,8 @@ class Controller:
 
     def arm(self, key: tuple, delay: float) -> None:
         """Arm timer `key` to fire `delay` seconds from now (replacing its earlier moment)."""
-        self.core.ctx.timers.arm(key, time.monotonic() + delay)
+        self.core.ctx.timers.arm(key, delay)
+        self.core.ctx.timers.settle(time.monotonic())
 
     # -- the loop --------------------------------------------------------------------------
     def serve_forever(self) -> None:
@@ -179,10 +181,14 @@ class Controller:
             self.drain(self.engine_sock, core.on_engine)
         if self.client_sock in events:
             self.drain(self.client_sock, core.on_client)
-        if core.fire_timers(clock()) and self.curve is not None:
+        checked = core.fire_timers(clock())
+        core.settle_timers(clock())
+        if checked and self.curve is not None:
             self.curve.reload()
         self.flush()
-        core.end_turn(clock())
+        now = clock()
+        core.settle_timers(now)
+        core.end_turn(now)
 
     def stop(self) -> None:
         self._stopping = True
@@ -205,6 +211,7 @@ class Controller:
               handler: Callable[[bytes, dict[str, Any], list[Any], Now], None]) -> None:
         """Read and handle up to DRAIN_BATCH waiting messages of one socket."""
         counters = self.counters
+        timers = self.core.ctx.timers
         is_engine = sock is self.engine_sock
         for _ in range(DRAIN_BATCH):
             try:
@@ -216,7 +223,7 @@ class Controller:
             ident = msg[0]
             if len(msg) == 2 and msg[1][:4] == PING and is_engine:
                 self.core.on_pong(ident, msg[1], clock())
-                continue
+                continue  # (a pong arms no timer)
             try:
                 header, frames = self.wire.decode(msg[1:])
             except Refused as e:
@@ -227,6 +234,8 @@ class Controller:
             except Exception:  # noqa: BLE001 - one bad message must not stop the controller
                 self.wire.refused["internal-error"] += 1
                 log.exception("error handling a %r message from %r", header.get("type"), ident)
+            if timers.pending:  # the timers it armed count from now
+                timers.settle(time.monotonic())
 
     def _log_refusal(self, ident: bytes, e: Refused) -> None:
         """At most one log line per peer per minute: a flood must not flood the log too."""
@@ -253,11 +262,13 @@ class Controller:
 
     def _poll_timeout_ms(self) -> int:
         now = clock()
+        self.core.settle_timers(now)
         deadline = self.core.next_deadline(now)
         if deadline is None:
             deadline = now.mono + IDLE_POLL
         elif deadline <= now.mono:
             return 0
+        # (milliseconds, rounded up: a poll that ends early would only spin)
         return max(0, int((deadline - time.monotonic()) * 1000) + 1)
 
 
