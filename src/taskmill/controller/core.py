@@ -96,10 +96,12 @@ class ControllerCore:
             "engines": self.engines_verb, "stats": self.stats, "activity": self.activity,
             "task": self.task, "engine_exited": self.engine_exited,
         }
-        self.actions: dict[type, Callable[[Any], None]] = {
-            Dispatch: et.dispatch, Interrupt: et.interrupt, Revoke: et.revoke,
-            ArmTimer: lambda a: ctx.timers.arm(a.key, a.delay),
-            CancelTimer: lambda a: ctx.timers.cancel(a.key),
+        # What carries out each kind of action (the report goes to a Finish only).
+        self.actions: dict[type, Callable[[Any, Report | None], None]] = {
+            Dispatch: et.dispatch, Finish: self.results.finish, Interrupt: et.interrupt,
+            Revoke: et.revoke,
+            ArmTimer: lambda a, report: ctx.timers.arm(a.key, a.delay),
+            CancelTimer: lambda a, report: ctx.timers.cancel(a.key),
         }
         ctx.timers.arm(("heartbeat-check",), self.check_interval())
         ctx.timers.arm(("ping",), 0.0)
@@ -122,10 +124,12 @@ class ControllerCore:
     def on_client(self, ident: bytes, header: dict[str, Any], frames: list[Any],
                   now: Now) -> None:
         """A decoded client request."""
-        self.ctx.now = now
-        self.settle_timers(now)
-        outbox = self.ctx.outbox
-        refused = self.ctx.wire.refused
+        ctx = self.ctx
+        ctx.now = now
+        if ctx.timers.pending:  # (by a driver that did not settle them)
+            ctx.timers.settle(now.mono)
+        outbox = ctx.outbox
+        refused = ctx.wire.refused
         kind = header["type"]
         req = header.get("req")
         reply_to = header.get("rt", ident)
@@ -168,10 +172,14 @@ class ControllerCore:
         """A decoded engine message."""
         ctx = self.ctx
         ctx.now = now
-        self.settle_timers(now)
+        if ctx.timers.pending:
+            ctx.timers.settle(now.mono)
         kind = header["type"]
         engines = self.engines
-        rec = engines.alive_record(ident)
+        eid = engines.by_ident.get(ident)
+        rec = engines.records.get(eid) if eid is not None else None
+        if rec is not None and rec.dead:
+            rec = None
         if rec is not None:
             rec.last_seen = now.mono
         try:
@@ -214,7 +222,8 @@ class ControllerCore:
         """Handle the timers due at `now`; True if the heartbeat check was among them."""
         ctx = self.ctx
         ctx.now = now
-        self.settle_timers(now)
+        if ctx.timers.pending:
+            ctx.timers.settle(now.mono)
         timers = ctx.timers
         checked = False
         while (key := timers.pop_due(now.mono)) is not None:
@@ -243,21 +252,26 @@ class ControllerCore:
         fails, only what depends on nothing stored goes out."""
         ctx = self.ctx
         ctx.now = now
-        self.settle_timers(now)
+        if ctx.timers.pending:
+            ctx.timers.settle(now.mono)
         outbox = ctx.outbox
         held = outbox.held()
         error = outbox.commit(now.mono, held)
         if error is not None:
             self.submits.take_back(error)
-        out = outbox.take_now()
+        out = outbox.take_now() if outbox.now_out else []
         if self.engines.acking and not ctx.store.dirty():
             self.engines.acks_stored()
-        if held and not outbox.waits_for_store():
-            self.submits.answer()
-            control, tasks = outbox.take_tasks()
-            out.extend((ENGINE, ident, header, frames) for ident, header, frames in control)
-            out.extend(self.engine_tasks.number_tasks(tasks))
-            out.extend(outbox.take_client_messages())
+        if held and (outbox.store_down_since is None or not ctx.store.dirty()):
+            # (Each step is skipped when it has nothing to do: this runs every turn.)
+            if outbox.new_submits:
+                self.submits.answer()
+            if outbox.to_engines or outbox.tasks_out:
+                control, tasks = outbox.take_tasks()
+                out.extend((ENGINE, ident, header, frames) for ident, header, frames in control)
+                out.extend(self.engine_tasks.number_tasks(tasks))
+            if outbox.to_clients or outbox.done_out:
+                out.extend(outbox.take_client_messages())
         ctx.counters.messages_out += len(out)
         return out
 
@@ -279,12 +293,10 @@ class ControllerCore:
     # -- carrying out the scheduler's actions ----------------------------------------------
     def apply(self, actions: list[Any], report: Report | None = None) -> None:
         """Carry out actions in order; `report`: the engine report a RESULT Finish stores."""
+        table = self.actions
         for a in actions:
             try:
-                if type(a) is Finish:
-                    self.results.finish(a, report)
-                else:
-                    self.actions[type(a)](a)
+                table[type(a)](a, report)
             except Exception:  # noqa: BLE001 - the other actions must still be carried out
                 self.ctx.wire.refused["internal-error"] += 1
                 log.exception("carrying out %r failed", a)

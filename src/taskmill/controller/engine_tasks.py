@@ -25,6 +25,7 @@ from ..scheduler import ABORTED, Dispatch, Interrupt, Revoke
 from .context import Context
 from .engines import EngineRecord, Engines
 from .outbox import ENGINE, Outgoing
+from .sched_calls import Report
 from .validation import BadRequest, is_int, pairs
 
 log = logging.getLogger("taskmill.controller")
@@ -38,25 +39,26 @@ class EngineTasks:
     def send(self, ident: bytes, header: dict[str, Any], *, now: bool = False) -> None:
         self.ctx.outbox.send(ENGINE, ident, header, now=now)
 
-    def dispatch(self, a: Dispatch) -> None:
+    def dispatch(self, a: Dispatch, report: Report | None = None) -> None:
         """Queue attempt `a.attempt` of task `a.tid` for engine `a.eid`; its row is marked
         running in the same commit that lets the message go."""
         ctx = self.ctx
-        task = ctx.store.task(a.tid)
+        store = ctx.store
+        tid, attempt = a.tid, a.attempt
+        task = store.task(tid)
         node = task.spec["nodes"][a.node]
         start, end = node["span"]
-        _, _, tries, handed_over = ctx.sched.counters(a.tid)
-        ctx.store.mark_running(a.tid, a.eid, a.node, a.attempt, tries, handed_over)
-        now = ctx.started[a.tid] = ctx.now.wall
-        ctx.activity.dispatched(a.tid, a.eid, a.attempt, now)
-        self.engines.dispatch_seq += 1
-        seq = self.engines.seq_of[(a.tid, a.attempt)] = self.engines.dispatch_seq
-        ctx.outbox.add_task(a.eid, {"tid": a.tid, "attempt": a.attempt, "dseq": seq,
+        _, _, tries, handed_over = ctx.sched.counters(tid)
+        store.mark_running(tid, a.eid, a.node, attempt, tries, handed_over)
+        now = ctx.started[tid] = ctx.now.wall
+        ctx.activity.dispatched(tid, a.eid, attempt, now)
+        seq = self.engines.seq_of[(tid, attempt)] = next(self.engines.dispatch_seq)
+        ctx.outbox.add_task(a.eid, {"tid": tid, "attempt": attempt, "dseq": seq,
                                     "exec": node["exec"], "pmac": node["pmac"],
                                     "timeout": node.get("timeout"), "n": end - start},
                             task.frames[start:end])
 
-    def interrupt(self, a: Interrupt) -> None:
+    def interrupt(self, a: Interrupt, report: Report | None = None) -> None:
         rec = self.engines.records.get(a.eid)
         running = self.ctx.sched.held(a.eid)
         if rec is not None and not rec.dead and running is not None:
@@ -64,7 +66,7 @@ class EngineTasks:
                                       "attempt": running.get(a.tid), "reason": a.reason,
                                       "session": self.ctx.session})
 
-    def revoke(self, a: Revoke) -> None:
+    def revoke(self, a: Revoke, report: Report | None = None) -> None:
         rec = self.engines.records.get(a.eid)
         seq = self.engines.seq_of.get((a.tid, a.attempt))
         if rec is not None and not rec.dead and seq is not None:

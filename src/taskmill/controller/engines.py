@@ -20,6 +20,7 @@ Data flow, in the order of an engine's life:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -94,7 +95,7 @@ class Engines:
         self.acking: set[int] = set()  # engines with results to acknowledge after a commit
         self.pings: list[bytes] = []  # the latest rounds' ping payloads
         self.seq_of: dict[tuple[int, int], int] = {}  # (tid, attempt) -> its dispatch seq
-        self.dispatch_seq = 0
+        self.dispatch_seq = itertools.count(1)  # numbers every dispatch (`dseq`)
         self.late_logged: dict[bytes, float] = {}
 
     def send(self, ident: bytes, header: dict[str, Any], *, now: bool = False) -> None:
@@ -102,12 +103,6 @@ class Engines:
 
     def alive(self) -> int:
         return sum(1 for r in self.records.values() if not r.dead)
-
-    def alive_record(self, ident: bytes) -> EngineRecord | None:
-        """The live engine whose socket `ident` is (None: unknown, or declared dead)."""
-        eid = self.by_ident.get(ident)
-        rec = self.records.get(eid) if eid is not None else None
-        return rec if rec is not None and not rec.dead else None
 
     def late_results(self, ident: bytes, header: dict[str, Any]) -> None:
         """Results from an engine declared dead (or of another session): counted and logged,

@@ -41,7 +41,7 @@ from ..wire import (
 from .context import Counters, Now
 from .core import ControllerCore
 from .engines import PING, REFUSAL_LOG_EVERY, EngineRecord
-from .outbox import CLIENT, ENGINE, Outgoing
+from .outbox import CLIENT, ENGINE
 
 log = logging.getLogger("taskmill.controller")
 
@@ -212,6 +212,7 @@ class Controller:
         """Read and handle up to DRAIN_BATCH waiting messages of one socket."""
         counters = self.counters
         timers = self.core.ctx.timers
+        monotonic, wall = time.monotonic, time.time
         is_engine = sock is self.engine_sock
         for _ in range(DRAIN_BATCH):
             try:
@@ -222,7 +223,7 @@ class Controller:
             counters.messages_in += 1
             ident = msg[0]
             if len(msg) == 2 and msg[1][:4] == PING and is_engine:
-                self.core.on_pong(ident, msg[1], clock())
+                self.core.on_pong(ident, msg[1], Now(monotonic(), wall()))
                 continue  # (a pong arms no timer)
             try:
                 header, frames = self.wire.decode(msg[1:])
@@ -230,12 +231,12 @@ class Controller:
                 self._log_refusal(ident, e)
                 continue
             try:
-                handler(ident, header, frames, clock())
+                handler(ident, header, frames, Now(monotonic(), wall()))
             except Exception:  # noqa: BLE001 - one bad message must not stop the controller
                 self.wire.refused["internal-error"] += 1
                 log.exception("error handling a %r message from %r", header.get("type"), ident)
             if timers.pending:  # the timers it armed count from now
-                timers.settle(time.monotonic())
+                timers.settle(monotonic())
 
     def _log_refusal(self, ident: bytes, e: Refused) -> None:
         """At most one log line per peer per minute: a flood must not flood the log too."""
@@ -250,11 +251,8 @@ class Controller:
 
     def flush(self) -> None:
         """Commit and send what the core says, signing each message as it goes."""
-        self.send(self.core.flush(clock()))
-
-    def send(self, out: list[Outgoing]) -> None:
         socks, encode = self._socks, self.wire.encode
-        for port, ident, header, frames in out:
+        for port, ident, header, frames in self.core.flush(Now(time.monotonic(), time.time())):
             if header is None:
                 send_message(socks[port], [ident, *frames])
             else:

@@ -179,9 +179,6 @@ class Outbox:
             self.store_retry_delay = STORE_RETRY_FIRST
         return None
 
-    def waits_for_store(self) -> bool:
-        return self.store.dirty() and self.store_down_since is not None
-
     def take_submits(self) -> list[NewSubmit]:
         submits, self.new_submits = self.new_submits, []
         return submits
@@ -199,7 +196,9 @@ class Outbox:
 
     def take_client_messages(self) -> list[Outgoing]:
         """Replies in order, then each request's results as `done` messages."""
-        out: list[Outgoing] = [(CLIENT, i, h, f) for i, h, f in self.to_clients]
+        out: list[Outgoing] = []
+        for ident, header, frames in self.to_clients:
+            out.append((CLIENT, ident, header, frames))
         self.to_clients = []
         for (reply_to, req), (entries, frames) in self.done_out.items():
             for part, part_frames in self.within_limit(entries, frames):

@@ -15,17 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..scheduler import RUNNING, Node, Scheduler
+from ..scheduler import RUNNING, Node, Scheduler  # (Node: the nodes `submit` takes)
 
 # What an engine reported for an attempt: its result entry and the entry's frames.
 Report = tuple[dict[str, Any], list[Any]]
 Apply = Callable[[list[Any], "Report | None"], None]
-
-
-def make_node(retries: int = 0, depend: Any = None, recovery: int | None = None,
-              timeout: float | None = None) -> Node:
-    """The scheduler's view of one node of a task."""
-    return Node(retries=retries, depend=depend, recovery=recovery, timeout=timeout)
 
 
 class SchedulerCalls:

@@ -26,7 +26,6 @@ from .context import Context
 from .engines import Engines
 from .outbox import NewSubmit
 from .results import Results
-from .sched_calls import make_node
 from .validation import BadRequest, check_int_list, check_task
 
 log = logging.getLogger("taskmill.controller")
@@ -64,14 +63,15 @@ class Submits:
         if pos != len(frames):
             raise BadRequest(f"{len(frames)} payload frames, but the tasks describe {pos}")
         now = ctx.now.wall
+        store, counters = ctx.store, ctx.counters
         tids = []
         for stored, nodes, task_frames in parsed:
-            tid = ctx.store.allocate()
+            tid = store.allocate()
             for n in nodes:
                 if isinstance(n.depend, BoundedDepend):
                     n.depend.tid = tid
-            ctx.store.add(StoredTask(tid, stored, task_frames, now))
-            ctx.counters.submitted += 1
+            store.add(StoredTask(tid, stored, task_frames, now))
+            counters.submitted += 1
             self.to_scheduler(tid, stored, nodes, dispatch=False)
             tids.append(tid)
         ctx.sched.run_pass()  # one pass for the whole batch
@@ -116,8 +116,8 @@ class Submits:
                 if not callable(depend):
                     raise BadRequest("depend must unpickle to a callable")
                 depend = self.depends.guard(depend, self.slow_depend)
-            nodes.append(make_node(retries=meta.get("retries", 0), depend=depend,
-                                   recovery=meta.get("recovery"), timeout=meta.get("timeout")))
+            nodes.append(Node(retries=meta.get("retries", 0), depend=depend,
+                              recovery=meta.get("recovery"), timeout=meta.get("timeout")))
         return nodes
 
     def slow_depend(self, guard: BoundedDepend) -> None:
@@ -178,7 +178,7 @@ class Submits:
                 nodes = self.nodes(task.spec, task.frames)
             except BadRequest as e:  # e.g. a depend callable this controller cannot load
                 log.error("task %d cannot be reloaded: %s", task.tid, e)
-                nodes = [make_node(depend=lambda props: False)]
+                nodes = [Node(depend=lambda props: False)]
             for node in nodes:
                 if isinstance(node.depend, BoundedDepend):
                     node.depend.tid = task.tid
