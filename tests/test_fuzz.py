@@ -487,7 +487,7 @@ class Harness:
         try:
             # must not raise: the controller catches per message
             handler(ident, header, payload, _now())
-            self.ctl.core.settle_timers(_now())  # (as the loop does after each message)
+            self.ctl.core.settle_timers(time.monotonic())  # (as the loop does after each message)
         except Exception as e:
             raise AssertionError(
                 f"on_{port} raised {type(e).__name__}: {e} on a message from {ident!r} with "
@@ -499,11 +499,11 @@ class Harness:
         last = [_short(m) for m in self.gen.history[-5:]]
         try:
             self.ctl.core.fire_timers(_now())
-            self.ctl.core.settle_timers(_now())
+            self.ctl.core.settle_timers(time.monotonic())
             for _port, _ident, header, frames in self.ctl.core.flush(_now()):
                 if header is not None:
                     self.ctl.wire.encode(header, frames)
-            self.ctl.core.settle_timers(_now())
+            self.ctl.core.settle_timers(time.monotonic())
         except Exception as e:
             raise AssertionError(
                 f"the controller's loop raised {type(e).__name__}: {e} (it would exit); the "

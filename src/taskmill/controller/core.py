@@ -56,6 +56,7 @@ log = logging.getLogger("taskmill.controller")
 # Client requests that need not name the controller session (they change nothing; their
 # replies tell it).
 SESSIONLESS = frozenset({"hello", "ping"})
+IDLE_POLL = 1.0  # seconds the loop waits at most when nothing is due
 
 ClientVerb = Callable[[bytes, Any, dict[str, Any], list[Any]], None]
 
@@ -117,9 +118,10 @@ class ControllerCore:
     # flush) the loop reports the time its work was done (`settle_timers`): the timers it
     # armed count from then (see timers.py). A driver that does not (tests) has them count
     # from its next call.
-    def settle_timers(self, now: Now) -> None:
+    # The turn-level entry points take the monotonic time alone (a float).
+    def settle_timers(self, mono: float) -> None:
         if self.ctx.timers.pending:
-            self.ctx.timers.settle(now.mono)
+            self.ctx.timers.settle(mono)
 
     def on_client(self, ident: bytes, header: dict[str, Any], frames: list[Any],
                   now: Now) -> None:
@@ -209,14 +211,18 @@ class ControllerCore:
         self.ctx.now = now
         self.engines.on_pong(ident, payload)
 
-    def begin_turn(self, now: Now) -> None:
-        self.turn_start = now.mono
+    def begin_turn(self, mono: float) -> None:
+        self.turn_start = mono
 
-    def end_turn(self, now: Now) -> None:
-        if now.mono - self.turn_start > STALL_SHARE * self.ctx.settings.heartbeat:
+    def end_turn(self, mono: float) -> None:
+        if mono - self.turn_start > STALL_SHARE * self.ctx.settings.heartbeat:
             # This turn kept the loop from reading for a while (e.g. a slow depend): no
             # engine is held to answers it could not have been heard giving.
-            self.stall_end = now.mono
+            self.stall_end = mono
+
+    def timers_due(self, mono: float) -> bool:
+        deadline = self.ctx.timers.next_deadline()
+        return deadline is not None and deadline <= mono
 
     def fire_timers(self, now: Now) -> bool:
         """Handle the timers due at `now`; True if the heartbeat check was among them."""
@@ -275,16 +281,18 @@ class ControllerCore:
         ctx.counters.messages_out += len(out)
         return out
 
-    def next_deadline(self, now: Now) -> float | None:
-        """When the loop must run again (monotonic; `now.mono`: at once; None: no hurry)."""
-        outbox = self.ctx.outbox
-        if outbox.pending(now.mono):
-            return now.mono
+    def output_ready(self, mono: float) -> bool:
+        """Whether something can be sent now (the loop must not wait)."""
+        return self.ctx.outbox.pending(mono)
+
+    def next_deadline(self, mono: float) -> float:
+        """When the loop must run again at the latest (monotonic): the next timer (or
+        IDLE_POLL from now), or sooner the commit that uncommitted writes wait for."""
         deadline = self.ctx.timers.next_deadline()
-        commit = outbox.commit_deadline()
-        if commit is not None:
-            deadline = commit if deadline is None else min(deadline, commit)
-        return deadline
+        if deadline is None:
+            deadline = mono + IDLE_POLL
+        commit = self.ctx.outbox.commit_deadline()
+        return deadline if commit is None else min(deadline, commit)
 
     def close(self) -> None:
         self.ctx.store.close()

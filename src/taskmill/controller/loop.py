@@ -46,7 +46,6 @@ from .outbox import CLIENT, ENGINE
 log = logging.getLogger("taskmill.controller")
 
 DRAIN_BATCH = 1000  # messages read from one socket before the other gets its turn
-IDLE_POLL = 1.0  # seconds the loop waits at most when nothing is due
 SESSION_BYTES = 8  # random bytes naming one controller start (its session)
 # The controller makes few reference cycles but many short-lived containers per task: a
 # collection every 700 of them (the default) cost ~20% of its CPU in a flood.
@@ -176,19 +175,21 @@ class Controller:
         """One loop turn: poll, read, fire due timers, commit and send."""
         events = dict(poller.poll(timeout_ms))
         core = self.core
-        core.begin_turn(clock())
+        monotonic = time.monotonic
+        core.begin_turn(monotonic())
         if self.engine_sock in events:
             self.drain(self.engine_sock, core.on_engine)
         if self.client_sock in events:
             self.drain(self.client_sock, core.on_client)
-        checked = core.fire_timers(clock())
-        core.settle_timers(clock())
-        if checked and self.curve is not None:
-            self.curve.reload()
+        if core.timers_due(monotonic()):
+            checked = core.fire_timers(clock())
+            core.settle_timers(monotonic())
+            if checked and self.curve is not None:
+                self.curve.reload()
         self.flush()
-        now = clock()
-        core.settle_timers(now)
-        core.end_turn(now)
+        end = monotonic()
+        core.settle_timers(end)
+        core.end_turn(end)
 
     def stop(self) -> None:
         self._stopping = True
@@ -259,13 +260,11 @@ class Controller:
                 send_message(socks[port], [ident, *encode(header, frames)])
 
     def _poll_timeout_ms(self) -> int:
-        now = clock()
+        now = time.monotonic()
         self.core.settle_timers(now)
-        deadline = self.core.next_deadline(now)
-        if deadline is None:
-            deadline = now.mono + IDLE_POLL
-        elif deadline <= now.mono:
+        if self.core.output_ready(now):
             return 0
+        deadline = self.core.next_deadline(now)
         # (milliseconds, rounded up: a poll that ends early would only spin)
         return max(0, int((deadline - time.monotonic()) * 1000) + 1)
 
