@@ -4,12 +4,14 @@
    store (as `taskmill controller` has) is fed random frames, real messages with bytes flipped
    or frames dropped, real message headers mutated (wrong types, missing keys, boundary and huge
    ints, nested junk, other verbs) and signed again with the key, signed headers that are not
-   headers at all, and replays. Each message goes through `ctl.wire.decode` and then
-   `_on_client` / `_on_engine`, as `_drain` does: a handler must never raise. After each batch the
-   rest of the loop (`_fire_timers`, `_flush`) must not raise either: nothing catches there.
-2. The same controller then reads random messages from its sockets through `_drain`, whose
-   per-message try/except is also checked with a handler made to raise; then it serves a real
-   engine and a real client.
+   headers at all, and replays. Each message goes through `ctl.wire.decode` and then straight
+   into the controller's core (`core.on_client` / `core.on_engine`, no sockets), as the loop's
+   `drain` does: a handler must never raise. After each batch the rest of a loop turn
+   (`core.fire_timers`, `core.flush` and signing what it returns) must not raise either:
+   nothing catches there.
+2. The same controller then reads random messages from its sockets through its loop's `drain`,
+   whose per-message try/except is also checked with a client verb made to raise; then it
+   serves a real engine and a real client.
 3. The shared cluster's controller receives a few thousand random and mutated messages on both
    ports over raw sockets, and still serves a real task.
 """
@@ -37,7 +39,7 @@ from hypothesis import strategies as st
 from taskmill import MapTask, StringTask, TaskClient
 from taskmill.client.codec import encode_task
 from taskmill.connection import new_connection_info, read_connection_file, write_connection_file
-from taskmill.controller import Controller
+from taskmill.controller import Controller, Now
 from taskmill.store import SQLiteStore
 from taskmill.wire import PROTOCOL, FunctionPickles, Refused, Wire, dumps
 
@@ -447,8 +449,12 @@ def _short(value: Any, limit: int = 600) -> str:
 # -- 1 and 2: an in-process controller -------------------------------------------------------
 
 
+def _now() -> Now:
+    return Now(time.monotonic(), time.time())
+
+
 class Harness:
-    """A controller in this process, fed messages the way `_drain` feeds them."""
+    """A controller in this process whose core is fed messages the way the loop feeds them."""
 
     def __init__(self, tmp_path) -> None:
         self.info = new_connection_info()
@@ -474,22 +480,27 @@ class Harness:
         except Refused:
             return
         self.decoded += 1
-        handler = self.ctl._on_client if port == "client" else self.ctl._on_engine
+        handler = self.ctl.core.on_client if port == "client" else self.ctl.core.on_engine
         try:
-            handler(ident, header, payload)  # must not raise: the controller catches per message
+            # must not raise: the controller catches per message
+            handler(ident, header, payload, _now())
+            self.ctl.core.settle_timers(time.monotonic())  # (as the loop does after each message)
         except Exception as e:
             raise AssertionError(
-                f"_on_{port} raised {type(e).__name__}: {e} on a message from {ident!r} with "
+                f"on_{port} raised {type(e).__name__}: {e} on a message from {ident!r} with "
                 f"header {_short(header)}") from e
-        assert self.ctl._report is None
 
     def loop_rest(self) -> None:
-        """What `serve_forever` does after draining; nothing catches an exception there, so
-        one would end the controller."""
+        """What a loop turn does after draining; nothing catches an exception there, so
+        one would end the controller. (What the core says to send is signed, not sent.)"""
         last = [_short(m) for m in self.gen.history[-5:]]
         try:
-            self.ctl._fire_timers()
-            self.ctl._flush()
+            self.ctl.core.fire_timers(_now())
+            self.ctl.core.settle_timers(time.monotonic())
+            for _port, _ident, header, frames in self.ctl.core.flush(_now()):
+                if header is not None:
+                    self.ctl.wire.encode(header, frames)
+            self.ctl.core.settle_timers(time.monotonic())
         except Exception as e:
             raise AssertionError(
                 f"the controller's loop raised {type(e).__name__}: {e} (it would exit); the "
@@ -507,26 +518,20 @@ class Harness:
             h["sid"], h["seq"] = self.gen.sid, next(self.gen.seq)
             self.feed("client", b"fuzz-client.s", self.gen.sign(h, frames))
         self.loop_rest()
-        assert len(self.ctl.engines) == 3 and self.ctl.stats.submitted >= 4
+        assert len(self.ctl.engines) == 3 and self.ctl.counters.submitted >= 4
         assert not self.ctl.wire.refused, dict(self.ctl.wire.refused)
 
 
 def _drain_until(ctl: Controller, count: int, timeout: float = 30.0) -> None:
-    """Run the controller's loop body by hand until it has received `count` messages."""
+    """Run the controller's loop turns by hand until it has received `count` messages."""
     deadline = time.monotonic() + timeout
     poller = zmq.Poller()
     poller.register(ctl.client_sock, zmq.POLLIN)
     poller.register(ctl.engine_sock, zmq.POLLIN)
-    while ctl.stats.messages_in < count:
+    while ctl.counters.messages_in < count:
         assert time.monotonic() < deadline, (
-            f"only {ctl.stats.messages_in} of {count} messages arrived within {timeout:g}s")
-        events = dict(poller.poll(50))
-        if ctl.engine_sock in events:
-            ctl._drain(ctl.engine_sock, ctl._on_engine)
-        if ctl.client_sock in events:
-            ctl._drain(ctl.client_sock, ctl._on_client)
-        ctl._fire_timers()
-        ctl._flush()
+            f"only {ctl.counters.messages_in} of {count} messages arrived within {timeout:g}s")
+        ctl.turn(poller, 50)
 
 
 def test_fuzz_controller_in_process(tmp_path):
@@ -556,14 +561,14 @@ def test_fuzz_controller_in_process(tmp_path):
                        "bad-engine-message", "unknown-type"):
             assert refused.get(reason, 0) > 0, (reason, refused)
         assert h.decoded > h.fed // 3, (h.decoded, h.fed)
-        assert ctl.stats.submitted >= 20 and ctl.stats.finished >= 10, ctl.statistics()
+        assert ctl.counters.submitted >= 20 and ctl.counters.finished >= 10, ctl.statistics()
 
         # Every engine the fuzz registered dies now (no heartbeats): that path must cope with
         # whatever the registrations held.
         for rec in ctl.engines.values():
             rec.last_seen = -1e9
         try:
-            ctl._check_heartbeats()  # called from _fire_timers: nothing catches there either
+            ctl.core.check_heartbeats(_now())  # (from fire_timers: nothing catches there either)
         except Exception as e:
             regs = [(r.eid, _short(r.ctl_ident, 80), r.state) for r in ctl.engines.values()]
             raise AssertionError(
@@ -572,7 +577,7 @@ def test_fuzz_controller_in_process(tmp_path):
         h.loop_rest()
         assert all(rec.state == "dead" for rec in ctl.engines.values())
 
-        # -- 2. random messages through the sockets and `_drain` -----------------------------
+        # -- 2. random messages through the sockets and the loop's `drain` -------------------
         ctx = zmq.Context()
         try:
             socks = {}
@@ -585,7 +590,7 @@ def test_fuzz_controller_in_process(tmp_path):
                 s.connect(url)
                 socks[port] = s
             c = RandomChooser(random.Random(20240611))
-            start = ctl.stats.messages_in
+            start = ctl.counters.messages_in
             sent = 0
             for _ in range(1500):
                 port, _ident, frames = h.gen.message(c)
@@ -595,20 +600,21 @@ def test_fuzz_controller_in_process(tmp_path):
             _drain_until(ctl, start + sent)
             assert ctl.wire.refused.get("internal-error", 0) == 0, dict(ctl.wire.refused)
 
-            # A handler that raises is counted as an internal error and answered with an
+            # A client verb that raises is counted as an internal error and answered with an
             # error (the client is never left waiting), and the messages after it are handled.
             def broken(*args):
                 raise RuntimeError("injected failure")
 
-            ctl._c_ping = broken
+            ping = ctl.core.client_verbs["ping"]
+            ctl.core.client_verbs["ping"] = broken
             client_wire = Wire(h.info.key_bytes)
-            start = ctl.stats.messages_in
+            start = ctl.counters.messages_in
             socks["client"].send_multipart(
                 client_wire.encode({"type": "ping", "req": "injected-ping"}))
             socks["client"].send_multipart(
                 client_wire.encode({"type": "hello", "req": "after-the-injection"}))
             _drain_until(ctl, start + 2)
-            del ctl._c_ping
+            ctl.core.client_verbs["ping"] = ping
             assert ctl.wire.refused["internal-error"] == 1
             reply_wire = Wire(h.info.key_bytes)
             replies = {}
@@ -638,7 +644,7 @@ def test_fuzz_controller_in_process(tmp_path):
     # From here on a normal heartbeat: engines registered by phase 2 die of silence while the
     # controller serves, and stop() is noticed within a heartbeat check.
     ctl.heartbeat, ctl.dead_after = 0.5, 1.5
-    ctl._arm(("heartbeat-check",), 0.25)
+    ctl.arm(("heartbeat-check",), 0.25)
     thread = threading.Thread(target=ctl.serve_forever, name="fuzzed-controller", daemon=True)
     thread.start()
     proc = subprocess.Popen(

@@ -9,6 +9,10 @@ so each figure is a fast unit test.
 It must stay bounded whatever the load: per-second buckets for a few minutes, a ring of the most
 recent attempts and failures, and only the attempts that are open right now (at most the engines'
 slots). It never holds user data: taskids, engine ids, status words and short error texts only.
+
+Names: this module keeps the recent activity; `statistics()` (controller/views.py) is the whole
+report (the controller's `Counters`, the queue, the engines and this activity), asked for with
+the `stats` request; `taskmill status` (status.py) renders it in a terminal.
 """
 
 from __future__ import annotations

@@ -1,0 +1,73 @@
+"""What the controller's parts share: the time they are handed, their counters, their settings.
+
+The loop (loop.py) reads the clock and hands the time to the core as a `Now` (both clocks at
+once: the monotonic one for deadlines, heartbeats and timers, the wall clock for what is stored
+and shown); every part reads `Context.now` and never a clock of its own. `Counters` are the
+controller's running totals (messages, submits, finishes, engine deaths, revokes, store
+refusals): with `RecentActivity` (stats.py) and the queue they make up `statistics()` (see
+views.py), which `taskmill status` (status.py), /metrics and the dashboard render.
+
+`Context` is built once by the core and given to each part (engines, submits, waiters, views):
+the parts talk through the collaborators it names, never through each other's attributes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..defaults import dead_after
+from ..stats import RecentActivity
+from ..store import TaskStore
+from ..wire import Wire
+from .outbox import Outbox
+from .sched_calls import SchedulerCalls
+from .timers import Timers
+
+
+@dataclass(slots=True)
+class Now:
+    """The time a message or a timer is handled at, read by the loop once for it."""
+
+    mono: float  # time.monotonic(): deadlines, heartbeats, timers
+    wall: float  # time.time(): what is stored and shown (submitted, started, completed)
+
+
+@dataclass(slots=True)
+class Counters:
+    """The controller's running totals, shown by statistics()."""
+
+    started: float  # wall clock
+    messages_in: int = 0
+    messages_out: int = 0
+    submitted: int = 0
+    finished: int = 0
+    engines_died: int = 0
+    revokes_sent: int = 0  # an idle engine asked for a task buffered on another
+    revokes_granted: int = 0  # ... and got it
+    tasks_lost_in_transit: int = 0  # dispatches an engine never got, queued again
+    store_refusals: int = 0  # submits refused because the store could not write
+
+
+@dataclass(slots=True)
+class Settings:
+    heartbeat: float
+    unmet_timeout: float
+    dead_after: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dead_after = dead_after(self.heartbeat)
+
+
+@dataclass(slots=True)
+class Context:
+    session: bytes  # random per controller start: every message of a peer names it
+    settings: Settings
+    wire: Wire  # (its `refused` counter is shared by everything that refuses a message)
+    store: TaskStore
+    sched: SchedulerCalls
+    outbox: Outbox
+    timers: Timers
+    activity: RecentActivity
+    counters: Counters
+    now: Now
+    started: dict[int, float] = field(default_factory=dict)  # tid -> its attempt's dispatch

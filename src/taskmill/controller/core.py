@@ -1,0 +1,392 @@
+"""The controller's core: (peer, message, now) in; what to send and what to store out.
+
+It touches no socket and reads no clock: the loop (loop.py) hands it each decoded message with
+the time (`on_client`, `on_engine`, `on_pong`), the due timers (`fire_timers`) and the end of
+each turn (`flush`), which commits the store and returns the messages to send, in order. What
+to store goes to the store as it is decided (rows wait in memory until `flush` commits them).
+
+Messages are found in explicit verb tables (`client_verbs`, `engine_verbs`). The parts:
+- engines.py: the registry, registration, heartbeats, deaths;
+- engine_tasks.py: tasks sent to engines and their results;
+- submits.py and validation.py: new tasks, checked, stored, taken back, reloaded;
+- results.py: what a finished task stores, and the requests waiting for it;
+- views.py: queue status, engines, one task, statistics;
+- sched_calls.py: every call into the scheduler; `apply` carries out the actions it returns;
+- outbox.py: what the turn sends, in its durability order; timers.py: when.
+
+Client messages (every one carries `req`; the reply echoes it):
+  hello, ping, submit{tasks, watch}, result{tids, block}, watch{tids}, wait{tids}, abort{tid},
+  spin, status{verbose}, clear{tids}, engines, stats, engine_exited{pid, status} (from a nanny),
+  activity{since} and task{tid} (read-only, for the dashboard: stats.py keeps what they read)
+  A submit with `watch` is answered with its taskids, then with `done` messages as its tasks
+  finish (one request instead of a submit and a watch).
+Engine control messages: register, hb (heartbeat), revoked  ->  registered, hb, reregister,
+  interrupt, revoke{dseq} (give back a buffered task, see the scheduler's stealing; `dseq`, not
+  `seq`, which every header carries for the Wire's replay check)
+Engine task messages: tasks (controller -> engine), results (engine -> controller)
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from .. import __version__
+from ..depend import DependRunner
+from ..errors import StoreError
+from ..scheduler import ArmTimer, CancelTimer, Dispatch, Finish, Interrupt, Revoke, Scheduler
+from ..stats import RecentActivity
+from ..store import TaskStore
+from ..wire import Wire
+from .context import Context, Counters, Now, Settings
+from .engine_tasks import EngineTasks
+from .engines import STALL_SHARE, Engines
+from .outbox import ENGINE, Outbox, Outgoing
+from .results import FailureContext, Results
+from .sched_calls import Report, SchedulerCalls
+from .submits import Submits
+from .timers import Timers
+from .validation import BadRequest, check_int_list
+from .views import Views
+
+log = logging.getLogger("taskmill.controller")
+
+# Client requests that need not name the controller session (they change nothing; their
+# replies tell it).
+SESSIONLESS = frozenset({"hello", "ping"})
+IDLE_POLL = 1.0  # seconds the loop waits at most when nothing is due
+
+ClientVerb = Callable[[bytes, Any, dict[str, Any], list[Any]], None]
+
+
+class ControllerCore:
+    """The scheduler, the store, the engine registry and the requests, without I/O."""
+
+    def __init__(self, *, session: bytes, wire: Wire, store: TaskStore, heartbeat: float,
+                 unmet_timeout: float, prefetch: int | None, now: Now) -> None:
+        sched = SchedulerCalls(Scheduler(unmet_timeout=unmet_timeout, slots=prefetch),
+                               self.apply)
+        self.sched = sched.sched  # (the scheduler itself: read-only, for tests and tools)
+        self.depends = DependRunner()  # callable depends run with a deadline
+        counters = Counters(started=now.wall)
+        self.ctx = ctx = Context(
+            session=session, settings=Settings(heartbeat, unmet_timeout), wire=wire,
+            store=store, sched=sched, outbox=Outbox(session, store, wire.max_message, now.mono),
+            timers=Timers(), activity=RecentActivity(counters.started), counters=counters,
+            now=now)
+        self.engines = Engines(ctx)
+        self.engine_tasks = EngineTasks(ctx, self.engines)
+        slow_depends: set[int] = set()
+        self.results = Results(ctx, FailureContext(
+            death_reasons=self.engines.death_reasons, lost_expired=self.engines.lost_expired,
+            lost_grace=self.engines.lost_grace, slow_depends=slow_depends,
+            depend_budget=self.depends.budget, unmet_timeout=unmet_timeout))
+        self.submits = Submits(ctx, self.engines, self.results, self.depends, slow_depends)
+        self.views = Views(ctx, self.engines)
+        self.turn_start = now.mono
+        self.stall_end = float("-inf")  # monotonic end of the last loop turn that ran long
+        et = self.engine_tasks
+        self.engine_verbs: dict[str, Callable[..., None]] = {
+            "hb": et.heartbeat, "results": et.results, "revoked": et.revoked}
+        self.client_verbs: dict[str, ClientVerb] = {
+            "hello": self.hello, "ping": self.ping, "submit": self.submits.submit,
+            "result": self.result, "watch": self.watch, "wait": self.wait, "abort": self.abort,
+            "spin": self.spin, "status": self.status, "clear": self.clear,
+            "engines": self.engines_verb, "stats": self.stats, "activity": self.activity,
+            "task": self.task, "engine_exited": self.engine_exited,
+        }
+        # What carries out each kind of action (the report goes to a Finish only).
+        self.actions: dict[type, Callable[[Any, Report | None], None]] = {
+            Dispatch: et.dispatch, Finish: self.results.finish, Interrupt: et.interrupt,
+            Revoke: et.revoke,
+            ArmTimer: lambda a, report: ctx.timers.arm(a.key, a.delay),
+            CancelTimer: lambda a, report: ctx.timers.cancel(a.key),
+        }
+        ctx.timers.arm(("heartbeat-check",), self.check_interval())
+        ctx.timers.arm(("ping",), 0.0)
+        self.submits.reload()
+        ctx.timers.settle(now.mono)
+
+    def check_interval(self) -> float:
+        """Seconds between heartbeat checks: STALL_SHARE of a heartbeat."""
+        return STALL_SHARE * self.ctx.settings.heartbeat
+
+    # -- the loop's entry points -----------------------------------------------------------
+    # Each one is handed the time it happens at; after each one (a message, a timer pass, a
+    # flush) the loop reports the time its work was done (`settle_timers`): the timers it
+    # armed count from then (see timers.py). A driver that does not (tests) has them count
+    # from its next call.
+    # The turn-level entry points take the monotonic time alone (a float).
+    def settle_timers(self, mono: float) -> None:
+        if self.ctx.timers.pending:
+            self.ctx.timers.settle(mono)
+
+    def on_client(self, ident: bytes, header: dict[str, Any], frames: list[Any],
+                  now: Now) -> None:
+        """A decoded client request."""
+        ctx = self.ctx
+        ctx.now = now
+        if ctx.timers.pending:  # (by a driver that did not settle them)
+            ctx.timers.settle(now.mono)
+        outbox = ctx.outbox
+        refused = ctx.wire.refused
+        kind = header["type"]
+        req = header.get("req")
+        reply_to = header.get("rt", ident)
+        if not isinstance(reply_to, bytes):
+            reply_to = ident
+        handler = self.client_verbs.get(kind)
+        if handler is None:
+            refused["unknown-type"] += 1
+            outbox.reply(reply_to, req, now=True, error=f"unknown request type {kind!r}")
+            return
+        if req is not None and not isinstance(req, int | str | bytes):
+            # (Results for one request travel together, keyed by it: it must be a plain key.)
+            refused["bad-request"] += 1
+            outbox.reply(reply_to, req, now=True,
+                         error=f"bad {kind} request: req must be an int or a str")
+            return
+        if kind not in SESSIONLESS and header.get("session") != self.ctx.session:
+            # Sent to an earlier controller (a client resends it, stamped anew), or a message
+            # captured before a restart and replayed: it does nothing.
+            refused["wrong-session"] += 1
+            outbox.reply(reply_to, req, now=True, error_type="session",
+                         error=f"a {kind} request for another controller session (sent before "
+                               "the controller restarted, or replayed); it did nothing")
+            return
+        try:
+            handler(reply_to, req, header, frames)
+        except StoreError as e:
+            outbox.reply(reply_to, req, now=True, error_type="StoreError", error=str(e))
+        except (BadRequest, KeyError, TypeError, ValueError, IndexError) as e:
+            refused["bad-request"] += 1
+            outbox.reply(reply_to, req, now=True, error=f"bad {kind} request: {e}")
+        except Exception as e:  # noqa: BLE001 - a bug here must not leave the client waiting
+            refused["internal-error"] += 1
+            log.exception("error handling a %r request", kind)
+            outbox.reply(reply_to, req, now=True,
+                         error=f"the controller failed on a {kind} request: {e!r}")
+
+    def on_engine(self, ident: bytes, header: dict[str, Any], frames: list[Any],
+                  now: Now) -> None:
+        """A decoded engine message."""
+        ctx = self.ctx
+        ctx.now = now
+        if ctx.timers.pending:
+            ctx.timers.settle(now.mono)
+        kind = header["type"]
+        engines = self.engines
+        eid = engines.by_ident.get(ident)
+        rec = engines.records.get(eid) if eid is not None else None
+        if rec is not None and rec.dead:
+            rec = None
+        if rec is not None:
+            rec.last_seen = now.mono
+        try:
+            if kind == "hello":  # (no side effect: anyone connected may learn the session)
+                engines.send(ident, {"type": "welcome", "session": ctx.session}, now=True)
+            elif kind == "register":
+                engines.register(ident, header)
+            elif rec is None or header.get("session") != ctx.session:
+                # An engine this controller does not know (it restarted, or declared it dead),
+                # or a message of another controller session.
+                if kind == "hb":
+                    engines.send(ident, {"type": "reregister", "gen": header.get("gen"),
+                                         "session": ctx.session}, now=True)
+                elif kind == "results":
+                    engines.late_results(ident, header)
+            elif (verb := self.engine_verbs.get(kind)) is not None:
+                verb(rec, ident, header, frames)
+            else:
+                ctx.wire.refused["unknown-type"] += 1
+        except (BadRequest, KeyError, TypeError, ValueError) as e:
+            ctx.wire.refused["bad-engine-message"] += 1
+            log.warning("bad %s message from engine %s: %r", kind, engines.by_ident.get(ident),
+                        e)
+
+    def on_pong(self, ident: bytes, payload: bytes, now: Now) -> None:
+        """An engine's heart socket echoed a ping."""
+        self.ctx.now = now
+        self.engines.on_pong(ident, payload)
+
+    def begin_turn(self, mono: float) -> None:
+        self.turn_start = mono
+
+    def end_turn(self, mono: float) -> None:
+        if mono - self.turn_start > STALL_SHARE * self.ctx.settings.heartbeat:
+            # This turn kept the loop from reading for a while (e.g. a slow depend): no
+            # engine is held to answers it could not have been heard giving.
+            self.stall_end = mono
+
+    def timers_due(self, mono: float) -> bool:
+        deadline = self.ctx.timers.next_deadline()
+        return deadline is not None and deadline <= mono
+
+    def fire_timers(self, now: Now) -> bool:
+        """Handle the timers due at `now`; True if the heartbeat check was among them."""
+        ctx = self.ctx
+        ctx.now = now
+        if ctx.timers.pending:
+            ctx.timers.settle(now.mono)
+        timers = ctx.timers
+        checked = False
+        while (key := timers.pop_due(now.mono)) is not None:
+            if key[0] == "heartbeat-check":
+                self.check_heartbeats(now)
+                ctx.activity.sample_queue(now.wall, *ctx.sched.counts())
+                checked = True
+                timers.arm(key, self.check_interval())
+            elif key[0] == "ping":
+                self.engines.ping()
+                timers.arm(key, ctx.settings.heartbeat)
+            elif key[0] == "lost":
+                self.engines.lost_engine_gone(key[1])
+            else:
+                ctx.sched.timer_fired(key)
+        return checked
+
+    def check_heartbeats(self, now: Now) -> None:
+        """Declare dead every engine silent for longer than dead_after."""
+        self.ctx.now = now
+        self.engines.check_heartbeats(self.turn_start, self.stall_end)
+
+    def flush(self, now: Now) -> list[Outgoing]:
+        """Commit, then what to send, in order: what depends on nothing stored, then (once
+        the commit is done) the submits' answers, to engines, to clients. While the store
+        fails, only what depends on nothing stored goes out."""
+        ctx = self.ctx
+        ctx.now = now
+        if ctx.timers.pending:
+            ctx.timers.settle(now.mono)
+        outbox = ctx.outbox
+        held = outbox.held()
+        error = outbox.commit(now.mono, held)
+        if error is not None:
+            self.submits.take_back(error)
+        out = outbox.take_now() if outbox.now_out else []
+        if self.engines.acking and not ctx.store.dirty():
+            self.engines.acks_stored()
+        if held and (outbox.store_down_since is None or not ctx.store.dirty()):
+            # (Each step is skipped when it has nothing to do: this runs every turn.)
+            if outbox.new_submits:
+                self.submits.answer()
+            if outbox.to_engines or outbox.tasks_out:
+                control, tasks = outbox.take_tasks()
+                out.extend((ENGINE, ident, header, frames) for ident, header, frames in control)
+                out.extend(self.engine_tasks.number_tasks(tasks))
+            if outbox.to_clients or outbox.done_out:
+                out.extend(outbox.take_client_messages())
+        ctx.counters.messages_out += len(out)
+        return out
+
+    def output_ready(self, mono: float) -> bool:
+        """Whether something can be sent now (the loop must not wait)."""
+        return self.ctx.outbox.pending(mono)
+
+    def next_deadline(self, mono: float) -> float:
+        """When the loop must run again at the latest (monotonic): the next timer (or
+        IDLE_POLL from now), or sooner the commit that uncommitted writes wait for."""
+        deadline = self.ctx.timers.next_deadline()
+        if deadline is None:
+            deadline = mono + IDLE_POLL
+        commit = self.ctx.outbox.commit_deadline()
+        return deadline if commit is None else min(deadline, commit)
+
+    def close(self) -> None:
+        self.ctx.store.close()
+        self.depends.close()
+
+    # -- carrying out the scheduler's actions ----------------------------------------------
+    def apply(self, actions: list[Any], report: Report | None = None) -> None:
+        """Carry out actions in order; `report`: the engine report a RESULT Finish stores."""
+        table = self.actions
+        for a in actions:
+            try:
+                table[type(a)](a, report)
+            except Exception:  # noqa: BLE001 - the other actions must still be carried out
+                self.ctx.wire.refused["internal-error"] += 1
+                log.exception("carrying out %r failed", a)
+
+    # -- client verbs ----------------------------------------------------------------------
+    def hello(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        self.ctx.outbox.reply(rt, req, now=True, version=__version__,
+                              engines=self.engines.alive(),
+                              max_message=self.ctx.wire.max_message)
+
+    def ping(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        self.ctx.outbox.reply(rt, req, now=True)
+
+    def result(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        tids = check_int_list(h["tids"], "tids")
+        if h.get("block"):
+            self.results.add_waiter(rt, req, "result", tids)
+        else:
+            self.results.reply_results(rt, req, tids)
+
+    def watch(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        self.results.add_waiter(rt, req, "watch", check_int_list(h["tids"], "tids"))
+
+    def wait(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        self.results.add_waiter(rt, req, "wait", check_int_list(h["tids"], "tids"))
+
+    def abort(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        tid = h["tid"]
+        if not isinstance(tid, int):
+            raise BadRequest("tid must be an int")
+        if self.ctx.sched.abort(tid):
+            self.ctx.outbox.reply(rt, req, status="aborted")
+        elif self.ctx.store.result(tid) is not None:
+            self.ctx.outbox.reply(rt, req, status="finished")
+        else:
+            self.ctx.outbox.reply(rt, req, status="unknown")
+
+    def spin(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        dispatched = self.ctx.sched.spin()
+        self.ctx.outbox.reply(rt, req, now=True, dispatched=dispatched)
+
+    def status(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        # (Read-only views are answered at once, even while the store cannot write.)
+        self.ctx.outbox.reply(rt, req, now=True,
+                              status=self.views.queue_status(bool(h.get("verbose"))))
+
+    def clear(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        tids = h.get("tids")
+        if tids is not None:
+            tids = check_int_list(tids, "tids")
+        dropped, missing = self.ctx.store.clear(tids)
+        self.ctx.outbox.reply(rt, req, dropped=dropped, missing=missing)
+
+    def engine_exited(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        """A local nanny saw an engine process exit: no need to wait for its heartbeat."""
+        pid, status = h["pid"], h["status"]
+        if not isinstance(pid, int) or not isinstance(status, int):
+            raise BadRequest("pid and status must be ints")
+        how = f"process exited with status {status}"
+        if status < 0:
+            try:
+                how += f" ({signal.Signals(-status).name})"
+            except ValueError:
+                pass
+        self.engines.process_exited(pid, how)
+        self.ctx.outbox.reply(rt, req)
+
+    def stats(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        self.ctx.outbox.reply(rt, req, now=True, stats=self.views.statistics(self.ctx.now))
+
+    def activity(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        since = h.get("since", 0)
+        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
+            raise BadRequest("since must be an int >= 0")
+        self.ctx.outbox.reply(rt, req, now=True,
+                              activity=self.ctx.activity.snapshot(self.ctx.now.wall, since))
+
+    def task(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        tid = h["tid"]
+        if not isinstance(tid, int) or isinstance(tid, bool):
+            raise BadRequest("tid must be an int")
+        self.ctx.outbox.reply(rt, req, now=True, task=self.views.task_info(tid))
+
+    def engines_verb(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        self.ctx.outbox.reply(rt, req, now=True, engines=self.views.engine_table())

@@ -1,0 +1,219 @@
+"""The tasks an engine is sent and reports: dispatch, results, heartbeats' reconciliation.
+
+Data flow of one attempt (the registry is engines.py; every scheduler call goes through
+sched_calls):
+- a scheduler `Dispatch` -> `dispatch`: the row is marked running and the task's frames queued
+  in the outbox for that engine, with a dispatch number (`dseq`); when the turn's commit has
+  stored the mark, `number_tasks` packs each engine's tasks into numbered `tasks` messages
+  (`mseq`) and remembers which message carried which attempt (`EngineRecord.sent`);
+- the engine's `results` -> `result` -> the scheduler's `task_done`, with the entry and its
+  frames as the report the `Finish` stores; the engine is acknowledged once that is stored;
+- its `hb` (heartbeat) says what it holds and which results it keeps: an attempt sent but
+  neither held nor reported never arrived and is queued again (`revoke_answered` ok), a result
+  reported twice and never received is asked for again, an aborted attempt still running is
+  interrupted again;
+- a scheduler `Revoke` (stealing) -> `revoke` -> the engine's `revoked` answer; a scheduler
+  `Interrupt` -> `interrupt`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..scheduler import ABORTED, Dispatch, Interrupt, Revoke
+from .context import Context
+from .engines import EngineRecord, Engines
+from .outbox import ENGINE, Outgoing
+from .sched_calls import Report
+from .validation import BadRequest, is_int, pairs
+
+log = logging.getLogger("taskmill.controller")
+
+
+class EngineTasks:
+    def __init__(self, ctx: Context, engines: Engines) -> None:
+        self.ctx = ctx
+        self.engines = engines
+
+    def send(self, ident: bytes, header: dict[str, Any], *, now: bool = False) -> None:
+        self.ctx.outbox.send(ENGINE, ident, header, now=now)
+
+    def dispatch(self, a: Dispatch, report: Report | None = None) -> None:
+        """Queue attempt `a.attempt` of task `a.tid` for engine `a.eid`; its row is marked
+        running in the same commit that lets the message go."""
+        ctx = self.ctx
+        store = ctx.store
+        tid, attempt = a.tid, a.attempt
+        task = store.task(tid)
+        node = task.spec["nodes"][a.node]
+        start, end = node["span"]
+        _, _, tries, handed_over = ctx.sched.counters(tid)
+        store.mark_running(tid, a.eid, a.node, attempt, tries, handed_over)
+        now = ctx.started[tid] = ctx.now.wall
+        ctx.activity.dispatched(tid, a.eid, attempt, now)
+        seq = self.engines.seq_of[(tid, attempt)] = next(self.engines.dispatch_seq)
+        ctx.outbox.add_task(a.eid, {"tid": tid, "attempt": attempt, "dseq": seq,
+                                    "exec": node["exec"], "pmac": node["pmac"],
+                                    "timeout": node.get("timeout"), "n": end - start},
+                            task.frames[start:end])
+
+    def interrupt(self, a: Interrupt, report: Report | None = None) -> None:
+        rec = self.engines.records.get(a.eid)
+        running = self.ctx.sched.held(a.eid)
+        if rec is not None and not rec.dead and running is not None:
+            self.send(rec.ctl_ident, {"type": "interrupt", "tid": a.tid,
+                                      "attempt": running.get(a.tid), "reason": a.reason,
+                                      "session": self.ctx.session})
+
+    def revoke(self, a: Revoke, report: Report | None = None) -> None:
+        rec = self.engines.records.get(a.eid)
+        seq = self.engines.seq_of.get((a.tid, a.attempt))
+        if rec is not None and not rec.dead and seq is not None:
+            self.ctx.counters.revokes_sent += 1
+            self.send(rec.ctl_ident, {"type": "revoke", "tid": a.tid, "attempt": a.attempt,
+                                      "dseq": seq, "session": self.ctx.session})
+        else:  # nothing to ask back: as good as refused
+            self.ctx.sched.revoke_answered(a.eid, a.tid, a.attempt, False)
+
+    def number_tasks(self, tasks: dict[int, tuple[list[dict[str, Any]], list[Any]]],
+                     ) -> list[Outgoing]:
+        """Each engine's tasks of this turn as `tasks` messages (split below the size
+        limit), numbered in the order they go."""
+        out: list[Outgoing] = []
+        for eid, (entries, frames) in tasks.items():
+            rec = self.engines.records.get(eid)
+            if rec is None or rec.dead:
+                continue
+            for part, part_frames in self.ctx.outbox.within_limit(entries, frames, "n"):
+                rec.mseq += 1
+                for entry in part:
+                    rec.sent[(entry["tid"], entry["attempt"])] = rec.mseq
+                out.append((ENGINE, rec.task_ident, {"type": "tasks", "engineid": eid,
+                                                     "session": self.ctx.session,
+                                                     "mseq": rec.mseq, "tasks": part},
+                            part_frames))
+        return out
+
+    def heartbeat(self, rec: EngineRecord, ident: bytes, h: dict[str, Any],
+                  frames: list[Any]) -> None:
+        """An engine's report of what it holds: reconcile it with what it was sent.
+
+        A task the engine neither holds nor has a result for, although the message that
+        carried it has arrived (or is known lost: a later message came first), never started
+        there (a `tasks` message lost to a reset connection, a revoke whose answer was lost):
+        it is queued again without counting an attempt. An idle engine that has not seen the
+        latest message is sent an empty one, whose number shows whether that one was lost.
+        Results the engine still keeps are acknowledged once stored, or asked for again when
+        they seem lost; an aborted task still running there is interrupted again."""
+        ctx = self.ctx
+        held = pairs(h.get("held"))
+        unacked = pairs(h.get("unacked"))
+        seen = h.get("mseq") if is_int(h.get("mseq")) else 0
+        missing = set(x for x in h.get("missing") or () if is_int(x))
+        running = ctx.sched.held(rec.eid)
+        expected: dict[tuple[int, int], None] = {}
+        if running is not None:
+            expected = {(tid, att): None for tid, att in running.items()}
+        gone, in_flight = [], False
+        for key in expected:
+            if key in held or key in unacked:
+                continue
+            m = rec.sent.get(key)
+            if m is None:
+                continue  # not sent yet (it waits for a commit)
+            if m == 0 or m in missing or m <= seen:
+                gone.append(key)
+            else:
+                in_flight = True
+        for tid, attempt in gone:
+            rec.sent.pop((tid, attempt), None)
+            self.engines.seq_of.pop((tid, attempt), None)
+            ctx.counters.tasks_lost_in_transit += 1
+            log.warning("engine %d does not hold task %d (attempt %d) it was sent: the message "
+                        "was lost; queued again", rec.eid, tid, attempt)
+            ctx.sched.revoke_answered(rec.eid, tid, attempt, True)
+        now = ctx.now.mono
+        if (in_flight and not held and seen < rec.mseq
+                and now - rec.ticked_at > ctx.settings.heartbeat):
+            rec.mseq += 1
+            rec.ticked_at = now
+            self.send(rec.task_ident, {
+                "type": "tasks", "engineid": rec.eid, "session": ctx.session,
+                "mseq": rec.mseq, "tasks": []}, now=True)
+        resend = []
+        for key in unacked:
+            if key not in expected:
+                rec.to_ack.append(list(key))  # taken already, or not wanted: drop it there
+                self.engines.acking.add(rec.eid)
+            elif key in rec.prev_unacked:
+                resend.append(list(key))  # in two reports and never arrived: lost
+        rec.prev_unacked = {k for k in unacked if k in expected}
+        current = h.get("current")
+        if isinstance(current, list) and len(current) == 2 and running is not None:
+            tid, attempt = current
+            if running.get(tid) == attempt and not ctx.sched.is_running_on(tid, rec.eid):
+                self.send(rec.ctl_ident, {  # aborted, and still running
+                    "type": "interrupt", "tid": tid, "attempt": attempt, "reason": ABORTED,
+                    "session": ctx.session}, now=True)
+        ack, rec.ackable = rec.ackable, []
+        self.send(ident, {"type": "hb", "session": ctx.session, "t": h.get("t"), "ack": ack,
+                          "resend": resend}, now=True)
+
+    def revoked(self, rec: EngineRecord, ident: bytes, header: dict[str, Any],
+                frames: list[Any]) -> None:
+        tid, attempt, ok = header["tid"], header["attempt"], header["ok"]
+        if not isinstance(tid, int) or not isinstance(attempt, int):
+            raise BadRequest("revoked needs int tid and attempt")
+        if ok:
+            self.ctx.counters.revokes_granted += 1
+            self.engines.seq_of.pop((tid, attempt), None)
+            rec.sent.pop((tid, attempt), None)
+        self.ctx.sched.revoke_answered(rec.eid, tid, attempt, bool(ok))
+
+    def results(self, rec: EngineRecord, ident: bytes, header: dict[str, Any],
+                frames: list[Any]) -> None:
+        entries = header["results"]
+        if not isinstance(entries, list):
+            raise BadRequest("results must be a list")
+        sched = self.ctx.sched
+        running = sched.held(rec.eid)
+        pos = 0
+        try:
+            for entry in entries:
+                n = entry.get("n", 0) if isinstance(entry, dict) else -1
+                if not isinstance(n, int) or n < 0 or pos + n > len(frames):
+                    raise BadRequest(
+                        "a result describes more payload frames than the message has")
+                tid, attempt = entry.get("tid"), entry.get("attempt")
+                if not is_int(tid) or not is_int(attempt):
+                    raise BadRequest("a result needs int tid and attempt")
+                rec.to_ack.append([tid, attempt])  # acknowledged once stored
+                self.engines.acking.add(rec.eid)
+                if running is not None and running.get(tid) == attempt:
+                    rec.sent.pop((tid, attempt), None)
+                    self.result(rec, entry, frames[pos:pos + n])
+                # else: sent again (a resend that crossed the first), or for an attempt
+                # that is over: taken once only
+                pos += n
+        finally:
+            sched.run_pass()  # one pass for the whole batch
+
+    def result(self, rec: EngineRecord, entry: dict[str, Any], frames: list[Any]) -> None:
+        tid, attempt, status = entry["tid"], entry["attempt"], entry["status"]
+        props = entry.get("properties")
+        if props is not None:
+            if not isinstance(props, dict):
+                raise BadRequest("properties must be a map")
+            props = {**props, "engineid": rec.eid, "hostname": rec.hostname, "pid": rec.pid}
+            rec.properties = props
+        duration = entry.get("duration")
+        if not isinstance(duration, int | float):
+            duration = None
+        rec.tasks_done += 1
+        if status != "ok":
+            rec.failures += 1
+        self.engines.seq_of.pop((tid, attempt), None)
+        self.ctx.activity.attempt_ended(tid, rec.eid, attempt, status, self.ctx.now.wall)
+        # The entry is the report a RESULT Finish stores (see core.finish).
+        self.ctx.sched.task_done(rec.eid, tid, attempt, status, props, duration, (entry, frames))

@@ -1,0 +1,298 @@
+"""Engines: the registry, registration, restarts, heartbeats and deaths.
+
+An engine has four sockets (tasks, control, results, heart); `EngineRecord` keeps their
+routing ids, its properties and the bookkeeping of what was sent to it and acknowledged.
+What an engine holds and whether it is busy is the scheduler's (asked through sched_calls);
+a record only says whether the engine is dead. The tasks an engine is sent and reports are
+engine_tasks.py's.
+
+Data flow, in the order of an engine's life:
+- `register` (after a `hello` for the session): a record and an engine id (from the store),
+  then `adopt`: after a controller restart, the tasks it still runs are adopted, the others
+  queued again (`lost_returned`); the tasks of an engine that never comes back within
+  `lost_grace()` fail (`lost_engine_gone`).
+- pings to its heart socket (`ping`, echoed: `on_pong`) and its heartbeats keep `last_seen`;
+  `check_heartbeats` declares the silent ones dead (`died`, or `process_exited` when a local
+  nanny saw it exit), which fails what they held; `forget_dead` keeps DEAD_RECORDS_KEPT.
+- results it sent are acknowledged once stored (`acks_stored`, carried by the next `hb`);
+  results from an engine declared dead are counted and dropped (`late_results`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..defaults import LOGGED_ONCE_MAX
+from .context import Context
+from .outbox import ENGINE
+from .validation import check_register
+
+log = logging.getLogger("taskmill.controller")
+
+PING = b"TMHB"  # pings to engines' heart sockets start so (a Wire envelope starts b"TM2")
+PING_NONCE_BYTES = 8  # random bytes after PING: an echo proves the engine heard this round
+PING_ROUNDS_KEPT = 3  # an echo of one of the latest rounds counts
+DEAD_RECORDS_KEPT = 1000  # dead engines still listed (engines(), statistics) at most
+# How long after a restart the controller waits for the engine a task was running on
+# (at least; also LOST_GRACE_DEAD_AFTERS x dead_after) before its attempt counts as lost.
+LOST_GRACE = 5.0
+LOST_GRACE_DEAD_AFTERS = 4
+REFUSAL_LOG_EVERY = 60.0  # seconds between log lines about one peer's refused messages
+# A loop turn longer than this share of a heartbeat kept the loop from reading: the engines'
+# pings wait unread, so no engine is held to answers it could not have been heard giving.
+STALL_SHARE = 0.5
+
+
+@dataclass(slots=True)
+class EngineRecord:
+    eid: int
+    uuid: str
+    task_ident: bytes  # where tasks go
+    ctl_ident: bytes  # control messages and heartbeat answers
+    res_ident: bytes  # where its results come from
+    heart_ident: bytes  # its echo device (pings, answered without the GIL)
+    hostname: str
+    pid: int
+    properties: dict[str, Any]
+    registered: float
+    last_seen: float
+    dead: bool = False
+    tasks_done: int = 0
+    failures: int = 0
+    mseq: int = 0  # the number of the last `tasks` message sent to it
+    # (tid, attempt) -> the number of the `tasks` message that carried it (0: adopted)
+    sent: dict[tuple[int, int], int] = field(default_factory=dict)
+    to_ack: list[list[int]] = field(default_factory=list)  # results taken, not yet committed
+    ackable: list[list[int]] = field(default_factory=list)  # committed: acknowledge them
+    prev_unacked: set[tuple[int, int]] = field(default_factory=set)  # in its last heartbeat
+    ticked_at: float = 0.0  # when the last empty `tasks` message went (see heartbeat)
+
+    @property
+    def state(self) -> str:
+        """'dead' or 'alive' (busy or idle is the scheduler's: see views.engine_table)."""
+        return "dead" if self.dead else "alive"
+
+    def idents(self) -> tuple[bytes, bytes, bytes, bytes]:
+        return self.task_ident, self.ctl_ident, self.res_ident, self.heart_ident
+
+
+class Engines:
+    """The engine registry and the engine side of the protocol."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.records: dict[int, EngineRecord] = {}
+        self.by_ident: dict[bytes, int] = {}
+        self.by_uuid: dict[str, int] = {}
+        self.death_reasons: dict[int, str] = {}
+        self.lost: dict[str | None, list[int]] = {}  # engine uuid -> tasks lost with it
+        self.lost_expired: set[int] = set()  # tasks failed because their engine stayed away
+        self.acking: set[int] = set()  # engines with results to acknowledge after a commit
+        self.pings: list[bytes] = []  # the latest rounds' ping payloads
+        self.seq_of: dict[tuple[int, int], int] = {}  # (tid, attempt) -> its dispatch seq
+        self.dispatch_seq = itertools.count(1)  # numbers every dispatch (`dseq`)
+        self.late_logged: dict[bytes, float] = {}
+
+    def send(self, ident: bytes, header: dict[str, Any], *, now: bool = False) -> None:
+        self.ctx.outbox.send(ENGINE, ident, header, now=now)
+
+    def alive(self) -> int:
+        return sum(1 for r in self.records.values() if not r.dead)
+
+    def late_results(self, ident: bytes, header: dict[str, Any]) -> None:
+        """Results from an engine declared dead (or of another session): counted and logged,
+        not acted on (each task already failed with EngineDied and was retried if it could,
+        so it finishes once) and not acknowledged (after a restart the engine sends them
+        again, once registered)."""
+        entries = header.get("results")
+        tids = [e.get("tid") for e in entries if isinstance(e, dict)] \
+            if isinstance(entries, list) else []
+        self.ctx.wire.refused["result-from-dead-engine"] += max(1, len(tids))
+        now = self.ctx.now.mono
+        if now - self.late_logged.get(ident, -REFUSAL_LOG_EVERY) >= REFUSAL_LOG_EVERY:
+            if len(self.late_logged) > LOGGED_ONCE_MAX:
+                self.late_logged.clear()
+            self.late_logged[ident] = now  # at most once a minute per engine socket
+            log.warning("dropped late results of tasks %s from an engine declared dead or of an "
+                        "earlier controller (further ones are only counted for a minute)", tids)
+
+    def register(self, ident: bytes, header: dict[str, Any]) -> None:
+        ctx = self.ctx
+        check_register(header)
+        uuid = header["uuid"]
+        if header.get("session") != ctx.session:  # (stale: for a controller before this one)
+            self.send(ident, {"type": "welcome", "session": ctx.session}, now=True)
+            return
+        eid = self.by_uuid.get(uuid)
+        if eid is not None and not self.records[eid].dead:
+            rec = self.records[eid]  # a repeated register: answer it again
+        else:
+            eid = ctx.store.allocate_engine(uuid)
+            props = dict(header.get("properties") or {})
+            props.update(engineid=eid, hostname=header["hostname"], pid=header["pid"])
+            rec = EngineRecord(
+                eid=eid, uuid=uuid, task_ident=ident, ctl_ident=header["ctl_ident"],
+                res_ident=header["res_ident"], heart_ident=header["heart_ident"],
+                hostname=header["hostname"], pid=header["pid"], properties=props,
+                registered=ctx.now.wall, last_seen=ctx.now.mono,
+            )
+            self.records[eid] = rec
+            self.by_uuid[uuid] = eid
+            for i in rec.idents():
+                self.by_ident[i] = eid
+            log.info("engine %d registered: %s pid %d %s", eid, rec.hostname, rec.pid, props)
+            self.adopt(rec, header)
+        self.send(ident, {
+            "type": "registered", "engineid": eid, "heartbeat": ctx.settings.heartbeat,
+            "dead_after": ctx.settings.dead_after, "properties": rec.properties,
+            "max_message": ctx.wire.max_message, "session": ctx.session,
+            "t": header.get("t"),
+        })
+
+    def adopt(self, rec: EngineRecord, header: dict[str, Any]) -> None:
+        """Add a new engine to the scheduler. After a controller restart, the tasks that the
+        store says were running on this engine process (by its uuid) and that it still runs or
+        has results of are adopted (they run on as they were); the others it never started
+        (it dropped what waited), so they are queued again. What it claims that this
+        controller does not expect of it is dropped there (acknowledged, or interrupted)."""
+        ctx = self.ctx
+        claims: set[tuple[int, int]] = set()
+        running = header.get("running")
+        if isinstance(running, list) and len(running) == 2:
+            claims.add((running[0], running[1]))
+        finished = header.get("finished")
+        for key in finished if isinstance(finished, list) else ():
+            if isinstance(key, list) and len(key) == 2:
+                claims.add((key[0], key[1]))
+        adopt, given_back = [], []
+        lost = self.lost.pop(rec.uuid, None)
+        if lost:
+            ctx.timers.cancel(("lost", rec.uuid))
+            for tid in lost:
+                attempts = ctx.sched.attempts(tid)
+                if attempts is None:
+                    continue
+                (adopt if (tid, attempts) in claims else given_back).append(tid)
+        ctx.sched.add_engine(rec.eid, rec.properties, adopt)
+        now = ctx.now.wall
+        for tid in adopt:
+            node, attempts, tries, handed_over = ctx.sched.counters(tid)
+            rec.sent[(tid, attempts)] = 0
+            claims.discard((tid, attempts))
+            ctx.store.mark_running(tid, rec.eid, node, attempts, tries, handed_over)
+            ctx.started[tid] = now
+            ctx.activity.dispatched(tid, rec.eid, attempts, now)
+        for tid in given_back:
+            ctx.sched.lost_returned(tid)
+        if adopt or given_back:
+            log.info("engine %d (back after a restart) still had task(s) %s; task(s) %s it "
+                     "never started are queued again", rec.eid, adopt, given_back)
+        for tid, attempt in claims:  # nothing this controller expects of it
+            if running is not None and [tid, attempt] == running:
+                self.send(rec.ctl_ident, {
+                    "type": "interrupt", "tid": tid, "attempt": attempt, "reason": "stale",
+                    "session": ctx.session}, now=True)
+            else:
+                rec.to_ack.append([tid, attempt])
+                self.acking.add(rec.eid)
+
+    def expect_lost(self, uuid: str | None, tid: int) -> None:
+        """A reloaded task was running on engine `uuid` when the last controller stopped."""
+        self.lost.setdefault(uuid, []).append(tid)
+
+    def arm_lost(self) -> None:
+        for uuid in self.lost:
+            self.ctx.timers.arm(("lost", uuid), self.lost_grace())
+
+    def lost_engine_gone(self, uuid: str | None) -> None:
+        """The engine that ran these tasks before the restart did not come back."""
+        lost = self.lost.pop(uuid, [])
+        if lost:
+            log.warning("the engine that ran task(s) %s before the controller restarted did not "
+                        "come back within %gs: their attempts are lost", lost, self.lost_grace())
+        for tid in lost:
+            self.lost_expired.add(tid)
+            self.ctx.sched.lost_expired(tid)
+
+    def lost_grace(self) -> float:
+        return max(LOST_GRACE, LOST_GRACE_DEAD_AFTERS * self.ctx.settings.dead_after)
+
+    def ping(self) -> None:
+        """One round of pings to every engine's heart socket; the echo proves it alive."""
+        payload = PING + os.urandom(PING_NONCE_BYTES)
+        self.pings = [*self.pings[1 - PING_ROUNDS_KEPT:], payload]
+        for rec in self.records.values():
+            if not rec.dead:
+                self.ctx.outbox.now_out.append((ENGINE, rec.heart_ident, None, [payload]))
+
+    def on_pong(self, ident: bytes, payload: bytes) -> None:
+        if payload in self.pings:
+            eid = self.by_ident.get(ident)
+            rec = self.records.get(eid) if eid is not None else None
+            if rec is not None and not rec.dead:
+                rec.last_seen = self.ctx.now.mono
+
+    # -- deaths ----------------------------------------------------------------------------
+    def check_heartbeats(self, turn_start: float, stall_end: float) -> None:
+        """Declare dead the engines silent for dead_after (a loop stall not counted)."""
+        now = self.ctx.now.mono
+        if now - turn_start > STALL_SHARE * self.ctx.settings.heartbeat:
+            return  # this turn has kept the loop busy: the engines' pings wait unread
+        dead_after = self.ctx.settings.dead_after
+        for rec in list(self.records.values()):
+            quiet = now - max(rec.last_seen, stall_end)
+            if not rec.dead and quiet > dead_after:
+                self.died(rec, f"no heartbeat for {quiet:.1f}s")
+
+    def process_exited(self, pid: int, how: str) -> None:
+        """A local nanny saw an engine process exit: no need to wait for its heartbeat."""
+        for rec in list(self.records.values()):
+            if rec.pid == pid and not rec.dead and rec.hostname == socket.gethostname():
+                self.died(rec, how)
+
+    def died(self, rec: EngineRecord, why: str) -> None:
+        ctx = self.ctx
+        log.warning("engine %d (%s pid %d) is dead: %s", rec.eid, rec.hostname, rec.pid, why)
+        rec.dead = True
+        ctx.counters.engines_died += 1
+        self.death_reasons[rec.eid] = why
+        for tid in ctx.sched.engine_load(rec.eid):
+            attempts = ctx.sched.attempts(tid)
+            if attempts is not None:
+                self.seq_of.pop((tid, attempts), None)
+        rec.sent.clear()
+        rec.to_ack.clear()
+        rec.ackable.clear()
+        ctx.activity.engine_lost(rec.eid, ctx.now.wall)
+        ctx.sched.remove_engine(rec.eid)
+        for i in rec.idents():
+            self.by_ident.pop(i, None)
+        self.forget_dead()
+
+    def forget_dead(self) -> None:
+        """Keep at most DEAD_RECORDS_KEPT dead engines' records (oldest go first)."""
+        dead = [eid for eid, r in self.records.items() if r.dead]
+        for eid in dead[:max(0, len(dead) - DEAD_RECORDS_KEPT)]:
+            rec = self.records.pop(eid)
+            self.death_reasons.pop(eid, None)
+            if self.by_uuid.get(rec.uuid) == eid:
+                del self.by_uuid[rec.uuid]
+
+    def acks_stored(self) -> None:
+        """The results taken are stored: the engines may drop them (sent with the next hb)."""
+        for eid in self.acking:
+            rec = self.records.get(eid)
+            if rec is not None:
+                rec.ackable.extend(rec.to_ack)
+                rec.to_ack.clear()
+        self.acking.clear()
+
+    def withdrawn(self, gone: set[int]) -> None:
+        """Tasks taken back before they were sent: no dispatch of theirs is outstanding."""
+        for key in [k for k in self.seq_of if k[0] in gone]:
+            del self.seq_of[key]

@@ -1,0 +1,297 @@
+"""The loop: the only code of the controller that touches ZeroMQ or reads the clock.
+
+It binds the two ROUTER sockets (clients, engines; with Curve if the connection file asks),
+then turns: poll both sockets, read every message that is waiting (`drain`: decoded and
+checked by the Wire, then handed with the time to the core; pings' echoes straight to it),
+hand the core the due timers, and send what the core's `flush` returns, signing each message
+as it goes (in that order: see outbox.py). A refused message is counted and logged at most
+once a minute per peer. `Controller` keeps the names tools and tests use (`wire`, `session`,
+`sched`, `engines`, `counters`, `statistics()`, ...), each read from the core.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from .. import __version__
+from ..checks import seconds
+from ..connection import ConnectionInfo
+from ..curve import CurveServer
+from ..curve import enabled as curve_enabled
+from ..defaults import DEFAULT_HEARTBEAT, DEFAULT_UNMET_TIMEOUT, LOGGED_ONCE_MAX
+from ..store import MemoryStore, TaskStore
+from ..wire import (
+    DEFAULT_MAX_MESSAGE,
+    MAX_FRAMES,
+    Refused,
+    Wire,
+    apply_transport_heartbeat,
+    recv_message,
+    send_message,
+)
+from .context import Counters, Now
+from .core import ControllerCore
+from .engines import PING, REFUSAL_LOG_EVERY, EngineRecord
+from .outbox import CLIENT, ENGINE
+
+log = logging.getLogger("taskmill.controller")
+
+DRAIN_BATCH = 1000  # messages read from one socket before the other gets its turn
+SESSION_BYTES = 8  # random bytes naming one controller start (its session)
+# The controller makes few reference cycles but many short-lived containers per task: a
+# collection every 700 of them (the default) cost ~20% of its CPU in a flood.
+GC_THRESHOLDS = (20_000, 20, 20)
+
+
+def clock() -> Now:
+    return Now(time.monotonic(), time.time())
+
+
+class Controller:
+    """Owns the sockets and the loop around a `ControllerCore`."""
+
+    def __init__(
+        self,
+        info: ConnectionInfo,
+        *,
+        store: TaskStore | None = None,
+        unmet_timeout: float = DEFAULT_UNMET_TIMEOUT,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        context: zmq.Context | None = None,
+        connection_file: str | os.PathLike[str] | None = None,
+        prefetch: int | None = None,
+        max_message: int = DEFAULT_MAX_MESSAGE,
+    ) -> None:
+        seconds("heartbeat", heartbeat)  # (NaN, inf or <= 0 would end or stall the loop later)
+        seconds("unmet_timeout", unmet_timeout, zero=True)
+        self.info = info
+        self.wire = Wire(info.key_bytes, max_message=max_message, max_frames=MAX_FRAMES)
+        self.store: TaskStore = store if store is not None else MemoryStore()
+        # Random per controller start: every message of a peer names it, so a message
+        # captured before a restart is refused after it.
+        self.session = os.urandom(SESSION_BYTES)
+        self._refusal_logged: dict[bytes, float] = {}
+        self._stopping = False
+        self.ctx = context or zmq.Context()
+        self._own_ctx = context is None
+        self.curve: CurveServer | None = None
+        if curve_enabled(info):
+            if connection_file is None:
+                raise ValueError("a Curve controller needs its connection file (for its keys)")
+            self.curve = CurveServer(self.ctx, Path(connection_file))
+        self.client_sock = self._router(info.client_bind_url)
+        self.engine_sock = self._router(info.engine_bind_url)
+        self._socks = {CLIENT: self.client_sock, ENGINE: self.engine_sock}
+        self.core = ControllerCore(session=self.session, wire=self.wire, store=self.store,
+                                   heartbeat=heartbeat, unmet_timeout=unmet_timeout,
+                                   prefetch=prefetch, now=clock())
+        self.counters: Counters = self.core.ctx.counters
+
+    def _router(self, url: str) -> zmq.Socket:
+        s = self.ctx.socket(zmq.ROUTER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.SNDHWM, 0)
+        s.setsockopt(zmq.RCVHWM, 0)
+        # No ROUTER_HANDOVER: a peer that connects with the routing id of one that is
+        # connected (ids travel in clear over TCP) is refused, never given its messages. A
+        # vanished peer's connection ends within wire.TRANSPORT_TIMEOUT_MS (ZeroMQ's
+        # heartbeats), which frees its id for its own reconnection.
+        s.setsockopt(zmq.MAXMSGSIZE, self.wire.max_message)
+        apply_transport_heartbeat(s)
+        if self.curve is not None:
+            self.curve.apply(s)
+        s.bind(url)
+        return s
+
+    # -- what tools and tests read ---------------------------------------------------------
+    @property
+    def sched(self) -> Any:
+        return self.core.sched
+
+    @property
+    def engines(self) -> dict[int, EngineRecord]:
+        return self.core.engines.records
+
+    @property
+    def heartbeat(self) -> float:
+        return self.core.ctx.settings.heartbeat
+
+    @heartbeat.setter
+    def heartbeat(self, value: float) -> None:
+        self.core.ctx.settings.heartbeat = value
+
+    @property
+    def dead_after(self) -> float:
+        return self.core.ctx.settings.dead_after
+
+    @dead_after.setter
+    def dead_after(self, value: float) -> None:
+        self.core.ctx.settings.dead_after = value
+
+    @property
+    def unmet_timeout(self) -> float:
+        return self.core.ctx.settings.unmet_timeout
+
+    def statistics(self) -> dict[str, Any]:
+        return self.core.views.statistics(clock())
+
+    def queue_status(self, verbose: bool = False) -> dict[str, Any]:
+        return self.core.views.queue_status(verbose)
+
+    def engine_table(self) -> list[dict[str, Any]]:
+        return self.core.views.engine_table()
+
+    def task_info(self, tid: int) -> dict[str, Any]:
+        return self.core.views.task_info(tid)
+
+    def arm(self, key: tuple, delay: float) -> None:
+        """Arm timer `key` to fire `delay` seconds from now (replacing its earlier moment)."""
+        self.core.ctx.timers.arm(key, delay)
+        self.core.ctx.timers.settle(time.monotonic())
+
+    # -- the loop --------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.engine_sock, zmq.POLLIN)
+        poller.register(self.client_sock, zmq.POLLIN)
+        log.info("controller %s listening: clients %s, engines %s (pid %d)",
+                 __version__, self.info.client_url, self.info.engine_url, os.getpid())
+        try:
+            while not self._stopping:
+                self.turn(poller, self._poll_timeout_ms())
+        finally:
+            self.close()
+
+    def turn(self, poller: zmq.Poller, timeout_ms: int) -> None:
+        """One loop turn: poll, read, fire due timers, commit and send."""
+        events = dict(poller.poll(timeout_ms))
+        core = self.core
+        monotonic = time.monotonic
+        core.begin_turn(monotonic())
+        if self.engine_sock in events:
+            self.drain(self.engine_sock, core.on_engine)
+        if self.client_sock in events:
+            self.drain(self.client_sock, core.on_client)
+        if core.timers_due(monotonic()):
+            checked = core.fire_timers(clock())
+            core.settle_timers(monotonic())
+            if checked and self.curve is not None:
+                self.curve.reload()
+        self.flush()
+        end = monotonic()
+        core.settle_timers(end)
+        core.end_turn(end)
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def close(self) -> None:
+        try:
+            self.core.ctx.outbox.store_retry_at = 0.0
+            self.flush()
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            log.exception("flushing on close failed")
+        self.core.close()
+        self.client_sock.close(0)
+        self.engine_sock.close(0)
+        if self.curve is not None:
+            self.curve.stop()
+        if self._own_ctx:
+            self.ctx.term()
+
+    def drain(self, sock: zmq.Socket,
+              handler: Callable[[bytes, dict[str, Any], list[Any], Now], None]) -> None:
+        """Read and handle up to DRAIN_BATCH waiting messages of one socket."""
+        counters = self.counters
+        timers = self.core.ctx.timers
+        monotonic, wall = time.monotonic, time.time
+        is_engine = sock is self.engine_sock
+        for _ in range(DRAIN_BATCH):
+            try:
+                msg = recv_message(sock, zmq.NOBLOCK, routed=True,
+                                   max_frames=self.wire.max_frames)
+            except zmq.Again:
+                return
+            counters.messages_in += 1
+            ident = msg[0]
+            if len(msg) == 2 and msg[1][:4] == PING and is_engine:
+                self.core.on_pong(ident, msg[1], Now(monotonic(), wall()))
+                continue  # (a pong arms no timer)
+            try:
+                header, frames = self.wire.decode(msg[1:])
+            except Refused as e:
+                self._log_refusal(ident, e)
+                continue
+            try:
+                handler(ident, header, frames, Now(monotonic(), wall()))
+            except Exception:  # noqa: BLE001 - one bad message must not stop the controller
+                self.wire.refused["internal-error"] += 1
+                log.exception("error handling a %r message from %r", header.get("type"), ident)
+            if timers.pending:  # the timers it armed count from now
+                timers.settle(monotonic())
+
+    def _log_refusal(self, ident: bytes, e: Refused) -> None:
+        """At most one log line per peer per minute: a flood must not flood the log too."""
+        now = time.monotonic()
+        if now - self._refusal_logged.get(ident, -REFUSAL_LOG_EVERY) < REFUSAL_LOG_EVERY:
+            return
+        if len(self._refusal_logged) > LOGGED_ONCE_MAX:
+            self._refusal_logged.clear()
+        self._refusal_logged[ident] = now
+        log.warning("refused a message from peer %r: %s (refused so far: %s)", ident, e,
+                    dict(self.wire.refused))
+
+    def flush(self) -> None:
+        """Commit and send what the core says, signing each message as it goes."""
+        socks, encode = self._socks, self.wire.encode
+        for port, ident, header, frames in self.core.flush(Now(time.monotonic(), time.time())):
+            if header is None:
+                send_message(socks[port], [ident, *frames])
+            else:
+                send_message(socks[port], [ident, *encode(header, frames)])
+
+    def _poll_timeout_ms(self) -> int:
+        now = time.monotonic()
+        self.core.settle_timers(now)
+        if self.core.output_ready(now):
+            return 0
+        deadline = self.core.next_deadline(now)
+        # (milliseconds, rounded up: a poll that ends early would only spin)
+        return max(0, int((deadline - time.monotonic()) * 1000) + 1)
+
+
+def run_controller(
+    info: ConnectionInfo,
+    *,
+    store: TaskStore | None = None,
+    unmet_timeout: float = DEFAULT_UNMET_TIMEOUT,
+    heartbeat: float = DEFAULT_HEARTBEAT,
+    connection_file: str | os.PathLike[str] | None = None,
+    prefetch: int | None = None,
+    max_message: int = DEFAULT_MAX_MESSAGE,
+) -> None:
+    """Serve until SIGTERM/SIGINT."""
+    ctl = Controller(info, store=store, unmet_timeout=unmet_timeout, heartbeat=heartbeat,
+                     connection_file=connection_file, prefetch=prefetch, max_message=max_message)
+
+    def _stop(signum: int, frame: Any) -> None:
+        ctl.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    # What exists now (modules, the loaded store) is frozen out of cycle detection (reference
+    # counting still frees it); the rest is checked every GC_THRESHOLDS[0] allocations, so
+    # cyclic garbage stays bounded (benchmarks/memory_flat.py: RSS flat from 100k to 1M
+    # results).
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+    ctl.serve_forever()

@@ -1,0 +1,247 @@
+"""The outbox: what one loop turn will send, held until the commit that allows it.
+
+Messages are queued here as plain headers and frames while the turn's messages are handled;
+`ControllerCore.flush` then commits the store (`commit`) and takes them out in the one order
+that keeps durability: the `now` messages first (they depend on nothing stored: heartbeats,
+hello, refusals, pings), then, once the rows they depend on are on disk, the submits' answers,
+the messages to engines (tasks batched per engine: numbered by engines.py), and the messages to
+clients (replies in order, then the results of one request in one `done` message, split below
+the size limit). The loop signs each one as it sends it, in this order: each socket's messages
+must leave in the order of their sequence numbers, or peers refuse the later-numbered ones
+sent first as replays.
+
+When the store cannot write, the held messages stay here (the rows stay queued in the store)
+and the commit is tried again with a growing pause; the core takes back the submits of the
+failed commit (`take_submits`). Nothing here reads a clock: `commit` and `pending` are told
+the time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from ..errors import StoreError
+from ..store import TaskStore
+from ..wire import frame_len
+
+log = logging.getLogger("taskmill.controller")
+
+COMMIT_INTERVAL = 0.05  # seconds a write with no reply waiting on it may stay uncommitted
+STORE_RETRY_FIRST = 0.05  # seconds before a failed commit is tried again, doubling ...
+STORE_RETRY_MAX = 0.5  # ... to this
+# Results sent to a client go in pieces below the size limit (see within_limit): this much of
+# a message is kept for its header's own fields.
+RESULTS_HEADER_ROOM = 1024
+# meta_bound: an entry's fields other than its texts take less than this together, ...
+META_FIELDS_BOUND = 1024
+UTF8_MAX_BYTES = 4  # ... a character of its texts at most this many bytes, ...
+ERROR_FIELD_BOUND = 64  # ... an error field that is not a text less than this,
+EMPTY_ENTRY_BOUND = 16  # ... and a missing entry (None) less than this.
+
+# Where a message goes (the loop maps each to its socket).
+CLIENT = 0
+ENGINE = 1
+
+# (port, routing id, header, frames); header None: raw frames (a ping)
+Outgoing = tuple[int, bytes, dict[str, Any] | None, Any]
+
+
+@dataclass(slots=True)
+class NewSubmit:
+    """A submit whose tasks wait for the commit that stores them; answered after it."""
+
+    reply_to: bytes
+    req: Any
+    tids: list[int]
+    key: str | None
+    watch: bool
+
+
+def meta_bound(meta: dict[str, Any] | None) -> int:
+    """At least the packed size of a result entry: its texts (output, error) take at most 4
+    bytes a character (UTF-8), every other field far less than 1 KiB together."""
+    if not meta:
+        return EMPTY_ENTRY_BOUND
+    n = META_FIELDS_BOUND
+    for key in ("stdout", "stderr"):
+        text = meta.get(key)
+        if isinstance(text, str):
+            n += UTF8_MAX_BYTES * len(text)
+    error = meta.get("error")
+    if isinstance(error, dict):
+        for value in error.values():
+            n += UTF8_MAX_BYTES * len(value) if isinstance(value, str) else ERROR_FIELD_BOUND
+    return n
+
+
+class Outbox:
+    def __init__(self, session: bytes, store: TaskStore, max_message: int, now: float) -> None:
+        self.session = session
+        self.store = store
+        self.max_message = max_message
+        # To engines, in order; tasks per engine; to clients, in order; results per
+        # (client socket, request); submits answered after the commit that stores them.
+        self.to_engines: list[tuple[bytes, dict[str, Any], Any]] = []
+        self.tasks_out: dict[int, tuple[list[dict[str, Any]], list[Any]]] = {}
+        self.to_clients: list[tuple[bytes, dict[str, Any], Any]] = []
+        self.done_out: dict[tuple[bytes, Any], tuple[list[Any], list[Any]]] = {}
+        self.new_submits: list[NewSubmit] = []
+        # Messages that depend on nothing stored: sent every turn, even while the store fails.
+        self.now_out: list[Outgoing] = []
+        self.store_down_since: float | None = None  # monotonic time of the first failure
+        self.store_retry_at = 0.0
+        self.store_retry_delay = STORE_RETRY_FIRST
+        self.last_commit = now
+
+    # -- queueing --------------------------------------------------------------------------
+    def send(self, port: int, ident: bytes, header: dict[str, Any], frames: Any = (), *,
+             now: bool = False) -> None:
+        """Queue a message: sent after this turn's commit, or (`now`) whatever the store does."""
+        if now:
+            self.now_out.append((port, ident, header, frames))
+        elif port == CLIENT:
+            self.to_clients.append((ident, header, frames))
+        else:
+            self.to_engines.append((ident, header, frames))
+
+    def reply(self, reply_to: bytes, req: Any, frames: Any = (), *, error: str | None = None,
+              now: bool = False, **fields: Any) -> None:
+        """Answer a request: after this turn's commit, or (`now`: it depends on nothing
+        stored, e.g. a refusal) at once."""
+        header = {"type": "reply", "req": req, "ok": error is None, "session": self.session,
+                  **fields}
+        if error is not None:
+            header["error"] = error
+        self.send(CLIENT, reply_to, header, frames, now=now)
+
+    def add_task(self, eid: int, entry: dict[str, Any], frames: list[Any]) -> None:
+        entries, out = self.tasks_out.setdefault(eid, ([], []))
+        entries.append(entry)
+        out.extend(frames)
+
+    def add_done(self, reply_to: bytes, req: Any, meta: dict[str, Any],
+                 frames: list[Any]) -> None:
+        entries, out = self.done_out.setdefault((reply_to, req), ([], []))
+        entries.append(meta)
+        out.extend(frames)
+
+    def drop_tasks(self, gone: set[int]) -> None:
+        """Forget the queued dispatches of these tasks (taken back before they were sent)."""
+        for eid, (entries, frames) in list(self.tasks_out.items()):
+            if not any(e["tid"] in gone for e in entries):
+                continue
+            kept_entries: list[dict[str, Any]] = []
+            kept_frames: list[Any] = []
+            pos = 0
+            for entry in entries:
+                n = entry["n"]
+                if entry["tid"] not in gone:
+                    kept_entries.append(entry)
+                    kept_frames.extend(frames[pos:pos + n])
+                pos += n
+            if kept_entries:
+                self.tasks_out[eid] = (kept_entries, kept_frames)
+            else:
+                del self.tasks_out[eid]
+
+    # -- the turn's end --------------------------------------------------------------------
+    def held(self) -> bool:
+        """Whether anything waits for a commit."""
+        return bool(self.to_engines or self.tasks_out or self.to_clients or self.done_out
+                    or self.new_submits)
+
+    def commit(self, now: float, held: bool) -> StoreError | None:
+        """Commit the store if a held message needs it or the last commit is COMMIT_INTERVAL
+        old (group commit), unless a failed commit's pause runs; the error if it failed."""
+        if not (self.store.dirty() and now >= self.store_retry_at and (
+                held or now - self.last_commit >= COMMIT_INTERVAL)):
+            return None
+        try:
+            self.store.commit()
+        except StoreError as e:
+            if self.store_down_since is None:
+                self.store_down_since = now
+                log.error("%s; submits are refused with StoreError and everything else waits "
+                          "until it writes again (tried again every %gs at most)", e,
+                          STORE_RETRY_MAX)
+            self.store_retry_at = now + self.store_retry_delay
+            self.store_retry_delay = min(self.store_retry_delay * 2, STORE_RETRY_MAX)
+            return e
+        self.last_commit = now
+        if self.store_down_since is not None:
+            log.warning("the task store writes again (after %.1fs); sending what waited",
+                        now - self.store_down_since)
+            self.store_down_since = None
+            self.store_retry_delay = STORE_RETRY_FIRST
+        return None
+
+    def take_submits(self) -> list[NewSubmit]:
+        submits, self.new_submits = self.new_submits, []
+        return submits
+
+    def take_now(self) -> list[Outgoing]:
+        out, self.now_out = self.now_out, []
+        return out
+
+    def take_tasks(self) -> tuple[list[tuple[bytes, dict[str, Any], Any]],
+                                  dict[int, tuple[list[dict[str, Any]], list[Any]]]]:
+        """The control messages for engines and the tasks per engine, in that order."""
+        out, self.to_engines = self.to_engines, []
+        tasks, self.tasks_out = self.tasks_out, {}
+        return out, tasks
+
+    def take_client_messages(self) -> list[Outgoing]:
+        """Replies in order, then each request's results as `done` messages."""
+        out: list[Outgoing] = []
+        for ident, header, frames in self.to_clients:
+            out.append((CLIENT, ident, header, frames))
+        self.to_clients = []
+        for (reply_to, req), (entries, frames) in self.done_out.items():
+            for part, part_frames in self.within_limit(entries, frames):
+                out.append((CLIENT, reply_to, {"type": "done", "req": req, "results": part},
+                            part_frames))
+        self.done_out.clear()
+        return out
+
+    def pending(self, now: float) -> bool:
+        """Whether the loop should not wait: something can be sent now."""
+        return bool(self.now_out) or (self.held() and (
+            self.store_down_since is None or now >= self.store_retry_at))
+
+    def commit_deadline(self) -> float | None:
+        """When uncommitted writes must be committed (None: nothing to commit)."""
+        if not self.store.dirty():
+            return None
+        return max(self.last_commit + COMMIT_INTERVAL, self.store_retry_at)
+
+    def within_limit(self, entries: list[Any], frames: list[Any],
+                     count: str = "nframes") -> list[tuple[list, list]]:
+        """Result entries (and their frames) in pieces, each small enough for one message:
+        a client's socket refuses a message above the size limit, and each result alone is
+        below it (an engine fails a task whose result is not). The same for the tasks of one
+        engine (`count="n"`), each below the limit (a client never sends a larger one)."""
+        budget = self.max_message - RESULTS_HEADER_ROOM
+        bound = sum(frame_len(f) for f in frames) + sum(meta_bound(m) for m in entries)
+        if bound <= budget:  # (nearly always)
+            return [(entries, frames)]
+        parts: list[tuple[list, list]] = []
+        part: list[Any] = []
+        part_frames: list[Any] = []
+        size = pos = 0
+        for meta in entries:
+            n = meta[count] if meta else 0
+            own = frames[pos:pos + n]
+            pos += n
+            need = len(msgpack.packb(meta, use_bin_type=True)) + sum(map(frame_len, own))
+            if part and size + need > budget:
+                parts.append((part, part_frames))
+                part, part_frames, size = [], [], 0
+            part.append(meta)
+            part_frames.extend(own)
+            size += need
+        parts.append((part, part_frames))
+        return parts

@@ -1,0 +1,188 @@
+"""Results: what a finished task stores, and the clients waiting for it.
+
+A scheduler `Finish` becomes one stored result (`finish`): the metadata is the engine's own
+entry when the engine's report is the result (`RESULT`: the report travels with the Finish,
+see sched_calls.task_done), else the controller writes the failure itself (`failure_text`:
+EngineDied, TaskTimeout, TaskAborted, DependencyError). Then the waiters of that task wake.
+
+A waiter is a client request that waits for tasks: `result` (one reply with every result),
+`wait` (one empty reply), `watch` (one `done` entry per task as it finishes, batched per turn
+in the outbox). Replies with results go after the commit that stores them, split below the
+size limit (outbox.within_limit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..scheduler import ABORTED, DEPENDENCY, ENGINE_DIED, RESULT, UNMET_TIMEOUT, Finish
+from ..store import StoredResult
+from .context import Context
+from .sched_calls import Report
+
+
+@dataclass(slots=True)
+class Waiter:
+    reply_to: bytes
+    req: int
+    mode: str  # "result": one reply with every result; "wait": one empty reply; "watch": one per task
+    tids: list[int]
+    remaining: set[int]
+
+
+@dataclass(slots=True)
+class FailureContext:
+    """What the controller knows of why a task failed without an engine's report."""
+
+    death_reasons: dict[int, str]  # engine id -> why it was declared dead
+    lost_expired: set[int]  # tasks whose engine did not come back after a restart
+    lost_grace: Callable[[], float]
+    slow_depends: set[int]  # tasks whose depend callable was given up on
+    depend_budget: float
+    unmet_timeout: float
+
+
+def failure_text(a: Finish, node: dict[str, Any], started: float | None, now: float,
+                 why: FailureContext) -> tuple[str, str, str]:
+    """(status, error type, message) of a task the controller finishes itself."""
+    if a.outcome == ENGINE_DIED and a.engineid is None and a.tid in why.lost_expired:
+        why.lost_expired.discard(a.tid)
+        return "error", "EngineDied", (
+            f"the controller restarted while task {a.tid} was running, and the engine that "
+            f"ran it did not come back within {why.lost_grace():g}s")
+    if a.outcome == ENGINE_DIED:
+        reason = why.death_reasons.get(a.engineid, "")
+        timeout = node.get("timeout")
+        if timeout and started is not None and now - started > timeout:
+            return "error", "TaskTimeout", (
+                f"task {a.tid} ran past its timeout of {timeout:g}s and did not let the "
+                f"interruption through, so engine {a.engineid} was ended ({reason})")
+        return "error", "EngineDied", (
+            f"engine {a.engineid} died while it held task {a.tid} (running it, or with it "
+            f"waiting there, perhaps started: {reason})")
+    if a.outcome == ABORTED:
+        return "aborted", "TaskAborted", f"task {a.tid} was aborted"
+    if a.outcome == UNMET_TIMEOUT and a.tid in why.slow_depends:
+        why.slow_depends.discard(a.tid)
+        return "unmet_timeout", "TaskTimeout", (
+            f"task {a.tid}: its depend callable took longer than {why.depend_budget:g}s, "
+            "so it counts as False for every engine and no engine could take the task; a "
+            "depend must answer at once (use a dict depend, or a quick test of the "
+            "properties)")
+    if a.outcome == UNMET_TIMEOUT:
+        return "unmet_timeout", "TaskTimeout", (
+            f"task {a.tid}: no engine satisfied its depend for {why.unmet_timeout:g}s while "
+            "every engine was idle; start an engine with the properties it needs, or relax "
+            "the depend")
+    if a.outcome == DEPENDENCY:
+        return "dependency", "DependencyError", (
+            f"task {a.tid} did not run: task {a.detail}, which it waits for (after=), "
+            "failed, was aborted, or is unknown")
+    raise AssertionError(f"unknown outcome {a.outcome}")
+
+
+class Results:
+    def __init__(self, ctx: Context, why: FailureContext) -> None:
+        self.ctx = ctx
+        self.why = why
+        self.waiters: dict[int, list[Waiter]] = {}
+
+    def finish(self, a: Finish, report: Report | None) -> None:
+        """Store the result of a finished task and wake its waiters."""
+        ctx = self.ctx
+        task = ctx.store.task(a.tid)
+        now = ctx.now.wall
+        started = ctx.started.pop(a.tid, None)
+        submitted = task.submitted if task else now
+        frames: list[Any] = []
+        if a.outcome == RESULT:
+            assert report is not None, "a RESULT finish comes only from an engine report"
+            entry, frames = report
+            # The engine's entry becomes the stored metadata (one dict less per task).
+            meta: dict[str, Any] = {
+                "tid": a.tid, "engineid": a.engineid, "attempts": a.attempts,
+                "submitted": submitted, "completed": now, "started": started,
+                "status": "ok" if a.ok else "error", "kind": entry.get("kind", "map"),
+                "error": entry.get("error"), "duration": entry.get("duration", 0.0),
+                "stdout": entry.get("stdout", ""), "stderr": entry.get("stderr", ""),
+                "pmac": entry.get("pmac"),
+            }
+        else:
+            node = task.spec["nodes"][a.node] if task else {}
+            status, etype, message = failure_text(a, node, started, now, self.why)
+            meta = {
+                "tid": a.tid, "engineid": a.engineid, "attempts": a.attempts,
+                "submitted": submitted, "completed": now, "started": started,
+                "duration": 0.0, "stdout": "", "stderr": "",
+                "kind": node["exec"]["kind"] if node else "map", "status": status,
+                "error": {"type": etype, "message": message, "controller": True,
+                          "traceback": ""},
+            }
+        self.why.slow_depends.discard(a.tid)
+        ctx.store.finish(a.tid, StoredResult(meta, list(frames)))
+        ctx.counters.finished += 1
+        ctx.activity.finished(a.tid, meta["status"], now, engineid=a.engineid,
+                              duration=meta["duration"] if a.outcome == RESULT else None,
+                              error=meta["error"])
+        for w in self.waiters.pop(a.tid, ()):
+            self.wake(w, a.tid)
+
+    # -- waiters ---------------------------------------------------------------------------
+    def entry(self, tid: int) -> tuple[dict[str, Any] | None, list[Any]]:
+        """A task's result entry and frames (None: still active; `unknown`: never was, or
+        cleared)."""
+        r = self.ctx.store.result(tid)
+        if r is not None:
+            return {**r.meta, "nframes": len(r.frames)}, r.frames
+        if self.ctx.sched.is_active(tid):
+            return None, []
+        return {"tid": tid, "unknown": True, "nframes": 0}, []
+
+    def reply_results(self, rt: bytes, req: Any, tids: list[int]) -> None:
+        entries, out = [], []
+        for tid in tids:
+            meta, frames = self.entry(tid)
+            entries.append(meta)
+            out.extend(frames)
+        outbox = self.ctx.outbox
+        parts = outbox.within_limit(entries, out)
+        for i, (part, part_frames) in enumerate(parts):
+            if i < len(parts) - 1:  # the client joins the pieces of a reply marked `more`
+                outbox.reply(rt, req, part_frames, results=part, more=True)
+            else:
+                outbox.reply(rt, req, part_frames, results=part)
+
+    def add_waiter(self, rt: bytes, req: Any, mode: str, tids: list[int]) -> None:
+        is_active = self.ctx.sched.is_active
+        pending = {t for t in tids if is_active(t)}
+        w = Waiter(rt, req, mode, tids, pending)
+        if mode == "watch":
+            for tid in tids:
+                if tid not in pending:
+                    self.send_watch(w, tid)
+        if not pending:
+            if mode == "result":
+                self.reply_results(rt, req, tids)
+            elif mode == "wait":
+                self.ctx.outbox.reply(rt, req)
+            return
+        for t in pending:
+            self.waiters.setdefault(t, []).append(w)
+
+    def wake(self, w: Waiter, tid: int) -> None:
+        w.remaining.discard(tid)
+        if w.mode == "watch":
+            self.send_watch(w, tid)
+        elif not w.remaining:
+            if w.mode == "result":
+                self.reply_results(w.reply_to, w.req, w.tids)
+            else:
+                self.ctx.outbox.reply(w.reply_to, w.req)
+
+    def send_watch(self, w: Waiter, tid: int) -> None:
+        meta, frames = self.entry(tid)
+        if meta is None:  # (cannot happen: a watch is woken when its task finishes)
+            meta = {"tid": tid, "active": True, "nframes": 0}
+        self.ctx.outbox.add_done(w.reply_to, w.req, meta, frames)

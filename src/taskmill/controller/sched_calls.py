@@ -1,0 +1,125 @@
+"""Every call into the scheduler and every read of its state, in one place.
+
+The scheduler (scheduler.py) owns task and engine state: which tasks wait, run where, with
+which attempt and retries, and which engines hold what. The controller's parts never touch it
+directly: they say an event here (`submit`, `task_done`, `remove_engine`, ...) and the actions
+it returns are carried out at once by the core's `apply` (given at construction), or they ask
+a question (`held`, `counters`, `engine_busy`, ...). The result an engine reported travels with
+`task_done` as an explicit `report` to the `Finish` it may cause (no side channel).
+
+So a change of the scheduler's interface is a change of this module alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..scheduler import RUNNING, Node, Scheduler  # (Node: the nodes `submit` takes)
+
+# What an engine reported for an attempt: its result entry and the entry's frames.
+Report = tuple[dict[str, Any], list[Any]]
+Apply = Callable[[list[Any], "Report | None"], None]
+
+
+class SchedulerCalls:
+    def __init__(self, sched: Scheduler, apply: Apply) -> None:
+        self.sched = sched
+        self.apply = apply
+
+    # -- events: each one's actions are carried out before it returns ----------------------
+    def submit(self, tid: int, nodes: list[Node], **kw: Any) -> None:
+        self.apply(self.sched.submit(tid, nodes, **kw), None)
+
+    def run_pass(self) -> None:
+        self.apply(self.sched.run_pass(), None)
+
+    def add_engine(self, eid: int, properties: dict[str, Any], adopt: list[int]) -> None:
+        self.apply(self.sched.add_engine(eid, properties, adopt=adopt), None)
+
+    def task_done(self, eid: int, tid: int, attempt: int, status: str,
+                  properties: dict[str, Any] | None, duration: float | None,
+                  report: Report) -> None:
+        self.apply(self.sched.task_done(eid, tid, attempt, status, properties, duration,
+                                        dispatch=False), report)
+
+    def revoke_answered(self, eid: int, tid: int, attempt: int, ok: bool) -> None:
+        self.apply(self.sched.revoke_answered(eid, tid, attempt, ok), None)
+
+    def remove_engine(self, eid: int) -> None:
+        self.apply(self.sched.remove_engine(eid), None)
+
+    def lost_returned(self, tid: int) -> None:
+        self.apply(self.sched.lost_returned(tid), None)
+
+    def lost_expired(self, tid: int) -> None:
+        self.apply(self.sched.lost_expired(tid), None)
+
+    def withdraw(self, tids: Iterable[int]) -> None:
+        self.apply(self.sched.withdraw(tids), None)
+
+    def timer_fired(self, key: tuple) -> None:
+        self.apply(self.sched.timer_fired(key), None)
+
+    def abort(self, tid: int) -> bool:
+        """Whether the task was active (queued or running): it is aborted."""
+        found, actions = self.sched.abort(tid)
+        if found:
+            self.apply(actions, None)
+        return found
+
+    def spin(self) -> bool:
+        """Whether the pass dispatched anything."""
+        dispatched, actions = self.sched.spin()
+        self.apply(actions, None)
+        return dispatched
+
+    # -- questions -------------------------------------------------------------------------
+    def is_active(self, tid: int) -> bool:
+        return self.sched.is_active(tid)
+
+    def counts(self) -> tuple[int, int]:
+        """(scheduled, pending)"""
+        return self.sched.counts()
+
+    def scheduled_ids(self) -> list[int]:
+        return self.sched.scheduled_ids()
+
+    def pending_ids(self) -> list[int]:
+        return self.sched.pending_ids()
+
+    def held(self, eid: int) -> dict[int, int] | None:
+        """tid -> attempt of what engine `eid` holds, in dispatch order (None: not an engine
+        of the scheduler's)."""
+        e = self.sched.engines.get(eid)
+        return e.running if e is not None else None
+
+    def is_running_on(self, tid: int, eid: int) -> bool:
+        return self.sched.is_running_on(tid, eid)
+
+    def engine_busy(self, eid: int) -> bool:
+        return self.sched.engine_busy(eid)
+
+    def engine_load(self, eid: int) -> list[int]:
+        return self.sched.engine_load(eid)
+
+    def capacity(self, eid: int) -> int:
+        """How many tasks engine `eid` may hold (0: not an engine of the scheduler's)."""
+        return self.sched.capacity(eid) if eid in self.sched.engines else 0
+
+    def attempts(self, tid: int) -> int | None:
+        """The number of the task's current attempt (None: not an active task)."""
+        t = self.sched.tasks.get(tid)
+        return t.attempts if t is not None else None
+
+    def counters(self, tid: int) -> tuple[int, int, int, list[int]]:
+        """(node, attempts, tries, handed_over) of an active task, as the store keeps them."""
+        t = self.sched.tasks[tid]
+        return t.node, t.attempts, t.tries, sorted(t.handed_over)
+
+    def task_view(self, tid: int) -> tuple[bool, int | None, int, int] | None:
+        """(running, engine, attempts, node) of an active task (None: not active)."""
+        t = self.sched.tasks.get(tid)
+        if t is None:
+            return None
+        return t.state == RUNNING, t.engine, t.attempts, t.node

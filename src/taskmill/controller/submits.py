@@ -1,0 +1,201 @@
+"""Submits: new tasks in, taken back when their commit fails, and reloaded after a restart.
+
+A `submit` is checked whole before anything is stored (validation.check_task); each task then
+gets a taskid, a row in the store and a place in the scheduler, and the submit waits in the
+outbox (`NewSubmit`) for the commit that stores its rows: only then is it answered with the
+taskids (and, with `watch`, its results follow as `done` messages). A submit sent again after
+a restart (same `key`) gets the same taskids. If that commit fails, `take_back` withdraws its
+tasks everywhere (their taskids are never used) and answers StoreError.
+
+A callable `depend` is the one payload the controller unpickles (`nodes`): it runs under the
+DependRunner's deadline and a slow one is given up on (`slow_depend`). `reload` queues again
+what a previous controller left unfinished in the store.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..depend import BoundedDepend, DependRunner
+from ..errors import StoreError
+from ..scheduler import Node
+from ..store import StoredTask
+from ..wire import Refused, loads
+from .context import Context
+from .engines import Engines
+from .outbox import NewSubmit
+from .results import Results
+from .validation import BadRequest, check_int_list, check_task
+
+log = logging.getLogger("taskmill.controller")
+
+
+class Submits:
+    def __init__(self, ctx: Context, engines: Engines, results: Results,
+                 depends: DependRunner, slow_depends: set[int]) -> None:
+        self.ctx = ctx
+        self.engines = engines
+        self.results = results
+        self.depends = depends
+        self.slow_depends = slow_depends  # tasks whose depend callable was given up on
+
+    def submit(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+        ctx = self.ctx
+        key = h.get("key")
+        if isinstance(key, str):
+            known = ctx.store.submitted(key, resent=bool(h.get("resent")))
+            if known is not None:  # a client sent it again after a restart: same taskids
+                ctx.outbox.new_submits.append(NewSubmit(rt, req, known, None,
+                                                        bool(h.get("watch"))))
+                return
+        specs = h["tasks"]
+        if not isinstance(specs, list) or not specs:
+            raise BadRequest("tasks must be a non-empty list")
+        parsed = []
+        pos = 0
+        for spec in specs:  # check everything before storing anything
+            end, nodes = check_task(spec, frames, pos)
+            task_frames = list(frames[pos:end])
+            stored = {"nodes": nodes, "after": check_int_list(spec.get("after", []), "after")}
+            parsed.append((stored, self.nodes(stored, task_frames), task_frames))
+            pos = end
+        if pos != len(frames):
+            raise BadRequest(f"{len(frames)} payload frames, but the tasks describe {pos}")
+        now = ctx.now.wall
+        store, counters = ctx.store, ctx.counters
+        tids = []
+        for stored, nodes, task_frames in parsed:
+            tid = store.allocate()
+            for n in nodes:
+                if isinstance(n.depend, BoundedDepend):
+                    n.depend.tid = tid
+            store.add(StoredTask(tid, stored, task_frames, now))
+            counters.submitted += 1
+            self.to_scheduler(tid, stored, nodes, dispatch=False)
+            tids.append(tid)
+        ctx.sched.run_pass()  # one pass for the whole batch
+        if isinstance(key, str):
+            ctx.store.remember_submit(key, tids)
+        # Answered after the commit that stores these tasks (or refused if it fails).
+        ctx.outbox.new_submits.append(NewSubmit(rt, req, tids, key if isinstance(key, str)
+                                                else None, bool(h.get("watch"))))
+
+    def to_scheduler(self, tid: int, spec: dict[str, Any], nodes: list[Node],
+                     cleared_ok: bool = False, **counters: Any) -> None:
+        """`cleared_ok`: an `after` task with no result was cleared after it succeeded (a
+        reloaded task's), rather than unknown."""
+        ctx = self.ctx
+        active, broken = [], None
+        for dep in spec["after"]:
+            if ctx.sched.is_active(dep):
+                active.append(dep)
+            else:
+                r = ctx.store.result(dep)
+                if (r is None and not cleared_ok) or (r is not None and not r.ok):
+                    broken = dep
+                    break
+        ctx.sched.submit(tid, nodes, after=active, broken_after=broken, **counters)
+
+    def nodes(self, spec: dict[str, Any], frames: list[Any]) -> list[Node]:
+        """The scheduler's view of a stored task; a callable depend is unpickled here."""
+        nodes = []
+        for meta in spec["nodes"]:
+            depend = meta.get("depend")
+            if depend == "callable":
+                s, e = meta["dspan"]
+                try:
+                    self.ctx.wire.check_payload(frames[s:e], meta.get("dpmac"))
+                    depend = loads(frames[s:e])
+                except Refused as err:
+                    raise BadRequest(f"depend payload refused: {err}") from None
+                except Exception as err:
+                    raise BadRequest(
+                        f"the controller cannot unpickle this task's depend callable ({err!r}); "
+                        "use a dict depend or a function the controller can import") from None
+                if not callable(depend):
+                    raise BadRequest("depend must unpickle to a callable")
+                depend = self.depends.guard(depend, self.slow_depend)
+            nodes.append(Node(retries=meta.get("retries", 0), depend=depend,
+                              recovery=meta.get("recovery"), timeout=meta.get("timeout")))
+        return nodes
+
+    def slow_depend(self, guard: BoundedDepend) -> None:
+        """A depend callable overran its budget: it counts as False from now on."""
+        self.ctx.wire.refused["slow-depend"] += 1
+        if guard.tid is not None:
+            self.slow_depends.add(guard.tid)
+        log.warning("task %s: its depend callable took longer than %gs and is given up on (it "
+                    "counts as False for every engine; the controller went on meanwhile)",
+                    guard.tid, self.depends.budget)
+
+    def answer(self) -> None:
+        """The submits whose tasks are now stored get their taskids (and watches)."""
+        for ns in self.ctx.outbox.take_submits():
+            self.ctx.outbox.reply(ns.reply_to, ns.req, tids=ns.tids)
+            if ns.watch:
+                self.results.add_waiter(ns.reply_to, ns.req, "watch", ns.tids)
+
+    def take_back(self, e: StoreError) -> None:
+        """The commit failed and every row stays queued: take back the submits it carried
+        (answered with StoreError, their taskids never used); the rest waits."""
+        taken: set[int] = set()
+        for ns in self.ctx.outbox.take_submits():
+            self.withdraw([t for t in ns.tids if t not in taken], ns.key)
+            taken.update(ns.tids)
+            self.ctx.counters.store_refusals += 1
+            self.ctx.outbox.reply(ns.reply_to, ns.req, now=True, error_type="StoreError",
+                                  error=f"the submit was not accepted, none of its tasks will "
+                                        f"run: {e}")
+
+    def withdraw(self, tids: list[int], key: str | None) -> None:
+        """Take back tasks whose rows never committed: from the scheduler, the dispatches
+        waiting to be sent, the activity record and the store."""
+        ctx = self.ctx
+        gone = set(tids)
+        ctx.sched.withdraw(tids)
+        ctx.outbox.drop_tasks(gone)
+        for tid in gone:
+            ctx.started.pop(tid, None)
+            ctx.activity.withdrawn(tid)
+            self.results.waiters.pop(tid, None)
+        self.engines.withdrawn(gone)
+        ctx.store.withdraw(tids, key)
+        ctx.counters.submitted -= len(gone)
+
+    def reload(self) -> None:
+        """Queue again every task a previous controller left unfinished in the store.
+
+        A task that was running waits (`lost`) for the engine it ran on: that engine comes
+        back with it (see engines.adopt), or its attempt is lost after a grace period. A
+        queued task whose `after` tasks have been cleared meanwhile had them finish
+        successfully (a failure would have failed it in the same commit): they count as
+        done."""
+        ctx = self.ctx
+        n = 0
+        for task, c in ctx.store.unfinished():
+            try:
+                nodes = self.nodes(task.spec, task.frames)
+            except BadRequest as e:  # e.g. a depend callable this controller cannot load
+                log.error("task %d cannot be reloaded: %s", task.tid, e)
+                nodes = [Node(depend=lambda props: False)]
+            for node in nodes:
+                if isinstance(node.depend, BoundedDepend):
+                    node.depend.tid = task.tid
+            if c["state"] == "running":
+                ctx.sched.submit(
+                    task.tid, nodes, node=c["node"], attempts=c["attempts"], tries=c["tries"],
+                    handed_over=c["handed_over"], lost=True, dispatch=False)
+                self.engines.expect_lost(c.get("engine_uuid"), task.tid)
+            else:
+                self.to_scheduler(
+                    task.tid, task.spec, nodes, cleared_ok=True, node=c["node"],
+                    attempts=c["attempts"], tries=c["tries"], handed_over=c["handed_over"],
+                    dispatch=False)
+            n += 1
+        self.engines.arm_lost()
+        ctx.sched.run_pass()
+        if n:
+            log.info("reloaded %d unfinished task(s) from the store (%d were running: they wait "
+                     "up to %gs for their engines)", n,
+                     sum(map(len, self.engines.lost.values())), self.engines.lost_grace())
