@@ -76,14 +76,27 @@ from .scheduler import (
     RESULT,
     RUNNING,
     UNMET_TIMEOUT,
+    Abort,
+    AddEngine,
     ArmTimer,
     CancelTimer,
     Dispatch,
+    EngineGone,
     Finish,
     Interrupt,
+    LostExpired,
+    LostReturned,
     Node,
     Revoke,
+    RevokeAnswered,
+    RunPass,
     Scheduler,
+    Spin,
+    Submit,
+    TaskDone,
+    TimerFired,
+    Withdraw,
+    split_answer,
 )
 from .stats import RecentActivity
 from .store import MemoryStore, StoredResult, StoredTask, TaskStore
@@ -498,7 +511,7 @@ class Controller:
         """Take back tasks whose rows never committed: from the scheduler, the dispatches
         waiting to be sent, the activity record and the store."""
         gone = set(tids)
-        self._apply(self.sched.withdraw(tids))
+        self._apply(self.sched.handle(Withdraw(tids)))
         for eid, (entries, frames) in list(self._tasks_out.items()):
             if not any(e["tid"] in gone for e in entries):
                 continue
@@ -606,7 +619,7 @@ class Controller:
             elif key[0] == "lost":
                 self._lost_engine_gone(key[1])
             else:
-                self._apply(self.sched.timer_fired(key))
+                self._apply(self.sched.handle(TimerFired(key)))
 
     # -- engines ---------------------------------------------------------------------------
     def _on_engine(self, ident: bytes, header: dict[str, Any], frames: list[Any]) -> None:
@@ -643,7 +656,7 @@ class Controller:
                     self.stats.revokes_granted += 1
                     self._seq_of.pop((tid, attempt), None)
                     rec.sent.pop((tid, attempt), None)
-                self._apply(self.sched.revoke_answered(rec.eid, tid, attempt, bool(ok)))
+                self._apply(self.sched.handle(RevokeAnswered(rec.eid, tid, attempt, bool(ok))))
             else:
                 self.wire.refused["unknown-type"] += 1
         except (BadRequest, KeyError, TypeError, ValueError) as e:
@@ -726,14 +739,14 @@ class Controller:
         if lost:
             self._timer_live.pop(("lost", rec.uuid), None)
             for tid in lost:
-                t = self.sched.tasks.get(tid)
+                t = self.sched.task(tid)
                 if t is None:
                     continue
                 (adopt if (tid, t.attempts) in claims else given_back).append(tid)
-        self._apply(self.sched.add_engine(rec.eid, rec.properties, adopt=adopt))
+        self._apply(self.sched.handle(AddEngine(rec.eid, rec.properties, adopt=adopt)))
         now = time.time()
         for tid in adopt:
-            t = self.sched.tasks[tid]
+            t = self.sched.task(tid)
             rec.sent[(tid, t.attempts)] = 0
             claims.discard((tid, t.attempts))
             self.store.mark_running(tid, rec.eid, t.node, t.attempts, t.tries,
@@ -741,7 +754,7 @@ class Controller:
             self._started[tid] = now
             self.activity.dispatched(tid, rec.eid, t.attempts, now)
         for tid in given_back:
-            self._apply(self.sched.lost_returned(tid))
+            self._apply(self.sched.handle(LostReturned(tid)))
         if adopt or given_back:
             log.info("engine %d (back after a restart) still had task(s) %s; task(s) %s it "
                      "never started are queued again", rec.eid, adopt, given_back)
@@ -763,7 +776,7 @@ class Controller:
                         "come back within %gs: their attempts are lost", lost, self._lost_grace())
         for tid in lost:
             self._lost_expired.add(tid)
-            self._apply(self.sched.lost_expired(tid))
+            self._apply(self.sched.handle(LostExpired(tid)))
 
     def _lost_grace(self) -> float:
         return max(LOST_GRACE, 4 * self.dead_after)
@@ -797,10 +810,7 @@ class Controller:
         unacked = _pairs(h.get("unacked"))
         seen = h.get("mseq") if _is_int(h.get("mseq")) else 0
         missing = set(x for x in h.get("missing") or () if _is_int(x))
-        e = self.sched.engines.get(rec.eid)
-        expected: dict[tuple[int, int], None] = {}
-        if e is not None:
-            expected = {(tid, att): None for tid, att in e.running.items()}
+        expected: dict[tuple[int, int], None] = dict.fromkeys(self.sched.held(rec.eid))
         gone, in_flight = [], False
         for key in expected:
             if key in held or key in unacked:
@@ -818,7 +828,7 @@ class Controller:
             self.stats.tasks_lost_in_transit += 1
             log.warning("engine %d does not hold task %d (attempt %d) it was sent: the message "
                         "was lost; queued again", rec.eid, tid, attempt)
-            self._apply(self.sched.revoke_answered(rec.eid, tid, attempt, True))
+            self._apply(self.sched.handle(RevokeAnswered(rec.eid, tid, attempt, True)))
         now = time.monotonic()
         if in_flight and not held and seen < rec.mseq and now - rec.ticked_at > self.heartbeat:
             rec.mseq += 1
@@ -835,9 +845,10 @@ class Controller:
                 resend.append(list(key))  # in two reports and never arrived: lost
         rec.prev_unacked = {k for k in unacked if k in expected}
         current = h.get("current")
-        if isinstance(current, list) and len(current) == 2 and e is not None:
+        if isinstance(current, list) and len(current) == 2 and self.sched.has_engine(rec.eid):
             tid, attempt = current
-            if e.running.get(tid) == attempt and not self.sched.is_running_on(tid, rec.eid):
+            if (self.sched.holds(rec.eid, tid, attempt)
+                    and not self.sched.is_running_on(tid, rec.eid)):
                 self._send(self.engine_sock, rec.ctl_ident, {  # aborted, and still running
                     "type": "interrupt", "tid": tid, "attempt": attempt, "reason": ABORTED,
                     "session": self.session}, now=True)
@@ -862,14 +873,14 @@ class Controller:
         self.stats.engines_died += 1
         self._death_reasons[rec.eid] = why
         for tid in self.sched.engine_load(rec.eid):
-            t = self.sched.tasks.get(tid)
+            t = self.sched.task(tid)
             if t is not None:
                 self._seq_of.pop((tid, t.attempts), None)
         rec.sent.clear()
         rec.to_ack.clear()
         rec.ackable.clear()
         self.activity.engine_lost(rec.eid, time.time())
-        self._apply(self.sched.remove_engine(rec.eid))
+        self._apply(self.sched.handle(EngineGone(rec.eid)))
         for i in (rec.task_ident, rec.ctl_ident, rec.res_ident, rec.heart_ident):
             self._by_ident.pop(i, None)
         self._forget_dead_engines()
@@ -887,7 +898,6 @@ class Controller:
         entries = header["results"]
         if not isinstance(entries, list):
             raise BadRequest("results must be a list")
-        e = self.sched.engines.get(rec.eid)
         pos = 0
         try:
             for entry in entries:
@@ -900,14 +910,14 @@ class Controller:
                     raise BadRequest("a result needs int tid and attempt")
                 rec.to_ack.append([tid, attempt])  # acknowledged once stored
                 self._acking.add(rec.eid)
-                if e is not None and e.running.get(tid) == attempt:
+                if self.sched.holds(rec.eid, tid, attempt):
                     rec.sent.pop((tid, attempt), None)
                     self._on_result(rec, entry, frames[pos:pos + n])
                 # else: sent again (a resend that crossed the first), or for an attempt
                 # that is over: taken once only
                 pos += n
         finally:
-            self._apply(self.sched.run_pass())  # one pass for the whole batch
+            self._apply(self.sched.handle(RunPass()))  # one pass for the whole batch
 
     def _on_result(self, rec: EngineRecord, entry: dict[str, Any], frames: list[Any]) -> None:
         tid, attempt, status = entry["tid"], entry["attempt"], entry["status"]
@@ -927,8 +937,8 @@ class Controller:
         self.activity.attempt_ended(tid, rec.eid, attempt, status, time.time())
         self._report = (entry, frames)
         try:
-            self._apply(self.sched.task_done(rec.eid, tid, attempt, status, props, duration,
-                                             dispatch=False))
+            self._apply(self.sched.handle(TaskDone(rec.eid, tid, attempt, status, props, duration,
+                                                   dispatch=False)))
         finally:
             self._report = None
         rec.state = "busy" if self.sched.engine_busy(rec.eid) else "idle"
@@ -949,10 +959,9 @@ class Controller:
             self._finish(a)
         elif isinstance(a, Interrupt):
             rec = self.engines.get(a.eid)
-            e = self.sched.engines.get(a.eid)
-            if rec is not None and rec.state != "dead" and e is not None:
+            if rec is not None and rec.state != "dead" and self.sched.has_engine(a.eid):
                 self._send(self.engine_sock, rec.ctl_ident,
-                           {"type": "interrupt", "tid": a.tid, "attempt": e.running.get(a.tid),
+                           {"type": "interrupt", "tid": a.tid, "attempt": a.attempt,
                             "reason": a.reason, "session": self.session})
         elif isinstance(a, Revoke):
             rec = self.engines.get(a.eid)
@@ -963,7 +972,7 @@ class Controller:
                     "type": "revoke", "tid": a.tid, "attempt": a.attempt, "dseq": seq,
                     "session": self.session})
             else:  # nothing to ask back: as good as refused
-                self._apply(self.sched.revoke_answered(a.eid, a.tid, a.attempt, False))
+                self._apply(self.sched.handle(RevokeAnswered(a.eid, a.tid, a.attempt, False)))
         elif isinstance(a, ArmTimer):
             self._arm(a.key, a.delay)
         elif isinstance(a, CancelTimer):
@@ -974,8 +983,7 @@ class Controller:
         rec = self.engines[a.eid]
         node = task.spec["nodes"][a.node]
         start, end = node["span"]
-        t = self.sched.tasks[a.tid]
-        self.store.mark_running(a.tid, a.eid, a.node, a.attempt, t.tries, sorted(t.handed_over))
+        self.store.mark_running(a.tid, a.eid, a.node, a.attempt, a.tries, list(a.handed_over))
         now = self._started[a.tid] = time.time()
         self.activity.dispatched(a.tid, a.eid, a.attempt, now)
         rec.state = "busy"
@@ -1152,7 +1160,7 @@ class Controller:
             self.stats.submitted += 1
             self._submit_to_scheduler(tid, stored, nodes, dispatch=False)
             tids.append(tid)
-        self._apply(self.sched.run_pass())  # one pass for the whole batch
+        self._apply(self.sched.handle(RunPass()))  # one pass for the whole batch
         if isinstance(key, str):
             self.store.remember_submit(key, tids)
         # Answered after the commit that stores these tasks (or refused if it fails).
@@ -1172,7 +1180,8 @@ class Controller:
                 if (r is None and not cleared_ok) or (r is not None and not r.ok):
                     broken = dep
                     break
-        self._apply(self.sched.submit(tid, nodes, after=active, broken_after=broken, **counters))
+        self._apply(self.sched.handle(Submit(tid, nodes, after=active, broken_after=broken,
+                                             **counters)))
 
     def _reload(self) -> None:
         """Queue again every task a previous controller left unfinished in the store.
@@ -1192,9 +1201,9 @@ class Controller:
                 if isinstance(node.depend, BoundedDepend):
                     node.depend.tid = task.tid
             if c["state"] == "running":
-                self._apply(self.sched.submit(
+                self._apply(self.sched.handle(Submit(
                     task.tid, nodes, node=c["node"], attempts=c["attempts"], tries=c["tries"],
-                    handed_over=c["handed_over"], lost=True, dispatch=False))
+                    handed_over=c["handed_over"], lost=True, dispatch=False)))
                 self._lost.setdefault(c.get("engine_uuid"), []).append(task.tid)
             else:
                 self._submit_to_scheduler(
@@ -1204,7 +1213,7 @@ class Controller:
             n += 1
         for uuid in self._lost:
             self._arm(("lost", uuid), self._lost_grace())
-        self._apply(self.sched.run_pass())
+        self._apply(self.sched.handle(RunPass()))
         if n:
             log.info("reloaded %d unfinished task(s) from the store (%d were running: they wait "
                      "up to %gs for their engines)", n, sum(map(len, self._lost.values())),
@@ -1388,7 +1397,7 @@ class Controller:
         tid = h["tid"]
         if not isinstance(tid, int):
             raise BadRequest("tid must be an int")
-        found, actions = self.sched.abort(tid)
+        found, actions = split_answer(self.sched.handle(Abort(tid)))
         if found:
             self._apply(actions)
             self._reply(rt, req, status="aborted")
@@ -1398,7 +1407,7 @@ class Controller:
             self._reply(rt, req, status="unknown")
 
     def _c_spin(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
-        dispatched, actions = self.sched.spin()
+        dispatched, actions = split_answer(self.sched.handle(Spin()))
         self._apply(actions)
         self._reply(rt, req, now=True, dispatched=dispatched)
 
@@ -1481,7 +1490,7 @@ class Controller:
         if r is not None:
             meta = {k: v for k, v in r.meta.items() if k != "pmac"}
             return {**meta, "tid": tid, "state": "succeeded" if r.ok else "failed"}
-        t = self.sched.tasks.get(tid)
+        t = self.sched.task(tid)
         if t is None:
             return {"tid": tid, "state": "unknown"}
         task = self.store.task(tid)
@@ -1500,7 +1509,7 @@ class Controller:
             {"engineid": r.eid, "hostname": r.hostname, "pid": r.pid,
              "properties": r.properties, "state": r.state, "tasks_done": r.tasks_done,
              "failures": r.failures,
-             "capacity": self.sched.capacity(r.eid) if r.eid in self.sched.engines else 0}
+             "capacity": self.sched.capacity(r.eid) if self.sched.has_engine(r.eid) else 0}
             for r in self.engines.values()
         ]
 

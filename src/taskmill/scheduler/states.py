@@ -1,0 +1,108 @@
+"""Task states, the moves between them, and each task's story.
+
+A task's state changes only through `check_move` (called by `Book.move`), which consults
+`TRANSITIONS` and raises `SchedulerBug` for a move the table does not allow: that is a bug in
+the scheduler, never a bad input. Every move is also written to the task's story, a bounded
+list of (event, from, to, why) entries: the event that caused it, the two states and a few
+words on the rule that decided. A finished task's story is kept for a while (the newest
+`STORIES_KEPT`), so `Scheduler.story(tid)` can explain what happened to it.
+
+    NEW ──> WAITING ──> READY <──> PARKED
+     │         │          │ ^        │
+     │         │          v │        │
+     │         │        RUNNING <── LOST (reloaded after a restart; adopted, given back
+     │         │          │            or expired when its engine comes back or not)
+     v         v          v
+    FINISHED (a Finish was sent)   WITHDRAWN (forgotten: its submit was never stored)
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from enum import StrEnum
+from typing import NamedTuple
+
+STORY_LENGTH = 32  # entries kept per task (the newest)
+STORIES_KEPT = 1000  # finished tasks whose story is kept (the newest)
+
+
+class TaskState(StrEnum):
+    NEW = "new"  # not yet in the scheduler (the first entry of every story starts here)
+    WAITING = "waiting"  # for `after` tasks
+    READY = "ready"  # in the ready heap
+    PARKED = "parked"  # no free engine satisfies it right now
+    RUNNING = "running"  # an engine holds its current attempt (running or buffered)
+    LOST = "lost"  # was running when the controller restarted; its engine has not come back yet
+    FINISHED = "finished"  # over: a Finish was sent (it is no longer in the scheduler)
+    WITHDRAWN = "withdrawn"  # taken back as if never submitted (no Finish)
+
+
+NEW = TaskState.NEW
+WAITING = TaskState.WAITING
+READY = TaskState.READY
+PARKED = TaskState.PARKED
+RUNNING = TaskState.RUNNING
+LOST = TaskState.LOST
+FINISHED = TaskState.FINISHED
+WITHDRAWN = TaskState.WITHDRAWN
+
+# Every move a task may make; anything else is a bug.
+TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    NEW: frozenset({WAITING, READY, LOST, FINISHED}),
+    WAITING: frozenset({READY, FINISHED, WITHDRAWN}),
+    READY: frozenset({PARKED, RUNNING, FINISHED, WITHDRAWN}),
+    PARKED: frozenset({READY, FINISHED, WITHDRAWN}),
+    RUNNING: frozenset({READY, FINISHED, WITHDRAWN}),
+    LOST: frozenset({RUNNING, READY, FINISHED, WITHDRAWN}),
+    FINISHED: frozenset(),
+    WITHDRAWN: frozenset(),
+}
+
+
+class SchedulerBug(RuntimeError):
+    """The scheduler tried a move its transition table forbids: an internal error."""
+
+
+def check_move(tid: int, before: TaskState, after: TaskState) -> None:
+    """Raise SchedulerBug unless a task may move from `before` to `after`."""
+    if after not in TRANSITIONS[before]:
+        raise SchedulerBug(f"task {tid}: no move from {before} to {after}")
+
+
+class StoryEntry(NamedTuple):
+    """One move of a task: the event that caused it, from and to which state, and why."""
+
+    event: str
+    before: TaskState
+    after: TaskState
+    why: str
+
+
+# A story as stored: the newest STORY_LENGTH entries, as plain tuples of StoryEntry's fields.
+Story = deque
+
+
+def new_story() -> Story:
+    return deque(maxlen=STORY_LENGTH)
+
+
+class FinishedStories:
+    """The stories of the newest STORIES_KEPT tasks that left the scheduler."""
+
+    __slots__ = ("limit", "stories")
+
+    def __init__(self, limit: int = STORIES_KEPT) -> None:
+        self.limit = limit
+        self.stories: dict[int, Story] = {}
+
+    def keep(self, tid: int, story: Story) -> None:
+        stories = self.stories
+        stories[tid] = story
+        if len(stories) > self.limit:
+            del stories[next(iter(stories))]
+
+    def get(self, tid: int) -> Story | None:
+        return self.stories.get(tid)
+
+    def __len__(self) -> int:
+        return len(self.stories)
