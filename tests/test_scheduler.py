@@ -34,6 +34,7 @@ from taskmill.scheduler import (
     LostExpired,
     LostReturned,
     Node,
+    Resume,
     Revoke,
     RevokeAnswered,
     Scheduler,
@@ -918,9 +919,9 @@ def test_lost_tasks_wait_for_their_engine_and_are_adopted_given_back_or_failed()
     runs there as it was; given back (never started), it is queued without counting an
     attempt; if its engine never comes back, the attempt fails as an engine death."""
     s = make()
-    assert s.handle(Submit(0, [Node()], attempts=1, tries=1, lost=True)) == []
-    assert s.handle(Submit(1, [Node()], attempts=1, tries=1, lost=True)) == []
-    assert s.handle(Submit(2, [Node(retries=1)], attempts=1, tries=1, lost=True)) == []
+    assert s.handle(Submit(0, [Node()], resume=Resume(attempts=1, tries=1, lost=True))) == []
+    assert s.handle(Submit(1, [Node()], resume=Resume(attempts=1, tries=1, lost=True))) == []
+    assert s.handle(Submit(2, [Node(retries=1)], resume=Resume(attempts=1, tries=1, lost=True))) == []
     assert s.handle(Submit(3, [Node()])) == []
     assert s.counts() == (4, 0)
     # Engine 5 comes back still running task 0; task 3 fills its other slot.

@@ -87,6 +87,7 @@ from .scheduler import (
     LostExpired,
     LostReturned,
     Node,
+    Resume,
     Revoke,
     RevokeAnswered,
     RunPass,
@@ -1201,14 +1202,14 @@ class Controller:
                 if isinstance(node.depend, BoundedDepend):
                     node.depend.tid = task.tid
             if c["state"] == "running":
-                self._apply(self.sched.handle(Submit(
-                    task.tid, nodes, node=c["node"], attempts=c["attempts"], tries=c["tries"],
-                    handed_over=c["handed_over"], lost=True, dispatch=False)))
+                self._apply(self.sched.handle(Submit(task.tid, nodes, resume=Resume(
+                    c["node"], c["attempts"], c["tries"], c["handed_over"], lost=True),
+                    dispatch=False)))
                 self._lost.setdefault(c.get("engine_uuid"), []).append(task.tid)
             else:
                 self._submit_to_scheduler(
-                    task.tid, task.spec, nodes, cleared_ok=True, node=c["node"],
-                    attempts=c["attempts"], tries=c["tries"], handed_over=c["handed_over"],
+                    task.tid, task.spec, nodes, cleared_ok=True, resume=Resume(
+                        c["node"], c["attempts"], c["tries"], c["handed_over"]),
                     dispatch=False)
             n += 1
         for uuid in self._lost:

@@ -120,6 +120,7 @@ from .records import (
     LostExpired,
     LostReturned,
     Node,
+    Resume,
     Revoke,
     RevokeAnswered,
     RunPass,
@@ -156,7 +157,7 @@ __all__ = [
     "REJECT_SKIP_SECONDS", "RESULT", "RUNNING", "STORIES_KEPT", "STORY_LENGTH", "TRANSITIONS",
     "UNMET_TIMEOUT", "WAITING", "WITHDRAWN", "Abort", "Action", "AddEngine", "Answer",
     "ArmTimer", "CancelTimer", "Dispatch", "EngineGone", "Event", "Finish", "Interrupt",
-    "LostExpired", "LostReturned", "Node", "Revoke", "RevokeAnswered", "RunPass", "Scheduler",
+    "LostExpired", "LostReturned", "Node", "Resume", "Revoke", "RevokeAnswered", "RunPass", "Scheduler",
     "SchedulerBug", "SetProperties", "Spin", "StoryEntry", "Submit", "TaskDone", "TaskState",
     "TaskView", "TimerFired", "Withdraw", "check_move", "split_answer",
 ]

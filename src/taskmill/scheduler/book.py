@@ -27,13 +27,13 @@ from .states import (
     FINISHED,
     NEW,
     READY,
+    STORY_LENGTH,
     TRANSITIONS,
     WAITING,
     FinishedStories,
     SchedulerBug,
     Story,
     TaskState,
-    new_story,
 )
 
 # Adaptive prefetch: how much buffered work an engine may hold, and the moving average.
@@ -61,7 +61,7 @@ class TaskEntry:
     blocked_on: set[int] = field(default_factory=set)
     dep_cache: dict[int, tuple[int, bool]] = field(default_factory=dict)
     steal_tried: bool = False  # a revoke of the current attempt was sent
-    story: Story = field(default_factory=new_story)
+    story: Story = field(default_factory=list)  # see Book.move
 
 
 @dataclass(slots=True)
@@ -105,21 +105,29 @@ class Book:
         self.unmet: dict[int, int] = {}  # tid -> timer token
         self.token = 0
         self.out: list[Action] = []
-        self.event = ""  # the name of the event being handled (for the stories)
+        self.event: type = type(None)  # the kind of event being handled (for the stories)
         self.finished = FinishedStories()
 
     # -- states ----------------------------------------------------------------------------
-    def move(self, t: TaskEntry, to: TaskState, why: str) -> None:
-        """The one way a task changes state: checked against the table, written to its story."""
+    def move(self, t: TaskEntry, to: TaskState, why: str, args: tuple = ()) -> None:
+        """The one way a task changes state: checked against the table, written to its story.
+        `why` is a few words, or a %-template filled with `args` when the story is read (so a
+        hot path formats nothing)."""
         before = t.state
         if to not in TRANSITIONS[before]:
             raise SchedulerBug(f"task {t.tid}: no move from {before} to {to} ({why})")
         t.state = to
-        t.story.append((self.event, before, to, why))
+        story = t.story
+        story.append((self.event, before, to, why, args))
+        if len(story) > STORY_LENGTH:
+            del story[0]
 
     def note(self, t: TaskEntry, why: str) -> None:
         """Write to `t`'s story something decided about it that does not change its state."""
-        t.story.append((self.event, t.state, t.state, why))
+        story = t.story
+        story.append((self.event, t.state, t.state, why, ()))
+        if len(story) > STORY_LENGTH:
+            del story[0]
 
     def make_ready(self, t: TaskEntry, why: str) -> None:
         self.move(t, READY, why)
@@ -247,11 +255,14 @@ class Book:
     def forget(self, t: TaskEntry) -> None:
         """Take `t` out of the parked set, its unmet timer, its skips and its `after` links
         (it left the scheduler: finished or withdrawn)."""
-        self.parked.discard(t.tid)
-        token = self.unmet.pop(t.tid, None)
-        if token is not None:
-            self.out.append(CancelTimer(("unmet", t.tid, token)))
-        self.unskip_task(t)
+        if self.parked:
+            self.parked.discard(t.tid)
+        if self.unmet:
+            token = self.unmet.pop(t.tid, None)
+            if token is not None:
+                self.out.append(CancelTimer(("unmet", t.tid, token)))
+        if t.skip:
+            self.unskip_task(t)
         for dep in t.blocked_on:
             waiting = self.dependents.get(dep)
             if waiting is not None and t.tid in waiting:
@@ -260,22 +271,31 @@ class Book:
     def finish(self, t: TaskEntry, outcome: str, ok: bool, *, engineid: int | None = None,
                detail: Any = None, why: str = "") -> None:
         """Finish `t` and, transitively, its dependents (iteratively: chains may be long)."""
-        stack = [(t, outcome, ok, engineid, detail, why)]
-        while stack:
+        stack = None
+        while True:
+            if self.tasks.pop(t.tid, None) is not None:
+                self.forget(t)
+                self.move(t, FINISHED, why or outcome)
+                self.finished.keep(t.tid, t.story)
+                self.out.append(Finish(t.tid, outcome, ok, engineid, detail, t.attempts, t.node))
+                if self.dependents:
+                    stack = self.finish_dependents(t, ok, stack)
+            if not stack:
+                return
             t, outcome, ok, engineid, detail, why = stack.pop()
-            if self.tasks.pop(t.tid, None) is None:
+
+    def finish_dependents(self, t: TaskEntry, ok: bool, stack: list | None) -> list | None:
+        """`t` finished: its dependents go to `stack` (to finish with `dependency`) if it
+        failed; those it was the last to wait for are ready if it succeeded."""
+        for child_id in self.dependents.pop(t.tid, ()):
+            child = self.tasks.get(child_id)
+            if child is None:
                 continue
-            self.forget(t)
-            self.move(t, FINISHED, why or outcome)
-            self.finished.keep(t.tid, t.story)
-            self.out.append(Finish(t.tid, outcome, ok, engineid, detail, t.attempts, t.node))
-            for child_id in self.dependents.pop(t.tid, ()):
-                child = self.tasks.get(child_id)
-                if child is None:
-                    continue
-                child.blocked_on.discard(t.tid)
-                if not ok:
-                    stack.append((child, DEPENDENCY, False, None, t.tid,
-                                  f"task {t.tid} it waits for failed"))
-                elif not child.blocked_on and child.state is WAITING:
-                    self.make_ready(child, f"task {t.tid} it waited for succeeded")
+            child.blocked_on.discard(t.tid)
+            if not ok:
+                stack = stack or []
+                stack.append((child, DEPENDENCY, False, None, t.tid,
+                              f"task {t.tid} it waits for failed"))
+            elif not child.blocked_on and child.state is WAITING:
+                self.make_ready(child, f"task {t.tid} it waited for succeeded")
+        return stack

@@ -66,14 +66,13 @@ class Scheduler:
         self._book = Book(unmet_timeout=seconds("unmet_timeout", unmet_timeout, zero=True),
                           reject_skip=seconds("reject_skip", reject_skip, zero=True),
                           slots=slots, buffer_seconds=buffer_seconds, max_slots=max_slots)
-        self._handlers: dict[type, tuple[str, Callable[[Any], list[Action]]]] = {
-            kind: (kind.__name__, handler) for kind, handler in (
-                (Submit, self._submit), (AddEngine, self._add_engine),
-                (SetProperties, self._set_properties), (TaskDone, self._task_done),
-                (RunPass, self._run_pass), (EngineGone, self._engine_gone),
-                (RevokeAnswered, self._revoke_answered), (Withdraw, self._withdraw),
-                (LostReturned, self._lost_returned), (LostExpired, self._lost_expired),
-                (Abort, self._abort), (TimerFired, self._timer_fired), (Spin, self._spin))
+        self._handlers: dict[type, Callable[[Any], list[Action]]] = {
+            Submit: self._submit, AddEngine: self._add_engine,
+            SetProperties: self._set_properties, TaskDone: self._task_done,
+            RunPass: self._run_pass, EngineGone: self._engine_gone,
+            RevokeAnswered: self._revoke_answered, Withdraw: self._withdraw,
+            LostReturned: self._lost_returned, LostExpired: self._lost_expired,
+            Abort: self._abort, TimerFired: self._timer_fired, Spin: self._spin,
         }
 
     @property
@@ -82,11 +81,12 @@ class Scheduler:
 
     def handle(self, event: Event) -> list[Action]:
         """Take one event; return the actions the shell must carry out, in order."""
+        kind = type(event)
         try:
-            name, handler = self._handlers[type(event)]
+            handler = self._handlers[kind]
         except KeyError:
             raise TypeError(f"not a scheduler event: {event!r}") from None
-        self._book.event = name
+        self._book.event = kind
         return handler(event)
 
     # -- queries ---------------------------------------------------------------------------
@@ -124,7 +124,8 @@ class Scheduler:
         b = self._book
         t = b.tasks.get(tid)
         story = t.story if t is not None else b.finished.get(tid)
-        return [StoryEntry(*entry) for entry in story or ()]
+        return [StoryEntry(event.__name__, before, after, why % args if args else why)
+                for event, before, after, why, args in story or ()]
 
     def is_running_on(self, tid: int, eid: int) -> bool:
         """Whether task `tid`'s current attempt is held by engine `eid`."""
@@ -177,12 +178,15 @@ class Scheduler:
             raise ValueError(f"task {tid} is already active")
         if not ev.nodes:
             raise ValueError("a task needs at least one node")
-        t = TaskEntry(tid, list(ev.nodes), node=ev.node, attempts=ev.attempts, tries=ev.tries)
-        t.handed_over.update(ev.handed_over)
+        t = TaskEntry(tid, list(ev.nodes))
         b.tasks[tid] = t
-        if ev.lost:
-            b.move(t, LOST, "reloaded: it was running when the controller restarted")
-            return self._flush(ev.dispatch)
+        resume = ev.resume
+        if resume is not None:
+            t.node, t.attempts, t.tries = resume.node, resume.attempts, resume.tries
+            t.handed_over.update(resume.handed_over)
+            if resume.lost:
+                b.move(t, LOST, "reloaded: it was running when the controller restarted")
+                return self._flush(ev.dispatch)
         if ev.broken_after is not None:
             b.finish(t, DEPENDENCY, False, detail=ev.broken_after,
                      why=f"task {ev.broken_after} it waits for failed or is unknown")
@@ -262,7 +266,7 @@ class Scheduler:
         t.steal_tried = False
         status = ev.status
         if status == OK:
-            b.finish(t, RESULT, True, engineid=eid, why=f"ok on engine {eid}")
+            b.finish(t, RESULT, True, engineid=eid, why="ok")
         elif status == REJECTED:
             t.offered.add(eid)
             t.attempts -= 1  # no attempt counted; the retry it used stays used (t.tries)

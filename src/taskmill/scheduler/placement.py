@@ -68,7 +68,7 @@ def dispatch(b: Book, t: TaskEntry, eid: int) -> None:
     t.engine = eid
     t.tries += 1
     t.attempts += 1
-    b.move(t, RUNNING, f"dispatched to engine {eid} (attempt {t.attempts})")
+    b.move(t, RUNNING, "dispatched to engine %d (attempt %d)", (eid, t.attempts))
     e.running[t.tid] = t.attempts
     b.busy_slots += 1
     if len(e.running) == 1:
@@ -76,9 +76,10 @@ def dispatch(b: Book, t: TaskEntry, eid: int) -> None:
     del b.free[eid]
     if len(e.running) < e.cap:
         b.free[eid] = None  # still has room: goes to the back of the line
-    token = b.unmet.pop(t.tid, None)
-    if token is not None:
-        b.out.append(CancelTimer(("unmet", t.tid, token)))
+    if b.unmet:
+        token = b.unmet.pop(t.tid, None)
+        if token is not None:
+            b.out.append(CancelTimer(("unmet", t.tid, token)))
     b.out.append(Dispatch(t.tid, eid, t.node, t.attempts, t.tries,
                           tuple(sorted(t.handed_over)) if t.handed_over else ()))
 

@@ -19,9 +19,36 @@ Two counters travel with a task, and each name means one thing:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import KW_ONLY, dataclass, field
-from typing import Any
+from dataclasses import KW_ONLY, dataclass, field, fields
+from typing import Any, TypeVar, dataclass_transform
+
+R = TypeVar("R")
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(field,))
+def record(cls: type[R]) -> type[R]:
+    """`@dataclass(frozen=True, slots=True)`, built faster: a frozen dataclass's own
+    `__init__` stores each field through `object.__setattr__` (about 0.1 µs a field: 1.3 µs
+    for a Submit, several records per task), so this one stores them through the slots'
+    descriptors instead. Same signature and defaults, and the instances stay frozen."""
+    cls = dataclass(frozen=True, slots=True)(cls)
+    old = cls.__init__
+    params = list(inspect.signature(old).parameters.values())[1:]
+    args, kwonly = [], []
+    for p in params:
+        (kwonly if p.kind is p.KEYWORD_ONLY else args).append(p.name)
+    head = ", ".join(["self", *args, *(["*", *kwonly] if kwonly else [])])
+    body = "".join(f"    _set_{f.name}(self, {f.name})\n" for f in fields(cls)) or "    pass\n"
+    scope = {f"_set_{f.name}": cls.__dict__[f.name].__set__ for f in fields(cls)}
+    exec(f"def __init__({head}):\n{body}", scope)  # noqa: S102 - built from field names only
+    init = scope["__init__"]
+    init.__defaults__, init.__kwdefaults__ = old.__defaults__, old.__kwdefaults__
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__doc__ = old.__doc__
+    cls.__init__ = init
+    return cls
 
 # Outcomes of Finish.
 RESULT = "result"  # the engine's report of the last attempt is the task's result
@@ -47,10 +74,22 @@ class Node:
 
 
 # -- events -----------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@record
+class Resume:
+    """Where a task reloaded after a controller restart was: its node, its counters, the
+    nodes it handed over from; `lost`: it was running, and waits for its engine to come back
+    (see `AddEngine`)."""
+
+    node: int = 0
+    attempts: int = 0
+    tries: int = 0
+    handed_over: Iterable[int] = ()
+    lost: bool = False
+
+
+@record
 class Submit:
-    """A new task (or one reloaded after a restart, with its counters; `lost`: it was
-    running, and waits for its engine to come back, see `AddEngine`).
+    """A new task, or (`resume`) one reloaded after a restart.
 
     `after` holds the taskids this task still waits for, each active in this scheduler;
     `broken_after` names one that already failed or is unknown (the task fails at once).
@@ -62,15 +101,11 @@ class Submit:
     _: KW_ONLY
     after: Iterable[int] = ()
     broken_after: int | None = None
-    node: int = 0
-    attempts: int = 0
-    tries: int = 0
-    handed_over: Iterable[int] = ()
-    lost: bool = False
+    resume: Resume | None = None
     dispatch: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AddEngine:
     """A new engine; `slots` overrides the scheduler's prefetch for it. `adopt` names `lost`
     tasks it still runs (or has results of): they run there, as they were."""
@@ -81,13 +116,13 @@ class AddEngine:
     adopt: Iterable[int] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SetProperties:
     eid: int
     properties: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TaskDone:
     """An engine reports an attempt: `ok`, `error` or `rejected`, and how long it ran.
     (`dispatch=False`: see `Submit`.)"""
@@ -101,19 +136,19 @@ class TaskDone:
     dispatch: bool = True
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RunPass:
     """A scheduling pass (after events given with `dispatch=False`)."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class EngineGone:
     """An engine died or left: its current attempts fail with ENGINE_DIED."""
 
     eid: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RevokeAnswered:
     """Engine `eid` answers a Revoke: `ok` if it will never run that attempt."""
 
@@ -123,7 +158,7 @@ class RevokeAnswered:
     ok: bool
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Withdraw:
     """Forget tasks as if they had never been submitted (their submit could not be stored):
     no Finish; a slot one took is free again. A task that waits for one of them fails with
@@ -132,7 +167,7 @@ class Withdraw:
     tids: Collection[int]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LostReturned:
     """A `lost` task's engine came back without it (it never started, or waited there
     unstarted and was dropped): queued again, no attempt counted."""
@@ -140,7 +175,7 @@ class LostReturned:
     tid: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LostExpired:
     """A `lost` task's engine did not come back: its attempt failed as if the engine had
     died (retries apply)."""
@@ -148,21 +183,21 @@ class LostExpired:
     tid: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Abort:
     """Abort an active task. Answered (`Answer`) with whether it was active here."""
 
     tid: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TimerFired:
     """A timer armed by `ArmTimer` went off (one cancelled by `CancelTimer` never does)."""
 
     key: tuple
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Spin:
     """Run a pass. Answered (`Answer`) with whether it dispatched anything."""
 
@@ -172,7 +207,7 @@ Event = (Submit | AddEngine | SetProperties | TaskDone | RunPass | EngineGone | 
 
 
 # -- actions ----------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@record
 class Dispatch:
     """Send attempt `attempt` of node `node` of task `tid` to engine `eid`. `tries` and
     `handed_over` (the nodes the task has handed over from, sorted) are the task's counters
@@ -187,7 +222,7 @@ class Dispatch:
     handed_over: tuple[int, ...] = field(default=(), compare=False)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Finish:
     tid: int
     outcome: str
@@ -198,7 +233,7 @@ class Finish:
     node: int = 0  # the node of the recovery chain that ran last
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Interrupt:
     """Tell engine `eid` to stop attempt `attempt` of task `tid`."""
 
@@ -208,7 +243,7 @@ class Interrupt:
     attempt: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Revoke:
     """Ask engine `eid` to give back a buffered attempt (it answers with RevokeAnswered)."""
 
@@ -217,18 +252,18 @@ class Revoke:
     attempt: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ArmTimer:
     key: tuple
     delay: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CancelTimer:
     key: tuple
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Answer:
     """The yes/no of an event that asks a question (`Abort`, `Spin`); always the last action."""
 
@@ -246,7 +281,7 @@ def split_answer(actions: list[Action]) -> tuple[bool, list[Action]]:
 
 
 # -- query results ----------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@record
 class TaskView:
     """A snapshot of one active task (`Scheduler.task`): its state, the engine that holds its
     current attempt (if any), its node and its counters (see the module docstring)."""

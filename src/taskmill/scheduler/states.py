@@ -18,7 +18,6 @@ words on the rule that decided. A finished task's story is kept for a while (the
 
 from __future__ import annotations
 
-from collections import deque
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -78,28 +77,31 @@ class StoryEntry(NamedTuple):
     why: str
 
 
-# A story as stored: the newest STORY_LENGTH entries, as plain tuples of StoryEntry's fields.
-Story = deque
-
-
-def new_story() -> Story:
-    return deque(maxlen=STORY_LENGTH)
+# A story as stored: the newest STORY_LENGTH entries, oldest first, each a plain tuple
+# (event, before, after, why, args): `why % args` is the StoryEntry's why (see Book.move).
+Story = list
 
 
 class FinishedStories:
-    """The stories of the newest STORIES_KEPT tasks that left the scheduler."""
+    """The stories of the newest `limit` tasks that left the scheduler (a ring of taskids:
+    keeping one more forgets the oldest, in constant time)."""
 
-    __slots__ = ("limit", "stories")
+    __slots__ = ("limit", "stories", "ring", "pos")
 
     def __init__(self, limit: int = STORIES_KEPT) -> None:
         self.limit = limit
         self.stories: dict[int, Story] = {}
+        self.ring: list[int | None] = [None] * limit
+        self.pos = 0
 
     def keep(self, tid: int, story: Story) -> None:
-        stories = self.stories
-        stories[tid] = story
-        if len(stories) > self.limit:
-            del stories[next(iter(stories))]
+        pos = self.pos
+        old = self.ring[pos]
+        if old is not None:
+            del self.stories[old]
+        self.ring[pos] = tid
+        self.pos = pos + 1 if pos + 1 < self.limit else 0
+        self.stories[tid] = story
 
     def get(self, tid: int) -> Story | None:
         return self.stories.get(tid)
