@@ -4,6 +4,7 @@ that predicts every Finish and checks every other action and the queries.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,9 +17,12 @@ from taskmill.scheduler import (
     DEPENDENCY,
     ENGINE_DIED,
     ERROR,
+    FINISHED,
     OK,
     REJECTED,
     RESULT,
+    RUNNING,
+    STORY_LENGTH,
     UNMET_TIMEOUT,
     Abort,
     AddEngine,
@@ -235,6 +239,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             elif isinstance(a, Interrupt):
                 assert (a.eid, a.tid) in interrupts, f"unexpected {a}"
                 assert a.reason == ABORTED
+                assert a.attempt == self.tasks[a.tid].attempt, (a, self.tasks[a.tid])
                 interrupts.discard((a.eid, a.tid))
             elif isinstance(a, Revoke):
                 self.on_revoke(a)
@@ -288,6 +293,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert a.eid not in t.skip, f"{a} to an engine the task skips"
         t.attempts += 1
         assert a.attempt == t.attempts, (a, t.attempts)
+        assert a.tries == t.fails + 1, (a, t.fails)  # this dispatch uses one more retry
+        assert a.handed_over == tuple(sorted(t.handed_over)), (a, t.handed_over)
         e.held.append((a.tid, a.attempt))
         t.engine, t.attempt = a.eid, a.attempt
 
@@ -533,6 +540,22 @@ class SchedulerMachine(RuleBasedStateMachine):
         for tid, t in self.tasks.items():
             assert self.s.is_active(tid) == (t.finish is None), (tid, t.finish)
         assert len(self.s.active_ids()) == len(self.active())
+
+    @invariant()
+    def task_views_and_stories_match(self) -> None:
+        for t in self.active():
+            view = self.s.task(t.tid)
+            assert view is not None and (view.engine, view.node) == (t.engine, t.node), (view, t)
+            assert (view.state == RUNNING) == (t.engine is not None), (view, t)
+            assert view.handed_over == tuple(sorted(t.handed_over)), (view, t)
+            story = self.s.story(t.tid)
+            assert 0 < len(story) <= STORY_LENGTH
+            assert story[-1].after == view.state, (story[-1], view)
+            assert all(a.after == b.before for a, b in itertools.pairwise(story)), story
+        for t in self.tasks.values():
+            if t.finish is not None:
+                story = self.s.story(t.tid)
+                assert story and story[-1].after == FINISHED, (t, story)
 
     @invariant()
     def queue_views_match(self) -> None:

@@ -148,7 +148,6 @@ from .states import (
     SchedulerBug,
     StoryEntry,
     TaskState,
-    check_move,
 )
 
 __all__ = [
@@ -159,5 +158,5 @@ __all__ = [
     "ArmTimer", "CancelTimer", "Dispatch", "EngineGone", "Event", "Finish", "Interrupt",
     "LostExpired", "LostReturned", "Node", "Resume", "Revoke", "RevokeAnswered", "RunPass", "Scheduler",
     "SchedulerBug", "SetProperties", "Spin", "StoryEntry", "Submit", "TaskDone", "TaskState",
-    "TaskView", "TimerFired", "Withdraw", "check_move", "split_answer",
+    "TaskView", "TimerFired", "Withdraw", "split_answer",
 ]

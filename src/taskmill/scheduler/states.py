@@ -1,19 +1,17 @@
 """Task states, the moves between them, and each task's story.
 
-A task's state changes only through `check_move` (called by `Book.move`), which consults
+A task's state changes only through `Book.move` (book.py), which consults
 `TRANSITIONS` and raises `SchedulerBug` for a move the table does not allow: that is a bug in
 the scheduler, never a bad input. Every move is also written to the task's story, a bounded
 list of (event, from, to, why) entries: the event that caused it, the two states and a few
 words on the rule that decided. A finished task's story is kept for a while (the newest
 `STORIES_KEPT`), so `Scheduler.story(tid)` can explain what happened to it.
 
-    NEW ──> WAITING ──> READY <──> PARKED
-     │         │          │ ^        │
-     │         │          v │        │
-     │         │        RUNNING <── LOST (reloaded after a restart; adopted, given back
-     │         │          │            or expired when its engine comes back or not)
-     v         v          v
-    FINISHED (a Finish was sent)   WITHDRAWN (forgotten: its submit was never stored)
+    NEW      -> WAITING (for `after` tasks) | READY | LOST (reloaded while it ran) | FINISHED
+    WAITING  -> READY                 READY <-> PARKED (no free engine satisfies it)
+    READY    -> RUNNING -> READY      (a retry, a recovery node, a rejection, given back)
+    LOST     -> RUNNING (adopted) | READY (given back, or retried)
+    any      -> FINISHED (a Finish was sent); any but NEW -> WITHDRAWN (never stored)
 """
 
 from __future__ import annotations
@@ -60,12 +58,6 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
 
 class SchedulerBug(RuntimeError):
     """The scheduler tried a move its transition table forbids: an internal error."""
-
-
-def check_move(tid: int, before: TaskState, after: TaskState) -> None:
-    """Raise SchedulerBug unless a task may move from `before` to `after`."""
-    if after not in TRANSITIONS[before]:
-        raise SchedulerBug(f"task {tid}: no move from {before} to {after}")
 
 
 class StoryEntry(NamedTuple):
