@@ -75,7 +75,8 @@ def test_the_table_is_exactly_the_documented_moves():
 @pytest.mark.parametrize("before, after", list(itertools.product(TaskState, TaskState)))
 def test_move_allows_exactly_the_table(before: TaskState, after: TaskState):
     b = book()
-    t = TaskEntry(3, [Node()], state=before)
+    t = TaskEntry(3, [Node()])
+    t.state = before  # (set by hand: the test of the one function that moves it)
     if (before, after) in ALLOWED:
         b.move(t, after, "because")
         assert t.state is after

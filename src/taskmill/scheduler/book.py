@@ -43,9 +43,10 @@ DURATION_WEIGHT = 0.25  # of the newest duration in the moving average
 REJECT_SKIP_SECONDS = 1.0  # how long a task skips an engine that rejected it (the seed's pause)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class TaskEntry:
-    """One active task. `tries` and `attempts`: see `records` (each means one thing)."""
+    """One active task. `tries` and `attempts`: see `records` (each means one thing).
+    (Its `__init__` is written out: one per task, a third cheaper than the generated one.)"""
 
     tid: int
     nodes: list[Node]
@@ -62,6 +63,23 @@ class TaskEntry:
     dep_cache: dict[int, tuple[int, bool]] = field(default_factory=dict)
     steal_tried: bool = False  # a revoke of the current attempt was sent
     story: Story = field(default_factory=list)  # see Book.move
+
+    def __init__(self, tid: int, nodes: list[Node]) -> None:
+        self.tid = tid
+        self.nodes = nodes
+        self.node = 0
+        self.state = NEW
+        self.tries = 0
+        self.attempts = 0
+        self.engine = None
+        self.avoid = set()
+        self.offered = set()
+        self.skip = {}
+        self.handed_over = set()
+        self.blocked_on = set()
+        self.dep_cache = {}
+        self.steal_tried = False
+        self.story = []
 
 
 @dataclass(slots=True)
@@ -274,7 +292,8 @@ class Book:
         stack = None
         while True:
             if self.tasks.pop(t.tid, None) is not None:
-                self.forget(t)
+                if self.parked or self.unmet or t.skip or t.blocked_on:
+                    self.forget(t)
                 self.move(t, FINISHED, why or outcome)
                 self.finished.keep(t.tid, t.story)
                 self.out.append(Finish(t.tid, outcome, ok, engineid, detail, t.attempts, t.node))

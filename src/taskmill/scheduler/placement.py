@@ -71,7 +71,7 @@ def dispatch(b: Book, t: TaskEntry, eid: int) -> None:
     b.move(t, RUNNING, "dispatched to engine %d (attempt %d)", (eid, t.attempts))
     e.running[t.tid] = t.attempts
     b.busy_slots += 1
-    if len(e.running) == 1:
+    if len(e.running) == 1 and e.cap > 1:
         b.watch_head(e)
     del b.free[eid]
     if len(e.running) < e.cap:
