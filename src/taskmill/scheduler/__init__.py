@@ -15,7 +15,8 @@ Where things are:
   machine.py    Scheduler: one handler per event, and the read-only queries
 
 Events                                 Actions
-  Submit(tid, nodes, after=...)          Dispatch(tid, eid, node, attempt; tries, handed_over)
+  Submit(tid, nodes, after=...,          Dispatch(tid, eid, node, attempt; tries, handed_over)
+         resume=Resume(...))
   AddEngine(eid, properties, adopt=...)  Finish(tid, outcome, ok, engineid, detail, ...)
   SetProperties(eid, properties)         Interrupt(eid, tid, reason, attempt)
   TaskDone(eid, tid, attempt, status,    Revoke(eid, tid, attempt)

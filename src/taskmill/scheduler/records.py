@@ -24,6 +24,8 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import KW_ONLY, dataclass, field, fields
 from typing import Any, TypeVar, dataclass_transform
 
+from .states import TaskState
+
 R = TypeVar("R")
 
 
@@ -235,12 +237,12 @@ class Finish:
 
 @record
 class Interrupt:
-    """Tell engine `eid` to stop attempt `attempt` of task `tid`."""
+    """Tell engine `eid` to stop attempt `attempt` of task `tid` (the attempt it holds)."""
 
     eid: int
     tid: int
     reason: str
-    attempt: int
+    attempt: int | None
 
 
 @record
@@ -287,7 +289,7 @@ class TaskView:
     current attempt (if any), its node and its counters (see the module docstring)."""
 
     tid: int
-    state: str
+    state: TaskState
     engine: int | None
     node: int
     tries: int
