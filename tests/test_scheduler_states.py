@@ -32,6 +32,7 @@ from taskmill.scheduler import (
     RunPass,
     SchedulerBug,
     Spin,
+    StoryEntry,
     Submit,
     TaskDone,
     TaskState,
@@ -41,6 +42,7 @@ from taskmill.scheduler import (
     split_answer,
 )
 from taskmill.scheduler.book import Book, TaskEntry
+from taskmill.scheduler.states import read_story
 
 S = TaskState
 
@@ -80,11 +82,11 @@ def test_move_allows_exactly_the_table(before: TaskState, after: TaskState):
     if (before, after) in ALLOWED:
         b.move(t, after, "because")
         assert t.state is after
-        assert t.story == [(b.event, before, after, "because", ())]
+        assert read_story(t.story) == [StoryEntry(b.event, before, after, "because")]
     else:
         with pytest.raises(SchedulerBug, match=f"task 3: no move from {before} to {after}"):
             b.move(t, after, "because")
-        assert t.state is before and t.story == []  # nothing changed
+        assert t.state is before and t.story == ()  # nothing changed
 
 
 def test_every_state_is_reached_by_the_scheduler():

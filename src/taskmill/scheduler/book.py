@@ -24,6 +24,7 @@ from .records import (
     Node,
 )
 from .states import (
+    CODE,
     FINISHED,
     NEW,
     READY,
@@ -62,7 +63,7 @@ class TaskEntry:
     blocked_on: set[int] = field(default_factory=set)
     dep_cache: dict[int, tuple[int, bool]] = field(default_factory=dict)
     steal_tried: bool = False  # a revoke of the current attempt was sent
-    story: Story = field(default_factory=list)  # see Book.move
+    story: Story = ()  # see Book.move
 
     def __init__(self, tid: int, nodes: list[Node]) -> None:
         self.tid = tid
@@ -79,7 +80,7 @@ class TaskEntry:
         self.blocked_on = set()
         self.dep_cache = {}
         self.steal_tried = False
-        self.story = []
+        self.story = ()
 
 
 @dataclass(slots=True)
@@ -123,7 +124,7 @@ class Book:
         self.unmet: dict[int, int] = {}  # tid -> timer token
         self.token = 0
         self.out: list[Action] = []
-        self.event: type = type(None)  # the kind of event being handled (for the stories)
+        self.event = ""  # the name of the event being handled (for the stories)
         self.finished = FinishedStories()
 
     # -- states ----------------------------------------------------------------------------
@@ -136,16 +137,17 @@ class Book:
             raise SchedulerBug(f"task {t.tid}: no move from {before} to {to} ({why})")
         t.state = to
         story = t.story
-        story.append((self.event, before, to, why, args))
-        if len(story) > STORY_LENGTH:
-            del story[0]
+        if len(story) >= STORY_LENGTH:
+            story = story[1 - STORY_LENGTH:]
+        t.story = (*story, (self.event, CODE[before], CODE[to], why, args))
 
     def note(self, t: TaskEntry, why: str) -> None:
         """Write to `t`'s story something decided about it that does not change its state."""
         story = t.story
-        story.append((self.event, t.state, t.state, why, ()))
-        if len(story) > STORY_LENGTH:
-            del story[0]
+        if len(story) >= STORY_LENGTH:
+            story = story[1 - STORY_LENGTH:]
+        code = CODE[t.state]
+        t.story = (*story, (self.event, code, code, why, ()))
 
     def make_ready(self, t: TaskEntry, why: str) -> None:
         self.move(t, READY, why)

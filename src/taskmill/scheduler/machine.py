@@ -52,7 +52,7 @@ from .records import (
     TimerFired,
     Withdraw,
 )
-from .states import LOST, PARKED, RUNNING, WAITING, WITHDRAWN, StoryEntry
+from .states import LOST, PARKED, RUNNING, WAITING, WITHDRAWN, StoryEntry, read_story
 
 
 class Scheduler:
@@ -66,13 +66,14 @@ class Scheduler:
         self._book = Book(unmet_timeout=seconds("unmet_timeout", unmet_timeout, zero=True),
                           reject_skip=seconds("reject_skip", reject_skip, zero=True),
                           slots=slots, buffer_seconds=buffer_seconds, max_slots=max_slots)
-        self._handlers: dict[type, Callable[[Any], list[Action]]] = {
-            Submit: self._submit, AddEngine: self._add_engine,
-            SetProperties: self._set_properties, TaskDone: self._task_done,
-            RunPass: self._run_pass, EngineGone: self._engine_gone,
-            RevokeAnswered: self._revoke_answered, Withdraw: self._withdraw,
-            LostReturned: self._lost_returned, LostExpired: self._lost_expired,
-            Abort: self._abort, TimerFired: self._timer_fired, Spin: self._spin,
+        self._handlers: dict[type, tuple[str, Callable[[Any], list[Action]]]] = {
+            kind: (kind.__name__, handler) for kind, handler in (
+                (Submit, self._submit), (AddEngine, self._add_engine),
+                (SetProperties, self._set_properties), (TaskDone, self._task_done),
+                (RunPass, self._run_pass), (EngineGone, self._engine_gone),
+                (RevokeAnswered, self._revoke_answered), (Withdraw, self._withdraw),
+                (LostReturned, self._lost_returned), (LostExpired, self._lost_expired),
+                (Abort, self._abort), (TimerFired, self._timer_fired), (Spin, self._spin))
         }
 
     @property
@@ -81,12 +82,11 @@ class Scheduler:
 
     def handle(self, event: Event) -> list[Action]:
         """Take one event; return the actions the shell must carry out, in order."""
-        kind = type(event)
         try:
-            handler = self._handlers[kind]
+            name, handler = self._handlers[type(event)]
         except KeyError:
             raise TypeError(f"not a scheduler event: {event!r}") from None
-        self._book.event = kind
+        self._book.event = name
         return handler(event)
 
     # -- queries ---------------------------------------------------------------------------
@@ -124,8 +124,7 @@ class Scheduler:
         b = self._book
         t = b.tasks.get(tid)
         story = t.story if t is not None else b.finished.get(tid)
-        return [StoryEntry(event.__name__, before, after, why % args if args else why)
-                for event, before, after, why, args in story or ()]
+        return read_story(story or ())
 
     def is_running_on(self, tid: int, eid: int) -> bool:
         """Whether task `tid`'s current attempt is held by engine `eid`."""

@@ -69,9 +69,19 @@ class StoryEntry(NamedTuple):
     why: str
 
 
-# A story as stored: the newest STORY_LENGTH entries, oldest first, each a plain tuple
-# (event, before, after, why, args): `why % args` is the StoryEntry's why (see Book.move).
-Story = list
+# A story as stored: a tuple of the newest STORY_LENGTH entries, oldest first, each a tuple
+# (event name, before's CODE, after's CODE, why, args), `why % args` being the StoryEntry's why
+# (see Book.move). Only strings and ints, in tuples: the garbage collector stops tracking
+# them, so the stories kept cost its collections nothing.
+Story = tuple
+CODE: dict[TaskState, int] = {state: i for i, state in enumerate(TaskState)}
+STATES: tuple[TaskState, ...] = tuple(TaskState)
+
+
+def read_story(story: Story) -> list[StoryEntry]:
+    """A story as stored, as StoryEntry records (the reasons formatted)."""
+    return [StoryEntry(event, STATES[before], STATES[after], why % args if args else why)
+            for event, before, after, why, args in story]
 
 
 class FinishedStories:
