@@ -178,14 +178,16 @@ def test_a_story_keeps_the_newest_entries_only():
 def test_finished_tasks_keep_their_story_for_a_bounded_number_of_tasks():
     s = make(slots=1)
     s.handle(AddEngine(0, {}))
-    n = STORIES_KEPT + 10
-    for tid in range(n):
+    kept = []
+    for tid in range(5 * STORIES_KEPT):
         s.handle(Submit(tid, [Node()]))
         s.handle(TaskDone(0, tid, 1, OK))
-    assert [e.after for e in s.story(n - 1)] == [S.READY, S.RUNNING, S.FINISHED]
-    assert s.story(n - STORIES_KEPT)[-1].after is S.FINISHED  # the oldest still kept
-    for tid in range(n - STORIES_KEPT):
-        assert s.story(tid) == [], tid  # older ones are forgotten
+        kept.append(sum(1 for t in range(tid + 1) if s.story(t)) if tid % 97 == 0 else None)
+        for newest in range(max(0, tid - STORIES_KEPT + 1), tid + 1, 50):  # the newest: kept
+            assert s.story(newest)[-1].after is S.FINISHED, (tid, newest)
+    assert [e.after for e in s.story(tid)] == [S.READY, S.RUNNING, S.FINISHED]
+    assert max(k for k in kept if k is not None) < 2 * STORIES_KEPT  # bounded
+    assert s.story(0) == [] and s.story(2 * STORIES_KEPT) == []  # old ones are forgotten
 
 
 # ---------------------------------------------------------------------------------------------

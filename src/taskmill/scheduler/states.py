@@ -4,8 +4,9 @@ A task's state changes only through `Book.move` (book.py), which consults
 `TRANSITIONS` and raises `SchedulerBug` for a move the table does not allow: that is a bug in
 the scheduler, never a bad input. Every move is also written to the task's story, a bounded
 list of (event, from, to, why) entries: the event that caused it, the two states and a few
-words on the rule that decided. A finished task's story is kept for a while (the newest
-`STORIES_KEPT`), so `Scheduler.story(tid)` can explain what happened to it.
+words on the rule that decided. A finished task's story is kept for a while (for the newest
+`STORIES_KEPT` finished tasks at least, twice that at most), so `Scheduler.story(tid)` can
+explain what happened to it.
 
     NEW      -> WAITING (for `after` tasks) | READY | LOST (reloaded while it ran) | FINISHED
     WAITING  -> READY                 READY <-> PARKED (no free engine satisfies it)
@@ -85,25 +86,21 @@ def read_story(story: Story) -> list[StoryEntry]:
 
 
 class FinishedStories:
-    """The stories of the newest `limit` tasks that left the scheduler (a ring of taskids:
-    keeping one more forgets the oldest, in constant time)."""
+    """The stories of the tasks that left the scheduler: the newest `limit` of them at least,
+    `2 * limit` at most (when it holds that many, the older half is dropped at once, so
+    keeping one costs a dict insert)."""
 
-    __slots__ = ("limit", "stories", "ring", "pos")
+    __slots__ = ("limit", "stories")
 
     def __init__(self, limit: int = STORIES_KEPT) -> None:
         self.limit = limit
         self.stories: dict[int, Story] = {}
-        self.ring: list[int | None] = [None] * limit
-        self.pos = 0
 
     def keep(self, tid: int, story: Story) -> None:
-        pos = self.pos
-        old = self.ring[pos]
-        if old is not None:
-            del self.stories[old]
-        self.ring[pos] = tid
-        self.pos = pos + 1 if pos + 1 < self.limit else 0
-        self.stories[tid] = story
+        stories = self.stories
+        stories[tid] = story
+        if len(stories) >= 2 * self.limit:
+            self.stories = dict(list(stories.items())[-self.limit:])
 
     def get(self, tid: int) -> Story | None:
         return self.stories.get(tid)
