@@ -471,7 +471,7 @@ class Harness:
         self.decoded = 0
 
     def active_tids(self) -> list[int]:
-        return list(itertools.islice(self.ctl.sched.tasks, 8))
+        return list(itertools.islice(self.ctl.sched.active_ids(), 8))
 
     def feed(self, port: str, ident: bytes, frames: list[Any]) -> None:
         self.fed += 1

@@ -48,8 +48,7 @@ class EngineTasks:
         task = store.task(tid)
         node = task.spec["nodes"][a.node]
         start, end = node["span"]
-        _, _, tries, handed_over = ctx.sched.counters(tid)
-        store.mark_running(tid, a.eid, a.node, attempt, tries, handed_over)
+        store.mark_running(tid, a.eid, a.node, attempt, a.tries, list(a.handed_over))
         now = ctx.started[tid] = ctx.now.wall
         ctx.activity.dispatched(tid, a.eid, attempt, now)
         seq = self.engines.seq_of[(tid, attempt)] = next(self.engines.dispatch_seq)
@@ -60,10 +59,9 @@ class EngineTasks:
 
     def interrupt(self, a: Interrupt, report: Report | None = None) -> None:
         rec = self.engines.records.get(a.eid)
-        running = self.ctx.sched.held(a.eid)
-        if rec is not None and not rec.dead and running is not None:
+        if rec is not None and not rec.dead and self.ctx.sched.has_engine(a.eid):
             self.send(rec.ctl_ident, {"type": "interrupt", "tid": a.tid,
-                                      "attempt": running.get(a.tid), "reason": a.reason,
+                                      "attempt": a.attempt, "reason": a.reason,
                                       "session": self.ctx.session})
 
     def revoke(self, a: Revoke, report: Report | None = None) -> None:

@@ -15,7 +15,26 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..scheduler import RUNNING, Node, Scheduler  # (Node: the nodes `submit` takes)
+from ..scheduler import (
+    RUNNING,
+    Abort,
+    AddEngine,
+    EngineGone,
+    LostExpired,
+    LostReturned,
+    Node,  # (the nodes `submit` takes)
+    Resume,
+    RevokeAnswered,
+    RunPass,
+    Scheduler,
+    Spin,
+    StoryEntry,
+    Submit,
+    TaskDone,
+    TimerFired,
+    Withdraw,
+    split_answer,
+)
 
 # What an engine reported for an attempt: its result entry and the entry's frames.
 Report = tuple[dict[str, Any], list[Any]]
@@ -28,49 +47,52 @@ class SchedulerCalls:
         self.apply = apply
 
     # -- events: each one's actions are carried out before it returns ----------------------
-    def submit(self, tid: int, nodes: list[Node], **kw: Any) -> None:
-        self.apply(self.sched.submit(tid, nodes, **kw), None)
+    def submit(self, tid: int, nodes: list[Node], *, after: Iterable[int] = (),
+               broken_after: int | None = None, resume: Resume | None = None,
+               dispatch: bool = True) -> None:
+        self.apply(self.sched.handle(Submit(tid, nodes, after=after, broken_after=broken_after,
+                                            resume=resume, dispatch=dispatch)), None)
 
     def run_pass(self) -> None:
-        self.apply(self.sched.run_pass(), None)
+        self.apply(self.sched.handle(RunPass()), None)
 
     def add_engine(self, eid: int, properties: dict[str, Any], adopt: list[int]) -> None:
-        self.apply(self.sched.add_engine(eid, properties, adopt=adopt), None)
+        self.apply(self.sched.handle(AddEngine(eid, properties, adopt=adopt)), None)
 
     def task_done(self, eid: int, tid: int, attempt: int, status: str,
                   properties: dict[str, Any] | None, duration: float | None,
                   report: Report) -> None:
-        self.apply(self.sched.task_done(eid, tid, attempt, status, properties, duration,
-                                        dispatch=False), report)
+        self.apply(self.sched.handle(TaskDone(eid, tid, attempt, status, properties, duration,
+                                              dispatch=False)), report)
 
     def revoke_answered(self, eid: int, tid: int, attempt: int, ok: bool) -> None:
-        self.apply(self.sched.revoke_answered(eid, tid, attempt, ok), None)
+        self.apply(self.sched.handle(RevokeAnswered(eid, tid, attempt, ok)), None)
 
     def remove_engine(self, eid: int) -> None:
-        self.apply(self.sched.remove_engine(eid), None)
+        self.apply(self.sched.handle(EngineGone(eid)), None)
 
     def lost_returned(self, tid: int) -> None:
-        self.apply(self.sched.lost_returned(tid), None)
+        self.apply(self.sched.handle(LostReturned(tid)), None)
 
     def lost_expired(self, tid: int) -> None:
-        self.apply(self.sched.lost_expired(tid), None)
+        self.apply(self.sched.handle(LostExpired(tid)), None)
 
     def withdraw(self, tids: Iterable[int]) -> None:
-        self.apply(self.sched.withdraw(tids), None)
+        self.apply(self.sched.handle(Withdraw(tids)), None)
 
     def timer_fired(self, key: tuple) -> None:
-        self.apply(self.sched.timer_fired(key), None)
+        self.apply(self.sched.handle(TimerFired(key)), None)
 
     def abort(self, tid: int) -> bool:
         """Whether the task was active (queued or running): it is aborted."""
-        found, actions = self.sched.abort(tid)
+        found, actions = split_answer(self.sched.handle(Abort(tid)))
         if found:
             self.apply(actions, None)
         return found
 
     def spin(self) -> bool:
         """Whether the pass dispatched anything."""
-        dispatched, actions = self.sched.spin()
+        dispatched, actions = split_answer(self.sched.handle(Spin()))
         self.apply(actions, None)
         return dispatched
 
@@ -91,8 +113,13 @@ class SchedulerCalls:
     def held(self, eid: int) -> dict[int, int] | None:
         """tid -> attempt of what engine `eid` holds, in dispatch order (None: not an engine
         of the scheduler's)."""
-        e = self.sched.engines.get(eid)
-        return e.running if e is not None else None
+        return dict(self.sched.held(eid)) if self.sched.has_engine(eid) else None
+
+    def has_engine(self, eid: int) -> bool:
+        return self.sched.has_engine(eid)
+
+    def holds(self, eid: int, tid: int, attempt: int) -> bool:
+        return self.sched.holds(eid, tid, attempt)
 
     def is_running_on(self, tid: int, eid: int) -> bool:
         return self.sched.is_running_on(tid, eid)
@@ -105,21 +132,26 @@ class SchedulerCalls:
 
     def capacity(self, eid: int) -> int:
         """How many tasks engine `eid` may hold (0: not an engine of the scheduler's)."""
-        return self.sched.capacity(eid) if eid in self.sched.engines else 0
+        return self.sched.capacity(eid) if self.sched.has_engine(eid) else 0
 
     def attempts(self, tid: int) -> int | None:
         """The number of the task's current attempt (None: not an active task)."""
-        t = self.sched.tasks.get(tid)
-        return t.attempts if t is not None else None
+        view = self.sched.task(tid)
+        return view.attempts if view is not None else None
 
     def counters(self, tid: int) -> tuple[int, int, int, list[int]]:
         """(node, attempts, tries, handed_over) of an active task, as the store keeps them."""
-        t = self.sched.tasks[tid]
-        return t.node, t.attempts, t.tries, sorted(t.handed_over)
+        view = self.sched.task(tid)
+        assert view is not None, f"task {tid} is not active"
+        return view.node, view.attempts, view.tries, list(view.handed_over)
 
     def task_view(self, tid: int) -> tuple[bool, int | None, int, int] | None:
         """(running, engine, attempts, node) of an active task (None: not active)."""
-        t = self.sched.tasks.get(tid)
-        if t is None:
+        view = self.sched.task(tid)
+        if view is None:
             return None
-        return t.state == RUNNING, t.engine, t.attempts, t.node
+        return view.state == RUNNING, view.engine, view.attempts, view.node
+
+    def story(self, tid: int) -> list[StoryEntry]:
+        """Why the task is where it is (the scheduler's newest moves of it, oldest first)."""
+        return self.sched.story(tid)

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..depend import BoundedDepend, DependRunner
 from ..errors import StoreError
-from ..scheduler import Node
+from ..scheduler import Node, Resume
 from ..store import StoredTask
 from ..wire import Refused, loads
 from .context import Context
@@ -183,14 +183,14 @@ class Submits:
                 if isinstance(node.depend, BoundedDepend):
                     node.depend.tid = task.tid
             if c["state"] == "running":
-                ctx.sched.submit(
-                    task.tid, nodes, node=c["node"], attempts=c["attempts"], tries=c["tries"],
-                    handed_over=c["handed_over"], lost=True, dispatch=False)
+                ctx.sched.submit(task.tid, nodes, resume=Resume(
+                    c["node"], c["attempts"], c["tries"], c["handed_over"], lost=True),
+                    dispatch=False)
                 self.engines.expect_lost(c.get("engine_uuid"), task.tid)
             else:
                 self.to_scheduler(
-                    task.tid, task.spec, nodes, cleared_ok=True, node=c["node"],
-                    attempts=c["attempts"], tries=c["tries"], handed_over=c["handed_over"],
+                    task.tid, task.spec, nodes, cleared_ok=True, resume=Resume(
+                        c["node"], c["attempts"], c["tries"], c["handed_over"]),
                     dispatch=False)
             n += 1
         self.engines.arm_lost()
