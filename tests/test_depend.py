@@ -36,7 +36,7 @@ def test_a_slow_depend_counts_as_false_and_is_given_up_on():
     slow = []
     guard = runner.guard(sleepy, slow.append)
     assert guard({"engineid": 0}) is False  # returned while the callable still sleeps
-    assert not release.is_set() and runner._overran and not runner._overran[0].done()
+    assert not release.is_set() and runner.overrunning == 1
     assert guard({"engineid": 1}) is False  # given up on: not called again
     assert slow == [guard] and guard.slow and len(calls) == 1 and runner.given_up == 1
     # Every worker held by an overrunning call: the next call gets a fresh worker.

@@ -342,6 +342,12 @@ class Cluster:
         return self._controller.pid if self._controller else None
 
     @property
+    def controller_returncode(self) -> int | None:
+        """The controller process's exit status once it has ended (None while it runs, or
+        before start)."""
+        return self._controller.poll() if self._controller else None
+
+    @property
     def engine_pids(self) -> dict[int, int]:
         """engineid -> pid of every live engine."""
         return {e["engineid"]: e["pid"] for e in self._own_client().engines()

@@ -35,6 +35,11 @@ class DependRunner:
         self._overran: list[Future] = []  # calls past their deadline in the current pool
         self.given_up = 0  # callables given up on so far
 
+    @property
+    def overrunning(self) -> int:
+        """Calls past their deadline that are still running (each holds a worker)."""
+        return sum(1 for f in self._overran if not f.done())
+
     def guard(self, fn: Callable[[Any], Any],
               on_slow: Callable[[BoundedDepend], None]) -> BoundedDepend:
         return BoundedDepend(fn, self, on_slow)

@@ -465,8 +465,8 @@ def test_out_of_range_taskids_get_clear_errors():
 
         attempt("a task with after=[2**63]", after_unknown, DependencyError)
         attempt("the next task", lambda: next_task_runs(tc))
-        if c._controller.poll() is not None:
-            problems.append(f"the controller exited with status {c._controller.returncode}")
+        if c.controller_returncode is not None:
+            problems.append(f"the controller exited with status {c.controller_returncode}")
         else:
             attempt("no internal errors", lambda: _no_internal_errors(tc))
         assert not problems, "\n".join(problems) + "\ncontroller log:\n" + c.log_tail("controller")
