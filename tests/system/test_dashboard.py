@@ -82,6 +82,20 @@ def test_statistics_name_each_engines_task_and_heartbeat(cluster, client, tmp_pa
     assert all(e["current_task"] != tid for e in stats["engines"])
 
 
+def test_task_info_tells_the_story_of_a_retried_task(cluster, client):
+    tid = client.run(MapTask(fail_loudly, ("story",), retries=1))
+    client.barrier(tid)
+    story = client.task_info(tid)["story"]
+    assert [(e["from"], e["to"]) for e in story] == [
+        ("new", "ready"), ("ready", "running"), ("running", "ready"), ("ready", "running"),
+        ("running", "finished")], story
+    assert "dispatched to engine" in story[1]["why"] and "attempt 1" in story[1]["why"]
+    assert "retried" in story[2]["why"] and "no retries left" in story[4]["why"]
+    base, token = split_link(cluster.dashboard_url)
+    status, _, body = get(f"{base}/api/task/{tid}", bearer(token))
+    assert status == 200 and json.loads(body)["story"] == story
+
+
 def test_task_info_of_unknown_and_bad_taskids(client):
     assert client.task_info(10**12) == {"tid": 10**12, "state": "unknown"}
     with pytest.raises(TypeError):

@@ -90,6 +90,8 @@ def test_the_dashboard_shows_a_live_cluster(browser, tmp_path):
         traceback = text_of("#task-detail pre.traceback")
         assert "ValueError: the dashboard shows this" in traceback
         assert text_of("#task-detail .detail-title span") == f"Task {failed}"
+        story = text_of("#task-detail table.story")  # the scheduler's moves of it
+        assert "new → ready" in story and "running → finished" in story, story
 
         # A running task: its engine's tile turns busy and names it.
         started, release = tmp_path / "started", tmp_path / "release"

@@ -178,7 +178,10 @@ class TaskClient:
 
     def task_info(self, taskid: int) -> dict[str, Any]:
         """One task's `state` (scheduled, pending, succeeded, failed or unknown) and metadata
-        (engine, times, attempts, output, error with its traceback), without unpickling."""
+        (engine, times, attempts, output, error with its traceback), without unpickling, and
+        its `story`: the scheduler's newest moves of it, oldest first, as {event, from, to,
+        why} (e.g. "dispatched to engine 0 (attempt 1)"; kept while the task is active and for
+        the most recently finished tasks)."""
         return self.backend.run(verbs.task_info(taskid))
 
     # -- futures -----------------------------------------------------------------------------

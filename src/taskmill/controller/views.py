@@ -50,12 +50,15 @@ class Views:
         ]
 
     def task_info(self, tid: int) -> dict[str, Any]:
-        """One task's state and metadata (times, engine, output, error), never its payload."""
+        """One task's state and metadata (times, engine, output, error), never its payload,
+        and its `story`: the scheduler's newest moves of it, oldest first, each
+        {event, from, to, why} (kept for active tasks and the most recently finished ones)."""
         ctx = self.ctx
         r = ctx.store.result(tid)
         if r is not None:
             meta = {k: v for k, v in r.meta.items() if k != "pmac"}
-            return {**meta, "tid": tid, "state": "succeeded" if r.ok else "failed"}
+            return {**meta, "tid": tid, "state": "succeeded" if r.ok else "failed",
+                    "story": self.story(tid)}
         view = ctx.sched.task_view(tid)
         if view is None:
             return {"tid": tid, "state": "unknown"}
@@ -65,7 +68,12 @@ class Views:
                 "engineid": engine, "attempts": attempts,
                 "submitted": task.submitted if task else None,
                 "started": ctx.started.get(tid) if running else None,
-                "kind": task.spec["nodes"][node]["exec"]["kind"] if task else None}
+                "kind": task.spec["nodes"][node]["exec"]["kind"] if task else None,
+                "story": self.story(tid)}
+
+    def story(self, tid: int) -> list[dict[str, str]]:
+        return [{"event": e.event, "from": str(e.before), "to": str(e.after), "why": e.why}
+                for e in self.ctx.sched.story(tid)]
 
     def statistics(self, now: Now) -> dict[str, Any]:
         """What the controller is doing: counters, queue, engines (with the task each one runs

@@ -498,6 +498,13 @@ function renderTask(t) {
   for (const name of ["stdout", "stderr"]) {
     if (t[name]) parts.push(el("div", { class: "detail-label", text: name }), el("pre", { text: t[name] }));
   }
+  if (t.story && t.story.length) {
+    // The scheduler's newest moves of this task, oldest first: why it is where it is.
+    const rows = t.story.map((s) => el("tr", {},
+      el("td", { text: s.event }), el("td", { text: `${s.from} → ${s.to}` }), el("td", { text: s.why })));
+    parts.push(el("div", { class: "detail-label", text: "story" }),
+      el("table", { class: "story" }, el("tbody", {}, ...rows)));
+  }
   $("task-detail").replaceChildren(...parts);
 }
 
