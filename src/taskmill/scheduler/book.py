@@ -24,7 +24,6 @@ from .records import (
     Node,
 )
 from .states import (
-    CODE,
     FINISHED,
     NEW,
     READY,
@@ -42,6 +41,7 @@ BUFFER_SECONDS = 0.002
 MAX_SLOTS = 64
 DURATION_WEIGHT = 0.25  # of the newest duration in the moving average
 REJECT_SKIP_SECONDS = 1.0  # how long a task skips an engine that rejected it (the seed's pause)
+NL = "\n"
 
 
 @dataclass(slots=True, init=False)
@@ -63,7 +63,8 @@ class TaskEntry:
     blocked_on: set[int] = field(default_factory=set)
     dep_cache: dict[int, tuple[int, bool]] = field(default_factory=dict)
     steal_tried: bool = False  # a revoke of the current attempt was sent
-    story: Story = ()  # see Book.move
+    story: Story = ""  # see Book.tell
+    story_len: int = 0  # entries in `story`
 
     def __init__(self, tid: int, nodes: list[Node]) -> None:
         self.tid = tid
@@ -80,7 +81,8 @@ class TaskEntry:
         self.blocked_on = set()
         self.dep_cache = {}
         self.steal_tried = False
-        self.story = ()
+        self.story = ""
+        self.story_len = 0
 
 
 @dataclass(slots=True)
@@ -128,26 +130,31 @@ class Book:
         self.finished = FinishedStories()
 
     # -- states ----------------------------------------------------------------------------
-    def move(self, t: TaskEntry, to: TaskState, why: str, args: tuple = ()) -> None:
-        """The one way a task changes state: checked against the table, written to its story.
-        `why` is a few words, or a %-template filled with `args` when the story is read (so a
-        hot path formats nothing)."""
+    def move(self, t: TaskEntry, to: TaskState, why: str) -> None:
+        """The one way a task changes state: checked against the table, written to its story."""
         before = t.state
         if to not in TRANSITIONS[before]:
             raise SchedulerBug(f"task {t.tid}: no move from {before} to {to} ({why})")
         t.state = to
-        story = t.story
-        if len(story) >= STORY_LENGTH:
-            story = story[1 - STORY_LENGTH:]
-        t.story = (*story, (self.event, CODE[before], CODE[to], why, args))
+        self.tell(t, before, to, why)
 
     def note(self, t: TaskEntry, why: str) -> None:
         """Write to `t`'s story something decided about it that does not change its state."""
-        story = t.story
-        if len(story) >= STORY_LENGTH:
-            story = story[1 - STORY_LENGTH:]
-        code = CODE[t.state]
-        t.story = (*story, (self.event, code, code, why, ()))
+        self.tell(t, t.state, t.state, why)
+
+    def tell(self, t: TaskEntry, before: TaskState, after: TaskState, why: str) -> None:
+        """Add an entry to `t`'s story (one line; see `states.Story`), the oldest going when
+        it has STORY_LENGTH."""
+        n = t.story_len
+        if n == 0:
+            t.story = f"{self.event}\t{before}\t{after}\t{why}"
+            t.story_len = 1
+        elif n < STORY_LENGTH:
+            t.story = f"{t.story}\n{self.event}\t{before}\t{after}\t{why}"
+            t.story_len = n + 1
+        else:
+            story = t.story
+            t.story = f"{story[story.index(NL) + 1:]}\n{self.event}\t{before}\t{after}\t{why}"
 
     def make_ready(self, t: TaskEntry, why: str) -> None:
         self.move(t, READY, why)
