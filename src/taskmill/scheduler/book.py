@@ -103,7 +103,8 @@ class Book:
 
     __slots__ = ("unmet_timeout", "reject_skip", "slots", "buffer_seconds", "slow_after",
                  "max_slots", "thieves", "tasks", "engines", "ready", "parked", "free", "fresh",
-                 "dependents", "busy_slots", "unmet", "token", "out", "event", "finished")
+                 "dependents", "busy_slots", "buffering", "unmet", "token", "out", "event",
+                 "finished")
 
     def __init__(self, *, unmet_timeout: float, reject_skip: float, slots: int | None,
                  buffer_seconds: float, max_slots: int) -> None:
@@ -123,6 +124,7 @@ class Book:
         self.fresh: set[int] = set()  # engines freed or changed since the last pass
         self.dependents: dict[int, list[int]] = {}
         self.busy_slots = 0
+        self.buffering: set[int] = set()  # engines holding more than one task (steal victims)
         self.unmet: dict[int, int] = {}  # tid -> timer token
         self.token = 0
         self.out: list[Action] = []
@@ -206,6 +208,8 @@ class Book:
         head = next(iter(e.running)) == tid
         del e.running[tid]
         self.busy_slots -= 1
+        if len(e.running) < 2:
+            self.buffering.discard(e.eid)
         if head:
             self.watch_head(e)
         if e.eid not in self.free and len(e.running) < e.cap:

@@ -214,6 +214,8 @@ class Scheduler:
                 b.move(t, RUNNING, f"adopted: engine {eid} came back with it")
                 e.running[tid] = t.attempts
                 b.busy_slots += 1
+        if len(e.running) > 1:
+            b.buffering.add(eid)
         if len(e.running) < e.cap:
             b.free[eid] = None
         b.watch_head(e)
@@ -304,6 +306,7 @@ class Scheduler:
             # Buffered ones too: the engine may have started them since it last reported.
             b.attempt_failed(t, eid, ENGINE_DIED, f"engine {eid} died holding it")
         e.running.clear()
+        b.buffering.discard(eid)
         for t in list(b.tasks.values()):
             t.dep_cache.pop(eid, None)
         return self._flush()

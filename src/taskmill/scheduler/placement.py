@@ -36,7 +36,7 @@ def run_pass(b: Book) -> None:
             b.parked.add(tid)
         else:
             dispatch(b, t, eid)
-    if b.free and b.busy_slots and any(not b.engines[eid].running for eid in b.free):
+    if b.free and b.buffering and any(not b.engines[eid].running for eid in b.free):
         steal(b)
     check_unmet(b)
 
@@ -71,6 +71,8 @@ def dispatch(b: Book, t: TaskEntry, eid: int) -> None:
     b.move(t, RUNNING, f"dispatched to engine {eid} (attempt {t.attempts})")
     e.running[t.tid] = t.attempts
     b.busy_slots += 1
+    if len(e.running) > 1:
+        b.buffering.add(eid)
     if len(e.running) == 1 and e.cap > 1:
         b.watch_head(e)
     del b.free[eid]
@@ -122,38 +124,46 @@ def park_depends(b: Book) -> None:
 
 
 def steal(b: Book) -> None:
-    """Each engine that holds nothing asks for one task buffered behind another's."""
-    victims = [e for e in b.engines.values() if len(e.running) > 1]
-    if not victims:
+    """Each engine that holds nothing asks for one task buffered behind another's.
+
+    The tasks that may be asked back (buffered, not an engine's first, not asked for before)
+    are listed once, the most loaded engine's first and each engine's newest first; each idle
+    engine takes the first of them it may run. So a pass costs the engines that buffer and the
+    idle ones, not their product: with a thousand engines, most of them idle, that matters."""
+    victims = [b.engines[eid] for eid in b.buffering]
+    victims.sort(key=lambda e: (-len(e.running), e.eid))
+    offers = [(victim, t) for victim in victims for t in stealable(b, victim)]
+    if not offers:
         return
-    victims.sort(key=lambda e: len(e.running), reverse=True)
     for eid in b.free:
         thief = b.engines[eid]
         if thief.running or eid in b.thieves:
             continue
-        for victim in victims:
-            t = stealable(b, victim, thief)
-            if t is not None:
-                t.steal_tried = True
-                b.thieves[eid] = (victim.eid, t.tid, t.attempts)
-                b.note(t, f"engine {eid} is idle: engine {victim.eid} is asked to give it "
-                          f"back (attempt {t.attempts})")
-                b.out.append(Revoke(victim.eid, t.tid, t.attempts))
-                break
+        for i, (victim, t) in enumerate(offers):
+            if eid in t.skip or not b.satisfies(t, thief):
+                continue
+            del offers[i]
+            t.steal_tried = True
+            b.thieves[eid] = (victim.eid, t.tid, t.attempts)
+            b.note(t, f"engine {eid} is idle: engine {victim.eid} is asked to give it "
+                      f"back (attempt {t.attempts})")
+            b.out.append(Revoke(victim.eid, t.tid, t.attempts))
+            break
+        if not offers:
+            return
 
 
-def stealable(b: Book, victim: EngineEntry, thief: EngineEntry) -> TaskEntry | None:
-    """The newest task buffered on `victim` (not its first) that `thief` may run."""
+def stealable(b: Book, victim: EngineEntry) -> list[TaskEntry]:
+    """The tasks buffered on `victim` (not its first) not asked back yet, newest first."""
+    out = []
     held = list(victim.running)
     for tid in reversed(held[1:]):
         t = b.tasks.get(tid)
         if (t is None or t.state is not RUNNING or t.engine != victim.eid or t.steal_tried
                 or victim.running[tid] != t.attempts):
             continue
-        if thief.eid in t.skip or not b.satisfies(t, thief):
-            continue
-        return t
-    return None
+        out.append(t)
+    return out
 
 
 def check_unmet(b: Book) -> None:
