@@ -25,6 +25,7 @@ from .records import (
 )
 from .states import (
     FINISHED,
+    NAMES,
     NEW,
     READY,
     STORY_LENGTH,
@@ -148,15 +149,17 @@ class Book:
         """Add an entry to `t`'s story (one line; see `states.Story`), the oldest going when
         it has STORY_LENGTH."""
         n = t.story_len
+        names = NAMES
         if n == 0:
-            t.story = f"{self.event}\t{before}\t{after}\t{why}"
+            t.story = f"{self.event}\t{names[before]}\t{names[after]}\t{why}"
             t.story_len = 1
         elif n < STORY_LENGTH:
-            t.story = f"{t.story}\n{self.event}\t{before}\t{after}\t{why}"
+            t.story = f"{t.story}\n{self.event}\t{names[before]}\t{names[after]}\t{why}"
             t.story_len = n + 1
         else:
             story = t.story
-            t.story = f"{story[story.index(NL) + 1:]}\n{self.event}\t{before}\t{after}\t{why}"
+            t.story = (f"{story[story.index(NL) + 1:]}\n"
+                       f"{self.event}\t{names[before]}\t{names[after]}\t{why}")
 
     def make_ready(self, t: TaskEntry, why: str) -> None:
         self.move(t, READY, why)
