@@ -2,12 +2,12 @@
 
 How a task travels (reading order below follows it):
 
-    client --submit--> [client ROUTER] --> store.add + scheduler.submit
+    client --submit--> [client ROUTER] --> store.add + scheduler.handle(Submit)
                                               |
                                    Dispatch(tid, eid) action
                                               v
     engine <--task--- [engine ROUTER] <-- store.task(tid) body frames, sent as opaque bytes
-    engine ---result--> [engine ROUTER] --> scheduler.task_done --> Finish action
+    engine ---result--> [engine ROUTER] --> scheduler.handle(TaskDone) --> Finish action
                                               |
                                  store.finish + wake the waiters
                                               v

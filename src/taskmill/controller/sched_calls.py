@@ -1,6 +1,6 @@
 """Every call into the scheduler and every read of its state, in one place.
 
-The scheduler (scheduler.py) owns task and engine state: which tasks wait, run where, with
+The scheduler (the scheduler/ package) owns task and engine state: which tasks wait, run where, with
 which attempt and retries, and which engines hold what. The controller's parts never touch it
 directly: they say an event here (`submit`, `task_done`, `remove_engine`, ...) and the actions
 it returns are carried out at once by the core's `apply` (given at construction), or they ask
