@@ -33,7 +33,7 @@ from .codec import (
     too_big,
     unknown_entry,
 )
-from .connection import Connection
+from .connection import Connection, interrupts_deferred
 from .futures import TaskFuture
 from .steps import Abort, Adopt, Emit, Follow, NextDone, Request, WaitFor
 from .steps import abort as abort_request
@@ -94,7 +94,12 @@ class Backend:
         if not checked:
             self.check_sizes(encoded)
         futs = [TaskFuture(self) for _ in encoded]
-        self.submitter.add(encoded, futs)
+        try:
+            with interrupts_deferred():  # (sent or not at all; in flight only if sent)
+                self.submitter.add(encoded, futs)
+        except KeyboardInterrupt:  # Ctrl-C while they were sent: nobody else can abort them
+            self.abort_futures(futs)
+            raise
         return futs
 
     def failed_future(self, error: BaseException) -> TaskFuture:

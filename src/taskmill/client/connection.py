@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import itertools
 import logging
+import signal
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from typing import Any
 
 import zmq
@@ -57,6 +59,28 @@ def too_slow(what: str, timeout: float | None) -> TimeoutError:
     return TimeoutError(f"{what} did not finish within {timeout:g}s (timeout=); the tasks are "
                         "untouched")
 
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C waits until the block is over: it then raises KeyboardInterrupt as usual.
+
+    Used where an interruption would leave something half done that nobody can clean up: a
+    message half sent (the next one would be glued to it), a submit sent whose futures its
+    verb never got (so a map could not abort them). Only in the main thread with Python's own
+    SIGINT handler (anywhere else signals do not raise there, or someone else handles them)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    caught: list[Any] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if caught:
+            signal.default_int_handler(signal.SIGINT, caught[0])
 
 class Connection:
     """Two DEALER sockets to the controller and the I/O thread that reads replies.
@@ -304,7 +328,7 @@ class Connection:
         if self._closed.is_set():
             raise RuntimeError("this client is closed")
         fut: Future = Future()
-        with self.send_lock:
+        with interrupts_deferred(), self.send_lock:
             if self._unreachable:
                 raise self.unreachable_error()
             req = next(self._req)
