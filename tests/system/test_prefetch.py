@@ -35,20 +35,31 @@ def warm_up(tc, n=400):
 
 
 def test_tasks_buffered_behind_a_long_one_are_taken_by_the_idle_engine(tmp_path):
-    gate, log = str(tmp_path / "gate"), str(tmp_path / "runs.log")
+    log = str(tmp_path / "runs.log")
+    tags: list[str] = []
+    granted = 0
     with Cluster(2, heartbeat=0.5) as c, c.client() as tc:
-        warm_up(tc)
-        assert all(e["capacity"] > 1 for e in tc.engines())
-        long = tc.submit(wait_for_file, gate)
-        tiny = [tc.submit(log_and_return, log, f"tiny {i}") for i in range(12)]
-        # Some went to the long task's engine, behind it: the other engine asks for them back.
-        assert [f.result(timeout=60) for f in tiny] == [f"tiny {i}" for i in range(12)]
-        assert not long.done()
-        stats = tc.statistics()
-        assert stats["revokes_granted"] >= 1, stats
-        open(gate, "w").close()
-        assert long.result(timeout=60) > 0
-    assert sorted(read_lines(log)) == sorted(f"tiny {i}" for i in range(12))  # each ran once
+        # Under load an engine's warm-up may look slow (its capacity stays 1) or the tiny tasks
+        # may all land on the idle engine: then nothing is buffered behind the long task, so
+        # there is nothing to take back. Try again, a few rounds at most.
+        for round_ in range(5):
+            warm_up(tc)
+            if not all(e["capacity"] > 1 for e in tc.engines()):
+                continue
+            gate = str(tmp_path / f"gate{round_}")
+            long = tc.submit(wait_for_file, gate)
+            tiny = [tc.submit(log_and_return, log, f"tiny {round_}.{i}") for i in range(12)]
+            tags += [f"tiny {round_}.{i}" for i in range(12)]
+            # Some went to the long task's engine, behind it: the other engine asks for them.
+            assert [f.result(timeout=60) for f in tiny] == tags[-12:]
+            assert not long.done()
+            granted = tc.statistics()["revokes_granted"]
+            open(gate, "w").close()
+            assert long.result(timeout=60) > 0
+            if granted >= 1:
+                break
+        assert granted >= 1, tc.statistics()
+    assert sorted(read_lines(log)) == sorted(tags)  # each ran once
 
 
 def test_stealing_under_a_mixed_load_runs_every_task_exactly_once(tmp_path):
