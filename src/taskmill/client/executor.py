@@ -69,7 +69,10 @@ class TaskExecutor(Executor):
         `recovery_task` is refused then). Whatever ends the iteration early (an exception,
         the timeout, `close()`, `break` and dropping the iterator) aborts what is still out.
         """
+        if chunksize is None:
+            raise ValueError("chunksize must be an int >= 1, not None")
         check_positive(chunksize, "chunksize")
+        self._check_open()
         end = None if timeout is None else time.monotonic() + timeout
         args = list(zip(*iterables, strict=False))  # to the shortest, as Executor.map
         if chunksize == 1:
