@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 _WHERE = {
     "AsyncTaskClient": "aio", "AsyncTaskFuture": "aio",
     "BlockingTaskClient": "client", "TaskClient": "client", "TaskFuture": "client",
-    "TaskOptions": "client",
+    "TaskExecutor": "client", "TaskOptions": "client",
     "Cluster": "cluster",
     "current_engine": "engine",
     "CompositeError": "errors", "ConnectionFileError": "errors",
@@ -29,7 +29,7 @@ _WHERE = {
 
 if TYPE_CHECKING:
     from .aio import AsyncTaskClient, AsyncTaskFuture
-    from .client import BlockingTaskClient, TaskClient, TaskFuture, TaskOptions
+    from .client import BlockingTaskClient, TaskClient, TaskExecutor, TaskFuture, TaskOptions
     from .cluster import Cluster
     from .engine import current_engine
     from .errors import (
@@ -84,6 +84,7 @@ __all__ = [
     "TaskAborted",
     "TaskClient",
     "TaskError",
+    "TaskExecutor",
     "TaskFuture",
     "TaskOptions",
     "TaskRejectError",

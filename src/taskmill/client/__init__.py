@@ -12,6 +12,7 @@ How the package is laid out, from the bottom up (each module's docstring says mo
     backend.py     Backend: what both fronts share, and the blocking way to carry out a verb
     options.py     TaskOptions
     maps.py        the pieces of map, imap and run_all, none of which waits
+    executor.py    TaskExecutor: a concurrent.futures.Executor over TaskClient
     verbs.py       every verb, once: a generator of steps that never blocks
     seedmap.py     the seed's mapper and @parallel
     blocking.py    TaskClient: each verb in one line over `Backend.run`
@@ -40,6 +41,7 @@ from .backend import Backend
 from .blocking import BlockingTaskClient, TaskClient
 from .codec import refusal, split_results, taskid_list
 from .connection import RECONNECT_TIMEOUT, check_client_timeouts
+from .executor import TaskExecutor
 from .futures import TaskFuture
 from .options import NO_OPTIONS, TaskOptions
 
@@ -54,6 +56,7 @@ __all__ = [
     "Backend",
     "StringTask",
     "TaskClient",
+    "TaskExecutor",
     "TaskFuture",
     "TaskOptions",
     "TaskRejectError",

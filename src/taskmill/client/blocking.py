@@ -24,6 +24,7 @@ from ..wire import ship_local_modules
 from . import steps, verbs
 from .backend import Backend
 from .connection import RECONNECT_TIMEOUT, check_client_timeouts
+from .executor import TaskExecutor
 from .futures import TaskFuture
 from .options import NO_OPTIONS, TaskOptions
 from .seedmap import ParallelFunction, TaskMapper
@@ -205,6 +206,11 @@ class TaskClient:
         return TaskOptions(self, retries=retries, timeout=timeout, depend=depend, after=after,
                            recovery_task=recovery_task, clear_before=clear_before,
                            clear_after=clear_after)
+
+    def executor(self, **task_options: Any) -> TaskExecutor:
+        """A `concurrent.futures.Executor` over this client, these task options (those of
+        `options()`) on every task: `with tc.executor(retries=1) as ex: ex.map(f, xs)`."""
+        return TaskExecutor(self, **task_options)
 
     def future(self, taskid: int) -> TaskFuture:
         """A TaskFuture for a task submitted before (by any client); IndexError from

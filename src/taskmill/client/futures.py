@@ -1,9 +1,13 @@
 """`TaskFuture`: a `concurrent.futures.Future` for one task.
 
     Submitter (submitter.py) --set_taskid / set_submit_error--> TaskFuture: its taskid known
-    I/O thread (a `done` message) --set_outcome(meta, frames)--> TaskFuture done, nothing
-                                                                 unpickled yet
+    I/O thread (a `done` message) --set_outcome(meta, frames)--> TaskFuture done; a value is
+                                                                 not unpickled yet
     caller --result()--> owner.decode(meta, frames), once, in the caller's thread
+
+A failed task's exception is the exception: it is decoded on the I/O thread when the outcome
+arrives and set with `set_exception`, so `concurrent.futures.wait(..., FIRST_EXCEPTION)` sees
+it (a value that cannot be unpickled is found only by `result()`, and raised there).
 
 A future belongs to an *owner* (the client's `Backend`), which it asks three things: its
 `connection` (for the timeouts), `decode` (a result entry to a value or a raised error) and
@@ -134,7 +138,7 @@ class TaskFuture(Future):
             pass
 
     def set_outcome(self, meta: dict[str, Any] | None, frames: list[Any]) -> None:
-        """The task finished (called on the I/O thread; nothing is unpickled here)."""
+        """The task finished (called on the I/O thread; a value is not unpickled here)."""
         if meta:
             for key in METADATA_KEYS:
                 if key in meta:
@@ -143,8 +147,17 @@ class TaskFuture(Future):
             self._mark_cancelled()
             return
         self._raw = (meta, frames)
+        failed = None
+        if meta and (meta.get("unknown") or meta.get("status") != "ok"):
+            # A failure (small: an exception and its traceback) is unpickled now, so that the
+            # waiters of `wait(return_when=FIRST_EXCEPTION)` hear of it from set_exception.
+            ok, value = self._decoded()
+            failed = None if ok else value
         try:
-            self.set_result(None)
+            if failed is None:
+                self.set_result(None)
+            else:
+                self.set_exception(failed)
         except InvalidStateError:  # cancelled meanwhile
             self._raw = None
 
