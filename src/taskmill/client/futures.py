@@ -5,9 +5,11 @@
                                                                  not unpickled yet
     caller --result()--> owner.decode(meta, frames), once, in the caller's thread
 
-A failed task's exception is the exception: it is decoded on the I/O thread when the outcome
-arrives and set with `set_exception`, so `concurrent.futures.wait(..., FIRST_EXCEPTION)` sees
-it (a value that cannot be unpickled is found only by `result()`, and raised there).
+A failed task ends its future with an exception, so `concurrent.futures.wait(...,
+FIRST_EXCEPTION)` sees it; but the I/O thread never unpickles (an exception class may need an
+import that the main thread holds the lock of: a module that runs a map while it is imported).
+It sets `FailurePending`, and `result()`/`exception()` unpickle the task's own exception in the
+caller's thread, once (a value that cannot be unpickled is found there too).
 
 A future belongs to an *owner* (the client's `Backend`), which it asks three things: its
 `connection` (for the timeouts), `decode` (a result entry to a value or a raised error) and
@@ -24,7 +26,7 @@ from concurrent.futures._base import CANCELLED
 from typing import Any, Protocol
 
 from ..errors import ControllerUnreachable, TaskAborted
-from .codec import METADATA_KEYS
+from .codec import CONTROLLER_DECIDED, METADATA_KEYS
 from .connection import Connection
 
 
@@ -39,6 +41,22 @@ class FutureOwner(Protocol):
     def decode(self, meta: dict[str, Any] | None, frames: list[Any]) -> Any: ...
 
     def abort(self, taskid: int) -> None: ...
+
+
+class FailurePending(Exception):
+    """Stands, inside the Future, for a failed task's exception until `result()` or
+    `exception()` unpickles the real one in the caller's thread (never seen outside)."""
+
+
+def raises(meta: dict[str, Any] | None) -> bool:
+    """Whether this result entry decodes to a raised error (see codec.decode_result): an
+    unknown task, a failure the controller decided, or a failed MapTask (a failed StringTask
+    gives a TaskResult)."""
+    if not meta:
+        return False
+    status = meta.get("status")
+    return bool(meta.get("unknown") or status in CONTROLLER_DECIDED
+                or (status != "ok" and meta.get("kind") != "string"))
 
 
 class TaskFuture(Future):
@@ -147,17 +165,11 @@ class TaskFuture(Future):
             self._mark_cancelled()
             return
         self._raw = (meta, frames)
-        failed = None
-        if meta and (meta.get("unknown") or meta.get("status") != "ok"):
-            # A failure (small: an exception and its traceback) is unpickled now, so that the
-            # waiters of `wait(return_when=FIRST_EXCEPTION)` hear of it from set_exception.
-            ok, value = self._decoded()
-            failed = None if ok else value
         try:
-            if failed is None:
-                self.set_result(None)
+            if raises(meta):
+                self.set_exception(FailurePending(meta.get("tid") if meta else None))
             else:
-                self.set_exception(failed)
+                self.set_result(None)
         except InvalidStateError:  # cancelled meanwhile
             self._raw = None
 
@@ -187,7 +199,10 @@ class TaskFuture(Future):
 
     # -- the Future API ------------------------------------------------------------------------
     def result(self, timeout: float | None = None) -> Any:
-        super().result(timeout)  # waits; raises CancelledError, TimeoutError, a submit error
+        try:
+            super().result(timeout)  # waits; raises CancelledError, TimeoutError, a submit error
+        except FailurePending:
+            pass
         ok, value = self._decoded()
         if ok:
             return value
@@ -195,7 +210,7 @@ class TaskFuture(Future):
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         exc = super().exception(timeout)
-        if exc is not None:
+        if exc is not None and not isinstance(exc, FailurePending):
             return exc
         ok, value = self._decoded()
         return None if ok else value
