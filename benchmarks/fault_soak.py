@@ -61,6 +61,9 @@ HEARTBEAT = 0.5  # the controller's; an engine silent 1.5 s is declared dead
 CALL_TIMEOUT = 30.0  # the client's timeout for each request
 RECONNECT_TIMEOUT = 60.0  # ... and how long it rides out a controller that does not answer
 IN_FLIGHT = 200  # tasks submitted and not yet finished, at most
+# No task (0.3 s of work at most) may take longer than this to finish once it can: past it, it
+# is reported stuck, with the scheduler's story of it, instead of the soak waiting for ever.
+STUCK_AFTER = 60.0
 
 
 def soak_task(log: str, marker: str, seconds: float, fail: bool) -> str:
@@ -270,7 +273,8 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
             if len(outstanding) + len(futures) >= IN_FLIGHT:
                 oldest = outstanding.pop(0) if outstanding else None
                 if oldest is not None:
-                    calls(tc.barrier, [oldest])
+                    with contextlib.suppress(TimeoutError):  # (stuck: found by check())
+                        calls(tc.barrier, [oldest], timeout=STUCK_AFTER)
                 for f in [f for f in futures if f.done()]:
                     futures.pop(f)
                 if not outstanding and futures:
@@ -305,10 +309,12 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
             raise faults.error
         # Everything settles: every task the client was given finishes.
         tids = sorted(given)
-        calls(tc.barrier, tids)
+        with contextlib.suppress(TimeoutError):  # (stuck: found by check())
+            calls(tc.barrier, tids, timeout=STUCK_AFTER)
         report = check(tc, calls, given, refused, runs_log)
         for chunk in range(0, len(tids), 1000):
-            calls(tc.clear, tids[chunk:chunk + 1000])
+            with contextlib.suppress(KeyError):  # (a stuck task has no result: reported above)
+                calls(tc.clear, tids[chunk:chunk + 1000])
         rss_end = rss_kib(cluster.controller.pid)
         report.update(
             seconds=seconds, engines=engines, seed=seed, faults=dict(faults.done),
@@ -333,6 +339,11 @@ def check(tc, calls, given: dict, refused: list, runs_log: str) -> dict:
     problems: list[str] = []
     outcomes: Counter[str] = Counter()
     for tid, (marker, retries) in sorted(given.items()):
+        info = calls(tc.task_info, tid)
+        if info["state"] in ("scheduled", "pending"):  # the barrier gave up on it: stuck
+            problems.append(f"task {tid} ({marker}) never finished: {info}")
+            outcomes["stuck"] += 1
+            continue
         try:
             value = calls(tc.get_task_result, tid, block=True)
         except Exception as e:  # noqa: BLE001 - a task's failure is an outcome
@@ -366,6 +377,7 @@ def check(tc, calls, given: dict, refused: list, runs_log: str) -> dict:
         problems.append(f"given but not finished: {missing[:10]}")
     extra_runs = sum(max(0, runs[m] - 1) for m, _ in given.values())
     return {"tasks": len(given), "outcomes": dict(outcomes), "lost": len(missing),
+            "stuck": outcomes["stuck"],
             "finished_twice": len(twice), "wrong_results": sum("is not its own" in p
                                                                for p in problems),
             "over_runs": sum("ran" in p and "times" in p for p in problems),
