@@ -165,3 +165,17 @@ def test_no_joblib_is_a_clear_import_error(client, monkeypatch):
     monkeypatch.setitem(sys.modules, "joblib", None)  # import joblib -> ImportError
     with pytest.raises(ImportError, match="pip install joblib"):
         client.register_joblib_backend()
+
+
+def test_make_default_and_a_generator_of_results(client, monkeypatch):
+    import joblib.parallel
+
+    monkeypatch.setattr(joblib.parallel, "DEFAULT_BACKEND", joblib.parallel.DEFAULT_BACKEND)
+    client.register_joblib_backend(name="taskmill-default", make_default=True)
+    before = submitted(client)
+    gen = Parallel(n_jobs=-1, batch_size=1, return_as="generator")(
+        delayed(pid_and_square)(i) for i in range(6))
+    out = list(gen)
+    assert [sq for _, sq in out] == [i * i for i in range(6)]
+    assert os.getpid() not in {pid for pid, _ in out}
+    assert submitted(client) - before == 6
