@@ -16,6 +16,8 @@ import time
 import pytest
 from systest import alive_engines, fail_on_multiples_of_seven, wait_until
 
+from taskmill import SerializationError
+
 joblib = pytest.importorskip("joblib")
 from joblib import Parallel, delayed, parallel_config  # noqa: E402
 
@@ -179,3 +181,13 @@ def test_make_default_and_a_generator_of_results(client, monkeypatch):
     assert [sq for _, sq in out] == [i * i for i in range(6)]
     assert os.getpid() not in {pid for pid, _ in out}
     assert submitted(client) - before == 6
+
+
+def test_a_batch_that_cannot_be_sent_fails_the_call(taskmill_joblib):
+    # pre_dispatch="all" with n_jobs=2: the last batch waits in the backend and is sent from
+    # its callback thread when one finishes; its pickling error reaches joblib's caller
+    items = [1, 2, 3, threading.Lock()]
+    with parallel_config(backend="taskmill"):
+        with pytest.raises(SerializationError, match="cannot pickle '_thread.lock'"):
+            Parallel(n_jobs=2, batch_size=1, pre_dispatch="all")(
+                delayed(repr)(x) for x in items)

@@ -150,7 +150,12 @@ def backend_class() -> type:
         apply_async = submit  # (joblib before 1.5 calls it so)
 
         def _send(self, func: Callable[[], Any]) -> Future:  # under self._lock
-            fut = self.client.submit(func)
+            try:
+                fut = self.client.submit(func)
+            except Exception as e:  # noqa: BLE001 - unpicklable, closed client: joblib raises it
+                fut = Future()
+                fut.set_exception(e)
+                return fut
             self._out.add(fut)
             return fut
 
