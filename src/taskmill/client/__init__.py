@@ -17,6 +17,8 @@ How the package is laid out, from the bottom up (each module's docstring says mo
     seedmap.py     the seed's mapper and @parallel
     blocking.py    TaskClient: each verb in one line over `Backend.run`
     aio.py         AsyncTaskClient: each verb in one line over an awaiting driver
+    joblib_backend the joblib backend of `TaskClient.register_joblib_backend` (imports joblib
+                   only when called)
 
 A call's path: TaskClient.map -> verbs.map_elements yields steps -> Backend.run sends each
 Request over the Connection and waits for task futures -> the I/O thread resolves them ->

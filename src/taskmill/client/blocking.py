@@ -26,6 +26,7 @@ from .backend import Backend
 from .connection import RECONNECT_TIMEOUT, check_client_timeouts
 from .executor import TaskExecutor
 from .futures import TaskFuture
+from .joblib_backend import register as register_joblib
 from .options import NO_OPTIONS, TaskOptions
 from .seedmap import ParallelFunction, TaskMapper
 
@@ -184,6 +185,13 @@ class TaskClient:
         why} (e.g. "dispatched to engine 0 (attempt 1)"; kept while the task is active and for
         the most recently finished tasks)."""
         return self.backend.run(verbs.task_info(taskid))
+
+    def register_joblib_backend(self, name: str = "taskmill", make_default: bool = False) -> None:
+        """Register a joblib backend called `name` that runs joblib's batches on these engines:
+        then `with joblib.parallel_config(backend=name): Parallel(n_jobs=-1)(...)` (n_jobs=-1:
+        every live engine; n_jobs=k: at most k batches out at once). See
+        taskmill.client.joblib_backend; ImportError if joblib is not installed."""
+        register_joblib(self, name, make_default)
 
     # -- futures -----------------------------------------------------------------------------
     def submit(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> TaskFuture:
