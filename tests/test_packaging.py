@@ -18,9 +18,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# What `pip install taskmill` may bring: taskmill, its four dependencies, and what venv itself
+# What `pip install taskmill` may bring: taskmill, its five dependencies, and what venv itself
 # puts there. Anything else (numpy, an async framework, ...) is a heavy surprise for a user.
-ALLOWED = {"taskmill", "pyzmq", "cloudpickle", "msgpack", "tqdm", "pip", "setuptools"}
+# (msgspec, which depends on nothing, decodes the controller's typed protocol records.)
+ALLOWED = {"taskmill", "pyzmq", "cloudpickle", "msgpack", "msgspec", "tqdm", "pip",
+           "setuptools"}
 
 CHECK = r'''
 import importlib.metadata as md, json, sys, urllib.request

@@ -5,7 +5,9 @@ the time (`on_client`, `on_engine`, `on_pong`), the due timers (`fire_timers`) a
 each turn (`flush`), which commits the store and returns the messages to send, in order. What
 to store goes to the store as it is decided (rows wait in memory until `flush` commits them).
 
-Messages are found in explicit verb tables (`client_verbs`, `engine_verbs`). The parts:
+Messages are found in explicit verb tables (`client_verbs`, `engine_verbs`); each verb gets
+its header as a typed record (protocol.py: `client_record`, `engine_record`), so a header
+whose fields do not fit is refused before any verb runs. The parts:
 - engines.py: the registry, registration, heartbeats, deaths;
 - engine_tasks.py: tasks sent to engines and their results;
 - submits.py and validation.py: new tasks, checked, stored, taken back, reloaded;
@@ -36,6 +38,18 @@ from typing import Any
 from .. import __version__
 from ..depend import DependRunner
 from ..errors import StoreError
+from ..protocol import (
+    Abort,
+    Activity,
+    Clear,
+    EngineExited,
+    ResultQuery,
+    Status,
+    TaskQuery,
+    Tids,
+    client_record,
+    engine_record,
+)
 from ..scheduler import ArmTimer, CancelTimer, Dispatch, Finish, Interrupt, Revoke, Scheduler
 from ..stats import RecentActivity
 from ..store import TaskStore
@@ -48,7 +62,7 @@ from .results import FailureContext, Results
 from .sched_calls import Report, SchedulerCalls
 from .submits import Submits
 from .timers import Timers
-from .validation import BadRequest, check_int_list
+from .validation import BadRequest
 from .views import Views
 
 log = logging.getLogger("taskmill.controller")
@@ -58,7 +72,7 @@ log = logging.getLogger("taskmill.controller")
 SESSIONLESS = frozenset({"hello", "ping"})
 IDLE_POLL = 1.0  # seconds the loop waits at most when nothing is due
 
-ClientVerb = Callable[[bytes, Any, dict[str, Any], list[Any]], None]
+ClientVerb = Callable[[bytes, Any, Any, list[Any]], None]  # (reply_to, req, record, frames)
 
 
 class ControllerCore:
@@ -157,7 +171,7 @@ class ControllerCore:
                                "the controller restarted, or replayed); it did nothing")
             return
         try:
-            handler(reply_to, req, header, frames)
+            handler(reply_to, req, client_record(kind, header), frames)
         except StoreError as e:
             outbox.reply(reply_to, req, now=True, error_type="StoreError", error=str(e))
         except (BadRequest, KeyError, TypeError, ValueError, IndexError) as e:
@@ -188,7 +202,7 @@ class ControllerCore:
             if kind == "hello":  # (no side effect: anyone connected may learn the session)
                 engines.send(ident, {"type": "welcome", "session": ctx.session}, now=True)
             elif kind == "register":
-                engines.register(ident, header)
+                engines.register(ident, engine_record(kind, header), header.get("session"))
             elif rec is None or header.get("session") != ctx.session:
                 # An engine this controller does not know (it restarted, or declared it dead),
                 # or a message of another controller session.
@@ -198,7 +212,7 @@ class ControllerCore:
                 elif kind == "results":
                     engines.late_results(ident, header)
             elif (verb := self.engine_verbs.get(kind)) is not None:
-                verb(rec, ident, header, frames)
+                verb(rec, ident, engine_record(kind, header), frames)
             else:
                 ctx.wire.refused["unknown-type"] += 1
         except (BadRequest, KeyError, TypeError, ValueError) as e:
@@ -310,83 +324,67 @@ class ControllerCore:
                 log.exception("carrying out %r failed", a)
 
     # -- client verbs ----------------------------------------------------------------------
-    def hello(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+    def hello(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
         self.ctx.outbox.reply(rt, req, now=True, version=__version__,
                               engines=self.engines.alive(),
                               max_message=self.ctx.wire.max_message)
 
-    def ping(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+    def ping(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
         self.ctx.outbox.reply(rt, req, now=True)
 
-    def result(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
-        tids = check_int_list(h["tids"], "tids")
-        if h.get("block"):
-            self.results.add_waiter(rt, req, "result", tids)
+    def result(self, rt: bytes, req: Any, m: ResultQuery, frames: list[Any]) -> None:
+        if m.block:
+            self.results.add_waiter(rt, req, "result", m.tids)
         else:
-            self.results.reply_results(rt, req, tids)
+            self.results.reply_results(rt, req, m.tids)
 
-    def watch(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
-        self.results.add_waiter(rt, req, "watch", check_int_list(h["tids"], "tids"))
+    def watch(self, rt: bytes, req: Any, m: Tids, frames: list[Any]) -> None:
+        self.results.add_waiter(rt, req, "watch", m.tids)
 
-    def wait(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
-        self.results.add_waiter(rt, req, "wait", check_int_list(h["tids"], "tids"))
+    def wait(self, rt: bytes, req: Any, m: Tids, frames: list[Any]) -> None:
+        self.results.add_waiter(rt, req, "wait", m.tids)
 
-    def abort(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
-        tid = h["tid"]
-        if not isinstance(tid, int):
-            raise BadRequest("tid must be an int")
-        if self.ctx.sched.abort(tid):
+    def abort(self, rt: bytes, req: Any, m: Abort, frames: list[Any]) -> None:
+        if self.ctx.sched.abort(m.tid):
             self.ctx.outbox.reply(rt, req, status="aborted")
-        elif self.ctx.store.result(tid) is not None:
+        elif self.ctx.store.result(m.tid) is not None:
             self.ctx.outbox.reply(rt, req, status="finished")
         else:
             self.ctx.outbox.reply(rt, req, status="unknown")
 
-    def spin(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+    def spin(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
         dispatched = self.ctx.sched.spin()
         self.ctx.outbox.reply(rt, req, now=True, dispatched=dispatched)
 
-    def status(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+    def status(self, rt: bytes, req: Any, m: Status, frames: list[Any]) -> None:
         # (Read-only views are answered at once, even while the store cannot write.)
         self.ctx.outbox.reply(rt, req, now=True,
-                              status=self.views.queue_status(bool(h.get("verbose"))))
+                              status=self.views.queue_status(bool(m.verbose)))
 
-    def clear(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
-        tids = h.get("tids")
-        if tids is not None:
-            tids = check_int_list(tids, "tids")
-        dropped, missing = self.ctx.store.clear(tids)
+    def clear(self, rt: bytes, req: Any, m: Clear, frames: list[Any]) -> None:
+        dropped, missing = self.ctx.store.clear(m.tids)
         self.ctx.outbox.reply(rt, req, dropped=dropped, missing=missing)
 
-    def engine_exited(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+    def engine_exited(self, rt: bytes, req: Any, m: EngineExited, frames: list[Any]) -> None:
         """A local nanny saw an engine process exit: no need to wait for its heartbeat."""
-        pid, status = h["pid"], h["status"]
-        if not isinstance(pid, int) or not isinstance(status, int):
-            raise BadRequest("pid and status must be ints")
-        how = f"process exited with status {status}"
-        if status < 0:
+        how = f"process exited with status {m.status}"
+        if m.status < 0:
             try:
-                how += f" ({signal.Signals(-status).name})"
+                how += f" ({signal.Signals(-m.status).name})"
             except ValueError:
                 pass
-        self.engines.process_exited(pid, how)
+        self.engines.process_exited(m.pid, how)
         self.ctx.outbox.reply(rt, req)
 
-    def stats(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+    def stats(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
         self.ctx.outbox.reply(rt, req, now=True, stats=self.views.statistics(self.ctx.now))
 
-    def activity(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
-        since = h.get("since", 0)
-        if not isinstance(since, int) or isinstance(since, bool) or since < 0:
-            raise BadRequest("since must be an int >= 0")
+    def activity(self, rt: bytes, req: Any, m: Activity, frames: list[Any]) -> None:
         self.ctx.outbox.reply(rt, req, now=True,
-                              activity=self.ctx.activity.snapshot(self.ctx.now.wall, since))
+                              activity=self.ctx.activity.snapshot(self.ctx.now.wall, m.since))
 
-    def task(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
-        tid = h["tid"]
-        if not isinstance(tid, int) or isinstance(tid, bool):
-            raise BadRequest("tid must be an int")
-        self.ctx.outbox.reply(rt, req, now=True, task=self.views.task_info(tid))
+    def task(self, rt: bytes, req: Any, m: TaskQuery, frames: list[Any]) -> None:
+        self.ctx.outbox.reply(rt, req, now=True, task=self.views.task_info(m.tid))
 
-    def engines_verb(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+    def engines_verb(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
         self.ctx.outbox.reply(rt, req, now=True, engines=self.views.engine_table())

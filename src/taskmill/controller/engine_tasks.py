@@ -21,12 +21,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..protocol import Heartbeat, ResultEntry, Results, Revoked, result_frames
 from ..scheduler import ABORTED, Dispatch, Interrupt, Revoke
 from .context import Context
 from .engines import EngineRecord, Engines
 from .outbox import ENGINE, Outgoing
 from .sched_calls import Report
-from .validation import BadRequest, is_int, pairs
+from .validation import is_int, pairs
 
 log = logging.getLogger("taskmill.controller")
 
@@ -93,7 +94,7 @@ class EngineTasks:
                             part_frames))
         return out
 
-    def heartbeat(self, rec: EngineRecord, ident: bytes, h: dict[str, Any],
+    def heartbeat(self, rec: EngineRecord, ident: bytes, h: Heartbeat,
                   frames: list[Any]) -> None:
         """An engine's report of what it holds: reconcile it with what it was sent.
 
@@ -105,10 +106,10 @@ class EngineTasks:
         Results the engine still keeps are acknowledged once stored, or asked for again when
         they seem lost; an aborted task still running there is interrupted again."""
         ctx = self.ctx
-        held = pairs(h.get("held"))
-        unacked = pairs(h.get("unacked"))
-        seen = h.get("mseq") if is_int(h.get("mseq")) else 0
-        missing = set(x for x in h.get("missing") or () if is_int(x))
+        held = pairs(h.held)
+        unacked = pairs(h.unacked)
+        seen = h.mseq if is_int(h.mseq) else 0
+        missing = set(x for x in h.missing or () if is_int(x))
         running = ctx.sched.held(rec.eid)
         expected: dict[tuple[int, int], None] = {}
         if running is not None:
@@ -147,7 +148,7 @@ class EngineTasks:
             elif key in rec.prev_unacked:
                 resend.append(list(key))  # in two reports and never arrived: lost
         rec.prev_unacked = {k for k in unacked if k in expected}
-        current = h.get("current")
+        current = h.current
         if isinstance(current, list) and len(current) == 2 and running is not None:
             tid, attempt = current
             if running.get(tid) == attempt and not ctx.sched.is_running_on(tid, rec.eid):
@@ -155,37 +156,27 @@ class EngineTasks:
                     "type": "interrupt", "tid": tid, "attempt": attempt, "reason": ABORTED,
                     "session": ctx.session}, now=True)
         ack, rec.ackable = rec.ackable, []
-        self.send(ident, {"type": "hb", "session": ctx.session, "t": h.get("t"), "ack": ack,
+        self.send(ident, {"type": "hb", "session": ctx.session, "t": h.t, "ack": ack,
                           "resend": resend}, now=True)
 
-    def revoked(self, rec: EngineRecord, ident: bytes, header: dict[str, Any],
-                frames: list[Any]) -> None:
-        tid, attempt, ok = header["tid"], header["attempt"], header["ok"]
-        if not isinstance(tid, int) or not isinstance(attempt, int):
-            raise BadRequest("revoked needs int tid and attempt")
-        if ok:
+    def revoked(self, rec: EngineRecord, ident: bytes, m: Revoked, frames: list[Any]) -> None:
+        tid, attempt = m.tid, m.attempt
+        if m.ok:
             self.ctx.counters.revokes_granted += 1
             self.engines.seq_of.pop((tid, attempt), None)
             rec.sent.pop((tid, attempt), None)
-        self.ctx.sched.revoke_answered(rec.eid, tid, attempt, bool(ok))
+        self.ctx.sched.revoke_answered(rec.eid, tid, attempt, bool(m.ok))
 
-    def results(self, rec: EngineRecord, ident: bytes, header: dict[str, Any],
-                frames: list[Any]) -> None:
-        entries = header["results"]
-        if not isinstance(entries, list):
-            raise BadRequest("results must be a list")
+    def results(self, rec: EngineRecord, ident: bytes, m: Results, frames: list[Any]) -> None:
+        """A batch of results: checked whole (protocol.Results, frame count) before any is
+        taken."""
+        result_frames(m, len(frames))
         sched = self.ctx.sched
         running = sched.held(rec.eid)
         pos = 0
         try:
-            for entry in entries:
-                n = entry.get("n", 0) if isinstance(entry, dict) else -1
-                if not isinstance(n, int) or n < 0 or pos + n > len(frames):
-                    raise BadRequest(
-                        "a result describes more payload frames than the message has")
-                tid, attempt = entry.get("tid"), entry.get("attempt")
-                if not is_int(tid) or not is_int(attempt):
-                    raise BadRequest("a result needs int tid and attempt")
+            for entry in m.results:
+                tid, attempt, n = entry.tid, entry.attempt, entry.n
                 rec.to_ack.append([tid, attempt])  # acknowledged once stored
                 self.engines.acking.add(rec.eid)
                 if running is not None and running.get(tid) == attempt:
@@ -197,21 +188,17 @@ class EngineTasks:
         finally:
             sched.run_pass()  # one pass for the whole batch
 
-    def result(self, rec: EngineRecord, entry: dict[str, Any], frames: list[Any]) -> None:
-        tid, attempt, status = entry["tid"], entry["attempt"], entry["status"]
-        props = entry.get("properties")
+    def result(self, rec: EngineRecord, entry: ResultEntry, frames: list[Any]) -> None:
+        tid, attempt, status = entry.tid, entry.attempt, entry.status
+        props = entry.properties
         if props is not None:
-            if not isinstance(props, dict):
-                raise BadRequest("properties must be a map")
             props = {**props, "engineid": rec.eid, "hostname": rec.hostname, "pid": rec.pid}
             rec.properties = props
-        duration = entry.get("duration")
-        if not isinstance(duration, int | float):
-            duration = None
         rec.tasks_done += 1
         if status != "ok":
             rec.failures += 1
         self.engines.seq_of.pop((tid, attempt), None)
         self.ctx.activity.attempt_ended(tid, rec.eid, attempt, status, self.ctx.now.wall)
         # The entry is the report a RESULT Finish stores (see core.finish).
-        self.ctx.sched.task_done(rec.eid, tid, attempt, status, props, duration, (entry, frames))
+        self.ctx.sched.task_done(rec.eid, tid, attempt, status, props, entry.duration,
+                                 (entry, frames))

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..defaults import LOGGED_ONCE_MAX
+from ..protocol import Register
 from .context import Context
 from .outbox import ENGINE
-from .validation import check_register
 
 log = logging.getLogger("taskmill.controller")
 
@@ -121,11 +121,11 @@ class Engines:
             log.warning("dropped late results of tasks %s from an engine declared dead or of an "
                         "earlier controller (further ones are only counted for a minute)", tids)
 
-    def register(self, ident: bytes, header: dict[str, Any]) -> None:
+    def register(self, ident: bytes, msg: Register, session: Any) -> None:
+        """An engine's `register` (its record; `session`: the one its header names)."""
         ctx = self.ctx
-        check_register(header)
-        uuid = header["uuid"]
-        if header.get("session") != ctx.session:  # (stale: for a controller before this one)
+        uuid = msg.uuid
+        if session != ctx.session:  # (stale: for a controller before this one)
             self.send(ident, {"type": "welcome", "session": ctx.session}, now=True)
             return
         eid = self.by_uuid.get(uuid)
@@ -133,12 +133,12 @@ class Engines:
             rec = self.records[eid]  # a repeated register: answer it again
         else:
             eid = ctx.store.allocate_engine(uuid)
-            props = dict(header.get("properties") or {})
-            props.update(engineid=eid, hostname=header["hostname"], pid=header["pid"])
+            props = dict(msg.properties or {})
+            props.update(engineid=eid, hostname=msg.hostname, pid=msg.pid)
             rec = EngineRecord(
-                eid=eid, uuid=uuid, task_ident=ident, ctl_ident=header["ctl_ident"],
-                res_ident=header["res_ident"], heart_ident=header["heart_ident"],
-                hostname=header["hostname"], pid=header["pid"], properties=props,
+                eid=eid, uuid=uuid, task_ident=ident, ctl_ident=msg.ctl_ident,
+                res_ident=msg.res_ident, heart_ident=msg.heart_ident,
+                hostname=msg.hostname, pid=msg.pid, properties=props,
                 registered=ctx.now.wall, last_seen=ctx.now.mono,
             )
             self.records[eid] = rec
@@ -146,15 +146,15 @@ class Engines:
             for i in rec.idents():
                 self.by_ident[i] = eid
             log.info("engine %d registered: %s pid %d %s", eid, rec.hostname, rec.pid, props)
-            self.adopt(rec, header)
+            self.adopt(rec, msg)
         self.send(ident, {
             "type": "registered", "engineid": eid, "heartbeat": ctx.settings.heartbeat,
             "dead_after": ctx.settings.dead_after, "properties": rec.properties,
             "max_message": ctx.wire.max_message, "session": ctx.session,
-            "t": header.get("t"),
+            "t": msg.t,
         })
 
-    def adopt(self, rec: EngineRecord, header: dict[str, Any]) -> None:
+    def adopt(self, rec: EngineRecord, msg: Register) -> None:
         """Add a new engine to the scheduler. After a controller restart, the tasks that the
         store says were running on this engine process (by its uuid) and that it still runs or
         has results of are adopted (they run on as they were); the others it never started
@@ -162,10 +162,10 @@ class Engines:
         controller does not expect of it is dropped there (acknowledged, or interrupted)."""
         ctx = self.ctx
         claims: set[tuple[int, int]] = set()
-        running = header.get("running")
+        running = msg.running
         if isinstance(running, list) and len(running) == 2:
             claims.add((running[0], running[1]))
-        finished = header.get("finished")
+        finished = msg.finished
         for key in finished if isinstance(finished, list) else ():
             if isinstance(key, list) and len(key) == 2:
                 claims.add((key[0], key[1]))

@@ -100,14 +100,15 @@ class Results:
         if a.outcome == RESULT:
             assert report is not None, "a RESULT finish comes only from an engine report"
             entry, frames = report
-            # The engine's entry becomes the stored metadata (one dict less per task).
+            # The engine's entry (protocol.ResultEntry) becomes the stored metadata, whose
+            # shape is protocol.ResultMeta.
             meta: dict[str, Any] = {
                 "tid": a.tid, "engineid": a.engineid, "attempts": a.attempts,
                 "submitted": submitted, "completed": now, "started": started,
-                "status": "ok" if a.ok else "error", "kind": entry.get("kind", "map"),
-                "error": entry.get("error"), "duration": entry.get("duration", 0.0),
-                "stdout": entry.get("stdout", ""), "stderr": entry.get("stderr", ""),
-                "pmac": entry.get("pmac"),
+                "status": "ok" if a.ok else "error", "kind": entry.kind,
+                "error": entry.error,
+                "duration": 0.0 if entry.duration is None else entry.duration,
+                "stdout": entry.stdout, "stderr": entry.stderr, "pmac": entry.pmac,
             }
         else:
             node = task.spec["nodes"][a.node] if task else {}

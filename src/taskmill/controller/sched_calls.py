@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..protocol import ResultEntry
 from ..scheduler import (
     RUNNING,
     Abort,
@@ -37,7 +38,7 @@ from ..scheduler import (
 )
 
 # What an engine reported for an attempt: its result entry and the entry's frames.
-Report = tuple[dict[str, Any], list[Any]]
+Report = tuple[ResultEntry, list[Any]]
 Apply = Callable[[list[Any], "Report | None"], None]
 
 

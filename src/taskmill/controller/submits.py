@@ -1,6 +1,7 @@
 """Submits: new tasks in, taken back when their commit fails, and reloaded after a restart.
 
-A `submit` is checked whole before anything is stored (validation.check_task); each task then
+A `submit` arrives as its record (protocol.Submit: typed, checked as it was built) and is
+checked whole before anything is stored (validation.stored_nodes); each task then
 gets a taskid, a row in the store and a place in the scheduler, and the submit waits in the
 outbox (`NewSubmit`) for the commit that stores its rows: only then is it answered with the
 taskids (and, with `watch`, its results follow as `done` messages). A submit sent again after
@@ -19,6 +20,7 @@ from typing import Any
 
 from ..depend import BoundedDepend, DependRunner
 from ..errors import StoreError
+from ..protocol import Submit
 from ..scheduler import Node, Resume
 from ..store import StoredTask
 from ..wire import Refused, loads
@@ -26,7 +28,7 @@ from .context import Context
 from .engines import Engines
 from .outbox import NewSubmit
 from .results import Results
-from .validation import BadRequest, check_int_list, check_task
+from .validation import BadRequest, stored_nodes
 
 log = logging.getLogger("taskmill.controller")
 
@@ -40,24 +42,20 @@ class Submits:
         self.depends = depends
         self.slow_depends = slow_depends  # tasks whose depend callable was given up on
 
-    def submit(self, rt: bytes, req: Any, h: dict[str, Any], frames: list[Any]) -> None:
+    def submit(self, rt: bytes, req: Any, msg: Submit, frames: list[Any]) -> None:
         ctx = self.ctx
-        key = h.get("key")
-        if isinstance(key, str):
-            known = ctx.store.submitted(key, resent=bool(h.get("resent")))
+        key = msg.key
+        if key is not None:
+            known = ctx.store.submitted(key, resent=bool(msg.resent))
             if known is not None:  # a client sent it again after a restart: same taskids
-                ctx.outbox.new_submits.append(NewSubmit(rt, req, known, None,
-                                                        bool(h.get("watch"))))
+                ctx.outbox.new_submits.append(NewSubmit(rt, req, known, None, bool(msg.watch)))
                 return
-        specs = h["tasks"]
-        if not isinstance(specs, list) or not specs:
-            raise BadRequest("tasks must be a non-empty list")
         parsed = []
         pos = 0
-        for spec in specs:  # check everything before storing anything
-            end, nodes = check_task(spec, frames, pos)
+        for spec in msg.tasks:  # check everything before storing anything
+            end, nodes = stored_nodes(spec, frames, pos)
             task_frames = list(frames[pos:end])
-            stored = {"nodes": nodes, "after": check_int_list(spec.get("after", []), "after")}
+            stored = {"nodes": nodes, "after": spec.after}
             parsed.append((stored, self.nodes(stored, task_frames), task_frames))
             pos = end
         if pos != len(frames):
@@ -75,11 +73,10 @@ class Submits:
             self.to_scheduler(tid, stored, nodes, dispatch=False)
             tids.append(tid)
         ctx.sched.run_pass()  # one pass for the whole batch
-        if isinstance(key, str):
+        if key is not None:
             ctx.store.remember_submit(key, tids)
         # Answered after the commit that stores these tasks (or refused if it fails).
-        ctx.outbox.new_submits.append(NewSubmit(rt, req, tids, key if isinstance(key, str)
-                                                else None, bool(h.get("watch"))))
+        ctx.outbox.new_submits.append(NewSubmit(rt, req, tids, key, bool(msg.watch)))
 
     def to_scheduler(self, tid: int, spec: dict[str, Any], nodes: list[Node],
                      cleared_ok: bool = False, **counters: Any) -> None:

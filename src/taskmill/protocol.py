@@ -1,0 +1,278 @@
+"""Typed records of the messages the controller receives, and of the result metadata it keeps.
+
+The Wire (wire/) hands the controller each header as a msgpack map, signed and fresh. The
+controller then turns it into the record of its verb (`client_record`, `engine_record`: msgspec
+`convert`, which checks every field's type and range while it builds the record) and works on
+the record's attributes from then on. A header that does not fit its record raises
+`msgspec.ValidationError` (a `ValueError`): the controller refuses the message exactly as it
+refuses any other bad one (a client gets an error reply, an engine's message is dropped and
+counted as `bad-engine-message`). Fields a record does not name (`type`, `sid`, `seq`,
+`session`, `req`, `rt`, ...) are ignored here: the Wire and the controller check those first.
+
+What a type cannot say stays as code beside the records: how the nodes of a task index each
+other and the payload frames (`node_rules`), and the frame count of a `results` message
+(`result_frames`). Both raise `ProtocolError` (a `ValueError`, so refused the same way).
+
+Fields read leniently today stay `Any` (a heartbeat's lists, whose malformed items are dropped
+one by one, and the flags read with `bool(...)`): their record documents them without refusing
+more than before.
+
+`ResultMeta` (with `ErrorInfo`) is the shape of the metadata the controller stores for a
+finished task and returns to clients as a plain map (results.py builds it; tests convert what
+it stores into this record). This module imports nothing of taskmill but `task.MAX_TIMEOUT`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from .task import MAX_TIMEOUT
+
+__all__ = [
+    "CLIENT_RECORDS", "ENGINE_RECORDS", "Abort", "Activity", "Clear", "EngineExited",
+    "ErrorInfo", "Heartbeat", "MapExec", "NodeSpec", "NoFields", "ProtocolError", "Register",
+    "ResultEntry", "ResultMeta", "Results", "Revoked", "Status", "StringExec", "Submit",
+    "TaskQuery", "TaskSpec", "Tids", "ResultQuery", "client_record", "engine_record",
+    "node_rules", "result_frames",
+]
+
+NonNeg = Annotated[int, msgspec.Meta(ge=0)]
+Timeout = Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMEOUT)]
+
+
+class ProtocolError(ValueError):
+    """A header whose fields have the right types but do not fit together."""
+
+
+# -- client messages ---------------------------------------------------------------------------
+
+class StringExec(msgspec.Struct, tag_field="kind", tag="string", frozen=True):
+    """Run `expression` in the engine's namespace; `pull` the names to send back."""
+
+    expression: str
+    pull: list[str] = []
+    clear_before: bool = False
+    clear_after: bool = False
+
+
+class MapExec(msgspec.Struct, tag_field="kind", tag="map", frozen=True):
+    """Call the pickled function in the node's payload; `fn`: how many frames it takes."""
+
+    fn: Annotated[int, msgspec.Meta(gt=0)] | None = None
+    clear_before: bool = False
+    clear_after: bool = False
+
+
+class NodeSpec(msgspec.Struct, frozen=True):
+    """One node of a task: what to run, its payload and dependency frames, its policies."""
+
+    exec: StringExec | MapExec
+    nframes: NonNeg = 0
+    dframes: NonNeg = 0
+    retries: NonNeg = 0
+    recovery: NonNeg | None = None  # (< the task's number of nodes: node_rules)
+    timeout: Timeout | None = None
+    pmac: bytes | None = None  # (needed with payload frames: node_rules)
+    depend: Literal["callable"] | dict[str, Any] | None = None
+    dpmac: bytes | None = None  # (needed by a callable depend: node_rules)
+
+
+class TaskSpec(msgspec.Struct, frozen=True):
+    nodes: Annotated[list[NodeSpec], msgspec.Meta(min_length=1)]
+    after: list[int] = []
+
+
+class Submit(msgspec.Struct, frozen=True):
+    """`submit`: new tasks (their payload frames follow the header, task after task)."""
+
+    tasks: Annotated[list[TaskSpec], msgspec.Meta(min_length=1)]
+    key: str | None = None  # the same key again (after a restart) gets the same taskids
+    resent: Any = False  # (read as a flag)
+    watch: Any = False  # (read as a flag)
+
+
+class Tids(msgspec.Struct, frozen=True):
+    """`watch` and `wait`."""
+
+    tids: list[int]
+
+
+class ResultQuery(msgspec.Struct, frozen=True):
+    """`result`: the results of `tids`, at once or (`block`) when they are all done."""
+
+    tids: list[int]
+    block: Any = False  # (read as a flag)
+
+
+class Clear(msgspec.Struct, frozen=True):
+    tids: list[int] | None = None  # None: every finished task
+
+
+class Abort(msgspec.Struct, frozen=True):
+    tid: int
+
+
+class TaskQuery(msgspec.Struct, frozen=True):
+    """`task`: one task's story, for the dashboard."""
+
+    tid: int
+
+
+class Activity(msgspec.Struct, frozen=True):
+    since: NonNeg = 0
+
+
+class Status(msgspec.Struct, frozen=True):
+    verbose: Any = False  # (read as a flag)
+
+
+class EngineExited(msgspec.Struct, frozen=True):
+    """From a local nanny: engine process `pid` exited with `status`."""
+
+    pid: int
+    status: int
+
+
+class NoFields(msgspec.Struct, frozen=True):
+    """hello, ping, spin, engines, stats: nothing beyond the common fields."""
+
+
+CLIENT_RECORDS: dict[str, type[msgspec.Struct]] = {
+    "hello": NoFields, "ping": NoFields, "submit": Submit, "result": ResultQuery,
+    "watch": Tids, "wait": Tids, "abort": Abort, "spin": NoFields, "status": Status,
+    "clear": Clear, "engines": NoFields, "stats": NoFields, "activity": Activity,
+    "task": TaskQuery, "engine_exited": EngineExited,
+}
+
+
+# -- engine messages ---------------------------------------------------------------------------
+
+class Register(msgspec.Struct, frozen=True):
+    uuid: str
+    ctl_ident: bytes
+    res_ident: bytes
+    heart_ident: bytes
+    hostname: str
+    pid: int
+    properties: dict[str, Any] | None = None
+    running: Any = None  # [tid, attempt] of the task it runs (malformed: ignored)
+    finished: Any = None  # [[tid, attempt], ...] of results it keeps (malformed: ignored)
+    t: Any = None  # echoed in `registered`
+
+
+class Heartbeat(msgspec.Struct, frozen=True):
+    """`hb`: what the engine holds. Malformed items are dropped one by one (see
+    validation.pairs), so these fields are read leniently."""
+
+    held: Any = None
+    unacked: Any = None
+    current: Any = None
+    mseq: Any = None
+    missing: Any = None
+    t: Any = None  # echoed
+    gen: Any = None  # echoed in `reregister`
+
+
+class Revoked(msgspec.Struct, frozen=True):
+    """The answer to a `revoke`: `ok` if the engine gave the attempt back."""
+
+    tid: int
+    attempt: int
+    ok: Any = False  # (read as a flag)
+
+
+class ResultEntry(msgspec.Struct, frozen=True):
+    """One result of a `results` message; its `n` payload frames follow in order."""
+
+    tid: int
+    attempt: int
+    status: str
+    n: NonNeg = 0
+    kind: str = "map"
+    duration: float | None = None
+    stdout: str = ""
+    stderr: str = ""
+    error: dict[str, Any] | None = None  # (kept as sent: see ErrorInfo)
+    pmac: bytes | None = None
+    properties: dict[str, Any] | None = None
+
+
+class Results(msgspec.Struct, frozen=True):
+    results: list[ResultEntry]
+
+
+ENGINE_RECORDS: dict[str, type[msgspec.Struct]] = {
+    "register": Register, "hb": Heartbeat, "results": Results, "revoked": Revoked,
+}
+
+
+# -- result metadata ---------------------------------------------------------------------------
+
+class ErrorInfo(msgspec.Struct, frozen=True):
+    """Why a task failed: from the engine (the exception, perhaps pickled in the frames) or
+    written by the controller itself (`controller`: EngineDied, TaskTimeout, ...)."""
+
+    type: str
+    message: str
+    traceback: str = ""
+    module: str | None = None
+    pickled: bool = False
+    controller: bool = False
+
+
+class ResultMeta(msgspec.Struct, frozen=True):
+    """What the controller stores for a finished task (returned to clients as a map, with
+    `nframes` added: how many payload frames follow)."""
+
+    tid: int
+    engineid: int | None
+    attempts: int
+    submitted: float
+    completed: float
+    started: float | None
+    status: str  # ok, error, aborted, unmet_timeout, dependency
+    kind: str
+    duration: float | None
+    stdout: str
+    stderr: str
+    error: ErrorInfo | None = None
+    pmac: bytes | None = None
+
+
+# -- decoding, and the rules a type cannot state -----------------------------------------------
+
+def client_record(kind: str, header: dict[str, Any]) -> msgspec.Struct:
+    """The record of a client verb's header (KeyError for a verb that has none)."""
+    return msgspec.convert(header, CLIENT_RECORDS[kind])
+
+
+def engine_record(kind: str, header: dict[str, Any]) -> msgspec.Struct:
+    """The record of an engine message's header (KeyError for a type that has none)."""
+    return msgspec.convert(header, ENGINE_RECORDS[kind])
+
+
+def node_rules(task: TaskSpec, node: NodeSpec, pos: int, nframes: int) -> None:
+    """What one node must satisfy beyond its types; `pos`: where its frames start among the
+    message's `nframes`."""
+    if node.recovery is not None and node.recovery >= len(task.nodes):
+        raise ProtocolError("recovery must index a node of the same task")
+    if pos + node.nframes + node.dframes > nframes:
+        raise ProtocolError("the tasks describe more payload frames than the message has")
+    ex = node.exec
+    if type(ex) is MapExec:
+        if ex.fn is not None and ex.fn > node.nframes:
+            raise ProtocolError("fn must count the function's frames (an int within nframes)")
+        if node.nframes == 0:
+            raise ProtocolError("a map task needs its function's payload frames")
+    if node.nframes and node.pmac is None:
+        raise ProtocolError("a node with payload frames needs their pmac (bytes)")
+    if node.depend == "callable" and node.dpmac is None:
+        raise ProtocolError("a callable depend needs its dpmac (bytes)")
+
+
+def result_frames(msg: Results, nframes: int) -> None:
+    """The entries of a `results` message must not describe more frames than it has."""
+    if sum(e.n for e in msg.results) > nframes:
+        raise ProtocolError("a result describes more payload frames than the message has")

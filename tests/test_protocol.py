@@ -1,0 +1,149 @@
+"""The controller reads every message through its typed record (taskmill.protocol), refuses what
+does not fit as it refuses any bad message, and stores result metadata of the documented shape.
+
+Driven in process: messages straight into the controller's core, replies read from its flush.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import msgspec
+import pytest
+
+from taskmill.connection import new_connection_info
+from taskmill.controller import Controller, Now
+from taskmill.protocol import (
+    CLIENT_RECORDS,
+    ENGINE_RECORDS,
+    MapExec,
+    NodeSpec,
+    ProtocolError,
+    ResultMeta,
+    Submit,
+    TaskSpec,
+    node_rules,
+)
+from taskmill.store import MemoryStore
+from taskmill.wire import Wire
+
+FRAMES = [b"function", b"arguments"]
+
+
+def now() -> Now:
+    return Now(time.monotonic(), time.time())
+
+
+@pytest.fixture
+def ctl():
+    info = new_connection_info()
+    c = Controller(info, store=MemoryStore(), heartbeat=3600.0)
+    c.test_wires = (Wire(info.key_bytes), Wire(info.key_bytes))  # client, engine
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def node(**fields) -> dict:
+    return {"exec": {"kind": "map", "fn": 1}, "nframes": 2, "pmac": b"m" * 32, **fields}
+
+
+def call(ctl, header: dict, frames=()) -> dict:
+    """A client request; its reply (after the turn's flush)."""
+    req = header.setdefault("req", id(header))
+    header.setdefault("session", ctl.session)
+    h, f = ctl.wire.decode(ctl.test_wires[0].encode(header, list(frames)))
+    ctl.core.on_client(b"client-1", h, f, now())
+    out = ctl.last_out = ctl.core.flush(now())
+    (reply,) = [h for _, _, h, _ in out if h.get("type") == "reply" and h.get("req") == req]
+    return reply
+
+
+def from_engine(ctl, ident: bytes, header: dict, frames=()) -> list:
+    header.setdefault("session", ctl.session)
+    h, f = ctl.wire.decode(ctl.test_wires[1].encode(header, list(frames)))
+    ctl.core.on_engine(ident, h, f, now())
+    return ctl.core.flush(now())
+
+
+def register(ctl, uuid: str = "engine-a") -> bytes:
+    from_engine(ctl, f"{uuid}.t".encode(), {
+        "type": "register", "uuid": uuid, "ctl_ident": f"{uuid}.c".encode(),
+        "res_ident": f"{uuid}.r".encode(), "heart_ident": f"{uuid}.h".encode(),
+        "hostname": "host", "pid": 4242, "t": 0.0})
+    return f"{uuid}.r".encode()
+
+
+def test_every_verb_has_its_record(ctl):
+    assert set(CLIENT_RECORDS) == set(ctl.core.client_verbs)
+    assert set(ENGINE_RECORDS) == set(ctl.core.engine_verbs) | {"register"}
+
+
+@pytest.mark.parametrize("header", [
+    {"type": "submit", "tasks": [{"nodes": [node(timeout=math.nan)]}]},
+    {"type": "submit", "tasks": [{"nodes": [node(retries=True)]}]},
+    {"type": "submit", "tasks": [{"nodes": [node(recovery=1)]}]},  # beyond the task's nodes
+    {"type": "submit", "tasks": [{"nodes": [node(exec={"kind": "map", "fn": 3})]}]},
+    {"type": "submit", "tasks": [{"nodes": [node(depend="callable")]}]},  # no dpmac
+    {"type": "submit", "tasks": [{"nodes": [node()], "after": [1, "2"]}]},
+    {"type": "abort", "tid": True},
+    {"type": "task", "tid": 1.0},
+    {"type": "activity", "since": -1},
+    {"type": "clear", "tids": [1, None]},
+    {"type": "engine_exited", "pid": 12, "status": "9"},
+])
+def test_a_header_that_does_not_fit_its_record_is_refused(ctl, header):
+    before = ctl.wire.refused["bad-request"]
+    reply = call(ctl, header, FRAMES if header["type"] == "submit" else ())
+    assert not reply["ok"] and reply["error"].startswith(f"bad {header['type']} request: ")
+    assert ctl.wire.refused["bad-request"] == before + 1
+    assert ctl.counters.submitted == 0
+
+
+def test_rules_a_type_cannot_state():
+    task = TaskSpec(nodes=[NodeSpec(exec=MapExec(fn=1), nframes=1, pmac=b"m")])
+    node_rules(task, task.nodes[0], 0, 1)
+    with pytest.raises(ProtocolError, match="more payload frames"):
+        node_rules(task, task.nodes[0], 1, 1)
+    bare = TaskSpec(nodes=[NodeSpec(exec=MapExec(fn=1), nframes=1)])
+    with pytest.raises(ProtocolError, match="pmac"):
+        node_rules(bare, bare.nodes[0], 0, 1)
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"tasks": []}, Submit)
+
+
+def test_a_results_batch_is_checked_whole_before_any_result_is_taken(ctl):
+    ident = register(ctl)
+    (rec,) = ctl.engines.values()
+    before = ctl.wire.refused["bad-engine-message"]
+    from_engine(ctl, ident, {"type": "results", "results": [
+        {"tid": 1, "attempt": 1, "status": "ok"}, {"tid": "2", "attempt": 1, "status": "ok"}]})
+    assert ctl.wire.refused["bad-engine-message"] == before + 1
+    assert rec.to_ack == [] and rec.tasks_done == 0
+    from_engine(ctl, ident, {"type": "results", "results": [
+        {"tid": 1, "attempt": 1, "status": "ok", "n": 1}]})  # a frame it does not carry
+    assert ctl.wire.refused["bad-engine-message"] == before + 2
+
+
+def test_stored_metadata_has_the_shape_of_ResultMeta(ctl):
+    ident = register(ctl)
+    done = call(ctl, {"type": "submit", "tasks": [{"nodes": [node()]}]}, FRAMES)
+    (tid,) = done["tids"]
+    (task,) = [t for _, _, h, _ in ctl.last_out if h.get("type") == "tasks" for t in h["tasks"]]
+    assert task["tid"] == tid and task["exec"]["kind"] == "map"
+    from_engine(ctl, ident, {"type": "results", "results": [
+        {"tid": tid, "attempt": task["attempt"], "kind": "map", "status": "ok", "n": 1,
+         "duration": 0.5, "stdout": "out", "stderr": "", "pmac": b"p" * 32}]}, [b"value"])
+    meta = msgspec.convert(ctl.store.result(tid).meta, ResultMeta)
+    assert (meta.status, meta.duration, meta.stdout, meta.error) == ("ok", 0.5, "out", None)
+    assert meta.engineid == 0 and meta.attempts == 1 and meta.started is not None
+
+    # Written by the controller itself: an aborted task (queued or dispatched, the abort
+    # finishes it).
+    late = call(ctl, {"type": "submit", "tasks": [{"nodes": [node()]}]}, FRAMES)["tids"][0]
+    assert call(ctl, {"type": "abort", "tid": late})["ok"]
+    meta = msgspec.convert(ctl.store.result(late).meta, ResultMeta)
+    assert meta.status == "aborted" and meta.error is not None
+    assert meta.error.type == "TaskAborted" and meta.error.controller
