@@ -21,6 +21,7 @@ from taskmill.protocol import (
     NodeSpec,
     ProtocolError,
     ResultMeta,
+    Statistics,
     Submit,
     TaskSpec,
     node_rules,
@@ -114,16 +115,21 @@ def test_rules_a_type_cannot_state():
         msgspec.convert({"tasks": []}, Submit)
 
 
-def test_a_results_batch_is_checked_whole_before_any_result_is_taken(ctl):
+def test_a_results_entry_that_does_not_fit_its_record_refuses_the_rest_of_the_message(ctl):
     ident = register(ctl)
     (rec,) = ctl.engines.values()
     before = ctl.wire.refused["bad-engine-message"]
     from_engine(ctl, ident, {"type": "results", "results": [
-        {"tid": 1, "attempt": 1, "status": "ok"}, {"tid": "2", "attempt": 1, "status": "ok"}]})
+        {"tid": 1, "attempt": 1, "status": "ok"}, {"tid": "2", "attempt": 1, "status": "ok"},
+        {"tid": 3, "attempt": 1, "status": "ok"}]})
     assert ctl.wire.refused["bad-engine-message"] == before + 1
-    assert rec.to_ack == [] and rec.tasks_done == 0
+    assert rec.ackable == [[1, 1]]  # the entry before the malformed one was taken
     from_engine(ctl, ident, {"type": "results", "results": [
-        {"tid": 1, "attempt": 1, "status": "ok", "n": 1}]})  # a frame it does not carry
+        {"tid": 4, "attempt": 1, "status": "ok", "n": 1}]})  # a frame it does not carry
+    assert ctl.wire.refused["bad-engine-message"] == before + 2
+    # An engine's properties keep the keys it set (not only str).
+    from_engine(ctl, ident, {"type": "results", "results": [
+        {"tid": 5, "attempt": 1, "status": "ok", "properties": {1: "one"}}]})
     assert ctl.wire.refused["bad-engine-message"] == before + 2
 
 
@@ -147,3 +153,13 @@ def test_stored_metadata_has_the_shape_of_ResultMeta(ctl):
     meta = msgspec.convert(ctl.store.result(late).meta, ResultMeta)
     assert meta.status == "aborted" and meta.error is not None
     assert meta.error.type == "TaskAborted" and meta.error.controller
+
+
+def test_statistics_is_the_Statistics_record_as_a_plain_map(ctl):
+    register(ctl)
+    call(ctl, {"type": "submit", "tasks": [{"nodes": [node()]}]}, FRAMES)
+    stats = call(ctl, {"type": "stats"})["stats"]
+    assert type(stats) is dict and list(stats) == list(Statistics.__struct_fields__)
+    record = msgspec.convert(stats, Statistics)
+    assert record.submitted == 1 and len(record.engines) == 1
+    assert record.as_map() == stats

@@ -11,7 +11,7 @@ counted as `bad-engine-message`). Fields a record does not name (`type`, `sid`, 
 
 What a type cannot say stays as code beside the records: how the nodes of a task index each
 other and the payload frames (`node_rules`), and the frame count of a `results` message
-(`result_frames`). Both raise `ProtocolError` (a `ValueError`, so refused the same way).
+(`result_entry`). Both raise `ProtocolError` (a `ValueError`, so refused the same way).
 
 Fields read leniently today stay `Any` (a heartbeat's lists, whose malformed items are dropped
 one by one, and the flags read with `bool(...)`): their record documents them without refusing
@@ -19,7 +19,8 @@ more than before.
 
 `ResultMeta` (with `ErrorInfo`) is the shape of the metadata the controller stores for a
 finished task and returns to clients as a plain map (results.py builds it; tests convert what
-it stores into this record). This module imports nothing of taskmill but `task.MAX_TIMEOUT`.
+it stores into this record). `Statistics` is what `statistics()` answers (views.py builds it
+and sends it as a plain map). This module imports nothing of taskmill but `task.MAX_TIMEOUT`.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ from .task import MAX_TIMEOUT
 __all__ = [
     "CLIENT_RECORDS", "ENGINE_RECORDS", "Abort", "Activity", "Clear", "EngineExited",
     "ErrorInfo", "Heartbeat", "MapExec", "NodeSpec", "NoFields", "ProtocolError", "Register",
-    "ResultEntry", "ResultMeta", "Results", "Revoked", "Status", "StringExec", "Submit",
+    "ResultEntry", "ResultMeta", "Results", "Revoked", "Statistics", "Status", "StringExec",
+    "Submit",
     "TaskQuery", "TaskSpec", "Tids", "ResultQuery", "client_record", "engine_record",
-    "node_rules", "result_frames",
+    "node_rules", "result_entry",
 ]
 
 NonNeg = Annotated[int, msgspec.Meta(ge=0)]
@@ -75,7 +77,7 @@ class NodeSpec(msgspec.Struct, frozen=True):
     recovery: NonNeg | None = None  # (< the task's number of nodes: node_rules)
     timeout: Timeout | None = None
     pmac: bytes | None = None  # (needed with payload frames: node_rules)
-    depend: Literal["callable"] | dict[str, Any] | None = None
+    depend: Literal["callable"] | dict[Any, Any] | None = None
     dpmac: bytes | None = None  # (needed by a callable depend: node_rules)
 
 
@@ -156,7 +158,7 @@ class Register(msgspec.Struct, frozen=True):
     heart_ident: bytes
     hostname: str
     pid: int
-    properties: dict[str, Any] | None = None
+    properties: dict[Any, Any] | None = None
     running: Any = None  # [tid, attempt] of the task it runs (malformed: ignored)
     finished: Any = None  # [[tid, attempt], ...] of results it keeps (malformed: ignored)
     t: Any = None  # echoed in `registered`
@@ -196,11 +198,14 @@ class ResultEntry(msgspec.Struct, frozen=True):
     stderr: str = ""
     error: dict[str, Any] | None = None  # (kept as sent: see ErrorInfo)
     pmac: bytes | None = None
-    properties: dict[str, Any] | None = None
+    properties: dict[Any, Any] | None = None  # (an engine's own properties, keys as it set)
 
 
 class Results(msgspec.Struct, frozen=True):
-    results: list[ResultEntry]
+    """`results`: the entries are read one at a time (`result_entry`), in order: those before
+    a malformed one are taken, the message is refused from there on."""
+
+    results: list[Any]
 
 
 ENGINE_RECORDS: dict[str, type[msgspec.Struct]] = {
@@ -241,6 +246,31 @@ class ResultMeta(msgspec.Struct, frozen=True):
     pmac: bytes | None = None
 
 
+# -- statistics -------------------------------------------------------------------------------
+
+class Statistics(msgspec.Struct, frozen=True):
+    """What `statistics()` answers (controller/views.py builds it; it travels, and clients
+    get it, as a plain map: `as_map`). `taskmill status`, /metrics and the dashboard read it."""
+
+    time: float  # the controller's wall clock
+    uptime: float
+    messages_in: int
+    messages_out: int
+    submitted: int
+    finished: int
+    engines_died: int
+    refused: dict[str, int]  # refused messages by reason
+    revokes_sent: int
+    revokes_granted: int
+    queue: dict[str, Any]  # the queue status
+    engines: list[dict[str, Any]]  # the engine table, with held tasks and last heartbeat
+    tasks_per_second: float  # over the last minute
+    durations: dict[str, Any]  # the task-duration histogram
+
+    def as_map(self) -> dict[str, Any]:
+        return msgspec.structs.asdict(self)
+
+
 # -- decoding, and the rules a type cannot state -----------------------------------------------
 
 def client_record(kind: str, header: dict[str, Any]) -> msgspec.Struct:
@@ -272,7 +302,10 @@ def node_rules(task: TaskSpec, node: NodeSpec, pos: int, nframes: int) -> None:
         raise ProtocolError("a callable depend needs its dpmac (bytes)")
 
 
-def result_frames(msg: Results, nframes: int) -> None:
-    """The entries of a `results` message must not describe more frames than it has."""
-    if sum(e.n for e in msg.results) > nframes:
+def result_entry(entry: Any, pos: int, nframes: int) -> ResultEntry:
+    """One entry of a `results` message whose frames start at `pos` of the message's
+    `nframes`."""
+    e = msgspec.convert(entry, ResultEntry)
+    if pos + e.n > nframes:
         raise ProtocolError("a result describes more payload frames than the message has")
+    return e

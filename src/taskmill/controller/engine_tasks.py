@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..protocol import Heartbeat, ResultEntry, Results, Revoked, result_frames
+from ..protocol import Heartbeat, ResultEntry, Results, Revoked, result_entry
 from ..scheduler import ABORTED, Dispatch, Interrupt, Revoke
 from .context import Context
 from .engines import EngineRecord, Engines
@@ -168,14 +168,15 @@ class EngineTasks:
         self.ctx.sched.revoke_answered(rec.eid, tid, attempt, bool(m.ok))
 
     def results(self, rec: EngineRecord, ident: bytes, m: Results, frames: list[Any]) -> None:
-        """A batch of results: checked whole (protocol.Results, frame count) before any is
-        taken."""
-        result_frames(m, len(frames))
+        """A batch of results, each entry read through its record (protocol.result_entry):
+        those before a malformed one are taken, the rest is refused."""
         sched = self.ctx.sched
         running = sched.held(rec.eid)
+        nframes = len(frames)
         pos = 0
         try:
-            for entry in m.results:
+            for item in m.results:
+                entry = result_entry(item, pos, nframes)
                 tid, attempt, n = entry.tid, entry.attempt, entry.n
                 rec.to_ack.append([tid, attempt])  # acknowledged once stored
                 self.engines.acking.add(rec.eid)

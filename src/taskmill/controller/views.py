@@ -7,14 +7,16 @@ cannot write. Names, one per concept:
 - `queue_status()`: how many tasks are scheduled, pending, succeeded, failed (the seed's verb);
 - `engine_table()`: one row per engine (`state` is idle, busy or dead);
 - `task_info(tid)`: one task's state and metadata, never its payload;
-- `statistics()`: everything above plus the counters and the recent activity; `taskmill
-  status` (status.py) renders it, /metrics and the dashboard read it.
+- `statistics()`: everything above plus the counters and the recent activity, built as the
+  record protocol.Statistics and answered as a plain map; `taskmill status` (status.py)
+  renders it, /metrics and the dashboard read it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..protocol import Statistics
 from .context import Context, Now
 from .engines import Engines
 
@@ -87,13 +89,13 @@ class Views:
             held = ctx.activity.held_by(row["engineid"])
             row.update(current_task=held[0] if held else None, held=held,
                        last_heartbeat_ago=mono - self.engines.records[row["engineid"]].last_seen)
-        return {
-            "time": wall, "uptime": wall - c.started,
-            "messages_in": c.messages_in, "messages_out": c.messages_out,
-            "submitted": c.submitted, "finished": c.finished,
-            "engines_died": c.engines_died, "refused": dict(ctx.wire.refused),
-            "revokes_sent": c.revokes_sent, "revokes_granted": c.revokes_granted,
-            "queue": self.queue_status(), "engines": engines,
-            "tasks_per_second": ctx.activity.tasks_per_second(wall),
-            "durations": ctx.activity.durations.as_dict(),
-        }
+        return Statistics(
+            time=wall, uptime=wall - c.started,
+            messages_in=c.messages_in, messages_out=c.messages_out,
+            submitted=c.submitted, finished=c.finished,
+            engines_died=c.engines_died, refused=dict(ctx.wire.refused),
+            revokes_sent=c.revokes_sent, revokes_granted=c.revokes_granted,
+            queue=self.queue_status(), engines=engines,
+            tasks_per_second=ctx.activity.tasks_per_second(wall),
+            durations=ctx.activity.durations.as_dict(),
+        ).as_map()
