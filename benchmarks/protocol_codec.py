@@ -2,7 +2,7 @@
 
 Issue 17 asks whether typed protocol records (msgspec: msgpack structs validated while they are
 decoded) cost less or more than what taskmill does today: `msgpack.unpackb` to dicts, then
-checks written by hand field by field (`Controller._check_task`, `_check_exec`, the results loop).
+checks written by hand field by field (as the controller did before protocol.py took them over).
 This measures exactly that step, on headers shaped like the real ones, in one process and one run
 (so the ratio means something on a shared machine even where the absolute figures do not):
 
@@ -36,7 +36,7 @@ class BadRequest(ValueError):
     pass
 
 
-# -- today: msgpack to dicts, then checks by hand (as the controller's _check_task does) ---------
+# -- before protocol.py: msgpack to dicts, then checks by hand, as the controller did ----------
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
