@@ -9,6 +9,8 @@ than its retries allow, and that no client call waited past its bound. See its d
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,14 +25,23 @@ def test_fault_soak_finds_nothing(tmp_path):
     report_path = tmp_path / "report.json"
     # (45 s of faults, ~60 s without load; a stuck task costs at most 2 x STUCK_AFTER more,
     # and is then reported with its story rather than waited for)
-    proc = subprocess.run(
+    # In a session of its own: if it must be killed, its controller and engines go with it
+    # (subprocess.run's timeout kills only the soak, and they ran on for the next tests).
+    proc = subprocess.Popen(
         [sys.executable, str(ROOT / "benchmarks" / "fault_soak.py"), "--seconds", "45",
          "--json", str(report_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=320, stdin=subprocess.DEVNULL)
-    assert report_path.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=320)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+    assert report_path.exists(), out[-3000:] + err[-3000:]
     report = json.loads(report_path.read_text())
     assert report["problems"] == [], report
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, err[-3000:]
     assert report["ok"] and report["lost"] == 0 and report["finished_twice"] == 0
     assert report["stuck"] == 0
     assert report["wrong_results"] == 0 and report["over_runs"] == 0
