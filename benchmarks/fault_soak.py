@@ -34,6 +34,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -312,6 +313,9 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
         with contextlib.suppress(TimeoutError):  # (stuck: found by check())
             calls(tc.barrier, tids, timeout=STUCK_AFTER)
         report = check(tc, calls, given, refused, runs_log)
+        if report["stuck"]:  # what the controller and the processes' log say, to find why
+            report["engines_at_end"] = calls(tc.engines)
+            report["log_tail"] = log_tail(work / "processes.log", 120)
         for chunk in range(0, len(tids), 1000):
             with contextlib.suppress(KeyError):  # (a stuck task has no result: reported above)
                 calls(tc.clear, tids[chunk:chunk + 1000])
@@ -332,6 +336,12 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
         if tc is not None:
             tc.close()
         cluster.close()
+
+
+def log_tail(path: Path, n: int) -> list[str]:
+    """The last `n` warnings and errors of the controller's and engines' log."""
+    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+    return [ln for ln in lines if "WARNING" in ln or "ERROR" in ln][-n:]
 
 
 def check(tc, calls, given: dict, refused: list, runs_log: str) -> dict:
@@ -398,6 +408,10 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="taskmill-soak-"))
     t0 = time.time()
     report = soak(seconds, a.engines, a.seed, work)
+    if report["ok"]:
+        shutil.rmtree(work, ignore_errors=True)
+    else:  # kept: its processes' log tells what happened
+        report["work_dir"] = str(work)
     report["wall_s"] = round(time.time() - t0, 1)
     report["command"] = " ".join(["python", "benchmarks/fault_soak.py", *sys.argv[1:]])
     report["date"] = time.strftime("%Y-%m-%d %H:%M")
