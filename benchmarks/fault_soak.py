@@ -320,6 +320,9 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
             with contextlib.suppress(KeyError):  # (a stuck task has no result: reported above)
                 calls(tc.clear, tids[chunk:chunk + 1000])
         rss_end = rss_kib(cluster.controller.pid)
+        stats = calls(tc.statistics)  # (the last controller's counts)
+        report["last_controller"] = {k: stats[k] for k in (
+            "engines_died", "engines_moved", "tasks_lost_in_transit", "refused")}
         report.update(
             seconds=seconds, engines=engines, seed=seed, faults=dict(faults.done),
             submitted=n, refused_submits=len(refused), unsure_submits=unsure,

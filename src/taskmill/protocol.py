@@ -259,6 +259,8 @@ class Statistics(msgspec.Struct, frozen=True):
     submitted: int
     finished: int
     engines_died: int
+    engines_moved: int  # live engines that moved to new connections (their old ones deaf)
+    tasks_lost_in_transit: int  # dispatches an engine never got (queued again, not counted)
     refused: dict[str, int]  # refused messages by reason
     revokes_sent: int
     revokes_granted: int

@@ -2,6 +2,10 @@
 
 Engines connect to the proxy's port; each connection is forwarded to the controller. Faults:
 - `reset_all()`: every connection is reset (RST), as a network blip or a NAT that forgot them;
+- `cut_peer_side_all(suffixes)`: every connection (or those whose peer's routing id ends with
+  one of `suffixes`, e.g. b".c" for engines' control sockets) is reset on the peer's side only; the controller's side stays open and
+  silent (a NAT or firewall that forgot the connection and told only one side), so the peer's
+  reconnection arrives while the controller still holds its old one;
 - `drop_next(min_bytes, marker)`: the next chunk of at least `min_bytes` the controller sends
   down a connection whose first bytes from the peer contain `marker` (e.g. the routing id of
   an engine's task socket, b".t") is lost, and that connection is reset: one message lost at
@@ -31,6 +35,7 @@ class _Pair:
         self.up = up  # to the controller
         self.hello = b""  # the first bytes from the peer (its ZMTP greeting and routing id)
         self.closed = False
+        self.frozen = False  # cut on the peer's side: nothing passes, the controller's side open
 
     def start(self) -> None:
         threading.Thread(target=self._pump, args=(self.down, self.up, True), daemon=True).start()
@@ -43,6 +48,8 @@ class _Pair:
                 data = src.recv(65536)
                 if not data:
                     break
+                if self.frozen:
+                    continue  # (the controller's side: read and dropped, never answered)
                 if from_peer and len(self.hello) < 512:
                     self.hello += data[:512]
                 if not from_peer and self.proxy._should_drop(self, data):
@@ -55,10 +62,25 @@ class _Pair:
         self.close()
 
     def close(self) -> None:
+        if self.frozen and not self.proxy._stopped:
+            _reset(self.down)  # the controller's side stays until it gives up on it
+            return
         if not self.closed:
             self.closed = True
             _reset(self.down)
             _reset(self.up)
+
+    def routing_id(self) -> bytes | None:
+        """The peer's routing id, from its ZMTP handshake (the READY command's Identity)."""
+        at = self.hello.find(b"\x08Identity")
+        if at < 0 or len(self.hello) < at + 13:
+            return None
+        n = struct.unpack(">I", self.hello[at + 9:at + 13])[0]
+        return self.hello[at + 13:at + 13 + n]
+
+    def cut_peer_side(self) -> None:
+        self.frozen = True
+        _reset(self.down)
 
 
 class FaultProxy:
@@ -74,6 +96,7 @@ class FaultProxy:
         self._drop: tuple[int, bytes] | None = None
         self.dropped = 0
         self.resets = 0
+        self._frozen: list[_Pair] = []  # cut on the peer's side; closed with the proxy
         self._stopped = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -110,6 +133,19 @@ class FaultProxy:
         with self._lock:
             self._drop = (min_bytes, marker)
 
+    def cut_peer_side_all(self, suffixes: tuple[bytes, ...] = ()) -> int:
+        """Cut, on the peer's side only, the connections whose routing id ends with one of
+        `suffixes` (all with none); how many."""
+        with self._lock:
+            pairs = [p for p in self._pairs if not p.closed and not p.frozen
+                     and (not suffixes or (p.routing_id() or b"").endswith(suffixes))]
+            self._frozen.extend(pairs)
+            self._pairs = [p for p in self._pairs if p not in pairs]
+        for p in pairs:
+            p.cut_peer_side()
+        self.resets += 1
+        return len(pairs)
+
     def reset_all(self) -> None:
         with self._lock:
             pairs, self._pairs = self._pairs, []
@@ -122,3 +158,7 @@ class FaultProxy:
         with contextlib.suppress(OSError):
             self.listener.close()
         self.reset_all()
+        with self._lock:
+            frozen, self._frozen = self._frozen, []
+        for p in frozen:
+            p.close()

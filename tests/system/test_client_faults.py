@@ -141,6 +141,37 @@ def test_a_controller_gone_for_good_fails_every_blocked_call_then_one_started_ag
         tc.close()
 
 
+def test_a_client_whose_connections_the_controller_still_holds_is_heard_again(controller,
+                                                                               tmp_path):
+    """The network forgets the client's connections and tells only the client; ZeroMQ
+    reconnects at once with the same routing ids while the controller still holds the old
+    connections, and ignores the new ones for good (no peer takes over another's id). The
+    client's calls fail with ControllerUnreachable past `reconnect_timeout` (never a hang),
+    and then it opens new connections with new ids: later calls work again."""
+    from faultproxy import FaultProxy
+
+    from taskmill.connection import read_connection_file, write_connection_file
+
+    ctl = controller
+    info = read_connection_file(ctl.conn)
+    host, port = info.client_url.rsplit(":", 1)
+    proxy = FaultProxy(host.split("//")[1], int(port))
+    info.client_url = f"tcp://127.0.0.1:{proxy.port}"
+    conn = write_connection_file(tmp_path / "via-proxy" / "conn.json", info)
+    tc = TaskClient(conn, timeout=10, reconnect_timeout=2)
+    try:
+        tid = tc.run(MapTask(abs, (-1,)))  # (no engine: it stays queued)
+        assert proxy.cut_peer_side_all() == 2
+        with pytest.raises(ControllerUnreachable):
+            tc.get_task_result(tid, block=True)
+        poll(lambda: _answers(tc), 30, "the client to be heard again")
+        assert tc.queue_status()["scheduled"] == 1
+        assert tc.task_info(tid)["state"] == "scheduled"
+    finally:
+        tc.close()
+        proxy.close()
+
+
 def ctl_url(ctl: ControllerProcess) -> str:
     from taskmill.connection import read_connection_file
 

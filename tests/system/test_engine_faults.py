@@ -1,4 +1,4 @@
-"""Engines under faults: a lost `tasks` message, a stopped engine that resumes, a controller
+"""Engines under faults: a lost `tasks` message, connections the network forgot on one side, a stopped engine that resumes, a controller
 restart with tasks waiting on an engine, task code that holds the GIL, a slow depend.
 
 Each task records every run of its code (a line in a file) so that "ran once" is checked,
@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 from faultproxy import FaultProxy
-from systest import ControllerProcess, gone, poll, read_lines
+from systest import ControllerProcess, alive_engine_ids, gone, poll, read_lines
 
 from taskmill import Cluster, EngineDied, MapTask, TaskClient, TaskTimeout
 from taskmill.connection import read_connection_file, write_connection_file
@@ -81,6 +81,92 @@ def test_a_lost_tasks_message_costs_a_heartbeat_not_the_task(tmp_path):
             assert tc.statistics()["engines_died"] == 0
             info = tc.task_info(tid)
             assert info["attempts"] == 1 and info["state"] == "succeeded"
+    finally:
+        engine.kill()
+        proxy.close()
+        ctl.stop()
+
+
+def engine_via_proxy(ctl: ControllerProcess, tmp_path) -> tuple[FaultProxy, subprocess.Popen]:
+    """An engine that reaches the controller through a FaultProxy."""
+    info = read_connection_file(ctl.conn)
+    host, port = info.engine_url.rsplit(":", 1)
+    proxy = FaultProxy(host.split("//")[1], int(port))
+    info.engine_url = f"tcp://127.0.0.1:{proxy.port}"
+    engine_conn = write_connection_file(tmp_path / "via-proxy" / "conn.json", info)
+    engine = subprocess.Popen(
+        [*ControllerProcess.TASKMILL, "engine", "--connection-file", str(engine_conn)],
+        stdout=ctl.log, stderr=subprocess.STDOUT)
+    return proxy, engine
+
+
+# The network forgets an engine's connections and tells only the engine (a reset on its side;
+# the controller's side stays open and silent until ZeroMQ's heartbeats end it). ZeroMQ
+# reconnects at once with the same routing ids, while the controller still holds the old
+# connections, and its ROUTER ignores such a connection for good (a peer may not take over
+# another's routing id): before engine/channels.py, that engine's heartbeats, tasks and
+# results went nowhere while it looked alive, and tasks stuck on it for ever (the fault soak).
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("deaf", [(b".t", b".c"), (b".t",), (b".r",)],
+                         ids=["task+control", "task", "result"])
+def test_an_engine_whose_connections_go_deaf_moves_and_keeps_its_tasks(tmp_path, deaf):
+    """Its heartbeats go unanswered, or the task messages never arrive (each heartbeat's
+    answer names the last one sent), or its results are lost (asked for again): the engine
+    opens new connections (new routing ids) and registers them; it keeps its engine id,
+    nothing is declared dead, and the tasks sent meanwhile run, once."""
+    ctl = ControllerProcess(tmp_path)
+    ctl.start()
+    proxy, engine = engine_via_proxy(ctl, tmp_path)
+    runs = tmp_path / "runs"
+    try:
+        with TaskClient(ctl.conn, timeout=30) as tc:
+            poll(lambda: tc.engines(), what="the engine")
+            assert tc.run(MapTask(record, (str(runs), "warm-up")), block=True) == engine.pid
+            (eid,) = alive_engine_ids(tc)
+            for round_ in range(2):
+                assert proxy.cut_peer_side_all(deaf) == len(deaf)
+                tids = [tc.run(MapTask(record, (str(runs), f"r{round_}-{i}"))) for i in range(4)]
+                for tid in tids:  # (a deaf engine: TimeoutError here, the tasks never end)
+                    assert tc.get_task_result(tid, block=True, timeout=30) == engine.pid
+                    assert tc.task_info(tid)["attempts"] == 1
+            assert sorted(read_lines(runs)) == sorted(
+                ["warm-up", *(f"r{r}-{i}" for r in range(2) for i in range(4))])
+            stats = tc.statistics()
+            assert stats["engines_moved"] >= 1 and stats["engines_died"] == 0, stats
+            assert alive_engine_ids(tc) == [eid]
+    finally:
+        engine.kill()
+        proxy.close()
+        ctl.stop()
+
+
+@pytest.mark.timeout(120)
+def test_an_engine_whose_connections_all_go_deaf_comes_back(tmp_path):
+    """Its heart goes deaf too, so the controller declares it dead (its tasks fail with
+    EngineDied or are retried, as for any death); the engine, told so on new connections,
+    registers again, and the tasks submitted after run on it."""
+    ctl = ControllerProcess(tmp_path)
+    ctl.start()
+    proxy, engine = engine_via_proxy(ctl, tmp_path)
+    runs = tmp_path / "runs"
+    try:
+        with TaskClient(ctl.conn, timeout=30) as tc:
+            poll(lambda: tc.engines(), what="the engine")
+            assert tc.run(MapTask(record, (str(runs), "warm-up")), block=True) == engine.pid
+            for round_ in range(2):
+                assert proxy.cut_peer_side_all() == 4
+                tids = [tc.run(MapTask(record, (str(runs), f"r{round_}-{i}"), retries=2))
+                        for i in range(4)]
+                for tid in tids:
+                    assert tc.get_task_result(tid, block=True, timeout=60) == engine.pid
+            runs_of = read_lines(runs)
+            for r in range(2):
+                for i in range(4):
+                    assert 1 <= runs_of.count(f"r{r}-{i}") <= 3
+            assert tc.statistics()["engines_died"] >= 1
+            poll(lambda: alive_engine_ids(tc), what="the engine, registered again")
     finally:
         engine.kill()
         proxy.close()

@@ -196,6 +196,7 @@ class Connection:
             if self._silent > self.reconnect_timeout and not self._unreachable \
                     and self._hello.done():
                 self._declare_unreachable()
+                sock = self._reopen()
             if burst >= IDLE_AT_LEAST_EVERY or not sock.poll(0):
                 burst = 0
                 self._idle()
@@ -330,6 +331,23 @@ class Connection:
                 hook(self.unreachable_error())
             except Exception:  # noqa: BLE001 - the I/O thread must keep reading
                 log.exception("failing the futures of an unreachable controller failed")
+
+    def _reopen(self) -> zmq.Socket:
+        """(I/O thread, the controller unreachable) Both sockets anew, with new routing ids.
+        ZeroMQ reconnects a socket with its own id; if the controller still holds a connection
+        with that id (it has not seen the old one end: a reset lost on the way), it ignores the
+        new one for good (SPEC §1: no peer takes over another's routing id), and this client
+        would never hear from it again. New ids cannot collide. Nothing waits for an answer
+        now (all failed), and every request names the id to answer (`rt`)."""
+        base = uuidlib.uuid4().hex.encode()
+        with self.send_lock:
+            old, self._send_sock = self._send_sock, self._dealer(base + b".s")
+            old.close(0)
+            self.recv_ident = base + b".r"
+        self._recv_sock.close(0)
+        self._recv_sock = self._dealer(self.recv_ident)
+        self._say_hello = True  # (so that the controller learns the new id at once)
+        return self._recv_sock
 
     def send(self, header: dict[str, Any], frames: Sequence[Any] = (),
              stream: Callable[[dict[str, Any], list[Any]], bool] | None = None) -> Future:

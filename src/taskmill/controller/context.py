@@ -45,6 +45,7 @@ class Counters:
     revokes_sent: int = 0  # an idle engine asked for a task buffered on another
     revokes_granted: int = 0  # ... and got it
     tasks_lost_in_transit: int = 0  # dispatches an engine never got, queued again
+    engines_moved: int = 0  # live engines that moved to new connections (old ones deaf)
     store_refusals: int = 0  # submits refused because the store could not write
 
 

@@ -156,8 +156,10 @@ class EngineTasks:
                     "type": "interrupt", "tid": tid, "attempt": attempt, "reason": ABORTED,
                     "session": ctx.session}, now=True)
         ack, rec.ackable = rec.ackable, []
+        # `mseq`: the last task message sent, so that an engine whose task connection went
+        # deaf finds out (engine/channels.py).
         self.send(ident, {"type": "hb", "session": ctx.session, "t": h.t, "ack": ack,
-                          "resend": resend}, now=True)
+                          "resend": resend, "mseq": rec.mseq}, now=True)
 
     def revoked(self, rec: EngineRecord, ident: bytes, m: Revoked, frames: list[Any]) -> None:
         tid, attempt = m.tid, m.attempt

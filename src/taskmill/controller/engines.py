@@ -129,8 +129,11 @@ class Engines:
             self.send(ident, {"type": "welcome", "session": ctx.session}, now=True)
             return
         eid = self.by_uuid.get(uuid)
-        if eid is not None and not self.records[eid].dead:
+        again = eid is not None and not self.records[eid].dead
+        if again:
             rec = self.records[eid]  # a repeated register: answer it again
+            if (ident, msg.ctl_ident, msg.res_ident, msg.heart_ident) != rec.idents():
+                self.moved(rec, ident, msg)
         else:
             eid = ctx.store.allocate_engine(uuid)
             props = dict(msg.properties or {})
@@ -151,8 +154,26 @@ class Engines:
             "type": "registered", "engineid": eid, "heartbeat": ctx.settings.heartbeat,
             "dead_after": ctx.settings.dead_after, "properties": rec.properties,
             "max_message": ctx.wire.max_message, "session": ctx.session,
-            "t": msg.t,
+            "t": msg.t, "again": again,
         })
+
+    def moved(self, rec: EngineRecord, ident: bytes, msg: Register) -> None:
+        """A live engine registers new connections (new routing ids: its old ones went deaf,
+        see engine/channels.py). It keeps its id and its tasks; its task messages are
+        numbered from the start again, and what was sent on the old connections and is not
+        held there any more counts as lost (engine_tasks.heartbeat queues it again)."""
+        for i in rec.idents():
+            self.by_ident.pop(i, None)
+        rec.task_ident, rec.ctl_ident = ident, msg.ctl_ident
+        rec.res_ident, rec.heart_ident = msg.res_ident, msg.heart_ident
+        for i in rec.idents():
+            self.by_ident[i] = rec.eid
+        rec.mseq = 0
+        rec.sent = dict.fromkeys(rec.sent, 0)
+        rec.prev_unacked = set()
+        rec.last_seen = self.ctx.now.mono
+        self.ctx.counters.engines_moved += 1
+        log.warning("engine %d moved to new connections (its old ones went deaf)", rec.eid)
 
     def adopt(self, rec: EngineRecord, msg: Register) -> None:
         """Add a new engine to the scheduler. After a controller restart, the tasks that the

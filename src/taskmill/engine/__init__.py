@@ -34,6 +34,11 @@ Being honest under faults:
   it runs and the results not yet acknowledged, so the new controller adopts them.
 - The heartbeat names the tasks held and the task messages received, so the controller
   finds a lost `tasks` message within a heartbeat and queues its tasks again.
+- Connections that go deaf (ZeroMQ reconnected with routing ids the controller still holds,
+  which it then ignores for good): heartbeats unanswered, task messages that never arrive,
+  results asked for again, or being declared dead while running make the engine open new
+  connections with new routing ids and register them; the controller moves it there, with
+  its id and its tasks (channels.py).
 
 An engine may hold several tasks (the controller's prefetch). Each carries `dseq`, the
 controller's dispatch number, which rises in the order the engine runs them. So "not started
@@ -41,9 +46,10 @@ yet" is `dseq > the last started`, and the I/O thread can promise a task back to
 controller (`revoke`) without asking the main thread: a revoked task is dropped when its turn
 comes, never run and never reported.
 
-What lives where: core.py (`Engine`: lifecycle, the heart, the main thread's task loop),
-control.py (`EngineControl`: identity, sockets, the state both threads share, the I/O thread:
-registration, heartbeats, tasks in, revokes, interrupts, sending results), running.py (running
+What lives where: core.py (`Engine`: lifecycle, the main thread's task loop), control.py
+(`EngineControl`: identity, the state both threads share, the I/O thread: registration,
+heartbeats, tasks in, revokes, interrupts, sending results), sockets.py (the four sockets, the
+heart, opening them anew), channels.py (when to: `ChannelWatch`), running.py (running
 a task's code, capture, the result or error it makes), results.py (results kept until
 acknowledged, batched), process.py (`run_engine`, `watch_parent`, `parse_property`).
 """

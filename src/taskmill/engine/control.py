@@ -1,14 +1,12 @@
-"""The engine's state both of its threads share, its sockets, and its I/O thread.
+"""The engine's state both of its threads share, and its I/O thread.
 
-`EngineControl` is the part of an `Engine` (core.py) that talks to the controller:
-
-    [task socket]    hello/welcome/register/registered; `tasks` messages --> the backlog
-                     (numbered: a skipped number is a lost message, reported)
-    [control socket] heartbeats out (what this engine holds, its lease) and their answers in
-                     (the lease renewed, results acknowledged or asked again, `reregister`);
-                     interrupts and revokes in; results that waited too long out
-    [result socket]  results out, from the main thread (`send_results`)
-    [heart socket]   echoed by ZeroMQ's own device (core.py)
+`EngineControl` is the part of an `Engine` (core.py) that talks to the controller, over the
+sockets of sockets.py: registration (hello/welcome/register/registered) and numbered `tasks`
+messages (a skipped number is a lost message, reported) on the task socket; heartbeats (what
+this engine holds, its lease) and their answers (the lease renewed, results acknowledged or
+asked again, `reregister`), interrupts and revokes on the control socket; results on the
+result socket (main thread). When those connections go deaf, channels.py says so and the I/O
+thread moves the engine to new ones.
 
 The I/O thread (`io_loop`) owns the task and control sockets. Everything the main thread and
 the I/O thread share is guarded by `lock` (`work` is its condition, on which the main thread
@@ -36,19 +34,17 @@ from typing import Any
 import zmq
 
 from ..connection import ConnectionInfo
-from ..curve import apply_client as apply_curve
-from ..defaults import DEFAULT_HEARTBEAT
+from ..defaults import DEAD_AFTER_HEARTBEATS, DEFAULT_HEARTBEAT
 from ..errors import ControllerUnreachable
 from ..wire import (
     DEFAULT_MAX_MESSAGE,
     Refused,
-    Wire,
-    apply_transport_heartbeat,
     recv_message,
-    send_message,
 )
+from .channels import ChannelWatch, silent_after
 from .results import Result, ResultOutbox, split_by_size
 from .running import OUTPUT_LIMIT, TaskCode, TaskInterrupted
+from .sockets import EngineSockets
 
 log = logging.getLogger("taskmill.engine")
 
@@ -117,37 +113,17 @@ class EngineControl:
         # Results until the controller acknowledges them (it does after storing them).
         self.outbox = ResultOutbox()
         self._generation = 0  # rises with each registration; stale "reregister"s are ignored
-        self.ctx = zmq.Context()
-        self.task_sock = self._dealer(b".t")  # I/O thread: register, tasks in
-        self.ctl_sock = self._dealer(b".c")  # I/O thread: heartbeats, control, late results
-        self.res_sock = self._dealer(b".r")  # main thread: results out
-        self.heart_sock = self._dealer(b".h")  # echo device: liveness without the GIL
-        wire_of = {s: Wire(info.key_bytes) for s in (self.task_sock, self.ctl_sock,
-                                                     self.res_sock)}
-        # One Wire per socket: replay checks hold per socket, where messages arrive in order.
-        self._wires = wire_of
-        self.wire = wire_of[self.res_sock]
-
-    def _dealer(self, suffix: bytes) -> zmq.Socket:
-        s = self.ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 1000)
-        s.setsockopt(zmq.SNDHWM, 0)
-        s.setsockopt(zmq.RCVHWM, 0)
-        s.setsockopt(zmq.ROUTING_ID, self.uuid.encode() + suffix)
-        # A first try 10 ms after a refused connect (an engine started beside its controller
-        # usually gets there before it listens), doubling up to 2 s while nobody listens.
-        s.setsockopt(zmq.RECONNECT_IVL, 10)
-        s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        s.setsockopt(zmq.MAXMSGSIZE, DEFAULT_MAX_MESSAGE)
-        apply_transport_heartbeat(s)
-        apply_curve(s, self.info)
-        s.connect(self.info.engine_url)
-        return s
+        # Moving to new connections (channels.py): the registration keeps this engine's tasks.
+        self.moving = False
+        self.sockets = EngineSockets(info, self.uuid)
+        self.wire = self.sockets.payload_wire  # payload digests
+        self.watch = ChannelWatch(silent_after(DEAD_AFTER_HEARTBEATS * self.heartbeat),
+                                  time.monotonic())
     # -- the I/O thread: sockets, registration, heartbeats, control ------------------------
     def io_loop(self) -> None:
         poller = zmq.Poller()
-        poller.register(self.task_sock, zmq.POLLIN)
-        poller.register(self.ctl_sock, zmq.POLLIN)
+        poller.register(self.sockets.task, zmq.POLLIN)
+        poller.register(self.sockets.ctl, zmq.POLLIN)
         started = time.monotonic()
         reg_wait = REGISTER_RETRY_FIRST
         reg_next = 0.0  # when to (re)send hello/register
@@ -156,6 +132,10 @@ class EngineControl:
         try:
             while not self.stopping.is_set():
                 now = time.monotonic()
+                why = self.watch.due(now)
+                if why is not None:
+                    self._reconnect(why, poller)
+                    reg_next = now
                 with self.lock:
                     need_register = self.need_register
                     wanted, self.lease_wanted = self.lease_wanted, False
@@ -168,7 +148,7 @@ class EngineControl:
                             "controller` or `taskmill cluster start`), or check that this "
                             "machine can reach that address (the controller's --location)")
                     if now >= reg_next:
-                        self._send(self.task_sock, {"type": "hello"})
+                        self._send(self.sockets.task, {"type": "hello"})
                         reg_next = now + reg_wait
                         if now - started >= reg_log and self.engineid is None:
                             log.warning("no answer from the controller at %s after %.0fs; "
@@ -204,12 +184,25 @@ class EngineControl:
             log.exception("the engine's I/O thread failed")
             self.fatal = e
         finally:
+            self.sockets.close_io()
             with self.work:
                 self.work.notify_all()
 
+    def _reconnect(self, why: str, poller: zmq.Poller) -> None:
+        """New connections with new routing ids (channels.py says why); a registered engine
+        registers them and keeps its id and its tasks."""
+        log.warning("%s: connecting to the controller at %s again, on new connections", why,
+                    self.info.engine_url)
+        with self.lock:
+            if self.registered:
+                self.moving = True
+                self.registered = False
+                self.need_register = True
+            self.sockets.reconnect(poller)
+
     def _on_message(self, sock: zmq.Socket, msg: list[Any]) -> None:
         try:
-            header, frames = self._wires[sock].decode(msg)
+            header, frames = self.sockets.decode(sock, msg)
         except Refused as e:
             log.warning("refused a message: %s", e)
             return
@@ -238,6 +231,7 @@ class EngineControl:
         session = header.get("session")
         if not isinstance(session, bytes):
             return
+        self.watch.heard(time.monotonic())
         with self.lock:
             if not self.need_register:
                 return
@@ -247,9 +241,8 @@ class EngineControl:
             running = list(self.current) if self.current else None
             finished = [list(k) for k in self.outbox.unacked]
             prev = self._prev_session
-        self._send(self.task_sock, {
-            "type": "register", "uuid": self.uuid, "ctl_ident": self.uuid.encode() + b".c",
-            "res_ident": self.uuid.encode() + b".r", "heart_ident": self.uuid.encode() + b".h",
+        self._send(self.sockets.task, {
+            "type": "register", "uuid": self.uuid, **self.sockets.idents(),
             "hostname": self.hostname, "pid": self.pid, "properties": self.start_properties,
             "session": session, "prev_session": prev, "running": running,
             "finished": finished, "t": time.monotonic(),
@@ -259,14 +252,25 @@ class EngineControl:
         if header.get("session") != self.session or not isinstance(header.get("engineid"), int):
             return
         first = self.engineid is None
+        self.watch.heard(time.monotonic())
         with self.lock:
             if not self.need_register:
                 return  # (an answer to a repeated register)
+            # Moved to new connections (channels.py), the controller keeps this engine as it
+            # was; if it declared it dead meanwhile, what it held here was failed or given
+            # elsewhere (after a controller restart, see _restarted instead).
+            moved = (self.moving and header.get("again") is True
+                     and header["engineid"] == self.engineid)
+            if self.moving and not moved and self._prev_session is None:
+                self._drop_held()
+            self.moving = False
             self.engineid = header["engineid"]
             self.heartbeat = float(header.get("heartbeat", 1.0))
             # The controller declares this engine dead after `dead_after` seconds without a
             # sign of it; the lease stays well inside that.
-            self.lease = LEASE_SHARE * float(header.get("dead_after", 3 * self.heartbeat))
+            dead_after = float(header.get("dead_after", DEAD_AFTER_HEARTBEATS * self.heartbeat))
+            self.lease = LEASE_SHARE * dead_after
+            self.watch.set_silent(silent_after(dead_after))
             sent = header.get("t")
             if isinstance(sent, int | float):
                 self.lease_until = sent + self.lease
@@ -276,9 +280,11 @@ class EngineControl:
             self.namespace["engineid"] = self.engineid
             self.properties["engineid"] = self.engineid
             self.sent_properties = dict(header.get("properties") or {})
-            # A new registration numbers its dispatches and messages from the start again.
-            self.last_started = 0
-            self.revoked.clear()
+            # A registration numbers its messages from the start again, and a new one its
+            # dispatches too (a moved engine may still hold tasks given back, see revoked).
+            if not moved:
+                self.last_started = 0
+                self.revoked.clear()
             self._mseq_seen = 0
             self._missing.clear()
             self._prev_session = None
@@ -287,9 +293,12 @@ class EngineControl:
             self.registered = True
             resend = list(self.outbox.unacked.values())  # results the controller may not have
             self.work.notify_all()
-        log.info("registered as engine %d%s", self.engineid, "" if first else " (again)")
+        if moved:
+            log.info("engine %d moved to its new connections", self.engineid)
+        else:
+            log.info("registered as engine %d%s", self.engineid, "" if first else " (again)")
         if resend:
-            self.send_results(self.ctl_sock, resend)
+            self.send_results(self.sockets.ctl, resend)
 
     def _on_reregister(self, header: dict[str, Any]) -> None:
         """The controller does not know this engine: it restarted (another session), or it
@@ -310,13 +319,20 @@ class EngineControl:
                 return
             log.warning("the controller declared this engine dead (was it stopped, or cut "
                         "off?): dropping every task it held and registering anew")
-            self.backlog.clear()
-            self.skip.clear()
-            self.outbox.unacked.clear()
-            self.take_unsent()
+            self._drop_held()
             self.session = None
-            if self.current is not None:
-                self._request_interrupt_locked(self.current, "drop")
+        # Its pings may have gone nowhere (channels.py): new connections, at once.
+        self.watch.alarm("declared dead while it ran")
+
+    def _drop_held(self) -> None:
+        """(Under the lock.) The controller failed or gave elsewhere every task held here:
+        drop them, and the results it has not acknowledged; interrupt the running one."""
+        self.backlog.clear()
+        self.skip.clear()
+        self.outbox.unacked.clear()
+        self.take_unsent()
+        if self.current is not None:
+            self._request_interrupt_locked(self.current, "drop")
 
     def _restarted(self, session: bytes) -> None:
         """(Under the lock.) A new controller session: the tasks waiting here never started
@@ -374,14 +390,19 @@ class EngineControl:
                       "current": list(self.current) if self.current else None,
                       "unacked": [list(k) for k in self.outbox.unacked],
                       "mseq": self._mseq_seen, "missing": sorted(self._missing)}
-        self._send(self.ctl_sock, report)
+        self._send(self.sockets.ctl, report)
 
     def _on_heartbeat_answer(self, header: dict[str, Any]) -> None:
         sent = header.get("t")
         resend = []
+        now = time.monotonic()
         with self.lock:
             if header.get("session") != self.session or self.need_register:
                 return
+            self.watch.heard(now)
+            last = header.get("mseq")
+            if isinstance(last, int) and not isinstance(last, bool):
+                self.watch.task_numbers(now, last, self._mseq_seen)
             if isinstance(sent, int | float) and not isinstance(sent, bool):
                 self.lease_until = max(self.lease_until, sent + self.lease)
                 self.work.notify()
@@ -393,8 +414,9 @@ class EngineControl:
                     held = self.outbox.unacked.get((key[0], key[1]))
                     if held is not None:
                         resend.append(held)
-        if resend:
-            self.send_results(self.ctl_sock, resend)
+        if resend:  # (sent on the result socket, never arrived: it may be deaf)
+            self.watch.alarm(f"results {[e['tid'] for e, _ in resend]} were lost")
+            self.send_results(self.sockets.ctl, resend)
 
     def _answer_revoke(self, header: dict[str, Any]) -> None:
         """Give a buffered task back, if it has not started (tasks start in dseq order)."""
@@ -405,7 +427,7 @@ class EngineControl:
             ok = seq > self.last_started and header.get("session") == self.session
             if ok:
                 self.revoked.add(seq)
-        self._send(self.ctl_sock, {"type": "revoked", "tid": header.get("tid"),
+        self._send(self.sockets.ctl, {"type": "revoked", "tid": header.get("tid"),
                                    "attempt": header.get("attempt"), "ok": ok,
                                    "session": self.session})
 
@@ -472,7 +494,7 @@ class EngineControl:
                 return
             batch = self.take_unsent()
         if batch:
-            self.send_results(self.ctl_sock, batch)
+            self.send_results(self.sockets.ctl, batch)
 
     def _send(self, sock: zmq.Socket, header: dict[str, Any], frames: Sequence[Any] = ()) -> None:
-        send_message(sock, self._wires[sock].encode(header, frames))
+        self.sockets.send(sock, header, frames)

@@ -21,7 +21,6 @@ import time
 from typing import Any
 
 import msgpack
-import zmq
 
 from ..connection import ConnectionInfo
 from ..errors import SerializationError, TaskAborted, TaskTimeout
@@ -79,7 +78,8 @@ class Engine(EngineControl):
         global _CURRENT
         _CURRENT = self
         old = signal.signal(INTERRUPT_SIGNAL, self.on_interrupt_signal)
-        heart = threading.Thread(target=self._heart, name="taskmill-heart", daemon=True)
+        heart = threading.Thread(target=self.sockets.run_heart, name="taskmill-heart",
+                                 daemon=True)
         heart.start()
         io_thread = threading.Thread(target=self.io_loop, name="taskmill-io", daemon=True)
         io_thread.start()
@@ -92,31 +92,13 @@ class Engine(EngineControl):
             io_thread.join(timeout=2)
             signal.signal(INTERRUPT_SIGNAL, old)
             _CURRENT = None
-            self.res_sock.close(linger=500)
-            self.task_sock.close(linger=0)
-            self.ctl_sock.close(linger=0)
-            self.ctx.term()  # (ends the heart's device, which then closes its socket)
+            self.sockets.close()
             heart.join(timeout=2)
 
     def stop(self) -> None:
         """Stop after the running task (safe from a signal handler: takes no lock; the main
         thread notices within 0.1 s)."""
         self.stopping.set()
-
-    def _heart(self) -> None:
-        """Echo whatever the controller sends to the heart socket, in ZeroMQ's own C code,
-        which runs without the GIL: task code that holds the GIL for minutes (a long regex,
-        a C extension) never makes a live engine look dead. A stopped process (SIGSTOP) or a
-        cut network does not answer."""
-        try:
-            zmq.proxy(self.heart_sock, self.heart_sock)
-        except zmq.ContextTerminated:
-            pass
-        except zmq.ZMQError as e:  # (the context ends while the device starts)
-            if e.errno != zmq.ETERM:
-                log.warning("the heartbeat device stopped: %s", e)
-        finally:
-            self.heart_sock.close(linger=0)
 
     # -- the main thread: run tasks in order -----------------------------------------------
     def _task_loop(self) -> None:
@@ -156,7 +138,7 @@ class Engine(EngineControl):
                 if unsent:  # nothing more to run now: what waited goes
                     self.lock.release()
                     try:
-                        self.send_results(self.res_sock, unsent)
+                        self.send_results(self.sockets.result_socket(), unsent)
                     finally:
                         self.lock.acquire()
                     continue
@@ -179,7 +161,7 @@ class Engine(EngineControl):
                      "status": "error", "duration": 0.0,
                      **error_fields(TaskAborted(f"task {key[0]} was aborted"))}
             for batch in self._queue_result(reply, []):
-                self.send_results(self.res_sock, batch)  # (main thread: its socket)
+                self.send_results(self.sockets.result_socket(), batch)  # (main thread: its socket)
             return None
         self.current = key
         self.interrupt_req = None
@@ -259,7 +241,7 @@ class Engine(EngineControl):
             self.current = None
             self.finishing = False
         for batch in batches:
-            self.send_results(self.res_sock, batch)
+            self.send_results(self.sockets.result_socket(), batch)
 
     # -- results out -----------------------------------------------------------------------
     def _queue_result(self, entry: dict[str, Any], body: list[Any]) -> list[list[Result]]:

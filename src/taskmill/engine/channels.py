@@ -1,0 +1,88 @@
+"""When an engine's connections to the controller have gone deaf: the watch that decides to
+connect again, on new connections with new routing ids.
+
+Why it is needed: the controller's ROUTER socket never hands a routing id that a connection
+still holds to another connection (SPEC §1: a peer cannot take over another peer's routing
+identity). ZeroMQ reconnects an engine's sockets by itself, with the same ids; when such a
+reconnection reaches the controller before it has seen the old connection end (a reset lost on
+the way, a NAT that forgot the connection and told one side only, a busy controller), ZeroMQ
+keeps the new connection open and ignores it for good. The engine then looks connected, but
+what it sends on that socket goes nowhere and nothing comes back on it: its heartbeats go
+unanswered, its task messages never arrive, its results are lost, or (its heart socket) it is
+declared dead while it runs. The fault soak found tasks stuck on such engines for ever.
+
+So the engine watches for the signs and, past `silent_after` seconds, opens new sockets with
+new routing ids and registers them under its own uuid: the controller moves the engine, with
+its engine id and its tasks, to them (engines.py `register`). The signs:
+- no heartbeat answered for `silent_after` (the control socket, or a controller that is down:
+  then new connections cost nothing);
+- the controller has sent task messages that never arrived here, for `silent_after` (each
+  heartbeat answer names the last one it sent: the task socket);
+- the controller asked again for a result this engine sent (the result socket), or declared
+  this engine dead while it ran (its heart socket): at once.
+Reconnections back off (doubling up to BACKOFF_MAX while the silence lasts; an answer resets
+it). Pure: it is told the time and what happened, and answers whether to reconnect now.
+"""
+
+from __future__ import annotations
+
+SILENT_MIN = 2.0  # seconds: silent_after is at least this ...
+SILENT_DEAD_AFTERS = 2  # ... and this many of the controller's dead_after
+BACKOFF_MAX = 30.0  # seconds between reconnections at most while the silence lasts
+
+
+def silent_after(dead_after: float) -> float:
+    """How long the controller may stay unheard before the engine connects again."""
+    return max(SILENT_MIN, SILENT_DEAD_AFTERS * dead_after)
+
+
+class ChannelWatch:
+    """Whether an engine's connections have gone deaf (see the module's docstring)."""
+
+    def __init__(self, silent: float, now: float) -> None:
+        self.silent = silent
+        self.heard_at = now  # the controller's last answer (or the last reconnection)
+        self.behind_since: float | None = None  # task messages sent, not yet arrived, since
+        self.urgent: str | None = None  # a reason to reconnect at once
+        self.backoff = silent
+        self.not_before = now  # no reconnection before this
+
+    def set_silent(self, silent: float) -> None:
+        """The controller's dead_after is known (at registration): the bound follows it."""
+        self.silent = self.backoff = silent
+
+    def heard(self, now: float) -> None:
+        """The controller answered (a heartbeat, a hello, a registration)."""
+        self.heard_at = now
+        self.backoff = self.silent
+
+    def task_numbers(self, now: float, sent: int, seen: int) -> None:
+        """A heartbeat answer: the controller has sent task messages up to `sent`; this
+        engine has received up to `seen`."""
+        if sent <= seen:
+            self.behind_since = None
+        elif self.behind_since is None:
+            self.behind_since = now
+
+    def alarm(self, reason: str) -> None:
+        """A sign that needs no waiting (see the module's docstring)."""
+        if self.urgent is None:
+            self.urgent = reason
+
+    def due(self, now: float) -> str | None:
+        """Why to connect again now, or None. Once it answers, the watch starts over."""
+        reason = self.urgent
+        if reason is None and now - self.heard_at > self.silent:
+            reason = f"no answer from the controller for {now - self.heard_at:.1f}s"
+        if (reason is None and self.behind_since is not None
+                and now - self.behind_since > self.silent):
+            reason = (f"task messages the controller sent {now - self.behind_since:.1f}s ago "
+                      "never arrived")
+        if reason is None or now < self.not_before:
+            return None
+        self.urgent = None
+        self.behind_since = None
+        self.heard_at = now  # the new connections get their own time to be heard
+        self.not_before = now + self.backoff
+        self.backoff = min(2 * self.backoff, BACKOFF_MAX)
+        return reason

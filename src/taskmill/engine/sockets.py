@@ -1,0 +1,144 @@
+"""An engine's four sockets to the controller, and how they are opened again.
+
+    task    (I/O thread)   hello/welcome/register/registered; `tasks` messages in
+    ctl     (I/O thread)   heartbeats and their answers, control messages, late results
+    res     (main thread)  results out
+    heart   (heart thread) ZeroMQ's own device echoes the controller's pings without the GIL
+
+Each socket's routing id is the engine's uuid, a connection number and a suffix. `reconnect`
+(called by the I/O thread when channels.py says the connections have gone deaf) closes the
+task and control sockets and opens them anew with the next connection number; the result
+socket is opened anew by the main thread before its next send (`result_socket`), and the heart
+by its own thread (its device is stopped through an inproc control socket). Each thread
+touches only its own sockets. One Wire per logical socket, kept across reconnections: replay
+checks hold per sender, whose numbers keep rising.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+
+from ..connection import ConnectionInfo
+from ..curve import apply_client as apply_curve
+from ..wire import DEFAULT_MAX_MESSAGE, Wire, apply_transport_heartbeat, send_message
+
+log = logging.getLogger("taskmill.engine")
+
+SUFFIXES = (b".t", b".c", b".r", b".h")  # task, ctl, res, heart
+
+
+class EngineSockets:
+    def __init__(self, info: ConnectionInfo, uuid: str) -> None:
+        self.info = info
+        self.uuid = uuid.encode()
+        self.connection = 0  # rises with each reconnection: new routing ids
+        self.ctx = zmq.Context()
+        self.task = self._dealer(b".t")
+        self.ctl = self._dealer(b".c")
+        self.res = self._dealer(b".r")
+        self.heart = self._dealer(b".h")
+        self._wires = {s: Wire(info.key_bytes) for s in (self.task, self.ctl, self.res)}
+        self.payload_wire = Wire(info.key_bytes)  # payload digests (no sequence involved)
+        self._res_wanted: int | None = None  # the connection number the main thread opens
+        self._heart_url = f"inproc://taskmill-heart-{uuid}"
+        self._heart_control = self.ctx.socket(zmq.PAIR)  # the heart thread's end
+        self._heart_control.bind(self._heart_url)
+        self._heart_stop = self.ctx.socket(zmq.PAIR)  # the I/O thread's end
+        self._heart_stop.connect(self._heart_url)
+
+    def ident(self, suffix: bytes, connection: int | None = None) -> bytes:
+        n = self.connection if connection is None else connection
+        return self.uuid + (b"~%d" % n if n else b"") + suffix
+
+    def idents(self) -> dict[str, bytes]:
+        """The routing ids a registration names (the task socket's is its sender's)."""
+        return {"ctl_ident": self.ident(b".c"), "res_ident": self.ident(b".r"),
+                "heart_ident": self.ident(b".h")}
+
+    def _dealer(self, suffix: bytes, connection: int | None = None) -> zmq.Socket:
+        s = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 1000)
+        s.setsockopt(zmq.SNDHWM, 0)
+        s.setsockopt(zmq.RCVHWM, 0)
+        s.setsockopt(zmq.ROUTING_ID, self.ident(suffix, connection))
+        # A first try 10 ms after a refused connect (an engine started beside its controller
+        # usually gets there before it listens), doubling up to 2 s while nobody listens.
+        s.setsockopt(zmq.RECONNECT_IVL, 10)
+        s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        s.setsockopt(zmq.MAXMSGSIZE, DEFAULT_MAX_MESSAGE)
+        apply_transport_heartbeat(s)
+        apply_curve(s, self.info)
+        s.connect(self.info.engine_url)
+        return s
+
+    def send(self, sock: zmq.Socket, header: dict[str, Any], frames: Sequence[Any] = ()) -> None:
+        send_message(sock, self._wires[sock].encode(header, frames))
+
+    def decode(self, sock: zmq.Socket, msg: list[Any]) -> tuple[dict[str, Any], list[Any]]:
+        return self._wires[sock].decode(msg)
+
+    # -- opening them anew -----------------------------------------------------------------
+    def reconnect(self, poller: zmq.Poller) -> None:
+        """(I/O thread) New task and control sockets under the next connection number; the
+        result socket and the heart follow in their own threads."""
+        self.connection += 1
+        for name in ("task", "ctl"):
+            old = getattr(self, name)
+            poller.unregister(old)
+            new = self._dealer(b".t" if name == "task" else b".c")
+            self._wires[new] = self._wires.pop(old)
+            old.close(linger=0)
+            setattr(self, name, new)
+            poller.register(new, zmq.POLLIN)
+        self._res_wanted = self.connection
+        self._heart_stop.send(b"TERMINATE")  # the heart thread opens its socket anew
+
+    def result_socket(self) -> zmq.Socket:
+        """(Main thread) The result socket, opened anew first if the connection moved."""
+        wanted = self._res_wanted
+        if wanted is not None:
+            self._res_wanted = None
+            old = self.res
+            self.res = self._dealer(b".r", wanted)
+            self._wires[self.res] = self._wires.pop(old)
+            old.close(linger=0)
+        return self.res
+
+    def run_heart(self) -> None:
+        """(Heart thread) Echo whatever the controller sends to the heart socket, in ZeroMQ's
+        own C code, which runs without the GIL: task code that holds the GIL for minutes (a
+        long regex, a C extension) never makes a live engine look dead. A stopped process
+        (SIGSTOP) or a cut network does not answer. Told TERMINATE, it opens its socket anew
+        under the current connection number."""
+        try:
+            while True:
+                zmq.proxy_steerable(self.heart, self.heart, None, self._heart_control)
+                old = self.heart
+                self.heart = self._dealer(b".h")
+                old.close(linger=0)
+        except zmq.ContextTerminated:
+            pass
+        except zmq.ZMQError as e:  # (the context ends while the device starts)
+            if e.errno != zmq.ETERM:
+                log.warning("the heartbeat device stopped: %s", e)
+        finally:
+            self.heart.close(linger=0)
+            self._heart_control.close(linger=0)
+
+    def close_io(self) -> None:
+        """(I/O thread, as it ends) Its sockets."""
+        self._heart_stop.close(linger=0)
+
+    def close(self) -> None:
+        """(Main thread, once the I/O thread has ended) The rest, and the context (which
+        ends the heart's device, which then closes its socket)."""
+        self.res.close(linger=500)
+        self.task.close(linger=0)
+        self.ctl.close(linger=0)
+        if not self._heart_stop.closed:  # (an I/O thread that did not end in time)
+            self._heart_stop.close(linger=0)
+        self.ctx.term()

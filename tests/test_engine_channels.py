@@ -1,0 +1,74 @@
+"""engine/channels.py: when an engine decides its connections have gone deaf (pure: no
+sockets, the time is given)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from taskmill.engine.channels import BACKOFF_MAX, SILENT_MIN, ChannelWatch, silent_after
+
+
+def test_silent_after_follows_dead_after_with_a_floor():
+    assert silent_after(3.0) == 6.0
+    assert silent_after(0.1) == SILENT_MIN
+
+
+def test_answered_heartbeats_never_reconnect():
+    w = ChannelWatch(3.0, now=0.0)
+    for t in range(1, 100):
+        w.heard(float(t))
+        assert w.due(float(t) + 0.5) is None
+
+
+def test_silence_past_the_bound_reconnects_then_waits_for_the_new_connections():
+    w = ChannelWatch(3.0, now=0.0)
+    assert w.due(3.0) is None
+    assert "no answer from the controller for 3.1s" in w.due(3.1)
+    assert w.due(3.2) is None  # the new connections get their own time
+    assert w.due(6.0) is None
+    assert w.due(6.2) is not None  # still silent: again, after backoff (3 s) and silence
+
+
+def test_task_messages_that_never_arrive_reconnect():
+    w = ChannelWatch(3.0, now=0.0)
+    w.heard(1.0)
+    w.task_numbers(1.0, sent=5, seen=4)  # behind
+    w.heard(2.0)
+    w.task_numbers(2.0, sent=5, seen=5)  # caught up: forgotten
+    w.heard(3.5)
+    w.task_numbers(3.5, sent=6, seen=5)
+    for t in (4.0, 5.0, 6.0):
+        w.heard(t)
+        w.task_numbers(t, sent=6, seen=5)
+        assert w.due(t) is None
+    w.heard(6.6)
+    w.task_numbers(6.6, sent=6, seen=5)
+    assert "never arrived" in w.due(6.6)
+
+
+def test_an_alarm_reconnects_at_once_but_not_twice_within_the_backoff():
+    w = ChannelWatch(3.0, now=0.0)
+    w.alarm("results [7] were lost")
+    assert w.due(0.1) == "results [7] were lost"
+    w.heard(0.2)
+    w.alarm("declared dead while it ran")
+    assert w.due(1.0) is None  # within the backoff: kept ...
+    assert w.due(3.2) == "declared dead while it ran"  # ... and acted on after it
+
+
+@given(st.lists(st.floats(min_value=0.01, max_value=50.0), min_size=1, max_size=60))
+def test_reconnections_back_off_to_at_most_one_per_backoff_max(gaps):
+    """Whatever the silence, reconnections are at least `silent` apart, growing to
+    BACKOFF_MAX; one answer puts the backoff back to `silent`."""
+    w = ChannelWatch(3.0, now=0.0)
+    t, last = 0.0, None
+    for gap in gaps:
+        t += gap
+        if w.due(t) is not None:
+            if last is not None:
+                assert t - last >= 3.0
+            last = t
+    assert w.backoff <= BACKOFF_MAX
+    w.heard(t)
+    assert w.backoff == 3.0
