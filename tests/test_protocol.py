@@ -113,6 +113,14 @@ def test_rules_a_type_cannot_state():
         node_rules(bare, bare.nodes[0], 0, 1)
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"tasks": []}, Submit)
+    # A node takes as arguments only results of tasks the task waits for (arguments.py).
+    takes = TaskSpec(nodes=[NodeSpec(exec=MapExec(fn=1), nframes=1, pmac=b"m",
+                                     args_from=[3])], after=[3])
+    node_rules(takes, takes.nodes[0], 0, 1)
+    unwaited = TaskSpec(nodes=[NodeSpec(exec=MapExec(fn=1), nframes=1, pmac=b"m",
+                                        args_from=[3])], after=[])
+    with pytest.raises(ProtocolError, match="args_from"):
+        node_rules(unwaited, unwaited.nodes[0], 0, 1)
 
 
 def test_a_results_entry_that_does_not_fit_its_record_refuses_the_rest_of_the_message(ctl):

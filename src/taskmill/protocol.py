@@ -79,6 +79,8 @@ class NodeSpec(msgspec.Struct, frozen=True):
     pmac: bytes | None = None  # (needed with payload frames: node_rules)
     depend: Literal["callable"] | dict[Any, Any] | None = None
     dpmac: bytes | None = None  # (needed by a callable depend: node_rules)
+    # Tasks whose results its arguments take (arguments.py); each in the task's `after`.
+    args_from: list[NonNeg] = []
 
 
 class TaskSpec(msgspec.Struct, frozen=True):
@@ -302,6 +304,9 @@ def node_rules(task: TaskSpec, node: NodeSpec, pos: int, nframes: int) -> None:
         raise ProtocolError("a node with payload frames needs their pmac (bytes)")
     if node.depend == "callable" and node.dpmac is None:
         raise ProtocolError("a callable depend needs its dpmac (bytes)")
+    if node.args_from and (type(ex) is not MapExec or not set(node.args_from) <= set(task.after)):
+        raise ProtocolError("args_from names tasks of the node's map call, each in the task's "
+                            "after")
 
 
 def result_entry(entry: Any, pos: int, nframes: int) -> ResultEntry:

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
+from ..arguments import FutureLike
 from ..errors import ControllerUnreachable
 from ..task import BaseTask
 from . import steps, verbs
@@ -43,11 +44,11 @@ def _retrieved(fut: asyncio.Future) -> None:
         fut.exception()
 
 
-class AsyncTaskFuture(asyncio.Future):
+class AsyncTaskFuture(asyncio.Future, FutureLike):
     """An `asyncio.Future` for one task: `await` it for the result (or its exception).
 
     `taskid` and `metadata` are those of `task_future`, the blocking client's `TaskFuture` it
-    follows. `cancel()` aborts the task as `TaskFuture.cancel()` does: it waits for the
+    follows. Passed to another task's arguments it stands for its result, as a TaskFuture does. `cancel()` aborts the task as `TaskFuture.cancel()` does: it waits for the
     controller's answer (a round trip) in the loop's thread, and returns False if the task had
     finished. `await client.abort(fut.taskid)` aborts without that wait.
     """

@@ -22,6 +22,7 @@ from typing import Any
 
 import msgpack
 
+from ..arguments import swap_futures
 from ..errors import (
     RemoteError,
     RemoteTraceback,
@@ -170,7 +171,8 @@ def encode_task(task: BaseTask, wire: Wire, functions: FunctionPickles | None = 
         if not validated:
             task.validate()
         node, frames = encode_node(task, None, wire, functions)
-        return packed({"nodes": [node], "after": after_ids(task.after)}, frames, task)
+        return packed({"nodes": [node], "after": with_args_from(task.after, [node])}, frames,
+                      task)
     chain = recovery_chain(task)
     nodes, frames = [], []
     for t, recovery in zip(chain, chain_links(chain), strict=True):
@@ -178,7 +180,17 @@ def encode_task(task: BaseTask, wire: Wire, functions: FunctionPickles | None = 
         node, node_frames = encode_node(t, recovery, wire, functions)
         nodes.append(node)
         frames.extend(node_frames)
-    return packed({"nodes": nodes, "after": after_ids(task.after)}, frames, task)
+    return packed({"nodes": nodes, "after": with_args_from(task.after, nodes)}, frames, task)
+
+
+def with_args_from(after: Any, nodes: list[dict[str, Any]]) -> list[int]:
+    """The task's `after` ids, and those whose results its nodes take as arguments."""
+    ids = after_ids(after)
+    for node in nodes:
+        for tid in node.get("args_from", ()):
+            if tid not in ids:
+                ids.append(tid)
+    return ids
 
 
 def encode_node(t: BaseTask, recovery: int | None, wire: Wire,
@@ -190,6 +202,9 @@ def encode_node(t: BaseTask, recovery: int | None, wire: Wire,
         check_text(t.expression, f"the expression of {t!r}")
         for name in t.pull:
             check_text(name, f"the pulled name {name!r}")
+    args_from: list[int] = []
+    if isinstance(t, MapTask):  # (a future's taskid that never came raises its own error)
+        args, kwargs, args_from = swap_futures(tuple(t.args), t.kwargs)
     try:
         if isinstance(t, StringTask):
             ex = {"kind": "string", "expression": t.expression, "pull": list(t.pull)}
@@ -197,7 +212,7 @@ def encode_node(t: BaseTask, recovery: int | None, wire: Wire,
         else:
             function = functions.dumps(t.function)
             ex = {"kind": "map", "fn": len(function)}
-            body = [*function, *dumps_arguments(tuple(t.args), t.kwargs)]
+            body = [*function, *dumps_arguments(args, kwargs)]
     except Exception as e:
         raise SerializationError(
             f"cannot send {t!r}: its function, arguments or pushed values cannot be "
@@ -207,6 +222,8 @@ def encode_node(t: BaseTask, recovery: int | None, wire: Wire,
         "exec": ex, "nframes": len(body), "retries": t.retries, "timeout": t.timeout,
         "recovery": recovery, "pmac": wire.payload_mac(body) if body else None,
     }
+    if args_from:
+        node["args_from"] = args_from
     if isinstance(t.depend, dict):
         try:
             # A copy, as it is now: the request may be sent again after a restart.

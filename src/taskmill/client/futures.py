@@ -25,6 +25,7 @@ from concurrent.futures import Future, InvalidStateError
 from concurrent.futures._base import CANCELLED
 from typing import Any, Protocol
 
+from ..arguments import FutureLike
 from ..errors import ControllerUnreachable, TaskAborted
 from .codec import CONTROLLER_DECIDED, METADATA_KEYS
 from .connection import Connection
@@ -59,7 +60,7 @@ def raises(meta: dict[str, Any] | None) -> bool:
                 or (status != "ok" and meta.get("kind") != "string"))
 
 
-class TaskFuture(Future):
+class TaskFuture(Future, FutureLike):
     """A `concurrent.futures.Future` for one task (SPEC.md §6.13).
 
     It works wherever a Future does: `concurrent.futures.wait` and `as_completed`,
@@ -74,7 +75,17 @@ class TaskFuture(Future):
     exception in the thread that calls them (once: it is kept). A task's failure is raised by
     `result()` as its own type (§3, §6.1): for a StringTask `result()` is a `TaskResult`.
     `cancel()` aborts the task (see there).
+
+    Passed to another task, at the top level of its arguments or directly inside a list,
+    tuple or dict there, it stands for its result: that task waits for this one and gets
+    the value on the engine, from the store (arguments.py).
     """
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            f"a TaskFuture (task {self._taskid}) cannot be pickled: pass it to a task at the top "
+            "level of its arguments, or directly inside a list, tuple or dict there (it stands "
+            "for its result), or pass fut.result()")
 
     def __init__(self, owner: FutureOwner, taskid: int | None = None) -> None:
         super().__init__()

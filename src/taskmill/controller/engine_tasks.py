@@ -23,6 +23,7 @@ from typing import Any
 
 from ..protocol import Heartbeat, ResultEntry, Results, Revoked, result_entry
 from ..scheduler import ABORTED, Dispatch, Interrupt, Revoke
+from ..wire import frame_len
 from .context import Context
 from .engines import EngineRecord, Engines
 from .outbox import ENGINE, Outgoing
@@ -30,6 +31,8 @@ from .sched_calls import Report
 from .validation import is_int, pairs
 
 log = logging.getLogger("taskmill.controller")
+
+ARGUMENTS_HEADROOM = 64 * 1024  # bytes of a tasks message kept for its headers
 
 
 class EngineTasks:
@@ -53,10 +56,39 @@ class EngineTasks:
         now = ctx.started[tid] = ctx.now.wall
         ctx.activity.dispatched(tid, a.eid, attempt, now)
         seq = self.engines.seq_of[(tid, attempt)] = next(self.engines.dispatch_seq)
-        ctx.outbox.add_task(a.eid, {"tid": tid, "attempt": attempt, "dseq": seq,
-                                    "exec": node["exec"], "pmac": node["pmac"],
-                                    "timeout": node.get("timeout"), "n": end - start},
-                            task.frames[start:end])
+        entry = {"tid": tid, "attempt": attempt, "dseq": seq, "exec": node["exec"],
+                 "pmac": node["pmac"], "timeout": node.get("timeout"), "n": end - start}
+        frames = task.frames[start:end]
+        if node.get("args_from"):
+            frames = self.with_arguments(entry, node["args_from"], frames)
+        ctx.outbox.add_task(a.eid, entry, frames)
+
+    def with_arguments(self, entry: dict[str, Any], tids: list[int],
+                       frames: list[Any]) -> list[Any]:
+        """The stored results that a task takes as arguments travel with it (arguments.py):
+        `args` in its entry says whose, how many frames and their pmac; a result cleared
+        meanwhile is named in `missing`, and results too large to travel with it in one
+        message in `too_big` (the engine fails the task with DependencyError for either)."""
+        args, extra, missing = [], [], []
+        size = sum(frame_len(f) for f in frames)
+        for dep in tids:
+            r = self.ctx.store.result(dep)
+            if r is None or not r.ok:
+                missing.append(dep)
+                continue
+            args.append([dep, len(r.frames), r.meta.get("pmac")])
+            extra.extend(r.frames)
+            size += sum(frame_len(f) for f in r.frames)
+        if size > self.ctx.wire.max_message - ARGUMENTS_HEADROOM:
+            entry["too_big"] = (f"the results of tasks {tids} it takes as arguments and its own "
+                                f"payload come to {size} bytes, more than one message may hold "
+                                f"({self.ctx.wire.max_message}): pass smaller values")
+            return frames
+        if missing:
+            entry["missing"] = missing
+        entry["args"] = args
+        entry["n"] += len(extra)
+        return [*frames, *extra]
 
     def interrupt(self, a: Interrupt, report: Report | None = None) -> None:
         rec = self.engines.records.get(a.eid)

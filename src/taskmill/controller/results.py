@@ -78,7 +78,8 @@ def failure_text(a: Finish, node: dict[str, Any], started: float | None, now: fl
             "the depend")
     if a.outcome == DEPENDENCY:
         return "dependency", "DependencyError", (
-            f"task {a.tid} did not run: task {a.detail}, which it waits for (after=), "
+            f"task {a.tid} did not run: task {a.detail}, which it waits for (after=, or a "
+            "future among its arguments), "
             "failed, was aborted, or is unknown")
     raise AssertionError(f"unknown outcome {a.outcome}")
 

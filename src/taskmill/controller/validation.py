@@ -63,6 +63,8 @@ def stored_nodes(task: TaskSpec, frames: list[Any], pos: int) -> tuple[int, list
                 "pmac": meta.pmac, "depend": meta.depend, "span": [pos - start, pos - start + nf]}
         if meta.depend == "callable":
             node["dpmac"] = meta.dpmac
+        if meta.args_from:
+            node["args_from"] = list(meta.args_from)
         pos += nf
         node["dspan"] = [pos - start, pos - start + df]
         pos += df

@@ -27,7 +27,14 @@ from ..errors import SerializationError, TaskAborted, TaskTimeout
 from ..wire import Refused
 from .control import INTERRUPT_SIGNAL, KILL_GRACE, EngineControl
 from .results import Result
-from .running import OUTPUT_LIMIT, Capture, TaskInterrupted, error_fields, reply_body
+from .running import (
+    OUTPUT_LIMIT,
+    Capture,
+    TaskInterrupted,
+    error_fields,
+    reply_body,
+    take_arguments,
+)
 
 log = logging.getLogger("taskmill.engine")
 
@@ -191,13 +198,14 @@ class Engine(EngineControl):
                 log.warning("task %s: timeout %r too large for the last-resort kill", tid,
                             timeout)
         try:
+            frames, values = take_arguments(tid, header, frames, self.wire)
             if frames:
                 self.wire.check_payload(frames, header.get("pmac"))
             sys.stdout, sys.stderr = out, err
             try:
                 if spec.get("clear_before"):
                     self._reset()
-                value = self.code.execute(tid, spec, frames, self.engineid)
+                value = self.code.execute(tid, spec, frames, self.engineid, values)
             finally:
                 if spec.get("clear_after"):
                     self._reset()

@@ -21,8 +21,9 @@ import os
 import traceback
 from typing import Any
 
-from ..errors import SerializationError, TaskRejectError
-from ..wire import FunctionLoads, dumps, loads
+from ..arguments import fill
+from ..errors import DependencyError, SerializationError, TaskRejectError
+from ..wire import FunctionLoads, Refused, Wire, dumps, loads
 
 OUTPUT_LIMIT = 1 << 20  # bytes of stdout (and of stderr) kept per task
 _HERE = os.path.dirname(__file__)  # the folder of the engine's own files (not task code)
@@ -133,7 +134,7 @@ class TaskCode:
         self.active = False  # task code runs now (exec, or the function's call)
 
     def execute(self, tid: int, spec: dict[str, Any], frames: list[Any],
-                engineid: int | None) -> Any:
+                engineid: int | None, values: dict[int, Any] | None = None) -> Any:
         """Run a task's code: a StringTask's source (pushed values set first, pulled ones
         returned as a dict) or a MapTask's call; returns what it gives, raises what it raises."""
         if spec["kind"] == "string":
@@ -160,6 +161,8 @@ class TaskCode:
         else:
             func, args, kwargs = self.unpickle(tid, frames, "function or arguments", engineid,
                                                self.load_here)
+        if values:
+            args, kwargs = fill(args, kwargs, values)
         self.active = True
         return func(*args, **kwargs)
 
@@ -178,4 +181,36 @@ class TaskCode:
                 f"task {tid}'s {what} cannot be unpickled on engine {engineid} "
                 f"({type(e).__name__}: {e}); is every module it needs installed on the "
                 "engine's machine?") from e
+
+
+def take_arguments(tid: int, header: dict[str, Any], frames: list[Any],
+                   wire: Wire) -> tuple[list[Any], dict[int, Any]]:
+    """A task's own payload frames, and the values of the results it takes as arguments
+    (arguments.py), which travel after them, each checked against its own pmac."""
+    if header.get("too_big"):
+        raise DependencyError(f"task {tid}: {header['too_big']}")
+    if header.get("missing"):
+        raise DependencyError(
+            f"task {tid} takes the results of tasks {header['missing']} as arguments, and they "
+            "were cleared before it ran")
+    args = header.get("args")
+    if not args:
+        return frames, {}
+    end = len(frames)
+    values: dict[int, Any] = {}
+    for dep, n, pmac in reversed(args):
+        part, end = frames[end - n:end], end - n
+        if not part:  # (a result of None has no frames)
+            values[dep] = None
+            continue
+        try:
+            wire.check_payload(part, pmac)
+            values[dep] = loads(part)
+        except Refused as e:
+            raise SerializationError(f"the result of task {dep} was refused: {e}") from None
+        except Exception as e:
+            raise SerializationError(
+                f"the result of task {dep}, an argument of task {tid}, cannot be unpickled "
+                f"here ({type(e).__name__}: {e})") from e
+    return frames[:end], values
 
