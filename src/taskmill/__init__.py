@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 _WHERE = {
     "AsyncTaskClient": "aio", "AsyncTaskFuture": "aio",
     "BlockingTaskClient": "client", "TaskClient": "client", "TaskFuture": "client",
-    "TaskExecutor": "client", "TaskOptions": "client",
+    "TaskExecutor": "client", "TaskOptions": "client", "ObjectRef": "client",
     "Cluster": "cluster",
     "current_engine": "engine",
     "CompositeError": "errors", "ConnectionFileError": "errors",
@@ -29,7 +29,14 @@ _WHERE = {
 
 if TYPE_CHECKING:
     from .aio import AsyncTaskClient, AsyncTaskFuture
-    from .client import BlockingTaskClient, TaskClient, TaskExecutor, TaskFuture, TaskOptions
+    from .client import (
+        BlockingTaskClient,
+        ObjectRef,
+        TaskClient,
+        TaskExecutor,
+        TaskFuture,
+        TaskOptions,
+    )
     from .cluster import Cluster
     from .engine import current_engine
     from .errors import (
@@ -76,6 +83,7 @@ __all__ = [
     "EngineDied",
     "MapFailure",
     "MapTask",
+    "ObjectRef",
     "RemoteError",
     "ResultNS",
     "SerializationError",

@@ -12,11 +12,16 @@ inside a list, tuple or dict there, stands for its task's result:
     engine   fill(args, kwargs, values) -> the placeholders replaced by the values
 
 Deeper than that, a future is not looked for (pickling it raises a TypeError that says so).
+A map's chunk task (one task for many elements) is looked through as each element would be.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+USER_DEPTH = 1  # container levels a user's task is looked through (see the docstring)
+CHUNK_DEPTH = 3  # ... a map's chunk: its list of argument tuples, then the user's level
+MAX_DEPTH = CHUNK_DEPTH
 
 
 class FutureLike:
@@ -40,41 +45,40 @@ class ResultOf:
         return f"ResultOf({self.taskid})"
 
 
-def _map_one(x: Any, f: Any) -> Any:
-    """`x` with `f` applied to it, or (a list, tuple or dict) to each of its items."""
-    t = type(x)
-    if t is list:
-        return [f(v) for v in x]
-    if t is tuple:
-        return tuple(f(v) for v in x)
-    if t is dict:
-        return {k: f(v) for k, v in x.items()}
+def _map_one(x: Any, f: Any, depth: int) -> Any:
+    """`x` with `f` applied to it, or (a list, tuple or dict, `depth` levels down) to each of
+    its items."""
+    if depth > 0:
+        t = type(x)
+        if t is list:
+            return [_map_one(v, f, depth - 1) for v in x]
+        if t is tuple:
+            return tuple(_map_one(v, f, depth - 1) for v in x)
+        if t is dict:
+            return {k: _map_one(v, f, depth - 1) for k, v in x.items()}
     return f(x)
 
 
-def _walk(args: tuple[Any, ...], kwargs: dict[str, Any], f: Any,
-          ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    return (tuple(_map_one(a, f) for a in args),
-            {k: _map_one(v, f) for k, v in kwargs.items()})
-
-
-def _holds(x: Any, kind: type) -> bool:
+def _holds(x: Any, kind: type, depth: int) -> bool:
     if isinstance(x, kind):
         return True
-    t = type(x)
-    if t is list or t is tuple:
-        return any(isinstance(v, kind) for v in x)
-    if t is dict:
-        return any(isinstance(v, kind) for v in x.values())
+    if depth > 0:
+        t = type(x)
+        if t is list or t is tuple:
+            return any(_holds(v, kind, depth - 1) for v in x)
+        if t is dict:
+            return any(_holds(v, kind, depth - 1) for v in x.values())
     return False
 
 
-def swap_futures(args: tuple[Any, ...], kwargs: dict[str, Any],
+def swap_futures(args: tuple[Any, ...], kwargs: dict[str, Any], depth: int = 1,
                  ) -> tuple[tuple[Any, ...], dict[str, Any], list[int]]:
-    """Each future in `args`/`kwargs` (see the module's docstring) replaced by a ResultOf;
-    the taskids, in order, once each. Unchanged (the same objects) when there is none."""
-    if not any(_holds(a, FutureLike) for a in args) and \
-            not any(_holds(v, FutureLike) for v in kwargs.values()):
+    """Each future in `args`/`kwargs` (at the top level, or `depth` container levels down:
+    one for a user's task, three for a map's chunk, whose arguments are a list of argument
+    tuples) replaced by a ResultOf; the taskids, in order, once each. Unchanged (the same
+    objects) when there is none."""
+    if not any(_holds(a, FutureLike, depth) for a in args) and \
+            not any(_holds(v, FutureLike, depth) for v in kwargs.values()):
         return args, kwargs, []
     tids: dict[int, None] = {}
 
@@ -85,14 +89,15 @@ def swap_futures(args: tuple[Any, ...], kwargs: dict[str, Any],
             return ResultOf(tid)
         return v
 
-    args, kwargs = _walk(args, kwargs, swap)
-    return args, kwargs, list(tids)
+    return (tuple(_map_one(a, swap, depth) for a in args),
+            {k: _map_one(v, swap, depth) for k, v in kwargs.items()}, list(tids))
 
 
 def fill(args: tuple[Any, ...], kwargs: dict[str, Any], values: dict[int, Any],
-         ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+         depth: int = MAX_DEPTH) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The placeholders in `args`/`kwargs` replaced by `values[taskid]`."""
     def value(v: Any) -> Any:
         return values[v.taskid] if isinstance(v, ResultOf) else v
 
-    return _walk(args, kwargs, value)
+    return (tuple(_map_one(a, value, depth) for a in args),
+            {k: _map_one(v, value, depth) for k, v in kwargs.items()})

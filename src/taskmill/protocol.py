@@ -139,6 +139,15 @@ class EngineExited(msgspec.Struct, frozen=True):
     status: int
 
 
+class Put(msgspec.Struct, frozen=True):
+    """`put`: one value, pickled in the frames that follow, stored once as a finished
+    result (client/objects.py's ObjectRef names it)."""
+
+    pmac: bytes
+    key: str | None = None  # as a submit's: the same key again gets the same taskid
+    resent: Any = False
+
+
 class NoFields(msgspec.Struct, frozen=True):
     """hello, ping, spin, engines, stats: nothing beyond the common fields."""
 
@@ -147,7 +156,7 @@ CLIENT_RECORDS: dict[str, type[msgspec.Struct]] = {
     "hello": NoFields, "ping": NoFields, "submit": Submit, "result": ResultQuery,
     "watch": Tids, "wait": Tids, "abort": Abort, "spin": NoFields, "status": Status,
     "clear": Clear, "engines": NoFields, "stats": NoFields, "activity": Activity,
-    "task": TaskQuery, "engine_exited": EngineExited,
+    "task": TaskQuery, "engine_exited": EngineExited, "put": Put,
 }
 
 
@@ -263,6 +272,7 @@ class Statistics(msgspec.Struct, frozen=True):
     engines_died: int
     engines_moved: int  # live engines that moved to new connections (their old ones deaf)
     tasks_lost_in_transit: int  # dispatches an engine never got (queued again, not counted)
+    argument_bytes_out: int  # results (and put values) sent to engines as task arguments
     refused: dict[str, int]  # refused messages by reason
     revokes_sent: int
     revokes_granted: int

@@ -8,6 +8,7 @@ How the package is laid out, from the bottom up (each module's docstring says mo
                    steps a verb may ask for (wait for futures, abort, ...)
     connection.py  the sockets and the I/O thread (reconnects, reconnect_timeout)
     futures.py     TaskFuture
+    objects.py     ObjectRef: a value put once (`put`), which tasks take as an argument
     submitter.py   the Submitter (batched submits) and the Watcher (results of older tasks)
     backend.py     Backend: what both fronts share, and the blocking way to carry out a verb
     options.py     TaskOptions
@@ -45,6 +46,7 @@ from .codec import refusal, split_results, taskid_list
 from .connection import RECONNECT_TIMEOUT, check_client_timeouts
 from .executor import TaskExecutor
 from .futures import TaskFuture
+from .objects import ObjectRef
 from .options import NO_OPTIONS, TaskOptions
 
 __all__ = [
@@ -54,6 +56,7 @@ __all__ = [
     "BlockingTaskClient",
     "CompositeError",
     "MapTask",
+    "ObjectRef",
     "ResultNS",
     "Backend",
     "StringTask",

@@ -33,6 +33,7 @@ from .blocking import TaskClient
 from .codec import checked
 from .connection import RECONNECT_TIMEOUT, check_client_timeouts, too_slow
 from .futures import TaskFuture
+from .objects import ObjectRef
 from .options import NO_OPTIONS, TaskOptions
 from .steps import Abort, Adopt, Emit, Follow, NextDone, Request, WaitFor
 
@@ -308,6 +309,10 @@ class AsyncTaskClient:
 
     async def clear(self, taskids: Any = None) -> int:
         return await self._run(lambda _: verbs.clear(taskids))
+
+    async def put(self, obj: Any) -> ObjectRef:
+        """`TaskClient.put` as a coroutine (`await ref.release()` drops the value)."""
+        return await self._run(lambda b: verbs.put(b, obj, lambda tid: self.clear([tid])))
 
     async def map(self, func: Callable[..., Any], /, *sequences: Iterable[Any],
                   chunksize: int | None = None, progress: bool | None = False,

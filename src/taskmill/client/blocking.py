@@ -27,6 +27,7 @@ from .connection import RECONNECT_TIMEOUT, check_client_timeouts
 from .executor import TaskExecutor
 from .futures import TaskFuture
 from .joblib_backend import register as register_joblib
+from .objects import ObjectRef
 from .options import NO_OPTIONS, TaskOptions
 from .seedmap import ParallelFunction, TaskMapper
 
@@ -119,6 +120,12 @@ class TaskClient:
         """Drop finished results (all, one id, or a list); return how many were dropped.
         KeyError names the ids that had no finished result (the others are dropped)."""
         return self.backend.run(verbs.clear(taskids))
+
+    def put(self, obj: Any) -> ObjectRef:
+        """Store `obj` once in the controller's store; the ObjectRef stands for it among
+        tasks' arguments (each engine gets it once and keeps it). `ref.release()` or
+        `clear(ref.taskid)` drops it."""
+        return self.backend.run(verbs.put(self.backend, obj, lambda tid: self.clear([tid])))
 
     def map(self, func: Callable[..., Any], /, *sequences: Iterable[Any],
             chunksize: int | None = None, progress: bool | None = False,

@@ -22,7 +22,7 @@ from typing import Any
 
 import msgpack
 
-from ..arguments import swap_futures
+from ..arguments import CHUNK_DEPTH, USER_DEPTH, swap_futures
 from ..errors import (
     RemoteError,
     RemoteTraceback,
@@ -31,6 +31,7 @@ from ..errors import (
     TaskError,
     controller_error,
 )
+from ..mapper import run_chunk
 from ..task import (
     BaseTask,
     MapTask,
@@ -204,7 +205,8 @@ def encode_node(t: BaseTask, recovery: int | None, wire: Wire,
             check_text(name, f"the pulled name {name!r}")
     args_from: list[int] = []
     if isinstance(t, MapTask):  # (a future's taskid that never came raises its own error)
-        args, kwargs, args_from = swap_futures(tuple(t.args), t.kwargs)
+        depth = CHUNK_DEPTH if t.function is run_chunk else USER_DEPTH
+        args, kwargs, args_from = swap_futures(tuple(t.args), t.kwargs, depth)
     try:
         if isinstance(t, StringTask):
             ex = {"kind": "string", "expression": t.expression, "pull": list(t.pull)}

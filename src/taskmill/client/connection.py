@@ -40,7 +40,7 @@ PING_INTERVAL = 1.0
 RECONNECT_TIMEOUT = 120.0  # seconds of silence from the controller before calls give up
 IDLE_AT_LEAST_EVERY = 256  # messages: a steady stream of replies must not starve the idle hook
 # Requests sent again to a restarted controller (reads, and submits, which it de-duplicates).
-RESENDABLE = frozenset({"submit", "result", "wait", "watch"})
+RESENDABLE = frozenset({"submit", "put", "result", "wait", "watch"})
 
 Stream = Callable[[dict[str, Any], list[Any]], bool]
 
@@ -365,7 +365,7 @@ class Connection:
             header["req"] = req
             header["rt"] = self.recv_ident
             header["session"] = self.session
-            if header["type"] == "submit":
+            if header["type"] in ("submit", "put"):
                 header["key"] = self._key_prefix + str(req)  # lets a resend be recognised
             try:
                 msg = self.send_wire.encode(header, frames)

@@ -45,6 +45,7 @@ from .maps import (
     show_progress,
     zip_sequences,
 )
+from .objects import ObjectRef, put_request
 from .options import TaskOptions
 from .steps import (
     Abort,
@@ -91,6 +92,14 @@ def submit_tasks(backend: Backend, encoded: Sequence[Encoded], tids: list[int]) 
         tids.extend((yield Request(header, frames, read=read_tids,
                                    interrupted=lambda reply: tids.extend(reply.get("tids") or ()))))
     return tids
+
+
+def put(backend: Backend, obj: Any, release: Callable[[int], Any]) -> Verb:
+    """Store `obj` once (client/objects.py); `release(taskid)` is what ref.release() does."""
+    conn = backend.connection
+    request, nbytes = put_request(obj, conn.wire, conn.max_message)
+    tid = yield request
+    return ObjectRef(tid, lambda: release(tid), nbytes)
 
 
 def run(backend: Backend, task: BaseTask, block: bool, timeout: float | None) -> Verb:

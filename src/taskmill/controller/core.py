@@ -109,7 +109,7 @@ class ControllerCore:
             "result": self.result, "watch": self.watch, "wait": self.wait, "abort": self.abort,
             "spin": self.spin, "status": self.status, "clear": self.clear,
             "engines": self.engines_verb, "stats": self.stats, "activity": self.activity,
-            "task": self.task, "engine_exited": self.engine_exited,
+            "task": self.task, "engine_exited": self.engine_exited, "put": self.submits.put,
         }
         # What carries out each kind of action (the report goes to a Finish only).
         self.actions: dict[type, Callable[[Any, Report | None], None]] = {

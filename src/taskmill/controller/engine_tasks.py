@@ -33,6 +33,8 @@ from .validation import is_int, pairs
 log = logging.getLogger("taskmill.controller")
 
 ARGUMENTS_HEADROOM = 64 * 1024  # bytes of a tasks message kept for its headers
+KEPT_VALUES = 64  # put values an engine keeps, at most ...
+KEPT_BYTES = 1 << 30  # ... and their bytes (one larger value is still kept, alone)
 
 
 class EngineTasks:
@@ -60,34 +62,57 @@ class EngineTasks:
                  "pmac": node["pmac"], "timeout": node.get("timeout"), "n": end - start}
         frames = task.frames[start:end]
         if node.get("args_from"):
-            frames = self.with_arguments(entry, node["args_from"], frames)
+            frames = self.with_arguments(entry, a.eid, node["args_from"], frames)
         ctx.outbox.add_task(a.eid, entry, frames)
 
-    def with_arguments(self, entry: dict[str, Any], tids: list[int],
+    def with_arguments(self, entry: dict[str, Any], eid: int, tids: list[int],
                        frames: list[Any]) -> list[Any]:
         """The stored results that a task takes as arguments travel with it (arguments.py):
-        `args` in its entry says whose, how many frames and their pmac; a result cleared
+        `args` in its entry lists [taskid, frames, pmac, kept] for each; a result cleared
         meanwhile is named in `missing`, and results too large to travel with it in one
-        message in `too_big` (the engine fails the task with DependencyError for either)."""
-        args, extra, missing = [], [], []
+        message in `too_big` (the engine fails the task with DependencyError for either).
+
+        A `put` value (kind put) is sent to an engine once: `kept` 1 tells it to keep the
+        value by its pmac; later tasks send no frames for it (0 frames, kept 1). What the
+        engine keeps is bounded (KEPT_BYTES, KEPT_VALUES): the oldest are dropped, and each
+        entry's `forget` names those it must drop first."""
+        rec = self.engines.records[eid]
+        args, extra, missing, forget = [], [], [], []
         size = sum(frame_len(f) for f in frames)
         for dep in tids:
             r = self.ctx.store.result(dep)
             if r is None or not r.ok:
                 missing.append(dep)
                 continue
-            args.append([dep, len(r.frames), r.meta.get("pmac")])
+            pmac = r.meta.get("pmac")
+            put = r.meta.get("kind") == "put" and isinstance(pmac, bytes)
+            if put and pmac in rec.kept:
+                rec.kept[pmac] = rec.kept.pop(pmac)  # (now the newest)
+                args.append([dep, 0, pmac, 1])
+                continue
+            nbytes = sum(frame_len(f) for f in r.frames)
+            args.append([dep, len(r.frames), pmac, int(put)])
             extra.extend(r.frames)
-            size += sum(frame_len(f) for f in r.frames)
+            size += nbytes
+            if put:
+                rec.kept[pmac] = nbytes
+                while len(rec.kept) > 1 and (len(rec.kept) > KEPT_VALUES
+                                             or sum(rec.kept.values()) > KEPT_BYTES):
+                    forget.append(next(iter(rec.kept)))
+                    del rec.kept[forget[-1]]
         if size > self.ctx.wire.max_message - ARGUMENTS_HEADROOM:
             entry["too_big"] = (f"the results of tasks {tids} it takes as arguments and its own "
                                 f"payload come to {size} bytes, more than one message may hold "
                                 f"({self.ctx.wire.max_message}): pass smaller values")
+            rec.kept.clear()  # (what it was told to keep did not go)
             return frames
         if missing:
             entry["missing"] = missing
+        if forget:
+            entry["forget"] = forget
         entry["args"] = args
         entry["n"] += len(extra)
+        self.ctx.counters.argument_bytes_out += size - sum(frame_len(f) for f in frames)
         return [*frames, *extra]
 
     def interrupt(self, a: Interrupt, report: Report | None = None) -> None:
@@ -157,6 +182,8 @@ class EngineTasks:
                 gone.append(key)
             else:
                 in_flight = True
+        if gone:
+            rec.kept.clear()  # (a lost message may have carried values it was to keep)
         for tid, attempt in gone:
             rec.sent.pop((tid, attempt), None)
             self.engines.seq_of.pop((tid, attempt), None)

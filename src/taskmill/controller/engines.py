@@ -71,6 +71,9 @@ class EngineRecord:
     ackable: list[list[int]] = field(default_factory=list)  # committed: acknowledge them
     prev_unacked: set[tuple[int, int]] = field(default_factory=set)  # in its last heartbeat
     ticked_at: float = 0.0  # when the last empty `tasks` message went (see heartbeat)
+    # The `put` values it keeps, as it was told (engine_tasks.with_arguments): pmac -> bytes,
+    # oldest first. Forgotten whole when a message to it may have been lost.
+    kept: dict[bytes, int] = field(default_factory=dict)
 
     @property
     def state(self) -> str:
@@ -170,6 +173,7 @@ class Engines:
             self.by_ident[i] = rec.eid
         rec.mseq = 0
         rec.sent = dict.fromkeys(rec.sent, 0)
+        rec.kept.clear()
         rec.prev_unacked = set()
         rec.last_seen = self.ctx.now.mono
         self.ctx.counters.engines_moved += 1
@@ -314,6 +318,9 @@ class Engines:
         self.acking.clear()
 
     def withdrawn(self, gone: set[int]) -> None:
-        """Tasks taken back before they were sent: no dispatch of theirs is outstanding."""
+        """Tasks taken back before they were sent: no dispatch of theirs is outstanding (and
+        the values they were to bring an engine to keep never go: forget what each keeps)."""
+        for rec in self.records.values():
+            rec.kept.clear()
         for key in [k for k in self.seq_of if k[0] in gone]:
             del self.seq_of[key]

@@ -20,9 +20,9 @@ from typing import Any
 
 from ..depend import BoundedDepend, DependRunner
 from ..errors import StoreError
-from ..protocol import Submit
+from ..protocol import Put, Submit
 from ..scheduler import Node, Resume
-from ..store import StoredTask
+from ..store import StoredResult, StoredTask
 from ..wire import Refused, loads
 from .context import Context
 from .engines import Engines
@@ -125,6 +125,28 @@ class Submits:
         log.warning("task %s: its depend callable took longer than %gs and is given up on (it "
                     "counts as False for every engine; the controller went on meanwhile)",
                     guard.tid, self.depends.budget)
+
+    def put(self, rt: bytes, req: Any, msg: Put, frames: list[Any]) -> None:
+        """One value stored once, as a finished result under a taskid of its own (kind
+        `put`): tasks take it as an argument (engine_tasks.with_arguments), and engines keep
+        it; `clear` of its id releases it. Answered, like a submit, after its commit."""
+        ctx = self.ctx
+        if msg.key is not None:
+            known = ctx.store.submitted(msg.key, resent=bool(msg.resent))
+            if known is not None:
+                ctx.outbox.new_submits.append(NewSubmit(rt, req, known, None, False))
+                return
+        now = ctx.now.wall
+        tid = ctx.store.allocate()
+        ctx.store.add(StoredTask(tid, {"nodes": [], "after": [], "put": True}, [], now))
+        ctx.store.finish(tid, StoredResult(
+            {"tid": tid, "engineid": None, "attempts": 0, "submitted": now, "completed": now,
+             "started": None, "status": "ok", "kind": "put", "duration": 0.0, "stdout": "",
+             "stderr": "", "pmac": msg.pmac}, list(frames)))
+        if msg.key is not None:
+            ctx.store.remember_submit(msg.key, [tid])
+        ctx.counters.submitted += 1
+        ctx.outbox.new_submits.append(NewSubmit(rt, req, [tid], msg.key, False))
 
     def answer(self) -> None:
         """The submits whose tasks are now stored get their taskids (and watches)."""

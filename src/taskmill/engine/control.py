@@ -2,18 +2,17 @@
 
 `EngineControl` is the part of an `Engine` (core.py) that talks to the controller, over the
 sockets of sockets.py: registration (hello/welcome/register/registered) and numbered `tasks`
-messages (a skipped number is a lost message, reported) on the task socket; heartbeats (what
-this engine holds, its lease) and their answers (the lease renewed, results acknowledged or
-asked again, `reregister`), interrupts and revokes on the control socket; results on the
-result socket (main thread). When those connections go deaf, channels.py says so and the I/O
-thread moves the engine to new ones.
+messages (a skipped number is a lost message, reported) on the task socket; heartbeats (what it
+holds, its lease) and their answers (the lease renewed, results acknowledged or asked again,
+`reregister`), interrupts and revokes on the control socket; results on the result socket
+(main thread). When those go deaf, channels.py says so and the I/O thread moves to new ones.
 
-The I/O thread (`io_loop`) owns the task and control sockets. Everything the main thread and
-the I/O thread share is guarded by `lock` (`work` is its condition, on which the main thread
-waits for tasks): registration state, the lease, the backlog, the running task and what it is
-to be interrupted for, revoked and skipped tasks, and the results outbox (results.py). An
-interrupt (abort, timeout, or drop after this engine was declared dead) is a signal to the
-main thread, whose handler raises `TaskInterrupted` while task code runs (running.py).
+The I/O thread (`io_loop`) owns the task and control sockets. What the main thread and the I/O
+thread share is guarded by `lock` (`work` is its condition, on which the main thread waits for
+tasks): registration state, the lease, the backlog, the running task and what it is to be
+interrupted for, revoked and skipped tasks, the kept `put` values (running.py) and the results
+outbox (results.py). An interrupt (abort, timeout, or drop after this engine was declared dead)
+is a signal to the main thread, whose handler raises `TaskInterrupted` in task code.
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ from ..wire import (
 )
 from .channels import ChannelWatch, silent_after
 from .results import Result, ResultOutbox, split_by_size
-from .running import OUTPUT_LIMIT, TaskCode, TaskInterrupted
+from .running import OUTPUT_LIMIT, KeptValues, TaskCode, TaskInterrupted
 from .sockets import EngineSockets
 
 log = logging.getLogger("taskmill.engine")
@@ -112,6 +111,7 @@ class EngineControl:
         self._missing: set[int] = set()  # numbers skipped: those messages were lost
         # Results until the controller acknowledges them (it does after storing them).
         self.outbox = ResultOutbox()
+        self.kept = KeptValues()  # `put` values the controller sent to keep (running.py)
         self._generation = 0  # rises with each registration; stale "reregister"s are ignored
         # Moving to new connections (channels.py): the registration keeps this engine's tasks.
         self.moving = False
@@ -344,9 +344,8 @@ class EngineControl:
 
     # -- tasks in --------------------------------------------------------------------------
     def _take_tasks(self, header: dict[str, Any], frames: list[Any]) -> None:
-        """Queue the tasks of a `tasks` message, each with its own payload frames. Message
-        numbers that were skipped are noted: those messages were lost on the way (a reset
-        connection), and the next report says so."""
+        """Queue the tasks of a `tasks` message, each with its frames. Skipped message numbers
+        are noted: those were lost on the way (a reset connection); the next report says so."""
         if header.get("session") != self.session:
             return
         entries = header.get("tasks")
@@ -354,8 +353,7 @@ class EngineControl:
         if not isinstance(entries, list) or not isinstance(mseq, int):
             log.warning("refused a tasks message without a task list and number")
             return
-        batch = []
-        pos = 0
+        batch, pos = [], 0
         for entry in entries:
             n = entry.get("n", 0) if isinstance(entry, dict) else -1
             if (not isinstance(n, int) or n < 0 or pos + n > len(frames)
@@ -372,6 +370,8 @@ class EngineControl:
                 self._missing.update(range(self._mseq_seen + 1, mseq))
             self._missing.discard(mseq)
             self._mseq_seen = max(self._mseq_seen, mseq)
+            for entry, entry_frames in batch:
+                self.kept.receive(entry, entry_frames)
             self.backlog.extend(batch)
             if batch:
                 self.work.notify()

@@ -183,10 +183,41 @@ class TaskCode:
                 "engine's machine?") from e
 
 
+class KeptValues:
+    """The `put` values this engine keeps (by pmac), as the controller tells it in each task
+    entry (controller engine_tasks.with_arguments): noted as the `tasks` message arrives (so
+    that a task given back still counts), in the order the controller sent them."""
+
+    LIMIT = 256  # values, at most (a safety net: the controller's own bounds are lower)
+
+    def __init__(self) -> None:
+        self.values: dict[bytes, list[Any]] = {}
+
+    def receive(self, entry: dict[str, Any], frames: list[Any]) -> None:
+        """A task entry as it arrives: the kept values it takes are looked up now (a later
+        entry may tell this engine to forget them before the task runs: `kept_frames`), then
+        its `forget`, then the values it brings to keep."""
+        args = entry.get("args") or ()
+        found = {pmac: self.values.get(pmac) for _d, n, pmac, keep in args if keep and not n}
+        if found:
+            entry["kept_frames"] = found
+        for pmac in entry.get("forget") or ():
+            self.values.pop(pmac, None)
+        end = len(frames)
+        for _dep, n, pmac, keep in reversed(args):
+            if keep and n:
+                self.values.pop(pmac, None)
+                self.values[pmac] = frames[end - n:end]
+            end -= n
+        while len(self.values) > self.LIMIT:
+            del self.values[next(iter(self.values))]
+
+
 def take_arguments(tid: int, header: dict[str, Any], frames: list[Any],
                    wire: Wire) -> tuple[list[Any], dict[int, Any]]:
     """A task's own payload frames, and the values of the results it takes as arguments
-    (arguments.py), which travel after them, each checked against its own pmac."""
+    (arguments.py), which travel after them (or, for a `put` value sent before, are kept
+    here), each checked against its own pmac."""
     if header.get("too_big"):
         raise DependencyError(f"task {tid}: {header['too_big']}")
     if header.get("missing"):
@@ -198,8 +229,13 @@ def take_arguments(tid: int, header: dict[str, Any], frames: list[Any],
         return frames, {}
     end = len(frames)
     values: dict[int, Any] = {}
-    for dep, n, pmac in reversed(args):
+    for dep, n, pmac, keep in reversed(args):
         part, end = frames[end - n:end], end - n
+        if keep and not n:
+            part = (header.get("kept_frames") or {}).get(pmac)
+            if part is None:
+                raise DependencyError(f"task {tid}: the value put as task {dep} is not kept on "
+                                      "this engine any more; run the task again")
         if not part:  # (a result of None has no frames)
             values[dep] = None
             continue
@@ -213,4 +249,3 @@ def take_arguments(tid: int, header: dict[str, Any], frames: list[Any],
                 f"the result of task {dep}, an argument of task {tid}, cannot be unpickled "
                 f"here ({type(e).__name__}: {e})") from e
     return frames[:end], values
-
