@@ -100,3 +100,20 @@ def test_many_engines_registers_light_engines_and_fills_its_table():
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert len(cells) == 7 and float(cells[3].replace(",", "")) > 0, row
     assert "engines alive at the end" not in proc.stdout, proc.stdout
+
+
+@pytest.mark.timeout(180)
+def test_shared_data_puts_once_per_engine():
+    """(The put row's bytes to engines are at most one copy per engine; the baseline's are one
+    per task.)"""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "shared_data.py"), "--mb", "4", "--tasks",
+         "10", "--baseline-tasks", "3", "--peers", "none"],
+        cwd=ROOT, capture_output=True, text=True, timeout=170, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [[c.strip() for c in line.strip("|").split("|")]
+            for line in proc.stdout.splitlines() if line.startswith("| taskmill")]
+    assert len(rows) == 2, proc.stdout
+    put_mb, per_task_mb = float(rows[0][4]), float(rows[1][4])
+    assert 4 <= put_mb <= 8 + 0.1 and per_task_mb >= 12, proc.stdout

@@ -10,7 +10,7 @@ from taskmill.engine.channels import BACKOFF_MAX, SILENT_MIN, ChannelWatch, sile
 
 
 def test_silent_after_follows_dead_after_with_a_floor():
-    assert silent_after(3.0) == 6.0
+    assert silent_after(3.0) == 9.0
     assert silent_after(0.1) == SILENT_MIN
 
 

@@ -347,7 +347,7 @@ class ControllerCore:
     def abort(self, rt: bytes, req: Any, m: Abort, frames: list[Any]) -> None:
         if self.ctx.sched.abort(m.tid):
             self.ctx.outbox.reply(rt, req, status="aborted")
-        elif self.ctx.store.result(m.tid) is not None:
+        elif self.ctx.store.result_meta(m.tid) is not None:
             self.ctx.outbox.reply(rt, req, status="finished")
         else:
             self.ctx.outbox.reply(rt, req, status="unknown")

@@ -79,16 +79,21 @@ class EngineTasks:
         rec = self.engines.records[eid]
         args, extra, missing, forget = [], [], [], []
         size = sum(frame_len(f) for f in frames)
+        store = self.ctx.store
         for dep in tids:
-            r = self.ctx.store.result(dep)
-            if r is None or not r.ok:
+            meta = store.result_meta(dep)  # (a kept value's frames are not even read)
+            if meta is None or meta.get("status") != "ok":
                 missing.append(dep)
                 continue
-            pmac = r.meta.get("pmac")
-            put = r.meta.get("kind") == "put" and isinstance(pmac, bytes)
+            pmac = meta.get("pmac")
+            put = meta.get("kind") == "put" and isinstance(pmac, bytes)
             if put and pmac in rec.kept:
                 rec.kept[pmac] = rec.kept.pop(pmac)  # (now the newest)
                 args.append([dep, 0, pmac, 1])
+                continue
+            r = store.result(dep)
+            if r is None:
+                missing.append(dep)
                 continue
             nbytes = sum(frame_len(f) for f in r.frames)
             args.append([dep, len(r.frames), pmac, int(put)])

@@ -88,8 +88,9 @@ class Submits:
             if ctx.sched.is_active(dep):
                 active.append(dep)
             else:
-                r = ctx.store.result(dep)
-                if (r is None and not cleared_ok) or (r is not None and not r.ok):
+                meta = ctx.store.result_meta(dep)  # (not its frames: they may be large)
+                if (meta is None and not cleared_ok) or (
+                        meta is not None and meta.get("status") != "ok"):
                     broken = dep
                     break
         ctx.sched.submit(tid, nodes, after=active, broken_after=broken, **counters)

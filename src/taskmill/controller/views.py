@@ -56,10 +56,11 @@ class Views:
         and its `story`: the scheduler's newest moves of it, oldest first, each
         {event, from, to, why} (kept for active tasks and the most recently finished ones)."""
         ctx = self.ctx
-        r = ctx.store.result(tid)
-        if r is not None:
-            meta = {k: v for k, v in r.meta.items() if k != "pmac"}
-            return {**meta, "tid": tid, "state": "succeeded" if r.ok else "failed",
+        stored = ctx.store.result_meta(tid)  # (not its frames: they may be large)
+        if stored is not None:
+            meta = {k: v for k, v in stored.items() if k != "pmac"}
+            ok = stored.get("status") == "ok"
+            return {**meta, "tid": tid, "state": "succeeded" if ok else "failed",
                     "story": self.story(tid)}
         view = ctx.sched.task_view(tid)
         if view is None:

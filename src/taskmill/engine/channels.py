@@ -26,8 +26,9 @@ it). Pure: it is told the time and what happened, and answers whether to reconne
 
 from __future__ import annotations
 
-SILENT_MIN = 2.0  # seconds: silent_after is at least this ...
-SILENT_DEAD_AFTERS = 2  # ... and this many of the controller's dead_after
+SILENT_MIN = 5.0  # seconds: silent_after is at least this ...
+SILENT_DEAD_AFTERS = 3  # ... and this many of the controller's dead_after (a busy controller
+# answers late; connecting again then costs what was in flight, which is sent again)
 BACKOFF_MAX = 30.0  # seconds between reconnections at most while the silence lasts
 
 

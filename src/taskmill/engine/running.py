@@ -183,6 +183,17 @@ class TaskCode:
                 "engine's machine?") from e
 
 
+class KeptValue:
+    """One kept value's frames, and whether they were checked against their pmac (once:
+    a 200 MB value costs a check of ~0.3 s, which must not be paid by every task)."""
+
+    __slots__ = ("frames", "checked")
+
+    def __init__(self, frames: list[Any]) -> None:
+        self.frames = frames
+        self.checked = False
+
+
 class KeptValues:
     """The `put` values this engine keeps (by pmac), as the controller tells it in each task
     entry (controller engine_tasks.with_arguments): noted as the `tasks` message arrives (so
@@ -191,7 +202,7 @@ class KeptValues:
     LIMIT = 256  # values, at most (a safety net: the controller's own bounds are lower)
 
     def __init__(self) -> None:
-        self.values: dict[bytes, list[Any]] = {}
+        self.values: dict[bytes, KeptValue] = {}
 
     def receive(self, entry: dict[str, Any], frames: list[Any]) -> None:
         """A task entry as it arrives: the kept values it takes are looked up now (a later
@@ -199,16 +210,16 @@ class KeptValues:
         its `forget`, then the values it brings to keep."""
         args = entry.get("args") or ()
         found = {pmac: self.values.get(pmac) for _d, n, pmac, keep in args if keep and not n}
-        if found:
-            entry["kept_frames"] = found
         for pmac in entry.get("forget") or ():
             self.values.pop(pmac, None)
         end = len(frames)
         for _dep, n, pmac, keep in reversed(args):
             if keep and n:
                 self.values.pop(pmac, None)
-                self.values[pmac] = frames[end - n:end]
+                found[pmac] = self.values[pmac] = KeptValue(frames[end - n:end])
             end -= n
+        if found:
+            entry["kept_frames"] = found
         while len(self.values) > self.LIMIT:
             del self.values[next(iter(self.values))]
 
@@ -231,16 +242,21 @@ def take_arguments(tid: int, header: dict[str, Any], frames: list[Any],
     values: dict[int, Any] = {}
     for dep, n, pmac, keep in reversed(args):
         part, end = frames[end - n:end], end - n
-        if keep and not n:
-            part = (header.get("kept_frames") or {}).get(pmac)
-            if part is None:
+        kept: KeptValue | None = None
+        if keep:
+            kept = (header.get("kept_frames") or {}).get(pmac)
+            if kept is None:
                 raise DependencyError(f"task {tid}: the value put as task {dep} is not kept on "
                                       "this engine any more; run the task again")
+            part = kept.frames
         if not part:  # (a result of None has no frames)
             values[dep] = None
             continue
         try:
-            wire.check_payload(part, pmac)
+            if kept is None or not kept.checked:
+                wire.check_payload(part, pmac)
+                if kept is not None:
+                    kept.checked = True
             values[dep] = loads(part)
         except Refused as e:
             raise SerializationError(f"the result of task {dep} was refused: {e}") from None

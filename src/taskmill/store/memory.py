@@ -73,6 +73,10 @@ class MemoryStore:
     def result(self, tid: int) -> StoredResult | None:
         return self._results.get(tid)
 
+    def result_meta(self, tid: int) -> dict[str, Any] | None:
+        r = self._results.get(tid)
+        return None if r is None else r.meta
+
     def clear(self, tids: list[int] | None) -> tuple[int, list[int]]:
         if tids is None:
             n = len(self._results)

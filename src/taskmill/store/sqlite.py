@@ -321,6 +321,18 @@ class SQLiteStore:
         self.cache.remember(tid, r)
         return r
 
+    def result_meta(self, tid: int) -> dict[str, Any] | None:
+        """A finished result's metadata, without reading its frames (a large one's are not
+        cached, and reading them costs their size)."""
+        hit = self.cache.get(tid) or self._unsaved.get(tid)
+        if hit is not None:
+            return hit.meta
+        if not 0 <= tid <= MAX_TID:
+            return None
+        row = self.db.execute("SELECT result_meta FROM tasks WHERE tid=? AND state='finished'",
+                              (tid,)).fetchone()
+        return None if row is None else unpack(row[0])
+
     def clear(self, tids: list[int] | None) -> tuple[int, list[int]]:
         """Drop finished results. Commits what is queued first, then deletes in a transaction
         of its own; StoreError (and nothing dropped) if either fails."""
