@@ -110,3 +110,27 @@ def test_map_takes_refs_and_futures_as_elements(client):
     assert client.map(length, [[f, f] for f in futs]) == [2, 2, 2]
     assert client.map(nth, [ref, ref], [7, 9], chunksize=2) == [7, 9]
     ref.release()
+
+
+def test_tasks_cannot_change_a_put_array_for_the_tasks_after_them(client):
+    """An engine's kept value is shared by the tasks that take it: a large array (its buffer
+    travels out of band, not copied) is read-only; a small one is unpickled afresh for each
+    task. Either way a later task reads the value as it was put."""
+    import numpy as np
+
+    def scribble(a):
+        try:
+            a[0] = 99.0
+        except ValueError as e:
+            return f"refused: {e}"
+        return "changed"
+
+    for size in (1_000_000, 100):
+        ref = client.put(np.zeros(size))
+        outcomes = [client.submit(scribble, ref).result(timeout=60) for _ in range(4)]
+        if size > 1000:
+            assert all(o.startswith("refused") for o in outcomes), outcomes
+        sums = [client.submit(lambda a: float(a.sum()), ref).result(timeout=60)
+                for _ in range(4)]
+        assert sums == [0.0] * 4
+        ref.release()

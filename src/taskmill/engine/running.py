@@ -23,7 +23,7 @@ from typing import Any
 
 from ..arguments import fill
 from ..errors import DependencyError, SerializationError, TaskRejectError
-from ..wire import FunctionLoads, Refused, Wire, dumps, loads
+from ..wire import FunctionLoads, Refused, Wire, dumps, frame_buffer, loads
 
 OUTPUT_LIMIT = 1 << 20  # bytes of stdout (and of stderr) kept per task
 _HERE = os.path.dirname(__file__)  # the folder of the engine's own files (not task code)
@@ -190,7 +190,9 @@ class KeptValue:
     __slots__ = ("frames", "checked")
 
     def __init__(self, frames: list[Any]) -> None:
-        self.frames = frames
+        # Read-only: every task on this engine that takes the value unpickles it from these
+        # very buffers (an array is not copied), so none may change what the next one reads.
+        self.frames = [memoryview(frame_buffer(f)).toreadonly() for f in frames]
         self.checked = False
 
 
