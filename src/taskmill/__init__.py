@@ -22,7 +22,7 @@ _WHERE = {
     "MapFailure": "errors", "RemoteError": "errors", "SerializationError": "errors",
     "StoreError": "errors",
     "TaskAborted": "errors", "TaskError": "errors", "TaskRejectError": "errors",
-    "TaskTimeout": "errors",
+    "TaskTimeout": "errors", "ship_module": "wire",
     "BaseTask": "task", "MapTask": "task", "ResultNS": "task", "StringTask": "task",
     "TaskResult": "task",
 }
@@ -55,6 +55,7 @@ if TYPE_CHECKING:
         TaskTimeout,
     )
     from .task import BaseTask, MapTask, ResultNS, StringTask, TaskResult
+    from .wire import ship_module
 
 
 def __getattr__(name: str) -> Any:
@@ -99,5 +100,6 @@ __all__ = [
     "TaskResult",
     "TaskTimeout",
     "current_engine",
+    "ship_module",
     "__version__",
 ]

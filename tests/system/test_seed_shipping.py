@@ -200,3 +200,28 @@ def test_exception_whose_module_exists_only_on_the_engine_is_remote_error(client
 
         client.run(MapTask(forget, (str(folder), module), depend={"engineid": target}),
                    block=True)
+
+
+def test_ship_module_sends_a_module_the_engines_cannot_import(client, tmp_path, monkeypatch):
+    """A module neither installed nor beside the script (here: a folder only this process has
+    on sys.path) cannot be imported by engines; `taskmill.ship_module` sends it by value, with
+    its submodules."""
+    import importlib
+
+    import taskmill
+
+    pkg = tmp_path / "only_here_pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("def triple(x):\n    return 3 * x\n")
+    (pkg / "sub" / "__init__.py").write_text("OFFSET = 7\ndef plus(x):\n    return x + OFFSET\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module("only_here_pkg")
+    sub = importlib.import_module("only_here_pkg.sub")
+    with pytest.raises(Exception, match="only_here_pkg"):
+        client.submit(mod.triple, 2).result(timeout=60)
+    taskmill.ship_module(mod)
+    assert client.submit(mod.triple, 2).result(timeout=60) == 6
+    assert client.submit(sub.plus, 1).result(timeout=60) == 8
+    taskmill.ship_module("only_here_pkg.sub")  # (by name too)
+    with pytest.raises(ValueError, match="no module of that name"):
+        taskmill.ship_module("not_imported_anywhere")

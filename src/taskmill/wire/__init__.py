@@ -63,7 +63,7 @@ from .functions import (
     FunctionPickles,
     function_state,
 )
-from .local_modules import is_local_module, ship_local_modules
+from .local_modules import is_local_module, ship_local_modules, ship_module
 from .pickles import PLAIN_TYPES, dumps, dumps_arguments, load_into, loads
 from .signing import TREE_LANES, TREE_MIN, HmacSha256, chunk_digests
 
@@ -74,4 +74,5 @@ __all__ = [
     "FunctionPickles", "HmacSha256", "Refused", "Wire", "apply_transport_heartbeat",
     "chunk_digests", "dumps", "dumps_arguments", "frame_buffer", "frame_len", "function_state",
     "is_local_module", "load_into", "loads", "recv_message", "send_message", "ship_local_modules",
+    "ship_module",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import types
 from typing import Any
 
 import cloudpickle
@@ -25,6 +26,21 @@ def ship_local_modules(on: bool = True) -> None:
     engines do not, so that what they return travels by name as before)."""
     global shipping
     shipping = on
+
+
+def ship_module(module: Any) -> None:
+    """Send `module` (a module, or its name; with its submodules) to engines by value: for a
+    module that is neither installed where the engines run nor beside the client's script or
+    in its working folder (those travel by value by themselves). Its functions and classes
+    then reach the engines with the tasks that use them."""
+    if isinstance(module, str):
+        if module not in sys.modules:
+            raise ValueError(f"ship_module({module!r}): no module of that name is imported")
+        module = sys.modules[module]
+    if not isinstance(module, types.ModuleType):
+        raise TypeError(f"ship_module takes a module or its name, not {type(module).__name__}")
+    cloudpickle.register_pickle_by_value(module)
+    checked[module.__name__] = True
 
 
 def note_module(name: Any) -> None:
