@@ -25,6 +25,7 @@ from typing import Any
 from .checks import seconds
 from .client import TaskClient
 from .connection import (
+    ensure_private_dir,
     new_connection_info,
     read_connection_file,
     write_connection_file,
@@ -63,6 +64,10 @@ class Cluster:
     this machine (the local launcher, a loopback `ip`, no `port`, `engine_port` or
     `location`), else "tcp". (When the state folder is too deep for a unix socket's path,
     `start()` falls back to TCP on `ip` and logs why; `transport` then says "tcp".)
+
+    Logs (controller.log, engine-<i>.log, ...) go to the state folder, a temporary folder
+    removed at `stop()`, unless `log_dir` names a folder where they are kept (appended to);
+    `taskmill cluster start` keeps them in the profile's folder (see `taskmill logs`).
     """
 
     def __init__(
@@ -85,6 +90,7 @@ class Cluster:
         wait: bool = True,
         dashboard: bool = True,
         transport: str | None = None,
+        log_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.n = (os.cpu_count() or 1) if n is None else n
         if not isinstance(self.n, int) or self.n < 0:
@@ -103,6 +109,7 @@ class Cluster:
         self.wait = wait
         self._requested_connection_file = Path(connection_file) if connection_file else None
         self.state_dir: Path | None = None
+        self.log_dir: Path | None = Path(log_dir) if log_dir is not None else None
         self.connection_file: Path | None = None
         self._controller: subprocess.Popen[bytes] | None = None
         self.max_restarts = max_restarts
@@ -161,6 +168,8 @@ class Cluster:
         _LIVE.add(self)
         try:
             self.state_dir = Path(tempfile.mkdtemp(prefix="taskmill-cluster-"))  # mode 0700
+            if self.log_dir is not None:
+                ensure_private_dir(self.log_dir)  # (logs may hold what tasks printed)
             info = new_connection_info(
                 self.ip, self.port, self.engine_port, self.location,
                 ipc_dir=self.state_dir if self.transport == "ipc" else None)
@@ -179,7 +188,7 @@ class Cluster:
                 cmd += ["--db", self.db]
             if not self.dashboard:
                 cmd += ["--no-dashboard"]
-            self._controller = spawn(cmd, self.state_dir / "controller.log",
+            self._controller = spawn(cmd, self._context().log_path("controller.log"),
                                      pass_fds=(self._lifeline[0],))
             self.launcher.launch(self._context(), self.engine_properties)
             if self.wait:
@@ -197,7 +206,7 @@ class Cluster:
     def _context(self) -> LaunchContext:
         assert self.connection_file is not None and self.state_dir is not None
         return LaunchContext(self.connection_file, self.state_dir,
-                             self._lifeline[0] if self._lifeline else None)
+                             self._lifeline[0] if self._lifeline else None, self.log_dir)
 
     def _watch_engines(self) -> None:
         """The nanny: tell the controller at once when a local engine process exits.
@@ -326,7 +335,7 @@ class Cluster:
         """The end of the log of `name`: "controller" or "engine-<i>" (local launcher)."""
         if self.state_dir is None:
             return ""
-        return tail(self.state_dir / f"{name}.log", lines)
+        return tail((self.log_dir or self.state_dir) / f"{name}.log", lines)
 
     @property
     def dashboard_url(self) -> str | None:
