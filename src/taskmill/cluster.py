@@ -31,6 +31,7 @@ from .connection import (
     write_connection_file,
 )
 from .defaults import DEFAULT_HEARTBEAT, DEFAULT_UNMET_TIMEOUT, is_loopback
+from .display import html_table, link_html, state_html
 from .errors import ControllerUnreachable
 from .launchers import LaunchContext, Launcher, LocalLauncher, make_launcher
 from .launchers.base import spawn, tail, terminate
@@ -336,6 +337,33 @@ class Cluster:
         if self.state_dir is None:
             return ""
         return tail((self.log_dir or self.state_dir) / f"{name}.log", lines)
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: the engines by state, the queue, the dashboard link (asks the
+        controller, giving up after 2 s; everything escaped: see display.py)."""
+        title = f"taskmill Cluster ({self.launcher.name} launcher, {self.n} engines asked for)"
+        if not self._started or self.connection_file is None:
+            return html_table(title, [("status", state_html("stopped"))])
+        rows: list[tuple[str, Any]] = []
+        try:
+            with self.client(timeout=2.0, reconnect_timeout=2.0) as tc:
+                engines, queue = tc.engines(), tc.queue_status()
+        except Exception as e:  # noqa: BLE001 - a view must show, not raise
+            rows.append(("status", state_html("unreachable")))
+            rows.append(("why", f"{type(e).__name__}: {e}"))
+        else:
+            states: dict[str, int] = {}
+            for e in engines:
+                states[e["state"]] = states.get(e["state"], 0) + 1
+            alive = sum(n for s, n in states.items() if s != "dead")
+            rows.append(("status", state_html("running")))
+            rows.append(("engines", f"{alive} alive ("
+                         + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ")"))
+            rows.append(("queue", ", ".join(f"{n} {k}" for k, n in queue.items())))
+        url = self.dashboard_url
+        rows.append(("dashboard", link_html(url, "open the dashboard") if url else None))
+        rows.append(("connection file", str(self.connection_file)))
+        return html_table(title, rows)
 
     @property
     def dashboard_url(self) -> str | None:
