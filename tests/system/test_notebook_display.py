@@ -73,3 +73,22 @@ def test_cluster_future_and_result_in_a_notebook(tmp_path):
         assert "failed" in view and "KeyError" in view and "<script>" not in view
         assert "3 succeeded, 2 failed" in as_html(cluster)  # asked afresh each time
     assert "stopped" in as_html(cluster)
+
+
+def test_a_jupyter_kernel_renders_them_as_html(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in (
+        "from taskmill import Cluster\ncluster = Cluster(1, heartbeat=0.5).start()\ncluster",
+        "f = cluster.client().submit(pow, 2, 10)\nf.result()\nf",
+        "cluster.stop()\ncluster")]
+    nbclient.NotebookClient(nb, timeout=90, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    shown = [o["data"] for cell in nb.cells for o in cell.outputs
+             if o.get("output_type") == "execute_result"]
+    assert len(shown) == 3, [cell.outputs for cell in nb.cells]
+    running, future, stopped = (d.get("text/html", "") for d in shown)
+    assert "1 alive (1 idle)" in running and "open the dashboard" in running
+    assert "finished" in future and "1024" in future
+    assert "stopped" in stopped
