@@ -27,7 +27,7 @@ def result(**kw):
 def test_a_taskresult_shows_its_values_escaped_and_shortened():
     view = as_html(result(results={"a": Loud(), "b": Broken()}, failure=None,
                           stderr="<i>warned</i>\n"))
-    assert "TaskResult 7" in view and "succeeded" in view and "0.5 s" in view
+    assert "TaskResult 7" in view and "succeeded" in view and "500 ms" in view
     assert "<img" not in view and "&lt;img src=x" in view
     assert "more characters" in view and len(view) < 5_000
     assert "whose repr raised RuntimeError" in view

@@ -64,6 +64,15 @@ def output_html(output: str) -> Markup:
                   f"{html.escape(output)}</pre>")
 
 
+def duration_text(seconds: float) -> str:
+    """A duration for people: "96 µs", "12.5 ms", "3.2 s"."""
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.3g} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds:.3g} s"
+
+
 def html_table(title: str, rows: list[tuple[str, Any]]) -> str:
     """A titled two-column table; a value that is not `Markup` is shown as escaped text, a row
     whose value is None is left out."""

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from .checks import seconds
-from .display import html_table, output_html, state_html, value_html
+from .display import duration_text, html_table, output_html, state_html, value_html
 
 MAX_TIMEOUT = 366 * 24 * 3600.0  # a year: beyond that, say None
 
@@ -297,7 +297,7 @@ class TaskResult:
             rows.append(("failure", value_html(self.failure)))
         else:
             rows += [(name, value_html(value)) for name, value in self.results.items()]
-        rows += [("engine", self.engineid), ("duration", f"{self.duration:.3g} s"),
+        rows += [("engine", self.engineid), ("duration", duration_text(self.duration)),
                  ("attempts", self.attempts if self.attempts != 1 else None),
                  ("stdout", output_html(self.stdout) if self.stdout else None),
                  ("stderr", output_html(self.stderr) if self.stderr else None)]

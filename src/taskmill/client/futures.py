@@ -26,7 +26,7 @@ from concurrent.futures._base import CANCELLED
 from typing import Any, Protocol
 
 from ..arguments import FutureLike
-from ..display import html_table, output_html, state_html, value_html
+from ..display import duration_text, html_table, output_html, state_html, value_html
 from ..errors import ControllerUnreachable, TaskAborted
 from .codec import CONTROLLER_DECIDED, METADATA_KEYS
 from .connection import Connection
@@ -277,6 +277,6 @@ class TaskFuture(Future, FutureLike):
             ("status", state_html("finished" if ok else "failed")),
             ("value" if ok else "failure", value_html(value)),
             ("engine", meta.get("engineid")),
-            ("duration", None if duration is None else f"{duration:.3g} s"),
+            ("duration", None if duration is None else duration_text(duration)),
             ("stdout", output_html(meta["stdout"]) if meta.get("stdout") else None),
             ("stderr", output_html(meta["stderr"]) if meta.get("stderr") else None)])
