@@ -25,11 +25,13 @@ from typing import Any
 from .checks import seconds
 from .client import TaskClient
 from .connection import (
+    ensure_private_dir,
     new_connection_info,
     read_connection_file,
     write_connection_file,
 )
 from .defaults import DEFAULT_HEARTBEAT, DEFAULT_UNMET_TIMEOUT, is_loopback
+from .display import html_table, link_html, state_html
 from .errors import ControllerUnreachable
 from .launchers import LaunchContext, Launcher, LocalLauncher, make_launcher
 from .launchers.base import spawn, tail, terminate
@@ -63,6 +65,10 @@ class Cluster:
     this machine (the local launcher, a loopback `ip`, no `port`, `engine_port` or
     `location`), else "tcp". (When the state folder is too deep for a unix socket's path,
     `start()` falls back to TCP on `ip` and logs why; `transport` then says "tcp".)
+
+    Logs (controller.log, engine-<i>.log, ...) go to the state folder, a temporary folder
+    removed at `stop()`, unless `log_dir` names a folder where they are kept (appended to);
+    `taskmill cluster start` keeps them in the profile's folder (see `taskmill logs`).
     """
 
     def __init__(
@@ -85,6 +91,7 @@ class Cluster:
         wait: bool = True,
         dashboard: bool = True,
         transport: str | None = None,
+        log_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.n = (os.cpu_count() or 1) if n is None else n
         if not isinstance(self.n, int) or self.n < 0:
@@ -103,6 +110,7 @@ class Cluster:
         self.wait = wait
         self._requested_connection_file = Path(connection_file) if connection_file else None
         self.state_dir: Path | None = None
+        self.log_dir: Path | None = Path(log_dir) if log_dir is not None else None
         self.connection_file: Path | None = None
         self._controller: subprocess.Popen[bytes] | None = None
         self.max_restarts = max_restarts
@@ -161,6 +169,8 @@ class Cluster:
         _LIVE.add(self)
         try:
             self.state_dir = Path(tempfile.mkdtemp(prefix="taskmill-cluster-"))  # mode 0700
+            if self.log_dir is not None:
+                ensure_private_dir(self.log_dir)  # (logs may hold what tasks printed)
             info = new_connection_info(
                 self.ip, self.port, self.engine_port, self.location,
                 ipc_dir=self.state_dir if self.transport == "ipc" else None)
@@ -179,7 +189,7 @@ class Cluster:
                 cmd += ["--db", self.db]
             if not self.dashboard:
                 cmd += ["--no-dashboard"]
-            self._controller = spawn(cmd, self.state_dir / "controller.log",
+            self._controller = spawn(cmd, self._context().log_path("controller.log"),
                                      pass_fds=(self._lifeline[0],))
             self.launcher.launch(self._context(), self.engine_properties)
             if self.wait:
@@ -197,7 +207,7 @@ class Cluster:
     def _context(self) -> LaunchContext:
         assert self.connection_file is not None and self.state_dir is not None
         return LaunchContext(self.connection_file, self.state_dir,
-                             self._lifeline[0] if self._lifeline else None)
+                             self._lifeline[0] if self._lifeline else None, self.log_dir)
 
     def _watch_engines(self) -> None:
         """The nanny: tell the controller at once when a local engine process exits.
@@ -326,7 +336,34 @@ class Cluster:
         """The end of the log of `name`: "controller" or "engine-<i>" (local launcher)."""
         if self.state_dir is None:
             return ""
-        return tail(self.state_dir / f"{name}.log", lines)
+        return tail((self.log_dir or self.state_dir) / f"{name}.log", lines)
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: the engines by state, the queue, the dashboard link (asks the
+        controller, giving up after 2 s; everything escaped: see display.py)."""
+        title = f"taskmill Cluster ({self.launcher.name} launcher, {self.n} engines asked for)"
+        if not self._started or self.connection_file is None:
+            return html_table(title, [("status", state_html("stopped"))])
+        rows: list[tuple[str, Any]] = []
+        try:
+            with self.client(timeout=2.0, reconnect_timeout=2.0) as tc:
+                engines, queue = tc.engines(), tc.queue_status()
+        except Exception as e:  # noqa: BLE001 - a view must show, not raise
+            rows.append(("status", state_html("unreachable")))
+            rows.append(("why", f"{type(e).__name__}: {e}"))
+        else:
+            states: dict[str, int] = {}
+            for e in engines:
+                states[e["state"]] = states.get(e["state"], 0) + 1
+            alive = sum(n for s, n in states.items() if s != "dead")
+            rows.append(("status", state_html("running")))
+            rows.append(("engines", f"{alive} alive ("
+                         + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ")"))
+            rows.append(("queue", ", ".join(f"{n} {k}" for k, n in queue.items())))
+        url = self.dashboard_url
+        rows.append(("dashboard", link_html(url, "open the dashboard") if url else None))
+        rows.append(("connection file", str(self.connection_file)))
+        return html_table(title, rows)
 
     @property
     def dashboard_url(self) -> str | None:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from .checks import seconds
+from .display import duration_text, html_table, output_html, state_html, value_html
 
 MAX_TIMEOUT = 366 * 24 * 3600.0  # a year: beyond that, say None
 
@@ -286,6 +287,21 @@ class TaskResult:
 
     def __repr__(self) -> str:
         return f"TaskResult[ID:{self.taskid}]:{self.failure or self.results!r}"
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: status, the pulled values or the failure, where and how long it
+        ran, its output (everything escaped: see display.py)."""
+        failed = self.failure is not None
+        rows: list[tuple[str, Any]] = [("status", state_html("failed" if failed else "succeeded"))]
+        if failed:
+            rows.append(("failure", value_html(self.failure)))
+        else:
+            rows += [(name, value_html(value)) for name, value in self.results.items()]
+        rows += [("engine", self.engineid), ("duration", duration_text(self.duration)),
+                 ("attempts", self.attempts if self.attempts != 1 else None),
+                 ("stdout", output_html(self.stdout) if self.stdout else None),
+                 ("stderr", output_html(self.stderr) if self.stderr else None)]
+        return html_table(f"TaskResult {self.taskid}", rows)
 
 
 def recovery_chain(task: BaseTask) -> list[BaseTask]:

@@ -3,7 +3,8 @@
 `start` makes the launcher the options ask for (`--launcher local|ssh|mpi|slurm`), then runs a
 `taskmill.cluster.Cluster` in this process (or, with --daemon, in a new one started the same way)
 and records it in the profile's `cluster.json` (pid, engines, connection file, the launcher's
-own record, kept up to date). `stop` signals that process, or stops what its launcher left if it
+own record, kept up to date); the cluster's logs go to the profile's `logs` folder (logs.py),
+where they stay after it stops. `stop` signals that process, or stops what its launcher left if it
 is gone; `status` reads the record back.
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..connection import default_connection_file, ensure_private_dir, profile_dir
+from .logs import fresh_log_dir
 
 if TYPE_CHECKING:
     from ..launchers import Launcher
@@ -157,7 +159,8 @@ def _run_cluster_foreground(a: argparse.Namespace, state: Path, launcher: Launch
                           unmet_timeout=a.unmet_timeout, heartbeat=a.heartbeat,
                           launcher=launcher, engine_properties=props,
                           start_timeout=a.start_timeout, wait=not a.no_wait,
-                          dashboard=not a.no_dashboard, transport=a.transport)
+                          dashboard=not a.no_dashboard, transport=a.transport,
+                          log_dir=fresh_log_dir())
     except ValueError as e:
         print(f"taskmill: {e}", file=sys.stderr)
         return 2

@@ -40,9 +40,23 @@ BIND_ERRORS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES, errno.ENOENT
                errno.ENAMETOOLONG, errno.EINVAL)
 
 
+LOG_FORMAT = "%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"
+
+
 def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=LOG_FORMAT)
+
+
+def setup_engine_logging(level: str) -> None:
+    """An engine's logging: its own records (the `taskmill` loggers) go to its stderr, its log,
+    at `level`; the root logger stays as a fresh interpreter has it (no handler, WARNING), for
+    task code, whose records reach the running task's stderr (engine/running.py)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    own = logging.getLogger("taskmill")
+    own.addHandler(handler)
+    own.setLevel(getattr(logging, level.upper(), logging.INFO))
+    own.propagate = False
 
 
 def cmd_controller(a: argparse.Namespace) -> int:
@@ -153,7 +167,7 @@ def cmd_engine(a: argparse.Namespace) -> int:
     from ..errors import ConnectionFileError, ControllerUnreachable
     from ..launchers.mpi import mpi_rank_from_environment
 
-    setup_logging(a.log_level)
+    setup_engine_logging(a.log_level)
     props = dict(parse_property(p) for p in a.property or [])
     rank = mpi_rank_from_environment()
     if rank is not None:

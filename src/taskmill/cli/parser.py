@@ -15,6 +15,7 @@ from collections.abc import Callable
 from ..defaults import DEFAULT_HEARTBEAT, DEFAULT_UNMET_TIMEOUT, MAX_MESSAGE_SIZE
 from .cluster import cmd_cluster
 from .commands import cmd_controller, cmd_curve_key, cmd_engine, cmd_run, cmd_status
+from .logs import add_logs_command
 
 DESCRIPTION = "The `taskmill` command: controller, engine, cluster start|stop|status, status, run."
 
@@ -188,4 +189,5 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("script")
     r.add_argument("args", nargs=argparse.REMAINDER)
     r.set_defaults(func=cmd_run)
+    add_logs_command(sub)
     return p

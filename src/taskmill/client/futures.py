@@ -26,6 +26,7 @@ from concurrent.futures._base import CANCELLED
 from typing import Any, Protocol
 
 from ..arguments import FutureLike
+from ..display import duration_text, html_table, output_html, state_html, value_html
 from ..errors import ControllerUnreachable, TaskAborted
 from .codec import CONTROLLER_DECIDED, METADATA_KEYS
 from .connection import Connection
@@ -258,3 +259,24 @@ class TaskFuture(Future, FutureLike):
         tid = "?" if self._taskid is None else self._taskid
         state = "cancelled" if self.cancelled() else "finished" if self.done() else "pending"
         return f"<TaskFuture taskid={tid} {state}>"
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: status, and once finished the value (or the failure), engine,
+        duration and output (everything escaped: see display.py). Never waits."""
+        tid = "?" if self._taskid is None else self._taskid
+        if self.cancelled():
+            return html_table(f"TaskFuture {tid}", [("status", state_html("cancelled"))])
+        if not self.done():
+            return html_table(f"TaskFuture {tid}", [("status", state_html("pending"))])
+        exc = self.exception(timeout=0)
+        ok = exc is None
+        value = self.result(timeout=0) if ok else exc
+        meta = self.metadata
+        duration = meta.get("duration")
+        return html_table(f"TaskFuture {tid}", [
+            ("status", state_html("finished" if ok else "failed")),
+            ("value" if ok else "failure", value_html(value)),
+            ("engine", meta.get("engineid")),
+            ("duration", None if duration is None else duration_text(duration)),
+            ("stdout", output_html(meta["stdout"]) if meta.get("stdout") else None),
+            ("stderr", output_html(meta["stderr"]) if meta.get("stderr") else None)])

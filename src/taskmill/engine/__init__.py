@@ -8,7 +8,8 @@ How a task travels through an engine:
                           main thread: takes the next task while it holds a lease; for each:
                                           |  check pmac, unpickle body,
                                           |  clear_before, push, exec / call, pull, clear_after
-                                          |  (stdout/stderr captured; TaskRejectError -> rejected)
+                                          |  (stdout/stderr captured, what task code logs
+                                          |  too; TaskRejectError -> rejected)
     controller <-results- [result socket] +  pickled value or exception, traceback text,
                                              timings, properties when task code changed them;
                                              kept until the controller acknowledges them

@@ -4,7 +4,8 @@
 what the main thread does: `run` starts the heart (ZeroMQ's echo device, answering the
 controller's pings without the GIL) and the I/O thread, then takes tasks in order while it holds
 a lease (`_next_task`), runs each (`_run_task`: check its payload, clear, push, exec or call
-through running.py's `TaskCode`, pull, clear; stdout and stderr captured; the timeout armed),
+through running.py's `TaskCode`, pull, clear; stdout and stderr, and so what task code logs,
+captured through running.py's `TaskStream`s; the timeout armed),
 and queues its result in the outbox (results.py), sending what is ready on the result socket.
 `current_engine()` is the engine running the current task.
 """
@@ -31,6 +32,7 @@ from .running import (
     OUTPUT_LIMIT,
     Capture,
     TaskInterrupted,
+    TaskStream,
     error_fields,
     reply_body,
     take_arguments,
@@ -63,6 +65,7 @@ class Engine(EngineControl):
     ) -> None:
         super().__init__(info, properties, output_limit=output_limit,
                          register_timeout=register_timeout)
+        self.task_streams: tuple[TaskStream, TaskStream] | None = None
         self._reset()
 
     # -- namespace and properties ----------------------------------------------------------
@@ -188,6 +191,7 @@ class Engine(EngineControl):
         dropped = False
         t0 = time.perf_counter()
         old_out, old_err = sys.stdout, sys.stderr
+        task_out, task_err = self._task_streams(old_out, old_err)
         if timeout:
             # The last resort for code that never lets the interruption through. (The
             # controller admits timeouts up to MAX_TIMEOUT, which faulthandler takes.)
@@ -201,7 +205,7 @@ class Engine(EngineControl):
             frames, values = take_arguments(tid, header, frames, self.wire)
             if frames:
                 self.wire.check_payload(frames, header.get("pmac"))
-            sys.stdout, sys.stderr = out, err
+            sys.stdout, sys.stderr = task_out.aim(out), task_err.aim(err)
             try:
                 if spec.get("clear_before"):
                     self._reset()
@@ -223,6 +227,8 @@ class Engine(EngineControl):
             exc = e
         finally:
             self.code.active = False
+            task_out.reset()
+            task_err.reset()
             sys.stdout, sys.stderr = old_out, old_err
             with self.lock:
                 faulthandler.cancel_dump_traceback_later()
@@ -250,6 +256,13 @@ class Engine(EngineControl):
             self.finishing = False
         for batch in batches:
             self.send_results(self.sockets.result_socket(), batch)
+
+    def _task_streams(self, out: Any, err: Any) -> tuple[TaskStream, TaskStream]:
+        """The engine's two TaskStreams, made once, over the streams the engine had (`out`,
+        `err`: its log) when it ran its first task."""
+        if self.task_streams is None:
+            self.task_streams = (TaskStream(out), TaskStream(err))
+        return self.task_streams
 
     # -- results out -----------------------------------------------------------------------
     def _queue_result(self, entry: dict[str, Any], body: list[Any]) -> list[list[Result]]:

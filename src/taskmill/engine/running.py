@@ -9,8 +9,16 @@
 
 `TaskCode.active` is True exactly while task code runs: the I/O thread interrupts a task (abort,
 timeout, drop) only then, by a signal whose handler raises `TaskInterrupted` in the task code
-(see control.py). Captured stdout and stderr go to bounded `Capture`s. The engine (core.py)
-holds the timeout, the last-resort kill and the reply's bookkeeping.
+(see control.py). Captured stdout and stderr go to bounded `Capture`s, through the engine's
+two `TaskStream`s: while a task runs, `sys.stdout` and `sys.stderr` are those streams, aimed at
+the task's captures; between tasks they aim at the engine's own streams (its log). So records
+that task code sends through `logging` land in the task's stderr: Python's last-resort handler
+(no handler configured, WARNING and above, as in a fresh interpreter) writes to `sys.stderr` as
+it is at the time, and a handler task code makes on `sys.stderr` (`logging.basicConfig`) holds a
+`TaskStream`, so it writes into the capture of whichever task runs, never into an old one's.
+The engine's own records (the `taskmill` loggers) have a handler of their own on the real
+stderr (commands.py) and never reach the root logger. The engine (core.py) holds the timeout,
+the last-resort kill and the reply's bookkeeping.
 """
 
 from __future__ import annotations
@@ -64,6 +72,40 @@ class Capture(io.TextIOBase):
         if self.dropped:
             text += f"\n[taskmill: output truncated, {self.dropped} more characters dropped]\n"
         return text
+
+
+class TaskStream(io.TextIOBase):
+    """`sys.stdout` or `sys.stderr` of an engine while it runs a task: whatever is written goes
+    to `target`, the running task's `Capture` (`aim`), or else the engine's own stream (`reset`).
+
+    Code that keeps the stream it found (a logging handler made by `basicConfig`, a library that
+    saved `sys.stderr`) thereby writes into the task that runs at the time, or the engine's log
+    between tasks: never into a finished task's capture, never into the next one's by mistake.
+    """
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+        self.target: Any = base
+
+    def aim(self, capture: Capture) -> TaskStream:
+        self.target = capture
+        return self
+
+    def reset(self) -> None:
+        self.target = self.base
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.base, "encoding", None) or "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        return self.target.write(s)
+
+    def flush(self) -> None:
+        self.target.flush()
 
 
 def format_remote_traceback(exc: BaseException) -> str:

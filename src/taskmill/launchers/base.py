@@ -52,8 +52,13 @@ class LaunchContext:
     """What a launcher needs from its cluster to start engines."""
 
     connection_file: Path
-    state_dir: Path  # private to this cluster, on this machine: logs of local processes
+    state_dir: Path  # private to this cluster, on this machine (removed at stop)
     lifeline_fd: int | None  # read end of the owner's lifeline pipe (None: no lifeline)
+    log_dir: Path | None = None  # where logs of local processes go (None: the state_dir)
+
+    def log_path(self, name: str) -> Path:
+        """The path of the log file `name` (e.g. "engine-0.log") of a process started here."""
+        return (self.log_dir or self.state_dir) / name
 
 
 class ProcessHandle(Protocol):

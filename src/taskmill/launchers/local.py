@@ -58,7 +58,7 @@ class LocalLauncher(Launcher):
         if ctx.lifeline_fd is not None:
             extra, fds = ["--parent-fd", str(ctx.lifeline_fd)], (ctx.lifeline_fd,)
         return spawn(engine_command(self.python, ctx.connection_file, props, *extra),
-                     ctx.state_dir / f"engine-{slot}.log", pass_fds=fds)
+                     ctx.log_path(f"engine-{slot}.log"), pass_fds=fds)
 
     def reap(self) -> list[tuple[int, int]]:
         exits: list[tuple[int, int]] = []
@@ -90,7 +90,7 @@ class LocalLauncher(Launcher):
     def logs(self) -> list[Path]:
         if self._ctx is None:
             return []
-        return sorted(self._ctx.state_dir.glob("engine-*.log"))
+        return sorted(self._ctx.log_path("").glob("engine-*.log"))
 
     def record(self) -> dict[str, Any]:
         return {"launcher": self.name, "pids": [p.pid for p in self._procs]}

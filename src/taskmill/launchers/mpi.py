@@ -82,7 +82,7 @@ class MPILauncher(Launcher):
         conn = self.work.connection_file(ctx.connection_file)
         cmd = [self.mpiexec, "-n", str(len(properties)), *self.mpi_args,
                *engine_command(self.python, conn, props)]
-        log = ctx.state_dir / f"mpiexec-{len(self._runs)}.log"
+        log = ctx.log_path(f"mpiexec-{len(self._runs)}.log")
         tether = spawn_tether(ctx, log, command=cmd, remove=self.work.path)
         self._runs.append((len(properties), tether))
 
@@ -106,7 +106,7 @@ class MPILauncher(Launcher):
     def logs(self) -> list[Path]:
         if self._ctx is None:
             return []
-        return [self._ctx.state_dir / f"mpiexec-{i}.log" for i in range(len(self._runs))]
+        return [self._ctx.log_path(f"mpiexec-{i}.log") for i in range(len(self._runs))]
 
     def record(self) -> dict[str, Any]:
         return {"launcher": self.name, "work_dir": str(self.work.path),

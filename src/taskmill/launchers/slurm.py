@@ -137,7 +137,7 @@ class SlurmLauncher(Launcher):
         if not job:
             raise LauncherError(f"sbatch printed no job id for {script}: {done.stdout!r}")
         self.jobs.append((job, len(properties)))
-        self._tethers.append(spawn_tether(ctx, ctx.state_dir / f"slurm-tether-{job}.log",
+        self._tethers.append(spawn_tether(ctx, ctx.log_path(f"slurm-tether-{job}.log"),
                                           on_orphan=["scancel", job], remove=self.work.path))
 
     def _queue(self, max_age: float = 0.0) -> dict[str, list[str]]:

@@ -161,7 +161,7 @@ class SSHLauncher(Launcher):
                                  "--parent-fd", "0")
             remote = "exec " + " ".join(shlex.quote(c) for c in cmd)
             slot = len(self._sessions)
-            proc = spawn(self.ssh_argv(host, remote), ctx.state_dir / f"ssh-{slot}.log",
+            proc = spawn(self.ssh_argv(host, remote), ctx.log_path(f"ssh-{slot}.log"),
                          stdin=subprocess.PIPE)
             self._sessions.append((host, proc))
             self._stdins.append(proc.stdin)
@@ -198,7 +198,7 @@ class SSHLauncher(Launcher):
     def logs(self) -> list[Path]:
         if self._ctx is None:
             return []
-        return [self._ctx.state_dir / f"ssh-{i}.log" for i in range(len(self._sessions))]
+        return [self._ctx.log_path(f"ssh-{i}.log") for i in range(len(self._sessions))]
 
     def record(self) -> dict[str, Any]:
         return {"launcher": self.name, "sessions": [[h, p.pid] for h, p in self._sessions]}
