@@ -22,14 +22,14 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from .checks import seconds
+from .checks import days, seconds
 from .client import TaskClient
 from .connection import (
     new_connection_info,
     read_connection_file,
     write_connection_file,
 )
-from .defaults import DEFAULT_HEARTBEAT, DEFAULT_UNMET_TIMEOUT, is_loopback
+from .defaults import DEFAULT_HEARTBEAT, DEFAULT_KEEP_RESULTS, DEFAULT_UNMET_TIMEOUT, is_loopback
 from .errors import ControllerUnreachable
 from .launchers import LaunchContext, Launcher, LocalLauncher, make_launcher
 from .launchers.base import spawn, tail, terminate
@@ -38,6 +38,11 @@ log = logging.getLogger("taskmill.cluster")
 
 _LIVE: weakref.WeakSet[Cluster] = weakref.WeakSet()
 NANNY_INTERVAL = 0.2
+# A cluster's state folder: tempfile's folder / STATE_PREFIX + random, mode 0700. OWNER_FILE in
+# it holds the owner's pid and the controller's, one a line: while either lives the cluster
+# runs (`taskmill clean` leaves it alone); `stop()` removes the folder.
+STATE_PREFIX = "taskmill-cluster-"
+OWNER_FILE = "owner.pid"
 CONTROLLER_PROBE = 0.5  # seconds: how long start() asks the controller before checking it lives
 
 
@@ -57,6 +62,9 @@ class Cluster:
     machines, bind an interface they can reach (`ip="0.0.0.0"`) and, if needed, name the
     address they should connect to (`location=`). With `wait=False`, `start()` returns once the
     engines are launched (a Slurm job may wait in the queue); use `wait_for_engines` later.
+
+    `keep_results`: days a finished result stays in the store (default 7; math.inf: always),
+    which matters for a `db` that outlives the cluster.
 
     `transport`: "ipc" (unix sockets in the cluster's 0700 state folder, so that no other user
     of this machine can connect) or "tcp". The default is "ipc" for a cluster that is all on
@@ -85,6 +93,7 @@ class Cluster:
         wait: bool = True,
         dashboard: bool = True,
         transport: str | None = None,
+        keep_results: float = DEFAULT_KEEP_RESULTS,
     ) -> None:
         self.n = (os.cpu_count() or 1) if n is None else n
         if not isinstance(self.n, int) or self.n < 0:
@@ -100,6 +109,7 @@ class Cluster:
         self.prefetch = prefetch
         self.dashboard = dashboard
         self.start_timeout = seconds("start_timeout", start_timeout)
+        self.keep_results = days("keep_results", keep_results)
         self.wait = wait
         self._requested_connection_file = Path(connection_file) if connection_file else None
         self.state_dir: Path | None = None
@@ -160,7 +170,7 @@ class Cluster:
         self._started = True
         _LIVE.add(self)
         try:
-            self.state_dir = Path(tempfile.mkdtemp(prefix="taskmill-cluster-"))  # mode 0700
+            self.state_dir = Path(tempfile.mkdtemp(prefix=STATE_PREFIX))  # mode 0700
             info = new_connection_info(
                 self.ip, self.port, self.engine_port, self.location,
                 ipc_dir=self.state_dir if self.transport == "ipc" else None)
@@ -172,6 +182,7 @@ class Cluster:
                    "--connection-file", str(self.connection_file),
                    "--unmet-timeout", str(self.unmet_timeout),
                    "--heartbeat", str(self.heartbeat),
+                   "--keep-results", str(self.keep_results),
                    "--prefetch", "auto" if self.prefetch is None else str(self.prefetch),
                    "--parent-fd", str(self._lifeline[0]),
                    "--remove-if-orphaned", str(self.state_dir)]
@@ -181,6 +192,7 @@ class Cluster:
                 cmd += ["--no-dashboard"]
             self._controller = spawn(cmd, self.state_dir / "controller.log",
                                      pass_fds=(self._lifeline[0],))
+            (self.state_dir / OWNER_FILE).write_text(f"{os.getpid()}\n{self._controller.pid}\n")
             self.launcher.launch(self._context(), self.engine_properties)
             if self.wait:
                 self.wait_for_engines(self.n, self.start_timeout)

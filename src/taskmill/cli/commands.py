@@ -34,6 +34,7 @@ from ..connection import (
 from ..curve import add_curve
 from ..curve import enabled as curve_enabled
 from ..defaults import is_loopback
+from .cluster import gone_cluster, one_line
 
 # Errors of binding the controller's sockets, reported as one line instead of a traceback.
 BIND_ERRORS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES, errno.ENOENT,
@@ -50,7 +51,7 @@ def cmd_controller(a: argparse.Namespace) -> int:
     from ..dashboard import forget_dashboard, start_dashboard
     from ..engine import watch_parent
     from ..errors import StoreError
-    from ..store import open_store
+    from ..store import drop_old_results, open_store
 
     setup_logging(a.log_level)
     if a.dashboard_open and not is_loopback(a.dashboard_ip):
@@ -65,6 +66,14 @@ def cmd_controller(a: argparse.Namespace) -> int:
     except StoreError as e:  # in use by another controller, locked, damaged: one clear line
         print(f"taskmill controller: {e}", file=sys.stderr)
         return 1
+    try:  # (before the controller reads the store: it knows only the results kept)
+        dropped = drop_old_results(store, a.keep_results)
+    except StoreError as e:
+        log.warning("could not remove results older than %g days: %s", a.keep_results, e)
+    else:
+        if dropped:
+            log.info("removed %d finished results older than %g days (--keep-results)",
+                     dropped, a.keep_results)
     if path.exists():
         info = read_connection_file(path)  # reuse key and addresses: old peers reconnect
         if a.curve and not curve_enabled(info):
@@ -177,6 +186,10 @@ def cmd_status(a: argparse.Namespace) -> int:
     from ..status import show_status
 
     path = find_connection_file(a.connection_file)
+    gone = gone_cluster(path)
+    if gone is not None:  # (rather than waiting --timeout for a controller that is gone)
+        print(f"taskmill: {gone}", file=sys.stderr)
+        return 1
     info = read_connection_file(path)
     with TaskClient(path, timeout=a.timeout) as tc:
         return show_status(
@@ -187,7 +200,14 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 def cmd_run(a: argparse.Namespace) -> int:
     from ..cluster import Cluster
+    from ..launchers import LauncherError
 
-    with Cluster(a.n) as cluster:
+    cluster = Cluster(a.n)
+    try:
+        cluster.start()
+    except (LauncherError, RuntimeError, TimeoutError) as e:
+        print(f"taskmill: the cluster did not start: {one_line(e)}", file=sys.stderr)
+        return 1
+    with cluster:
         env = dict(os.environ, TASKMILL_CONNECTION=str(cluster.connection_file))
         return subprocess.call([sys.executable, a.script, *a.args], env=env)
