@@ -64,7 +64,10 @@ class Cluster:
     engines are launched (a Slurm job may wait in the queue); use `wait_for_engines` later.
 
     `keep_results`: days a finished result stays in the store (default 7; math.inf: always),
-    which matters for a `db` that outlives the cluster.
+    which matters for a `db` that outlives the cluster. `key` (hex): the key that signs
+    messages and results (default: a new one); a cluster that opens a `db` kept from an
+    earlier one needs that one's key to hand out its results (`taskmill cluster start
+    --resume` keeps it beside the store).
 
     `transport`: "ipc" (unix sockets in the cluster's 0700 state folder, so that no other user
     of this machine can connect) or "tcp". The default is "ipc" for a cluster that is all on
@@ -94,6 +97,7 @@ class Cluster:
         dashboard: bool = True,
         transport: str | None = None,
         keep_results: float = DEFAULT_KEEP_RESULTS,
+        key: str | None = None,
     ) -> None:
         self.n = (os.cpu_count() or 1) if n is None else n
         if not isinstance(self.n, int) or self.n < 0:
@@ -110,6 +114,12 @@ class Cluster:
         self.dashboard = dashboard
         self.start_timeout = seconds("start_timeout", start_timeout)
         self.keep_results = days("keep_results", keep_results)
+        if key is not None:
+            try:
+                bytes.fromhex(key)
+            except (TypeError, ValueError):
+                raise ValueError(f"key must be a hex string, not {key!r}") from None
+        self.key = key
         self.wait = wait
         self._requested_connection_file = Path(connection_file) if connection_file else None
         self.state_dir: Path | None = None
@@ -175,6 +185,8 @@ class Cluster:
                 self.ip, self.port, self.engine_port, self.location,
                 ipc_dir=self.state_dir if self.transport == "ipc" else None)
             self.transport = "ipc" if info.is_ipc else "tcp"
+            if self.key is not None:
+                info.key = self.key
             self.connection_file = write_connection_file(
                 self._requested_connection_file or self.state_dir / "connection.json", info)
             self._lifeline = os.pipe()

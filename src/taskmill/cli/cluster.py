@@ -22,7 +22,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..connection import default_connection_file, ensure_private_dir, profile_dir
+from ..connection import (
+    default_connection_file,
+    ensure_private_dir,
+    profile_dir,
+    read_connection_file,
+)
 
 if TYPE_CHECKING:
     from ..launchers import Launcher
@@ -198,6 +203,12 @@ def _run_cluster_foreground(a: argparse.Namespace, state: Path, launcher: Launch
 
     conn = Path(a.connection_file) if a.connection_file else default_connection_file()
     db = a.db or str(conn.parent / "tasks.db")  # (where the controller puts it without --db)
+    # The kept results were signed with the key of the cluster that stored them: a resumed
+    # cluster signs with it again (it is kept beside the store, and removed with it).
+    key_file = Path(f"{db}.key")
+    key = None
+    if a.resume and db != ":memory:" and key_file.exists():
+        key = key_file.read_text().strip()
     props = dict(parse_property(p) for p in a.property or [])
     try:
         cluster = Cluster(a.n, ip=a.ip, location=a.location, port=a.port,
@@ -206,7 +217,7 @@ def _run_cluster_foreground(a: argparse.Namespace, state: Path, launcher: Launch
                           launcher=launcher, engine_properties=props,
                           start_timeout=a.start_timeout, wait=not a.no_wait,
                           dashboard=not a.no_dashboard, transport=a.transport,
-                          keep_results=a.keep_results)
+                          keep_results=a.keep_results, key=key)
     except ValueError as e:
         print(f"taskmill: {e}", file=sys.stderr)
         return 2
@@ -230,6 +241,12 @@ def _run_cluster_foreground(a: argparse.Namespace, state: Path, launcher: Launch
         print(f"taskmill: the cluster did not start: {one_line(e)}", file=sys.stderr)
         return 1
     ensure_private_dir(state.parent)
+    if db != ":memory:":
+        assert cluster.connection_file is not None
+        key_file.unlink(missing_ok=True)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(read_connection_file(cluster.connection_file).key + "\n")
 
     def write_state() -> dict[str, Any]:
         record = cluster.launcher.record()

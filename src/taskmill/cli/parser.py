@@ -31,6 +31,34 @@ DESCRIPTION = ("The `taskmill` command: controller, engine, cluster start|stop|s
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
+class CommandParser(argparse.ArgumentParser):
+    """An ArgumentParser that keeps in public what was added to it: `arguments` (its options
+    and positionals, --help among them) and `commands` (subcommand name -> its parser). argparse
+    keeps them in private attributes; tests walk these to check every command's options."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.arguments: list[argparse.Action] = []
+        self.commands: dict[str, CommandParser] = {}
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.arguments.append(action)
+        return action
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        group = super().add_subparsers(parser_class=CommandParser, **kwargs)
+        add = group.add_parser
+
+        def add_parser(name: str, **kw: Any) -> CommandParser:
+            child: CommandParser = add(name, **kw)
+            self.commands[name] = child
+            return child
+
+        group.add_parser = add_parser
+        return group
+
+
 def _seconds(*, zero: bool = False, infinite: bool = False) -> Callable[[str], float]:
     """An argparse type: a number of seconds, refusing NaN, negative (and 0, inf unless told)."""
     from ..checks import seconds
@@ -79,8 +107,8 @@ def _prefetch(text: str) -> int | None:
     return n
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="taskmill", description=DESCRIPTION)
+def build_parser() -> CommandParser:
+    p = CommandParser(prog="taskmill", description=DESCRIPTION)
     p.add_argument("--version", action="version", version=f"taskmill {__version__}",
                    help="print taskmill's version and exit")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -7,7 +7,8 @@ that opens the store next knows only what is left. The controller calls it on th
 just opened (`taskmill controller --keep-results DAYS`, default 7), before it reads the store.
 
 `remove_store(path)` deletes a SQLite store's files (the database, its WAL, shared-memory and
-lock files, its `.blobs/` folder) under the store's lock, so that a store another controller
+lock files, its `.blobs/` folder, and the `.key` that `taskmill cluster start` keeps beside it:
+the key its results were signed with, for `--resume`) under the store's lock, so that a store another controller
 holds is never removed: `taskmill cluster start` without `--resume` begins with an empty store
 that way, and `taskmill clean` removes stopped clusters' stores.
 """
@@ -69,7 +70,7 @@ def drop_old_results(store: MemoryStore | SQLiteStore, days: float = DEFAULT_KEE
 def store_files(path: str | os.PathLike[str]) -> list[Path]:
     """The files and folders of the SQLite store at `path` that exist now."""
     p = str(path)
-    names = [p, f"{p}-wal", f"{p}-shm", f"{p}.blobs", f"{p}.lock"]
+    names = [p, f"{p}-wal", f"{p}-shm", f"{p}.blobs", f"{p}.key", f"{p}.lock"]
     return [Path(n) for n in names if os.path.lexists(n)]
 
 
