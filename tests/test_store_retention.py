@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 import pytest
 
+from taskmill.connection import new_connection_info
+from taskmill.controller import Controller, Now
+from taskmill.controller.core import RETENTION_EVERY
 from taskmill.errors import StoreError
 from taskmill.store import (
     MemoryStore,
@@ -125,3 +129,29 @@ def test_remove_store_refuses_a_file_that_is_not_a_store(tmp_path):
     with pytest.raises(StoreError, match="not a taskmill store"):
         remove_store(str(path))
     assert path.read_text() == "my notes\n"
+
+
+def test_a_running_controller_drops_old_results_at_start_and_every_hour(tmp_path):
+    """The core's retention timer: at start, then every RETENTION_EVERY seconds (the test
+    hands the core the times; nothing waits)."""
+    store = SQLiteStore(str(tmp_path / "t.db"))
+    wall = time.time()
+    for days_ago in (10, 6.5, 1):
+        tid = store.allocate()
+        store.add(StoredTask(tid, {"nodes": [], "after": []}, [b"body"], wall - days_ago * DAY))
+        store.finish(tid, StoredResult({"status": "ok", "completed": wall - days_ago * DAY},
+                                       [b"r"]))
+    store.commit()
+    ctl = Controller(new_connection_info(), store=store, heartbeat=3600.0, keep_results=7)
+    try:
+        mono = time.monotonic()
+        ctl.core.fire_timers(Now(mono, wall))
+        ctl.core.flush(Now(mono, wall))  # (the end of the turn: the next pass counts from here)
+        assert sorted(sum(store.finished_ids(), [])) == [1, 2]  # (task 0: 10 days old)
+        ctl.core.fire_timers(Now(mono + RETENTION_EVERY / 2, wall + DAY))
+        assert sorted(sum(store.finished_ids(), [])) == [1, 2]  # not due yet
+        ctl.core.fire_timers(Now(mono + RETENTION_EVERY + 1, wall + DAY))
+        assert sorted(sum(store.finished_ids(), [])) == [2]  # task 1 is now 7.5 days old
+        assert ctl.core.ctx.store.counts() == (1, 0)
+    finally:
+        ctl.close()

@@ -51,7 +51,7 @@ def cmd_controller(a: argparse.Namespace) -> int:
     from ..dashboard import forget_dashboard, start_dashboard
     from ..engine import watch_parent
     from ..errors import StoreError
-    from ..store import drop_old_results, open_store
+    from ..store import open_store
 
     setup_logging(a.log_level)
     if a.dashboard_open and not is_loopback(a.dashboard_ip):
@@ -66,14 +66,6 @@ def cmd_controller(a: argparse.Namespace) -> int:
     except StoreError as e:  # in use by another controller, locked, damaged: one clear line
         print(f"taskmill controller: {e}", file=sys.stderr)
         return 1
-    try:  # (before the controller reads the store: it knows only the results kept)
-        dropped = drop_old_results(store, a.keep_results)
-    except StoreError as e:
-        log.warning("could not remove results older than %g days: %s", a.keep_results, e)
-    else:
-        if dropped:
-            log.info("removed %d finished results older than %g days (--keep-results)",
-                     dropped, a.keep_results)
     if path.exists():
         info = read_connection_file(path)  # reuse key and addresses: old peers reconnect
         if a.curve and not curve_enabled(info):
@@ -130,7 +122,7 @@ def cmd_controller(a: argparse.Namespace) -> int:
     try:
         run_controller(info, store=store, unmet_timeout=a.unmet_timeout, heartbeat=a.heartbeat,
                        connection_file=path, prefetch=a.prefetch,
-                       max_message=a.max_message_size)
+                       max_message=a.max_message_size, keep_results=a.keep_results)
     except zmq.ZMQError as e:
         if e.errno not in BIND_ERRORS:
             raise

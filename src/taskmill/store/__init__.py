@@ -38,8 +38,8 @@ from .schema import BUSY_TIMEOUT, LOW_DISK, OPEN_TIMEOUT
 from .sqlite import CHECKPOINT_BYTES, LOW_TID_EVERY, SQLiteStore
 
 __all__ = [
-    "BUSY_TIMEOUT", "CHECKPOINT_BYTES", "DEFAULT_KEEP_RESULTS", "ENGINE_ROW_AGE", "EXTERNAL_MIN", "LOW_DISK",
-    "LOW_TID_EVERY", "MAX_TID", "OPEN_TIMEOUT", "SUBMIT_KEYS_KEPT", "SUBMIT_KEY_AGE",
+    "BUSY_TIMEOUT", "CHECKPOINT_BYTES", "DEFAULT_KEEP_RESULTS", "ENGINE_ROW_AGE", "EXTERNAL_MIN",
+    "LOW_DISK", "LOW_TID_EVERY", "MAX_TID", "OPEN_TIMEOUT", "SUBMIT_KEYS_KEPT", "SUBMIT_KEY_AGE",
     "MemoryStore", "SQLiteStore", "StoredResult", "StoredTask", "TaskStore", "drop_old_results",
     "open_store", "remove_store", "store_files",
 ]

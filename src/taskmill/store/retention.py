@@ -1,16 +1,16 @@
 """What a store forgets: finished results older than the retention, and a whole store.
 
-`drop_old_results(store, days)` finds the finished tasks whose result was completed more than
-`days` ago (the `completed` time of their stored result metadata) and drops them through the
-store's own `clear` (rows, large-frame files, cache and counts together), so that the controller
-that opens the store next knows only what is left. The controller calls it on the store it has
-just opened (`taskmill controller --keep-results DAYS`, default 7), before it reads the store.
+`drop_old_results(store, days, now)` finds the finished tasks whose result was completed more
+than `days` before `now` (the `completed` time of their stored result metadata) and drops them
+through the store's own `clear` (rows, large-frame files, cache and counts together), as a
+client's `clear` of those taskids would. The controller's core calls it when it starts and then
+every hour (`taskmill controller --keep-results DAYS`, default 7).
 
 `remove_store(path)` deletes a SQLite store's files (the database, its WAL, shared-memory and
 lock files, its `.blobs/` folder, and the `.key` that `taskmill cluster start` keeps beside it:
-the key its results were signed with, for `--resume`) under the store's lock, so that a store another controller
-holds is never removed: `taskmill cluster start` without `--resume` begins with an empty store
-that way, and `taskmill clean` removes stopped clusters' stores.
+the key its results were signed with, for `--resume`) under the store's lock, so that a store
+another controller holds is never removed: `taskmill cluster start` without `--resume` begins
+with an empty store that way, and `taskmill clean` removes stopped clusters' stores.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from pathlib import Path
 
 from ..defaults import DEFAULT_KEEP_RESULTS
 from ..errors import StoreError
-from .base import unpack
-from .memory import MemoryStore
+from .base import TaskStore, unpack
 from .schema import hold_lock
 from .sqlite import SQLiteStore
 
@@ -31,7 +30,7 @@ DAY = 86400.0
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
-def old_results(store: MemoryStore | SQLiteStore, cutoff: float) -> list[int]:
+def old_results(store: TaskStore, cutoff: float) -> list[int]:
     """The taskids of the finished results `store` holds that were completed before `cutoff`
     (a time.time() value)."""
     old: list[int] = []
@@ -53,7 +52,7 @@ def old_results(store: MemoryStore | SQLiteStore, cutoff: float) -> list[int]:
     return sorted(old)
 
 
-def drop_old_results(store: MemoryStore | SQLiteStore, days: float = DEFAULT_KEEP_RESULTS,
+def drop_old_results(store: TaskStore, days: float = DEFAULT_KEEP_RESULTS,
                      now: float | None = None) -> int:
     """Drop the finished results completed more than `days` days before `now` (default: the
     time now); return how many. `days` may be math.inf (keep them all)."""
