@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -59,13 +60,19 @@ def gone_cluster(connection_file: Path) -> str | None:
             "after it and `taskmill cluster start` starts a new one")
 
 
+# A DEBUG or INFO record of a taskmill log (commands.setup_logging's format): left out of the
+# one line an error is printed as (a controller's log tail says much before it says why).
+QUIET_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ \S+\[\d+\] (DEBUG|INFO) ")
+
+
 def one_line(e: BaseException) -> str:
-    """An error's message on one line: its first line, and its last when there are more (a
-    log's tail ends with the line that says why, e.g. a controller's `cannot listen`)."""
+    """An error's message on one line: its first line, then its other lines (a log's tail, a
+    launcher's output) but the DEBUG and INFO log records among them, joined by " | "."""
     lines = [x.strip() for x in str(e).splitlines() if x.strip()]
     if len(lines) <= 1:
         return lines[0] if lines else type(e).__name__
-    return f"{lines[0].rstrip(':')}: {lines[-1]}"
+    rest = [x for x in lines[1:] if not QUIET_LOG_LINE.match(x)]
+    return f"{lines[0].rstrip(':')}: {' | '.join(rest)}" if rest else lines[0]
 
 
 def pid_alive(pid: int) -> bool:
