@@ -155,3 +155,16 @@ def test_a_running_controller_drops_old_results_at_start_and_every_hour(tmp_path
         assert ctl.core.ctx.store.counts() == (1, 0)
     finally:
         ctl.close()
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"keep_results": -1}, "keep_results must be a number of days >= 0"),
+    ({"keep_results": math.nan}, "keep_results must be a number of days >= 0"),
+    ({"key": "not hex"}, "key must be a hex string"),
+])
+def test_cluster_refuses_a_retention_or_key_that_makes_no_sense(settings, message):
+    from taskmill import Cluster
+
+    with pytest.raises(ValueError, match=message):
+        Cluster(1, **settings)
+    assert Cluster(1, keep_results=math.inf, key="ab" * 32).keep_results == math.inf
