@@ -1,7 +1,7 @@
-"""Checks of settings given in seconds (heartbeat, unmet_timeout, timeouts), shared by the
-Python API, the CLI and the controller, so that NaN or a negative number is refused where it is
-given, naming the setting, instead of looping forever or ending the controller later.
-This module imports nothing of taskmill and does no I/O.
+"""Checks of settings given in seconds (heartbeat, unmet_timeout, timeouts) or days
+(keep_results), shared by the Python API, the CLI and the controller, so that NaN or a negative
+number is refused where it is given, naming the setting, instead of looping forever or ending
+the controller later. This module imports nothing of taskmill and does no I/O.
 """
 
 from __future__ import annotations
@@ -23,4 +23,15 @@ def seconds(name: str, value: object, *, zero: bool = False, infinite: bool = Fa
         what = ">= 0" if zero else "> 0"
         what += "" if infinite else " and finite"
         raise ValueError(f"{name} must be a number of seconds {what}, not {value!r}")
+    return v
+
+
+def days(name: str, value: object) -> float:
+    """`value` as a float number of days >= 0 (math.inf: "for ever"), or ValueError/TypeError
+    naming `name` and `value` (NaN, negative numbers, bools and non-numbers)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number of days, not {value!r}")
+    v = float(value)
+    if math.isnan(v) or v < 0:
+        raise ValueError(f"{name} must be a number of days >= 0 (inf: for ever), not {value!r}")
     return v

@@ -22,7 +22,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from .checks import seconds
+from .checks import days, seconds
 from .client import TaskClient
 from .connection import (
     ensure_private_dir,
@@ -30,7 +30,7 @@ from .connection import (
     read_connection_file,
     write_connection_file,
 )
-from .defaults import DEFAULT_HEARTBEAT, DEFAULT_UNMET_TIMEOUT, is_loopback
+from .defaults import DEFAULT_HEARTBEAT, DEFAULT_KEEP_RESULTS, DEFAULT_UNMET_TIMEOUT, is_loopback
 from .display import html_table, link_html, state_html
 from .errors import ControllerUnreachable
 from .launchers import LaunchContext, Launcher, LocalLauncher, make_launcher
@@ -40,6 +40,11 @@ log = logging.getLogger("taskmill.cluster")
 
 _LIVE: weakref.WeakSet[Cluster] = weakref.WeakSet()
 NANNY_INTERVAL = 0.2
+# A cluster's state folder: tempfile's folder / STATE_PREFIX + random, mode 0700. OWNER_FILE in
+# it holds the owner's pid and the controller's, one a line: while either lives the cluster
+# runs (`taskmill clean` leaves it alone); `stop()` removes the folder.
+STATE_PREFIX = "taskmill-cluster-"
+OWNER_FILE = "owner.pid"
 CONTROLLER_PROBE = 0.5  # seconds: how long start() asks the controller before checking it lives
 
 
@@ -59,6 +64,12 @@ class Cluster:
     machines, bind an interface they can reach (`ip="0.0.0.0"`) and, if needed, name the
     address they should connect to (`location=`). With `wait=False`, `start()` returns once the
     engines are launched (a Slurm job may wait in the queue); use `wait_for_engines` later.
+
+    `keep_results`: days a finished result stays in the store (default 7; math.inf: always),
+    which matters for a `db` that outlives the cluster. `key` (hex): the key that signs
+    messages and results (default: a new one); a cluster that opens a `db` kept from an
+    earlier one needs that one's key to hand out its results (`taskmill cluster start
+    --resume` keeps it beside the store).
 
     `transport`: "ipc" (unix sockets in the cluster's 0700 state folder, so that no other user
     of this machine can connect) or "tcp". The default is "ipc" for a cluster that is all on
@@ -92,6 +103,8 @@ class Cluster:
         dashboard: bool = True,
         transport: str | None = None,
         log_dir: str | os.PathLike[str] | None = None,
+        keep_results: float = DEFAULT_KEEP_RESULTS,
+        key: str | None = None,
     ) -> None:
         self.n = (os.cpu_count() or 1) if n is None else n
         if not isinstance(self.n, int) or self.n < 0:
@@ -107,6 +120,13 @@ class Cluster:
         self.prefetch = prefetch
         self.dashboard = dashboard
         self.start_timeout = seconds("start_timeout", start_timeout)
+        self.keep_results = days("keep_results", keep_results)
+        if key is not None:
+            try:
+                bytes.fromhex(key)
+            except (TypeError, ValueError):
+                raise ValueError(f"key must be a hex string, not {key!r}") from None
+        self.key = key
         self.wait = wait
         self._requested_connection_file = Path(connection_file) if connection_file else None
         self.state_dir: Path | None = None
@@ -168,13 +188,15 @@ class Cluster:
         self._started = True
         _LIVE.add(self)
         try:
-            self.state_dir = Path(tempfile.mkdtemp(prefix="taskmill-cluster-"))  # mode 0700
+            self.state_dir = Path(tempfile.mkdtemp(prefix=STATE_PREFIX))  # mode 0700
             if self.log_dir is not None:
                 ensure_private_dir(self.log_dir)  # (logs may hold what tasks printed)
             info = new_connection_info(
                 self.ip, self.port, self.engine_port, self.location,
                 ipc_dir=self.state_dir if self.transport == "ipc" else None)
             self.transport = "ipc" if info.is_ipc else "tcp"
+            if self.key is not None:
+                info.key = self.key
             self.connection_file = write_connection_file(
                 self._requested_connection_file or self.state_dir / "connection.json", info)
             self._lifeline = os.pipe()
@@ -182,6 +204,7 @@ class Cluster:
                    "--connection-file", str(self.connection_file),
                    "--unmet-timeout", str(self.unmet_timeout),
                    "--heartbeat", str(self.heartbeat),
+                   "--keep-results", str(self.keep_results),
                    "--prefetch", "auto" if self.prefetch is None else str(self.prefetch),
                    "--parent-fd", str(self._lifeline[0]),
                    "--remove-if-orphaned", str(self.state_dir)]
@@ -191,6 +214,7 @@ class Cluster:
                 cmd += ["--no-dashboard"]
             self._controller = spawn(cmd, self._context().log_path("controller.log"),
                                      pass_fds=(self._lifeline[0],))
+            (self.state_dir / OWNER_FILE).write_text(f"{os.getpid()}\n{self._controller.pid}\n")
             self.launcher.launch(self._context(), self.engine_properties)
             if self.wait:
                 self.wait_for_engines(self.n, self.start_timeout)

@@ -9,6 +9,10 @@ from __future__ import annotations
 #: seconds a task whose `depend` is unmet everywhere waits before it fails (SPEC §6)
 DEFAULT_UNMET_TIMEOUT = 30.0
 
+#: days a finished result is kept in the store (`--keep-results`): a store that is reopened
+#: for weeks does not grow without end
+DEFAULT_KEEP_RESULTS = 7.0
+
 #: seconds between heartbeats (engines ping the controller; the controller checks engines)
 DEFAULT_HEARTBEAT = 1.0
 

@@ -1,22 +1,26 @@
-"""The `taskmill` command: controller, engine, cluster start|stop|status, status, run.
+"""The `taskmill` command: controller, engine, cluster start|stop|status, status, run, clean.
 
     argv --> parser.py (`build_parser`: options, checked) --> a command: commands.py (one
-    process: controller, engine, curve-key, status, run) or cluster.py (cluster start|stop|
-    status) --> its exit status
+    process: controller, engine, curve-key, status, run), cluster.py (cluster start|stop|
+    status) or clean.py (clean) --> its exit status
 
-`main` is the console script (`taskmill = taskmill.cli:main`) and `python -m taskmill`.
+`main` is the console script (`taskmill = taskmill.cli:main`) and `python -m taskmill`. An
+expected failure (no connection file or a bad one, no controller answering, a store that cannot
+be opened) is one line on standard error and exit status 1, never a traceback.
 """
 
 from __future__ import annotations
 
 import sys
 
-from ..errors import ConnectionFileError
-from .cluster import LAUNCHER_OPTIONS, cmd_cluster
+from ..errors import ConnectionFileError, ControllerUnreachable, StoreError
+from .clean import cmd_clean
+from .cluster import LAUNCHER_OPTIONS, cmd_cluster, one_line
 from .commands import BIND_ERRORS, cmd_controller, cmd_curve_key, cmd_engine, cmd_run, cmd_status
 from .parser import build_parser
 
-__all__ = ["BIND_ERRORS", "LAUNCHER_OPTIONS", "build_parser", "cmd_cluster", "cmd_controller",
+__all__ = ["BIND_ERRORS", "LAUNCHER_OPTIONS", "build_parser", "cmd_clean", "cmd_cluster",
+           "cmd_controller",
            "cmd_curve_key", "cmd_engine", "cmd_run", "cmd_status", "main"]
 
 
@@ -27,6 +31,6 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except ConnectionFileError as e:
-        print(f"taskmill: {e}", file=sys.stderr)
+    except (ConnectionFileError, ControllerUnreachable, StoreError) as e:
+        print(f"taskmill: {one_line(e)}", file=sys.stderr)
         return 1

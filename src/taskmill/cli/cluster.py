@@ -1,11 +1,14 @@
 """`taskmill cluster start|stop|status`: a cluster (controller and engines) as a background job.
 
-`start` makes the launcher the options ask for (`--launcher local|ssh|mpi|slurm`), then runs a
-`taskmill.cluster.Cluster` in this process (or, with --daemon, in a new one started the same way)
-and records it in the profile's `cluster.json` (pid, engines, connection file, the launcher's
-own record, kept up to date); the cluster's logs go to the profile's `logs` folder (logs.py),
-where they stay after it stops. `stop` signals that process, or stops what its launcher left if it
-is gone; `status` reads the record back.
+`start` makes the launcher the options ask for (`--launcher local|ssh|mpi|slurm`), removes the
+store the previous cluster left (unless `--resume`: store.remove_store, which refuses a store
+another controller holds), then runs a `taskmill.cluster.Cluster` in this process (or, with
+--daemon, in a new one started the same way) and records it in the profile's `cluster.json`
+(pid, engines, connection file, the launcher's own record, kept up to date); the cluster's logs
+go to the profile's `logs` folder (logs.py), where they stay after it stops. `stop` signals that
+process, or stops what its launcher left if it is gone; `status` reads the record back.
+`gone_cluster` tells `taskmill status` (commands.py) that the record names a process that died
+without `cluster stop` (a SIGKILL, a crash). Failures print one line (`one_line`) and exit 1.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,24 +24,73 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..connection import default_connection_file, ensure_private_dir, profile_dir
+from ..connection import (
+    default_connection_file,
+    ensure_private_dir,
+    profile_dir,
+    read_connection_file,
+)
 from .logs import fresh_log_dir
 
 if TYPE_CHECKING:
     from ..launchers import Launcher
 
-def _cluster_state_file() -> Path:
+def cluster_state_file() -> Path:
+    """The profile's record of the cluster `taskmill cluster start` runs (cluster.json)."""
     return profile_dir() / "cluster.json"
 
 
-def _pid_alive(pid: int) -> bool:
+def read_cluster_record(state: Path) -> dict[str, Any] | None:
+    """The record in `state` (cluster.json), or None when there is none or it is unreadable."""
+    try:
+        record = json.loads(state.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("pid"), int) else None
+
+
+def gone_cluster(connection_file: Path) -> str | None:
+    """The one line to print when the profile's cluster record names `connection_file` and a
+    process that is gone (killed or crashed without `taskmill cluster stop`); else None."""
+    record = read_cluster_record(cluster_state_file())
+    if record is None or pid_alive(record["pid"]):
+        return None
+    if Path(record.get("connection_file", "")).resolve() != connection_file.resolve():
+        return None
+    return (f"the cluster started in this profile (pid {record['pid']}) is gone: it was killed "
+            "or crashed without `taskmill cluster stop`; `taskmill cluster stop` cleans up "
+            "after it and `taskmill cluster start` starts a new one")
+
+
+# A DEBUG or INFO record of a taskmill log (commands.setup_logging's format): left out of the
+# one line an error is printed as (a controller's log tail says much before it says why).
+QUIET_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ \S+\[\d+\] (DEBUG|INFO) ")
+
+
+def one_line(e: BaseException) -> str:
+    """An error's message on one line: its first line, then its other lines (a log's tail, a
+    launcher's output) but the DEBUG and INFO log records among them, joined by " | "."""
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(e).__name__
+    rest = [x for x in lines[1:] if not QUIET_LOG_LINE.match(x)]
+    return f"{lines[0].rstrip(':')}: {' | '.join(rest)}" if rest else lines[0]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of that pid runs (ours or another user's; a zombie, killed but not yet
+    reaped by its parent, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # (no /proc: not Linux)
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 LAUNCHER_OPTIONS = {  # option (argparse dest) -> the launchers it is for
@@ -85,15 +138,14 @@ def _launcher_from_args(a: argparse.Namespace) -> Launcher:
 def cmd_cluster(a: argparse.Namespace) -> int:
     from ..launchers import LauncherError
 
-    state = _cluster_state_file()
+    state = cluster_state_file()
     if a.action == "start":
-        if state.exists():
-            old = json.loads(state.read_text())
-            if _pid_alive(old["pid"]):
-                print(f"taskmill: a cluster is already running (pid {old['pid']}); "
-                      "`taskmill cluster stop` first", file=sys.stderr)
-                return 1
-            state.unlink()
+        old = read_cluster_record(state)
+        if old is not None and pid_alive(old["pid"]):
+            print(f"taskmill: a cluster is already running (pid {old['pid']}); "
+                  "`taskmill cluster stop` first", file=sys.stderr)
+            return 1
+        state.unlink(missing_ok=True)
         try:
             launcher = _launcher_from_args(a)
             launcher.check()
@@ -106,10 +158,14 @@ def cmd_cluster(a: argparse.Namespace) -> int:
     if a.action == "stop":
         return _stop_cluster(state)
     # status
-    if not state.exists() or not _pid_alive(json.loads(state.read_text())["pid"]):
+    s = read_cluster_record(state)
+    if s is None:
         print("no cluster running")
         return 1
-    s = json.loads(state.read_text())
+    if not pid_alive(s["pid"]):
+        print(f"no cluster running: the one started in this profile (pid {s['pid']}) is gone, "
+              "killed or crashed without `taskmill cluster stop` (which cleans up after it)")
+        return 1
     print(f"cluster running: pid {s['pid']}, {s['n']} engines, connection file "
           f"{s['connection_file']}")
     if s.get("launcher"):
@@ -125,18 +181,19 @@ def _stop_cluster(state: Path) -> int:
     """Stop the cluster process; if it is gone or does not stop, stop what its launcher left."""
     from ..launchers import adopt
 
-    if not state.exists():
-        print("taskmill: no cluster is running in this profile", file=sys.stderr)
+    s = read_cluster_record(state)
+    if s is None:
+        print("taskmill: no cluster is running in this profile (`taskmill cluster start` "
+              "starts one)", file=sys.stderr)
         return 1
-    s = json.loads(state.read_text())
     pid = s["pid"]
     stopped_itself = False
-    if _pid_alive(pid):
+    if pid_alive(pid):
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 120  # a Slurm launcher waits for squeue to drop its job
-        while _pid_alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        stopped_itself = not _pid_alive(pid)
+        stopped_itself = not pid_alive(pid)
     if not stopped_itself and s.get("launcher"):
         launcher = adopt(s["launcher"])
         launcher.stop()
@@ -149,21 +206,36 @@ def _stop_cluster(state: Path) -> int:
 def _run_cluster_foreground(a: argparse.Namespace, state: Path, launcher: Launcher) -> int:
     from ..cluster import Cluster
     from ..engine import parse_property
+    from ..errors import StoreError
     from ..launchers import LauncherError
+    from ..store import remove_store
 
     conn = Path(a.connection_file) if a.connection_file else default_connection_file()
+    db = a.db or str(conn.parent / "tasks.db")  # (where the controller puts it without --db)
+    # The kept results were signed with the key of the cluster that stored them: a resumed
+    # cluster signs with it again (it is kept beside the store, and removed with it).
+    key_file = Path(f"{db}.key")
+    key = None
+    if a.resume and db != ":memory:" and key_file.exists():
+        key = key_file.read_text().strip()
     props = dict(parse_property(p) for p in a.property or [])
     try:
         cluster = Cluster(a.n, ip=a.ip, location=a.location, port=a.port,
-                          engine_port=a.engine_port, db=a.db, connection_file=conn,
+                          engine_port=a.engine_port, db=db, connection_file=conn,
                           unmet_timeout=a.unmet_timeout, heartbeat=a.heartbeat,
                           launcher=launcher, engine_properties=props,
                           start_timeout=a.start_timeout, wait=not a.no_wait,
                           dashboard=not a.no_dashboard, transport=a.transport,
-                          log_dir=fresh_log_dir())
+                          log_dir=fresh_log_dir(), keep_results=a.keep_results, key=key)
     except ValueError as e:
         print(f"taskmill: {e}", file=sys.stderr)
         return 2
+    if not a.resume and db != ":memory:":
+        try:
+            remove_store(db)  # a new cluster begins empty (refused if a controller holds it)
+        except (StoreError, OSError) as e:
+            print(f"taskmill: {one_line(e)}", file=sys.stderr)
+            return 1
     stopping = False
 
     def _stop(signum: int, frame: Any) -> None:
@@ -175,9 +247,15 @@ def _run_cluster_foreground(a: argparse.Namespace, state: Path, launcher: Launch
     try:
         cluster.start()
     except (LauncherError, RuntimeError, TimeoutError) as e:
-        print(f"taskmill: the cluster did not start: {e}", file=sys.stderr)
+        print(f"taskmill: the cluster did not start: {one_line(e)}", file=sys.stderr)
         return 1
     ensure_private_dir(state.parent)
+    if db != ":memory:":
+        assert cluster.connection_file is not None
+        key_file.unlink(missing_ok=True)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(read_connection_file(cluster.connection_file).key + "\n")
 
     def write_state() -> dict[str, Any]:
         record = cluster.launcher.record()
@@ -214,9 +292,11 @@ def _start_daemon(a: argparse.Namespace, state: Path) -> int:
             print(f"cluster started in the background (pid {proc.pid}); log: {log}")
             return 0
         if proc.poll() is not None:
-            print(f"taskmill: the cluster failed to start; see {log}:\n"
-                  + "\n".join(log.read_text(errors="replace").splitlines()[-5:]),
-                  file=sys.stderr)
+            said = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
+            why = (said[-1].removeprefix("taskmill: ").removeprefix("the cluster did not "
+                                                                     "start: ")
+                   if said else f"status {proc.returncode}")
+            print(f"taskmill: the cluster failed to start ({why}); see {log}", file=sys.stderr)
             return 1
         time.sleep(0.05)
     print(f"taskmill: the cluster did not come up within {limit:g}s; see {log}", file=sys.stderr)

@@ -34,6 +34,7 @@ from ..connection import (
 from ..curve import add_curve
 from ..curve import enabled as curve_enabled
 from ..defaults import is_loopback
+from .cluster import gone_cluster, one_line
 
 # Errors of binding the controller's sockets, reported as one line instead of a traceback.
 BIND_ERRORS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES, errno.ENOENT,
@@ -135,7 +136,7 @@ def cmd_controller(a: argparse.Namespace) -> int:
     try:
         run_controller(info, store=store, unmet_timeout=a.unmet_timeout, heartbeat=a.heartbeat,
                        connection_file=path, prefetch=a.prefetch,
-                       max_message=a.max_message_size)
+                       max_message=a.max_message_size, keep_results=a.keep_results)
     except zmq.ZMQError as e:
         if e.errno not in BIND_ERRORS:
             raise
@@ -191,6 +192,10 @@ def cmd_status(a: argparse.Namespace) -> int:
     from ..status import show_status
 
     path = find_connection_file(a.connection_file)
+    gone = gone_cluster(path)
+    if gone is not None:  # (rather than waiting --timeout for a controller that is gone)
+        print(f"taskmill: {gone}", file=sys.stderr)
+        return 1
     info = read_connection_file(path)
     with TaskClient(path, timeout=a.timeout) as tc:
         return show_status(
@@ -201,7 +206,14 @@ def cmd_status(a: argparse.Namespace) -> int:
 
 def cmd_run(a: argparse.Namespace) -> int:
     from ..cluster import Cluster
+    from ..launchers import LauncherError
 
-    with Cluster(a.n) as cluster:
+    cluster = Cluster(a.n)
+    try:
+        cluster.start()
+    except (LauncherError, RuntimeError, TimeoutError) as e:
+        print(f"taskmill: the cluster did not start: {one_line(e)}", file=sys.stderr)
+        return 1
+    with cluster:
         env = dict(os.environ, TASKMILL_CONNECTION=str(cluster.connection_file))
         return subprocess.call([sys.executable, a.script, *a.args], env=env)

@@ -1,8 +1,10 @@
 """The `taskmill` command line: every command's options, and which function runs it.
 
 `build_parser` makes the argparse parser; each subcommand's `func` is a command of
-commands.py or cluster.py. Options that take seconds refuse NaN, negative and (unless told)
-zero or infinite values here, before any command runs.
+commands.py, cluster.py (`cluster start|stop|status`, each a subcommand of its own with only
+its own options) or clean.py. Every option has a help text (tests/test_cli.py walks the
+parsers). Options that take seconds refuse NaN, negative and (unless told) zero or infinite
+values here, before any command runs; days (`--keep-results`) refuse NaN and negative ones.
 """
 
 from __future__ import annotations
@@ -11,13 +13,51 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
-from ..defaults import DEFAULT_HEARTBEAT, DEFAULT_UNMET_TIMEOUT, MAX_MESSAGE_SIZE
+from .. import __version__
+from ..defaults import (
+    DEFAULT_HEARTBEAT,
+    DEFAULT_KEEP_RESULTS,
+    DEFAULT_UNMET_TIMEOUT,
+    MAX_MESSAGE_SIZE,
+)
+from .clean import cmd_clean
 from .cluster import cmd_cluster
 from .commands import cmd_controller, cmd_curve_key, cmd_engine, cmd_run, cmd_status
 from .logs import add_logs_command
 
-DESCRIPTION = "The `taskmill` command: controller, engine, cluster start|stop|status, status, run."
+DESCRIPTION = ("The `taskmill` command: controller, engine, cluster start|stop|status, status, "
+               "run, clean.")
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An ArgumentParser that keeps in public what was added to it: `arguments` (its options
+    and positionals, --help among them) and `commands` (subcommand name -> its parser). argparse
+    keeps them in private attributes; tests walk these to check every command's options."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.arguments: list[argparse.Action] = []
+        self.commands: dict[str, CommandParser] = {}
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.arguments.append(action)
+        return action
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        group = super().add_subparsers(parser_class=CommandParser, **kwargs)
+        add = group.add_parser
+
+        def add_parser(name: str, **kw: Any) -> CommandParser:
+            child: CommandParser = add(name, **kw)
+            self.commands[name] = child
+            return child
+
+        group.add_parser = add_parser
+        return group
 
 
 def _seconds(*, zero: bool = False, infinite: bool = False) -> Callable[[str], float]:
@@ -35,6 +75,30 @@ def _seconds(*, zero: bool = False, infinite: bool = False) -> Callable[[str], f
     return parse
 
 
+def _days(text: str) -> float:
+    """An argparse type: a number of days >= 0 (inf: for ever)."""
+    from ..checks import days
+
+    try:
+        return days("it", float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of days >= 0 (inf: keep them for ever), not {text!r}") from None
+
+
+def _keep_results(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keep-results", type=_days, default=DEFAULT_KEEP_RESULTS,
+                        metavar="DAYS",
+                        help="remove finished results completed more than DAYS days ago from "
+                             f"the store when it is opened (default {DEFAULT_KEEP_RESULTS:g}; "
+                             "inf: keep them)")
+
+
+def _log_level(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+                        help="how much to log on standard error (default INFO)")
+
+
 def _prefetch(text: str) -> int | None:
     if text == "auto":
         return None
@@ -44,9 +108,11 @@ def _prefetch(text: str) -> int | None:
     return n
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="taskmill", description=DESCRIPTION)
-    sub = p.add_subparsers(dest="command", required=True)
+def build_parser() -> CommandParser:
+    p = CommandParser(prog="taskmill", description=DESCRIPTION)
+    p.add_argument("--version", action="version", version=f"taskmill {__version__}",
+                   help="print taskmill's version and exit")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("controller", help="run a controller in the foreground")
     c.add_argument("--ip", default="127.0.0.1",
@@ -88,13 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dashboard-open", action="store_true",
                    help="serve the dashboard without its token (loopback only)")
     c.add_argument("--no-dashboard", action="store_true", help="run without the web dashboard")
-    c.add_argument("--log-level", default="INFO")
+    _keep_results(c)
+    _log_level(c)
     c.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)
     c.add_argument("--remove-if-orphaned", default=None, help=argparse.SUPPRESS)
     c.set_defaults(func=cmd_controller)
 
     k = sub.add_parser("curve-key", help="make a Curve key pair for a client or an engine")
-    k.add_argument("name")
+    k.add_argument("name", help="the key's name: NAME.key (public) and NAME.key_secret")
     k.add_argument("--dir", default=".", help="where to write NAME.key and NAME.key_secret")
     k.set_defaults(func=cmd_curve_key)
 
@@ -108,71 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit with an error when no connection file appeared within SECONDS, "
                         "or no controller answered within SECONDS of reading it (default: wait "
                         "for them, asking again with backoff)")
-    e.add_argument("--log-level", default="INFO")
+    _log_level(e)
     e.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)
     e.set_defaults(func=cmd_engine)
 
-    cl = sub.add_parser("cluster", help="start, stop or inspect a cluster",
-                        description="A controller here and N engines started by a launcher: "
-                                    "local subprocesses, ssh, mpiexec or Slurm.")
-    cl.add_argument("action", choices=["start", "stop", "status"])
-    cl.add_argument("-n", type=int, default=os.cpu_count() or 1, help="number of engines")
-    cl.add_argument("--launcher", default="local", choices=["local", "ssh", "mpi", "slurm"])
-    cl.add_argument("--daemon", action="store_true", help="run in the background")
-    cl.add_argument("--ip", default="127.0.0.1",
-                    help="interface the controller binds (0.0.0.0 for engines elsewhere)")
-    cl.add_argument("--location", default=None,
-                    help="address engines and clients connect to (default: --ip, or this "
-                         "machine's outward address for 0.0.0.0)")
-    cl.add_argument("--port", type=int, default=None, help="client port (default: random)")
-    cl.add_argument("--engine-port", type=int, default=None, help="engine port (default: random)")
-    cl.add_argument("--transport", choices=["tcp", "ipc"], default=None,
-                    help="ipc (unix sockets in the cluster's private folder; the default with "
-                         "the local launcher on loopback and no --port, --engine-port or "
-                         "--location) or tcp (the default otherwise)")
-    cl.add_argument("--heartbeat", type=_seconds(), default=DEFAULT_HEARTBEAT,
-                    help="seconds between heartbeats; an engine silent for 3 is declared dead")
-    cl.add_argument("--db", default=None)
-    cl.add_argument("--connection-file", default=None)
-    cl.add_argument("--unmet-timeout", type=_seconds(zero=True), default=DEFAULT_UNMET_TIMEOUT)
-    cl.add_argument("--no-dashboard", action="store_true",
-                    help="run the controller without its web dashboard")
-    cl.add_argument("--property", action="append", metavar="KEY=VALUE",
-                    help="a property of every engine (VALUE read as JSON when it parses)")
-    cl.add_argument("--start-timeout", type=_seconds(), default=60.0,
-                    help="seconds to wait for the N engines to register (default 60)")
-    cl.add_argument("--no-wait", action="store_true",
-                    help="do not wait for the engines (e.g. a Slurm job waiting in the queue)")
-    cl.add_argument("--python", default=None,
-                    help="ssh, mpi, slurm: the python that runs the engines (default: this one, "
-                         f"{sys.executable})")
-    cl.add_argument("--hosts", action="append", default=None, metavar="H1,H2",
-                    help="ssh: hosts ([user@]host or ssh://user@host:port), engines spread "
-                         "round-robin")
-    cl.add_argument("--hosts-file", default=None, help="ssh: a file of hosts, one per line")
-    cl.add_argument("--ssh-command", default=None,
-                    help="ssh: the ssh command (default: ssh -o BatchMode=yes -o "
-                         "ConnectTimeout=10)")
-    cl.add_argument("--connection-file-on-hosts", default=None, metavar="PATH",
-                    help="ssh: the connection file is already at PATH on every host (a shared "
-                         "filesystem): do not copy it")
-    cl.add_argument("--mpiexec", default=None, help="mpi: the mpiexec to run (default: mpiexec)")
-    cl.add_argument("--mpi-args", default=None,
-                    help='mpi: arguments for mpiexec, e.g. --mpi-args="--hostfile hosts '
-                         '--oversubscribe"')
-    cl.add_argument("--work-dir", default=None,
-                    help="mpi, slurm: a folder the engines' machines share, for the connection "
-                         "file and the batch script (default: ~/.taskmill/launch)")
-    cl.add_argument("--slurm-account", default=None)
-    cl.add_argument("--slurm-partition", default=None)
-    cl.add_argument("--slurm-time", default=None,
-                    help="slurm: the job's time limit (sbatch --time)")
-    cl.add_argument("--slurm-directive", action="append", default=None, metavar="OPTION",
-                    help='slurm: one more #SBATCH line, e.g. --slurm-directive=--mem=4G; '
-                         "repeatable")
-    cl.add_argument("--slurm-mode", default=None, choices=["srun", "array"],
-                    help="slurm: one job of N tasks under srun (default), or a job array of N")
-    cl.set_defaults(func=cmd_cluster)
+    _add_cluster(sub)
 
     s = sub.add_parser("status", help="the engines, queue and throughput of a running controller")
     s.add_argument("--json", action="store_true",
@@ -180,14 +187,120 @@ def build_parser() -> argparse.ArgumentParser:
                         "--watch: one line per refresh)")
     s.add_argument("--watch", type=float, nargs="?", const=2.0, default=None, metavar="SECONDS",
                    help="refresh every SECONDS (default 2) until Ctrl-C")
-    s.add_argument("--connection-file", default=None)
-    s.add_argument("--timeout", type=_seconds(), default=5.0)
+    s.add_argument("--connection-file", default=None,
+                   help="the controller's connection file (default: $TASKMILL_CONNECTION, else "
+                        "the default profile's)")
+    s.add_argument("--timeout", type=_seconds(), default=5.0, metavar="SECONDS",
+                   help="give up when the controller has not answered within SECONDS "
+                        "(default 5)")
     s.set_defaults(func=cmd_status)
+
+    cn = sub.add_parser("clean", help="remove the state folders of stopped clusters",
+                        description="Remove what stopped clusters left: their folders in the "
+                                    "temporary directory (logs, sockets, stores) and, in every "
+                                    "profile no cluster or controller uses, the kept store "
+                                    "and log. A running cluster's state is never touched.")
+    cn.add_argument("--dry-run", action="store_true",
+                    help="print what would be removed, remove nothing")
+    cn.set_defaults(func=cmd_clean)
 
     r = sub.add_parser("run", help="run a script on a throw-away local cluster")
     r.add_argument("-n", type=int, default=os.cpu_count() or 1, help="number of engines")
-    r.add_argument("script")
-    r.add_argument("args", nargs=argparse.REMAINDER)
+    r.add_argument("script", help="the Python script to run")
+    r.add_argument("args", nargs=argparse.REMAINDER, help="the script's arguments")
     r.set_defaults(func=cmd_run)
     add_logs_command(sub)
     return p
+
+
+def _add_cluster(sub: Any) -> None:
+    """`cluster start|stop|status`: three subcommands, each with only its own options."""
+    cl = sub.add_parser("cluster", help="start, stop or inspect a cluster",
+                        description="A controller here and N engines started by a launcher: "
+                                    "local subprocesses, ssh, mpiexec or Slurm. Its record is "
+                                    "kept in the profile (cluster.json).")
+    actions = cl.add_subparsers(dest="action", required=True, metavar="ACTION")
+    st = actions.add_parser("start", help="start a controller and N engines",
+                            description="Start a controller here and N engines started by a "
+                                        "launcher. The store begins empty unless --resume.")
+    stop = actions.add_parser("stop", help="stop the cluster started in this profile",
+                              description="Stop the cluster started in this profile (or, if "
+                                          "its process is gone, what its launcher left).")
+    stop.set_defaults(func=cmd_cluster)
+    status = actions.add_parser("status", help="is a cluster running in this profile, and its "
+                                               "launcher's groups",
+                                description="Whether a cluster runs in this profile: its pid, "
+                                            "engines, connection file and launcher groups.")
+    status.set_defaults(func=cmd_cluster)
+
+    st.add_argument("-n", type=int, default=os.cpu_count() or 1,
+                    help="number of engines (default: the CPU count)")
+    st.add_argument("--launcher", default="local", choices=["local", "ssh", "mpi", "slurm"],
+                    help="who starts the engines: local subprocesses (default), ssh, mpiexec "
+                         "or a Slurm job")
+    st.add_argument("--daemon", action="store_true", help="run in the background")
+    st.add_argument("--resume", action="store_true",
+                    help="keep the store of the cluster that ran before (its results and "
+                         "taskids); without it the cluster begins with an empty store")
+    _keep_results(st)
+    st.add_argument("--ip", default="127.0.0.1",
+                    help="interface the controller binds (0.0.0.0 for engines elsewhere)")
+    st.add_argument("--location", default=None,
+                    help="address engines and clients connect to (default: --ip, or this "
+                         "machine's outward address for 0.0.0.0)")
+    st.add_argument("--port", type=int, default=None, help="client port (default: random)")
+    st.add_argument("--engine-port", type=int, default=None, help="engine port (default: random)")
+    st.add_argument("--transport", choices=["tcp", "ipc"], default=None,
+                    help="ipc (unix sockets in the cluster's private folder; the default with "
+                         "the local launcher on loopback and no --port, --engine-port or "
+                         "--location) or tcp (the default otherwise)")
+    st.add_argument("--heartbeat", type=_seconds(), default=DEFAULT_HEARTBEAT,
+                    help="seconds between heartbeats; an engine silent for 3 is declared dead")
+    st.add_argument("--db", default=None,
+                    help="task store (SQLite) path, or :memory: (default: tasks.db beside the "
+                         "connection file)")
+    st.add_argument("--connection-file", default=None,
+                    help="where to write the connection file (default: the profile's, "
+                         "~/.taskmill/profile_default/connection.json)")
+    st.add_argument("--unmet-timeout", type=_seconds(zero=True), default=DEFAULT_UNMET_TIMEOUT,
+                    help="seconds a task whose depend no idle engine satisfies waits before "
+                         "it fails with TaskTimeout (default 30)")
+    st.add_argument("--no-dashboard", action="store_true",
+                    help="run the controller without its web dashboard")
+    st.add_argument("--property", action="append", metavar="KEY=VALUE",
+                    help="a property of every engine (VALUE read as JSON when it parses)")
+    st.add_argument("--start-timeout", type=_seconds(), default=60.0,
+                    help="seconds to wait for the N engines to register (default 60)")
+    st.add_argument("--no-wait", action="store_true",
+                    help="do not wait for the engines (e.g. a Slurm job waiting in the queue)")
+    st.add_argument("--python", default=None,
+                    help="ssh, mpi, slurm: the python that runs the engines (default: this one, "
+                         f"{sys.executable})")
+    st.add_argument("--hosts", action="append", default=None, metavar="H1,H2",
+                    help="ssh: hosts ([user@]host or ssh://user@host:port), engines spread "
+                         "round-robin")
+    st.add_argument("--hosts-file", default=None, help="ssh: a file of hosts, one per line")
+    st.add_argument("--ssh-command", default=None,
+                    help="ssh: the ssh command (default: ssh -o BatchMode=yes -o "
+                         "ConnectTimeout=10)")
+    st.add_argument("--connection-file-on-hosts", default=None, metavar="PATH",
+                    help="ssh: the connection file is already at PATH on every host (a shared "
+                         "filesystem): do not copy it")
+    st.add_argument("--mpiexec", default=None, help="mpi: the mpiexec to run (default: mpiexec)")
+    st.add_argument("--mpi-args", default=None,
+                    help='mpi: arguments for mpiexec, e.g. --mpi-args="--hostfile hosts '
+                         '--oversubscribe"')
+    st.add_argument("--work-dir", default=None,
+                    help="mpi, slurm: a folder the engines' machines share, for the connection "
+                         "file and the batch script (default: ~/.taskmill/launch)")
+    st.add_argument("--slurm-account", default=None, help="slurm: the account (sbatch --account)")
+    st.add_argument("--slurm-partition", default=None,
+                    help="slurm: the partition (sbatch --partition)")
+    st.add_argument("--slurm-time", default=None,
+                    help="slurm: the job's time limit (sbatch --time)")
+    st.add_argument("--slurm-directive", action="append", default=None, metavar="OPTION",
+                    help='slurm: one more #SBATCH line, e.g. --slurm-directive=--mem=4G; '
+                         "repeatable")
+    st.add_argument("--slurm-mode", default=None, choices=["srun", "array"],
+                    help="slurm: one job of N tasks under srun (default), or a job array of N")
+    st.set_defaults(func=cmd_cluster)

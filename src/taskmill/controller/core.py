@@ -14,7 +14,9 @@ whose fields do not fit is refused before any verb runs. The parts:
 - results.py: what a finished task stores, and the requests waiting for it;
 - views.py: queue status, engines, one task, statistics;
 - sched_calls.py: every call into the scheduler; `apply` carries out the actions it returns;
-- outbox.py: what the turn sends, in its durability order; timers.py: when.
+- outbox.py: what the turn sends, in its durability order; timers.py: when;
+- the store's retention: results older than `keep_results` days are dropped at start and then
+  hourly (`drop_old_results`, store/retention.py), as a client's `clear` would drop them.
 
 Client messages (every one carries `req`; the reply echoes it):
   hello, ping, submit{tasks, watch}, result{tids, block}, watch{tids}, wait{tids}, abort{tid},
@@ -36,6 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import __version__
+from ..defaults import DEFAULT_KEEP_RESULTS
 from ..depend import DependRunner
 from ..errors import StoreError
 from ..protocol import (
@@ -52,7 +55,7 @@ from ..protocol import (
 )
 from ..scheduler import ArmTimer, CancelTimer, Dispatch, Finish, Interrupt, Revoke, Scheduler
 from ..stats import RecentActivity
-from ..store import TaskStore
+from ..store import TaskStore, drop_old_results
 from ..wire import Wire
 from .context import Context, Counters, Now, Settings
 from .engine_tasks import EngineTasks
@@ -71,6 +74,7 @@ log = logging.getLogger("taskmill.controller")
 # replies tell it).
 SESSIONLESS = frozenset({"hello", "ping"})
 IDLE_POLL = 1.0  # seconds the loop waits at most when nothing is due
+RETENTION_EVERY = 3600.0  # seconds between removals of results older than `keep_results`
 
 ClientVerb = Callable[[bytes, Any, Any, list[Any]], None]  # (reply_to, req, record, frames)
 
@@ -79,7 +83,8 @@ class ControllerCore:
     """The scheduler, the store, the engine registry and the requests, without I/O."""
 
     def __init__(self, *, session: bytes, wire: Wire, store: TaskStore, heartbeat: float,
-                 unmet_timeout: float, prefetch: int | None, now: Now) -> None:
+                 unmet_timeout: float, prefetch: int | None, now: Now,
+                 keep_results: float = DEFAULT_KEEP_RESULTS) -> None:
         sched = SchedulerCalls(Scheduler(unmet_timeout=unmet_timeout, slots=prefetch),
                                self.apply)
         self.sched = sched.sched  # (the scheduler itself: read-only, for tests and tools)
@@ -120,6 +125,8 @@ class ControllerCore:
         }
         ctx.timers.arm(("heartbeat-check",), self.check_interval())
         ctx.timers.arm(("ping",), 0.0)
+        self.keep_results = keep_results  # days a finished result is kept
+        ctx.timers.arm(("retention",), 0.0)
         self.submits.reload()
         ctx.timers.settle(now.mono)
 
@@ -257,9 +264,24 @@ class ControllerCore:
                 timers.arm(key, ctx.settings.heartbeat)
             elif key[0] == "lost":
                 self.engines.lost_engine_gone(key[1])
+            elif key[0] == "retention":
+                self.drop_old_results(now)
+                timers.arm(key, RETENTION_EVERY)
             else:
                 ctx.sched.timer_fired(key)
         return checked
+
+    def drop_old_results(self, now: Now) -> None:
+        """Drop the finished results completed more than `keep_results` days ago (at start,
+        then every RETENTION_EVERY seconds): as a client's `clear` of their taskids would."""
+        try:
+            dropped = drop_old_results(self.ctx.store, self.keep_results, now=now.wall)
+        except StoreError as e:  # (tried again at the next pass)
+            log.warning("could not remove results older than %g days: %s", self.keep_results, e)
+            return
+        if dropped:
+            log.info("removed %d finished results older than %g days (--keep-results)",
+                     dropped, self.keep_results)
 
     def check_heartbeats(self, now: Now) -> None:
         """Declare dead every engine silent for longer than dead_after."""

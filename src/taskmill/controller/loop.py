@@ -23,11 +23,16 @@ from typing import Any
 import zmq
 
 from .. import __version__
-from ..checks import seconds
+from ..checks import days, seconds
 from ..connection import ConnectionInfo
 from ..curve import CurveServer
 from ..curve import enabled as curve_enabled
-from ..defaults import DEFAULT_HEARTBEAT, DEFAULT_UNMET_TIMEOUT, LOGGED_ONCE_MAX
+from ..defaults import (
+    DEFAULT_HEARTBEAT,
+    DEFAULT_KEEP_RESULTS,
+    DEFAULT_UNMET_TIMEOUT,
+    LOGGED_ONCE_MAX,
+)
 from ..store import MemoryStore, TaskStore
 from ..wire import (
     DEFAULT_MAX_MESSAGE,
@@ -70,9 +75,11 @@ class Controller:
         connection_file: str | os.PathLike[str] | None = None,
         prefetch: int | None = None,
         max_message: int = DEFAULT_MAX_MESSAGE,
+        keep_results: float = DEFAULT_KEEP_RESULTS,
     ) -> None:
         seconds("heartbeat", heartbeat)  # (NaN, inf or <= 0 would end or stall the loop later)
         seconds("unmet_timeout", unmet_timeout, zero=True)
+        days("keep_results", keep_results)
         self.info = info
         self.wire = Wire(info.key_bytes, max_message=max_message, max_frames=MAX_FRAMES)
         self.store: TaskStore = store if store is not None else MemoryStore()
@@ -93,7 +100,7 @@ class Controller:
         self._socks = {CLIENT: self.client_sock, ENGINE: self.engine_sock}
         self.core = ControllerCore(session=self.session, wire=self.wire, store=self.store,
                                    heartbeat=heartbeat, unmet_timeout=unmet_timeout,
-                                   prefetch=prefetch, now=clock())
+                                   prefetch=prefetch, now=clock(), keep_results=keep_results)
         self.counters: Counters = self.core.ctx.counters
 
     def _router(self, url: str) -> zmq.Socket:
@@ -278,10 +285,12 @@ def run_controller(
     connection_file: str | os.PathLike[str] | None = None,
     prefetch: int | None = None,
     max_message: int = DEFAULT_MAX_MESSAGE,
+    keep_results: float = DEFAULT_KEEP_RESULTS,
 ) -> None:
     """Serve until SIGTERM/SIGINT."""
     ctl = Controller(info, store=store, unmet_timeout=unmet_timeout, heartbeat=heartbeat,
-                     connection_file=connection_file, prefetch=prefetch, max_message=max_message)
+                     connection_file=connection_file, prefetch=prefetch, max_message=max_message,
+                     keep_results=keep_results)
 
     def _stop(signum: int, frame: Any) -> None:
         ctl.stop()

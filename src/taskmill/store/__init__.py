@@ -17,7 +17,8 @@ its whole life, so a second controller cannot open the same store.
 
 What lives where: base.py (the records, the `TaskStore` interface), memory.py (`MemoryStore`),
 sqlite.py (`SQLiteStore`), schema.py (its tables, statements, lock and open errors), files.py
-(large frames in files beside the database), cache.py (its cache of recent results).
+(large frames in files beside the database), cache.py (its cache of recent results),
+retention.py (dropping results older than `--keep-results` days; removing a whole store).
 """
 from __future__ import annotations
 
@@ -32,13 +33,15 @@ from .base import (
 )
 from .files import EXTERNAL_MIN
 from .memory import MemoryStore
+from .retention import DEFAULT_KEEP_RESULTS, drop_old_results, remove_store, store_files
 from .schema import BUSY_TIMEOUT, LOW_DISK, OPEN_TIMEOUT
 from .sqlite import CHECKPOINT_BYTES, LOW_TID_EVERY, SQLiteStore
 
 __all__ = [
-    "BUSY_TIMEOUT", "CHECKPOINT_BYTES", "ENGINE_ROW_AGE", "EXTERNAL_MIN", "LOW_DISK",
-    "LOW_TID_EVERY", "MAX_TID", "OPEN_TIMEOUT", "SUBMIT_KEYS_KEPT", "SUBMIT_KEY_AGE",
-    "MemoryStore", "SQLiteStore", "StoredResult", "StoredTask", "TaskStore", "open_store",
+    "BUSY_TIMEOUT", "CHECKPOINT_BYTES", "DEFAULT_KEEP_RESULTS", "ENGINE_ROW_AGE", "EXTERNAL_MIN",
+    "LOW_DISK", "LOW_TID_EVERY", "MAX_TID", "OPEN_TIMEOUT", "SUBMIT_KEYS_KEPT", "SUBMIT_KEY_AGE",
+    "MemoryStore", "SQLiteStore", "StoredResult", "StoredTask", "TaskStore", "drop_old_results",
+    "open_store", "remove_store", "store_files",
 ]
 
 
