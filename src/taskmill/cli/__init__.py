@@ -1,8 +1,9 @@
-"""The `taskmill` command: controller, engine, cluster start|stop|status, status, run, clean.
+"""The `taskmill` command: controller, engine, cluster start|stop|status, status, run, clean,
+logs.
 
     argv --> parser.py (`build_parser`: options, checked) --> a command: commands.py (one
     process: controller, engine, curve-key, status, run), cluster.py (cluster start|stop|
-    status) or clean.py (clean) --> its exit status
+    status), clean.py (clean) or logs.py (logs) --> its exit status
 
 `main` is the console script (`taskmill = taskmill.cli:main`) and `python -m taskmill`. An
 expected failure (no connection file or a bad one, no controller answering, a store that cannot

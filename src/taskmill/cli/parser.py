@@ -2,8 +2,8 @@
 
 `build_parser` makes the argparse parser; each subcommand's `func` is a command of
 commands.py, cluster.py (`cluster start|stop|status`, each a subcommand of its own with only
-its own options) or clean.py. Every option has a help text (tests/test_cli.py walks the
-parsers). Options that take seconds refuse NaN, negative and (unless told) zero or infinite
+its own options), clean.py or logs.py (which adds its own subcommand). Every option has a help
+text (tests/test_cli_parser.py walks the parsers). Options that take seconds refuse NaN, negative and (unless told) zero or infinite
 values here, before any command runs; days (`--keep-results`) refuse NaN and negative ones.
 """
 
@@ -28,7 +28,7 @@ from .commands import cmd_controller, cmd_curve_key, cmd_engine, cmd_run, cmd_st
 from .logs import add_logs_command
 
 DESCRIPTION = ("The `taskmill` command: controller, engine, cluster start|stop|status, status, "
-               "run, clean.")
+               "run, clean, logs.")
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
