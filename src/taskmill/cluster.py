@@ -34,7 +34,7 @@ from .defaults import DEFAULT_HEARTBEAT, DEFAULT_KEEP_RESULTS, DEFAULT_UNMET_TIM
 from .display import html_table, link_html, state_html
 from .errors import ControllerUnreachable
 from .launchers import LaunchContext, Launcher, LocalLauncher, make_launcher
-from .launchers.base import spawn, tail, terminate
+from .launchers.base import check_env, spawn, tail, terminate
 
 log = logging.getLogger("taskmill.cluster")
 
@@ -80,6 +80,10 @@ class Cluster:
     Logs (controller.log, engine-<i>.log, ...) go to the state folder, a temporary folder
     removed at `stop()`, unless `log_dir` names a folder where they are kept (appended to);
     `taskmill cluster start` keeps them in the profile's folder (see `taskmill logs`).
+
+    `env` (names to str values) is set in every engine's process as it starts, and `cwd` is
+    the engines' working folder, on their machines (each launcher's engines alike: the engine's
+    command runs through `env`, with `--cwd`).
     """
 
     def __init__(
@@ -105,6 +109,8 @@ class Cluster:
         log_dir: str | os.PathLike[str] | None = None,
         keep_results: float = DEFAULT_KEEP_RESULTS,
         key: str | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
     ) -> None:
         self.n = (os.cpu_count() or 1) if n is None else n
         if not isinstance(self.n, int) or self.n < 0:
@@ -131,6 +137,8 @@ class Cluster:
         self._requested_connection_file = Path(connection_file) if connection_file else None
         self.state_dir: Path | None = None
         self.log_dir: Path | None = Path(log_dir) if log_dir is not None else None
+        self.env = check_env(env)
+        self.cwd = os.fspath(cwd) if cwd is not None else None
         self.connection_file: Path | None = None
         self._controller: subprocess.Popen[bytes] | None = None
         self.max_restarts = max_restarts
@@ -141,6 +149,11 @@ class Cluster:
         if not isinstance(launcher, Launcher):
             raise TypeError(f"launcher must be a launcher's name or a Launcher, not {launcher!r}")
         self.launcher: Launcher = launcher
+        if self.cwd is not None and launcher.name == "local":
+            if not os.path.isdir(self.cwd):
+                raise ValueError(f"cwd={self.cwd!r}: no such folder (the engines' working "
+                                 "folder)")
+            self.cwd = os.path.abspath(self.cwd)
         self.transport = self._choose_transport(transport)
         self._nanny: threading.Thread | None = None
         self._lifeline: tuple[int, int] | None = None
@@ -231,7 +244,8 @@ class Cluster:
     def _context(self) -> LaunchContext:
         assert self.connection_file is not None and self.state_dir is not None
         return LaunchContext(self.connection_file, self.state_dir,
-                             self._lifeline[0] if self._lifeline else None, self.log_dir)
+                             self._lifeline[0] if self._lifeline else None, self.log_dir,
+                             self.env, self.cwd)
 
     def _watch_engines(self) -> None:
         """The nanny: tell the controller at once when a local engine process exits.

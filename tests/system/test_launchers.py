@@ -88,6 +88,12 @@ def my_rank():
 
 # -- local -------------------------------------------------------------------------------
 
+def env_and_cwd():
+    import os
+
+    return os.environ.get("TM_GREETING"), os.getcwd()
+
+
 def test_local_launcher_reports_its_engines(profile):
     started = profile("cluster", "start", "-n", "2", "--launcher", "local", "--daemon")
     assert started.returncode == 0, started.stderr
@@ -192,7 +198,7 @@ def test_mpi_launcher_engines_carry_their_rank(tmp_path):
     profile = Profile(tmp_path / "home", **MPI_AS_ROOT)
     try:
         started = profile("cluster", "start", "--launcher", "mpi", "-n", "4",
-                          "--mpi-args=--oversubscribe", "--daemon")
+                          "--mpi-args=--oversubscribe", "--daemon", "--env", "TM_GREETING=mpi")
         assert started.returncode == 0, started.stderr + started.stdout
         status = profile("cluster", "status")
         assert "mpiexec -n 4" in status.stdout and "running (4 engines)" in status.stdout
@@ -206,6 +212,7 @@ def test_mpi_launcher_engines_carry_their_rank(tmp_path):
                 assert f.metadata["engineid"] == by_rank[rank]
             facts = tc.run(MapTask(engine_facts), block=True)
             assert facts["executable"] == sys.executable
+            assert tc.submit(env_and_cwd).result(timeout=60)[0] == "mpi"
             pids = [e["pid"] for e in engines]
         work_dirs = list((profile.home / "launch").glob("mpi-*"))
         assert len(work_dirs) == 1
@@ -346,9 +353,11 @@ def test_ssh_launcher_can_point_to_a_connection_file_already_on_the_host(sshd, t
 
     shared = tmp_path / "shared" / "connection.json"  # as on a shared filesystem
     launcher = SSHLauncher([sshd.host], ssh=sshd.ssh, connection_file_on_hosts=str(shared))
-    with Cluster(1, launcher=launcher, connection_file=shared, heartbeat=0.5) as c:
+    with Cluster(1, launcher=launcher, connection_file=shared, heartbeat=0.5,
+                 env={"TM_GREETING": "via ssh"}, cwd=str(tmp_path)) as c:  # (env, cwd: item 5)
         with c.client() as tc:
             assert tc.run(MapTask(engine_facts), block=True)["parent"] == "sshd"
+            assert tc.submit(env_and_cwd).result(timeout=60) == ("via ssh", str(tmp_path))
     missing = SSHLauncher([sshd.host], ssh=sshd.ssh,
                           connection_file_on_hosts=str(tmp_path / "nowhere.json"))
     with pytest.raises(LauncherError, match=f"cannot start engines on {sshd.host}.*no connection"):
@@ -524,7 +533,9 @@ def test_slurm_launcher_submits_a_job_and_cluster_stop_cancels_it(slurm, tmp_pat
 
 def test_slurm_job_array_through_the_python_api(slurm):
     launcher = SlurmLauncher(mode="array", time_limit="5")
-    with Cluster(2, launcher=launcher, heartbeat=0.5) as c, c.client() as tc:
+    with Cluster(2, launcher=launcher, heartbeat=0.5, env={"TM_GREETING": "via slurm"}) as c, \
+            c.client() as tc:
+        assert tc.submit(env_and_cwd).result(timeout=60)[0] == "via slurm"
         [group] = launcher.groups()
         assert group.engines == 2 and group.state == "RUNNING x2"
         facts = list(tc.run_all(MapTask(engine_facts)).values())

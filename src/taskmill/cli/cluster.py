@@ -35,6 +35,17 @@ from .logs import fresh_log_dir
 if TYPE_CHECKING:
     from ..launchers import Launcher
 
+def env_of(pairs: list[str] | None) -> dict[str, str]:
+    """`--env KEY=VALUE` options as a dict (ValueError naming a malformed one)."""
+    env = {}
+    for pair in pairs or ():
+        key, eq, value = pair.partition("=")
+        if not eq:
+            raise ValueError(f"--env {pair!r}: give KEY=VALUE")
+        env[key] = value
+    return env
+
+
 def cluster_state_file() -> Path:
     """The profile's record of the cluster `taskmill cluster start` runs (cluster.json)."""
     return profile_dir() / "cluster.json"
@@ -226,7 +237,8 @@ def _run_cluster_foreground(a: argparse.Namespace, state: Path, launcher: Launch
                           launcher=launcher, engine_properties=props,
                           start_timeout=a.start_timeout, wait=not a.no_wait,
                           dashboard=not a.no_dashboard, transport=a.transport,
-                          log_dir=fresh_log_dir(), keep_results=a.keep_results, key=key)
+                          log_dir=fresh_log_dir(), keep_results=a.keep_results, key=key,
+                          env=env_of(a.env), cwd=a.cwd)
     except ValueError as e:
         print(f"taskmill: {e}", file=sys.stderr)
         return 2

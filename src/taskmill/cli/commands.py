@@ -179,6 +179,12 @@ def cmd_engine(a: argparse.Namespace) -> int:
         else:
             info = wait_for_connection_file(find_connection_file(a.connection_file),
                                             a.controller_timeout)
+        if a.cwd is not None:
+            try:
+                os.chdir(a.cwd)
+            except OSError as e:
+                print(f"taskmill engine: --cwd {a.cwd}: {e.strerror or e}", file=sys.stderr)
+                return 1
         run_engine(info, props, parent_fd=a.parent_fd, register_timeout=a.controller_timeout)
     except (ConnectionFileError, ControllerUnreachable) as e:
         print(f"taskmill engine: {e}", file=sys.stderr)

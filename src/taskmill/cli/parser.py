@@ -171,6 +171,8 @@ def build_parser() -> CommandParser:
                         "standard input (as the ssh launcher sends it)")
     e.add_argument("--property", action="append", metavar="KEY=VALUE",
                    help="an engine property (VALUE read as JSON when it parses); repeatable")
+    e.add_argument("--cwd", default=None, metavar="DIR",
+                   help="the working folder of the engine's tasks (default: where it starts)")
     e.add_argument("--controller-timeout", type=_seconds(), default=None, metavar="SECONDS",
                    help="exit with an error when no connection file appeared within SECONDS, "
                         "or no controller answered within SECONDS of reading it (default: wait "
@@ -269,6 +271,12 @@ def _add_cluster(sub: Any) -> None:
                     help="run the controller without its web dashboard")
     st.add_argument("--property", action="append", metavar="KEY=VALUE",
                     help="a property of every engine (VALUE read as JSON when it parses)")
+    st.add_argument("--env", action="append", metavar="KEY=VALUE",
+                    help="an environment variable of every engine process (on its machine: "
+                         "ssh, MPI and Slurm engines too); repeatable")
+    st.add_argument("--cwd", default=None, metavar="DIR",
+                    help="the engines' working folder, on their machines (default: where "
+                         "each starts)")
     st.add_argument("--start-timeout", type=_seconds(), default=60.0,
                     help="seconds to wait for the N engines to register (default 60)")
     st.add_argument("--no-wait", action="store_true",

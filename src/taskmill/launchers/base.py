@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -55,6 +56,8 @@ class LaunchContext:
     state_dir: Path  # private to this cluster, on this machine (removed at stop)
     lifeline_fd: int | None  # read end of the owner's lifeline pipe (None: no lifeline)
     log_dir: Path | None = None  # where logs of local processes go (None: the state_dir)
+    env: dict[str, str] | None = None  # variables the engines' processes get (check_env)
+    cwd: str | None = None  # the engines' working folder (on their machines)
 
     def log_path(self, name: str) -> Path:
         """The path of the log file `name` (e.g. "engine-0.log") of a process started here."""
@@ -194,10 +197,34 @@ def property_args(props: dict[str, Any]) -> list[str]:
 
 
 def engine_command(python: str, connection_file: str | os.PathLike[str],
-                   props: dict[str, Any], *extra: str) -> list[str]:
-    """The command line of one engine: `python -m taskmill engine --connection-file F ...`."""
-    return [python, "-m", "taskmill", "engine", "--connection-file", str(connection_file),
-            *extra, *property_args(props)]
+                   props: dict[str, Any], *extra: str, env: dict[str, str] | None = None,
+                   cwd: str | None = None) -> list[str]:
+    """The command line of one engine: `python -m taskmill engine --connection-file F ...`,
+    run through `env K=V ...` with `env` (so its process starts with them, on whichever machine
+    a launcher runs it: ssh, mpiexec and srun run the same line), and `--cwd DIR` with `cwd`."""
+    cmd = [python, "-m", "taskmill", "engine", "--connection-file", str(connection_file),
+           *extra, *(["--cwd", str(cwd)] if cwd else []), *property_args(props)]
+    if env:
+        cmd = ["env", *(f"{k}={v}" for k, v in env.items()), *cmd]
+    return cmd
+
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def check_env(env: Any) -> dict[str, str]:
+    """Engine environment variables as given to Cluster(env=...) or `--env KEY=VALUE`:
+    names of letters, digits and underscores (not starting with a digit), str values."""
+    if env is None:
+        return {}
+    if not isinstance(env, dict):
+        raise TypeError(f"env must be a dict of str to str, not {type(env).__name__}")
+    for k, v in env.items():
+        if not isinstance(k, str) or not ENV_NAME.fullmatch(k):
+            raise ValueError(f"env: {k!r} is not a variable name (letters, digits, _)")
+        if not isinstance(v, str) or "\0" in v:
+            raise ValueError(f"env: the value of {k} must be a str without NUL, not {v!r}")
+    return dict(env)
 
 
 def require_programs(launcher: str, *programs: str, how: str) -> None:

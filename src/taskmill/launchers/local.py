@@ -57,7 +57,8 @@ class LocalLauncher(Launcher):
         fds: tuple[int, ...] = ()
         if ctx.lifeline_fd is not None:
             extra, fds = ["--parent-fd", str(ctx.lifeline_fd)], (ctx.lifeline_fd,)
-        return spawn(engine_command(self.python, ctx.connection_file, props, *extra),
+        return spawn(engine_command(self.python, ctx.connection_file, props, *extra,
+                                    env=ctx.env, cwd=ctx.cwd),
                      ctx.log_path(f"engine-{slot}.log"), pass_fds=fds)
 
     def reap(self) -> list[tuple[int, int]]:

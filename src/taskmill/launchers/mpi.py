@@ -81,7 +81,7 @@ class MPILauncher(Launcher):
         require_tcp(self.name, ctx.connection_file)
         conn = self.work.connection_file(ctx.connection_file)
         cmd = [self.mpiexec, "-n", str(len(properties)), *self.mpi_args,
-               *engine_command(self.python, conn, props)]
+               *engine_command(self.python, conn, props, env=ctx.env, cwd=ctx.cwd)]
         log = ctx.log_path(f"mpiexec-{len(self._runs)}.log")
         tether = spawn_tether(ctx, log, command=cmd, remove=self.work.path)
         self._runs.append((len(properties), tether))

@@ -102,7 +102,8 @@ class SlurmLauncher(Launcher):
         require_programs(self.name, "sbatch", "scancel", "squeue",
                          how="run on a machine where Slurm's commands work (Debian: slurm-client)")
 
-    def batch_script(self, engines: int, connection_file: Path, props: dict[str, Any]) -> str:
+    def batch_script(self, engines: int, connection_file: Path, props: dict[str, Any],
+                     env: dict[str, str] | None = None, cwd: str | None = None) -> str:
         """The text of the batch script that starts `engines` engines."""
         out = self.work.path / ("slurm-%A_%a.out" if self.mode == "array" else "slurm-%j.out")
         lines = ["#!/bin/sh", f"#SBATCH --job-name={self.job_name}", f"#SBATCH --output={out}"]
@@ -115,8 +116,8 @@ class SlurmLauncher(Launcher):
             if value:
                 lines.append(f"#SBATCH --{option}={value}")
         lines += [f"#SBATCH {d}" for d in self.directives]
-        command = " ".join(shlex.quote(c) for c in engine_command(self.python, connection_file,
-                                                                  props))
+        command = " ".join(shlex.quote(c) for c in engine_command(
+            self.python, connection_file, props, env=env, cwd=cwd))
         lines += ["", f"exec srun {command}" if self.mode == "srun" else f"exec {command}", ""]
         return "\n".join(lines)
 
@@ -127,7 +128,7 @@ class SlurmLauncher(Launcher):
         require_tcp(self.name, ctx.connection_file)
         conn = self.work.connection_file(ctx.connection_file)
         script = self.work.path / f"engines-{len(self.jobs)}.sbatch"
-        script.write_text(self.batch_script(len(properties), conn, props))
+        script.write_text(self.batch_script(len(properties), conn, props, ctx.env, ctx.cwd))
         done = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True,
                               text=True, timeout=120, cwd=self.work.path, check=False)
         if done.returncode != 0:

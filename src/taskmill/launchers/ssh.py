@@ -158,7 +158,7 @@ class SSHLauncher(Launcher):
             if host not in self._checked:
                 self._check_host(host)
             cmd = engine_command(self.python, self.connection_file_on_hosts or "-", props,
-                                 "--parent-fd", "0")
+                                 "--parent-fd", "0", env=ctx.env, cwd=ctx.cwd)
             remote = "exec " + " ".join(shlex.quote(c) for c in cmd)
             slot = len(self._sessions)
             proc = spawn(self.ssh_argv(host, remote), ctx.log_path(f"ssh-{slot}.log"),
