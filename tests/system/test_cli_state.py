@@ -114,6 +114,16 @@ def test_cluster_start_on_a_port_in_use(profile, daemon):
     assert not (profile.folder / "cluster.json").exists()
 
 
+def test_a_bare_controller_on_a_port_in_use(profile, tmp_path):
+    """(Its stderr is its log, yet nothing is logged before it listens: one line.)"""
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        out = profile("controller", "--port", str(port), "--no-dashboard", "--db", ":memory:",
+                      "--connection-file", str(profile.folder / "conn.json"))
+    line = one_line_failure(out)
+    assert "Address already in use" in line and "choose other ports" in line, line
+
+
 def test_cluster_start_with_a_db_that_is_not_a_store(profile, tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("mine\n")

@@ -106,20 +106,22 @@ def cmd_controller(a: argparse.Namespace) -> int:
         if info.is_ipc:
             check_ipc_folder(info)  # before the file that names the sockets exists
         write_connection_file(path, info)
-        log.info("wrote connection file %s", path)
+        log.debug("wrote connection file %s", path)
     if info.is_ipc:
         check_ipc_folder(info)
-        log.info("listening on unix sockets %s (clients) and %s (engines), in a folder only "
-                 "this user can enter", info.client_url, info.engine_url)
+        # (DEBUG until it listens: a controller that cannot bind says so in one line; the
+        # controller logs what it listens on once it does)
+        log.debug("listening on unix sockets %s (clients) and %s (engines), in a folder only "
+                  "this user can enter", info.client_url, info.engine_url)
     else:
-        log.info("binding %s; clients and engines connect to %s and %s", info.ip,
-                 info.client_url, info.engine_url)
+        log.debug("binding %s; clients and engines connect to %s and %s", info.ip,
+                  info.client_url, info.engine_url)
     if not info.is_ipc and not is_loopback(info.ip) and not curve_enabled(info):
         log.warning(
             "binding %s without --curve: messages travel unencrypted, so anyone on that network "
             "can read every task and result, and anyone who obtains the key in %s can run any "
             "code on every engine. Use --curve on networks you do not trust.", info.ip, path)
-    logging.getLogger("taskmill").info("task store: %s", db)
+    logging.getLogger("taskmill").debug("task store: %s", db)
     orphaned = []
     if a.parent_fd is not None:
         def _parent_gone() -> None:

@@ -170,8 +170,9 @@ class Controller:
         poller = zmq.Poller()
         poller.register(self.engine_sock, zmq.POLLIN)
         poller.register(self.client_sock, zmq.POLLIN)
-        log.info("controller %s listening: clients %s, engines %s (pid %d)",
-                 __version__, self.info.client_url, self.info.engine_url, os.getpid())
+        log.info("controller %s listening: clients %s, engines %s (pid %d; task store %s)",
+                 __version__, self.info.client_url, self.info.engine_url, os.getpid(),
+                 getattr(self.store, "path", "in memory"))
         try:
             while not self._stopping:
                 self.turn(poller, self._poll_timeout_ms())
