@@ -6,7 +6,7 @@ for its value; modules import the name instead of repeating the number.
 
 from __future__ import annotations
 
-#: seconds a task whose `depend` is unmet everywhere waits before it fails (SPEC §6)
+#: seconds a task whose `depend` is unmet everywhere waits before it fails (TaskTimeout)
 DEFAULT_UNMET_TIMEOUT = 30.0
 
 #: days a finished result is kept in the store (`--keep-results`): a store that is reopened

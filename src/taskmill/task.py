@@ -71,7 +71,7 @@ def normalize_after(after: Any) -> tuple[int, ...]:
 
 
 class BaseTask:
-    """The options common to every task; see SPEC.md §2.
+    """The options common to every task (the seed's, plus `timeout` and `after`).
 
     `after`: taskids (or futures) that must finish successfully first. One that failed, was
     aborted or is unknown makes the task fail with DependencyError without running; an int

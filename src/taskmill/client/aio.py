@@ -286,7 +286,7 @@ class AsyncTaskClient:
 
     async def get_task_result(self, taskid: int, block: bool = False, *,
                               timeout: float | None = None) -> Any:
-        """The result of a task (SPEC.md §3), or None while it runs and `block` is false
+        """A StringTask's `TaskResult` or a MapTask's value; None while it runs and `block` is false
         (with `block`, past `timeout` seconds, TimeoutError)."""
         return await self._run(lambda s: verbs.get_task_result(s, taskid, block, timeout))
 

@@ -33,7 +33,7 @@ from .seedmap import ParallelFunction, TaskMapper
 
 
 class TaskClient:
-    """Submit tasks to a taskmill controller and collect their results (SPEC.md §4).
+    """Submit tasks to a taskmill controller and collect their results (every verb of the seed's).
 
     `timeout`: seconds to wait for the controller at construction and for each quick request.
     `reconnect_timeout`: while the controller does not answer (it was killed and is being
@@ -53,7 +53,7 @@ class TaskClient:
                  timeout: float = 10.0, reconnect_timeout: float = RECONNECT_TIMEOUT) -> None:
         check_client_timeouts(timeout, reconnect_timeout)
         # Modules beside the script or in the working folder, which engines cannot import,
-        # travel by value from now on (SPEC §2; see wire.is_local_module).
+        # travel by value from now on (see wire.is_local_module).
         ship_local_modules()
         self.backend = Backend(connection, timeout, reconnect_timeout)
         self.backend.front = weakref.ref(self)
@@ -86,7 +86,7 @@ class TaskClient:
 
     def get_task_result(self, taskid: int, block: bool = False, *,
                         timeout: float | None = None) -> Any:
-        """The result of a task (SPEC.md §3), or None while it runs and `block` is false.
+        """A StringTask's TaskResult or a MapTask's value; None while it runs and `block` is false.
 
         With `block=True`, waits until it has finished; past `timeout` seconds (None: no
         limit), TimeoutError, and the task goes on. IndexError for an unknown or cleared id

@@ -336,7 +336,7 @@ class Connection:
         """(I/O thread, the controller unreachable) Both sockets anew, with new routing ids.
         ZeroMQ reconnects a socket with its own id; if the controller still holds a connection
         with that id (it has not seen the old one end: a reset lost on the way), it ignores the
-        new one for good (SPEC §1: no peer takes over another's routing id), and this client
+        new one for good (so that no peer takes over another's routing id), and this client
         would never hear from it again. New ids cannot collide. Nothing waits for an answer
         now (all failed), and every request names the id to answer (`rt`)."""
         base = uuidlib.uuid4().hex.encode()

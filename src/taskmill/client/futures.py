@@ -62,7 +62,7 @@ def raises(meta: dict[str, Any] | None) -> bool:
 
 
 class TaskFuture(Future, FutureLike):
-    """A `concurrent.futures.Future` for one task (SPEC.md §6.13).
+    """A `concurrent.futures.Future` for one task (see the documentation's futures page).
 
     It works wherever a Future does: `concurrent.futures.wait` and `as_completed`,
     `asyncio.wrap_future`, `add_done_callback`. `taskid` is the task's id: `submit` does not
@@ -74,7 +74,7 @@ class TaskFuture(Future, FutureLike):
     The client's I/O thread marks the future done when the controller's `done` message arrives,
     without unpickling anything; `result()` and `exception()` unpickle the value or the remote
     exception in the thread that calls them (once: it is kept). A task's failure is raised by
-    `result()` as its own type (§3, §6.1): for a StringTask `result()` is a `TaskResult`.
+    `result()` as its own type, as `get_task_result` raises it; a StringTask's is a `TaskResult`.
     `cancel()` aborts the task (see there).
 
     Passed to another task, at the top level of its arguments or directly inside a list,

@@ -2,7 +2,7 @@
 connect again, on new connections with new routing ids.
 
 Why it is needed: the controller's ROUTER socket never hands a routing id that a connection
-still holds to another connection (SPEC §1: a peer cannot take over another peer's routing
+still holds to another connection (so that a peer cannot take over another peer's routing
 identity). ZeroMQ reconnects an engine's sockets by itself, with the same ids; when such a
 reconnection reaches the controller before it has seen the old connection end (a reset lost on
 the way, a NAT that forgot the connection and told one side only, a busy controller), ZeroMQ

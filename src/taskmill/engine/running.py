@@ -211,7 +211,7 @@ class TaskCode:
     def load_here(self, frames: list[Any]) -> Any:
         """Unpickle a task's payload: functions defined interactively in it (the task's
         function, one passed as an argument as `map` does, a pushed one) get this engine's
-        namespace as their globals, and the globals they brought are set there (SPEC §2)."""
+        namespace as their globals, and the globals they brought are set there (as in the seed)."""
         return loads(frames, self.namespace)
 
     def unpickle(self, tid: int, frames: list[Any], what: str, engineid: int | None,

@@ -4,7 +4,7 @@ One entry point: `Scheduler.handle(event) -> list[Action]`. The shell (the contr
 what happens (a submit, an engine's report or death, a timer) into an event record, and
 carries out the actions returned, in order. The scheduler reads no clock, touches no socket
 and does no pickling: time enters only as timers it asks the shell to arm (`ArmTimer`) and
-that the shell reports back (`TimerFired`). So every rule of SPEC.md §2 is a direct unit test.
+that the shell reports back (`TimerFired`). So every scheduling rule is a direct unit test.
 
 Where things are:
   records.py    events in, actions out (and `Node`, `TaskView`); what `tries` and
