@@ -53,3 +53,13 @@ def test_the_docs_build_without_a_warning(tmp_path):
     assert "taskmill controller" in cli and "--connection-file" in cli  # the --help texts
     api = (tmp_path / "html" / "api.html").read_text()
     assert 'id="taskmill.TaskClient.submit"' in api  # autodoc found the methods
+
+
+def test_every_python_example_in_the_docs_is_one_the_readme_runs():
+    # tests/system/test_readme.py runs the README's blocks; the pages show the same ones.
+    readme = (ROOT / "README.md").read_text()
+    blocks = [(page.name, block) for page in sorted(DOCS.glob("*.md"))
+              for block in re.findall(r"^```python\n(.*?)^```$", page.read_text(), re.M | re.S)]
+    assert len(blocks) >= 8
+    stale = [name for name, block in blocks if block not in readme]
+    assert not stale, f"python blocks that differ from the README's: {stale}"
