@@ -24,7 +24,7 @@ CHOICES = re.compile(r"^\s+\{([\w,-]+)\}", re.MULTILINE)
 
 @functools.cache
 def run_help(args: tuple[str, ...]) -> str:
-    env = dict(os.environ, COLUMNS="100", PYTHONPATH=os.pathsep.join(
+    env = dict(os.environ, COLUMNS="88", PYTHONPATH=os.pathsep.join(
         [str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])]))
     run = subprocess.run([sys.executable, "-m", "taskmill", *args, "--help"], env=env,
                          capture_output=True, text=True, timeout=60, check=False)
