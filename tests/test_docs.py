@@ -5,6 +5,7 @@ build gives no warning (CI runs `make docs`, which fails on one, after `make tes
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -55,11 +56,29 @@ def test_the_docs_build_without_a_warning(tmp_path):
     assert 'id="taskmill.TaskClient.submit"' in api  # autodoc found the methods
 
 
-def test_every_python_example_in_the_docs_is_one_the_readme_runs():
-    # tests/system/test_readme.py runs the README's blocks; the pages show the same ones.
+def python_blocks() -> list[tuple[str, str]]:
+    """(page, code) of every ```python block of the pages."""
+    return [(page.name, block) for page in sorted(DOCS.glob("*.md"))
+            for block in re.findall(r"^```python\n(.*?)^```$", page.read_text(), re.M | re.S)]
+
+
+def test_every_python_example_in_the_docs_is_the_readmes_or_starts_its_own_cluster():
+    # tests/system/test_readme.py runs the README's blocks; the pages show the same ones, and
+    # each of their own starts a Cluster (test_the_pages_own_examples_run runs them).
     readme = (ROOT / "README.md").read_text()
-    blocks = [(page.name, block) for page in sorted(DOCS.glob("*.md"))
-              for block in re.findall(r"^```python\n(.*?)^```$", page.read_text(), re.M | re.S)]
+    blocks = python_blocks()
     assert len(blocks) >= 8
-    stale = [name for name, block in blocks if block not in readme]
-    assert not stale, f"python blocks that differ from the README's: {stale}"
+    stray = [page for page, code in blocks if code not in readme and "Cluster(" not in code]
+    assert not stray, f"python blocks neither in the README nor starting a Cluster: {stray}"
+
+
+@pytest.mark.parametrize("page,code", [
+    (page, code) for page, code in python_blocks()
+    if code not in (ROOT / "README.md").read_text()])
+def test_the_pages_own_examples_run(page, code, tmp_path):
+    (tmp_path / "example.py").write_text(code)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMILL")}
+    env["TASKMILL_DIR"] = str(tmp_path / "state")
+    run = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=90, check=False)
+    assert run.returncode == 0, f"{page}:\n{run.stdout}\n{run.stderr}"
