@@ -2,7 +2,9 @@
 build time, so the command-line page always shows the options the code has.
 
 It runs `python -m taskmill [SUBCOMMAND ...] --help` with this checkout's src/ first on the
-path, and finds subcommands in argparse's `{a,b,c}` choices, to any depth.
+path, and finds subcommands to any depth among the names argparse lists, indented by four,
+under "positional arguments" (or in its `{a,b,c}` choices), keeping those whose own --help
+starts with their usage line.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from sphinx.util.docutils import SphinxDirective
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 CHOICES = re.compile(r"^\s+\{([\w,-]+)\}", re.MULTILINE)
+LISTED = re.compile(r"^    ([a-z][\w-]*)(?:\s|$)", re.MULTILINE)
 
 
 @functools.cache
@@ -42,10 +45,16 @@ def commands(args: list[str] | None = None) -> list[tuple[list[str], str]]:
     args = args or []
     text = help_text(args)
     found = [(args, text)]
-    match = CHOICES.search(text)
-    for name in match.group(1).split(",") if match else []:
-        # a positional argument with choices is no subcommand: its --help is its parent's
-        if help_text([*args, name]).startswith(f"usage: {' '.join(['taskmill', *args, name])}"):
+    positionals = text.partition("positional arguments:")[2].partition("\noptions:")[0]
+    match = CHOICES.search(positionals)
+    names = match.group(1).split(",") if match else LISTED.findall(positionals)
+    for name in dict.fromkeys(names):
+        # a positional argument is no subcommand: its --help is its parent's, or fails
+        try:
+            own = help_text([*args, name])
+        except RuntimeError:
+            continue
+        if own.startswith(f"usage: {' '.join(['taskmill', *args, name])}"):
             found += commands([*args, name])
     return found
 
