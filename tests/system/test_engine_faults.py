@@ -7,6 +7,7 @@ not assumed. Real processes, real signals, a real TCP proxy that loses a message
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -54,10 +55,10 @@ def hold_the_gil(seconds):
     return run(n)
 
 
-@pytest.mark.timeout(120)
-def test_a_lost_tasks_message_costs_a_heartbeat_not_the_task(tmp_path):
-    """The `tasks` message carrying a task is lost (its connection reset as it passed): the
-    engine reconnects, its heartbeats show the message missing, and the task runs, once."""
+@contextlib.contextmanager
+def proxied_engine(tmp_path):
+    """A controller, an engine that reaches it through a FaultProxy, and a client that has run
+    one warm-up task on it (recorded in `runs`): (proxy, engine, tc, runs)."""
     ctl = ControllerProcess(tmp_path)
     ctl.start()
     info = read_connection_file(ctl.conn)
@@ -73,31 +74,26 @@ def test_a_lost_tasks_message_costs_a_heartbeat_not_the_task(tmp_path):
         with TaskClient(ctl.conn, timeout=30) as tc:
             poll(lambda: tc.engines(), what="the engine")
             assert tc.run(MapTask(record, (str(runs), "warm-up")), block=True) == engine.pid
-            proxy.drop_next(200, b".t")  # the next task message down the task socket
-            tid = tc.run(MapTask(record, (str(runs), "the task")))
-            assert tc.get_task_result(tid, block=True) == engine.pid
-            assert proxy.dropped == 1
-            assert read_lines(runs) == ["warm-up", "the task"]
-            assert tc.statistics()["engines_died"] == 0
-            info = tc.task_info(tid)
-            assert info["attempts"] == 1 and info["state"] == "succeeded"
+            yield proxy, engine, tc, runs
     finally:
         engine.kill()
         proxy.close()
         ctl.stop()
 
 
-def engine_via_proxy(ctl: ControllerProcess, tmp_path) -> tuple[FaultProxy, subprocess.Popen]:
-    """An engine that reaches the controller through a FaultProxy."""
-    info = read_connection_file(ctl.conn)
-    host, port = info.engine_url.rsplit(":", 1)
-    proxy = FaultProxy(host.split("//")[1], int(port))
-    info.engine_url = f"tcp://127.0.0.1:{proxy.port}"
-    engine_conn = write_connection_file(tmp_path / "via-proxy" / "conn.json", info)
-    engine = subprocess.Popen(
-        [*ControllerProcess.TASKMILL, "engine", "--connection-file", str(engine_conn)],
-        stdout=ctl.log, stderr=subprocess.STDOUT)
-    return proxy, engine
+@pytest.mark.timeout(120)
+def test_a_lost_tasks_message_costs_a_heartbeat_not_the_task(tmp_path):
+    """The `tasks` message carrying a task is lost (its connection reset as it passed): the
+    engine reconnects, its heartbeats show the message missing, and the task runs, once."""
+    with proxied_engine(tmp_path) as (proxy, engine, tc, runs):
+        proxy.drop_next(200, b".t")  # the next task message down the task socket
+        tid = tc.run(MapTask(record, (str(runs), "the task")))
+        assert tc.get_task_result(tid, block=True) == engine.pid
+        assert proxy.dropped == 1
+        assert read_lines(runs) == ["warm-up", "the task"]
+        assert tc.statistics()["engines_died"] == 0
+        info = tc.task_info(tid)
+        assert info["attempts"] == 1 and info["state"] == "succeeded"
 
 
 # The network forgets an engine's connections and tells only the engine (a reset on its side;
@@ -116,30 +112,19 @@ def test_an_engine_whose_connections_go_deaf_moves_and_keeps_its_tasks(tmp_path,
     answer names the last one sent), or its results are lost (asked for again): the engine
     opens new connections (new routing ids) and registers them; it keeps its engine id,
     nothing is declared dead, and the tasks sent meanwhile run, once."""
-    ctl = ControllerProcess(tmp_path)
-    ctl.start()
-    proxy, engine = engine_via_proxy(ctl, tmp_path)
-    runs = tmp_path / "runs"
-    try:
-        with TaskClient(ctl.conn, timeout=30) as tc:
-            poll(lambda: tc.engines(), what="the engine")
-            assert tc.run(MapTask(record, (str(runs), "warm-up")), block=True) == engine.pid
-            (eid,) = alive_engine_ids(tc)
-            for round_ in range(2):
-                assert proxy.cut_peer_side_all(deaf) == len(deaf)
-                tids = [tc.run(MapTask(record, (str(runs), f"r{round_}-{i}"))) for i in range(4)]
-                for tid in tids:  # (a deaf engine: TimeoutError here, the tasks never end)
-                    assert tc.get_task_result(tid, block=True, timeout=30) == engine.pid
-                    assert tc.task_info(tid)["attempts"] == 1
-            assert sorted(read_lines(runs)) == sorted(
-                ["warm-up", *(f"r{r}-{i}" for r in range(2) for i in range(4))])
-            stats = tc.statistics()
-            assert stats["engines_moved"] >= 1 and stats["engines_died"] == 0, stats
-            assert alive_engine_ids(tc) == [eid]
-    finally:
-        engine.kill()
-        proxy.close()
-        ctl.stop()
+    with proxied_engine(tmp_path) as (proxy, engine, tc, runs):
+        (eid,) = alive_engine_ids(tc)
+        for round_ in range(2):
+            assert proxy.cut_peer_side_all(deaf) == len(deaf)
+            tids = [tc.run(MapTask(record, (str(runs), f"r{round_}-{i}"))) for i in range(4)]
+            for tid in tids:  # (a deaf engine: TimeoutError here, the tasks never end)
+                assert tc.get_task_result(tid, block=True, timeout=30) == engine.pid
+                assert tc.task_info(tid)["attempts"] == 1
+        assert sorted(read_lines(runs)) == sorted(
+            ["warm-up", *(f"r{r}-{i}" for r in range(2) for i in range(4))])
+        stats = tc.statistics()
+        assert stats["engines_moved"] >= 1 and stats["engines_died"] == 0, stats
+        assert alive_engine_ids(tc) == [eid]
 
 
 @pytest.mark.timeout(120)
@@ -147,30 +132,19 @@ def test_an_engine_whose_connections_all_go_deaf_comes_back(tmp_path):
     """Its heart goes deaf too, so the controller declares it dead (its tasks fail with
     EngineDied or are retried, as for any death); the engine, told so on new connections,
     registers again, and the tasks submitted after run on it."""
-    ctl = ControllerProcess(tmp_path)
-    ctl.start()
-    proxy, engine = engine_via_proxy(ctl, tmp_path)
-    runs = tmp_path / "runs"
-    try:
-        with TaskClient(ctl.conn, timeout=30) as tc:
-            poll(lambda: tc.engines(), what="the engine")
-            assert tc.run(MapTask(record, (str(runs), "warm-up")), block=True) == engine.pid
-            for round_ in range(2):
-                assert proxy.cut_peer_side_all() == 4
-                tids = [tc.run(MapTask(record, (str(runs), f"r{round_}-{i}"), retries=2))
-                        for i in range(4)]
-                for tid in tids:
-                    assert tc.get_task_result(tid, block=True, timeout=60) == engine.pid
-            runs_of = read_lines(runs)
-            for r in range(2):
-                for i in range(4):
-                    assert 1 <= runs_of.count(f"r{r}-{i}") <= 3
-            assert tc.statistics()["engines_died"] >= 1
-            poll(lambda: alive_engine_ids(tc), what="the engine, registered again")
-    finally:
-        engine.kill()
-        proxy.close()
-        ctl.stop()
+    with proxied_engine(tmp_path) as (proxy, engine, tc, runs):
+        for round_ in range(2):
+            assert proxy.cut_peer_side_all() == 4
+            tids = [tc.run(MapTask(record, (str(runs), f"r{round_}-{i}"), retries=2))
+                    for i in range(4)]
+            for tid in tids:
+                assert tc.get_task_result(tid, block=True, timeout=60) == engine.pid
+        runs_of = read_lines(runs)
+        for r in range(2):
+            for i in range(4):
+                assert 1 <= runs_of.count(f"r{r}-{i}") <= 3
+        assert tc.statistics()["engines_died"] >= 1
+        poll(lambda: alive_engine_ids(tc), what="the engine, registered again")
 
 
 @pytest.mark.timeout(120)
