@@ -18,11 +18,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# What `pip install taskmill` may bring: taskmill, its five dependencies, and what venv itself
+# What `pip install taskmill` may bring: taskmill, its six dependencies, and what venv itself
 # puts there. Anything else (numpy, an async framework, ...) is a heavy surprise for a user.
 # (msgspec, which depends on nothing, decodes the controller's typed protocol records.)
-ALLOWED = {"taskmill", "pyzmq", "cloudpickle", "msgpack", "msgspec", "tqdm", "pip",
-           "setuptools"}
+# (blake3, the payload MAC the SPEC names, brings typing_extensions: pure Python, small.)
+ALLOWED = {"taskmill", "pyzmq", "cloudpickle", "msgpack", "msgspec", "tqdm", "blake3",
+           "typing_extensions", "pip", "setuptools"}
 
 CHECK = r'''
 import importlib.metadata as md, json, sys, urllib.request

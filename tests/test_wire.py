@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import os
 
 import msgpack
 import numpy as np
@@ -13,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from taskmill.wire import (
+    PARALLEL_MIN,
     PROTOCOL,
-    TREE_MIN,
     FunctionLoads,
     FunctionPickles,
     HmacSha256,
@@ -97,15 +95,11 @@ def test_hmac_matches_the_standard_library(key, data):
     assert mac.finish(inner) == want
 
 
-def test_envelope_and_payload_macs_are_hmac_sha256():
+def test_the_envelope_mac_is_hmac_sha256():
     w = Wire(KEY)
     env = w.encode({"type": "x"})[0]
     at = len(PROTOCOL)
     assert env[at:at + 32] == hmac.digest(KEY, env[at + 32:], "sha256")
-    frames = [b"ab", b"cde"]
-    body = b"".join(len(f).to_bytes(8, "little") + f for f in frames)
-    assert w.payload_mac(frames) == hmac.new(KEY, body, hashlib.sha256).digest()
-    assert w.payload_mac([b"ab"]) == hmac.digest(KEY, (2).to_bytes(8, "little") + b"ab", "sha256")
 
 
 def test_one_envelope_frame_then_payload():
@@ -147,12 +141,12 @@ def test_large_bytes_travel_out_of_band_and_come_back_as_themselves():
     assert len(dumps(b"small")) == 1 and loads(dumps(b"small")) == b"small"  # in the pickle
 
 
-def test_mac_of_a_large_frame_covers_each_chunk_and_its_length(monkeypatch):
+def test_mac_of_a_large_frame_covers_every_byte_and_its_length():
     w = Wire(KEY)
-    base = bytearray(np.random.default_rng(1).bytes(TREE_MIN + 12345))
+    base = bytearray(np.random.default_rng(1).bytes(PARALLEL_MIN * 3 + 12345))
     mac = w.payload_mac([b"p", base])
     w.check_payload([b"p", bytes(base)], mac)
-    for at in (0, len(base) // 4, len(base) // 2 + 7, len(base) - 1):  # a byte in each chunk
+    for at in (0, len(base) // 4, len(base) // 2 + 7, len(base) - 1):
         changed = bytearray(base)
         changed[at] ^= 1
         with pytest.raises(Refused):
@@ -161,9 +155,22 @@ def test_mac_of_a_large_frame_covers_each_chunk_and_its_length(monkeypatch):
         w.check_payload([b"p", base[:-1]], mac)
     with pytest.raises(Refused):
         w.check_payload([b"p" + base[:1], base[1:]], mac)
-    # The same MAC whether the chunks are hashed side by side or one after another.
-    monkeypatch.setattr(signing, "hash_pool", (os.getpid(), None, 1))
-    assert w.payload_mac([b"p", base]) == mac
+    with pytest.raises(Refused):
+        Wire(b"another key").check_payload([b"p", base], mac)
+
+
+def test_the_payload_mac_is_keyed_blake3_over_length_prefixed_frames():
+    """(Keyed BLAKE3, the `blake3` package, with a key derived from the connection key: the
+    SPEC's payload digest; on every core for a large frame, with the same result.)"""
+    import blake3
+
+    frames = [b"head", np.random.default_rng(2).bytes(PARALLEL_MIN + 5)]
+    key = blake3.blake3(KEY, derive_key_context=signing.PAYLOAD_KEY_CONTEXT).digest()
+    h = blake3.blake3(key=key)
+    for f in frames:
+        h.update(len(f).to_bytes(8, "little"))
+        h.update(f)
+    assert Wire(KEY).payload_mac(frames) == h.digest()
 
 
 def test_closures_and_lambdas_pickle():

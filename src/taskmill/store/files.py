@@ -82,7 +82,7 @@ class FrameFiles:
             with open(path, "wb") as out:
                 out.write(buf)
         for name in self._unwritten:
-            if ".result." in name:
+            if ".result." in name:  # (not a put's: "<tid>.put.<i>", read again and again)
                 self._spill.put(self.folder / name)
         self._unwritten.clear()
 

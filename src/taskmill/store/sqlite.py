@@ -287,7 +287,10 @@ class SQLiteStore:
         if blobs is not None:
             self.files.drop(blobs)
         sizes = [frame_len(f) for f in result.frames]
-        blob = self.files.pack(tid, "result", result.frames, sizes)
+        # (A put value is read again for each engine that takes it: its file is named so
+        # that it keeps its pages in the page cache, see files.py's spill thread.)
+        kind = "put" if result.meta.get("kind") == "put" else "result"
+        blob = self.files.pack(tid, kind, result.frames, sizes)
         row = self._ins.get(tid)
         if row is not None:  # its insert is not written yet: it goes in finished
             row[STATE] = "finished"

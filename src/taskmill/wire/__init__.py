@@ -44,7 +44,6 @@ from .framing import (
     MAX_SENDERS,
     PROTOCOL,
     SIGNATURE_BYTES,
-    SMALL_PAYLOAD,
     TRANSPORT_HEARTBEAT_MS,
     TRANSPORT_TIMEOUT_MS,
     Frame,
@@ -65,14 +64,14 @@ from .functions import (
 )
 from .local_modules import is_local_module, ship_local_modules, ship_module
 from .pickles import PLAIN_TYPES, dumps, dumps_arguments, load_into, loads
-from .signing import TREE_LANES, TREE_MIN, HmacSha256, chunk_digests
+from .signing import PARALLEL_MIN, HmacSha256, PayloadMac
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE", "FUNCTION_CACHE_MAX_BYTES", "FUNCTION_CACHE_SIZE", "MAX_FRAMES",
-    "MAX_SENDERS", "PLAIN_TYPES", "PROTOCOL", "SIGNATURE_BYTES", "SMALL_PAYLOAD", "TREE_LANES",
-    "TREE_MIN", "TRANSPORT_HEARTBEAT_MS", "TRANSPORT_TIMEOUT_MS", "Frame", "FunctionLoads",
+    "MAX_SENDERS", "PLAIN_TYPES", "PROTOCOL", "SIGNATURE_BYTES", "PARALLEL_MIN", "PayloadMac",
+    "TRANSPORT_HEARTBEAT_MS", "TRANSPORT_TIMEOUT_MS", "Frame", "FunctionLoads",
     "FunctionPickles", "HmacSha256", "Refused", "Wire", "apply_transport_heartbeat",
-    "chunk_digests", "dumps", "dumps_arguments", "frame_buffer", "frame_len", "function_state",
+    "dumps", "dumps_arguments", "frame_buffer", "frame_len", "function_state",
     "is_local_module", "load_into", "loads", "recv_message", "send_message", "ship_local_modules",
     "ship_module",
 ]

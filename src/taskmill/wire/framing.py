@@ -21,7 +21,7 @@ import msgpack
 import zmq
 
 from ..defaults import MAX_MESSAGE_SIZE
-from .signing import TREE_MIN, HmacSha256, chunk_digests
+from .signing import HmacSha256, PayloadMac
 
 PROTOCOL = b"TM2"
 SIGNATURE_BYTES = 32
@@ -31,7 +31,6 @@ DEFAULT_MAX_MESSAGE = MAX_MESSAGE_SIZE
 # `recv_message(max_frames=...)` keeps no frame past it. A client's batch of SUBMIT_BATCH tasks
 # stays far below: a few frames per task, and out-of-band buffers of 64 KiB or more.
 MAX_FRAMES = 1 << 17
-SMALL_PAYLOAD = 16 * 1024  # a single payload frame below this is MACed in one call
 MAX_SENDERS = 100_000  # senders whose last sequence number a Wire remembers (replay checks)
 
 Frame = Any  # bytes, memoryview, or zmq.Frame
@@ -65,6 +64,7 @@ class Wire:
         if not key:
             raise ValueError("a taskmill key must not be empty")
         self._mac = HmacSha256(key)
+        self._pmac = PayloadMac(key)
         self.max_message = max_message
         self.max_frames = max_frames  # None: no limit (a message from the controller)
         self.sid = os.urandom(8)
@@ -83,23 +83,10 @@ class Wire:
         return self._mac.digest(data)
 
     def payload_mac(self, frames: Sequence[Frame]) -> bytes:
-        """HMAC over payload frames, each prefixed by its length so boundaries count too.
-
-        A frame of TREE_MIN bytes or more enters the HMAC as the SHA-256 digests of its
-        TREE_LANES equal chunks instead of as itself (its length, which comes first, says
-        which), so that the chunks can be hashed on several cores at once."""
-        if len(frames) == 1:
-            b = frame_buffer(frames[0])
-            n = memoryview(b).nbytes
-            if n < SMALL_PAYLOAD:  # one update over a small copy beats two
-                return self._mac.digest(n.to_bytes(8, "little") + b)
-        h = self._mac.start()
-        for f in frames:
-            b = frame_buffer(f)
-            n = memoryview(b).nbytes
-            h.update(n.to_bytes(8, "little"))
-            h.update(chunk_digests(b) if n >= TREE_MIN else b)
-        return self._mac.finish(h)
+        """The MAC of payload frames: keyed BLAKE3 over each frame, prefixed by its length
+        (signing.PayloadMac)."""
+        buffers = [frame_buffer(f) for f in frames]
+        return self._pmac.digest(buffers, [memoryview(b).nbytes for b in buffers])
 
     def check_payload(self, frames: Sequence[Frame], pmac: bytes | None) -> None:
         """Raise Refused unless `frames` carry the MAC their sender computed."""
