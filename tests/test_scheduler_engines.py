@@ -639,3 +639,18 @@ def test_engine_death_while_a_revoke_is_in_flight_fails_and_ignores_the_answer()
     assert {a.tid for a in of(acts, Finish)} == {0, 2}  # both held tasks fail: may have run
     assert s.handle(RevokeAnswered(0, 2, 1, ok=True)) == []
     assert s.engine_load(1) == [] and s.counts() == (0, 0)
+
+
+def test_a_thief_whose_revoke_got_no_answer_steals_again_once_the_task_finished():
+    """The revoke (or its answer) was lost and the victim ran the task to its end: the idle
+    engine that asked for it must not stay marked as waiting for it, or it never steals
+    again."""
+    s = _two_busy_engines_with_a_buffer()
+    assert one(s.handle(TaskDone(1, 1, 1, OK)), Revoke) == Revoke(0, 2, 1)
+    s.handle(TaskDone(0, 0, 1, OK))
+    s.handle(TaskDone(0, 2, 1, OK))  # (no RevokeAnswered ever comes)
+    for tid in (3, 4, 5):
+        s.handle(Submit(tid, [Node()]))
+    assert (s.engine_load(0), s.engine_load(1)) == ([4, 5], [3])
+    acts = s.handle(TaskDone(1, 3, 1, OK))
+    assert of(acts, Revoke) == [Revoke(0, 5, 1)]

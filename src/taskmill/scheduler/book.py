@@ -312,12 +312,22 @@ class Book:
                     self.forget(t)
                 self.move(t, FINISHED, why or outcome)
                 self.finished.keep(t.tid, t.story)
+                if self.thieves:
+                    self.forget_theft(t.tid)
                 self.out.append(Finish(t.tid, outcome, ok, engineid, detail, t.attempts, t.node))
                 if self.dependents:
                     stack = self.finish_dependents(t, ok, stack)
             if not stack:
                 return
             t, outcome, ok, engineid, detail, why = stack.pop()
+
+    def forget_theft(self, tid: int) -> None:
+        """Task `tid` is over: an idle engine that asked for it back (a revoke whose answer
+        never came: lost with a reset connection) may ask for another."""
+        for thief, (_, wanted, _) in list(self.thieves.items()):
+            if wanted == tid:
+                del self.thieves[thief]
+                self.fresh.add(thief)
 
     def finish_dependents(self, t: TaskEntry, ok: bool, stack: list | None) -> list | None:
         """`t` finished: its dependents go to `stack` (to finish with `dependency`) if it
