@@ -11,7 +11,8 @@ This measures exactly that step, on headers shaped like the real ones, in one pr
 - `results`: an engine's batch of N results, decoded and checked;
 - `dispatch`: the controller's header to an engine, encoded (the encode side of the hot path).
 
-Both sides reject the same malformed inputs (a test in tests/test_protocol_codec.py checks that the
+The typed side decodes into the controller's own records (taskmill.protocol) and checks with its
+node_rules. Both sides reject the same malformed inputs (a test in tests/test_protocol_codec.py checks that the
 two decoders agree on good and bad headers, so the comparison is like for like).
 
     python benchmarks/protocol_codec.py [--batch 64] [--rounds 2000]
@@ -24,12 +25,19 @@ import os
 import statistics
 import sys
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgpack
 import msgspec
 
-MAX_TIMEOUT = 366 * 24 * 3600.0
+from taskmill.protocol import (
+    MAX_TIMEOUT,
+    NodeSpec,
+    ProtocolError,
+    ResultEntry,
+    TaskSpec,
+    node_rules,
+)
 
 
 class BadRequest(ValueError):
@@ -141,41 +149,9 @@ def hand_results(raw: bytes, nframes_total: int) -> list[dict[str, Any]]:
     return entries
 
 
-# -- msgspec: typed records, validated while decoding -------------------------------------------
-
-NonNeg = Annotated[int, msgspec.Meta(ge=0)]
-Timeout = Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMEOUT)]
-
-
-class StringExec(msgspec.Struct, tag_field="kind", tag="string", frozen=True):
-    expression: str
-    pull: list[str] = []
-    clear_before: bool = False
-    clear_after: bool = False
-
-
-class MapExec(msgspec.Struct, tag_field="kind", tag="map", frozen=True):
-    fn: Annotated[int, msgspec.Meta(gt=0)] | None = None
-    clear_before: bool = False
-    clear_after: bool = False
-
-
-class NodeSpec(msgspec.Struct, frozen=True):
-    exec: StringExec | MapExec
-    nframes: NonNeg = 0
-    dframes: NonNeg = 0
-    retries: NonNeg = 0
-    recovery: NonNeg | None = None
-    timeout: Timeout | None = None
-    pmac: bytes | None = None
-    depend: Literal["callable"] | dict[str, Any] | None = None
-    dpmac: bytes | None = None
-
-
-class TaskSpec(msgspec.Struct, frozen=True):
-    nodes: Annotated[list[NodeSpec], msgspec.Meta(min_length=1)]
-    after: list[int] = []
-
+# -- msgspec: the controller's own typed records (taskmill.protocol), validated while decoding --
+# Only the envelopes are this benchmark's: a message's header with its common fields, decoded
+# straight from bytes (the controller converts from a dict the Wire unpacked).
 
 class SubmitHeader(msgspec.Struct, frozen=True):
     type: str
@@ -187,16 +163,6 @@ class SubmitHeader(msgspec.Struct, frozen=True):
     key: str | None = None
     watch: bool = False
     resent: bool = False
-
-
-class ResultEntry(msgspec.Struct, frozen=True):
-    tid: int
-    attempt: int
-    status: str
-    n: NonNeg = 0
-    properties: dict[str, Any] | None = None
-    duration: float | None = None
-    meta: dict[str, Any] | None = None
 
 
 class ResultsHeader(msgspec.Struct, frozen=True):
@@ -218,18 +184,12 @@ def typed_submit(raw: bytes, nframes_total: int) -> list[list[NodeSpec]]:
         raise BadRequest(str(e)) from None
     out, pos = [], 0
     for spec in h.tasks:  # what a type cannot say: how nodes index each other and the frames
-        n = len(spec.nodes)
         for node in spec.nodes:
-            if node.recovery is not None and node.recovery >= n:
-                raise BadRequest("recovery must index a node of the same task")
-            ex = node.exec
-            if type(ex) is MapExec and (node.nframes == 0 or (ex.fn is not None and ex.fn > node.nframes)):
-                raise BadRequest("fn must count the function's frames")
-            if (node.nframes or node.pmac is not None) and node.pmac is None:
-                raise BadRequest("a node with payload frames needs their pmac (bytes)")
+            try:
+                node_rules(spec, node, pos, nframes_total)
+            except ProtocolError as e:
+                raise BadRequest(str(e)) from None
             pos += node.nframes + node.dframes
-            if pos > nframes_total:
-                raise BadRequest("more payload frames than the message has")
         out.append(spec.nodes)
     if pos != nframes_total:
         raise BadRequest("frame count mismatch")
