@@ -17,6 +17,7 @@ A map's chunk task (one task for many elements) is looked through as each elemen
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any
 
 USER_DEPTH = 1  # container levels a user's task is looked through (see the docstring)
@@ -59,15 +60,48 @@ def _map_one(x: Any, f: Any, depth: int) -> Any:
     return f(x)
 
 
-def _holds(x: Any, kind: type, depth: int) -> bool:
-    if isinstance(x, kind):
+# What cannot hold a future (checked first: a map's chunk of numbers costs ~0.1 µs an element).
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
+
+
+def _holds(x: Any, depth: int) -> bool:
+    """Whether `x` is a future or holds one `depth` container levels down."""
+    t = type(x)
+    if t in _PLAIN:
+        return False
+    if isinstance(x, FutureLike):
         return True
     if depth > 0:
-        t = type(x)
         if t is list or t is tuple:
-            return any(_holds(v, kind, depth - 1) for v in x)
-        if t is dict:
-            return any(_holds(v, kind, depth - 1) for v in x.values())
+            for v in x:
+                if type(v) not in _PLAIN and _holds(v, depth - 1):
+                    return True
+        elif t is dict:
+            for v in x.values():
+                if type(v) not in _PLAIN and _holds(v, depth - 1):
+                    return True
+    return False
+
+
+_SEQUENCES = frozenset({list, tuple})
+
+
+def _may_hold(args: tuple[Any, ...], kwargs: dict[str, Any], depth: int) -> bool:
+    """False when no future can be among `args`/`kwargs` `depth` levels down, found level by
+    level with C loops (the types present at each level; only lists and tuples are looked
+    into): a map's chunk of 100,000 argument tuples is looked through in a few ms, where
+    `_holds` takes ~15 ms, a quarter of `tc.map`'s own time per element. True: maybe (a
+    future's type, or a dict, is present: `_holds` looks closely)."""
+    level: list[Any] = [*args, *kwargs.values()]
+    for at in range(depth + 1):
+        types = set(map(type, level))
+        if dict in types or any(issubclass(t, FutureLike) for t in types):
+            return True
+        seqs = types & _SEQUENCES
+        if not seqs or at == depth:
+            return False
+        level = [*chain.from_iterable(level if types <= _SEQUENCES else
+                                      (x for x in level if type(x) in _SEQUENCES))]
     return False
 
 
@@ -77,8 +111,8 @@ def swap_futures(args: tuple[Any, ...], kwargs: dict[str, Any], depth: int = 1,
     one for a user's task, three for a map's chunk, whose arguments are a list of argument
     tuples) replaced by a ResultOf; the taskids, in order, once each. Unchanged (the same
     objects) when there is none."""
-    if not any(_holds(a, FutureLike, depth) for a in args) and \
-            not any(_holds(v, FutureLike, depth) for v in kwargs.values()):
+    if not _may_hold(args, kwargs, depth) or (
+            not _holds(args, depth + 1) and not _holds(kwargs, depth + 1)):
         return args, kwargs, []
     tids: dict[int, None] = {}
 

@@ -78,7 +78,7 @@ class EngineTasks:
         entry's `forget` names those it must drop first."""
         rec = self.engines.records[eid]
         args, extra, missing, forget = [], [], [], []
-        size = sum(frame_len(f) for f in frames)
+        own = size = sum(frame_len(f) for f in frames)
         store = self.ctx.store
         for dep in tids:
             meta = store.result_meta(dep)  # (a kept value's frames are not even read)
@@ -117,7 +117,7 @@ class EngineTasks:
             entry["forget"] = forget
         entry["args"] = args
         entry["n"] += len(extra)
-        self.ctx.counters.argument_bytes_out += size - sum(frame_len(f) for f in frames)
+        self.ctx.counters.argument_bytes_out += size - own
         return [*frames, *extra]
 
     def interrupt(self, a: Interrupt, report: Report | None = None) -> None:
