@@ -134,3 +134,17 @@ def test_tasks_cannot_change_a_put_array_for_the_tasks_after_them(client):
                 for _ in range(4)]
         assert sums == [0.0] * 4
         ref.release()
+
+
+def test_a_value_too_large_for_one_message_is_refused_at_the_call(tmp_path):
+    """(Against a controller with a 1 MB limit: the put raises, naming the limit, and nothing
+    was stored; a value that fits goes in.)"""
+    from systest import controller_thread
+
+    with controller_thread(tmp_path, max_message=1_000_000) as small, \
+            TaskClient(small.conn, timeout=10) as tc:
+        with pytest.raises(ValueError, match="at most 1000000"):
+            tc.put(b"x" * 2_000_000)
+        assert tc.queue_status()["succeeded"] == 0
+        ref = tc.put(b"x" * 100_000)
+        assert tc.queue_status(verbose=True)["succeeded"] == [ref.taskid]
