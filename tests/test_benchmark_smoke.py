@@ -117,3 +117,21 @@ def test_shared_data_puts_once_per_engine():
     assert len(rows) == 2, proc.stdout
     put_mb, per_task_mb = float(rows[0][4]), float(rows[1][4])
     assert 4 <= put_mb <= 8 + 0.1 and per_task_mb >= 12, proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_memory_flat_prints_the_seed_run_and_the_futures_flood():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "memory_flat.py"), "--n", "2000",
+         "--batch", "1000", "--futures", "1500"],
+        cwd=ROOT, capture_output=True, text=True, timeout=110, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    seed = [r for r in rows if r.startswith("| 2,000 |")]
+    flood = [r for r in rows if r.startswith("| 1,500 |")]
+    assert len(seed) == 1 and len(flood) == 1, proc.stdout
+    # controller start / peak / after, client start / with futures / after: all numbers
+    cells = [c.strip() for c in flood[0].strip("|").split("|")]
+    figures = [float(x) for cell in cells[1:3] for x in cell.split(" / ")]
+    assert len(figures) == 6 and all(x > 0 for x in figures), flood[0]
