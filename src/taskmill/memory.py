@@ -1,0 +1,97 @@
+"""Giving memory back after a burst of tasks: index dicts rebuilt to their size, free pages
+of the C allocator returned to the system.
+
+Two things keep a process's memory at its peak after a burst (say a million futures
+submitted, finished and cleared), though every object of it was freed:
+
+- CPython never shrinks a dict's (or set's) table when items are deleted: a dict that held a
+  million taskids keeps its ~40 MiB table once empty, and so does every index by taskid that
+  a burst filled. `compact(d)` rebuilds one in place (the same object, the same order), sized
+  for what it holds now.
+- A small frame received zero-copy shares its receive buffer with others (`detached`).
+- glibc's malloc keeps freed memory for reuse rather than handing it back, even whole free
+  pages in the middle of its heap. `give_back()` asks it to return them (`malloc_trim(0)`);
+  elsewhere (macOS, musl) it does nothing.
+
+Who calls them, and when: the controller's core watches how many tasks are active (`Burst`:
+a burst has ended when the count falls to an eighth of its high-water mark, itself at least
+BURST_MIN) and then compacts its per-task indexes (scheduler, store, waiters, activity) and
+gives memory back; so does a `clear` that drops at least BURST_MIN results. The client gives
+memory back in `clear()` (a program that dropped its futures). Neither needs the clock. What
+outlives its message (a submitted task's frames in the controller, a result's in a future) is
+`detached` first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+SMALL_FRAME = 64 * 1024  # bytes: a zero-copy frame smaller is copied out (see `detached`)
+BURST_MIN = 10_000  # tasks: a smaller burst leaves too little behind to be worth a trim
+SHRINK_FACTOR = 8  # a burst has ended when the count falls to 1/8 of its high-water mark
+
+
+def detached(frames: list[Any]) -> list[Any]:
+    """The frames, each small zero-copy frame (`zmq.Frame`) replaced by a copy of its bytes.
+    libzmq reads small messages into a receive buffer (8 KiB or more) that their frames share
+    and keep alive: a few kept frames pin every buffer. A large frame has a buffer of its own
+    and stays zero-copy."""
+    return [f.bytes if type(f) is not bytes and hasattr(f, "bytes") and len(f) < SMALL_FRAME
+            else f for f in frames]
+
+
+def compact(d: dict[Any, Any] | set[Any]) -> None:
+    """Rebuild a dict's or set's table in place, sized for what it holds now (the same
+    object, same items, same order): CPython never shrinks a table after deletes."""
+    if isinstance(d, dict):
+        items = dict(d)  # (a sparse table is copied into one of the right size)
+        d.clear()  # frees the old table
+        d.update(items)
+    else:
+        kept = set(d)
+        d.clear()
+        d.update(kept)
+
+
+class Burst:
+    """Tells when a burst has ended, from a count (of active tasks) given now and then."""
+
+    __slots__ = ("least", "high")
+
+    def __init__(self, least: int = BURST_MIN) -> None:
+        self.least = least
+        self.high = 0  # the high-water mark of the count since the last burst ended
+
+    def ended(self, count: int) -> bool:
+        """True once when `count` has fallen to 1/SHRINK_FACTOR of its high-water mark,
+        which was at least `least`; the mark starts again from `count` then."""
+        if count > self.high:
+            self.high = count
+            return False
+        if self.high >= self.least and count * SHRINK_FACTOR <= self.high:
+            self.high = count
+            return True
+        return False
+
+
+@cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        import ctypes
+
+        trim = ctypes.CDLL(None).malloc_trim  # (the C library the interpreter runs on)
+    except (OSError, AttributeError):  # not glibc: no malloc_trim
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+def give_back() -> bool:
+    """Return the C allocator's free pages to the system (glibc `malloc_trim(0)`); True if
+    some were returned. Costs a walk of the heap (milliseconds for hundreds of MiB): call it
+    after a burst, not every turn."""
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim is not None else False
