@@ -9,9 +9,11 @@ submitted, finished and cleared), though every object of it was freed:
   a burst filled. `compact(d)` rebuilds one in place (the same object, the same order), sized
   for what it holds now.
 - A small frame received zero-copy shares its receive buffer with others (`detached`).
+- The interpreter's free lists keep spare tuples, lists and dicts, each pinning the 1 MiB
+  pymalloc arena it sits in; a full collection empties them.
 - glibc's malloc keeps freed memory for reuse rather than handing it back, even whole free
-  pages in the middle of its heap. `give_back()` asks it to return them (`malloc_trim(0)`);
-  elsewhere (macOS, musl) it does nothing.
+  pages in the middle of its heap. `give_back()` empties the free lists and asks malloc to
+  return its free pages (`malloc_trim(0)`; elsewhere, macOS or musl, only the first).
 
 Who calls them, and when: the controller's core watches how many tasks are active (`Burst`:
 a burst has ended when the count falls to an eighth of its high-water mark, itself at least
@@ -24,6 +26,7 @@ outlives its message (a submitted task's frames in the controller, a result's in
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -90,8 +93,11 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 def give_back() -> bool:
-    """Return the C allocator's free pages to the system (glibc `malloc_trim(0)`); True if
-    some were returned. Costs a walk of the heap (milliseconds for hundreds of MiB): call it
-    after a burst, not every turn."""
+    """Return free memory to the system: a full garbage collection first (it also empties
+    the interpreter's free lists, whose few thousand spare tuples, lists and dicts each keep a
+    1 MiB pymalloc arena alive), then the C allocator's free pages (glibc `malloc_trim(0)`).
+    True if the C allocator returned some. Costs a walk of the objects and of the heap (tens
+    of milliseconds for hundreds of MiB): call it after a burst, not every turn."""
+    gc.collect()
     trim = _malloc_trim()
     return bool(trim(0)) if trim is not None else False
