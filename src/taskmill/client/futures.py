@@ -20,7 +20,8 @@ Memory: a client may hold a million finished futures, so each is kept small. Its
 is a `FutureCondition` (a re-entrant lock; a `threading.Condition` only while someone waits)
 rather than a `threading.Condition` of its own (with its deque, ~1.5 kB a future);
 `metadata` is kept as a tuple until it is read; of a successful map's result entry only what
-decodes its value is kept (taskid, payload MAC) until `result()`; small payload frames are
+decodes its value is kept (taskid, payload MAC, frames) until `result()`; no list of
+done-callbacks until one is added; small payload frames are
 copied out of the receive buffer they share with other messages (taskmill.memory.detached);
 and once `result()` has decoded the value, only the value is kept.
 """
@@ -52,6 +53,9 @@ class FutureOwner(Protocol):
     def decode(self, meta: dict[str, Any] | None, frames: list[Any]) -> Any: ...
 
     def abort(self, taskid: int) -> None: ...
+
+
+NO_CALLBACKS: tuple[()] = ()  # a future's done-callbacks until it has one
 
 
 class FutureCondition:
@@ -150,15 +154,15 @@ class TaskFuture(Future, FutureLike):
         self._result = None
         self._exception = None
         self._waiters: list[Any] = []
-        self._done_callbacks: list[Any] = []
+        self._done_callbacks: list[Any] | tuple[()] = NO_CALLBACKS  # (see add_done_callback)
         self._owner = owner
         self._front = owner.front()  # (`tc.submit(f).result()` with no other name for tc)
         self._taskid = taskid
         self._known_event: threading.Event | None = None
         self._submit_error: BaseException | None = None
         # (result entry, frames) until result() decodes them; a map's success keeps only
-        # (tid, pmac) of its entry
-        self._raw: tuple[Any, list[Any]] | None = None
+        # (tid, pmac, its frame or frames)
+        self._raw: tuple[Any, ...] | None = None
         self._outcome: tuple[bool, Any] | None = None
         self._cancelling = False
         self._meta: tuple[Any, ...] | dict[str, Any] | None = None  # see `metadata`
@@ -256,11 +260,12 @@ class TaskFuture(Future, FutureLike):
         if self._cancelling and meta and meta.get("status") == "aborted":
             self._mark_cancelled()
             return
-        kept: Any = meta
         if (meta and meta.get("status") == "ok" and meta.get("kind") == "map"
-                and not meta.get("unknown")):
-            kept = (meta.get("tid"), meta.get("pmac"))  # all a map's value is decoded with
-        self._raw = (kept, frames)
+                and not meta.get("unknown")):  # all a map's value is decoded with:
+            self._raw = (meta.get("tid"), meta.get("pmac"), frames[0] if len(frames) == 1
+                         else frames)
+        else:
+            self._raw = (meta, frames)
         try:
             if raises(meta):
                 self.set_exception(FailurePending(meta.get("tid") if meta else None))
@@ -283,9 +288,14 @@ class TaskFuture(Future, FutureLike):
         with self._condition:
             if self._outcome is None:
                 assert self._raw is not None
-                meta, frames = self._raw
-                if type(meta) is tuple:  # (see set_outcome)
-                    meta = {"tid": meta[0], "status": "ok", "kind": "map", "pmac": meta[1]}
+                raw = self._raw
+                if len(raw) == 3:  # a map's success, kept small (see set_outcome)
+                    tid, pmac, frames = raw
+                    if type(frames) is not list:
+                        frames = [frames]
+                    meta = {"tid": tid, "status": "ok", "kind": "map", "pmac": pmac}
+                else:
+                    meta, frames = raw
                 try:
                     value = self._owner.decode(meta, frames)
                 except BaseException as e:  # noqa: BLE001 - the task's failure, kept for result()
@@ -296,6 +306,12 @@ class TaskFuture(Future, FutureLike):
             return self._outcome
 
     # -- the Future API ------------------------------------------------------------------------
+    def add_done_callback(self, fn: Callable[[Future[Any]], object]) -> None:
+        with self._condition:  # (the list is made for the first callback: most have none)
+            if self._done_callbacks is NO_CALLBACKS:
+                self._done_callbacks = []
+            super().add_done_callback(fn)
+
     def result(self, timeout: float | None = None) -> Any:
         try:
             super().result(timeout)  # waits; raises CancelledError, TimeoutError, a submit error
