@@ -17,8 +17,9 @@ submitted, finished and cleared), though every object of it was freed:
 
 Who calls them, and when: the controller's core watches how many tasks are active (`Burst`:
 a burst has ended when the count falls to an eighth of its high-water mark, itself at least
-BURST_MIN) and then compacts its per-task indexes (scheduler, store, waiters, activity) and
-gives memory back; so does a `clear` that drops at least BURST_MIN results. The client gives
+BURST_MIN) and then compacts its per-task indexes (scheduler, store, waiters, activity), and
+gives memory back once at most QUIET tasks are active (a full collection walks every object:
+~0.4 s for a million); so does a `clear` that drops at least BURST_MIN results. The client gives
 memory back in `clear()` (a program that dropped its futures). Neither needs the clock. What
 outlives its message (a submitted task's frames in the controller, a result's in a future) is
 `detached` first.
@@ -34,6 +35,7 @@ from typing import Any
 SMALL_FRAME = 64 * 1024  # bytes: a zero-copy frame smaller is copied out (see `detached`)
 BURST_MIN = 10_000  # tasks: a smaller burst leaves too little behind to be worth a trim
 SHRINK_FACTOR = 8  # a burst has ended when the count falls to 1/8 of its high-water mark
+QUIET = BURST_MIN // SHRINK_FACTOR  # active tasks: few enough for give_back's full collection
 
 
 def detached(frames: list[Any]) -> list[Any]:
