@@ -21,9 +21,9 @@ is a `FutureCondition` (a re-entrant lock; a `threading.Condition` only while so
 rather than a `threading.Condition` of its own (with its deque, ~1.5 kB a future);
 `metadata` is kept as a tuple until it is read; of a successful map's result entry only what
 decodes its value is kept (taskid, payload MAC, frames) until `result()`; no list of
-done-callbacks until one is added; small payload frames are
-copied out of the receive buffer they share with other messages (taskmill.memory.detached);
-and once `result()` has decoded the value, only the value is kept.
+done-callbacks until one is added; small payload frames are copied out of the receive buffer
+they share with other messages (taskmill.memory.detached); and once `result()` has decoded
+the value, only the value is kept.
 """
 
 from __future__ import annotations
@@ -171,12 +171,14 @@ class TaskFuture(Future, FutureLike):
     def metadata(self) -> dict[str, Any]:
         """`engineid`, `submitted`, `started`, `completed`, `duration`, `stdout`, `stderr`,
         `attempts`: None until the task finishes (the same dict, filled in then)."""
-        meta = self._meta
-        if type(meta) is dict:
-            return meta
-        built = dict(zip(METADATA_KEYS, meta, strict=True)) if meta else dict.fromkeys(METADATA_KEYS)
-        self._meta = built
-        return built
+        with self._condition:  # (the I/O thread may be filling it in)
+            meta = self._meta
+            if type(meta) is dict:
+                return meta
+            built = (dict(zip(METADATA_KEYS, meta, strict=True)) if meta
+                     else dict.fromkeys(METADATA_KEYS))
+            self._meta = built
+            return built
 
     @property
     def taskid(self) -> int:
@@ -248,14 +250,15 @@ class TaskFuture(Future, FutureLike):
     def set_outcome(self, meta: dict[str, Any] | None, frames: list[Any]) -> None:
         """The task finished (called on the I/O thread; a value is not unpickled here)."""
         if meta:
-            if self._meta is None:
-                get = meta.get
-                self._meta = tuple([get(key) for key in METADATA_KEYS])
-            else:  # read already: filled in where it is
-                known = self.metadata
-                for key in METADATA_KEYS:
-                    if key in meta:
-                        known[key] = meta[key]
+            with self._condition:  # (a caller may be reading `metadata`)
+                if self._meta is None:
+                    get = meta.get
+                    self._meta = tuple([get(key) for key in METADATA_KEYS])
+                else:  # read already: filled in where it is
+                    known = self.metadata
+                    for key in METADATA_KEYS:
+                        if key in meta:
+                            known[key] = meta[key]
         frames = detached(frames)  # (a small frame would keep its receive buffer)
         if self._cancelling and meta and meta.get("status") == "aborted":
             self._mark_cancelled()
