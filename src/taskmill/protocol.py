@@ -34,7 +34,7 @@ from .task import MAX_TIMEOUT
 __all__ = [
     "CLIENT_RECORDS", "ENGINE_RECORDS", "Abort", "Activity", "Clear", "EngineExited",
     "ErrorInfo", "Heartbeat", "MapExec", "NodeSpec", "NoFields", "ProtocolError", "Register",
-    "ResultEntry", "ResultMeta", "Results", "Revoked", "Statistics", "Status", "StringExec",
+    "ResultEntry", "ResultMeta", "Results", "Retire", "Revoked", "Statistics", "Status", "StringExec",
     "Submit",
     "TaskQuery", "TaskSpec", "Tids", "ResultQuery", "client_record", "engine_record",
     "node_rules", "result_entry",
@@ -139,6 +139,13 @@ class EngineExited(msgspec.Struct, frozen=True):
     status: int
 
 
+class Retire(msgspec.Struct, frozen=True):
+    """`retire`: take these engines out of scheduling and stop each once it holds nothing
+    (controller/engines.py; a shrinking cluster's way to stop engines without losing a task)."""
+
+    engines: list[int]
+
+
 class Put(msgspec.Struct, frozen=True):
     """`put`: one value, pickled in the frames that follow, stored once as a finished
     result (client/objects.py's ObjectRef names it)."""
@@ -156,7 +163,7 @@ CLIENT_RECORDS: dict[str, type[msgspec.Struct]] = {
     "hello": NoFields, "ping": NoFields, "submit": Submit, "result": ResultQuery,
     "watch": Tids, "wait": Tids, "abort": Abort, "spin": NoFields, "status": Status,
     "clear": Clear, "engines": NoFields, "stats": NoFields, "activity": Activity,
-    "task": TaskQuery, "engine_exited": EngineExited, "put": Put,
+    "task": TaskQuery, "engine_exited": EngineExited, "put": Put, "retire": Retire,
 }
 
 
@@ -221,6 +228,7 @@ class Results(msgspec.Struct, frozen=True):
 
 ENGINE_RECORDS: dict[str, type[msgspec.Struct]] = {
     "register": Register, "hb": Heartbeat, "results": Results, "revoked": Revoked,
+    "retired": NoFields,  # told to retire, it holds nothing and stops now
 }
 
 
@@ -270,6 +278,7 @@ class Statistics(msgspec.Struct, frozen=True):
     submitted: int
     finished: int
     engines_died: int
+    engines_retired: int  # engines stopped on purpose once they held nothing (retire)
     engines_moved: int  # live engines that moved to new connections (their old ones deaf)
     tasks_lost_in_transit: int  # dispatches an engine never got (queued again, not counted)
     argument_bytes_out: int  # results (and put values) sent to engines as task arguments

@@ -222,8 +222,11 @@ class EngineTasks:
         ack, rec.ackable = rec.ackable, []
         # `mseq`: the last task message sent, so that an engine whose task connection went
         # deaf finds out (engine/channels.py).
-        self.send(ident, {"type": "hb", "session": ctx.session, "t": h.t, "ack": ack,
-                          "resend": resend, "mseq": rec.mseq}, now=True)
+        answer = {"type": "hb", "session": ctx.session, "t": h.t, "ack": ack,
+                  "resend": resend, "mseq": rec.mseq}
+        if rec.drained and not rec.to_ack:  # retiring, holds nothing, its results stored
+            answer["retire"] = True
+        self.send(ident, answer, now=True)
 
     def revoked(self, rec: EngineRecord, ident: bytes, m: Revoked, frames: list[Any]) -> None:
         tid, attempt = m.tid, m.attempt
@@ -238,6 +241,7 @@ class EngineTasks:
         those before a malformed one are taken, the rest is refused."""
         sched = self.ctx.sched
         running = sched.held(rec.eid)
+        rec.active_at = self.ctx.now.wall
         nframes = len(frames)
         pos = 0
         try:

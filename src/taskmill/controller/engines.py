@@ -74,6 +74,11 @@ class EngineRecord:
     # The `put` values it keeps, as it was told (engine_tasks.with_arguments): pmac -> bytes,
     # oldest first. Forgotten whole when a message to it may have been lost.
     kept: dict[bytes, int] = field(default_factory=dict)
+    active_at: float = 0.0  # wall clock: when it registered or last reported results
+    # Retiring (whether it is, is the scheduler's): it holds nothing now, so each heartbeat
+    # answer tells it to stop; and it stopped (dead, on purpose).
+    drained: bool = False
+    retired: bool = False
 
     @property
     def state(self) -> str:
@@ -145,7 +150,7 @@ class Engines:
                 eid=eid, uuid=uuid, task_ident=ident, ctl_ident=msg.ctl_ident,
                 res_ident=msg.res_ident, heart_ident=msg.heart_ident,
                 hostname=msg.hostname, pid=msg.pid, properties=props,
-                registered=ctx.now.wall, last_seen=ctx.now.mono,
+                registered=ctx.now.wall, last_seen=ctx.now.mono, active_at=ctx.now.wall,
             )
             self.records[eid] = rec
             self.by_uuid[uuid] = eid
@@ -287,9 +292,18 @@ class Engines:
 
     def died(self, rec: EngineRecord, why: str) -> None:
         ctx = self.ctx
+        if rec.drained:  # told to stop, holding nothing: its goodbye was not heard, that's all
+            self.retired(rec, f"retired ({why} after it was told to stop)")
+            return
         log.warning("engine %d (%s pid %d) is dead: %s", rec.eid, rec.hostname, rec.pid, why)
         rec.dead = True
         ctx.counters.engines_died += 1
+        self.gone(rec, why)
+
+    def gone(self, rec: EngineRecord, why: str) -> None:
+        """Forget what engine `rec` held and take it out of the scheduler (which fails its
+        attempts with EngineDied: none, for a retired engine)."""
+        ctx = self.ctx
         self.death_reasons[rec.eid] = why
         for tid in ctx.sched.engine_load(rec.eid):
             attempts = ctx.sched.attempts(tid)
@@ -303,6 +317,39 @@ class Engines:
         for i in rec.idents():
             self.by_ident.pop(i, None)
         self.forget_dead()
+
+    # -- retiring (a shrinking cluster stops engines without losing a task) -----------------
+    def retire(self, eids: list[int]) -> list[int]:
+        """Take engines out of scheduling (scheduler `Retire`): the ids that are retiring now."""
+        out = []
+        for eid in eids:
+            rec = self.records.get(eid)
+            if rec is None or rec.dead:
+                continue
+            if not self.ctx.sched.engine_retiring(eid):
+                log.info("engine %d retires: it gets no new task and stops once it holds "
+                         "nothing", eid)
+            if self.ctx.sched.retire(eid):
+                out.append(eid)
+        return out
+
+    def drained(self, eid: int) -> None:
+        """Retiring engine `eid` holds nothing (scheduler `Drained`): each heartbeat answer
+        tells it to stop, once what it reported is stored (engine_tasks.heartbeat)."""
+        rec = self.records.get(eid)
+        if rec is not None and not rec.dead:
+            rec.drained = True
+
+    def retired(self, rec: EngineRecord, why: str = "retired") -> None:
+        """A drained engine stopped (its `retired`, or it went silent or exited after it was
+        told to stop): nothing it held is lost, so this is no death."""
+        if not rec.drained:  # (a `retired` it was never asked for: it will be declared dead)
+            log.warning("engine %d says it retired, but it was not told to", rec.eid)
+            return
+        log.info("engine %d (%s pid %d) %s", rec.eid, rec.hostname, rec.pid, why)
+        rec.dead = rec.retired = True
+        self.ctx.counters.engines_retired += 1
+        self.gone(rec, why)
 
     def forget_dead(self) -> None:
         """Keep at most DEAD_RECORDS_KEPT dead engines' records (oldest go first)."""

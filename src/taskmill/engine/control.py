@@ -35,14 +35,10 @@ import zmq
 from ..connection import ConnectionInfo
 from ..defaults import DEAD_AFTER_HEARTBEATS, DEFAULT_HEARTBEAT
 from ..errors import ControllerUnreachable
-from ..wire import (
-    DEFAULT_MAX_MESSAGE,
-    Refused,
-    recv_message,
-)
+from ..wire import DEFAULT_MAX_MESSAGE, Refused, recv_message
 from .channels import ChannelWatch, silent_after
 from .results import Result, ResultOutbox, split_by_size
-from .running import OUTPUT_LIMIT, KeptValues, TaskCode, TaskInterrupted
+from .running import OUTPUT_LIMIT, KeptValues, TaskCode, TaskInterrupted, split_tasks
 from .sockets import EngineSockets
 
 log = logging.getLogger("taskmill.engine")
@@ -353,16 +349,10 @@ class EngineControl:
         if not isinstance(entries, list) or not isinstance(mseq, int):
             log.warning("refused a tasks message without a task list and number")
             return
-        batch, pos = [], 0
-        for entry in entries:
-            n = entry.get("n", 0) if isinstance(entry, dict) else -1
-            if (not isinstance(n, int) or n < 0 or pos + n > len(frames)
-                    or not isinstance(entry.get("tid"), int)
-                    or not isinstance(entry.get("attempt"), int)):
-                log.warning("refused a tasks message whose tasks do not match its frames")
-                return
-            batch.append((entry, frames[pos:pos + n]))
-            pos += n
+        batch = split_tasks(entries, frames)
+        if batch is None:
+            log.warning("refused a tasks message whose tasks do not match its frames")
+            return
         with self.lock:
             if self.need_register:
                 return  # for a registration that is over
@@ -414,6 +404,13 @@ class EngineControl:
                     held = self.outbox.unacked.get((key[0], key[1]))
                     if held is not None:
                         resend.append(held)
+            # Told to retire (it gets no new task): stop, if it holds nothing, results too.
+            retire = header.get("retire") is True and self.current is None and not (
+                self.finishing or self.outbox.unacked or self.outbox.unsent
+                or any(e.get("dseq") not in self.revoked for e, _ in self.backlog))
+        if retire:
+            self._send(self.sockets.ctl, {"type": "retired", "session": self.session})
+            self.stopping.set()
         if resend:  # (sent on the result socket, never arrived: it may be deaf)
             self.watch.alarm(f"results {[e['tid'] for e, _ in resend]} were lost")
             self.send_results(self.sockets.ctl, resend)
