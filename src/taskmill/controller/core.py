@@ -221,15 +221,14 @@ class ControllerCore:
             rec.last_seen = now.mono
         try:
             if kind == "hello":  # (no side effect: anyone connected may learn the session)
-                engines.send(ident, {"type": "welcome", "session": ctx.session}, now=True)
+                engines.welcome(ident)
             elif kind == "register":
                 engines.register(ident, engine_record(kind, header), header.get("session"))
             elif rec is None or header.get("session") != ctx.session:
                 # An engine this controller does not know (it restarted, or declared it dead),
                 # or a message of another controller session.
                 if kind == "hb":
-                    engines.send(ident, {"type": "reregister", "gen": header.get("gen"),
-                                         "session": ctx.session}, now=True)
+                    engines.reregister(ident, header.get("gen"))
                 elif kind == "results":
                     engines.late_results(ident, header)
             elif (verb := self.engine_verbs.get(kind)) is not None:

@@ -27,8 +27,10 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from ..defaults import LOGGED_ONCE_MAX
-from ..protocol import Register
+from ..protocol import InterruptTask, Register, Registered, Reregister, Welcome, to_engine
 from .context import Context
 from .outbox import ENGINE
 
@@ -106,8 +108,16 @@ class Engines:
         self.dispatch_seq = itertools.count(1)  # numbers every dispatch (`dseq`)
         self.late_logged: dict[bytes, float] = {}
 
-    def send(self, ident: bytes, header: dict[str, Any], *, now: bool = False) -> None:
-        self.ctx.outbox.send(ENGINE, ident, header, now=now)
+    def send(self, ident: bytes, message: msgspec.Struct, *, now: bool = False) -> None:
+        self.ctx.outbox.send(ENGINE, ident, to_engine(message), now=now)
+
+    def welcome(self, ident: bytes) -> None:
+        """The session, to a peer that said `hello` (or registered with an old one)."""
+        self.send(ident, Welcome(self.ctx.session), now=True)
+
+    def reregister(self, ident: bytes, gen: Any) -> None:
+        """To an engine this controller does not know: register (again)."""
+        self.send(ident, Reregister(self.ctx.session, gen), now=True)
 
     def alive(self) -> int:
         return sum(1 for r in self.records.values() if not r.dead)
@@ -134,7 +144,7 @@ class Engines:
         ctx = self.ctx
         uuid = msg.uuid
         if session != ctx.session:  # (stale: for a controller before this one)
-            self.send(ident, {"type": "welcome", "session": ctx.session}, now=True)
+            self.welcome(ident)
             return
         eid = self.by_uuid.get(uuid)
         again = eid is not None and not self.records[eid].dead
@@ -158,12 +168,9 @@ class Engines:
                 self.by_ident[i] = eid
             log.info("engine %d registered: %s pid %d %s", eid, rec.hostname, rec.pid, props)
             self.adopt(rec, msg)
-        self.send(ident, {
-            "type": "registered", "engineid": eid, "heartbeat": ctx.settings.heartbeat,
-            "dead_after": ctx.settings.dead_after, "properties": rec.properties,
-            "max_message": ctx.wire.max_message, "session": ctx.session,
-            "t": msg.t, "again": again,
-        })
+        self.send(ident, Registered(
+            ctx.session, eid, ctx.settings.heartbeat, ctx.settings.dead_after,
+            ctx.wire.max_message, rec.properties, msg.t, again))
 
     def moved(self, rec: EngineRecord, ident: bytes, msg: Register) -> None:
         """A live engine registers new connections (new routing ids: its old ones went deaf,
@@ -224,9 +231,8 @@ class Engines:
                      "never started are queued again", rec.eid, adopt, given_back)
         for tid, attempt in claims:  # nothing this controller expects of it
             if running is not None and [tid, attempt] == running:
-                self.send(rec.ctl_ident, {
-                    "type": "interrupt", "tid": tid, "attempt": attempt, "reason": "stale",
-                    "session": ctx.session}, now=True)
+                self.send(rec.ctl_ident, InterruptTask(ctx.session, tid, attempt, "stale"),
+                          now=True)
             else:
                 rec.to_ack.append([tid, attempt])
                 self.acking.add(rec.eid)
