@@ -135,3 +135,15 @@ def test_memory_flat_prints_the_seed_run_and_the_futures_flood():
     cells = [c.strip() for c in flood[0].strip("|").split("|")]
     figures = [float(x) for cell in cells[1:3] for x in cell.split(" / ")]
     assert len(figures) == 6 and all(x > 0 for x in figures), flood[0]
+
+
+@pytest.mark.timeout(180)
+def test_adapt_burst_runs_and_the_cluster_grows_and_shrinks_back():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "adapt_burst.py"), "--tasks", "12",
+         "--seconds", "0.3", "--min", "1", "--max", "3", "--idle-after", "0.5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=170, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    assert "tasks run once each: True" in proc.stdout, proc.stdout
+    assert "the most engines live at once: 3 (MAX 3)" in proc.stdout, proc.stdout
