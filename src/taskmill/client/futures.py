@@ -313,7 +313,7 @@ class TaskFuture(Future, FutureLike):
         with self._condition:  # (the list is made for the first callback: most have none)
             if self._done_callbacks is NO_CALLBACKS:
                 self._done_callbacks = []
-            super().add_done_callback(fn)
+        super().add_done_callback(fn)  # (calls `fn` at once if done: not under the lock)
 
     def result(self, timeout: float | None = None) -> Any:
         try:
