@@ -115,6 +115,15 @@ def test_a_future_decodes_from_what_it_kept_and_fills_its_metadata():
     assert g.metadata["completed"] == 2.5 and g.result() == (8, b"v")
 
 
+def test_done_callbacks_run_whether_added_before_or_after_the_result():
+    """(The list of callbacks is made for the first one.)"""
+    f, seen = TaskFuture(Owner(), 1), []
+    f.add_done_callback(lambda fut: seen.append(("before", fut.result())))
+    f.set_outcome(entry(1), [b"x"])
+    f.add_done_callback(lambda fut: seen.append(("after", fut.result())))
+    assert seen == [("before", (1, b"x")), ("after", (1, b"x"))]
+
+
 @pytest.mark.timeout(60)
 def test_a_finished_future_is_small():
     """~3.2 kB a future before (a threading.Condition each, the whole result entry, zero-copy
