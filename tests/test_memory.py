@@ -20,7 +20,15 @@ from schedtest import make
 from test_protocol import FRAMES, call, ctl, node  # noqa: F401 - ctl is a fixture
 
 from taskmill.client.futures import FutureCondition, TaskFuture
-from taskmill.memory import BURST_MIN, Burst, compact, detached, give_back
+from taskmill.memory import (
+    BURST_MIN,
+    COLLECT_EVERY,
+    Burst,
+    Collections,
+    compact,
+    detached,
+    give_back,
+)
 from taskmill.scheduler import Node, Submit, Withdraw
 
 MANY = BURST_MIN + 2_000
@@ -56,8 +64,19 @@ def test_a_burst_ends_when_the_count_falls_to_an_eighth_of_a_big_high_water_mark
     assert not b.ended(400) and b.ended(0) is False
 
 
-def test_give_back_answers_whether_pages_were_returned():
-    assert give_back() in (True, False)
+def test_give_back_collects_at_most_once_every_so_often(monkeypatch):
+    """A full collection walks every object: a program that clears often while it holds a
+    million futures must not pay for one at each clear."""
+    import gc
+
+    runs = []
+    monkeypatch.setattr(gc, "collect", lambda *a: runs.append(a) or 0)
+    monkeypatch.setattr(Collections, "last", float("-inf"))
+    assert give_back(1000.0) in (True, False)
+    give_back(1000.0 + COLLECT_EVERY / 2)
+    assert len(runs) == 1
+    give_back(1000.0 + COLLECT_EVERY)
+    assert len(runs) == 2
 
 
 class FakeFrame:

@@ -10,7 +10,7 @@ submitted, finished and cleared), though every object of it was freed:
   for what it holds now.
 - A small frame received zero-copy shares its receive buffer with others (`detached`).
 - The interpreter's free lists keep spare tuples, lists and dicts, each pinning the 1 MiB
-  pymalloc arena it sits in; a full collection empties them.
+  pymalloc arena it sits in; a full collection empties them (at most every COLLECT_EVERY s).
 - glibc's malloc keeps freed memory for reuse rather than handing it back, even whole free
   pages in the middle of its heap. `give_back()` empties the free lists and asks malloc to
   return its free pages (`malloc_trim(0)`; elsewhere, macOS or musl, only the first).
@@ -35,6 +35,7 @@ from typing import Any
 SMALL_FRAME = 64 * 1024  # bytes: a zero-copy frame smaller is copied out (see `detached`)
 BURST_MIN = 10_000  # tasks: a smaller burst leaves too little behind to be worth a trim
 SHRINK_FACTOR = 8  # a burst has ended when the count falls to 1/8 of its high-water mark
+COLLECT_EVERY = 30.0  # seconds: give_back's full collections at most this often
 QUIET = BURST_MIN // SHRINK_FACTOR  # active tasks: few enough for give_back's full collection
 
 
@@ -94,12 +95,22 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
-def give_back() -> bool:
+class Collections:
+    """When give_back last ran a full collection (monotonic seconds; the caller's clock)."""
+
+    last = float("-inf")
+
+
+def give_back(now: float) -> bool:
     """Return free memory to the system: a full garbage collection first (it also empties
     the interpreter's free lists, whose few thousand spare tuples, lists and dicts each keep a
-    1 MiB pymalloc arena alive), then the C allocator's free pages (glibc `malloc_trim(0)`).
-    True if the C allocator returned some. Costs a walk of the objects and of the heap (tens
-    of milliseconds for hundreds of MiB): call it after a burst, not every turn."""
-    gc.collect()
+    1 MiB pymalloc arena alive), at most once every COLLECT_EVERY seconds (`now`: monotonic),
+    then the C allocator's free pages (glibc `malloc_trim(0)`). True if the C allocator
+    returned some. Costs a walk of the objects (~0.4 s for a million: hence the spacing, for a
+    program that clears often while it holds many futures) and of the heap: call it after a
+    burst, not every turn."""
+    if now - Collections.last >= COLLECT_EVERY:
+        Collections.last = now
+        gc.collect()
     trim = _malloc_trim()
     return bool(trim(0)) if trim is not None else False

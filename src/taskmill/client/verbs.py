@@ -13,6 +13,7 @@ builders (steps.py); `submit` needs no waiting at all and is a plain function.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -147,7 +148,7 @@ def clear(taskids: Any) -> Verb:
     if asked is None or asked:
         reply, _ = yield Request({"type": "clear", "tids": asked})
     if reply["dropped"] >= BURST_MIN:  # the program has likely dropped its futures too
-        give_back()
+        give_back(time.monotonic())
     missing = [*reply["missing"], *(t for t in tids or () if not in_range(t))]
     if missing:
         raise KeyError(

@@ -340,7 +340,7 @@ class ControllerCore:
             self.settle_memory()
         if self.memory_to_give and active <= QUIET:
             self.memory_to_give = False
-            give_back()
+            give_back(now.mono)
             ctx.counters.memory_settled += 1
         return out
 
