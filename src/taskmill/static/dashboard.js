@@ -129,7 +129,7 @@ function recordTiming(t0, t1, t2, engines) {
   }, 0));
 }
 
-// The engine list comes as columns (?engines=columns, a third of the bytes of one object per
+// The engine list comes as columns (?engines=columns, 40% of the bytes of one object per
 // engine): back to one object per engine, as statistics() has them.
 function engineRows(table) {
   const { columns, rows } = table;
