@@ -147,3 +147,19 @@ def test_adapt_burst_runs_and_the_cluster_grows_and_shrinks_back():
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
     assert "tasks run once each: True" in proc.stdout, proc.stdout
     assert "the most engines live at once: 3 (MAX 3)" in proc.stdout, proc.stdout
+
+
+@pytest.mark.timeout(180)
+def test_dashboard_cost_polls_each_engine_form_and_fills_its_tables():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "dashboard_cost.py"), "--engines", "5",
+         "--rounds", "1", "--window", "1.5", "--calls", "3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=170, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [[c.strip() for c in line.strip("|").split("|")]
+            for line in proc.stdout.splitlines() if line.startswith("| 5 ")]
+    assert [r[1] for r in rows[:2]] == ["rows", "columns"], proc.stdout
+    for r in rows[:2]:
+        assert len(r) == 6 and float(r[3]) >= 0 and float(r[4].split(" / ")[0]) > 0, r
+    assert len(rows) == 3 and len(rows[2]) == 3, proc.stdout  # the statistics/activity table
