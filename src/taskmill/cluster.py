@@ -20,11 +20,10 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .adapt import Adapter, Policy
 from .checks import days, seconds
-from .client import TaskClient
 from .connection import (
     ensure_private_dir,
     new_connection_info,
@@ -42,6 +41,9 @@ from .display import html_table, link_html, state_html
 from .errors import ControllerUnreachable
 from .launchers import LaunchContext, Launcher, LocalLauncher, make_launcher
 from .launchers.base import check_env, spawn, tail, terminate
+
+if TYPE_CHECKING:
+    from .client import TaskClient
 
 log = logging.getLogger("taskmill.cluster")
 
@@ -312,6 +314,10 @@ class Cluster:
     def client(self, timeout: float = 10.0, reconnect_timeout: float = 120.0) -> TaskClient:
         """A new TaskClient connected to this cluster (its `timeout` and `reconnect_timeout`
         are TaskClient's)."""
+        # (Imported here, not with this module: start() has its processes starting before
+        # this process spends its time importing the client's side.)
+        from .client import TaskClient
+
         if self.connection_file is None:
             raise RuntimeError("the cluster is not started: call start() or use `with`")
         return TaskClient(self.connection_file, timeout=timeout,
@@ -319,8 +325,8 @@ class Cluster:
 
     def _own_client(self) -> TaskClient:
         if self._client is None:
-            self._await_controller()
-            self._client = self.client(timeout=self.start_timeout)
+            self._client = self._await_controller()
+            self._client.backend.connection.timeout = self.start_timeout  # (its requests')
         return self._client
 
     def _check_controller(self) -> None:
@@ -330,16 +336,15 @@ class Cluster:
                 f"the controller exited with status {self._controller.returncode}:\n"
                 + self.log_tail("controller"))
 
-    def _await_controller(self) -> None:
-        """Return once the controller answers; raise at once if its process exits first (it
-        cannot bind its port, say), rather than waiting `start_timeout` for an answer."""
+    def _await_controller(self) -> TaskClient:
+        """A client, once the controller answers it; raise at once if the controller's process
+        exits first (it cannot bind its port, say), rather than waiting `start_timeout`."""
         deadline = time.monotonic() + self.start_timeout
         while True:
             self._check_controller()
             left = deadline - time.monotonic()
             try:
-                self.client(timeout=max(0.01, min(CONTROLLER_PROBE, left))).close()
-                return
+                return self.client(timeout=max(0.01, min(CONTROLLER_PROBE, left)))
             except ControllerUnreachable:
                 self._check_controller()  # (it may have exited while we asked)
                 if time.monotonic() >= deadline:

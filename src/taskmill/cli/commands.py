@@ -61,9 +61,7 @@ def setup_engine_logging(level: str) -> None:
 
 
 def cmd_controller(a: argparse.Namespace) -> int:
-    from ..controller import run_controller
-    from ..dashboard import forget_dashboard, start_dashboard
-    from ..engine import watch_parent
+    from ..controller.sockets import ControllerSockets
     from ..errors import StoreError
     from ..store import open_store
 
@@ -122,6 +120,20 @@ def cmd_controller(a: argparse.Namespace) -> int:
             "can read every task and result, and anyone who obtains the key in %s can run any "
             "code on every engine. Use --curve on networks you do not trust.", info.ip, path)
     logging.getLogger("taskmill").debug("task store: %s", db)
+    try:
+        sockets = ControllerSockets(info, connection_file=path, max_message=a.max_message_size)
+    except zmq.ZMQError as e:
+        if e.errno not in BIND_ERRORS:
+            raise
+        hint = (" (another program, or another controller, listens there: choose other ports "
+                "with --port/--engine-port, or stop it)" if e.errno == errno.EADDRINUSE else "")
+        raise SystemExit(f"taskmill controller: cannot listen: {e}{hint}") from None
+    # Listening: engines and clients started beside this process connect now, and what they
+    # send waits in the sockets until the loop, built from here on, reads it.
+    from ..controller import run_controller
+    from ..dashboard import forget_dashboard, start_dashboard
+    from ..engine import watch_parent
+
     orphaned = []
     if a.parent_fd is not None:
         def _parent_gone() -> None:
@@ -138,13 +150,8 @@ def cmd_controller(a: argparse.Namespace) -> int:
     try:
         run_controller(info, store=store, unmet_timeout=a.unmet_timeout, heartbeat=a.heartbeat,
                        connection_file=path, prefetch=a.prefetch,
-                       max_message=a.max_message_size, keep_results=a.keep_results)
-    except zmq.ZMQError as e:
-        if e.errno not in BIND_ERRORS:
-            raise
-        hint = (" (another program, or another controller, listens there: choose other ports "
-                "with --port/--engine-port, or stop it)" if e.errno == errno.EADDRINUSE else "")
-        raise SystemExit(f"taskmill controller: cannot listen: {e}{hint}") from None
+                       max_message=a.max_message_size, keep_results=a.keep_results,
+                       sockets=sockets)
     finally:
         if dashboard is not None:
             dashboard.stop()

@@ -24,7 +24,7 @@ import uuid as uuidlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from typing import Any
 
 import zmq
@@ -39,6 +39,7 @@ from .codec import checked, joined
 PING_INTERVAL = 1.0
 RECONNECT_TIMEOUT = 120.0  # seconds of silence from the controller before calls give up
 IDLE_AT_LEAST_EVERY = 256  # messages: a steady stream of replies must not starve the idle hook
+IDLE_POLL_MS = 100  # the I/O thread's longest wait for a reply before it pings (close() wakes it)
 # Requests sent again to a restarted controller (reads, and submits, which it de-duplicates).
 RESENDABLE = frozenset({"submit", "put", "result", "wait", "watch"})
 
@@ -145,6 +146,12 @@ class Connection:
         self._unreachable = False
         self._say_hello = True  # the next keep-alive is a hello (its reply names the limit)
         self._closed = threading.Event()
+        # close() wakes the I/O thread at once through this pair (rather than after its poll's
+        # 100 ms): the second end is the I/O thread's, polled beside the receive socket.
+        self._wake = self.ctx.socket(zmq.PAIR)
+        self._wake.bind(f"inproc://taskmill-client-wake-{base.decode()}")
+        self._woken = self.ctx.socket(zmq.PAIR)
+        self._woken.connect(f"inproc://taskmill-client-wake-{base.decode()}")
         self._hello: Future = Future()
         self._thread = threading.Thread(target=self._io_loop, name="taskmill-client-io", daemon=True)
         self._thread.start()
@@ -173,6 +180,9 @@ class Connection:
 
     def _io_loop(self) -> None:
         sock = self._recv_sock
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._woken, zmq.POLLIN)
         next_ping = 0.0
         burst = 0  # messages read since the idle hook last ran
         last = time.monotonic()
@@ -196,12 +206,14 @@ class Connection:
             if self._silent > self.reconnect_timeout and not self._unreachable \
                     and self._hello.done():
                 self._declare_unreachable()
+                poller.unregister(sock)
                 sock = self._reopen()
+                poller.register(sock, zmq.POLLIN)
             if burst >= IDLE_AT_LEAST_EVERY or not sock.poll(0):
                 burst = 0
                 self._idle()
-                if not sock.poll(100):
-                    continue
+                if sock not in dict(poller.poll(IDLE_POLL_MS)):
+                    continue  # (or woken by close())
             burst += 1
             msg = recv_message(sock)
             try:
@@ -209,6 +221,7 @@ class Connection:
             except Exception:  # noqa: BLE001 - the I/O thread must keep reading
                 log.exception("the client's I/O thread failed on a message")
         sock.close(0)
+        self._woken.close(0)
 
     def _on_message(self, msg: list[Any]) -> None:
         try:
@@ -441,9 +454,14 @@ class Connection:
         if self._closed.is_set():
             return
         self._closed.set()
+        with self.send_lock:
+            if not self._wake.closed:
+                with suppress(zmq.Again):  # (an inproc PAIR with its peer: not expected)
+                    self._wake.send(b"", zmq.NOBLOCK)
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout=2)
         with self.send_lock:
+            self._wake.close(0)
             self._send_sock.close(0)
         for fut in self._futures.values():
             if not fut.done():

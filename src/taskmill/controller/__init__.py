@@ -31,7 +31,9 @@ with StoreError; everything else waits until the store writes again. The control
 serving meanwhile and logs the cause once.
 
 The package, from the outside in:
-- loop.py: `Controller` and `run_controller`: sockets, Curve, the poll loop, the clock;
+- sockets.py: `ControllerSockets`, the two listening sockets (Curve included), which
+  `taskmill controller` binds before it imports the rest;
+- loop.py: `Controller` and `run_controller`: the poll loop around those sockets, the clock;
 - core.py: `ControllerCore`: (peer, message, now) in, what to send out; the verb tables and
   the messages of both protocols (listed there; each header is read through its typed record
   in taskmill/protocol.py);
@@ -39,15 +41,40 @@ The package, from the outside in:
   new tasks; results.py: finished tasks and their waiters; views.py: statistics and the other
   read-only views; sched_calls.py: every call into the scheduler; outbox.py: what a turn
   sends and in which order; timers.py; context.py: what the parts share.
+
+The names below are imported on first use (PEP 562): importing sockets.py, which the start of
+`taskmill controller` does, does not import the rest of the package.
 """
 
 from __future__ import annotations
 
-from .context import Counters, Now
-from .core import ControllerCore
-from .engines import EngineRecord
-from .loop import Controller, run_controller
-from .validation import BadRequest
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .context import Counters, Now
+    from .core import ControllerCore
+    from .engines import EngineRecord
+    from .loop import Controller, run_controller
+    from .validation import BadRequest
+
+_WHERE = {"BadRequest": "validation", "Controller": "loop", "ControllerCore": "core",
+          "Counters": "context", "EngineRecord": "engines", "Now": "context",
+          "run_controller": "loop"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})
+
 
 __all__ = ["BadRequest", "Controller", "ControllerCore", "Counters", "EngineRecord", "Now",
            "run_controller"]

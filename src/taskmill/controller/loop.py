@@ -1,6 +1,8 @@
-"""The loop: the only code of the controller that touches ZeroMQ or reads the clock.
+"""The loop: with sockets.py, the only code of the controller that touches ZeroMQ; the only
+code of it that reads the clock.
 
-It binds the two ROUTER sockets (clients, engines; with Curve if the connection file asks),
+It takes the two bound ROUTER sockets (clients, engines: sockets.py, which `taskmill
+controller` binds before it imports the rest; a Controller built without them binds its own),
 then turns: poll both sockets, read every message that is waiting (`drain`: decoded and
 checked by the Wire, then handed with the time to the core; pings' echoes straight to it),
 hand the core the due timers, and send what the core's `flush` returns, signing each message
@@ -17,7 +19,6 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import zmq
@@ -26,7 +27,6 @@ from .. import __version__
 from ..checks import days, seconds
 from ..connection import ConnectionInfo
 from ..curve import CurveServer
-from ..curve import enabled as curve_enabled
 from ..defaults import (
     DEFAULT_HEARTBEAT,
     DEFAULT_KEEP_RESULTS,
@@ -39,7 +39,6 @@ from ..wire import (
     MAX_FRAMES,
     Refused,
     Wire,
-    apply_transport_heartbeat,
     recv_message,
     send_message,
 )
@@ -47,6 +46,7 @@ from .context import Counters, Now
 from .core import ControllerCore
 from .engines import PING, REFUSAL_LOG_EVERY, EngineRecord
 from .outbox import CLIENT, ENGINE
+from .sockets import ControllerSockets
 
 log = logging.getLogger("taskmill.controller")
 
@@ -76,7 +76,9 @@ class Controller:
         prefetch: int | None = None,
         max_message: int = DEFAULT_MAX_MESSAGE,
         keep_results: float = DEFAULT_KEEP_RESULTS,
+        sockets: ControllerSockets | None = None,
     ) -> None:
+        """`sockets`: bound already (with this `max_message`), or None to bind them here."""
         seconds("heartbeat", heartbeat)  # (NaN, inf or <= 0 would end or stall the loop later)
         seconds("unmet_timeout", unmet_timeout, zero=True)
         days("keep_results", keep_results)
@@ -88,36 +90,20 @@ class Controller:
         self.session = os.urandom(SESSION_BYTES)
         self._refusal_logged: dict[bytes, float] = {}
         self._stopping = False
-        self.ctx = context or zmq.Context()
-        self._own_ctx = context is None
-        self.curve: CurveServer | None = None
-        if curve_enabled(info):
-            if connection_file is None:
-                raise ValueError("a Curve controller needs its connection file (for its keys)")
-            self.curve = CurveServer(self.ctx, Path(connection_file))
-        self.client_sock = self._router(info.client_bind_url)
-        self.engine_sock = self._router(info.engine_bind_url)
+        if sockets is None:
+            sockets = ControllerSockets(info, context=context, connection_file=connection_file,
+                                        max_message=max_message)
+        self.sockets = sockets
+        self.ctx = sockets.ctx
+        self.curve: CurveServer | None = sockets.curve
+        assert sockets.client is not None and sockets.engine is not None, "sockets closed"
+        self.client_sock: zmq.Socket = sockets.client
+        self.engine_sock: zmq.Socket = sockets.engine
         self._socks = {CLIENT: self.client_sock, ENGINE: self.engine_sock}
         self.core = ControllerCore(session=self.session, wire=self.wire, store=self.store,
                                    heartbeat=heartbeat, unmet_timeout=unmet_timeout,
                                    prefetch=prefetch, now=clock(), keep_results=keep_results)
         self.counters: Counters = self.core.ctx.counters
-
-    def _router(self, url: str) -> zmq.Socket:
-        s = self.ctx.socket(zmq.ROUTER)
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.SNDHWM, 0)
-        s.setsockopt(zmq.RCVHWM, 0)
-        # No ROUTER_HANDOVER: a peer that connects with the routing id of one that is
-        # connected (ids travel in clear over TCP) is refused, never given its messages. A
-        # vanished peer's connection ends within wire.TRANSPORT_TIMEOUT_MS (ZeroMQ's
-        # heartbeats), which frees its id for its own reconnection.
-        s.setsockopt(zmq.MAXMSGSIZE, self.wire.max_message)
-        apply_transport_heartbeat(s)
-        if self.curve is not None:
-            self.curve.apply(s)
-        s.bind(url)
-        return s
 
     # -- what tools and tests read ---------------------------------------------------------
     @property
@@ -209,12 +195,7 @@ class Controller:
         except Exception:  # noqa: BLE001 - best effort on the way out
             log.exception("flushing on close failed")
         self.core.close()
-        self.client_sock.close(0)
-        self.engine_sock.close(0)
-        if self.curve is not None:
-            self.curve.stop()
-        if self._own_ctx:
-            self.ctx.term()
+        self.sockets.close()
 
     def drain(self, sock: zmq.Socket,
               handler: Callable[[bytes, dict[str, Any], list[Any], Now], None]) -> None:
@@ -287,11 +268,12 @@ def run_controller(
     prefetch: int | None = None,
     max_message: int = DEFAULT_MAX_MESSAGE,
     keep_results: float = DEFAULT_KEEP_RESULTS,
+    sockets: ControllerSockets | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT."""
+    """Serve until SIGTERM/SIGINT (on `sockets` if bound already: see Controller)."""
     ctl = Controller(info, store=store, unmet_timeout=unmet_timeout, heartbeat=heartbeat,
                      connection_file=connection_file, prefetch=prefetch, max_message=max_message,
-                     keep_results=keep_results)
+                     keep_results=keep_results, sockets=sockets)
 
     def _stop(signum: int, frame: Any) -> None:
         ctl.stop()

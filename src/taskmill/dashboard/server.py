@@ -290,6 +290,14 @@ def _bind(ip: str, ports: list[int], feed: ControllerFeed, token: str,
     raise AssertionError("the last port tried is 0, which never is in use")
 
 
+def feed_client(connection_file: Path) -> Any:
+    """The feed's TaskClient, made at the first request (so that the controller, which starts
+    the dashboard, imports the client's side only if a page is ever asked for)."""
+    from ..client import TaskClient
+
+    return TaskClient(connection_file, timeout=CONNECT_TIMEOUT)
+
+
 def start_dashboard(connection_file: Path, info: ConnectionInfo, *, ip: str = "127.0.0.1",
                     port: int | None = None, open_access: bool = False) -> Dashboard | None:
     """Start the controller's dashboard and record its address in the connection file.
@@ -298,8 +306,6 @@ def start_dashboard(connection_file: Path, info: ConnectionInfo, *, ip: str = "1
     the restarted controller), else any free one. Never raises: a dashboard that cannot start
     is logged, and None is returned.
     """
-    from ..client import TaskClient
-
     if open_access and not is_loopback(ip):
         raise ValueError(f"an open dashboard must be bound to loopback, not {ip}")
     ports = [0]
@@ -309,7 +315,7 @@ def start_dashboard(connection_file: Path, info: ConnectionInfo, *, ip: str = "1
         recorded = info.extra.get("dashboard_port")
         if isinstance(recorded, int) and info.extra.get("dashboard_ip") == ip:
             ports.insert(0, recorded)
-    feed = ControllerFeed(lambda: TaskClient(connection_file, timeout=CONNECT_TIMEOUT))
+    feed = ControllerFeed(lambda: feed_client(connection_file))
     server = None
     try:
         server = _bind(ip, ports, feed, dashboard_token(info.key_bytes), open_access)
