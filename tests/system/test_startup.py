@@ -87,3 +87,21 @@ dashboard.stop()
 """
     out = run_python(code, str(tmp_path / "conn.json"))
     assert out.split() == ["True", "False"]
+
+
+def test_the_controller_does_not_import_the_engines_side(tmp_path):
+    # (It watches its owner's lifeline as engines do: lifeline.py, not the engine package.)
+    # Its last step before its loop, the watch, reports what the process holds.
+    code = """
+import sys
+import taskmill.lifeline as lifeline
+def watch(fd, on_exit):
+    print(*(m in sys.modules for m in ("taskmill.controller.loop", "taskmill.engine",
+                                        "taskmill.client")))
+    raise SystemExit(0)
+lifeline.watch_parent = watch
+from taskmill.cli import main
+main(["controller", "--connection-file", sys.argv[1], "--transport", "ipc", "--parent-fd", "0"])
+"""
+    out = run_python(code, str(tmp_path / "conn.json"))
+    assert out.split() == ["True", "False", "False"]

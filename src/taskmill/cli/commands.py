@@ -132,7 +132,7 @@ def cmd_controller(a: argparse.Namespace) -> int:
     # send waits in the sockets until the loop, built from here on, reads it.
     from ..controller import run_controller
     from ..dashboard import forget_dashboard, start_dashboard
-    from ..engine import watch_parent
+    from ..lifeline import watch_parent
 
     orphaned = []
     if a.parent_fd is not None:

@@ -52,7 +52,8 @@ What lives where: core.py (`Engine`: lifecycle, the main thread's task loop), co
 heartbeats, tasks in, revokes, interrupts, sending results), sockets.py (the four sockets, the
 heart, opening them anew), channels.py (when to: `ChannelWatch`), running.py (running
 a task's code, capture, the result or error it makes), results.py (results kept until
-acknowledged, batched), process.py (`run_engine`, `watch_parent`, `parse_property`).
+acknowledged, batched), process.py (`run_engine`, `parse_property`; `watch_parent` from
+taskmill/lifeline.py).
 """
 
 from __future__ import annotations

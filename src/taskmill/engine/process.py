@@ -2,7 +2,8 @@
 
 `taskmill engine` (cli/commands.py) calls `run_engine`: one `Engine` (core.py) until SIGTERM
 (which ends running task code at once, else after the task) or until the write end of
-`parent_fd` closes (the process that started it died: the engine ends with it).
+`parent_fd` closes (the process that started it died: the engine ends with it; lifeline.py's
+`watch_parent`, re-exported here).
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import threading
 from typing import Any
 
 from ..connection import ConnectionInfo
+from ..lifeline import watch_parent
 from .core import Engine
 
 
@@ -27,20 +28,6 @@ def parse_property(text: str) -> tuple[str, Any]:
     except ValueError:
         return key, value
 
-
-
-def watch_parent(fd: int, on_exit: Any) -> None:
-    """Call `on_exit()` when the write end of pipe `fd` closes (its owner died)."""
-
-    def wait() -> None:
-        try:
-            while os.read(fd, 1):
-                pass
-        except OSError:
-            pass
-        on_exit()
-
-    threading.Thread(target=wait, name="taskmill-parent-watch", daemon=True).start()
 
 
 def run_engine(info: ConnectionInfo, properties: dict[str, Any] | None = None,
