@@ -2,10 +2,9 @@
 
     python benchmarks/startup_phases.py [--rounds 5]
 
-1. Fresh interpreters (best of N, wall time of the whole process): `python -c pass`, and the
-   imports of a controller process and of an engine process (the modules each has loaded when
-   it starts its work, listed from a real one: `sys.modules` of `python -m taskmill controller`
-   and `... engine`, which is what their `--help`-free start imports).
+1. Fresh interpreters (best of N, wall time of the whole process; a difference of two for a
+   step): `python -c pass`, the imports of a controller process (until it listens, then the
+   rest), of an engine process, and of the process that starts the cluster.
 2. The controller's own steps, in this process (best of N): opening a new SQLite store, starting
    the dashboard, binding its sockets (`Controller(...)`).
 3. Timelines of `Cluster(2).start()` (each round), from the controller's and engines' logs
@@ -40,11 +39,15 @@ from taskmill.connection import new_connection_info, write_connection_file
 PY = sys.executable
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
-# What each process imports before it does its work (cli/commands.py imports the rest).
-CONTROLLER_IMPORTS = ("import taskmill.cli; import taskmill.cli.commands; "
-                      "from taskmill.controller import run_controller; "
-                      "import taskmill.dashboard; import taskmill.store; import taskmill.engine")
-ENGINE_IMPORTS = "import taskmill.cli; import taskmill.cli.commands; import taskmill.engine"
+# What each process imports, in the order it does (cli/commands.py: the controller binds its
+# sockets between the two steps; an engine imports the engine package and the MPI rank check).
+CONTROLLER_BEFORE_LISTENING = ("import taskmill.cli, taskmill.cli.commands, taskmill.store, "
+                               "taskmill.controller.sockets")
+CONTROLLER_ALL = (CONTROLLER_BEFORE_LISTENING + "; import taskmill.controller.loop, "
+                  "taskmill.dashboard, taskmill.lifeline")
+ENGINE_ALL = "import taskmill.cli, taskmill.cli.commands, taskmill.engine, taskmill.launchers.mpi"
+PARENT_CLUSTER = "import taskmill; taskmill.Cluster"
+PARENT_ALL = PARENT_CLUSTER + "; import taskmill.client"
 
 
 def pid_probe(delay: float) -> int:
@@ -131,7 +134,7 @@ def timeline() -> dict[str, float]:
         listening = stamps(Path(logs) / "controller.log", r"listening")
         regs = sorted(stamps(Path(logs) / "controller.log", r"engine \d+ registered"))
     return {
-        "controller listening": listening[0] - t0,
+        "controller loop started (its \"listening\" line)": listening[0] - t0,
         "1st engine registered": regs[0] - t0,
         "2nd engine registered": regs[1] - t0,
         "start() returned": t_started - t0,
@@ -192,10 +195,20 @@ def main() -> int:
           f"load {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs)\n")
     print("| step | ms |\n|---|---|")
     bare = proc_wall("pass", n)
+    ctl_before = proc_wall(CONTROLLER_BEFORE_LISTENING, n)
+    parent_cluster = proc_wall(PARENT_CLUSTER, n)
+    parent_base = proc_wall("import taskmill", n)
     rows = [
         ("python -c pass", bare),
-        ("controller process: interpreter + imports", proc_wall(CONTROLLER_IMPORTS, n)),
-        ("engine process: interpreter + imports", proc_wall(ENGINE_IMPORTS, n)),
+        ("controller: interpreter + imports until it listens (cli, store, sockets)",
+         ctl_before),
+        ("controller: + the rest it imports before its loop (scheduler, loop, dashboard)",
+         proc_wall(CONTROLLER_ALL, n) - ctl_before),
+        ("engine: interpreter + imports", proc_wall(ENGINE_ALL, n)),
+        ("parent: `taskmill.Cluster` after `import taskmill` (before it spawns)",
+         parent_cluster - parent_base),
+        ("parent: the client's side (start() imports it after spawning)",
+         proc_wall(PARENT_ALL, n) - parent_cluster),
         ("controller: open a new SQLite store", best_of(time_store, n)),
         ("controller: start the dashboard", best_of(time_dashboard, n)),
         ("controller: bind its sockets, build its core", best_of(time_bind, n)),

@@ -163,3 +163,23 @@ def test_dashboard_cost_polls_each_engine_form_and_fills_its_tables():
     for r in rows[:2]:
         assert len(r) == 6 and float(r[3]) >= 0 and float(r[4].split(" / ")[0]) > 0, r
     assert len(rows) == 3 and len(rows[2]) == 3, proc.stdout  # the statistics/activity table
+
+
+@pytest.mark.timeout(240)
+def test_startup_phases_fills_its_tables_and_its_ab():
+    script = str(ROOT / "benchmarks" / "startup_phases.py")
+    proc = subprocess.run([sys.executable, script, "--rounds", "1"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=200, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [line for line in proc.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith(("| step", "| event"))]
+    assert len(rows) == 9 + 5, proc.stdout
+    for row in rows:  # a number in every cell after the name
+        cells = [c.strip() for c in row.strip("|").split("|")][1:]
+        assert cells and all(c.replace(".", "").lstrip("-").isdigit() for c in cells), row
+    # The A/B of compare.py's startup, here against this same tree: a sample for each side.
+    proc = subprocess.run([sys.executable, script, "--ab", str(ROOT / "src"), "--rounds", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=200,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("| this tree |") == 1 and str(ROOT / "src") in proc.stdout
