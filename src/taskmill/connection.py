@@ -21,6 +21,7 @@ import os
 import secrets
 import socket
 import stat
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -151,10 +152,10 @@ def ipc_path(url: str) -> Path:
 
 
 def ipc_path_limit() -> int:
-    """The longest path a unix socket address holds (107 bytes on Linux)."""
-    import zmq
-
-    return int(getattr(zmq, "IPC_PATH_MAX_LEN", 0) or 107)
+    """The longest path a unix socket address holds: sizeof(sun_path) - 1, as ZeroMQ's
+    IPC_PATH_MAX_LEN says (107 bytes on Linux, 103 on macOS and the BSDs). Known here without
+    importing ZeroMQ, which a Cluster's process needs only once its controller is starting."""
+    return 103 if sys.platform == "darwin" or "bsd" in sys.platform else 107
 
 
 def ipc_urls(folder: str | os.PathLike[str], prefix: str = "") -> tuple[str, str] | None:

@@ -105,3 +105,19 @@ main(["controller", "--connection-file", sys.argv[1], "--transport", "ipc", "--p
 """
     out = run_python(code, str(tmp_path / "conn.json"))
     assert out.split() == ["True", "False", "False"]
+
+
+def test_a_cluster_spawns_its_controller_before_it_imports_zeromq(tmp_path):
+    # (The process that starts a cluster needs ZeroMQ only for its client, which it makes
+    # while the controller starts; the unix socket path limit is known without it.)
+    code = """
+import sys
+import taskmill.cluster as cluster
+def spawn(*args, **kwargs):
+    print("zmq" in sys.modules, "taskmill.client" in sys.modules)
+    raise SystemExit(0)
+cluster.spawn = spawn
+cluster.Cluster(1).start()
+"""
+    out = run_python(code)
+    assert out.split() == ["False", "False"]
