@@ -55,6 +55,7 @@ NANNY_INTERVAL = 0.2
 STATE_PREFIX = "taskmill-cluster-"
 OWNER_FILE = "owner.pid"
 CONTROLLER_PROBE = 0.5  # seconds: how long start() asks the controller before checking it lives
+WAIT_PAUSE_FIRST, WAIT_PAUSE_MAX = 0.001, 0.01  # seconds between wait_for_engines' requests
 
 
 def _stop_all_at_exit() -> None:
@@ -401,6 +402,7 @@ class Cluster:
         """Wait until at least `k` engines have registered in all (`timeout` may be math.inf)."""
         timeout = seconds("timeout", timeout, zero=True, infinite=True)
         deadline = time.monotonic() + timeout
+        pause = WAIT_PAUSE_FIRST
         while True:
             self._check_controller()
             if k <= 0:
@@ -420,7 +422,11 @@ class Cluster:
                     f"{timeout:g}s ({self.launcher.name} launcher: "
                     f"{', '.join(f'{g.label} {g.state}' for g in self.launcher.groups())})"
                     + (f"; {logs[0].name}:\n{tail(logs[0], 30)}" if logs else ""))
-            time.sleep(0.01)  # (an engines request costs the controller little)
+            # Engines starting beside their controller register within a few ms of its
+            # first answer: ask again soon, then every WAIT_PAUSE_MAX (a request costs the
+            # controller little).
+            time.sleep(pause)
+            pause = min(2 * pause, WAIT_PAUSE_MAX)
 
     def log_tail(self, name: str, lines: int = 30) -> str:
         """The end of the log of `name`: "controller" or "engine-<i>" (local launcher)."""
