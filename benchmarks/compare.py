@@ -790,6 +790,28 @@ def ratio_cell(base: PeerResult, r: PeerResult, m: Metric) -> str:
     return f"{b / a:.3g}×"
 
 
+def bytecode_line() -> str:
+    """How many of taskmill's modules have up-to-date bytecode (.pyc): each process compiles
+    the others from source at its start (PYTHONDONTWRITEBYTECODE=1 keeps them uncompiled), and
+    the startup row pays that in the controller, each engine and this process."""
+    spec = importlib.util.find_spec("taskmill")
+    if spec is None or not spec.submodule_search_locations:
+        return "- taskmill bytecode: taskmill not found"
+    fresh = total = 0
+    for src in Path(list(spec.submodule_search_locations)[0]).rglob("*.py"):
+        total += 1
+        with contextlib.suppress(OSError, ValueError):
+            head = Path(importlib.util.cache_from_source(str(src))).read_bytes()[:16]
+            st = src.stat()
+            # (magic, flags 0 = checked by time and size, source mtime, source size)
+            fresh += (head[:4] == importlib.util.MAGIC_NUMBER and head[4:8] == bytes(4)
+                      and int.from_bytes(head[8:12], "little") == int(st.st_mtime) & 0xFFFFFFFF
+                      and int.from_bytes(head[12:16], "little") == st.st_size & 0xFFFFFFFF)
+    note = (", PYTHONDONTWRITEBYTECODE set" if os.environ.get("PYTHONDONTWRITEBYTECODE") else "")
+    return (f"- taskmill bytecode: {fresh} of {total} modules have an up-to-date .pyc{note} "
+            "(each process compiles the others at its start: the startup row pays it)")
+
+
 def machine_lines() -> list[str]:
     model = "unknown"
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
@@ -810,6 +832,7 @@ def machine_lines() -> list[str]:
         f"{platform.system()} {platform.release()}{load}",
         f"- python: {platform.python_implementation()} {platform.python_version()} "
         f"({sys.executable})",
+        bytecode_line(),
     ]
 
 

@@ -54,6 +54,7 @@ def test_compare_quick_runs_and_prints_the_table():
         cell = [c.strip() for c in row.strip("|").split("|")][relay]
         assert cell and not cell.startswith(("error", "not ")), row
     assert "--quick --peers none" in out  # the exact command line is printed
+    assert "- taskmill bytecode: " in out  # (whether processes compile taskmill at start)
 
 
 @pytest.mark.timeout(60)
