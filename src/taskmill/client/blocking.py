@@ -82,7 +82,7 @@ class TaskClient:
     def run(self, task: BaseTask, block: bool = False, *, timeout: float | None = None) -> Any:
         """Submit `task`; return its taskid, or with `block=True` its result (then past
         `timeout` seconds, TimeoutError; the task goes on)."""
-        return self.backend.run(verbs.run(self.backend, task, block, timeout))
+        return self.backend.run(verbs.run(self.backend, task, block, timeout), settle=False)
 
     def get_task_result(self, taskid: int, block: bool = False, *,
                         timeout: float | None = None) -> Any:

@@ -47,6 +47,7 @@ from .maps import (
 )
 from .objects import ObjectRef, put_request
 from .options import TaskOptions
+from .runs import is_synchronous
 from .steps import (
     Abort,
     Adopt,
@@ -54,6 +55,7 @@ from .steps import (
     Follow,
     NextDone,
     Request,
+    Settle,
     WaitFor,
     live_engine_count,
     live_engine_ids,
@@ -103,11 +105,32 @@ def put(backend: Backend, obj: Any, release: Callable[[int], Any]) -> Verb:
 
 
 def run(backend: Backend, task: BaseTask, block: bool, timeout: float | None) -> Verb:
+    """The one verb the fronts do not settle first (runs.py): the task is checked and
+    encoded here, numbered from the client's lease (asked for when it is used up) and queued;
+    the taskid is returned without waiting. A task whose depend callable only the controller
+    can judge is sent at once and answered (its refusal raised here); with `block`, the
+    queue is sent and stored before its result is asked for."""
     check_seconds(timeout, "timeout")
-    tid = (yield from submit_tasks(backend, [backend.encode(task)], []))[0]
+    enc = backend.encode(task)
+    backend.check_sizes([enc])
+    runs = backend.runs
+    runs.raise_failure()  # (a batch refused since the last call: said before a new id)
+    if is_synchronous(enc):
+        yield Settle()
+        tid = (yield from submit_tasks(backend, [enc], []))[0]
+    else:
+        while (tid := runs.add(enc)) is None:
+            n = runs.lease_wanted()
+            if n is not None:
+                runs.leased(*(yield Request({"type": "lease", "n": n}, read=read_lease)))
     if block:
+        yield Settle()
         return (yield from get_task_result(backend, tid, True, timeout))
     return tid
+
+
+def read_lease(reply: dict[str, Any], _: list[Any]) -> tuple[int, int]:
+    return int(reply["start"]), int(reply["n"])
 
 
 # -- results ---------------------------------------------------------------------------------

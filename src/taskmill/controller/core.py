@@ -21,7 +21,9 @@ whose fields do not fit is refused before any verb runs. The parts:
 Client messages (every one carries `req`; the reply echoes it):
   hello, ping, submit{tasks, watch}, result{tids, block}, watch{tids}, wait{tids}, abort{tid},
   spin, status{verbose}, clear{tids}, engines, stats, engine_exited{pid, status} (from a nanny),
-  activity{since} and task{tid} (read-only, for the dashboard: stats.py keeps what they read)
+  activity{since} and task{tid} (read-only, for the dashboard: stats.py keeps what they read),
+  lease{n} and release (taskids a client numbers its run() tasks from: leases.py; a submit
+  may then carry `tids` from its lease, and `release`)
   A submit with `watch` is answered with its taskids, then with `done` messages as its tasks
   finish (one request instead of a submit and a watch).
 Engine control messages: register, hb (heartbeat), revoked  ->  registered, hb, reregister,
@@ -60,6 +62,8 @@ from ..wire import Wire
 from .context import Context, Counters, Now, Settings
 from .engine_tasks import EngineTasks
 from .engines import STALL_SHARE, Engines
+from .leases import CHECK_EVERY as LEASE_CHECK_EVERY
+from .leases import Leases
 from .outbox import ENGINE, Outbox, Outgoing
 from .results import FailureContext, Results
 from .sched_calls import Report, SchedulerCalls
@@ -93,6 +97,7 @@ class ControllerCore:
         self.ctx = ctx = Context(
             session=session, settings=Settings(heartbeat, unmet_timeout), wire=wire,
             store=store, sched=sched, outbox=Outbox(session, store, wire.max_message, now.mono),
+            leases=Leases(store),
             timers=Timers(), activity=RecentActivity(counters.started), counters=counters,
             now=now)
         self.engines = Engines(ctx)
@@ -115,6 +120,7 @@ class ControllerCore:
             "spin": self.spin, "status": self.status, "clear": self.clear,
             "engines": self.engines_verb, "stats": self.stats, "activity": self.activity,
             "task": self.task, "engine_exited": self.engine_exited, "put": self.submits.put,
+            "lease": self.submits.lease, "release": self.submits.release,
         }
         # What carries out each kind of action (the report goes to a Finish only).
         self.actions: dict[type, Callable[[Any, Report | None], None]] = {
@@ -127,6 +133,7 @@ class ControllerCore:
         ctx.timers.arm(("ping",), 0.0)
         self.keep_results = keep_results  # days a finished result is kept
         ctx.timers.arm(("retention",), 0.0)
+        ctx.timers.arm(("leases",), LEASE_CHECK_EVERY)
         self.submits.reload()
         ctx.timers.settle(now.mono)
 
@@ -158,6 +165,8 @@ class ControllerCore:
         reply_to = header.get("rt", ident)
         if not isinstance(reply_to, bytes):
             reply_to = ident
+        if ctx.leases.by_holder:
+            ctx.leases.seen(reply_to, now.mono)
         handler = self.client_verbs.get(kind)
         if handler is None:
             refused["unknown-type"] += 1
@@ -264,6 +273,9 @@ class ControllerCore:
                 timers.arm(key, ctx.settings.heartbeat)
             elif key[0] == "lost":
                 self.engines.lost_engine_gone(key[1])
+            elif key[0] == "leases":
+                self.results.gone(ctx.leases.expire(now.mono))
+                timers.arm(key, LEASE_CHECK_EVERY)
             elif key[0] == "retention":
                 self.drop_old_results(now)
                 timers.arm(key, RETENTION_EVERY)

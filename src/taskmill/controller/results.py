@@ -13,7 +13,7 @@ size limit (outbox.within_limit).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,7 +138,7 @@ class Results:
         r = self.ctx.store.result(tid)
         if r is not None:
             return {**r.meta, "nframes": len(r.frames)}, r.frames
-        if self.ctx.sched.is_active(tid):
+        if self.ctx.sched.is_active(tid) or self.ctx.leases.pending(tid):
             return None, []
         return {"tid": tid, "unknown": True, "nframes": 0}, []
 
@@ -157,8 +157,8 @@ class Results:
                 outbox.reply(rt, req, part_frames, results=part)
 
     def add_waiter(self, rt: bytes, req: Any, mode: str, tids: list[int]) -> None:
-        is_active = self.ctx.sched.is_active
-        pending = {t for t in tids if is_active(t)}
+        is_active, leased = self.ctx.sched.is_active, self.ctx.leases.pending
+        pending = {t for t in tids if is_active(t) or leased(t)}
         w = Waiter(rt, req, mode, tids, pending)
         if mode == "watch":
             for tid in tids:
@@ -172,6 +172,17 @@ class Results:
             return
         for t in pending:
             self.waiters.setdefault(t, []).append(w)
+
+    def gone(self, tids: Iterable[int]) -> None:
+        """These leased ids will not be stored (leases.py): who waits for them hears they
+        are unknown."""
+        waiters, is_active = self.waiters, self.ctx.sched.is_active
+        if not waiters:
+            return
+        for tid in tids:
+            if tid in waiters and not is_active(tid):
+                for w in waiters.pop(tid):
+                    self.wake(w, tid)
 
     def wake(self, w: Waiter, tid: int) -> None:
         w.remaining.discard(tid)
