@@ -32,7 +32,13 @@ from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from typing import Any
 
-from ..errors import ControllerUnreachable, StoreError, TaskError
+from ..errors import (
+    ControllerUnreachable,
+    RunNotStored,
+    StoreError,
+    StoreRunNotStored,
+    ids_text,
+)
 from .codec import SUBMIT_BATCH, SUBMIT_OVERHEAD, Encoded, batch_length, refusal
 from .connection import Connection
 
@@ -41,20 +47,6 @@ BATCH_TASKS = 1000  # tasks queued that are sent at once
 FIRST_LEASE = 16  # taskids in a client's first lease; then twice the last, ...
 LEASE_MAX = 4096  # ... up to this
 TID_BYTES = 9  # a taskid in a submit's header, at most
-
-
-class RunNotStored(TaskError):
-    """Tasks that `run()` returned taskids for were not stored and will not run (their ids
-    read as unknown): raised by the next call of the client. `taskids`: those ids."""
-
-    def __init__(self, taskids: list[int], why: str) -> None:
-        super().__init__(f"the tasks run() returned {ids_text(taskids)} for were not stored and will not "
-                         f"run (their ids read as unknown): {why}")
-        self.taskids = list(taskids)
-
-
-class StoreRunNotStored(RunNotStored, StoreError):
-    """(The same, because the controller's store could not write.)"""
 
 
 def is_synchronous(enc: Encoded) -> bool:
@@ -212,13 +204,14 @@ class Runs:
         except BaseException as e:  # noqa: BLE001 - unreachable, closed
             error = e
         with self._lock:  # (failed before no longer in flight: see busy)
-            if isinstance(error, ControllerUnreachable | RuntimeError) and tids:
+            if isinstance(error, StoreError) and tids:
+                self._failed.append(StoreRunNotStored(tids, str(error)))
+            elif isinstance(error, ControllerUnreachable | RuntimeError) and tids:  # (closed)
                 self._failed.append(ControllerUnreachable(
                     f"{error} (the tasks run() returned {ids_text(tids)} for may or may not "
                     "be stored)"))
             elif error is not None and tids:
-                kind = StoreRunNotStored if isinstance(error, StoreError) else RunNotStored
-                self._failed.append(kind(tids, str(error)))
+                self._failed.append(RunNotStored(tids, str(error)))
             if fut in self._in_flight:
                 self._in_flight.remove(fut)
             if self._queue and not self._in_flight:  # (those queued meanwhile go now)
@@ -238,6 +231,3 @@ class Runs:
                         break
                     self._wake.wait(left)
 
-
-def ids_text(tids: list[int]) -> str:
-    return f"taskid {tids[0]}" if len(tids) == 1 else f"taskids {tids[0]}..{tids[-1]}"

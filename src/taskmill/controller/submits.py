@@ -109,12 +109,12 @@ class Submits:
             lease.start, lease.end - lease.start)))
 
     def release(self, rt: bytes, req: Any, msg: Lease, frames: list[Any]) -> None:
-        """What is left of this client's lease goes back (answered after the commit that
-        writes the counter given back, if it was: a restart goes on from there)."""
-        # (While the store cannot write, at once: the ids stay skipped after a restart.)
+        """What is left of this client's lease goes back, answered at once: the counter
+        given back is written with the next commit (which comes before the reply to any
+        request that writes; if the controller is killed first, those ids stay unused)."""
         down = self.ctx.outbox.store_down_since is not None
         self.results.gone(self.ctx.leases.release(rt, write=not down))
-        self.ctx.outbox.reply(rt, req, now=down)
+        self.ctx.outbox.reply(rt, req, now=True)
 
     def to_scheduler(self, tid: int, spec: dict[str, Any], nodes: list[Node],
                      cleared_ok: bool = False, **counters: Any) -> None:
