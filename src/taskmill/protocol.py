@@ -108,9 +108,11 @@ class Lease(msgspec.Struct, frozen=True):
 
 
 class Tids(msgspec.Struct, frozen=True):
-    """`watch` and `wait`."""
+    """`watch` and `wait`; a wait's reply may carry results, up to `budget` bytes of them
+    (a barrier's: get_task_result then needs no round trip for them)."""
 
     tids: list[int]
+    budget: NonNeg = 0
 
 
 class ResultQuery(msgspec.Struct, frozen=True):

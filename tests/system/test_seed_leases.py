@@ -170,3 +170,19 @@ def test_a_refused_batch_is_raised_by_the_next_call_naming_its_taskids(tmp_path)
         finally:
             tc.close()
             other.close()
+
+
+def test_results_a_barrier_brought_along_are_handed_out_as_the_controller_has_them(client):
+    tids = [client.run(MapTask(abs, (-i,))) for i in range(20)]
+    client.barrier(tids)  # (its reply carries their results: get_task_result needs no trip)
+    assert [client.get_task_result(t) for t in tids[:10]] == list(range(10))
+    assert client.get_task_result(tids[0], block=True) == 0  # (asked again: still there)
+    assert client.clear(tids[10:15]) == 5
+    for t in tids[10:15]:  # cleared by this client: no longer handed out
+        with pytest.raises(IndexError):
+            client.get_task_result(t)
+    assert [client.get_task_result(t) for t in tids[15:]] == list(range(15, 20))
+    client.barrier(tids[15:])
+    client.clear()
+    with pytest.raises(IndexError):
+        client.get_task_result(tids[16])

@@ -341,7 +341,7 @@ class AsyncTaskClient:
         return await self._run(lambda _: steps.queue_status(verbose))
 
     async def clear(self, taskids: Any = None) -> int:
-        return await self._run(lambda _: verbs.clear(taskids))
+        return await self._run(lambda s: verbs.clear(s, taskids))
 
     async def put(self, obj: Any) -> ObjectRef:
         """`TaskClient.put` as a coroutine (`await ref.release()` drops the value)."""

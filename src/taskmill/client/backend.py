@@ -28,6 +28,7 @@ from ..task import BaseTask
 from ..wire import FunctionPickles
 from .codec import (
     Encoded,
+    Entry,
     check_taskid,
     decode_result,
     encode_task,
@@ -44,6 +45,7 @@ from .submitter import Submitter, Watcher
 
 ABORT_WAIT = 10.0  # at most this long, a map that ends early waits for its aborts to be heard
 LATE_REPLY_WAIT = 2.0  # an interrupted submit waits this long to learn its taskids anyway
+KEPT_RESULTS_BYTES = 8 * 1024 * 1024  # results a barrier brings along for get_task_result
 
 Verb = Generator[Any, Any, Any]
 
@@ -59,6 +61,9 @@ class Backend:
         self.watcher = Watcher(self.connection)
         self.submitter = Submitter(self.connection)
         self.runs = Runs(self.connection)
+        # Results the last barrier brought along (taskid -> entry), each handed out once by
+        # get_task_result without a round trip; a clear by this client drops them.
+        self.kept_results: dict[int, Entry] = {}
         self.connection.on_unreachable = self._unreachable
         self.connection.on_restarted = lambda: self.runs.lost_lease(
             "the controller restarted before they were sent")
@@ -86,6 +91,15 @@ class Backend:
         are sent and stored (a refusal raised here), and the rest of the lease given back."""
         sent = self.runs.begin()
         self.runs.end(sent, self.connection.timeout)
+
+    def keep_results(self, entries: Sequence[Entry]) -> None:
+        self.kept_results = {meta["tid"]: (meta, frames) for meta, frames in entries if meta}
+
+    def forget_results(self, tids: Sequence[int] | None) -> None:
+        if tids is None:
+            self.kept_results = {}
+        for t in tids or ():
+            self.kept_results.pop(t, None)
 
     # -- codecs bound to this connection -----------------------------------------------------
     def encode(self, task: BaseTask, *, validated: bool = False) -> Encoded:

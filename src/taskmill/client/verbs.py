@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import ControllerUnreachable
 from ..task import BaseTask, MapTask, check_seconds
-from .backend import Backend, Verb
+from .backend import KEPT_RESULTS_BYTES, Backend, Verb
 from .codec import (
     Encoded,
     batches,
@@ -147,8 +147,12 @@ def results(tids: list[int], block: bool, timeout: float | None, what: str) -> V
 
 
 def get_task_result(backend: Backend, taskid: int, block: bool, timeout: float | None) -> Verb:
+    """A result the last barrier brought along is handed out (once) without asking."""
     check_taskid(taskid)
     check_seconds(timeout, "timeout")
+    kept = backend.kept_results.pop(taskid, None)
+    if kept is not None:
+        return backend.decode(*kept)
     (meta, frames), = yield from results([taskid], block, timeout,
                                          f"get_task_result({taskid}, block=True)")
     return backend.decode(meta, frames)
@@ -161,9 +165,10 @@ def task_info(taskid: int) -> Verb:
     return (yield task_info_request(taskid))
 
 
-def clear(taskids: Any) -> Verb:
+def clear(backend: Backend, taskids: Any) -> Verb:
     """Drop finished results; KeyError names the ids without one (the others are dropped)."""
     tids = None if taskids is None else taskid_list(taskids)
+    backend.forget_results(tids)
     reply = {"dropped": 0, "missing": []}
     asked = tids if tids is None else [t for t in tids if in_range(t)]
     if asked is None or asked:
@@ -185,9 +190,10 @@ def barrier(backend: Backend, taskids: Any, progress: bool | None,
         return None
     if show_progress(progress):
         yield from wait(backend, tids, timeout, True)
-    else:
-        yield Request({"type": "wait", "tids": tids}, blocking=True, timeout=timeout,
-                      what="barrier")
+    else:  # (the reply brings results along, up to a budget, for get_task_result)
+        backend.keep_results((yield Request(
+            {"type": "wait", "tids": tids, "budget": KEPT_RESULTS_BYTES}, blocking=True,
+            timeout=timeout, what="barrier", read=split_results)))
     return None
 
 

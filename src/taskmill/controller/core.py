@@ -19,7 +19,7 @@ whose fields do not fit is refused before any verb runs. The parts:
   hourly (`drop_old_results`, store/retention.py), as a client's `clear` would drop them.
 
 Client messages (every one carries `req`; the reply echoes it):
-  hello, ping, submit{tasks, watch}, result{tids, block}, watch{tids}, wait{tids}, abort{tid},
+  hello, ping, submit{tasks, watch}, result{tids, block}, watch{tids}, wait{tids, budget}, abort{tid},
   spin, status{verbose}, clear{tids}, engines, stats, engine_exited{pid, status} (from a nanny),
   activity{since} and task{tid} (read-only, for the dashboard: stats.py keeps what they read),
   lease{n} and release (taskids a client numbers its run() tasks from: leases.py; a submit
@@ -376,7 +376,7 @@ class ControllerCore:
         self.results.add_waiter(rt, req, "watch", m.tids)
 
     def wait(self, rt: bytes, req: Any, m: Tids, frames: list[Any]) -> None:
-        self.results.add_waiter(rt, req, "wait", m.tids)
+        self.results.add_waiter(rt, req, "wait", m.tids, budget=m.budget)
 
     def abort(self, rt: bytes, req: Any, m: Abort, frames: list[Any]) -> None:
         if self.ctx.sched.abort(m.tid):
