@@ -80,7 +80,7 @@ def test_a_lease_is_written_before_it_is_answered_and_a_restart_looks_at_it(tmp_
     s.commit()
     leases.take(b"a", [3])
     _add(s, 3)
-    s.commit(everything=True)  # (writes low_tid too: it must not pass over the lease)
+    s.commit()  # (low_tid, written with the lease, must not have passed over it)
     s.abandon()  # as a kill -9 leaves it
     s2 = SQLiteStore(path)
     try:

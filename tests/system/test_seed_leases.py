@@ -92,6 +92,7 @@ def test_a_client_killed_before_its_task_was_sent_leaves_an_unknown_id(cluster, 
         capture_output=True, text=True, timeout=60)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     tid = int(proc.stdout.split()[0])
+    assert client.get_task_result(tid) is None  # unfinished: its lease lasts a while yet
 
     def unknown() -> bool:  # (unfinished while the lease holds: until its holder is silent)
         try:

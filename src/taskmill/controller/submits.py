@@ -2,7 +2,9 @@
 
 A `submit` arrives as its record (protocol.Submit: typed, checked as it was built) and is
 checked whole before anything is stored (validation.stored_nodes); each task then
-gets a taskid, a row in the store and a place in the scheduler, and the submit waits in the
+gets a taskid (or keeps the one its client chose from its lease: `tids`, checked by
+leases.py; `lease` and `release` are here too), a row in the store and a place in the
+scheduler, and the submit waits in the
 outbox (`NewSubmit`) for the commit that stores its rows: only then is it answered with the
 taskids (and, with `watch`, its results follow as `done` messages). A submit sent again after
 a restart (same `key`) gets the same taskids. If that commit fails, `take_back` withdraws its
