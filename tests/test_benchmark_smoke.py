@@ -117,3 +117,15 @@ def test_shared_data_puts_once_per_engine():
     assert len(rows) == 2, proc.stdout
     put_mb, per_task_mb = float(rows[0][4]), float(rows[1][4])
     assert 4 <= put_mb <= 8 + 0.1 and per_task_mb >= 12, proc.stdout
+
+
+@pytest.mark.timeout(180)
+def test_adapt_burst_runs_and_the_cluster_grows_and_shrinks_back():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "adapt_burst.py"), "--tasks", "12",
+         "--seconds", "0.3", "--min", "1", "--max", "3", "--idle-after", "0.5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=170, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    assert "tasks run once each: True" in proc.stdout, proc.stdout
+    assert "the most engines live at once: 3 (MAX 3)" in proc.stdout, proc.stdout

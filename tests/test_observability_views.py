@@ -53,6 +53,18 @@ def make_stats(**changes):
 
 
 # -- taskmill status -------------------------------------------------------------------------
+def test_the_status_table_counts_retiring_engines_alive_and_retired_ones_gone():
+    stats = make_stats()
+    extra = [dict(stats["engines"][1], engineid=3, state="retiring"),
+             dict(stats["engines"][2], engineid=4, state="retired"),
+             dict(stats["engines"][2], engineid=5, state="retired")]
+    text = render_status(make_stats(engines=[*stats["engines"], *extra]))
+    assert "engines:    3 alive (1 busy, 1 idle, 1 retiring), 1 dead, 2 retired" in \
+        text.splitlines()
+    rows = {line.split()[0]: line.split() for line in text.splitlines()[6:] if line.strip()}
+    assert rows["3"][1] == "retiring" and rows["4"][1] == "retired" and rows["4"][5] == "-"
+
+
 def test_the_status_table_shows_engines_queue_and_throughput():
     text = render_status(make_stats(), controller="tcp://127.0.0.1:5555",
                          dashboard="http://127.0.0.1:8000/?token=abc")
@@ -89,7 +101,7 @@ def test_metrics_parse_and_carry_every_figure():
     tasks = {s.labels["state"]: s.value for s in families["taskmill_tasks"].samples}
     assert tasks == {"scheduled": 2, "pending": 1, "succeeded": 5, "failed": 2}
     engines = {s.labels["state"]: s.value for s in families["taskmill_engines"].samples}
-    assert engines == {"idle": 1, "busy": 1, "dead": 1}
+    assert engines == {"idle": 1, "busy": 1, "dead": 1, "retiring": 0, "retired": 0}
     refused = {s.labels["reason"]: s.value
                for s in families["taskmill_refused_messages"].samples}
     assert refused == {"bad-signature": 3, 'we"ird\nreason': 1}  # escaped and read back

@@ -14,16 +14,21 @@ import pytest
 
 from taskmill.connection import new_connection_info
 from taskmill.controller import Controller, Now
+from taskmill.controller.outbox import ENGINE
 from taskmill.protocol import (
     CLIENT_RECORDS,
     ENGINE_RECORDS,
+    HbAnswer,
     MapExec,
     NodeSpec,
     ProtocolError,
+    Registered,
     ResultMeta,
     Statistics,
     Submit,
+    Tasks,
     TaskSpec,
+    from_controller,
     node_rules,
 )
 from taskmill.store import MemoryStore
@@ -101,6 +106,54 @@ def test_a_header_that_does_not_fit_its_record_is_refused(ctl, header):
     assert not reply["ok"] and reply["error"].startswith(f"bad {header['type']} request: ")
     assert ctl.wire.refused["bad-request"] == before + 1
     assert ctl.counters.submitted == 0
+
+
+def test_every_message_the_controller_sends_an_engine_reads_back_into_its_record(ctl):
+    """The controller builds its messages to engines from records (protocol.to_engine) and the
+    engine reads each back (from_controller): a registration, tasks, a heartbeat's answer, an
+    abort (interrupt), and a heartbeat from an engine it does not know (reregister)."""
+    out = from_engine(ctl, b"engine-a.t", {
+        "type": "register", "uuid": "engine-a", "ctl_ident": b"engine-a.c",
+        "res_ident": b"engine-a.r", "heart_ident": b"engine-a.h", "hostname": "host",
+        "pid": 4242, "t": 0.0})
+    out += from_engine(ctl, b"engine-a.t", {"type": "hello"})
+    out += from_engine(ctl, b"engine-b.t", {"type": "register", "uuid": "b"}, ())  # malformed
+    call(ctl, {"type": "submit", "tasks": [{"nodes": [node()]}]}, FRAMES)
+    out += ctl.last_out
+    tid = [h for *_, h, _ in ctl.last_out if h.get("type") == "reply"][0]["tids"][0]
+    out += from_engine(ctl, b"engine-a.c", {"type": "hb", "t": 1.0, "held": [[tid, 1]],
+                                            "current": [tid, 1], "mseq": 1})
+    call(ctl, {"type": "abort", "tid": tid})
+    out += ctl.last_out
+    out += from_engine(ctl, b"stranger.c", {"type": "hb", "gen": 3})
+    to_engines = [h for kind, _, h, _ in out if kind == ENGINE and h is not None]
+    read = [from_controller(h) for h in to_engines]
+    kinds = {type(r).__name__ for r in read}
+    assert {"Registered", "Welcome", "Tasks", "HbAnswer", "InterruptTask", "Reregister"} <= kinds
+    reg = next(r for r in read if isinstance(r, Registered))
+    assert reg.engineid >= 0 and reg.session == ctl.session and reg.max_message > 0
+    tasks = next(r for r in read if isinstance(r, Tasks) and r.tasks)
+    assert tasks.tasks[0]["tid"] == tid and tasks.mseq == 1
+    hb = next(r for r in read if isinstance(r, HbAnswer))
+    assert hb.t == 1.0 and not hb.retire
+
+
+@pytest.mark.parametrize("header", [
+    {"type": "registered", "session": b"s", "engineid": -1, "heartbeat": 1.0,
+     "dead_after": 3.0, "max_message": 10},
+    {"type": "registered", "session": b"s", "engineid": 1, "heartbeat": 0.0,
+     "dead_after": 3.0, "max_message": 10},
+    {"type": "hb", "session": b"s", "ack": [["1", 2]]},
+    {"type": "hb", "session": "not bytes"},
+    {"type": "tasks", "session": b"s", "engineid": 0, "mseq": -2, "tasks": []},
+    {"type": "revoke", "session": b"s", "tid": 1, "attempt": 1},  # no dseq
+    {"type": "interrupt", "session": b"s", "tid": 1, "attempt": "1", "reason": "aborted"},
+])
+def test_a_message_to_an_engine_that_does_not_fit_its_record_is_refused(header):
+    with pytest.raises(msgspec.ValidationError):
+        from_controller(header)
+    with pytest.raises(KeyError):
+        from_controller({"type": "no-such-message", "session": b"s"})
 
 
 def test_rules_a_type_cannot_state():

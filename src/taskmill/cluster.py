@@ -22,6 +22,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
+from .adapt import Adapter, Policy
 from .checks import days, seconds
 from .client import TaskClient
 from .connection import (
@@ -30,7 +31,13 @@ from .connection import (
     read_connection_file,
     write_connection_file,
 )
-from .defaults import DEFAULT_HEARTBEAT, DEFAULT_KEEP_RESULTS, DEFAULT_UNMET_TIMEOUT, is_loopback
+from .defaults import (
+    DEFAULT_HEARTBEAT,
+    DEFAULT_KEEP_RESULTS,
+    DEFAULT_UNMET_TIMEOUT,
+    ENGINE_GONE_STATES,
+    is_loopback,
+)
 from .display import html_table, link_html, state_html
 from .errors import ControllerUnreachable
 from .launchers import LaunchContext, Launcher, LocalLauncher, make_launcher
@@ -158,6 +165,7 @@ class Cluster:
         self._nanny: threading.Thread | None = None
         self._lifeline: tuple[int, int] | None = None
         self._client: TaskClient | None = None
+        self._adapter: tuple[Adapter, TaskClient] | None = None
         self._started = False
 
     def _choose_transport(self, transport: str | None) -> str:
@@ -267,6 +275,7 @@ class Cluster:
             return
         self._started = False
         _LIVE.discard(self)
+        self._stop_adapting()
         if self._nanny is not None and self._nanny is not threading.current_thread():
             self._nanny.join(timeout=5)
             self._nanny = None
@@ -345,6 +354,44 @@ class Cluster:
             raise RuntimeError("the cluster is not started")
         self.launcher.launch(self._context(), self._per_engine(properties, k))
 
+    def adapt(self, minimum: int = 0, maximum: int | None = None, idle_after: float = 60.0, *,
+              interval: float = 1.0, properties: dict[str, Any] | None = None) -> Adapter:
+        """Grow while tasks wait and shrink when engines idle, between `minimum` and `maximum`
+        engines (default: the `n` this cluster started with), as dask's and Ray's clusters do.
+
+        Every `interval` seconds: while there are more tasks (waiting or held by engines) than
+        engines, start engines (with this cluster's launcher, each with `properties`, default
+        those of its first engine); when engines have been idle for `idle_after` seconds and no
+        task waits, retire them (`TaskClient.retire_engines`: no task is lost or run twice).
+        Returns the `Adapter` (its `stop()`, `history`, `largest`); calling `adapt` again
+        replaces it, and `stop()` of the cluster ends it. See taskmill/adapt.py."""
+        if not self._started:
+            raise RuntimeError("the cluster is not started")
+        if maximum is None:
+            maximum = max(1, self.n, minimum)
+        policy = Policy(minimum, maximum, idle_after)
+        if properties is None:
+            properties = self.engine_properties[0] if self.engine_properties else {}
+        props = dict(properties)
+        self._stop_adapting()
+        tc = self.client(timeout=self.start_timeout)
+
+        def start(k: int) -> None:
+            self.launcher.launch(self._context(), [dict(props) for _ in range(k)])
+
+        adapter = Adapter(policy, read=lambda: (tc.engines(), tc.queue_status()),
+                          start=start, retire=tc.retire_engines, interval=interval,
+                          start_timeout=self.start_timeout)
+        self._adapter = (adapter, tc)
+        return adapter.begin(tc.engines())
+
+    def _stop_adapting(self) -> None:
+        if self._adapter is not None:
+            adapter, tc = self._adapter
+            self._adapter = None
+            adapter.stop()
+            tc.close()
+
     def wait_for_engines(self, k: int, timeout: float = 60.0) -> None:
         """Wait until at least `k` engines have registered in all (`timeout` may be math.inf)."""
         timeout = seconds("timeout", timeout, zero=True, infinite=True)
@@ -393,7 +440,7 @@ class Cluster:
             states: dict[str, int] = {}
             for e in engines:
                 states[e["state"]] = states.get(e["state"], 0) + 1
-            alive = sum(n for s, n in states.items() if s != "dead")
+            alive = sum(n for s, n in states.items() if s not in ENGINE_GONE_STATES)
             rows.append(("status", state_html("running")))
             rows.append(("engines", f"{alive} alive ("
                          + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ")"))
@@ -426,4 +473,4 @@ class Cluster:
     def engine_pids(self) -> dict[int, int]:
         """engineid -> pid of every live engine."""
         return {e["engineid"]: e["pid"] for e in self._own_client().engines()
-                if e["state"] != "dead"}
+                if e["state"] not in ENGINE_GONE_STATES}

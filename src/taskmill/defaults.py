@@ -22,6 +22,10 @@ DEAD_AFTER_HEARTBEATS = 3
 #: ... but never sooner than this many seconds (a very short heartbeat would misfire)
 DEAD_AFTER_MIN = 0.5
 
+#: engine states (`engines()`, statistics) of an engine that is gone: declared dead, or
+#: retired (stopped on purpose once it held nothing); the others (idle, busy, retiring) live
+ENGINE_GONE_STATES = frozenset({"dead", "retired"})
+
 #: bytes one message may hold; larger ones are refused (`--max-message-size`)
 MAX_MESSAGE_SIZE = 512 * 1024 * 1024
 

@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-ENGINE_STATES = ("idle", "busy", "dead")
+ENGINE_STATES = ("idle", "busy", "retiring", "dead", "retired")
 
 
 def _label(value: Any) -> str:

@@ -1,4 +1,5 @@
-"""Typed records of the messages the controller receives, and of the result metadata it keeps.
+"""Typed records of the messages the controller receives and sends to engines, and of the
+result metadata it keeps.
 
 The Wire (wire/) hands the controller each header as a msgpack map, signed and fresh. The
 controller then turns it into the record of its verb (`client_record`, `engine_record`: msgspec
@@ -17,6 +18,10 @@ Fields read leniently today stay `Any` (a heartbeat's lists, whose malformed ite
 one by one, and the flags read with `bool(...)`): their record documents them without refusing
 more than before.
 
+The messages the controller sends to engines have records too (`Welcome` ... `Tasks`): the
+controller builds each header from its record (`to_engine`) and the engine reads it back
+(`from_controller`), refusing (and logging) one that does not fit.
+
 `ResultMeta` (with `ErrorInfo`) is the shape of the metadata the controller stores for a
 finished task and returns to clients as a plain map (results.py builds it; tests convert what
 it stores into this record). `Statistics` is what `statistics()` answers (views.py builds it
@@ -33,11 +38,13 @@ from .task import MAX_TIMEOUT
 
 __all__ = [
     "CLIENT_RECORDS", "ENGINE_RECORDS", "Abort", "Activity", "Clear", "EngineExited",
-    "ErrorInfo", "Heartbeat", "Lease", "MapExec", "NodeSpec", "NoFields", "ProtocolError", "Register",
-    "ResultEntry", "ResultMeta", "Results", "Revoked", "Statistics", "Status", "StringExec",
+    "ErrorInfo", "Heartbeat", "Lease", "MapExec", "NodeSpec", "NoFields", "ProtocolError",
+    "Register", "ResultEntry", "ResultMeta", "Results", "Retire", "Revoked", "Statistics",
+    "Status", "StringExec",
     "Submit",
     "TaskQuery", "TaskSpec", "Tids", "ResultQuery", "client_record", "engine_record",
-    "node_rules", "result_entry",
+    "node_rules", "result_entry", "TO_ENGINE_RECORDS", "Welcome", "Registered", "HbAnswer",
+    "Reregister", "InterruptTask", "RevokeTask", "Tasks", "to_engine", "from_controller",
 ]
 
 NonNeg = Annotated[int, msgspec.Meta(ge=0)]
@@ -151,6 +158,13 @@ class EngineExited(msgspec.Struct, frozen=True):
     status: int
 
 
+class Retire(msgspec.Struct, frozen=True):
+    """`retire`: take these engines out of scheduling and stop each once it holds nothing
+    (controller/engines.py; a shrinking cluster's way to stop engines without losing a task)."""
+
+    engines: list[int]
+
+
 class Put(msgspec.Struct, frozen=True):
     """`put`: one value, pickled in the frames that follow, stored once as a finished
     result (client/objects.py's ObjectRef names it)."""
@@ -168,7 +182,7 @@ CLIENT_RECORDS: dict[str, type[msgspec.Struct]] = {
     "hello": NoFields, "ping": NoFields, "submit": Submit, "result": ResultQuery,
     "watch": Tids, "wait": Tids, "abort": Abort, "spin": NoFields, "status": Status,
     "clear": Clear, "engines": NoFields, "stats": NoFields, "activity": Activity,
-    "task": TaskQuery, "engine_exited": EngineExited, "put": Put,
+    "task": TaskQuery, "engine_exited": EngineExited, "put": Put, "retire": Retire,
     "lease": Lease, "release": Lease,
 }
 
@@ -234,7 +248,96 @@ class Results(msgspec.Struct, frozen=True):
 
 ENGINE_RECORDS: dict[str, type[msgspec.Struct]] = {
     "register": Register, "hb": Heartbeat, "results": Results, "revoked": Revoked,
+    "retired": NoFields,  # told to retire, it holds nothing and stops now
 }
+
+
+# -- messages to engines -----------------------------------------------------------------------
+# The controller builds each as its record (`to_engine`) and the engine reads each into it
+# (`from_controller`), so both sides agree on one shape. `session` is the controller's.
+
+class Welcome(msgspec.Struct, frozen=True):
+    """The answer to an engine's `hello`: the session to register with."""
+
+    session: bytes
+
+
+class Registered(msgspec.Struct, frozen=True):
+    """The answer to `register`: the engine's id and the cluster's timing and limits."""
+
+    session: bytes
+    engineid: NonNeg
+    heartbeat: Annotated[float, msgspec.Meta(gt=0)]
+    dead_after: Annotated[float, msgspec.Meta(gt=0)]
+    max_message: Annotated[int, msgspec.Meta(gt=0)]
+    properties: dict[Any, Any] = {}
+    t: Any = None  # the register's, echoed (the engine's lease counts from it)
+    again: bool = False  # an answer to a repeated register (the engine may have moved)
+
+
+class HbAnswer(msgspec.Struct, frozen=True):
+    """The answer to a heartbeat: results stored (`ack`) or lost (`resend`), the number of the
+    last `tasks` message sent (`mseq`), and `retire` once a retiring engine holds nothing."""
+
+    session: bytes
+    t: Any = None  # the heartbeat's, echoed: the engine's lease counts from it
+    ack: list[tuple[int, int]] = []
+    resend: list[tuple[int, int]] = []
+    mseq: NonNeg = 0
+    retire: bool = False
+
+
+class Reregister(msgspec.Struct, frozen=True):
+    """The controller does not know the engine (it restarted, or declared it dead)."""
+
+    session: bytes
+    gen: Any = None  # the heartbeat's registration generation, echoed
+
+
+class InterruptTask(msgspec.Struct, frozen=True):
+    """Interrupt an attempt (`reason`: aborted, or stale after a controller restart)."""
+
+    session: bytes
+    tid: int
+    attempt: int
+    reason: str
+
+
+class RevokeTask(msgspec.Struct, frozen=True):
+    """Give back a buffered attempt, if it has not started (`dseq`: its dispatch number)."""
+
+    session: bytes
+    tid: int
+    attempt: int
+    dseq: int
+
+
+class Tasks(msgspec.Struct, frozen=True):
+    """Numbered tasks: each entry names its `n` payload frames, which follow in order (read
+    one by one with the frames: see engine/running.split_tasks)."""
+
+    session: bytes
+    engineid: NonNeg
+    mseq: NonNeg
+    tasks: list[Any]
+
+
+TO_ENGINE_RECORDS: dict[str, type[msgspec.Struct]] = {
+    "welcome": Welcome, "registered": Registered, "hb": HbAnswer, "reregister": Reregister,
+    "interrupt": InterruptTask, "revoke": RevokeTask, "tasks": Tasks,
+}
+TO_ENGINE_TYPES = {v: k for k, v in TO_ENGINE_RECORDS.items()}
+
+
+def to_engine(record: msgspec.Struct) -> dict[str, Any]:
+    """The header of a message to an engine, from its record."""
+    return {"type": TO_ENGINE_TYPES[type(record)], **msgspec.structs.asdict(record)}
+
+
+def from_controller(header: dict[str, Any]) -> msgspec.Struct:
+    """The record of a message from the controller (KeyError for a type that has none;
+    msgspec.ValidationError for one that does not fit it)."""
+    return msgspec.convert(header, TO_ENGINE_RECORDS[header["type"]])
 
 
 # -- result metadata ---------------------------------------------------------------------------
@@ -283,6 +386,7 @@ class Statistics(msgspec.Struct, frozen=True):
     submitted: int
     finished: int
     engines_died: int
+    engines_retired: int  # engines stopped on purpose once they held nothing (retire)
     engines_moved: int  # live engines that moved to new connections (their old ones deaf)
     tasks_lost_in_transit: int  # dispatches an engine never got (queued again, not counted)
     argument_bytes_out: int  # results (and put values) sent to engines as task arguments

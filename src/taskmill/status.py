@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from .defaults import ENGINE_GONE_STATES
+
 CLEAR_SCREEN = "\x1b[H\x1b[J"
 BUILTIN_PROPERTIES = ("engineid", "hostname", "pid")
 
@@ -49,13 +51,16 @@ def render_status(stats: dict[str, Any], *, controller: str = "",
                   dashboard: str | None = None) -> str:
     """The table `taskmill status` prints for one `TaskClient.statistics()` structure."""
     engines = stats["engines"]
-    alive = [e for e in engines if e["state"] != "dead"]
+    alive = [e for e in engines if e["state"] not in ENGINE_GONE_STATES]
     busy = sum(1 for e in alive if e["state"] == "busy")
+    retiring = sum(1 for e in alive if e["state"] == "retiring")
+    gone = {s: sum(1 for e in engines if e["state"] == s) for s in ("dead", "retired")}
     q = stats["queue"]
     lines = [
         f"controller: {controller or 'answering'}, up {_duration(stats['uptime'])}",
-        f"engines:    {len(alive)} alive ({busy} busy, {len(alive) - busy} idle)"
-        + (f", {len(engines) - len(alive)} dead" if len(engines) > len(alive) else ""),
+        f"engines:    {len(alive)} alive ({busy} busy, {len(alive) - busy - retiring} idle"
+        + (f", {retiring} retiring)" if retiring else ")")
+        + "".join(f", {n} {s}" for s, n in gone.items() if n),
         f"queue:      {q['scheduled']} scheduled, {q['pending']} pending, "
         f"{q['succeeded']} succeeded, {q['failed']} failed",
         f"throughput: {stats['tasks_per_second']:.2f} tasks/s over the last minute "
@@ -76,7 +81,7 @@ def render_status(stats: dict[str, Any], *, controller: str = "",
         task = "-" if e.get("current_task") is None else str(e["current_task"])
         if len(held) > 1:
             task += f" (+{len(held) - 1} queued)"
-        heartbeat = "-" if e["state"] == "dead" else _ago(e.get("last_heartbeat_ago", 0.0))
+        heartbeat = "-" if e["state"] in ENGINE_GONE_STATES else _ago(e.get("last_heartbeat_ago", 0.0))
         rows.append([str(e["engineid"]), e["state"], task, str(e["tasks_done"]),
                      str(e.get("failures", 0)), heartbeat, e["hostname"], str(e["pid"]),
                      _properties(e["properties"])])

@@ -238,7 +238,7 @@ def test_metrics_parse_and_match_queue_status(cluster, client):
     assert queue["succeeded"] >= 3 and queue["failed"] >= 1
     by_state = {s.labels["state"]: s.value for s in families["taskmill_engines"].samples}
     assert by_state == {state: sum(1 for e in engines if e["state"] == state)
-                        for state in ("idle", "busy", "dead")}
+                        for state in ("idle", "busy", "retiring", "dead", "retired")}
     hist = {(s.name, s.labels.get("le")): s.value
             for s in families["taskmill_task_duration_seconds"].samples}
     assert hist[("taskmill_task_duration_seconds_count", None)] == stats["durations"]["count"]

@@ -545,6 +545,34 @@ def test_slurm_job_array_through_the_python_api(slurm):
     assert not launcher.work.path.exists()
 
 
+def nap_where(seconds):
+    import os
+    import time
+
+    time.sleep(seconds)
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def test_an_adaptive_cluster_on_slurm_starts_engines_as_jobs_and_they_end_when_idle(slurm):
+    """adapt with the Slurm launcher (issue 18 item 7): each growth is a job (array elements
+    here); a retired engine exits 0 and its job ends; nothing is lost."""
+    launcher = SlurmLauncher(mode="array", time_limit="5")
+    with Cluster(1, launcher=launcher, heartbeat=0.5) as c, c.client() as tc:
+        [first_job] = [j for j, _ in launcher.jobs]
+        adapter = c.adapt(1, 2, idle_after=1.0, interval=0.3)  # (the node has 2 CPUs)
+        jobs = [f.result(timeout=120) for f in [tc.submit(nap_where, 0.5) for _ in range(24)]]
+        assert len(jobs) == 24 and adapter.largest == 2
+        assert len(launcher.jobs) == 2  # it grew by submitting a job
+        assert set(jobs) == {first_job, launcher.jobs[1][0]}  # tasks ran in both
+        wait_until(lambda: sum(e["state"] in ("idle", "busy") for e in tc.engines()) == 1,
+                   "the cluster to shrink to one engine")
+        wait_until(lambda: len(slurm.squeue()) == 1, "the retired engine's job to end")
+        stats = tc.statistics()
+        assert stats["engines_died"] == 0 and stats["engines_retired"] >= 1
+        adapter.stop()
+    assert slurm.squeue() == []
+
+
 def test_a_slurm_job_is_cancelled_when_its_owner_is_killed(slurm, tmp_path):
     script = tmp_path / "owner.py"
     script.write_text(textwrap.dedent("""

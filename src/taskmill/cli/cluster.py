@@ -277,7 +277,11 @@ def _run_cluster_foreground(a: argparse.Namespace, state: Path, launcher: Launch
         return record
 
     written = write_state()
-    print(f"cluster started: {cluster.n} engines ({cluster.launcher.name} launcher); "
+    adapting = ""
+    if a.adapt is not None:
+        cluster.adapt(*a.adapt, idle_after=a.idle_after)
+        adapting = f", adapting between {a.adapt[0]} and {a.adapt[1]}"
+    print(f"cluster started: {cluster.n} engines ({cluster.launcher.name} launcher{adapting}); "
           f"connection file {cluster.connection_file}", flush=True)
     try:
         while not stopping:

@@ -86,6 +86,20 @@ def _days(text: str) -> float:
             f"must be a number of days >= 0 (inf: keep them for ever), not {text!r}") from None
 
 
+def _adapt_range(text: str) -> tuple[int, int]:
+    """An argparse type: MIN:MAX engines of an adaptive cluster (0 <= MIN <= MAX, MAX >= 1)."""
+    lo, sep, hi = text.partition(":")
+    try:
+        low, high = int(lo), int(hi)
+    except ValueError:
+        low = high = -1
+    if not sep or low < 0 or high < max(1, low):
+        raise argparse.ArgumentTypeError(
+            f"must be MIN:MAX, two whole numbers with 0 <= MIN <= MAX and MAX >= 1 (e.g. 0:8), "
+            f"not {text!r}")
+    return low, high
+
+
 def _keep_results(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-results", type=_days, default=DEFAULT_KEEP_RESULTS,
                         metavar="DAYS",
@@ -277,6 +291,12 @@ def _add_cluster(sub: Any) -> None:
     st.add_argument("--cwd", default=None, metavar="DIR",
                     help="the engines' working folder, on their machines (default: where "
                          "each starts)")
+    st.add_argument("--adapt", type=_adapt_range, default=None, metavar="MIN:MAX",
+                    help="adaptive: start engines while tasks wait, up to MAX, and retire "
+                         "those idle for --idle-after seconds, down to MIN (-n engines first)")
+    st.add_argument("--idle-after", type=_seconds(zero=True), default=60.0, metavar="SECONDS",
+                    help="with --adapt: how long an engine idles before it is retired "
+                         "(default 60)")
     st.add_argument("--start-timeout", type=_seconds(), default=60.0,
                     help="seconds to wait for the N engines to register (default 60)")
     st.add_argument("--no-wait", action="store_true",

@@ -366,6 +366,10 @@ class AsyncTaskClient:
     async def engines(self) -> list[dict[str, Any]]:
         return await self._run(lambda _: steps.engines())
 
+    async def retire_engines(self, engineids: list[int]) -> list[int]:
+        """See TaskClient.retire_engines."""
+        return await self._run(lambda _: steps.retire_engines(list(engineids)))
+
     async def statistics(self) -> dict[str, Any]:
         return await self._run(lambda _: steps.statistics())
 

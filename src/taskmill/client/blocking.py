@@ -173,6 +173,14 @@ class TaskClient:
         """Every engine the controller knows: id, host, pid, properties, state, tasks done."""
         return self.backend.run(steps.engines())
 
+    def retire_engines(self, engineids: list[int]) -> list[int]:
+        """Take engines out of scheduling and stop each once it holds nothing (as dask's
+        `retire_workers`): no new task goes to them, tasks buffered there that have not started
+        are queued again (uncounted), a running one finishes. Returns the ids that retire (the
+        others are unknown or gone). `engines()` shows them as `retiring`, then `retired`.
+        A local engine that retired is not restarted (`Cluster.adapt` uses this)."""
+        return self.backend.run(steps.retire_engines(list(engineids)))
+
     def statistics(self) -> dict[str, Any]:
         """What the controller is doing: queue, engines (state, current task, tasks done,
         failures, last heartbeat, properties), tasks/s over the last minute, task durations,

@@ -32,6 +32,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import ModuleType
 from typing import Any, Protocol
 
+from ..defaults import ENGINE_GONE_STATES
+
 JOBLIB_MINIMUM = (1, 3)  # parallel_config, retrieve_result_callback (1.5 renamed apply_async)
 
 
@@ -69,7 +71,7 @@ def register(client: JoblibClient, name: str = "taskmill", make_default: bool = 
 
 
 def live_engines(client: JoblibClient) -> int:
-    return sum(1 for e in client.engines() if e.get("state") != "dead")
+    return sum(1 for e in client.engines() if e.get("state") not in ENGINE_GONE_STATES)
 
 
 def jobs_for(n_jobs: int | None, engines: int) -> int:

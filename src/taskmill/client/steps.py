@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
+from ..defaults import ENGINE_GONE_STATES
 from .codec import check_taskid, in_range, unknown_message
 
 Reader = Callable[[dict[str, Any], list[Any]], Any]
@@ -140,12 +141,18 @@ def engines() -> Request:
 def live_engine_ids() -> Request:
     """The ids of the engines not dead, sorted."""
     return Request({"type": "engines"}, read=lambda r, _: sorted(
-        e["engineid"] for e in r["engines"] if e["state"] != "dead"))
+        e["engineid"] for e in r["engines"] if e["state"] not in ENGINE_GONE_STATES))
 
 
 def live_engine_count() -> Request:
     return Request({"type": "engines"},
-                   read=lambda r, _: sum(1 for e in r["engines"] if e["state"] != "dead"))
+                   read=lambda r, _: sum(1 for e in r["engines"]
+                                         if e["state"] not in ENGINE_GONE_STATES))
+
+
+def retire_engines(engineids: list[int]) -> Request:
+    return Request({"type": "retire", "engines": list(engineids)},
+                   read=lambda r, _: list(r["retiring"]))
 
 
 def statistics() -> Request:

@@ -43,6 +43,7 @@ class Counters:
     submitted: int = 0
     finished: int = 0
     engines_died: int = 0
+    engines_retired: int = 0  # stopped on purpose once they held nothing (retire)
     revokes_sent: int = 0  # an idle engine asked for a task buffered on another
     revokes_granted: int = 0  # ... and got it
     tasks_lost_in_transit: int = 0  # dispatches an engine never got, queued again

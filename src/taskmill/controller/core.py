@@ -21,12 +21,14 @@ whose fields do not fit is refused before any verb runs. The parts:
 Client messages (every one carries `req`; the reply echoes it):
   hello, ping, submit{tasks, watch}, result{tids, block}, watch{tids}, wait{tids, budget}, abort{tid},
   spin, status{verbose}, clear{tids}, engines, stats, engine_exited{pid, status} (from a nanny),
+  retire{engines} (take engines out of scheduling; each stops once it holds nothing),
   activity{since} and task{tid} (read-only, for the dashboard: stats.py keeps what they read),
   lease{n} and release (taskids a client numbers its run() tasks from: leases.py; a submit
   may then carry `tids` from its lease, and `release`)
   A submit with `watch` is answered with its taskids, then with `done` messages as its tasks
   finish (one request instead of a submit and a watch).
-Engine control messages: register, hb (heartbeat), revoked  ->  registered, hb, reregister,
+Engine control messages: register, hb (heartbeat), revoked, retired  ->  registered, hb (with
+  `retire` once a retiring engine holds nothing), reregister,
   interrupt, revoke{dseq} (give back a buffered task, see the scheduler's stealing; `dseq`, not
   `seq`, which every header carries for the Wire's replay check)
 Engine task messages: tasks (controller -> engine), results (engine -> controller)
@@ -49,13 +51,23 @@ from ..protocol import (
     Clear,
     EngineExited,
     ResultQuery,
+    Retire,
     Status,
     TaskQuery,
     Tids,
     client_record,
     engine_record,
 )
-from ..scheduler import ArmTimer, CancelTimer, Dispatch, Finish, Interrupt, Revoke, Scheduler
+from ..scheduler import (
+    ArmTimer,
+    CancelTimer,
+    Dispatch,
+    Drained,
+    Finish,
+    Interrupt,
+    Revoke,
+    Scheduler,
+)
 from ..stats import RecentActivity
 from ..store import TaskStore, drop_old_results
 from ..wire import Wire
@@ -113,19 +125,21 @@ class ControllerCore:
         self.stall_end = float("-inf")  # monotonic end of the last loop turn that ran long
         et = self.engine_tasks
         self.engine_verbs: dict[str, Callable[..., None]] = {
-            "hb": et.heartbeat, "results": et.results, "revoked": et.revoked}
+            "hb": et.heartbeat, "results": et.results, "revoked": et.revoked,
+            "retired": lambda rec, ident, m, frames: self.engines.retired(rec)}
         self.client_verbs: dict[str, ClientVerb] = {
             "hello": self.hello, "ping": self.ping, "submit": self.submits.submit,
             "result": self.result, "watch": self.watch, "wait": self.wait, "abort": self.abort,
             "spin": self.spin, "status": self.status, "clear": self.clear,
             "engines": self.engines_verb, "stats": self.stats, "activity": self.activity,
             "task": self.task, "engine_exited": self.engine_exited, "put": self.submits.put,
+            "retire": self.retire,
             "lease": self.submits.lease, "release": self.submits.release,
         }
         # What carries out each kind of action (the report goes to a Finish only).
         self.actions: dict[type, Callable[[Any, Report | None], None]] = {
             Dispatch: et.dispatch, Finish: self.results.finish, Interrupt: et.interrupt,
-            Revoke: et.revoke,
+            Revoke: et.revoke, Drained: lambda a, report: self.engines.drained(a.eid),
             ArmTimer: lambda a, report: ctx.timers.arm(a.key, a.delay),
             CancelTimer: lambda a, report: ctx.timers.cancel(a.key),
         }
@@ -216,15 +230,14 @@ class ControllerCore:
             rec.last_seen = now.mono
         try:
             if kind == "hello":  # (no side effect: anyone connected may learn the session)
-                engines.send(ident, {"type": "welcome", "session": ctx.session}, now=True)
+                engines.welcome(ident)
             elif kind == "register":
                 engines.register(ident, engine_record(kind, header), header.get("session"))
             elif rec is None or header.get("session") != ctx.session:
                 # An engine this controller does not know (it restarted, or declared it dead),
                 # or a message of another controller session.
                 if kind == "hb":
-                    engines.send(ident, {"type": "reregister", "gen": header.get("gen"),
-                                         "session": ctx.session}, now=True)
+                    engines.reregister(ident, header.get("gen"))
                 elif kind == "results":
                     engines.late_results(ident, header)
             elif (verb := self.engine_verbs.get(kind)) is not None:
@@ -409,6 +422,11 @@ class ControllerCore:
                 pass
         self.engines.process_exited(m.pid, how)
         self.ctx.outbox.reply(rt, req)
+
+    def retire(self, rt: bytes, req: Any, m: Retire, frames: list[Any]) -> None:
+        """Take engines out of scheduling; each stops once it holds nothing (engines.py).
+        Answered with the ids that are retiring (the others are unknown or gone)."""
+        self.ctx.outbox.reply(rt, req, now=True, retiring=self.engines.retire(m.engines))
 
     def stats(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
         self.ctx.outbox.reply(rt, req, now=True, stats=self.views.statistics(self.ctx.now))

@@ -21,7 +21,20 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..protocol import Heartbeat, ResultEntry, Results, Revoked, result_entry
+import msgspec
+
+from ..protocol import (
+    HbAnswer,
+    Heartbeat,
+    InterruptTask,
+    ResultEntry,
+    Results,
+    Revoked,
+    RevokeTask,
+    Tasks,
+    result_entry,
+    to_engine,
+)
 from ..scheduler import ABORTED, Dispatch, Interrupt, Revoke
 from ..wire import frame_len
 from .context import Context
@@ -42,8 +55,8 @@ class EngineTasks:
         self.ctx = ctx
         self.engines = engines
 
-    def send(self, ident: bytes, header: dict[str, Any], *, now: bool = False) -> None:
-        self.ctx.outbox.send(ENGINE, ident, header, now=now)
+    def send(self, ident: bytes, message: msgspec.Struct, *, now: bool = False) -> None:
+        self.ctx.outbox.send(ENGINE, ident, to_engine(message), now=now)
 
     def dispatch(self, a: Dispatch, report: Report | None = None) -> None:
         """Queue attempt `a.attempt` of task `a.tid` for engine `a.eid`; its row is marked
@@ -123,17 +136,15 @@ class EngineTasks:
     def interrupt(self, a: Interrupt, report: Report | None = None) -> None:
         rec = self.engines.records.get(a.eid)
         if rec is not None and not rec.dead and self.ctx.sched.has_engine(a.eid):
-            self.send(rec.ctl_ident, {"type": "interrupt", "tid": a.tid,
-                                      "attempt": a.attempt, "reason": a.reason,
-                                      "session": self.ctx.session})
+            self.send(rec.ctl_ident, InterruptTask(self.ctx.session, a.tid, a.attempt,
+                                                   a.reason))
 
     def revoke(self, a: Revoke, report: Report | None = None) -> None:
         rec = self.engines.records.get(a.eid)
         seq = self.engines.seq_of.get((a.tid, a.attempt))
         if rec is not None and not rec.dead and seq is not None:
             self.ctx.counters.revokes_sent += 1
-            self.send(rec.ctl_ident, {"type": "revoke", "tid": a.tid, "attempt": a.attempt,
-                                      "dseq": seq, "session": self.ctx.session})
+            self.send(rec.ctl_ident, RevokeTask(self.ctx.session, a.tid, a.attempt, seq))
         else:  # nothing to ask back: as good as refused
             self.ctx.sched.revoke_answered(a.eid, a.tid, a.attempt, False)
 
@@ -150,9 +161,8 @@ class EngineTasks:
                 rec.mseq += 1
                 for entry in part:
                     rec.sent[(entry["tid"], entry["attempt"])] = rec.mseq
-                out.append((ENGINE, rec.task_ident, {"type": "tasks", "engineid": eid,
-                                                     "session": self.ctx.session,
-                                                     "mseq": rec.mseq, "tasks": part},
+                out.append((ENGINE, rec.task_ident,
+                            to_engine(Tasks(self.ctx.session, eid, rec.mseq, part)),
                             part_frames))
         return out
 
@@ -201,9 +211,7 @@ class EngineTasks:
                 and now - rec.ticked_at > ctx.settings.heartbeat):
             rec.mseq += 1
             rec.ticked_at = now
-            self.send(rec.task_ident, {
-                "type": "tasks", "engineid": rec.eid, "session": ctx.session,
-                "mseq": rec.mseq, "tasks": []}, now=True)
+            self.send(rec.task_ident, Tasks(ctx.session, rec.eid, rec.mseq, []), now=True)
         resend = []
         for key in unacked:
             if key not in expected:
@@ -216,14 +224,14 @@ class EngineTasks:
         if isinstance(current, list) and len(current) == 2 and running is not None:
             tid, attempt = current
             if running.get(tid) == attempt and not ctx.sched.is_running_on(tid, rec.eid):
-                self.send(rec.ctl_ident, {  # aborted, and still running
-                    "type": "interrupt", "tid": tid, "attempt": attempt, "reason": ABORTED,
-                    "session": ctx.session}, now=True)
+                self.send(rec.ctl_ident, InterruptTask(ctx.session, tid, attempt, ABORTED),
+                          now=True)  # aborted, and still running
         ack, rec.ackable = rec.ackable, []
         # `mseq`: the last task message sent, so that an engine whose task connection went
         # deaf finds out (engine/channels.py).
-        self.send(ident, {"type": "hb", "session": ctx.session, "t": h.t, "ack": ack,
-                          "resend": resend, "mseq": rec.mseq}, now=True)
+        # `retire`: retiring, it holds nothing, and its results are stored.
+        self.send(ident, HbAnswer(ctx.session, h.t, ack, resend, rec.mseq,
+                                  retire=rec.drained and not rec.to_ack), now=True)
 
     def revoked(self, rec: EngineRecord, ident: bytes, m: Revoked, frames: list[Any]) -> None:
         tid, attempt = m.tid, m.attempt
@@ -238,6 +246,7 @@ class EngineTasks:
         those before a malformed one are taken, the rest is refused."""
         sched = self.ctx.sched
         running = sched.held(rec.eid)
+        rec.active_at = self.ctx.now.wall
         nframes = len(frames)
         pos = 0
         try:

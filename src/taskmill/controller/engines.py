@@ -27,8 +27,10 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from ..defaults import LOGGED_ONCE_MAX
-from ..protocol import Register
+from ..protocol import InterruptTask, Register, Registered, Reregister, Welcome, to_engine
 from .context import Context
 from .outbox import ENGINE
 
@@ -74,6 +76,11 @@ class EngineRecord:
     # The `put` values it keeps, as it was told (engine_tasks.with_arguments): pmac -> bytes,
     # oldest first. Forgotten whole when a message to it may have been lost.
     kept: dict[bytes, int] = field(default_factory=dict)
+    active_at: float = 0.0  # wall clock: when it registered or last reported results
+    # Retiring (whether it is, is the scheduler's): it holds nothing now, so each heartbeat
+    # answer tells it to stop; and it stopped (dead, on purpose).
+    drained: bool = False
+    retired: bool = False
 
     @property
     def state(self) -> str:
@@ -101,8 +108,16 @@ class Engines:
         self.dispatch_seq = itertools.count(1)  # numbers every dispatch (`dseq`)
         self.late_logged: dict[bytes, float] = {}
 
-    def send(self, ident: bytes, header: dict[str, Any], *, now: bool = False) -> None:
-        self.ctx.outbox.send(ENGINE, ident, header, now=now)
+    def send(self, ident: bytes, message: msgspec.Struct, *, now: bool = False) -> None:
+        self.ctx.outbox.send(ENGINE, ident, to_engine(message), now=now)
+
+    def welcome(self, ident: bytes) -> None:
+        """The session, to a peer that said `hello` (or registered with an old one)."""
+        self.send(ident, Welcome(self.ctx.session), now=True)
+
+    def reregister(self, ident: bytes, gen: Any) -> None:
+        """To an engine this controller does not know: register (again)."""
+        self.send(ident, Reregister(self.ctx.session, gen), now=True)
 
     def alive(self) -> int:
         return sum(1 for r in self.records.values() if not r.dead)
@@ -129,7 +144,7 @@ class Engines:
         ctx = self.ctx
         uuid = msg.uuid
         if session != ctx.session:  # (stale: for a controller before this one)
-            self.send(ident, {"type": "welcome", "session": ctx.session}, now=True)
+            self.welcome(ident)
             return
         eid = self.by_uuid.get(uuid)
         again = eid is not None and not self.records[eid].dead
@@ -145,7 +160,7 @@ class Engines:
                 eid=eid, uuid=uuid, task_ident=ident, ctl_ident=msg.ctl_ident,
                 res_ident=msg.res_ident, heart_ident=msg.heart_ident,
                 hostname=msg.hostname, pid=msg.pid, properties=props,
-                registered=ctx.now.wall, last_seen=ctx.now.mono,
+                registered=ctx.now.wall, last_seen=ctx.now.mono, active_at=ctx.now.wall,
             )
             self.records[eid] = rec
             self.by_uuid[uuid] = eid
@@ -153,12 +168,9 @@ class Engines:
                 self.by_ident[i] = eid
             log.info("engine %d registered: %s pid %d %s", eid, rec.hostname, rec.pid, props)
             self.adopt(rec, msg)
-        self.send(ident, {
-            "type": "registered", "engineid": eid, "heartbeat": ctx.settings.heartbeat,
-            "dead_after": ctx.settings.dead_after, "properties": rec.properties,
-            "max_message": ctx.wire.max_message, "session": ctx.session,
-            "t": msg.t, "again": again,
-        })
+        self.send(ident, Registered(
+            ctx.session, eid, ctx.settings.heartbeat, ctx.settings.dead_after,
+            ctx.wire.max_message, rec.properties, msg.t, again))
 
     def moved(self, rec: EngineRecord, ident: bytes, msg: Register) -> None:
         """A live engine registers new connections (new routing ids: its old ones went deaf,
@@ -219,9 +231,8 @@ class Engines:
                      "never started are queued again", rec.eid, adopt, given_back)
         for tid, attempt in claims:  # nothing this controller expects of it
             if running is not None and [tid, attempt] == running:
-                self.send(rec.ctl_ident, {
-                    "type": "interrupt", "tid": tid, "attempt": attempt, "reason": "stale",
-                    "session": ctx.session}, now=True)
+                self.send(rec.ctl_ident, InterruptTask(ctx.session, tid, attempt, "stale"),
+                          now=True)
             else:
                 rec.to_ack.append([tid, attempt])
                 self.acking.add(rec.eid)
@@ -287,9 +298,18 @@ class Engines:
 
     def died(self, rec: EngineRecord, why: str) -> None:
         ctx = self.ctx
+        if rec.drained:  # told to stop, holding nothing: its goodbye was not heard, that's all
+            self.retired(rec, f"retired ({why} after it was told to stop)")
+            return
         log.warning("engine %d (%s pid %d) is dead: %s", rec.eid, rec.hostname, rec.pid, why)
         rec.dead = True
         ctx.counters.engines_died += 1
+        self.gone(rec, why)
+
+    def gone(self, rec: EngineRecord, why: str) -> None:
+        """Forget what engine `rec` held and take it out of the scheduler (which fails its
+        attempts with EngineDied: none, for a retired engine)."""
+        ctx = self.ctx
         self.death_reasons[rec.eid] = why
         for tid in ctx.sched.engine_load(rec.eid):
             attempts = ctx.sched.attempts(tid)
@@ -303,6 +323,39 @@ class Engines:
         for i in rec.idents():
             self.by_ident.pop(i, None)
         self.forget_dead()
+
+    # -- retiring (a shrinking cluster stops engines without losing a task) -----------------
+    def retire(self, eids: list[int]) -> list[int]:
+        """Take engines out of scheduling (scheduler `Retire`): the ids that are retiring now."""
+        out = []
+        for eid in eids:
+            rec = self.records.get(eid)
+            if rec is None or rec.dead:
+                continue
+            if not self.ctx.sched.engine_retiring(eid):
+                log.info("engine %d retires: it gets no new task and stops once it holds "
+                         "nothing", eid)
+            if self.ctx.sched.retire(eid):
+                out.append(eid)
+        return out
+
+    def drained(self, eid: int) -> None:
+        """Retiring engine `eid` holds nothing (scheduler `Drained`): each heartbeat answer
+        tells it to stop, once what it reported is stored (engine_tasks.heartbeat)."""
+        rec = self.records.get(eid)
+        if rec is not None and not rec.dead:
+            rec.drained = True
+
+    def retired(self, rec: EngineRecord, why: str = "retired") -> None:
+        """A drained engine stopped (its `retired`, or it went silent or exited after it was
+        told to stop): nothing it held is lost, so this is no death."""
+        if not rec.drained:  # (a `retired` it was never asked for: it will be declared dead)
+            log.warning("engine %d says it retired, but it was not told to", rec.eid)
+            return
+        log.info("engine %d (%s pid %d) %s", rec.eid, rec.hostname, rec.pid, why)
+        rec.dead = rec.retired = True
+        self.ctx.counters.engines_retired += 1
+        self.gone(rec, why)
 
     def forget_dead(self) -> None:
         """Keep at most DEAD_RECORDS_KEPT dead engines' records (oldest go first)."""

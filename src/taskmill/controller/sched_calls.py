@@ -25,6 +25,7 @@ from ..scheduler import (
     LostReturned,
     Node,  # (the nodes `submit` takes)
     Resume,
+    Retire,
     RevokeAnswered,
     RunPass,
     Scheduler,
@@ -91,6 +92,12 @@ class SchedulerCalls:
             self.apply(actions, None)
         return found
 
+    def retire(self, eid: int) -> bool:
+        """Take engine `eid` out of scheduling (False: not an engine of the scheduler's)."""
+        found, actions = split_answer(self.sched.handle(Retire(eid)))
+        self.apply(actions, None)
+        return found
+
     def spin(self) -> bool:
         """Whether the pass dispatched anything."""
         dispatched, actions = split_answer(self.sched.handle(Spin()))
@@ -127,6 +134,9 @@ class SchedulerCalls:
 
     def engine_busy(self, eid: int) -> bool:
         return self.sched.engine_busy(eid)
+
+    def engine_retiring(self, eid: int) -> bool:
+        return self.sched.engine_retiring(eid)
 
     def engine_load(self, eid: int) -> list[int]:
         return self.sched.engine_load(eid)

@@ -5,7 +5,7 @@ running tasks and for whether an engine is busy, the store for finished ones, th
 registry, the `Counters` and the `RecentActivity`), answered at once even while the store
 cannot write. Names, one per concept:
 - `queue_status()`: how many tasks are scheduled, pending, succeeded, failed (the seed's verb);
-- `engine_table()`: one row per engine (`state` is idle, busy or dead);
+- `engine_table()`: one row per engine (`state` is idle, busy, retiring, dead or retired);
 - `task_info(tid)`: one task's state and metadata, never its payload;
 - `statistics()`: everything above plus the counters and the recent activity, built as the
   record protocol.Statistics and answered as a plain map; `taskmill status` (status.py)
@@ -37,19 +37,27 @@ class Views:
         return {"scheduled": scheduled, "pending": pending, "succeeded": ok, "failed": failed}
 
     def engine_state(self, eid: int) -> str:
-        if self.engines.records[eid].dead:
-            return "dead"
+        """idle, busy, retiring (busy or not, it gets no new task), or gone: dead, retired."""
+        r = self.engines.records[eid]
+        if r.dead:
+            return "retired" if r.retired else "dead"
+        if self.ctx.sched.engine_retiring(eid):
+            return "retiring"
         return "busy" if self.ctx.sched.engine_busy(eid) else "idle"
 
     def engine_table(self) -> list[dict[str, Any]]:
+        """One row per engine; `idle_since`: when an idle engine last reported results or
+        registered (the controller's wall clock; None unless idle)."""
         sched = self.ctx.sched
-        return [
-            {"engineid": r.eid, "hostname": r.hostname, "pid": r.pid,
-             "properties": r.properties, "state": self.engine_state(r.eid),
-             "tasks_done": r.tasks_done, "failures": r.failures,
-             "capacity": sched.capacity(r.eid)}
-            for r in self.engines.records.values()
-        ]
+        rows = []
+        for r in self.engines.records.values():
+            state = self.engine_state(r.eid)
+            rows.append({"engineid": r.eid, "hostname": r.hostname, "pid": r.pid,
+                         "properties": r.properties, "state": state,
+                         "tasks_done": r.tasks_done, "failures": r.failures,
+                         "capacity": sched.capacity(r.eid),
+                         "idle_since": r.active_at if state == "idle" else None})
+        return rows
 
     def task_info(self, tid: int) -> dict[str, Any]:
         """One task's state and metadata (times, engine, output, error), never its payload,
@@ -94,7 +102,8 @@ class Views:
             time=wall, uptime=wall - c.started,
             messages_in=c.messages_in, messages_out=c.messages_out,
             submitted=c.submitted, finished=c.finished,
-            engines_died=c.engines_died, engines_moved=c.engines_moved,
+            engines_died=c.engines_died, engines_retired=c.engines_retired,
+            engines_moved=c.engines_moved,
             tasks_lost_in_transit=c.tasks_lost_in_transit,
             argument_bytes_out=c.argument_bytes_out, refused=dict(ctx.wire.refused),
             revokes_sent=c.revokes_sent, revokes_granted=c.revokes_granted,

@@ -35,14 +35,20 @@ import zmq
 from ..connection import ConnectionInfo
 from ..defaults import DEAD_AFTER_HEARTBEATS, DEFAULT_HEARTBEAT
 from ..errors import ControllerUnreachable
-from ..wire import (
-    DEFAULT_MAX_MESSAGE,
-    Refused,
-    recv_message,
+from ..protocol import (
+    HbAnswer,
+    InterruptTask,
+    Registered,
+    Reregister,
+    RevokeTask,
+    Tasks,
+    Welcome,
+    from_controller,
 )
+from ..wire import DEFAULT_MAX_MESSAGE, Refused, recv_message
 from .channels import ChannelWatch, silent_after
 from .results import Result, ResultOutbox, split_by_size
-from .running import OUTPUT_LIMIT, KeptValues, TaskCode, TaskInterrupted
+from .running import OUTPUT_LIMIT, KeptValues, TaskCode, TaskInterrupted, split_tasks
 from .sockets import EngineSockets
 
 log = logging.getLogger("taskmill.engine")
@@ -206,31 +212,31 @@ class EngineControl:
         except Refused as e:
             log.warning("refused a message: %s", e)
             return
-        kind = header["type"]
-        if kind == "tasks":
-            self._take_tasks(header, frames)
-        elif kind == "hb":
-            self._on_heartbeat_answer(header)
-        elif kind == "interrupt":
-            tid, attempt = header.get("tid"), header.get("attempt")
-            if isinstance(tid, int) and isinstance(attempt, int):
-                self._request_interrupt((tid, attempt), "abort")
-        elif kind == "revoke":
-            self._answer_revoke(header)
-        elif kind == "welcome":
-            self._on_welcome(header)
-        elif kind == "registered":
-            self._on_registered(header)
-        elif kind == "reregister":
-            self._on_reregister(header)
+        try:
+            m = from_controller(header)
+        except (KeyError, ValueError) as e:  # (msgspec.ValidationError is a ValueError)
+            log.warning("refused a %r message from the controller: %s", header.get("type"), e)
+            return
+        if isinstance(m, Tasks):
+            self._take_tasks(m, frames)
+        elif isinstance(m, HbAnswer):
+            self._on_heartbeat_answer(m)
+        elif isinstance(m, InterruptTask):
+            self._request_interrupt((m.tid, m.attempt), "abort")
+        elif isinstance(m, RevokeTask):
+            self._answer_revoke(m)
+        elif isinstance(m, Welcome):
+            self._on_welcome(m)
+        elif isinstance(m, Registered):
+            self._on_registered(m)
+        elif isinstance(m, Reregister):
+            self._on_reregister(m)
 
     # -- registration ----------------------------------------------------------------------
-    def _on_welcome(self, header: dict[str, Any]) -> None:
+    def _on_welcome(self, m: Welcome) -> None:
         """The controller's session: register with it (the registration names what this
         engine still runs or has finished for the controller before it, if it restarted)."""
-        session = header.get("session")
-        if not isinstance(session, bytes):
-            return
+        session = m.session
         self.watch.heard(time.monotonic())
         with self.lock:
             if not self.need_register:
@@ -248,8 +254,8 @@ class EngineControl:
             "finished": finished, "t": time.monotonic(),
         })
 
-    def _on_registered(self, header: dict[str, Any]) -> None:
-        if header.get("session") != self.session or not isinstance(header.get("engineid"), int):
+    def _on_registered(self, m: Registered) -> None:
+        if m.session != self.session:
             return
         first = self.engineid is None
         self.watch.heard(time.monotonic())
@@ -259,27 +265,22 @@ class EngineControl:
             # Moved to new connections (channels.py), the controller keeps this engine as it
             # was; if it declared it dead meanwhile, what it held here was failed or given
             # elsewhere (after a controller restart, see _restarted instead).
-            moved = (self.moving and header.get("again") is True
-                     and header["engineid"] == self.engineid)
+            moved = self.moving and m.again and m.engineid == self.engineid
             if self.moving and not moved and self._prev_session is None:
                 self._drop_held()
             self.moving = False
-            self.engineid = header["engineid"]
-            self.heartbeat = float(header.get("heartbeat", 1.0))
+            self.engineid = m.engineid
+            self.heartbeat = m.heartbeat
             # The controller declares this engine dead after `dead_after` seconds without a
             # sign of it; the lease stays well inside that.
-            dead_after = float(header.get("dead_after", DEAD_AFTER_HEARTBEATS * self.heartbeat))
-            self.lease = LEASE_SHARE * dead_after
-            self.watch.set_silent(silent_after(dead_after))
-            sent = header.get("t")
-            if isinstance(sent, int | float):
-                self.lease_until = sent + self.lease
-            limit = header.get("max_message")
-            if isinstance(limit, int) and limit > 0:
-                self.max_result = limit - min(RESULT_HEADROOM, limit // 2)
+            self.lease = LEASE_SHARE * m.dead_after
+            self.watch.set_silent(silent_after(m.dead_after))
+            if isinstance(m.t, int | float) and not isinstance(m.t, bool):
+                self.lease_until = m.t + self.lease
+            self.max_result = m.max_message - min(RESULT_HEADROOM, m.max_message // 2)
             self.namespace["engineid"] = self.engineid
             self.properties["engineid"] = self.engineid
-            self.sent_properties = dict(header.get("properties") or {})
+            self.sent_properties = dict(m.properties)
             # A registration numbers its messages from the start again, and a new one its
             # dispatches too (a moved engine may still hold tasks given back, see revoked).
             if not moved:
@@ -300,18 +301,18 @@ class EngineControl:
         if resend:
             self.send_results(self.sockets.ctl, resend)
 
-    def _on_reregister(self, header: dict[str, Any]) -> None:
+    def _on_reregister(self, m: Reregister) -> None:
         """The controller does not know this engine: it restarted (another session), or it
         declared this engine dead (same session: a SIGSTOP, a network cut). Then every task
         held here has been failed or given to another engine: drop them all, interrupt the
         running one, and register anew."""
-        session = header.get("session")
+        session = m.session
         with self.lock:
-            if header.get("gen") != self._generation or self.need_register:
+            if m.gen != self._generation or self.need_register:
                 return  # stale: an answer to a heartbeat sent before the latest registration
             self.need_register = True
             self.registered = False
-            if isinstance(session, bytes) and session != self.session:
+            if session != self.session:
                 log.warning("the controller restarted: registering again (what runs here "
                             "goes on; what waited here is dropped)")
                 self._restarted(session)
@@ -343,26 +344,16 @@ class EngineControl:
         self.skip.clear()
 
     # -- tasks in --------------------------------------------------------------------------
-    def _take_tasks(self, header: dict[str, Any], frames: list[Any]) -> None:
+    def _take_tasks(self, m: Tasks, frames: list[Any]) -> None:
         """Queue the tasks of a `tasks` message, each with its frames. Skipped message numbers
         are noted: those were lost on the way (a reset connection); the next report says so."""
-        if header.get("session") != self.session:
+        if m.session != self.session:
             return
-        entries = header.get("tasks")
-        mseq = header.get("mseq")
-        if not isinstance(entries, list) or not isinstance(mseq, int):
-            log.warning("refused a tasks message without a task list and number")
+        mseq = m.mseq
+        batch = split_tasks(m.tasks, frames)
+        if batch is None:
+            log.warning("refused a tasks message whose tasks do not match its frames")
             return
-        batch, pos = [], 0
-        for entry in entries:
-            n = entry.get("n", 0) if isinstance(entry, dict) else -1
-            if (not isinstance(n, int) or n < 0 or pos + n > len(frames)
-                    or not isinstance(entry.get("tid"), int)
-                    or not isinstance(entry.get("attempt"), int)):
-                log.warning("refused a tasks message whose tasks do not match its frames")
-                return
-            batch.append((entry, frames[pos:pos + n]))
-            pos += n
         with self.lock:
             if self.need_register:
                 return  # for a registration that is over
@@ -392,44 +383,43 @@ class EngineControl:
                       "mseq": self._mseq_seen, "missing": sorted(self._missing)}
         self._send(self.sockets.ctl, report)
 
-    def _on_heartbeat_answer(self, header: dict[str, Any]) -> None:
-        sent = header.get("t")
+    def _on_heartbeat_answer(self, m: HbAnswer) -> None:
+        sent = m.t
         resend = []
         now = time.monotonic()
         with self.lock:
-            if header.get("session") != self.session or self.need_register:
+            if m.session != self.session or self.need_register:
                 return
             self.watch.heard(now)
-            last = header.get("mseq")
-            if isinstance(last, int) and not isinstance(last, bool):
-                self.watch.task_numbers(now, last, self._mseq_seen)
+            self.watch.task_numbers(now, m.mseq, self._mseq_seen)
             if isinstance(sent, int | float) and not isinstance(sent, bool):
                 self.lease_until = max(self.lease_until, sent + self.lease)
                 self.work.notify()
-            for key in header.get("ack") or ():
-                if isinstance(key, list) and len(key) == 2:
-                    self.outbox.unacked.pop((key[0], key[1]), None)
-            for key in header.get("resend") or ():
-                if isinstance(key, list) and len(key) == 2:
-                    held = self.outbox.unacked.get((key[0], key[1]))
-                    if held is not None:
-                        resend.append(held)
+            for key in m.ack:
+                self.outbox.unacked.pop(key, None)
+            for key in m.resend:
+                held = self.outbox.unacked.get(key)
+                if held is not None:
+                    resend.append(held)
+            # Told to retire (it gets no new task): stop, if it holds nothing, results too.
+            retire = m.retire and self.current is None and not (
+                self.finishing or self.outbox.unacked or self.outbox.unsent
+                or any(e.get("dseq") not in self.revoked for e, _ in self.backlog))
+        if retire:
+            self._send(self.sockets.ctl, {"type": "retired", "session": self.session})
+            self.stopping.set()
         if resend:  # (sent on the result socket, never arrived: it may be deaf)
             self.watch.alarm(f"results {[e['tid'] for e, _ in resend]} were lost")
             self.send_results(self.sockets.ctl, resend)
 
-    def _answer_revoke(self, header: dict[str, Any]) -> None:
+    def _answer_revoke(self, m: RevokeTask) -> None:
         """Give a buffered task back, if it has not started (tasks start in dseq order)."""
-        seq = header.get("dseq")
-        if not isinstance(seq, int):
-            return
         with self.lock:
-            ok = seq > self.last_started and header.get("session") == self.session
+            ok = m.dseq > self.last_started and m.session == self.session
             if ok:
-                self.revoked.add(seq)
-        self._send(self.sockets.ctl, {"type": "revoked", "tid": header.get("tid"),
-                                   "attempt": header.get("attempt"), "ok": ok,
-                                   "session": self.session})
+                self.revoked.add(m.dseq)
+        self._send(self.sockets.ctl, {"type": "revoked", "tid": m.tid, "attempt": m.attempt,
+                                      "ok": ok, "session": self.session})
 
     # -- interrupts ------------------------------------------------------------------------
     def _watch_running_task(self, now: float) -> None:

@@ -225,6 +225,21 @@ class TaskCode:
                 "engine's machine?") from e
 
 
+def split_tasks(entries: list[Any], frames: list[Any]) -> list[tuple[dict, list[Any]]] | None:
+    """The (entry, its frames) of each task of a `tasks` message; None if the entries do not
+    match the frames (each entry names its `n` frames, its tid and attempt)."""
+    batch, pos = [], 0
+    for entry in entries:
+        n = entry.get("n", 0) if isinstance(entry, dict) else -1
+        if (not isinstance(n, int) or n < 0 or pos + n > len(frames)
+                or not isinstance(entry.get("tid"), int)
+                or not isinstance(entry.get("attempt"), int)):
+            return None
+        batch.append((entry, frames[pos:pos + n]))
+        pos += n
+    return batch
+
+
 class KeptValue:
     """One kept value's frames, and whether they were checked against their pmac (once:
     a 200 MB value costs a check of ~0.3 s, which must not be paid by every task)."""

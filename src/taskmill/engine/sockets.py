@@ -138,7 +138,7 @@ class EngineSockets:
         ends the heart's device, which then closes its socket)."""
         self.res.close(linger=500)
         self.task.close(linger=0)
-        self.ctl.close(linger=0)
+        self.ctl.close(linger=500)  # (a last `retired` goes out)
         if not self._heart_stop.closed:  # (an I/O thread that did not end in time)
             self._heart_stop.close(linger=0)
         self.ctx.term()

@@ -1,9 +1,12 @@
 """The local launcher (the default): engines as subprocesses of this process, on this machine.
 
 Each engine holds the read end of the owner's lifeline pipe and ends itself when the pipe
-closes. An engine that exits is started again (at most `max_restarts` times in all), and
-`reap()` reports its pid so that the cluster can tell the controller at once, without waiting
-for missed heartbeats.
+closes. An engine that exits with a failure (a status other than 0, or a signal) is started
+again (at most `max_restarts` times in all); one that exits with status 0 ended on purpose (it
+retired: `TaskClient.retire_engines`, `Cluster.adapt`; or it was told to stop with SIGTERM)
+and is not. `reap()` reports each exit's pid so that the cluster can tell the controller at
+once, without waiting for missed heartbeats. `launch()` may be called while the cluster runs
+(`add_engines`, the adapt thread) alongside the nanny's `reap()`: a lock keeps them apart.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +47,14 @@ class LocalLauncher(Launcher):
         self._props: list[dict[str, Any]] = []
         self._gone: set[int] = set()  # slots whose engine exited and was not replaced
         self._stopping = False
+        self._lock = threading.Lock()
 
     def launch(self, ctx: LaunchContext, properties: list[dict[str, Any]]) -> None:
-        self._ctx = ctx
-        for p in properties:
-            self._procs.append(self._spawn(p, len(self._procs)))
-            self._props.append(p)
+        with self._lock:
+            self._ctx = ctx
+            for p in properties:
+                self._procs.append(self._spawn(p, len(self._procs)))
+                self._props.append(p)
 
     def _spawn(self, props: dict[str, Any], slot: int) -> subprocess.Popen[bytes]:
         ctx = self._ctx
@@ -62,12 +68,21 @@ class LocalLauncher(Launcher):
                      ctx.log_path(f"engine-{slot}.log"), pass_fds=fds)
 
     def reap(self) -> list[tuple[int, int]]:
+        with self._lock:
+            return self._reap()
+
+    def _reap(self) -> list[tuple[int, int]]:
         exits: list[tuple[int, int]] = []
         for slot, proc in enumerate(list(self._procs)):
             status = proc.poll()
             if status is None or slot in self._gone or self._stopping:
                 continue
             exits.append((proc.pid, status))
+            if status == 0:  # it ended on purpose (retired, or told to stop)
+                log.info("engine pid %d ended (status 0: it retired or was told to stop); "
+                         "not restarted", proc.pid)
+                self._gone.add(slot)
+                continue
             if self.restarts >= self.max_restarts:
                 log.error("engine pid %d exited with status %s; not restarted: the limit of %d "
                           "restarts is reached", proc.pid, status, self.max_restarts)
@@ -85,7 +100,8 @@ class LocalLauncher(Launcher):
         return [EngineGroup(f"engine pid {p.pid}", 1, process_state(p)) for p in self._procs]
 
     def stop(self) -> None:
-        self._stopping = True
+        with self._lock:
+            self._stopping = True
         terminate(self._procs)
 
     def logs(self) -> list[Path]:

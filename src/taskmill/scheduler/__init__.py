@@ -25,6 +25,7 @@ Events                                 Actions
   EngineGone(eid), Withdraw(tids)
   LostReturned(tid), LostExpired(tid)
   Abort(tid), TimerFired(key), Spin(), RunPass()
+  Retire(eid)                            Drained(eid): a retiring engine holds nothing now
 
 Every move of a task between states goes through the transition table (an impossible one
 raises SchedulerBug) and is written to the task's story: `Scheduler.story(tid)`.
@@ -93,6 +94,11 @@ Rules, in one place:
   means it had started it (the task stays where it is and is not asked for again). One revoke
   is in flight per idle engine at a time. So a long task that arrives behind a burst of tiny
   ones never holds up the tasks buffered behind it while another engine is idle.
+- Retiring (to stop an engine without losing a task, e.g. when a cluster shrinks): a retiring
+  engine gets no new task, never steals and is never stolen from; every task it holds is asked
+  back (`Revoke`; one it has started stays and finishes there), and once it holds nothing the
+  scheduler says `Drained(eid)`, after which the shell stops it and reports `EngineGone`. A
+  retiring engine does not count among those a rejected task must be offered to.
 """
 
 
@@ -114,6 +120,7 @@ from .records import (
     ArmTimer,
     CancelTimer,
     Dispatch,
+    Drained,
     EngineGone,
     Event,
     Finish,
@@ -122,6 +129,7 @@ from .records import (
     LostReturned,
     Node,
     Resume,
+    Retire,
     Revoke,
     RevokeAnswered,
     RunPass,
@@ -156,8 +164,8 @@ __all__ = [
     "FINISHED", "LOST", "MAX_SLOTS", "NEW", "OK", "PARKED", "READY", "REJECTED",
     "REJECT_SKIP_SECONDS", "RESULT", "RUNNING", "STORIES_KEPT", "STORY_LENGTH", "TRANSITIONS",
     "UNMET_TIMEOUT", "WAITING", "WITHDRAWN", "Abort", "Action", "AddEngine", "Answer",
-    "ArmTimer", "CancelTimer", "Dispatch", "EngineGone", "Event", "Finish", "Interrupt",
-    "LostExpired", "LostReturned", "Node", "Resume", "Revoke", "RevokeAnswered", "RunPass", "Scheduler",
+    "ArmTimer", "CancelTimer", "Dispatch", "Drained", "EngineGone", "Event", "Finish", "Interrupt",
+    "LostExpired", "LostReturned", "Node", "Resume", "Retire", "Revoke", "RevokeAnswered", "RunPass", "Scheduler",
     "SchedulerBug", "SetProperties", "Spin", "StoryEntry", "Submit", "TaskDone", "TaskState",
     "TaskView", "TimerFired", "Withdraw", "split_answer",
 ]

@@ -20,6 +20,7 @@ from .records import (
     Action,
     ArmTimer,
     CancelTimer,
+    Drained,
     Finish,
     Node,
 )
@@ -97,6 +98,7 @@ class EngineEntry:
     cap: int = 1  # how many tasks it may hold now (see Book.update_capacity)
     watched: tuple[int, int] | None = None  # the (tid, attempt) the `slow` timer watches
     skipped_by: set[int] = field(default_factory=set)  # tasks that skip it (they rejected it)
+    retiring: bool = False  # taken out of scheduling (Retire): never free, never a victim
 
 
 class Book:
@@ -189,7 +191,8 @@ class Book:
 
     def offered_everywhere(self, t: TaskEntry) -> bool:
         """Whether every live engine that satisfies `t`'s current node was offered it."""
-        return all(eid in t.offered for eid, e in self.engines.items() if self.satisfies(t, e))
+        return all(eid in t.offered for eid, e in self.engines.items()
+                   if not e.retiring and self.satisfies(t, e))
 
     # -- engines ---------------------------------------------------------------------------
     def update_capacity(self, e: EngineEntry) -> None:
@@ -215,6 +218,10 @@ class Book:
             self.buffering.discard(e.eid)
         if head:
             self.watch_head(e)
+        if e.retiring:
+            if not e.running:
+                self.out.append(Drained(e.eid))
+            return
         if e.eid not in self.free and len(e.running) < e.cap:
             self.free[e.eid] = None
         self.fresh.add(e.eid)

@@ -37,11 +37,14 @@ from .records import (
     AddEngine,
     Answer,
     Dispatch,
+    Drained,
     EngineGone,
     Event,
     Interrupt,
     LostExpired,
     LostReturned,
+    Retire,
+    Revoke,
     RevokeAnswered,
     RunPass,
     SetProperties,
@@ -73,7 +76,8 @@ class Scheduler:
                 (RunPass, self._run_pass), (EngineGone, self._engine_gone),
                 (RevokeAnswered, self._revoke_answered), (Withdraw, self._withdraw),
                 (LostReturned, self._lost_returned), (LostExpired, self._lost_expired),
-                (Abort, self._abort), (TimerFired, self._timer_fired), (Spin, self._spin))
+                (Abort, self._abort), (TimerFired, self._timer_fired), (Spin, self._spin),
+                (Retire, self._retire))
         }
 
     @property
@@ -145,6 +149,11 @@ class Scheduler:
         """Whether engine `eid` holds any task."""
         e = self._book.engines.get(eid)
         return bool(e and e.running)
+
+    def engine_retiring(self, eid: int) -> bool:
+        """Whether engine `eid` is retiring (`Retire`: it gets no new task)."""
+        e = self._book.engines.get(eid)
+        return bool(e and e.retiring)
 
     def engine_load(self, eid: int) -> list[int]:
         """The taskids an engine holds, running or buffered (aborted ones included)."""
@@ -412,6 +421,32 @@ class Scheduler:
                         f"no engine satisfied it for {b.unmet_timeout:g}s while every engine "
                         "was idle"))
         return self._flush()
+
+    def _retire(self, ev: Retire) -> list[Action]:
+        """No new task for it; each task it holds that it may not have started (all but the
+        first; the first too, when it may still be waiting for a lease) is asked back; once it
+        holds nothing, `Drained`. A task it gives back is queued again, uncounted."""
+        b = self._book
+        e = b.engines.get(ev.eid)
+        if e is None:
+            return [*self._flush(), Answer(False)]
+        if not e.retiring:
+            e.retiring = True
+            b.free.pop(e.eid, None)
+            b.fresh.discard(e.eid)
+            b.buffering.discard(e.eid)
+            b.thieves.pop(e.eid, None)  # its own steal: that task goes back to the queue
+            for tid, attempt in e.running.items():
+                t = b.tasks.get(tid)
+                if (t is not None and t.state is RUNNING and t.engine == e.eid
+                        and t.attempts == attempt and not t.steal_tried):
+                    t.steal_tried = True
+                    b.note(t, f"engine {e.eid} retires: it is asked to give it back "
+                              f"(attempt {attempt})")
+                    b.out.append(Revoke(e.eid, tid, attempt))
+            if not e.running:
+                b.out.append(Drained(e.eid))
+        return [*self._flush(), Answer(True)]
 
     def _spin(self, ev: Spin) -> list[Action]:
         actions = self._flush()

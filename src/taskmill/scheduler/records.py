@@ -204,8 +204,18 @@ class Spin:
     """Run a pass. Answered (`Answer`) with whether it dispatched anything."""
 
 
+@record
+class Retire:
+    """Take engine `eid` out of scheduling, to stop it without losing a task: it gets no new
+    task, what it holds buffered is asked back (`Revoke`), what it runs finishes, and once it
+    holds nothing, `Drained(eid)` says it may be stopped. Answered (`Answer`) with whether
+    the engine is registered here (retiring one already retiring is a yes)."""
+
+    eid: int
+
+
 Event = (Submit | AddEngine | SetProperties | TaskDone | RunPass | EngineGone | RevokeAnswered
-         | Withdraw | LostReturned | LostExpired | Abort | TimerFired | Spin)
+         | Withdraw | LostReturned | LostExpired | Abort | TimerFired | Spin | Retire)
 
 
 # -- actions ----------------------------------------------------------------------------------
@@ -266,17 +276,25 @@ class CancelTimer:
 
 
 @record
+class Drained:
+    """Retiring engine `eid` holds no task now: the shell may stop it (then `EngineGone`)."""
+
+    eid: int
+
+
+@record
 class Answer:
-    """The yes/no of an event that asks a question (`Abort`, `Spin`); always the last action."""
+    """The yes/no of an event that asks a question (`Abort`, `Spin`, `Retire`); always the
+    last action."""
 
     value: bool
 
 
-Action = Dispatch | Finish | Interrupt | Revoke | ArmTimer | CancelTimer | Answer
+Action = Dispatch | Finish | Interrupt | Revoke | ArmTimer | CancelTimer | Drained | Answer
 
 
 def split_answer(actions: list[Action]) -> tuple[bool, list[Action]]:
-    """(the answer, the other actions) of what `Abort` or `Spin` returned."""
+    """(the answer, the other actions) of what `Abort`, `Spin` or `Retire` returned."""
     if actions and isinstance(actions[-1], Answer):
         return actions[-1].value, actions[:-1]
     raise ValueError("these actions carry no Answer")

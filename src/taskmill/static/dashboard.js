@@ -148,14 +148,21 @@ function renderLive() {
   }
 }
 
+// An engine declared dead, or retired (stopped on purpose once it held nothing): gone.
+const gone = (e) => e.state === "dead" || e.state === "retired";
+
 function renderCards(stats) {
   const engines = stats.engines;
-  const alive = engines.filter((e) => e.state !== "dead");
+  const alive = engines.filter((e) => !gone(e));
   const busy = alive.filter((e) => e.state === "busy").length;
-  const dead = engines.length - alive.length;
+  const retiring = alive.filter((e) => e.state === "retiring").length;
+  const dead = engines.filter((e) => e.state === "dead").length;
+  const retired = engines.length - alive.length - dead;
   $("engine-count").textContent = fmtNumber(alive.length);
   $("engine-sub").textContent =
-    `${busy} busy · ${alive.length - busy} idle` + (dead ? ` · ${dead} dead` : "");
+    `${busy} busy · ${alive.length - busy - retiring} idle` +
+    (retiring ? ` · ${retiring} retiring` : "") + (dead ? ` · ${dead} dead` : "") +
+    (retired ? ` · ${retired} retired` : "");
   $("throughput").textContent = stats.tasks_per_second.toFixed(stats.tasks_per_second < 10 ? 2 : 1);
   const q = stats.queue;
   $("queued").textContent = fmtNumber(q.scheduled + q.pending);
@@ -187,7 +194,7 @@ function replaceIfChanged(container, key, build) {
 }
 
 function heartbeatText(e) {
-  if (e.state === "dead") return "no heartbeat";
+  if (gone(e)) return e.state === "dead" ? "no heartbeat" : "stopped";
   const ago = e.last_heartbeat_ago;
   return `heartbeat ${ago < 60 ? ago.toFixed(1) + " s" : fmtUptime(ago)} ago`;
 }
@@ -209,7 +216,7 @@ function renderEngines(engines) {
 function engineTile(e) {
   const held = e.held || [];
   let task;
-  if (e.state === "dead") task = el("div", { class: "tile-task", text: "dead" });
+  if (gone(e)) task = el("div", { class: "tile-task", text: e.state });
   else if (e.current_task == null) task = el("div", { class: "tile-task muted", text: "waiting for a task" });
   else {
     task = el("div", { class: "tile-task" }, "running task ", taskLink(e.current_task));
@@ -316,7 +323,7 @@ function drawStream() {
   const t1 = nowSeconds(), t0 = t1 - span;
   const x = (t) => left + ((t - t0) / span) * (right - left);
   const laneOf = new Map(ids.map((id, i) => [id, i]));
-  const dead = new Set(engines.filter((e) => e.state === "dead").map((e) => e.engineid));
+  const dead = new Set(engines.filter(gone).map((e) => e.engineid));
 
   ctx.textBaseline = "middle";
   ids.forEach((id, i) => {
