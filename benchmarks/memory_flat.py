@@ -1,17 +1,29 @@
-"""Controller memory while finished results pile up: RSS at 10k, 100k and 1M results.
+"""Controller memory while finished results pile up, and under a flood of futures.
 
     python benchmarks/memory_flat.py                 # 1,000,000 tiny tasks, durable store
     python benchmarks/memory_flat.py --n 100000      # a shorter run
+    python benchmarks/memory_flat.py --n 0 --futures 50000,200000,1000000   # the flood only
 
-Tiny tasks (`abs`) are submitted in batches and waited for; nothing is cleared. The
-controller's resident memory (VmRSS) and peak (VmHWM) are read from /proc at each checkpoint.
-The claim under test: results live on disk, so RSS stays flat as they accumulate.
+Seed-API run (`--n`): tiny tasks (`abs`) are mapped in batches and waited for; nothing is
+cleared. The controller's resident memory (VmRSS) and peak (VmHWM) are read from /proc at
+each checkpoint. The claim under test: results live on disk, so RSS stays flat as they
+accumulate.
+
+Futures flood (`--futures N[,N...]`), as a user would try it: `futs = [tc.submit(noop, i) for
+i in range(N)]`, every `f.result()`, then `del futs; tc.clear()`. Each N runs in a fresh
+process with a fresh cluster (2 engines, durable store), so that the client's figures are its
+own: controller and client RSS at the start, at the peak (the controller's VmHWM; the client
+holding its N finished futures) and after the clear. The claim under test: both give the
+memory of a burst back.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,17 +39,83 @@ def proc_kib(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
+def mib(pid: int, field: str = "VmRSS") -> float:
+    return proc_kib(pid, field) / 1024
+
+
+def noop(x: int) -> int:
+    return x
+
+
+def one_flood(n: int, db: str) -> dict:
+    """The flood of `n` futures in this process; its figures (MiB) as a dict."""
+    me = os.getpid()
+    with Cluster(2, db=db) as c, c.client() as tc:
+        pid = c.controller_pid
+        tc.submit(noop, 0).result()  # everything imported and warm
+        tc.clear()
+        gc.collect()
+        row = {"n": n, "ctl_start": mib(pid), "cli_start": mib(me)}
+        t0 = time.perf_counter()
+        futs = [tc.submit(noop, i) for i in range(n)]
+        for f in futs:
+            f.result()
+        row["rate"] = n / (time.perf_counter() - t0)
+        row["ctl_peak"], row["cli_peak"] = mib(pid, "VmHWM"), mib(me)
+        del futs, f
+        tc.clear()
+        row["ctl_after"], row["cli_after"] = mib(pid), mib(me)
+        status = tc.queue_status()
+    assert status["succeeded"] == 0 and status["pending"] == 0, status
+    return row
+
+
+def flood_table(sizes: list[int], db: str | None) -> None:
+    print("\n## a flood of futures: `futs = [tc.submit(noop, i) for i in range(N)]`, every "
+          "`f.result()`, `del futs; tc.clear()` (2 engines, durable store, one process each)\n")
+    print("| N futures | controller RSS start / peak / after clear (MiB) | client RSS start / "
+          "with futures / after (MiB) | tasks/s |")
+    print("|--:|--:|--:|--:|")
+    for n in sizes:
+        path = db or os.path.join(tempfile.mkdtemp(prefix="taskmill-bench-"), "tasks.db")
+        proc = subprocess.run([sys.executable, __file__, "--one-flood", str(n), "--db", path],
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                              timeout=600 + n / 100)
+        if proc.returncode != 0:
+            raise SystemExit(f"the flood of {n:,} failed:\n{proc.stderr[-4000:]}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"| {n:,} | {r['ctl_start']:.0f} / {r['ctl_peak']:.0f} / {r['ctl_after']:.0f} "
+              f"| {r['cli_start']:.0f} / {r['cli_peak']:.0f} / {r['cli_after']:.0f} "
+              f"| {r['rate']:,.0f} |", flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=1_000_000)
+    p.add_argument("--n", type=int, default=1_000_000, help="seed-API run: results kept (0: none)")
     p.add_argument("--batch", type=int, default=10_000)
+    p.add_argument("--futures", default="20000",
+                   help="futures flood: N[,N...] futures outstanding at once (0: none)")
     p.add_argument("--db", default=None, help="store path (default: a file in a temp dir)")
+    p.add_argument("--one-flood", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.one_flood is not None:
+        print(json.dumps(one_flood(a.one_flood, a.db)))
+        return 0
+    sizes = [int(x) for x in a.futures.replace("_", "").split(",") if int(x) > 0]
+    print(f"# controller memory with finished results piling up, and under a flood of futures "
+          f"({time.strftime('%Y-%m-%d')})")
+    print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
+    if a.n > 0:
+        seed_run(a)
+    if sizes:
+        flood_table(sizes, a.db)
+    return 0
+
+
+def seed_run(a: argparse.Namespace) -> None:
     checkpoints = sorted({c for c in (10_000, 100_000, 1_000_000, a.n) if c <= a.n})
     db = a.db or os.path.join(tempfile.mkdtemp(prefix="taskmill-bench-"), "tasks.db")
-    print(f"# controller memory with finished results piling up ({time.strftime('%Y-%m-%d')})")
-    print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}; store: {db}")
-    print()
+    print(f"\n## the seed API: results piling up (store: {db})\n")
     print("| finished results | controller RSS (MiB) | controller peak RSS (MiB) | tasks/s so far |")
     print("|--:|--:|--:|--:|")
     rows = []
@@ -60,7 +138,6 @@ def main() -> int:
     if len(rows) >= 2:
         growth = rows[-1][1] - rows[-2][1]
         print(f"\nRSS growth from {rows[-2][0]:,} to {rows[-1][0]:,} results: {growth:+.1f} MiB")
-    return 0
 
 
 if __name__ == "__main__":

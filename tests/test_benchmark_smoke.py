@@ -119,6 +119,24 @@ def test_shared_data_puts_once_per_engine():
     assert 4 <= put_mb <= 8 + 0.1 and per_task_mb >= 12, proc.stdout
 
 
+@pytest.mark.timeout(120)
+def test_memory_flat_prints_the_seed_run_and_the_futures_flood():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "memory_flat.py"), "--n", "2000",
+         "--batch", "1000", "--futures", "1500"],
+        cwd=ROOT, capture_output=True, text=True, timeout=110, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    seed = [r for r in rows if r.startswith("| 2,000 |")]
+    flood = [r for r in rows if r.startswith("| 1,500 |")]
+    assert len(seed) == 1 and len(flood) == 1, proc.stdout
+    # controller start / peak / after, client start / with futures / after: all numbers
+    cells = [c.strip() for c in flood[0].strip("|").split("|")]
+    figures = [float(x) for cell in cells[1:3] for x in cell.split(" / ")]
+    assert len(figures) == 6 and all(x > 0 for x in figures), flood[0]
+
+
 @pytest.mark.timeout(180)
 def test_adapt_burst_runs_and_the_cluster_grows_and_shrinks_back():
     proc = subprocess.run(
@@ -129,3 +147,19 @@ def test_adapt_burst_runs_and_the_cluster_grows_and_shrinks_back():
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
     assert "tasks run once each: True" in proc.stdout, proc.stdout
     assert "the most engines live at once: 3 (MAX 3)" in proc.stdout, proc.stdout
+
+
+@pytest.mark.timeout(180)
+def test_dashboard_cost_polls_each_engine_form_and_fills_its_tables():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "dashboard_cost.py"), "--engines", "5",
+         "--rounds", "1", "--window", "1.5", "--calls", "3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=170, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [[c.strip() for c in line.strip("|").split("|")]
+            for line in proc.stdout.splitlines() if line.startswith("| 5 ")]
+    assert [r[1] for r in rows[:2]] == ["rows", "columns"], proc.stdout
+    for r in rows[:2]:
+        assert len(r) == 6 and float(r[3]) >= 0 and float(r[4].split(" / ")[0]) > 0, r
+    assert len(rows) == 3 and len(rows[2]) == 3, proc.stdout  # the statistics/activity table

@@ -16,10 +16,13 @@ from taskmill.dashboard import (
     NotFound,
     dashboard_link,
     dashboard_token,
+    engine_columns,
+    parse_engines,
     parse_since,
     parse_taskid,
     task_view,
     to_json,
+    with_engine_columns,
 )
 from taskmill.metrics import render_metrics
 from taskmill.stats import RecentActivity
@@ -236,6 +239,29 @@ def test_since_must_be_a_count():
     for bad in ("x", "-1"):
         with pytest.raises(BadQuery, match="since must be an int >= 0"):
             parse_since({"since": [bad]})
+
+
+def test_the_engine_list_as_columns_holds_every_field_of_every_engine():
+    engines = make_stats()["engines"]
+    engines[0]["last_heartbeat_ago"] = 0.123456789
+    table = json.loads(to_json(engine_columns(engines)))
+    rebuilt = [dict(zip(table["columns"], row, strict=True)) for row in table["rows"]]
+    assert rebuilt[0]["last_heartbeat_ago"] == 0.123  # heartbeat ages to the millisecond
+    rebuilt[0]["last_heartbeat_ago"] = engines[0]["last_heartbeat_ago"]
+    assert rebuilt == engines
+    assert engine_columns([]) == {"columns": [], "rows": []}
+    snap = {"seq": 3, "stats": make_stats()}
+    lean = with_engine_columns(snap)
+    assert lean["stats"]["engines"]["columns"][0] == "engineid" and lean["seq"] == 3
+    assert {k: v for k, v in lean["stats"].items() if k != "engines"} == {
+        k: v for k, v in snap["stats"].items() if k != "engines"}
+    assert isinstance(snap["stats"]["engines"], list)  # the feed's own snapshot is left alone
+
+
+def test_the_engine_form_is_rows_or_columns():
+    assert parse_engines({}) == "rows" and parse_engines({"engines": ["columns"]}) == "columns"
+    with pytest.raises(BadQuery, match="engines must be one of rows, columns"):
+        parse_engines({"engines": ["cells"]})
 
 
 def test_json_has_no_nan_and_shows_bytes():

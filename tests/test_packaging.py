@@ -38,7 +38,7 @@ opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 with Cluster(n=1, transport="ipc") as cluster:
     base, token = cluster.dashboard_url.split("?token=")
     pages = {}
-    for path in ("/", "/dashboard.js", "/dashboard.css"):
+    for path in ("/", "/dashboard.js", "/engines.js", "/charts.js", "/dashboard.css"):
         request = urllib.request.Request(base.rstrip("/") + path,
                                          headers={"Authorization": f"Bearer {token}"})
         with opener.open(request, timeout=30) as r:

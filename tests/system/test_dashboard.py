@@ -215,6 +215,14 @@ def test_the_link_keeps_the_token_in_a_cookie(cluster):
     assert {"stats", "attempts", "running", "failures", "finished_per_second",
             "queue_per_second", "seq", "started", "now"} <= set(snap)
     assert len(snap["stats"]["engines"]) >= 2
+    # The page's form: the same engines, as columns.
+    status, _, body = get(base + "/api/snapshot?since=0&engines=columns",
+                          {"Cookie": cookie.split(";")[0]})
+    table = json.loads(body)["stats"]["engines"]
+    assert status == 200 and len(table["rows"]) == len(snap["stats"]["engines"])
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["rows"]]
+    assert [(e["engineid"], e["pid"]) for e in rows] == [
+        (e["engineid"], e["pid"]) for e in snap["stats"]["engines"]]
 
 
 def test_metrics_parse_and_match_queue_status(cluster, client):
@@ -261,6 +269,7 @@ def test_task_detail_answers_bad_and_unknown_taskids_clearly(cluster, client):
         ("/api/task/-4", 400, "a taskid is an int >= 0, not -4"),
         ("/api/task/99999999999", 404, "no task with id 99999999999"),
         ("/api/snapshot?since=soon", 400, "since must be an int >= 0"),
+        ("/api/snapshot?engines=cells", 400, "engines must be one of rows, columns"),
         ("/no-such-page", 404, "no page '/no-such-page' here"),
     ]:
         status, headers, body = get(base + path, bearer(token))

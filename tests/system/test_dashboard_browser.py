@@ -4,7 +4,12 @@ README shows (test-output/dashboard/dashboard.png, copied to docs/dashboard.png)
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -114,5 +119,128 @@ def test_the_dashboard_shows_a_live_cluster(browser, tmp_path):
         wait.until(lambda d: text_of("#finished") == str(len(tids) + 2))
 
         assert browser.execute_script("return window.loadedOnce === true")
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == [], errors
+
+
+LIGHT_ENGINES = Path(__file__).resolve().parents[2] / "benchmarks" / "many_engines.py"
+
+
+def light_engines(n: int, connection_file) -> subprocess.Popen:
+    """n light engines in one process (benchmarks/many_engines.py): the controller cannot tell
+    them from real ones; each answers a task at once."""
+    return subprocess.Popen([sys.executable, str(LIGHT_ENGINES), "--serve", str(n),
+                             "--connection-file", str(connection_file)], stdin=subprocess.DEVNULL)
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.timeout(600, method="thread")
+def test_a_thousand_engines_show_as_a_grid_of_cells_with_a_card_on_demand(browser, tmp_path):
+    """1,000 engines: 989 light ones, 10 more that die, one real engine kept busy. The page shows
+    them as a grid of cells with the count of each state; a cell shows its engine's card. The
+    page's times per poll are saved beside the screenshot (timings-1000.json): no assertion on
+    them, the figures go in the report."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 120, poll_frequency=0.2,
+                         ignored_exceptions=[StaleElementReferenceException])
+
+    def js(script: str, *args):
+        return browser.execute_script(script, *args)
+
+    def page_counts() -> dict[str, int]:  # the legend: {state: count}
+        return js("const out = {}; for (const k of document.querySelectorAll("
+                  "'#engine-states .key')) out[k.dataset.state] = Number("
+                  "k.querySelector('.count').textContent.replace(/,/g, '')); return out")
+
+    def cell_counts() -> dict[str, int]:  # the grid's cells by their state
+        return js("const out = {}; for (const c of document.querySelectorAll("
+                  "'#engine-cells .cell')) out[c.dataset.state] = (out[c.dataset.state] || 0) + 1;"
+                  " return out")
+
+    def stats_counts(tc) -> dict[str, int]:
+        return dict(Counter(e["state"] for e in tc.statistics()["engines"]))
+
+    # A slow heartbeat: on a loaded machine a light engine may otherwise miss one and die.
+    with Cluster(1, heartbeat=3.0, engine_properties={"real": 1}) as cluster, \
+            cluster.client() as tc:
+        lights = light_engines(989, cluster.connection_file)
+        doomed = light_engines(10, cluster.connection_file)
+        try:
+            wait_until(lambda: len(tc.engines()) >= 1000, "1,000 engines to register", 300)
+            started, release = tmp_path / "started", tmp_path / "release"
+            busy_tid = tc.run(MapTask(make_blocker(), (str(started), str(release), "done", 500),
+                                      depend={"real": 1}))
+            wait_until(started.exists, "the real engine's task to start")
+            [real] = [e for e in tc.statistics()["engines"] if e["current_task"] == busy_tid]
+            stop_process(doomed, signal.SIGKILL)
+            wait_until(lambda: stats_counts(tc).get("dead", 0) >= 10, "10 engines to die", 120)
+
+            browser.get(cluster.dashboard_url)
+            wait.until(lambda d: js("return document.querySelectorAll("
+                                    "'#engine-cells .cell').length") == 1000)
+            assert js("return document.querySelectorAll('.engine-tile').length") == 0
+            # The legend counts what the controller says, and the cells agree with the legend.
+            wait.until(lambda d: page_counts() == stats_counts(tc))
+            counts = page_counts()
+            assert sum(counts.values()) == 1000 and counts["busy"] >= 1 and counts["dead"] >= 10
+            assert cell_counts() == counts
+            assert js("return document.querySelectorAll('#engine-cells .cell.state-dead')"
+                      ".length") == counts["dead"]
+
+            # A click on the busy engine's cell keeps its card beside the grid.
+            cell = f'#engine-cells .cell[data-engineid="{real["engineid"]}"]'
+            browser.find_element(By.CSS_SELECTOR, cell).click()
+
+            def card() -> str:
+                return js("return document.querySelector('#engine-card').textContent")
+
+            wait.until(lambda d: f"engine {real['engineid']}" in card())
+            assert f"running task {busy_tid}" in card() and f"pid {real['pid']}" in card()
+            assert "heartbeat" in card() and "done" in card()
+            # Pointing at another cell shows that engine's card while the pointer is there.
+            other = next(e for e in tc.statistics()["engines"] if e["state"] == "idle")
+            ActionChains(browser).move_to_element(browser.find_element(
+                By.CSS_SELECTOR, f'#engine-cells .cell[data-engineid="{other["engineid"]}"]')
+            ).perform()
+            wait.until(lambda d: f"engine {other['engineid']}" in card())
+            assert "waiting for a task" in card()
+
+            # The page's update: fetch + render (+ the frame) of each poll, 1,000 engines.
+            wait.until(lambda d: js("return (window.dashboardTimings || []).filter("
+                                    "(t) => t.engines === 1000).length") >= 10)
+            timings = js("return window.dashboardTimings.filter((t) => t.engines === 1000)")
+            OUTPUT.mkdir(parents=True, exist_ok=True)
+            (OUTPUT / "timings-1000.json").write_text(json.dumps(timings, indent=1))
+            assert browser.save_screenshot(str(OUTPUT / "dashboard-1000.png"))
+
+            # Every engine's card, on demand; and back to the grid.
+            wait.until(lambda d: js("const b = document.querySelector("
+                                    "'#engine-mode button[data-mode=\"cards\"]');"
+                                    " if (b) b.click(); return !!b"))
+            wait.until(lambda d: js("return document.querySelectorAll('#engines .engine-tile')"
+                                    ".length") == 1000)
+            assert js("return document.querySelector('#engine-compact').offsetParent") is None
+            wait.until(lambda d: js("document.querySelector("
+                                    "'#engine-mode button[data-mode=\"grid\"]').click();"
+                                    " return !document.querySelector('#engine-compact')"
+                                    ".classList.contains('hidden')"))
+            release.touch()
+            assert tc.get_task_result(busy_tid, block=True) == "done"
+        finally:
+            stop_process(lights)
+            stop_process(doomed)
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == [], errors

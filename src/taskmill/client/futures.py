@@ -15,6 +15,15 @@ A future belongs to an *owner* (the client's `Backend`), which it asks three thi
 `connection` (for the timeouts), `decode` (a result entry to a value or a raised error) and
 `abort` (for `cancel`). The `set_*` methods are what the client does to a future, public as
 `Future.set_result` is: for the client's own modules, not for programs.
+
+Memory: a client may hold a million finished futures, so each is kept small. Its condition
+is a `FutureCondition` (a re-entrant lock; a `threading.Condition` only while someone waits)
+rather than a `threading.Condition` of its own (with its deque, ~1.5 kB a future);
+`metadata` is kept as a tuple until it is read; of a successful map's result entry only what
+decodes its value is kept (taskid, payload MAC, frames) until `result()`; no list of
+done-callbacks until one is added; small payload frames are copied out of the receive buffer
+they share with other messages (taskmill.memory.detached); and once `result()` has decoded
+the value, only the value is kept.
 """
 
 from __future__ import annotations
@@ -22,12 +31,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
-from concurrent.futures._base import CANCELLED
+from concurrent.futures._base import CANCELLED, PENDING
 from typing import Any, Protocol
 
 from ..arguments import FutureLike
 from ..display import duration_text, html_table, output_html, state_html, value_html
 from ..errors import ControllerUnreachable, TaskAborted
+from ..memory import detached
 from .codec import CONTROLLER_DECIDED, METADATA_KEYS
 from .connection import Connection
 
@@ -43,6 +53,55 @@ class FutureOwner(Protocol):
     def decode(self, meta: dict[str, Any] | None, frames: list[Any]) -> Any: ...
 
     def abort(self, taskid: int) -> None: ...
+
+
+NO_CALLBACKS: tuple[()] = ()  # a future's done-callbacks until it has one
+
+
+class FutureCondition:
+    """What a `Future` asks of its `_condition` (acquire, release, `with`, `wait`, `notify`,
+    `notify_all`, as `threading.Condition` over an RLock), in ~100 bytes instead of ~1.5 kB:
+    the `threading.Condition` (over the same lock) exists only while someone waits."""
+
+    __slots__ = ("_lock", "_cond", "_waiting")
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._cond: threading.Condition | None = None
+        self._waiting = 0  # threads in wait(); the last one out drops the Condition
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """As `threading.Condition.wait` (called with the lock held, as there)."""
+        cond = self._cond
+        if cond is None:
+            cond = self._cond = threading.Condition(self._lock)
+        self._waiting += 1
+        try:
+            return cond.wait(timeout)
+        finally:  # (the lock is held again here)
+            self._waiting -= 1
+            if not self._waiting:
+                self._cond = None
+
+    def notify(self, n: int = 1) -> None:
+        if self._cond is not None:
+            self._cond.notify(n)
+
+    def notify_all(self) -> None:
+        if self._cond is not None:
+            self._cond.notify_all()
 
 
 class FailurePending(Exception):
@@ -89,16 +148,37 @@ class TaskFuture(Future, FutureLike):
             "for its result), or pass fut.result()")
 
     def __init__(self, owner: FutureOwner, taskid: int | None = None) -> None:
-        super().__init__()
+        # Future.__init__'s own attributes, with a small condition (see FutureCondition).
+        self._condition = FutureCondition()
+        self._state = PENDING
+        self._result = None
+        self._exception = None
+        self._waiters: list[Any] = []
+        self._done_callbacks: list[Any] | tuple[()] = NO_CALLBACKS  # (see add_done_callback)
         self._owner = owner
         self._front = owner.front()  # (`tc.submit(f).result()` with no other name for tc)
         self._taskid = taskid
         self._known_event: threading.Event | None = None
         self._submit_error: BaseException | None = None
-        self._raw: tuple[dict[str, Any] | None, list[Any]] | None = None
+        # (result entry, frames) until result() decodes them; a map's success keeps only
+        # (tid, pmac, its frame or frames)
+        self._raw: tuple[Any, ...] | None = None
         self._outcome: tuple[bool, Any] | None = None
         self._cancelling = False
-        self.metadata: dict[str, Any] = dict.fromkeys(METADATA_KEYS)
+        self._meta: tuple[Any, ...] | dict[str, Any] | None = None  # see `metadata`
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """`engineid`, `submitted`, `started`, `completed`, `duration`, `stdout`, `stderr`,
+        `attempts`: None until the task finishes (the same dict, filled in then)."""
+        with self._condition:  # (the I/O thread may be filling it in)
+            meta = self._meta
+            if type(meta) is dict:
+                return meta
+            built = (dict(zip(METADATA_KEYS, meta, strict=True)) if meta
+                     else dict.fromkeys(METADATA_KEYS))
+            self._meta = built
+            return built
 
     @property
     def taskid(self) -> int:
@@ -170,13 +250,25 @@ class TaskFuture(Future, FutureLike):
     def set_outcome(self, meta: dict[str, Any] | None, frames: list[Any]) -> None:
         """The task finished (called on the I/O thread; a value is not unpickled here)."""
         if meta:
-            for key in METADATA_KEYS:
-                if key in meta:
-                    self.metadata[key] = meta[key]
+            with self._condition:  # (a caller may be reading `metadata`)
+                if self._meta is None:
+                    get = meta.get
+                    self._meta = tuple([get(key) for key in METADATA_KEYS])
+                else:  # read already: filled in where it is
+                    known = self.metadata
+                    for key in METADATA_KEYS:
+                        if key in meta:
+                            known[key] = meta[key]
+        frames = detached(frames)  # (a small frame would keep its receive buffer)
         if self._cancelling and meta and meta.get("status") == "aborted":
             self._mark_cancelled()
             return
-        self._raw = (meta, frames)
+        if (meta and meta.get("status") == "ok" and meta.get("kind") == "map"
+                and not meta.get("unknown")):  # all a map's value is decoded with:
+            self._raw = (meta.get("tid"), meta.get("pmac"), frames[0] if len(frames) == 1
+                         else frames)
+        else:
+            self._raw = (meta, frames)
         try:
             if raises(meta):
                 self.set_exception(FailurePending(meta.get("tid") if meta else None))
@@ -199,7 +291,14 @@ class TaskFuture(Future, FutureLike):
         with self._condition:
             if self._outcome is None:
                 assert self._raw is not None
-                meta, frames = self._raw
+                raw = self._raw
+                if len(raw) == 3:  # a map's success, kept small (see set_outcome)
+                    tid, pmac, frames = raw
+                    if type(frames) is not list:
+                        frames = [frames]
+                    meta = {"tid": tid, "status": "ok", "kind": "map", "pmac": pmac}
+                else:
+                    meta, frames = raw
                 try:
                     value = self._owner.decode(meta, frames)
                 except BaseException as e:  # noqa: BLE001 - the task's failure, kept for result()
@@ -210,6 +309,12 @@ class TaskFuture(Future, FutureLike):
             return self._outcome
 
     # -- the Future API ------------------------------------------------------------------------
+    def add_done_callback(self, fn: Callable[[Future[Any]], object]) -> None:
+        with self._condition:  # (the list is made for the first callback: most have none)
+            if self._done_callbacks is NO_CALLBACKS:
+                self._done_callbacks = []
+        super().add_done_callback(fn)  # (calls `fn` at once if done: not under the lock)
+
     def result(self, timeout: float | None = None) -> Any:
         try:
             super().result(timeout)  # waits; raises CancelledError, TimeoutError, a submit error

@@ -13,10 +13,12 @@ builders (steps.py); `submit` needs no waiting at all and is a plain function.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..errors import ControllerUnreachable
+from ..memory import BURST_MIN, give_back
 from ..task import BaseTask, MapTask, check_seconds
 from .backend import KEPT_RESULTS_BYTES, Backend, Verb
 from .codec import (
@@ -173,6 +175,8 @@ def clear(backend: Backend, taskids: Any) -> Verb:
     asked = tids if tids is None else [t for t in tids if in_range(t)]
     if asked is None or asked:
         reply, _ = yield Request({"type": "clear", "tids": asked})
+    if reply["dropped"] >= BURST_MIN:  # the program has likely dropped its futures too
+        give_back(time.monotonic())
     missing = [*reply["missing"], *(t for t in tids or () if not in_range(t))]
     if missing:
         raise KeyError(

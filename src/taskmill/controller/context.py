@@ -50,6 +50,7 @@ class Counters:
     engines_moved: int = 0  # live engines that moved to new connections (old ones deaf)
     argument_bytes_out: int = 0  # bytes of results sent to engines as task arguments
     store_refusals: int = 0  # submits refused because the store could not write
+    memory_settled: int = 0  # bursts after which memory was given back (core.settle_memory)
 
 
 @dataclass(slots=True)

@@ -32,6 +32,10 @@ Engine control messages: register, hb (heartbeat), revoked, retired  ->  registe
   interrupt, revoke{dseq} (give back a buffered task, see the scheduler's stealing; `dseq`, not
   `seq`, which every header carries for the Wire's replay check)
 Engine task messages: tasks (controller -> engine), results (engine -> controller)
+
+Memory: when a burst of tasks has ended (the active count fell to an eighth of its peak) or a
+clear dropped many results, `settle_memory` rebuilds the indexes by taskid to their size, and
+once few tasks are active free memory goes back to the system (taskmill.memory).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from .. import __version__
 from ..defaults import DEFAULT_KEEP_RESULTS
 from ..depend import DependRunner
 from ..errors import StoreError
+from ..memory import BURST_MIN, QUIET, Burst, compact, give_back
 from ..protocol import (
     Abort,
     Activity,
@@ -122,6 +127,8 @@ class ControllerCore:
         self.submits = Submits(ctx, self.engines, self.results, self.depends, slow_depends)
         self.views = Views(ctx, self.engines)
         self.turn_start = now.mono
+        self.burst = Burst()  # when a burst of tasks has ended (see settle_memory)
+        self.memory_to_give = False  # a burst ended: give memory back once it is quiet
         self.stall_end = float("-inf")  # monotonic end of the last loop turn that ran long
         et = self.engine_tasks
         self.engine_verbs: dict[str, Callable[..., None]] = {
@@ -340,7 +347,26 @@ class ControllerCore:
             if outbox.to_clients or outbox.done_out:
                 out.extend(outbox.take_client_messages())
         ctx.counters.messages_out += len(out)
+        active = ctx.sched.active_count()
+        if self.burst.ended(active):
+            self.settle_memory()
+        if self.memory_to_give and active <= QUIET:
+            self.memory_to_give = False
+            give_back(now.mono)
+            ctx.counters.memory_settled += 1
         return out
+
+    def settle_memory(self) -> None:
+        """A burst of tasks has ended (or a clear dropped many results): rebuild the indexes
+        by taskid to their size now, and give free memory back once at most QUIET tasks are
+        active (its full collection then walks few objects; see taskmill.memory)."""
+        ctx = self.ctx
+        ctx.sched.compact()
+        ctx.store.compact()
+        for index in (self.results.waiters, ctx.started, ctx.activity.open,
+                      self.engines.seq_of):
+            compact(index)
+        self.memory_to_give = True
 
     def output_ready(self, mono: float) -> bool:
         """Whether something can be sent now (the loop must not wait)."""
@@ -410,6 +436,8 @@ class ControllerCore:
 
     def clear(self, rt: bytes, req: Any, m: Clear, frames: list[Any]) -> None:
         dropped, missing = self.ctx.store.clear(m.tids)
+        if dropped >= BURST_MIN:
+            self.settle_memory()  # (given back at the end of this turn if it is quiet)
         self.ctx.outbox.reply(rt, req, dropped=dropped, missing=missing)
 
     def engine_exited(self, rt: bytes, req: Any, m: EngineExited, frames: list[Any]) -> None:

@@ -105,6 +105,12 @@ class SchedulerCalls:
         return dispatched
 
     # -- questions -------------------------------------------------------------------------
+    def active_count(self) -> int:
+        return self.sched.active_count()
+
+    def compact(self) -> None:
+        self.sched.compact()
+
     def is_active(self, tid: int) -> bool:
         return self.sched.is_active(tid)
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..depend import BoundedDepend, DependRunner
 from ..errors import StoreError
+from ..memory import detached
 from ..protocol import Lease, Put, Submit
 from ..scheduler import Node, Resume
 from ..store import StoredResult, StoredTask
@@ -88,7 +89,7 @@ class Submits:
         pos = 0
         for spec in msg.tasks:
             end, nodes = stored_nodes(spec, frames, pos)
-            task_frames = list(frames[pos:end])
+            task_frames = detached(frames[pos:end])  # (kept until the task is done)
             stored = {"nodes": nodes, "after": spec.after}
             parsed.append((stored, self.nodes(stored, task_frames), task_frames))
             pos = end

@@ -12,7 +12,8 @@ every SNAPSHOT_TTL seconds however many pages ask, and is closed IDLE_CLOSE seco
 request. An idle dashboard sends the controller nothing and wakes up for nothing.
 
 Paths: `/` (static/dashboard.html with its .js and .css: package data, no CDN, no build step),
-`/api/snapshot?since=N`, `/api/task/<taskid>`, `/metrics` (Prometheus text). GET only.
+`/api/snapshot?since=N` (`&engines=columns`: the engine list as columns, as the page asks),
+`/api/task/<taskid>`, `/metrics` (Prometheus text). GET only.
 
 Access: every request needs the token, HMAC-SHA256(connection key, "taskmill-dashboard"), given
 as `?token=` (the page then keeps it in a cookie), as that cookie, or as
@@ -31,16 +32,20 @@ feed.py (`ControllerFeed` and the JSON views of what it fetches).
 from __future__ import annotations
 
 from .feed import (
+    ENGINE_FORMS,
     IDLE_CLOSE,
     OUTPUT_CHARS,
     SNAPSHOT_TTL,
     BadQuery,
     ControllerFeed,
     NotFound,
+    engine_columns,
+    parse_engines,
     parse_since,
     parse_taskid,
     task_view,
     to_json,
+    with_engine_columns,
 )
 from .server import (
     CONNECT_TIMEOUT,
@@ -57,8 +62,9 @@ from .server import (
 )
 
 __all__ = [
-    "CONNECT_TIMEOUT", "IDLE_CLOSE", "OUTPUT_CHARS", "SECURITY_HEADERS", "SNAPSHOT_TTL",
+    "CONNECT_TIMEOUT", "ENGINE_FORMS", "IDLE_CLOSE", "OUTPUT_CHARS", "SECURITY_HEADERS", "SNAPSHOT_TTL",
     "STATIC_FILES", "TOKEN_CONTEXT", "BadQuery", "ControllerFeed", "Dashboard",
     "DashboardHTTPServer", "DashboardHandler", "NotFound", "dashboard_link", "dashboard_token",
-    "forget_dashboard", "parse_since", "parse_taskid", "start_dashboard", "task_view", "to_json",
+    "engine_columns", "forget_dashboard", "parse_engines", "parse_since", "parse_taskid",
+    "start_dashboard", "task_view", "to_json", "with_engine_columns",
 ]

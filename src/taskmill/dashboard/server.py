@@ -5,7 +5,8 @@ logged and left out), writes its address into the connection file and starts the
 `Dashboard` serves until `stop`, closing the feed's client when it is idle. Each request
 (`DashboardHandler`) is checked for the token (`dashboard_token`, as ?token=, cookie or
 bearer; an open dashboard checks the Host header instead), then routed: the static page
-(package data in taskmill/static), /api/snapshot, /api/task/<taskid> and /metrics, whose
+(package data in taskmill/static), /api/snapshot (?since=N, ?engines=columns), /api/task/<taskid>
+and /metrics, whose
 figures come from feed.py's `ControllerFeed`.
 """
 
@@ -36,10 +37,12 @@ from .feed import (
     BadQuery,
     ControllerFeed,
     NotFound,
+    parse_engines,
     parse_since,
     parse_taskid,
     task_view,
     to_json,
+    with_engine_columns,
 )
 
 log = logging.getLogger("taskmill.dashboard")
@@ -49,6 +52,8 @@ CONNECT_TIMEOUT = 5.0
 STATIC_FILES = {
     "/": ("dashboard.html", "text/html; charset=utf-8"),
     "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+    "/engines.js": ("engines.js", "text/javascript; charset=utf-8"),
+    "/charts.js": ("charts.js", "text/javascript; charset=utf-8"),
     "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8"),
 }
 SECURITY_HEADERS = {
@@ -168,8 +173,10 @@ class DashboardHandler(BaseHTTPRequestHandler):
             name, kind = STATIC_FILES[path]
             self._send(HTTPStatus.OK, _static(name), kind)
         elif path == "/api/snapshot":
-            since = parse_since(query)
+            since, form = parse_since(query), parse_engines(query)
             snap = feed.snapshot(since)
+            if form == "columns":
+                snap = with_engine_columns(snap)
             snap["now"] = time.time()
             self._send(HTTPStatus.OK, to_json(snap), "application/json")
         elif path.startswith("/api/task/"):

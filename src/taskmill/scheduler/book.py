@@ -11,10 +11,12 @@ actions to `Book.out`; `Scheduler.handle` returns them. Nothing here reads a clo
 from __future__ import annotations
 
 import heapq
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from ..memory import compact
 from .records import (
     DEPENDENCY,
     Action,
@@ -44,6 +46,16 @@ MAX_SLOTS = 64
 DURATION_WEIGHT = 0.25  # of the newest duration in the moving average
 REJECT_SKIP_SECONDS = 1.0  # how long a task skips an engine that rejected it (the seed's pause)
 NL = "\n"
+NO_ENGINES: frozenset[int] = frozenset()  # a TaskEntry's empty sets, shared (see `added`)
+
+
+def added(s: AbstractSet[int], item: int) -> set[int]:
+    """`s` with `item` in it: the set itself, or a new one in place of the shared empty one
+    (`t.avoid = added(t.avoid, eid)`)."""
+    if type(s) is frozenset:
+        return {*s, item}
+    s.add(item)  # type: ignore[attr-defined]
+    return s  # type: ignore[return-value]
 
 
 @dataclass(slots=True, init=False)
@@ -58,11 +70,13 @@ class TaskEntry:
     tries: int = 0  # of the current node's retries budget, used
     attempts: int = 0  # times its code may have run (the whole chain); the attempt number
     engine: int | None = None
-    avoid: set[int] = field(default_factory=set)
-    offered: set[int] = field(default_factory=set)  # engines that reported an attempt of the node
+    # The sets of engines are the shared NO_ENGINES until they get one (most never do: an
+    # empty set costs 216 bytes a task); `added` puts one in.
+    avoid: AbstractSet[int] = NO_ENGINES
+    offered: AbstractSet[int] = NO_ENGINES  # engines that reported an attempt of the node
     skip: dict[int, tuple] = field(default_factory=dict)  # engine -> its skip timer's key
-    handed_over: set[int] = field(default_factory=set)
-    blocked_on: set[int] = field(default_factory=set)
+    handed_over: AbstractSet[int] = NO_ENGINES  # (nodes)
+    blocked_on: AbstractSet[int] = NO_ENGINES  # (tasks)
     dep_cache: dict[int, tuple[int, bool]] = field(default_factory=dict)
     steal_tried: bool = False  # a revoke of the current attempt was sent
     story: Story = ""  # see Book.tell
@@ -76,11 +90,11 @@ class TaskEntry:
         self.tries = 0
         self.attempts = 0
         self.engine = None
-        self.avoid = set()
-        self.offered = set()
+        self.avoid = NO_ENGINES
+        self.offered = NO_ENGINES
         self.skip = {}
-        self.handed_over = set()
-        self.blocked_on = set()
+        self.handed_over = NO_ENGINES
+        self.blocked_on = NO_ENGINES
         self.dep_cache = {}
         self.steal_tried = False
         self.story = ""
@@ -133,6 +147,11 @@ class Book:
         self.out: list[Action] = []
         self.event = ""  # the name of the event being handled (for the stories)
         self.finished = FinishedStories()
+
+    def compact(self) -> None:
+        """Rebuild the indexes by taskid to their size (after a burst: see taskmill.memory)."""
+        for index in (self.tasks, self.dependents, self.unmet, self.parked):
+            compact(index)
 
     # -- states ----------------------------------------------------------------------------
     def move(self, t: TaskEntry, to: TaskState, why: str) -> None:
@@ -235,7 +254,7 @@ class Book:
     # -- failures --------------------------------------------------------------------------
     def attempt_failed(self, t: TaskEntry, eid: int | None, outcome: str, why: str) -> None:
         if eid is not None:
-            t.avoid.add(eid)
+            t.avoid = added(t.avoid, eid)
         retries = t.nodes[t.node].retries
         if t.tries <= retries:
             self.make_ready(t, f"{why}: retried ({t.tries} of {retries} retries used)")
@@ -249,11 +268,11 @@ class Book:
         result it counts one."""
         node = t.nodes[t.node]
         if node.recovery is not None and node.recovery not in t.handed_over:
-            t.handed_over.add(t.node)
+            t.handed_over = added(t.handed_over, t.node)
             t.node = node.recovery
             t.tries = 0
-            t.avoid.clear()
-            t.offered.clear()
+            t.avoid = NO_ENGINES
+            t.offered = NO_ENGINES
             self.unskip_task(t)
             t.dep_cache.clear()
             self.make_ready(t, f"{why}: node over, its recovery node {node.recovery} runs")
@@ -343,7 +362,8 @@ class Book:
             child = self.tasks.get(child_id)
             if child is None:
                 continue
-            child.blocked_on.discard(t.tid)
+            if child.blocked_on:  # (a set, not the shared empty one)
+                child.blocked_on.discard(t.tid)  # type: ignore[attr-defined]
             if not ok:
                 stack = stack or []
                 stack.append((child, DEPENDENCY, False, None, t.tid,

@@ -22,6 +22,7 @@ from .book import (
     Book,
     EngineEntry,
     TaskEntry,
+    added,
 )
 from .placement import run_pass
 from .records import (
@@ -96,6 +97,15 @@ class Scheduler:
     # -- queries ---------------------------------------------------------------------------
     def is_active(self, tid: int) -> bool:
         return tid in self._book.tasks
+
+    def active_count(self) -> int:
+        """How many tasks are active (not finished)."""
+        return len(self._book.tasks)
+
+    def compact(self) -> None:
+        """Rebuild the indexes by taskid to their size after a burst (the same state: only
+        the memory of their tables changes; see taskmill.memory)."""
+        self._book.compact()
 
     def active_ids(self) -> list[int]:
         """The active taskids, in the order they were submitted."""
@@ -191,7 +201,8 @@ class Scheduler:
         resume = ev.resume
         if resume is not None:
             t.node, t.attempts, t.tries = resume.node, resume.attempts, resume.tries
-            t.handed_over.update(resume.handed_over)
+            if resume.handed_over:
+                t.handed_over = set(resume.handed_over)
             if resume.lost:
                 b.move(t, LOST, "reloaded: it was running when the controller restarted")
                 return self._flush(ev.dispatch)
@@ -201,7 +212,7 @@ class Scheduler:
             return self._flush(ev.dispatch)
         for dep in ev.after:
             if dep in b.tasks and dep != tid:
-                t.blocked_on.add(dep)
+                t.blocked_on = added(t.blocked_on, dep)
                 b.dependents.setdefault(dep, []).append(tid)
         if t.blocked_on:
             b.move(t, WAITING, f"waits for {len(t.blocked_on)} task(s)")
@@ -278,7 +289,7 @@ class Scheduler:
         if status == OK:
             b.finish(t, RESULT, True, engineid=eid, why="ok")
         elif status == REJECTED:
-            t.offered.add(eid)
+            t.offered = added(t.offered, eid)
             t.attempts -= 1  # no attempt counted; the retry it used stays used (t.tries)
             if t.tries <= t.nodes[t.node].retries or not b.offered_everywhere(t):
                 b.skip(t, e)
@@ -287,7 +298,7 @@ class Scheduler:
                 b.node_over(t, eid, RESULT, f"rejected by engine {eid}, every engine that "
                             "satisfies it was offered it", final_attempt=True)
         else:
-            t.offered.add(eid)
+            t.offered = added(t.offered, eid)
             b.attempt_failed(t, eid, RESULT, f"error on engine {eid}")
         return self._flush(ev.dispatch)
 

@@ -1,6 +1,10 @@
 // The taskmill dashboard: polls api/snapshot once a second (only while the tab is visible),
 // keeps the attempts it has seen, and draws engines, the task stream, throughput and queue plots
 // by hand on canvases. Every text that comes from the cluster goes in through textContent.
+// This file: the shared state and helpers, polling, the figures, tables and task detail, and
+// the wiring (run at DOMContentLoaded, after the deferred engines.js and charts.js, which draw
+// the engines panel and the canvases). Each poll's fetch and render times are kept in
+// `window.dashboardTimings` (milliseconds, the latest last; the browser test reads them).
 "use strict";
 
 const POLL_MS = 1000;
@@ -8,6 +12,10 @@ const HISTORY_SECONDS = 300;
 const MAX_ATTEMPTS = 4000;
 const RECENT_ROWS = 10;
 const STALE_MS = 5000;
+const TIMINGS_KEPT = 30;
+const GONE_STATES = new Set(["dead", "retired"]);  // the other states count as alive
+
+function isGone(engineState) { return GONE_STATES.has(engineState); }
 
 const css = getComputedStyle(document.documentElement);
 const color = (name) => css.getPropertyValue(name).trim();
@@ -85,8 +93,10 @@ function schedule(ms = POLL_MS) {
 async function poll() {
   if (document.hidden) return;  // visibilitychange polls again when the tab is shown
   try {
-    const r = await fetch(`api/snapshot?since=${state.seq}`, { cache: "no-store" });
+    const t0 = performance.now();
+    const r = await fetch(`api/snapshot?since=${state.seq}&engines=columns`, { cache: "no-store" });
     const body = await r.json().catch(() => ({}));
+    const t1 = performance.now();
     if (!r.ok) throw new Error(body.error || `HTTP ${r.status}`);
     if (state.started !== null && body.started !== state.started) {
       state.attempts = [];  // a restarted controller numbers its attempts anew
@@ -100,6 +110,7 @@ async function poll() {
     state.error = null;
     state.lastOk = Date.now();
     render();
+    recordTiming(t0, t1, performance.now(), body.stats.engines.length);
   } catch (e) {
     state.error = e.message || String(e);
     renderLive();
@@ -107,7 +118,30 @@ async function poll() {
   schedule();
 }
 
+// One poll's times: fetch (request, answer and JSON), render (this script's work), and frame
+// (until the browser has laid out and painted what render changed: the next frame).
+function recordTiming(t0, t1, t2, engines) {
+  requestAnimationFrame(() => setTimeout(() => {
+    const t3 = performance.now();
+    const times = window.dashboardTimings || (window.dashboardTimings = []);
+    times.push({ fetch: t1 - t0, render: t2 - t1, frame: t3 - t2, total: t3 - t0, engines });
+    if (times.length > TIMINGS_KEPT) times.shift();
+  }, 0));
+}
+
+// The engine list comes as columns (?engines=columns, 40% of the bytes of one object per
+// engine): back to one object per engine, as statistics() has them.
+function engineRows(table) {
+  const { columns, rows } = table;
+  return rows.map((r) => {
+    const e = {};
+    for (let i = 0; i < columns.length; i++) e[columns[i]] = r[i];
+    return e;
+  });
+}
+
 function take(snap) {
+  if (!Array.isArray(snap.stats.engines)) snap.stats.engines = engineRows(snap.stats.engines);
   state.offset = snap.now - Date.now() / 1000;
   for (const a of snap.attempts) if (a.seq > state.seq) state.attempts.push(a);
   state.seq = Math.max(state.seq, snap.seq);
@@ -148,21 +182,15 @@ function renderLive() {
   }
 }
 
-// An engine declared dead, or retired (stopped on purpose once it held nothing): gone.
-const gone = (e) => e.state === "dead" || e.state === "retired";
-
 function renderCards(stats) {
-  const engines = stats.engines;
-  const alive = engines.filter((e) => !gone(e));
-  const busy = alive.filter((e) => e.state === "busy").length;
-  const retiring = alive.filter((e) => e.state === "retiring").length;
-  const dead = engines.filter((e) => e.state === "dead").length;
-  const retired = engines.length - alive.length - dead;
-  $("engine-count").textContent = fmtNumber(alive.length);
-  $("engine-sub").textContent =
-    `${busy} busy · ${alive.length - busy - retiring} idle` +
-    (retiring ? ` · ${retiring} retiring` : "") + (dead ? ` · ${dead} dead` : "") +
-    (retired ? ` · ${retired} retired` : "");
+  const counts = countStates(stats.engines);
+  let alive = 0;
+  for (const [s, n] of counts) if (!isGone(s)) alive += n;
+  $("engine-count").textContent = fmtNumber(alive);
+  const others = [...counts].filter(([s]) => s !== "busy" && s !== "idle");
+  $("engine-sub").textContent = [`${fmtNumber(counts.get("busy") || 0)} busy`,
+    `${fmtNumber(counts.get("idle") || 0)} idle`, ...others.map(([s, n]) => `${fmtNumber(n)} ${s}`),
+  ].join(" · ");
   $("throughput").textContent = stats.tasks_per_second.toFixed(stats.tasks_per_second < 10 ? 2 : 1);
   const q = stats.queue;
   $("queued").textContent = fmtNumber(q.scheduled + q.pending);
@@ -192,50 +220,6 @@ function replaceIfChanged(container, key, build) {
   shownKeys.set(container, key);
   container.replaceChildren(...build());
 }
-
-function heartbeatText(e) {
-  if (gone(e)) return e.state === "dead" ? "no heartbeat" : "stopped";
-  const ago = e.last_heartbeat_ago;
-  return `heartbeat ${ago < 60 ? ago.toFixed(1) + " s" : fmtUptime(ago)} ago`;
-}
-
-function renderEngines(engines) {
-  const grid = $("engines");
-  if (!engines.length) {
-    replaceIfChanged(grid, "none", () => [el("p", { class: "empty", text: "No engine has registered yet." })]);
-    return;
-  }
-  const key = JSON.stringify(engines.map(({ last_heartbeat_ago, ...rest }) => rest));
-  replaceIfChanged(grid, key, () => engines.map(engineTile));
-  for (const e of engines) {
-    const line = grid.querySelector(`.engine-tile[data-engineid="${e.engineid}"] .tile-hb`);
-    if (line) line.textContent = heartbeatText(e);
-  }
-}
-
-function engineTile(e) {
-  const held = e.held || [];
-  let task;
-  if (gone(e)) task = el("div", { class: "tile-task", text: e.state });
-  else if (e.current_task == null) task = el("div", { class: "tile-task muted", text: "waiting for a task" });
-  else {
-    task = el("div", { class: "tile-task" }, "running task ", taskLink(e.current_task));
-    if (held.length > 1) task.append(` (+${held.length - 1} queued)`);
-  }
-  const props = Object.entries(e.properties || {})
-    .filter(([k]) => !["engineid", "hostname", "pid"].includes(k))
-    .map(([k, v]) => el("span", { class: "prop", text: `${k}=${JSON.stringify(v)}` }));
-  return el("div", { class: "engine-tile", "data-state": e.state, "data-engineid": e.engineid },
-    el("div", { class: "tile-head" },
-      el("span", { class: "tile-name", text: `engine ${e.engineid}` }),
-      el("span", { class: "badge", "data-state": e.state, text: e.state })),
-    task,
-    el("div", { class: "tile-line", text: `${fmtNumber(e.tasks_done)} done · ${fmtNumber(e.failures || 0)} failed` }),
-    el("div", { class: "tile-line", text: `${e.hostname} · pid ${e.pid}`, title: `${e.hostname} pid ${e.pid}` }),
-    el("div", { class: "tile-line tile-hb", text: heartbeatText(e) }),
-    props.length ? el("div", { class: "props" }, ...props) : null);
-}
-
 
 function statusBadge(status) {
   return el("span", { class: "badge", "data-status": status, text: STATUS_WORDS[status] || status });
@@ -290,171 +274,6 @@ function renderFailures(failures) {
     return tr;
   }));
   $("failures-empty").classList.toggle("hidden", failures.length > 0);
-}
-
-// -- canvases --------------------------------------------------------------------------------
-function prepare(canvas, height) {
-  const ratio = window.devicePixelRatio || 1;
-  const width = canvas.clientWidth;
-  if (height) canvas.style.height = `${height}px`;
-  const h = canvas.clientHeight;
-  if (canvas.width !== Math.round(width * ratio) || canvas.height !== Math.round(h * ratio)) {
-    canvas.width = Math.round(width * ratio);
-    canvas.height = Math.round(h * ratio);
-  }
-  const ctx = canvas.getContext("2d");
-  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-  ctx.clearRect(0, 0, width, h);
-  ctx.font = "11px system-ui, sans-serif";
-  return { ctx, width, height: h };
-}
-
-function drawStream() {
-  const snap = state.snap;
-  if (!snap) return;
-  const canvas = $("stream");
-  const engines = snap.stats.engines;
-  const ids = engines.map((e) => e.engineid);
-  const axis = 22;
-  const lane = ids.length > 12 ? Math.max(5, Math.floor(400 / ids.length)) : 32;
-  const { ctx, width } = prepare(canvas, Math.max(90, ids.length * lane + axis + 6));
-  const left = 74, right = width - 8;
-  const span = state.window;
-  const t1 = nowSeconds(), t0 = t1 - span;
-  const x = (t) => left + ((t - t0) / span) * (right - left);
-  const laneOf = new Map(ids.map((id, i) => [id, i]));
-  const dead = new Set(engines.filter(gone).map((e) => e.engineid));
-
-  ctx.textBaseline = "middle";
-  ids.forEach((id, i) => {
-    const y = 3 + i * lane;
-    ctx.fillStyle = i % 2 ? "#f7f9fb" : "#fdfdfe";
-    ctx.fillRect(left, y, right - left, lane);
-    if (lane >= 10) {
-      ctx.fillStyle = dead.has(id) ? "#b0b9c3" : "#4a5866";
-      ctx.textAlign = "right";
-      ctx.fillText(`engine ${id}`, left - 8, y + lane / 2);
-    }
-  });
-  // time axis
-  const bottom = 3 + ids.length * lane;
-  ctx.strokeStyle = "#e1e6ec";
-  ctx.fillStyle = "#66788a";
-  ctx.textAlign = "center";
-  const step = span <= 15 ? 5 : span <= 60 ? 10 : 60;
-  for (let s = 0; s <= span; s += step) {
-    const tx = x(t1 - s);
-    ctx.beginPath(); ctx.moveTo(tx, 3); ctx.lineTo(tx, bottom); ctx.stroke();
-    ctx.fillText(s === 0 ? "now" : `-${fmtAgo(s)}`, Math.min(tx, right - 12), bottom + 11);
-  }
-  if (!ids.length) {
-    ctx.fillText("no engines yet", (left + right) / 2, 40);
-    return;
-  }
-  state.bars = [];
-  const bar = (a, end, status) => {
-    const i = laneOf.get(a.engineid);
-    if (i === undefined || end < t0) return;
-    const x0 = Math.max(left, x(a.start)), x1 = Math.max(x0 + 2, Math.min(right, x(end)));
-    const y = 3 + i * lane + (lane > 8 ? 3 : 1), h = lane > 8 ? lane - 6 : lane - 2;
-    ctx.fillStyle = STATUS_COLORS[status] || "#9aa5b1";
-    ctx.fillRect(x0, y, x1 - x0 > 3 ? x1 - x0 - 1 : x1 - x0, h);  // a gap between neighbours
-    state.bars.push({ x0, x1, y, h, a, status, end });
-  };
-  for (const a of state.attempts) bar(a, a.end, a.status);
-  for (const a of snap.running) bar(a, t1, "running");
-}
-
-function fmtAgo(s) {
-  return s < 60 ? `${+s.toFixed(1)}s` : s % 60 ? `${Math.floor(s / 60)}m${s % 60}s` : `${s / 60}m`;
-}
-
-// The top of a y axis with four equal steps that read well; whole steps for counts.
-function axisTop(v, whole) {
-  const want = Math.max(v, whole ? 4 : 1e-9) / 4;
-  const p = Math.pow(10, Math.floor(Math.log10(want)));
-  const steps = whole ? [1, 2, 5, 10] : [1, 2, 2.5, 5, 10];
-  const step = steps.map((m) => m * p).find((m) => m >= want - 1e-12);
-  return 4 * (whole ? Math.max(1, step) : step);
-}
-
-function drawChart(canvas, series, t1, span, whole) {
-  const { ctx, width, height } = prepare(canvas);
-  const left = 44, right = width - 10, top = 18, bottom = height - 20;
-  const t0 = t1 - span;
-  const x = (t) => left + ((t - t0) / span) * (right - left);
-  let max = 0;
-  series = series.map((s) => ({ ...s, points: s.points.filter(([t]) => t >= t0 && t <= t1) }));
-  for (const s of series) for (const [, v] of s.points) max = Math.max(max, v);
-  max = axisTop(max * 1.05, whole);
-  const y = (v) => bottom - (v / max) * (bottom - top);
-  ctx.strokeStyle = "#e8ecf0";
-  ctx.fillStyle = "#66788a";
-  ctx.textBaseline = "middle";
-  ctx.textAlign = "right";
-  for (let k = 0; k <= 4; k++) {
-    const v = (max * k) / 4, ty = y(v);
-    ctx.beginPath(); ctx.moveTo(left, ty); ctx.lineTo(right, ty); ctx.stroke();
-    ctx.fillText(v >= 100 ? fmtNumber(Math.round(v)) : String(+v.toFixed(2)), left - 6, ty);
-  }
-  ctx.textAlign = "center";
-  const tick = span <= 60 ? 10 : 60;
-  for (let s = 0; s <= span; s += tick) {
-    const tx = x(t1 - s);
-    ctx.fillText(s === 0 ? "now" : `-${fmtAgo(s)}`, Math.min(tx, right - 12), bottom + 11);
-  }
-  series.forEach((s, k) => {
-    const pts = s.points;
-    ctx.strokeStyle = s.color;
-    ctx.lineWidth = 1.8;
-    ctx.beginPath();
-    pts.forEach(([t, v], i) => (i ? ctx.lineTo(x(t), y(v)) : ctx.moveTo(x(t), y(v))));
-    ctx.stroke();
-    if (s.fill && pts.length) {
-      ctx.lineTo(x(pts[pts.length - 1][0]), bottom);
-      ctx.lineTo(x(pts[0][0]), bottom);
-      ctx.closePath();
-      ctx.globalAlpha = 0.12;
-      ctx.fillStyle = s.color;
-      ctx.fill();
-      ctx.globalAlpha = 1;
-    }
-    ctx.lineWidth = 1;
-    ctx.textAlign = "left";
-    ctx.fillStyle = s.color;
-    const lx = right - 150 + k * 80;
-    ctx.fillRect(lx, 5, 10, 3);
-    ctx.fillStyle = "#4a5866";
-    ctx.fillText(s.name, lx + 14, 7);
-  });
-}
-
-function drawPlots(snap) {
-  const t1 = Math.floor(snap.now) - 1;  // the current second is not over yet
-  const counts = new Map(snap.finished_per_second.map(([t, n]) => [t, n]));
-  // A young controller's plots span its lifetime (at least a minute), later the last 5 minutes.
-  const span = Math.min(HISTORY_SECONDS, Math.max(60, Math.ceil((t1 - snap.started) / 60) * 60));
-  const first = Math.max(t1 - span, Math.floor(snap.started));
-  const perSecond = [];
-  for (let t = first; t <= t1; t++) perSecond.push([t, counts.get(t) || 0]);
-  drawChart($("throughput-plot"), [{ name: "tasks/s", color: color("--ok"), points: perSecond, fill: true }],
-    t1, span, false);
-  const q = snap.queue_per_second;
-  drawChart($("queue-plot"), [
-    { name: "scheduled", color: color("--aborted"), points: q.map(([t, s]) => [t, s]) },
-    { name: "pending", color: color("--busy"), points: q.map(([t, , p]) => [t, p]) },
-  ], t1, span, true);
-  $("plot-span").textContent = $("queue-span").textContent = fmtAgo(span);
-}
-
-function barAt(ev) {
-  const r = $("stream").getBoundingClientRect();
-  const px = ev.clientX - r.left, py = ev.clientY - r.top;
-  for (let i = state.bars.length - 1; i >= 0; i--) {
-    const b = state.bars[i];
-    if (px >= b.x0 - 2 && px <= b.x1 + 2 && py >= b.y && py <= b.y + b.h) return b;
-  }
-  return null;
 }
 
 // -- task detail -----------------------------------------------------------------------------
@@ -517,6 +336,7 @@ function renderTask(t) {
 
 // -- wiring ----------------------------------------------------------------------------------
 function start() {
+  setupEngines();
   const canvas = $("stream");
   canvas.addEventListener("click", (ev) => { const b = barAt(ev); if (b) showTask(b.a.tid); });
   canvas.addEventListener("mousemove", (ev) => {
@@ -550,4 +370,4 @@ function start() {
   poll();
 }
 
-start();
+document.addEventListener("DOMContentLoaded", start);  // after every deferred script ran

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+from ..memory import compact
 from .base import SUBMIT_KEYS_KEPT, IdLeases, StoredResult, StoredTask, compact_tids
 
 
@@ -78,6 +79,12 @@ class MemoryStore(IdLeases):
     def result_meta(self, tid: int) -> dict[str, Any] | None:
         r = self._results.get(tid)
         return None if r is None else r.meta
+
+    def compact(self) -> None:
+        """Rebuild the indexes of active tasks and results to their size (after a burst or a
+        clear: see taskmill.memory)."""
+        compact(self._active)
+        compact(self._results)
 
     def clear(self, tids: list[int] | None) -> tuple[int, list[int]]:
         if tids is None:

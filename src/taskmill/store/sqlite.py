@@ -23,6 +23,7 @@ from typing import Any
 import msgpack
 
 from ..errors import StoreError
+from ..memory import compact
 from ..wire import frame_len
 from .base import (
     ENGINE_ROW_AGE,
@@ -335,6 +336,9 @@ class SQLiteStore(IdLeases):
         row = self.db.execute("SELECT result_meta FROM tasks WHERE tid=? AND state='finished'",
                               (tid,)).fetchone()
         return None if row is None else unpack(row[0])
+
+    def compact(self) -> None:  # (the index of active tasks, after a burst: taskmill.memory)
+        compact(self._active)
 
     def clear(self, tids: list[int] | None) -> tuple[int, list[int]]:
         """Drop finished results. Commits what is queued first, then deletes in a transaction

@@ -1,0 +1,256 @@
+"""Memory after a burst (taskmill.memory and its users): index dicts rebuilt to their size, small
+frames copied out of shared receive buffers, the controller settling after a burst or a big
+clear, and the per-task footprint of a TaskFuture and of the scheduler's task entries.
+
+Footprints are counted with tracemalloc (bytes Python allocated, the same on every run), never
+timed.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import tracemalloc
+from concurrent.futures import FIRST_COMPLETED, as_completed, wait
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from schedtest import make
+from test_protocol import FRAMES, call, ctl, node  # noqa: F401 - ctl is a fixture
+
+from taskmill.client.futures import FutureCondition, TaskFuture
+from taskmill.memory import (
+    BURST_MIN,
+    COLLECT_EVERY,
+    Burst,
+    Collections,
+    compact,
+    detached,
+    give_back,
+)
+from taskmill.scheduler import Node, Submit, Withdraw
+
+MANY = BURST_MIN + 2_000
+
+
+# -- the pieces --------------------------------------------------------------------------------
+def test_compact_shrinks_a_dict_in_place_keeping_items_and_order():
+    d = {i: str(i) for i in range(100_000)}
+    for i in range(100_000):
+        if i % 1000:
+            del d[i]
+    same, items, before = d, list(d.items()), sys.getsizeof(d)
+    compact(d)
+    assert d is same and list(d.items()) == items
+    assert sys.getsizeof(d) < before / 50, (before, sys.getsizeof(d))
+
+
+def test_compact_shrinks_a_set_in_place():
+    s = set(range(100_000))
+    for i in range(99_990):
+        s.discard(i)  # (a table never shrinks on discard)
+    before = sys.getsizeof(s)
+    compact(s)
+    assert s == set(range(99_990, 100_000)) and sys.getsizeof(s) < before / 50
+
+
+def test_a_burst_ends_when_the_count_falls_to_an_eighth_of_a_big_high_water_mark():
+    b = Burst(least=1000)
+    assert not any(b.ended(n) for n in (10, 500, 999, 0))  # never big enough
+    assert not any(b.ended(n) for n in (1000, 4000, 3000, 501))
+    assert b.ended(500)  # 4000 / 8
+    assert not b.ended(0)  # once: the mark starts again from 500
+    assert not b.ended(400) and b.ended(0) is False
+
+
+def test_give_back_collects_at_most_once_every_so_often(monkeypatch):
+    """A full collection walks every object: a program that clears often while it holds a
+    million futures must not pay for one at each clear."""
+    import gc
+
+    runs = []
+    monkeypatch.setattr(gc, "collect", lambda *a: runs.append(a) or 0)
+    monkeypatch.setattr(Collections, "last", float("-inf"))
+    assert give_back(1000.0) in (True, False)
+    give_back(1000.0 + COLLECT_EVERY / 2)
+    assert len(runs) == 1
+    give_back(1000.0 + COLLECT_EVERY)
+    assert len(runs) == 2
+
+
+class FakeFrame:
+    """Stands for a zmq.Frame received zero-copy: `bytes` copies it out."""
+
+    def __init__(self, data: bytes) -> None:
+        self.bytes = data
+
+    def __len__(self) -> int:
+        return len(self.bytes)
+
+
+def test_detached_copies_small_zero_copy_frames_and_keeps_large_ones():
+    small, large = FakeFrame(b"x" * 100), FakeFrame(b"y" * (1 << 20))
+    out = detached([small, large, b"already bytes"])
+    assert out[0] == b"x" * 100 and type(out[0]) is bytes
+    assert out[1] is large and out[2] == b"already bytes"
+
+
+# -- the client's futures ----------------------------------------------------------------------
+class Owner:
+    """What a TaskFuture asks of its client: decoding is the identity on the first frame."""
+
+    connection: Any = SimpleNamespace(timeout=1.0, reconnect_timeout=1.0,
+                                      on_io_thread=lambda: False)
+
+    def front(self) -> Any:
+        return None
+
+    def decode(self, meta: dict[str, Any] | None, frames: list[Any]) -> Any:
+        assert meta is not None and meta["status"] == "ok" and meta["pmac"] == b"m" * 32
+        return (meta["tid"], bytes(frames[0]))
+
+    def abort(self, taskid: int) -> None:
+        raise AssertionError("not used here")
+
+
+def entry(tid: int) -> dict[str, Any]:
+    """A successful map's result entry as the controller sends it."""
+    return {"tid": tid, "engineid": 1, "attempts": 1, "submitted": 1.5, "completed": 2.5,
+            "started": 2.0, "status": "ok", "kind": "map", "error": None, "duration": 0.25,
+            "stdout": "", "stderr": "", "pmac": b"m" * 32, "nframes": 1}
+
+
+def test_a_future_decodes_from_what_it_kept_and_fills_its_metadata():
+    owner = Owner()
+    f = TaskFuture(owner, 7)
+    md = f.metadata
+    assert set(md.values()) == {None}
+    f.set_outcome(entry(7), [FakeFrame(b"value")])
+    assert f.result() == (7, b"value")
+    assert f.metadata is md and md["engineid"] == 1 and md["duration"] == 0.25
+    g = TaskFuture(owner, 8)  # metadata read only after it finished
+    g.set_outcome(entry(8), [b"v"])
+    assert g.metadata["completed"] == 2.5 and g.result() == (8, b"v")
+
+
+def test_done_callbacks_run_whether_added_before_or_after_the_result():
+    """(The list of callbacks is made for the first one.)"""
+    f, seen = TaskFuture(Owner(), 1), []
+    f.add_done_callback(lambda fut: seen.append(("before", fut.result())))
+    f.set_outcome(entry(1), [b"x"])
+    f.add_done_callback(lambda fut: seen.append(("after", fut.result())))
+    assert seen == [("before", (1, b"x")), ("after", (1, b"x"))]
+
+
+@pytest.mark.timeout(60)
+def test_a_finished_future_is_small():
+    """~3.2 kB a future before (a threading.Condition each, the whole result entry, zero-copy
+    frames); the bound leaves room for the interpreter's versions."""
+    owner = Owner()
+    n = 2000
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        futs = [TaskFuture(owner, tid) for tid in range(n)]
+        for tid, f in enumerate(futs):
+            f.set_outcome(entry(tid), [FakeFrame(b"a pickled value")])
+        held = (tracemalloc.get_traced_memory()[0] - before) / n
+        for f in futs:
+            f.result()
+        decoded = (tracemalloc.get_traced_memory()[0] - before) / n
+    finally:
+        tracemalloc.stop()
+    assert held < 1000, held
+    assert decoded < 900, decoded
+
+
+@pytest.mark.timeout(60)
+def test_futures_wait_and_as_completed_still_hear_of_a_result_from_another_thread():
+    owner = Owner()
+    futs = [TaskFuture(owner, tid) for tid in range(3)]
+    go = threading.Event()
+
+    def finish() -> None:
+        go.wait(10)
+        for tid, f in enumerate(futs):
+            f.set_outcome(entry(tid), [b"r"])
+
+    t = threading.Thread(target=finish)
+    t.start()
+    go.set()
+    done, _ = wait(futs, timeout=10, return_when=FIRST_COMPLETED)
+    assert done
+    assert sorted(f.result(timeout=10) for f in as_completed(futs, timeout=10)) == [
+        (0, b"r"), (1, b"r"), (2, b"r")]
+    t.join(10)
+
+
+def test_future_condition_waits_with_a_timeout_and_is_notified():
+    c = FutureCondition()
+    with c:
+        assert c.wait(0.01) is False  # nobody notifies
+        c.notify_all()  # nobody waits: nothing happens
+    woken = []
+    ready = threading.Event()
+
+    def waiter() -> None:
+        with c:
+            ready.set()  # (holding the lock until wait() releases it)
+            woken.append(c.wait(10))
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    assert ready.wait(10)
+    with c:  # got once the waiter waits
+        c.notify_all()
+    t.join(10)
+    assert woken == [True]
+    with c, c:  # re-entrant, as the Condition of a Future is
+        pass
+
+
+# -- the scheduler -----------------------------------------------------------------------------
+def test_a_queued_task_costs_the_scheduler_little():
+    """Its sets of engines are shared until one is added (216 bytes each otherwise)."""
+    s = make()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for tid in range(2000):
+            s.handle(Submit(tid, [Node()], dispatch=False))
+        per_task = (tracemalloc.get_traced_memory()[0] - before) / 2000
+    finally:
+        tracemalloc.stop()
+    assert per_task < 900, per_task
+    s.handle(Withdraw(list(range(2000))))
+    assert s.active_count() == 0
+
+
+# -- the controller ----------------------------------------------------------------------------
+def submit_many(ctl, n: int) -> list[int]:  # noqa: F811 - the fixture
+    tids: list[int] = []
+    for start in range(0, n, 1000):
+        k = min(1000, n - start)
+        reply = call(ctl, {"type": "submit", "watch": True,
+                           "tasks": [{"nodes": [node()]} for _ in range(k)]}, FRAMES * k)
+        tids.extend(reply["tids"])
+    return tids
+
+
+@pytest.mark.timeout(120)
+def test_the_controller_settles_its_memory_when_a_burst_has_ended(ctl):  # noqa: F811
+    tids = submit_many(ctl, MANY)  # no engine: all queued, each watched
+    waiters = ctl.core.results.waiters
+    full = sys.getsizeof(waiters)
+    assert len(waiters) == MANY and ctl.counters.memory_settled == 0
+    for tid in tids:  # each aborted: the burst ends as the last ones go
+        assert call(ctl, {"type": "abort", "tid": tid})["ok"]
+    assert ctl.core.sched.active_count() == 0
+    assert ctl.counters.memory_settled == 1
+    assert ctl.core.results.waiters is waiters and not waiters
+    # rebuilt when an eighth of the burst was left, and not grown since
+    assert sys.getsizeof(waiters) <= full / 6, (full, sys.getsizeof(waiters))
+    # A clear that drops many results settles it again.
+    assert call(ctl, {"type": "clear", "tids": None})["dropped"] == MANY
+    assert ctl.counters.memory_settled == 2
