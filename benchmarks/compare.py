@@ -12,7 +12,8 @@ Metrics (sizes set by the flags below; `--quick` makes them tiny):
 
 1. submit+wait: N no-op tasks submitted one by one, then every result gathered (tasks/s);
    taskmill through `submit` futures, and again through the seed API (`run(MapTask)`, then
-   `get_task_result`), which must wait a round trip per `run` for its int taskid;
+   `barrier`, `get_task_result`): `run` takes its int taskid from a block leased to the
+   client and sends its task in a batch, and the barrier brings the results along;
 2. sequential latency: round trips of one no-op task (median and p99, ms);
 3. payload: round trips of a bytes argument returned unchanged, and of a float64 numpy array
    (median ms);
@@ -217,7 +218,7 @@ class TaskmillPeer(Peer):
         return out
 
     def submit_seed(self, func: Callable[..., Any], *args: Any) -> int:
-        """The seed API: `run(MapTask)` returns the int taskid (a round trip each)."""
+        """The seed API: `run(MapTask)` returns the int taskid (from a leased block)."""
         return self.client.run(self.MapTask(func, args))
 
     def gather_seed(self, handles: list[int]) -> list[Any]:

@@ -50,6 +50,26 @@ class StoreError(RuntimeError):
     a submit refused so was not accepted (its tasks never run, its taskids are never used)."""
 
 
+class RunNotStored(TaskError):
+    """Tasks that `run()` had returned taskids for were not stored and will never run (the
+    controller refused them, or its lease of taskids to the client had ended): raised by the
+    client's next call, as `run()` may return before its task is stored. `taskids`: those
+    ids, which read as unknown."""
+
+    def __init__(self, taskids: list[int], why: str) -> None:
+        super().__init__(f"the tasks run() returned {ids_text(taskids)} for were not stored "
+                         f"and will not run (their ids read as unknown): {why}")
+        self.taskids = list(taskids)
+
+
+class StoreRunNotStored(RunNotStored, StoreError):
+    """`RunNotStored` because the controller's store could not write."""
+
+
+def ids_text(tids: list[int]) -> str:
+    return f"taskid {tids[0]}" if len(tids) == 1 else f"taskids {tids[0]}..{tids[-1]}"
+
+
 class ConnectionFileError(RuntimeError):
     """A connection file is missing, malformed, or readable by others."""
 

@@ -38,8 +38,9 @@ from .task import MAX_TIMEOUT
 
 __all__ = [
     "CLIENT_RECORDS", "ENGINE_RECORDS", "Abort", "Activity", "Clear", "EngineExited",
-    "ErrorInfo", "Heartbeat", "MapExec", "NodeSpec", "NoFields", "ProtocolError", "Register",
-    "ResultEntry", "ResultMeta", "Results", "Retire", "Revoked", "Statistics", "Status", "StringExec",
+    "ErrorInfo", "Heartbeat", "Lease", "MapExec", "NodeSpec", "NoFields", "ProtocolError",
+    "Register", "ResultEntry", "ResultMeta", "Results", "Retire", "Revoked", "Statistics",
+    "Status", "StringExec",
     "Submit",
     "TaskQuery", "TaskSpec", "Tids", "ResultQuery", "client_record", "engine_record",
     "node_rules", "result_entry", "TO_ENGINE_RECORDS", "Welcome", "Registered", "HbAnswer",
@@ -101,12 +102,24 @@ class Submit(msgspec.Struct, frozen=True):
     key: str | None = None  # the same key again (after a restart) gets the same taskids
     resent: Any = False  # (read as a flag)
     watch: Any = False  # (read as a flag)
+    # The taskids of the tasks, from a lease of this client (leases.py); None: new ids.
+    tids: list[NonNeg] | None = None
+    release: Any = False  # (a flag) and then give back what is left of the lease
+
+
+class Lease(msgspec.Struct, frozen=True):
+    """`lease`: a block of `n` taskids for this client's later tasks (`run`); `release`:
+    what is left of it is given back (n is ignored)."""
+
+    n: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1
 
 
 class Tids(msgspec.Struct, frozen=True):
-    """`watch` and `wait`."""
+    """`watch` and `wait`; a wait's reply may carry results, up to `budget` bytes of them
+    (a barrier's: get_task_result then needs no round trip for them)."""
 
     tids: list[int]
+    budget: NonNeg = 0
 
 
 class ResultQuery(msgspec.Struct, frozen=True):
@@ -170,6 +183,7 @@ CLIENT_RECORDS: dict[str, type[msgspec.Struct]] = {
     "watch": Tids, "wait": Tids, "abort": Abort, "spin": NoFields, "status": Status,
     "clear": Clear, "engines": NoFields, "stats": NoFields, "activity": Activity,
     "task": TaskQuery, "engine_exited": EngineExited, "put": Put, "retire": Retire,
+    "lease": Lease, "release": Lease,
 }
 
 

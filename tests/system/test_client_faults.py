@@ -161,6 +161,8 @@ def test_a_client_whose_connections_the_controller_still_holds_is_heard_again(co
     tc = TaskClient(conn, timeout=10, reconnect_timeout=2)
     try:
         tid = tc.run(MapTask(abs, (-1,)))  # (no engine: it stays queued)
+        # (stored once another call returns: run() may send it after it returns, SPEC §4)
+        assert tc.task_info(tid)["state"] == "scheduled"
         assert proxy.cut_peer_side_all() == 2
         with pytest.raises(ControllerUnreachable):
             tc.get_task_result(tid, block=True)

@@ -168,9 +168,9 @@ def test_replayed_submit_of_a_real_client_runs_once(cluster, tmp_path):
             recorder = _RecordingWire(conn.send_wire)
             conn.send_wire = recorder
         tid = tc.run(MapTask(append_line, (str(out), "once")))
+        wait_finished(tc, tid)  # (run() may send its task in a batch after it returns: SPEC §4)
         with conn.send_lock:
             conn.send_wire = recorder._wire
-        wait_finished(tc, tid)
         assert tc.get_task_result(tid, block=True) > 0
         assert read_lines(out) == ["once"]
 

@@ -13,7 +13,8 @@ that asked. `submit` returns an `AsyncTaskFuture`, an `asyncio.Future` that foll
 blocking client's `TaskFuture` for the same task.
 
 Never here: a blocking wait for a task. The few short blocking steps are named where they are
-(`AsyncTaskFuture.cancel`, and `taskid` before the controller has acknowledged a submit).
+(`AsyncTaskFuture.cancel`, `taskid` before the controller has acknowledged a submit, and
+`submit`/`future` right after `run()`s, which wait until those are stored: client/runs.py).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from .connection import RECONNECT_TIMEOUT, check_client_timeouts, too_slow
 from .futures import TaskFuture
 from .objects import ObjectRef
 from .options import NO_OPTIONS, TaskOptions
-from .steps import Abort, Adopt, Emit, Follow, NextDone, Request, WaitFor
+from .steps import Abort, Adopt, Emit, Follow, NextDone, Request, Settle, WaitFor
 
 
 def _retrieved(fut: asyncio.Future) -> None:
@@ -108,16 +109,46 @@ class AsyncDriver:
             return AsyncTaskFuture(fut, loop=asyncio.get_running_loop())
         return asyncio.wrap_future(fut)
 
-    async def run(self, verb: verbs.Verb | Request) -> Any:
-        """Carry out a verb; return what it returns."""
+    async def run(self, verb: verbs.Verb | Request, *, settle: bool = True) -> Any:
+        """Carry out a verb; return what it returns. Every verb but run() (`settle=False`)
+        first sends run()'s queued tasks, and returns only once they are stored (runs.py)."""
+        sent = self.backend.runs.begin() if settle else []
+        try:
+            out = await self.carry_out(verb)
+        except Exception as e:
+            if settle:  # (a refusal of run()'s tasks may be why: it is the one to raise)
+                await self.end(sent)
+            raise e
+        if settle:
+            await self.end(sent)
+        return out
+
+    async def carry_out(self, verb: verbs.Verb | Request) -> Any:
         if isinstance(verb, Request):
             return await self.request(verb)
-        async for value in self.stream(verb):
+        async for value in self.stream(verb, settle=False):
             raise RuntimeError(f"a verb handed out {value!r} where one result was expected")
         return self.result
 
-    async def stream(self, verb: verbs.Verb) -> AsyncIterator[Any]:
+    async def end(self, sent: list[Future]) -> None:
+        """Runs.end, awaited: the answers to run()'s tasks sent by `begin` (runs.py)."""
+        runs = self.backend.runs
+        if sent:
+            timeout = self.backend.connection.timeout
+            _, waiting = await asyncio.wait([asyncio.wrap_future(f) for f in sent],
+                                            timeout=timeout)
+            if waiting:
+                raise runs.no_answer(timeout)
+        runs.raise_failure()
+
+    async def settle(self) -> None:
+        """Backend.settle, awaited: run()'s queued tasks sent and stored (runs.py)."""
+        await self.end(self.backend.runs.begin())
+
+    async def stream(self, verb: verbs.Verb, *, settle: bool = True) -> AsyncIterator[Any]:
         """Carry out a streaming verb: yield what it emits (closing this closes the verb)."""
+        if settle:
+            await self.settle()
         done: asyncio.Queue[Future] = asyncio.Queue()
         loop = asyncio.get_running_loop()
 
@@ -167,6 +198,8 @@ class AsyncDriver:
             return await self.request(step)
         if isinstance(step, WaitFor):
             return await self.wait_for(step)
+        if isinstance(step, Settle):
+            return await self.settle()
         if isinstance(step, Abort):  # (off the loop: it waits for the controller)
             try:
                 await asyncio.to_thread(self.backend.abort_all, step)
@@ -273,16 +306,16 @@ class AsyncTaskClient:
         backend = self.blocking.backend
         return AsyncDriver(backend), backend
 
-    async def _run(self, make: Callable[[Backend], Any]) -> Any:
+    async def _run(self, make: Callable[[Backend], Any], settle: bool = True) -> Any:
         driver, backend = self._driver()
-        return await driver.run(make(backend))
+        return await driver.run(make(backend), settle=settle)
 
     # -- the seed's verbs ------------------------------------------------------------------
     async def run(self, task: BaseTask, block: bool = False, *,
                   timeout: float | None = None) -> Any:
         """Submit `task`; return its taskid, or with `block=True` its result (past `timeout`
         seconds, TimeoutError; the task goes on)."""
-        return await self._run(lambda s: verbs.run(s, task, block, timeout))
+        return await self._run(lambda s: verbs.run(s, task, block, timeout), settle=False)
 
     async def get_task_result(self, taskid: int, block: bool = False, *,
                               timeout: float | None = None) -> Any:
@@ -308,7 +341,7 @@ class AsyncTaskClient:
         return await self._run(lambda _: steps.queue_status(verbose))
 
     async def clear(self, taskids: Any = None) -> int:
-        return await self._run(lambda _: verbs.clear(taskids))
+        return await self._run(lambda s: verbs.clear(s, taskids))
 
     async def put(self, obj: Any) -> ObjectRef:
         """`TaskClient.put` as a coroutine (`await ref.release()` drops the value)."""

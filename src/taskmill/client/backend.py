@@ -5,6 +5,8 @@
             Request --> Connection.call / wait_reply --> the reply, read by the Request
             WaitFor / Abort / Adopt / Follow / NextDone / Emit --> futures, here or there
     submit() --encode (codec.py)--> Backend.submit_futures --> Submitter --> TaskFutures
+    run(task) --verbs.run--> Runs (runs.py): a leased taskid, the task sent in a batch; every
+        other call sends them first, and returns once they are stored (a refusal raised)
 
 One Backend per client: the connection (connection.py), the Watcher and Submitter of futures
 (submitter.py), the function pickles its tasks share (wire.FunctionPickles), and the codecs
@@ -26,6 +28,7 @@ from ..task import BaseTask
 from ..wire import FunctionPickles
 from .codec import (
     Encoded,
+    Entry,
     check_taskid,
     decode_result,
     encode_task,
@@ -35,12 +38,14 @@ from .codec import (
 )
 from .connection import Connection, interrupts_deferred
 from .futures import TaskFuture
-from .steps import Abort, Adopt, Emit, Follow, NextDone, Request, WaitFor
+from .runs import Runs
+from .steps import Abort, Adopt, Emit, Follow, NextDone, Request, Settle, WaitFor
 from .steps import abort as abort_request
 from .submitter import Submitter, Watcher
 
 ABORT_WAIT = 10.0  # at most this long, a map that ends early waits for its aborts to be heard
 LATE_REPLY_WAIT = 2.0  # an interrupted submit waits this long to learn its taskids anyway
+KEPT_RESULTS_BYTES = 8 * 1024 * 1024  # results a barrier brings along for get_task_result
 
 Verb = Generator[Any, Any, Any]
 
@@ -55,17 +60,46 @@ class Backend:
         self.connection = Connection(connection, timeout, reconnect_timeout)
         self.watcher = Watcher(self.connection)
         self.submitter = Submitter(self.connection)
+        self.runs = Runs(self.connection)
+        # Results the last barrier brought along (taskid -> entry), each handed out once by
+        # get_task_result without a round trip; a clear by this client drops them.
+        self.kept_results: dict[int, Entry] = {}
         self.connection.on_unreachable = self._unreachable
+        self.connection.on_restarted = lambda: self.runs.lost_lease(
+            "the controller restarted before they were sent")
 
     def close(self) -> None:
-        """Close the connection; futures still waiting fail with RuntimeError."""
-        self.connection.close()
-        self.watcher.fail_all(RuntimeError("the client was closed"))
-        self.submitter.fail_all(RuntimeError("the client was closed"))
+        """Close the connection (after run()'s queued tasks are stored: a refusal is raised
+        once it is closed); futures still waiting fail with RuntimeError."""
+        try:
+            if not self.connection.closed:
+                self.settle()
+        finally:
+            self.runs.close()
+            self.connection.close()
+            self.watcher.fail_all(RuntimeError("the client was closed"))
+            self.submitter.fail_all(RuntimeError("the client was closed"))
 
     def _unreachable(self, exc: BaseException) -> None:  # on the I/O thread
+        self.runs.lost_lease(str(exc))
         self.watcher.fail_all(exc, close=False)
         self.submitter.fail_all(exc)
+
+    # -- run()'s queue (runs.py) -------------------------------------------------------------
+    def settle(self) -> None:
+        """Before a call but run() (that cannot wait until its end): run()'s queued tasks
+        are sent and stored (a refusal raised here), and the rest of the lease given back."""
+        sent = self.runs.begin()
+        self.runs.end(sent, self.connection.timeout)
+
+    def keep_results(self, entries: Sequence[Entry]) -> None:
+        self.kept_results = {meta["tid"]: (meta, frames) for meta, frames in entries if meta}
+
+    def forget_results(self, tids: Sequence[int] | None) -> None:
+        if tids is None:
+            self.kept_results = {}
+        for t in tids or ():
+            self.kept_results.pop(t, None)
 
     # -- codecs bound to this connection -----------------------------------------------------
     def encode(self, task: BaseTask, *, validated: bool = False) -> Encoded:
@@ -93,6 +127,7 @@ class Backend:
             raise RuntimeError("this client is closed")
         if not checked:
             self.check_sizes(encoded)
+        self.settle()
         futs = [TaskFuture(self) for _ in encoded]
         try:
             with interrupts_deferred():  # (sent or not at all; in flight only if sent)
@@ -112,6 +147,7 @@ class Backend:
         """TaskFutures for tasks submitted before (by any client), watched from now on."""
         for t in taskids:
             check_taskid(t)
+        self.settle()
         futs = [TaskFuture(self, t) for t in taskids]
         for f, t in zip(futs, taskids, strict=True):
             if not in_range(t):  # unknown, and cannot even be asked about
@@ -121,7 +157,7 @@ class Backend:
 
     def abort(self, taskid: int) -> None:
         """Abort one task, waiting for the answer (TaskFuture.cancel)."""
-        self.run_request(abort_request(taskid))
+        self.run(abort_request(taskid))
 
     def abort_futures(self, futs: Sequence[TaskFuture], wait: float = ABORT_WAIT) -> None:
         """Abort the unfinished tasks of `futs` (a map that ends early): those still queued in
@@ -168,11 +204,25 @@ class Backend:
         self.connection.send(header).add_done_callback(ignore)
 
     # -- carrying out a verb, blocking -----------------------------------------------------
-    def run(self, verb: Verb | Request) -> Any:
-        """Carry out a verb here, blocking the calling thread; return what it returns."""
+    def run(self, verb: Verb | Request, *, settle: bool = True) -> Any:
+        """Carry out a verb here, blocking the calling thread; return what it returns.
+        Every verb but run() (`settle=False`) first sends run()'s queued tasks, and returns
+        only once they are stored (runs.py: `begin`, then `end`, which raises a refusal)."""
+        sent = self.runs.begin() if settle else []
+        try:
+            out = self.carry_out(verb)
+        except Exception as e:
+            if settle:  # (a refusal of run()'s tasks may be why: it is the one to raise)
+                self.runs.end(sent, self.connection.timeout)
+            raise e
+        if settle:
+            self.runs.end(sent, self.connection.timeout)
+        return out
+
+    def carry_out(self, verb: Verb | Request) -> Any:
         if isinstance(verb, Request):
             return self.run_request(verb)
-        steps = self.stream(verb)
+        steps = self.stream(verb, settle=False)
         try:
             value = next(steps)
         except StopIteration as stop:
@@ -180,12 +230,14 @@ class Backend:
         steps.close()
         raise RuntimeError(f"a verb handed out {value!r} where one result was expected")
 
-    def stream(self, verb: Verb) -> Generator[Any, None, Any]:
+    def stream(self, verb: Verb, *, settle: bool = True) -> Generator[Any, None, Any]:
         """Carry out a streaming verb: yield what it emits (closing this closes the verb)."""
         done: queue.SimpleQueue[Future] = queue.SimpleQueue()
         value: Any = None
         error: BaseException | None = None
         try:
+            if settle:
+                self.settle()
             while True:
                 try:
                     step = verb.send(value) if error is None else verb.throw(error)
@@ -224,6 +276,9 @@ class Backend:
             return None
         if isinstance(step, Adopt):
             return list(step.futs)
+        if isinstance(step, Settle):
+            self.settle()
+            return None
         raise TypeError(f"not a step of a verb: {step!r}")
 
     def run_request(self, req: Request) -> Any:

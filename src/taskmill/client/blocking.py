@@ -82,7 +82,7 @@ class TaskClient:
     def run(self, task: BaseTask, block: bool = False, *, timeout: float | None = None) -> Any:
         """Submit `task`; return its taskid, or with `block=True` its result (then past
         `timeout` seconds, TimeoutError; the task goes on)."""
-        return self.backend.run(verbs.run(self.backend, task, block, timeout))
+        return self.backend.run(verbs.run(self.backend, task, block, timeout), settle=False)
 
     def get_task_result(self, taskid: int, block: bool = False, *,
                         timeout: float | None = None) -> Any:
@@ -119,7 +119,7 @@ class TaskClient:
     def clear(self, taskids: int | Sequence[int] | None = None) -> int:
         """Drop finished results (all, one id, or a list); return how many were dropped.
         KeyError names the ids that had no finished result (the others are dropped)."""
-        return self.backend.run(verbs.clear(taskids))
+        return self.backend.run(verbs.clear(self.backend, taskids))
 
     def put(self, obj: Any) -> ObjectRef:
         """Store `obj` once in the controller's store; the ObjectRef stands for it among

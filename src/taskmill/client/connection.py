@@ -40,8 +40,9 @@ PING_INTERVAL = 1.0
 RECONNECT_TIMEOUT = 120.0  # seconds of silence from the controller before calls give up
 IDLE_AT_LEAST_EVERY = 256  # messages: a steady stream of replies must not starve the idle hook
 IDLE_POLL_MS = 100  # the I/O thread's longest wait for a reply before it pings (close() wakes it)
-# Requests sent again to a restarted controller (reads, and submits, which it de-duplicates).
-RESENDABLE = frozenset({"submit", "put", "result", "wait", "watch"})
+# Requests sent again to a restarted controller (reads; submits, which it de-duplicates; a
+# lease, which it grants anew).
+RESENDABLE = frozenset({"submit", "put", "result", "wait", "watch", "lease"})
 
 Stream = Callable[[dict[str, Any], list[Any]], bool]
 
@@ -111,6 +112,8 @@ class Connection:
     on_idle: Callable[[], None] | None = None
     # Called on the I/O thread when the controller is declared unreachable, with the error.
     on_unreachable: Callable[[BaseException], None] | None = None
+    # Called on the I/O thread when a restarted controller answers (before its message is read).
+    on_restarted: Callable[[], None] | None = None
 
     def __init__(self, connection: Any, timeout: float,
                  reconnect_timeout: float = RECONNECT_TIMEOUT) -> None:
@@ -315,6 +318,12 @@ class Connection:
         for fut, error in failed:
             if fut is not None and not fut.done():
                 fut.set_exception(error)
+        hook = self.on_restarted
+        if hook is not None:
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - the I/O thread must keep reading
+                log.exception("the client's restart hook failed")
 
     def unreachable_error(self) -> ControllerUnreachable:
         return ControllerUnreachable(

@@ -6,7 +6,7 @@ A verb (see `verbs.py`) is a generator that yields these and is sent what each c
          <--read(reply, frames)--------------- reply (or throws the error into the verb)
     verb --WaitFor(futs, timeout, each)------> front waits for task futures, calls `each`
          <--the futures still unfinished------ as each finishes, in the caller's thread
-    verb --Abort(futs) / Adopt(futs) / Follow(futs) / NextDone() / Emit(value)--> ...
+    verb --Abort(futs) / Adopt(futs) / Follow(futs) / NextDone() / Emit(value) / Settle()--> ...
 
 The blocking front (`backend.Backend.run`) carries a step out by blocking the caller's
 thread; the asyncio front (`aio.py`) by awaiting. Nothing here does I/O: the builders at the
@@ -80,6 +80,14 @@ class Abort:
     def __init__(self, futs: Sequence[Any], tids: Sequence[int] = ()) -> None:
         self.futs = futs
         self.tids = tids
+
+
+class Settle:
+    """Send the tasks of run() queued in this client, give back the rest of its lease, and
+    wait until they are stored (runs.py); a refusal is raised. Comes to None. (The fronts
+    do this around every call but run().)"""
+
+    __slots__ = ()
 
 
 class Adopt:

@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import ControllerUnreachable
 from ..memory import BURST_MIN, give_back
 from ..task import BaseTask, MapTask, check_seconds
-from .backend import Backend, Verb
+from .backend import KEPT_RESULTS_BYTES, Backend, Verb
 from .codec import (
     Encoded,
     batches,
@@ -49,6 +49,7 @@ from .maps import (
 )
 from .objects import ObjectRef, put_request
 from .options import TaskOptions
+from .runs import is_synchronous
 from .steps import (
     Abort,
     Adopt,
@@ -56,6 +57,7 @@ from .steps import (
     Follow,
     NextDone,
     Request,
+    Settle,
     WaitFor,
     live_engine_count,
     live_engine_ids,
@@ -105,11 +107,32 @@ def put(backend: Backend, obj: Any, release: Callable[[int], Any]) -> Verb:
 
 
 def run(backend: Backend, task: BaseTask, block: bool, timeout: float | None) -> Verb:
+    """The one verb the fronts do not settle first (runs.py): the task is checked and
+    encoded here, numbered from the client's lease (asked for when it is used up) and queued;
+    the taskid is returned without waiting. A task whose depend callable only the controller
+    can judge is sent at once and answered (its refusal raised here); with `block`, the
+    queue is sent and stored before its result is asked for."""
     check_seconds(timeout, "timeout")
-    tid = (yield from submit_tasks(backend, [backend.encode(task)], []))[0]
+    enc = backend.encode(task)
+    backend.check_sizes([enc])
+    runs = backend.runs
+    runs.raise_failure()  # (a batch refused since the last call: said before a new id)
+    if is_synchronous(enc):
+        yield Settle()
+        tid = (yield from submit_tasks(backend, [enc], []))[0]
+    else:
+        while (tid := runs.add(enc)) is None:
+            n = runs.lease_wanted()
+            if n is not None:
+                runs.leased(*(yield Request({"type": "lease", "n": n}, read=read_lease)))
     if block:
+        yield Settle()
         return (yield from get_task_result(backend, tid, True, timeout))
     return tid
+
+
+def read_lease(reply: dict[str, Any], _: list[Any]) -> tuple[int, int]:
+    return int(reply["start"]), int(reply["n"])
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -126,8 +149,12 @@ def results(tids: list[int], block: bool, timeout: float | None, what: str) -> V
 
 
 def get_task_result(backend: Backend, taskid: int, block: bool, timeout: float | None) -> Verb:
+    """A result the last barrier brought along is handed out (once) without asking."""
     check_taskid(taskid)
     check_seconds(timeout, "timeout")
+    kept = backend.kept_results.pop(taskid, None)
+    if kept is not None:
+        return backend.decode(*kept)
     (meta, frames), = yield from results([taskid], block, timeout,
                                          f"get_task_result({taskid}, block=True)")
     return backend.decode(meta, frames)
@@ -140,9 +167,10 @@ def task_info(taskid: int) -> Verb:
     return (yield task_info_request(taskid))
 
 
-def clear(taskids: Any) -> Verb:
+def clear(backend: Backend, taskids: Any) -> Verb:
     """Drop finished results; KeyError names the ids without one (the others are dropped)."""
     tids = None if taskids is None else taskid_list(taskids)
+    backend.forget_results(tids)
     reply = {"dropped": 0, "missing": []}
     asked = tids if tids is None else [t for t in tids if in_range(t)]
     if asked is None or asked:
@@ -166,9 +194,10 @@ def barrier(backend: Backend, taskids: Any, progress: bool | None,
         return None
     if show_progress(progress):
         yield from wait(backend, tids, timeout, True)
-    else:
-        yield Request({"type": "wait", "tids": tids}, blocking=True, timeout=timeout,
-                      what="barrier")
+    else:  # (the reply brings results along, up to a budget, for get_task_result)
+        backend.keep_results((yield Request(
+            {"type": "wait", "tids": tids, "budget": KEPT_RESULTS_BYTES}, blocking=True,
+            timeout=timeout, what="barrier", read=split_results)))
     return None
 
 

@@ -19,6 +19,7 @@ from ..defaults import dead_after
 from ..stats import RecentActivity
 from ..store import TaskStore
 from ..wire import Wire
+from .leases import Leases
 from .outbox import Outbox
 from .sched_calls import SchedulerCalls
 from .timers import Timers
@@ -70,6 +71,7 @@ class Context:
     store: TaskStore
     sched: SchedulerCalls
     outbox: Outbox
+    leases: Leases  # blocks of taskids clients number their run() tasks from
     timers: Timers
     activity: RecentActivity
     counters: Counters

@@ -19,10 +19,12 @@ whose fields do not fit is refused before any verb runs. The parts:
   hourly (`drop_old_results`, store/retention.py), as a client's `clear` would drop them.
 
 Client messages (every one carries `req`; the reply echoes it):
-  hello, ping, submit{tasks, watch}, result{tids, block}, watch{tids}, wait{tids}, abort{tid},
+  hello, ping, submit{tasks, watch}, result{tids, block}, watch{tids}, wait{tids, budget}, abort{tid},
   spin, status{verbose}, clear{tids}, engines, stats, engine_exited{pid, status} (from a nanny),
   retire{engines} (take engines out of scheduling; each stops once it holds nothing),
-  activity{since} and task{tid} (read-only, for the dashboard: stats.py keeps what they read)
+  activity{since} and task{tid} (read-only, for the dashboard: stats.py keeps what they read),
+  lease{n} and release (taskids a client numbers its run() tasks from: leases.py; a submit
+  may then carry `tids` from its lease, and `release`)
   A submit with `watch` is answered with its taskids, then with `done` messages as its tasks
   finish (one request instead of a submit and a watch).
 Engine control messages: register, hb (heartbeat), revoked, retired  ->  registered, hb (with
@@ -77,6 +79,8 @@ from ..wire import Wire
 from .context import Context, Counters, Now, Settings
 from .engine_tasks import EngineTasks
 from .engines import STALL_SHARE, Engines
+from .leases import CHECK_EVERY as LEASE_CHECK_EVERY
+from .leases import Leases
 from .outbox import ENGINE, Outbox, Outgoing
 from .results import FailureContext, Results
 from .sched_calls import Report, SchedulerCalls
@@ -110,6 +114,7 @@ class ControllerCore:
         self.ctx = ctx = Context(
             session=session, settings=Settings(heartbeat, unmet_timeout), wire=wire,
             store=store, sched=sched, outbox=Outbox(session, store, wire.max_message, now.mono),
+            leases=Leases(store),
             timers=Timers(), activity=RecentActivity(counters.started), counters=counters,
             now=now)
         self.engines = Engines(ctx)
@@ -136,6 +141,7 @@ class ControllerCore:
             "engines": self.engines_verb, "stats": self.stats, "activity": self.activity,
             "task": self.task, "engine_exited": self.engine_exited, "put": self.submits.put,
             "retire": self.retire,
+            "lease": self.submits.lease, "release": self.submits.release,
         }
         # What carries out each kind of action (the report goes to a Finish only).
         self.actions: dict[type, Callable[[Any, Report | None], None]] = {
@@ -148,6 +154,7 @@ class ControllerCore:
         ctx.timers.arm(("ping",), 0.0)
         self.keep_results = keep_results  # days a finished result is kept
         ctx.timers.arm(("retention",), 0.0)
+        ctx.timers.arm(("leases",), LEASE_CHECK_EVERY)
         self.submits.reload()
         ctx.timers.settle(now.mono)
 
@@ -179,6 +186,8 @@ class ControllerCore:
         reply_to = header.get("rt", ident)
         if not isinstance(reply_to, bytes):
             reply_to = ident
+        if ctx.leases.by_holder:
+            ctx.leases.seen(reply_to, now.mono)
         handler = self.client_verbs.get(kind)
         if handler is None:
             refused["unknown-type"] += 1
@@ -284,6 +293,9 @@ class ControllerCore:
                 timers.arm(key, ctx.settings.heartbeat)
             elif key[0] == "lost":
                 self.engines.lost_engine_gone(key[1])
+            elif key[0] == "leases":
+                self.results.gone(ctx.leases.expire(now.mono))
+                timers.arm(key, LEASE_CHECK_EVERY)
             elif key[0] == "retention":
                 self.drop_old_results(now)
                 timers.arm(key, RETENTION_EVERY)
@@ -403,7 +415,7 @@ class ControllerCore:
         self.results.add_waiter(rt, req, "watch", m.tids)
 
     def wait(self, rt: bytes, req: Any, m: Tids, frames: list[Any]) -> None:
-        self.results.add_waiter(rt, req, "wait", m.tids)
+        self.results.add_waiter(rt, req, "wait", m.tids, budget=m.budget)
 
     def abort(self, rt: bytes, req: Any, m: Abort, frames: list[Any]) -> None:
         if self.ctx.sched.abort(m.tid):

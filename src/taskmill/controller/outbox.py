@@ -59,6 +59,7 @@ class NewSubmit:
     tids: list[int]
     key: str | None
     watch: bool
+    lease: tuple[int, int] | None = None  # a lease's (start, n) instead (leases.py)
 
 
 def meta_bound(meta: dict[str, Any] | None) -> int:

@@ -6,21 +6,26 @@ see sched_calls.task_done), else the controller writes the failure itself (`fail
 EngineDied, TaskTimeout, TaskAborted, DependencyError). Then the waiters of that task wake.
 
 A waiter is a client request that waits for tasks: `result` (one reply with every result),
-`wait` (one empty reply), `watch` (one `done` entry per task as it finishes, batched per turn
+`wait` (one reply, with the results of its first tasks up to its `budget` of bytes: a
+barrier's, kept by the client for get_task_result), `watch` (one `done` entry per task as it finishes, batched per turn
 in the outbox). Replies with results go after the commit that stores them, split below the
 size limit (outbox.within_limit).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ..scheduler import ABORTED, DEPENDENCY, ENGINE_DIED, RESULT, UNMET_TIMEOUT, Finish
 from ..store import StoredResult
+from ..wire import frame_len
 from .context import Context
 from .sched_calls import Report
+
+WAIT_RESULTS_MAX = 100_000  # results a wait's reply carries at most (see reply_wait)
+META_SIZE = 512  # bytes a result's metadata counts for, against a wait's budget
 
 
 @dataclass(slots=True)
@@ -30,6 +35,7 @@ class Waiter:
     mode: str  # "result": one reply with every result; "wait": one empty reply; "watch": one per task
     tids: list[int]
     remaining: set[int]
+    budget: int = 0  # ("wait") bytes of results its reply may carry
 
 
 @dataclass(slots=True)
@@ -138,7 +144,7 @@ class Results:
         r = self.ctx.store.result(tid)
         if r is not None:
             return {**r.meta, "nframes": len(r.frames)}, r.frames
-        if self.ctx.sched.is_active(tid):
+        if self.ctx.sched.is_active(tid) or self.ctx.leases.pending(tid):
             return None, []
         return {"tid": tid, "unknown": True, "nframes": 0}, []
 
@@ -156,10 +162,11 @@ class Results:
             else:
                 outbox.reply(rt, req, part_frames, results=part)
 
-    def add_waiter(self, rt: bytes, req: Any, mode: str, tids: list[int]) -> None:
-        is_active = self.ctx.sched.is_active
-        pending = {t for t in tids if is_active(t)}
-        w = Waiter(rt, req, mode, tids, pending)
+    def add_waiter(self, rt: bytes, req: Any, mode: str, tids: list[int],
+                   budget: int = 0) -> None:
+        is_active, leased = self.ctx.sched.is_active, self.ctx.leases.pending
+        pending = {t for t in tids if is_active(t) or leased(t)}
+        w = Waiter(rt, req, mode, tids, pending, budget)
         if mode == "watch":
             for tid in tids:
                 if tid not in pending:
@@ -168,10 +175,21 @@ class Results:
             if mode == "result":
                 self.reply_results(rt, req, tids)
             elif mode == "wait":
-                self.ctx.outbox.reply(rt, req)
+                self.reply_wait(w)
             return
         for t in pending:
             self.waiters.setdefault(t, []).append(w)
+
+    def gone(self, tids: Iterable[int]) -> None:
+        """These leased ids will not be stored (leases.py): who waits for them hears they
+        are unknown."""
+        waiters, is_active = self.waiters, self.ctx.sched.is_active
+        if not waiters:
+            return
+        for tid in tids:
+            if tid in waiters and not is_active(tid):
+                for w in waiters.pop(tid):
+                    self.wake(w, tid)
 
     def wake(self, w: Waiter, tid: int) -> None:
         w.remaining.discard(tid)
@@ -181,7 +199,27 @@ class Results:
             if w.mode == "result":
                 self.reply_results(w.reply_to, w.req, w.tids)
             else:
-                self.ctx.outbox.reply(w.reply_to, w.req)
+                self.reply_wait(w)
+
+    def reply_wait(self, w: Waiter) -> None:
+        """A wait is over: its reply carries the results of its first tasks (in its order,
+        up to its budget of bytes, at most WAIT_RESULTS_MAX)."""
+        entries: list[Any] = []
+        out: list[Any] = []
+        size = 0
+        for tid in w.tids[:WAIT_RESULTS_MAX] if w.budget else ():
+            meta, frames = self.entry(tid)
+            if meta is None or meta.get("unknown"):
+                continue
+            size += META_SIZE + sum(map(frame_len, frames))
+            if size > w.budget:
+                break
+            entries.append(meta)
+            out.extend(frames)
+        parts = self.ctx.outbox.within_limit(entries, out)
+        for i, (part, part_frames) in enumerate(parts):
+            self.ctx.outbox.reply(w.reply_to, w.req, part_frames, results=part,
+                                  **({"more": True} if i < len(parts) - 1 else {}))
 
     def send_watch(self, w: Waiter, tid: int) -> None:
         meta, frames = self.entry(tid)

@@ -2,7 +2,9 @@
 
 A `submit` arrives as its record (protocol.Submit: typed, checked as it was built) and is
 checked whole before anything is stored (validation.stored_nodes); each task then
-gets a taskid, a row in the store and a place in the scheduler, and the submit waits in the
+gets a taskid (or keeps the one its client chose from its lease: `tids`, checked by
+leases.py; `lease` and `release` are here too), a row in the store and a place in the
+scheduler, and the submit waits in the
 outbox (`NewSubmit`) for the commit that stores its rows: only then is it answered with the
 taskids (and, with `watch`, its results follow as `done` messages). A submit sent again after
 a restart (same `key`) gets the same taskids. If that commit fails, `take_back` withdraws its
@@ -21,7 +23,7 @@ from typing import Any
 from ..depend import BoundedDepend, DependRunner
 from ..errors import StoreError
 from ..memory import detached
-from ..protocol import Put, Submit
+from ..protocol import Lease, Put, Submit
 from ..scheduler import Node, Resume
 from ..store import StoredResult, StoredTask
 from ..wire import Refused, loads
@@ -51,21 +53,18 @@ class Submits:
             if known is not None:  # a client sent it again after a restart: same taskids
                 ctx.outbox.new_submits.append(NewSubmit(rt, req, known, None, bool(msg.watch)))
                 return
-        parsed = []
-        pos = 0
-        for spec in msg.tasks:  # check everything before storing anything
-            end, nodes = stored_nodes(spec, frames, pos)
-            task_frames = detached(frames[pos:end])  # (kept until the task is done)
-            stored = {"nodes": nodes, "after": spec.after}
-            parsed.append((stored, self.nodes(stored, task_frames), task_frames))
-            pos = end
-        if pos != len(frames):
-            raise BadRequest(f"{len(frames)} payload frames, but the tasks describe {pos}")
+        try:
+            parsed = self.parse(msg, frames)
+            leased = None if msg.tids is None else self.leased(rt, msg)
+        except BadRequest:
+            if msg.tids is not None:  # (its ids are never used)
+                self.results.gone(ctx.leases.burn(rt, msg.tids))
+            raise
         now = ctx.now.wall
         store, counters = ctx.store, ctx.counters
         tids = []
-        for stored, nodes, task_frames in parsed:
-            tid = store.allocate()
+        for i, (stored, nodes, task_frames) in enumerate(parsed):
+            tid = store.allocate() if msg.tids is None else msg.tids[i]
             for n in nodes:
                 if isinstance(n.depend, BoundedDepend):
                     n.depend.tid = tid
@@ -74,10 +73,51 @@ class Submits:
             self.to_scheduler(tid, stored, nodes, dispatch=False)
             tids.append(tid)
         ctx.sched.run_pass()  # one pass for the whole batch
+        if leased is not None:
+            self.results.gone(leased)  # (ids it skipped)
+        if msg.release:  # (its reply waits for the commit anyway)
+            self.results.gone(ctx.leases.release(rt))
         if key is not None:
             ctx.store.remember_submit(key, tids)
         # Answered after the commit that stores these tasks (or refused if it fails).
         ctx.outbox.new_submits.append(NewSubmit(rt, req, tids, key, bool(msg.watch)))
+
+    def parse(self, msg: Submit, frames: list[Any]) -> list[tuple[dict[str, Any],
+                                                                list[Node], list[Any]]]:
+        """Every task checked, before anything is stored: (stored spec, nodes, frames)."""
+        parsed = []
+        pos = 0
+        for spec in msg.tasks:
+            end, nodes = stored_nodes(spec, frames, pos)
+            task_frames = detached(frames[pos:end])  # (kept until the task is done)
+            stored = {"nodes": nodes, "after": spec.after}
+            parsed.append((stored, self.nodes(stored, task_frames), task_frames))
+            pos = end
+        if pos != len(frames):
+            raise BadRequest(f"{len(frames)} payload frames, but the tasks describe {pos}")
+        return parsed
+
+    def leased(self, rt: bytes, msg: Submit) -> list[int]:
+        """The taskids a client chose from its lease (leases.py), checked and marked used."""
+        assert msg.tids is not None
+        if len(msg.tids) != len(msg.tasks):
+            raise BadRequest(f"{len(msg.tids)} taskids for {len(msg.tasks)} tasks")
+        return self.ctx.leases.take(rt, msg.tids)
+
+    def lease(self, rt: bytes, req: Any, msg: Lease, frames: list[Any]) -> None:
+        """A block of taskids for this client, answered (like a submit) after the commit
+        that stores the counter past it, or refused with StoreError if that fails."""
+        lease = self.ctx.leases.grant(rt, msg.n, self.ctx.now.mono)
+        self.ctx.outbox.new_submits.append(NewSubmit(rt, req, [], None, False, lease=(
+            lease.start, lease.end - lease.start)))
+
+    def release(self, rt: bytes, req: Any, msg: Lease, frames: list[Any]) -> None:
+        """What is left of this client's lease goes back, answered at once: the counter
+        given back is written with the next commit (which comes before the reply to any
+        request that writes; if the controller is killed first, those ids stay unused)."""
+        down = self.ctx.outbox.store_down_since is not None
+        self.results.gone(self.ctx.leases.release(rt, write=not down))
+        self.ctx.outbox.reply(rt, req, now=True)
 
     def to_scheduler(self, tid: int, spec: dict[str, Any], nodes: list[Node],
                      cleared_ok: bool = False, **counters: Any) -> None:
@@ -153,6 +193,9 @@ class Submits:
     def answer(self) -> None:
         """The submits whose tasks are now stored get their taskids (and watches)."""
         for ns in self.ctx.outbox.take_submits():
+            if ns.lease is not None:
+                self.ctx.outbox.reply(ns.reply_to, ns.req, start=ns.lease[0], n=ns.lease[1])
+                continue
             self.ctx.outbox.reply(ns.reply_to, ns.req, tids=ns.tids)
             if ns.watch:
                 self.results.add_waiter(ns.reply_to, ns.req, "watch", ns.tids)
@@ -162,6 +205,13 @@ class Submits:
         (answered with StoreError, their taskids never used); the rest waits."""
         taken: set[int] = set()
         for ns in self.ctx.outbox.take_submits():
+            if ns.lease is not None:  # (its ids are never used: they read as unknown)
+                self.results.gone(self.ctx.leases.release(ns.reply_to, write=False))
+                self.ctx.store.withdraw([])  # (nothing of it is left to write)
+                self.ctx.outbox.reply(ns.reply_to, ns.req, now=True, error_type="StoreError",
+                                      error=f"the lease of taskids for run() was not "
+                                            f"accepted, the task was not sent: {e}")
+                continue
             self.withdraw([t for t in ns.tids if t not in taken], ns.key)
             taken.update(ns.tids)
             self.ctx.counters.store_refusals += 1

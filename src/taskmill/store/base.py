@@ -2,7 +2,8 @@
 
 The controller hands a store `StoredTask`s (spec and opaque payload frames) and `StoredResult`s
 (metadata and opaque frames) and reads them back through `TaskStore`; memory.py and sqlite.py
-are the two stores. `compact_tids` is how both keep a submit's taskids in memory.
+are the two stores. `compact_tids` is how both keep a submit's taskids in memory; `IdLeases`
+is how both lease blocks of taskids (controller/leases.py).
 """
 
 from __future__ import annotations
@@ -49,8 +50,41 @@ class StoredResult:
         return self.meta.get("status") == "ok"
 
 
+class IdLeases:
+    """Blocks of the taskid counter leased to clients (a mixin of both stores, over their
+    `_next`). A lease moves the counter past its ids (`_dirty`: the SQLite store writes the
+    counter at its next commit, before the lease is answered); ids given back, unused, are
+    given out again only if no id was given out after them; `low_bound` keeps a restart
+    looking at every id of a lease not ended (its ids may still be stored)."""
+
+    _next: int
+    _dirty: bool
+    _leased: dict[int, int]  # start -> end of each lease not ended
+
+    def lease(self, n: int) -> int:
+        start = self._next
+        self._next = self._leased[start] = start + n
+        self._dirty = True
+        return start
+
+    def end_lease(self, start: int, unused_from: int | None = None, write: bool = True) -> None:
+        """The lease from `start` is over; with `unused_from`, its ids from there on were
+        never used (else they stay unused for good: its holder may still try them). `write`:
+        the counter given back is written at the next commit (else with the next write)."""
+        end = self._leased.pop(start, None)
+        if end is not None and unused_from is not None and self._next == end:
+            self._next = unused_from
+            self._dirty = self._dirty or write
+
+    def low_bound(self, low: int) -> int:
+        return min(low, *self._leased) if self._leased else low
+
+
 class TaskStore(Protocol):
     def allocate(self) -> int: ...
+    def lease(self, n: int) -> int: ...
+    def end_lease(self, start: int, unused_from: int | None = None,
+                  write: bool = True) -> None: ...
     def allocate_engine(self, uuid: str) -> int: ...
     def add(self, task: StoredTask) -> None: ...
     def task(self, tid: int) -> StoredTask | None: ...

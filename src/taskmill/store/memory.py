@@ -9,14 +9,16 @@ from collections import OrderedDict
 from typing import Any
 
 from ..memory import compact
-from .base import SUBMIT_KEYS_KEPT, StoredResult, StoredTask, compact_tids
+from .base import SUBMIT_KEYS_KEPT, IdLeases, StoredResult, StoredTask, compact_tids
 
 
-class MemoryStore:
+class MemoryStore(IdLeases):
     """Tasks and results in this process's memory; nothing survives a restart."""
 
     def __init__(self) -> None:
         self._next = 0
+        self._leased: dict[int, int] = {}
+        self._dirty = False  # (IdLeases sets it; nothing is written)
         self._next_eid = 0
         self._submits: OrderedDict[str, range | tuple[int, ...]] = OrderedDict()
         self._active: dict[int, StoredTask] = {}

@@ -30,6 +30,7 @@ from .base import (
     MAX_TID,
     SUBMIT_KEY_AGE,
     SUBMIT_KEYS_KEPT,
+    IdLeases,
     StoredResult,
     StoredTask,
     compact_tids,
@@ -64,18 +65,15 @@ CHECKPOINT_BYTES = 32 * 1024 * 1024
 LOW_TID_EVERY = 1.0  # seconds between writes of meta's low_tid
 
 
-class SQLiteStore:
+class SQLiteStore(IdLeases):
     """Tasks and results in a SQLite file (WAL): they survive a kill -9 of the controller.
 
-    Writes are queued and run in one transaction at `commit()`, which the controller calls
-    once per loop turn, before it sends anything that depends on them (group commit). Active
-    tasks are also kept in memory, for dispatch; finished results live on disk, with a cache
-    bounded in entries and bytes, so memory stays flat however many results are kept. Large
-    frames live in files in `<db>.blobs/`, written before the row that names them commits and
-    removed only after the row that drops them commits. A background thread checkpoints the
-    WAL, so the controller's thread never waits for that copy and its fsync; another one syncs
-    each result file to disk and then drops its pages from the page cache (see files.py).
-    The database and its lock file are created with mode 0600, the blob folder 0700.
+    Writes are queued and run in one transaction at `commit()`, once per loop turn, before
+    anything that depends on them is sent (group commit); see the module docstring. Active
+    tasks are kept in memory; finished results live on disk behind a bounded cache; frames
+    of large values live in files in `<db>.blobs/` (files.py), synced by a thread of their
+    own, and another thread checkpoints the WAL. The database and its lock file are created
+    with mode 0600, the blob folder 0700.
     """
 
     def __init__(self, path: str, *, cache_size: int = 1024,
@@ -148,6 +146,8 @@ class SQLiteStore:
 
         top = db.execute("SELECT MAX(tid) FROM tasks").fetchone()[0]
         self._next = max(meta("next_tid") or 0, (top + 1) if top is not None else 0)
+        self._written_next = self._next  # (a lease's end is written before it is answered)
+        self._leased: dict[int, int] = {}
         top_eid = db.execute("SELECT MAX(eid) FROM engines").fetchone()[0]
         self._next_eid = max(meta("next_eid") or 0, (top_eid + 1) if top_eid is not None else 0)
         self._written_eid = self._next_eid
@@ -386,15 +386,9 @@ class SQLiteStore:
         return self._n_ok, self._n_failed
 
     def finished_ids(self) -> tuple[list[int], list[int]]:
-        ok: list[int] = []
-        failed: list[int] = []
-        for tid, good in self.db.execute("SELECT tid, ok FROM tasks WHERE state='finished'"):
-            (ok if good else failed).append(tid)
-        for tid, r in self._unsaved.items():  # finished, not yet committed
-            (ok if r.ok else failed).append(tid)
-        ok.sort()
-        failed.sort()
-        return ok, failed
+        rows = [*self.db.execute("SELECT tid, ok FROM tasks WHERE state='finished'"),
+                *((t, r.ok) for t, r in self._unsaved.items())]  # (+ finished, uncommitted)
+        return sorted(t for t, ok in rows if ok), sorted(t for t, ok in rows if not ok)
 
     def dirty(self) -> bool:
         return self._dirty
@@ -430,10 +424,12 @@ class SQLiteStore:
             if self._next_eid != self._written_eid:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('next_eid', ?)",
                            (self._next_eid,))
+            if self._next != self._written_next:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('next_tid', ?)", (self._next,))
             now = time.monotonic()
             if everything or now - self._low_written >= LOW_TID_EVERY:
                 # Every task below this had finished: a restart looks only above it.
-                low = min(self._active) if self._active else self._next
+                low = self.low_bound(min(self._active) if self._active else self._next)
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('low_tid', ?)", (low,))
             db.execute("COMMIT")
         except sqlite3.Error as e:
@@ -443,6 +439,7 @@ class SQLiteStore:
         if everything or now - self._low_written >= LOW_TID_EVERY:
             self._low_written = now
         self._written_eid = self._next_eid
+        self._written_next = self._next
         self._ins.clear()
         self._run.clear()
         self._fin.clear()

@@ -1,0 +1,233 @@
+"""`Runs`: the tasks of `run()`, numbered from a block of leased taskids and sent in batches.
+
+    run(task) --encoded and checked at the call (verbs.run)--> Runs.add: the next leased id;
+        the task waits in the queue --> the id is returned at once
+    the queue --one submit{tasks, tids}, on the send socket--> controller, when
+        - any other call of this client begins (`begin`, by the fronts for every other verb,
+          backend.py and aio.py): that call then waits, before it returns, for the answers
+          of every batch sent (`end`), and raises a refusal: a task is stored before another
+          call returns;
+        - nothing of run()'s is unanswered (a lone run() goes at once), or the answer to
+          what was comes (what waited goes in one message: a loop of runs costs a message a
+          round trip), or the batch is big (BATCH_TASKS tasks, or half the message limit);
+        - FLUSH_DELAY after its first task at the latest (the flusher thread), so that it is
+          stored within 10 ms.
+    a batch the controller refused, or that could not be sent, is raised by the next call of
+        this client (RunNotStored, naming the taskids that will not run; they read as unknown;
+        ControllerUnreachable if its answer never came: it may or may not be stored)
+    leases (controller/leases.py): asked for by `run` (a round trip) when the block is used
+        up, each twice the last (up to LEASE_MAX) while run() keeps using them; any other
+        call gives back what is left (`begin`), so that one client's taskids still rise by 1
+        whatever it calls (submit, map, put number their tasks on the controller). A
+        controller restart or an unreachable controller ends the lease (the tasks queued
+        then are reported as not stored).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+from typing import Any
+
+from ..errors import (
+    ControllerUnreachable,
+    RunNotStored,
+    StoreError,
+    StoreRunNotStored,
+    ids_text,
+)
+from .codec import SUBMIT_BATCH, SUBMIT_OVERHEAD, Encoded, batch_length, refusal
+from .connection import Connection
+
+FLUSH_DELAY = 0.005  # seconds a run() task waits at most for the answer to the last batch
+BATCH_TASKS = 1000  # tasks queued that are sent at once
+FIRST_LEASE = 16  # taskids in a client's first lease; then twice the last, ...
+LEASE_MAX = 4096  # ... up to this
+TID_BYTES = 9  # a taskid in a submit's header, at most
+
+
+def is_synchronous(enc: Encoded) -> bool:
+    """A task whose refusal only the controller can find (a depend callable it must
+    unpickle): sent at once, and its answer waited for, so that run() raises it."""
+    return any(node.get("depend") == "callable" for node in enc[0]["nodes"])
+
+
+class Runs:
+    """The run() queue and lease of one client (see the module docstring)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._lock = threading.RLock()  # (a reply may be handled at once, in the sender)
+        self._wake = threading.Condition(self._lock)
+        self._next = self._end = 0  # the lease: ids next..end-1 unused
+        self._size = FIRST_LEASE
+        self._queue: list[tuple[Encoded, int]] = []
+        self._bytes = 0
+        self._in_flight: list[Future] = []
+        self._failed: list[BaseException] = []  # refusals not raised yet
+        self._flusher: threading.Thread | None = None
+        self._closed = False
+
+    # -- run() -------------------------------------------------------------------------------
+    def lease_wanted(self) -> int | None:
+        """How many taskids to ask for (None: the lease has one left). What is queued is
+        sent first (before the request for a lease)."""
+        with self._lock:
+            if self._next < self._end:
+                return None
+            self._send(self._take())
+            return self._size
+
+    def leased(self, start: int, n: int) -> None:
+        with self._lock:
+            self._next, self._end = start, start + n
+            self._size = min(self._size * 2, LEASE_MAX)
+
+    def add(self, enc: Encoded) -> int | None:
+        """Queue a task under the next leased id; None if the lease is used up."""
+        with self._lock:
+            if self._next >= self._end:
+                return None
+            tid = self._next
+            self._next += 1
+            self._queue.append((enc, tid))
+            self._bytes += enc.size
+            if not self._in_flight or len(self._queue) >= BATCH_TASKS \
+                    or self._bytes > self._conn.max_message // 2:
+                self._send(self._take())
+            elif len(self._queue) == 1:
+                self._wake.notify()
+                if self._flusher is None:
+                    self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
+                                                     name="taskmill-client-runs")
+                    self._flusher.start()
+            return tid
+
+    # -- other calls -------------------------------------------------------------------------
+    def busy(self) -> bool:
+        """Whether settling has anything to do: tasks queued, answers not in, refusals not
+        raised, or a lease to give back (read without the lock: for the caller's own thread,
+        whose run() calls have returned, it is exact)."""
+        return bool(self._queue or self._in_flight or self._failed or self._next < self._end)
+
+    def begin(self) -> list[Future]:
+        """(Another call begins) Send what is queued and give back the rest of the lease;
+        the answers to wait for before that call returns (`end`)."""
+        if not self.busy():
+            return []
+        with self._lock:
+            batches = self._take()
+            if self._next < self._end:
+                self._next = self._end = 0
+                if batches:
+                    batches[-1][0]["release"] = True
+                else:
+                    batches = [({"type": "release"}, [], [])]
+            self._send(batches)
+            return list(self._in_flight)
+
+    def end(self, sent: list[Future], timeout: float) -> None:
+        """(Blocking) Wait for the answers `begin` returned (at most `timeout` seconds:
+        past that, ControllerUnreachable) and raise a refusal."""
+        if sent:
+            _, waiting = wait_futures(sent, timeout)
+            if waiting:
+                raise self.no_answer(timeout)
+        self.raise_failure()
+
+    def raise_failure(self) -> None:
+        """Raise the first refusal of a batch not reported yet (the rest are dropped: they
+        say the same)."""
+        if not self._failed:
+            return
+        with self._lock:
+            failed, self._failed = self._failed, []
+        if failed:
+            raise failed[0]
+
+    def no_answer(self, timeout: float) -> ControllerUnreachable:
+        return ControllerUnreachable(
+            f"the controller at {self._conn.info.client_url} did not answer a submit of "
+            f"run()'s tasks within {timeout:g}s (they may or may not be stored)")
+
+    def lost_lease(self, why: str) -> None:
+        """(I/O thread) The controller restarted or is unreachable: the lease is gone."""
+        with self._lock:
+            if self._queue:
+                tids = [t for _, t in self._queue]
+                self._queue, self._bytes = [], 0
+                self._failed.append(RunNotStored(tids, why))
+            self._next = self._end = 0
+            self._size = FIRST_LEASE
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._wake.notify()
+
+    # -- sending -----------------------------------------------------------------------------
+    def _take(self) -> list[tuple[dict[str, Any], list[Any], list[int]]]:
+        """The queue as submit messages (header, frames, tids), emptied (under the lock)."""
+        out = []
+        queue = self._queue
+        budget = self._conn.max_message - SUBMIT_OVERHEAD - TID_BYTES * SUBMIT_BATCH
+        i = 0
+        while i < len(queue):
+            n = batch_length((enc for enc, _ in queue[i:]), budget)
+            part = queue[i:i + n]
+            tids = [t for _, t in part]
+            out.append(({"type": "submit", "tasks": [enc[0] for enc, _ in part],
+                         "tids": tids}, [f for enc, _ in part for f in enc[1]], tids))
+            i += n
+        self._queue, self._bytes = [], 0
+        return out
+
+    def _send(self, batches: Sequence[tuple[dict[str, Any], list[Any], list[int]]]) -> None:
+        for header, frames, tids in batches:
+            try:
+                fut = self._conn.send(header, frames)
+            except Exception as e:  # noqa: BLE001 - closed, unreachable, unencodable
+                self._failed.append(RunNotStored(tids, str(e)))
+                continue
+            self._in_flight.append(fut)
+            fut.add_done_callback(lambda f, tids=tids: self._answered(f, tids))
+
+    def _answered(self, fut: Future, tids: list[int]) -> None:
+        error: BaseException | None = None
+        try:
+            reply, _ = fut.result()
+            if not reply.get("ok", True):
+                error = refusal(reply)
+        except BaseException as e:  # noqa: BLE001 - unreachable, closed
+            error = e
+        with self._lock:  # (failed before no longer in flight: see busy)
+            if isinstance(error, StoreError) and tids:
+                self._failed.append(StoreRunNotStored(tids, str(error)))
+            elif isinstance(error, ControllerUnreachable | RuntimeError) and tids:  # (closed)
+                self._failed.append(ControllerUnreachable(
+                    f"{error} (the tasks run() returned {ids_text(tids)} for may or may not "
+                    "be stored)"))
+            elif error is not None and tids:
+                self._failed.append(RunNotStored(tids, str(error)))
+            if fut in self._in_flight:
+                self._in_flight.remove(fut)
+            if self._queue and not self._in_flight:  # (those queued meanwhile go now)
+                self._send(self._take())
+
+    def _flush_loop(self) -> None:
+        with self._lock:
+            while not self._closed:
+                if not self._queue:
+                    self._wake.wait()
+                    continue
+                deadline = time.monotonic() + FLUSH_DELAY
+                while self._queue and not self._closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        self._send(self._take())
+                        break
+                    self._wake.wait(left)
+

@@ -1,0 +1,133 @@
+"""Leases: blocks of taskids a client numbers its `run()` tasks from, before it sends them.
+
+    client --lease{n}--> grant: the store's counter moves past the block (store.lease; the
+        commit that writes it comes before the reply) --reply{start, n}--> the client
+    client --submit{tasks, tids}--> take (from Submits.submit): each id must lie in this
+        client's lease, above every id it used before, in rising order; else the submit is
+        refused whole and nothing of it is stored
+    client --release, or submit{release}--> release: what is left goes back (store.end_lease:
+        given out again only if no id was given out after it)
+    a holder silent for HOLDER_SILENCE seconds (its I/O thread pings every second; `seen` on
+        each message), or a controller restart (leases live in memory; the stored counter is
+        past them): the lease ends and its unused ids are never given out
+
+A holder is the client's receiving socket (`rt`); it usually has one lease at a time (it asks
+for the next when it has used the last one; two threads of one client may hold two). An id
+leased and not yet used reads as unfinished to every client (`pending`); ids that stop being
+pending without being stored (`take` passed over them, `release`, `expire`) are returned, so
+that the requests waiting for them are told they are unknown (results.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from ..store import TaskStore
+from .validation import BadRequest
+
+log = logging.getLogger("taskmill.controller")
+
+LEASE_MAX = 4096  # taskids in one lease at most (a client asks for more as it uses them)
+HOLDER_SILENCE = 10.0  # seconds without a message from a holder before its lease ends
+CHECK_EVERY = 1.0  # seconds between looks for silent holders
+
+
+@dataclass(slots=True)
+class Lease:
+    start: int
+    end: int  # (exclusive)
+    next: int  # the lowest id the holder may still use
+
+
+class Leases:
+    def __init__(self, store: TaskStore) -> None:
+        self.store = store
+        self.by_holder: dict[bytes, list[Lease]] = {}
+        self.seen_at: dict[bytes, float] = {}  # monotonic time each holder last spoke
+
+    def grant(self, holder: bytes, n: int, mono: float) -> Lease:
+        """A new lease of min(n, LEASE_MAX) ids for `holder`."""
+        n = min(n, LEASE_MAX)
+        start = self.store.lease(n)
+        lease = Lease(start, start + n, start)
+        held = []
+        for x in self.by_holder.get(holder, ()):
+            if x.next < x.end:
+                held.append(x)
+            else:
+                self.store.end_lease(x.start)  # (used up)
+        self.by_holder[holder] = [*held, lease]
+        self.seen_at[holder] = mono
+        return lease
+
+    def take(self, holder: bytes, tids: list[int]) -> list[int]:
+        """Check that `tids` may be used by `holder` now (BadRequest naming the first that
+        may not) and mark them used; returns the ids passed over (used or skipped)."""
+        leases = self.by_holder.get(holder)
+        if not leases:
+            raise BadRequest(
+                f"taskids {tids[0]}..{tids[-1]} are not leased to this client: its lease "
+                f"ended (the controller restarted, or it was silent for {HOLDER_SILENCE:g}s); "
+                "none of these tasks was stored, and their ids stay unknown")
+        marks: dict[int, int] = {}  # lease index -> its next unused id after this submit
+        for t in tids:
+            i = next((i for i, x in enumerate(leases) if x.start <= t < x.end), None)
+            if i is None or t < marks.get(i, leases[i].next):
+                raise BadRequest(
+                    f"taskid {t} is not an unused id of this client's lease (ids are used "
+                    "once, in rising order); none of these tasks was stored")
+            marks[i] = t + 1
+        return self.passed(leases, marks)
+
+    def burn(self, holder: bytes, tids: list[int]) -> list[int]:
+        """The ids of a refused submit are never used (they read as unknown); the ids
+        passed over."""
+        leases = self.by_holder.get(holder) or []
+        marks = {i: t + 1 for t in tids for i, x in enumerate(leases) if x.next <= t < x.end}
+        return self.passed(leases, marks)
+
+    @staticmethod
+    def passed(leases: list[Lease], marks: dict[int, int]) -> list[int]:
+        out: list[int] = []
+        for i, mark in marks.items():
+            lease = leases[i]
+            if mark > lease.next:
+                out.extend(range(lease.next, mark))
+                lease.next = mark
+        return out
+
+    def release(self, holder: bytes, write: bool = True) -> list[int]:
+        """End `holder`'s leases; their unused ids go back (`write`: see store.end_lease).
+        Returns those ids."""
+        leases = self.by_holder.pop(holder, [])
+        self.seen_at.pop(holder, None)
+        out: list[int] = []
+        for lease in sorted(leases, key=lambda x: -x.end):
+            self.store.end_lease(lease.start, lease.next, write)
+            out.extend(range(lease.next, lease.end))
+        return out
+
+    def seen(self, holder: bytes, mono: float) -> None:
+        if holder in self.seen_at:
+            self.seen_at[holder] = mono
+
+    def expire(self, mono: float) -> list[int]:
+        """End the leases of holders silent for HOLDER_SILENCE seconds; their unused ids
+        (not given back: the holder may be alive, only slow, and its submit must fail)."""
+        left: list[int] = []
+        for holder, seen in list(self.seen_at.items()):
+            if mono - seen > HOLDER_SILENCE:
+                del self.seen_at[holder]
+                for lease in self.by_holder.pop(holder, []):
+                    self.store.end_lease(lease.start)
+                    if lease.next < lease.end:
+                        log.info("a client silent for %gs held taskids %d..%d unused: "
+                                 "they stay unknown", HOLDER_SILENCE, lease.next,
+                                 lease.end - 1)
+                        left.extend(range(lease.next, lease.end))
+        return left
+
+    def pending(self, tid: int) -> bool:
+        """Whether `tid` is leased and not used yet (it reads as unfinished)."""
+        return any(x.next <= tid < x.end for leases in self.by_holder.values() for x in leases)

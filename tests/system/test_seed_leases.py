@@ -1,0 +1,189 @@
+"""run() without a round trip: taskids from a lease, tasks sent in batches (client/runs.py,
+controller/leases.py).
+
+What a user can see: one client's ids rise by 1 whatever it calls; a run's task reads as
+unfinished to every client at once, and is stored once another call of its client returns (or
+within a moment by itself); a client killed before its task was sent leaves an id that reads
+as unknown, never runs and is never given out again; a controller killed with a lease out
+never gives those ids again; a batch the controller refuses is raised by the next call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from systest import controller_process, poll
+
+import taskmill
+from taskmill import AsyncTaskClient, MapTask, RunNotStored, StoreError, TaskClient
+
+pytestmark = pytest.mark.timeout(180, method="thread")
+
+
+def test_one_clients_ids_rise_by_one_whatever_it_calls():
+    with taskmill.Cluster(1, heartbeat=0.5, db=":memory:") as c, c.client() as tc:
+        ids = [tc.run(MapTask(abs, (-1,))), tc.run(MapTask(abs, (-2,)))]
+        ids.append(tc.submit(abs, -3).taskid)
+        ids.append(tc.run(MapTask(abs, (-4,))))
+        ids.extend(tc.mapper(block=False).map(abs, [-5, -6]))
+        ids.append(tc.run(MapTask(abs, (-7,))))
+        ids.append(tc.put(8).taskid)
+        ids.append(tc.run(MapTask(abs, (-9,))))
+        assert ids == list(range(9))
+        assert [tc.get_task_result(t, block=True) for t in ids if t != 7] == \
+            [1, 2, 3, 4, 5, 6, 7, 9]
+
+
+def test_a_runs_task_reads_as_unfinished_at_once_and_is_seen_by_others(cluster, client):
+    with cluster.client() as other:
+        tid = client.run(MapTask(abs, (-5,)))
+        assert other.get_task_result(tid) in (None, 5)  # never unknown, even before it is sent
+        poll(lambda: other.task_info(tid)["state"] != "unknown", 10, "the task to be stored")
+        assert other.get_task_result(tid, block=True) == 5
+        tids = [client.run(MapTask(abs, (-i,))) for i in range(50)]
+        client.queue_status()  # another call of the client: every task it ran is stored now
+        assert all(other.task_info(t)["state"] != "unknown" for t in tids)
+        other.barrier(tids)
+        assert [client.get_task_result(t) for t in tids] == list(range(50))
+
+
+def test_async_run_takes_leased_ids_too(cluster):
+    async def main():
+        async with AsyncTaskClient(cluster.connection_file) as atc:
+            tids = [await atc.run(MapTask(abs, (-i,))) for i in range(5)]
+            assert tids == list(range(tids[0], tids[0] + 5))
+            await atc.barrier(tids)
+            return [await atc.get_task_result(t) for t in tids], await atc.run(
+                MapTask(abs, (-7,)), block=True)
+
+    assert asyncio.run(main()) == ([0, 1, 2, 3, 4], 7)
+
+
+KILLED_CLIENT = textwrap.dedent("""
+    import os, signal, sys
+    from concurrent.futures import Future
+    from taskmill import MapTask, TaskClient
+    def append_line(path, text):
+        with open(path, "a") as f:
+            f.write(text + "\\n")
+    tc = TaskClient(sys.argv[1])
+    conn = tc.backend.connection
+    send = conn.send
+    def never_submit(header, frames=(), stream=None):
+        # (dies before its run() task leaves: as a kill -9 between run() and the send)
+        return Future() if header["type"] == "submit" else send(header, frames, stream)
+    conn.send = never_submit
+    print(tc.run(MapTask(append_line, (sys.argv[2], "ran"))), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_a_client_killed_before_its_task_was_sent_leaves_an_unknown_id(cluster, client,
+                                                                       tmp_path):
+    ran = tmp_path / "ran.txt"
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_CLIENT, str(cluster.connection_file), str(ran)],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    tid = int(proc.stdout.split()[0])
+    assert client.get_task_result(tid) is None  # unfinished: its lease lasts a while yet
+
+    def unknown() -> bool:  # (unfinished while the lease holds: until its holder is silent)
+        try:
+            client.get_task_result(tid)
+        except IndexError:
+            return True
+        return False
+
+    poll(unknown, 60, "the dead client's id to read as unknown")
+    client.barrier([tid])  # (an unknown id: no wait)
+    new = client.run(MapTask(abs, (-1,)))
+    assert new > tid  # never given out again
+    assert client.get_task_result(new, block=True) == 1
+    with pytest.raises(IndexError):
+        client.get_task_result(tid, block=True)
+    assert not ran.exists()  # it never ran
+
+
+def test_a_controller_killed_with_a_lease_out_never_gives_its_ids_again(tmp_path):
+    with controller_process(tmp_path, engines=1) as ctl:
+        tc = TaskClient(ctl.conn, timeout=30)
+        other = TaskClient(ctl.conn, timeout=30)
+        try:
+            tids = [tc.run(MapTask(abs, (-i,))) for i in range(3)]
+            # Stored (seen by another client), while tc keeps its lease: tc makes no call.
+            poll(lambda: all(other.task_info(t)["state"] != "unknown" for t in tids), 30,
+                 "the tasks to be stored")
+            ctl.kill9()
+            ctl.start()
+            poll(lambda: _answers(other), 60, "the restarted controller")
+            late = other.run(MapTask(abs, (-10,)))
+            assert late >= tids[-1] + 2  # beyond the lease tc held (its ids were leased)
+            poll(lambda: _answers(tc), 60, "the client to hear the restart")
+            again = [tc.run(MapTask(abs, (-i,))) for i in range(3)]
+            everyone = [*tids, late, *again]
+            assert len(set(everyone)) == len(everyone), everyone  # no id given twice
+            assert [tc.get_task_result(t, block=True) for t in everyone] == [0, 1, 2, 10,
+                                                                             0, 1, 2]
+        finally:
+            tc.close()
+            other.close()
+
+
+def _answers(tc: TaskClient) -> bool:
+    try:
+        tc.queue_status()
+    except (taskmill.ControllerUnreachable, RunNotStored):
+        return False
+    return True
+
+
+def test_a_refused_batch_is_raised_by_the_next_call_naming_its_taskids(tmp_path):
+    with controller_process(tmp_path, engines=1) as ctl:
+        tc = TaskClient(ctl.conn, timeout=30)
+        other = TaskClient(ctl.conn, timeout=30)
+        try:
+            first = tc.run(MapTask(abs, (-1,)))  # (takes a lease, which tc keeps: no call)
+            poll(lambda: other.task_info(first)["state"] == "succeeded", 30, "the first task")
+            locker = sqlite3.connect(ctl.db, isolation_level=None)
+            locker.execute("BEGIN IMMEDIATE")  # the store cannot write
+            try:
+                tid = tc.run(MapTask(abs, (-2,)))  # (from the lease: no round trip, no error)
+                with pytest.raises(RunNotStored) as refused:
+                    tc.queue_status()
+                assert isinstance(refused.value, StoreError)
+                assert refused.value.taskids == [tid]
+                assert f"taskid {tid} " in str(refused.value) and "locked" in str(refused.value)
+                assert "will not run" in str(refused.value)
+                tc.queue_status()  # (said once)
+            finally:
+                locker.execute("ROLLBACK")
+                locker.close()
+            with pytest.raises(IndexError):
+                tc.get_task_result(tid)
+            assert tc.run(MapTask(abs, (-3,)), block=True) == 3
+        finally:
+            tc.close()
+            other.close()
+
+
+def test_results_a_barrier_brought_along_are_handed_out_as_the_controller_has_them(client):
+    tids = [client.run(MapTask(abs, (-i,))) for i in range(20)]
+    client.barrier(tids)  # (its reply carries their results: get_task_result needs no trip)
+    assert [client.get_task_result(t) for t in tids[:10]] == list(range(10))
+    assert client.get_task_result(tids[0], block=True) == 0  # (asked again: still there)
+    assert client.clear(tids[10:15]) == 5
+    for t in tids[10:15]:  # cleared by this client: no longer handed out
+        with pytest.raises(IndexError):
+            client.get_task_result(t)
+    assert [client.get_task_result(t) for t in tids[15:]] == list(range(15, 20))
+    client.barrier(tids[15:])
+    client.clear()
+    with pytest.raises(IndexError):
+        client.get_task_result(tids[16])

@@ -1,0 +1,90 @@
+"""Leases of taskids (controller/leases.py) over both stores: what a client may use, what reads
+as pending, what goes back, and that a lease is durable before it is answered."""
+
+from __future__ import annotations
+
+import pytest
+
+from taskmill.controller.leases import HOLDER_SILENCE, Leases
+from taskmill.controller.validation import BadRequest
+from taskmill.store import MemoryStore, SQLiteStore, StoredTask
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request, tmp_path):
+    s = MemoryStore() if request.param == "memory" else SQLiteStore(str(tmp_path / "t.db"))
+    yield s
+    s.close()
+
+
+def _add(store, tid):
+    store.add(StoredTask(tid, {"nodes": [], "after": []}, [], 1.0))
+
+
+def test_a_holder_uses_its_own_ids_once_in_rising_order(store):
+    leases = Leases(store)
+    a = leases.grant(b"a", 4, 0.0)
+    b = leases.grant(b"b", 4, 0.0)
+    assert (a.start, a.end, b.start, b.end) == (0, 4, 4, 8)
+    assert store.allocate() == 8  # (the counter is past both)
+    assert all(leases.pending(t) for t in range(8)) and not leases.pending(8)
+    assert leases.take(b"a", [0, 1]) == [0, 1]
+    assert not leases.pending(0) and leases.pending(2)
+    for holder, tids in ((b"a", [1]), (b"a", [5]), (b"b", [2]), (b"a", [3, 2]), (b"c", [0])):
+        with pytest.raises(BadRequest):
+            leases.take(holder, tids)
+    assert leases.take(b"a", [3]) == [2, 3]  # 2 skipped: it passes as unknown
+    assert not leases.pending(2)
+
+
+def test_a_refused_batch_burns_its_ids(store):
+    leases = Leases(store)
+    leases.grant(b"a", 8, 0.0)
+    assert leases.burn(b"a", [0, 1, 2]) == [0, 1, 2]
+    with pytest.raises(BadRequest):
+        leases.take(b"a", [2])
+    assert leases.take(b"a", [3]) == [3]
+
+
+def test_released_ids_go_back_only_when_nothing_came_after(store):
+    leases = Leases(store)
+    leases.grant(b"a", 8, 0.0)
+    leases.take(b"a", [0, 1])
+    assert leases.release(b"a") == list(range(2, 8))
+    assert store.allocate() == 2  # given back: the next id is the next one of the client
+    leases.grant(b"a", 8, 0.0)  # 3..10
+    store.allocate()  # 11: after the lease
+    assert leases.release(b"a") == list(range(3, 11))
+    assert store.allocate() == 12  # not given back: ids never go backwards past one given
+
+
+def test_a_silent_holder_loses_its_lease_and_its_ids_for_good(store):
+    leases = Leases(store)
+    leases.grant(b"a", 8, 0.0)
+    leases.grant(b"b", 8, 0.0)
+    leases.take(b"a", [0])
+    leases.seen(b"b", HOLDER_SILENCE)
+    assert leases.expire(HOLDER_SILENCE + 1) == list(range(1, 8))
+    assert not leases.pending(1) and leases.pending(8)
+    with pytest.raises(BadRequest, match="not leased to this client"):
+        leases.take(b"a", [1])
+    assert store.allocate() == 16  # (never given out again)
+
+
+def test_a_lease_is_written_before_it_is_answered_and_a_restart_looks_at_it(tmp_path):
+    path = str(tmp_path / "t.db")
+    s = SQLiteStore(path)
+    leases = Leases(s)
+    leases.grant(b"a", 16, 0.0)
+    assert s.dirty()  # (the controller commits before it answers the lease)
+    s.commit()
+    leases.take(b"a", [3])
+    _add(s, 3)
+    s.commit()  # (low_tid, written with the lease, must not have passed over it)
+    s.abandon()  # as a kill -9 leaves it
+    s2 = SQLiteStore(path)
+    try:
+        assert [t.tid for t, _ in s2.unfinished()] == [3]
+        assert s2.allocate() == 16  # the leased ids are never given out again
+    finally:
+        s2.close()

@@ -1,0 +1,112 @@
+"""run()'s queue (client/runs.py) against a stand-in connection: when batches leave, what the
+next call waits for and raises."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+
+import pytest
+
+from taskmill import ControllerUnreachable, RunNotStored, StoreError
+from taskmill.client.codec import Encoded
+from taskmill.client.runs import Runs
+
+
+class FakeConnection:
+    """Records what is sent; answers only when the test says so."""
+
+    max_message = 1 << 20
+
+    class info:  # noqa: N801 - (read as conn.info.client_url)
+        client_url = "tcp://nowhere:1"
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[dict, Future]] = []
+        self.lock = threading.Lock()
+
+    def send(self, header, frames=(), stream=None) -> Future:
+        fut: Future = Future()
+        with self.lock:
+            self.sent.append((header, fut))
+        return fut
+
+    def submits(self) -> list[dict]:
+        with self.lock:
+            return [h for h, _ in self.sent if h["type"] == "submit"]
+
+
+def encoded() -> Encoded:
+    enc = Encoded([{"nodes": [{"exec": {"kind": "map"}}], "after": []}, [b"x"]])
+    enc.size = 64
+    return enc
+
+
+def wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not in time"
+        time.sleep(0.001)
+
+
+@pytest.fixture
+def runs():
+    conn = FakeConnection()
+    r = Runs(conn)
+    r.conn = conn  # (for the tests)
+    yield r
+    r.close()
+
+
+def test_a_lone_run_goes_at_once_and_the_next_ones_wait_for_its_answer_or_the_timer(runs):
+    conn = runs.conn
+    assert runs.add(encoded()) is None and runs.lease_wanted() == 16
+    runs.leased(100, 16)
+    assert runs.add(encoded()) == 100
+    assert [s["tids"] for s in conn.submits()] == [[100]]  # at once: nothing was unanswered
+    assert runs.add(encoded()) == 101 and runs.add(encoded()) == 102
+    # Unanswered: they wait, but not for long (the flusher thread sends them by itself).
+    wait_for(lambda: len(conn.submits()) == 2)
+    assert conn.submits()[1]["tids"] == [101, 102]
+
+
+def test_the_next_call_sends_what_waits_gives_the_lease_back_and_waits_for_the_answers(runs):
+    conn = runs.conn
+    runs.leased(0, 16)
+    runs.add(encoded())
+    runs.add(encoded())
+    sent = runs.begin()
+    headers = [h for h, _ in conn.sent]
+    assert headers[-1].get("release") and headers[-1]["tids"] == [1]
+    assert runs.lease_wanted() == 32  # (given back: the next run() asks again, for more)
+    for _, fut in conn.sent:
+        fut.set_result(({"type": "reply", "ok": True}, []))
+    runs.end(sent, 1.0)
+    assert not runs.busy()
+
+
+def test_a_refused_batch_is_raised_once_by_the_next_call(runs):
+    conn = runs.conn
+    runs.leased(0, 16)
+    runs.add(encoded())
+    conn.sent[0][1].set_result(({"type": "reply", "ok": False, "error_type": "StoreError",
+                                 "error": "disk full"}, []))
+    sent = runs.begin()
+    for _, fut in conn.sent[1:]:
+        fut.set_result(({"type": "reply", "ok": True}, []))
+    with pytest.raises(RunNotStored, match="taskid 0 .*disk full") as e:
+        runs.end(sent, 1.0)
+    assert isinstance(e.value, StoreError) and e.value.taskids == [0]
+    runs.end([], 1.0)  # (said once)
+
+
+def test_a_batch_never_answered_is_not_said_to_be_refused(runs):
+    conn = runs.conn
+    runs.leased(0, 16)
+    runs.add(encoded())
+    with pytest.raises(ControllerUnreachable, match="may or may not be stored"):
+        runs.end(runs.begin(), 0.05)
+    conn.sent[0][1].set_exception(ControllerUnreachable("gone"))
+    with pytest.raises(ControllerUnreachable, match="taskid 0 for may or may not be stored"):
+        runs.end([], 1.0)
