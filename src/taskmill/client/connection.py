@@ -286,12 +286,16 @@ class Connection:
         return True
 
     def _idle(self) -> None:
-        hook = self.on_idle
+        self._call_hook(self.on_idle, "idle")
+
+    @staticmethod
+    def _call_hook(hook: Callable[[], Any] | None, what: str) -> None:
+        """(I/O thread) Call a hook of the client's; a failure is logged: reading goes on."""
         if hook is not None:
             try:
                 hook()
             except Exception:  # noqa: BLE001 - the I/O thread must keep reading
-                log.exception("the I/O thread's idle hook failed")
+                log.exception("the client's %s hook failed", what)
 
     def _controller_restarted(self) -> None:
         """A new controller answered: send again what the old one never answered."""
@@ -318,12 +322,7 @@ class Connection:
         for fut, error in failed:
             if fut is not None and not fut.done():
                 fut.set_exception(error)
-        hook = self.on_restarted
-        if hook is not None:
-            try:
-                hook()
-            except Exception:  # noqa: BLE001 - the I/O thread must keep reading
-                log.exception("the client's restart hook failed")
+        self._call_hook(self.on_restarted, "restart")
 
     def unreachable_error(self) -> ControllerUnreachable:
         return ControllerUnreachable(

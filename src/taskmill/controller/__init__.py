@@ -48,8 +48,9 @@ The names below are imported on first use (PEP 562): importing sockets.py, which
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_names
 
 if TYPE_CHECKING:
     from .context import Counters, Now
@@ -63,17 +64,7 @@ _WHERE = {"BadRequest": "validation", "Controller": "loop", "ControllerCore": "c
           "run_controller": "loop"}
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_WHERE})
+__getattr__, __dir__ = lazy_names(__name__, _WHERE)
 
 
 __all__ = ["BadRequest", "Controller", "ControllerCore", "Counters", "EngineRecord", "Now",
