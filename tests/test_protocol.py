@@ -19,17 +19,24 @@ from taskmill.protocol import (
     CLIENT_RECORDS,
     ENGINE_RECORDS,
     HbAnswer,
+    Heartbeat,
     MapExec,
     NodeSpec,
     ProtocolError,
+    Register,
     Registered,
     ResultMeta,
+    Results,
+    Retired,
+    Revoked,
     Statistics,
     Submit,
     Tasks,
     TaskSpec,
+    engine_record,
     from_controller,
     node_rules,
+    to_controller,
 )
 from taskmill.store import MemoryStore
 from taskmill.wire import Wire
@@ -154,6 +161,18 @@ def test_a_message_to_an_engine_that_does_not_fit_its_record_is_refused(header):
         from_controller(header)
     with pytest.raises(KeyError):
         from_controller({"type": "no-such-message", "session": b"s"})
+
+
+def test_what_an_engine_builds_the_controller_reads_back():
+    """An engine builds its messages from the controller's records (protocol.to_controller)."""
+    sent = [Register("u", b"c", b"r", b"h", "host", 7, {"gpu": 1}, [3, 1], [[2, 1]], 0.5),
+            Heartbeat(held=[[3, 1]], unacked=[[2, 1]], current=[3, 1], mseq=4, missing=[2],
+                      t=1.5, gen=2),
+            Results([{"tid": 3, "attempt": 1, "status": "ok"}]), Revoked(3, 1, True), Retired()]
+    for record in sent:
+        header = to_controller(record, b"session")
+        assert header["session"] == b"session"
+        assert engine_record(header["type"], header) == record
 
 
 def test_rules_a_type_cannot_state():

@@ -20,7 +20,8 @@ more than before.
 
 The messages the controller sends to engines have records too (`Welcome` ... `Tasks`): the
 controller builds each header from its record (`to_engine`) and the engine reads it back
-(`from_controller`), refusing (and logging) one that does not fit.
+(`from_controller`), refusing (and logging) one that does not fit. An engine builds its own
+messages from the records the controller reads them into (`to_controller`).
 
 `ResultMeta` (with `ErrorInfo`) is the shape of the metadata the controller stores for a
 finished task and returns to clients as a plain map (results.py builds it; tests convert what
@@ -45,6 +46,7 @@ __all__ = [
     "TaskQuery", "TaskSpec", "Tids", "ResultQuery", "client_record", "engine_record",
     "node_rules", "result_entry", "TO_ENGINE_RECORDS", "Welcome", "Registered", "HbAnswer",
     "Reregister", "InterruptTask", "RevokeTask", "Tasks", "to_engine", "from_controller",
+    "Retired", "to_controller",
 ]
 
 NonNeg = Annotated[int, msgspec.Meta(ge=0)]
@@ -246,10 +248,22 @@ class Results(msgspec.Struct, frozen=True):
     results: list[Any]
 
 
+class Retired(msgspec.Struct, frozen=True):
+    """Told to retire, the engine holds nothing and stops now."""
+
+
 ENGINE_RECORDS: dict[str, type[msgspec.Struct]] = {
     "register": Register, "hb": Heartbeat, "results": Results, "revoked": Revoked,
-    "retired": NoFields,  # told to retire, it holds nothing and stops now
+    "retired": Retired,
 }
+ENGINE_TYPES = {v: k for k, v in ENGINE_RECORDS.items()}
+
+
+def to_controller(record: msgspec.Struct, session: bytes | None) -> dict[str, Any]:
+    """The header of an engine's message to the controller, from its record (the engine
+    builds each so; the controller reads it back with `engine_record`)."""
+    return {"type": ENGINE_TYPES[type(record)], "session": session,
+            **msgspec.structs.asdict(record)}
 
 
 # -- messages to engines -----------------------------------------------------------------------

@@ -74,7 +74,8 @@ def test_retire_engines_gives_back_what_waits_there_and_stops_the_engine_when_it
         first = tc.submit(block_until, release, started)
         rest = [tc.submit(logged_nap, i, str(runs), 0.0) for i in range(2)]  # retries=0
         poll(lambda: os.path.exists(started), 60, "the first task to start")
-        assert tc.queue_status() == {"scheduled": 0, "pending": 3, "succeeded": 0, "failed": 0}
+        poll(lambda: tc.queue_status() == {"scheduled": 0, "pending": 3, "succeeded": 0,
+                                           "failed": 0}, 30, "all three on the engine")
         assert tc.retire_engines([eid, 12345]) == [eid]  # (12345: no such engine)
         assert [e["state"] for e in tc.engines()] == ["retiring"]
         # What it buffered comes back to the queue; what it runs stays there.

@@ -37,13 +37,19 @@ from ..defaults import DEAD_AFTER_HEARTBEATS, DEFAULT_HEARTBEAT
 from ..errors import ControllerUnreachable
 from ..protocol import (
     HbAnswer,
+    Heartbeat,
     InterruptTask,
+    Register,
     Registered,
     Reregister,
+    Results,
+    Retired,
+    Revoked,
     RevokeTask,
     Tasks,
     Welcome,
     from_controller,
+    to_controller,
 )
 from ..wire import DEFAULT_MAX_MESSAGE, Refused, recv_message
 from .channels import ChannelWatch, silent_after
@@ -246,13 +252,10 @@ class EngineControl:
             self.session = session
             running = list(self.current) if self.current else None
             finished = [list(k) for k in self.outbox.unacked]
-            prev = self._prev_session
-        self._send(self.sockets.task, {
-            "type": "register", "uuid": self.uuid, **self.sockets.idents(),
-            "hostname": self.hostname, "pid": self.pid, "properties": self.start_properties,
-            "session": session, "prev_session": prev, "running": running,
-            "finished": finished, "t": time.monotonic(),
-        })
+        self._send(self.sockets.task, to_controller(Register(
+            self.uuid, **self.sockets.idents(), hostname=self.hostname, pid=self.pid,
+            properties=self.start_properties, running=running, finished=finished,
+            t=time.monotonic()), session))
 
     def _on_registered(self, m: Registered) -> None:
         if m.session != self.session:
@@ -376,11 +379,10 @@ class EngineControl:
                     if e.get("dseq") not in self.revoked]
             if self.current is not None:
                 held.insert(0, list(self.current))
-            report = {"type": "hb", "engineid": self.engineid, "gen": self._generation,
-                      "session": self.session, "t": now, "held": held,
-                      "current": list(self.current) if self.current else None,
-                      "unacked": [list(k) for k in self.outbox.unacked],
-                      "mseq": self._mseq_seen, "missing": sorted(self._missing)}
+            report = to_controller(Heartbeat(
+                held=held, unacked=[list(k) for k in self.outbox.unacked],
+                current=list(self.current) if self.current else None, mseq=self._mseq_seen,
+                missing=sorted(self._missing), t=now, gen=self._generation), self.session)
         self._send(self.sockets.ctl, report)
 
     def _on_heartbeat_answer(self, m: HbAnswer) -> None:
@@ -406,7 +408,7 @@ class EngineControl:
                 self.finishing or self.outbox.unacked or self.outbox.unsent
                 or any(e.get("dseq") not in self.revoked for e, _ in self.backlog))
         if retire:
-            self._send(self.sockets.ctl, {"type": "retired", "session": self.session})
+            self._send(self.sockets.ctl, to_controller(Retired(), self.session))
             self.stopping.set()
         if resend:  # (sent on the result socket, never arrived: it may be deaf)
             self.watch.alarm(f"results {[e['tid'] for e, _ in resend]} were lost")
@@ -418,8 +420,7 @@ class EngineControl:
             ok = m.dseq > self.last_started and m.session == self.session
             if ok:
                 self.revoked.add(m.dseq)
-        self._send(self.sockets.ctl, {"type": "revoked", "tid": m.tid, "attempt": m.attempt,
-                                      "ok": ok, "session": self.session})
+        self._send(self.sockets.ctl, to_controller(Revoked(m.tid, m.attempt, ok), self.session))
 
     # -- interrupts ------------------------------------------------------------------------
     def _watch_running_task(self, now: float) -> None:
@@ -474,8 +475,7 @@ class EngineControl:
 
     def _send_result_message(self, sock: zmq.Socket, batch: list[Result]) -> None:
         frames = [f for _, body in batch for f in body]
-        self._send(sock, {"type": "results", "session": self.session,
-                          "results": [e for e, _ in batch]}, frames)
+        self._send(sock, to_controller(Results([e for e, _ in batch]), self.session), frames)
 
     def _send_late_results(self, now: float) -> None:
         """(I/O thread) Results held while the main thread runs a longer task go now."""
