@@ -70,14 +70,15 @@ def one_flood(n: int, db: str) -> dict:
     return row
 
 
-def flood_table(sizes: list[int], db: str | None) -> None:
-    print("\n## a flood of futures: `futs = [tc.submit(noop, i) for i in range(N)]`, every "
-          "`f.result()`, `del futs; tc.clear()` (2 engines, durable store, one process each)\n")
-    print("| N futures | controller RSS start / peak / after clear (MiB) | client RSS start / "
-          "with futures / after (MiB) | tasks/s |")
-    print("|--:|--:|--:|--:|")
+def flood_table(sizes: list[int], path: str, header: bool = True) -> None:
+    if header:
+        print("\n## a flood of futures: `futs = [tc.submit(noop, i) for i in range(N)]`, every "
+              "`f.result()`, `del futs; tc.clear()` (2 engines, durable store, one process "
+              "each)\n")
+        print("| N futures | controller RSS start / peak / after clear (MiB) | client RSS start "
+              "/ with futures / after (MiB) | tasks/s |")
+        print("|--:|--:|--:|--:|")
     for n in sizes:
-        path = db or os.path.join(tempfile.mkdtemp(prefix="taskmill-bench-"), "tasks.db")
         proc = subprocess.run([sys.executable, __file__, "--one-flood", str(n), "--db", path],
                               capture_output=True, text=True, stdin=subprocess.DEVNULL,
                               timeout=600 + n / 100)
@@ -105,16 +106,17 @@ def main() -> int:
     print(f"# controller memory with finished results piling up, and under a flood of futures "
           f"({time.strftime('%Y-%m-%d')})")
     print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
-    if a.n > 0:
-        seed_run(a)
-    if sizes:
-        flood_table(sizes, a.db)
+    with tempfile.TemporaryDirectory(prefix="taskmill-bench-") as tmp:
+        # (a store of 10M results is ~4.5 GB: removed at the end unless --db names one)
+        if a.n > 0:
+            seed_run(a, a.db or os.path.join(tmp, "seed.db"))
+        for i, n in enumerate(sizes):
+            flood_table([n], a.db or os.path.join(tmp, f"flood-{i}.db"), header=i == 0)
     return 0
 
 
-def seed_run(a: argparse.Namespace) -> None:
+def seed_run(a: argparse.Namespace, db: str) -> None:
     checkpoints = sorted({c for c in (10_000, 100_000, 1_000_000, a.n) if c <= a.n})
-    db = a.db or os.path.join(tempfile.mkdtemp(prefix="taskmill-bench-"), "tasks.db")
     print(f"\n## the seed API: results piling up (store: {db})\n")
     print("| finished results | controller RSS (MiB) | controller peak RSS (MiB) | tasks/s so far |")
     print("|--:|--:|--:|--:|")

@@ -33,11 +33,11 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5)
     a = p.parse_args()
     rates: dict[str, list[float]] = {"sqlite": [], ":memory:": []}
-    for i in range(a.rounds):
-        for name in rates:
-            db = name if name == ":memory:" else os.path.join(
-                tempfile.mkdtemp(prefix="taskmill-bench-"), f"round{i}.db")
-            rates[name].append(run(a.n, db))
+    with tempfile.TemporaryDirectory(prefix="taskmill-bench-") as tmp:  # (removed at the end)
+        for i in range(a.rounds):
+            for name in rates:
+                db = name if name == ":memory:" else os.path.join(tmp, f"round{i}.db")
+                rates[name].append(run(a.n, db))
     mem, disk = statistics.median(rates[":memory:"]), statistics.median(rates["sqlite"])
     print(f"# store overhead ({time.strftime('%Y-%m-%d')}; command: "
           f"{' '.join([os.path.basename(sys.executable), *sys.argv])})\n")
