@@ -371,16 +371,21 @@ class EngineControl:
                 self.work.notify()
 
     # -- heartbeats: what this engine holds, and the lease ---------------------------------
+    def _held(self) -> list[list[int]]:
+        """(Under the lock.) [tid, attempt] of what this engine holds: the running task, then
+        the backlog it has not given back."""
+        held = [[e["tid"], e["attempt"]] for e, _ in self.backlog
+                if e.get("dseq") not in self.revoked]
+        if self.current is not None:
+            held.insert(0, list(self.current))
+        return held
+
     def _send_report(self, now: float) -> None:
         """The heartbeat: what this engine holds (so that a lost message costs a heartbeat,
         not a task), and a request for a fresh lease."""
         with self.lock:
-            held = [[e["tid"], e["attempt"]] for e, _ in self.backlog
-                    if e.get("dseq") not in self.revoked]
-            if self.current is not None:
-                held.insert(0, list(self.current))
             report = to_controller(Heartbeat(
-                held=held, unacked=[list(k) for k in self.outbox.unacked],
+                held=self._held(), unacked=[list(k) for k in self.outbox.unacked],
                 current=list(self.current) if self.current else None, mseq=self._mseq_seen,
                 missing=sorted(self._missing), t=now, gen=self._generation), self.session)
         self._send(self.sockets.ctl, report)
@@ -404,9 +409,8 @@ class EngineControl:
                 if held is not None:
                     resend.append(held)
             # Told to retire (it gets no new task): stop, if it holds nothing, results too.
-            retire = m.retire and self.current is None and not (
-                self.finishing or self.outbox.unacked or self.outbox.unsent
-                or any(e.get("dseq") not in self.revoked for e, _ in self.backlog))
+            retire = m.retire and not (self.finishing or self._held() or self.outbox.unacked
+                                       or self.outbox.unsent)
         if retire:
             self._send(self.sockets.ctl, to_controller(Retired(), self.session))
             self.stopping.set()
