@@ -122,3 +122,26 @@ def test_cluster_start_adapt_grows_and_shrinks(tmp_path):
     finally:
         stopped = run("cluster", "stop")
     assert stopped.returncode == 0, stopped.stderr
+
+
+def test_a_retiring_engine_killed_mid_task_is_a_death_and_its_task_is_retried(tmp_path):
+    """kill -9 while retiring: nothing is excused as a retirement; the task's retry runs
+    on the other engine."""
+    import signal
+
+    started, release = str(tmp_path / "started"), str(tmp_path / "release")
+    with Cluster(2, heartbeat=0.5) as c, c.client() as tc:
+        fut = tc.options(retries=1).submit(block_until, release, started)
+        poll(lambda: os.path.exists(started), 60, "the task to start")
+        eid = tc.task_info(fut.taskid)["engineid"]
+        assert tc.retire_engines([eid]) == [eid]
+        os.remove(started)
+        os.kill(c.engine_pids[eid], signal.SIGKILL)
+        poll(lambda: os.path.exists(started), 60, "the retry to start")
+        open(release, "w").close()
+        assert fut.result(timeout=60) == "released"
+        info = tc.task_info(fut.taskid)
+        assert info["attempts"] == 2 and info["engineid"] != eid
+        stats = tc.statistics()
+        assert (stats["engines_died"], stats["engines_retired"]) == (1, 0)
+        assert {e["engineid"]: e["state"] for e in stats["engines"]}[eid] == "dead"
