@@ -424,7 +424,10 @@ class SQLiteStore(IdLeases):
             if self._next_eid != self._written_eid:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('next_eid', ?)",
                            (self._next_eid,))
-            if self._next != self._written_next:
+            # The counter goes to `meta` unless the highest row says it (a restart takes the
+            # larger): an ordinary submit's last row is its last id (a page less per commit).
+            if self._next < self._written_next or (
+                    self._next > self._written_next and self._next - 1 not in self._ins):
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('next_tid', ?)", (self._next,))
             now = time.monotonic()
             if everything or now - self._low_written >= LOW_TID_EVERY:
