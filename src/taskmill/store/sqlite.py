@@ -325,9 +325,11 @@ class SQLiteStore(IdLeases):
         self.cache.remember(tid, r)
         return r
 
+    def unsaved(self, tid: int) -> bool:  # (finished, its row not yet committed)
+        return tid in self._unsaved
+
     def result_meta(self, tid: int) -> dict[str, Any] | None:
-        """A finished result's metadata, without reading its frames (a large one's are not
-        cached, and reading them costs their size)."""
+        """A result's metadata, not its frames (reading a large one's costs their size)."""
         hit = self.cache.get(tid) or self._unsaved.get(tid)
         if hit is not None:
             return hit.meta
@@ -443,12 +445,8 @@ class SQLiteStore(IdLeases):
             self._low_written = now
         self._written_eid = self._next_eid
         self._written_next = self._next
-        self._ins.clear()
-        self._run.clear()
-        self._fin.clear()
-        self._subs.clear()
-        self._eng.clear()
-        self._unsaved.clear()
+        for queued in (self._ins, self._run, self._fin, self._subs, self._eng, self._unsaved):
+            queued.clear()
         self._dirty = False
         self.files.unlink_dropped()
 
