@@ -1,5 +1,5 @@
-"""Transport choices that need no process: ipc:// URLs and their limits, who gets TCP, and the
-controller's bound on the frames of one message."""
+"""Transport choices that need no process: ipc:// URLs and their limits, who gets TCP, the
+controller's bound on the frames of one message, and which links carry which heartbeats."""
 
 from __future__ import annotations
 
@@ -9,16 +9,18 @@ import os
 import pytest
 import zmq
 
-from taskmill import Cluster
+from taskmill import Cluster, defaults
 from taskmill.connection import (
     ipc_path_limit,
     ipc_urls,
     new_connection_info,
     write_connection_file,
 )
+from taskmill.controller.sockets import ControllerSockets
+from taskmill.engine.sockets import EngineSockets
 from taskmill.launchers import LaunchContext, LauncherError, MPILauncher, SSHLauncher
 from taskmill.launchers.base import require_tcp
-from taskmill.wire import Refused, Wire, recv_message
+from taskmill.wire import TRANSPORT_HEARTBEAT_MS, Refused, Wire, recv_message
 
 
 def test_ipc_urls_bind_where_they_connect(tmp_path):
@@ -105,3 +107,40 @@ def test_recv_message_keeps_no_frame_past_the_limit():
         assert msg[0] == b"id" and len(msg) == 12
     finally:
         ctx.destroy(linger=0)
+
+
+def _transport(sock: zmq.Socket) -> dict[str, int]:
+    return {name: sock.getsockopt(getattr(zmq, name)) for name in (
+        "HEARTBEAT_IVL", "TCP_KEEPALIVE", "TCP_KEEPALIVE_IDLE", "TCP_KEEPALIVE_INTVL",
+        "TCP_KEEPALIVE_CNT", "TCP_MAXRT")}
+
+
+def test_engine_links_carry_tcp_keepalive_not_zmtp_heartbeats_and_client_links_keep_theirs():
+    """ZMTP heartbeats on the engine links cost ZeroMQ's I/O thread ~20% of a core at 1,000
+    engines (benchmarks/many_engines.md): the controller's engine socket and an engine's four
+    sockets have none, and the kernel's TCP keepalive (and user timeout) reaps a connection to
+    a vanished host instead. The client socket keeps ZeroMQ's heartbeats."""
+    info = new_connection_info()
+    engine_link = {"HEARTBEAT_IVL": 0, "TCP_KEEPALIVE": 1,
+                   "TCP_KEEPALIVE_IDLE": defaults.ENGINE_LINK_KEEPALIVE_IDLE,
+                   "TCP_KEEPALIVE_INTVL": defaults.ENGINE_LINK_KEEPALIVE_INTERVAL,
+                   "TCP_KEEPALIVE_CNT": defaults.ENGINE_LINK_KEEPALIVE_PROBES,
+                   "TCP_MAXRT": defaults.ENGINE_LINK_USER_TIMEOUT_MS}
+    ctl = ControllerSockets(info)
+    try:
+        assert _transport(ctl.engine) == engine_link
+        assert ctl.client.getsockopt(zmq.HEARTBEAT_IVL) == TRANSPORT_HEARTBEAT_MS > 0
+        engine = EngineSockets(info, "0123abcd")
+        try:
+            for sock in (engine.task, engine.ctl, engine.res, engine.heart):
+                assert _transport(sock) == engine_link
+            poller = zmq.Poller()
+            poller.register(engine.task, zmq.POLLIN)
+            poller.register(engine.ctl, zmq.POLLIN)
+            engine.reconnect(poller)  # (sockets opened anew: the same settings)
+            for sock in (engine.task, engine.ctl, engine.result_socket()):
+                assert _transport(sock) == engine_link
+        finally:
+            engine.ctx.destroy(linger=0)
+    finally:
+        ctl.close()

@@ -26,6 +26,23 @@ DEAD_AFTER_MIN = 0.5
 #: retired (stopped on purpose once it held nothing); the others (idle, busy, retiring) live
 ENGINE_GONE_STATES = frozenset({"dead", "retired"})
 
+#: the engine links (the controller's engine-facing socket, an engine's four sockets) carry no
+#: ZeroMQ (ZMTP) heartbeats: at 1,000 engines those cost ~20% of a core in ZeroMQ's I/O thread,
+#: and our own heartbeats already find a dead engine (the controller) or a deaf controller (an
+#: engine's ChannelWatch). The kernel's TCP keepalive reaps a connection to a vanished host at no
+#: userspace cost instead: probes after this many idle seconds ...
+ENGINE_LINK_KEEPALIVE_IDLE = 10
+#: ... every this many seconds ...
+ENGINE_LINK_KEEPALIVE_INTERVAL = 5
+#: ... and the connection is closed after this many unanswered
+ENGINE_LINK_KEEPALIVE_PROBES = 3
+#: milliseconds data sent on an engine link may stay unacknowledged before the kernel closes it
+#: (TCP_USER_TIMEOUT, ZeroMQ's TCP_MAXRT): keepalive probes only an idle connection, and one
+#: whose peer vanished while something was on its way (a ping, a heartbeat) is not idle
+ENGINE_LINK_USER_TIMEOUT_MS = 1000 * (ENGINE_LINK_KEEPALIVE_IDLE
+                                      + ENGINE_LINK_KEEPALIVE_INTERVAL
+                                      * ENGINE_LINK_KEEPALIVE_PROBES)
+
 #: bytes one message may hold; larger ones are refused (`--max-message-size`)
 MAX_MESSAGE_SIZE = 512 * 1024 * 1024
 

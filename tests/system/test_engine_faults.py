@@ -97,7 +97,8 @@ def test_a_lost_tasks_message_costs_a_heartbeat_not_the_task(tmp_path):
 
 
 # The network forgets an engine's connections and tells only the engine (a reset on its side;
-# the controller's side stays open and silent until ZeroMQ's heartbeats end it). ZeroMQ
+# the controller's side stays open and silent: the engine links carry no ZeroMQ heartbeats, and
+# the kernel's TCP keepalive never ends it here, as the proxy's kernel answers it). ZeroMQ
 # reconnects at once with the same routing ids, while the controller still holds the old
 # connections, and its ROUTER ignores such a connection for good (a peer may not take over
 # another's routing id): before engine/channels.py, that engine's heartbeats, tasks and

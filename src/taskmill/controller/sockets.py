@@ -12,6 +12,7 @@ only what binding needs. A `Controller` built without them binds its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import zmq
@@ -19,7 +20,7 @@ import zmq
 from ..connection import ConnectionInfo
 from ..curve import CurveServer
 from ..curve import enabled as curve_enabled
-from ..wire import DEFAULT_MAX_MESSAGE, apply_transport_heartbeat
+from ..wire import DEFAULT_MAX_MESSAGE, apply_engine_link, apply_transport_heartbeat
 
 
 class ControllerSockets:
@@ -44,13 +45,13 @@ class ControllerSockets:
                     raise ValueError("a Curve controller needs its connection file (for its "
                                      "keys)")
                 self.curve = CurveServer(self.ctx, Path(connection_file))
-            self.client = self._router(info.client_bind_url)
-            self.engine = self._router(info.engine_bind_url)
+            self.client = self._router(info.client_bind_url, apply_transport_heartbeat)
+            self.engine = self._router(info.engine_bind_url, apply_engine_link)
         except BaseException:
             self.close()
             raise
 
-    def _router(self, url: str) -> zmq.Socket:
+    def _router(self, url: str, transport: Callable[[zmq.Socket], None]) -> zmq.Socket:
         s = self.ctx.socket(zmq.ROUTER)
         try:
             s.setsockopt(zmq.LINGER, 0)
@@ -58,10 +59,13 @@ class ControllerSockets:
             s.setsockopt(zmq.RCVHWM, 0)
             # No ROUTER_HANDOVER: a peer that connects with the routing id of one that is
             # connected (ids travel in clear over TCP) is refused, never given its messages. A
-            # vanished peer's connection ends within wire.TRANSPORT_TIMEOUT_MS (ZeroMQ's
-            # heartbeats), which frees its id for its own reconnection.
+            # vanished client's connection ends within wire.TRANSPORT_TIMEOUT_MS (ZeroMQ's
+            # heartbeats), which frees its id for its own reconnection. The engine socket has
+            # no ZeroMQ heartbeats (thousands of connections): an engine that finds itself
+            # unheard connects again with new ids (engine/channels.py), and the kernel's TCP
+            # keepalive closes a vanished engine's connection (wire.apply_engine_link).
             s.setsockopt(zmq.MAXMSGSIZE, self.max_message)
-            apply_transport_heartbeat(s)
+            transport(s)
             if self.curve is not None:
                 self.curve.apply(s)
             s.bind(url)

@@ -24,7 +24,7 @@ import zmq
 
 from ..connection import ConnectionInfo
 from ..curve import apply_client as apply_curve
-from ..wire import DEFAULT_MAX_MESSAGE, Wire, apply_transport_heartbeat, send_message
+from ..wire import DEFAULT_MAX_MESSAGE, Wire, apply_engine_link, send_message
 
 log = logging.getLogger("taskmill.engine")
 
@@ -70,7 +70,7 @@ class EngineSockets:
         s.setsockopt(zmq.RECONNECT_IVL, 10)
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         s.setsockopt(zmq.MAXMSGSIZE, DEFAULT_MAX_MESSAGE)
-        apply_transport_heartbeat(s)
+        apply_engine_link(s)  # (no ZMTP heartbeats: channels.py and TCP keepalive)
         apply_curve(s, self.info)
         s.connect(self.info.engine_url)
         return s

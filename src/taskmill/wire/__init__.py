@@ -26,7 +26,8 @@ This package holds no sockets; `recv_message` reads one message from a socket it
 
 What lives where:
 - framing.py: `Wire` (encode, decode, payload MACs, replay table), `Refused`, `frame_len`,
-  `recv_message`/`send_message`, ZeroMQ's transport heartbeat settings;
+  `recv_message`/`send_message`, the transport settings of client links (ZeroMQ's heartbeats)
+  and of engine links (TCP keepalive);
 - signing.py: HMAC-SHA256 with the key's pads hashed once; large frames' chunk digests;
 - pickles.py: user payloads (`dumps`, `dumps_arguments`, `loads`, `load_into`), functions defined
   interactively rebuilt over an engine's namespace;
@@ -49,6 +50,7 @@ from .framing import (
     Frame,
     Refused,
     Wire,
+    apply_engine_link,
     apply_transport_heartbeat,
     frame_buffer,
     frame_len,
@@ -70,7 +72,8 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE", "FUNCTION_CACHE_MAX_BYTES", "FUNCTION_CACHE_SIZE", "MAX_FRAMES",
     "MAX_SENDERS", "PLAIN_TYPES", "PROTOCOL", "SIGNATURE_BYTES", "PARALLEL_MIN", "PayloadMac",
     "TRANSPORT_HEARTBEAT_MS", "TRANSPORT_TIMEOUT_MS", "Frame", "FunctionLoads",
-    "FunctionPickles", "HmacSha256", "Refused", "Wire", "apply_transport_heartbeat",
+    "FunctionPickles", "HmacSha256", "Refused", "Wire", "apply_engine_link",
+    "apply_transport_heartbeat",
     "dumps", "dumps_arguments", "frame_buffer", "frame_len", "function_state",
     "is_local_module", "load_into", "loads", "recv_message", "send_message", "ship_local_modules",
     "ship_module",

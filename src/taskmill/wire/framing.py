@@ -20,7 +20,13 @@ from typing import Any
 import msgpack
 import zmq
 
-from ..defaults import MAX_MESSAGE_SIZE
+from ..defaults import (
+    ENGINE_LINK_KEEPALIVE_IDLE,
+    ENGINE_LINK_KEEPALIVE_INTERVAL,
+    ENGINE_LINK_KEEPALIVE_PROBES,
+    ENGINE_LINK_USER_TIMEOUT_MS,
+    MAX_MESSAGE_SIZE,
+)
 from .signing import HmacSha256, PayloadMac
 
 PROTOCOL = b"TM2"
@@ -159,10 +165,11 @@ _SNDMORE = int(zmq.SNDMORE)
 _COPY_BELOW = 64 * 1024  # frames smaller than this are copied into ZeroMQ (cheaper); larger not
 
 
-# ZeroMQ's own heartbeats on every connection: a connection whose peer vanished (a machine
-# that went away, a network cut) is closed within TRANSPORT_TIMEOUT, so its routing identity is
-# free again for the peer's next connection (ROUTERs refuse a second connection with an
-# identity in use: see the controller).
+# ZeroMQ's own heartbeats, on the client links only (the controller's client-facing socket): a
+# connection whose peer vanished (a machine that went away, a network cut) is closed within
+# TRANSPORT_TIMEOUT, so its routing identity is free again for the peer's next connection
+# (ROUTERs refuse a second connection with an identity in use: see the controller). Clients are
+# few; engines may be thousands, and their links use `apply_engine_link` instead.
 TRANSPORT_HEARTBEAT_MS = 1000
 TRANSPORT_TIMEOUT_MS = 5000
 
@@ -172,6 +179,21 @@ def apply_transport_heartbeat(sock: Any) -> None:
     sock.setsockopt(zmq.HEARTBEAT_IVL, TRANSPORT_HEARTBEAT_MS)
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, TRANSPORT_TIMEOUT_MS)
     sock.setsockopt(zmq.HEARTBEAT_TTL, TRANSPORT_TIMEOUT_MS)
+
+
+def apply_engine_link(sock: Any) -> None:
+    """An engine link (the controller's engine-facing socket, an engine's sockets): no ZMTP
+    heartbeats, which would cost ZeroMQ's I/O thread a PING and a PONG per connection and
+    interval (4 connections per engine); the kernel's TCP keepalive and user timeout close a
+    connection to a vanished host instead (defaults.ENGINE_LINK_*; no effect on ipc://). Our own
+    heartbeats find the rest: a silent engine is declared dead by the controller, and an engine
+    whose controller stops answering opens new connections (engine/channels.py)."""
+    sock.setsockopt(zmq.HEARTBEAT_IVL, 0)
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, ENGINE_LINK_KEEPALIVE_IDLE)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, ENGINE_LINK_KEEPALIVE_INTERVAL)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, ENGINE_LINK_KEEPALIVE_PROBES)
+    sock.setsockopt(zmq.TCP_MAXRT, ENGINE_LINK_USER_TIMEOUT_MS)
 
 
 def recv_message(sock: Any, flags: int = 0, *, routed: bool = False,
