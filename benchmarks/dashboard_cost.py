@@ -7,13 +7,15 @@ one process speaking the engine protocol for all of them). What one poll of the 
 
 - its loop answers `statistics()` and `activity()`: timed from an ordinary client, back to back
   (time per call, and the controller's CPU per call above its idle rate, from /proc);
-- its dashboard thread makes those two calls through its client (send, receive, decode) and
-  writes the JSON: the same code (`ControllerFeed`) run here, its CPU from this process's clock.
+- its dashboard makes those two calls through its client (send, receive, decode: the feed
+  thread, every SNAPSHOT_TTL while a page looks) and writes the JSON (per poll): the same code
+  (`ControllerFeed.snapshot`) run here, its CPU from this process's clock.
 
 Each with the engine list in either form: one object per engine (`rows`, the default) or as
 columns (`columns`, what the page asks for). Also the real thing, in alternating windows: the
 controller's CPU share while nobody looks and while one page polls (at 1,000 engines the
-difference is lost in the heartbeats' noise), the time a poll takes to answer and its bytes.
+difference is lost in the heartbeats' noise), the time a poll takes to answer, its bytes, and
+the age of the snapshot it gets (a poll is answered from the one the feed thread fetched last).
 
     python benchmarks/dashboard_cost.py                          # 1,000 engines
     python benchmarks/dashboard_cost.py --engines 100,1000 --write
@@ -130,7 +132,7 @@ def measure(n: int, rounds: int, window: float, calls: int, heartbeat: float) ->
                 base, token = link.split("?token=")
                 seq = 0
                 seen: dict[str, dict[str, list[float]]] = {
-                    f: {"times": [], "sizes": [], "engine_bytes": []} for f in FORMS}
+                    f: {"times": [], "sizes": [], "engine_bytes": [], "ages": []} for f in FORMS}
 
                 def poller(form: str) -> Any:
                     def poll() -> None:
@@ -142,6 +144,7 @@ def measure(n: int, rounds: int, window: float, calls: int, heartbeat: float) ->
                         seq = snap["seq"]
                         seen[form]["sizes"].append(len(body))
                         seen[form]["engine_bytes"].append(len(json.dumps(snap["stats"]["engines"])))
+                        seen[form]["ages"].append(snap.get("age", 0.0))
                     return poll
 
                 time.sleep(2.0)  # (let registration's own traffic settle)
@@ -176,7 +179,9 @@ def measure(n: int, rounds: int, window: float, calls: int, heartbeat: float) ->
                          "feed_cpu": feed_cpu[f],
                          "poll_median": st.median(seen[f]["times"]),
                          "poll_max": max(seen[f]["times"]), "bytes": st.median(seen[f]["sizes"]),
-                         "engine_bytes": st.median(seen[f]["engine_bytes"])} for f in FORMS}
+                         "engine_bytes": st.median(seen[f]["engine_bytes"]),
+                         "age_median": st.median(seen[f]["ages"]),
+                         "age_max": max(seen[f]["ages"])} for f in FORMS}
             return {"engines": n, "states": dict(states), "idle_share": idle_share,
                     "forms": forms, "calls": call_rows}
         finally:
@@ -221,7 +226,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{m['bytes'] / 1000:.0f} ({m['engine_bytes'] / 1000:.0f}) |")
         if r["states"].get("idle") != r["engines"]:
             out.append(f"|  | (engine states at the end: {r['states']}) | | | | |")
-    out += ["", "The two calls each poll makes, from an ordinary client, back to back:", "",
+    ages = "; ".join(f"{r['engines']:,} engines, {f}: {1000 * r['forms'][f]['age_median']:.0f}"
+                     f" / {1000 * r['forms'][f]['age_max']:.0f}" for r in rows for f in FORMS)
+    out += ["", "A poll is answered from the snapshot the dashboard's feed thread fetched last; "
+            f"its age, median / max (ms): {ages}."]
+    out += ["", "The two calls each refresh of the feed makes, from an ordinary client, back to back:", "",
             "| engines | statistics(): answered in (ms) / controller CPU (ms) | "
             "activity(): answered in (ms) / controller CPU (ms) |", "|--:|--:|--:|"]
     for r in rows:

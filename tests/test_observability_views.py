@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -217,6 +219,115 @@ def test_the_feed_starts_afresh_when_the_controller_restarted():
     clock.now = 1.0
     snap = feed.snapshot()
     assert [a["tid"] for a in snap["attempts"]] == [10] and snap["started"] == 2.0
+
+
+class HangingClient(FakeClient):
+    """A FakeClient whose statistics() waits (bounded) while `hang` is set, as a stopped
+    controller would; `waiting` is set while it does. `fail` makes it raise instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hang = threading.Event()
+        self.waiting = threading.Event()
+        self.fail: Exception | None = None
+
+    def statistics(self) -> dict:
+        if self.fail is not None:
+            raise self.fail
+        if self.hang.is_set():
+            self.waiting.set()
+            deadline = time.monotonic() + 30
+            while self.hang.is_set() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            self.waiting.clear()
+        return super().statistics()
+
+
+def poll_until(condition, what: str, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+    return value
+
+
+def test_a_poll_gets_the_latest_snapshot_at_once_while_the_controller_does_not_answer():
+    fake = HangingClient()
+    feed = ControllerFeed(lambda: fake, ttl=0.01)
+    try:
+        first = feed.latest()  # (the first waits for the feed thread's first fetch)
+        assert first["stats"] == {"queue": {}} and first["error"] is None and first["age"] >= 0
+        fake.add_attempt(7)
+        poll_until(lambda: feed.latest()["attempts"], "the feed thread to fetch again")
+        fake.hang.set()
+        poll_until(fake.waiting.is_set, "a fetch that hangs")
+        # The feed thread is stuck in its call to the controller; polls are answered anyway,
+        # from the snapshot it fetched last, whose age keeps growing.
+        ages = [feed.latest(since=0)["age"] for _ in range(3)]
+        assert fake.waiting.is_set()
+        assert ages == sorted(ages)
+        assert [a["tid"] for a in feed.latest()["attempts"]] == [7]
+        fake.hang.clear()
+        fake.add_attempt(8)
+        snap = poll_until(lambda: [s for s in [feed.latest(since=1)] if s["attempts"]],
+                          "a fresh snapshot")[0]
+        assert [a["tid"] for a in snap["attempts"]] == [8]
+    finally:
+        feed.close()
+
+
+def test_the_first_poll_waits_for_a_snapshot_with_a_bound():
+    fake = HangingClient()
+    fake.hang.set()
+    feed = ControllerFeed(lambda: fake, ttl=0.01, first_wait=0.05)
+    try:
+        with pytest.raises(TimeoutError, match="no answer to the dashboard within 0.05 s"):
+            feed.latest()
+    finally:
+        fake.hang.clear()
+        feed.close()
+    fake = HangingClient()
+    fake.fail = TimeoutError("the controller is not answering")
+    feed = ControllerFeed(lambda: fake, ttl=0.01, first_wait=30.0)
+    try:
+        with pytest.raises(TimeoutError, match="TimeoutError: the controller is not answering"):
+            feed.latest()  # (a failed fetch ends the wait at once, with its reason)
+    finally:
+        feed.close()
+
+
+def test_a_failed_fetch_leaves_the_snapshot_held_and_says_why():
+    fake = HangingClient()
+    feed = ControllerFeed(lambda: fake, ttl=0.01)
+    try:
+        assert feed.latest()["error"] is None
+        fake.fail = ConnectionError("gone")
+        snap = poll_until(lambda: [s for s in [feed.latest()] if s["error"]], "a failed fetch")[0]
+        assert snap["error"] == "ConnectionError: gone" and snap["stats"] == {"queue": {}}
+        fake.fail = None
+        poll_until(lambda: feed.latest()["error"] is None, "a good fetch again")
+    finally:
+        feed.close()
+
+
+def test_the_feed_thread_pauses_and_the_client_closes_when_nobody_polls():
+    clients: list[FakeClient] = []
+    clock = Clock()
+    feed = ControllerFeed(lambda: clients.append(FakeClient()) or clients[-1], ttl=0.01,
+                          idle_close=10.0, clock=clock)
+    try:
+        feed.latest()
+        poll_until(lambda: len(clients[0].calls) >= 4, "the feed thread's fetches")
+        clock.now = 10.0  # nobody has polled for idle_close: the thread pauses
+        feed.close_if_idle()
+        assert not feed.connected and clients[0].closed
+        calls = len(clients[0].calls)
+        feed.seconds_until_idle()
+        assert len(clients) == 1 and len(clients[0].calls) == calls
+        snap = feed.latest()  # someone looks again: a new client, a fresh snapshot
+        assert len(clients) == 2 and snap["age"] == 0.0
+    finally:
+        feed.close()
 
 
 def test_task_view_cuts_long_texts_and_unknown_tasks_are_not_found():

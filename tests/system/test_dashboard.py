@@ -15,7 +15,15 @@ import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from systest import TASKMILL, ControllerProcess, fail_loudly, make_blocker, poll, wait_until
+from systest import (
+    TASKMILL,
+    ControllerProcess,
+    controller_process,
+    fail_loudly,
+    make_blocker,
+    poll,
+    wait_until,
+)
 
 from taskmill import AsyncTaskClient, Cluster, MapTask, TaskClient
 from taskmill.connection import read_connection_file
@@ -365,3 +373,41 @@ def test_an_open_dashboard_off_loopback_is_refused_at_start(tmp_path):
     assert out.returncode != 0
     assert "--dashboard-open" in out.stderr and "loopback" in out.stderr
     assert not os.path.exists(tmp_path / "c.json")
+
+
+@pytest.mark.timeout(120)
+def test_a_poll_is_answered_from_the_latest_snapshot_while_the_controller_is_stopped(tmp_path):
+    """The page's poll never waits on the controller: while it is stopped (SIGSTOP) the
+    dashboard answers at once with the snapshot it fetched last and its age, which grows;
+    fresh figures come again once the controller runs. (The dashboard here is one started in
+    this process on the controller's connection file: the controller's own stops with it.)"""
+    from taskmill.connection import write_connection_file
+    from taskmill.dashboard import SNAPSHOT_TTL, start_dashboard
+
+    with controller_process(tmp_path) as ctl:
+        ctl.ready()
+        info = read_connection_file(ctl.conn)
+        dash = start_dashboard(write_connection_file(tmp_path / "dash" / "conn.json", info),
+                               info, open_access=True)
+        assert dash is not None
+        url = dash.url + "api/snapshot?engines=columns"
+
+        def snapshot() -> dict:
+            status, _, body = get(url)
+            assert status == 200, body  # (before: 503 once the controller's call timed out)
+            return json.loads(body)
+
+        try:
+            first = snapshot()
+            assert first["error"] is None and first["stats"]["queue"]["scheduled"] == 0
+            os.kill(ctl.proc.pid, signal.SIGSTOP)
+            try:
+                stale = poll(lambda: [s for s in [snapshot()] if s["age"] > 8 * SNAPSHOT_TTL],
+                             60, "the snapshot to grow old")[0]
+                assert stale["started"] == first["started"] and "engines" in stale["stats"]
+            finally:
+                os.kill(ctl.proc.pid, signal.SIGCONT)
+            poll(lambda: [s for s in [snapshot()] if s["age"] < 2 * SNAPSHOT_TTL
+                          and s["error"] is None], 60, "a fresh snapshot")
+        finally:
+            dash.stop()

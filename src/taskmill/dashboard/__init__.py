@@ -2,14 +2,19 @@
 
 How a page gets its figures:
 
-    browser --GET /api/snapshot?since=N--> [HTTP server thread] --> ControllerFeed
-    ControllerFeed --stats, activity{since}--> controller   (a TaskClient on the connection file)
+    browser --GET /api/snapshot?since=N--> [HTTP server thread] --> ControllerFeed.latest
+            <-- the latest snapshot, at once, with its `age` (seconds)
+    [feed thread] --stats, activity{since}, every SNAPSHOT_TTL s--> controller
+                                               (a TaskClient on the connection file)
 
 The dashboard talks to its controller as an ordinary client, so it shares no state with the
-controller loop and cannot stall it: the controller answers it between other requests. It polls
-only while someone is looking: its client connects at the first request, fetches at most once
-every SNAPSHOT_TTL seconds however many pages ask, and is closed IDLE_CLOSE seconds after the last
-request. An idle dashboard sends the controller nothing and wakes up for nothing.
+controller loop and cannot stall it: the controller answers it between other requests; nor can
+the controller stall a page, whose poll gets what the feed thread fetched last (a busy or
+stopped controller makes the figures old, and the page says how old, never the poll slow). It
+polls only while someone is looking: its client connects at the first request, the feed
+thread fetches every SNAPSHOT_TTL seconds however many pages ask, and both stop IDLE_CLOSE
+seconds after the last request. An idle dashboard sends the controller nothing and wakes up for
+nothing.
 
 Paths: `/` (static/dashboard.html with its .js and .css: package data, no CDN, no build step),
 `/api/snapshot?since=N` (`&engines=columns`: the engine list as columns, as the page asks),
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 from .feed import (
     ENGINE_FORMS,
+    FIRST_SNAPSHOT_WAIT,
     IDLE_CLOSE,
     OUTPUT_CHARS,
     SNAPSHOT_TTL,
@@ -62,7 +68,7 @@ from .server import (
 )
 
 __all__ = [
-    "CONNECT_TIMEOUT", "ENGINE_FORMS", "IDLE_CLOSE", "OUTPUT_CHARS", "SECURITY_HEADERS", "SNAPSHOT_TTL",
+    "CONNECT_TIMEOUT", "ENGINE_FORMS", "FIRST_SNAPSHOT_WAIT", "IDLE_CLOSE", "OUTPUT_CHARS", "SECURITY_HEADERS", "SNAPSHOT_TTL",
     "STATIC_FILES", "TOKEN_CONTEXT", "BadQuery", "ControllerFeed", "Dashboard",
     "DashboardHTTPServer", "DashboardHandler", "NotFound", "dashboard_link", "dashboard_token",
     "engine_columns", "forget_dashboard", "parse_engines", "parse_since", "parse_taskid",

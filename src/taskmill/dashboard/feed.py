@@ -1,14 +1,24 @@
-"""What the dashboard's pages get: its controller's figures, fetched on demand, and the views.
+"""What the dashboard's pages get: its controller's figures, kept fresh in the background, and
+the views.
 
-    HTTP handler (server.py) --> ControllerFeed.snapshot/statistics/task --> a TaskClient
+    feed thread --every SNAPSHOT_TTL while pages ask--> a TaskClient --> statistics, activity
+                --> the latest snapshot (held here)
+    HTTP handler (server.py) --> ControllerFeed.latest --> that snapshot at once, with its age
+                             --> ControllerFeed.statistics/task --> the client (on demand)
                              <-- dicts, made JSON by `to_json`, a task cut by `task_view`
 
-`ControllerFeed` holds the one client the dashboard talks to its controller through: it
-connects at the first request, fetches statistics and activity at most once every
-SNAPSHOT_TTL seconds however many pages ask, keeps the recent attempts (numbered, so that a
-page asks only for those above `since`), and closes IDLE_CLOSE seconds after the last request.
-`parse_taskid`/`parse_since` read a request's numbers (BadQuery: 400); `task_view` is what
-/api/task/<taskid> shows (NotFound: 404). Nothing here speaks HTTP.
+`ControllerFeed` holds the one client the dashboard talks to its controller through. A page's
+poll (`latest`) never waits on the controller: it gets the snapshot the feed thread fetched
+last, with its `age` in seconds (at most about SNAPSHOT_TTL while the controller answers; it
+grows while it does not, and `error` then says why), so a busy or stopped controller makes the
+page's figures old, never its update slow. Only the first poll, before any snapshot, waits, for
+at most FIRST_SNAPSHOT_WAIT (then TimeoutError: 503). The feed thread starts at the first poll,
+fetches statistics and activity every SNAPSHOT_TTL seconds while pages ask, keeps the recent
+attempts (numbered, so that a page asks only for those above `since`), and pauses when nobody
+has asked for IDLE_CLOSE seconds, when the client is closed too (and the snapshot forgotten).
+`snapshot` is the same fetch done in the caller's thread (at most once every `ttl`), for
+benchmarks and tests. `parse_taskid`/`parse_since` read a request's numbers (BadQuery: 400);
+`task_view` is what /api/task/<taskid> shows (NotFound: 404). Nothing here speaks HTTP.
 
 The page asks for `engines=columns`: `engine_columns` then sends the engine list as one list of
 column names and a list of values per engine (heartbeat ages to the millisecond): at 1,000 light
@@ -19,6 +29,7 @@ the statistics themselves, and the default answer, keep their fields.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import threading
 import time
@@ -28,7 +39,10 @@ from typing import Any
 
 from ..stats import ATTEMPT_RING
 
-SNAPSHOT_TTL = 0.5  # seconds a snapshot of the controller serves every page that asks
+log = logging.getLogger("taskmill.dashboard")
+
+SNAPSHOT_TTL = 0.5  # seconds between the feed thread's fetches (a snapshot's age, at most)
+FIRST_SNAPSHOT_WAIT = 10.0  # seconds the first poll waits for the first snapshot at most
 IDLE_CLOSE = 15.0  # seconds after the last request until the dashboard's client disconnects
 OUTPUT_CHARS = 100_000  # a task's stdout/stderr/traceback is cut to this many characters
 ENGINE_FORMS = ("rows", "columns")  # ?engines=: one object per engine, or columns (the page's)
@@ -43,28 +57,35 @@ class NotFound(LookupError):
 
 
 class ControllerFeed:
-    """The dashboard's view of its controller, fetched on demand through one client.
+    """The dashboard's view of its controller, through one client (see the module docstring).
 
     `connect` makes the client (a TaskClient, or a stand-in in tests); `clock` gives monotonic
-    seconds. Thread-safe: every call to the controller happens under one lock.
+    seconds. Thread-safe: every call to the controller happens under one lock; the snapshot
+    held is read and replaced under another, which no call to the controller holds.
     """
 
     def __init__(self, connect: Callable[[], Any], *, ttl: float = SNAPSHOT_TTL,
-                 idle_close: float = IDLE_CLOSE,
+                 idle_close: float = IDLE_CLOSE, first_wait: float = FIRST_SNAPSHOT_WAIT,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._connect = connect
         self.ttl = ttl
         self.idle_close = idle_close
+        self.first_wait = first_wait
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the client: one call at a time
+        self._held = threading.Condition()  # the snapshot below; wakes the feed thread
         self._client: Any = None
         self._last_request = -math.inf
-        self._fetched_at = -math.inf
+        self._fetched_at = -math.inf  # when the snapshot held was fetched (-inf: none held)
         self._stats: dict[str, Any] | None = None
         self._activity: dict[str, Any] = {}
         self._attempts: deque[dict[str, Any]] = deque(maxlen=ATTEMPT_RING)
         self._seq = 0
         self._started: float | None = None
+        self._error: str | None = None  # why the fetches since the snapshot held failed
+        self._failures = 0
+        self._thread: threading.Thread | None = None
+        self._stopped = False
 
     @property
     def connected(self) -> bool:
@@ -77,27 +98,95 @@ class ControllerFeed:
         return self._client
 
     def _refresh(self, client: Any) -> None:
+        """(Under the client lock) Fetch, then replace the snapshot held."""
         stats = client.statistics()
         activity = client.activity(self._seq)
-        if self._started is not None and activity["started"] != self._started:
-            # A new controller on the same connection file: its attempts are numbered anew.
-            self._attempts.clear()
-            self._seq = 0
+        restarted = self._started is not None and activity["started"] != self._started
+        if restarted:  # a new controller on the same connection file: attempts numbered anew
             activity = client.activity(0)
-        self._started = activity["started"]
-        self._attempts.extend(activity.pop("attempts"))
-        self._seq = activity["seq"]
-        self._stats, self._activity = stats, activity
-        self._fetched_at = self._clock()
+        with self._held:
+            if restarted:
+                self._attempts.clear()
+            self._started = activity["started"]
+            self._attempts.extend(activity.pop("attempts"))
+            self._seq = activity["seq"]
+            self._stats, self._activity = stats, activity
+            self._fetched_at = self._clock()
+            self._error = None
+            self._held.notify_all()
+
+    def _view(self, since: int) -> dict[str, Any]:
+        """(Under the snapshot lock) The snapshot held, attempts above `since`, its age."""
+        return {**self._activity, "stats": self._stats,
+                "attempts": [a for a in self._attempts if a["seq"] > since],
+                "age": max(0.0, self._clock() - self._fetched_at), "error": self._error}
 
     def snapshot(self, since: int = 0) -> dict[str, Any]:
-        """Statistics and recent activity, with the attempts numbered above `since`."""
+        """Statistics and recent activity, with the attempts numbered above `since`, fetched
+        in this thread if the snapshot held is `ttl` old."""
         with self._lock:
             client = self._client_now()
             if self._clock() - self._fetched_at >= self.ttl:
                 self._refresh(client)
-            return {**self._activity, "stats": self._stats,
-                    "attempts": [a for a in self._attempts if a["seq"] > since]}
+            with self._held:
+                return self._view(since)
+
+    def latest(self, since: int = 0) -> dict[str, Any]:
+        """The snapshot the feed thread fetched last, at once (`age`: seconds since; `error`:
+        why later fetches failed, or None); the first waits up to `first_wait` for one and then
+        raises TimeoutError naming why. Starts the feed thread, or wakes it."""
+        with self._held:
+            self._last_request = self._clock()
+            if self._thread is None and not self._stopped:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name="taskmill-dashboard-feed")
+                self._thread.start()
+            self._held.notify_all()
+            failures = self._failures
+            deadline = time.monotonic() + self.first_wait
+            while self._fetched_at == -math.inf:
+                if self._failures != failures:
+                    raise TimeoutError(self._error)
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopped:
+                    raise TimeoutError(f"no answer to the dashboard within "
+                                       f"{self.first_wait:g} s")
+                self._held.wait(left)
+            return self._view(since)
+
+    def _wanted(self) -> bool:
+        return not self._stopped and self._clock() - self._last_request < self.idle_close
+
+    def _run(self) -> None:
+        """(The feed thread) Fetch every `ttl` while pages ask; pause while nobody does."""
+        while True:
+            with self._held:
+                while not self._wanted():
+                    if self._stopped:
+                        return
+                    self._held.wait(self.idle_close)  # (woken by the next poll)
+            began = time.monotonic()
+            self._fetch()
+            with self._held:
+                self._held.wait_for(lambda: self._stopped,
+                                    max(0.0, began + self.ttl - time.monotonic()))
+
+    def _fetch(self) -> None:
+        with self._lock:
+            if not self._wanted():
+                return
+            try:
+                if self._client is None:
+                    self._client = self._connect()
+                self._refresh(self._client)
+            except Exception as e:  # noqa: BLE001 - kept for the page, which shows it
+                reason = f"{type(e).__name__}: {e}"
+                with self._held:
+                    if self._error != reason:
+                        log.info("the dashboard's fetch from its controller failed: %s", reason)
+                    self._error = reason
+                    self._failures += 1
+                    self._held.notify_all()
 
     def statistics(self) -> dict[str, Any]:
         """Fresh statistics (for /metrics, which a scraper reads seldom)."""
@@ -120,12 +209,18 @@ class ControllerFeed:
                 self._close()
 
     def close(self) -> None:
+        """Stop the feed thread (for good) and close the client."""
+        with self._held:
+            self._stopped = True
+            self._held.notify_all()
         with self._lock:
             self._close()
 
     def _close(self) -> None:
         client, self._client = self._client, None
-        self._fetched_at = -math.inf
+        with self._held:
+            self._fetched_at = -math.inf  # (a poll after a pause waits for a fresh one)
+            self._error = None
         if client is not None:
             client.close()
 

@@ -5,9 +5,9 @@ logged and left out), writes its address into the connection file and starts the
 `Dashboard` serves until `stop`, closing the feed's client when it is idle. Each request
 (`DashboardHandler`) is checked for the token (`dashboard_token`, as ?token=, cookie or
 bearer; an open dashboard checks the Host header instead), then routed: the static page
-(package data in taskmill/static), /api/snapshot (?since=N, ?engines=columns), /api/task/<taskid>
-and /metrics, whose
-figures come from feed.py's `ControllerFeed`.
+(package data in taskmill/static), /api/snapshot (?since=N, ?engines=columns: the snapshot
+feed.py's thread fetched last, at once, with its `age`), /api/task/<taskid> and /metrics
+(fetched on demand), whose figures come from feed.py's `ControllerFeed`.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ class DashboardHandler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, _static(name), kind)
         elif path == "/api/snapshot":
             since, form = parse_since(query), parse_engines(query)
-            snap = feed.snapshot(since)
+            snap = feed.latest(since)  # (at once: the feed thread keeps it fresh)
             if form == "columns":
                 snap = with_engine_columns(snap)
             snap["now"] = time.time()

@@ -38,6 +38,7 @@ const state = {
   offset: 0,         // controller clock minus this browser's clock, in seconds
   lastOk: 0,         // Date.now() of the latest good snapshot
   error: null,       // why the latest poll failed
+  stale: null,       // why the latest snapshot is old (the server's fetches failed), or null
   selected: null,    // the taskid shown in the detail panel
   window: 60,        // seconds the task stream shows
   bars: [],          // hit boxes of the stream's bars, for clicks and hover
@@ -108,7 +109,10 @@ async function poll() {
     state.started = body.started;
     take(body);
     state.error = null;
-    state.lastOk = Date.now();
+    // The snapshot's own age: the server answers at once with the latest it holds, which
+    // grows old while the controller does not answer (body.error then says why).
+    state.lastOk = Date.now() - 1000 * (body.age || 0);
+    state.stale = body.error || null;
     render();
     recordTiming(t0, t1, performance.now(), body.stats.engines.length);
   } catch (e) {
@@ -178,7 +182,8 @@ function renderLive() {
   } else {
     const age = (Date.now() - state.lastOk) / 1000;
     live.dataset.state = age * 1000 > STALE_MS ? "stale" : "live";
-    text.textContent = age < 2 ? "live" : `updated ${age.toFixed(0)} s ago`;
+    text.textContent = age < 2 ? "live" : `updated ${age.toFixed(0)} s ago` +
+      (state.stale ? ` (${state.stale})` : "");
   }
 }
 
