@@ -330,6 +330,25 @@ def test_the_feed_thread_pauses_and_the_client_closes_when_nobody_polls():
         feed.close()
 
 
+def test_a_poll_counts_toward_idle_before_the_client_is_made():
+    """The server's loop sleeps until seconds_until_idle(): a poll whose client the feed thread
+    has not made yet must not leave it sleeping with no bound (and the client open for good)."""
+    clock = Clock()
+
+    def connect():
+        raise ConnectionError("not yet")
+
+    feed = ControllerFeed(connect, idle_close=10.0, clock=clock)
+    try:
+        with pytest.raises(TimeoutError, match="ConnectionError: not yet"):
+            feed.latest()
+        assert not feed.connected and feed.seconds_until_idle() == 10.0
+        clock.now = 10.0
+        assert feed.seconds_until_idle() is None
+    finally:
+        feed.close()
+
+
 def test_task_view_cuts_long_texts_and_unknown_tasks_are_not_found():
     with pytest.raises(NotFound, match="no task with id 5"):
         task_view({"tid": 5, "state": "unknown"})

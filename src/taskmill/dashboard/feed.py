@@ -198,10 +198,12 @@ class ControllerFeed:
             return self._client_now().task_info(taskid)
 
     def seconds_until_idle(self) -> float | None:
-        """How long until the client should close; None while there is none."""
-        if self._client is None:
+        """How long until the client should close; None while there is none and nobody has
+        asked lately (a poll counts before the feed thread has made the client)."""
+        left = self._last_request + self.idle_close - self._clock()
+        if self._client is None and left <= 0:
             return None
-        return max(0.0, self._last_request + self.idle_close - self._clock())
+        return max(0.0, left)
 
     def close_if_idle(self) -> None:
         with self._lock:
