@@ -270,3 +270,34 @@ def test_a_long_heartbeat_rides_out_a_cut_link(hosts, tmp_path):
         assert again == [(x * x, "a") for x in range(20)]
         assert sorted(e["engineid"] for e in tc.engines()
                       if e["properties"]["host"] == "a" and e["tasks_done"] > 0) == ids_a
+
+
+def connections_from(hosts: Hosts, name: str, port: int) -> list[str]:
+    """The TCP connections to the controller's `port` from host `name`, in any state the
+    kernel still holds (`ss` in ctl's namespace)."""
+    out = subprocess.run(["ip", "netns", "exec", hosts.ns("ctl"), "ss", "-Htn",
+                          f"( sport = :{port} )"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return [line for line in out.stdout.splitlines() if f"{hosts.address[name]}:" in line]
+
+
+@pytest.mark.timeout(180)
+def test_the_kernel_ends_the_controllers_connections_to_a_vanished_host(hosts, tmp_path):
+    """The engine links carry no ZeroMQ heartbeats (at 1,000 engines they cost a fifth of a
+    core): the controller's own heartbeats declare a vanished host's engines dead, and the
+    kernel's TCP keepalive and user timeout (defaults.ENGINE_LINK_*) end its connections to
+    that host, even those with a ping on its way (keepalive alone would leave them to TCP's
+    retransmissions, ~15 minutes), within about ENGINE_LINK_USER_TIMEOUT_MS."""
+    need_programs("ss")
+    conn = start_engines_then_controller(hosts, tmp_path, heartbeat=1)
+    port = int(read_connection_file(conn).engine_url.rsplit(":", 1)[1])
+    with TaskClient(conn, timeout=60) as tc:
+        wait_until(lambda: len(tc.engines()) == 4, "4 engines to register", timeout=60)
+        assert len(connections_from(hosts, "a", port)) == 8  # 2 engines x 4 sockets
+        hosts.cut("a")
+        wait_until(lambda: all(e["state"] == "dead" for e in tc.engines()
+                               if e["properties"]["host"] == "a"),
+                   "the controller to declare a's engines dead", timeout=30)
+        wait_until(lambda: not connections_from(hosts, "a", port),
+                   "the kernel to end the connections to host a", timeout=120)
+        assert all(e["state"] != "dead" for e in tc.engines() if e["properties"]["host"] == "b")
