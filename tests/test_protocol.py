@@ -341,7 +341,7 @@ def test_every_reply_the_controller_builds_reads_back_into_its_record(ctl):
     assert info["state"] == "succeeded" and info["story"]
     assert reads_back("activity", call(ctl, {"type": "activity"})).activity["seq"] >= 1
     (row,) = reads_back("engines", call(ctl, {"type": "engines"})).engines
-    assert row["engineid"] == 0
+    assert (row.engineid, row.state, row.hostname) == (0, "idle", "host")
     reads_back("engine_exited", call(ctl, {"type": "engine_exited", "pid": 1, "status": 0}))
     assert reads_back("retire", call(ctl, {"type": "retire", "engines": [0, 7]})).retiring == [0]
     cleared = reads_back("clear", call(ctl, {"type": "clear", "tids": [tid, put, 10**9]}))
@@ -373,6 +373,7 @@ def test_a_refusal_reads_back_as_one_and_is_raised_as_its_error(ctl):
     ("clear", {"type": "reply", "ok": True, "dropped": 1}, "`missing`"),
     ("stats", {"type": "reply", "ok": True, "stats": {"time": 1.0}}, r"\$\.stats"),
     ("engines", {"type": "reply", "ok": True, "engines": {}}, r"\$\.engines"),
+    ("engines", {"type": "reply", "ok": True, "engines": [{"engineid": 1}]}, "`hostname`"),
     ("spin", {"type": "reply", "ok": False}, "`error`"),  # a refusal without its reason
 ])
 def test_a_reply_that_does_not_fit_its_record_is_refused_naming_the_field(verb, header, field):

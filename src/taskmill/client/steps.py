@@ -154,19 +154,19 @@ def queue_status(verbose: bool) -> Request:
 
 
 def engines() -> Request:
-    return Request(to_request(EnginesQuery()), read=lambda r, _: list(r.engines))
+    return Request(to_request(EnginesQuery()), read=lambda r, _: [e.as_map() for e in r.engines])
 
 
 def live_engine_ids() -> Request:
     """The ids of the engines not dead, sorted."""
     return Request(to_request(EnginesQuery()), read=lambda r, _: sorted(
-        e["engineid"] for e in r.engines if e["state"] not in ENGINE_GONE_STATES))
+        e.engineid for e in r.engines if e.state not in ENGINE_GONE_STATES))
 
 
 def live_engine_count() -> Request:
     return Request(to_request(EnginesQuery()),
                    read=lambda r, _: sum(1 for e in r.engines
-                                         if e["state"] not in ENGINE_GONE_STATES))
+                                         if e.state not in ENGINE_GONE_STATES))
 
 
 def retire_engines(engineids: list[int]) -> Request:

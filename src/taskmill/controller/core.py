@@ -6,7 +6,7 @@ each turn (`flush`), which commits the store and returns the messages to send, i
 to store goes to the store as it is decided (rows wait in memory until `flush` commits them).
 
 Messages are found in explicit verb tables (`client_verbs`, `engine_verbs`); each verb gets
-its header as a typed record (protocol.py: `client_record`, `engine_record`), so a header
+its header as a typed record (taskmill.protocol: `client_record`, `engine_record`), so a header
 whose fields do not fit is refused before any verb runs; each verb answers with its reply
 record (protocol.replies, through the outbox), which the client reads back. The parts:
 - engines.py: the registry, registration, heartbeats, deaths;

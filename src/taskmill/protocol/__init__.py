@@ -50,6 +50,7 @@ from .replies import (
     ClearReply,
     Done,
     EmptyReply,
+    EngineRow,
     EnginesReply,
     HelloReply,
     LeaseReply,
@@ -102,7 +103,7 @@ from .results import ErrorInfo, Outcome, ResultMeta, Statistics
 __all__ = [
     "CLIENT_RECORDS", "ENGINE_RECORDS", "MAX_TIMEOUT", "REPLY_RECORDS", "REQUEST_TYPES",
     "TO_ENGINE_RECORDS", "Abort", "AbortReply", "Activity", "ActivityReply", "Clear",
-    "ClearReply", "Done", "EmptyReply", "EngineExited", "EnginesQuery", "EnginesReply",
+    "ClearReply", "Done", "EmptyReply", "EngineExited", "EngineRow", "EnginesQuery", "EnginesReply",
     "ErrorInfo", "HbAnswer", "Heartbeat", "Hello", "HelloReply", "InterruptTask", "Lease",
     "LeaseReply", "MapExec", "NoFields", "NodeSpec", "NonNeg", "Outcome", "Ping",
     "ProtocolError", "Put", "Refusal", "Register", "Registered", "Release", "Reregister",

@@ -28,7 +28,7 @@ from .results import Outcome, Statistics
 
 __all__ = [
     "REPLY_RECORDS", "AbortReply", "ActivityReply", "ClearReply", "Done", "EmptyReply",
-    "EnginesReply", "HelloReply", "LeaseReply", "Refusal", "ResultsReply", "RetireReply",
+    "EngineRow", "EnginesReply", "HelloReply", "LeaseReply", "Refusal", "ResultsReply", "RetireReply",
     "SpinReply", "StatsReply", "StatusReply", "TaskReply", "TidsReply", "from_done",
     "from_reply", "to_client",
 ]
@@ -116,8 +116,26 @@ class TaskReply(msgspec.Struct, frozen=True):
     task: dict[str, Any]  # views.task_info: state, metadata and story
 
 
+class EngineRow(msgspec.Struct, frozen=True):
+    """One engine of an `engines` reply (controller/views.engine_table; `engines()` gives
+    each as a map: `as_map`)."""
+
+    engineid: NonNeg
+    hostname: str
+    pid: int
+    properties: dict[Any, Any] | None
+    state: str  # idle, busy, retiring, dead, retired
+    tasks_done: NonNeg
+    failures: NonNeg
+    capacity: NonNeg  # tasks it may hold now (running and buffered)
+    idle_since: float | None  # the controller's wall clock; None unless idle
+
+    def as_map(self) -> dict[str, Any]:
+        return msgspec.structs.asdict(self)
+
+
 class EnginesReply(msgspec.Struct, frozen=True):
-    engines: list[dict[str, Any]]  # views.engine_table: one row an engine
+    engines: list[EngineRow]
 
 
 # The reply record of each request verb (a `watch` is answered by Done messages, or refused).
