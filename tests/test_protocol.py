@@ -341,7 +341,7 @@ def test_every_reply_the_controller_builds_reads_back_into_its_record(ctl):
     assert info["state"] == "succeeded" and info["story"]
     assert reads_back("activity", call(ctl, {"type": "activity"})).activity["seq"] >= 1
     (row,) = reads_back("engines", call(ctl, {"type": "engines"})).engines
-    assert (row.engineid, row.state, row.hostname) == (0, "idle", "host")
+    assert (row.engineid, row.hostname) == (0, "host") and row.state in ("idle", "busy")
     reads_back("engine_exited", call(ctl, {"type": "engine_exited", "pid": 1, "status": 0}))
     assert reads_back("retire", call(ctl, {"type": "retire", "engines": [0, 7]})).retiring == [0]
     cleared = reads_back("clear", call(ctl, {"type": "clear", "tids": [tid, put, 10**9]}))
