@@ -95,7 +95,8 @@ class Backend:
         self.runs.end(sent, self.connection.timeout)
 
     def keep_results(self, entries: Sequence[Entry]) -> None:
-        self.kept_results = {meta.tid: (meta, frames) for meta, frames in entries if meta}
+        self.kept_results = {meta.tid: (meta, frames) for meta, frames in entries
+                             if meta is not None}
 
     def forget_results(self, tids: Sequence[int] | None) -> None:
         if tids is None:
