@@ -3,7 +3,11 @@ as pending, what goes back, and that a lease is durable before it is answered.""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from taskmill.controller.leases import HOLDER_SILENCE, Leases
 from taskmill.controller.validation import BadRequest
@@ -88,3 +92,68 @@ def test_a_lease_is_written_before_it_is_answered_and_a_restart_looks_at_it(tmp_
         assert s2.allocate() == 16  # the leased ids are never given out again
     finally:
         s2.close()
+
+
+# -- the counter across a kill -9: no id is given out twice, whatever came before ------------
+_RUN = itertools.count()
+_OPS = st.lists(st.one_of(
+    st.tuples(st.just("submit"), st.integers(1, 3)),  # ids taken and their rows stored
+    st.tuples(st.just("refuse"), st.integers(1, 3)),  # ids taken, no row (a refused submit)
+    st.tuples(st.just("lease"), st.integers(1, 4)),
+    st.tuples(st.just("give_back"), st.integers(0, 4)),  # the last lease ends, some unused
+    st.tuples(st.just("clear"), st.just(0)),
+    st.tuples(st.just("commit"), st.just(0)),
+    st.tuples(st.just("kill"), st.just(0)),  # kill -9 (what is not committed is lost)
+), max_size=25)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=_OPS)
+def test_no_taskid_is_given_out_twice_across_kills(tmp_path, ops):
+    path = str(tmp_path / f"k{next(_RUN)}.db")
+    store = SQLiteStore(path)
+    given: set[int] = set()  # ids answered (after the commit that stored them): never again
+    pending: set[int] = set()  # handed out, their answer waits for the next commit
+    burned: set[int] = set()  # refused, never told to anyone: not again while the store lives
+    leases: list[tuple[int, int]] = []
+    try:
+        for op, n in ops:
+            if op == "lease":
+                start = store.lease(n)
+                tids = list(range(start, start + n))
+                leases.append((start, start + n))
+            elif op in ("submit", "refuse"):
+                tids = [store.allocate() for _ in range(n)]
+            if op in ("submit", "refuse", "lease"):
+                assert not set(tids) & (given | pending | burned), (op, tids)
+            if op == "submit":
+                for t in tids:
+                    _add(store, t)
+                pending.update(tids)
+            elif op == "refuse":
+                burned.update(tids)
+            elif op == "lease":
+                pending.update(tids)  # (a lease is answered after the commit that writes it)
+            elif op == "give_back" and leases:
+                start, end = leases.pop()
+                unused_from = max(start, end - n)
+                store.end_lease(start, unused_from)
+                pending.difference_update(range(unused_from, end))
+                given.difference_update(range(unused_from, end))  # (never used by a task)
+            elif op in ("clear", "commit"):
+                store.clear(None) if op == "clear" else store.commit()
+                given |= pending  # an answer goes out only after its commit
+                pending.clear()
+            elif op == "kill":
+                store.abandon()
+                store = SQLiteStore(path)
+                pending.clear()  # never answered: those ids may be given again
+                burned.clear()
+                leases.clear()
+        store.commit()
+        given |= pending
+        store.abandon()
+        store = SQLiteStore(path)
+        assert store.allocate() > max(given, default=-1)
+    finally:
+        store.close()

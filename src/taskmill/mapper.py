@@ -1,8 +1,10 @@
 """What a map's chunk task runs on the engine: `run_chunk`.
 
     client (taskmill.client.maps) --MapTask(run_chunk, (func, [args, ...]))--> engine
-    engine: run_chunk --> [(True, value) | (False, exception, traceback), ...] per element
-        --> the chunk's result, which the client's maps.chunk_entries takes apart
+    engine: run_chunk --> (values, failures): a value per element (None where it failed) and
+        [(index, exception, traceback), ...] --> the chunk's result, which the client's
+        maps.chunk_entries takes apart (an all-good chunk is one plain list: cheap to pickle,
+        and the client extends its results with it)
 
 It travels by reference (engines import taskmill), so its import path `taskmill.mapper.run_chunk`
 is part of what a client and its engines share: it stays here, apart from the client package,
@@ -28,14 +30,18 @@ def _portable(exc: BaseException, tb: str) -> BaseException:
         return RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), tb)
 
 
-def run_chunk(func: Callable[..., Any], arglists: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """Run on an engine: `func` over each argument tuple, each failure kept with its traceback."""
-    out: list[tuple[Any, ...]] = []
+def run_chunk(func: Callable[..., Any], arglists: list[tuple[Any, ...]],
+              ) -> tuple[list[Any], list[tuple[int, BaseException, str]]]:
+    """Run on an engine: `func` over each argument tuple; each failure kept with its index
+    and traceback (its value is None)."""
+    values: list[Any] = []
+    failures: list[tuple[int, BaseException, str]] = []
     for args in arglists:
         try:
-            out.append((True, func(*args)))
+            values.append(func(*args))
         except Exception as e:  # noqa: BLE001 - every element's failure is reported
             tb = "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next))
             e.__traceback__ = None
-            out.append((False, _portable(e, tb), tb))
-    return out
+            failures.append((len(values), _portable(e, tb), tb))
+            values.append(None)
+    return values, failures

@@ -59,7 +59,10 @@ def test_store_locked_by_another_process_refuses_submits_and_loses_nothing(contr
         status = tc.queue_status()  # the controller keeps answering what needs no write
         assert status["pending"] == 2
         release.touch()  # the running tasks finish while nothing can be written ...
-        assert tc.get_task_result(running) is None  # ... so their results wait
+        poll(lambda: tc.queue_status()["pending"] == 0, what="the two tasks to finish")
+        # ... so their results wait: unfinished to a look, answered at once (it used to wait
+        # for the store, and the client gave up on the controller after 30 s)
+        assert tc.get_task_result(running) is None
     finally:
         locker.execute("ROLLBACK")
         locker.close()

@@ -97,15 +97,28 @@ def element_error(exc: BaseException, tb: str, engineid: Any, taskid: Any) -> Ba
     return exc
 
 
-def chunk_entries(fut: TaskFuture, n: int) -> list[tuple[bool, Any]]:
-    """A finished chunk as (True, value) / (False, exception) per element, decoded here."""
+def chunk_values(fut: TaskFuture, n: int) -> tuple[list[Any], list[tuple[int, BaseException]]]:
+    """A finished chunk's values (None where an element failed) and its failures, each
+    (index in the chunk, exception), decoded here (mapper.run_chunk says the shape)."""
     try:
-        values = fut.result()
+        result = fut.result()
     except Exception as e:  # noqa: BLE001 - the whole chunk failed (engine died, aborted...)
-        return [(False, e)] * n
+        return [None] * n, [(i, e) for i in range(n)]
+    if type(result) is list:  # (a result stored by an older version: a tuple per element)
+        result = ([item[1] if item[0] else None for item in result],
+                  [(i, item[1], item[2]) for i, item in enumerate(result) if not item[0]])
+    values, failed = result
     engineid, taskid = fut.metadata.get("engineid"), fut.taskid
-    return [(True, item[1]) if item[0] else
-            (False, element_error(item[1], item[2], engineid, taskid)) for item in values]
+    return values, [(i, element_error(exc, tb, engineid, taskid)) for i, exc, tb in failed]
+
+
+def chunk_entries(fut: TaskFuture, n: int) -> list[tuple[bool, Any]]:
+    """A finished chunk as (True, value) / (False, exception) per element."""
+    values, failures = chunk_values(fut, n)
+    entries = [(True, v) for v in values]
+    for i, exc in failures:
+        entries[i] = (False, exc)
+    return entries
 
 
 # -- map -------------------------------------------------------------------------------------
@@ -168,13 +181,13 @@ def assemble_map(name: str, futs: Sequence[TaskFuture], chunks: Sequence[list[An
     results: list[Any] = []
     elist: list[MapFailure] = []
     for fut, chunk in zip(futs, chunks, strict=True):
-        engineid = fut.metadata.get("engineid")
-        for ok, value in chunk_entries(fut, len(chunk)):
-            if not ok:
-                elist.append(MapFailure(len(results), engineid, value,
-                                        getattr(value, "remote_traceback", "") or ""))
-                value = None
-            results.append(value)
+        values, failures = chunk_values(fut, len(chunk))
+        if failures:
+            engineid = fut.metadata.get("engineid")
+            elist.extend(MapFailure(len(results) + i, engineid, exc,
+                                    getattr(exc, "remote_traceback", "") or "")
+                         for i, exc in failures)
+        results.extend(values)
     if elist:
         raise CompositeError(f"map of {name} failed for {len(elist)} of {n_items} elements",
                              elist)

@@ -419,7 +419,7 @@ class ControllerCore:
         if m.block:
             self.results.add_waiter(rt, req, "result", m.tids)
         else:
-            self.results.reply_results(rt, req, m.tids)
+            self.results.reply_results(rt, req, m.tids, asked=True)
 
     def watch(self, rt: bytes, req: Any, m: Tids, frames: list[Any]) -> None:
         self.results.add_waiter(rt, req, "watch", m.tids)

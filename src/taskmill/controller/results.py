@@ -140,9 +140,11 @@ class Results:
             self.wake(w, a.tid)
 
     # -- waiters ---------------------------------------------------------------------------
-    def entry(self, tid: int) -> tuple[dict[str, Any] | None, list[Any]]:
-        """A task's result entry and frames (None: still active; `unknown`: never was, or
-        cleared)."""
+    def entry(self, tid: int, stored: bool = False) -> tuple[dict[str, Any] | None, list[Any]]:
+        """A task's result entry and frames (None: still active, or with `stored` finished
+        but not yet committed; `unknown`: never was, or cleared)."""
+        if stored and self.ctx.store.unsaved(tid):
+            return None, []
         r = self.ctx.store.result(tid)
         if r is not None:
             return {**r.meta, "nframes": len(r.frames)}, r.frames
@@ -150,19 +152,24 @@ class Results:
             return None, []
         return {"tid": tid, "unknown": True, "nframes": 0}, []
 
-    def reply_results(self, rt: bytes, req: Any, tids: list[int]) -> None:
+    def reply_results(self, rt: bytes, req: Any, tids: list[int], asked: bool = False) -> None:
+        """The results of `tids`, sent after this turn's commit. A request that `asked` for
+        them as they are (get_task_result(block=False)) is answered at once while the store
+        cannot write, with what is committed (a result not yet written reads as unfinished)
+        rather than its answer waiting for the store."""
+        outbox = self.ctx.outbox
+        down = asked and outbox.store_down_since is not None
         entries, out = [], []
         for tid in tids:
-            meta, frames = self.entry(tid)
+            meta, frames = self.entry(tid, stored=down)
             entries.append(meta)
             out.extend(frames)
-        outbox = self.ctx.outbox
         parts = outbox.within_limit(entries, out)
         for i, (part, part_frames) in enumerate(parts):
             if i < len(parts) - 1:  # the client joins the pieces of a reply marked `more`
-                outbox.reply(rt, req, ResultsReply(part, more=True), part_frames)
+                outbox.reply(rt, req, ResultsReply(part, more=True), part_frames, now=down)
             else:
-                outbox.reply(rt, req, ResultsReply(part), part_frames)
+                outbox.reply(rt, req, ResultsReply(part), part_frames, now=down)
 
     def add_waiter(self, rt: bytes, req: Any, mode: str, tids: list[int],
                    budget: int = 0) -> None:

@@ -76,6 +76,9 @@ class MemoryStore(IdLeases):
     def result(self, tid: int) -> StoredResult | None:
         return self._results.get(tid)
 
+    def unsaved(self, tid: int) -> bool:  # (nothing to commit here)
+        return False
+
     def result_meta(self, tid: int) -> dict[str, Any] | None:
         r = self._results.get(tid)
         return None if r is None else r.meta

@@ -325,9 +325,11 @@ class SQLiteStore(IdLeases):
         self.cache.remember(tid, r)
         return r
 
+    def unsaved(self, tid: int) -> bool:  # (finished, its row not yet committed)
+        return tid in self._unsaved
+
     def result_meta(self, tid: int) -> dict[str, Any] | None:
-        """A finished result's metadata, without reading its frames (a large one's are not
-        cached, and reading them costs their size)."""
+        """A result's metadata, not its frames (reading a large one's costs their size)."""
         hit = self.cache.get(tid) or self._unsaved.get(tid)
         if hit is not None:
             return hit.meta
@@ -424,7 +426,10 @@ class SQLiteStore(IdLeases):
             if self._next_eid != self._written_eid:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('next_eid', ?)",
                            (self._next_eid,))
-            if self._next != self._written_next:
+            # The counter goes to `meta` unless the highest row says it (a restart takes the
+            # larger): an ordinary submit's last row is its last id (a page less per commit).
+            if self._next < self._written_next or (
+                    self._next > self._written_next and self._next - 1 not in self._ins):
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('next_tid', ?)", (self._next,))
             now = time.monotonic()
             if everything or now - self._low_written >= LOW_TID_EVERY:
@@ -440,12 +445,8 @@ class SQLiteStore(IdLeases):
             self._low_written = now
         self._written_eid = self._next_eid
         self._written_next = self._next
-        self._ins.clear()
-        self._run.clear()
-        self._fin.clear()
-        self._subs.clear()
-        self._eng.clear()
-        self._unsaved.clear()
+        for queued in (self._ins, self._run, self._fin, self._subs, self._eng, self._unsaved):
+            queued.clear()
         self._dirty = False
         self.files.unlink_dropped()
 

@@ -1,0 +1,68 @@
+"""A map chunk's result (mapper.run_chunk) and how the client takes it apart (maps.chunk_values,
+chunk_entries, assemble_map), without a cluster."""
+
+from __future__ import annotations
+
+import pytest
+
+from taskmill import CompositeError
+from taskmill.client.maps import assemble_map, chunk_entries, chunk_values
+from taskmill.mapper import run_chunk
+
+
+class Done:
+    """Stands in for a finished TaskFuture."""
+
+    def __init__(self, result=None, error=None, engineid=3, taskid=7):
+        self._result, self._error = result, error
+        self.metadata = {"engineid": engineid}
+        self.taskid = taskid
+
+    def result(self):
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+def half(x):
+    if x % 3 == 0:
+        raise ValueError(f"no {x}")
+    return x / 2
+
+
+def test_run_chunk_gives_values_and_the_failures_with_their_index_and_traceback():
+    values, failures = run_chunk(half, [(x,) for x in range(1, 8)])
+    assert values == [0.5, 1.0, None, 2.0, 2.5, None, 3.5]
+    assert [(i, str(e)) for i, e, _ in failures] == [(2, "no 3"), (5, "no 6")]
+    assert all("half" in tb for _, _, tb in failures)
+
+
+def test_an_all_good_chunk_is_one_plain_list():
+    assert run_chunk(abs, [(-1,), (2,)]) == ([1, 2], [])
+
+
+@pytest.mark.parametrize("old", [False, True])
+def test_chunk_values_and_entries_read_the_shape_and_the_older_one(old):
+    err = ValueError("boom")
+    result = ([1, None, 3], [(1, err, "tb text")])
+    if old:  # what a store written by an earlier version holds: a tuple per element
+        result = [(True, 1), (False, err, "tb text"), (True, 3)]
+    fut = Done(result)
+    values, failures = chunk_values(fut, 3)
+    assert values == [1, None, 3] and failures == [(1, err)]
+    assert err.engineid == 3 and err.taskid == 7 and err.remote_traceback == "tb text"
+    assert chunk_entries(fut, 3) == [(True, 1), (False, err), (True, 3)]
+
+
+def test_a_chunk_that_failed_whole_fails_each_element():
+    dead = RuntimeError("engine died")
+    assert chunk_entries(Done(error=dead), 2) == [(False, dead), (False, dead)]
+
+
+def test_assemble_map_keeps_input_order_and_names_each_failure_by_its_index():
+    futs = [Done(run_chunk(half, [(x,) for x in (1, 2)])),
+            Done(run_chunk(half, [(x,) for x in (3, 4, 5)]), engineid=9)]
+    assert assemble_map("half", futs[:1], [[1, 2]], 2) == [0.5, 1.0]
+    with pytest.raises(CompositeError) as info:
+        assemble_map("half", futs, [[1, 2], [3, 4, 5]], 5)
+    assert [(f.index, f.engineid) for f in info.value.elist] == [(2, 9)]
