@@ -184,3 +184,14 @@ def test_startup_phases_fills_its_tables_and_its_ab():
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.count("| this tree |") == 1 and str(ROOT / "src") in proc.stdout
+
+
+@pytest.mark.timeout(120)
+def test_client_replies_prints_a_figure_for_every_step():
+    script = str(ROOT / "benchmarks" / "client_replies.py")
+    proc = subprocess.run([sys.executable, script, "--repeat", "3"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=100, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [[c.strip() for c in line.strip("|").split("|")]
+            for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == 5 and all(float(r[1]) > 0 for r in rows), proc.stdout

@@ -15,6 +15,7 @@ from concurrent.futures import FIRST_COMPLETED, as_completed, wait
 from types import SimpleNamespace
 from typing import Any
 
+import msgspec
 import pytest
 from schedtest import make
 from test_protocol import FRAMES, call, ctl, node  # noqa: F401 - ctl is a fixture
@@ -29,6 +30,7 @@ from taskmill.memory import (
     detached,
     give_back,
 )
+from taskmill.protocol import Outcome
 from taskmill.scheduler import Node, Submit, Withdraw
 
 MANY = BURST_MIN + 2_000
@@ -106,19 +108,21 @@ class Owner:
     def front(self) -> Any:
         return None
 
-    def decode(self, meta: dict[str, Any] | None, frames: list[Any]) -> Any:
-        assert meta is not None and meta["status"] == "ok" and meta["pmac"] == b"m" * 32
-        return (meta["tid"], bytes(frames[0]))
+    def decode(self, meta: Outcome | None, frames: list[Any]) -> Any:
+        assert meta is not None and meta.status == "ok" and meta.pmac == b"m" * 32
+        return (meta.tid, bytes(frames[0]))
 
     def abort(self, taskid: int) -> None:
         raise AssertionError("not used here")
 
 
-def entry(tid: int) -> dict[str, Any]:
-    """A successful map's result entry as the controller sends it."""
-    return {"tid": tid, "engineid": 1, "attempts": 1, "submitted": 1.5, "completed": 2.5,
-            "started": 2.0, "status": "ok", "kind": "map", "error": None, "duration": 0.25,
-            "stdout": "", "stderr": "", "pmac": b"m" * 32, "nframes": 1}
+def entry(tid: int) -> Outcome:
+    """A successful map's result entry as the controller sends it, read into its record as
+    the client reads a `done` message (protocol.from_done)."""
+    return msgspec.convert(
+        {"tid": tid, "engineid": 1, "attempts": 1, "submitted": 1.5, "completed": 2.5,
+         "started": 2.0, "status": "ok", "kind": "map", "error": None, "duration": 0.25,
+         "stdout": "", "stderr": "", "pmac": b"m" * 32, "nframes": 1}, Outcome)
 
 
 def test_a_future_decodes_from_what_it_kept_and_fills_its_metadata():

@@ -8,37 +8,62 @@ from __future__ import annotations
 
 import math
 import time
+from types import SimpleNamespace
 
 import msgspec
 import pytest
 
+from taskmill.client import steps
+from taskmill.client.codec import checked, encode_task, submit_header
+from taskmill.client.futures import TaskFuture
+from taskmill.client.objects import put_request
+from taskmill.client.submitter import SubmitStream, Submitter
 from taskmill.connection import new_connection_info
 from taskmill.controller import Controller, Now
 from taskmill.controller.outbox import ENGINE
+from taskmill.errors import TaskError
 from taskmill.protocol import (
     CLIENT_RECORDS,
     ENGINE_RECORDS,
+    REPLY_RECORDS,
+    REQUEST_TYPES,
+    Clear,
+    EngineExited,
     HbAnswer,
     Heartbeat,
+    Hello,
+    Lease,
     MapExec,
     NodeSpec,
+    Ping,
     ProtocolError,
+    Refusal,
     Register,
     Registered,
+    Release,
     ResultMeta,
+    ResultQuery,
     Results,
     Retired,
     Revoked,
     Statistics,
+    StringExec,
     Submit,
     Tasks,
     TaskSpec,
+    Wait,
+    Watch,
+    client_record,
     engine_record,
     from_controller,
+    from_done,
+    from_reply,
     node_rules,
     to_controller,
+    to_request,
 )
 from taskmill.store import MemoryStore
+from taskmill.task import MapTask, StringTask
 from taskmill.wire import Wire
 
 FRAMES = [b"function", b"arguments"]
@@ -243,3 +268,189 @@ def test_statistics_is_the_Statistics_record_as_a_plain_map(ctl):
     record = msgspec.convert(stats, Statistics)
     assert record.submitted == 1 and len(record.engines) == 1
     assert record.as_map() == stats
+
+
+# -- the client side of the wire: replies, done messages, and the requests a client builds ---
+
+def watch(ctl, tids: list[int]) -> list[dict]:
+    """A client's watch: the `done` messages of the turn (a watch has no other answer)."""
+    header = {"type": "watch", "tids": tids, "req": 77, "session": ctl.session}
+    h, f = ctl.wire.decode(ctl.test_wires[0].encode(header, []))
+    ctl.core.on_client(b"client-1", h, f, now())
+    return [h for _, _, h, _ in ctl.core.flush(now())
+            if h is not None and h.get("type") == "done" and h.get("req") == 77]
+
+
+def reads_back(verb: str, reply: dict):
+    """The reply read into its record as the client reads it, which must not be a refusal."""
+    record = from_reply(verb, reply)
+    assert type(record) is REPLY_RECORDS[verb], (verb, reply)
+    return record
+
+
+def test_every_verb_has_its_reply_record():
+    assert set(REPLY_RECORDS) == set(CLIENT_RECORDS)
+    assert set(REQUEST_TYPES.values()) == set(CLIENT_RECORDS)
+
+
+def test_every_reply_the_controller_builds_reads_back_into_its_record(ctl):
+    ident = register(ctl)
+    hello = reads_back("hello", call(ctl, {"type": "hello"}))
+    assert hello.engines == 1 and hello.max_message == ctl.wire.max_message
+    reads_back("ping", call(ctl, {"type": "ping"}))
+    # A watching submit: its taskids, then a done message once its task finishes.
+    watching = {"type": "submit", "watch": True, "tasks": [{"nodes": [node()]}]}
+    (tid,) = reads_back("submit", call(ctl, watching, FRAMES)).tids
+    (task,) = [t for _, _, h, _ in ctl.last_out if h.get("type") == "tasks" for t in h["tasks"]]
+    out = from_engine(ctl, ident, {"type": "results", "results": [
+        {"tid": tid, "attempt": task["attempt"], "kind": "map", "status": "ok", "n": 1,
+         "duration": 0.5, "stdout": "out", "stderr": "", "pmac": b"p" * 32}]}, [b"value"])
+    ((header, frames),) = [(h, f) for _, _, h, f in out if h and h.get("type") == "done"]
+    (entry,) = from_done(header).results
+    assert (entry.tid, entry.status, entry.nframes, entry.stdout, entry.engineid) == (
+        tid, "ok", 1, "out", 0) and frames == [b"value"] and entry.error is None
+    # result (one finished, one unknown), wait (with results up to its budget), watch.
+    result = reads_back("result", call(ctl, {"type": "result", "tids": [tid, 10**9]}))
+    assert [(e.tid, e.status, e.unknown) for e in result.results] == [
+        (tid, "ok", False), (10**9, "", True)] and not result.more
+    waited = reads_back("wait", call(ctl, {"type": "wait", "tids": [tid], "budget": 10**6}))
+    assert [e.tid for e in waited.results] == [tid]
+    assert [e.tid for h in watch(ctl, [tid]) for e in from_done(h).results] == [tid]
+    # A failure the controller writes itself: its error reads back as an ErrorInfo.
+    late = call(ctl, {"type": "submit", "tasks": [{"nodes": [node()]}]}, FRAMES)["tids"][0]
+    assert reads_back("abort", call(ctl, {"type": "abort", "tid": late})).status == "aborted"
+    (failed,) = reads_back("result", call(ctl, {"type": "result", "tids": [late]})).results
+    assert failed.status == "aborted" and failed.error.type == "TaskAborted"
+    assert failed.error.controller
+    assert reads_back("abort", call(ctl, {"type": "abort", "tid": tid})).status == "finished"
+    assert reads_back("abort", call(ctl, {"type": "abort", "tid": 10**9})).status == "unknown"
+    # Leases, put, the views, retire, clear.
+    lease = reads_back("lease", call(ctl, {"type": "lease", "n": 4}))
+    assert lease.n == 4
+    leased = call(ctl, {"type": "submit", "tids": [lease.start],
+                        "tasks": [{"nodes": [node()]}]}, FRAMES)
+    assert reads_back("submit", leased).tids == [lease.start]
+    reads_back("release", call(ctl, {"type": "release"}))
+    (put,) = reads_back("put", call(ctl, {"type": "put", "pmac": b"m" * 32}, [b"x"])).tids
+    assert isinstance(reads_back("spin", call(ctl, {"type": "spin"})).dispatched, bool)
+    status = reads_back("status", call(ctl, {"type": "status", "verbose": True})).status
+    assert {"scheduled", "pending"} <= set(status)
+    stats = reads_back("stats", call(ctl, {"type": "stats"})).stats
+    assert isinstance(stats, Statistics) and stats.submitted == 4
+    info = reads_back("task", call(ctl, {"type": "task", "tid": tid})).task
+    assert info["state"] == "succeeded" and info["story"]
+    assert reads_back("activity", call(ctl, {"type": "activity"})).activity["seq"] >= 1
+    (row,) = reads_back("engines", call(ctl, {"type": "engines"})).engines
+    assert (row.engineid, row.hostname) == (0, "host") and row.state in ("idle", "busy")
+    reads_back("engine_exited", call(ctl, {"type": "engine_exited", "pid": 1, "status": 0}))
+    assert reads_back("retire", call(ctl, {"type": "retire", "engines": [0, 7]})).retiring == [0]
+    cleared = reads_back("clear", call(ctl, {"type": "clear", "tids": [tid, put, 10**9]}))
+    assert (cleared.dropped, cleared.missing) == (2, [10**9])
+
+
+def test_a_refusal_reads_back_as_one_and_is_raised_as_its_error(ctl):
+    refused = [call(ctl, {"type": "no-such-verb"}),
+               call(ctl, {"type": "abort", "tid": "1"}),
+               call(ctl, {"type": "spin", "session": b"an earlier session"})]
+    records = [from_reply("abort", r) for r in refused]
+    assert all(type(r) is Refusal for r in records)
+    assert records[0].error == "unknown request type 'no-such-verb'"
+    assert records[1].error.startswith("bad abort request: ")
+    assert records[2].error_type == "session"
+    with pytest.raises(TaskError, match="bad abort request"):
+        checked(refused[1])
+
+
+@pytest.mark.parametrize("verb, header, field", [
+    ("submit", {"type": "reply", "ok": True}, "`tids`"),  # missing
+    ("submit", {"type": "reply", "ok": True, "tids": [1, "2"]}, r"\$\.tids\[1\]"),
+    ("lease", {"type": "reply", "ok": True, "start": 3}, "`n`"),
+    ("result", {"type": "reply", "ok": True, "results": [{"tid": 1, "nframes": -1}]},
+     r"\$\.results\[0\]\.nframes"),
+    ("result", {"type": "reply", "ok": True, "results": [
+        {"tid": 1, "status": "error", "error": {"type": "E"}}]}, "`message`"),
+    ("abort", {"type": "reply", "ok": True, "status": "gone"}, r"\$\.status"),
+    ("clear", {"type": "reply", "ok": True, "dropped": 1}, "`missing`"),
+    ("stats", {"type": "reply", "ok": True, "stats": {"time": 1.0}}, r"\$\.stats"),
+    ("engines", {"type": "reply", "ok": True, "engines": {}}, r"\$\.engines"),
+    ("engines", {"type": "reply", "ok": True, "engines": [{"engineid": 1}]}, "`hostname`"),
+    ("spin", {"type": "reply", "ok": False}, "`error`"),  # a refusal without its reason
+])
+def test_a_reply_that_does_not_fit_its_record_is_refused_naming_the_field(verb, header, field):
+    with pytest.raises(ProtocolError, match=field) as e:
+        from_reply(verb, header)
+    assert f"a {verb} request" in str(e.value) and "same taskmill version" in str(e.value)
+
+
+def test_a_done_message_that_does_not_fit_is_refused():
+    with pytest.raises(ProtocolError, match=r"done message.*\$\.results\[0\]\.tid"):
+        from_done({"type": "done", "results": [{"tid": "7", "nframes": 0}]})
+    with pytest.raises(ProtocolError, match="`results`"):
+        from_done({"type": "done"})
+
+
+def test_an_unfit_reply_reaches_the_caller_as_the_protocol_error():
+    """A blocking verb raises it where it asked; futures it was for fail with it (none is left
+    waiting), never a KeyError deep in a verb."""
+    with pytest.raises(ProtocolError, match="`dispatched`"):
+        steps.spin().answer({"type": "reply", "ok": True}, [])
+    with pytest.raises(ProtocolError, match=r"\$\.retiring"):
+        steps.retire_engines([1]).answer({"type": "reply", "ok": True, "retiring": "1"}, [])
+    owner = SimpleNamespace(front=lambda: None, connection=SimpleNamespace(
+        timeout=1.0, reconnect_timeout=1.0, on_io_thread=lambda: True, max_message=10**6))
+    futs = [TaskFuture(owner), TaskFuture(owner)]
+    stream = SubmitStream(Submitter(owner.connection), futs)
+    assert not stream.on_message({"type": "reply", "ok": True, "tids": [1, 2]}, [])
+    assert stream.on_message({"type": "done", "results": [{"tid": 1, "nframes": "1"}]}, [])
+    for f in futs:
+        with pytest.raises(ProtocolError, match=r"\$\.results\[0\]\.nframes"):
+            f.result(timeout=1)
+    unanswered = [TaskFuture(owner)]
+    stream = SubmitStream(Submitter(owner.connection), unanswered)
+    assert stream.on_message({"type": "reply", "ok": True, "tids": ["x"]}, [])
+    with pytest.raises(ProtocolError, match=r"\$\.tids\[0\]"):
+        print(unanswered[0].taskid)
+
+
+def sent_subset(sent, read) -> None:
+    """Every field the client sent is a field of the record, read back with the same value."""
+    if isinstance(sent, dict):
+        for key, value in sent.items():
+            assert key in read, key
+            sent_subset(value, read[key])
+    elif isinstance(sent, list):
+        assert len(sent) == len(read)
+        for a, b in zip(sent, read, strict=True):
+            sent_subset(a, b)
+    else:
+        assert sent == read, (sent, read)
+
+
+def test_what_the_client_builds_the_controller_reads_back_equal():
+    wire = Wire(b"k" * 32)
+    enc = [encode_task(MapTask(len, [1, 2], retries=2, timeout=5.0, after=[4],
+                               depend={"gpu": 1}), wire),
+           encode_task(StringTask("x = 1", pull=["x"]), wire)]
+    requests = [
+        submit_header(enc)[0], steps.spin().header, steps.queue_status(True).header,
+        steps.engines().header, steps.retire_engines([1, 2]).header,
+        steps.statistics().header, steps.activity(3).header, steps.task_info(5).header,
+        steps.abort(5).header, put_request(b"value", wire, 10**6)[0].header,
+        to_request(Watch([1, 2])), to_request(Wait([1], 100)), to_request(Lease(16)),
+        to_request(Release()), to_request(ResultQuery([1], True)), to_request(Clear(None)),
+        to_request(Submit([enc[0][0]], watch=True, tids=[9], release=True)),
+        to_request(EngineExited(12, -9)), to_request(Hello()), to_request(Ping()),
+    ]
+    assert {h["type"] for h in requests} == set(CLIENT_RECORDS)
+    for header in requests:
+        record = client_record(header["type"], header)
+        read = msgspec.to_builtins(record, builtin_types=(bytes,))
+        sent_subset({k: v for k, v in header.items() if k != "type"}, read)
+    submit = client_record("submit", submit_header(enc)[0])
+    assert submit.tasks[0].nodes[0].retries == 2 and submit.tasks[0].after == [4]
+    assert submit.tasks[1].nodes[0].exec == StringExec("x = 1", ["x"])
+    pos = 0
+    for task in submit.tasks:
+        for n in task.nodes:
+            node_rules(task, n, pos, sum(len(e[1]) for e in enc))
+            pos += n.nframes + n.dframes

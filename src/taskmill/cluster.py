@@ -41,6 +41,7 @@ from .display import html_table, link_html, state_html
 from .errors import ControllerUnreachable
 from .launchers import LaunchContext, Launcher, LocalLauncher, make_launcher
 from .launchers.base import check_env, spawn, tail, terminate
+from .protocol import EngineExited, to_request
 
 if TYPE_CHECKING:
     from .client import TaskClient
@@ -267,7 +268,7 @@ class Cluster:
             for pid, status in self.launcher.reap():
                 try:
                     self._own_client().backend.connection.call(
-                        {"type": "engine_exited", "pid": pid, "status": status})
+                        to_request(EngineExited(pid, status)))
                 except Exception as e:  # noqa: BLE001 - the heartbeat will notice instead
                     log.warning("could not tell the controller that pid %d exited: %s", pid, e)
             time.sleep(NANNY_INTERVAL)

@@ -244,7 +244,7 @@ class AsyncDriver:
         finally:
             if not answered:  # timed out or cancelled: nobody waits for the answer any more
                 conn.forget(req.header["req"])
-        return req.read(checked(reply), frames)
+        return req.answer(checked(reply), frames)
 
 
 class AsyncTaskClient:

@@ -24,6 +24,8 @@ from concurrent.futures import Future, as_completed
 from concurrent.futures import wait as wait_futures
 from typing import Any
 
+from ..protocol import Abort as AbortRequest
+from ..protocol import Outcome, Refusal, from_reply, to_request
 from ..task import BaseTask
 from ..wire import FunctionPickles
 from .codec import (
@@ -93,7 +95,8 @@ class Backend:
         self.runs.end(sent, self.connection.timeout)
 
     def keep_results(self, entries: Sequence[Entry]) -> None:
-        self.kept_results = {meta["tid"]: (meta, frames) for meta, frames in entries if meta}
+        self.kept_results = {meta.tid: (meta, frames) for meta, frames in entries
+                             if meta is not None}
 
     def forget_results(self, tids: Sequence[int] | None) -> None:
         if tids is None:
@@ -114,7 +117,7 @@ class Backend:
             if error is not None:
                 raise error
 
-    def decode(self, meta: dict[str, Any] | None, frames: list[Any]) -> Any:
+    def decode(self, meta: Outcome | None, frames: list[Any]) -> Any:
         return decode_result(meta, frames, self.connection.wire)
 
     # -- futures ---------------------------------------------------------------------------
@@ -174,7 +177,7 @@ class Backend:
                     or f.known_taskid is None:
                 continue  # (no answer in time, or the submit itself failed)
             try:
-                replies.append(self.connection.send({"type": "abort", "tid": f.known_taskid}))
+                replies.append(self.connection.send(to_request(AbortRequest(f.known_taskid))))
             except Exception:  # noqa: BLE001 - closed or unreachable: nothing more to do
                 break
         heard(replies, max(0.0, deadline - time.monotonic()))
@@ -184,7 +187,7 @@ class Backend:
         replies: list[Future] = []
         for tid in tids:
             try:
-                replies.append(self.connection.send({"type": "abort", "tid": tid}))
+                replies.append(self.connection.send(to_request(AbortRequest(tid))))
             except Exception:  # noqa: BLE001 - closed or unreachable: nothing more to do
                 break
         heard(replies, wait)
@@ -285,26 +288,28 @@ class Backend:
         conn = self.connection
         if req.blocking:
             reply, frames = conn.wait_reply(req.header, req.frames, req.timeout, req.what)
-            return req.read(reply, frames)
+            return req.answer(reply, frames)
         fut = conn.send(req.header, req.frames)
         try:
             reply, frames = conn.reply(fut, req.header)
         except (KeyboardInterrupt, SystemExit):
             if req.interrupted is not None:
-                late = late_reply(fut)
+                late = late_reply(fut, req.header["type"])
                 if late is not None:
                     req.interrupted(late)
             raise
-        return req.read(reply, frames)
+        return req.answer(reply, frames)
 
 
-def late_reply(fut: Future, wait: float = LATE_REPLY_WAIT) -> dict[str, Any] | None:
-    """The reply `fut` gives, if it comes within `wait` seconds and is not a refusal."""
+def late_reply(fut: Future, verb: str, wait: float = LATE_REPLY_WAIT) -> Any:
+    """The record of the reply `fut` gives to a `verb` request, if it comes within `wait`
+    seconds and is not a refusal (None otherwise)."""
     try:
         reply, _ = fut.result(wait)
-    except BaseException:  # noqa: BLE001 - not in time, or failed: nothing to learn
+        record = from_reply(verb, reply)
+    except BaseException:  # noqa: BLE001 - not in time, failed, or unfit: nothing to learn
         return None
-    return reply if reply.get("ok", True) else None
+    return None if isinstance(record, Refusal) else record
 
 
 def ignore(fut: Future) -> None:

@@ -6,8 +6,10 @@ Nothing here touches a socket, a thread or the clock:
         (a task and its recovery chain: one *node* per task of the chain; `recovery` in a
          node is the index of the node that recovers it)
     [Encoded, ...] --batch_length--> how many go in one submit message
-    reply {results: [meta, ...]} + frames --split_results--> (meta, frames) per taskid
-    (meta, frames) --decode_result(meta, frames, wire)--> the value, a TaskResult, or a raised error
+    a ResultsReply or Done record (protocol.replies) + frames --split_results--> (Outcome,
+        frames) per taskid
+    (Outcome, frames) --decode_result(meta, frames, wire)--> the value, a TaskResult, or a
+        raised error
 
 Besides, the checks of taskids every verb makes before asking anything (`check_taskid`,
 `in_range`), and `refusal`, the error of a request the controller refused.
@@ -32,6 +34,17 @@ from ..errors import (
     controller_error,
 )
 from ..mapper import run_chunk
+from ..protocol import (
+    Done,
+    ErrorInfo,
+    Outcome,
+    ProtocolError,
+    Refusal,
+    ResultsReply,
+    Submit,
+    fit,
+    to_request,
+)
 from ..task import (
     BaseTask,
     MapTask,
@@ -61,7 +74,9 @@ CONTROLLER_DECIDED = ("aborted", "unmet_timeout", "dependency")
 METADATA_KEYS = ("engineid", "submitted", "started", "completed", "duration", "stdout", "stderr",
                  "attempts")
 
-Entry = tuple[dict[str, Any] | None, list[Any]]  # one task's result: (meta, payload frames)
+NO_ERROR = ErrorInfo("Exception", "")  # (a failed entry without an error: cannot happen)
+
+Entry = tuple[Outcome | None, list[Any]]  # one task's result: (its entry, payload frames)
 
 
 # -- taskids ---------------------------------------------------------------------------------
@@ -81,9 +96,9 @@ def unknown_message(taskid: int) -> str:
     return f"no task with id {taskid}: it is unknown, or its result was cleared"
 
 
-def unknown_entry(taskid: int) -> dict[str, Any]:
+def unknown_entry(taskid: int) -> Outcome:
     """What the controller says of an unknown id, said here for one that cannot be a taskid."""
-    return {"tid": taskid, "unknown": True, "nframes": 0}
+    return Outcome(taskid, unknown=True)
 
 
 def taskid_list(taskids: Any) -> list[int]:
@@ -107,16 +122,20 @@ def after_ids(after: Any) -> list[int]:
 # -- replies ---------------------------------------------------------------------------------
 def refusal(reply: dict[str, Any]) -> Exception:
     """The error a refused request raises: StoreError when the controller's store could not
-    write (the request changed nothing), else TaskError with the controller's reason."""
-    text = reply.get("error", "the controller refused the request")
-    if reply.get("error_type") == "StoreError":
-        return StoreError(text)
-    return TaskError(text)
+    write (the request changed nothing), else TaskError with the controller's reason (a
+    refusal that does not fit its record: the ProtocolError saying so)."""
+    try:
+        r = fit(Refusal, reply, "the controller's refusal of a request")
+    except ProtocolError as e:
+        return e
+    if r.error_type == "StoreError":
+        return StoreError(r.error)
+    return TaskError(r.error)
 
 
 def checked(reply: dict[str, Any]) -> dict[str, Any]:
     """The reply, or its refusal raised."""
-    if not reply.get("ok", True):
+    if reply.get("ok", True) is False:
         raise refusal(reply)
     return reply
 
@@ -128,11 +147,12 @@ def joined(parts: list[tuple[dict[str, Any], list[Any]]]) -> tuple[dict[str, Any
     return header, [f for _, fr in parts for f in fr]
 
 
-def split_results(reply: dict[str, Any], frames: list[Any]) -> list[Entry]:
-    """A `result` reply as (meta, frames) per taskid."""
-    out, pos = [], 0
-    for meta in reply["results"]:
-        n = meta["nframes"] if meta else 0
+def split_results(reply: ResultsReply | Done, frames: list[Any]) -> list[Entry]:
+    """A `result` or `wait` reply, or a `done` message, as (entry, frames) per taskid."""
+    out: list[Entry] = []
+    pos = 0
+    for meta in reply.results:
+        n = meta.nframes if meta is not None else 0
         out.append((meta, frames[pos:pos + n]))
         pos += n
     return out
@@ -318,7 +338,7 @@ def batches(encoded: Sequence[Encoded], max_message: int) -> list[Sequence[Encod
 
 def submit_header(batch: Sequence[Encoded]) -> tuple[dict[str, Any], list[Any]]:
     """The submit request (header, frames) of one batch."""
-    return ({"type": "submit", "tasks": [spec for spec, _ in batch]},
+    return (to_request(Submit([spec for spec, _ in batch])),
             [f for _, frames in batch for f in frames])
 
 
@@ -327,25 +347,24 @@ def fmt_time(ts: float | None) -> str:
     return "" if ts is None else time.strftime(TIME_FORMAT, time.localtime(ts))
 
 
-def rebuild_exception(meta: dict[str, Any], frames: list[Any], wire: Wire) -> BaseException:
+def rebuild_exception(meta: Outcome, frames: list[Any], wire: Wire) -> BaseException:
     """A failed task's exception: its own pickled one, else a RemoteError saying the same."""
-    err = meta.get("error") or {}
-    tb = err.get("traceback", "")
+    err = meta.error or NO_ERROR
+    tb = err.traceback
     exc: BaseException | None = None
-    if err.get("controller"):
-        exc = controller_error(err.get("type", "TaskError"), err.get("message", ""))
-    elif err.get("pickled") and frames:
+    if err.controller:
+        exc = controller_error(err.type, err.message)
+    elif err.pickled and frames:
         try:
-            wire.check_payload(frames, meta.get("pmac"))
+            wire.check_payload(frames, meta.pmac)
             exc = loads(frames)
         except Exception:  # noqa: BLE001 - fall back to RemoteError below
             exc = None
     if not isinstance(exc, BaseException):
-        module = err.get("module", "")
-        name = err.get("type", "Exception")
-        type_name = name if module in ("builtins", "") else f"{module}.{name}"
-        exc = RemoteError(type_name, err.get("message", ""), tb)
-    for attr, value in (("engineid", meta.get("engineid")), ("taskid", meta.get("tid")),
+        module = err.module or ""
+        type_name = err.type if module in ("builtins", "") else f"{module}.{err.type}"
+        exc = RemoteError(type_name, err.message, tb)
+    for attr, value in (("engineid", meta.engineid), ("taskid", meta.tid),
                         ("remote_traceback", tb)):
         try:
             setattr(exc, attr, value)
@@ -356,14 +375,14 @@ def rebuild_exception(meta: dict[str, Any], frames: list[Any], wire: Wire) -> Ba
     return exc
 
 
-def decode_result(meta: dict[str, Any] | None, frames: list[Any], wire: Wire) -> Any:
+def decode_result(meta: Outcome | None, frames: list[Any], wire: Wire) -> Any:
     """A result entry from the controller: the value, a TaskResult, or a raised error."""
     if meta is None:
         return None
-    tid = meta.get("tid")
-    if meta.get("unknown"):
+    tid = meta.tid
+    if meta.unknown:
         raise IndexError(unknown_message(tid))
-    status = meta["status"]
+    status = meta.status
     if status in CONTROLLER_DECIDED:
         raise rebuild_exception(meta, frames, wire)
     failure: BaseException | None = None
@@ -371,7 +390,7 @@ def decode_result(meta: dict[str, Any] | None, frames: list[Any], wire: Wire) ->
     if status == "ok":
         if frames:
             try:
-                wire.check_payload(frames, meta.get("pmac"))
+                wire.check_payload(frames, meta.pmac)
             except Refused as e:
                 raise SerializationError(f"result of task {tid} was refused: {e}") from None
             try:
@@ -382,13 +401,13 @@ def decode_result(meta: dict[str, Any] | None, frames: list[Any], wire: Wire) ->
                     f"({type(e).__name__}: {e}); is a module missing on the client?")
     else:
         failure = rebuild_exception(meta, frames, wire)
-    if meta.get("kind") == "string":
+    if meta.kind == "string":
         return TaskResult(
             value if failure is None else None, failure, taskid=tid,
-            engineid=meta.get("engineid"), submitted=fmt_time(meta.get("submitted")),
-            completed=fmt_time(meta.get("completed")), duration=meta.get("duration", 0.0),
-            stdout=meta.get("stdout", ""), stderr=meta.get("stderr", ""),
-            attempts=meta.get("attempts", 1),
+            engineid=meta.engineid, submitted=fmt_time(meta.submitted),
+            completed=fmt_time(meta.completed),
+            duration=0.0 if meta.duration is None else meta.duration,
+            stdout=meta.stdout, stderr=meta.stderr, attempts=meta.attempts,
         )
     if failure is not None:
         raise failure

@@ -33,6 +33,7 @@ import zmq
 from ..connection import find_connection_file, read_connection_file
 from ..curve import apply_client as apply_curve
 from ..errors import ControllerUnreachable
+from ..protocol import Hello, HelloReply, Ping, ProtocolError, from_reply, to_request
 from ..task import check_seconds
 from ..wire import Refused, Wire, recv_message, send_message
 from .codec import checked, joined
@@ -200,9 +201,10 @@ class Connection:
             if now >= next_ping:
                 # Said from the receive socket, so the controller knows its id before any
                 # reply; after the hello, pings tell a restarted controller from the old one.
-                kind = "hello" if self._say_hello else "ping"
+                header = to_request(Hello() if self._say_hello else Ping())
+                header["req"] = 0
                 try:  # never block here: with no connection yet, a DEALER's send would wait
-                    sock.send_multipart(self.wire.encode({"type": kind, "req": 0}),
+                    sock.send_multipart(self.wire.encode(header),
                                         flags=zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     pass
@@ -247,9 +249,13 @@ class Connection:
         if req == 0:
             if header.get("version") is not None:  # a hello's reply
                 self._say_hello = False
-                limit = header.get("max_message")
-                if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
-                    self.max_message = limit
+                try:
+                    hello = from_reply("hello", header)
+                except ProtocolError as e:  # (its limit is not believed: ours stays)
+                    log.warning("%s", e)
+                else:
+                    if isinstance(hello, HelloReply) and hello.max_message > 0:
+                        self.max_message = hello.max_message
             if not self._hello.done():
                 self._hello.set_result(header)
             return

@@ -38,6 +38,7 @@ from ..arguments import FutureLike
 from ..display import duration_text, html_table, output_html, state_html, value_html
 from ..errors import ControllerUnreachable, TaskAborted
 from ..memory import detached
+from ..protocol import Outcome
 from .codec import CONTROLLER_DECIDED, METADATA_KEYS
 from .connection import Connection
 
@@ -50,7 +51,7 @@ class FutureOwner(Protocol):
     #: dropped client would otherwise close the connection its futures wait on
     front: Callable[[], Any]
 
-    def decode(self, meta: dict[str, Any] | None, frames: list[Any]) -> Any: ...
+    def decode(self, meta: Outcome | None, frames: list[Any]) -> Any: ...
 
     def abort(self, taskid: int) -> None: ...
 
@@ -109,15 +110,15 @@ class FailurePending(Exception):
     `exception()` unpickles the real one in the caller's thread (never seen outside)."""
 
 
-def raises(meta: dict[str, Any] | None) -> bool:
+def raises(meta: Outcome | None) -> bool:
     """Whether this result entry decodes to a raised error (see codec.decode_result): an
     unknown task, a failure the controller decided, or a failed MapTask (a failed StringTask
     gives a TaskResult)."""
-    if not meta:
+    if meta is None:
         return False
-    status = meta.get("status")
-    return bool(meta.get("unknown") or status in CONTROLLER_DECIDED
-                or (status != "ok" and meta.get("kind") != "string"))
+    status = meta.status
+    return bool(meta.unknown or status in CONTROLLER_DECIDED
+                or (status != "ok" and meta.kind != "string"))
 
 
 class TaskFuture(Future, FutureLike):
@@ -247,31 +248,28 @@ class TaskFuture(Future, FutureLike):
         except InvalidStateError:
             pass
 
-    def set_outcome(self, meta: dict[str, Any] | None, frames: list[Any]) -> None:
+    def set_outcome(self, meta: Outcome | None, frames: list[Any]) -> None:
         """The task finished (called on the I/O thread; a value is not unpickled here)."""
-        if meta:
+        if meta is not None and not (meta.unknown or meta.active):
             with self._condition:  # (a caller may be reading `metadata`)
                 if self._meta is None:
-                    get = meta.get
-                    self._meta = tuple([get(key) for key in METADATA_KEYS])
+                    self._meta = tuple([getattr(meta, key) for key in METADATA_KEYS])
                 else:  # read already: filled in where it is
                     known = self.metadata
                     for key in METADATA_KEYS:
-                        if key in meta:
-                            known[key] = meta[key]
+                        known[key] = getattr(meta, key)
         frames = detached(frames)  # (a small frame would keep its receive buffer)
-        if self._cancelling and meta and meta.get("status") == "aborted":
+        if self._cancelling and meta is not None and meta.status == "aborted":
             self._mark_cancelled()
             return
-        if (meta and meta.get("status") == "ok" and meta.get("kind") == "map"
-                and not meta.get("unknown")):  # all a map's value is decoded with:
-            self._raw = (meta.get("tid"), meta.get("pmac"), frames[0] if len(frames) == 1
-                         else frames)
+        if (meta is not None and meta.status == "ok" and meta.kind == "map"
+                and not meta.unknown):  # all a map's value is decoded with:
+            self._raw = (meta.tid, meta.pmac, frames[0] if len(frames) == 1 else frames)
         else:
             self._raw = (meta, frames)
         try:
             if raises(meta):
-                self.set_exception(FailurePending(meta.get("tid") if meta else None))
+                self.set_exception(FailurePending(meta.tid if meta is not None else None))
             else:
                 self.set_result(None)
         except InvalidStateError:  # cancelled meanwhile
@@ -296,7 +294,7 @@ class TaskFuture(Future, FutureLike):
                     tid, pmac, frames = raw
                     if type(frames) is not list:
                         frames = [frames]
-                    meta = {"tid": tid, "status": "ok", "kind": "map", "pmac": pmac}
+                    meta = Outcome(tid, status="ok", kind="map", pmac=pmac)
                 else:
                     meta, frames = raw
                 try:

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..errors import CompositeError, ControllerUnreachable, MapFailure, RemoteTraceback
 from ..mapper import run_chunk
+from ..protocol import Abort, Clear, to_request
 from ..task import BaseTask, MapTask
 from .backend import Backend
 from .codec import Encoded
@@ -295,7 +296,7 @@ class IMapRun:
         """Drop the results already handed out: a stream must not fill the controller's store."""
         tids, self.to_clear = self.to_clear, []
         if tids:
-            self.backend.send_and_forget({"type": "clear", "tids": tids})
+            self.backend.send_and_forget(to_request(Clear(tids)))
 
     def close(self) -> None:
         """Abort what is still out, and drop every result of this imap from the controller
@@ -307,7 +308,7 @@ class IMapRun:
                     if fut.known_taskid is not None:
                         self.to_clear.append(fut.known_taskid)
                     continue
-                self.backend.send_and_forget({"type": "abort", "tid": fut.taskid})
+                self.backend.send_and_forget(to_request(Abort(fut.taskid)))
                 fut.add_done_callback(self._clear_when_done)
             except Exception:  # noqa: BLE001 - a failed submit or a closed client: nothing to do
                 pass
@@ -322,7 +323,7 @@ class IMapRun:
         if fut.known_taskid is None:
             return
         try:
-            self.backend.send_and_forget({"type": "clear", "tids": [fut.known_taskid]})
+            self.backend.send_and_forget(to_request(Clear([fut.known_taskid])))
         except Exception:  # noqa: BLE001 - the client was closed
             pass
 

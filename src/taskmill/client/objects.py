@@ -18,6 +18,7 @@ from typing import Any
 
 from ..arguments import FutureLike
 from ..errors import SerializationError
+from ..protocol import Put, to_request
 from ..wire import Wire, dumps, frame_len
 from .steps import Request
 
@@ -59,5 +60,5 @@ def put_request(obj: Any, wire: Wire, max_message: int) -> tuple[Request, int]:
     if nbytes > max_message - PUT_OVERHEAD:
         raise ValueError(f"cannot put a value of {nbytes} bytes: a message holds at most "
                          f"{max_message} (the controller's --max-message)")
-    header = {"type": "put", "pmac": wire.payload_mac(frames)}
-    return Request(header, frames, read=lambda reply, _: reply["tids"][0]), nbytes
+    header = to_request(Put(wire.payload_mac(frames)))
+    return Request(header, frames, read=lambda reply, _: reply.tids[0]), nbytes

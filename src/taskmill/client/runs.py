@@ -39,6 +39,7 @@ from ..errors import (
     StoreRunNotStored,
     ids_text,
 )
+from ..protocol import Release, Submit, to_request
 from .codec import SUBMIT_BATCH, SUBMIT_OVERHEAD, Encoded, batch_length, refusal
 from .connection import Connection
 
@@ -125,7 +126,7 @@ class Runs:
                 if batches:
                     batches[-1][0]["release"] = True
                 else:
-                    batches = [({"type": "release"}, [], [])]
+                    batches = [(to_request(Release()), [], [])]
             self._send(batches)
             return list(self._in_flight)
 
@@ -179,8 +180,8 @@ class Runs:
             n = batch_length((enc for enc, _ in queue[i:]), budget)
             part = queue[i:i + n]
             tids = [t for _, t in part]
-            out.append(({"type": "submit", "tasks": [enc[0] for enc, _ in part],
-                         "tids": tids}, [f for enc, _ in part for f in enc[1]], tids))
+            out.append((to_request(Submit([enc[0] for enc, _ in part], tids=tids)),
+                        [f for enc, _ in part for f in enc[1]], tids))
             i += n
         self._queue, self._bytes = [], 0
         return out
@@ -196,10 +197,11 @@ class Runs:
             fut.add_done_callback(lambda f, tids=tids: self._answered(f, tids))
 
     def _answered(self, fut: Future, tids: list[int]) -> None:
+        """(Nothing of an answer is read but whether it is a refusal: the taskids are ours.)"""
         error: BaseException | None = None
         try:
             reply, _ = fut.result()
-            if not reply.get("ok", True):
+            if reply.get("ok", True) is False:
                 error = refusal(reply)
         except BaseException as e:  # noqa: BLE001 - unreachable, closed
             error = e

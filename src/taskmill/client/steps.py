@@ -3,7 +3,7 @@
 A verb (see `verbs.py`) is a generator that yields these and is sent what each came to:
 
     verb --Request(header, frames, read, ...)--> front sends it, waits its own way for the
-         <--read(reply, frames)--------------- reply (or throws the error into the verb)
+         <--read(record, frames)-------------- reply (or throws the error into the verb)
     verb --WaitFor(futs, timeout, each)------> front waits for task futures, calls `each`
          <--the futures still unfinished------ as each finishes, in the caller's thread
     verb --Abort(futs) / Adopt(futs) / Follow(futs) / NextDone() / Emit(value) / Settle()--> ...
@@ -21,17 +21,30 @@ from concurrent.futures import Future
 from typing import Any
 
 from ..defaults import ENGINE_GONE_STATES
+from ..protocol import Abort as AbortRequest
+from ..protocol import (
+    AbortReply,
+    Activity,
+    EnginesQuery,
+    Retire,
+    Spin,
+    StatsQuery,
+    Status,
+    TaskQuery,
+    from_reply,
+    to_request,
+)
 from .codec import check_taskid, in_range, unknown_message
 
-Reader = Callable[[dict[str, Any], list[Any]], Any]
+Reader = Callable[[Any, list[Any]], Any]  # (the reply's record, its frames) -> the result
 
 
-def whole_reply(reply: dict[str, Any], frames: list[Any]) -> tuple[dict[str, Any], list[Any]]:
+def whole_reply(reply: Any, frames: list[Any]) -> tuple[Any, list[Any]]:
     return reply, frames
 
 
 class Request:
-    """One request: what to send and how to read the reply (already checked: a refusal is
+    """One request: what to send and how to read the reply's record (`answer`; a refusal is
     raised, never read).
 
     A quick request (`blocking=False`) waits the client's `timeout` for its answer; past it,
@@ -54,6 +67,11 @@ class Request:
         self.timeout = timeout
         self.what = what or header["type"]
         self.interrupted = interrupted
+
+    def answer(self, reply: dict[str, Any], frames: list[Any]) -> Any:
+        """What the reply (checked: not a refusal) comes to: read from its record, once it
+        fits (else ProtocolError, naming the field that does not)."""
+        return self.read(from_reply(self.header["type"], reply), frames)
 
 
 class WaitFor:
@@ -125,47 +143,47 @@ class Emit:
 
 
 # -- the one-request verbs -------------------------------------------------------------------
+# Each request is built from its record (protocol.requests: the controller reads it back into
+# the same one) and read from its reply's record (protocol.replies).
 def spin() -> Request:
-    return Request({"type": "spin"}, read=lambda r, _: bool(r["dispatched"]))
+    return Request(to_request(Spin()), read=lambda r, _: r.dispatched)
 
 
 def queue_status(verbose: bool) -> Request:
-    return Request({"type": "status", "verbose": bool(verbose)},
-                   read=lambda r, _: dict(r["status"]))
+    return Request(to_request(Status(bool(verbose))), read=lambda r, _: dict(r.status))
 
 
 def engines() -> Request:
-    return Request({"type": "engines"}, read=lambda r, _: list(r["engines"]))
+    return Request(to_request(EnginesQuery()), read=lambda r, _: [e.as_map() for e in r.engines])
 
 
 def live_engine_ids() -> Request:
     """The ids of the engines not dead, sorted."""
-    return Request({"type": "engines"}, read=lambda r, _: sorted(
-        e["engineid"] for e in r["engines"] if e["state"] not in ENGINE_GONE_STATES))
+    return Request(to_request(EnginesQuery()), read=lambda r, _: sorted(
+        e.engineid for e in r.engines if e.state not in ENGINE_GONE_STATES))
 
 
 def live_engine_count() -> Request:
-    return Request({"type": "engines"},
-                   read=lambda r, _: sum(1 for e in r["engines"]
-                                         if e["state"] not in ENGINE_GONE_STATES))
+    return Request(to_request(EnginesQuery()),
+                   read=lambda r, _: sum(1 for e in r.engines
+                                         if e.state not in ENGINE_GONE_STATES))
 
 
 def retire_engines(engineids: list[int]) -> Request:
-    return Request({"type": "retire", "engines": list(engineids)},
-                   read=lambda r, _: list(r["retiring"]))
+    return Request(to_request(Retire(list(engineids))), read=lambda r, _: list(r.retiring))
 
 
 def statistics() -> Request:
-    return Request({"type": "stats"}, read=lambda r, _: dict(r["stats"]))
+    return Request(to_request(StatsQuery()), read=lambda r, _: r.stats.as_map())
 
 
 def activity(since: int) -> Request:
-    return Request({"type": "activity", "since": since}, read=lambda r, _: dict(r["activity"]))
+    return Request(to_request(Activity(since)), read=lambda r, _: dict(r.activity))
 
 
 def task_info(taskid: int) -> Request:
     """(For an id in range only: see verbs.task_info.)"""
-    return Request({"type": "task", "tid": taskid}, read=lambda r, _: dict(r["task"]))
+    return Request(to_request(TaskQuery(taskid)), read=lambda r, _: dict(r.task))
 
 
 def abort(taskid: int) -> Request:
@@ -174,10 +192,10 @@ def abort(taskid: int) -> Request:
     if not in_range(taskid):
         raise IndexError(unknown_message(taskid))
 
-    def read(reply: dict[str, Any], _: list[Any]) -> None:
-        if reply["status"] == "finished":
+    def read(reply: AbortReply, _: list[Any]) -> None:
+        if reply.status == "finished":
             raise IndexError("Task Already Completed")
-        if reply["status"] == "unknown":
+        if reply.status == "unknown":
             raise IndexError(unknown_message(taskid))
 
-    return Request({"type": "abort", "tid": taskid}, read=read)
+    return Request(to_request(AbortRequest(taskid)), read=read)

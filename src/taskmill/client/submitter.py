@@ -9,7 +9,10 @@
 for that answer and then goes with every other task queued meanwhile, in one message. So a
 loop of submits costs a message per round trip, not per task, and a lone submit never waits.
 Futures for tasks submitted before are named in `watch` requests by the Watcher instead. The
-I/O thread only marks futures done; `result()` unpickles, in the thread that calls it.
+I/O thread only marks futures done; `result()` unpickles, in the thread that calls it. Each
+request is built from its record and each answer read into its record (taskmill.protocol); a
+reply or `done` message that does not fit fails the futures it was for with the ProtocolError
+naming the field (none is left waiting).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from ..protocol import ProtocolError, Refusal, Submit, Watch, from_done, from_reply, to_request
 from .codec import SUBMIT_OVERHEAD, Encoded, batch_length, refusal, split_results
 from .connection import Connection
 from .futures import TaskFuture
@@ -72,8 +76,13 @@ class Watcher:
             if header.get("type") != "done":  # an error reply to the watch request
                 self._fail_tids(left, refusal(header))
                 return True
-            for meta, fr in split_results(header, frames):
-                tid = meta.get("tid") if meta else None
+            try:
+                done = from_done(header)
+            except ProtocolError as e:  # (said once, to every future it may have finished)
+                self._fail_tids(left, e)
+                return True
+            for meta, fr in split_results(done, frames):
+                tid = meta.tid
                 if tid in left:
                     left.discard(tid)
                     with self._lock:
@@ -83,7 +92,7 @@ class Watcher:
             return not left
 
         try:
-            self._conn.send({"type": "watch", "tids": tids}, stream=on_done)
+            self._conn.send(to_request(Watch(tids)), stream=on_done)
         except Exception as e:  # noqa: BLE001 - closed, or the controller is unreachable
             self._fail_tids(tids, e)
 
@@ -146,8 +155,7 @@ class Submitter:
             for batch in batches:
                 futs = [f for _, f in batch]
                 frames = [fr for (_, task_frames), _ in batch for fr in task_frames]
-                header = {"type": "submit", "watch": True,
-                          "tasks": [spec for (spec, _), _ in batch]}
+                header = to_request(Submit([spec for (spec, _), _ in batch], watch=True))
                 try:
                     self._conn.send(header, frames, stream=self._stream(futs))
                 except Exception as e:  # noqa: BLE001 - closed, unreachable, unencodable
@@ -223,9 +231,10 @@ class SubmitStream:
                 return self._done()
             self.answered = True
             try:
-                if not header.get("ok", True):
+                reply = from_reply("submit", header)
+                if isinstance(reply, Refusal):
                     raise refusal(header)
-                for f, tid in zip(self.futs, header["tids"], strict=True):
+                for f, tid in zip(self.futs, reply.tids, strict=True):
                     f.set_taskid(tid)
                     self.by_tid[tid] = f
             except BaseException as e:  # noqa: BLE001 - each future carries the error
@@ -234,8 +243,15 @@ class SubmitStream:
                 self.by_tid.clear()
             self.submitter._answered()
             return self._done()
-        for meta, fr in split_results(header, frames):
-            f = self.by_tid.pop(meta.get("tid"), None) if meta else None
+        try:
+            done = from_done(header)
+        except ProtocolError as e:  # (said once, to every future it may have finished)
+            for f in self.by_tid.values():
+                f.set_failure(e)
+            self.by_tid.clear()
+            return self._done()
+        for meta, fr in split_results(done, frames):
+            f = self.by_tid.pop(meta.tid, None)
             if f is not None:
                 f.set_outcome(meta, fr)
         return self._done()

@@ -19,6 +19,16 @@ from typing import Any
 
 from ..errors import ControllerUnreachable
 from ..memory import BURST_MIN, give_back
+from ..protocol import (
+    Clear,
+    ClearReply,
+    Lease,
+    LeaseReply,
+    ResultQuery,
+    TidsReply,
+    Wait,
+    to_request,
+)
 from ..task import BaseTask, MapTask, check_seconds
 from .backend import KEPT_RESULTS_BYTES, Backend, Verb
 from .codec import (
@@ -70,8 +80,8 @@ def is_future(x: Any) -> bool:
     return hasattr(x, "add_done_callback")
 
 
-def read_tids(reply: dict[str, Any], _: list[Any]) -> list[int]:
-    return list(reply["tids"])
+def read_tids(reply: TidsReply, _: list[Any]) -> list[int]:
+    return list(reply.tids)
 
 
 # -- submitting ------------------------------------------------------------------------------
@@ -94,7 +104,7 @@ def submit_tasks(backend: Backend, encoded: Sequence[Encoded], tids: list[int]) 
     for batch in batches(encoded, backend.connection.max_message):
         header, frames = submit_header(batch)
         tids.extend((yield Request(header, frames, read=read_tids,
-                                   interrupted=lambda reply: tids.extend(reply.get("tids") or ()))))
+                                   interrupted=lambda reply: tids.extend(reply.tids))))
     return tids
 
 
@@ -124,15 +134,15 @@ def run(backend: Backend, task: BaseTask, block: bool, timeout: float | None) ->
         while (tid := runs.add(enc)) is None:
             n = runs.lease_wanted()
             if n is not None:
-                runs.leased(*(yield Request({"type": "lease", "n": n}, read=read_lease)))
+                runs.leased(*(yield Request(to_request(Lease(n)), read=read_lease)))
     if block:
         yield Settle()
         return (yield from get_task_result(backend, tid, True, timeout))
     return tid
 
 
-def read_lease(reply: dict[str, Any], _: list[Any]) -> tuple[int, int]:
-    return int(reply["start"]), int(reply["n"])
+def read_lease(reply: LeaseReply, _: list[Any]) -> tuple[int, int]:
+    return reply.start, reply.n
 
 
 # -- results ---------------------------------------------------------------------------------
@@ -141,7 +151,7 @@ def results(tids: list[int], block: bool, timeout: float | None, what: str) -> V
     entries = [(unknown_entry(t), []) for t in tids]
     asked = [t for t in tids if in_range(t)]
     if asked:
-        got = iter((yield Request({"type": "result", "tids": asked, "block": block},
+        got = iter((yield Request(to_request(ResultQuery(asked, block)),
                                   read=split_results, blocking=block, timeout=timeout,
                                   what=what)))
         entries = [next(got) if in_range(t) else e for t, e in zip(tids, entries, strict=True)]
@@ -171,18 +181,18 @@ def clear(backend: Backend, taskids: Any) -> Verb:
     """Drop finished results; KeyError names the ids without one (the others are dropped)."""
     tids = None if taskids is None else taskid_list(taskids)
     backend.forget_results(tids)
-    reply = {"dropped": 0, "missing": []}
+    reply = ClearReply(0, [])
     asked = tids if tids is None else [t for t in tids if in_range(t)]
     if asked is None or asked:
-        reply, _ = yield Request({"type": "clear", "tids": asked})
-    if reply["dropped"] >= BURST_MIN:  # the program has likely dropped its futures too
+        reply, _ = yield Request(to_request(Clear(asked)))
+    if reply.dropped >= BURST_MIN:  # the program has likely dropped its futures too
         give_back(time.monotonic())
-    missing = [*reply["missing"], *(t for t in tids or () if not in_range(t))]
+    missing = [*reply.missing, *(t for t in tids or () if not in_range(t))]
     if missing:
         raise KeyError(
             f"no finished result for task ids {missing} (unknown, unfinished, or already "
-            f"cleared); {reply['dropped']} other result(s) were cleared")
-    return int(reply["dropped"])
+            f"cleared); {reply.dropped} other result(s) were cleared")
+    return reply.dropped
 
 
 # -- waiting ---------------------------------------------------------------------------------
@@ -196,7 +206,7 @@ def barrier(backend: Backend, taskids: Any, progress: bool | None,
         yield from wait(backend, tids, timeout, True)
     else:  # (the reply brings results along, up to a budget, for get_task_result)
         backend.keep_results((yield Request(
-            {"type": "wait", "tids": tids, "budget": KEPT_RESULTS_BYTES}, blocking=True,
+            to_request(Wait(tids, KEPT_RESULTS_BYTES)), blocking=True,
             timeout=timeout, what="barrier", read=split_results)))
     return None
 

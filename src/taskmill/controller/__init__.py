@@ -36,7 +36,7 @@ The package, from the outside in:
 - loop.py: `Controller` and `run_controller`: the poll loop around those sockets, the clock;
 - core.py: `ControllerCore`: (peer, message, now) in, what to send out; the verb tables and
   the messages of both protocols (listed there; each header is read through its typed record
-  in taskmill/protocol.py);
+  in taskmill/protocol/);
 - engines.py, engine_tasks.py: the engine registry and protocol; submits.py, validation.py:
   new tasks; results.py: finished tasks and their waiters; views.py: statistics and the other
   read-only views; sched_calls.py: every call into the scheduler; outbox.py: what a turn

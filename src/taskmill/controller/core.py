@@ -6,8 +6,9 @@ each turn (`flush`), which commits the store and returns the messages to send, i
 to store goes to the store as it is decided (rows wait in memory until `flush` commits them).
 
 Messages are found in explicit verb tables (`client_verbs`, `engine_verbs`); each verb gets
-its header as a typed record (protocol.py: `client_record`, `engine_record`), so a header
-whose fields do not fit is refused before any verb runs. The parts:
+its header as a typed record (taskmill.protocol: `client_record`, `engine_record`), so a header
+whose fields do not fit is refused before any verb runs; each verb answers with its reply
+record (protocol.replies, through the outbox), which the client reads back. The parts:
 - engines.py: the registry, registration, heartbeats, deaths;
 - engine_tasks.py: tasks sent to engines and their results;
 - submits.py and validation.py: new tasks, checked, stored, taken back, reloaded;
@@ -52,13 +53,24 @@ from ..errors import StoreError
 from ..memory import BURST_MIN, QUIET, Burst, compact, give_back
 from ..protocol import (
     Abort,
+    AbortReply,
     Activity,
+    ActivityReply,
     Clear,
+    ClearReply,
+    EmptyReply,
     EngineExited,
+    EnginesReply,
+    HelloReply,
     ResultQuery,
     Retire,
+    RetireReply,
+    SpinReply,
+    StatsReply,
     Status,
+    StatusReply,
     TaskQuery,
+    TaskReply,
     Tids,
     client_record,
     engine_record,
@@ -97,6 +109,7 @@ SESSIONLESS = frozenset({"hello", "ping"})
 IDLE_POLL = 1.0  # seconds the loop waits at most when nothing is due
 RETENTION_EVERY = 3600.0  # seconds between removals of results older than `keep_results`
 
+EMPTY = EmptyReply()
 ClientVerb = Callable[[bytes, Any, Any, list[Any]], None]  # (reply_to, req, record, frames)
 
 
@@ -191,34 +204,32 @@ class ControllerCore:
         handler = self.client_verbs.get(kind)
         if handler is None:
             refused["unknown-type"] += 1
-            outbox.reply(reply_to, req, now=True, error=f"unknown request type {kind!r}")
+            outbox.refuse(reply_to, req, f"unknown request type {kind!r}")
             return
         if req is not None and not isinstance(req, int | str | bytes):
             # (Results for one request travel together, keyed by it: it must be a plain key.)
             refused["bad-request"] += 1
-            outbox.reply(reply_to, req, now=True,
-                         error=f"bad {kind} request: req must be an int or a str")
+            outbox.refuse(reply_to, req, f"bad {kind} request: req must be an int or a str")
             return
         if kind not in SESSIONLESS and header.get("session") != self.ctx.session:
             # Sent to an earlier controller (a client resends it, stamped anew), or a message
             # captured before a restart and replayed: it does nothing.
             refused["wrong-session"] += 1
-            outbox.reply(reply_to, req, now=True, error_type="session",
-                         error=f"a {kind} request for another controller session (sent before "
-                               "the controller restarted, or replayed); it did nothing")
+            outbox.refuse(reply_to, req, f"a {kind} request for another controller session "
+                          "(sent before the controller restarted, or replayed); it did nothing",
+                          "session")
             return
         try:
             handler(reply_to, req, client_record(kind, header), frames)
         except StoreError as e:
-            outbox.reply(reply_to, req, now=True, error_type="StoreError", error=str(e))
+            outbox.refuse(reply_to, req, str(e), "StoreError")
         except (BadRequest, KeyError, TypeError, ValueError, IndexError) as e:
             refused["bad-request"] += 1
-            outbox.reply(reply_to, req, now=True, error=f"bad {kind} request: {e}")
+            outbox.refuse(reply_to, req, f"bad {kind} request: {e}")
         except Exception as e:  # noqa: BLE001 - a bug here must not leave the client waiting
             refused["internal-error"] += 1
             log.exception("error handling a %r request", kind)
-            outbox.reply(reply_to, req, now=True,
-                         error=f"the controller failed on a {kind} request: {e!r}")
+            outbox.refuse(reply_to, req, f"the controller failed on a {kind} request: {e!r}")
 
     def on_engine(self, ident: bytes, header: dict[str, Any], frames: list[Any],
                   now: Now) -> None:
@@ -398,12 +409,11 @@ class ControllerCore:
 
     # -- client verbs ----------------------------------------------------------------------
     def hello(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
-        self.ctx.outbox.reply(rt, req, now=True, version=__version__,
-                              engines=self.engines.alive(),
-                              max_message=self.ctx.wire.max_message)
+        self.ctx.outbox.reply(rt, req, HelloReply(__version__, self.engines.alive(),
+                                                  self.ctx.wire.max_message), now=True)
 
     def ping(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
-        self.ctx.outbox.reply(rt, req, now=True)
+        self.ctx.outbox.reply(rt, req, EMPTY, now=True)
 
     def result(self, rt: bytes, req: Any, m: ResultQuery, frames: list[Any]) -> None:
         if m.block:
@@ -419,26 +429,26 @@ class ControllerCore:
 
     def abort(self, rt: bytes, req: Any, m: Abort, frames: list[Any]) -> None:
         if self.ctx.sched.abort(m.tid):
-            self.ctx.outbox.reply(rt, req, status="aborted")
+            self.ctx.outbox.reply(rt, req, AbortReply("aborted"))
         elif self.ctx.store.result_meta(m.tid) is not None:
-            self.ctx.outbox.reply(rt, req, status="finished")
+            self.ctx.outbox.reply(rt, req, AbortReply("finished"))
         else:
-            self.ctx.outbox.reply(rt, req, status="unknown")
+            self.ctx.outbox.reply(rt, req, AbortReply("unknown"))
 
     def spin(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
         dispatched = self.ctx.sched.spin()
-        self.ctx.outbox.reply(rt, req, now=True, dispatched=dispatched)
+        self.ctx.outbox.reply(rt, req, SpinReply(dispatched), now=True)
 
     def status(self, rt: bytes, req: Any, m: Status, frames: list[Any]) -> None:
         # (Read-only views are answered at once, even while the store cannot write.)
-        self.ctx.outbox.reply(rt, req, now=True,
-                              status=self.views.queue_status(bool(m.verbose)))
+        self.ctx.outbox.reply(rt, req, StatusReply(self.views.queue_status(bool(m.verbose))),
+                              now=True)
 
     def clear(self, rt: bytes, req: Any, m: Clear, frames: list[Any]) -> None:
         dropped, missing = self.ctx.store.clear(m.tids)
         if dropped >= BURST_MIN:
             self.settle_memory()  # (given back at the end of this turn if it is quiet)
-        self.ctx.outbox.reply(rt, req, dropped=dropped, missing=missing)
+        self.ctx.outbox.reply(rt, req, ClearReply(dropped, missing))
 
     def engine_exited(self, rt: bytes, req: Any, m: EngineExited, frames: list[Any]) -> None:
         """A local nanny saw an engine process exit: no need to wait for its heartbeat."""
@@ -449,22 +459,23 @@ class ControllerCore:
             except ValueError:
                 pass
         self.engines.process_exited(m.pid, how)
-        self.ctx.outbox.reply(rt, req)
+        self.ctx.outbox.reply(rt, req, EMPTY)
 
     def retire(self, rt: bytes, req: Any, m: Retire, frames: list[Any]) -> None:
         """Take engines out of scheduling; each stops once it holds nothing (engines.py).
         Answered with the ids that are retiring (the others are unknown or gone)."""
-        self.ctx.outbox.reply(rt, req, now=True, retiring=self.engines.retire(m.engines))
+        self.ctx.outbox.reply(rt, req, RetireReply(self.engines.retire(m.engines)), now=True)
 
     def stats(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
-        self.ctx.outbox.reply(rt, req, now=True, stats=self.views.statistics(self.ctx.now))
+        self.ctx.outbox.reply(rt, req, StatsReply(self.views.statistics(self.ctx.now)),
+                              now=True)
 
     def activity(self, rt: bytes, req: Any, m: Activity, frames: list[Any]) -> None:
-        self.ctx.outbox.reply(rt, req, now=True,
-                              activity=self.ctx.activity.snapshot(self.ctx.now.wall, m.since))
+        self.ctx.outbox.reply(rt, req, ActivityReply(
+            self.ctx.activity.snapshot(self.ctx.now.wall, m.since)), now=True)
 
     def task(self, rt: bytes, req: Any, m: TaskQuery, frames: list[Any]) -> None:
-        self.ctx.outbox.reply(rt, req, now=True, task=self.views.task_info(m.tid))
+        self.ctx.outbox.reply(rt, req, TaskReply(self.views.task_info(m.tid)), now=True)
 
     def engines_verb(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
-        self.ctx.outbox.reply(rt, req, now=True, engines=self.views.engine_table())
+        self.ctx.outbox.reply(rt, req, EnginesReply(self.views.engine_table()), now=True)

@@ -1,6 +1,7 @@
 """The outbox: what one loop turn will send, held until the commit that allows it.
 
-Messages are queued here as plain headers and frames while the turn's messages are handled;
+Messages are queued here as plain headers and frames while the turn's messages are handled
+(a client's reply from its record, protocol.replies: `reply`, `refuse`, and `done`);
 `ControllerCore.flush` then commits the store (`commit`) and takes them out in the one order
 that keeps durability: the `now` messages first (they depend on nothing stored: heartbeats,
 hello, refusals, pings), then, once the rows they depend on are on disk, the submits' answers,
@@ -23,8 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+import msgspec
 
 from ..errors import StoreError
+from ..protocol import Done, Refusal, to_client
 from ..store import TaskStore
 from ..wire import frame_len
 
@@ -109,15 +112,18 @@ class Outbox:
         else:
             self.to_engines.append((ident, header, frames))
 
-    def reply(self, reply_to: bytes, req: Any, frames: Any = (), *, error: str | None = None,
-              now: bool = False, **fields: Any) -> None:
-        """Answer a request: after this turn's commit, or (`now`: it depends on nothing
-        stored, e.g. a refusal) at once."""
-        header = {"type": "reply", "req": req, "ok": error is None, "session": self.session,
-                  **fields}
-        if error is not None:
-            header["error"] = error
+    def reply(self, reply_to: bytes, req: Any, record: msgspec.Struct, frames: Any = (), *,
+              now: bool = False) -> None:
+        """Answer a request with its reply record (protocol.replies): after this turn's
+        commit, or (`now`: it depends on nothing stored) at once."""
+        header = {"type": "reply", "req": req, "ok": type(record) is not Refusal,
+                  "session": self.session, **to_client(record)}
         self.send(CLIENT, reply_to, header, frames, now=now)
+
+    def refuse(self, reply_to: bytes, req: Any, error: str, error_type: str | None = None
+               ) -> None:
+        """Refuse a request, at once (a refusal depends on nothing stored)."""
+        self.reply(reply_to, req, Refusal(error, error_type), now=True)
 
     def add_task(self, eid: int, entry: dict[str, Any], frames: list[Any]) -> None:
         entries, out = self.tasks_out.setdefault(eid, ([], []))
@@ -203,8 +209,8 @@ class Outbox:
         self.to_clients = []
         for (reply_to, req), (entries, frames) in self.done_out.items():
             for part, part_frames in self.within_limit(entries, frames):
-                out.append((CLIENT, reply_to, {"type": "done", "req": req, "results": part},
-                            part_frames))
+                out.append((CLIENT, reply_to, {"type": "done", "req": req,
+                                               **to_client(Done(part))}, part_frames))
         self.done_out.clear()
         return out
 

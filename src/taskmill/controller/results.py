@@ -9,7 +9,8 @@ A waiter is a client request that waits for tasks: `result` (one reply with ever
 `wait` (one reply, with the results of its first tasks up to its `budget` of bytes: a
 barrier's, kept by the client for get_task_result), `watch` (one `done` entry per task as it finishes, batched per turn
 in the outbox). Replies with results go after the commit that stores them, split below the
-size limit (outbox.within_limit).
+size limit (outbox.within_limit); each is a protocol.ResultsReply (or a Done message) whose
+entries are the stored metadata plus `nframes` (a client reads each into an Outcome).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..protocol import ResultsReply
 from ..scheduler import ABORTED, DEPENDENCY, ENGINE_DIED, RESULT, UNMET_TIMEOUT, Finish
 from ..store import StoredResult
 from ..wire import frame_len
@@ -165,9 +167,9 @@ class Results:
         parts = outbox.within_limit(entries, out)
         for i, (part, part_frames) in enumerate(parts):
             if i < len(parts) - 1:  # the client joins the pieces of a reply marked `more`
-                outbox.reply(rt, req, part_frames, results=part, more=True, now=down)
+                outbox.reply(rt, req, ResultsReply(part, more=True), part_frames, now=down)
             else:
-                outbox.reply(rt, req, part_frames, results=part, now=down)
+                outbox.reply(rt, req, ResultsReply(part), part_frames, now=down)
 
     def add_waiter(self, rt: bytes, req: Any, mode: str, tids: list[int],
                    budget: int = 0) -> None:
@@ -225,8 +227,8 @@ class Results:
             out.extend(frames)
         parts = self.ctx.outbox.within_limit(entries, out)
         for i, (part, part_frames) in enumerate(parts):
-            self.ctx.outbox.reply(w.reply_to, w.req, part_frames, results=part,
-                                  **({"more": True} if i < len(parts) - 1 else {}))
+            self.ctx.outbox.reply(w.reply_to, w.req, ResultsReply(part, i < len(parts) - 1),
+                                  part_frames)
 
     def send_watch(self, w: Waiter, tid: int) -> None:
         meta, frames = self.entry(tid)

@@ -23,7 +23,7 @@ from typing import Any
 from ..depend import BoundedDepend, DependRunner
 from ..errors import StoreError
 from ..memory import detached
-from ..protocol import Lease, Put, Submit
+from ..protocol import EmptyReply, Lease, LeaseReply, Put, Submit, TidsReply
 from ..scheduler import Node, Resume
 from ..store import StoredResult, StoredTask
 from ..wire import Refused, loads
@@ -117,7 +117,7 @@ class Submits:
         request that writes; if the controller is killed first, those ids stay unused)."""
         down = self.ctx.outbox.store_down_since is not None
         self.results.gone(self.ctx.leases.release(rt, write=not down))
-        self.ctx.outbox.reply(rt, req, now=True)
+        self.ctx.outbox.reply(rt, req, EmptyReply(), now=True)
 
     def to_scheduler(self, tid: int, spec: dict[str, Any], nodes: list[Node],
                      cleared_ok: bool = False, **counters: Any) -> None:
@@ -194,9 +194,9 @@ class Submits:
         """The submits whose tasks are now stored get their taskids (and watches)."""
         for ns in self.ctx.outbox.take_submits():
             if ns.lease is not None:
-                self.ctx.outbox.reply(ns.reply_to, ns.req, start=ns.lease[0], n=ns.lease[1])
+                self.ctx.outbox.reply(ns.reply_to, ns.req, LeaseReply(*ns.lease))
                 continue
-            self.ctx.outbox.reply(ns.reply_to, ns.req, tids=ns.tids)
+            self.ctx.outbox.reply(ns.reply_to, ns.req, TidsReply(ns.tids))
             if ns.watch:
                 self.results.add_waiter(ns.reply_to, ns.req, "watch", ns.tids)
 
@@ -208,16 +208,15 @@ class Submits:
             if ns.lease is not None:  # (its ids are never used: they read as unknown)
                 self.results.gone(self.ctx.leases.release(ns.reply_to, write=False))
                 self.ctx.store.withdraw([])  # (nothing of it is left to write)
-                self.ctx.outbox.reply(ns.reply_to, ns.req, now=True, error_type="StoreError",
-                                      error=f"the lease of taskids for run() was not "
-                                            f"accepted, the task was not sent: {e}")
+                self.ctx.outbox.refuse(ns.reply_to, ns.req, f"the lease of taskids for run() "
+                                       f"was not accepted, the task was not sent: {e}",
+                                       "StoreError")
                 continue
             self.withdraw([t for t in ns.tids if t not in taken], ns.key)
             taken.update(ns.tids)
             self.ctx.counters.store_refusals += 1
-            self.ctx.outbox.reply(ns.reply_to, ns.req, now=True, error_type="StoreError",
-                                  error=f"the submit was not accepted, none of its tasks will "
-                                        f"run: {e}")
+            self.ctx.outbox.refuse(ns.reply_to, ns.req, f"the submit was not accepted, none "
+                                   f"of its tasks will run: {e}", "StoreError")
 
     def withdraw(self, tids: list[int], key: str | None) -> None:
         """Take back tasks whose rows never committed: from the scheduler, the dispatches

@@ -1,7 +1,7 @@
 """Checking what peers send, beyond the types: submits' nodes, heartbeat pairs.
 
 A message that passed the Wire (signed, fresh, well formed msgpack) is turned into its typed
-record (protocol.py: every field's type and range checked as it is built). What a type cannot
+record (taskmill.protocol: every field's type and range checked as it is built). What a type cannot
 say is checked here, next to the records' own rules (protocol.node_rules): these pure functions
 either return values rebuilt from what was checked, or raise `BadRequest` (answered with an
 error, never acted on). Data flows one way: a record goes in, checked values come out; nothing
