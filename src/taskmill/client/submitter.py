@@ -18,7 +18,14 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from .codec import SUBMIT_OVERHEAD, Encoded, batch_length, refusal, split_results
+from .codec import (
+    SUBMIT_OVERHEAD,
+    Encoded,
+    batch_length,
+    refusal,
+    split_results,
+    submit_header,
+)
 from .connection import Connection
 from .futures import TaskFuture
 
@@ -145,9 +152,7 @@ class Submitter:
             failed = 0
             for batch in batches:
                 futs = [f for _, f in batch]
-                frames = [fr for (_, task_frames), _ in batch for fr in task_frames]
-                header = {"type": "submit", "watch": True,
-                          "tasks": [spec for (spec, _), _ in batch]}
+                header, frames = submit_header([enc for enc, _ in batch], watch=True)
                 try:
                     self._conn.send(header, frames, stream=self._stream(futs))
                 except Exception as e:  # noqa: BLE001 - closed, unreachable, unencodable

@@ -25,7 +25,8 @@ oversize body raises `Refused`, which the receiver counts and drops: it is never
 This package holds no sockets; `recv_message` reads one message from a socket it is given.
 
 What lives where:
-- framing.py: `Wire` (encode, decode, payload MACs, replay table), `Refused`, `frame_len`,
+- framing.py: `Wire` (encode, decode, payload MACs, replay table; a `Spliced` header's `Packed`
+  values spliced in unpacked again), `Refused`, `frame_len`,
   `recv_message`/`send_message`, ZeroMQ's transport heartbeat settings;
 - signing.py: HMAC-SHA256 with the key's pads hashed once; large frames' chunk digests;
 - pickles.py: user payloads (`dumps`, `dumps_arguments`, `loads`, `load_into`), functions defined
@@ -47,7 +48,9 @@ from .framing import (
     TRANSPORT_HEARTBEAT_MS,
     TRANSPORT_TIMEOUT_MS,
     Frame,
+    Packed,
     Refused,
+    Spliced,
     Wire,
     apply_transport_heartbeat,
     frame_buffer,
@@ -70,7 +73,8 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE", "FUNCTION_CACHE_MAX_BYTES", "FUNCTION_CACHE_SIZE", "MAX_FRAMES",
     "MAX_SENDERS", "PLAIN_TYPES", "PROTOCOL", "SIGNATURE_BYTES", "PARALLEL_MIN", "PayloadMac",
     "TRANSPORT_HEARTBEAT_MS", "TRANSPORT_TIMEOUT_MS", "Frame", "FunctionLoads",
-    "FunctionPickles", "HmacSha256", "Refused", "Wire", "apply_transport_heartbeat",
+    "FunctionPickles", "HmacSha256", "Packed", "Refused", "Spliced", "Wire",
+    "apply_transport_heartbeat",
     "dumps", "dumps_arguments", "frame_buffer", "frame_len", "function_state",
     "is_local_module", "load_into", "loads", "recv_message", "send_message", "ship_local_modules",
     "ship_module",
