@@ -164,7 +164,11 @@ class Encoded:
         for f in frames:
             size += frame_len(f)
         self.size = size
-        self.synchronous = any(node.get("depend") == "callable" for node in spec["nodes"])
+        synchronous = False
+        for node in spec["nodes"]:  # (no generator: this is paid per task)
+            if node.get("depend") == "callable":
+                synchronous = True
+        self.synchronous = synchronous
         self.about = about
 
     def __iter__(self) -> Iterator[Any]:
