@@ -8,6 +8,7 @@ timed.
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 import tracemalloc
@@ -20,7 +21,9 @@ import pytest
 from schedtest import make
 from test_protocol import FRAMES, call, ctl, node  # noqa: F401 - ctl is a fixture
 
+from taskmill.client.codec import encode_task
 from taskmill.client.futures import FutureCondition, TaskFuture
+from taskmill.client.options import NO_OPTIONS
 from taskmill.memory import (
     BURST_MIN,
     COLLECT_EVERY,
@@ -32,6 +35,8 @@ from taskmill.memory import (
 )
 from taskmill.protocol import Outcome
 from taskmill.scheduler import Node, Submit, Withdraw
+from taskmill.task import MapTask
+from taskmill.wire import FunctionPickles, Wire
 
 MANY = BURST_MIN + 2_000
 
@@ -69,7 +74,6 @@ def test_a_burst_ends_when_the_count_falls_to_an_eighth_of_a_big_high_water_mark
 def test_give_back_collects_at_most_once_every_so_often(monkeypatch):
     """A full collection walks every object: a program that clears often while it holds a
     million futures must not pay for one at each clear."""
-    import gc
 
     runs = []
     monkeypatch.setattr(gc, "collect", lambda *a: runs.append(a) or 0)
@@ -170,6 +174,68 @@ def test_a_finished_future_is_small():
 
 
 @pytest.mark.timeout(60)
+def test_a_finished_future_is_smaller_still():
+    """Slots instead of a __dict__, the condition being the lock itself, no list of waiters
+    until one is added, the times packed: ~555 bytes held (~625 before), ~660 decoded (~735)."""
+    owner = Owner()
+    n = 2000
+    gc.collect()  # (empties the free lists, whose spare tuples would not be counted)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        futs = [TaskFuture(owner, tid) for tid in range(1000, 1000 + n)]
+        for f in futs:
+            f.set_outcome(entry(f.known_taskid), [FakeFrame(b"a pickled value")])
+        held = (tracemalloc.get_traced_memory()[0] - before) / n
+        for f in futs:
+            f.result()
+        decoded = (tracemalloc.get_traced_memory()[0] - before) / n
+    finally:
+        tracemalloc.stop()
+    assert held < 600, held
+    assert decoded < 700, decoded
+    md = futs[5].metadata  # the packed times come back as they were
+    assert (md["submitted"], md["started"], md["completed"], md["duration"]) == (
+        1.5, 2.0, 2.5, 0.25)
+
+
+def noop(x: int) -> int:
+    return x
+
+
+@pytest.mark.timeout(60)
+def test_a_queued_submit_is_small():
+    """What a client holds for a task submitted but not sent yet (a flood of submits queues
+    behind the one unanswered submit): its encoded entry, its pending future and its place
+    in the queue. ~1.9 kB before (the spec as dicts, the MapTask itself kept for errors);
+    ~0.8 kB with the spec kept packed, as the message will carry it."""
+    wire, functions, owner = Wire(b"k" * 32), FunctionPickles(), Owner()
+    encode_task(NO_OPTIONS.task(noop, (0,), {}), wire, functions, validated=True)  # (cached)
+    n = 2000
+    gc.collect()  # (empties the free lists, whose spare tuples would not be counted)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        queue = [(encode_task(NO_OPTIONS.task(noop, (i,), {}), wire, functions,
+                              validated=True), TaskFuture(owner)) for i in range(1000, 1000 + n)]
+        per_task = (tracemalloc.get_traced_memory()[0] - before) / n
+    finally:
+        tracemalloc.stop()
+    assert per_task < 1000, per_task
+    enc = queue[0][0]  # still readable as the pair it was
+    spec, frames = enc
+    assert spec["nodes"][0]["exec"]["kind"] == "map" and frames is enc.frames
+    assert enc.what == "a MapTask calling noop" and not enc.synchronous
+
+
+def test_an_encoded_task_knows_whether_only_the_controller_can_judge_it():
+    wire = Wire(b"k" * 32)
+    enc = encode_task(MapTask(abs, (1,), depend=bool), wire)
+    assert enc.synchronous and enc.what == "a MapTask calling abs"
+    assert not encode_task(MapTask(abs, (1,), depend={"gpu": 1}), wire).synchronous
+
+
+@pytest.mark.timeout(60)
 def test_futures_wait_and_as_completed_still_hear_of_a_result_from_another_thread():
     owner = Owner()
     futs = [TaskFuture(owner, tid) for tid in range(3)]
@@ -188,6 +254,21 @@ def test_futures_wait_and_as_completed_still_hear_of_a_result_from_another_threa
     assert sorted(f.result(timeout=10) for f in as_completed(futs, timeout=10)) == [
         (0, b"r"), (1, b"r"), (2, b"r")]
     t.join(10)
+
+
+def test_a_waiter_added_before_the_result_hears_of_it():
+    """(A future's list of waiters is made by the first `wait` or `as_completed`.) One thread:
+    as_completed installs its waiter on both futures and hands out the finished one; the
+    other finishes after that, and as_completed hears of it without waiting."""
+    owner = Owner()
+    futs = [TaskFuture(owner, tid) for tid in range(2)]
+    futs[0].set_outcome(entry(0), [b"r"])
+    it = as_completed(futs, timeout=10)
+    assert next(it) is futs[0]
+    futs[1].set_outcome(entry(1), [b"s"])
+    assert next(it) is futs[1] and list(it) == []
+    done, pending = wait(futs, timeout=0)  # (and a second waiter after the first is gone)
+    assert done == set(futs) and not pending
 
 
 def test_future_condition_waits_with_a_timeout_and_is_notified():

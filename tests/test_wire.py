@@ -16,7 +16,9 @@ from taskmill.wire import (
     FunctionLoads,
     FunctionPickles,
     HmacSha256,
+    Packed,
     Refused,
+    Spliced,
     Wire,
     dumps,
     dumps_arguments,
@@ -34,6 +36,25 @@ def test_round_trip_and_refused_counts():
     assert header["type"] == "x" and header["n"] == 1
     assert frames == [b"payload"]
     assert not b.refused
+
+
+def test_a_spliced_header_is_the_bytes_of_the_same_header_packed_whole():
+    """Packed values (a client's task specs, packed once when each task was made) go into the
+    header as they are: a receiver reads exactly the header they were packed from."""
+    specs = [{"nodes": [{"exec": {"kind": "map", "fn": 2}, "pmac": b"m" * 32}], "after": []},
+             {"nodes": [], "after": [1, 2**40]}, {}]
+    a, b = Wire(KEY), Wire(KEY)
+    spliced = Spliced(type="submit", watch=True, tids=[7, 8, 9])
+    spliced["tasks"] = Packed(msgpack.packb(s, use_bin_type=True) for s in specs)
+    plain = {"type": "submit", "watch": True, "tids": [7, 8, 9], "tasks": specs}
+    msg = a.encode(spliced, [b"payload"])
+    header, frames = b.decode(msg)
+    assert header == {**plain, "sid": a.sid, "seq": 0} and frames == [b"payload"]
+    # byte for byte what packing the whole header gives (the receiver checks its signature)
+    assert msg[0][len(PROTOCOL) + 32:] == msgpack.packb({**plain, "sid": a.sid, "seq": 0},
+                                                        use_bin_type=True)
+    empty = Spliced(type="submit", tasks=Packed())
+    assert b.decode(a.encode(empty))[0]["tasks"] == []
 
 
 def test_wrong_key_is_refused_and_counted():

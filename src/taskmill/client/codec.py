@@ -2,10 +2,11 @@
 
 Nothing here touches a socket, a thread or the clock:
 
-    BaseTask --encode_task(task, wire, functions)--> Encoded [spec, frames] (+ its size)
+    BaseTask --encode_task(task, wire, functions)--> Encoded: the spec packed once, frames, size
         (a task and its recovery chain: one *node* per task of the chain; `recovery` in a
          node is the index of the node that recovers it)
     [Encoded, ...] --batch_length--> how many go in one submit message
+                   --submit_header--> its header (the packed specs spliced in) and frames
     a ResultsReply or Done record (protocol.replies) + frames --split_results--> (Outcome,
         frames) per taskid
     (Outcome, frames) --decode_result(meta, frames, wire)--> the value, a TaskResult, or a
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import msgpack
@@ -41,9 +42,7 @@ from ..protocol import (
     ProtocolError,
     Refusal,
     ResultsReply,
-    Submit,
     fit,
-    to_request,
 )
 from ..task import (
     BaseTask,
@@ -57,7 +56,9 @@ from ..task import (
 from ..wire import (
     MAX_FRAMES,
     FunctionPickles,
+    Packed,
     Refused,
+    Spliced,
     Wire,
     dumps,
     dumps_arguments,
@@ -159,24 +160,50 @@ def split_results(reply: ResultsReply | Done, frames: list[Any]) -> list[Entry]:
 
 
 # -- tasks -> submit entries -----------------------------------------------------------------
-class Encoded(list):
-    """[spec, frames] of one task for a submit message, with `size`, the bytes it adds to
-    that message, and `task`, for errors."""
+class Encoded:
+    """One task ready for a submit message, kept small (a client may queue a million):
 
-    __slots__ = ("size", "task")
+    `packed`, its spec as msgpack bytes, packed once here and spliced as they are into the
+    message (wire.Spliced: the controller reads the same bytes as if the spec were packed
+    with the message); `frames`, its payload frames; `size`, the bytes it adds to that
+    message; `synchronous`, whether a node's `depend` is a callable that only the controller
+    can judge (run() sends such a task at once); `what`, the task in a few words for errors,
+    made when asked from `about` (the MapTask's function or the StringTask's expression: the
+    task itself is not kept). `spec, frames = enc` reads it as the pair, the spec unpacked
+    again (for tests and the rare reader); `Encoded([spec, frames])` packs one."""
+
+    __slots__ = ("packed", "frames", "size", "synchronous", "about")
+
+    def __init__(self, pair: Sequence[Any], about: Any = None) -> None:
+        spec, frames = pair
+        self.packed: bytes = msgpack.packb(spec, use_bin_type=True)
+        self.frames: list[Any] = frames
+        size = len(self.packed)
+        for f in frames:
+            size += frame_len(f)
+        self.size = size
+        synchronous = False
+        for node in spec["nodes"]:  # (no generator: this is paid per task)
+            if node.get("depend") == "callable":
+                synchronous = True
+        self.synchronous = synchronous
+        self.about = about
+
+    def __iter__(self) -> Iterator[Any]:
+        yield msgpack.unpackb(self.packed, raw=False, strict_map_key=False)
+        yield self.frames
 
     @property
     def what(self) -> str:
-        return describe(self.task)
+        return describe(self.about)
 
 
-def describe(task: BaseTask) -> str:
-    """A task in a few words (its repr may hold megabytes of arguments)."""
-    if isinstance(task, MapTask):
-        f = task.function
-        return f"a MapTask calling {getattr(f, '__qualname__', type(f).__name__)}"
-    text = getattr(task, "expression", "")
-    return f"the StringTask {text[:40] + '...' if len(text) > 40 else text!r}"
+def describe(about: Any) -> str:
+    """A task in a few words, from its function (a MapTask) or expression (a StringTask):
+    its repr may hold megabytes of arguments."""
+    if isinstance(about, str):
+        return f"the StringTask {about[:40] + '...' if len(about) > 40 else about!r}"
+    return f"a MapTask calling {getattr(about, '__qualname__', type(about).__name__)}"
 
 
 def encode_task(task: BaseTask, wire: Wire, functions: FunctionPickles | None = None, *,
@@ -280,27 +307,21 @@ def check_text(text: str, what: str) -> None:
 def packed(spec: dict[str, Any], frames: list[Any], task: BaseTask) -> Encoded:
     """Pack the spec now: what cannot be encoded raises at the call that made the task, never
     later on the I/O thread; its size counts towards the size limit of a message."""
+    about = task.function if isinstance(task, MapTask) else getattr(task, "expression", "")
     try:
-        data = msgpack.packb(spec, use_bin_type=True)
+        return Encoded((spec, frames), about)
     except (TypeError, ValueError, OverflowError) as e:
-        raise ValueError(f"cannot send {describe(task)}: its options cannot be encoded "
+        raise ValueError(f"cannot send {describe(about)}: its options cannot be encoded "
                          f"({type(e).__name__}: {e}); ints must fit in 64 bits") from None
-    enc = Encoded((spec, frames))
-    size = len(data)
-    for f in frames:
-        size += frame_len(f)
-    enc.size = size
-    enc.task = task
-    return enc
 
 
 def too_big(enc: Encoded, max_message: int, what: str | None = None) -> ValueError | None:
     """The error for a task too large for one message of `max_message` bytes, or None."""
-    if enc.size <= max_message - SUBMIT_OVERHEAD and len(enc[1]) < MAX_FRAMES:
+    if enc.size <= max_message - SUBMIT_OVERHEAD and len(enc.frames) < MAX_FRAMES:
         return None
     if enc.size <= max_message - SUBMIT_OVERHEAD:
         return ValueError(
-            f"{what or enc.what} is {len(enc[1]):,} payload frames once pickled (an "
+            f"{what or enc.what} is {len(enc.frames):,} payload frames once pickled (an "
             "out-of-band buffer each), more than the controller accepts in one message "
             f"({MAX_FRAMES:,}): nothing was sent. Send fewer large buffers per task")
     return ValueError(
@@ -316,7 +337,7 @@ def batch_length(encoded: Iterable[Encoded], budget: int) -> int:
     together at most `budget` bytes and fewer than MAX_FRAMES frames."""
     n = size = frames = 0
     for enc in itertools.islice(encoded, SUBMIT_BATCH):
-        nf = len(enc[1])
+        nf = len(enc.frames)
         if n and (size + enc.size > budget or frames + nf >= MAX_FRAMES):
             break
         n += 1
@@ -336,10 +357,12 @@ def batches(encoded: Sequence[Encoded], max_message: int) -> list[Sequence[Encod
     return out
 
 
-def submit_header(batch: Sequence[Encoded]) -> tuple[dict[str, Any], list[Any]]:
-    """The submit request (header, frames) of one batch."""
-    return (to_request(Submit([spec for spec, _ in batch])),
-            [f for _, frames in batch for f in frames])
+def submit_header(batch: Sequence[Encoded], **more: Any) -> tuple[Spliced, list[Any]]:
+    """The submit request (header, frames) of one batch, with `more` in its header; the
+    tasks' specs go in as they were packed (wire.Spliced)."""
+    header = Spliced(type="submit", **more)
+    header["tasks"] = Packed([enc.packed for enc in batch])
+    return header, [f for enc in batch for f in enc.frames]
 
 
 # -- result entries -> values ----------------------------------------------------------------

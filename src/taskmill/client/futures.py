@@ -16,19 +16,23 @@ A future belongs to an *owner* (the client's `Backend`), which it asks three thi
 `abort` (for `cancel`). The `set_*` methods are what the client does to a future, public as
 `Future.set_result` is: for the client's own modules, not for programs.
 
-Memory: a client may hold a million finished futures, so each is kept small. Its condition
-is a `FutureCondition` (a re-entrant lock; a `threading.Condition` only while someone waits)
-rather than a `threading.Condition` of its own (with its deque, ~1.5 kB a future);
-`metadata` is kept as a tuple until it is read; of a successful map's result entry only what
-decodes its value is kept (taskid, payload MAC, frames) until `result()`; no list of
-done-callbacks until one is added; small payload frames are copied out of the receive buffer
-they share with other messages (taskmill.memory.detached); and once `result()` has decoded
-the value, only the value is kept.
+Memory: a client may hold a million finished futures, so each is kept small (~590 bytes
+before `result()`; tests/test_memory.py bounds it): slots, not a `__dict__`. Its condition is
+a `FutureCondition`, the re-entrant lock itself (a `threading.Condition` only while someone
+waits), rather than a `threading.Condition` of its own (with its deque, ~1.5 kB a future); no
+list of waiters until `wait`/`as_completed` adds one (see NoWaiters); `metadata` is kept as a
+tuple until it is read (its four times packed in one bytes object); of a successful map's
+result entry only what decodes its value is kept (taskid, payload MAC, frames) until
+`result()`; no list of done-callbacks until one is added; small payload frames are copied out
+of the receive buffer they share with other messages (taskmill.memory.detached); and once
+`result()` has decoded the value, only the value is kept.
 """
 
 from __future__ import annotations
 
+import struct
 import threading
+from _thread import RLock
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures._base import CANCELLED, PENDING
@@ -59,35 +63,23 @@ class FutureOwner(Protocol):
 NO_CALLBACKS: tuple[()] = ()  # a future's done-callbacks until it has one
 
 
-class FutureCondition:
+class FutureCondition(RLock):
     """What a `Future` asks of its `_condition` (acquire, release, `with`, `wait`, `notify`,
-    `notify_all`, as `threading.Condition` over an RLock), in ~100 bytes instead of ~1.5 kB:
-    the `threading.Condition` (over the same lock) exists only while someone waits."""
+    `notify_all`, as `threading.Condition` over an RLock), in 80 bytes instead of ~1.5 kB:
+    it is the re-entrant lock itself (the C one, so `with` costs no Python call), and the
+    `threading.Condition` over it exists only while someone waits."""
 
-    __slots__ = ("_lock", "_cond", "_waiting")
+    __slots__ = ("_cond", "_waiting")
 
     def __init__(self) -> None:
-        self._lock = threading.RLock()
         self._cond: threading.Condition | None = None
         self._waiting = 0  # threads in wait(); the last one out drops the Condition
-
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        return self._lock.acquire(blocking, timeout)
-
-    def release(self) -> None:
-        self._lock.release()
-
-    def __enter__(self) -> bool:
-        return self._lock.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
 
     def wait(self, timeout: float | None = None) -> bool:
         """As `threading.Condition.wait` (called with the lock held, as there)."""
         cond = self._cond
         if cond is None:
-            cond = self._cond = threading.Condition(self._lock)
+            cond = self._cond = threading.Condition(self)
         self._waiting += 1
         try:
             return cond.wait(timeout)
@@ -103,6 +95,46 @@ class FutureCondition:
     def notify_all(self) -> None:
         if self._cond is not None:
             self._cond.notify_all()
+
+
+class NoWaiters:
+    """A future's `_waiters` while it has none: iterates as empty, and `append` (by
+    `concurrent.futures.wait` and `as_completed`, holding the future's condition) makes the
+    future's list. Made when read (when the future finishes), then dropped: a list kept in
+    each of a million futures would be 56 MB."""
+
+    __slots__ = ("fut",)
+
+    def __init__(self, fut: TaskFuture) -> None:
+        self.fut = fut
+
+    def __iter__(self) -> Any:
+        return iter(NO_CALLBACKS)
+
+    def append(self, waiter: Any) -> None:
+        self.fut.add_waiter(waiter)
+
+
+# A finished task's times (submitted, started, completed, duration), packed into one bytes
+# object when all are floats: 65 bytes instead of four floats' 96 and four tuple slots.
+TIMES = struct.Struct("4d")
+assert METADATA_KEYS[1:5] == ("submitted", "started", "completed", "duration")
+
+
+def compacted(meta: Outcome) -> tuple[Any, ...]:
+    """What a future keeps of a result entry's metadata until `metadata` is read."""
+    times: Any = (meta.submitted, meta.started, meta.completed, meta.duration)
+    if all(type(t) is float for t in times):
+        times = TIMES.pack(*times)
+    return (meta.engineid, times, meta.stdout, meta.stderr, meta.attempts)
+
+
+def expanded(kept: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The values of METADATA_KEYS from what `compacted` kept."""
+    engineid, times, stdout, stderr, attempts = kept
+    if type(times) is bytes:
+        times = TIMES.unpack(times)
+    return (engineid, *times, stdout, stderr, attempts)
 
 
 class FailurePending(Exception):
@@ -148,13 +180,18 @@ class TaskFuture(Future, FutureLike):
             "level of its arguments, or directly inside a list, tuple or dict there (it stands "
             "for its result), or pass fut.result()")
 
+    # Slots, not a __dict__ (Future has none of its own): Future's attributes, then ours.
+    __slots__ = ("_condition", "_state", "_result", "_exception", "_waiter_list", "_done_callbacks",
+                 "_owner", "_front", "_taskid", "_known_event", "_submit_error", "_raw",
+                 "_outcome", "_cancelling", "_meta")
+
     def __init__(self, owner: FutureOwner, taskid: int | None = None) -> None:
         # Future.__init__'s own attributes, with a small condition (see FutureCondition).
         self._condition = FutureCondition()
         self._state = PENDING
         self._result = None
         self._exception = None
-        self._waiters: list[Any] = []
+        self._waiter_list: list[Any] | None = None  # (see `_waiters`)
         self._done_callbacks: list[Any] | tuple[()] = NO_CALLBACKS  # (see add_done_callback)
         self._owner = owner
         self._front = owner.front()  # (`tc.submit(f).result()` with no other name for tc)
@@ -169,6 +206,19 @@ class TaskFuture(Future, FutureLike):
         self._meta: tuple[Any, ...] | dict[str, Any] | None = None  # see `metadata`
 
     @property
+    def _waiters(self) -> list[Any] | NoWaiters:
+        """Future's list of the waiters of `wait` and `as_completed`, made when the first one
+        is added (most futures never have one): until then a `NoWaiters`."""
+        waiters = self._waiter_list
+        return NoWaiters(self) if waiters is None else waiters
+
+    def add_waiter(self, waiter: Any) -> None:
+        """(What `NoWaiters.append` does: under the future's condition, as `wait` adds.)"""
+        if self._waiter_list is None:
+            self._waiter_list = []
+        self._waiter_list.append(waiter)
+
+    @property
     def metadata(self) -> dict[str, Any]:
         """`engineid`, `submitted`, `started`, `completed`, `duration`, `stdout`, `stderr`,
         `attempts`: None until the task finishes (the same dict, filled in then)."""
@@ -176,7 +226,7 @@ class TaskFuture(Future, FutureLike):
             meta = self._meta
             if type(meta) is dict:
                 return meta
-            built = (dict(zip(METADATA_KEYS, meta, strict=True)) if meta
+            built = (dict(zip(METADATA_KEYS, expanded(meta), strict=True)) if meta
                      else dict.fromkeys(METADATA_KEYS))
             self._meta = built
             return built
@@ -253,7 +303,7 @@ class TaskFuture(Future, FutureLike):
         if meta is not None and not (meta.unknown or meta.active):
             with self._condition:  # (a caller may be reading `metadata`)
                 if self._meta is None:
-                    self._meta = tuple([getattr(meta, key) for key in METADATA_KEYS])
+                    self._meta = compacted(meta)
                 else:  # read already: filled in where it is
                     known = self.metadata
                     for key in METADATA_KEYS:

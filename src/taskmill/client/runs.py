@@ -39,8 +39,15 @@ from ..errors import (
     StoreRunNotStored,
     ids_text,
 )
-from ..protocol import Release, Submit, to_request
-from .codec import SUBMIT_BATCH, SUBMIT_OVERHEAD, Encoded, batch_length, refusal
+from ..protocol import Release, to_request
+from .codec import (
+    SUBMIT_BATCH,
+    SUBMIT_OVERHEAD,
+    Encoded,
+    batch_length,
+    refusal,
+    submit_header,
+)
 from .connection import Connection
 
 FLUSH_DELAY = 0.005  # seconds a run() task waits at most for the answer to the last batch
@@ -53,7 +60,7 @@ TID_BYTES = 9  # a taskid in a submit's header, at most
 def is_synchronous(enc: Encoded) -> bool:
     """A task whose refusal only the controller can find (a depend callable it must
     unpickle): sent at once, and its answer waited for, so that run() raises it."""
-    return any(node.get("depend") == "callable" for node in enc[0]["nodes"])
+    return enc.synchronous
 
 
 class Runs:
@@ -180,8 +187,8 @@ class Runs:
             n = batch_length((enc for enc, _ in queue[i:]), budget)
             part = queue[i:i + n]
             tids = [t for _, t in part]
-            out.append((to_request(Submit([enc[0] for enc, _ in part], tids=tids)),
-                        [f for enc, _ in part for f in enc[1]], tids))
+            header, frames = submit_header([enc for enc, _ in part], tids=tids)
+            out.append((header, frames, tids))
             i += n
         self._queue, self._bytes = [], 0
         return out

@@ -8,6 +8,9 @@
 `submit` sends at once when no submit of this client is unanswered; otherwise its task waits
 for that answer and then goes with every other task queued meanwhile, in one message. So a
 loop of submits costs a message per round trip, not per task, and a lone submit never waits.
+A loop of submits outruns the controller's answers, so a flood queues here (387k of 1M no-op
+tasks, measured): a queued task is its `Encoded` (the spec kept packed, as the message splices
+it in) and its pending future, ~0.8 kB together (tests/test_memory.py bounds it).
 Futures for tasks submitted before are named in `watch` requests by the Watcher instead. The
 I/O thread only marks futures done; `result()` unpickles, in the thread that calls it. Each
 request is built from its record and each answer read into its record (taskmill.protocol); a
@@ -21,8 +24,15 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ..protocol import ProtocolError, Refusal, Submit, Watch, from_done, from_reply, to_request
-from .codec import SUBMIT_OVERHEAD, Encoded, batch_length, refusal, split_results
+from ..protocol import ProtocolError, Refusal, Watch, from_done, from_reply, to_request
+from .codec import (
+    SUBMIT_OVERHEAD,
+    Encoded,
+    batch_length,
+    refusal,
+    split_results,
+    submit_header,
+)
 from .connection import Connection
 from .futures import TaskFuture
 
@@ -154,8 +164,7 @@ class Submitter:
             failed = 0
             for batch in batches:
                 futs = [f for _, f in batch]
-                frames = [fr for (_, task_frames), _ in batch for fr in task_frames]
-                header = to_request(Submit([spec for (spec, _), _ in batch], watch=True))
+                header, frames = submit_header([enc for enc, _ in batch], watch=True)
                 try:
                     self._conn.send(header, frames, stream=self._stream(futs))
                 except Exception as e:  # noqa: BLE001 - closed, unreachable, unencodable

@@ -25,9 +25,10 @@ oversize body raises `Refused`, which the receiver counts and drops: it is never
 This package holds no sockets; `recv_message` reads one message from a socket it is given.
 
 What lives where:
-- framing.py: `Wire` (encode, decode, payload MACs, replay table), `Refused`, `frame_len`,
-  `recv_message`/`send_message`, the transport settings of client links (ZeroMQ's heartbeats)
-  and of engine links (TCP keepalive);
+- framing.py: `Wire` (encode, decode, payload MACs, replay table; a `Spliced` header's `Packed`
+  values spliced in unpacked again), `Refused`, `frame_len`, `recv_message`/`send_message`,
+  the transport settings of client links (ZeroMQ's heartbeats) and of engine links (TCP
+  keepalive);
 - signing.py: HMAC-SHA256 with the key's pads hashed once; large frames' chunk digests;
 - pickles.py: user payloads (`dumps`, `dumps_arguments`, `loads`, `load_into`), functions defined
   interactively rebuilt over an engine's namespace;
@@ -48,7 +49,9 @@ from .framing import (
     TRANSPORT_HEARTBEAT_MS,
     TRANSPORT_TIMEOUT_MS,
     Frame,
+    Packed,
     Refused,
+    Spliced,
     Wire,
     apply_engine_link,
     apply_transport_heartbeat,
@@ -72,7 +75,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE", "FUNCTION_CACHE_MAX_BYTES", "FUNCTION_CACHE_SIZE", "MAX_FRAMES",
     "MAX_SENDERS", "PLAIN_TYPES", "PROTOCOL", "SIGNATURE_BYTES", "PARALLEL_MIN", "PayloadMac",
     "TRANSPORT_HEARTBEAT_MS", "TRANSPORT_TIMEOUT_MS", "Frame", "FunctionLoads",
-    "FunctionPickles", "HmacSha256", "Refused", "Wire", "apply_engine_link",
+    "FunctionPickles", "HmacSha256", "Packed", "Refused", "Spliced", "Wire", "apply_engine_link",
     "apply_transport_heartbeat",
     "dumps", "dumps_arguments", "frame_buffer", "frame_len", "function_state",
     "is_local_module", "load_into", "loads", "recv_message", "send_message", "ship_local_modules",

@@ -4,7 +4,9 @@ A message is `[envelope, *payload]`, envelope = PROTOCOL + signature + header (s
 docstring). `Wire.encode` numbers and signs a header; `Wire.decode` checks a received message
 (size, frame count, protocol, signature, msgpack header, replay) and raises `Refused`, counted in
 `Wire.refused`, for anything that must not be acted on. `Wire.payload_mac`/`check_payload` cover
-the payload frames (with signing.py's HMAC). `recv_message`/`send_message` move one whole message
+the payload frames (with signing.py's HMAC). A `Spliced` header carries `Packed` values, lists
+packed already (a client's task specs, packed once when the task was made): `encode` splices
+their bytes in as an array, the same bytes packing them again would give. `recv_message`/`send_message` move one whole message
 through a ZeroMQ socket the caller owns; this module holds no sockets.
 """
 
@@ -40,6 +42,16 @@ MAX_FRAMES = 1 << 17
 MAX_SENDERS = 100_000  # senders whose last sequence number a Wire remembers (replay checks)
 
 Frame = Any  # bytes, memoryview, or zmq.Frame
+
+
+class Packed(list):
+    """Items packed already (msgpack bytes each): an array in a `Spliced` header, spliced in
+    by `Wire.encode` without packing them again."""
+
+
+class Spliced(dict):
+    """A header whose `Packed` values `Wire.encode` splices in (see there); any other header
+    is a plain dict."""
 
 
 class Refused(Exception):
@@ -82,7 +94,8 @@ class Wire:
         self.refused: Counter[str] = Counter()
         # One Packer per Wire (a Wire belongs to one socket, used by one thread at a time):
         # cheaper than msgpack.packb, which makes a Packer per call.
-        self._pack = msgpack.Packer(use_bin_type=True).pack
+        self._packer = msgpack.Packer(use_bin_type=True)
+        self._pack = self._packer.pack
 
     # -- signing ----------------------------------------------------------------------------
     def _sign(self, data: Any) -> bytes:
@@ -105,7 +118,23 @@ class Wire:
         are this Wire's (set here, overwriting any): never use those names for anything else."""
         header["sid"] = self.sid
         header["seq"] = next(self._seq)
+        if type(header) is Spliced:
+            return [self.seal(self._spliced(header)), *frames]
         return [self.seal(self._pack(header)), *frames]
+
+    def _spliced(self, header: Spliced) -> bytes:
+        """The packed header, each `Packed` value's bytes spliced in as an array: the bytes
+        `_pack` would give for the items themselves (same packer, same options)."""
+        packer = self._packer
+        parts = [packer.pack_map_header(len(header))]
+        for key, value in header.items():
+            parts.append(packer.pack(key))
+            if type(value) is Packed:
+                parts.append(packer.pack_array_header(len(value)))
+                parts.extend(value)
+            else:
+                parts.append(packer.pack(value))
+        return b"".join(parts)
 
     def seal(self, header_bytes: bytes) -> bytes:
         """The envelope frame for already packed header bytes."""
