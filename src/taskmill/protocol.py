@@ -176,6 +176,14 @@ class Put(msgspec.Struct, frozen=True):
     resent: Any = False
 
 
+class Ack(msgspec.Struct, frozen=True):
+    """`ack`: the client took in its first `got` results of `done` messages (their `at`
+    numbers them); `lost`: and missed the ones after (controller/credit.py). No reply."""
+
+    got: NonNeg
+    lost: Any = False  # (read as a flag)
+
+
 class NoFields(msgspec.Struct, frozen=True):
     """hello, ping, spin, engines, stats: nothing beyond the common fields."""
 
@@ -185,7 +193,7 @@ CLIENT_RECORDS: dict[str, type[msgspec.Struct]] = {
     "watch": Tids, "wait": Tids, "abort": Abort, "spin": NoFields, "status": Status,
     "clear": Clear, "engines": NoFields, "stats": NoFields, "activity": Activity,
     "task": TaskQuery, "engine_exited": EngineExited, "put": Put, "retire": Retire,
-    "lease": Lease, "release": Lease,
+    "lease": Lease, "release": Lease, "ack": Ack,
 }
 
 
@@ -411,6 +419,14 @@ class Statistics(msgspec.Struct, frozen=True):
     engines: list[dict[str, Any]]  # the engine table, with held tasks and last heartbeat
     tasks_per_second: float  # over the last minute
     durations: dict[str, Any]  # the task-duration histogram
+    # Results streamed to clients (controller/credit.py): sent and not acknowledged (at most
+    # a window per client), and their bytes; waiting for credit (in the store), and of those
+    # the ones whose payload waits in memory; sent again because a client lost them.
+    results_in_flight_to_clients: int = 0
+    result_bytes_in_flight_to_clients: int = 0
+    results_held_for_clients: int = 0
+    results_in_memory_for_clients: int = 0
+    results_sent_again_to_clients: int = 0
 
     def as_map(self) -> dict[str, Any]:
         return msgspec.structs.asdict(self)

@@ -36,6 +36,7 @@ from ..errors import ControllerUnreachable
 from ..task import check_seconds
 from ..wire import Refused, Wire, recv_message, send_message
 from .codec import checked, joined
+from .credit import Intake
 
 PING_INTERVAL = 1.0
 RECONNECT_TIMEOUT = 120.0  # seconds of silence from the controller before calls give up
@@ -146,6 +147,7 @@ class Connection:
         self.session: bytes | None = None
         self._key_prefix = base.decode() + ":"
         self._streams: dict[int, Callable[[dict[str, Any], list[Any]], bool]] = {}
+        self._intake = Intake()  # numbered `done` results taken in (credit.py)
         self._silent = 0.0  # seconds of this thread's running time since the controller spoke
         self._unreachable = False
         self._say_hello = True  # the next keep-alive is a hello (its reply names the limit)
@@ -206,6 +208,7 @@ class Connection:
                                         flags=zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     pass
+                self._say(self._intake.tick())
                 next_ping = now + (self._ping_interval if self._hello.done() else 0.5)
             if self._silent > self.reconnect_timeout and not self._unreachable \
                     and self._hello.done():
@@ -252,7 +255,14 @@ class Connection:
                     self.max_message = limit
             if not self._hello.done():
                 self._hello.set_result(header)
+            self._say(self._intake.probe(header.get("sent"), time.monotonic()))
             return
+        if header.get("type") == "done":  # numbered: taken in order, acknowledged
+            taken, say = self._intake.take(header, frames, time.monotonic())
+            self._say(say)
+            if taken is None:
+                return
+            header, frames = taken
         if header.get("more"):  # a reply in pieces (results above the size limit): keep it
             self._partial.setdefault(req, []).append((header, frames))
             return
@@ -271,6 +281,16 @@ class Connection:
         fut = self._futures.pop(req, None)
         if fut is not None and not fut.done():
             fut.set_result((header, frames))
+
+    def _say(self, header: dict[str, Any] | None) -> None:
+        """(I/O thread) Send an ack of the results taken in, from the receive socket."""
+        if header is not None:
+            header["session"] = self.session
+            try:
+                self._recv_sock.send_multipart(self.wire.encode(header), flags=zmq.NOBLOCK,
+                                               copy=False)
+            except zmq.Again:
+                self._intake.said = -1  # (said again at the next ping)
 
     def _resend_for_session(self, req: Any) -> bool:
         """A request refused because it named an earlier controller session did nothing:
@@ -302,6 +322,7 @@ class Connection:
         """A new controller answered: send again what the old one never answered."""
         self._say_hello = True  # (it may have another size limit)
         self._partial.clear()
+        self._intake.reset()  # (it numbers its results from 0)
         failed: list[tuple[Future | None, BaseException]] = []
         with self.send_lock:
             for req, (header, frames) in list(self._outstanding.items()):
@@ -368,6 +389,7 @@ class Connection:
             self.recv_ident = base + b".r"
         self._recv_sock.close(0)
         self._recv_sock = self._dealer(self.recv_ident)
+        self._intake.reset()  # (results to the new id are numbered from 0)
         self._say_hello = True  # (so that the controller learns the new id at once)
         return self._recv_sock
 

@@ -19,14 +19,15 @@ whose fields do not fit is refused before any verb runs. The parts:
   hourly (`drop_old_results`, store/retention.py), as a client's `clear` would drop them.
 
 Client messages (every one carries `req`; the reply echoes it):
-  hello, ping, submit{tasks, watch}, result{tids, block}, watch{tids}, wait{tids, budget}, abort{tid},
+  hello, ping, ack{got, lost} (results taken in: credit.py), submit{tasks, watch}, result{tids, block}, watch{tids}, wait{tids, budget}, abort{tid},
   spin, status{verbose}, clear{tids}, engines, stats, engine_exited{pid, status} (from a nanny),
   retire{engines} (take engines out of scheduling; each stops once it holds nothing),
   activity{since} and task{tid} (read-only, for the dashboard: stats.py keeps what they read),
   lease{n} and release (taskids a client numbers its run() tasks from: leases.py; a submit
   may then carry `tids` from its lease, and `release`)
   A submit with `watch` is answered with its taskids, then with `done` messages as its tasks
-  finish (one request instead of a submit and a watch).
+  finish (one request instead of a submit and a watch), within the client's credit: at most
+  a window of them unacknowledged, the rest wait in the store (credit.py).
 Engine control messages: register, hb (heartbeat), revoked, retired  ->  registered, hb (with
   `retire` once a retiring engine holds nothing), reregister,
   interrupt, revoke{dseq} (give back a buffered task, see the scheduler's stealing; `dseq`, not
@@ -52,6 +53,7 @@ from ..errors import StoreError
 from ..memory import BURST_MIN, QUIET, Burst, compact, give_back
 from ..protocol import (
     Abort,
+    Ack,
     Activity,
     Clear,
     EngineExited,
@@ -140,7 +142,7 @@ class ControllerCore:
             "spin": self.spin, "status": self.status, "clear": self.clear,
             "engines": self.engines_verb, "stats": self.stats, "activity": self.activity,
             "task": self.task, "engine_exited": self.engine_exited, "put": self.submits.put,
-            "retire": self.retire,
+            "retire": self.retire, "ack": self.ack,
             "lease": self.submits.lease, "release": self.submits.release,
         }
         # What carries out each kind of action (the report goes to a Finish only).
@@ -344,7 +346,7 @@ class ControllerCore:
                 control, tasks = outbox.take_tasks()
                 out.extend((ENGINE, ident, header, frames) for ident, header, frames in control)
                 out.extend(self.engine_tasks.number_tasks(tasks))
-            if outbox.to_clients or outbox.done_out:
+            if outbox.to_clients or outbox.credits.ready:
                 out.extend(outbox.take_client_messages())
         ctx.counters.messages_out += len(out)
         active = ctx.sched.active_count()
@@ -403,7 +405,22 @@ class ControllerCore:
                               max_message=self.ctx.wire.max_message)
 
     def ping(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
-        self.ctx.outbox.reply(rt, req, now=True)
+        # `sent`: the results sent to this client so far (credit.py): a client that got
+        # fewer lost some (they all left before this reply) and asks for them again.
+        sent = self.ctx.outbox.credits.probe(rt)
+        if sent is None:
+            self.ctx.outbox.reply(rt, req, now=True)
+        else:
+            self.ctx.outbox.reply(rt, req, now=True, sent=sent)
+
+    def ack(self, rt: bytes, req: Any, m: Ack, frames: list[Any]) -> None:
+        """The client took in its first `got` results (and, `lost`, missed the next ones):
+        credit returns (credit.py). No reply."""
+        credits = self.ctx.outbox.credits
+        if m.lost:
+            credits.lost(rt, m.got)
+        else:
+            credits.acked(rt, m.got)
 
     def result(self, rt: bytes, req: Any, m: ResultQuery, frames: list[Any]) -> None:
         if m.block:

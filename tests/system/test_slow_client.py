@@ -1,0 +1,118 @@
+"""A client that stops reading its results: they wait in the controller's store, not in its
+socket queues, and every future resolves once when the client reads again.
+
+The client is a real process, stopped with SIGSTOP while 20,000 results of 1 kB stream to it:
+the controller sends at most its window of them (controller/credit.py) and holds the rest as
+taskids, which `statistics()` shows. The client stays stopped past the transport heartbeat's
+timeout, so the controller's ZeroMQ also drops the connection with what it had queued for it:
+the client, resumed, sees that results were lost and gets them again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from systest import poll
+
+from taskmill import Cluster
+from taskmill.defaults import RESULTS_WINDOW, RESULTS_WINDOW_BYTES
+from taskmill.wire import TRANSPORT_TIMEOUT_MS
+
+N = 20_000
+PAYLOAD = 1024
+
+CLIENT = """
+import collections, os, sys, threading, time
+from taskmill import TaskClient
+
+def payload(i, gate):
+    import os, time
+    while not os.path.exists(gate):
+        time.sleep(0.005)
+    return bytes([i % 251]) * PAYLOAD
+
+conn, gate, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+calls = collections.Counter()
+lock = threading.Lock()
+def note(i):
+    def called(f):
+        with lock:
+            calls[i] += 1
+    return called
+with TaskClient(conn, timeout=30) as tc:
+    futs = [tc.submit(payload, i, gate) for i in range(n)]
+    for i, f in enumerate(futs):
+        f.add_done_callback(note(i))
+    tids = [f.taskid for f in futs]
+    print("submitted", flush=True)
+    right = sum(f.result(timeout=300) == bytes([i % 251]) * PAYLOAD
+                for i, f in enumerate(futs))
+    with lock:
+        once = sum(calls[i] == 1 for i in range(n))
+    print("right", right, "once", once, "distinct", len(set(tids)), flush=True)
+""".replace("PAYLOAD", str(PAYLOAD))
+
+
+@pytest.fixture(scope="module")
+def own_cluster():
+    with Cluster(2, heartbeat=0.5) as c:
+        yield c
+
+
+def streamed(stats: dict) -> tuple[int, int, int, int]:
+    return (stats["results_in_flight_to_clients"], stats["result_bytes_in_flight_to_clients"],
+            stats["results_held_for_clients"], stats["results_in_memory_for_clients"])
+
+
+def test_a_stopped_client_holds_at_most_a_window_and_gets_every_result_once(own_cluster,
+                                                                            tmp_path):
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT)
+    gate = tmp_path / "gate"
+    with own_cluster.client() as tc:
+        finished = tc.statistics()["finished"]
+        proc = subprocess.Popen(
+            [sys.executable, str(script), str(own_cluster.connection_file), str(gate), str(N)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline() == "submitted\n", proc.stderr.read()
+            os.kill(proc.pid, signal.SIGSTOP)
+            gate.touch()  # the tasks run, and their results pile up for a client not reading
+            most = (0, 0, 0, 0)
+            stopped = time.monotonic()
+            settled = None
+
+            def all_finished_and_observed() -> bool:
+                nonlocal most, settled
+                stats = tc.statistics()
+                now = streamed(stats)
+                most = tuple(map(max, most, now))
+                assert now[0] <= RESULTS_WINDOW and now[3] <= RESULTS_WINDOW, now
+                assert now[1] <= RESULTS_WINDOW_BYTES, now
+                if stats["finished"] - finished < N:
+                    return False
+                settled = settled or now
+                # Past the transport heartbeat's timeout: what the controller's ZeroMQ held
+                # for the stopped client is dropped with its connection (it is sent again).
+                return time.monotonic() - stopped > 1.5 * TRANSPORT_TIMEOUT_MS / 1000
+
+            poll(all_finished_and_observed, 240, "the tasks to finish while the client is stopped")
+            in_flight, _, held, _ = settled
+            assert in_flight > 0 and in_flight + held == N, settled
+            assert held >= N - RESULTS_WINDOW, settled  # waiting in the store, as taskids
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        try:
+            out, err = proc.communicate(timeout=240)
+        finally:
+            proc.kill()
+        assert proc.returncode == 0, err
+        assert out.split() == ["right", str(N), "once", str(N), "distinct", str(N)], (out, err)
+        stats = tc.statistics()
+        assert streamed(stats)[2:] == (0, 0)  # nothing waits for it any more
+        print("sent again", stats["results_sent_again_to_clients"])
