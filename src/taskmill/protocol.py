@@ -185,7 +185,7 @@ class Ack(msgspec.Struct, frozen=True):
 
 
 class NoFields(msgspec.Struct, frozen=True):
-    """hello, ping, spin, engines, stats: nothing beyond the common fields."""
+    """hello, ping, spin, engines, stats, bye: nothing beyond the common fields."""
 
 
 CLIENT_RECORDS: dict[str, type[msgspec.Struct]] = {
@@ -193,7 +193,7 @@ CLIENT_RECORDS: dict[str, type[msgspec.Struct]] = {
     "watch": Tids, "wait": Tids, "abort": Abort, "spin": NoFields, "status": Status,
     "clear": Clear, "engines": NoFields, "stats": NoFields, "activity": Activity,
     "task": TaskQuery, "engine_exited": EngineExited, "put": Put, "retire": Retire,
-    "lease": Lease, "release": Lease, "ack": Ack,
+    "lease": Lease, "release": Lease, "ack": Ack, "bye": NoFields,
 }
 
 
@@ -427,6 +427,7 @@ class Statistics(msgspec.Struct, frozen=True):
     results_held_for_clients: int = 0
     results_in_memory_for_clients: int = 0
     results_sent_again_to_clients: int = 0
+    clients_watching: int = 0  # clients whose watches wait for tasks (a `bye` ends them)
 
     def as_map(self) -> dict[str, Any]:
         return msgspec.structs.asdict(self)

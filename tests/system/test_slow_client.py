@@ -116,3 +116,27 @@ def test_a_stopped_client_holds_at_most_a_window_and_gets_every_result_once(own_
         stats = tc.statistics()
         assert streamed(stats)[2:] == (0, 0)  # nothing waits for it any more
         print("sent again", stats["results_sent_again_to_clients"])
+
+
+def gated(i, gate):
+    import os
+    import time
+
+    while not os.path.exists(gate):
+        time.sleep(0.005)
+    return i
+
+
+def test_a_client_that_closes_with_watches_unfinished_leaves_nothing_held(own_cluster,
+                                                                          tmp_path):
+    gate = tmp_path / "gate"
+    n = RESULTS_WINDOW + RESULTS_WINDOW // 2  # (more than a window: some would wait)
+    with own_cluster.client() as tc:
+        finished = tc.statistics()["finished"]
+        leaving = own_cluster.client()
+        futs = [leaving.submit(gated, i, str(gate)) for i in range(n)]
+        assert len({f.taskid for f in futs}) == n
+        leaving.close()  # its `bye`: nothing is kept for it
+        gate.touch()
+        poll(lambda: tc.statistics()["finished"] - finished >= n, 120, "the tasks to finish")
+        assert streamed(tc.statistics()) == (0, 0, 0, 0)

@@ -10,22 +10,21 @@ controller answers there. What crosses the wire is a small header plus opaque pa
 (see `codec.py`). Besides reading, the I/O thread pings the controller, rides out its restarts
 (sending again what it never answered) and, after `reconnect_timeout` seconds of silence,
 declares it unreachable. Everything above (futures, verbs, both fronts) uses only `send`,
-`call`, `reply`, `wait_reply` and `forget`.
+`call`, `reply`, `wait_reply` and `forget`. Multi-frame sends are guarded against Ctrl-C
+(interrupts.py).
 """
 
 from __future__ import annotations
 
-import _signal  # signal.signal's C function: without its enum conversions (~10x cheaper)
 import itertools
 import logging
-import signal
 import threading
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import nullcontext, suppress
+from contextlib import suppress
 from typing import Any
 
 import zmq
@@ -37,8 +36,10 @@ from ..task import check_seconds
 from ..wire import Refused, Wire, recv_message, send_message
 from .codec import checked, joined
 from .credit import Intake
+from .interrupts import NOT_DEFERRED, interrupts_deferred
 
 PING_INTERVAL = 1.0
+BYE_LINGER_MS = 200  # at most this long, a closing client's `bye` may wait to leave
 RECONNECT_TIMEOUT = 120.0  # seconds of silence from the controller before calls give up
 IDLE_AT_LEAST_EVERY = 256  # messages: a steady stream of replies must not starve the idle hook
 IDLE_POLL_MS = 100  # the I/O thread's longest wait for a reply before it pings (close() wakes it)
@@ -63,40 +64,6 @@ def too_slow(what: str, timeout: float | None) -> TimeoutError:
     return TimeoutError(f"{what} did not finish within {timeout:g}s (timeout=); the tasks are "
                         "untouched")
 
-
-
-SIGINT = int(signal.SIGINT)
-NOT_DEFERRED = nullcontext()  # (a single frame is sent whole or not at all)
-
-
-class interrupts_deferred:  # noqa: N801 - used as a context manager, like a function
-    """Ctrl-C waits until the block is over: it then raises KeyboardInterrupt as usual.
-
-    Used where an interruption would leave something half done that nobody can clean up: a
-    message half sent (the next one would be glued to it), a submit sent whose futures its
-    verb never got (so a map could not abort them). Only in the main thread with Python's own
-    SIGINT handler (anywhere else signals do not raise there, or someone else handles them).
-    Costs two sigaction calls (~0.5 us), so it guards multi-frame sends and submits only."""
-
-    __slots__ = ("old", "caught")
-
-    def __enter__(self) -> None:
-        self.old: Any = None
-        self.caught: Any = None
-        if threading.current_thread() is threading.main_thread():
-            self.old = _signal.signal(SIGINT, self.note)
-            if self.old is not signal.default_int_handler:  # someone else's: leave it be
-                _signal.signal(SIGINT, self.old)
-                self.old = None
-
-    def note(self, signum: int, frame: Any) -> None:
-        self.caught = frame
-
-    def __exit__(self, *exc: object) -> None:
-        if self.old is not None:
-            _signal.signal(SIGINT, self.old)
-            if self.caught is not None:
-                self.old(SIGINT, self.caught)  # raises KeyboardInterrupt
 
 class Connection:
     """Two DEALER sockets to the controller and the I/O thread that reads replies.
@@ -292,6 +259,14 @@ class Connection:
             except zmq.Again:
                 self._intake.said = -1  # (said again at the next ping)
 
+    def _bye(self) -> None:
+        """(Under send_lock) Tell the controller this receive socket is done with."""
+        if self.session is not None:
+            with suppress(zmq.ZMQError):
+                self._send_sock.send_multipart(self.send_wire.encode(
+                    {"type": "bye", "req": 0, "rt": self.recv_ident, "session": self.session}),
+                    flags=zmq.NOBLOCK, copy=False)
+
     def _resend_for_session(self, req: Any) -> bool:
         """A request refused because it named an earlier controller session did nothing:
         send it again, named for the controller's session now. False if that is not it."""
@@ -386,6 +361,7 @@ class Connection:
         with self.send_lock:
             old, self._send_sock = self._send_sock, self._dealer(base + b".s")
             old.close(0)
+            self._bye()  # (the old id: whatever the controller keeps for it can go)
             self.recv_ident = base + b".r"
         self._recv_sock.close(0)
         self._recv_sock = self._dealer(self.recv_ident)
@@ -486,6 +462,8 @@ class Connection:
             return
         self._closed.set()
         with self.send_lock:
+            if not self._unreachable:
+                self._bye()
             if not self._wake.closed:
                 with suppress(zmq.Again):  # (an inproc PAIR with its peer: not expected)
                     self._wake.send(b"", zmq.NOBLOCK)
@@ -493,7 +471,7 @@ class Connection:
             self._thread.join(timeout=2)
         with self.send_lock:
             self._wake.close(0)
-            self._send_sock.close(0)
+            self._send_sock.close(BYE_LINGER_MS)
         for fut in self._futures.values():
             if not fut.done():
                 fut.set_exception(RuntimeError("the client was closed"))

@@ -19,7 +19,8 @@ whose fields do not fit is refused before any verb runs. The parts:
   hourly (`drop_old_results`, store/retention.py), as a client's `clear` would drop them.
 
 Client messages (every one carries `req`; the reply echoes it):
-  hello, ping, ack{got, lost} (results taken in: credit.py), submit{tasks, watch}, result{tids, block}, watch{tids}, wait{tids, budget}, abort{tid},
+  hello, ping, ack{got, lost} (results taken in: credit.py), bye (a client closed, or left an
+  old receive socket), submit{tasks, watch}, result{tids, block}, watch{tids}, wait{tids, budget}, abort{tid},
   spin, status{verbose}, clear{tids}, engines, stats, engine_exited{pid, status} (from a nanny),
   retire{engines} (take engines out of scheduling; each stops once it holds nothing),
   activity{since} and task{tid} (read-only, for the dashboard: stats.py keeps what they read),
@@ -142,7 +143,7 @@ class ControllerCore:
             "spin": self.spin, "status": self.status, "clear": self.clear,
             "engines": self.engines_verb, "stats": self.stats, "activity": self.activity,
             "task": self.task, "engine_exited": self.engine_exited, "put": self.submits.put,
-            "retire": self.retire, "ack": self.ack,
+            "retire": self.retire, "ack": self.ack, "bye": self.bye,
             "lease": self.submits.lease, "release": self.submits.release,
         }
         # What carries out each kind of action (the report goes to a Finish only).
@@ -412,6 +413,10 @@ class ControllerCore:
             self.ctx.outbox.reply(rt, req, now=True)
         else:
             self.ctx.outbox.reply(rt, req, now=True, sent=sent)
+
+    def bye(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
+        """The client (its receive socket `rt`) is gone: nothing more is sent to it. No reply."""
+        self.results.forget_client(rt)
 
     def ack(self, rt: bytes, req: Any, m: Ack, frames: list[Any]) -> None:
         """The client took in its first `got` results (and, `lost`, missed the next ones):

@@ -207,6 +207,7 @@ class Credits:
         self.clients: dict[bytes, ClientCredit] = {}
         self.ready: set[bytes] = set()
         self.sent_again = 0  # results sent again because a client lost them
+        self.watching: dict[bytes, int] = {}  # client -> its watches with tasks to come
 
     def client(self, rt: bytes) -> ClientCredit:
         c = self.clients.get(rt)
@@ -245,10 +246,22 @@ class Credits:
         c = self.clients.get(rt)
         return None if c is None else c.next
 
-    def forget(self, rt: bytes) -> None:
-        """That client is gone for good (it reconnected under another id)."""
+    def watch(self, rt: bytes) -> None:
+        """A watch of this client waits for tasks still to finish."""
+        self.watching[rt] = self.watching.get(rt, 0) + 1
+
+    def watched(self, rt: bytes) -> None:
+        """... and now has all its results."""
+        n = self.watching.pop(rt, 0) - 1
+        if n > 0:
+            self.watching[rt] = n
+
+    def forget(self, rt: bytes) -> int:
+        """That client is gone for good (it closed, or went on under another id): drop what
+        waits for it; the number of its watches that waited for tasks (the caller ends them)."""
         self.clients.pop(rt, None)
         self.ready.discard(rt)
+        return self.watching.pop(rt, 0)
 
     def take(self, load: Loader) -> list[Batch]:
         """The `done` batches the clients' credit allows now, numbered."""
@@ -272,4 +285,5 @@ class Credits:
             "results_held_for_clients": sum(len(c.queue) for c in cs),
             "results_in_memory_for_clients": sum(c.loaded for c in cs),
             "results_sent_again_to_clients": self.sent_again,
+            "clients_watching": len(self.watching),
         }
