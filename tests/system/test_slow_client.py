@@ -17,9 +17,9 @@ import sys
 import time
 
 import pytest
-from systest import poll
+from systest import ControllerProcess, poll
 
-from taskmill import Cluster
+from taskmill import Cluster, TaskClient
 from taskmill.defaults import RESULTS_WINDOW, RESULTS_WINDOW_BYTES
 from taskmill.wire import TRANSPORT_TIMEOUT_MS
 
@@ -37,6 +37,8 @@ def payload(i, gate):
     return bytes([i % 251]) * PAYLOAD
 
 conn, gate, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+# (a controller restart is ridden out: the client sends its submits again, and the new
+# controller streams every result that this client has not taken in)
 calls = collections.Counter()
 lock = threading.Lock()
 def note(i):
@@ -140,3 +142,42 @@ def test_a_client_that_closes_with_watches_unfinished_leaves_nothing_held(own_cl
         gate.touch()
         poll(lambda: tc.statistics()["finished"] - finished >= n, 120, "the tasks to finish")
         assert streamed(tc.statistics()) == (0, 0, 0, 0)
+
+
+@pytest.mark.timeout(300)
+def test_results_held_for_a_stopped_client_reach_it_after_a_controller_restart(tmp_path):
+    """The controller is killed (kill -9) while it holds a stopped client's results in its
+    store; started again, it streams them to the client, which gets every one once."""
+    n = 3 * RESULTS_WINDOW
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT)
+    gate = tmp_path / "gate"
+    ctl = ControllerProcess(tmp_path)
+    ctl.start()
+    engines = [ctl.engine(), ctl.engine()]
+    proc = None
+    try:
+        with TaskClient(ctl.conn, timeout=30) as tc:
+            poll(lambda: len(tc.engines()) == 2, 60, "two engines")
+        proc = subprocess.Popen([sys.executable, str(script), str(ctl.conn), str(gate), str(n)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout.readline() == "submitted\n", proc.stderr.read()
+        os.kill(proc.pid, signal.SIGSTOP)
+        gate.touch()
+        with TaskClient(ctl.conn, timeout=30) as tc:
+            poll(lambda: tc.queue_status()["succeeded"] == n, 120, "the tasks to finish")
+            held = streamed(tc.statistics())[2]
+            assert held >= n - RESULTS_WINDOW
+        ctl.kill9()
+        ctl.start()
+        os.kill(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err
+        assert out.split() == ["right", str(n), "once", str(n), "distinct", str(n)], (out, err)
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+        for e in engines:
+            e.kill()
+        ctl.stop()
