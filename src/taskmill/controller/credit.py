@@ -90,7 +90,7 @@ class ClientCredit:
 
     def offer(self, req: Any, tid: int, meta: dict[str, Any] | None,
               frames: list[Any]) -> None:
-        size = result_size(frames)
+        size = RESULT_OVERHEAD + sum(map(frame_len, frames)) if frames else RESULT_OVERHEAD
         if meta is not None and self.room_to_load(size):
             self.loaded += 1
             self.loaded_bytes += size
@@ -218,9 +218,9 @@ class Credits:
     def offer(self, rt: bytes, req: Any, tid: int, meta: dict[str, Any] | None,
               frames: list[Any]) -> None:
         """A finished result for a client's request: sent when its credit allows."""
-        c = self.client(rt)
+        c = self.clients.get(rt) or self.client(rt)
         c.offer(req, tid, meta, frames)
-        if c.can_send():
+        if rt not in self.ready and c.can_send():
             self.ready.add(rt)
 
     def acked(self, rt: bytes, got: int) -> None:
