@@ -5,8 +5,8 @@ Messages are queued here as plain headers and frames while the turn's messages a
 that keeps durability: the `now` messages first (they depend on nothing stored: heartbeats,
 hello, refusals, pings), then, once the rows they depend on are on disk, the submits' answers,
 the messages to engines (tasks batched per engine: numbered by engines.py), and the messages to
-clients (replies in order, then the results of one request in one `done` message, split below
-the size limit). The loop signs each one as it sends it, in this order: each socket's messages
+clients (replies in order, then the results each client's credit allows (credit.py), a
+numbered `done` message per request, split below the size limit). The loop signs each one as it sends it, in this order: each socket's messages
 must leave in the order of their sequence numbers, or peers refuse the later-numbered ones
 sent first as replays.
 
