@@ -49,6 +49,11 @@ def proc_kib(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
+def proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 def mib(pid: int, field: str = "VmRSS") -> float:
     return proc_kib(pid, field) / 1024
 
@@ -127,6 +132,9 @@ def slow_client(n: int, db: str, give_up: float) -> None:
                                 text=True)
         assert proc.stdout.readline() == "submitted\n"
         os.kill(proc.pid, signal.SIGSTOP)
+        until = time.monotonic() + 10  # (SIGSTOP is delivered asynchronously)
+        while proc_state(proc.pid) != "T" and time.monotonic() < until:
+            time.sleep(0.01)
         submitted = mib(pid)
         t0 = time.perf_counter()
         open(gate, "w").close()

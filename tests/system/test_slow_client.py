@@ -66,6 +66,12 @@ def own_cluster():
         yield c
 
 
+def is_stopped(pid: int) -> bool:
+    """Whether the process is stopped (SIGSTOP is delivered asynchronously)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
 def streamed(stats: dict) -> tuple[int, int, int, int]:
     return (stats["results_in_flight_to_clients"], stats["result_bytes_in_flight_to_clients"],
             stats["results_held_for_clients"], stats["results_in_memory_for_clients"])
@@ -84,6 +90,7 @@ def test_a_stopped_client_holds_at_most_a_window_and_gets_every_result_once(own_
         try:
             assert proc.stdout.readline() == "submitted\n", proc.stderr.read()
             os.kill(proc.pid, signal.SIGSTOP)
+            poll(lambda: is_stopped(proc.pid), 10, "the client to stop")
             gate.touch()  # the tasks run, and their results pile up for a client not reading
             most = (0, 0, 0, 0)
             stopped = time.monotonic()
@@ -108,6 +115,7 @@ def test_a_stopped_client_holds_at_most_a_window_and_gets_every_result_once(own_
             assert in_flight > 0 and in_flight + held == N, settled
             assert held >= N - RESULTS_WINDOW, settled  # waiting in the store, as taskids
         finally:
+            gate.touch()  # (whatever failed: the engines must not wait on it for ever)
             os.kill(proc.pid, signal.SIGCONT)
         try:
             out, err = proc.communicate(timeout=240)
@@ -163,6 +171,7 @@ def test_results_held_for_a_stopped_client_reach_it_after_a_controller_restart(t
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert proc.stdout.readline() == "submitted\n", proc.stderr.read()
         os.kill(proc.pid, signal.SIGSTOP)
+        poll(lambda: is_stopped(proc.pid), 10, "the client to stop")
         gate.touch()
         with TaskClient(ctl.conn, timeout=30) as tc:
             poll(lambda: tc.queue_status()["succeeded"] == n, 120, "the tasks to finish")
