@@ -3,6 +3,7 @@
     python benchmarks/memory_flat.py                 # 1,000,000 tiny tasks, durable store
     python benchmarks/memory_flat.py --n 100000      # a shorter run
     python benchmarks/memory_flat.py --n 0 --futures 50000,200000,1000000   # the flood only
+    python benchmarks/memory_flat.py --n 0 --futures 0 --slow-client 200000  # a stopped client
 
 Seed-API run (`--n`): tiny tasks (`abs`) are mapped in batches and waited for; nothing is
 cleared. The controller's resident memory (VmRSS) and peak (VmHWM) are read from /proc at
@@ -15,6 +16,15 @@ process with a fresh cluster (2 engines, durable store), so that the client's fi
 own: controller and client RSS at the start, at the peak (the controller's VmHWM; the client
 holding its N finished futures) and after the clear. The claim under test: both give the
 memory of a burst back.
+
+Slow client (`--slow-client N`): a client process submits N tasks that each return 1 kB (they
+wait for a gate file, so that every submit is in first), is stopped with SIGSTOP, the gate
+opens, and the results stream to a client that does not read. Controller RSS at the start,
+once every task has finished (the client still stopped; at least 10 s, past the transport
+heartbeat's timeout) and its peak, the controller's own figures of what it holds for clients
+(`statistics()`: sent and unacknowledged, waiting in the store), then after SIGCONT how many
+futures the client got, and how long that took. The claim under test: unread results wait in
+the store, not in the controller's memory (controller/credit.py), and none is lost.
 """
 
 from __future__ import annotations
@@ -37,6 +47,11 @@ def proc_kib(pid: int, field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise KeyError(field)
+
+
+def proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
 
 
 def mib(pid: int, field: str = "VmRSS") -> float:
@@ -70,6 +85,85 @@ def one_flood(n: int, db: str) -> dict:
     return row
 
 
+SLOW_CLIENT = """
+import concurrent.futures as cf, sys, time
+from taskmill import TaskClient
+
+def kb(i, gate):
+    import os, time
+    while not os.path.exists(gate):
+        time.sleep(0.01)
+    return bytes([i % 251]) * 1024
+
+conn, gate, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with TaskClient(conn, timeout=60) as tc:
+    futs = [tc.submit(kb, i, gate) for i in range(n)]
+    for f in futs:
+        f.taskid
+    print("submitted", flush=True)
+    sys.stdin.readline()  # (the benchmark says when it has let this process go on)
+    t0 = time.perf_counter()
+    done, missing = cf.wait(futs, timeout=float(sys.argv[4]))
+    right = sum(f.result() == bytes([i % 251]) * 1024 for i, f in enumerate(futs) if f.done())
+    print(len(done), len(missing), right, round(time.perf_counter() - t0, 1), flush=True)
+"""
+
+HELD_KEYS = ("results_in_flight_to_clients", "result_bytes_in_flight_to_clients",
+             "results_held_for_clients", "results_in_memory_for_clients",
+             "results_sent_again_to_clients")
+
+
+def slow_client(n: int, db: str, give_up: float) -> None:
+    """The controller's memory while a stopped client's `n` results of 1 kB pile up."""
+    import signal
+
+    print(f"\n## a stopped client: {n:,} results of 1 kB stream to it (2 engines, durable "
+          "store)\n")
+    with tempfile.TemporaryDirectory(prefix="taskmill-slow-") as tmp, \
+            Cluster(2, db=db) as c, c.client() as tc:
+        pid = c.controller_pid
+        script, gate = os.path.join(tmp, "client.py"), os.path.join(tmp, "gate")
+        with open(script, "w") as f:
+            f.write(SLOW_CLIENT)
+        start = mib(pid)
+        base = tc.statistics()["finished"]
+        proc = subprocess.Popen([sys.executable, script, str(c.connection_file), gate, str(n),
+                                 str(give_up)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True)
+        assert proc.stdout.readline() == "submitted\n"
+        os.kill(proc.pid, signal.SIGSTOP)
+        until = time.monotonic() + 10  # (SIGSTOP is delivered asynchronously)
+        while proc_state(proc.pid) != "T" and time.monotonic() < until:
+            time.sleep(0.01)
+        submitted = mib(pid)
+        t0 = time.perf_counter()
+        open(gate, "w").close()
+        deadline = time.monotonic() + 600 + n / 100
+        while (tc.statistics()["finished"] - base < n or time.perf_counter() - t0 < 10) \
+                and time.monotonic() < deadline:
+            time.sleep(0.5)
+        stats = tc.statistics()
+        piled = mib(pid)
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, _ = proc.communicate(timeout=give_up + 120)
+        got, missing, right, secs = out.split()
+        after = mib(pid)
+        again = tc.statistics().get("results_sent_again_to_clients")
+        print("| controller RSS (MiB) | |\n|--|--:|")
+        print(f"| at the start | {start:.0f} |\n| the {n:,} tasks submitted | {submitted:.0f} |")
+        print(f"| every task finished, the client stopped ({time.perf_counter() - t0:.0f} s) "
+              f"| {piled:.0f} |\n| peak (VmHWM) | {mib(pid, 'VmHWM'):.0f} |")
+        print(f"| after the client read them | {after:.0f} |\n")
+        held = ", ".join(f"{k} {stats[k]:,}" for k in HELD_KEYS if k in stats)
+        print(f"held for clients while it was stopped: {held or '(not reported by this build)'}")
+        print(f"after SIGCONT: {int(got):,} futures done ({int(right):,} with the right value), "
+              f"{int(missing):,} never resolved within {give_up:g} s; reading took {secs} s"
+              + ("" if again is None else f"; {again:,} results were sent again (lost with "
+                 "the connection the controller's ZeroMQ dropped while the client was stopped)"))
+
+
 def flood_table(sizes: list[int], path: str, header: bool = True) -> None:
     if header:
         print("\n## a flood of futures: `futs = [tc.submit(noop, i) for i in range(N)]`, every "
@@ -96,6 +190,10 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=10_000)
     p.add_argument("--futures", default="20000",
                    help="futures flood: N[,N...] futures outstanding at once (0: none)")
+    p.add_argument("--slow-client", type=int, default=0,
+                   help="a stopped client: N results of 1 kB pile up for it (0: none)")
+    p.add_argument("--give-up", type=float, default=120.0,
+                   help="seconds the slow client waits for its futures once resumed")
     p.add_argument("--db", default=None, help="store path (default: a file in a temp dir)")
     p.add_argument("--one-flood", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -112,6 +210,8 @@ def main() -> int:
             seed_run(a, a.db or os.path.join(tmp, "seed.db"))
         for i, n in enumerate(sizes):
             flood_table([n], a.db or os.path.join(tmp, f"flood-{i}.db"), header=i == 0)
+        if a.slow_client > 0:
+            slow_client(a.slow_client, a.db or os.path.join(tmp, "slow.db"), a.give_up)
     return 0
 
 

@@ -120,6 +120,20 @@ def test_shared_data_puts_once_per_engine():
     assert 4 <= put_mb <= 8 + 0.1 and per_task_mb >= 12, proc.stdout
 
 
+@pytest.mark.timeout(180)
+def test_memory_flat_prints_a_stopped_clients_figures():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "memory_flat.py"), "--n", "0",
+         "--futures", "0", "--slow-client", "1500", "--give-up", "60"],
+        cwd=ROOT, capture_output=True, text=True, timeout=170, stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    assert "| peak (VmHWM) |" in proc.stdout, proc.stdout
+    assert "results_held_for_clients" in proc.stdout, proc.stdout
+    assert ("1,500 futures done (1,500 with the right value), 0 never resolved"
+            in proc.stdout), proc.stdout
+
+
 @pytest.mark.timeout(120)
 def test_memory_flat_prints_the_seed_run_and_the_futures_flood():
     proc = subprocess.run(

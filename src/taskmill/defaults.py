@@ -46,6 +46,14 @@ ENGINE_LINK_USER_TIMEOUT_MS = 1000 * (ENGINE_LINK_KEEPALIVE_IDLE
 #: bytes one message may hold; larger ones are refused (`--max-message-size`)
 MAX_MESSAGE_SIZE = 512 * 1024 * 1024
 
+#: results streamed to one client (a watch's `done` messages) that may be sent and not yet
+#: acknowledged: the rest wait in the store, so a client that stops reading costs the
+#: controller one window (controller/credit.py); by count, ...
+RESULTS_WINDOW = 1000
+
+#: ... and by bytes (payload frames plus 512 bytes of metadata a result; a larger one goes alone)
+RESULTS_WINDOW_BYTES = 16 * 1024 * 1024
+
 #: a tuple, list or dict with at most this many plain items is encoded with msgpack rather than pickled
 PLAIN_CONTAINER_MAX = 64
 

@@ -147,7 +147,8 @@ def test_a_client_whose_connections_the_controller_still_holds_is_heard_again(co
     reconnects at once with the same routing ids while the controller still holds the old
     connections, and ignores the new ones for good (no peer takes over another's id). The
     client's calls fail with ControllerUnreachable past `reconnect_timeout` (never a hang),
-    and then it opens new connections with new ids: later calls work again."""
+    and then it opens new connections with new ids: later calls work again, and the
+    controller keeps nothing for the old ones."""
     from faultproxy import FaultProxy
 
     from taskmill.connection import read_connection_file, write_connection_file
@@ -163,12 +164,17 @@ def test_a_client_whose_connections_the_controller_still_holds_is_heard_again(co
         tid = tc.run(MapTask(abs, (-1,)))  # (no engine: it stays queued)
         # (stored once another call returns: run() may send it after it returns, SPEC §4)
         assert tc.task_info(tid)["state"] == "scheduled"
+        fut = tc.submit(abs, -2)  # a future: the controller watches its task for the client
+        assert fut.taskid and tc.statistics()["clients_watching"] == 1
         assert proxy.cut_peer_side_all() == 2
         with pytest.raises(ControllerUnreachable):
             tc.get_task_result(tid, block=True)
         poll(lambda: _answers(tc), 30, "the client to be heard again")
-        assert tc.queue_status()["scheduled"] == 1
+        assert tc.queue_status()["scheduled"] == 2
         assert tc.task_info(tid)["state"] == "scheduled"
+        # The future failed with the old connections; their `bye` ended the watch for them.
+        assert isinstance(fut.exception(), ControllerUnreachable)
+        assert tc.statistics()["clients_watching"] == 0
     finally:
         tc.close()
         proxy.close()

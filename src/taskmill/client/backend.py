@@ -38,8 +38,9 @@ from .codec import (
     too_big,
     unknown_entry,
 )
-from .connection import Connection, interrupts_deferred
+from .connection import Connection
 from .futures import TaskFuture
+from .interrupts import interrupts_deferred
 from .runs import Runs
 from .steps import Abort, Adopt, Emit, Follow, NextDone, Request, Settle, WaitFor
 from .steps import abort as abort_request

@@ -11,6 +11,7 @@ Nothing here touches a socket, a thread or the clock:
         frames) per taskid
     (Outcome, frames) --decode_result(meta, frames, wire)--> the value, a TaskResult, or a
         raised error
+    done {at, results} after `got` taken in --unseen_results--> the new ones, or None (a gap)
 
 Besides, the checks of taskids every verb makes before asking anything (`check_taskid`,
 `in_range`), and `refusal`, the error of a request the controller refused.
@@ -146,6 +147,22 @@ def joined(parts: list[tuple[dict[str, Any], list[Any]]]) -> tuple[dict[str, Any
     header = dict(parts[-1][0])
     header["results"] = [r for h, _ in parts for r in h.get("results") or ()]
     return header, [f for _, fr in parts for f in fr]
+
+
+def unseen_results(done: dict[str, Any], frames: list[Any],
+                   got: int) -> tuple[dict[str, Any], list[Any]] | None:
+    """A numbered `done` message (`at`: the number of its first result) after the first
+    `got` results were taken in: the results it holds that are new, in order (none: all
+    seen, sent again), or None when some before it were lost (its first is beyond `got`)."""
+    at = done["at"]
+    if at > got:
+        return None
+    skip = got - at
+    if skip == 0:
+        return done, frames
+    results = done["results"]
+    nframes = sum(meta["nframes"] if meta else 0 for meta in results[:skip])
+    return {**done, "results": results[skip:]}, frames[nframes:]
 
 
 def split_results(reply: ResultsReply | Done, frames: list[Any]) -> list[Entry]:

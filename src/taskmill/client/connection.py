@@ -10,22 +10,21 @@ controller answers there. What crosses the wire is a small header plus opaque pa
 (see `codec.py`). Besides reading, the I/O thread pings the controller, rides out its restarts
 (sending again what it never answered) and, after `reconnect_timeout` seconds of silence,
 declares it unreachable. Everything above (futures, verbs, both fronts) uses only `send`,
-`call`, `reply`, `wait_reply` and `forget`.
+`call`, `reply`, `wait_reply` and `forget`. Multi-frame sends are guarded against Ctrl-C
+(interrupts.py).
 """
 
 from __future__ import annotations
 
-import _signal  # signal.signal's C function: without its enum conversions (~10x cheaper)
 import itertools
 import logging
-import signal
 import threading
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import nullcontext, suppress
+from contextlib import suppress
 from typing import Any
 
 import zmq
@@ -33,12 +32,16 @@ import zmq
 from ..connection import find_connection_file, read_connection_file
 from ..curve import apply_client as apply_curve
 from ..errors import ControllerUnreachable
-from ..protocol import Hello, HelloReply, Ping, ProtocolError, from_reply, to_request
+from ..protocol import Bye, Hello, HelloReply, Ping, ProtocolError, from_reply, to_request
 from ..task import check_seconds
 from ..wire import Refused, Wire, recv_message, send_message
 from .codec import checked, joined
+from .credit import Intake
+from .interrupts import NOT_DEFERRED, interrupts_deferred
 
 PING_INTERVAL = 1.0
+BYE = to_request(Bye())  # (sent with no reply wanted: see _bye)
+BYE_LINGER_MS = 200  # at most this long, a closing client's `bye` may wait to leave
 RECONNECT_TIMEOUT = 120.0  # seconds of silence from the controller before calls give up
 IDLE_AT_LEAST_EVERY = 256  # messages: a steady stream of replies must not starve the idle hook
 IDLE_POLL_MS = 100  # the I/O thread's longest wait for a reply before it pings (close() wakes it)
@@ -63,40 +66,6 @@ def too_slow(what: str, timeout: float | None) -> TimeoutError:
     return TimeoutError(f"{what} did not finish within {timeout:g}s (timeout=); the tasks are "
                         "untouched")
 
-
-
-SIGINT = int(signal.SIGINT)
-NOT_DEFERRED = nullcontext()  # (a single frame is sent whole or not at all)
-
-
-class interrupts_deferred:  # noqa: N801 - used as a context manager, like a function
-    """Ctrl-C waits until the block is over: it then raises KeyboardInterrupt as usual.
-
-    Used where an interruption would leave something half done that nobody can clean up: a
-    message half sent (the next one would be glued to it), a submit sent whose futures its
-    verb never got (so a map could not abort them). Only in the main thread with Python's own
-    SIGINT handler (anywhere else signals do not raise there, or someone else handles them).
-    Costs two sigaction calls (~0.5 us), so it guards multi-frame sends and submits only."""
-
-    __slots__ = ("old", "caught")
-
-    def __enter__(self) -> None:
-        self.old: Any = None
-        self.caught: Any = None
-        if threading.current_thread() is threading.main_thread():
-            self.old = _signal.signal(SIGINT, self.note)
-            if self.old is not signal.default_int_handler:  # someone else's: leave it be
-                _signal.signal(SIGINT, self.old)
-                self.old = None
-
-    def note(self, signum: int, frame: Any) -> None:
-        self.caught = frame
-
-    def __exit__(self, *exc: object) -> None:
-        if self.old is not None:
-            _signal.signal(SIGINT, self.old)
-            if self.caught is not None:
-                self.old(SIGINT, self.caught)  # raises KeyboardInterrupt
 
 class Connection:
     """Two DEALER sockets to the controller and the I/O thread that reads replies.
@@ -147,6 +116,7 @@ class Connection:
         self.session: bytes | None = None
         self._key_prefix = base.decode() + ":"
         self._streams: dict[int, Callable[[dict[str, Any], list[Any]], bool]] = {}
+        self._intake = Intake()  # numbered `done` results taken in (credit.py)
         self._silent = 0.0  # seconds of this thread's running time since the controller spoke
         self._unreachable = False
         self._say_hello = True  # the next keep-alive is a hello (its reply names the limit)
@@ -208,6 +178,7 @@ class Connection:
                                         flags=zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     pass
+                self._say(self._intake.tick())
                 next_ping = now + (self._ping_interval if self._hello.done() else 0.5)
             if self._silent > self.reconnect_timeout and not self._unreachable \
                     and self._hello.done():
@@ -258,7 +229,14 @@ class Connection:
                         self.max_message = hello.max_message
             if not self._hello.done():
                 self._hello.set_result(header)
+            self._say(self._intake.probe(header.get("sent"), time.monotonic()))
             return
+        if header.get("type") == "done":  # numbered: taken in order, acknowledged
+            taken, say = self._intake.take(header, frames, time.monotonic())
+            self._say(say)
+            if taken is None:
+                return
+            header, frames = taken
         if header.get("more"):  # a reply in pieces (results above the size limit): keep it
             self._partial.setdefault(req, []).append((header, frames))
             return
@@ -277,6 +255,24 @@ class Connection:
         fut = self._futures.pop(req, None)
         if fut is not None and not fut.done():
             fut.set_result((header, frames))
+
+    def _say(self, header: dict[str, Any] | None) -> None:
+        """(I/O thread) Send an ack of the results taken in, from the receive socket."""
+        if header is not None:
+            header["session"] = self.session
+            try:
+                self._recv_sock.send_multipart(self.wire.encode(header), flags=zmq.NOBLOCK,
+                                               copy=False)
+            except zmq.Again:
+                self._intake.said = -1  # (said again at the next ping)
+
+    def _bye(self) -> None:
+        """(Under send_lock) Tell the controller this receive socket is done with."""
+        if self.session is not None:
+            with suppress(zmq.ZMQError):
+                self._send_sock.send_multipart(self.send_wire.encode(
+                    {**BYE, "req": 0, "rt": self.recv_ident, "session": self.session}),
+                    flags=zmq.NOBLOCK, copy=False)
 
     def _resend_for_session(self, req: Any) -> bool:
         """A request refused because it named an earlier controller session did nothing:
@@ -308,6 +304,7 @@ class Connection:
         """A new controller answered: send again what the old one never answered."""
         self._say_hello = True  # (it may have another size limit)
         self._partial.clear()
+        self._intake.reset()  # (it numbers its results from 0)
         failed: list[tuple[Future | None, BaseException]] = []
         with self.send_lock:
             for req, (header, frames) in list(self._outstanding.items()):
@@ -371,9 +368,11 @@ class Connection:
         with self.send_lock:
             old, self._send_sock = self._send_sock, self._dealer(base + b".s")
             old.close(0)
+            self._bye()  # (the old id: whatever the controller keeps for it can go)
             self.recv_ident = base + b".r"
         self._recv_sock.close(0)
         self._recv_sock = self._dealer(self.recv_ident)
+        self._intake.reset()  # (results to the new id are numbered from 0)
         self._say_hello = True  # (so that the controller learns the new id at once)
         return self._recv_sock
 
@@ -470,6 +469,8 @@ class Connection:
             return
         self._closed.set()
         with self.send_lock:
+            if not self._unreachable:
+                self._bye()
             if not self._wake.closed:
                 with suppress(zmq.Again):  # (an inproc PAIR with its peer: not expected)
                     self._wake.send(b"", zmq.NOBLOCK)
@@ -477,7 +478,7 @@ class Connection:
             self._thread.join(timeout=2)
         with self.send_lock:
             self._wake.close(0)
-            self._send_sock.close(0)
+            self._send_sock.close(BYE_LINGER_MS)
         for fut in self._futures.values():
             if not fut.done():
                 fut.set_exception(RuntimeError("the client was closed"))

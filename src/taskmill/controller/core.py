@@ -20,14 +20,16 @@ record (protocol.replies, through the outbox), which the client reads back. The 
   hourly (`drop_old_results`, store/retention.py), as a client's `clear` would drop them.
 
 Client messages (every one carries `req`; the reply echoes it):
-  hello, ping, submit{tasks, watch}, result{tids, block}, watch{tids}, wait{tids, budget}, abort{tid},
+  hello, ping, ack{got, lost} (results taken in: credit.py), bye (a client closed, or left an
+  old receive socket), submit{tasks, watch}, result{tids, block}, watch{tids}, wait{tids, budget}, abort{tid},
   spin, status{verbose}, clear{tids}, engines, stats, engine_exited{pid, status} (from a nanny),
   retire{engines} (take engines out of scheduling; each stops once it holds nothing),
   activity{since} and task{tid} (read-only, for the dashboard: stats.py keeps what they read),
   lease{n} and release (taskids a client numbers its run() tasks from: leases.py; a submit
   may then carry `tids` from its lease, and `release`)
   A submit with `watch` is answered with its taskids, then with `done` messages as its tasks
-  finish (one request instead of a submit and a watch).
+  finish (one request instead of a submit and a watch), within the client's credit: at most
+  a window of them unacknowledged, the rest wait in the store (credit.py).
 Engine control messages: register, hb (heartbeat), revoked, retired  ->  registered, hb (with
   `retire` once a retiring engine holds nothing), reregister,
   interrupt, revoke{dseq} (give back a buffered task, see the scheduler's stealing; `dseq`, not
@@ -54,6 +56,7 @@ from ..memory import BURST_MIN, QUIET, Burst, compact, give_back
 from ..protocol import (
     Abort,
     AbortReply,
+    Ack,
     Activity,
     ActivityReply,
     Clear,
@@ -62,6 +65,7 @@ from ..protocol import (
     EngineExited,
     EnginesReply,
     HelloReply,
+    PingReply,
     ResultQuery,
     Retire,
     RetireReply,
@@ -153,7 +157,7 @@ class ControllerCore:
             "spin": self.spin, "status": self.status, "clear": self.clear,
             "engines": self.engines_verb, "stats": self.stats, "activity": self.activity,
             "task": self.task, "engine_exited": self.engine_exited, "put": self.submits.put,
-            "retire": self.retire,
+            "retire": self.retire, "ack": self.ack, "bye": self.bye,
             "lease": self.submits.lease, "release": self.submits.release,
         }
         # What carries out each kind of action (the report goes to a Finish only).
@@ -355,7 +359,7 @@ class ControllerCore:
                 control, tasks = outbox.take_tasks()
                 out.extend((ENGINE, ident, header, frames) for ident, header, frames in control)
                 out.extend(self.engine_tasks.number_tasks(tasks))
-            if outbox.to_clients or outbox.done_out:
+            if outbox.to_clients or outbox.credits.ready:
                 out.extend(outbox.take_client_messages())
         ctx.counters.messages_out += len(out)
         active = ctx.sched.active_count()
@@ -413,7 +417,22 @@ class ControllerCore:
                                                   self.ctx.wire.max_message), now=True)
 
     def ping(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
-        self.ctx.outbox.reply(rt, req, EMPTY, now=True)
+        # `sent`: the results sent to this client so far (credit.py): a client that got
+        # fewer lost some (they all left before this reply) and asks for them again.
+        self.ctx.outbox.reply(rt, req, PingReply(self.ctx.outbox.credits.probe(rt)), now=True)
+
+    def bye(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
+        """The client (its receive socket `rt`) is gone: nothing more is sent to it. No reply."""
+        self.results.forget_client(rt)
+
+    def ack(self, rt: bytes, req: Any, m: Ack, frames: list[Any]) -> None:
+        """The client took in its first `got` results (and, `lost`, missed the next ones):
+        credit returns (credit.py). No reply."""
+        credits = self.ctx.outbox.credits
+        if m.lost:
+            credits.lost(rt, m.got)
+        else:
+            credits.acked(rt, m.got)
 
     def result(self, rt: bytes, req: Any, m: ResultQuery, frames: list[Any]) -> None:
         if m.block:

@@ -6,8 +6,8 @@ Messages are queued here as plain headers and frames while the turn's messages a
 that keeps durability: the `now` messages first (they depend on nothing stored: heartbeats,
 hello, refusals, pings), then, once the rows they depend on are on disk, the submits' answers,
 the messages to engines (tasks batched per engine: numbered by engines.py), and the messages to
-clients (replies in order, then the results of one request in one `done` message, split below
-the size limit). The loop signs each one as it sends it, in this order: each socket's messages
+clients (replies in order, then the results each client's credit allows (credit.py), a
+numbered `done` message per request, split below the size limit). The loop signs each one as it sends it, in this order: each socket's messages
 must leave in the order of their sequence numbers, or peers refuse the later-numbered ones
 sent first as replays.
 
@@ -30,6 +30,7 @@ from ..errors import StoreError
 from ..protocol import Done, Refusal, to_client
 from ..store import TaskStore
 from ..wire import frame_len
+from .credit import Credits
 
 log = logging.getLogger("taskmill.controller")
 
@@ -83,7 +84,8 @@ def meta_bound(meta: dict[str, Any] | None) -> int:
 
 
 class Outbox:
-    def __init__(self, session: bytes, store: TaskStore, max_message: int, now: float) -> None:
+    def __init__(self, session: bytes, store: TaskStore, max_message: int, now: float,
+                 credits: Credits | None = None) -> None:
         self.session = session
         self.store = store
         self.max_message = max_message
@@ -92,7 +94,8 @@ class Outbox:
         self.to_engines: list[tuple[bytes, dict[str, Any], Any]] = []
         self.tasks_out: dict[int, tuple[list[dict[str, Any]], list[Any]]] = {}
         self.to_clients: list[tuple[bytes, dict[str, Any], Any]] = []
-        self.done_out: dict[tuple[bytes, Any], tuple[list[Any], list[Any]]] = {}
+        # Results for watching clients, sent within each one's credit (credit.py).
+        self.credits = credits if credits is not None else Credits()
         self.new_submits: list[NewSubmit] = []
         # Messages that depend on nothing stored: sent every turn, even while the store fails.
         self.now_out: list[Outgoing] = []
@@ -132,9 +135,16 @@ class Outbox:
 
     def add_done(self, reply_to: bytes, req: Any, meta: dict[str, Any],
                  frames: list[Any]) -> None:
-        entries, out = self.done_out.setdefault((reply_to, req), ([], []))
-        entries.append(meta)
-        out.extend(frames)
+        """A finished result for a client's watch: sent when that client's credit allows."""
+        self.credits.offer(reply_to, req, meta["tid"], meta, frames)
+
+    def stored_entry(self, tid: int) -> tuple[dict[str, Any], list[Any]]:
+        """A finished task's result entry and frames, read back from the store (unknown: it
+        was cleared meanwhile)."""
+        r = self.store.result(tid)
+        if r is None:
+            return {"tid": tid, "unknown": True, "nframes": 0}, []
+        return {**r.meta, "nframes": len(r.frames)}, r.frames
 
     def drop_tasks(self, gone: set[int]) -> None:
         """Forget the queued dispatches of these tasks (taken back before they were sent)."""
@@ -158,8 +168,8 @@ class Outbox:
     # -- the turn's end --------------------------------------------------------------------
     def held(self) -> bool:
         """Whether anything waits for a commit."""
-        return bool(self.to_engines or self.tasks_out or self.to_clients or self.done_out
-                    or self.new_submits)
+        return bool(self.to_engines or self.tasks_out or self.to_clients
+                    or self.credits.ready or self.new_submits)
 
     def commit(self, now: float, held: bool) -> StoreError | None:
         """Commit the store if a held message needs it or the last commit is COMMIT_INTERVAL
@@ -202,16 +212,19 @@ class Outbox:
         return out, tasks
 
     def take_client_messages(self) -> list[Outgoing]:
-        """Replies in order, then each request's results as `done` messages."""
+        """Replies in order, then the results each client's credit allows as `done`
+        messages: `at` numbers the first result of each, `ask` asks for an acknowledgement."""
         out: list[Outgoing] = []
         for ident, header, frames in self.to_clients:
             out.append((CLIENT, ident, header, frames))
         self.to_clients = []
-        for (reply_to, req), (entries, frames) in self.done_out.items():
-            for part, part_frames in self.within_limit(entries, frames):
-                out.append((CLIENT, reply_to, {"type": "done", "req": req,
-                                               **to_client(Done(part))}, part_frames))
-        self.done_out.clear()
+        for reply_to, req, at, entries, frames, ask in self.credits.take(self.stored_entry):
+            parts = self.within_limit(entries, frames)
+            for i, (part, part_frames) in enumerate(parts):
+                done = Done(part, at, ask and i == len(parts) - 1)
+                out.append((CLIENT, reply_to, {"type": "done", "req": req, **to_client(done)},
+                            part_frames))
+                at += len(part)
         return out
 
     def pending(self, now: float) -> bool:

@@ -8,9 +8,10 @@ EngineDied, TaskTimeout, TaskAborted, DependencyError). Then the waiters of that
 A waiter is a client request that waits for tasks: `result` (one reply with every result),
 `wait` (one reply, with the results of its first tasks up to its `budget` of bytes: a
 barrier's, kept by the client for get_task_result), `watch` (one `done` entry per task as it finishes, batched per turn
-in the outbox). Replies with results go after the commit that stores them, split below the
-size limit (outbox.within_limit); each is a protocol.ResultsReply (or a Done message) whose
-entries are the stored metadata plus `nframes` (a client reads each into an Outcome).
+in the outbox, within the client's credit: credit.py). A client's `bye` ends its watches.
+Replies with results go after the commit that stores them, split below the size limit
+(outbox.within_limit); each is a protocol.ResultsReply (or a Done message) whose entries are
+the stored metadata plus `nframes` (a client reads each into an Outcome).
 """
 
 from __future__ import annotations
@@ -180,6 +181,8 @@ class Results:
             for tid in tids:
                 if tid not in pending:
                     self.send_watch(w, tid)
+        if pending and mode == "watch":
+            self.ctx.outbox.credits.watch(rt)
         if not pending:
             if mode == "result":
                 self.reply_results(rt, req, tids)
@@ -204,11 +207,26 @@ class Results:
         w.remaining.discard(tid)
         if w.mode == "watch":
             self.send_watch(w, tid)
+            if not w.remaining:
+                self.ctx.outbox.credits.watched(w.reply_to)
         elif not w.remaining:
             if w.mode == "result":
                 self.reply_results(w.reply_to, w.req, w.tids)
             else:
                 self.reply_wait(w)
+
+    def forget_client(self, rt: bytes) -> None:
+        """That client is gone (`bye`): its watches end, and what waits for it is dropped.
+        (A look at every waiter, only when it leaves with watches unfinished.)"""
+        if not self.ctx.outbox.credits.forget(rt):
+            return
+        for tid, ws in list(self.waiters.items()):
+            kept = [w for w in ws if w.reply_to != rt]
+            if len(kept) < len(ws):
+                if kept:
+                    self.waiters[tid] = kept
+                else:
+                    del self.waiters[tid]
 
     def reply_wait(self, w: Waiter) -> None:
         """A wait is over: its reply carries the results of its first tasks (in its order,

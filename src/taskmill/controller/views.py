@@ -110,4 +110,5 @@ class Views:
             queue=self.queue_status(), engines=engines,
             tasks_per_second=ctx.activity.tasks_per_second(wall),
             durations=ctx.activity.durations.as_dict(),
+            **ctx.outbox.credits.held(),
         ).as_map()

@@ -28,7 +28,7 @@ from .results import Outcome, Statistics
 
 __all__ = [
     "REPLY_RECORDS", "AbortReply", "ActivityReply", "ClearReply", "Done", "EmptyReply",
-    "EngineRow", "EnginesReply", "HelloReply", "LeaseReply", "Refusal", "ResultsReply", "RetireReply",
+    "EngineRow", "EnginesReply", "HelloReply", "LeaseReply", "PingReply", "Refusal", "ResultsReply", "RetireReply",
     "SpinReply", "StatsReply", "StatusReply", "TaskReply", "TidsReply", "from_done",
     "from_reply", "to_client",
 ]
@@ -44,7 +44,14 @@ class Refusal(msgspec.Struct, frozen=True):
 
 
 class EmptyReply(msgspec.Struct, frozen=True):
-    """ping, release, engine_exited, a blocking result's or a wait's end: done."""
+    """release, engine_exited, a blocking result's or a wait's end: done."""
+
+
+class PingReply(msgspec.Struct, frozen=True):
+    """ping: alive; `sent`, the results sent to this client so far (controller/credit.py:
+    a client that took in fewer lost some)."""
+
+    sent: int | None = None
 
 
 class HelloReply(msgspec.Struct, frozen=True):
@@ -81,6 +88,8 @@ class Done(msgspec.Struct, frozen=True):
     one turn of the controller, their frames following in order."""
 
     results: list[Outcome]
+    at: int = 0  # the number of its first result among those sent to this client (credit.py)
+    ask: bool = False  # the controller asks for an `ack`
 
 
 class AbortReply(msgspec.Struct, frozen=True):
@@ -140,7 +149,7 @@ class EnginesReply(msgspec.Struct, frozen=True):
 
 # The reply record of each request verb (a `watch` is answered by Done messages, or refused).
 REPLY_RECORDS: dict[str, type[msgspec.Struct]] = {
-    "hello": HelloReply, "ping": EmptyReply, "submit": TidsReply, "put": TidsReply,
+    "hello": HelloReply, "ping": PingReply, "submit": TidsReply, "put": TidsReply,
     "lease": LeaseReply, "release": EmptyReply, "result": ResultsReply, "wait": ResultsReply,
     "watch": EmptyReply, "abort": AbortReply, "spin": SpinReply, "status": StatusReply,
     "clear": ClearReply, "retire": RetireReply, "stats": StatsReply,

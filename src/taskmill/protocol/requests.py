@@ -30,7 +30,7 @@ import msgspec
 from .common import NonNeg, ProtocolError, Timeout
 
 __all__ = [
-    "CLIENT_RECORDS", "REQUEST_TYPES", "Abort", "Activity", "Clear", "EngineExited", "Lease",
+    "CLIENT_RECORDS", "REQUEST_TYPES", "Abort", "Ack", "Bye", "Activity", "Clear", "EngineExited", "Lease",
     "MapExec", "NoFields", "NodeSpec", "Put", "ResultQuery", "Retire", "Status", "StringExec",
     "Submit", "TaskQuery", "TaskSpec", "Tids", "client_record", "node_rules", "to_request",
 ]
@@ -153,8 +153,16 @@ class Put(msgspec.Struct, frozen=True):
     resent: Any = False
 
 
+class Ack(msgspec.Struct, frozen=True):
+    """`ack`: the client took in its first `got` results of `done` messages (their `at`
+    numbers them); `lost`: and missed the ones after (controller/credit.py). No reply."""
+
+    got: NonNeg
+    lost: Any = False  # (read as a flag)
+
+
 class NoFields(msgspec.Struct, frozen=True):
-    """hello, ping, spin, engines, stats: nothing beyond the common fields."""
+    """hello, ping, spin, engines, stats, bye: nothing beyond the common fields."""
 
 
 CLIENT_RECORDS: dict[str, type[msgspec.Struct]] = {
@@ -162,7 +170,7 @@ CLIENT_RECORDS: dict[str, type[msgspec.Struct]] = {
     "watch": Tids, "wait": Tids, "abort": Abort, "spin": NoFields, "status": Status,
     "clear": Clear, "engines": NoFields, "stats": NoFields, "activity": Activity,
     "task": TaskQuery, "engine_exited": EngineExited, "put": Put, "retire": Retire,
-    "lease": Lease, "release": Lease,
+    "lease": Lease, "release": Lease, "ack": Ack, "bye": NoFields,
 }
 
 
@@ -190,6 +198,10 @@ class StatsQuery(NoFields, frozen=True):
     """`stats`: the controller's statistics."""
 
 
+class Bye(NoFields, frozen=True):
+    """`bye`: this receive socket is done (closed, or left for new connections). No reply."""
+
+
 class Watch(Tids, frozen=True):
     """`watch`: a `done` message for each task as it finishes."""
 
@@ -204,7 +216,7 @@ REQUEST_TYPES: dict[type[msgspec.Struct], str] = {
     Status: "status", Clear: "clear", Activity: "activity", TaskQuery: "task",
     EngineExited: "engine_exited", Put: "put", Retire: "retire", Lease: "lease",
     Release: "release", Ping: "ping", Hello: "hello", Spin: "spin", EnginesQuery: "engines",
-    StatsQuery: "stats",
+    StatsQuery: "stats", Ack: "ack", Bye: "bye",
 }
 
 

@@ -100,6 +100,15 @@ class Statistics(msgspec.Struct, frozen=True):
     engines: list[dict[str, Any]]  # the engine table, with held tasks and last heartbeat
     tasks_per_second: float  # over the last minute
     durations: dict[str, Any]  # the task-duration histogram
+    # Results streamed to clients (controller/credit.py): sent and not acknowledged (at most
+    # a window per client), and their bytes; waiting for credit (in the store), and of those
+    # the ones whose payload waits in memory; sent again because a client lost them.
+    results_in_flight_to_clients: int = 0
+    result_bytes_in_flight_to_clients: int = 0
+    results_held_for_clients: int = 0
+    results_in_memory_for_clients: int = 0
+    results_sent_again_to_clients: int = 0
+    clients_watching: int = 0  # clients whose watches wait for tasks (a `bye` ends them)
 
     def as_map(self) -> dict[str, Any]:
         return msgspec.structs.asdict(self)
