@@ -13,9 +13,9 @@ A message is a ZeroMQ multipart message:
 - `signature` (32 bytes) is HMAC-SHA256, with the connection file's key, over the header bytes.
   Protocol, signature and header share one frame: every frame costs a ZeroMQ send and receive
   of its own, and a message that carries no payload is then a single frame.
-- Payload frames (pickles and their out-of-band buffers) are covered by `pmac`, an HMAC over
-  every payload frame (a frame of 512 KiB or more through the SHA-256 digests of its four
-  chunks, hashed side by side on several cores: see `Wire.payload_mac`), carried in the header
+- Payload frames (pickles and their out-of-band buffers) are covered by `pmac`, a keyed
+  BLAKE3 digest over every payload frame, each prefixed by its length (the `blake3` package
+  hashes a large frame on several cores: see `Wire.payload_mac`), carried in the header
   and so covered by the signature too. The sender of a payload computes `pmac` once; whoever
   unpickles it checks it. The controller routes payloads as opaque bytes and so never hashes
   them, except the one kind it unpickles (a callable `depend`).
