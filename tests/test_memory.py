@@ -151,24 +151,29 @@ def test_done_callbacks_run_whether_added_before_or_after_the_result():
     assert seen == [("before", (1, b"x")), ("after", (1, b"x"))]
 
 
+def bytes_per_future(tids: range) -> tuple[float, float, list[TaskFuture]]:
+    """Bytes each finished future holds (traced) before and after its result() is read."""
+    owner = Owner()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        futs = [TaskFuture(owner, tid) for tid in tids]
+        for f in futs:
+            f.set_outcome(entry(f.known_taskid), [FakeFrame(b"a pickled value")])
+        held = (tracemalloc.get_traced_memory()[0] - before) / len(tids)
+        for f in futs:
+            f.result()
+        decoded = (tracemalloc.get_traced_memory()[0] - before) / len(tids)
+    finally:
+        tracemalloc.stop()
+    return held, decoded, futs
+
+
 @pytest.mark.timeout(60)
 def test_a_finished_future_is_small():
     """~3.2 kB a future before (a threading.Condition each, the whole result entry, zero-copy
     frames); the bound leaves room for the interpreter's versions."""
-    owner = Owner()
-    n = 2000
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        futs = [TaskFuture(owner, tid) for tid in range(n)]
-        for tid, f in enumerate(futs):
-            f.set_outcome(entry(tid), [FakeFrame(b"a pickled value")])
-        held = (tracemalloc.get_traced_memory()[0] - before) / n
-        for f in futs:
-            f.result()
-        decoded = (tracemalloc.get_traced_memory()[0] - before) / n
-    finally:
-        tracemalloc.stop()
+    held, decoded, _ = bytes_per_future(range(2000))
     assert held < 1000, held
     assert decoded < 900, decoded
 
@@ -177,21 +182,8 @@ def test_a_finished_future_is_small():
 def test_a_finished_future_is_smaller_still():
     """Slots instead of a __dict__, the condition being the lock itself, no list of waiters
     until one is added, the times packed: ~555 bytes held (~625 before), ~660 decoded (~735)."""
-    owner = Owner()
-    n = 2000
     gc.collect()  # (empties the free lists, whose spare tuples would not be counted)
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        futs = [TaskFuture(owner, tid) for tid in range(1000, 1000 + n)]
-        for f in futs:
-            f.set_outcome(entry(f.known_taskid), [FakeFrame(b"a pickled value")])
-        held = (tracemalloc.get_traced_memory()[0] - before) / n
-        for f in futs:
-            f.result()
-        decoded = (tracemalloc.get_traced_memory()[0] - before) / n
-    finally:
-        tracemalloc.stop()
+    held, decoded, futs = bytes_per_future(range(1000, 3000))
     assert held < 600, held
     assert decoded < 700, decoded
     md = futs[5].metadata  # the packed times come back as they were
