@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "benchmarks" / "compare.py"
+
+
+def bench(script: str, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    """Run a script of benchmarks/ (its name there, or a path) with `args`, output captured."""
+    path = script if "/" in script else str(ROOT / "benchmarks" / script)
+    return subprocess.run([sys.executable, path, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 METRICS = [
     "startup:",
@@ -27,10 +33,7 @@ METRICS = [
 
 @pytest.mark.timeout(120)
 def test_compare_quick_runs_and_prints_the_table():
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--peers", "none", "--timeout", "60"],
-        cwd=ROOT, capture_output=True, text=True, timeout=110, stdin=subprocess.DEVNULL,
-    )
+    proc = bench("compare.py", "--quick", "--peers", "none", "--timeout", "60", timeout=110)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
     out = proc.stdout
     table = [line for line in out.splitlines() if line.startswith("|")]
@@ -59,10 +62,7 @@ def test_compare_quick_runs_and_prints_the_table():
 
 @pytest.mark.timeout(60)
 def test_payload_costs_runs_and_prints_a_number_in_every_cell():
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "payload_costs.py"), "--repeat", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=50, stdin=subprocess.DEVNULL,
-    )
+    proc = bench("payload_costs.py", "--repeat", "1", timeout=50)
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| 1 MiB")
             or line.startswith("| 8 MB")]
@@ -74,11 +74,7 @@ def test_payload_costs_runs_and_prints_a_number_in_every_cell():
 
 @pytest.mark.timeout(120)
 def test_cpu_per_task_runs_and_reports_each_process():
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "cpu_per_task.py"), "--lone", "20",
-         "--flood", "200", "--db", ":memory:"],
-        cwd=ROOT, capture_output=True, text=True, timeout=110, stdin=subprocess.DEVNULL,
-    )
+    proc = bench("cpu_per_task.py", "--lone", "20", "--flood", "200", "--db", ":memory:", timeout=110)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = proc.stdout
     assert out.count("tasks/s") == 2, out
@@ -88,11 +84,7 @@ def test_cpu_per_task_runs_and_reports_each_process():
 
 @pytest.mark.timeout(180)
 def test_many_engines_registers_light_engines_and_fills_its_table():
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "many_engines.py"), "--engines", "2,20",
-         "--tasks", "200", "--idle", "0.5"],
-        cwd=ROOT, capture_output=True, text=True, timeout=170, stdin=subprocess.DEVNULL,
-    )
+    proc = bench("many_engines.py", "--engines", "2,20", "--tasks", "200", "--idle", "0.5", timeout=170)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| 2 ")
             or line.startswith("| 20 ")]
@@ -107,11 +99,7 @@ def test_many_engines_registers_light_engines_and_fills_its_table():
 def test_shared_data_puts_once_per_engine():
     """(The put row's bytes to engines are at most one copy per engine; the baseline's are one
     per task.)"""
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "shared_data.py"), "--mb", "4", "--tasks",
-         "10", "--baseline-tasks", "3", "--peers", "none"],
-        cwd=ROOT, capture_output=True, text=True, timeout=170, stdin=subprocess.DEVNULL,
-    )
+    proc = bench("shared_data.py", "--mb", "4", "--tasks", "10", "--baseline-tasks", "3", "--peers", "none", timeout=170)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [[c.strip() for c in line.strip("|").split("|")]
             for line in proc.stdout.splitlines() if line.startswith("| taskmill")]
@@ -122,11 +110,7 @@ def test_shared_data_puts_once_per_engine():
 
 @pytest.mark.timeout(180)
 def test_memory_flat_prints_a_stopped_clients_figures():
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "memory_flat.py"), "--n", "0",
-         "--futures", "0", "--slow-client", "1500", "--give-up", "60"],
-        cwd=ROOT, capture_output=True, text=True, timeout=170, stdin=subprocess.DEVNULL,
-    )
+    proc = bench("memory_flat.py", "--n", "0", "--futures", "0", "--slow-client", "1500", "--give-up", "60", timeout=170)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
     assert "| peak (VmHWM) |" in proc.stdout, proc.stdout
     assert "results_held_for_clients" in proc.stdout, proc.stdout
@@ -136,11 +120,7 @@ def test_memory_flat_prints_a_stopped_clients_figures():
 
 @pytest.mark.timeout(120)
 def test_memory_flat_prints_the_seed_run_and_the_futures_flood():
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "memory_flat.py"), "--n", "2000",
-         "--batch", "1000", "--futures", "1500"],
-        cwd=ROOT, capture_output=True, text=True, timeout=110, stdin=subprocess.DEVNULL,
-    )
+    proc = bench("memory_flat.py", "--n", "2000", "--batch", "1000", "--futures", "1500", timeout=110)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     seed = [r for r in rows if r.startswith("| 2,000 |")]
@@ -154,11 +134,7 @@ def test_memory_flat_prints_the_seed_run_and_the_futures_flood():
 
 @pytest.mark.timeout(180)
 def test_adapt_burst_runs_and_the_cluster_grows_and_shrinks_back():
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "adapt_burst.py"), "--tasks", "12",
-         "--seconds", "0.3", "--min", "1", "--max", "3", "--idle-after", "0.5"],
-        cwd=ROOT, capture_output=True, text=True, timeout=170, stdin=subprocess.DEVNULL,
-    )
+    proc = bench("adapt_burst.py", "--tasks", "12", "--seconds", "0.3", "--min", "1", "--max", "3", "--idle-after", "0.5", timeout=170)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
     assert "tasks run once each: True" in proc.stdout, proc.stdout
     assert "the most engines live at once: 3 (MAX 3)" in proc.stdout, proc.stdout
@@ -166,11 +142,7 @@ def test_adapt_burst_runs_and_the_cluster_grows_and_shrinks_back():
 
 @pytest.mark.timeout(180)
 def test_dashboard_cost_polls_each_engine_form_and_fills_its_tables():
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "dashboard_cost.py"), "--engines", "5",
-         "--rounds", "1", "--window", "1.5", "--calls", "3"],
-        cwd=ROOT, capture_output=True, text=True, timeout=170, stdin=subprocess.DEVNULL,
-    )
+    proc = bench("dashboard_cost.py", "--engines", "5", "--rounds", "1", "--window", "1.5", "--calls", "3", timeout=170)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [[c.strip() for c in line.strip("|").split("|")]
             for line in proc.stdout.splitlines() if line.startswith("| 5 ")]
@@ -183,8 +155,7 @@ def test_dashboard_cost_polls_each_engine_form_and_fills_its_tables():
 @pytest.mark.timeout(240)
 def test_startup_phases_fills_its_tables_and_its_ab():
     script = str(ROOT / "benchmarks" / "startup_phases.py")
-    proc = subprocess.run([sys.executable, script, "--rounds", "1"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=200, stdin=subprocess.DEVNULL)
+    proc = bench(script, "--rounds", "1", timeout=200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [line for line in proc.stdout.splitlines()
             if line.startswith("| ") and not line.startswith(("| step", "| event"))]
@@ -193,9 +164,7 @@ def test_startup_phases_fills_its_tables_and_its_ab():
         cells = [c.strip() for c in row.strip("|").split("|")][1:]
         assert cells and all(c.replace(".", "").lstrip("-").isdigit() for c in cells), row
     # The A/B of compare.py's startup, here against this same tree: a sample for each side.
-    proc = subprocess.run([sys.executable, script, "--ab", str(ROOT / "src"), "--rounds", "1"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=200,
-                          stdin=subprocess.DEVNULL)
+    proc = bench(script, "--ab", str(ROOT / "src"), "--rounds", "1", timeout=200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.count("| this tree |") == 1 and str(ROOT / "src") in proc.stdout
 
@@ -203,8 +172,7 @@ def test_startup_phases_fills_its_tables_and_its_ab():
 @pytest.mark.timeout(120)
 def test_client_replies_prints_a_figure_for_every_step():
     script = str(ROOT / "benchmarks" / "client_replies.py")
-    proc = subprocess.run([sys.executable, script, "--repeat", "3"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=100, stdin=subprocess.DEVNULL)
+    proc = bench(script, "--repeat", "3", timeout=100)
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [[c.strip() for c in line.strip("|").split("|")]
             for line in proc.stdout.splitlines() if line.startswith("| ")][1:]

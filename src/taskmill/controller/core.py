@@ -428,11 +428,7 @@ class ControllerCore:
     def ack(self, rt: bytes, req: Any, m: Ack, frames: list[Any]) -> None:
         """The client took in its first `got` results (and, `lost`, missed the next ones):
         credit returns (credit.py). No reply."""
-        credits = self.ctx.outbox.credits
-        if m.lost:
-            credits.lost(rt, m.got)
-        else:
-            credits.acked(rt, m.got)
+        self.ctx.outbox.credits.acked(rt, m.got, lost=bool(m.lost))
 
     def result(self, rt: bytes, req: Any, m: ResultQuery, frames: list[Any]) -> None:
         if m.block:

@@ -223,23 +223,19 @@ class Credits:
         if rt not in self.ready and c.can_send():
             self.ready.add(rt)
 
-    def acked(self, rt: bytes, got: int) -> None:
-        """The client took in its first `got` results."""
+    def acked(self, rt: bytes, got: int, lost: bool = False) -> None:
+        """The client took in its first `got` results (and, `lost`, missed some after them:
+        those are sent again)."""
         c = self.clients.get(rt)
         if c is None:
             return
-        c.ack(got)
+        c.lost(got) if lost else c.ack(got)
         if c.can_send():
             self.ready.add(rt)
 
     def lost(self, rt: bytes, got: int) -> None:
         """The client took in its first `got` results and missed some after them."""
-        c = self.clients.get(rt)
-        if c is None:
-            return
-        c.lost(got)
-        if c.can_send():
-            self.ready.add(rt)
+        self.acked(rt, got, lost=True)
 
     def probe(self, rt: bytes) -> int | None:
         """How many results were sent to this client (None: none it has not acknowledged)."""
