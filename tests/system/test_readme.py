@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -60,9 +61,18 @@ def test_a_readme_block_runs_as_written(tmp_path, line, code, reason):
         cmd = [sys.executable, str(script)]
     else:
         cmd = [sys.executable, "-m", "taskmill", "run", "-n", "2", str(script)]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=200, stdin=subprocess.DEVNULL)
+    env["PYTHONFAULTHANDLER"] = "1"  # (so that SIGABRT prints where each thread stands)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=200)
+    except subprocess.TimeoutExpired:  # stuck: show where (the script and `taskmill run`)
+        os.killpg(proc.pid, signal.SIGABRT)
+        out, err = proc.communicate(timeout=30)
+        pytest.fail(f"README block at line {line} did not end within 200 s; its threads:\n"
+                    f"{out[-2000:]}\n{err[-8000:]}")
     assert proc.returncode == 0, (
         f"README block at line {line} failed (exit {proc.returncode}):\n"
-        f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+        f"{out[-2000:]}\n{err[-4000:]}")
+    assert "Traceback" not in err, err[-4000:]

@@ -187,3 +187,27 @@ def test_results_a_barrier_brought_along_are_handed_out_as_the_controller_has_th
     client.clear()
     with pytest.raises(IndexError):
         client.get_task_result(tids[16])
+
+
+EXITS_WITHOUT_CLOSE = textwrap.dedent("""
+    import sys
+    from taskmill import MapTask, TaskClient
+    tc = TaskClient(sys.argv[1])
+    print(*[tc.run(MapTask(abs, (-i,))) for i in range(int(sys.argv[2]))], flush=True)
+""")
+
+
+@pytest.mark.parametrize("n", [2, 2, 2, 1000])
+def test_a_script_that_exits_without_closing_its_client_exits_and_its_runs_are_stored(
+        cluster, client, n):
+    # The seed's scripts run() tasks and end. The client is closed at exit, as close() would:
+    # the tasks queued for the next batch are stored first (once 131 of 1,000 were lost), and
+    # teardown never waits for a lock its stopped threads hold (once: stuck for good).
+    proc = subprocess.run(
+        [sys.executable, "-c", EXITS_WITHOUT_CLOSE, str(cluster.connection_file), str(n)],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    tids = [int(t) for t in proc.stdout.split()]
+    assert len(tids) == n
+    client.barrier(tids)
+    assert [client.get_task_result(t) for t in tids] == list(range(n))

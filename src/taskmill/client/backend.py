@@ -16,9 +16,12 @@ client's Backend: only the way of waiting differs.
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
 import queue
 import time
+import weakref
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, as_completed
 from concurrent.futures import wait as wait_futures
@@ -52,6 +55,25 @@ KEPT_RESULTS_BYTES = 8 * 1024 * 1024  # results a barrier brings along for get_t
 
 Verb = Generator[Any, Any, Any]
 
+log = logging.getLogger("taskmill.client")
+
+# Every Backend not closed yet. At exit, while the client's threads still run, each is closed
+# as close() would: run()'s queued tasks are stored first, and the controller hears `bye`. (Left
+# to the interpreter's teardown, a client found then would wait for locks its daemon threads,
+# stopped mid-step, still hold: the process would never exit.)
+_OPEN: weakref.WeakSet[Backend] = weakref.WeakSet()
+
+
+def _close_all_at_exit() -> None:
+    for backend in list(_OPEN):
+        try:
+            backend.close()
+        except Exception as e:  # noqa: BLE001 - exiting: said, and the others still closed
+            log.warning("closing a taskmill client at exit: %s", e)
+
+
+atexit.register(_close_all_at_exit)
+
 
 class Backend:
     """One client's connection, futures machinery and codecs (see the module docstring)."""
@@ -70,10 +92,12 @@ class Backend:
         self.connection.on_unreachable = self._unreachable
         self.connection.on_restarted = lambda: self.runs.lost_lease(
             "the controller restarted before they were sent")
+        _OPEN.add(self)
 
     def close(self) -> None:
         """Close the connection (after run()'s queued tasks are stored: a refusal is raised
         once it is closed); futures still waiting fail with RuntimeError."""
+        _OPEN.discard(self)
         try:
             if not self.connection.closed:
                 self.settle()

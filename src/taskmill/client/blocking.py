@@ -14,6 +14,7 @@ results are unpickled here, lazily, by the caller that asked for them (futures.p
 from __future__ import annotations
 
 import os
+import sys
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
@@ -72,7 +73,9 @@ class TaskClient:
 
     def __del__(self) -> None:
         backend = getattr(self, "backend", None)
-        if backend is not None:
+        # (While the interpreter tears down, the client was closed at exit already, and its
+        # daemon threads are stopped, maybe holding locks that closing would wait for.)
+        if backend is not None and not sys.is_finalizing():
             try:
                 backend.connection.close()
             except Exception:  # noqa: BLE001 - interpreter shutdown
