@@ -177,3 +177,17 @@ def test_client_replies_prints_a_figure_for_every_step():
     rows = [[c.strip() for c in line.strip("|").split("|")]
             for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
     assert len(rows) == 5 and all(float(r[1]) > 0 for r in rows), proc.stdout
+
+
+@pytest.mark.timeout(180)
+def test_instructions_per_task_counts_bytecodes_by_part_and_function():
+    # (the callgrind mode needs valgrind, which CI does not install; the tracer needs nothing)
+    proc = bench("instructions_per_task.py", "--opcodes", "--n", "20", "--top", "40",
+                 timeout=170)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = proc.stdout
+    per_task = float(out.split(" bytecodes per task")[0].rsplit(" ", 1)[1].replace(",", ""))
+    assert per_task > 100, out  # a round trip runs the controller's loop, scheduler, store
+    for part in ("controller", "scheduler", "store", "wire"):
+        assert f"  {part} " in out, out
+    assert "functions of" in out and "controller/loop.py:" in out, out
