@@ -204,7 +204,12 @@ class Controller:
         timers = self.core.ctx.timers
         monotonic, wall = time.monotonic, time.time
         is_engine = sock is self.engine_sock
-        for _ in range(DRAIN_BATCH):
+        events = sock.getsockopt
+        for i in range(DRAIN_BATCH):
+            # (The poll said the first is there; asking for the next costs less than the
+            # zmq.Again that reading past the last would raise: ~1 µs against ~3.)
+            if i and not events(zmq.EVENTS) & zmq.POLLIN:
+                return
             try:
                 msg = recv_message(sock, zmq.NOBLOCK, routed=True,
                                    max_frames=self.wire.max_frames)
