@@ -335,13 +335,13 @@ def test_every_reply_the_controller_builds_reads_back_into_its_record(ctl):
     reads_back("release", call(ctl, {"type": "release"}))
     (put,) = reads_back("put", call(ctl, {"type": "put", "pmac": b"m" * 32}, [b"x"])).tids
     assert isinstance(reads_back("spin", call(ctl, {"type": "spin"})).dispatched, bool)
-    status = reads_back("status", call(ctl, {"type": "status", "verbose": True})).status
+    status = reads_back("status", call(ctl, {"type": "status", "verbose": True})).status.as_map()
     assert {"scheduled", "pending"} <= set(status)
     stats = reads_back("stats", call(ctl, {"type": "stats"})).stats
     assert isinstance(stats, Statistics) and stats.submitted == 4
-    info = reads_back("task", call(ctl, {"type": "task", "tid": tid})).task
+    info = reads_back("task", call(ctl, {"type": "task", "tid": tid})).task.as_map()
     assert info["state"] == "succeeded" and info["story"]
-    assert reads_back("activity", call(ctl, {"type": "activity"})).activity["seq"] >= 1
+    assert reads_back("activity", call(ctl, {"type": "activity"})).activity.seq >= 1
     (row,) = reads_back("engines", call(ctl, {"type": "engines"})).engines
     assert (row.engineid, row.hostname) == (0, "host") and row.state in ("idle", "busy")
     reads_back("engine_exited", call(ctl, {"type": "engine_exited", "pid": 1, "status": 0}))

@@ -10,6 +10,10 @@ It must stay bounded whatever the load: per-second buckets for a few minutes, a 
 recent attempts and failures, and only the attempts that are open right now (at most the engines'
 slots). It never holds user data: taskids, engine ids, status words and short error texts only.
 
+What it reports it builds as records of protocol.views: `record` an ActivitySnapshot (the
+`activity` reply, with its AttemptRow and FailureRow rows), `DurationHistogram.record` the
+statistics' Durations; `snapshot` and `as_dict` give them as plain maps.
+
 Names: this module keeps the recent activity; `statistics()` (controller/views.py) is the whole
 report (the controller's `Counters`, the queue, the engines and this activity), asked for with
 the `stats` request; `taskmill status` (status.py) renders it in a terminal.
@@ -23,6 +27,10 @@ import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
+
+import msgspec
+
+from .protocol import ActivitySnapshot, AttemptRow, Durations, FailureRow
 
 # Upper bounds (seconds) of the task-duration histogram; a last, unbounded bucket follows.
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0,
@@ -47,9 +55,9 @@ class Attempt:
     status: str = "running"
     seq: int = 0
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "tid": self.tid, "engineid": self.eid, "attempt": self.attempt,
-                "start": self.start, "end": self.end, "status": self.status}
+    def row(self) -> AttemptRow:
+        return AttemptRow(seq=self.seq, tid=self.tid, engineid=self.eid, attempt=self.attempt,
+                          start=self.start, end=self.end, status=self.status)
 
 
 class DurationHistogram:
@@ -69,12 +77,15 @@ class DurationHistogram:
         self.sum += seconds
         self.count += 1
 
-    def as_dict(self) -> dict[str, Any]:
+    def record(self) -> Durations:
         """`buckets`: [upper bound, durations <= it] pairs, cumulative; `None` is +Inf."""
         running = list(itertools.accumulate(self.counts))
         bounds: list[float | None] = [*self.bounds, None]
-        return {"buckets": [[b, n] for b, n in zip(bounds, running, strict=True)],
-                "sum": self.sum, "count": self.count}
+        return Durations(buckets=[[b, n] for b, n in zip(bounds, running, strict=True)],
+                         sum=self.sum, count=self.count)
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.record().as_map()
 
 
 class PerSecond:
@@ -204,7 +215,7 @@ class RecentActivity:
         """The taskids engine `eid` holds, in dispatch order: the first one is running."""
         return list(self.held.get(eid, ()))
 
-    def attempts_since(self, seq: int) -> list[dict[str, Any]]:
+    def attempt_rows(self, seq: int) -> list[AttemptRow]:
         """Finished attempts with a sequence number above `seq` (at most ATTEMPT_RING)."""
         if not self.closed or self.closed[-1].seq <= seq:
             return []
@@ -212,17 +223,24 @@ class RecentActivity:
         for a in reversed(self.closed):
             if a.seq <= seq:
                 break
-            newer.append(a.as_dict())
+            newer.append(a.row())
         newer.reverse()
         return newer
 
-    def snapshot(self, now: float, since: int = 0) -> dict[str, Any]:
+    def attempts_since(self, seq: int) -> list[dict[str, Any]]:
+        """`attempt_rows` as plain maps."""
+        return [msgspec.structs.asdict(row) for row in self.attempt_rows(seq)]
+
+    def record(self, now: float, since: int = 0) -> ActivitySnapshot:
         """Everything a task stream and its plots need, from attempt `since` on."""
-        return {
-            "time": now, "started": self.started, "seq": self.last_seq,
-            "attempts": self.attempts_since(since),
-            "running": [a.as_dict() for a in self.open.values()],
-            "failures": list(self.failures),
-            "finished_per_second": self.finished_per_second.since(now),
-            "queue_per_second": self.queue_per_second.since(now),
-        }
+        return ActivitySnapshot(
+            time=now, started=self.started, seq=self.last_seq,
+            attempts=self.attempt_rows(since),
+            running=[a.row() for a in self.open.values()],
+            failures=[FailureRow(**f) for f in self.failures],
+            finished_per_second=self.finished_per_second.since(now),
+            queue_per_second=self.queue_per_second.since(now))
+
+    def snapshot(self, now: float, since: int = 0) -> dict[str, Any]:
+        """`record` as plain maps (the `activity` reply's payload)."""
+        return self.record(now, since).as_map()

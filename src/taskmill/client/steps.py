@@ -150,7 +150,7 @@ def spin() -> Request:
 
 
 def queue_status(verbose: bool) -> Request:
-    return Request(to_request(Status(bool(verbose))), read=lambda r, _: dict(r.status))
+    return Request(to_request(Status(bool(verbose))), read=lambda r, _: r.status.as_map())
 
 
 def engines() -> Request:
@@ -178,12 +178,12 @@ def statistics() -> Request:
 
 
 def activity(since: int) -> Request:
-    return Request(to_request(Activity(since)), read=lambda r, _: dict(r.activity))
+    return Request(to_request(Activity(since)), read=lambda r, _: r.activity.as_map())
 
 
 def task_info(taskid: int) -> Request:
     """(For an id in range only: see verbs.task_info.)"""
-    return Request(to_request(TaskQuery(taskid)), read=lambda r, _: dict(r.task))
+    return Request(to_request(TaskQuery(taskid)), read=lambda r, _: r.task.as_map())
 
 
 def abort(taskid: int) -> Request:

@@ -25,6 +25,7 @@ from ..protocol import (
     Lease,
     LeaseReply,
     ResultQuery,
+    TaskUnknown,
     TidsReply,
     Wait,
     to_request,
@@ -173,7 +174,7 @@ def get_task_result(backend: Backend, taskid: int, block: bool, timeout: float |
 def task_info(taskid: int) -> Verb:
     check_taskid(taskid)
     if not in_range(taskid):
-        return {"tid": taskid, "state": "unknown"}
+        return TaskUnknown(taskid).as_map()
     return (yield task_info_request(taskid))
 
 

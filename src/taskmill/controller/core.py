@@ -456,8 +456,8 @@ class ControllerCore:
 
     def status(self, rt: bytes, req: Any, m: Status, frames: list[Any]) -> None:
         # (Read-only views are answered at once, even while the store cannot write.)
-        self.ctx.outbox.reply(rt, req, StatusReply(self.views.queue_status(bool(m.verbose))),
-                              now=True)
+        self.ctx.outbox.reply(rt, req, StatusReply(
+            self.views.queue_status(bool(m.verbose)).as_map()), now=True)
 
     def clear(self, rt: bytes, req: Any, m: Clear, frames: list[Any]) -> None:
         dropped, missing = self.ctx.store.clear(m.tids)
@@ -482,15 +482,17 @@ class ControllerCore:
         self.ctx.outbox.reply(rt, req, RetireReply(self.engines.retire(m.engines)), now=True)
 
     def stats(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
-        self.ctx.outbox.reply(rt, req, StatsReply(self.views.statistics(self.ctx.now)),
+        self.ctx.outbox.reply(rt, req, StatsReply(self.views.statistics(self.ctx.now).as_map()),
                               now=True)
 
     def activity(self, rt: bytes, req: Any, m: Activity, frames: list[Any]) -> None:
         self.ctx.outbox.reply(rt, req, ActivityReply(
-            self.ctx.activity.snapshot(self.ctx.now.wall, m.since)), now=True)
+            self.ctx.activity.record(self.ctx.now.wall, m.since).as_map()), now=True)
 
     def task(self, rt: bytes, req: Any, m: TaskQuery, frames: list[Any]) -> None:
-        self.ctx.outbox.reply(rt, req, TaskReply(self.views.task_info(m.tid)), now=True)
+        self.ctx.outbox.reply(rt, req, TaskReply(self.views.task_info(m.tid).as_map()),
+                              now=True)
 
     def engines_verb(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
-        self.ctx.outbox.reply(rt, req, EnginesReply(self.views.engine_table()), now=True)
+        self.ctx.outbox.reply(rt, req, EnginesReply(
+            [row.as_map() for row in self.views.engine_table()]), now=True)

@@ -135,16 +135,16 @@ class Controller:
         return self.core.ctx.settings.unmet_timeout
 
     def statistics(self) -> dict[str, Any]:
-        return self.core.views.statistics(clock())
+        return self.core.views.statistics(clock()).as_map()
 
     def queue_status(self, verbose: bool = False) -> dict[str, Any]:
-        return self.core.views.queue_status(verbose)
+        return self.core.views.queue_status(verbose).as_map()
 
     def engine_table(self) -> list[dict[str, Any]]:
-        return self.core.views.engine_table()
+        return [row.as_map() for row in self.core.views.engine_table()]
 
     def task_info(self, tid: int) -> dict[str, Any]:
-        return self.core.views.task_info(tid)
+        return self.core.views.task_info(tid).as_map()
 
     def arm(self, key: tuple, delay: float) -> None:
         """Arm timer `key` to fire `delay` seconds from now (replacing its earlier moment)."""

@@ -1,24 +1,36 @@
 """Read-only views of the controller: queue status, engines, one task, statistics.
 
-Each view is a plain dict built from the owners of its facts (the scheduler for queued and
-running tasks and for whether an engine is busy, the store for finished ones, the engine
-registry, the `Counters` and the `RecentActivity`), answered at once even while the store
-cannot write. Names, one per concept:
+Each view is built as its record (protocol.views) from the owners of its facts (the scheduler
+for queued and running tasks and for whether an engine is busy, the store for finished ones,
+the engine registry, the `Counters` and the `RecentActivity`), answered at once even while the
+store cannot write; the verbs (core.py) send each as plain maps (`as_map`), and the client
+reads it back into the same record. Names, one per concept:
 - `queue_status()`: how many tasks are scheduled, pending, succeeded, failed (the seed's verb);
 - `engine_table()`: one row per engine (`state` is idle, busy, retiring, dead or retired);
-- `task_info(tid)`: one task's state and metadata, never its payload;
-- `statistics()`: everything above plus the counters and the recent activity, built as the
-  record protocol.Statistics and answered as a plain map; `taskmill status` (status.py)
-  renders it, /metrics and the dashboard read it.
+- `task_info(tid)`: one task's state and metadata, never its payload (a record by state);
+- `statistics()`: everything above plus the counters and the recent activity;
+  `taskmill status` (status.py) renders it, /metrics and the dashboard read it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..protocol import Statistics
+from ..protocol import (
+    EngineRow,
+    EngineStats,
+    QueueStatus,
+    Statistics,
+    StoryEntry,
+    TaskFailed,
+    TaskInfo,
+    TaskPending,
+    TaskScheduled,
+    TaskSucceeded,
+    TaskUnknown,
+)
 from .context import Context, Now
-from .engines import Engines
+from .engines import EngineRecord, Engines
 
 
 class Views:
@@ -26,15 +38,15 @@ class Views:
         self.ctx = ctx
         self.engines = engines
 
-    def queue_status(self, verbose: bool = False) -> dict[str, Any]:
+    def queue_status(self, verbose: bool = False) -> QueueStatus:
         ctx = self.ctx
         if verbose:
             ok, failed = ctx.store.finished_ids()
-            return {"scheduled": ctx.sched.scheduled_ids(), "pending": ctx.sched.pending_ids(),
-                    "succeeded": ok, "failed": failed}
+            return QueueStatus(scheduled=ctx.sched.scheduled_ids(),
+                               pending=ctx.sched.pending_ids(), succeeded=ok, failed=failed)
         scheduled, pending = ctx.sched.counts()
         ok, failed = ctx.store.counts()
-        return {"scheduled": scheduled, "pending": pending, "succeeded": ok, "failed": failed}
+        return QueueStatus(scheduled=scheduled, pending=pending, succeeded=ok, failed=failed)
 
     def engine_state(self, eid: int) -> str:
         """idle, busy, retiring (busy or not, it gets no new task), or gone: dead, retired."""
@@ -45,59 +57,63 @@ class Views:
             return "retiring"
         return "busy" if self.ctx.sched.engine_busy(eid) else "idle"
 
-    def engine_table(self) -> list[dict[str, Any]]:
+    def engine_row(self, r: EngineRecord, row: type[EngineRow] = EngineRow,
+                   **more: Any) -> EngineRow:
+        """Engine `r`'s row (`row`: EngineRow, or EngineStats with `more`, its fields)."""
+        state = self.engine_state(r.eid)
+        return row(engineid=r.eid, hostname=r.hostname, pid=r.pid, properties=r.properties,
+                   state=state, tasks_done=r.tasks_done, failures=r.failures,
+                   capacity=self.ctx.sched.capacity(r.eid),
+                   idle_since=r.active_at if state == "idle" else None, **more)
+
+    def engine_table(self) -> list[EngineRow]:
         """One row per engine; `idle_since`: when an idle engine last reported results or
         registered (the controller's wall clock; None unless idle)."""
-        sched = self.ctx.sched
-        rows = []
-        for r in self.engines.records.values():
-            state = self.engine_state(r.eid)
-            rows.append({"engineid": r.eid, "hostname": r.hostname, "pid": r.pid,
-                         "properties": r.properties, "state": state,
-                         "tasks_done": r.tasks_done, "failures": r.failures,
-                         "capacity": sched.capacity(r.eid),
-                         "idle_since": r.active_at if state == "idle" else None})
-        return rows
+        return [self.engine_row(r) for r in self.engines.records.values()]
 
-    def task_info(self, tid: int) -> dict[str, Any]:
+    def task_info(self, tid: int) -> TaskInfo:
         """One task's state and metadata (times, engine, output, error), never its payload,
         and its `story`: the scheduler's newest moves of it, oldest first, each
         {event, from, to, why} (kept for active tasks and the most recently finished ones)."""
         ctx = self.ctx
-        stored = ctx.store.result_meta(tid)  # (not its frames: they may be large)
-        if stored is not None:
-            meta = {k: v for k, v in stored.items() if k != "pmac"}
-            ok = stored.get("status") == "ok"
-            return {**meta, "tid": tid, "state": "succeeded" if ok else "failed",
-                    "story": self.story(tid)}
+        m = ctx.store.result_meta(tid)  # (not its frames: they may be large)
+        if m is not None:  # (its stored metadata: protocol.ResultMeta, but `pmac`)
+            finished = TaskSucceeded if m["status"] == "ok" else TaskFailed
+            return finished(
+                tid=tid, engineid=m["engineid"], attempts=m["attempts"],
+                submitted=m["submitted"], completed=m["completed"], started=m["started"],
+                status=m["status"], kind=m["kind"], duration=m["duration"],
+                stdout=m["stdout"], stderr=m["stderr"], error=m["error"],
+                story=self.story(tid))
         view = ctx.sched.task_view(tid)
         if view is None:
-            return {"tid": tid, "state": "unknown"}
+            return TaskUnknown(tid)
         running, engine, attempts, node = view
         task = ctx.store.task(tid)
-        return {"tid": tid, "state": "pending" if running else "scheduled",
-                "engineid": engine, "attempts": attempts,
-                "submitted": task.submitted if task else None,
-                "started": ctx.started.get(tid) if running else None,
-                "kind": task.spec["nodes"][node]["exec"]["kind"] if task else None,
-                "story": self.story(tid)}
+        return (TaskPending if running else TaskScheduled)(
+            tid=tid, engineid=engine, attempts=attempts,
+            submitted=task.submitted if task else None,
+            started=ctx.started.get(tid) if running else None,
+            kind=task.spec["nodes"][node]["exec"]["kind"] if task else None,
+            story=self.story(tid))
 
-    def story(self, tid: int) -> list[dict[str, str]]:
-        return [{"event": e.event, "from": str(e.before), "to": str(e.after), "why": e.why}
+    def story(self, tid: int) -> list[StoryEntry]:
+        return [StoryEntry(event=e.event, before=str(e.before), to=str(e.after), why=e.why)
                 for e in self.ctx.sched.story(tid)]
 
-    def statistics(self, now: Now) -> dict[str, Any]:
+    def statistics(self, now: Now) -> Statistics:
         """What the controller is doing: counters, queue, engines (with the task each one runs
         and its last heartbeat), tasks/s over the last minute, the task-duration histogram,
         refused messages by reason. `taskmill status`, /metrics and the dashboard read this."""
         ctx = self.ctx
         wall, mono = now.wall, now.mono
         c = ctx.counters
-        engines = self.engine_table()
-        for row in engines:
-            held = ctx.activity.held_by(row["engineid"])
-            row.update(current_task=held[0] if held else None, held=held,
-                       last_heartbeat_ago=mono - self.engines.records[row["engineid"]].last_seen)
+        engines = []
+        for r in self.engines.records.values():
+            held = ctx.activity.held_by(r.eid)
+            engines.append(self.engine_row(
+                r, EngineStats, current_task=held[0] if held else None, held=held,
+                last_heartbeat_ago=mono - r.last_seen))
         return Statistics(
             time=wall, uptime=wall - c.started,
             messages_in=c.messages_in, messages_out=c.messages_out,
@@ -109,6 +125,6 @@ class Views:
             revokes_sent=c.revokes_sent, revokes_granted=c.revokes_granted,
             queue=self.queue_status(), engines=engines,
             tasks_per_second=ctx.activity.tasks_per_second(wall),
-            durations=ctx.activity.durations.as_dict(),
+            durations=ctx.activity.durations.record(),
             **ctx.outbox.credits.held(),
-        ).as_map()
+        )

@@ -10,7 +10,10 @@ engines, of the result metadata the controller keeps, and of its statistics.
     engine.py    the engine protocol, both ways (`to_controller`/`engine_record`,
                  `to_engine`/`from_controller`; `result_entry`)
     results.py   ResultMeta and ErrorInfo (what a finished task stores), Outcome (one task's
-                 entry as a client receives it), Statistics
+                 entry as a client receives it)
+    views.py     the controller's read-only views: QueueStatus, EngineRow, TaskInfo (by its
+                 state), ActivitySnapshot, Statistics; each built as its record where it is
+                 made, sent as plain maps (`as_map`), read back into it by the client
     common.py    the number types, ProtocolError, `fit` (a header into its record)
 
 Every side that receives a message converts it into its record (msgspec `convert`: every
@@ -50,7 +53,6 @@ from .replies import (
     ClearReply,
     Done,
     EmptyReply,
-    EngineRow,
     EnginesReply,
     HelloReply,
     LeaseReply,
@@ -101,20 +103,40 @@ from .requests import (
     node_rules,
     to_request,
 )
-from .results import ErrorInfo, Outcome, ResultMeta, Statistics
+from .results import ErrorInfo, Outcome, ResultMeta
+from .views import (
+    ActivitySnapshot,
+    AttemptRow,
+    Durations,
+    EngineRow,
+    EngineStats,
+    FailureRow,
+    QueueStatus,
+    Statistics,
+    StoryEntry,
+    TaskFailed,
+    TaskInfo,
+    TaskPending,
+    TaskScheduled,
+    TaskSucceeded,
+    TaskUnknown,
+    TaskView,
+)
 
 __all__ = [
     "CLIENT_RECORDS", "ENGINE_RECORDS", "MAX_TIMEOUT", "REPLY_RECORDS", "REQUEST_TYPES",
-    "TO_ENGINE_RECORDS", "Abort", "AbortReply", "Ack", "Bye", "Activity", "ActivityReply", "Clear",
-    "ClearReply", "Done", "EmptyReply", "EngineExited", "EngineRow", "EnginesQuery", "EnginesReply",
+    "TO_ENGINE_RECORDS", "Abort", "AbortReply", "Ack", "Bye", "Activity", "ActivityReply",
+    "ActivitySnapshot", "AttemptRow", "Clear", "ClearReply", "Done", "Durations", "EmptyReply",
+    "EngineExited", "EngineRow", "EngineStats", "EnginesQuery", "EnginesReply", "FailureRow",
     "ErrorInfo", "HbAnswer", "Heartbeat", "Hello", "HelloReply", "InterruptTask", "Lease",
     "LeaseReply", "MapExec", "NoFields", "NodeSpec", "NonNeg", "Outcome", "Ping", "PingReply",
-    "ProtocolError", "Put", "Refusal", "Register", "Registered", "Release", "Reregister",
-    "ResultEntry", "ResultMeta", "ResultQuery", "Results", "ResultsReply", "Retire",
+    "ProtocolError", "Put", "QueueStatus", "Refusal", "Register", "Registered", "Release",
+    "Reregister", "ResultEntry", "ResultMeta", "ResultQuery", "Results", "ResultsReply", "Retire",
     "RetireReply", "Retired", "RevokeTask", "Revoked", "Spin", "SpinReply", "Statistics",
-    "StatsQuery", "StatsReply", "Status", "StatusReply", "StringExec", "Submit", "TaskQuery",
-    "TaskReply", "TaskSpec", "Tasks", "Tids", "TidsReply", "Timeout", "Wait", "Watch",
-    "Welcome", "client_record", "engine_record", "fit", "from_controller", "from_done",
+    "StatsQuery", "StatsReply", "Status", "StatusReply", "StoryEntry", "StringExec", "Submit",
+    "TaskFailed", "TaskInfo", "TaskPending", "TaskQuery", "TaskReply", "TaskScheduled", "TaskSpec",
+    "TaskSucceeded", "TaskUnknown", "TaskView", "Tasks", "Tids", "TidsReply", "Timeout", "Wait",
+    "Watch", "Welcome", "client_record", "engine_record", "fit", "from_controller", "from_done",
     "from_reply", "node_rules", "result_entry", "to_client", "to_controller", "to_engine",
     "to_request",
 ]

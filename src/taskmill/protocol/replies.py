@@ -8,9 +8,10 @@
     controller --done{results}--> client --from_done(header)--> Done: one Outcome a task
 
 The controller builds each reply as its record, from the plain maps it already has (a
-result entry is its stored metadata plus `nframes`; statistics are `Statistics.as_map()`):
-msgspec does not check fields on construction, and `to_client` is a shallow copy, so this
-costs next to nothing on the per-task paths (submit replies, `done`, results). The client
+result entry is its stored metadata plus `nframes`; a view, such as the statistics, is its
+record of protocol.views as plain maps: `as_map()`): msgspec does not check fields on
+construction, and `to_client` is a shallow copy, so this costs next to nothing on the
+per-task paths (submit replies, `done`, results). The client
 converts every reply into its record (msgspec `convert`: every field's type checked, the
 result entries too) before anything reads it, so a reply that does not fit is refused once,
 as a ProtocolError naming the verb, the record and the field (`$.tids[0]`), never a
@@ -24,13 +25,14 @@ from typing import Any, Literal
 import msgspec
 
 from .common import NonNeg, fit
-from .results import Outcome, Statistics
+from .results import Outcome
+from .views import ActivitySnapshot, EngineRow, QueueStatus, Statistics, TaskInfo
 
 __all__ = [
     "REPLY_RECORDS", "AbortReply", "ActivityReply", "ClearReply", "Done", "EmptyReply",
-    "EngineRow", "EnginesReply", "HelloReply", "LeaseReply", "PingReply", "Refusal", "ResultsReply", "RetireReply",
-    "SpinReply", "StatsReply", "StatusReply", "TaskReply", "TidsReply", "from_done",
-    "from_reply", "to_client",
+    "EnginesReply", "HelloReply", "LeaseReply", "PingReply", "Refusal", "ResultsReply",
+    "RetireReply", "SpinReply", "StatsReply", "StatusReply", "TaskReply", "TidsReply",
+    "from_done", "from_reply", "to_client",
 ]
 
 
@@ -101,7 +103,7 @@ class SpinReply(msgspec.Struct, frozen=True):
 
 
 class StatusReply(msgspec.Struct, frozen=True):
-    status: dict[str, Any]  # queue status: scheduled, pending (+ succeeded, failed)
+    status: QueueStatus  # counts, or (verbose) taskids
 
 
 class ClearReply(msgspec.Struct, frozen=True):
@@ -118,29 +120,11 @@ class StatsReply(msgspec.Struct, frozen=True):
 
 
 class ActivityReply(msgspec.Struct, frozen=True):
-    activity: dict[str, Any]  # stats.RecentActivity.snapshot (the dashboard's)
+    activity: ActivitySnapshot  # stats.RecentActivity's (the dashboard's)
 
 
 class TaskReply(msgspec.Struct, frozen=True):
-    task: dict[str, Any]  # views.task_info: state, metadata and story
-
-
-class EngineRow(msgspec.Struct, frozen=True):
-    """One engine of an `engines` reply (controller/views.engine_table; `engines()` gives
-    each as a map: `as_map`)."""
-
-    engineid: NonNeg
-    hostname: str
-    pid: int
-    properties: dict[Any, Any] | None
-    state: str  # idle, busy, retiring, dead, retired
-    tasks_done: NonNeg
-    failures: NonNeg
-    capacity: NonNeg  # tasks it may hold now (running and buffered)
-    idle_since: float | None  # the controller's wall clock; None unless idle
-
-    def as_map(self) -> dict[str, Any]:
-        return msgspec.structs.asdict(self)
+    task: TaskInfo  # views.task_info: state, metadata and story (by its state)
 
 
 class EnginesReply(msgspec.Struct, frozen=True):

@@ -1,27 +1,23 @@
-"""Typed records of what a finished task leaves behind and of the controller's statistics
-(protocol.results).
+"""Typed records of what a finished task leaves behind (protocol.results).
 
     engine results entry --controller/results.py--> stored metadata (ResultMeta, ErrorInfo)
     stored metadata + nframes --a result/wait reply or a done message--> the client reads
         each entry into an Outcome (protocol.replies: Done, ResultsReply)
-    controller/views.py --Statistics--> a stats reply --> statistics() (a plain map)
 
 `ResultMeta` (with `ErrorInfo`) is the shape of the metadata the controller stores for a
 finished task (results.py builds it as a map; tests convert what it stores into this record).
 `Outcome` is one task's entry as a client receives it: the stored metadata with `nframes`
 (how many payload frames follow), or just `tid` with `unknown` (never was, or cleared) or
-`active` (not finished). `Statistics` is what `statistics()` answers.
+`active` (not finished). (The controller's views, statistics among them: protocol.views.)
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import msgspec
 
 from .common import NonNeg
 
-__all__ = ["ErrorInfo", "Outcome", "ResultMeta", "Statistics"]
+__all__ = ["ErrorInfo", "Outcome", "ResultMeta"]
 
 
 class ErrorInfo(msgspec.Struct, frozen=True):
@@ -76,39 +72,3 @@ class Outcome(msgspec.Struct, frozen=True):
     stderr: str = ""
     error: ErrorInfo | None = None
     pmac: bytes | None = None
-
-
-class Statistics(msgspec.Struct, frozen=True):
-    """What `statistics()` answers (controller/views.py builds it; it travels, and clients
-    get it, as a plain map: `as_map`). `taskmill status`, /metrics and the dashboard read it."""
-
-    time: float  # the controller's wall clock
-    uptime: float
-    messages_in: int
-    messages_out: int
-    submitted: int
-    finished: int
-    engines_died: int
-    engines_retired: int  # engines stopped on purpose once they held nothing (retire)
-    engines_moved: int  # live engines that moved to new connections (their old ones deaf)
-    tasks_lost_in_transit: int  # dispatches an engine never got (queued again, not counted)
-    argument_bytes_out: int  # results (and put values) sent to engines as task arguments
-    refused: dict[str, int]  # refused messages by reason
-    revokes_sent: int
-    revokes_granted: int
-    queue: dict[str, Any]  # the queue status
-    engines: list[dict[str, Any]]  # the engine table, with held tasks and last heartbeat
-    tasks_per_second: float  # over the last minute
-    durations: dict[str, Any]  # the task-duration histogram
-    # Results streamed to clients (controller/credit.py): sent and not acknowledged (at most
-    # a window per client), and their bytes; waiting for credit (in the store), and of those
-    # the ones whose payload waits in memory; sent again because a client lost them.
-    results_in_flight_to_clients: int = 0
-    result_bytes_in_flight_to_clients: int = 0
-    results_held_for_clients: int = 0
-    results_in_memory_for_clients: int = 0
-    results_sent_again_to_clients: int = 0
-    clients_watching: int = 0  # clients whose watches wait for tasks (a `bye` ends them)
-
-    def as_map(self) -> dict[str, Any]:
-        return msgspec.structs.asdict(self)
