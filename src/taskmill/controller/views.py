@@ -7,9 +7,10 @@ cannot write. Names, one per concept:
 - `queue_status()`: how many tasks are scheduled, pending, succeeded, failed (the seed's verb);
 - `engine_table()`: one row per engine (`state` is idle, busy, retiring, dead or retired);
 - `task_info(tid)`: one task's state and metadata, never its payload;
-- `statistics()`: everything above plus the counters and the recent activity, built as the
-  record protocol.Statistics and answered as a plain map; `taskmill status` (status.py)
-  renders it, /metrics and the dashboard read it.
+- `statistics()`: everything above plus the counters, the recent activity and what is kept
+  for clients (credit.py, clients.py, results.py), built as the record protocol.Statistics
+  and answered as a plain map; `taskmill status` (status.py) renders it, /metrics and the
+  dashboard read it.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from .engines import Engines
 
 
 class Views:
-    def __init__(self, ctx: Context, engines: Engines) -> None:
+    def __init__(self, ctx: Context, engines: Engines, waiting: dict[bytes, int]) -> None:
         self.ctx = ctx
         self.engines = engines
+        self.waiting = waiting  # client -> its requests waiting for tasks (results.py)
 
     def queue_status(self, verbose: bool = False) -> dict[str, Any]:
         ctx = self.ctx
@@ -110,5 +112,6 @@ class Views:
             queue=self.queue_status(), engines=engines,
             tasks_per_second=ctx.activity.tasks_per_second(wall),
             durations=ctx.activity.durations.as_dict(),
-            **ctx.outbox.credits.held(),
+            **ctx.outbox.credits.held(), **ctx.clients.held(),
+            requests_waiting=sum(self.waiting.values()),
         ).as_map()
