@@ -6,7 +6,7 @@
   statistics show; its tasks still finish, and another client fetches their results.
 - SIGSTOP past the bound, then SIGCONT: the client is told it was forgotten, so its futures and
   its blocked call fail with ClientForgotten (not a hang), and its later calls work (under new
-  connections), fetching the results of those tasks by taskid.
+  connections): it fetches the results of those tasks by taskid, and a new future resolves.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ print("futures", *errors, flush=True)
 print("blocking", type(box[0]).__name__ if box else "still-blocked", flush=True)
 open(gate, "w").close()
 print("after", tc.get_task_result(tids[3], block=True, timeout=60), flush=True)
+print("new", tc.submit(gated, 5, gate).result(timeout=60), flush=True)
 tc.close()
 """
 
@@ -143,7 +144,7 @@ def test_a_client_stopped_past_the_bound_is_told_it_was_forgotten(ctl, tmp_path)
                 proc.kill()
         assert proc.returncode == 0, err
         assert out.splitlines() == ["futures ClientForgotten", "blocking ClientForgotten",
-                                    "after 9"], (out, err)
+                                    "after 9", "new 25"], (out, err)
         assert "forgot this client" in err  # (its log says what happened)
         stats = tc.statistics()
         assert stats["clients"] == 1 and stats["refused"].get("forgotten-client", 0) >= 1
