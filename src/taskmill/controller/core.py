@@ -22,9 +22,10 @@ record (protocol.replies, through the outbox), which the client reads back. The 
 Client messages (every one carries `req`; the reply echoes it):
   hello, ping, ack{got, lost} (results taken in: credit.py), bye (a client closed, or left an
   old receive socket; a client silent for `forget_clients_after` seconds is forgotten as if it
-  had said it, and its later messages are refused: clients.py), submit{tasks, watch}, result{tids, block}, watch{tids}, wait{tids, budget}, abort{tid},
-  spin, status{verbose}, clear{tids}, engines, stats, engine_exited{pid, status} (from a nanny),
-  retire{engines} (take engines out of scheduling; each stops once it holds nothing),
+  had said it, and its later messages are refused: clients.py), submit{tasks, watch},
+  result{tids, block}, watch{tids}, wait{tids, budget}, abort{tid}, spin, status{verbose},
+  clear{tids}, engines, stats, engine_exited{pid, status} (from a nanny), retire{engines}
+  (take engines out of scheduling; each stops once it holds nothing),
   activity{since} and task{tid} (read-only, for the dashboard: stats.py keeps what they read),
   lease{n} and release (taskids a client numbers its run() tasks from: leases.py; a submit
   may then carry `tids` from its lease, and `release`)
@@ -335,8 +336,7 @@ class ControllerCore:
         if mono - self.turn_start > STALL_SHARE * self.ctx.settings.heartbeat:
             return  # (the clients' pings wait unread)
         for rt in self.ctx.clients.silent(mono, self.stall_end):
-            log.info("forgot client %r: silent for more than %gs", rt,
-                     self.ctx.clients.forget_after)
+            log.info("forgot client %r: silent for over %gs", rt, self.ctx.clients.forget_after)
             self.results.forget_client(rt)
 
     def check_heartbeats(self, now: Now) -> None:
