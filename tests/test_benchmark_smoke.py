@@ -119,6 +119,18 @@ def test_memory_flat_prints_a_stopped_clients_figures():
 
 
 @pytest.mark.timeout(120)
+def test_killed_clients_forgets_each_one_and_holds_nothing_for_them():
+    proc = bench("killed_clients.py", "--rounds", "2", "--futures", "300", "--forget-after", "1",
+                 timeout=110)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    rows = [[c.strip() for c in line.strip("|").split("|")]
+            for line in proc.stdout.splitlines() if line.startswith("| ")]
+    # round, RSS, clients, forgotten, results held, in flight: the observer alone is left
+    assert [r[2:] for r in rows[-2:]] == [["1", "1", "0", "0"], ["1", "2", "0", "0"]], rows
+    assert "growth over 2 rounds" in proc.stdout
+
+
+@pytest.mark.timeout(120)
 def test_memory_flat_prints_the_seed_run_and_the_futures_flood():
     proc = bench("memory_flat.py", "--n", "2000", "--batch", "1000", "--futures", "1500", timeout=110)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"

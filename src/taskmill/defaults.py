@@ -43,6 +43,19 @@ ENGINE_LINK_USER_TIMEOUT_MS = 1000 * (ENGINE_LINK_KEEPALIVE_IDLE
                                       + ENGINE_LINK_KEEPALIVE_INTERVAL
                                       * ENGINE_LINK_KEEPALIVE_PROBES)
 
+#: seconds a client waits for a silent controller before its calls raise ControllerUnreachable
+#: (the client's `reconnect_timeout`): a controller restart or a network cut shorter than this
+#: is ridden out
+RECONNECT_TIMEOUT = 120.0
+
+#: seconds of silence after which the controller forgets a client (`--forget-clients-after`):
+#: drops its watches, its waiting requests and the results queued for it (controller/clients.py).
+#: A live client pings every second, so only a dead one (kill -9, its machine gone) or a stopped
+#: or cut-off one is this silent. Longer than RECONNECT_TIMEOUT, so that a cut the client rides
+#: out (its calls go on) never costs it its futures; short enough that what a dead client held
+#: goes within minutes.
+FORGET_CLIENTS_AFTER = 2.5 * RECONNECT_TIMEOUT
+
 #: bytes one message may hold; larger ones are refused (`--max-message-size`)
 MAX_MESSAGE_SIZE = 512 * 1024 * 1024
 

@@ -44,6 +44,20 @@ class ControllerUnreachable(TimeoutError):
     """No controller answered within the client's timeout."""
 
 
+class ClientForgotten(ControllerUnreachable):
+    """The controller forgot this client: it heard nothing from it for longer than its
+    `--forget-clients-after` (the client's process was stopped, or cut off) and dropped what
+    waited to be sent to it. The futures and requests that waited fail with this; their tasks
+    run on (get_task_result(taskid) fetches their results), and the client goes on under new
+    connections for its later calls."""
+
+
+def too_slow(what: str, timeout: float | None) -> TimeoutError:
+    """The error of a blocking verb's request not answered within the caller's `timeout`."""
+    return TimeoutError(f"{what} did not finish within {timeout:g}s (timeout=); the tasks are "
+                        "untouched")
+
+
 class StoreError(RuntimeError):
     """The controller's task store could not write (disk full, file locked, I/O error), or
     could not be opened. A request it concerns is refused with this error and changes nothing:

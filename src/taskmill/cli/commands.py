@@ -151,7 +151,7 @@ def cmd_controller(a: argparse.Namespace) -> int:
         run_controller(info, store=store, unmet_timeout=a.unmet_timeout, heartbeat=a.heartbeat,
                        connection_file=path, prefetch=a.prefetch,
                        max_message=a.max_message_size, keep_results=a.keep_results,
-                       sockets=sockets)
+                       sockets=sockets, forget_clients_after=a.forget_clients_after)
     finally:
         if dashboard is not None:
             dashboard.stop()

@@ -20,6 +20,7 @@ from ..defaults import (
     DEFAULT_HEARTBEAT,
     DEFAULT_KEEP_RESULTS,
     DEFAULT_UNMET_TIMEOUT,
+    FORGET_CLIENTS_AFTER,
     MAX_MESSAGE_SIZE,
 )
 from .clean import cmd_clean
@@ -147,6 +148,12 @@ def build_parser() -> CommandParser:
                         "fails with TaskTimeout (default 30)")
     c.add_argument("--heartbeat", type=_seconds(), default=DEFAULT_HEARTBEAT,
                    help="seconds between heartbeats; an engine silent for 3 is declared dead")
+    c.add_argument("--forget-clients-after", type=_seconds(infinite=True),
+                   default=FORGET_CLIENTS_AFTER, metavar="SECONDS",
+                   help="a client silent this long (killed, its machine gone; a live one pings "
+                        "every second) is forgotten: its futures' watches and waiting requests "
+                        "are dropped, its tasks run on (default "
+                        f"{FORGET_CLIENTS_AFTER:g}; inf: never)")
     c.add_argument("--prefetch", type=_prefetch, default=None, metavar="N|auto",
                    help="tasks an engine may hold at once, the running one included (default "
                         "auto: as many as take about 2 ms by the durations it reports, so tiny "

@@ -40,10 +40,10 @@ from ..task import MapTask as MapTask
 from ..task import ResultNS as ResultNS
 from ..task import StringTask as StringTask
 from ..task import TaskResult as TaskResult
-from .backend import Backend
+from .backend import Backend, check_client_timeouts
 from .blocking import BlockingTaskClient, TaskClient
 from .codec import refusal, split_results, taskid_list
-from .connection import RECONNECT_TIMEOUT, check_client_timeouts
+from .connection import RECONNECT_TIMEOUT
 from .executor import TaskExecutor
 from .futures import TaskFuture
 from .objects import ObjectRef

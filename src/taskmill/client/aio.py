@@ -26,13 +26,13 @@ from concurrent.futures import Future
 from typing import Any
 
 from ..arguments import FutureLike
-from ..errors import ControllerUnreachable
+from ..errors import ControllerUnreachable, too_slow
 from ..task import BaseTask
 from . import steps, verbs
-from .backend import Backend
+from .backend import Backend, check_client_timeouts
 from .blocking import TaskClient
 from .codec import checked
-from .connection import RECONNECT_TIMEOUT, check_client_timeouts, too_slow
+from .connection import RECONNECT_TIMEOUT
 from .futures import TaskFuture
 from .objects import ObjectRef
 from .options import NO_OPTIONS, TaskOptions

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..protocol import Abort as AbortRequest
 from ..protocol import Outcome, Refusal, from_reply, to_request
-from ..task import BaseTask
+from ..task import BaseTask, check_seconds
 from ..wire import FunctionPickles
 from .codec import (
     Encoded,
@@ -73,6 +73,13 @@ def _close_all_at_exit() -> None:
 
 
 atexit.register(_close_all_at_exit)
+
+
+def check_client_timeouts(timeout: Any, reconnect_timeout: Any) -> None:
+    check_seconds(timeout, "timeout", none=False)
+    check_seconds(reconnect_timeout, "reconnect_timeout", none=False)
+    if not reconnect_timeout > 0:
+        raise ValueError(f"reconnect_timeout must be > 0 seconds, not {reconnect_timeout!r}")
 
 
 class Backend:

@@ -23,8 +23,8 @@ from typing import Any
 from ..task import BaseTask
 from ..wire import ship_local_modules
 from . import steps, verbs
-from .backend import Backend
-from .connection import RECONNECT_TIMEOUT, check_client_timeouts
+from .backend import Backend, check_client_timeouts
+from .connection import RECONNECT_TIMEOUT
 from .executor import TaskExecutor
 from .futures import TaskFuture
 from .joblib_backend import register as register_joblib

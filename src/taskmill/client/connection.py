@@ -9,8 +9,10 @@ owns the receive socket, and every request carries `rt`, the id of that socket, 
 controller answers there. What crosses the wire is a small header plus opaque payload frames
 (see `codec.py`). Besides reading, the I/O thread pings the controller, rides out its restarts
 (sending again what it never answered) and, after `reconnect_timeout` seconds of silence,
-declares it unreachable. Everything above (futures, verbs, both fronts) uses only `send`,
-`call`, `reply`, `wait_reply` and `forget`. Multi-frame sends are guarded against Ctrl-C
+declares it unreachable; told that the controller forgot this client (it was stopped or cut
+off for longer than the controller's --forget-clients-after), it fails what waited with
+ClientForgotten and goes on under new ids. Everything above (futures, verbs, both fronts)
+uses only `send`, `call`, `reply`, `wait_reply` and `forget`. Multi-frame sends are guarded against Ctrl-C
 (interrupts.py).
 """
 
@@ -31,9 +33,9 @@ import zmq
 
 from ..connection import find_connection_file, read_connection_file
 from ..curve import apply_client as apply_curve
-from ..errors import ControllerUnreachable
+from ..defaults import RECONNECT_TIMEOUT
+from ..errors import ClientForgotten, ControllerUnreachable, too_slow
 from ..protocol import Bye, Hello, HelloReply, Ping, ProtocolError, from_reply, to_request
-from ..task import check_seconds
 from ..wire import Refused, Wire, recv_message, send_message
 from .codec import checked, joined
 from .credit import Intake
@@ -42,7 +44,6 @@ from .interrupts import NOT_DEFERRED, interrupts_deferred
 PING_INTERVAL = 1.0
 BYE = to_request(Bye())  # (sent with no reply wanted: see _bye)
 BYE_LINGER_MS = 200  # at most this long, a closing client's `bye` may wait to leave
-RECONNECT_TIMEOUT = 120.0  # seconds of silence from the controller before calls give up
 IDLE_AT_LEAST_EVERY = 256  # messages: a steady stream of replies must not starve the idle hook
 IDLE_POLL_MS = 100  # the I/O thread's longest wait for a reply before it pings (close() wakes it)
 # Requests sent again to a restarted controller (reads; submits, which it de-duplicates; a
@@ -52,19 +53,6 @@ RESENDABLE = frozenset({"submit", "put", "result", "wait", "watch", "lease"})
 Stream = Callable[[dict[str, Any], list[Any]], bool]
 
 log = logging.getLogger("taskmill.client")
-
-
-def check_client_timeouts(timeout: Any, reconnect_timeout: Any) -> None:
-    check_seconds(timeout, "timeout", none=False)
-    check_seconds(reconnect_timeout, "reconnect_timeout", none=False)
-    if not reconnect_timeout > 0:
-        raise ValueError(f"reconnect_timeout must be > 0 seconds, not {reconnect_timeout!r}")
-
-
-def too_slow(what: str, timeout: float | None) -> TimeoutError:
-    """The error of a blocking verb's request not answered within the caller's `timeout`."""
-    return TimeoutError(f"{what} did not finish within {timeout:g}s (timeout=); the tasks are "
-                        "untouched")
 
 
 class Connection:
@@ -119,6 +107,7 @@ class Connection:
         self._intake = Intake()  # numbered `done` results taken in (credit.py)
         self._silent = 0.0  # seconds of this thread's running time since the controller spoke
         self._unreachable = False
+        self._forgotten: str | None = None  # the controller's word that it forgot this client
         self._say_hello = True  # the next keep-alive is a hello (its reply names the limit)
         self._closed = threading.Event()
         # close() wakes the I/O thread at once through this pair (rather than after its poll's
@@ -168,6 +157,15 @@ class Connection:
             # waiting when it resumes are read before anyone is told the controller is gone.
             self._silent += min(now - last, self._ping_interval)
             last = now
+            renew = self._forgotten is not None
+            if self._silent > self.reconnect_timeout and not self._unreachable \
+                    and self._hello.done():
+                self._declare_unreachable()
+                renew = True
+            if renew:
+                poller.unregister(sock)
+                sock = self._reopen()
+                poller.register(sock, zmq.POLLIN)
             if now >= next_ping:
                 # Said from the receive socket, so the controller knows its id before any
                 # reply; after the hello, pings tell a restarted controller from the old one.
@@ -180,12 +178,6 @@ class Connection:
                     pass
                 self._say(self._intake.tick())
                 next_ping = now + (self._ping_interval if self._hello.done() else 0.5)
-            if self._silent > self.reconnect_timeout and not self._unreachable \
-                    and self._hello.done():
-                self._declare_unreachable()
-                poller.unregister(sock)
-                sock = self._reopen()
-                poller.register(sock, zmq.POLLIN)
             if burst >= IDLE_AT_LEAST_EVERY or not sock.poll(0):
                 burst = 0
                 self._idle()
@@ -216,6 +208,9 @@ class Connection:
             if self._controller_sid is not None:
                 self._controller_restarted()
             self._controller_sid = header["sid"]
+        if header.get("error_type") == "forgotten":  # (the I/O loop renews its sockets next)
+            self._forgotten = str(header.get("error"))
+            return
         req = header.get("req")
         if req == 0:
             if header.get("version") is not None:  # a hello's reply
@@ -342,20 +337,26 @@ class Connection:
                     "for it", self.info.client_url, self.reconnect_timeout)
         with self.send_lock:
             self._unreachable = True
-            waiting = list(self._futures.values())
-            self._futures.clear()
-            self._streams.clear()
-            self._outstanding.clear()
-            self._partial.clear()
+            waiting = self._drop_requests()
+        self._fail(waiting, self.unreachable_error)
+
+    def _drop_requests(self) -> list[Future]:
+        """(Under send_lock) Forget every request waiting for an answer; their futures."""
+        waiting = list(self._futures.values())
+        self._futures.clear()
+        self._streams.clear()
+        self._outstanding.clear()
+        self._partial.clear()
+        return waiting
+
+    def _fail(self, waiting: list[Future], error: Callable[[], BaseException]) -> None:
+        """(I/O thread) Fail these requests and (`on_unreachable`) the client's futures."""
         for fut in waiting:
             if not fut.done():
-                fut.set_exception(self.unreachable_error())
+                fut.set_exception(error())
         hook = self.on_unreachable
         if hook is not None:
-            try:
-                hook(self.unreachable_error())
-            except Exception:  # noqa: BLE001 - the I/O thread must keep reading
-                log.exception("failing the futures of an unreachable controller failed")
+            self._call_hook(lambda: hook(error()), "unreachable")
 
     def _reopen(self) -> zmq.Socket:
         """(I/O thread, the controller unreachable) Both sockets anew, with new routing ids.
@@ -363,9 +364,16 @@ class Connection:
         with that id (it has not seen the old one end: a reset lost on the way), it ignores the
         new one for good (so that no peer takes over another's routing id), and this client
         would never hear from it again. New ids cannot collide. Nothing waits for an answer
-        now (all failed), and every request names the id to answer (`rt`)."""
+        now (all failed), and every request names the id to answer (`rt`). A client the
+        controller forgot fails what waited here, under the lock that new requests take (one
+        sent before it would wait for a refusal the old socket never reads)."""
         base = uuidlib.uuid4().hex.encode()
+        why, self._forgotten = self._forgotten, None
+        waiting: list[Future] = []
         with self.send_lock:
+            if why is not None:
+                log.warning("%s", why)
+                waiting = self._drop_requests()
             old, self._send_sock = self._send_sock, self._dealer(base + b".s")
             old.close(0)
             self._bye()  # (the old id: whatever the controller keeps for it can go)
@@ -374,6 +382,8 @@ class Connection:
         self._recv_sock = self._dealer(self.recv_ident)
         self._intake.reset()  # (results to the new id are numbered from 0)
         self._say_hello = True  # (so that the controller learns the new id at once)
+        if why is not None:
+            self._fail(waiting, lambda: ClientForgotten(f"{why} (at {self.info.client_url})"))
         return self._recv_sock
 
     def send(self, header: dict[str, Any], frames: Sequence[Any] = (),

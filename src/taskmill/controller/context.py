@@ -7,7 +7,8 @@ controller's running totals (messages, submits, finishes, engine deaths, revokes
 refusals): with `RecentActivity` (stats.py) and the queue they make up `statistics()` (see
 views.py), which `taskmill status` (status.py), /metrics and the dashboard render.
 
-`Context` is built once by the core and given to each part (engines, submits, waiters, views):
+`Context` is built once by the core and given to each part (engines, submits, waiters, views;
+the clients heard from: clients.py):
 the parts talk through the collaborators it names, never through each other's attributes.
 """
 
@@ -19,6 +20,7 @@ from ..defaults import dead_after
 from ..stats import RecentActivity
 from ..store import TaskStore
 from ..wire import Wire
+from .clients import Clients
 from .leases import Leases
 from .outbox import Outbox
 from .sched_calls import SchedulerCalls
@@ -72,6 +74,7 @@ class Context:
     sched: SchedulerCalls
     outbox: Outbox
     leases: Leases  # blocks of taskids clients number their run() tasks from
+    clients: Clients  # who is connected; who was forgotten for its silence
     timers: Timers
     activity: RecentActivity
     counters: Counters

@@ -17,13 +17,15 @@ record (protocol.replies, through the outbox), which the client reads back. The 
 - sched_calls.py: every call into the scheduler; `apply` carries out the actions it returns;
 - outbox.py: what the turn sends, in its durability order; timers.py: when;
 - the store's retention: results older than `keep_results` days are dropped at start and then
-  hourly (`drop_old_results`, store/retention.py), as a client's `clear` would drop them.
+  hourly (`retention_pass`, store/retention.py), as a client's `clear` would drop them.
 
 Client messages (every one carries `req`; the reply echoes it):
   hello, ping, ack{got, lost} (results taken in: credit.py), bye (a client closed, or left an
-  old receive socket), submit{tasks, watch}, result{tids, block}, watch{tids}, wait{tids, budget}, abort{tid},
-  spin, status{verbose}, clear{tids}, engines, stats, engine_exited{pid, status} (from a nanny),
-  retire{engines} (take engines out of scheduling; each stops once it holds nothing),
+  old receive socket; a client silent for `forget_clients_after` seconds is forgotten as if it
+  had said it, and its later messages are refused: clients.py), submit{tasks, watch},
+  result{tids, block}, watch{tids}, wait{tids, budget}, abort{tid}, spin, status{verbose},
+  clear{tids}, engines, stats, engine_exited{pid, status} (from a nanny), retire{engines}
+  (take engines out of scheduling; each stops once it holds nothing),
   activity{since} and task{tid} (read-only, for the dashboard: stats.py keeps what they read),
   lease{n} and release (taskids a client numbers its run() tasks from: leases.py; a submit
   may then carry `tids` from its lease, and `release`)
@@ -44,12 +46,11 @@ once few tasks are active free memory goes back to the system (taskmill.memory).
 from __future__ import annotations
 
 import logging
-import signal
 from collections.abc import Callable
 from typing import Any
 
 from .. import __version__
-from ..defaults import DEFAULT_KEEP_RESULTS
+from ..defaults import DEFAULT_KEEP_RESULTS, FORGET_CLIENTS_AFTER
 from ..depend import DependRunner
 from ..errors import StoreError
 from ..memory import BURST_MIN, QUIET, Burst, compact, give_back
@@ -57,24 +58,16 @@ from ..protocol import (
     Abort,
     AbortReply,
     Ack,
-    Activity,
-    ActivityReply,
     Clear,
     ClearReply,
     EmptyReply,
     EngineExited,
-    EnginesReply,
     HelloReply,
     PingReply,
     ResultQuery,
     Retire,
     RetireReply,
     SpinReply,
-    StatsReply,
-    Status,
-    StatusReply,
-    TaskQuery,
-    TaskReply,
     Tids,
     client_record,
     engine_record,
@@ -90,8 +83,9 @@ from ..scheduler import (
     Scheduler,
 )
 from ..stats import RecentActivity
-from ..store import TaskStore, drop_old_results
+from ..store import TaskStore, retention_pass
 from ..wire import Wire
+from .clients import Clients
 from .context import Context, Counters, Now, Settings
 from .engine_tasks import EngineTasks
 from .engines import STALL_SHARE, Engines
@@ -122,7 +116,8 @@ class ControllerCore:
 
     def __init__(self, *, session: bytes, wire: Wire, store: TaskStore, heartbeat: float,
                  unmet_timeout: float, prefetch: int | None, now: Now,
-                 keep_results: float = DEFAULT_KEEP_RESULTS) -> None:
+                 keep_results: float = DEFAULT_KEEP_RESULTS,
+                 forget_clients_after: float = FORGET_CLIENTS_AFTER) -> None:
         sched = SchedulerCalls(Scheduler(unmet_timeout=unmet_timeout, slots=prefetch),
                                self.apply)
         self.sched = sched.sched  # (the scheduler itself: read-only, for tests and tools)
@@ -131,7 +126,7 @@ class ControllerCore:
         self.ctx = ctx = Context(
             session=session, settings=Settings(heartbeat, unmet_timeout), wire=wire,
             store=store, sched=sched, outbox=Outbox(session, store, wire.max_message, now.mono),
-            leases=Leases(store),
+            leases=Leases(store), clients=Clients(forget_clients_after),
             timers=Timers(), activity=RecentActivity(counters.started), counters=counters,
             now=now)
         self.engines = Engines(ctx)
@@ -142,7 +137,7 @@ class ControllerCore:
             lost_grace=self.engines.lost_grace, slow_depends=slow_depends,
             depend_budget=self.depends.budget, unmet_timeout=unmet_timeout))
         self.submits = Submits(ctx, self.engines, self.results, self.depends, slow_depends)
-        self.views = Views(ctx, self.engines)
+        self.views = Views(ctx, self.engines, self.results.waiting)
         self.turn_start = now.mono
         self.burst = Burst()  # when a burst of tasks has ended (see settle_memory)
         self.memory_to_give = False  # a burst ended: give memory back once it is quiet
@@ -154,9 +149,10 @@ class ControllerCore:
         self.client_verbs: dict[str, ClientVerb] = {
             "hello": self.hello, "ping": self.ping, "submit": self.submits.submit,
             "result": self.result, "watch": self.watch, "wait": self.wait, "abort": self.abort,
-            "spin": self.spin, "status": self.status, "clear": self.clear,
-            "engines": self.engines_verb, "stats": self.stats, "activity": self.activity,
-            "task": self.task, "engine_exited": self.engine_exited, "put": self.submits.put,
+            "spin": self.spin, "status": self.views.status, "clear": self.clear,
+            "engines": self.views.engines_verb, "stats": self.views.stats,
+            "activity": self.views.activity,
+            "task": self.views.task, "engine_exited": self.engine_exited, "put": self.submits.put,
             "retire": self.retire, "ack": self.ack, "bye": self.bye,
             "lease": self.submits.lease, "release": self.submits.release,
         }
@@ -172,6 +168,7 @@ class ControllerCore:
         self.keep_results = keep_results  # days a finished result is kept
         ctx.timers.arm(("retention",), 0.0)
         ctx.timers.arm(("leases",), LEASE_CHECK_EVERY)
+        ctx.timers.arm(("clients",), ctx.clients.check_every())
         self.submits.reload()
         ctx.timers.settle(now.mono)
 
@@ -203,6 +200,10 @@ class ControllerCore:
         reply_to = header.get("rt", ident)
         if not isinstance(reply_to, bytes):
             reply_to = ident
+        if kind != "bye" and not ctx.clients.heard(reply_to, now.mono):
+            refused["forgotten-client"] += 1
+            outbox.refuse(reply_to, req, ctx.clients.forgotten_text(), "forgotten")
+            return
         if ctx.leases.by_holder:
             ctx.leases.seen(reply_to, now.mono)
         handler = self.client_verbs.get(kind)
@@ -311,24 +312,25 @@ class ControllerCore:
             elif key[0] == "leases":
                 self.results.gone(ctx.leases.expire(now.mono))
                 timers.arm(key, LEASE_CHECK_EVERY)
+            elif key[0] == "clients":
+                self.forget_silent(now)
+                timers.arm(key, ctx.clients.check_every())
             elif key[0] == "retention":
-                self.drop_old_results(now)
+                retention_pass(ctx.store, self.keep_results, now.wall)
                 timers.arm(key, RETENTION_EVERY)
             else:
                 ctx.sched.timer_fired(key)
         return checked
 
-    def drop_old_results(self, now: Now) -> None:
-        """Drop the finished results completed more than `keep_results` days ago (at start,
-        then every RETENTION_EVERY seconds): as a client's `clear` of their taskids would."""
-        try:
-            dropped = drop_old_results(self.ctx.store, self.keep_results, now=now.wall)
-        except StoreError as e:  # (tried again at the next pass)
-            log.warning("could not remove results older than %g days: %s", self.keep_results, e)
-            return
-        if dropped:
-            log.info("removed %d finished results older than %g days (--keep-results)",
-                     dropped, self.keep_results)
+    def forget_silent(self, now: Now) -> None:
+        """Forget every client silent for `forget_clients_after` seconds (clients.py), as if
+        it had said `bye`; a turn that kept the loop busy does not count as silence."""
+        mono = now.mono
+        if mono - self.turn_start > STALL_SHARE * self.ctx.settings.heartbeat:
+            return  # (the clients' pings wait unread)
+        for rt in self.ctx.clients.silent(mono, self.stall_end):
+            log.info("forgot client %r: silent for over %gs", rt, self.ctx.clients.forget_after)
+            self.results.forget_client(rt)
 
     def check_heartbeats(self, now: Now) -> None:
         """Declare dead every engine silent for longer than dead_after."""
@@ -423,6 +425,7 @@ class ControllerCore:
 
     def bye(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
         """The client (its receive socket `rt`) is gone: nothing more is sent to it. No reply."""
+        self.ctx.clients.left(rt)
         self.results.forget_client(rt)
 
     def ack(self, rt: bytes, req: Any, m: Ack, frames: list[Any]) -> None:
@@ -454,11 +457,6 @@ class ControllerCore:
         dispatched = self.ctx.sched.spin()
         self.ctx.outbox.reply(rt, req, SpinReply(dispatched), now=True)
 
-    def status(self, rt: bytes, req: Any, m: Status, frames: list[Any]) -> None:
-        # (Read-only views are answered at once, even while the store cannot write.)
-        self.ctx.outbox.reply(rt, req, StatusReply(
-            self.views.queue_status(bool(m.verbose)).as_map()), now=True)
-
     def clear(self, rt: bytes, req: Any, m: Clear, frames: list[Any]) -> None:
         dropped, missing = self.ctx.store.clear(m.tids)
         if dropped >= BURST_MIN:
@@ -467,32 +465,10 @@ class ControllerCore:
 
     def engine_exited(self, rt: bytes, req: Any, m: EngineExited, frames: list[Any]) -> None:
         """A local nanny saw an engine process exit: no need to wait for its heartbeat."""
-        how = f"process exited with status {m.status}"
-        if m.status < 0:
-            try:
-                how += f" ({signal.Signals(-m.status).name})"
-            except ValueError:
-                pass
-        self.engines.process_exited(m.pid, how)
+        self.engines.process_exited(m.pid, m.status)
         self.ctx.outbox.reply(rt, req, EMPTY)
 
     def retire(self, rt: bytes, req: Any, m: Retire, frames: list[Any]) -> None:
         """Take engines out of scheduling; each stops once it holds nothing (engines.py).
         Answered with the ids that are retiring (the others are unknown or gone)."""
         self.ctx.outbox.reply(rt, req, RetireReply(self.engines.retire(m.engines)), now=True)
-
-    def stats(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
-        self.ctx.outbox.reply(rt, req, StatsReply(self.views.statistics(self.ctx.now).as_map()),
-                              now=True)
-
-    def activity(self, rt: bytes, req: Any, m: Activity, frames: list[Any]) -> None:
-        self.ctx.outbox.reply(rt, req, ActivityReply(
-            self.ctx.activity.record(self.ctx.now.wall, m.since).as_map()), now=True)
-
-    def task(self, rt: bytes, req: Any, m: TaskQuery, frames: list[Any]) -> None:
-        self.ctx.outbox.reply(rt, req, TaskReply(self.views.task_info(m.tid).as_map()),
-                              now=True)
-
-    def engines_verb(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
-        self.ctx.outbox.reply(rt, req, EnginesReply(
-            [row.as_map() for row in self.views.engine_table()]), now=True)

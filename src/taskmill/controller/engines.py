@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import signal
 import socket
 from dataclasses import dataclass, field
 from typing import Any
@@ -290,8 +291,15 @@ class Engines:
             if not rec.dead and quiet > dead_after:
                 self.died(rec, f"no heartbeat for {quiet:.1f}s")
 
-    def process_exited(self, pid: int, how: str) -> None:
-        """A local nanny saw an engine process exit: no need to wait for its heartbeat."""
+    def process_exited(self, pid: int, status: int) -> None:
+        """A local nanny saw an engine process exit (with `status`, < 0: killed by that
+        signal): no need to wait for its heartbeat."""
+        how = f"process exited with status {status}"
+        if status < 0:
+            try:
+                how += f" ({signal.Signals(-status).name})"
+            except ValueError:
+                pass
         for rec in list(self.records.values()):
             if rec.pid == pid and not rec.dead and rec.hostname == socket.gethostname():
                 self.died(rec, how)

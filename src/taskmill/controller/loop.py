@@ -31,6 +31,7 @@ from ..defaults import (
     DEFAULT_HEARTBEAT,
     DEFAULT_KEEP_RESULTS,
     DEFAULT_UNMET_TIMEOUT,
+    FORGET_CLIENTS_AFTER,
     LOGGED_ONCE_MAX,
 )
 from ..store import MemoryStore, TaskStore
@@ -77,8 +78,11 @@ class Controller:
         max_message: int = DEFAULT_MAX_MESSAGE,
         keep_results: float = DEFAULT_KEEP_RESULTS,
         sockets: ControllerSockets | None = None,
+        forget_clients_after: float = FORGET_CLIENTS_AFTER,
     ) -> None:
-        """`sockets`: bound already (with this `max_message`), or None to bind them here."""
+        """`sockets`: bound already (with this `max_message`), or None to bind them here;
+        `forget_clients_after`: seconds of silence after which a client is forgotten
+        (controller/clients.py; math.inf: never)."""
         seconds("heartbeat", heartbeat)  # (NaN, inf or <= 0 would end or stall the loop later)
         seconds("unmet_timeout", unmet_timeout, zero=True)
         days("keep_results", keep_results)
@@ -102,7 +106,8 @@ class Controller:
         self._socks = {CLIENT: self.client_sock, ENGINE: self.engine_sock}
         self.core = ControllerCore(session=self.session, wire=self.wire, store=self.store,
                                    heartbeat=heartbeat, unmet_timeout=unmet_timeout,
-                                   prefetch=prefetch, now=clock(), keep_results=keep_results)
+                                   prefetch=prefetch, now=clock(), keep_results=keep_results,
+                                   forget_clients_after=forget_clients_after)
         self.counters: Counters = self.core.ctx.counters
 
     # -- what tools and tests read ---------------------------------------------------------
@@ -274,11 +279,13 @@ def run_controller(
     max_message: int = DEFAULT_MAX_MESSAGE,
     keep_results: float = DEFAULT_KEEP_RESULTS,
     sockets: ControllerSockets | None = None,
+    forget_clients_after: float = FORGET_CLIENTS_AFTER,
 ) -> None:
     """Serve until SIGTERM/SIGINT (on `sockets` if bound already: see Controller)."""
     ctl = Controller(info, store=store, unmet_timeout=unmet_timeout, heartbeat=heartbeat,
                      connection_file=connection_file, prefetch=prefetch, max_message=max_message,
-                     keep_results=keep_results, sockets=sockets)
+                     keep_results=keep_results, sockets=sockets,
+                     forget_clients_after=forget_clients_after)
 
     def _stop(signum: int, frame: Any) -> None:
         ctl.stop()

@@ -8,7 +8,8 @@ EngineDied, TaskTimeout, TaskAborted, DependencyError). Then the waiters of that
 A waiter is a client request that waits for tasks: `result` (one reply with every result),
 `wait` (one reply, with the results of its first tasks up to its `budget` of bytes: a
 barrier's, kept by the client for get_task_result), `watch` (one `done` entry per task as it finishes, batched per turn
-in the outbox, within the client's credit: credit.py). A client's `bye` ends its watches.
+in the outbox, within the client's credit: credit.py). A client's `bye` (or its silence:
+clients.py) ends its waiters, watches or not, and drops the results queued for it.
 Replies with results go after the commit that stores them, split below the size limit
 (outbox.within_limit); each is a protocol.ResultsReply (or a Done message) whose entries are
 the stored metadata plus `nframes` (a client reads each into an Outcome).
@@ -98,6 +99,9 @@ class Results:
         self.ctx = ctx
         self.why = why
         self.waiters: dict[int, list[Waiter]] = {}
+        # client -> its waiters with tasks to come (at least: a withdrawn task's are not
+        # taken off), so that a client that leaves without any costs no look at the waiters
+        self.waiting: dict[bytes, int] = {}
 
     def finish(self, a: Finish, report: Report | None) -> None:
         """Store the result of a finished task and wake its waiters."""
@@ -181,14 +185,15 @@ class Results:
             for tid in tids:
                 if tid not in pending:
                     self.send_watch(w, tid)
-        if pending and mode == "watch":
-            self.ctx.outbox.credits.watch(rt)
         if not pending:
             if mode == "result":
                 self.reply_results(rt, req, tids)
             elif mode == "wait":
                 self.reply_wait(w)
             return
+        self.waiting[rt] = self.waiting.get(rt, 0) + 1
+        if mode == "watch":
+            self.ctx.outbox.credits.watch(rt)
         for t in pending:
             self.waiters.setdefault(t, []).append(w)
 
@@ -205,6 +210,11 @@ class Results:
 
     def wake(self, w: Waiter, tid: int) -> None:
         w.remaining.discard(tid)
+        if not w.remaining:
+            rt = w.reply_to
+            n = self.waiting.pop(rt, 0) - 1
+            if n > 0:
+                self.waiting[rt] = n
         if w.mode == "watch":
             self.send_watch(w, tid)
             if not w.remaining:
@@ -216,9 +226,11 @@ class Results:
                 self.reply_wait(w)
 
     def forget_client(self, rt: bytes) -> None:
-        """That client is gone (`bye`): its watches end, and what waits for it is dropped.
-        (A look at every waiter, only when it leaves with watches unfinished.)"""
-        if not self.ctx.outbox.credits.forget(rt):
+        """That client is gone (`bye`, or forgotten for its silence): its waiters end, and
+        what waits to be sent to it is dropped. (A look at every waiter, only when it leaves
+        with requests unfinished.)"""
+        self.ctx.outbox.credits.forget(rt)
+        if not self.waiting.pop(rt, 0):
             return
         for tid, ws in list(self.waiters.items()):
             kept = [w for w in ws if w.reply_to != rt]

@@ -8,8 +8,9 @@ reads it back into the same record. Names, one per concept:
 - `queue_status()`: how many tasks are scheduled, pending, succeeded, failed (the seed's verb);
 - `engine_table()`: one row per engine (`state` is idle, busy, retiring, dead or retired);
 - `task_info(tid)`: one task's state and metadata, never its payload (a record by state);
-- `statistics()`: everything above plus the counters and the recent activity;
-  `taskmill status` (status.py) renders it, /metrics and the dashboard read it.
+- `statistics()`: everything above plus the counters, the recent activity and what is kept
+  for clients (credit.py, clients.py, results.py); `taskmill status` (status.py) renders it,
+  /metrics and the dashboard read it.
 """
 
 from __future__ import annotations
@@ -17,14 +18,22 @@ from __future__ import annotations
 from typing import Any
 
 from ..protocol import (
+    Activity,
+    ActivityReply,
     EngineRow,
+    EnginesReply,
     EngineStats,
     QueueStatus,
     Statistics,
+    StatsReply,
+    Status,
+    StatusReply,
     StoryEntry,
     TaskFailed,
     TaskInfo,
     TaskPending,
+    TaskQuery,
+    TaskReply,
     TaskScheduled,
     TaskSucceeded,
     TaskUnknown,
@@ -34,9 +43,10 @@ from .engines import EngineRecord, Engines
 
 
 class Views:
-    def __init__(self, ctx: Context, engines: Engines) -> None:
+    def __init__(self, ctx: Context, engines: Engines, waiting: dict[bytes, int]) -> None:
         self.ctx = ctx
         self.engines = engines
+        self.waiting = waiting  # client -> its requests waiting for tasks (results.py)
 
     def queue_status(self, verbose: bool = False) -> QueueStatus:
         ctx = self.ctx
@@ -126,5 +136,28 @@ class Views:
             queue=self.queue_status(), engines=engines,
             tasks_per_second=ctx.activity.tasks_per_second(wall),
             durations=ctx.activity.durations.record(),
-            **ctx.outbox.credits.held(),
+            **ctx.outbox.credits.held(), **ctx.clients.held(),
+            requests_waiting=sum(self.waiting.values()),
         )
+
+    # -- the read-only verbs (the core's verb table names them; answered at once) ------------
+    def status(self, rt: bytes, req: Any, m: Status, frames: list[Any]) -> None:
+        # (Read-only views are answered at once, even while the store cannot write.)
+        self.ctx.outbox.reply(rt, req, StatusReply(
+            self.queue_status(bool(m.verbose)).as_map()), now=True)
+
+    def stats(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
+        self.ctx.outbox.reply(rt, req, StatsReply(self.statistics(self.ctx.now).as_map()),
+                              now=True)
+
+    def activity(self, rt: bytes, req: Any, m: Activity, frames: list[Any]) -> None:
+        self.ctx.outbox.reply(rt, req, ActivityReply(
+            self.ctx.activity.record(self.ctx.now.wall, m.since).as_map()), now=True)
+
+    def task(self, rt: bytes, req: Any, m: TaskQuery, frames: list[Any]) -> None:
+        self.ctx.outbox.reply(rt, req, TaskReply(self.task_info(m.tid).as_map()),
+                              now=True)
+
+    def engines_verb(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
+        self.ctx.outbox.reply(rt, req, EnginesReply(
+            [row.as_map() for row in self.engine_table()]), now=True)

@@ -253,6 +253,11 @@ class Statistics(msgspec.Struct, frozen=True):
     results_in_memory_for_clients: int = 0
     results_sent_again_to_clients: int = 0
     clients_watching: int = 0  # clients whose watches wait for tasks (a `bye` ends them)
+    # Clients (controller/clients.py): heard from and not gone; forgotten for their silence
+    # since the start; the requests of all clients that wait for tasks (watches included).
+    clients: int = 0
+    clients_forgotten: int = 0
+    requests_waiting: int = 0
 
     def as_map(self) -> dict[str, Any]:
         return builtins(self)

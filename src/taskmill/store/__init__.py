@@ -33,7 +33,13 @@ from .base import (
 )
 from .files import EXTERNAL_MIN
 from .memory import MemoryStore
-from .retention import DEFAULT_KEEP_RESULTS, drop_old_results, remove_store, store_files
+from .retention import (
+    DEFAULT_KEEP_RESULTS,
+    drop_old_results,
+    remove_store,
+    retention_pass,
+    store_files,
+)
 from .schema import BUSY_TIMEOUT, LOW_DISK, OPEN_TIMEOUT
 from .sqlite import CHECKPOINT_BYTES, LOW_TID_EVERY, SQLiteStore
 
@@ -41,7 +47,7 @@ __all__ = [
     "BUSY_TIMEOUT", "CHECKPOINT_BYTES", "DEFAULT_KEEP_RESULTS", "ENGINE_ROW_AGE", "EXTERNAL_MIN",
     "LOW_DISK", "LOW_TID_EVERY", "MAX_TID", "OPEN_TIMEOUT", "SUBMIT_KEYS_KEPT", "SUBMIT_KEY_AGE",
     "MemoryStore", "SQLiteStore", "StoredResult", "StoredTask", "TaskStore", "drop_old_results",
-    "open_store", "remove_store", "store_files",
+    "open_store", "remove_store", "retention_pass", "store_files",
 ]
 
 

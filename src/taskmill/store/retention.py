@@ -3,8 +3,8 @@
 `drop_old_results(store, days, now)` finds the finished tasks whose result was completed more
 than `days` before `now` (the `completed` time of their stored result metadata) and drops them
 through the store's own `clear` (rows, large-frame files, cache and counts together), as a
-client's `clear` of those taskids would. The controller's core calls it when it starts and then
-every hour (`taskmill controller --keep-results DAYS`, default 7).
+client's `clear` of those taskids would. The controller's core calls it (`retention_pass`, which
+logs it) when it starts and then every hour (`taskmill controller --keep-results DAYS`, default 7).
 
 `remove_store(path)` deletes a SQLite store's files (the database, its WAL, shared-memory and
 lock files, its `.blobs/` folder, and the `.key` that `taskmill cluster start` keeps beside it:
@@ -15,6 +15,7 @@ with an empty store that way, and `taskmill clean` removes stopped clusters' sto
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -25,6 +26,8 @@ from ..errors import StoreError
 from .base import TaskStore, unpack
 from .schema import hold_lock
 from .sqlite import SQLiteStore
+
+log = logging.getLogger("taskmill.controller")
 
 DAY = 86400.0
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -64,6 +67,19 @@ def drop_old_results(store: TaskStore, days: float = DEFAULT_KEEP_RESULTS,
         return 0
     dropped, _missing = store.clear(tids)
     return dropped
+
+
+def retention_pass(store: TaskStore, days: float, now: float) -> None:
+    """The controller's pass (at start, then hourly): `drop_old_results`, logged; a store that
+    cannot write now is logged and tried again at the next pass."""
+    try:
+        dropped = drop_old_results(store, days, now=now)
+    except StoreError as e:
+        log.warning("could not remove results older than %g days: %s", days, e)
+        return
+    if dropped:
+        log.info("removed %d finished results older than %g days (--keep-results)", dropped,
+                 days)
 
 
 def store_files(path: str | os.PathLike[str]) -> list[Path]:
