@@ -44,7 +44,6 @@ once few tasks are active free memory goes back to the system (taskmill.memory).
 from __future__ import annotations
 
 import logging
-import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -92,9 +91,10 @@ from ..scheduler import (
 from ..stats import RecentActivity
 from ..store import TaskStore, drop_old_results
 from ..wire import Wire
+from .backlog import Backlog
 from .context import Context, Counters, Now, Settings
 from .engine_tasks import EngineTasks
-from .engines import STALL_SHARE, Engines
+from .engines import STALL_SHARE, Engines, exit_text
 from .leases import CHECK_EVERY as LEASE_CHECK_EVERY
 from .leases import Leases
 from .outbox import ENGINE, Outbox, Outgoing
@@ -122,9 +122,13 @@ class ControllerCore:
 
     def __init__(self, *, session: bytes, wire: Wire, store: TaskStore, heartbeat: float,
                  unmet_timeout: float, prefetch: int | None, now: Now,
-                 keep_results: float = DEFAULT_KEEP_RESULTS) -> None:
+                 keep_results: float = DEFAULT_KEEP_RESULTS,
+                 queue_window: int | None = None) -> None:
+        """`queue_window`: tasks held in memory at most, the rest wait in the store (the
+        backlog, backlog.py; None, or a store not on disk: no limit)."""
+        backlog = Backlog(queue_window if store.durable else None)
         sched = SchedulerCalls(Scheduler(unmet_timeout=unmet_timeout, slots=prefetch),
-                               self.apply)
+                               self.apply, backlog)
         self.sched = sched.sched  # (the scheduler itself: read-only, for tests and tools)
         self.depends = DependRunner()  # callable depends run with a deadline
         counters = Counters(started=now.wall)
@@ -133,7 +137,7 @@ class ControllerCore:
             store=store, sched=sched, outbox=Outbox(session, store, wire.max_message, now.mono),
             leases=Leases(store),
             timers=Timers(), activity=RecentActivity(counters.started), counters=counters,
-            now=now)
+            now=now, backlog=backlog)
         self.engines = Engines(ctx)
         self.engine_tasks = EngineTasks(ctx, self.engines)
         slow_depends: set[int] = set()
@@ -343,6 +347,8 @@ class ControllerCore:
         ctx.now = now
         if ctx.timers.pending:
             ctx.timers.settle(now.mono)
+        if ctx.backlog:  # (its rows were committed by an earlier turn: read before this one's)
+            self.submits.refill()
         outbox = ctx.outbox
         held = outbox.held()
         error = outbox.commit(now.mono, held)
@@ -384,8 +390,9 @@ class ControllerCore:
         self.memory_to_give = True
 
     def output_ready(self, mono: float) -> bool:
-        """Whether something can be sent now (the loop must not wait)."""
-        return self.ctx.outbox.pending(mono)
+        """Whether something can be sent now, or tasks read back from the backlog (the loop
+        must not wait)."""
+        return self.ctx.outbox.pending(mono) or self.submits.refill_due()
 
     def next_deadline(self, mono: float) -> float:
         """When the loop must run again at the latest (monotonic): the next timer (or
@@ -443,6 +450,8 @@ class ControllerCore:
         self.results.add_waiter(rt, req, "wait", m.tids, budget=m.budget)
 
     def abort(self, rt: bytes, req: Any, m: Abort, frames: list[Any]) -> None:
+        if m.tid in self.ctx.backlog:  # (read back now, to finish as aborted at once)
+            self.submits.promote(m.tid)
         if self.ctx.sched.abort(m.tid):
             self.ctx.outbox.reply(rt, req, AbortReply("aborted"))
         elif self.ctx.store.result_meta(m.tid) is not None:
@@ -467,13 +476,7 @@ class ControllerCore:
 
     def engine_exited(self, rt: bytes, req: Any, m: EngineExited, frames: list[Any]) -> None:
         """A local nanny saw an engine process exit: no need to wait for its heartbeat."""
-        how = f"process exited with status {m.status}"
-        if m.status < 0:
-            try:
-                how += f" ({signal.Signals(-m.status).name})"
-            except ValueError:
-                pass
-        self.engines.process_exited(m.pid, how)
+        self.engines.process_exited(m.pid, exit_text(m.status))
         self.ctx.outbox.reply(rt, req, EMPTY)
 
     def retire(self, rt: bytes, req: Any, m: Retire, frames: list[Any]) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import signal
 import socket
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,17 @@ REFUSAL_LOG_EVERY = 60.0  # seconds between log lines about one peer's refused m
 # A loop turn longer than this share of a heartbeat kept the loop from reading: the engines'
 # pings wait unread, so no engine is held to answers it could not have been heard giving.
 STALL_SHARE = 0.5
+
+
+def exit_text(status: int) -> str:
+    """How an engine process ended, from its exit status (negative: the signal's number)."""
+    how = f"process exited with status {status}"
+    if status < 0:
+        try:
+            how += f" ({signal.Signals(-status).name})"
+        except ValueError:
+            pass
+    return how
 
 
 @dataclass(slots=True)

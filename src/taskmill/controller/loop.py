@@ -77,8 +77,10 @@ class Controller:
         max_message: int = DEFAULT_MAX_MESSAGE,
         keep_results: float = DEFAULT_KEEP_RESULTS,
         sockets: ControllerSockets | None = None,
+        queue_window: int | None = None,
     ) -> None:
-        """`sockets`: bound already (with this `max_message`), or None to bind them here."""
+        """`sockets`: bound already (with this `max_message`), or None to bind them here.
+        `queue_window`: tasks held in memory at most (None: no limit; see backlog.py)."""
         seconds("heartbeat", heartbeat)  # (NaN, inf or <= 0 would end or stall the loop later)
         seconds("unmet_timeout", unmet_timeout, zero=True)
         days("keep_results", keep_results)
@@ -102,7 +104,8 @@ class Controller:
         self._socks = {CLIENT: self.client_sock, ENGINE: self.engine_sock}
         self.core = ControllerCore(session=self.session, wire=self.wire, store=self.store,
                                    heartbeat=heartbeat, unmet_timeout=unmet_timeout,
-                                   prefetch=prefetch, now=clock(), keep_results=keep_results)
+                                   prefetch=prefetch, now=clock(), keep_results=keep_results,
+                                   queue_window=queue_window)
         self.counters: Counters = self.core.ctx.counters
 
     # -- what tools and tests read ---------------------------------------------------------
@@ -269,11 +272,12 @@ def run_controller(
     max_message: int = DEFAULT_MAX_MESSAGE,
     keep_results: float = DEFAULT_KEEP_RESULTS,
     sockets: ControllerSockets | None = None,
+    queue_window: int | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT (on `sockets` if bound already: see Controller)."""
     ctl = Controller(info, store=store, unmet_timeout=unmet_timeout, heartbeat=heartbeat,
                      connection_file=connection_file, prefetch=prefetch, max_message=max_message,
-                     keep_results=keep_results, sockets=sockets)
+                     keep_results=keep_results, sockets=sockets, queue_window=queue_window)
 
     def _stop(signum: int, frame: Any) -> None:
         ctl.stop()

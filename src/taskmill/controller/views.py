@@ -71,6 +71,10 @@ class Views:
             return {**meta, "tid": tid, "state": "succeeded" if ok else "failed",
                     "story": self.story(tid)}
         view = ctx.sched.task_view(tid)
+        if view is None and tid in ctx.backlog:  # (queued, its row only in the store)
+            return {"tid": tid, "state": "scheduled", "engineid": None, "attempts": 0,
+                    "submitted": None, "started": None, "kind": None, "story": [],
+                    "backlog": True}
         if view is None:
             return {"tid": tid, "state": "unknown"}
         running, engine, attempts, node = view
@@ -110,5 +114,7 @@ class Views:
             queue=self.queue_status(), engines=engines,
             tasks_per_second=ctx.activity.tasks_per_second(wall),
             durations=ctx.activity.durations.as_dict(),
+            backlog=len(ctx.backlog), queued_in_memory=ctx.sched.active_count(),
+            queue_window=ctx.backlog.window,
             **ctx.outbox.credits.held(),
         ).as_map()

@@ -109,6 +109,11 @@ class Statistics(msgspec.Struct, frozen=True):
     results_in_memory_for_clients: int = 0
     results_sent_again_to_clients: int = 0
     clients_watching: int = 0  # clients whose watches wait for tasks (a `bye` ends them)
+    # Queued tasks kept only in the store (controller/backlog.py), and the tasks held in
+    # memory (queued or running: at most the window, `--memory-budget`; None: no window).
+    backlog: int = 0
+    queued_in_memory: int = 0
+    queue_window: int | None = None
 
     def as_map(self) -> dict[str, Any]:
         return msgspec.structs.asdict(self)

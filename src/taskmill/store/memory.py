@@ -15,6 +15,8 @@ from .base import SUBMIT_KEYS_KEPT, IdLeases, StoredResult, StoredTask, compact_
 class MemoryStore(IdLeases):
     """Tasks and results in this process's memory; nothing survives a restart."""
 
+    durable = False  # (so the controller keeps no backlog: controller/backlog.py)
+
     def __init__(self) -> None:
         self._next = 0
         self._leased: dict[int, int] = {}
@@ -35,8 +37,8 @@ class MemoryStore(IdLeases):
         self._next_eid += 1
         return eid
 
-    def add(self, task: StoredTask) -> None:
-        self._active[task.tid] = task
+    def add(self, task: StoredTask, keep: bool = True) -> None:
+        self._active[task.tid] = task  # (always kept: there is nowhere else)
 
     def task(self, tid: int) -> StoredTask | None:
         return self._active.get(tid)
@@ -45,8 +47,13 @@ class MemoryStore(IdLeases):
                      handed_over: list[int]) -> None:
         pass
 
-    def unfinished(self) -> list[tuple[StoredTask, dict[str, Any]]]:
+    def unfinished(self, queued_max: int | None = None,
+                   held: list[int] | None = None) -> list[tuple[StoredTask, dict[str, Any]]]:
         return []
+
+    def load_queued(self, tids: list[int]) -> tuple[list[tuple[StoredTask, dict[str, Any]]],
+                                                     int]:
+        return [], 0  # (no backlog without a store on disk)
 
     def submitted(self, key: str, resent: bool = True) -> list[int] | None:
         tids = self._submits.get(key)
