@@ -59,6 +59,10 @@ class Backlog:
         i = bisect_right(self.runs, tid, lo=self.head, key=lambda r: r.start) - 1
         return i >= self.head and tid in self.runs[i]
 
+    def first(self) -> int | None:
+        """The lowest taskid held (None: the backlog is empty)."""
+        return self.runs[self.head].start if self.n else None
+
     def ids(self) -> Iterator[int]:
         for r in self.runs[self.head:]:
             yield from r

@@ -78,6 +78,7 @@ class Submits:
             tids.append(tid)
             if held:
                 backlog.add(tid)
+                store.held_from = backlog.first()  # (a restart looks from there on)
                 continue
             for n in nodes:
                 if isinstance(n.depend, BoundedDepend):
@@ -241,6 +242,7 @@ class Submits:
         gone = set(tids)
         for tid in tids:
             ctx.backlog.remove(tid)
+        ctx.store.held_from = ctx.backlog.first()
         ctx.sched.withdraw(tids)
         ctx.outbox.drop_tasks(gone)
         for tid in gone:
@@ -265,6 +267,7 @@ class Submits:
         for task, c in ctx.store.unfinished(ctx.backlog.window, ctx.backlog):
             self.requeue(task, c)
             n += 1
+        ctx.store.held_from = ctx.backlog.first()
         self.engines.arm_lost()
         ctx.sched.run_pass()
         if n or ctx.backlog:
@@ -316,6 +319,7 @@ class Submits:
         if not cut:
             return
         ctx.backlog.drop_first(cut)
+        ctx.store.held_from = ctx.backlog.first()
         self.results.loaded(tids[cut - 1])
         for task, c in rows:
             self.requeue(task, c)
@@ -336,6 +340,7 @@ class Submits:
             ctx.store.commit()
             rows, cut = ctx.store.load_queued([tid])
         ctx.backlog.remove(tid)
+        ctx.store.held_from = ctx.backlog.first()
         self.results.promoted(tid)
         for task, c in rows:
             self.requeue(task, c)

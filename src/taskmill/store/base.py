@@ -60,6 +60,9 @@ class IdLeases:
     _next: int
     _dirty: bool
     _leased: dict[int, int]  # start -> end of each lease not ended
+    # The lowest taskid of the controller's backlog (controller/backlog.py: queued rows not
+    # kept in memory), which a restart must look at too; None: no backlog.
+    held_from: int | None = None
 
     def lease(self, n: int) -> int:
         start = self._next
@@ -77,11 +80,14 @@ class IdLeases:
             self._dirty = self._dirty or write
 
     def low_bound(self, low: int) -> int:
+        if self.held_from is not None:
+            low = min(low, self.held_from)
         return min(low, *self._leased) if self._leased else low
 
 
 class TaskStore(Protocol):
     durable: bool  # on disk: the controller may keep a backlog there (controller/backlog.py)
+    held_from: int | None  # where that backlog begins (see IdLeases)
 
     def allocate(self) -> int: ...
     def lease(self, n: int) -> int: ...
