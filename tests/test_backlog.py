@@ -119,3 +119,29 @@ def test_a_restart_reads_back_the_window_and_leaves_the_rest_as_taskids(tmp_path
         assert held == [3, 4, 5, 6, 8, 9] and s.task(4) is None
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("argv", [["controller", "--memory-budget", "8"],
+                                  ["cluster", "start", "--memory-budget", "nan"],
+                                  ["controller", "--memory-budget", "lots"],
+                                  ["controller", "--queue-window", "0"]])
+def test_the_memory_budget_refuses_what_is_not_a_size(argv, capsys):
+    from taskmill.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+    assert "must be a" in capsys.readouterr().err
+
+
+def test_the_memory_budget_options(monkeypatch):
+    from taskmill import Cluster
+    from taskmill.cli import build_parser
+
+    monkeypatch.delenv("TASKMILL_QUEUE_WINDOW", raising=False)
+    a = build_parser().parse_args(["controller", "--memory-budget", "64"])
+    assert (a.memory_budget, a.queue_window) == (64, None)
+    assert build_parser().parse_args(["cluster", "start", "--memory-budget", "512"]
+                                     ).memory_budget == 512
+    assert build_parser().parse_args(["controller"]).memory_budget == 256
+    with pytest.raises(ValueError, match="memory_budget must be a number of MiB >= 16"):
+        Cluster(2, memory_budget=1)

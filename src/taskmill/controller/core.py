@@ -11,7 +11,8 @@ whose fields do not fit is refused before any verb runs; each verb answers with 
 record (protocol.replies, through the outbox), which the client reads back. The parts:
 - engines.py: the registry, registration, heartbeats, deaths;
 - engine_tasks.py: tasks sent to engines and their results;
-- submits.py and validation.py: new tasks, checked, stored, taken back, reloaded;
+- submits.py and validation.py: new tasks, checked, stored, taken back, reloaded; backlog.py:
+  the queued tasks beyond the queue window (`--memory-budget`), kept only in the store;
 - results.py: what a finished task stores, and the requests waiting for it;
 - views.py: queue status, engines, one task, statistics;
 - sched_calls.py: every call into the scheduler; `apply` carries out the actions it returns;
@@ -124,8 +125,7 @@ class ControllerCore:
                  unmet_timeout: float, prefetch: int | None, now: Now,
                  keep_results: float = DEFAULT_KEEP_RESULTS,
                  queue_window: int | None = None) -> None:
-        """`queue_window`: tasks held in memory at most, the rest wait in the store (the
-        backlog, backlog.py; None, or a store not on disk: no limit)."""
+        # (`queue_window`: tasks held in memory at most; None, or no store on disk: no limit)
         backlog = Backlog(queue_window if store.durable else None)
         sched = SchedulerCalls(Scheduler(unmet_timeout=unmet_timeout, slots=prefetch),
                                self.apply, backlog)
