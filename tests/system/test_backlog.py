@@ -29,6 +29,12 @@ def logged(i, path):
     return i * i
 
 
+def noted(name, path):
+    with open(path, "a") as f:
+        f.write(f"{name}\n")
+    return name
+
+
 def flaky(path):
     """Fails its first attempt (the file does not exist yet), then succeeds."""
     if not os.path.exists(path):
@@ -141,3 +147,23 @@ def test_a_store_in_memory_keeps_no_backlog(tmp_path):
         stats = tc.statistics()
         assert stats["backlog"] == 0 and stats["queued_in_memory"] == 100
         assert stats["queue_window"] is None
+
+
+def test_a_leased_task_after_a_backlog_task_waits_for_it(tmp_path):
+    """run() numbers its tasks from a lease taken before: one may come before the backlog
+    while the task it runs after is still in it. It is read back first, then waits for that
+    task (which is read back out of order) instead of running before it."""
+    runs = tmp_path / "runs.txt"
+    args = ("--queue-window", "5", "--prefetch", "1")
+    with controller_process(tmp_path, args=args) as ctl, \
+            TaskClient(ctl.conn, timeout=60) as a, TaskClient(ctl.conn, timeout=60) as b:
+        first = a.run(MapTask(noted, ("a0", str(runs))))  # (its lease goes on past it)
+        assert first == 0
+        tids = b.mapper(block=False).map(logged, range(100, 130), [str(runs)] * 30)
+        assert b.statistics()["backlog"] > 0 and tids[-1] in range(16, 100)
+        second = a.run(MapTask(noted, ("a1", str(runs)), after=[tids[-1]]))
+        assert second == 1  # (leased: below the backlog's taskids)
+        ctl.engines.append(ctl.engine())
+        assert a.get_task_result(second, block=True) == "a1"
+        lines = read_lines(runs)
+        assert lines.index("a1") > lines.index(str(129)), lines

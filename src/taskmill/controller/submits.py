@@ -134,7 +134,12 @@ class Submits:
     def to_scheduler(self, tid: int, spec: dict[str, Any], nodes: list[Node],
                      cleared_ok: bool = False, **counters: Any) -> None:
         """`cleared_ok`: an `after` task with no result was cleared after it succeeded (a
-        reloaded task's), rather than unknown."""
+        reloaded task's), rather than unknown. An `after` task still in the backlog (a
+        run()'s leased taskid may come before it) is read back first: the scheduler waits
+        only for tasks it holds."""
+        for dep in spec["after"]:
+            if dep in self.ctx.backlog:
+                self.promote(dep)
         active, broken = self.after(spec, cleared_ok)
         self.ctx.sched.submit(tid, nodes, after=active, broken_after=broken, **counters)
 
@@ -332,8 +337,9 @@ class Submits:
         ctx.sched.run_pass()
 
     def promote(self, tid: int) -> None:
-        """Read task `tid` back from the backlog now, out of order (to abort it): committed
-        first if its row is not written yet (StoreError if that fails: it stays)."""
+        """Read task `tid` back from the backlog now, out of order (to abort it, or one that
+        waits for it is read back): committed first if its row is not written yet
+        (StoreError if that fails: it stays)."""
         ctx = self.ctx
         rows, cut = ctx.store.load_queued([tid])
         if not cut:
