@@ -100,6 +100,8 @@ def test_the_store_reads_back_committed_queued_rows_only(tmp_path):
         assert rows[0][0].frames == [b"t2"] and rows[0][1]["state"] == "queued"
         assert s.task(3).frames == [b"t3"]  # read back: in memory now, for dispatch
         assert s.load_queued([6]) == ([], 0)
+        rows, cut = s.load_queued([4], keep=False)  # (only read: task_info)
+        assert (cut, rows[0][0].tid, s.task(4)) == (1, 4, None)
     finally:
         s.close()
 

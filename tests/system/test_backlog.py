@@ -82,7 +82,9 @@ def test_every_verb_answers_for_a_backlog_task_as_for_a_queued_one(tmp_path):
         assert tc.queue_status() == {"scheduled": 100, "pending": 0, "succeeded": 0,
                                      "failed": 0}
         assert tc.queue_status(verbose=True)["scheduled"] == tids
-        assert tc.task_info(last)["state"] == "scheduled"
+        info = tc.task_info(last)
+        assert (info["state"], info["kind"], info["backlog"]) == ("scheduled", "map", True)
+        assert info["submitted"] > 0
         assert tc.get_task_result(last) is None
         # a task after a backlog task goes behind it; one after an aborted task fails
         after_last = tc.run(MapTask(abs, (-7,), after=[last]))

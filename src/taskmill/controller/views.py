@@ -72,9 +72,12 @@ class Views:
                     "story": self.story(tid)}
         view = ctx.sched.task_view(tid)
         if view is None and tid in ctx.backlog:  # (queued, its row only in the store)
+            rows, _ = ctx.store.load_queued([tid], keep=False)  # (None: not committed yet)
+            task = rows[0][0] if rows else None
             return {"tid": tid, "state": "scheduled", "engineid": None, "attempts": 0,
-                    "submitted": None, "started": None, "kind": None, "story": [],
-                    "backlog": True}
+                    "submitted": task.submitted if task else None, "started": None,
+                    "kind": task.spec["nodes"][0]["exec"]["kind"] if task else None,
+                    "story": [], "backlog": True}
         if view is None:
             return {"tid": tid, "state": "unknown"}
         running, engine, attempts, node = view

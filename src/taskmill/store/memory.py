@@ -9,7 +9,7 @@ from collections import OrderedDict
 from typing import Any
 
 from ..memory import compact
-from .base import SUBMIT_KEYS_KEPT, IdLeases, StoredResult, StoredTask, compact_tids
+from .base import SUBMIT_KEYS_KEPT, IdLeases, Loaded, StoredResult, StoredTask, compact_tids
 
 
 class MemoryStore(IdLeases):
@@ -47,12 +47,10 @@ class MemoryStore(IdLeases):
                      handed_over: list[int]) -> None:
         pass
 
-    def unfinished(self, queued_max: int | None = None,
-                   held: list[int] | None = None) -> list[tuple[StoredTask, dict[str, Any]]]:
+    def unfinished(self, queued_max: int | None = None, held: Any = None) -> list[Loaded]:
         return []
 
-    def load_queued(self, tids: list[int]) -> tuple[list[tuple[StoredTask, dict[str, Any]]],
-                                                     int]:
+    def load_queued(self, tids: list[int], keep: bool = True) -> tuple[list[Loaded], int]:
         return [], 0  # (no backlog without a store on disk)
 
     def submitted(self, key: str, resent: bool = True) -> list[int] | None:

@@ -31,6 +31,7 @@ from .base import (
     SUBMIT_KEY_AGE,
     SUBMIT_KEYS_KEPT,
     IdLeases,
+    Loaded,
     StoredResult,
     StoredTask,
     compact_tids,
@@ -207,31 +208,30 @@ class SQLiteStore(IdLeases):
             self._run[tid] = (engine, node, attempts, tries, handed, tid)
         self._dirty = True
 
-    def unfinished(self, queued_max: int | None = None,
-                   held: list[int] | None = None) -> list[tuple[StoredTask, dict[str, Any]]]:
+    def unfinished(self, queued_max: int | None = None, held: Any = None) -> list[Loaded]:
         """Every queued or running task, oldest first, with its counters (schema.read_task);
-        the queued ones past the first `queued_max` only as taskids, in `held` (the backlog)."""
+        the queued ones past the first `queued_max` only as taskids, to `held.append`."""
         out, queued = [], 0
         for row in self.db.execute(SELECT_UNFINISHED, (self._low_tid,)):
             if queued_max is not None and row[1] == "queued":
                 queued += 1
                 if queued > queued_max:
-                    assert held is not None
                     held.append(row[0])
                     continue
             out.append(self._loaded(row))
         return out
 
-    def load_queued(self, tids: list[int]) -> tuple[list[tuple[StoredTask, dict[str, Any]]],
-                                                     int]:
-        """The queued rows of `tids` (sorted) read back as `unfinished` reads them, and how
-        many of `tids` were looked at: up to the first whose row is not committed yet."""
+    def load_queued(self, tids: list[int], keep: bool = True) -> tuple[list[Loaded], int]:
+        """The queued rows of `tids` (sorted) read back as `unfinished` reads them (`keep`:
+        into memory, for dispatch), and how many of `tids` were looked at: up to the first
+        whose row is not committed yet."""
         cut = next((i for i, t in enumerate(tids) if t in self._ins), len(tids))
         if not cut:
             return [], 0
         wanted = set(tids[:cut])
         rows = self.db.execute(SELECT_QUEUED, (tids[0], tids[cut - 1]))
-        return [self._loaded(r) for r in rows if r[0] in wanted], cut
+        read = self._loaded if keep else (lambda r: read_task(r, self.files.read))
+        return [read(r) for r in rows if r[0] in wanted], cut
 
     def _loaded(self, row: tuple[Any, ...]) -> tuple[StoredTask, dict[str, Any]]:
         task, c = read_task(row, self.files.read)
