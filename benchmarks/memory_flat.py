@@ -4,6 +4,7 @@
     python benchmarks/memory_flat.py --n 100000      # a shorter run
     python benchmarks/memory_flat.py --n 0 --futures 50000,200000,1000000   # the flood only
     python benchmarks/memory_flat.py --n 0 --futures 0 --slow-client 200000  # a stopped client
+    python benchmarks/memory_flat.py --n 0 --futures 0 --queued 200000,1000000  # all queued first
 
 Seed-API run (`--n`): tiny tasks (`abs`) are mapped in batches and waited for; nothing is
 cleared. The controller's resident memory (VmRSS) and peak (VmHWM) are read from /proc at
@@ -16,6 +17,13 @@ process with a fresh cluster (2 engines, durable store), so that the client's fi
 own: controller and client RSS at the start, at the peak (the controller's VmHWM; the client
 holding its N finished futures) and after the clear. The claim under test: both give the
 memory of a burst back.
+
+Every task queued first (`--queued N[,N...]`): the flood, but the 2 engines start only once
+every submit is stored, so that all N tasks are queued at once (a client that outruns its
+engines all the way): controller RSS at the start, with all N queued (and how many of them it
+holds in memory, how many wait in the store only: controller/backlog.py), its peak and after
+the clear. The claim under test: the controller's memory stays under `--memory-budget`
+(default 256 MiB) however many tasks are queued.
 
 Slow client (`--slow-client N`): a client process submits N tasks that each return 1 kB (they
 wait for a gate file, so that every submit is in first), is stopped with SIGSTOP, the gate
@@ -62,17 +70,26 @@ def noop(x: int) -> int:
     return x
 
 
-def one_flood(n: int, db: str) -> dict:
-    """The flood of `n` futures in this process; its figures (MiB) as a dict."""
+def one_flood(n: int, db: str, queued: bool = False) -> dict:
+    """The flood of `n` futures in this process; its figures (MiB) as a dict. `queued`: the
+    engines start only once every task is stored (the client ran ahead of them all the way)."""
     me = os.getpid()
-    with Cluster(2, db=db) as c, c.client() as tc:
+    with Cluster(0 if queued else 2, db=db) as c, c.client() as tc:
         pid = c.controller_pid
-        tc.submit(noop, 0).result()  # everything imported and warm
-        tc.clear()
+        if not queued:
+            tc.submit(noop, 0).result()  # everything imported and warm
+            tc.clear()
         gc.collect()
         row = {"n": n, "ctl_start": mib(pid), "cli_start": mib(me)}
         t0 = time.perf_counter()
         futs = [tc.submit(noop, i) for i in range(n)]
+        if queued:
+            stored = [f.taskid for f in futs]  # (each known once its submit is stored)
+            assert len(stored) == n
+            row["ctl_queued"] = mib(pid)
+            stats = tc.statistics()
+            row["held"], row["backlog"] = stats.get("queued_in_memory"), stats.get("backlog")
+            c.add_engines(2)
         for f in futs:
             f.result()
         row["rate"] = n / (time.perf_counter() - t0)
@@ -164,6 +181,25 @@ def slow_client(n: int, db: str, give_up: float) -> None:
                  "the connection the controller's ZeroMQ dropped while the client was stopped)"))
 
 
+def queued_table(sizes: list[int], tmp: str) -> None:
+    print("\n## every task queued first: the flood with its engines started only once every "
+          "submit is stored (2 engines, durable store, one process each)\n")
+    print("| N futures | controller RSS start / all queued / peak / after clear (MiB) | held in "
+          "memory / in the backlog when all queued | tasks/s |")
+    print("|--:|--:|--:|--:|")
+    for i, n in enumerate(sizes):
+        path = os.path.join(tmp, f"queued-{i}.db")
+        proc = subprocess.run([sys.executable, __file__, "--one-flood", str(n), "--db", path,
+                               "--queued-first"], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=600 + n / 100)
+        if proc.returncode != 0:
+            raise SystemExit(f"the queued flood of {n:,} failed:\n{proc.stderr[-4000:]}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        held = "-" if r["held"] is None else f"{r['held']:,} / {r['backlog']:,}"
+        print(f"| {n:,} | {r['ctl_start']:.0f} / {r['ctl_queued']:.0f} / {r['ctl_peak']:.0f} / "
+              f"{r['ctl_after']:.0f} | {held} | {r['rate']:,.0f} |", flush=True)
+
+
 def flood_table(sizes: list[int], path: str, header: bool = True) -> None:
     if header:
         print("\n## a flood of futures: `futs = [tc.submit(noop, i) for i in range(N)]`, every "
@@ -195,10 +231,14 @@ def main() -> int:
     p.add_argument("--give-up", type=float, default=120.0,
                    help="seconds the slow client waits for its futures once resumed")
     p.add_argument("--db", default=None, help="store path (default: a file in a temp dir)")
+    p.add_argument("--queued", default="0",
+                   help="the flood with every task queued before the engines start: "
+                        "N[,N...] (0: none)")
     p.add_argument("--one-flood", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--queued-first", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one_flood is not None:
-        print(json.dumps(one_flood(a.one_flood, a.db)))
+        print(json.dumps(one_flood(a.one_flood, a.db, a.queued_first)))
         return 0
     sizes = [int(x) for x in a.futures.replace("_", "").split(",") if int(x) > 0]
     print(f"# controller memory with finished results piling up, and under a flood of futures "
@@ -210,6 +250,9 @@ def main() -> int:
             seed_run(a, a.db or os.path.join(tmp, "seed.db"))
         for i, n in enumerate(sizes):
             flood_table([n], a.db or os.path.join(tmp, f"flood-{i}.db"), header=i == 0)
+        queued = [int(x) for x in a.queued.replace("_", "").split(",") if int(x) > 0]
+        if queued:
+            queued_table(queued, tmp)
         if a.slow_client > 0:
             slow_client(a.slow_client, a.db or os.path.join(tmp, "slow.db"), a.give_up)
     return 0

@@ -124,6 +124,13 @@ def test_metrics_parse_and_carry_every_figure():
     assert families["taskmill_engine_deaths"].samples[0].value == 1
 
 
+def test_metrics_carry_the_backlog():
+    stats = make_stats(backlog=7000, queued_in_memory=32768)
+    families = {f.name: f for f in text_string_to_metric_families(render_metrics(stats))}
+    assert families["taskmill_tasks_backlog"].samples[0].value == 7000
+    assert families["taskmill_tasks_in_memory"].samples[0].value == 32768
+
+
 # -- the dashboard's feed ----------------------------------------------------------------------
 class FakeClient:
     """Stands in for a TaskClient: statistics() and activity(since) as a controller gives them."""

@@ -189,7 +189,8 @@ def stats(**fields) -> dict:
             "results_in_flight_to_clients": 0, "result_bytes_in_flight_to_clients": 0,
             "results_held_for_clients": 0, "results_in_memory_for_clients": 0,
             "results_sent_again_to_clients": 0, "clients_watching": 0, "clients": 1,
-            "clients_forgotten": 0, "requests_waiting": 0, **fields}
+            "clients_forgotten": 0, "requests_waiting": 0, "backlog": 0, "queued_in_memory": 1,
+            "queue_window": None, **fields}
 
 
 GOOD = [("status", {"status": queue()}), ("status", {"status": queue(failed=[1, 2])}),

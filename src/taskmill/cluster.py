@@ -33,6 +33,7 @@ from .connection import (
 from .defaults import (
     DEFAULT_HEARTBEAT,
     DEFAULT_KEEP_RESULTS,
+    DEFAULT_MEMORY_BUDGET,
     DEFAULT_UNMET_TIMEOUT,
     ENGINE_GONE_STATES,
     is_loopback,
@@ -77,7 +78,9 @@ class Cluster:
     engines are launched (a Slurm job may wait in the queue); use `wait_for_engines` later.
 
     `keep_results`: days a finished result stays in the store (default 7; math.inf: always),
-    which matters for a `db` that outlives the cluster. `key` (hex): the key that signs
+    which matters for a `db` that outlives the cluster. `memory_budget`: MiB the controller
+    keeps its queued tasks under (default 256; beyond a window they wait in the store only,
+    which needs a `db` on disk: the default, not ":memory:"). `key` (hex): the key that signs
     messages and results (default: a new one); a cluster that opens a `db` kept from an
     earlier one needs that one's key to hand out its results (`taskmill cluster start
     --resume` keeps it beside the store).
@@ -119,6 +122,7 @@ class Cluster:
         transport: str | None = None,
         log_dir: str | os.PathLike[str] | None = None,
         keep_results: float = DEFAULT_KEEP_RESULTS,
+        memory_budget: float = DEFAULT_MEMORY_BUDGET,
         key: str | None = None,
         env: dict[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
@@ -138,6 +142,9 @@ class Cluster:
         self.dashboard = dashboard
         self.start_timeout = seconds("start_timeout", start_timeout)
         self.keep_results = days("keep_results", keep_results)
+        if not 16 <= memory_budget < float("inf"):
+            raise ValueError(f"memory_budget must be a number of MiB >= 16, not {memory_budget!r}")
+        self.memory_budget = memory_budget
         if key is not None:
             try:
                 bytes.fromhex(key)
@@ -230,6 +237,7 @@ class Cluster:
                    "--unmet-timeout", str(self.unmet_timeout),
                    "--heartbeat", str(self.heartbeat),
                    "--keep-results", str(self.keep_results),
+                   "--memory-budget", str(self.memory_budget),
                    "--prefetch", "auto" if self.prefetch is None else str(self.prefetch),
                    "--parent-fd", str(self._lifeline[0]),
                    "--remove-if-orphaned", str(self.state_dir)]

@@ -67,6 +67,22 @@ RESULTS_WINDOW = 1000
 #: ... and by bytes (payload frames plus 512 bytes of metadata a result; a larger one goes alone)
 RESULTS_WINDOW_BYTES = 16 * 1024 * 1024
 
+#: MiB the controller stays under (`--memory-budget`): it sets the queue window, the tasks it
+#: holds in memory at most (queued or running); the other queued tasks wait in the store
+#: (controller/backlog.py). A `:memory:` store has no window: the budget needs a store on disk.
+DEFAULT_MEMORY_BUDGET = 256
+#: bytes a task held in the controller costs, at most (~2.6 kB a small task with its watch,
+#: measured with tracemalloc: benchmarks/memory_flat.md); the window is sized with this ...
+HELD_TASK_BYTES = 4096
+#: ... to take this share of the budget (the rest: the process itself, the results in flight
+#: to clients, the store's cache) ...
+HELD_SHARE = 0.5
+#: ... and is never smaller than this (a smaller one would starve a few hundred engines)
+MIN_QUEUE_WINDOW = 1000
+#: the queue window itself, set in the controller's environment: for tests, which need a
+#: small one (it overrides --memory-budget)
+QUEUE_WINDOW_ENV = "TASKMILL_QUEUE_WINDOW"
+
 #: a tuple, list or dict with at most this many plain items is encoded with msgpack rather than pickled
 PLAIN_CONTAINER_MAX = 64
 
@@ -78,6 +94,11 @@ LOGGED_ONCE_MAX = 10_000
 
 #: addresses that name this machine
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+def queue_window(budget_mib: float) -> int:
+    """The tasks the controller holds in memory at most under a budget of `budget_mib` MiB."""
+    return max(MIN_QUEUE_WINDOW, int(budget_mib * 1024 * 1024 * HELD_SHARE) // HELD_TASK_BYTES)
 
 
 def dead_after(heartbeat: float) -> float:

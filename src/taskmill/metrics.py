@@ -56,6 +56,13 @@ def render_metrics(stats: dict[str, Any]) -> str:
                "failed).")
     for state, n in stats["queue"].items():
         out.sample("taskmill_tasks", n, state=state)
+    out.family("taskmill_tasks_in_memory", "gauge",
+               "Tasks the controller holds in memory (queued or running; at most the queue "
+               "window of --memory-budget).")
+    out.sample("taskmill_tasks_in_memory", stats.get("queued_in_memory", 0))
+    out.family("taskmill_tasks_backlog", "gauge",
+               "Queued tasks beyond the window, kept only in the store.")
+    out.sample("taskmill_tasks_backlog", stats.get("backlog", 0))
 
     engines = stats["engines"]
     out.family("taskmill_engines", "gauge", "Engines by state.")

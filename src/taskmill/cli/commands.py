@@ -33,7 +33,7 @@ from ..connection import (
 )
 from ..curve import add_curve
 from ..curve import enabled as curve_enabled
-from ..defaults import is_loopback
+from ..defaults import is_loopback, queue_window
 from .cluster import gone_cluster, one_line
 
 # Errors of binding the controller's sockets, reported as one line instead of a traceback.
@@ -151,7 +151,8 @@ def cmd_controller(a: argparse.Namespace) -> int:
         run_controller(info, store=store, unmet_timeout=a.unmet_timeout, heartbeat=a.heartbeat,
                        connection_file=path, prefetch=a.prefetch,
                        max_message=a.max_message_size, keep_results=a.keep_results,
-                       sockets=sockets, forget_clients_after=a.forget_clients_after)
+                       sockets=sockets, forget_clients_after=a.forget_clients_after,
+                       queue_window=a.queue_window or queue_window(a.memory_budget))
     finally:
         if dashboard is not None:
             dashboard.stop()

@@ -19,9 +19,11 @@ from .. import __version__
 from ..defaults import (
     DEFAULT_HEARTBEAT,
     DEFAULT_KEEP_RESULTS,
+    DEFAULT_MEMORY_BUDGET,
     DEFAULT_UNMET_TIMEOUT,
     FORGET_CLIENTS_AFTER,
     MAX_MESSAGE_SIZE,
+    QUEUE_WINDOW_ENV,
 )
 from .clean import cmd_clean
 from .cluster import cmd_cluster
@@ -109,6 +111,36 @@ def _keep_results(parser: argparse.ArgumentParser) -> None:
                              "inf: keep them)")
 
 
+def _mib(text: str) -> float:
+    """An argparse type: a memory budget in MiB, at least 16."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 16 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of MiB >= 16, not {text!r}")
+    return value
+
+
+def _window(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of tasks >= 1, not {text!r} "
+                                         f"(from --queue-window or ${QUEUE_WINDOW_ENV})")
+    return n
+
+
+def _memory_budget(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--memory-budget", type=_mib, default=DEFAULT_MEMORY_BUDGET,
+                        metavar="MIB",
+                        help="MiB the controller keeps its queued tasks under (default "
+                             f"{DEFAULT_MEMORY_BUDGET}): beyond a window they wait in the store "
+                             "only (needs a store on disk, not --db :memory:)")
+
+
 def _log_level(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
                         help="how much to log on standard error (default INFO)")
@@ -176,6 +208,10 @@ def build_parser() -> CommandParser:
                    help="serve the dashboard without its token (loopback only)")
     c.add_argument("--no-dashboard", action="store_true", help="run without the web dashboard")
     _keep_results(c)
+    _memory_budget(c)
+    # (For tests: the queue window itself, which overrides --memory-budget.)
+    c.add_argument("--queue-window", type=_window, default=os.environ.get(QUEUE_WINDOW_ENV),
+                   help=argparse.SUPPRESS)
     _log_level(c)
     c.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)
     c.add_argument("--remove-if-orphaned", default=None, help=argparse.SUPPRESS)
@@ -266,6 +302,7 @@ def _add_cluster(sub: Any) -> None:
                     help="keep the store of the cluster that ran before (its results and "
                          "taskids); without it the cluster begins with an empty store")
     _keep_results(st)
+    _memory_budget(st)
     st.add_argument("--ip", default="127.0.0.1",
                     help="interface the controller binds (0.0.0.0 for engines elsewhere)")
     st.add_argument("--location", default=None,

@@ -39,8 +39,9 @@ The package, from the outside in:
   in taskmill/protocol/);
 - engines.py, engine_tasks.py: the engine registry and protocol; submits.py, validation.py:
   new tasks; results.py: finished tasks and their waiters; views.py: statistics and the other
-  read-only views; sched_calls.py: every call into the scheduler; outbox.py: what a turn
-  sends and in which order; timers.py; context.py: what the parts share.
+  read-only views; sched_calls.py: every call into the scheduler; backlog.py: the queued
+  tasks beyond the queue window (`--memory-budget`), kept only in the store; outbox.py: what
+  a turn sends and in which order; timers.py; context.py: what the parts share.
 
 The names below are imported on first use (PEP 562): importing sockets.py, which the start of
 `taskmill controller` does, does not import the rest of the package.

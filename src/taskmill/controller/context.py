@@ -20,6 +20,7 @@ from ..defaults import dead_after
 from ..stats import RecentActivity
 from ..store import TaskStore
 from ..wire import Wire
+from .backlog import Backlog
 from .clients import Clients
 from .leases import Leases
 from .outbox import Outbox
@@ -79,4 +80,5 @@ class Context:
     activity: RecentActivity
     counters: Counters
     now: Now
+    backlog: Backlog  # queued tasks kept only in the store (the scheduler's, as `sched.backlog`)
     started: dict[int, float] = field(default_factory=dict)  # tid -> its attempt's dispatch

@@ -11,7 +11,8 @@ whose fields do not fit is refused before any verb runs; each verb answers with 
 record (protocol.replies, through the outbox), which the client reads back. The parts:
 - engines.py: the registry, registration, heartbeats, deaths;
 - engine_tasks.py: tasks sent to engines and their results;
-- submits.py and validation.py: new tasks, checked, stored, taken back, reloaded;
+- submits.py and validation.py: new tasks, checked, stored, taken back, reloaded; backlog.py:
+  the queued tasks beyond the queue window (`--memory-budget`), kept only in the store;
 - results.py: what a finished task stores, and the requests waiting for it;
 - views.py: queue status, engines, one task, statistics;
 - sched_calls.py: every call into the scheduler; `apply` carries out the actions it returns;
@@ -85,6 +86,7 @@ from ..scheduler import (
 from ..stats import RecentActivity
 from ..store import TaskStore, retention_pass
 from ..wire import Wire
+from .backlog import Backlog
 from .clients import Clients
 from .context import Context, Counters, Now, Settings
 from .engine_tasks import EngineTasks
@@ -117,9 +119,12 @@ class ControllerCore:
     def __init__(self, *, session: bytes, wire: Wire, store: TaskStore, heartbeat: float,
                  unmet_timeout: float, prefetch: int | None, now: Now,
                  keep_results: float = DEFAULT_KEEP_RESULTS,
-                 forget_clients_after: float = FORGET_CLIENTS_AFTER) -> None:
+                 forget_clients_after: float = FORGET_CLIENTS_AFTER,
+                 queue_window: int | None = None) -> None:
+        # (`queue_window`: tasks held in memory at most; None, or no store on disk: no limit)
+        backlog = Backlog(queue_window if store.durable else None)
         sched = SchedulerCalls(Scheduler(unmet_timeout=unmet_timeout, slots=prefetch),
-                               self.apply)
+                               self.apply, backlog)
         self.sched = sched.sched  # (the scheduler itself: read-only, for tests and tools)
         self.depends = DependRunner()  # callable depends run with a deadline
         counters = Counters(started=now.wall)
@@ -128,7 +133,7 @@ class ControllerCore:
             store=store, sched=sched, outbox=Outbox(session, store, wire.max_message, now.mono),
             leases=Leases(store), clients=Clients(forget_clients_after),
             timers=Timers(), activity=RecentActivity(counters.started), counters=counters,
-            now=now)
+            now=now, backlog=backlog)
         self.engines = Engines(ctx)
         self.engine_tasks = EngineTasks(ctx, self.engines)
         slow_depends: set[int] = set()
@@ -345,6 +350,8 @@ class ControllerCore:
         ctx.now = now
         if ctx.timers.pending:
             ctx.timers.settle(now.mono)
+        if ctx.backlog:  # (its rows were committed by an earlier turn: read before this one's)
+            self.submits.refill()
         outbox = ctx.outbox
         held = outbox.held()
         error = outbox.commit(now.mono, held)
@@ -386,8 +393,9 @@ class ControllerCore:
         self.memory_to_give = True
 
     def output_ready(self, mono: float) -> bool:
-        """Whether something can be sent now (the loop must not wait)."""
-        return self.ctx.outbox.pending(mono)
+        """Whether something can be sent now, or tasks read back from the backlog (the loop
+        must not wait)."""
+        return self.ctx.outbox.pending(mono) or self.submits.refill_due()
 
     def next_deadline(self, mono: float) -> float:
         """When the loop must run again at the latest (monotonic): the next timer (or
@@ -446,6 +454,8 @@ class ControllerCore:
         self.results.add_waiter(rt, req, "wait", m.tids, budget=m.budget)
 
     def abort(self, rt: bytes, req: Any, m: Abort, frames: list[Any]) -> None:
+        if m.tid in self.ctx.backlog:  # (read back now, to finish as aborted at once)
+            self.submits.promote(m.tid)
         if self.ctx.sched.abort(m.tid):
             self.ctx.outbox.reply(rt, req, AbortReply("aborted"))
         elif self.ctx.store.result_meta(m.tid) is not None:

@@ -51,6 +51,17 @@ REFUSAL_LOG_EVERY = 60.0  # seconds between log lines about one peer's refused m
 STALL_SHARE = 0.5
 
 
+def exit_text(status: int) -> str:
+    """How an engine process ended, from its exit status (negative: the signal's number)."""
+    how = f"process exited with status {status}"
+    if status < 0:
+        try:
+            how += f" ({signal.Signals(-status).name})"
+        except ValueError:
+            pass
+    return how
+
+
 @dataclass(slots=True)
 class EngineRecord:
     eid: int
@@ -294,12 +305,7 @@ class Engines:
     def process_exited(self, pid: int, status: int) -> None:
         """A local nanny saw an engine process exit (with `status`, < 0: killed by that
         signal): no need to wait for its heartbeat."""
-        how = f"process exited with status {status}"
-        if status < 0:
-            try:
-                how += f" ({signal.Signals(-status).name})"
-            except ValueError:
-                pass
+        how = exit_text(status)
         for rec in list(self.records.values()):
             if rec.pid == pid and not rec.dead and rec.hostname == socket.gethostname():
                 self.died(rec, how)

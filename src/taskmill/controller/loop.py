@@ -79,10 +79,12 @@ class Controller:
         keep_results: float = DEFAULT_KEEP_RESULTS,
         sockets: ControllerSockets | None = None,
         forget_clients_after: float = FORGET_CLIENTS_AFTER,
+        queue_window: int | None = None,
     ) -> None:
         """`sockets`: bound already (with this `max_message`), or None to bind them here;
         `forget_clients_after`: seconds of silence after which a client is forgotten
-        (controller/clients.py; math.inf: never)."""
+        (controller/clients.py; math.inf: never); `queue_window`: tasks held in memory at
+        most (None: no limit; see backlog.py)."""
         seconds("heartbeat", heartbeat)  # (NaN, inf or <= 0 would end or stall the loop later)
         seconds("unmet_timeout", unmet_timeout, zero=True)
         days("keep_results", keep_results)
@@ -107,7 +109,8 @@ class Controller:
         self.core = ControllerCore(session=self.session, wire=self.wire, store=self.store,
                                    heartbeat=heartbeat, unmet_timeout=unmet_timeout,
                                    prefetch=prefetch, now=clock(), keep_results=keep_results,
-                                   forget_clients_after=forget_clients_after)
+                                   forget_clients_after=forget_clients_after,
+                                   queue_window=queue_window)
         self.counters: Counters = self.core.ctx.counters
 
     # -- what tools and tests read ---------------------------------------------------------
@@ -280,12 +283,13 @@ def run_controller(
     keep_results: float = DEFAULT_KEEP_RESULTS,
     sockets: ControllerSockets | None = None,
     forget_clients_after: float = FORGET_CLIENTS_AFTER,
+    queue_window: int | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT (on `sockets` if bound already: see Controller)."""
     ctl = Controller(info, store=store, unmet_timeout=unmet_timeout, heartbeat=heartbeat,
                      connection_file=connection_file, prefetch=prefetch, max_message=max_message,
                      keep_results=keep_results, sockets=sockets,
-                     forget_clients_after=forget_clients_after)
+                     forget_clients_after=forget_clients_after, queue_window=queue_window)
 
     def _stop(signum: int, frame: Any) -> None:
         ctl.stop()

@@ -13,18 +13,22 @@ clients.py) ends its waiters, watches or not, and drops the results queued for i
 Replies with results go after the commit that stores them, split below the size limit
 (outbox.within_limit); each is a protocol.ResultsReply (or a Done message) whose entries are
 the stored metadata plus `nframes` (a client reads each into an Outcome).
+A request waiting for tasks of the backlog (backlog.py) is registered for each of them only
+as it is read back into the scheduler (`loaded`, `promoted`): until then it is one entry of
+`deferred`, not one per task.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..protocol import ResultsReply
 from ..scheduler import ABORTED, DEPENDENCY, ENGINE_DIED, RESULT, UNMET_TIMEOUT, Finish
-from ..store import StoredResult
+from ..store import StoredResult, compact_tids
 from ..wire import frame_len
+from .backlog import DeferredWatches
 from .context import Context
 from .sched_calls import Report
 
@@ -37,8 +41,8 @@ class Waiter:
     reply_to: bytes
     req: int
     mode: str  # "result": one reply with every result; "wait": one empty reply; "watch": one per task
-    tids: list[int]
-    remaining: set[int]
+    tids: Sequence[int]  # (a range when they run on by one: a submit's, a flood's)
+    remaining: int  # how many of its tasks are still active (each wakes it once)
     budget: int = 0  # ("wait") bytes of results its reply may carry
 
 
@@ -102,6 +106,7 @@ class Results:
         # client -> its waiters with tasks to come (at least: a withdrawn task's are not
         # taken off), so that a client that leaves without any costs no look at the waiters
         self.waiting: dict[bytes, int] = {}
+        self.deferred = DeferredWatches()  # waiters for tasks of the backlog
 
     def finish(self, a: Finish, report: Report | None) -> None:
         """Store the result of a finished task and wake its waiters."""
@@ -180,7 +185,7 @@ class Results:
                    budget: int = 0) -> None:
         is_active, leased = self.ctx.sched.is_active, self.ctx.leases.pending
         pending = {t for t in tids if is_active(t) or leased(t)}
-        w = Waiter(rt, req, mode, tids, pending, budget)
+        w = Waiter(rt, req, mode, compact_tids(tids), len(pending), budget)
         if mode == "watch":
             for tid in tids:
                 if tid not in pending:
@@ -194,8 +199,24 @@ class Results:
         self.waiting[rt] = self.waiting.get(rt, 0) + 1
         if mode == "watch":
             self.ctx.outbox.credits.watch(rt)
-        for t in pending:
-            self.waiters.setdefault(t, []).append(w)
+        backlog = self.ctx.backlog
+        later = sorted(t for t in pending if t in backlog) if backlog else []
+        if later:
+            self.deferred.add(w, later)
+        waiters = self.waiters
+        for t in pending.difference(later) if later else pending:
+            waiters.setdefault(t, []).append(w)
+
+    def loaded(self, last: int) -> None:
+        """The backlog's tasks up to taskid `last` are read back: their waiters register."""
+        waiters = self.waiters
+        for tid, w in self.deferred.upto(last):
+            waiters.setdefault(tid, []).append(w)
+
+    def promoted(self, tid: int) -> None:
+        """Task `tid` left the backlog out of order (an abort): its waiters register."""
+        for w in self.deferred.take(tid):
+            self.waiters.setdefault(tid, []).append(w)
 
     def gone(self, tids: Iterable[int]) -> None:
         """These leased ids will not be stored (leases.py): who waits for them hears they
@@ -209,7 +230,7 @@ class Results:
                     self.wake(w, tid)
 
     def wake(self, w: Waiter, tid: int) -> None:
-        w.remaining.discard(tid)
+        w.remaining -= 1
         if not w.remaining:
             rt = w.reply_to
             n = self.waiting.pop(rt, 0) - 1
@@ -232,6 +253,7 @@ class Results:
         self.ctx.outbox.credits.forget(rt)
         if not self.waiting.pop(rt, 0):
             return
+        self.deferred.forget(rt)
         for tid, ws in list(self.waiters.items()):
             kept = [w for w in ws if w.reply_to != rt]
             if len(kept) < len(ws):

@@ -37,6 +37,7 @@ from ..scheduler import (
     Withdraw,
     split_answer,
 )
+from .backlog import Backlog
 
 # What an engine reported for an attempt: its result entry and the entry's frames.
 Report = tuple[ResultEntry, list[Any]]
@@ -44,9 +45,12 @@ Apply = Callable[[list[Any], "Report | None"], None]
 
 
 class SchedulerCalls:
-    def __init__(self, sched: Scheduler, apply: Apply) -> None:
+    def __init__(self, sched: Scheduler, apply: Apply, backlog: Backlog | None = None) -> None:
         self.sched = sched
         self.apply = apply
+        # Queued tasks kept in the store (backlog.py): active, queued, to every question
+        # below; the scheduler hears of them only once read back.
+        self.backlog = backlog if backlog is not None else Backlog(None)
 
     # -- events: each one's actions are carried out before it returns ----------------------
     def submit(self, tid: int, nodes: list[Node], *, after: Iterable[int] = (),
@@ -106,20 +110,23 @@ class SchedulerCalls:
 
     # -- questions -------------------------------------------------------------------------
     def active_count(self) -> int:
+        """Tasks active in memory (the backlog's not counted)."""
         return self.sched.active_count()
 
     def compact(self) -> None:
         self.sched.compact()
 
     def is_active(self, tid: int) -> bool:
-        return self.sched.is_active(tid)
+        return self.sched.is_active(tid) or tid in self.backlog
 
     def counts(self) -> tuple[int, int]:
         """(scheduled, pending)"""
-        return self.sched.counts()
+        scheduled, pending = self.sched.counts()
+        return scheduled + len(self.backlog), pending
 
     def scheduled_ids(self) -> list[int]:
-        return self.sched.scheduled_ids()
+        ids = self.sched.scheduled_ids()
+        return sorted([*ids, *self.backlog.ids()]) if self.backlog else ids
 
     def pending_ids(self) -> list[int]:
         return self.sched.pending_ids()

@@ -13,6 +13,12 @@ tasks everywhere (their taskids are never used) and answers StoreError.
 A callable `depend` is the one payload the controller unpickles (`nodes`): it runs under the
 DependRunner's deadline and a slow one is given up on (`slow_depend`). `reload` queues again
 what a previous controller left unfinished in the store.
+
+Beyond the queue window a new task is stored but kept out of memory, in the backlog
+(backlog.py): `refill` reads the next ones back into the scheduler as the queue drains (as
+`reload` does, in taskid order), `promote` one out of order (an abort). A task whose `after`
+names a backlog task goes to the backlog too (it is read back after what it waits for); one
+whose `after` is broken already goes to the scheduler, which fails it at once.
 """
 
 from __future__ import annotations
@@ -61,17 +67,23 @@ class Submits:
                 self.results.gone(ctx.leases.burn(rt, msg.tids))
             raise
         now = ctx.now.wall
-        store, counters = ctx.store, ctx.counters
+        store, counters, backlog = ctx.store, ctx.counters, ctx.backlog
         tids = []
         for i, (stored, nodes, task_frames) in enumerate(parsed):
             tid = store.allocate() if msg.tids is None else msg.tids[i]
+            held = backlog.holds(tid, ctx.sched.active_count()) and (
+                not stored["after"] or self.after(stored, False)[1] is None)
+            store.add(StoredTask(tid, stored, task_frames, now), keep=not held)
+            counters.submitted += 1
+            tids.append(tid)
+            if held:
+                backlog.add(tid)
+                store.held_from = backlog.first()  # (a restart looks from there on)
+                continue
             for n in nodes:
                 if isinstance(n.depend, BoundedDepend):
                     n.depend.tid = tid
-            store.add(StoredTask(tid, stored, task_frames, now))
-            counters.submitted += 1
             self.to_scheduler(tid, stored, nodes, dispatch=False)
-            tids.append(tid)
         ctx.sched.run_pass()  # one pass for the whole batch
         if leased is not None:
             self.results.gone(leased)  # (ids it skipped)
@@ -122,9 +134,20 @@ class Submits:
     def to_scheduler(self, tid: int, spec: dict[str, Any], nodes: list[Node],
                      cleared_ok: bool = False, **counters: Any) -> None:
         """`cleared_ok`: an `after` task with no result was cleared after it succeeded (a
-        reloaded task's), rather than unknown."""
+        reloaded task's), rather than unknown. An `after` task still in the backlog (a
+        run()'s leased taskid may come before it) is read back first: the scheduler waits
+        only for tasks it holds."""
+        for dep in spec["after"]:
+            if dep in self.ctx.backlog:
+                self.promote(dep)
+        active, broken = self.after(spec, cleared_ok)
+        self.ctx.sched.submit(tid, nodes, after=active, broken_after=broken, **counters)
+
+    def after(self, spec: dict[str, Any], cleared_ok: bool) -> tuple[list[int], int | None]:
+        """The `after` tasks still active (the backlog's too), and one that failed (None:
+        none did)."""
         ctx = self.ctx
-        active, broken = [], None
+        active = []
         for dep in spec["after"]:
             if ctx.sched.is_active(dep):
                 active.append(dep)
@@ -132,9 +155,8 @@ class Submits:
                 meta = ctx.store.result_meta(dep)  # (not its frames: they may be large)
                 if (meta is None and not cleared_ok) or (
                         meta is not None and meta.get("status") != "ok"):
-                    broken = dep
-                    break
-        ctx.sched.submit(tid, nodes, after=active, broken_after=broken, **counters)
+                    return active, dep
+        return active, None
 
     def nodes(self, spec: dict[str, Any], frames: list[Any]) -> list[Node]:
         """The scheduler's view of a stored task; a callable depend is unpickled here."""
@@ -223,6 +245,9 @@ class Submits:
         waiting to be sent, the activity record and the store."""
         ctx = self.ctx
         gone = set(tids)
+        for tid in tids:
+            ctx.backlog.remove(tid)
+        ctx.store.held_from = ctx.backlog.first()
         ctx.sched.withdraw(tids)
         ctx.outbox.drop_tasks(gone)
         for tid in gone:
@@ -243,29 +268,87 @@ class Submits:
         done."""
         ctx = self.ctx
         n = 0
-        for task, c in ctx.store.unfinished():
-            try:
-                nodes = self.nodes(task.spec, task.frames)
-            except BadRequest as e:  # e.g. a depend callable this controller cannot load
-                log.error("task %d cannot be reloaded: %s", task.tid, e)
-                nodes = [Node(depend=lambda props: False)]
-            for node in nodes:
-                if isinstance(node.depend, BoundedDepend):
-                    node.depend.tid = task.tid
-            if c["state"] == "running":
-                ctx.sched.submit(task.tid, nodes, resume=Resume(
-                    c["node"], c["attempts"], c["tries"], c["handed_over"], lost=True),
-                    dispatch=False)
-                self.engines.expect_lost(c.get("engine_uuid"), task.tid)
-            else:
-                self.to_scheduler(
-                    task.tid, task.spec, nodes, cleared_ok=True, resume=Resume(
-                        c["node"], c["attempts"], c["tries"], c["handed_over"]),
-                    dispatch=False)
+        # (The queued tasks past the window stay in the store: their taskids go to the backlog.)
+        for task, c in ctx.store.unfinished(ctx.backlog.window, ctx.backlog):
+            self.requeue(task, c)
             n += 1
+        ctx.store.held_from = ctx.backlog.first()
         self.engines.arm_lost()
         ctx.sched.run_pass()
-        if n:
+        if n or ctx.backlog:
             log.info("reloaded %d unfinished task(s) from the store (%d were running: they wait "
-                     "up to %gs for their engines)", n,
-                     sum(map(len, self.engines.lost.values())), self.engines.lost_grace())
+                     "up to %gs for their engines; %d more queued wait in the store)", n,
+                     sum(map(len, self.engines.lost.values())), self.engines.lost_grace(),
+                     len(ctx.backlog))
+
+    def requeue(self, task: StoredTask, c: dict[str, Any]) -> None:
+        """A stored task (and its counters) back into the scheduler, not dispatched yet."""
+        ctx = self.ctx
+        try:
+            nodes = self.nodes(task.spec, task.frames)
+        except BadRequest as e:  # e.g. a depend callable this controller cannot load
+            log.error("task %d cannot be reloaded: %s", task.tid, e)
+            nodes = [Node(depend=lambda props: False)]
+        for node in nodes:
+            if isinstance(node.depend, BoundedDepend):
+                node.depend.tid = task.tid
+        if c["state"] == "running":
+            ctx.sched.submit(task.tid, nodes, resume=Resume(
+                c["node"], c["attempts"], c["tries"], c["handed_over"], lost=True),
+                dispatch=False)
+            self.engines.expect_lost(c.get("engine_uuid"), task.tid)
+        else:
+            self.to_scheduler(
+                task.tid, task.spec, nodes, cleared_ok=True, resume=Resume(
+                    c["node"], c["attempts"], c["tries"], c["handed_over"]),
+                dispatch=False)
+
+    # -- the backlog (backlog.py) ----------------------------------------------------------
+    def refill_due(self) -> bool:
+        """Whether tasks of the backlog are to be read back now (its rows are committed)."""
+        backlog = self.ctx.backlog
+        return bool(backlog.wanted(self.ctx.sched.active_count())) and \
+            not self.ctx.store.dirty()
+
+    def refill(self) -> None:
+        """Read the next tasks of the backlog back into the scheduler, in taskid order, while
+        fewer than its low-water mark are active (a bounded batch a turn). A row a commit has
+        not written yet waits for the next turn. Who waits for them is registered first (a
+        task may finish as it is submitted: a broken `after`)."""
+        ctx = self.ctx
+        want = ctx.backlog.wanted(ctx.sched.active_count())
+        if not want:
+            return
+        tids = ctx.backlog.peek(want)
+        rows, cut = ctx.store.load_queued(tids)
+        if not cut:
+            return
+        ctx.backlog.drop_first(cut)
+        ctx.store.held_from = ctx.backlog.first()
+        self.results.loaded(tids[cut - 1])
+        for task, c in rows:
+            self.requeue(task, c)
+        if len(rows) < cut:  # (cannot happen: a backlog task's row stays queued)
+            found = {task.tid for task, _ in rows}
+            missing = [t for t in tids[:cut] if t not in found]
+            log.error("%d task(s) of the backlog were not in the store (e.g. %d): they read "
+                      "as unknown", len(missing), missing[0])
+            self.results.gone(missing)
+        ctx.sched.run_pass()
+
+    def promote(self, tid: int) -> None:
+        """Read task `tid` back from the backlog now, out of order (to abort it, or one that
+        waits for it is read back): committed first if its row is not written yet
+        (StoreError if that fails: it stays)."""
+        ctx = self.ctx
+        rows, cut = ctx.store.load_queued([tid])
+        if not cut:
+            ctx.store.commit()
+            rows, cut = ctx.store.load_queued([tid])
+        ctx.backlog.remove(tid)
+        ctx.store.held_from = ctx.backlog.first()
+        self.results.promoted(tid)
+        for task, c in rows:
+            self.requeue(task, c)
+        if not rows:
+            self.results.gone([tid])

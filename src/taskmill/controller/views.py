@@ -96,6 +96,14 @@ class Views:
                 stdout=m["stdout"], stderr=m["stderr"], error=m["error"],
                 story=self.story(tid))
         view = ctx.sched.task_view(tid)
+        if view is None and tid in ctx.backlog:  # (queued, its row only in the store)
+            rows, _ = ctx.store.load_queued([tid], keep=False)  # (None: not committed yet)
+            task = rows[0][0] if rows else None
+            return TaskScheduled(
+                tid=tid, engineid=None, attempts=0,
+                submitted=task.submitted if task else None, started=None,
+                kind=task.spec["nodes"][0]["exec"]["kind"] if task else None, story=[],
+                backlog=True)
         if view is None:
             return TaskUnknown(tid)
         running, engine, attempts, node = view
@@ -136,6 +144,8 @@ class Views:
             queue=self.queue_status(), engines=engines,
             tasks_per_second=ctx.activity.tasks_per_second(wall),
             durations=ctx.activity.durations.record(),
+            backlog=len(ctx.backlog), queued_in_memory=ctx.sched.active_count(),
+            queue_window=ctx.backlog.window,
             **ctx.outbox.credits.held(), **ctx.clients.held(),
             requests_waiting=sum(self.waiting.values()),
         )

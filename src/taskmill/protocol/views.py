@@ -121,8 +121,11 @@ class TaskActive(TaskView, frozen=True):
     story: list[StoryEntry]
 
 
-class TaskScheduled(TaskActive, frozen=True, tag="scheduled"):
-    """Waiting in the controller."""
+class TaskScheduled(TaskActive, frozen=True, tag="scheduled", omit_defaults=True):
+    """Waiting in the controller (`backlog`: only in the store, beyond the queue window;
+    said only when true)."""
+
+    backlog: bool = False
 
 
 class TaskPending(TaskActive, frozen=True, tag="pending"):
@@ -258,6 +261,11 @@ class Statistics(msgspec.Struct, frozen=True):
     clients: int = 0
     clients_forgotten: int = 0
     requests_waiting: int = 0
+    # Queued tasks kept only in the store (controller/backlog.py), and the tasks held in
+    # memory (queued or running: at most the window, `--memory-budget`; None: no window).
+    backlog: int = 0
+    queued_in_memory: int = 0
+    queue_window: int | None = None
 
     def as_map(self) -> dict[str, Any]:
         return builtins(self)

@@ -30,6 +30,7 @@ from .base import (
     StoredResult,
     StoredTask,
     TaskStore,
+    compact_tids,
 )
 from .files import EXTERNAL_MIN
 from .memory import MemoryStore
@@ -46,8 +47,8 @@ from .sqlite import CHECKPOINT_BYTES, LOW_TID_EVERY, SQLiteStore
 __all__ = [
     "BUSY_TIMEOUT", "CHECKPOINT_BYTES", "DEFAULT_KEEP_RESULTS", "ENGINE_ROW_AGE", "EXTERNAL_MIN",
     "LOW_DISK", "LOW_TID_EVERY", "MAX_TID", "OPEN_TIMEOUT", "SUBMIT_KEYS_KEPT", "SUBMIT_KEY_AGE",
-    "MemoryStore", "SQLiteStore", "StoredResult", "StoredTask", "TaskStore", "drop_old_results",
-    "open_store", "remove_store", "retention_pass", "store_files",
+    "MemoryStore", "SQLiteStore", "StoredResult", "StoredTask", "TaskStore", "compact_tids",
+    "drop_old_results", "open_store", "remove_store", "retention_pass", "store_files",
 ]
 
 

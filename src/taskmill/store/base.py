@@ -50,6 +50,10 @@ class StoredResult:
         return self.meta.get("status") == "ok"
 
 
+# A task read back from the store, with its scheduling counters (schema.read_task).
+Loaded = tuple[StoredTask, dict[str, Any]]
+
+
 class IdLeases:
     """Blocks of the taskid counter leased to clients (a mixin of both stores, over their
     `_next`). A lease moves the counter past its ids (`_dirty`: the SQLite store writes the
@@ -60,6 +64,9 @@ class IdLeases:
     _next: int
     _dirty: bool
     _leased: dict[int, int]  # start -> end of each lease not ended
+    # The lowest taskid of the controller's backlog (controller/backlog.py: queued rows not
+    # kept in memory), which a restart must look at too; None: no backlog.
+    held_from: int | None = None
 
     def lease(self, n: int) -> int:
         start = self._next
@@ -77,20 +84,26 @@ class IdLeases:
             self._dirty = self._dirty or write
 
     def low_bound(self, low: int) -> int:
+        if self.held_from is not None:
+            low = min(low, self.held_from)
         return min(low, *self._leased) if self._leased else low
 
 
 class TaskStore(Protocol):
+    durable: bool  # on disk: the controller may keep a backlog there (controller/backlog.py)
+    held_from: int | None  # where that backlog begins (see IdLeases)
+
     def allocate(self) -> int: ...
     def lease(self, n: int) -> int: ...
     def end_lease(self, start: int, unused_from: int | None = None,
                   write: bool = True) -> None: ...
     def allocate_engine(self, uuid: str) -> int: ...
-    def add(self, task: StoredTask) -> None: ...
+    def add(self, task: StoredTask, keep: bool = True) -> None: ...
     def task(self, tid: int) -> StoredTask | None: ...
     def mark_running(self, tid: int, engine: int, node: int, attempts: int, tries: int,
                      handed_over: list[int]) -> None: ...
-    def unfinished(self) -> list[tuple[StoredTask, dict[str, Any]]]: ...
+    def unfinished(self, queued_max: int | None = None, held: Any = None) -> list[Loaded]: ...
+    def load_queued(self, tids: list[int], keep: bool = True) -> tuple[list[Loaded], int]: ...
     def submitted(self, key: str, resent: bool = True) -> list[int] | None: ...
     def remember_submit(self, key: str, tids: list[int]) -> None: ...
     def withdraw(self, tids: list[int], key: str | None = None) -> None: ...

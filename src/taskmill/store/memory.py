@@ -9,11 +9,13 @@ from collections import OrderedDict
 from typing import Any
 
 from ..memory import compact
-from .base import SUBMIT_KEYS_KEPT, IdLeases, StoredResult, StoredTask, compact_tids
+from .base import SUBMIT_KEYS_KEPT, IdLeases, Loaded, StoredResult, StoredTask, compact_tids
 
 
 class MemoryStore(IdLeases):
     """Tasks and results in this process's memory; nothing survives a restart."""
+
+    durable = False  # (so the controller keeps no backlog: controller/backlog.py)
 
     def __init__(self) -> None:
         self._next = 0
@@ -35,8 +37,8 @@ class MemoryStore(IdLeases):
         self._next_eid += 1
         return eid
 
-    def add(self, task: StoredTask) -> None:
-        self._active[task.tid] = task
+    def add(self, task: StoredTask, keep: bool = True) -> None:
+        self._active[task.tid] = task  # (always kept: there is nowhere else)
 
     def task(self, tid: int) -> StoredTask | None:
         return self._active.get(tid)
@@ -45,8 +47,11 @@ class MemoryStore(IdLeases):
                      handed_over: list[int]) -> None:
         pass
 
-    def unfinished(self) -> list[tuple[StoredTask, dict[str, Any]]]:
+    def unfinished(self, queued_max: int | None = None, held: Any = None) -> list[Loaded]:
         return []
+
+    def load_queued(self, tids: list[int], keep: bool = True) -> tuple[list[Loaded], int]:
+        return [], 0  # (no backlog without a store on disk)
 
     def submitted(self, key: str, resent: bool = True) -> list[int] | None:
         tids = self._submits.get(key)

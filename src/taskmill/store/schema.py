@@ -12,8 +12,13 @@ import fcntl
 import os
 import shutil
 import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from ..errors import StoreError
+from .base import StoredTask, unpack
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -54,6 +59,12 @@ FINISH_TASK = ("UPDATE tasks SET state='finished', ok=?, result_meta=?, result_f
                "frames=NULL WHERE tid=?")
 REMEMBER_SUBMIT = "INSERT OR REPLACE INTO submits VALUES (?, ?, ?)"
 REMEMBER_ENGINE = "INSERT OR REPLACE INTO engines VALUES (?, ?, ?)"
+# What a restart reads back (every unfinished task above meta's low_tid), and the backlog
+# (controller/backlog.py: queued tasks between two taskids); rows as `read_task` takes them.
+_SELECT = ("SELECT t.tid, t.state, t.submitted, t.spec, t.frames, t.node, t.attempts, t.tries, "
+           "t.handed_over, t.engine, e.uuid FROM tasks t LEFT JOIN engines e ON e.eid = t.engine ")
+SELECT_UNFINISHED = _SELECT + "WHERE t.tid >= ? AND t.state != 'finished' ORDER BY t.tid"
+SELECT_QUEUED = _SELECT + "WHERE t.tid BETWEEN ? AND ? AND t.state = 'queued' ORDER BY t.tid"
 # Positions in an insert row.
 STATE, FRAMES, NODE, OK, RESULT_FRAMES = 1, 4, 5, 10, 12
 
@@ -64,6 +75,34 @@ OPEN_TIMEOUT = 2.0  # ... and how long opening the store waits for it
 LOW_DISK = 16 * 1024 * 1024  # bytes free below which a store error names the free space
 
 EMPTY_LIST = b"\x90"  # msgpack of []
+
+
+def read_task(row: tuple[Any, ...], read: Callable[[bytes], list[Any]]
+              ) -> tuple[StoredTask, dict[str, Any]]:
+    """A row of SELECT_UNFINISHED as a task and its scheduling counters (`read`: its frames
+    from the row's blob, files.py)."""
+    tid, state, submitted, spec, frames, node, attempts, tries, handed, eng, uuid = row
+    running = state == "running"
+    return StoredTask(tid, unpack(spec), read(frames), submitted), {
+        "state": state, "node": node, "attempts": attempts, "tries": tries,
+        "handed_over": unpack(handed) if handed else [], "engine": eng if running else None,
+        "engine_uuid": uuid if running else None}
+
+
+def checkpoint_loop(path: str, closing: threading.Event, wal_max: int) -> None:
+    """The store's checkpointer thread: copies the WAL into the database whenever it is
+    larger than `wal_max` bytes (looked at twice a second), until `closing` is set."""
+    con = sqlite3.connect(path, isolation_level=None)
+    wal = Path(f"{path}-wal")
+    try:
+        while not closing.wait(0.5):
+            try:
+                if wal.exists() and wal.stat().st_size > wal_max:
+                    con.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error:
+                pass  # busy: try again next turn
+    finally:
+        con.close()
 
 
 def hold_lock(path: str) -> int:

@@ -31,6 +31,7 @@ from .base import (
     SUBMIT_KEY_AGE,
     SUBMIT_KEYS_KEPT,
     IdLeases,
+    Loaded,
     StoredResult,
     StoredTask,
     compact_tids,
@@ -52,10 +53,14 @@ from .schema import (
     REMEMBER_SUBMIT,
     RESULT_FRAMES,
     SCHEMA,
+    SELECT_QUEUED,
+    SELECT_UNFINISHED,
     STATE,
+    checkpoint_loop,
     disk_note,
     hold_lock,
     open_error,
+    read_task,
 )
 
 log = logging.getLogger("taskmill.store")
@@ -67,14 +72,10 @@ LOW_TID_EVERY = 1.0  # seconds between writes of meta's low_tid
 
 class SQLiteStore(IdLeases):
     """Tasks and results in a SQLite file (WAL): they survive a kill -9 of the controller.
+    See the module docstring; the database and its lock file are created with mode 0600, the
+    blob folder 0700."""
 
-    Writes are queued and run in one transaction at `commit()`, once per loop turn, before
-    anything that depends on them is sent (group commit); see the module docstring. Active
-    tasks are kept in memory; finished results live on disk behind a bounded cache; frames
-    of large values live in files in `<db>.blobs/` (files.py), synced by a thread of their
-    own, and another thread checkpoints the WAL. The database and its lock file are created
-    with mode 0600, the blob folder 0700.
-    """
+    durable = True  # (the controller's backlog needs a store on disk: controller/backlog.py)
 
     def __init__(self, path: str, *, cache_size: int = 1024,
                  cache_bytes: int = 64 * 1024 * 1024) -> None:
@@ -128,8 +129,9 @@ class SQLiteStore(IdLeases):
         self.cache = ResultCache(cache_size, cache_bytes)  # recent finished results
         self.files.remove_orphans(self.db.execute("SELECT frames, result_frames FROM tasks"))
         self._closing = threading.Event()
-        self._checkpointer = threading.Thread(target=self._checkpoint_loop,
-                                              name="taskmill-checkpoint", daemon=True)
+        self._checkpointer = threading.Thread(
+            target=checkpoint_loop, args=(path, self._closing, CHECKPOINT_BYTES),
+            name="taskmill-checkpoint", daemon=True)
         self._checkpointer.start()
         self.files.start()
 
@@ -165,19 +167,6 @@ class SQLiteStore(IdLeases):
             "SELECT COALESCE(SUM(ok), 0), COALESCE(SUM(1 - ok), 0) FROM tasks "
             "WHERE state='finished'").fetchone()
 
-    def _checkpoint_loop(self) -> None:
-        con = sqlite3.connect(self.path, isolation_level=None)
-        wal = Path(f"{self.path}-wal")
-        try:
-            while not self._closing.wait(0.5):
-                try:
-                    if wal.exists() and wal.stat().st_size > CHECKPOINT_BYTES:
-                        con.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error:
-                    pass  # busy: try again next turn
-        finally:
-            con.close()
-
     # -- ids -------------------------------------------------------------------------------
     def allocate(self) -> int:
         tid = self._next
@@ -192,8 +181,10 @@ class SQLiteStore(IdLeases):
         return eid
 
     # -- tasks -----------------------------------------------------------------------------
-    def add(self, task: StoredTask) -> None:
-        self._active[task.tid] = task
+    def add(self, task: StoredTask, keep: bool = True) -> None:
+        """`keep`: also in memory, for dispatch (not a task of the backlog)."""
+        if keep:
+            self._active[task.tid] = task
         sizes = [frame_len(f) for f in task.frames]
         blob = self.files.pack(task.tid, "task", task.frames, sizes)
         if sizes and max(sizes) >= EXTERNAL_MIN:
@@ -217,24 +208,36 @@ class SQLiteStore(IdLeases):
             self._run[tid] = (engine, node, attempts, tries, handed, tid)
         self._dirty = True
 
-    def unfinished(self) -> list[tuple[StoredTask, dict[str, Any]]]:
-        """Every queued or running task, oldest first, with its scheduling counters and, for
-        a running one, the engine id and engine uuid it was handed to."""
-        rows = self.db.execute(
-            "SELECT t.tid, t.state, t.submitted, t.spec, t.frames, t.node, t.attempts, t.tries, "
-            "t.handed_over, t.engine, e.uuid FROM tasks t LEFT JOIN engines e ON e.eid = t.engine "
-            "WHERE t.tid >= ? AND t.state != 'finished' ORDER BY t.tid",
-            (self._low_tid,)).fetchall()
-        out = []
-        for tid, state, submitted, spec, frames, node, attempts, tries, handed, eng, uuid in rows:
-            task = StoredTask(tid, unpack(spec), self.files.read(frames), submitted)
-            self._task_blobs[tid] = frames
-            self._active[tid] = task
-            out.append((task, {"state": state, "node": node, "attempts": attempts,
-                               "tries": tries, "handed_over": unpack(handed) if handed else [],
-                               "engine": eng if state == "running" else None,
-                               "engine_uuid": uuid if state == "running" else None}))
+    def unfinished(self, queued_max: int | None = None, held: Any = None) -> list[Loaded]:
+        """Every queued or running task, oldest first, with its counters (schema.read_task);
+        the queued ones past the first `queued_max` only as taskids, to `held.append`."""
+        out, queued = [], 0
+        for row in self.db.execute(SELECT_UNFINISHED, (self._low_tid,)):
+            if queued_max is not None and row[1] == "queued":
+                queued += 1
+                if queued > queued_max:
+                    held.append(row[0])
+                    continue
+            out.append(self._loaded(row))
         return out
+
+    def load_queued(self, tids: list[int], keep: bool = True) -> tuple[list[Loaded], int]:
+        """The queued rows of `tids` (sorted) read back as `unfinished` reads them (`keep`:
+        into memory, for dispatch), and how many of `tids` were looked at: up to the first
+        whose row is not committed yet."""
+        cut = next((i for i, t in enumerate(tids) if t in self._ins), len(tids))
+        if not cut:
+            return [], 0
+        wanted = set(tids[:cut])
+        rows = self.db.execute(SELECT_QUEUED, (tids[0], tids[cut - 1]))
+        read = self._loaded if keep else (lambda r: read_task(r, self.files.read))
+        return [read(r) for r in rows if r[0] in wanted], cut
+
+    def _loaded(self, row: tuple[Any, ...]) -> tuple[StoredTask, dict[str, Any]]:
+        task, c = read_task(row, self.files.read)
+        self._task_blobs[task.tid] = row[4]
+        self._active[task.tid] = task
+        return task, c
 
     def submitted(self, key: str, resent: bool = True) -> list[int] | None:
         # Keys of this controller's lifetime are in memory (maybe not yet committed); the
@@ -479,7 +482,6 @@ class SQLiteStore(IdLeases):
             if self._lock_fd is not None:
                 os.close(self._lock_fd)  # (releases the lock)
                 self._lock_fd = None
-
 
     @property
     def spilled(self) -> int:

@@ -1,0 +1,203 @@
+"""The backlog: queued tasks kept only in the store, beyond the window held in memory.
+
+A queued task costs the controller ~3 kB while the scheduler holds it (its record, its nodes,
+its payload frames, the indexes by taskid, a watch's entries: see benchmarks/memory_flat.md).
+So that a flood of a million tasks does not cost gigabytes, at most `window` tasks are active
+in memory (queued or running, `--memory-budget`: defaults.queue_window); a task submitted beyond that
+is stored as usual (committed before its submit is answered) but not handed to the scheduler:
+the controller keeps only its taskid here, as runs of consecutive ids (a flood is one `range`).
+When fewer than `low` tasks are active, the next ones are read back from the store in taskid
+order, at most `batch` a turn (submits.py `refill`), and submitted to the scheduler as a
+reloaded task is. While a backlog exists every new task goes behind it (FIFO by taskid); a task
+numbered below what was already read back (a run()'s leased taskid) goes to the scheduler at
+once, as it would come first anyway.
+
+`Backlog` is pure (taskids in, taskids out): the controller asks `holds` whether a new task
+stays here, `wanted` how many to read back, and takes them with `peek` and `drop_first`.
+`DeferredWatches` keeps the requests (watch, result, wait) that wait for backlog tasks without
+an entry per task: they are registered task by task as their tasks leave the backlog.
+
+A `:memory:` store has no backlog (the tasks would stay in memory anyway): `window` None.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_right
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import count
+from typing import Any
+
+LOW_SHARE = 2  # refill once fewer than window / LOW_SHARE tasks are active ...
+BATCH = 2000  # ... reading at most this many a loop turn (the loop stays responsive)
+
+
+class Backlog:
+    """The taskids of the backlog, in order, as runs of consecutive ids."""
+
+    def __init__(self, window: int | None, batch: int = BATCH) -> None:
+        if window is not None and window < 1:
+            raise ValueError(f"the queue window must be at least 1 task, not {window!r}")
+        self.window = window
+        self.low = max(1, window // LOW_SHARE) if window is not None else 0
+        self.batch = batch
+        self.runs: list[range] = []  # sorted, disjoint; runs[head:] are live
+        self.head = 0
+        self.n = 0
+        self.cursor = -1  # the highest taskid read back so far (new ones below it skip)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __bool__(self) -> bool:
+        return self.n > 0
+
+    def __contains__(self, tid: int) -> bool:
+        if not self.n:
+            return False
+        i = bisect_right(self.runs, tid, lo=self.head, key=lambda r: r.start) - 1
+        return i >= self.head and tid in self.runs[i]
+
+    def first(self) -> int | None:
+        """The lowest taskid held (None: the backlog is empty)."""
+        return self.runs[self.head].start if self.n else None
+
+    def ids(self) -> Iterator[int]:
+        for r in self.runs[self.head:]:
+            yield from r
+
+    def holds(self, tid: int, active: int) -> bool:
+        """Whether a new task `tid` stays in the backlog (`active`: tasks held in memory)."""
+        if self.window is None or tid <= self.cursor:
+            return False
+        return self.n > 0 or active >= self.window
+
+    def add(self, tid: int) -> None:
+        """A new task `tid` (a ValueError if it is here already). Nearly always above every
+        taskid held; a run()'s leased one may come between them."""
+        runs = self.runs
+        if self.n and tid <= runs[-1][-1]:
+            if tid in self:
+                raise ValueError(f"task {tid} is in the backlog already")
+            i = bisect_right(runs, tid, lo=self.head, key=lambda r: r.start)
+            runs.insert(i, range(tid, tid + 1))
+            self.n += 1
+            return
+        if self.n and runs[-1].stop == tid:
+            runs[-1] = range(runs[-1].start, tid + 1)
+        else:
+            if not self.n:
+                runs.clear()
+                self.head = 0
+            runs.append(range(tid, tid + 1))
+        self.n += 1
+
+    append = add  # (a store's `unfinished` hands the backlog its taskids so)
+
+    def wanted(self, active: int) -> int:
+        """How many tasks to read back now (0: none) with `active` tasks held in memory."""
+        if not self.n or self.window is None or active >= self.low:
+            return 0
+        return min(self.batch, self.window - active, self.n)
+
+    def peek(self, k: int) -> list[int]:
+        """The first `k` taskids (fewer if the backlog holds fewer)."""
+        out: list[int] = []
+        for r in self.runs[self.head:]:
+            out.extend(r[:k - len(out)])
+            if len(out) >= k:
+                break
+        return out
+
+    def drop_first(self, k: int) -> None:
+        """The first `k` taskids leave the backlog (read back into the scheduler)."""
+        runs = self.runs
+        while k > 0 and self.n:
+            r = runs[self.head]
+            if len(r) <= k:
+                k -= len(r)
+                self.n -= len(r)
+                self.cursor = max(self.cursor, r[-1])
+                self.head += 1
+            else:
+                self.cursor = max(self.cursor, r[k - 1])
+                runs[self.head] = r[k:]
+                self.n -= k
+                k = 0
+        if self.head > 64 and self.head * 2 > len(runs):
+            del runs[:self.head]
+            self.head = 0
+
+    def remove(self, tid: int) -> bool:
+        """Take one taskid out (aborted, or withdrawn); whether it was here."""
+        if tid not in self:
+            return False
+        runs = self.runs
+        i = bisect_right(runs, tid, lo=self.head, key=lambda r: r.start) - 1
+        r = runs[i]
+        parts = [p for p in (range(r.start, tid), range(tid + 1, r.stop)) if p]
+        runs[i:i + 1] = parts
+        self.n -= 1
+        return True
+
+
+@dataclass(slots=True)
+class Deferred:
+    """One request's taskids still in the backlog (`tids[pos:]`, in order), but `early`."""
+
+    waiter: Any
+    tids: range | tuple[int, ...]
+    pos: int = 0
+    early: set[int] = field(default_factory=set)  # registered out of order (an abort)
+
+
+class DeferredWatches:
+    """Requests waiting for backlog tasks, registered per task only as each leaves it."""
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[int, int, Deferred]] = []  # (next taskid, order, entry)
+        self.order = count()
+
+    def __len__(self) -> int:
+        return len(self.heap)
+
+    def add(self, waiter: Any, tids: list[int]) -> None:
+        """`tids`: the request's backlog taskids, sorted."""
+        if not tids:
+            return
+        run = range(tids[0], tids[0] + len(tids))
+        d = Deferred(waiter, run if tids == list(run) else tuple(tids))
+        heapq.heappush(self.heap, (d.tids[0], next(self.order), d))
+
+    def upto(self, last: int) -> Iterator[tuple[int, Any]]:
+        """(taskid, waiter) of every deferred taskid <= `last` (those just read back)."""
+        heap = self.heap
+        while heap and heap[0][0] <= last:
+            _, _, d = heapq.heappop(heap)
+            tids = d.tids
+            while d.pos < len(tids) and tids[d.pos] <= last:
+                tid = tids[d.pos]
+                d.pos += 1
+                if tid in d.early:
+                    d.early.discard(tid)
+                else:
+                    yield tid, d.waiter
+            if d.pos < len(tids):
+                heapq.heappush(heap, (tids[d.pos], next(self.order), d))
+
+    def take(self, tid: int) -> list[Any]:
+        """The waiters deferred for `tid`, now (it leaves the backlog out of order)."""
+        out = []
+        for _, _, d in self.heap:
+            if tid not in d.early and tid in d.tids[d.pos:]:
+                d.early.add(tid)
+                out.append(d.waiter)
+        return out
+
+    def forget(self, rt: bytes) -> None:
+        """That client is gone: its deferred requests go."""
+        kept = [e for e in self.heap if e[2].waiter.reply_to != rt]
+        if len(kept) < len(self.heap):
+            heapq.heapify(kept)
+            self.heap = kept

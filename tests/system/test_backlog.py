@@ -1,0 +1,171 @@
+"""The controller's backlog (issue 20): queued tasks beyond the queue window wait only in the
+store, and every verb answers for them as for a queued task held in memory.
+
+Each test runs a `taskmill controller` of its own with a window of 20 tasks (`--queue-window`,
+the tests' stand-in for a small `--memory-budget`) and engine processes it starts when it wants
+the tasks to run. The rules are in src/taskmill/controller/backlog.py."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter
+
+import pytest
+from systest import controller_process, poll, read_lines
+
+import taskmill
+from taskmill import MapTask, TaskClient
+
+pytestmark = pytest.mark.timeout(240, method="thread")
+
+WINDOW = 20
+SMALL = ("--queue-window", str(WINDOW), "--prefetch", "1")
+
+
+def logged(i, path):
+    with open(path, "a") as f:
+        f.write(f"{i}\n")
+    return i * i
+
+
+def noted(name, path):
+    with open(path, "a") as f:
+        f.write(f"{name}\n")
+    return name
+
+
+def flaky(path):
+    """Fails its first attempt (the file does not exist yet), then succeeds."""
+    if not os.path.exists(path):
+        open(path, "w").close()
+        raise RuntimeError("first attempt fails")
+    return "second"
+
+
+def test_a_backlog_runs_in_taskid_order_and_holds_at_most_the_window(tmp_path):
+    runs = tmp_path / "runs.txt"
+    with controller_process(tmp_path, args=SMALL) as ctl, TaskClient(ctl.conn, timeout=60) as tc:
+        futs = [tc.submit(logged, i, str(runs)) for i in range(300)]
+        assert [f.taskid for f in futs] == list(range(300))
+        first = tc.statistics()
+        assert first["queue_window"] == WINDOW
+        assert first["backlog"] == 300 - WINDOW and first["queued_in_memory"] == WINDOW
+        assert tc.queue_status()["scheduled"] == 300
+        ctl.engines.append(ctl.engine())  # one engine, one task at a time: FIFO is visible
+        seen = []
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                s = tc.statistics()
+                seen.append((s["queued_in_memory"], s["backlog"]))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            assert [f.result(timeout=120) for f in futs] == [i * i for i in range(300)]
+        finally:
+            stop.set()
+            sampler.join(30)
+        assert read_lines(runs) == [str(i) for i in range(300)]  # in taskid order, once each
+        assert seen and max(held for held, _ in seen) <= WINDOW, seen
+        assert tc.statistics()["backlog"] == 0
+
+
+def test_every_verb_answers_for_a_backlog_task_as_for_a_queued_one(tmp_path):
+    with controller_process(tmp_path, args=SMALL) as ctl, TaskClient(ctl.conn, timeout=60) as tc:
+        tids = tc.mapper(block=False).map(abs, range(-100, 0))
+        last, aborted = tids[-1], tids[90]
+        assert tc.statistics()["backlog"] == 80
+        # queue_status, task_info, get_task_result(block=False)
+        assert tc.queue_status() == {"scheduled": 100, "pending": 0, "succeeded": 0,
+                                     "failed": 0}
+        assert tc.queue_status(verbose=True)["scheduled"] == tids
+        info = tc.task_info(last)
+        assert (info["state"], info["kind"], info["backlog"]) == ("scheduled", "map", True)
+        assert info["submitted"] > 0
+        assert tc.get_task_result(last) is None
+        # a task after a backlog task goes behind it; one after an aborted task fails
+        after_last = tc.run(MapTask(abs, (-7,), after=[last]))
+        flag = tmp_path / "flaky"
+        retried = tc.run(MapTask(flaky, (str(flag),), retries=1))
+        # abort: finished as aborted at once, never run
+        assert tc.abort(aborted) is None
+        with pytest.raises(taskmill.TaskAborted):
+            tc.get_task_result(aborted)
+        assert tc.task_info(aborted)["state"] == "failed"
+        with pytest.raises(taskmill.DependencyError):
+            tc.get_task_result(tc.run(MapTask(abs, (-1,), after=[aborted])), block=True)
+        # block=True and barrier wait for backlog tasks until engines come
+        blocked = {}
+        waiter = threading.Thread(target=lambda: blocked.update(
+            r=tc.get_task_result(last, block=True)), daemon=True)
+        waiter.start()
+        assert tc.statistics()["backlog"] > 0 and waiter.is_alive()
+        ctl.engines += [ctl.engine(), ctl.engine()]
+        rest = [t for t in tids if t != aborted]
+        tc.barrier(rest)
+        waiter.join(60)
+        assert blocked == {"r": 1}
+        assert [tc.get_task_result(t) for t in rest] == [-x for x in range(-100, 0)
+                                                         if tids[x + 100] != aborted]
+        assert tc.get_task_result(after_last, block=True) == 7
+        assert tc.get_task_result(retried, block=True) == "second"
+        assert tc.task_info(retried)["attempts"] == 2
+        status = tc.queue_status(verbose=True)
+        assert status["failed"] == sorted([aborted, status["failed"][-1]])
+        assert status["scheduled"] == [] and status["pending"] == []
+        assert tc.clear() == 103 and tc.statistics()["backlog"] == 0
+
+
+@pytest.mark.timeout(300, method="thread")
+def test_kill9_of_the_controller_with_a_backlog_loses_nothing_and_runs_nothing_twice(tmp_path):
+    runs = tmp_path / "runs.txt"
+    n = 400
+    with controller_process(tmp_path, args=SMALL, engines=2) as ctl:
+        with TaskClient(ctl.conn, timeout=60) as tc:
+            tids = tc.mapper(block=False).map(logged, range(n), [str(runs)] * n)
+            assert tids == list(range(n))
+            poll(lambda: runs.exists() and len(read_lines(runs)) >= 50, 120, "50 tasks run")
+            assert tc.statistics()["backlog"] > 0
+        ctl.kill9()
+        ctl.start()
+        ctl.ready()
+        with TaskClient(ctl.conn, timeout=60) as tc:
+            # A restart reads back the window (and what was running: 2 engines, prefetch 1)
+            # and leaves the rest in the store.
+            assert tc.statistics()["queued_in_memory"] <= WINDOW + 2
+            tc.barrier(tids)
+            assert Counter(read_lines(runs)) == Counter(str(i) for i in range(n))
+            assert [tc.get_task_result(t) for t in tids] == [i * i for i in range(n)]
+            assert tc.statistics()["backlog"] == 0
+
+
+def test_a_store_in_memory_keeps_no_backlog(tmp_path):
+    with controller_process(tmp_path, db=":memory:", args=SMALL) as ctl, \
+            TaskClient(ctl.conn, timeout=60) as tc:
+        tc.mapper(block=False).map(abs, range(100))
+        stats = tc.statistics()
+        assert stats["backlog"] == 0 and stats["queued_in_memory"] == 100
+        assert stats["queue_window"] is None
+
+
+def test_a_leased_task_after_a_backlog_task_waits_for_it(tmp_path):
+    """run() numbers its tasks from a lease taken before: one may come before the backlog
+    while the task it runs after is still in it. It is read back first, then waits for that
+    task (which is read back out of order) instead of running before it."""
+    runs = tmp_path / "runs.txt"
+    args = ("--queue-window", "5", "--prefetch", "1")
+    with controller_process(tmp_path, args=args) as ctl, \
+            TaskClient(ctl.conn, timeout=60) as a, TaskClient(ctl.conn, timeout=60) as b:
+        first = a.run(MapTask(noted, ("a0", str(runs))))  # (its lease goes on past it)
+        assert first == 0
+        tids = b.mapper(block=False).map(logged, range(100, 130), [str(runs)] * 30)
+        assert b.statistics()["backlog"] > 0 and tids[-1] in range(16, 100)
+        second = a.run(MapTask(noted, ("a1", str(runs)), after=[tids[-1]]))
+        assert second == 1  # (leased: below the backlog's taskids)
+        ctl.engines.append(ctl.engine())
+        assert a.get_task_result(second, block=True) == "a1"
+        lines = read_lines(runs)
+        assert lines.index("a1") > lines.index(str(129)), lines

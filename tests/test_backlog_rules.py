@@ -1,0 +1,149 @@
+"""The backlog's rules (controller/backlog.py) and the store's side of it: queued tasks past
+the window are kept as taskids only and read back in taskid order, committed rows only."""
+
+from __future__ import annotations
+
+import pytest
+
+from taskmill.controller.backlog import Backlog, DeferredWatches
+from taskmill.defaults import MIN_QUEUE_WINDOW, queue_window
+from taskmill.store import SQLiteStore, StoredResult, StoredTask
+
+
+def test_new_tasks_stay_in_the_backlog_once_the_window_is_full_and_behind_it_after():
+    b = Backlog(10)
+    assert not b.holds(0, active=9)
+    assert b.holds(1, active=10)  # the window is full
+    b.add(1)
+    assert b.holds(2, active=0)  # a backlog exists: every new task goes behind it
+    for tid in range(2, 6):
+        b.add(tid)
+    b.add(8)
+    assert len(b) == 6 and 3 in b and 6 not in b and list(b.ids()) == [1, 2, 3, 4, 5, 8]
+    assert b.runs[b.head:] == [range(1, 6), range(8, 9)]  # runs of consecutive taskids
+
+
+def test_the_backlog_is_read_back_in_taskid_order_below_the_low_water_mark():
+    b = Backlog(10, batch=4)
+    for tid in range(100, 130):
+        b.add(tid)
+    assert b.wanted(active=5) == 0  # not below half the window
+    assert b.wanted(active=4) == 4  # a batch at most ...
+    big = Backlog(10, batch=100)
+    big.add(0)
+    assert big.wanted(active=0) == 1  # ... and up to the window, or what there is
+    for tid in range(1, 30):
+        big.add(tid)
+    assert big.wanted(active=0) == 10 and big.wanted(active=3) == 7
+    assert b.peek(4) == [100, 101, 102, 103]
+    b.drop_first(3)
+    assert b.peek(2) == [103, 104] and len(b) == 27 and 100 not in b
+    # A task numbered below what was read back (a run()'s leased taskid) skips the backlog;
+    # one between backlog tasks goes in its place.
+    assert not b.holds(101, active=10) and b.holds(115, active=0) is True
+    b.remove(115)
+    b.add(115)
+    assert list(b.ids()) == list(range(103, 130))
+    with pytest.raises(ValueError, match="already"):
+        b.add(120)
+
+
+def test_a_backlog_task_taken_out_of_the_middle():
+    b = Backlog(5)
+    for tid in range(10):
+        b.add(tid)
+    assert b.remove(4) and not b.remove(4) and not b.remove(99)
+    assert list(b.ids()) == [0, 1, 2, 3, 5, 6, 7, 8, 9] and len(b) == 9
+    b.drop_first(5)
+    assert b.peek(10) == [6, 7, 8, 9] and b.cursor == 5
+
+
+def test_no_window_no_backlog():
+    assert not Backlog(None).holds(5, active=10**9)
+    assert Backlog(None).wanted(0) == 0
+    with pytest.raises(ValueError, match="at least 1"):
+        Backlog(0)
+
+
+def test_the_window_follows_the_memory_budget():
+    assert queue_window(256) == 32768  # half of 256 MiB at 4 kB a task
+    assert queue_window(16) == 2048 and queue_window(1) == MIN_QUEUE_WINDOW
+
+
+def test_deferred_requests_register_task_by_task_as_they_are_read_back():
+    d = DeferredWatches()
+    d.add("w1", [3, 4, 5])
+    d.add("w2", [1, 5, 9])
+    assert list(d.upto(2)) == [(1, "w2")]
+    assert d.take(9) == ["w2"]  # read back out of order (an abort)
+    assert sorted(d.upto(5)) == [(3, "w1"), (4, "w1"), (5, "w1"), (5, "w2")]
+    assert list(d.upto(100)) == []  # 9 was taken already
+    assert len(d) == 0
+
+
+def _add(store, tid, keep=False):
+    store.add(StoredTask(tid, {"nodes": [{"n": tid}], "after": []}, [b"t%d" % tid], 1.0),
+              keep=keep)
+
+
+def test_the_store_reads_back_committed_queued_rows_only(tmp_path):
+    s = SQLiteStore(str(tmp_path / "t.db"))
+    try:
+        for _ in range(6):
+            _add(s, s.allocate())
+        assert s.task(2) is None  # a backlog task is not kept in memory
+        s.commit()
+        _add(s, s.allocate())  # 6: not committed yet
+        s.finish(1, StoredResult({"status": "ok"}, []))  # (not a backlog task any more)
+        rows, cut = s.load_queued([2, 3, 6])
+        assert cut == 2 and [t.tid for t, _ in rows] == [2, 3]
+        assert rows[0][0].frames == [b"t2"] and rows[0][1]["state"] == "queued"
+        assert s.task(3).frames == [b"t3"]  # read back: in memory now, for dispatch
+        assert s.load_queued([6]) == ([], 0)
+        rows, cut = s.load_queued([4], keep=False)  # (only read: task_info)
+        assert (cut, rows[0][0].tid, s.task(4)) == (1, 4, None)
+    finally:
+        s.close()
+
+
+def test_a_restart_reads_back_the_window_and_leaves_the_rest_as_taskids(tmp_path):
+    s = SQLiteStore(str(tmp_path / "t.db"))
+    for _ in range(10):
+        _add(s, s.allocate())
+    s.mark_running(7, engine=0, node=0, attempts=1, tries=1, handed_over=[])
+    s.held_from = 0  # (the controller says where its backlog begins: none is in memory)
+    s.close()
+    s = SQLiteStore(str(tmp_path / "t.db"))
+    try:
+        held: list[int] = []
+        got = s.unfinished(queued_max=3, held=held)
+        assert [t.tid for t, _ in got] == [0, 1, 2, 7]  # the running one too
+        assert held == [3, 4, 5, 6, 8, 9] and s.task(4) is None
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("argv", [["controller", "--memory-budget", "8"],
+                                  ["cluster", "start", "--memory-budget", "nan"],
+                                  ["controller", "--memory-budget", "lots"],
+                                  ["controller", "--queue-window", "0"]])
+def test_the_memory_budget_refuses_what_is_not_a_size(argv, capsys):
+    from taskmill.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+    assert "must be a" in capsys.readouterr().err
+
+
+def test_the_memory_budget_options(monkeypatch):
+    from taskmill import Cluster
+    from taskmill.cli import build_parser
+
+    monkeypatch.delenv("TASKMILL_QUEUE_WINDOW", raising=False)
+    a = build_parser().parse_args(["controller", "--memory-budget", "64"])
+    assert (a.memory_budget, a.queue_window) == (64, None)
+    assert build_parser().parse_args(["cluster", "start", "--memory-budget", "512"]
+                                     ).memory_budget == 512
+    assert build_parser().parse_args(["controller"]).memory_budget == 256
+    with pytest.raises(ValueError, match="memory_budget must be a number of MiB >= 16"):
+        Cluster(2, memory_budget=1)
