@@ -66,6 +66,8 @@ _OPEN: weakref.WeakSet[Backend] = weakref.WeakSet()
 
 def _close_all_at_exit() -> None:
     for backend in list(_OPEN):
+        if backend.pid != os.getpid():  # (a forked child's copy: its sockets are the parent's)
+            continue
         try:
             backend.close()
         except Exception as e:  # noqa: BLE001 - exiting: said, and the others still closed
@@ -99,6 +101,7 @@ class Backend:
         self.connection.on_unreachable = self._unreachable
         self.connection.on_restarted = lambda: self.runs.lost_lease(
             "the controller restarted before they were sent")
+        self.pid = os.getpid()
         _OPEN.add(self)
 
     def close(self) -> None:
