@@ -35,3 +35,17 @@ def days(name: str, value: object) -> float:
     if math.isnan(v) or v < 0:
         raise ValueError(f"{name} must be a number of days >= 0 (inf: for ever), not {value!r}")
     return v
+
+
+MIN_MEMORY_BUDGET = 16  # MiB: below this the window would hold too few tasks to be useful
+
+
+def mebibytes(name: str, value: object) -> float:
+    """`value` as a finite float number of MiB >= MIN_MEMORY_BUDGET (a memory budget), or
+    ValueError naming `name` and `value`."""
+    v = float("nan") if isinstance(value, bool) or not isinstance(value, int | float) \
+        else float(value)
+    if not MIN_MEMORY_BUDGET <= v < math.inf:
+        raise ValueError(f"{name} must be a number of MiB >= {MIN_MEMORY_BUDGET}, "
+                         f"not {value!r}")
+    return v

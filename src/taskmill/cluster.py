@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .adapt import Adapter, Policy
-from .checks import days, seconds
+from .checks import days, mebibytes, seconds
 from .connection import (
     ensure_private_dir,
     new_connection_info,
@@ -142,9 +142,7 @@ class Cluster:
         self.dashboard = dashboard
         self.start_timeout = seconds("start_timeout", start_timeout)
         self.keep_results = days("keep_results", keep_results)
-        if not 16 <= memory_budget < float("inf"):
-            raise ValueError(f"memory_budget must be a number of MiB >= 16, not {memory_budget!r}")
-        self.memory_budget = memory_budget
+        self.memory_budget = mebibytes("memory_budget", memory_budget)
         if key is not None:
             try:
                 bytes.fromhex(key)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import __version__
+from ..checks import MIN_MEMORY_BUDGET, mebibytes
 from ..defaults import (
     DEFAULT_HEARTBEAT,
     DEFAULT_KEEP_RESULTS,
@@ -112,14 +113,12 @@ def _keep_results(parser: argparse.ArgumentParser) -> None:
 
 
 def _mib(text: str) -> float:
-    """An argparse type: a memory budget in MiB, at least 16."""
+    """An argparse type: a memory budget in MiB (checks.mebibytes)."""
     try:
-        value = float(text)
+        return mebibytes("the memory budget", float(text))
     except ValueError:
-        value = float("nan")
-    if not value >= 16 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of MiB >= 16, not {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(
+            f"must be a number of MiB >= {MIN_MEMORY_BUDGET}, not {text!r}") from None
 
 
 def _window(text: str) -> int:
