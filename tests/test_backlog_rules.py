@@ -147,3 +147,11 @@ def test_the_memory_budget_options(monkeypatch):
     assert build_parser().parse_args(["controller"]).memory_budget == 256
     with pytest.raises(ValueError, match="memory_budget must be a number of MiB >= 16"):
         Cluster(2, memory_budget=1)
+
+
+@pytest.mark.parametrize("budget", [8, float("nan"), float("inf"), "256", True])
+def test_a_cluster_refuses_a_memory_budget_that_is_not_a_size(budget):
+    from taskmill import Cluster
+
+    with pytest.raises(ValueError, match="memory_budget must be a number of MiB >= 16"):
+        Cluster(1, memory_budget=budget)
