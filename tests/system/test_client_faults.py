@@ -1,5 +1,5 @@
 """The client under faults (SPEC.md §1 Client, §4): it never waits forever, bad requests fail at
-the call, no message crosses the size limit, and a map that ends early aborts its tasks.
+the call, no message crosses the size limit, and the function-pickle cache is never stale.
 
 - A controller that stays dead: after `reconnect_timeout` seconds of silence every blocked call,
   every future and every later call raises ControllerUnreachable; a controller started again
@@ -9,8 +9,8 @@ the call, no message crosses the size limit, and a map that ends early aborts it
   outstanding).
 - Against a controller with a small `max_message`: a task too large fails at once, batches are
   split by bytes, and results that together exceed the limit arrive in pieces.
-- Ctrl-C (a real SIGINT to a script) or any exception that ends a blocking map aborts the
-  tasks it had queued or running.
+
+(A map that ends early aborts its tasks: test_map_aborts.py.)
 
 Processes are real (controllers, engines and scripts are subprocesses, or a Controller in this
 process), and every wait polls with a deadline.
@@ -20,9 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -39,7 +36,6 @@ from systest import (
 
 from taskmill import (
     AsyncTaskClient,
-    Cluster,
     ControllerUnreachable,
     DependencyError,
     MapTask,
@@ -415,163 +411,6 @@ def test_results_above_the_size_limit_together_arrive_in_pieces(small_controller
         for what, value in ended({"wait": got, "mapper().map": got2}, 60).items():
             assert value == ("ok", [25_000] * 4), what
         assert tc.backend.connection.wire.refused == {}
-
-
-# -- 15. a map that ends early aborts its tasks -----------------------------------------------
-
-SCRIPT = """
-import sys, time
-from taskmill import MapTask, TaskClient
-
-def slow(x):
-    time.sleep(60)
-    return x
-
-tc = TaskClient(sys.argv[1])
-verb = sys.argv[2]
-if verb == "map":
-    tc.map(slow, range(8), chunksize=1)
-elif verb == "options.map":
-    tc.options(retries=1).map(slow, range(8))
-elif verb == "mapper().map":
-    tc.mapper().map(slow, range(8))
-elif verb == "parallel":
-    tc.parallel()(slow)(range(8))
-elif verb == "run_all":
-    tc.run_all(MapTask(slow, (1,)))
-print("the map returned", flush=True)
-"""
-
-
-@pytest.fixture(scope="module")
-def own_cluster():
-    with Cluster(2, heartbeat=0.5, unmet_timeout=2.0) as c:
-        yield c
-
-
-def queue_empty(tc: TaskClient) -> bool:
-    q = tc.queue_status()
-    return q["scheduled"] == 0 and q["pending"] == 0
-
-
-@pytest.mark.parametrize("verb", ["map", "options.map", "mapper().map", "parallel", "run_all"])
-def test_ctrl_c_during_a_blocking_map_aborts_its_tasks(own_cluster, tmp_path, verb):
-    script = tmp_path / "script.py"
-    script.write_text(SCRIPT)
-    with own_cluster.client() as tc:
-        assert queue_empty(tc)
-        proc = subprocess.Popen([sys.executable, str(script), str(own_cluster.connection_file),
-                                 verb], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            wait_until(lambda: tc.queue_status()["pending"] >= 1, "the map's tasks to run", 30)
-            proc.send_signal(signal.SIGINT)
-            try:
-                out, err = proc.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                # CPython drops a KeyboardInterrupt that its handler raises inside a weakref
-                # callback ("Exception ignored in ... _get_module_lock"): press Ctrl-C again,
-                # as a user would.
-                proc.send_signal(signal.SIGINT)
-                out, err = proc.communicate(timeout=30)
-        finally:
-            proc.kill()
-        assert b"KeyboardInterrupt" in err and b"the map returned" not in out, err
-        wait_until(lambda: queue_empty(tc), "the map's tasks to be aborted", 15)
-        assert tc.queue_status()["failed"] >= 1  # (they finished as aborted)
-
-
-INTERRUPTED_SEND = """
-import signal, sys, time
-import taskmill.client.connection as connection
-from taskmill import TaskClient
-
-def slow(x):
-    time.sleep(60)
-    return x
-
-real_send = connection.send_message
-def send_then_ctrl_c(sock, msg):  # Ctrl-C lands just as the submit has left
-    real_send(sock, msg)
-    if any(b"submit" in bytes(part)[:200] for part in msg[:1]):
-        connection.send_message = real_send
-        signal.raise_signal(signal.SIGINT)
-connection.send_message = send_then_ctrl_c
-
-tc = TaskClient(sys.argv[1])
-try:
-    tc.map(slow, range(8), chunksize=1)
-except KeyboardInterrupt:
-    print("interrupted", flush=True)
-"""
-
-
-def test_ctrl_c_just_as_a_map_is_sent_still_aborts_its_tasks(own_cluster, tmp_path):
-    """The interruption lands inside the send of the map's submit (before the map has its
-    futures): the send completes, then KeyboardInterrupt, and the tasks are aborted."""
-    script = tmp_path / "script.py"
-    script.write_text(INTERRUPTED_SEND)
-    with own_cluster.client() as tc:
-        assert queue_empty(tc)
-        before = tc.statistics()["submitted"], tc.queue_status()["failed"]
-        proc = subprocess.run([sys.executable, str(script), str(own_cluster.connection_file)],
-                              capture_output=True, timeout=60)
-        assert b"interrupted" in proc.stdout, proc.stderr[-3000:]
-        assert tc.statistics()["submitted"] == before[0] + 8  # the submit had left
-        wait_until(lambda: queue_empty(tc), "the map's tasks to be aborted", 15)
-        assert tc.queue_status()["failed"] == before[1] + 8  # (finished as aborted)
-
-
-def test_a_map_that_times_out_aborts_its_tasks(own_cluster):
-    with own_cluster.client() as tc:
-        with pytest.raises(TimeoutError, match="aborted"):
-            tc.map(slow, range(6), chunksize=1, timeout=0.5)
-        wait_until(lambda: queue_empty(tc), "the map's tasks to be aborted", 15)
-        with pytest.raises(TimeoutError):
-            tc.mapper().map(slow, range(6), timeout=0.5)
-        wait_until(lambda: queue_empty(tc), "the seed mapper's tasks to be aborted", 15)
-        with pytest.raises(TimeoutError):
-            tc.run_all(MapTask(slow, (1,)), timeout=0.5)
-        wait_until(lambda: queue_empty(tc), "run_all's tasks to be aborted", 15)
-        assert tc.map(abs, [-1, -2], timeout=60) == [1, 2]  # the engines survived
-
-
-def test_cancelling_an_async_map_aborts_its_tasks(own_cluster):
-    async def main() -> None:
-        async with AsyncTaskClient(own_cluster.connection_file) as atc:
-            for start in (lambda: atc.map(slow, range(6), chunksize=1),
-                          lambda: atc.run_all(MapTask(slow, (1,)))):
-                task = asyncio.create_task(start())
-                deadline = time.monotonic() + 30
-                while (await atc.queue_status())["pending"] < 1:
-                    assert time.monotonic() < deadline, "the map's tasks never ran"
-                    await asyncio.sleep(0.01)
-                task.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await task
-                deadline = time.monotonic() + 15
-                while True:
-                    q = await atc.queue_status()
-                    if q["scheduled"] == 0 and q["pending"] == 0:
-                        break
-                    assert time.monotonic() < deadline, f"tasks left after the cancel: {q}"
-                    await asyncio.sleep(0.01)
-            with pytest.raises(TimeoutError, match="aborted"):
-                await atc.map(slow, range(4), chunksize=1, timeout=0.3)
-        with own_cluster.client() as tc:
-            wait_until(lambda: queue_empty(tc), "the timed-out map's tasks to be aborted", 15)
-
-    asyncio.run(main())
-
-
-def test_wait_and_barrier_leave_tasks_they_did_not_submit_alone(own_cluster):
-    with own_cluster.client() as tc:
-        fut = tc.submit(slow, 3, 0.5)
-        wait_until(lambda: tc.queue_status()["pending"] >= 1, "the task to run", 30)
-        with pytest.raises(TimeoutError):
-            tc.barrier(fut, timeout=0.05)
-        with pytest.raises(TimeoutError):
-            tc.wait([fut], timeout=0.05)
-        assert fut.result(timeout=60) == 3
 
 
 # -- 14. the function-pickle cache is never stale ---------------------------------------------

@@ -269,7 +269,10 @@ class Backend:
         raise RuntimeError(f"a verb handed out {value!r} where one result was expected")
 
     def stream(self, verb: Verb, *, settle: bool = True) -> Generator[Any, None, Any]:
-        """Carry out a streaming verb: yield what it emits (closing this closes the verb)."""
+        """Carry out a streaming verb: yield what it emits (closing this closes the verb).
+        Whatever is raised here while the verb waits at a step (a failed step, or Ctrl-C in
+        this loop's own code between two steps) is thrown into the verb, so that it can abort
+        what it sent; only what the verb itself raises (it has ended) goes on up."""
         done: queue.SimpleQueue[Future] = queue.SimpleQueue()
         value: Any = None
         error: BaseException | None = None
@@ -278,22 +281,27 @@ class Backend:
                 self.settle()
             while True:
                 try:
-                    step = verb.send(value) if error is None else verb.throw(error)
-                except StopIteration as stop:
-                    return stop.value
-                value = error = None
-                if isinstance(step, Emit):
-                    yield step.value
-                elif isinstance(step, Follow):
-                    for f in step.futs:
-                        f.add_done_callback(done.put)
-                elif isinstance(step, NextDone):
-                    value = done.get()
-                else:
-                    try:
-                        value = self.perform(step)
-                    except BaseException as e:  # noqa: BLE001 - the verb's to handle
-                        error = e
+                    while True:
+                        try:
+                            step = verb.send(value) if error is None else verb.throw(error)
+                        except StopIteration as stop:
+                            return stop.value
+                        value = error = None
+                        if isinstance(step, Emit):
+                            yield step.value
+                        elif isinstance(step, Follow):
+                            for f in step.futs:
+                                f.add_done_callback(done.put)
+                        elif isinstance(step, NextDone):
+                            value = done.get()
+                        else:
+                            value = self.perform(step)
+                except GeneratorExit:  # closed by its consumer: the verb is closed below
+                    raise
+                except BaseException as e:  # noqa: BLE001 - the verb's to handle
+                    if not verb.gi_suspended:  # type: ignore[attr-defined]
+                        raise  # (the verb's own: it has ended)
+                    value, error = None, e
         finally:
             verb.close()
 
@@ -324,16 +332,22 @@ class Backend:
         if req.blocking:
             reply, frames = conn.wait_reply(req.header, req.frames, req.timeout, req.what)
             return req.answer(reply, frames)
-        fut = conn.send(req.header, req.frames)
-        try:
+        if req.interrupted is None:
+            fut = conn.send(req.header, req.frames)
             reply, frames = conn.reply(fut, req.header)
+            return req.answer(reply, frames)
+        sent: Future | None = None
+        try:  # Ctrl-C in the send, the wait or the reading: the verb still learns the answer
+            with interrupts_deferred():  # (raised once `sent` is kept)
+                sent = conn.send(req.header, req.frames)
+            reply, frames = conn.reply(sent, req.header)
+            return req.answer(reply, frames)
         except (KeyboardInterrupt, SystemExit):
-            if req.interrupted is not None:
-                late = late_reply(fut, req.header["type"])
+            if sent is not None:
+                late = late_reply(sent, req.header["type"])
                 if late is not None:
                     req.interrupted(late)
             raise
-        return req.answer(reply, frames)
 
 
 def late_reply(fut: Future, verb: str, wait: float = LATE_REPLY_WAIT) -> Any:

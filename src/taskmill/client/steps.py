@@ -17,7 +17,6 @@ reply.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from typing import Any
 
 from ..defaults import ENGINE_GONE_STATES
@@ -51,15 +50,17 @@ class Request:
     ControllerUnreachable. A blocking verb's request (`blocking=True`: its answer may take as
     long as tasks take) waits until the controller is unreachable or the caller's own
     `timeout` has passed (then the builtin TimeoutError naming `what`; nothing is changed).
-    `interrupted`, if given, is told the reply's Future when the caller is interrupted
-    (Ctrl-C) while waiting, to learn what the controller did anyway."""
+    `interrupted`, if given, is told the reply's record when a blocking caller is interrupted
+    (Ctrl-C) in the send, the wait or the reading, if the reply comes within a moment: to
+    learn what the controller did anyway (the asyncio front has no use for it yet: none of
+    its verbs aborts what a cancelled submit sent)."""
 
     __slots__ = ("header", "frames", "read", "blocking", "timeout", "what", "interrupted")
 
     def __init__(self, header: dict[str, Any], frames: Sequence[Any] = (), *,
                  read: Reader = whole_reply, blocking: bool = False,
                  timeout: float | None = None, what: str = "",
-                 interrupted: Callable[[Future], None] | None = None) -> None:
+                 interrupted: Callable[[Any], None] | None = None) -> None:
         self.header = header
         self.frames = frames
         self.read = read

@@ -81,10 +81,6 @@ def is_future(x: Any) -> bool:
     return hasattr(x, "add_done_callback")
 
 
-def read_tids(reply: TidsReply, _: list[Any]) -> list[int]:
-    return list(reply.tids)
-
-
 # -- submitting ------------------------------------------------------------------------------
 def submit(backend: Backend, options: TaskOptions, func: Callable[..., Any],
            args: Sequence[Any], kwargs: dict[str, Any]) -> TaskFuture:
@@ -98,14 +94,18 @@ def submit(backend: Backend, options: TaskOptions, func: Callable[..., Any],
 
 
 def submit_tasks(backend: Backend, encoded: Sequence[Encoded], tids: list[int]) -> Verb:
-    """Submit and wait for the taskids, appended to `tids` as each batch is answered (so that
-    a caller interrupted meanwhile knows what was submitted; an interrupted wait still learns
-    the batch's taskids if they come within a moment)."""
+    """Submit and wait for the taskids, appended to `tids` as each batch's reply is read,
+    before the verb resumes (so that a caller interrupted meanwhile, even between two steps,
+    knows what was submitted; an interrupted wait still learns the batch's taskids if they
+    come within a moment)."""
     backend.check_sizes(encoded)
+
+    def known(reply: TidsReply, _: list[Any] | None = None) -> None:
+        tids.extend(reply.tids)
+
     for batch in batches(encoded, backend.connection.max_message):
         header, frames = submit_header(batch)
-        tids.extend((yield Request(header, frames, read=read_tids,
-                                   interrupted=lambda reply: tids.extend(reply.tids))))
+        yield Request(header, frames, read=known, interrupted=known)
     return tids
 
 
