@@ -337,6 +337,27 @@ def test_the_feed_thread_pauses_and_the_client_closes_when_nobody_polls():
         feed.close()
 
 
+def test_the_idle_check_never_waits_for_a_fetch_in_progress():
+    """The server's loop calls close_if_idle between requests: while the feed thread's fetch
+    waits on a stopped controller, it must return at once (the page's polls are served
+    meanwhile) and leave the client open (in use, so not idle)."""
+    client = HangingClient()
+    clock = Clock()
+    feed = ControllerFeed(lambda: client, ttl=0.0, idle_close=10.0, clock=clock)
+    try:
+        feed.latest()
+        client.hang.set()
+        poll_until(client.waiting.is_set, "the feed thread's fetch to wait")
+        clock.now = 20.0  # (as if nobody had polled for idle_close while the server waited)
+        done = threading.Event()
+        threading.Thread(target=lambda: (feed.close_if_idle(), done.set()), daemon=True).start()
+        assert done.wait(10), "close_if_idle waited for the fetch in progress"
+        assert client.waiting.is_set() and feed.connected and not client.closed
+    finally:
+        client.hang.clear()
+        feed.close()
+
+
 def test_a_poll_counts_toward_idle_before_the_client_is_made():
     """The server's loop sleeps until seconds_until_idle(): a poll whose client the feed thread
     has not made yet must not leave it sleeping with no bound (and the client open for good)."""

@@ -206,9 +206,18 @@ class ControllerFeed:
         return max(0.0, left)
 
     def close_if_idle(self) -> None:
-        with self._lock:
+        """Close the client if nobody has asked for `idle_close` seconds. Never waits: the
+        server's loop calls it, and a client in use (the feed thread's fetch, which waits up to
+        the client's timeout on a stopped controller) is not idle. (Once it waited for that
+        fetch, and then for the next ones, which took the lock first: meanwhile no poll was
+        served, so the client was closed as idle and the snapshot forgotten: 503.)"""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
             if self._client is not None and self._clock() - self._last_request >= self.idle_close:
                 self._close()
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         """Stop the feed thread (for good) and close the client."""
