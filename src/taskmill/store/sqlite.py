@@ -210,13 +210,13 @@ class SQLiteStore(IdLeases):
 
     def unfinished(self, queued_max: int | None = None, held: Any = None) -> list[Loaded]:
         """Every queued or running task, oldest first, with its counters (schema.read_task);
-        the queued ones past the first `queued_max` only as taskids, to `held.append`."""
+        the queued ones past the first `queued_max` only as taskids and `after`, to `held.hold`."""
         out, queued = [], 0
         for row in self.db.execute(SELECT_UNFINISHED, (self._low_tid,)):
             if queued_max is not None and row[1] == "queued":
                 queued += 1
                 if queued > queued_max:
-                    held.append(row[0])
+                    held.hold(row[0], unpack(row[3]).get("after"))
                     continue
             out.append(self._loaded(row))
         return out
