@@ -351,10 +351,7 @@ class ControllerCore:
         if ctx.timers.pending:
             ctx.timers.settle(now.mono)
         if ctx.backlog.doomed:  # (failed with what they wait for: stored in this commit)
-            try:
-                self.submits.fail_doomed()
-            except StoreError:
-                pass  # (a row not written yet could not be: the next turn tries again)
+            self.submits.fail_doomed()
         if ctx.backlog:  # (its rows were committed by an earlier turn: read before this one's)
             self.submits.refill()
         outbox = ctx.outbox

@@ -372,14 +372,12 @@ class Submits:
                     self.promote(tid)
 
     def promote(self, tid: int) -> None:
-        """Read task `tid` back from the backlog now, out of order (to abort it, or one that
-        waits for it is read back): committed first if its row is not written yet
-        (StoreError if that fails: it stays)."""
+        """Read task `tid` back from the backlog now, out of order (to abort it, to fail it
+        with what it waits for, or one that waits for it is read back). A row not written yet
+        (submitted this turn) is read from memory: nothing commits before the turn's flush,
+        whose commit then stores the task's row and what happened to it (an abort) at once."""
         ctx = self.ctx
-        rows, cut = ctx.store.load_queued([tid])
-        if not cut:
-            ctx.store.commit()
-            rows, cut = ctx.store.load_queued([tid])
+        rows, _ = ctx.store.load_queued([tid], pending=True)
         ctx.backlog.remove(tid)
         ctx.store.held_from = ctx.backlog.first()
         self.results.promoted(tid)
