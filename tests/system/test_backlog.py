@@ -8,11 +8,12 @@ the tasks to run. The rules are in src/taskmill/controller/backlog.py."""
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 from collections import Counter
 
 import pytest
-from systest import controller_process, poll, read_lines
+from systest import TASKMILL, controller_process, poll, read_lines
 
 import taskmill
 from taskmill import MapTask, TaskClient
@@ -140,6 +141,18 @@ def test_kill9_of_the_controller_with_a_backlog_loses_nothing_and_runs_nothing_t
             assert Counter(read_lines(runs)) == Counter(str(i) for i in range(n))
             assert [tc.get_task_result(t) for t in tids] == [i * i for i in range(n)]
             assert tc.statistics()["backlog"] == 0
+
+
+def test_taskmill_status_shows_the_backlog(tmp_path):
+    with controller_process(tmp_path, args=SMALL) as ctl, TaskClient(ctl.conn, timeout=60) as tc:
+        tc.mapper(block=False).map(abs, range(100))
+        out = subprocess.run([*TASKMILL, "status", "--connection-file", str(ctl.conn)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert "queue:      100 scheduled, 0 pending, 0 succeeded, 0 failed" in lines
+        assert ("backlog:    80 of the scheduled wait in the store only; 20 active in memory "
+                f"(window {WINDOW})") in lines, out.stdout
 
 
 def test_a_store_in_memory_keeps_no_backlog(tmp_path):
