@@ -17,9 +17,9 @@ import subprocess
 import sys
 
 import pytest
-from systest import controller_process, poll
+from systest import TASKMILL, controller_process, poll
 
-from taskmill import TaskClient
+from taskmill import Cluster, TaskClient
 
 pytestmark = pytest.mark.timeout(180, method="thread")
 
@@ -148,3 +148,40 @@ def test_a_client_stopped_past_the_bound_is_told_it_was_forgotten(ctl, tmp_path)
         assert "forgot this client" in err  # (its log says what happened)
         stats = tc.statistics()
         assert stats["clients"] == 1 and stats["refused"].get("forgotten-client", 0) >= 1
+
+
+def a_killed_client_is_forgotten(conn) -> None:
+    """A client process connects and is killed (-9: no `bye`); the controller forgets it
+    within a minute (only with a bound well below the default of 300 s)."""
+    with TaskClient(conn, timeout=60) as tc:
+        clients = tc.statistics()["clients"]  # (this one, and a Cluster's own)
+        proc = subprocess.Popen([sys.executable, "-c", (
+            "import sys, time; from taskmill import TaskClient; tc = TaskClient(sys.argv[1]); "
+            "print('ready', flush=True); time.sleep(600)"), str(conn)],
+            stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline() == "ready\n"
+            assert tc.statistics()["clients"] == clients + 1
+        finally:
+            proc.kill()
+            proc.communicate(timeout=30)
+        poll(lambda: tc.statistics()["clients_forgotten"] == 1, 60,
+             "the killed client to be forgotten")
+
+
+def test_a_cluster_hands_its_forget_bound_to_the_controller():
+    with Cluster(0, forget_clients_after=BOUND, dashboard=False, db=":memory:") as c:
+        a_killed_client_is_forgotten(c.connection_file)
+
+
+def test_cluster_start_hands_its_forget_bound_to_the_controller(tmp_path):
+    env = dict(os.environ, TASKMILL_DIR=str(tmp_path / "home"))
+    run = lambda *a: subprocess.run([*TASKMILL, *a], capture_output=True, text=True,  # noqa: E731
+                                    timeout=120, env=env)
+    started = run("cluster", "start", "-n", "0", "--daemon", "--no-dashboard", "--db",
+                  ":memory:", "--forget-clients-after", f"{BOUND:g}")
+    assert started.returncode == 0, started.stderr
+    try:
+        a_killed_client_is_forgotten(tmp_path / "home" / "profile_default" / "connection.json")
+    finally:
+        assert run("cluster", "stop").returncode == 0
