@@ -1,8 +1,9 @@
 """`taskmill status`: the controller's statistics as a terminal table, once or refreshed.
 
 `render_status` is a pure function of one `statistics()` structure (so it is tested without a
-controller): the controller, its engines, the queue (with its backlog, the queued tasks kept
-only in the store beyond the window held in memory: controller/backlog.py), throughput; `show_status` fetches and prints, with `--watch` in a loop and `--json` for scripts.
+controller): the controller, its engines, the queue (and its backlog: the queued tasks kept only
+in the store, beyond the window held in memory, controller/backlog.py), the throughput.
+`show_status` fetches and prints, with `--watch` in a loop and `--json` for scripts.
 """
 
 from __future__ import annotations

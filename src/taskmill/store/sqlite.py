@@ -211,7 +211,8 @@ class SQLiteStore(IdLeases):
 
     def unfinished(self, queued_max: int | None = None, held: Any = None) -> list[Loaded]:
         """Every queued or running task, oldest first, with its counters (schema.read_task);
-        the queued ones past the first `queued_max` only as taskids and `after`, to `held.hold`."""
+        the queued ones past the first `queued_max` only as taskid and `after`, to
+        `held.hold` (the controller's backlog)."""
         out, queued = [], 0
         for row in self.db.execute(SELECT_UNFINISHED, (self._low_tid,)):
             if queued_max is not None and row[1] == "queued":
