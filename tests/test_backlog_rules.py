@@ -58,6 +58,23 @@ def test_a_backlog_task_taken_out_of_the_middle():
     assert b.peek(10) == [6, 7, 8, 9] and b.cursor == 5
 
 
+def test_a_failure_dooms_the_backlog_tasks_after_it_and_a_success_forgets_them():
+    b = Backlog(5)
+    for tid in range(10, 20):
+        b.add(tid)
+        b.wait_for(tid, [1, 2, 2] if tid < 15 else [3])
+    assert b.waits == {1: [range(10, 15)], 2: [range(10, 15)], 3: [range(15, 20)]}
+    b.remove(12)  # (read back out of order: the scheduler holds it now)
+    b.finished(1, ok=True)  # a success: its dependents wait on, read back in order
+    b.finished(3, ok=False)  # a failure: its dependents still here are doomed
+    b.finished(2, ok=False)
+    assert b.doomed == {**dict.fromkeys(range(15, 20), 3), 10: 2, 11: 2, 13: 2, 14: 2}
+    assert b.waits == {}
+    b.wait_for(19, [7])
+    b.drop_first(len(b))  # (an empty backlog keeps no notes)
+    assert b.waits == {}
+
+
 def test_no_window_no_backlog():
     assert not Backlog(None).holds(5, active=10**9)
     assert Backlog(None).wanted(0) == 0
@@ -115,10 +132,10 @@ def test_a_restart_reads_back_the_window_and_leaves_the_rest_as_taskids(tmp_path
     s.close()
     s = SQLiteStore(str(tmp_path / "t.db"))
     try:
-        held: list[int] = []
+        held = Backlog(3)
         got = s.unfinished(queued_max=3, held=held)
         assert [t.tid for t, _ in got] == [0, 1, 2, 7]  # the running one too
-        assert held == [3, 4, 5, 6, 8, 9] and s.task(4) is None
+        assert list(held.ids()) == [3, 4, 5, 6, 8, 9] and s.task(4) is None
     finally:
         s.close()
 

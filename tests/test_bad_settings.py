@@ -35,6 +35,7 @@ def test_seconds():
     ("heartbeat", NAN), ("heartbeat", INF), ("heartbeat", 0), ("heartbeat", -1.0),
     ("unmet_timeout", NAN), ("unmet_timeout", INF), ("unmet_timeout", -0.5),
     ("start_timeout", NAN), ("start_timeout", -1), ("start_timeout", INF),
+    ("forget_clients_after", NAN), ("forget_clients_after", 0), ("forget_clients_after", -5.0),
 ])
 def test_cluster_refuses_at_construction(option, value):
     with pytest.raises(ValueError, match=rf"^{option} must be .* not {value!r}$"):
@@ -44,6 +45,16 @@ def test_cluster_refuses_at_construction(option, value):
 def test_cluster_accepts_meaningful_values():
     c = Cluster(1, heartbeat=0.25, unmet_timeout=0, start_timeout=5)
     assert (c.heartbeat, c.unmet_timeout, c.start_timeout) == (0.25, 0.0, 5.0)
+    assert c.forget_clients_after == 300.0  # (defaults.FORGET_CLIENTS_AFTER)
+    assert Cluster(1, forget_clients_after=INF).forget_clients_after == INF  # never
+    assert Cluster(1, forget_clients_after=2).forget_clients_after == 2.0
+
+
+@pytest.mark.parametrize("value", ["300", None, True])
+def test_cluster_refuses_a_forget_bound_that_is_not_a_number(value):
+    with pytest.raises(TypeError, match=rf"^forget_clients_after must be a number of seconds, "
+                                        rf"not {value!r}$"):
+        Cluster(1, forget_clients_after=value)
 
 
 @pytest.mark.parametrize("value", [NAN, -1.0])
@@ -60,6 +71,10 @@ def test_wait_for_engines_refuses_a_timeout_that_never_ends_or_makes_no_sense(va
     ["cluster", "start", "--start-timeout", "nan"], ["cluster", "start", "--start-timeout", "-1"],
     ["engine", "--controller-timeout", "nan"], ["status", "--timeout", "-2"],
     ["controller", "--heartbeat", "soon"],
+    ["cluster", "start", "--forget-clients-after", "nan"],
+    ["cluster", "start", "--forget-clients-after", "0"],
+    ["cluster", "start", "--forget-clients-after", "-1"],
+    ["cluster", "start", "--forget-clients-after", "soon"],
 ])
 def test_the_cli_refuses_with_a_clear_message(argv, capsys):
     with pytest.raises(SystemExit) as e:
@@ -72,6 +87,11 @@ def test_the_cli_refuses_with_a_clear_message(argv, capsys):
 def test_the_cli_accepts_meaningful_values():
     a = build_parser().parse_args(["controller", "--heartbeat", "0.5", "--unmet-timeout", "0"])
     assert (a.heartbeat, a.unmet_timeout) == (0.5, 0.0)
+    for option in (["cluster", "start"], ["controller"]):
+        assert build_parser().parse_args(option).forget_clients_after == 300.0
+        for text, value in (("2", 2.0), ("inf", INF)):
+            a = build_parser().parse_args([*option, "--forget-clients-after", text])
+            assert a.forget_clients_after == value
 
 
 @pytest.mark.parametrize("option, value", [

@@ -93,6 +93,17 @@ def test_the_status_table_shows_engines_queue_and_throughput():
     assert all(row[offset:].startswith(("alpha", "beta")) for row in rows)
 
 
+def test_the_status_table_shows_the_backlog_beside_the_queue():
+    text = render_status(make_stats(backlog=7000, queued_in_memory=32768, queue_window=32768))
+    lines = text.splitlines()
+    queue = lines.index("queue:      2 scheduled, 1 pending, 5 succeeded, 2 failed")
+    assert lines[queue + 1] == ("backlog:    7000 of the scheduled wait in the store only; "
+                                "32768 active in memory (window 32768)")
+    # a store in memory keeps no backlog (no window), and a controller that does not say: no line
+    for stats in (make_stats(backlog=0, queued_in_memory=5, queue_window=None), make_stats()):
+        assert "backlog:" not in render_status(stats)
+
+
 def test_the_status_table_without_engines_says_so():
     text = render_status(make_stats(engines=[], refused={}))
     assert text.splitlines()[-1] == "no engines registered yet"

@@ -1,12 +1,14 @@
-"""Checks of settings given in seconds (heartbeat, unmet_timeout, timeouts) or days
-(keep_results), shared by the Python API, the CLI and the controller, so that NaN or a negative
-number is refused where it is given, naming the setting, instead of looping forever or ending
-the controller later. This module imports nothing of taskmill and does no I/O.
+"""Checks of settings given in seconds (heartbeat, unmet_timeout, forget_clients_after,
+timeouts), days (keep_results) or MiB (memory_budget), shared by the Python API, the CLI and the
+controller, so that NaN or a negative number is refused where it is given, naming the setting,
+instead of looping forever or ending the controller later; and of `Cluster`'s engine properties
+and transport. This module imports nothing of taskmill and does no I/O.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 
 def seconds(name: str, value: object, *, zero: bool = False, infinite: bool = False) -> float:
@@ -49,3 +51,32 @@ def mebibytes(name: str, value: object) -> float:
         raise ValueError(f"{name} must be a number of MiB >= {MIN_MEMORY_BUDGET}, "
                          f"not {value!r}")
     return v
+
+
+def per_engine_properties(props: Any, k: int) -> list[dict[str, Any]]:
+    """`Cluster`'s `engine_properties` (None, one dict for every engine, or a list of `k`
+    dicts) as one dict per engine, or ValueError."""
+    if props is None:
+        return [{} for _ in range(k)]
+    if isinstance(props, dict):
+        return [dict(props) for _ in range(k)]
+    if isinstance(props, list | tuple) and len(props) == k and all(isinstance(p, dict) for p in props):
+        return [dict(p) for p in props]
+    raise ValueError(
+        f"engine properties must be one dict for every engine or a list of {k} dicts, "
+        f"not {props!r}")
+
+
+def choose_transport(choice: object, local: bool, where: str) -> str:
+    """`Cluster`'s `transport`: "ipc" or "tcp", None for ipc when the cluster is all on this
+    machine (`local`, as `where` says), else tcp; or ValueError."""
+    if choice is None:
+        return "ipc" if local else "tcp"
+    if choice not in ("ipc", "tcp"):
+        raise ValueError(f"transport must be 'ipc', 'tcp' or None (ipc for a cluster all on "
+                         f"this machine), not {choice!r}")
+    if choice == "ipc" and not local:
+        raise ValueError(
+            "transport='ipc' (unix sockets) is for a cluster all on this machine: the local "
+            f"launcher, a loopback ip and no port, engine_port or location; not {where}")
+    return str(choice)

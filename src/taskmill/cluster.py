@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .adapt import Adapter, Policy
-from .checks import days, mebibytes, seconds
+from .checks import choose_transport, days, mebibytes, per_engine_properties, seconds
 from .connection import (
     ensure_private_dir,
     new_connection_info,
@@ -36,6 +36,7 @@ from .defaults import (
     DEFAULT_MEMORY_BUDGET,
     DEFAULT_UNMET_TIMEOUT,
     ENGINE_GONE_STATES,
+    FORGET_CLIENTS_AFTER,
     is_loopback,
 )
 from .display import html_table, link_html, state_html
@@ -83,7 +84,9 @@ class Cluster:
     which needs a `db` on disk: the default, not ":memory:"). `key` (hex): the key that signs
     messages and results (default: a new one); a cluster that opens a `db` kept from an
     earlier one needs that one's key to hand out its results (`taskmill cluster start
-    --resume` keeps it beside the store).
+    --resume` keeps it beside the store). `forget_clients_after`: seconds of silence after
+    which the controller forgets a client (killed, or stopped: its futures then fail with
+    ClientForgotten; default 300; math.inf: never; see controller/clients.py).
 
     `transport`: "ipc" (unix sockets in the cluster's 0700 state folder, so that no other user
     of this machine can connect) or "tcp". The default is "ipc" for a cluster that is all on
@@ -123,6 +126,7 @@ class Cluster:
         log_dir: str | os.PathLike[str] | None = None,
         keep_results: float = DEFAULT_KEEP_RESULTS,
         memory_budget: float = DEFAULT_MEMORY_BUDGET,
+        forget_clients_after: float = FORGET_CLIENTS_AFTER,
         key: str | None = None,
         env: dict[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
@@ -135,7 +139,7 @@ class Cluster:
         self.port = port
         self.engine_port = engine_port
         self.db = db
-        self.engine_properties = self._per_engine(engine_properties, self.n)
+        self.engine_properties = per_engine_properties(engine_properties, self.n)
         self.unmet_timeout = seconds("unmet_timeout", unmet_timeout, zero=True)
         self.heartbeat = seconds("heartbeat", heartbeat)
         self.prefetch = prefetch
@@ -143,6 +147,8 @@ class Cluster:
         self.start_timeout = seconds("start_timeout", start_timeout)
         self.keep_results = days("keep_results", keep_results)
         self.memory_budget = mebibytes("memory_budget", memory_budget)
+        self.forget_clients_after = seconds("forget_clients_after", forget_clients_after,
+                                            infinite=True)
         if key is not None:
             try:
                 bytes.fromhex(key)
@@ -177,33 +183,12 @@ class Cluster:
         self._adapter: tuple[Adapter, TaskClient] | None = None
         self._started = False
 
-    def _choose_transport(self, transport: str | None) -> str:
+    def _choose_transport(self, choice: str | None) -> str:
         local = (self.launcher.name == "local" and is_loopback(self.ip)
                  and self.port is None and self.engine_port is None and self.location is None)
-        if transport is None:
-            return "ipc" if local else "tcp"
-        if transport not in ("ipc", "tcp"):
-            raise ValueError(f"transport must be 'ipc', 'tcp' or None (ipc for a cluster all on "
-                             f"this machine), not {transport!r}")
-        if transport == "ipc" and not local:
-            raise ValueError(
-                "transport='ipc' (unix sockets) is for a cluster all on this machine: the local "
-                "launcher, a loopback ip and no port, engine_port or location; not "
-                f"launcher={self.launcher.name!r}, ip={self.ip!r}, port={self.port!r}, "
-                f"engine_port={self.engine_port!r}, location={self.location!r}")
-        return transport
-
-    @staticmethod
-    def _per_engine(props: Any, k: int) -> list[dict[str, Any]]:
-        if props is None:
-            return [{} for _ in range(k)]
-        if isinstance(props, dict):
-            return [dict(props) for _ in range(k)]
-        if isinstance(props, list | tuple) and len(props) == k and all(isinstance(p, dict) for p in props):
-            return [dict(p) for p in props]
-        raise ValueError(
-            f"engine properties must be one dict for every engine or a list of {k} dicts, "
-            f"not {props!r}")
+        return choose_transport(choice, local, (
+            f"launcher={self.launcher.name!r}, ip={self.ip!r}, port={self.port!r}, "
+            f"engine_port={self.engine_port!r}, location={self.location!r}"))
 
     @property
     def restarts(self) -> int:
@@ -236,6 +221,7 @@ class Cluster:
                    "--heartbeat", str(self.heartbeat),
                    "--keep-results", str(self.keep_results),
                    "--memory-budget", str(self.memory_budget),
+                   "--forget-clients-after", str(self.forget_clients_after),
                    "--prefetch", "auto" if self.prefetch is None else str(self.prefetch),
                    "--parent-fd", str(self._lifeline[0]),
                    "--remove-if-orphaned", str(self.state_dir)]
@@ -365,7 +351,7 @@ class Cluster:
         """Start `k` more engines (they register on their own; see wait_for_engines)."""
         if not self._started:
             raise RuntimeError("the cluster is not started")
-        self.launcher.launch(self._context(), self._per_engine(properties, k))
+        self.launcher.launch(self._context(), per_engine_properties(properties, k))
 
     def adapt(self, minimum: int = 0, maximum: int | None = None, idle_after: float = 60.0, *,
               interval: float = 1.0, properties: dict[str, Any] | None = None) -> Adapter:

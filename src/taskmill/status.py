@@ -1,7 +1,9 @@
 """`taskmill status`: the controller's statistics as a terminal table, once or refreshed.
 
 `render_status` is a pure function of one `statistics()` structure (so it is tested without a
-controller); `show_status` fetches and prints, with `--watch` in a loop and `--json` for scripts.
+controller): the controller, its engines, the queue (and its backlog: the queued tasks kept only
+in the store, beyond the window held in memory, controller/backlog.py), the throughput.
+`show_status` fetches and prints, with `--watch` in a loop and `--json` for scripts.
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ def render_status(stats: dict[str, Any], *, controller: str = "",
         f"throughput: {stats['tasks_per_second']:.2f} tasks/s over the last minute "
         f"({stats['finished']} finished since the controller started)",
     ]
+    window = stats.get("queue_window")
+    if window is not None or stats.get("backlog"):  # (none: a store in memory, no backlog)
+        lines.insert(3, f"backlog:    {stats.get('backlog', 0)} of the scheduled wait in the "
+                     f"store only; {stats.get('queued_in_memory', 0)} active in memory "
+                     f"(window {window if window is not None else '-'})")
     refused = {k: v for k, v in stats.get("refused", {}).items() if v}
     if refused:
         lines.append("refused:    " + ", ".join(f"{k} {v}" for k, v in sorted(refused.items())))

@@ -8,11 +8,12 @@ the tasks to run. The rules are in src/taskmill/controller/backlog.py."""
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 from collections import Counter
 
 import pytest
-from systest import controller_process, poll, read_lines
+from systest import TASKMILL, controller_process, poll, read_lines
 
 import taskmill
 from taskmill import MapTask, TaskClient
@@ -142,6 +143,18 @@ def test_kill9_of_the_controller_with_a_backlog_loses_nothing_and_runs_nothing_t
             assert tc.statistics()["backlog"] == 0
 
 
+def test_taskmill_status_shows_the_backlog(tmp_path):
+    with controller_process(tmp_path, args=SMALL) as ctl, TaskClient(ctl.conn, timeout=60) as tc:
+        tc.mapper(block=False).map(abs, range(100))
+        out = subprocess.run([*TASKMILL, "status", "--connection-file", str(ctl.conn)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert "queue:      100 scheduled, 0 pending, 0 succeeded, 0 failed" in lines
+        assert ("backlog:    80 of the scheduled wait in the store only; 20 active in memory "
+                f"(window {WINDOW})") in lines, out.stdout
+
+
 def test_a_store_in_memory_keeps_no_backlog(tmp_path):
     with controller_process(tmp_path, db=":memory:", args=SMALL) as ctl, \
             TaskClient(ctl.conn, timeout=60) as tc:
@@ -169,3 +182,115 @@ def test_a_leased_task_after_a_backlog_task_waits_for_it(tmp_path):
         assert a.get_task_result(second, block=True) == "a1"
         lines = read_lines(runs)
         assert lines.index("a1") > lines.index(str(129)), lines
+
+
+def fails():
+    raise RuntimeError("task A fails")
+
+
+# A window of 4 tasks (refilled below 2): task A, then three that no engine satisfies (they
+# hold the window until aborted), then B (after=[A]) waits in the backlog.
+HELD = ("--queue-window", "4", "--prefetch", "1", "--unmet-timeout", "600")
+
+
+def backlog_after(tmp_path, tc, ctl, a_task, finish_a, held_after):
+    """Submit A (`a_task`), three fillers, then B after A (held in the backlog); `finish_a`
+    ends A (with the engine started), after which the backlog holds `held_after` tasks; clear
+    A's result; abort the fillers so that B is read back. B's taskid and the file B writes to
+    if it runs."""
+    runs = tmp_path / "runs.txt"
+    a = tc.run(a_task)
+    fillers = [tc.run(MapTask(abs, (-1,), depend={"never": True})) for _ in range(3)]
+    b = tc.run(MapTask(noted, ("B", str(runs)), after=[a]))
+    assert tc.statistics()["backlog"] == 1
+    finish_a(a)
+    assert tc.statistics()["backlog"] == held_after  # (3 fillers active: no refill yet)
+    assert tc.clear(a) == 1
+    for f in fillers:
+        tc.abort(f)
+    poll(lambda: tc.statistics()["backlog"] == 0, 60, "B read back from the backlog")
+    return b, runs
+
+
+@pytest.mark.parametrize("how", ["failed", "aborted"])
+def test_a_backlog_task_after_a_task_that_failed_and_was_cleared_fails(tmp_path, how):
+    """A dependency that failed (or was aborted) never lets its dependents run, even when its
+    result was cleared while they waited in the backlog (in memory, they fail at once)."""
+    with controller_process(tmp_path, args=HELD) as ctl, TaskClient(ctl.conn, timeout=60) as tc:
+        def finish_a(a):
+            if how == "failed":
+                ctl.engines.append(ctl.engine())
+                with pytest.raises(RuntimeError):
+                    tc.get_task_result(a, block=True)
+            else:
+                tc.abort(a)
+                with pytest.raises(taskmill.TaskAborted):
+                    tc.get_task_result(a)
+
+        a_task = MapTask(fails) if how == "failed" else MapTask(abs, (-1,), depend={"x": 1})
+        # B fails as A does, as it would in memory (not only once it is read back)
+        b, runs = backlog_after(tmp_path, tc, ctl, a_task, finish_a, held_after=0)
+        if how == "aborted":
+            ctl.engines.append(ctl.engine())
+        with pytest.raises(taskmill.DependencyError, match=f"task {b} did not run"):
+            tc.get_task_result(b, block=True)
+        assert not runs.exists()
+
+
+def test_a_backlog_task_after_a_task_that_succeeded_and_was_cleared_runs(tmp_path):
+    """As in memory: B's dependency finished well, so B runs even though A's result is gone."""
+    with controller_process(tmp_path, args=HELD) as ctl, TaskClient(ctl.conn, timeout=60) as tc:
+        def finish_a(a):
+            ctl.engines.append(ctl.engine())
+            assert tc.get_task_result(a, block=True) == 1
+
+        b, runs = backlog_after(tmp_path, tc, ctl, MapTask(abs, (-1,)), finish_a, held_after=1)
+        assert tc.get_task_result(b, block=True) == "B"
+        assert read_lines(runs) == ["B"]
+
+
+def fails_when_released(started, release):
+    """Marks `started`, waits (bounded) until `release` exists, then fails."""
+    import time
+
+    open(started, "w").close()
+    end = time.monotonic() + 90
+    while not os.path.exists(release) and time.monotonic() < end:
+        time.sleep(0.01)
+    raise RuntimeError("task A fails")
+
+
+@pytest.mark.timeout(300, method="thread")
+def test_backlog_tasks_after_a_failure_fail_across_a_restart_and_down_a_chain(tmp_path):
+    """A runs; four fillers hold the window; B (after A) and C (after B) wait in the backlog.
+    The controller is killed and started again: B and C are still in the backlog (past the
+    window it reads back). A then fails: B and C fail with DependencyError, and never run,
+    although A's and B's results are cleared before they could be read back."""
+    runs, started, release = (tmp_path / n for n in ("runs.txt", "started", "release"))
+    with controller_process(tmp_path, args=HELD) as ctl:
+        with TaskClient(ctl.conn, timeout=60) as tc:
+            a = tc.run(MapTask(fails_when_released, (str(started), str(release))))
+            ctl.engines.append(ctl.engine())
+            poll(started.exists, 60, "A started")
+            fillers = [tc.run(MapTask(abs, (-1,), depend={"never": True})) for _ in range(4)]
+            b = tc.run(MapTask(noted, ("B", str(runs)), after=[a]))
+            c = tc.run(MapTask(noted, ("C", str(runs)), after=[b]))
+            assert tc.statistics()["backlog"] == 3  # the last filler, B, C
+        ctl.kill9()
+        ctl.start()
+        ctl.ready()
+        with TaskClient(ctl.conn, timeout=60) as tc:
+            assert tc.statistics()["backlog"] == 2  # B and C (A is running, not queued)
+            release.touch()
+            with pytest.raises(RuntimeError, match="task A fails"):
+                tc.get_task_result(a, block=True)
+            for t, dep in ((b, a), (c, b)):
+                with pytest.raises(taskmill.DependencyError, match=f"task {dep}, which"):
+                    tc.get_task_result(t, block=True, timeout=30)  # (at once, in fact)
+            assert tc.clear([a, b]) == 2
+            for f in fillers:
+                tc.abort(f)
+            poll(lambda: tc.statistics()["backlog"] == 0, 60, "the backlog read back")
+            with pytest.raises(taskmill.DependencyError):
+                tc.get_task_result(c)
+            assert not runs.exists()

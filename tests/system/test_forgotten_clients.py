@@ -7,6 +7,9 @@
 - SIGSTOP past the bound, then SIGCONT: the client is told it was forgotten, so its futures and
   its blocked call fail with ClientForgotten (not a hang), and its later calls work (under new
   connections): it fetches the results of those tasks by taskid, and a new future resolves.
+  The same for an AsyncTaskClient: its futures and its awaited blocking call raise it.
+- The bound given to `Cluster(forget_clients_after=)` or `taskmill cluster start
+  --forget-clients-after` is the controller's.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ import subprocess
 import sys
 
 import pytest
-from systest import controller_process, poll
+from systest import TASKMILL, controller_process, poll
 
-from taskmill import TaskClient
+from taskmill import Cluster, TaskClient
 
 pytestmark = pytest.mark.timeout(180, method="thread")
 
@@ -69,11 +72,12 @@ tc.close()
 """
 
 
-def start_client(tmp_path, conn) -> tuple[subprocess.Popen, str, list[int]]:
+def start_client(tmp_path, conn, source: str = CLIENT,
+                 n: int = N) -> tuple[subprocess.Popen, str, list[int]]:
     script = tmp_path / "client.py"
-    script.write_text(CLIENT)
+    script.write_text(source)
     gate = str(tmp_path / "gate")
-    proc = subprocess.Popen([sys.executable, str(script), str(conn), gate, str(N)],
+    proc = subprocess.Popen([sys.executable, str(script), str(conn), gate, str(n)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline().split()
     assert line[:1] == ["ready"], proc.communicate(timeout=60)
@@ -148,3 +152,102 @@ def test_a_client_stopped_past_the_bound_is_told_it_was_forgotten(ctl, tmp_path)
         assert "forgot this client" in err  # (its log says what happened)
         stats = tc.statistics()
         assert stats["clients"] == 1 and stats["refused"].get("forgotten-client", 0) >= 1
+
+
+ASYNC_CLIENT = """
+import asyncio, os, sys, time
+from taskmill import AsyncTaskClient
+
+def gated(i, gate):
+    import os, time
+    end = time.monotonic() + 120
+    while not os.path.exists(gate) and time.monotonic() < end:
+        time.sleep(0.005)
+    return i * i
+
+async def main(conn, gate, n):
+    async with AsyncTaskClient(conn, timeout=30) as tc:
+        futs = [tc.submit(gated, i, gate) for i in range(n)]
+        tids = [f.taskid for f in futs]
+        waiting = (await tc.statistics()).get("requests_waiting", 0)
+        blocked = asyncio.ensure_future(tc.get_task_result(tids[-1], block=True, timeout=60))
+        end = time.monotonic() + 30  # (until the controller holds the awaited request too)
+        while (await tc.statistics()).get("requests_waiting", 0) <= waiting \\
+                and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+        print("ready", tids[0], tids[-1], flush=True)
+        # (the test stops this process here, past the bound, and lets it go on)
+        got = await asyncio.wait_for(asyncio.gather(*futs, return_exceptions=True), 60)
+        print("futures", *sorted({type(r).__name__ for r in got}), flush=True)
+        try:
+            print("awaited", await asyncio.wait_for(blocked, 60), flush=True)
+        except Exception as e:
+            print("awaited", type(e).__name__, flush=True)
+        open(gate, "w").close()
+        print("after", await tc.get_task_result(tids[3], block=True, timeout=60), flush=True)
+        print("new", await asyncio.wait_for(tc.submit(gated, 5, gate), 60), flush=True)
+
+asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+"""
+
+
+def test_an_async_client_stopped_past_the_bound_is_told_it_was_forgotten(ctl, tmp_path):
+    """The same with AsyncTaskClient: its futures and its awaited blocking call raise
+    ClientForgotten once it runs again, and its later calls work."""
+    with TaskClient(ctl.conn, timeout=60) as tc:
+        poll(lambda: tc.engines(), 60, "the engine to register")
+        proc, gate, tids = start_client(tmp_path, ctl.conn, ASYNC_CLIENT, n=200)
+        try:
+            os.kill(proc.pid, signal.SIGSTOP)
+            poll(lambda: is_stopped(proc.pid), 10, "the client to stop")
+            poll(lambda: tc.statistics()["clients_forgotten"] == 1, 60,
+                 "the stopped client to be forgotten")
+            assert kept(tc.statistics())[:3] == (1, 0, 0)
+            os.kill(proc.pid, signal.SIGCONT)
+            out, err = proc.communicate(timeout=120)
+        finally:
+            open(gate, "w").close()
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.kill()
+        assert proc.returncode == 0, err
+        assert out.splitlines() == ["futures ClientForgotten", "awaited ClientForgotten",
+                                    "after 9", "new 25"], (out, err)
+        assert len(tids) == 200 and "forgot this client" in err
+
+
+def a_killed_client_is_forgotten(conn) -> None:
+    """A client process connects and is killed (-9: no `bye`); the controller forgets it
+    within a minute (only with a bound well below the default of 300 s)."""
+    with TaskClient(conn, timeout=60) as tc:
+        clients = tc.statistics()["clients"]  # (this one, and a Cluster's own)
+        proc = subprocess.Popen([sys.executable, "-c", (
+            "import sys, time; from taskmill import TaskClient; tc = TaskClient(sys.argv[1]); "
+            "print('ready', flush=True); time.sleep(600)"), str(conn)],
+            stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline() == "ready\n"
+            assert tc.statistics()["clients"] == clients + 1
+        finally:
+            proc.kill()
+            proc.communicate(timeout=30)
+        poll(lambda: tc.statistics()["clients_forgotten"] == 1, 60,
+             "the killed client to be forgotten")
+
+
+def test_a_cluster_hands_its_forget_bound_to_the_controller():
+    with Cluster(0, forget_clients_after=BOUND, dashboard=False, db=":memory:") as c:
+        a_killed_client_is_forgotten(c.connection_file)
+
+
+def test_cluster_start_hands_its_forget_bound_to_the_controller(tmp_path):
+    env = dict(os.environ, TASKMILL_DIR=str(tmp_path / "home"))
+    run = lambda *a: subprocess.run([*TASKMILL, *a], capture_output=True, text=True,  # noqa: E731
+                                    timeout=120, env=env)
+    started = run("cluster", "start", "-n", "0", "--daemon", "--no-dashboard", "--db",
+                  ":memory:", "--forget-clients-after", f"{BOUND:g}")
+    assert started.returncode == 0, started.stderr
+    try:
+        a_killed_client_is_forgotten(tmp_path / "home" / "profile_default" / "connection.json")
+    finally:
+        assert run("cluster", "stop").returncode == 0

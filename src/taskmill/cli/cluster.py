@@ -239,6 +239,7 @@ def _run_cluster_foreground(a: argparse.Namespace, state: Path, launcher: Launch
                           dashboard=not a.no_dashboard, transport=a.transport,
                           log_dir=fresh_log_dir(), keep_results=a.keep_results, key=key,
                           memory_budget=a.memory_budget,
+                          forget_clients_after=a.forget_clients_after,
                           env=env_of(a.env), cwd=a.cwd)
     except ValueError as e:
         print(f"taskmill: {e}", file=sys.stderr)

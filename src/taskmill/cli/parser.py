@@ -140,6 +140,15 @@ def _memory_budget(parser: argparse.ArgumentParser) -> None:
                              "only (needs a store on disk, not --db :memory:)")
 
 
+def _forget_clients_after(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--forget-clients-after", type=_seconds(infinite=True),
+                        default=FORGET_CLIENTS_AFTER, metavar="SECONDS",
+                        help="a client silent this long (killed, its machine gone; a live one "
+                             "pings every second) is forgotten: its futures' watches and "
+                             "waiting requests are dropped, its tasks run on (default "
+                             f"{FORGET_CLIENTS_AFTER:g}; inf: never)")
+
+
 def _log_level(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
                         help="how much to log on standard error (default INFO)")
@@ -179,12 +188,7 @@ def build_parser() -> CommandParser:
                         "fails with TaskTimeout (default 30)")
     c.add_argument("--heartbeat", type=_seconds(), default=DEFAULT_HEARTBEAT,
                    help="seconds between heartbeats; an engine silent for 3 is declared dead")
-    c.add_argument("--forget-clients-after", type=_seconds(infinite=True),
-                   default=FORGET_CLIENTS_AFTER, metavar="SECONDS",
-                   help="a client silent this long (killed, its machine gone; a live one pings "
-                        "every second) is forgotten: its futures' watches and waiting requests "
-                        "are dropped, its tasks run on (default "
-                        f"{FORGET_CLIENTS_AFTER:g}; inf: never)")
+    _forget_clients_after(c)
     c.add_argument("--prefetch", type=_prefetch, default=None, metavar="N|auto",
                    help="tasks an engine may hold at once, the running one included (default "
                         "auto: as many as take about 2 ms by the durations it reports, so tiny "
@@ -302,6 +306,7 @@ def _add_cluster(sub: Any) -> None:
                          "taskids); without it the cluster begins with an empty store")
     _keep_results(st)
     _memory_budget(st)
+    _forget_clients_after(st)
     st.add_argument("--ip", default="127.0.0.1",
                     help="interface the controller binds (0.0.0.0 for engines elsewhere)")
     st.add_argument("--location", default=None,

@@ -17,6 +17,15 @@ stays here, `wanted` how many to read back, and takes them with `peek` and `drop
 `DeferredWatches` keeps the requests (watch, result, wait) that wait for backlog tasks without
 an entry per task: they are registered task by task as their tasks leave the backlog.
 
+A backlog task whose `after` names a task still active is noted under that task (`wait_for`,
+as runs of taskids): when that task finishes (`finished`), a failure (an error, an abort, a
+dependency of its own) dooms them (`doomed`: the controller reads them back at once, and the
+scheduler fails them with DependencyError, in the same commit as the failure: see
+submits.fail_doomed), as it fails the dependents it holds; a success lets them be (read back
+later, a dependency whose result was cleared since then counts as done, as in memory). So a
+failure never lets a backlog task run, even once its result is cleared. The notes go when the
+backlog is empty (none of them can matter then).
+
 A `:memory:` store has no backlog (the tasks would stay in memory anyway): `window` None.
 """
 
@@ -46,6 +55,8 @@ class Backlog:
         self.head = 0
         self.n = 0
         self.cursor = -1  # the highest taskid read back so far (new ones below it skip)
+        self.waits: dict[int, list[range]] = {}  # active task -> backlog tasks after it
+        self.doomed: dict[int, int] = {}  # backlog task -> a task it waits for that failed
 
     def __len__(self) -> int:
         return self.n
@@ -93,7 +104,33 @@ class Backlog:
             runs.append(range(tid, tid + 1))
         self.n += 1
 
-    append = add  # (a store's `unfinished` hands the backlog its taskids so)
+    def hold(self, tid: int, after: Any = ()) -> None:
+        """A task the store holds queued beyond the window (a restart: the store's
+        `unfinished` hands them so), with its `after` (noted, see `wait_for`)."""
+        self.add(tid)
+        if after:
+            self.wait_for(tid, after)
+
+    def wait_for(self, tid: int, deps: Any) -> None:
+        """Backlog task `tid` waits for `deps` (tasks still active)."""
+        for dep in dict.fromkeys(deps):
+            runs = self.waits.setdefault(dep, [])
+            if runs and runs[-1].stop == tid:
+                runs[-1] = range(runs[-1].start, tid + 1)
+            else:
+                runs.append(range(tid, tid + 1))
+
+    def finished(self, dep: int, ok: bool) -> None:
+        """Task `dep` finished (`ok`: successfully); if it failed, the backlog tasks after it
+        are doomed (to fail with DependencyError)."""
+        runs = self.waits.pop(dep, None)
+        if runs is None or ok:
+            return
+        doomed = self.doomed
+        for r in runs:
+            for tid in r:
+                if tid not in doomed and tid in self:
+                    doomed[tid] = dep
 
     def wanted(self, active: int) -> int:
         """How many tasks to read back now (0: none) with `active` tasks held in memory."""
@@ -128,6 +165,8 @@ class Backlog:
         if self.head > 64 and self.head * 2 > len(runs):
             del runs[:self.head]
             self.head = 0
+        if not self.n:
+            self.waits.clear()
 
     def remove(self, tid: int) -> bool:
         """Take one taskid out (aborted, or withdrawn); whether it was here."""
@@ -139,6 +178,8 @@ class Backlog:
         parts = [p for p in (range(r.start, tid), range(tid + 1, r.stop)) if p]
         runs[i:i + 1] = parts
         self.n -= 1
+        if not self.n:
+            self.waits.clear()
         return True
 
 

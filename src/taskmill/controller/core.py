@@ -350,6 +350,8 @@ class ControllerCore:
         ctx.now = now
         if ctx.timers.pending:
             ctx.timers.settle(now.mono)
+        if ctx.backlog.doomed:  # (failed with what they wait for: stored in this commit)
+            self.submits.fail_doomed()
         if ctx.backlog:  # (its rows were committed by an earlier turn: read before this one's)
             self.submits.refill()
         outbox = ctx.outbox
@@ -468,6 +470,8 @@ class ControllerCore:
         self.ctx.outbox.reply(rt, req, SpinReply(dispatched), now=True)
 
     def clear(self, rt: bytes, req: Any, m: Clear, frames: list[Any]) -> None:
+        if self.ctx.backlog.doomed:  # (stored before the failure they follow is cleared)
+            self.submits.fail_doomed()
         dropped, missing = self.ctx.store.clear(m.tids)
         if dropped >= BURST_MIN:
             self.settle_memory()  # (given back at the end of this turn if it is quiet)

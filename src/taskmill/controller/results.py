@@ -142,6 +142,8 @@ class Results:
             }
         self.why.slow_depends.discard(a.tid)
         ctx.store.finish(a.tid, StoredResult(meta, list(frames)))
+        if ctx.backlog.waits:  # (a failure dooms the backlog tasks after it: backlog.py)
+            ctx.backlog.finished(a.tid, meta["status"] == "ok")
         ctx.counters.finished += 1
         ctx.activity.finished(a.tid, meta["status"], now, engineid=a.engineid,
                               duration=meta["duration"] if a.outcome == RESULT else None,

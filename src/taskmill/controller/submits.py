@@ -18,7 +18,10 @@ Beyond the queue window a new task is stored but kept out of memory, in the back
 (backlog.py): `refill` reads the next ones back into the scheduler as the queue drains (as
 `reload` does, in taskid order), `promote` one out of order (an abort). A task whose `after`
 names a backlog task goes to the backlog too (it is read back after what it waits for); one
-whose `after` is broken already goes to the scheduler, which fails it at once.
+whose `after` is broken already goes to the scheduler, which fails it at once. One whose
+`after` task fails while it waits in the backlog is read back at once to fail with it
+(`fail_doomed`, in the commit that stores that failure: backlog.py), so that clearing the
+failed result later cannot let it run.
 """
 
 from __future__ import annotations
@@ -71,13 +74,17 @@ class Submits:
         tids = []
         for i, (stored, nodes, task_frames) in enumerate(parsed):
             tid = store.allocate() if msg.tids is None else msg.tids[i]
-            held = backlog.holds(tid, ctx.sched.active_count()) and (
-                not stored["after"] or self.after(stored, False)[1] is None)
+            held = backlog.holds(tid, ctx.sched.active_count())
+            if held and stored["after"]:  # (a broken one fails it at once, in memory)
+                waits_for, broken = self.after(stored, False)
+                held = broken is None
             store.add(StoredTask(tid, stored, task_frames, now), keep=not held)
             counters.submitted += 1
             tids.append(tid)
             if held:
                 backlog.add(tid)
+                if stored["after"]:  # (noted: if one of them fails, so does this task)
+                    backlog.wait_for(tid, waits_for)
                 store.held_from = backlog.first()  # (a restart looks from there on)
                 continue
             for n in nodes:
@@ -134,9 +141,15 @@ class Submits:
     def to_scheduler(self, tid: int, spec: dict[str, Any], nodes: list[Node],
                      cleared_ok: bool = False, **counters: Any) -> None:
         """`cleared_ok`: an `after` task with no result was cleared after it succeeded (a
-        reloaded task's), rather than unknown. An `after` task still in the backlog (a
-        run()'s leased taskid may come before it) is read back first: the scheduler waits
-        only for tasks it holds."""
+        reloaded task's, or one read back from the backlog: had it failed, this task would
+        have failed with it, or be doomed), rather than unknown. An `after` task still in the
+        backlog (a run()'s leased taskid may come before it) is read back first: the
+        scheduler waits only for tasks it holds."""
+        backlog = self.ctx.backlog
+        failed = backlog.doomed.pop(tid, None) if backlog.doomed else None
+        if failed is not None:  # (a backlog task whose `after` task failed: see backlog.py)
+            self.ctx.sched.submit(tid, nodes, after=[], broken_after=failed, **counters)
+            return
         for dep in spec["after"]:
             if dep in self.ctx.backlog:
                 self.promote(dep)
@@ -273,6 +286,7 @@ class Submits:
             self.requeue(task, c)
             n += 1
         ctx.store.held_from = ctx.backlog.first()
+        self.settle_waits()
         self.engines.arm_lost()
         ctx.sched.run_pass()
         if n or ctx.backlog:
@@ -336,15 +350,34 @@ class Submits:
             self.results.gone(missing)
         ctx.sched.run_pass()
 
+    def settle_waits(self) -> None:
+        """After a restart: the backlog's tasks wait only for tasks still active; one that
+        failed dooms them now (a cleared one had succeeded: a failure dooms its backlog
+        dependents in the commit that stores it)."""
+        backlog, ctx = self.ctx.backlog, self.ctx
+        for dep in list(backlog.waits):
+            if not ctx.sched.is_active(dep):
+                meta = ctx.store.result_meta(dep)
+                backlog.finished(dep, meta is None or meta.get("status") == "ok")
+
+    def fail_doomed(self) -> None:
+        """Read back the backlog tasks whose `after` task failed: the scheduler fails them
+        (DependencyError), and their own dependents (doomed in turn: until none is left)."""
+        backlog = self.ctx.backlog
+        while backlog.doomed:
+            for tid in [t for t in backlog.doomed if t not in backlog]:
+                del backlog.doomed[tid]  # (read back already, or withdrawn)
+            for tid in sorted(backlog.doomed):
+                if tid in backlog:
+                    self.promote(tid)
+
     def promote(self, tid: int) -> None:
-        """Read task `tid` back from the backlog now, out of order (to abort it, or one that
-        waits for it is read back): committed first if its row is not written yet
-        (StoreError if that fails: it stays)."""
+        """Read task `tid` back from the backlog now, out of order (to abort it, to fail it
+        with what it waits for, or one that waits for it is read back). A row not written yet
+        (submitted this turn) is read from memory: nothing commits before the turn's flush,
+        whose commit then stores the task's row and what happened to it (an abort) at once."""
         ctx = self.ctx
-        rows, cut = ctx.store.load_queued([tid])
-        if not cut:
-            ctx.store.commit()
-            rows, cut = ctx.store.load_queued([tid])
+        rows, _ = ctx.store.load_queued([tid], pending=True)
         ctx.backlog.remove(tid)
         ctx.store.held_from = ctx.backlog.first()
         self.results.promoted(tid)

@@ -90,8 +90,10 @@ class FrameFiles:
         """The frames of a row packed by `pack` (from its files where it names them)."""
         out = []
         for item in unpack(blob) if blob else []:
-            if isinstance(item, dict):
-                out.append((self.folder / item["file"]).read_bytes())
+            if isinstance(item, dict):  # (not yet written: a queued row read before its commit)
+                buf = self._unwritten.get(item["file"])
+                out.append(bytes(buf) if buf is not None else
+                           (self.folder / item["file"]).read_bytes())
             else:
                 out.append(item)
         return out

@@ -50,7 +50,8 @@ class MemoryStore(IdLeases):
     def unfinished(self, queued_max: int | None = None, held: Any = None) -> list[Loaded]:
         return []
 
-    def load_queued(self, tids: list[int], keep: bool = True) -> tuple[list[Loaded], int]:
+    def load_queued(self, tids: list[int], keep: bool = True,
+                    pending: bool = False) -> tuple[list[Loaded], int]:
         return [], 0  # (no backlog without a store on disk)
 
     def submitted(self, key: str, resent: bool = True) -> list[int] | None:

@@ -1,9 +1,10 @@
 """The SQLite store's file: its schema, the statements it runs, and opening it safely.
 
 sqlite.py's `SQLiteStore` queues whole rows shaped as `INSERT_TASK` takes them (positions
-`STATE`, `FRAMES`, `NODE`, `OK`, `RESULT_FRAMES`) and runs these statements at commit.
-`hold_lock` takes the store's exclusive lock file for the controller's life; `open_error` and
-`disk_note` turn what SQLite or the disk said into one clear line of `StoreError`.
+`STATE`, `FRAMES`, `NODE`, `OK`, `RESULT_FRAMES`) and runs these statements at commit;
+`delete_finished` runs a clear's. `hold_lock` takes the store's exclusive lock file for the
+controller's life; `open_error` and `disk_note` turn what SQLite or the disk said into one
+clear line of `StoreError`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
-from .base import StoredTask, unpack
+from .base import MAX_TID, StoredTask, unpack
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -87,6 +88,29 @@ def read_task(row: tuple[Any, ...], read: Callable[[bytes], list[Any]]
         "state": state, "node": node, "attempts": attempts, "tries": tries,
         "handed_over": unpack(handed) if handed else [], "engine": eng if running else None,
         "engine_uuid": uuid if running else None}
+
+
+def delete_finished(db: sqlite3.Connection, tids: list[int] | None, next_tid: int
+                    ) -> tuple[list[tuple[int, int, bytes | None]], list[int]]:
+    """In the caller's transaction: delete the finished rows of `tids` (None: every one);
+    (tid, ok, result_frames) of each row deleted, and the ids that had none. Clearing may drop
+    the highest taskids: the next one (`next_tid`) is kept in `meta` (it is otherwise known
+    from the highest row), so no taskid is ever given out twice."""
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('next_tid', ?)", (next_tid,))
+    if tids is None:
+        return db.execute("DELETE FROM tasks WHERE state='finished' "
+                          "RETURNING tid, ok, result_frames").fetchall(), []
+    dropped, missing = [], []
+    for tid in tids:
+        row = None
+        if 0 <= tid <= MAX_TID:
+            row = db.execute("DELETE FROM tasks WHERE tid=? AND state='finished' "
+                             "RETURNING tid, ok, result_frames", (tid,)).fetchone()
+        if row is None:
+            missing.append(tid)
+        else:
+            dropped.append(row)
+    return dropped, missing
 
 
 def checkpoint_loop(path: str, closing: threading.Event, wal_max: int) -> None:

@@ -57,6 +57,7 @@ from .schema import (
     SELECT_UNFINISHED,
     STATE,
     checkpoint_loop,
+    delete_finished,
     disk_note,
     hold_lock,
     open_error,
@@ -210,21 +211,29 @@ class SQLiteStore(IdLeases):
 
     def unfinished(self, queued_max: int | None = None, held: Any = None) -> list[Loaded]:
         """Every queued or running task, oldest first, with its counters (schema.read_task);
-        the queued ones past the first `queued_max` only as taskids, to `held.append`."""
+        the queued ones past the first `queued_max` only as taskid and `after`, to
+        `held.hold` (the controller's backlog)."""
         out, queued = [], 0
         for row in self.db.execute(SELECT_UNFINISHED, (self._low_tid,)):
             if queued_max is not None and row[1] == "queued":
                 queued += 1
                 if queued > queued_max:
-                    held.append(row[0])
+                    held.hold(row[0], unpack(row[3]).get("after"))
                     continue
             out.append(self._loaded(row))
         return out
 
-    def load_queued(self, tids: list[int], keep: bool = True) -> tuple[list[Loaded], int]:
+    def load_queued(self, tids: list[int], keep: bool = True,
+                    pending: bool = False) -> tuple[list[Loaded], int]:
         """The queued rows of `tids` (sorted) read back as `unfinished` reads them (`keep`:
         into memory, for dispatch), and how many of `tids` were looked at: up to the first
-        whose row is not committed yet."""
+        whose row is not committed yet, or (`pending`) all: those read from memory."""
+        if pending and any(t in self._ins for t in tids):
+            rows = [(*row[:OK], None) for t in tids if (row := self._ins.get(t))
+                    and row[STATE] == "queued"]  # (shaped as SELECT_QUEUED's)
+            done = self.load_queued([t for t in tids if t not in self._ins], keep)[0]
+            read = self._loaded if keep else (lambda r: read_task(r, self.files.read))
+            return sorted([*done, *map(read, rows)], key=lambda x: x[0].tid), len(tids)
         cut = next((i for i, t in enumerate(tids) if t in self._ins), len(tids))
         if not cut:
             return [], 0
@@ -350,28 +359,9 @@ class SQLiteStore(IdLeases):
         of its own; StoreError (and nothing dropped) if either fails."""
         self.commit()
         db = self.db
-        dropped_rows: list[tuple[int, int, bytes | None]] = []
-        missing: list[int] = []
         try:
             db.execute("BEGIN")
-            # Clearing may drop the highest taskids: the next one is kept in `meta` (it is
-            # otherwise known from the highest row), so no taskid is ever given out twice.
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('next_tid', ?)", (self._next,))
-            if tids is None:
-                dropped_rows = db.execute(
-                    "DELETE FROM tasks WHERE state='finished' "
-                    "RETURNING tid, ok, result_frames").fetchall()
-            else:
-                for tid in tids:
-                    row = None
-                    if 0 <= tid <= MAX_TID:
-                        row = db.execute(
-                            "DELETE FROM tasks WHERE tid=? AND state='finished' "
-                            "RETURNING tid, ok, result_frames", (tid,)).fetchone()
-                    if row is None:
-                        missing.append(tid)
-                    else:
-                        dropped_rows.append(row)
+            dropped_rows, missing = delete_finished(db, tids, self._next)
             db.execute("COMMIT")
         except sqlite3.Error as e:
             self._rollback(e)
