@@ -73,6 +73,22 @@ def test_payload_costs_runs_and_prints_a_number_in_every_cell():
 
 
 @pytest.mark.timeout(120)
+def test_payload_hops_traces_every_process_of_a_round_trip():
+    proc = bench("payload_hops.py", "--quick", timeout=110)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    out = proc.stdout
+    assert "round trip without the tracer: median" in out, out
+    for process in ("client", "controller", "engine"):
+        assert f"| {process}" in out, out
+    # The steps of each hop are traced in the process that runs them.
+    for step in ("| client | encode_task |", "| controller | SQLiteStore.commit |",
+                 "| controller | └ FrameFiles.write |", "| engine | TaskCode.execute |",
+                 "| engine | Wire.check_payload |", "| client | decode_result |"):
+        assert step in out, out
+    assert "| payload MACs (BLAKE3) |" in out and "| between traced steps" in out, out
+
+
+@pytest.mark.timeout(120)
 def test_cpu_per_task_runs_and_reports_each_process():
     proc = bench("cpu_per_task.py", "--lone", "20", "--flood", "200", "--db", ":memory:", timeout=110)
     assert proc.returncode == 0, proc.stderr[-4000:]

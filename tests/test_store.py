@@ -11,6 +11,7 @@ import pytest
 
 from taskmill.errors import StoreError
 from taskmill.store import MemoryStore, SQLiteStore, StoredResult, StoredTask
+from taskmill.store.files import SPARE_FILES, SPARE_PREFIX
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -41,6 +42,11 @@ def test_ids_results_counts_and_clear(store):
     assert store.clear(None) == (2, [])
     assert store.counts() == (0, 0)
     assert _task(store) == 4  # ids are never reused, even after clear
+
+
+def _row_files(s: SQLiteStore) -> list[str]:
+    """The names of the files in the store's blob folder that rows name (spares aside)."""
+    return sorted(p.name for p in s.blob_dir.iterdir() if not p.name.startswith(SPARE_PREFIX))
 
 
 def _killed(s: SQLiteStore) -> None:
@@ -75,10 +81,9 @@ def test_sqlite_survives_reopen_without_close(tmp_path):
     assert s2.allocate_engine("another") == 1  # engine ids are not given out twice either
     s2.finish(c, StoredResult({"status": "ok"}, []))
     s2.commit()
-    names = sorted(p.name for p in s2.blob_dir.iterdir())
-    assert names == [f"{a}.result.0"]  # the finished task's body file is gone
+    assert _row_files(s2) == [f"{a}.result.0"]  # the finished task's body file is gone
     s2.clear([a])
-    assert list(s2.blob_dir.iterdir()) == []
+    assert _row_files(s2) == []
     s2.close()
 
 
@@ -233,6 +238,47 @@ def test_sqlite_store_files_are_private_and_bad_files_get_one_clear_error(tmp_pa
     SQLiteStore(str(junk.with_name("fine.db"))).close()  # (the failed open kept no lock)
 
 
+def test_sqlite_reuses_the_files_of_dropped_rows_for_the_next_writes(tmp_path):
+    """A large frame's file let go of after a commit is kept as a spare (at most SPARE_FILES
+    of them), and the next large frame is written into it: overwriting cached pages costs
+    less than fresh ones. Spares are named by no row: a restart after a kill removes them as
+    orphans, and close removes them."""
+    path = str(tmp_path / "t.db")
+    s = SQLiteStore(path)
+    big = os.urandom(200_000)
+    a = _task(s, [big])
+    s.commit()
+    s.finish(a, StoredResult({"status": "ok"}, [b"small"]))
+    s.commit()  # the task's body file is let go of: kept as a spare
+    spares = [p.name for p in s.blob_dir.iterdir() if p.name.startswith(SPARE_PREFIX)]
+    assert len(spares) == 1 and _row_files(s) == []
+    spare_inode = (s.blob_dir / spares[0]).stat().st_ino
+    other = os.urandom(100_000)  # smaller: the spare is cut to its length
+    b = _task(s, [other])
+    s.commit()
+    assert _row_files(s) == [f"{b}.task.0"] and len(list(s.blob_dir.iterdir())) == 1
+    assert (s.blob_dir / f"{b}.task.0").stat().st_ino == spare_inode
+    assert (s.blob_dir / f"{b}.task.0").read_bytes() == other
+    many = [_task(s, [big]) for _ in range(SPARE_FILES + 2)]
+    s.commit()
+    for tid in [b, *many]:
+        s.finish(tid, StoredResult({"status": "ok"}, []))
+    s.commit()
+    assert _row_files(s) == []
+    assert len(list(s.blob_dir.iterdir())) == SPARE_FILES  # the rest were unlinked
+    c = _task(s, [big])
+    s.commit()
+    _killed(s)
+    s2 = SQLiteStore(path)  # the spares of the killed controller are orphans
+    assert _row_files(s2) == [f"{c}.task.0"] and len(list(s2.blob_dir.iterdir())) == 1
+    assert s2.unfinished()[0][0].frames == [big]
+    s2.finish(c, StoredResult({"status": "ok"}, []))
+    s2.commit()
+    assert len(list(s2.blob_dir.iterdir())) == 1  # a spare, until close
+    s2.close()
+    assert list(s2.blob_dir.iterdir()) == []
+
+
 def test_sqlite_removes_orphan_blob_files(tmp_path):
     path = str(tmp_path / "t.db")
     s = SQLiteStore(path)
@@ -312,7 +358,7 @@ def test_sqlite_result_files_are_synced_and_leave_the_page_cache(tmp_path):
     b = _task(s, [big])
     s.finish(b, StoredResult({"status": "ok"}, [b"small"]))
     s.commit()
-    assert sorted(p.name for p in s.blob_dir.iterdir()) == [result_file.name]
+    assert _row_files(s) == [result_file.name]
     s.close()
     s2 = SQLiteStore(path)  # from the disk this time
     assert s2.result(a).frames == [big] and s2.result(b).frames == [b"small"]

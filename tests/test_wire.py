@@ -180,6 +180,27 @@ def test_mac_of_a_large_frame_covers_every_byte_and_its_length():
         Wire(b"another key").check_payload([b"p", base], mac)
 
 
+def test_the_payload_mac_uses_blake3_threads_only_for_a_frame_of_parallel_min(monkeypatch):
+    """Payloads up to some MiB are hashed on one core: waking BLAKE3's threads costs more than
+    they save there while the other processes of a round trip want the cores too."""
+    import blake3
+
+    mac = signing.PayloadMac(KEY)
+    asked = []
+    real = blake3.blake3
+
+    def recording(*args, max_threads=1, **kwargs):
+        asked.append(max_threads)
+        return real(*args, max_threads=max_threads, **kwargs)
+
+    recording.AUTO = real.AUTO  # (what PayloadMac asks for more threads with)
+    monkeypatch.setattr(signing.blake3, "blake3", recording)
+    for size in (1 << 20, 8_000_000):
+        mac.digest([b"p", b"\0" * size], [1, size])
+    mac.digest([b"\0" * PARALLEL_MIN], [PARALLEL_MIN])
+    assert asked == [1, 1, real.AUTO]
+
+
 def test_the_payload_mac_is_keyed_blake3_over_length_prefixed_frames():
     """(Keyed BLAKE3, the `blake3` package, with a key derived from the connection key: the
     SPEC's payload digest; on every core for a large frame, with the same result.)"""

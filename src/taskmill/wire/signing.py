@@ -3,7 +3,7 @@
 `Wire` (framing.py) MACs every header with `HmacSha256`, and every payload through
 `Wire.payload_mac`, a `PayloadMac`: keyed BLAKE3 (the `blake3` package) over the frames, each
 prefixed by its length, with a key derived from the connection file's (BLAKE3's own
-key-derivation mode). BLAKE3 is faster than SHA-256 on a single core and hashes a large frame
+key-derivation mode). BLAKE3 is faster than SHA-256 on a single core and hashes a very large frame
 on every core (200 MB: 18 ms against 84 ms for the SHA-256 tree it replaced, on this project's
 2-core VM). Nothing here knows about messages or sockets.
 """
@@ -15,8 +15,12 @@ from typing import Any
 
 import blake3
 
-# A frame at least this large is hashed on every core (BLAKE3's own threads).
-PARALLEL_MIN = 512 * 1024
+# A frame at least this large is hashed on every core (BLAKE3's own threads). Below it, waking
+# the threads costs more than they save while the other processes of a round trip run too: in
+# 1 MiB echo round trips on the 2-core VM of benchmarks/payload_costs.md, one MAC took 0.26 ms
+# on every core against 0.15 on one, and 1.32 against 1.17 ms for 8 MB; from some 16 MiB on,
+# a second core that is free halves the time (64 MiB: 10 ms against 19).
+PARALLEL_MIN = 16 * 1024 * 1024
 PAYLOAD_KEY_CONTEXT = "taskmill 2026-12 payload MAC"
 
 
