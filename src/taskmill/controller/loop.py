@@ -56,6 +56,9 @@ SESSION_BYTES = 8  # random bytes naming one controller start (its session)
 # The controller makes few reference cycles but many short-lived containers per task: a
 # collection every 700 of them (the default) cost ~20% of its CPU in a flood.
 GC_THRESHOLDS = (20_000, 20, 20)
+# As plain ints: `&` of pyzmq's IntFlag members runs enum code in Python (~80 bytecodes a test).
+EVENTS = int(zmq.EVENTS)
+POLLIN = int(zmq.POLLIN)
 
 
 def clock() -> Now:
@@ -216,7 +219,7 @@ class Controller:
         for i in range(DRAIN_BATCH):
             # (The poll said the first is there; asking for the next costs less than the
             # zmq.Again that reading past the last would raise: ~1 µs against ~3.)
-            if i and not events(zmq.EVENTS) & zmq.POLLIN:
+            if i and not events(EVENTS) & POLLIN:
                 return
             try:
                 msg = recv_message(sock, zmq.NOBLOCK, routed=True,
