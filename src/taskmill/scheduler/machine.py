@@ -138,7 +138,7 @@ class Scheduler:
         b = self._book
         t = b.tasks.get(tid)
         story = t.story if t is not None else b.finished.get(tid)
-        return read_story(story or "")
+        return read_story(story or ())
 
     def is_running_on(self, tid: int, eid: int) -> bool:
         """Whether task `tid`'s current attempt is held by engine `eid`."""
