@@ -110,6 +110,8 @@ IDLE_POLL = 1.0  # seconds the loop waits at most when nothing is due
 RETENTION_EVERY = 3600.0  # seconds between removals of results older than `keep_results`
 
 EMPTY = EmptyReply()
+REQ_TYPES = (int, str, bytes)  # what a request's `req` may be (a tuple: `int | str | bytes`
+# builds a union object on every test)
 ClientVerb = Callable[[bytes, Any, Any, list[Any]], None]  # (reply_to, req, record, frames)
 
 
@@ -216,7 +218,7 @@ class ControllerCore:
             refused["unknown-type"] += 1
             outbox.refuse(reply_to, req, f"unknown request type {kind!r}")
             return
-        if req is not None and not isinstance(req, int | str | bytes):
+        if req is not None and not isinstance(req, REQ_TYPES):
             # (Results for one request travel together, keyed by it: it must be a plain key.)
             refused["bad-request"] += 1
             outbox.refuse(reply_to, req, f"bad {kind} request: req must be an int or a str")
@@ -350,7 +352,7 @@ class ControllerCore:
         ctx.now = now
         if ctx.timers.pending:
             ctx.timers.settle(now.mono)
-        if ctx.backlog:  # (its rows were committed by an earlier turn: read before this one's)
+        if ctx.backlog.n:  # (its rows were committed by an earlier turn: read before this one's)
             self.submits.refill()
         outbox = ctx.outbox
         held = outbox.held()
@@ -395,7 +397,8 @@ class ControllerCore:
     def output_ready(self, mono: float) -> bool:
         """Whether something can be sent now, or tasks read back from the backlog (the loop
         must not wait)."""
-        return self.ctx.outbox.pending(mono) or self.submits.refill_due()
+        return self.ctx.outbox.pending(mono) or (
+            self.ctx.backlog.n > 0 and self.submits.refill_due())
 
     def next_deadline(self, mono: float) -> float:
         """When the loop must run again at the latest (monotonic): the next timer (or

@@ -180,8 +180,9 @@ class Controller:
         """One loop turn: poll, read, fire due timers, commit and send."""
         events = dict(poller.poll(timeout_ms))
         core = self.core
+        timers = core.ctx.timers
         monotonic = time.monotonic
-        core.begin_turn(monotonic())
+        core.turn_start = monotonic()  # (core.begin_turn, without the call)
         if self.engine_sock in events:
             self.drain(self.engine_sock, core.on_engine)
         if self.client_sock in events:
@@ -193,7 +194,8 @@ class Controller:
                 self.curve.reload()
         self.flush()
         end = monotonic()
-        core.settle_timers(end)
+        if timers.pending:  # (core.settle_timers)
+            timers.settle(end)
         core.end_turn(end)
 
     def stop(self) -> None:
@@ -266,10 +268,12 @@ class Controller:
 
     def _poll_timeout_ms(self) -> int:
         now = time.monotonic()
-        self.core.settle_timers(now)
-        if self.core.output_ready(now):
+        core = self.core
+        if core.ctx.timers.pending:
+            core.ctx.timers.settle(now)
+        if core.output_ready(now):
             return 0
-        deadline = self.core.next_deadline(now)
+        deadline = core.next_deadline(now)
         # (milliseconds, rounded up: a poll that ends early would only spin)
         return max(0, int((deadline - time.monotonic()) * 1000) + 1)
 

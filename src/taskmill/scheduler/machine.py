@@ -176,6 +176,12 @@ class Scheduler:
         e = self._book.engines.get(eid)
         return list(e.running.items()) if e else []
 
+    def held_map(self, eid: int) -> dict[int, int] | None:
+        """What engine `eid` holds as {taskid: attempt}, in dispatch order (a copy; None:
+        not an engine of the scheduler's)."""
+        e = self._book.engines.get(eid)
+        return dict(e.running) if e is not None else None
+
     def holds(self, eid: int, tid: int, attempt: int) -> bool:
         """Whether engine `eid` holds attempt `attempt` of task `tid` (an aborted one too)."""
         e = self._book.engines.get(eid)
