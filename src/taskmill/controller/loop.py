@@ -43,7 +43,7 @@ from ..wire import (
     recv_message,
     send_message,
 )
-from .context import Counters, Now
+from .context import Counters, Now, new_now
 from .core import ControllerCore
 from .engines import PING, REFUSAL_LOG_EVERY, EngineRecord
 from .outbox import CLIENT, ENGINE
@@ -62,7 +62,7 @@ POLLIN = int(zmq.POLLIN)
 
 
 def clock() -> Now:
-    return Now(time.monotonic(), time.time())
+    return new_now(Now, (time.monotonic(), time.time()))
 
 
 class Controller:
@@ -231,7 +231,7 @@ class Controller:
             counters.messages_in += 1
             ident = msg[0]
             if len(msg) == 2 and msg[1][:4] == PING and is_engine:
-                self.core.on_pong(ident, msg[1], Now(monotonic(), wall()))
+                self.core.on_pong(ident, msg[1], new_now(Now, (monotonic(), wall())))
                 continue  # (a pong arms no timer)
             try:
                 header, frames = self.wire.decode(msg[1:])
@@ -239,7 +239,7 @@ class Controller:
                 self._log_refusal(ident, e)
                 continue
             try:
-                handler(ident, header, frames, Now(monotonic(), wall()))
+                handler(ident, header, frames, new_now(Now, (monotonic(), wall())))
             except Exception:  # noqa: BLE001 - one bad message must not stop the controller
                 self.wire.refused["internal-error"] += 1
                 log.exception("error handling a %r message from %r", header.get("type"), ident)
@@ -260,7 +260,8 @@ class Controller:
     def flush(self) -> None:
         """Commit and send what the core says, signing each message as it goes."""
         socks, encode = self._socks, self.wire.encode
-        for port, ident, header, frames in self.core.flush(Now(time.monotonic(), time.time())):
+        now = new_now(Now, (time.monotonic(), time.time()))
+        for port, ident, header, frames in self.core.flush(now):
             if header is None:
                 send_message(socks[port], [ident, *frames])
             else:
