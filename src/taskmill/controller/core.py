@@ -293,10 +293,6 @@ class ControllerCore:
             # engine is held to answers it could not have been heard giving.
             self.stall_end = mono
 
-    def timers_due(self, mono: float) -> bool:
-        deadline = self.ctx.timers.next_deadline()
-        return deadline is not None and deadline <= mono
-
     def fire_timers(self, now: Now) -> bool:
         """Handle the timers due at `now`; True if the heartbeat check was among them."""
         ctx = self.ctx
@@ -394,19 +390,17 @@ class ControllerCore:
             compact(index)
         self.memory_to_give = True
 
-    def output_ready(self, mono: float) -> bool:
-        """Whether something can be sent now, or tasks read back from the backlog (the loop
-        must not wait)."""
-        return self.ctx.outbox.pending(mono) or (
-            self.ctx.backlog.n > 0 and self.submits.refill_due())
-
-    def next_deadline(self, mono: float) -> float:
-        """When the loop must run again at the latest (monotonic): the next timer (or
-        IDLE_POLL from now), or sooner the commit that uncommitted writes wait for."""
-        deadline = self.ctx.timers.next_deadline()
+    def wake_at(self, mono: float) -> float:
+        """When the loop must run again at the latest (monotonic; `mono` is now): at once if
+        something can be sent or tasks read back from the backlog, else at the next timer
+        (or IDLE_POLL from now), or sooner the commit that uncommitted writes wait for."""
+        ctx = self.ctx
+        if ctx.outbox.pending(mono) or (ctx.backlog.n > 0 and self.submits.refill_due()):
+            return mono
+        deadline = ctx.timers.next_deadline()
         if deadline is None:
             deadline = mono + IDLE_POLL
-        commit = self.ctx.outbox.commit_deadline()
+        commit = ctx.outbox.commit_deadline()
         return deadline if commit is None else min(deadline, commit)
 
     def close(self) -> None:

@@ -187,7 +187,7 @@ class Controller:
             self.drain(self.engine_sock, core.on_engine)
         if self.client_sock in events:
             self.drain(self.client_sock, core.on_client)
-        if core.timers_due(monotonic()):
+        if timers.due(monotonic()):
             checked = core.fire_timers(clock())
             core.settle_timers(monotonic())
             if checked and self.curve is not None:
@@ -272,9 +272,9 @@ class Controller:
         core = self.core
         if core.ctx.timers.pending:
             core.ctx.timers.settle(now)
-        if core.output_ready(now):
+        deadline = core.wake_at(now)
+        if deadline == now:  # (something can be sent now)
             return 0
-        deadline = core.next_deadline(now)
         # (milliseconds, rounded up: a poll that ends early would only spin)
         return max(0, int((deadline - time.monotonic()) * 1000) + 1)
 

@@ -49,6 +49,14 @@ class Timers:
             heapq.heappop(heap)
         return None
 
+    def due(self, now: float) -> bool:
+        """Whether a settled live timer is due at `now`."""
+        heap = self._heap
+        if not heap or heap[0][0] > now:  # (the earliest entry, live or not, is not due)
+            return False
+        deadline = self.next_deadline()
+        return deadline is not None and deadline <= now
+
     def pop_due(self, now: float) -> tuple | None:
         """The key of a settled live timer due at `now` (it is disarmed), or None."""
         heap = self._heap
