@@ -133,11 +133,6 @@ class Outbox:
         entries.append(entry)
         out.extend(frames)
 
-    def add_done(self, reply_to: bytes, req: Any, meta: dict[str, Any],
-                 frames: list[Any]) -> None:
-        """A finished result for a client's watch: sent when that client's credit allows."""
-        self.credits.offer(reply_to, req, meta["tid"], meta, frames)
-
     def stored_entry(self, tid: int) -> tuple[dict[str, Any], list[Any]]:
         """A finished task's result entry and frames, read back from the store (unknown: it
         was cleared meanwhile)."""
