@@ -40,6 +40,7 @@ HISTORY_SECONDS = 300  # seconds of per-second throughput and queue samples kept
 ATTEMPT_RING = 2000  # finished attempts kept for the task stream
 FAILURE_RING = 50  # failed tasks kept for "latest failures"
 MESSAGE_CHARS = 300  # an error message is cut to this many characters
+NUMBERS = (int, float)  # (a tuple: `int | float` builds a union object on every test)
 ENGINE_STATUSES = ("ok", "error", "rejected")  # what an engine reports; anything else is an error
 
 
@@ -180,7 +181,7 @@ class RecentActivity:
         if a is not None:  # e.g. aborted while running: the engine's late report is ignored
             self._close(a, status, now)
         self.finished_per_second.add(now)
-        if isinstance(duration, int | float) and not isinstance(duration, bool):
+        if isinstance(duration, NUMBERS) and not isinstance(duration, bool):
             self.durations.observe(duration)
         if status != "ok":
             error = error if isinstance(error, dict) else {}

@@ -15,6 +15,7 @@ the parts talk through the collaborators it names, never through each other's at
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..defaults import dead_after
 from ..stats import RecentActivity
@@ -28,12 +29,16 @@ from .sched_calls import SchedulerCalls
 from .timers import Timers
 
 
-@dataclass(slots=True)
-class Now:
-    """The time a message or a timer is handled at, read by the loop once for it."""
+class Now(NamedTuple):
+    """The time a message or a timer is handled at, read by the loop once for it. (A tuple:
+    the loop builds several a task, with `new_now(Now, (mono, wall))`, a C call where a
+    dataclass runs its __init__ in Python.)"""
 
     mono: float  # time.monotonic(): deadlines, heartbeats, timers
     wall: float  # time.time(): what is stored and shown (submitted, started, completed)
+
+
+new_now = tuple.__new__
 
 
 @dataclass(slots=True)

@@ -110,6 +110,8 @@ IDLE_POLL = 1.0  # seconds the loop waits at most when nothing is due
 RETENTION_EVERY = 3600.0  # seconds between removals of results older than `keep_results`
 
 EMPTY = EmptyReply()
+REQ_TYPES = (int, str, bytes)  # what a request's `req` may be (a tuple: `int | str | bytes`
+# builds a union object on every test)
 ClientVerb = Callable[[bytes, Any, Any, list[Any]], None]  # (reply_to, req, record, frames)
 
 
@@ -216,7 +218,7 @@ class ControllerCore:
             refused["unknown-type"] += 1
             outbox.refuse(reply_to, req, f"unknown request type {kind!r}")
             return
-        if req is not None and not isinstance(req, int | str | bytes):
+        if req is not None and not isinstance(req, REQ_TYPES):
             # (Results for one request travel together, keyed by it: it must be a plain key.)
             refused["bad-request"] += 1
             outbox.refuse(reply_to, req, f"bad {kind} request: req must be an int or a str")
@@ -291,10 +293,6 @@ class ControllerCore:
             # engine is held to answers it could not have been heard giving.
             self.stall_end = mono
 
-    def timers_due(self, mono: float) -> bool:
-        deadline = self.ctx.timers.next_deadline()
-        return deadline is not None and deadline <= mono
-
     def fire_timers(self, now: Now) -> bool:
         """Handle the timers due at `now`; True if the heartbeat check was among them."""
         ctx = self.ctx
@@ -352,7 +350,7 @@ class ControllerCore:
             ctx.timers.settle(now.mono)
         if ctx.backlog.doomed:  # (failed with what they wait for: stored in this commit)
             self.submits.fail_doomed()
-        if ctx.backlog:  # (its rows were committed by an earlier turn: read before this one's)
+        if ctx.backlog.n:  # (its rows were committed by an earlier turn: read before this one's)
             self.submits.refill()
         outbox = ctx.outbox
         held = outbox.held()
@@ -394,18 +392,17 @@ class ControllerCore:
             compact(index)
         self.memory_to_give = True
 
-    def output_ready(self, mono: float) -> bool:
-        """Whether something can be sent now, or tasks read back from the backlog (the loop
-        must not wait)."""
-        return self.ctx.outbox.pending(mono) or self.submits.refill_due()
-
-    def next_deadline(self, mono: float) -> float:
-        """When the loop must run again at the latest (monotonic): the next timer (or
-        IDLE_POLL from now), or sooner the commit that uncommitted writes wait for."""
-        deadline = self.ctx.timers.next_deadline()
+    def wake_at(self, mono: float) -> float:
+        """When the loop must run again at the latest (monotonic; `mono` is now): at once if
+        something can be sent or tasks read back from the backlog, else at the next timer
+        (or IDLE_POLL from now), or sooner the commit that uncommitted writes wait for."""
+        ctx = self.ctx
+        if ctx.outbox.pending(mono) or (ctx.backlog.n > 0 and self.submits.refill_due()):
+            return mono
+        deadline = ctx.timers.next_deadline()
         if deadline is None:
             deadline = mono + IDLE_POLL
-        commit = self.ctx.outbox.commit_deadline()
+        commit = ctx.outbox.commit_deadline()
         return deadline if commit is None else min(deadline, commit)
 
     def close(self) -> None:

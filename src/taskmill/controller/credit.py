@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..defaults import RESULTS_WINDOW, RESULTS_WINDOW_BYTES
 from ..wire import frame_len
@@ -52,12 +52,16 @@ class Waiting:
     size: int
 
 
-@dataclass(slots=True)
-class Sent:
+class Sent(NamedTuple):
+    """A result sent and not yet acknowledged (built as a plain tuple: see `take`)."""
+
     at: int  # its number
     req: Any
     tid: int
     size: int
+
+
+new_sent = tuple.__new__  # (a Sent from its fields without a Python-level __new__)
 
 
 def result_size(frames: list[Any]) -> int:
@@ -81,17 +85,16 @@ class ClientCredit:
     since_ask: int = 0  # results and bytes sent since the last message that asked for an ack
     since_ask_bytes: int = 0
 
-    def room_to_load(self, size: int) -> bool:
-        """Whether a result of `size` bytes may keep its payload here: it fits in the window
-        beside those in flight and those waiting with theirs (one alone always does)."""
-        count = len(self.inflight) + self.loaded
-        return count == 0 or (count < self.window and self.inflight_bytes
-                              + self.loaded_bytes + size <= self.window_bytes)
-
     def offer(self, req: Any, tid: int, meta: dict[str, Any] | None,
               frames: list[Any]) -> None:
+        """A result to send: it keeps its payload here if it fits in the window beside those
+        in flight and those waiting with theirs (one alone always does), else only its
+        taskid (read back from the store when it is sent)."""
         size = RESULT_OVERHEAD + sum(map(frame_len, frames)) if frames else RESULT_OVERHEAD
-        if meta is not None and self.room_to_load(size):
+        count = len(self.inflight) + self.loaded
+        if meta is not None and (count == 0 or (
+                count < self.window
+                and self.inflight_bytes + self.loaded_bytes + size <= self.window_bytes)):
             self.loaded += 1
             self.loaded_bytes += size
             self.queue.append(Waiting(req, tid, meta, frames, size))
@@ -141,41 +144,11 @@ class ClientCredit:
                     entries.append(meta)
                     frames.extend(fr)
                 out.append((rt, run[0].req, run[0].at, entries, frames, False))
-        fresh = self.take_fresh(load)
+        # The waiting results that fit in the window now (their payloads loaded), by request.
         by_req: dict[Any, list[Waiting]] = {}
-        for w in fresh:
-            by_req.setdefault(w.req, []).append(w)
-        for req, ws in by_req.items():
-            at = self.next
-            entries, frames = [], []
-            size = 0
-            for w in ws:
-                self.inflight.append(Sent(self.next, req, w.tid, w.size))
-                self.next += 1
-                size += w.size
-                entries.append(w.meta)
-                frames.extend(w.frames)
-            self.inflight_bytes += size
-            self.since_ask += len(ws)
-            self.since_ask_bytes += size
-            ask = (2 * self.since_ask >= self.window
-                   or 2 * self.since_ask_bytes >= self.window_bytes)
-            if ask:
-                self.since_ask = self.since_ask_bytes = 0
-            out.append((rt, req, at, entries, frames, ask))
-        if out and (self.queue or not fresh) and not out[-1][5]:
-            # Results wait (the window is shut) or a replay: the last message asks for an ack.
-            last = out[-1]
-            out[-1] = (last[0], last[1], last[2], last[3], last[4], True)
-            self.since_ask = self.since_ask_bytes = 0
-        return out
-
-    def take_fresh(self, load: Loader) -> list[Waiting]:
-        """The waiting results that fit in the window now, their payloads loaded."""
-        taken: list[Waiting] = []
+        queue = self.queue
         n = len(self.inflight)
         size = self.inflight_bytes
-        queue = self.queue
         while queue and n < self.window:
             w = queue[0]
             if w.meta is None:
@@ -188,10 +161,39 @@ class ClientCredit:
             queue.popleft()
             self.loaded -= 1
             self.loaded_bytes -= w.size
-            taken.append(w)
+            ws = by_req.get(w.req)
+            if ws is None:
+                by_req[w.req] = [w]
+            else:
+                ws.append(w)
             n += 1
             size += w.size
-        return taken
+        inflight = self.inflight
+        for req, ws in by_req.items():
+            at = number = self.next
+            entries, frames = [], []
+            size = 0
+            for w in ws:
+                inflight.append(new_sent(Sent, (number, req, w.tid, w.size)))
+                number += 1
+                size += w.size
+                entries.append(w.meta)
+                frames.extend(w.frames)
+            self.next = number
+            self.inflight_bytes += size
+            self.since_ask += len(ws)
+            self.since_ask_bytes += size
+            ask = (2 * self.since_ask >= self.window
+                   or 2 * self.since_ask_bytes >= self.window_bytes)
+            if ask:
+                self.since_ask = self.since_ask_bytes = 0
+            out.append((rt, req, at, entries, frames, ask))
+        if out and (queue or not by_req) and not out[-1][5]:
+            # Results wait (the window is shut) or a replay: the last message asks for an ack.
+            last = out[-1]
+            out[-1] = (last[0], last[1], last[2], last[3], last[4], True)
+            self.since_ask = self.since_ask_bytes = 0
+        return out
 
 
 class Credits:
@@ -220,7 +222,8 @@ class Credits:
         """A finished result for a client's request: sent when its credit allows."""
         c = self.clients.get(rt) or self.client(rt)
         c.offer(req, tid, meta, frames)
-        if rt not in self.ready and c.can_send():
+        # (nothing in flight: it can go now, as a first result always can)
+        if rt not in self.ready and (not c.inflight or c.can_send()):
             self.ready.add(rt)
 
     def acked(self, rt: bytes, got: int, lost: bool = False) -> None:

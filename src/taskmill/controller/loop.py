@@ -43,7 +43,7 @@ from ..wire import (
     recv_message,
     send_message,
 )
-from .context import Counters, Now
+from .context import Counters, Now, new_now
 from .core import ControllerCore
 from .engines import PING, REFUSAL_LOG_EVERY, EngineRecord
 from .outbox import CLIENT, ENGINE
@@ -56,10 +56,13 @@ SESSION_BYTES = 8  # random bytes naming one controller start (its session)
 # The controller makes few reference cycles but many short-lived containers per task: a
 # collection every 700 of them (the default) cost ~20% of its CPU in a flood.
 GC_THRESHOLDS = (20_000, 20, 20)
+# As plain ints: `&` of pyzmq's IntFlag members runs enum code in Python (~80 bytecodes a test).
+EVENTS = int(zmq.EVENTS)
+POLLIN = int(zmq.POLLIN)
 
 
 def clock() -> Now:
-    return Now(time.monotonic(), time.time())
+    return new_now(Now, (time.monotonic(), time.time()))
 
 
 class Controller:
@@ -177,20 +180,22 @@ class Controller:
         """One loop turn: poll, read, fire due timers, commit and send."""
         events = dict(poller.poll(timeout_ms))
         core = self.core
+        timers = core.ctx.timers
         monotonic = time.monotonic
-        core.begin_turn(monotonic())
+        core.turn_start = monotonic()  # (core.begin_turn, without the call)
         if self.engine_sock in events:
             self.drain(self.engine_sock, core.on_engine)
         if self.client_sock in events:
             self.drain(self.client_sock, core.on_client)
-        if core.timers_due(monotonic()):
+        if timers.due(monotonic()):
             checked = core.fire_timers(clock())
             core.settle_timers(monotonic())
             if checked and self.curve is not None:
                 self.curve.reload()
         self.flush()
         end = monotonic()
-        core.settle_timers(end)
+        if timers.pending:  # (core.settle_timers)
+            timers.settle(end)
         core.end_turn(end)
 
     def stop(self) -> None:
@@ -216,7 +221,7 @@ class Controller:
         for i in range(DRAIN_BATCH):
             # (The poll said the first is there; asking for the next costs less than the
             # zmq.Again that reading past the last would raise: ~1 µs against ~3.)
-            if i and not events(zmq.EVENTS) & zmq.POLLIN:
+            if i and not events(EVENTS) & POLLIN:
                 return
             try:
                 msg = recv_message(sock, zmq.NOBLOCK, routed=True,
@@ -226,7 +231,7 @@ class Controller:
             counters.messages_in += 1
             ident = msg[0]
             if len(msg) == 2 and msg[1][:4] == PING and is_engine:
-                self.core.on_pong(ident, msg[1], Now(monotonic(), wall()))
+                self.core.on_pong(ident, msg[1], new_now(Now, (monotonic(), wall())))
                 continue  # (a pong arms no timer)
             try:
                 header, frames = self.wire.decode(msg[1:])
@@ -234,7 +239,7 @@ class Controller:
                 self._log_refusal(ident, e)
                 continue
             try:
-                handler(ident, header, frames, Now(monotonic(), wall()))
+                handler(ident, header, frames, new_now(Now, (monotonic(), wall())))
             except Exception:  # noqa: BLE001 - one bad message must not stop the controller
                 self.wire.refused["internal-error"] += 1
                 log.exception("error handling a %r message from %r", header.get("type"), ident)
@@ -255,7 +260,8 @@ class Controller:
     def flush(self) -> None:
         """Commit and send what the core says, signing each message as it goes."""
         socks, encode = self._socks, self.wire.encode
-        for port, ident, header, frames in self.core.flush(Now(time.monotonic(), time.time())):
+        now = new_now(Now, (time.monotonic(), time.time()))
+        for port, ident, header, frames in self.core.flush(now):
             if header is None:
                 send_message(socks[port], [ident, *frames])
             else:
@@ -263,10 +269,12 @@ class Controller:
 
     def _poll_timeout_ms(self) -> int:
         now = time.monotonic()
-        self.core.settle_timers(now)
-        if self.core.output_ready(now):
+        core = self.core
+        if core.ctx.timers.pending:
+            core.ctx.timers.settle(now)
+        deadline = core.wake_at(now)
+        if deadline == now:  # (something can be sent now)
             return 0
-        deadline = self.core.next_deadline(now)
         # (milliseconds, rounded up: a poll that ends early would only spin)
         return max(0, int((deadline - time.monotonic()) * 1000) + 1)
 

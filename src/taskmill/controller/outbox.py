@@ -133,11 +133,6 @@ class Outbox:
         entries.append(entry)
         out.extend(frames)
 
-    def add_done(self, reply_to: bytes, req: Any, meta: dict[str, Any],
-                 frames: list[Any]) -> None:
-        """A finished result for a client's watch: sent when that client's credit allows."""
-        self.credits.offer(reply_to, req, meta["tid"], meta, frames)
-
     def stored_entry(self, tid: int) -> tuple[dict[str, Any], list[Any]]:
         """A finished task's result entry and frames, read back from the store (unknown: it
         was cleared meanwhile)."""
@@ -245,7 +240,10 @@ class Outbox:
         below it (an engine fails a task whose result is not). The same for the tasks of one
         engine (`count="n"`), each below the limit (a client never sends a larger one)."""
         budget = self.max_message - RESULTS_HEADER_ROOM
-        bound = sum(frame_len(f) for f in frames) + sum(meta_bound(m) for m in entries)
+        bound = sum(map(frame_len, frames))
+        # (a task's entry has no texts: meta_bound is META_FIELDS_BOUND for each)
+        bound += META_FIELDS_BOUND * len(entries) if count == "n" else sum(map(meta_bound,
+                                                                                entries))
         if bound <= budget:  # (nearly always)
             return [(entries, frames)]
         parts: list[tuple[list, list]] = []

@@ -202,7 +202,7 @@ class Results:
         if mode == "watch":
             self.ctx.outbox.credits.watch(rt)
         backlog = self.ctx.backlog
-        later = sorted(t for t in pending if t in backlog) if backlog else []
+        later = sorted(t for t in pending if t in backlog) if backlog.n else []
         if later:
             self.deferred.add(w, later)
         waiters = self.waiters
@@ -288,4 +288,5 @@ class Results:
         meta, frames = self.entry(tid)
         if meta is None:  # (cannot happen: a watch is woken when its task finishes)
             meta = {"tid": tid, "active": True, "nframes": 0}
-        self.ctx.outbox.add_done(w.reply_to, w.req, meta, frames)
+        # (sent when that client's credit allows: credit.py)
+        self.ctx.outbox.credits.offer(w.reply_to, w.req, tid, meta, frames)

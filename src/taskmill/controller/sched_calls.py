@@ -42,6 +42,7 @@ from .backlog import Backlog
 # What an engine reported for an attempt: its result entry and the entry's frames.
 Report = tuple[ResultEntry, list[Any]]
 Apply = Callable[[list[Any], "Report | None"], None]
+RUN_PASS = RunPass()  # (a record without fields: one serves every pass)
 
 
 class SchedulerCalls:
@@ -51,6 +52,9 @@ class SchedulerCalls:
         # Queued tasks kept in the store (backlog.py): active, queued, to every question
         # below; the scheduler hears of them only once read back.
         self.backlog = backlog if backlog is not None else Backlog(None)
+        # Tasks active in memory (the backlog's not counted): asked every loop turn, so the
+        # scheduler's own query, without a call around it.
+        self.active_count: Callable[[], int] = sched.active_count
 
     # -- events: each one's actions are carried out before it returns ----------------------
     def submit(self, tid: int, nodes: list[Node], *, after: Iterable[int] = (),
@@ -60,7 +64,9 @@ class SchedulerCalls:
                                             resume=resume, dispatch=dispatch)), None)
 
     def run_pass(self) -> None:
-        self.apply(self.sched.handle(RunPass()), None)
+        actions = self.sched.handle(RUN_PASS)
+        if actions:  # (a pass after a batch of results often has nothing to do)
+            self.apply(actions, None)
 
     def add_engine(self, eid: int, properties: dict[str, Any], adopt: list[int]) -> None:
         self.apply(self.sched.handle(AddEngine(eid, properties, adopt=adopt)), None)
@@ -109,10 +115,6 @@ class SchedulerCalls:
         return dispatched
 
     # -- questions -------------------------------------------------------------------------
-    def active_count(self) -> int:
-        """Tasks active in memory (the backlog's not counted)."""
-        return self.sched.active_count()
-
     def compact(self) -> None:
         self.sched.compact()
 
@@ -134,7 +136,7 @@ class SchedulerCalls:
     def held(self, eid: int) -> dict[int, int] | None:
         """tid -> attempt of what engine `eid` holds, in dispatch order (None: not an engine
         of the scheduler's)."""
-        return dict(self.sched.held(eid)) if self.sched.has_engine(eid) else None
+        return self.sched.held_map(eid)
 
     def has_engine(self, eid: int) -> bool:
         return self.sched.has_engine(eid)

@@ -41,10 +41,21 @@ class Timers:
 
     def next_deadline(self) -> float | None:
         """The moment the next settled live timer is due (None: no timer)."""
-        heap = self._heap
-        while heap and self._live.get(heap[0][2]) != heap[0][1]:
+        heap, live = self._heap, self._live
+        while heap:
+            when, seq, key = heap[0]
+            if live.get(key) == seq:
+                return when
             heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        return None
+
+    def due(self, now: float) -> bool:
+        """Whether a settled live timer is due at `now`."""
+        heap = self._heap
+        if not heap or heap[0][0] > now:  # (the earliest entry, live or not, is not due)
+            return False
+        deadline = self.next_deadline()
+        return deadline is not None and deadline <= now
 
     def pop_due(self, now: float) -> tuple | None:
         """The key of a settled live timer due at `now` (it is disarmed), or None."""

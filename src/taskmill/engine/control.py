@@ -66,6 +66,9 @@ KILL_GRACE = 3.0  # seconds past an abort or a timeout before the engine process
 RESULT_HEADROOM = 64 * 1024  # bytes of a result message kept for its header
 REGISTER_RETRY_FIRST = 1.0  # seconds to wait for `registered` before asking again, doubling
 REGISTER_RETRY_MAX = 10.0
+# As plain ints: `&` of pyzmq's IntFlag members runs enum code in Python.
+EVENTS = int(zmq.EVENTS)
+POLLIN = int(zmq.POLLIN)
 # An engine starts a task only within this share of the controller's `dead_after` of a
 # heartbeat the controller answered (see Engine._next_task).
 LEASE_SHARE = 0.6
@@ -184,7 +187,7 @@ class EngineControl:
                 for sock, _ in poller.poll(max(1, int((wake - now) * 1000))):
                     for i in range(100):  # (what is waiting, without starving the rest)
                         # (asking costs less than the zmq.Again of reading past the last)
-                        if i and not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                        if i and not sock.getsockopt(EVENTS) & POLLIN:
                             break
                         try:
                             msg = recv_message(sock, zmq.NOBLOCK)

@@ -138,7 +138,7 @@ class Scheduler:
         b = self._book
         t = b.tasks.get(tid)
         story = t.story if t is not None else b.finished.get(tid)
-        return read_story(story or "")
+        return read_story(story or ())
 
     def is_running_on(self, tid: int, eid: int) -> bool:
         """Whether task `tid`'s current attempt is held by engine `eid`."""
@@ -175,6 +175,12 @@ class Scheduler:
         included)."""
         e = self._book.engines.get(eid)
         return list(e.running.items()) if e else []
+
+    def held_map(self, eid: int) -> dict[int, int] | None:
+        """What engine `eid` holds as {taskid: attempt}, in dispatch order (a copy; None:
+        not an engine of the scheduler's)."""
+        e = self._book.engines.get(eid)
+        return dict(e.running) if e is not None else None
 
     def holds(self, eid: int, tid: int, attempt: int) -> bool:
         """Whether engine `eid` holds attempt `attempt` of task `tid` (an aborted one too)."""

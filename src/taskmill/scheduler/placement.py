@@ -68,7 +68,7 @@ def dispatch(b: Book, t: TaskEntry, eid: int) -> None:
     t.engine = eid
     t.tries += 1
     t.attempts += 1
-    b.move(t, RUNNING, f"dispatched to engine {eid} (attempt {t.attempts})")
+    b.move(t, RUNNING, ("dispatched to engine {} (attempt {})", eid, t.attempts))
     e.running[t.tid] = t.attempts
     b.busy_slots += 1
     if len(e.running) > 1:

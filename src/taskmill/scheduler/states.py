@@ -70,22 +70,33 @@ class StoryEntry(NamedTuple):
     why: str
 
 
-# A story as stored: one string, the newest STORY_LENGTH entries, oldest first, one a line,
-# each "event<TAB>before<TAB>after<TAB>why" (see Book.tell). A string holds no reference, so
-# the garbage collector never tracks it: the stories of every active task and of the finished
-# ones kept cost its collections nothing (as tuples they cost the controller ~5 us a task).
-Story = str
-NAMES: dict[TaskState, str] = {state: state.value for state in TaskState}  # (plain str: a third
-# of the cost of formatting the enum member itself)
+# A story as stored: one flat tuple, the newest STORY_LENGTH entries, oldest first, each as
+# ENTRY items (event, before, after, why) with the states as plain strings (NAMES) and `why`
+# a str or, on the hot path, a (format, *args) tuple formatted only when the story is read
+# (`read_story`: task_info). Appending an entry is one tuple concatenation, about a third of
+# the cost of formatting it into a line; and a tuple of strings and ints holds no reference
+# the collector follows, so it untracks the tuple once it has looked at it (the stories of the
+# active tasks and of the finished ones kept cost its full collections nothing; an enum member
+# in it would keep it tracked for good).
+Story = tuple
+ENTRY = 4  # items of one entry
+STORY_ITEMS = STORY_LENGTH * ENTRY
+NAMES: dict[TaskState, str] = {state: state.value for state in TaskState}  # (plain str: a
+# tuple holding an enum member could never be untracked)
 
 
 def read_story(story: Story) -> list[StoryEntry]:
-    """A story as stored, as StoryEntry records."""
+    """A story as stored, as StoryEntry records (each `why` formatted now)."""
     out = []
-    for line in story.split("\n") if story else ():
-        event, before, after, why = line.split("\t", 3)
-        out.append(StoryEntry(event, TaskState(before), TaskState(after), why))
+    for i in range(0, len(story), ENTRY):
+        event, before, after, why = story[i:i + ENTRY]
+        out.append(StoryEntry(event, TaskState(before), TaskState(after), why_text(why)))
     return out
+
+
+def why_text(why: str | tuple) -> str:
+    """A story entry's `why` as text (a (format, *args) tuple formatted)."""
+    return why if type(why) is str else why[0].format(*why[1:])
 
 
 class FinishedStories:
