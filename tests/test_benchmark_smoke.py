@@ -219,3 +219,16 @@ def test_instructions_per_task_counts_bytecodes_by_part_and_function():
     for part in ("controller", "scheduler", "store", "wire"):
         assert f"  {part} " in out, out
     assert "functions of" in out and "controller/loop.py:" in out, out
+
+
+def test_round_trip_hops_times_every_segment_of_a_lone_round_trip():
+    proc = bench("round_trip_hops.py", "--trips", "20", "--rounds", "1", "--runs", "relay,hops",
+                 timeout=150)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "bare ZeroMQ relay" in out and "instrumented" in out, out[-3000:]
+    # Every process of the trip shows up on the critical path, with a figure.
+    for where in ("| client |", "| controller", "| engine"):
+        rows = [line for line in out.splitlines() if line.startswith(where)]
+        assert rows and all(line.rstrip(" |").split("|")[-1].strip().isdigit()
+                            for line in rows), (where, out[-3000:])
