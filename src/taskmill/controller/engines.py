@@ -16,12 +16,14 @@ Data flow, in the order of an engine's life:
   nanny saw it exit), which fails what they held; `forget_dead` keeps DEAD_RECORDS_KEPT.
 - results it sent are acknowledged once stored (`acks_stored`): by the answer to its next
   `hb`, or, once the stored results waiting for that answer reach ACK_AT_ONCE_BYTES (one large
-  result, or many small ones), by a `stored` message right after the commit, so that an engine
-  does not keep a heartbeat's worth of large results in memory (a lone small result gets no
-  message of its own). Either way the engine drops only what a commit stored, and a lost ack
-  costs what it did before: the engine names the result in its next `hb`, and the controller,
-  no longer expecting it, acknowledges it again (a result never named in an early ack stays in
-  `prev_unacked` only while it is still expected: early acks never make one look lost);
+  result, or many small ones), by a `stored` message right after the commit (after that turn's
+  messages to clients), so that an engine does not keep a heartbeat's worth of large results
+  in memory; a lone small result gets no message of its own. Either way the engine drops only
+  what a commit stored, and a lost ack costs what it did before: the engine names the result
+  in its next `hb`, and the controller, no longer expecting it, acknowledges it again. The
+  engine still reports only with its heartbeat: a result it names in two reports in a row
+  while the controller still expects it (`prev_unacked`) is asked for again, and an early
+  ack never names such a result, so it never makes one look lost;
   results from an engine declared dead are counted and dropped (`late_results`).
 """
 
@@ -101,8 +103,8 @@ class EngineRecord:
     sent: dict[tuple[int, int], int] = field(default_factory=dict)
     to_ack: list[list[int]] = field(default_factory=list)  # results taken, not yet committed
     ackable: list[list[int]] = field(default_factory=list)  # committed: acknowledge them
-    to_ack_bytes: int = 0  # the result bytes of to_ack, and of ackable
-    ackable_bytes: int = 0
+    to_ack_bytes: int = 0  # the result bytes in to_ack ...
+    ackable_bytes: int = 0  # ... and in ackable (past ACK_AT_ONCE_BYTES: acknowledged at once)
     prev_unacked: set[tuple[int, int]] = field(default_factory=set)  # in its last heartbeat
     ticked_at: float = 0.0  # when the last empty `tasks` message went (see heartbeat)
     # The `put` values it keeps, as it was told (engine_tasks.with_arguments): pmac -> bytes,
