@@ -2,7 +2,7 @@
 """Where one payload round trip's time goes, hop by hop, in every process of a local cluster.
 
     python benchmarks/payload_hops.py [--payload bytes|array] [--size BYTES] [--trips N]
-                                      [--src DIR] [--quick]
+                                      [--src DIR] [--quick] [--no-trace]
 
 A task `echo(x)` (returns its argument) is given a payload (default: 1 MiB of bytes; `array`:
 an 8 MB float64 ndarray) and waited for, `--trips` times, on `Cluster(2)` with its durable
@@ -48,6 +48,14 @@ def proc_stat(pid: int) -> tuple[int, float]:
     return int(fields[7]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def peak_rss_mib(pid: int) -> float:
+    """A process's peak resident set so far (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def child(args: argparse.Namespace) -> int:
     """The measured client: prints its median round trip and /proc figures, one line each."""
     import numpy as np
@@ -79,7 +87,7 @@ def child(args: argparse.Namespace) -> int:
         for name in pids:
             faults = (after[name][0] - before[name][0]) / args.trips
             cpu = (after[name][1] - before[name][1]) / args.trips * 1e3
-            print(f"proc {name}\t{cpu:.2f}\t{faults:.0f}")
+            print(f"proc {name}\t{cpu:.2f}\t{faults:.0f}\t{peak_rss_mib(pids[name]):.0f}")
         tc.close()
     return 0
 
@@ -181,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                    "an array)")
     p.add_argument("--trips", type=int, default=200, help="round trips (default 200)")
     p.add_argument("--src", default=str(SRC), help="the taskmill source folder to run")
+    p.add_argument("--no-trace", action="store_true",
+                   help="the untraced run only (round trip, CPU, page faults, peak RSS)")
     p.add_argument("--quick", action="store_true", help="64 KiB, 30 round trips (a smoke run)")
     p.add_argument("--timeout", type=float, default=600.0, help="per measured client (s)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -195,21 +205,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         return child(args)
     plain = run_child(args, None)
-    with tempfile.TemporaryDirectory(prefix="taskmill-hops-") as folder:
-        traced = run_child(args, folder)
-        table = hop_table(folder)
+    table: list[str] = []
+    if not args.no_trace:
+        with tempfile.TemporaryDirectory(prefix="taskmill-hops-") as folder:
+            run_child(args, folder)
+            table = hop_table(folder)
     what = "bytes" if args.payload == "bytes" else "float64 ndarray"
     print(f"{args.size:,} B {what} echoed, 2 engines, durable store, {args.trips} round trips; "
           f"`{' '.join(['payload_hops.py', *(argv if argv is not None else sys.argv[1:])])}`\n")
     print(f"round trip without the tracer: {plain[0]} ms\n")
-    print("| process | CPU per round trip (ms) | minor page faults per round trip |")
-    print("|---|--:|--:|")
+    print("| process | CPU per round trip (ms) | minor page faults per round trip "
+          "| peak RSS (MiB) |")
+    print("|---|--:|--:|--:|")
     for line in plain[1:]:
-        _, name, cpu, faults = line.replace("proc ", "proc\t", 1).split("\t")
-        print(f"| {name} | {cpu} | {faults} |")
+        _, name, cpu, faults, rss = line.replace("proc ", "proc\t", 1).split("\t")
+        print(f"| {name} | {cpu} | {faults} | {rss} |")
     print()
     print("\n".join(table))
-    del traced
     return 0
 
 

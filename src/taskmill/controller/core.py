@@ -358,8 +358,7 @@ class ControllerCore:
         if error is not None:
             self.submits.take_back(error)
         out = outbox.take_now() if outbox.now_out else []
-        if self.engines.acking and not ctx.store.dirty():
-            self.engines.acks_stored()
+        stored = self.engines.acking and not ctx.store.dirty()
         if held and (outbox.store_down_since is None or not ctx.store.dirty()):
             # (Each step is skipped when it has nothing to do: this runs every turn.)
             if outbox.new_submits:
@@ -370,6 +369,8 @@ class ControllerCore:
                 out.extend(self.engine_tasks.number_tasks(tasks))
             if outbox.to_clients or outbox.credits.ready:
                 out.extend(outbox.take_client_messages())
+        if stored:  # (after the clients' messages: an early ack is on no one's path)
+            out.extend(self.engines.acks_stored())
         ctx.counters.messages_out += len(out)
         active = ctx.sched.active_count()
         if self.burst.ended(active):

@@ -7,7 +7,8 @@ sched_calls):
   stored the mark, `number_tasks` packs each engine's tasks into numbered `tasks` messages
   (`mseq`) and remembers which message carried which attempt (`EngineRecord.sent`);
 - the engine's `results` -> `result` -> the scheduler's `task_done`, with the entry and its
-  frames as the report the `Finish` stores; the engine is acknowledged once that is stored;
+  frames as the report the `Finish` stores; the engine is acknowledged once that is stored
+  (with the next `hb` answer, or at once for large results: engines.py `acks_stored`);
 - its `hb` (heartbeat) says what it holds and which results it keeps: an attempt sent but
   neither held nor reported never arrived and is queued again (`revoke_answered` ok), a result
   reported twice and never received is asked for again, an aborted attempt still running is
@@ -226,7 +227,7 @@ class EngineTasks:
             if running.get(tid) == attempt and not ctx.sched.is_running_on(tid, rec.eid):
                 self.send(rec.ctl_ident, InterruptTask(ctx.session, tid, attempt, ABORTED),
                           now=True)  # aborted, and still running
-        ack, rec.ackable = rec.ackable, []
+        ack, rec.ackable, rec.ackable_bytes = rec.ackable, [], 0
         # `mseq`: the last task message sent, so that an engine whose task connection went
         # deaf finds out (engine/channels.py).
         # `retire`: retiring, it holds nothing, and its results are stored.
@@ -253,7 +254,8 @@ class EngineTasks:
             for item in m.results:
                 entry = result_entry(item, pos, nframes)
                 tid, attempt, n = entry.tid, entry.attempt, entry.n
-                rec.to_ack.append([tid, attempt])  # acknowledged once stored
+                rec.to_ack.append([tid, attempt])  # acknowledged once stored (engines.py)
+                rec.to_ack_bytes += sum(frame_len(f) for f in frames[pos:pos + n])
                 self.engines.acking.add(rec.eid)
                 if running is not None and running.get(tid) == attempt:
                     rec.sent.pop((tid, attempt), None)

@@ -14,7 +14,16 @@ Data flow, in the order of an engine's life:
 - pings to its heart socket (`ping`, echoed: `on_pong`) and its heartbeats keep `last_seen`;
   `check_heartbeats` declares the silent ones dead (`died`, or `process_exited` when a local
   nanny saw it exit), which fails what they held; `forget_dead` keeps DEAD_RECORDS_KEPT.
-- results it sent are acknowledged once stored (`acks_stored`, carried by the next `hb`);
+- results it sent are acknowledged once stored (`acks_stored`): by the answer to its next
+  `hb`, or, once the stored results waiting for that answer reach ACK_AT_ONCE_BYTES (one large
+  result, or many small ones), by a `stored` message right after the commit (after that turn's
+  messages to clients), so that an engine does not keep a heartbeat's worth of large results
+  in memory; a lone small result gets no message of its own. Either way the engine drops only
+  what a commit stored, and a lost ack costs what it did before: the engine names the result
+  in its next `hb`, and the controller, no longer expecting it, acknowledges it again. The
+  engine still reports only with its heartbeat: a result it names in two reports in a row
+  while the controller still expects it (`prev_unacked`) is asked for again, and an early
+  ack never names such a result, so it never makes one look lost;
   results from an engine declared dead are counted and dropped (`late_results`).
 """
 
@@ -31,9 +40,17 @@ from typing import Any
 import msgspec
 
 from ..defaults import LOGGED_ONCE_MAX
-from ..protocol import InterruptTask, Register, Registered, Reregister, Welcome, to_engine
+from ..protocol import (
+    InterruptTask,
+    Register,
+    Registered,
+    Reregister,
+    Stored,
+    Welcome,
+    to_engine,
+)
 from .context import Context
-from .outbox import ENGINE
+from .outbox import ENGINE, Outgoing
 
 log = logging.getLogger("taskmill.controller")
 
@@ -49,6 +66,9 @@ REFUSAL_LOG_EVERY = 60.0  # seconds between log lines about one peer's refused m
 # A loop turn longer than this share of a heartbeat kept the loop from reading: the engines'
 # pings wait unread, so no engine is held to answers it could not have been heard giving.
 STALL_SHARE = 0.5
+# Stored results whose bytes reach this are acknowledged at once, not with the next heartbeat
+# answer (the module's docstring).
+ACK_AT_ONCE_BYTES = 256 * 1024
 
 
 def exit_text(status: int) -> str:
@@ -83,6 +103,8 @@ class EngineRecord:
     sent: dict[tuple[int, int], int] = field(default_factory=dict)
     to_ack: list[list[int]] = field(default_factory=list)  # results taken, not yet committed
     ackable: list[list[int]] = field(default_factory=list)  # committed: acknowledge them
+    to_ack_bytes: int = 0  # the result bytes in to_ack ...
+    ackable_bytes: int = 0  # ... and in ackable (past ACK_AT_ONCE_BYTES: acknowledged at once)
     prev_unacked: set[tuple[int, int]] = field(default_factory=set)  # in its last heartbeat
     ticked_at: float = 0.0  # when the last empty `tasks` message went (see heartbeat)
     # The `put` values it keeps, as it was told (engine_tasks.with_arguments): pmac -> bytes,
@@ -332,6 +354,7 @@ class Engines:
         rec.sent.clear()
         rec.to_ack.clear()
         rec.ackable.clear()
+        rec.to_ack_bytes = rec.ackable_bytes = 0
         ctx.activity.engine_lost(rec.eid, ctx.now.wall)
         ctx.sched.remove_engine(rec.eid)
         for i in rec.idents():
@@ -380,14 +403,23 @@ class Engines:
             if self.by_uuid.get(rec.uuid) == eid:
                 del self.by_uuid[rec.uuid]
 
-    def acks_stored(self) -> None:
-        """The results taken are stored: the engines may drop them (sent with the next hb)."""
+    def acks_stored(self) -> list[Outgoing]:
+        """The results taken are stored: the engines may drop them (with the next hb answer,
+        or now: the `stored` messages returned, for those past ACK_AT_ONCE_BYTES)."""
+        out: list[Outgoing] = []
         for eid in self.acking:
             rec = self.records.get(eid)
             if rec is not None:
                 rec.ackable.extend(rec.to_ack)
                 rec.to_ack.clear()
+                rec.ackable_bytes += rec.to_ack_bytes
+                rec.to_ack_bytes = 0
+                if rec.ackable_bytes >= ACK_AT_ONCE_BYTES and not rec.dead:
+                    out.append((ENGINE, rec.ctl_ident,
+                                to_engine(Stored(self.ctx.session, rec.ackable)), ()))
+                    rec.ackable, rec.ackable_bytes = [], 0
         self.acking.clear()
+        return out
 
     def withdrawn(self, gone: set[int]) -> None:
         """Tasks taken back before they were sent: no dispatch of theirs is outstanding (and

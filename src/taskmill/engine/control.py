@@ -4,8 +4,9 @@
 sockets of sockets.py: registration (hello/welcome/register/registered) and numbered `tasks`
 messages (a skipped number is a lost message, reported) on the task socket; heartbeats (what it
 holds, its lease) and their answers (the lease renewed, results acknowledged or asked again,
-`reregister`), interrupts and revokes on the control socket; results on the result socket
-(main thread). When those go deaf, channels.py says so and the I/O thread moves to new ones.
+`reregister`), `stored` (large results acknowledged at once: controller/engines.py), interrupts
+and revokes on the control socket; results on the result socket (main thread). When those go
+deaf, channels.py says so and the I/O thread moves to new ones.
 
 The I/O thread (`io_loop`) owns the task and control sockets. What the main thread and the I/O
 thread share is guarded by `lock` (`work` is its condition, on which the main thread waits for
@@ -46,6 +47,7 @@ from ..protocol import (
     Retired,
     Revoked,
     RevokeTask,
+    Stored,
     Tasks,
     Welcome,
     from_controller,
@@ -234,7 +236,8 @@ class EngineControl:
         elif isinstance(m, HbAnswer):
             self._on_heartbeat_answer(m)
         elif isinstance(m, InterruptTask):
-            self._request_interrupt((m.tid, m.attempt), "abort")
+            with self.lock:
+                self._request_interrupt_locked((m.tid, m.attempt), "abort")
         elif isinstance(m, RevokeTask):
             self._answer_revoke(m)
         elif isinstance(m, Welcome):
@@ -243,6 +246,9 @@ class EngineControl:
             self._on_registered(m)
         elif isinstance(m, Reregister):
             self._on_reregister(m)
+        elif isinstance(m, Stored) and m.session == self.session:
+            with self.lock:  # (large results acknowledged at once: controller/engines.py)
+                self.outbox.acked(m.ack)
 
     # -- registration ----------------------------------------------------------------------
     def _on_welcome(self, m: Welcome) -> None:
@@ -408,8 +414,7 @@ class EngineControl:
             if isinstance(sent, int | float) and not isinstance(sent, bool):
                 self.lease_until = max(self.lease_until, sent + self.lease)
                 self.work.notify()
-            for key in m.ack:
-                self.outbox.unacked.pop(key, None)
+            self.outbox.acked(m.ack)
             for key in m.resend:
                 held = self.outbox.unacked.get(key)
                 if held is not None:
@@ -444,10 +449,6 @@ class EngineControl:
             elif req is not None and req[0] == current[0] and self.code.active:
                 signal.pthread_kill(threading.main_thread().ident, INTERRUPT_SIGNAL)
 
-    def _request_interrupt(self, key: tuple[int, int], reason: str) -> None:
-        with self.lock:
-            self._request_interrupt_locked(key, reason)
-
     def _request_interrupt_locked(self, key: tuple[int, int], reason: str) -> None:
         if self.current == key and self.finishing:
             return  # its code is over: nothing to interrupt (its result is on the way)
@@ -481,11 +482,8 @@ class EngineControl:
     def send_results(self, sock: zmq.Socket, batch: list[Result]) -> None:
         """Send results, in as many messages as the size limit needs."""
         for part in split_by_size(batch, self.max_result):
-            self._send_result_message(sock, part)
-
-    def _send_result_message(self, sock: zmq.Socket, batch: list[Result]) -> None:
-        frames = [f for _, body in batch for f in body]
-        self._send(sock, to_controller(Results([e for e, _ in batch]), self.session), frames)
+            frames = [f for _, body in part for f in body]
+            self._send(sock, to_controller(Results([e for e, _ in part]), self.session), frames)
 
     def _send_late_results(self, now: float) -> None:
         """(I/O thread) Results held while the main thread runs a longer task go now."""

@@ -1,7 +1,8 @@
 """Results on their way out of an engine: kept until acknowledged, small ones held together.
 
-    TaskCode's reply --> ResultOutbox.queue --> unacked (until the controller's heartbeat answer
-        acknowledges it, after storing it; resent on its request or to a new controller)
+    TaskCode's reply --> ResultOutbox.queue --> unacked (until the controller acknowledges it,
+        after storing it: in its heartbeat answer, or, large results, in a `stored` message
+        right after the commit; resent on its request or to a new controller)
                                            --> unsent (held while more tasks wait to run right
         away: at most RESULT_BATCH results, RESULT_BATCH_BYTES, RESULT_DELAY seconds)
     --> batches --> split_by_size (each message below the controller's limit) --> sent by the
@@ -61,6 +62,11 @@ class ResultOutbox:
         if not hold:
             batches.append(self.take(registered))
         return [b for b in batches if b]
+
+    def acked(self, keys: list[tuple[int, int]]) -> None:
+        """The controller has stored these results: drop them."""
+        for key in keys:
+            self.unacked.pop(key, None)
 
     def take(self, registered: bool) -> list[Result]:
         """The results waiting to be sent (none while unregistered)."""

@@ -26,7 +26,7 @@ from .common import NonNeg, ProtocolError
 __all__ = [
     "ENGINE_RECORDS", "TO_ENGINE_RECORDS", "HbAnswer", "Heartbeat", "InterruptTask",
     "Register", "Registered", "Reregister", "ResultEntry", "Results", "Retired", "Revoked",
-    "RevokeTask", "Tasks", "Welcome", "engine_record", "from_controller", "result_entry",
+    "RevokeTask", "Stored", "Tasks", "Welcome", "engine_record", "from_controller", "result_entry",
     "to_controller", "to_engine",
 ]
 
@@ -143,6 +143,15 @@ class HbAnswer(msgspec.Struct, frozen=True):
     retire: bool = False
 
 
+class Stored(msgspec.Struct, frozen=True):
+    """Results stored, sent right after the commit that stored them when their bytes pass
+    controller/engines.ACK_AT_ONCE_BYTES (smaller ones wait for the next `hb` answer's `ack`):
+    the engine drops them."""
+
+    session: bytes
+    ack: list[tuple[int, int]] = []
+
+
 class Reregister(msgspec.Struct, frozen=True):
     """The controller does not know the engine (it restarted, or declared it dead)."""
 
@@ -181,6 +190,7 @@ class Tasks(msgspec.Struct, frozen=True):
 TO_ENGINE_RECORDS: dict[str, type[msgspec.Struct]] = {
     "welcome": Welcome, "registered": Registered, "hb": HbAnswer, "reregister": Reregister,
     "interrupt": InterruptTask, "revoke": RevokeTask, "tasks": Tasks,
+    "stored": Stored,
 }
 TO_ENGINE_TYPES = {v: k for k, v in TO_ENGINE_RECORDS.items()}
 
