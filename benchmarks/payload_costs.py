@@ -4,8 +4,10 @@
 
 For a 1 MiB `bytes` and an 8 MB float64 array: pickling in the pickle (`pickle.dumps`) against
 taskmill's `dumps` (large buffers out of band), and one SHA-256 pass over the data on one
-core against taskmill's `payload_mac` (chunks hashed side by side). A round trip pays one
-`dumps` and one `loads` on each side and four MAC passes. Medians in ms.
+core (the payload hash before 2026-12-05) against taskmill's `payload_mac` (keyed BLAKE3 of
+each frame; on one core below 16 MiB, see wire/signing.py). A round trip pays one `dumps` and
+one `loads` on each side and four MAC passes (each side digests what it sends and checks what
+it gets). Medians in ms.
 """
 
 from __future__ import annotations
