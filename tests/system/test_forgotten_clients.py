@@ -129,23 +129,30 @@ def is_stopped(pid: int) -> bool:
         return f.read().rsplit(")", 1)[1].split()[0] == "T"
 
 
+def stopped_past_the_bound(tc: TaskClient, proc, gate) -> tuple[str, str]:
+    """SIGSTOP the client process `proc` until the controller has forgotten it (and kept
+    nothing for it), then SIGCONT it and return its output once it ends (its tasks' `gate`
+    opened, and the process killed, whatever happens)."""
+    try:
+        os.kill(proc.pid, signal.SIGSTOP)
+        poll(lambda: is_stopped(proc.pid), 10, "the client to stop")
+        poll(lambda: tc.statistics()["clients_forgotten"] == 1, 60,
+             "the stopped client to be forgotten")
+        assert kept(tc.statistics())[:3] == (1, 0, 0)
+        os.kill(proc.pid, signal.SIGCONT)
+        return proc.communicate(timeout=120)
+    finally:
+        open(gate, "w").close()
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+
+
 def test_a_client_stopped_past_the_bound_is_told_it_was_forgotten(ctl, tmp_path):
     with TaskClient(ctl.conn, timeout=60) as tc:
         poll(lambda: tc.engines(), 60, "the engine to register")
         proc, gate, tids = start_client(tmp_path, ctl.conn)
-        try:
-            os.kill(proc.pid, signal.SIGSTOP)
-            poll(lambda: is_stopped(proc.pid), 10, "the client to stop")
-            poll(lambda: tc.statistics()["clients_forgotten"] == 1, 60,
-                 "the stopped client to be forgotten")
-            assert kept(tc.statistics())[:3] == (1, 0, 0)
-            os.kill(proc.pid, signal.SIGCONT)
-            out, err = proc.communicate(timeout=120)
-        finally:
-            open(gate, "w").close()
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGCONT)
-                proc.kill()
+        out, err = stopped_past_the_bound(tc, proc, gate)
         assert proc.returncode == 0, err
         assert out.splitlines() == ["futures ClientForgotten", "blocking ClientForgotten",
                                     "after 9", "new 25"], (out, err)
@@ -197,19 +204,7 @@ def test_an_async_client_stopped_past_the_bound_is_told_it_was_forgotten(ctl, tm
     with TaskClient(ctl.conn, timeout=60) as tc:
         poll(lambda: tc.engines(), 60, "the engine to register")
         proc, gate, tids = start_client(tmp_path, ctl.conn, ASYNC_CLIENT, n=200)
-        try:
-            os.kill(proc.pid, signal.SIGSTOP)
-            poll(lambda: is_stopped(proc.pid), 10, "the client to stop")
-            poll(lambda: tc.statistics()["clients_forgotten"] == 1, 60,
-                 "the stopped client to be forgotten")
-            assert kept(tc.statistics())[:3] == (1, 0, 0)
-            os.kill(proc.pid, signal.SIGCONT)
-            out, err = proc.communicate(timeout=120)
-        finally:
-            open(gate, "w").close()
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGCONT)
-                proc.kill()
+        out, err = stopped_past_the_bound(tc, proc, gate)
         assert proc.returncode == 0, err
         assert out.splitlines() == ["futures ClientForgotten", "awaited ClientForgotten",
                                     "after 9", "new 25"], (out, err)

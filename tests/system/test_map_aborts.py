@@ -130,20 +130,26 @@ except KeyboardInterrupt:
 """
 
 
-def test_ctrl_c_just_as_a_map_is_sent_still_aborts_its_tasks(own_cluster, tmp_path):
-    """The interruption lands inside the send of the map's submit (before the map has its
-    futures): the send completes, then KeyboardInterrupt, and the tasks are aborted."""
+def interrupted_map_aborts_its_8_tasks(cluster, tmp_path, script_text: str) -> None:
+    """Run a script whose map of 8 tasks is interrupted (it prints "interrupted"): its submit
+    had left, and its 8 tasks end aborted."""
     script = tmp_path / "script.py"
-    script.write_text(INTERRUPTED_SEND)
-    with own_cluster.client() as tc:
+    script.write_text(script_text)
+    with cluster.client() as tc:
         assert queue_empty(tc)
         before = tc.statistics()["submitted"], tc.queue_status()["failed"]
-        proc = subprocess.run([sys.executable, str(script), str(own_cluster.connection_file)],
+        proc = subprocess.run([sys.executable, str(script), str(cluster.connection_file)],
                               capture_output=True, timeout=60)
         assert b"interrupted" in proc.stdout, proc.stderr[-3000:]
         assert tc.statistics()["submitted"] == before[0] + 8  # the submit had left
         wait_until(lambda: queue_empty(tc), "the map's tasks to be aborted", 15)
         assert tc.queue_status()["failed"] == before[1] + 8  # (finished as aborted)
+
+
+def test_ctrl_c_just_as_a_map_is_sent_still_aborts_its_tasks(own_cluster, tmp_path):
+    """The interruption lands inside the send of the map's submit (before the map has its
+    futures): the send completes, then KeyboardInterrupt, and the tasks are aborted."""
+    interrupted_map_aborts_its_8_tasks(own_cluster, tmp_path, INTERRUPTED_SEND)
 
 
 BETWEEN_STEPS = """
@@ -189,17 +195,7 @@ except KeyboardInterrupt:
 def test_ctrl_c_between_two_steps_of_a_map_still_aborts_its_tasks(own_cluster, tmp_path):
     """The interruption lands after the submit's reply was read, in the loop that carries the
     map's steps out, not in a wait: the map still learns its taskids and aborts them."""
-    script = tmp_path / "script.py"
-    script.write_text(BETWEEN_STEPS)
-    with own_cluster.client() as tc:
-        assert queue_empty(tc)
-        before = tc.statistics()["submitted"], tc.queue_status()["failed"]
-        proc = subprocess.run([sys.executable, str(script), str(own_cluster.connection_file)],
-                              capture_output=True, timeout=60)
-        assert b"interrupted" in proc.stdout, proc.stderr[-3000:]
-        assert tc.statistics()["submitted"] == before[0] + 8  # the submit had left
-        wait_until(lambda: queue_empty(tc), "the map's tasks to be aborted", 15)
-        assert tc.queue_status()["failed"] == before[1] + 8  # (finished as aborted)
+    interrupted_map_aborts_its_8_tasks(own_cluster, tmp_path, BETWEEN_STEPS)
 
 
 def test_a_map_that_times_out_aborts_its_tasks(own_cluster):

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import __version__
-from ..checks import MIN_MEMORY_BUDGET, mebibytes
+from ..checks import MIN_MEMORY_BUDGET, days, mebibytes
 from ..defaults import (
     DEFAULT_HEARTBEAT,
     DEFAULT_KEEP_RESULTS,
@@ -79,15 +79,20 @@ def _seconds(*, zero: bool = False, infinite: bool = False) -> Callable[[str], f
     return parse
 
 
-def _days(text: str) -> float:
-    """An argparse type: a number of days >= 0 (inf: for ever)."""
-    from ..checks import days
+def _checked_number(check: Callable[[str, float], float], must: str) -> Callable[[str], float]:
+    """An argparse type: a number that `check(name, value)` (checks.py) accepts; else the
+    error says what it `must` be."""
 
-    try:
-        return days("it", float(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be a number of days >= 0 (inf: keep them for ever), not {text!r}") from None
+    def parse(text: str) -> float:
+        try:
+            return check("it", float(text))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {must}, not {text!r}") from None
+
+    return parse
+
+
+_days = _checked_number(days, "a number of days >= 0 (inf: keep them for ever)")
 
 
 def _adapt_range(text: str) -> tuple[int, int]:
@@ -112,13 +117,7 @@ def _keep_results(parser: argparse.ArgumentParser) -> None:
                              "inf: keep them)")
 
 
-def _mib(text: str) -> float:
-    """An argparse type: a memory budget in MiB (checks.mebibytes)."""
-    try:
-        return mebibytes("the memory budget", float(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be a number of MiB >= {MIN_MEMORY_BUDGET}, not {text!r}") from None
+_mib = _checked_number(mebibytes, f"a number of MiB >= {MIN_MEMORY_BUDGET}")
 
 
 def _window(text: str) -> int:
