@@ -3,6 +3,10 @@ chunk_entries, assemble_map), without a cluster."""
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+
 import pytest
 
 from taskmill import CompositeError
@@ -66,3 +70,43 @@ def test_assemble_map_keeps_input_order_and_names_each_failure_by_its_index():
     with pytest.raises(CompositeError) as info:
         assemble_map("half", futs, [[1, 2], [3, 4, 5]], 5)
     assert [(f.index, f.engineid) for f in info.value.elist] == [(2, 9)]
+
+
+class Interrupted(BaseException):
+    """As the engine's TaskInterrupted: raised by a signal handler, not an Exception."""
+
+
+C_KILL = ctypes.CDLL(None, use_errno=True).kill  # (os.kill runs the handlers itself)
+
+
+def kill(pid, sig):
+    C_KILL(pid, sig)
+
+
+@pytest.mark.parametrize("func", [C_KILL, kill], ids=["C function", "python function"])
+def test_run_chunk_lets_an_interrupt_through_before_the_next_element(func):
+    """An engine interrupts task code by a signal whose handler raises (engine/control.py):
+    the element that got it is the last one run, whatever the mapped callable is (one that
+    runs no Python code, called from C, would hold the handler off until the whole chunk had
+    run)."""
+    later = []
+
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    old1 = signal.signal(signal.SIGUSR1, interrupt)
+    old2 = signal.signal(signal.SIGUSR2, lambda signum, frame: later.append(signum))
+    try:
+        with pytest.raises(Interrupted):
+            run_chunk(func, [(os.getpid(), signal.SIGUSR1), (os.getpid(), signal.SIGUSR2)])
+        assert later == []  # (the second element never ran: nothing left to deliver)
+    finally:
+        signal.signal(signal.SIGUSR1, old1)
+        signal.signal(signal.SIGUSR2, old2)
+
+
+def test_run_chunk_takes_a_zip_of_lists_and_goes_on_after_each_failure():
+    values, failures = run_chunk(half, zip([1, 2, 3, 4, 6, 7], strict=True))
+    assert values == [0.5, 1.0, None, 2.0, None, 3.5]
+    assert [(i, str(e)) for i, e, _ in failures] == [(2, "no 3"), (4, "no 6")]
+    assert all("half" in tb and "run_chunk" not in tb for _, _, tb in failures)
