@@ -10,7 +10,8 @@ import signal
 import pytest
 
 from taskmill import CompositeError
-from taskmill.client.maps import assemble_map, chunk_entries, chunk_values
+from taskmill.arguments import FutureLike
+from taskmill.client.maps import assemble_map, chunk_entries, chunk_values, zip_columns
 from taskmill.mapper import run_chunk
 
 
@@ -110,3 +111,18 @@ def test_run_chunk_takes_a_zip_of_lists_and_goes_on_after_each_failure():
     assert values == [0.5, 1.0, None, 2.0, None, 3.5]
     assert [(i, str(e)) for i, e, _ in failures] == [(2, "no 3"), (4, "no 6")]
     assert all("half" in tb and "run_chunk" not in tb for _, _, tb in failures)
+
+
+def test_a_chunk_travels_as_a_zip_unless_an_element_may_hold_a_future():
+    """A zip pickles as its lists; the task's encoding looks for futures only in lists and
+    tuples, so a chunk that holds one goes as its argument tuples, where it is swapped."""
+    cols = zip_columns([range(4), ["a", "b", "c", "d"]])
+    assert cols.plain and len(cols) == 4
+    part = cols[1:3]
+    assert type(part.arguments()) is zip and list(part.arguments()) == [(1, "b"), (2, "c")]
+    fut = FutureLike()
+    fut.taskid = 5
+    mixed = zip_columns([[1, [fut]]])
+    assert not mixed.plain
+    assert mixed.arguments() == [(1,), ([fut],)]
+    assert type(zip_columns([[1, [2]]]).arguments()) is zip  # (no future in it after all)

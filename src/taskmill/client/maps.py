@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from ..arguments import CHUNK_DEPTH, swap_futures
+from ..arguments import CHUNK_DEPTH, plain_items, swap_futures
 from ..errors import CompositeError, ControllerUnreachable, MapFailure, RemoteTraceback
 from ..mapper import run_chunk
 from ..protocol import Abort, Clear, to_request
@@ -87,25 +87,27 @@ def zip_sequences(sequences: Sequence[Iterable[Any]]) -> list[tuple[Any, ...]]:
 class Columns:
     """A map's elements as one list per argument position (element i's arguments are item i
     of each), of equal lengths; `len` is the number of elements and a slice is a Columns of
-    those elements. As a chunk's argument, `arguments()` zips them (see there)."""
+    those elements. As a chunk's argument, `arguments()` zips them (see there). `plain`:
+    known to hold no future (every item of a plain type, such as a range's ints)."""
 
-    __slots__ = ("lists",)
+    __slots__ = ("lists", "plain")
 
-    def __init__(self, lists: list[list[Any]]) -> None:
+    def __init__(self, lists: list[list[Any]], plain: bool = False) -> None:
         self.lists = lists
+        self.plain = plain
 
     def __len__(self) -> int:
         return len(self.lists[0])
 
     def __getitem__(self, index: slice) -> Columns:
-        return Columns([x[index] for x in self.lists])
+        return Columns([x[index] for x in self.lists], self.plain)
 
     def arguments(self) -> Iterable[tuple[Any, ...]]:
         """What `run_chunk` iterates: a zip over the lists, which pickles as the lists (each
         item once, no tuple per element made or pickled here). When an element may hold a
         future, the list of argument tuples instead, where the task's encoding swaps each
         future for its result (arguments.swap_futures, `CHUNK_DEPTH` levels down)."""
-        if swap_futures((None, self.lists), {}, CHUNK_DEPTH)[2]:
+        if not self.plain and swap_futures((None, self.lists), {}, CHUNK_DEPTH)[2]:
             return list(zip(*self.lists, strict=True))
         return zip(*self.lists, strict=False)
 
@@ -117,7 +119,8 @@ def zip_columns(sequences: Sequence[Iterable[Any]]) -> Columns:
     lists = [list(s) for s in sequences]
     if len({len(x) for x in lists}) > 1:
         raise ValueError(f"map() sequences must have equal lengths, got {[len(x) for x in lists]}")
-    return Columns(lists)
+    plain = all(type(s) is range or plain_items(x) for s, x in zip(sequences, lists, strict=True))
+    return Columns(lists, plain)
 
 
 def auto_chunksize(n_items: int, n_engines: int) -> int:
