@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import threading
 
 import pytest
 
@@ -126,3 +127,21 @@ def test_a_chunk_travels_as_a_zip_unless_an_element_may_hold_a_future():
     assert not mixed.plain
     assert mixed.arguments() == [(1,), ([fut],)]
     assert type(zip_columns([[1, [2]]]).arguments()) is zip  # (no future in it after all)
+
+
+def test_a_chunk_that_cannot_be_pickled_is_named_by_its_elements():
+    from taskmill import SerializationError
+    from taskmill.client.codec import encode_task
+    from taskmill.client.maps import encode_chunks
+    from taskmill.client.options import TaskOptions
+    from taskmill.wire import Wire
+
+    class Backend:
+        wire = Wire(b"k" * 32)
+
+        def encode(self, task):
+            return encode_task(task, self.wire)
+
+    lock = threading.Lock()
+    with pytest.raises(SerializationError, match=r"\[\(1,\), \(<unlocked _thread.lock"):
+        encode_chunks(Backend(), TaskOptions(), abs, [zip_columns([[1, lock]])], split=True)

@@ -23,7 +23,13 @@ from concurrent.futures import Future
 from typing import Any
 
 from ..arguments import CHUNK_DEPTH, plain_items, swap_futures
-from ..errors import CompositeError, ControllerUnreachable, MapFailure, RemoteTraceback
+from ..errors import (
+    CompositeError,
+    ControllerUnreachable,
+    MapFailure,
+    RemoteTraceback,
+    SerializationError,
+)
 from ..mapper import run_chunk
 from ..protocol import Abort, Clear, to_request
 from ..task import BaseTask, MapTask
@@ -212,7 +218,7 @@ def encode_chunks(backend: Backend, options: TaskOptions, func: Callable[..., An
     todo = chunks[::-1]
     while todo:
         chunk = todo.pop()
-        enc = backend.encode(chunk_task(options, func, chunk))
+        enc = encode_chunk(backend, options, func, chunk)
         what = (f"element {start} of map({name})" if len(chunk) == 1 else
                 f"the chunk of elements {start}..{start + len(chunk) - 1} of map({name})")
         error = backend.too_big(enc, what)
@@ -228,6 +234,18 @@ def encode_chunks(backend: Backend, options: TaskOptions, func: Callable[..., An
         out.append(enc)
         start += len(chunk)
     return out_chunks, out
+
+
+def encode_chunk(backend: Backend, options: TaskOptions, func: Callable[..., Any],
+                 chunk: Any) -> Encoded:
+    """A chunk's task, encoded. When it cannot be pickled, the error names its elements as
+    that of the argument tuples does (a zip's repr would not)."""
+    try:
+        return backend.encode(chunk_task(options, func, chunk))
+    except SerializationError:
+        if type(chunk) is Columns:
+            backend.encode(chunk_task(options, func, list(zip(*chunk.lists, strict=True))))
+        raise
 
 
 def check_unreachable(futs: Sequence[Future]) -> None:
