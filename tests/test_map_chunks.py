@@ -145,3 +145,20 @@ def test_a_chunk_that_cannot_be_pickled_is_named_by_its_elements():
     lock = threading.Lock()
     with pytest.raises(SerializationError, match=r"\[\(1,\), \(<unlocked _thread.lock"):
         encode_chunks(Backend(), TaskOptions(), abs, [zip_columns([[1, lock]])], split=True)
+
+
+def stop_at_3(x):
+    if x == 3:
+        raise StopIteration(x)  # (as next() on an exhausted iterator does)
+    return x
+
+
+@pytest.mark.parametrize("arglists", [[(x,) for x in range(1, 6)], zip(range(1, 6))],
+                         ids=["tuples", "zip"])
+def test_an_element_that_raises_stopiteration_fails_alone(arglists):
+    """A C loop over the calls (list.extend, map, starmap) would take a StopIteration from
+    the function for the end of the elements, and drop the rest."""
+    values, failures = run_chunk(stop_at_3, arglists)
+    assert values == [1, 2, None, 4, 5]
+    assert [(i, type(e), e.args) for i, e, _ in failures] == [(2, StopIteration, (3,))]
+    assert "stop_at_3" in failures[0][2]

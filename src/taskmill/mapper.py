@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import pickle
 import traceback
-import types
 from collections.abc import Callable, Iterable
-from itertools import starmap
 from typing import Any
 
 from .errors import RemoteError
@@ -39,35 +37,19 @@ def run_chunk(func: Callable[..., Any], arglists: Iterable[tuple[Any, ...]],
     """Run on an engine: `func` over each argument tuple; each failure kept with its index
     and traceback (its value is None).
 
-    A Python function is called from C (`list.extend` over `starmap`, resumed after each
-    failure): each call still lets an interrupt's signal handler run as it starts. Any other
-    callable (a builtin never runs Python code) is called from a Python loop, which lets the
-    handler run between elements."""
+    A Python loop, not a C one (`list.extend(starmap(...))`): that would take a
+    StopIteration raised by `func` for the end of the elements, and would hold off an
+    interrupt's signal handler while a callable that runs no Python code is called."""
     values: list[Any] = []
     failures: list[tuple[int, BaseException, str]] = []
-    if _runs_python(func):
-        calls = starmap(func, arglists)
-        while True:
-            try:
-                values.extend(calls)
-                return values, failures
-            except Exception as e:  # noqa: BLE001 - every element's failure is reported
-                _failed(e, len(values), failures)
-                values.append(None)
+    append = values.append
     for args in arglists:
         try:
-            values.append(func(*args))
+            append(func(*args))
         except Exception as e:  # noqa: BLE001 - every element's failure is reported
             _failed(e, len(values), failures)
-            values.append(None)
+            append(None)
     return values, failures
-
-
-def _runs_python(func: Any) -> bool:
-    """Whether calling `func` runs Python bytecode first thing (a function or a method of one)."""
-    t = type(func)
-    return t is types.FunctionType or (
-        t is types.MethodType and type(func.__func__) is types.FunctionType)
 
 
 def _failed(e: Exception, index: int, failures: list[tuple[int, BaseException, str]]) -> None:
