@@ -633,11 +633,21 @@ def short_error(e: BaseException) -> str:
     return text if len(text) <= 90 else text[:87] + "..."
 
 
-def measure_peer(peer: Peer, sz: Sizes, limit: float) -> PeerResult:
+STEPS = ("submit", "submit_seed", "latency", "bytes", "array", "map")  # what --only picks from
+
+
+def measure_peer(peer: Peer, sz: Sizes, limit: float,
+                 only: frozenset[str] | None = None) -> PeerResult:
+    """Every step (startup first, always), or with `only` those of STEPS it names."""
     res = PeerResult(peer.name)
 
     def step(key: str | tuple[str, ...], fn: Callable[[], Any]) -> bool:
         keys = (key,) if isinstance(key, str) else key
+        name = "latency" if keys[0] == "lat_med" else keys[0]
+        if only is not None and name in STEPS and name not in only:
+            for k in keys:
+                res.errors[k] = "not measured (--only)"
+            return False
         progress(f"{peer.name}: {keys[0]}")
         try:
             with time_limit(limit):
@@ -961,6 +971,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--taskmill-db", default=None,
                    help="taskmill's task store, passed as Cluster(db=...): a SQLite path or "
                         ":memory: (default: taskmill's own default)")
+    p.add_argument("--only", default=None,
+                   help=f"a comma list of the steps to run, from {','.join(STEPS)} (startup "
+                        "always runs; default: all)")
     p.add_argument("--timeout", type=float, default=600.0,
                    help="time limit of each single measurement, 0 for none (default 600 s)")
     p.add_argument("--write", action="store_true", help=f"also write the report to {RESULTS_MD}")
@@ -974,6 +987,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, k, v)
         if getattr(args, k) < 1:
             p.error(f"--{k.replace('_', '-')} must be >= 1")
+    args.only_steps = None
+    if args.only is not None:
+        args.only_steps = frozenset(x.strip() for x in args.only.split(",") if x.strip())
+        if not args.only_steps or not args.only_steps <= set(STEPS):
+            p.error(f"--only takes a comma list of {','.join(STEPS)}")
     if args.peers.strip() in ("all", ""):
         args.peer_names = list(OPTIONAL_PEERS)
     elif args.peers.strip() == "none":
@@ -1021,7 +1039,7 @@ def main(argv: list[str] | None = None) -> int:
     # Third-party libraries may print; keep stdout for the report.
     with contextlib.redirect_stdout(sys.stderr):
         for peer in peers:
-            results[peer.name] = measure_peer(peer, sz, args.timeout)
+            results[peer.name] = measure_peer(peer, sz, args.timeout, args.only_steps)
     ordered = [results["taskmill"]] + [results[p.name] for p in peers if p.name != "taskmill"]
     ordered += skipped
     text = report(ordered, sz, args, header, time.perf_counter() - started)

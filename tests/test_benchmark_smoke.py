@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -232,3 +233,28 @@ def test_round_trip_hops_times_every_segment_of_a_lone_round_trip():
         rows = [line for line in out.splitlines() if line.startswith(where)]
         assert rows and all(line.rstrip(" |").split("|")[-1].strip().isdigit()
                             for line in rows), (where, out[-3000:])
+
+
+@pytest.mark.timeout(120)
+def test_map_costs_reports_each_process_and_compare_runs_only_the_map():
+    proc = bench("map_costs.py", "--items", "2000", "--rounds", "2", "--func", "square",
+                 "--db", ":memory:", timeout=110)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for who in ("controller", "client", "engine0", "engine1"):
+        assert f"- {who}: " in proc.stdout, proc.stdout
+    proc = bench("compare.py", "--quick", "--peers", "none", "--no-stdlib", "--only", "map",
+                 timeout=110)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[3].strip()
+            for line in proc.stdout.splitlines() if line.startswith("| ") and "---" not in line}
+    assert [v for k, v in rows.items() if k.startswith("map of")][0].replace(",", "").isdigit()
+    assert [v for k, v in rows.items() if k.startswith("submit+wait")] == ["not measured (--only)"]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind (callgrind)")
+def test_map_instructions_counts_the_client_and_the_engines():
+    proc = bench("map_instructions.py", "--items", "400", "--n", "1", timeout=290)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = proc.stdout.splitlines()[-1]
+    assert "client " in line and "engine " in line, proc.stdout

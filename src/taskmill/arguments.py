@@ -17,6 +17,7 @@ A map's chunk task (one task for many elements) is looked through as each elemen
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from itertools import chain
 from typing import Any
 
@@ -81,6 +82,12 @@ def _holds(x: Any, depth: int) -> bool:
                 if type(v) not in _PLAIN and _holds(v, depth - 1):
                     return True
     return False
+
+
+def plain_items(items: Iterable[Any]) -> bool:
+    """Whether every item is of a type that can neither be nor hold a future (int, str...):
+    one C loop over their types, ~10 ns an item."""
+    return set(map(type, items)) <= _PLAIN
 
 
 _SEQUENCES = frozenset({list, tuple})

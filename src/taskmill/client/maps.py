@@ -1,7 +1,9 @@
 """The pieces of maps, none of which waits on anything: chunking, chunk tasks, assembling.
 
-    map:    sequences --map_arguments--> argument tuples --chunked / auto_chunksize--> chunks
-            chunks --encode_chunks--> one encoded MapTask per chunk (taskmill.mapper.run_chunk)
+    map:    sequences --map_arguments--> Columns (one list per argument position)
+                      --chunked / auto_chunksize--> chunks (Columns too: slices of those lists)
+            chunks --encode_chunks--> one encoded MapTask per chunk (taskmill.mapper.run_chunk,
+                      over a zip of the chunk's lists: no tuple per element in the client)
             finished chunk futures --assemble_map--> results in order, or one CompositeError
     imap:   IMapRun pulls chunks from the iterable only while fewer than a bound of items are
             out, and hands back each finished chunk's entries when their turn comes
@@ -20,7 +22,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from ..errors import CompositeError, ControllerUnreachable, MapFailure, RemoteTraceback
+from ..arguments import CHUNK_DEPTH, plain_items, swap_futures
+from ..errors import (
+    CompositeError,
+    ControllerUnreachable,
+    MapFailure,
+    RemoteTraceback,
+    SerializationError,
+)
 from ..mapper import run_chunk
 from ..protocol import Abort, Clear, to_request
 from ..task import BaseTask, MapTask
@@ -45,10 +54,29 @@ def show_progress(progress: bool | None) -> bool:
     return bool(progress)
 
 
+class NoBar:
+    """What `progress_bar` gives when no bar is drawn: tqdm is not even imported (its first
+    import takes ~40 ms, as long as a whole 100,000-item map)."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
 def progress_bar(progress: bool | None, total: int | None, desc: str, unit: str) -> Any:
+    if not show_progress(progress):
+        return NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not show_progress(progress), desc=desc, unit=unit)
+    return tqdm(total=total, desc=desc, unit=unit)
 
 
 def zip_sequences(sequences: Sequence[Iterable[Any]]) -> list[tuple[Any, ...]]:
@@ -60,6 +88,45 @@ def zip_sequences(sequences: Sequence[Iterable[Any]]) -> list[tuple[Any, ...]]:
     if len(lengths) > 1:
         raise ValueError(f"map() sequences must have equal lengths, got {[len(x) for x in lists]}")
     return list(zip(*lists, strict=True))
+
+
+class Columns:
+    """A map's elements as one list per argument position (element i's arguments are item i
+    of each), of equal lengths; `len` is the number of elements and a slice is a Columns of
+    those elements. As a chunk's argument, `arguments()` zips them (see there). `plain`:
+    known to hold no future (every item of a plain type, such as a range's ints)."""
+
+    __slots__ = ("lists", "plain")
+
+    def __init__(self, lists: list[list[Any]], plain: bool = False) -> None:
+        self.lists = lists
+        self.plain = plain
+
+    def __len__(self) -> int:
+        return len(self.lists[0])
+
+    def __getitem__(self, index: slice) -> Columns:
+        return Columns([x[index] for x in self.lists], self.plain)
+
+    def arguments(self) -> Iterable[tuple[Any, ...]]:
+        """What `run_chunk` iterates: a zip over the lists, which pickles as the lists (each
+        item once, no tuple per element made or pickled here). When an element may hold a
+        future, the list of argument tuples instead, where the task's encoding swaps each
+        future for its result (arguments.swap_futures, `CHUNK_DEPTH` levels down)."""
+        if not self.plain and swap_futures((None, self.lists), {}, CHUNK_DEPTH)[2]:
+            return list(zip(*self.lists, strict=True))
+        return zip(*self.lists, strict=False)
+
+
+def zip_columns(sequences: Sequence[Iterable[Any]]) -> Columns:
+    """A map's sequences as Columns; sequences of unequal length are a ValueError."""
+    if not sequences:
+        raise TypeError("map() needs at least one sequence")
+    lists = [list(s) for s in sequences]
+    if len({len(x) for x in lists}) > 1:
+        raise ValueError(f"map() sequences must have equal lengths, got {[len(x) for x in lists]}")
+    plain = all(type(s) is range or plain_items(x) for s, x in zip(sequences, lists, strict=True))
+    return Columns(lists, plain)
 
 
 def auto_chunksize(n_items: int, n_engines: int) -> int:
@@ -74,8 +141,10 @@ def check_positive(value: Any, name: str) -> None:
 
 
 def chunk_task(options: TaskOptions, func: Callable[..., Any],
-               arglists: list[tuple[Any, ...]]) -> MapTask:
+               arglists: list[tuple[Any, ...]] | Columns) -> MapTask:
     """The MapTask that runs one chunk, carrying the caller's task options."""
+    if type(arglists) is Columns:
+        return options.task(run_chunk, (func, arglists.arguments()))
     return options.task(run_chunk, (func, arglists))
 
 
@@ -123,32 +192,33 @@ def chunk_entries(fut: TaskFuture, n: int) -> list[tuple[bool, Any]]:
 
 # -- map -------------------------------------------------------------------------------------
 def map_arguments(options: TaskOptions, sequences: Sequence[Iterable[Any]],
-                  chunksize: int | None) -> list[tuple[Any, ...]]:
-    """A map's argument tuples, its options and chunksize checked."""
+                  chunksize: int | None) -> Columns:
+    """A map's arguments, its options and chunksize checked."""
     check_map_options(options)
     check_positive(chunksize, "chunksize")
-    return zip_sequences(sequences)
+    return zip_columns(sequences)
 
 
-def chunked(args: list[tuple[Any, ...]], chunksize: int) -> list[list[tuple[Any, ...]]]:
+def chunked(args: Any, chunksize: int) -> list[Any]:
+    """`args` (a list of argument tuples, or Columns) in slices of `chunksize` elements."""
     return [args[i:i + chunksize] for i in range(0, len(args), chunksize)]
 
 
 def encode_chunks(backend: Backend, options: TaskOptions, func: Callable[..., Any],
-                  chunks: list[list[Any]], *,
-                  split: bool) -> tuple[list[list[Any]], list[Encoded]]:
+                  chunks: list[Any], *,
+                  split: bool) -> tuple[list[Any], list[Encoded]]:
     """Each chunk's task, encoded, and the chunks they are (in order). None is larger than the
     controller accepts in one message: with `split` (chunksize=None) a chunk that would be is
     cut in halves until it fits; a single element that does not fit, or a chunk of a chosen
     chunksize, raises ValueError, before anything is sent."""
     name = getattr(func, "__qualname__", type(func).__name__)
-    out_chunks: list[list[Any]] = []
+    out_chunks: list[Any] = []
     out: list[Encoded] = []
     start = 0  # the index of the chunk's first element
     todo = chunks[::-1]
     while todo:
         chunk = todo.pop()
-        enc = backend.encode(chunk_task(options, func, chunk))
+        enc = encode_chunk(backend, options, func, chunk)
         what = (f"element {start} of map({name})" if len(chunk) == 1 else
                 f"the chunk of elements {start}..{start + len(chunk) - 1} of map({name})")
         error = backend.too_big(enc, what)
@@ -166,6 +236,18 @@ def encode_chunks(backend: Backend, options: TaskOptions, func: Callable[..., An
     return out_chunks, out
 
 
+def encode_chunk(backend: Backend, options: TaskOptions, func: Callable[..., Any],
+                 chunk: Any) -> Encoded:
+    """A chunk's task, encoded. When it cannot be pickled, the error names its elements as
+    that of the argument tuples does (a zip's repr would not)."""
+    try:
+        return backend.encode(chunk_task(options, func, chunk))
+    except SerializationError:
+        if type(chunk) is Columns:
+            backend.encode(chunk_task(options, func, list(zip(*chunk.lists, strict=True))))
+        raise
+
+
 def check_unreachable(futs: Sequence[Future]) -> None:
     """Raise ControllerUnreachable if a future failed with it (a map raises it as itself)."""
     for f in futs:
@@ -175,7 +257,7 @@ def check_unreachable(futs: Sequence[Future]) -> None:
                 raise exc
 
 
-def assemble_map(name: str, futs: Sequence[TaskFuture], chunks: Sequence[list[Any]],
+def assemble_map(name: str, futs: Sequence[TaskFuture], chunks: Sequence[Any],
                  n_items: int) -> list[Any]:
     """Every element's result in input order, or one CompositeError naming every failure."""
     results: list[Any] = []

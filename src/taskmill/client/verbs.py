@@ -247,7 +247,13 @@ def map_elements(backend: Backend, options: TaskOptions, func: Callable[..., Any
         futs = backend.submit_futures(encoded, checked=True)
         items = {f: len(c) for f, c in zip(futs, chunks, strict=True)}
         with progress_bar(progress, len(args), name, "item") as bar:
-            pending = yield WaitFor(futs, timeout, lambda f: bar.update(items[f]))
+
+            def each(f: TaskFuture) -> None:
+                bar.update(items[f])
+                if not f.cancelled():
+                    f.exception()  # (its result decoded now, while later chunks still run)
+
+            pending = yield WaitFor(futs, timeout, each)
         if pending:
             raise TimeoutError(f"map of {name} did not finish within {timeout:g}s (timeout=); "
                                "its unfinished tasks were aborted")
