@@ -82,11 +82,13 @@ HANDED, ENGINE = 8, 9
 def insert_rows(rows: list[list[Any]]) -> tuple[str, list[Any]]:
     """The statement that inserts these rows (shaped as INSERT_TASK takes them), with the
     rows cut to the columns it binds: the fewest that no row has a value past."""
-    if any(r[OK] is not None for r in rows):
-        return INSERT_TASK, rows
-    if any(r[ENGINE] is not None or r[HANDED] is not None for r in rows):
-        return INSERT_RUNNING, [r[:OK] for r in rows]
-    return INSERT_QUEUED, [r[:HANDED] for r in rows]
+    cut = HANDED
+    for r in rows:
+        if r[OK] is not None:
+            return INSERT_TASK, rows
+        if r[ENGINE] is not None or r[HANDED] is not None:
+            cut = OK
+    return (INSERT_QUEUED if cut == HANDED else INSERT_RUNNING), [r[:cut] for r in rows]
 
 # How long a commit waits for a lock another process holds on the database before it fails
 # (and is tried again later): the controller's loop must not stall behind it.

@@ -404,13 +404,16 @@ class SQLiteStore(IdLeases):
                              f"{e.strerror or e}") from None
         db = self.db
         now = time.monotonic()
-        writes: list[tuple[str, Any]] = []  # (statement, rows), in the order described above
-        for sql, queued in ((MARK_RUNNING, self._run), (FINISH_TASK, self._fin),
-                            (REMEMBER_SUBMIT, self._subs), (REMEMBER_ENGINE, self._eng)):
-            if queued:
-                writes.append((sql, queued.values()))
-        if self._ins:
-            writes.insert(0, insert_rows(list(self._ins.values())))
+        # (statement, rows), in the order described above
+        writes: list[tuple[str, Any]] = [insert_rows(list(self._ins.values()))] if self._ins else []
+        if self._run:
+            writes.append((MARK_RUNNING, self._run.values()))
+        if self._fin:
+            writes.append((FINISH_TASK, self._fin.values()))
+        if self._subs:
+            writes.append((REMEMBER_SUBMIT, self._subs.values()))
+        if self._eng:
+            writes.append((REMEMBER_ENGINE, self._eng.values()))
         meta = []
         if self._next_eid != self._written_eid:
             meta.append(("next_eid", self._next_eid))
