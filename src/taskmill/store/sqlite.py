@@ -47,7 +47,6 @@ from .schema import (
     MARK_RUNNING,
     NODE,
     OK,
-    OPEN_TIMEOUT,
     REMEMBER_ENGINE,
     REMEMBER_SUBMIT,
     RESULT_FRAMES,
@@ -57,6 +56,7 @@ from .schema import (
     SET_META,
     STATE,
     checkpoint_loop,
+    connect,
     delete_finished,
     disk_note,
     hold_lock,
@@ -100,8 +100,7 @@ class SQLiteStore(IdLeases):
         except OSError as e:
             raise StoreError(f"cannot create the task store {path}: {e.strerror or e}") from None
         try:
-            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                      timeout=OPEN_TIMEOUT)
+            self.db = connect(path)
         except sqlite3.Error as e:
             raise open_error(path, e) from None
         try:
