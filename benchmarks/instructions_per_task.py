@@ -15,6 +15,7 @@ Each tree is a `src` folder (default: this checkout's); give several to compare 
 
     python benchmarks/instructions_per_task.py --tree src --tree ../old/src
     python benchmarks/instructions_per_task.py --tree src --tree ../old/src --opcodes --top 30
+    python benchmarks/instructions_per_task.py --keep /tmp/cg   # then callgrind_parts.py
 
 A count still moves a little with timing (how many loop turns a message takes): repeat a run
 to see by how much (about 1% here).
@@ -89,8 +90,10 @@ if os.environ.get("TM_OPCODES_OUT"):
 """
 
 
-def run_once(tree: Path, n: int, *, callgrind: bool, tracing: bool) -> dict[str, int]:
-    """One controller, one engine, n lone round trips: {"Ir": total} or the opcode counts."""
+def run_once(tree: Path, n: int, *, callgrind: bool, tracing: bool,
+             keep: Path | None = None) -> dict[str, int]:
+    """One controller, one engine, n lone round trips: {"Ir": total} or the opcode counts
+    (`keep`: copy callgrind's output file there)."""
     work = Path(tempfile.mkdtemp(prefix="tm-instr-"))
     try:
         env = dict(os.environ, PYTHONPATH=str(tree))
@@ -133,6 +136,8 @@ def run_once(tree: Path, n: int, *, callgrind: bool, tracing: bool) -> dict[str,
             log.close()
         if tracing:
             return json.loads((work / "opcodes.json").read_text())
+        if keep is not None:
+            shutil.copy(work / "cg.out", keep)
         for line in (work / "cg.out").read_text().splitlines():
             if line.startswith(("summary:", "totals:")):
                 return {"Ir": int(line.split()[1])}
@@ -166,6 +171,9 @@ def main() -> int:
     p.add_argument("--opcodes", action="store_true",
                    help="count Python bytecodes per module/function instead of instructions")
     p.add_argument("--top", type=int, default=20, help="functions shown with --opcodes")
+    p.add_argument("--keep", type=Path, default=None,
+                   help="a folder to keep callgrind's output files in, named TREE-N.out (N: "
+                        "round trips; see callgrind_parts.py)")
     a = p.parse_args()
     trees = [t.resolve() for t in (a.tree or [ROOT / "src"])]
     if not a.opcodes and shutil.which("valgrind") is None:
@@ -189,9 +197,17 @@ def main() -> int:
         return 0
     print(f"controller instructions per lone round trip ({a.n} counted, callgrind):")
     first = None
+    if a.keep is not None:
+        a.keep.mkdir(parents=True, exist_ok=True)
+
+    def kept(t: Path, n: int) -> Path | None:
+        name = "-".join(t.parts[-2:]).replace("/", "-")
+        return None if a.keep is None else a.keep / f"{name}-{n}.out"
+
     for t in trees:
-        base = run_once(t, a.base, callgrind=True, tracing=False)["Ir"]
-        more = run_once(t, a.base + a.n, callgrind=True, tracing=False)["Ir"]
+        base = run_once(t, a.base, callgrind=True, tracing=False, keep=kept(t, a.base))["Ir"]
+        more = run_once(t, a.base + a.n, callgrind=True, tracing=False,
+                        keep=kept(t, a.base + a.n))["Ir"]
         per = (more - base) / a.n
         first = first or per
         print(f"  {per:12,.0f}  ({per / first:.3f}x)  {t}")

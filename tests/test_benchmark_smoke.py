@@ -258,3 +258,40 @@ def test_map_instructions_counts_the_client_and_the_engines():
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = proc.stdout.splitlines()[-1]
     assert "client " in line and "engine " in line, proc.stdout
+
+
+CALLGRIND_OUT = """version: 1
+creator: callgrind-3.19.0
+positions: line
+events: Ir
+summary: {total}
+
+ob=(1) /lib/libpython3.11.so.1.0
+fl=(1) ceval.c
+fn=(1) _PyEval_EvalFrameDefault
+10 {py}
+cob=(2) /x/_cmsgpack.cpython-311-x86_64-linux-gnu.so
+cfi=(2) pack.c
+cfn=(2) pack
+calls={calls} 5
+11 {ext}
+
+ob=(2)
+fl=(2)
+fn=(2)
+5 {ext}
+"""
+
+
+def test_callgrind_parts_subtracts_two_runs_by_object_and_entry_point(tmp_path):
+    """callgrind_parts.py on two small callgrind files: per task, the difference of each
+    object's self cost and of each call into an extension (cost and count)."""
+    more, base = tmp_path / "more.out", tmp_path / "base.out"
+    more.write_text(CALLGRIND_OUT.format(total=900, py=600, ext=300, calls=4))
+    base.write_text(CALLGRIND_OUT.format(total=450, py=300, ext=150, calls=2))
+    proc = bench("callgrind_parts.py", str(more), str(base), "--n", "2", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "instructions per task: 225" in out
+    assert "150   66.7%  libpython3.11.so.1.0" in out and "75   33.3%  _cmsgpack" in out
+    assert "75    1.00  _cmsgpack.cpython-311-x86_64-linux-gnu.so:pack" in out

@@ -547,6 +547,21 @@ def test_slow_timer_moves_on_to_the_next_task_when_the_watched_one_finished():
     assert s.capacity(0) == 1
 
 
+def test_slow_timer_is_cancelled_when_the_engine_runs_nothing():
+    """One task at a time (lone round trips): the watched task finishing on an engine that
+    runs nothing else cancels the timer, and the next task is watched from its dispatch."""
+    s = make(buffer_seconds=0.002)
+    s.handle(AddEngine(0, {}))
+    s.handle(Submit(0, [Node()]))
+    s.handle(TaskDone(0, 0, 1, OK, duration=0.0001))
+    assert arm_keys(s.handle(Submit(1, [Node()]))) == [("slow", 0)]
+    done = s.handle(TaskDone(0, 1, 1, OK, duration=0.0001))
+    assert [a.key for a in of(done, CancelTimer)] == [("slow", 0)]
+    assert arm_keys(s.handle(Submit(2, [Node()]))) == [("slow", 0)]  # watched at once
+    s.handle(TimerFired(("slow", 0)))  # task 2 is still running a timer later: it is long
+    assert s.capacity(0) == 1
+
+
 def test_adaptive_capacity_is_capped():
     s = make(max_slots=8)
     s.handle(AddEngine(0, {}))

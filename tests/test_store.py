@@ -105,6 +105,49 @@ def test_sqlite_a_dispatch_is_written_by_the_next_commit(tmp_path):
     s.close()
 
 
+def test_sqlite_rows_of_every_shape_and_a_one_row_commit_survive_a_kill(tmp_path):
+    """Queued, running and finished rows go in with the fewest columns each commit needs
+    (schema.insert_rows); a commit of one row runs without BEGIN/COMMIT: it too fails whole
+    under another process's write lock and is written by the next commit."""
+    import sqlite3
+
+    from taskmill.store.schema import INSERT_QUEUED, INSERT_RUNNING, INSERT_TASK, insert_rows
+
+    path = str(tmp_path / "t.db")
+    s = SQLiteStore(path)
+    queued = _task(s)
+    s.commit()  # (queued only)
+    running = _task(s)
+    s.mark_running(running, engine=3, node=0, attempts=1, tries=1, handed_over=[])
+    s.commit()  # (running only)
+    done = _task(s)
+    s.finish(done, StoredResult({"status": "ok"}, [b"r"]))
+    s.commit()  # (finished in its insert)
+    s.finish(running, StoredResult({"status": "error"}, []))
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # holds the write lock
+    try:
+        with pytest.raises(StoreError, match="locked"):
+            s.commit()  # the one row: a finish
+        assert s.dirty()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    s.commit()
+    _killed(s)
+    s2 = SQLiteStore(path)
+    rows = {tid: row for tid, *row in s2.db.execute(
+        "SELECT tid, state, engine, handed_over, ok FROM tasks")}
+    assert rows == {queued: ["queued", None, None, None], running: ["finished", 3, b"\x90", 0],
+                    done: ["finished", None, None, 1]}
+    assert s2.result(done).frames == [b"r"] and s2.result(running).meta == {"status": "error"}
+    s2.close()
+    row = [0, "queued", 1.0, b"", b"", 0, 0, 0, None, None, None, None, None]
+    assert insert_rows([row])[0] == INSERT_QUEUED
+    assert insert_rows([row, [*row[:8], b"\x90", 1, None, None, None]])[0] == INSERT_RUNNING
+    assert insert_rows([row, [*row[:10], 1, b"", None]])[0] == INSERT_TASK
+
+
 def test_sqlite_a_failed_commit_keeps_every_row_and_a_later_one_writes_them(tmp_path):
     """Another process holds the write lock past the busy timeout: the commit fails with
     StoreError naming the cause, nothing is lost, results stay readable, and the next commit

@@ -231,7 +231,14 @@ class Book:
         if len(e.running) < 2:
             self.buffering.discard(e.eid)
         if head:
-            self.watch_head(e)
+            if e.running:
+                self.watch_head(e)
+            elif e.watched is not None:
+                # Nothing runs: no task to watch, and no turn of the loop for a timer that
+                # would find that out (a lone round trip each ~1 ms would wake it every 4 ms);
+                # the next task it takes is watched from its dispatch.
+                e.watched = None
+                self.out.append(CancelTimer(("slow", e.eid)))
         if e.retiring:
             if not e.running:
                 self.out.append(Drained(e.eid))

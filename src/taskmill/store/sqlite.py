@@ -44,22 +44,23 @@ from .schema import (
     EMPTY_LIST,
     FINISH_TASK,
     FRAMES,
-    INSERT_TASK,
     MARK_RUNNING,
     NODE,
     OK,
-    OPEN_TIMEOUT,
     REMEMBER_ENGINE,
     REMEMBER_SUBMIT,
     RESULT_FRAMES,
     SCHEMA,
     SELECT_QUEUED,
     SELECT_UNFINISHED,
+    SET_META,
     STATE,
     checkpoint_loop,
+    connect,
     delete_finished,
     disk_note,
     hold_lock,
+    insert_rows,
     open_error,
     read_task,
 )
@@ -99,8 +100,7 @@ class SQLiteStore(IdLeases):
         except OSError as e:
             raise StoreError(f"cannot create the task store {path}: {e.strerror or e}") from None
         try:
-            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                      timeout=OPEN_TIMEOUT)
+            self.db = connect(path)
         except sqlite3.Error as e:
             raise open_error(path, e) from None
         try:
@@ -402,34 +402,43 @@ class SQLiteStore(IdLeases):
             raise StoreError(f"the task store cannot write a file in {self.blob_dir}: "
                              f"{e.strerror or e}") from None
         db = self.db
+        now = time.monotonic()
+        # (statement, rows), in the order described above
+        writes: list[tuple[str, Any]] = [insert_rows(list(self._ins.values()))] if self._ins else []
+        if self._run:
+            writes.append((MARK_RUNNING, self._run.values()))
+        if self._fin:
+            writes.append((FINISH_TASK, self._fin.values()))
+        if self._subs:
+            writes.append((REMEMBER_SUBMIT, self._subs.values()))
+        if self._eng:
+            writes.append((REMEMBER_ENGINE, self._eng.values()))
+        meta = []
+        if self._next_eid != self._written_eid:
+            meta.append(("next_eid", self._next_eid))
+        # The counter goes to `meta` unless the highest row says it (a restart takes the
+        # larger): an ordinary submit's last row is its last id (a page less per commit).
+        if self._next < self._written_next or (
+                self._next > self._written_next and self._next - 1 not in self._ins):
+            meta.append(("next_tid", self._next))
+        if everything or now - self._low_written >= LOW_TID_EVERY:
+            # Every task below this had finished: a restart looks only above it.
+            meta.append(("low_tid", self.low_bound(min(self._active) if self._active
+                                                   else self._next)))
+        if meta:
+            writes.append((SET_META, meta))
         try:
             if db.in_transaction:  # a ROLLBACK that failed earlier left one open
                 db.execute("ROLLBACK")
-            db.execute("BEGIN")
-            if self._ins:
-                db.executemany(INSERT_TASK, self._ins.values())
-            if self._run:
-                db.executemany(MARK_RUNNING, self._run.values())
-            if self._fin:
-                db.executemany(FINISH_TASK, self._fin.values())
-            if self._subs:
-                db.executemany(REMEMBER_SUBMIT, self._subs.values())
-            if self._eng:
-                db.executemany(REMEMBER_ENGINE, self._eng.values())
-            if self._next_eid != self._written_eid:
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('next_eid', ?)",
-                           (self._next_eid,))
-            # The counter goes to `meta` unless the highest row says it (a restart takes the
-            # larger): an ordinary submit's last row is its last id (a page less per commit).
-            if self._next < self._written_next or (
-                    self._next > self._written_next and self._next - 1 not in self._ins):
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('next_tid', ?)", (self._next,))
-            now = time.monotonic()
-            if everything or now - self._low_written >= LOW_TID_EVERY:
-                # Every task below this had finished: a restart looks only above it.
-                low = self.low_bound(min(self._active) if self._active else self._next)
-                db.execute("INSERT OR REPLACE INTO meta VALUES ('low_tid', ?)", (low,))
-            db.execute("COMMIT")
+            if len(writes) == 1 and len(writes[0][1]) == 1:
+                # One row (a lone task's result): one statement is a transaction of its own
+                # (autocommit), written and made durable as BEGIN ... COMMIT would.
+                db.execute(writes[0][0], next(iter(writes[0][1])))
+            else:
+                db.execute("BEGIN")
+                for sql, rows in writes:
+                    db.executemany(sql, rows)
+                db.execute("COMMIT")
         except sqlite3.Error as e:
             self._rollback(e)
             raise StoreError(f"the task store {self.path} cannot write: {e}"

@@ -66,7 +66,11 @@ class HmacSha256:
         return outer.digest()
 
     def digest(self, data: Any) -> bytes:
-        inner = self.start()
+        # (start and finish written out: every message is signed or checked here, and the
+        # two calls cost a third of this method's Python)
+        inner = self._inner.copy()
         inner.update(data)
-        return self.finish(inner)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
