@@ -132,7 +132,7 @@ def run_once(tree: Path, n: int, process: str, *, callgrind: bool,
         plain = dict(os.environ, PYTHONPATH=str(tree))
         plain.pop("TASKMILL_CONNECTION", None)
         cg = work / "cg.out"
-        wrap = (["valgrind", "--tool=callgrind", "--separate-threads=yes",
+        wrap = (["valgrind", "-q", "--tool=callgrind", "--separate-threads=yes",
                  f"--callgrind-out-file={cg}"] if callgrind else [])
         traced = plain
         if tracing:

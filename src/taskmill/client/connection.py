@@ -53,6 +53,8 @@ RESENDABLE = frozenset({"submit", "put", "result", "wait", "watch", "lease"})
 Stream = Callable[[dict[str, Any], list[Any]], bool]
 
 log = logging.getLogger("taskmill.client")
+STREAMED: Future = Future()  # what `send` returns with a `stream` (which takes the replies)
+STREAMED.set_result(None)
 
 
 class Connection:
@@ -388,13 +390,14 @@ class Connection:
 
     def send(self, header: dict[str, Any], frames: Sequence[Any] = (),
              stream: Callable[[dict[str, Any], list[Any]], bool] | None = None) -> Future:
-        """Send a request; the Future resolves to the reply (header, frames).
+        """Send a request; the Future resolves to the reply (header, frames). With `stream`,
+        the replies go to it instead (the Future returned: STREAMED, done already).
 
         The header is packed before the request is registered anywhere: one that cannot be
         encoded raises ValueError here, and nothing of it stays behind (it is never resent)."""
         if self._closed.is_set():
             raise RuntimeError("this client is closed")
-        fut: Future = Future()
+        fut: Future = Future() if stream is None else STREAMED
         with interrupts_deferred() if frames else NOT_DEFERRED, self.send_lock:
             if self._unreachable:
                 raise self.unreachable_error()

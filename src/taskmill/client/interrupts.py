@@ -18,6 +18,7 @@ from typing import Any
 SIGINT = int(signal.SIGINT)
 NOT_DEFERRED = nullcontext()  # (a single frame is sent whole or not at all)
 _deferring = False  # whether the main thread is inside an interrupts_deferred block (its own)
+MAIN_IDENT = threading.main_thread().ident  # (a forked child's main thread keeps its ident)
 
 
 class interrupts_deferred:  # noqa: N801 - used as a context manager, like a function
@@ -37,7 +38,7 @@ class interrupts_deferred:  # noqa: N801 - used as a context manager, like a fun
         self.caught: Any = None
         # (inside another such block Ctrl-C is deferred already, to the outer block's end: a
         # submit's send inside the submit's block costs no more sigaction calls)
-        if not _deferring and get_ident() == threading.main_thread().ident:
+        if not _deferring and get_ident() == MAIN_IDENT:
             self.old = _signal.signal(SIGINT, self.note)
             if self.old is not signal.default_int_handler:  # someone else's: leave it be
                 _signal.signal(SIGINT, self.old)
