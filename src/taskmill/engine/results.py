@@ -62,8 +62,10 @@ class ResultOutbox:
             and time.monotonic() - self.unsent_since < RESULT_DELAY))
         batches = [early] if early else []
         if not hold:
-            batches.append(self.take(registered))
-        return [b for b in batches if b]
+            batch = self.take(registered)
+            if batch:
+                batches.append(batch)
+        return batches
 
     def acked(self, keys: list[tuple[int, int]]) -> None:
         """The controller has stored these results: drop them."""
