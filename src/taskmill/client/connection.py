@@ -30,6 +30,7 @@ from contextlib import suppress
 from typing import Any
 
 import zmq
+from zmq import zmq_poll
 
 from ..connection import find_connection_file, read_connection_file
 from ..curve import apply_client as apply_curve
@@ -48,6 +49,7 @@ IDLE_AT_LEAST_EVERY = 256  # messages: a steady stream of replies must not starv
 IDLE_POLL_MS = 100  # the I/O thread's longest wait for a reply before it pings (close() wakes it)
 # Requests sent again to a restarted controller (reads; submits, which it de-duplicates; a
 # lease, which it grants anew).
+EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 RESENDABLE = frozenset({"submit", "put", "result", "wait", "watch", "lease"})
 
 Stream = Callable[[dict[str, Any], list[Any]], bool]
@@ -146,9 +148,7 @@ class Connection:
 
     def _io_loop(self) -> None:
         sock = self._recv_sock
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._woken, zmq.POLLIN)
+        polled = [(sock, POLLIN), (self._woken, POLLIN)]  # (zmq_poll's: no Poller's layers)
         next_ping = 0.0
         burst = 0  # messages read since the idle hook last ran
         last = time.monotonic()
@@ -165,9 +165,8 @@ class Connection:
                 self._declare_unreachable()
                 renew = True
             if renew:
-                poller.unregister(sock)
                 sock = self._reopen()
-                poller.register(sock, zmq.POLLIN)
+                polled[0] = (sock, POLLIN)
             if now >= next_ping:
                 # Said from the receive socket, so the controller knows its id before any
                 # reply; after the hello, pings tell a restarted controller from the old one.
@@ -180,10 +179,12 @@ class Connection:
                     pass
                 self._say(self._intake.tick())
                 next_ping = now + (self._ping_interval if self._hello.done() else 0.5)
-            if burst >= IDLE_AT_LEAST_EVERY or not sock.poll(0):
+            # (EVENTS: what sock.poll(0) would say, without making a Poller each time)
+            if burst >= IDLE_AT_LEAST_EVERY or not sock.getsockopt(EVENTS) & POLLIN:
                 burst = 0
                 self._idle()
-                if sock not in dict(poller.poll(IDLE_POLL_MS)):
+                ready = zmq_poll(polled, IDLE_POLL_MS)
+                if not ready or ready[0][0] is not sock:
                     continue  # (or woken by close())
             burst += 1
             msg = recv_message(sock)
