@@ -49,7 +49,7 @@ IDLE_AT_LEAST_EVERY = 256  # messages: a steady stream of replies must not starv
 IDLE_POLL_MS = 100  # the I/O thread's longest wait for a reply before it pings (close() wakes it)
 # Requests sent again to a restarted controller (reads; submits, which it de-duplicates; a
 # lease, which it grants anew).
-EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+POLLIN = int(zmq.POLLIN)
 RESENDABLE = frozenset({"submit", "put", "result", "wait", "watch", "lease"})
 
 Stream = Callable[[dict[str, Any], list[Any]], bool]
@@ -149,6 +149,7 @@ class Connection:
     def _io_loop(self) -> None:
         sock = self._recv_sock
         polled = [(sock, POLLIN), (self._woken, POLLIN)]  # (zmq_poll's: no Poller's layers)
+        own = polled[:1]  # zmq_poll(own, 0): sock.poll(0) without making a Poller each time
         next_ping = 0.0
         burst = 0  # messages read since the idle hook last ran
         last = time.monotonic()
@@ -166,7 +167,7 @@ class Connection:
                 renew = True
             if renew:
                 sock = self._reopen()
-                polled[0] = (sock, POLLIN)
+                polled[0] = own[0] = (sock, POLLIN)
             if now >= next_ping:
                 # Said from the receive socket, so the controller knows its id before any
                 # reply; after the hello, pings tell a restarted controller from the old one.
@@ -179,8 +180,7 @@ class Connection:
                     pass
                 self._say(self._intake.tick())
                 next_ping = now + (self._ping_interval if self._hello.done() else 0.5)
-            # (EVENTS: what sock.poll(0) would say, without making a Poller each time)
-            if burst >= IDLE_AT_LEAST_EVERY or not sock.getsockopt(EVENTS) & POLLIN:
+            if burst >= IDLE_AT_LEAST_EVERY or not zmq_poll(own, 0):
                 burst = 0
                 self._idle()
                 ready = zmq_poll(polled, IDLE_POLL_MS)
