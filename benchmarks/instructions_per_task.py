@@ -178,17 +178,61 @@ def run_once(tree: Path, n: int, process: str, *, callgrind: bool,
             log.close()
         if tracing:
             return json.loads((work / "opcodes.json").read_text())
-        threads = []
+        threads, functions = [], Counter()
         for out in sorted(work.glob("cg.out*")):  # one file per thread: cg.out-01, -02, ...
-            for line in out.read_text().splitlines():
-                if line.startswith(("summary:", "totals:")):
-                    threads.append(int(line.split()[1]))
-                    break
+            total = self_costs(out, functions)
+            if total is not None:
+                threads.append(total)
         if not threads:
             raise RuntimeError("callgrind wrote no totals")
-        return {"Ir": sum(threads), "threads": threads}
+        return {"Ir": sum(threads), "threads": threads, "functions": functions}
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def self_costs(path: Path, into: Counter[str]) -> int | None:
+    """Add each function's own instructions in a callgrind file to `into` (the cost line
+    after a `calls=` line is the callee's, not counted); return the file's total."""
+    names: dict[str, str] = {}
+    fn, skip, total = "?", False, None
+    with open(path) as f:
+        for line in f:
+            c = line[0]
+            if c.isdigit() or c in "+-*":
+                if skip:
+                    skip = False
+                    continue
+                parts = line.split()
+                if len(parts) > 1:
+                    into[fn] += int(parts[1])
+            elif line.startswith("fn="):
+                ref, _, name = line[3:].rstrip("\n").partition(" ")
+                if name:
+                    names[ref] = name
+                fn = names.get(ref, ref)
+            elif line.startswith("cfn="):  # (a name may be defined at a call first)
+                ref, _, name = line[4:].rstrip("\n").partition(" ")
+                if name:
+                    names[ref] = name
+            elif line.startswith("calls="):
+                skip = True
+            elif line.startswith(("summary:", "totals:")) and total is None:
+                total = int(line.split()[1])
+    return total
+
+
+def show_functions(trees: list[Path], per: dict[Path, Counter[str]], top: int) -> None:
+    """The functions whose own instructions per task differ most from the first tree's (with
+    one tree: the most costly)."""
+    first = per[trees[0]]
+    names = set().union(*per.values())
+    if len(trees) == 1:
+        order = sorted(names, key=lambda f: -first[f])
+    else:
+        order = sorted(names, key=lambda f: -max(abs(per[t][f] - first[f]) for t in trees))
+    print("\nown instructions per task by function:", " | ".join(str(t) for t in trees))
+    for name in order[:top]:
+        print("  ", " ".join(f"{per[t][name]:9,.0f}" for t in trees), f" {name[:90]}")
 
 
 def split_key(key: str) -> tuple[str, str]:
@@ -257,6 +301,9 @@ def main() -> int:
     p.add_argument("--opcodes", action="store_true",
                    help="count Python bytecodes per module/function instead of instructions")
     p.add_argument("--top", type=int, default=20, help="functions shown with --opcodes")
+    p.add_argument("--functions", type=int, default=0, metavar="N",
+                   help="with callgrind: the N C and interpreter functions whose own "
+                        "instructions per task differ most between the trees")
     a = p.parse_args()
     trees = [t.resolve() for t in (a.tree or [ROOT / "src"])]
     if not a.opcodes and shutil.which("valgrind") is None:
@@ -269,6 +316,7 @@ def main() -> int:
     print(f"{a.process} instructions per lone round trip ({a.n} counted, callgrind; "
           "then by thread in the order they started):")
     first = None
+    functions: dict[Path, Counter[str]] = {}
     for t in trees:
         base = run_once(t, a.base, a.process, callgrind=True, tracing=False)
         more = run_once(t, a.base + a.n, a.process, callgrind=True, tracing=False)
@@ -276,7 +324,11 @@ def main() -> int:
         first = first or per
         threads = [(m - b) / a.n for b, m in zip(base["threads"], more["threads"], strict=False)]
         print(f"  {per:12,.0f}  ({per / first:.3f}x)  {t}")
-        print("      threads:", "  ".join(f"{x:,.0f}" for x in threads))
+        print("      threads:", "  ".join(f"{x:,.0f}" for x in threads), flush=True)
+        functions[t] = Counter({k: (v - base["functions"][k]) / a.n
+                                for k, v in more["functions"].items()})
+    if a.functions:
+        show_functions(trees, functions, a.functions)
     return 0
 
 
