@@ -123,8 +123,8 @@ if os.environ.get("TM_OPCODES_OUT"):
 PROCESSES = ("controller", "engine", "client")
 
 
-def run_once(tree: Path, n: int, process: str, *, callgrind: bool,
-             tracing: bool) -> dict[str, Any]:
+def run_once(tree: Path, n: int, process: str, *, callgrind: bool, tracing: bool,
+             syscalls: bool = False) -> dict[str, Any]:
     """One controller, one engine, a client doing n lone round trips; `process` runs under
     callgrind ({"Ir": total, "threads": [Ir of each thread]}) or the tracer (its counts)."""
     work = Path(tempfile.mkdtemp(prefix="tm-instr-"))
@@ -134,6 +134,8 @@ def run_once(tree: Path, n: int, process: str, *, callgrind: bool,
         cg = work / "cg.out"
         wrap = (["valgrind", "-q", "--tool=callgrind", "--separate-threads=yes",
                  f"--callgrind-out-file={cg}"] if callgrind else [])
+        if syscalls:
+            wrap = ["strace", "-f", "-c", "-o", str(work / "strace.txt")]
         traced = plain
         if tracing:
             (work / "site").mkdir()
@@ -178,6 +180,13 @@ def run_once(tree: Path, n: int, process: str, *, callgrind: bool,
             log.close()
         if tracing:
             return json.loads((work / "opcodes.json").read_text())
+        if syscalls:  # strace -c's table: "% time seconds usecs/call calls [errors] syscall"
+            calls: Counter[str] = Counter()
+            for line in (work / "strace.txt").read_text().splitlines():
+                parts = line.split()
+                if len(parts) >= 5 and parts[3].isdigit() and parts[-1] != "total":
+                    calls[parts[-1]] += int(parts[3])
+            return {"calls": calls}
         threads, functions = [], Counter()
         for out in sorted(work.glob("cg.out*")):  # one file per thread: cg.out-01, -02, ...
             total = self_costs(out, functions)
@@ -301,11 +310,27 @@ def main() -> int:
     p.add_argument("--opcodes", action="store_true",
                    help="count Python bytecodes per module/function instead of instructions")
     p.add_argument("--top", type=int, default=20, help="functions shown with --opcodes")
+    p.add_argument("--syscalls", action="store_true",
+                   help="count system calls per task by name (strace -f -c) instead")
     p.add_argument("--functions", type=int, default=0, metavar="N",
                    help="with callgrind: the N C and interpreter functions whose own "
                         "instructions per task differ most between the trees")
     a = p.parse_args()
     trees = [t.resolve() for t in (a.tree or [ROOT / "src"])]
+    if a.syscalls:
+        print(f"system calls of the {a.process} per lone round trip (strace -f -c, "
+              f"{a.base + a.n} minus {a.base} round trips):", " | ".join(map(str, trees)))
+        per: dict[Path, Counter[str]] = {}
+        for t in trees:
+            base = run_once(t, a.base, a.process, callgrind=False, tracing=False, syscalls=True)
+            more = run_once(t, a.base + a.n, a.process, callgrind=False, tracing=False,
+                            syscalls=True)
+            per[t] = Counter({k: (v - base["calls"][k]) / a.n for k, v in more["calls"].items()})
+        for name in sorted(set().union(*per.values()), key=lambda k: -per[trees[0]][k]):
+            if any(abs(per[t][name]) >= 0.05 for t in trees):
+                print(f"  {name:20s}", " ".join(f"{per[t][name]:7.2f}" for t in trees))
+        print(f"  {'total':20s}", " ".join(f"{sum(per[t].values()):7.2f}" for t in trees))
+        return 0
     if not a.opcodes and shutil.which("valgrind") is None:
         p.error("valgrind is not installed (apt-get install valgrind), or use --opcodes")
     if a.opcodes:

@@ -38,7 +38,9 @@ class interrupts_deferred:  # noqa: N801 - used as a context manager, like a fun
         self.caught: Any = None
         # (inside another such block Ctrl-C is deferred already, to the outer block's end: a
         # submit's send inside the submit's block costs no more sigaction calls)
-        if not _deferring and get_ident() == MAIN_IDENT:
+        # (Python's table says whose handler it is without a system call)
+        if not _deferring and get_ident() == MAIN_IDENT \
+                and _signal.getsignal(SIGINT) is signal.default_int_handler:
             self.old = _signal.signal(SIGINT, self.note)
             if self.old is not signal.default_int_handler:  # someone else's: leave it be
                 _signal.signal(SIGINT, self.old)
