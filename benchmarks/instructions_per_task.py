@@ -1,23 +1,31 @@
 #!/usr/bin/env python3
-"""The controller's work per lone round trip, counted rather than timed: A/B of source trees.
+"""A process's work per lone round trip, counted rather than timed: A/B of source trees.
 
 Timing a lone round trip on a shared 2-core machine varies by +-25% from run to run, which
-hides a 10% change. Two counts do not vary with the machine's load:
+hides a 10% change. Counts do not vary with the machine's load:
 
-- machine instructions (valgrind's callgrind): the controller runs under callgrind for
-  `--base` and then `--base + --n` round trips of `submit(noop).result()` (one engine, SQLite
-  store, ipc); the difference of the two totals over `--n` is its instructions per task
-  (start-up and shut-down cancel out);
-- with `--opcodes`, Python bytecodes per task, by module and function (a tracer in the
-  controller, switched on and off by signals around `--n` round trips): where they go.
+- machine instructions (valgrind's callgrind): one process (`--process controller`, the
+  default, `engine` or `client`) runs under callgrind for `--base` and then `--base + --n`
+  round trips of `submit(noop).result()` (one engine, SQLite store, ipc); the difference of
+  the two totals over `--n` is its instructions per task (start-up and shut-down cancel out),
+  also by thread (callgrind's --separate-threads: main, ..., the I/O thread) and, with
+  `--functions N`, by C function (the N whose own instructions differ most between trees);
+- with `--opcodes`, Python bytecodes and calls per task, by thread, part and function (a
+  tracer in every thread of that process, switched on and off by signals around `--n` round
+  trips): where they go;
+- with `--syscalls`, system calls per task by name (strace -f -c, the same two runs).
 
-Each tree is a `src` folder (default: this checkout's); give several to compare them:
+Each tree is a `src` folder (default: this checkout's); give several to compare them. Only
+the `taskmill` command line and `TaskClient` are used, so trees from before and after the
+restructure (client.py, engine.py, wire.py as single modules) compare:
 
     python benchmarks/instructions_per_task.py --tree src --tree ../old/src
-    python benchmarks/instructions_per_task.py --tree src --tree ../old/src --opcodes --top 30
+    python benchmarks/instructions_per_task.py --process client --tree src --tree ../old/src
+    python benchmarks/instructions_per_task.py --process engine --opcodes --top 30 --tree src
 
-A count still moves a little with timing (how many loop turns a message takes): repeat a run
-to see by how much (about 1% here).
+A count still moves a little with timing (how many loop turns a message takes, whether a
+gen-0 collection falls inside the counted round trips): repeat a run to see by how much
+(about 1% here).
 """
 
 from __future__ import annotations
@@ -273,8 +281,8 @@ def thread_kind(name: str) -> str:
 def show_opcodes(trees: list[Path], counts: dict[Path, dict[str, dict[str, int]]],
                  process: str, n: int, top: int) -> None:
     for t, c in counts.items():
-        print(f"{t}: {sum(c['ops'].values()) / n:,.0f} bytecodes and "
-              f"{sum(c['calls'].values()) / n:,.0f} Python calls per task in the {process}")
+        print(f"{t}: {sum(c['ops'].values()) / n:,.0f} bytecodes per task in the {process} "
+              f"({sum(c['calls'].values()) / n:,.0f} Python calls)")
     for what, label in (("ops", "bytecodes"), ("calls", "Python calls")):
         groups: dict[Path, Counter[tuple[str, str]]] = {t: Counter() for t in trees}
         for t, c in counts.items():
