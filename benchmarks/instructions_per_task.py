@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,18 @@ if os.environ.get("TM_OPCODES_OUT"):
 PROCESSES = ("controller", "engine", "client")
 
 
+def stop(proc: subprocess.Popen, wrapped: bool) -> None:
+    """SIGTERM to a process, or under strace (which keeps it) to the process it runs."""
+    pids = [proc.pid]
+    if wrapped:
+        with suppress(OSError):
+            pids = [int(p) for p in
+                    Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    for pid in pids:
+        with suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+
+
 def run_once(tree: Path, n: int, process: str, *, callgrind: bool, tracing: bool,
              syscalls: bool = False) -> dict[str, Any]:
     """One controller, one engine, a client doing n lone round trips; `process` runs under
@@ -181,9 +194,9 @@ def run_once(tree: Path, n: int, process: str, *, callgrind: bool, tracing: bool
             subprocess.run(cmd, env=env, check=True, timeout=3600)
         finally:
             if engine is not None:
-                engine.terminate()
+                stop(engine, syscalls and process == "engine")
                 engine.wait(120)
-            ctrl.send_signal(signal.SIGTERM)
+            stop(ctrl, syscalls and process == "controller")
             ctrl.wait(600)
             log.close()
         if tracing:
