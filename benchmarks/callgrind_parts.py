@@ -2,14 +2,14 @@
 """Where a controller's instructions go, by shared object and by C entry point, per task.
 
 Reads callgrind output files (`instructions_per_task.py --keep DIR` keeps them as
-TREE-N.out, N the round trips counted) and prints, per task, the instructions each shared
+TREE-N.out-TT, N the round trips counted, TT the thread: 01 the main one) and prints, per task, the instructions each shared
 object executes itself (self cost: the Python interpreter, libsqlite3, libcrypto, ...) and
 the inclusive cost of each call from the interpreter into a C extension (the sqlite3
 module's `execute`, msgpack's `pack`, hashlib's `digest`, ...: everything under it, malloc
 included), with calls per task. Given two files, their difference over `--n` (start-up and
 shut-down cancel out); given one, it over `--n`.
 
-    python benchmarks/callgrind_parts.py /tmp/cg/wt-src-550.out /tmp/cg/wt-src-50.out --n 500
+    python benchmarks/callgrind_parts.py /tmp/cg/wt-src-550.out-01 /tmp/cg/wt-src-50.out-01 --n 500
 
 callgrind_annotate reads the same files (`callgrind_annotate --inclusive=yes FILE`), but it
 neither subtracts two runs nor sums by object.

@@ -173,6 +173,16 @@ def _install_client() -> None:
     from taskmill.client import backend, connection, futures, verbs
 
     _install_zmq("cli")
+    if hasattr(connection, "zmq_poll"):  # (the client's I/O loop polls without a Poller)
+        zmq_poll = connection.zmq_poll
+
+        def timed_zmq_poll(sockets: Any, timeout: int = -1) -> Any:
+            out = zmq_poll(sockets, timeout)
+            if out:
+                EVENTS.append((_now(), f"cli.{_thread()}.poll-wakes"))
+            return out
+
+        connection.zmq_poll = timed_zmq_poll
     wrap(verbs, "submit", "cli.main.submit", "cli.main.submitted")
     wrap(connection.Connection, "send", "cli.main.send", "cli.main.sent")
     wrap(backend.Backend, "encode", "cli.main.encode-task", "cli.main.encoded-task")

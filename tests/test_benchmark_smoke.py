@@ -222,6 +222,22 @@ def test_instructions_per_task_counts_bytecodes_by_part_and_function():
     assert "functions of" in out and "controller/loop.py:" in out, out
 
 
+@pytest.mark.parametrize(("process", "part", "thread"), [
+    ("client", "client/submitter.py:", "taskmill-client-io"),
+    ("engine", "engine/core.py:", "taskmill-io"),
+])
+def test_instructions_per_task_counts_the_client_and_an_engine_too(process, part, thread):
+    """Every thread of the process is traced: the client's and the engine's I/O threads
+    (started before counting begins) count too."""
+    proc = bench("instructions_per_task.py", "--process", process, "--opcodes", "--n", "20",
+                 "--top", "60", timeout=170)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = proc.stdout
+    per_task = float(out.split(" bytecodes per task")[0].rsplit(" ", 1)[1].replace(",", ""))
+    assert per_task > 100 and f"per task in the {process}" in out, out
+    assert part in out and thread in out and "MainThread" in out, out
+
+
 def test_round_trip_hops_times_every_segment_of_a_lone_round_trip():
     proc = bench("round_trip_hops.py", "--trips", "20", "--rounds", "1", "--runs", "relay,hops",
                  timeout=150)

@@ -305,3 +305,16 @@ def test_replay_table_is_bounded_and_keeps_the_senders_heard_from_lately():
     assert len(receiver.last_seq) <= 50
     with pytest.raises(Refused, match="replay"):  # still known: its replay is refused
         receiver.decode(first)
+
+
+def test_a_spliced_header_holding_the_wires_mark_is_still_packed_right():
+    """`encode` packs a Spliced header whole with a random mark standing for each Packed
+    value; a header whose own values hold the mark's bytes is packed key by key instead."""
+    a, b = Wire(KEY), Wire(KEY)
+    specs = [{"after": [1]}, {"after": []}]
+    for odd in (a.splice_mark, b"x" + a.splice_mark, [a.splice_mark, a.splice_mark]):
+        spliced = Spliced(type="submit", odd=odd)
+        spliced["tasks"] = Packed(msgpack.packb(s, use_bin_type=True) for s in specs)
+        spliced["more"] = Packed()
+        header, _ = b.decode(a.encode(spliced))
+        assert header["odd"] == odd and header["tasks"] == specs and header["more"] == []

@@ -102,6 +102,8 @@ def _may_hold(args: tuple[Any, ...], kwargs: dict[str, Any], depth: int) -> bool
     level: list[Any] = [*args, *kwargs.values()]
     for at in range(depth + 1):
         types = set(map(type, level))
+        if types <= _PLAIN:  # (none, or only plain values: no generator below)
+            return False
         if dict in types or any(issubclass(t, FutureLike) for t in types):
             return True
         seqs = types & _SEQUENCES

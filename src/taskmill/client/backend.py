@@ -173,7 +173,8 @@ class Backend:
             raise RuntimeError("this client is closed")
         if not checked:
             self.check_sizes(encoded)
-        self.settle()
+        if self.runs.busy():  # (else settling has nothing to do)
+            self.settle()
         futs = [TaskFuture(self) for _ in encoded]
         try:
             with interrupts_deferred():  # (sent or not at all; in flight only if sent)

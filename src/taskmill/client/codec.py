@@ -261,18 +261,19 @@ def with_args_from(after: Any, nodes: list[dict[str, Any]]) -> list[int]:
 def encode_node(t: BaseTask, recovery: int | None, wire: Wire,
                 functions: FunctionPickles) -> tuple[dict[str, Any], list[Any]]:
     """One task of a chain: its node (`recovery`: the index of the node that recovers it)."""
-    if not isinstance(t, StringTask | MapTask):
+    string = isinstance(t, StringTask)
+    if not string and not isinstance(t, MapTask):  # (no `StringTask | MapTask`: a union a call)
         raise TypeError(f"unknown task type {type(t).__name__}")
-    if isinstance(t, StringTask):
+    if string:
         check_text(t.expression, f"the expression of {t!r}")
         for name in t.pull:
             check_text(name, f"the pulled name {name!r}")
     args_from: list[int] = []
-    if isinstance(t, MapTask):  # (a future's taskid that never came raises its own error)
+    if not string:  # (a future's taskid that never came raises its own error)
         depth = CHUNK_DEPTH if t.function is run_chunk else USER_DEPTH
         args, kwargs, args_from = swap_futures(tuple(t.args), t.kwargs, depth)
     try:
-        if isinstance(t, StringTask):
+        if string:
             ex = {"kind": "string", "expression": t.expression, "pull": list(t.pull)}
             body = dumps(t.push) if t.push else []
         else:

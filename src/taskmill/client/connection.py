@@ -30,6 +30,7 @@ from contextlib import suppress
 from typing import Any
 
 import zmq
+from zmq import zmq_poll
 
 from ..connection import find_connection_file, read_connection_file
 from ..curve import apply_client as apply_curve
@@ -48,11 +49,14 @@ IDLE_AT_LEAST_EVERY = 256  # messages: a steady stream of replies must not starv
 IDLE_POLL_MS = 100  # the I/O thread's longest wait for a reply before it pings (close() wakes it)
 # Requests sent again to a restarted controller (reads; submits, which it de-duplicates; a
 # lease, which it grants anew).
+POLLIN = int(zmq.POLLIN)
 RESENDABLE = frozenset({"submit", "put", "result", "wait", "watch", "lease"})
 
 Stream = Callable[[dict[str, Any], list[Any]], bool]
 
 log = logging.getLogger("taskmill.client")
+STREAMED: Future = Future()  # what `send` returns with a `stream` (which takes the replies)
+STREAMED.set_result(None)
 
 
 class Connection:
@@ -144,9 +148,8 @@ class Connection:
 
     def _io_loop(self) -> None:
         sock = self._recv_sock
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._woken, zmq.POLLIN)
+        polled = [(sock, POLLIN), (self._woken, POLLIN)]  # (zmq_poll's: no Poller's layers)
+        own = polled[:1]  # zmq_poll(own, 0): sock.poll(0) without making a Poller each time
         next_ping = 0.0
         burst = 0  # messages read since the idle hook last ran
         last = time.monotonic()
@@ -163,9 +166,8 @@ class Connection:
                 self._declare_unreachable()
                 renew = True
             if renew:
-                poller.unregister(sock)
                 sock = self._reopen()
-                poller.register(sock, zmq.POLLIN)
+                polled[0] = own[0] = (sock, POLLIN)
             if now >= next_ping:
                 # Said from the receive socket, so the controller knows its id before any
                 # reply; after the hello, pings tell a restarted controller from the old one.
@@ -178,10 +180,11 @@ class Connection:
                     pass
                 self._say(self._intake.tick())
                 next_ping = now + (self._ping_interval if self._hello.done() else 0.5)
-            if burst >= IDLE_AT_LEAST_EVERY or not sock.poll(0):
+            if burst >= IDLE_AT_LEAST_EVERY or not zmq_poll(own, 0):
                 burst = 0
                 self._idle()
-                if sock not in dict(poller.poll(IDLE_POLL_MS)):
+                ready = zmq_poll(polled, IDLE_POLL_MS)
+                if not ready or ready[0][0] is not sock:
                     continue  # (or woken by close())
             burst += 1
             msg = recv_message(sock)
@@ -388,13 +391,14 @@ class Connection:
 
     def send(self, header: dict[str, Any], frames: Sequence[Any] = (),
              stream: Callable[[dict[str, Any], list[Any]], bool] | None = None) -> Future:
-        """Send a request; the Future resolves to the reply (header, frames).
+        """Send a request; the Future resolves to the reply (header, frames). With `stream`,
+        the replies go to it instead (the Future returned: STREAMED, done already).
 
         The header is packed before the request is registered anywhere: one that cannot be
         encoded raises ValueError here, and nothing of it stays behind (it is never resent)."""
         if self._closed.is_set():
             raise RuntimeError("this client is closed")
-        fut: Future = Future()
+        fut: Future = Future() if stream is None else STREAMED
         with interrupts_deferred() if frames else NOT_DEFERRED, self.send_lock:
             if self._unreachable:
                 raise self.unreachable_error()

@@ -11,11 +11,14 @@ from __future__ import annotations
 import _signal  # signal.signal's C function: without its enum conversions (~10x cheaper)
 import signal
 import threading
+from _thread import get_ident
 from contextlib import nullcontext
 from typing import Any
 
 SIGINT = int(signal.SIGINT)
 NOT_DEFERRED = nullcontext()  # (a single frame is sent whole or not at all)
+_deferring = False  # whether the main thread is inside an interrupts_deferred block (its own)
+MAIN_IDENT = threading.main_thread().ident  # (a forked child's main thread keeps its ident)
 
 
 class interrupts_deferred:  # noqa: N801 - used as a context manager, like a function
@@ -30,19 +33,28 @@ class interrupts_deferred:  # noqa: N801 - used as a context manager, like a fun
     __slots__ = ("old", "caught")
 
     def __enter__(self) -> None:
+        global _deferring
         self.old: Any = None
         self.caught: Any = None
-        if threading.current_thread() is threading.main_thread():
+        # (inside another such block Ctrl-C is deferred already, to the outer block's end: a
+        # submit's send inside the submit's block costs no more sigaction calls)
+        # (Python's table says whose handler it is without a system call)
+        if not _deferring and get_ident() == MAIN_IDENT \
+                and _signal.getsignal(SIGINT) is signal.default_int_handler:
             self.old = _signal.signal(SIGINT, self.note)
             if self.old is not signal.default_int_handler:  # someone else's: leave it be
                 _signal.signal(SIGINT, self.old)
                 self.old = None
+            else:
+                _deferring = True
 
     def note(self, signum: int, frame: Any) -> None:
         self.caught = frame
 
     def __exit__(self, *exc: object) -> None:
+        global _deferring
         if self.old is not None:
+            _deferring = False
             _signal.signal(SIGINT, self.old)
             if self.caught is not None:
                 self.old(SIGINT, self.caught)  # raises KeyboardInterrupt

@@ -46,7 +46,9 @@ class ResultOutbox:
         while unregistered)."""
         entry["n"] = len(body)
         self.unacked[(entry["tid"], entry["attempt"])] = (entry, body)
-        size = sum(frame_len(f) for f in body)
+        size = 0
+        for f in body:  # (no generator: paid per task)
+            size += frame_len(f)
         early: list[Result] = []
         if self.unsent and self.unsent_bytes + size > max_result:
             early = self.take(registered)  # (together they would pass the size limit)
@@ -60,8 +62,10 @@ class ResultOutbox:
             and time.monotonic() - self.unsent_since < RESULT_DELAY))
         batches = [early] if early else []
         if not hold:
-            batches.append(self.take(registered))
-        return [b for b in batches if b]
+            batch = self.take(registered)
+            if batch:
+                batches.append(batch)
+        return batches
 
     def acked(self, keys: list[tuple[int, int]]) -> None:
         """The controller has stored these results: drop them."""
@@ -87,7 +91,9 @@ def split_by_size(batch: list[Result], max_result: int) -> list[list[Result]]:
     part: list[Result] = []
     size = 0
     for entry, body in batch:
-        n = sum(frame_len(f) for f in body)
+        n = 0
+        for f in body:
+            n += frame_len(f)
         if part and size + n > max_result:
             parts.append(part)
             part, size = [], 0

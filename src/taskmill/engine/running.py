@@ -268,6 +268,8 @@ class KeptValues:
         entry may tell this engine to forget them before the task runs: `kept_frames`), then
         its `forget`, then the values it brings to keep."""
         args = entry.get("args") or ()
+        if not args and not entry.get("forget"):  # (most tasks: nothing kept or forgotten)
+            return
         found = {pmac: self.values.get(pmac) for _d, n, pmac, keep in args if keep and not n}
         for pmac in entry.get("forget") or ():
             self.values.pop(pmac, None)
