@@ -16,6 +16,11 @@ Each tree is a `src` folder (default: this checkout's); give several to compare 
     python benchmarks/instructions_per_task.py --tree src --tree ../old/src
     python benchmarks/instructions_per_task.py --tree src --tree ../old/src --opcodes --top 30
 
+With `--flood`, each run submits its tasks one by one and then gathers every result (the
+`compare.py` submit+wait workload): per-task costs, with the per-turn costs spread over the
+batches a turn reads (under callgrind the controller runs ~50x slower, so its batches are
+larger than in a timed flood).
+
 A count still moves a little with timing (how many loop turns a message takes): repeat a run
 to see by how much (about 1% here).
 """
@@ -42,17 +47,25 @@ from taskmill import TaskClient
 def noop():
     return None
 conn, n, ctrl, tracing = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+flood, engines = sys.argv[5] == "1", int(sys.argv[6])
 with TaskClient(conn, timeout=300) as tc:
     deadline = time.monotonic() + 300
-    while not tc.engines() and time.monotonic() < deadline:
+    while len(tc.engines()) < engines and time.monotonic() < deadline:
         time.sleep(0.05)
     for _ in range(100):  # (warm: every code path taken once before counting)
         tc.submit(noop).result()
+    if flood:  # (and the flood's paths: credit, batches)
+        for f in [tc.submit(noop) for _ in range(200)]:
+            f.result()
     if tracing:
         os.kill(ctrl, signal.SIGUSR1)
         tc.queue_status()
-    for _ in range(n):
-        tc.submit(noop).result()
+    if flood:
+        for f in [tc.submit(noop) for _ in range(n)]:
+            f.result()
+    else:
+        for _ in range(n):
+            tc.submit(noop).result()
     if tracing:
         os.kill(ctrl, signal.SIGUSR2)
         tc.queue_status()
@@ -89,8 +102,10 @@ if os.environ.get("TM_OPCODES_OUT"):
 """
 
 
-def run_once(tree: Path, n: int, *, callgrind: bool, tracing: bool) -> dict[str, int]:
-    """One controller, one engine, n lone round trips: {"Ir": total} or the opcode counts."""
+def run_once(tree: Path, n: int, *, callgrind: bool, tracing: bool, flood: bool = False,
+             engines: int = 1) -> dict[str, int]:
+    """One controller, `engines` engines, n lone round trips (or a flood of n tasks):
+    {"Ir": total} or the opcode counts."""
     work = Path(tempfile.mkdtemp(prefix="tm-instr-"))
     try:
         env = dict(os.environ, PYTHONPATH=str(tree))
@@ -108,7 +123,7 @@ def run_once(tree: Path, n: int, *, callgrind: bool, tracing: bool) -> dict[str,
                        TM_OPCODES_OUT=str(work / "opcodes.json"))
         log = open(work / "controller.log", "wb")  # noqa: SIM115 - closed below
         ctrl = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        engine = None
+        started: list[subprocess.Popen] = []
         try:
             deadline = time.monotonic() + 300
             while not (work / "conn.json").exists():
@@ -117,16 +132,18 @@ def run_once(tree: Path, n: int, *, callgrind: bool, tracing: bool) -> dict[str,
                                        + (work / "controller.log").read_text()[-2000:])
                 time.sleep(0.05)
             plain = dict(os.environ, PYTHONPATH=str(tree))
-            engine = subprocess.Popen(
-                [sys.executable, "-m", "taskmill", "engine", "--connection-file",
-                 str(work / "conn.json")], env=plain, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL)
+            for _ in range(engines):
+                started.append(subprocess.Popen(
+                    [sys.executable, "-m", "taskmill", "engine", "--connection-file",
+                     str(work / "conn.json")], env=plain, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL))
             subprocess.run([sys.executable, "-c", CLIENT, str(work / "conn.json"), str(n),
-                            str(ctrl.pid), "1" if tracing else "0"], env=plain, check=True,
-                           timeout=1800)
+                            str(ctrl.pid), "1" if tracing else "0", "1" if flood else "0",
+                            str(engines)], env=plain, check=True, timeout=1800)
         finally:
-            if engine is not None:
+            for engine in started:
                 engine.terminate()
+            for engine in started:
                 engine.wait(60)
             ctrl.send_signal(signal.SIGTERM)
             ctrl.wait(600)
@@ -166,12 +183,17 @@ def main() -> int:
     p.add_argument("--opcodes", action="store_true",
                    help="count Python bytecodes per module/function instead of instructions")
     p.add_argument("--top", type=int, default=20, help="functions shown with --opcodes")
+    p.add_argument("--flood", action="store_true",
+                   help="a flood instead of lone round trips: --n tasks submitted one by one, "
+                        "then every result gathered (after 100 lone and a flood of 200 to warm)")
+    p.add_argument("--engines", type=int, default=1, help="engines (default 1)")
     a = p.parse_args()
     trees = [t.resolve() for t in (a.tree or [ROOT / "src"])]
     if not a.opcodes and shutil.which("valgrind") is None:
         p.error("valgrind is not installed (apt-get install valgrind), or use --opcodes")
     if a.opcodes:
-        counts = {t: run_once(t, a.n, callgrind=False, tracing=True) for t in trees}
+        counts = {t: run_once(t, a.n, callgrind=False, tracing=True, flood=a.flood,
+                              engines=a.engines) for t in trees}
         for t, c in counts.items():
             print(f"{t}: {sum(c.values()) / a.n:,.0f} bytecodes per task in the controller")
         modules = {t: Counter() for t in trees}
@@ -187,11 +209,14 @@ def main() -> int:
         for k, v in Counter(counts[trees[0]]).most_common(a.top):
             print(f"  {v / a.n:8.1f}  {module_of(k)}:{k.split(':', 2)[1]}")
         return 0
-    print(f"controller instructions per lone round trip ({a.n} counted, callgrind):")
+    what = "task of a flood" if a.flood else "lone round trip"
+    print(f"controller instructions per {what} ({a.n} counted, callgrind):")
     first = None
     for t in trees:
-        base = run_once(t, a.base, callgrind=True, tracing=False)["Ir"]
-        more = run_once(t, a.base + a.n, callgrind=True, tracing=False)["Ir"]
+        base = run_once(t, a.base, callgrind=True, tracing=False, flood=a.flood,
+                        engines=a.engines)["Ir"]
+        more = run_once(t, a.base + a.n, callgrind=True, tracing=False, flood=a.flood,
+                        engines=a.engines)["Ir"]
         per = (more - base) / a.n
         first = first or per
         print(f"  {per:12,.0f}  ({per / first:.3f}x)  {t}")
