@@ -433,3 +433,21 @@ def test_sqlite_a_store_locked_at_start_gives_one_clear_error(tmp_path):
         other.execute("ROLLBACK")
         other.close()
     SQLiteStore(str(path)).close()
+
+
+def test_sqlite_binds_bytes_and_none_through_a_registered_adapter(tmp_path):
+    """bytes and None parameters (most of a task's row) are found among the registered
+    adapters, not looked up through the failing `__adapt__` path; they are stored as they
+    are (a BLOB, a NULL), and an adapter registered before is kept."""
+    import sqlite3
+
+    from taskmill.store.sqlite import IDENTITY_ADAPTERS
+
+    for kind in (bytes, type(None)):
+        assert sqlite3.adapters.get((kind, sqlite3.PrepareProtocol)) is IDENTITY_ADAPTERS[kind]
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (a, b)")
+    db.execute("INSERT INTO t VALUES (?, ?)", (b"\x00blob", None))
+    assert db.execute("SELECT a, b, typeof(a), typeof(b) FROM t").fetchall() == [
+        (b"\x00blob", None, "blob", "null")]
+    db.close()
