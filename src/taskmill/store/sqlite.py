@@ -194,7 +194,7 @@ class SQLiteStore(IdLeases):
         """`keep`: also in memory, for dispatch (not a task of the backlog)."""
         if keep:
             self._active[task.tid] = task
-        sizes = [frame_len(f) for f in task.frames]
+        sizes = list(map(frame_len, task.frames))
         blob = self.files.pack(task.tid, "task", task.frames, sizes)
         if sizes and max(sizes) >= EXTERNAL_MIN:
             self._task_blobs[task.tid] = blob  # to drop its files when the task finishes
@@ -307,21 +307,23 @@ class SQLiteStore(IdLeases):
         blobs = self._task_blobs.pop(tid, None)
         if blobs is not None:
             self.files.drop(blobs)
-        sizes = [frame_len(f) for f in result.frames]
+        meta = result.meta
+        sizes = list(map(frame_len, result.frames))
         # (A put value is read again for each engine that takes it: its file is named so
         # that it keeps its pages in the page cache, see files.py's spill thread.)
-        kind = "put" if result.meta.get("kind") == "put" else "result"
+        kind = "put" if meta.get("kind") == "put" else "result"
         blob = self.files.pack(tid, kind, result.frames, sizes)
+        ok = meta.get("status") == "ok"  # (result.ok)
         row = self._ins.get(tid)
         if row is not None:  # its insert is not written yet: it goes in finished
             row[STATE] = "finished"
             row[FRAMES] = None
-            row[OK:] = [int(result.ok), self._pack(result.meta), blob]
+            row[OK:] = [int(ok), self._pack(meta), blob]
         else:
-            self._fin[tid] = (int(result.ok), self._pack(result.meta), blob, tid)
+            self._fin[tid] = (int(ok), self._pack(meta), blob, tid)
         self._unsaved[tid] = result
         self._dirty = True
-        if result.ok:
+        if ok:
             self._n_ok += 1
         else:
             self._n_failed += 1
