@@ -451,3 +451,23 @@ def test_sqlite_binds_bytes_and_none_through_a_registered_adapter(tmp_path):
     assert db.execute("SELECT a, b, typeof(a), typeof(b) FROM t").fetchall() == [
         (b"\x00blob", None, "blob", "null")]
     db.close()
+
+
+def test_sqlite_running_marks_with_the_same_values_are_written_together(tmp_path):
+    """A commit's running marks that share their values go in statements of several taskids
+    (schema.mark_running_rows); each row gets its own values all the same."""
+    from taskmill.store.schema import MARK_RUNNING_SIZES
+
+    s = SQLiteStore(str(tmp_path / "t.db"))
+    n = MARK_RUNNING_SIZES[0] + MARK_RUNNING_SIZES[1] + 3
+    tids = [_task(s) for _ in range(2 * n)]
+    s.commit()
+    for i, tid in enumerate(tids):  # two engines in turn, one task handed over
+        s.mark_running(tid, engine=i % 2, node=0, attempts=1, tries=1,
+                       handed_over=[0] if tid == tids[5] else [])
+    s.commit()
+    rows = s.db.execute("SELECT tid, state, engine, node, attempts, tries, handed_over "
+                        "FROM tasks ORDER BY tid").fetchall()
+    assert rows == [(tid, "running", i % 2, 0, 1, 1, b"\x91\x00" if tid == tids[5] else b"\x90")
+                    for i, tid in enumerate(tids)]
+    s.close()

@@ -14,7 +14,7 @@ import os
 import shutil
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,12 @@ INSERT_TASK = ("INSERT INTO tasks (tid, state, submitted, spec, frames, node, at
                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 MARK_RUNNING = ("UPDATE tasks SET state='running', engine=?, node=?, attempts=?, tries=?, "
                 "handed_over=? WHERE tid=?")
+# The running marks of a commit that share their values (a flood's: first attempts on one
+# engine) go in statements of MARK_RUNNING_SIZES taskids each (`mark_running_rows`), the
+# rest one by one: an UPDATE's statement costs about as much as the row it changes.
+MARK_RUNNING_SIZES = (64, 16, 4)
+MARK_RUNNING_IN = {n: MARK_RUNNING.replace("tid=?", f"tid IN ({', '.join('?' * n)})")
+                   for n in MARK_RUNNING_SIZES}
 FINISH_TASK = ("UPDATE tasks SET state='finished', ok=?, result_meta=?, result_frames=?, "
                "frames=NULL WHERE tid=?")
 REMEMBER_SUBMIT = "INSERT OR REPLACE INTO submits VALUES (?, ?, ?)"
@@ -76,6 +82,29 @@ OPEN_TIMEOUT = 2.0  # ... and how long opening the store waits for it
 LOW_DISK = 16 * 1024 * 1024  # bytes free below which a store error names the free space
 
 EMPTY_LIST = b"\x90"  # msgpack of []
+
+
+def mark_running_rows(db: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
+    """MARK_RUNNING for each row (engine, node, attempts, tries, handed_over, tid), in the
+    caller's transaction: rows with the same values together (MARK_RUNNING_IN)."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for row in rows:
+        key = row[:5]
+        tids = groups.get(key)
+        if tids is None:
+            groups[key] = [row[5]]
+        else:
+            tids.append(row[5])
+    singles = []
+    for key, tids in groups.items():
+        i, n = 0, len(tids)
+        for size in MARK_RUNNING_SIZES:
+            while n - i >= size:
+                db.execute(MARK_RUNNING_IN[size], (*key, *tids[i:i + size]))
+                i += size
+        singles.extend((*key, tid) for tid in tids[i:])
+    if singles:
+        db.executemany(MARK_RUNNING, singles)
 
 
 def read_task(row: tuple[Any, ...], read: Callable[[bytes], list[Any]]

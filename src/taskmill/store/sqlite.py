@@ -45,7 +45,6 @@ from .schema import (
     FINISH_TASK,
     FRAMES,
     INSERT_TASK,
-    MARK_RUNNING,
     NODE,
     OK,
     OPEN_TIMEOUT,
@@ -60,6 +59,7 @@ from .schema import (
     delete_finished,
     disk_note,
     hold_lock,
+    mark_running_rows,
     open_error,
     read_task,
 )
@@ -419,7 +419,7 @@ class SQLiteStore(IdLeases):
             if self._ins:
                 db.executemany(INSERT_TASK, self._ins.values())
             if self._run:
-                db.executemany(MARK_RUNNING, self._run.values())
+                mark_running_rows(db, self._run.values())
             if self._fin:
                 db.executemany(FINISH_TASK, self._fin.values())
             if self._subs:
