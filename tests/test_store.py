@@ -471,3 +471,23 @@ def test_sqlite_running_marks_with_the_same_values_are_written_together(tmp_path
     assert rows == [(tid, "running", i % 2, 0, 1, 1, b"\x91\x00" if tid == tids[5] else b"\x90")
                     for i, tid in enumerate(tids)]
     s.close()
+
+
+def test_sqlite_rows_hold_the_bytes_msgpack_packs(tmp_path):
+    """The store packs with msgspec's encoder: each blob is the bytes msgpack's
+    Packer(use_bin_type=True) gives for the same value (rows are read back with msgpack)."""
+    import msgpack
+
+    s = SQLiteStore(str(tmp_path / "t.db"))
+    spec = {"nodes": [{"exec": {"kind": "map", "fn": 1}, "pmac": b"\x00" * 32, "timeout": 2.5,
+                       "depend": {"gpu": True, "n": -(2 ** 40)}, "span": [0, 2]}], "after": [7]}
+    tid = s.allocate()
+    s.add(StoredTask(tid, spec, [b"f", b""], 1.0))
+    meta = {"tid": tid, "status": "error", "duration": 1e-300, "stdout": "é" * 40,
+            "error": {"type": "E", "message": "x" * 300}, "started": None, "big": 2 ** 64 - 1}
+    s.finish(tid, StoredResult(meta, [b"r" * 70_000]))
+    s.commit()
+    row = s.db.execute("SELECT spec, result_meta FROM tasks WHERE tid=?", (tid,)).fetchone()
+    assert row == (msgpack.packb(spec, use_bin_type=True), msgpack.packb(meta, use_bin_type=True))
+    assert s.result(tid).meta == meta and s.result(tid).frames == [b"r" * 70_000]
+    s.close()

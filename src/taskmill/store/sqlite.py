@@ -20,7 +20,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-import msgpack
+import msgspec
 
 from ..errors import StoreError
 from ..memory import compact
@@ -117,9 +117,11 @@ class SQLiteStore(IdLeases):
             self.db.close()
             raise open_error(path, e) from None
         self.db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
-        # One Packer for this store's writes (cheaper than packb's Packer per call); the
-        # store is used by one thread, the controller's.
-        self._pack = msgpack.Packer(use_bin_type=True).pack
+        # msgspec's msgpack encoder for this store's writes: the bytes msgpack's
+        # Packer(use_bin_type=True) gives for every type a row holds (None, bool, int, float,
+        # str, bytes, lists, dicts), in a third to a half of its time (a task's spec 1.37 ->
+        # 0.48 µs, a result's metadata 0.69 -> 0.27); rows are read back with msgpack.
+        self._pack = msgspec.msgpack.Encoder().encode
         # Queued writes, run at commit in this order: inserts (whole rows: a later running
         # mark or finish of a row not yet written changes it in place), running marks,
         # finishes, submit keys, engines. Keyed by taskid (or key, engine id), so that a
