@@ -37,6 +37,7 @@ from ..defaults import (
 from ..store import MemoryStore, TaskStore
 from ..wire import (
     DEFAULT_MAX_MESSAGE,
+    HEADER_ENCODER,
     MAX_FRAMES,
     Refused,
     Wire,
@@ -96,7 +97,9 @@ class Controller:
         seconds("unmet_timeout", unmet_timeout, zero=True)
         days("keep_results", keep_results)
         self.info = info
-        self.wire = Wire(info.key_bytes, max_message=max_message, max_frames=MAX_FRAMES)
+        # (the controller's headers hold plain values only: msgspec's encoder packs them)
+        self.wire = Wire(info.key_bytes, max_message=max_message, max_frames=MAX_FRAMES,
+                         encoder=HEADER_ENCODER)
         self.store: TaskStore = store if store is not None else MemoryStore()
         # Random per controller start: every message of a peer names it, so a message
         # captured before a restart is refused after it.
