@@ -441,7 +441,7 @@ def test_sqlite_binds_bytes_and_none_through_a_registered_adapter(tmp_path):
     are (a BLOB, a NULL), and an adapter registered before is kept."""
     import sqlite3
 
-    from taskmill.store.sqlite import IDENTITY_ADAPTERS
+    from taskmill.store.schema import IDENTITY_ADAPTERS
 
     for kind in (bytes, type(None)):
         assert sqlite3.adapters.get((kind, sqlite3.PrepareProtocol)) is IDENTITY_ADAPTERS[kind]

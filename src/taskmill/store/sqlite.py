@@ -66,14 +66,6 @@ from .schema import (
 
 log = logging.getLogger("taskmill.store")
 
-# sqlite3 binds an int, float or str parameter as it is, but looks a bytes or None one up as
-# something to adapt, and the failed look-up raises and clears an AttributeError inside
-# (~3,000 instructions; a task's rows bind ~10 of them). A registered adapter is found at
-# once: these return the value itself, from C (no Python frame). Kept if one is registered.
-IDENTITY_ADAPTERS = {bytes: bytes, type(None): {}.get}
-for _kind, _adapter in IDENTITY_ADAPTERS.items():
-    sqlite3.adapters.setdefault((_kind, sqlite3.PrepareProtocol), _adapter)
-
 # The checkpointer copies the WAL into the database once it is larger than this.
 CHECKPOINT_BYTES = 32 * 1024 * 1024
 LOW_TID_EVERY = 1.0  # seconds between writes of meta's low_tid
