@@ -24,6 +24,11 @@ restructure (client.py, engine.py, wire.py as single modules) compare:
     python benchmarks/instructions_per_task.py --process engine --opcodes --top 30 --tree src
     python benchmarks/instructions_per_task.py --keep /tmp/cg   # then callgrind_parts.py
 
+With `--flood`, each run submits its tasks one by one and then gathers every result (the
+`compare.py` submit+wait workload): per-task costs, with the per-turn costs spread over the
+batches a turn reads (under callgrind the controller runs ~50x slower, so its batches are
+larger than in a timed flood).
+
 A count still moves a little with timing (how many loop turns a message takes, whether a
 gen-0 collection falls inside the counted round trips): repeat a run to see by how much
 (about 1% here).
@@ -32,6 +37,7 @@ gen-0 collection falls inside the counted round trips): repeat a run to see by h
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -54,6 +60,7 @@ from taskmill import TaskClient
 def noop():
     return None
 conn, n, target, ack = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+flood, engines = sys.argv[5] == "1", int(sys.argv[6])
 def switch(sig, name):
     # ask the traced process (maybe this one) to switch its tracer; wait for its answer file
     os.kill(target or os.getpid(), sig)
@@ -66,14 +73,21 @@ def switch(sig, name):
         time.sleep(0.01)
 with TaskClient(conn, timeout=300) as tc:
     deadline = time.monotonic() + 300
-    while not tc.engines() and time.monotonic() < deadline:
+    while len(tc.engines()) < engines and time.monotonic() < deadline:
         time.sleep(0.05)
     for _ in range(100):  # (warm: every code path taken once before counting)
         tc.submit(noop).result()
+    if flood:  # (and the flood's paths: credit, batches)
+        for f in [tc.submit(noop) for _ in range(200)]:
+            f.result()
     if ack:
         switch(signal.SIGRTMIN + 1, "on")
-    for _ in range(n):
-        tc.submit(noop).result()
+    if flood:
+        for f in [tc.submit(noop) for _ in range(n)]:
+            f.result()
+    else:
+        for _ in range(n):
+            tc.submit(noop).result()
     if ack:
         switch(signal.SIGRTMIN + 2, "off")
 """
@@ -145,9 +159,11 @@ def stop(proc: subprocess.Popen, wrapped: bool) -> None:
             os.kill(pid, signal.SIGTERM)
 
 
-def run_once(tree: Path, n: int, process: str, *, callgrind: bool, tracing: bool,
-             syscalls: bool = False, keep: Path | None = None) -> dict[str, Any]:
-    """One controller, one engine, a client doing n lone round trips; `process` runs under
+def run_task_load(tree: Path, n: int, process: str, *, callgrind: bool, tracing: bool,
+             syscalls: bool = False, keep: Path | None = None, flood: bool = False,
+             engines: int = 1) -> dict[str, Any]:
+    """One controller, `engines` engines (the first one counted), a client doing n lone
+    round trips (or a flood of n tasks); `process` runs under
     callgrind ({"Ir": total, "threads": [Ir of each thread]}) or the tracer (its counts).
     `keep`: a path to copy callgrind's files to (one per thread: KEEP-01, KEEP-02, ...)."""
     work = Path(tempfile.mkdtemp(prefix="tm-instr-"))
@@ -177,7 +193,7 @@ def run_once(tree: Path, n: int, process: str, *, callgrind: bool, tracing: bool
             "--heartbeat", "5", "--transport", "ipc"])
         log = open(work / "controller.log", "wb")  # noqa: SIM115 - closed below
         ctrl = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-        engine = None
+        engine, others = None, []
         try:
             deadline = time.monotonic() + 300
             while not (work / "conn.json").exists():
@@ -189,12 +205,19 @@ def run_once(tree: Path, n: int, process: str, *, callgrind: bool, tracing: bool
                                           "--connection-file", str(work / "conn.json")])
             engine = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL)
+            others = [subprocess.Popen(
+                [sys.executable, "-m", "taskmill", "engine", "--connection-file",
+                 str(work / "conn.json")], env=plain, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL) for _ in range(engines - 1)]
             target = {"controller": ctrl.pid, "engine": engine.pid, "client": 0}[process]
             cmd, env = command("client", [
                 sys.executable, "-c", CLIENT, str(work / "conn.json"), str(n), str(target),
-                str(work / "ack") if tracing else ""])
+                str(work / "ack") if tracing else "", "1" if flood else "0", str(engines)])
             subprocess.run(cmd, env=env, check=True, timeout=3600)
         finally:
+            for other in others:
+                other.terminate()
+                other.wait(120)
             if engine is not None:
                 stop(engine, syscalls and process == "engine")
                 engine.wait(120)
@@ -341,10 +364,15 @@ def main() -> int:
     p.add_argument("--functions", type=int, default=0, metavar="N",
                    help="with callgrind: the N C and interpreter functions whose own "
                         "instructions per task differ most between the trees")
+    p.add_argument("--flood", action="store_true",
+                   help="a flood instead of lone round trips: --n tasks submitted one by one, "
+                        "then every result gathered (after 100 lone and a flood of 200 to warm)")
+    p.add_argument("--engines", type=int, default=1, help="engines (default 1)")
     p.add_argument("--keep", type=Path, default=None,
                    help="a folder to keep callgrind's files in, named TREE-N.out-TT (N: "
                         "round trips, TT: thread, 01 the main one; see callgrind_parts.py)")
     a = p.parse_args()
+    run_once = functools.partial(run_task_load, flood=a.flood, engines=a.engines)
     trees = [t.resolve() for t in (a.tree or [ROOT / "src"])]
     if a.syscalls:
         print(f"system calls of the {a.process} per lone round trip (strace -f -c, "
@@ -367,7 +395,8 @@ def main() -> int:
                   for t in trees}
         show_opcodes(trees, counts, a.process, a.n, a.top)
         return 0
-    print(f"{a.process} instructions per lone round trip ({a.n} counted, callgrind; "
+    what = "task of a flood" if a.flood else "lone round trip"
+    print(f"{a.process} instructions per {what} ({a.n} counted, callgrind; "
           "then by thread in the order they started):")
     first = None
     functions: dict[Path, Counter[str]] = {}

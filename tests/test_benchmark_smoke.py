@@ -238,6 +238,19 @@ def test_instructions_per_task_counts_the_client_and_an_engine_too(process, part
     assert part in out and thread in out and "MainThread" in out, out
 
 
+@pytest.mark.timeout(180)
+def test_instructions_per_task_counts_a_flood():
+    proc = bench("instructions_per_task.py", "--opcodes", "--flood", "--engines", "2", "--n",
+                 "50", "--top", "40", timeout=170)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = proc.stdout
+    per_task = float(out.split(" bytecodes per task")[0].rsplit(" ", 1)[1].replace(",", ""))
+    assert per_task > 100, out
+    # (a flood's tasks are stored, scheduled, dispatched and streamed back as `done` results)
+    for name in ("store/sqlite.py:add", "engine_tasks.py:dispatch", "credit.py:take"):
+        assert name in out, out
+
+
 def test_round_trip_hops_times_every_segment_of_a_lone_round_trip():
     proc = bench("round_trip_hops.py", "--trips", "20", "--rounds", "1", "--runs", "relay,hops",
                  timeout=150)

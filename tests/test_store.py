@@ -476,3 +476,61 @@ def test_sqlite_a_store_locked_at_start_gives_one_clear_error(tmp_path):
         other.execute("ROLLBACK")
         other.close()
     SQLiteStore(str(path)).close()
+
+
+def test_sqlite_binds_bytes_and_none_through_a_registered_adapter(tmp_path):
+    """bytes and None parameters (most of a task's row) are found among the registered
+    adapters, not looked up through the failing `__adapt__` path; they are stored as they
+    are (a BLOB, a NULL), and an adapter registered before is kept."""
+    import sqlite3
+
+    from taskmill.store.schema import IDENTITY_ADAPTERS
+
+    for kind in (bytes, type(None)):
+        assert sqlite3.adapters.get((kind, sqlite3.PrepareProtocol)) is IDENTITY_ADAPTERS[kind]
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (a, b)")
+    db.execute("INSERT INTO t VALUES (?, ?)", (b"\x00blob", None))
+    assert db.execute("SELECT a, b, typeof(a), typeof(b) FROM t").fetchall() == [
+        (b"\x00blob", None, "blob", "null")]
+    db.close()
+
+
+def test_sqlite_running_marks_with_the_same_values_are_written_together(tmp_path):
+    """A commit's running marks that share their values go in statements of several taskids
+    (schema.mark_running_rows); each row gets its own values all the same."""
+    from taskmill.store.schema import MARK_RUNNING_SIZES
+
+    s = SQLiteStore(str(tmp_path / "t.db"))
+    n = MARK_RUNNING_SIZES[0] + MARK_RUNNING_SIZES[1] + 3
+    tids = [_task(s) for _ in range(2 * n)]
+    s.commit()
+    for i, tid in enumerate(tids):  # two engines in turn, one task handed over
+        s.mark_running(tid, engine=i % 2, node=0, attempts=1, tries=1,
+                       handed_over=[0] if tid == tids[5] else [])
+    s.commit()
+    rows = s.db.execute("SELECT tid, state, engine, node, attempts, tries, handed_over "
+                        "FROM tasks ORDER BY tid").fetchall()
+    assert rows == [(tid, "running", i % 2, 0, 1, 1, b"\x91\x00" if tid == tids[5] else b"\x90")
+                    for i, tid in enumerate(tids)]
+    s.close()
+
+
+def test_sqlite_rows_hold_the_bytes_msgpack_packs(tmp_path):
+    """The store packs with msgspec's encoder: each blob is the bytes msgpack's
+    Packer(use_bin_type=True) gives for the same value (rows are read back with msgpack)."""
+    import msgpack
+
+    s = SQLiteStore(str(tmp_path / "t.db"))
+    spec = {"nodes": [{"exec": {"kind": "map", "fn": 1}, "pmac": b"\x00" * 32, "timeout": 2.5,
+                       "depend": {"gpu": True, "n": -(2 ** 40)}, "span": [0, 2]}], "after": [7]}
+    tid = s.allocate()
+    s.add(StoredTask(tid, spec, [b"f", b""], 1.0))
+    meta = {"tid": tid, "status": "error", "duration": 1e-300, "stdout": "é" * 40,
+            "error": {"type": "E", "message": "x" * 300}, "started": None, "big": 2 ** 64 - 1}
+    s.finish(tid, StoredResult(meta, [b"r" * 70_000]))
+    s.commit()
+    row = s.db.execute("SELECT spec, result_meta FROM tasks WHERE tid=?", (tid,)).fetchone()
+    assert row == (msgpack.packb(spec, use_bin_type=True), msgpack.packb(meta, use_bin_type=True))
+    assert s.result(tid).meta == meta and s.result(tid).frames == [b"r" * 70_000]
+    s.close()

@@ -318,3 +318,19 @@ def test_a_spliced_header_holding_the_wires_mark_is_still_packed_right():
         spliced["more"] = Packed()
         header, _ = b.decode(a.encode(spliced))
         assert header["odd"] == odd and header["tasks"] == specs and header["more"] == []
+
+
+def test_a_wire_packs_headers_with_its_encoder_to_the_same_bytes():
+    """The controller's Wire packs plain headers with msgspec's encoder (HEADER_ENCODER): the
+    bytes msgpack's Packer gives, so a peer reads the same header."""
+    from taskmill.wire import HEADER_ENCODER
+
+    header = {"type": "done", "req": 7, "results": [
+        {"tid": 2 ** 40, "status": "ok", "duration": 1e-9, "stdout": "é" * 40, "error": None,
+         "pmac": b"\x00" * 32, "nframes": 1, "started": None}] * 3, "at": 0, "ask": True}
+    fast, plain = Wire(KEY, encoder=HEADER_ENCODER), Wire(KEY)
+    plain.sid = fast.sid
+    assert fast.encoder is HEADER_ENCODER and plain.encoder is None
+    a, b = fast.encode(dict(header), [b"x"]), plain.encode(dict(header), [b"x"])
+    assert a == b
+    assert Wire(KEY).decode(a)[0] == {**header, "sid": fast.sid, "seq": 0}

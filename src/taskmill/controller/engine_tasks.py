@@ -250,20 +250,25 @@ class EngineTasks:
         rec.active_at = self.ctx.now.wall
         nframes = len(frames)
         pos = 0
+        to_ack, sent = rec.to_ack, rec.sent
+        taken = len(to_ack)
         try:
             for item in m.results:
                 entry = result_entry(item, pos, nframes)
                 tid, attempt, n = entry.tid, entry.attempt, entry.n
-                rec.to_ack.append([tid, attempt])  # acknowledged once stored (engines.py)
-                rec.to_ack_bytes += sum(frame_len(f) for f in frames[pos:pos + n])
-                self.engines.acking.add(rec.eid)
+                to_ack.append([tid, attempt])  # acknowledged once stored (engines.py)
+                own = frames[pos:pos + n]
+                if n:
+                    rec.to_ack_bytes += sum(map(frame_len, own))
                 if running is not None and running.get(tid) == attempt:
-                    rec.sent.pop((tid, attempt), None)
-                    self.result(rec, entry, frames[pos:pos + n])
+                    sent.pop((tid, attempt), None)
+                    self.result(rec, entry, own)
                 # else: sent again (a resend that crossed the first), or for an attempt
                 # that is over: taken once only
                 pos += n
         finally:
+            if len(to_ack) > taken:  # (once for the batch)
+                self.engines.acking.add(rec.eid)
             sched.run_pass()  # one pass for the whole batch
 
     def result(self, rec: EngineRecord, entry: ResultEntry, frames: list[Any]) -> None:

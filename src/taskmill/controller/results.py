@@ -140,16 +140,20 @@ class Results:
                 "error": {"type": etype, "message": message, "controller": True,
                           "traceback": ""},
             }
-        self.why.slow_depends.discard(a.tid)
-        ctx.store.finish(a.tid, StoredResult(meta, list(frames)))
+        if self.why.slow_depends:
+            self.why.slow_depends.discard(a.tid)
+        result = StoredResult(meta, list(frames))
+        ctx.store.finish(a.tid, result)
         if ctx.backlog.waits:  # (a failure dooms the backlog tasks after it: backlog.py)
             ctx.backlog.finished(a.tid, meta["status"] == "ok")
         ctx.counters.finished += 1
         ctx.activity.finished(a.tid, meta["status"], now, engineid=a.engineid,
                               duration=meta["duration"] if a.outcome == RESULT else None,
                               error=meta["error"])
-        for w in self.waiters.pop(a.tid, ()):
-            self.wake(w, a.tid)
+        ws = self.waiters.pop(a.tid, None)
+        if ws is not None:
+            for w in ws:  # (the result just stored is what the store would read back)
+                self.wake(w, a.tid, result)
 
     # -- waiters ---------------------------------------------------------------------------
     def entry(self, tid: int, stored: bool = False) -> tuple[dict[str, Any] | None, list[Any]]:
@@ -231,7 +235,8 @@ class Results:
                 for w in waiters.pop(tid):
                     self.wake(w, tid)
 
-    def wake(self, w: Waiter, tid: int) -> None:
+    def wake(self, w: Waiter, tid: int, result: StoredResult | None = None) -> None:
+        """Task `tid` of `w` finished (with `result`, just stored; None: read it back)."""
         w.remaining -= 1
         if not w.remaining:
             rt = w.reply_to
@@ -239,7 +244,7 @@ class Results:
             if n > 0:
                 self.waiting[rt] = n
         if w.mode == "watch":
-            self.send_watch(w, tid)
+            self.send_watch(w, tid, result)
             if not w.remaining:
                 self.ctx.outbox.credits.watched(w.reply_to)
         elif not w.remaining:
@@ -284,8 +289,11 @@ class Results:
             self.ctx.outbox.reply(w.reply_to, w.req, ResultsReply(part, i < len(parts) - 1),
                                   part_frames)
 
-    def send_watch(self, w: Waiter, tid: int) -> None:
-        meta, frames = self.entry(tid)
+    def send_watch(self, w: Waiter, tid: int, result: StoredResult | None = None) -> None:
+        if result is not None:
+            meta, frames = {**result.meta, "nframes": len(result.frames)}, result.frames
+        else:
+            meta, frames = self.entry(tid)
         if meta is None:  # (cannot happen: a watch is woken when its task finishes)
             meta = {"tid": tid, "active": True, "nframes": 0}
         # (sent when that client's credit allows: credit.py)

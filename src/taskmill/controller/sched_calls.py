@@ -60,8 +60,10 @@ class SchedulerCalls:
     def submit(self, tid: int, nodes: list[Node], *, after: Iterable[int] = (),
                broken_after: int | None = None, resume: Resume | None = None,
                dispatch: bool = True) -> None:
-        self.apply(self.sched.handle(Submit(tid, nodes, after=after, broken_after=broken_after,
-                                            resume=resume, dispatch=dispatch)), None)
+        actions = self.sched.handle(Submit(tid, nodes, after=after, broken_after=broken_after,
+                                           resume=resume, dispatch=dispatch))
+        if actions:  # (a submit without a pass has none, unless it fails at once)
+            self.apply(actions, None)
 
     def run_pass(self) -> None:
         actions = self.sched.handle(RUN_PASS)

@@ -71,10 +71,11 @@ class Submits:
             raise
         now = ctx.now.wall
         store, counters, backlog = ctx.store, ctx.counters, ctx.backlog
+        windowed = backlog.window is not None  # (else nothing goes to the backlog)
         tids = []
         for i, (stored, nodes, task_frames) in enumerate(parsed):
             tid = store.allocate() if msg.tids is None else msg.tids[i]
-            held = backlog.holds(tid, ctx.sched.active_count())
+            held = windowed and backlog.holds(tid, ctx.sched.active_count())
             if held and stored["after"]:  # (a broken one fails it at once, in memory)
                 waits_for, broken = self.after(stored, False)
                 held = broken is None
@@ -90,7 +91,10 @@ class Submits:
             for n in nodes:
                 if isinstance(n.depend, BoundedDepend):
                     n.depend.tid = tid
-            self.to_scheduler(tid, stored, nodes, dispatch=False)
+            if stored["after"] or backlog.doomed:
+                self.to_scheduler(tid, stored, nodes, dispatch=False)
+            else:  # (to_scheduler's plain case: nothing to wait for)
+                ctx.sched.submit(tid, nodes, dispatch=False)
         ctx.sched.run_pass()  # one pass for the whole batch
         if leased is not None:
             self.results.gone(leased)  # (ids it skipped)

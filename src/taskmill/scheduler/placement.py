@@ -71,12 +71,13 @@ def dispatch(b: Book, t: TaskEntry, eid: int) -> None:
     b.move(t, RUNNING, ("dispatched to engine {} (attempt {})", eid, t.attempts))
     e.running[t.tid] = t.attempts
     b.busy_slots += 1
-    if len(e.running) > 1:
+    held = len(e.running)
+    if held > 1:
         b.buffering.add(eid)
-    if len(e.running) == 1 and e.cap > 1:
+    elif e.cap > 1:  # (its first)
         b.watch_head(e)
     del b.free[eid]
-    if len(e.running) < e.cap:
+    if held < e.cap:
         b.free[eid] = None  # still has room: goes to the back of the line
     if b.unmet:
         token = b.unmet.pop(t.tid, None)

@@ -14,7 +14,7 @@ import os
 import shutil
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,14 @@ CREATE TABLE IF NOT EXISTS engines (eid INTEGER PRIMARY KEY, uuid TEXT NOT NULL,
 -- tasks from meta's low_tid, below which every task had finished: see SQLiteStore.commit.)
 """
 
+# sqlite3 binds an int, float or str parameter as it is, but looks a bytes or None one up as
+# something to adapt, and the failed look-up raises and clears an AttributeError inside
+# (~3,000 instructions; a task's rows bind ~10 of them). A registered adapter is found at
+# once: these return the value itself, from C (no Python frame). Kept if one is registered.
+IDENTITY_ADAPTERS = {bytes: bytes, type(None): {}.get}
+for _kind, _adapter in IDENTITY_ADAPTERS.items():
+    sqlite3.adapters.setdefault((_kind, sqlite3.PrepareProtocol), _adapter)
+
 # A task's row goes in whole: a task dispatched (or even finished) before its first commit
 # is inserted in that state, with no UPDATE after its INSERT.
 INSERT_TASK = ("INSERT INTO tasks (tid, state, submitted, spec, frames, node, attempts, "
@@ -63,6 +71,12 @@ INSERT_QUEUED = ("INSERT INTO tasks (tid, state, submitted, spec, frames, node, 
                  "tries) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 MARK_RUNNING = ("UPDATE tasks SET state='running', engine=?, node=?, attempts=?, tries=?, "
                 "handed_over=? WHERE tid=?")
+# The running marks of a commit that share their values (a flood's: first attempts on one
+# engine) go in statements of MARK_RUNNING_SIZES taskids each (`mark_running_rows`), the
+# rest one by one: an UPDATE's statement costs about as much as the row it changes.
+MARK_RUNNING_SIZES = (64, 16, 4)
+MARK_RUNNING_IN = {n: MARK_RUNNING.replace("tid=?", f"tid IN ({', '.join('?' * n)})")
+                   for n in MARK_RUNNING_SIZES}
 FINISH_TASK = ("UPDATE tasks SET state='finished', ok=?, result_meta=?, result_frames=?, "
                "frames=NULL WHERE tid=?")
 REMEMBER_SUBMIT = "INSERT OR REPLACE INTO submits VALUES (?, ?, ?)"
@@ -100,17 +114,50 @@ EMPTY_LIST = b"\x90"  # msgpack of []
 
 
 def connect(path: str) -> sqlite3.Connection:
-    """The store's connection (autocommit: the store runs its own transactions).
-
-    Binding a `bytes` (a blob) has the sqlite3 module look for an adapter, and failing to
-    find one costs it an AttributeError built and dropped (~1,500 instructions a value: 3 to 6
-    a task at commit). An identity adapter for `bytes` (`bytes(b)` is `b`) is found at once
-    and binds the same blob; it is registered for the whole process, which only changes
-    how fast a `bytes` is bound (the sqlite3 module's fast path for int, float, str and
-    bytearray stays)."""
-    sqlite3.register_adapter(bytes, bytes)
+    """The store's connection (autocommit: the store runs its own transactions; bytes and
+    None are bound through IDENTITY_ADAPTERS, registered when this module is imported)."""
     return sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                            timeout=OPEN_TIMEOUT)
+
+
+def mark_running_rows(db: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -> None:
+    """MARK_RUNNING for each row (engine, node, attempts, tries, handed_over, tid), in the
+    caller's transaction: rows with the same values together (MARK_RUNNING_IN)."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for row in rows:
+        key = row[:5]
+        tids = groups.get(key)
+        if tids is None:
+            groups[key] = [row[5]]
+        else:
+            tids.append(row[5])
+    singles = []
+    for key, tids in groups.items():
+        i, n = 0, len(tids)
+        for size in MARK_RUNNING_SIZES:
+            while n - i >= size:
+                db.execute(MARK_RUNNING_IN[size], (*key, *tids[i:i + size]))
+                i += size
+        singles.extend((*key, tid) for tid in tids[i:])
+    if singles:
+        db.executemany(MARK_RUNNING, singles)
+
+
+def write_all(db: sqlite3.Connection, writes: list[tuple[str, Any]]) -> None:
+    """Run each (statement, rows) of `writes`, in order, as one transaction (BEGIN ...
+    COMMIT; the caller rolls back on an error). A single row (a lone task's result) is one
+    statement in autocommit: a transaction of its own, written and made durable as BEGIN ...
+    COMMIT would. MARK_RUNNING's rows go through `mark_running_rows`."""
+    if len(writes) == 1 and len(writes[0][1]) == 1:
+        db.execute(writes[0][0], next(iter(writes[0][1])))
+        return
+    db.execute("BEGIN")
+    for sql, rows in writes:
+        if sql is MARK_RUNNING:
+            mark_running_rows(db, rows)
+        else:
+            db.executemany(sql, rows)
+    db.execute("COMMIT")
 
 
 def read_task(row: tuple[Any, ...], read: Callable[[bytes], list[Any]]
