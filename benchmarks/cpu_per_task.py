@@ -32,7 +32,8 @@ def thread_cpu(pid: int) -> dict[str, float]:
     tick = os.sysconf("SC_CLK_TCK")
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            stat = open(f"/proc/{pid}/task/{tid}/stat").read()
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
         except OSError:
             continue  # the thread ended meanwhile
         name = stat[stat.index("(") + 1:stat.rindex(")")]

@@ -20,6 +20,8 @@ import statistics
 import time
 from typing import Any
 
+from cpu_per_task import thread_cpu  # (this folder: run as a script)
+
 from taskmill import Cluster
 
 
@@ -32,22 +34,6 @@ def square(x: int) -> int:
 
 
 FUNCS = {"noop": noop, "square": square}
-
-
-def thread_cpu(pid: int) -> dict[str, float]:
-    """'name/tid' -> CPU seconds of each thread of `pid`."""
-    out = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue  # the thread ended meanwhile
-        name = stat[stat.index("(") + 1:stat.rindex(")")]
-        fields = stat.rsplit(")", 1)[1].split()
-        out[f"{name}/{tid}"] = (int(fields[11]) + int(fields[12])) / tick
-    return out
 
 
 def main() -> int:

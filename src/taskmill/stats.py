@@ -154,14 +154,7 @@ class RecentActivity:
         """Engine `eid` reported attempt `attempt` of `tid` (`ok`, `error` or `rejected`)."""
         a = self.open.get(tid)
         if a is not None and a.eid == eid and a.attempt == attempt:
-            # (`_close`, written out: one call less a task)
-            del self.open[tid]
-            held = self.held.get(eid)
-            if held is not None:
-                held.pop(tid, None)
-            a.end, a.status = now, status if status in ENGINE_STATUSES else "error"
-            a.seq = self.last_seq = next(self._seq)
-            self.closed.append(a)
+            self._close(a, status if status in ENGINE_STATUSES else "error", now)
 
     def withdrawn(self, tid: int) -> None:
         """Task `tid` was taken back before it reached an engine: its attempt never was."""
@@ -187,17 +180,8 @@ class RecentActivity:
         a = self.open.get(tid)
         if a is not None:  # e.g. aborted while running: the engine's late report is ignored
             self._close(a, status, now)
-        rows = self.finished_per_second.rows  # (PerSecond.add's usual case, written out)
-        if rows and rows[-1][0] == int(now):
-            rows[-1][1] += 1
-        else:
-            self.finished_per_second.add(now)
-        if type(duration) is float and 0.0 <= duration < math.inf:
-            h = self.durations  # (DurationHistogram.observe's usual case, written out)
-            h.counts[bisect.bisect_left(h.bounds, duration)] += 1
-            h.sum += duration
-            h.count += 1
-        elif isinstance(duration, NUMBERS) and not isinstance(duration, bool):
+        self.finished_per_second.add(now)
+        if isinstance(duration, NUMBERS) and not isinstance(duration, bool):
             self.durations.observe(duration)
         if status != "ok":
             error = error if isinstance(error, dict) else {}

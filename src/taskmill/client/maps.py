@@ -79,15 +79,19 @@ def progress_bar(progress: bool | None, total: int | None, desc: str, unit: str)
     return tqdm(total=total, desc=desc, unit=unit)
 
 
-def zip_sequences(sequences: Sequence[Iterable[Any]]) -> list[tuple[Any, ...]]:
-    """The argument tuples of a map; sequences of unequal length are a ValueError."""
+def sequence_lists(sequences: Sequence[Iterable[Any]]) -> list[list[Any]]:
+    """A map's sequences as lists; none is a TypeError, unequal lengths a ValueError."""
     if not sequences:
         raise TypeError("map() needs at least one sequence")
     lists = [list(s) for s in sequences]
-    lengths = {len(x) for x in lists}
-    if len(lengths) > 1:
+    if len({len(x) for x in lists}) > 1:
         raise ValueError(f"map() sequences must have equal lengths, got {[len(x) for x in lists]}")
-    return list(zip(*lists, strict=True))
+    return lists
+
+
+def zip_sequences(sequences: Sequence[Iterable[Any]]) -> list[tuple[Any, ...]]:
+    """The argument tuples of a map (see sequence_lists)."""
+    return list(zip(*sequence_lists(sequences), strict=True))
 
 
 class Columns:
@@ -114,17 +118,17 @@ class Columns:
         future, the list of argument tuples instead, where the task's encoding swaps each
         future for its result (arguments.swap_futures, `CHUNK_DEPTH` levels down)."""
         if not self.plain and swap_futures((None, self.lists), {}, CHUNK_DEPTH)[2]:
-            return list(zip(*self.lists, strict=True))
+            return self.tuples()
         return zip(*self.lists, strict=False)
+
+    def tuples(self) -> list[tuple[Any, ...]]:
+        """The elements' argument tuples."""
+        return list(zip(*self.lists, strict=True))
 
 
 def zip_columns(sequences: Sequence[Iterable[Any]]) -> Columns:
-    """A map's sequences as Columns; sequences of unequal length are a ValueError."""
-    if not sequences:
-        raise TypeError("map() needs at least one sequence")
-    lists = [list(s) for s in sequences]
-    if len({len(x) for x in lists}) > 1:
-        raise ValueError(f"map() sequences must have equal lengths, got {[len(x) for x in lists]}")
+    """A map's sequences as Columns (see sequence_lists)."""
+    lists = sequence_lists(sequences)
     plain = all(type(s) is range or plain_items(x) for s, x in zip(sequences, lists, strict=True))
     return Columns(lists, plain)
 
@@ -244,7 +248,7 @@ def encode_chunk(backend: Backend, options: TaskOptions, func: Callable[..., Any
         return backend.encode(chunk_task(options, func, chunk))
     except SerializationError:
         if type(chunk) is Columns:
-            backend.encode(chunk_task(options, func, list(zip(*chunk.lists, strict=True))))
+            backend.encode(chunk_task(options, func, chunk.tuples()))
         raise
 
 

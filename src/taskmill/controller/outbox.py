@@ -72,14 +72,12 @@ def meta_bound(meta: dict[str, Any] | None) -> int:
     if not meta:
         return EMPTY_ENTRY_BOUND
     n = META_FIELDS_BOUND
-    text = meta.get("stdout")
-    if text and isinstance(text, str):
-        n += UTF8_MAX_BYTES * len(text)
-    text = meta.get("stderr")
-    if text and isinstance(text, str):
-        n += UTF8_MAX_BYTES * len(text)
+    for key in ("stdout", "stderr"):
+        text = meta.get(key)
+        if text and isinstance(text, str):
+            n += UTF8_MAX_BYTES * len(text)
     error = meta.get("error")
-    if error is not None and isinstance(error, dict):
+    if isinstance(error, dict):
         for value in error.values():
             n += UTF8_MAX_BYTES * len(value) if isinstance(value, str) else ERROR_FIELD_BOUND
     return n

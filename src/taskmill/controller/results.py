@@ -98,6 +98,11 @@ def failure_text(a: Finish, node: dict[str, Any], started: float | None, now: fl
     raise AssertionError(f"unknown outcome {a.outcome}")
 
 
+def stored_entry(r: StoredResult) -> tuple[dict[str, Any], list[Any]]:
+    """A stored result's entry (its metadata and frame count) and frames, as replies carry."""
+    return {**r.meta, "nframes": len(r.frames)}, r.frames
+
+
 class Results:
     def __init__(self, ctx: Context, why: FailureContext) -> None:
         self.ctx = ctx
@@ -163,7 +168,7 @@ class Results:
             return None, []
         r = self.ctx.store.result(tid)
         if r is not None:
-            return {**r.meta, "nframes": len(r.frames)}, r.frames
+            return stored_entry(r)
         if self.ctx.sched.is_active(tid) or self.ctx.leases.pending(tid):
             return None, []
         return {"tid": tid, "unknown": True, "nframes": 0}, []
@@ -290,10 +295,7 @@ class Results:
                                   part_frames)
 
     def send_watch(self, w: Waiter, tid: int, result: StoredResult | None = None) -> None:
-        if result is not None:
-            meta, frames = {**result.meta, "nframes": len(result.frames)}, result.frames
-        else:
-            meta, frames = self.entry(tid)
+        meta, frames = stored_entry(result) if result is not None else self.entry(tid)
         if meta is None:  # (cannot happen: a watch is woken when its task finishes)
             meta = {"tid": tid, "active": True, "nframes": 0}
         # (sent when that client's credit allows: credit.py)

@@ -281,10 +281,9 @@ class Scheduler:
         if properties is not None and properties != e.properties:
             b.properties_changed(e, properties)
         if duration is not None and duration >= 0 and e.slots is None:
-            d = e.duration = duration if e.duration is None else (
+            e.duration = duration if e.duration is None else (
                 e.duration + DURATION_WEIGHT * (duration - e.duration))
-            # (b.update_capacity(e), written out for its case: adaptive, with a duration)
-            e.cap = max(1, min(b.max_slots, int(b.buffer_seconds / max(d, 1e-7))))
+            b.update_capacity(e)
         if e.running.get(tid) == attempt:
             b.release_slot(e, tid)
         t = b.tasks.get(tid)

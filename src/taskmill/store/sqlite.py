@@ -308,7 +308,7 @@ class SQLiteStore(IdLeases):
         # that it keeps its pages in the page cache, see files.py's spill thread.)
         kind = "put" if meta.get("kind") == "put" else "result"
         blob = self.files.pack(tid, kind, result.frames, sizes)
-        ok = meta.get("status") == "ok"  # (result.ok)
+        ok = result.ok
         row = self._ins.get(tid)
         if row is not None:  # its insert is not written yet: it goes in finished
             row[STATE] = "finished"

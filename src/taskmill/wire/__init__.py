@@ -74,7 +74,8 @@ from .signing import PARALLEL_MIN, HmacSha256, PayloadMac
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE", "FUNCTION_CACHE_MAX_BYTES", "FUNCTION_CACHE_SIZE", "MAX_FRAMES",
-    "HEADER_ENCODER", "MAX_SENDERS", "PLAIN_TYPES", "PROTOCOL", "SIGNATURE_BYTES", "PARALLEL_MIN", "PayloadMac",
+    "HEADER_ENCODER", "MAX_SENDERS", "PLAIN_TYPES", "PROTOCOL", "SIGNATURE_BYTES", "PARALLEL_MIN",
+    "PayloadMac",
     "TRANSPORT_HEARTBEAT_MS", "TRANSPORT_TIMEOUT_MS", "Frame", "FunctionLoads",
     "FunctionPickles", "HmacSha256", "Packed", "Refused", "Spliced", "Wire", "apply_engine_link",
     "apply_transport_heartbeat",
