@@ -16,7 +16,8 @@ controller picks up where a killed one stopped; it holds an exclusive lock on th
 its whole life, so a second controller cannot open the same store.
 
 What lives where: base.py (the records, the `TaskStore` interface), memory.py (`MemoryStore`),
-sqlite.py (`SQLiteStore`), schema.py (its tables, statements, lock and open errors), files.py
+sqlite.py (`SQLiteStore`), schema.py (its tables, statements, lock and open errors), wal.py
+(keeping its write-ahead log bounded), files.py
 (large frames in files beside the database), cache.py (its cache of recent results),
 retention.py (dropping results older than `--keep-results` days; removing a whole store).
 """
@@ -42,11 +43,12 @@ from .retention import (
     store_files,
 )
 from .schema import BUSY_TIMEOUT, LOW_DISK, OPEN_TIMEOUT
-from .sqlite import CHECKPOINT_BYTES, LOW_TID_EVERY, SQLiteStore
+from .sqlite import LOW_TID_EVERY, SQLiteStore
+from .wal import WAL_BYTES
 
 __all__ = [
-    "BUSY_TIMEOUT", "CHECKPOINT_BYTES", "DEFAULT_KEEP_RESULTS", "ENGINE_ROW_AGE", "EXTERNAL_MIN",
-    "LOW_DISK", "LOW_TID_EVERY", "MAX_TID", "OPEN_TIMEOUT", "SUBMIT_KEYS_KEPT", "SUBMIT_KEY_AGE",
+    "BUSY_TIMEOUT", "DEFAULT_KEEP_RESULTS", "ENGINE_ROW_AGE", "EXTERNAL_MIN", "LOW_DISK",
+    "LOW_TID_EVERY", "MAX_TID", "OPEN_TIMEOUT", "SUBMIT_KEYS_KEPT", "SUBMIT_KEY_AGE", "WAL_BYTES",
     "MemoryStore", "SQLiteStore", "StoredResult", "StoredTask", "TaskStore", "compact_tids",
     "drop_old_results", "open_store", "remove_store", "retention_pass", "store_files",
 ]

@@ -13,9 +13,7 @@ import fcntl
 import os
 import shutil
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
@@ -193,22 +191,6 @@ def delete_finished(db: sqlite3.Connection, tids: list[int] | None, next_tid: in
         else:
             dropped.append(row)
     return dropped, missing
-
-
-def checkpoint_loop(path: str, closing: threading.Event, wal_max: int) -> None:
-    """The store's checkpointer thread: copies the WAL into the database whenever it is
-    larger than `wal_max` bytes (looked at twice a second), until `closing` is set."""
-    con = sqlite3.connect(path, isolation_level=None)
-    wal = Path(f"{path}-wal")
-    try:
-        while not closing.wait(0.5):
-            try:
-                if wal.exists() and wal.stat().st_size > wal_max:
-                    con.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.Error:
-                pass  # busy: try again next turn
-    finally:
-        con.close()
 
 
 def hold_lock(path: str) -> int:

@@ -6,7 +6,8 @@ first the files of large frames (files.py), then the rows (schema.py's statement
 then are the files of dropped rows unlinked. Active tasks are also kept in memory, for
 dispatch; finished results are read back from disk through a bounded cache (cache.py). Opening
 takes the store's lock (schema.py), reads the counters and ids back, and removes orphan files.
-Two threads of its own: one checkpoints the WAL, one syncs result files (files.py).
+Two threads of its own: one checkpoints the WAL (wal.py: a commit finishes what it copied,
+so that the WAL restarts), one syncs result files (files.py).
 """
 
 from __future__ import annotations
@@ -55,7 +56,6 @@ from .schema import (
     SELECT_UNFINISHED,
     SET_META,
     STATE,
-    checkpoint_loop,
     connect,
     delete_finished,
     disk_note,
@@ -65,11 +65,10 @@ from .schema import (
     read_task,
     write_all,
 )
+from .wal import WAL_BYTES, WalKeeper
 
 log = logging.getLogger("taskmill.store")
 
-# The checkpointer copies the WAL into the database once it is larger than this.
-CHECKPOINT_BYTES = 32 * 1024 * 1024
 LOW_TID_EVERY = 1.0  # seconds between writes of meta's low_tid
 
 
@@ -81,8 +80,10 @@ class SQLiteStore(IdLeases):
     durable = True  # (the controller's backlog needs a store on disk: controller/backlog.py)
 
     def __init__(self, path: str, *, cache_size: int = 1024,
-                 cache_bytes: int = 64 * 1024 * 1024) -> None:
+                 cache_bytes: int = 64 * 1024 * 1024, wal_bytes: int = WAL_BYTES) -> None:
+        """`wal_bytes`: the WAL's size that starts a checkpoint (wal.py)."""
         self.path = path
+        self._wal_bytes = wal_bytes
         self._lock_fd: int | None = hold_lock(path)
         try:
             self._open(cache_size, cache_bytes)
@@ -133,10 +134,9 @@ class SQLiteStore(IdLeases):
         self.cache = ResultCache(cache_size, cache_bytes)  # recent finished results
         self.files.remove_orphans(self.db.execute("SELECT frames, result_frames FROM tasks"))
         self._closing = threading.Event()
-        self._checkpointer = threading.Thread(
-            target=checkpoint_loop, args=(path, self._closing, CHECKPOINT_BYTES),
-            name="taskmill-checkpoint", daemon=True)
-        self._checkpointer.start()
+        self.wal = WalKeeper(path, self._closing, self._wal_bytes)
+        self.db.execute(f"PRAGMA journal_size_limit={self.wal.wal_bytes}")
+        self.wal.start()
         self.files.start()
 
     def _read_state(self) -> None:
@@ -448,6 +448,8 @@ class SQLiteStore(IdLeases):
             queued.clear()
         self._dirty = False
         self.files.unlink_dropped()
+        if self.wal.tail_due:
+            self.wal.finish_tail(db)
 
     def _rollback(self, cause: BaseException) -> None:
         try:
@@ -468,7 +470,7 @@ class SQLiteStore(IdLeases):
         finally:
             self._closing.set()
             self.files.stop()
-            self._checkpointer.join(timeout=5)
+            self.wal.join(timeout=5)
             self.files.join(timeout=5)
             try:
                 self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
