@@ -4,6 +4,7 @@ benchmarks/startup_phases.py measures the times."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -33,6 +34,17 @@ def test_close_wakes_the_io_thread_rather_than_waiting_for_its_poll(cluster, mon
     tc.engines()
     tc.close()
     assert not any(t.is_alive() for t in mine)
+
+
+def test_clients_opened_and_closed_leave_no_file_descriptor_behind(cluster):
+    # (Each client has sockets, a ZeroMQ context and the pipe that wakes its I/O thread.)
+    TaskClient(cluster.connection_file, timeout=30).close()  # (imports, first-use caches)
+    before = sorted(os.listdir("/proc/self/fd"))
+    for _ in range(10):
+        tc = TaskClient(cluster.connection_file, timeout=30)
+        tc.engines()
+        tc.close()
+    assert sorted(os.listdir("/proc/self/fd")) == before
 
 
 def run_python(code: str, *args: str) -> str:
