@@ -66,6 +66,13 @@ def mib(pid: int, field: str = "VmRSS") -> float:
     return proc_kib(pid, field) / 1024
 
 
+def disk_mib(db: str) -> tuple[float, float]:
+    """The store's database and write-ahead log on disk (MiB); result files aside."""
+    def size(path: str) -> float:
+        return os.path.getsize(path) / 2**20 if os.path.exists(path) else 0.0
+    return size(db), size(f"{db}-wal")
+
+
 def noop(x: int) -> int:
     return x
 
@@ -94,6 +101,7 @@ def one_flood(n: int, db: str, queued: bool = False) -> dict:
             f.result()
         row["rate"] = n / (time.perf_counter() - t0)
         row["ctl_peak"], row["cli_peak"] = mib(pid, "VmHWM"), mib(me)
+        row["db"], row["wal"] = disk_mib(db)
         del futs, f
         tc.clear()
         row["ctl_after"], row["cli_after"] = mib(pid), mib(me)
@@ -206,8 +214,8 @@ def flood_table(sizes: list[int], path: str, header: bool = True) -> None:
               "`f.result()`, `del futs; tc.clear()` (2 engines, durable store, one process "
               "each)\n")
         print("| N futures | controller RSS start / peak / after clear (MiB) | client RSS start "
-              "/ with futures / after (MiB) | tasks/s |")
-        print("|--:|--:|--:|--:|")
+              "/ with futures / after (MiB) | store on disk: database / WAL (MiB) | tasks/s |")
+        print("|--:|--:|--:|--:|--:|")
     for n in sizes:
         proc = subprocess.run([sys.executable, __file__, "--one-flood", str(n), "--db", path],
                               capture_output=True, text=True, stdin=subprocess.DEVNULL,
@@ -217,7 +225,7 @@ def flood_table(sizes: list[int], path: str, header: bool = True) -> None:
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"| {n:,} | {r['ctl_start']:.0f} / {r['ctl_peak']:.0f} / {r['ctl_after']:.0f} "
               f"| {r['cli_start']:.0f} / {r['cli_peak']:.0f} / {r['cli_after']:.0f} "
-              f"| {r['rate']:,.0f} |", flush=True)
+              f"| {r['db']:.0f} / {r['wal']:.0f} | {r['rate']:,.0f} |", flush=True)
 
 
 def main() -> int:
@@ -261,8 +269,9 @@ def main() -> int:
 def seed_run(a: argparse.Namespace, db: str) -> None:
     checkpoints = sorted({c for c in (10_000, 100_000, 1_000_000, a.n) if c <= a.n})
     print(f"\n## the seed API: results piling up (store: {db})\n")
-    print("| finished results | controller RSS (MiB) | controller peak RSS (MiB) | tasks/s so far |")
-    print("|--:|--:|--:|--:|")
+    print("| finished results | controller RSS (MiB) | controller peak RSS (MiB) | store on disk: "
+          "database / WAL (MiB) | tasks/s so far |")
+    print("|--:|--:|--:|--:|--:|")
     rows = []
     with Cluster(2, db=db) as c, c.client() as tc:
         pid = c.controller_pid
@@ -277,7 +286,9 @@ def seed_run(a: argparse.Namespace, db: str) -> None:
             rss, hwm = proc_kib(pid, "VmRSS") / 1024, proc_kib(pid, "VmHWM") / 1024
             rate = done / (time.perf_counter() - t0)
             rows.append((mark, rss))
-            print(f"| {mark:,} | {rss:.1f} | {hwm:.1f} | {rate:,.0f} |", flush=True)
+            db_mib, wal_mib = disk_mib(db)
+            print(f"| {mark:,} | {rss:.1f} | {hwm:.1f} | {db_mib:.0f} / {wal_mib:.0f} "
+                  f"| {rate:,.0f} |", flush=True)
         status = tc.queue_status()
     assert status["succeeded"] == a.n, status
     if len(rows) >= 2:

@@ -159,6 +159,9 @@ def test_memory_flat_prints_the_seed_run_and_the_futures_flood():
     cells = [c.strip() for c in flood[0].strip("|").split("|")]
     figures = [float(x) for cell in cells[1:3] for x in cell.split(" / ")]
     assert len(figures) == 6 and all(x > 0 for x in figures), flood[0]
+    # the store on disk (database / WAL, MiB) in both tables
+    for row, cell in ((flood[0], cells[3]), (seed[0], seed[0].strip("|").split("|")[3])):
+        assert len([float(x) for x in cell.split(" / ")]) == 2, row
 
 
 @pytest.mark.timeout(180)

@@ -1,4 +1,5 @@
-"""The SQLite store's write-ahead log stays bounded while commits go on (store/wal.py).
+"""What a long-running SQLite store keeps on disk stays bounded: its write-ahead log while
+commits go on (store/wal.py).
 
 A checkpoint on the checkpointer's thread never copies every frame while the controller keeps
 committing, and SQLite writes from the WAL's start again only after one that did: before
@@ -87,3 +88,4 @@ def test_sqlite_wal_tail_is_copied_by_the_next_commit_only_when_the_thread_asks(
         assert Path(f"{path}-wal").stat().st_size == size
     finally:
         s.close()
+
