@@ -12,8 +12,8 @@ controller answers there. What crosses the wire is a small header plus opaque pa
 declares it unreachable; told that the controller forgot this client (it was stopped or cut
 off for longer than the controller's --forget-clients-after), it fails what waited with
 ClientForgotten and goes on under new ids. Everything above (futures, verbs, both fronts)
-uses only `send`, `call`, `reply`, `wait_reply` and `forget`. Multi-frame sends are guarded against Ctrl-C
-(interrupts.py).
+uses only `send`, `call`, `reply`, `wait_reply` and `forget`. Multi-frame sends are guarded
+against Ctrl-C (interrupts.py).
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ BYE = to_request(Bye())  # (sent with no reply wanted: see _bye)
 BYE_LINGER_MS = 200  # at most this long, a closing client's `bye` may wait to leave
 IDLE_AT_LEAST_EVERY = 256  # messages: a steady stream of replies must not starve the idle hook
 IDLE_POLL_MS = 100  # the I/O thread's longest wait for a reply before it pings (close() wakes it)
+POLLIN = int(zmq.POLLIN)
 # Requests sent again to a restarted controller (reads; submits, which it de-duplicates; a
 # lease, which it grants anew).
-POLLIN = int(zmq.POLLIN)
 RESENDABLE = frozenset({"submit", "put", "result", "wait", "watch", "lease"})
 
 Stream = Callable[[dict[str, Any], list[Any]], bool]
@@ -108,6 +108,7 @@ class Connection:
         # request captured before a restart does nothing after it.
         self.session: bytes | None = None
         self._key_prefix = base.decode() + ":"
+        self._pid = os.getpid()  # (a forked child's copy closes nothing of the parent's keys)
         self._streams: dict[int, Callable[[dict[str, Any], list[Any]], bool]] = {}
         self._intake = Intake()  # numbered `done` results taken in (credit.py)
         self._silent = 0.0  # seconds of this thread's running time since the controller spoke
@@ -183,7 +184,7 @@ class Connection:
                 next_ping = now + (self._ping_interval if self._hello.done() else 0.5)
             if burst >= IDLE_AT_LEAST_EVERY or not zmq_poll(own, 0):
                 burst = 0
-                self._idle()
+                self._call_hook(self.on_idle, "idle")
                 ready = zmq_poll(polled, IDLE_POLL_MS)
                 if not ready or ready[0][0] is not sock:
                     continue  # (or woken by close())
@@ -265,13 +266,15 @@ class Connection:
             except zmq.Again:
                 self._intake.said = -1  # (said again at the next ping)
 
-    def _bye(self) -> None:
-        """(Under send_lock) Tell the controller this receive socket is done with."""
+    def _bye(self, closed: bool = False) -> None:
+        """(Under send_lock) Tell the controller this receive socket is done with; `closed`:
+        so is this client, and its submit keys (never sent again: its store may drop them)."""
         if self.session is not None:
+            header = {**BYE, "req": 0, "rt": self.recv_ident, "session": self.session,
+                      "keys": self._key_prefix if closed else ""}
             with suppress(zmq.ZMQError):
-                self._send_sock.send_multipart(self.send_wire.encode(
-                    {**BYE, "req": 0, "rt": self.recv_ident, "session": self.session}),
-                    flags=zmq.NOBLOCK, copy=False)
+                self._send_sock.send_multipart(self.send_wire.encode(header),
+                                               flags=zmq.NOBLOCK, copy=False)
 
     def _resend_for_session(self, req: Any) -> bool:
         """A request refused because it named an earlier controller session did nothing:
@@ -286,9 +289,6 @@ class Connection:
             header["session"] = self.session
             send_message(self._send_sock, self.send_wire.encode(header, frames))
         return True
-
-    def _idle(self) -> None:
-        self._call_hook(self.on_idle, "idle")
 
     @staticmethod
     def _call_hook(hook: Callable[[], Any] | None, what: str) -> None:
@@ -485,7 +485,7 @@ class Connection:
         self._closed.set()
         with self.send_lock:
             if not self._unreachable:
-                self._bye()
+                self._bye(closed=os.getpid() == self._pid)
             with suppress(OSError):  # (full: it is woken already)
                 os.write(self._wake, b"w")
         if self._thread.is_alive() and threading.current_thread() is not self._thread:

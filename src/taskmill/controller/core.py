@@ -432,9 +432,12 @@ class ControllerCore:
         self.ctx.outbox.reply(rt, req, PingReply(self.ctx.outbox.credits.probe(rt)), now=True)
 
     def bye(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
-        """The client (its receive socket `rt`) is gone: nothing more is sent to it. No reply."""
+        """The client (its receive socket `rt`) is gone: nothing more is sent to it; closed
+        for good (`keys`), its submit keys go too. No reply."""
         self.ctx.clients.left(rt)
         self.results.forget_client(rt)
+        if m.keys:
+            self.ctx.store.forget_keys(m.keys)
 
     def ack(self, rt: bytes, req: Any, m: Ack, frames: list[Any]) -> None:
         """The client took in its first `got` results (and, `lost`, missed the next ones):

@@ -162,7 +162,14 @@ class Ack(msgspec.Struct, frozen=True):
 
 
 class NoFields(msgspec.Struct, frozen=True):
-    """hello, ping, spin, engines, stats, bye: nothing beyond the common fields."""
+    """hello, ping, spin, engines, stats: nothing beyond the common fields."""
+
+
+class Bye(msgspec.Struct, frozen=True):
+    """`bye`: this receive socket is done (closed, or left for new connections). No reply.
+    `keys`, from a client closed for good: the prefix of its submit keys, which it will never
+    send again (the controller's store can forget them: store/keys.py)."""
+    keys: str = ""
 
 
 CLIENT_RECORDS: dict[str, type[msgspec.Struct]] = {
@@ -170,7 +177,7 @@ CLIENT_RECORDS: dict[str, type[msgspec.Struct]] = {
     "watch": Tids, "wait": Tids, "abort": Abort, "spin": NoFields, "status": Status,
     "clear": Clear, "engines": NoFields, "stats": NoFields, "activity": Activity,
     "task": TaskQuery, "engine_exited": EngineExited, "put": Put, "retire": Retire,
-    "lease": Lease, "release": Lease, "ack": Ack, "bye": NoFields,
+    "lease": Lease, "release": Lease, "ack": Ack, "bye": Bye,
 }
 
 
@@ -196,10 +203,6 @@ class EnginesQuery(NoFields, frozen=True):
 
 class StatsQuery(NoFields, frozen=True):
     """`stats`: the controller's statistics."""
-
-
-class Bye(NoFields, frozen=True):
-    """`bye`: this receive socket is done (closed, or left for new connections). No reply."""
 
 
 class Watch(Tids, frozen=True):

@@ -58,6 +58,9 @@ class MemoryStore(IdLeases):
         tids = self._submits.get(key)
         return None if tids is None else list(tids)
 
+    def forget_keys(self, prefix: str) -> None:
+        """(Nothing to do: this store keeps only the last SUBMIT_KEYS_KEPT keys.)"""
+
     def remember_submit(self, key: str, tids: list[int]) -> None:
         self._submits[key] = compact_tids(tids)
         while len(self._submits) > SUBMIT_KEYS_KEPT:

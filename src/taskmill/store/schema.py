@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import StoreError
-from .base import MAX_TID, StoredTask, unpack
+from .base import ENGINE_ROW_AGE, MAX_TID, SUBMIT_KEY_AGE, StoredTask, unpack
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -139,6 +139,18 @@ def mark_running_rows(db: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -
         singles.extend((*key, tid) for tid in tids[i:])
     if singles:
         db.executemany(MARK_RUNNING, singles)
+
+
+def forget_old_rows(db: sqlite3.Connection, now: float, low_tid: int, next_eid: int) -> None:
+    """At open: drop the submit keys older than SUBMIT_KEY_AGE and the engines registered
+    before ENGINE_ROW_AGE that no unfinished task names; write `next_eid`."""
+    db.execute("BEGIN")
+    db.execute("DELETE FROM submits WHERE at < ?", (now - SUBMIT_KEY_AGE,))
+    db.execute("DELETE FROM engines WHERE registered < ? AND eid NOT IN "
+               "(SELECT engine FROM tasks WHERE tid >= ? AND state='running' "
+               "AND engine IS NOT NULL)", (now - ENGINE_ROW_AGE, low_tid))
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('next_eid', ?)", (next_eid,))
+    db.execute("COMMIT")
 
 
 def write_all(db: sqlite3.Connection, writes: list[tuple[str, Any]]) -> None:

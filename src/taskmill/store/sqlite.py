@@ -27,9 +27,7 @@ from ..errors import StoreError
 from ..memory import compact
 from ..wire import frame_len
 from .base import (
-    ENGINE_ROW_AGE,
     MAX_TID,
-    SUBMIT_KEY_AGE,
     SUBMIT_KEYS_KEPT,
     IdLeases,
     Loaded,
@@ -40,6 +38,7 @@ from .base import (
 )
 from .cache import ResultCache
 from .files import EXTERNAL_MIN, FrameFiles
+from .keys import DeadKeys
 from .schema import (
     BUSY_TIMEOUT,
     EMPTY_LIST,
@@ -59,6 +58,7 @@ from .schema import (
     connect,
     delete_finished,
     disk_note,
+    forget_old_rows,
     hold_lock,
     insert_rows,
     open_error,
@@ -129,6 +129,7 @@ class SQLiteStore(IdLeases):
         self._dirty = False
         self.files = FrameFiles(self.blob_dir, self._pack)  # large frames, in files
         self._recent_submits: OrderedDict[str, range | tuple[int, ...]] = OrderedDict()
+        self.dead_keys = DeadKeys()
         self._active: dict[int, StoredTask] = {}
         self._task_blobs: dict[int, bytes] = {}  # active tasks whose frames are in files
         self.cache = ResultCache(cache_size, cache_bytes)  # recent finished results
@@ -159,14 +160,7 @@ class SQLiteStore(IdLeases):
         self._written_eid = self._next_eid
         self._low_tid = meta("low_tid") or 0
         self._low_written = 0.0  # monotonic time low_tid was last written
-        now = time.time()
-        db.execute("BEGIN")
-        db.execute("DELETE FROM submits WHERE at < ?", (now - SUBMIT_KEY_AGE,))
-        db.execute("DELETE FROM engines WHERE registered < ? AND eid NOT IN "
-                   "(SELECT engine FROM tasks WHERE tid >= ? AND state='running' "
-                   "AND engine IS NOT NULL)", (now - ENGINE_ROW_AGE, self._low_tid))
-        db.execute("INSERT OR REPLACE INTO meta VALUES ('next_eid', ?)", (self._next_eid,))
-        db.execute("COMMIT")
+        forget_old_rows(db, time.time(), self._low_tid, self._next_eid)
         self._n_ok, self._n_failed = db.execute(
             "SELECT COALESCE(SUM(ok), 0), COALESCE(SUM(1 - ok), 0) FROM tasks "
             "WHERE state='finished'").fetchone()
@@ -259,6 +253,12 @@ class SQLiteStore(IdLeases):
             return None if tids is None else list(tids)
         row = self.db.execute("SELECT tids FROM submits WHERE key=?", (key,)).fetchone()
         return unpack(row[0]) if row else None
+
+    def forget_keys(self, prefix: str) -> None:
+        """A client closed for good: its submit keys go, a few at each commit (keys.py)."""
+        if self.dead_keys.add(prefix):
+            for key in [k for k in self._subs if k.startswith(prefix)]:
+                del self._subs[key]  # (never written)
 
     def remember_submit(self, key: str, tids: list[int]) -> None:
         self._recent_submits[key] = compact_tids(tids)
@@ -430,6 +430,7 @@ class SQLiteStore(IdLeases):
             # Every task below this had finished: a restart looks only above it.
             meta.append(("low_tid", self.low_bound(min(self._active) if self._active
                                                    else self._next)))
+            writes += self.dead_keys.writes(db)  # (after the submit keys written above)
         if meta:
             writes.append((SET_META, meta))
         try:

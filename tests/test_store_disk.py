@@ -1,5 +1,5 @@
 """What a long-running SQLite store keeps on disk stays bounded: its write-ahead log while
-commits go on (store/wal.py).
+commits go on (store/wal.py), its submit keys once their clients have closed (store/keys.py).
 
 A checkpoint on the checkpointer's thread never copies every frame while the controller keeps
 committing, and SQLite writes from the WAL's start again only after one that did: before
@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from taskmill.store import SQLiteStore, StoredResult, StoredTask
+from taskmill.store.keys import KEYS_PER_DELETE
 
 WAL_BYTES = 128 * 1024
 
@@ -89,3 +90,38 @@ def test_sqlite_wal_tail_is_copied_by_the_next_commit_only_when_the_thread_asks(
     finally:
         s.close()
 
+
+
+def _keys(s: SQLiteStore) -> dict[str, int]:
+    """How many submit keys the store's table holds, by client prefix."""
+    return dict(s.db.execute("SELECT substr(key, 1, 33), COUNT(*) FROM submits GROUP BY 1"))
+
+
+def test_sqlite_drops_the_submit_keys_of_a_closed_client_a_few_at_each_commit(tmp_path):
+    s = SQLiteStore(str(tmp_path / "t.db"))
+    closed, alive = "a" * 32 + ":", "b" * 32 + ":"
+    try:
+        n = 2 * KEYS_PER_DELETE + 10
+        for i in range(n):
+            s.remember_submit(f"{closed}{i}", [i])
+        for i in range(3):
+            s.remember_submit(f"{alive}{i}", [n + i])
+        s.commit()
+        assert _keys(s) == {closed: n, alive: 3}
+        s.remember_submit(f"{closed}{n}", [n + 3])  # (queued, not written yet)
+        assert not s.dead_keys.add("not a client's prefix")
+        s.forget_keys(closed)
+        looks = []
+        while closed in _keys(s):
+            assert len(looks) < 5, looks
+            s.remember_submit(f"{alive}{len(looks) + 3}", [n + 4 + len(looks)])
+            s.commit(everything=True)  # (looks now, as a commit does once a second)
+            looks.append(_keys(s).get(closed, 0))
+        # at most KEYS_PER_DELETE a look; the one queued never written; the other client's kept
+        assert looks == [n - KEYS_PER_DELETE, n - 2 * KEYS_PER_DELETE, 0]
+        assert _keys(s) == {alive: 6} and s.submitted(f"{alive}0") == [n]
+        s.remember_submit(f"{alive}99", [n + 99])
+        s.commit(everything=True)
+        assert not s.dead_keys.waiting  # (let go once none is left)
+    finally:
+        s.close()
