@@ -17,7 +17,7 @@ its whole life, so a second controller cannot open the same store.
 
 What lives where: base.py (the records, the `TaskStore` interface), memory.py (`MemoryStore`),
 sqlite.py (`SQLiteStore`), schema.py (its tables, statements, lock and open errors), wal.py
-(keeping its write-ahead log bounded), files.py
+(its write-ahead log kept bounded), keys.py (closed clients' submit keys dropped), files.py
 (large frames in files beside the database), cache.py (its cache of recent results),
 retention.py (dropping results older than `--keep-results` days; removing a whole store).
 """
