@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from taskmill.store import SQLiteStore, StoredResult, StoredTask
-from taskmill.store.keys import KEYS_PER_DELETE
+from taskmill.store.keys import KEYS_PER_DELETE, RECENT_KEYS_KEPT
 
 WAL_BYTES = 128 * 1024
 
@@ -109,7 +109,7 @@ def test_sqlite_drops_the_submit_keys_of_a_closed_client_a_few_at_each_commit(tm
         s.commit()
         assert _keys(s) == {closed: n, alive: 3}
         s.remember_submit(f"{closed}{n}", [n + 3])  # (queued, not written yet)
-        assert not s.dead_keys.add("not a client's prefix")
+        assert not s.keys.dead.add("not a client's prefix")
         s.forget_keys(closed)
         looks = []
         while closed in _keys(s):
@@ -122,6 +122,26 @@ def test_sqlite_drops_the_submit_keys_of_a_closed_client_a_few_at_each_commit(tm
         assert _keys(s) == {alive: 6} and s.submitted(f"{alive}0") == [n]
         s.remember_submit(f"{alive}99", [n + 99])
         s.commit(everything=True)
-        assert not s.dead_keys.waiting  # (let go once none is left)
+        assert not s.keys.dead.waiting  # (let go once none is left)
+    finally:
+        s.close()
+
+
+def test_sqlite_keeps_a_bounded_number_of_keys_in_memory_and_finds_the_rest_in_its_table(tmp_path):
+    s = SQLiteStore(str(tmp_path / "t.db"))
+    try:
+        n = RECENT_KEYS_KEPT + 100
+        for i in range(n):  # none committed: every one stays in memory (the table lacks it)
+            s.remember_submit(f"c:{i}", [i])
+        assert len(s.keys.recent) == n
+        assert s.submitted("c:0", resent=False) == [0]
+        s.commit()
+        s.remember_submit(f"c:{n}", [n])  # (committed ones go now, oldest first)
+        assert len(s.keys.recent) == RECENT_KEYS_KEPT
+        assert s.submitted("c:0", resent=False) is None  # (only a resent submit repeats a key)
+        assert s.submitted("c:0") == [0] and s.submitted(f"c:{n - 1}") == [n - 1]  # (table)
+        assert s.submitted(f"c:{n}") == [n]  # (memory: not committed yet)
+        s.withdraw([], key=f"c:{n}")  # (a refused submit's key: as if never seen)
+        assert s.submitted(f"c:{n}") is None
     finally:
         s.close()

@@ -1,7 +1,14 @@
-"""`DeadKeys`: the submit keys of clients closed for good, dropped from the SQLite store.
+"""`SubmitKeys`: the SQLite store's submit keys, and `DeadKeys`: those of closed clients.
 
 A submit's key (`<client id>:<request number>`) is kept so that the same submit sent again
-after a controller restart or a reconnection gets the same taskids instead of running twice.
+after a controller restart gets the same taskids instead of running twice. `SubmitKeys` holds
+the last RECENT_KEYS_KEPT keys in memory (with every key not committed yet: the table does not
+have it), the rows the next commit writes, and answers a lookup from memory, or from the table
+for a submit marked as sent again (its key may be older, or of an earlier lifetime). Only a
+resent submit can carry a key seen before: a client sends one again only to a restarted
+controller (connection.py), so the memory need not hold every key of this lifetime.
+
+
 A client that closes says so in its `bye`, with the prefix of its keys: it sends none of them
 again, so they can go. (Keys of clients that died without a `bye` stay until a later store open
 finds them older than SUBMIT_KEY_AGE.) Before, the table grew by every submit key for the
@@ -17,8 +24,14 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections import deque
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Any
+
+from .base import compact_tids, unpack
+
+RECENT_KEYS_KEPT = 4096
 
 KEYS_PER_DELETE = 2048
 PREFIXES_PER_LOOK = 32
@@ -56,3 +69,41 @@ class DeadKeys:
             out.append((DROP_KEYS, [bounds]))
             looked += 1
         return out
+
+
+class SubmitKeys:
+    """A store's submit keys (see the module docstring); `pack` packs a row's taskids."""
+
+    def __init__(self, pack: Callable[[Any], bytes]) -> None:
+        self.recent: OrderedDict[str, range | tuple[int, ...]] = OrderedDict()
+        self.queued: dict[str, tuple[Any, ...]] = {}  # REMEMBER_SUBMIT's rows, next commit
+        self.dead = DeadKeys()
+        self._pack = pack
+
+    def lookup(self, db: sqlite3.Connection, key: str, resent: bool) -> list[int] | None:
+        """The taskids a submit with this key was given (None: a new key)."""
+        tids = self.recent.get(key)
+        if tids is not None or not resent:
+            return None if tids is None else list(tids)
+        row = db.execute("SELECT tids FROM submits WHERE key=?", (key,)).fetchone()
+        return unpack(row[0]) if row else None
+
+    def remember(self, key: str, tids: list[int]) -> None:
+        self.recent[key] = compact_tids(tids)
+        self.queued[key] = (key, self._pack(tids), time.time())
+        while len(self.recent) > RECENT_KEYS_KEPT:
+            oldest = next(iter(self.recent))
+            if oldest in self.queued:  # (not in the table yet: kept until it is)
+                break
+            del self.recent[oldest]
+
+    def withdraw(self, key: str) -> None:
+        """A refused submit's key: as if never seen."""
+        self.recent.pop(key, None)
+        self.queued.pop(key, None)
+
+    def forget(self, prefix: str) -> None:
+        """A client closed for good: its keys go, a few at each commit (DeadKeys)."""
+        if self.dead.add(prefix):
+            for key in [k for k in self.queued if k.startswith(prefix)]:
+                del self.queued[key]  # (never written)

@@ -17,7 +17,6 @@ import os
 import sqlite3
 import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +27,15 @@ from ..memory import compact
 from ..wire import frame_len
 from .base import (
     MAX_TID,
-    SUBMIT_KEYS_KEPT,
     IdLeases,
     Loaded,
     StoredResult,
     StoredTask,
-    compact_tids,
     unpack,
 )
 from .cache import ResultCache
 from .files import EXTERNAL_MIN, FrameFiles
-from .keys import DeadKeys
+from .keys import SubmitKeys
 from .schema import (
     BUSY_TIMEOUT,
     EMPTY_LIST,
@@ -123,13 +120,11 @@ class SQLiteStore(IdLeases):
         self._ins: dict[int, list[Any]] = {}
         self._run: dict[int, tuple[Any, ...]] = {}
         self._fin: dict[int, tuple[Any, ...]] = {}
-        self._subs: dict[str, tuple[Any, ...]] = {}
         self._eng: dict[int, tuple[Any, ...]] = {}
         self._unsaved: dict[int, StoredResult] = {}  # finished, not yet committed
         self._dirty = False
         self.files = FrameFiles(self.blob_dir, self._pack)  # large frames, in files
-        self._recent_submits: OrderedDict[str, range | tuple[int, ...]] = OrderedDict()
-        self.dead_keys = DeadKeys()
+        self.keys = SubmitKeys(self._pack)  # (its queued rows: the commit's "submit keys")
         self._active: dict[int, StoredTask] = {}
         self._task_blobs: dict[int, bytes] = {}  # active tasks whose frames are in files
         self.cache = ResultCache(cache_size, cache_bytes)  # recent finished results
@@ -246,25 +241,13 @@ class SQLiteStore(IdLeases):
         return task, c
 
     def submitted(self, key: str, resent: bool = True) -> list[int] | None:
-        # Keys of this controller's lifetime are in memory (maybe not yet committed); the
-        # table holds those of earlier lifetimes, which only a resent submit can carry.
-        tids = self._recent_submits.get(key)
-        if tids is not None or not resent:
-            return None if tids is None else list(tids)
-        row = self.db.execute("SELECT tids FROM submits WHERE key=?", (key,)).fetchone()
-        return unpack(row[0]) if row else None
+        return self.keys.lookup(self.db, key, resent)
 
     def forget_keys(self, prefix: str) -> None:
-        """A client closed for good: its submit keys go, a few at each commit (keys.py)."""
-        if self.dead_keys.add(prefix):
-            for key in [k for k in self._subs if k.startswith(prefix)]:
-                del self._subs[key]  # (never written)
+        self.keys.forget(prefix)
 
     def remember_submit(self, key: str, tids: list[int]) -> None:
-        self._recent_submits[key] = compact_tids(tids)
-        while len(self._recent_submits) > SUBMIT_KEYS_KEPT:
-            self._recent_submits.popitem(last=False)
-        self._subs[key] = (key, self._pack(tids), time.time())
+        self.keys.remember(key, tids)
         self._dirty = True
 
     def withdraw(self, tids: list[int], key: str | None = None) -> None:
@@ -290,9 +273,8 @@ class SQLiteStore(IdLeases):
                     self._n_failed -= 1
                 self.cache.forget(tid)
         if key is not None:
-            self._recent_submits.pop(key, None)
-            self._subs.pop(key, None)
-        self._dirty = bool(self._ins or self._run or self._fin or self._subs or self._eng
+            self.keys.withdraw(key)
+        self._dirty = bool(self._ins or self._run or self._fin or self.keys.queued or self._eng
                            or self.files.pending())
 
     # -- results ---------------------------------------------------------------------------
@@ -414,8 +396,8 @@ class SQLiteStore(IdLeases):
             writes.append((MARK_RUNNING, self._run.values()))
         if self._fin:
             writes.append((FINISH_TASK, self._fin.values()))
-        if self._subs:
-            writes.append((REMEMBER_SUBMIT, self._subs.values()))
+        if self.keys.queued:
+            writes.append((REMEMBER_SUBMIT, self.keys.queued.values()))
         if self._eng:
             writes.append((REMEMBER_ENGINE, self._eng.values()))
         meta = []
@@ -430,7 +412,7 @@ class SQLiteStore(IdLeases):
             # Every task below this had finished: a restart looks only above it.
             meta.append(("low_tid", self.low_bound(min(self._active) if self._active
                                                    else self._next)))
-            writes += self.dead_keys.writes(db)  # (after the submit keys written above)
+            writes += self.keys.dead.writes(db)  # (after the submit keys written above)
         if meta:
             writes.append((SET_META, meta))
         try:
@@ -445,7 +427,8 @@ class SQLiteStore(IdLeases):
             self._low_written = now
         self._written_eid = self._next_eid
         self._written_next = self._next
-        for queued in (self._ins, self._run, self._fin, self._subs, self._eng, self._unsaved):
+        for queued in (self._ins, self._run, self._fin, self.keys.queued, self._eng,
+                       self._unsaved):
             queued.clear()
         self._dirty = False
         self.files.unlink_dropped()
