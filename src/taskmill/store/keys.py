@@ -8,9 +8,8 @@ for a submit marked as sent again (its key may be older, or of an earlier lifeti
 resent submit can carry a key seen before: a client sends one again only to a restarted
 controller (connection.py), so the memory need not hold every key of this lifetime.
 
-
-A client that closes says so in its `bye`, with the prefix of its keys: it sends none of them
-again, so they can go. (Keys of clients that died without a `bye` stay until a later store open
+`DeadKeys`: a client that closes says so in its `bye`, with the prefix of its keys: it sends
+none of them again, so they can go. (Keys of clients that died without a `bye` stay until a later store open
 finds them older than SUBMIT_KEY_AGE.) Before, the table grew by every submit key for the
 controller's whole life.
 
@@ -31,8 +30,7 @@ from typing import Any
 
 from .base import compact_tids, unpack
 
-RECENT_KEYS_KEPT = 4096
-
+RECENT_KEYS_KEPT = 4096  # keys answered from memory (and every one not committed yet)
 KEYS_PER_DELETE = 2048
 PREFIXES_PER_LOOK = 32
 PREFIXES_KEPT = 100_000
