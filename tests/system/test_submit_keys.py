@@ -1,6 +1,6 @@
 """A controller's store on disk over a long life: the submit keys of a client that closed are
 dropped while the controller runs; those of a client still open stay (they make a submit sent
-again after a restart or a reconnection get the same taskids)."""
+again to a restarted controller get the same taskids)."""
 
 from __future__ import annotations
 
