@@ -4,12 +4,15 @@ again to a restarted controller get the same taskids)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+import time
 
 import pytest
-from systest import poll
+from systest import controller_process, poll
 
-from taskmill import Cluster
+from taskmill import Cluster, ControllerUnreachable, TaskClient
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -46,3 +49,40 @@ def test_a_closed_clients_submit_keys_leave_the_store_and_an_open_ones_stay(tmp_
 
         poll(only_kept, what="the closed client's submit keys dropped")
         assert keys_by_client(db)[kept] >= 5
+
+
+def test_a_client_that_reconnects_keeps_its_submit_keys_in_the_store(tmp_path):
+    # A client that finds the controller unreachable goes on under new socket ids but the same
+    # key prefix; its `bye` for the old ids must not drop its keys, or a submit it sends
+    # again to a later restarted controller would run twice.
+    with controller_process(tmp_path, engines=1) as ctl:
+        ctl.ready()
+        tc = TaskClient(ctl.conn, timeout=30, reconnect_timeout=1)
+        try:
+            for _ in range(3):
+                tc.submit(noop).result()
+            os.kill(ctl.proc.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(ControllerUnreachable):
+                    tc.queue_status()  # (fails once the client declares it unreachable)
+            finally:
+                os.kill(ctl.proc.pid, signal.SIGCONT)
+
+            def answers() -> bool:
+                try:
+                    tc.queue_status()
+                    return True
+                except ControllerUnreachable:
+                    return False
+
+            poll(answers, what="the client using the controller again")
+            sent = 3
+            # Submits for 3 s of the controller's commits (its closed-client keys go at a
+            # commit once a second): every key of this client stays.
+            end = time.monotonic() + 3.0
+            while time.monotonic() < end:
+                tc.submit(noop).result()
+                sent += 1
+                assert sorted(keys_by_client(ctl.db).values()) == [sent]
+        finally:
+            tc.close()
