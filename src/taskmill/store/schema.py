@@ -149,7 +149,7 @@ def forget_old_rows(db: sqlite3.Connection, now: float, low_tid: int, next_eid: 
     db.execute("DELETE FROM engines WHERE registered < ? AND eid NOT IN "
                "(SELECT engine FROM tasks WHERE tid >= ? AND state='running' "
                "AND engine IS NOT NULL)", (now - ENGINE_ROW_AGE, low_tid))
-    db.execute("INSERT OR REPLACE INTO meta VALUES ('next_eid', ?)", (next_eid,))
+    db.execute(SET_META, ("next_eid", next_eid))
     db.execute("COMMIT")
 
 
@@ -188,7 +188,7 @@ def delete_finished(db: sqlite3.Connection, tids: list[int] | None, next_tid: in
     (tid, ok, result_frames) of each row deleted, and the ids that had none. Clearing may drop
     the highest taskids: the next one (`next_tid`) is kept in `meta` (it is otherwise known
     from the highest row), so no taskid is ever given out twice."""
-    db.execute("INSERT OR REPLACE INTO meta VALUES ('next_tid', ?)", (next_tid,))
+    db.execute(SET_META, ("next_tid", next_tid))
     if tids is None:
         return db.execute("DELETE FROM tasks WHERE state='finished' "
                           "RETURNING tid, ok, result_frames").fetchall(), []

@@ -80,16 +80,15 @@ class SQLiteStore(IdLeases):
                  cache_bytes: int = 64 * 1024 * 1024, wal_bytes: int = WAL_BYTES) -> None:
         """`wal_bytes`: the WAL's size that starts a checkpoint (wal.py)."""
         self.path = path
-        self._wal_bytes = wal_bytes
         self._lock_fd: int | None = hold_lock(path)
         try:
-            self._open(cache_size, cache_bytes)
+            self._open(cache_size, cache_bytes, wal_bytes)
         except BaseException:
             os.close(self._lock_fd)
             self._lock_fd = None
             raise
 
-    def _open(self, cache_size: int, cache_bytes: int) -> None:
+    def _open(self, cache_size: int, cache_bytes: int, wal_bytes: int) -> None:
         path = self.path
         try:
             # Created 0600 before SQLite opens it (its -wal and -shm files take that mode).
@@ -130,8 +129,7 @@ class SQLiteStore(IdLeases):
         self.cache = ResultCache(cache_size, cache_bytes)  # recent finished results
         self.files.remove_orphans(self.db.execute("SELECT frames, result_frames FROM tasks"))
         self._closing = threading.Event()
-        self.wal = WalKeeper(path, self._closing, self._wal_bytes)
-        self.db.execute(f"PRAGMA journal_size_limit={self.wal.wal_bytes}")
+        self.wal = WalKeeper(self.db, path, self._closing, wal_bytes)
         self.wal.start()
         self.files.start()
 
@@ -433,7 +431,7 @@ class SQLiteStore(IdLeases):
         self._dirty = False
         self.files.unlink_dropped()
         if self.wal.tail_due:
-            self.wal.finish_tail(db)
+            self.wal.finish_tail()
 
     def _rollback(self, cause: BaseException) -> None:
         try:
@@ -447,7 +445,7 @@ class SQLiteStore(IdLeases):
         try:
             self._dirty = True
             self.commit(everything=True)
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_tid', ?)", (self._next,))
+            self.db.execute(SET_META, ("next_tid", self._next))
         except (StoreError, sqlite3.Error) as e:
             log.error("the task store %s could not write on close: %s (what was not written "
                       "is as if the controller had been killed)", self.path, e)

@@ -9,11 +9,11 @@ grew by every commit for the controller's whole life: 3.2 kB per task of a flood
 lone round trip, 193 MiB for 60,000 tasks over a 4 MiB database (the disk fills on a long run).
 
 So the work is split in two. The keeper's thread copies the bulk, off the controller's
-thread, whenever the WAL file is larger than `wal_bytes` (looked at every `every` seconds),
+thread, whenever the WAL file is larger than `wal_bytes` (looked at every LOOK_EVERY seconds),
 then says a tail is due; the store's commit, on the controller's thread, then copies the few
 frames written since (`finish_tail`): no commit can come between, so that checkpoint is
 complete, and the next commit restarts the WAL and truncates its file back to `wal_bytes`
-(`PRAGMA journal_size_limit`, set by the store).
+(`PRAGMA journal_size_limit`, set on the store's connection here).
 """
 
 from __future__ import annotations
@@ -34,11 +34,13 @@ PASSES_MAX = 4  # ... but it stops after this many passes (a flood outruns every
 class WalKeeper:
     """The checkpointer thread of one store file and the tail it leaves to the store."""
 
-    def __init__(self, path: str, closing: threading.Event, wal_bytes: int = WAL_BYTES,
-                 every: float = LOOK_EVERY) -> None:
+    def __init__(self, db: sqlite3.Connection, path: str, closing: threading.Event,
+                 wal_bytes: int = WAL_BYTES) -> None:
+        """`db`: the store's connection, on which it commits (and this copies the tail)."""
+        self.db = db
         self.path = path
         self.wal_bytes = wal_bytes
-        self.every = every
+        db.execute(f"PRAGMA journal_size_limit={int(wal_bytes)}")
         self.tail_due = False  # set by the thread, cleared by finish_tail
         self.restarts = 0  # complete checkpoints done by finish_tail (statistics, tests)
         self._closing = closing
@@ -55,7 +57,7 @@ class WalKeeper:
         con = sqlite3.connect(self.path, isolation_level=None)
         wal = Path(f"{self.path}-wal")
         try:
-            while not self._closing.wait(self.every):
+            while not self._closing.wait(LOOK_EVERY):
                 try:
                     if not self.tail_due and wal.exists() \
                             and wal.stat().st_size > self.wal_bytes:
@@ -76,13 +78,13 @@ class WalKeeper:
                 break
         self.tail_due = True
 
-    def finish_tail(self, db: sqlite3.Connection) -> None:
+    def finish_tail(self) -> None:
         """On the thread that commits, between commits: copy what the thread's checkpoint
         left, so that the next commit restarts the WAL. Nothing is lost if it fails: the
         WAL stays as it is, and the thread tries again."""
         self.tail_due = False
         try:
-            busy, frames, done = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            busy, frames, done = self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error:
             return
         if not busy and frames == done:

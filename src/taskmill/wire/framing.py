@@ -203,9 +203,8 @@ class Wire:
         if len(env) <= _HEADER_AT or env[:len(PROTOCOL)] != PROTOCOL:
             raise Refused("malformed", "not a taskmill message (bad protocol frame)")
         total = len(env)
-        for f in msg[1:]:  # (frame_len, written out for the frames recv_message gives)
-            t = type(f)
-            total += len(f) if t is zmq.Frame or t is bytes else frame_len(f)
+        for f in msg[1:]:
+            total += frame_len(f)
         if total > self.max_message:
             raise Refused("too-large", f"{total} bytes > limit {self.max_message}")
         hb = memoryview(env)[_HEADER_AT:]
