@@ -104,7 +104,11 @@ def main() -> None:
                     killed = time.monotonic()
                     wait_for(lambda f=finished: tc.statistics()["finished"] - f
                              >= args.futures, 300, "the round's tasks")
-                    time.sleep(max(0.0, killed + wait + 1.0 - time.monotonic()))
+                    # (this observer speaks meanwhile: with a --forget-after as short as its
+                    # 1-s pings, a ping a little late had it forgotten too)
+                    while time.monotonic() < killed + wait + 1.0:
+                        tc.statistics()
+                        time.sleep(0.1)
                     if wait:
                         wait_for(lambda r=r: tc.statistics().get("clients_forgotten", 0)
                                  >= r, 60, "the killed client to be forgotten")
