@@ -610,6 +610,54 @@ def test_revoke_refused_leaves_the_task_and_is_not_asked_again():
     assert one(acts, Finish).outcome == RESULT
 
 
+def test_a_pass_lists_the_buffered_tasks_again_only_once_a_task_was_buffered_anew(monkeypatch):
+    """Once every buffered task was asked back (each revoke refused: the engine had started
+    it), passes do not list the buffering engines' tasks again (at 1,000 engines that list
+    was most of a pass) until a task is buffered anew, which an idle engine then asks for."""
+    from taskmill.scheduler import placement
+
+    listed = []
+    real = placement.stealable
+    monkeypatch.setattr(placement, "stealable", lambda b, e: listed.append(e.eid) or real(b, e))
+    s = _two_busy_engines_with_a_buffer()
+    assert one(s.handle(TaskDone(1, 1, 1, OK)), Revoke) == Revoke(0, 2, 1)
+    listed.clear()
+    s.handle(RevokeAnswered(0, 2, 1, ok=False))  # engine 1 is idle again, nothing to ask
+    for _ in range(3):
+        assert of(split_answer(s.handle(Spin()))[1], Revoke) == []
+    assert listed == [0]  # the answer's pass looked, found none; the later ones did not look
+    s.handle(Submit(3, [Node()]))  # engine 1 runs it
+    s.handle(Submit(4, [Node()]))  # no engine has room: queued
+    acts = s.handle(TaskDone(0, 0, 1, OK))  # engine 0 takes task 4, buffered behind task 2
+    assert one(acts, Dispatch) == Dispatch(4, 0, 0, 1)
+    acts = s.handle(TaskDone(1, 3, 1, OK))  # engine 1 is idle: it asks for task 4
+    assert of(acts, Revoke) == [Revoke(0, 4, 1)]
+    assert listed == [0, 0]  # (one look more: the pass that found it)
+
+
+def test_an_idle_engine_looks_at_the_most_loaded_engine_first_and_no_further(monkeypatch):
+    """The tasks that may be asked back are listed only as far as the idle engines need: one
+    idle engine takes the most loaded engine's newest task without the others being listed."""
+    from taskmill.scheduler import placement
+
+    listed = []
+    real = placement.stealable
+    monkeypatch.setattr(placement, "stealable", lambda b, e: listed.append(e.eid) or real(b, e))
+    s = make(slots=3)
+    for eid in range(3):
+        s.handle(AddEngine(eid, {}))
+    s.handle(AddEngine(3, {}, slots=1))
+    for tid in range(4):  # one each (engine 3 too)
+        s.handle(Submit(tid, [Node()]))
+    for tid in range(4, 9):  # buffered: 4, 7 on engine 0; 5, 8 on engine 1; 6 on engine 2
+        s.handle(Submit(tid, [Node()]))
+    assert [s.engine_load(e) for e in range(4)] == [[0, 4, 7], [1, 5, 8], [2, 6], [3]]
+    listed.clear()
+    acts = s.handle(TaskDone(3, 3, 1, OK))
+    assert of(acts, Revoke) == [Revoke(0, 7, 1)]
+    assert listed == [0]
+
+
 def test_one_revoke_in_flight_per_idle_engine():
     s = make(slots=3)
     s.handle(AddEngine(0, {}))

@@ -140,7 +140,10 @@ class Book:
         self.fresh: set[int] = set()  # engines freed or changed since the last pass
         self.dependents: dict[int, list[int]] = {}
         self.busy_slots = 0
-        self.buffering: set[int] = set()  # engines holding more than one task (steal victims)
+        # Engines that may hold a task an idle engine could ask back (steal victims): added
+        # when a task is buffered there, dropped when it holds fewer than two or a pass finds
+        # none there to ask back (only buffering a task makes one: see placement.steal)
+        self.buffering: set[int] = set()
         self.unmet: dict[int, int] = {}  # tid -> timer token
         self.token = 0
         self.out: list[Action] = []
