@@ -108,7 +108,7 @@ def test_many_engines_registers_light_engines_and_fills_its_table():
     assert len(rows) == 2, proc.stdout
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert len(cells) == 7 and float(cells[3].replace(",", "")) > 0, row
+        assert len(cells) == 9 and float(cells[3].replace(",", "")) > 0, row
     assert "engines alive at the end" not in proc.stdout, proc.stdout
 
 

@@ -162,6 +162,37 @@ def test_a_client_that_does_not_read_gets_one_window_and_the_rest_waits_as_taski
     assert credits.held()["results_in_flight_to_clients"] == WINDOW
 
 
+def test_while_a_window_is_in_flight_a_second_one_waits_with_its_payload():
+    """A client a little late with its ack: the results that come meanwhile keep their
+    payload up to a second window (sent without a read from the store once the ack comes);
+    only those beyond it wait as taskids and are read back."""
+    credits = Credits(WINDOW, 10**9)
+    for tid in range(1, WINDOW + 1):
+        credits.offer(RT, 1, tid, *stored(tid))
+    assert sum(len(b[3]) for b in credits.take(stored)) == WINDOW  # in flight: a full window
+    for tid in range(WINDOW + 1, 3 * WINDOW + 1):  # two windows more come meanwhile
+        credits.offer(RT, 1, tid, *stored(tid))
+    held = credits.held()
+    assert held["results_held_for_clients"] == 2 * WINDOW
+    assert held["results_in_memory_for_clients"] == WINDOW  # the second window; the third
+    reads = []
+
+    def load(tid: int) -> tuple[dict, list[bytes]]:
+        reads.append(tid)
+        return stored(tid)
+
+    credits.acked(RT, WINDOW)
+    batches = credits.take(load)
+    assert [e["tid"] for b in batches for e in b[3]] == list(range(WINDOW + 1, 2 * WINDOW + 1))
+    assert reads == [] and credits.held()["results_read_back_for_clients"] == 0
+    credits.acked(RT, 2 * WINDOW)
+    batches = credits.take(load)
+    assert [e["tid"] for b in batches for e in b[3]] == list(range(2 * WINDOW + 1,
+                                                                   3 * WINDOW + 1))
+    assert reads == list(range(2 * WINDOW + 1, 3 * WINDOW + 1))  # (waited as taskids)
+    assert credits.held()["results_read_back_for_clients"] == WINDOW
+
+
 def test_a_result_larger_than_the_byte_window_goes_alone():
     credits = Credits(WINDOW, 100)
     big = [b"y" * 1000]

@@ -188,7 +188,8 @@ def stats(**fields) -> dict:
                                                    "count": 0},
             "results_in_flight_to_clients": 0, "result_bytes_in_flight_to_clients": 0,
             "results_held_for_clients": 0, "results_in_memory_for_clients": 0,
-            "results_sent_again_to_clients": 0, "clients_watching": 0, "clients": 1,
+            "results_sent_again_to_clients": 0, "results_read_back_for_clients": 0,
+            "clients_watching": 0, "clients": 1,
             "clients_forgotten": 0, "requests_waiting": 0, "backlog": 0, "queued_in_memory": 1,
             "queue_window": None, **fields}
 

@@ -60,8 +60,8 @@ FORGET_CLIENTS_AFTER = 2.5 * RECONNECT_TIMEOUT
 MAX_MESSAGE_SIZE = 512 * 1024 * 1024
 
 #: results streamed to one client (a watch's `done` messages) that may be sent and not yet
-#: acknowledged: the rest wait in the store, so a client that stops reading costs the
-#: controller one window (controller/credit.py); by count, ...
+#: acknowledged; as many again wait with their payload, the rest in the store, so a client
+#: that stops reading costs the controller two windows (controller/credit.py); by count, ...
 RESULTS_WINDOW = 1000
 
 #: ... and by bytes (payload frames plus 512 bytes of metadata a result; a larger one goes alone)

@@ -249,12 +249,14 @@ class Statistics(msgspec.Struct, frozen=True):
     durations: Durations  # the task-duration histogram
     # Results streamed to clients (controller/credit.py): sent and not acknowledged (at most
     # a window per client), and their bytes; waiting for credit (in the store), and of those
-    # the ones whose payload waits in memory; sent again because a client lost them.
+    # the ones whose payload waits in memory; sent again because a client lost them; read
+    # back from the store to be sent (they waited without their payload, or went again).
     results_in_flight_to_clients: int = 0
     result_bytes_in_flight_to_clients: int = 0
     results_held_for_clients: int = 0
     results_in_memory_for_clients: int = 0
     results_sent_again_to_clients: int = 0
+    results_read_back_for_clients: int = 0
     clients_watching: int = 0  # clients whose watches wait for tasks (a `bye` ends them)
     # Clients (controller/clients.py): heard from and not gone; forgotten for their silence
     # since the start; the requests of all clients that wait for tasks (watches included).
