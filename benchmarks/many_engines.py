@@ -267,14 +267,15 @@ def measure(n: int, tasks: int, procs: int, idle: float, profile: str | None) ->
                 tc.clear()
                 c0, t0 = proc_cpu(ctl.pid), time.perf_counter()
                 l0 = sum(proc_cpu(p.pid) for p in lights)
-                rb0 = tc.statistics()["results_read_back_for_clients"]
+                rb0 = tc.statistics().get("results_read_back_for_clients")  # (None: older src)
                 futures = [tc.submit(noop) for _ in range(tasks)]
                 for f in futures:
                     f.result(timeout=300)
                 wall = time.perf_counter() - t0
                 cpu = proc_cpu(ctl.pid) - c0
                 light_cpu = sum(proc_cpu(p.pid) for p in lights) - l0
-                read_back = tc.statistics()["results_read_back_for_clients"] - rb0
+                rb1 = tc.statistics().get("results_read_back_for_clients")
+                read_back = None if rb0 is None or rb1 is None else rb1 - rb0
                 tc.clear()
                 alive = len([e for e in tc.engines() if e.get("state") != "dead"])
             return {"engines": n, "alive_after": alive, "register_s": registered,
@@ -282,7 +283,8 @@ def measure(n: int, tasks: int, procs: int, idle: float, profile: str | None) ->
                     "tasks_per_s": tasks / wall,
                     "cpu_us_per_task": cpu / tasks * 1e6,
                     "light_cpu_us_per_task": light_cpu / tasks * 1e6,
-                    "read_back_share": read_back / tasks, "rss_idle_mib": rss_idle / 1024,
+                    "read_back_share": None if read_back is None else read_back / tasks,
+                    "rss_idle_mib": rss_idle / 1024,
                     "rss_hwm_mib": proc_kib(ctl.pid, "VmHWM") / 1024}
         finally:
             for p in lights:
@@ -294,6 +296,10 @@ def measure(n: int, tasks: int, procs: int, idle: float, profile: str | None) ->
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
+
+
+def read_back_cell(share: float | None) -> str:
+    return "n/a" if share is None else f"{100 * share:.0f}%"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -335,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"({100 * r['idle_zmq_share']:.1f} I/O) | "
                    f"{r['tasks_per_s']:,.0f} | {r['tasks_per_s'] / base:.2f}x | "
                    f"{r['cpu_us_per_task']:.0f} | {r['light_cpu_us_per_task']:.0f} | "
-                   f"{100 * r['read_back_share']:.0f}% | {r['rss_idle_mib']:.0f} / {r['rss_hwm_mib']:.0f} |")
+                   f"{read_back_cell(r['read_back_share'])} | {r['rss_idle_mib']:.0f} / {r['rss_hwm_mib']:.0f} |")
         if r["alive_after"] != r["engines"]:
             out.append(f"|  | (only {r['alive_after']} engines alive at the end) | | | | | | | |")
     text = "\n".join(out)
