@@ -6,6 +6,7 @@ it was forgotten, and nothing is kept for it again until it says `bye` for that 
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
@@ -16,7 +17,12 @@ from taskmill.connection import new_connection_info
 from taskmill.controller import Controller, Now
 from taskmill.controller import clients as clients_module
 from taskmill.controller.clients import Clients
-from taskmill.defaults import FORGET_CLIENTS_AFTER, RECONNECT_TIMEOUT, RESULTS_WINDOW
+from taskmill.defaults import (
+    FORGET_CLIENTS_AFTER,
+    FORGET_CLIENTS_AFTER_WARN,
+    RECONNECT_TIMEOUT,
+    RESULTS_WINDOW,
+)
 from taskmill.store import MemoryStore
 from taskmill.wire import Wire
 
@@ -188,3 +194,19 @@ def test_a_client_riding_out_a_cut_is_not_forgotten_by_default():
     reconnect_timeout, SPEC §1), so that its futures survive what its calls survive."""
     assert FORGET_CLIENTS_AFTER > RECONNECT_TIMEOUT
     assert Clients(math.inf).silent(1e12, -math.inf) == []
+
+
+@pytest.mark.parametrize("bound,warned", [(1.0, True), (FORGET_CLIENTS_AFTER_WARN, False),
+                                          (FORGET_CLIENTS_AFTER, False), (math.inf, False)])
+def test_a_bound_within_a_few_pings_is_warned_of_at_the_start(caplog, bound, warned):
+    """A live client pings every second: a bound of a second or two forgets it whenever a
+    ping comes late, which the one who chose that bound should hear at the start."""
+    caplog.set_level(logging.WARNING, logger="taskmill.controller")
+    ctl = Controller(new_connection_info(), store=MemoryStore(), forget_clients_after=bound)
+    try:
+        said = [r.getMessage() for r in caplog.records if "forget-clients-after" in r.getMessage()]
+        assert bool(said) == warned, said
+        if warned:
+            assert "ClientForgotten" in said[0] and f"{FORGET_CLIENTS_AFTER_WARN:g}s" in said[0]
+    finally:
+        ctl.close()

@@ -48,6 +48,10 @@ ENGINE_LINK_USER_TIMEOUT_MS = 1000 * (ENGINE_LINK_KEEPALIVE_IDLE
 #: is ridden out
 RECONNECT_TIMEOUT = 120.0
 
+#: seconds between a client's pings to the controller (its I/O thread; fewer when its
+#: reconnect_timeout is short: client/connection.py)
+CLIENT_PING_INTERVAL = 1.0
+
 #: seconds of silence after which the controller forgets a client (`--forget-clients-after`):
 #: drops its watches, its waiting requests and the results queued for it (controller/clients.py).
 #: A live client pings every second, so only a dead one (kill -9, its machine gone) or a stopped
@@ -55,6 +59,10 @@ RECONNECT_TIMEOUT = 120.0
 #: out (its calls go on) never costs it its futures; short enough that what a dead client held
 #: goes within minutes.
 FORGET_CLIENTS_AFTER = 2.5 * RECONNECT_TIMEOUT
+
+#: a --forget-clients-after below this many seconds (a few pings) is warned of at the start: a
+#: live client whose ping is late (a busy machine, a process paused a moment) would be forgotten
+FORGET_CLIENTS_AFTER_WARN = 5 * CLIENT_PING_INTERVAL
 
 #: bytes one message may hold; larger ones are refused (`--max-message-size`)
 MAX_MESSAGE_SIZE = 512 * 1024 * 1024

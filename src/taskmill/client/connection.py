@@ -35,7 +35,7 @@ from zmq import zmq_poll
 
 from ..connection import find_connection_file, read_connection_file
 from ..curve import apply_client as apply_curve
-from ..defaults import RECONNECT_TIMEOUT
+from ..defaults import CLIENT_PING_INTERVAL, RECONNECT_TIMEOUT
 from ..errors import ClientForgotten, ControllerUnreachable, too_slow
 from ..protocol import Bye, Hello, HelloReply, Ping, ProtocolError, from_reply, to_request
 from ..wire import Refused, Wire, recv_message, send_message
@@ -43,7 +43,6 @@ from .codec import checked, joined
 from .credit import Intake
 from .interrupts import NOT_DEFERRED, interrupts_deferred
 
-PING_INTERVAL = 1.0
 BYE = to_request(Bye())  # (sent with no reply wanted: see _bye)
 BYE_LINGER_MS = 200  # at most this long, a closing client's `bye` may wait to leave
 IDLE_AT_LEAST_EVERY = 256  # messages: a steady stream of replies must not starve the idle hook
@@ -90,7 +89,7 @@ class Connection:
         self.timeout = timeout
         self.reconnect_timeout = reconnect_timeout
         # Often enough that a healthy controller is never silent for reconnect_timeout.
-        self._ping_interval = min(PING_INTERVAL, reconnect_timeout / 4)
+        self._ping_interval = min(CLIENT_PING_INTERVAL, reconnect_timeout / 4)
         # The largest message the controller accepts (its hello says; else our own default).
         self.max_message = self.send_wire.max_message
         self.ctx = zmq.Context()

@@ -8,7 +8,7 @@ forgotten for its silence.
         `forget_after` seconds: the core drops what it kept for each (core.forget_silent:
         results.forget_client, the same as a `bye`) and they are remembered as forgotten
 
-A live client's I/O thread pings every second (client/connection.py, PING_INTERVAL), so only a
+A live client's I/O thread pings every second (defaults.CLIENT_PING_INTERVAL), so only a
 client that died without its `bye` (kill -9, its machine gone) or one stopped or cut off for
 that long is this silent. Its tasks run on and their results stay in the store (any client
 fetches them by taskid); what goes is what waited to be sent to it: its watches (futures), its

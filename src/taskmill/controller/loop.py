@@ -32,6 +32,7 @@ from ..defaults import (
     DEFAULT_KEEP_RESULTS,
     DEFAULT_UNMET_TIMEOUT,
     FORGET_CLIENTS_AFTER,
+    FORGET_CLIENTS_AFTER_WARN,
     LOGGED_ONCE_MAX,
 )
 from ..store import MemoryStore, TaskStore
@@ -96,6 +97,13 @@ class Controller:
         seconds("heartbeat", heartbeat)  # (NaN, inf or <= 0 would end or stall the loop later)
         seconds("unmet_timeout", unmet_timeout, zero=True)
         days("keep_results", keep_results)
+        if seconds("forget_clients_after", forget_clients_after,
+                   infinite=True) < FORGET_CLIENTS_AFTER_WARN:
+            log.warning("--forget-clients-after %gs is within a few of a client's pings (one a "
+                        "second): a live client whose ping comes late (a busy machine, a "
+                        "process paused a moment) will be forgotten, and fail what it waited "
+                        "for with ClientForgotten; give it %gs or more (default %gs)",
+                        forget_clients_after, FORGET_CLIENTS_AFTER_WARN, FORGET_CLIENTS_AFTER)
         self.info = info
         # (the controller's headers hold plain values only: msgspec's encoder packs them)
         self.wire = Wire(info.key_bytes, max_message=max_message, max_frames=MAX_FRAMES,
