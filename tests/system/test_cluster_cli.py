@@ -123,6 +123,8 @@ def test_cluster_start_daemon_status_and_stop(tmp_path):
         data = json.loads(st.stdout)
         assert set(data["queue"]) == {"scheduled", "pending", "succeeded", "failed"}
         assert len(data["engines"]) == 2
+        assert data["backlog"]["backlog"] == 0 and data["backlog"]["queue_window"] > 0
+        assert data["tasks_per_second"] >= 0
         table = run("status")
         assert "engine" in table.stdout and "queue:" in table.stdout
     finally:
@@ -156,7 +158,9 @@ def test_status_json_matches_queue_status_and_engines(cluster, client):
         return (json.loads(out.stdout), after) if before == after else None
 
     data, expected = poll(status_json, 60, "a quiet moment to compare")
-    assert data == expected
+    assert {"queue": data["queue"], "engines": data["engines"]} == expected
+    assert set(data) == {"queue", "engines", "backlog", "tasks_per_second"}
+    assert set(data["backlog"]) == {"backlog", "queued_in_memory", "queue_window"}
     assert data["queue"]["succeeded"] >= 2 and len(data["engines"]) >= 2
 
 

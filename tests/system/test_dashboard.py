@@ -181,7 +181,7 @@ def test_status_json_watch_prints_one_object_per_refresh(cluster):
          str(cluster.connection_file)], stdout=subprocess.PIPE, text=True)
     try:
         views = [json.loads(watch.stdout.readline()) for _ in range(2)]
-        assert all(set(v) == {"queue", "engines"} for v in views)
+        assert all(set(v) == {"queue", "engines", "backlog", "tasks_per_second"} for v in views)
     finally:
         watch.kill()
         watch.wait()

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import zmq
 
@@ -216,8 +217,18 @@ def cmd_status(a: argparse.Namespace) -> int:
     with TaskClient(path, timeout=a.timeout) as tc:
         return show_status(
             tc.statistics, as_json=a.json,
-            json_view=lambda: {"queue": tc.queue_status(), "engines": tc.engines()},
+            json_view=lambda: json_status(tc),
             watch=a.watch, controller=info.client_url, dashboard=dashboard_link(info))
+
+
+def json_status(tc: Any) -> dict[str, Any]:
+    """What `taskmill status --json` prints: the queue, the engines, and of `statistics()`
+    the backlog (queued tasks kept only in the store, beyond the window held in memory) and
+    the throughput."""
+    stats = tc.statistics()
+    return {"queue": tc.queue_status(), "engines": tc.engines(),
+            "backlog": {k: stats.get(k) for k in ("backlog", "queued_in_memory", "queue_window")},
+            "tasks_per_second": stats.get("tasks_per_second")}
 
 
 def cmd_run(a: argparse.Namespace) -> int:
