@@ -331,9 +331,10 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
         if report["stuck"]:  # what the controller and the processes' log say, to find why
             report["engines_at_end"] = calls(tc.engines)
             report["log_tail"] = log_tail(work / "processes.log", 120)
-        for chunk in range(0, len(tids), 1000):
+        kept = sorted(given)  # (not the ids of runs the store refused: those never existed)
+        for chunk in range(0, len(kept), 1000):
             with contextlib.suppress(KeyError):  # (a stuck task has no result: reported above)
-                calls(tc.clear, tids[chunk:chunk + 1000])
+                calls(tc.clear, kept[chunk:chunk + 1000])
         rss_end = rss_kib(cluster.controller.pid)
         stats = calls(tc.statistics)  # (the last controller's counts)
         report["last_controller"] = {k: stats[k] for k in (
