@@ -11,6 +11,7 @@ actions to `Book.out`; `Scheduler.handle` returns them. Nothing here reads a clo
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -105,6 +106,9 @@ class EngineEntry:
     eid: int
     properties: dict[str, Any]
     slots: int | None  # None: adaptive (see the package docstring)
+    # Which properties it has (a callable depend's answer is cached under it): unique among
+    # every engine the book ever had, so an answer cached for a gone engine never matches
+    # another one given the same id (see Book.versions)
     version: int = 0
     running: dict[int, int] = field(default_factory=dict)  # tid -> attempt, dispatch order
     duration: float | None = None  # moving average of the durations it reported
@@ -120,7 +124,7 @@ class Book:
     __slots__ = ("unmet_timeout", "reject_skip", "slots", "buffer_seconds", "slow_after",
                  "max_slots", "thieves", "tasks", "engines", "ready", "parked", "free", "fresh",
                  "dependents", "busy_slots", "buffering", "unmet", "token", "out", "event",
-                 "finished")
+                 "finished", "versions")
 
     def __init__(self, *, unmet_timeout: float, reject_skip: float, slots: int | None,
                  buffer_seconds: float, max_slots: int) -> None:
@@ -149,6 +153,7 @@ class Book:
         self.out: list[Action] = []
         self.event = ""  # the name of the event being handled (for the stories)
         self.finished = FinishedStories()
+        self.versions = itertools.count(1)  # engines' property versions (EngineEntry.version)
 
     def compact(self) -> None:
         """Rebuild the indexes by taskid to their size (after a burst: see taskmill.memory)."""
@@ -203,7 +208,11 @@ class Book:
             ok = bool(depend(MappingProxyType(e.properties)))
         except Exception:
             ok = False
-        t.dep_cache[e.eid] = (e.version, ok)
+        cache = t.dep_cache
+        if len(cache) > 2 * len(self.engines) + 8:  # (answers for engines gone since: drop)
+            for eid in [eid for eid in cache if eid not in self.engines]:
+                del cache[eid]
+        cache[e.eid] = (e.version, ok)
         return ok
 
     def offered_everywhere(self, t: TaskEntry) -> bool:
@@ -252,7 +261,7 @@ class Book:
 
     def properties_changed(self, e: EngineEntry, properties: dict[str, Any]) -> None:
         e.properties = dict(properties)
-        e.version += 1
+        e.version = next(self.versions)
         self.fresh.add(e.eid)
         self.unskip_engine(e)
 

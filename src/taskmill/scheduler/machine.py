@@ -231,7 +231,8 @@ class Scheduler:
         eid = ev.eid
         if eid in b.engines:
             raise ValueError(f"engine {eid} is already registered")
-        e = b.engines[eid] = EngineEntry(eid, dict(ev.properties), ev.slots or b.slots)
+        e = b.engines[eid] = EngineEntry(eid, dict(ev.properties), ev.slots or b.slots,
+                                         version=next(b.versions))
         b.update_capacity(e)
         for tid in ev.adopt:
             t = b.tasks.get(tid)
@@ -333,8 +334,10 @@ class Scheduler:
             b.attempt_failed(t, eid, ENGINE_DIED, f"engine {eid} died holding it")
         e.running.clear()
         b.buffering.discard(eid)
-        for t in list(b.tasks.values()):
-            t.dep_cache.pop(eid, None)
+        # (The depend answers cached for it stay in the tasks' caches: no engine added later
+        # has its version, so none is read again, and a cache drops them as it grows past
+        # twice the engines (Book.satisfies). Dropping them here cost a look at every active
+        # task per engine gone: 18 s for 1,000 engines gone over 300,000 queued tasks.)
         return self._flush()
 
     def _revoke_answered(self, ev: RevokeAnswered) -> list[Action]:
