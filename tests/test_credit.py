@@ -193,6 +193,16 @@ def test_while_a_window_is_in_flight_a_second_one_waits_with_its_payload():
     assert credits.held()["results_read_back_for_clients"] == WINDOW
 
 
+def test_a_result_larger_than_the_byte_window_waits_as_a_taskid_while_another_is_in_flight():
+    credits = Credits(WINDOW, 100)
+    big = [b"y" * 1000]
+    credits.offer(RT, 1, 1, {"tid": 1, "nframes": 1}, big)  # nothing in flight: kept, goes now
+    assert credits.held()["results_in_memory_for_clients"] == 1
+    (batch,) = credits.take(stored)
+    credits.offer(RT, 1, 2, {"tid": 2, "nframes": 1}, big)  # one in flight: in the store only
+    assert credits.held()["results_in_memory_for_clients"] == 0
+
+
 def test_a_result_larger_than_the_byte_window_goes_alone():
     credits = Credits(WINDOW, 100)
     big = [b"y" * 1000]

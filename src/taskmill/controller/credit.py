@@ -89,13 +89,14 @@ class ClientCredit:
     def offer(self, req: Any, tid: int, meta: dict[str, Any] | None,
               frames: list[Any]) -> None:
         """A result to send: it keeps its payload here if it fits in a window beside those
-        waiting with theirs (one alone always does), else only its taskid (read back from
-        the store when it is sent). So a client costs at most two windows: one in flight,
-        one waiting (with one window in all, a client that acks a little late under load
-        had most of a flood's results read back: 71% of them over 1,000 engines)."""
+        waiting with theirs (or goes at once: nothing in flight or waiting), else only its
+        taskid (read back from the store when it is sent). So a client costs at most two
+        windows: one in flight, one waiting (with one window in all, a client that acks a
+        little late under load had most of a flood's results read back: 71% of them over
+        1,000 engines)."""
         size = RESULT_OVERHEAD + sum(map(frame_len, frames)) if frames else RESULT_OVERHEAD
         loaded = self.loaded
-        if meta is not None and (loaded == 0 or (
+        if meta is not None and ((loaded == 0 and not self.inflight) or (
                 loaded < self.window and self.loaded_bytes + size <= self.window_bytes)):
             self.loaded += 1
             self.loaded_bytes += size
