@@ -313,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--light-procs", type=int, default=1, help="processes for the light engines")
     p.add_argument("--profile", default=None, help="cProfile the controller into this file "
                                                    "(of the last engine count)")
-    p.add_argument("--write", action="store_true", help="also write benchmarks/many_engines.md")
+    p.add_argument("--write", action="store_true",
+                   help="also add the table to benchmarks/many_engines.md (appended)")
     p.add_argument("--serve", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--connection-file", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -347,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(out)
     print(text)
     if a.write:
-        (ROOT / "many_engines.md").write_text(text + "\n")
+        with open(ROOT / "many_engines.md", "a") as f:  # (a new section: the file keeps history)
+            f.write("\n" + text.replace("# One controller", "## One controller", 1) + "\n")
     return 0
 
 
