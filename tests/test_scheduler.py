@@ -212,7 +212,7 @@ def test_an_engine_gone_looks_at_no_queued_task_and_the_depend_caches_stay_bound
 
     s = make()
     s.handle(AddEngine(0, {"x": 0}))
-    book = s._book
+    book = s.book  # (its task table counted: an engine gone must not look at it)
     book.tasks = Counted(book.tasks)
     assert not of(s.handle(Submit(0, [Node(depend=lambda p: p["x"] == 1)])), Dispatch)
     for tid in range(1, 200):

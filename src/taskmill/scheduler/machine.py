@@ -82,6 +82,12 @@ class Scheduler:
         }
 
     @property
+    def book(self) -> Book:
+        """The scheduler's state itself (for tests and tools that look inside: change it only
+        through events)."""
+        return self._book
+
+    @property
     def unmet_timeout(self) -> float:
         return self._book.unmet_timeout
 
