@@ -327,3 +327,15 @@ def test_callgrind_parts_subtracts_two_runs_by_object_and_entry_point(tmp_path):
     assert "instructions per task: 225" in out
     assert "150   66.7%  libpython3.11.so.1.0" in out and "75   33.3%  _cmsgpack" in out
     assert "75    1.00  _cmsgpack.cpython-311-x86_64-linux-gnu.so:pack" in out
+
+
+@pytest.mark.timeout(180)
+def test_engines_vanish_kills_every_engine_mid_flood_and_every_task_finishes_once():
+    proc = bench("engines_vanish.py", "--engines", "20", "--tasks", "400", "--watch", "4",
+                 timeout=170)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
+    (row,) = [line for line in proc.stdout.splitlines() if line.startswith("| 20 ")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[5] == "400 / 0 / 0", row  # every future: its result
+    assert cells[6] == "20", row  # all twenty engines were found dead
+    assert cells[7] == "400 of 400", row
