@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics as st
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from many_engines import proc_cpu
+from many_engines import proc_cpu, start_light, stop
 
 from taskmill import TaskClient
 from taskmill.connection import read_connection_file
@@ -67,20 +66,7 @@ def start(tmp: Path, n: int, heartbeat: float) -> tuple[subprocess.Popen, subpro
             ctl.kill()
             raise RuntimeError("the controller did not start with its dashboard")
         time.sleep(0.05)
-    lights = subprocess.Popen([sys.executable, str(ROOT / "many_engines.py"), "--serve", str(n),
-                               "--connection-file", str(conn)], stdin=subprocess.DEVNULL)
-    return ctl, lights, conn
-
-
-def stop(*procs: subprocess.Popen) -> None:
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+    return ctl, start_light(n, conn), conn
 
 
 def cpu_window(pid: int, seconds: float, work: Any = None) -> tuple[float, float, int]:

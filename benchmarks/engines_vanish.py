@@ -28,17 +28,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from taskmill import TaskClient
+from many_engines import live_engines, start_light, stop
 
-HERE = Path(__file__).resolve().parent
+from taskmill import TaskClient
 
 
 def noop() -> None:
     return None
-
-
-def live(tc: TaskClient) -> int:
-    return len([e for e in tc.engines() if e.get("state") != "dead"])
 
 
 def wait_for(what: str, ok, timeout: float) -> None:
@@ -57,20 +53,13 @@ def run(engines: int, tasks: int, heartbeat: float, watch: float) -> dict:
              "--no-dashboard", "--db", str(Path(tmp) / "tasks.db"), "--log-level", "ERROR",
              "--heartbeat", str(heartbeat)], stdin=subprocess.DEVNULL)
         lights: list[subprocess.Popen] = []
-
-        def light() -> subprocess.Popen:
-            p = subprocess.Popen([sys.executable, str(HERE / "many_engines.py"), "--serve",
-                                  str(engines), "--connection-file", str(conn)],
-                                 stdin=subprocess.DEVNULL)
-            lights.append(p)
-            return p
-
         try:
             wait_for("the controller's connection file", conn.exists, 60)
-            first = light()
+            first = start_light(engines, conn)
+            lights.append(first)
             with TaskClient(str(conn)) as tc:
                 t0 = time.monotonic()
-                wait_for(f"{engines} engines registered", lambda: live(tc) >= engines, 300)
+                wait_for(f"{engines} engines registered", lambda: live_engines(tc) >= engines, 300)
                 registered = time.monotonic() - t0
                 futures = [tc.options(retries=2).submit(noop) for _ in range(tasks)]
                 wait_for("a quarter of the flood",
@@ -85,8 +74,8 @@ def run(engines: int, tasks: int, heartbeat: float, watch: float) -> dict:
                     tc.queue_status()
                     slowest = max(slowest, time.monotonic() - t)
                     time.sleep(0.1)
-                alive_after = live(tc)
-                light()
+                alive_after = live_engines(tc)
+                lights.append(start_light(engines, conn))
                 ok = died = other = 0
                 for f in futures:
                     try:
@@ -106,15 +95,7 @@ def run(engines: int, tasks: int, heartbeat: float, watch: float) -> dict:
                     "other": other, "engines_died": stats["engines_died"],
                     "finished": stats["finished"], "submitted": stats["submitted"]}
         finally:
-            for p in [*lights, ctl]:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            for p in [*lights, ctl]:
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop(*lights, ctl)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -197,6 +197,31 @@ def serve(n: int, connection_file: str) -> None:
     ctx.destroy(linger=0)
 
 
+def start_light(n: int, connection_file: Path | str) -> subprocess.Popen:
+    """A process of `n` light engines for the controller of `connection_file` (`serve`)."""
+    return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve", str(n),
+                             "--connection-file", str(connection_file)],
+                            stdin=subprocess.DEVNULL)
+
+
+def live_engines(tc: TaskClient) -> int:
+    """How many engines the controller lists as not dead."""
+    return len([e for e in tc.engines() if e.get("state") != "dead"])
+
+
+def stop(*procs: subprocess.Popen) -> None:
+    """SIGTERM to each process still running, then wait for each (killed after 30 s)."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 # -- the measurement -------------------------------------------------------------------------------
 def proc_cpu(pid: int) -> float:
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
@@ -241,14 +266,10 @@ def measure(n: int, tasks: int, procs: int, idle: float, profile: str | None) ->
                     raise RuntimeError("the controller did not start")
                 time.sleep(0.05)
             share = [n // procs + (1 if i < n % procs else 0) for i in range(procs)]
-            for k in share:
-                if k:
-                    lights.append(subprocess.Popen(
-                        [sys.executable, __file__, "--serve", str(k), "--connection-file",
-                         str(conn)], stdin=subprocess.DEVNULL))
+            lights.extend(start_light(k, conn) for k in share if k)
             with TaskClient(str(conn)) as tc:
                 t0 = time.perf_counter()
-                while (live := len([e for e in tc.engines() if e.get("state") != "dead"])) < n:
+                while (live := live_engines(tc)) < n:
                     if time.perf_counter() - t0 > 300:
                         raise RuntimeError(f"only {live} of {n} engines registered and alive "
                                            f"after 300 s")
@@ -277,7 +298,7 @@ def measure(n: int, tasks: int, procs: int, idle: float, profile: str | None) ->
                 rb1 = tc.statistics().get("results_read_back_for_clients")
                 read_back = None if rb0 is None or rb1 is None else rb1 - rb0
                 tc.clear()
-                alive = len([e for e in tc.engines() if e.get("state") != "dead"])
+                alive = live_engines(tc)
             return {"engines": n, "alive_after": alive, "register_s": registered,
                     "idle_core_share": idle_share, "idle_zmq_share": idle_zmq_share,
                     "tasks_per_s": tasks / wall,
@@ -287,15 +308,7 @@ def measure(n: int, tasks: int, procs: int, idle: float, profile: str | None) ->
                     "rss_idle_mib": rss_idle / 1024,
                     "rss_hwm_mib": proc_kib(ctl.pid, "VmHWM") / 1024}
         finally:
-            for p in lights:
-                p.send_signal(signal.SIGTERM)
-            ctl.send_signal(signal.SIGTERM)
-            for p in [*lights, ctl]:
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+            stop(*lights, ctl)
 
 
 def read_back_cell(share: float | None) -> str:
