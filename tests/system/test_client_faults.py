@@ -137,40 +137,69 @@ def test_a_controller_gone_for_good_fails_every_blocked_call_then_one_started_ag
         tc.close()
 
 
-def test_a_client_whose_connections_the_controller_still_holds_is_heard_again(controller,
-                                                                               tmp_path):
-    """The network forgets the client's connections and tells only the client; ZeroMQ
-    reconnects at once with the same routing ids while the controller still holds the old
-    connections, and ignores the new ones for good (no peer takes over another's id). The
-    client's calls fail with ControllerUnreachable past `reconnect_timeout` (never a hang),
-    and then it opens new connections with new ids: later calls work again, and the
-    controller keeps nothing for the old ones."""
+def client_via_proxy(ctl: ControllerProcess, tmp_path, **kwargs):
+    """A TaskClient that reaches `ctl` through a FaultProxy; (client, proxy)."""
     from faultproxy import FaultProxy
 
     from taskmill.connection import read_connection_file, write_connection_file
 
-    ctl = controller
     info = read_connection_file(ctl.conn)
     host, port = info.client_url.rsplit(":", 1)
     proxy = FaultProxy(host.split("//")[1], int(port))
     info.client_url = f"tcp://127.0.0.1:{proxy.port}"
     conn = write_connection_file(tmp_path / "via-proxy" / "conn.json", info)
-    tc = TaskClient(conn, timeout=10, reconnect_timeout=2)
+    return TaskClient(conn, **kwargs), proxy
+
+
+def test_a_client_whose_connections_broke_goes_on_under_new_ids(controller, tmp_path):
+    """The network forgets the client's connections and tells only the client. ZeroMQ would
+    reconnect with the same routing ids, which the controller, still holding the old
+    connections, ignores for good (no peer takes over another's id). The client sees its
+    connections break and goes on at once under new ids, long before its
+    `reconnect_timeout`: the call that waited across the cut is answered (sent again), the
+    future's watch goes on under the new id, run() goes on with its lease, and the
+    controller keeps nothing for the old ids."""
+    ctl = controller
+    tc, proxy = client_via_proxy(ctl, tmp_path, timeout=10, reconnect_timeout=100)
     try:
         tid = tc.run(MapTask(abs, (-1,)))  # (no engine: it stays queued)
         # (stored once another call returns: run() may send it after it returns, SPEC §4)
         assert tc.task_info(tid)["state"] == "scheduled"
         fut = tc.submit(abs, -2)  # a future: the controller watches its task for the client
         assert fut.taskid and tc.statistics()["clients_watching"] == 1
+        box = outcome(lambda: tc.get_task_result(tid, block=True))
+        poll(lambda: tc.statistics()["requests_waiting"] == 2, 30, "the blocking call to wait")
         assert proxy.cut_peer_side_all() == 2
-        with pytest.raises(ControllerUnreachable):
-            tc.get_task_result(tid, block=True)
         poll(lambda: _answers(tc), 30, "the client to be heard again")
-        assert tc.queue_status()["scheduled"] == 2
-        assert tc.task_info(tid)["state"] == "scheduled"
-        # The future failed with the old connections; their `bye` ended the watch for them.
-        assert isinstance(fut.exception(), ControllerUnreachable)
-        assert tc.statistics()["clients_watching"] == 0
+        stats = tc.statistics()
+        assert stats["clients_watching"] == 1 and stats["requests_waiting"] == 2, stats
+        tid2 = tc.run(MapTask(abs, (-3,)))  # (the next id of the lease the client holds)
+        assert tc.queue_status()["scheduled"] == 3 and not box and not fut.done()
+        ctl.engines.append(ctl.engine())
+        assert ended({"get_task_result": box}, 60)["get_task_result"] == ("ok", 1)
+        assert fut.result(60) == 2 and tc.get_task_result(tid2, block=True) == 3
+        poll(lambda: tc.statistics()["requests_waiting"] == 0, 30, "no request to wait")
+    finally:
+        tc.close()
+        proxy.close()
+
+
+def test_a_reset_that_loses_an_answer_costs_no_wait(controller, tmp_path):
+    """A connection reset loses the answer to a call on its way to the client (and nothing
+    tells the controller): the client, seeing its connection break, asks again, and the call
+    returns with the answer instead of waiting out its timeout."""
+    ctl = controller
+    ctl.engines.append(ctl.engine())
+    tc, proxy = client_via_proxy(ctl, tmp_path, timeout=60, reconnect_timeout=100)
+    try:
+        tid = tc.run(MapTask(bytes, (100_000,)))
+        poll(lambda: tc.queue_status()["succeeded"] == 1, 60, "the task to finish")
+        # The next message of 50,000 bytes or more to the client's receive socket (the result:
+        # pings' answers are small) is lost, and that connection reset.
+        proxy.drop_next(50_000, b".r")
+        assert tc.get_task_result(tid) == bytes(100_000)
+        assert proxy.dropped == 1
+        assert tc.submit(abs, -4).result(60) == 4
     finally:
         tc.close()
         proxy.close()

@@ -7,13 +7,13 @@
 The caller sends on its own socket, so a submit never waits for another thread; the I/O thread
 owns the receive socket, and every request carries `rt`, the id of that socket, so the
 controller answers there. What crosses the wire is a small header plus opaque payload frames
-(see `codec.py`). Besides reading, the I/O thread pings the controller, rides out its restarts
-(sending again what it never answered) and, after `reconnect_timeout` seconds of silence,
-declares it unreachable; told that the controller forgot this client (it was stopped or cut
-off for longer than the controller's --forget-clients-after), it fails what waited with
-ClientForgotten and goes on under new ids. Everything above (futures, verbs, both fronts)
-uses only `send`, `call`, `reply`, `wait_reply` and `forget`. Multi-frame sends are guarded
-against Ctrl-C (interrupts.py).
+(see `codec.py`). Besides reading, the I/O thread pings the controller, rides out broken
+connections and restarts (sending again what was not answered), after `reconnect_timeout`
+seconds of silence declares it unreachable, and, told that the controller forgot this client
+(stopped or cut off for longer than its --forget-clients-after), fails what waited with
+ClientForgotten and goes on under new ids: links.py. Everything above (futures, verbs, both
+fronts) uses only `send`, `call`, `reply`, `wait_reply` and `forget`. Multi-frame sends are
+guarded against Ctrl-C (interrupts.py).
 """
 
 from __future__ import annotations
@@ -36,21 +36,18 @@ from zmq import zmq_poll
 from ..connection import find_connection_file, read_connection_file
 from ..curve import apply_client as apply_curve
 from ..defaults import CLIENT_PING_INTERVAL, RECONNECT_TIMEOUT
-from ..errors import ClientForgotten, ControllerUnreachable, too_slow
-from ..protocol import Bye, Hello, HelloReply, Ping, ProtocolError, from_reply, to_request
-from ..wire import Refused, Wire, recv_message, send_message
+from ..errors import ControllerUnreachable, too_slow
+from ..protocol import Hello, HelloReply, Ping, ProtocolError, from_reply, to_request
+from ..wire import Refused, Wire, apply_transport_heartbeat, recv_message, send_message
 from .codec import checked, joined
 from .credit import Intake
 from .interrupts import NOT_DEFERRED, interrupts_deferred
+from .links import LinkRecovery
 
-BYE = to_request(Bye())  # (sent with no reply wanted: see _bye)
 BYE_LINGER_MS = 200  # at most this long, a closing client's `bye` may wait to leave
 IDLE_AT_LEAST_EVERY = 256  # messages: a steady stream of replies must not starve the idle hook
 IDLE_POLL_MS = 100  # the I/O thread's longest wait for a reply before it pings (close() wakes it)
 POLLIN = int(zmq.POLLIN)
-# Requests sent again to a restarted controller (reads; submits, which it de-duplicates; a
-# lease, which it grants anew).
-RESENDABLE = frozenset({"submit", "put", "result", "wait", "watch", "lease"})
 
 Stream = Callable[[dict[str, Any], list[Any]], bool]
 
@@ -59,7 +56,7 @@ STREAMED: Future = Future()  # what `send` returns with a `stream` (which takes 
 STREAMED.set_result(None)
 
 
-class Connection:
+class Connection(LinkRecovery):
     """Two DEALER sockets to the controller and the I/O thread that reads replies.
 
     The I/O thread pings the controller every second and counts how long nothing has arrived
@@ -96,8 +93,11 @@ class Connection:
         base = uuidlib.uuid4().hex.encode()
         self.recv_ident = base + b".r"
         self.send_lock = threading.Lock()
-        self._send_sock = self._dealer(base + b".s")
-        self._recv_sock = self._dealer(self.recv_ident)
+        self._monitors: dict[zmq.Socket, zmq.Socket] = {}
+        self._send_sock = self._watched(self._dealer(base + b".s"))
+        self._recv_sock = self._watched(self._dealer(self.recv_ident))
+        self._linked = threading.Event()  # (set by the controller's answer to the hello)
+        self._resend_when_linked = False
         self._req = itertools.count(1)
         self._futures: dict[int, Future] = {}
         self._outstanding: dict[int, tuple[dict[str, Any], list[Any]]] = {}
@@ -143,6 +143,7 @@ class Connection:
         s.setsockopt(zmq.RECONNECT_IVL, 10)  # 10 ms after a refused connect, doubling to 100
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
         s.setsockopt(zmq.MAXMSGSIZE, self.wire.max_message)
+        apply_transport_heartbeat(s)  # (a connection silently cut ends within 5 s: links.py)
         apply_curve(s, self.info)
         s.connect(self.info.client_url)
         return s
@@ -168,7 +169,11 @@ class Connection:
                 renew = True
             if renew:
                 sock = self._reopen()
+            elif now >= next_ping and self._link_broke():
+                sock = self._link_lost()
+            if sock is not polled[0][0]:  # (new sockets: their hello goes at once)
                 polled[0] = own[0] = (sock, POLLIN)
+                next_ping = now
             if now >= next_ping:
                 # Said from the receive socket, so the controller knows its id before any
                 # reply; after the hello, pings tell a restarted controller from the old one.
@@ -183,7 +188,8 @@ class Connection:
                 next_ping = now + (self._ping_interval if self._hello.done() else 0.5)
             if burst >= IDLE_AT_LEAST_EVERY or not zmq_poll(own, 0):
                 burst = 0
-                self._call_hook(self.on_idle, "idle")
+                if self._linked.is_set():  # (else a watch could be answered to an unknown id)
+                    self._call_hook(self.on_idle, "idle")
                 ready = zmq_poll(polled, IDLE_POLL_MS)
                 if not ready or ready[0][0] is not sock:
                     continue  # (or woken by close())
@@ -193,7 +199,7 @@ class Connection:
                 self._on_message(msg)
             except Exception:  # noqa: BLE001 - the I/O thread must keep reading
                 log.exception("the client's I/O thread failed on a message")
-        sock.close(0)
+        self._close_socket(sock)
         os.close(self._woken)
 
     def _on_message(self, msg: list[Any]) -> None:
@@ -226,6 +232,7 @@ class Connection:
                 else:
                     if isinstance(hello, HelloReply) and hello.max_message > 0:
                         self.max_message = hello.max_message
+                self._linked_again()
             if not self._hello.done():
                 self._hello.set_result(header)
             self._say(self._intake.probe(header.get("sent"), time.monotonic()))
@@ -265,130 +272,6 @@ class Connection:
             except zmq.Again:
                 self._intake.said = -1  # (said again at the next ping)
 
-    def _bye(self, closed: bool = False) -> None:
-        """(Under send_lock) Tell the controller this receive socket is done with; `closed`:
-        so is this client, and its submit keys (never sent again: its store may drop them)."""
-        if self.session is not None:
-            header = {**BYE, "req": 0, "rt": self.recv_ident, "session": self.session,
-                      "keys": self._key_prefix if closed else ""}
-            with suppress(zmq.ZMQError):
-                self._send_sock.send_multipart(self.send_wire.encode(header),
-                                               flags=zmq.NOBLOCK, copy=False)
-
-    def _resend_for_session(self, req: Any) -> bool:
-        """A request refused because it named an earlier controller session did nothing:
-        send it again, named for the controller's session now. False if that is not it."""
-        with self.send_lock:
-            sent = self._outstanding.get(req)
-            if sent is None:
-                return False
-            if sent[0].get("session") == self.session:
-                return True  # (sent again already, when the restart was noticed)
-            header, frames = sent
-            header["session"] = self.session
-            send_message(self._send_sock, self.send_wire.encode(header, frames))
-        return True
-
-    @staticmethod
-    def _call_hook(hook: Callable[[], Any] | None, what: str) -> None:
-        """(I/O thread) Call a hook of the client's; a failure is logged: reading goes on."""
-        if hook is not None:
-            try:
-                hook()
-            except Exception:  # noqa: BLE001 - the I/O thread must keep reading
-                log.exception("the client's %s hook failed", what)
-
-    def _controller_restarted(self) -> None:
-        """A new controller answered: send again what the old one never answered."""
-        self._say_hello = True  # (it may have another size limit)
-        self._partial.clear()
-        self._intake.reset()  # (it numbers its results from 0)
-        failed: list[tuple[Future | None, BaseException]] = []
-        with self.send_lock:
-            for req, (header, frames) in list(self._outstanding.items()):
-                if header["type"] in RESENDABLE:
-                    header["resent"] = True  # (a submit: the controller looks up its key)
-                    header["session"] = self.session
-                    try:
-                        send_message(self._send_sock, self.send_wire.encode(header, frames))
-                        continue
-                    except Exception as e:  # noqa: BLE001 - (it was encoded once: cannot happen)
-                        error: BaseException = e
-                else:
-                    error = ControllerUnreachable(
-                        f"the controller at {self.info.client_url} restarted before it answered "
-                        f"a {header['type']!r} request, which may or may not have taken effect")
-                del self._outstanding[req]
-                self._streams.pop(req, None)
-                failed.append((self._futures.pop(req, None), error))
-        for fut, error in failed:
-            if fut is not None and not fut.done():
-                fut.set_exception(error)
-        self._call_hook(self.on_restarted, "restart")
-
-    def unreachable_error(self) -> ControllerUnreachable:
-        return ControllerUnreachable(
-            f"the controller at {self.info.client_url} (connection file {self.path}) has not "
-            f"answered for {self.reconnect_timeout:g}s (this client's reconnect_timeout). Is it "
-            "running? Started again on the same connection file (`taskmill controller "
-            f"--connection-file {self.path}` with the same --db), it is used again by this "
-            "client for new requests.")
-
-    def _declare_unreachable(self) -> None:
-        """Fail every request waiting for the controller, and the client's futures."""
-        log.warning("the controller at %s has not answered for %gs: giving up on what waits "
-                    "for it", self.info.client_url, self.reconnect_timeout)
-        with self.send_lock:
-            self._unreachable = True
-            waiting = self._drop_requests()
-        self._fail(waiting, self.unreachable_error)
-
-    def _drop_requests(self) -> list[Future]:
-        """(Under send_lock) Forget every request waiting for an answer; their futures."""
-        waiting = list(self._futures.values())
-        self._futures.clear()
-        self._streams.clear()
-        self._outstanding.clear()
-        self._partial.clear()
-        return waiting
-
-    def _fail(self, waiting: list[Future], error: Callable[[], BaseException]) -> None:
-        """(I/O thread) Fail these requests and (`on_unreachable`) the client's futures."""
-        for fut in waiting:
-            if not fut.done():
-                fut.set_exception(error())
-        hook = self.on_unreachable
-        if hook is not None:
-            self._call_hook(lambda: hook(error()), "unreachable")
-
-    def _reopen(self) -> zmq.Socket:
-        """(I/O thread, the controller unreachable) Both sockets anew, with new routing ids.
-        ZeroMQ reconnects a socket with its own id; if the controller still holds a connection
-        with that id (it has not seen the old one end: a reset lost on the way), it ignores the
-        new one for good (so that no peer takes over another's routing id), and this client
-        would never hear from it again. New ids cannot collide. Nothing waits for an answer
-        now (all failed), and every request names the id to answer (`rt`). A client the
-        controller forgot fails what waited here, under the lock that new requests take (one
-        sent before it would wait for a refusal the old socket never reads)."""
-        base = uuidlib.uuid4().hex.encode()
-        why, self._forgotten = self._forgotten, None
-        waiting: list[Future] = []
-        with self.send_lock:
-            if why is not None:
-                log.warning("%s", why)
-                waiting = self._drop_requests()
-            old, self._send_sock = self._send_sock, self._dealer(base + b".s")
-            old.close(0)
-            self._bye()  # (the old id: whatever the controller keeps for it can go)
-            self.recv_ident = base + b".r"
-        self._recv_sock.close(0)
-        self._recv_sock = self._dealer(self.recv_ident)
-        self._intake.reset()  # (results to the new id are numbered from 0)
-        self._say_hello = True  # (so that the controller learns the new id at once)
-        if why is not None:
-            self._fail(waiting, lambda: ClientForgotten(f"{why} (at {self.info.client_url})"))
-        return self._recv_sock
-
     def send(self, header: dict[str, Any], frames: Sequence[Any] = (),
              stream: Callable[[dict[str, Any], list[Any]], bool] | None = None) -> Future:
         """Send a request; the Future resolves to the reply (header, frames). With `stream`,
@@ -399,6 +282,8 @@ class Connection:
         if self._closed.is_set():
             raise RuntimeError("this client is closed")
         fut: Future = Future() if stream is None else STREAMED
+        if not self._linked.is_set() and not self._unreachable and not self.on_io_thread():
+            self._linked.wait(self.reconnect_timeout)  # (new sockets: see links.py)
         with interrupts_deferred() if frames else NOT_DEFERRED, self.send_lock:
             if self._unreachable:
                 raise self.unreachable_error()
@@ -491,7 +376,7 @@ class Connection:
             self._thread.join(timeout=2)
         with self.send_lock:
             os.close(self._wake)
-            self._send_sock.close(BYE_LINGER_MS)
+            self._close_socket(self._send_sock, BYE_LINGER_MS)
         for fut in self._futures.values():
             if not fut.done():
                 fut.set_exception(RuntimeError("the client was closed"))

@@ -433,7 +433,10 @@ class ControllerCore:
 
     def bye(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
         """The client (its receive socket `rt`) is gone: nothing more is sent to it; closed
-        for good (`keys`), its submit keys go too. No reply."""
+        for good (`keys`), its submit keys go too; gone to a new receive socket (`to`), its
+        run() leases go there. No reply."""
+        if m.to:
+            self.ctx.leases.move(rt, m.to, self.ctx.now.mono)
         self.ctx.clients.left(rt)
         self.results.forget_client(rt)
         if m.keys:

@@ -7,6 +7,8 @@
         refused whole and nothing of it is stored
     client --release, or submit{release}--> release: what is left goes back (store.end_lease:
         given out again only if no id was given out after it)
+    client --bye{to}--> move: a client whose connection broke connects anew under new ids;
+        its leases go to its new receiving socket
     a holder silent for HOLDER_SILENCE seconds (its I/O thread pings every second; `seen` on
         each message), or a controller restart (leases live in memory; the stored counter is
         past them): the lease ends and its unused ids are never given out
@@ -107,6 +109,15 @@ class Leases:
             self.store.end_lease(lease.start, lease.next, write)
             out.extend(range(lease.next, lease.end))
         return out
+
+    def move(self, holder: bytes, to: bytes, mono: float) -> None:
+        """`holder`'s leases go to `to` (the same client's new receive socket: its connection
+        broke, and it connected anew under new ids)."""
+        leases = self.by_holder.pop(holder, None)
+        self.seen_at.pop(holder, None)
+        if leases:
+            self.by_holder[to] = [*self.by_holder.get(to, ()), *leases]
+            self.seen_at[to] = mono
 
     def seen(self, holder: bytes, mono: float) -> None:
         if holder in self.seen_at:

@@ -168,8 +168,10 @@ class NoFields(msgspec.Struct, frozen=True):
 class Bye(msgspec.Struct, frozen=True):
     """`bye`: this receive socket is done (closed, or left for new connections). No reply.
     `keys`, from a client closed for good: the prefix of its submit keys, which it will never
-    send again (the controller's store can forget them: store/keys.py)."""
+    send again (the controller's store can forget them: store/keys.py). `to`: the client's
+    new receive socket, which takes over its run() leases (its connection broke)."""
     keys: str = ""
+    to: bytes = b""
 
 
 CLIENT_RECORDS: dict[str, type[msgspec.Struct]] = {
