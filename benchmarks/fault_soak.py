@@ -3,13 +3,17 @@
     python benchmarks/fault_soak.py --minutes 10          # the README's run
     python benchmarks/fault_soak.py --seconds 60 --json r.json   # tests/system/test_fault_soak.py
 
-A controller (TCP, a durable store), engines that reach it through a TCP proxy that can reset
-their connections, and one client that keeps submitting tasks (with and without retries; the
-seed's `run` and futures' `submit`, by turns) while a fault thread, every 1.5-4 s, does one of:
+A controller (TCP, a durable store), engines and one client that reach it through TCP proxies
+that can break their connections; the client keeps submitting tasks (with and without
+retries; the seed's `run` and futures' `submit`, by turns) while a fault thread, every
+1.5-4 s, does one of:
 - kill -9 the controller and start it again on the same store and connection file;
 - SIGKILL an engine (and start a new one);
 - SIGSTOP an engine for 0.5-3 s (past 1.5 s it is declared dead), then SIGCONT it;
 - reset every engine connection (the proxy sends RST both ways);
+- reset the client's connection, or cut it on the client's side only (the controller keeps
+  the old connection, silent, until its transport heartbeat gives up on it, while the
+  client's new one, with the same routing id, comes in);
 - fill the store's disk for 1-3 s (a 512 MiB tmpfs, room for the soak's own store; only
   when run as root).
 
@@ -113,6 +117,10 @@ class Cluster:
         self.proxy = FaultProxy(host.split("//")[1], int(port))
         info.engine_url = f"tcp://127.0.0.1:{self.proxy.port}"
         self.engine_conn = write_connection_file(work / "via-proxy" / "conn.json", info)
+        host, port = info.client_url.rsplit(":", 1)
+        self.client_proxy = FaultProxy(host.split("//")[1], int(port))
+        info.client_url = f"tcp://127.0.0.1:{self.client_proxy.port}"
+        self.client_conn = write_connection_file(work / "client-via-proxy" / "conn.json", info)
         self.engines: list[subprocess.Popen] = [self.new_engine() for _ in range(engines)]
         self.stopped: set[int] = set()
 
@@ -148,6 +156,7 @@ class Cluster:
                 self.controller.kill()
                 self.controller.wait()
         self.proxy.close()
+        self.client_proxy.close()
         self.log.close()
         if self.disk is not None:
             subprocess.run(["umount", "-l", str(self.disk)], check=False)
@@ -165,7 +174,9 @@ class Faults(threading.Thread):
         self.kinds = {"controller kill -9": self._kill_controller,
                       "engine SIGKILL": self._kill_engine,
                       "engine SIGSTOP": self._stop_engine,
-                      "connection reset": self._reset_connections}
+                      "connection reset": self._reset_connections,
+                      "client link reset": self.c.client_proxy.reset_all,
+                      "client link cut": self._cut_client_link}
         if cluster.disk is not None:
             self.kinds["disk full"] = self._fill_disk
         self.error: BaseException | None = None
@@ -201,6 +212,11 @@ class Faults(threading.Thread):
 
     def _reset_connections(self) -> None:
         self.c.proxy.reset_all()
+
+    def _cut_client_link(self) -> None:
+        """Cut on the client's side only: the controller holds the old connection until its
+        transport heartbeat gives up on it, while the client's new one comes in."""
+        self.c.client_proxy.cut_peer_side_all()
 
     def _fill_disk(self) -> None:
         filler = self.c.disk / "filler"
@@ -260,9 +276,9 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
     try:
         kwargs = {"timeout": CALL_TIMEOUT}
         try:
-            tc = TaskClient(cluster.conn, reconnect_timeout=RECONNECT_TIMEOUT, **kwargs)
+            tc = TaskClient(cluster.client_conn, reconnect_timeout=RECONNECT_TIMEOUT, **kwargs)
         except TypeError:  # (a client without reconnect_timeout)
-            tc = TaskClient(cluster.conn, **kwargs)
+            tc = TaskClient(cluster.client_conn, **kwargs)
         deadline = time.monotonic() + 60
         while len(tc.engines()) < engines:
             if time.monotonic() > deadline:
@@ -349,7 +365,8 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
             controller_rss_kib={"start": rss_start, "end": rss_end,
                                 "same_controller": cluster.controller.pid ==
                                 controller_at_start},
-            disk_faults=small_disk, proxy_dropped_or_reset=cluster.proxy.resets)
+            disk_faults=small_disk, proxy_dropped_or_reset=cluster.proxy.resets,
+            client_links_reset_or_cut=cluster.client_proxy.resets)
         return report
     finally:
         faults.stop_event.set()
