@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from taskmill.errors import StoreError
-from taskmill.store import MemoryStore, SQLiteStore, StoredResult, StoredTask
+from taskmill.store import MemoryStore, SQLiteStore, StoredResult, StoredTask, files
 from taskmill.store.files import SPARE_FILES, SPARE_PREFIX
 
 
@@ -406,6 +406,50 @@ def test_sqlite_result_files_are_synced_and_leave_the_page_cache(tmp_path):
     s2 = SQLiteStore(path)  # from the disk this time
     assert s2.result(a).frames == [big] and s2.result(b).frames == [b"small"]
     s2.close()
+
+
+def test_a_result_cleared_at_once_leaves_its_file_cached_as_a_spare(tmp_path, monkeypatch):
+    """A result file is synced and dropped from the page cache only SPILL_AFTER seconds after
+    its write: a result cleared before (a round trip's) leaves its file as a spare with its
+    pages cached, so the next large write into it is a copy, not fresh pages."""
+    if _on_tmpfs(tmp_path):
+        pytest.skip("the temporary directory is on tmpfs, whose pages are the files themselves")
+    monkeypatch.setattr(files, "SPILL_AFTER", 60.0)  # (longer than this test)
+    s = SQLiteStore(str(tmp_path / "t.db"))
+    big = os.urandom(1 << 20)
+    a = _task(s, [b"small"])
+    s.commit()
+    s.finish(a, StoredResult({"status": "ok"}, [big]))
+    s.commit()
+    assert s.clear([a])[0] == 1
+    s.commit()  # the result's file is let go of: kept as a spare
+    spares = [p for p in s.blob_dir.iterdir() if p.name.startswith(SPARE_PREFIX)]
+    assert len(spares) == 1 and _row_files(s) == []
+    assert _resident_pages(spares[0]) == (1 << 20) // os.sysconf("SC_PAGE_SIZE")
+    s.close()  # (the spill thread, hurried, finds the file gone: nothing synced)
+    assert s.spilled == 0
+
+
+def test_result_files_are_spilled_at_once_past_the_bytes_held(tmp_path, monkeypatch):
+    """Past SPILL_HOLD_BYTES of result files waiting for their spill, the thread no longer
+    waits SPILL_AFTER: a flood of large results does not pile up in the page cache."""
+    monkeypatch.setattr(files, "SPILL_AFTER", 600.0)  # (the test's deadline is far shorter)
+    monkeypatch.setattr(files, "SPILL_HOLD_BYTES", 1 << 20)
+    s = SQLiteStore(str(tmp_path / "t.db"))
+    try:
+        tids = [_task(s, [b"small"]) for _ in range(4)]
+        s.commit()
+        values = {tid: os.urandom(600_000) for tid in tids}
+        for tid, value in values.items():
+            s.finish(tid, StoredResult({"status": "ok"}, [value]))
+        s.commit()
+        deadline = time.monotonic() + 30
+        while s.spilled < 2:  # (past 1 MiB: the first ones go at once)
+            assert time.monotonic() < deadline, "the spill thread waited past the bytes held"
+            time.sleep(0.01)
+        assert all(s.result(t).frames == [v] for t, v in values.items())
+    finally:
+        s.close()
 
 
 def test_recent_submits_keep_their_taskids_compactly(store):
