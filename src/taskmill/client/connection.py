@@ -96,7 +96,8 @@ class Connection(LinkRecovery):
         self._monitors: dict[zmq.Socket, zmq.Socket] = {}
         self._send_sock = self._watched(self._dealer(base + b".s"))
         self._recv_sock = self._watched(self._dealer(self.recv_ident))
-        self._linked = threading.Event()  # (set by the controller's answer to the hello)
+        self._linked = False  # the controller answered the receive socket's hello (links.py)
+        self._held: set[int] = set()  # requests not sent yet: they wait for the link
         self._resend_when_linked = False
         self._req = itertools.count(1)
         self._futures: dict[int, Future] = {}
@@ -188,8 +189,7 @@ class Connection(LinkRecovery):
                 next_ping = now + (self._ping_interval if self._hello.done() else 0.5)
             if burst >= IDLE_AT_LEAST_EVERY or not zmq_poll(own, 0):
                 burst = 0
-                if self._linked.is_set():  # (else a watch could be answered to an unknown id)
-                    self._call_hook(self.on_idle, "idle")
+                self._call_hook(self.on_idle, "idle")
                 ready = zmq_poll(polled, IDLE_POLL_MS)
                 if not ready or ready[0][0] is not sock:
                     continue  # (or woken by close())
@@ -282,8 +282,6 @@ class Connection(LinkRecovery):
         if self._closed.is_set():
             raise RuntimeError("this client is closed")
         fut: Future = Future() if stream is None else STREAMED
-        if not self._linked.is_set() and not self._unreachable and not self.on_io_thread():
-            self._linked.wait(self.reconnect_timeout)  # (new sockets: see links.py)
         with interrupts_deferred() if frames else NOT_DEFERRED, self.send_lock:
             if self._unreachable:
                 raise self.unreachable_error()
@@ -305,7 +303,10 @@ class Connection(LinkRecovery):
             else:
                 self._futures[req] = fut
             self._outstanding[req] = (header, list(frames))
-            send_message(self._send_sock, msg)
+            if self._linked:
+                send_message(self._send_sock, msg)
+            else:  # (new sockets the controller has not answered yet: links.py)
+                self._held.add(req)
         return fut
 
     def call(self, header: dict[str, Any], frames: Sequence[Any] = (),
@@ -362,6 +363,7 @@ class Connection(LinkRecovery):
             self._outstanding.pop(req, None)
             self._futures.pop(req, None)
             self._streams.pop(req, None)
+            self._held.discard(req)
 
     def close(self) -> None:
         if self._closed.is_set():

@@ -16,9 +16,9 @@
         both sockets anew
 
 Requests sent again: submits and puts (the controller finds them by their key and gives the
-same taskids), reads, waits and watches (answered anew), a lease (granted anew). Callers'
-requests wait (up to reconnect_timeout) until the new receive socket is heard, so that no
-answer goes to an id the controller has no connection for yet.
+same taskids), reads, waits and watches (answered anew), a lease (granted anew). New requests
+are held (not sent) until the controller answers the new receive socket's hello, so that no
+answer goes to an id it has no connection for yet; a caller never waits for that here.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ class LinkRecovery:
     _forgotten: str | None
     _say_hello: bool
     _key_prefix: str
-    _linked: threading.Event  # set while the receive socket is known to the controller
+    _linked: bool  # (under send_lock) the controller answered the receive socket's hello
+    _held: set[int]  # (under send_lock) requests not sent yet, until _linked
     _resend_when_linked: bool  # a broken connection's requests wait for the new link
     on_unreachable: Callable[[BaseException], None] | None
     on_restarted: Callable[[], None] | None
@@ -114,21 +115,27 @@ class LinkRecovery:
         return self._new_sockets(list)[0]
 
     def _linked_again(self) -> None:
-        """(I/O thread) The controller answered the receive socket's hello."""
+        """(I/O thread) The controller answered the receive socket's hello: what was held
+        goes now, and after a broken connection what may be asked twice goes again."""
+        why = None
         if self._resend_when_linked:
             self._resend_when_linked = False
-            self._send_again("the connection to the controller at {url} broke before it "
-                             "answered")
-        self._linked.set()
+            why = "the connection to the controller at {url} broke before it answered"
+        self._send_again(why)
 
-    def _send_again(self, why: str) -> None:
-        """Send every request waiting for an answer again (to the receive socket and the
-        session of now), but those that may not be sent twice: they fail (`why`)."""
+    def _send_again(self, why: str | None) -> None:
+        """Send the held requests, and (`why`: what was sent may be lost) every request
+        waiting for an answer again, to the receive socket and the session of now, but those
+        that may not be sent twice: they fail (`why`). Then requests go as they are made."""
         failed: list[tuple[Future | None, BaseException]] = []
         with self.send_lock:
             for req, (header, frames) in list(self._outstanding.items()):
-                if header["type"] in RESENDABLE:
-                    header["resent"] = True  # (a submit: the controller looks up its key)
+                held = req in self._held
+                if not held and why is None:
+                    continue  # (sent on this link: its answer comes on it)
+                if held or header["type"] in RESENDABLE:
+                    if not held:
+                        header["resent"] = True  # (a submit: the controller looks up its key)
                     header["session"] = self.session
                     header["rt"] = self.recv_ident
                     try:
@@ -138,11 +145,13 @@ class LinkRecovery:
                         error: BaseException = e
                 else:
                     error = ControllerUnreachable(
-                        why.format(url=self.info.client_url) + f" a {header['type']!r} "
+                        str(why).format(url=self.info.client_url) + f" a {header['type']!r} "
                         "request, which may or may not have taken effect")
                 del self._outstanding[req]
                 self._streams.pop(req, None)
                 failed.append((self._futures.pop(req, None), error))
+            self._held.clear()
+            self._linked = True
         for fut, error in failed:
             if fut is not None and not fut.done():
                 fut.set_exception(error)
@@ -163,8 +172,8 @@ class LinkRecovery:
         new requests take) gives up requests. The receive socket, and what `drop` gave up.
         Callers' requests wait until the controller answers the new receive socket."""
         base = uuidlib.uuid4().hex.encode()
-        self._linked.clear()
         with self.send_lock:
+            self._linked = False
             waiting = drop()
             old, self._send_sock = self._send_sock, self._watched(self._dealer(base + b".s"))
             self._close_socket(old)
@@ -234,6 +243,7 @@ class LinkRecovery:
         self._futures.clear()
         self._streams.clear()
         self._outstanding.clear()
+        self._held.clear()
         self._partial.clear()
         return waiting
 
