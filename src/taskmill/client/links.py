@@ -129,7 +129,8 @@ class LinkRecovery:
         that may not be sent twice: they fail (`why`). Then requests go as they are made."""
         failed: list[tuple[Future | None, BaseException]] = []
         with self.send_lock:
-            for req, (header, frames) in list(self._outstanding.items()):
+            for req, (header, frames) in list(self._outstanding.items()) \
+                    if why is not None or self._held else ():
                 held = req in self._held
                 if not held and why is None:
                     continue  # (sent on this link: its answer comes on it)
