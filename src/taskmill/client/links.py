@@ -171,7 +171,8 @@ class LinkRecovery:
     def _new_sockets(self, drop: Callable[[], list[Future]]) -> tuple[zmq.Socket, list[Future]]:
         """(I/O thread) Both sockets anew, with new routing ids; `drop` (under the lock that
         new requests take) gives up requests. The receive socket, and what `drop` gave up.
-        Callers' requests wait until the controller answers the new receive socket."""
+        Requests made from now on are held until the controller answers the new receive
+        socket's hello (`_send_again`)."""
         base = uuidlib.uuid4().hex.encode()
         with self.send_lock:
             self._linked = False
