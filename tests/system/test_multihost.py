@@ -13,6 +13,8 @@ What a 10 s cut does depends on the heartbeat, and both ways lose no task:
   controller no longer knows them, register again as new engines, and take tasks again.
 - heartbeat 8 s (dead after 24 s): the cut goes unnoticed; a's results wait in TCP's buffers
   and arrive when the link is back, so even a map without retries completes.
+A client on a cut host is answered when its link is back: both sides' transport heartbeats
+end the dead connection, and the client connects anew and asks again.
 """
 
 from __future__ import annotations
@@ -301,3 +303,49 @@ def test_the_kernel_ends_the_controllers_connections_to_a_vanished_host(hosts, t
         wait_until(lambda: not connections_from(hosts, "a", port),
                    "the kernel to end the connections to host a", timeout=120)
         assert all(e["state"] != "dead" for e in tc.engines() if e["properties"]["host"] == "b")
+
+
+CUT_CLIENT = """
+import sys
+
+from taskmill import TaskClient
+
+
+def slow():
+    import time
+
+    time.sleep(4)
+    return "done"
+
+
+with TaskClient(sys.argv[1], timeout=30, reconnect_timeout=300) as tc:
+    fut = tc.options(depend={"host": "b"}).submit(slow)
+    tid = fut.taskid
+    print("waiting", flush=True)
+    print("result", tc.get_task_result(tid, block=True), fut.result(), flush=True)
+"""
+
+
+def test_a_client_cut_off_without_a_word_is_answered_when_its_link_is_back(hosts, tmp_path):
+    """A client on host a waits in a blocking call (and on a future) when a's link goes down
+    for 10 s: no reset reaches either side, and the task it waits for finishes on b meanwhile.
+    The transport heartbeats end the dead connection on both sides; when the link is back the
+    client connects anew and asks again, and both calls return the result, long before the
+    client's reconnect_timeout (300 s). (Before, the answer sent during the cut was lost and
+    the blocking call waited for ever.)"""
+    conn = start_engines_then_controller(hosts, tmp_path, heartbeat=8)  # (a's engines ride it out)
+    log = tmp_path / "client-a.log"
+    with TaskClient(conn, timeout=60) as tc:
+        wait_until(lambda: len(tc.engines()) == 4, "4 engines to register", timeout=60)
+        hosts.spawn("a", [sys.executable, "-c", CUT_CLIENT, str(conn)], log)
+        wait_until(lambda: "waiting" in log.read_text(), "the client on a to wait", timeout=60)
+        wait_until(lambda: tc.statistics()["requests_waiting"] >= 2,
+                   "its blocking call and its future's watch to reach the controller")
+        hosts.cut("a")
+        cut_at = time.monotonic()
+        wait_until(lambda: tc.queue_status()["succeeded"] >= 1,
+                   "the task to finish on b during the cut", timeout=30)
+        wait_until(lambda: time.monotonic() - cut_at >= 10.0, "the 10 s cut to last")
+        hosts.restore("a")
+        wait_until(lambda: "result done done" in log.read_text(),
+                   "the client on a to get its answers", timeout=60)
