@@ -53,14 +53,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "system"))  # the fault proxy is shared with the tests
 
-from faultproxy import FaultProxy  # noqa: E402
+from faultproxy import proxied  # noqa: E402
 
 from taskmill import MapTask, StoreError, TaskClient  # noqa: E402
-from taskmill.connection import (  # noqa: E402
-    new_connection_info,
-    read_connection_file,
-    write_connection_file,
-)
+from taskmill.connection import new_connection_info, write_connection_file  # noqa: E402
 from taskmill.errors import RunNotStored  # noqa: E402
 
 TASKMILL = [sys.executable, "-m", "taskmill"]
@@ -113,15 +109,10 @@ class Cluster:
         self.log = open(work / "processes.log", "ab")  # noqa: SIM115
         self.controller: subprocess.Popen | None = None
         self.start_controller()
-        info = read_connection_file(self.conn)
-        host, port = info.engine_url.rsplit(":", 1)
-        self.proxy = FaultProxy(host.split("//")[1], int(port))
-        info.engine_url = f"tcp://127.0.0.1:{self.proxy.port}"
-        self.engine_conn = write_connection_file(work / "via-proxy" / "conn.json", info)
-        host, port = info.client_url.rsplit(":", 1)
-        self.client_proxy = FaultProxy(host.split("//")[1], int(port))
-        info.client_url = f"tcp://127.0.0.1:{self.client_proxy.port}"
-        self.client_conn = write_connection_file(work / "client-via-proxy" / "conn.json", info)
+        self.proxy, self.engine_conn = proxied(self.conn, "engine_url",
+                                               work / "via-proxy" / "conn.json")
+        self.client_proxy, self.client_conn = proxied(self.conn, "client_url",
+                                                      work / "client-via-proxy" / "conn.json")
         self.engines: list[subprocess.Popen] = [self.new_engine() for _ in range(engines)]
         self.stopped: set[int] = set()
 

@@ -19,6 +19,9 @@ import contextlib
 import socket
 import struct
 import threading
+from pathlib import Path
+
+from taskmill.connection import read_connection_file, write_connection_file
 
 
 def _reset(sock: socket.socket) -> None:
@@ -162,3 +165,14 @@ class FaultProxy:
             frozen, self._frozen = self._frozen, []
         for p in frozen:
             p.close()
+
+
+def proxied(connection_file: Path | str, url: str, out: Path) -> tuple[FaultProxy, Path]:
+    """A FaultProxy in front of one of a controller's addresses (`url`: "engine_url" or
+    "client_url" of its connection file), and a copy of that file naming the proxy instead,
+    written to `out`: (proxy, the copy's path)."""
+    info = read_connection_file(connection_file)
+    host, port = getattr(info, url).rsplit(":", 1)
+    proxy = FaultProxy(host.split("//")[1], int(port))
+    setattr(info, url, f"tcp://127.0.0.1:{proxy.port}")
+    return proxy, write_connection_file(out, info)

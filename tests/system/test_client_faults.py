@@ -139,15 +139,9 @@ def test_a_controller_gone_for_good_fails_every_blocked_call_then_one_started_ag
 
 def client_via_proxy(ctl: ControllerProcess, tmp_path, **kwargs):
     """A TaskClient that reaches `ctl` through a FaultProxy; (client, proxy)."""
-    from faultproxy import FaultProxy
+    from faultproxy import proxied
 
-    from taskmill.connection import read_connection_file, write_connection_file
-
-    info = read_connection_file(ctl.conn)
-    host, port = info.client_url.rsplit(":", 1)
-    proxy = FaultProxy(host.split("//")[1], int(port))
-    info.client_url = f"tcp://127.0.0.1:{proxy.port}"
-    conn = write_connection_file(tmp_path / "via-proxy" / "conn.json", info)
+    proxy, conn = proxied(ctl.conn, "client_url", tmp_path / "via-proxy" / "conn.json")
     return TaskClient(conn, **kwargs), proxy
 
 

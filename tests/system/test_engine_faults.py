@@ -13,11 +13,10 @@ import signal
 import subprocess
 
 import pytest
-from faultproxy import FaultProxy
+from faultproxy import proxied
 from systest import ControllerProcess, alive_engine_ids, gone, poll, read_lines
 
 from taskmill import Cluster, EngineDied, MapTask, TaskClient, TaskTimeout
-from taskmill.connection import read_connection_file, write_connection_file
 
 
 def record(log, tag, gate=None):
@@ -61,11 +60,7 @@ def proxied_engine(tmp_path):
     one warm-up task on it (recorded in `runs`): (proxy, engine, tc, runs)."""
     ctl = ControllerProcess(tmp_path)
     ctl.start()
-    info = read_connection_file(ctl.conn)
-    host, port = info.engine_url.rsplit(":", 1)
-    proxy = FaultProxy(host.split("//")[1], int(port))
-    info.engine_url = f"tcp://127.0.0.1:{proxy.port}"
-    engine_conn = write_connection_file(tmp_path / "via-proxy" / "conn.json", info)
+    proxy, engine_conn = proxied(ctl.conn, "engine_url", tmp_path / "via-proxy" / "conn.json")
     engine = subprocess.Popen(
         [*ControllerProcess.TASKMILL, "engine", "--connection-file", str(engine_conn)],
         stdout=ctl.log, stderr=subprocess.STDOUT)
