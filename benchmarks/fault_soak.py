@@ -41,6 +41,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -56,8 +57,12 @@ sys.path.insert(0, str(ROOT / "tests" / "system"))  # the fault proxy is shared 
 from faultproxy import proxied  # noqa: E402
 
 from taskmill import MapTask, StoreError, TaskClient  # noqa: E402
-from taskmill.connection import new_connection_info, write_connection_file  # noqa: E402
-from taskmill.errors import RunNotStored  # noqa: E402
+from taskmill.connection import (  # noqa: E402
+    new_connection_info,
+    read_connection_file,
+    write_connection_file,
+)
+from taskmill.errors import ControllerUnreachable, RunNotStored  # noqa: E402
 
 TASKMILL = [sys.executable, "-m", "taskmill"]
 HEARTBEAT = 0.5  # the controller's; an engine silent 1.5 s is declared dead
@@ -109,6 +114,9 @@ class Cluster:
         self.log = open(work / "processes.log", "ab")  # noqa: SIM115
         self.controller: subprocess.Popen | None = None
         self.start_controller()
+        # The proxies' listening ports come from the same pool as the controller's, chosen
+        # before it binds them: made before it listens, a proxy could take one of its ports.
+        self.wait_listening()
         self.proxy, self.engine_conn = proxied(self.conn, "engine_url",
                                                work / "via-proxy" / "conn.json")
         self.client_proxy, self.client_conn = proxied(self.conn, "client_url",
@@ -122,13 +130,35 @@ class Cluster:
              "--heartbeat", str(HEARTBEAT), "--no-dashboard"],
             stdout=self.log, stderr=subprocess.STDOUT)
 
+    def wait_listening(self, bound: float = 60.0) -> None:
+        """Wait (at most `bound` seconds) until the controller accepts connections on both of
+        its ports; a controller that exits meanwhile ends the soak with its log."""
+        info = read_connection_file(self.conn)
+        ports = [int(url.rsplit(":", 1)[1]) for url in (info.client_url, info.engine_url)]
+        deadline = time.monotonic() + bound
+        while ports:
+            self.check_controller()
+            try:
+                socket.create_connection(("127.0.0.1", ports[0]), timeout=1).close()
+                ports.pop(0)
+                continue
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the controller did not listen within {bound:g}s: "
+                                   + self.log_tail())
+            time.sleep(0.05)
+
+    def log_tail(self, lines: int = 5) -> str:
+        self.log.flush()
+        tail = (self.work / "processes.log").read_text(errors="replace").splitlines()[-lines:]
+        return " | ".join(tail)
+
     def check_controller(self) -> None:
         """A controller that exits by itself (e.g. it cannot open its store) ends the soak."""
         if self.controller.poll() is not None and self.controller.returncode != -9:
-            self.log.flush()
-            tail = (self.work / "processes.log").read_text(errors="replace").splitlines()[-5:]
             raise RuntimeError(f"the controller exited with status {self.controller.returncode}: "
-                               + " | ".join(tail))
+                               + self.log_tail())
 
     def new_engine(self) -> subprocess.Popen:
         return subprocess.Popen([*TASKMILL, "engine", "--connection-file", str(self.engine_conn)],
@@ -269,6 +299,9 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
         kwargs = {"timeout": CALL_TIMEOUT}
         try:
             tc = TaskClient(cluster.client_conn, reconnect_timeout=RECONNECT_TIMEOUT, **kwargs)
+        except ControllerUnreachable as e:
+            cluster.check_controller()
+            raise RuntimeError(f"{e} The processes' log ends: {cluster.log_tail()}") from e
         except TypeError:  # (a client without reconnect_timeout)
             tc = TaskClient(cluster.client_conn, **kwargs)
         deadline = time.monotonic() + 60
