@@ -48,8 +48,9 @@ controller (`revoke`) without asking the main thread: a revoked task is dropped 
 comes, never run and never reported.
 
 What lives where: core.py (`Engine`: lifecycle, the main thread's task loop), control.py
-(`EngineControl`: identity, the state both threads share, the I/O thread: registration,
-heartbeats, tasks in, revokes, interrupts, sending results), sockets.py (the four sockets, the
+(`EngineControl`: identity, the state both threads share, the I/O thread: heartbeats, tasks
+in, revokes, interrupts, sending results), registration.py (its registration part: welcome,
+registered, reregister), sockets.py (the four sockets, the
 heart, opening them anew), channels.py (when to: `ChannelWatch`), running.py (running
 a task's code, capture, the result or error it makes), results.py (results kept until
 acknowledged, batched), process.py (`run_engine`, `parse_property`; `watch_parent` from
@@ -62,15 +63,14 @@ from .control import (
     CONTROL_TICK,
     INTERRUPT_SIGNAL,
     KILL_GRACE,
-    LEASE_SHARE,
     REGISTER_RETRY_FIRST,
     REGISTER_RETRY_MAX,
     RESIGNAL_EVERY,
-    RESULT_HEADROOM,
     EngineControl,
 )
 from .core import Engine, current_engine
 from .process import parse_property, run_engine, watch_parent
+from .registration import LEASE_SHARE, RESULT_HEADROOM
 from .results import RESULT_BATCH, RESULT_BATCH_BYTES, RESULT_DELAY, ResultOutbox
 from .running import OUTPUT_LIMIT, Capture, TaskCode, TaskInterrupted
 
