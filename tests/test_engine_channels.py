@@ -6,7 +6,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from taskmill.engine.channels import BACKOFF_MAX, SILENT_MIN, ChannelWatch, silent_after
+from taskmill.defaults import SILENT_MIN, silent_after
+from taskmill.engine.channels import BACKOFF_MAX, ChannelWatch
 
 
 def test_silent_after_follows_dead_after_with_a_floor():

@@ -22,6 +22,20 @@ DEAD_AFTER_HEARTBEATS = 3
 #: ... but never sooner than this many seconds (a very short heartbeat would misfire)
 DEAD_AFTER_MIN = 0.5
 
+#: an engine that hears nothing from the controller for silent_after(dead_after) seconds opens
+#: new connections (engine/channels.py): at least SILENT_MIN seconds, and SILENT_DEAD_AFTERS
+#: times the controller's dead_after (a busy controller answers late; connecting again then
+#: costs what was in flight, which is sent again)
+SILENT_MIN = 5.0
+SILENT_DEAD_AFTERS = 3
+
+#: the controller answers the heartbeat of an engine with nothing to be told (it holds no task,
+#: no result waits for an acknowledgement, no task message is missing) only this many times per
+#: silent_after span: each answer is a message in ZeroMQ's I/O thread, which at 1,000 idle
+#: engines costs a few % of a core; an engine's lease rides on its task messages instead
+#: (controller/engine_tasks.py `heartbeat`)
+IDLE_ANSWERS_PER_SILENCE = 3
+
 #: engine states (`engines()`, statistics) of an engine that is gone: declared dead, or
 #: retired (stopped on purpose once it held nothing); the others (idle, busy, retiring) live
 ENGINE_GONE_STATES = frozenset({"dead", "retired"})
@@ -112,6 +126,16 @@ def queue_window(budget_mib: float) -> int:
 def dead_after(heartbeat: float) -> float:
     """Seconds of silence after which an engine with this heartbeat is declared dead."""
     return max(DEAD_AFTER_HEARTBEATS * heartbeat, DEAD_AFTER_MIN)
+
+
+def silent_after(dead_after: float) -> float:
+    """How long the controller may stay unheard before an engine connects again."""
+    return max(SILENT_MIN, SILENT_DEAD_AFTERS * dead_after)
+
+
+def idle_answer_every(dead_after: float) -> float:
+    """Seconds between the controller's answers to an idle engine's heartbeats, at least."""
+    return silent_after(dead_after) / IDLE_ANSWERS_PER_SILENCE
 
 
 def is_loopback(ip: str) -> bool:

@@ -9,7 +9,9 @@ Engines connect to the proxy's port; each connection is forwarded to the control
 - `drop_next(min_bytes, marker)`: the next chunk of at least `min_bytes` the controller sends
   down a connection whose first bytes from the peer contain `marker` (e.g. the routing id of
   an engine's task socket, b".t") is lost, and that connection is reset: one message lost at
-  the wrong moment, while the peer reconnects and goes on.
+  the wrong moment, while the peer reconnects and goes on;
+- `mute(suffix)`: what the controller sends down the connections of peers whose routing id ends
+  with `suffix` is dropped from then on, the connections kept (e.g. heartbeat answers lost).
 A thread per direction per connection; the proxy is for tests, not for speed.
 """
 
@@ -19,6 +21,7 @@ import contextlib
 import socket
 import struct
 import threading
+from collections import Counter
 from pathlib import Path
 
 from taskmill.connection import read_connection_file, write_connection_file
@@ -59,6 +62,8 @@ class _Pair:
                     self.proxy.dropped += 1
                     self.close()
                     return
+                if self.proxy._count(self, from_peer):
+                    continue  # (muted)
                 dst.sendall(data)
         except OSError:
             pass
@@ -100,6 +105,9 @@ class FaultProxy:
         self.dropped = 0
         self.resets = 0
         self._frozen: list[_Pair] = []  # cut on the peer's side; closed with the proxy
+        self._muted: set[bytes] = set()
+        # chunks passed (or muted) by (peer's routing id suffix, "from peer" / "to peer")
+        self.chunks: Counter[tuple[bytes, str]] = Counter()
         self._stopped = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -119,6 +127,21 @@ class FaultProxy:
             with self._lock:
                 self._pairs = [p for p in self._pairs if not p.closed] + [pair]
             pair.start()
+
+    def _count(self, pair: _Pair, from_peer: bool) -> bool:
+        """Count a chunk by the suffix of its peer's routing id (the last two bytes, e.g.
+        b".c") and direction; whether it is to be dropped (muted)."""
+        suffix = (pair.routing_id() or b"")[-2:]
+        with self._lock:
+            self.chunks[(suffix, "from peer" if from_peer else "to peer")] += 1
+            return not from_peer and suffix in self._muted
+
+    def mute(self, suffix: bytes) -> None:
+        """From now on, drop everything the controller sends down connections whose peer's
+        routing id ends with `suffix` (e.g. b".c": an engine's heartbeat answers), new ones
+        too; the connections stay open and what the peers send passes."""
+        with self._lock:
+            self._muted.add(suffix)
 
     def _should_drop(self, pair: _Pair, data: bytes) -> bool:
         with self._lock:

@@ -101,6 +101,29 @@ def test_a_lost_tasks_message_costs_a_heartbeat_not_the_task(tmp_path):
 
 
 @pytest.mark.timeout(120)
+def test_a_task_starts_on_the_lease_its_message_carries_without_a_heartbeat_answer(tmp_path):
+    """An idle engine's heartbeats are answered only now and then (controller/engine_tasks.py),
+    so its lease (a share of dead_after from a heartbeat the controller heard) is often out
+    when a task comes: the task's message carries the time of the engine's latest heartbeat
+    the controller heard, and the engine starts it on that. Here no heartbeat answer reaches
+    the engine at all (its control connection muted, its reports still heard): the task runs
+    before the engine gives up on that connection (5 s unanswered) and moves, which is the
+    only other way it could get a lease."""
+    with proxied_engine(tmp_path) as (proxy, engine, tc, runs):
+        # muted right after an answer passed, so the engine's 5 s of silence start then
+        answers = proxy.chunks[(b".c", "to peer")]
+        poll(lambda: proxy.chunks[(b".c", "to peer")] > answers, what="a heartbeat answer")
+        proxy.mute(b".c")
+        reports = proxy.chunks[(b".c", "from peer")]
+        # three more reports (0.5 s apart): longer ago than the lease (0.6 x dead_after 1.5 s)
+        poll(lambda: proxy.chunks[(b".c", "from peer")] >= reports + 3, what="three reports")
+        tid = tc.run(MapTask(record, (str(runs), "the task")))
+        assert tc.get_task_result(tid, block=True) == engine.pid
+        assert tc.statistics()["engines_moved"] == 0  # (it had no other lease)
+        assert read_lines(runs) == ["warm-up", "the task"]
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("deaf", [(b".t", b".c"), (b".t",), (b".r",)],
                          ids=["task+control", "task", "result"])
 def test_an_engine_whose_connections_go_deaf_moves_and_keeps_its_tasks(tmp_path, deaf):

@@ -24,6 +24,7 @@ from typing import Any
 
 import msgspec
 
+from ..defaults import idle_answer_every
 from ..protocol import (
     HbAnswer,
     Heartbeat,
@@ -163,7 +164,7 @@ class EngineTasks:
                 for entry in part:
                     rec.sent[(entry["tid"], entry["attempt"])] = rec.mseq
                 out.append((ENGINE, rec.task_ident,
-                            to_engine(Tasks(self.ctx.session, eid, rec.mseq, part)),
+                            to_engine(Tasks(self.ctx.session, eid, rec.mseq, part, rec.hb_t)),
                             part_frames))
         return out
 
@@ -181,6 +182,8 @@ class EngineTasks:
         ctx = self.ctx
         held = pairs(h.held)
         unacked = pairs(h.unacked)
+        if isinstance(h.t, int | float) and not isinstance(h.t, bool):
+            rec.hb_t = h.t
         seen = h.mseq if is_int(h.mseq) else 0
         missing = set(x for x in h.missing or () if is_int(x))
         running = ctx.sched.held(rec.eid)
@@ -212,7 +215,8 @@ class EngineTasks:
                 and now - rec.ticked_at > ctx.settings.heartbeat):
             rec.mseq += 1
             rec.ticked_at = now
-            self.send(rec.task_ident, Tasks(ctx.session, rec.eid, rec.mseq, []), now=True)
+            self.send(rec.task_ident, Tasks(ctx.session, rec.eid, rec.mseq, [], rec.hb_t),
+                      now=True)
         resend = []
         for key in unacked:
             if key not in expected:
@@ -227,12 +231,22 @@ class EngineTasks:
             if running.get(tid) == attempt and not ctx.sched.is_running_on(tid, rec.eid):
                 self.send(rec.ctl_ident, InterruptTask(ctx.session, tid, attempt, ABORTED),
                           now=True)  # aborted, and still running
+        retire = rec.drained and not rec.to_ack
+        idle = not (expected or held or unacked or rec.ackable or resend or retire)
+        if (idle and seen >= rec.mseq
+                and now - rec.answered_at < idle_answer_every(ctx.settings.dead_after)):
+            # Nothing to tell an idle engine: its answer is only a sign that the controller
+            # hears it, which it needs once per silent_after span (defaults.py); the lease of
+            # the next task it gets rides on that task's message (`t`).
+            ctx.counters.heartbeats_unanswered += 1
+            return
+        rec.answered_at = now
         ack, rec.ackable, rec.ackable_bytes = rec.ackable, [], 0
         # `mseq`: the last task message sent, so that an engine whose task connection went
         # deaf finds out (engine/channels.py).
         # `retire`: retiring, it holds nothing, and its results are stored.
-        self.send(ident, HbAnswer(ctx.session, h.t, ack, resend, rec.mseq,
-                                  retire=rec.drained and not rec.to_ack), now=True)
+        self.send(ident, HbAnswer(ctx.session, h.t, ack, resend, rec.mseq, retire=retire),
+                  now=True)
 
     def revoked(self, rec: EngineRecord, ident: bytes, m: Revoked, frames: list[Any]) -> None:
         tid, attempt = m.tid, m.attempt

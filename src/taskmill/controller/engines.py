@@ -107,6 +107,8 @@ class EngineRecord:
     ackable_bytes: int = 0  # ... and in ackable (past ACK_AT_ONCE_BYTES: acknowledged at once)
     prev_unacked: set[tuple[int, int]] = field(default_factory=set)  # in its last heartbeat
     ticked_at: float = 0.0  # when the last empty `tasks` message went (see heartbeat)
+    hb_t: float | None = None  # the engine's time in its latest heartbeat (`tasks` carry it)
+    answered_at: float = 0.0  # when its heartbeat was last answered (monotonic)
     # The `put` values it keeps, as it was told (engine_tasks.with_arguments): pmac -> bytes,
     # oldest first. Forgotten whole when a message to it may have been lost.
     kept: dict[bytes, int] = field(default_factory=dict)

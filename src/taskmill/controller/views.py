@@ -139,6 +139,7 @@ class Views:
             engines_died=c.engines_died, engines_retired=c.engines_retired,
             engines_moved=c.engines_moved,
             tasks_lost_in_transit=c.tasks_lost_in_transit,
+            heartbeats_unanswered=c.heartbeats_unanswered,
             argument_bytes_out=c.argument_bytes_out, refused=dict(ctx.wire.refused),
             revokes_sent=c.revokes_sent, revokes_granted=c.revokes_granted,
             queue=self.queue_status(), engines=engines,

@@ -11,7 +11,7 @@ what it sends on that socket goes nowhere and nothing comes back on it: its hear
 unanswered, its task messages never arrive, its results are lost, or (its heart socket) it is
 declared dead while it runs. The fault soak found tasks stuck on such engines for ever.
 
-So the engine watches for the signs and, past `silent_after` seconds, opens new sockets with
+So the engine watches for the signs and, past `silent_after` seconds (defaults.py), opens new sockets with
 new routing ids and registers them under its own uuid: the controller moves the engine, with
 its engine id and its tasks, to them (engines.py `register`). The signs:
 - no heartbeat answered for `silent_after` (the control socket, or a controller that is down:
@@ -26,15 +26,7 @@ it). Pure: it is told the time and what happened, and answers whether to reconne
 
 from __future__ import annotations
 
-SILENT_MIN = 5.0  # seconds: silent_after is at least this ...
-SILENT_DEAD_AFTERS = 3  # ... and this many of the controller's dead_after (a busy controller
-# answers late; connecting again then costs what was in flight, which is sent again)
 BACKOFF_MAX = 30.0  # seconds between reconnections at most while the silence lasts
-
-
-def silent_after(dead_after: float) -> float:
-    """How long the controller may stay unheard before the engine connects again."""
-    return max(SILENT_MIN, SILENT_DEAD_AFTERS * dead_after)
 
 
 class ChannelWatch:

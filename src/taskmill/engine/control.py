@@ -35,7 +35,7 @@ from typing import Any
 import zmq
 
 from ..connection import ConnectionInfo
-from ..defaults import DEAD_AFTER_HEARTBEATS, DEFAULT_HEARTBEAT
+from ..defaults import DEAD_AFTER_HEARTBEATS, DEFAULT_HEARTBEAT, silent_after
 from ..errors import ControllerUnreachable
 from ..protocol import (
     HbAnswer,
@@ -54,7 +54,7 @@ from ..protocol import (
     to_controller,
 )
 from ..wire import DEFAULT_MAX_MESSAGE, Refused, recv_message
-from .channels import ChannelWatch, silent_after
+from .channels import ChannelWatch
 from .registration import RESULT_HEADROOM, Registration
 from .results import Result, ResultOutbox, split_by_size
 from .running import OUTPUT_LIMIT, KeptValues, TaskCode, TaskInterrupted, split_tasks
@@ -250,7 +250,8 @@ class EngineControl(Registration):
     # -- tasks in --------------------------------------------------------------------------
     def _take_tasks(self, m: Tasks, frames: list[Any]) -> None:
         """Queue the tasks of a `tasks` message, each with its frames. Skipped message numbers
-        are noted: those were lost on the way (a reset connection); the next report says so."""
+        are noted: those were lost on the way (a reset connection); the next report says so.
+        The lease is renewed from the latest heartbeat the controller heard (`t`)."""
         if m.session != self.session:
             return
         mseq = m.mseq
@@ -265,6 +266,9 @@ class EngineControl(Registration):
                 self._missing.update(range(self._mseq_seen + 1, mseq))
             self._missing.discard(mseq)
             self._mseq_seen = max(self._mseq_seen, mseq)
+            if isinstance(m.t, int | float) and not isinstance(m.t, bool):
+                # (the controller heard this engine at `t`: as a heartbeat's answer says)
+                self.lease_until = max(self.lease_until, m.t + self.lease)
             for entry, entry_frames in batch:
                 self.kept.receive(entry, entry_frames)
             self.backlog.extend(batch)

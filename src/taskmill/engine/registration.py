@@ -17,8 +17,9 @@ import time
 from collections import deque
 from typing import Any
 
+from ..defaults import silent_after
 from ..protocol import Register, Registered, Reregister, Welcome, to_controller
-from .channels import ChannelWatch, silent_after
+from .channels import ChannelWatch
 from .results import ResultOutbox
 
 log = logging.getLogger("taskmill.engine")

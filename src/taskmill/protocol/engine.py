@@ -179,12 +179,16 @@ class RevokeTask(msgspec.Struct, frozen=True):
 
 class Tasks(msgspec.Struct, frozen=True):
     """Numbered tasks: each entry names its `n` payload frames, which follow in order (read
-    one by one with the frames: see engine/running.split_tasks)."""
+    one by one with the frames: see engine/running.split_tasks). `t`: the time (the engine's
+    own) of the latest heartbeat the controller heard from it, so that the engine's lease
+    counts from it as from a heartbeat's answer (an idle engine's heartbeats are answered
+    only now and then: controller/engine_tasks.py)."""
 
     session: bytes
     engineid: NonNeg
     mseq: NonNeg
     tasks: list[Any]
+    t: Any = None
 
 
 TO_ENGINE_RECORDS: dict[str, type[msgspec.Struct]] = {

@@ -268,6 +268,9 @@ class Statistics(msgspec.Struct, frozen=True):
     backlog: int = 0
     queued_in_memory: int = 0
     queue_window: int | None = None
+    # Heartbeats of idle engines left unanswered (an answer only now and then: see
+    # controller/engine_tasks.py `heartbeat`).
+    heartbeats_unanswered: int = 0
 
     def as_map(self) -> dict[str, Any]:
         return builtins(self)

@@ -1,0 +1,114 @@
+"""Which engine heartbeats the controller answers (controller/engine_tasks.py `heartbeat`), and
+the lease that rides on `tasks` messages instead.
+
+An idle engine's heartbeat (it holds nothing, no result waits to be acknowledged, no task message
+is missing) is answered only once per `idle_answer_every` (a share of the span after which an
+engine that hears nothing connects anew): at 1,000 idle engines each answer is a message in
+ZeroMQ's I/O thread. Every other heartbeat is answered, as each answer renews the lease of an
+engine with tasks to start. Driven in process: messages straight into the controller's core,
+what it sends read from its flush, at the times the test gives."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from taskmill.connection import new_connection_info
+from taskmill.controller import Controller, Now
+from taskmill.defaults import dead_after, idle_answer_every, silent_after
+from taskmill.protocol import HbAnswer, Tasks, from_controller
+from taskmill.store import MemoryStore
+from taskmill.wire import Wire
+
+NODE = {"exec": {"kind": "map", "fn": 1}, "nframes": 2, "pmac": b"m" * 32}
+HEARTBEAT = 1.0
+T0 = time.monotonic()
+
+
+@pytest.fixture
+def ctl():
+    info = new_connection_info()
+    c = Controller(info, store=MemoryStore(), heartbeat=HEARTBEAT, prefetch=1)
+    c.test_wires = (Wire(info.key_bytes), Wire(info.key_bytes))  # client, engine
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def send(ctl, who: int, ident: bytes, header: dict, at: float, frames=()) -> list:
+    header.setdefault("session", ctl.session)
+    h, f = ctl.wire.decode(ctl.test_wires[who].encode(header, list(frames)))
+    when = Now(T0 + at, time.time())
+    (ctl.core.on_engine if who else ctl.core.on_client)(ident, h, f, when)
+    return [(ident, h) for _, ident, h, _ in ctl.core.flush(when) if h]
+
+
+def register(ctl, at: float = 0.0) -> None:
+    send(ctl, 1, b"e.t", {"type": "register", "uuid": "e", "ctl_ident": b"e.c",
+                          "res_ident": b"e.r", "heart_ident": b"e.h", "hostname": "host",
+                          "pid": 4242, "t": 0.0}, at)
+
+
+def heartbeat(ctl, at: float, held=(), unacked=(), mseq: int = 0) -> HbAnswer | None:
+    """The engine's heartbeat at `at` (its own clock reads `at` too): the answer, or None."""
+    out = send(ctl, 1, b"e.c", {"type": "hb", "t": at, "held": list(held),
+                                "unacked": list(unacked), "mseq": mseq, "gen": 1}, at)
+    answers = [from_controller(h) for _, h in out if h.get("type") == "hb"]
+    assert len(answers) <= 1
+    return answers[0] if answers else None
+
+
+def test_an_idle_engine_is_answered_once_per_idle_span_and_told_so_in_the_statistics(ctl):
+    register(ctl)
+    every = idle_answer_every(dead_after(HEARTBEAT))
+    # (the engine hears from the controller often enough not to connect anew)
+    assert 2 * HEARTBEAT <= every <= silent_after(dead_after(HEARTBEAT)) / 2
+    answered = [t for t in range(0, 20) if heartbeat(ctl, float(t)) is not None]
+    # the first, then one each `every` seconds: the answers never leave a gap of `every` + one
+    # heartbeat, and most heartbeats go unanswered
+    assert answered[0] == 0
+    assert all(b - a <= every + HEARTBEAT for a, b in zip(answered, answered[1:], strict=False))
+    assert all(b - a >= every for a, b in zip(answered, answered[1:], strict=False))
+    stats = ctl.core.views.statistics(Now(T0 + 20, time.time()))
+    assert stats.heartbeats_unanswered == 20 - len(answered) > 0
+
+
+def test_an_engine_with_something_to_be_told_is_answered_every_time(ctl):
+    register(ctl)
+    assert heartbeat(ctl, 0.0) is not None
+    out = send(ctl, 0, b"client", {"type": "submit", "req": 1, "watch": True,
+                                   "tasks": [{"nodes": [NODE]}]}, 0.5, [b"function", b"args"])
+    (task,) = [t for _, h in out if h.get("type") == "tasks" for t in h["tasks"]]
+    key = [task["tid"], task["attempt"]]
+    # it holds a task: each answer renews its lease
+    for t in (1.0, 2.0, 3.0):
+        assert heartbeat(ctl, t, held=[key], mseq=1) is not None
+    # the task message has not arrived yet (its number is behind): answered (the answer
+    # names the last message sent, so that an engine whose task socket went deaf finds out)
+    answer = heartbeat(ctl, 4.0, held=[], mseq=0)
+    assert answer is not None
+    mseq = answer.mseq  # (an empty message went too, to show whether the task's was lost)
+    # a result not yet acknowledged: answered, until the acknowledgement has gone
+    send(ctl, 1, b"e.r", {"type": "results", "results": [
+        {"tid": key[0], "attempt": key[1], "kind": "map", "status": "ok", "n": 1,
+         "duration": 0.1, "pmac": b"p" * 32}]}, 4.5, [b"value"])
+    answer = heartbeat(ctl, 5.0, unacked=[key], mseq=mseq)
+    assert answer is not None and [list(k) for k in answer.ack] == [key]
+    acked = heartbeat(ctl, 6.0, mseq=mseq)  # (what the report named is acknowledged again)
+    assert acked is not None and [list(k) for k in acked.ack] == [key]
+    # and then nothing to tell: not answered until the idle span has passed
+    assert heartbeat(ctl, 7.0, mseq=mseq) is None
+    assert heartbeat(ctl, 6.0 + idle_answer_every(dead_after(HEARTBEAT)), mseq=mseq) is not None
+
+
+def test_a_tasks_message_carries_the_time_of_the_engines_latest_heartbeat(ctl):
+    register(ctl)
+    heartbeat(ctl, 0.0)
+    assert heartbeat(ctl, 1.0) is None
+    assert heartbeat(ctl, 2.0) is None  # (heard, not answered)
+    out = send(ctl, 0, b"client", {"type": "submit", "req": 1, "watch": True,
+                                   "tasks": [{"nodes": [NODE]}]}, 2.5, [b"function", b"args"])
+    (tasks,) = [from_controller(h) for ident, h in out if h.get("type") == "tasks"]
+    assert isinstance(tasks, Tasks) and tasks.t == 2.0
