@@ -112,3 +112,38 @@ def test_a_tasks_message_carries_the_time_of_the_engines_latest_heartbeat(ctl):
                                    "tasks": [{"nodes": [NODE]}]}, 2.5, [b"function", b"args"])
     (tasks,) = [from_controller(h) for ident, h in out if h.get("type") == "tasks"]
     assert isinstance(tasks, Tasks) and tasks.t == 2.0
+
+
+class PausedPoll:
+    """A poller whose poll returns `paused` seconds late with nothing read: as a process
+    stopped (SIGSTOP) in its poll and resumed, before its ZeroMQ thread has read anything."""
+
+    def __init__(self, paused: float) -> None:
+        self.paused = paused
+
+    def poll(self, timeout_ms: int) -> list:
+        time.sleep(self.paused)  # (the pause itself: nothing to wait for)
+        return []
+
+
+def test_a_paused_controller_counts_its_engines_silence_from_when_it_runs_again():
+    """The loop's poll returns far later than it asked (the process was paused): the engines
+    are heard from that moment on, and the heartbeat check due at once declares none dead;
+    only once they stay silent for dead_after after the pause are they dead."""
+    info = new_connection_info()
+    ctl = Controller(info, store=MemoryStore(), heartbeat=0.2)  # (dead after 0.6 s)
+    ctl.test_wires = (Wire(info.key_bytes), Wire(info.key_bytes))
+    try:
+        at = time.monotonic() - T0
+        register(ctl, at)
+        assert heartbeat(ctl, at) is not None
+        ctl.turn(PausedPoll(1.0), 0)  # (the pause: > dead_after; every timer due after it)
+        assert [rec.dead for rec in ctl.engines.values()] == [False]
+        assert ctl.core.views.statistics(Now(time.monotonic(), time.time())).engines_died == 0
+        # silent on after the pause: dead within a few checks past dead_after
+        deadline = time.monotonic() + 30
+        while ctl.core.views.statistics(Now(time.monotonic(), time.time())).engines_died == 0:
+            assert time.monotonic() < deadline, "the silent engine was never declared dead"
+            ctl.turn(PausedPoll(0.0), 50)
+    finally:
+        ctl.close()

@@ -287,6 +287,13 @@ class ControllerCore:
     def begin_turn(self, mono: float) -> None:
         self.turn_start = mono
 
+    def polled(self, waited: float, timeout: float) -> None:
+        """The poll returned after `waited` s, asked to wait `timeout`. Far longer: the whole
+        process was paused (SIGSTOP, a suspended VM), its ZeroMQ thread too: silences count
+        from now, as after a stalled turn (nobody is held to messages nothing read)."""
+        if waited > timeout + STALL_SHARE * self.ctx.settings.heartbeat:
+            self.stall_end = self.turn_start
+
     def end_turn(self, mono: float) -> None:
         if mono - self.turn_start > STALL_SHARE * self.ctx.settings.heartbeat:
             # This turn kept the loop from reading for a while (e.g. a slow depend): no
@@ -313,7 +320,7 @@ class ControllerCore:
             elif key[0] == "lost":
                 self.engines.lost_engine_gone(key[1])
             elif key[0] == "leases":
-                self.results.gone(ctx.leases.expire(now.mono))
+                self.results.gone(ctx.leases.expire(now.mono, self.stall_end))
                 timers.arm(key, LEASE_CHECK_EVERY)
             elif key[0] == "clients":
                 self.forget_silent(now)

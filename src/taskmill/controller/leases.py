@@ -123,12 +123,13 @@ class Leases:
         if holder in self.seen_at:
             self.seen_at[holder] = mono
 
-    def expire(self, mono: float) -> list[int]:
-        """End the leases of holders silent for HOLDER_SILENCE seconds; their unused ids
-        (not given back: the holder may be alive, only slow, and its submit must fail)."""
+    def expire(self, mono: float, stall_end: float = float("-inf")) -> list[int]:
+        """End the leases of holders silent for HOLDER_SILENCE seconds (a stall of the
+        controller's loop that ended at `stall_end` not counted); their unused ids (not given
+        back: the holder may be alive, only slow, and its submit must fail)."""
         left: list[int] = []
         for holder, seen in list(self.seen_at.items()):
-            if mono - seen > HOLDER_SILENCE:
+            if mono - max(seen, stall_end) > HOLDER_SILENCE:
                 del self.seen_at[holder]
                 for lease in self.by_holder.pop(holder, []):
                     self.store.end_lease(lease.start)

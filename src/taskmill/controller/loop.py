@@ -193,11 +193,14 @@ class Controller:
 
     def turn(self, poller: zmq.Poller, timeout_ms: int) -> None:
         """One loop turn: poll, read, fire due timers, commit and send."""
+        monotonic = time.monotonic
+        polled_at = monotonic()
         events = dict(poller.poll(timeout_ms))
         core = self.core
         timers = core.ctx.timers
-        monotonic = time.monotonic
-        core.turn_start = monotonic()  # (core.begin_turn, without the call)
+        core.turn_start = start = monotonic()  # (core.begin_turn, without the call)
+        if start - polled_at > 0.25 + timeout_ms / 1000:  # (rarely: paused? core.polled says)
+            core.polled(start - polled_at, timeout_ms / 1000)
         if self.engine_sock in events:
             self.drain(self.engine_sock, core.on_engine)
         if self.client_sock in events:
