@@ -8,6 +8,8 @@ that can break their connections; the client keeps submitting tasks (with and wi
 retries; the seed's `run` and futures' `submit`, by turns) while a fault thread, every
 1.5-4 s, does one of:
 - kill -9 the controller and start it again on the same store and connection file;
+- SIGSTOP the controller for 0.5-8 s (past 1.5 s its engines' dead_after has gone by, past 5 s
+  they move to new connections), then SIGCONT it: it must not take its own silence for theirs;
 - SIGKILL an engine (and start a new one);
 - SIGSTOP an engine for 0.5-3 s (past 1.5 s it is declared dead), then SIGCONT it;
 - reset every engine connection (the proxy sends RST both ways);
@@ -194,6 +196,7 @@ class Faults(threading.Thread):
         self.stop_event = threading.Event()
         self.done: Counter[str] = Counter()
         self.kinds = {"controller kill -9": self._kill_controller,
+                      "controller SIGSTOP": self._stop_controller,
                       "engine SIGKILL": self._kill_engine,
                       "engine SIGSTOP": self._stop_engine,
                       "connection reset": self._reset_connections,
@@ -216,6 +219,14 @@ class Faults(threading.Thread):
         self.c.controller.send_signal(signal.SIGKILL)
         self.c.controller.wait()
         self.c.start_controller()
+
+    def _stop_controller(self) -> None:
+        victim = self.c.controller
+        victim.send_signal(signal.SIGSTOP)
+        try:
+            self.stop_event.wait(self.rng.uniform(0.5, 8.0))
+        finally:
+            victim.send_signal(signal.SIGCONT)
 
     def _kill_engine(self) -> None:
         i = self.rng.randrange(len(self.c.engines))
