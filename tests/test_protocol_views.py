@@ -191,7 +191,8 @@ def stats(**fields) -> dict:
             "results_sent_again_to_clients": 0, "results_read_back_for_clients": 0,
             "clients_watching": 0, "clients": 1,
             "clients_forgotten": 0, "requests_waiting": 0, "backlog": 0, "queued_in_memory": 1,
-            "queue_window": None, "heartbeats_unanswered": 0, **fields}
+            "queue_window": None, "heartbeats_unanswered": 0,
+            "answers_given_again": 0, **fields}
 
 
 GOOD = [("status", {"status": queue()}), ("status", {"status": queue(failed=[1, 2])}),

@@ -6,9 +6,9 @@ Engines connect to the proxy's port; each connection is forwarded to the control
   one of `suffixes`, e.g. b".c" for engines' control sockets) is reset on the peer's side only; the controller's side stays open and
   silent (a NAT or firewall that forgot the connection and told only one side), so the peer's
   reconnection arrives while the controller still holds its old one;
-- `drop_next(min_bytes, marker)`: the next chunk of at least `min_bytes` the controller sends
-  down a connection whose first bytes from the peer contain `marker` (e.g. the routing id of
-  an engine's task socket, b".t") is lost, and that connection is reset: one message lost at
+- `drop_next(min_bytes, marker, contains)`: the next chunk of at least `min_bytes` (holding
+  `contains`) the controller sends down a connection whose first bytes from the peer contain
+  `marker` (e.g. the routing id of an engine's task socket, b".t") is lost, and that connection is reset: one message lost at
   the wrong moment, while the peer reconnects and goes on;
 - `mute(suffix)`: what the controller sends down the connections of peers whose routing id ends
   with `suffix` is dropped from then on, the connections kept (e.g. heartbeat answers lost).
@@ -101,7 +101,7 @@ class FaultProxy:
         self.port = self.listener.getsockname()[1]
         self._lock = threading.Lock()
         self._pairs: list[_Pair] = []
-        self._drop: tuple[int, bytes] | None = None
+        self._drop: tuple[int, bytes, bytes] | None = None
         self.dropped = 0
         self.resets = 0
         self._frozen: list[_Pair] = []  # cut on the peer's side; closed with the proxy
@@ -147,17 +147,17 @@ class FaultProxy:
         with self._lock:
             if self._drop is None:
                 return False
-            min_bytes, marker = self._drop
-            if len(data) >= min_bytes and marker in pair.hello:
+            min_bytes, marker, contains = self._drop
+            if len(data) >= min_bytes and marker in pair.hello and contains in data:
                 self._drop = None
                 return True
         return False
 
-    def drop_next(self, min_bytes: int, marker: bytes) -> None:
-        """Lose the next chunk of at least `min_bytes` sent to a peer whose greeting holds
-        `marker`, and reset that connection."""
+    def drop_next(self, min_bytes: int, marker: bytes, contains: bytes = b"") -> None:
+        """Lose the next chunk of at least `min_bytes` (holding `contains`) sent to a peer
+        whose greeting holds `marker`, and reset that connection."""
         with self._lock:
-            self._drop = (min_bytes, marker)
+            self._drop = (min_bytes, marker, contains)
 
     def cut_peer_side_all(self, suffixes: tuple[bytes, ...] = ()) -> int:
         """Cut, on the peer's side only, the connections whose routing id ends with one of

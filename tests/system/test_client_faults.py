@@ -199,6 +199,47 @@ def test_a_reset_that_loses_an_answer_costs_no_wait(controller, tmp_path):
         proxy.close()
 
 
+@pytest.mark.parametrize("verb", ["abort", "clear", "retire"])
+def test_a_request_not_to_be_carried_out_twice_whose_answer_was_lost_is_answered_again(
+        controller, tmp_path, verb):
+    """The answer to an abort (a clear, a retire) is lost with its connection, after the
+    controller carried it out: the client asks again on its new connection, and the controller
+    answers from the answer it kept for the request's key, without carrying it out again
+    (which would answer wrongly: the task aborted the first time has finished by the second,
+    the result cleared is unknown, the engine retired is no longer retiring). Before, the call
+    raised ControllerUnreachable: "may or may not have taken effect"."""
+    from taskmill import TaskAborted
+
+    ctl = controller
+    tc, proxy = client_via_proxy(ctl, tmp_path, timeout=30, reconnect_timeout=100)
+    try:
+        if verb == "abort":
+            tid = tc.run(MapTask(abs, (-1,)))  # (no engine: it stays queued)
+            assert tc.task_info(tid)["state"] == "scheduled"
+            proxy.drop_next(1, b".r", b"aborted")  # (the answer's status)
+            assert tc.abort(tid) is None
+            with pytest.raises(TaskAborted):
+                tc.get_task_result(tid)
+        elif verb == "clear":
+            ctl.engines.append(ctl.engine())
+            tid = tc.run(MapTask(abs, (-1,)))
+            assert tc.get_task_result(tid, block=True) == 1
+            proxy.drop_next(1, b".r", b"dropped")  # (the answer's field)
+            assert tc.clear(tid) == 1
+            assert tc.queue_status()["succeeded"] == 0
+        else:
+            ctl.engines.append(ctl.engine())
+            (eid,) = poll(lambda: [e["engineid"] for e in tc.engines()], 60, "the engine")
+            proxy.drop_next(1, b".r", b"retiring")  # (the answer's field)
+            assert tc.retire_engines([eid]) == [eid]
+            poll(lambda: tc.engines()[0]["state"] == "retired", 60, "the engine to retire")
+        assert proxy.dropped == 1
+        assert tc.statistics()["answers_given_again"] == 1
+    finally:
+        tc.close()
+        proxy.close()
+
+
 def ctl_url(ctl: ControllerProcess) -> str:
     from taskmill.connection import read_connection_file
 

@@ -42,7 +42,7 @@ from ..wire import Refused, Wire, apply_transport_heartbeat, recv_message, send_
 from .codec import checked, joined
 from .credit import Intake
 from .interrupts import NOT_DEFERRED, interrupts_deferred
-from .links import LinkRecovery
+from .links import KEYED, LinkRecovery
 
 BYE_LINGER_MS = 200  # at most this long, a closing client's `bye` may wait to leave
 IDLE_AT_LEAST_EVERY = 256  # messages: a steady stream of replies must not starve the idle hook
@@ -289,7 +289,7 @@ class Connection(LinkRecovery):
             header["req"] = req
             header["rt"] = self.recv_ident
             header["session"] = self.session
-            if header["type"] in ("submit", "put"):
+            if header["type"] in KEYED:
                 header["key"] = self._key_prefix + str(req)  # lets a resend be recognised
             try:
                 msg = self.send_wire.encode(header, frames)

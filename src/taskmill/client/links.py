@@ -8,15 +8,20 @@
             from the old receive id hands its run() leases to the new one and ends its waits;
             once the controller answers the new receive socket's hello, every request that
             may be sent twice is sent again to the new id (what crossed the broken connection
-            may be lost either way), and the others fail: they may or may not have taken effect
-    a restarted controller answers (a new sid) --> the same resend, for its new session
+            may be lost either way), and so are abort, clear and retire (the controller kept
+            their answers: controller/control_verbs.py); the others (spin) fail: they may or
+            may not have taken effect
+    a restarted controller answers (a new sid) --> the same resend, for its new session,
+        but abort, clear and retire fail (a restarted controller kept no answers)
     nothing heard for reconnect_timeout --> unreachable: everything waiting fails, and
         later requests raise until the controller answers again
     the controller says it forgot this client --> what waited fails with ClientForgotten,
         both sockets anew
 
 Requests sent again: submits and puts (the controller finds them by their key and gives the
-same taskids), reads, waits and watches (answered anew), a lease (granted anew). New requests
+same taskids), reads, waits and watches (answered anew), a lease (granted anew), its release
+and an engine's exit (no harm twice); after a broken connection also abort, clear and retire
+(answered from what the controller kept for their key). New requests
 are held (not sent) until the controller answers the new receive socket's hello, so that no
 answer goes to an id it has no connection for yet; a caller never waits for that here.
 """
@@ -44,7 +49,13 @@ BYE = to_request(Bye())  # (sent with no reply wanted: see _bye)
 # Requests sent again after a broken connection or to a restarted controller: reads and waits;
 # submits and puts, which the controller de-duplicates by their key; a lease, granted anew.
 RESENDABLE = frozenset({"submit", "put", "result", "wait", "watch", "lease", "status", "task",
-                        "engines", "stats", "activity"})
+                        "engines", "stats", "activity", "release", "engine_exited"})
+# ... and after a broken connection (not to a restarted controller) requests that may not be
+# carried out twice, which the controller answers again from the answer it kept for their key
+# (controller/control_verbs.py).
+ANSWERED_ONCE = frozenset({"abort", "clear", "retire"})
+# Requests that carry the client's key for them (the client's id and the request's number).
+KEYED = frozenset({"submit", "put"}) | ANSWERED_ONCE
 EVENTS = int(zmq.EVENTS)
 POLLIN = int(zmq.POLLIN)
 
@@ -121,12 +132,13 @@ class LinkRecovery:
         if self._resend_when_linked:
             self._resend_when_linked = False
             why = "the connection to the controller at {url} broke before it answered"
-        self._send_again(why)
+        self._send_again(why, RESENDABLE | ANSWERED_ONCE)
 
-    def _send_again(self, why: str | None) -> None:
+    def _send_again(self, why: str | None, resendable: frozenset[str] = RESENDABLE) -> None:
         """Send the held requests, and (`why`: what was sent may be lost) every request
         waiting for an answer again, to the receive socket and the session of now, but those
-        that may not be sent twice: they fail (`why`). Then requests go as they are made."""
+        that may not be sent twice (not `resendable`): they fail (`why`). Then requests go as
+        they are made."""
         failed: list[tuple[Future | None, BaseException]] = []
         with self.send_lock:
             for req, (header, frames) in list(self._outstanding.items()) \
@@ -134,9 +146,9 @@ class LinkRecovery:
                 held = req in self._held
                 if not held and why is None:
                     continue  # (sent on this link: its answer comes on it)
-                if held or header["type"] in RESENDABLE:
-                    if not held:
-                        header["resent"] = True  # (a submit: the controller looks up its key)
+                if held or header["type"] in resendable:
+                    if not held:  # (the controller looks up its key: a submit, an abort, ...)
+                        header["resent"] = True
                     header["session"] = self.session
                     header["rt"] = self.recv_ident
                     try:

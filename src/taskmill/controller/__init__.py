@@ -38,7 +38,9 @@ The package, from the outside in:
   the messages of both protocols (listed there; each header is read through its typed record
   in taskmill/protocol/);
 - engines.py, engine_tasks.py: the engine registry and protocol; submits.py, validation.py:
-  new tasks; results.py: finished tasks and their waiters; views.py: statistics and the other
+  new tasks; results.py: finished tasks and their waiters; control_verbs.py: abort, clear,
+  retire, spin and engine_exited (the answers of the first three kept, for a request sent
+  again after a broken connection); views.py: statistics and the other
   read-only views; sched_calls.py: every call into the scheduler; backlog.py: the queued
   tasks beyond the queue window (`--memory-budget`), kept only in the store; outbox.py: what
   a turn sends and in which order; timers.py; context.py: what the parts share.

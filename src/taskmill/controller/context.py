@@ -56,6 +56,7 @@ class Counters:
     revokes_granted: int = 0  # ... and got it
     tasks_lost_in_transit: int = 0  # dispatches an engine never got, queued again
     heartbeats_unanswered: int = 0  # idle engines' heartbeats with nothing to answer
+    answers_given_again: int = 0  # resent abort/clear/retire answered as the first time
     engines_moved: int = 0  # live engines that moved to new connections (old ones deaf)
     argument_bytes_out: int = 0  # bytes of results sent to engines as task arguments
     store_refusals: int = 0  # submits refused because the store could not write

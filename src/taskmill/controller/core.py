@@ -26,7 +26,8 @@ Client messages (every one carries `req`; the reply echoes it):
   had said it, and its later messages are refused: clients.py), submit{tasks, watch},
   result{tids, block}, watch{tids}, wait{tids, budget}, abort{tid}, spin, status{verbose},
   clear{tids}, engines, stats, engine_exited{pid, status} (from a nanny), retire{engines}
-  (take engines out of scheduling; each stops once it holds nothing),
+  (take engines out of scheduling; each stops once it holds nothing; abort, clear and retire
+  keep their answers for a resend: control_verbs.py),
   activity{since} and task{tid} (read-only, for the dashboard: stats.py keeps what they read),
   lease{n} and release (taskids a client numbers its run() tasks from: leases.py; a submit
   may then carry `tids` from its lease, and `release`)
@@ -54,21 +55,12 @@ from .. import __version__
 from ..defaults import DEFAULT_KEEP_RESULTS, FORGET_CLIENTS_AFTER
 from ..depend import DependRunner
 from ..errors import StoreError
-from ..memory import BURST_MIN, QUIET, Burst, compact, give_back
+from ..memory import QUIET, Burst, compact, give_back
 from ..protocol import (
-    Abort,
-    AbortReply,
     Ack,
-    Clear,
-    ClearReply,
-    EmptyReply,
-    EngineExited,
     HelloReply,
     PingReply,
     ResultQuery,
-    Retire,
-    RetireReply,
-    SpinReply,
     Tids,
     client_record,
     engine_record,
@@ -89,6 +81,7 @@ from ..wire import Wire
 from .backlog import Backlog
 from .clients import Clients
 from .context import Context, Counters, Now, Settings
+from .control_verbs import ControlVerbs
 from .engine_tasks import EngineTasks
 from .engines import STALL_SHARE, Engines
 from .leases import CHECK_EVERY as LEASE_CHECK_EVERY
@@ -109,7 +102,6 @@ SESSIONLESS = frozenset({"hello", "ping"})
 IDLE_POLL = 1.0  # seconds the loop waits at most when nothing is due
 RETENTION_EVERY = 3600.0  # seconds between removals of results older than `keep_results`
 
-EMPTY = EmptyReply()
 REQ_TYPES = (int, str, bytes)  # what a request's `req` may be (a tuple: `int | str | bytes`
 # builds a union object on every test)
 ClientVerb = Callable[[bytes, Any, Any, list[Any]], None]  # (reply_to, req, record, frames)
@@ -153,14 +145,16 @@ class ControllerCore:
         self.engine_verbs: dict[str, Callable[..., None]] = {
             "hb": et.heartbeat, "results": et.results, "revoked": et.revoked,
             "retired": lambda rec, ident, m, frames: self.engines.retired(rec)}
+        cv = self.control_verbs = ControlVerbs(ctx, self.engines, self.submits,
+                                               self.settle_memory)
         self.client_verbs: dict[str, ClientVerb] = {
             "hello": self.hello, "ping": self.ping, "submit": self.submits.submit,
-            "result": self.result, "watch": self.watch, "wait": self.wait, "abort": self.abort,
-            "spin": self.spin, "status": self.views.status, "clear": self.clear,
+            "result": self.result, "watch": self.watch, "wait": self.wait, "abort": cv.abort,
+            "spin": cv.spin, "status": self.views.status, "clear": cv.clear,
             "engines": self.views.engines_verb, "stats": self.views.stats,
-            "activity": self.views.activity,
-            "task": self.views.task, "engine_exited": self.engine_exited, "put": self.submits.put,
-            "retire": self.retire, "ack": self.ack, "bye": self.bye,
+            "activity": self.views.activity, "retire": cv.retire,
+            "task": self.views.task, "engine_exited": cv.engine_exited, "put": self.submits.put,
+            "ack": self.ack, "bye": self.bye,
             "lease": self.submits.lease, "release": self.submits.release,
         }
         # What carries out each kind of action (the report goes to a Finish only).
@@ -465,35 +459,3 @@ class ControllerCore:
 
     def wait(self, rt: bytes, req: Any, m: Tids, frames: list[Any]) -> None:
         self.results.add_waiter(rt, req, "wait", m.tids, budget=m.budget)
-
-    def abort(self, rt: bytes, req: Any, m: Abort, frames: list[Any]) -> None:
-        if m.tid in self.ctx.backlog:  # (read back now, to finish as aborted at once)
-            self.submits.promote(m.tid)
-        if self.ctx.sched.abort(m.tid):
-            self.ctx.outbox.reply(rt, req, AbortReply("aborted"))
-        elif self.ctx.store.result_meta(m.tid) is not None:
-            self.ctx.outbox.reply(rt, req, AbortReply("finished"))
-        else:
-            self.ctx.outbox.reply(rt, req, AbortReply("unknown"))
-
-    def spin(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
-        dispatched = self.ctx.sched.spin()
-        self.ctx.outbox.reply(rt, req, SpinReply(dispatched), now=True)
-
-    def clear(self, rt: bytes, req: Any, m: Clear, frames: list[Any]) -> None:
-        if self.ctx.backlog.doomed:  # (stored before the failure they follow is cleared)
-            self.submits.fail_doomed()
-        dropped, missing = self.ctx.store.clear(m.tids)
-        if dropped >= BURST_MIN:
-            self.settle_memory()  # (given back at the end of this turn if it is quiet)
-        self.ctx.outbox.reply(rt, req, ClearReply(dropped, missing))
-
-    def engine_exited(self, rt: bytes, req: Any, m: EngineExited, frames: list[Any]) -> None:
-        """A local nanny saw an engine process exit: no need to wait for its heartbeat."""
-        self.engines.process_exited(m.pid, m.status)
-        self.ctx.outbox.reply(rt, req, EMPTY)
-
-    def retire(self, rt: bytes, req: Any, m: Retire, frames: list[Any]) -> None:
-        """Take engines out of scheduling; each stops once it holds nothing (engines.py).
-        Answered with the ids that are retiring (the others are unknown or gone)."""
-        self.ctx.outbox.reply(rt, req, RetireReply(self.engines.retire(m.engines)), now=True)

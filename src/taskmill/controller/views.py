@@ -140,6 +140,7 @@ class Views:
             engines_moved=c.engines_moved,
             tasks_lost_in_transit=c.tasks_lost_in_transit,
             heartbeats_unanswered=c.heartbeats_unanswered,
+            answers_given_again=c.answers_given_again,
             argument_bytes_out=c.argument_bytes_out, refused=dict(ctx.wire.refused),
             revokes_sent=c.revokes_sent, revokes_granted=c.revokes_granted,
             queue=self.queue_status(), engines=engines,

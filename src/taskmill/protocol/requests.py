@@ -108,12 +108,22 @@ class ResultQuery(msgspec.Struct, frozen=True):
     block: Any = False  # (read as a flag)
 
 
+# `key` and `resent` of the requests that may not be carried out twice (clear, abort, retire):
+# the client's key for the request (its id and the request's number), and whether it is sent
+# again because its connection broke before the answer came: then the answer kept for that key
+# is given again (controller/answers.py).
+
+
 class Clear(msgspec.Struct, frozen=True):
     tids: list[int] | None = None  # None: every finished task
+    key: str = ""
+    resent: bool = False
 
 
 class Abort(msgspec.Struct, frozen=True):
     tid: int
+    key: str = ""
+    resent: bool = False
 
 
 class TaskQuery(msgspec.Struct, frozen=True):
@@ -142,6 +152,8 @@ class Retire(msgspec.Struct, frozen=True):
     (controller/engines.py; a shrinking cluster's way to stop engines without losing a task)."""
 
     engines: list[int]
+    key: str = ""
+    resent: bool = False
 
 
 class Put(msgspec.Struct, frozen=True):

@@ -271,6 +271,9 @@ class Statistics(msgspec.Struct, frozen=True):
     # Heartbeats of idle engines left unanswered (an answer only now and then: see
     # controller/engine_tasks.py `heartbeat`).
     heartbeats_unanswered: int = 0
+    # Requests sent again after a broken connection (abort, clear, retire) answered as the
+    # first time, not carried out again (controller/control_verbs.py).
+    answers_given_again: int = 0
 
     def as_map(self) -> dict[str, Any]:
         return builtins(self)

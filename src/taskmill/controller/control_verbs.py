@@ -1,0 +1,114 @@
+"""The client verbs that change what the controller holds, apart from submits: abort, clear,
+retire, spin, engine_exited. Those that may not be carried out twice (abort, clear, retire)
+keep their answers a while, so that one sent again is answered as the first time:
+
+    abort / clear / retire, with the client's `key` for the request
+        --> carried out; the answer is kept under the key (the last KEPT answers)
+    the same request again, `resent` (the client's connection broke before the answer came:
+    client/links.py) --> the kept answer, to the connection it came on; none kept (the first
+    never arrived) --> carried out now
+
+Carried out twice, they would do no harm but answer wrongly: the tasks cleared the first time
+are unknown the second, a task aborted the first time has finished by the second, an engine
+that retired meanwhile is no longer retiring. A restarted controller keeps no answers: a client
+sends these again only to the controller it asked the first time.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from ..memory import BURST_MIN
+from ..protocol import (
+    Abort,
+    AbortReply,
+    Clear,
+    ClearReply,
+    EmptyReply,
+    EngineExited,
+    Retire,
+    RetireReply,
+    SpinReply,
+)
+from .context import Context
+from .engines import Engines
+from .submits import Submits
+
+KEPT = 10_000  # answers kept (small records; a resend comes within seconds of the first)
+EMPTY = EmptyReply()
+
+
+class ControlVerbs:
+    def __init__(self, ctx: Context, engines: Engines, submits: Submits,
+                 settle_memory: Callable[[], None]) -> None:
+        self.ctx = ctx
+        self.engines = engines
+        self.submits = submits
+        self.settle_memory = settle_memory
+        self.kept: OrderedDict[str, tuple[Any, bool]] = OrderedDict()  # key -> (answer, now)
+
+    def once(self, rt: bytes, req: Any, m: Abort | Clear | Retire,
+             carry_out: Callable[[], None]) -> None:
+        """Carry out a request that may not be carried out twice (`carry_out`), keeping its
+        answer under its key; or, resent, answer it as the first time."""
+        key = m.key
+        if not key:
+            carry_out()
+            return
+        kept = self.kept.get(key)
+        if kept is not None and m.resent:
+            self.ctx.counters.answers_given_again += 1
+            self.ctx.outbox.reply(rt, req, kept[0], now=kept[1])
+            return
+        answers = self.ctx.outbox.answers = []
+        try:
+            carry_out()
+        finally:
+            self.ctx.outbox.answers = None
+        for answer in answers:
+            self.kept[key] = answer
+            self.kept.move_to_end(key)
+        while len(self.kept) > KEPT:
+            self.kept.popitem(last=False)
+
+    def abort(self, rt: bytes, req: Any, m: Abort, frames: list[Any]) -> None:
+        self.once(rt, req, m, lambda: self.ctx.outbox.reply(rt, req, self.aborted(m.tid)))
+
+    def aborted(self, tid: int) -> AbortReply:
+        ctx = self.ctx
+        if tid in ctx.backlog:  # (read back now, to finish as aborted at once)
+            self.submits.promote(tid)
+        if ctx.sched.abort(tid):
+            return AbortReply("aborted")
+        if ctx.store.result_meta(tid) is not None:
+            return AbortReply("finished")
+        return AbortReply("unknown")
+
+    def clear(self, rt: bytes, req: Any, m: Clear, frames: list[Any]) -> None:
+        self.once(rt, req, m, lambda: self.ctx.outbox.reply(rt, req, self.cleared(m.tids)))
+
+    def cleared(self, tids: list[int] | None) -> ClearReply:
+        ctx = self.ctx
+        if ctx.backlog.doomed:  # (stored before the failure they follow is cleared)
+            self.submits.fail_doomed()
+        dropped, missing = ctx.store.clear(tids)
+        if dropped >= BURST_MIN:
+            self.settle_memory()  # (given back at the end of this turn if it is quiet)
+        return ClearReply(dropped, missing)
+
+    def retire(self, rt: bytes, req: Any, m: Retire, frames: list[Any]) -> None:
+        """Take engines out of scheduling; each stops once it holds nothing (engines.py).
+        Answered with the ids that are retiring (the others are unknown or gone)."""
+        self.once(rt, req, m, lambda: self.ctx.outbox.reply(
+            rt, req, RetireReply(self.engines.retire(m.engines)), now=True))
+
+    def spin(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
+        dispatched = self.ctx.sched.spin()
+        self.ctx.outbox.reply(rt, req, SpinReply(dispatched), now=True)
+
+    def engine_exited(self, rt: bytes, req: Any, m: EngineExited, frames: list[Any]) -> None:
+        """A local nanny saw an engine process exit: no need to wait for its heartbeat."""
+        self.engines.process_exited(m.pid, m.status)
+        self.ctx.outbox.reply(rt, req, EMPTY)
