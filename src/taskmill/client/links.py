@@ -54,6 +54,7 @@ RESENDABLE = frozenset({"submit", "put", "result", "wait", "watch", "lease", "st
 # carried out twice, which the controller answers again from the answer it kept for their key
 # (controller/control_verbs.py).
 ANSWERED_ONCE = frozenset({"abort", "clear", "retire"})
+RESENDABLE_TO_SAME = RESENDABLE | ANSWERED_ONCE  # (to the controller that was asked first)
 # Requests that carry the client's key for them (the client's id and the request's number).
 KEYED = frozenset({"submit", "put"}) | ANSWERED_ONCE
 EVENTS = int(zmq.EVENTS)
@@ -132,7 +133,7 @@ class LinkRecovery:
         if self._resend_when_linked:
             self._resend_when_linked = False
             why = "the connection to the controller at {url} broke before it answered"
-        self._send_again(why, RESENDABLE | ANSWERED_ONCE)
+        self._send_again(why, RESENDABLE_TO_SAME)
 
     def _send_again(self, why: str | None, resendable: frozenset[str] = RESENDABLE) -> None:
         """Send the held requests, and (`why`: what was sent may be lost) every request

@@ -199,7 +199,7 @@ class Controller:
         core = self.core
         timers = core.ctx.timers
         core.turn_start = start = monotonic()  # (core.begin_turn, without the call)
-        if start - polled_at > 0.25 + timeout_ms / 1000:  # (rarely: paused? core.polled says)
+        if start - polled_at > timeout_ms / 1000:  # (longer than asked: paused? core.polled)
             core.polled(start - polled_at, timeout_ms / 1000)
         if self.engine_sock in events:
             self.drain(self.engine_sock, core.on_engine)
