@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 
 import pytest
@@ -10,6 +11,13 @@ import pytest
 # Never touch the user's ~/.taskmill from tests.
 os.environ["TASKMILL_DIR"] = tempfile.mkdtemp(prefix="taskmill-test-home-")
 os.environ.pop("TASKMILL_CONNECTION", None)
+
+# A run started from a background job (`make test &`; make keeps an ignored signal ignored)
+# inherits SIGINT ignored: Python then never raises KeyboardInterrupt, here or in the scripts
+# the tests start, and every test that presses Ctrl-C waits in vain. Python's own handler
+# here; the children then start with the default (a handler is not inherited across exec).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

@@ -110,7 +110,8 @@ def test_each_view_reads_back_into_its_record_and_gives_users_the_map_it_was_sen
     assert all(type(a) is protocol.AttemptRow for a in activity.attempts + activity.running)
     assert {f.tid: f.type for f in activity.failures} == {tids["failed"]: "ValueError",
                                                            tids["aborted"]: "TaskAborted"}
-    assert activity.finished_per_second[-1][1] == 3
+    # (three finished: in the same second, or across a second's end)
+    assert sum(n for _, n in activity.finished_per_second) == 3
     assert steps.activity(0).answer(reply, []) == as_sent(reply["activity"])
 
     # statistics: its queue, its engine rows, its histogram.
