@@ -8,34 +8,23 @@ from __future__ import annotations
 import time
 
 import pytest
+from testhelp import core_controller, inject
 
-from taskmill.connection import new_connection_info
-from taskmill.controller import Controller, Now, control_verbs
-from taskmill.store import MemoryStore
-from taskmill.wire import Wire
+from taskmill.controller import Now, control_verbs
 
 NODE = {"exec": {"kind": "map", "fn": 1}, "nframes": 2, "pmac": b"m" * 32}
 
 
 @pytest.fixture
 def ctl():
-    info = new_connection_info()
-    c = Controller(info, store=MemoryStore(), heartbeat=3600.0)
-    c.test_wires = (Wire(info.key_bytes), Wire(info.key_bytes))
-    try:
+    with core_controller(heartbeat=3600.0) as c:
         yield c
-    finally:
-        c.close()
 
 
 def request(ctl, header: dict, frames=(), rt: bytes = b"client") -> dict:
     """A client's request; the controller's reply to it (header)."""
-    header = {"session": ctl.session, "req": 7, **header}
-    h, f = ctl.wire.decode(ctl.test_wires[0].encode(header, list(frames)))
-    when = Now(time.monotonic(), time.time())
-    ctl.core.on_client(rt, h, f, when)
-    (reply,) = [h for _, ident, h, _ in ctl.core.flush(when)
-                if h and h.get("type") == "reply" and ident == rt]
+    out = inject(ctl, False, rt, {"req": 7, **header}, frames)
+    (reply,) = [h for _, ident, h, _ in out if h and h.get("type") == "reply" and ident == rt]
     return reply
 
 

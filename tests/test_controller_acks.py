@@ -6,40 +6,23 @@ the controller's core, what it sends read from its flush."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
+from testhelp import core_controller, inject
 
-from taskmill.connection import new_connection_info
-from taskmill.controller import Controller, Now
 from taskmill.controller.engines import ACK_AT_ONCE_BYTES
 from taskmill.protocol import HbAnswer, Stored, from_controller
-from taskmill.store import MemoryStore
-from taskmill.wire import Wire
 
 NODE = {"exec": {"kind": "map", "fn": 1}, "nframes": 2, "pmac": b"m" * 32}
 
 
-def now() -> Now:
-    return Now(time.monotonic(), time.time())
-
-
 @pytest.fixture
 def ctl():
-    info = new_connection_info()
-    c = Controller(info, store=MemoryStore(), heartbeat=3600.0, prefetch=3)
-    c.test_wires = (Wire(info.key_bytes), Wire(info.key_bytes))  # client, engine
-    try:
+    with core_controller(heartbeat=3600.0, prefetch=3) as c:
         yield c
-    finally:
-        c.close()
 
 
 def send(ctl, who: int, ident: bytes, header: dict, frames=()) -> list:
-    header.setdefault("session", ctl.session)
-    h, f = ctl.wire.decode(ctl.test_wires[who].encode(header, list(frames)))
-    (ctl.core.on_engine if who else ctl.core.on_client)(ident, h, f, now())
-    return ctl.core.flush(now())
+    return inject(ctl, bool(who), ident, header, frames)
 
 
 def run_tasks(ctl, n: int) -> list[list[int]]:

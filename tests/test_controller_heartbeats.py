@@ -13,13 +13,11 @@ from __future__ import annotations
 import time
 
 import pytest
+from testhelp import core_controller, inject
 
-from taskmill.connection import new_connection_info
-from taskmill.controller import Controller, Now
+from taskmill.controller import Now
 from taskmill.defaults import dead_after, idle_answer_every, silent_after
 from taskmill.protocol import HbAnswer, Tasks, from_controller
-from taskmill.store import MemoryStore
-from taskmill.wire import Wire
 
 NODE = {"exec": {"kind": "map", "fn": 1}, "nframes": 2, "pmac": b"m" * 32}
 HEARTBEAT = 1.0
@@ -28,21 +26,15 @@ T0 = time.monotonic()
 
 @pytest.fixture
 def ctl():
-    info = new_connection_info()
-    c = Controller(info, store=MemoryStore(), heartbeat=HEARTBEAT, prefetch=1)
-    c.test_wires = (Wire(info.key_bytes), Wire(info.key_bytes))  # client, engine
-    try:
+    with core_controller(heartbeat=HEARTBEAT, prefetch=1) as c:
         yield c
-    finally:
-        c.close()
 
 
 def send(ctl, who: int, ident: bytes, header: dict, at: float, frames=()) -> list:
-    header.setdefault("session", ctl.session)
-    h, f = ctl.wire.decode(ctl.test_wires[who].encode(header, list(frames)))
-    when = Now(T0 + at, time.time())
-    (ctl.core.on_engine if who else ctl.core.on_client)(ident, h, f, when)
-    return [(ident, h) for _, ident, h, _ in ctl.core.flush(when) if h]
+    """A message (from a client: `who` 0; an engine: 1) handled `at` seconds after T0; what the
+    turn sends (ident, header)."""
+    out = inject(ctl, bool(who), ident, header, frames, Now(T0 + at, time.time()))
+    return [(ident, h) for _, ident, h, _ in out if h]
 
 
 def register(ctl, at: float = 0.0) -> None:
@@ -130,10 +122,7 @@ def test_a_paused_controller_counts_its_engines_silence_from_when_it_runs_again(
     """The loop's poll returns far later than it asked (the process was paused): the engines
     are heard from that moment on, and the heartbeat check due at once declares none dead;
     only once they stay silent for dead_after after the pause are they dead."""
-    info = new_connection_info()
-    ctl = Controller(info, store=MemoryStore(), heartbeat=0.2)  # (dead after 0.6 s)
-    ctl.test_wires = (Wire(info.key_bytes), Wire(info.key_bytes))
-    try:
+    with core_controller(heartbeat=0.2) as ctl:  # (dead after 0.6 s)
         at = time.monotonic() - T0
         register(ctl, at)
         assert heartbeat(ctl, at) is not None
@@ -145,5 +134,3 @@ def test_a_paused_controller_counts_its_engines_silence_from_when_it_runs_again(
         while ctl.core.views.statistics(Now(time.monotonic(), time.time())).engines_died == 0:
             assert time.monotonic() < deadline, "the silent engine was never declared dead"
             ctl.turn(PausedPoll(0.0), 50)
-    finally:
-        ctl.close()

@@ -12,14 +12,14 @@ from types import SimpleNamespace
 
 import msgspec
 import pytest
+from testhelp import core_controller, inject
 
 from taskmill.client import steps
 from taskmill.client.codec import checked, encode_task, submit_header
 from taskmill.client.futures import TaskFuture
 from taskmill.client.objects import put_request
 from taskmill.client.submitter import SubmitStream, Submitter
-from taskmill.connection import new_connection_info
-from taskmill.controller import Controller, Now
+from taskmill.controller import Now
 from taskmill.controller.outbox import ENGINE
 from taskmill.errors import TaskError
 from taskmill.protocol import (
@@ -64,7 +64,6 @@ from taskmill.protocol import (
     to_controller,
     to_request,
 )
-from taskmill.store import MemoryStore
 from taskmill.task import MapTask, StringTask
 from taskmill.wire import Wire
 
@@ -77,13 +76,8 @@ def now() -> Now:
 
 @pytest.fixture
 def ctl():
-    info = new_connection_info()
-    c = Controller(info, store=MemoryStore(), heartbeat=3600.0)
-    c.test_wires = (Wire(info.key_bytes), Wire(info.key_bytes))  # client, engine
-    try:
+    with core_controller(heartbeat=3600.0) as c:
         yield c
-    finally:
-        c.close()
 
 
 def node(**fields) -> dict:
@@ -93,19 +87,13 @@ def node(**fields) -> dict:
 def call(ctl, header: dict, frames=()) -> dict:
     """A client request; its reply (after the turn's flush)."""
     req = header.setdefault("req", id(header))
-    header.setdefault("session", ctl.session)
-    h, f = ctl.wire.decode(ctl.test_wires[0].encode(header, list(frames)))
-    ctl.core.on_client(b"client-1", h, f, now())
-    out = ctl.last_out = ctl.core.flush(now())
+    out = ctl.last_out = inject(ctl, False, b"client-1", header, frames)
     (reply,) = [h for _, _, h, _ in out if h.get("type") == "reply" and h.get("req") == req]
     return reply
 
 
 def from_engine(ctl, ident: bytes, header: dict, frames=()) -> list:
-    header.setdefault("session", ctl.session)
-    h, f = ctl.wire.decode(ctl.test_wires[1].encode(header, list(frames)))
-    ctl.core.on_engine(ident, h, f, now())
-    return ctl.core.flush(now())
+    return inject(ctl, True, ident, header, frames)
 
 
 def register(ctl, uuid: str = "engine-a") -> bytes:
@@ -276,10 +264,8 @@ def test_statistics_is_the_Statistics_record_as_a_plain_map(ctl):
 
 def watch(ctl, tids: list[int]) -> list[dict]:
     """A client's watch: the `done` messages of the turn (a watch has no other answer)."""
-    header = {"type": "watch", "tids": tids, "req": 77, "session": ctl.session}
-    h, f = ctl.wire.decode(ctl.test_wires[0].encode(header, []))
-    ctl.core.on_client(b"client-1", h, f, now())
-    return [h for _, _, h, _ in ctl.core.flush(now())
+    out = inject(ctl, False, b"client-1", {"type": "watch", "tids": tids, "req": 77})
+    return [h for _, _, h, _ in out
             if h is not None and h.get("type") == "done" and h.get("req") == 77]
 
 

@@ -82,6 +82,22 @@ def wait_for_file(path: str, timeout: float = 60.0) -> int:
     return os.getpid()
 
 
+def record(log, tag, gate=None):
+    """Task code: note this run (a line `tag` in the file `log`), then (optionally) wait for
+    `gate` to exist; returns the engine's pid. (Shipped by value, as code of this folder.)"""
+    import os
+    import time
+
+    with open(log, "a") as f:
+        f.write(f"{tag}\n")
+    end = time.monotonic() + 90
+    while gate is not None and not os.path.exists(gate):
+        if time.monotonic() > end:
+            raise TimeoutError("gate never opened")
+        time.sleep(0.01)
+    return os.getpid()
+
+
 def make_blocker():
     """A function that marks `started`, then waits (bounded) until `release` exists."""
 

@@ -14,24 +14,9 @@ import subprocess
 
 import pytest
 from faultproxy import proxied
-from systest import ControllerProcess, alive_engine_ids, gone, poll, read_lines
+from systest import ControllerProcess, alive_engine_ids, gone, poll, read_lines, record
 
 from taskmill import Cluster, EngineDied, MapTask, TaskClient, TaskTimeout
-
-
-def record(log, tag, gate=None):
-    """Task code: note this run, then (optionally) wait for `gate`; returns the pid."""
-    import os
-    import time
-
-    with open(log, "a") as f:
-        f.write(f"{tag}\n")
-    end = time.monotonic() + 90
-    while gate is not None and not os.path.exists(gate):
-        if time.monotonic() > end:
-            raise TimeoutError("gate never opened")
-        time.sleep(0.01)
-    return os.getpid()
 
 
 def hold_the_gil(seconds):

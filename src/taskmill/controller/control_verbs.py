@@ -67,9 +67,8 @@ class ControlVerbs:
             carry_out()
         finally:
             self.ctx.outbox.answers = None
-        for answer in answers:
-            self.kept[key] = answer
-            self.kept.move_to_end(key)
+        if answers:  # (one: each of these verbs answers once)
+            self.kept[key] = answers[-1]
         while len(self.kept) > KEPT:
             self.kept.popitem(last=False)
 

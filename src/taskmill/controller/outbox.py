@@ -103,7 +103,7 @@ class Outbox:
         self.store_retry_at = 0.0
         self.store_retry_delay = STORE_RETRY_FIRST
         self.last_commit = now
-        # While a request whose answer is kept is handled, its answers (answers.py).
+        # While a request whose answer is kept is handled, its answers (control_verbs.py).
         self.answers: list[tuple[Any, bool]] | None = None
 
     # -- queueing --------------------------------------------------------------------------
@@ -124,7 +124,7 @@ class Outbox:
         header = {"type": "reply", "req": req, "ok": type(record) is not Refusal,
                   "session": self.session, **to_client(record)}
         self.send(CLIENT, reply_to, header, frames, now=now)
-        if self.answers is not None and not frames:  # (answers.py keeps it)
+        if self.answers is not None and not frames:  # (control_verbs.py keeps it)
             self.answers.append((record, now))
 
     def refuse(self, reply_to: bytes, req: Any, error: str, error_type: str | None = None

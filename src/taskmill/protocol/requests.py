@@ -111,7 +111,7 @@ class ResultQuery(msgspec.Struct, frozen=True):
 # `key` and `resent` of the requests that may not be carried out twice (clear, abort, retire):
 # the client's key for the request (its id and the request's number), and whether it is sent
 # again because its connection broke before the answer came: then the answer kept for that key
-# is given again (controller/answers.py).
+# is given again (controller/control_verbs.py).
 
 
 class Clear(msgspec.Struct, frozen=True):
