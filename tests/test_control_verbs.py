@@ -1,7 +1,9 @@
 """The answers the controller keeps for requests that may not be carried out twice (abort,
-clear, retire: controller/control_verbs.py): a request sent again (`resent`, with the same
-`key`) after its answer was lost is answered as the first time; one whose first never arrived
-is carried out. Driven in process: messages straight into the controller's core."""
+clear, retire, spin: controller/control_verbs.py): a request sent again (`resent`, with the
+same `key`) after its answer was lost is answered as the first time; one whose first never
+arrived is carried out. A restarted controller answers abort and clear from its store, where
+each answer is written with the effect it answers. Driven in process: messages straight into
+the controller's core."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ import time
 import pytest
 from testhelp import core_controller, inject
 
+from taskmill.connection import new_connection_info
 from taskmill.controller import Now, control_verbs
+from taskmill.store import SQLiteStore
 
 NODE = {"exec": {"kind": "map", "fn": 1}, "nframes": 2, "pmac": b"m" * 32}
 
@@ -73,3 +77,51 @@ def test_the_answers_kept_are_bounded(ctl, monkeypatch):
                    )["status"] == "finished"
     assert request(ctl, {"type": "abort", "tid": tids[4], "key": "c:4", "resent": True}
                    )["status"] == "aborted"
+
+
+def given_again(ctl) -> int:
+    return ctl.core.views.statistics(Now(time.monotonic(), time.time())).answers_given_again
+
+
+def test_a_resent_spin_is_answered_as_the_first_time(ctl):
+    queued_task(ctl)  # (no engine: nothing to dispatch)
+    first = {"type": "spin", "key": "client-c:1"}
+    assert request(ctl, first)["dispatched"] is False
+    assert request(ctl, {**first, "resent": True})["dispatched"] is False
+    assert given_again(ctl) == 1
+
+
+@pytest.mark.parametrize("crash", ["kill", "close"])
+def test_a_restarted_controller_answers_a_resent_abort_and_clear_from_its_store(tmp_path, crash):
+    """The first controller carries out an abort and a clear and commits (their answers go
+    out only after that); it dies (`kill`: nothing more written, as kill -9 leaves it) before
+    the client heard them. The controller started again on the same store answers both, sent
+    again, as the first did; carried out again they would answer "finished" and "missing"."""
+    path = str(tmp_path / "tasks.db")
+    info = new_connection_info()
+    running = core_controller(store=SQLiteStore(path), info=info, heartbeat=3600.0)
+    first = running.__enter__()
+    aborted, cleared = queued_task(first), queued_task(first)
+    assert request(first, {"type": "abort", "tid": cleared})["status"] == "aborted"
+    assert request(first, {"type": "abort", "tid": aborted, "key": "client-d:1"}
+                   )["status"] == "aborted"
+    assert request(first, {"type": "clear", "tids": [cleared], "key": "client-d:2"}
+                   )["dropped"] == 1
+    if crash == "kill":  # (nothing more written: no close)
+        first.store.abandon()
+        first.sockets.close()
+    else:
+        running.__exit__(None, None, None)
+    with core_controller(store=SQLiteStore(path), info=info, heartbeat=3600.0) as second:
+        assert request(second, {"type": "abort", "tid": aborted, "key": "client-d:1",
+                                "resent": True})["status"] == "aborted"
+        again = request(second, {"type": "clear", "tids": [cleared], "key": "client-d:2",
+                                 "resent": True})
+        assert (again["dropped"], again["missing"]) == (1, [])
+        assert given_again(second) == 2
+        # a key it kept no answer for (never carried out): carried out now
+        assert request(second, {"type": "clear", "tids": [cleared], "key": "client-d:3",
+                                "resent": True})["missing"] == [cleared]
+        # and a request not marked as sent again never looks in the store
+        assert request(second, {"type": "abort", "tid": aborted, "key": "client-d:1"}
+                       )["status"] == "finished"

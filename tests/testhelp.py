@@ -18,16 +18,17 @@ def script(source: str) -> dict:
 
 
 @contextlib.contextmanager
-def core_controller(**options: Any) -> Iterator[Any]:
-    """A `Controller` with an in-memory store (and `options`), driven in process: no loop runs;
-    messages go straight into its core (`inject`), signed with its key as a peer's would be."""
+def core_controller(store: Any = None, info: Any = None, **options: Any) -> Iterator[Any]:
+    """A `Controller` with an in-memory store (or `store`; `info`: its connection's, new by
+    default) and `options`, driven in process: no loop runs; messages go straight into its
+    core (`inject`), signed with its key as a peer's would be."""
     from taskmill.connection import new_connection_info
     from taskmill.controller import Controller
     from taskmill.store import MemoryStore
     from taskmill.wire import Wire
 
-    info = new_connection_info()
-    ctl = Controller(info, store=MemoryStore(), **options)
+    info = info or new_connection_info()
+    ctl = Controller(info, store=store or MemoryStore(), **options)
     ctl.test_wires = (Wire(info.key_bytes), Wire(info.key_bytes))  # client, engine
     try:
         yield ctl

@@ -6,10 +6,12 @@ Engines connect to the proxy's port; each connection is forwarded to the control
   one of `suffixes`, e.g. b".c" for engines' control sockets) is reset on the peer's side only; the controller's side stays open and
   silent (a NAT or firewall that forgot the connection and told only one side), so the peer's
   reconnection arrives while the controller still holds its old one;
-- `drop_next(min_bytes, marker, contains)`: the next chunk of at least `min_bytes` (holding
-  `contains`) the controller sends down a connection whose first bytes from the peer contain
-  `marker` (e.g. the routing id of an engine's task socket, b".t") is lost, and that connection is reset: one message lost at
-  the wrong moment, while the peer reconnects and goes on;
+- `drop_next(min_bytes, marker, contains, hold)`: the next chunk of at least `min_bytes`
+  (holding `contains`) the controller sends down a connection whose first bytes from the peer
+  contain `marker` (e.g. the routing id of an engine's task socket, b".t") is lost, and that
+  connection is reset: one message lost at the wrong moment, while the peer reconnects and
+  goes on (`hold`: new connections are reset until `release()`, e.g. while the controller is
+  killed and started again);
 - `mute(suffix)`: what the controller sends down the connections of peers whose routing id ends
   with `suffix` is dropped from then on, the connections kept (e.g. heartbeat answers lost).
 A thread per direction per connection; the proxy is for tests, not for speed.
@@ -101,7 +103,8 @@ class FaultProxy:
         self.port = self.listener.getsockname()[1]
         self._lock = threading.Lock()
         self._pairs: list[_Pair] = []
-        self._drop: tuple[int, bytes, bytes] | None = None
+        self._drop: tuple[int, bytes, bytes, bool] | None = None
+        self.holding = False  # new connections are reset (drop_next's hold, until release)
         self.dropped = 0
         self.resets = 0
         self._frozen: list[_Pair] = []  # cut on the peer's side; closed with the proxy
@@ -117,6 +120,9 @@ class FaultProxy:
                 down, _ = self.listener.accept()
             except OSError:
                 return
+            if self.holding:
+                _reset(down)
+                continue
             try:
                 up = socket.create_connection(self.target, timeout=5)
                 up.settimeout(None)
@@ -147,17 +153,24 @@ class FaultProxy:
         with self._lock:
             if self._drop is None:
                 return False
-            min_bytes, marker, contains = self._drop
+            min_bytes, marker, contains, hold = self._drop
             if len(data) >= min_bytes and marker in pair.hello and contains in data:
                 self._drop = None
+                self.holding = hold
                 return True
         return False
 
-    def drop_next(self, min_bytes: int, marker: bytes, contains: bytes = b"") -> None:
+    def drop_next(self, min_bytes: int, marker: bytes, contains: bytes = b"",
+                  hold: bool = False) -> None:
         """Lose the next chunk of at least `min_bytes` (holding `contains`) sent to a peer
-        whose greeting holds `marker`, and reset that connection."""
+        whose greeting holds `marker`, and reset that connection (`hold`: and every new one
+        until `release`)."""
         with self._lock:
-            self._drop = (min_bytes, marker, contains)
+            self._drop = (min_bytes, marker, contains, hold)
+
+    def release(self) -> None:
+        """New connections pass again (after drop_next's `hold`)."""
+        self.holding = False
 
     def cut_peer_side_all(self, suffixes: tuple[bytes, ...] = ()) -> int:
         """Cut, on the peer's side only, the connections whose routing id ends with one of

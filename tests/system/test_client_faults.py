@@ -199,15 +199,16 @@ def test_a_reset_that_loses_an_answer_costs_no_wait(controller, tmp_path):
         proxy.close()
 
 
-@pytest.mark.parametrize("verb", ["abort", "clear", "retire"])
+@pytest.mark.parametrize("verb", ["abort", "clear", "retire", "spin"])
 def test_a_request_not_to_be_carried_out_twice_whose_answer_was_lost_is_answered_again(
         controller, tmp_path, verb):
-    """The answer to an abort (a clear, a retire) is lost with its connection, after the
-    controller carried it out: the client asks again on its new connection, and the controller
-    answers from the answer it kept for the request's key, without carrying it out again
-    (which would answer wrongly: the task aborted the first time has finished by the second,
-    the result cleared is unknown, the engine retired is no longer retiring). Before, the call
-    raised ControllerUnreachable: "may or may not have taken effect"."""
+    """The answer to an abort (a clear, a retire, a spin) is lost with its connection, after
+    the controller carried it out: the client asks again on its new connection, and the
+    controller answers from the answer it kept for the request's key, without carrying it out
+    again (which would answer wrongly: the task aborted the first time has finished by the
+    second, the result cleared is unknown, the engine retired is no longer retiring, a second
+    pass dispatches nothing). Before, the call raised ControllerUnreachable: "may or may not
+    have taken effect"."""
     from taskmill import TaskAborted
 
     ctl = controller
@@ -227,14 +228,68 @@ def test_a_request_not_to_be_carried_out_twice_whose_answer_was_lost_is_answered
             proxy.drop_next(1, b".r", b"dropped")  # (the answer's field)
             assert tc.clear(tid) == 1
             assert tc.queue_status()["succeeded"] == 0
-        else:
+        elif verb == "retire":
             ctl.engines.append(ctl.engine())
             (eid,) = poll(lambda: [e["engineid"] for e in tc.engines()], 60, "the engine")
             proxy.drop_next(1, b".r", b"retiring")  # (the answer's field)
             assert tc.retire_engines([eid]) == [eid]
             poll(lambda: tc.engines()[0]["state"] == "retired", 60, "the engine to retire")
+        else:
+            proxy.drop_next(1, b".r", b"dispatched")  # (the answer's field)
+            assert tc.spin() is False  # (no task, no engine)
         assert proxy.dropped == 1
         assert tc.statistics()["answers_given_again"] == 1
+    finally:
+        tc.close()
+        proxy.close()
+
+
+@pytest.mark.timeout(150, method="thread")
+@pytest.mark.parametrize("verb", ["abort", "clear", "retire"])
+def test_an_abort_or_clear_whose_answer_a_controller_crash_lost_is_answered_by_the_next(
+        controller, tmp_path, verb):
+    """The controller carries out an abort (a clear) and sends its answer, which is lost with
+    the client's connection; the controller is killed (kill -9) and started again before the
+    client connects anew. The client sends the request again to the new controller, which
+    answers it from its store, where the first one wrote the answer with the effect it
+    answers: the call returns as if nothing happened. Before, it raised ControllerUnreachable
+    ("may or may not have taken effect"). A retire still does: the new controller knows no
+    retirement of the old one's."""
+    ctl = controller
+    if verb != "abort":
+        ctl.engines.append(ctl.engine())
+    tc, proxy = client_via_proxy(ctl, tmp_path, timeout=30, reconnect_timeout=100)
+    try:
+        tid = tc.run(MapTask(abs, (-1,)))
+        if verb == "clear":
+            assert tc.get_task_result(tid, block=True) == 1
+        elif verb == "retire":
+            (eid,) = poll(lambda: [e["engineid"] for e in tc.engines()], 60, "the engine")
+        else:  # (no engine: it stays queued)
+            assert tc.task_info(tid)["state"] == "scheduled"
+        field = {"abort": b"aborted", "clear": b"dropped", "retire": b"retiring"}[verb]
+        proxy.drop_next(1, b".r", field, hold=True)
+        call = {"abort": lambda: tc.abort(tid), "clear": lambda: tc.clear(tid),
+                "retire": lambda: tc.retire_engines([eid])}[verb]
+        box = outcome(call)
+        poll(lambda: proxy.dropped == 1, 60, "the answer to be lost")
+        ctl.kill9()
+        ctl.start()
+        proxy.release()
+        (how, value), = ended({verb: box}, 60).values()
+        if verb == "retire":
+            assert how == "raised" and isinstance(value, ControllerUnreachable), value
+            assert "may or may not have taken effect" in str(value)
+            return
+        assert (how, value) == ("ok", None if verb == "abort" else 1)
+        assert tc.statistics()["answers_given_again"] == 1
+        if verb == "abort":
+            from taskmill import TaskAborted
+
+            with pytest.raises(TaskAborted):
+                tc.get_task_result(tid)
+        else:
+            assert tc.queue_status()["succeeded"] == 0
     finally:
         tc.close()
         proxy.close()

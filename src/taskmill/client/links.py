@@ -6,13 +6,14 @@
         --> both sockets anew under new routing ids (ZeroMQ would reconnect with the old ones,
             which a controller still holding the old connection ignores for good); a `bye`
             from the old receive id hands its run() leases to the new one and ends its waits;
-            once the controller answers the new receive socket's hello, every request that
-            may be sent twice is sent again to the new id (what crossed the broken connection
-            may be lost either way), and so are abort, clear and retire (the controller kept
-            their answers: controller/control_verbs.py); the others (spin) fail: they may or
-            may not have taken effect
-    a restarted controller answers (a new sid) --> the same resend, for its new session,
-        but abort, clear and retire fail (a restarted controller kept no answers)
+            once the controller answers the new receive socket's hello, every request
+            waiting for an answer is sent again to the new id (what crossed the broken
+            connection may be lost either way); abort, clear, retire and spin carry the
+            client's key for them, and the controller answers them from the answer it kept
+            (controller/control_verbs.py) instead of carrying them out twice
+    a restarted controller answers (a new sid) --> the same resend, for its new session
+        (abort and clear are answered from its store), but retire fails: may or may not
+        have taken effect (a restarted controller knows no retirement of its predecessor)
     nothing heard for reconnect_timeout --> unreachable: everything waiting fails, and
         later requests raise until the controller answers again
     the controller says it forgot this client --> what waited fails with ClientForgotten,
@@ -20,8 +21,9 @@
 
 Requests sent again: submits and puts (the controller finds them by their key and gives the
 same taskids), reads, waits and watches (answered anew), a lease (granted anew), its release
-and an engine's exit (no harm twice); after a broken connection also abort, clear and retire
-(answered from what the controller kept for their key). New requests
+and an engine's exit (no harm twice), abort, clear and spin (answered from what the
+controller kept for their key, or carried out if it kept nothing); after a broken connection
+(not to a restarted controller) also retire. New requests
 are held (not sent) until the controller answers the new receive socket's hello, so that no
 answer goes to an id it has no connection for yet; a caller never waits for that here.
 """
@@ -47,16 +49,17 @@ log = logging.getLogger("taskmill.client")
 
 BYE = to_request(Bye())  # (sent with no reply wanted: see _bye)
 # Requests sent again after a broken connection or to a restarted controller: reads and waits;
-# submits and puts, which the controller de-duplicates by their key; a lease, granted anew.
+# submits and puts, which the controller de-duplicates by their key; a lease, granted anew;
+# abort, clear and spin, which it answers from the answer it kept for their key (a restarted
+# one: from its store for abort and clear; a spin it carries out, a pass of its own).
 RESENDABLE = frozenset({"submit", "put", "result", "wait", "watch", "lease", "status", "task",
-                        "engines", "stats", "activity", "release", "engine_exited"})
-# ... and after a broken connection (not to a restarted controller) requests that may not be
-# carried out twice, which the controller answers again from the answer it kept for their key
-# (controller/control_verbs.py).
-ANSWERED_ONCE = frozenset({"abort", "clear", "retire"})
-RESENDABLE_TO_SAME = RESENDABLE | ANSWERED_ONCE  # (to the controller that was asked first)
+                        "engines", "stats", "activity", "release", "engine_exited", "abort",
+                        "clear", "spin"})
+# ... and after a broken connection (not to a restarted controller, which knows no retirement
+# of its predecessor's) retire, answered again from the answer kept for its key.
+RESENDABLE_TO_SAME = RESENDABLE | {"retire"}
 # Requests that carry the client's key for them (the client's id and the request's number).
-KEYED = frozenset({"submit", "put"}) | ANSWERED_ONCE
+KEYED = frozenset({"submit", "put", "abort", "clear", "retire", "spin"})
 EVENTS = int(zmq.EVENTS)
 POLLIN = int(zmq.POLLIN)
 

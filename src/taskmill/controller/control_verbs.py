@@ -1,17 +1,22 @@
 """The client verbs that change what the controller holds, apart from submits: abort, clear,
-retire, spin, engine_exited. Those that may not be carried out twice (abort, clear, retire)
-keep their answers a while, so that one sent again is answered as the first time:
+retire, spin, engine_exited. Those that may not be carried out twice (abort, clear, retire,
+spin) keep their answers a while, so that one sent again is answered as the first time:
 
-    abort / clear / retire, with the client's `key` for the request
-        --> carried out; the answer is kept under the key (the last KEPT answers)
-    the same request again, `resent` (the client's connection broke before the answer came:
-    client/links.py) --> the kept answer, to the connection it came on; none kept (the first
-    never arrived) --> carried out now
+    abort / clear / retire / spin, with the client's `key` for the request
+        --> carried out; the answer is kept under the key (the last KEPT answers), and those
+            of abort and clear also in the store, in the transaction that carries them out
+    the same request again, `resent` (the client's connection broke before the answer came,
+    or the controller restarted: client/links.py) --> the kept answer, to the connection it
+    came on; none kept (the first never arrived, or it was not stored before a crash)
+    --> carried out now
 
 Carried out twice, they would do no harm but answer wrongly: the tasks cleared the first time
 are unknown the second, a task aborted the first time has finished by the second, an engine
-that retired meanwhile is no longer retiring. A restarted controller keeps no answers: a client
-sends these again only to the controller it asked the first time.
+that retired meanwhile is no longer retiring, a second pass dispatches nothing. A restarted
+controller answers abort and clear from its store (their effects are stored with their
+answers: one that did not reach the disk is carried out again); it knows no retirement and
+no pass of its predecessor, so a client sends retire again only to the controller it asked
+first, and spin to any (a pass now).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
+
+import msgspec
 
 from ..memory import BURST_MIN
 from ..protocol import (
@@ -30,6 +37,7 @@ from ..protocol import (
     EngineExited,
     Retire,
     RetireReply,
+    Spin,
     SpinReply,
 )
 from .context import Context
@@ -49,16 +57,21 @@ class ControlVerbs:
         self.settle_memory = settle_memory
         self.kept: OrderedDict[str, tuple[Any, bool]] = OrderedDict()  # key -> (answer, now)
 
-    def once(self, rt: bytes, req: Any, m: Abort | Clear | Retire,
-             carry_out: Callable[[], None]) -> None:
+    def once(self, rt: bytes, req: Any, m: Abort | Clear | Retire | Spin,
+             carry_out: Callable[[], None], stored: type[msgspec.Struct] | None = None) -> None:
         """Carry out a request that may not be carried out twice (`carry_out`), keeping its
-        answer under its key; or, resent, answer it as the first time."""
+        answer under its key; or, resent, answer it as the first time (`stored`: the type of
+        its answer, which the store keeps too)."""
         key = m.key
         if not key:
             carry_out()
             return
-        kept = self.kept.get(key)
-        if kept is not None and m.resent:
+        kept = self.kept.get(key) if m.resent else None
+        if kept is None and m.resent and stored is not None:
+            answer = self.ctx.store.answered(key)  # (a restarted controller's predecessor's)
+            if answer is not None:
+                kept = (msgspec.convert(answer, stored), True)
+        if kept is not None:
             self.ctx.counters.answers_given_again += 1
             self.ctx.outbox.reply(rt, req, kept[0], now=kept[1])
             return
@@ -73,7 +86,13 @@ class ControlVerbs:
             self.kept.popitem(last=False)
 
     def abort(self, rt: bytes, req: Any, m: Abort, frames: list[Any]) -> None:
-        self.once(rt, req, m, lambda: self.ctx.outbox.reply(rt, req, self.aborted(m.tid)))
+        def carry_out() -> None:
+            answer = self.aborted(m.tid)
+            if m.key:  # (written by this turn's commit, with the abort's result)
+                self.ctx.store.remember_answer(m.key, msgspec.to_builtins(answer))
+            self.ctx.outbox.reply(rt, req, answer)
+
+        self.once(rt, req, m, carry_out, AbortReply)
 
     def aborted(self, tid: int) -> AbortReply:
         ctx = self.ctx
@@ -86,13 +105,14 @@ class ControlVerbs:
         return AbortReply("unknown")
 
     def clear(self, rt: bytes, req: Any, m: Clear, frames: list[Any]) -> None:
-        self.once(rt, req, m, lambda: self.ctx.outbox.reply(rt, req, self.cleared(m.tids)))
+        self.once(rt, req, m, lambda: self.ctx.outbox.reply(rt, req, self.cleared(m)),
+                  ClearReply)
 
-    def cleared(self, tids: list[int] | None) -> ClearReply:
+    def cleared(self, m: Clear) -> ClearReply:
         ctx = self.ctx
         if ctx.backlog.doomed:  # (stored before the failure they follow is cleared)
             self.submits.fail_doomed()
-        dropped, missing = ctx.store.clear(tids)
+        dropped, missing = ctx.store.clear(m.tids, m.key)  # (its answer kept with it)
         if dropped >= BURST_MIN:
             self.settle_memory()  # (given back at the end of this turn if it is quiet)
         return ClearReply(dropped, missing)
@@ -103,9 +123,9 @@ class ControlVerbs:
         self.once(rt, req, m, lambda: self.ctx.outbox.reply(
             rt, req, RetireReply(self.engines.retire(m.engines)), now=True))
 
-    def spin(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
-        dispatched = self.ctx.sched.spin()
-        self.ctx.outbox.reply(rt, req, SpinReply(dispatched), now=True)
+    def spin(self, rt: bytes, req: Any, m: Spin, frames: list[Any]) -> None:
+        self.once(rt, req, m, lambda: self.ctx.outbox.reply(
+            rt, req, SpinReply(self.ctx.sched.spin()), now=True))
 
     def engine_exited(self, rt: bytes, req: Any, m: EngineExited, frames: list[Any]) -> None:
         """A local nanny saw an engine process exit: no need to wait for its heartbeat."""

@@ -108,7 +108,8 @@ class ResultQuery(msgspec.Struct, frozen=True):
     block: Any = False  # (read as a flag)
 
 
-# `key` and `resent` of the requests that may not be carried out twice (clear, abort, retire):
+# `key` and `resent` of the requests that may not be carried out twice (clear, abort, retire,
+# spin):
 # the client's key for the request (its id and the request's number), and whether it is sent
 # again because its connection broke before the answer came: then the answer kept for that key
 # is given again (controller/control_verbs.py).
@@ -147,6 +148,13 @@ class EngineExited(msgspec.Struct, frozen=True):
     status: int
 
 
+class Spin(msgspec.Struct, frozen=True):
+    """`spin`: a scheduling pass now (`key`, `resent`: as clear's)."""
+
+    key: str = ""
+    resent: bool = False
+
+
 class Retire(msgspec.Struct, frozen=True):
     """`retire`: take these engines out of scheduling and stop each once it holds nothing
     (controller/engines.py; a shrinking cluster's way to stop engines without losing a task)."""
@@ -174,7 +182,7 @@ class Ack(msgspec.Struct, frozen=True):
 
 
 class NoFields(msgspec.Struct, frozen=True):
-    """hello, ping, spin, engines, stats: nothing beyond the common fields."""
+    """hello, ping, engines, stats: nothing beyond the common fields."""
 
 
 class Bye(msgspec.Struct, frozen=True):
@@ -188,7 +196,7 @@ class Bye(msgspec.Struct, frozen=True):
 
 CLIENT_RECORDS: dict[str, type[msgspec.Struct]] = {
     "hello": NoFields, "ping": NoFields, "submit": Submit, "result": ResultQuery,
-    "watch": Tids, "wait": Tids, "abort": Abort, "spin": NoFields, "status": Status,
+    "watch": Tids, "wait": Tids, "abort": Abort, "spin": Spin, "status": Status,
     "clear": Clear, "engines": NoFields, "stats": NoFields, "activity": Activity,
     "task": TaskQuery, "engine_exited": EngineExited, "put": Put, "retire": Retire,
     "lease": Lease, "release": Lease, "ack": Ack, "bye": Bye,
@@ -205,10 +213,6 @@ class Ping(NoFields, frozen=True):
 
 class Hello(NoFields, frozen=True):
     """`hello`: answered with the controller's version and limits."""
-
-
-class Spin(NoFields, frozen=True):
-    """`spin`: a scheduling pass now."""
 
 
 class EnginesQuery(NoFields, frozen=True):

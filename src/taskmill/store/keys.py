@@ -8,6 +8,11 @@ for a submit marked as sent again (its key may be older, or of an earlier lifeti
 resent submit can carry a key seen before: a client sends one again only to a restarted
 controller (connection.py), so the memory need not hold every key of this lifetime.
 
+The same table keeps the answers of the other requests that may not be carried out twice
+(abort, clear: controller/control_verbs.py) under their keys, written in the transaction that
+carries them out, so that one sent again to a restarted controller is answered as the first
+time: their rows hold {"answer": ...} where a submit's hold its taskids.
+
 `DeadKeys`: a client that closes says so in its `bye`, with the prefix of its keys: it sends
 none of them again, so they can go. (Keys of clients that died without a `bye` stay until a later store open
 finds them older than SUBMIT_KEY_AGE.) Before, the table grew by every submit key for the
@@ -94,6 +99,22 @@ class SubmitKeys:
             if oldest in self.queued:  # (not in the table yet: kept until it is)
                 break
             del self.recent[oldest]
+
+    def remember_answer(self, key: str, answer: Any) -> None:
+        """Keep `answer` (builtins) as what the request with this key was given: written by
+        the next commit (`row` for one written now)."""
+        self.queued[key] = self.row(key, answer)
+
+    def row(self, key: str, answer: Any) -> tuple[str, bytes, float]:
+        return key, self._pack({"answer": answer}), time.time()
+
+    @staticmethod
+    def answered(db: sqlite3.Connection, key: str) -> Any:
+        """The answer kept for a request with this key (None: none). Rows of submits hold a
+        list of taskids, those of other keyed requests {"answer": ...}."""
+        row = db.execute("SELECT tids FROM submits WHERE key=?", (key,)).fetchone()
+        value = unpack(row[0]) if row else None
+        return value.get("answer") if isinstance(value, dict) else None
 
     def withdraw(self, key: str) -> None:
         """A refused submit's key: as if never seen."""

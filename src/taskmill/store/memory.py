@@ -66,6 +66,13 @@ class MemoryStore(IdLeases):
         while len(self._submits) > SUBMIT_KEYS_KEPT:
             self._submits.popitem(last=False)
 
+    def remember_answer(self, key: str, answer: Any) -> None:
+        """(Nothing to do: a restart finds nothing of this store; control_verbs.py keeps the
+        answers for the connections of this lifetime.)"""
+
+    def answered(self, key: str) -> Any:
+        return None
+
     def withdraw(self, tids: list[int], key: str | None = None) -> None:
         for tid in tids:
             self._active.pop(tid, None)
@@ -98,7 +105,7 @@ class MemoryStore(IdLeases):
         compact(self._active)
         compact(self._results)
 
-    def clear(self, tids: list[int] | None) -> tuple[int, list[int]]:
+    def clear(self, tids: list[int] | None, key: str = "") -> tuple[int, list[int]]:
         if tids is None:
             n = len(self._results)
             self._results.clear()

@@ -244,6 +244,13 @@ class SQLiteStore(IdLeases):
     def forget_keys(self, prefix: str) -> None:
         self.keys.forget(prefix)
 
+    def remember_answer(self, key: str, answer: Any) -> None:
+        self.keys.remember_answer(key, answer)
+        self._dirty = True
+
+    def answered(self, key: str) -> Any:
+        return self.keys.answered(self.db, key)
+
     def remember_submit(self, key: str, tids: list[int]) -> None:
         self.keys.remember(key, tids)
         self._dirty = True
@@ -339,14 +346,18 @@ class SQLiteStore(IdLeases):
     def compact(self) -> None:  # (the index of active tasks, after a burst: taskmill.memory)
         compact(self._active)
 
-    def clear(self, tids: list[int] | None) -> tuple[int, list[int]]:
+    def clear(self, tids: list[int] | None, key: str = "") -> tuple[int, list[int]]:
         """Drop finished results. Commits what is queued first, then deletes in a transaction
-        of its own; StoreError (and nothing dropped) if either fails."""
+        of its own; StoreError (and nothing dropped) if either fails. `key`: the clear's,
+        under which that transaction keeps its answer, {"dropped": n, "missing": [...]}."""
         self.commit()
         db = self.db
         try:
             db.execute("BEGIN")
             dropped_rows, missing = delete_finished(db, tids, self._next)
+            if key:
+                db.execute(REMEMBER_SUBMIT, self.keys.row(
+                    key, {"dropped": len(dropped_rows), "missing": missing}))
             db.execute("COMMIT")
         except sqlite3.Error as e:
             self._rollback(e)
