@@ -58,6 +58,22 @@ def test_an_alarm_reconnects_at_once_but_not_twice_within_the_backoff():
     assert w.due(3.2) == "declared dead while it ran"  # ... and acted on after it
 
 
+def test_a_broken_connection_reconnects_at_once_then_at_most_once_per_spacing():
+    """A reset connection (the socket's monitor) cannot wait out the silence's backoff: the
+    controller would declare the engine dead after 3 heartbeats."""
+    w = ChannelWatch(3.0, now=0.0)
+    w.broke(0.5)
+    assert w.due(0.1) == "a connection to the controller broke"
+    w.heard(0.2)
+    w.broke(0.5)  # (another reset, within the silence's backoff of 3 s)
+    assert w.due(0.3) is None  # at most once per spacing ...
+    assert w.due(0.6) == "a connection to the controller broke"  # ... not after the backoff
+    w.heard(0.7)  # (the new ones are answered)
+    assert w.due(0.8) is None and w.due(3.5) is None
+    w.broke(0.5)
+    assert w.due(3.6) == "a connection to the controller broke"
+
+
 @given(st.lists(st.floats(min_value=0.01, max_value=50.0), min_size=1, max_size=60))
 def test_reconnections_back_off_to_at_most_one_per_backoff_max(gaps):
     """Whatever the silence, reconnections are at least `silent` apart, growing to

@@ -12,6 +12,9 @@ Engines connect to the proxy's port; each connection is forwarded to the control
   connection is reset: one message lost at the wrong moment, while the peer reconnects and
   goes on (`hold`: new connections are reset until `release()`, e.g. while the controller is
   killed and started again);
+- `blackhole_all(suffixes)`: every connection (or those of peers whose routing id ends with
+  one of `suffixes`) drops whatever is sent either way from then on and tells neither side (a
+  firewall that started dropping a flow; a peer that only ZeroMQ's timers would find gone);
 - `mute(suffix)`: what the controller sends down the connections of peers whose routing id ends
   with `suffix` is dropped from then on, the connections kept (e.g. heartbeat answers lost).
 A thread per direction per connection; the proxy is for tests, not for speed.
@@ -183,6 +186,18 @@ class FaultProxy:
         for p in pairs:
             p.cut_peer_side()
         self.resets += 1
+        return len(pairs)
+
+    def blackhole_all(self, suffixes: tuple[bytes, ...] = ()) -> int:
+        """Drop what either side sends on the connections whose peer's routing id ends with
+        one of `suffixes` (all with none), telling neither side; how many."""
+        with self._lock:
+            pairs = [p for p in self._pairs if not p.closed and not p.frozen
+                     and (not suffixes or (p.routing_id() or b"").endswith(suffixes))]
+            self._frozen.extend(pairs)
+            self._pairs = [p for p in self._pairs if p not in pairs]
+        for p in pairs:
+            p.frozen = True
         return len(pairs)
 
     def reset_all(self) -> None:

@@ -133,12 +133,13 @@ def test_an_engine_whose_connections_go_deaf_moves_and_keeps_its_tasks(tmp_path,
 
 @pytest.mark.timeout(120)
 def test_an_engine_whose_connections_all_go_deaf_comes_back(tmp_path):
-    """Its heart goes deaf too, so the controller declares it dead (its tasks fail with
-    EngineDied or are retried, as for any death); the engine, told so on new connections,
-    registers again, and the tasks submitted after run on it."""
+    """Every connection drops what it carries and nobody is told (no reset): its heart goes
+    deaf too, so the controller declares it dead (its tasks fail with EngineDied or are
+    retried, as for any death); the engine, unheard for silent_after, connects anew, told
+    so on new connections registers again, and the tasks submitted after run on it."""
     with proxied_engine(tmp_path) as (proxy, engine, tc, runs):
         for round_ in range(2):
-            assert proxy.cut_peer_side_all() == 4
+            assert proxy.blackhole_all() == 4
             tids = [tc.run(MapTask(record, (str(runs), f"r{round_}-{i}"), retries=2))
                     for i in range(4)]
             for tid in tids:
@@ -149,6 +150,38 @@ def test_an_engine_whose_connections_all_go_deaf_comes_back(tmp_path):
                 assert 1 <= runs_of.count(f"r{r}-{i}") <= 3
         assert tc.statistics()["engines_died"] >= 1
         poll(lambda: alive_engine_ids(tc), what="the engine, registered again")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["reset both sides", "cut on the engine's side"])
+def test_an_engine_whose_connections_are_reset_moves_at_once_and_nothing_dies(tmp_path, how):
+    """Every connection of the engine is reset (a network blip), or reset on the engine's
+    side only (the controller keeps the old ones, silent). ZeroMQ would reconnect under the
+    same routing ids, which a controller that has not seen the old connection end ignores
+    for good: the engine, whose sockets' monitors saw the connections break, connects anew
+    under new ids at once, well inside the 3 heartbeats after which the controller would
+    declare it dead. Before, it waited out silent_after and was declared dead each time:
+    its tasks failed with EngineDied (the fault soak's connection resets)."""
+    with proxied_engine(tmp_path) as (proxy, engine, tc, runs):
+        (eid,) = alive_engine_ids(tc)
+        for round_ in range(3):
+            tids = [tc.run(MapTask(record, (str(runs), f"r{round_}-{i}"))) for i in range(3)]
+            gate = tmp_path / f"gate-{round_}"
+            tids.append(tc.run(MapTask(record, (str(runs), f"r{round_}-slow", str(gate)))))
+            slow = [f"r{round_}-slow"]
+            poll(lambda slow=slow: read_lines(runs)[-1:] == slow, 30, "the slow task")
+            if how == "reset both sides":
+                proxy.reset_all()
+            else:
+                assert proxy.cut_peer_side_all() >= 3  # (the result socket: once it sent)
+            gate.touch()  # (the task running across the reset ends)
+            for tid in tids:  # (retries=0: a death would fail them with EngineDied)
+                assert tc.get_task_result(tid, block=True, timeout=30) == engine.pid
+        assert sorted(read_lines(runs)) == sorted(
+            ["warm-up", *(f"r{r}-{x}" for r in range(3) for x in ("0", "1", "2", "slow"))])
+        stats = tc.statistics()
+        assert stats["engines_died"] == 0 and stats["engines_moved"] >= 3, stats
+        assert alive_engine_ids(tc) == [eid]
 
 
 @pytest.mark.timeout(120)

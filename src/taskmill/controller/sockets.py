@@ -61,8 +61,9 @@ class ControllerSockets:
             # connected (ids travel in clear over TCP) is refused, never given its messages. A
             # vanished client's connection ends within wire.TRANSPORT_TIMEOUT_MS (ZeroMQ's
             # heartbeats), which frees its id for its own reconnection. The engine socket has
-            # no ZeroMQ heartbeats (thousands of connections): an engine that finds itself
-            # unheard connects again with new ids (engine/channels.py), and the kernel's TCP
+            # no ZeroMQ heartbeats (thousands of connections): an engine whose connection
+            # broke, or that finds itself unheard, connects again with new ids
+            # (engine/channels.py), and the kernel's TCP
             # keepalive closes a vanished engine's connection (wire.apply_engine_link).
             s.setsockopt(zmq.MAXMSGSIZE, self.max_message)
             transport(s)

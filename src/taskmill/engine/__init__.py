@@ -37,8 +37,9 @@ Being honest under faults:
   finds a lost `tasks` message within a heartbeat and queues its tasks again.
 - Connections that go deaf (ZeroMQ reconnected with routing ids the controller still holds,
   which it then ignores for good): heartbeats unanswered, task messages that never arrive,
-  results asked for again, or being declared dead while running make the engine open new
-  connections with new routing ids and register them; the controller moves it there, with
+  results asked for again, being declared dead while running, or (at once) a connection
+  its sockets' monitors saw break make the engine open new connections with new routing ids
+  and register them; the controller moves it there, with
   its id and its tasks (channels.py).
 
 An engine may hold several tasks (the controller's prefetch). Each carries `dseq`, the

@@ -19,7 +19,12 @@ its engine id and its tasks, to them (engines.py `register`). The signs:
 - the controller has sent task messages that never arrived here, for `silent_after` (each
   heartbeat answer names the last one it sent: the task socket);
 - the controller asked again for a result this engine sent (the result socket), or declared
-  this engine dead while it ran (its heart socket): at once.
+  this engine dead while it ran (its heart socket): at once;
+- a connection of the task or control socket broke (a reset: ZeroMQ's monitor says so, and
+  ZeroMQ's own reconnection under the same ids may reach a controller that has not seen the
+  old connection end): at once, and again at most once per `spacing` (a heartbeat), however
+  the silence backs off: the controller declares an engine dead after 3 heartbeats, long
+  before `silent_after` (the fault soak's connection resets did, before).
 Reconnections back off (doubling up to BACKOFF_MAX while the silence lasts; an answer resets
 it). Pure: it is told the time and what happened, and answers whether to reconnect now.
 """
@@ -39,6 +44,7 @@ class ChannelWatch:
         self.urgent: str | None = None  # a reason to reconnect at once
         self.backoff = silent
         self.not_before = now  # no reconnection before this
+        self.moved_at = float("-inf")  # the last reconnection
 
     def set_silent(self, silent: float) -> None:
         """The controller's dead_after is known (at registration): the bound follows it."""
@@ -62,6 +68,11 @@ class ChannelWatch:
         if self.urgent is None:
             self.urgent = reason
 
+    def broke(self, spacing: float) -> None:
+        """A connection broke: connect anew at once, or `spacing` after the last time."""
+        self.alarm("a connection to the controller broke")
+        self.not_before = min(self.not_before, self.moved_at + spacing)
+
     def due(self, now: float) -> str | None:
         """Why to connect again now, or None. Once it answers, the watch starts over."""
         reason = self.urgent
@@ -75,7 +86,7 @@ class ChannelWatch:
             return None
         self.urgent = None
         self.behind_since = None
-        self.heard_at = now  # the new connections get their own time to be heard
+        self.heard_at = self.moved_at = now  # the new connections get their own time
         self.not_before = now + self.backoff
         self.backoff = min(2 * self.backoff, BACKOFF_MAX)
         return reason

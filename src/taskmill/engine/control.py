@@ -138,6 +138,8 @@ class EngineControl(Registration):
         poller = zmq.Poller()
         poller.register(self.sockets.task, zmq.POLLIN)
         poller.register(self.sockets.ctl, zmq.POLLIN)
+        for monitor in self.sockets.monitors.values():
+            poller.register(monitor, zmq.POLLIN)
         started = time.monotonic()
         reg_wait = REGISTER_RETRY_FIRST
         reg_next = 0.0  # when to (re)send hello/register
@@ -184,6 +186,9 @@ class EngineControl(Registration):
                 if self.deadline is not None:
                     wake = min(wake, self.deadline)
                 for sock, _ in poller.poll(max(1, int((wake - now) * 1000))):
+                    if self.sockets.broke(sock):  # (ZeroMQ's reconnection may go unheard)
+                        self.watch.broke(self.heartbeat)
+                        continue
                     for i in range(100):  # (what is waiting, without starving the rest)
                         # (asking costs less than the zmq.Again of reading past the last)
                         if i and not sock.getsockopt(EVENTS) & POLLIN:

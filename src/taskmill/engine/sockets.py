@@ -6,7 +6,8 @@
     heart   (heart thread) ZeroMQ's own device echoes the controller's pings without the GIL
 
 Each socket's routing id is the engine's uuid, a connection number and a suffix. `reconnect`
-(called by the I/O thread when channels.py says the connections have gone deaf) closes the
+(called by the I/O thread when channels.py says the connections have gone deaf, or that one
+broke: the task and control sockets' monitors report their disconnections, `broke`) closes the
 task and control sockets and opens them anew with the next connection number; the result
 socket is opened anew by the main thread before its next send (`result_socket`), and the heart
 by its own thread (its device is stopped through an inproc control socket). Each thread
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import suppress
 from typing import Any
 
 import zmq
@@ -37,8 +39,10 @@ class EngineSockets:
         self.uuid = uuid.encode()
         self.connection = 0  # rises with each reconnection: new routing ids
         self.ctx = zmq.Context()
-        self.task = self._dealer(b".t")
-        self.ctl = self._dealer(b".c")
+        # (I/O thread) the task and control sockets' monitors: a connection that broke
+        self.monitors: dict[zmq.Socket, zmq.Socket] = {}
+        self.task = self._watched(self._dealer(b".t"))
+        self.ctl = self._watched(self._dealer(b".c"))
         self.res = self._dealer(b".r")
         self.heart = self._dealer(b".h")
         self._wires = {s: Wire(info.key_bytes) for s in (self.task, self.ctl, self.res)}
@@ -75,6 +79,27 @@ class EngineSockets:
         s.connect(self.info.engine_url)
         return s
 
+    def _watched(self, sock: zmq.Socket) -> zmq.Socket:
+        self.monitors[sock] = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        return sock
+
+    def _unwatch(self, sock: zmq.Socket) -> zmq.Socket | None:
+        mon = self.monitors.pop(sock, None)
+        if mon is not None:
+            with suppress(zmq.ZMQError):
+                sock.disable_monitor()
+            mon.close(0)
+        return mon
+
+    def broke(self, monitor: zmq.Socket) -> bool:
+        """(I/O thread) Whether `monitor` is one of the monitors, its reports read (and
+        dropped): a connection of the task or control socket broke."""
+        if monitor not in self.monitors.values():
+            return False
+        while monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            monitor.recv_multipart()
+        return True
+
     def send(self, sock: zmq.Socket, header: dict[str, Any], frames: Sequence[Any] = ()) -> None:
         send_message(sock, self._wires[sock].encode(header, frames))
 
@@ -89,11 +114,15 @@ class EngineSockets:
         for name in ("task", "ctl"):
             old = getattr(self, name)
             poller.unregister(old)
-            new = self._dealer(b".t" if name == "task" else b".c")
+            mon = self._unwatch(old)
+            if mon is not None:
+                poller.unregister(mon)
+            new = self._watched(self._dealer(b".t" if name == "task" else b".c"))
             self._wires[new] = self._wires.pop(old)
             old.close(linger=0)
             setattr(self, name, new)
             poller.register(new, zmq.POLLIN)
+            poller.register(self.monitors[new], zmq.POLLIN)
         self._res_wanted = self.connection
         self._heart_stop.send(b"TERMINATE")  # the heart thread opens its socket anew
 
@@ -132,6 +161,8 @@ class EngineSockets:
     def close_io(self) -> None:
         """(I/O thread, as it ends) Its sockets."""
         self._heart_stop.close(linger=0)
+        for sock in (self.task, self.ctl):
+            self._unwatch(sock)
 
     def close(self) -> None:
         """(Main thread, once the I/O thread has ended) The rest, and the context (which
