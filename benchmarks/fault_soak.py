@@ -26,6 +26,9 @@ then sleeps a little and returns the marker. At the end, with every fault stoppe
 - no result came back under the wrong id (each value is its own task's marker);
 - each task's code ran at most `retries + 1` times (with `retries=0`: exactly once, or at most
   once when it failed with EngineDied); a refused submit's task never ran;
+- every EngineDied names an engine process a fault killed or stopped (the message's pid; one
+  that the controller lost track of across its restart: the pid that ran the task), so that
+  an engine declared dead while it lived (a paused controller's error, say) is a problem;
 - no client call waited out its bound (every call has one: the client's timeout or
   `reconnect_timeout`; the controller is never away for long, so such a wait is a request
   or an answer the client lost), and the longest wait is reported;
@@ -41,6 +44,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -77,13 +81,13 @@ STUCK_AFTER = 60.0
 
 
 def soak_task(log: str, marker: str, seconds: float, fail: bool) -> str:
-    """Task code: note this run, sleep, return the marker (or fail)."""
+    """Task code: note this run (and the engine's pid), sleep, return the marker (or fail)."""
     import os
     import time
 
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.write(fd, (marker + "\n").encode())
+        os.write(fd, f"{marker} {os.getpid()}\n".encode())
     finally:
         os.close(fd)
     time.sleep(seconds)
@@ -205,15 +209,25 @@ class Faults(threading.Thread):
         if cluster.disk is not None:
             self.kinds["disk full"] = self._fill_disk
         self.error: BaseException | None = None
+        self.touched: set[int] = set()  # engine pids killed or stopped
 
     def run(self) -> None:
         try:
             while not self.stop_event.wait(self.rng.uniform(1.5, 4.0)):
                 kind = self.rng.choice(sorted(self.kinds))
+                self.note(f"{kind} begins")
                 self.kinds[kind]()
+                self.note(f"{kind} ends")
                 self.done[kind] += 1
         except BaseException as e:  # noqa: BLE001 - reported by the main thread
             self.error = e
+
+    def note(self, what: str) -> None:
+        """A line in the processes' log, as theirs read (to tell when each fault was)."""
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{now % 1 * 1000:03.0f}"
+        self.c.log.write(f"{stamp} soak[{os.getpid()}] FAULT {what}\n".encode())
+        self.c.log.flush()
 
     def _kill_controller(self) -> None:
         self.c.controller.send_signal(signal.SIGKILL)
@@ -231,12 +245,14 @@ class Faults(threading.Thread):
     def _kill_engine(self) -> None:
         i = self.rng.randrange(len(self.c.engines))
         victim = self.c.engines[i]
+        self.touched.add(victim.pid)
         victim.kill()
         victim.wait()
         self.c.engines[i] = self.c.new_engine()
 
     def _stop_engine(self) -> None:
         victim = self.rng.choice(self.c.engines)
+        self.touched.add(victim.pid)
         os.kill(victim.pid, signal.SIGSTOP)
         try:
             self.stop_event.wait(self.rng.uniform(0.5, 3.0))
@@ -379,7 +395,7 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
             calls(tc.barrier, tids, timeout=STUCK_AFTER)
         for tid in calls.not_stored:
             refused.append(given.pop(tid)[0])
-        report = check(tc, calls, given, refused, runs_log)
+        report = check(tc, calls, given, refused, runs_log, faults.touched)
         # The controller is never away for long (it is started again at once), so no call
         # may wait out its bound: such a wait is a request or an answer the client lost.
         waited_out = {k: calls.raised[k] for k in ("TimeoutError", "ControllerUnreachable")
@@ -425,8 +441,14 @@ def log_tail(path: Path, n: int) -> list[str]:
     return [ln for ln in lines if "WARNING" in ln or "ERROR" in ln][-n:]
 
 
-def check(tc, calls, given: dict, refused: list, runs_log: str) -> dict:
-    runs = Counter(Path(runs_log).read_text().split()) if os.path.exists(runs_log) else Counter()
+def check(tc, calls, given: dict, refused: list, runs_log: str, touched: set[int]) -> dict:
+    """The checks of the module docstring; `touched`: the engine pids faults killed or stopped."""
+    pids: dict[str, list[int]] = {}  # marker -> the pid of each run
+    with contextlib.suppress(FileNotFoundError):
+        for line in Path(runs_log).read_text().splitlines():
+            marker, pid = line.split()
+            pids.setdefault(marker, []).append(int(pid))
+    runs = Counter({m: len(p) for m, p in pids.items()})
     problems: list[str] = []
     outcomes: Counter[str] = Counter()
     for tid, (marker, retries) in sorted(given.items()):
@@ -440,6 +462,13 @@ def check(tc, calls, given: dict, refused: list, runs_log: str) -> dict:
         except Exception as e:  # noqa: BLE001 - a task's failure is an outcome
             outcome = type(e).__name__
             value = None
+            if outcome == "EngineDied":
+                named = re.search(r"\bpid (\d+)\)", str(e))  # (engine 3 (host pid 4711) ...)
+                died = {int(named[1])} if named else set(pids.get(marker, ()))
+                if died and not died & touched:
+                    problems.append(f"task {tid} ({marker}): EngineDied, but no fault touched "
+                                    f"the engine (pids {sorted(died)}): {e}")
+                    outcomes["unexplained EngineDied"] += 1
         else:
             outcome = "ok"
             if value != marker:
@@ -472,7 +501,8 @@ def check(tc, calls, given: dict, refused: list, runs_log: str) -> dict:
             "finished_twice": len(twice), "wrong_results": sum("is not its own" in p
                                                                for p in problems),
             "over_runs": sum("ran" in p and "times" in p for p in problems),
-            "reruns_within_retries": extra_runs, "problems": problems[:50],
+            "reruns_within_retries": extra_runs,
+            "unexplained_deaths": outcomes["unexplained EngineDied"], "problems": problems[:50],
             "ok": not problems}
 
 

@@ -135,7 +135,7 @@ class Engines:
         self.records: dict[int, EngineRecord] = {}
         self.by_ident: dict[bytes, int] = {}
         self.by_uuid: dict[str, int] = {}
-        self.death_reasons: dict[int, str] = {}
+        self.death_reasons: dict[int, tuple[str, str]] = {}  # eid -> (which process, why)
         self.lost: dict[str | None, list[int]] = {}  # engine uuid -> tasks lost with it
         self.lost_expired: set[int] = set()  # tasks failed because their engine stayed away
         self.acking: set[int] = set()  # engines with results to acknowledge after a commit
@@ -348,7 +348,7 @@ class Engines:
         """Forget what engine `rec` held and take it out of the scheduler (which fails its
         attempts with EngineDied: none, for a retired engine)."""
         ctx = self.ctx
-        self.death_reasons[rec.eid] = why
+        self.death_reasons[rec.eid] = (f"{rec.hostname} pid {rec.pid}", why)
         for tid in ctx.sched.engine_load(rec.eid):
             attempts = ctx.sched.attempts(tid)
             if attempts is not None:

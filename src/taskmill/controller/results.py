@@ -50,7 +50,7 @@ class Waiter:
 class FailureContext:
     """What the controller knows of why a task failed without an engine's report."""
 
-    death_reasons: dict[int, str]  # engine id -> why it was declared dead
+    death_reasons: dict[int, tuple[str, str]]  # engine id -> (host and pid, why it is dead)
     lost_expired: set[int]  # tasks whose engine did not come back after a restart
     lost_grace: Callable[[], float]
     slow_depends: set[int]  # tasks whose depend callable was given up on
@@ -67,15 +67,16 @@ def failure_text(a: Finish, node: dict[str, Any], started: float | None, now: fl
             f"the controller restarted while task {a.tid} was running, and the engine that "
             f"ran it did not come back within {why.lost_grace():g}s")
     if a.outcome == ENGINE_DIED:
-        reason = why.death_reasons.get(a.engineid, "")
+        who, reason = why.death_reasons.get(a.engineid, ("", ""))
+        engine = f"engine {a.engineid} ({who})" if who else f"engine {a.engineid}"
         timeout = node.get("timeout")
         if timeout and started is not None and now - started > timeout:
             return "error", "TaskTimeout", (
                 f"task {a.tid} ran past its timeout of {timeout:g}s and did not let the "
-                f"interruption through, so engine {a.engineid} was ended ({reason})")
+                f"interruption through, so {engine} was ended ({reason})")
         return "error", "EngineDied", (
-            f"engine {a.engineid} died while it held task {a.tid} (running it, or with it "
-            f"waiting there, perhaps started: {reason})")
+            f"{engine} died while it held task {a.tid} (running it, or with it waiting "
+            f"there, perhaps started: {reason})")
     if a.outcome == ABORTED:
         return "aborted", "TaskAborted", f"task {a.tid} was aborted"
     if a.outcome == UNMET_TIMEOUT and a.tid in why.slow_depends:
