@@ -186,8 +186,10 @@ class EngineControl(Registration):
                 if self.deadline is not None:
                     wake = min(wake, self.deadline)
                 for sock, _ in poller.poll(max(1, int((wake - now) * 1000))):
-                    if self.sockets.broke(sock):  # (ZeroMQ's reconnection may go unheard)
-                        self.watch.broke(self.heartbeat)
+                    broke = self.sockets.broke(sock)  # (a monitor's report)
+                    if broke is not None:
+                        if broke:  # (ZeroMQ's own reconnection may go unheard)
+                            self.watch.broke(self.heartbeat)
                         continue
                     for i in range(100):  # (what is waiting, without starving the rest)
                         # (asking costs less than the zmq.Again of reading past the last)

@@ -18,6 +18,7 @@ checks hold per sender, whose numbers keep rising.
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Sequence
 from contextlib import suppress
 from typing import Any
@@ -31,6 +32,8 @@ from ..wire import DEFAULT_MAX_MESSAGE, Wire, apply_engine_link, send_message
 log = logging.getLogger("taskmill.engine")
 
 SUFFIXES = (b".t", b".c", b".r", b".h")  # task, ctl, res, heart
+WATCHED = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED  # (the monitors' events)
+EVENT = struct.Struct("=H")  # a monitor report's first frame begins with its event
 
 
 class EngineSockets:
@@ -41,6 +44,7 @@ class EngineSockets:
         self.ctx = zmq.Context()
         # (I/O thread) the task and control sockets' monitors: a connection that broke
         self.monitors: dict[zmq.Socket, zmq.Socket] = {}
+        self._established: set[zmq.Socket] = set()  # monitors whose connection is taken
         self.task = self._watched(self._dealer(b".t"))
         self.ctl = self._watched(self._dealer(b".c"))
         self.res = self._dealer(b".r")
@@ -80,25 +84,35 @@ class EngineSockets:
         return s
 
     def _watched(self, sock: zmq.Socket) -> zmq.Socket:
-        self.monitors[sock] = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.monitors[sock] = sock.get_monitor_socket(WATCHED)
         return sock
 
     def _unwatch(self, sock: zmq.Socket) -> zmq.Socket | None:
         mon = self.monitors.pop(sock, None)
+        self._established.discard(mon)
         if mon is not None:
             with suppress(zmq.ZMQError):
                 sock.disable_monitor()
             mon.close(0)
         return mon
 
-    def broke(self, monitor: zmq.Socket) -> bool:
-        """(I/O thread) Whether `monitor` is one of the monitors, its reports read (and
-        dropped): a connection of the task or control socket broke."""
+    def broke(self, monitor: zmq.Socket) -> bool | None:
+        """(I/O thread) None if `monitor` is none of the monitors; else its reports read:
+        whether a connection of the task or control socket that the controller had taken
+        (its handshake done) broke since. (One that broke before, e.g. a proxy in between
+        that could not reach a controller not listening yet, the controller never knew:
+        ZeroMQ's reconnection under the same id is heard.)"""
         if monitor not in self.monitors.values():
-            return False
+            return None
+        broke = False
         while monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            monitor.recv_multipart()
-        return True
+            event = EVENT.unpack_from(monitor.recv_multipart()[0])[0]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._established.add(monitor)
+            elif event == zmq.EVENT_DISCONNECTED and monitor in self._established:
+                self._established.discard(monitor)
+                broke = True
+        return broke
 
     def send(self, sock: zmq.Socket, header: dict[str, Any], frames: Sequence[Any] = ()) -> None:
         send_message(sock, self._wires[sock].encode(header, frames))
