@@ -135,8 +135,7 @@ def test_engine_links_carry_tcp_keepalive_not_zmtp_heartbeats_and_client_links_k
             for sock in (engine.task, engine.ctl, engine.res, engine.heart):
                 assert _transport(sock) == engine_link
             poller = zmq.Poller()
-            poller.register(engine.task, zmq.POLLIN)
-            poller.register(engine.ctl, zmq.POLLIN)
+            engine.register(poller)
             engine.reconnect(poller)  # (sockets opened anew: the same settings)
             for sock in (engine.task, engine.ctl, engine.result_socket()):
                 assert _transport(sock) == engine_link

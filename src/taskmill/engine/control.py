@@ -136,10 +136,7 @@ class EngineControl(Registration):
     # -- the I/O thread: sockets, registration, heartbeats, control ------------------------
     def io_loop(self) -> None:
         poller = zmq.Poller()
-        poller.register(self.sockets.task, zmq.POLLIN)
-        poller.register(self.sockets.ctl, zmq.POLLIN)
-        for monitor in self.sockets.monitors.values():
-            poller.register(monitor, zmq.POLLIN)
+        self.sockets.register(poller)
         started = time.monotonic()
         reg_wait = REGISTER_RETRY_FIRST
         reg_next = 0.0  # when to (re)send hello/register

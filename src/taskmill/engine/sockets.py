@@ -83,6 +83,12 @@ class EngineSockets:
         s.connect(self.info.engine_url)
         return s
 
+    def register(self, poller: zmq.Poller) -> None:
+        """(I/O thread) Poll the task and control sockets and their monitors."""
+        for sock in (self.task, self.ctl):
+            poller.register(sock, zmq.POLLIN)
+            poller.register(self.monitors[sock], zmq.POLLIN)
+
     def _watched(self, sock: zmq.Socket) -> zmq.Socket:
         self.monitors[sock] = sock.get_monitor_socket(WATCHED)
         return sock
