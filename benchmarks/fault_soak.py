@@ -5,7 +5,8 @@
 
 A controller (TCP, a durable store), engines and one client that reach it through TCP proxies
 that can break their connections; the client keeps submitting tasks (with and without
-retries; the seed's `run` and futures' `submit`, by turns) while a fault thread, every
+retries; the seed's `run` and futures' `submit`, by turns; now and then it aborts one it
+submitted, and clears one that finished) while a fault thread, every
 1.5-4 s, does one of:
 - kill -9 the controller and start it again on the same store and connection file;
 - SIGSTOP the controller for 0.5-8 s (past 1.5 s its engines' dead_after has gone by, past 5 s
@@ -26,6 +27,9 @@ then sleeps a little and returns the marker. At the end, with every fault stoppe
 - no result came back under the wrong id (each value is its own task's marker);
 - each task's code ran at most `retries + 1` times (with `retries=0`: exactly once, or at most
   once when it failed with EngineDied); a refused submit's task never ran;
+- an abort answered "aborted" left its task aborted (TaskAborted), one answered "already
+  completed" left it as it finished; a clear that dropped a result left it unknown (its
+  answers are kept for a request sent again, across a restart: controller/control_verbs.py);
 - every EngineDied names an engine process a fault killed or stopped (the message's pid; one
   that the controller lost track of across its restart: the pid that ran the task), so that
   an engine declared dead while it lived (a paused controller's error, say) is a problem;
@@ -320,6 +324,8 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
     refused: list[str] = []  # markers of submits refused with StoreError
     unsure: list[str] = []  # submits whose fate the client could not learn
     futures: dict = {}
+    aborts: dict[int, str] = {}  # taskid -> what its abort answered
+    cleared: set[int] = set()  # taskids whose result a clear dropped
     faults = Faults(cluster, rng)
     tc = None
     try:
@@ -363,6 +369,8 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
                         calls(f.result, CALL_TIMEOUT + RECONNECT_TIMEOUT)
                     futures.pop(f)
                 continue
+            if given and rng.random() < 0.02:
+                abort_or_clear(tc, calls, rng, given, aborts, cleared)
             marker = f"m{n}-{uuid.uuid4().hex[:8]}"
             retries = rng.choice((0, 0, 2))
             duration = rng.choice((0.0, 0.002, 0.01, 0.02, 0.3))
@@ -395,7 +403,9 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
             calls(tc.barrier, tids, timeout=STUCK_AFTER)
         for tid in calls.not_stored:
             refused.append(given.pop(tid)[0])
-        report = check(tc, calls, given, refused, runs_log, faults.touched)
+        for tid in cleared:  # (their results are gone: checked as unknown)
+            given.pop(tid, None)
+        report = check(tc, calls, given, refused, runs_log, faults.touched, aborts, cleared)
         # The controller is never away for long (it is started again at once), so no call
         # may wait out its bound: such a wait is a request or an answer the client lost.
         waited_out = {k: calls.raised[k] for k in ("TimeoutError", "ControllerUnreachable")
@@ -441,8 +451,37 @@ def log_tail(path: Path, n: int) -> list[str]:
     return [ln for ln in lines if "WARNING" in ln or "ERROR" in ln][-n:]
 
 
-def check(tc, calls, given: dict, refused: list, runs_log: str, touched: set[int]) -> dict:
-    """The checks of the module docstring; `touched`: the engine pids faults killed or stopped."""
+def abort_or_clear(tc, calls, rng: random.Random, given: dict, aborts: dict[int, str],
+                   cleared: set[int]) -> None:
+    """Abort a task given lately (queued, running or done), or clear one's result if it is
+    done; note what the controller answered."""
+    recent = sorted(given)[-400:]  # (in flight: the last IN_FLIGHT or so; before: done)
+    abort = rng.random() < 0.7
+    tid = rng.choice(recent[-250:] if abort else recent[:200])
+    if tid in aborts or tid in cleared:
+        return
+    if abort:
+        try:
+            calls(tc.abort, tid)
+            aborts[tid] = "aborted"
+        except IndexError as e:  # ("Task Already Completed"; unknown: a problem, in check)
+            aborts[tid] = "finished" if "Completed" in str(e) else f"IndexError: {e}"
+    elif calls(tc.task_info, tid)["state"] not in ("scheduled", "pending"):
+        try:
+            dropped = calls(tc.clear, tid)
+        except StoreError:  # (a full disk: nothing was cleared)
+            return
+        except KeyError as e:  # (a finished task's result the controller does not have)
+            aborts[tid] = f"clear: KeyError: {e}"
+            return
+        if dropped == 1:
+            cleared.add(tid)
+
+
+def check(tc, calls, given: dict, refused: list, runs_log: str, touched: set[int],
+          aborts: dict[int, str], cleared: set[int]) -> dict:
+    """The checks of the module docstring; `touched`: the engine pids faults killed or
+    stopped; `aborts`, `cleared`: what the aborts and clears made answered."""
     pids: dict[str, list[int]] = {}  # marker -> the pid of each run
     with contextlib.suppress(FileNotFoundError):
         for line in Path(runs_log).read_text().splitlines():
@@ -474,13 +513,27 @@ def check(tc, calls, given: dict, refused: list, runs_log: str, touched: set[int
             if value != marker:
                 problems.append(f"task {tid}: result {value!r} is not its own ({marker!r})")
         outcomes[outcome] += 1
+        said = aborts.get(tid)
+        if said is not None and said not in ("aborted", "finished"):
+            problems.append(f"task {tid} ({marker}): {said}")
+        elif said is not None and (said == "aborted") != (outcome == "TaskAborted"):
+            problems.append(f"task {tid} ({marker}): its abort answered {said!r}, yet it "
+                            f"ended {outcome}")
         ran = runs[marker]
         if ran > retries + 1:
             problems.append(f"task {tid} ({marker}, retries={retries}) ran {ran} times")
         if outcome == "ok" and ran < 1:
             problems.append(f"task {tid} ({marker}) succeeded without running")
-        if retries == 0 and outcome not in ("EngineDied",) and ran != 1:
+        if retries == 0 and outcome not in ("EngineDied", "TaskAborted") and ran != 1:
             problems.append(f"task {tid} ({marker}, retries=0, {outcome}) ran {ran} times")
+    for tid in sorted(cleared):
+        try:
+            calls(tc.get_task_result, tid)
+            problems.append(f"task {tid}: its result was cleared, yet it is still there")
+        except IndexError:
+            pass
+        except Exception as e:  # noqa: BLE001 - any other answer is a problem
+            problems.append(f"task {tid}: cleared, then read: {type(e).__name__}: {e}")
     for marker in refused:
         if runs[marker]:
             problems.append(f"{marker}: its submit was refused, yet it ran {runs[marker]} times")
@@ -489,6 +542,8 @@ def check(tc, calls, given: dict, refused: list, runs_log: str, touched: set[int
     counts = Counter(finished)
     twice = [t for t, k in counts.items() if k > 1]
     missing = sorted(set(given) - set(finished))
+    if set(finished) & cleared:
+        problems.append(f"cleared, yet listed as finished: {sorted(set(finished) & cleared)[:10]}")
     if status["scheduled"] or status["pending"]:
         problems.append(f"still queued or running: {status['scheduled']} {status['pending']}")
     if twice:
@@ -502,7 +557,11 @@ def check(tc, calls, given: dict, refused: list, runs_log: str, touched: set[int
                                                                for p in problems),
             "over_runs": sum("ran" in p and "times" in p for p in problems),
             "reruns_within_retries": extra_runs,
-            "unexplained_deaths": outcomes["unexplained EngineDied"], "problems": problems[:50],
+            "unexplained_deaths": outcomes["unexplained EngineDied"],
+            "aborts": dict(Counter(aborts.values())), "cleared": len(cleared),
+            "abort_or_clear_wrong": sum("abort answered" in p or "cleared" in p
+                                        for p in problems),
+            "problems": problems[:50],
             "ok": not problems}
 
 
