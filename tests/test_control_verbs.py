@@ -1,9 +1,10 @@
 """The answers the controller keeps for requests that may not be carried out twice (abort,
 clear, retire, spin: controller/control_verbs.py): a request sent again (`resent`, with the
 same `key`) after its answer was lost is answered as the first time; one whose first never
-arrived is carried out. A restarted controller answers abort and clear from its store, where
-each answer is written with the effect it answers. Driven in process: messages straight into
-the controller's core."""
+arrived is carried out. A restarted controller answers abort, clear and retire from its
+store, where each answer is written with the effect it answers, and retires the engines that
+were retiring when they come back. Driven in process: messages straight into the
+controller's core."""
 
 from __future__ import annotations
 
@@ -125,3 +126,42 @@ def test_a_restarted_controller_answers_a_resent_abort_and_clear_from_its_store(
         # and a request not marked as sent again never looks in the store
         assert request(second, {"type": "abort", "tid": aborted, "key": "client-d:1"}
                        )["status"] == "finished"
+
+
+def register(ctl, uuid: str) -> int:
+    """An engine process `uuid` registers (its sockets' ids named after it): its engine id."""
+    ident = uuid.encode()
+    out = inject(ctl, True, ident + b".t", {
+        "type": "register", "uuid": uuid, "ctl_ident": ident + b".c", "res_ident": ident + b".r",
+        "heart_ident": ident + b".h", "hostname": "host", "pid": 4242, "t": 0.0})
+    (eid,) = [h["engineid"] for _, _, h, _ in out if h and h.get("type") == "registered"]
+    return eid
+
+
+@pytest.mark.parametrize("crash", ["kill", "close"])
+def test_a_restarted_controller_keeps_engines_retiring_and_answers_a_resent_retire(tmp_path,
+                                                                                  crash):
+    """Engine "a" is told to retire (answered once the store has it); the controller dies.
+    The next one, on the same store, retires "a" as soon as it registers again (under a new
+    id: ids are a controller's), not "b", and answers the retire sent again as the first did.
+    Before, the engine came back taking tasks, and the resent retire raised."""
+    path = str(tmp_path / "tasks.db")
+    info = new_connection_info()
+    running = core_controller(store=SQLiteStore(path), info=info, heartbeat=3600.0)
+    first = running.__enter__()
+    a, b = register(first, "a" * 32), register(first, "b" * 32)
+    assert request(first, {"type": "retire", "engines": [a, 99], "key": "client-e:1"}
+                   )["retiring"] == [a]
+    assert first.core.ctx.sched.engine_retiring(a) and not first.core.ctx.sched.engine_retiring(b)
+    if crash == "kill":  # (nothing more written: no close)
+        first.store.abandon()
+        first.sockets.close()
+    else:
+        running.__exit__(None, None, None)
+    with core_controller(store=SQLiteStore(path), info=info, heartbeat=3600.0) as second:
+        a2, b2 = register(second, "a" * 32), register(second, "b" * 32)
+        assert second.core.ctx.sched.engine_retiring(a2)
+        assert not second.core.ctx.sched.engine_retiring(b2)
+        assert request(second, {"type": "retire", "engines": [a, 99], "key": "client-e:1",
+                                "resent": True})["retiring"] == [a]
+        assert given_again(second) == 1

@@ -392,7 +392,7 @@ def test_sqlite_result_files_are_synced_and_leave_the_page_cache(tmp_path):
     result_file = s.blob_dir / f"{a}.result.0"
     assert not task_file.exists() and result_file.exists()
     deadline = time.monotonic() + 30
-    while s.spilled < 1:
+    while s.files.spilled < 1:
         assert time.monotonic() < deadline, "the spill thread did not sync the result file"
         time.sleep(0.01)
     assert _resident_pages(result_file) == 0
@@ -427,7 +427,7 @@ def test_a_result_cleared_at_once_leaves_its_file_cached_as_a_spare(tmp_path, mo
     assert len(spares) == 1 and _row_files(s) == []
     assert _resident_pages(spares[0]) == (1 << 20) // os.sysconf("SC_PAGE_SIZE")
     s.close()  # (the spill thread, hurried, finds the file gone: nothing synced)
-    assert s.spilled == 0
+    assert s.files.spilled == 0
 
 
 def test_result_files_are_spilled_at_once_past_the_bytes_held(tmp_path, monkeypatch):
@@ -444,7 +444,7 @@ def test_result_files_are_spilled_at_once_past_the_bytes_held(tmp_path, monkeypa
             s.finish(tid, StoredResult({"status": "ok"}, [value]))
         s.commit()
         deadline = time.monotonic() + 30
-        while s.spilled < 2:  # (past 1 MiB: the first ones go at once)
+        while s.files.spilled < 2:  # (past 1 MiB: the first ones go at once)
             assert time.monotonic() < deadline, "the spill thread waited past the bytes held"
             time.sleep(0.01)
         assert all(s.result(t).frames == [v] for t, v in values.items())

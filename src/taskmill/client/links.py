@@ -12,8 +12,7 @@
             client's key for them, and the controller answers them from the answer it kept
             (controller/control_verbs.py) instead of carrying them out twice
     a restarted controller answers (a new sid) --> the same resend, for its new session
-        (abort and clear are answered from its store), but retire fails: may or may not
-        have taken effect (a restarted controller knows no retirement of its predecessor)
+        (abort, clear and retire are answered from its store)
     nothing heard for reconnect_timeout --> unreachable: everything waiting fails, and
         later requests raise until the controller answers again
     the controller says it forgot this client --> what waited fails with ClientForgotten,
@@ -21,9 +20,8 @@
 
 Requests sent again: submits and puts (the controller finds them by their key and gives the
 same taskids), reads, waits and watches (answered anew), a lease (granted anew), its release
-and an engine's exit (no harm twice), abort, clear and spin (answered from what the
-controller kept for their key, or carried out if it kept nothing); after a broken connection
-(not to a restarted controller) also retire. New requests
+and an engine's exit (no harm twice), abort, clear, retire and spin (answered from what the
+controller kept for their key, or carried out if it kept nothing). New requests
 are held (not sent) until the controller answers the new receive socket's hello, so that no
 answer goes to an id it has no connection for yet; a caller never waits for that here.
 """
@@ -50,14 +48,11 @@ log = logging.getLogger("taskmill.client")
 BYE = to_request(Bye())  # (sent with no reply wanted: see _bye)
 # Requests sent again after a broken connection or to a restarted controller: reads and waits;
 # submits and puts, which the controller de-duplicates by their key; a lease, granted anew;
-# abort, clear and spin, which it answers from the answer it kept for their key (a restarted
-# one: from its store for abort and clear; a spin it carries out, a pass of its own).
+# abort, clear, retire and spin, which it answers from the answer it kept for their key (a
+# restarted one: from its store; a spin it carries out, a pass of its own).
 RESENDABLE = frozenset({"submit", "put", "result", "wait", "watch", "lease", "status", "task",
                         "engines", "stats", "activity", "release", "engine_exited", "abort",
-                        "clear", "spin"})
-# ... and after a broken connection (not to a restarted controller, which knows no retirement
-# of its predecessor's) retire, answered again from the answer kept for its key.
-RESENDABLE_TO_SAME = RESENDABLE | {"retire"}
+                        "clear", "retire", "spin"})
 # Requests that carry the client's key for them (the client's id and the request's number).
 KEYED = frozenset({"submit", "put", "abort", "clear", "retire", "spin"})
 EVENTS = int(zmq.EVENTS)
@@ -136,13 +131,13 @@ class LinkRecovery:
         if self._resend_when_linked:
             self._resend_when_linked = False
             why = "the connection to the controller at {url} broke before it answered"
-        self._send_again(why, RESENDABLE_TO_SAME)
+        self._send_again(why)
 
-    def _send_again(self, why: str | None, resendable: frozenset[str] = RESENDABLE) -> None:
+    def _send_again(self, why: str | None) -> None:
         """Send the held requests, and (`why`: what was sent may be lost) every request
         waiting for an answer again, to the receive socket and the session of now, but those
-        that may not be sent twice (not `resendable`): they fail (`why`). Then requests go as
-        they are made."""
+        not RESENDABLE (a request type added without a thought for this): they fail (`why`).
+        Then requests go as they are made."""
         failed: list[tuple[Future | None, BaseException]] = []
         with self.send_lock:
             for req, (header, frames) in list(self._outstanding.items()) \
@@ -150,7 +145,7 @@ class LinkRecovery:
                 held = req in self._held
                 if not held and why is None:
                     continue  # (sent on this link: its answer comes on it)
-                if held or header["type"] in resendable:
+                if held or header["type"] in RESENDABLE:
                     if not held:  # (the controller looks up its key: a submit, an abort, ...)
                         header["resent"] = True
                     header["session"] = self.session

@@ -4,7 +4,8 @@ spin) keep their answers a while, so that one sent again is answered as the firs
 
     abort / clear / retire / spin, with the client's `key` for the request
         --> carried out; the answer is kept under the key (the last KEPT answers), and those
-            of abort and clear also in the store, in the transaction that carries them out
+            of abort, clear and retire also in the store, in the transaction that carries
+            them out (a retiring engine's uuid is stored: store/retiring.py)
     the same request again, `resent` (the client's connection broke before the answer came,
     or the controller restarted: client/links.py) --> the kept answer, to the connection it
     came on; none kept (the first never arrived, or it was not stored before a crash)
@@ -13,10 +14,9 @@ spin) keep their answers a while, so that one sent again is answered as the firs
 Carried out twice, they would do no harm but answer wrongly: the tasks cleared the first time
 are unknown the second, a task aborted the first time has finished by the second, an engine
 that retired meanwhile is no longer retiring, a second pass dispatches nothing. A restarted
-controller answers abort and clear from its store (their effects are stored with their
-answers: one that did not reach the disk is carried out again); it knows no retirement and
-no pass of its predecessor, so a client sends retire again only to the controller it asked
-first, and spin to any (a pass now).
+controller answers abort, clear and retire from its store (their effects are stored with
+their answers: one that did not reach the disk is carried out again); it knows no pass of its
+predecessor, so it carries out a spin sent again (a pass now).
 """
 
 from __future__ import annotations
@@ -119,9 +119,15 @@ class ControlVerbs:
 
     def retire(self, rt: bytes, req: Any, m: Retire, frames: list[Any]) -> None:
         """Take engines out of scheduling; each stops once it holds nothing (engines.py).
-        Answered with the ids that are retiring (the others are unknown or gone)."""
-        self.once(rt, req, m, lambda: self.ctx.outbox.reply(
-            rt, req, RetireReply(self.engines.retire(m.engines)), now=True))
+        Answered with the ids that are retiring (the others are unknown or gone), once the
+        store has it (a restarted controller retires them when they come back)."""
+        def carry_out() -> None:
+            answer = RetireReply(self.engines.retire(m.engines))
+            if m.key:
+                self.ctx.store.remember_answer(m.key, msgspec.to_builtins(answer))
+            self.ctx.outbox.reply(rt, req, answer)
+
+        self.once(rt, req, m, carry_out, RetireReply)
 
     def spin(self, rt: bytes, req: Any, m: Spin, frames: list[Any]) -> None:
         self.once(rt, req, m, lambda: self.ctx.outbox.reply(

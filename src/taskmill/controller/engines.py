@@ -143,6 +143,9 @@ class Engines:
         self.seq_of: dict[tuple[int, int], int] = {}  # (tid, attempt) -> its dispatch seq
         self.dispatch_seq = itertools.count(1)  # numbers every dispatch (`dseq`)
         self.late_logged: dict[bytes, float] = {}
+        # The uuids of engines that were retiring when an earlier controller on this store
+        # stopped (store/retiring.py): each that comes back retires at once.
+        self.retiring_before: set[str] = ctx.store.retiring_engines()
 
     def send(self, ident: bytes, message: msgspec.Struct, *, now: bool = False) -> None:
         self.ctx.outbox.send(ENGINE, ident, to_engine(message), now=now)
@@ -204,6 +207,10 @@ class Engines:
                 self.by_ident[i] = eid
             log.info("engine %d registered: %s pid %d %s", eid, rec.hostname, rec.pid, props)
             self.adopt(rec, msg)
+            if uuid in self.retiring_before:
+                self.retiring_before.discard(uuid)
+                log.info("engine %d was retiring when the controller stopped: it retires", eid)
+                self.retire([eid])
         self.send(ident, Registered(
             ctx.session, eid, ctx.settings.heartbeat, ctx.settings.dead_after,
             ctx.wire.max_message, rec.properties, msg.t, again))
@@ -374,6 +381,7 @@ class Engines:
             if not self.ctx.sched.engine_retiring(eid):
                 log.info("engine %d retires: it gets no new task and stops once it holds "
                          "nothing", eid)
+                self.ctx.store.retire_engine(rec.uuid)  # (a restart keeps it retiring)
             if self.ctx.sched.retire(eid):
                 out.append(eid)
         return out
@@ -392,6 +400,7 @@ class Engines:
             log.warning("engine %d says it retired, but it was not told to", rec.eid)
             return
         log.info("engine %d (%s pid %d) %s", rec.eid, rec.hostname, rec.pid, why)
+        self.ctx.store.retire_engine(rec.uuid, False)
         rec.dead = rec.retired = True
         self.ctx.counters.engines_retired += 1
         self.gone(rec, why)

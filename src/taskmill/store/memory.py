@@ -66,6 +66,12 @@ class MemoryStore(IdLeases):
         while len(self._submits) > SUBMIT_KEYS_KEPT:
             self._submits.popitem(last=False)
 
+    def retire_engine(self, uuid: str, retiring: bool = True) -> None:
+        """(Nothing to do: a restart finds nothing of this store.)"""
+
+    def retiring_engines(self) -> set[str]:
+        return set()
+
     def remember_answer(self, key: str, answer: Any) -> None:
         """(Nothing to do: a restart finds nothing of this store; control_verbs.py keeps the
         answers for the connections of this lifetime.)"""

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import StoreError
 from .base import ENGINE_ROW_AGE, MAX_TID, SUBMIT_KEY_AGE, StoredTask, unpack
+from .retiring import RetiringEngines
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -43,6 +44,8 @@ CREATE TABLE IF NOT EXISTS submits (key TEXT PRIMARY KEY, tids BLOB NOT NULL, at
 -- by it the engines that come back still running the tasks it had handed them.
 CREATE TABLE IF NOT EXISTS engines (eid INTEGER PRIMARY KEY, uuid TEXT NOT NULL,
     registered REAL NOT NULL);
+-- The engines told to retire, by uuid, until they stopped (retiring.py).
+CREATE TABLE IF NOT EXISTS retiring (uuid TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
 -- (No index on state: each insert and finish would pay for it. A restart finds the unfinished
 -- tasks from meta's low_tid, below which every task had finished: see SQLiteStore.commit.)
 """
@@ -143,12 +146,14 @@ def mark_running_rows(db: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -
 
 def forget_old_rows(db: sqlite3.Connection, now: float, low_tid: int, next_eid: int) -> None:
     """At open: drop the submit keys older than SUBMIT_KEY_AGE and the engines registered
-    before ENGINE_ROW_AGE that no unfinished task names; write `next_eid`."""
+    before ENGINE_ROW_AGE that no unfinished task names (and retiring ones that never came
+    back); write `next_eid`."""
     db.execute("BEGIN")
     db.execute("DELETE FROM submits WHERE at < ?", (now - SUBMIT_KEY_AGE,))
     db.execute("DELETE FROM engines WHERE registered < ? AND eid NOT IN "
                "(SELECT engine FROM tasks WHERE tid >= ? AND state='running' "
                "AND engine IS NOT NULL)", (now - ENGINE_ROW_AGE, low_tid))
+    RetiringEngines.forget_old(db, now - ENGINE_ROW_AGE)
     db.execute(SET_META, ("next_eid", next_eid))
     db.execute("COMMIT")
 

@@ -36,6 +36,7 @@ from .base import (
 from .cache import ResultCache
 from .files import EXTERNAL_MIN, FrameFiles
 from .keys import SubmitKeys
+from .retiring import RetiringEngines
 from .schema import (
     BUSY_TIMEOUT,
     EMPTY_LIST,
@@ -124,6 +125,7 @@ class SQLiteStore(IdLeases):
         self._dirty = False
         self.files = FrameFiles(self.blob_dir, self._pack)  # large frames, in files
         self.keys = SubmitKeys(self._pack)  # (its queued rows: the commit's "submit keys")
+        self.retiring = RetiringEngines()  # (its queued rows: the commit's last)
         self._active: dict[int, StoredTask] = {}
         self._task_blobs: dict[int, bytes] = {}  # active tasks whose frames are in files
         self.cache = ResultCache(cache_size, cache_bytes)  # recent finished results
@@ -244,6 +246,13 @@ class SQLiteStore(IdLeases):
     def forget_keys(self, prefix: str) -> None:
         self.keys.forget(prefix)
 
+    def retire_engine(self, uuid: str, retiring: bool = True) -> None:
+        self.retiring.mark(uuid, retiring)
+        self._dirty = True
+
+    def retiring_engines(self) -> set[str]:
+        return self.retiring.read(self.db)
+
     def remember_answer(self, key: str, answer: Any) -> None:
         self.keys.remember_answer(key, answer)
         self._dirty = True
@@ -280,7 +289,7 @@ class SQLiteStore(IdLeases):
         if key is not None:
             self.keys.withdraw(key)
         self._dirty = bool(self._ins or self._run or self._fin or self.keys.queued or self._eng
-                           or self.files.pending())
+                           or self.retiring.queued or self.files.pending())
 
     # -- results ---------------------------------------------------------------------------
     def finish(self, tid: int, result: StoredResult) -> None:
@@ -409,6 +418,7 @@ class SQLiteStore(IdLeases):
             writes.append((REMEMBER_SUBMIT, self.keys.queued.values()))
         if self._eng:
             writes.append((REMEMBER_ENGINE, self._eng.values()))
+        writes += self.retiring.writes()
         meta = []
         if self._next_eid != self._written_eid:
             meta.append(("next_eid", self._next_eid))
@@ -437,7 +447,7 @@ class SQLiteStore(IdLeases):
         self._written_eid = self._next_eid
         self._written_next = self._next
         for queued in (self._ins, self._run, self._fin, self.keys.queued, self._eng,
-                       self._unsaved):
+                       self.retiring.queued, self._unsaved):
             queued.clear()
         self._dirty = False
         self.files.unlink_dropped()
@@ -473,11 +483,6 @@ class SQLiteStore(IdLeases):
             if self._lock_fd is not None:
                 os.close(self._lock_fd)  # (releases the lock)
                 self._lock_fd = None
-
-    @property
-    def spilled(self) -> int:
-        """Result files synced and dropped from the page cache so far (see files.py)."""
-        return self.files.spilled
 
     def abandon(self) -> None:
         """Let go of the store as a killed controller would: stop its threads, close the
