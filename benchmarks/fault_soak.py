@@ -18,7 +18,10 @@ submitted, and clears one that finished) while a fault thread, every
   the old connection, silent, until its transport heartbeat gives up on it, while the
   client's new one, with the same routing id, comes in);
 - fill the store's disk for 1-3 s (a 512 MiB tmpfs, room for the soak's own store; only
-  when run as root).
+  when run as root);
+- retire an engine (`retire_engines`, as `Cluster.adapt` shrinks a cluster) and start another
+  in its place, and half the time kill -9 the controller right after the answer: the retiring
+  one must stop by itself, with status 0, whatever faults come meanwhile.
 
 Each task appends its marker (unique per submitted task) to a log file when its code starts,
 then sleeps a little and returns the marker. At the end, with every fault stopped:
@@ -132,6 +135,7 @@ class Cluster:
         self.client_proxy, self.client_conn = proxied(self.conn, "client_url",
                                                       work / "client-via-proxy" / "conn.json")
         self.engines: list[subprocess.Popen] = [self.new_engine() for _ in range(engines)]
+        self.retiring: list[subprocess.Popen] = []  # engines told to retire (Faults)
         self.stopped: set[int] = set()
 
     def start_controller(self) -> None:
@@ -174,8 +178,18 @@ class Cluster:
         return subprocess.Popen([*TASKMILL, "engine", "--connection-file", str(self.engine_conn)],
                                 stdout=self.log, stderr=subprocess.STDOUT)
 
+    def retired_badly(self, bound: float = 60.0) -> list[str]:
+        """The engines told to retire that did not stop by themselves, with status 0, within
+        `bound` seconds (they hold nothing by now)."""
+        deadline = time.monotonic() + bound
+        while any(p.poll() is None for p in self.retiring) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return [f"engine pid {p.pid}, told to retire, " + (
+            "never stopped" if p.returncode is None else f"ended with status {p.returncode}")
+            for p in self.retiring if p.returncode != 0]
+
     def close(self) -> None:
-        for p in self.engines:
+        for p in [*self.engines, *self.retiring]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGCONT)
             p.kill()
@@ -212,7 +226,9 @@ class Faults(threading.Thread):
                       "client link cut": self._cut_client_link}
         if cluster.disk is not None:
             self.kinds["disk full"] = self._fill_disk
+        self.kinds["engine retired"] = self._retire_engine
         self.error: BaseException | None = None
+        self.tc: TaskClient | None = None  # (the fault thread's own, to retire engines)
         self.touched: set[int] = set()  # engine pids killed or stopped
 
     def run(self) -> None:
@@ -262,6 +278,22 @@ class Faults(threading.Thread):
             self.stop_event.wait(self.rng.uniform(0.5, 3.0))
         finally:
             os.kill(victim.pid, signal.SIGCONT)
+
+    def _retire_engine(self) -> None:
+        """Retire an engine and start another in its place (`Cluster.retiring`: checked at
+        the end). One registering again after a restart is left alone this time."""
+        if self.tc is None:
+            self.tc = TaskClient(self.c.conn, timeout=CALL_TIMEOUT,
+                                 reconnect_timeout=RECONNECT_TIMEOUT)
+        i = self.rng.randrange(len(self.c.engines))
+        victim = self.c.engines[i]
+        eids = [e["engineid"] for e in self.tc.engines()
+                if e["pid"] == victim.pid and e["state"] in ("idle", "busy")][:1]
+        if eids and self.tc.retire_engines(eids) == eids:
+            self.c.retiring.append(victim)
+            self.c.engines[i] = self.c.new_engine()
+            if self.rng.random() < 0.5:  # (the restarted controller must keep it retiring)
+                self._kill_controller()
 
     def _reset_connections(self) -> None:
         self.c.proxy.reset_all()
@@ -406,6 +438,10 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
         for tid in cleared:  # (their results are gone: checked as unknown)
             given.pop(tid, None)
         report = check(tc, calls, given, refused, runs_log, faults.touched, aborts, cleared)
+        badly = cluster.retired_badly()
+        report["problems"] += badly
+        report.update(engines_retired=len(cluster.retiring), retired_badly=len(badly),
+                      ok=report["ok"] and not badly)
         # The controller is never away for long (it is started again at once), so no call
         # may wait out its bound: such a wait is a request or an answer the client lost.
         waited_out = {k: calls.raised[k] for k in ("TimeoutError", "ControllerUnreachable")
@@ -440,8 +476,9 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
         return report
     finally:
         faults.stop_event.set()
-        if tc is not None:
-            tc.close()
+        for client in (tc, faults.tc):
+            if client is not None:
+                client.close()
         cluster.close()
 
 
