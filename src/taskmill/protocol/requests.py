@@ -109,10 +109,9 @@ class ResultQuery(msgspec.Struct, frozen=True):
 
 
 # `key` and `resent` of the requests that may not be carried out twice (clear, abort, retire,
-# spin):
-# the client's key for the request (its id and the request's number), and whether it is sent
-# again because its connection broke before the answer came: then the answer kept for that key
-# is given again (controller/control_verbs.py).
+# spin): the client's key for the request (its id and the request's number), and whether it is
+# sent again because its connection broke, or the controller restarted, before the answer
+# came: then the answer kept for that key is given again (controller/control_verbs.py).
 
 
 class Clear(msgspec.Struct, frozen=True):

@@ -9,7 +9,7 @@ resent submit can carry a key seen before: a client sends one again only to a re
 controller (connection.py), so the memory need not hold every key of this lifetime.
 
 The same table keeps the answers of the other requests that may not be carried out twice
-(abort, clear: controller/control_verbs.py) under their keys, written in the transaction that
+(abort, clear, retire: controller/control_verbs.py) under their keys, written in the transaction that
 carries them out, so that one sent again to a restarted controller is answered as the first
 time: their rows hold {"answer": ...} where a submit's hold its taskids.
 
