@@ -40,7 +40,7 @@ import zmq
 
 from ..errors import ClientForgotten, ControllerUnreachable
 from ..protocol import Bye, to_request
-from ..wire import Wire, send_message
+from ..wire import Wire, monitor_socket, send_message
 from .credit import Intake
 
 log = logging.getLogger("taskmill.client")
@@ -94,7 +94,7 @@ class LinkRecovery:
     # -- sockets and their monitors ---------------------------------------------------------
     def _watched(self, sock: zmq.Socket) -> zmq.Socket:
         """`sock`, its disconnections reported to a monitor socket the I/O thread reads."""
-        self._monitors[sock] = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._monitors[sock] = monitor_socket(sock, zmq.EVENT_DISCONNECTED)
         return sock
 
     def _close_socket(self, sock: zmq.Socket, linger: int = 0) -> None:

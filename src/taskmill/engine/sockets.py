@@ -27,7 +27,7 @@ import zmq
 
 from ..connection import ConnectionInfo
 from ..curve import apply_client as apply_curve
-from ..wire import DEFAULT_MAX_MESSAGE, Wire, apply_engine_link, send_message
+from ..wire import DEFAULT_MAX_MESSAGE, Wire, apply_engine_link, monitor_socket, send_message
 
 log = logging.getLogger("taskmill.engine")
 
@@ -90,7 +90,7 @@ class EngineSockets:
             poller.register(self.monitors[sock], zmq.POLLIN)
 
     def _watched(self, sock: zmq.Socket) -> zmq.Socket:
-        self.monitors[sock] = sock.get_monitor_socket(WATCHED)
+        self.monitors[sock] = monitor_socket(sock, WATCHED)
         return sock
 
     def _unwatch(self, sock: zmq.Socket) -> zmq.Socket | None:

@@ -269,6 +269,17 @@ def apply_engine_link(sock: Any) -> None:
     sock.setsockopt(zmq.TCP_MAXRT, ENGINE_LINK_USER_TIMEOUT_MS)
 
 
+MONITORS = itertools.count()  # (each monitor's inproc address is this process's own)
+
+
+def monitor_socket(sock: Any, events: int) -> Any:
+    """A PAIR socket that reports `events` of `sock` (ZeroMQ's socket monitor) on an inproc
+    address of its own. (pyzmq's default address names the socket's file descriptor, which a
+    socket opened as another closes may get again before the old monitor's address is free.)"""
+    return sock.get_monitor_socket(events, f"inproc://taskmill-monitor-{os.getpid()}-"
+                                           f"{next(MONITORS)}")
+
+
 def recv_message(sock: Any, flags: int = 0, *, routed: bool = False,
                  max_frames: int | None = None) -> list[Frame]:
     """One whole message from a ZeroMQ socket: the routing id (if `routed`) and the envelope
