@@ -8,6 +8,7 @@ controller's core."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
@@ -92,28 +93,41 @@ def test_a_resent_spin_is_answered_as_the_first_time(ctl):
     assert given_again(ctl) == 1
 
 
+@contextlib.contextmanager
+def restarted(tmp_path, crash: str, before):
+    """A controller on a SQLite store: `before(it)` runs on it, then it dies (`kill`: nothing
+    more written, as kill -9 leaves it; `close`: closed); the controller started again on the
+    same store is given, with what `before` returned."""
+    path = str(tmp_path / "tasks.db")
+    info = new_connection_info()
+    running = core_controller(store=SQLiteStore(path), info=info, heartbeat=3600.0)
+    first = running.__enter__()
+    got = before(first)
+    if crash == "kill":  # (no close)
+        first.store.abandon()
+        first.sockets.close()
+    else:
+        running.__exit__(None, None, None)
+    with core_controller(store=SQLiteStore(path), info=info, heartbeat=3600.0) as second:
+        yield second, got
+
+
 @pytest.mark.parametrize("crash", ["kill", "close"])
 def test_a_restarted_controller_answers_a_resent_abort_and_clear_from_its_store(tmp_path, crash):
     """The first controller carries out an abort and a clear and commits (their answers go
     out only after that); it dies (`kill`: nothing more written, as kill -9 leaves it) before
     the client heard them. The controller started again on the same store answers both, sent
     again, as the first did; carried out again they would answer "finished" and "missing"."""
-    path = str(tmp_path / "tasks.db")
-    info = new_connection_info()
-    running = core_controller(store=SQLiteStore(path), info=info, heartbeat=3600.0)
-    first = running.__enter__()
-    aborted, cleared = queued_task(first), queued_task(first)
-    assert request(first, {"type": "abort", "tid": cleared})["status"] == "aborted"
-    assert request(first, {"type": "abort", "tid": aborted, "key": "client-d:1"}
-                   )["status"] == "aborted"
-    assert request(first, {"type": "clear", "tids": [cleared], "key": "client-d:2"}
-                   )["dropped"] == 1
-    if crash == "kill":  # (nothing more written: no close)
-        first.store.abandon()
-        first.sockets.close()
-    else:
-        running.__exit__(None, None, None)
-    with core_controller(store=SQLiteStore(path), info=info, heartbeat=3600.0) as second:
+    def before(first) -> tuple[int, int]:
+        aborted, cleared = queued_task(first), queued_task(first)
+        assert request(first, {"type": "abort", "tid": cleared})["status"] == "aborted"
+        assert request(first, {"type": "abort", "tid": aborted, "key": "client-d:1"}
+                       )["status"] == "aborted"
+        assert request(first, {"type": "clear", "tids": [cleared], "key": "client-d:2"}
+                       )["dropped"] == 1
+        return aborted, cleared
+
+    with restarted(tmp_path, crash, before) as (second, (aborted, cleared)):
         assert request(second, {"type": "abort", "tid": aborted, "key": "client-d:1",
                                 "resent": True})["status"] == "aborted"
         again = request(second, {"type": "clear", "tids": [cleared], "key": "client-d:2",
@@ -145,20 +159,15 @@ def test_a_restarted_controller_keeps_engines_retiring_and_answers_a_resent_reti
     The next one, on the same store, retires "a" as soon as it registers again (under a new
     id: ids are a controller's), not "b", and answers the retire sent again as the first did.
     Before, the engine came back taking tasks, and the resent retire raised."""
-    path = str(tmp_path / "tasks.db")
-    info = new_connection_info()
-    running = core_controller(store=SQLiteStore(path), info=info, heartbeat=3600.0)
-    first = running.__enter__()
-    a, b = register(first, "a" * 32), register(first, "b" * 32)
-    assert request(first, {"type": "retire", "engines": [a, 99], "key": "client-e:1"}
-                   )["retiring"] == [a]
-    assert first.core.ctx.sched.engine_retiring(a) and not first.core.ctx.sched.engine_retiring(b)
-    if crash == "kill":  # (nothing more written: no close)
-        first.store.abandon()
-        first.sockets.close()
-    else:
-        running.__exit__(None, None, None)
-    with core_controller(store=SQLiteStore(path), info=info, heartbeat=3600.0) as second:
+    def before(first) -> int:
+        a, b = register(first, "a" * 32), register(first, "b" * 32)
+        assert request(first, {"type": "retire", "engines": [a, 99], "key": "client-e:1"}
+                       )["retiring"] == [a]
+        sched = first.core.ctx.sched
+        assert sched.engine_retiring(a) and not sched.engine_retiring(b)
+        return a
+
+    with restarted(tmp_path, crash, before) as (second, a):
         a2, b2 = register(second, "a" * 32), register(second, "b" * 32)
         assert second.core.ctx.sched.engine_retiring(a2)
         assert not second.core.ctx.sched.engine_retiring(b2)

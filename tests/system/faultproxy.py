@@ -178,24 +178,26 @@ class FaultProxy:
     def cut_peer_side_all(self, suffixes: tuple[bytes, ...] = ()) -> int:
         """Cut, on the peer's side only, the connections whose routing id ends with one of
         `suffixes` (all with none); how many."""
-        with self._lock:
-            pairs = [p for p in self._pairs if not p.closed and not p.frozen
-                     and (not suffixes or (p.routing_id() or b"").endswith(suffixes))]
-            self._frozen.extend(pairs)
-            self._pairs = [p for p in self._pairs if p not in pairs]
+        pairs = self._freeze(suffixes)
         for p in pairs:
             p.cut_peer_side()
         self.resets += 1
         return len(pairs)
 
-    def blackhole_all(self, suffixes: tuple[bytes, ...] = ()) -> int:
-        """Drop what either side sends on the connections whose peer's routing id ends with
-        one of `suffixes` (all with none), telling neither side; how many."""
+    def _freeze(self, suffixes: tuple[bytes, ...]) -> list[_Pair]:
+        """The open connections whose peer's routing id ends with one of `suffixes` (all with
+        none), moved to the frozen ones (closed with the proxy)."""
         with self._lock:
             pairs = [p for p in self._pairs if not p.closed and not p.frozen
                      and (not suffixes or (p.routing_id() or b"").endswith(suffixes))]
             self._frozen.extend(pairs)
             self._pairs = [p for p in self._pairs if p not in pairs]
+        return pairs
+
+    def blackhole_all(self, suffixes: tuple[bytes, ...] = ()) -> int:
+        """Drop what either side sends on the connections whose peer's routing id ends with
+        one of `suffixes` (all with none), telling neither side; how many."""
+        pairs = self._freeze(suffixes)
         for p in pairs:
             p.frozen = True
         return len(pairs)
