@@ -101,6 +101,62 @@ def test_a_refused_batch_is_raised_once_by_the_next_call(runs):
     runs.end([], 1.0)  # (said once)
 
 
+def refuse(fut: Future, error_type: str = "StoreError", error: str = "disk full") -> None:
+    fut.set_result(({"type": "reply", "ok": False, "error_type": error_type, "error": error},
+                    []))
+
+
+def test_every_refused_batch_since_the_last_call_is_named_by_the_next(runs):
+    # Two batches refused before the next call: its RunNotStored names the taskids of both
+    # (it named the first batch's alone, and the second's were never said to be unknown).
+    conn = runs.conn
+    runs.leased(0, 16)
+    runs.add(encoded())  # (goes at once: batch [0])
+    runs.add(encoded())
+    runs.add(encoded())  # (wait for the answer or the timer: batch [1, 2])
+    wait_for(lambda: len(conn.submits()) == 2)
+    runs.add(encoded())  # (batch [3]: sent once those two are answered)
+    refuse(conn.sent[0][1])
+    refuse(conn.sent[1][1])
+    sent = runs.begin()
+    assert [h["tids"] for h in conn.submits()][2] == [3]
+    for _, fut in conn.sent[2:]:
+        refuse(fut, "ValueError", "too big")
+    with pytest.raises(RunNotStored, match=r"taskids 0\.\.3 .*disk full; too big") as e:
+        runs.end(sent, 1.0)
+    assert e.value.taskids == [0, 1, 2, 3]
+    assert not isinstance(e.value, StoreError)  # (not all of them were the store's)
+    runs.end([], 1.0)  # (said once)
+
+
+def test_a_refusal_and_a_lost_answer_are_each_said_once(runs):
+    conn = runs.conn
+    runs.leased(10, 16)
+    runs.add(encoded())
+    runs.add(encoded())
+    wait_for(lambda: len(conn.submits()) == 2)
+    conn.sent[0][1].set_exception(ControllerUnreachable("gone"))
+    refuse(conn.sent[1][1])
+    sent = runs.begin()
+    for _, fut in conn.sent[2:]:
+        fut.set_result(({"type": "reply", "ok": True}, []))
+    with pytest.raises(RunNotStored, match="taskid 11 ") as e:  # (the sure news first)
+        runs.end(sent, 1.0)
+    assert isinstance(e.value, StoreError) and e.value.taskids == [11]
+    with pytest.raises(ControllerUnreachable, match="taskid 10 for may or may not be stored"):
+        runs.end([], 1.0)
+    runs.end([], 1.0)
+
+
+def test_taskids_that_are_not_a_run_are_listed():
+    from taskmill.errors import ids_text
+
+    assert ids_text([7]) == "taskid 7"
+    assert ids_text([3, 4, 5]) == "taskids 3..5"
+    assert ids_text([3, 5, 9]) == "taskids 3, 5, 9"
+    assert ids_text(list(range(0, 40, 2))) == "taskids 0, 2, 4, 6, 8, 10, 12, 14, ... (20 in all)"
+
+
 def test_a_batch_never_answered_is_not_said_to_be_refused(runs):
     conn = runs.conn
     runs.leased(0, 16)

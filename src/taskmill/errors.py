@@ -81,7 +81,14 @@ class StoreRunNotStored(RunNotStored, StoreError):
 
 
 def ids_text(tids: list[int]) -> str:
-    return f"taskid {tids[0]}" if len(tids) == 1 else f"taskids {tids[0]}..{tids[-1]}"
+    """`taskid 4`, `taskids 4..9` (a run of ids), or `taskids 4, 7, 12` (the first 8 of them
+    and how many in all)."""
+    if len(tids) == 1:
+        return f"taskid {tids[0]}"
+    if tids == list(range(tids[0], tids[0] + len(tids))):
+        return f"taskids {tids[0]}..{tids[-1]}"
+    more = f", ... ({len(tids)} in all)" if len(tids) > 8 else ""
+    return f"taskids {', '.join(map(str, tids[:8]))}{more}"
 
 
 class ConnectionFileError(RuntimeError):

@@ -155,18 +155,23 @@ def test_a_refused_batch_is_raised_by_the_next_call_naming_its_taskids(tmp_path)
             locker.execute("BEGIN IMMEDIATE")  # the store cannot write
             try:
                 tid = tc.run(MapTask(abs, (-2,)))  # (from the lease: no round trip, no error)
+                # (the first goes at once, alone; this one in a batch of its own, after it)
+                tid2 = tc.run(MapTask(abs, (-2,)))
                 with pytest.raises(RunNotStored) as refused:
                     tc.queue_status()
                 assert isinstance(refused.value, StoreError)
-                assert refused.value.taskids == [tid]
-                assert f"taskid {tid} " in str(refused.value) and "locked" in str(refused.value)
+                # Both batches' ids (it named the first batch's alone, before).
+                assert refused.value.taskids == [tid, tid2]
+                text = str(refused.value)
+                assert f"taskids {tid}..{tid2} " in text and "locked" in text
                 assert "will not run" in str(refused.value)
                 tc.queue_status()  # (said once)
             finally:
                 locker.execute("ROLLBACK")
                 locker.close()
-            with pytest.raises(IndexError):
-                tc.get_task_result(tid)
+            for refused_tid in (tid, tid2):
+                with pytest.raises(IndexError):
+                    tc.get_task_result(refused_tid)
             assert tc.run(MapTask(abs, (-3,)), block=True) == 3
         finally:
             tc.close()

@@ -13,8 +13,9 @@
         - FLUSH_DELAY after its first task at the latest (the flusher thread), so that it is
           stored within 10 ms.
     a batch the controller refused, or that could not be sent, is raised by the next call of
-        this client (RunNotStored, naming the taskids that will not run; they read as unknown;
-        ControllerUnreachable if its answer never came: it may or may not be stored)
+        this client (RunNotStored, naming the taskids that will not run, of every batch
+        refused since the call before; they read as unknown; ControllerUnreachable, naming
+        them, for batches whose answer never came: they may or may not be stored)
     leases (controller/leases.py): asked for by `run` (a round trip) when the block is used
         up, each twice the last (up to LEASE_MAX) while run() keeps using them; any other
         call gives back what is left (`begin`), so that one client's taskids still rise by 1
@@ -75,7 +76,9 @@ class Runs:
         self._queue: list[tuple[Encoded, int]] = []
         self._bytes = 0
         self._in_flight: list[Future] = []
-        self._failed: list[BaseException] = []  # refusals not raised yet
+        # Batches refused or unanswered, not raised yet: (kind, taskids, why), kind one of
+        # "store" (the store could not write them), "refused", "unanswered" (see raise_failure).
+        self._failed: list[tuple[str, list[int], str]] = []
         self._flusher: threading.Thread | None = None
         self._closed = False
 
@@ -147,14 +150,28 @@ class Runs:
         self.raise_failure()
 
     def raise_failure(self) -> None:
-        """Raise the first refusal of a batch not reported yet (the rest are dropped: they
-        say the same)."""
+        """Raise what befell the batches since the last call: every taskid refused in one
+        RunNotStored (a StoreRunNotStored if the store refused them all); else every taskid
+        whose answer never came in one ControllerUnreachable. Both happened: the refusal
+        now, the rest at the next call. No taskid goes unsaid."""
         if not self._failed:
             return
         with self._lock:
             failed, self._failed = self._failed, []
-        if failed:
-            raise failed[0]
+            refused = [f for f in failed if f[0] != "unanswered"]
+            if refused:
+                self._failed = [f for f in failed if f[0] == "unanswered"]
+        if not failed:
+            return
+        chosen = refused or failed
+        tids = [t for _, ids, _ in chosen for t in ids]
+        why = "; ".join(dict.fromkeys(w for _, _, w in chosen))
+        if not refused:
+            raise ControllerUnreachable(f"{why} (the tasks run() returned {ids_text(tids)} for "
+                                        "may or may not be stored)")
+        if all(kind == "store" for kind, _, _ in refused):
+            raise StoreRunNotStored(tids, why)
+        raise RunNotStored(tids, why)
 
     def no_answer(self, timeout: float) -> ControllerUnreachable:
         return ControllerUnreachable(
@@ -167,7 +184,7 @@ class Runs:
             if self._queue:
                 tids = [t for _, t in self._queue]
                 self._queue, self._bytes = [], 0
-                self._failed.append(RunNotStored(tids, why))
+                self._failed.append(("refused", tids, why))
             self._next = self._end = 0
             self._size = FIRST_LEASE
 
@@ -198,7 +215,7 @@ class Runs:
             try:
                 fut = self._conn.send(header, frames)
             except Exception as e:  # noqa: BLE001 - closed, unreachable, unencodable
-                self._failed.append(RunNotStored(tids, str(e)))
+                self._failed.append(("refused", tids, str(e)))
                 continue
             self._in_flight.append(fut)
             fut.add_done_callback(lambda f, tids=tids: self._answered(f, tids))
@@ -214,13 +231,11 @@ class Runs:
             error = e
         with self._lock:  # (failed before no longer in flight: see busy)
             if isinstance(error, StoreError) and tids:
-                self._failed.append(StoreRunNotStored(tids, str(error)))
+                self._failed.append(("store", tids, str(error)))
             elif isinstance(error, ControllerUnreachable | RuntimeError) and tids:  # (closed)
-                self._failed.append(ControllerUnreachable(
-                    f"{error} (the tasks run() returned {ids_text(tids)} for may or may not "
-                    "be stored)"))
+                self._failed.append(("unanswered", tids, str(error)))
             elif error is not None and tids:
-                self._failed.append(RunNotStored(tids, str(error)))
+                self._failed.append(("refused", tids, str(error)))
             if fut in self._in_flight:
                 self._in_flight.remove(fut)
             if self._queue and not self._in_flight:  # (those queued meanwhile go now)
