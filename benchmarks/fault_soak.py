@@ -5,8 +5,10 @@
 
 A controller (TCP, a durable store), engines and one client that reach it through TCP proxies
 that can break their connections; the client keeps submitting tasks (with and without
-retries; the seed's `run` and futures' `submit`, by turns; now and then it aborts one it
-submitted, and clears one that finished) while a fault thread, every
+retries; the seed's `run` and futures' `submit`, by turns; most of them plain, the rest with
+a timeout they overrun, a recovery task, a dependency (`after`) on a task given lately, or
+StringTasks: soak_jobs.py; now and then it aborts one it submitted, and clears one that
+finished) while a fault thread, every
 1.5-4 s, does one of:
 - kill -9 the controller and start it again on the same store and connection file;
 - SIGSTOP the controller for 0.5-8 s (past 1.5 s its engines' dead_after has gone by, past 5 s
@@ -24,10 +26,15 @@ submitted, and clears one that finished) while a fault thread, every
   one must stop by itself, with status 0, whatever faults come meanwhile.
 
 Each task appends its marker (unique per submitted task) to a log file when its code starts,
-then sleeps a little and returns the marker. At the end, with every fault stopped:
+then sleeps a little, notes its end and returns the marker. At the end, with every fault
+stopped:
 - every taskid the client was given finished, once (its result is fetched; the queue holds
   nothing; `succeeded` + `failed` list each id once);
 - no result came back under the wrong id (each value is its own task's marker);
+- a task never outlived its timeout; a task with a recovery task ended with the recovery's
+  value (the recovery ran at most once); a task `after` another that succeeded started only
+  once that one's run had ended, and one after a task that did not succeed failed with
+  DependencyError without running (soak_jobs.py; `by_kind`, `kind_wrong` in the report);
 - each task's code ran at most `retries + 1` times (with `retries=0`: exactly once, or at most
   once when it failed with EngineDied); a refused submit's task never ran;
 - an abort answered "aborted" left its task aborted (TaskAborted), one answered "already
@@ -48,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -68,6 +76,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "system"))  # the fault proxy is shared with the tests
 
 from faultproxy import proxied  # noqa: E402
+from soak_jobs import (  # noqa: E402
+    FAULT_OUTCOMES,
+    Given,
+    RunsLog,
+    after_problems,
+    failure_of,
+    kind_problems,
+    new_job,
+    soak_task,
+    value_of,
+)
 
 from taskmill import MapTask, StoreError, TaskClient  # noqa: E402
 from taskmill.connection import (  # noqa: E402
@@ -85,22 +104,6 @@ IN_FLIGHT = 200  # tasks submitted and not yet finished, at most
 # No task (0.3 s of work at most) may take longer than this to finish once it can: past it, it
 # is reported stuck, with the scheduler's story of it, instead of the soak waiting for ever.
 STUCK_AFTER = 60.0
-
-
-def soak_task(log: str, marker: str, seconds: float, fail: bool) -> str:
-    """Task code: note this run (and the engine's pid), sleep, return the marker (or fail)."""
-    import os
-    import time
-
-    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, f"{marker} {os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
-    time.sleep(seconds)
-    if fail:
-        raise ValueError(f"{marker} failed on purpose")
-    return marker
 
 
 def rss_kib(pid: int) -> int:
@@ -352,7 +355,8 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
     cluster = Cluster(work, engines, small_disk)
     runs_log = str(work / "runs.log")
     calls = Calls()
-    given: dict[int, tuple[str, int]] = {}  # taskid -> (marker, retries)
+    given: dict[int, Given] = {}  # taskid -> what it must end as
+    depended: set[int] = set()  # taskids an after job waits for (never cleared)
     refused: list[str] = []  # markers of submits refused with StoreError
     unsure: list[str] = []  # submits whose fate the client could not learn
     futures: dict = {}
@@ -402,25 +406,26 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
                     futures.pop(f)
                 continue
             if given and rng.random() < 0.02:
-                abort_or_clear(tc, calls, rng, given, aborts, cleared)
+                abort_or_clear(tc, calls, rng, given, aborts, cleared, depended)
             marker = f"m{n}-{uuid.uuid4().hex[:8]}"
-            retries = rng.choice((0, 0, 2))
-            duration = rng.choice((0.0, 0.002, 0.01, 0.02, 0.3))
-            fail = rng.random() < 0.03
-            task_args = (runs_log, marker, duration, fail)
+            job = new_job(rng, runs_log, marker,
+                          [t for t in itertools.islice(reversed(given), 60)
+                           if t not in cleared])
+            if job.given.dep is not None:
+                depended.add(job.given.dep)
             n += 1
             try:
-                if n % 2:
-                    tid = calls(tc.run, MapTask(soak_task, task_args, retries=retries))
-                    given[tid] = (marker, retries)
+                if n % 2 or job.options is None:
+                    tid = calls(tc.run, job.task)
+                    given[tid] = job.given
                     outstanding.append(tid)
                 else:
-                    fut = calls(tc.options(retries=retries).submit, soak_task, *task_args)
-                    futures[fut] = (marker, retries)
+                    fut = calls(tc.options(**job.options).submit, soak_task, *job.args)
+                    futures[fut] = job.given
                     given_tid = calls(lambda f=fut: f.taskid)
-                    given[given_tid] = (marker, retries)
+                    given[given_tid] = job.given
             except StoreError:
-                refused.append(marker)
+                refused.extend(job.given.markers)
             except (TimeoutError, RuntimeError, ConnectionError) as e:  # fate unknown
                 unsure.append(f"{marker}: {type(e).__name__}: {e}")
         faults.stop_event.set()
@@ -434,7 +439,7 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
         with contextlib.suppress(TimeoutError):  # (stuck: found by check())
             calls(tc.barrier, tids, timeout=STUCK_AFTER)
         for tid in calls.not_stored:
-            refused.append(given.pop(tid)[0])
+            refused.extend(given.pop(tid).markers)
         for tid in cleared:  # (their results are gone: checked as unknown)
             given.pop(tid, None)
         report = check(tc, calls, given, refused, runs_log, faults.touched, aborts, cleared)
@@ -489,13 +494,13 @@ def log_tail(path: Path, n: int) -> list[str]:
 
 
 def abort_or_clear(tc, calls, rng: random.Random, given: dict, aborts: dict[int, str],
-                   cleared: set[int]) -> None:
+                   cleared: set[int], depended: set[int]) -> None:
     """Abort a task given lately (queued, running or done), or clear one's result if it is
-    done; note what the controller answered."""
+    done and no after job waits for it; note what the controller answered."""
     recent = sorted(given)[-400:]  # (in flight: the last IN_FLIGHT or so; before: done)
     abort = rng.random() < 0.7
     tid = rng.choice(recent[-250:] if abort else recent[:200])
-    if tid in aborts or tid in cleared:
+    if tid in aborts or tid in cleared or (not abort and tid in depended):
         return
     if abort:
         try:
@@ -519,15 +524,14 @@ def check(tc, calls, given: dict, refused: list, runs_log: str, touched: set[int
           aborts: dict[int, str], cleared: set[int]) -> dict:
     """The checks of the module docstring; `touched`: the engine pids faults killed or
     stopped; `aborts`, `cleared`: what the aborts and clears made answered."""
-    pids: dict[str, list[int]] = {}  # marker -> the pid of each run
-    with contextlib.suppress(FileNotFoundError):
-        for line in Path(runs_log).read_text().splitlines():
-            marker, pid = line.split()
-            pids.setdefault(marker, []).append(int(pid))
-    runs = Counter({m: len(p) for m, p in pids.items()})
+    log = RunsLog(Path(runs_log).read_text() if Path(runs_log).exists() else "")
     problems: list[str] = []
     outcomes: Counter[str] = Counter()
-    for tid, (marker, retries) in sorted(given.items()):
+    by_kind: dict[str, Counter[str]] = {}
+    ended: dict[int, str] = {}  # taskid -> its outcome
+    kind_wrong = 0
+    for tid, g in sorted(given.items()):
+        marker, retries = g.marker, g.retries
         info = calls(tc.task_info, tid)
         if info["state"] in ("scheduled", "pending"):  # the barrier gave up on it: stuck
             problems.append(f"task {tid} ({marker}) never finished: {info}")
@@ -535,34 +539,45 @@ def check(tc, calls, given: dict, refused: list, runs_log: str, touched: set[int
             continue
         try:
             value = calls(tc.get_task_result, tid, block=True)
+            failure = failure_of(g, value)
         except Exception as e:  # noqa: BLE001 - a task's failure is an outcome
-            outcome = type(e).__name__
-            value = None
-            if outcome == "EngineDied":
-                named = re.search(r"\bpid (\d+)\)", str(e))  # (engine 3 (host pid 4711) ...)
-                died = {int(named[1])} if named else set(pids.get(marker, ()))
-                if died and not died & touched:
-                    problems.append(f"task {tid} ({marker}): EngineDied, but no fault touched "
-                                    f"the engine (pids {sorted(died)}): {e}")
-                    outcomes["unexplained EngineDied"] += 1
-        else:
-            outcome = "ok"
-            if value != marker:
-                problems.append(f"task {tid}: result {value!r} is not its own ({marker!r})")
+            value, failure = None, e
+        outcome = "ok" if failure is None else type(failure).__name__
+        if outcome == "EngineDied":
+            named = re.search(r"\bpid (\d+)\)", str(failure))  # (engine 3 (host pid 4711) ...)
+            died = ({int(named[1])} if named else
+                    {pid for m in g.markers for pid in log.pids.get(m, ())})
+            if died and not died & touched:
+                problems.append(f"task {tid} ({marker}): EngineDied, but no fault touched "
+                                f"the engine (pids {sorted(died)}): {failure}")
+                outcomes["unexplained EngineDied"] += 1
+        if outcome == "ok" and value_of(g, value) != marker:
+            problems.append(f"task {tid}: result {value!r} is not its own ({marker!r})")
+        ended[tid] = outcome
         outcomes[outcome] += 1
+        by_kind.setdefault(g.kind, Counter())[outcome] += 1
         said = aborts.get(tid)
         if said is not None and said not in ("aborted", "finished"):
             problems.append(f"task {tid} ({marker}): {said}")
         elif said is not None and (said == "aborted") != (outcome == "TaskAborted"):
             problems.append(f"task {tid} ({marker}): its abort answered {said!r}, yet it "
                             f"ended {outcome}")
-        ran = runs[marker]
-        if ran > retries + 1:
+        ran = log.runs(marker)
+        if ran > retries + 1 and g.kind != "recovery":  # (a recovery's: kind_problems)
             problems.append(f"task {tid} ({marker}, retries={retries}) ran {ran} times")
         if outcome == "ok" and ran < 1:
             problems.append(f"task {tid} ({marker}) succeeded without running")
-        if retries == 0 and outcome not in ("EngineDied", "TaskAborted") and ran != 1:
+        if (retries == 0 and g.kind in ("plain", "string", "after") and ran != 1
+                and outcome not in (*FAULT_OUTCOMES, "DependencyError")):
             problems.append(f"task {tid} ({marker}, retries=0, {outcome}) ran {ran} times")
+        wrong = kind_problems(tid, g, outcome, log)
+        kind_wrong += len(wrong)
+        problems += wrong
+    for tid, g in sorted(given.items()):
+        if g.kind == "after" and tid in ended and (g.dep not in given or g.dep in ended):
+            wrong = after_problems(tid, g, ended[tid], ended.get(g.dep), given.get(g.dep), log)
+            kind_wrong += len(wrong)
+            problems += wrong
     for tid in sorted(cleared):
         try:
             calls(tc.get_task_result, tid)
@@ -572,8 +587,9 @@ def check(tc, calls, given: dict, refused: list, runs_log: str, touched: set[int
         except Exception as e:  # noqa: BLE001 - any other answer is a problem
             problems.append(f"task {tid}: cleared, then read: {type(e).__name__}: {e}")
     for marker in refused:
-        if runs[marker]:
-            problems.append(f"{marker}: its submit was refused, yet it ran {runs[marker]} times")
+        if log.runs(marker):
+            problems.append(f"{marker}: its submit was refused, yet it ran "
+                            f"{log.runs(marker)} times")
     status = calls(tc.queue_status, verbose=True)
     finished = status["succeeded"] + status["failed"]
     counts = Counter(finished)
@@ -587,7 +603,7 @@ def check(tc, calls, given: dict, refused: list, runs_log: str, touched: set[int
         problems.append(f"finished twice: {twice[:10]}")
     if missing:
         problems.append(f"given but not finished: {missing[:10]}")
-    extra_runs = sum(max(0, runs[m] - 1) for m, _ in given.values())
+    extra_runs = sum(max(0, log.runs(m) - 1) for g in given.values() for m in g.markers)
     return {"tasks": len(given), "outcomes": dict(outcomes), "lost": len(missing),
             "stuck": outcomes["stuck"],
             "finished_twice": len(twice), "wrong_results": sum("is not its own" in p
@@ -598,6 +614,8 @@ def check(tc, calls, given: dict, refused: list, runs_log: str, touched: set[int
             "aborts": dict(Counter(aborts.values())), "cleared": len(cleared),
             "abort_or_clear_wrong": sum("abort answered" in p or "cleared" in p
                                         for p in problems),
+            "by_kind": {k: dict(v) for k, v in sorted(by_kind.items())},
+            "kind_wrong": kind_wrong,
             "problems": problems[:50],
             "ok": not problems}
 

@@ -1,0 +1,193 @@
+"""The fault soak's tasks (benchmarks/fault_soak.py): what it submits, and what each must end as.
+
+Most are plain: `soak_task` notes its start (marker and pid) in the runs log, sleeps, notes its
+end, and returns its marker (or fails on purpose). Beside them, so that the features built on
+the queue are tried under the same faults:
+- `timeout`: a task that would sleep 2 s with a 0.15 s timeout: it must never succeed;
+- `recovery`: a task that fails on purpose, with a recovery task: the task's result must be the
+  recovery's marker, and the recovery must run at most once;
+- `after`: a task given `after=[A]` for a task A given lately: if A succeeded, it must start
+  only after A's successful run ended (the runs log is in time order); otherwise it must fail
+  with DependencyError without running;
+- `string`: a StringTask that calls `soak_task` pushed into the engine's namespace and pulls
+  its value.
+`Given` is what the soak keeps of each taskid; `kind_problems` and `after_problems` the checks
+of these kinds (the soak's own checks cover every kind: ran at most `retries + 1` times, once
+with `retries=0`, finished once, no unexplained EngineDied).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from taskmill import MapTask, StringTask
+
+KINDS = (("plain", 0.62), ("timeout", 0.07), ("recovery", 0.1), ("after", 0.11),
+         ("string", 0.1))
+TIMEOUT = 0.15  # the timeout kind's
+TIMEOUT_SLEEP = 2.0  # ... and what its code would sleep
+# Outcomes any task may end with under the faults, besides its own: its engine was killed or
+# stopped (checked apart: the engine must be one a fault touched), or the soak aborted it.
+FAULT_OUTCOMES = ("EngineDied", "TaskAborted")
+
+
+def soak_task(log: str, marker: str, seconds: float, fail: bool) -> str:
+    """Task code: note this run's start (and the engine's pid), sleep, note its end, return the
+    marker (or fail on purpose, without an end)."""
+    import os
+    import time
+
+    def note(line: str) -> None:
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    note(f"{marker} {os.getpid()}\n")
+    time.sleep(seconds)
+    if fail:
+        raise ValueError(f"{marker} failed on purpose")
+    note(f"{marker} {os.getpid()} end\n")
+    return marker
+
+
+@dataclass
+class Given:
+    """A taskid the client was given: `marker` is the value it must return (the recovery's
+    for a recovery job), `first` the failing task's marker of a recovery job, `dep` the taskid
+    an after job waits for."""
+
+    marker: str
+    retries: int
+    kind: str = "plain"
+    first: str | None = None
+    dep: int | None = None
+
+    @property
+    def markers(self) -> tuple[str, ...]:
+        """Every marker its code may note (a refused submit's must never be noted)."""
+        return (self.marker,) if self.first is None else (self.first, self.marker)
+
+
+@dataclass
+class Job:
+    """One submission: `task` for `run`; for `submit`, `options` of `client.options` and
+    `args` of `soak_task` (None: this kind goes through `run` only)."""
+
+    given: Given
+    task: Any
+    options: dict[str, Any] | None
+    args: tuple[Any, ...]
+
+
+def new_job(rng: random.Random, log: str, marker: str, recent: list[int]) -> Job:
+    """A job of a kind drawn at random; `recent`: taskids given lately (an after job waits
+    for one of them)."""
+    kinds, weights = zip(*KINDS, strict=True)
+    kind = rng.choices(kinds, weights)[0]
+    if kind == "after" and not recent:
+        kind = "plain"
+    retries = rng.choice((0, 0, 2))
+    duration = rng.choice((0.0, 0.002, 0.01, 0.02, 0.3))
+    fail = rng.random() < 0.03
+    if kind == "timeout":
+        args = (log, marker, TIMEOUT_SLEEP, False)
+        return Job(Given(marker, retries, kind), MapTask(soak_task, args, retries=retries,
+                                                         timeout=TIMEOUT),
+                   {"retries": retries, "timeout": TIMEOUT}, args)
+    if kind == "recovery":
+        first = f"{marker}-fails"
+        recovery = MapTask(soak_task, (log, marker, duration, False))
+        task = MapTask(soak_task, (log, first, duration, True), retries=retries,
+                       recovery_task=recovery)
+        return Job(Given(marker, retries, kind, first=first), task, None, ())
+    if kind == "string":
+        task = StringTask("y = soak(log, marker, seconds, fail)", pull="y", retries=retries,
+                          push={"soak": soak_task, "log": log, "marker": marker,
+                                "seconds": duration, "fail": fail})
+        return Job(Given(marker, retries, kind), task, None, ())
+    args = (log, marker, duration, fail)
+    if kind == "after":
+        dep = rng.choice(recent[-50:])
+        return Job(Given(marker, retries, kind, dep=dep),
+                   MapTask(soak_task, args, retries=retries, after=[dep]),
+                   {"retries": retries, "after": [dep]}, args)
+    return Job(Given(marker, retries), MapTask(soak_task, args, retries=retries),
+               {"retries": retries}, args)
+
+
+class RunsLog:
+    """The runs log read back: each marker's runs (the engine pid of each start) and the
+    positions of its starts and ends in the log (the log is appended to in time order)."""
+
+    def __init__(self, text: str) -> None:
+        self.pids: dict[str, list[int]] = {}
+        self.starts: dict[str, list[int]] = {}
+        self.ends: dict[str, list[int]] = {}
+        for i, line in enumerate(text.splitlines()):
+            marker, pid, *end = line.split()
+            if end:
+                self.ends.setdefault(marker, []).append(i)
+            else:
+                self.pids.setdefault(marker, []).append(int(pid))
+                self.starts.setdefault(marker, []).append(i)
+
+    def runs(self, marker: str) -> int:
+        return len(self.pids.get(marker, ()))
+
+
+def value_of(g: Given, value: Any) -> Any:
+    """The marker a finished task's value holds (a StringTask's pulled `y`)."""
+    if g.kind == "string":
+        return getattr(value, "results", {}).get("y", value)
+    return value
+
+
+def failure_of(g: Given, value: Any) -> BaseException | None:
+    """The exception a StringTask's result carries (`get_task_result` returns a failed
+    StringTask's TaskResult, as the seed did, rather than raising)."""
+    return getattr(value, "failure", None) if g.kind == "string" else None
+
+
+def kind_problems(tid: int, g: Given, outcome: str, log: RunsLog) -> list[str]:
+    """What is wrong with a timeout or recovery job's end (other kinds: nothing here)."""
+    if g.kind == "timeout" and outcome not in ("TaskTimeout", *FAULT_OUTCOMES):
+        return [f"task {tid} ({g.marker}): timeout {TIMEOUT} s on a {TIMEOUT_SLEEP} s task, yet "
+                f"it ended {outcome}"]
+    if g.kind == "recovery":
+        problems = []
+        if outcome not in ("ok", *FAULT_OUTCOMES):
+            problems.append(f"task {tid} ({g.first}): failed with a recovery task, yet it "
+                            f"ended {outcome}")
+        if log.runs(g.marker) > 1:
+            problems.append(f"task {tid}: its recovery ({g.marker}) ran "
+                            f"{log.runs(g.marker)} times")
+        if log.runs(g.first) > g.retries + 1:
+            problems.append(f"task {tid} ({g.first}, retries={g.retries}) ran "
+                            f"{log.runs(g.first)} times")
+        return problems
+    return []
+
+
+def after_problems(tid: int, g: Given, outcome: str, dep_outcome: str | None,
+                   dep: Given | None, log: RunsLog) -> list[str]:
+    """What is wrong with an after job's end, given how the task it waited for ended
+    (`dep_outcome` None: that task does not exist, its submit refused)."""
+    ran = log.runs(g.marker)
+    if dep_outcome != "ok":
+        if outcome not in ("DependencyError", "TaskAborted") or ran:
+            return [f"task {tid} ({g.marker}) after {g.dep}, which ended {dep_outcome}: "
+                    f"it ended {outcome} and ran {ran} times (DependencyError, never run)"]
+        return []
+    if outcome == "DependencyError":
+        return [f"task {tid} ({g.marker}) after {g.dep}, which succeeded: DependencyError"]
+    assert dep is not None
+    ends = log.ends.get(dep.marker, [])
+    starts = log.starts.get(g.marker, [])
+    if starts and (not ends or starts[0] < ends[-1]):
+        return [f"task {tid} ({g.marker}) started before {g.dep} ({dep.marker}), which it "
+                f"comes after, ended (runs log lines {starts[0]} and {ends[-1:]})"]
+    return []
