@@ -7,8 +7,8 @@ A controller (TCP, a durable store), engines and one client that reach it throug
 that can break their connections; the client keeps submitting tasks (with and without
 retries; the seed's `run` and futures' `submit`, by turns; most of them plain, the rest with
 a timeout they overrun, a recovery task, a dependency (`after`) on a task given lately, or
-StringTasks: soak_jobs.py; now and then it aborts one it submitted, and clears one that
-finished) while a fault thread, every
+StringTasks: soak_jobs.py; now and then it aborts one it submitted, clears one that
+finished, or maps over 4-40 elements with `client.map`) while a fault thread, every
 1.5-4 s, does one of:
 - kill -9 the controller and start it again on the same store and connection file;
 - SIGSTOP the controller for 0.5-8 s (past 1.5 s its engines' dead_after has gone by, past 5 s
@@ -35,6 +35,8 @@ stopped:
   value (the recovery ran at most once); a task `after` another that succeeded started only
   once that one's run had ended, and one after a task that did not succeed failed with
   DependencyError without running (soak_jobs.py; `by_kind`, `kind_wrong` in the report);
+- a map returned its elements' values in order, or failed only with EngineDied of engines a
+  fault touched, and no element ran more often than its retries allow (`maps_wrong`);
 - each task's code ran at most `retries + 1` times (with `retries=0`: exactly once, or at most
   once when it failed with EngineDied); a refused submit's task never ran;
 - an abort answered "aborted" left its task aborted (TaskAborted), one answered "already
@@ -83,7 +85,9 @@ from soak_jobs import (  # noqa: E402
     after_problems,
     failure_of,
     kind_problems,
+    map_problems,
     new_job,
+    run_map,
     soak_task,
     value_of,
 )
@@ -357,6 +361,7 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
     calls = Calls()
     given: dict[int, Given] = {}  # taskid -> what it must end as
     depended: set[int] = set()  # taskids an after job waits for (never cleared)
+    maps: list = []  # client.map runs (MapRun)
     refused: list[str] = []  # markers of submits refused with StoreError
     unsure: list[str] = []  # submits whose fate the client could not learn
     futures: dict = {}
@@ -407,6 +412,8 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
                 continue
             if given and rng.random() < 0.02:
                 abort_or_clear(tc, calls, rng, given, aborts, cleared, depended)
+            if rng.random() < 0.01:  # (a map blocks this loop while it runs: it is short)
+                maps.append(run_map(tc, calls, rng, runs_log, f"map{len(maps)}", STUCK_AFTER))
             marker = f"m{n}-{uuid.uuid4().hex[:8]}"
             job = new_job(rng, runs_log, marker,
                           [t for t in itertools.islice(reversed(given), 60)
@@ -443,6 +450,12 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
         for tid in cleared:  # (their results are gone: checked as unknown)
             given.pop(tid, None)
         report = check(tc, calls, given, refused, runs_log, faults.touched, aborts, cleared)
+        log = RunsLog(Path(runs_log).read_text())
+        wrong = [p for m in maps for p in map_problems(m, log, faults.touched)]
+        report["problems"] += wrong
+        report.update(maps=len(maps), map_outcomes=dict(Counter(m.outcome for m in maps)),
+                      map_elements=sum(len(m.markers) for m in maps), maps_wrong=len(wrong),
+                      ok=report["ok"] and not wrong)
         badly = cluster.retired_badly()
         report["problems"] += badly
         report.update(engines_retired=len(cluster.retiring), retired_badly=len(badly),

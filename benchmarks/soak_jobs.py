@@ -191,3 +191,66 @@ def after_problems(tid: int, g: Given, outcome: str, dep_outcome: str | None,
         return [f"task {tid} ({g.marker}) started before {g.dep} ({dep.marker}), which it "
                 f"comes after, ended (runs log lines {starts[0]} and {ends[-1:]})"]
     return []
+
+
+@dataclass
+class MapRun:
+    """A `client.map` of soak tasks made under the faults, and how it ended: `values` if it
+    returned, `failures` (index, exception name, text) of its CompositeError, or `outcome` the
+    name of what else it raised."""
+
+    markers: list[str]
+    retries: int
+    outcome: str
+    values: list[Any] | None = None
+    failures: tuple[tuple[int, str, str], ...] = ()
+
+
+def run_map(tc: Any, calls: Any, rng: random.Random, log: str, prefix: str,
+            timeout: float) -> MapRun:
+    """A map of 4-40 soak tasks (none fails by itself) in chunks of 1, 3, 8 or the default."""
+    from taskmill import CompositeError, StoreError
+
+    k = rng.randint(4, 40)
+    retries = rng.choice((0, 2))
+    markers = [f"{prefix}-i{i}" for i in range(k)]
+    durations = [rng.choice((0.0, 0.002, 0.01)) for _ in range(k)]
+    try:
+        values = calls(tc.options(retries=retries).map, soak_task, [log] * k, markers,
+                       durations, [False] * k, chunksize=rng.choice((1, 3, 8, None)),
+                       timeout=timeout)
+        return MapRun(markers, retries, "ok", values=values)
+    except CompositeError as e:
+        return MapRun(markers, retries, "CompositeError", failures=tuple(
+            (f.index, type(f.exception).__name__, str(f.exception)) for f in e.elist))
+    except StoreError:  # (a full disk refused one of its chunks: the others are aborted)
+        return MapRun(markers, retries, "StoreError")
+    except Exception as e:  # noqa: BLE001 - a problem, reported by map_problems
+        return MapRun(markers, retries, f"{type(e).__name__}: {e}")
+
+
+def map_problems(m: MapRun, log: RunsLog, touched: set[int]) -> list[str]:
+    """What is wrong with how a map ended: its values must be its markers in order; its
+    only failures, EngineDied of an engine a fault touched; no element may run more than
+    retries + 1 times, and with retries=0 every element that did not fail ran once."""
+    import re
+
+    what = f"map {m.markers[0].rsplit('-i', 1)[0]} (retries={m.retries})"
+    problems = []
+    if m.outcome not in ("ok", "CompositeError", "StoreError"):
+        problems.append(f"{what} raised {m.outcome}")
+    if m.outcome == "ok" and m.values != m.markers:
+        problems.append(f"{what} returned {m.values!r:.200} for {m.markers!r:.200}")
+    failed = {i for i, _, _ in m.failures}
+    for i, name, text in m.failures:
+        pid = re.search(r"\bpid (\d+)\)", text)
+        if name != "EngineDied" or (pid and int(pid[1]) not in touched):
+            problems.append(f"{what}: element {i} failed with {name}: {text:.200}")
+    for i, marker in enumerate(m.markers):
+        ran = log.runs(marker)
+        if ran > m.retries + 1:
+            problems.append(f"{what}: element {i} ({marker}) ran {ran} times")
+        elif m.outcome in ("ok", "CompositeError") and i not in failed and (
+                ran < 1 or (m.retries == 0 and ran != 1)):
+            problems.append(f"{what}: element {i} ({marker}) succeeded, and ran {ran} times")
+    return problems
