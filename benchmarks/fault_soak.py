@@ -6,10 +6,10 @@
 A controller (TCP, a durable store), engines and one client that reach it through TCP proxies
 that can break their connections; the client keeps submitting tasks (with and without
 retries; the seed's `run` and futures' `submit`, by turns; most of them plain, the rest with
-a timeout they overrun, a recovery task, a dependency (`after`) on a task given lately, or
-StringTasks: soak_jobs.py; now and then it aborts one it submitted, clears one that
-finished, or maps over 4-40 elements with `client.map`) while a fault thread, every
-1.5-4 s, does one of:
+a timeout they overrun, a recovery task, a dependency (`after`) on a task given lately,
+StringTasks, or payloads of 64-256 KiB (which the store keeps in files): soak_jobs.py; now
+and then it aborts one it submitted, clears one that finished, or maps over 4-40 elements with
+`client.map`) while a fault thread, every 1.5-4 s, does one of:
 - kill -9 the controller and start it again on the same store and connection file;
 - SIGSTOP the controller for 0.5-8 s (past 1.5 s its engines' dead_after has gone by, past 5 s
   they move to new connections), then SIGCONT it: it must not take its own silence for theirs;
@@ -427,7 +427,7 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
                     given[tid] = job.given
                     outstanding.append(tid)
                 else:
-                    fut = calls(tc.options(**job.options).submit, soak_task, *job.args)
+                    fut = calls(tc.options(**job.options).submit, job.function, *job.args)
                     futures[fut] = job.given
                     given_tid = calls(lambda f=fut: f.taskid)
                     given[given_tid] = job.given
@@ -565,7 +565,8 @@ def check(tc, calls, given: dict, refused: list, runs_log: str, touched: set[int
                                 f"the engine (pids {sorted(died)}): {failure}")
                 outcomes["unexplained EngineDied"] += 1
         if outcome == "ok" and value_of(g, value) != marker:
-            problems.append(f"task {tid}: result {value!r} is not its own ({marker!r})")
+            problems.append(f"task {tid}: result {value_of(g, value)!r:.200} is not its own "
+                            f"({marker!r})")
         ended[tid] = outcome
         outcomes[outcome] += 1
         by_kind.setdefault(g.kind, Counter())[outcome] += 1
@@ -580,7 +581,7 @@ def check(tc, calls, given: dict, refused: list, runs_log: str, touched: set[int
             problems.append(f"task {tid} ({marker}, retries={retries}) ran {ran} times")
         if outcome == "ok" and ran < 1:
             problems.append(f"task {tid} ({marker}) succeeded without running")
-        if (retries == 0 and g.kind in ("plain", "string", "after") and ran != 1
+        if (retries == 0 and g.kind in ("plain", "string", "after", "payload") and ran != 1
                 and outcome not in (*FAULT_OUTCOMES, "DependencyError")):
             problems.append(f"task {tid} ({marker}, retries=0, {outcome}) ran {ran} times")
         wrong = kind_problems(tid, g, outcome, log)

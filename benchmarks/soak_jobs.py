@@ -10,7 +10,10 @@ the queue are tried under the same faults:
   only after A's successful run ended (the runs log is in time order); otherwise it must fail
   with DependencyError without running;
 - `string`: a StringTask that calls `soak_task` pushed into the engine's namespace and pulls
-  its value.
+  its value;
+- `payload`: 64-256 KiB of bytes (made from the marker) sent and returned with the marker:
+  frames that large are kept in files beside the store's database, and must come back
+  whole.
 `Given` is what the soak keeps of each taskid; `kind_problems` and `after_problems` the checks
 of these kinds (the soak's own checks cover every kind: ran at most `retries + 1` times, once
 with `retries=0`, finished once, no unexplained EngineDied).
@@ -24,8 +27,9 @@ from typing import Any
 
 from taskmill import MapTask, StringTask
 
-KINDS = (("plain", 0.62), ("timeout", 0.07), ("recovery", 0.1), ("after", 0.11),
-         ("string", 0.1))
+KINDS = (("plain", 0.59), ("timeout", 0.07), ("recovery", 0.1), ("after", 0.11),
+         ("string", 0.1), ("payload", 0.03))
+PAYLOAD_SIZES = (64 * 1024, 100_000, 256 * 1024)  # (from 64 KiB on, the store's own files)
 TIMEOUT = 0.15  # the timeout kind's
 TIMEOUT_SLEEP = 2.0  # ... and what its code would sleep
 # Outcomes any task may end with under the faults, besides its own: its engine was killed or
@@ -54,6 +58,19 @@ def soak_task(log: str, marker: str, seconds: float, fail: bool) -> str:
     return marker
 
 
+def payload(marker: str, size: int) -> bytes:
+    """`size` bytes made from `marker` (each job's its own)."""
+    import hashlib
+
+    block = hashlib.blake2b(marker.encode()).digest()  # (64 bytes)
+    return (block * (size // len(block) + 1))[:size]
+
+
+def soak_payload(log: str, marker: str, seconds: float, fail: bool, data: bytes) -> tuple:
+    """`soak_task`, returning its payload with its marker."""
+    return soak_task(log, marker, seconds, fail), data
+
+
 @dataclass
 class Given:
     """A taskid the client was given: `marker` is the value it must return (the recovery's
@@ -65,6 +82,8 @@ class Given:
     kind: str = "plain"
     first: str | None = None
     dep: int | None = None
+    size: int = 0  # a payload job's bytes
+    fail: bool = False  # its code fails on purpose (ValueError)
 
     @property
     def markers(self) -> tuple[str, ...]:
@@ -74,13 +93,14 @@ class Given:
 
 @dataclass
 class Job:
-    """One submission: `task` for `run`; for `submit`, `options` of `client.options` and
-    `args` of `soak_task` (None: this kind goes through `run` only)."""
+    """One submission: `task` for `run`; for `submit`, `options` of `client.options`, the
+    function and its `args` (`options` None: this kind goes through `run` only)."""
 
     given: Given
     task: Any
     options: dict[str, Any] | None
     args: tuple[Any, ...]
+    function: Any = soak_task
 
 
 def new_job(rng: random.Random, log: str, marker: str, recent: list[int]) -> Job:
@@ -104,18 +124,24 @@ def new_job(rng: random.Random, log: str, marker: str, recent: list[int]) -> Job
         task = MapTask(soak_task, (log, first, duration, True), retries=retries,
                        recovery_task=recovery)
         return Job(Given(marker, retries, kind, first=first), task, None, ())
+    if kind == "payload":
+        size = rng.choice(PAYLOAD_SIZES)
+        args = (log, marker, duration, fail, payload(marker, size))
+        return Job(Given(marker, retries, kind, size=size, fail=fail),
+                   MapTask(soak_payload, args, retries=retries), {"retries": retries}, args,
+                   soak_payload)
     if kind == "string":
         task = StringTask("y = soak(log, marker, seconds, fail)", pull="y", retries=retries,
                           push={"soak": soak_task, "log": log, "marker": marker,
                                 "seconds": duration, "fail": fail})
-        return Job(Given(marker, retries, kind), task, None, ())
+        return Job(Given(marker, retries, kind, fail=fail), task, None, ())
     args = (log, marker, duration, fail)
     if kind == "after":
         dep = rng.choice(recent[-50:])
-        return Job(Given(marker, retries, kind, dep=dep),
+        return Job(Given(marker, retries, kind, dep=dep, fail=fail),
                    MapTask(soak_task, args, retries=retries, after=[dep]),
                    {"retries": retries, "after": [dep]}, args)
-    return Job(Given(marker, retries), MapTask(soak_task, args, retries=retries),
+    return Job(Given(marker, retries, fail=fail), MapTask(soak_task, args, retries=retries),
                {"retries": retries}, args)
 
 
@@ -140,9 +166,14 @@ class RunsLog:
 
 
 def value_of(g: Given, value: Any) -> Any:
-    """The marker a finished task's value holds (a StringTask's pulled `y`)."""
+    """The marker a finished task's value holds (a StringTask's pulled `y`; a payload job's
+    first item, if its bytes came back whole)."""
     if g.kind == "string":
         return getattr(value, "results", {}).get("y", value)
+    if g.kind == "payload":
+        whole = (type(value) is tuple and len(value) == 2
+                 and value[1] == payload(g.marker, g.size))
+        return value[0] if whole else f"<a payload that is not its {g.size} bytes>"
     return value
 
 
@@ -153,7 +184,16 @@ def failure_of(g: Given, value: Any) -> BaseException | None:
 
 
 def kind_problems(tid: int, g: Given, outcome: str, log: RunsLog) -> list[str]:
-    """What is wrong with a timeout or recovery job's end (other kinds: nothing here)."""
+    """What is wrong with how a job ended, for its kind: a failure it could not have (besides
+    the faults' EngineDied and the soak's aborts, only its own ValueError if it fails on
+    purpose, DependencyError for an after job); a timeout job's success; a recovery job's
+    failure or extra runs. (The runs of other kinds are the soak's own checks.)"""
+    if g.kind in ("plain", "after", "string", "payload"):
+        may = {"ok", *FAULT_OUTCOMES} | ({"ValueError"} if g.fail else set()) | (
+            {"DependencyError"} if g.kind == "after" else set())
+        if outcome not in may:
+            return [f"task {tid} ({g.marker}, {g.kind}) ended {outcome}"]
+        return []
     if g.kind == "timeout" and outcome not in ("TaskTimeout", *FAULT_OUTCOMES):
         return [f"task {tid} ({g.marker}): timeout {TIMEOUT} s on a {TIMEOUT_SLEEP} s task, yet "
                 f"it ended {outcome}"]

@@ -48,8 +48,10 @@ def test_fault_soak_finds_nothing(tmp_path):
     assert report["unexplained_deaths"] == 0 and report["abort_or_clear_wrong"] == 0
     assert report["retired_badly"] == 0 and report["kind_wrong"] == 0
     assert report["maps_wrong"] == 0
-    # (every kind of task was tried: timeouts, recovery tasks, dependencies, StringTasks)
-    assert set(report["by_kind"]) == {"plain", "timeout", "recovery", "after", "string"}
+    # (every kind of task was tried: timeouts, recovery tasks, dependencies, StringTasks,
+    # payloads)
+    assert set(report["by_kind"]) == {"plain", "timeout", "recovery", "after", "string",
+                                      "payload"}
     assert report["tasks"] >= 300, report  # (a soak that ran almost nothing tested nothing)
     assert sum(report["faults"].values()) >= 8, report["faults"]
     assert len(report["faults"]) >= 3, report["faults"]
