@@ -9,7 +9,8 @@ retries; the seed's `run` and futures' `submit`, by turns; most of them plain, t
 a timeout they overrun, a recovery task, a dependency (`after`) on a task given lately,
 StringTasks, or payloads of 64-256 KiB (which the store keeps in files): soak_jobs.py; now
 and then it aborts one it submitted, clears one that finished, or maps over 4-40 elements with
-`client.map`) while a fault thread, every 1.5-4 s, does one of:
+`client.map`), and a second client, asyncio's (`AsyncTaskClient`, on a thread of its own),
+keeps 20 futures of its own in flight, while a fault thread, every 1.5-4 s, does one of:
 - kill -9 the controller and start it again on the same store and connection file;
 - SIGSTOP the controller for 0.5-8 s (past 1.5 s its engines' dead_after has gone by, past 5 s
   they move to new connections), then SIGCONT it: it must not take its own silence for theirs;
@@ -37,6 +38,9 @@ stopped:
   DependencyError without running (soak_jobs.py; `by_kind`, `kind_wrong` in the report);
 - a map returned its elements' values in order, or failed only with EngineDied of engines a
   fault touched, and no element ran more often than its retries allow (`maps_wrong`);
+- the asyncio client's futures ended with their own values, or failed only as they could
+  (their own ValueError, EngineDied of a touched engine, StoreError of a submit refused and
+  never run), and ran as their retries allow (`async_wrong`);
 - each task's code ran at most `retries + 1` times (with `retries=0`: exactly once, or at most
   once when it failed with EngineDied); a refused submit's task never ran;
 - an abort answered "aborted" left its task aborted (TaskAborted), one answered "already
@@ -80,9 +84,11 @@ sys.path.insert(0, str(ROOT / "tests" / "system"))  # the fault proxy is shared 
 from faultproxy import proxied  # noqa: E402
 from soak_jobs import (  # noqa: E402
     FAULT_OUTCOMES,
+    AsyncSide,
     Given,
     RunsLog,
     after_problems,
+    async_problems,
     failure_of,
     kind_problems,
     map_problems,
@@ -369,6 +375,7 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
     cleared: set[int] = set()  # taskids whose result a clear dropped
     faults = Faults(cluster, rng)
     tc = None
+    side: AsyncSide | None = None  # the second client, asyncio's
     try:
         kwargs = {"timeout": CALL_TIMEOUT}
         try:
@@ -389,6 +396,9 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
             calls(tc.get_task_result, tid, block=True)
         rss_start = rss_kib(cluster.controller.pid)
         controller_at_start = cluster.controller.pid
+        side = AsyncSide(cluster.client_conn, runs_log, seed, CALL_TIMEOUT, RECONNECT_TIMEOUT,
+                         STUCK_AFTER)
+        side.start()
         faults.start()
         end = time.monotonic() + seconds
         n = 0
@@ -439,6 +449,10 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
         faults.join(60)
         if faults.error is not None:
             raise faults.error
+        side.stop_event.set()
+        side.join(STUCK_AFTER + 30)
+        if side.error is not None:
+            raise side.error
         # Everything settles: every task the client was given finishes (but those whose
         # run() was refused, which read as unknown and must never run: checked as the
         # refused submits are; a barrier passes over them, and is the last call to learn).
@@ -452,10 +466,17 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
         report = check(tc, calls, given, refused, runs_log, faults.touched, aborts, cleared)
         log = RunsLog(Path(runs_log).read_text())
         wrong = [p for m in maps for p in map_problems(m, log, faults.touched)]
-        report["problems"] += wrong
+        async_wrong = async_problems(side.records, log, faults.touched)
+        if side.is_alive():
+            async_wrong.append(f"the asyncio client's futures did not settle within "
+                               f"{STUCK_AFTER + 30:g} s")
+        report["problems"] += wrong + async_wrong
         report.update(maps=len(maps), map_outcomes=dict(Counter(m.outcome for m in maps)),
                       map_elements=sum(len(m.markers) for m in maps), maps_wrong=len(wrong),
-                      ok=report["ok"] and not wrong)
+                      async_futures=len(side.records),
+                      async_outcomes=dict(Counter(r[3] for r in side.records)),
+                      async_wrong=len(async_wrong),
+                      ok=report["ok"] and not wrong and not async_wrong)
         badly = cluster.retired_badly()
         report["problems"] += badly
         report.update(engines_retired=len(cluster.retiring), retired_badly=len(badly),
@@ -494,6 +515,8 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
         return report
     finally:
         faults.stop_event.set()
+        if side is not None:
+            side.stop_event.set()
         for client in (tc, faults.tc):
             if client is not None:
                 client.close()

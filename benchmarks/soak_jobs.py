@@ -21,7 +21,9 @@ with `retries=0`, finished once, no unexplained EngineDied).
 
 from __future__ import annotations
 
+import asyncio
 import random
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -293,4 +295,87 @@ def map_problems(m: MapRun, log: RunsLog, touched: set[int]) -> list[str]:
         elif m.outcome in ("ok", "CompositeError") and i not in failed and (
                 ran < 1 or (m.retries == 0 and ran != 1)):
             problems.append(f"{what}: element {i} ({marker}) succeeded, and ran {ran} times")
+    return problems
+
+
+class AsyncSide(threading.Thread):
+    """A second client beside the soak's, asyncio's (`AsyncTaskClient`), on a thread of its
+    own: it keeps IN_FLIGHT futures of `soak_task` submitted (retries 0 or 2; 3% fail on
+    purpose), awaits each within `bound` seconds and notes how it ended (`records`: marker,
+    retries, fails, outcome, value or error text) until `stop_event`, then settles them."""
+
+    IN_FLIGHT = 20
+
+    def __init__(self, conn: str, log: str, seed: int, timeout: float,
+                 reconnect_timeout: float, bound: float) -> None:
+        super().__init__(name="soak-async-client", daemon=True)
+        self.conn, self.log, self.bound = conn, log, bound
+        self.timeout, self.reconnect_timeout = timeout, reconnect_timeout
+        self.rng = random.Random(seed)
+        self.records: list[tuple[str, int, bool, str, Any]] = []
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as e:  # noqa: BLE001 - the soak reports it
+            self.error = e
+
+    async def _main(self) -> None:
+        from taskmill import AsyncTaskClient
+
+        async with AsyncTaskClient(self.conn, timeout=self.timeout,
+                                   reconnect_timeout=self.reconnect_timeout) as ac:
+            pending: set[asyncio.Task] = set()
+            n = 0
+            while not self.stop_event.is_set():
+                while len(pending) < self.IN_FLIGHT:
+                    n += 1
+                    marker = f"a{n}-{self.rng.getrandbits(32):08x}"
+                    pending.add(asyncio.ensure_future(self._one(ac, marker)))
+                _, pending = await asyncio.wait(pending, timeout=0.5,
+                                                return_when=asyncio.FIRST_COMPLETED)
+            if pending:
+                await asyncio.wait(pending)
+
+    async def _one(self, ac: Any, marker: str) -> None:
+        retries = self.rng.choice((0, 0, 2))
+        fail = self.rng.random() < 0.03
+        duration = self.rng.choice((0.0, 0.002, 0.01, 0.05))
+        try:
+            fut = ac.options(retries=retries).submit(soak_task, self.log, marker, duration, fail)
+            value = await asyncio.wait_for(fut, self.bound)
+            outcome = "ok"
+        except Exception as e:  # noqa: BLE001 - how it ended is what is checked
+            outcome, value = type(e).__name__, str(e)
+        self.records.append((marker, retries, fail, outcome, value))
+
+
+def async_problems(records: list[tuple[str, int, bool, str, Any]], log: RunsLog,
+                   touched: set[int]) -> list[str]:
+    """What is wrong with how the asyncio client's futures ended: a value not its own; a
+    failure it could not have (its own ValueError only if it fails on purpose; EngineDied only
+    of an engine a fault touched; StoreError, a submit refused by a full disk, only if it
+    never ran); more runs than its retries allow, or not exactly one with retries=0."""
+    import re
+
+    problems = []
+    for marker, retries, fail, outcome, value in records:
+        ran = log.runs(marker)
+        what = f"async future {marker} (retries={retries})"
+        if outcome == "ok" and value != marker:
+            problems.append(f"{what}: value {value!r:.100} is not its own")
+        elif outcome == "StoreError" and ran:
+            problems.append(f"{what}: its submit was refused, yet it ran {ran} times")
+        elif outcome == "EngineDied":
+            pid = re.search(r"\bpid (\d+)\)", str(value))
+            if pid and int(pid[1]) not in touched:
+                problems.append(f"{what}: EngineDied, but no fault touched the engine: {value}")
+        elif outcome not in ("ok", "StoreError") and not (outcome == "ValueError" and fail):
+            problems.append(f"{what}: ended {outcome}: {value!s:.200}")
+        if ran > retries + 1:
+            problems.append(f"{what} ran {ran} times")
+        elif retries == 0 and outcome in ("ok", "ValueError") and ran != 1:
+            problems.append(f"{what}, {outcome}, ran {ran} times")
     return problems

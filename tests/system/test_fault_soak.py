@@ -47,7 +47,8 @@ def test_fault_soak_finds_nothing(tmp_path):
     assert report["wrong_results"] == 0 and report["over_runs"] == 0
     assert report["unexplained_deaths"] == 0 and report["abort_or_clear_wrong"] == 0
     assert report["retired_badly"] == 0 and report["kind_wrong"] == 0
-    assert report["maps_wrong"] == 0
+    assert report["maps_wrong"] == 0 and report["async_wrong"] == 0
+    assert report["async_futures"] >= 50, report  # (the asyncio client's, beside)
     # (every kind of task was tried: timeouts, recovery tasks, dependencies, StringTasks,
     # payloads)
     assert set(report["by_kind"]) == {"plain", "timeout", "recovery", "after", "string",
