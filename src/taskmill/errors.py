@@ -67,8 +67,8 @@ class StoreError(RuntimeError):
 class RunNotStored(TaskError):
     """Tasks that `run()` had returned taskids for were not stored and will never run (the
     controller refused them, or its lease of taskids to the client had ended): raised by the
-    client's next call, as `run()` may return before its task is stored. `taskids`: those
-    ids, which read as unknown."""
+    client's next call, as `run()` may return before its task is stored. `taskids`: every
+    such id since the call before (of every batch refused), which read as unknown."""
 
     def __init__(self, taskids: list[int], why: str) -> None:
         super().__init__(f"the tasks run() returned {ids_text(taskids)} for were not stored "
