@@ -7,10 +7,11 @@ A controller (TCP, a durable store), engines and one client that reach it throug
 that can break their connections; the client keeps submitting tasks (with and without
 retries; the seed's `run` and futures' `submit`, by turns; most of them plain, the rest with
 a timeout they overrun, a recovery task, a dependency (`after`) on a task given lately,
-StringTasks, or payloads of 64-256 KiB (which the store keeps in files): soak_jobs.py; now
-and then it aborts one it submitted, clears one that finished, or maps over 4-40 elements with
-`client.map`), and a second client, asyncio's (`AsyncTaskClient`, on a thread of its own),
-keeps 20 futures of its own in flight, while a fault thread, every 1.5-4 s, does one of:
+StringTasks, payloads of 64-256 KiB (which the store keeps in files), or a value put once:
+soak_jobs.py; now and then it aborts one it submitted, clears one that finished, maps over
+4-40 elements with `client.map`, or puts a new value for the tasks that take one), and a
+second client, asyncio's (`AsyncTaskClient`, on a thread of its own), keeps 20 futures of its
+own in flight, while a fault thread, every 1.5-4 s, does one of:
 - kill -9 the controller and start it again on the same store and connection file;
 - SIGSTOP the controller for 0.5-8 s (past 1.5 s its engines' dead_after has gone by, past 5 s
   they move to new connections), then SIGCONT it: it must not take its own silence for theirs;
@@ -89,10 +90,12 @@ from soak_jobs import (  # noqa: E402
     RunsLog,
     after_problems,
     async_problems,
+    digest,
     failure_of,
     kind_problems,
     map_problems,
     new_job,
+    payload,
     run_map,
     soak_task,
     value_of,
@@ -368,6 +371,8 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
     given: dict[int, Given] = {}  # taskid -> what it must end as
     depended: set[int] = set()  # taskids an after job waits for (never cleared)
     maps: list = []  # client.map runs (MapRun)
+    shared = None  # (ObjectRef, digest) of the value put last
+    puts = 0
     refused: list[str] = []  # markers of submits refused with StoreError
     unsure: list[str] = []  # submits whose fate the client could not learn
     futures: dict = {}
@@ -424,10 +429,15 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
                 abort_or_clear(tc, calls, rng, given, aborts, cleared, depended)
             if rng.random() < 0.01:  # (a map blocks this loop while it runs: it is short)
                 maps.append(run_map(tc, calls, rng, runs_log, f"map{len(maps)}", STUCK_AFTER))
+            if shared is None or rng.random() < 0.005:  # (a value put for shared jobs)
+                data = payload(f"put{puts}", rng.choice((64 * 1024, 200_000)))
+                with contextlib.suppress(StoreError):  # (a full disk: the last one stays)
+                    shared = (calls(tc.put, data), digest(data))
+                    puts += 1
             marker = f"m{n}-{uuid.uuid4().hex[:8]}"
             job = new_job(rng, runs_log, marker,
                           [t for t in itertools.islice(reversed(given), 60)
-                           if t not in cleared])
+                           if t not in cleared], shared)
             if job.given.dep is not None:
                 depended.add(job.given.dep)
             n += 1
@@ -471,7 +481,7 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
             async_wrong.append(f"the asyncio client's futures did not settle within "
                                f"{STUCK_AFTER + 30:g} s")
         report["problems"] += wrong + async_wrong
-        report.update(maps=len(maps), map_outcomes=dict(Counter(m.outcome for m in maps)),
+        report.update(puts=puts, maps=len(maps), map_outcomes=dict(Counter(m.outcome for m in maps)),
                       map_elements=sum(len(m.markers) for m in maps), maps_wrong=len(wrong),
                       async_futures=len(side.records),
                       async_outcomes=dict(Counter(r[3] for r in side.records)),
@@ -604,8 +614,8 @@ def check(tc, calls, given: dict, refused: list, runs_log: str, touched: set[int
             problems.append(f"task {tid} ({marker}, retries={retries}) ran {ran} times")
         if outcome == "ok" and ran < 1:
             problems.append(f"task {tid} ({marker}) succeeded without running")
-        if (retries == 0 and g.kind in ("plain", "string", "after", "payload") and ran != 1
-                and outcome not in (*FAULT_OUTCOMES, "DependencyError")):
+        if (retries == 0 and g.kind in ("plain", "string", "after", "payload", "shared")
+                and ran != 1 and outcome not in (*FAULT_OUTCOMES, "DependencyError")):
             problems.append(f"task {tid} ({marker}, retries=0, {outcome}) ran {ran} times")
         wrong = kind_problems(tid, g, outcome, log)
         kind_wrong += len(wrong)

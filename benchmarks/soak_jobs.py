@@ -13,7 +13,9 @@ the queue are tried under the same faults:
   its value;
 - `payload`: 64-256 KiB of bytes (made from the marker) sent and returned with the marker:
   frames that large are kept in files beside the store's database, and must come back
-  whole.
+  whole;
+- `shared`: a task given a value the client stored once with `put` (64-256 KiB, a new one
+  now and then): it returns a digest of the value it got, which must be the value put.
 `Given` is what the soak keeps of each taskid; `kind_problems` and `after_problems` the checks
 of these kinds (the soak's own checks cover every kind: ran at most `retries + 1` times, once
 with `retries=0`, finished once, no unexplained EngineDied).
@@ -29,8 +31,8 @@ from typing import Any
 
 from taskmill import MapTask, StringTask
 
-KINDS = (("plain", 0.59), ("timeout", 0.07), ("recovery", 0.1), ("after", 0.11),
-         ("string", 0.1), ("payload", 0.03))
+KINDS = (("plain", 0.55), ("timeout", 0.07), ("recovery", 0.1), ("after", 0.11),
+         ("string", 0.1), ("payload", 0.03), ("shared", 0.04))
 PAYLOAD_SIZES = (64 * 1024, 100_000, 256 * 1024)  # (from 64 KiB on, the store's own files)
 TIMEOUT = 0.15  # the timeout kind's
 TIMEOUT_SLEEP = 2.0  # ... and what its code would sleep
@@ -73,6 +75,17 @@ def soak_payload(log: str, marker: str, seconds: float, fail: bool, data: bytes)
     return soak_task(log, marker, seconds, fail), data
 
 
+def digest(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.blake2b(data).hexdigest()
+
+
+def soak_shared(log: str, marker: str, seconds: float, fail: bool, data: bytes) -> tuple:
+    """`soak_task`, returning a digest of the value it was given (a put one)."""
+    return soak_task(log, marker, seconds, fail), digest(data)
+
+
 @dataclass
 class Given:
     """A taskid the client was given: `marker` is the value it must return (the recovery's
@@ -86,6 +99,7 @@ class Given:
     dep: int | None = None
     size: int = 0  # a payload job's bytes
     fail: bool = False  # its code fails on purpose (ValueError)
+    expect: str | None = None  # a shared job's digest of its put value
 
     @property
     def markers(self) -> tuple[str, ...]:
@@ -105,12 +119,13 @@ class Job:
     function: Any = soak_task
 
 
-def new_job(rng: random.Random, log: str, marker: str, recent: list[int]) -> Job:
+def new_job(rng: random.Random, log: str, marker: str, recent: list[int],
+            shared: tuple[Any, str] | None = None) -> Job:
     """A job of a kind drawn at random; `recent`: taskids given lately (an after job waits
-    for one of them)."""
+    for one of them); `shared`: an ObjectRef the client put, and its value's digest."""
     kinds, weights = zip(*KINDS, strict=True)
     kind = rng.choices(kinds, weights)[0]
-    if kind == "after" and not recent:
+    if (kind == "after" and not recent) or (kind == "shared" and shared is None):
         kind = "plain"
     retries = rng.choice((0, 0, 2))
     duration = rng.choice((0.0, 0.002, 0.01, 0.02, 0.3))
@@ -132,6 +147,12 @@ def new_job(rng: random.Random, log: str, marker: str, recent: list[int]) -> Job
         return Job(Given(marker, retries, kind, size=size, fail=fail),
                    MapTask(soak_payload, args, retries=retries), {"retries": retries}, args,
                    soak_payload)
+    if kind == "shared":
+        assert shared is not None
+        args = (log, marker, duration, fail, shared[0])
+        return Job(Given(marker, retries, kind, fail=fail, expect=shared[1]),
+                   MapTask(soak_shared, args, retries=retries), {"retries": retries}, args,
+                   soak_shared)
     if kind == "string":
         task = StringTask("y = soak(log, marker, seconds, fail)", pull="y", retries=retries,
                           push={"soak": soak_task, "log": log, "marker": marker,
@@ -176,6 +197,9 @@ def value_of(g: Given, value: Any) -> Any:
         whole = (type(value) is tuple and len(value) == 2
                  and value[1] == payload(g.marker, g.size))
         return value[0] if whole else f"<a payload that is not its {g.size} bytes>"
+    if g.kind == "shared":
+        own = type(value) is tuple and len(value) == 2 and value[1] == g.expect
+        return value[0] if own else f"<a digest {value!r:.80} of another value than put>"
     return value
 
 
@@ -190,7 +214,7 @@ def kind_problems(tid: int, g: Given, outcome: str, log: RunsLog) -> list[str]:
     the faults' EngineDied and the soak's aborts, only its own ValueError if it fails on
     purpose, DependencyError for an after job); a timeout job's success; a recovery job's
     failure or extra runs. (The runs of other kinds are the soak's own checks.)"""
-    if g.kind in ("plain", "after", "string", "payload"):
+    if g.kind in ("plain", "after", "string", "payload", "shared"):
         may = {"ok", *FAULT_OUTCOMES} | ({"ValueError"} if g.fail else set()) | (
             {"DependencyError"} if g.kind == "after" else set())
         if outcome not in may:

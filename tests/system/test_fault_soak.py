@@ -50,9 +50,9 @@ def test_fault_soak_finds_nothing(tmp_path):
     assert report["maps_wrong"] == 0 and report["async_wrong"] == 0
     assert report["async_futures"] >= 50, report  # (the asyncio client's, beside)
     # (every kind of task was tried: timeouts, recovery tasks, dependencies, StringTasks,
-    # payloads)
+    # payloads, put values)
     assert set(report["by_kind"]) == {"plain", "timeout", "recovery", "after", "string",
-                                      "payload"}
+                                      "payload", "shared"}
     assert report["tasks"] >= 300, report  # (a soak that ran almost nothing tested nothing)
     assert sum(report["faults"].values()) >= 8, report["faults"]
     assert len(report["faults"]) >= 3, report["faults"]
