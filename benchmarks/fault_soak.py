@@ -340,6 +340,7 @@ class Calls:
 
     def __init__(self) -> None:
         self.longest = 0.0
+        self.longest_what = ""  # the call that took `longest`
         self.count = 0
         self.raised: Counter[str] = Counter()
         self.not_stored: list[int] = []
@@ -358,7 +359,10 @@ class Calls:
             self.raised[type(e).__name__] += 1
             raise
         finally:
-            self.longest = max(self.longest, time.monotonic() - t0)
+            took = time.monotonic() - t0
+            if took > self.longest:
+                self.longest = took
+                self.longest_what = getattr(fn, "__qualname__", repr(fn))
             self.count += 1
 
 
@@ -515,7 +519,7 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
             submitted=n, refused_submits=len(refused), unsure_submits=unsure,
             runs_not_stored=len(calls.not_stored),
             client_calls=calls.count, client_raised=dict(calls.raised),
-            longest_call_s=round(calls.longest, 2),
+            longest_call_s=round(calls.longest, 2), longest_call=calls.longest_what,
             call_bound_s=CALL_TIMEOUT + RECONNECT_TIMEOUT,
             controller_rss_kib={"start": rss_start, "end": rss_end,
                                 "same_controller": cluster.controller.pid ==

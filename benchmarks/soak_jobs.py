@@ -14,7 +14,7 @@ the queue are tried under the same faults:
 - `payload`: 64-256 KiB of bytes (made from the marker) sent and returned with the marker:
   frames that large are kept in files beside the store's database, and must come back
   whole;
-- `shared`: a task given a value the client stored once with `put` (64-256 KiB, a new one
+- `shared`: a task given a value the client stored once with `put` (64-200 KB, a new one
   now and then): it returns a digest of the value it got, which must be the value put.
 `Given` is what the soak keeps of each taskid; `kind_problems` and `after_problems` the checks
 of these kinds (the soak's own checks cover every kind: ran at most `retries + 1` times, once
