@@ -7,14 +7,16 @@ A `Cluster(2)` with its durable SQLite store; after 300 warm-up trips, `--trips`
 `submit(noop).result()` round trips, each timed on CLOCK_MONOTONIC, while `perf record -k
 CLOCK_MONOTONIC` notes every fdatasync of the controller (its main thread's and its WAL
 checkpointer's). Prints the median, p95, p99 and max, how many of the slowest 1% and 5% trips
-overlapped an fdatasync (of the main thread, of any thread), and the checkpoint cycles. Needs
-`perf` (linux-perf) and the permission to trace the controller (root).
+overlapped an fdatasync (of the main thread, of any thread), and the fdatasyncs' count and
+length. The fdatasyncs need `perf` (linux-perf) and the permission to trace the controller
+(root); without them (or with `--no-perf`) only the trips' figures are printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,7 +55,26 @@ def fsync_spans(perf_data: str) -> list[tuple[int, float, float]]:
     return spans
 
 
-def one_round(trips: int) -> None:
+def start_perf(ctl: int, perf_data: str) -> subprocess.Popen | None:
+    """`perf record` of the controller's fdatasyncs, attached; None if it cannot be."""
+    if shutil.which("perf") is None:
+        print("  (no perf: fdatasyncs not recorded)")
+        return None
+    perf = subprocess.Popen(
+        ["perf", "record", "-q", "-k", "CLOCK_MONOTONIC", "-e",
+         "syscalls:sys_enter_fdatasync,syscalls:sys_exit_fdatasync", "-p", str(ctl),
+         "-o", perf_data], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not Path(perf_data).exists():  # (perf is attached once it made its file)
+        if time.monotonic() > deadline or perf.poll() is not None:
+            perf.kill()
+            print("  (perf record did not start: fdatasyncs not recorded)")
+            return None
+        time.sleep(0.01)
+    return perf
+
+
+def one_round(trips: int, use_perf: bool) -> None:
     from taskmill import Cluster
 
     with Cluster(2) as cluster, tempfile.TemporaryDirectory() as tmp:
@@ -62,23 +83,17 @@ def one_round(trips: int) -> None:
             tc.submit(noop).result()
         ctl = controller_pid()
         perf_data = str(Path(tmp) / "perf.data")
-        perf = subprocess.Popen(
-            ["perf", "record", "-q", "-k", "CLOCK_MONOTONIC", "-e",
-             "syscalls:sys_enter_fdatasync,syscalls:sys_exit_fdatasync", "-p", str(ctl),
-             "-o", perf_data], stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not Path(perf_data).exists():  # (perf is attached once it made its file)
-            if time.monotonic() > deadline or perf.poll() is not None:
-                raise RuntimeError("perf record did not start (is linux-perf installed?)")
-            time.sleep(0.01)
+        perf = start_perf(ctl, perf_data) if use_perf else None
         rows = []
         for _ in range(trips):
             start = time.monotonic()
             tc.submit(noop).result()
             rows.append((start, time.monotonic() - start))
-        perf.send_signal(2)
-        perf.wait(30)
-        spans = fsync_spans(perf_data)
+        spans = None
+        if perf is not None:
+            perf.send_signal(2)
+            perf.wait(30)
+            spans = fsync_spans(perf_data)
     times = sorted(d for _, d in rows)
 
     def q(p: float) -> float:
@@ -86,6 +101,8 @@ def one_round(trips: int) -> None:
 
     print(f"{trips} lone round trips: median {q(.5) * 1e3:.3f} ms, p95 {q(.95) * 1e3:.3f}, "
           f"p99 {q(.99) * 1e3:.3f}, max {times[-1] * 1e3:.2f}")
+    if spans is None:
+        return
     main = ctl  # (the main thread's id is the process's)
     for name, p in (("slowest 1%", .99), ("slowest 5%", .95)):
         slow = [(s, d) for s, d in rows if d >= q(p)]
@@ -110,9 +127,10 @@ def main() -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trips", type=int, default=5000)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--no-perf", action="store_true", help="time the trips only")
     a = p.parse_args()
     for _ in range(a.rounds):
-        one_round(a.trips)
+        one_round(a.trips, not a.no_perf)
     return 0
 
 

@@ -254,6 +254,16 @@ def test_instructions_per_task_counts_a_flood():
         assert name in out, out
 
 
+def test_lone_tail_times_the_trips_and_says_where_the_fsyncs_fell():
+    proc = bench("lone_tail.py", "--trips", "60", "--rounds", "1", timeout=110)
+    out = proc.stdout
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "60 lone round trips: median" in out and "p99" in out, out
+    # (with perf: the slowest trips against the controller's fdatasyncs; without, said so)
+    assert ("slowest 1% (" in out and "fdatasyncs: main thread" in out) or \
+        "fdatasyncs not recorded" in out, out
+
+
 def test_round_trip_hops_times_every_segment_of_a_lone_round_trip():
     proc = bench("round_trip_hops.py", "--trips", "20", "--rounds", "1", "--runs", "relay,hops",
                  timeout=150)
