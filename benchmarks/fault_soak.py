@@ -485,7 +485,8 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
             async_wrong.append(f"the asyncio client's futures did not settle within "
                                f"{STUCK_AFTER + 30:g} s")
         report["problems"] += wrong + async_wrong
-        report.update(puts=puts, maps=len(maps), map_outcomes=dict(Counter(m.outcome for m in maps)),
+        report.update(puts=puts, maps=len(maps),
+                      map_outcomes=dict(Counter(m.outcome for m in maps)),
                       map_elements=sum(len(m.markers) for m in maps), maps_wrong=len(wrong),
                       async_futures=len(side.records),
                       async_outcomes=dict(Counter(r[3] for r in side.records)),
