@@ -90,6 +90,7 @@ from soak_jobs import (  # noqa: E402
     RunsLog,
     after_problems,
     async_problems,
+    counted_pid,
     digest,
     failure_of,
     kind_problems,
@@ -580,6 +581,7 @@ def check(tc, calls, given: dict, refused: list, runs_log: str, touched: set[int
     outcomes: Counter[str] = Counter()
     by_kind: dict[str, Counter[str]] = {}
     ended: dict[int, str] = {}  # taskid -> its outcome
+    counted: dict[int, int | None] = {}  # taskid -> the engine pid of its counted run
     kind_wrong = 0
     for tid, g in sorted(given.items()):
         marker, retries = g.marker, g.retries
@@ -606,6 +608,7 @@ def check(tc, calls, given: dict, refused: list, runs_log: str, touched: set[int
             problems.append(f"task {tid}: result {value_of(g, value)!r:.200} is not its own "
                             f"({marker!r})")
         ended[tid] = outcome
+        counted[tid] = counted_pid(info)
         outcomes[outcome] += 1
         by_kind.setdefault(g.kind, Counter())[outcome] += 1
         said = aborts.get(tid)
@@ -627,7 +630,8 @@ def check(tc, calls, given: dict, refused: list, runs_log: str, touched: set[int
         problems += wrong
     for tid, g in sorted(given.items()):
         if g.kind == "after" and tid in ended and (g.dep not in given or g.dep in ended):
-            wrong = after_problems(tid, g, ended[tid], ended.get(g.dep), given.get(g.dep), log)
+            wrong = after_problems(tid, g, ended[tid], ended.get(g.dep), given.get(g.dep),
+                                   counted.get(g.dep), log)
             kind_wrong += len(wrong)
             problems += wrong
     for tid in sorted(cleared):

@@ -43,7 +43,8 @@ FAULT_OUTCOMES = ("EngineDied", "TaskAborted")
 
 def soak_task(log: str, marker: str, seconds: float, fail: bool) -> str:
     """Task code: note this run's start (and the engine's pid), sleep, note its end, return the
-    marker (or fail on purpose, without an end)."""
+    marker (or fail on purpose, without an end). Its output names the engine's pid, so that
+    the task's `task_info` says which run's result counted."""
     import os
     import time
 
@@ -55,6 +56,7 @@ def soak_task(log: str, marker: str, seconds: float, fail: bool) -> str:
             os.close(fd)
 
     note(f"{marker} {os.getpid()}\n")
+    print(f"soak pid {os.getpid()}")  # (the run whose result counts: in its task_info)
     time.sleep(seconds)
     if fail:
         raise ValueError(f"{marker} failed on purpose")
@@ -169,17 +171,18 @@ def new_job(rng: random.Random, log: str, marker: str, recent: list[int],
 
 
 class RunsLog:
-    """The runs log read back: each marker's runs (the engine pid of each start) and the
-    positions of its starts and ends in the log (the log is appended to in time order)."""
+    """The runs log read back: each marker's runs (the engine pid of each start), the
+    positions of its starts in the log, and of its ends with their pid (the log is appended
+    to in time order)."""
 
     def __init__(self, text: str) -> None:
         self.pids: dict[str, list[int]] = {}
         self.starts: dict[str, list[int]] = {}
-        self.ends: dict[str, list[int]] = {}
+        self.ends: dict[str, list[tuple[int, int]]] = {}
         for i, line in enumerate(text.splitlines()):
             marker, pid, *end = line.split()
             if end:
-                self.ends.setdefault(marker, []).append(i)
+                self.ends.setdefault(marker, []).append((i, int(pid)))
             else:
                 self.pids.setdefault(marker, []).append(int(pid))
                 self.starts.setdefault(marker, []).append(i)
@@ -238,10 +241,22 @@ def kind_problems(tid: int, g: Given, outcome: str, log: RunsLog) -> list[str]:
     return []
 
 
+def counted_pid(info: dict[str, Any]) -> int | None:
+    """The engine pid of the run whose result counted, from a task's `task_info` (its
+    output: `soak_task` prints it), or None."""
+    import re
+
+    pids = re.findall(r"soak pid (\d+)", info.get("stdout") or "")
+    return int(pids[-1]) if pids else None
+
+
 def after_problems(tid: int, g: Given, outcome: str, dep_outcome: str | None,
-                   dep: Given | None, log: RunsLog) -> list[str]:
+                   dep: Given | None, dep_pid: int | None, log: RunsLog) -> list[str]:
     """What is wrong with an after job's end, given how the task it waited for ended
-    (`dep_outcome` None: that task does not exist, its submit refused)."""
+    (`dep_outcome` None: that task does not exist, its submit refused) and the engine pid of
+    that task's counted run (`dep_pid`; None: unknown). A run of that task on an engine that
+    was declared dead while it ran (stopped, then continued) may end after this one starts:
+    its result was not taken, so only the counted run's end is compared."""
     ran = log.runs(g.marker)
     if dep_outcome != "ok":
         if outcome not in ("DependencyError", "TaskAborted") or ran:
@@ -251,11 +266,13 @@ def after_problems(tid: int, g: Given, outcome: str, dep_outcome: str | None,
     if outcome == "DependencyError":
         return [f"task {tid} ({g.marker}) after {g.dep}, which succeeded: DependencyError"]
     assert dep is not None
-    ends = log.ends.get(dep.marker, [])
+    ends = [i for i, pid in log.ends.get(dep.marker, []) if dep_pid in (None, pid)]
+    end = ends[-1 if dep_pid is not None else 0] if ends else None  # (the counted run's)
     starts = log.starts.get(g.marker, [])
-    if starts and (not ends or starts[0] < ends[-1]):
-        return [f"task {tid} ({g.marker}) started before {g.dep} ({dep.marker}), which it "
-                f"comes after, ended (runs log lines {starts[0]} and {ends[-1:]})"]
+    if starts and (end is None or starts[0] < end):
+        return [f"task {tid} ({g.marker}) started before {g.dep} ({dep.marker}, its counted "
+                f"run on pid {dep_pid}), which it comes after, ended (runs log lines "
+                f"{starts[0]} and {end})"]
     return []
 
 

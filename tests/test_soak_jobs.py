@@ -1,0 +1,49 @@
+"""The fault soak's checks of dependent tasks (benchmarks/soak_jobs.py), on runs logs made by
+hand: a dependent task that started before its dependency's counted run ended is found; a run
+of the dependency on an engine declared dead meanwhile (stopped, then continued: its result
+not taken) that ends later is not held against it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from soak_jobs import Given, RunsLog, after_problems, counted_pid  # noqa: E402
+
+pytestmark = pytest.mark.timeout(30)
+
+A, B = Given("mA", 2), Given("mB", 0, "after", dep=1)
+
+
+def problems(lines: list[str], dep_pid: int | None, dep_outcome: str = "ok",
+             outcome: str = "ok") -> list[str]:
+    return after_problems(2, B, outcome, dep_outcome, A, dep_pid, RunsLog("\n".join(lines)))
+
+
+def test_a_dependent_task_that_started_before_its_dependency_ended_is_found():
+    log = ["mA 10", "mB 11", "mA 10 end", "mB 11 end"]
+    assert problems(log, 10) and problems(log, None)
+
+
+def test_a_dependent_task_after_the_counted_run_passes_whatever_a_dead_engines_run_did():
+    # mA ran on 10 (stopped, declared dead, continued later) and again on 20, whose result
+    # counted; mB started once 20's run ended, before 10's zombie run ended.
+    log = ["mA 10", "mA 20", "mA 20 end", "mB 11", "mA 10 end", "mB 11 end"]
+    assert problems(log, 20) == []
+    assert problems(log, 10)  # (had 10's run counted, mB started too early)
+
+
+def test_after_a_dependency_that_failed_the_task_must_never_run():
+    assert problems(["mA 10"], 10, "ValueError", "DependencyError") == []
+    assert problems(["mA 10", "mB 11"], 10, "ValueError", "DependencyError")
+    assert problems(["mA 10", "mA 10 end", "mB 11", "mB 11 end"], 10, "ok",
+                    "DependencyError")
+
+
+def test_the_counted_run_is_read_from_the_tasks_output():
+    assert counted_pid({"stdout": "soak pid 4711\n"}) == 4711
+    assert counted_pid({"stdout": ""}) is None and counted_pid({}) is None
