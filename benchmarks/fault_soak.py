@@ -66,7 +66,6 @@ import itertools
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import socket
@@ -91,6 +90,7 @@ from soak_jobs import (  # noqa: E402
     after_problems,
     async_problems,
     counted_pid,
+    died_pid,
     digest,
     failure_of,
     kind_problems,
@@ -597,8 +597,8 @@ def check(tc, calls, given: dict, refused: list, runs_log: str, touched: set[int
             value, failure = None, e
         outcome = "ok" if failure is None else type(failure).__name__
         if outcome == "EngineDied":
-            named = re.search(r"\bpid (\d+)\)", str(failure))  # (engine 3 (host pid 4711) ...)
-            died = ({int(named[1])} if named else
+            named = died_pid(str(failure))
+            died = ({named} if named is not None else  # (else the pids that ran it)
                     {pid for m in g.markers for pid in log.pids.get(m, ())})
             if died and not died & touched:
                 problems.append(f"task {tid} ({marker}): EngineDied, but no fault touched "

@@ -15,7 +15,6 @@ length. The fdatasyncs need `perf` (linux-perf) and the permission to trace the 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -26,18 +25,6 @@ from pathlib import Path
 
 def noop() -> None:
     return None
-
-
-def controller_pid() -> int:
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) != os.getpid():
-            try:
-                cmd = Path(f"/proc/{name}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"taskmill\x00controller" in cmd:
-                return int(name)
-    raise RuntimeError("no taskmill controller process found")
 
 
 def fsync_spans(perf_data: str) -> list[tuple[int, float, float]]:
@@ -81,7 +68,8 @@ def one_round(trips: int, use_perf: bool) -> None:
         tc = cluster.client()
         for _ in range(300):
             tc.submit(noop).result()
-        ctl = controller_pid()
+        ctl = cluster.controller_pid
+        assert ctl is not None
         perf_data = str(Path(tmp) / "perf.data")
         perf = start_perf(ctl, perf_data) if use_perf else None
         rows = []

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +87,13 @@ def digest(data: bytes) -> str:
 def soak_shared(log: str, marker: str, seconds: float, fail: bool, data: bytes) -> tuple:
     """`soak_task`, returning a digest of the value it was given (a put one)."""
     return soak_task(log, marker, seconds, fail), digest(data)
+
+
+def died_pid(text: str) -> int | None:
+    """The engine pid an EngineDied's message names ("engine 3 (host pid 4711) died ..."),
+    or None."""
+    named = re.search(r"\bpid (\d+)\)", text)
+    return int(named[1]) if named else None
 
 
 @dataclass
@@ -244,8 +252,6 @@ def kind_problems(tid: int, g: Given, outcome: str, log: RunsLog) -> list[str]:
 def counted_pid(info: dict[str, Any]) -> int | None:
     """The engine pid of the run whose result counted, from a task's `task_info` (its
     output: `soak_task` prints it), or None."""
-    import re
-
     pids = re.findall(r"soak pid (\d+)", info.get("stdout") or "")
     return int(pids[-1]) if pids else None
 
@@ -316,8 +322,6 @@ def map_problems(m: MapRun, log: RunsLog, touched: set[int]) -> list[str]:
     """What is wrong with how a map ended: its values must be its markers in order; its
     only failures, EngineDied of an engine a fault touched; no element may run more than
     retries + 1 times, and with retries=0 every element that did not fail ran once."""
-    import re
-
     what = f"map {m.markers[0].rsplit('-i', 1)[0]} (retries={m.retries})"
     problems = []
     if m.outcome not in ("ok", "CompositeError", "StoreError"):
@@ -326,8 +330,8 @@ def map_problems(m: MapRun, log: RunsLog, touched: set[int]) -> list[str]:
         problems.append(f"{what} returned {m.values!r:.200} for {m.markers!r:.200}")
     failed = {i for i, _, _ in m.failures}
     for i, name, text in m.failures:
-        pid = re.search(r"\bpid (\d+)\)", text)
-        if name != "EngineDied" or (pid and int(pid[1]) not in touched):
+        pid = died_pid(text)
+        if name != "EngineDied" or (pid is not None and pid not in touched):
             problems.append(f"{what}: element {i} failed with {name}: {text:.200}")
     for i, marker in enumerate(m.markers):
         ran = log.runs(marker)
@@ -399,8 +403,6 @@ def async_problems(records: list[tuple[str, int, bool, str, Any]], log: RunsLog,
     failure it could not have (its own ValueError only if it fails on purpose; EngineDied only
     of an engine a fault touched; StoreError, a submit refused by a full disk, only if it
     never ran); more runs than its retries allow, or not exactly one with retries=0."""
-    import re
-
     problems = []
     for marker, retries, fail, outcome, value in records:
         ran = log.runs(marker)
@@ -410,8 +412,8 @@ def async_problems(records: list[tuple[str, int, bool, str, Any]], log: RunsLog,
         elif outcome == "StoreError" and ran:
             problems.append(f"{what}: its submit was refused, yet it ran {ran} times")
         elif outcome == "EngineDied":
-            pid = re.search(r"\bpid (\d+)\)", str(value))
-            if pid and int(pid[1]) not in touched:
+            pid = died_pid(str(value))
+            if pid is not None and pid not in touched:
                 problems.append(f"{what}: EngineDied, but no fault touched the engine: {value}")
         elif outcome not in ("ok", "StoreError") and not (outcome == "ValueError" and fail):
             problems.append(f"{what}: ended {outcome}: {value!s:.200}")

@@ -47,3 +47,10 @@ def test_after_a_dependency_that_failed_the_task_must_never_run():
 def test_the_counted_run_is_read_from_the_tasks_output():
     assert counted_pid({"stdout": "soak pid 4711\n"}) == 4711
     assert counted_pid({"stdout": ""}) is None and counted_pid({}) is None
+
+
+def test_the_pid_an_engine_died_message_names_is_read():
+    from soak_jobs import died_pid
+
+    assert died_pid("engine 3 (vm pid 4711) died while it held task 17") == 4711
+    assert died_pid("engine 3 died") is None

@@ -9,9 +9,9 @@ resent submit can carry a key seen before: a client sends one again only to a re
 controller (connection.py), so the memory need not hold every key of this lifetime.
 
 The same table keeps the answers of the other requests that may not be carried out twice
-(abort, clear, retire: controller/control_verbs.py) under their keys, written in the transaction that
-carries them out, so that one sent again to a restarted controller is answered as the first
-time: their rows hold {"answer": ...} where a submit's hold its taskids.
+(abort, clear, retire: controller/control_verbs.py) under their keys, written in the
+transaction that carries them out, so that one sent again to a restarted controller is
+answered as the first time: their rows hold {"answer": ...} where a submit's hold its taskids.
 
 `DeadKeys`: a client that closes says so in its `bye`, with the prefix of its keys: it sends
 none of them again, so they can go. (Keys of clients that died without a `bye` stay until a later store open

@@ -81,6 +81,6 @@ __all__ = [
     "FunctionPickles", "HmacSha256", "Packed", "Refused", "Spliced", "Wire", "apply_engine_link",
     "apply_transport_heartbeat",
     "dumps", "dumps_arguments", "frame_buffer", "frame_len", "function_state",
-    "is_local_module", "load_into", "loads", "monitor_socket", "recv_message", "send_message", "ship_local_modules",
-    "ship_module",
+    "is_local_module", "load_into", "loads", "monitor_socket", "recv_message", "send_message",
+    "ship_local_modules", "ship_module",
 ]
