@@ -21,6 +21,11 @@ own in flight, while a fault thread, every 1.5-4 s, does one of:
 - reset the client's connection, or cut it on the client's side only (the controller keeps
   the old connection, silent, until its transport heartbeat gives up on it, while the
   client's new one, with the same routing id, comes in);
+- cut one engine off (its connections drop everything, either way, and tell neither side: a
+  partition; the engine goes on, must move to new connections, and the controller must
+  declare it dead and refuse its late results);
+- lose one message: the next one the controller sends to an engine's task socket, or to the
+  client, is dropped and that connection reset;
 - fill the store's disk for 1-3 s (a 512 MiB tmpfs, room for the soak's own store; only
   when run as root);
 - retire an engine (`retire_engines`, as `Cluster.adapt` shrinks a cluster) and start another
@@ -240,13 +245,16 @@ class Faults(threading.Thread):
                       "engine SIGSTOP": self._stop_engine,
                       "connection reset": self._reset_connections,
                       "client link reset": self.c.client_proxy.reset_all,
-                      "client link cut": self._cut_client_link}
+                      "client link cut": self._cut_client_link,
+                      "engine partitioned": self._partition_engine,
+                      "message lost": self._lose_message}
         if cluster.disk is not None:
             self.kinds["disk full"] = self._fill_disk
         self.kinds["engine retired"] = self._retire_engine
         self.error: BaseException | None = None
         self.tc: TaskClient | None = None  # (the fault thread's own, to retire engines)
         self.touched: set[int] = set()  # engine pids killed or stopped
+        self.partitioned_links = 0  # connections that partitions cut
 
     def run(self) -> None:
         try:
@@ -311,6 +319,22 @@ class Faults(threading.Thread):
             self.c.engines[i] = self.c.new_engine()
             if self.rng.random() < 0.5:  # (the restarted controller must keep it retiring)
                 self._kill_controller()
+
+    def _partition_engine(self) -> None:
+        """Cut one engine off while it goes on: whatever it and the controller send each other
+        on its connections is dropped, and neither is told (the controller must declare it
+        dead, the engine must move to new connections, and its late results be refused)."""
+        victim = self.rng.choice(self.c.engines)
+        self.touched.add(victim.pid)
+        self.partitioned_links += self.c.proxy.blackhole_process(victim.pid)
+
+    def _lose_message(self) -> None:
+        """The next message the controller sends to an engine's task socket, or to the
+        client, is lost and its connection reset."""
+        if self.rng.random() < 0.5:
+            self.c.proxy.drop_next(1, b".t")
+        else:
+            self.c.client_proxy.drop_next(1, b".r")
 
     def _reset_connections(self) -> None:
         self.c.proxy.reset_all()
@@ -527,7 +551,9 @@ def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
                                 "same_controller": cluster.controller.pid ==
                                 controller_at_start},
             disk_faults=small_disk, proxy_dropped_or_reset=cluster.proxy.resets,
-            client_links_reset_or_cut=cluster.client_proxy.resets)
+            client_links_reset_or_cut=cluster.client_proxy.resets,
+            partitioned_links=faults.partitioned_links,
+            messages_lost=cluster.proxy.dropped + cluster.client_proxy.dropped)
         return report
     finally:
         faults.stop_event.set()

@@ -15,6 +15,8 @@ Engines connect to the proxy's port; each connection is forwarded to the control
 - `blackhole_all(suffixes)`: every connection (or those of peers whose routing id ends with
   one of `suffixes`) drops whatever is sent either way from then on and tells neither side (a
   firewall that started dropping a flow; a peer that only ZeroMQ's timers would find gone);
+- `blackhole_process(pid)`: the same, for the connections of one process (one engine cut off
+  from the controller while it goes on, as a partition);
 - `mute(suffix)`: what the controller sends down the connections of peers whose routing id ends
   with `suffix` is dropped from then on, the connections kept (e.g. heartbeat answers lost).
 A thread per direction per connection; the proxy is for tests, not for speed.
@@ -202,6 +204,19 @@ class FaultProxy:
             p.frozen = True
         return len(pairs)
 
+    def blackhole_process(self, pid: int) -> int:
+        """Drop what either side sends on the connections of process `pid` (found by its TCP
+        ports), telling neither side; how many."""
+        ports = process_ports(pid)
+        with self._lock:
+            pairs = [p for p in self._pairs if not p.closed and not p.frozen
+                     and _peer_port(p.down) in ports]
+            self._frozen.extend(pairs)
+            self._pairs = [p for p in self._pairs if p not in pairs]
+        for p in pairs:
+            p.frozen = True
+        return len(pairs)
+
     def reset_all(self) -> None:
         with self._lock:
             pairs, self._pairs = self._pairs, []
@@ -218,6 +233,31 @@ class FaultProxy:
             frozen, self._frozen = self._frozen, []
         for p in frozen:
             p.close()
+
+
+def _peer_port(sock: socket.socket) -> int | None:
+    try:
+        return sock.getpeername()[1]
+    except OSError:
+        return None
+
+
+def process_ports(pid: int) -> set[int]:
+    """The local ports of process `pid`'s TCP sockets (IPv4), from /proc: its socket inodes
+    (/proc/PID/fd) looked up in /proc/net/tcp."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                link = fd.readlink().name
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+    ports = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        cols = line.split()
+        if len(cols) > 9 and cols[9] in inodes:
+            ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def proxied(connection_file: Path | str, url: str, out: Path) -> tuple[FaultProxy, Path]:

@@ -153,6 +153,41 @@ def test_an_engine_whose_connections_all_go_deaf_comes_back(tmp_path):
 
 
 @pytest.mark.timeout(120)
+def test_an_engine_cut_off_mid_task_is_declared_dead_and_its_late_result_refused(tmp_path):
+    """A partition: one engine's connections drop everything either way while it goes on
+    and finishes its task. The controller declares it dead and runs the task (retries=1) on
+    the other engine; the cut-off engine's result, sent into the void and held, must not
+    count when it comes back on new connections: the task ends once, with the other
+    engine's value, and the engine registers again and takes new tasks."""
+    with proxied_engine(tmp_path) as (proxy, cut, tc, runs):
+        gate = tmp_path / "gate"
+        tid = tc.run(MapTask(record, (str(runs), "the task", str(gate)), retries=1))
+        poll(lambda: read_lines(runs)[-1:] == ["the task"], what="the task to start")
+        other = subprocess.Popen(
+            [*ControllerProcess.TASKMILL, "engine", "--connection-file",
+             str(tmp_path / "via-proxy" / "conn.json")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        try:
+            poll(lambda: len(alive_engine_ids(tc)) == 2, what="the other engine")
+            assert proxy.blackhole_process(cut.pid) >= 3  # (only the cut engine's)
+            gate.touch()  # (the cut-off engine finishes its run, unheard)
+            assert tc.get_task_result(tid, block=True, timeout=60) == other.pid
+            assert read_lines(runs).count("the task") == 2
+            info = tc.task_info(tid)
+            assert info["attempts"] == 2 and info["state"] == "succeeded", info
+            assert tc.statistics()["engines_died"] == 1
+            # the cut-off engine comes back under a new engine id and works
+            poll(lambda: len(alive_engine_ids(tc)) == 2, 60, "the cut-off engine, back")
+            later = [tc.run(MapTask(record, (str(runs), f"later-{i}"))) for i in range(6)]
+            pids = {tc.get_task_result(t, block=True, timeout=60) for t in later}
+            assert pids <= {cut.pid, other.pid}
+            assert tc.get_task_result(tid) == other.pid  # (still the counted run's)
+        finally:
+            other.kill()
+            other.wait()
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("how", ["reset both sides", "cut on the engine's side"])
 def test_an_engine_whose_connections_are_reset_moves_at_once_and_nothing_dies(tmp_path, how):
     """Every connection of the engine is reset (a network blip), or reset on the engine's
