@@ -24,8 +24,9 @@ own in flight, while a fault thread, every 1.5-4 s, does one of:
 - cut one engine off (its connections drop everything, either way, and tell neither side: a
   partition; the engine goes on, must move to new connections, and the controller must
   declare it dead and refuse its late results);
-- lose one message: the next one the controller sends to an engine's task socket, or to the
-  client, is dropped and that connection reset;
+- lose one message: the next one the controller sends to an engine's task socket or to the
+  client, or that an engine sends with its results or the client with its requests, is
+  dropped and that connection reset;
 - fill the store's disk for 1-3 s (a 512 MiB tmpfs, room for the soak's own store; only
   when run as root);
 - retire an engine (`retire_engines`, as `Cluster.adapt` shrinks a cluster) and start another
@@ -329,12 +330,14 @@ class Faults(threading.Thread):
         self.partitioned_links += self.c.proxy.blackhole_process(victim.pid)
 
     def _lose_message(self) -> None:
-        """The next message the controller sends to an engine's task socket, or to the
-        client, is lost and its connection reset."""
-        if self.rng.random() < 0.5:
-            self.c.proxy.drop_next(1, b".t")
-        else:
-            self.c.client_proxy.drop_next(1, b".r")
+        """One message is lost and its connection reset: the next one the controller sends
+        to an engine's task socket or to the client, or the next one an engine sends with
+        its results or the client with its requests. (Past 150 bytes: a message, not the
+        connection's greeting.)"""
+        proxy, marker, from_peer = self.rng.choice([
+            (self.c.proxy, b".t", False), (self.c.proxy, b".r", True),
+            (self.c.client_proxy, b".r", False), (self.c.client_proxy, b".s", True)])
+        proxy.drop_next(150, marker, from_peer=from_peer)
 
     def _reset_connections(self) -> None:
         self.c.proxy.reset_all()

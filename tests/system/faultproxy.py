@@ -6,10 +6,11 @@ Engines connect to the proxy's port; each connection is forwarded to the control
   one of `suffixes`, e.g. b".c" for engines' control sockets) is reset on the peer's side only; the controller's side stays open and
   silent (a NAT or firewall that forgot the connection and told only one side), so the peer's
   reconnection arrives while the controller still holds its old one;
-- `drop_next(min_bytes, marker, contains, hold)`: the next chunk of at least `min_bytes`
-  (holding `contains`) the controller sends down a connection whose first bytes from the peer
-  contain `marker` (e.g. the routing id of an engine's task socket, b".t") is lost, and that
-  connection is reset: one message lost at the wrong moment, while the peer reconnects and
+- `drop_next(min_bytes, marker, contains, hold, from_peer)`: the next chunk of at least
+  `min_bytes` (holding `contains`) the controller sends down a connection whose first bytes
+  from the peer contain `marker` (e.g. the routing id of an engine's task socket, b".t"), or
+  with `from_peer` the next such chunk the peer sends up it, is lost, and that connection is
+  reset: one message lost at the wrong moment, while the peer reconnects and
   goes on (`hold`: new connections are reset until `release()`, e.g. while the controller is
   killed and started again);
 - `blackhole_all(suffixes)`: every connection (or those of peers whose routing id ends with
@@ -65,7 +66,7 @@ class _Pair:
                     continue  # (the controller's side: read and dropped, never answered)
                 if from_peer and len(self.hello) < 512:
                     self.hello += data[:512]
-                if not from_peer and self.proxy._should_drop(self, data):
+                if self.proxy._should_drop(self, data, from_peer):
                     self.proxy.dropped += 1
                     self.close()
                     return
@@ -108,7 +109,7 @@ class FaultProxy:
         self.port = self.listener.getsockname()[1]
         self._lock = threading.Lock()
         self._pairs: list[_Pair] = []
-        self._drop: tuple[int, bytes, bytes, bool] | None = None
+        self._drop: tuple[int, bytes, bytes, bool, bool] | None = None
         self.holding = False  # new connections are reset (drop_next's hold, until release)
         self.dropped = 0
         self.resets = 0
@@ -154,24 +155,25 @@ class FaultProxy:
         with self._lock:
             self._muted.add(suffix)
 
-    def _should_drop(self, pair: _Pair, data: bytes) -> bool:
+    def _should_drop(self, pair: _Pair, data: bytes, from_peer: bool) -> bool:
         with self._lock:
             if self._drop is None:
                 return False
-            min_bytes, marker, contains, hold = self._drop
-            if len(data) >= min_bytes and marker in pair.hello and contains in data:
+            min_bytes, marker, contains, hold, up = self._drop
+            if (up == from_peer and len(data) >= min_bytes and marker in pair.hello
+                    and contains in data):
                 self._drop = None
                 self.holding = hold
                 return True
         return False
 
     def drop_next(self, min_bytes: int, marker: bytes, contains: bytes = b"",
-                  hold: bool = False) -> None:
+                  hold: bool = False, from_peer: bool = False) -> None:
         """Lose the next chunk of at least `min_bytes` (holding `contains`) sent to a peer
-        whose greeting holds `marker`, and reset that connection (`hold`: and every new one
-        until `release`)."""
+        whose greeting holds `marker` (`from_peer`: sent by it), and reset that connection
+        (`hold`: and every new one until `release`)."""
         with self._lock:
-            self._drop = (min_bytes, marker, contains, hold)
+            self._drop = (min_bytes, marker, contains, hold, from_peer)
 
     def release(self) -> None:
         """New connections pass again (after drop_next's `hold`)."""

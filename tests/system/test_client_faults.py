@@ -199,6 +199,33 @@ def test_a_reset_that_loses_an_answer_costs_no_wait(controller, tmp_path):
         proxy.close()
 
 
+def test_a_reset_that_loses_a_request_costs_no_wait_and_no_second_task(controller, tmp_path):
+    """A connection reset loses a request on its way to the controller (a submit, then an
+    abort): the client, seeing its connection break, sends it again, and the call returns
+    with its answer; the submitted task exists once, the abort is carried out once."""
+    from taskmill import TaskAborted
+
+    ctl = controller
+    tc, proxy = client_via_proxy(ctl, tmp_path, timeout=60, reconnect_timeout=100)
+    try:
+        proxy.drop_next(150, b".s", from_peer=True)  # (the next request the client sends)
+        fut = tc.submit(abs, -4)
+        poll(lambda: proxy.dropped == 1, 30, "the submit to be lost")
+        assert tc.queue_status()["scheduled"] == 1  # (sent again, and stored once)
+        proxy.drop_next(150, b".s", b"abort", from_peer=True)
+        tc.abort(fut.taskid)
+        assert proxy.dropped == 2
+        with pytest.raises(TaskAborted):
+            fut.result(60)
+        assert tc.queue_status() == {"scheduled": 0, "pending": 0, "succeeded": 0, "failed": 1}
+        ctl.engines.append(ctl.engine())
+        assert tc.submit(abs, -5).result(60) == 5
+        assert tc.queue_status()["succeeded"] == 1  # (the aborted one never ran)
+    finally:
+        tc.close()
+        proxy.close()
+
+
 @pytest.mark.parametrize("verb", ["abort", "clear", "retire", "spin"])
 def test_a_request_not_to_be_carried_out_twice_whose_answer_was_lost_is_answered_again(
         controller, tmp_path, verb):

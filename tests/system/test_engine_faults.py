@@ -76,6 +76,21 @@ def test_a_lost_tasks_message_costs_a_heartbeat_not_the_task(tmp_path):
         assert info["attempts"] == 1 and info["state"] == "succeeded"
 
 
+@pytest.mark.timeout(120)
+def test_a_lost_results_message_is_sent_again_and_the_task_ran_once(tmp_path):
+    """The `results` message an engine sends is lost (its connection reset as it passed):
+    the engine sends it again on its new connection, the task ends with its value, once,
+    and nothing is declared dead."""
+    with proxied_engine(tmp_path) as (proxy, engine, tc, runs):
+        proxy.drop_next(150, b".r", from_peer=True)  # (the engine's next results message)
+        tid = tc.run(MapTask(record, (str(runs), "the task")))
+        assert tc.get_task_result(tid, block=True, timeout=60) == engine.pid
+        assert proxy.dropped == 1
+        assert read_lines(runs) == ["warm-up", "the task"]
+        assert tc.statistics()["engines_died"] == 0
+        assert tc.task_info(tid)["attempts"] == 1
+
+
 # The network forgets an engine's connections and tells only the engine (a reset on its side;
 # the controller's side stays open and silent: the engine links carry no ZeroMQ heartbeats, and
 # the kernel's TCP keepalive never ends it here, as the proxy's kernel answers it). ZeroMQ
