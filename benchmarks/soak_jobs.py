@@ -320,7 +320,8 @@ def run_map(tc: Any, calls: Any, rng: random.Random, log: str, prefix: str,
 
 def map_problems(m: MapRun, log: RunsLog, touched: set[int]) -> list[str]:
     """What is wrong with how a map ended: its values must be its markers in order; its
-    only failures, EngineDied of an engine a fault touched; no element may run more than
+    only failures, EngineDied of an engine a fault touched, or StoreError of an element
+    whose submit a full disk refused (it must never have run); no element may run more than
     retries + 1 times, and with retries=0 every element that did not fail ran once."""
     what = f"map {m.markers[0].rsplit('-i', 1)[0]} (retries={m.retries})"
     problems = []
@@ -331,7 +332,11 @@ def map_problems(m: MapRun, log: RunsLog, touched: set[int]) -> list[str]:
     failed = {i for i, _, _ in m.failures}
     for i, name, text in m.failures:
         pid = died_pid(text)
-        if name != "EngineDied" or (pid is not None and pid not in touched):
+        if name == "StoreError":
+            if log.runs(m.markers[i]):
+                problems.append(f"{what}: element {i} failed with StoreError, yet it ran: "
+                                f"{text:.200}")
+        elif name != "EngineDied" or (pid is not None and pid not in touched):
             problems.append(f"{what}: element {i} failed with {name}: {text:.200}")
     for i, marker in enumerate(m.markers):
         ran = log.runs(marker)

@@ -54,3 +54,15 @@ def test_the_pid_an_engine_died_message_names_is_read():
 
     assert died_pid("engine 3 (vm pid 4711) died while it held task 17") == 4711
     assert died_pid("engine 3 died") is None
+
+
+def test_a_map_element_refused_by_a_full_disk_passes_only_if_it_never_ran():
+    from soak_jobs import MapRun, map_problems
+
+    refused = "the submit was not accepted, none of its tasks will run: No space left on device"
+    run = MapRun(["m-i0", "m-i1"], 0, "CompositeError",
+                 failures=((1, "StoreError", refused),))
+    assert map_problems(run, RunsLog("m-i0 10\nm-i0 10 end"), set()) == []
+    assert map_problems(run, RunsLog("m-i0 10\nm-i1 10"), set())  # (refused, yet it ran)
+    other = MapRun(["m-i0"], 0, "CompositeError", failures=((0, "ValueError", "boom"),))
+    assert map_problems(other, RunsLog(""), set())
