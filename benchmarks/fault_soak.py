@@ -24,6 +24,7 @@ own in flight, while a fault thread, every 1.5-4 s, does one of:
 - cut one engine off (its connections drop everything, either way, and tell neither side: a
   partition; the engine goes on, must move to new connections, and the controller must
   declare it dead and refuse its late results);
+- cut both clients off the same way (their calls must still return within their bounds);
 - lose one message: the next one the controller sends to an engine's task socket or to the
   client, or that an engine sends with its results or the client with its requests, is
   dropped and that connection reset;
@@ -248,6 +249,7 @@ class Faults(threading.Thread):
                       "client link reset": self.c.client_proxy.reset_all,
                       "client link cut": self._cut_client_link,
                       "engine partitioned": self._partition_engine,
+                      "clients partitioned": self._partition_clients,
                       "message lost": self._lose_message}
         if cluster.disk is not None:
             self.kinds["disk full"] = self._fill_disk
@@ -328,6 +330,12 @@ class Faults(threading.Thread):
         victim = self.rng.choice(self.c.engines)
         self.touched.add(victim.pid)
         self.partitioned_links += self.c.proxy.blackhole_process(victim.pid)
+
+    def _partition_clients(self) -> None:
+        """Cut both clients off: their connections drop everything either way and neither
+        side is told (ZeroMQ's heartbeats on client links end them within ~6 s, and the
+        clients go on on new ones: every call still returns within its bound)."""
+        self.partitioned_links += self.c.client_proxy.blackhole_all()
 
     def _lose_message(self) -> None:
         """One message is lost and its connection reset: the next one the controller sends

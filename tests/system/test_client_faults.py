@@ -178,6 +178,30 @@ def test_a_client_whose_connections_broke_goes_on_under_new_ids(controller, tmp_
         proxy.close()
 
 
+def test_a_client_cut_off_without_a_word_goes_on_on_new_connections(controller, tmp_path):
+    """A partition: the client's connections drop everything either way and neither side is
+    told (no reset). ZeroMQ's heartbeats on the client's links end them within seconds, and
+    the client goes on on new connections: the blocking call that waited across the cut
+    returns, the future's watch goes on, and each task ran once."""
+    ctl = controller
+    tc, proxy = client_via_proxy(ctl, tmp_path, timeout=30, reconnect_timeout=100)
+    try:
+        tid = tc.run(MapTask(abs, (-1,)))  # (no engine: it stays queued)
+        assert tc.task_info(tid)["state"] == "scheduled"
+        fut = tc.submit(abs, -2)
+        box = outcome(lambda: tc.get_task_result(tid, block=True))
+        poll(lambda: tc.statistics()["requests_waiting"] == 2, 30, "the blocking call to wait")
+        assert proxy.blackhole_all() == 2
+        ctl.engines.append(ctl.engine())
+        assert ended({"get_task_result": box}, 60)["get_task_result"] == ("ok", 1)
+        assert fut.result(60) == 2
+        assert tc.submit(abs, -3).result(60) == 3
+        assert tc.queue_status()["succeeded"] == 3
+    finally:
+        tc.close()
+        proxy.close()
+
+
 def test_a_reset_that_loses_an_answer_costs_no_wait(controller, tmp_path):
     """A connection reset loses the answer to a call on its way to the client (and nothing
     tells the controller): the client, seeing its connection break, asks again, and the call
