@@ -54,7 +54,7 @@ stopped:
 - an abort answered "aborted" left its task aborted (TaskAborted), one answered "already
   completed" left it as it finished; a clear that dropped a result left it unknown (its
   answers are kept for a request sent again, across a restart: controller/control_verbs.py);
-- every EngineDied names an engine process a fault killed or stopped (the message's pid; one
+- every EngineDied names an engine process a fault killed, stopped or cut off (the message's pid; one
   that the controller lost track of across its restart: the pid that ran the task), so that
   an engine declared dead while it lived (a paused controller's error, say) is a problem;
 - no client call waited out its bound (every call has one: the client's timeout or
