@@ -54,9 +54,10 @@ stopped:
 - an abort answered "aborted" left its task aborted (TaskAborted), one answered "already
   completed" left it as it finished; a clear that dropped a result left it unknown (its
   answers are kept for a request sent again, across a restart: controller/control_verbs.py);
-- every EngineDied names an engine process a fault killed, stopped or cut off (the message's pid; one
-  that the controller lost track of across its restart: the pid that ran the task), so that
-  an engine declared dead while it lived (a paused controller's error, say) is a problem;
+- every EngineDied names an engine process a fault killed, stopped or cut off (the message's
+  pid; one that the controller lost track of across its restart: the pid that ran the task),
+  so that an engine declared dead while it lived (a paused controller's error, say) is a
+  problem;
 - no client call waited out its bound (every call has one: the client's timeout or
   `reconnect_timeout`; the controller is never away for long, so such a wait is a request
   or an answer the client lost), and the longest wait is reported;
@@ -256,7 +257,7 @@ class Faults(threading.Thread):
         self.kinds["engine retired"] = self._retire_engine
         self.error: BaseException | None = None
         self.tc: TaskClient | None = None  # (the fault thread's own, to retire engines)
-        self.touched: set[int] = set()  # engine pids killed or stopped
+        self.touched: set[int] = set()  # engine pids killed, stopped or cut off
         self.partitioned_links = 0  # connections that partitions cut
 
     def run(self) -> None:

@@ -232,7 +232,7 @@ def test_a_reset_that_loses_a_request_costs_no_wait_and_no_second_task(controlle
     ctl = controller
     tc, proxy = client_via_proxy(ctl, tmp_path, timeout=60, reconnect_timeout=100)
     try:
-        proxy.drop_next(150, b".s", from_peer=True)  # (the next request the client sends)
+        proxy.drop_next(150, b".s", b"submit", from_peer=True)  # (the submit request)
         fut = tc.submit(abs, -4)
         poll(lambda: proxy.dropped == 1, 30, "the submit to be lost")
         assert tc.queue_status()["scheduled"] == 1  # (sent again, and stored once)

@@ -82,7 +82,7 @@ def test_a_lost_results_message_is_sent_again_and_the_task_ran_once(tmp_path):
     the engine sends it again on its new connection, the task ends with its value, once,
     and nothing is declared dead."""
     with proxied_engine(tmp_path) as (proxy, engine, tc, runs):
-        proxy.drop_next(150, b".r", from_peer=True)  # (the engine's next results message)
+        proxy.drop_next(150, b".r", b"results", from_peer=True)  # (its next results)
         tid = tc.run(MapTask(record, (str(runs), "the task")))
         assert tc.get_task_result(tid, block=True, timeout=60) == engine.pid
         assert proxy.dropped == 1
