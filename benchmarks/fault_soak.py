@@ -2,6 +2,7 @@
 
     python benchmarks/fault_soak.py --minutes 10          # the README's run
     python benchmarks/fault_soak.py --seconds 60 --json r.json   # tests/system/test_fault_soak.py
+    python benchmarks/fault_soak.py --minutes 10 --curve  # every link encrypted (--curve)
 
 A controller (TCP, a durable store), engines and one client that reach it through TCP proxies
 that can break their connections; the client keeps submitting tasks (with and without
@@ -116,6 +117,7 @@ from taskmill.connection import (  # noqa: E402
     read_connection_file,
     write_connection_file,
 )
+from taskmill.curve import add_curve  # noqa: E402
 from taskmill.errors import ControllerUnreachable, RunNotStored  # noqa: E402
 
 TASKMILL = [sys.executable, "-m", "taskmill"]
@@ -139,8 +141,9 @@ def rss_kib(pid: int) -> int:
 class Cluster:
     """The processes of the soak: a controller, engines behind a proxy, a small disk."""
 
-    def __init__(self, work: Path, engines: int, small_disk: bool) -> None:
+    def __init__(self, work: Path, engines: int, small_disk: bool, curve: bool = False) -> None:
         self.work = work
+        self.curve = curve
         self.disk: Path | None = None
         if small_disk:
             self.disk = work / "disk"
@@ -148,7 +151,10 @@ class Cluster:
             subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", str(self.disk)],
                            check=True)
         self.db = str((self.disk or work) / "tasks.db")
-        self.conn = write_connection_file(work / "conn.json", new_connection_info())
+        info = new_connection_info()
+        if curve:  # (the server's key and the allow-list beside the file, as --curve makes)
+            add_curve(info, work / "conn.json")
+        self.conn = write_connection_file(work / "conn.json", info)
         self.log = open(work / "processes.log", "ab")  # noqa: SIM115
         self.controller: subprocess.Popen | None = None
         self.start_controller()
@@ -166,7 +172,7 @@ class Cluster:
     def start_controller(self) -> None:
         self.controller = subprocess.Popen(
             [*TASKMILL, "controller", "--connection-file", str(self.conn), "--db", self.db,
-             "--heartbeat", str(HEARTBEAT), "--no-dashboard"],
+             "--heartbeat", str(HEARTBEAT), "--no-dashboard", *(["--curve"] if self.curve else [])],
             stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_listening(self, bound: float = 60.0) -> None:
@@ -346,6 +352,8 @@ class Faults(threading.Thread):
         proxy, marker, from_peer = self.rng.choice([
             (self.c.proxy, b".t", False), (self.c.proxy, b".r", True),
             (self.c.client_proxy, b".r", False), (self.c.client_proxy, b".s", True)])
+        if self.c.curve:  # (the routing ids travel encrypted: any of that proxy's links)
+            marker = b""
         proxy.drop_next(150, marker, from_peer=from_peer)
 
     def _reset_connections(self) -> None:
@@ -403,10 +411,10 @@ class Calls:
             self.count += 1
 
 
-def soak(seconds: float, engines: int, seed: int, work: Path) -> dict:
+def soak(seconds: float, engines: int, seed: int, work: Path, curve: bool = False) -> dict:
     rng = random.Random(seed)
     small_disk = os.geteuid() == 0
-    cluster = Cluster(work, engines, small_disk)
+    cluster = Cluster(work, engines, small_disk, curve)
     runs_log = str(work / "runs.log")
     calls = Calls()
     given: dict[int, Given] = {}  # taskid -> what it must end as
@@ -722,11 +730,13 @@ def main() -> int:
     p.add_argument("--engines", type=int, default=3)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", default=None, help="write the report here too")
+    p.add_argument("--curve", action="store_true",
+                   help="every link encrypted (the controller's --curve)")
     a = p.parse_args()
     seconds = a.seconds if a.seconds is not None else 60 * (a.minutes or 10)
     work = Path(tempfile.mkdtemp(prefix="taskmill-soak-"))
     t0 = time.time()
-    report = soak(seconds, a.engines, a.seed, work)
+    report = soak(seconds, a.engines, a.seed, work, a.curve)
     if report["ok"]:
         shutil.rmtree(work, ignore_errors=True)
     else:  # kept: its processes' log tells what happened
