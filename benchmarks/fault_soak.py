@@ -26,9 +26,9 @@ own in flight, while a fault thread, every 1.5-4 s, does one of:
   partition; the engine goes on, must move to new connections, and the controller must
   declare it dead and refuse its late results);
 - cut both clients off the same way (their calls must still return within their bounds);
-- lose one message: the next one the controller sends to an engine's task socket or to the
-  client, or that an engine sends with its results or the client with its requests, is
-  dropped and that connection reset;
+- lose one message: the next one the controller sends to an engine's task socket, the next
+  interrupt to an engine, the next message to the client, or the next one an engine sends
+  with its results or the client with its requests, is dropped and that connection reset;
 - fill the store's disk for 1-3 s (a 512 MiB tmpfs, room for the soak's own store; only
   when run as root);
 - retire an engine (`retire_engines`, as `Cluster.adapt` shrinks a cluster) and start another
@@ -346,15 +346,17 @@ class Faults(threading.Thread):
 
     def _lose_message(self) -> None:
         """One message is lost and its connection reset: the next one the controller sends
-        to an engine's task socket or to the client, or the next one an engine sends with
-        its results or the client with its requests. (Past 150 bytes: a message, not the
-        connection's greeting.)"""
-        proxy, marker, from_peer = self.rng.choice([
-            (self.c.proxy, b".t", False), (self.c.proxy, b".r", True),
-            (self.c.client_proxy, b".r", False), (self.c.client_proxy, b".s", True)])
-        if self.c.curve:  # (the routing ids travel encrypted: any of that proxy's links)
-            marker = b""
-        proxy.drop_next(150, marker, from_peer=from_peer)
+        to an engine's task socket, the next interrupt (an abort) to an engine's control
+        socket, or the next message to the client; or the next one an engine sends with its
+        results or the client with its requests. (Past 150 bytes, or holding the word
+        looked for: a message, not the connection's greeting.)"""
+        proxy, marker, from_peer, contains = self.rng.choice([
+            (self.c.proxy, b".t", False, b""), (self.c.proxy, b".r", True, b""),
+            (self.c.proxy, b".c", False, b"aborted"),  # (an interrupt: its reason)
+            (self.c.client_proxy, b".r", False, b""), (self.c.client_proxy, b".s", True, b"")])
+        if self.c.curve:  # (encrypted: any of that proxy's links, any message)
+            marker = contains = b""
+        proxy.drop_next(1 if contains else 150, marker, contains, from_peer=from_peer)
 
     def _reset_connections(self) -> None:
         self.c.proxy.reset_all()

@@ -91,6 +91,28 @@ def test_a_lost_results_message_is_sent_again_and_the_task_ran_once(tmp_path):
         assert tc.task_info(tid)["attempts"] == 1
 
 
+@pytest.mark.timeout(120)
+def test_a_lost_interrupt_is_sent_again_and_the_aborted_task_stops(tmp_path):
+    """The interrupt of an aborted running task is lost (its control connection reset as it
+    passed): the engine's next heartbeat shows it still running the task, the controller
+    sends the interrupt again, and the engine is free for the next task long before the
+    aborted one would have ended (it waits up to 90 s for a gate that never opens)."""
+    from taskmill import TaskAborted
+
+    with proxied_engine(tmp_path) as (proxy, engine, tc, runs):
+        tid = tc.run(MapTask(record, (str(runs), "the task", str(tmp_path / "never"))))
+        poll(lambda: read_lines(runs)[-1:] == ["the task"], what="the task to start")
+        proxy.drop_next(1, b".c", b"aborted")  # (the interrupt: its reason)
+        tc.abort(tid)
+        poll(lambda: proxy.dropped == 1, 30, "the interrupt to be lost")
+        with pytest.raises(TaskAborted):
+            tc.get_task_result(tid)
+        after = tc.run(MapTask(record, (str(runs), "the next")))
+        assert tc.get_task_result(after, block=True, timeout=30) == engine.pid
+        assert read_lines(runs) == ["warm-up", "the task", "the next"]
+        assert tc.statistics()["engines_died"] == 0
+
+
 # The network forgets an engine's connections and tells only the engine (a reset on its side;
 # the controller's side stays open and silent: the engine links carry no ZeroMQ heartbeats, and
 # the kernel's TCP keepalive never ends it here, as the proxy's kernel answers it). ZeroMQ
