@@ -264,6 +264,16 @@ def test_lone_tail_times_the_trips_and_says_where_the_fsyncs_fell():
         "fdatasyncs not recorded" in out, out
 
 
+@pytest.mark.timeout(60)
+def test_wakeups_prints_a_positive_figure_for_every_step():
+    proc = bench("wakeups.py", "--n", "400", "--rounds", "1", timeout=55)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == 5, proc.stdout
+    for row in rows:
+        assert float(row.rstrip(" |").rsplit("|", 1)[1]) > 0, row
+
+
 def test_round_trip_hops_times_every_segment_of_a_lone_round_trip():
     proc = bench("round_trip_hops.py", "--trips", "20", "--rounds", "1", "--runs", "relay,hops",
                  timeout=150)
