@@ -193,7 +193,7 @@ def stats(**fields) -> dict:
             "clients_watching": 0, "clients": 1,
             "clients_forgotten": 0, "requests_waiting": 0, "backlog": 0, "queued_in_memory": 1,
             "queue_window": None, "heartbeats_unanswered": 0,
-            "answers_given_again": 0, **fields}
+            "answers_given_again": 0, "store_commits_failed": 0, **fields}
 
 
 GOOD = [("status", {"status": queue()}), ("status", {"status": queue(failed=[1, 2])}),

@@ -202,6 +202,47 @@ def test_a_client_cut_off_without_a_word_goes_on_on_new_connections(controller, 
         proxy.close()
 
 
+def test_a_watching_submit_sent_again_while_the_store_cannot_write_keeps_its_tasks(
+        controller, tmp_path):
+    """A future's submit stays open at the client (its results follow as `done` messages),
+    so a client whose connections broke sends it again, and the controller answers it from
+    the submit's key with the same taskids, after its next commit. If that commit fails (the
+    store cannot write), its tasks, stored long before, must stay queued and run. Before,
+    the failed commit withdrew them from the scheduler and the store as if never submitted,
+    and answered "none of its tasks will run" (the fault soak, seed 106: futures whose
+    taskids became unknown, some after they ran)."""
+    import sqlite3
+
+    ctl = controller
+    ctl.engines.append(ctl.engine())
+    tc, proxy = client_via_proxy(ctl, tmp_path, timeout=30, reconnect_timeout=100)
+    try:
+        gate = tmp_path / "gate"
+        first = tc.submit(wait_for_file, str(gate))  # (holds the engine)
+        second = tc.submit(abs, -7)  # (waits behind it: its submit stays open)
+        tid = second.taskid
+        assert tc.task_info(tid)["state"] in ("scheduled", "pending")
+        locker = sqlite3.connect(ctl.db, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")  # the store cannot write
+        try:
+            gate.touch()  # (the first result waits for a commit that fails: the store is down)
+            poll(lambda: tc.statistics()["store_commits_failed"] >= 1, 30, "a failed commit")
+            proxy.reset_all()  # (the client sends its open submits again)
+            poll(lambda: _answers(tc), 30, "the client to be heard again")
+            failed = tc.statistics()["store_commits_failed"]  # (the submits sent again wait)
+            poll(lambda: tc.statistics()["store_commits_failed"] > failed, 30,
+                 "a commit to fail with the submits sent again waiting")
+        finally:
+            locker.rollback()
+            locker.close()
+        assert tc.get_task_result(tid, block=True, timeout=60) == 7
+        assert second.result(60) == 7 and first.result(60) is not None
+        assert tc.queue_status()["succeeded"] == 2
+    finally:
+        tc.close()
+        proxy.close()
+
+
 def test_a_reset_that_loses_an_answer_costs_no_wait(controller, tmp_path):
     """A connection reset loses the answer to a call on its way to the client (and nothing
     tells the controller): the client, seeing its connection break, asks again, and the call

@@ -64,6 +64,9 @@ class NewSubmit:
     key: str | None
     watch: bool
     lease: tuple[int, int] | None = None  # a lease's (start, n) instead (leases.py)
+    # sent again (its key known): its tasks were stored by the submit that first carried it,
+    # in an earlier commit or in the same one
+    resent: bool = False
 
 
 def meta_bound(meta: dict[str, Any] | None) -> int:
@@ -100,6 +103,7 @@ class Outbox:
         # Messages that depend on nothing stored: sent every turn, even while the store fails.
         self.now_out: list[Outgoing] = []
         self.store_down_since: float | None = None  # monotonic time of the first failure
+        self.commits_failed = 0  # (statistics)
         self.store_retry_at = 0.0
         self.store_retry_delay = STORE_RETRY_FIRST
         self.last_commit = now
@@ -179,6 +183,7 @@ class Outbox:
         try:
             self.store.commit()
         except StoreError as e:
+            self.commits_failed += 1
             if self.store_down_since is None:
                 self.store_down_since = now
                 log.error("%s; submits are refused with StoreError and everything else waits "

@@ -60,7 +60,8 @@ class Submits:
         if key is not None:
             known = ctx.store.submitted(key, resent=bool(msg.resent))
             if known is not None:  # a client sent it again after a restart: same taskids
-                ctx.outbox.new_submits.append(NewSubmit(rt, req, known, None, bool(msg.watch)))
+                ctx.outbox.new_submits.append(NewSubmit(rt, req, known, None, bool(msg.watch),
+                                                        resent=True))
                 return
         try:
             parsed = self.parse(msg, frames)
@@ -215,7 +216,8 @@ class Submits:
         if msg.key is not None:
             known = ctx.store.submitted(msg.key, resent=bool(msg.resent))
             if known is not None:
-                ctx.outbox.new_submits.append(NewSubmit(rt, req, known, None, False))
+                ctx.outbox.new_submits.append(NewSubmit(rt, req, known, None, False,
+                                                        resent=True))
                 return
         now = ctx.now.wall
         tid = ctx.store.allocate()
@@ -229,9 +231,9 @@ class Submits:
         ctx.counters.submitted += 1
         ctx.outbox.new_submits.append(NewSubmit(rt, req, [tid], msg.key, False))
 
-    def answer(self) -> None:
+    def answer(self, submits: list[NewSubmit] | None = None) -> None:
         """The submits whose tasks are now stored get their taskids (and watches)."""
-        for ns in self.ctx.outbox.take_submits():
+        for ns in self.ctx.outbox.take_submits() if submits is None else submits:
             if ns.lease is not None:
                 self.ctx.outbox.reply(ns.reply_to, ns.req, LeaseReply(*ns.lease))
                 continue
@@ -241,9 +243,20 @@ class Submits:
 
     def take_back(self, e: StoreError) -> None:
         """The commit failed and every row stays queued: take back the submits it carried
-        (answered with StoreError, their taskids never used); the rest waits."""
+        (answered with StoreError, their taskids never used); the rest waits. A submit sent
+        again whose first one an earlier commit stored is answered as it was (its tasks are
+        stored, and run): only one whose first one this commit carried is refused with it."""
         taken: set[int] = set()
+        stored: list[NewSubmit] = []
         for ns in self.ctx.outbox.take_submits():
+            if ns.resent:
+                if taken.isdisjoint(ns.tids):
+                    stored.append(ns)
+                else:  # (its first one is taken back just above: refused alike)
+                    self.ctx.outbox.refuse(ns.reply_to, ns.req, f"the submit was not "
+                                           f"accepted, none of its tasks will run: {e}",
+                                           "StoreError")
+                continue
             if ns.lease is not None:  # (its ids are never used: they read as unknown)
                 self.results.gone(self.ctx.leases.release(ns.reply_to, write=False))
                 self.ctx.store.withdraw([])  # (nothing of it is left to write)
@@ -256,6 +269,8 @@ class Submits:
             self.ctx.counters.store_refusals += 1
             self.ctx.outbox.refuse(ns.reply_to, ns.req, f"the submit was not accepted, none "
                                    f"of its tasks will run: {e}", "StoreError")
+        if stored:
+            self.answer(stored)
 
     def withdraw(self, tids: list[int], key: str | None) -> None:
         """Take back tasks whose rows never committed: from the scheduler, the dispatches

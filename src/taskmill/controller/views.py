@@ -141,6 +141,7 @@ class Views:
             tasks_lost_in_transit=c.tasks_lost_in_transit,
             heartbeats_unanswered=c.heartbeats_unanswered,
             answers_given_again=c.answers_given_again,
+            store_commits_failed=ctx.outbox.commits_failed,
             argument_bytes_out=c.argument_bytes_out, refused=dict(ctx.wire.refused),
             revokes_sent=c.revokes_sent, revokes_granted=c.revokes_granted,
             queue=self.queue_status(), engines=engines,

@@ -274,6 +274,9 @@ class Statistics(msgspec.Struct, frozen=True):
     # Requests sent again after a broken connection (abort, clear, retire) answered as the
     # first time, not carried out again (controller/control_verbs.py).
     answers_given_again: int = 0
+    # Commits the store failed (disk full, locked, I/O error: each retry counts; submits
+    # meanwhile are refused, everything else waits: SPEC §1).
+    store_commits_failed: int = 0
 
     def as_map(self) -> dict[str, Any]:
         return builtins(self)
