@@ -59,7 +59,7 @@ class Submits:
         key = msg.key
         if key is not None:
             known = ctx.store.submitted(key, resent=bool(msg.resent))
-            if known is not None:  # a client sent it again after a restart: same taskids
+            if known is not None:  # sent again (a restart, a broken connection): same taskids
                 ctx.outbox.new_submits.append(NewSubmit(rt, req, known, None, bool(msg.watch),
                                                         resent=True))
                 return
