@@ -275,7 +275,7 @@ class Statistics(msgspec.Struct, frozen=True):
     # first time, not carried out again (controller/control_verbs.py).
     answers_given_again: int = 0
     # Commits the store failed (disk full, locked, I/O error: each retry counts; submits
-    # meanwhile are refused, everything else waits: SPEC §1).
+    # meanwhile are refused with StoreError, everything else waits until it writes again).
     store_commits_failed: int = 0
 
     def as_map(self) -> dict[str, Any]:
