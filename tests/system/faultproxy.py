@@ -30,6 +30,7 @@ import socket
 import struct
 import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from taskmill.connection import read_connection_file, write_connection_file
@@ -182,42 +183,42 @@ class FaultProxy:
     def cut_peer_side_all(self, suffixes: tuple[bytes, ...] = ()) -> int:
         """Cut, on the peer's side only, the connections whose routing id ends with one of
         `suffixes` (all with none); how many."""
-        pairs = self._freeze(suffixes)
+        pairs = self._freeze(self._by_suffix(suffixes))
         for p in pairs:
             p.cut_peer_side()
         self.resets += 1
         return len(pairs)
 
-    def _freeze(self, suffixes: tuple[bytes, ...]) -> list[_Pair]:
-        """The open connections whose peer's routing id ends with one of `suffixes` (all with
-        none), moved to the frozen ones (closed with the proxy)."""
+    def _freeze(self, chosen: Callable[[_Pair], bool]) -> list[_Pair]:
+        """The open connections `chosen` picks, moved to the frozen ones (closed with the
+        proxy)."""
         with self._lock:
-            pairs = [p for p in self._pairs if not p.closed and not p.frozen
-                     and (not suffixes or (p.routing_id() or b"").endswith(suffixes))]
+            pairs = [p for p in self._pairs if not p.closed and not p.frozen and chosen(p)]
             self._frozen.extend(pairs)
             self._pairs = [p for p in self._pairs if p not in pairs]
         return pairs
 
-    def blackhole_all(self, suffixes: tuple[bytes, ...] = ()) -> int:
-        """Drop what either side sends on the connections whose peer's routing id ends with
-        one of `suffixes` (all with none), telling neither side; how many."""
-        pairs = self._freeze(suffixes)
+    @staticmethod
+    def _by_suffix(suffixes: tuple[bytes, ...]) -> Callable[[_Pair], bool]:
+        """Connections whose peer's routing id ends with one of `suffixes` (all with none)."""
+        return lambda p: not suffixes or (p.routing_id() or b"").endswith(suffixes)
+
+    def _blackhole(self, chosen: Callable[[_Pair], bool]) -> int:
+        pairs = self._freeze(chosen)
         for p in pairs:
             p.frozen = True
         return len(pairs)
+
+    def blackhole_all(self, suffixes: tuple[bytes, ...] = ()) -> int:
+        """Drop what either side sends on the connections whose peer's routing id ends with
+        one of `suffixes` (all with none), telling neither side; how many."""
+        return self._blackhole(self._by_suffix(suffixes))
 
     def blackhole_process(self, pid: int) -> int:
         """Drop what either side sends on the connections of process `pid` (found by its TCP
         ports), telling neither side; how many."""
         ports = process_ports(pid)
-        with self._lock:
-            pairs = [p for p in self._pairs if not p.closed and not p.frozen
-                     and _peer_port(p.down) in ports]
-            self._frozen.extend(pairs)
-            self._pairs = [p for p in self._pairs if p not in pairs]
-        for p in pairs:
-            p.frozen = True
-        return len(pairs)
+        return self._blackhole(lambda p: _peer_port(p.down) in ports)
 
     def reset_all(self) -> None:
         with self._lock:

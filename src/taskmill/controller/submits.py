@@ -248,14 +248,13 @@ class Submits:
         stored, and run): only one whose first one this commit carried is refused with it."""
         taken: set[int] = set()
         stored: list[NewSubmit] = []
+        refused = f"the submit was not accepted, none of its tasks will run: {e}"
         for ns in self.ctx.outbox.take_submits():
             if ns.resent:
                 if taken.isdisjoint(ns.tids):
                     stored.append(ns)
                 else:  # (its first one is taken back just above: refused alike)
-                    self.ctx.outbox.refuse(ns.reply_to, ns.req, f"the submit was not "
-                                           f"accepted, none of its tasks will run: {e}",
-                                           "StoreError")
+                    self.ctx.outbox.refuse(ns.reply_to, ns.req, refused, "StoreError")
                 continue
             if ns.lease is not None:  # (its ids are never used: they read as unknown)
                 self.results.gone(self.ctx.leases.release(ns.reply_to, write=False))
@@ -267,8 +266,7 @@ class Submits:
             self.withdraw([t for t in ns.tids if t not in taken], ns.key)
             taken.update(ns.tids)
             self.ctx.counters.store_refusals += 1
-            self.ctx.outbox.refuse(ns.reply_to, ns.req, f"the submit was not accepted, none "
-                                   f"of its tasks will run: {e}", "StoreError")
+            self.ctx.outbox.refuse(ns.reply_to, ns.req, refused, "StoreError")
         if stored:
             self.answer(stored)
 
