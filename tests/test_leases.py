@@ -157,3 +157,35 @@ def test_no_taskid_is_given_out_twice_across_kills(tmp_path, ops):
         assert store.allocate() > max(given, default=-1)
     finally:
         store.close()
+
+
+def test_a_lease_asked_again_by_its_key_is_the_one_granted_and_moves_to_the_asker(store):
+    """A client whose answer was lost asks again, from a new connection, with the request's
+    key: it gets the block granted first (a second one would skip its ids), now held by the
+    new connection; a new key gets a new block; a lease ended forgets its key."""
+    leases = Leases(store)
+    a = leases.grant(b"old", 8, 0.0, "c:1")
+    assert leases.known("c:1") and not leases.known("c:2") and not leases.known("")
+    again = leases.grant(b"new", 8, 1.0, "c:1")
+    assert again is a and store.allocate() == 8  # (no second block)
+    assert leases.take(b"new", [0, 1]) == [0, 1]
+    with pytest.raises(BadRequest):
+        leases.take(b"old", [2])  # (the old connection holds nothing now)
+    b = leases.grant(b"new", 4, 2.0, "c:2")
+    assert (b.start, b.end) == (9, 13)
+    assert sorted(leases.release(b"new")) == [*range(2, 8), *range(9, 13)]
+    assert not leases.known("c:1") and not leases.known("c:2")
+    assert leases.grant(b"new", 4, 3.0, "c:1").start == 9  # (ended: granted anew)
+
+
+def test_a_lease_taken_back_ends_wherever_it_is_held(store):
+    """A commit that failed takes back the lease it carried, though the client's connection
+    that asked has moved it meanwhile; its ids go back and read as unknown, not pending."""
+    leases = Leases(store)
+    a = leases.grant(b"old", 8, 0.0, "c:1")
+    leases.grant(b"new", 8, 0.0, "c:1")
+    assert leases.holds(a.start)
+    assert leases.take_back(a.start) == list(range(8))
+    assert not leases.holds(a.start) and not leases.pending(0) and not leases.known("c:1")
+    assert leases.take_back(a.start) == []
+    assert store.allocate() == 0  # (given back: nothing came after it)

@@ -662,3 +662,25 @@ def test_many_tasks_and_results_to_one_engine_travel_below_the_size_limit(tmp_pa
         assert held.result(timeout=60) > 0
         assert [f.result(timeout=60) for f in futs] == values
         assert "too-large" not in tc.statistics()["refused"]
+
+
+def test_a_lease_whose_answer_was_lost_is_answered_again_and_no_taskid_is_skipped(
+        controller, tmp_path):
+    """The answer to run()'s request for a block of taskids is lost with its connection,
+    after the controller granted the block: the client asks again on its new connection, and
+    the controller answers with the block it granted (by the request's key), so run()'s ids
+    still rise by 1. Before, it granted a second block, and the first one's ids were skipped."""
+    ctl = controller
+    tc, proxy = client_via_proxy(ctl, tmp_path, timeout=30, reconnect_timeout=100)
+    try:
+        first = [tc.run(MapTask(abs, (-i,))) for i in range(3)]  # (no engine: they stay queued)
+        assert tc.queue_status()["scheduled"] == 3  # (another call: the rest goes back)
+        proxy.drop_next(1, b".r", b"start")  # (the lease's answer: its field)
+        after = tc.run(MapTask(abs, (-3,)))
+        assert proxy.dropped == 1
+        assert [*first, after] == [0, 1, 2, 3]
+        assert tc.queue_status()["scheduled"] == 4
+        assert tc.task_info(after)["state"] == "scheduled"
+    finally:
+        tc.close()
+        proxy.close()

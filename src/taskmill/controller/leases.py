@@ -1,7 +1,9 @@
 """Leases: blocks of taskids a client numbers its `run()` tasks from, before it sends them.
 
-    client --lease{n}--> grant: the store's counter moves past the block (store.lease; the
-        commit that writes it comes before the reply) --reply{start, n}--> the client
+    client --lease{n, key}--> grant: the store's counter moves past the block (store.lease;
+        the commit that writes it comes before the reply) --reply{start, n}--> the client;
+        the same key again (its answer was lost with a connection) gets the same block, as
+        long as it is held: else a second block would skip the first one's ids
     client --submit{tasks, tids}--> take (from Submits.submit): each id must lie in this
         client's lease, above every id it used before, in rising order; else the submit is
         refused whole and nothing of it is stored
@@ -40,6 +42,7 @@ class Lease:
     start: int
     end: int  # (exclusive)
     next: int  # the lowest id the holder may still use
+    key: str = ""  # the client's key for the request that got it
 
 
 class Leases:
@@ -47,21 +50,58 @@ class Leases:
         self.store = store
         self.by_holder: dict[bytes, list[Lease]] = {}
         self.seen_at: dict[bytes, float] = {}  # monotonic time each holder last spoke
+        self.by_key: dict[str, Lease] = {}  # the request's key -> each held lease that has one
 
-    def grant(self, holder: bytes, n: int, mono: float) -> Lease:
-        """A new lease of min(n, LEASE_MAX) ids for `holder`."""
+    def grant(self, holder: bytes, n: int, mono: float, key: str = "") -> Lease:
+        """A new lease of min(n, LEASE_MAX) ids for `holder`; or the one granted to `key`
+        before, if it is still held (by `holder` from now on)."""
+        known = self.by_key.get(key) if key else None
+        if known is not None:
+            for other, leases in list(self.by_holder.items()):
+                if known in leases and other != holder:  # (the old connection's)
+                    leases.remove(known)
+                    self.by_holder.setdefault(holder, []).append(known)
+            self.seen_at[holder] = mono
+            return known
         n = min(n, LEASE_MAX)
         start = self.store.lease(n)
-        lease = Lease(start, start + n, start)
+        lease = Lease(start, start + n, start, key)
         held = []
         for x in self.by_holder.get(holder, ()):
             if x.next < x.end:
                 held.append(x)
             else:
-                self.store.end_lease(x.start)  # (used up)
+                self.ended(x)  # (used up)
+                self.store.end_lease(x.start)
         self.by_holder[holder] = [*held, lease]
         self.seen_at[holder] = mono
+        if key:
+            self.by_key[key] = lease
         return lease
+
+    def ended(self, lease: Lease) -> None:
+        if lease.key:
+            self.by_key.pop(lease.key, None)
+
+    def known(self, key: str) -> bool:
+        """Whether a lease granted to this request's key is still held."""
+        return bool(key) and key in self.by_key
+
+    def holds(self, start: int) -> bool:
+        """Whether the lease from `start` is still held."""
+        return any(x.start == start for leases in self.by_holder.values() for x in leases)
+
+    def take_back(self, start: int) -> list[int]:
+        """End the lease from `start`, whoever holds it, its ids never used (its grant was
+        not written: the counter goes back at the next write); those ids."""
+        for leases in self.by_holder.values():
+            for lease in leases:
+                if lease.start == start:
+                    leases.remove(lease)
+                    self.ended(lease)
+                    self.store.end_lease(start, lease.next, write=False)
+                    return list(range(lease.next, lease.end))
+        return []
 
     def take(self, holder: bytes, tids: list[int]) -> list[int]:
         """Check that `tids` may be used by `holder` now (BadRequest naming the first that
@@ -106,6 +146,7 @@ class Leases:
         self.seen_at.pop(holder, None)
         out: list[int] = []
         for lease in sorted(leases, key=lambda x: -x.end):
+            self.ended(lease)
             self.store.end_lease(lease.start, lease.next, write)
             out.extend(range(lease.next, lease.end))
         return out
@@ -132,6 +173,7 @@ class Leases:
             if mono - max(seen, stall_end) > HOLDER_SILENCE:
                 del self.seen_at[holder]
                 for lease in self.by_holder.pop(holder, []):
+                    self.ended(lease)
                     self.store.end_lease(lease.start)
                     if lease.next < lease.end:
                         log.info("a client silent for %gs held taskids %d..%d unused: "

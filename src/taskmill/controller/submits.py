@@ -131,9 +131,11 @@ class Submits:
     def lease(self, rt: bytes, req: Any, msg: Lease, frames: list[Any]) -> None:
         """A block of taskids for this client, answered (like a submit) after the commit
         that stores the counter past it, or refused with StoreError if that fails."""
-        lease = self.ctx.leases.grant(rt, msg.n, self.ctx.now.mono)
+        leases = self.ctx.leases
+        known = leases.known(msg.key)  # (sent again: its answer was lost)
+        lease = leases.grant(rt, msg.n, self.ctx.now.mono, msg.key)
         self.ctx.outbox.new_submits.append(NewSubmit(rt, req, [], None, False, lease=(
-            lease.start, lease.end - lease.start)))
+            lease.start, lease.end - lease.start), resent=known))
 
     def release(self, rt: bytes, req: Any, msg: Lease, frames: list[Any]) -> None:
         """What is left of this client's lease goes back, answered at once: the counter
@@ -249,19 +251,20 @@ class Submits:
         taken: set[int] = set()
         stored: list[NewSubmit] = []
         refused = f"the submit was not accepted, none of its tasks will run: {e}"
+        no_lease = f"the lease of taskids for run() was not accepted, the task was not sent: {e}"
+        leases = self.ctx.leases
         for ns in self.ctx.outbox.take_submits():
-            if ns.resent:
-                if taken.isdisjoint(ns.tids):
+            if ns.resent:  # (a lease's: answered from its key, if its grant was not taken back)
+                if taken.isdisjoint(ns.tids) and (ns.lease is None or leases.holds(ns.lease[0])):
                     stored.append(ns)
                 else:  # (its first one is taken back just above: refused alike)
-                    self.ctx.outbox.refuse(ns.reply_to, ns.req, refused, "StoreError")
+                    self.ctx.outbox.refuse(ns.reply_to, ns.req,
+                                           refused if ns.lease is None else no_lease, "StoreError")
                 continue
             if ns.lease is not None:  # (its ids are never used: they read as unknown)
-                self.results.gone(self.ctx.leases.release(ns.reply_to, write=False))
+                self.results.gone(leases.take_back(ns.lease[0]))
                 self.ctx.store.withdraw([])  # (nothing of it is left to write)
-                self.ctx.outbox.refuse(ns.reply_to, ns.req, f"the lease of taskids for run() "
-                                       f"was not accepted, the task was not sent: {e}",
-                                       "StoreError")
+                self.ctx.outbox.refuse(ns.reply_to, ns.req, no_lease, "StoreError")
                 continue
             self.withdraw([t for t in ns.tids if t not in taken], ns.key)
             taken.update(ns.tids)

@@ -91,6 +91,8 @@ class Lease(msgspec.Struct, frozen=True):
     what is left of it is given back (n is ignored)."""
 
     n: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1
+    key: str = ""  # sent again with the same key: answered with the block granted first
+    resent: Any = False  # (read as a flag)
 
 
 class Tids(msgspec.Struct, frozen=True):
