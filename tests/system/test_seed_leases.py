@@ -18,7 +18,7 @@ import sys
 import textwrap
 
 import pytest
-from systest import controller_process, poll
+from systest import controller_process, controller_thread, poll
 
 import taskmill
 from taskmill import AsyncTaskClient, MapTask, RunNotStored, StoreError, TaskClient
@@ -259,3 +259,75 @@ def test_a_script_that_exits_without_closing_its_client_exits_and_its_runs_are_s
     assert len(tids) == n
     client.barrier(tids)
     assert [client.get_task_result(t) for t in tids] == list(range(n))
+
+
+STOPPED_CLIENT = textwrap.dedent("""
+    import sys
+    import time
+
+    from taskmill import MapTask, RunNotStored, TaskClient
+
+    with TaskClient(sys.argv[1], timeout=30) as tc:
+        first = [tc.run(MapTask(abs, (-i,))) for i in range(3)]
+        print("first", *first, flush=True)
+        sys.stdin.readline()  # (stopped meanwhile, past the controller's bound)
+        lone = tc.run(MapTask(abs, (-3,)))  # (sent at once: nothing else is in flight)
+        deadline = time.monotonic() + 30
+        while not tc.backend.runs._failed and time.monotonic() < deadline:
+            time.sleep(0.01)  # (until its refusal is in)
+        after, refused = [], []
+        for i in range(4, 40):
+            try:
+                after.append(tc.run(MapTask(abs, (-i,))))
+            except RunNotStored as e:  # (said by the next run(), before it takes an id)
+                refused += e.taskids
+                after.append(tc.run(MapTask(abs, (-i,))))
+        try:
+            tc.barrier(first + after)
+        except RunNotStored as e:
+            refused += e.taskids
+        print("lone", lone, flush=True)
+        print("refused", *refused, flush=True)
+        print("after", *after, flush=True)
+        kept = [t for t in first + after if t not in refused]
+        print("results", *[tc.get_task_result(t, block=True) for t in kept], flush=True)
+""")
+
+
+def test_a_client_stopped_past_its_lease_takes_a_new_one_and_loses_one_batch_at_most(
+        tmp_path, monkeypatch):
+    """A client stopped (SIGSTOP) while it holds a lease of run() ids is silent, and the
+    controller ends its lease. When it goes on, its next run() batch is refused ("not leased")
+    and raised as RunNotStored naming those ids, as before; but the client now drops the lease
+    it was told is gone and asks for a new one, so its later runs are stored. Before, it went
+    on numbering from the dead lease, and every run() was refused until that lease was used
+    up (up to 4,096 of them)."""
+    from taskmill.controller import leases
+
+    monkeypatch.setattr(leases, "HOLDER_SILENCE", 1.0)  # (10 s; in-process, so it can be cut)
+    with controller_thread(tmp_path, engines=1) as small:
+        proc = subprocess.Popen([sys.executable, "-c", STOPPED_CLIENT, str(small.conn)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().split() == ["first", "0", "1", "2"]
+            with TaskClient(small.conn, timeout=30) as other:  # (all three stored first)
+                poll(lambda: sum(other.queue_status().values()) == 3, 30, "the tasks")
+            held = small.ctl.core.ctx.leases.by_holder
+            assert held  # (the client holds ids 3..15)
+            proc.send_signal(signal.SIGSTOP)
+            poll(lambda: not held, 30, "the stopped client's lease to end")
+            proc.send_signal(signal.SIGCONT)
+            out, err = proc.communicate("go\n", timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, err[-3000:]
+        lines = {line.split()[0]: [int(x) for x in line.split()[1:]]
+                 for line in out.splitlines()}
+        assert lines["refused"] == lines["lone"], out  # (the batch sent on the ended lease)
+        after = lines["after"]
+        assert after == list(range(after[0], after[0] + 36)), out  # (a new lease's ids)
+        assert after[0] > 15  # (past the ended lease: its ids are never given out again)
+        assert lines["results"] == [0, 1, 2, *range(4, 40)], out

@@ -21,7 +21,9 @@
         call gives back what is left (`begin`), so that one client's taskids still rise by 1
         whatever it calls (submit, map, put number their tasks on the controller). A
         controller restart or an unreachable controller ends the lease (the tasks queued
-        then are reported as not stored).
+        then are reported as not stored), and so does a refusal saying it ended (the client
+        was silent past the controller's bound: stopped, or cut off): then the batch refused
+        and those queued behind it are reported, and the next run() asks for a new lease.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ class Runs:
         self._conn = conn
         self._lock = threading.RLock()  # (a reply may be handled at once, in the sender)
         self._wake = threading.Condition(self._lock)
-        self._next = self._end = 0  # the lease: ids next..end-1 unused
+        self._start = self._next = self._end = 0  # the lease: start..end-1, next.. unused
         self._size = FIRST_LEASE
         self._queue: list[tuple[Encoded, int]] = []
         self._bytes = 0
@@ -94,7 +96,7 @@ class Runs:
 
     def leased(self, start: int, n: int) -> None:
         with self._lock:
-            self._next, self._end = start, start + n
+            self._start, self._next, self._end = start, start, start + n
             self._size = min(self._size * 2, LEASE_MAX)
 
     def add(self, enc: Encoded) -> int | None:
@@ -179,13 +181,14 @@ class Runs:
             f"run()'s tasks within {timeout:g}s (they may or may not be stored)")
 
     def lost_lease(self, why: str) -> None:
-        """(I/O thread) The controller restarted or is unreachable: the lease is gone."""
+        """(I/O thread) The controller restarted, or is unreachable, or said the lease ended:
+        it is gone (what is queued from it will not be stored)."""
         with self._lock:
             if self._queue:
                 tids = [t for _, t in self._queue]
                 self._queue, self._bytes = [], 0
                 self._failed.append(("refused", tids, why))
-            self._next = self._end = 0
+            self._start = self._next = self._end = 0
             self._size = FIRST_LEASE
 
     def close(self) -> None:
@@ -223,10 +226,12 @@ class Runs:
     def _answered(self, fut: Future, tids: list[int]) -> None:
         """(Nothing of an answer is read but whether it is a refusal: the taskids are ours.)"""
         error: BaseException | None = None
+        ended = False
         try:
             reply, _ = fut.result()
             if reply.get("ok", True) is False:
                 error = refusal(reply)
+                ended = reply.get("error_type") == "lease-ended"
         except BaseException as e:  # noqa: BLE001 - unreachable, closed
             error = e
         with self._lock:  # (failed before no longer in flight: see busy)
@@ -236,6 +241,11 @@ class Runs:
                 self._failed.append(("unanswered", tids, str(error)))
             elif error is not None and tids:
                 self._failed.append(("refused", tids, str(error)))
+            if ended and tids and self._start <= tids[0] < self._end:
+                # (it was silent past the controller's bound: what is queued here is of the
+                # same lease, and the next run() asks for a new one)
+                self.lost_lease("this client's lease of taskids for run() had ended (it was "
+                                "silent too long, or the controller restarted): not sent")
             if fut in self._in_flight:
                 self._in_flight.remove(fut)
             if self._queue and not self._in_flight:  # (those queued meanwhile go now)

@@ -231,7 +231,8 @@ class ControllerCore:
             outbox.refuse(reply_to, req, str(e), "StoreError")
         except (BadRequest, KeyError, TypeError, ValueError, IndexError) as e:
             refused["bad-request"] += 1
-            outbox.refuse(reply_to, req, f"bad {kind} request: {e}")
+            outbox.refuse(reply_to, req, f"bad {kind} request: {e}",
+                          getattr(e, "error_type", None))
         except Exception as e:  # noqa: BLE001 - a bug here must not leave the client waiting
             refused["internal-error"] += 1
             log.exception("error handling a %r request", kind)

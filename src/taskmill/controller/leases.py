@@ -28,7 +28,7 @@ import logging
 from dataclasses import dataclass
 
 from ..store import TaskStore
-from .validation import BadRequest
+from .validation import BadRequest, LeaseEnded
 
 log = logging.getLogger("taskmill.controller")
 
@@ -108,7 +108,7 @@ class Leases:
         may not) and mark them used; returns the ids passed over (used or skipped)."""
         leases = self.by_holder.get(holder)
         if not leases:
-            raise BadRequest(
+            raise LeaseEnded(
                 f"taskids {tids[0]}..{tids[-1]} are not leased to this client: its lease "
                 f"ended (the controller restarted, or it was silent for {HOLDER_SILENCE:g}s); "
                 "none of these tasks was stored, and their ids stay unknown")

@@ -18,11 +18,19 @@ from typing import Any
 
 from ..protocol import MapExec, ProtocolError, StringExec, TaskSpec, node_rules
 
-__all__ = ["BadRequest", "exec_map", "is_int", "pairs", "stored_nodes"]
+__all__ = ["BadRequest", "LeaseEnded", "exec_map", "is_int", "pairs", "stored_nodes"]
 
 
 class BadRequest(Exception):
     """A well-signed message whose contents make no sense: answered with an error, never acted on."""
+
+    error_type: str | None = None  # (the refusal's, for the client to act on)
+
+
+class LeaseEnded(BadRequest):
+    """Taskids from a run() lease that has ended: the client must ask for a new one."""
+
+    error_type = "lease-ended"
 
 
 def is_int(value: Any) -> bool:

@@ -39,7 +39,8 @@ __all__ = [
 class Refusal(msgspec.Struct, frozen=True):
     """Any request refused (`ok` false): why, and (`error_type`) what kind of refusal:
     StoreError (the store cannot write: nothing changed), session (sent to an earlier
-    controller: the client sends it again), or None (a bad request)."""
+    controller: the client sends it again), lease-ended (run() taskids from a lease that
+    ended: the client asks for a new one), or None (a bad request)."""
 
     error: str
     error_type: str | None = None
