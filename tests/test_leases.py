@@ -189,3 +189,99 @@ def test_a_lease_taken_back_ends_wherever_it_is_held(store):
     assert not leases.holds(a.start) and not leases.pending(0) and not leases.known("c:1")
     assert leases.take_back(a.start) == []
     assert store.allocate() == 0  # (given back: nothing came after it)
+
+
+def test_a_lease_outlives_a_kill_and_waits_for_its_client_to_claim_it(tmp_path):
+    """The SQLite store writes each lease's row (its owner: the client's key prefix) with the
+    counter; a restarted controller holds it for that client, with the ids it has not used
+    yet pending, until the client claims it (its hello, a keyed request) and goes on numbering
+    from it; one not claimed ends as a silent holder's. A lease ended goes with its row."""
+    path = str(tmp_path / "t.db")
+    s = SQLiteStore(path)
+    leases = Leases(s)
+    leases.grant(b"a.r", 16, 0.0, "client-a:7")
+    leases.grant(b"b.r", 8, 0.0, "client-b:3")
+    leases.grant(b"c.r", 4, 0.0, "client-c:1")
+    s.commit()
+    assert leases.take(b"a.r", [0, 1, 2]) == [0, 1, 2]
+    for t in (0, 1, 2):
+        _add(s, t)
+    assert sorted(leases.release(b"c.r")) == [24, 25, 26, 27]  # (given back: its row goes)
+    s.commit()
+    s.abandon()  # as a kill -9 leaves it
+    s2 = SQLiteStore(path)
+    try:
+        assert s2.stored_leases == [(0, 16, "client-a:7", 3), (16, 24, "client-b:3", 16)]
+        restarted = Leases(s2, 100.0)
+        assert restarted.pending(3) and restarted.pending(16) and not restarted.pending(24)
+        assert s2.allocate() == 24  # (past both, and c's given back)
+        with pytest.raises(BadRequest):
+            restarted.take(b"new-a.r", [3])  # (not claimed yet)
+        restarted.claim(b"new-a.r", "client-a", 101.0)
+        assert restarted.take(b"new-a.r", [3, 4]) == [3, 4]
+        restarted.claim(b"other.r", "client-x", 101.0)  # (holds nothing: nothing happens)
+        again = restarted.grant(b"new-b.r", 8, 101.0, "client-b:3")  # (its answer was lost)
+        assert (again.start, again.end, again.next) == (16, 24, 16) and s2.allocate() == 25
+        restarted.seen_at[b"new-b.r"] = 100.0  # (then b is silent)
+        assert restarted.expire(100.0 + HOLDER_SILENCE + 0.5) == list(range(16, 24))
+        assert not restarted.pending(16) and restarted.pending(5)
+        s2.commit()
+    finally:
+        s2.abandon()
+    s3 = SQLiteStore(path)  # (b's lease ended with its expiry; a's goes on from 5)
+    try:
+        assert s3.stored_leases == [(0, 16, "client-a:7", 3)]  # (no row stored for 3, 4 yet)
+    finally:
+        s3.close()
+
+
+def test_a_memory_store_keeps_no_lease_across_a_restart():
+    s = MemoryStore()
+    Leases(s).grant(b"a.r", 8, 0.0, "client-a:1")
+    assert MemoryStore().stored_leases == []
+
+
+@pytest.mark.parametrize("crash", ["kill", "close"])
+def test_a_restarted_controller_gives_a_client_its_lease_back(tmp_path, crash):
+    """Driven in process (messages straight into the controller's core): a client's lease
+    outlives the controller (killed: nothing more written; or closed). Started again on the
+    same store, the controller refuses the lease's ids to a client that has not named itself,
+    and gives the lease to the one whose hello names its key prefix; a lease request sent
+    again (its answer lost with the first controller) gets the block it got the first time."""
+    from testhelp import core_controller, inject
+
+    from taskmill.connection import new_connection_info
+
+    node = {"exec": {"kind": "map", "fn": 1}, "nframes": 2, "pmac": b"m" * 32}
+
+    def request(ctl, header, frames=(), rt=b"a.r"):
+        out = inject(ctl, False, rt, {"req": 7, **header}, frames)
+        (reply,) = [h for _, ident, h, _ in out if h and h.get("type") == "reply"
+                    and ident == rt]
+        return reply
+
+    def run(ctl, tids, key, rt):
+        return request(ctl, {"type": "submit", "tasks": [{"nodes": [node]}] * len(tids),
+                             "tids": tids, "key": key}, [b"function", b"args"] * len(tids), rt)
+
+    path = str(tmp_path / "tasks.db")
+    info = new_connection_info()
+    running = core_controller(store=SQLiteStore(path), info=info, heartbeat=3600.0)
+    first = running.__enter__()
+    assert request(first, {"type": "lease", "n": 16, "key": "client-a:1"})["start"] == 0
+    assert run(first, [0, 1], "client-a:2", b"a.r")["tids"] == [0, 1]
+    if crash == "kill":
+        first.store.abandon()
+        first.sockets.close()
+    else:
+        running.__exit__(None, None, None)
+    with core_controller(store=SQLiteStore(path), info=info, heartbeat=3600.0) as second:
+        refused = run(second, [2], "client-b:1", b"b.r")  # (not this client's)
+        assert refused["ok"] is False and refused["error_type"] == "lease-ended"
+        request(second, {"type": "hello", "owner": "client-a"}, rt=b"a-again.r")
+        assert run(second, [3, 4], "client-a:3", b"a-again.r")["tids"] == [3, 4]
+        again = request(second, {"type": "lease", "n": 16, "key": "client-a:1",
+                                 "resent": True}, rt=b"a-again.r")
+        assert (again["start"], again["n"]) == (0, 16)  # (the same block: no ids skipped)
+        assert request(second, {"type": "lease", "n": 16, "key": "client-a:4"},
+                       rt=b"a-again.r")["start"] == 16  # (a new request: a new block)

@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 from systest import controller_process, controller_thread, poll
@@ -331,3 +332,47 @@ def test_a_client_stopped_past_its_lease_takes_a_new_one_and_loses_one_batch_at_
         assert after == list(range(after[0], after[0] + 36)), out  # (a new lease's ids)
         assert after[0] > 15  # (past the ended lease: its ids are never given out again)
         assert lines["results"] == [0, 1, 2, *range(4, 40)], out
+
+
+def test_a_controller_killed_while_a_client_runs_loses_none_of_its_runs(tmp_path):
+    """kill -9 of the controller while a client's loop of run() goes on: the tasks queued in
+    the client or in flight then, and those of its lease from before, are stored by the
+    restarted controller (its store kept the lease, and the client claims it), so no run()
+    is refused and the client's taskids rise by 1 across the restart. Before, the lease
+    ended with the controller: the batches queued or in flight were raised as RunNotStored,
+    and the ids jumped past the lease."""
+    with controller_process(tmp_path, engines=1) as ctl:
+        tc = TaskClient(ctl.conn, timeout=60)
+        try:
+            first = [tc.run(MapTask(abs, (-i,))) for i in range(3)]
+            assert first == [0, 1, 2]
+            stop, tids, errors = threading.Event(), [], []
+
+            def loop() -> None:
+                i = 3
+                while not stop.is_set():
+                    try:
+                        tids.append((tc.run(MapTask(abs, (-i,))), i))
+                    except Exception as e:  # noqa: BLE001 - the test reads them
+                        errors.append(e)
+                    i += 1
+
+            thread = threading.Thread(target=loop)
+            thread.start()
+            try:
+                poll(lambda: len(tids) >= 200, 60, "runs before the kill")
+                ctl.kill9()
+                at_kill = len(tids)
+                ctl.start()
+                poll(lambda: len(tids) >= at_kill + 200, 60, "runs after the restart")
+            finally:
+                stop.set()
+                thread.join(60)
+            assert errors == []
+            tc.barrier([t for t, _ in tids])
+            results = [tc.get_task_result(t) for t, _ in tids]
+            assert [t for t, _ in tids] == list(range(3, 3 + len(tids)))  # (rising by 1)
+            assert results == [i for _, i in tids]
+            assert [tc.get_task_result(t) for t in first] == [0, 1, 2]
+        finally:
+            tc.close()

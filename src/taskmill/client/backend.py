@@ -107,8 +107,7 @@ class Backend:
         # get_task_result without a round trip; a clear by this client drops them.
         self.kept_results: dict[int, Entry] = {}
         self.connection.on_unreachable = self._unreachable
-        self.connection.on_restarted = lambda: self.runs.lost_lease(
-            "the controller restarted before they were sent")
+        # (A restarted controller keeps run()'s lease: the client's hello claims it.)
         self.pid = os.getpid()
         _OPEN.add(self)
 

@@ -72,8 +72,6 @@ class Connection(LinkRecovery):
     on_idle: Callable[[], None] | None = None
     # Called on the I/O thread when the controller is declared unreachable, with the error.
     on_unreachable: Callable[[BaseException], None] | None = None
-    # Called on the I/O thread when a restarted controller answers (before its message is read).
-    on_restarted: Callable[[], None] | None = None
 
     def __init__(self, connection: Any, timeout: float,
                  reconnect_timeout: float = RECONNECT_TIMEOUT) -> None:
@@ -178,7 +176,8 @@ class Connection(LinkRecovery):
             if now >= next_ping:
                 # Said from the receive socket, so the controller knows its id before any
                 # reply; after the hello, pings tell a restarted controller from the old one.
-                header = to_request(Hello() if self._say_hello else Ping())
+                header = to_request(Hello(self._key_prefix[:-1]) if self._say_hello
+                                    else Ping())
                 header["req"] = 0
                 try:  # never block here: with no connection yet, a DEALER's send would wait
                     sock.send_multipart(self.wire.encode(header),

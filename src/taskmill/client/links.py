@@ -56,7 +56,7 @@ RESENDABLE = frozenset({"submit", "put", "result", "wait", "watch", "lease", "st
                         "engines", "stats", "activity", "release", "engine_exited", "abort",
                         "clear", "retire", "spin"})
 # Requests that carry the client's key for them (the client's id and the request's number).
-KEYED = frozenset({"submit", "put", "lease", "abort", "clear", "retire", "spin"})
+KEYED = frozenset({"submit", "put", "lease", "release", "abort", "clear", "retire", "spin"})
 EVENTS = int(zmq.EVENTS)
 POLLIN = int(zmq.POLLIN)
 
@@ -88,7 +88,6 @@ class LinkRecovery:
     _held: set[int]  # (under send_lock) requests not sent yet, until _linked
     _resend_when_linked: bool  # a broken connection's requests wait for the new link
     on_unreachable: Callable[[BaseException], None] | None
-    on_restarted: Callable[[], None] | None
 
     def _dealer(self, ident: bytes) -> zmq.Socket:
         raise NotImplementedError  # (Connection's)
@@ -233,7 +232,6 @@ class LinkRecovery:
         self._intake.reset()  # (it numbers its results from 0)
         self._resend_when_linked = False  # (the resend is this one)
         self._send_again("the controller at {url} restarted before it answered")
-        self._call_hook(self.on_restarted, "restart")
 
     def unreachable_error(self) -> ControllerUnreachable:
         return ControllerUnreachable(

@@ -20,10 +20,12 @@
         up, each twice the last (up to LEASE_MAX) while run() keeps using them; any other
         call gives back what is left (`begin`), so that one client's taskids still rise by 1
         whatever it calls (submit, map, put number their tasks on the controller). A
-        controller restart or an unreachable controller ends the lease (the tasks queued
-        then are reported as not stored), and so does a refusal saying it ended (the client
-        was silent past the controller's bound: stopped, or cut off): then the batch refused
-        and those queued behind it are reported, and the next run() asks for a new lease.
+        restarted controller keeps the lease (its store kept it; the client's hello claims
+        it), so what was queued or in flight goes on to it. An unreachable controller ends
+        the lease (the tasks queued then are reported as not stored), and so does a refusal
+        saying it ended (the client was silent past the controller's bound: stopped, or cut
+        off; a controller without a durable store restarted): then the batch refused and
+        those queued behind it are reported, and the next run() asks for a new lease.
 """
 
 from __future__ import annotations

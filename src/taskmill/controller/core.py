@@ -125,7 +125,7 @@ class ControllerCore:
         self.ctx = ctx = Context(
             session=session, settings=Settings(heartbeat, unmet_timeout), wire=wire,
             store=store, sched=sched, outbox=Outbox(session, store, wire.max_message, now.mono),
-            leases=Leases(store), clients=Clients(forget_clients_after),
+            leases=Leases(store, now.mono), clients=Clients(forget_clients_after),
             timers=Timers(), activity=RecentActivity(counters.started), counters=counters,
             now=now, backlog=backlog)
         self.engines = Engines(ctx)
@@ -425,6 +425,8 @@ class ControllerCore:
 
     # -- client verbs ----------------------------------------------------------------------
     def hello(self, rt: bytes, req: Any, m: Any, frames: list[Any]) -> None:
+        if m.owner:  # (a client back after a restart: the run() leases it held are its)
+            self.ctx.leases.claim(rt, m.owner, self.ctx.now.mono)
         self.ctx.outbox.reply(rt, req, HelloReply(__version__, self.engines.alive(),
                                                   self.ctx.wire.max_message), now=True)
 

@@ -12,8 +12,13 @@
     client --bye{to}--> move: a client whose connection broke connects anew under new ids;
         its leases go to its new receiving socket
     a holder silent for HOLDER_SILENCE seconds (its I/O thread pings every second; `seen` on
-        each message), or a controller restart (leases live in memory; the stored counter is
-        past them): the lease ends and its unused ids are never given out
+        each message): the lease ends and its unused ids are never given out
+    a controller restart: the SQLite store kept each lease's row with its request's key (which
+        begins with the client's key prefix: store/lease_rows.py); the leases wait under their
+        owner (`ORPHANED`) for the client to come back: its hello, or a keyed request (a
+        submit of run()'s tasks, a release; its lease request sent again), names it (`claim`),
+        and it goes on numbering from its lease. One that does not come back within
+        HOLDER_SILENCE ends as a silent holder's (a client killed with the controller)
 
 A holder is the client's receiving socket (`rt`); it usually has one lease at a time (it asks
 for the next when it has used the last one; two threads of one client may hold two). An id
@@ -33,6 +38,7 @@ from .validation import BadRequest, LeaseEnded
 log = logging.getLogger("taskmill.controller")
 
 LEASE_MAX = 4096  # taskids in one lease at most (a client asks for more as it uses them)
+ORPHANED = b"\0leases-of:"  # + a client's key prefix: its leases from before a restart
 HOLDER_SILENCE = 10.0  # seconds without a message from a holder before its lease ends
 CHECK_EVERY = 1.0  # seconds between looks for silent holders
 
@@ -45,12 +51,30 @@ class Lease:
     key: str = ""  # the client's key for the request that got it
 
 
+def owner_of(key: str) -> str:
+    """The client's part of one of its request keys (its key prefix, "uuid:" + a number)."""
+    return key.rpartition(":")[0]
+
+
 class Leases:
-    def __init__(self, store: TaskStore) -> None:
+    def __init__(self, store: TaskStore, mono: float = 0.0) -> None:
         self.store = store
         self.by_holder: dict[bytes, list[Lease]] = {}
         self.seen_at: dict[bytes, float] = {}  # monotonic time each holder last spoke
         self.by_key: dict[str, Lease] = {}  # the request's key -> each held lease that has one
+        for start, end, key, unused in store.stored_leases:  # (from before a restart)
+            orphaned = ORPHANED + owner_of(key).encode()
+            lease = Lease(start, end, unused, key)
+            self.by_holder.setdefault(orphaned, []).append(lease)
+            self.seen_at[orphaned] = mono
+            if key:
+                self.by_key[key] = lease
+
+    def claim(self, holder: bytes, owner: str, mono: float) -> None:
+        """The client `owner` (its key prefix) is back, at `holder`: the leases it held
+        before the controller restarted are its again."""
+        if owner and ORPHANED + owner.encode() in self.by_holder:
+            self.move(ORPHANED + owner.encode(), holder, mono)
 
     def grant(self, holder: bytes, n: int, mono: float, key: str = "") -> Lease:
         """A new lease of min(n, LEASE_MAX) ids for `holder`; or the one granted to `key`
@@ -64,7 +88,7 @@ class Leases:
             self.seen_at[holder] = mono
             return known
         n = min(n, LEASE_MAX)
-        start = self.store.lease(n)
+        start = self.store.lease(n, key)
         lease = Lease(start, start + n, start, key)
         held = []
         for x in self.by_holder.get(holder, ()):

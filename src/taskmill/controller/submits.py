@@ -38,6 +38,7 @@ from ..store import StoredResult, StoredTask
 from ..wire import Refused, loads
 from .context import Context
 from .engines import Engines
+from .leases import owner_of
 from .outbox import NewSubmit
 from .results import Results
 from .validation import BadRequest, stored_nodes
@@ -126,6 +127,8 @@ class Submits:
         assert msg.tids is not None
         if len(msg.tids) != len(msg.tasks):
             raise BadRequest(f"{len(msg.tids)} taskids for {len(msg.tasks)} tasks")
+        if msg.key:  # (its lease from before a restart, if it held one)
+            self.ctx.leases.claim(rt, owner_of(msg.key), self.ctx.now.mono)
         return self.ctx.leases.take(rt, msg.tids)
 
     def lease(self, rt: bytes, req: Any, msg: Lease, frames: list[Any]) -> None:
@@ -142,6 +145,8 @@ class Submits:
         given back is written with the next commit (which comes before the reply to any
         request that writes; if the controller is killed first, those ids stay unused)."""
         down = self.ctx.outbox.store_down_since is not None
+        if msg.key:  # (its lease from before a restart, if it held one)
+            self.ctx.leases.claim(rt, owner_of(msg.key), self.ctx.now.mono)
         self.results.gone(self.ctx.leases.release(rt, write=not down))
         self.ctx.outbox.reply(rt, req, EmptyReply(), now=True)
 

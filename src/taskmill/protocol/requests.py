@@ -183,7 +183,15 @@ class Ack(msgspec.Struct, frozen=True):
 
 
 class NoFields(msgspec.Struct, frozen=True):
-    """hello, ping, engines, stats: nothing beyond the common fields."""
+    """ping, engines, stats: nothing beyond the common fields."""
+
+
+class Hello(msgspec.Struct, frozen=True):
+    """`hello`: answered with the controller's version and limits. `owner`: the client's
+    key prefix (its requests' keys begin with it), which claims the run() leases it held
+    before a controller restart."""
+
+    owner: str = ""
 
 
 class Bye(msgspec.Struct, frozen=True):
@@ -196,7 +204,7 @@ class Bye(msgspec.Struct, frozen=True):
 
 
 CLIENT_RECORDS: dict[str, type[msgspec.Struct]] = {
-    "hello": NoFields, "ping": NoFields, "submit": Submit, "result": ResultQuery,
+    "hello": Hello, "ping": NoFields, "submit": Submit, "result": ResultQuery,
     "watch": Tids, "wait": Tids, "abort": Abort, "spin": Spin, "status": Status,
     "clear": Clear, "engines": NoFields, "stats": NoFields, "activity": Activity,
     "task": TaskQuery, "engine_exited": EngineExited, "put": Put, "retire": Retire,
@@ -210,10 +218,6 @@ class Release(Lease, frozen=True):
 
 class Ping(NoFields, frozen=True):
     """`ping` (and the I/O thread's keep-alive)."""
-
-
-class Hello(NoFields, frozen=True):
-    """`hello`: answered with the controller's version and limits."""
 
 
 class EnginesQuery(NoFields, frozen=True):

@@ -9,9 +9,12 @@ is how both lease blocks of taskids (controller/leases.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
+
+if TYPE_CHECKING:
+    from .lease_rows import LeaseRows
 
 MAX_TID = 2**63 - 1  # the largest id SQLite can hold
 
@@ -59,7 +62,9 @@ class IdLeases:
     `_next`). A lease moves the counter past its ids (`_dirty`: the SQLite store writes the
     counter at its next commit, before the lease is answered); ids given back, unused, are
     given out again only if no id was given out after them; `low_bound` keeps a restart
-    looking at every id of a lease not ended (its ids may still be stored)."""
+    looking at every id of a lease not ended (its ids may still be stored). The SQLite store
+    also writes each lease's row (`lease_rows`: lease_rows.py), which a restart reads back
+    (`stored_leases`)."""
 
     _next: int
     _dirty: bool
@@ -67,11 +72,17 @@ class IdLeases:
     # The lowest taskid of the controller's backlog (controller/backlog.py: queued rows not
     # kept in memory), which a restart must look at too; None: no backlog.
     held_from: int | None = None
+    lease_rows: LeaseRows | None = None  # (a durable store's)
+    # The leases not ended when the store was last written: (start, end, key, next unused).
+    stored_leases: list[tuple[int, int, str, int]] = []
 
-    def lease(self, n: int) -> int:
+    def lease(self, n: int, key: str = "") -> int:
+        """A block of `n` taskids for the client's request `key`; its first one."""
         start = self._next
         self._next = self._leased[start] = start + n
         self._dirty = True
+        if self.lease_rows is not None:
+            self.lease_rows.granted(start, start + n, key)
         return start
 
     def end_lease(self, start: int, unused_from: int | None = None, write: bool = True) -> None:
@@ -79,6 +90,9 @@ class IdLeases:
         never used (else they stay unused for good: its holder may still try them). `write`:
         the counter given back is written at the next commit (else with the next write)."""
         end = self._leased.pop(start, None)
+        if end is not None and self.lease_rows is not None:
+            self.lease_rows.ended(start)  # (written with the counter given back, if it is)
+            self._dirty = self._dirty or write
         if end is not None and unused_from is not None and self._next == end:
             self._next = unused_from
             self._dirty = self._dirty or write
@@ -92,9 +106,10 @@ class IdLeases:
 class TaskStore(Protocol):
     durable: bool  # on disk: the controller may keep a backlog there (controller/backlog.py)
     held_from: int | None  # where that backlog begins (see IdLeases)
+    stored_leases: list[tuple[int, int, str, int]]  # (see IdLeases)
 
     def allocate(self) -> int: ...
-    def lease(self, n: int) -> int: ...
+    def lease(self, n: int, key: str = "") -> int: ...
     def end_lease(self, start: int, unused_from: int | None = None,
                   write: bool = True) -> None: ...
     def allocate_engine(self, uuid: str) -> int: ...

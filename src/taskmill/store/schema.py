@@ -22,6 +22,8 @@ from .retiring import RetiringEngines
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (start INTEGER PRIMARY KEY, end INTEGER NOT NULL,
+                                   key TEXT NOT NULL);  -- lease_rows.py
 CREATE TABLE IF NOT EXISTS tasks (
     tid INTEGER PRIMARY KEY,
     state TEXT NOT NULL,            -- queued | running | finished

@@ -36,6 +36,7 @@ from .base import (
 from .cache import ResultCache
 from .files import EXTERNAL_MIN, FrameFiles
 from .keys import SubmitKeys
+from .lease_rows import LeaseRows
 from .retiring import RetiringEngines
 from .schema import (
     BUSY_TIMEOUT,
@@ -126,6 +127,7 @@ class SQLiteStore(IdLeases):
         self.files = FrameFiles(self.blob_dir, self._pack)  # large frames, in files
         self.keys = SubmitKeys(self._pack)  # (its queued rows: the commit's "submit keys")
         self.retiring = RetiringEngines()  # (its queued rows: the commit's last)
+        self.lease_rows = LeaseRows()
         self._active: dict[int, StoredTask] = {}
         self._task_blobs: dict[int, bytes] = {}  # active tasks whose frames are in files
         self.cache = ResultCache(cache_size, cache_bytes)  # recent finished results
@@ -149,7 +151,8 @@ class SQLiteStore(IdLeases):
         top = db.execute("SELECT MAX(tid) FROM tasks").fetchone()[0]
         self._next = max(meta("next_tid") or 0, (top + 1) if top is not None else 0)
         self._written_next = self._next  # (a lease's end is written before it is answered)
-        self._leased: dict[int, int] = {}
+        self.stored_leases = LeaseRows.read(db)  # (the controller's Leases takes them up)
+        self._leased = {start: end for start, end, _, _ in self.stored_leases}
         top_eid = db.execute("SELECT MAX(eid) FROM engines").fetchone()[0]
         self._next_eid = max(meta("next_eid") or 0, (top_eid + 1) if top_eid is not None else 0)
         self._written_eid = self._next_eid
@@ -418,7 +421,7 @@ class SQLiteStore(IdLeases):
             writes.append((REMEMBER_SUBMIT, self.keys.queued.values()))
         if self._eng:
             writes.append((REMEMBER_ENGINE, self._eng.values()))
-        writes += self.retiring.writes()
+        writes += self.retiring.writes() + self.lease_rows.writes()
         meta = []
         if self._next_eid != self._written_eid:
             meta.append(("next_eid", self._next_eid))
@@ -447,7 +450,7 @@ class SQLiteStore(IdLeases):
         self._written_eid = self._next_eid
         self._written_next = self._next
         for queued in (self._ins, self._run, self._fin, self.keys.queued, self._eng,
-                       self.retiring.queued, self._unsaved):
+                       self.retiring.queued, self.lease_rows.queued, self._unsaved):
             queued.clear()
         self._dirty = False
         self.files.unlink_dropped()
