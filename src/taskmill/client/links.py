@@ -20,7 +20,7 @@
 
 Requests sent again: submits and puts (the controller finds them by their key and gives the
 same taskids), reads, waits and watches (answered anew), a lease (the block granted to its key,
-or, by a restarted controller, a new one), its release
+by a restarted controller too: its store keeps the lease), its release
 and an engine's exit (no harm twice), abort, clear, retire and spin (answered from what the
 controller kept for their key, or carried out if it kept nothing). New requests
 are held (not sent) until the controller answers the new receive socket's hello, so that no
@@ -49,7 +49,7 @@ log = logging.getLogger("taskmill.client")
 BYE = to_request(Bye())  # (sent with no reply wanted: see _bye)
 # Requests sent again after a broken connection or to a restarted controller: reads and waits;
 # submits and puts, which the controller de-duplicates by their key; a lease, answered with the
-# block granted to its key (a restarted controller, which forgot it, grants a new one);
+# block granted to its key (a restarted controller's store kept it);
 # abort, clear, retire and spin, which it answers from the answer it kept for their key (a
 # restarted one: from its store; a spin it carries out, a pass of its own).
 RESENDABLE = frozenset({"submit", "put", "result", "wait", "watch", "lease", "status", "task",

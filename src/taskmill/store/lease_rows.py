@@ -2,12 +2,13 @@
 
 A lease moves the taskid counter past its block, and the commit that writes the counter comes
 before the client hears of it. The lease's row (start, end, and the key of the client's request
-for it, which begins with the client's key prefix) is written by that same commit, and deleted by the commit that ends the lease (used up, given back,
-expired), so that a counter given back and its row's deletion are written together. A
-controller restarted after a kill -9 reads the rows back: it knows which client held which
-block, and a client that comes back (its hello and its keyed requests name it; a request for a
-lease sent again names the lease) goes on numbering from its block, so that run()'s tasks queued or in flight across the restart are stored and its
-taskids still rise by 1. The block of a client that does not come back ends as a silent
+for it, which begins with the client's key prefix) is written by that same commit, and deleted
+by the commit that ends the lease (used up, given back, expired), so that a counter given back
+and its row's deletion are written together. A controller restarted after a kill -9 reads the
+rows back: it knows which client held which block, and a client that comes back (its hello and
+its keyed requests name it; a request for a lease sent again names the lease) goes on numbering
+from its block, so that run()'s tasks queued or in flight across the restart are stored and
+its taskids still rise by 1. The block of a client that does not come back ends as a silent
 holder's does.
 """
 
