@@ -118,7 +118,7 @@ from taskmill.connection import (  # noqa: E402
     write_connection_file,
 )
 from taskmill.curve import add_curve  # noqa: E402
-from taskmill.errors import ControllerUnreachable, RunNotStored  # noqa: E402
+from taskmill.errors import ControllerUnreachable, RunNotStored, StoreRunNotStored  # noqa: E402
 
 TASKMILL = [sys.executable, "-m", "taskmill"]
 HEARTBEAT = 0.5  # the controller's; an engine silent 1.5 s is declared dead
@@ -383,7 +383,9 @@ class Calls:
     """Every client call, timed: none may wait past its bound. A call that raises
     RunNotStored (tasks that run() had given ids for were refused, e.g. by a full disk: the
     client's next call says so, and does nothing else) notes their ids in `not_stored` and is
-    made again."""
+    made again. Only the store may refuse them (StoreRunNotStored): the soak's run()s are
+    well formed, its clients are never silent for a lease's 10 s, and a restarted controller
+    keeps their leases; any other refusal is noted in `run_refusals`, a problem."""
 
     def __init__(self) -> None:
         self.longest = 0.0
@@ -391,6 +393,7 @@ class Calls:
         self.count = 0
         self.raised: Counter[str] = Counter()
         self.not_stored: list[int] = []
+        self.run_refusals: list[str] = []
 
     def __call__(self, fn, *args, **kwargs):
         t0 = time.monotonic()
@@ -401,6 +404,8 @@ class Calls:
                 except RunNotStored as e:
                     self.raised[type(e).__name__] += 1
                     self.not_stored.extend(e.taskids)
+                    if not isinstance(e, StoreRunNotStored):
+                        self.run_refusals.append(f"run() refused, not by the store: {e}")
             return fn(*args, **kwargs)
         except BaseException as e:
             self.raised[type(e).__name__] += 1
@@ -531,7 +536,7 @@ def soak(seconds: float, engines: int, seed: int, work: Path, curve: bool = Fals
         if side.is_alive():
             async_wrong.append(f"the asyncio client's futures did not settle within "
                                f"{STUCK_AFTER + 30:g} s")
-        report["problems"] += wrong + async_wrong
+        report["problems"] += wrong + async_wrong + calls.run_refusals
         report.update(puts=puts, maps=len(maps),
                       map_outcomes=dict(Counter(m.outcome for m in maps)),
                       map_elements=sum(len(m.markers) for m in maps), maps_wrong=len(wrong),

@@ -66,3 +66,24 @@ def test_a_map_element_refused_by_a_full_disk_passes_only_if_it_never_ran():
     assert map_problems(run, RunsLog("m-i0 10\nm-i1 10"), set())  # (refused, yet it ran)
     other = MapRun(["m-i0"], 0, "CompositeError", failures=((0, "ValueError", "boom"),))
     assert map_problems(other, RunsLog(""), set())
+
+
+def test_the_soak_counts_a_run_refused_by_anything_but_the_store_as_a_problem():
+    """The soak's calls are made again after a RunNotStored (run() said some ids would not
+    be stored). A full disk may refuse them (StoreRunNotStored); anything else (a lease a
+    restart ended, say) is a problem of its own."""
+    from fault_soak import Calls
+
+    from taskmill.errors import RunNotStored, StoreRunNotStored
+
+    calls = Calls()
+    for error in (StoreRunNotStored([3, 4], "the disk is full"),
+                  RunNotStored([7], "its lease had ended")):
+        def call(raised=[error]):  # noqa: B006 - (raised once, then it answers)
+            if raised:
+                raise raised.pop()
+            return "done"
+
+        assert calls(call) == "done"
+    assert calls.not_stored == [3, 4, 7]
+    assert len(calls.run_refusals) == 1 and "taskid 7" in calls.run_refusals[0]
