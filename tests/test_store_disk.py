@@ -145,3 +145,20 @@ def test_sqlite_keeps_a_bounded_number_of_keys_in_memory_and_finds_the_rest_in_i
         assert s.submitted(f"c:{n}") is None
     finally:
         s.close()
+
+
+def test_a_store_file_replaced_under_the_store_is_noticed(tmp_path):
+    """Another file at the store's path (moved aside, a new one made in its place): the
+    store says it is lost, as for a file deleted (tests/system/test_store_faults.py)."""
+    path = str(tmp_path / "t.db")
+    store = SQLiteStore(path)
+    try:
+        assert store.lost is None
+        os.rename(path, path + ".aside")
+        open(path, "wb").close()
+        deadline = time.monotonic() + 30
+        while store.lost is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # (the checkpointer looks every 0.5 s)
+        assert store.lost is not None and "deleted or replaced" in store.lost
+    finally:
+        store.close()

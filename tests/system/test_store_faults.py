@@ -6,6 +6,7 @@ small tmpfs filled up (root only, as in CI). A second controller on the same sto
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 
@@ -174,3 +175,45 @@ def test_a_damaged_store_gives_one_clear_line(tmp_path):
     assert "damaged or not a taskmill store" in run.stderr
 
 
+
+
+@pytest.mark.timeout(120)
+def test_a_store_deleted_under_a_running_controller_takes_no_new_tasks_and_says_why(
+        controller, tmp_path):
+    """Its files deleted (an `rm -rf` of the cluster's folder, a cleaner of /tmp), the store
+    goes on working through the descriptors SQLite holds, but nothing written there survives
+    a restart. The controller notices within a second: it takes no new task (StoreError, naming
+    the cause and what to do), says so in its log once, and lets the tasks it holds finish and
+    their results be read. Before, it took new tasks as if they were safe, and a restart lost
+    them all."""
+    import glob
+    import shutil
+
+    ctl, tc = controller
+    assert tc.submit(tag, "before").result(timeout=30) == tag("before")
+    started, release = tmp_path / "started", tmp_path / "release"
+    held = tc.submit(lambda s, r: (open(s, "w").close(), wait_for_file(r), "held")[-1],
+                     str(started), str(release))
+    poll(lambda: started.exists(), what="the held task to start")
+    for path in glob.glob(ctl.db + "*"):
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+
+    def refused() -> bool:
+        try:
+            tc.submit(tag, "after").result(timeout=30)
+        except StoreError as e:
+            assert "deleted or replaced" in str(e) and "--db" in str(e), e
+            return True
+        return False
+
+    poll(refused, 30, "a submit to be refused")
+    with pytest.raises(StoreError, match="deleted or replaced"):
+        tc.run(MapTask(tag, ("a run",)))
+        tc.queue_status()  # (run()'s refusal is raised by the next call)
+    release.touch()
+    assert held.result(timeout=60) == "held"  # (what it held finishes, and is read)
+    assert tc.queue_status()["scheduled"] == 0
+    assert ctl.log_text().count("deleted or replaced") == 1

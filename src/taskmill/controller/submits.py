@@ -64,6 +64,8 @@ class Submits:
                 ctx.outbox.new_submits.append(NewSubmit(rt, req, known, None, bool(msg.watch),
                                                         resent=True))
                 return
+        if ctx.store.lost:  # (its file is gone: new tasks would not survive a restart)
+            raise StoreError(ctx.store.lost)
         try:
             parsed = self.parse(msg, frames)
             leased = None if msg.tids is None else self.leased(rt, msg)
@@ -136,6 +138,8 @@ class Submits:
         that stores the counter past it, or refused with StoreError if that fails."""
         leases = self.ctx.leases
         known = leases.known(msg.key)  # (sent again: its answer was lost)
+        if self.ctx.store.lost and not known:
+            raise StoreError(self.ctx.store.lost)
         lease = leases.grant(rt, msg.n, self.ctx.now.mono, msg.key)
         self.ctx.outbox.new_submits.append(NewSubmit(rt, req, [], None, False, lease=(
             lease.start, lease.end - lease.start), resent=known))
@@ -226,6 +230,8 @@ class Submits:
                 ctx.outbox.new_submits.append(NewSubmit(rt, req, known, None, False,
                                                         resent=True))
                 return
+        if ctx.store.lost:
+            raise StoreError(ctx.store.lost)
         now = ctx.now.wall
         tid = ctx.store.allocate()
         ctx.store.add(StoredTask(tid, {"nodes": [], "after": [], "put": True}, [], now))

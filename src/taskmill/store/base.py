@@ -73,6 +73,8 @@ class IdLeases:
     # kept in memory), which a restart must look at too; None: no backlog.
     held_from: int | None = None
     lease_rows: LeaseRows | None = None  # (a durable store's)
+    # Why nothing written survives a restart any more (its file was deleted: wal.py); None.
+    lost: str | None = None
     # The leases not ended when the store was last written: (start, end, key, next unused).
     stored_leases: list[tuple[int, int, str, int]] = []
 
@@ -107,6 +109,7 @@ class TaskStore(Protocol):
     durable: bool  # on disk: the controller may keep a backlog there (controller/backlog.py)
     held_from: int | None  # where that backlog begins (see IdLeases)
     stored_leases: list[tuple[int, int, str, int]]  # (see IdLeases)
+    lost: str | None  # (see IdLeases)
 
     def allocate(self) -> int: ...
     def lease(self, n: int, key: str = "") -> int: ...

@@ -133,7 +133,7 @@ class SQLiteStore(IdLeases):
         self.cache = ResultCache(cache_size, cache_bytes)  # recent finished results
         self.files.remove_orphans(self.db.execute("SELECT frames, result_frames FROM tasks"))
         self._closing = threading.Event()
-        self.wal = WalKeeper(self.db, path, self._closing, wal_bytes)
+        self.wal = WalKeeper(self.db, path, self._closing, wal_bytes, self)
         self.wal.start()
         self.files.start()
 

@@ -14,13 +14,23 @@ then says a tail is due; the store's commit, on the controller's thread, then co
 frames written since (`finish_tail`): no commit can come between, so that checkpoint is
 complete, and the next commit restarts the WAL and truncates its file back to `wal_bytes`
 (`PRAGMA journal_size_limit`, set on the store's connection here).
+
+The same thread looks, as often, at whether the store's file is still the one the store opened.
+Deleted (`rm -rf` of a cluster's folder, a cleaner of /tmp) or replaced by another file, it
+goes on working through the descriptors SQLite holds, but nothing written to it survives a
+restart: `gone` then says so, and the controller takes no new work (Submits) and logs it.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("taskmill.store")
 
 # The checkpointer copies the WAL into the database once it is larger than this.
 WAL_BYTES = 16 * 1024 * 1024
@@ -35,10 +45,14 @@ class WalKeeper:
     """The checkpointer thread of one store file and the tail it leaves to the store."""
 
     def __init__(self, db: sqlite3.Connection, path: str, closing: threading.Event,
-                 wal_bytes: int = WAL_BYTES) -> None:
-        """`db`: the store's connection, on which it commits (and this copies the tail)."""
+                 wal_bytes: int = WAL_BYTES, store: Any = None) -> None:
+        """`db`: the store's connection, on which it commits (and this copies the tail);
+        `store`: the store, whose `lost` says why, once its file is deleted or replaced."""
         self.db = db
         self.path = path
+        file = _identity(path)
+        self._file = None if file is _UNSURE else file  # (None: not looked at)
+        self._store = store
         self.wal_bytes = wal_bytes
         db.execute(f"PRAGMA journal_size_limit={int(wal_bytes)}")
         self.tail_due = False  # set by the thread, cleared by finish_tail
@@ -58,6 +72,9 @@ class WalKeeper:
         wal = Path(f"{self.path}-wal")
         try:
             while not self._closing.wait(LOOK_EVERY):
+                file = _identity(self.path) if self._file is not None else _UNSURE
+                if file is not _UNSURE and file != self._file:
+                    self._gone()
                 try:
                     if not self.tail_due and wal.exists() \
                             and wal.stat().st_size > self.wal_bytes:
@@ -66,6 +83,16 @@ class WalKeeper:
                     pass  # busy: try again next time
         finally:
             con.close()
+
+    def _gone(self) -> None:
+        why = (f"the task store {self.path} was deleted or replaced by another file while "
+               "this controller used it: what it writes there would not survive a restart, so "
+               "it takes no new tasks (those it holds finish, and their results can be read "
+               "until it stops). Stop it and start it again with a store it can keep (--db)")
+        log.error("%s", why)
+        self._file = None  # (said once)
+        if self._store is not None:
+            self._store.lost = why
 
     def _copy_bulk(self, con: sqlite3.Connection) -> None:
         copied = 0
@@ -89,3 +116,17 @@ class WalKeeper:
             return
         if not busy and frames == done:
             self.restarts += 1
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """The file at `path` (device, inode); None if there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError:  # (unsure: taken as the same file)
+        return _UNSURE
+    return st.st_dev, st.st_ino
+
+
+_UNSURE = (-1, -1)
