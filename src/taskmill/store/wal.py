@@ -18,7 +18,8 @@ complete, and the next commit restarts the WAL and truncates its file back to `w
 The same thread looks, as often, at whether the store's file is still the one the store opened.
 Deleted (`rm -rf` of a cluster's folder, a cleaner of /tmp) or replaced by another file, it
 goes on working through the descriptors SQLite holds, but nothing written to it survives a
-restart: `gone` then says so, and the controller takes no new work (Submits) and logs it.
+restart: the store's `lost` then says so (logged once), and the controller takes no new work
+(controller/submits.py).
 """
 
 from __future__ import annotations
