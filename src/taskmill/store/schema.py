@@ -146,6 +146,21 @@ def mark_running_rows(db: sqlite3.Connection, rows: Iterable[tuple[Any, ...]]) -
         db.executemany(MARK_RUNNING, singles)
 
 
+def read_counters(db: sqlite3.Connection) -> tuple[int, int, int]:
+    """A store's counters as written: the next taskid and engine id (past the highest row of
+    each, and past what `meta` says: a lease's end, an id given to a task refused), and
+    `low_tid`, below which every task had finished."""
+    def meta(key: str) -> int | None:
+        row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    top = db.execute("SELECT MAX(tid) FROM tasks").fetchone()[0]
+    top_eid = db.execute("SELECT MAX(eid) FROM engines").fetchone()[0]
+    return (max(meta("next_tid") or 0, (top + 1) if top is not None else 0),
+            max(meta("next_eid") or 0, (top_eid + 1) if top_eid is not None else 0),
+            meta("low_tid") or 0)
+
+
 def forget_old_rows(db: sqlite3.Connection, now: float, low_tid: int, next_eid: int) -> None:
     """At open: drop the submit keys older than SUBMIT_KEY_AGE and the engines registered
     before ENGINE_ROW_AGE that no unfinished task names (and retiring ones that never came

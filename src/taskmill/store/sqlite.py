@@ -61,6 +61,7 @@ from .schema import (
     hold_lock,
     insert_rows,
     open_error,
+    read_counters,
     read_task,
     write_all,
 )
@@ -143,20 +144,13 @@ class SQLiteStore(IdLeases):
         db.execute("PRAGMA synchronous=NORMAL")  # durable against a process crash
         db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
         db.executescript(SCHEMA)
-
-        def meta(key: str) -> int | None:
-            row = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-            return row[0] if row else None
-
-        top = db.execute("SELECT MAX(tid) FROM tasks").fetchone()[0]
-        self._next = max(meta("next_tid") or 0, (top + 1) if top is not None else 0)
-        self._written_next = self._next  # (a lease's end is written before it is answered)
-        self.stored_leases = LeaseRows.read(db)  # (the controller's Leases takes them up)
+        self._next, self._next_eid, self._low_tid = read_counters(db)
+        # (A lease's end is written before it is answered.)
+        self._written_next, self._written_eid = self._next, self._next_eid
+        # The controller's Leases takes these up (read before old rows go: each one's next
+        # unused id is past its highest stored).
+        self.stored_leases = LeaseRows.read(db)
         self._leased = {start: end for start, end, _, _ in self.stored_leases}
-        top_eid = db.execute("SELECT MAX(eid) FROM engines").fetchone()[0]
-        self._next_eid = max(meta("next_eid") or 0, (top_eid + 1) if top_eid is not None else 0)
-        self._written_eid = self._next_eid
-        self._low_tid = meta("low_tid") or 0
         self._low_written = 0.0  # monotonic time low_tid was last written
         forget_old_rows(db, time.time(), self._low_tid, self._next_eid)
         self._n_ok, self._n_failed = db.execute(
