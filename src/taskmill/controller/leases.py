@@ -73,18 +73,19 @@ class Leases:
     def claim(self, holder: bytes, owner: str, mono: float) -> None:
         """The client `owner` (its key prefix) is back, at `holder`: the leases it held
         before the controller restarted are its again."""
-        if owner and ORPHANED + owner.encode() in self.by_holder:
-            self.move(ORPHANED + owner.encode(), holder, mono)
+        orphaned = ORPHANED + owner.encode()
+        if owner and orphaned in self.by_holder:
+            self.move(orphaned, holder, mono)
 
     def grant(self, holder: bytes, n: int, mono: float, key: str = "") -> Lease:
         """A new lease of min(n, LEASE_MAX) ids for `holder`; or the one granted to `key`
         before, if it is still held (by `holder` from now on)."""
         known = self.by_key.get(key) if key else None
         if known is not None:
-            for other, leases in list(self.by_holder.items()):
-                if known in leases and other != holder:  # (the old connection's)
-                    leases.remove(known)
-                    self.by_holder.setdefault(holder, []).append(known)
+            found = self.find(known.start)
+            if found is not None and found[0] != holder:  # (the old connection's)
+                self.by_holder[found[0]].remove(known)
+                self.by_holder.setdefault(holder, []).append(known)
             self.seen_at[holder] = mono
             return known
         n = min(n, LEASE_MAX)
@@ -95,17 +96,27 @@ class Leases:
             if x.next < x.end:
                 held.append(x)
             else:
-                self.ended(x)  # (used up)
-                self.store.end_lease(x.start)
+                self.end(x)  # (used up)
         self.by_holder[holder] = [*held, lease]
         self.seen_at[holder] = mono
         if key:
             self.by_key[key] = lease
         return lease
 
-    def ended(self, lease: Lease) -> None:
+    def end(self, lease: Lease, unused_from: int | None = None, write: bool = True) -> None:
+        """`lease` is over (taken out of `by_holder` by the caller): its key is forgotten,
+        and the store told (store.end_lease: `unused_from`, `write`)."""
         if lease.key:
             self.by_key.pop(lease.key, None)
+        self.store.end_lease(lease.start, unused_from, write)
+
+    def find(self, start: int) -> tuple[bytes, Lease] | None:
+        """The lease from `start` and its holder; None if it ended."""
+        for holder, leases in self.by_holder.items():
+            for lease in leases:
+                if lease.start == start:
+                    return holder, lease
+        return None
 
     def known(self, key: str) -> bool:
         """Whether a lease granted to this request's key is still held."""
@@ -113,19 +124,18 @@ class Leases:
 
     def holds(self, start: int) -> bool:
         """Whether the lease from `start` is still held."""
-        return any(x.start == start for leases in self.by_holder.values() for x in leases)
+        return self.find(start) is not None
 
     def take_back(self, start: int) -> list[int]:
         """End the lease from `start`, whoever holds it, its ids never used (its grant was
         not written: the counter goes back at the next write); those ids."""
-        for leases in self.by_holder.values():
-            for lease in leases:
-                if lease.start == start:
-                    leases.remove(lease)
-                    self.ended(lease)
-                    self.store.end_lease(start, lease.next, write=False)
-                    return list(range(lease.next, lease.end))
-        return []
+        found = self.find(start)
+        if found is None:
+            return []
+        holder, lease = found
+        self.by_holder[holder].remove(lease)
+        self.end(lease, lease.next, write=False)
+        return list(range(lease.next, lease.end))
 
     def take(self, holder: bytes, tids: list[int]) -> list[int]:
         """Check that `tids` may be used by `holder` now (BadRequest naming the first that
@@ -170,8 +180,7 @@ class Leases:
         self.seen_at.pop(holder, None)
         out: list[int] = []
         for lease in sorted(leases, key=lambda x: -x.end):
-            self.ended(lease)
-            self.store.end_lease(lease.start, lease.next, write)
+            self.end(lease, lease.next, write)
             out.extend(range(lease.next, lease.end))
         return out
 
@@ -197,8 +206,7 @@ class Leases:
             if mono - max(seen, stall_end) > HOLDER_SILENCE:
                 del self.seen_at[holder]
                 for lease in self.by_holder.pop(holder, []):
-                    self.ended(lease)
-                    self.store.end_lease(lease.start)
+                    self.end(lease)
                     if lease.next < lease.end:
                         log.info("a client silent for %gs held taskids %d..%d unused: "
                                  "they stay unknown", HOLDER_SILENCE, lease.next,

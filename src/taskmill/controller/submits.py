@@ -64,8 +64,7 @@ class Submits:
                 ctx.outbox.new_submits.append(NewSubmit(rt, req, known, None, bool(msg.watch),
                                                         resent=True))
                 return
-        if ctx.store.lost:  # (its file is gone: new tasks would not survive a restart)
-            raise StoreError(ctx.store.lost)
+        self.writable()
         try:
             parsed = self.parse(msg, frames)
             leased = None if msg.tids is None else self.leased(rt, msg)
@@ -129,17 +128,26 @@ class Submits:
         assert msg.tids is not None
         if len(msg.tids) != len(msg.tasks):
             raise BadRequest(f"{len(msg.tids)} taskids for {len(msg.tasks)} tasks")
-        if msg.key:  # (its lease from before a restart, if it held one)
-            self.ctx.leases.claim(rt, owner_of(msg.key), self.ctx.now.mono)
+        self.claim(rt, msg.key)
         return self.ctx.leases.take(rt, msg.tids)
+
+    def claim(self, rt: bytes, key: str | None) -> None:
+        """(A keyed request of a client) The leases it held before a restart are its again."""
+        if key:
+            self.ctx.leases.claim(rt, owner_of(key), self.ctx.now.mono)
+
+    def writable(self) -> None:
+        """StoreError if the store's file is gone: new work would not survive a restart."""
+        if self.ctx.store.lost:
+            raise StoreError(self.ctx.store.lost)
 
     def lease(self, rt: bytes, req: Any, msg: Lease, frames: list[Any]) -> None:
         """A block of taskids for this client, answered (like a submit) after the commit
         that stores the counter past it, or refused with StoreError if that fails."""
         leases = self.ctx.leases
         known = leases.known(msg.key)  # (sent again: its answer was lost)
-        if self.ctx.store.lost and not known:
-            raise StoreError(self.ctx.store.lost)
+        if not known:
+            self.writable()
         lease = leases.grant(rt, msg.n, self.ctx.now.mono, msg.key)
         self.ctx.outbox.new_submits.append(NewSubmit(rt, req, [], None, False, lease=(
             lease.start, lease.end - lease.start), resent=known))
@@ -149,8 +157,7 @@ class Submits:
         given back is written with the next commit (which comes before the reply to any
         request that writes; if the controller is killed first, those ids stay unused)."""
         down = self.ctx.outbox.store_down_since is not None
-        if msg.key:  # (its lease from before a restart, if it held one)
-            self.ctx.leases.claim(rt, owner_of(msg.key), self.ctx.now.mono)
+        self.claim(rt, msg.key)
         self.results.gone(self.ctx.leases.release(rt, write=not down))
         self.ctx.outbox.reply(rt, req, EmptyReply(), now=True)
 
@@ -230,8 +237,7 @@ class Submits:
                 ctx.outbox.new_submits.append(NewSubmit(rt, req, known, None, False,
                                                         resent=True))
                 return
-        if ctx.store.lost:
-            raise StoreError(ctx.store.lost)
+        self.writable()
         now = ctx.now.wall
         tid = ctx.store.allocate()
         ctx.store.add(StoredTask(tid, {"nodes": [], "after": [], "put": True}, [], now))

@@ -92,10 +92,12 @@ class IdLeases:
         never used (else they stay unused for good: its holder may still try them). `write`:
         the counter given back is written at the next commit (else with the next write)."""
         end = self._leased.pop(start, None)
-        if end is not None and self.lease_rows is not None:
+        if end is None:
+            return
+        if self.lease_rows is not None:
             self.lease_rows.ended(start)  # (written with the counter given back, if it is)
             self._dirty = self._dirty or write
-        if end is not None and unused_from is not None and self._next == end:
+        if unused_from is not None and self._next == end:
             self._next = unused_from
             self._dirty = self._dirty or write
 
