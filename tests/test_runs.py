@@ -86,6 +86,26 @@ def test_the_next_call_sends_what_waits_gives_the_lease_back_and_waits_for_the_a
     assert not runs.busy()
 
 
+def test_one_lease_request_at_a_time_the_other_threads_wait_for_it(runs):
+    """Two threads of one client whose lease is used up: one asks, the other waits for that
+    answer (two answers would overwrite each other, and a release of the second would end
+    the first with its ids in use: one taskid went to two tasks)."""
+    assert runs.add(encoded()) is None and runs.lease_wanted() == 16
+    other = runs.lease_wanted()  # (the second thread's run())
+    assert isinstance(other, Future) and not other.done()
+    runs.leased(0, 16)
+    runs.asked()
+    assert other.done() and runs.lease_wanted() is None  # (its run() adds again)
+    assert [runs.add(encoded()), runs.add(encoded())] == [0, 1]
+
+
+def test_a_lease_request_that_failed_lets_the_waiting_thread_ask(runs):
+    assert runs.add(encoded()) is None and runs.lease_wanted() == 16
+    other = runs.lease_wanted()
+    runs.asked()  # (no answer: unreachable, interrupted)
+    assert other.done() and runs.lease_wanted() == 16
+
+
 def test_a_refused_batch_is_raised_once_by_the_next_call(runs):
     conn = runs.conn
     runs.leased(0, 16)

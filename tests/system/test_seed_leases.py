@@ -41,6 +41,60 @@ def test_one_clients_ids_rise_by_one_whatever_it_calls():
             [1, 2, 3, 4, 5, 6, 7, 9]
 
 
+def test_threads_of_one_client_that_run_and_read_get_their_own_ids_and_results(cluster):
+    """Two threads share one client, each looping run() then get_task_result() (which gives
+    the rest of the lease back). Before, their lease requests crossed: one taskid went to two
+    tasks (one read the other's result), and others were refused as off the lease."""
+    got: dict[int, list[int]] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def loop(tc: TaskClient, k: int) -> None:
+        try:
+            start.wait(30)
+            for i in range(40):
+                v = 1000 * k + i
+                tid = tc.run(MapTask(abs, (-v,)))
+                got.setdefault(tid, []).append(v)
+                tc.get_task_result(tid)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    with cluster.client() as tc:
+        threads = [threading.Thread(target=loop, args=(tc, k)) for k in (1, 2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert errors == []
+        assert sum(map(len, got.values())) == 80
+        assert {t: vs for t, vs in got.items() if len(vs) > 1} == {}
+        tc.barrier(list(got))
+        assert {t: tc.get_task_result(t) for t in got} == {t: vs[0] for t, vs in got.items()}
+
+
+def test_coroutines_of_one_async_client_that_run_and_read_get_their_own_ids(cluster):
+    """The same on the asyncio front: three coroutines on one loop (before: RunNotStored)."""
+    async def loop(atc: AsyncTaskClient, k: int) -> list[tuple[int, int]]:
+        out = []
+        for i in range(30):
+            tid = await atc.run(MapTask(abs, (-(1000 * k + i),)))
+            out.append((tid, 1000 * k + i))
+            await atc.get_task_result(tid)
+        return out
+
+    async def main() -> list[tuple[int, int]]:
+        async with AsyncTaskClient(cluster.connection_file) as atc:
+            got = [p for ps in await asyncio.wait_for(
+                asyncio.gather(*(loop(atc, k) for k in (1, 2, 3))), 120) for p in ps]
+            await atc.barrier([t for t, _ in got])
+            return [(t, await atc.get_task_result(t)) for t, _ in got] + got
+
+    pairs = asyncio.run(main())
+    read, ran = pairs[:90], pairs[90:]
+    assert len({t for t, _ in ran}) == 90 and read == ran
+
+
 def test_a_runs_task_reads_as_unfinished_at_once_and_is_seen_by_others(cluster, client):
     with cluster.client() as other:
         tid = client.run(MapTask(abs, (-5,)))

@@ -17,7 +17,8 @@
         refused since the call before; they read as unknown; ControllerUnreachable, naming
         them, for batches whose answer never came: they may or may not be stored)
     leases (controller/leases.py): asked for by `run` (a round trip) when the block is used
-        up, each twice the last (up to LEASE_MAX) while run() keeps using them; any other
+        up, one request at a time (another thread's run() waits for its answer), each twice
+        the last (up to LEASE_MAX) while run() keeps using them; any other
         call gives back what is left (`begin`), so that one client's taskids still rise by 1
         whatever it calls (submit, map, put number their tasks on the controller). A
         restarted controller keeps the lease (its store kept it; the client's hello claims
@@ -80,6 +81,7 @@ class Runs:
         self._queue: list[tuple[Encoded, int]] = []
         self._bytes = 0
         self._in_flight: list[Future] = []
+        self._asking: Future | None = None  # done when the lease request in flight is over
         # Batches refused or unanswered, not raised yet: (kind, taskids, why), kind one of
         # "store" (the store could not write them), "refused", "unanswered" (see raise_failure).
         self._failed: list[tuple[str, list[int], str]] = []
@@ -87,19 +89,32 @@ class Runs:
         self._closed = False
 
     # -- run() -------------------------------------------------------------------------------
-    def lease_wanted(self) -> int | None:
-        """How many taskids to ask for (None: the lease has one left). What is queued is
-        sent first (before the request for a lease)."""
+    def lease_wanted(self) -> int | Future | None:
+        """How many taskids to ask for (then `leased` with the answer, and `asked` in any
+        case); None: the lease has one left; a Future: another thread's run() is asking for
+        one (wait for it, then try again: one request at a time, so that a lease is never
+        overwritten while it has ids left). What is queued is sent first (before the
+        request for a lease)."""
         with self._lock:
             if self._next < self._end:
                 return None
+            if self._asking is not None:
+                return self._asking
             self._send(self._take())
+            self._asking = Future()
             return self._size
 
     def leased(self, start: int, n: int) -> None:
         with self._lock:
             self._start, self._next, self._end = start, start, start + n
             self._size = min(self._size * 2, LEASE_MAX)
+
+    def asked(self) -> None:
+        """The request for a lease is over (answered or not): whoever waits for it goes on."""
+        with self._lock:
+            asking, self._asking = self._asking, None
+        if asking is not None:
+            asking.set_result(None)
 
     def add(self, enc: Encoded) -> int | None:
         """Queue a task under the next leased id; None if the lease is used up."""

@@ -133,9 +133,17 @@ def run(backend: Backend, task: BaseTask, block: bool, timeout: float | None) ->
         tid = (yield from submit_tasks(backend, [enc], []))[0]
     else:
         while (tid := runs.add(enc)) is None:
-            n = runs.lease_wanted()
-            if n is not None:
-                runs.leased(*(yield Request(to_request(Lease(n)), read=read_lease)))
+            want = runs.lease_wanted()
+            if isinstance(want, int):
+                try:
+                    runs.leased(*(yield Request(to_request(Lease(want)), read=read_lease)))
+                finally:
+                    runs.asked()
+            elif want is not None:  # (another thread's run() is asking: its lease is ours too)
+                timeout = backend.connection.timeout
+                if (yield WaitFor([want], timeout)):
+                    raise ControllerUnreachable(
+                        f"no lease of taskids for run() came within {timeout:g}s")
     if block:
         yield Settle()
         return (yield from get_task_result(backend, tid, True, timeout))
