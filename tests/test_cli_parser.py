@@ -73,6 +73,15 @@ def test_keep_results_refuses_what_is_not_a_number_of_days(argv, capsys):
     assert "argument --keep-results: must be a number of days" in capsys.readouterr().err
 
 
+def test_max_message_size_is_an_int_of_at_least_64_kib(capsys):
+    assert build_parser().parse_args(["controller"]).max_message_size is None  # (the file's)
+    a = build_parser().parse_args(["controller", "--max-message-size", "65536"])
+    assert a.max_message_size == 65536
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["controller", "--max-message-size", "1000"])
+    assert "--max-message-size must be at least 65536 bytes" in capsys.readouterr().err
+
+
 def test_log_level_refuses_a_level_that_does_not_exist(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["engine", "--log-level", "loud"])

@@ -39,6 +39,19 @@ def days(name: str, value: object) -> float:
     return v
 
 
+MIN_MESSAGE_SIZE = 64 * 1024  # bytes: a message's headers alone may take a few KiB
+
+
+def message_size(name: str, value: object) -> int:
+    """`value` as an int number of bytes >= MIN_MESSAGE_SIZE (a message size limit), or
+    TypeError/ValueError naming `name` and `value`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int number of bytes, not {value!r}")
+    if value < MIN_MESSAGE_SIZE:
+        raise ValueError(f"{name} must be at least {MIN_MESSAGE_SIZE} bytes, not {value!r}")
+    return value
+
+
 MIN_MEMORY_BUDGET = 16  # MiB: below this the window would hold too few tasks to be useful
 
 

@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .adapt import Adapter, Policy
-from .checks import choose_transport, days, mebibytes, per_engine_properties, seconds
+from .checks import (
+    choose_transport,
+    days,
+    mebibytes,
+    message_size,
+    per_engine_properties,
+    seconds,
+)
 from .connection import (
     ensure_private_dir,
     new_connection_info,
@@ -98,6 +105,9 @@ class Cluster:
     removed at `stop()`, unless `log_dir` names a folder where they are kept (appended to);
     `taskmill cluster start` keeps them in the profile's folder (see `taskmill logs`).
 
+    `max_message_size`: bytes one message may hold (default 512 MiB); the controller refuses
+    larger ones, and a task or result above it fails with an error that names it.
+
     `env` (names to str values) is set in every engine's process as it starts, and `cwd` is
     the engines' working folder, on their machines (each launcher's engines alike: the engine's
     command runs through `env`, with `--cwd`).
@@ -130,6 +140,7 @@ class Cluster:
         key: str | None = None,
         env: dict[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
+        max_message_size: int | None = None,
     ) -> None:
         self.n = (os.cpu_count() or 1) if n is None else n
         if not isinstance(self.n, int) or self.n < 0:
@@ -155,6 +166,8 @@ class Cluster:
             except (TypeError, ValueError):
                 raise ValueError(f"key must be a hex string, not {key!r}") from None
         self.key = key
+        self.max_message_size = (None if max_message_size is None
+                                 else message_size("max_message_size", max_message_size))
         self.wait = wait
         self._requested_connection_file = Path(connection_file) if connection_file else None
         self.state_dir: Path | None = None
@@ -212,6 +225,8 @@ class Cluster:
             self.transport = "ipc" if info.is_ipc else "tcp"
             if self.key is not None:
                 info.key = self.key
+            if self.max_message_size is not None:  # (the controller, clients, engines read it)
+                info.extra["max_message"] = self.max_message_size
             self.connection_file = write_connection_file(
                 self._requested_connection_file or self.state_dir / "connection.json", info)
             self._lifeline = os.pipe()

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .defaults import MAX_MESSAGE_SIZE
 from .errors import ConnectionFileError
 
 SIGNATURE_SCHEME = "hmac-sha256"
@@ -59,6 +60,15 @@ class ConnectionInfo:
         """Where the controller binds its engine socket: `ip` with the port of `engine_url`
         (an `ipc://` URL: itself)."""
         return _with_host(self.engine_url, self.ip)
+
+    @property
+    def max_message(self) -> int:
+        """Bytes one message may hold (the controller's `--max-message-size`): the controller
+        refuses larger ones, and clients and engines receive up to as much (a file without
+        it: the default)."""
+        v = self.extra.get("max_message")
+        ok = isinstance(v, int) and not isinstance(v, bool) and v > 0
+        return v if ok else MAX_MESSAGE_SIZE
 
     @property
     def is_ipc(self) -> bool:

@@ -410,6 +410,8 @@ def controller_thread(folder, *, engines: int = 0, **options):
     from taskmill.controller import Controller
 
     info = new_connection_info()
+    if "max_message" in options:  # (as the flag does: clients and engines read it there)
+        info.extra["max_message"] = options["max_message"]
     conn = write_connection_file(Path(folder) / "small" / "connection.json", info)
     ctl = Controller(info, **{"heartbeat": 0.5, **options})
     thread = threading.Thread(target=ctl.serve_forever, name="small-controller", daemon=True)

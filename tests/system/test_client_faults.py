@@ -588,6 +588,36 @@ def test_a_task_above_the_size_limit_fails_at_once_naming_the_limit(small_contro
         assert tc.backend.connection.max_message == LIMIT  # the controller's hello said so
 
 
+def test_a_clusters_size_limit_is_its_clients_and_engines_limit_too(tmp_path):
+    """Cluster(max_message_size=) (SPEC §5) is written into the connection file, where the
+    controller, its clients and its engines all read it. Before, only `taskmill controller
+    --max-message-size` set it, and clients and engines kept 512 MiB: a 600 MB result under
+    a 1 GiB limit dropped the client's connection again and again, and its wait never
+    ended."""
+    from taskmill import Cluster, SerializationError
+    from taskmill.connection import read_connection_file
+
+    limit = 2 * LIMIT
+    with Cluster(1, max_message_size=limit, db=":memory:", dashboard=False) as c, \
+            c.client() as tc:
+        assert read_connection_file(c.connection_file).max_message == limit
+        assert tc.backend.connection.wire.max_message == limit
+        assert tc.backend.connection.max_message == limit  # (its hello says so too)
+        with pytest.raises(ValueError, match="--max-message-size"):
+            tc.submit(len, b"x" * limit).result(timeout=30)
+        error = tc.submit(bytes, limit).exception(timeout=30)  # a result above it
+        assert isinstance(error, SerializationError) and f"{limit - 64 * 1024}" in str(error)
+        assert tc.submit(len, b"x" * (limit // 2)).result(timeout=30) == limit // 2
+    with pytest.raises(ValueError, match="max_message_size must be at least"):
+        Cluster(1, max_message_size=1000)
+
+
+def test_a_limit_above_the_default_is_what_clients_receive(tmp_path):
+    with controller_thread(tmp_path, max_message=1 << 30) as big, \
+            TaskClient(big.conn, timeout=10) as tc:
+        assert tc.backend.connection.wire.max_message == 1 << 30
+
+
 def test_batches_are_split_below_the_size_limit(small_controller):
     conn, ctl = small_controller
     piece = b"y" * 20_000  # ten of them are three times the limit

@@ -88,6 +88,13 @@ def cmd_controller(a: argparse.Namespace) -> int:
         if a.transport is not None and a.transport != made_for:
             raise SystemExit(f"taskmill: {path} was made for --transport {made_for}; remove it "
                              f"(clients and engines then need the new file) or drop --transport")
+        if a.max_message_size is not None and a.max_message_size != info.max_message:
+            log.warning("--max-message-size %d: the connection file said %d; it says %d from "
+                        "now on (clients and engines connected before keep the old limit "
+                        "until they start again)", a.max_message_size, info.max_message,
+                        a.max_message_size)
+            info.extra["max_message"] = a.max_message_size
+            write_connection_file(path, info)
     else:
         ipc_dir = None
         if a.transport == "ipc":
@@ -102,6 +109,8 @@ def cmd_controller(a: argparse.Namespace) -> int:
                                    ipc_prefix=path.stem + ".")
         if a.curve:
             add_curve(info, path)
+        if a.max_message_size is not None:
+            info.extra["max_message"] = a.max_message_size
         if info.is_ipc:
             check_ipc_folder(info)  # before the file that names the sockets exists
         write_connection_file(path, info)
@@ -122,7 +131,7 @@ def cmd_controller(a: argparse.Namespace) -> int:
             "code on every engine. Use --curve on networks you do not trust.", info.ip, path)
     logging.getLogger("taskmill").debug("task store: %s", db)
     try:
-        sockets = ControllerSockets(info, connection_file=path, max_message=a.max_message_size)
+        sockets = ControllerSockets(info, connection_file=path, max_message=info.max_message)
     except zmq.ZMQError as e:
         if e.errno not in BIND_ERRORS:
             raise
@@ -151,7 +160,7 @@ def cmd_controller(a: argparse.Namespace) -> int:
     try:
         run_controller(info, store=store, unmet_timeout=a.unmet_timeout, heartbeat=a.heartbeat,
                        connection_file=path, prefetch=a.prefetch,
-                       max_message=a.max_message_size, keep_results=a.keep_results,
+                       max_message=info.max_message, keep_results=a.keep_results,
                        sockets=sockets, forget_clients_after=a.forget_clients_after,
                        queue_window=a.queue_window or queue_window(a.memory_budget))
     finally:

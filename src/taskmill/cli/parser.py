@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import __version__
-from ..checks import MIN_MEMORY_BUDGET, days, mebibytes
+from ..checks import MIN_MEMORY_BUDGET, days, mebibytes, message_size
 from ..defaults import (
     DEFAULT_HEARTBEAT,
     DEFAULT_KEEP_RESULTS,
@@ -153,6 +153,13 @@ def _log_level(parser: argparse.ArgumentParser) -> None:
                         help="how much to log on standard error (default INFO)")
 
 
+def _message_size(text: str) -> int:
+    try:
+        return message_size("--max-message-size", int(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _prefetch(text: str) -> int | None:
     if text == "auto":
         return None
@@ -193,8 +200,10 @@ def build_parser() -> CommandParser:
                         "auto: as many as take about 2 ms by the durations it reports, so tiny "
                         "tasks never wait a round trip while long ones go one at a time; an "
                         "idle engine takes back tasks buffered on a busy one)")
-    c.add_argument("--max-message-size", type=int, default=MAX_MESSAGE_SIZE,
-                   help="bytes; larger messages are refused (default 512 MiB)")
+    c.add_argument("--max-message-size", type=_message_size, default=None, metavar="BYTES",
+                   help="larger messages are refused (default: the connection file's, else "
+                        f"{MAX_MESSAGE_SIZE >> 20} MiB); written into the connection file, "
+                        "from which clients and engines take the same limit")
     c.add_argument("--curve", action="store_true",
                    help="encrypt with CurveZMQ; only allowed client/engine keys may connect")
     c.add_argument("--transport", choices=["tcp", "ipc"], default=None,

@@ -79,8 +79,10 @@ class Connection(LinkRecovery):
         self.info = read_connection_file(self.path)
         # One Wire per socket: each sending socket has its own (sid, seq) stream, and replay
         # checks hold per receiving socket, where messages arrive in order.
-        self.wire = Wire(self.info.key_bytes)  # the receive socket's (I/O thread only)
-        self.send_wire = Wire(self.info.key_bytes)  # the send socket's (under _send_lock)
+        # (as large as the controller's limit, which its connection file says)
+        limit = self.info.max_message
+        self.wire = Wire(self.info.key_bytes, max_message=limit)  # the receive socket's
+        self.send_wire = Wire(self.info.key_bytes, max_message=limit)  # (under _send_lock)
         self.timeout = timeout
         self.reconnect_timeout = reconnect_timeout
         # Often enough that a healthy controller is never silent for reconnect_timeout.

@@ -37,7 +37,6 @@ from ..defaults import (
 )
 from ..store import MemoryStore, TaskStore
 from ..wire import (
-    DEFAULT_MAX_MESSAGE,
     HEADER_ENCODER,
     MAX_FRAMES,
     Refused,
@@ -84,13 +83,15 @@ class Controller:
         context: zmq.Context | None = None,
         connection_file: str | os.PathLike[str] | None = None,
         prefetch: int | None = None,
-        max_message: int = DEFAULT_MAX_MESSAGE,
+        max_message: int | None = None,
         keep_results: float = DEFAULT_KEEP_RESULTS,
         sockets: ControllerSockets | None = None,
         forget_clients_after: float = FORGET_CLIENTS_AFTER,
         queue_window: int | None = None,
     ) -> None:
-        """`sockets`: bound already (with this `max_message`), or None to bind them here;
+        """`max_message`: bytes a message may hold (None: the connection file's, which its
+        clients and engines read too); `sockets`: bound already (with this `max_message`),
+        or None to bind them here;
         `forget_clients_after`: seconds of silence after which a client is forgotten
         (controller/clients.py; math.inf: never); `queue_window`: tasks held in memory at
         most (None: no limit; see backlog.py)."""
@@ -105,6 +106,7 @@ class Controller:
                         "for with ClientForgotten; give it %gs or more (default %gs)",
                         forget_clients_after, FORGET_CLIENTS_AFTER_WARN, FORGET_CLIENTS_AFTER)
         self.info = info
+        max_message = info.max_message if max_message is None else max_message
         # (the controller's headers hold plain values only: msgspec's encoder packs them)
         self.wire = Wire(info.key_bytes, max_message=max_message, max_frames=MAX_FRAMES,
                          encoder=HEADER_ENCODER)
@@ -305,7 +307,7 @@ def run_controller(
     heartbeat: float = DEFAULT_HEARTBEAT,
     connection_file: str | os.PathLike[str] | None = None,
     prefetch: int | None = None,
-    max_message: int = DEFAULT_MAX_MESSAGE,
+    max_message: int | None = None,
     keep_results: float = DEFAULT_KEEP_RESULTS,
     sockets: ControllerSockets | None = None,
     forget_clients_after: float = FORGET_CLIENTS_AFTER,

@@ -27,7 +27,7 @@ import zmq
 
 from ..connection import ConnectionInfo
 from ..curve import apply_client as apply_curve
-from ..wire import DEFAULT_MAX_MESSAGE, Wire, apply_engine_link, monitor_socket, send_message
+from ..wire import Wire, apply_engine_link, monitor_socket, send_message
 
 log = logging.getLogger("taskmill.engine")
 
@@ -49,7 +49,8 @@ class EngineSockets:
         self.ctl = self._watched(self._dealer(b".c"))
         self.res = self._dealer(b".r")
         self.heart = self._dealer(b".h")
-        self._wires = {s: Wire(info.key_bytes) for s in (self.task, self.ctl, self.res)}
+        self._wires = {s: Wire(info.key_bytes, max_message=info.max_message)
+                       for s in (self.task, self.ctl, self.res)}
         self.payload_wire = Wire(info.key_bytes)  # payload digests (no sequence involved)
         self._res_wanted: int | None = None  # the connection number the main thread opens
         self._heart_url = f"inproc://taskmill-heart-{uuid}"
@@ -77,7 +78,7 @@ class EngineSockets:
         # usually gets there before it listens), doubling up to 2 s while nobody listens.
         s.setsockopt(zmq.RECONNECT_IVL, 10)
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        s.setsockopt(zmq.MAXMSGSIZE, DEFAULT_MAX_MESSAGE)
+        s.setsockopt(zmq.MAXMSGSIZE, self.info.max_message)  # (the controller's limit)
         apply_engine_link(s)  # (no ZMTP heartbeats: channels.py and TCP keepalive)
         apply_curve(s, self.info)
         s.connect(self.info.engine_url)
