@@ -16,7 +16,15 @@ import pytest
 from faultproxy import proxied
 from systest import ControllerProcess, alive_engine_ids, gone, poll, read_lines, record
 
-from taskmill import Cluster, EngineDied, MapTask, TaskClient, TaskTimeout
+from taskmill import (
+    Cluster,
+    EngineDied,
+    MapTask,
+    RemoteError,
+    SerializationError,
+    TaskClient,
+    TaskTimeout,
+)
 
 
 def hold_the_gil(seconds):
@@ -359,3 +367,59 @@ def test_a_slow_depend_does_not_freeze_the_controller(tmp_path):
             tc.get_task_result(slow, block=True)
         stats = tc.statistics()
         assert stats["engines_died"] == 0 and stats["refused"].get("slow-depend") == 1
+
+
+# -- task code whose outcome cannot be shown or pickled ---------------------------------------
+
+class StrRaises(Exception):
+    def __str__(self):
+        raise RuntimeError("no str")
+
+
+class StrNotText(Exception):
+    def __str__(self):
+        return 5
+
+
+class ExitsWhenPickled:
+    def __reduce__(self):
+        raise SystemExit(5)
+
+
+class OddUnpicklable(Exception):
+    def __reduce__(self):
+        raise TypeError("not this one")
+
+
+def raise_(cls, *args):
+    raise cls(*args)
+
+
+def odd_name():
+    return os.fsdecode(b"report-\xe9.txt")  # (a file name's undecodable byte: a surrogate)
+
+
+def print_odd_name():
+    print("found", odd_name())
+    return "done"
+
+
+def test_task_code_whose_outcome_cannot_be_shown_or_pickled_fails_alone_and_its_engine_lives():
+    """Each of these killed its engine (EngineDied): an exception whose __str__ raises or
+    gives no str, a result whose pickling raises SystemExit, output or an exception message
+    with a lone surrogate (UnicodeEncodeError while the engine built its reply)."""
+    with Cluster(1, db=":memory:", dashboard=False) as c, c.client() as tc:
+        pid = tc.submit(os.getpid).result(timeout=60)
+        for cls in (StrRaises, StrNotText):
+            error = tc.submit(raise_, cls).exception(timeout=30)
+            assert type(error).__name__ == cls.__name__ and error.engineid == 0
+        error = tc.submit(ExitsWhenPickled).exception(timeout=30)
+        assert isinstance(error, SerializationError) and "SystemExit: 5" in str(error)
+        fut = tc.submit(print_odd_name)
+        assert fut.result(timeout=30) == "done"
+        assert fut.metadata["stdout"] == "found report-\\udce9.txt\n"
+        error = tc.submit(raise_, FileNotFoundError, "no " + odd_name()).exception(timeout=30)
+        assert isinstance(error, FileNotFoundError) and str(error) == "no " + odd_name()
+        error = tc.submit(raise_, OddUnpicklable, odd_name()).exception(timeout=30)
+        assert isinstance(error, RemoteError) and "report-\\udce9.txt" in str(error)
+        assert tc.submit(os.getpid).result(timeout=30) == pid  # (the same engine throughout)

@@ -116,11 +116,30 @@ def format_remote_traceback(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
+def utf8_text(s: str) -> str:
+    """`s` as text UTF-8 can carry: a lone surrogate (what `os.fsdecode` gives for a file
+    name's undecodable byte) becomes a backslash escape (else the reply could not be sent)."""
+    try:
+        s.encode()
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "backslashreplace").decode()
+    return s
+
+
 def error_fields(exc: BaseException) -> dict[str, Any]:
-    """A failed task's `error` entry: what a client shows of the exception."""
+    """A failed task's `error` entry: what a client shows of the exception (task code's
+    exception may fail even to be shown: its `__str__` raising, or returning no str)."""
+    try:
+        message = str(exc)
+    except BaseException as e:  # noqa: BLE001 - whatever task code's __str__ does
+        message = f"<str() of this {type(exc).__name__} failed: {type(e).__name__}>"
+    try:
+        tb = format_remote_traceback(exc)
+    except BaseException as e:  # noqa: BLE001 - the same, inside the traceback's formatting
+        tb = f"<the traceback could not be formatted: {type(e).__name__}>"
     return {"error": {
         "type": type(exc).__qualname__, "module": type(exc).__module__,
-        "message": str(exc), "traceback": format_remote_traceback(exc), "pickled": False,
+        "message": utf8_text(message), "traceback": utf8_text(tb), "pickled": False,
     }}
 
 
@@ -130,8 +149,8 @@ def pickle_exception(exc: BaseException, info: dict[str, Any]) -> list[Any]:
         exc.__traceback__ = None
         body = dumps(exc)
         loads(body)
-    except Exception:  # noqa: BLE001 - unpicklable exceptions become RemoteError
-        return []
+    except BaseException:  # noqa: BLE001 - unpicklable exceptions become RemoteError (its
+        return []  # __reduce__ may raise anything: nothing can interrupt a finished task)
     info["pickled"] = True
     return body
 
@@ -142,13 +161,15 @@ def reply_body(reply: dict[str, Any], value: Any, exc: BaseException | None,
     and return the payload frames: the value pickled, else the exception if it pickles."""
     tid = reply["tid"]
     body: list[Any] = []
+    reply["stdout"], reply["stderr"] = utf8_text(reply["stdout"]), utf8_text(reply["stderr"])
     if exc is None:
         try:
             body = dumps(value)
             reply["status"] = "ok"
-        except Exception as e:  # noqa: BLE001 - any pickling failure
-            exc = SerializationError(
-                f"task {tid}'s result ({type(value).__name__}) cannot be pickled: {e}")
+        except BaseException as e:  # noqa: BLE001 - any pickling failure (see above)
+            why = error_fields(e)["error"]["message"]
+            exc = SerializationError(f"task {tid}'s result ({type(value).__name__}) cannot be "
+                                     f"pickled: {type(e).__name__}: {why}")
         else:
             size = sum(memoryview(f).nbytes for f in body)
             output = len(reply["stdout"].encode()) + len(reply["stderr"].encode())
