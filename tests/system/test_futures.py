@@ -101,6 +101,38 @@ def test_task_future_works_with_wait_callbacks_and_asyncio(client):
     assert late_calls == [later]
 
 
+def test_a_done_callback_may_wait_for_other_futures_and_call_the_client(client, gate):
+    """Callbacks ran on the client's I/O thread, the one that reads every answer: a callback
+    that chained a task (`tc.submit(g, f.result()).result()`) froze the whole client for good,
+    and `cancel()` there raised. Now they run on a thread of their own, in order."""
+    import threading
+
+    held = gate.hold_every_engine()
+    queued = client.submit(square, 9)  # (waits behind the held engines: cancelled below)
+    got: list = []
+    done = threading.Event()
+
+    def chain(f):
+        try:
+            got.append(threading.current_thread().name)
+            got.append(client.submit(square, f.result()).result(timeout=60))
+            got.append(client.queue_status()["succeeded"] >= 2)
+            got.append(queued.cancel())
+        except BaseException as e:  # noqa: BLE001 - checked below
+            got.append(e)
+        finally:
+            done.set()
+
+    first = client.submit(square, 3)
+    first.add_done_callback(chain)
+    gate.release()
+    assert [h.result(timeout=60) for h in held] == ["released"] * len(held)
+    assert done.wait(60), got
+    assert got[1:] == [81, True, True] or got[1:] == [81, True, False], got
+    assert got[0] == "taskmill-callbacks"
+    assert client.submit(square, 4).result(timeout=60) == 16  # the client goes on
+
+
 def test_metadata_fields_are_filled_when_the_task_finishes(client):
     f = client.submit(talk_and_return, 41)
     assert f.result(timeout=60) == 42

@@ -33,7 +33,7 @@ from .backend import Backend, check_client_timeouts
 from .blocking import TaskClient
 from .codec import checked
 from .connection import RECONNECT_TIMEOUT
-from .futures import TaskFuture
+from .futures import TaskFuture, when_done
 from .objects import ObjectRef
 from .options import NO_OPTIONS, TaskOptions
 from .steps import Abort, Adopt, Emit, Follow, NextDone, Request, Settle, WaitFor
@@ -58,7 +58,7 @@ class AsyncTaskFuture(asyncio.Future, FutureLike):
     def __init__(self, task_future: TaskFuture, *, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop=loop)
         self.task_future = task_future
-        task_future.add_done_callback(self._follow)
+        task_future.on_done(self._follow)
 
     @property
     def taskid(self) -> int:
@@ -175,7 +175,7 @@ class AsyncDriver:
                 try:
                     if isinstance(step, Follow):
                         for f in step.futs:
-                            f.add_done_callback(arrived)
+                            when_done(f, arrived)
                     elif isinstance(step, NextDone):
                         value = await done.get()
                     elif isinstance(step, Adopt):

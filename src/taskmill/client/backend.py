@@ -38,6 +38,7 @@ from ..protocol import Abort as AbortRequest
 from ..protocol import Outcome, Refusal, from_reply, to_request
 from ..task import BaseTask, check_seconds
 from ..wire import FunctionPickles
+from .callbacks import Callbacks
 from .codec import (
     Encoded,
     Entry,
@@ -49,7 +50,7 @@ from .codec import (
     unknown_entry,
 )
 from .connection import Connection
-from .futures import TaskFuture
+from .futures import TaskFuture, when_done
 from .interrupts import interrupts_deferred
 from .runs import Runs
 from .steps import Abort, Adopt, Emit, Follow, NextDone, Request, Settle, WaitFor
@@ -103,6 +104,7 @@ class Backend:
         self.watcher = Watcher(self.connection)
         self.submitter = Submitter(self.connection)
         self.runs = Runs(self.connection)
+        self.callbacks = Callbacks()  # (the user's done-callbacks: callbacks.py)
         # Results the last barrier brought along (taskid -> entry), each handed out once by
         # get_task_result without a round trip; a clear by this client drops them.
         self.kept_results: dict[int, Entry] = {}
@@ -299,7 +301,7 @@ class Backend:
                             yield step.value
                         elif isinstance(step, Follow):
                             for f in step.futs:
-                                f.add_done_callback(done.put)
+                                when_done(f, done.put)
                         elif isinstance(step, NextDone):
                             value = done.get()
                         else:

@@ -23,7 +23,7 @@ from concurrent.futures import Executor, Future
 from concurrent.futures import wait as wait_futures
 from typing import Any
 
-from .futures import TaskFuture
+from .futures import TaskFuture, when_done
 from .maps import check_map_options, check_positive, chunk_entries, chunked, encode_chunks
 from .options import TaskOptions
 
@@ -136,7 +136,7 @@ class TaskExecutor(Executor):
         with self._futures_lock:
             self._futures.update(futs)
         for f in futs:
-            f.add_done_callback(self._forget)  # (at once, here, if it is done already)
+            when_done(f, self._forget)  # (at once, here, if it is done already)
 
     def _forget(self, fut: Future) -> None:  # on the client's I/O thread, mostly
         with self._futures_lock:

@@ -35,7 +35,7 @@ import threading
 from _thread import RLock
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
-from concurrent.futures._base import CANCELLED, PENDING
+from concurrent.futures._base import CANCELLED, PENDING, RUNNING
 from typing import Any, Protocol
 
 from ..arguments import FutureLike
@@ -43,6 +43,8 @@ from ..display import duration_text, html_table, output_html, state_html, value_
 from ..errors import ControllerUnreachable, TaskAborted
 from ..memory import detached
 from ..protocol import Outcome
+from .callbacks import Callbacks, UserCallback
+from .callbacks import run as run_callback
 from .codec import CONTROLLER_DECIDED, METADATA_KEYS
 from .connection import Connection
 
@@ -54,6 +56,7 @@ class FutureOwner(Protocol):
     #: the front (TaskClient) that made this owner, weakly: every future keeps it alive, as a
     #: dropped client would otherwise close the connection its futures wait on
     front: Callable[[], Any]
+    callbacks: Callbacks  # (where the user's done-callbacks run)
 
     def decode(self, meta: Outcome | None, frames: list[Any]) -> Any: ...
 
@@ -61,6 +64,15 @@ class FutureOwner(Protocol):
 
 
 NO_CALLBACKS: tuple[()] = ()  # a future's done-callbacks until it has one
+
+
+def when_done(fut: Future, fn: Callable[[Any], object]) -> None:
+    """(taskmill's own quick callbacks) `fn(fut)` on the thread that finishes `fut`: a
+    TaskFuture's `on_done`, any other Future's `add_done_callback`."""
+    if isinstance(fut, TaskFuture):
+        fut.on_done(fn)
+    else:
+        fut.add_done_callback(fn)
 
 
 class FutureCondition(RLock):
@@ -359,6 +371,20 @@ class TaskFuture(Future, FutureLike):
 
     # -- the Future API ------------------------------------------------------------------------
     def add_done_callback(self, fn: Callable[[Future[Any]], object]) -> None:
+        """As Future's, but `fn` runs on a thread the client keeps for callbacks (as dask's
+        do), not on its I/O thread, so that it may wait: for other futures, for the client's
+        calls (client/callbacks.py). Added to a finished future, it runs at once, here."""
+        with self._condition:
+            if self._state in (PENDING, RUNNING):
+                if self._done_callbacks is NO_CALLBACKS:
+                    self._done_callbacks = []
+                self._done_callbacks.append(UserCallback(fn, self._owner.callbacks))
+                return
+        run_callback(fn, self)
+
+    def on_done(self, fn: Callable[[Future[Any]], object]) -> None:
+        """(taskmill's own) Call `fn(self)` on the thread that finishes this future (the I/O
+        thread, mostly), or at once if it is done: `fn` must be quick and never wait."""
         with self._condition:  # (the list is made for the first callback: most have none)
             if self._done_callbacks is NO_CALLBACKS:
                 self._done_callbacks = []
@@ -384,14 +410,14 @@ class TaskFuture(Future, FutureLike):
     def cancel(self) -> bool:
         """Abort the task: True if it was aborted (or was cancelled already), False if it had
         finished. A cancelled future raises `CancelledError` from `result()`. Waits for the
-        controller's answer, so it must not be called from a done-callback on the client's I/O
-        thread (that raises RuntimeError)."""
+        controller's answer, so it must not be called on the client's I/O thread (in an
+        `on_done` callback: that raises RuntimeError; `add_done_callback`'s may call it)."""
         if self.done():
             return self.cancelled()
         if self._owner.connection.on_io_thread():
             raise RuntimeError("TaskFuture.cancel() waits for the controller's answer, which the "
-                               "client's I/O thread (running this callback) would have to read; "
-                               "call it from another thread")
+                               "client's I/O thread (running this) would have to read; call it "
+                               "from another thread")
         self._cancelling = True
         try:
             self._owner.abort(self.taskid)

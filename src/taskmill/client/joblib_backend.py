@@ -33,6 +33,7 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from ..defaults import ENGINE_GONE_STATES
+from .futures import when_done
 
 JOBLIB_MINIMUM = (1, 3)  # parallel_config, retrieve_result_callback (1.5 renamed apply_async)
 
@@ -162,7 +163,7 @@ def backend_class() -> type:
             return fut
 
         def _follow(self, fut: Future, handle: Future) -> None:
-            fut.add_done_callback(lambda f: self._post(self._finished, f, handle))
+            when_done(fut, lambda f: self._post(self._finished, f, handle))  # (quick)
 
         def _post(self, fn: Callable[..., Any], *args: Any) -> None:
             """Run `fn` on the callback thread (dropped once the backend is terminated)."""

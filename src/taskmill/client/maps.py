@@ -395,7 +395,7 @@ class IMapRun:
                         self.to_clear.append(fut.known_taskid)
                     continue
                 self.backend.send_and_forget(to_request(Abort(fut.taskid)))
-                fut.add_done_callback(self._clear_when_done)
+                fut.on_done(self._clear_when_done)
             except Exception:  # noqa: BLE001 - a failed submit or a closed client: nothing to do
                 pass
         self.inflight.clear()
