@@ -423,3 +423,44 @@ def test_task_code_whose_outcome_cannot_be_shown_or_pickled_fails_alone_and_its_
         error = tc.submit(raise_, OddUnpicklable, odd_name()).exception(timeout=30)
         assert isinstance(error, RemoteError) and "report-\\udce9.txt" in str(error)
         assert tc.submit(os.getpid).result(timeout=30) == pid  # (the same engine throughout)
+
+
+@pytest.mark.timeout(120)
+def test_an_engine_stopped_with_sigterm_mid_task_fails_it_as_engine_died_and_retries_apply(
+        tmp_path):
+    """SIGTERM (`cluster stop`, systemd, scancel) raised SystemExit(0) inside the running task
+    code, which was stored as the task's own failure: `result()` raised SystemExit, and a
+    script calling it ended silently with status 0. Now the task is dropped unreported, as a
+    dead engine's: EngineDied, and its retries apply."""
+    ctl = ControllerProcess(tmp_path, args=("--prefetch", "1"))
+    ctl.start()
+    first = ctl.engine()
+    runs, gate = tmp_path / "runs", tmp_path / "gate"
+    second = None
+    try:
+        with TaskClient(ctl.conn, timeout=30) as tc:
+            poll(lambda: tc.engines(), what="the engine")
+            plain = tc.run(MapTask(record, (str(runs), "plain", str(gate))))
+            poll(lambda: read_lines(runs) == ["plain"], what="the task to start")
+            first.terminate()
+            assert first.wait(30) == 0
+            with pytest.raises(EngineDied):
+                tc.get_task_result(plain, block=True, timeout=60)
+            second = ctl.engine()
+            retried = tc.run(MapTask(record, (str(runs), "retried", str(gate)), retries=1))
+            poll(lambda: read_lines(runs)[-1:] == ["retried"], what="the retried task to start")
+            third = ctl.engine()
+            try:
+                poll(lambda: len(alive_engine_ids(tc)) == 2, what="the third engine")
+                second.terminate()
+                assert second.wait(30) == 0
+                gate.touch()
+                assert tc.get_task_result(retried, block=True, timeout=60) == third.pid
+            finally:
+                third.kill()
+            assert read_lines(runs) == ["plain", "retried", "retried"]
+    finally:
+        for p in (first, second):
+            if p is not None:
+                p.kill()
+        ctl.stop()

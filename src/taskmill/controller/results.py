@@ -64,8 +64,9 @@ def failure_text(a: Finish, node: dict[str, Any], started: float | None, now: fl
     if a.outcome == ENGINE_DIED and a.engineid is None and a.tid in why.lost_expired:
         why.lost_expired.discard(a.tid)
         return "error", "EngineDied", (
-            f"the controller restarted while task {a.tid} was running, and the engine that "
-            f"ran it did not come back within {why.lost_grace():g}s")
+            f"the controller restarted while task {a.tid} was with an engine (running there, "
+            f"or waiting: perhaps started), and that engine did not come back within "
+            f"{why.lost_grace():g}s")
     if a.outcome == ENGINE_DIED:
         who, reason = why.death_reasons.get(a.engineid, ("", ""))
         engine = f"engine {a.engineid} ({who})" if who else f"engine {a.engineid}"

@@ -1,7 +1,8 @@
 """The engine process: reading `KEY=VALUE` properties, its signals, and its parent's death.
 
 `taskmill engine` (cli/commands.py) calls `run_engine`: one `Engine` (core.py) until SIGTERM
-(which ends running task code at once, else after the task) or until the write end of
+(which ends running task code at once, its task unreported: the controller fails it with
+EngineDied, as a dead engine's, and its retries apply; else it ends after the task) or until the write end of
 `parent_fd` closes (the process that started it died: the engine ends with it; lifeline.py's
 `watch_parent`, re-exported here).
 """
@@ -16,6 +17,7 @@ from typing import Any
 from ..connection import ConnectionInfo
 from ..lifeline import watch_parent
 from .core import Engine
+from .running import TaskInterrupted
 
 
 def parse_property(text: str) -> tuple[str, Any]:
@@ -37,8 +39,8 @@ def run_engine(info: ConnectionInfo, properties: dict[str, Any] | None = None,
 
     def _term(signum: int, frame: Any) -> None:
         engine.stop()
-        if engine.code.active:
-            raise SystemExit(0)
+        if engine.code.active:  # (ends the task code unreported, as a dead engine's: the
+            raise TaskInterrupted("drop")  # controller fails it with EngineDied, retries apply)
 
     signal.signal(signal.SIGTERM, _term)
     if parent_fd is not None:
