@@ -190,6 +190,7 @@ def test_sqlite_a_failing_rollback_does_not_hide_the_cause(tmp_path, caplog):
     import sqlite3
 
     s = SQLiteStore(str(tmp_path / "t.db"))
+    s.unfinished()  # (as a controller does at its start: its commits then write low_tid)
     _task(s)
     real = s.db
 
@@ -578,3 +579,22 @@ def test_sqlite_rows_hold_the_bytes_msgpack_packs(tmp_path):
     assert row == (msgpack.packb(spec, use_bin_type=True), msgpack.packb(meta, use_bin_type=True))
     assert s.result(tid).meta == meta and s.result(tid).frames == [b"r" * 70_000]
     s.close()
+
+
+def test_sqlite_a_store_opened_and_closed_without_reading_its_tasks_keeps_them(tmp_path):
+    """A controller that opened the store and then stopped before it read the tasks (refused
+    another cluster's key, could not listen) wrote low_tid past every unfinished task on
+    close: the next start saw none of them (lost)."""
+    path = str(tmp_path / "t.db")
+    s = SQLiteStore(path)
+    s.unfinished()
+    tid = _task(s)
+    s.commit()
+    s.abandon()  # (killed)
+    s = SQLiteStore(path)
+    s.close()  # (opened and closed: nothing read)
+    s = SQLiteStore(path)
+    try:
+        assert [t.tid for t, *_ in s.unfinished()] == [tid]
+    finally:
+        s.close()

@@ -162,3 +162,38 @@ def test_a_store_file_replaced_under_the_store_is_noticed(tmp_path):
         assert store.lost is not None and "deleted or replaced" in store.lost
     finally:
         store.close()
+
+
+def test_a_store_refuses_a_cluster_key_other_than_the_one_it_was_written_with(tmp_path):
+    """A store kept from another cluster used to be opened silently: its results then failed
+    their signature checks, and its queued tasks were refused by every engine and failed for
+    good. It keeps a digest of its key now (the key cannot be read back from it)."""
+    import sqlite3
+
+    import pytest
+
+    from taskmill.errors import StoreError
+
+    path = str(tmp_path / "tasks.db")
+    store = SQLiteStore(path)
+    store.check_key(b"k1" * 16)  # (a new store takes the first key)
+    store.close()
+    store = SQLiteStore(path)
+    try:
+        store.check_key(b"k1" * 16)
+        with pytest.raises(StoreError, match="written by a cluster with another key"):
+            store.check_key(b"k2" * 16)
+    finally:
+        store.close()
+    db = sqlite3.connect(path)  # a store older than the check takes the next key it sees
+    with db:
+        db.execute("DELETE FROM meta WHERE key='key_check'")
+    db.close()
+    store = SQLiteStore(path)
+    try:
+        store.check_key(b"k2" * 16)
+        with pytest.raises(StoreError):
+            store.check_key(b"k1" * 16)
+    finally:
+        store.close()
+    assert b"k2" not in Path(path).read_bytes()

@@ -217,3 +217,23 @@ def test_a_store_deleted_under_a_running_controller_takes_no_new_tasks_and_says_
     assert held.result(timeout=60) == "held"  # (what it held finishes, and is read)
     assert tc.queue_status()["scheduled"] == 0
     assert ctl.log_text().count("deleted or replaced") == 1
+
+
+@pytest.mark.timeout(120)
+def test_a_controller_given_another_clusters_store_refuses_to_start_in_one_line(tmp_path):
+    """A store kept from another cluster (another key): its results would fail their
+    signature checks and its queued tasks be refused by every engine and failed for good.
+    The controller now refuses it, in one line that says what to do."""
+    db = tmp_path / "tasks.db"
+    with controller_process(tmp_path / "one", db=str(db)) as ctl, \
+            TaskClient(ctl.conn, timeout=30) as tc:
+        tid = tc.submit(abs, -7).taskid  # (queued: no engine)
+    other = subprocess.run(
+        [*TASKMILL, "controller", "--connection-file", str(tmp_path / "two" / "c.json"),
+         "--db", str(db), "--no-dashboard"], capture_output=True, text=True, timeout=60)
+    assert other.returncode == 1
+    assert other.stderr.count("\n") == 1 and "written by a cluster with another key" in \
+        other.stderr, other.stderr
+    with controller_process(tmp_path / "one", db=str(db), write_connection=False) as ctl, \
+            TaskClient(ctl.conn, timeout=30) as tc:  # its own key: the task is still there
+        assert tc.task_info(tid)["state"] == "scheduled"

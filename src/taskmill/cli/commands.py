@@ -115,6 +115,12 @@ def cmd_controller(a: argparse.Namespace) -> int:
             check_ipc_folder(info)  # before the file that names the sockets exists
         write_connection_file(path, info)
         log.debug("wrote connection file %s", path)
+    try:
+        store.check_key(info.key_bytes)
+    except StoreError as e:
+        store.close()
+        print(f"taskmill controller: {e}", file=sys.stderr)
+        return 1
     if info.is_ipc:
         check_ipc_folder(info)
         # (DEBUG until it listens: a controller that cannot bind says so in one line; the

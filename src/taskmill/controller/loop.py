@@ -111,6 +111,7 @@ class Controller:
         self.wire = Wire(info.key_bytes, max_message=max_message, max_frames=MAX_FRAMES,
                          encoder=HEADER_ENCODER)
         self.store: TaskStore = store if store is not None else MemoryStore()
+        self.store.check_key(info.key_bytes)  # (a store of another cluster: StoreError)
         # Random per controller start: every message of a peer names it, so a message
         # captured before a restart is refused after it.
         self.session = os.urandom(SESSION_BYTES)

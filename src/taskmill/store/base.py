@@ -78,6 +78,10 @@ class IdLeases:
     # The leases not ended when the store was last written: (start, end, key, next unused).
     stored_leases: list[tuple[int, int, str, int]] = []
 
+    def check_key(self, key: bytes) -> None:
+        """StoreError if the store was written with another cluster key (a store on disk
+        keeps a digest of it: schema.check_key)."""
+
     def lease(self, n: int, key: str = "") -> int:
         """A block of `n` taskids for the client's request `key`; its first one."""
         start = self._next
@@ -112,6 +116,8 @@ class TaskStore(Protocol):
     held_from: int | None  # where that backlog begins (see IdLeases)
     stored_leases: list[tuple[int, int, str, int]]  # (see IdLeases)
     lost: str | None  # (see IdLeases)
+
+    def check_key(self, key: bytes) -> None: ...
 
     def allocate(self) -> int: ...
     def lease(self, n: int, key: str = "") -> int: ...

@@ -10,6 +10,7 @@ clear line of `StoreError`.
 from __future__ import annotations
 
 import fcntl
+import hmac
 import os
 import shutil
 import sqlite3
@@ -276,3 +277,33 @@ def open_error(path: str, e: BaseException) -> StoreError:
             "to keep it and start with an empty store, or give another --db")
     return StoreError(f"cannot open the task store {path}: {text}")
 
+
+
+KEY_CHECK = "key_check"  # meta: a digest of the key the store's payloads are signed with
+
+
+def key_check(key: bytes) -> int:
+    """What `meta` keeps of a cluster's key: 56 bits of an HMAC of a fixed text (the key
+    cannot be read back from it)."""
+    return int.from_bytes(hmac.digest(key, b"taskmill: the key of this store", "sha256")[:7],
+                          "big")
+
+
+def check_key(db: sqlite3.Connection, key: bytes, path: str) -> None:
+    """StoreError if the store at `path` was written by a cluster with another key (its
+    results would not pass their signature checks, and its queued tasks would be refused by
+    every engine); a store without a check (new, or older than it) takes this key's."""
+    want = key_check(key)
+    row = db.execute("SELECT value FROM meta WHERE key=?", (KEY_CHECK,)).fetchone()
+    if row is None:
+        try:
+            db.execute(SET_META, (KEY_CHECK, want))
+        except sqlite3.Error:  # (a full disk: checked at the next start)
+            pass
+        return
+    if row[0] != want:
+        raise StoreError(
+            f"the task store {path} was written by a cluster with another key, so its results "
+            "and queued tasks could not be read or run with this one: start with that "
+            "cluster's key (`taskmill cluster start --resume` keeps it beside the store; "
+            "Cluster(key=...); its connection file), or give another --db")

@@ -54,6 +54,7 @@ from .schema import (
     SELECT_UNFINISHED,
     SET_META,
     STATE,
+    check_key,
     connect,
     delete_finished,
     disk_note,
@@ -90,6 +91,9 @@ class SQLiteStore(IdLeases):
             os.close(self._lock_fd)
             self._lock_fd = None
             raise
+
+    def check_key(self, key: bytes) -> None:
+        check_key(self.db, key, self.path)
 
     def _open(self, cache_size: int, cache_bytes: int, wal_bytes: int) -> None:
         path = self.path
@@ -152,6 +156,7 @@ class SQLiteStore(IdLeases):
         self.stored_leases = LeaseRows.read(db)
         self._leased = {start: end for start, end, _, _ in self.stored_leases}
         self._low_written = 0.0  # monotonic time low_tid was last written
+        self._looked = False  # `unfinished` read the tasks above low_tid (see commit)
         forget_old_rows(db, time.time(), self._low_tid, self._next_eid)
         self._n_ok, self._n_failed = db.execute(
             "SELECT COALESCE(SUM(ok), 0), COALESCE(SUM(1 - ok), 0) FROM tasks "
@@ -203,6 +208,7 @@ class SQLiteStore(IdLeases):
         the queued ones past the first `queued_max` only as taskid and `after`, to
         `held.hold` (the controller's backlog)."""
         out, queued = [], 0
+        self._looked = True
         for row in self.db.execute(SELECT_UNFINISHED, (self._low_tid,)):
             if queued_max is not None and row[1] == "queued":
                 queued += 1
@@ -424,10 +430,11 @@ class SQLiteStore(IdLeases):
         if self._next < self._written_next or (
                 self._next > self._written_next and self._next - 1 not in self._ins):
             meta.append(("next_tid", self._next))
-        if everything or now - self._low_written >= LOW_TID_EVERY:
-            # Every task below this had finished: a restart looks only above it.
-            meta.append(("low_tid", self.low_bound(min(self._active) if self._active
-                                                   else self._next)))
+        low_due = everything or now - self._low_written >= LOW_TID_EVERY
+        if low_due:  # Every task below this had finished: a restart looks only above it
+            if self._looked:  # (else the tasks from before were never read: none is active)
+                meta.append(("low_tid", self.low_bound(min(self._active) if self._active
+                                                       else self._next)))
             writes += self.keys.dead.writes(db)  # (after the submit keys written above)
         if meta:
             writes.append((SET_META, meta))
@@ -439,7 +446,7 @@ class SQLiteStore(IdLeases):
             self._rollback(e)
             raise StoreError(f"the task store {self.path} cannot write: {e}"
                              f"{disk_note(self.path)}") from None
-        if everything or now - self._low_written >= LOW_TID_EVERY:
+        if low_due:
             self._low_written = now
         self._written_eid = self._next_eid
         self._written_next = self._next
