@@ -51,3 +51,38 @@ def test_result_ns_reraises_the_failure():
     tr = make_result({}, ZeroDivisionError("boom"))
     with pytest.raises(ZeroDivisionError):
         tr.ns  # noqa: B018
+
+
+def test_a_recovery_task_set_after_construction_is_checked_at_run():
+    """A non-task recovery_task set after construction gave AttributeError ('str' object has
+    no attribute 'recovery_task') from deep inside run()."""
+    from taskmill import MapTask, StringTask
+    from taskmill.client.codec import encode_task
+    from taskmill.wire import Wire
+
+    wire = Wire(b"k" * 32)
+    for bad in ("x", 42):
+        task = StringTask("1/0")
+        task.recovery_task = bad
+        with pytest.raises(TypeError, match="recovery_task must be a StringTask or MapTask"):
+            encode_task(task, wire)
+        inner = StringTask("q = 1")
+        inner.recovery_task = bad  # (deeper in the chain)
+        with pytest.raises(TypeError, match="recovery_task must be"):
+            encode_task(MapTask(abs, (1,), recovery_task=inner), wire)
+
+
+@pytest.mark.parametrize("after", [0, [3], (5, 6)])
+def test_a_recovery_tasks_after_is_refused_not_ignored(after):
+    """A recovery task's after= was dropped without a word (the recovery ran whatever
+    became of those tasks); it is refused, naming what to do instead."""
+    from taskmill import StringTask
+    from taskmill.client.codec import encode_task
+    from taskmill.wire import Wire
+
+    wire = Wire(b"k" * 32)
+    task = StringTask("1/0", recovery_task=StringTask("q = 1", after=after))
+    with pytest.raises(ValueError, match="a recovery task's after= .* cannot be honoured"):
+        encode_task(task, wire)
+    encode_task(StringTask("1/0", after=after, recovery_task=StringTask("q = 1")), wire)
+    encode_task(StringTask("1/0", recovery_task=StringTask("q = 1", after=[])), wire)

@@ -310,6 +310,9 @@ def recovery_chain(task: BaseTask) -> list[BaseTask]:
     seen: dict[int, int] = {}
     node: BaseTask | None = task
     while node is not None and id(node) not in seen:
+        if not isinstance(node, BaseTask):  # (set after construction: checked only now)
+            raise TypeError("recovery_task must be a StringTask or MapTask (or None), not "
+                            f"{type(node).__name__}")
         seen[id(node)] = len(chain)
         chain.append(node)
         node = node.recovery_task

@@ -242,6 +242,12 @@ def encode_task(task: BaseTask, wire: Wire, functions: FunctionPickles | None = 
     nodes, frames = [], []
     for t, recovery in zip(chain, chain_links(chain), strict=True):
         t.validate()
+        if t is not task and t.after is not None and not (isinstance(t.after, list | tuple)
+                                                           and not t.after):
+            raise ValueError(
+                f"a recovery task's after= ({t.after!r}) cannot be honoured: it runs as soon "
+                "as the task it recovers has failed. Put after= on the first task of the "
+                "chain, or run the recovery as a task of its own")
         node, node_frames = encode_node(t, recovery, wire, functions)
         nodes.append(node)
         frames.extend(node_frames)

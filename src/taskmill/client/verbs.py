@@ -188,7 +188,8 @@ def task_info(taskid: int) -> Verb:
 
 def clear(backend: Backend, taskids: Any) -> Verb:
     """Drop finished results; KeyError names the ids without one (the others are dropped)."""
-    tids = None if taskids is None else taskid_list(taskids)
+    # (an id named twice is one result: cleared once, not then said to have none)
+    tids = None if taskids is None else list(dict.fromkeys(taskid_list(taskids)))
     backend.forget_results(tids)
     reply = ClearReply(0, [])
     asked = tids if tids is None else [t for t in tids if in_range(t)]
