@@ -132,6 +132,17 @@ def test_cluster_start_with_a_db_that_is_not_a_store(profile, tmp_path):
     assert notes.read_text() == "mine\n"
 
 
+def test_cluster_start_that_cannot_write_in_its_profile_says_so_in_one_line(profile):
+    """(A profile folder made read-only or immutable gave a PermissionError traceback; here
+    the daemon's log is a folder, which fails the same way for root too.)"""
+    (profile.folder / "cluster.log").mkdir(parents=True, mode=0o700)
+    profile.folder.chmod(0o700)
+    line = one_line_failure(profile("cluster", "start", "-n", "1", "--no-dashboard",
+                                    "--daemon"))
+    assert "cannot use" in line and "cluster.log" in line, line
+    assert not (profile.folder / "cluster.json").exists()
+
+
 @pytest.mark.timeout(300)
 def test_a_killed_cluster_is_reported_as_gone(profile):
     started = profile("cluster", "start", "-n", "1", "--daemon", "--no-dashboard")

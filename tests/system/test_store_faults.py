@@ -237,3 +237,54 @@ def test_a_controller_given_another_clusters_store_refuses_to_start_in_one_line(
     with controller_process(tmp_path / "one", db=str(db), write_connection=False) as ctl, \
             TaskClient(ctl.conn, timeout=30) as tc:  # its own key: the task is still there
         assert tc.task_info(tid)["state"] == "scheduled"
+
+
+@pytest.mark.timeout(120)
+def test_a_store_without_its_folder_of_large_frames_is_refused_in_one_line_and_loses_nothing(
+        tmp_path):
+    """A store copied or moved without its `.blobs` folder (a queued task's large argument
+    lives there): the controller died with a 41-line FileNotFoundError traceback. Now one
+    line says what is missing and what to do; with the folder back, the task is there."""
+    db = tmp_path / "tasks.db"
+    with controller_process(tmp_path, db=str(db)) as ctl, TaskClient(ctl.conn, timeout=30) as tc:
+        tid = tc.submit(len, b"x" * 200_000).taskid  # (queued: no engine)
+    blobs = tmp_path / "tasks.db.blobs"
+    assert any(blobs.iterdir())
+    blobs.rename(tmp_path / "elsewhere")
+    alone = subprocess.run(
+        [*TASKMILL, "controller", "--connection-file", str(ctl.conn), "--db", str(db),
+         "--no-dashboard"], capture_output=True, text=True, timeout=60)
+    lines = [x for x in alone.stderr.splitlines() if " INFO " not in x]
+    assert alone.returncode == 1 and len(lines) == 1, alone.stderr
+    assert f"task {tid}'s payload cannot be read" in lines[0] and ".blobs" in lines[0]
+    if blobs.exists():  # (the refused start made an empty one)
+        blobs.rmdir()
+    (tmp_path / "elsewhere").rename(blobs)
+    with controller_process(tmp_path, db=str(db), write_connection=False, engines=1) as ctl, \
+            TaskClient(ctl.conn, timeout=30) as tc:
+        assert tc.future(tid).result(timeout=60) == 200_000
+
+
+@pytest.mark.timeout(120)
+def test_a_controller_whose_store_is_on_a_full_disk_at_start_says_so_in_one_line(tmp_path):
+    """No page left for the pid in the store's lock file: an OSError traceback from the
+    lock. Now one line names the file, the cause and the free space."""
+    need_root("mount a small tmpfs")
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        with open(mnt / "filler", "wb") as f:
+            with pytest.raises(OSError):
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+        alone = subprocess.run(
+            [*TASKMILL, "controller", "--connection-file", str(tmp_path / "c.json"),
+             "--db", str(mnt / "tasks.db"), "--no-dashboard"],
+            capture_output=True, text=True, timeout=60)
+        lines = [x for x in alone.stderr.splitlines() if " INFO " not in x]
+        assert alone.returncode == 1 and len(lines) == 1, alone.stderr
+        assert "No space left on device" in lines[0] and "bytes free" in lines[0]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

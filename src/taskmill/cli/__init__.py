@@ -7,11 +7,13 @@ logs.
 
 `main` is the console script (`taskmill = taskmill.cli:main`) and `python -m taskmill`. An
 expected failure (no connection file or a bad one, no controller answering, a store that cannot
-be opened) is one line on standard error and exit status 1, never a traceback.
+be opened, a file or folder it cannot write) is one line on standard error and exit status 1,
+never a traceback.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 from ..errors import ConnectionFileError, ControllerUnreachable, StoreError
@@ -34,4 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (ConnectionFileError, ControllerUnreachable, StoreError) as e:
         print(f"taskmill: {one_line(e)}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if e.filename is None:  # (not a file's: a bug, whose traceback says where)
+            raise
+        # A file or folder it cannot make or write (permissions, a read-only or full disk).
+        where = os.path.dirname(os.fspath(e.filename)) or "."
+        print(f"taskmill: cannot use {e.filename}: {e.strerror or e} (check that you can write "
+              f"to {where}, and that its disk has room)", file=sys.stderr)
         return 1

@@ -169,6 +169,9 @@ def cmd_controller(a: argparse.Namespace) -> int:
                        max_message=info.max_message, keep_results=a.keep_results,
                        sockets=sockets, forget_clients_after=a.forget_clients_after,
                        queue_window=a.queue_window or queue_window(a.memory_budget))
+    except StoreError as e:  # (a store it cannot read back: one line, as at its open)
+        print(f"taskmill controller: {e}", file=sys.stderr)
+        return 1
     finally:
         if dashboard is not None:
             dashboard.stop()

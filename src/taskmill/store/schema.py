@@ -199,7 +199,15 @@ def read_task(row: tuple[Any, ...], read: Callable[[bytes], list[Any]]
     from the row's blob, files.py)."""
     tid, state, submitted, spec, frames, node, attempts, tries, handed, eng, uuid = row
     running = state == "running"
-    return StoredTask(tid, unpack(spec), read(frames), submitted), {
+    try:
+        payload = read(frames)
+    except OSError as e:  # (a large frame's file: see files.py)
+        raise StoreError(
+            f"task {tid}'s payload cannot be read from the store ({e.strerror or e}: "
+            f"{e.filename}): was the store moved or copied without the folder of large frames "
+            "beside it (its name ends in .blobs)? Put that folder back and start again"
+        ) from None
+    return StoredTask(tid, unpack(spec), payload, submitted), {
         "state": state, "node": node, "attempts": attempts, "tries": tries,
         "handed_over": unpack(handed) if handed else [], "engine": eng if running else None,
         "engine_uuid": uuid if running else None}
@@ -249,8 +257,13 @@ def hold_lock(path: str) -> int:
             f"the task store {path} is in use by another controller (pid {holder}); one store "
             "serves one controller: stop that one first (`taskmill cluster stop`, or kill "
             f"{holder}), or give this controller a store of its own (--db PATH)") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as e:  # (a full disk: no page for the pid)
+        os.close(fd)
+        raise StoreError(f"cannot write the task store's lock file {lock_path}: "
+                         f"{e.strerror or e}{disk_note(path)}") from None
     return fd
 
 

@@ -208,7 +208,6 @@ class SQLiteStore(IdLeases):
         the queued ones past the first `queued_max` only as taskid and `after`, to
         `held.hold` (the controller's backlog)."""
         out, queued = [], 0
-        self._looked = True
         for row in self.db.execute(SELECT_UNFINISHED, (self._low_tid,)):
             if queued_max is not None and row[1] == "queued":
                 queued += 1
@@ -216,6 +215,7 @@ class SQLiteStore(IdLeases):
                     held.hold(row[0], unpack(row[3]).get("after"))
                     continue
             out.append(self._loaded(row))
+        self._looked = True
         return out
 
     def load_queued(self, tids: list[int], keep: bool = True,
