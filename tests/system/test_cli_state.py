@@ -161,6 +161,58 @@ def test_a_killed_cluster_is_reported_as_gone(profile):
     assert "no connection file" not in one_line_failure(profile("status", "--timeout", "0.5"))
 
 
+@pytest.mark.timeout(120)
+def test_a_pid_given_to_another_process_is_not_taken_for_the_cluster(profile):
+    """The cluster was killed and its pid went to another process: `cluster status` said it
+    ran, `cluster start` refused, and `cluster stop` killed that other process. The record
+    keeps the process's start time now, and a pid that started at another time is not it."""
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        profile.folder.mkdir(parents=True, mode=0o700)
+        (profile.folder / "cluster.json").write_text(json.dumps(
+            {"pid": victim.pid, "started": 1, "n": 1, "launcher": None,
+             "connection_file": str(profile.folder / "connection.json")}))
+        status = profile("cluster", "status")
+        assert status.returncode == 1 and "is gone" in status.stdout, status.stdout
+        assert profile("cluster", "stop").returncode == 0
+        assert victim.poll() is None  # (never signalled)
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+@pytest.mark.timeout(300)
+def test_two_cluster_starts_at_once_give_one_cluster(profile):
+    """Both said "cluster started": two clusters ran (one never stopped), or the one that
+    failed removed the live one's connection file. One takes the profile's lock now."""
+    procs = [subprocess.Popen([*TASKMILL, "cluster", "start", "-n", "1", "--no-dashboard",
+                               "--daemon"], env=profile.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=200) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    assert codes == [0, 1], outs
+    assert any("already running" in err for _, err in outs), outs
+    record = profile.record()
+    with profile.client() as tc:
+        assert tc.submit(abs, -3).result(timeout=60) == 3
+    assert profile("cluster", "stop").returncode == 0
+    poll(lambda: pid_gone(record["pid"]) and pid_gone(record["controller_pid"]), 30,
+         "the cluster and its controller to end")
+
+
+@pytest.mark.timeout(300)
+def test_cluster_stop_stops_a_stopped_cluster(profile):
+    """A SIGSTOPped cluster process: stop waited 120 s, said "stopped" and left the cluster
+    process and its controller running. It wakes it now (SIGCONT), so that it stops."""
+    assert profile("cluster", "start", "-n", "1", "--daemon", "--no-dashboard").returncode == 0
+    record = profile.record()
+    os.kill(record["pid"], signal.SIGSTOP)
+    stopped = profile("cluster", "stop", timeout=200)
+    assert stopped.returncode == 0, stopped.stderr
+    poll(lambda: pid_gone(record["pid"]) and pid_gone(record["controller_pid"]), 30,
+         "the cluster and its controller to end")
+
+
 # -- fresh state ------------------------------------------------------------------------------
 
 @pytest.mark.timeout(300)

@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 from ..connection import taskmill_dir
-from .cluster import pid_alive, read_cluster_record
+from .cluster import cluster_alive, pid_alive, read_cluster_record
 
 
 def size_of(path: Path) -> int:
@@ -92,7 +92,7 @@ def stopped_state(tmp: Path, root: Path) -> tuple[list[Path], list[str]]:
     for profile in sorted(root.glob("profile_*")) if root.is_dir() else []:
         record = read_cluster_record(profile / "cluster.json")
         if record is not None:
-            if pid_alive(record["pid"]):
+            if cluster_alive(record):
                 kept.append(f"{profile}: its cluster is running (pid {record['pid']})")
             else:
                 kept.append(f"{profile}: its cluster (pid {record['pid']}) was killed; "

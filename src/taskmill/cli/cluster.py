@@ -14,6 +14,7 @@ without `cluster stop` (a SIGKILL, a crash). Failures print one line (`one_line`
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import re
@@ -34,6 +35,8 @@ from .logs import fresh_log_dir
 
 if TYPE_CHECKING:
     from ..launchers import Launcher
+
+STOP_WAIT = 120.0  # seconds `cluster stop` waits for the cluster process (Slurm: squeue)
 
 def env_of(pairs: list[str] | None) -> dict[str, str]:
     """`--env KEY=VALUE` options as a dict (ValueError naming a malformed one)."""
@@ -64,7 +67,7 @@ def gone_cluster(connection_file: Path) -> str | None:
     """The one line to print when the profile's cluster record names `connection_file` and a
     process that is gone (killed or crashed without `taskmill cluster stop`); else None."""
     record = read_cluster_record(cluster_state_file())
-    if record is None or pid_alive(record["pid"]):
+    if record is None or cluster_alive(record):
         return None
     if Path(record.get("connection_file", "")).resolve() != connection_file.resolve():
         return None
@@ -102,6 +105,26 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return True  # (no /proc: not Linux)
     return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def process_started(pid: int) -> int | None:
+    """When process `pid` started (clock ticks after boot: /proc/PID/stat's 22nd field);
+    None where there is no /proc, or no such process."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cluster_alive(record: dict[str, Any]) -> bool:
+    """Whether the cluster process of a record (cluster.json) runs: its pid does, and started
+    when the record says (a pid given to another process after the cluster was killed is
+    not the cluster: `cluster stop` must never signal it)."""
+    pid = record["pid"]
+    if not pid_alive(pid):
+        return False
+    started = record.get("started")
+    return not isinstance(started, int) or process_started(pid) in (None, started)
 
 
 LAUNCHER_OPTIONS = {  # option (argparse dest) -> the launchers it is for
@@ -152,7 +175,7 @@ def cmd_cluster(a: argparse.Namespace) -> int:
     state = cluster_state_file()
     if a.action == "start":
         old = read_cluster_record(state)
-        if old is not None and pid_alive(old["pid"]):
+        if old is not None and cluster_alive(old):
             print(f"taskmill: a cluster is already running (pid {old['pid']}); "
                   "`taskmill cluster stop` first", file=sys.stderr)
             return 1
@@ -173,7 +196,7 @@ def cmd_cluster(a: argparse.Namespace) -> int:
     if s is None:
         print("no cluster running")
         return 1
-    if not pid_alive(s["pid"]):
+    if not cluster_alive(s):
         print(f"no cluster running: the one started in this profile (pid {s['pid']}) is gone, "
               "killed or crashed without `taskmill cluster stop` (which cleans up after it)")
         return 1
@@ -198,20 +221,59 @@ def _stop_cluster(state: Path) -> int:
               "starts one)", file=sys.stderr)
         return 1
     pid = s["pid"]
-    stopped_itself = False
-    if pid_alive(pid):
+    stopped_itself = killed = False
+    if cluster_alive(s):
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 120  # a Slurm launcher waits for squeue to drop its job
+        os.kill(pid, signal.SIGCONT)  # (a stopped one could not stop itself)
+        deadline = time.monotonic() + STOP_WAIT  # a Slurm launcher waits for squeue
         while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         stopped_itself = not pid_alive(pid)
-    if not stopped_itself and s.get("launcher"):
-        launcher = adopt(s["launcher"])
-        launcher.stop()
-        launcher.cleanup()
+        if not stopped_itself:  # (it does not answer: what it started is stopped below)
+            os.kill(pid, signal.SIGKILL)
+            killed = True
+    if not stopped_itself:
+        stop_controller(s)
+        if s.get("launcher"):
+            launcher = adopt(s["launcher"])
+            launcher.stop()
+            launcher.cleanup()
     state.unlink(missing_ok=True)
+    if killed:
+        print(f"taskmill: the cluster (pid {pid}) did not stop within {STOP_WAIT:g}s of "
+              "SIGTERM: it was killed, and its controller and engines stopped", file=sys.stderr)
+        return 1
     print(f"cluster (pid {pid}) stopped")
     return 0
+
+
+def stop_controller(record: dict[str, Any]) -> None:
+    """Stop the controller a cluster process left (its record names it), if it still runs."""
+    pid, started = record.get("controller_pid"), record.get("controller_started")
+    if not isinstance(pid, int) or not isinstance(started, int):
+        return
+    if pid_alive(pid) and process_started(pid) == started:
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def hold_profile_lock(state: Path) -> int | None:
+    """Take the profile's lock (cluster.lock beside `state`, flock) for this process's life:
+    one cluster per profile, however many starts run at once (the kernel drops it when the
+    process dies, however it dies); None if another process holds it."""
+    ensure_private_dir(state.parent)
+    fd = os.open(state.parent / "cluster.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _run_cluster_foreground(a: argparse.Namespace, state: Path, launcher: Launcher) -> int:
@@ -220,6 +282,11 @@ def _run_cluster_foreground(a: argparse.Namespace, state: Path, launcher: Launch
     from ..errors import StoreError
     from ..launchers import LauncherError
     from ..store import remove_store
+
+    if hold_profile_lock(state) is None:  # (before anything of the profile is touched)
+        print("taskmill: a cluster is already running in this profile (another `taskmill "
+              "cluster start` holds it); `taskmill cluster stop` first", file=sys.stderr)
+        return 1
 
     conn = Path(a.connection_file) if a.connection_file else default_connection_file()
     db = a.db or str(conn.parent / "tasks.db")  # (where the controller puts it without --db)
@@ -273,9 +340,12 @@ def _run_cluster_foreground(a: argparse.Namespace, state: Path, launcher: Launch
 
     def write_state() -> dict[str, Any]:
         record = cluster.launcher.record()
-        state.write_text(json.dumps({"pid": os.getpid(), "n": cluster.n,
-                                     "connection_file": str(cluster.connection_file),
-                                     "launcher": record}))
+        ctl = cluster.controller_pid
+        state.write_text(json.dumps({
+            "pid": os.getpid(), "started": process_started(os.getpid()), "n": cluster.n,
+            "connection_file": str(cluster.connection_file), "launcher": record,
+            "controller_pid": ctl,
+            "controller_started": None if ctl is None else process_started(ctl)}))
         return record
 
     written = write_state()
@@ -306,7 +376,8 @@ def _start_daemon(a: argparse.Namespace, state: Path) -> int:
     limit = a.start_timeout + 60
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        if state.exists():
+        record = read_cluster_record(state)
+        if record is not None and record["pid"] == proc.pid:  # (not another start's record)
             print(f"cluster started in the background (pid {proc.pid}); log: {log}")
             return 0
         if proc.poll() is not None:
