@@ -252,6 +252,22 @@ def test_replayed_submit_without_a_dedup_key_is_refused(cluster, client, tmp_pat
 # -- 2. an engine with the wrong key ---------------------------------------------------------
 
 
+def test_an_engine_with_the_wrong_key_that_gives_up_says_the_key_is_likely_why(cluster,
+                                                                              tmp_path):
+    """(It said "no taskmill controller answered ... start it", with no word of the key.)"""
+    settings = json.loads(Path(cluster.connection_file).read_text())
+    settings["key"] = secrets.token_hex(32)
+    wrong = tmp_path / "wrong-key.json"
+    fd = os.open(wrong, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(settings, f)
+    done = subprocess.run([sys.executable, "-m", "taskmill", "engine", "--connection-file",
+                           str(wrong), "--controller-timeout", "3"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "holds another key than the controller's" in done.stderr, done.stderr
+
+
 def test_engine_with_the_wrong_key_never_registers_and_gets_no_task(cluster, client, tmp_path):
     settings = json.loads(Path(cluster.connection_file).read_text())
     settings["key"] = secrets.token_hex(32)

@@ -132,7 +132,8 @@ class Connection(LinkRecovery):
             raise ControllerUnreachable(
                 f"no taskmill controller answered at {self.info.client_url} within {timeout:g}s "
                 f"(connection file {self.path}). Start one with `taskmill cluster start` "
-                "(or `taskmill controller`), or pass the right connection file."
+                "(or `taskmill controller`), or pass the right connection file (a controller "
+                "ignores messages signed with another key than its current file's)."
             ) from None
 
     def _dealer(self, ident: bytes) -> zmq.Socket:

@@ -155,6 +155,14 @@ class EngineControl(Registration):
                 if need_register:
                     if (self.register_timeout is not None and self.engineid is None
                             and now - started >= self.register_timeout):
+                        if self.sockets.connected:  # (a controller ignores a wrong key)
+                            raise ControllerUnreachable(
+                                f"the controller at {self.info.engine_url} took the "
+                                f"connection but did not answer within "
+                                f"{self.register_timeout:g}s: most likely this engine's "
+                                "connection file holds another key than the controller's (a "
+                                "file of another cluster, or of an earlier start): give it "
+                                "the controller's current one; else the controller is stopped")
                         raise ControllerUnreachable(
                             f"no taskmill controller answered at {self.info.engine_url} "
                             f"within {self.register_timeout:g}s; start it (`taskmill "

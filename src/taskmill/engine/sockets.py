@@ -103,6 +103,12 @@ class EngineSockets:
             mon.close(0)
         return mon
 
+    @property
+    def connected(self) -> bool:
+        """(I/O thread) Whether a connection of the task or control socket is up (its
+        handshake done): a controller, or something else, listens at the address."""
+        return bool(self._established)
+
     def broke(self, monitor: zmq.Socket) -> bool | None:
         """(I/O thread) None if `monitor` is none of the monitors; else its reports read:
         whether a connection of the task or control socket that the controller had taken
