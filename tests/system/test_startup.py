@@ -133,3 +133,18 @@ cluster.Cluster(1).start()
 """
     out = run_python(code)
     assert out.split() == ["False", "False"]
+
+
+@pytest.mark.timeout(120, method="thread")
+def test_a_start_whose_engines_cannot_start_fails_once_they_are_all_gone(tmp_path):
+    """Engines whose Python cannot start (a bad PYTHONHOME): the start waited out its whole
+    timeout although every engine had exited. It ends once they all have, restarts used up,
+    naming why (here the timeout is 600 s, past this test's own)."""
+    from taskmill import Cluster
+
+    c = Cluster(2, env={"PYTHONHOME": "/nonexistent"}, start_timeout=600, dashboard=False,
+                db=":memory:", max_restarts=3)
+    with pytest.raises(RuntimeError, match="every engine process exited") as e:
+        c.start()
+    assert "3 restarts" in str(e.value) and "engine-" in str(e.value)
+    assert c.controller_returncode is not None  # (stopped with the rest)

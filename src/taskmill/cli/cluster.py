@@ -323,13 +323,22 @@ def _run_cluster_foreground(a: argparse.Namespace, state: Path, launcher: Launch
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    def _abort_start(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # (start() stops what it started, then it is said below)
+
+    signal.signal(signal.SIGTERM, _abort_start)  # (Ctrl-C waited out the start's timeout)
+    signal.signal(signal.SIGINT, _abort_start)
     try:
         cluster.start()
+    except KeyboardInterrupt:
+        print("taskmill: the cluster's start was interrupted; what it had started is stopped",
+              file=sys.stderr)
+        return 130
     except (LauncherError, RuntimeError, TimeoutError) as e:
         print(f"taskmill: the cluster did not start: {one_line(e)}", file=sys.stderr)
         return 1
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     ensure_private_dir(state.parent)
     if db != ":memory:":
         assert cluster.connection_file is not None

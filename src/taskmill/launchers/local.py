@@ -27,6 +27,7 @@ from .base import (
     engine_command,
     process_state,
     spawn,
+    tail,
     terminate,
 )
 
@@ -48,6 +49,7 @@ class LocalLauncher(Launcher):
         self._gone: set[int] = set()  # slots whose engine exited and was not replaced
         self._stopping = False
         self._lock = threading.Lock()
+        self._exits: list[tuple[int, int]] = []  # reaped by `failure`, for the next `reap`
 
     def launch(self, ctx: LaunchContext, properties: list[dict[str, Any]]) -> None:
         with self._lock:
@@ -69,7 +71,23 @@ class LocalLauncher(Launcher):
 
     def reap(self) -> list[tuple[int, int]]:
         with self._lock:
-            return self._reap()
+            exits, self._exits = [*self._exits, *self._reap()], []
+            return exits
+
+    def failure(self) -> str | None:
+        """Why no engine can come up any more: every one exited and was not started again
+        (status 0, or the restart limit reached). Those that failed are restarted here first,
+        as the nanny does once the cluster runs (a start waited out its whole timeout for
+        engines that could not start)."""
+        with self._lock:
+            self._exits += self._reap()
+            if not self._procs or len(self._gone) < len(self._procs):
+                return None
+            last = self._procs[-1]
+        logs = self.logs()
+        return (f"every engine process exited (the last, pid {last.pid}: {process_state(last)};"
+                f" {self.restarts} restarts)"
+                + (f"; {logs[-1].name}:\n{tail(logs[-1])}" if logs else ""))
 
     def _reap(self) -> list[tuple[int, int]]:
         exits: list[tuple[int, int]] = []
