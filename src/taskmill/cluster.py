@@ -31,6 +31,7 @@ from .checks import (
     per_engine_properties,
     seconds,
 )
+from .cluster_watch import ControllerWatch
 from .connection import (
     ensure_private_dir,
     new_connection_info,
@@ -46,7 +47,7 @@ from .defaults import (
     FORGET_CLIENTS_AFTER,
     is_loopback,
 )
-from .display import html_table, link_html, state_html
+from .display import cluster_html, html_table, state_html
 from .errors import ControllerUnreachable
 from .launchers import LaunchContext, Launcher, LocalLauncher, make_launcher
 from .launchers.base import check_env, spawn, tail, terminate
@@ -191,6 +192,7 @@ class Cluster:
             self.cwd = os.path.abspath(self.cwd)
         self.transport = self._choose_transport(transport)
         self._nanny: threading.Thread | None = None
+        self._watch: ControllerWatch | None = None
         self._lifeline: tuple[int, int] | None = None
         self._client: TaskClient | None = None
         self._adapter: tuple[Adapter, TaskClient] | None = None
@@ -244,8 +246,10 @@ class Cluster:
                 cmd += ["--db", self.db]
             if not self.dashboard:
                 cmd += ["--no-dashboard"]
-            self._controller = spawn(cmd, self._context().log_path("controller.log"),
-                                     pass_fds=(self._lifeline[0],))
+            self._watch = ControllerWatch(cmd, self._context().log_path("controller.log"),
+                                          (self._lifeline[0],), durable=self.db != ":memory:",
+                                          limit=self.max_restarts)
+            self._controller = spawn(cmd, self._watch.log_path, pass_fds=self._watch.pass_fds)
             (self.state_dir / OWNER_FILE).write_text(f"{os.getpid()}\n{self._controller.pid}\n")
             self.launcher.launch(self._context(), self.engine_properties)
             if self.wait:
@@ -267,11 +271,16 @@ class Cluster:
                              self.env, self.cwd)
 
     def _watch_engines(self) -> None:
-        """The nanny: tell the controller at once when a local engine process exits.
-
-        (The local launcher starts a replacement in `reap()`.)
-        """
+        """The nanny: tell the controller at once when a local engine process exits (the
+        local launcher starts a replacement in `reap()`); start the controller again if it
+        dies (cluster_watch.py)."""
         while self._started:
+            new = self._watch.check(self._controller) if self._watch and self._controller \
+                else None
+            if new is not None:  # (stop() joins this thread before it ends the controller)
+                self._controller = new
+                if self.state_dir is not None:
+                    (self.state_dir / OWNER_FILE).write_text(f"{os.getpid()}\n{new.pid}\n")
             for pid, status in self.launcher.reap():
                 try:
                     self._own_client().backend.connection.call(
@@ -448,26 +457,11 @@ class Cluster:
         title = f"taskmill Cluster ({self.launcher.name} launcher, {self.n} engines asked for)"
         if not self._started or self.connection_file is None:
             return html_table(title, [("status", state_html("stopped"))])
-        rows: list[tuple[str, Any]] = []
-        try:
+        def status() -> tuple[list[dict[str, Any]], dict[str, Any]]:
             with self.client(timeout=2.0, reconnect_timeout=2.0) as tc:
-                engines, queue = tc.engines(), tc.queue_status()
-        except Exception as e:  # noqa: BLE001 - a view must show, not raise
-            rows.append(("status", state_html("unreachable")))
-            rows.append(("why", f"{type(e).__name__}: {e}"))
-        else:
-            states: dict[str, int] = {}
-            for e in engines:
-                states[e["state"]] = states.get(e["state"], 0) + 1
-            alive = sum(n for s, n in states.items() if s not in ENGINE_GONE_STATES)
-            rows.append(("status", state_html("running")))
-            rows.append(("engines", f"{alive} alive ("
-                         + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ")"))
-            rows.append(("queue", ", ".join(f"{n} {k}" for k, n in queue.items())))
-        url = self.dashboard_url
-        rows.append(("dashboard", link_html(url, "open the dashboard") if url else None))
-        rows.append(("connection file", str(self.connection_file)))
-        return html_table(title, rows)
+                return tc.engines(), tc.queue_status()
+
+        return cluster_html(title, status, self.dashboard_url, str(self.connection_file))
 
     @property
     def dashboard_url(self) -> str | None:
@@ -481,6 +475,11 @@ class Cluster:
     @property
     def controller_pid(self) -> int | None:
         return self._controller.pid if self._controller else None
+
+    @property
+    def controller_restarts(self) -> int:
+        """Times the controller process died and was started again (cluster_watch.py)."""
+        return self._watch.restarts if self._watch else 0
 
     @property
     def controller_returncode(self) -> int | None:

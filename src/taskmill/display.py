@@ -11,6 +11,7 @@ are its only users. Nothing here does I/O; callers gather what they show.
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from typing import Any
 
 REPR_LIMIT = 400  # characters of a value's repr shown
@@ -85,3 +86,30 @@ def html_table(title: str, rows: list[tuple[str, Any]]) -> str:
                      f'</th><td style="text-align:left">{shown}</td></tr>')
     return (f'<div class="taskmill"><strong>{html.escape(title)}</strong>'
             f'<table>{"".join(cells)}</table></div>')
+
+
+def cluster_html(title: str, status: Callable[[], tuple[list[dict[str, Any]], dict[str, Any]]],
+                 dashboard_url: str | None, connection_file: str) -> str:
+    """A running Cluster's notebook view: `status()` gives its engines and queue (or raises:
+    shown as unreachable)."""
+    from .defaults import ENGINE_GONE_STATES
+
+    rows: list[tuple[str, Any]] = []
+    try:
+        engines, queue = status()
+    except Exception as e:  # noqa: BLE001 - a view must show, not raise
+        rows.append(("status", state_html("unreachable")))
+        rows.append(("why", f"{type(e).__name__}: {e}"))
+    else:
+        states: dict[str, int] = {}
+        for e in engines:
+            states[e["state"]] = states.get(e["state"], 0) + 1
+        alive = sum(n for s, n in states.items() if s not in ENGINE_GONE_STATES)
+        rows.append(("status", state_html("running")))
+        rows.append(("engines", f"{alive} alive ("
+                     + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ")"))
+        rows.append(("queue", ", ".join(f"{n} {k}" for k, n in queue.items())))
+    rows.append(("dashboard", link_html(dashboard_url, "open the dashboard")
+                 if dashboard_url else None))
+    rows.append(("connection file", connection_file))
+    return html_table(title, rows)

@@ -275,3 +275,31 @@ def test_a_restart_keeps_tasks_whose_after_tasks_were_cleared(tmp_path):
     finally:
         engine.kill()
         ctl.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_clusters_controller_that_dies_is_started_again_and_its_clients_go_on(caplog):
+    """A Cluster (and so `taskmill cluster start`) left with a dead controller (kill -9, the
+    OOM killer) said it was running while every client waited in vain. It starts it again on
+    the same store and connection file; a store in memory has nothing to go on from."""
+    import logging
+
+    from taskmill import Cluster
+
+    caplog.set_level(logging.WARNING, logger="taskmill.cluster")
+    with Cluster(1, dashboard=False) as c, c.client(timeout=30) as tc:
+        tid = tc.submit(abs, -1).taskid
+        assert tc.future(tid).result(timeout=60) == 1
+        first = c.controller_pid
+        os.kill(first, signal.SIGKILL)
+        assert tc.submit(abs, -2).result(timeout=60) == 2  # (rode out the restart)
+        assert c.controller_restarts == 1 and c.controller_pid != first
+        assert tc.future(tid).result(timeout=30) == 1  # (the store kept it)
+        assert f"the controller (pid {first}) was killed by signal 9; started again" \
+            in caplog.text
+    with Cluster(1, dashboard=False, db=":memory:") as c:
+        gone = c.controller_pid
+        os.kill(gone, signal.SIGKILL)
+        poll(lambda: f"the controller (pid {gone}) was killed by signal 9; it is not started "
+             "again (its store was in memory" in caplog.text, 30, "the nanny to say so")
+        assert c.controller_restarts == 0 and c.controller_returncode == -signal.SIGKILL

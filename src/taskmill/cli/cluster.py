@@ -200,6 +200,13 @@ def cmd_cluster(a: argparse.Namespace) -> int:
         print(f"no cluster running: the one started in this profile (pid {s['pid']}) is gone, "
               "killed or crashed without `taskmill cluster stop` (which cleans up after it)")
         return 1
+    ctl, ctl_started = s.get("controller_pid"), s.get("controller_started")
+    if isinstance(ctl, int) and isinstance(ctl_started, int) and not (
+            pid_alive(ctl) and process_started(ctl) == ctl_started):
+        print(f"cluster running: pid {s['pid']}, but its controller (pid {ctl}) is gone: it is "
+              "started again unless its store was in memory or it died too often (see the "
+              "profile's cluster.log); `taskmill cluster stop`, then start, if it stays so")
+        return 1
     print(f"cluster running: pid {s['pid']}, {s['n']} engines, connection file "
           f"{s['connection_file']}")
     if s.get("launcher"):
@@ -347,7 +354,7 @@ def _run_cluster_foreground(a: argparse.Namespace, state: Path, launcher: Launch
         with os.fdopen(fd, "w") as f:
             f.write(read_connection_file(cluster.connection_file).key + "\n")
 
-    def write_state() -> dict[str, Any]:
+    def write_state() -> tuple[dict[str, Any], int | None]:
         record = cluster.launcher.record()
         ctl = cluster.controller_pid
         state.write_text(json.dumps({
@@ -355,7 +362,7 @@ def _run_cluster_foreground(a: argparse.Namespace, state: Path, launcher: Launch
             "connection_file": str(cluster.connection_file), "launcher": record,
             "controller_pid": ctl,
             "controller_started": None if ctl is None else process_started(ctl)}))
-        return record
+        return record, ctl
 
     written = write_state()
     adapting = ""
@@ -367,7 +374,8 @@ def _run_cluster_foreground(a: argparse.Namespace, state: Path, launcher: Launch
     try:
         while not stopping:
             time.sleep(0.5)
-            if cluster.launcher.record() != written:  # e.g. a local engine was restarted
+            # (e.g. a local engine, or the controller, was started again)
+            if (cluster.launcher.record(), cluster.controller_pid) != written:
                 written = write_state()
     finally:
         cluster.stop()
