@@ -161,3 +161,42 @@ def test_close_and_use_without_async_with(cluster):
         await tc.close()  # idempotent
 
     asyncio.run(body())
+
+
+def test_wait_for_on_a_future_while_the_controller_is_stopped_times_out_and_aborts_later(
+        tmp_path):
+    """asyncio.wait_for cancels the future on its timeout. That cancel made a blocking round
+    trip in the loop's thread: with the controller stopped (SIGSTOP, a slow restart) the loop
+    froze for the client's timeout, then ControllerUnreachable came out of cancel(). It
+    cancels at once now, and the abort goes to the controller once it answers."""
+    import os
+    import signal
+
+    from systest import controller_process, poll
+
+    release, started = tmp_path / "release", tmp_path / "started"
+    with controller_process(tmp_path, engines=1) as ctl:
+        async def body() -> int:
+            async with AsyncTaskClient(ctl.conn, timeout=30) as atc:
+                fut = atc.submit(block_until, str(release), str(started))
+                tid = fut.taskid
+                await wait_until_async(lambda: _exists(started), "the task to start")
+                os.kill(ctl.proc.pid, signal.SIGSTOP)
+                try:
+                    with pytest.raises(TimeoutError):
+                        await asyncio.wait_for(fut, timeout=0.5)
+                    assert fut.cancelled()
+                finally:
+                    os.kill(ctl.proc.pid, signal.SIGCONT)
+                return tid
+
+        tid = asyncio.run(body())
+        with taskmill.TaskClient(ctl.conn, timeout=30) as tc:
+            poll(lambda: tc.task_info(tid).get("status") == "aborted", 60,
+                 "the abort to arrive")
+            with pytest.raises(TaskAborted):
+                tc.get_task_result(tid, block=True)
+
+
+async def _exists(path) -> bool:
+    return path.exists()

@@ -50,9 +50,10 @@ class AsyncTaskFuture(asyncio.Future, FutureLike):
     """An `asyncio.Future` for one task: `await` it for the result (or its exception).
 
     `taskid` and `metadata` are those of `task_future`, the blocking client's `TaskFuture` it
-    follows. Passed to another task's arguments it stands for its result, as a TaskFuture does. `cancel()` aborts the task as `TaskFuture.cancel()` does: it waits for the
-    controller's answer (a round trip) in the loop's thread, and returns False if the task had
-    finished. `await client.abort(fut.taskid)` aborts without that wait.
+    follows. Passed to another task's arguments it stands for its result, as a TaskFuture does.
+    `cancel()` cancels it at once and aborts the task in the background (a task that finished
+    meanwhile keeps its result, in `task_future`); `await client.abort(fut.taskid)` aborts
+    and says whether it did.
     """
 
     def __init__(self, task_future: TaskFuture, *, loop: asyncio.AbstractEventLoop) -> None:
@@ -88,10 +89,12 @@ class AsyncTaskFuture(asyncio.Future, FutureLike):
             self.set_result(tf.result())
 
     def cancel(self, msg: Any = None) -> bool:
+        """Cancel at once, as asyncio expects of `cancel` (`wait_for` calls it on its
+        timeout), and abort the task in the background (TaskFuture.cancel_soon): it froze
+        the loop for a round trip, 10 s with a stalled controller, and then raised."""
         if self.done():
             return False
-        if not self.task_future.cancel():
-            return False
+        self.task_future.cancel_soon()
         return super().cancel(msg)
 
 

@@ -66,6 +66,13 @@ class FutureOwner(Protocol):
 NO_CALLBACKS: tuple[()] = ()  # a future's done-callbacks until it has one
 
 
+def cancel_quietly(fut: TaskFuture) -> None:
+    try:
+        fut.cancel()
+    except Exception:  # noqa: BLE001 - closed, unreachable: the caller has moved on
+        pass
+
+
 def when_done(fut: Future, fn: Callable[[Any], object]) -> None:
     """(taskmill's own quick callbacks) `fn(fut)` on the thread that finishes `fut`: a
     TaskFuture's `on_done`, any other Future's `add_done_callback`."""
@@ -426,6 +433,12 @@ class TaskFuture(Future, FutureLike):
             return False
         self._mark_cancelled()
         return self.cancelled()
+
+    def cancel_soon(self) -> None:
+        """Abort the task without waiting: `cancel()` runs on the client's callbacks thread
+        (a failure to abort is not raised: nothing waits for it)."""
+        if not self.done():
+            self._owner.callbacks.call(cancel_quietly, self)
 
     def _mark_cancelled(self) -> None:
         """Cancel and tell the waiters of `wait`/`as_completed`, which (as for an executor's
