@@ -21,6 +21,7 @@ import pytest
 from schedtest import make
 from test_protocol import FRAMES, call, ctl, node  # noqa: F401 - ctl is a fixture
 
+from taskmill.client.callbacks import Callbacks
 from taskmill.client.codec import encode_task
 from taskmill.client.futures import FutureCondition, TaskFuture
 from taskmill.client.options import NO_OPTIONS
@@ -108,6 +109,7 @@ class Owner:
 
     connection: Any = SimpleNamespace(timeout=1.0, reconnect_timeout=1.0,
                                       on_io_thread=lambda: False)
+    callbacks = Callbacks()
 
     def front(self) -> Any:
         return None
@@ -143,12 +145,26 @@ def test_a_future_decodes_from_what_it_kept_and_fills_its_metadata():
 
 
 def test_done_callbacks_run_whether_added_before_or_after_the_result():
-    """(The list of callbacks is made for the first one.)"""
+    """(The list of callbacks is made for the first one.) One added before runs on the
+    client's callbacks thread; one added after, at once, here."""
+    import threading
+
     f, seen = TaskFuture(Owner(), 1), []
-    f.add_done_callback(lambda fut: seen.append(("before", fut.result())))
+    ran = threading.Event()
+
+    def before(fut):
+        seen.append(("before", fut.result(), threading.current_thread().name))
+        ran.set()
+
+    f.add_done_callback(before)
+    f.on_done(lambda fut: seen.append(("ours", fut.result(), threading.current_thread().name)))
     f.set_outcome(entry(1), [b"x"])
-    f.add_done_callback(lambda fut: seen.append(("after", fut.result())))
-    assert seen == [("before", (1, b"x")), ("after", (1, b"x"))]
+    assert ran.wait(10)
+    f.add_done_callback(lambda fut: seen.append(("after", fut.result(),
+                                                 threading.current_thread().name)))
+    here = threading.current_thread().name
+    assert sorted(seen) == [("after", (1, b"x"), here), ("before", (1, b"x"), "taskmill-callbacks"),
+                            ("ours", (1, b"x"), here)]
 
 
 def bytes_per_future(tids: range) -> tuple[float, float, list[TaskFuture]]:
