@@ -18,7 +18,7 @@ _WHERE = {
     "TaskExecutor": "client", "TaskOptions": "client", "ObjectRef": "client",
     "Cluster": "cluster",
     "current_engine": "engine",
-    "ClientForgotten": "errors", "CompositeError": "errors", "ConnectionFileError": "errors",
+    "ClientClosed": "errors", "ClientForgotten": "errors", "CompositeError": "errors", "ConnectionFileError": "errors",
     "ControllerUnreachable": "errors", "DependencyError": "errors", "EngineDied": "errors",
     "MapFailure": "errors", "RemoteError": "errors", "SerializationError": "errors",
     "StoreError": "errors", "RunNotStored": "errors",
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from .cluster import Cluster
     from .engine import current_engine
     from .errors import (
+        ClientClosed,
         ClientForgotten,
         CompositeError,
         ConnectionFileError,
@@ -69,6 +70,7 @@ __all__ = [
     "AsyncTaskFuture",
     "BaseTask",
     "BlockingTaskClient",
+    "ClientClosed",
     "ClientForgotten",
     "Cluster",
     "CompositeError",

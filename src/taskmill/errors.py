@@ -44,6 +44,14 @@ class ControllerUnreachable(TimeoutError):
     """No controller answered within the client's timeout."""
 
 
+class ClientClosed(RuntimeError):
+    """The client was closed (close(), another thread's, or at exit) while this waited; its
+    tasks go on on the controller (another client can read their results)."""
+
+    def __init__(self, message: str = "the client was closed") -> None:
+        super().__init__(message)
+
+
 class ClientForgotten(ControllerUnreachable):
     """The controller forgot this client: it heard nothing from it for longer than its
     `--forget-clients-after` (the client's process was stopped, or cut off) and dropped what

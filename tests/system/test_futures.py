@@ -206,10 +206,38 @@ def test_closing_the_client_fails_its_waiting_futures(cluster, gate):
     f = tc.submit(square, 5)
     assert isinstance(f.taskid, int)
     tc.close()
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(taskmill.ClientClosed, match="closed"):
         f.result(timeout=10)
     with pytest.raises(RuntimeError, match="closed"):
         tc.submit(square, 6)
+
+
+def test_a_map_whose_client_is_closed_by_another_thread_says_so(cluster, gate):
+    """It raised a CompositeError saying every element had failed ("engine None:
+    RuntimeError: the client was closed"), though none had."""
+    import threading
+
+    gate.hold_every_engine()
+    tc = cluster.client()
+    got: list = []
+    calls = {"map": lambda: tc.map(square, range(6), chunksize=1),
+             "run_all": lambda: tc.run_all(MapTask(square, (2,)))}
+
+    def call(name):
+        try:
+            got.append((name, calls[name]()))
+        except BaseException as e:  # noqa: BLE001 - checked below
+            got.append((name, e))
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in calls]
+    for t in threads:
+        t.start()
+    wait_until(lambda: tc.queue_status()["scheduled"] >= 6, "the maps' tasks to be queued")
+    tc.close()
+    for t in threads:
+        t.join(60)
+    assert sorted(n for n, _ in got) == ["map", "run_all"]
+    assert all(type(e) is taskmill.ClientClosed for _, e in got), got
 
 
 # -- options ---------------------------------------------------------------------------------

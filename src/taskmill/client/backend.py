@@ -34,6 +34,7 @@ from typing import Any
 # large frame (without this, under load, 503 of 1,000 run() tasks were dropped at exit).
 import zmq.utils.garbage  # noqa: F401 - for its atexit handler's order
 
+from ..errors import ClientClosed
 from ..protocol import Abort as AbortRequest
 from ..protocol import Outcome, Refusal, from_reply, to_request
 from ..task import BaseTask, check_seconds
@@ -123,8 +124,8 @@ class Backend:
         finally:
             self.runs.close()
             self.connection.close()
-            self.watcher.fail_all(RuntimeError("the client was closed"))
-            self.submitter.fail_all(RuntimeError("the client was closed"))
+            self.watcher.fail_all(ClientClosed())
+            self.submitter.fail_all(ClientClosed())
 
     def _unreachable(self, exc: BaseException) -> None:  # on the I/O thread
         self.runs.lost_lease(str(exc))
@@ -171,7 +172,7 @@ class Backend:
         large for one message raises ValueError (unless `checked` already), and nothing is
         sent."""
         if self.connection.closed:
-            raise RuntimeError("this client is closed")
+            raise ClientClosed("this client is closed")
         if not checked:
             self.check_sizes(encoded)
         if self.runs.busy():  # (else settling has nothing to do)

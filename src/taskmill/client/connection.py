@@ -36,7 +36,7 @@ from zmq import zmq_poll
 from ..connection import find_connection_file, read_connection_file
 from ..curve import apply_client as apply_curve
 from ..defaults import CLIENT_PING_INTERVAL, RECONNECT_TIMEOUT
-from ..errors import ControllerUnreachable, too_slow
+from ..errors import ClientClosed, ControllerUnreachable, too_slow
 from ..protocol import Hello, HelloReply, Ping, ProtocolError, from_reply, to_request
 from ..wire import Refused, Wire, apply_transport_heartbeat, recv_message, send_message
 from .codec import checked, joined
@@ -282,7 +282,7 @@ class Connection(LinkRecovery):
         The header is packed before the request is registered anywhere: one that cannot be
         encoded raises ValueError here, and nothing of it stays behind (it is never resent)."""
         if self._closed.is_set():
-            raise RuntimeError("this client is closed")
+            raise ClientClosed("this client is closed")
         fut: Future = Future() if stream is None else STREAMED
         with interrupts_deferred() if frames else NOT_DEFERRED, self.send_lock:
             if self._unreachable:
@@ -383,6 +383,6 @@ class Connection(LinkRecovery):
             self._close_socket(self._send_sock, BYE_LINGER_MS)
         for fut in self._futures.values():
             if not fut.done():
-                fut.set_exception(RuntimeError("the client was closed"))
+                fut.set_exception(ClientClosed())
         self.ctx.destroy(linger=0)
 

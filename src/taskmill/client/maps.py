@@ -24,6 +24,7 @@ from typing import Any
 
 from ..arguments import CHUNK_DEPTH, plain_items, swap_futures
 from ..errors import (
+    ClientClosed,
     CompositeError,
     ControllerUnreachable,
     MapFailure,
@@ -253,11 +254,12 @@ def encode_chunk(backend: Backend, options: TaskOptions, func: Callable[..., Any
 
 
 def check_unreachable(futs: Sequence[Future]) -> None:
-    """Raise ControllerUnreachable if a future failed with it (a map raises it as itself)."""
+    """Raise ControllerUnreachable or ClientClosed if a future failed with it (a map raises it
+    as itself: no element failed)."""
     for f in futs:
         if not f.cancelled():
             exc = Future.exception(f)
-            if isinstance(exc, ControllerUnreachable):
+            if isinstance(exc, ControllerUnreachable | ClientClosed):
                 raise exc
 
 
