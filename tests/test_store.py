@@ -598,3 +598,28 @@ def test_sqlite_a_store_opened_and_closed_without_reading_its_tasks_keeps_them(t
         assert [t.tid for t, *_ in s.unfinished()] == [tid]
     finally:
         s.close()
+
+
+def test_sqlite_an_attempt_given_back_reads_as_queued_after_a_restart(tmp_path):
+    """(mark_running with engine None: the attempt came back unstarted.) A restart queues the
+    task, rather than waiting for the engine that gave it back."""
+    path = str(tmp_path / "t.db")
+    s = SQLiteStore(path)
+    s.unfinished()
+    a, b = _task(s), _task(s)
+    s.mark_running(a, engine=0, node=0, attempts=1, tries=1, handed_over=[])
+    s.mark_running(b, engine=0, node=0, attempts=1, tries=1, handed_over=[])
+    s.commit()
+    s.mark_running(a, engine=None, node=0, attempts=0, tries=0, handed_over=[])
+    c = _task(s)  # (one not committed yet: its row changes in place)
+    s.mark_running(c, engine=0, node=0, attempts=1, tries=1, handed_over=[])
+    s.mark_running(c, engine=None, node=0, attempts=0, tries=0, handed_over=[])
+    s.commit()
+    s.abandon()
+    s = SQLiteStore(path)
+    try:
+        got = {t.tid: (counters["state"], counters["engine"], counters["attempts"])
+               for t, counters in s.unfinished()}
+        assert got == {a: ("queued", None, 0), b: ("running", 0, 1), c: ("queued", None, 0)}
+    finally:
+        s.close()

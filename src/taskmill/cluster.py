@@ -12,7 +12,6 @@ import atexit
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -302,10 +301,8 @@ class Cluster:
         if self._client is not None:
             self._client.close()
             self._client = None
-        if self._controller is not None and self._controller.poll() is None:
-            self._controller.send_signal(signal.SIGTERM)  # it stops while the engines do
-        try:
-            self.launcher.stop()
+        try:  # (engines first: each gives back what it never started, which the controller
+            self.launcher.stop()  # queues again and stores: a restart on the store runs it)
         finally:
             if self._controller is not None:
                 terminate([self._controller])

@@ -303,3 +303,39 @@ def test_a_clusters_controller_that_dies_is_started_again_and_its_clients_go_on(
         poll(lambda: f"the controller (pid {gone}) was killed by signal 9; it is not started "
              "again (its store was in memory" in caplog.text, 30, "the nanny to say so")
         assert c.controller_restarts == 0 and c.controller_returncode == -signal.SIGKILL
+
+
+@pytest.mark.timeout(180)
+def test_a_cluster_stopped_while_engines_hold_tasks_runs_those_they_never_started_later(
+        tmp_path):
+    """`cluster stop`, then `cluster start --resume` (here: a Cluster on the same store and
+    key): the tasks waiting on an engine, never started, failed with EngineDied ("the
+    controller restarted while task N was running"). A stopping engine now gives them back
+    (`leaving`) before the controller stops, which queues them again and stores so; the task
+    that was running ends with its engine (EngineDied: retries apply)."""
+    from systest import read_lines, record
+
+    from taskmill import Cluster, EngineDied, MapTask
+
+    db, runs, gate = str(tmp_path / "tasks.db"), tmp_path / "runs", tmp_path / "gate"
+    with Cluster(1, db=db, heartbeat=0.5, prefetch=4, dashboard=False) as c:
+        key = c.key or read_connection_key(c.connection_file)
+        with c.client() as tc:
+            head = tc.run(MapTask(record, (str(runs), "head", str(gate))))
+            waiting = [tc.run(MapTask(record, (str(runs), f"waiting-{i}"))) for i in range(3)]
+            poll(lambda: tc.queue_status()["pending"] == 4, 30, "4 tasks on the engine")
+            poll(lambda: read_lines(runs) == ["head"], 30, "the head task to start")
+    gate.touch()
+    with Cluster(1, db=db, key=key, heartbeat=0.5, dashboard=False) as c, c.client() as tc:
+        pid = next(iter(c.engine_pids.values()))
+        assert [tc.get_task_result(t, block=True, timeout=60) for t in waiting] == [pid] * 3
+        assert [tc.task_info(t)["attempts"] for t in waiting] == [1, 1, 1]  # (uncounted)
+        with pytest.raises(EngineDied):
+            tc.get_task_result(head, block=True, timeout=60)
+    assert sorted(read_lines(runs)) == ["head", "waiting-0", "waiting-1", "waiting-2"]
+
+
+def read_connection_key(path) -> str:
+    from taskmill.connection import read_connection_file
+
+    return read_connection_file(path).key

@@ -144,6 +144,7 @@ class ControllerCore:
         et = self.engine_tasks
         self.engine_verbs: dict[str, Callable[..., None]] = {
             "hb": et.heartbeat, "results": et.results, "revoked": et.revoked,
+            "leaving": et.leaving,
             "retired": lambda rec, ident, m, frames: self.engines.retired(rec)}
         cv = self.control_verbs = ControlVerbs(ctx, self.engines, self.submits,
                                                self.settle_memory)

@@ -29,6 +29,7 @@ from ..protocol import (
     HbAnswer,
     Heartbeat,
     InterruptTask,
+    Leaving,
     ResultEntry,
     Results,
     Revoked,
@@ -210,6 +211,7 @@ class EngineTasks:
             log.warning("engine %d does not hold task %d (attempt %d) it was sent: the message "
                         "was lost; queued again", rec.eid, tid, attempt)
             ctx.sched.revoke_answered(rec.eid, tid, attempt, True)
+            self.requeued(tid)
         now = ctx.now.mono
         if (in_flight and not held and seen < rec.mseq
                 and now - rec.ticked_at > ctx.settings.heartbeat):
@@ -255,6 +257,28 @@ class EngineTasks:
             self.engines.seq_of.pop((tid, attempt), None)
             rec.sent.pop((tid, attempt), None)
         self.ctx.sched.revoke_answered(rec.eid, tid, attempt, bool(m.ok))
+        if m.ok:
+            self.requeued(tid)
+
+    def requeued(self, tid: int) -> None:
+        """An attempt came back unstarted: unless the task went straight to another engine,
+        the store says it is queued again (a restart would otherwise wait for the engine that
+        gave it back, and fail it with EngineDied if that one never came back)."""
+        sched = self.ctx.sched
+        view = sched.task_view(tid)
+        if view is not None and not view[0]:
+            self.ctx.store.mark_running(tid, None, *sched.counters(tid))
+
+    def leaving(self, rec: EngineRecord, ident: bytes, m: Leaving, frames: list[Any]) -> None:
+        """The engine is stopping (SIGTERM: `cluster stop`, systemd, scancel): it gets no new
+        task, and the attempts it held unstarted are queued again, uncounted (they were lost
+        with it: EngineDied). The one it was running ends with it (declared dead)."""
+        log.info("engine %d (%s pid %d) is stopping; it gives back %d task(s) it never "
+                 "started", rec.eid, rec.hostname, rec.pid, len(pairs(m.unstarted)))
+        self.ctx.sched.retire(rec.eid)
+        for tid, attempt in sorted(pairs(m.unstarted)):
+            if self.ctx.sched.holds(rec.eid, tid, attempt):
+                self.revoked(rec, ident, Revoked(tid, attempt, True), frames)
 
     def results(self, rec: EngineRecord, ident: bytes, m: Results, frames: list[Any]) -> None:
         """A batch of results, each entry read through its record (protocol.result_entry):

@@ -191,6 +191,7 @@ class Controller:
         try:
             while not self._stopping:
                 self.turn(poller, self._poll_timeout_ms())
+            self.turn(poller, 0)  # (what came before the stop: engines leaving, results)
         finally:
             self.close()
 

@@ -41,6 +41,7 @@ from ..protocol import (
     HbAnswer,
     Heartbeat,
     InterruptTask,
+    Leaving,
     Registered,
     Reregister,
     Results,
@@ -119,6 +120,7 @@ class EngineControl(Registration):
         self.interrupt_req: tuple[int, str] | None = None  # (tid, "abort"|"timeout"|"drop")
         self.skip: set[tuple[int, int]] = set()  # aborted before they started
         self.revoked: set[int] = set()  # dseqs given back to the controller: dropped silently
+        self.said_leaving = False  # `leaving` (or `retired`) was sent: see _say_leaving
         self.last_started = 0  # the highest dseq started (tasks run in dseq order)
         self.backlog: deque[tuple[dict[str, Any], list[Any]]] = deque()
         self._mseq_seen = 0  # the highest `tasks` message number received this registration
@@ -213,9 +215,28 @@ class EngineControl(Registration):
             log.exception("the engine's I/O thread failed")
             self.fatal = e
         finally:
+            self._say_leaving()
             self.sockets.close_io()
             with self.work:
                 self.work.notify_all()
+
+    def _say_leaving(self) -> None:
+        """(Stopping: SIGTERM) Tell the controller which tasks this engine held and never
+        started: it queues them again at once and writes so (they were lost with the engine:
+        EngineDied, even after `cluster stop` and `start --resume`)."""
+        with self.lock:
+            if not self.stopping.is_set() or not self.registered or self.said_leaving:
+                return
+            self.said_leaving = True
+            unstarted = [[e["tid"], e["attempt"]] for e, _ in self.backlog]
+            self.backlog.clear()
+            unsent = self.take_unsent()  # (finished, still batched: they go first)
+        try:
+            if unsent:
+                self.send_results(self.sockets.ctl, unsent)
+            self._send(self.sockets.ctl, to_controller(Leaving(unstarted), self.session))
+        except zmq.ZMQError as e:
+            log.warning("could not tell the controller this engine is leaving: %s", e)
 
     def _reconnect(self, why: str, poller: zmq.Poller) -> None:
         """New connections with new routing ids (channels.py says why); a registered engine
@@ -329,6 +350,7 @@ class EngineControl(Registration):
                                        or self.outbox.unsent)
         if retire:
             self._send(self.sockets.ctl, to_controller(Retired(), self.session))
+            self.said_leaving = True  # (holding nothing)
             self.stopping.set()
         if resend:  # (sent on the result socket, never arrived: it may be deaf)
             self.watch.alarm(f"results {[e['tid'] for e, _ in resend]} were lost")

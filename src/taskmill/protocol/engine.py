@@ -94,9 +94,16 @@ class Retired(msgspec.Struct, frozen=True):
     """Told to retire, the engine holds nothing and stops now."""
 
 
+class Leaving(msgspec.Struct, frozen=True):
+    """Stopped (SIGTERM), the engine goes: `unstarted` are the [tid, attempt] it held and
+    never started, nor will (read leniently, as a heartbeat's items)."""
+
+    unstarted: Any = None
+
+
 ENGINE_RECORDS: dict[str, type[msgspec.Struct]] = {
     "register": Register, "hb": Heartbeat, "results": Results, "revoked": Revoked,
-    "retired": Retired,
+    "retired": Retired, "leaving": Leaving,
 }
 ENGINE_TYPES = {v: k for k, v in ENGINE_RECORDS.items()}
 

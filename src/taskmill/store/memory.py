@@ -43,7 +43,7 @@ class MemoryStore(IdLeases):
     def task(self, tid: int) -> StoredTask | None:
         return self._active.get(tid)
 
-    def mark_running(self, tid: int, engine: int, node: int, attempts: int, tries: int,
+    def mark_running(self, tid: int, engine: int | None, node: int, attempts: int, tries: int,
                      handed_over: list[int]) -> None:
         pass
 

@@ -73,13 +73,14 @@ INSERT_RUNNING = ("INSERT INTO tasks (tid, state, submitted, spec, frames, node,
                   "tries, handed_over, engine) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 INSERT_QUEUED = ("INSERT INTO tasks (tid, state, submitted, spec, frames, node, attempts, "
                  "tries) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-MARK_RUNNING = ("UPDATE tasks SET state='running', engine=?, node=?, attempts=?, tries=?, "
-                "handed_over=? WHERE tid=?")
+# (engine NULL: the attempt was given back unstarted, and the task is queued again)
+MARK_RUNNING = ("UPDATE tasks SET engine=?1, state=CASE WHEN ?1 IS NULL THEN 'queued' ELSE "
+                "'running' END, node=?2, attempts=?3, tries=?4, handed_over=?5 WHERE tid=?6")
 # The running marks of a commit that share their values (a flood's: first attempts on one
 # engine) go in statements of MARK_RUNNING_SIZES taskids each (`mark_running_rows`), the
 # rest one by one: an UPDATE's statement costs about as much as the row it changes.
 MARK_RUNNING_SIZES = (64, 16, 4)
-MARK_RUNNING_IN = {n: MARK_RUNNING.replace("tid=?", f"tid IN ({', '.join('?' * n)})")
+MARK_RUNNING_IN = {n: MARK_RUNNING.replace("tid=?6", f"tid IN ({', '.join('?' * n)})")
                    for n in MARK_RUNNING_SIZES}
 FINISH_TASK = ("UPDATE tasks SET state='finished', ok=?, result_meta=?, result_frames=?, "
                "frames=NULL WHERE tid=?")

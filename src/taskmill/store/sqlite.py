@@ -191,13 +191,13 @@ class SQLiteStore(IdLeases):
     def task(self, tid: int) -> StoredTask | None:
         return self._active.get(tid)
 
-    def mark_running(self, tid: int, engine: int, node: int, attempts: int, tries: int,
+    def mark_running(self, tid: int, engine: int | None, node: int, attempts: int, tries: int,
                      handed_over: list[int]) -> None:
-        """A dispatch: written at the next commit, which comes before the task is sent."""
+        """A dispatch, written by the next commit (before the send); engine None: queued again."""
         handed = self._pack(handed_over) if handed_over else EMPTY_LIST
         row = self._ins.get(tid)
         if row is not None:
-            row[STATE] = "running"
+            row[STATE] = "running" if engine is not None else "queued"
             row[NODE:OK] = [node, attempts, tries, handed, engine]
         else:
             self._run[tid] = (engine, node, attempts, tries, handed, tid)
