@@ -249,3 +249,34 @@ def test_wait_and_barrier_leave_tasks_they_did_not_submit_alone(own_cluster):
         with pytest.raises(TimeoutError):
             tc.wait([fut], timeout=0.05)
         assert fut.result(timeout=60) == 3
+
+
+def test_a_map_timing_out_while_the_controller_is_stopped_aborts_its_tasks_once_it_resumes(
+        tmp_path):
+    """With the controller stopped (SIGSTOP, a slow restart), a map's timeout came 10 s late
+    (the abort waited for an answer), and the tasks whose submit was not answered yet were
+    never aborted: once the controller resumed they ran. The abort waits little for a silent
+    controller now, and the rest are aborted once their taskids come."""
+    import os
+
+    from systest import controller_process, poll
+
+    with controller_process(tmp_path, engines=2) as ctl, TaskClient(ctl.conn, timeout=30) as tc:
+        wait_until(lambda: len(tc.engines()) == 2, "two engines")
+        busy = [tc.submit(slow, i) for i in range(2)]  # (both engines busy: the map waits)
+        assert [f.taskid for f in busy] == [0, 1]
+        os.kill(ctl.proc.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(TimeoutError):
+                tc.map(slow, range(4), chunksize=1, timeout=1)
+        finally:
+            os.kill(ctl.proc.pid, signal.SIGCONT)
+
+        def the_maps_tasks_aborted() -> bool:
+            q = tc.queue_status(verbose=True)
+            left = [t for t in q["scheduled"] + q["pending"] if t >= 2]
+            return not left and len(q["failed"]) == 4
+
+        poll(the_maps_tasks_aborted, 60, "the map's 4 tasks to be aborted")
+        for f in busy:
+            tc.abort(f.taskid)

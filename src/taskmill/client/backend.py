@@ -20,6 +20,7 @@ import atexit
 import logging
 import os
 import queue
+import threading
 import time
 import weakref
 from collections.abc import Callable, Generator, Sequence
@@ -59,6 +60,8 @@ from .steps import abort as abort_request
 from .submitter import Submitter, Watcher
 
 ABORT_WAIT = 10.0  # at most this long, a map that ends early waits for its aborts to be heard
+SILENT_ABORT_AFTER = 1.5  # seconds of controller silence (pings: 1 s) past which ...
+SILENT_ABORT_WAIT = 0.5  # ... it waits only this long (the aborts go once it answers)
 LATE_REPLY_WAIT = 2.0  # an interrupted submit waits this long to learn its taskids anyway
 KEPT_RESULTS_BYTES = 8 * 1024 * 1024  # results a barrier brings along for get_task_result
 
@@ -213,20 +216,47 @@ class Backend:
         this client are withdrawn unsent; the others are aborted on the controller once their
         taskids are known. Waits, at most `wait` seconds in all, until the controller has heard
         every abort, so that a script that exits right after (Ctrl-C) leaves nothing running."""
-        deadline = time.monotonic() + wait
+        deadline = time.monotonic() + self.abort_wait(wait)
         withdrawn = self.submitter.withdraw(futs)
         replies: list[Future] = []
+        late: list[TaskFuture] = []
         for f in futs:
             if f in withdrawn or f.done():
                 continue
-            if not f.wait_submit_answered(max(0.0, deadline - time.monotonic())) \
-                    or f.known_taskid is None:
-                continue  # (no answer in time, or the submit itself failed)
+            if not f.wait_submit_answered(max(0.0, deadline - time.monotonic())):
+                late.append(f)  # (aborted once its taskid comes: below)
+                continue
+            if f.known_taskid is None:
+                continue  # (the submit itself failed)
             try:
                 replies.append(self.connection.send(to_request(AbortRequest(f.known_taskid))))
             except Exception:  # noqa: BLE001 - closed or unreachable: nothing more to do
                 break
+        if late:
+            threading.Thread(target=self.abort_when_known, args=(late,), daemon=True,
+                             name="taskmill-late-aborts").start()
         heard(replies, max(0.0, deadline - time.monotonic()))
+
+    def abort_wait(self, wait: float) -> float:
+        """How long to wait for aborts to be heard: `wait`, or SILENT_ABORT_WAIT if the
+        controller is silent already (stopped, restarting: a call's timeout would wait it
+        out; the aborts are sent again, or late, and heard once it answers)."""
+        return min(wait, SILENT_ABORT_WAIT) if self.connection.silent > SILENT_ABORT_AFTER \
+            else wait
+
+    def abort_when_known(self, futs: Sequence[TaskFuture]) -> None:
+        """(A thread of its own) Abort these tasks once the controller has answered their
+        submits (they are stored, and would run, when a stopped controller resumes), for as
+        long as the client would wait for the controller; nothing is raised."""
+        deadline = time.monotonic() + self.connection.reconnect_timeout
+        for f in futs:
+            if not f.wait_submit_answered(max(0.0, deadline - time.monotonic())):
+                return
+            if f.known_taskid is not None and not f.done():
+                try:
+                    self.send_and_forget(to_request(AbortRequest(f.known_taskid)))
+                except Exception:  # noqa: BLE001 - closed: nothing more to do
+                    return
 
     def abort_taskids(self, tids: Sequence[int], wait: float = ABORT_WAIT) -> None:
         """Abort these tasks, waiting at most `wait` seconds until the controller has heard."""
@@ -236,7 +266,7 @@ class Backend:
                 replies.append(self.connection.send(to_request(AbortRequest(tid))))
             except Exception:  # noqa: BLE001 - closed or unreachable: nothing more to do
                 break
-        heard(replies, wait)
+        heard(replies, self.abort_wait(wait))
 
     def abort_all(self, step: Abort) -> None:
         """Carry out an Abort step (blocking, at most ABORT_WAIT seconds for each part)."""

@@ -355,6 +355,12 @@ class Connection(LinkRecovery):
     def closed(self) -> bool:
         return self._closed.is_set()
 
+    @property
+    def silent(self) -> float:
+        """Seconds the controller has been silent (pings go every second: more than a couple
+        means it is stopped, restarting or cut off)."""
+        return self._silent
+
     def on_io_thread(self) -> bool:
         """Whether the calling thread is this connection's I/O thread."""
         return threading.current_thread() is self._thread
