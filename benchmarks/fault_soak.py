@@ -17,6 +17,8 @@ own in flight, while a fault thread, every 1.5-4 s, does one of:
 - SIGSTOP the controller for 0.5-8 s (past 1.5 s its engines' dead_after has gone by, past 5 s
   they move to new connections), then SIGCONT it: it must not take its own silence for theirs;
 - SIGKILL an engine (and start a new one);
+- SIGTERM an engine, as `cluster stop`, systemd or scancel do (and start a new one): it gives
+  back the tasks it held unstarted (`leaving`), which must run elsewhere exactly once;
 - SIGSTOP an engine for 0.5-3 s (past 1.5 s it is declared dead), then SIGCONT it;
 - reset every engine connection (the proxy sends RST both ways);
 - reset the client's connection, or cut it on the client's side only (the controller keeps
@@ -251,6 +253,7 @@ class Faults(threading.Thread):
         self.kinds = {"controller kill -9": self._kill_controller,
                       "controller SIGSTOP": self._stop_controller,
                       "engine SIGKILL": self._kill_engine,
+                      "engine SIGTERM": self._terminate_engine,
                       "engine SIGSTOP": self._stop_engine,
                       "connection reset": self._reset_connections,
                       "client link reset": self.c.client_proxy.reset_all,
@@ -303,6 +306,18 @@ class Faults(threading.Thread):
         self.touched.add(victim.pid)
         victim.kill()
         victim.wait()
+        self.c.engines[i] = self.c.new_engine()
+
+    def _terminate_engine(self) -> None:
+        i = self.rng.randrange(len(self.c.engines))
+        victim = self.c.engines[i]
+        self.touched.add(victim.pid)  # (its running task ends as EngineDied)
+        victim.terminate()
+        try:
+            victim.wait(30)
+        except subprocess.TimeoutExpired:  # (a stopped one: SIGSTOP came first)
+            victim.kill()
+            victim.wait()
         self.c.engines[i] = self.c.new_engine()
 
     def _stop_engine(self) -> None:
