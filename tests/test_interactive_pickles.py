@@ -129,8 +129,8 @@ def test_the_engine_cache_sets_the_globals_again_on_every_hit():
     cache = FunctionLoads(namespace=engine)
     frames = one_frame(FunctionPickles().dumps(ns["f"]))
     f = cache.loads(frames)
-    engine.clear()  # as the engine's clear_before does: the same dict, emptied
-    engine["K"] = "engine"
+    engine.clear()  # as the engine's clear_before does: the same dict, emptied, and its
+    engine.update(engine_namespace(K="engine"))  # own names set again
     assert cache.loads(frames) is f and f() == 5 and engine["K"] == 5
 
 
@@ -148,6 +148,40 @@ def test_the_engine_cache_keeps_nothing_that_can_change_in_place():
     assert [cache.loads(frames)() for _ in range(3)] == [(2, 1)] * 3
     plain = FunctionLoads()  # (no namespace: a by-value function with globals of its own)
     assert [plain.loads(frames)() for _ in range(3)] == [(2, 1)] * 3
+
+
+def test_the_engine_cache_never_serves_a_function_a_task_changed_by_rebinding(
+        module_by_value):
+    """A closure's cell rebound (`nonlocal`), an attribute set on the function, a global of a
+    module sent by value rebound: the cached function ran as the earlier task left it
+    ([1, 2, 3, 4] where the client's function gives 1 each time)."""
+    ns = script('''
+        def make():
+            n = 0
+            def count():
+                nonlocal n
+                n += 1
+                return n
+            return count
+        count = make()
+        def tagged():
+            tagged.calls = getattr(tagged, "calls", 0) + 1
+            return tagged.calls
+    ''')
+    module_by_value.counter = 0
+    exec("def bump():\n    global counter\n    counter += 1\n    return counter",
+         module_by_value.__dict__)
+    for func in (ns["count"], ns["tagged"], module_by_value.bump):
+        cache = FunctionLoads(namespace=engine_namespace())
+        frames = one_frame(FunctionPickles().dumps(func))
+        assert [cache.loads(frames)() for _ in range(4)] == [1, 1, 1, 1], func
+    unchanged = script('''
+        def same(x=2):
+            return x
+    ''')["same"]
+    cache = FunctionLoads(namespace=engine_namespace())
+    frames = one_frame(FunctionPickles().dumps(unchanged))
+    assert cache.loads(frames) is cache.loads(frames)  # (still served from the cache)
 
 
 # -- local modules ------------------------------------------------------------------------------

@@ -224,13 +224,17 @@ class FunctionLoads:
     A function is kept only if what it is made of cannot change in place (the client cache's
     rule, `function_state`): a list, dict, instance, class defined in a script... in its
     globals, defaults or closure is unpickled afresh for every task, as the client sent it,
-    never as an earlier task on this engine left it."""
+    never as an earlier task on this engine left it. What task code can still change by
+    rebinding (a closure's cell, `nonlocal n; n += 1`; an attribute set on the function; a
+    global of a module sent by value) is checked at each use: the objects it is made of must
+    be those it was loaded with, or it is loaded again."""
 
     def __init__(self, size: int = FUNCTION_CACHE_SIZE,
                  namespace: dict[str, Any] | None = None) -> None:
         self.size = size
         self.namespace = namespace
-        # bytes -> (function, globals dicts to set before each run), or _FRESH: load each time
+        # bytes -> (function, globals dicts to set before each run, what it was made of when
+        # loaded), or _FRESH: load each time
         self._cache: OrderedDict[bytes, Any] = OrderedDict()
 
     def _load(self, frames: Sequence[Frame]) -> tuple[Any, list[dict[str, Any]]]:
@@ -249,12 +253,16 @@ class FunctionLoads:
             self._cache.move_to_end(key)
             if hit is _FRESH:
                 return self._load(frames)[0]
-            func, applied = hit
+            func, applied, state = hit
             for shipped in applied:
                 self.namespace.update(shipped)  # type: ignore[union-attr]
-            return func
-        func, applied = self._load(frames)
-        self._cache[key] = (func, applied) if function_state(func) is not None else _FRESH
+            now = function_state(func)
+            if now is not None and len(now) == len(state) and all(
+                    a is b for a, b in zip(now, state, strict=True)):
+                return func
+        func, applied = self._load(frames)  # (new, or changed by a task since: load again)
+        state = function_state(func)
+        self._cache[key] = (func, applied, state) if state is not None else _FRESH
         while len(self._cache) > self.size:
             self._cache.popitem(last=False)
         return func
