@@ -464,3 +464,26 @@ def test_an_engine_stopped_with_sigterm_mid_task_fails_it_as_engine_died_and_ret
             if p is not None:
                 p.kill()
         ctl.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_large_argument_changed_before_it_was_sent_fails_its_task_saying_why(tmp_path):
+    """Large arguments travel from the caller's memory without a copy, signed at the call: one
+    changed before it was sent is refused by the engine, and the error said only
+    "bad-payload-signature", as for a forged message. It says what most likely happened now.
+    (The controller is stopped so that the send cannot finish before the change.)"""
+    from systest import controller_process
+
+    with controller_process(tmp_path, engines=1) as ctl, TaskClient(ctl.conn, timeout=60) as tc:
+        poll(lambda: tc.engines(), what="the engine")
+        data = bytearray(32 * 1024 * 1024)
+        os.kill(ctl.proc.pid, signal.SIGSTOP)
+        try:
+            fut = tc.submit(len, data)
+            data[-1] = 1  # (most of it still waits in this process for the stopped controller)
+        finally:
+            os.kill(ctl.proc.pid, signal.SIGCONT)
+        error = fut.exception(timeout=60)
+        assert isinstance(error, SerializationError), error
+        assert "bad-payload-signature" in str(error) and "pass a copy" in str(error)
+        assert tc.submit(len, bytes(data)).result(timeout=60) == len(data)  # (the engine lives)

@@ -52,6 +52,12 @@ def current_engine() -> Engine:
     return _CURRENT
 
 
+# (A payload whose bytes changed after the client signed them: almost always an argument array
+# changed by the caller after the call, since large buffers travel without a copy.)
+CHANGED_HINT = (" (arrays, bytes and bytearrays of 64 KiB or more travel from the caller's "
+                "memory without a copy: one changed after the call, before the task was sent, "
+                "reads so; pass a copy, e.g. arr.copy(), if you change it right after)")
+
 class Engine(EngineControl):
     """One engine: connect, register, run tasks until stopped."""
 
@@ -222,7 +228,9 @@ class Engine(EngineControl):
             else:
                 exc = TaskAborted(f"task {tid} was interrupted on engine {self.engineid}")
         except Refused as e:
-            exc = SerializationError(f"task {tid}'s payload was refused by the engine: {e}")
+            exc = SerializationError(f"task {tid}'s payload was refused by the engine: {e}"
+                                     + (CHANGED_HINT if e.reason == "bad-payload-signature"
+                                        else ""))
         except BaseException as e:  # noqa: BLE001 - task code may raise anything
             exc = e
         finally:
