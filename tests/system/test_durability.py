@@ -339,3 +339,72 @@ def read_connection_key(path) -> str:
     from taskmill.connection import read_connection_file
 
     return read_connection_file(path).key
+
+
+def marked(i, log, seconds):
+    """Task code: a line "start i" before its work and "end i" after; returns i."""
+    import time
+
+    with open(log, "a") as f:
+        f.write(f"start {i}\n")
+    time.sleep(seconds)
+    with open(log, "a") as f:
+        f.write(f"end {i}\n")
+    return i
+
+
+def started_counts(log) -> dict[int, int]:
+    from collections import Counter
+
+    return Counter(int(x.split()[1]) for x in log.read_text().splitlines()
+                   if x.startswith("start "))
+
+
+def only_interrupted_ones_failed(tc, tids, log) -> None:
+    """Every task succeeded once, but those its engine's stop interrupted (EngineDied after a
+    start); none started twice, and none failed without having started."""
+    from taskmill import EngineDied
+
+    started = started_counts(log)
+    for i, tid in enumerate(tids):
+        try:
+            assert tc.get_task_result(tid, block=True, timeout=120) == i
+        except EngineDied:
+            assert started.get(i) == 1, f"task {tid} failed with EngineDied, never started"
+    assert max(started.values()) == 1
+
+
+@pytest.mark.timeout(180)
+def test_an_engine_sigtermed_in_a_flood_gives_back_every_task_it_never_started(tmp_path):
+    """Its results come in, then its `leaving`: the controller had refilled its free slots
+    meanwhile, and those tasks, not in the engine's list, failed with EngineDied without
+    having started. It now gives back every attempt the engine holds but the one it names
+    as running."""
+    from taskmill import Cluster, MapTask
+
+    log = tmp_path / "marks"
+    with Cluster(2, heartbeat=0.5, prefetch=32, dashboard=False) as c, c.client() as tc:
+        tids = [tc.run(MapTask(marked, (i, str(log), 0.005))) for i in range(300)]
+        poll(lambda: log.exists() and len(started_counts(log)) >= 40, 60, "40 tasks to start")
+        victim = next(iter(c.engine_pids.values()))
+        os.kill(victim, signal.SIGTERM)
+        only_interrupted_ones_failed(tc, tids, log)
+
+
+@pytest.mark.timeout(180)
+def test_a_cluster_stopped_with_its_controller_stopped_loses_no_queued_work(tmp_path):
+    """Cluster.stop() sent SIGTERM to a SIGSTOPped controller, waited its 5 s grace and
+    killed it: it never read the engines' `leaving`, and their tasks failed after a resume
+    with EngineDied, never started. terminate() wakes what it stops (SIGCONT) now."""
+    from taskmill import Cluster, MapTask
+
+    db, log = str(tmp_path / "tasks.db"), tmp_path / "marks"
+    with Cluster(2, db=db, heartbeat=0.5, prefetch=8, dashboard=False) as c:
+        key = read_connection_key(c.connection_file)
+        with c.client() as tc:
+            tids = [tc.run(MapTask(marked, (i, str(log), 0.02))) for i in range(120)]
+            poll(lambda: log.exists() and len(started_counts(log)) >= 20, 60,
+                 "20 tasks to start")
+        os.kill(c.controller_pid, signal.SIGSTOP)
+    with Cluster(2, db=db, key=key, heartbeat=0.5, dashboard=False) as c, c.client() as tc:
+        only_interrupted_ones_failed(tc, tids, log)

@@ -133,6 +133,32 @@ def test_a_done_callback_may_wait_for_other_futures_and_call_the_client(client, 
     assert client.submit(square, 4).result(timeout=60) == 16  # the client goes on
 
 
+def test_done_callbacks_queued_when_a_script_ends_all_run(cluster, tmp_path):
+    """The callbacks thread is a daemon: a script that read its results, closed its client
+    and ended lost the callbacks still queued (8 of 20). close() runs them first now."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "called"
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import sys, time\n"
+        "from taskmill import TaskClient\n"
+        "def note(f):\n"
+        "    time.sleep(0.05)\n"
+        "    with open(sys.argv[2], 'a') as o:\n"
+        "        o.write(f'{f.result()}\\n')\n"
+        "with TaskClient(sys.argv[1]) as tc:\n"
+        "    futs = [tc.submit(abs, -i) for i in range(20)]\n"
+        "    for f in futs:\n"
+        "        f.add_done_callback(note)\n"
+        "    print(sum(f.result(timeout=60) for f in futs))\n")
+    done = subprocess.run([sys.executable, str(script), str(cluster.connection_file), str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ["190"], done.stderr
+    assert sorted(int(x) for x in out.read_text().split()) == list(range(20))
+
+
 def test_metadata_fields_are_filled_when_the_task_finishes(client):
     f = client.submit(talk_and_return, 41)
     assert f.result(timeout=60) == 42

@@ -119,7 +119,8 @@ class Backend:
 
     def close(self) -> None:
         """Close the connection (after run()'s queued tasks are stored: a refusal is raised
-        once it is closed); futures still waiting fail with RuntimeError."""
+        once it is closed); futures still waiting fail with ClientClosed; the done-callbacks
+        queued run first (at most the client's timeout: callbacks.py)."""
         _OPEN.discard(self)
         try:
             if not self.connection.closed:
@@ -129,6 +130,9 @@ class Backend:
             self.connection.close()
             self.watcher.fail_all(ClientClosed())
             self.submitter.fail_all(ClientClosed())
+            if not self.callbacks.drain(self.connection.timeout):
+                log.warning("closing the client: done-callbacks still running or queued after "
+                            "%gs were left", self.connection.timeout)
 
     def _unreachable(self, exc: BaseException) -> None:  # on the I/O thread
         self.runs.lost_lease(str(exc))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +33,7 @@ class Callbacks:
         self._wake = threading.Condition(self._lock)
         self._queue: deque[tuple[Callable[[Any], object], Any]] = deque()
         self._running = False
+        self._busy = False  # a callback runs now
 
     def call(self, fn: Callable[[Any], object], fut: Any) -> None:
         """Run `fn(fut)` on the callbacks' thread, after those queued before it."""
@@ -49,16 +51,40 @@ class Callbacks:
                 while not self._queue:
                     if not self._wake.wait(IDLE) and not self._queue:
                         self._running = False
+                        self._wake.notify_all()  # (`drain`)
                         return
                 fn, fut = self._queue.popleft()
-            run(fn, fut)
+                self._busy = True
+            try:
+                run(fn, fut)
+            finally:
+                with self._lock:
+                    self._busy = False
+                    self._wake.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait, at most `timeout` seconds, until every callback queued has run (the client
+        closes: a script that ends right after would lose them, the thread being a daemon);
+        not from a callback itself (it would wait for itself). Whether none is left."""
+        if threading.current_thread().name == self._name:
+            return True
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._queue or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._wake.wait(left)
+        return True
 
 
 def run(fn: Callable[[Any], object], fut: Any) -> None:
-    """`fn(fut)`; an exception is logged, as Future does with its callbacks'."""
+    """`fn(fut)`; an exception is logged, as Future does with its callbacks' (SystemExit and
+    KeyboardInterrupt too: raised in this thread they would end it, and every later callback
+    of the client with it)."""
     try:
         fn(fut)
-    except Exception:  # noqa: BLE001 - a callback's own failure is not the client's
+    except BaseException:  # noqa: BLE001 - a callback's own failure is not the client's
         log.exception("exception calling callback for %r", fut)
 
 

@@ -270,15 +270,20 @@ class EngineTasks:
             self.ctx.store.mark_running(tid, None, *sched.counters(tid))
 
     def leaving(self, rec: EngineRecord, ident: bytes, m: Leaving, frames: list[Any]) -> None:
-        """The engine is stopping (SIGTERM: `cluster stop`, systemd, scancel): it gets no new
-        task, and the attempts it held unstarted are queued again, uncounted (they were lost
-        with it: EngineDied). The one it was running ends with it (declared dead)."""
+        """The engine is stopping (SIGTERM: `cluster stop`, systemd, scancel), its results
+        taken just before: it gets no new task, and every attempt it holds but the one it
+        names as running never started there (those it held, and those sent since it stopped
+        taking tasks) and is queued again, uncounted (they were lost with it: EngineDied).
+        The one it was running ends with it (declared dead)."""
+        sched = self.ctx.sched
+        sched.retire(rec.eid)
+        running = pairs([m.running])
+        back = [(tid, attempt) for tid, attempt in sorted((sched.held(rec.eid) or {}).items())
+                if (tid, attempt) not in running]
         log.info("engine %d (%s pid %d) is stopping; it gives back %d task(s) it never "
-                 "started", rec.eid, rec.hostname, rec.pid, len(pairs(m.unstarted)))
-        self.ctx.sched.retire(rec.eid)
-        for tid, attempt in sorted(pairs(m.unstarted)):
-            if self.ctx.sched.holds(rec.eid, tid, attempt):
-                self.revoked(rec, ident, Revoked(tid, attempt, True), frames)
+                 "started", rec.eid, rec.hostname, rec.pid, len(back))
+        for tid, attempt in back:
+            self.revoked(rec, ident, Revoked(tid, attempt, True), frames)
 
     def results(self, rec: EngineRecord, ident: bytes, m: Results, frames: list[Any]) -> None:
         """A batch of results, each entry read through its record (protocol.result_entry):

@@ -121,6 +121,7 @@ class EngineControl(Registration):
         self.skip: set[tuple[int, int]] = set()  # aborted before they started
         self.revoked: set[int] = set()  # dseqs given back to the controller: dropped silently
         self.said_leaving = False  # `leaving` (or `retired`) was sent: see _say_leaving
+        self.dropped: tuple[int, int] | None = None  # the task SIGTERM interrupted
         self.last_started = 0  # the highest dseq started (tasks run in dseq order)
         self.backlog: deque[tuple[dict[str, Any], list[Any]]] = deque()
         self._mseq_seen = 0  # the highest `tasks` message number received this registration
@@ -221,20 +222,26 @@ class EngineControl(Registration):
                 self.work.notify_all()
 
     def _say_leaving(self) -> None:
-        """(Stopping: SIGTERM) Tell the controller which tasks this engine held and never
-        started: it queues them again at once and writes so (they were lost with the engine:
-        EngineDied, even after `cluster stop` and `start --resume`)."""
+        """(Stopping: SIGTERM) Tell the controller that this engine goes, and which task it
+        was running (interrupted, not reported): every other task the controller gave it
+        never started here, and is queued again at once and stored so (they were lost with
+        the engine: EngineDied, even after `cluster stop` and `start --resume`). Every result
+        not yet acknowledged goes first, on the same socket, so that none is taken for a
+        task never started (a result sent before on the result socket may come later)."""
         with self.lock:
             if not self.stopping.is_set() or not self.registered or self.said_leaving:
                 return
             self.said_leaving = True
             unstarted = [[e["tid"], e["attempt"]] for e, _ in self.backlog]
             self.backlog.clear()
-            unsent = self.take_unsent()  # (finished, still batched: they go first)
+            self.take_unsent()  # (all of them are in `unacked` too)
+            results = list(self.outbox.unacked.values())
+            running = list(self.dropped) if self.dropped is not None else None
         try:
-            if unsent:
-                self.send_results(self.sockets.ctl, unsent)
-            self._send(self.sockets.ctl, to_controller(Leaving(unstarted), self.session))
+            if results:
+                self.send_results(self.sockets.ctl, results)
+            self._send(self.sockets.ctl,
+                       to_controller(Leaving(unstarted, running), self.session))
         except zmq.ZMQError as e:
             log.warning("could not tell the controller this engine is leaving: %s", e)
 

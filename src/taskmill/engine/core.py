@@ -249,9 +249,10 @@ class Engine(EngineControl):
                 self.interrupt_req = None
         if dropped:
             with self.lock:
+                self.dropped = self.current  # (a stopping engine names it: _say_leaving)
                 self.current = None
                 self.finishing = False
-            return  # this engine was declared dead: its task was failed or given elsewhere
+            return  # declared dead (its task failed or given elsewhere), or stopping
         reply["duration"] = time.perf_counter() - t0
         reply["stdout"], reply["stderr"] = out.getvalue(), err.getvalue()
         body = reply_body(reply, value, exc, self.max_result)

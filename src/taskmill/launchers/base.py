@@ -142,6 +142,7 @@ def terminate(procs: list[ProcessHandle], grace: float = STOP_GRACE) -> None:
     live = [p for p in procs if p.poll() is None]
     for p in live:
         p.send_signal(signal.SIGTERM)
+        p.send_signal(signal.SIGCONT)  # (a stopped one takes its SIGTERM only once woken)
     deadline = time.monotonic() + grace
     for p in live:
         try:

@@ -95,10 +95,12 @@ class Retired(msgspec.Struct, frozen=True):
 
 
 class Leaving(msgspec.Struct, frozen=True):
-    """Stopped (SIGTERM), the engine goes: `unstarted` are the [tid, attempt] it held and
-    never started, nor will (read leniently, as a heartbeat's items)."""
+    """Stopped (SIGTERM), the engine goes, its results sent before: `running` is the
+    [tid, attempt] it was running (interrupted, unreported), if any; it started no other
+    task it was given (`unstarted`: those it held; read leniently, as a heartbeat's items)."""
 
     unstarted: Any = None
+    running: Any = None
 
 
 ENGINE_RECORDS: dict[str, type[msgspec.Struct]] = {
