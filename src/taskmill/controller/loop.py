@@ -70,6 +70,9 @@ def clock() -> Now:
     return new_now(Now, (time.monotonic(), time.time()))
 
 
+FINAL_READ_QUIET_MS = 100  # a stopping controller reads on until this long passes quietly,
+FINAL_READ_MAX = 2.0  # at most this long in all (seconds)
+
 class Controller:
     """Owns the sockets and the loop around a `ControllerCore`."""
 
@@ -191,7 +194,12 @@ class Controller:
         try:
             while not self._stopping:
                 self.turn(poller, self._poll_timeout_ms())
-            self.turn(poller, 0)  # (what came before the stop: engines leaving, results)
+            # What came before the stop (engines leaving, their results) is read: until
+            # nothing more comes for a moment (woken from SIGSTOP by the SIGCONT that follows
+            # its SIGTERM, ZeroMQ's I/O thread needs that moment to take in what waited).
+            deadline = time.monotonic() + FINAL_READ_MAX
+            while time.monotonic() < deadline and poller.poll(FINAL_READ_QUIET_MS):
+                self.turn(poller, 0)
         finally:
             self.close()
 
