@@ -15,13 +15,9 @@ import logging
 import subprocess
 from pathlib import Path
 
-from .launchers.base import spawn
+from .launchers.base import process_state, spawn
 
 log = logging.getLogger("taskmill.cluster")
-
-
-def ended_text(status: int) -> str:
-    return f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
 
 
 class ControllerWatch:
@@ -34,20 +30,19 @@ class ControllerWatch:
 
     def check(self, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes] | None:
         """A new controller process if `proc` has ended and may be replaced; else None."""
-        status = proc.poll()
-        if status is None:
+        if proc.poll() is None:
             return None
         if not self.durable or self.restarts >= self.limit:
             if not self._said:
                 self._said = True
-                log.error("the controller (pid %d) %s; it is not started again (%s)", proc.pid,
-                          ended_text(status),
+                log.error("the controller (pid %d) ended: %s; it is not started again (%s)",
+                          proc.pid, process_state(proc),
                           "its store was in memory: nothing to go on from" if not self.durable
                           else f"the limit of {self.limit} restarts is reached")
             return None
         self.restarts += 1
         new = spawn(self.cmd, self.log_path, pass_fds=self.pass_fds)
-        log.warning("the controller (pid %d) %s; started again on the same store and "
+        log.warning("the controller (pid %d) ended: %s; started again on the same store and "
                     "connection file as pid %d (restart %d of at most %d)", proc.pid,
-                    ended_text(status), new.pid, self.restarts, self.limit)
+                    process_state(proc), new.pid, self.restarts, self.limit)
         return new

@@ -82,6 +82,20 @@ def wait_for_file(path: str, timeout: float = 60.0) -> int:
     return os.getpid()
 
 
+def wrong_key_file(connection_file, path) -> tuple[Path, dict]:
+    """A copy of a connection file at `path` (mode 0600) with a key of its own: a peer holding
+    it is one the controller must not hear. Returns the path and the settings written."""
+    import json
+    import secrets
+
+    settings = json.loads(Path(connection_file).read_text())
+    settings["key"] = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(settings, f)
+    return Path(path), settings
+
+
 def record(log, tag, gate=None):
     """Task code: note this run (a line `tag` in the file `log`), then (optionally) wait for
     `gate` to exist; returns the engine's pid. (Shipped by value, as code of this folder.)"""

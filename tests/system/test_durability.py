@@ -295,12 +295,12 @@ def test_a_clusters_controller_that_dies_is_started_again_and_its_clients_go_on(
         assert tc.submit(abs, -2).result(timeout=60) == 2  # (rode out the restart)
         assert c.controller_restarts == 1 and c.controller_pid != first
         assert tc.future(tid).result(timeout=30) == 1  # (the store kept it)
-        assert f"the controller (pid {first}) was killed by signal 9; started again" \
+        assert f"the controller (pid {first}) ended: killed by SIGKILL; started again" \
             in caplog.text
     with Cluster(1, dashboard=False, db=":memory:") as c:
         gone = c.controller_pid
         os.kill(gone, signal.SIGKILL)
-        poll(lambda: f"the controller (pid {gone}) was killed by signal 9; it is not started "
+        poll(lambda: f"the controller (pid {gone}) ended: killed by SIGKILL; it is not started "
              "again (its store was in memory" in caplog.text, 30, "the nanny to say so")
         assert c.controller_restarts == 0 and c.controller_returncode == -signal.SIGKILL
 

@@ -16,14 +16,11 @@ condition: every wait polls with a deadline.
 from __future__ import annotations
 
 import importlib
-import json
 import os
-import secrets
 import subprocess
 import sys
 import threading
 import uuid
-from pathlib import Path
 
 import pytest
 import zmq
@@ -34,6 +31,7 @@ from systest import (
     stop_process,
     wait_refused,
     wait_until,
+    wrong_key_file,
 )
 
 from taskmill import (
@@ -255,12 +253,7 @@ def test_replayed_submit_without_a_dedup_key_is_refused(cluster, client, tmp_pat
 def test_an_engine_with_the_wrong_key_that_gives_up_says_the_key_is_likely_why(cluster,
                                                                               tmp_path):
     """(It said "no taskmill controller answered ... start it", with no word of the key.)"""
-    settings = json.loads(Path(cluster.connection_file).read_text())
-    settings["key"] = secrets.token_hex(32)
-    wrong = tmp_path / "wrong-key.json"
-    fd = os.open(wrong, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(settings, f)
+    wrong, _ = wrong_key_file(cluster.connection_file, tmp_path / "wrong-key.json")
     done = subprocess.run([sys.executable, "-m", "taskmill", "engine", "--connection-file",
                            str(wrong), "--controller-timeout", "3"],
                           capture_output=True, text=True, timeout=60)
@@ -269,12 +262,7 @@ def test_an_engine_with_the_wrong_key_that_gives_up_says_the_key_is_likely_why(c
 
 
 def test_engine_with_the_wrong_key_never_registers_and_gets_no_task(cluster, client, tmp_path):
-    settings = json.loads(Path(cluster.connection_file).read_text())
-    settings["key"] = secrets.token_hex(32)
-    wrong = tmp_path / "wrong-key.json"
-    fd = os.open(wrong, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(settings, f)
+    wrong, _ = wrong_key_file(cluster.connection_file, tmp_path / "wrong-key.json")
     marker = f"wrong-key-{uuid.uuid4().hex[:8]}"
 
     engines_before = client.engines()

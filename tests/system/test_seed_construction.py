@@ -10,12 +10,8 @@ test_seed_*.py files.
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
-from pathlib import Path
-
 import pytest
+from systest import wrong_key_file
 
 import taskmill
 from taskmill import MapTask, StringTask
@@ -97,12 +93,7 @@ def test_blocking_task_client_is_task_client():
 
 
 def test_a_client_with_the_wrong_key_gets_no_answer(cluster, client, tmp_path):
-    info = json.loads(Path(cluster.connection_file).read_text())
-    info["key"] = secrets.token_hex(32)
-    bad = tmp_path / "wrong-key.json"
-    fd = os.open(bad, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(info, f)
+    bad, info = wrong_key_file(cluster.connection_file, tmp_path / "wrong-key.json")
     with pytest.raises(taskmill.ControllerUnreachable) as ei:
         taskmill.TaskClient(bad, timeout=1.0)
     assert isinstance(ei.value, TimeoutError)

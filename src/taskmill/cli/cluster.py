@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ..launchers import Launcher
 
 STOP_WAIT = 120.0  # seconds `cluster stop` waits for the cluster process (Slurm: squeue)
+CONTROLLER_STOP_WAIT = 10.0  # ... and for the controller a killed cluster process left
 
 def env_of(pairs: list[str] | None) -> dict[str, str]:
     """`--env KEY=VALUE` options as a dict (ValueError naming a malformed one)."""
@@ -221,6 +222,7 @@ def cmd_cluster(a: argparse.Namespace) -> int:
 def _stop_cluster(state: Path) -> int:
     """Stop the cluster process; if it is gone or does not stop, stop what its launcher left."""
     from ..launchers import adopt
+    from ..launchers.base import AdoptedProcess, terminate
 
     s = read_cluster_record(state)
     if s is None:
@@ -229,18 +231,13 @@ def _stop_cluster(state: Path) -> int:
         return 1
     pid = s["pid"]
     stopped_itself = killed = False
-    if cluster_alive(s):
-        os.kill(pid, signal.SIGTERM)
-        os.kill(pid, signal.SIGCONT)  # (a stopped one could not stop itself)
-        deadline = time.monotonic() + STOP_WAIT  # a Slurm launcher waits for squeue
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        stopped_itself = not pid_alive(pid)
-        if not stopped_itself:  # (it does not answer: what it started is stopped below)
-            os.kill(pid, signal.SIGKILL)
-            killed = True
+    if cluster_alive(s):  # (woken if stopped; killed if it does not answer: what it started
+        killed = bool(terminate([AdoptedProcess(pid)], STOP_WAIT))  # is stopped below)
+        stopped_itself = not killed
     if not stopped_itself:
-        stop_controller(s)
+        ctl, started = s.get("controller_pid"), s.get("controller_started")
+        if isinstance(ctl, int) and isinstance(started, int) and process_started(ctl) == started:
+            terminate([AdoptedProcess(ctl)], CONTROLLER_STOP_WAIT)
         if s.get("launcher"):
             launcher = adopt(s["launcher"])
             launcher.stop()
@@ -253,20 +250,6 @@ def _stop_cluster(state: Path) -> int:
     print(f"cluster (pid {pid}) stopped")
     return 0
 
-
-def stop_controller(record: dict[str, Any]) -> None:
-    """Stop the controller a cluster process left (its record names it), if it still runs."""
-    pid, started = record.get("controller_pid"), record.get("controller_started")
-    if not isinstance(pid, int) or not isinstance(started, int):
-        return
-    if pid_alive(pid) and process_started(pid) == started:
-        os.kill(pid, signal.SIGTERM)
-        os.kill(pid, signal.SIGCONT)
-        deadline = time.monotonic() + 10
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
 
 
 def hold_profile_lock(state: Path) -> int | None:

@@ -161,7 +161,8 @@ def reply_body(reply: dict[str, Any], value: Any, exc: BaseException | None,
     and return the payload frames: the value pickled, else the exception if it pickles."""
     tid = reply["tid"]
     body: list[Any] = []
-    reply["stdout"], reply["stderr"] = utf8_text(reply["stdout"]), utf8_text(reply["stderr"])
+    if reply["stdout"] or reply["stderr"]:  # (most tasks print nothing)
+        reply["stdout"], reply["stderr"] = utf8_text(reply["stdout"]), utf8_text(reply["stderr"])
     if exc is None:
         try:
             body = dumps(value)

@@ -137,19 +137,23 @@ def process_state(proc: ProcessHandle) -> str:
     return f"exited {status}"
 
 
-def terminate(procs: list[ProcessHandle], grace: float = STOP_GRACE) -> None:
-    """SIGTERM every process still running, then SIGKILL those still there after `grace`."""
+def terminate(procs: list[ProcessHandle], grace: float = STOP_GRACE) -> list[ProcessHandle]:
+    """SIGTERM every process still running, then SIGKILL those still there after `grace`;
+    returns those it killed."""
     live = [p for p in procs if p.poll() is None]
     for p in live:
         p.send_signal(signal.SIGTERM)
         p.send_signal(signal.SIGCONT)  # (a stopped one takes its SIGTERM only once woken)
     deadline = time.monotonic() + grace
+    killed = []
     for p in live:
         try:
             p.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+            killed.append(p)
+    return killed
 
 
 def spawn(cmd: list[str], log_path: Path, *, pass_fds: tuple[int, ...] = (),
