@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 import weakref
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +75,12 @@ def _stop_all_at_exit() -> None:
 
 
 atexit.register(_stop_all_at_exit)
+
+
+def _told(answer: Future) -> None:
+    """The end of the nanny's report of an engine's exit (the heartbeat notices otherwise)."""
+    if not answer.cancelled() and answer.exception() is not None:
+        log.info("could not tell the controller that an engine exited: %s", answer.exception())
 
 
 class Cluster:
@@ -281,9 +288,9 @@ class Cluster:
                 if self.state_dir is not None:
                     (self.state_dir / OWNER_FILE).write_text(f"{os.getpid()}\n{new.pid}\n")
             for pid, status in self.launcher.reap():
-                try:
-                    self._own_client().backend.connection.call(
-                        to_request(EngineExited(pid, status)))
+                try:  # (not waiting for the answer: a dead controller must not stop the rounds)
+                    self._own_client().backend.connection.send(
+                        to_request(EngineExited(pid, status))).add_done_callback(_told)
                 except Exception as e:  # noqa: BLE001 - the heartbeat will notice instead
                     log.warning("could not tell the controller that pid %d exited: %s", pid, e)
             time.sleep(NANNY_INTERVAL)

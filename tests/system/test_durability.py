@@ -305,6 +305,22 @@ def test_a_clusters_controller_that_dies_is_started_again_and_its_clients_go_on(
         assert c.controller_restarts == 0 and c.controller_returncode == -signal.SIGKILL
 
 
+@pytest.mark.timeout(120)
+def test_the_nanny_goes_on_reaping_engines_while_the_controller_is_dead():
+    """The nanny told the controller of each engine exit with a blocking call: with the
+    controller dead for good it waited out the call's bound (here 600 s) instead of going on
+    with its rounds, and `stop()` gave up joining it after 5 s. It now tells the controller
+    without waiting for the answer."""
+    with Cluster(1, dashboard=False, db=":memory:", start_timeout=600) as c:
+        os.kill(c.controller_pid, signal.SIGKILL)
+        poll(lambda: c.controller_returncode is not None, 30, "the controller's death seen")
+        for restarts in (1, 2):  # (the second is reaped only by a nanny that went on)
+            os.kill(c.launcher.record()["pids"][0], signal.SIGKILL)
+            poll(lambda: c.restarts == restarts, 30, f"the nanny to reap engine {restarts}")
+        nanny = [t for t in threading.enumerate() if t.name == "taskmill-nanny"]
+    assert len(nanny) == 1 and not nanny[0].is_alive()
+
+
 @pytest.mark.timeout(180)
 def test_a_cluster_stopped_while_engines_hold_tasks_runs_those_they_never_started_later(
         tmp_path):
