@@ -18,7 +18,9 @@ own in flight, while a fault thread, every 1.5-4 s, does one of:
   they move to new connections), then SIGCONT it: it must not take its own silence for theirs;
 - SIGKILL an engine (and start a new one);
 - SIGTERM an engine, as `cluster stop`, systemd or scancel do (and start a new one): it gives
-  back the tasks it held unstarted (`leaving`), which must run elsewhere exactly once;
+  back the tasks it held unstarted (`leaving`), which must run elsewhere exactly once; or the
+  same while the controller is SIGSTOPped (for 0.2-3 s more), which must take the leaving
+  engine's last messages when it wakes;
 - SIGSTOP an engine for 0.5-3 s (past 1.5 s it is declared dead), then SIGCONT it;
 - reset every engine connection (the proxy sends RST both ways);
 - reset the client's connection, or cut it on the client's side only (the controller keeps
@@ -254,6 +256,7 @@ class Faults(threading.Thread):
                       "controller SIGSTOP": self._stop_controller,
                       "engine SIGKILL": self._kill_engine,
                       "engine SIGTERM": self._terminate_engine,
+                      "engine SIGTERM, controller stopped": self._terminate_engine_unheard,
                       "engine SIGSTOP": self._stop_engine,
                       "connection reset": self._reset_connections,
                       "client link reset": self.c.client_proxy.reset_all,
@@ -319,6 +322,17 @@ class Faults(threading.Thread):
             victim.kill()
             victim.wait()
         self.c.engines[i] = self.c.new_engine()
+
+    def _terminate_engine_unheard(self) -> None:
+        """SIGTERM an engine while its controller is SIGSTOPped: its results and `leaving`
+        wait in the sockets' buffers for the controller, which must take them when it wakes."""
+        victim = self.c.controller
+        victim.send_signal(signal.SIGSTOP)
+        try:
+            self._terminate_engine()
+            self.stop_event.wait(self.rng.uniform(0.2, 3.0))
+        finally:
+            victim.send_signal(signal.SIGCONT)
 
     def _stop_engine(self) -> None:
         victim = self.rng.choice(self.c.engines)
