@@ -316,7 +316,7 @@ def test_the_nanny_goes_on_reaping_engines_while_the_controller_is_dead():
         poll(lambda: c.controller_returncode is not None, 30, "the controller's death seen")
         for restarts in (1, 2):  # (the second is reaped only by a nanny that went on)
             os.kill(c.launcher.record()["pids"][0], signal.SIGKILL)
-            poll(lambda: c.restarts == restarts, 30, f"the nanny to reap engine {restarts}")
+            poll(lambda n=restarts: c.restarts == n, 30, f"the nanny to reap engine {restarts}")
         nanny = [t for t in threading.enumerate() if t.name == "taskmill-nanny"]
     assert len(nanny) == 1 and not nanny[0].is_alive()
 

@@ -466,6 +466,50 @@ def test_an_engine_stopped_with_sigterm_mid_task_fails_it_as_engine_died_and_ret
         ctl.stop()
 
 
+def record_slow_cleanup(log, tag, gate, cleaned):
+    """Task code: `record`, whose cleanup (a `finally`) waits for the file `cleaned`."""
+    try:
+        return record(log, tag, gate)
+    finally:
+        record(log, f"{tag} cleans up", cleaned)
+
+
+@pytest.mark.timeout(120)
+def test_a_sigtermed_engine_whose_task_cleans_up_slowly_does_not_give_that_task_away(
+        tmp_path):
+    """A SIGTERMed engine names the task it was running in its `leaving`, and the controller
+    gives back every other one. The engine named the task only once its code had ended:
+    with a `finally` longer than the I/O thread's 10 ms tick, `leaving` named none, and the
+    controller gave that task, still running, to another engine (twice, with retries=0)."""
+    ctl = ControllerProcess(tmp_path, args=("--prefetch", "1"))
+    ctl.start()
+    first = ctl.engine()
+    runs, gate, cleaned = tmp_path / "runs", tmp_path / "gate", tmp_path / "cleaned"
+    second = None
+    try:
+        with TaskClient(ctl.conn, timeout=30) as tc:
+            poll(lambda: tc.engines(), what="the engine")
+            tid = tc.run(MapTask(record_slow_cleanup, (str(runs), "t", str(gate), str(cleaned))))
+            poll(lambda: read_lines(runs) == ["t"], what="the task to start")
+            second = ctl.engine()
+            poll(lambda: len(alive_engine_ids(tc)) == 2, what="the second engine")
+            first.terminate()
+            poll(lambda: "t cleans up" in read_lines(runs), what="the cleanup to start")
+            poll(lambda: [e for e in tc.engines() if e["pid"] == first.pid
+                          and e["state"] == "retiring"], what="the engine's leaving taken")
+            cleaned.touch()
+            with pytest.raises(EngineDied):
+                tc.get_task_result(tid, block=True, timeout=60)
+            assert first.wait(30) == 0
+            assert tc.run(MapTask(abs, (-3,)), block=True) == 3  # (the second engine serves)
+            assert read_lines(runs) == ["t", "t cleans up"]
+    finally:
+        for p in (first, second):
+            if p is not None:
+                p.kill()
+        ctl.stop()
+
+
 @pytest.mark.timeout(120)
 def test_a_large_argument_changed_before_it_was_sent_fails_its_task_saying_why(tmp_path):
     """Large arguments travel from the caller's memory without a copy, signed at the call: one

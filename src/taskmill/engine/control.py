@@ -223,7 +223,7 @@ class EngineControl(Registration):
 
     def _say_leaving(self) -> None:
         """(Stopping: SIGTERM) Tell the controller that this engine goes, and which task it
-        was running (interrupted, not reported): every other task the controller gave it
+        was running (interrupted, not reported; or still ending): every other task the controller gave it
         never started here, and is queued again at once and stored so (they were lost with
         the engine: EngineDied, even after `cluster stop` and `start --resume`). Every result
         not yet acknowledged goes first, on the same socket, so that none is taken for a
@@ -236,7 +236,9 @@ class EngineControl(Registration):
             self.backlog.clear()
             self.take_unsent()  # (all of them are in `unacked` too)
             results = list(self.outbox.unacked.values())
-            running = list(self.dropped) if self.dropped is not None else None
+            # (the task still running too: its code may take long to end, in a `finally`)
+            named = self.dropped if self.dropped is not None else self.current
+            running = list(named) if named is not None else None
         try:
             if results:
                 self.send_results(self.sockets.ctl, results)
