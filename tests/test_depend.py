@@ -5,21 +5,41 @@ from __future__ import annotations
 
 import threading
 
-from taskmill.depend import DependRunner
+import pytest
+
+from taskmill.depend import DependLoadError, DependRunner
 
 
-def test_a_quick_depend_answers_and_an_exception_reaches_the_caller():
+def test_a_quick_depend_answers_and_any_exception_counts_as_false():
+    """(SystemExit and KeyboardInterrupt reached the controller's loop, and ended it.)"""
     runner = DependRunner(budget=5.0)
     slow = []
     guard = runner.guard(lambda props: props["gpu"] == 1, slow.append)
     assert guard({"gpu": 1}) is True and guard({"gpu": 0}) is False
-    try:
-        guard({})
-    except KeyError:
-        pass
-    else:
-        raise AssertionError("the KeyError must reach the scheduler (which counts it False)")
+    assert guard({}) is False  # (a KeyError)
+    for error in (SystemExit, KeyboardInterrupt, GeneratorExit):
+        def raises(props, error=error):
+            raise error("no")
+
+        assert runner.guard(raises, slow.append)({"gpu": 1}) is False
     assert slow == [] and not guard.slow
+    runner.close()
+
+
+def test_a_depend_is_unpickled_with_a_deadline_and_whatever_it_raises_is_refused():
+    runner = DependRunner(budget=5.0)
+    assert runner.load(lambda: len) is len
+    for error in (ValueError, SystemExit, KeyboardInterrupt):
+        def raises(error=error):
+            raise error("no")
+
+        with pytest.raises(DependLoadError, match=f"unpickling it raised {error.__name__}"):
+            runner.load(raises)
+    release = threading.Event()
+    with pytest.raises(DependLoadError, match=r"took longer than 0.05s to unpickle"):
+        runner.load(lambda: release.wait(30), budget=0.05)  # (returns while it still waits)
+    assert not release.is_set() and runner.overrunning == 1
+    release.set()
     runner.close()
 
 

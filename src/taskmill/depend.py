@@ -9,7 +9,10 @@ then on (so it can hold the controller up once, not once per engine or per pass)
 controller reports it (a log line, `statistics()["refused"]["slow-depend"]`, and the task's
 TaskTimeout names it if no engine ever takes the task). Python cannot stop a thread: the
 call that overran finishes on its own, or never; when every worker is held by such calls,
-later calls get fresh workers.
+later calls get fresh workers. Unpickling a depend is bounded the same way (`load`, with
+DEPEND_LOAD_BUDGET): a closure over a large table may take long to load. Whatever a depend
+raises, SystemExit and KeyboardInterrupt too, stays in its worker: the call counts as False,
+the load is refused (user code must never stop the controller).
 
 This module touches no socket and reads no clock of its own (the waits are the futures').
 """
@@ -22,7 +25,26 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 DEPEND_BUDGET = 0.1  # seconds a depend callable may take per call
+DEPEND_LOAD_BUDGET = 0.5  # seconds the controller waits for one to unpickle
 DEPEND_WORKERS = 4
+
+
+class DependLoadError(Exception):
+    """A depend callable could not be unpickled, or not within DEPEND_LOAD_BUDGET."""
+
+
+def _verdict(fn: Callable[[Any], Any], properties: dict[str, Any]) -> bool:
+    try:
+        return bool(fn(properties))
+    except BaseException:  # noqa: BLE001 - user code: any exception counts as False
+        return False
+
+
+def _load(loads: Callable[[], Any]) -> tuple[Any, BaseException | None]:
+    try:
+        return loads(), None
+    except BaseException as e:  # noqa: BLE001 - user code: refused, the controller goes on
+        return None, e
 
 
 class DependRunner:
@@ -44,23 +66,39 @@ class DependRunner:
               on_slow: Callable[[BoundedDepend], None]) -> BoundedDepend:
         return BoundedDepend(fn, self, on_slow)
 
-    def call(self, guard: BoundedDepend, properties: Any) -> bool:
+    def _worker_pool(self) -> ThreadPoolExecutor:
         self._overran = [f for f in self._overran if not f.done()]
         if self._pool is None or len(self._overran) >= self.workers:
             if self._pool is not None:  # every worker is held by an overrunning call
                 self._pool.shutdown(wait=False)
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="taskmill-depend")
             self._overran = []
-        fut = self._pool.submit(guard.fn, dict(properties))
+        return self._pool
+
+    def call(self, guard: BoundedDepend, properties: Any) -> bool:
+        """The depend's answer for these properties: False if it raised anything."""
+        fut = self._worker_pool().submit(_verdict, guard.fn, dict(properties))
         try:
-            return bool(fut.result(self.budget))
+            return fut.result(self.budget)
         except FutureTimeout:
             self._overran.append(fut)
             guard.slow = True
             self.given_up += 1
             guard.on_slow(guard)
             return False
-        # (any other exception reaches the scheduler, where it counts as False)
+
+    def load(self, loads: Callable[[], Any], budget: float = DEPEND_LOAD_BUDGET) -> Any:
+        """`loads()` (a depend's unpickling) on a worker, waited for at most `budget`
+        seconds; DependLoadError if it raised (anything) or took longer."""
+        fut = self._worker_pool().submit(_load, loads)
+        try:
+            value, error = fut.result(budget)
+        except FutureTimeout:
+            self._overran.append(fut)
+            raise DependLoadError(f"it took longer than {budget:g}s to unpickle") from None
+        if error is not None:
+            raise DependLoadError(f"unpickling it raised {error!r}")
+        return value
 
     def close(self) -> None:
         if self._pool is not None:

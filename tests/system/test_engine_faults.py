@@ -23,6 +23,7 @@ from taskmill import (
     RemoteError,
     SerializationError,
     TaskClient,
+    TaskError,
     TaskTimeout,
 )
 
@@ -367,6 +368,31 @@ def test_a_slow_depend_does_not_freeze_the_controller(tmp_path):
             tc.get_task_result(slow, block=True)
         stats = tc.statistics()
         assert stats["engines_died"] == 0 and stats["refused"].get("slow-depend") == 1
+
+
+class SlowToLoad:
+    """A depend callable whose unpickling takes 5 s (as a closure over a large table may)."""
+
+    def __call__(self, properties):
+        return True
+
+    def __reduce__(self):
+        import time
+
+        return time.sleep, (5,)
+
+
+@pytest.mark.timeout(120)
+def test_a_depend_slow_to_unpickle_is_refused_without_freezing_the_controller(tmp_path):
+    """The controller unpickled a depend callable in its loop: for those 5 s it answered no
+    one, and engines moved to new connections. Its unpickling has a deadline now, as its
+    calls have."""
+    with Cluster(1, heartbeat=0.25) as c, c.client() as tc:
+        with pytest.raises(TaskError, match=r"depend callable: it took longer than 0.5s to "
+                           r"unpickle; use a dict depend"):
+            tc.run(MapTask(abs, (-1,), depend=SlowToLoad()))
+        assert tc.run(MapTask(abs, (-2,)), block=True) == 2
+        assert tc.statistics()["engines_died"] == 0
 
 
 # -- task code whose outcome cannot be shown or pickled ---------------------------------------

@@ -48,11 +48,14 @@ def test_depend_callable(client, gate, eids):
     _depend_lands_on_target(client, gate, eids, lambda t: (lambda props: props["engineid"] == t))
 
 
-def test_depend_callable_that_raises_counts_as_false(client, gate, eids):
+@pytest.mark.parametrize("error", [RuntimeError, SystemExit, KeyboardInterrupt])
+def test_depend_callable_that_raises_counts_as_false(client, gate, eids, error):
+    """(SystemExit or KeyboardInterrupt from a depend ended the controller, and again at each
+    restart on the same store: the stored task was judged again.)"""
     def depend_for(target):
         def only_target(props):
             if props["engineid"] != target:
-                raise RuntimeError("not this engine")
+                raise error("not this engine")
             return True
 
         return only_target

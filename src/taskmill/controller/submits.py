@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..depend import BoundedDepend, DependRunner
+from ..depend import BoundedDepend, DependLoadError, DependRunner
 from ..errors import StoreError
 from ..memory import detached
 from ..protocol import EmptyReply, Lease, LeaseReply, Put, Submit, TidsReply
@@ -201,15 +201,17 @@ class Submits:
             depend = meta.get("depend")
             if depend == "callable":
                 s, e = meta["dspan"]
+                own = frames[s:e]
                 try:
-                    self.ctx.wire.check_payload(frames[s:e], meta.get("dpmac"))
-                    depend = loads(frames[s:e])
+                    self.ctx.wire.check_payload(own, meta.get("dpmac"))
+                    depend = self.depends.load(lambda own=own: loads(own))
                 except Refused as err:
                     raise BadRequest(f"depend payload refused: {err}") from None
-                except Exception as err:
+                except DependLoadError as err:
                     raise BadRequest(
-                        f"the controller cannot unpickle this task's depend callable ({err!r}); "
-                        "use a dict depend or a function the controller can import") from None
+                        f"the controller cannot unpickle this task's depend callable: {err}; "
+                        "use a dict depend, or a small function the controller can import "
+                        "(not a closure over large data)") from None
                 if not callable(depend):
                     raise BadRequest("depend must unpickle to a callable")
                 depend = self.depends.guard(depend, self.slow_depend)
