@@ -48,6 +48,9 @@ BYE_LINGER_MS = 200  # at most this long, a closing client's `bye` may wait to l
 IDLE_AT_LEAST_EVERY = 256  # messages: a steady stream of replies must not starve the idle hook
 IDLE_POLL_MS = 100  # the I/O thread's longest wait for a reply before it pings (close() wakes it)
 POLLIN = int(zmq.POLLIN)
+# Requests that only read: one unanswered changed nothing (the others may have taken effect).
+QUERIES = frozenset({"hello", "ping", "result", "watch", "wait", "status", "engines", "stats",
+                     "activity", "task"})
 
 Stream = Callable[[dict[str, Any], list[Any]], bool]
 
@@ -332,8 +335,10 @@ class Connection(LinkRecovery):
 
     def no_answer(self, header: dict[str, Any], wait: float) -> ControllerUnreachable:
         """The error of a quick request not answered within `wait` seconds."""
-        return ControllerUnreachable(f"the controller at {self.info.client_url} did not answer "
-                                     f"a {header['type']!r} request within {wait:g}s")
+        return ControllerUnreachable(
+            f"the controller at {self.info.client_url} did not answer a {header['type']!r} "
+            f"request within {wait:g}s" + ("" if header["type"] in QUERIES else
+                                          ", which may or may not have taken effect"))
 
     def wait_reply(self, header: dict[str, Any], frames: Sequence[Any] = (),
                    timeout: float | None = None,
