@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from systest import poll
 
 from taskmill import Cluster, MapTask, StringTask, TaskTimeout
 
@@ -72,3 +73,77 @@ def test_the_longest_timeout_is_accepted_and_a_longer_one_refused(client):
         with pytest.raises(ValueError, match="None for no timeout"):
             MapTask(abs, (-3,), timeout=too_long)
     assert {e["pid"] for e in client.engines() if e["state"] != "dead"} == pids
+
+
+def swallows_interrupts(seconds):
+    """Task code with a bare `except BaseException` in a loop: every interruption is eaten."""
+    import time
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            time.sleep(0.05)
+        except BaseException:  # noqa: BLE001 - the point of this task
+            pass
+    return "finished"
+
+
+def test_an_aborted_task_that_swallows_interrupts_is_ended_with_its_engine():
+    """The last-resort kill (3 s after an abort) was armed again by each copy of the abort
+    that the controller sends with its heartbeats: it never fired, the engine stayed busy
+    for good and every later task waited. The earliest kill asked for now stands."""
+    with Cluster(1, heartbeat=0.5) as c, c.client() as tc:
+        first = c.launcher.record()["pids"][0]
+        tid = tc.run(MapTask(swallows_interrupts, (600,)))
+        poll(lambda: tc.queue_status(verbose=True)["pending"] == [tid], what="the task to run")
+        tc.abort(tid)
+        after = tc.run(MapTask(os.getpid))
+        assert tc.get_task_result(after, block=True, timeout=60) != first
+        assert c.restarts == 1
+
+
+def test_a_task_that_swallows_its_timeout_and_returns_fails_with_task_timeout(client):
+    """Code that ate the timeout's interruption and then returned was reported a success."""
+    with pytest.raises(TaskTimeout, match="timeout of 0.3s"):
+        client.options(timeout=0.3).submit(swallows_interrupts, 1.5).result(timeout=60)
+    r = client.run(StringTask("import time\nend = time.monotonic() + 1.5\n"
+                              "while time.monotonic() < end:\n"
+                              "    try: time.sleep(0.05)\n"
+                              "    except BaseException: pass\n", timeout=0.3), block=True)
+    assert isinstance(r.failure, TaskTimeout)
+
+
+def cleans_up(path):
+    import time
+
+    try:
+        time.sleep(60)
+    finally:
+        time.sleep(0.03)  # (a short clean-up: a checkpoint written, a lock released)
+        with open(path, "w") as f:
+            f.write("saved")
+
+
+def test_a_timed_out_tasks_own_clean_up_is_not_interrupted_again_at_once(client, tmp_path):
+    """After the first interruption the engine signalled again every ~10 ms (each pass of
+    its I/O loop), not every RESIGNAL_EVERY (0.2 s): a `finally` of 30 ms never finished."""
+    path = tmp_path / "checkpoint"
+    with pytest.raises(TaskTimeout):
+        client.options(timeout=0.5).submit(cleans_up, str(path)).result(timeout=60)
+    assert path.read_text() == "saved"
+
+
+def test_clear_after_restores_the_properties_after_a_timeout_however_slow_the_clearing():
+    """`clear_after` ran while the task still counted as running: the repeated interruption
+    landed inside the engine's own reset, and a property the task set stayed on the engine."""
+    src = ("import taskmill, time\n"
+           "taskmill.current_engine().properties['reserved_by'] = 'a task that timed out'\n"
+           "big = [object() for _ in range(2_000_000)]\n"  # (~0.1 s to clear)
+           "time.sleep(60)\n")
+    with Cluster(1, heartbeat=0.5) as c, c.client() as tc:
+        r = tc.run(StringTask(src, timeout=1.0, clear_after=True), block=True)
+        assert isinstance(r.failure, TaskTimeout)
+        seen = tc.run(StringTask("import taskmill\n"
+                                 "props = dict(taskmill.current_engine().properties)",
+                                 pull=["props"]), block=True)["props"]
+        assert "reserved_by" not in seen and "reserved_by" not in tc.engines()[0]["properties"]

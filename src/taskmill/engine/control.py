@@ -118,6 +118,8 @@ class EngineControl(Registration):
         self.finishing = False  # the current task's code is over; its result is being made
         self.deadline: float | None = None  # monotonic time the running task must end by
         self.interrupt_req: tuple[int, str] | None = None  # (tid, "abort"|"timeout"|"drop")
+        self.kill_at: float | None = None  # monotonic: faulthandler's last-resort kill is due
+        self.signalled_at = 0.0  # monotonic: the last interrupt signal to the main thread
         self.skip: set[tuple[int, int]] = set()  # aborted before they started
         self.revoked: set[int] = set()  # dseqs given back to the controller: dropped silently
         self.said_leaving = False  # `leaving` (or `retired`) was sent: see _say_leaving
@@ -382,8 +384,9 @@ class EngineControl(Registration):
                 return
             if req is None and deadline is not None and now >= deadline:
                 self._request_interrupt_locked(current, "timeout")
-            elif req is not None and req[0] == current[0] and self.code.active:
-                signal.pthread_kill(threading.main_thread().ident, INTERRUPT_SIGNAL)
+            elif req is not None and req[0] == current[0] and self.code.active \
+                    and now - self.signalled_at >= RESIGNAL_EVERY:
+                self._signal_locked(now)
 
     def _request_interrupt_locked(self, key: tuple[int, int], reason: str) -> None:
         if self.current == key and self.finishing:
@@ -393,15 +396,39 @@ class EngineControl(Registration):
                                          for e, _ in self.backlog):
                 self.skip.add(key)  # buffered behind the running task
             return
+        now = time.monotonic()
+        again = self.interrupt_req == (key[0], reason)  # (an abort sent again: heartbeats)
         self.interrupt_req = (key[0], reason)
         if reason == "abort":
             # If the code never lets the interruption through (a C call holding the GIL),
             # faulthandler's own thread ends the process; the nanny starts a new engine.
-            # Armed under the lock: the main thread cancels it under the lock too, after
-            # the task is over, so it can never outlive the task.
-            faulthandler.dump_traceback_later(KILL_GRACE, exit=True, file=sys.__stderr__)
-        if self.code.active:
-            signal.pthread_kill(threading.main_thread().ident, INTERRUPT_SIGNAL)
+            self.arm_kill_locked(now + KILL_GRACE)
+        if self.code.active and (not again or now - self.signalled_at >= RESIGNAL_EVERY):
+            self._signal_locked(now)
+
+    def _signal_locked(self, now: float) -> None:
+        """(Signals at most every RESIGNAL_EVERY: the task's own clean-up must get its turn.)"""
+        self.signalled_at = now
+        signal.pthread_kill(threading.main_thread().ident, INTERRUPT_SIGNAL)
+
+    def arm_kill_locked(self, at: float) -> None:
+        """End this process at `at` (monotonic) unless the task is over by then: the earliest
+        kill asked for stands (an abort sent again must not push it later). Armed under the
+        lock: the main thread cancels it under the lock too (`disarm_kill_locked`), after
+        the task is over, so it can never outlive the task."""
+        if self.kill_at is not None and self.kill_at <= at:
+            return
+        try:
+            faulthandler.dump_traceback_later(max(at - time.monotonic(), 0.001), exit=True,
+                                              file=sys.__stderr__)
+        except (OverflowError, ValueError):
+            log.warning("a last-resort kill %.0fs away is too far to arm", at - time.monotonic())
+            return
+        self.kill_at = at
+
+    def disarm_kill_locked(self) -> None:
+        faulthandler.cancel_dump_traceback_later()
+        self.kill_at = None
 
     def on_interrupt_signal(self, signum: int, frame: Any) -> None:
         req = self.interrupt_req

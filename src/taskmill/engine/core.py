@@ -13,7 +13,6 @@ and queues its result in the outbox (results.py), sending what is ready on the r
 from __future__ import annotations
 
 import builtins
-import faulthandler
 import logging
 import signal
 import sys
@@ -201,12 +200,8 @@ class Engine(EngineControl):
         if timeout:
             # The last resort for code that never lets the interruption through. (The
             # controller admits timeouts up to MAX_TIMEOUT, which faulthandler takes.)
-            try:
-                faulthandler.dump_traceback_later(timeout + KILL_GRACE, exit=True,
-                                                  file=sys.__stderr__)
-            except (OverflowError, ValueError):
-                log.warning("task %s: timeout %r too large for the last-resort kill", tid,
-                            timeout)
+            with self.lock:
+                self.arm_kill_locked(time.monotonic() + timeout + KILL_GRACE)
         try:
             frames, values = take_arguments(tid, header, frames, self.wire)
             if frames:
@@ -217,8 +212,13 @@ class Engine(EngineControl):
                     self._reset()
                 value = self.code.execute(tid, spec, frames, self.engineid, values)
             finally:
+                with self.lock:  # (no interruption may cut the engine's own clean-up short)
+                    self.code.active = False
+                    late = self.interrupt_req
                 if spec.get("clear_after"):
                     self._reset()
+            if late is not None and late[1] == "timeout":  # (the code swallowed it)
+                raise TaskInterrupted("timeout")
         except TaskInterrupted as e:
             if e.args and e.args[0] == "drop":
                 dropped = True
@@ -239,7 +239,7 @@ class Engine(EngineControl):
             task_err.reset()
             sys.stdout, sys.stderr = old_out, old_err
             with self.lock:
-                faulthandler.cancel_dump_traceback_later()
+                self.disarm_kill_locked()
                 if self.interrupt_req is not None and self.interrupt_req[1] == "drop":
                     dropped = True
                 # The task stays current until its result is queued (a heartbeat must never
