@@ -397,6 +397,30 @@ def test_a_depend_slow_to_unpickle_is_refused_without_freezing_the_controller(tm
 
 # -- task code whose outcome cannot be shown or pickled ---------------------------------------
 
+def raises_large(n):
+    raise ValueError("x" * n)
+
+
+def prints_then_raises(n):
+    print("y" * n)
+    raise KeyError("k")
+
+
+@pytest.mark.timeout(120)
+def test_a_failure_larger_than_the_message_limit_is_reported_shortened():
+    """A failure's report was not held to the message size limit (only a result was): an
+    exception with a 4 MiB message under a 1 MiB limit was dropped by ZeroMQ, the engine
+    reconnected every second and the task never ended."""
+    with Cluster(1, max_message_size=1 << 20, dashboard=False) as c, c.client() as tc:
+        with pytest.raises(RemoteError, match=r"characters left out: the whole would pass the "
+                           r"controller's message size limit") as e:
+            tc.submit(raises_large, 4 << 20).result(timeout=60)
+        assert e.value.type_name == "ValueError" and len(str(e.value)) < 1 << 20
+        with pytest.raises(KeyError):  # (its output shortened first: the type is kept)
+            tc.submit(prints_then_raises, 3 << 20).result(timeout=60)
+        assert tc.submit(abs, -1).result(timeout=60) == 1
+
+
 class StrRaises(Exception):
     def __str__(self):
         raise RuntimeError("no str")

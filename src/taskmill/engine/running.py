@@ -184,6 +184,44 @@ def reply_body(reply: dict[str, Any], value: Any, exc: BaseException | None,
         reply["status"] = "rejected" if isinstance(exc, TaskRejectError) else "error"
         reply.update(error_fields(exc))
         body = pickle_exception(exc, reply["error"])
+        body = fit_error(reply, body, max_result)
+    return body
+
+
+def _text_bytes(*texts: str) -> int:
+    return sum(len(t.encode()) for t in texts)
+
+
+def _shortened(text: str, keep: int) -> str:
+    """`text` cut to about `keep` characters: its start and its end (the latest frames)."""
+    if len(text) <= keep:
+        return text
+    half = keep // 2
+    return (f"{text[:half]}\n... [{len(text) - 2 * half} characters left out: the whole would "
+            f"pass the controller's message size limit] ...\n{text[-half:]}")
+
+
+def fit_error(reply: dict[str, Any], body: list[Any], max_result: int) -> list[Any]:
+    """A failure's report within the controller's message size limit (one larger is dropped by
+    ZeroMQ, and the task would never end): its output is shortened first, then the pickled
+    exception goes (a RemoteError then), then its message and traceback are shortened."""
+    error = reply["error"]
+    budget = max_result - 4096  # (the rest of the header)
+
+    def size() -> int:
+        return (sum(memoryview(f).nbytes for f in body)
+                + _text_bytes(error["message"], error["traceback"], reply["stdout"],
+                              reply["stderr"]))
+
+    keep = max(budget // 16, 256)  # characters (up to 4 bytes each)
+    for key in ("stdout", "stderr"):
+        if size() > budget:
+            reply[key] = _shortened(reply[key], keep)
+    if size() > budget:
+        body, error["pickled"] = [], False
+    for key in ("message", "traceback"):
+        if size() > budget:
+            error[key] = _shortened(error[key], keep)
     return body
 
 
