@@ -147,3 +147,22 @@ def test_clear_after_restores_the_properties_after_a_timeout_however_slow_the_cl
                                  "props = dict(taskmill.current_engine().properties)",
                                  pull=["props"]), block=True)["props"]
         assert "reserved_by" not in seen and "reserved_by" not in tc.engines()[0]["properties"]
+
+
+def test_signal_state_a_task_leaves_ends_with_it():
+    """A task's interval timer went on (its alarm failed the next task, someone else's), and a
+    handler it changed stayed: an ignored interrupt signal made every later timeout a kill."""
+    leaves = ("import signal\n"
+              "def on_alarm(*_):\n"
+              "    raise RuntimeError('the alarm of an earlier task')\n"
+              "signal.signal(signal.SIGALRM, on_alarm)\n"
+              "signal.setitimer(signal.ITIMER_REAL, 0.3)\n"
+              "signal.signal(signal.SIGUSR1, signal.SIG_IGN)\n")
+    with Cluster(1, heartbeat=0.5) as c, c.client() as tc:
+        pid = c.launcher.record()["pids"][0]
+        assert tc.run(StringTask(leaves), block=True).failure is None
+        r = tc.run(StringTask("import time\ntime.sleep(1)\nok = 1", pull="ok"), block=True)
+        assert r.failure is None and r["ok"] == 1
+        with pytest.raises(TaskTimeout):
+            tc.options(timeout=0.3).submit(sleep_long).result(timeout=60)
+        assert tc.submit(os.getpid).result(timeout=60) == pid and c.restarts == 0

@@ -56,6 +56,9 @@ def current_engine() -> Engine:
 CHANGED_HINT = (" (arrays, bytes and bytearrays of 64 KiB or more travel from the caller's "
                 "memory without a copy: one changed after the call, before the task was sent, "
                 "reads so; pass a copy, e.g. arr.copy(), if you change it right after)")
+# Signals whose handlers the engine puts back after each task (task code may change them).
+KEPT_SIGNALS = (signal.SIGALRM, signal.SIGINT, signal.SIGTERM, INTERRUPT_SIGNAL)
+
 
 class Engine(EngineControl):
     """One engine: connect, register, run tasks until stopped."""
@@ -71,6 +74,7 @@ class Engine(EngineControl):
         super().__init__(info, properties, output_limit=output_limit,
                          register_timeout=register_timeout)
         self.task_streams: tuple[TaskStream, TaskStream] | None = None
+        self.signals: dict[int, Any] = {}  # handlers as the engine set them (run())
         self._reset()
 
     # -- namespace and properties ----------------------------------------------------------
@@ -87,12 +91,23 @@ class Engine(EngineControl):
         self.properties.clear()
         self.properties.update(self._base_properties())
 
+    def _restore_signals(self) -> None:
+        """What task code did to signals ends with it: an interval timer it left running (its
+        alarm would fail the next task), a handler it changed (an ignored interrupt signal
+        would make every later timeout a kill of the engine)."""
+        if signal.getitimer(signal.ITIMER_REAL)[0]:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        for n, handler in self.signals.items():
+            if signal.getsignal(n) is not handler:
+                signal.signal(n, handler)
+
     # -- lifecycle -------------------------------------------------------------------------
     def run(self) -> None:
         """Register, then run tasks until `stop()`."""
         global _CURRENT
         _CURRENT = self
         old = signal.signal(INTERRUPT_SIGNAL, self.on_interrupt_signal)
+        self.signals = {n: signal.getsignal(n) for n in KEPT_SIGNALS}
         heart = threading.Thread(target=self.sockets.run_heart, name="taskmill-heart",
                                  daemon=True)
         heart.start()
@@ -238,6 +253,7 @@ class Engine(EngineControl):
             task_out.reset()
             task_err.reset()
             sys.stdout, sys.stderr = old_out, old_err
+            self._restore_signals()
             with self.lock:
                 self.disarm_kill_locked()
                 if self.interrupt_req is not None and self.interrupt_req[1] == "drop":
