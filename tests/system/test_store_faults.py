@@ -137,6 +137,82 @@ def test_store_on_a_full_disk_refuses_submits_then_recovers(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+MIB = 1024 * 1024
+
+
+def filled(i, n):
+    return bytes([i]) * n
+
+
+def filled_once_released(release, n):
+    """n bytes, once the file `release` exists (it is waited for with a deadline)."""
+    import os
+    import time
+
+    deadline = time.monotonic() + 60
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return b"g" * n
+
+
+@pytest.mark.timeout(180)
+def test_committed_results_are_read_and_cleared_while_the_disk_is_full(tmp_path):
+    """A large result does not fit on the store's disk: the store cannot write. The results
+    committed before were answered only to get_task_result(block=False): a blocking read, a
+    future, a barrier waited for good; a clear failed (it first committed what was queued),
+    so no space could be freed through the API. Now those are answered at once, the one not
+    yet written reads as unfinished, and a clear frees the space the store then writes in."""
+    need_root("mount a small tmpfs")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
+    ctl = engines = tc = None
+    try:
+        ctl = ControllerProcess(tmp_path, db=str(mnt / "tasks.db"))
+        ctl.start()
+        engines = [ctl.engine()]
+        tc = TaskClient(ctl.conn, timeout=30)
+        poll(lambda: len(tc.engines()) >= 1, what="an engine")
+        futs = [tc.submit(filled, i, MIB) for i in range(3)]
+        assert [f.result(timeout=60) for f in futs] == [filled(i, MIB) for i in range(3)]
+        tids = [f.taskid for f in futs]
+        release = tmp_path / "release"
+        gated = tc.submit(filled_once_released, str(release), MIB)
+        filler = mnt / "filler"
+        with open(filler, "wb", buffering=0) as f:  # fill the disk to the last block ...
+            for size in (65536, 4096, 512):
+                try:
+                    while True:
+                        f.write(b"\0" * size)
+                except OSError:
+                    pass
+            f.truncate(f.tell() - MIB // 2)  # ... but for less than the gated result needs
+        release.touch()
+        poll(lambda: "cannot write a file" in ctl.log_text(), what="the store to fail")
+        with TaskClient(ctl.conn, timeout=30) as other:  # (nothing of these tasks in memory)
+            assert other.get_task_result(tids[0], block=True, timeout=15) == filled(0, MIB)
+            assert other.future(tids[1]).result(timeout=15) == filled(1, MIB)
+            other.barrier(tids, timeout=15)
+            assert [f.result() for f in other.wait(tids, timeout=15)] == [
+                filled(i, MIB) for i in range(3)]
+            assert other.get_task_result(gated.taskid) is None  # (not written yet)
+            with pytest.raises(TimeoutError):  # (it waits for the store)
+                other.get_task_result(gated.taskid, block=True, timeout=1)
+            assert other.clear(tids) == 3
+        assert gated.result(timeout=30) == b"g" * MIB  # (written in the space freed)
+        assert "writes again" in ctl.log_text()
+        assert tc.submit(filled, 7, 10).result(timeout=30) == filled(7, 10)
+        assert not any(p.name.startswith(str(tids[0])) for p in (mnt / "tasks.db.blobs").iterdir())
+    finally:
+        if tc is not None:
+            tc.close()
+        for e in engines or ():
+            e.kill()
+        if ctl is not None:
+            ctl.stop()
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
 def _submits(tc, given) -> bool:
     try:
         tid = tc.run(MapTask(tag, ("again",)))

@@ -27,8 +27,9 @@ stored (heartbeats, hello, refusals) go out without waiting for the commit.
 When the store cannot write (disk full, locked by another process), nothing that depends on
 the failed commit is sent: the rows stay queued and the commit is tried again with a growing
 pause; the submits of that commit are taken back (their taskids are never used) and answered
-with StoreError; everything else waits until the store writes again. The controller keeps
-serving meanwhile and logs the cause once.
+with StoreError; what depends only on rows committed before (a result read or waited for,
+a clear, which commits on its own and frees space) is answered; everything else waits until
+the store writes again. The controller keeps serving meanwhile and logs the cause once.
 
 The package, from the outside in:
 - sockets.py: `ControllerSockets`, the two listening sockets (Curve included), which

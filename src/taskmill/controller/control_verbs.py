@@ -105,8 +105,9 @@ class ControlVerbs:
         return AbortReply("unknown")
 
     def clear(self, rt: bytes, req: Any, m: Clear, frames: list[Any]) -> None:
-        self.once(rt, req, m, lambda: self.ctx.outbox.reply(rt, req, self.cleared(m)),
-                  ClearReply)
+        # (answered even while the store cannot write: the clear's rows are committed)
+        self.once(rt, req, m, lambda: self.ctx.outbox.reply(rt, req, self.cleared(m),
+                                                            committed=True), ClearReply)
 
     def cleared(self, m: Clear) -> ClearReply:
         ctx = self.ctx

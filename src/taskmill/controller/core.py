@@ -372,6 +372,10 @@ class ControllerCore:
                 out.extend(self.engine_tasks.number_tasks(tasks))
             if outbox.to_clients or outbox.credits.ready:
                 out.extend(outbox.take_client_messages())
+        elif held and (outbox.to_clients or outbox.credits.ready):
+            # (the store cannot write: what needs only committed rows goes, e.g. a result
+            # committed before, so that a blocking read of it is answered as a quick one)
+            out.extend(outbox.take_committed(ctx.store.unsaved))
         if stored:  # (after the clients' messages: an early ack is on no one's path)
             out.extend(self.engines.acks_stored())
         ctx.counters.messages_out += len(out)

@@ -38,6 +38,8 @@ RESULT_OVERHEAD = 512  # bytes a result's metadata counts for, against the byte 
 
 # A result's entry and frames, read back from the store by its taskid.
 Loader = Callable[[int], tuple[dict[str, Any], list[Any]]]
+# Whether a result may not be sent yet (its row is not written: see Credits.take).
+Hold = Callable[[int], bool]
 # (routing id, req, number of the first result, entries, their frames, ask for an ack)
 Batch = tuple[bytes, Any, int, list[dict[str, Any]], list[Any], bool]
 
@@ -129,7 +131,9 @@ class ClientCredit:
         if self.acked < self.next and got >= self.acked:
             self.replay = self.acked
 
-    def take(self, rt: bytes, load: Loader) -> list[Batch]:
+    def take(self, rt: bytes, load: Loader, hold: Hold | None = None) -> list[Batch]:
+        """The batches the window allows now (`hold`: none from the first result it names:
+        the store has not written it)."""
         out: list[Batch] = []
         if self.replay is not None:
             again = [s for s in self.inflight if s.at >= self.replay]
@@ -154,6 +158,8 @@ class ClientCredit:
         size = self.inflight_bytes
         while queue and n < self.window:
             w = queue[0]
+            if hold is not None and hold(w.tid):
+                break
             if w.meta is None:
                 w.meta, w.frames = load(w.tid)
                 w.size = result_size(w.frames)
@@ -267,9 +273,11 @@ class Credits:
         self.ready.discard(rt)
         return self.watching.pop(rt, 0)
 
-    def take(self, load: Loader) -> list[Batch]:
-        """The `done` batches the clients' credit allows now, numbered."""
+    def take(self, load: Loader, hold: Hold | None = None) -> list[Batch]:
+        """The `done` batches the clients' credit allows now, numbered; `hold`: none from
+        the first result of a client that it names (those clients stay ready)."""
         out: list[Batch] = []
+        held: list[bytes] = []
 
         def read_back(tid: int) -> tuple[dict[str, Any], list[Any]]:
             self.read_back += 1
@@ -280,8 +288,11 @@ class Credits:
             if c is not None:
                 if c.replay is not None:
                     self.sent_again += c.next - c.replay
-                out.extend(c.take(rt, read_back))
+                out.extend(c.take(rt, read_back, hold))
+                if hold is not None and c.queue and hold(c.queue[0].tid) and c.can_send():
+                    held.append(rt)
         self.ready.clear()
+        self.ready.update(held)
         return out
 
     def held(self) -> dict[str, int]:

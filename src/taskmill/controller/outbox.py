@@ -20,6 +20,7 @@ the time.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ from ..errors import StoreError
 from ..protocol import Done, Refusal, to_client
 from ..store import TaskStore
 from ..wire import frame_len
-from .credit import Credits
+from .credit import Batch, Credits
 
 log = logging.getLogger("taskmill.controller")
 
@@ -96,7 +97,9 @@ class Outbox:
         # (client socket, request); submits answered after the commit that stores them.
         self.to_engines: list[tuple[bytes, dict[str, Any], Any]] = []
         self.tasks_out: dict[int, tuple[list[dict[str, Any]], list[Any]]] = {}
-        self.to_clients: list[tuple[bytes, dict[str, Any], Any]] = []
+        # (the last field: the message depends only on rows committed before it was queued,
+        # so it goes even while the store cannot write: `take_committed`)
+        self.to_clients: list[tuple[bytes, dict[str, Any], Any, bool]] = []
         # Results for watching clients, sent within each one's credit (credit.py).
         self.credits = credits if credits is not None else Credits()
         self.new_submits: list[NewSubmit] = []
@@ -112,24 +115,27 @@ class Outbox:
 
     # -- queueing --------------------------------------------------------------------------
     def send(self, port: int, ident: bytes, header: dict[str, Any], frames: Any = (), *,
-             now: bool = False) -> None:
-        """Queue a message: sent after this turn's commit, or (`now`) whatever the store does."""
+             now: bool = False, committed: bool = False) -> None:
+        """Queue a message: sent after this turn's commit, or (`now`) whatever the store does.
+        `committed` (to a client): it depends only on rows committed already, so it goes
+        after this turn's commit, or at this turn's end if that commit fails."""
         if now:
             self.now_out.append((port, ident, header, frames))
         elif port == CLIENT:
-            self.to_clients.append((ident, header, frames))
+            self.to_clients.append((ident, header, frames, committed))
         else:
             self.to_engines.append((ident, header, frames))
 
     def reply(self, reply_to: bytes, req: Any, record: msgspec.Struct, frames: Any = (), *,
-              now: bool = False) -> None:
+              now: bool = False, committed: bool = False) -> None:
         """Answer a request with its reply record (protocol.replies): after this turn's
-        commit, or (`now`: it depends on nothing stored) at once."""
+        commit, or (`now`: it depends on nothing stored) at once, or (`committed`: only on
+        rows committed already) even if that commit fails."""
         header = {"type": "reply", "req": req, "ok": type(record) is not Refusal,
                   "session": self.session, **to_client(record)}
-        self.send(CLIENT, reply_to, header, frames, now=now)
+        self.send(CLIENT, reply_to, header, frames, now=now, committed=committed)
         if self.answers is not None and not frames:  # (control_verbs.py keeps it)
-            self.answers.append((record, now))
+            self.answers.append((record, now or committed))  # (sent again: on nothing new)
 
     def refuse(self, reply_to: bytes, req: Any, error: str, error_type: str | None = None
                ) -> None:
@@ -219,10 +225,26 @@ class Outbox:
         """Replies in order, then the results each client's credit allows as `done`
         messages: `at` numbers the first result of each, `ask` asks for an acknowledgement."""
         out: list[Outgoing] = []
-        for ident, header, frames in self.to_clients:
+        for ident, header, frames, _committed in self.to_clients:
             out.append((CLIENT, ident, header, frames))
         self.to_clients = []
-        for reply_to, req, at, entries, frames, ask in self.credits.take(self.stored_entry):
+        return self.done_messages(out, self.credits.take(self.stored_entry))
+
+    def take_committed(self, unsaved: Callable[[int], bool]) -> list[Outgoing]:
+        """While the store cannot write: the messages to clients that depend only on rows
+        committed already (replies queued `committed`, and each client's results up to the
+        first whose row is `unsaved`); the rest stay held."""
+        out: list[Outgoing] = [(CLIENT, ident, header, frames) for ident, header, frames, c
+                               in self.to_clients if c]
+        if out:
+            self.to_clients = [m for m in self.to_clients if not m[3]]
+        if not self.credits.ready:
+            return out
+        return self.done_messages(out, self.credits.take(self.stored_entry, hold=unsaved))
+
+    def done_messages(self, out: list[Outgoing], batches: list[Batch]) -> list[Outgoing]:
+        """`out` and then the `done` messages of these batches of results (credit.py)."""
+        for reply_to, req, at, entries, frames, ask in batches:
             parts = self.within_limit(entries, frames)
             for i, (part, part_frames) in enumerate(parts):
                 done = Done(part, at, ask and i == len(parts) - 1)

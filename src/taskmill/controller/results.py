@@ -175,13 +175,22 @@ class Results:
             return None, []
         return {"tid": tid, "unknown": True, "nframes": 0}, []
 
-    def reply_results(self, rt: bytes, req: Any, tids: list[int], asked: bool = False) -> None:
-        """The results of `tids`, sent after this turn's commit. A request that `asked` for
-        them as they are (get_task_result(block=False)) is answered at once while the store
-        cannot write, with what is committed (a result not yet written reads as unfinished)
-        rather than its answer waiting for the store."""
+    def committed(self, tids: Sequence[int]) -> bool:
+        """Whether every result of `tids` that is stored is committed (none is still to be
+        written): a reply with them needs no commit, and goes while the store cannot write."""
+        store = self.ctx.store
+        return not store.dirty() or not any(map(store.unsaved, tids))
+
+    def reply_results(self, rt: bytes, req: Any, tids: Sequence[int],
+                      asked: bool = False) -> None:
+        """The results of `tids`, sent after this turn's commit, or (all of them committed
+        before: `committed`) even if it fails. A request that `asked` for them as they are
+        (get_task_result(block=False)) is answered at once while the store cannot write,
+        with what is committed (a result not yet written reads as unfinished) rather than
+        its answer waiting for the store."""
         outbox = self.ctx.outbox
         down = asked and outbox.store_down_since is not None
+        committed = not down and self.committed(tids)
         entries, out = [], []
         for tid in tids:
             meta, frames = self.entry(tid, stored=down)
@@ -189,10 +198,9 @@ class Results:
             out.extend(frames)
         parts = outbox.within_limit(entries, out)
         for i, (part, part_frames) in enumerate(parts):
-            if i < len(parts) - 1:  # the client joins the pieces of a reply marked `more`
-                outbox.reply(rt, req, ResultsReply(part, more=True), part_frames, now=down)
-            else:
-                outbox.reply(rt, req, ResultsReply(part), part_frames, now=down)
+            # (the client joins the pieces of a reply marked `more`)
+            outbox.reply(rt, req, ResultsReply(part, more=i < len(parts) - 1), part_frames,
+                         now=down, committed=committed)
 
     def add_waiter(self, rt: bytes, req: Any, mode: str, tids: list[int],
                    budget: int = 0) -> None:
@@ -292,9 +300,10 @@ class Results:
             entries.append(meta)
             out.extend(frames)
         parts = self.ctx.outbox.within_limit(entries, out)
+        committed = self.committed(w.tids)  # (every task's, not only those it carries)
         for i, (part, part_frames) in enumerate(parts):
             self.ctx.outbox.reply(w.reply_to, w.req, ResultsReply(part, i < len(parts) - 1),
-                                  part_frames)
+                                  part_frames, committed=committed)
 
     def send_watch(self, w: Waiter, tid: int, result: StoredResult | None = None) -> None:
         meta, frames = stored_entry(result) if result is not None else self.entry(tid)

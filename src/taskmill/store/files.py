@@ -56,6 +56,7 @@ class FrameFiles:
         self._pack = pack  # the store's msgpack Packer
         self._unwritten: dict[str, Any] = {}  # file name -> its bytes, until commit
         self._unlink_after_commit: list[Path] = []
+        self._written: list[Path] = []  # by `write`, until `written` or `unwrite`
         self._spares: list[tuple[Path, int]] = []  # (path, size), the newest last
         self._spare_bytes = 0
         self._spare_names = itertools.count()
@@ -113,17 +114,42 @@ class FrameFiles:
         """Write the files the queued rows name (at commit, before the rows).
 
         A file dropped before it was written (its task finished within one commit) is never
-        written. If a write fails, every name stays queued: the next commit writes them all
-        (a file written twice is the same file)."""
-        for name, buf in self._unwritten.items():
-            path = self.folder / name
-            if self._reuse_spare(path):
-                with open(path, "r+b") as out:
-                    out.write(buf)
-                    out.truncate()
-            else:
-                with open(path, "wb") as out:
-                    out.write(buf)
+        written. If a write fails (a full disk), the files this call wrote are removed again,
+        the partly written one with them, so that a failed commit holds no space (a full
+        disk's last blocks are what SQLite needs to write anything, a clear included); every
+        name stays queued and the next commit writes them all. `written` (the rows are in)
+        or `unwrite` (they could not be) ends it."""
+        done: list[Path] = []
+        try:
+            for name, buf in self._unwritten.items():
+                path = self.folder / name
+                done.append(path)
+                if self._reuse_spare(path):
+                    with open(path, "r+b") as out:
+                        out.write(buf)
+                        out.truncate()
+                else:
+                    with open(path, "wb") as out:
+                        out.write(buf)
+        except BaseException:
+            self._written = done
+            self.unwrite()
+            raise
+        self._written = done
+
+    def unwrite(self) -> None:
+        """The rows naming the files just written could not be committed: remove the files
+        (named by no row, they are written again by the next commit) and the spares, which
+        hold space a full disk needs."""
+        for path in self._written:
+            path.unlink(missing_ok=True)
+        self._written = []
+        self.discard_spares()
+
+    def written(self) -> None:
+        """The rows naming the files just written are committed: the files are theirs now
+        (result files are queued to be synced)."""
+        self._written = []
         due = time.monotonic() + SPILL_AFTER
         for name, buf in self._unwritten.items():
             if ".result." in name:  # (not a put's: "<tid>.put.<i>", read again and again)
@@ -151,8 +177,10 @@ class FrameFiles:
         """Forget the files a row's frames name: unwritten ones are never written; written
         ones are removed after the next commit (or `now`, for rows that never committed)."""
         for item in unpack(blob) if blob else []:
-            if isinstance(item, dict) and self._unwritten.pop(item["file"], None) is None:
-                path = self.folder / item["file"]
+            if not isinstance(item, dict):
+                continue
+            path = self.folder / item["file"]
+            if self._unwritten.pop(item["file"], None) is None or path in self._written:
                 if now:
                     path.unlink(missing_ok=True)
                 else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import hmac
+import logging
 import os
 import shutil
 import sqlite3
@@ -20,6 +21,8 @@ from typing import Any
 from ..errors import StoreError
 from .base import ENGINE_ROW_AGE, MAX_TID, SUBMIT_KEY_AGE, StoredTask, unpack
 from .retiring import RetiringEngines
+
+log = logging.getLogger("taskmill.store")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -275,6 +278,50 @@ def disk_note(path: str) -> str:
     except OSError:
         return ""
     return f" (the disk holding it has {free:,} bytes free)" if free < LOW_DISK else ""
+
+
+def roll_back(db: sqlite3.Connection, path: str, cause: BaseException) -> None:
+    """Roll back the transaction a failed write left open; a failed ROLLBACK is logged, never
+    raised in the cause's place (the queued rows are kept and tried again)."""
+    try:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+    except sqlite3.Error as e:
+        log.error("the task store %s: ROLLBACK failed (%s) after a write failed (%s); the "
+                  "queued rows are kept and tried again", path, e, cause)
+
+
+def clear_rows(db: sqlite3.Connection, tids: list[int] | None, next_tid: int,
+               key_row: Callable[[dict[str, Any]], tuple[Any, ...]] | None, path: str
+               ) -> tuple[list[tuple[int, int, bytes | None]], list[int]]:
+    """A clear's transaction: `delete_finished`, and (`key_row`: the row of the clear's
+    answer, {"dropped": n, "missing": [...]}) its answer. On failure a rollback and a
+    StoreError that says nothing was cleared and what to do."""
+    try:
+        if db.in_transaction:  # (a ROLLBACK that failed left one open)
+            db.execute("ROLLBACK")
+        db.execute("BEGIN")
+        dropped, missing = delete_finished(db, tids, next_tid)
+        if key_row is not None:
+            db.execute(REMEMBER_SUBMIT, key_row({"dropped": len(dropped), "missing": missing}))
+        db.execute("COMMIT")
+    except sqlite3.Error as e:
+        roll_back(db, path, e)
+        raise StoreError(
+            f"the task store {path} cannot write: {e}{disk_note(path)}; nothing was cleared: "
+            "free space on the disk that holds it (or let go of whatever holds its lock) "
+            "and clear again") from None
+    return dropped, missing
+
+
+def unwritten_error(cause: StoreError, tids: list[int]) -> StoreError:
+    """The error of a clear that names results not yet written while the store cannot write."""
+    some = ", ".join(map(str, tids[:10])) + (", ..." if len(tids) > 10 else "")
+    return StoreError(
+        f"{cause}; nothing was cleared: the results of tasks {some} are not written yet (they "
+        "are once the store can write). Clear the results that are written (a "
+        "get_task_result(block=False) that returns them), or all (clear() drops every result "
+        "written), then clear these")
 
 
 def open_error(path: str, e: BaseException) -> StoreError:

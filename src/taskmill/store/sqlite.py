@@ -55,8 +55,8 @@ from .schema import (
     SET_META,
     STATE,
     check_key,
+    clear_rows,
     connect,
-    delete_finished,
     disk_note,
     forget_old_rows,
     hold_lock,
@@ -64,6 +64,8 @@ from .schema import (
     open_error,
     read_counters,
     read_task,
+    roll_back,
+    unwritten_error,
     write_all,
 )
 from .wal import WAL_BYTES, WalKeeper
@@ -359,30 +361,33 @@ class SQLiteStore(IdLeases):
         compact(self._active)
 
     def clear(self, tids: list[int] | None, key: str = "") -> tuple[int, list[int]]:
-        """Drop finished results. Commits what is queued first, then deletes in a transaction
-        of its own; StoreError (and nothing dropped) if either fails. `key`: the clear's,
-        under which that transaction keeps its answer, {"dropped": n, "missing": [...]}."""
-        self.commit()
-        db = self.db
+        """Drop finished results: commits what is queued, then deletes in a transaction of
+        its own. A commit that fails (a full disk) does not stop the clear of the results it
+        has written, whose files go at once (the space lets the queued rows commit next);
+        one not yet written cannot go: StoreError (nothing cleared) if `tids` names one (all,
+        None: they stay). StoreError (nothing dropped) if the deletion fails. `key`: the
+        clear's, under which that transaction keeps its answer, {"dropped": n, "missing":
+        [...]}."""
         try:
-            db.execute("BEGIN")
-            dropped_rows, missing = delete_finished(db, tids, self._next)
-            if key:
-                db.execute(REMEMBER_SUBMIT, self.keys.row(
-                    key, {"dropped": len(dropped_rows), "missing": missing}))
-            db.execute("COMMIT")
-        except sqlite3.Error as e:
-            self._rollback(e)
-            raise StoreError(f"the task store {self.path} cannot write: {e} (nothing was "
-                             "cleared)") from None
+            self.commit()
+            failed: StoreError | None = None
+        except StoreError as e:
+            failed = e
+            unwritten = [t for t in tids or () if t in self._unsaved]
+            if unwritten:
+                raise unwritten_error(e, unwritten) from None
+        key_row = (lambda answer: self.keys.row(key, answer)) if key else None
+        dropped_rows, missing = clear_rows(self.db, tids, self._next, key_row, self.path)
         for tid, ok, blob in dropped_rows:
-            self.files.drop(blob)
+            # (the commit failed: only this clear's files go, not kept as spares)
+            self.files.drop(blob, now=failed is not None)
             self.cache.forget(tid)
             if ok:
                 self._n_ok -= 1
             else:
                 self._n_failed -= 1
-        self.files.unlink_dropped()
+        if failed is None:
+            self.files.unlink_dropped()
         return len(dropped_rows), missing
 
     def counts(self) -> tuple[int, int]:
@@ -443,9 +448,11 @@ class SQLiteStore(IdLeases):
                 db.execute("ROLLBACK")
             write_all(db, writes)
         except sqlite3.Error as e:
-            self._rollback(e)
+            roll_back(self.db, self.path, e)
+            self.files.unwrite()  # (the files of rows not written hold no space)
             raise StoreError(f"the task store {self.path} cannot write: {e}"
                              f"{disk_note(self.path)}") from None
+        self.files.written()
         if low_due:
             self._low_written = now
         self._written_eid = self._next_eid
@@ -457,14 +464,6 @@ class SQLiteStore(IdLeases):
         self.files.unlink_dropped()
         if self.wal.tail_due:
             self.wal.finish_tail()
-
-    def _rollback(self, cause: BaseException) -> None:
-        try:
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
-        except sqlite3.Error as e:
-            log.error("the task store %s: ROLLBACK failed (%s) after a write failed (%s); the "
-                      "queued rows are kept and tried again", self.path, e, cause)
 
     def close(self) -> None:
         try:
