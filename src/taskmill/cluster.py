@@ -23,14 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .adapt import Adapter, Policy
-from .checks import (
-    choose_transport,
-    days,
-    mebibytes,
-    message_size,
-    per_engine_properties,
-    seconds,
-)
+from .checks import choose_transport, days, mebibytes, message_size, per_engine_properties, seconds
 from .cluster_watch import ControllerWatch
 from .connection import (
     ensure_private_dir,
@@ -71,7 +64,10 @@ WAIT_PAUSE_FIRST, WAIT_PAUSE_MAX = 0.001, 0.01  # seconds between wait_for_engin
 
 def _stop_all_at_exit() -> None:
     for cluster in list(_LIVE):
-        cluster.stop()
+        try:
+            cluster.stop()
+        except RuntimeError as e:  # (LauncherError: engines it cannot confirm stopped; said)
+            log.error("%s", e)
 
 
 atexit.register(_stop_all_at_exit)

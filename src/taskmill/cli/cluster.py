@@ -34,6 +34,7 @@ from ..connection import (
 from .logs import fresh_log_dir
 
 if TYPE_CHECKING:
+    from ..cluster import Cluster
     from ..launchers import Launcher
 
 STOP_WAIT = 120.0  # seconds `cluster stop` waits for the cluster process (Slurm: squeue)
@@ -221,7 +222,7 @@ def cmd_cluster(a: argparse.Namespace) -> int:
 
 def _stop_cluster(state: Path) -> int:
     """Stop the cluster process; if it is gone or does not stop, stop what its launcher left."""
-    from ..launchers import adopt
+    from ..launchers import LauncherError, adopt
     from ..launchers.base import AdoptedProcess, terminate
 
     s = read_cluster_record(state)
@@ -234,13 +235,21 @@ def _stop_cluster(state: Path) -> int:
     if cluster_alive(s):  # (woken if stopped; killed if it does not answer: what it started
         killed = bool(terminate([AdoptedProcess(pid)], STOP_WAIT))  # is stopped below)
         stopped_itself = not killed
+    left = read_cluster_record(state) if stopped_itself else None
+    if left is not None and left.get("pid") == pid and left.get("unstopped"):
+        print(f"taskmill: {left['unstopped']}", file=sys.stderr)  # (it kept the record)
+        return 1
     if not stopped_itself:
         ctl, started = s.get("controller_pid"), s.get("controller_started")
         if isinstance(ctl, int) and isinstance(started, int) and process_started(ctl) == started:
             terminate([AdoptedProcess(ctl)], CONTROLLER_STOP_WAIT)
         if s.get("launcher"):
             launcher = adopt(s["launcher"])
-            launcher.stop()
+            try:
+                launcher.stop()
+            except LauncherError as e:  # (the record is kept: `cluster stop` again)
+                print(f"taskmill: {one_line(e)}", file=sys.stderr)
+                return 1
             launcher.cleanup()
     state.unlink(missing_ok=True)
     if killed:
@@ -361,9 +370,25 @@ def _run_cluster_foreground(a: argparse.Namespace, state: Path, launcher: Launch
             if (cluster.launcher.record(), cluster.controller_pid) != written:
                 written = write_state()
     finally:
+        unstopped = stop_keeping_record(cluster, state)
+    return 1 if unstopped else 0
+
+
+def stop_keeping_record(cluster: Cluster, state: Path) -> bool:
+    """Stop the cluster this process runs and remove its record; but if its launcher cannot
+    confirm its engines stopped (LauncherError: e.g. slurmctld does not answer), say so and keep
+    the record, noting why, for `cluster stop` (which says it, and can be run again)."""
+    from ..launchers import LauncherError
+
+    try:
         cluster.stop()
-        state.unlink(missing_ok=True)
-    return 0
+    except LauncherError as e:
+        record = read_cluster_record(state) or {}
+        state.write_text(json.dumps({**record, "unstopped": one_line(e)}))
+        print(f"taskmill: {one_line(e)}", file=sys.stderr, flush=True)
+        return True
+    state.unlink(missing_ok=True)
+    return False
 
 
 def _start_daemon(a: argparse.Namespace, state: Path) -> int:

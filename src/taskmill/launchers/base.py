@@ -169,9 +169,10 @@ def spawn(cmd: list[str], log_path: Path, *, pass_fds: tuple[int, ...] = (),
 
 def spawn_tether(ctx: LaunchContext, log_path: Path, command: list[str] | None = None,
                  on_orphan: list[str] | None = None,
-                 remove: Path | None = None) -> subprocess.Popen[bytes]:
+                 remove: Path | None = None,
+                 done_if: str | None = None) -> subprocess.Popen[bytes]:
     """Start a tether (tether.py): when the owner goes, it ends `command`, runs `on_orphan`
-    and removes the folder `remove`."""
+    (again while it fails, unless its output holds `done_if`) and removes the folder `remove`."""
     cmd = [sys.executable, "-m", "taskmill.launchers.tether"]
     fds: tuple[int, ...] = ()
     if ctx.lifeline_fd is not None:
@@ -181,6 +182,8 @@ def spawn_tether(ctx: LaunchContext, log_path: Path, command: list[str] | None =
         cmd += ["--on-orphan", json.dumps(on_orphan)]
     if remove is not None:
         cmd += ["--remove", str(remove)]
+    if done_if:
+        cmd += ["--done-if", done_if]
     if command:
         cmd += ["--", *command]
     return spawn(cmd, log_path, pass_fds=fds)

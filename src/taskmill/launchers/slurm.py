@@ -13,6 +13,12 @@ connection file the engines read, and submits it. Two shapes:
 each of `directives` (`"--mem=4G"`, `"--cpus-per-task=2"`, ...). `stop()` cancels the job and
 waits until `squeue` no longer lists it; a tether (tether.py) cancels it too if the owner goes
 without stopping. The job's output goes to `slurm-<jobid>.out` in the work folder.
+
+slurmctld may not answer for a while (a restart, a fail-over, an overloaded controller): a
+failed squeue is no answer, not an empty queue (but for "Invalid job id": the jobs left the
+queue), so a job's state is then "unknown" and `failure()` does not take it for ended; `stop()`
+calls scancel again until squeue confirms the jobs gone, and raises LauncherError naming what
+to cancel if it cannot within CANCEL_WAIT (its tether, left running, keeps trying).
 """
 
 from __future__ import annotations
@@ -45,7 +51,22 @@ from .base import (
 
 MODES = ("srun", "array")
 CANCEL_WAIT = 60.0  # seconds stop() waits for squeue to drop a cancelled job
+CANCEL_AGAIN = 1.0  # seconds between stop()'s calls of scancel and squeue
 SQUEUE_EVERY = 2.0  # seconds: how often failure() asks squeue at most
+GONE = "invalid job id"  # what squeue and scancel say of a job no longer in the queue
+TIMED_OUT = "did not answer within"
+
+
+def _slurm_command(argv: list[str], timeout: float) -> tuple[bool, str, str]:
+    """Run a Slurm command: (whether it succeeded, its output, what it said on failure)."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              check=False)
+    except subprocess.TimeoutExpired:
+        return False, "", f"{argv[0]} {TIMED_OUT} {timeout:g}s"
+    why = " ".join(done.stderr.split()) or " ".join(done.stdout.split()) or \
+        f"{argv[0]} exited with status {done.returncode}"
+    return done.returncode == 0, done.stdout, why
 
 
 def _one_line(what: str, value: object) -> None:
@@ -96,7 +117,8 @@ class SlurmLauncher(Launcher):
         self.jobs: list[tuple[str, int]] = []  # (job id, engines)
         self._tethers: list[ProcessHandle] = []
         self._cancelled: set[str] = set()
-        self._last_queue: tuple[float, dict[str, list[str]]] | None = None
+        self._last_queue: tuple[float, dict[str, list[str]] | None] | None = None
+        self._squeue_error = ""
 
     def check(self) -> None:
         require_programs(self.name, "sbatch", "scancel", "squeue",
@@ -128,21 +150,27 @@ class SlurmLauncher(Launcher):
         require_tcp(self.name, ctx.connection_file)
         conn = self.work.connection_file(ctx.connection_file)
         script = self.work.path / f"engines-{len(self.jobs)}.sbatch"
-        script.write_text(self.batch_script(len(properties), conn, props, ctx.env, ctx.cwd))
+        text = self.batch_script(len(properties), conn, props, ctx.env, ctx.cwd)
+        script.write_text(text)
         done = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True,
                               text=True, timeout=120, cwd=self.work.path, check=False)
-        if done.returncode != 0:
-            raise LauncherError(f"sbatch refused the engines' job ({script}): "
+        if done.returncode != 0:  # (the script is removed with the work folder: its options)
+            options = " ".join(x.removeprefix("#SBATCH ") for x in text.splitlines()
+                               if x.startswith("#SBATCH "))
+            raise LauncherError(f"sbatch refused the engines' job (#SBATCH {options}): "
                                 f"{done.stderr.strip() or done.stdout.strip()}")
         job = done.stdout.strip().split(";")[0]
         if not job:
             raise LauncherError(f"sbatch printed no job id for {script}: {done.stdout!r}")
         self.jobs.append((job, len(properties)))
         self._tethers.append(spawn_tether(ctx, ctx.log_path(f"slurm-tether-{job}.log"),
-                                          on_orphan=["scancel", job], remove=self.work.path))
+                                          on_orphan=["scancel", job], remove=self.work.path,
+                                          done_if=GONE))
 
-    def _queue(self, max_age: float = 0.0) -> dict[str, list[str]]:
-        """job id -> states of its entries that squeue still lists.
+    def _queue(self, max_age: float = 0.0,
+               timeout: float = 60.0) -> dict[str, list[str]] | None:
+        """job id -> states of its entries that squeue still lists; None if squeue failed (it
+        could not reach slurmctld...: see `_squeue_error`), which is no answer, not an empty queue.
 
         An answer younger than `max_age` seconds is reused: `failure()` is asked many times a
         second while a cluster waits for its engines, and squeue is a call to slurmctld.
@@ -151,13 +179,15 @@ class SlurmLauncher(Launcher):
             return {}
         if self._last_queue is not None and time.monotonic() - self._last_queue[0] < max_age:
             return self._last_queue[1]
-        done = subprocess.run(["squeue", "-h", "-o", "%F %T %r", "-j",
-                               ",".join(j for j, _ in self.jobs)],
-                              capture_output=True, text=True, timeout=60, check=False)
-        queue: dict[str, list[str]] = {}
-        for line in done.stdout.splitlines():
-            job, _, state = line.partition(" ")
-            queue.setdefault(job, []).append(state.replace(" None", ""))
+        ok, out, why = _slurm_command(["squeue", "-h", "-o", "%F %T %r", "-j",
+                                       ",".join(j for j, _ in self.jobs)], timeout)
+        queue: dict[str, list[str]] | None = {}
+        if ok or GONE in why.lower():  # ("Invalid job id specified": none is in the queue)
+            for line in out.splitlines() if ok else ():
+                job, _, state = line.partition(" ")
+                queue.setdefault(job, []).append(state.replace(" None", ""))
+        else:
+            queue, self._squeue_error = None, why
         self._last_queue = (time.monotonic(), queue)
         return queue
 
@@ -165,8 +195,10 @@ class SlurmLauncher(Launcher):
         queue = self._queue()
         groups = []
         for job, n in self.jobs:
-            states = queue.get(job)
-            if not states:
+            states = None if queue is None else queue.get(job)
+            if queue is None:
+                state = f"unknown (squeue failed: {self._squeue_error})"
+            elif not states:
                 state = "cancelled" if job in self._cancelled else "ended"
             else:
                 state = ", ".join(f"{k} x{c}" if c > 1 else k for k, c in Counter(states).items())
@@ -174,7 +206,7 @@ class SlurmLauncher(Launcher):
         return groups
 
     def failure(self) -> str | None:
-        if not self.jobs or self._queue(max_age=SQUEUE_EVERY):
+        if not self.jobs or self._queue(max_age=SQUEUE_EVERY) != {}:  # (None: unknown)
             return None
         outputs = sorted(self.work.path.glob("slurm-*.out"))
         return (f"the Slurm job{'s' if len(self.jobs) > 1 else ''} "
@@ -183,13 +215,39 @@ class SlurmLauncher(Launcher):
                    " without output (see `scontrol show job` or the Slurm logs)"))
 
     def stop(self) -> None:
-        jobs = [j for j, _ in self.jobs if j not in self._cancelled]
-        if jobs:
-            subprocess.run(["scancel", *jobs], capture_output=True, timeout=60, check=False)
-            self._cancelled.update(jobs)
-            deadline = time.monotonic() + CANCEL_WAIT
-            while self._queue() and time.monotonic() < deadline:
-                time.sleep(0.2)
+        """Cancel the jobs, calling scancel again while it fails, until squeue no longer lists
+        them; LauncherError if that cannot be confirmed within CANCEL_WAIT (the tethers of those
+        jobs are left running: they cancel them too, once this process is gone)."""
+        left = [j for j, _ in self.jobs if j not in self._cancelled]
+        accepted: set[str] = set()
+        deadline = time.monotonic() + CANCEL_WAIT
+        reasons: list[str] = []  # why each round failed (a time-out says less than an error)
+        while left:
+            why = "still listed by squeue"
+            if [j for j in left if j not in accepted]:  # (each call within the deadline)
+                ok, _, said = _slurm_command(["scancel", *[j for j in left if j not in accepted]],
+                                             max(5.0, min(60.0, deadline - time.monotonic())))
+                if ok:
+                    accepted.update(left)
+                else:
+                    why = f"scancel: {said}"
+            queue = self._queue(timeout=max(5.0, min(60.0, deadline - time.monotonic())))
+            if queue is None:
+                why = f"squeue: {self._squeue_error}"
+            else:
+                self._cancelled.update(j for j in left if j not in queue)
+                left = [j for j in left if j in queue]
+            reasons.append(why)
+            if left and time.monotonic() >= deadline:
+                why = next((x for x in reversed(reasons) if TIMED_OUT not in x), why)
+                n = "s" if len(left) > 1 else ""
+                raise LauncherError(
+                    f"could not confirm within {CANCEL_WAIT:g}s that the Slurm job{n} "
+                    f"{', '.join(left)} ended ({why}): run "
+                    f"`scancel {' '.join(left)}` once Slurm answers (then `squeue -j "
+                    f"{','.join(left)}` shows nothing)")
+            if left:
+                time.sleep(CANCEL_AGAIN)
         terminate(self._tethers)
 
     def cleanup(self) -> None:
