@@ -167,3 +167,17 @@ def test_connection_info_as_one_line_leaves_the_rest_of_the_stream():
         os.close(r)
         if w >= 0:
             os.close(w)
+
+
+def test_ssh_engines_on_other_machines_are_not_pointed_at_this_ones_loopback():
+    """(They waited out the whole start, and the error said only that no controller answered
+    at tcp://127.0.0.1:...)"""
+    from taskmill.launchers.ssh import host_name, require_reachable
+
+    assert [host_name(h) for h in ("node1", "alice@node1", "ssh://bob@node3:2222",
+                                   "ssh://[::1]:22")] == ["node1", "node1", "node3", "::1"]
+    require_reachable("tcp://127.0.0.1:5000", ["localhost", "alice@127.0.0.1"])
+    require_reachable("tcp://10.0.0.1:5000", ["node1"])
+    with pytest.raises(LauncherError, match=r"loopback address, which engines on node2 cannot "
+                       r"reach: give the cluster an address they can reach \(ip='0.0.0.0'"):
+        require_reachable("tcp://127.0.0.1:5000", ["localhost", "node2"])

@@ -366,9 +366,13 @@ class Cluster:
             except ControllerUnreachable:
                 self._check_controller()  # (it may have exited while we asked)
                 if time.monotonic() >= deadline:
+                    url = read_connection_file(self.connection_file).client_url \
+                        if self.connection_file else "?"
                     raise ControllerUnreachable(
-                        f"the controller (pid {self.controller_pid}) did not answer within "
-                        f"{self.start_timeout:g}s; the end of its log:\n"
+                        f"the controller (pid {self.controller_pid}) did not answer at {url} "
+                        f"within {self.start_timeout:g}s (that address, the cluster's "
+                        "location, must lead to the one it listens on, its ip); the end of "
+                        "its log:\n"
                         + self.log_tail("controller")) from None
 
     def add_engines(self, k: int, properties: dict[str, Any] | list[dict[str, Any]] | None = None) -> None:

@@ -148,3 +148,15 @@ def test_a_start_whose_engines_cannot_start_fails_once_they_are_all_gone(tmp_pat
         c.start()
     assert "3 restarts" in str(e.value) and "engine-" in str(e.value)
     assert c.controller_returncode is not None  # (stopped with the rest)
+
+
+@pytest.mark.timeout(60)
+def test_a_start_whose_location_does_not_lead_to_the_controller_names_that_address():
+    """(It said only that the controller did not answer, with an empty log.)"""
+    from taskmill import Cluster, ControllerUnreachable
+
+    c = Cluster(1, transport="tcp", ip="127.0.0.1", location="127.0.0.2", start_timeout=3,
+                dashboard=False, db=":memory:")
+    with pytest.raises(ControllerUnreachable, match=r"did not answer at tcp://127\.0\.0\.2:\d+ "
+                       r"within 3s \(that address, the cluster's location, must lead"):
+        c.start()

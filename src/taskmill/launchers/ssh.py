@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..connection import read_connection_file
+from ..defaults import is_loopback
 from .base import (
     STOP_GRACE,
     AdoptedProcess,
@@ -72,6 +74,28 @@ def _check_host_name(host: str) -> None:
             "host, user@host or ssh://user@host:port")
     if any(ord(c) < 32 or ord(c) == 127 or c.isspace() for c in host):
         raise LauncherError(f"the ssh host {host!r} holds a space or a control character")
+
+
+def host_name(host: str) -> str:
+    """The machine an ssh host names: `node1` of `node1`, `alice@node1` or
+    `ssh://alice@node1:2222`."""
+    name = host.removeprefix("ssh://").rpartition("@")[2]
+    if name.startswith("["):  # ([::1]:22)
+        return name[1:].partition("]")[0]
+    return name.rpartition(":")[0] if name.count(":") == 1 else name
+
+
+def require_reachable(engine_url: str, hosts: Sequence[str]) -> None:
+    """Refuse a controller that engines on other machines cannot reach: a loopback address
+    (they would wait out the whole start, then say only that no controller answered)."""
+    where = engine_url.partition("://")[2].rpartition(":")[0].strip("[]")
+    far = [h for h in hosts if not is_loopback(host_name(h))]
+    if is_loopback(where) and far:
+        raise LauncherError(
+            f"the controller listens for engines at {engine_url}, this machine's loopback "
+            f"address, which engines on {far[0]} cannot reach: give the cluster an address "
+            "they can reach (ip='0.0.0.0' and, if its name is not right, location=; CLI "
+            "--ip 0.0.0.0 --location NAME)")
 
 
 class SSHLauncher(Launcher):
@@ -147,6 +171,7 @@ class SSHLauncher(Launcher):
     def launch(self, ctx: LaunchContext, properties: list[dict[str, Any]]) -> None:
         self._ctx = ctx
         require_tcp(self.name, ctx.connection_file)
+        require_reachable(read_connection_file(ctx.connection_file).engine_url, self.hosts)
         line = b""
         if not self.connection_file_on_hosts:  # one line of JSON, then the lifeline
             compact = json.dumps(json.loads(ctx.connection_file.read_text()),
