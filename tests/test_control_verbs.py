@@ -68,6 +68,20 @@ def test_a_resent_clear_is_answered_as_the_first_time(ctl):
     assert request(ctl, {**first, "key": "client-b:4"})["missing"] == [tid]
 
 
+def test_a_clear_replayed_unmarked_is_answered_from_its_key_not_carried_out_again(ctl):
+    """A signed clear captured and sent again later by someone without the key, once the
+    replay table had forgotten its sender (100,000 senders later), wiped results anew: only
+    a request marked `resent` was looked up by its key. A client never sends one key twice
+    unless resending, so an unmarked second one is answered from its kept answer too."""
+    tid = queued_task(ctl)
+    request(ctl, {"type": "abort", "tid": tid})
+    first = {"type": "clear", "tids": [tid], "key": "client-c:3"}
+    assert request(ctl, first)["dropped"] == 1
+    assert request(ctl, first, rt=b"someone-else")["dropped"] == 1  # (the kept answer)
+    assert ctl.core.views.statistics(Now(time.monotonic(), time.time())
+                                     ).answers_given_again == 1
+
+
 def test_the_answers_kept_are_bounded(ctl, monkeypatch):
     monkeypatch.setattr(control_verbs, "KEPT", 3)
     tids = [queued_task(ctl) for _ in range(5)]

@@ -66,7 +66,9 @@ class ControlVerbs:
         if not key:
             carry_out()
             return
-        kept = self.kept.get(key) if m.resent else None
+        # (looked up even when not marked resent: a client never sends one key twice unless
+        # resending, so a second one is a replay, of a sender the replay table forgot)
+        kept = self.kept.get(key)
         if kept is None and m.resent and stored is not None:
             answer = self.ctx.store.answered(key)  # (a restarted controller's predecessor's)
             if answer is not None:
