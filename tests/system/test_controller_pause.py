@@ -53,3 +53,46 @@ def test_a_paused_controller_declares_no_engine_dead_for_its_own_silence(tmp_pat
         assert sorted(e["state"] for e in tc.engines()) == ["idle", "idle"]
         if engines_move:
             assert stats["engines_moved"] == 2
+
+
+@pytest.mark.timeout(120)
+def test_quick_requests_ride_out_a_paused_controller_and_a_verbs_timeout_bounds_its_steps(
+        tmp_path):
+    """A quick request (queue_status, abort, ...) gave up after the client's `timeout` (10 s
+    by default) while the controller was stopped or restarting, where SPEC §1 says a client
+    rides that out until `reconnect_timeout`. And a blocking verb's own `timeout=` did not
+    bound its quick steps: `map(..., timeout=1)` took the client's `timeout` and raised
+    ControllerUnreachable instead of TimeoutError."""
+    import threading
+
+    from taskmill import ControllerUnreachable
+
+    with controller_process(tmp_path, engines=1) as ctl, \
+            TaskClient(ctl.conn, timeout=1, reconnect_timeout=60) as tc:
+        poll(lambda: len(tc.engines()) == 1, what="the engine")
+        os.kill(ctl.proc.pid, signal.SIGSTOP)
+        resume = threading.Timer(3.0, os.kill, (ctl.proc.pid, signal.SIGCONT))
+        resume.start()
+        try:
+            assert tc.queue_status()["failed"] == 0  # (answered once it runs again)
+        finally:
+            resume.cancel()
+            os.kill(ctl.proc.pid, signal.SIGCONT)
+    with controller_process(tmp_path / "2", engines=1) as ctl, \
+            TaskClient(ctl.conn, timeout=30, reconnect_timeout=60) as tc:
+        poll(lambda: len(tc.engines()) == 1, what="the engine")
+        os.kill(ctl.proc.pid, signal.SIGSTOP)
+        try:
+            for call in (lambda: tc.map(abs, [-1, -2], timeout=1),
+                         lambda: tc.mapper().map(abs, [-1, -2], timeout=1)):
+                try:
+                    call()
+                except ControllerUnreachable as e:
+                    raise AssertionError(f"not the map's own TimeoutError: {e}") from None
+                except TimeoutError as e:
+                    assert "within 1s (timeout=)" in str(e)
+                else:
+                    raise AssertionError("a map answered by a stopped controller")
+        finally:
+            os.kill(ctl.proc.pid, signal.SIGCONT)
+        assert tc.map(abs, [-3], timeout=60) == [3]

@@ -166,8 +166,8 @@ def slow(x):
 # runs next raises KeyboardInterrupt, as a signal handler would.
 real_perform = backend.Backend.perform
 armed = []
-def perform(self, step):
-    value = real_perform(self, step)
+def perform(self, step, *rest):
+    value = real_perform(self, step, *rest)
     if getattr(step, "header", {}).get("type") == "submit":
         armed.append(True)
     return value

@@ -36,7 +36,7 @@ from .connection import RECONNECT_TIMEOUT
 from .futures import TaskFuture, when_done
 from .objects import ObjectRef
 from .options import NO_OPTIONS, TaskOptions
-from .steps import Abort, Adopt, Emit, Follow, NextDone, Request, Settle, WaitFor
+from .steps import Abort, Adopt, Deadline, Emit, Follow, NextDone, Request, Settle, WaitFor
 
 
 def _retrieved(fut: asyncio.Future) -> None:
@@ -112,43 +112,49 @@ class AsyncDriver:
             return AsyncTaskFuture(fut, loop=asyncio.get_running_loop())
         return asyncio.wrap_future(fut)
 
-    async def run(self, verb: verbs.Verb | Request, *, settle: bool = True) -> Any:
+    async def run(self, verb: verbs.Verb | Request, *, settle: bool = True,
+                  deadline: Deadline | None = None) -> Any:
         """Carry out a verb; return what it returns. Every verb but run() (`settle=False`)
         first sends run()'s queued tasks, and returns only once they are stored (runs.py)."""
         sent = self.backend.runs.begin() if settle else []
         try:
-            out = await self.carry_out(verb)
+            out = await self.carry_out(verb, deadline)
         except Exception as e:
             if settle:  # (a refusal of run()'s tasks may be why: it is the one to raise)
-                await self.end(sent)
+                await self.end(sent, deadline)
             raise e
         if settle:
-            await self.end(sent)
+            await self.end(sent, deadline)
         return out
 
-    async def carry_out(self, verb: verbs.Verb | Request) -> Any:
+    async def carry_out(self, verb: verbs.Verb | Request,
+                        deadline: Deadline | None = None) -> Any:
         if isinstance(verb, Request):
-            return await self.request(verb)
-        async for value in self.stream(verb, settle=False):
+            return await self.request(verb, deadline)
+        async for value in self.stream(verb, settle=False, deadline=deadline):
             raise RuntimeError(f"a verb handed out {value!r} where one result was expected")
         return self.result
 
-    async def end(self, sent: list[Future]) -> None:
-        """Runs.end, awaited: the answers to run()'s tasks sent by `begin` (runs.py)."""
+    async def end(self, sent: list[Future], deadline: Deadline | None = None) -> None:
+        """Runs.end, awaited: the answers to run()'s tasks sent by `begin` (runs.py), within
+        a quick request's wait, or the verb's own `deadline` if it comes first."""
         runs = self.backend.runs
         if sent:
-            timeout = self.backend.connection.timeout
+            timeout, binds = self.backend.connection.quick_wait, False
+            if deadline is not None:
+                timeout, binds = deadline.bound(timeout)
             _, waiting = await asyncio.wait([asyncio.wrap_future(f) for f in sent],
                                             timeout=timeout)
             if waiting:
-                raise runs.no_answer(timeout)
+                raise deadline.error() if binds and deadline else runs.no_answer(timeout)
         runs.raise_failure()
 
-    async def settle(self) -> None:
+    async def settle(self, deadline: Deadline | None = None) -> None:
         """Backend.settle, awaited: run()'s queued tasks sent and stored (runs.py)."""
-        await self.end(self.backend.runs.begin())
+        await self.end(self.backend.runs.begin(), deadline)
 
-    async def stream(self, verb: verbs.Verb, *, settle: bool = True) -> AsyncIterator[Any]:
+    async def stream(self, verb: verbs.Verb, *, settle: bool = True,
+                     deadline: Deadline | None = None) -> AsyncIterator[Any]:
         """Carry out a streaming verb: yield what it emits (closing this closes the verb)."""
         if settle:
             await self.settle()
@@ -186,7 +192,7 @@ class AsyncDriver:
                         made.extend(f for f, x in zip(value, step.futs, strict=True)
                                     if f is not x)
                     else:
-                        value = await self.perform(step)
+                        value = await self.perform(step, deadline)
                 except BaseException as e:  # noqa: BLE001 - the verb's to handle
                     error = e
         except BaseException:
@@ -196,13 +202,13 @@ class AsyncDriver:
         finally:
             verb.close()
 
-    async def perform(self, step: Any) -> Any:
+    async def perform(self, step: Any, deadline: Deadline | None = None) -> Any:
         if isinstance(step, Request):
-            return await self.request(step)
+            return await self.request(step, deadline)
         if isinstance(step, WaitFor):
-            return await self.wait_for(step)
+            return await self.wait_for(step, deadline)
         if isinstance(step, Settle):
-            return await self.settle()
+            return await self.settle(deadline)
         if isinstance(step, Abort):  # (off the loop: it waits for the controller)
             try:
                 await asyncio.to_thread(self.backend.abort_all, step)
@@ -211,7 +217,8 @@ class AsyncDriver:
             return None
         raise TypeError(f"not a step of a verb: {step!r}")
 
-    async def wait_for(self, step: WaitFor) -> list[Any]:
+    async def wait_for(self, step: WaitFor, deadline: Deadline | None = None) -> list[Any]:
+        timeout = step.timeout if deadline is None else deadline.bound(step.timeout)[0]
         if not step.futs:
             return []
         waiting = {self.adopt(f): f for f in step.futs}
@@ -221,7 +228,7 @@ class AsyncDriver:
             for af, f in waiting.items():
                 af.add_done_callback(lambda _, f=f: each(f))
         try:
-            _, pending = await asyncio.wait(waiting, timeout=step.timeout)
+            _, pending = await asyncio.wait(waiting, timeout=timeout)
         except BaseException:  # cancelled: nobody awaits ours any more
             for af in ours:
                 af.add_done_callback(_retrieved)
@@ -230,11 +237,14 @@ class AsyncDriver:
             af.add_done_callback(_retrieved)  # (done: retrieved now; pending: when done)
         return [waiting[af] for af in pending]
 
-    async def request(self, req: Request) -> Any:
-        """Send `req` and await its reply (see steps.Request for the two kinds of wait)."""
+    async def request(self, req: Request, deadline: Deadline | None = None) -> Any:
+        """Send `req` and await its reply (see steps.Request for the two kinds of wait),
+        within the verb's own `deadline`."""
         conn = self.backend.connection
         fut = conn.send(req.header, req.frames)
-        wait = req.timeout if req.blocking else conn.timeout
+        wait, binds = (req.timeout, False) if req.blocking else (conn.quick_wait, False)
+        if deadline is not None and not req.blocking:
+            wait, binds = deadline.bound(wait)
         answered = False
         try:
             reply, frames = await asyncio.wait_for(asyncio.wrap_future(fut), wait)
@@ -242,6 +252,8 @@ class AsyncDriver:
         except ControllerUnreachable:  # (a TimeoutError too: not this wait's)
             raise
         except TimeoutError:
+            if binds and deadline is not None:
+                raise deadline.error() from None
             raise too_slow(req.what, wait) if req.blocking else conn.no_answer(req.header,
                                                                                 wait) from None
         finally:
@@ -309,22 +321,26 @@ class AsyncTaskClient:
         backend = self.blocking.backend
         return AsyncDriver(backend), backend
 
-    async def _run(self, make: Callable[[Backend], Any], settle: bool = True) -> Any:
+    async def _run(self, make: Callable[[Backend], Any], settle: bool = True,
+                   deadline: Deadline | None = None) -> Any:
         driver, backend = self._driver()
-        return await driver.run(make(backend), settle=settle)
+        return await driver.run(make(backend), settle=settle, deadline=deadline)
 
     # -- the seed's verbs ------------------------------------------------------------------
     async def run(self, task: BaseTask, block: bool = False, *,
                   timeout: float | None = None) -> Any:
         """Submit `task`; return its taskid, or with `block=True` its result (past `timeout`
         seconds, TimeoutError; the task goes on)."""
-        return await self._run(lambda s: verbs.run(s, task, block, timeout), settle=False)
+        return await self._run(lambda s: verbs.run(s, task, block, timeout), settle=False,
+                               deadline=Deadline.of(timeout, "run") if block else None)
 
     async def get_task_result(self, taskid: int, block: bool = False, *,
                               timeout: float | None = None) -> Any:
         """A StringTask's `TaskResult` or a MapTask's value; None while it runs and `block` is false
         (with `block`, past `timeout` seconds, TimeoutError)."""
-        return await self._run(lambda s: verbs.get_task_result(s, taskid, block, timeout))
+        return await self._run(lambda s: verbs.get_task_result(s, taskid, block, timeout),
+                               deadline=Deadline.of(timeout, "get_task_result") if block
+                               else None)
 
     async def abort(self, taskid: int) -> None:
         """Abort a queued or running task (it finishes as TaskAborted)."""
@@ -335,7 +351,8 @@ class AsyncTaskClient:
         """Wait until every task in `taskids` has finished (failed and unknown ones count).
         Past `timeout` seconds, TimeoutError. The tasks are not this call's: cancelling it
         leaves them running."""
-        return await self._run(lambda s: verbs.barrier(s, taskids, progress, timeout))
+        return await self._run(lambda s: verbs.barrier(s, taskids, progress, timeout),
+                               deadline=Deadline.of(timeout, "barrier"))
 
     async def spin(self) -> bool:
         return await self._run(lambda _: steps.spin())
@@ -363,7 +380,8 @@ class AsyncTaskClient:
                        progress: bool | None = False, timeout: float | None = None) -> list[Any]:
         """`map` with these task options on every chunk task (what `options(...).map` calls)."""
         return await self._run(lambda s: verbs.map_elements(s, options, func, sequences,
-                                                            chunksize, progress, timeout))
+                                                            chunksize, progress, timeout),
+                               deadline=Deadline.of(timeout, "map", aborts=True))
 
     # -- beyond the seed -------------------------------------------------------------------
     async def engines(self) -> list[dict[str, Any]]:
@@ -410,7 +428,8 @@ class AsyncTaskClient:
         """Wait until every future or taskid given has finished; return their futures.
         Past `timeout` seconds, TimeoutError. The tasks are not this call's: cancelling it
         leaves them running."""
-        return await self._run(lambda s: verbs.wait(s, futures_or_ids, timeout, progress))
+        return await self._run(lambda s: verbs.wait(s, futures_or_ids, timeout, progress),
+                               deadline=Deadline.of(timeout, "wait"))
 
     def imap(self, func: Callable[..., Any], iterable: Iterable[Any], *, ordered: bool = True,
              chunksize: int | None = None, max_outstanding: int | None = None,
@@ -433,4 +452,5 @@ class AsyncTaskClient:
         """One copy of `task` on every live engine; engineid -> result (see TaskClient).
         Past `timeout` seconds, TimeoutError; that, cancelling it or any exception ending it
         early aborts the copies still queued or running."""
-        return await self._run(lambda s: verbs.run_all(s, task, timeout))
+        return await self._run(lambda s: verbs.run_all(s, task, timeout),
+                               deadline=Deadline.of(timeout, "run_all", aborts=True))

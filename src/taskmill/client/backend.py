@@ -35,7 +35,7 @@ from typing import Any
 # large frame (without this, under load, 503 of 1,000 run() tasks were dropped at exit).
 import zmq.utils.garbage  # noqa: F401 - for its atexit handler's order
 
-from ..errors import ClientClosed
+from ..errors import ClientClosed, ControllerUnreachable
 from ..protocol import Abort as AbortRequest
 from ..protocol import Outcome, Refusal, from_reply, to_request
 from ..task import BaseTask, check_seconds
@@ -55,7 +55,7 @@ from .connection import Connection
 from .futures import TaskFuture, when_done
 from .interrupts import interrupts_deferred
 from .runs import Runs
-from .steps import Abort, Adopt, Emit, Follow, NextDone, Request, Settle, WaitFor
+from .steps import Abort, Adopt, Deadline, Emit, Follow, NextDone, Request, Settle, WaitFor
 from .steps import abort as abort_request
 from .submitter import Submitter, Watcher
 
@@ -124,7 +124,7 @@ class Backend:
         _OPEN.discard(self)
         try:
             if not self.connection.closed:
-                self.settle()
+                self.settle(wait=self.connection.timeout)  # (closing: no restart waited out)
         finally:
             self.runs.close()
             self.connection.close()
@@ -140,11 +140,21 @@ class Backend:
         self.submitter.fail_all(exc)
 
     # -- run()'s queue (runs.py) -------------------------------------------------------------
-    def settle(self) -> None:
+    def settle(self, deadline: Deadline | None = None, wait: float | None = None) -> None:
         """Before a call but run() (that cannot wait until its end): run()'s queued tasks
         are sent and stored (a refusal raised here), and the rest of the lease given back."""
-        sent = self.runs.begin()
-        self.runs.end(sent, self.connection.timeout)
+        self.end_runs(self.runs.begin(), deadline, wait)
+
+    def end_runs(self, sent: list[Future], deadline: Deadline | None = None,
+                 wait: float | None = None) -> None:
+        """runs.end, waiting as a quick request does (`wait`: less), or less if a verb's own
+        `deadline` comes first (then its TimeoutError)."""
+        wait = self.connection.quick_wait if wait is None else wait
+        if deadline is not None and sent:
+            wait, binds = deadline.bound(wait)
+            if binds and wait_futures(sent, wait)[1]:
+                raise deadline.error()
+        self.runs.end(sent, wait)
 
     def keep_results(self, entries: Sequence[Entry]) -> None:
         self.kept_results = {meta.tid: (meta, frames) for meta, frames in entries
@@ -287,25 +297,27 @@ class Backend:
         self.connection.send(header).add_done_callback(ignore)
 
     # -- carrying out a verb, blocking -----------------------------------------------------
-    def run(self, verb: Verb | Request, *, settle: bool = True) -> Any:
+    def run(self, verb: Verb | Request, *, settle: bool = True,
+            deadline: Deadline | None = None) -> Any:
         """Carry out a verb here, blocking the calling thread; return what it returns.
         Every verb but run() (`settle=False`) first sends run()'s queued tasks, and returns
-        only once they are stored (runs.py: `begin`, then `end`, which raises a refusal)."""
+        only once they are stored (runs.py: `begin`, then `end`, which raises a refusal).
+        `deadline`: the verb's own timeout, which bounds each of its steps."""
         sent = self.runs.begin() if settle else []
         try:
-            out = self.carry_out(verb)
+            out = self.carry_out(verb, deadline)
         except Exception as e:
             if settle:  # (a refusal of run()'s tasks may be why: it is the one to raise)
-                self.runs.end(sent, self.connection.timeout)
+                self.end_runs(sent, deadline)
             raise e
         if settle:
-            self.runs.end(sent, self.connection.timeout)
+            self.end_runs(sent, deadline)
         return out
 
-    def carry_out(self, verb: Verb | Request) -> Any:
+    def carry_out(self, verb: Verb | Request, deadline: Deadline | None = None) -> Any:
         if isinstance(verb, Request):
-            return self.run_request(verb)
-        steps = self.stream(verb, settle=False)
+            return self.run_request(verb, deadline)
+        steps = self.stream(verb, settle=False, deadline=deadline)
         try:
             value = next(steps)
         except StopIteration as stop:
@@ -313,7 +325,8 @@ class Backend:
         steps.close()
         raise RuntimeError(f"a verb handed out {value!r} where one result was expected")
 
-    def stream(self, verb: Verb, *, settle: bool = True) -> Generator[Any, None, Any]:
+    def stream(self, verb: Verb, *, settle: bool = True,
+               deadline: Deadline | None = None) -> Generator[Any, None, Any]:
         """Carry out a streaming verb: yield what it emits (closing this closes the verb).
         Whatever is raised here while the verb waits at a step (a failed step, or Ctrl-C in
         this loop's own code between two steps) is thrown into the verb, so that it can abort
@@ -340,7 +353,7 @@ class Backend:
                         elif isinstance(step, NextDone):
                             value = done.get()
                         else:
-                            value = self.perform(step)
+                            value = self.perform(step, deadline)
                 except GeneratorExit:  # closed by its consumer: the verb is closed below
                     raise
                 except BaseException as e:  # noqa: BLE001 - the verb's to handle
@@ -350,13 +363,14 @@ class Backend:
         finally:
             verb.close()
 
-    def perform(self, step: Any) -> Any:
-        """One step of a verb, blocking (see steps.py)."""
+    def perform(self, step: Any, deadline: Deadline | None = None) -> Any:
+        """One step of a verb, blocking (see steps.py), within the verb's `deadline`."""
         if isinstance(step, Request):
-            return self.run_request(step)
+            return self.run_request(step, deadline)
         if isinstance(step, WaitFor):
+            timeout = step.timeout if deadline is None else deadline.bound(step.timeout)[0]
             try:
-                for f in as_completed(step.futs, timeout=step.timeout):
+                for f in as_completed(step.futs, timeout=timeout):
                     if step.each is not None:
                         step.each(f)
             except TimeoutError:
@@ -368,30 +382,45 @@ class Backend:
         if isinstance(step, Adopt):
             return list(step.futs)
         if isinstance(step, Settle):
-            self.settle()
+            self.settle(deadline)
             return None
         raise TypeError(f"not a step of a verb: {step!r}")
 
-    def run_request(self, req: Request) -> Any:
+    def run_request(self, req: Request, deadline: Deadline | None = None) -> Any:
         conn = self.connection
         if req.blocking:
             reply, frames = conn.wait_reply(req.header, req.frames, req.timeout, req.what)
             return req.answer(reply, frames)
+        wait, binds = conn.quick_wait, False
+        if deadline is not None:
+            wait, binds = deadline.bound(wait)
         if req.interrupted is None:
             fut = conn.send(req.header, req.frames)
-            reply, frames = conn.reply(fut, req.header)
+            reply, frames = self.reply_within(fut, req, wait, deadline if binds else None)
             return req.answer(reply, frames)
         sent: Future | None = None
         try:  # Ctrl-C in the send, the wait or the reading: the verb still learns the answer
             with interrupts_deferred():  # (raised once `sent` is kept)
                 sent = conn.send(req.header, req.frames)
-            reply, frames = conn.reply(sent, req.header)
+            reply, frames = self.reply_within(sent, req, wait, deadline if binds else None)
             return req.answer(reply, frames)
         except (KeyboardInterrupt, SystemExit):
             if sent is not None:
                 late = late_reply(sent, req.header["type"])
                 if late is not None:
                     req.interrupted(late)
+            raise
+
+
+    def reply_within(self, fut: Future, req: Request, wait: float,
+                     deadline: Deadline | None) -> tuple[dict[str, Any], list[Any]]:
+        """A quick request's reply within `wait`; past it, ControllerUnreachable, or the
+        verb's own TimeoutError if its `deadline` is what ended the wait."""
+        try:
+            return self.connection.reply(fut, req.header, wait)
+        except ControllerUnreachable:
+            if deadline is not None and not fut.done():
+                raise deadline.error() from None
             raise
 
 

@@ -36,10 +36,11 @@ from .seedmap import ParallelFunction, TaskMapper
 class TaskClient:
     """Submit tasks to a taskmill controller and collect their results (every verb of the seed's).
 
-    `timeout`: seconds to wait for the controller at construction and for each quick request.
+    `timeout`: seconds to wait for the controller at construction (and, beyond its silence,
+    for the answer to a quick request such as `queue_status` or `abort`).
     `reconnect_timeout`: while the controller does not answer (it was killed and is being
-    restarted, the network is cut), blocked calls go on waiting, for up to this many seconds
-    of silence; then every blocked call, every unfinished future and every later call raises
+    restarted, stopped, the network is cut), calls go on waiting, quick ones too, for up to
+    this many seconds of silence; then every blocked call, every unfinished future and every later call raises
     `ControllerUnreachable`. If the controller answers again later (started again on the same
     connection file), the client works again for new calls; what failed stays failed, and
     tasks whose submit was not acknowledged may or may not have been stored.
@@ -85,7 +86,8 @@ class TaskClient:
     def run(self, task: BaseTask, block: bool = False, *, timeout: float | None = None) -> Any:
         """Submit `task`; return its taskid, or with `block=True` its result (then past
         `timeout` seconds, TimeoutError; the task goes on)."""
-        return self.backend.run(verbs.run(self.backend, task, block, timeout), settle=False)
+        return self.backend.run(verbs.run(self.backend, task, block, timeout), settle=False,
+                                deadline=steps.Deadline.of(timeout, "run") if block else None)
 
     def get_task_result(self, taskid: int, block: bool = False, *,
                         timeout: float | None = None) -> Any:
@@ -94,7 +96,9 @@ class TaskClient:
         With `block=True`, waits until it has finished; past `timeout` seconds (None: no
         limit), TimeoutError, and the task goes on. IndexError for an unknown or cleared id
         (any int outside 0..2**63-1 is one)."""
-        return self.backend.run(verbs.get_task_result(self.backend, taskid, block, timeout))
+        return self.backend.run(verbs.get_task_result(self.backend, taskid, block, timeout),
+                                deadline=steps.Deadline.of(timeout, "get_task_result") if block
+                                else None)
 
     def abort(self, taskid: int) -> None:
         """Abort a queued or running task (it finishes as TaskAborted)."""
@@ -109,7 +113,8 @@ class TaskClient:
         Past `timeout` seconds (None: no limit), TimeoutError. The tasks are not this call's:
         an interrupted barrier (Ctrl-C, a timeout) leaves them running.
         """
-        return self.backend.run(verbs.barrier(self.backend, taskids, progress, timeout))
+        return self.backend.run(verbs.barrier(self.backend, taskids, progress, timeout),
+                                deadline=steps.Deadline.of(timeout, "barrier"))
 
     def spin(self) -> bool:
         """Run the scheduler once; True if it dispatched anything."""
@@ -150,7 +155,8 @@ class TaskClient:
                  progress: bool | None = False, timeout: float | None = None) -> list[Any]:
         """`map` with these task options on every chunk task (what `options(...).map` calls)."""
         return self.backend.run(verbs.map_elements(self.backend, options, func, sequences,
-                                                   chunksize, progress, timeout))
+                                                   chunksize, progress, timeout),
+                                deadline=steps.Deadline.of(timeout, "map", aborts=True))
 
     def mapper(self, clear_before: bool = False, clear_after: bool = False, retries: int = 0,
                recovery_task: BaseTask | None = None, depend: Any = None,
@@ -252,7 +258,8 @@ class TaskClient:
         Past `timeout` seconds, TimeoutError. The tasks are not this call's: an interrupted
         wait (Ctrl-C, a timeout) leaves them running.
         """
-        return self.backend.run(verbs.wait(self.backend, futures_or_ids, timeout, progress))
+        return self.backend.run(verbs.wait(self.backend, futures_or_ids, timeout, progress),
+                                deadline=steps.Deadline.of(timeout, "wait"))
 
     def imap(self, func: Callable[..., Any], iterable: Iterable[Any], *, ordered: bool = True,
              chunksize: int | None = None, max_outstanding: int | None = None,
@@ -287,7 +294,8 @@ class TaskClient:
         `timeout` seconds (None: no limit), TimeoutError; whatever ends it early (that, Ctrl-C)
         aborts the copies still queued or running.
         """
-        return self.backend.run(verbs.run_all(self.backend, task, timeout))
+        return self.backend.run(verbs.run_all(self.backend, task, timeout),
+                                deadline=steps.Deadline.of(timeout, "run_all", aborts=True))
 
 
 BlockingTaskClient = TaskClient

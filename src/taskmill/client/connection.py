@@ -316,14 +316,22 @@ class Connection(LinkRecovery):
 
     def call(self, header: dict[str, Any], frames: Sequence[Any] = (),
              timeout: float | None = -1.0) -> tuple[dict[str, Any], list[Any]]:
-        """A request and its reply, within the client's `timeout` (-1) or `timeout` seconds
-        (None: as long as the controller is reachable); past it, ControllerUnreachable."""
+        """A request and its reply, within `quick_wait` (-1) or `timeout` seconds (None: as
+        long as the controller is reachable); past it, ControllerUnreachable."""
         return self.reply(self.send(header, frames), header, timeout)
+
+    @property
+    def quick_wait(self) -> float:
+        """How long a quick request waits for its answer: while the controller is silent (a
+        restart, a stall) it rides that out, until `reconnect_timeout` of silence makes the
+        connection unreachable (which fails it); the client's `timeout` on top is the bound
+        for a controller that is heard but does not answer this request."""
+        return self.reconnect_timeout + self.timeout
 
     def reply(self, fut: Future, header: dict[str, Any],
               timeout: float | None = -1.0) -> tuple[dict[str, Any], list[Any]]:
-        """`call`'s wait for the reply `fut` to the request `header`."""
-        wait = self.timeout if timeout == -1.0 else timeout
+        """`call`'s wait for the reply `fut` to the request `header` (-1: `quick_wait`)."""
+        wait = self.quick_wait if timeout == -1.0 else timeout
         try:
             reply, frames = fut.result(wait)
         except ControllerUnreachable:  # (a TimeoutError too: not this wait's)

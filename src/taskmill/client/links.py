@@ -239,7 +239,8 @@ class LinkRecovery:
             f"answered for {self.reconnect_timeout:g}s (this client's reconnect_timeout). Is it "
             "running? Started again on the same connection file (`taskmill controller "
             f"--connection-file {self.path}` with the same --db), it is used again by this "
-            "client for new requests.")
+            "client for new requests. A submit, abort or clear it had not answered may or may "
+            "not have taken effect.")
 
     def _declare_unreachable(self) -> None:
         """Fail every request waiting for the controller, and the client's futures."""

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from ..task import BaseTask, MapTask
 from . import verbs
 from .backend import Backend
+from .steps import Deadline
 
 
 class HasSession(Protocol):
@@ -54,7 +55,8 @@ class TaskMapper:
         before it returns (Ctrl-C, `timeout`, any exception) aborts the tasks it had sent."""
         backend = self.task_controller.backend
         return backend.run(verbs.seed_map(backend, func, sequences, self._options(), self.block,
-                                          timeout))
+                                          timeout),
+                           deadline=Deadline.of(timeout, "map", aborts=True))
 
 
 class ParallelFunction:

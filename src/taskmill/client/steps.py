@@ -16,10 +16,12 @@ reply.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..defaults import ENGINE_GONE_STATES
+from ..errors import too_slow
 from ..protocol import Abort as AbortRequest
 from ..protocol import (
     AbortReply,
@@ -46,8 +48,10 @@ class Request:
     """One request: what to send and how to read the reply's record (`answer`; a refusal is
     raised, never read).
 
-    A quick request (`blocking=False`) waits the client's `timeout` for its answer; past it,
-    ControllerUnreachable. A blocking verb's request (`blocking=True`: its answer may take as
+    A quick request (`blocking=False`) waits for its answer while the controller is heard, or
+    silent for less than `reconnect_timeout` (connection.quick_wait); past it,
+    ControllerUnreachable; inside a blocking verb, no longer than the verb's own `timeout=`
+    (`Deadline`: then the builtin TimeoutError). A blocking verb's request (`blocking=True`: its answer may take as
     long as tasks take) waits until the controller is unreachable or the caller's own
     `timeout` has passed (then the builtin TimeoutError naming `what`; nothing is changed).
     `interrupted`, if given, is told the reply's record when a blocking caller is interrupted
@@ -99,6 +103,36 @@ class Abort:
     def __init__(self, futs: Sequence[Any], tids: Sequence[int] = ()) -> None:
         self.futs = futs
         self.tids = tids
+
+
+class Deadline(NamedTuple):
+    """A blocking verb's own `timeout=`, which bounds each of its steps (a quick request in a
+    map, run()'s settling, a wait): past it the builtin TimeoutError, not the longer wait of
+    a quick request through a controller's restart. `at`: monotonic; `what`: the verb."""
+
+    at: float
+    timeout: float
+    what: str
+    aborts: bool  # (whatever ends the verb early aborts its tasks: a map, run_all)
+
+    @classmethod
+    def of(cls, timeout: Any, what: str, aborts: bool = False) -> Deadline | None:
+        """None without a timeout, or with one the verb refuses itself (check_seconds)."""
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) \
+                or not timeout >= 0:
+            return None
+        return cls(time.monotonic() + timeout, timeout, what, aborts)
+
+    def bound(self, wait: float | None) -> tuple[float, bool]:
+        """`wait` cut to what is left of the verb's time, and whether that is what binds."""
+        left = max(self.at - time.monotonic(), 0.0)
+        return (left, True) if wait is None or left < wait else (wait, False)
+
+    def error(self) -> TimeoutError:
+        if self.aborts:
+            return TimeoutError(f"{self.what} did not finish within {self.timeout:g}s "
+                                "(timeout=); the tasks it had sent are aborted")
+        return too_slow(self.what, self.timeout)
 
 
 class Settle:

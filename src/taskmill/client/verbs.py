@@ -140,7 +140,7 @@ def run(backend: Backend, task: BaseTask, block: bool, timeout: float | None) ->
                 finally:
                     runs.asked()
             elif want is not None:  # (another thread's run() is asking: its lease is ours too)
-                timeout = backend.connection.timeout
+                timeout = backend.connection.quick_wait
                 if (yield WaitFor([want], timeout)):
                     raise ControllerUnreachable(
                         f"no lease of taskids for run() came within {timeout:g}s")
