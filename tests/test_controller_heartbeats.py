@@ -134,3 +134,68 @@ def test_a_paused_controller_counts_its_engines_silence_from_when_it_runs_again(
         while ctl.core.views.statistics(Now(time.monotonic(), time.time())).engines_died == 0:
             assert time.monotonic() < deadline, "the silent engine was never declared dead"
             ctl.turn(PausedPoll(0.0), 50)
+
+
+# -- an abort the engine does not act on (controller/engine_tasks.py `abort_overdue`) -------
+
+def running_task(ctl) -> list:
+    """Register the engine and give it a task it reports running: [taskid, attempt]."""
+    register(ctl)
+    heartbeat(ctl, 0.0)
+    out = send(ctl, 0, b"client", {"type": "submit", "req": 1, "watch": True,
+                                   "tasks": [{"nodes": [NODE]}]}, 0.5, [b"function", b"args"])
+    (task,) = [t for _, h in out if h.get("type") == "tasks" for t in h["tasks"]]
+    key = [task["tid"], task["attempt"]]
+    send(ctl, 1, b"e.c", {"type": "hb", "t": 1.0, "held": [key], "unacked": [], "mseq": 1,
+                          "current": key, "gen": 1}, 1.0)
+    return key
+
+
+def live_until(ctl, start: float, end: float, reports: list | None) -> float | None:
+    """Half-second turns from `start` to `end`: due timers fire, the engine's heart echoes
+    every ping, and (`reports`: the task it names as running) its I/O thread reports. When
+    the engine was declared dead, or None."""
+    t = start
+    while t <= end:
+        now = Now(T0 + t, time.time())
+        ctl.core.fire_timers(now)
+        ctl.core.flush(now)
+        if ctl.engines[0].dead:
+            return t
+        if ctl.core.engines.pings:
+            ctl.core.on_pong(b"e.h", ctl.core.engines.pings[-1], now)
+        if reports is not None:
+            send(ctl, 1, b"e.c", {"type": "hb", "t": t, "held": [reports], "unacked": [],
+                                  "mseq": 1, "current": reports, "gen": 1}, t)
+        t += 0.5
+    return None
+
+
+def test_an_engine_whose_reports_stop_after_an_abort_is_declared_dead(ctl):
+    """Task code holding the GIL in one C call: the engine's I/O thread cannot run (no report,
+    and its own last-resort kill is never armed) while its heart echoes every ping. It was
+    taken for alive and busy for good; it is declared dead once KILL_GRACE and two
+    heartbeats have passed since the abort."""
+    from taskmill.defaults import ABORT_REPORTS_MISSED, KILL_GRACE
+
+    key = running_task(ctl)
+    send(ctl, 0, b"client", {"type": "abort", "req": 2, "tid": key[0]}, 2.0)
+    overdue = 2.0 + KILL_GRACE + ABORT_REPORTS_MISSED * HEARTBEAT
+    died = live_until(ctl, 2.0, overdue + 2 * HEARTBEAT, None)
+    assert died is not None and overdue <= died <= overdue + HEARTBEAT, died
+    assert "holds the GIL" in ctl.core.engines.death_reasons[0][1]
+
+
+def test_an_engine_that_reports_after_an_abort_is_left_to_its_own_kill(ctl):
+    """Reports keep coming, the aborted task still running (code that swallows interruptions):
+    the engine's I/O thread runs, so its own kill ends the process at KILL_GRACE; the
+    controller does not declare it dead meanwhile, only once its reports stop."""
+    from taskmill.defaults import ABORT_REPORTS_MISSED, KILL_GRACE
+
+    key = running_task(ctl)
+    send(ctl, 0, b"client", {"type": "abort", "req": 2, "tid": key[0]}, 2.0)
+    overdue = 2.0 + KILL_GRACE + ABORT_REPORTS_MISSED * HEARTBEAT
+    assert live_until(ctl, 2.0, overdue + 5 * HEARTBEAT, key) is None
+    end = overdue + 5.5 * HEARTBEAT
+    died = live_until(ctl, end, end + 4 * HEARTBEAT, None)
+    assert died is not None and "holds the GIL" in ctl.core.engines.death_reasons[0][1]

@@ -176,7 +176,7 @@ def activity(**fields) -> dict:
 
 def engine(**fields) -> dict:
     return {"engineid": 0, "hostname": "h", "pid": 1, "properties": None, "state": "busy",
-            "tasks_done": 0, "failures": 0, "capacity": 2, "idle_since": None,
+            "tasks_done": 0, "failures": 0, "capacity": 2, "idle_since": None, "left": False,
             "current_task": 3, "held": [3], "last_heartbeat_ago": 0.5, **fields}
 
 

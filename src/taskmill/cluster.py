@@ -18,13 +18,12 @@ import tempfile
 import threading
 import time
 import weakref
-from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .adapt import Adapter, Policy
 from .checks import choose_transport, days, mebibytes, message_size, per_engine_properties, seconds
-from .cluster_watch import ControllerWatch
+from .cluster_watch import ControllerWatch, EngineRows, told
 from .connection import (
     ensure_private_dir,
     new_connection_info,
@@ -71,12 +70,6 @@ def _stop_all_at_exit() -> None:
 
 
 atexit.register(_stop_all_at_exit)
-
-
-def _told(answer: Future) -> None:
-    """The end of the nanny's report of an engine's exit (the heartbeat notices otherwise)."""
-    if not answer.cancelled() and answer.exception() is not None:
-        log.info("could not tell the controller that an engine exited: %s", answer.exception())
 
 
 class Cluster:
@@ -274,8 +267,10 @@ class Cluster:
 
     def _watch_engines(self) -> None:
         """The nanny: tell the controller at once when a local engine process exits (the
-        local launcher starts a replacement in `reap()`); start the controller again if it
-        dies (cluster_watch.py)."""
+        local launcher starts a replacement in `reap()`, or in `settle()` with the engine rows
+        it asks for: launchers/local.py); start the controller again if it dies
+        (cluster_watch.py)."""
+        rows = EngineRows()
         while self._started:
             new = self._watch.check(self._controller) if self._watch and self._controller \
                 else None
@@ -286,9 +281,16 @@ class Cluster:
             for pid, status in self.launcher.reap():
                 try:  # (not waiting for the answer: a dead controller must not stop the rounds)
                     self._own_client().backend.connection.send(
-                        to_request(EngineExited(pid, status))).add_done_callback(_told)
+                        to_request(EngineExited(pid, status))).add_done_callback(told)
                 except Exception as e:  # noqa: BLE001 - the heartbeat will notice instead
                     log.warning("could not tell the controller that pid %d exited: %s", pid, e)
+            if (want := self.launcher.wants_rows()) is not None and (want or self._client):
+                try:  # (nor waiting for these: launchers/local.py `settle`)
+                    rows.ask(self._own_client().backend.connection.send, want)
+                    if (got := rows.take()) is not None:
+                        self.launcher.settle(*got)
+                except Exception as e:  # noqa: BLE001 - asked again in a later round
+                    log.debug("the engines' states (engines()) did not come: %s", e)
             time.sleep(NANNY_INTERVAL)
 
     def stop(self) -> None:

@@ -36,6 +36,13 @@ SILENT_DEAD_AFTERS = 3
 #: (controller/engine_tasks.py `heartbeat`)
 IDLE_ANSWERS_PER_SILENCE = 3
 
+#: seconds past an abort (or a task's timeout) before an engine whose task code has not let the
+#: interruption through ends its own process (engine/control.py); the controller declares an
+#: engine dead that neither ended an aborted task nor sent a report within this and
+#: ABORT_REPORTS_MISSED heartbeats (controller/engine_tasks.py `abort_overdue`)
+KILL_GRACE = 3.0
+ABORT_REPORTS_MISSED = 2
+
 #: engine states (`engines()`, statistics) of an engine that is gone: declared dead, or
 #: retired (stopped on purpose once it held nothing); the others (idle, busy, retiring) live
 ENGINE_GONE_STATES = frozenset({"dead", "retired"})

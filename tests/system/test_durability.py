@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -133,8 +134,9 @@ def test_sigstopped_engine_is_declared_dead_by_heartbeat(three_engines, tmp_path
                 tc.get_task_result(tid, block=True)
             poll(lambda: {e["engineid"]: e["state"] for e in tc.engines()}[victim["engineid"]]
                  == "dead", what="engine marked dead")
-        finally:
-            os.kill(victim["pid"], signal.SIGCONT)
+        finally:  # (the nanny may have killed it meanwhile: it was declared dead)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim["pid"], signal.SIGCONT)
 
 
 def test_nanny_reports_exit_status_and_replaces_the_engine(tmp_path):
@@ -154,6 +156,75 @@ def test_nanny_reports_exit_status_and_replaces_the_engine(tmp_path):
         assert sorted(c.engine_pids) == sorted(
             e["engineid"] for e in tc.engines() if e["state"] != "dead")
         assert tc.run(MapTask(abs, (-5,)), block=True) == 5
+
+
+def exit_with_status_0():
+    import os
+
+    os._exit(0)  # (a library's "clean" hard exit, a worker-style shutdown)
+
+
+def stop_own_process():
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def reaped(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.timeout(120)
+def test_an_engine_whose_task_exits_with_status_0_is_replaced():
+    """The nanny took every exit with status 0 for a retirement or a SIGTERM and started no
+    new engine, although the controller had declared this one dead: with one engine, every
+    later task waited for good. The controller's rows say which engines retired or left."""
+    with Cluster(1, heartbeat=0.5) as c, c.client() as tc:
+        (first,) = c.engine_pids.values()
+        with pytest.raises(EngineDied):
+            tc.get_task_result(tc.run(MapTask(exit_with_status_0)), block=True, timeout=60)
+        assert tc.get_task_result(tc.run(MapTask(os.getpid)), block=True, timeout=60) != first
+        assert c.restarts == 1
+
+
+@pytest.mark.timeout(120)
+def test_an_engine_declared_dead_whose_process_is_still_there_is_killed_and_replaced():
+    """A stopped engine (SIGSTOP) was declared dead, but the nanny, which only polled for
+    exits, saw its process alive: it neither killed nor replaced it, and with one engine
+    every later task waited for good."""
+    with Cluster(1, heartbeat=0.5) as c, c.client() as tc:
+        (first,) = c.engine_pids.values()
+        try:
+            with pytest.raises(EngineDied):
+                tc.get_task_result(tc.run(MapTask(stop_own_process)), block=True, timeout=60)
+            later = tc.run(MapTask(os.getpid))
+            assert tc.get_task_result(later, block=True, timeout=60) != first
+            poll(lambda: reaped(first), what="the stopped engine's process to be killed")
+            assert c.restarts == 1
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(first, signal.SIGCONT)
+
+
+@pytest.mark.timeout(120)
+def test_an_engine_told_to_stop_is_not_started_again():
+    """SIGTERM: the engine says it is leaving and exits with status 0, on purpose: the nanny
+    asks the controller, which knows, and starts no new engine."""
+    with Cluster(2, heartbeat=0.5) as c, c.client() as tc:
+        victim = c.engine_pids[0]
+        os.kill(victim, signal.SIGTERM)
+        poll(lambda: reaped(victim), what="the engine to exit")
+        poll(lambda: c.launcher.wants_rows() is False, what="the nanny to settle the exit")
+        assert c.restarts == 0
+        rows = {e["engineid"]: e for e in tc.engines()}
+        assert rows[0]["left"] and rows[0]["state"] in ("dead", "retired")
+        assert rows[1]["state"] == "idle" and len(rows) == 2
+        assert tc.run(MapTask(os.getpid), block=True) == rows[1]["pid"]
 
 
 def _state(db: str, tid: int) -> str | None:

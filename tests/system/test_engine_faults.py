@@ -14,7 +14,15 @@ import subprocess
 
 import pytest
 from faultproxy import proxied
-from systest import ControllerProcess, alive_engine_ids, gone, poll, read_lines, record
+from systest import (
+    ControllerProcess,
+    alive_engine_ids,
+    controller_process,
+    gone,
+    poll,
+    read_lines,
+    record,
+)
 
 from taskmill import (
     Cluster,
@@ -269,10 +277,13 @@ def test_an_engine_whose_connections_are_reset_moves_at_once_and_nothing_dies(tm
 def test_a_stopped_engine_declared_dead_drops_its_backlog_when_it_resumes(tmp_path):
     """SIGSTOP an engine holding a running task and a backlog until it is declared dead, then
     SIGCONT it: it must not run the backlog the controller gave elsewhere. Tasks without
-    retries run at most once; tasks with retries run on the other engine."""
+    retries run at most once; tasks with retries run on the other engine. (Engines of the
+    test's own: a Cluster's nanny kills an engine declared dead that is still there.)"""
     runs, gate = tmp_path / "runs", tmp_path / "gate"
-    with Cluster(1, heartbeat=0.5, prefetch=4) as c, c.client() as tc:
-        (stopped_eid, stopped_pid), = c.engine_pids.items()
+    with controller_process(tmp_path, engines=1, args=("--prefetch", "4")) as ctl, \
+            TaskClient(ctl.conn, timeout=60) as tc:
+        (stopped_eid, stopped_pid), = poll(
+            lambda: {e["engineid"]: e["pid"] for e in tc.engines()}, what="the engine").items()
         head = tc.run(MapTask(record, (str(runs), "head", str(gate))))
         plain = [tc.run(MapTask(record, (str(runs), f"plain-{i}"))) for i in range(2)]
         retried = tc.run(MapTask(record, (str(runs), "retried"), retries=1))
@@ -282,7 +293,7 @@ def test_a_stopped_engine_declared_dead_drops_its_backlog_when_it_resumes(tmp_pa
         try:
             poll(lambda: any(e["state"] == "dead" for e in tc.engines()),
                  what="the stopped engine declared dead")
-            c.add_engines(1)
+            ctl.engines.append(ctl.engine())
             assert tc.get_task_result(retried, block=True) != stopped_pid
             for tid in (head, *plain):
                 with pytest.raises(EngineDied):
@@ -566,8 +577,6 @@ def test_a_large_argument_changed_before_it_was_sent_fails_its_task_saying_why(t
     changed before it was sent is refused by the engine, and the error said only
     "bad-payload-signature", as for a forged message. It says what most likely happened now.
     (The controller is stopped so that the send cannot finish before the change.)"""
-    from systest import controller_process
-
     with controller_process(tmp_path, engines=1) as ctl, TaskClient(ctl.conn, timeout=60) as tc:
         poll(lambda: tc.engines(), what="the engine")
         data = bytearray(32 * 1024 * 1024)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from systest import poll
+from systest import gone, poll
 
-from taskmill import Cluster, MapTask, StringTask, TaskTimeout
+from taskmill import Cluster, MapTask, StringTask, TaskAborted, TaskTimeout
 
 pytestmark = pytest.mark.timeout(180, method="thread")
 
@@ -100,6 +100,36 @@ def test_an_aborted_task_that_swallows_interrupts_is_ended_with_its_engine():
         after = tc.run(MapTask(os.getpid))
         assert tc.get_task_result(after, block=True, timeout=60) != first
         assert c.restarts == 1
+
+
+def hold_the_gil_for_good(path):
+    """Says it runs (a file), then holds the GIL in one C call for good."""
+    import re
+
+    open(path, "w").close()
+    return re.match(r"(a+)+$", "a" * 64 + "b")
+
+
+def test_an_aborted_task_holding_the_gil_is_ended_with_its_engine(tmp_path):
+    """The abort's last-resort kill is armed by the engine's I/O thread, which cannot run while
+    task code holds the GIL, and the engine's heart answers pings without it: the engine
+    looked alive and busy for good, and every later task waited. The controller declares dead
+    an engine whose reports stopped after an abort; the nanny kills it and starts a new one."""
+    started = tmp_path / "started"
+    with Cluster(1, heartbeat=0.5) as c, c.client() as tc:
+        (first,) = c.engine_pids.values()
+        tid = tc.run(MapTask(hold_the_gil_for_good, (str(started),)))
+        poll(started.exists, what="the task to hold the GIL")
+        later = tc.run(MapTask(os.getpid, retries=1))
+        tc.abort(tid)
+        with pytest.raises(TaskAborted):
+            tc.get_task_result(tid, block=True, timeout=60)
+        assert tc.get_task_result(later, block=True, timeout=60) != first
+        poll(lambda: gone(first), what="the engine process to be killed")
+        assert c.restarts == 1
+        assert "holds the GIL" in c.log_tail("controller", 300)
+        with pytest.raises(TaskAborted):  # (still: the engine's death changed nothing)
+            tc.get_task_result(tid)
 
 
 def test_a_task_that_swallows_its_timeout_and_returns_fails_with_task_timeout(client):

@@ -14,7 +14,12 @@ sched_calls):
   reported twice and never received is asked for again, an aborted attempt still running is
   interrupted again;
 - a scheduler `Revoke` (stealing) -> `revoke` -> the engine's `revoked` answer; a scheduler
-  `Interrupt` -> `interrupt`.
+  `Interrupt` -> `interrupt`. An abort's interruption arms a timer: an engine that still
+  holds the aborted attempt KILL_GRACE and ABORT_REPORTS_MISSED heartbeats later, and whose
+  reports stopped meanwhile although its heart answers pings (task code holding the GIL in a
+  C call: its I/O thread, which would end the process, cannot run), is declared dead
+  (`abort_overdue`); a local nanny then kills the process and starts a new engine. One whose
+  reports go on ends its own process at KILL_GRACE (engine/control.py): it is left to it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 
 import msgspec
 
-from ..defaults import idle_answer_every
+from ..defaults import ABORT_REPORTS_MISSED, KILL_GRACE, idle_answer_every
 from ..protocol import (
     HbAnswer,
     Heartbeat,
@@ -141,6 +146,29 @@ class EngineTasks:
         if rec is not None and not rec.dead and self.ctx.sched.has_engine(a.eid):
             self.send(rec.ctl_ident, InterruptTask(self.ctx.session, a.tid, a.attempt,
                                                    a.reason))
+            if a.reason == ABORTED and a.attempt is not None:
+                self.ctx.timers.arm(("abort-overdue", a.eid, a.tid, a.attempt),
+                                    KILL_GRACE + self.reports_missed())
+
+    def reports_missed(self) -> float:
+        """Seconds without a report that show an engine's I/O thread is not running."""
+        return ABORT_REPORTS_MISSED * self.ctx.settings.heartbeat
+
+    def abort_overdue(self, eid: int, tid: int, attempt: int) -> None:
+        """The abort of attempt `attempt` of task `tid` on engine `eid` was sent a while ago
+        (the module's docstring): if the engine still holds it, it is declared dead when its
+        reports have stopped, and asked about again a heartbeat later while they go on."""
+        rec = self.engines.records.get(eid)
+        if rec is None or rec.dead or not self.ctx.sched.holds(eid, tid, attempt):
+            return  # it ended the task (or is gone)
+        quiet = self.ctx.now.mono - rec.reported_at
+        if quiet < self.reports_missed():  # its I/O thread runs: its own kill stands
+            self.ctx.timers.arm(("abort-overdue", eid, tid, attempt),
+                                self.ctx.settings.heartbeat)
+            return
+        self.engines.died(rec, f"task {tid} was aborted and is still running, and the engine "
+                          f"has sent no report for {quiet:.1f}s although it answers pings (its "
+                          "task code holds the GIL): it cannot end the task itself")
 
     def revoke(self, a: Revoke, report: Report | None = None) -> None:
         rec = self.engines.records.get(a.eid)
@@ -181,6 +209,7 @@ class EngineTasks:
         Results the engine still keeps are acknowledged once stored, or asked for again when
         they seem lost; an aborted task still running there is interrupted again."""
         ctx = self.ctx
+        rec.reported_at = ctx.now.mono
         held = pairs(h.held)
         unacked = pairs(h.unacked)
         if isinstance(h.t, int | float) and not isinstance(h.t, bool):
@@ -276,6 +305,7 @@ class EngineTasks:
         taking tasks) and is queued again, uncounted (they were lost with it: EngineDied).
         The one it was running ends with it (declared dead)."""
         sched = self.ctx.sched
+        rec.left = True
         sched.retire(rec.eid)
         running = pairs([m.running])
         back = [(tid, attempt) for tid, attempt in sorted((sched.held(rec.eid) or {}).items())
@@ -291,6 +321,7 @@ class EngineTasks:
         sched = self.ctx.sched
         running = sched.held(rec.eid)
         rec.active_at = self.ctx.now.wall
+        rec.reported_at = self.ctx.now.mono
         nframes = len(frames)
         pos = 0
         to_ack, sent = rec.to_ack, rec.sent

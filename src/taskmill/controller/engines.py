@@ -117,6 +117,11 @@ class EngineRecord:
     # answer tells it to stop; and it stopped (dead, on purpose).
     drained: bool = False
     retired: bool = False
+    # When its last report (`hb`, `results`: from its Python I/O thread) came (monotonic), and
+    # whether it said it was stopping (`leaving`: SIGTERM), so a local nanny does not start it
+    # again (engines() rows: `left`).
+    reported_at: float = 0.0
+    left: bool = False
 
     @property
     def state(self) -> str:
@@ -200,6 +205,7 @@ class Engines:
                 res_ident=msg.res_ident, heart_ident=msg.heart_ident,
                 hostname=msg.hostname, pid=msg.pid, properties=props,
                 registered=ctx.now.wall, last_seen=ctx.now.mono, active_at=ctx.now.wall,
+                reported_at=ctx.now.mono,
             )
             self.records[eid] = rec
             self.by_uuid[uuid] = eid

@@ -74,7 +74,7 @@ class Views:
         return row(engineid=r.eid, hostname=r.hostname, pid=r.pid, properties=r.properties,
                    state=state, tasks_done=r.tasks_done, failures=r.failures,
                    capacity=self.ctx.sched.capacity(r.eid),
-                   idle_since=r.active_at if state == "idle" else None, **more)
+                   idle_since=r.active_at if state == "idle" else None, left=r.left, **more)
 
     def engine_table(self) -> list[EngineRow]:
         """One row per engine; `idle_since`: when an idle engine last reported results or

@@ -35,7 +35,7 @@ from typing import Any
 import zmq
 
 from ..connection import ConnectionInfo
-from ..defaults import DEAD_AFTER_HEARTBEATS, DEFAULT_HEARTBEAT, silent_after
+from ..defaults import DEAD_AFTER_HEARTBEATS, DEFAULT_HEARTBEAT, KILL_GRACE, silent_after
 from ..errors import ControllerUnreachable
 from ..protocol import (
     HbAnswer,
@@ -66,7 +66,6 @@ log = logging.getLogger("taskmill.engine")
 INTERRUPT_SIGNAL = signal.SIGUSR1
 CONTROL_TICK = 0.01  # seconds the control thread sleeps at most (timeouts are this precise)
 RESIGNAL_EVERY = 0.2  # seconds between signals to code that has not yet let one through
-KILL_GRACE = 3.0  # seconds past an abort or a timeout before the engine process is ended
 REGISTER_RETRY_FIRST = 1.0  # seconds to wait for `registered` before asking again, doubling
 REGISTER_RETRY_MAX = 10.0
 # As plain ints: `&` of pyzmq's IntFlag members runs enum code in Python.

@@ -328,6 +328,15 @@ class Launcher(abc.ABC):
         """(pid, status) of local engine processes that exited since the last call."""
         return []
 
+    def wants_rows(self) -> bool | None:
+        """Whether the nanny should ask the controller for its engine rows for `settle`:
+        None never, False now and then, True as soon as it can (an exit waits for them)."""
+        return None
+
+    def settle(self, asked_at: float, rows: list[dict[str, Any]]) -> None:  # noqa: B027
+        """The controller's engine rows (`engines()`), asked for at `asked_at` (monotonic):
+        what a launcher of local processes needs to know of their states (local.py)."""
+
     @abc.abstractmethod
     def stop(self) -> None:
         """Stop every engine this launcher started (idempotent)."""

@@ -56,7 +56,7 @@ class QueueStatus(msgspec.Struct, frozen=True):
         return msgspec.structs.asdict(self)
 
 
-class EngineRow(msgspec.Struct, frozen=True):
+class EngineRow(msgspec.Struct, frozen=True, kw_only=True):
     """One engine of an `engines` reply (controller/views.engine_table; `engines()` gives
     each as a map: `as_map`)."""
 
@@ -69,12 +69,13 @@ class EngineRow(msgspec.Struct, frozen=True):
     failures: NonNeg
     capacity: NonNeg  # tasks it may hold now (running and buffered)
     idle_since: float | None  # the controller's wall clock; None unless idle
+    left: bool = False  # it said it was stopping (SIGTERM): a local nanny does not restart it
 
     def as_map(self) -> dict[str, Any]:
         return msgspec.structs.asdict(self)
 
 
-class EngineStats(EngineRow, frozen=True):
+class EngineStats(EngineRow, frozen=True, kw_only=True):
     """One engine of the statistics: its row, the tasks it holds and its last heartbeat."""
 
     current_task: int | None  # the task it runs (the first it holds)
