@@ -406,6 +406,35 @@ def test_a_depend_slow_to_unpickle_is_refused_without_freezing_the_controller(tm
         assert tc.statistics()["engines_died"] == 0
 
 
+def leaves_a_child(then_exit):
+    """Task code that starts a process and leaves it running (then, maybe, ends its engine)."""
+    import os
+    import subprocess
+
+    child = subprocess.Popen(["sleep", "300"])
+    if then_exit:
+        with open(then_exit, "w") as f:
+            f.write(str(child.pid))
+        os._exit(3)
+    return child.pid
+
+
+@pytest.mark.timeout(120)
+def test_processes_task_code_leaves_end_with_its_engine_and_with_the_cluster(tmp_path):
+    """What task code started and left running (`os.system("... &")`, a subprocess) outlived
+    its engine's death, its engine's kill and `Cluster.stop()`: only the engine's pid was
+    signalled. Its whole process group is ended now, once the engine has."""
+    pid_file = tmp_path / "child"
+    with Cluster(1, heartbeat=0.5, dashboard=False) as c, c.client() as tc:
+        with pytest.raises(EngineDied):
+            tc.submit(leaves_a_child, str(pid_file)).result(timeout=60)
+        orphan = int(pid_file.read_text())
+        poll(lambda: gone(orphan), what="the dead engine's child to be ended")
+        child = tc.submit(leaves_a_child, None).result(timeout=60)
+        assert not gone(child)
+    poll(lambda: gone(child), what="the engine's child to end with the cluster")
+
+
 # -- task code whose outcome cannot be shown or pickled ---------------------------------------
 
 def raises_large(n):

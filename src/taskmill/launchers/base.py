@@ -137,21 +137,48 @@ def process_state(proc: ProcessHandle) -> str:
     return f"exited {status}"
 
 
+def poll_with_group(p: ProcessHandle) -> int | None:
+    """`p.poll()`; but once a process we spawned (its own session: `spawn`) has ended, first
+    SIGKILL what is left of its process group: what its code started and left (task code's
+    `os.system("sleep 300 &")`, a forked copy of an engine) would outlive it, and the cluster.
+    (Checked without reaping it: while it is unreaped its pid names that group only.)"""
+    if isinstance(p, subprocess.Popen) and p.returncode is None:
+        try:
+            ended = os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # (reaped already)
+            ended = None
+        if ended is not None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    return p.poll()
+
+
+def _ended_within(p: ProcessHandle, seconds: float) -> bool:
+    end = time.monotonic() + seconds
+    while poll_with_group(p) is None:
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def terminate(procs: list[ProcessHandle], grace: float = STOP_GRACE) -> list[ProcessHandle]:
-    """SIGTERM every process still running, then SIGKILL those still there after `grace`;
+    """SIGTERM every process still running, then SIGKILL those still there after `grace`
+    (and, of those we spawned, what is left of their process groups: `poll_with_group`);
     returns those it killed."""
-    live = [p for p in procs if p.poll() is None]
+    live = [p for p in procs if poll_with_group(p) is None]
     for p in live:
         p.send_signal(signal.SIGTERM)
         p.send_signal(signal.SIGCONT)  # (a stopped one takes its SIGTERM only once woken)
     deadline = time.monotonic() + grace
     killed = []
     for p in live:
-        try:
-            p.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+        if not _ended_within(p, max(0.1, deadline - time.monotonic())):
             p.kill()
-            p.wait()
+            if not _ended_within(p, grace):
+                p.wait()  # (SIGKILL: it cannot take long)
             killed.append(p)
     return killed
 

@@ -33,6 +33,7 @@ from .base import (
     Launcher,
     ProcessHandle,
     engine_command,
+    poll_with_group,
     process_state,
     spawn,
     tail,
@@ -161,7 +162,7 @@ class LocalLauncher(Launcher):
     def _reap(self) -> list[tuple[int, int]]:
         exits: list[tuple[int, int]] = []
         for slot, proc in enumerate(list(self._procs)):
-            status = proc.poll()
+            status = poll_with_group(proc)
             if status is None or slot in self._gone or self._stopping:
                 continue
             exits.append((proc.pid, status))
