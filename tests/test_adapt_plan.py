@@ -116,3 +116,25 @@ def test_the_adapter_carries_out_each_plan_and_keeps_history():
     assert started == [3] and retired == [[1, 2, 3]]
     assert [h[3] for h in a.history] == [Plan(start=3), Plan(retire=(1, 2, 3))]
     assert a.largest == 4
+
+
+def test_engines_the_launcher_holds_queued_count_as_starting_however_long_they_wait():
+    """A launch counted as starting for `start_timeout` only: with a Slurm queue full, the
+    adapter asked for more engines each time, far past `maximum`. And a cluster started with
+    wait=False had its own engines not counted at all."""
+    seen = {"engines": [engine(0, "busy")], "queue": queue(10, 1)}
+    started: list[int] = []
+    held = {"n": 0}
+    a = Adapter(P, read=lambda: (seen["engines"], seen["queue"]), start=started.append,
+                retire=lambda ids: None, interval=60.0, start_timeout=0.0,
+                pending=lambda: held["n"])
+    assert a.step() == Plan(start=3)
+    held["n"] = 3  # (all three wait in the queue; the launch itself has timed out)
+    assert a.step() == Plan() and a.step() == Plan()
+    held["n"] = 0
+    assert a.step() == Plan(start=3)  # (gone from the queue and never registered)
+    b = Adapter(P, read=lambda: ([], queue(10, 0)), start=started.append,
+                retire=lambda ids: None, interval=60.0, start_timeout=60.0)
+    b.begin([], launched=4)
+    b.stop()
+    assert b.step() == Plan()  # (the cluster's own 4, not yet registered)

@@ -241,3 +241,21 @@ def test_an_sbatch_refusal_says_the_scripts_options_which_its_cleanup_removes(fa
     assert "--partition=nosuch" in message and "--time=10" in message
     assert "Invalid partition name" in message
     assert not any(Path(w).exists() for w in message.split() if w.endswith(".sbatch"))
+
+
+def test_engines_slurm_still_holds_queued_are_pending(fake, tmp_path):
+    """(`Cluster.adapt` counts them as starting however long they wait: it asked for more
+    jobs every start_timeout while earlier ones waited in the queue, far past `maximum`.)"""
+    def launcher(mode: str = "srun") -> SlurmLauncher:
+        one = SlurmLauncher.adopt({"launcher": "slurm", "work_dir": str(tmp_path / "work"),
+                                   "jobs": [["7", 3], ["8", 2]]})
+        one.mode = mode
+        return one
+
+    fake.says("squeue", out="7 RUNNING None\n8 PENDING Resources\n")
+    assert launcher().pending() == 2  # (job 8's two engines; srun mode: a job is one line)
+    assert "-r" in fake.calls("squeue")[-1].split()  # (array elements one a line)
+    fake.says("squeue", out="7 RUNNING None\n7 PENDING Resources\n7 PENDING Resources\n")
+    assert launcher("array").pending() == 2
+    fake.says("squeue", err=DOWN)
+    assert launcher().pending() is None

@@ -128,19 +128,30 @@ class Adapter:
 
     def __init__(self, policy: Policy, *, read: Callable[[], tuple[list[dict], dict]],
                  start: Callable[[int], None], retire: Callable[[list[int]], Any],
-                 interval: float = 1.0, start_timeout: float = 60.0) -> None:
+                 interval: float = 1.0, start_timeout: float = 60.0,
+                 pending: Callable[[], int | None] | None = None) -> None:
         self.policy = policy
         self.interval = seconds("interval", interval)
         self._read, self._start, self._retire = read, start, retire
+        # Engines the launcher's resource manager still holds queued (a Slurm job waiting
+        # for room): they count as starting however long they wait, or they would be asked
+        # for again each `start_timeout` (None: the launcher cannot tell).
+        self._pending = pending
         self.starting = Starting(start_timeout)
         self.history: list[tuple[float, int, int, Plan]] = []
         self.largest = 0  # the most engines live at once, seen so far
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="taskmill-adapt", daemon=True)
 
-    def begin(self, engines_now: list[dict[str, Any]]) -> Adapter:
-        """Start the thread; the engines registered now are not counted as launched by it."""
-        self.starting.count(engines_now, time.monotonic())
+    def begin(self, engines_now: list[dict[str, Any]], launched: int = 0) -> Adapter:
+        """Start the thread; the engines registered now are not counted as launched by it,
+        and those of the `launched` before it that are not live yet are (a cluster started
+        with wait=False)."""
+        now = time.monotonic()
+        self.starting.count(engines_now, now)
+        starting = launched - sum(1 for e in engines_now if e.get("state") in LIVE_STATES)
+        if starting > 0:
+            self.starting.launched(starting, now)
         self._thread.start()
         return self
 
@@ -163,6 +174,9 @@ class Adapter:
             e["idle_for"] = None if since is None else max(0.0, wall - since)
         now = time.monotonic()
         starting = self.starting.count(engines, now)
+        queued = self._pending() if self._pending is not None else None
+        if queued is not None:
+            starting = max(starting, queued)
         decided = plan(self.policy, engines, queue, starting)
         live = sum(1 for e in engines if e.get("state") in LIVE_STATES)
         self.largest = max(self.largest, live)

@@ -410,9 +410,9 @@ class Cluster:
 
         adapter = Adapter(policy, read=lambda: (tc.engines(), tc.queue_status()),
                           start=start, retire=tc.retire_engines, interval=interval,
-                          start_timeout=self.start_timeout)
+                          start_timeout=self.start_timeout, pending=self.launcher.pending)
         self._adapter = (adapter, tc)
-        return adapter.begin(tc.engines())
+        return adapter.begin(tc.engines(), launched=self.n)  # (wait=False: not all here yet)
 
     def _stop_adapting(self) -> None:
         if self._adapter is not None:

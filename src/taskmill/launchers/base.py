@@ -343,6 +343,11 @@ class Launcher(abc.ABC):
     def launch(self, ctx: LaunchContext, properties: list[dict[str, Any]]) -> None:
         """Start `len(properties)` more engines, engine i with `properties[i]`."""
 
+    def pending(self) -> int | None:
+        """Engines asked for that the resource manager still holds queued (not started yet);
+        None when this launcher cannot tell (`Cluster.adapt` counts them as starting)."""
+        return None
+
     @abc.abstractmethod
     def groups(self) -> list[EngineGroup]:
         """What this launcher started, and the state of each."""

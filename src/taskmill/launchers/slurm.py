@@ -52,6 +52,7 @@ from .base import (
 MODES = ("srun", "array")
 CANCEL_WAIT = 60.0  # seconds stop() waits for squeue to drop a cancelled job
 CANCEL_AGAIN = 1.0  # seconds between stop()'s calls of scancel and squeue
+QUEUED_STATES = ("PENDING", "CONFIGURING", "REQUEUED", "RESIZING")  # (not started yet)
 SQUEUE_EVERY = 2.0  # seconds: how often failure() asks squeue at most
 GONE = "invalid job id"  # what squeue and scancel say of a job no longer in the queue
 TIMED_OUT = "did not answer within"
@@ -179,7 +180,7 @@ class SlurmLauncher(Launcher):
             return {}
         if self._last_queue is not None and time.monotonic() - self._last_queue[0] < max_age:
             return self._last_queue[1]
-        ok, out, why = _slurm_command(["squeue", "-h", "-o", "%F %T %r", "-j",
+        ok, out, why = _slurm_command(["squeue", "-h", "-r", "-o", "%F %T %r", "-j",
                                        ",".join(j for j, _ in self.jobs)], timeout)
         queue: dict[str, list[str]] | None = {}
         if ok or GONE in why.lower():  # ("Invalid job id specified": none is in the queue)
@@ -190,6 +191,17 @@ class SlurmLauncher(Launcher):
             queue, self._squeue_error = None, why
         self._last_queue = (time.monotonic(), queue)
         return queue
+
+    def pending(self) -> int | None:
+        """Engines of jobs (array elements, with mode "array") Slurm still holds queued."""
+        queue = self._queue(max_age=SQUEUE_EVERY)
+        if queue is None:
+            return None
+        waiting = 0
+        for job, n in self.jobs:
+            held = [s for s in queue.get(job, ()) if s.split(" ")[0] in QUEUED_STATES]
+            waiting += len(held) if self.mode == "array" else n if held else 0
+        return waiting
 
     def groups(self) -> list[EngineGroup]:
         queue = self._queue()
