@@ -3,10 +3,14 @@ the window are kept as taskids only and read back in taskid order, committed row
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from taskmill.controller.backlog import Backlog, DeferredWatches
-from taskmill.defaults import MIN_QUEUE_WINDOW, queue_window
+from taskmill.defaults import MIN_QUEUE_WINDOW, queue_window, queue_window_bytes
 from taskmill.store import SQLiteStore, StoredResult, StoredTask
 
 
@@ -85,6 +89,139 @@ def test_no_window_no_backlog():
 def test_the_window_follows_the_memory_budget():
     assert queue_window(256) == 32768  # half of 256 MiB at 4 kB a task
     assert queue_window(16) == 2048 and queue_window(1) == MIN_QUEUE_WINDOW
+
+
+def test_the_window_counts_the_payload_bytes_held_too():
+    assert queue_window_bytes(256) == 64 << 20  # a quarter of the budget
+    b = Backlog(100, window_bytes=10_000)
+    assert not b.holds(0, active=0, held_bytes=0, size=50_000)  # alone: in, however large
+    assert b.holds(1, active=1, held_bytes=50_000, size=10)  # past the bytes, few tasks
+    assert not b.holds(1, active=3, held_bytes=6_000, size=4_000)  # up to the bytes: in
+    assert b.holds(1, active=3, held_bytes=6_000, size=4_001)
+    for tid in range(1, 10):
+        b.add(tid)
+    # Read back only while the bytes held are below half the window's (or nothing is held) ...
+    assert b.wanted(active=1, held_bytes=5_000) == 0 and b.wanted(active=0) == 9
+    assert b.wanted(active=1, held_bytes=4_999) == 9
+    # ... a batch stopping before the task that would bring them past it (the store asks
+    # task by task), but the first one whenever nothing is held.
+    assert b.fits(1, 0, 10_000) and not b.fits(1, 0, 10_001) and not b.fits(0, 1, 10_001)
+    assert b.fits(0, 0, 10**9)
+    # A read-back whose first task did not fit waits for fewer bytes held, or none active.
+    b.stall(4_000)
+    assert b.wanted(active=1, held_bytes=4_000) == 0 and b.wanted(active=1, held_bytes=3_999)
+    assert b.wanted(active=0) == 9
+    b.drop_first(1)
+    assert b.stalled is None and b.wanted(active=1, held_bytes=4_000) == 8
+    assert Backlog(None, window_bytes=10).window_bytes is None  # (no window, no bytes either)
+    assert Backlog(5).fits(3, 7, 10**12)  # (no bytes given: counted by tasks only)
+
+
+@settings(max_examples=200, deadline=None)
+@given(sizes=st.lists(st.integers(0, 300), min_size=1, max_size=60),
+       steps=st.lists(st.sampled_from(["submit", "finish", "refill"]), max_size=200),
+       window=st.integers(1, 12), window_bytes=st.integers(0, 600))
+def test_the_bytes_held_stay_within_the_window_and_every_task_runs_in_order(
+        sizes, steps, window, window_bytes):
+    """The controller's use of the rules (submits.py: `holds` on submit, `wanted` then the
+    store's `fits` task by task on refill), modelled: whatever the sizes, the payload bytes
+    held never pass the window's unless one task alone is held, tasks run in taskid order,
+    and every one runs."""
+    b = Backlog(window, batch=5, window_bytes=window_bytes)
+    active: dict[int, int] = {}  # taskid -> payload bytes, held in memory
+    ran: list[int] = []
+    size = dict(enumerate(sizes))
+    pending = iter(range(len(sizes)))
+
+    def held() -> int:
+        return sum(active.values())
+
+    def refill() -> None:
+        want = b.wanted(len(active), held())
+        if not want:
+            return
+        fits, k, total = partial(b.fits, len(active)), 0, held()
+        for tid in b.peek(want):  # (as store/active.py read_fitting)
+            total += size[tid]
+            if not fits(k, total):
+                break
+            k += 1
+        if not k:  # (as submits.refill: the first did not fit, so none is wanted for now)
+            b.stall(held())
+            assert active and not b.wanted(len(active), held())  # (the loop must not spin)
+            return
+        for tid in b.peek(k):
+            active[tid] = size[tid]
+        b.drop_first(k)
+
+    def finish() -> None:
+        if active:
+            tid = min(active)
+            del active[tid]
+            ran.append(tid)
+            refill()
+
+    def check() -> None:
+        assert len(active) <= window
+        assert held() <= window_bytes or len(active) == 1, (active, window_bytes)
+        assert not active or not b or max(active) < b.first()  # FIFO: the backlog is behind
+
+    for step in steps:
+        if step == "submit":
+            tid = next(pending, None)
+            if tid is None:
+                continue
+            if b.holds(tid, len(active), held(), size[tid]):
+                b.add(tid)
+            else:
+                active[tid] = size[tid]
+        elif step == "finish":
+            finish()
+        else:
+            refill()
+        check()
+    for tid in pending:  # the rest submitted at once
+        if b.holds(tid, len(active), held(), size[tid]):
+            b.add(tid)
+        else:
+            active[tid] = size[tid]
+        check()
+    for _ in range(2 * len(sizes) + 2):  # nothing starves: each finish makes room
+        finish()
+        check()
+    assert ran == list(range(len(sizes))) and not b and not active
+
+
+def test_the_store_stops_a_read_back_by_bytes_and_a_restart_too(tmp_path):
+    s = SQLiteStore(str(tmp_path / "t.db"))
+    big = 100_000  # (in a file of its own beside the database: its size is known unread)
+    for tid in range(6):
+        s.allocate()
+        s.add(StoredTask(tid, {"nodes": [], "after": []}, [b"x" * big], 1.0), keep=tid == 0)
+    try:
+        assert s.held_bytes == big  # task 0, kept in memory
+        s.commit()
+        b = Backlog(100, window_bytes=3 * big)
+        rows, cut = s.load_queued([1, 2, 3, 4], fits=partial(b.fits, 1))
+        assert ([t.tid for t, _ in rows], cut) == ([1, 2], 2)  # a third would pass 3 * big
+        assert s.held_bytes == 3 * big and s.task(3) is None
+        s.finish(0, StoredResult({"status": "ok"}, []))
+        s.finish(1, StoredResult({"status": "ok"}, []))
+        s.finish(2, StoredResult({"status": "ok"}, []))
+        assert s.held_bytes == 0
+        rows, cut = s.load_queued([3, 4], fits=partial(Backlog(9, window_bytes=10).fits, 0))
+        assert ([t.tid for t, _ in rows], cut) == ([3], 1)  # alone, however large
+        s.mark_running(3, engine=0, node=0, attempts=1, tries=1, handed_over=[])
+        s.held_from = 4
+        s.close()
+        s = SQLiteStore(str(tmp_path / "t.db"))
+        held = Backlog(100, window_bytes=big)
+        got = s.unfinished(queued_max=100, held=held, fits=partial(held.fits, 0))
+        # the running one first (always), then no queued one fits beside it
+        assert [t.tid for t, _ in got] == [3] and list(held.ids()) == [4, 5]
+        assert s.held_bytes == big
+    finally:
+        s.close()
 
 
 def test_deferred_requests_register_task_by_task_as_they_are_read_back():

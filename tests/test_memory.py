@@ -9,6 +9,8 @@ timed.
 from __future__ import annotations
 
 import gc
+import platform
+import subprocess
 import sys
 import threading
 import tracemalloc
@@ -101,6 +103,59 @@ def test_detached_copies_small_zero_copy_frames_and_keeps_large_ones():
     out = detached([small, large, b"already bytes"])
     assert out[0] == b"x" * 100 and type(out[0]) is bytes
     assert out[1] is large and out[2] == b"already bytes"
+
+
+class CopyingFrame:
+    """Stands for a zmq.Frame as it is: its `bytes` property copies the frame out and keeps
+    that copy in the frame (so a large frame kept would be held twice)."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.copies = size, 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def bytes(self) -> bytes:
+        self.copies += 1
+        return b"z" * self.size
+
+
+LARGE_FREED = """
+import sys
+from taskmill.memory import map_large
+if sys.argv[1] == "map":
+    assert map_large()
+def anon():
+    with open("/proc/self/status") as f:
+        return int(f.read().split("RssAnon:")[1].split()[0]) >> 10
+first = b"x" * (8 << 20)
+del first  # (glibc's own threshold rises to a mapped block's size as it is freed: 8 MiB)
+start = anon()
+blocks, kept = [], []
+for i in range(30):  # 120 MiB of payloads, each with something small kept beside it
+    blocks.append(b"x" * (4 << 20))
+    kept.append(b"y" * 100_000)
+del blocks
+print(anon() - start)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc")
+def test_large_payloads_freed_go_back_to_the_system_with_map_large():
+    def kept_mib(how):
+        return int(subprocess.run([sys.executable, "-c", LARGE_FREED, how], check=True,
+                                  capture_output=True, text=True, timeout=50).stdout)
+
+    assert kept_mib("map") < 16  # (without map_large glibc keeps them: ~120 MiB here)
+
+
+def test_detached_never_copies_a_large_frame_out():
+    small, large = CopyingFrame(100), CopyingFrame(4 << 20)
+    out = detached([small, large])
+    assert out[1] is large and large.copies == 0  # (not even looked at: hasattr would)
+    assert out[0] == b"z" * 100 and small.copies >= 1
 
 
 # -- the client's futures ----------------------------------------------------------------------

@@ -192,7 +192,8 @@ def stats(**fields) -> dict:
             "results_sent_again_to_clients": 0, "results_read_back_for_clients": 0,
             "clients_watching": 0, "clients": 1,
             "clients_forgotten": 0, "requests_waiting": 0, "backlog": 0, "queued_in_memory": 1,
-            "queue_window": None, "heartbeats_unanswered": 0,
+            "queue_window": None, "payload_bytes_in_memory": 0, "queue_window_bytes": None,
+            "heartbeats_unanswered": 0,
             "answers_given_again": 0, "store_commits_failed": 0, **fields}
 
 

@@ -83,13 +83,13 @@ class Cluster:
 
     `keep_results`: days a finished result stays in the store (default 7; math.inf: always),
     which matters for a `db` that outlives the cluster. `memory_budget`: MiB the controller
-    keeps its queued tasks under (default 256; beyond a window they wait in the store only,
-    which needs a `db` on disk: the default, not ":memory:"). `key` (hex): the key that signs
-    messages and results (default: a new one); a cluster that opens a `db` kept from an
-    earlier one needs that one's key to hand out its results (`taskmill cluster start
-    --resume` keeps it beside the store). `forget_clients_after`: seconds of silence after
-    which the controller forgets a client (killed, or stopped: its futures then fail with
-    ClientForgotten; default 300; math.inf: never; see controller/clients.py).
+    keeps its queued tasks under (default 256; beyond a window of tasks, or of their payload
+    bytes: a quarter of it, they wait in the store only, which needs a `db` on disk: the
+    default, not ":memory:"). `key` (hex): the key that signs messages and results (default:
+    a new one); a cluster that opens a `db` kept from an earlier one needs that one's key to
+    hand out its results (`cluster start --resume` keeps it). `forget_clients_after`: seconds
+    of silence after which the controller forgets a client (killed, or stopped: its futures
+    then fail with ClientForgotten; default 300; math.inf: never; see controller/clients.py).
 
     `transport`: "ipc" (unix sockets in the cluster's 0700 state folder, so that no other user
     of this machine can connect) or "tcp". The default is "ipc" for a cluster that is all on

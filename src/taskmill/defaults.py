@@ -108,6 +108,10 @@ HELD_TASK_BYTES = 4096
 HELD_SHARE = 0.5
 #: ... and is never smaller than this (a smaller one would starve a few hundred engines)
 MIN_QUEUE_WINDOW = 1000
+#: the share of the budget the payload bytes of the tasks held in memory may take (their
+#: argument frames, kept until each task is done): past it, new tasks wait in the store too,
+#: however few are held (but one task is always held, however large: queue_window_bytes)
+HELD_BYTES_SHARE = 0.25
 #: the queue window itself, set in the controller's environment: for tests, which need a
 #: small one (it overrides --memory-budget)
 QUEUE_WINDOW_ENV = "TASKMILL_QUEUE_WINDOW"
@@ -128,6 +132,12 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 def queue_window(budget_mib: float) -> int:
     """The tasks the controller holds in memory at most under a budget of `budget_mib` MiB."""
     return max(MIN_QUEUE_WINDOW, int(budget_mib * 1024 * 1024 * HELD_SHARE) // HELD_TASK_BYTES)
+
+
+def queue_window_bytes(budget_mib: float) -> int:
+    """The payload bytes of the tasks the controller holds in memory at most (past them new
+    tasks wait in the store, as past the queue window) under a budget of `budget_mib` MiB."""
+    return int(budget_mib * 1024 * 1024 * HELD_BYTES_SHARE)
 
 
 def dead_after(heartbeat: float) -> float:

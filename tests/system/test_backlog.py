@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -294,3 +295,41 @@ def test_backlog_tasks_after_a_failure_fail_across_a_restart_and_down_a_chain(tm
             with pytest.raises(taskmill.DependencyError):
                 tc.get_task_result(c)
             assert not runs.exists()
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
+
+
+@pytest.mark.timeout(90, method="thread")
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc (Linux)")
+def test_large_queued_payloads_wait_in_the_store_and_the_controller_stays_small(tmp_path):
+    """Payloads queued while nothing runs: the controller holds at most the window's bytes of
+    them (a quarter of --memory-budget), not all of them (twice over, before: a received
+    frame's copy was kept in it). A task larger than that window runs too, alone."""
+    n, size = 48, 2 << 20  # 96 MiB of payload queued under a 32 MiB budget (8 MiB of them)
+    with controller_process(tmp_path, args=("--memory-budget", "32", "--prefetch", "1")) as ctl, \
+            TaskClient(ctl.conn, timeout=60) as tc:
+        pid = ctl.proc.pid
+        before = rss_mib(pid)
+        futs = [tc.submit(len, os.urandom(size)) for _ in range(n)]
+        futs.append(tc.submit(len, os.urandom(12 << 20)))  # larger than the window's bytes
+        stats = poll(lambda: (s := tc.statistics())["queued_in_memory"] + s["backlog"] == n + 1
+                     and s, 60, "every task stored")
+        grown = rss_mib(pid) - before
+        print(f"controller RSS {before:.0f} MiB, +{grown:.0f} with {n + 1} tasks queued")
+        assert grown < n * size / 2**20 / 2, f"the controller grew {grown:.0f} MiB"
+        assert stats["queue_window_bytes"] == 8 << 20
+        assert 0 < stats["payload_bytes_in_memory"] <= 8 << 20
+        assert stats["backlog"] >= n + 1 - 4, stats  # (3 of 2 MiB fit beside the pickles')
+        ctl.engines.append(ctl.engine())
+        seen = []
+        deadline = time.monotonic() + 60
+        while not all(f.done() for f in futs):
+            assert time.monotonic() < deadline, "the tasks did not all run within 60 s"
+            s = tc.statistics()
+            seen.append((s["queued_in_memory"], s["payload_bytes_in_memory"]))
+        assert [f.result(timeout=60) for f in futs] == [size] * n + [12 << 20]
+        assert all(b <= 8 << 20 or held == 1 for held, b in seen), seen
+        assert rss_mib(pid) - before < n * size / 2**20 / 2

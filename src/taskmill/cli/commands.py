@@ -34,7 +34,7 @@ from ..connection import (
 )
 from ..curve import add_curve
 from ..curve import enabled as curve_enabled
-from ..defaults import is_loopback, queue_window
+from ..defaults import is_loopback, queue_window, queue_window_bytes
 from .cluster import gone_cluster, one_line
 
 # Errors of binding the controller's sockets, reported as one line instead of a traceback.
@@ -168,7 +168,8 @@ def cmd_controller(a: argparse.Namespace) -> int:
                        connection_file=path, prefetch=a.prefetch,
                        max_message=info.max_message, keep_results=a.keep_results,
                        sockets=sockets, forget_clients_after=a.forget_clients_after,
-                       queue_window=a.queue_window or queue_window(a.memory_budget))
+                       queue_window=a.queue_window or queue_window(a.memory_budget),
+                       queue_bytes=queue_window_bytes(a.memory_budget))
     except StoreError as e:  # (a store it cannot read back: one line, as at its open)
         print(f"taskmill controller: {e}", file=sys.stderr)
         return 1

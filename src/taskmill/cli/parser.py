@@ -135,8 +135,9 @@ def _memory_budget(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-budget", type=_mib, default=DEFAULT_MEMORY_BUDGET,
                         metavar="MIB",
                         help="MiB the controller keeps its queued tasks under (default "
-                             f"{DEFAULT_MEMORY_BUDGET}): beyond a window they wait in the store "
-                             "only (needs a store on disk, not --db :memory:)")
+                             f"{DEFAULT_MEMORY_BUDGET}): beyond a window of tasks, or of their "
+                             "payload bytes (a quarter of it), they wait in the store only "
+                             "(needs a store on disk, not --db :memory:)")
 
 
 def _forget_clients_after(parser: argparse.ArgumentParser) -> None:

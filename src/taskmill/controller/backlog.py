@@ -12,8 +12,19 @@ reloaded task is. While a backlog exists every new task goes behind it (FIFO by 
 numbered below what was already read back (a run()'s leased taskid) goes to the scheduler at
 once, as it would come first anyway.
 
-`Backlog` is pure (taskids in, taskids out): the controller asks `holds` whether a new task
-stays here, `wanted` how many to read back, and takes them with `peek` and `drop_first`.
+The window counts bytes too (`window_bytes`, a share of `--memory-budget`:
+defaults.queue_window_bytes): the payload frames of the tasks held in memory (the store's
+`held_bytes`), which the per-task cost above leaves out. A new task whose payload would bring
+them past it goes to the backlog, however few tasks are active; the backlog is read back only
+while they are below half of it (`wanted`), and a batch read back stops before the task that
+would bring them past it (`fits`, asked by the store task by task, from the size of its row).
+One task is always let in when none is active, however large, so that nothing waits forever.
+A read-back whose first task did not fit (`stall`) is not tried again until fewer bytes are
+held (a task finished) or none is active: the loop does not spin on it meanwhile.
+
+`Backlog` is pure (taskids and numbers in, taskids and numbers out): the controller asks
+`holds` whether a new task stays here, `wanted` how many to read back (and the store `fits`
+for each), and takes them with `peek` and `drop_first`.
 `DeferredWatches` keeps the requests (watch, result, wait) that wait for backlog tasks without
 an entry per task: they are registered task by task as their tasks leave the backlog.
 
@@ -45,11 +56,18 @@ BATCH = 2000  # ... reading at most this many a loop turn (the loop stays respon
 class Backlog:
     """The taskids of the backlog, in order, as runs of consecutive ids."""
 
-    def __init__(self, window: int | None, batch: int = BATCH) -> None:
+    def __init__(self, window: int | None, batch: int = BATCH,
+                 window_bytes: int | None = None) -> None:
         if window is not None and window < 1:
             raise ValueError(f"the queue window must be at least 1 task, not {window!r}")
+        if window_bytes is not None and window_bytes < 0:
+            raise ValueError(f"the queue window's bytes cannot be negative: {window_bytes!r}")
         self.window = window
         self.low = max(1, window // LOW_SHARE) if window is not None else 0
+        # payload bytes held in memory at most (None: no limit), and the refill's mark
+        self.window_bytes = window_bytes if window is not None else None
+        self.low_bytes = window_bytes // LOW_SHARE if self.window_bytes is not None else 0
+        self.stalled: int | None = None  # bytes held when the next task did not fit (`stall`)
         self.batch = batch
         self.runs: list[range] = []  # sorted, disjoint; runs[head:] are live
         self.head = 0
@@ -78,11 +96,20 @@ class Backlog:
         for r in self.runs[self.head:]:
             yield from r
 
-    def holds(self, tid: int, active: int) -> bool:
-        """Whether a new task `tid` stays in the backlog (`active`: tasks held in memory)."""
+    def holds(self, tid: int, active: int, held_bytes: int = 0, size: int = 0) -> bool:
+        """Whether a new task `tid` stays in the backlog (`active`: tasks held in memory,
+        `held_bytes` their payload bytes; `size`: the new task's)."""
         if self.window is None or tid <= self.cursor:
             return False
-        return self.n > 0 or active >= self.window
+        return self.n > 0 or active >= self.window or not self.fits(active, 0,
+                                                                     held_bytes + size)
+
+    def fits(self, active: int, k: int, held_bytes: int) -> bool:
+        """Whether the `k`th task (from 0) let into memory at once (a batch read back) may
+        come, which brings the payload bytes held to `held_bytes`, with `active` tasks held
+        before it: within the window's bytes, or the first one while none is held."""
+        limit = self.window_bytes
+        return limit is None or held_bytes <= limit or (active == 0 and k == 0)
 
     def add(self, tid: int) -> None:
         """A new task `tid` (a ValueError if it is here already). Nearly always above every
@@ -132,11 +159,19 @@ class Backlog:
                 if tid not in doomed and tid in self:
                     doomed[tid] = dep
 
-    def wanted(self, active: int) -> int:
-        """How many tasks to read back now (0: none) with `active` tasks held in memory."""
-        if not self.n or self.window is None or active >= self.low:
+    def wanted(self, active: int, held_bytes: int = 0) -> int:
+        """How many tasks to read back now (0: none) with `active` tasks held in memory, whose
+        payload bytes are `held_bytes` (at most: the store stops a batch by bytes, `fits`)."""
+        if not self.n or self.window is None or active >= self.low or (active and (
+                (self.window_bytes is not None and held_bytes >= self.low_bytes)
+                or (self.stalled is not None and held_bytes >= self.stalled))):
             return 0
         return min(self.batch, self.window - active, self.n)
+
+    def stall(self, held_bytes: int) -> None:
+        """The next task did not fit (`fits`) with `held_bytes` held: none is wanted until
+        fewer are held, or none is active, or the backlog changes at its head."""
+        self.stalled = held_bytes
 
     def peek(self, k: int) -> list[int]:
         """The first `k` taskids (fewer if the backlog holds fewer)."""
@@ -150,6 +185,7 @@ class Backlog:
     def drop_first(self, k: int) -> None:
         """The first `k` taskids leave the backlog (read back into the scheduler)."""
         runs = self.runs
+        self.stalled = None
         while k > 0 and self.n:
             r = runs[self.head]
             if len(r) <= k:
@@ -172,6 +208,7 @@ class Backlog:
         """Take one taskid out (aborted, or withdrawn); whether it was here."""
         if tid not in self:
             return False
+        self.stalled = None
         runs = self.runs
         i = bisect_right(runs, tid, lo=self.head, key=lambda r: r.start) - 1
         r = runs[i]

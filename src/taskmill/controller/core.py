@@ -114,9 +114,10 @@ class ControllerCore:
                  unmet_timeout: float, prefetch: int | None, now: Now,
                  keep_results: float = DEFAULT_KEEP_RESULTS,
                  forget_clients_after: float = FORGET_CLIENTS_AFTER,
-                 queue_window: int | None = None) -> None:
-        # (`queue_window`: tasks held in memory at most; None, or no store on disk: no limit)
-        backlog = Backlog(queue_window if store.durable else None)
+                 queue_window: int | None = None, queue_bytes: int | None = None) -> None:
+        # (`queue_window`: tasks held in memory at most, `queue_bytes` their payload bytes;
+        # None, or no store on disk: no limit)
+        backlog = Backlog(queue_window if store.durable else None, window_bytes=queue_bytes)
         sched = SchedulerCalls(Scheduler(unmet_timeout=unmet_timeout, slots=prefetch),
                                self.apply, backlog)
         self.sched = sched.sched  # (the scheduler itself: read-only, for tests and tools)

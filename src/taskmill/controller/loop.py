@@ -35,6 +35,7 @@ from ..defaults import (
     FORGET_CLIENTS_AFTER_WARN,
     LOGGED_ONCE_MAX,
 )
+from ..memory import map_large
 from ..store import MemoryStore, TaskStore
 from ..wire import (
     HEADER_ENCODER,
@@ -91,13 +92,14 @@ class Controller:
         sockets: ControllerSockets | None = None,
         forget_clients_after: float = FORGET_CLIENTS_AFTER,
         queue_window: int | None = None,
+        queue_bytes: int | None = None,
     ) -> None:
         """`max_message`: bytes a message may hold (None: the connection file's, which its
         clients and engines read too); `sockets`: bound already (with this `max_message`),
         or None to bind them here;
         `forget_clients_after`: seconds of silence after which a client is forgotten
         (controller/clients.py; math.inf: never); `queue_window`: tasks held in memory at
-        most (None: no limit; see backlog.py)."""
+        most, `queue_bytes` their payload bytes (None: no limit; see backlog.py)."""
         seconds("heartbeat", heartbeat)  # (NaN, inf or <= 0 would end or stall the loop later)
         seconds("unmet_timeout", unmet_timeout, zero=True)
         days("keep_results", keep_results)
@@ -134,7 +136,7 @@ class Controller:
                                    heartbeat=heartbeat, unmet_timeout=unmet_timeout,
                                    prefetch=prefetch, now=clock(), keep_results=keep_results,
                                    forget_clients_after=forget_clients_after,
-                                   queue_window=queue_window)
+                                   queue_window=queue_window, queue_bytes=queue_bytes)
         self.counters: Counters = self.core.ctx.counters
 
     # -- what tools and tests read ---------------------------------------------------------
@@ -322,12 +324,15 @@ def run_controller(
     sockets: ControllerSockets | None = None,
     forget_clients_after: float = FORGET_CLIENTS_AFTER,
     queue_window: int | None = None,
+    queue_bytes: int | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT (on `sockets` if bound already: see Controller)."""
+    map_large()  # (large payloads freed go back to the system: taskmill.memory)
     ctl = Controller(info, store=store, unmet_timeout=unmet_timeout, heartbeat=heartbeat,
                      connection_file=connection_file, prefetch=prefetch, max_message=max_message,
                      keep_results=keep_results, sockets=sockets,
-                     forget_clients_after=forget_clients_after, queue_window=queue_window)
+                     forget_clients_after=forget_clients_after, queue_window=queue_window,
+                     queue_bytes=queue_bytes)
 
     def _stop(signum: int, frame: Any) -> None:
         ctl.stop()

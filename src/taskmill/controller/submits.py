@@ -27,6 +27,7 @@ failed result later cannot let it run.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 from ..depend import BoundedDepend, DependLoadError, DependRunner
@@ -35,7 +36,7 @@ from ..memory import detached
 from ..protocol import EmptyReply, Lease, LeaseReply, Put, Submit, TidsReply
 from ..scheduler import Node, Resume
 from ..store import StoredResult, StoredTask
-from ..wire import Refused, loads
+from ..wire import Refused, frame_len, loads
 from .context import Context
 from .engines import Engines
 from .leases import owner_of
@@ -78,7 +79,8 @@ class Submits:
         tids = []
         for i, (stored, nodes, task_frames) in enumerate(parsed):
             tid = store.allocate() if msg.tids is None else msg.tids[i]
-            held = windowed and backlog.holds(tid, ctx.sched.active_count())
+            held = windowed and backlog.holds(tid, ctx.sched.active_count(), store.held_bytes,
+                                              sum(map(frame_len, task_frames)))
             if held and stored["after"]:  # (a broken one fails it at once, in memory)
                 waits_for, broken = self.after(stored, False)
                 held = broken is None
@@ -321,7 +323,9 @@ class Submits:
         ctx = self.ctx
         n = 0
         # (The queued tasks past the window stay in the store: their taskids go to the backlog.)
-        for task, c in ctx.store.unfinished(ctx.backlog.window, ctx.backlog):
+        # (and those past its bytes: the first always comes, as none is active yet)
+        for task, c in ctx.store.unfinished(ctx.backlog.window, ctx.backlog,
+                                            partial(ctx.backlog.fits, 0)):
             self.requeue(task, c)
             n += 1
         ctx.store.held_from = ctx.backlog.first()
@@ -360,21 +364,26 @@ class Submits:
     def refill_due(self) -> bool:
         """Whether tasks of the backlog are to be read back now (its rows are committed)."""
         backlog = self.ctx.backlog
-        return bool(backlog.wanted(self.ctx.sched.active_count())) and \
-            not self.ctx.store.dirty()
+        return bool(backlog.wanted(self.ctx.sched.active_count(), self.ctx.store.held_bytes)) \
+            and not self.ctx.store.dirty()
 
     def refill(self) -> None:
         """Read the next tasks of the backlog back into the scheduler, in taskid order, while
-        fewer than its low-water mark are active (a bounded batch a turn). A row a commit has
-        not written yet waits for the next turn. Who waits for them is registered first (a
-        task may finish as it is submitted: a broken `after`)."""
+        fewer than its low-water mark are active and their payload bytes are below half the
+        window's (a batch a turn, bounded by count and by bytes: the store stops it before
+        the task that the backlog's `fits` refuses). A row a commit has not written yet waits
+        for the next turn. Who waits for them is registered first (a task may finish as it
+        is submitted: a broken `after`)."""
         ctx = self.ctx
-        want = ctx.backlog.wanted(ctx.sched.active_count())
+        active = ctx.sched.active_count()
+        want = ctx.backlog.wanted(active, ctx.store.held_bytes)
         if not want:
             return
         tids = ctx.backlog.peek(want)
-        rows, cut = ctx.store.load_queued(tids)
+        rows, cut = ctx.store.load_queued(tids, fits=partial(ctx.backlog.fits, active))
         if not cut:
+            if not ctx.store.dirty():  # (its rows are committed: its first one did not fit)
+                ctx.backlog.stall(ctx.store.held_bytes)
             return
         ctx.backlog.drop_first(cut)
         ctx.store.held_from = ctx.backlog.first()

@@ -148,7 +148,8 @@ class Views:
             tasks_per_second=ctx.activity.tasks_per_second(wall),
             durations=ctx.activity.durations.record(),
             backlog=len(ctx.backlog), queued_in_memory=ctx.sched.active_count(),
-            queue_window=ctx.backlog.window,
+            queue_window=ctx.backlog.window, payload_bytes_in_memory=ctx.store.held_bytes,
+            queue_window_bytes=ctx.backlog.window_bytes,
             **ctx.outbox.credits.held(), **ctx.clients.held(),
             requests_waiting=sum(self.waiting.values()),
         )

@@ -265,10 +265,13 @@ class Statistics(msgspec.Struct, frozen=True):
     clients_forgotten: int = 0
     requests_waiting: int = 0
     # Queued tasks kept only in the store (controller/backlog.py), and the tasks held in
-    # memory (queued or running: at most the window, `--memory-budget`; None: no window).
+    # memory (queued or running: at most the window, `--memory-budget`; None: no window),
+    # their payload bytes (of those of 1 KiB or more) and the window's bytes (None: none).
     backlog: int = 0
     queued_in_memory: int = 0
     queue_window: int | None = None
+    payload_bytes_in_memory: int = 0
+    queue_window_bytes: int | None = None
     # Heartbeats of idle engines left unanswered (an answer only now and then: see
     # controller/engine_tasks.py `heartbeat`).
     heartbeats_unanswered: int = 0

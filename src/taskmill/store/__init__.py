@@ -19,7 +19,9 @@ What lives where: base.py (the records, the `TaskStore` interface), memory.py (`
 sqlite.py (`SQLiteStore`), schema.py (its tables, statements, lock and open errors), wal.py
 (its write-ahead log kept bounded), keys.py (closed clients' submit keys dropped), files.py
 (large frames in files beside the database), cache.py (its cache of recent results),
-retention.py (dropping results older than `--keep-results` days; removing a whole store).
+active.py (its tasks in memory and their payload bytes; reading queued rows back within the
+controller's window), retention.py (dropping results older than `--keep-results` days;
+removing a whole store).
 """
 from __future__ import annotations
 

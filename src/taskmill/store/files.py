@@ -173,6 +173,22 @@ class FrameFiles:
                 out.append(item)
         return out
 
+    def size(self, blob: bytes | None) -> int:
+        """The bytes of a row's frames, without reading its files (0 for a file that cannot
+        be looked at: reading it says why)."""
+        total = 0
+        for item in unpack(blob) if blob else []:
+            if not isinstance(item, dict):
+                total += len(item)
+            elif (buf := self._unwritten.get(item["file"])) is not None:
+                total += memoryview(buf).nbytes
+            else:
+                try:
+                    total += (self.folder / item["file"]).stat().st_size
+                except OSError:
+                    pass
+        return total
+
     def drop(self, blob: bytes | None, *, now: bool = False) -> None:
         """Forget the files a row's frames name: unwritten ones are never written; written
         ones are removed after the next commit (or `now`, for rows that never committed)."""

@@ -47,12 +47,17 @@ class MemoryStore(IdLeases):
                      handed_over: list[int]) -> None:
         pass
 
-    def unfinished(self, queued_max: int | None = None, held: Any = None) -> list[Loaded]:
+    def unfinished(self, queued_max: int | None = None, held: Any = None,
+                   fits: Any = None) -> list[Loaded]:
         return []
 
-    def load_queued(self, tids: list[int], keep: bool = True,
-                    pending: bool = False) -> tuple[list[Loaded], int]:
+    def load_queued(self, tids: list[int], keep: bool = True, pending: bool = False,
+                    fits: Any = None) -> tuple[list[Loaded], int]:
         return [], 0  # (no backlog without a store on disk)
+
+    @property
+    def held_bytes(self) -> int:  # (not counted: no backlog, every task stays here)
+        return 0
 
     def submitted(self, key: str, resent: bool = True) -> list[int] | None:
         tids = self._submits.get(key)

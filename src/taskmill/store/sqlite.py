@@ -23,8 +23,8 @@ from typing import Any
 import msgspec
 
 from ..errors import StoreError
-from ..memory import compact
 from ..wire import frame_len
+from .active import ActiveTasks, Fits, read_fitting, read_unfinished
 from .base import (
     MAX_TID,
     IdLeases,
@@ -135,7 +135,7 @@ class SQLiteStore(IdLeases):
         self.keys = SubmitKeys(self._pack)  # (its queued rows: the commit's "submit keys")
         self.retiring = RetiringEngines()  # (its queued rows: the commit's last)
         self.lease_rows = LeaseRows()
-        self._active: dict[int, StoredTask] = {}
+        self._active = ActiveTasks()  # (and their payload bytes: `held_bytes`)
         self._task_blobs: dict[int, bytes] = {}  # active tasks whose frames are in files
         self.cache = ResultCache(cache_size, cache_bytes)  # recent finished results
         self.files.remove_orphans(self.db.execute("SELECT frames, result_frames FROM tasks"))
@@ -180,9 +180,9 @@ class SQLiteStore(IdLeases):
     # -- tasks -----------------------------------------------------------------------------
     def add(self, task: StoredTask, keep: bool = True) -> None:
         """`keep`: also in memory, for dispatch (not a task of the backlog)."""
-        if keep:
-            self._active[task.tid] = task
         sizes = list(map(frame_len, task.frames))
+        if keep:
+            self._active.put(task, sum(sizes))
         blob = self.files.pack(task.tid, "task", task.frames, sizes)
         if sizes and max(sizes) >= EXTERNAL_MIN:
             self._task_blobs[task.tid] = blob  # to drop its files when the task finishes
@@ -192,6 +192,10 @@ class SQLiteStore(IdLeases):
 
     def task(self, tid: int) -> StoredTask | None:
         return self._active.get(tid)
+
+    @property
+    def held_bytes(self) -> int:  # (payload bytes of the tasks kept in memory: backlog.py)
+        return self._active.bytes
 
     def mark_running(self, tid: int, engine: int | None, node: int, attempts: int, tries: int,
                      handed_over: list[int]) -> None:
@@ -205,26 +209,22 @@ class SQLiteStore(IdLeases):
             self._run[tid] = (engine, node, attempts, tries, handed, tid)
         self._dirty = True
 
-    def unfinished(self, queued_max: int | None = None, held: Any = None) -> list[Loaded]:
+    def unfinished(self, queued_max: int | None = None, held: Any = None,
+                   fits: Fits | None = None) -> list[Loaded]:
         """Every queued or running task, oldest first, with its counters (schema.read_task);
-        the queued ones past the first `queued_max` only as taskid and `after`, to
-        `held.hold` (the controller's backlog)."""
-        out, queued = [], 0
-        for row in self.db.execute(SELECT_UNFINISHED, (self._low_tid,)):
-            if queued_max is not None and row[1] == "queued":
-                queued += 1
-                if queued > queued_max:
-                    held.hold(row[0], unpack(row[3]).get("after"))
-                    continue
-            out.append(self._loaded(row))
+        the queued ones past the first `queued_max` (or `fits`: see active.py) only as taskid
+        and `after`, to `held.hold` (the controller's backlog)."""
+        out = read_unfinished(self.db.execute(SELECT_UNFINISHED, (self._low_tid,)),
+                              self._loaded, queued_max, held, fits, self.files.size, self._active)
         self._looked = True
         return out
 
-    def load_queued(self, tids: list[int], keep: bool = True,
-                    pending: bool = False) -> tuple[list[Loaded], int]:
+    def load_queued(self, tids: list[int], keep: bool = True, pending: bool = False,
+                    fits: Fits | None = None) -> tuple[list[Loaded], int]:
         """The queued rows of `tids` (sorted) read back as `unfinished` reads them (`keep`:
         into memory, for dispatch), and how many of `tids` were looked at: up to the first
-        whose row is not committed yet, or (`pending`) all: those read from memory."""
+        whose row is not committed yet, or (`pending`) all: those read from memory; or up to
+        the first that `fits` refuses (the backlog's rule: active.Fits, read_fitting)."""
         if pending and any(t in self._ins for t in tids):
             rows = [(*row[:OK], None) for t in tids if (row := self._ins.get(t))
                     and row[STATE] == "queued"]  # (shaped as SELECT_QUEUED's)
@@ -235,14 +235,15 @@ class SQLiteStore(IdLeases):
         if not cut:
             return [], 0
         wanted = set(tids[:cut])
-        rows = self.db.execute(SELECT_QUEUED, (tids[0], tids[cut - 1]))
+        rows = (r for r in self.db.execute(SELECT_QUEUED, (tids[0], tids[cut - 1]))
+                if r[0] in wanted)
         read = self._loaded if keep else (lambda r: read_task(r, self.files.read))
-        return [read(r) for r in rows if r[0] in wanted], cut
+        return read_fitting(rows, tids, cut, read, self.files.size, fits, self._active.bytes)
 
     def _loaded(self, row: tuple[Any, ...]) -> tuple[StoredTask, dict[str, Any]]:
         task, c = read_task(row, self.files.read)
         self._task_blobs[task.tid] = row[4]
-        self._active[task.tid] = task
+        self._active.put(task, sum(map(frame_len, task.frames)))
         return task, c
 
     def submitted(self, key: str, resent: bool = True) -> list[int] | None:
@@ -279,7 +280,7 @@ class SQLiteStore(IdLeases):
                 self.files.drop(row[FRAMES], now=True)
                 self.files.drop(row[RESULT_FRAMES], now=True)
             self._task_blobs.pop(tid, None)
-            self._active.pop(tid, None)
+            self._active.pop(tid)
             self._run.pop(tid, None)
             fin = self._fin.pop(tid, None)
             if fin is not None:
@@ -298,7 +299,7 @@ class SQLiteStore(IdLeases):
 
     # -- results ---------------------------------------------------------------------------
     def finish(self, tid: int, result: StoredResult) -> None:
-        self._active.pop(tid, None)
+        self._active.pop(tid)
         self._run.pop(tid, None)  # (the finish says all a restart needs)
         blobs = self._task_blobs.pop(tid, None)
         if blobs is not None:
@@ -358,7 +359,7 @@ class SQLiteStore(IdLeases):
         return None if row is None else unpack(row[0])
 
     def compact(self) -> None:  # (the index of active tasks, after a burst: taskmill.memory)
-        compact(self._active)
+        self._active.compact()
 
     def clear(self, tids: list[int] | None, key: str = "") -> tuple[int, list[int]]:
         """Drop finished results: commits what is queued, then deletes in a transaction of
@@ -438,8 +439,7 @@ class SQLiteStore(IdLeases):
         low_due = everything or now - self._low_written >= LOW_TID_EVERY
         if low_due:  # Every task below this had finished: a restart looks only above it
             if self._looked:  # (else the tasks from before were never read: none is active)
-                meta.append(("low_tid", self.low_bound(min(self._active) if self._active
-                                                       else self._next)))
+                meta.append(("low_tid", self.low_bound(self._active.lowest(self._next))))
             writes += self.keys.dead.writes(db)  # (after the submit keys written above)
         if meta:
             writes.append((SET_META, meta))
