@@ -12,6 +12,7 @@ and queues its result in the outbox (results.py), sending what is ready on the r
 
 from __future__ import annotations
 
+import _signal
 import builtins
 import logging
 import signal
@@ -97,9 +98,9 @@ class Engine(EngineControl):
         would make every later timeout a kill of the engine)."""
         if signal.getitimer(signal.ITIMER_REAL)[0]:
             signal.setitimer(signal.ITIMER_REAL, 0)
-        for n, handler in self.signals.items():
-            if signal.getsignal(n) is not handler:
-                signal.signal(n, handler)
+        for n, handler in self.signals.items():  # (the C module's getsignal: `signal`'s
+            if _signal.getsignal(n) is not handler and handler is not None:  # converts to
+                _signal.signal(n, handler)  # an enum, ~2 us a call; None: set in C, kept)
 
     # -- lifecycle -------------------------------------------------------------------------
     def run(self) -> None:
@@ -107,7 +108,7 @@ class Engine(EngineControl):
         global _CURRENT
         _CURRENT = self
         old = signal.signal(INTERRUPT_SIGNAL, self.on_interrupt_signal)
-        self.signals = {n: signal.getsignal(n) for n in KEPT_SIGNALS}
+        self.signals = {n: _signal.getsignal(n) for n in KEPT_SIGNALS}
         heart = threading.Thread(target=self.sockets.run_heart, name="taskmill-heart",
                                  daemon=True)
         heart.start()
