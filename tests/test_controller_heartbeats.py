@@ -199,3 +199,19 @@ def test_an_engine_that_reports_after_an_abort_is_left_to_its_own_kill(ctl):
     end = overdue + 5.5 * HEARTBEAT
     died = live_until(ctl, end, end + 4 * HEARTBEAT, None)
     assert died is not None and "holds the GIL" in ctl.core.engines.death_reasons[0][1]
+
+
+def test_an_abort_overdue_after_the_controllers_own_pause_waits_for_the_engines_reports(ctl):
+    """The controller itself paused (SIGSTOP) right after an abort: the engine's reports wait
+    unread in its socket, so their silence counts from when it runs again, not from the last
+    one read (the GIL rule declared a reporting engine dead at once after SIGCONT)."""
+    from taskmill.defaults import ABORT_REPORTS_MISSED, KILL_GRACE
+
+    key = running_task(ctl)
+    send(ctl, 0, b"client", {"type": "abort", "req": 2, "tid": key[0]}, 2.0)
+    overdue = 2.0 + KILL_GRACE + ABORT_REPORTS_MISSED * HEARTBEAT
+    resumed = overdue + 1.0  # (paused from 2.0 on: the timer is due as it runs again)
+    ctl.core.stall_end = T0 + resumed
+    assert live_until(ctl, resumed, resumed + 1.0, key) is None  # (its reports read again)
+    died = live_until(ctl, resumed + 1.5, resumed + 1.5 + 4 * HEARTBEAT, None)
+    assert died is not None and "holds the GIL" in ctl.core.engines.death_reasons[0][1]

@@ -317,7 +317,7 @@ class ControllerCore:
             elif key[0] == "lost":
                 self.engines.lost_engine_gone(key[1])
             elif key[0] == "abort-overdue":
-                self.engine_tasks.abort_overdue(*key[1:])
+                self.engine_tasks.abort_overdue(*key[1:], self.stall_end)
             elif key[0] == "leases":
                 self.results.gone(ctx.leases.expire(now.mono, self.stall_end))
                 timers.arm(key, LEASE_CHECK_EVERY)

@@ -154,14 +154,17 @@ class EngineTasks:
         """Seconds without a report that show an engine's I/O thread is not running."""
         return ABORT_REPORTS_MISSED * self.ctx.settings.heartbeat
 
-    def abort_overdue(self, eid: int, tid: int, attempt: int) -> None:
+    def abort_overdue(self, eid: int, tid: int, attempt: int,
+                      stall_end: float = float("-inf")) -> None:
         """The abort of attempt `attempt` of task `tid` on engine `eid` was sent a while ago
         (the module's docstring): if the engine still holds it, it is declared dead when its
-        reports have stopped, and asked about again a heartbeat later while they go on."""
+        reports have stopped, and asked about again a heartbeat later while they go on. (Its
+        silence counts from `stall_end` at the earliest: the controller's own pause, when
+        nothing was read, is not the engine's.)"""
         rec = self.engines.records.get(eid)
         if rec is None or rec.dead or not self.ctx.sched.holds(eid, tid, attempt):
             return  # it ended the task (or is gone)
-        quiet = self.ctx.now.mono - rec.reported_at
+        quiet = self.ctx.now.mono - max(rec.reported_at, stall_end)
         if quiet < self.reports_missed():  # its I/O thread runs: its own kill stands
             self.ctx.timers.arm(("abort-overdue", eid, tid, attempt),
                                 self.ctx.settings.heartbeat)
