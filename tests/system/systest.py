@@ -278,6 +278,36 @@ def need_programs(*names: str) -> None:
     pytest.skip(why)
 
 
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str):
+    """A tmpfs of `size` (e.g. "2m") mounted at `path` (made here) while the block runs: a
+    disk that fills up for real (root only: `need_root` first)."""
+    need_root("mount a small tmpfs")
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                   check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_disk(folder: Path, leave: int = 0) -> Path:
+    """Fill the disk holding `folder` to its last block with a file there, then free `leave`
+    bytes of it again; the file (remove it to give the space back)."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        for size in (65536, 4096, 512):
+            try:
+                while True:
+                    f.write(b"\0" * size)
+            except OSError:
+                pass
+        if leave:
+            f.truncate(f.tell() - leave)
+    return filler
+
+
 def need_root(what: str) -> None:
     """Skip the calling test unless it runs as root (namespaces, daemons); fail so under CI."""
     import pytest

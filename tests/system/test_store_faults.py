@@ -11,7 +11,15 @@ import sqlite3
 import subprocess
 
 import pytest
-from systest import TASKMILL, ControllerProcess, controller_process, need_root, poll, wait_for_file
+from systest import (
+    TASKMILL,
+    ControllerProcess,
+    controller_process,
+    fill_disk,
+    poll,
+    small_tmpfs,
+    wait_for_file,
+)
 
 from taskmill import MapTask, StoreError, TaskClient
 
@@ -91,10 +99,11 @@ def test_store_locked_by_another_process_refuses_submits_and_loses_nothing(contr
 def test_store_on_a_full_disk_refuses_submits_then_recovers(tmp_path):
     """A 2 MiB tmpfs holds the store; a file fills it; submits get StoreError naming the
     cause; once the file is gone, everything works and nothing was lost."""
-    need_root("mount a small tmpfs")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
+    with small_tmpfs(tmp_path / "small", "2m") as mnt:
+        _refuses_then_recovers(tmp_path, mnt)
+
+
+def _refuses_then_recovers(tmp_path, mnt) -> None:
     ctl = engines = tc = None
     try:
         ctl = ControllerProcess(tmp_path, db=str(mnt / "tasks.db"))
@@ -104,14 +113,7 @@ def test_store_on_a_full_disk_refuses_submits_then_recovers(tmp_path):
         poll(lambda: len(tc.engines()) >= 1, what="an engine")
         given = {tc.run(MapTask(tag, (f"ok-{i}",))): f"ok-{i}" for i in range(3)}
         tc.barrier(list(given))  # (stored before the disk fills: run() may batch, SPEC §4)
-        filler = mnt / "filler"
-        with open(filler, "wb", buffering=0) as f:  # fill the disk to the last block
-            for size in (65536, 4096, 512):
-                try:
-                    while True:
-                        f.write(b"\0" * size)
-                except OSError:
-                    pass
+        filler = fill_disk(mnt)
         refused = 0
         for i in range(20):  # (SQLite may still fit a few rows in pages it already has)
             try:
@@ -134,7 +136,6 @@ def test_store_on_a_full_disk_refuses_submits_then_recovers(tmp_path):
             e.kill()
         if ctl is not None:
             ctl.stop()
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 MIB = 1024 * 1024
@@ -162,10 +163,11 @@ def test_committed_results_are_read_and_cleared_while_the_disk_is_full(tmp_path)
     future, a barrier waited for good; a clear failed (it first committed what was queued),
     so no space could be freed through the API. Now those are answered at once, the one not
     yet written reads as unfinished, and a clear frees the space the store then writes in."""
-    need_root("mount a small tmpfs")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
+    with small_tmpfs(tmp_path / "small", "8m") as mnt:
+        _committed_results_while_full(tmp_path, mnt)
+
+
+def _committed_results_while_full(tmp_path, mnt) -> None:
     ctl = engines = tc = None
     try:
         ctl = ControllerProcess(tmp_path, db=str(mnt / "tasks.db"))
@@ -178,15 +180,7 @@ def test_committed_results_are_read_and_cleared_while_the_disk_is_full(tmp_path)
         tids = [f.taskid for f in futs]
         release = tmp_path / "release"
         gated = tc.submit(filled_once_released, str(release), MIB)
-        filler = mnt / "filler"
-        with open(filler, "wb", buffering=0) as f:  # fill the disk to the last block ...
-            for size in (65536, 4096, 512):
-                try:
-                    while True:
-                        f.write(b"\0" * size)
-                except OSError:
-                    pass
-            f.truncate(f.tell() - MIB // 2)  # ... but for less than the gated result needs
+        fill_disk(mnt, leave=MIB // 2)  # (less than the gated result needs)
         release.touch()
         poll(lambda: "cannot write a file" in ctl.log_text(), what="the store to fail")
         with TaskClient(ctl.conn, timeout=30) as other:  # (nothing of these tasks in memory)
@@ -210,7 +204,6 @@ def test_committed_results_are_read_and_cleared_while_the_disk_is_full(tmp_path)
             e.kill()
         if ctl is not None:
             ctl.stop()
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def _submits(tc, given) -> bool:
@@ -345,16 +338,8 @@ def test_a_store_without_its_folder_of_large_frames_is_refused_in_one_line_and_l
 def test_a_controller_whose_store_is_on_a_full_disk_at_start_says_so_in_one_line(tmp_path):
     """No page left for the pid in the store's lock file: an OSError traceback from the
     lock. Now one line names the file, the cause and the free space."""
-    need_root("mount a small tmpfs")
-    mnt = tmp_path / "full"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
-    try:
-        with open(mnt / "filler", "wb") as f:
-            with pytest.raises(OSError):
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
+    with small_tmpfs(tmp_path / "full", "1m") as mnt:
+        fill_disk(mnt)
         alone = subprocess.run(
             [*TASKMILL, "controller", "--connection-file", str(tmp_path / "c.json"),
              "--db", str(mnt / "tasks.db"), "--no-dashboard"],
@@ -362,5 +347,3 @@ def test_a_controller_whose_store_is_on_a_full_disk_at_start_says_so_in_one_line
         lines = [x for x in alone.stderr.splitlines() if " INFO " not in x]
         assert alone.returncode == 1 and len(lines) == 1, alone.stderr
         assert "No space left on device" in lines[0] and "bytes free" in lines[0]
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
