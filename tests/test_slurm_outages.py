@@ -189,6 +189,27 @@ def test_cluster_stop_says_what_the_cluster_process_could_not_stop(fake, tmp_pat
         daemon.wait()
 
 
+def test_status_and_start_name_a_cluster_that_could_not_confirm_its_engines_stopped(
+        fake, tmp_path, monkeypatch, capsys):
+    """A cluster process that ended without confirming its Slurm jobs ended (its record notes
+    why) is not "killed or crashed" to `cluster status`, and `cluster start` keeps its record
+    (the jobs may run on) rather than forget it."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("TASKMILL_DIR", str(home))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    why = "could not confirm that the Slurm job 123 ended: run `scancel 123` once Slurm answers"
+    state = record_of(home, gone.pid, "123", unstopped=why)
+    assert main(["cluster", "status"]) == 1
+    out = capsys.readouterr().out
+    assert why in out and "killed or crashed" not in out and "cluster stop" in out
+    assert main(["cluster", "start", "-n", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and why in err and "`taskmill cluster stop` first" in err
+    assert json.loads(state.read_text())["unstopped"] == why  # (kept for `cluster stop`)
+    assert fake.calls("sbatch") == [] and fake.calls("scancel") == []
+
+
 def test_the_cluster_process_keeps_its_record_when_its_launcher_cannot_stop(tmp_path, capsys):
     from taskmill.cli.cluster import stop_keeping_record
 

@@ -78,6 +78,12 @@ def gone_cluster(connection_file: Path) -> str | None:
             "after it and `taskmill cluster start` starts a new one")
 
 
+def unconfirmed(record: dict[str, Any]) -> str:
+    """What to say of a cluster whose process ended without confirming its engines stopped."""
+    return (f"the cluster started in this profile (pid {record['pid']}) ended without "
+            f"confirming that its engines stopped: {record['unstopped']}")
+
+
 # A DEBUG or INFO record of a taskmill log (commands.setup_logging's format): left out of the
 # one line an error is printed as (a controller's log tail says much before it says why).
 QUIET_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ \S+\[\d+\] (DEBUG|INFO) ")
@@ -181,6 +187,10 @@ def cmd_cluster(a: argparse.Namespace) -> int:
             print(f"taskmill: a cluster is already running (pid {old['pid']}); "
                   "`taskmill cluster stop` first", file=sys.stderr)
             return 1
+        if old is not None and old.get("unstopped"):  # (its engines may run on: keep it)
+            print(f"taskmill: {unconfirmed(old)}; `taskmill cluster stop` first",
+                  file=sys.stderr)
+            return 1
         state.unlink(missing_ok=True)
         try:
             launcher = _launcher_from_args(a)
@@ -197,6 +207,10 @@ def cmd_cluster(a: argparse.Namespace) -> int:
     s = read_cluster_record(state)
     if s is None:
         print("no cluster running")
+        return 1
+    if not cluster_alive(s) and s.get("unstopped"):
+        print(f"no cluster process running, but {unconfirmed(s)}; `taskmill cluster stop` "
+              "tries again")
         return 1
     if not cluster_alive(s):
         print(f"no cluster running: the one started in this profile (pid {s['pid']}) is gone, "
