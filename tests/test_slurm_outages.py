@@ -84,6 +84,18 @@ def test_a_failed_squeue_is_an_unknown_state_not_an_ended_job(fake, tmp_path):
     assert launcher.groups()[0].state == "RUNNING"
 
 
+def test_a_squeue_that_does_not_answer_holds_a_status_look_for_squeue_wait_at_most(
+        fake, tmp_path, monkeypatch):
+    """slurmctld unreachable (not refusing): squeue hangs. `cluster status` (groups) and the
+    start's wait (failure) give up after SQUEUE_WAIT with an unknown state, not stop's minute."""
+    monkeypatch.setattr(slurm, "SQUEUE_WAIT", 0.3)
+    (fake.dir / "squeue").write_text("#!/bin/sh\nexec sleep 20\n")
+    launcher = adopted(tmp_path, "123")
+    [group] = launcher.groups()
+    assert group.state == "unknown (squeue failed: squeue did not answer within 0.3s)"
+    assert launcher.failure() is None
+
+
 def test_squeue_saying_invalid_job_id_means_the_job_left_the_queue(fake, tmp_path):
     launcher = adopted(tmp_path, "123")
     fake.says("squeue", err=GONE)

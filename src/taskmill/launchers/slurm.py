@@ -54,6 +54,7 @@ CANCEL_WAIT = 60.0  # seconds stop() waits for squeue to drop a cancelled job
 CANCEL_AGAIN = 1.0  # seconds between stop()'s calls of scancel and squeue
 QUEUED_STATES = ("PENDING", "CONFIGURING", "REQUEUED", "RESIZING")  # (not started yet)
 SQUEUE_EVERY = 2.0  # seconds: how often failure() asks squeue at most
+SQUEUE_WAIT = 15.0  # seconds a status look (groups, failure, pending) waits for squeue
 GONE = "invalid job id"  # what squeue and scancel say of a job no longer in the queue
 TIMED_OUT = "did not answer within"
 
@@ -169,7 +170,7 @@ class SlurmLauncher(Launcher):
                                           done_if=GONE))
 
     def _queue(self, max_age: float = 0.0,
-               timeout: float = 60.0) -> dict[str, list[str]] | None:
+               timeout: float | None = None) -> dict[str, list[str]] | None:
         """job id -> states of its entries that squeue still lists; None if squeue failed (it
         could not reach slurmctld...: see `_squeue_error`), which is no answer, not an empty queue.
 
@@ -181,7 +182,8 @@ class SlurmLauncher(Launcher):
         if self._last_queue is not None and time.monotonic() - self._last_queue[0] < max_age:
             return self._last_queue[1]
         ok, out, why = _slurm_command(["squeue", "-h", "-r", "-o", "%F %T %r", "-j",
-                                       ",".join(j for j, _ in self.jobs)], timeout)
+                                       ",".join(j for j, _ in self.jobs)],
+                                      SQUEUE_WAIT if timeout is None else timeout)
         queue: dict[str, list[str]] | None = {}
         if ok or GONE in why.lower():  # ("Invalid job id specified": none is in the queue)
             for line in out.splitlines() if ok else ():
