@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from taskmill.errors import StoreError
-from taskmill.store import MemoryStore, SQLiteStore, StoredResult, StoredTask, files
+from taskmill.store import MemoryStore, SQLiteStore, StoredResult, StoredTask, files, remove_store
 from taskmill.store.files import SPARE_FILES, SPARE_PREFIX
 
 
@@ -242,6 +242,44 @@ def test_sqlite_a_second_store_on_the_same_file_is_refused_naming_the_holder(tmp
     with pytest.raises(StoreError, match=f"in use by another controller \\(pid {os.getpid()}\\)"):
         SQLiteStore(path)
     s.close()
+    SQLiteStore(path).close()  # free again once closed
+
+
+def test_sqlite_a_second_store_through_a_symlink_is_refused(tmp_path):
+    """A symlink to a held store (another folder's tasks.db pointing at it) is the same
+    store: SQLite follows the link, so a second controller there would number tasks the first
+    one numbers too. Its lock is the real file's."""
+    real, link = tmp_path / "a.db", tmp_path / "b" / "tasks.db"
+    link.parent.mkdir()
+    s = SQLiteStore(str(real))
+    link.symlink_to(real)
+    with pytest.raises(StoreError, match=f"in use by another controller \\(pid {os.getpid()}\\)"):
+        SQLiteStore(str(link))
+    with pytest.raises(StoreError, match="in use by another controller"):
+        remove_store(str(link))
+    assert real.exists()
+    s.close()
+    SQLiteStore(str(link)).close()  # free again once closed
+
+
+def test_sqlite_lock_file_deleted_under_the_store_is_taken_again(tmp_path):
+    """The lock file is written only at open: a cleaner of old files (systemd-tmpfiles, after
+    10 days) deleted it under a running controller, and a second controller then took a new
+    one and used the same store (the same taskids for different tasks). The store takes its
+    lock again (the checkpointer looks every 0.5 s), so the second one is still refused."""
+    path = str(tmp_path / "t.db")
+    s = SQLiteStore(path)
+    try:
+        lock = Path(f"{path}.lock")
+        lock.unlink()
+        deadline = time.monotonic() + 30
+        while not lock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(StoreError, match=f"in use by another controller \\(pid {os.getpid()}\\)"):
+            SQLiteStore(path)
+        assert s.lost is None
+    finally:
+        s.close()
     SQLiteStore(path).close()  # free again once closed
 
 

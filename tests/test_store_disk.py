@@ -197,3 +197,38 @@ def test_a_store_refuses_a_cluster_key_other_than_the_one_it_was_written_with(tm
     finally:
         store.close()
     assert b"k2" not in Path(path).read_bytes()
+
+
+def test_a_wal_deleted_under_the_store_is_noticed_and_what_it_held_survives_a_kill(tmp_path):
+    """The WAL's file deleted (a cleaner of /tmp that spares the database file): SQLite wrote
+    on into the deleted file, unnoticed, and a kill -9 then lost every task committed since the
+    last checkpoint, the taskid counter with them (the next store numbered from 0 again). Now
+    the store copies what the deleted WAL holds into its file and says it is lost."""
+    import signal
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "t.db")
+    script = (
+        "import os, signal, time\n"
+        "from taskmill.store import SQLiteStore, StoredTask\n"
+        f"s = SQLiteStore({path!r})\n"
+        "for _ in range(5):\n"
+        "    s.add(StoredTask(s.allocate(), {'nodes': [], 'after': []}, [b'x'], 1.0))\n"
+        "s.commit()\n"
+        f"os.unlink({path!r} + '-wal')\n"
+        "deadline = time.monotonic() + 30\n"
+        "while s.lost is None and time.monotonic() < deadline:\n"
+        "    time.sleep(0.05)\n"
+        "print(s.lost, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    assert "write-ahead log" in run.stdout and "deleted or replaced" in run.stdout, run.stdout
+    s = SQLiteStore(path)
+    try:
+        assert [t.tid for t, _ in s.unfinished()] == [0, 1, 2, 3, 4]
+        assert s.allocate() == 5  # (no taskid given twice)
+    finally:
+        s.close()

@@ -245,8 +245,11 @@ def hold_lock(path: str) -> int:
 
     The kernel drops it when the process dies, however it dies, so a kill -9 leaves no stale
     lock; the pid written inside only names the holder in the error a second controller gets.
+    The lock file goes beside the store's real file (symlinks resolved).
     """
-    lock_path = f"{path}.lock"
+    # Beside the file itself: a store reached through a symlink (or a path through one) is
+    # the same store, and SQLite follows the link for its own files too.
+    lock_path = f"{os.path.realpath(path)}.lock"
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as e:

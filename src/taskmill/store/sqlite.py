@@ -140,7 +140,7 @@ class SQLiteStore(IdLeases):
         self.cache = ResultCache(cache_size, cache_bytes)  # recent finished results
         self.files.remove_orphans(self.db.execute("SELECT frames, result_frames FROM tasks"))
         self._closing = threading.Event()
-        self.wal = WalKeeper(self.db, path, self._closing, wal_bytes, self)
+        self.wal = WalKeeper(self.db, path, self._closing, wal_bytes, self, self._lock_fd)
         self.wal.start()
         self.files.start()
 
@@ -340,7 +340,7 @@ class SQLiteStore(IdLeases):
             (tid,)).fetchone()
         if row is None:
             return None
-        r = StoredResult(unpack(row[0]), self.files.read(row[1]))
+        r = StoredResult(unpack(row[0]), self.files.read_result(tid, row[1]))
         self.cache.remember(tid, r)
         return r
 

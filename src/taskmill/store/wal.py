@@ -19,23 +19,33 @@ The same thread looks, as often, at whether the store's file is still the one th
 Deleted (`rm -rf` of a cluster's folder, a cleaner of /tmp) or replaced by another file, it
 goes on working through the descriptors SQLite holds, but nothing written to it survives a
 restart: the store's `lost` then says so (logged once), and the controller takes no new work
-(controller/submits.py).
+(controller/submits.py). So too when only the WAL's file is deleted or replaced: SQLite writes
+on into the deleted one, whose frames the database file lacks until a checkpoint copies them,
+so each look then copies them (through this thread's connection, which opened that file
+before it was deleted). And at the store's lock file (`_look_at_lock`): touched now and then,
+taken again if it was deleted, so that a second controller is still refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
+
+from ..errors import StoreError
+from .schema import hold_lock
 
 log = logging.getLogger("taskmill.store")
 
 # The checkpointer copies the WAL into the database once it is larger than this.
 WAL_BYTES = 16 * 1024 * 1024
 LOOK_EVERY = 0.5  # seconds between the checkpointer's looks at the WAL's size
+LOCK_TOUCH_EVERY = 3600.0  # seconds between touches of the lock file (for cleaners of old files)
 # The thread copies again while a pass left more than this many frames (4 kB each) behind,
 # so that the tail the controller's thread copies stays short...
 TAIL_FRAMES = 256
@@ -46,13 +56,22 @@ class WalKeeper:
     """The checkpointer thread of one store file and the tail it leaves to the store."""
 
     def __init__(self, db: sqlite3.Connection, path: str, closing: threading.Event,
-                 wal_bytes: int = WAL_BYTES, store: Any = None) -> None:
+                 wal_bytes: int = WAL_BYTES, store: Any = None,
+                 lock_fd: int | None = None) -> None:
         """`db`: the store's connection, on which it commits (and this copies the tail);
-        `store`: the store, whose `lost` says why, once its file is deleted or replaced."""
+        `store`: the store, whose `lost` says why, once its file is deleted or replaced;
+        `lock_fd`: the store's lock (schema.hold_lock), taken again if its file is deleted."""
         self.db = db
         self.path = path
+        self._lock_fd = lock_fd
+        self._lock_touched = time.monotonic()
         file = _identity(path)
         self._file = None if file is _UNSURE else file  # (None: not looked at)
+        # The WAL's file, once seen (SQLite keeps it while a connection is open): deleted,
+        # what it holds and the database file lacks yet would be gone at the next restart.
+        seen = _identity(f"{path}-wal")
+        self._wal: tuple[int, int] | None = None if seen is _UNSURE else seen
+        self._wal_lost = False
         self._store = store
         self.wal_bytes = wal_bytes
         db.execute(f"PRAGMA journal_size_limit={int(wal_bytes)}")
@@ -72,10 +91,19 @@ class WalKeeper:
         con = sqlite3.connect(self.path, isolation_level=None)
         wal = Path(f"{self.path}-wal")
         try:
+            # A read opens the WAL's file, which this connection then keeps: were it deleted,
+            # its checkpoints still copy what it holds (_look_at_wal).
+            con.execute("SELECT COUNT(*) FROM meta").fetchall()
+        except sqlite3.Error:
+            pass
+        try:
             while not self._closing.wait(LOOK_EVERY):
                 file = _identity(self.path) if self._file is not None else _UNSURE
                 if file is not _UNSURE and file != self._file:
                     self._gone()
+                if self._file is not None:  # (a store deleted whole is said once, above)
+                    self._look_at_wal(con, wal)
+                    self._look_at_lock()
                 try:
                     if not self.tail_due and wal.exists() \
                             and wal.stat().st_size > self.wal_bytes:
@@ -90,10 +118,85 @@ class WalKeeper:
                "this controller used it: what it writes there would not survive a restart, so "
                "it takes no new tasks (those it holds finish, and their results can be read "
                "until it stops). Stop it and start it again with a store it can keep (--db)")
-        log.error("%s", why)
+        if not self._wal_lost:  # (its WAL's loss, a moment before, was said already)
+            log.error("%s", why)
         self._file = None  # (said once)
         if self._store is not None:
             self._store.lost = why
+
+    def _look_at_wal(self, con: sqlite3.Connection, wal: Path) -> None:
+        """Once the WAL's file is deleted or replaced (a cleaner of /tmp that spares the
+        database), SQLite writes on into the deleted one: copy what it holds into the database
+        file (now, and at each look after: what was written since), and say the store is
+        lost, so that the controller takes no new task."""
+        if self._wal_lost:
+            self._salvage(con)
+            return
+        seen = _identity(str(wal))
+        if seen is _UNSURE or (seen is None and self._wal is None):
+            return
+        if self._wal is None:
+            self._wal = seen
+            return
+        if seen == self._wal:
+            return
+        self._wal_lost = True
+        self._salvage(con)
+        why = (f"the task store's write-ahead log {wal} was deleted or replaced by another file "
+               "while this controller used it: what it writes from now on would not survive a "
+               "restart (what it had written is copied into the store's file), so it takes no "
+               "new tasks (those it holds finish, and their results can be read until it "
+               "stops). Stop it and start it again on the store, or with a store it can keep "
+               "(--db)")
+        log.error("%s", why)
+        if self._store is not None:
+            self._store.lost = why
+
+    def _look_at_lock(self) -> None:
+        """The lock file is written only when the store opens: a cleaner of old files (e.g.
+        systemd-tmpfiles, after 10 days) deleted it under a running controller, and a second
+        controller then took a new one and used the store too. It is touched every
+        LOCK_TOUCH_EVERY seconds, and if it is gone all the same, taken again (into the same
+        descriptor, which the store closes); if another process holds the new one, the store
+        is lost (no new task)."""
+        fd = self._lock_fd
+        if fd is None or self._closing.is_set():  # (closing: the store lets go of the lock)
+            return
+        lock_path = f"{os.path.realpath(self.path)}.lock"
+        seen = _identity(lock_path)
+        try:
+            held = os.fstat(fd)
+        except OSError:
+            return
+        if seen is _UNSURE or seen == (held.st_dev, held.st_ino):
+            if time.monotonic() - self._lock_touched > LOCK_TOUCH_EVERY:
+                self._lock_touched = time.monotonic()
+                with contextlib.suppress(OSError):
+                    os.utime(lock_path)
+            return
+        try:
+            new = hold_lock(self.path)
+        except StoreError as e:
+            self._lock_fd = None  # (said once)
+            why = (f"the task store's lock file {lock_path} was deleted or replaced while this "
+                   f"controller used the store, and another process took it: {e}. Two "
+                   "controllers on one store give the same taskids to different tasks: this "
+                   "one takes no new tasks; stop one of them")
+            log.error("%s", why)
+            if self._store is not None:
+                self._store.lost = why
+            return
+        os.dup2(new, fd)  # (the store's descriptor: its close releases the lock)
+        os.close(new)
+        log.warning("the task store's lock file %s was deleted while this controller used "
+                    "the store (a cleaner of old files?): taken again", lock_path)
+
+    @staticmethod
+    def _salvage(con: sqlite3.Connection) -> None:
+        try:
+            con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            pass  # busy: again at the next look
 
     def _copy_bulk(self, con: sqlite3.Connection) -> None:
         copied = 0
