@@ -21,7 +21,7 @@ from systest import (
     wait_for_file,
 )
 
-from taskmill import MapTask, StoreError, TaskClient
+from taskmill import DependencyError, MapTask, StoreError, TaskClient
 
 
 def tag(value):
@@ -347,3 +347,34 @@ def test_a_controller_whose_store_is_on_a_full_disk_at_start_says_so_in_one_line
         lines = [x for x in alone.stderr.splitlines() if " INFO " not in x]
         assert alone.returncode == 1 and len(lines) == 1, alone.stderr
         assert "No space left on device" in lines[0] and "bytes free" in lines[0]
+
+
+def big(n):
+    return b"x" * n
+
+
+@pytest.mark.timeout(120)
+def test_a_result_whose_file_was_deleted_is_an_error_naming_it_not_a_wait(controller):
+    """A large result lives in a file beside the store (<db>.blobs/), which a cleaner of the
+    temporary folder may delete while the store itself lives on. Reading it back failed inside
+    the controller: get_task_result got "the controller failed on a result request:
+    FileNotFoundError(2, ...)", and a task taking it as an argument stayed pending for ever
+    (its dispatch failed half-way). Now the first is a StoreError naming the file, the second
+    fails with DependencyError saying why."""
+    import glob
+
+    ctl, tc = controller
+    f = tc.submit(big, 1 << 20)
+    assert len(f.result(timeout=60)) == 1 << 20
+    ctl.kill9()  # (the restarted controller reads it from the store, not from its cache)
+    ctl.start()
+    ctl.ready()
+    files = glob.glob(f"{ctl.db}.blobs/{f.taskid}.result.*")
+    assert files
+    for path in files:
+        os.unlink(path)
+    with pytest.raises(StoreError, match=f"result of task {f.taskid} cannot be read.*blobs"):
+        tc.get_task_result(f.taskid)
+    with pytest.raises(DependencyError, match="cannot be read"):
+        tc.submit(len, f).result(timeout=60)
+    assert tc.queue_status()["pending"] == 0

@@ -30,6 +30,7 @@ from typing import Any
 import msgspec
 
 from ..defaults import ABORT_REPORTS_MISSED, KILL_GRACE, idle_answer_every
+from ..errors import StoreError
 from ..protocol import (
     HbAnswer,
     Heartbeat,
@@ -91,7 +92,8 @@ class EngineTasks:
         """The stored results that a task takes as arguments travel with it (arguments.py):
         `args` in its entry lists [taskid, frames, pmac, kept] for each; a result cleared
         meanwhile is named in `missing`, and results too large to travel with it in one
-        message in `too_big` (the engine fails the task with DependencyError for either).
+        message in `too_big`, and a result whose file cannot be read in `unreadable` (the engine
+        fails the task with DependencyError for each).
 
         A `put` value (kind put) is sent to an engine once: `kept` 1 tells it to keep the
         value by its pmac; later tasks send no frames for it (0 frames, kept 1). What the
@@ -112,7 +114,12 @@ class EngineTasks:
                 rec.kept[pmac] = rec.kept.pop(pmac)  # (now the newest)
                 args.append([dep, 0, pmac, 1])
                 continue
-            r = store.result(dep)
+            try:
+                r = store.result(dep)
+            except StoreError as e:  # (its file is gone: the engine fails the task with it)
+                entry["unreadable"] = str(e)
+                rec.kept.clear()  # (as for too_big: what it was told to keep did not go)
+                return frames
             if r is None:
                 missing.append(dep)
                 continue

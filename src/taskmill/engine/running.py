@@ -352,6 +352,9 @@ def take_arguments(tid: int, header: dict[str, Any], frames: list[Any],
     here), each checked against its own pmac."""
     if header.get("too_big"):
         raise DependencyError(f"task {tid}: {header['too_big']}")
+    if header.get("unreadable"):
+        raise DependencyError(f"task {tid} takes a result as an argument that cannot be "
+                              f"read: {header['unreadable']}")
     if header.get("missing"):
         raise DependencyError(
             f"task {tid} takes the results of tasks {header['missing']} as arguments, and they "

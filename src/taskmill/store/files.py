@@ -30,6 +30,7 @@ from typing import Any
 
 from zmq import Frame
 
+from ..errors import StoreError
 from .base import unpack
 
 # Frames at least this large are kept in files of their own beside the database: writing them
@@ -172,6 +173,18 @@ class FrameFiles:
             else:
                 out.append(item)
         return out
+
+    def read_result(self, tid: int, blob: bytes | None) -> list[Any]:
+        """`read` for task `tid`'s result: StoreError, naming the file, when one of its
+        files cannot be read (deleted by a cleaner of the temporary folder, say)."""
+        try:
+            return self.read(blob)
+        except OSError as e:
+            raise StoreError(
+                f"the result of task {tid} cannot be read from the store ({e.strerror or e}: "
+                f"{e.filename}): its file beside the store was deleted or cannot be read, so "
+                "that result is lost (clear it and run the task again), unless the file can be "
+                "put back") from None
 
     def size(self, blob: bytes | None) -> int:
         """The bytes of a row's frames, without reading its files (0 for a file that cannot
