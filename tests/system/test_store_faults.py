@@ -378,3 +378,40 @@ def test_a_result_whose_file_was_deleted_is_an_error_naming_it_not_a_wait(contro
     with pytest.raises(DependencyError, match="cannot be read"):
         tc.submit(len, f).result(timeout=60)
     assert tc.queue_status()["pending"] == 0
+
+
+@pytest.mark.timeout(180)
+def test_a_client_of_a_controller_restarted_on_another_store_never_reads_its_tasks(tmp_path):
+    """The store deleted (a cleaner of /tmp; the remedy for a lost store is a restart) and the
+    controller started again on the same connection file with a new one: it numbers tasks
+    from 0 again, and a client of the old store got another client's task's result for its
+    taskid. Its session names its store now: the old client fails what waits with StoreError
+    and refuses new requests; a new client works."""
+    import shutil
+
+    from taskmill import StringTask
+
+    with controller_process(tmp_path) as ctl:  # (no engine yet: the task stays queued)
+        old = TaskClient(ctl.conn, timeout=30)
+        try:
+            tid = old.run(StringTask("who = 'the old client'", pull="who"))
+            fut = old.submit(tag, "old")
+            old.queue_status()  # (both stored)
+            ctl.kill9()
+            for path in tmp_path.glob("tasks.db*"):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            ctl.start()
+            ctl.ready()
+            ctl.engines.append(ctl.engine())
+            with TaskClient(ctl.conn, timeout=30) as new:
+                tid2 = new.run(StringTask("who = 'the new client'", pull="who"))
+                assert new.get_task_result(tid2, block=True).results == {"who": "the new client"}
+                assert new.submit(tag, "new").result(timeout=60) == tag("new")
+            with pytest.raises(StoreError, match="restarted on another task store"):
+                fut.result(timeout=60)
+            with pytest.raises(StoreError, match="restarted on another task store"):
+                old.get_task_result(tid, block=True)
+            with pytest.raises(StoreError, match="make a new client"):
+                old.queue_status()
+        finally:
+            old.close()

@@ -36,7 +36,7 @@ from zmq import zmq_poll
 from ..connection import find_connection_file, read_connection_file
 from ..curve import apply_client as apply_curve
 from ..defaults import CLIENT_PING_INTERVAL, RECONNECT_TIMEOUT
-from ..errors import ClientClosed, ControllerUnreachable, too_slow
+from ..errors import ClientClosed, ControllerUnreachable, StoreError, too_slow
 from ..protocol import Hello, HelloReply, Ping, ProtocolError, from_reply, to_request
 from ..wire import Refused, Wire, apply_transport_heartbeat, recv_message, send_message
 from .codec import checked, joined
@@ -110,6 +110,9 @@ class Connection(LinkRecovery):
         # The controller's session (its replies say it): every request names it, so that a
         # request captured before a restart does nothing after it.
         self.session: bytes | None = None
+        # Why this client can no longer be served (the controller restarted on another
+        # store: links.py `other_store`); None.
+        self.store_changed: str | None = None
         self._key_prefix = base.decode() + ":"
         self._pid = os.getpid()  # (a forked child's copy closes nothing of the parent's keys)
         self._streams: dict[int, Callable[[dict[str, Any], list[Any]], bool]] = {}
@@ -214,7 +217,9 @@ class Connection(LinkRecovery):
             return
         self._silent = 0.0
         session = header.get("session")
-        if isinstance(session, bytes):
+        if isinstance(session, bytes) and session != self.session:
+            if self.other_store(session):  # (what this client holds is not the store's)
+                return
             self.session = session
         if self._unreachable:
             self._unreachable = False
@@ -290,6 +295,8 @@ class Connection(LinkRecovery):
         with interrupts_deferred() if frames else NOT_DEFERRED, self.send_lock:
             if self._unreachable:
                 raise self.unreachable_error()
+            if self.store_changed is not None:
+                raise StoreError(self.store_changed)
             req = next(self._req)
             header["req"] = req
             header["rt"] = self.recv_ident

@@ -39,7 +39,7 @@ from typing import Any
 
 import zmq
 
-from ..errors import ClientForgotten, ControllerUnreachable
+from ..errors import ClientForgotten, ControllerUnreachable, StoreError
 from ..protocol import Bye, to_request
 from ..wire import Wire, monitor_socket, send_message
 from .credit import Intake
@@ -72,6 +72,7 @@ class LinkRecovery:
     send_wire: Wire
     recv_ident: bytes
     session: bytes | None
+    store_changed: str | None
     _send_sock: zmq.Socket
     _recv_sock: zmq.Socket
     _monitors: dict[zmq.Socket, zmq.Socket]  # a socket -> the PAIR its monitor tells
@@ -232,6 +233,30 @@ class LinkRecovery:
         self._intake.reset()  # (it numbers its results from 0)
         self._resend_when_linked = False  # (the resend is this one)
         self._send_again("the controller at {url} restarted before it answered")
+
+    def other_store(self, session: bytes) -> bool:
+        """(I/O thread) Whether `session` (a controller's, named in its reply) is of a store
+        other than the one this client's session was (its first 8 bytes: the store's id, 0
+        unknown): a controller restarted on a new store (the old one deleted, another --db,
+        one in memory) numbers its tasks from 0 again, so this client's taskids would name
+        other tasks there. Then everything waiting fails with StoreError, and so does every
+        later request: a new client starts afresh."""
+        old = self.session
+        if old is None or self.store_changed is not None:
+            return self.store_changed is not None
+        if old[:8] == session[:8] or not any(old[:8]) or not any(session[:8]):
+            return False
+        self.store_changed = (
+            f"the controller at {self.info.client_url} (connection file {self.path}) was "
+            "restarted on another task store (its store was deleted, or given by another --db, "
+            "or kept in memory): the tasks this client submitted, and their results, are not "
+            "in it, and its taskids would name other tasks there. What waited for them fails; "
+            "make a new client to go on (and submit again what you still need)")
+        log.error("%s", self.store_changed)
+        with self.send_lock:
+            waiting = self._drop_requests()
+        self._fail(waiting, lambda: StoreError(self.store_changed or ""))
+        return True
 
     def unreachable_error(self) -> ControllerUnreachable:
         return ControllerUnreachable(

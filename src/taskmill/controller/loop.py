@@ -54,7 +54,12 @@ from .sockets import ControllerSockets
 log = logging.getLogger("taskmill.controller")
 
 DRAIN_BATCH = 1000  # messages read from one socket before the other gets its turn
-SESSION_BYTES = 8  # random bytes naming one controller start (its session)
+SESSION_BYTES = 8  # random bytes naming one controller start (its session, after the store's)
+
+
+def session_of(store_id: int) -> bytes:
+    """A controller start's session: its store's identity, then SESSION_BYTES random bytes."""
+    return store_id.to_bytes(8, "big") + os.urandom(SESSION_BYTES)
 # The controller makes few reference cycles but many short-lived containers per task: a
 # collection every 700 of them (the default) cost ~20% of its CPU in a flood. The count is of
 # allocations less frees of objects younger than the last collection: in a flood the tasks'
@@ -118,8 +123,9 @@ class Controller:
         self.store: TaskStore = store if store is not None else MemoryStore()
         self.store.check_key(info.key_bytes)  # (a store of another cluster: StoreError)
         # Random per controller start: every message of a peer names it, so a message
-        # captured before a restart is refused after it.
-        self.session = os.urandom(SESSION_BYTES)
+        # captured before a restart is refused after it. Its first 8 bytes name the store,
+        # so that a client sees a restart on another store (client/links.py).
+        self.session = session_of(self.store.store_id)
         self._refusal_logged: dict[bytes, float] = {}
         self._stopping = False
         if sockets is None:

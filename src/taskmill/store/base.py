@@ -8,6 +8,7 @@ is how both lease blocks of taskids (controller/leases.py).
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -57,6 +58,12 @@ class StoredResult:
 Loaded = tuple[StoredTask, dict[str, Any]]
 
 
+def new_store_id() -> int:
+    """A random store identity (never 0, which means unknown)."""
+    return secrets.randbelow(2**63 - 1) + 1
+
+
+
 class IdLeases:
     """Blocks of the taskid counter leased to clients (a mixin of both stores, over their
     `_next`). A lease moves the counter past its ids (`_dirty`: the SQLite store writes the
@@ -75,6 +82,8 @@ class IdLeases:
     lease_rows: LeaseRows | None = None  # (a durable store's)
     # Why nothing written survives a restart any more (its file was deleted: wal.py); None.
     lost: str | None = None
+    # The store's random identity (schema.store_identity; 0: unknown).
+    store_id: int = 0
     # The leases not ended when the store was last written: (start, end, key, next unused).
     stored_leases: list[tuple[int, int, str, int]] = []
 
@@ -116,6 +125,7 @@ class TaskStore(Protocol):
     held_from: int | None  # where that backlog begins (see IdLeases)
     stored_leases: list[tuple[int, int, str, int]]  # (see IdLeases)
     lost: str | None  # (see IdLeases)
+    store_id: int  # (see IdLeases)
 
     def check_key(self, key: bytes) -> None: ...
 

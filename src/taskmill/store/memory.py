@@ -9,7 +9,15 @@ from collections import OrderedDict
 from typing import Any
 
 from ..memory import compact
-from .base import SUBMIT_KEYS_KEPT, IdLeases, Loaded, StoredResult, StoredTask, compact_tids
+from .base import (
+    SUBMIT_KEYS_KEPT,
+    IdLeases,
+    Loaded,
+    StoredResult,
+    StoredTask,
+    compact_tids,
+    new_store_id,
+)
 
 
 class MemoryStore(IdLeases):
@@ -20,6 +28,7 @@ class MemoryStore(IdLeases):
     def __init__(self) -> None:
         self._next = 0
         self._leased: dict[int, int] = {}
+        self.store_id = new_store_id()  # (each start of a controller: a new store)
         self._dirty = False  # (IdLeases sets it; nothing is written)
         self._next_eid = 0
         self._submits: OrderedDict[str, range | tuple[int, ...]] = OrderedDict()

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import StoreError
-from .base import ENGINE_ROW_AGE, MAX_TID, SUBMIT_KEY_AGE, StoredTask, unpack
+from .base import ENGINE_ROW_AGE, MAX_TID, SUBMIT_KEY_AGE, StoredTask, new_store_id, unpack
 from .retiring import RetiringEngines
 
 log = logging.getLogger("taskmill.store")
@@ -351,6 +351,22 @@ def key_check(key: bytes) -> int:
     cannot be read back from it)."""
     return int.from_bytes(hmac.digest(key, b"taskmill: the key of this store", "sha256")[:7],
                           "big")
+
+
+def store_identity(db: sqlite3.Connection) -> int:
+    """The store's random identity, made once when the store is new: a controller restarted
+    on another store (the old one deleted, another --db) names another in its session, and
+    a client of the old store then fails what it holds instead of reading another task's
+    result under its taskid. 0 (unknown: clients compare nothing) if it cannot be written."""
+    row = db.execute("SELECT value FROM meta WHERE key='store_id'").fetchone()
+    if row is not None:
+        return int(row[0])
+    made = new_store_id()
+    try:
+        db.execute(SET_META, ("store_id", made))
+    except sqlite3.Error:  # (a full disk: made again at the next start)
+        return 0
+    return made
 
 
 def check_key(db: sqlite3.Connection, key: bytes, path: str) -> None:

@@ -65,6 +65,7 @@ from .schema import (
     read_counters,
     read_task,
     roll_back,
+    store_identity,
     unwritten_error,
     write_all,
 )
@@ -77,8 +78,7 @@ LOW_TID_EVERY = 1.0  # seconds between writes of meta's low_tid
 
 class SQLiteStore(IdLeases):
     """Tasks and results in a SQLite file (WAL): they survive a kill -9 of the controller.
-    See the module docstring; the database and its lock file are created with mode 0600, the
-    blob folder 0700."""
+    See the module docstring; files are created with mode 0600, the blob folder 0700."""
 
     durable = True  # (the controller's backlog needs a store on disk: controller/backlog.py)
 
@@ -151,6 +151,7 @@ class SQLiteStore(IdLeases):
         db.execute("PRAGMA wal_autocheckpoint=0")  # the checkpointer thread does it
         db.executescript(SCHEMA)
         self._next, self._next_eid, self._low_tid = read_counters(db)
+        self.store_id = store_identity(db)  # (a controller's session names it)
         # (A lease's end is written before it is answered.)
         self._written_next, self._written_eid = self._next, self._next_eid
         # The controller's Leases takes these up (read before old rows go: each one's next
