@@ -30,6 +30,7 @@ from taskmill import (
     MapTask,
     RemoteError,
     SerializationError,
+    StringTask,
     TaskClient,
     TaskError,
     TaskTimeout,
@@ -336,6 +337,52 @@ def test_after_a_controller_restart_tasks_waiting_on_an_engine_run_once(tmp_path
             assert new == engine.pid and tc.run(MapTask(abs, (-1,))) == len(tids) + 1
     finally:
         engine.kill()
+        ctl.stop()
+
+
+@pytest.mark.timeout(120)
+def test_properties_task_code_set_outlive_a_controller_restart_and_being_declared_dead(tmp_path):
+    """A set-up task loads data into an engine's namespace and marks it with a property;
+    later tasks depend on it. The namespace outlives a controller restart and an engine that
+    was declared dead and resumes, so its properties must too: the engine registers anew with
+    them, and a task with that depend runs there (it waited for nothing, then failed with
+    TaskTimeout, when the engine registered with its starting properties only)."""
+    ctl = ControllerProcess(tmp_path, args=("--unmet-timeout", "3"))
+    ctl.start()
+    engine = ctl.engine("--property", "zone=a")
+    try:
+        with TaskClient(ctl.conn, timeout=30) as tc:
+            poll(lambda: tc.engines(), what="the engine")
+            # A set-up: data in the namespace, and a property that says so.
+            first = tc.run(StringTask("import taskmill; data = 42; "
+                                      "taskmill.current_engine().properties['loaded'] = True",
+                                      pull="engineid"), block=True)["engineid"]
+            read = StringTask("x = data", pull="x", depend={"loaded": True})
+
+            def registered_again(after):
+                live = [e for e in tc.engines() if e["state"] != "dead"]
+                return live if live and live[0]["engineid"] > after else None
+
+            ctl.kill9()
+            ctl.start()
+            (again,) = poll(lambda: registered_again(first), what="the engine to register anew")
+            assert again["properties"]["loaded"] is True and again["properties"]["zone"] == "a"
+            assert tc.run(read, block=True)["x"] == 42
+
+            engine.send_signal(signal.SIGSTOP)
+            try:
+                poll(lambda: all(e["state"] == "dead" for e in tc.engines()),
+                     what="the stopped engine to be declared dead")
+            finally:
+                engine.send_signal(signal.SIGCONT)
+            (last,) = poll(lambda: registered_again(again["engineid"]),
+                           what="the resumed engine to register anew")
+            assert last["properties"]["loaded"] is True
+            assert last["properties"]["engineid"] == last["engineid"]
+            assert tc.run(read, block=True)["x"] == 42
+    finally:
+        engine.kill()
+        engine.wait()
         ctl.stop()
 
 

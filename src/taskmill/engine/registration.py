@@ -17,6 +17,8 @@ import time
 from collections import deque
 from typing import Any
 
+import msgpack
+
 from ..defaults import silent_after
 from ..protocol import Register, Registered, Reregister, Welcome, to_controller
 from .channels import ChannelWatch
@@ -91,8 +93,23 @@ class Registration:
             finished = [list(k) for k in self.outbox.unacked]
         self._send(self.sockets.task, to_controller(Register(
             self.uuid, **self.sockets.idents(), hostname=self.hostname, pid=self.pid,
-            properties=self.start_properties, running=running, finished=finished,
+            properties=self._properties_now(), running=running, finished=finished,
             t=time.monotonic()), session))
+
+    def _properties_now(self) -> dict[str, Any]:
+        """The properties to register with: as they are now, task code's changes included
+        (the namespace they describe outlives a controller restart or being declared dead, so
+        a depend on them must see them), else, if they are not plain data, the last ones the
+        controller accepted, else those the engine started with."""
+        for props in (self.properties, self.sent_properties):
+            try:
+                now = dict(props)  # (task code may be changing them: then the next choice)
+                msgpack.packb(now, use_bin_type=True)
+            except Exception:  # noqa: BLE001 - anything task code put there
+                continue
+            if now:
+                return now
+        return dict(self.start_properties)
 
     def _on_registered(self, m: Registered) -> None:
         if m.session != self.session:
