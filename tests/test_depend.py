@@ -26,6 +26,17 @@ def test_a_quick_depend_answers_and_any_exception_counts_as_false():
     runner.close()
 
 
+def test_a_depend_that_raises_keeps_what_it_raised_first_and_says_so_once():
+    runner = DependRunner(budget=5.0)
+    raised = []
+    guard = runner.guard(lambda props: props["gpu"] == 1, [].append,
+                         lambda g, text: raised.append((g, text)))
+    assert guard({"gpu": 1}) is True and guard.raised is None and raised == []
+    assert guard({}) is False and guard({"cpu": 1}) is False
+    assert guard.raised == "KeyError: 'gpu'" and raised == [(guard, "KeyError: 'gpu'")]
+    runner.close()
+
+
 def test_a_depend_is_unpickled_with_a_deadline_and_whatever_it_raises_is_refused():
     runner = DependRunner(budget=5.0)
     assert runner.load(lambda: len) is len

@@ -33,11 +33,12 @@ class DependLoadError(Exception):
     """A depend callable could not be unpickled, or not within DEPEND_LOAD_BUDGET."""
 
 
-def _verdict(fn: Callable[[Any], Any], properties: dict[str, Any]) -> bool:
+def _verdict(fn: Callable[[Any], Any], properties: dict[str, Any]) -> tuple[bool, str | None]:
+    """The answer, and what the callable raised (as text), if it raised."""
     try:
-        return bool(fn(properties))
-    except BaseException:  # noqa: BLE001 - user code: any exception counts as False
-        return False
+        return bool(fn(properties)), None
+    except BaseException as e:  # noqa: BLE001 - user code: any exception counts as False
+        return False, f"{type(e).__name__}: {e}"[:300]
 
 
 def _load(loads: Callable[[], Any]) -> tuple[Any, BaseException | None]:
@@ -62,9 +63,11 @@ class DependRunner:
         """Calls past their deadline that are still running (each holds a worker)."""
         return sum(1 for f in self._overran if not f.done())
 
-    def guard(self, fn: Callable[[Any], Any],
-              on_slow: Callable[[BoundedDepend], None]) -> BoundedDepend:
-        return BoundedDepend(fn, self, on_slow)
+    def guard(self, fn: Callable[[Any], Any], on_slow: Callable[[BoundedDepend], None],
+              on_raise: Callable[[BoundedDepend, str], None] | None = None) -> BoundedDepend:
+        """`fn` as the scheduler calls it; `on_slow` when it overran its budget (once),
+        `on_raise` with the text of the first exception it raised."""
+        return BoundedDepend(fn, self, on_slow, on_raise)
 
     def _worker_pool(self) -> ThreadPoolExecutor:
         self._overran = [f for f in self._overran if not f.done()]
@@ -79,7 +82,12 @@ class DependRunner:
         """The depend's answer for these properties: False if it raised anything."""
         fut = self._worker_pool().submit(_verdict, guard.fn, dict(properties))
         try:
-            return fut.result(self.budget)
+            ok, error = fut.result(self.budget)
+            if error is not None and guard.raised is None:
+                guard.raised = error
+                if guard.on_raise is not None:
+                    guard.on_raise(guard, error)
+            return ok
         except FutureTimeout:
             self._overran.append(fut)
             guard.slow = True
@@ -108,14 +116,17 @@ class DependRunner:
 class BoundedDepend:
     """A callable depend as the scheduler calls it: through its runner, with a deadline."""
 
-    __slots__ = ("fn", "runner", "on_slow", "slow", "tid", "__weakref__")
+    __slots__ = ("fn", "runner", "on_slow", "on_raise", "slow", "raised", "tid", "__weakref__")
 
     def __init__(self, fn: Callable[[Any], Any], runner: DependRunner,
-                 on_slow: Callable[[BoundedDepend], None]) -> None:
+                 on_slow: Callable[[BoundedDepend], None],
+                 on_raise: Callable[[BoundedDepend, str], None] | None = None) -> None:
         self.fn = fn
         self.runner = runner
         self.on_slow = on_slow
+        self.on_raise = on_raise
         self.slow = False
+        self.raised: str | None = None  # the first exception it raised, as text
         self.tid: int | None = None  # the task it belongs to (set once the task has an id)
 
     def __call__(self, properties: Any) -> bool:

@@ -78,11 +78,16 @@ def test_unmet_depend_raises_task_timeout(client, eids):
         client.run(MapTask(abs, (-1,), depend=lambda props: False)),
         client.run(StringTask("x = 1", depend=lambda props: props["no_such_property"])),
     ]
+    messages = []
     for tid in tids:
-        with pytest.raises(taskmill.TaskTimeout):
+        with pytest.raises(taskmill.TaskTimeout) as ei:
             client.get_task_result(tid, block=True)
+        messages.append(str(ei.value))
         with pytest.raises(taskmill.TaskTimeout):  # and again: it is the stored result
             client.get_task_result(tid)
+    # A depend that raised says what (it was a bare "no engine satisfied its depend").
+    assert "it raised KeyError: 'no_such_property'" in messages[-1], messages[-1]
+    assert not any("it raised" in m for m in messages[:-1]), messages
     after = client.queue_status(verbose=True)
     assert set(tids) <= set(after["failed"])
     assert client.queue_status()["failed"] == before["failed"] + len(tids)

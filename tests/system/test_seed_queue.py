@@ -91,6 +91,25 @@ def test_clear_one_id_a_list_and_missing_ids(client):
         client.abort(t0)  # a cleared task is unknown
 
 
+def test_clear_names_many_missing_ids_in_short_and_refuses_what_is_not_taskids(client):
+    """A KeyError for a million ids without results names them in short (it was a message of
+    11 MB) and keeps them all in `missing`; the results among them are still dropped.
+    Something that is neither a taskid nor a sequence of them is a TypeError saying so."""
+    kept = client.run(MapTask(abs, (-1,)))
+    client.barrier(kept)
+    unknown = list(range(UNKNOWN_TID, UNKNOWN_TID + 1_000_000))
+    with pytest.raises(KeyError) as ei:
+        client.clear([kept, *unknown])
+    assert len(str(ei.value)) < 500, len(str(ei.value))
+    assert str(UNKNOWN_TID) in str(ei.value) and "1 other result(s) were cleared" in str(ei.value)
+    assert ei.value.missing == unknown
+    with pytest.raises(IndexError):
+        client.get_task_result(kept)
+    for bad in (5.0, object()):
+        with pytest.raises(TypeError, match="taskids must be an int, a future, or a sequence"):
+            client.clear(bad)
+
+
 def test_clear_all_leaves_queued_and_running_tasks(client, gate, eids):
     e, other = eids
     running = gate.hold(e, value="still here")

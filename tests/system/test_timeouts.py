@@ -100,6 +100,10 @@ def test_an_aborted_task_that_swallows_interrupts_is_ended_with_its_engine():
         after = tc.run(MapTask(os.getpid))
         assert tc.get_task_result(after, block=True, timeout=60) != first
         assert c.restarts == 1
+        # The engine's own log says why it ends (faulthandler's words are a bare "Timeout"
+        # and stacks; an engine started by hand is not replaced, its user reads that log).
+        said = f"task {tid} was aborted: if its code does not let the interruption through"
+        assert said in c.log_tail("engine-0", 300)
 
 
 def hold_the_gil_for_good(path):

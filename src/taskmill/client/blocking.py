@@ -126,7 +126,8 @@ class TaskClient:
 
     def clear(self, taskids: int | Sequence[int] | None = None) -> int:
         """Drop finished results (all, one id, or a list); return how many were dropped.
-        KeyError names the ids that had no finished result (the others are dropped)."""
+        KeyError names the ids that had no finished result (the others are dropped); its
+        `missing` attribute lists them all."""
         return self.backend.run(verbs.clear(self.backend, taskids))
 
     def put(self, obj: Any) -> ObjectRef:

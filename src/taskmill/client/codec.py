@@ -105,8 +105,14 @@ def unknown_entry(taskid: int) -> Outcome:
 
 def taskid_list(taskids: Any) -> list[int]:
     """An int, a future, or a sequence of them, as a checked list of taskids."""
-    items = [taskids] if isinstance(taskids, int) or hasattr(taskids, "taskid") \
-        else list(taskids)
+    if isinstance(taskids, int) or hasattr(taskids, "taskid"):
+        items = [taskids]
+    else:
+        try:
+            items = list(taskids)
+        except TypeError:
+            raise TypeError(f"taskids must be an int, a future, or a sequence of them, not "
+                            f"{type(taskids).__name__}") from None
     tids = [getattr(t, "taskid", t) for t in items]
     for t in tids:
         check_taskid(t)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ..errors import ControllerUnreachable
+from ..errors import ControllerUnreachable, ids_text
 from ..memory import BURST_MIN, give_back
 from ..protocol import (
     Clear,
@@ -199,9 +199,13 @@ def clear(backend: Backend, taskids: Any) -> Verb:
         give_back(time.monotonic())
     missing = [*reply.missing, *(t for t in tids or () if not in_range(t))]
     if missing:
-        raise KeyError(
-            f"no finished result for task ids {missing} (unknown, unfinished, or already "
+        # (named in short: a list of a million ids made a message of 11 MB; all of them
+        # are in the error's `missing`)
+        error = KeyError(
+            f"no finished result for {ids_text(missing)} (unknown, unfinished, or already "
             f"cleared); {reply.dropped} other result(s) were cleared")
+        error.missing = missing  # type: ignore[attr-defined]
+        raise error
     return reply.dropped
 
 

@@ -132,11 +132,14 @@ class ControllerCore:
         self.engines = Engines(ctx)
         self.engine_tasks = EngineTasks(ctx, self.engines)
         slow_depends: set[int] = set()
+        raised_depends: dict[int, str] = {}
         self.results = Results(ctx, FailureContext(
             death_reasons=self.engines.death_reasons, lost_expired=self.engines.lost_expired,
             lost_grace=self.engines.lost_grace, slow_depends=slow_depends,
-            depend_budget=self.depends.budget, unmet_timeout=unmet_timeout))
-        self.submits = Submits(ctx, self.engines, self.results, self.depends, slow_depends)
+            depend_budget=self.depends.budget, unmet_timeout=unmet_timeout,
+            raised_depends=raised_depends))
+        self.submits = Submits(ctx, self.engines, self.results, self.depends, slow_depends,
+                               raised_depends)
         self.views = Views(ctx, self.engines, self.results.waiting)
         self.turn_start = now.mono
         self.burst = Burst()  # when a burst of tasks has ended (see settle_memory)

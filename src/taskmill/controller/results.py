@@ -56,6 +56,7 @@ class FailureContext:
     slow_depends: set[int]  # tasks whose depend callable was given up on
     depend_budget: float
     unmet_timeout: float
+    raised_depends: dict[int, str]  # task -> what its depend callable raised first
 
 
 def failure_text(a: Finish, node: dict[str, Any], started: float | None, now: float,
@@ -88,15 +89,19 @@ def failure_text(a: Finish, node: dict[str, Any], started: float | None, now: fl
             "depend must answer at once (use a dict depend, or a quick test of the "
             "properties)")
     if a.outcome == UNMET_TIMEOUT:
+        raised = why.raised_depends.pop(a.tid, None)
         return "unmet_timeout", "TaskTimeout", (
             f"task {a.tid}: no engine satisfied its depend for {why.unmet_timeout:g}s while "
             "every engine was idle; start an engine with the properties it needs, or relax "
-            "the depend")
+            "the depend" + ("" if raised is None else
+                            f" (it raised {raised}, which counts as False: a property some "
+                            "engines lack? props.get(name) gives None instead)"))
     if a.outcome == DEPENDENCY:
         return "dependency", "DependencyError", (
             f"task {a.tid} did not run: task {a.detail}, which it waits for (after=, or a "
-            "future among its arguments), "
-            "failed, was aborted, or is unknown")
+            "future or a put() value among its arguments), "
+            "failed, was aborted, or is unknown (a put() value is gone once released or "
+            "cleared: clear() with no ids drops put() values too)")
     raise AssertionError(f"unknown outcome {a.outcome}")
 
 
@@ -149,6 +154,8 @@ class Results:
             }
         if self.why.slow_depends:
             self.why.slow_depends.discard(a.tid)
+        if self.why.raised_depends:
+            self.why.raised_depends.pop(a.tid, None)
         result = StoredResult(meta, list(frames))
         ctx.store.finish(a.tid, result)
         if ctx.backlog.waits:  # (a failure dooms the backlog tasks after it: backlog.py)

@@ -49,12 +49,14 @@ log = logging.getLogger("taskmill.controller")
 
 class Submits:
     def __init__(self, ctx: Context, engines: Engines, results: Results,
-                 depends: DependRunner, slow_depends: set[int]) -> None:
+                 depends: DependRunner, slow_depends: set[int],
+                 raised_depends: dict[int, str]) -> None:
         self.ctx = ctx
         self.engines = engines
         self.results = results
         self.depends = depends
         self.slow_depends = slow_depends  # tasks whose depend callable was given up on
+        self.raised_depends = raised_depends  # task -> what its depend callable raised first
 
     def submit(self, rt: bytes, req: Any, msg: Submit, frames: list[Any]) -> None:
         ctx = self.ctx
@@ -216,7 +218,7 @@ class Submits:
                         "(not a closure over large data)") from None
                 if not callable(depend):
                     raise BadRequest("depend must unpickle to a callable")
-                depend = self.depends.guard(depend, self.slow_depend)
+                depend = self.depends.guard(depend, self.slow_depend, self.depend_raised)
             nodes.append(Node(retries=meta.get("retries", 0), depend=depend,
                               recovery=meta.get("recovery"), timeout=meta.get("timeout")))
         return nodes
@@ -229,6 +231,11 @@ class Submits:
         log.warning("task %s: its depend callable took longer than %gs and is given up on (it "
                     "counts as False for every engine; the controller went on meanwhile)",
                     guard.tid, self.depends.budget)
+
+    def depend_raised(self, guard: BoundedDepend, error: str) -> None:
+        """A depend callable raised (it counts as False): its TaskTimeout will say what."""
+        if guard.tid is not None:
+            self.raised_depends[guard.tid] = error
 
     def put(self, rt: bytes, req: Any, msg: Put, frames: list[Any]) -> None:
         """One value stored once, as a finished result under a taskid of its own (kind

@@ -401,6 +401,11 @@ class EngineControl(Registration):
         if reason == "abort":
             # If the code never lets the interruption through (a C call holding the GIL),
             # faulthandler's own thread ends the process; the nanny starts a new engine.
+            if not again:  # (faulthandler's own words then are a bare "Timeout" and stacks)
+                log.info("task %d was aborted: if its code does not let the interruption "
+                         "through within %gs, this engine process ends (a Cluster or "
+                         "`taskmill cluster` starts a new engine; one started by hand is not "
+                         "replaced)", key[0], KILL_GRACE)
             self.arm_kill_locked(now + KILL_GRACE)
         if self.code.active and (not again or now - self.signalled_at >= RESIGNAL_EVERY):
             self._signal_locked(now)
