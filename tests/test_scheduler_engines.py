@@ -675,11 +675,11 @@ def test_one_revoke_in_flight_per_idle_engine():
 
 def test_steal_respects_depend_and_rejection():
     s = make(slots=2)
-    s.handle(AddEngine(0, {"gpu": 1}))
-    s.handle(AddEngine(1, {}, slots=1))
-    s.handle(Submit(0, [Node(depend={"gpu": 1})]))
+    s.handle(AddEngine(0, {"engineid": 0}))  # (a property task code cannot change)
+    s.handle(AddEngine(1, {"engineid": 1}, slots=1))
+    s.handle(Submit(0, [Node(depend={"engineid": 0})]))
     s.handle(Submit(1, [Node()]))
-    s.handle(Submit(2, [Node(depend={"gpu": 1})]))
+    s.handle(Submit(2, [Node(depend={"engineid": 0})]))
     assert s.engine_load(0) == [0, 2]
     acts = s.handle(TaskDone(1, 1, 1, OK))
     assert of(acts, Revoke) == []  # engine 1 cannot run task 2
@@ -717,3 +717,26 @@ def test_a_thief_whose_revoke_got_no_answer_steals_again_once_the_task_finished(
     assert (s.engine_load(0), s.engine_load(1)) == ([4, 5], [3])
     acts = s.handle(TaskDone(1, 3, 1, OK))
     assert of(acts, Revoke) == [Revoke(0, 5, 1)]
+
+
+def test_a_depend_on_properties_task_code_may_change_waits_for_an_engine_holding_nothing():
+    """A task is judged on an engine's properties as last reported; the task before it on that
+    engine may change them (current_engine().properties) before it starts. So a task whose
+    depend reads such properties (any dict key but engineid, hostname and pid; any callable)
+    is never buffered behind another: it goes to an engine that holds nothing."""
+    s = make(slots=4)
+    s.handle(AddEngine(0, {"ready": True, "engineid": 0}))
+    acts = s.handle(Submit(0, [Node()]))  # (may set ready=False)
+    assert one(acts, Dispatch).eid == 0
+    for tid, depend in ((1, {"ready": True}), (2, lambda p: p.get("ready"))):
+        acts = s.handle(Submit(tid, [Node(depend=depend)]))
+        assert of(acts, Dispatch) == []  # not behind task 0
+    acts = s.handle(Submit(3, [Node(depend={"engineid": 0})]))
+    assert one(acts, Dispatch).tid == 3  # (a fixed property: buffered as before)
+    s.handle(TaskDone(0, 0, 1, OK, properties={"ready": False, "engineid": 0}))
+    acts = s.handle(TaskDone(0, 3, 1, OK))
+    assert of(acts, Dispatch) == []  # holds nothing now, and ready is False: neither runs
+    acts = s.handle(SetProperties(0, {"ready": True, "engineid": 0}))
+    assert one(acts, Dispatch).tid == 1  # idle and satisfying: one of them, then the other
+    acts = s.handle(TaskDone(0, 1, 1, OK))
+    assert one(acts, Dispatch).tid == 2

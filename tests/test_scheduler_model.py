@@ -79,6 +79,14 @@ def model_satisfies(depend: Any, props: dict) -> bool:
     return all(k in props and props[k] == v for k, v in depend.items())
 
 
+def model_idle_only(depend: Any) -> bool:
+    """The rule: a depend that may read properties task code can change (a callable, or a
+    dict on anything but engineid, hostname and pid) is placed on an engine holding nothing."""
+    if depend is None:
+        return False
+    return isinstance(depend, DependFn) or not set(depend) <= {"engineid", "hostname", "pid"}
+
+
 # The whole property space is small: every dict over KEYS with values 0/1 (9 of them). Drawing
 # from precomputed lists keeps hypothesis' per-step cost low.
 PROP_SPACE = [{}] + [{k: v} for k in KEYS for v in (0, 1)] + [
@@ -169,7 +177,9 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def eligible(self, t: MTask, eid: int) -> bool:
         e = self.engines[eid]
-        return eid not in t.skip and model_satisfies(t.nodes[t.node].depend, e.props)
+        depend = t.nodes[t.node].depend
+        return eid not in t.skip and model_satisfies(depend, e.props) \
+            and not (e.held and model_idle_only(depend))
 
     def counted_failure(self, t: MTask, eid: int, outcome: str) -> tuple | None:
         """The model's rule for a failed attempt: retry, recovery, or a final Finish."""

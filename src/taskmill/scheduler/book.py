@@ -47,6 +47,8 @@ from .states import (
 BUFFER_SECONDS = 0.002
 MAX_SLOTS = 64
 DURATION_WEIGHT = 0.25  # of the newest duration in the moving average
+# Properties the controller sets for each engine (task code cannot change them).
+FIXED_PROPERTIES = frozenset({"engineid", "hostname", "pid"})
 REJECT_SKIP_SECONDS = 1.0  # how long a task skips an engine that rejected it (the seed's pause)
 NO_ENGINES: frozenset[int] = frozenset()  # a TaskEntry's empty sets, shared (see `added`)
 
@@ -214,6 +216,16 @@ class Book:
                 del cache[eid]
         cache[e.eid] = (e.version, ok)
         return ok
+
+    def waits_for_idle(self, t: TaskEntry) -> bool:
+        """Whether `t`'s depend may read properties task code can change (a callable, or a
+        dict beyond FIXED_PROPERTIES): such a task goes only to an engine that holds nothing,
+        whose properties are known as they will be when it starts; one buffered behind
+        another task would be judged on properties that task may still change."""
+        depend = t.nodes[t.node].depend
+        if depend is None:
+            return False
+        return not isinstance(depend, dict) or not FIXED_PROPERTIES.issuperset(depend)
 
     def offered_everywhere(self, t: TaskEntry) -> bool:
         """Whether every live engine that satisfies `t`'s current node was offered it."""

@@ -46,12 +46,13 @@ def run_pass(b: Book) -> None:
 def choose_engine(b: Book, t: TaskEntry) -> int | None:
     fallback = None
     full = None
+    idle_only = b.waits_for_idle(t)
     for eid in b.free:
         e = b.engines[eid]
         if e.slots is None and len(e.running) >= e.cap:
             full = [*(full or ()), eid]  # its capacity shrank since it was freed
             continue
-        if eid in t.skip:
+        if eid in t.skip or (idle_only and e.running):
             continue
         if not b.satisfies(t, e):
             continue
@@ -96,7 +97,9 @@ def unpark(b: Book) -> None:
         return
     for tid in sorted(b.parked):
         t = b.tasks[tid]
-        if any(e.eid not in t.skip and b.satisfies(t, e) for e in fresh):
+        idle_only = b.waits_for_idle(t)
+        if any(e.eid not in t.skip and not (idle_only and e.running) and b.satisfies(t, e)
+               for e in fresh):
             b.parked.discard(tid)
             b.make_ready(t, "an engine that may satisfy it is free")
 
