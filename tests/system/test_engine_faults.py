@@ -341,12 +341,16 @@ def test_after_a_controller_restart_tasks_waiting_on_an_engine_run_once(tmp_path
 
 
 @pytest.mark.timeout(120)
-def test_properties_task_code_set_outlive_a_controller_restart_and_being_declared_dead(tmp_path):
+def test_properties_task_code_set_outlive_a_controller_restart_not_being_declared_dead(
+        tmp_path):
     """A set-up task loads data into an engine's namespace and marks it with a property;
-    later tasks depend on it. The namespace outlives a controller restart and an engine that
-    was declared dead and resumes, so its properties must too: the engine registers anew with
-    them, and a task with that depend runs there (it waited for nothing, then failed with
-    TaskTimeout, when the engine registered with its starting properties only)."""
+    later tasks depend on it. The namespace outlives a controller restart, so its properties
+    must too: the engine registers anew with them, and a task with that depend runs there (it
+    waited for nothing, then failed with TaskTimeout, when the engine registered with its
+    starting properties only). An engine declared dead (stopped past dead_after) that comes
+    back is a new engine: its namespace and those properties are gone (it computed on with
+    the dead engine's stale data, which work sent to "every engine" since had skipped), so
+    the task waits for an engine that says it holds the data, and fails with TaskTimeout."""
     ctl = ControllerProcess(tmp_path, args=("--unmet-timeout", "3"))
     ctl.start()
     engine = ctl.engine("--property", "zone=a")
@@ -377,9 +381,12 @@ def test_properties_task_code_set_outlive_a_controller_restart_and_being_declare
                 engine.send_signal(signal.SIGCONT)
             (last,) = poll(lambda: registered_again(again["engineid"]),
                            what="the resumed engine to register anew")
-            assert last["properties"]["loaded"] is True
+            assert "loaded" not in last["properties"] and last["properties"]["zone"] == "a"
             assert last["properties"]["engineid"] == last["engineid"]
-            assert tc.run(read, block=True)["x"] == 42
+            with pytest.raises(TaskTimeout):
+                tc.run(read, block=True)
+            fresh = tc.run(StringTask("x = data", pull="x"), block=True)
+            assert isinstance(fresh.failure, NameError)  # (its namespace is a new engine's)
     finally:
         engine.kill()
         engine.wait()

@@ -196,6 +196,9 @@ class Engine(EngineControl):
             return None
         self.current = key
         self.interrupt_req = None
+        if self.reset_due:  # (declared dead, registered anew: a new engine, a new namespace)
+            self.reset_due = False
+            self._reset()
         timeout = entry.get("timeout")
         self.deadline = time.monotonic() + timeout if timeout else None
         return entry, frames

@@ -41,6 +41,9 @@ class Registration:
     start_properties: dict[str, Any]
     properties: dict[str, Any]
     sent_properties: dict[str, Any]
+    # Declared dead and registered anew: the namespace and the properties task code set are
+    # dropped before the next task (they were the dead engine's; a new engine has none).
+    reset_due = False
     namespace: dict[str, Any]
     sockets: Any  # EngineSockets
     watch: ChannelWatch
@@ -98,9 +101,11 @@ class Registration:
 
     def _properties_now(self) -> dict[str, Any]:
         """The properties to register with: as they are now, task code's changes included
-        (the namespace they describe outlives a controller restart or being declared dead, so
-        a depend on them must see them), else, if they are not plain data, the last ones the
-        controller accepted, else those the engine started with."""
+        (the namespace they describe outlives a controller restart, so a depend on them must
+        see them), else, if they are not plain data, the last ones the controller accepted,
+        else those the engine started with. Declared dead, it starts afresh: those."""
+        if self.reset_due:  # (its namespace goes before its next task: so do they)
+            return dict(self.start_properties)
         for props in (self.properties, self.sent_properties):
             try:
                 now = dict(props)  # (task code may be changing them: then the next choice)
@@ -178,6 +183,7 @@ class Registration:
             log.warning("the controller declared this engine dead (was it stopped, or cut "
                         "off?): dropping every task it held and registering anew")
             self._drop_held()
+            self.reset_due = True
             self.session = None
         # Its pings may have gone nowhere (channels.py): new connections, at once.
         self.watch.alarm("declared dead while it ran")
