@@ -89,3 +89,50 @@ def test_reconnections_back_off_to_at_most_one_per_backoff_max(gaps):
     assert w.backoff <= BACKOFF_MAX
     w.heard(t)
     assert w.backoff == 3.0
+
+
+def test_a_task_message_slower_than_the_bound_gets_longer_each_time_until_it_arrives():
+    """A task message that takes longer than `silent` to arrive (megabytes over a slow link;
+    the heartbeat answers, small, keep arriving) is on its way, not lost: connecting anew
+    starts it over. Each reconnection for it doubles the wait (before, a 3 MB task over a
+    1 Mbit/s link was sent again every 11 s for ever, the engine reconnecting each time), and
+    once a message of the current connections has arrived the wait is `silent` again."""
+    w = ChannelWatch(3.0, now=0.0)
+    t, reconnects = 0.0, []
+    while t < 60.0:  # the message would take 20 s; it never arrives in this loop
+        t += 0.5
+        w.heard(t)
+        w.task_numbers(t, sent=1, seen=0)
+        if w.due(t) is not None:
+            reconnects.append(t)
+    assert len(reconnects) >= 2
+    gaps = [b - a for a, b in zip(reconnects, reconnects[1:], strict=False)]
+    assert all(b > a for a, b in zip(gaps, gaps[1:], strict=False)) and gaps[-1] > 20.0
+    # After the move the controller has sent nothing new yet (0, 0): no reason to trust it.
+    w.task_numbers(t, sent=0, seen=0)
+    w.task_numbers(t + 0.5, sent=1, seen=0)
+    for dt in (5.0, 10.0, 20.0):
+        w.heard(t + dt)
+        assert w.due(t + dt) is None  # the wait is still the doubled one
+    w.heard(t + 21.0)
+    w.task_numbers(t + 21.0, sent=1, seen=1)  # it arrived: the connections carry messages
+    w.task_numbers(t + 22.0, sent=2, seen=1)
+    w.heard(t + 24.9)
+    assert w.due(t + 24.9) is None
+    w.heard(t + 25.1)
+    assert "never arrived" in w.due(t + 25.1)  # `silent` (3 s) again
+
+
+@given(st.lists(st.tuples(st.floats(min_value=0.01, max_value=100.0), st.booleans()),
+                min_size=1, max_size=80))
+def test_the_wait_for_task_messages_stays_within_its_bounds(steps):
+    from taskmill.engine.channels import BEHIND_MAX
+
+    w = ChannelWatch(3.0, now=0.0)
+    t = 0.0
+    for gap, arrived in steps:
+        t += gap
+        w.heard(t)
+        w.task_numbers(t, sent=2, seen=2 if arrived else 1)
+        w.due(t)
+        assert 3.0 <= w.silent * w.behind_factor <= BEHIND_MAX

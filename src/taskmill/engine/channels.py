@@ -26,12 +26,19 @@ its engine id and its tasks, to them (engines.py `register`). The signs:
   the silence backs off: the controller declares an engine dead after 3 heartbeats, long
   before `silent_after` (the fault soak's connection resets did, before).
 Reconnections back off (doubling up to BACKOFF_MAX while the silence lasts; an answer resets
-it). Pure: it is told the time and what happened, and answers whether to reconnect now.
+it). The wait for task messages that have not arrived doubles too, each time it ran out and
+the engine reconnected without a message arriving in between (up to BEHIND_MAX): a message
+too large for the link to carry within `silent_after` (megabytes of arguments over a slow
+link) is still on its way, not lost, and connecting anew would only start it over, for ever
+(the heartbeat answers, small, keep arriving). It goes back to `silent_after` once the engine
+has caught up with a message of its current connections. Pure: it is told the time and what
+happened, and answers whether to reconnect now.
 """
 
 from __future__ import annotations
 
 BACKOFF_MAX = 30.0  # seconds between reconnections at most while the silence lasts
+BEHIND_MAX = 3600.0  # seconds a task message may take to arrive, at most, once it has doubled
 
 
 class ChannelWatch:
@@ -45,6 +52,7 @@ class ChannelWatch:
         self.backoff = silent
         self.not_before = now  # no reconnection before this
         self.moved_at = float("-inf")  # the last reconnection
+        self.behind_factor = 1.0  # `silent` times this: the wait for task messages (docstring)
 
     def set_silent(self, silent: float) -> None:
         """The controller's dead_after is known (at registration): the bound follows it."""
@@ -60,6 +68,8 @@ class ChannelWatch:
         engine has received up to `seen`."""
         if sent <= seen:
             self.behind_since = None
+            if seen > 0:  # (a message of these connections arrived: they carry them)
+                self.behind_factor = 1.0
         elif self.behind_since is None:
             self.behind_since = now
 
@@ -78,12 +88,16 @@ class ChannelWatch:
         reason = self.urgent
         if reason is None and now - self.heard_at > self.silent:
             reason = f"no answer from the controller for {now - self.heard_at:.1f}s"
+        behind = False
         if (reason is None and self.behind_since is not None
-                and now - self.behind_since > self.silent):
+                and now - self.behind_since > self.silent * self.behind_factor):
             reason = (f"task messages the controller sent {now - self.behind_since:.1f}s ago "
                       "never arrived")
+            behind = True
         if reason is None or now < self.not_before:
             return None
+        if behind:  # (next time, wait longer: it may be a large message on a slow link)
+            self.behind_factor = min(2 * self.behind_factor, BEHIND_MAX / self.silent)
         self.urgent = None
         self.behind_since = None
         self.heard_at = self.moved_at = now  # the new connections get their own time
