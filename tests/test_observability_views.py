@@ -110,6 +110,40 @@ def test_the_status_table_without_engines_says_so():
     assert "refused:" not in text and "dashboard:" not in text
 
 
+def test_the_status_table_says_first_that_the_store_cannot_write():
+    text = render_status(make_stats(store_problem="the task store x.db cannot write: disk full",
+                                    store_down_for=75.0))
+    assert text.splitlines()[1] == ("store:      NOT WRITING for 1m15s: the task store x.db "
+                                    "cannot write: disk full")
+    assert "store:" not in render_status(make_stats(store_problem=None, store_down_for=None))
+    assert "taskmill_store_writable 0" in render_metrics(make_stats(
+        store_problem="gone", store_down_for=None)).splitlines()
+    assert "taskmill_store_writable 1" in render_metrics(make_stats()).splitlines()
+
+
+def test_a_json_watch_says_in_json_that_the_controller_does_not_answer():
+    """`taskmill status --json --watch` prints one JSON object a line, also while the
+    controller does not answer (it printed a line of text among them)."""
+    import io
+
+    from taskmill.status import show_status
+
+    answers = iter([{"queue": {}}, TimeoutError("the controller did not answer within 1s"),
+                    {"queue": {}}, KeyboardInterrupt()])
+
+    def fetch():
+        a = next(answers)
+        if isinstance(a, BaseException):
+            raise a
+        return a
+
+    out = io.StringIO()
+    assert show_status(fetch, as_json=True, watch=0.0, out=out) == 0
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert lines == [{"queue": {}}, {"error": "the controller did not answer within 1s"},
+                     {"queue": {}}]
+
+
 # -- /metrics --------------------------------------------------------------------------------
 def test_metrics_parse_and_carry_every_figure():
     stats = make_stats()

@@ -194,7 +194,8 @@ def stats(**fields) -> dict:
             "clients_forgotten": 0, "requests_waiting": 0, "backlog": 0, "queued_in_memory": 1,
             "queue_window": None, "payload_bytes_in_memory": 0, "queue_window_bytes": None,
             "heartbeats_unanswered": 0,
-            "answers_given_again": 0, "store_commits_failed": 0, **fields}
+            "answers_given_again": 0, "store_commits_failed": 0, "store_problem": None,
+            "store_down_for": None, **fields}
 
 
 GOOD = [("status", {"status": queue()}), ("status", {"status": queue(failed=[1, 2])}),

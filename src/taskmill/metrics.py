@@ -111,6 +111,10 @@ def render_metrics(stats: dict[str, Any]) -> str:
     out.family("taskmill_engine_deaths_total", "counter",
                "Engines declared dead since the controller started.")
     out.sample("taskmill_engine_deaths_total", stats["engines_died"])
+    out.family("taskmill_store_writable", "gauge",
+               "1 while the task store takes work, 0 while it cannot write (a full disk, a "
+               "locked or deleted file: submits are refused meanwhile).")
+    out.sample("taskmill_store_writable", int(stats.get("store_problem") is None))
     out.family("taskmill_uptime_seconds", "gauge", "Seconds since the controller started.")
     out.sample("taskmill_uptime_seconds", float(stats["uptime"]))
     return "\n".join(out.lines) + "\n"

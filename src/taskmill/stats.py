@@ -156,6 +156,14 @@ class RecentActivity:
         if a is not None and a.eid == eid and a.attempt == attempt:
             self._close(a, status if status in ENGINE_STATUSES else "error", now)
 
+    def returned(self, tid: int, eid: int, attempt: int, now: float) -> None:
+        """Engine `eid` gave attempt `attempt` of `tid` back unstarted (a revoke granted, an
+        engine stopping, a message lost on the way): it ends there as `moved`, at once (it
+        stayed among what that engine held, and ended as `died` with it)."""
+        a = self.open.get(tid)
+        if a is not None and a.eid == eid and a.attempt == attempt:
+            self._close(a, "moved", now)
+
     def withdrawn(self, tid: int) -> None:
         """Task `tid` was taken back before it reached an engine: its attempt never was."""
         a = self.open.pop(tid, None)

@@ -73,6 +73,11 @@ def render_status(stats: dict[str, Any], *, controller: str = "",
         lines.insert(3, f"backlog:    {stats.get('backlog', 0)} of the scheduled wait in the "
                      f"store only; {stats.get('queued_in_memory', 0)} active in memory "
                      f"(window {window if window is not None else '-'})")
+    problem = stats.get("store_problem")
+    if problem is not None:  # (submits are refused: say so above all)
+        down = stats.get("store_down_for")
+        lines.insert(1, "store:      NOT WRITING" + (f" for {_duration(down)}" if down is not None
+                                                    else "") + f": {problem}")
     refused = {k: v for k, v in stats.get("refused", {}).items() if v}
     if refused:
         lines.append("refused:    " + ", ".join(f"{k} {v}" for k, v in sorted(refused.items())))
@@ -101,12 +106,14 @@ def render_status(stats: dict[str, Any], *, controller: str = "",
 def show_status(fetch: Callable[[], dict[str, Any]], *, as_json: bool = False,
                 json_view: Callable[[], dict[str, Any]] | None = None,
                 watch: float | None = None, controller: str = "", dashboard: str | None = None,
-                out: TextIO = sys.stdout) -> int:
+                out: TextIO | None = None) -> int:
     """Print the status once, or every `watch` seconds until interrupted (then return 0).
 
     `fetch` gives `statistics()`; `json_view` gives what `--json` prints. A controller that
-    stops answering while watched is reported on the screen, and watching goes on.
+    stops answering while watched is reported on the screen (with --json as {"error": why}),
+    and watching goes on.
     """
+    out = sys.stdout if out is None else out  # (the one of the call, not of the import)
     clear = watch is not None and not as_json and out.isatty()
     try:
         while True:
@@ -119,7 +126,8 @@ def show_status(fetch: Callable[[], dict[str, Any]], *, as_json: bool = False,
             except TimeoutError as e:  # ControllerUnreachable
                 if watch is None:
                     raise
-                text = f"taskmill: {e}"
+                # (--json: still one JSON object a line, which says why it has no figures)
+                text = json.dumps({"error": str(e)}) if as_json else f"taskmill: {e}"
             if clear:
                 out.write(CLEAR_SCREEN)
             elif watch is not None and not as_json:

@@ -161,6 +161,38 @@ def test_a_killed_cluster_is_reported_as_gone(profile):
     assert "no connection file" not in one_line_failure(profile("status", "--timeout", "0.5"))
 
 
+def test_status_of_a_cluster_whose_controller_is_gone_says_so(profile):
+    """A cluster runs but its controller died and was not started again (its store was in
+    memory): `taskmill status` said no controller answered and to start one with `taskmill
+    cluster start`, which refuses (a cluster runs). It names the dead controller now."""
+    started = profile("cluster", "start", "-n", "1", "--daemon", "--no-dashboard",
+                      "--db", ":memory:")
+    assert started.returncode == 0, started.stderr
+    record = profile.record()
+    os.kill(record["controller_pid"], signal.SIGKILL)
+    poll(lambda: pid_gone(record["controller_pid"]), 30, "the controller gone")
+    line = one_line_failure(profile("status", "--timeout", "1"))
+    assert f"controller (pid {record['controller_pid']}) is gone" in line, line
+    assert "taskmill cluster stop" in line and f"(pid {record['pid']}) runs" in line
+
+
+def test_status_of_a_cluster_whose_controller_is_stopped_says_so(profile):
+    """A stopped (SIGSTOP) controller: `taskmill status` said no controller answered and to
+    start one with `taskmill cluster start`; it says the controller is stopped now."""
+    started = profile("cluster", "start", "-n", "1", "--daemon", "--no-dashboard")
+    assert started.returncode == 0, started.stderr
+    ctl = profile.record()["controller_pid"]
+    os.kill(ctl, signal.SIGSTOP)
+    try:
+        line = one_line_failure(profile("status", "--timeout", "1"))
+        assert f"controller (pid {ctl})" in line and "is stopped" in line, line
+        assert f"kill -CONT {ctl}" in line
+        status = profile("cluster", "status")
+        assert status.returncode == 1 and f"controller (pid {ctl}) is stopped" in status.stdout
+    finally:
+        os.kill(ctl, signal.SIGCONT)
+
+
 @pytest.mark.timeout(120)
 def test_a_pid_given_to_another_process_is_not_taken_for_the_cluster(profile):
     """The cluster was killed and its pid went to another process: `cluster status` said it

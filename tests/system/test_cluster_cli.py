@@ -133,6 +133,31 @@ def test_cluster_start_daemon_status_and_stop(tmp_path):
     assert run("cluster", "status").returncode == 1
 
 
+def test_cluster_status_counts_the_engines_that_run_not_those_asked_for(tmp_path):
+    """`cluster status` said "1 engines" (the start's -n) for an adapting cluster whose engine
+    had retired (and "0 engines" for one grown from 0): it counts its launcher's running
+    engines now, beside what the start asked for."""
+    env = dict(os.environ, TASKMILL_DIR=str(tmp_path / "home"))
+    run = lambda *a: subprocess.run([*TASKMILL, *a], capture_output=True, text=True,  # noqa: E731
+                                    timeout=120, env=env)
+    started = run("cluster", "start", "-n", "1", "--adapt", "0:1", "--idle-after", "1",
+                  "--daemon", "--no-dashboard")
+    assert started.returncode == 0, started.stderr
+    try:
+        def status_line(want: str):
+            out = run("cluster", "status")
+            first = out.stdout.splitlines()[0] if out.stdout else ""
+            return first if want in first else None
+
+        assert poll(lambda: status_line("1 engine running (started with 1)"), 60,
+                    "the engine counted")
+        poll(lambda: status_line("0 engines running (started with 1)"), 60,
+             "the retired engine no longer counted")
+    finally:
+        stopped = run("cluster", "stop")
+    assert stopped.returncode == 0, stopped.stderr
+
+
 def test_unreachable_controller_is_a_clear_error(tmp_path):
     from taskmill.connection import new_connection_info, write_connection_file
 
@@ -162,6 +187,72 @@ def test_status_json_matches_queue_status_and_engines(cluster, client):
     assert set(data) == {"queue", "engines", "backlog", "tasks_per_second"}
     assert set(data["backlog"]) == {"backlog", "queued_in_memory", "queue_window"}
     assert data["queue"]["succeeded"] >= 2 and len(data["engines"]) >= 2
+
+
+def test_status_json_is_one_moment_of_the_controller(cluster, client, monkeypatch, capsys):
+    """`taskmill status --json` is read from one statistics() answer: it asked for the queue,
+    the engines and the statistics one after another, so a queue could say `pending 2` beside
+    engines that were all idle by then (11 of 160 outputs at the end of short bursts)."""
+    from taskmill.cli import main
+
+    client.map(abs, [-1, -2])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a second request: its answer is of another moment")
+
+    monkeypatch.setattr(TaskClient, "queue_status", refuse)
+    monkeypatch.setattr(TaskClient, "engines", refuse)
+    assert main(["status", "--json", "--connection-file", str(cluster.connection_file)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data) == {"queue", "engines", "backlog", "tasks_per_second"}
+    assert data["queue"]["succeeded"] >= 2 and len(data["engines"]) >= 2
+    monkeypatch.undo()
+    assert [sorted(e) for e in data["engines"]] == [sorted(e) for e in client.engines()]
+
+
+@pytest.mark.timeout(120)
+def test_status_watch_says_so_when_the_controller_stops_answering(tmp_path):
+    """`taskmill status --watch` against a controller that is stopped (SIGSTOP) says within
+    its --timeout that the controller does not answer, and shows the figures again once it
+    runs. It waited out the client's reconnect_timeout (120 s), the last table on the screen
+    as if it were current."""
+    import queue
+    import threading
+
+    from systest import controller_process
+
+    with controller_process(tmp_path) as ctl:
+        ctl.ready()
+        watch = subprocess.Popen(
+            [*TASKMILL, "status", "--watch", "0.2", "--timeout", "1", "--connection-file",
+             str(ctl.conn)], stdout=subprocess.PIPE, text=True)
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(x) for x in watch.stdout],
+                         daemon=True).start()
+
+        def read_until(predicate, what: str, timeout: float = 30.0) -> str:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    raise AssertionError(f"no line of the watch said {what}") from None
+                if predicate(line):
+                    return line
+
+        try:
+            read_until(lambda s: s.startswith("queue:"), "the queue")
+            os.kill(ctl.proc.pid, signal.SIGSTOP)
+            said = read_until(lambda s: s.startswith("taskmill:"), "that nobody answers")
+            assert "did not answer within 1s" in said and "stopped" in said
+            os.kill(ctl.proc.pid, signal.SIGCONT)
+            read_until(lambda s: s.startswith("queue:"), "the queue again")
+            watch.send_signal(signal.SIGINT)
+            assert watch.wait(timeout=30) == 0
+        finally:
+            os.kill(ctl.proc.pid, signal.SIGCONT)
+            watch.kill()
+            watch.wait()
 
 
 @pytest.mark.parametrize("which", ["port", "engine_port"])

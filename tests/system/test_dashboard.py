@@ -90,6 +90,35 @@ def test_statistics_name_each_engines_task_and_heartbeat(cluster, client, tmp_pa
     assert all(e["current_task"] != tid for e in stats["engines"])
 
 
+def reject_on_picky_engines():
+    import taskmill
+
+    if taskmill.current_engine().properties.get("picky"):
+        raise taskmill.TaskRejectError("not on this engine")
+    return "ran"
+
+
+@pytest.mark.timeout(120)
+def test_rejections_are_neither_tasks_done_nor_failures_of_an_engine(tmp_path):
+    """A TaskRejectError is no attempt (SPEC §2): the engine that rejected every task showed
+    as many tasks done and as many failed (`taskmill status`: done 6, failed 6) though every
+    task succeeded elsewhere."""
+    with controller_process(tmp_path) as ctl:
+        ctl.engines.append(ctl.engine("--property", "picky=1"))
+        with TaskClient(ctl.conn, timeout=30) as tc:
+            poll(lambda: tc.engines(), what="the picky engine")
+            picky = tc.engines()[0]["engineid"]
+            futs = [tc.options(retries=20).submit(reject_on_picky_engines) for _ in range(6)]
+            poll(lambda: any(a["status"] == "rejected" for a in tc.activity()["attempts"]),
+                 what="a rejection")
+            ctl.engines.append(ctl.engine())
+            assert [f.result(timeout=60) for f in futs] == ["ran"] * 6
+            rows = {e["engineid"]: e for e in tc.statistics()["engines"]}
+            assert (rows[picky]["tasks_done"], rows[picky]["failures"]) == (0, 0)
+            other = next(e for eid, e in rows.items() if eid != picky)
+            assert (other["tasks_done"], other["failures"]) == (6, 0)
+
+
 def test_task_info_tells_the_story_of_a_retried_task(cluster, client):
     tid = client.run(MapTask(fail_loudly, ("story",), retries=1))
     client.barrier(tid)
@@ -284,6 +313,21 @@ def test_task_detail_answers_bad_and_unknown_taskids_clearly(cluster, client):
         assert status == code, path
         assert headers["Content-Type"] == "application/json"
         assert message in json.loads(body)["error"] and b"Traceback" not in body
+
+
+def test_a_put_values_task_info_and_detail_say_what_it_is(cluster, client):
+    """A put value holds a taskid (and a finished result): task_info and the dashboard's
+    detail of it describe it, as for a task (they failed: "bad task request: 'error'", a 500,
+    and a refused message counted against the asking client)."""
+    ref = client.put(b"shared" * 100)
+    bad_requests = client.statistics()["refused"].get("bad-request", 0)
+    info = client.task_info(ref.taskid)
+    assert info["state"] == "succeeded" and info["kind"] == "put" and info["error"] is None
+    base, token = split_link(cluster.dashboard_url)
+    status, _, body = get(f"{base}/api/task/{ref.taskid}", bearer(token))
+    assert status == 200 and json.loads(body)["kind"] == "put"
+    assert client.statistics()["refused"].get("bad-request", 0) == bad_requests
+    ref.release()
 
 
 # -- the controller's dashboard options --------------------------------------------------------

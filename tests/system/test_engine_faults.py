@@ -655,6 +655,45 @@ def test_a_sigtermed_engine_whose_task_cleans_up_slowly_does_not_give_that_task_
 
 
 @pytest.mark.timeout(120)
+def test_the_tasks_a_sigtermed_engine_gives_back_leave_what_the_views_say_it_holds(tmp_path):
+    """A SIGTERMed engine gives back the tasks it buffered and never started: statistics()
+    (its `held`, `taskmill status`'s task column) and the activity (the dashboard's task
+    stream) say so at once. They kept them on that engine while it finished its running
+    task, and then showed them as having died with it."""
+    ctl = ControllerProcess(tmp_path, args=("--prefetch", "3"))
+    ctl.start()
+    first = ctl.engine()
+    runs, gate, cleaned = tmp_path / "runs", tmp_path / "gate", tmp_path / "cleaned"
+    try:
+        with TaskClient(ctl.conn, timeout=30) as tc:
+            poll(lambda: tc.engines(), what="the engine")
+            eid = tc.engines()[0]["engineid"]
+            running = tc.run(MapTask(record_slow_cleanup, (str(runs), "t", str(gate),
+                                                           str(cleaned))))
+            buffered = [tc.run(MapTask(abs, (-i,))) for i in (1, 2)]
+            poll(lambda: tc.queue_status()["pending"] == 3, what="all three on the engine")
+            poll(lambda: read_lines(runs) == ["t"], what="the task to start")
+            first.terminate()
+            poll(lambda: "t cleans up" in read_lines(runs), what="the cleanup to start")
+            poll(lambda: [e for e in tc.engines() if e["state"] == "retiring"],
+                 what="the engine's leaving taken")
+            row = next(e for e in tc.statistics()["engines"] if e["engineid"] == eid)
+            assert row["held"] == [running] and row["current_task"] == running
+            assert tc.queue_status(verbose=True)["scheduled"] == buffered
+            activity = tc.activity()
+            assert [a["tid"] for a in activity["running"]] == [running]
+            moved = {a["tid"]: (a["engineid"], a["status"]) for a in activity["attempts"]}
+            assert moved == {t: (eid, "moved") for t in buffered}
+            cleaned.touch()
+            poll(lambda: tc.engines()[0]["state"] == "dead", what="the engine to end")
+            ended = {a["tid"]: a["status"] for a in tc.activity()["attempts"]}
+            assert ended == {running: "died", **{t: "moved" for t in buffered}}
+    finally:
+        first.kill()
+        ctl.stop()
+
+
+@pytest.mark.timeout(120)
 def test_a_large_argument_changed_before_it_was_sent_fails_its_task_saying_why(tmp_path):
     """Large arguments travel from the caller's memory without a copy, signed at the call: one
     changed before it was sent is refused by the engine, and the error said only

@@ -96,6 +96,37 @@ def test_store_locked_by_another_process_refuses_submits_and_loses_nothing(contr
 
 
 @pytest.mark.timeout(120)
+def test_the_views_say_while_the_store_cannot_write(controller, tmp_path):
+    """While the store cannot write, statistics(), `taskmill status` and /metrics say so,
+    since when and why (every submit is refused meanwhile); they showed a healthy cluster,
+    and only the controller's log (once) and a count of failed commits told."""
+    ctl, tc = controller
+    assert tc.statistics()["store_problem"] is None
+    locker = sqlite3.connect(ctl.db, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")  # the write lock, held past the busy timeout
+    try:
+        with pytest.raises(StoreError):
+            tc.submit(tag, "refused").result(timeout=30)
+        stats = tc.statistics()
+        assert "locked" in stats["store_problem"] and stats["store_down_for"] >= 0
+        out = subprocess.run([*TASKMILL, "status", "--connection-file", str(ctl.conn)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        said = [x for x in out.stdout.splitlines() if x.startswith("store:")]
+        assert len(said) == 1 and "NOT WRITING" in said[0] and "locked" in said[0], out.stdout
+        from taskmill.metrics import render_metrics
+
+        assert "taskmill_store_writable 0" in render_metrics(stats).splitlines()
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert tc.submit(tag, "after").result(timeout=30) == tag("after")
+    stats = poll(lambda: [s for s in [tc.statistics()] if s["store_problem"] is None],
+                 what="the store to write again")[0]
+    assert stats["store_down_for"] is None
+
+
+@pytest.mark.timeout(120)
 def test_store_on_a_full_disk_refuses_submits_then_recovers(tmp_path):
     """A 2 MiB tmpfs holds the store; a file fills it; submits get StoreError naming the
     cause; once the file is gone, everything works and nothing was lost."""

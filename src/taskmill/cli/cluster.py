@@ -84,6 +84,30 @@ def unconfirmed(record: dict[str, Any]) -> str:
             f"confirming that its engines stopped: {record['unstopped']}")
 
 
+def gone_controller(connection_file: Path) -> str | None:
+    """The one line to print when no controller answered at `connection_file` and the
+    profile's cluster record names it with a running cluster whose controller process is gone
+    (not started again: a store in memory, or it died too often) or stopped; else None."""
+    record = read_cluster_record(cluster_state_file())
+    if record is None or not cluster_alive(record):
+        return None
+    if Path(record.get("connection_file", "")).resolve() != connection_file.resolve():
+        return None
+    ctl, started = record.get("controller_pid"), record.get("controller_started")
+    if not isinstance(ctl, int):
+        return None
+    if pid_alive(ctl) and process_started(ctl) in (None, started):
+        if process_state(ctl) not in ("T", "t"):
+            return None  # (running: busy, or being started again)
+        return (f"the controller (pid {ctl}) of the cluster started in this profile is "
+                f"stopped (SIGSTOP, a debugger): it answers once it runs again (`kill -CONT "
+                f"{ctl}`)")
+    return (f"the cluster started in this profile (pid {record['pid']}) runs, but its "
+            f"controller (pid {ctl}) is gone and was not started again (its store was in "
+            "memory, or it died too often: see the profile's cluster.log); `taskmill cluster "
+            "stop`, then `taskmill cluster start`")
+
+
 # A DEBUG or INFO record of a taskmill log (commands.setup_logging's format): left out of the
 # one line an error is printed as (a controller's log tail says much before it says why).
 QUIET_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d [\d:,]+ \S+\[\d+\] (DEBUG|INFO) ")
@@ -121,6 +145,14 @@ def process_started(pid: int) -> int | None:
     try:
         return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
     except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_state(pid: int) -> str | None:
+    """Process `pid`'s state letter (/proc/PID/stat: R, S, T stopped, ...); None if unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
         return None
 
 
@@ -223,13 +255,25 @@ def cmd_cluster(a: argparse.Namespace) -> int:
               "started again unless its store was in memory or it died too often (see the "
               "profile's cluster.log); `taskmill cluster stop`, then start, if it stays so")
         return 1
-    print(f"cluster running: pid {s['pid']}, {s['n']} engines, connection file "
-          f"{s['connection_file']}")
+    if isinstance(ctl, int) and process_state(ctl) in ("T", "t"):
+        print(f"cluster running: pid {s['pid']}, but its controller (pid {ctl}) is stopped "
+              f"(SIGSTOP, a debugger) and answers nobody until it runs again (`kill -CONT {ctl}`)")
+        return 1
+    # (`n` is what the start asked for: engines that ended, were replaced, or came and went
+    # with --adapt change what runs, which the launcher's groups say)
+    groups = []
     if s.get("launcher"):
         from ..launchers import adopt
 
+        groups = adopt(s["launcher"]).groups()
+    running = sum(g.engines for g in groups if g.state.lower() == "running")
+    print(f"cluster running: pid {s['pid']}, "
+          + (f"{running} engine{'s' if running != 1 else ''} running (started with {s['n']})"
+             if s.get("launcher") else f"started with {s['n']} engines")
+          + f", connection file {s['connection_file']}")
+    if s.get("launcher"):
         print(f"launcher {s['launcher']['launcher']}:")
-        for g in adopt(s["launcher"]).groups():
+        for g in groups:
             print(f"  {g.label}: {g.state} ({g.engines} engine{'s' if g.engines != 1 else ''})")
     return 0
 

@@ -35,7 +35,8 @@ from ..connection import (
 from ..curve import add_curve
 from ..curve import enabled as curve_enabled
 from ..defaults import is_loopback, queue_window, queue_window_bytes
-from .cluster import gone_cluster, one_line
+from ..errors import ControllerUnreachable
+from .cluster import gone_cluster, gone_controller, one_line
 
 # Errors of binding the controller's sockets, reported as one line instead of a traceback.
 BIND_ERRORS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES, errno.ENOENT,
@@ -233,19 +234,50 @@ def cmd_status(a: argparse.Namespace) -> int:
         print(f"taskmill: {gone}", file=sys.stderr)
         return 1
     info = read_connection_file(path)
-    with TaskClient(path, timeout=a.timeout) as tc:
+    try:
+        tc = TaskClient(path, timeout=a.timeout)
+    except ControllerUnreachable:
+        why = gone_controller(path)  # (a cluster runs here: "start one" would be wrong)
+        if why is None:
+            raise
+        print(f"taskmill: {why}", file=sys.stderr)
+        return 1
+    with tc:
+        def fetch() -> dict[str, Any]:
+            return statistics_within(tc, a.timeout, info.client_url)
+
         return show_status(
-            tc.statistics, as_json=a.json,
-            json_view=lambda: json_status(tc),
+            fetch, as_json=a.json, json_view=lambda: json_status(fetch()),
             watch=a.watch, controller=info.client_url, dashboard=dashboard_link(info))
 
 
-def json_status(tc: Any) -> dict[str, Any]:
-    """What `taskmill status --json` prints: the queue, the engines, and of `statistics()`
-    the backlog (queued tasks kept only in the store, beyond the window held in memory) and
-    the throughput."""
-    stats = tc.statistics()
-    return {"queue": tc.queue_status(), "engines": tc.engines(),
+def statistics_within(tc: Any, timeout: float, url: str) -> dict[str, Any]:
+    """`tc.statistics()`, or past `timeout` seconds ControllerUnreachable naming the controller.
+    (A quick request rides out a stopped controller for the client's reconnect_timeout, 120 s:
+    meanwhile `--watch` kept the last figures on the screen as if they were current.)"""
+    from ..client import steps
+
+    try:
+        return tc.backend.run(steps.statistics(),
+                              deadline=steps.Deadline.of(timeout, "statistics"))
+    except ControllerUnreachable:
+        raise
+    except TimeoutError:
+        raise ControllerUnreachable(
+            f"the controller at {url} did not answer within {timeout:g}s (--timeout): it is "
+            "stopped, overloaded or restarting") from None
+
+
+def json_status(stats: dict[str, Any]) -> dict[str, Any]:
+    """What `taskmill status --json` prints, from one `statistics()` answer (one moment; three
+    requests gave a queue and engines of different moments): the queue, the engines (each as
+    `engines()` gives it), the backlog (queued tasks kept only in the store, beyond the window
+    held in memory) and the throughput."""
+    from ..protocol import EngineRow
+
+    fields = EngineRow.__struct_fields__
+    return {"queue": stats["queue"],
+            "engines": [{k: e[k] for k in fields} for e in stats["engines"]],
             "backlog": {k: stats.get(k) for k in ("backlog", "queued_in_memory", "queue_window")},
             "tasks_per_second": stats.get("tasks_per_second")}
 

@@ -249,6 +249,7 @@ class EngineTasks:
             ctx.counters.tasks_lost_in_transit += 1
             log.warning("engine %d does not hold task %d (attempt %d) it was sent: the message "
                         "was lost; queued again", rec.eid, tid, attempt)
+            ctx.activity.returned(tid, rec.eid, attempt, ctx.now.wall)
             ctx.sched.revoke_answered(rec.eid, tid, attempt, True)
             self.requeued(tid)
         now = ctx.now.mono
@@ -295,6 +296,7 @@ class EngineTasks:
             self.ctx.counters.revokes_granted += 1
             self.engines.seq_of.pop((tid, attempt), None)
             rec.sent.pop((tid, attempt), None)
+            self.ctx.activity.returned(tid, rec.eid, attempt, self.ctx.now.wall)
         self.ctx.sched.revoke_answered(rec.eid, tid, attempt, bool(m.ok))
         if m.ok:
             self.requeued(tid)
@@ -361,9 +363,10 @@ class EngineTasks:
         if props is not None:
             props = {**props, "engineid": rec.eid, "hostname": rec.hostname, "pid": rec.pid}
             rec.properties = props
-        rec.tasks_done += 1
-        if status != "ok":
-            rec.failures += 1
+        if status != "rejected":  # (a rejection counts no attempt: neither done nor failed)
+            rec.tasks_done += 1
+            if status != "ok":
+                rec.failures += 1
         self.engines.seq_of.pop((tid, attempt), None)
         self.ctx.activity.attempt_ended(tid, rec.eid, attempt, status, self.ctx.now.wall)
         # The entry is the report a RESULT Finish stores (see core.finish).

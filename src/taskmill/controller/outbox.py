@@ -106,6 +106,7 @@ class Outbox:
         # Messages that depend on nothing stored: sent every turn, even while the store fails.
         self.now_out: list[Outgoing] = []
         self.store_down_since: float | None = None  # monotonic time of the first failure
+        self.store_error: str | None = None  # the latest failure's cause (statistics)
         self.commits_failed = 0  # (statistics)
         self.store_retry_at = 0.0
         self.store_retry_delay = STORE_RETRY_FIRST
@@ -190,6 +191,7 @@ class Outbox:
             self.store.commit()
         except StoreError as e:
             self.commits_failed += 1
+            self.store_error = str(e)
             if self.store_down_since is None:
                 self.store_down_since = now
                 log.error("%s; submits are refused with StoreError and everything else waits "
@@ -203,6 +205,7 @@ class Outbox:
             log.warning("the task store writes again (after %.1fs); sending what waited",
                         now - self.store_down_since)
             self.store_down_since = None
+            self.store_error = None
             self.store_retry_delay = STORE_RETRY_FIRST
         return None
 

@@ -87,13 +87,14 @@ class Views:
         {event, from, to, why} (kept for active tasks and the most recently finished ones)."""
         ctx = self.ctx
         m = ctx.store.result_meta(tid)  # (not its frames: they may be large)
-        if m is not None:  # (its stored metadata: protocol.ResultMeta, but `pmac`)
+        if m is not None:  # (its stored metadata: protocol.ResultMeta, but `pmac`; a put
+            # value's has no `error`)
             finished = TaskSucceeded if m["status"] == "ok" else TaskFailed
             return finished(
                 tid=tid, engineid=m["engineid"], attempts=m["attempts"],
                 submitted=m["submitted"], completed=m["completed"], started=m["started"],
                 status=m["status"], kind=m["kind"], duration=m["duration"],
-                stdout=m["stdout"], stderr=m["stderr"], error=m["error"],
+                stdout=m["stdout"], stderr=m["stderr"], error=m.get("error"),
                 story=self.story(tid))
         view = ctx.sched.task_view(tid)
         if view is None and tid in ctx.backlog:  # (queued, its row only in the store)
@@ -142,6 +143,9 @@ class Views:
             heartbeats_unanswered=c.heartbeats_unanswered,
             answers_given_again=c.answers_given_again,
             store_commits_failed=ctx.outbox.commits_failed,
+            store_problem=ctx.store.lost or ctx.outbox.store_error,
+            store_down_for=(None if ctx.outbox.store_down_since is None
+                            else mono - ctx.outbox.store_down_since),
             argument_bytes_out=c.argument_bytes_out, refused=dict(ctx.wire.refused),
             revokes_sent=c.revokes_sent, revokes_granted=c.revokes_granted,
             queue=self.queue_status(), engines=engines,

@@ -281,6 +281,11 @@ class Statistics(msgspec.Struct, frozen=True):
     # Commits the store failed (disk full, locked, I/O error: each retry counts; submits
     # meanwhile are refused with StoreError, everything else waits until it writes again).
     store_commits_failed: int = 0
+    # Whether the store takes work now: None while it writes; else why not (its last commit's
+    # error, or its file deleted or replaced: new tasks are refused until it is fixed), and
+    # for how many seconds its commits have failed (None: they do not; its file is gone).
+    store_problem: str | None = None
+    store_down_for: float | None = None
 
     def as_map(self) -> dict[str, Any]:
         return builtins(self)

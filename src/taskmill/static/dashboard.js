@@ -206,7 +206,11 @@ function renderCards(stats) {
   $("refused").textContent = fmtNumber(refused.reduce((s, [, n]) => s + n, 0));
   $("refused-sub").textContent = refused.length
     ? refused.map(([k, n]) => `${k} ${n}`).join(" · ") : "none";
-  $("controller-info").textContent =
+  // The store not writing refuses every submit: said first (statistics' store_problem).
+  const store = stats.store_problem == null ? "" : "task store NOT WRITING" +
+    (stats.store_down_for == null ? "" : ` for ${fmtUptime(stats.store_down_for)}`) +
+    `: ${stats.store_problem} · `;
+  $("controller-info").textContent = store +
     `controller up ${fmtUptime(stats.uptime)} · ${fmtNumber(stats.submitted)} submitted · ` +
     `${fmtNumber(stats.messages_in)} messages in`;
 }
