@@ -32,6 +32,9 @@ class FakeConnection:
             self.sent.append((header, fut))
         return fut
 
+    def check_process(self) -> None:
+        """(Connection's refusal in a forked child: this one is never forked)"""
+
     def submits(self) -> list[dict]:
         with self.lock:
             return [h for h, _ in self.sent if h["type"] == "submit"]

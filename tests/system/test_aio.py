@@ -200,3 +200,123 @@ def test_wait_for_on_a_future_while_the_controller_is_stopped_times_out_and_abor
 
 async def _exists(path) -> bool:
     return path.exists()
+
+
+def test_a_wrapped_task_future_cancelled_on_the_loop_never_waits_there_for_the_controller(
+        tmp_path):
+    """asyncio cancels a future it wraps (`asyncio.wrap_future`, `loop.run_in_executor`,
+    which the futures page recommends for a blocking client's futures) by calling the
+    TaskFuture's `cancel()` on the loop's thread, when `wait_for` times out. That cancel
+    waited for the controller's answer there: with the controller stopped the loop froze
+    until `reconnect_timeout`, then ControllerUnreachable went to the loop's exception handler
+    and the task was never aborted. The controller here is resumed only once the loop is free
+    again, so the old code stalls until then and leaves the future failed, not cancelled."""
+    import os
+    import signal
+
+    from systest import controller_process, poll
+
+    release, started = tmp_path / "release", tmp_path / "started"
+    with controller_process(tmp_path, engines=1) as ctl, \
+            taskmill.TaskClient(ctl.conn, timeout=30, reconnect_timeout=20) as tc:
+        fut = tc.submit(block_until, str(release), str(started))
+        tid = fut.taskid
+        poll(started.exists, 60, "the task to start")
+        loop_errors: list[dict] = []
+
+        async def body() -> None:
+            asyncio.get_running_loop().set_exception_handler(
+                lambda loop, context: loop_errors.append(context))
+            os.kill(ctl.proc.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(asyncio.wrap_future(fut), timeout=0.5)
+            finally:
+                os.kill(ctl.proc.pid, signal.SIGCONT)
+            await asyncio.sleep(0)  # (the loop's callbacks of the cancel have run)
+
+        try:
+            asyncio.run(body())
+            poll(fut.done, 60, "the abort to be answered")
+            assert fut.cancelled(), fut.exception()
+            assert loop_errors == []
+            with pytest.raises(TaskAborted):
+                tc.get_task_result(tid, block=True, timeout=60)
+        finally:
+            release.touch()
+
+
+def test_tasks_of_futures_cancelled_by_asyncio_are_aborted_when_the_client_closes_right_after(
+        tmp_path):
+    """`wait_for(gather(...))` timing out cancels every future, whose aborts go out in the
+    background, one round trip each; leaving `async with` right after closed the connection
+    under them: every future read cancelled while all but one or two of their tasks ran on
+    (Ctrl-C under `asyncio.run` did the same). The client sends them as it closes now."""
+    from systest import controller_process
+
+    release, started = tmp_path / "release", tmp_path / "started"
+    with controller_process(tmp_path, engines=1) as ctl:
+        async def body() -> list[AsyncTaskFuture]:
+            async with AsyncTaskClient(ctl.conn, timeout=30) as atc:
+                futs = [atc.submit(block_until, str(release), str(started)) for _ in range(20)]
+                for f in futs:
+                    f.taskid  # noqa: B018 - (every submit answered: all 20 are stored)
+                await wait_until_async(lambda: _exists(started), "a task to start")
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(asyncio.gather(*futs), timeout=0.2)
+                return futs
+
+        try:
+            futs = asyncio.run(body())
+            assert all(f.cancelled() for f in futs)
+            with taskmill.TaskClient(ctl.conn, timeout=30) as tc:
+                status = tc.queue_status()
+                assert status["scheduled"] == status["pending"] == 0, status
+                for f in futs:
+                    with pytest.raises(TaskAborted):
+                        tc.get_task_result(f.taskid, block=True, timeout=60)
+        finally:
+            release.touch()
+
+
+def test_an_asyncio_cancel_is_not_held_up_by_a_slow_done_callback(cluster, tmp_path):
+    """An asyncio cancel aborts its task in the background. That went through the thread
+    that runs the user's done-callbacks, in order: behind a slow callback (one that waits for
+    another long task) the future read cancelled while its task ran on, for as long as the
+    callback took. The abort is sent at once now."""
+    import threading
+
+    release, started = tmp_path / "release", tmp_path / "started"
+    go, went = tmp_path / "go", tmp_path / "went"
+    hold, holding = threading.Event(), threading.Event()
+
+    def slow_callback(_) -> None:  # (the user's: on the client's callbacks thread)
+        holding.set()
+        hold.wait(90)
+
+    async def body() -> None:
+        async with AsyncTaskClient(cluster.connection_file, timeout=30) as atc:
+            first = atc.blocking.submit(block_until, str(go), str(went))
+            first.add_done_callback(slow_callback)
+            go.touch()
+            await asyncio.to_thread(holding.wait, 60)
+            assert holding.is_set()
+            fut = atc.submit(block_until, str(release), str(started))
+            tid = fut.taskid
+            await wait_until_async(lambda: _exists(started), "the task to start")
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(fut, timeout=0.2)
+
+            async def aborted() -> bool:
+                return (await atc.task_info(tid)).get("status") == "aborted"
+
+            await wait_until_async(aborted, "the abort, with the slow callback still running",
+                                   timeout=30)
+            hold.set()
+
+    try:
+        asyncio.run(body())
+    finally:
+        hold.set()
+        go.touch()
+        release.touch()

@@ -714,3 +714,43 @@ def test_a_lease_whose_answer_was_lost_is_answered_again_and_no_taskid_is_skippe
     finally:
         tc.close()
         proxy.close()
+
+
+def test_aborts_the_controller_has_not_confirmed_are_named(controller, tmp_path, caplog):
+    """An Executor.map ended early (as Ctrl-C ends one) while the controller is stopped: its
+    aborts cannot be heard, and a script that exits then leaves those tasks running, without
+    a word (SPEC §4: an interrupted map aborts its tasks). The client now warns, naming the
+    taskids whose abort is unconfirmed; it still sends them once the controller answers."""
+    import logging
+    import os
+    import signal
+
+    release, started = tmp_path / "release", tmp_path / "started"
+    controller.engines.append(controller.engine())
+    with TaskClient(controller.conn, timeout=30) as tc:
+        results = tc.executor().map(block_until_file, [(str(release), str(started))] * 4,
+                                    timeout=0.1)
+        wait_for_file(started)
+        os.kill(controller.proc.pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: tc.backend.connection.silent > 2, "the client to hear nothing")
+            with caplog.at_level(logging.WARNING, logger="taskmill.client"), \
+                    pytest.raises(TimeoutError):
+                next(results)  # (its timeout has passed: it ends, aborting what is out)
+        finally:
+            os.kill(controller.proc.pid, signal.SIGCONT)
+        said = [r.getMessage() for r in caplog.records if "not confirmed" in r.getMessage()]
+        assert len(said) == 1 and "taskids 0..3" in said[0], said
+        wait_until(lambda: tc.queue_status()["failed"] == 4, "the aborts, sent again")
+        release.touch()
+
+
+def block_until_file(paths):
+    import os
+    import time
+
+    release, started = paths
+    open(started, "w").close()
+    end = time.monotonic() + 90
+    while not os.path.exists(release) and time.monotonic() < end:
+        time.sleep(0.01)

@@ -159,6 +159,40 @@ def test_done_callbacks_queued_when_a_script_ends_all_run(cluster, tmp_path):
     assert sorted(int(x) for x in out.read_text().split()) == list(range(20))
 
 
+def test_done_callbacks_queued_when_a_script_ends_may_still_use_the_client(cluster, client,
+                                                                          tmp_path):
+    """Chaining (futures.md: `f.add_done_callback(lambda f: tc.submit(g, f.result()))`) at
+    the end of a `with TaskClient()` block: close() ran the queued callbacks after closing the
+    connection, so every chained submit failed with ClientClosed (logged) and its task was
+    never sent (0 of 20). They run while the client is open now, and their tasks are stored."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "chained"
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import sys, time\n"
+        "from taskmill import TaskClient\n"
+        "def chain(f):\n"
+        "    time.sleep(0.02)\n"
+        "    tid = tc.submit(abs, -10 * f.result()).taskid\n"
+        "    with open(sys.argv[2], 'a') as o:\n"
+        "        o.write(f'{tid}\\n')\n"
+        "with TaskClient(sys.argv[1]) as tc:\n"
+        "    futs = [tc.submit(abs, -i) for i in range(20)]\n"
+        "    for f in futs:\n"
+        "        f.add_done_callback(chain)\n"
+        "    print(sum(f.result(timeout=60) for f in futs))\n")
+    done = subprocess.run([sys.executable, str(script), str(cluster.connection_file), str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ["190"], done.stderr
+    assert "ClientClosed" not in done.stderr, done.stderr
+    tids = [int(x) for x in out.read_text().split()] if out.exists() else []
+    assert len(tids) == 20
+    values = [client.get_task_result(t, block=True, timeout=60) for t in tids]
+    assert sorted(values) == [10 * i for i in range(20)]
+
+
 def test_metadata_fields_are_filled_when_the_task_finishes(client):
     f = client.submit(talk_and_return, 41)
     assert f.result(timeout=60) == 42

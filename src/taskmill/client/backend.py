@@ -35,7 +35,7 @@ from typing import Any
 # large frame (without this, under load, 503 of 1,000 run() tasks were dropped at exit).
 import zmq.utils.garbage  # noqa: F401 - for its atexit handler's order
 
-from ..errors import ClientClosed, ControllerUnreachable
+from ..errors import ClientClosed, ControllerUnreachable, ids_text
 from ..protocol import Abort as AbortRequest
 from ..protocol import Outcome, Refusal, from_reply, to_request
 from ..task import BaseTask, check_seconds
@@ -120,10 +120,13 @@ class Backend:
     def close(self) -> None:
         """Close the connection (after run()'s queued tasks are stored: a refusal is raised
         once it is closed); futures still waiting fail with ClientClosed; the done-callbacks
-        queued run first (at most the client's timeout: callbacks.py)."""
+        queued run first (at most the client's timeout: callbacks.py), while it is open."""
         _OPEN.discard(self)
         try:
-            if not self.connection.closed:
+            if not self.connection.closed and self.pid == os.getpid():  # (a fork's: none)
+                # (A queued callback may use the client, as a chained submit does: it ran
+                # after the close and failed with ClientClosed, its task never sent.)
+                self.callbacks.drain(self.connection.timeout)
                 self.settle(wait=self.connection.timeout)  # (closing: no restart waited out)
         finally:
             self.runs.close()
@@ -190,6 +193,7 @@ class Backend:
         sent."""
         if self.connection.closed:
             raise ClientClosed("this client is closed")
+        self.connection.check_process()  # (a forked child's would wait behind the parent's)
         if not checked:
             self.check_sizes(encoded)
         if self.runs.busy():  # (else settling has nothing to do)
@@ -225,6 +229,20 @@ class Backend:
         """Abort one task, waiting for the answer (TaskFuture.cancel)."""
         self.run(abort_request(taskid))
 
+    def abort_soon(self, fut: TaskFuture) -> None:
+        """Abort `fut`'s task without waiting for anything (TaskFuture.cancel_soon: an asyncio
+        cancel): withdrawn if it was never sent, else an abort sent now, or once its taskid
+        is known (abort_when_known); sent again after a broken link, as requests are."""
+        if fut.known_taskid is None:
+            if not self.submitter.withdraw([fut]):
+                threading.Thread(target=self.abort_when_known, args=([fut],), daemon=True,
+                                 name="taskmill-late-aborts").start()
+            return
+        try:
+            self.send_and_forget(to_request(AbortRequest(fut.known_taskid)))
+        except Exception:  # noqa: BLE001 - closed or unreachable: nothing can be aborted
+            pass
+
     def abort_futures(self, futs: Sequence[TaskFuture], wait: float = ABORT_WAIT) -> None:
         """Abort the unfinished tasks of `futs` (a map that ends early): those still queued in
         this client are withdrawn unsent; the others are aborted on the controller once their
@@ -233,6 +251,7 @@ class Backend:
         deadline = time.monotonic() + self.abort_wait(wait)
         withdrawn = self.submitter.withdraw(futs)
         replies: list[Future] = []
+        tids: list[int] = []
         late: list[TaskFuture] = []
         for f in futs:
             if f in withdrawn or f.done():
@@ -246,10 +265,11 @@ class Backend:
                 replies.append(self.connection.send(to_request(AbortRequest(f.known_taskid))))
             except Exception:  # noqa: BLE001 - closed or unreachable: nothing more to do
                 break
+            tids.append(f.known_taskid)
         if late:
             threading.Thread(target=self.abort_when_known, args=(late,), daemon=True,
                              name="taskmill-late-aborts").start()
-        heard(replies, max(0.0, deadline - time.monotonic()))
+        self.say_unheard(tids, heard(replies, max(0.0, deadline - time.monotonic())))
 
     def abort_wait(self, wait: float) -> float:
         """How long to wait for aborts to be heard: `wait`, or SILENT_ABORT_WAIT if the
@@ -280,7 +300,20 @@ class Backend:
                 replies.append(self.connection.send(to_request(AbortRequest(tid))))
             except Exception:  # noqa: BLE001 - closed or unreachable: nothing more to do
                 break
-        heard(replies, self.abort_wait(wait))
+        self.say_unheard(tids, heard(replies, self.abort_wait(wait)))
+
+    def say_unheard(self, tids: Sequence[int], came: Sequence[bool]) -> None:
+        """Warn, naming them, of the aborts (of `tids`, in the order sent) that the controller
+        has not confirmed: if this process ends before it answers (Ctrl-C while it is stopped
+        or restarting), those tasks run on, and the script's user would not know."""
+        unheard = sorted(t for t, ok in zip(tids, came, strict=False) if not ok)
+        if unheard:
+            log.warning(
+                "the controller at %s has not confirmed the abort of %s (silent for %.0fs: "
+                "stopped, restarting or cut off?); this client sends them again once the "
+                "controller answers, but if this process ends first those tasks run on: abort "
+                "them then from any client (TaskClient().abort(taskid))",
+                self.connection.info.client_url, ids_text(unheard), self.connection.silent)
 
     def abort_all(self, step: Abort) -> None:
         """Carry out an Abort step (blocking, at most ABORT_WAIT seconds for each part)."""
@@ -439,9 +472,10 @@ def ignore(fut: Future) -> None:
     fut.exception()  # retrieved, so nothing is logged about it
 
 
-def heard(replies: Sequence[Future], wait: float) -> None:
-    """Wait at most `wait` seconds for these replies (whatever they say)."""
+def heard(replies: Sequence[Future], wait: float) -> list[bool]:
+    """Wait at most `wait` seconds for these replies (whatever they say); whether each came."""
     for r in replies:
         r.add_done_callback(ignore)
     if replies:
         wait_futures(replies, timeout=wait)
+    return [r.done() for r in replies]

@@ -58,6 +58,20 @@ log = logging.getLogger("taskmill.client")
 STREAMED: Future = Future()  # what `send` returns with a `stream` (which takes the replies)
 STREAMED.set_result(None)
 
+# How many forks this process is from (os.register_at_fork counts them in each child): a
+# connection made before a fork belongs to the parent. Its sockets and leased taskids are the
+# parent's, and no I/O thread runs in the child, so a request sent there was never answered (a
+# submit's future waited for ever) and run() handed out the parent's next taskid, never stored.
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
+
 
 class Connection(LinkRecovery):
     """Two DEALER sockets to the controller and the I/O thread that reads replies.
@@ -115,6 +129,7 @@ class Connection(LinkRecovery):
         self.store_changed: str | None = None
         self._key_prefix = base.decode() + ":"
         self._pid = os.getpid()  # (a forked child's copy closes nothing of the parent's keys)
+        self._forks = _forks  # (see `check_process`)
         self._streams: dict[int, Callable[[dict[str, Any], list[Any]], bool]] = {}
         self._intake = Intake()  # numbered `done` results taken in (credit.py)
         self._silent = 0.0  # seconds of this thread's running time since the controller spoke
@@ -291,6 +306,7 @@ class Connection(LinkRecovery):
         encoded raises ValueError here, and nothing of it stays behind (it is never resent)."""
         if self._closed.is_set():
             raise ClientClosed("this client is closed")
+        self.check_process()
         fut: Future = Future() if stream is None else STREAMED
         with interrupts_deferred() if frames else NOT_DEFERRED, self.send_lock:
             if self._unreachable:
@@ -370,6 +386,16 @@ class Connection(LinkRecovery):
             self.forget(header["req"])
             raise too_slow(what or header["type"], timeout) from None
         return checked(reply), frames
+
+    def check_process(self) -> None:
+        """ClientClosed, saying why and what to do, in a process forked from the one that
+        made this connection (it cannot be used there: see `_forks`)."""
+        if self._forks != _forks:
+            raise ClientClosed(
+                f"this taskmill client was made in process {self._pid}, and this process "
+                f"({os.getpid()}) is a fork of it (os.fork, or multiprocessing's 'fork' start "
+                "method): its connection belongs to the parent and cannot be used here. Make a "
+                "new TaskClient in this process (or start it with the 'spawn' start method).")
 
     @property
     def closed(self) -> bool:

@@ -31,6 +31,7 @@ of the receive buffer they share with other messages (taskmill.memory.detached);
 from __future__ import annotations
 
 import struct
+import sys
 import threading
 from _thread import RLock
 from collections.abc import Callable
@@ -62,15 +63,23 @@ class FutureOwner(Protocol):
 
     def abort(self, taskid: int) -> None: ...
 
+    def abort_soon(self, fut: TaskFuture) -> None: ...
+
 
 NO_CALLBACKS: tuple[()] = ()  # a future's done-callbacks until it has one
 
 
-def cancel_quietly(fut: TaskFuture) -> None:
+def on_event_loop() -> bool:
+    """Whether this thread runs an asyncio event loop (none runs unless someone imported
+    asyncio: this never imports it)."""
+    aio = sys.modules.get("asyncio")
+    if aio is None:
+        return False
     try:
-        fut.cancel()
-    except Exception:  # noqa: BLE001 - closed, unreachable: the caller has moved on
-        pass
+        aio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 def when_done(fut: Future, fn: Callable[[Any], object]) -> None:
@@ -418,13 +427,21 @@ class TaskFuture(Future, FutureLike):
         """Abort the task: True if it was aborted (or was cancelled already), False if it had
         finished. A cancelled future raises `CancelledError` from `result()`. Waits for the
         controller's answer, so it must not be called on the client's I/O thread (in an
-        `on_done` callback: that raises RuntimeError; `add_done_callback`'s may call it)."""
+        `on_done` callback: that raises RuntimeError; `add_done_callback`'s may call it).
+
+        On an asyncio loop's thread (where asyncio cancels what `wrap_future` and
+        `run_in_executor` wrap: the wait froze the loop, up to `reconnect_timeout` with a
+        stalled controller) it does not wait: it is `cancel_soon()`, and returns True unless
+        the future is done."""
         if self.done():
             return self.cancelled()
         if self._owner.connection.on_io_thread():
             raise RuntimeError("TaskFuture.cancel() waits for the controller's answer, which the "
                                "client's I/O thread (running this) would have to read; call it "
                                "from another thread")
+        if on_event_loop():
+            self.cancel_soon()
+            return True
         self._cancelling = True
         try:
             self._owner.abort(self.taskid)
@@ -435,10 +452,13 @@ class TaskFuture(Future, FutureLike):
         return self.cancelled()
 
     def cancel_soon(self) -> None:
-        """Abort the task without waiting: `cancel()` runs on the client's callbacks thread
-        (a failure to abort is not raised: nothing waits for it)."""
+        """Abort the task without waiting for anything: the abort is sent now (or once the
+        taskid is known), and the future reads cancelled when the controller has aborted the
+        task (or keeps its result, if the task finished first). Nothing is raised. (It went
+        through the callbacks thread, where a slow user callback held it back.)"""
         if not self.done():
-            self._owner.callbacks.call(cancel_quietly, self)
+            self._cancelling = True
+            self._owner.abort_soon(self)
 
     def _mark_cancelled(self) -> None:
         """Cancel and tell the waiters of `wait`/`as_completed`, which (as for an executor's

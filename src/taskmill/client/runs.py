@@ -146,6 +146,7 @@ class Runs:
     def begin(self) -> list[Future]:
         """(Another call begins) Send what is queued and give back the rest of the lease;
         the answers to wait for before that call returns (`end`)."""
+        self._conn.check_process()  # (a forked child would wait for the parent's answers)
         if not self.busy():
             return []
         with self._lock:

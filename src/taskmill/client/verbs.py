@@ -124,6 +124,7 @@ def run(backend: Backend, task: BaseTask, block: bool, timeout: float | None) ->
     can judge is sent at once and answered (its refusal raised here); with `block`, the
     queue is sent and stored before its result is asked for."""
     check_seconds(timeout, "timeout")
+    backend.connection.check_process()  # (a forked child would take the parent's next id)
     enc = backend.encode(task)
     backend.check_sizes([enc])
     runs = backend.runs
