@@ -278,6 +278,25 @@ def test_cluster_start_begins_empty_and_resume_keeps_the_results(profile):
     assert profile("cluster", "stop").returncode == 0
 
 
+@pytest.mark.timeout(300)
+def test_a_plain_start_says_it_dropped_the_unfinished_tasks_kept_for_resume(profile):
+    """`cluster stop` keeps the store for `--resume`, unfinished tasks too; a plain `cluster
+    start` begins empty, as it should, but dropped them without a word."""
+    out = profile("cluster", "start", "-n", "1", "--daemon", "--no-dashboard")
+    assert out.returncode == 0, out.stderr
+    with profile.client() as tc:  # (no engine satisfies them: they stay queued)
+        tids = [tc.run(StringTask("x = 1", depend={"gpu": 1})) for _ in range(3)]
+        assert tc.queue_status(verbose=True)["scheduled"] == tids
+    assert profile("cluster", "stop").returncode == 0
+    out = profile("cluster", "start", "-n", "1", "--daemon", "--no-dashboard")
+    assert out.returncode == 0, out.stderr
+    said = [x for x in out.stderr.splitlines() if "unfinished" in x]
+    assert len(said) == 1 and "held 3 unfinished task(s)" in said[0] and "--resume" in said[0]
+    with profile.client() as tc:
+        assert tc.queue_status()["scheduled"] == 0
+    assert profile("cluster", "stop").returncode == 0
+
+
 def _dead_pid() -> int:
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()

@@ -338,7 +338,7 @@ def _run_cluster_foreground(a: argparse.Namespace, state: Path, launcher: Launch
     from ..engine import parse_property
     from ..errors import StoreError
     from ..launchers import LauncherError
-    from ..store import remove_store
+    from ..store import remove_store, unfinished_in
 
     if hold_profile_lock(state) is None:  # (before anything of the profile is touched)
         print("taskmill: a cluster is already running in this profile (another `taskmill "
@@ -368,12 +368,15 @@ def _run_cluster_foreground(a: argparse.Namespace, state: Path, launcher: Launch
     except ValueError as e:
         print(f"taskmill: {e}", file=sys.stderr)
         return 2
+    dropped = 0  # (unfinished tasks `cluster stop` kept for --resume: said, not silent)
     if not a.resume and db != ":memory:":
         try:
+            dropped = unfinished_in(db)
             remove_store(db)  # a new cluster begins empty (refused if a controller holds it)
         except (StoreError, OSError) as e:
             print(f"taskmill: {one_line(e)}", file=sys.stderr)
             return 1
+        say_dropped(dropped)
     stopping = False
 
     def _stop(signum: int, frame: Any) -> None:
@@ -410,7 +413,7 @@ def _run_cluster_foreground(a: argparse.Namespace, state: Path, launcher: Launch
         state.write_text(json.dumps({
             "pid": os.getpid(), "started": process_started(os.getpid()), "n": cluster.n,
             "connection_file": str(cluster.connection_file), "launcher": record,
-            "controller_pid": ctl,
+            "controller_pid": ctl, "dropped": dropped,
             "controller_started": None if ctl is None else process_started(ctl)}))
         return record, ctl
 
@@ -449,6 +452,13 @@ def stop_keeping_record(cluster: Cluster, state: Path) -> bool:
     return False
 
 
+def say_dropped(n: int) -> None:
+    if n:
+        print(f"taskmill: the previous cluster's store held {n} unfinished task(s): removed, "
+              "as a new cluster begins empty (`taskmill cluster start --resume` keeps them)",
+              file=sys.stderr, flush=True)
+
+
 def _start_daemon(a: argparse.Namespace, state: Path) -> int:
     ensure_private_dir(state.parent)
     log = state.parent / "cluster.log"
@@ -461,6 +471,7 @@ def _start_daemon(a: argparse.Namespace, state: Path) -> int:
     while time.monotonic() < deadline:
         record = read_cluster_record(state)
         if record is not None and record["pid"] == proc.pid:  # (not another start's record)
+            say_dropped(record.get("dropped") or 0)  # (the background start's: said here)
             print(f"cluster started in the background (pid {proc.pid}); log: {log}")
             return 0
         if proc.poll() is not None:

@@ -43,6 +43,7 @@ from .retention import (
     remove_store,
     retention_pass,
     store_files,
+    unfinished_in,
 )
 from .schema import BUSY_TIMEOUT, LOW_DISK, OPEN_TIMEOUT
 from .sqlite import LOW_TID_EVERY, SQLiteStore
@@ -53,6 +54,7 @@ __all__ = [
     "LOW_TID_EVERY", "MAX_TID", "OPEN_TIMEOUT", "SUBMIT_KEYS_KEPT", "SUBMIT_KEY_AGE", "WAL_BYTES",
     "MemoryStore", "SQLiteStore", "StoredResult", "StoredTask", "TaskStore", "compact_tids",
     "drop_old_results", "open_store", "remove_store", "retention_pass", "store_files",
+    "unfinished_in",
 ]
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 
@@ -112,6 +113,25 @@ def remove_store(path: str | os.PathLike[str]) -> int:
         return freed
     finally:
         os.close(fd)
+
+
+def unfinished_in(path: str | os.PathLike[str]) -> int:
+    """How many unfinished tasks (queued or running when its controller stopped) the store at
+    `path` holds; 0 if there is none or it cannot be read (read only: nothing is changed)."""
+    p = str(path)
+    if not os.path.exists(p):
+        return 0
+    try:
+        db = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=1.0)
+    except sqlite3.Error:
+        return 0
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM tasks WHERE state != 'finished'"
+                              ).fetchone()[0])
+    except sqlite3.Error:
+        return 0
+    finally:
+        db.close()
 
 
 def _remove(path: Path) -> int:
