@@ -257,6 +257,7 @@ def test_a_running_task_goes_on_through_a_controller_restart_and_runs_once(tmp_p
                     "x = os.getpid()")
             tid = tc.run(StringTask(code, pull="x"))
             poll(lambda: runs.exists(), what="the task to start")
+            seen_running = time.time()
             got = []
             waiter = threading.Thread(
                 target=lambda: got.append(tc.get_task_result(tid, block=True)), daemon=True)
@@ -271,6 +272,9 @@ def test_a_running_task_goes_on_through_a_controller_restart_and_runs_once(tmp_p
             assert result.failure is None and result.ns.x == engine.pid
             assert result.attempts == 1
             assert runs.read_text() == "run\n"  # its code ran once
+            # (its start is when it started on the engine, not when the new controller
+            # adopted it: that made its time from start to end shorter than its duration)
+            assert tc.task_info(tid)["started"] <= seen_running
             assert tc.run(StringTask("y = 2", pull="y"), block=True).ns.y == 2
     finally:
         engine.kill()

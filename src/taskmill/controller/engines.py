@@ -62,6 +62,9 @@ DEAD_RECORDS_KEPT = 1000  # dead engines still listed (engines(), statistics) at
 # (at least; also LOST_GRACE_DEAD_AFTERS x dead_after) before its attempt counts as lost.
 LOST_GRACE = 5.0
 LOST_GRACE_DEAD_AFTERS = 4
+# A task an engine still runs after a controller restart keeps the start it names if it is
+# within this many seconds before now (else: the clocks disagree; the adoption's time).
+MAX_ADOPTED_AGE = 30 * 24 * 3600.0
 REFUSAL_LOG_EVERY = 60.0  # seconds between log lines about one peer's refused messages
 # A loop turn longer than this share of a heartbeat kept the loop from reading: the engines'
 # pings wait unread, so no engine is held to answers it could not have been heard giving.
@@ -266,12 +269,16 @@ class Engines:
                 (adopt if (tid, attempts) in claims else given_back).append(tid)
         ctx.sched.add_engine(rec.eid, rec.properties, adopt)
         now = ctx.now.wall
+        since = msg.running_since  # (the engine's clock: when the task it runs started there)
+        if isinstance(since, bool) or not isinstance(since, int | float) \
+                or not now - MAX_ADOPTED_AGE < since <= now:
+            since = now
         for tid in adopt:
             node, attempts, tries, handed_over = ctx.sched.counters(tid)
             rec.sent[(tid, attempts)] = 0
             claims.discard((tid, attempts))
             ctx.store.mark_running(tid, rec.eid, node, attempts, tries, handed_over)
-            ctx.started[tid] = now
+            ctx.started[tid] = since if [tid, attempts] == running else now
             ctx.activity.dispatched(tid, rec.eid, attempts, now)
         for tid in given_back:
             ctx.sched.lost_returned(tid)

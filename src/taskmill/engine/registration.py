@@ -44,6 +44,7 @@ class Registration:
     # Declared dead and registered anew: the namespace and the properties task code set are
     # dropped before the next task (they were the dead engine's; a new engine has none).
     reset_due = False
+    current_since = 0.0  # when (time.time()) the current task started (an adopter's `started`)
     namespace: dict[str, Any]
     sockets: Any  # EngineSockets
     watch: ChannelWatch
@@ -97,7 +98,8 @@ class Registration:
         self._send(self.sockets.task, to_controller(Register(
             self.uuid, **self.sockets.idents(), hostname=self.hostname, pid=self.pid,
             properties=self._properties_now(), running=running, finished=finished,
-            t=time.monotonic()), session))
+            running_since=self.current_since if running else None, t=time.monotonic()),
+            session))
 
     def _properties_now(self) -> dict[str, Any]:
         """The properties to register with: as they are now, task code's changes included
