@@ -210,7 +210,7 @@ class Cluster:
                                + self.log_tail())
 
     def new_engine(self) -> subprocess.Popen:
-        return subprocess.Popen([*TASKMILL, "engine", "--connection-file", str(self.engine_conn)],
+        return subprocess.Popen([*TASKMILL, "engine", "--no-replace", "--connection-file", str(self.engine_conn)],
                                 stdout=self.log, stderr=subprocess.STDOUT)
 
     def retired_badly(self, bound: float = 60.0) -> list[str]:

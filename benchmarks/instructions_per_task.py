@@ -201,12 +201,12 @@ def run_task_load(tree: Path, n: int, process: str, *, callgrind: bool, tracing:
                     raise RuntimeError("the controller did not start: "
                                        + (work / "controller.log").read_text()[-2000:])
                 time.sleep(0.05)
-            cmd, env = command("engine", [sys.executable, "-m", "taskmill", "engine",
+            cmd, env = command("engine", [sys.executable, "-m", "taskmill", "engine", "--no-replace",
                                           "--connection-file", str(work / "conn.json")])
             engine = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL)
             others = [subprocess.Popen(
-                [sys.executable, "-m", "taskmill", "engine", "--connection-file",
+                [sys.executable, "-m", "taskmill", "engine", "--no-replace", "--connection-file",
                  str(work / "conn.json")], env=plain, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL) for _ in range(engines - 1)]
             target = {"controller": ctrl.pid, "engine": engine.pid, "client": 0}[process]

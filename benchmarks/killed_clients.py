@@ -77,7 +77,7 @@ def main() -> None:
         ctl = subprocess.Popen([*taskmill, "controller", "--connection-file", str(conn),
                                 "--db", str(Path(d) / "tasks.db"), "--no-dashboard", *flag],
                                stdout=log, stderr=subprocess.STDOUT)
-        engines = [subprocess.Popen([*taskmill, "engine", "--connection-file", str(conn)],
+        engines = [subprocess.Popen([*taskmill, "engine", "--no-replace", "--connection-file", str(conn)],
                                     stdout=log, stderr=subprocess.STDOUT) for _ in range(2)]
         script = Path(d) / "client.py"
         script.write_text(CLIENT)

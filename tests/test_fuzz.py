@@ -648,7 +648,7 @@ def test_fuzz_controller_in_process(tmp_path):
     thread = threading.Thread(target=ctl.serve_forever, name="fuzzed-controller", daemon=True)
     thread.start()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "taskmill", "engine", "--connection-file", str(conn),
+        [sys.executable, "-m", "taskmill", "engine", "--no-replace", "--connection-file", str(conn),
          "--property", f"fuzz_probe={probe}"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -401,7 +401,7 @@ class ControllerProcess:
 
     def engine(self, *extra: str) -> subprocess.Popen:
         """An engine process for this controller (the caller kills it)."""
-        return subprocess.Popen([*TASKMILL, "engine", "--connection-file", str(self.conn),
+        return subprocess.Popen([*TASKMILL, "engine", "--no-replace", "--connection-file", str(self.conn),
                                  *extra], stdin=subprocess.DEVNULL, stdout=self.log,
                                 stderr=subprocess.STDOUT)
 
@@ -460,7 +460,7 @@ def controller_thread(folder, *, engines: int = 0, **options):
     ctl = Controller(info, **{"heartbeat": 0.5, **options})
     thread = threading.Thread(target=ctl.serve_forever, name="small-controller", daemon=True)
     thread.start()
-    procs = [subprocess.Popen([*TASKMILL, "engine", "--connection-file", str(conn)],
+    procs = [subprocess.Popen([*TASKMILL, "engine", "--no-replace", "--connection-file", str(conn)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for _ in range(engines)]
     try:

@@ -28,7 +28,7 @@ def busy_for(seconds: float) -> int:
 def test_kill9_controller_five_times_loses_nothing(tmp_path):
     ctl = ControllerProcess(tmp_path)
     ctl.start()
-    engines = [subprocess.Popen([*TASKMILL, "engine", "--connection-file", str(ctl.conn)],
+    engines = [subprocess.Popen([*TASKMILL, "engine", "--no-replace", "--connection-file", str(ctl.conn)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                for _ in range(2)]
     tc = None

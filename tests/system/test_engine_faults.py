@@ -65,7 +65,7 @@ def proxied_engine(tmp_path):
     ctl.start()
     proxy, engine_conn = proxied(ctl.conn, "engine_url", tmp_path / "via-proxy" / "conn.json")
     engine = subprocess.Popen(
-        [*ControllerProcess.TASKMILL, "engine", "--connection-file", str(engine_conn)],
+        [*ControllerProcess.TASKMILL, "engine", "--no-replace", "--connection-file", str(engine_conn)],
         stdout=ctl.log, stderr=subprocess.STDOUT)
     runs = tmp_path / "runs"
     try:
@@ -219,7 +219,7 @@ def test_an_engine_cut_off_mid_task_is_declared_dead_and_its_late_result_refused
         tid = tc.run(MapTask(record, (str(runs), "the task", str(gate)), retries=1))
         poll(lambda: read_lines(runs)[-1:] == ["the task"], what="the task to start")
         other = subprocess.Popen(
-            [*ControllerProcess.TASKMILL, "engine", "--connection-file",
+            [*ControllerProcess.TASKMILL, "engine", "--no-replace", "--connection-file",
              str(tmp_path / "via-proxy" / "conn.json")],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         try:

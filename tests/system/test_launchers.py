@@ -75,7 +75,11 @@ def engine_facts():
     from taskmill import current_engine
 
     props = current_engine().properties
-    with open(f"/proc/{os.getppid()}/comm") as f:
+    # (the engine runs in a child of the `taskmill engine` command, which replaces it after a
+    # last-resort kill: its parent is that command, and the parent's parent what started it)
+    with open(f"/proc/{os.getppid()}/stat") as f:
+        grandparent = int(f.read().rpartition(")")[2].split()[1])
+    with open(f"/proc/{grandparent}/comm") as f:
         parent = f.read().strip()
     return {"executable": sys.executable, "pid": os.getpid(), "parent": parent,
             "mpi_rank": props.get("mpi_rank"), "slurm_job": os.environ.get("SLURM_JOB_ID"),
@@ -126,7 +130,7 @@ def test_an_engine_waits_for_a_controller_that_starts_later(tmp_path):
     conn = controller.conn
     log = tmp_path / "engine.log"
     with open(log, "wb") as out:
-        engine = subprocess.Popen([*TASKMILL, "engine", "--connection-file", str(conn)],
+        engine = subprocess.Popen([*TASKMILL, "engine", "--no-replace", "--connection-file", str(conn)],
                                   stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: "no answer from the controller" in log.read_text(),
@@ -147,12 +151,12 @@ def test_an_engine_gives_up_after_its_controller_timeout(tmp_path):
 
     info = new_connection_info()
     conn = write_connection_file(tmp_path / "connection.json", info)
-    done = subprocess.run([*TASKMILL, "engine", "--connection-file", str(conn),
+    done = subprocess.run([*TASKMILL, "engine", "--no-replace", "--connection-file", str(conn),
                            "--controller-timeout", "1.5"], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 1
     assert f"no taskmill controller answered at {info.engine_url} within 1.5s" in done.stderr
-    missing = subprocess.run([*TASKMILL, "engine", "--connection-file",
+    missing = subprocess.run([*TASKMILL, "engine", "--no-replace", "--connection-file",
                               str(tmp_path / "absent.json"), "--controller-timeout", "0.5"],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "no connection file at" in missing.stderr

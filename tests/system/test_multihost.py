@@ -171,7 +171,7 @@ def start_engines_then_controller(hosts: Hosts, tmp_path: Path, heartbeat: float
     for name in ("a", "b"):
         for i in range(2):
             logs.append(tmp_path / f"engine-{name}{i}.log")
-            hosts.spawn(name, [*TASKMILL, "engine", "--connection-file", str(conn),
+            hosts.spawn(name, [*TASKMILL, "engine", "--no-replace", "--connection-file", str(conn),
                                "--property", f"host={name}"], logs[-1])
     # Started before the controller, the engines wait for it instead of dying.
     wait_until(lambda: all("waiting for the connection file" in p.read_text() for p in logs),

@@ -254,7 +254,7 @@ def test_an_engine_with_the_wrong_key_that_gives_up_says_the_key_is_likely_why(c
                                                                               tmp_path):
     """(It said "no taskmill controller answered ... start it", with no word of the key.)"""
     wrong, _ = wrong_key_file(cluster.connection_file, tmp_path / "wrong-key.json")
-    done = subprocess.run([sys.executable, "-m", "taskmill", "engine", "--connection-file",
+    done = subprocess.run([sys.executable, "-m", "taskmill", "engine", "--no-replace", "--connection-file",
                            str(wrong), "--controller-timeout", "3"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
@@ -271,7 +271,7 @@ def test_engine_with_the_wrong_key_never_registers_and_gets_no_task(cluster, cli
     log_path = tmp_path / "engine.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "taskmill", "engine", "--connection-file", str(wrong),
+            [sys.executable, "-m", "taskmill", "engine", "--no-replace", "--connection-file", str(wrong),
              "--property", f"{marker}=1"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -573,7 +573,7 @@ def test_result_above_the_size_limit_fails_the_task_clearly(small_controller, tm
     log_path = tmp_path / "engine.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "taskmill", "engine", "--connection-file", str(conn)],
+            [sys.executable, "-m", "taskmill", "engine", "--no-replace", "--connection-file", str(conn)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     try:
         with TaskClient(conn, timeout=10) as tc:

@@ -106,6 +106,49 @@ def test_an_aborted_task_that_swallows_interrupts_is_ended_with_its_engine():
         assert said in c.log_tail("engine-0", 300)
 
 
+@pytest.mark.timeout(180)
+def test_an_engine_started_by_hand_is_replaced_after_its_last_resort_kill(tmp_path):
+    """`taskmill engine` started by hand (or by the ssh, MPI and Slurm launchers, on other
+    machines: no nanny watches them) ended for good when an abort had to kill it: with one
+    engine, every later task waited. A new engine (a new id) takes its place, started by the
+    same command, which stays; SIGTERM to it still ends it (and its engine)."""
+    import signal
+    import subprocess
+
+    from systest import TASKMILL, ControllerProcess, stop_process
+
+    from taskmill import TaskClient
+
+    ctl = ControllerProcess(tmp_path)
+    ctl.start()
+    command = subprocess.Popen([*TASKMILL, "engine", "--connection-file", str(ctl.conn)],
+                               stdout=ctl.log, stderr=subprocess.STDOUT)
+    try:
+        with TaskClient(ctl.conn, timeout=30) as tc:
+            poll(lambda: tc.engines(), what="the engine")
+            (first,) = tc.engines()
+            assert first["pid"] != command.pid  # (the engine runs in a child of the command)
+            tid = tc.run(MapTask(swallows_interrupts, (600,)))
+            poll(lambda: tc.queue_status(verbose=True)["pending"] == [tid], what="it to run")
+            tc.abort(tid)
+            with pytest.raises(TaskAborted):
+                tc.get_task_result(tid, block=True, timeout=60)
+            after = tc.run(MapTask(os.getpid))
+            pid = tc.get_task_result(after, block=True, timeout=60)
+            assert pid not in (first["pid"], command.pid) and command.poll() is None
+            poll(lambda: [e["pid"] for e in tc.engines() if e["state"] != "dead"] == [pid],
+                 what="the killed engine declared dead, the new one alone")
+            assert [e["engineid"] for e in tc.engines() if e["pid"] == pid] \
+                != [first["engineid"]]
+            assert "a new engine takes its place" in ctl.log_text()
+            command.send_signal(signal.SIGTERM)
+            assert command.wait(30) == 0
+            poll(lambda: gone(pid), what="its engine to end with it")
+    finally:
+        stop_process(command, 10)
+        ctl.stop()
+
+
 def hold_the_gil_for_good(path):
     """Says it runs (a file), then holds the GIL in one C call for good."""
     import re

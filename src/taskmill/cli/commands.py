@@ -196,8 +196,10 @@ def cmd_curve_key(a: argparse.Namespace) -> int:
 
 def cmd_engine(a: argparse.Namespace) -> int:
     from ..engine import parse_property, run_engine
+    from ..engine.supervise import supervise
     from ..errors import ConnectionFileError, ControllerUnreachable
     from ..launchers.mpi import mpi_rank_from_environment
+    from ..lifeline import watch_parent
 
     setup_engine_logging(a.log_level)
     props = dict(parse_property(p) for p in a.property or [])
@@ -216,11 +218,27 @@ def cmd_engine(a: argparse.Namespace) -> int:
             except OSError as e:
                 print(f"taskmill engine: --cwd {a.cwd}: {e.strerror or e}", file=sys.stderr)
                 return 1
-        run_engine(info, props, parent_fd=a.parent_fd, register_timeout=a.controller_timeout)
     except (ConnectionFileError, ControllerUnreachable) as e:
         print(f"taskmill engine: {e}", file=sys.stderr)
         return 1
-    return 0
+
+    def run(kill_report_fd: int | None = None, lifeline_fd: int | None = None) -> None:
+        if lifeline_fd is not None:  # (the supervising process ended: so does the engine)
+            watch_parent(lifeline_fd, lambda: os._exit(0))
+        try:
+            run_engine(info, props, parent_fd=a.parent_fd, register_timeout=a.controller_timeout,
+                       kill_report_fd=kill_report_fd)
+        except ControllerUnreachable as e:
+            print(f"taskmill engine: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
+
+    if a.no_replace:  # (a Cluster's local engine: its nanny starts the new one)
+        try:
+            run()
+        except SystemExit as e:
+            return e.code if isinstance(e.code, int) else 1
+        return 0
+    return supervise(run)
 
 
 def cmd_status(a: argparse.Namespace) -> int:

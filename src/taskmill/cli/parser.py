@@ -248,6 +248,11 @@ def build_parser() -> CommandParser:
                         "for them, asking again with backoff)")
     _log_level(e)
     e.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)
+    e.add_argument("--no-replace", action="store_true",
+                   help="run the engine in this process, and start no new engine when it is "
+                        "ended by its last-resort kill (task code that did not let an abort or "
+                        "timeout through); by default this command does, as a Cluster's "
+                        "nanny does for its engines")
     e.set_defaults(func=cmd_engine)
 
     _add_cluster(sub)

@@ -118,6 +118,7 @@ class EngineControl(Registration):
         self.deadline: float | None = None  # monotonic time the running task must end by
         self.interrupt_req: tuple[int, str] | None = None  # (tid, "abort"|"timeout"|"drop")
         self.kill_at: float | None = None  # monotonic: faulthandler's last-resort kill is due
+        self.kill_report_fd: int | None = None  # (supervise.py: told of each kill armed)
         self.signalled_at = 0.0  # monotonic: the last interrupt signal to the main thread
         self.skip: set[tuple[int, int]] = set()  # aborted before they started
         self.revoked: set[int] = set()  # dseqs given back to the controller: dropped silently
@@ -403,9 +404,9 @@ class EngineControl(Registration):
             # faulthandler's own thread ends the process; the nanny starts a new engine.
             if not again:  # (faulthandler's own words then are a bare "Timeout" and stacks)
                 log.info("task %d was aborted: if its code does not let the interruption "
-                         "through within %gs, this engine process ends (a Cluster or "
-                         "`taskmill cluster` starts a new engine; one started by hand is not "
-                         "replaced)", key[0], KILL_GRACE)
+                         "through within %gs, this engine process ends, and a new engine takes "
+                         "its place (unless it runs with `taskmill engine --no-replace`)",
+                         key[0], KILL_GRACE)
             self.arm_kill_locked(now + KILL_GRACE)
         if self.code.active and (not again or now - self.signalled_at >= RESIGNAL_EVERY):
             self._signal_locked(now)
@@ -429,10 +430,21 @@ class EngineControl(Registration):
             log.warning("a last-resort kill %.0fs away is too far to arm", at - time.monotonic())
             return
         self.kill_at = at
+        self._report_kill(b"k")
 
     def disarm_kill_locked(self) -> None:
         faulthandler.cancel_dump_traceback_later()
+        if self.kill_at is not None:
+            self._report_kill(b"-")
         self.kill_at = None
+
+    def _report_kill(self, what: bytes) -> None:
+        """Tell the process that replaces this engine after its kill (supervise.py)."""
+        if self.kill_report_fd is not None:
+            try:
+                os.write(self.kill_report_fd, what)
+            except OSError:
+                pass
 
     def on_interrupt_signal(self, signum: int, frame: Any) -> None:
         req = self.interrupt_req

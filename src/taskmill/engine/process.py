@@ -33,9 +33,12 @@ def parse_property(text: str) -> tuple[str, Any]:
 
 
 def run_engine(info: ConnectionInfo, properties: dict[str, Any] | None = None,
-               parent_fd: int | None = None, register_timeout: float | None = None) -> None:
-    """Run one engine in this process until it is stopped (SIGTERM) or its parent dies."""
+               parent_fd: int | None = None, register_timeout: float | None = None,
+               kill_report_fd: int | None = None) -> None:
+    """Run one engine in this process until it is stopped (SIGTERM) or its parent dies;
+    `kill_report_fd`: where its last-resort kills are reported (supervise.py)."""
     engine = Engine(info, properties, register_timeout=register_timeout)
+    engine.kill_report_fd = kill_report_fd
 
     def _term(signum: int, frame: Any) -> None:
         engine.stop()

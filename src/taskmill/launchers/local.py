@@ -81,10 +81,10 @@ class LocalLauncher(Launcher):
     def _spawn(self, props: dict[str, Any], slot: int) -> subprocess.Popen[bytes]:
         ctx = self._ctx
         assert ctx is not None
-        extra: list[str] = []
+        extra: list[str] = ["--no-replace"]  # (the nanny replaces a killed engine)
         fds: tuple[int, ...] = ()
         if ctx.lifeline_fd is not None:
-            extra, fds = ["--parent-fd", str(ctx.lifeline_fd)], (ctx.lifeline_fd,)
+            extra, fds = [*extra, "--parent-fd", str(ctx.lifeline_fd)], (ctx.lifeline_fd,)
         return spawn(engine_command(self.python, ctx.connection_file, props, *extra,
                                     env=ctx.env, cwd=ctx.cwd),
                      ctx.log_path(f"engine-{slot}.log"), pass_fds=fds)
