@@ -436,6 +436,31 @@ def controller_process(folder, *, engines: int = 0, **options):
         ctl.stop()
 
 
+@contextlib.contextmanager
+def stalled(proc: subprocess.Popen, resume_after: float = 40.0):
+    """The controller process `proc` stopped (SIGSTOP, seen in /proc) until the block ends,
+    or until `resume_after` seconds have passed (a watchdog: code that waits for the
+    controller is freed then, so a test of "does not wait for a stalled controller" fails
+    instead of hanging). Yields an Event set when the watchdog resumed it."""
+    resumed = threading.Event()
+
+    def resume() -> None:
+        resumed.set()
+        os.kill(proc.pid, signal.SIGCONT)
+
+    os.kill(proc.pid, signal.SIGSTOP)
+    watchdog = threading.Timer(resume_after, resume)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        poll(lambda: Path(f"/proc/{proc.pid}/stat").read_text().split(")")[-1].split()[0]
+             in ("T", "t"), 30, "the controller to be stopped")
+        yield resumed
+    finally:
+        watchdog.cancel()
+        os.kill(proc.pid, signal.SIGCONT)
+
+
 class ControllerThread:
     """A `Controller` serving in a thread of this process: see `controller_thread`."""
 

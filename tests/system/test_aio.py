@@ -320,3 +320,33 @@ def test_an_asyncio_cancel_is_not_held_up_by_a_slow_done_callback(cluster, tmp_p
         hold.set()
         go.touch()
         release.touch()
+
+
+def test_taskid_on_the_loop_does_not_wait_out_a_stalled_controller(tmp_path):
+    """`AsyncTaskFuture.taskid` read on the loop before the controller acknowledged the
+    submit blocked the loop until it did: with the controller stopped, up to timeout +
+    reconnect_timeout ("waits, briefly", said its docstring). It waits only while the
+    controller is heard now, then raises ControllerUnreachable naming `await
+    fut.wait_taskid()`, which waits without blocking the loop. The watchdog resumes the
+    controller after 40 s: the old code returned the id only then."""
+    from systest import controller_process, stalled
+
+    with controller_process(tmp_path, engines=1) as ctl:
+        async def body() -> None:
+            async with AsyncTaskClient(ctl.conn, timeout=30, reconnect_timeout=90) as atc:
+                assert atc.submit(square, 2).taskid >= 0  # (a live controller: at once)
+                with stalled(ctl.proc) as resumed:
+                    fut = atc.submit(square, 3)
+                    with pytest.raises(taskmill.ControllerUnreachable,
+                                       match=r"await fut\.wait_taskid\(\)"):
+                        fut.taskid  # noqa: B018
+                    assert not resumed.is_set(), "taskid waited for the stalled controller"
+                    assert fut.known_taskid is None
+                    waiting = asyncio.ensure_future(fut.wait_taskid())
+                    await asyncio.sleep(0)  # (the loop runs on while it waits)
+                    assert not waiting.done()
+                tid = await asyncio.wait_for(waiting, 60)
+                assert fut.taskid == tid == fut.known_taskid
+                assert await asyncio.wait_for(fut, 60) == 9
+
+        asyncio.run(body())

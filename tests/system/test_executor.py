@@ -265,3 +265,43 @@ def test_a_process_pool_program_switches_by_one_line(client):
     # (spawn: this process has threads, the client's and zmq's, which fork does not carry)
     expected = run_program(cf.ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")))
     assert run_program(client.executor()) == expected
+
+
+def test_shutdown_without_wait_does_not_wait_for_a_stalled_controller(tmp_path, caplog):
+    """shutdown(wait=False, cancel_futures=True) asked the controller which tasks had not
+    started, then cancelled them one by one, each waiting for its answer: with the controller
+    stopped it returned only once it resumed (up to timeout + reconnect_timeout, then raised).
+    It waits only while the controller is heard now, names the cancels it has not confirmed,
+    and carries them out once the controller answers. The watchdog resumes the controller
+    after 40 s: the old code returns only then."""
+    import logging
+
+    from systest import controller_process, poll, stalled
+
+    from taskmill.errors import ids_text
+
+    release, started = tmp_path / "release", tmp_path / "started"
+    with controller_process(tmp_path, engines=1) as ctl, \
+            taskmill.TaskClient(ctl.conn, timeout=30, reconnect_timeout=90) as tc:
+        ex = tc.executor()
+        running = ex.submit(hold, str(release), "finished", str(started))
+        poll(started.exists, 60, "the first task to start")
+        waiting = [ex.submit(square, x) for x in range(4)]  # (the one engine is busy)
+        tids = [f.taskid for f in waiting]
+        try:
+            with stalled(ctl.proc) as resumed, \
+                    caplog.at_level(logging.WARNING, logger="taskmill.client"):
+                ex.shutdown(wait=False, cancel_futures=True)
+                assert not resumed.is_set(), "shutdown(wait=False) waited for the controller"
+            said = [r.getMessage() for r in caplog.records if "not confirmed" in r.getMessage()]
+            named = ids_text(sorted([running.taskid, *tids]))  # (started or not: unknown)
+            assert len(said) == 1 and named in said[0], said
+            assert "cancel_futures" in said[0]
+            with pytest.raises(RuntimeError):
+                ex.submit(square, 1)
+            # Once the controller answers, the tasks that had not started are cancelled.
+            poll(lambda: all(f.cancelled() for f in waiting), 60, "the cancels, carried out")
+            assert not running.done()
+        finally:
+            release.touch()
+        assert running.result(timeout=60) == "finished"

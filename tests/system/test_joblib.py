@@ -191,3 +191,68 @@ def test_a_batch_that_cannot_be_sent_fails_the_call(taskmill_joblib):
         with pytest.raises(SerializationError, match="cannot pickle '_thread.lock'"):
             Parallel(n_jobs=2, batch_size=1, pre_dispatch="all")(
                 delayed(repr)(x) for x in items)
+
+
+def hold_batch(x, release, started):
+    """Mark `started`, then wait (bounded) until `release` exists."""
+    open(f"{started}-{x}", "w").close()
+    end = time.monotonic() + 90
+    while not os.path.exists(release) and time.monotonic() < end:
+        time.sleep(0.01)
+    return x
+
+
+def test_a_timeout_with_a_stalled_controller_ends_the_call_without_waiting_for_it(tmp_path,
+                                                                                  caplog):
+    """`Parallel(timeout=...)` with the controller stopped raised joblib's TimeoutError only
+    once the controller resumed (up to timeout + reconnect_timeout): abort_everything
+    cancelled each batch still out, one blocking round trip each, then cleared them, blocking
+    too. The aborts are waited for within joblib's timeout now (less once the controller is
+    silent), a warning names those unconfirmed, and they and the clears go out once it
+    answers. The watchdog resumes the controller after 40 s: the old code ends only then."""
+    import logging
+    from multiprocessing import TimeoutError as JoblibTimeout  # (what joblib raises)
+
+    from systest import controller_process, poll, stalled
+
+    import taskmill
+
+    release, started = tmp_path / "release", tmp_path / "started"
+    with controller_process(tmp_path, engines=2) as ctl, \
+            taskmill.TaskClient(ctl.conn, timeout=30, reconnect_timeout=90) as tc:
+        poll(lambda: len(alive_engines(tc)) == 2, 60, "both engines")
+        tc.register_joblib_backend()
+        stored = tc.queue_status()["failed"]
+        stop = threading.Event()
+        box: list = []
+
+        def stop_the_controller_once_both_run() -> None:
+            poll(lambda: stop.is_set() or len(list(tmp_path.glob("started-*"))) == 2, 60,
+                 "both batches to start")
+            if not stop.is_set():
+                box.append(stalled(ctl.proc))
+                box.append(box[0].__enter__())
+
+        helper = threading.Thread(target=stop_the_controller_once_both_run)
+        helper.start()
+        try:
+            with caplog.at_level(logging.WARNING, logger="taskmill.client"), \
+                    parallel_config(backend="taskmill"), pytest.raises(JoblibTimeout):
+                Parallel(n_jobs=2, batch_size=1, timeout=5)(
+                    delayed(hold_batch)(x, str(release), str(started)) for x in range(6))
+            stop.set()
+            helper.join(60)
+            assert len(box) == 2, "the controller was not stopped before the timeout"
+            assert not box[1].is_set(), "Parallel's timeout waited for the stalled controller"
+            said = [r.getMessage() for r in caplog.records if "not confirmed" in r.getMessage()]
+            assert len(said) == 1 and "taskids 0..1" in said[0], said
+        finally:
+            stop.set()
+            helper.join(60)
+            if box:
+                box[0].__exit__(None, None, None)
+            release.touch()
+        # Once the controller answers, the batches are aborted and their results cleared.
+        poll(lambda: not any(tc.queue_status()[k] for k in ("scheduled", "pending")), 60,
+             "the aborts, sent again")
+        poll(lambda: tc.queue_status()["failed"] == stored, 60, "the aborted batches cleared")

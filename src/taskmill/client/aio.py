@@ -13,8 +13,9 @@ that asked. `submit` returns an `AsyncTaskFuture`, an `asyncio.Future` that foll
 blocking client's `TaskFuture` for the same task.
 
 Never here: a blocking wait for a task. The few short blocking steps are named where they are
-(`AsyncTaskFuture.cancel`, `taskid` before the controller has acknowledged a submit, and
-`submit`/`future` right after `run()`s, which wait until those are stored: client/runs.py).
+(`AsyncTaskFuture.taskid` before the controller has acknowledged a submit, only while it is
+heard, and `submit`/`future` right after `run()`s, which wait until those are stored:
+client/runs.py).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from . import steps, verbs
 from .backend import Backend, check_client_timeouts
 from .blocking import TaskClient
 from .codec import checked
-from .connection import RECONNECT_TIMEOUT
-from .futures import TaskFuture, when_done
+from .connection import RECONNECT_TIMEOUT, Connection
+from .futures import TaskFuture, on_event_loop, when_done
 from .objects import ObjectRef
 from .options import NO_OPTIONS, TaskOptions
 from .steps import Abort, Adopt, Deadline, Emit, Follow, NextDone, Request, Settle, WaitFor
@@ -50,21 +51,55 @@ class AsyncTaskFuture(asyncio.Future, FutureLike):
     """An `asyncio.Future` for one task: `await` it for the result (or its exception).
 
     `taskid` and `metadata` are those of `task_future`, the blocking client's `TaskFuture` it
-    follows. Passed to another task's arguments it stands for its result, as a TaskFuture does.
+    follows (`await fut.wait_taskid()` waits for the id without blocking the loop;
+    `known_taskid` is None until it is known). Passed to another task's arguments it stands
+    for its result, as a TaskFuture does.
     `cancel()` cancels it at once and aborts the task in the background (a task that finished
     meanwhile keeps its result, in `task_future`); `await client.abort(fut.taskid)` aborts
     and says whether it did.
     """
 
-    def __init__(self, task_future: TaskFuture, *, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, task_future: TaskFuture, *, loop: asyncio.AbstractEventLoop,
+                 connection: Connection | None = None) -> None:
         super().__init__(loop=loop)
         self.task_future = task_future
+        self.connection = connection  # (bounds `taskid`'s wait on the loop: None, no bound)
         task_future.on_done(self._follow)
 
     @property
     def taskid(self) -> int:
-        """The task's id (waits, briefly, if the controller has not acknowledged it yet)."""
-        return self.task_future.taskid
+        """The task's id, known once the controller has acknowledged the submit (a round trip
+        after `submit`). On the event loop's thread it waits for that only while the
+        controller is heard: once it has been silent for about 1.5 s (`STALLED_AFTER`)
+        (stopped, restarting, cut off) this raises ControllerUnreachable, rather than block
+        the loop for up to the client's `reconnect_timeout`; `await fut.wait_taskid()` waits
+        as long as the controller may take, without blocking the loop. Raises the error that
+        kept the task from being submitted, as `TaskFuture.taskid` does."""
+        tf, conn = self.task_future, self.connection
+        if conn is not None and not tf.submit_answered() and on_event_loop() \
+                and not conn.wait_while_heard(tf.wait_submit_answered, conn.quick_wait):
+            raise ControllerUnreachable(
+                f"the controller at {conn.info.client_url} has not acknowledged this submit "
+                f"and has been silent for {conn.silent:.1f}s (stopped, restarting or cut "
+                "off?), so the taskid is not known yet; reading `.taskid` "
+                "on the event loop would block it until the controller answers: use `await "
+                "fut.wait_taskid()`, which waits without blocking the loop")
+        return tf.taskid
+
+    @property
+    def known_taskid(self) -> int | None:
+        """The task's id if the controller has acknowledged the submit, else None (never
+        waits)."""
+        return self.task_future.known_taskid
+
+    async def wait_taskid(self) -> int:
+        """The task's id, awaited: as `TaskFuture.taskid` (it rides out a restart; raises
+        ControllerUnreachable once the controller has not answered for the client's
+        `reconnect_timeout`), without blocking the loop."""
+        tf = self.task_future
+        if tf.submit_answered():
+            return tf.taskid
+        return await asyncio.to_thread(lambda: tf.taskid)
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -109,7 +144,8 @@ class AsyncDriver:
         if isinstance(fut, asyncio.Future):
             return fut
         if isinstance(fut, TaskFuture):
-            return AsyncTaskFuture(fut, loop=asyncio.get_running_loop())
+            return AsyncTaskFuture(fut, loop=asyncio.get_running_loop(),
+                                   connection=self.backend.connection)
         return asyncio.wrap_future(fut)
 
     async def run(self, verb: verbs.Verb | Request, *, settle: bool = True,

@@ -243,11 +243,12 @@ class Backend:
         except Exception:  # noqa: BLE001 - closed or unreachable: nothing can be aborted
             pass
 
-    def abort_futures(self, futs: Sequence[TaskFuture], wait: float = ABORT_WAIT) -> None:
+    def abort_futures(self, futs: Sequence[TaskFuture], wait: float = ABORT_WAIT) -> bool:
         """Abort the unfinished tasks of `futs` (a map that ends early): those still queued in
         this client are withdrawn unsent; the others are aborted on the controller once their
         taskids are known. Waits, at most `wait` seconds in all, until the controller has heard
-        every abort, so that a script that exits right after (Ctrl-C) leaves nothing running."""
+        every abort, so that a script that exits right after (Ctrl-C) leaves nothing running.
+        Whether it has (else a warning names the taskids)."""
         deadline = time.monotonic() + self.abort_wait(wait)
         withdrawn = self.submitter.withdraw(futs)
         replies: list[Future] = []
@@ -269,7 +270,9 @@ class Backend:
         if late:
             threading.Thread(target=self.abort_when_known, args=(late,), daemon=True,
                              name="taskmill-late-aborts").start()
-        self.say_unheard(tids, heard(replies, max(0.0, deadline - time.monotonic())))
+        came = heard(replies, max(0.0, deadline - time.monotonic()))
+        self.say_unheard(tids, came)
+        return not late and all(came)
 
     def abort_wait(self, wait: float) -> float:
         """How long to wait for aborts to be heard: `wait`, or SILENT_ABORT_WAIT if the
@@ -302,18 +305,21 @@ class Backend:
                 break
         self.say_unheard(tids, heard(replies, self.abort_wait(wait)))
 
-    def say_unheard(self, tids: Sequence[int], came: Sequence[bool]) -> None:
+    def say_unheard(self, tids: Sequence[int], came: Sequence[bool],
+                    what: str = "the abort of") -> None:
         """Warn, naming them, of the aborts (of `tids`, in the order sent) that the controller
         has not confirmed: if this process ends before it answers (Ctrl-C while it is stopped
-        or restarting), those tasks run on, and the script's user would not know."""
+        or restarting), those tasks run on, and the script's user would not know. (`what`
+        names the request, for one other than a plain abort.)"""
         unheard = sorted(t for t, ok in zip(tids, came, strict=False) if not ok)
         if unheard:
             log.warning(
-                "the controller at %s has not confirmed the abort of %s (silent for %.0fs: "
+                "the controller at %s has not confirmed %s %s (silent for %.0fs: "
                 "stopped, restarting or cut off?); this client sends them again once the "
                 "controller answers, but if this process ends first those tasks run on: abort "
                 "them then from any client (TaskClient().abort(taskid))",
-                self.connection.info.client_url, ids_text(unheard), self.connection.silent)
+                self.connection.info.client_url, what, ids_text(unheard),
+                self.connection.silent)
 
     def abort_all(self, step: Abort) -> None:
         """Carry out an Abort step (blocking, at most ABORT_WAIT seconds for each part)."""

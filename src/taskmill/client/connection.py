@@ -48,6 +48,8 @@ BYE_LINGER_MS = 200  # at most this long, a closing client's `bye` may wait to l
 IDLE_AT_LEAST_EVERY = 256  # messages: a steady stream of replies must not starve the idle hook
 IDLE_POLL_MS = 100  # the I/O thread's longest wait for a reply before it pings (close() wakes it)
 POLLIN = int(zmq.POLLIN)
+STALLED_AFTER = 1.5  # seconds of controller silence (pings: 1 s) past which it is stalled
+HEARD_POLL = 0.1  # how often `wait_while_heard` looks at the controller's silence
 # Requests that only read: one unanswered changed nothing (the others may have taken effect).
 QUERIES = frozenset({"hello", "ping", "result", "watch", "wait", "status", "engines", "stats",
                      "activity", "task"})
@@ -406,6 +408,20 @@ class Connection(LinkRecovery):
         """Seconds the controller has been silent (pings go every second: more than a couple
         means it is stopped, restarting or cut off)."""
         return self._silent
+
+    def wait_while_heard(self, ready: Callable[[float], bool], cap: float) -> bool:
+        """For a wait that must not ride out a stalled controller (shutdown(wait=False), an
+        event loop's thread): call `ready(seconds)` (it waits at most that long; True once
+        what is awaited is there) until it is True, `cap` seconds have passed, or the
+        controller has been silent for STALLED_AFTER seconds (stopped, restarting, cut off).
+        Whether it came."""
+        end = time.monotonic() + cap
+        while True:
+            left = end - time.monotonic()
+            if ready(max(0.0, min(HEARD_POLL, left))):
+                return True
+            if left <= 0 or self._silent > STALLED_AFTER or self.closed:
+                return False
 
     def on_io_thread(self) -> bool:
         """Whether the calling thread is this connection's I/O thread."""

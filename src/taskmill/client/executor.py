@@ -28,6 +28,7 @@ from .maps import check_map_options, check_positive, chunk_entries, chunked, enc
 from .options import TaskOptions
 
 SUBMIT_ANSWER_WAIT = 10.0  # shutdown(cancel_futures=True) waits at most this long for a taskid
+NO_WAIT_CANCEL_WAIT = 10.0  # shutdown(wait=False, cancel_futures=True): the longest wait
 
 
 class TaskExecutor(Executor):
@@ -103,15 +104,49 @@ class TaskExecutor(Executor):
         moment between the controller's answer and the abort is aborted too (its future is
         cancelled just the same). `wait=True` then waits until every future this executor
         made has finished or been cancelled.
+
+        The cancelling takes a round trip to the controller (which tasks are still waiting),
+        and then one for the aborts. `wait=False` waits for those only while the controller
+        is heard: if it is silent (stopped, restarting, cut off) for about 1.5 s, shutdown
+        returns, with a warning naming the taskids whose cancel is unconfirmed; they are
+        cancelled once it answers, if this process still runs then.
         """
         with self._shutdown_lock:
             self.is_shutdown = True
         with self._futures_lock:
             unfinished = [f for f in self._futures if not f.done()]
         if cancel_futures and unfinished:
-            self._cancel_unstarted(unfinished)
+            if wait:  # (its waits are bounded by the client's timeouts)
+                self._cancel_unstarted(unfinished)
+            else:
+                self._cancel_while_heard(unfinished)
         if wait and unfinished:
             wait_futures(unfinished)
+
+    def _cancel_while_heard(self, futs: Sequence[Future]) -> None:
+        """`_cancel_unstarted` on a thread of its own, waited for only while the controller is
+        heard (at most NO_WAIT_CANCEL_WAIT seconds): past that, a warning names the taskids
+        not settled yet, and the thread goes on (it cancels them once the controller answers,
+        if this process still runs)."""
+        def cancel() -> None:
+            try:
+                self._cancel_unstarted(futs)
+            except Exception:  # noqa: BLE001 - closed or unreachable: the futures fail anyway
+                pass
+
+        def finished(wait: float) -> bool:
+            thread.join(wait)
+            return not thread.is_alive()
+
+        thread = threading.Thread(target=cancel, daemon=True, name="taskmill-executor-cancels")
+        thread.start()
+        backend = self.client.backend
+        if backend.connection.wait_while_heard(finished, NO_WAIT_CANCEL_WAIT):
+            return
+        unsure = [t for f in futs if isinstance(f, TaskFuture) and not f.done()
+                  and (t := f.known_taskid) is not None]
+        backend.say_unheard(unsure, [False] * len(unsure),
+                            what="shutdown(cancel_futures=True)'s cancel (if not started) of")
 
     def _cancel_unstarted(self, futs: Sequence[Future]) -> None:
         backend = self.client.backend

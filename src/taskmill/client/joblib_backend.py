@@ -13,18 +13,20 @@ happen on the callback thread (one per backend), never on the thread that reads 
 `n_jobs=-1` is the number of live engines (asked of the controller when a Parallel call starts),
 `-2` one fewer, as joblib counts CPUs. The batches' results (values, errors, aborts) are
 cleared from the controller's store once read, at the end of each Parallel call; an error in a
-batch makes joblib abort the call, and `abort_everything` aborts every batch still out. Inside a task,
+batch (or joblib's `timeout`) makes joblib abort the call, and `abort_everything` aborts every
+batch still out, waiting for the controller at most that timeout (see there). Inside a task,
 nested joblib calls run sequentially: an engine is one worker.
 
 joblib is not a dependency of taskmill: this module imports it only when `register` or
 `backend_class` is called (ImportError naming `pip install joblib` if it is missing). The
-client is anything with `submit`, `engines` and `clear` (the TaskClient): this module imports
-no other module of the client.
+client is anything with `submit`, `engines`, `clear` and a `backend` whose `abort_futures`
+aborts within a bound (the TaskClient): this module imports no other module of the client.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -36,6 +38,10 @@ from ..defaults import ENGINE_GONE_STATES
 from .futures import when_done
 
 JOBLIB_MINIMUM = (1, 3)  # parallel_config, retrieve_result_callback (1.5 renamed apply_async)
+ABORT_WAIT = 10.0  # as a map's: the longest wait for the aborts of a call without a timeout
+MIN_ABORT_WAIT = 1.0  # (a call with a shorter timeout still gives a live controller this long)
+
+log = logging.getLogger("taskmill.client")
 
 
 class JoblibClient(Protocol):
@@ -46,6 +52,10 @@ class JoblibClient(Protocol):
     def engines(self) -> list[dict[str, Any]]: ...
 
     def clear(self, taskids: int | Sequence[int] | None = None) -> int: ...
+
+    #: its `abort_futures(futs, wait)` aborts, waiting at most `wait` seconds for the
+    #: controller, and says whether it confirmed them all (client/backend.py)
+    backend: Any
 
 
 def import_joblib() -> ModuleType:
@@ -199,20 +209,43 @@ def backend_class() -> type:
 
         # -- ending ----------------------------------------------------------------------
         def abort_everything(self, ensure_ready: bool = True) -> None:
-            """Withdraw the batches not sent and abort those out (best effort: the error
-            that made joblib abort is what it raises)."""
+            """Withdraw the batches not sent and abort those out, as a map does: waiting for
+            the controller to confirm at most joblib's `timeout` (if the call has one, at
+            least MIN_ABORT_WAIT; else ABORT_WAIT), less once it is silent (stopped,
+            restarting), with a warning that names the aborts it has not confirmed (they are
+            sent again once it answers). Their results are cleared then, or in the
+            background once the controller answers. (Best effort: the error that made joblib
+            abort is what it raises.)"""
             with self._lock:
                 self._waiting.clear()
                 out = list(self._out)
-            for fut in out:
-                try:
-                    fut.cancel()
-                except Exception:  # noqa: BLE001 - unreachable controller: nothing to abort
-                    pass
+            timeout = getattr(self.parallel, "timeout", None)
+            wait = ABORT_WAIT if timeout is None else min(ABORT_WAIT,
+                                                          max(MIN_ABORT_WAIT, timeout))
+            try:
+                confirmed = self.client.backend.abort_futures(out, wait)
+            except Exception:  # noqa: BLE001 - closed client: nothing to abort
+                confirmed = False
             with self._lock:  # (their callbacks may never run: the call is over)
                 self._out.difference_update(out)
             self._forget(out)
-            self.clear_read()
+            if confirmed:
+                self.clear_read()
+                return
+            with self._lock:  # (taken now: joblib's stop_call must not wait for them)
+                read, self._read = self._read, []
+            if read:  # (the clear follows the aborts, once the controller answers)
+                threading.Thread(target=self._clear_later, args=(read,), daemon=True,
+                                 name="taskmill-joblib-clears").start()
+
+        def _clear_later(self, read: list[int]) -> None:
+            try:
+                self.client.clear(read)
+            except KeyError:  # (already cleared by someone else)
+                pass
+            except Exception as e:  # noqa: BLE001 - a thread of its own: said, not raised
+                log.warning("the results of an aborted joblib call could not be cleared from "
+                            "the controller's store (%s); tc.clear() drops them", e)
 
         def stop_call(self) -> None:
             self.clear_read()
