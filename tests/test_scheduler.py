@@ -17,6 +17,7 @@ from taskmill.scheduler import (
     DEPENDENCY,
     ENGINE_DIED,
     ERROR,
+    NO_ENGINE,
     OK,
     REJECTED,
     RESULT,
@@ -554,7 +555,8 @@ def test_unmet_depend_times_out_with_no_engine_at_all():
     assert key[:2] == ("unmet", 0)
     assert s.handle(Submit(1, [Node()])) == []
     assert s.counts() == (2, 0)
-    assert s.handle(TimerFired(key)) == [Finish(0, UNMET_TIMEOUT, False, None, None, 0)]
+    # (its detail says so: the message must not say "while every engine was idle")
+    assert s.handle(TimerFired(key)) == [Finish(0, UNMET_TIMEOUT, False, None, NO_ENGINE, 0)]
     (key,) = arm_keys(s.handle(Submit(2, [Node(depend={"gpu": 1})])))
     acts = s.handle(AddEngine(0, {"gpu": 1}))
     assert Dispatch(1, 0, 0, 1) in acts and CancelTimer(key) in acts

@@ -176,7 +176,8 @@ class CompositeError(TaskError):
 
 _CONTROLLER_ERRORS: dict[str, type[TaskError]] = {
     cls.__name__: cls
-    for cls in (TaskAborted, TaskTimeout, TaskRejectError, EngineDied, DependencyError)
+    for cls in (TaskAborted, TaskTimeout, TaskRejectError, EngineDied, DependencyError,
+                SerializationError)
 }
 
 

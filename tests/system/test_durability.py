@@ -501,3 +501,49 @@ def test_a_cluster_stopped_with_its_controller_stopped_loses_no_queued_work(tmp_
         os.kill(c.controller_pid, signal.SIGSTOP)
     with Cluster(2, db=db, key=key, heartbeat=0.5, dashboard=False) as c, c.client() as tc:
         only_interrupted_ones_failed(tc, tids, log)
+
+
+@pytest.mark.timeout(240)
+def test_a_restart_with_a_smaller_max_message_size_fails_what_no_longer_fits_with_a_clear_error(
+        tmp_path):
+    """A controller restarted on its store with a smaller --max-message-size than a queued
+    task's payload and a stored result: the task was sent again about every second for ever
+    (the engine's socket dropped the message, the engine reconnected, the task was queued
+    again), and the result's reply was dropped by the client's socket (ControllerUnreachable
+    after reconnect_timeout, though the controller had answered). Both are a
+    SerializationError now that names the sizes and the flag (probe H, item 6)."""
+    from taskmill import SerializationError
+
+    ctl = ControllerProcess(tmp_path)
+    ctl.start()
+    engines = []
+    try:
+        ctl.ready()
+        engines.append(ctl.engine())
+        with TaskClient(ctl.conn, timeout=60) as tc:
+            done = tc.run(MapTask(bytes, (3 << 20,)))
+            assert len(tc.get_task_result(done, block=True, timeout=120)) == 3 << 20
+            engines[0].kill()
+            engines[0].wait()
+            poll(lambda: all(e["state"] == "dead" for e in tc.engines()), 60,
+                 "the killed engine to be declared dead")
+            queued = tc.run(MapTask(len, (b"x" * (3 << 20),)))
+        ctl.kill9()
+        ctl.start("--max-message-size", str(1 << 20))
+        ctl.ready()
+        engines.append(ctl.engine())
+        with TaskClient(ctl.conn, timeout=30, reconnect_timeout=15) as tc:
+            with pytest.raises(SerializationError, match="--max-message-size") as stored:
+                tc.get_task_result(done, block=False, timeout=30)
+            assert f"{1 << 20:,}" in str(stored.value) and "stored under a larger" in str(
+                stored.value)
+            with pytest.raises(SerializationError, match="--max-message-size") as sent:
+                tc.get_task_result(queued, block=True, timeout=60)
+            assert "cannot be sent" in str(sent.value) and "payload is" in str(sent.value)
+            assert tc.queue_status()["failed"] == 1
+        assert "queued again" not in ctl.log_text()
+    finally:
+        for e in engines:
+            e.kill()
+            e.wait()
+        ctl.stop()

@@ -638,3 +638,64 @@ def test_retries_0_rejected_everywhere_is_offered_to_each_live_engine_once(tmp_p
             tc.get_task_result(tid, block=True)
         lines = read_lines(log)
         assert len(lines) == 6 and set(lines) == {"0", "1", "2", "3"}, lines
+
+
+# -- durations of the tasks the controller ends ----------------------------------------------
+
+
+def _marks_start_then_sleeps(path: str) -> None:
+    import time
+
+    with open(path + ".tmp", "w") as f:
+        f.write(repr(time.time()))
+    import os
+
+    os.replace(path + ".tmp", path)
+    time.sleep(60)
+
+
+def test_an_aborted_or_engine_dead_running_task_reports_the_time_it_ran(tmp_path):
+    """A running task that is aborted, or whose engine dies, reported `duration` 0.0 (probe
+    G, item C): the controller wrote 0.0 for every outcome it decides. It is now the time
+    from when its engine was known to run it (its dispatch to an engine that held nothing
+    else) to the abort, or to when the dead engine was last heard: at least the time the
+    task itself saw pass before then, and within started..completed."""
+    import os
+    import signal
+
+    with taskmill.Cluster(1, heartbeat=0.5, dashboard=False) as c, c.client() as tc:
+        # aborted
+        mark = tmp_path / "aborted"
+        f = tc.submit(_marks_start_then_sleeps, str(mark))
+        wait_until(mark.exists, "the task to start running")
+        ran_from = float(mark.read_text())
+        asked = time.time()
+        f.cancel()
+        with pytest.raises(taskmill.TaskAborted):
+            tc.get_task_result(f.taskid, block=True, timeout=60)
+        meta = f.metadata
+        assert meta["duration"] >= asked - ran_from - 1e-3, meta
+        assert meta["duration"] <= meta["completed"] - meta["started"] + 1e-6, meta
+        assert tc.task_info(f.taskid)["duration"] == meta["duration"]
+        # its engine killed
+        mark = tmp_path / "killed"
+        g = tc.submit(_marks_start_then_sleeps, str(mark))
+        wait_until(mark.exists, "the second task to start running")
+        ran_from = float(mark.read_text())
+        heard = {}
+
+        def heard_after_the_start() -> bool:
+            stats = tc.statistics()
+            for e in stats["engines"]:
+                if e["state"] != "dead":
+                    heard["at"] = stats["time"] - e["last_heartbeat_ago"]
+            return heard.get("at", 0.0) > ran_from
+
+        wait_until(heard_after_the_start, "a heartbeat after the task started")
+        (eid, pid), = [(e["engineid"], e["pid"]) for e in tc.engines() if e["state"] != "dead"]
+        os.kill(pid, signal.SIGKILL)
+        died = g.exception(timeout=60)
+        meta = g.metadata
+        assert isinstance(died, taskmill.EngineDied) and f"engine {eid}" in str(died), died
+        assert meta["duration"] >= heard["at"] - ran_from - 1e-3 > 0, meta
+        assert meta["duration"] <= meta["completed"] - meta["started"] + 1e-6, meta

@@ -93,6 +93,23 @@ def test_unmet_depend_raises_task_timeout(client, eids):
     assert client.queue_status()["failed"] == before["failed"] + len(tids)
 
 
+def test_unmet_depend_with_no_engine_registered_says_so():
+    """With no engine registered at all, a task with a depend still fails after unmet_timeout
+    (SPEC §2: every registered engine, none, is idle), but its message said "while every
+    engine was idle" (probe G, item G): it says no engine is registered, and what to raise
+    when engines take longer to start. A task without a depend waits for engines."""
+    with taskmill.Cluster(0, heartbeat=0.5, unmet_timeout=0.5, dashboard=False) as c, \
+            c.client() as tc:
+        plain = tc.run(MapTask(abs, (-1,)))
+        tid = tc.run(MapTask(abs, (-1,), depend={"gpu": 1}))
+        with pytest.raises(taskmill.TaskTimeout) as ei:
+            tc.get_task_result(tid, block=True, timeout=60)
+        message = str(ei.value)
+        assert "no engine is registered" in message and "every engine was idle" not in message
+        assert "--unmet-timeout" in message
+        assert tc.get_task_result(plain, block=False) is None  # (still waiting)
+
+
 # -- current_engine and properties -----------------------------------------------------------
 
 

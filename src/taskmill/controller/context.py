@@ -89,3 +89,7 @@ class Context:
     now: Now
     backlog: Backlog  # queued tasks kept only in the store (the scheduler's, as `sched.backlog`)
     started: dict[int, float] = field(default_factory=dict)  # tid -> its attempt's dispatch
+    # tid -> (attempt, wall clock from which its engine is known to run it: the dispatch to an
+    # engine that held nothing else, or the report that made it the first the engine holds);
+    # what a task the controller ends (aborted, its engine dead) ran counts from there
+    running_since: dict[int, tuple[int, float]] = field(default_factory=dict)

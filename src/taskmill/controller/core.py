@@ -134,7 +134,8 @@ class ControllerCore:
         slow_depends: set[int] = set()
         raised_depends: dict[int, str] = {}
         self.results = Results(ctx, FailureContext(
-            death_reasons=self.engines.death_reasons, lost_expired=self.engines.lost_expired,
+            death_reasons=self.engines.death_reasons, heard_last=self.engines.heard_last,
+            lost_expired=self.engines.lost_expired,
             lost_grace=self.engines.lost_grace, slow_depends=slow_depends,
             depend_budget=self.depends.budget, unmet_timeout=unmet_timeout,
             raised_depends=raised_depends))
@@ -401,7 +402,7 @@ class ControllerCore:
         ctx = self.ctx
         ctx.sched.compact()
         ctx.store.compact()
-        for index in (self.results.waiters, ctx.started, ctx.activity.open,
+        for index in (self.results.waiters, ctx.started, ctx.running_since, ctx.activity.open,
                       self.engines.seq_of):
             compact(index)
         self.memory_to_give = True

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import msgpack
 import msgspec
 
 from ..defaults import ABORT_REPORTS_MISSED, KILL_GRACE, idle_answer_every
@@ -48,7 +49,7 @@ from ..scheduler import ABORTED, Dispatch, Interrupt, Revoke
 from ..wire import frame_len
 from .context import Context
 from .engines import EngineRecord, Engines
-from .outbox import ENGINE, Outgoing
+from .outbox import ENGINE, META_FIELDS_BOUND, RESULTS_HEADER_ROOM, Outgoing
 from .sched_calls import Report
 from .validation import is_int, pairs
 
@@ -78,14 +79,42 @@ class EngineTasks:
         start, end = node["span"]
         store.mark_running(tid, a.eid, a.node, attempt, a.tries, list(a.handed_over))
         now = ctx.started[tid] = ctx.now.wall
+        if ctx.sched.first_held(a.eid) == (tid, attempt):  # (it runs it at once)
+            ctx.running_since[tid] = (attempt, now)
         ctx.activity.dispatched(tid, a.eid, attempt, now)
         seq = self.engines.seq_of[(tid, attempt)] = next(self.engines.dispatch_seq)
         entry = {"tid": tid, "attempt": attempt, "dseq": seq, "exec": node["exec"],
                  "pmac": node["pmac"], "timeout": node.get("timeout"), "n": end - start}
         frames = task.frames[start:end]
-        if node.get("args_from"):
+        if self.too_large(entry, frames):
+            frames = []  # (the engine fails it with the entry's `too_large`)
+        elif node.get("args_from"):
             frames = self.with_arguments(entry, a.eid, node["args_from"], frames)
         ctx.outbox.add_task(a.eid, entry, frames)
+
+    def too_large(self, entry: dict[str, Any], frames: list[Any]) -> bool:
+        """Whether the task's own payload cannot go in one message below the size limit
+        (submitted under a larger --max-message-size, before a restart with a smaller one):
+        its entry then carries `too_large`, the engine's SerializationError, and no frames.
+        Sent as it is, the engine's socket would drop the message, the engine reconnect, and
+        the task be queued again for ever."""
+        limit = self.ctx.wire.max_message
+        budget = limit - RESULTS_HEADER_ROOM
+        size = sum(frame_len(f) for f in frames)
+        if size + META_FIELDS_BOUND <= budget:  # (nearly always)
+            return False
+        need = size + len(msgpack.packb(entry, use_bin_type=True))
+        if need <= budget:
+            return False
+        entry["too_large"] = (
+            f"its payload is {size:,} bytes, more than one message may hold now ({limit:,} "
+            f"bytes, the controller's --max-message-size): it was submitted under a larger "
+            f"limit; restart the controller with --max-message-size {need + RESULTS_HEADER_ROOM} "
+            "or more to run it, or submit it again with smaller arguments")
+        entry["n"] = 0
+        log.error("task %d (attempt %d) cannot be sent: %s", entry["tid"], entry["attempt"],
+                  entry["too_large"])
+        return True
 
     def with_arguments(self, entry: dict[str, Any], eid: int, tids: list[int],
                        frames: list[Any]) -> list[Any]:
@@ -220,6 +249,8 @@ class EngineTasks:
         they seem lost; an aborted task still running there is interrupted again."""
         ctx = self.ctx
         rec.reported_at = ctx.now.mono
+        if h.current is not None:
+            self.runs_next(rec.eid)
         held = pairs(h.held)
         unacked = pairs(h.unacked)
         if isinstance(h.t, int | float) and not isinstance(h.t, bool):
@@ -306,6 +337,7 @@ class EngineTasks:
         the store says it is queued again (a restart would otherwise wait for the engine that
         gave it back, and fail it with EngineDied if that one never came back)."""
         sched = self.ctx.sched
+        self.ctx.running_since.pop(tid, None)  # (it never ran: not that attempt)
         view = sched.task_view(tid)
         if view is not None and not view[0]:
             self.ctx.store.mark_running(tid, None, *sched.counters(tid))
@@ -356,6 +388,17 @@ class EngineTasks:
             if len(to_ack) > taken:  # (once for the batch)
                 self.engines.acking.add(rec.eid)
             sched.run_pass()  # one pass for the whole batch
+            self.runs_next(rec.eid)
+
+    def runs_next(self, eid: int) -> None:
+        """Engine `eid` reported: the task it holds first, if not known to run, runs from
+        now at the latest (ctx.running_since)."""
+        first = self.ctx.sched.first_held(eid)
+        if first is not None:
+            tid, attempt = first
+            since = self.ctx.running_since.get(tid)
+            if since is None or since[0] != attempt:
+                self.ctx.running_since[tid] = (attempt, self.ctx.now.wall)
 
     def result(self, rec: EngineRecord, entry: ResultEntry, frames: list[Any]) -> None:
         tid, attempt, status = entry.tid, entry.attempt, entry.status
@@ -368,6 +411,7 @@ class EngineTasks:
             if status != "ok":
                 rec.failures += 1
         self.engines.seq_of.pop((tid, attempt), None)
+        self.ctx.running_since.pop(tid, None)  # (that attempt is over)
         self.ctx.activity.attempt_ended(tid, rec.eid, attempt, status, self.ctx.now.wall)
         # The entry is the report a RESULT Finish stores (see core.finish).
         self.ctx.sched.task_done(rec.eid, tid, attempt, status, props, entry.duration,

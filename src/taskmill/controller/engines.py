@@ -144,6 +144,7 @@ class Engines:
         self.by_ident: dict[bytes, int] = {}
         self.by_uuid: dict[str, int] = {}
         self.death_reasons: dict[int, tuple[str, str]] = {}  # eid -> (which process, why)
+        self.heard_last: dict[int, float] = {}  # eid -> when a dead one was last heard (wall)
         self.lost: dict[str | None, list[int]] = {}  # engine uuid -> tasks lost with it
         self.lost_expired: set[int] = set()  # tasks failed because their engine stayed away
         self.acking: set[int] = set()  # engines with results to acknowledge after a commit
@@ -369,6 +370,8 @@ class Engines:
         attempts with EngineDied: none, for a retired engine)."""
         ctx = self.ctx
         self.death_reasons[rec.eid] = (f"{rec.hostname} pid {rec.pid}", why)
+        # (wall clock: the tasks it held ran until then at most; results.py's durations)
+        self.heard_last[rec.eid] = ctx.now.wall - max(0.0, ctx.now.mono - rec.last_seen)
         for tid in ctx.sched.engine_load(rec.eid):
             attempts = ctx.sched.attempts(tid)
             if attempts is not None:
@@ -424,6 +427,7 @@ class Engines:
         for eid in dead[:max(0, len(dead) - DEAD_RECORDS_KEPT)]:
             rec = self.records.pop(eid)
             self.death_reasons.pop(eid, None)
+            self.heard_last.pop(eid, None)
             if self.by_uuid.get(rec.uuid) == eid:
                 del self.by_uuid[rec.uuid]
 

@@ -87,6 +87,19 @@ def meta_bound(meta: dict[str, Any] | None) -> int:
     return n
 
 
+def too_large_entry(meta: dict[str, Any], need: int, limit: int) -> dict[str, Any]:
+    """In place of a result entry too large for one message of `limit` bytes (stored before
+    a restart with a smaller --max-message-size: a client's socket would drop it, and its
+    request go unanswered): the same task failed with a SerializationError that says so."""
+    message = (f"the result of task {meta.get('tid')} is {need:,} bytes, more than one message "
+               f"may hold now ({limit:,} bytes, the controller's --max-message-size): it was "
+               f"stored under a larger limit; restart the controller with --max-message-size "
+               f"{need + RESULTS_HEADER_ROOM} or more to read it (it is kept)")
+    return {**meta, "status": "error", "stdout": "", "stderr": "", "nframes": 0,
+            "error": {"type": "SerializationError", "message": message, "controller": True,
+                      "traceback": ""}}
+
+
 class Outbox:
     def __init__(self, session: bytes, store: TaskStore, max_message: int, now: float,
                  credits: Credits | None = None) -> None:
@@ -271,8 +284,10 @@ class Outbox:
                      count: str = "nframes") -> list[tuple[list, list]]:
         """Result entries (and their frames) in pieces, each small enough for one message:
         a client's socket refuses a message above the size limit, and each result alone is
-        below it (an engine fails a task whose result is not). The same for the tasks of one
-        engine (`count="n"`), each below the limit (a client never sends a larger one)."""
+        below it (an engine fails a task whose result is not; one stored under a larger
+        limit, before a restart, goes as an error that says so: too_large_entry). The same
+        for the tasks of one engine (`count="n"`), each below the limit (a client never sends
+        a larger one)."""
         budget = self.max_message - RESULTS_HEADER_ROOM
         bound = sum(map(frame_len, frames))
         # (a task's entry has no texts: meta_bound is META_FIELDS_BOUND for each)
@@ -289,6 +304,9 @@ class Outbox:
             own = frames[pos:pos + n]
             pos += n
             need = len(msgpack.packb(meta, use_bin_type=True)) + sum(map(frame_len, own))
+            if need > budget and count == "nframes":  # (stored under a larger limit)
+                meta, own = too_large_entry(meta, need, self.max_message), []
+                need = len(msgpack.packb(meta, use_bin_type=True))
             if part and size + need > budget:
                 parts.append((part, part_frames))
                 part, part_frames, size = [], [], 0

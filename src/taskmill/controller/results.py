@@ -25,7 +25,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..protocol import ResultsReply
-from ..scheduler import ABORTED, DEPENDENCY, ENGINE_DIED, RESULT, UNMET_TIMEOUT, Finish
+from ..scheduler import (
+    ABORTED,
+    DEPENDENCY,
+    ENGINE_DIED,
+    NO_ENGINE,
+    RESULT,
+    UNMET_TIMEOUT,
+    Finish,
+)
 from ..store import StoredResult, compact_tids
 from ..wire import frame_len
 from .backlog import DeferredWatches
@@ -51,6 +59,7 @@ class FailureContext:
     """What the controller knows of why a task failed without an engine's report."""
 
     death_reasons: dict[int, tuple[str, str]]  # engine id -> (host and pid, why it is dead)
+    heard_last: dict[int, float]  # engine id -> when that dead engine was last heard (wall)
     lost_expired: set[int]  # tasks whose engine did not come back after a restart
     lost_grace: Callable[[], float]
     slow_depends: set[int]  # tasks whose depend callable was given up on
@@ -88,6 +97,13 @@ def failure_text(a: Finish, node: dict[str, Any], started: float | None, now: fl
             "so it counts as False for every engine and no engine could take the task; a "
             "depend must answer at once (use a dict depend, or a quick test of the "
             "properties)")
+    if a.outcome == UNMET_TIMEOUT and a.detail == NO_ENGINE:
+        return "unmet_timeout", "TaskTimeout", (
+            f"task {a.tid}: no engine satisfied its depend for {why.unmet_timeout:g}s, and no "
+            "engine is registered at all (a task with a depend counts as unmet then too); "
+            "start engines with the properties it needs, or, if they take longer than that "
+            "to start (a batch queue, adapt(minimum=0)), a larger --unmet-timeout "
+            "(Cluster(unmet_timeout=...))")
     if a.outcome == UNMET_TIMEOUT:
         raised = why.raised_depends.pop(a.tid, None)
         return "unmet_timeout", "TaskTimeout", (
@@ -126,6 +142,7 @@ class Results:
         task = ctx.store.task(a.tid)
         now = ctx.now.wall
         started = ctx.started.pop(a.tid, None)
+        since = ctx.running_since.pop(a.tid, None)
         submitted = task.submitted if task else now
         frames: list[Any] = []
         if a.outcome == RESULT:
@@ -147,7 +164,7 @@ class Results:
             meta = {
                 "tid": a.tid, "engineid": a.engineid, "attempts": a.attempts,
                 "submitted": submitted, "completed": now, "started": started,
-                "duration": 0.0, "stdout": "", "stderr": "",
+                "duration": self.ran_for(a, since, now), "stdout": "", "stderr": "",
                 "kind": node["exec"]["kind"] if node else "map", "status": status,
                 "error": {"type": etype, "message": message, "controller": True,
                           "traceback": ""},
@@ -168,6 +185,16 @@ class Results:
         if ws is not None:
             for w in ws:  # (the result just stored is what the store would read back)
                 self.wake(w, a.tid, result)
+
+    def ran_for(self, a: Finish, since: tuple[int, float] | None, now: float) -> float:
+        """How long the attempt of a task the controller ends (aborted, its engine dead) is
+        known to have run: from when its engine was known to run it (ctx.running_since) to
+        now, or to when that engine was last heard if it died; 0.0 if it never ran there
+        (buffered behind another task, or no engine had it)."""
+        if since is None or a.engineid is None or since[0] != a.attempts:
+            return 0.0
+        end = self.why.heard_last.get(a.engineid, now) if a.outcome == ENGINE_DIED else now
+        return max(0.0, min(end, now) - since[1])
 
     # -- waiters ---------------------------------------------------------------------------
     def entry(self, tid: int, stored: bool = False) -> tuple[dict[str, Any] | None, list[Any]]:

@@ -146,6 +146,9 @@ class SchedulerCalls:
     def holds(self, eid: int, tid: int, attempt: int) -> bool:
         return self.sched.holds(eid, tid, attempt)
 
+    def first_held(self, eid: int) -> tuple[int, int] | None:
+        return self.sched.first_held(eid)
+
     def is_running_on(self, tid: int, eid: int) -> bool:
         return self.sched.is_running_on(tid, eid)
 

@@ -350,6 +350,8 @@ def take_arguments(tid: int, header: dict[str, Any], frames: list[Any],
     """A task's own payload frames, and the values of the results it takes as arguments
     (arguments.py), which travel after them (or, for a `put` value sent before, are kept
     here), each checked against its own pmac."""
+    if header.get("too_large"):
+        raise SerializationError(f"task {tid} cannot be sent to an engine: {header['too_large']}")
     if header.get("too_big"):
         raise DependencyError(f"task {tid}: {header['too_big']}")
     if header.get("unreadable"):

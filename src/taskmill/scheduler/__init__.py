@@ -109,6 +109,7 @@ from .records import (
     DEPENDENCY,
     ENGINE_DIED,
     ERROR,
+    NO_ENGINE,
     OK,
     REJECTED,
     RESULT,
@@ -161,7 +162,7 @@ from .states import (
 
 __all__ = [
     "ABORTED", "BUFFER_SECONDS", "DEPENDENCY", "DURATION_WEIGHT", "ENGINE_DIED", "ERROR",
-    "FINISHED", "LOST", "MAX_SLOTS", "NEW", "OK", "PARKED", "READY", "REJECTED",
+    "FINISHED", "LOST", "MAX_SLOTS", "NEW", "NO_ENGINE", "OK", "PARKED", "READY", "REJECTED",
     "REJECT_SKIP_SECONDS", "RESULT", "RUNNING", "STORIES_KEPT", "STORY_LENGTH", "TRANSITIONS",
     "UNMET_TIMEOUT", "WAITING", "WITHDRAWN", "Abort", "Action", "AddEngine", "Answer",
     "ArmTimer", "CancelTimer", "Dispatch", "Drained", "EngineGone", "Event", "Finish", "Interrupt",

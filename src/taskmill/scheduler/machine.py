@@ -29,6 +29,7 @@ from .records import (
     ABORTED,
     DEPENDENCY,
     ENGINE_DIED,
+    NO_ENGINE,
     OK,
     REJECTED,
     RESULT,
@@ -187,6 +188,11 @@ class Scheduler:
         not an engine of the scheduler's)."""
         e = self._book.engines.get(eid)
         return dict(e.running) if e is not None else None
+
+    def first_held(self, eid: int) -> tuple[int, int] | None:
+        """The (taskid, attempt) engine `eid` holds first: the one it runs (None: nothing)."""
+        e = self._book.engines.get(eid)
+        return next(iter(e.running.items()), None) if e else None
 
     def holds(self, eid: int, tid: int, attempt: int) -> bool:
         """Whether engine `eid` holds attempt `attempt` of task `tid` (an aborted one too)."""
@@ -443,9 +449,14 @@ class Scheduler:
                 del b.unmet[tid]
                 t = b.tasks.get(tid)
                 if t is not None and t.state == PARKED and b.busy_slots == 0:
-                    b.finish(t, UNMET_TIMEOUT, False, why=(
-                        f"no engine satisfied it for {b.unmet_timeout:g}s while every engine "
-                        "was idle"))
+                    if not b.engines:  # (the timer runs with none at all: park_depends)
+                        b.finish(t, UNMET_TIMEOUT, False, detail=NO_ENGINE, why=(
+                            f"no engine satisfied it for {b.unmet_timeout:g}s: none is "
+                            "registered"))
+                    else:
+                        b.finish(t, UNMET_TIMEOUT, False, why=(
+                            f"no engine satisfied it for {b.unmet_timeout:g}s while every "
+                            "engine was idle"))
         return self._flush()
 
     def _retire(self, ev: Retire) -> list[Action]:

@@ -58,6 +58,8 @@ ENGINE_DIED = "engine_died"
 ABORTED = "aborted"
 UNMET_TIMEOUT = "unmet_timeout"
 DEPENDENCY = "dependency"
+# The detail of an UNMET_TIMEOUT Finish whose timer ran out with no engine registered at all.
+NO_ENGINE = "no_engine"
 
 # Statuses an engine reports for an attempt.
 OK = "ok"
