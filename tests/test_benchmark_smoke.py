@@ -359,3 +359,17 @@ def test_engines_vanish_kills_every_engine_mid_flood_and_every_task_finishes_onc
     assert cells[5] == "400 / 0 / 0", row  # every future: its result
     assert cells[6] == "20", row  # all twenty engines were found dead
     assert cells[7] == "400 of 400", row
+
+
+def test_floors_measures_the_relay_digests_and_writes_of_each_payload():
+    proc = bench("floors.py", "--trips", "3", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    assert [r.split("|")[1].split("(")[0].strip() for r in rows[1:]] == [
+        "1 MiB bytes", "8 MB float64 array"], proc.stdout
+    for row in rows[1:]:
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        relay, digest, write, floor = (float(cells[i]) for i in (1, 3, 4, 5))
+        assert relay > 0 and digest > 0 and write > 0
+        assert abs(floor - (relay + 4 * digest + 2 * write)) < 0.02  # (its own arithmetic)
+    assert rows[1].split("|")[8].strip() != "n/a" and rows[2].split("|")[8].strip() == "n/a"
