@@ -20,7 +20,14 @@ from taskmill.controller.sockets import ControllerSockets
 from taskmill.engine.sockets import EngineSockets
 from taskmill.launchers import LaunchContext, LauncherError, MPILauncher, SSHLauncher
 from taskmill.launchers.base import require_tcp
-from taskmill.wire import TRANSPORT_HEARTBEAT_MS, Refused, Wire, recv_message
+from taskmill.wire import (
+    TRANSPORT_HEARTBEAT_MS,
+    TRANSPORT_TIMEOUT_MS,
+    Refused,
+    Wire,
+    apply_client_link,
+    recv_message,
+)
 
 
 def test_ipc_urls_bind_where_they_connect(tmp_path):
@@ -119,17 +126,34 @@ def test_engine_links_carry_tcp_keepalive_not_zmtp_heartbeats_and_client_links_k
     """ZMTP heartbeats on the engine links cost ZeroMQ's I/O thread ~20% of a core at 1,000
     engines (benchmarks/many_engines.md): the controller's engine socket and an engine's four
     sockets have none, and the kernel's TCP keepalive (and user timeout) reaps a connection to
-    a vanished host instead. The client socket keeps ZeroMQ's heartbeats."""
+    a vanished host instead. The client links keep ZeroMQ's heartbeats, with TCP keepalive too;
+    only the client's send socket times a connection out (a socket that does cuts off a frame
+    it receives that takes longer than the timeout: probe I, finding 2), and no PING carries a
+    TTL (which would start that clock on the receiving side)."""
     info = new_connection_info()
     engine_link = {"HEARTBEAT_IVL": 0, "TCP_KEEPALIVE": 1,
                    "TCP_KEEPALIVE_IDLE": defaults.ENGINE_LINK_KEEPALIVE_IDLE,
                    "TCP_KEEPALIVE_INTVL": defaults.ENGINE_LINK_KEEPALIVE_INTERVAL,
                    "TCP_KEEPALIVE_CNT": defaults.ENGINE_LINK_KEEPALIVE_PROBES,
                    "TCP_MAXRT": defaults.ENGINE_LINK_USER_TIMEOUT_MS}
+    client_link = {**engine_link, "HEARTBEAT_IVL": TRANSPORT_HEARTBEAT_MS,
+                   "HEARTBEAT_TIMEOUT": 0, "HEARTBEAT_TTL": 0}
+
+    def client_options(sock: zmq.Socket) -> dict[str, int]:
+        return {**_transport(sock), **{name: sock.getsockopt(getattr(zmq, name))
+                                       for name in ("HEARTBEAT_TIMEOUT", "HEARTBEAT_TTL")}}
+
     ctl = ControllerSockets(info)
     try:
         assert _transport(ctl.engine) == engine_link
-        assert ctl.client.getsockopt(zmq.HEARTBEAT_IVL) == TRANSPORT_HEARTBEAT_MS > 0
+        assert client_options(ctl.client) == client_link
+        for times_out, timeout in ((False, 0), (True, TRANSPORT_TIMEOUT_MS)):
+            sock = ctl.ctx.socket(zmq.DEALER)  # (as a client's receive / send socket)
+            try:
+                apply_client_link(sock, times_out=times_out)
+                assert client_options(sock) == {**client_link, "HEARTBEAT_TIMEOUT": timeout}
+            finally:
+                sock.close(0)
         engine = EngineSockets(info, "0123abcd")
         try:
             for sock in (engine.task, engine.ctl, engine.res, engine.heart):

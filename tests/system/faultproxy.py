@@ -19,7 +19,9 @@ Engines connect to the proxy's port; each connection is forwarded to the control
 - `blackhole_process(pid)`: the same, for the connections of one process (one engine cut off
   from the controller while it goes on, as a partition);
 - `mute(suffix)`: what the controller sends down the connections of peers whose routing id ends
-  with `suffix` is dropped from then on, the connections kept (e.g. heartbeat answers lost).
+  with `suffix` is dropped from then on, the connections kept (e.g. heartbeat answers lost);
+- `throttle(rate)`: every connection carries at most `rate` bytes a second each way from then
+  on, nothing lost (a slow link: a large message takes seconds to cross it).
 A thread per direction per connection; the proxy is for tests, not for speed.
 """
 
@@ -29,6 +31,7 @@ import contextlib
 import socket
 import struct
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -60,9 +63,14 @@ class _Pair:
     def _pump(self, src: socket.socket, dst: socket.socket, from_peer: bool) -> None:
         try:
             while True:
-                data = src.recv(65536)
+                rate = self.proxy.rate
+                # (throttled: small reads, each followed by its time on the slow link; what
+                # waits stays in the sender's socket buffers, as on a slow link)
+                data = src.recv(65536 if rate is None else max(1, min(16384, rate // 20)))
                 if not data:
                     break
+                if rate is not None:
+                    time.sleep(len(data) / rate)
                 if self.frozen:
                     continue  # (the controller's side: read and dropped, never answered)
                 if from_peer and len(self.hello) < 512:
@@ -114,8 +122,10 @@ class FaultProxy:
         self.holding = False  # new connections are reset (drop_next's hold, until release)
         self.dropped = 0
         self.resets = 0
+        self.accepted = 0  # connections accepted and forwarded
         self._frozen: list[_Pair] = []  # cut on the peer's side; closed with the proxy
         self._muted: set[bytes] = set()
+        self.rate: int | None = None  # bytes a second each way (`throttle`); None: as fast
         # chunks passed (or muted) by (peer's routing id suffix, "from peer" / "to peer")
         self.chunks: Counter[tuple[bytes, str]] = Counter()
         self._stopped = False
@@ -138,6 +148,7 @@ class FaultProxy:
                 continue
             pair = _Pair(self, down, up)
             with self._lock:
+                self.accepted += 1
                 self._pairs = [p for p in self._pairs if not p.closed] + [pair]
             pair.start()
 
@@ -155,6 +166,11 @@ class FaultProxy:
         too; the connections stay open and what the peers send passes."""
         with self._lock:
             self._muted.add(suffix)
+
+    def throttle(self, rate: int | None) -> None:
+        """From now on every connection (new ones too) carries at most `rate` bytes a second
+        each way (None: as fast as it can)."""
+        self.rate = rate
 
     def _should_drop(self, pair: _Pair, data: bytes, from_peer: bool) -> bool:
         with self._lock:

@@ -180,8 +180,8 @@ def test_a_client_whose_connections_broke_goes_on_under_new_ids(controller, tmp_
 
 def test_a_client_cut_off_without_a_word_goes_on_on_new_connections(controller, tmp_path):
     """A partition: the client's connections drop everything either way and neither side is
-    told (no reset). ZeroMQ's heartbeats on the client's links end them within seconds, and
-    the client goes on on new connections: the blocking call that waited across the cut
+    told (no reset). ZeroMQ's heartbeats on the client's send socket end them within seconds,
+    and the client goes on on new connections: the blocking call that waited across the cut
     returns, the future's watch goes on, and each task ran once."""
     ctl = controller
     tc, proxy = client_via_proxy(ctl, tmp_path, timeout=30, reconnect_timeout=100)
@@ -197,6 +197,42 @@ def test_a_client_cut_off_without_a_word_goes_on_on_new_connections(controller, 
         assert fut.result(60) == 2
         assert tc.submit(abs, -3).result(60) == 3
         assert tc.queue_status()["succeeded"] == 3
+    finally:
+        tc.close()
+        proxy.close()
+
+
+def sized(data: bytes, n: int) -> bytes | int:
+    """`n` bytes (a large result), or (n == 0) the size of `data` (a large argument's)."""
+    return b"r" * n if n else len(data)
+
+
+@pytest.mark.timeout(180, method="thread")
+@pytest.mark.parametrize("way", ["up", "down"])
+def test_a_message_slower_than_the_transport_heartbeat_crosses_a_slow_link(controller, tmp_path,
+                                                                           way):
+    """A client whose link carries 100 kB/s submits a 1 MiB argument (up) or gets a 1 MiB
+    result (down): ~10 s on the link, twice the transport heartbeat's timeout. ZeroMQ resets
+    that timeout only when a whole frame has arrived, so a socket sending PINGs cut the
+    connection mid-frame, and the client sent the same submit (or was sent the same result)
+    again for ever: the submit was never stored, the result never arrived (probe I, finding
+    2). Only the client's send socket sends PINGs now: the message arrives on the client's
+    first two connections, and the task ran once."""
+    ctl = controller
+    ctl.engines.append(ctl.engine())  # (the engine's own link is not throttled)
+    with TaskClient(ctl.conn, timeout=30) as direct:  # (the controller listens: no refusal)
+        poll(lambda: len(direct.engines()) == 1, 60, "the engine to register")
+    tc, proxy = client_via_proxy(ctl, tmp_path, timeout=30, reconnect_timeout=100)
+    try:
+        assert tc.queue_status()["succeeded"] == 0
+        assert proxy.accepted == 2  # (the client's send and receive sockets)
+        proxy.throttle(100_000)
+        size = 1 << 20
+        fut = tc.submit(sized, b"x" * size if way == "up" else b"", 0 if way == "up" else size)
+        assert fut.result(timeout=120) == (size if way == "up" else b"r" * size)
+        assert proxy.accepted == 2, "the client's connections broke and it connected anew"
+        proxy.throttle(None)
+        assert tc.queue_status()["succeeded"] == 1 and tc.statistics()["submitted"] == 1
     finally:
         tc.close()
         proxy.close()

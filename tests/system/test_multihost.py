@@ -13,8 +13,9 @@ What a 10 s cut does depends on the heartbeat, and both ways lose no task:
   controller no longer knows them, register again as new engines, and take tasks again.
 - heartbeat 8 s (dead after 24 s): the cut goes unnoticed; a's results wait in TCP's buffers
   and arrive when the link is back, so even a map without retries completes.
-A client on a cut host is answered when its link is back: both sides' transport heartbeats
-end the dead connection, and the client connects anew and asks again.
+A client on a cut host is answered when its link is back: its send socket's transport
+heartbeat ends its dead connections (the kernel's TCP user timeout the controller's side), and
+the client connects anew and asks again.
 """
 
 from __future__ import annotations
@@ -329,8 +330,9 @@ with TaskClient(sys.argv[1], timeout=30, reconnect_timeout=300) as tc:
 def test_a_client_cut_off_without_a_word_is_answered_when_its_link_is_back(hosts, tmp_path):
     """A client on host a waits in a blocking call (and on a future) when a's link goes down
     for 10 s: no reset reaches either side, and the task it waits for finishes on b meanwhile.
-    The transport heartbeats end the dead connection on both sides; when the link is back the
-    client connects anew and asks again, and both calls return the result, long before the
+    The transport heartbeat of the client's send socket ends its dead connections (the
+    controller's side ends within TCP's user timeout); when the link is back the client
+    connects anew under new ids and asks again, and both calls return the result, long before the
     client's reconnect_timeout (300 s). (Before, the answer sent during the cut was lost and
     the blocking call waited for ever.)"""
     conn = start_engines_then_controller(hosts, tmp_path, heartbeat=8)  # (a's engines ride it out)

@@ -4,8 +4,8 @@ socket queues, and every future resolves once when the client reads again.
 The client is a real process, stopped with SIGSTOP while 20,000 results of 1 kB stream to it:
 the controller sends at most its window of them (controller/credit.py) and holds the rest as
 taskids, which `statistics()` shows. The client stays stopped past the transport heartbeat's
-timeout, so the controller's ZeroMQ also drops the connection with what it had queued for it:
-the client, resumed, sees that results were lost and gets them again.
+timeout, so the client, resumed, may find its connections silent too long and open new ones,
+dropping what was on its way: it sees that results were lost and gets them again.
 """
 
 from __future__ import annotations
@@ -110,8 +110,8 @@ def test_a_stopped_client_holds_at_most_a_window_and_gets_every_result_once(own_
                 if stats["finished"] - finished < N:
                     return False
                 settled = settled or now
-                # Past the transport heartbeat's timeout: what the controller's ZeroMQ held
-                # for the stopped client is dropped with its connection (it is sent again).
+                # Past the transport heartbeat's timeout: the resumed client may open new
+                # connections, and what was on its way is sent again.
                 return time.monotonic() - stopped > 1.5 * TRANSPORT_TIMEOUT_MS / 1000
 
             poll(all_finished_and_observed, 240, "the tasks to finish while the client is stopped")

@@ -38,7 +38,7 @@ from ..curve import apply_client as apply_curve
 from ..defaults import CLIENT_PING_INTERVAL, RECONNECT_TIMEOUT
 from ..errors import ClientClosed, ControllerUnreachable, StoreError, too_slow
 from ..protocol import Hello, HelloReply, Ping, ProtocolError, from_reply, to_request
-from ..wire import Refused, Wire, apply_transport_heartbeat, recv_message, send_message
+from ..wire import Refused, Wire, apply_client_link, recv_message, send_message
 from .codec import checked, joined
 from .credit import Intake
 from .interrupts import NOT_DEFERRED, interrupts_deferred
@@ -113,7 +113,7 @@ class Connection(LinkRecovery):
         self.recv_ident = base + b".r"
         self.send_lock = threading.Lock()
         self._monitors: dict[zmq.Socket, zmq.Socket] = {}
-        self._send_sock = self._watched(self._dealer(base + b".s"))
+        self._send_sock = self._watched(self._dealer(base + b".s", times_out=True))
         self._recv_sock = self._watched(self._dealer(self.recv_ident))
         self._linked = False  # the controller answered the receive socket's hello (links.py)
         self._held: set[int] = set()  # requests not sent yet: they wait for the link
@@ -159,7 +159,7 @@ class Connection(LinkRecovery):
                 "ignores messages signed with another key than its current file's)."
             ) from None
 
-    def _dealer(self, ident: bytes) -> zmq.Socket:
+    def _dealer(self, ident: bytes, times_out: bool = False) -> zmq.Socket:
         s = self.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.SNDHWM, 0)
@@ -168,7 +168,10 @@ class Connection(LinkRecovery):
         s.setsockopt(zmq.RECONNECT_IVL, 10)  # 10 ms after a refused connect, doubling to 100
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 100)
         s.setsockopt(zmq.MAXMSGSIZE, self.wire.max_message)
-        apply_transport_heartbeat(s)  # (a connection silently cut ends within 5 s: links.py)
+        # The send socket (`times_out`): a connection silently cut ends within 5 s (ZeroMQ's
+        # heartbeats; links.py). The receive socket never times out: a result taking longer
+        # than that to arrive would be cut off mid-frame (wire.apply_client_link).
+        apply_client_link(s, times_out=times_out)
         apply_curve(s, self.info)
         s.connect(self.info.client_url)
         return s

@@ -2,7 +2,7 @@
 `Connection`, kept here to keep connection.py small).
 
     a connection breaks (ZeroMQ's monitor of either socket says it was disconnected: a reset,
-    a cut, the controller's transport heartbeat giving up, a controller killed)
+    a cut, the send socket's transport heartbeat giving up, a controller killed)
         --> both sockets anew under new routing ids (ZeroMQ would reconnect with the old ones,
             which a controller still holding the old connection ignores for good); a `bye`
             from the old receive id hands its run() leases to the new one and ends its waits;
@@ -90,7 +90,7 @@ class LinkRecovery:
     _resend_when_linked: bool  # a broken connection's requests wait for the new link
     on_unreachable: Callable[[BaseException], None] | None
 
-    def _dealer(self, ident: bytes) -> zmq.Socket:
+    def _dealer(self, ident: bytes, times_out: bool = False) -> zmq.Socket:
         raise NotImplementedError  # (Connection's)
 
     # -- sockets and their monitors ---------------------------------------------------------
@@ -190,7 +190,8 @@ class LinkRecovery:
         with self.send_lock:
             self._linked = False
             waiting = drop()
-            old, self._send_sock = self._send_sock, self._watched(self._dealer(base + b".s"))
+            old = self._send_sock
+            self._send_sock = self._watched(self._dealer(base + b".s", times_out=True))
             self._close_socket(old)
             new_ident = base + b".r"
             self._bye(to=new_ident)  # (the old id: whatever the controller keeps for it can go)

@@ -20,7 +20,7 @@ import zmq
 from ..connection import ConnectionInfo
 from ..curve import CurveServer
 from ..curve import enabled as curve_enabled
-from ..wire import DEFAULT_MAX_MESSAGE, apply_engine_link, apply_transport_heartbeat
+from ..wire import DEFAULT_MAX_MESSAGE, apply_client_link, apply_engine_link
 
 
 class ControllerSockets:
@@ -45,7 +45,7 @@ class ControllerSockets:
                     raise ValueError("a Curve controller needs its connection file (for its "
                                      "keys)")
                 self.curve = CurveServer(self.ctx, Path(connection_file))
-            self.client = self._router(info.client_bind_url, apply_transport_heartbeat)
+            self.client = self._router(info.client_bind_url, apply_client_link)
             self.engine = self._router(info.engine_bind_url, apply_engine_link)
         except BaseException:
             self.close()
@@ -58,13 +58,13 @@ class ControllerSockets:
             s.setsockopt(zmq.SNDHWM, 0)
             s.setsockopt(zmq.RCVHWM, 0)
             # No ROUTER_HANDOVER: a peer that connects with the routing id of one that is
-            # connected (ids travel in clear over TCP) is refused, never given its messages. A
-            # vanished client's connection ends within wire.TRANSPORT_TIMEOUT_MS (ZeroMQ's
-            # heartbeats), which frees its id for its own reconnection. The engine socket has
-            # no ZeroMQ heartbeats (thousands of connections): an engine whose connection
-            # broke, or that finds itself unheard, connects again with new ids
-            # (engine/channels.py), and the kernel's TCP
-            # keepalive closes a vanished engine's connection (wire.apply_engine_link).
+            # connected (ids travel in clear over TCP) is refused, never given its messages.
+            # Neither socket times a connection out with ZeroMQ's heartbeats (the client socket
+            # sends PINGs, but a timeout would cut off a submit that takes longer than it to
+            # arrive; the engine socket has none: thousands of connections): a client or an
+            # engine whose connection broke, or that finds itself unheard, connects again with
+            # new ids (client/links.py, engine/channels.py), and the kernel's TCP keepalive
+            # closes a vanished peer's connection (wire.apply_client_link, apply_engine_link).
             s.setsockopt(zmq.MAXMSGSIZE, self.max_message)
             transport(s)
             if self.curve is not None:

@@ -27,8 +27,8 @@ This package holds no sockets; `recv_message` reads one message from a socket it
 What lives where:
 - framing.py: `Wire` (encode, decode, payload MACs, replay table; a `Spliced` header's `Packed`
   values spliced in unpacked again), `Refused`, `frame_len`, `recv_message`/`send_message`,
-  the transport settings of client links (ZeroMQ's heartbeats) and of engine links (TCP
-  keepalive);
+  the transport settings of client links (TCP keepalive; ZeroMQ's heartbeats on the client's
+  send socket) and of engine links (TCP keepalive);
 - signing.py: HMAC-SHA256 with the key's pads hashed once; large frames' chunk digests;
 - pickles.py: user payloads (`dumps`, `dumps_arguments`, `loads`, `load_into`), functions defined
   interactively rebuilt over an engine's namespace;
@@ -54,8 +54,8 @@ from .framing import (
     Refused,
     Spliced,
     Wire,
+    apply_client_link,
     apply_engine_link,
-    apply_transport_heartbeat,
     frame_buffer,
     frame_len,
     monitor_socket,
@@ -79,7 +79,7 @@ __all__ = [
     "PayloadMac",
     "TRANSPORT_HEARTBEAT_MS", "TRANSPORT_TIMEOUT_MS", "Frame", "FunctionLoads",
     "FunctionPickles", "HmacSha256", "Packed", "Refused", "Spliced", "Wire", "apply_engine_link",
-    "apply_transport_heartbeat",
+    "apply_client_link",
     "dumps", "dumps_arguments", "frame_buffer", "frame_len", "function_state",
     "is_local_module", "load_into", "loads", "monitor_socket", "recv_message", "send_message",
     "ship_local_modules", "ship_module",

@@ -238,35 +238,55 @@ _SNDMORE = int(zmq.SNDMORE)
 _COPY_BELOW = 64 * 1024  # frames smaller than this are copied into ZeroMQ (cheaper); larger not
 
 
-# ZeroMQ's own heartbeats, on the client links only (the controller's client-facing socket): a
-# connection whose peer vanished (a machine that went away, a network cut) is closed within
-# TRANSPORT_TIMEOUT, so its routing identity is free again for the peer's next connection
-# (ROUTERs refuse a second connection with an identity in use: see the controller). Clients are
-# few; engines may be thousands, and their links use `apply_engine_link` instead.
+# ZeroMQ's own heartbeats (ZMTP PING/PONG) on the client links: a connection whose peer vanished
+# or that went deaf (a network cut, a host gone, a proxy or tunnel that swallows what it is
+# given) is closed within TRANSPORT_TIMEOUT, and the client connects anew under new routing ids
+# (client/links.py). libzmq resets a heartbeat timeout only when a whole frame (or command) is
+# decoded, so a socket that times out while it *receives* a frame taking longer than that to
+# cross its link drops the connection mid-frame, and the same frame is sent again for ever. So
+# only the client's send socket times out: it receives nothing large (submits and puts leave
+# by it), and while it sends a large frame the controller's PINGs keep coming the other way.
+# The client's receive socket (results) and the controller's client socket (submits) send PINGs
+# and answer the peer's, but never time out, and the PINGs carry no TTL (a TTL would start the
+# same clock on the receiving side). Every socket of a client link also has the kernel's TCP
+# keepalive and user timeout, as engine links do (`apply_engine_link`): a vanished client's
+# connections are closed on the controller's side too, and its routing ids freed.
 TRANSPORT_HEARTBEAT_MS = 1000
 TRANSPORT_TIMEOUT_MS = 5000
 
 
-def apply_transport_heartbeat(sock: Any) -> None:
-    """Turn on ZeroMQ's connection heartbeats (ZMTP PING/PONG, in ZeroMQ's I/O thread)."""
+def apply_tcp_keepalive(sock: Any) -> None:
+    """The kernel's TCP keepalive and user timeout (defaults.ENGINE_LINK_*; no effect on
+    ipc://): a connection to a vanished host is closed, idle or with data on its way, at no
+    userspace cost; acknowledged progress, however slow, never trips it."""
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, ENGINE_LINK_KEEPALIVE_IDLE)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, ENGINE_LINK_KEEPALIVE_INTERVAL)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, ENGINE_LINK_KEEPALIVE_PROBES)
+    sock.setsockopt(zmq.TCP_MAXRT, ENGINE_LINK_USER_TIMEOUT_MS)
+
+
+def apply_client_link(sock: Any, *, times_out: bool = False) -> None:
+    """A client link (the controller's client socket, a client's two sockets): ZeroMQ's
+    heartbeats every TRANSPORT_HEARTBEAT_MS, no TTL, and the kernel's TCP keepalive
+    (`apply_tcp_keepalive`). `times_out` (the client's send socket only): a connection from
+    which nothing arrives within TRANSPORT_TIMEOUT_MS of a PING is closed. The others never
+    time out, so a frame they receive may take any time to cross its link (see above)."""
     sock.setsockopt(zmq.HEARTBEAT_IVL, TRANSPORT_HEARTBEAT_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, TRANSPORT_TIMEOUT_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TTL, TRANSPORT_TIMEOUT_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, TRANSPORT_TIMEOUT_MS if times_out else 0)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, 0)
+    apply_tcp_keepalive(sock)
 
 
 def apply_engine_link(sock: Any) -> None:
     """An engine link (the controller's engine-facing socket, an engine's sockets): no ZMTP
     heartbeats, which would cost ZeroMQ's I/O thread a PING and a PONG per connection and
     interval (4 connections per engine); the kernel's TCP keepalive and user timeout close a
-    connection to a vanished host instead (defaults.ENGINE_LINK_*; no effect on ipc://). Our own
-    heartbeats find the rest: a silent engine is declared dead by the controller, and an engine
-    whose controller stops answering opens new connections (engine/channels.py)."""
+    connection to a vanished host instead (`apply_tcp_keepalive`). Our own heartbeats find the
+    rest: a silent engine is declared dead by the controller, and an engine whose controller
+    stops answering opens new connections (engine/channels.py)."""
     sock.setsockopt(zmq.HEARTBEAT_IVL, 0)
-    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
-    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, ENGINE_LINK_KEEPALIVE_IDLE)
-    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, ENGINE_LINK_KEEPALIVE_INTERVAL)
-    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, ENGINE_LINK_KEEPALIVE_PROBES)
-    sock.setsockopt(zmq.TCP_MAXRT, ENGINE_LINK_USER_TIMEOUT_MS)
+    apply_tcp_keepalive(sock)
 
 
 MONITORS = itertools.count()  # (each monitor's inproc address is this process's own)
