@@ -189,3 +189,39 @@ def test_a_batch_never_answered_is_not_said_to_be_refused(runs):
     conn.sent[0][1].set_exception(ControllerUnreachable("gone"))
     with pytest.raises(ControllerUnreachable, match="taskid 0 for may or may not be stored"):
         runs.end([], 1.0)
+
+
+def test_an_idle_run_gives_back_the_rest_of_its_lease_by_itself(runs, monkeypatch):
+    """run() has taken no id for IDLE_RELEASE seconds: the flusher gives the rest back (those
+    ids read as unfinished to every client until then: a wait on them would last as long as
+    this client stays idle), after the batches of the lease; the next run() asks anew."""
+    from taskmill.client import runs as runs_module
+
+    monkeypatch.setattr(runs_module, "IDLE_RELEASE", 0.05)
+    conn = runs.conn
+    runs.leased(0, 16)
+    assert runs.add(encoded()) == 0
+    wait_for(lambda: any(h["type"] == "release" for h, _ in conn.sent))
+    assert [h["type"] for h, _ in conn.sent] == ["submit", "release"]
+    assert runs.lease_wanted() == 32  # (given back: the next run() asks again)
+    for _, fut in conn.sent:
+        fut.set_result(({"type": "reply", "ok": True}, []))
+    runs.end(runs.begin(), 1.0)
+    assert not runs.busy()
+
+
+def test_a_give_back_that_cannot_be_sent_is_not_raised_as_a_refused_run(runs, monkeypatch):
+    from taskmill.client import runs as runs_module
+
+    monkeypatch.setattr(runs_module, "IDLE_RELEASE", 0.0)
+    sent = threading.Event()
+
+    def closed(header, frames=(), stream=None):
+        sent.set()
+        raise RuntimeError("the client is closed")
+
+    runs.conn.send = closed
+    runs.leased(0, 16)
+    assert sent.wait(10)
+    wait_for(lambda: runs.lease_wanted() == 32)
+    runs.raise_failure()  # (nothing: no taskid was refused)

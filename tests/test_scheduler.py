@@ -36,6 +36,7 @@ from taskmill.scheduler import (
     Submit,
     TaskDone,
     TimerFired,
+    Withdraw,
     split_answer,
 )
 
@@ -474,6 +475,59 @@ def test_dependency_chain_of_5000_succeeds_in_order():
         if tid + 1 < n:
             expected.append(Dispatch(tid + 1, 0, 0, 1))
         assert acts == expected
+
+
+def test_a_task_awaiting_an_id_not_submitted_yet_waits_for_its_submit_and_then_for_it():
+    """`awaits`: a run()'s leased taskid, not stored yet (SPEC §4: it reads as unfinished).
+    The task waits for that id's own Submit, then for the task, as for an `after` task."""
+    s = make()
+    s.handle(AddEngine(0, {}))
+    assert s.handle(Submit(9, [Node()], awaits=[3])) == []  # (before: dispatched at once)
+    assert s.scheduled_ids() == [9] and s.is_awaited(3) and not s.is_awaited(9)
+    assert s.handle(Submit(3, [Node()])) == [Dispatch(3, 0, 0, 1)]
+    assert not s.is_awaited(3)  # (submitted: an `after` link like any other now)
+    assert s.handle(TaskDone(0, 3, 1, OK)) == [Finish(3, RESULT, True, 0, None, 1),
+                                              Dispatch(9, 0, 0, 1)]
+
+
+def test_a_task_awaiting_an_id_fails_with_its_failure_or_when_it_is_withdrawn_unsubmitted():
+    s = make()
+    s.handle(AddEngine(0, {}))
+    s.handle(Submit(0, [Node()]))  # (keeps engine 0 busy)
+    s.handle(Submit(10, [Node()], awaits=[4]))
+    s.handle(Submit(11, [Node()], awaits=[5], after=[0]))
+    s.handle(Submit(12, [Node()], after=[11]))
+    assert s.handle(Submit(4, [Node()], broken_after=1)) == [
+        Finish(4, DEPENDENCY, False, None, 1, 0), Finish(10, DEPENDENCY, False, None, 4, 0)]
+    # (5 will never be stored: its lease was given back, or expired)
+    acts = s.handle(Withdraw([5, 6]))
+    assert acts == [Finish(11, DEPENDENCY, False, None, 5, 0),
+                    Finish(12, DEPENDENCY, False, None, 11, 0)]
+    assert not s.is_awaited(5) and s.active_ids() == [0]
+    assert s.handle(Withdraw([7])) == []  # (no one awaits it: nothing happens)
+
+
+def test_an_awaited_task_submitted_after_one_that_waits_for_it_fails_rather_than_loop():
+    """10 awaits 3 (not stored yet); 3 then comes `after` 11, which waits for 10: a cycle,
+    which would wait for ever. 3 fails with `dependency`, and so does the rest of the loop."""
+    s = make()
+    s.handle(AddEngine(0, {}))
+    s.handle(Submit(0, [Node()]))  # (keeps engine 0 busy)
+    s.handle(Submit(10, [Node()], awaits=[3]))
+    s.handle(Submit(11, [Node()], after=[10]))
+    assert s.handle(Submit(3, [Node()], after=[11, 0])) == [
+        Finish(3, DEPENDENCY, False, None, 11, 0), Finish(10, DEPENDENCY, False, None, 3, 0),
+        Finish(11, DEPENDENCY, False, None, 10, 0)]
+    assert s.active_ids() == [0] and not s.is_awaited(3)
+
+
+def test_an_aborted_task_that_awaited_an_id_leaves_no_link_behind():
+    s = make()
+    s.handle(AddEngine(0, {}))
+    s.handle(Submit(8, [Node()], awaits=[2]))
+    found, _ = split_answer(s.handle(Abort(8)))
+    assert found and not s.is_awaited(2)
+    assert s.handle(Submit(2, [Node()])) == [Dispatch(2, 0, 0, 1)]
 
 
 def test_broken_after_fails_at_once():

@@ -41,6 +41,7 @@ from taskmill.scheduler import (
     Submit,
     TaskDone,
     TimerFired,
+    Withdraw,
     split_answer,
 )
 
@@ -167,13 +168,35 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.skips: dict[tuple[int, int], tuple] = {}  # (tid, eid) -> live skip timer key
         self.dead_keys: list[tuple] = []
         self.revokes: list[Revoke] = []  # sent, not yet answered
+        # Taskids leased and not submitted yet (a run()'s: tasks `awaits` them), and those
+        # given back unsubmitted (withdrawn: who awaited one fails with `dependency`).
+        self.reserved: set[int] = set()
+        self.never: set[int] = set()
+        self.cyclic: set[int] = set()  # tasks that failed for waiting for a task awaiting them
 
     # -- model helpers ---------------------------------------------------------------------
     def active(self) -> list[MTask]:
         return [t for t in self.tasks.values() if t.finish is None]
 
+    def unfinished(self, d: int) -> bool:
+        """Whether task `d` is one a task still waits for: active, or reserved (unsubmitted)."""
+        return d in self.reserved or (d in self.tasks and self.tasks[d].finish is None)
+
     def waiting(self, t: MTask) -> bool:
-        return any(self.tasks[d].finish is None for d in t.deps)
+        return any(map(self.unfinished, t.deps))
+
+    def reaches(self, start: int, target: int) -> bool:
+        """Whether task `start` waits for `target`, directly or through what it waits for."""
+        seen, todo = {start}, [start]
+        while todo:
+            t = self.tasks.get(todo.pop())
+            for d in t.deps if t is not None and t.finish is None else ():
+                if d == target:
+                    return True
+                if d not in seen and self.unfinished(d):
+                    seen.add(d)
+                    todo.append(d)
+        return False
 
     def eligible(self, t: MTask, eid: int) -> bool:
         e = self.engines[eid]
@@ -238,10 +261,11 @@ class SchedulerMachine(RuleBasedStateMachine):
                     assert t.engine is None, f"{a} while the task is still held by {t.engine}"
                 assert a.attempts == t.attempts, (a, t.attempts)
                 if a.outcome == DEPENDENCY:
-                    dep = self.tasks.get(a.detail)
-                    assert a.detail in t.deps and dep is not None, a
-                    assert dep.finish is not None and not dep.finish.ok, (a, dep.finish)
-                    assert a.engineid is None
+                    assert a.detail in t.deps and a.engineid is None, a
+                    if a.detail not in self.never and a.tid not in self.cyclic:
+                        dep = self.tasks.get(a.detail)
+                        assert dep is not None and dep.finish is not None, a
+                        assert not dep.finish.ok, (a, dep.finish)
                 t.finish = a
                 t.engine = None
                 t.skip.clear()
@@ -291,7 +315,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         t = self.tasks.get(a.tid)
         assert t is not None and t.finish is None, f"dispatch of an inactive task: {a}"
         for d in t.deps:
-            f = self.tasks[d].finish
+            f = self.tasks[d].finish if d in self.tasks else None
             assert f is not None and f.ok, f"{a} before its dependency {d} finished ok"
         for eid, e in self.engines.items():
             assert all(tid != a.tid for tid, _ in e.held), f"{a} while held by engine {eid}"
@@ -364,20 +388,55 @@ class SchedulerMachine(RuleBasedStateMachine):
     def submit(self, nodes: list[Node], picks: list[int]) -> None:
         tid = self.next_tid
         self.next_tid += 1
-        after = list(dict.fromkeys(i % tid for i in picks)) if tid else []
-        active, broken = [], None
+        self.submit_as(tid, nodes, list(dict.fromkeys(i % tid for i in picks)) if tid else [])
+
+    def submit_as(self, tid: int, nodes: list[Node], after: list[int]) -> None:
+        active, awaits, broken = [], [], None
         for dep in after:  # as the controller does it
             if self.s.is_active(dep):
                 active.append(dep)
-            elif not self.tasks[dep].finish.ok:
+            elif dep in self.reserved:  # (a leased id not stored yet)
+                awaits.append(dep)
+            elif dep in self.never or not self.tasks[dep].finish.ok:
                 broken = dep
                 break
+        awaited = any(tid in t.deps for t in self.active())
         self.tasks[tid] = MTask(tid, nodes, deps=list(after))
-        actions = self.s.handle(Submit(tid, nodes, after=active, broken_after=broken))
-        expected = {tid: (DEPENDENCY, False, None)} if broken is not None else {}
-        self.apply(actions, expected)
-        if broken is not None:
-            assert self.tasks[tid].finish.detail == broken
+        loop = None if broken is not None or not awaited else next(
+            (d for d in active if self.reaches(d, tid)), None)
+        if loop is not None:
+            self.cyclic.add(tid)
+        actions = self.s.handle(Submit(tid, nodes, after=active, broken_after=broken,
+                                       awaits=awaits))
+        fails = broken if broken is not None else loop
+        self.apply(actions, {tid: (DEPENDENCY, False, None)} if fails is not None else {})
+        if fails is not None:
+            assert self.tasks[tid].finish.detail == fails
+
+    @rule()
+    def reserve(self) -> None:
+        """A taskid is leased: tasks submitted later may wait for it before it is stored."""
+        self.reserved.add(self.next_tid)
+        self.next_tid += 1
+
+    @precondition(lambda self: self.reserved)
+    @rule(i=PICK, nodes=node_lists(), picks=st.lists(PICK, max_size=2))
+    def submit_reserved(self, i: int, nodes: list[Node], picks: list[int]) -> None:
+        """A leased taskid is stored, `after` any task (one that awaits it too: a cycle)."""
+        tid = pick(sorted(self.reserved), i)
+        self.reserved.discard(tid)
+        self.submit_as(tid, nodes, list(dict.fromkeys(
+            p % self.next_tid for p in picks if p % self.next_tid != tid)))
+
+    @precondition(lambda self: self.reserved)
+    @rule(i=PICK)
+    def give_back(self, i: int) -> None:
+        """A leased taskid will never be stored (its lease given back or expired)."""
+        tid = pick(sorted(self.reserved), i)
+        self.reserved.discard(tid)
+        self.never.add(tid)
+        self.apply(self.s.handle(Withdraw([tid])))
+        assert not self.s.is_awaited(tid)
 
     @rule(retries=st.integers(0, 1), n=st.integers(1, 4))
     def submit_plain(self, retries: int, n: int) -> None:
@@ -591,9 +650,12 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     @invariant()
     def dependencies_hold(self) -> None:
+        for r in self.reserved:
+            assert self.s.is_awaited(r) == any(r in t.deps for t in self.active()), r
         for t in self.active():
             for d in t.deps:
-                f = self.tasks[d].finish
+                assert d not in self.never, f"task {t.tid} still waits for {d}, given back"
+                f = self.tasks[d].finish if d in self.tasks else None
                 assert f is None or f.ok, f"task {t.tid} still active after {d} failed"
                 if t.engine is not None:
                     assert f is not None and f.ok

@@ -29,6 +29,15 @@ from taskmill import StringTask
 
 
 @pytest.fixture
+def keep_leases(monkeypatch):
+    """This process's clients keep the rest of their run() lease while idle (else given back
+    after runs.IDLE_RELEASE seconds without a run()): for tests of what a held lease does."""
+    from taskmill.client import runs
+
+    monkeypatch.setattr(runs, "IDLE_RELEASE", 600.0)
+
+
+@pytest.fixture
 def eids(client) -> list[int]:
     ids = alive_engine_ids(client)
     assert len(ids) == 2, f"the shared cluster should have 2 live engines, has {ids}"

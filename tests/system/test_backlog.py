@@ -165,7 +165,7 @@ def test_a_store_in_memory_keeps_no_backlog(tmp_path):
         assert stats["queue_window"] is None
 
 
-def test_a_leased_task_after_a_backlog_task_waits_for_it(tmp_path):
+def test_a_leased_task_after_a_backlog_task_waits_for_it(tmp_path, keep_leases):
     """run() numbers its tasks from a lease taken before: one may come before the backlog
     while the task it runs after is still in it. It is read back first, then waits for that
     task (which is read back out of order) instead of running before it."""

@@ -166,7 +166,7 @@ def test_a_client_killed_before_its_task_was_sent_leaves_an_unknown_id(cluster, 
     assert not ran.exists()  # it never ran
 
 
-def test_a_controller_killed_with_a_lease_out_never_gives_its_ids_again(tmp_path):
+def test_a_controller_killed_with_a_lease_out_never_gives_its_ids_again(tmp_path, keep_leases):
     with controller_process(tmp_path, engines=1) as ctl:
         tc = TaskClient(ctl.conn, timeout=30)
         other = TaskClient(ctl.conn, timeout=30)
@@ -321,7 +321,9 @@ STOPPED_CLIENT = textwrap.dedent("""
     import time
 
     from taskmill import MapTask, RunNotStored, TaskClient
+    from taskmill.client import runs
 
+    runs.IDLE_RELEASE = 600.0  # (it keeps its lease while idle: the controller ends it)
     with TaskClient(sys.argv[1], timeout=30) as tc:
         first = [tc.run(MapTask(abs, (-i,))) for i in range(3)]
         print("first", *first, flush=True)
@@ -430,3 +432,120 @@ def test_a_controller_killed_while_a_client_runs_loses_none_of_its_runs(tmp_path
             assert [tc.get_task_result(t) for t in first] == [0, 1, 2]
         finally:
             tc.close()
+
+
+def _stored(tc: TaskClient, tid: int) -> bool:
+    return tc.task_info(tid)["state"] != "unknown"
+
+
+def test_a_task_after_another_clients_leased_id_waits_for_it_to_be_stored(cluster,
+                                                                          keep_leases):
+    """SPEC §4: an id run() returned (or leased, not yet used) reads as unfinished to every
+    client until it is stored. A task of another client `after` it waits for it, then runs
+    after it. Before, the controller took the id for unknown: DependencyError at once
+    (probe G, p25: 15 of 20 failed although the task they waited for then succeeded)."""
+    with cluster.client() as holder, cluster.client() as other:
+        t0 = holder.run(MapTask(abs, (-1,)))  # (holder then calls nothing: it keeps its lease)
+        poll(lambda: _stored(other, t0), 30, "the first run() task to be stored")
+        f = other.options(after=[t0 + 1]).submit(abs, -7)  # (leased to holder, not used yet)
+        assert other.get_task_result(f.taskid) is None  # waits (before: DependencyError)
+        # (every verb says the leased id is unfinished; before, task_info said unknown)
+        assert other.task_info(t0 + 1)["state"] == "scheduled"
+        assert other.task_info(t0 + 1)["leased"] is True
+        assert other.get_task_result(t0 + 1) is None
+        assert holder.run(MapTask(abs, (-2,))) == t0 + 1
+        assert f.result(timeout=60) == 7
+        assert other.get_task_result(t0 + 1, block=True) == 2
+        assert other.task_info(f.taskid)["started"] >= other.task_info(t0 + 1)["completed"]
+
+
+def test_a_task_after_a_leased_id_that_is_given_back_fails_with_dependency_error(
+        cluster, keep_leases):
+    holder = cluster.client()
+    try:
+        with cluster.client() as other:
+            t0 = holder.run(MapTask(abs, (-1,)))
+            poll(lambda: _stored(other, t0), 30, "the first run() task to be stored")
+            f = other.options(after=[t0 + 1]).submit(abs, -7)
+            assert other.get_task_result(f.taskid) is None
+            holder.close()  # (the rest of its lease goes back: t0 + 1 is never stored)
+            with pytest.raises(taskmill.DependencyError, match=f"task {t0 + 1}"):
+                f.result(timeout=60)
+            with pytest.raises(IndexError):
+                other.get_task_result(t0 + 1)
+    finally:
+        holder.close()
+
+
+def test_a_task_after_a_leased_id_waits_for_it_across_a_controller_restart(tmp_path,
+                                                                           keep_leases):
+    """The lease is kept in the store: after a kill -9 of the controller the reloaded task
+    still waits for that id, and runs once its client, back, stores it."""
+    with controller_process(tmp_path, engines=1) as ctl:
+        holder = TaskClient(ctl.conn, timeout=60)
+        other = TaskClient(ctl.conn, timeout=60)
+        try:
+            t0 = holder.run(MapTask(abs, (-1,)))
+            poll(lambda: _stored(other, t0), 30, "the first run() task to be stored")
+            dep = other.options(after=[t0 + 1]).submit(abs, -7).taskid
+            assert other.get_task_result(dep) is None
+            ctl.kill9()
+            ctl.start()
+            poll(lambda: _answers(other), 60, "the restarted controller")
+            assert other.get_task_result(dep) is None  # (before: it ran, or failed)
+            # (its next run() takes t0 + 1 from its lease: it claims it from the new controller)
+            assert holder.run(MapTask(abs, (-2,))) == t0 + 1
+            assert other.get_task_result(dep, block=True) == 7
+            assert other.get_task_result(t0 + 1, block=True) == 2
+        finally:
+            holder.close()
+            other.close()
+
+
+def test_a_task_after_a_higher_taskid_waits_for_it_when_both_are_reloaded(tmp_path,
+                                                                          keep_leases):
+    """run()'s leased taskids are not in submit order: a task may wait for a higher one (from
+    a later lease). A restart reloads queued tasks in taskid order, so the task came back
+    before the one it waits for, which it took for done (cleared): it was ready at once."""
+    with controller_process(tmp_path) as ctl:  # (no engine: both stay queued)
+        a = TaskClient(ctl.conn, timeout=60)
+        b = TaskClient(ctl.conn, timeout=60)
+        try:
+            a0 = a.run(MapTask(abs, (-1,)))  # (a's lease comes first)
+            b0 = b.run(MapTask(abs, (-2,)))
+            assert b0 > a0 + 1
+            # (seen by b: a calls nothing but run(), which keeps its lease)
+            poll(lambda: _stored(b, b0) and _stored(b, a0), 30, "the run() tasks to be stored")
+            a1 = a.run(MapTask(abs, (-3,), after=[b0]))
+            assert a1 < b0
+            poll(lambda: _stored(b, a1), 30, "the dependent run() task to be stored")
+            assert b.task_info(a1)["story"][-1]["to"] == "waiting"
+            ctl.kill9()
+            ctl.start()
+            poll(lambda: _answers(b), 60, "the restarted controller")
+            assert b.task_info(a1)["story"][-1]["to"] == "waiting"  # (before: ready)
+            ctl.engines.append(ctl.engine())
+            assert [b.get_task_result(t, block=True) for t in (a0, b0, a1)] == [1, 2, 3]
+            assert b.task_info(a1)["started"] >= b.task_info(b0)["completed"]
+        finally:
+            a.close()
+            b.close()
+
+
+def test_an_idle_clients_unused_leased_ids_go_back_so_that_waits_on_them_end(cluster):
+    """A client whose last call was run() held the rest of its lease for as long as it made
+    no other call: a barrier or a blocking read of another client on such an id (leased, never
+    returned by run()) waited that long, and a task `after` it too, while task_info, abort
+    and clear called the id unknown (probe J, p12). The client gives it back once its run()
+    has been idle for runs.IDLE_RELEASE seconds: then the id reads as unknown to every verb."""
+    with cluster.client() as holder, cluster.client() as other:
+        t0 = holder.run(MapTask(abs, (-1,)))  # (holder then calls nothing)
+        f = other.options(after=[t0 + 1]).submit(abs, -7)
+        other.barrier([t0, t0 + 1], timeout=30)  # (before: TimeoutError)
+        with pytest.raises(IndexError):
+            other.get_task_result(t0 + 1, block=True)
+        assert other.task_info(t0 + 1)["state"] == "unknown"
+        with pytest.raises(taskmill.DependencyError, match=f"task {t0 + 1}"):
+            f.result(timeout=60)
+        assert other.get_task_result(t0) == 1
+        assert holder.run(MapTask(abs, (-2,)), block=True) == 2  # (a new lease: it goes on)

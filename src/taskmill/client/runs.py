@@ -27,6 +27,11 @@
         saying it ended (the client was silent past the controller's bound: stopped, or cut
         off; a controller without a durable store restarted): then the batch refused and
         those queued behind it are reported, and the next run() asks for a new lease.
+        A client whose run() has taken no id for IDLE_RELEASE seconds gives back what is left
+        too (the flusher thread): an id leased and not used reads as unfinished to every
+        client (a barrier on it, a task `after` it wait), so that wait ends within that bound
+        (the id reads as unknown: it is never used) rather than when this client makes another
+        call or goes; the next run() asks for a new lease (a round trip).
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ FLUSH_DELAY = 0.005  # seconds a run() task waits at most for the answer to the 
 BATCH_TASKS = 1000  # tasks queued that are sent at once
 FIRST_LEASE = 16  # taskids in a client's first lease; then twice the last, ...
 LEASE_MAX = 4096  # ... up to this
+IDLE_RELEASE = 1.0  # seconds without a run() after which the rest of the lease goes back
 TID_BYTES = 9  # a taskid in a submit's header, at most
 
 
@@ -87,6 +93,7 @@ class Runs:
         self._failed: list[tuple[str, list[int], str]] = []
         self._flusher: threading.Thread | None = None
         self._closed = False
+        self._used_at = 0.0  # (monotonic) when run() last took an id, or a lease came
 
     # -- run() -------------------------------------------------------------------------------
     def lease_wanted(self) -> int | Future | None:
@@ -108,6 +115,8 @@ class Runs:
         with self._lock:
             self._start, self._next, self._end = start, start, start + n
             self._size = min(self._size * 2, LEASE_MAX)
+            self._used_at = time.monotonic()
+            self._flusher_on()  # (it gives the lease back once run() is idle)
 
     def asked(self) -> None:
         """The request for a lease is over (answered or not): whoever waits for it goes on."""
@@ -123,6 +132,7 @@ class Runs:
                 return None
             tid = self._next
             self._next += 1
+            self._used_at = time.monotonic()
             self._queue.append((enc, tid))
             self._bytes += enc.size
             if not self._in_flight or len(self._queue) >= BATCH_TASKS \
@@ -130,11 +140,15 @@ class Runs:
                 self._send(self._take())
             elif len(self._queue) == 1:
                 self._wake.notify()
-                if self._flusher is None:
-                    self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
-                                                     name="taskmill-client-runs")
-                    self._flusher.start()
+                self._flusher_on()
             return tid
+
+    def _flusher_on(self) -> None:
+        """(Under the lock) Start the flusher thread, once."""
+        if self._flusher is None:
+            self._flusher = threading.Thread(target=self._flush_loop, daemon=True,
+                                             name="taskmill-client-runs")
+            self._flusher.start()
 
     # -- other calls -------------------------------------------------------------------------
     def busy(self) -> bool:
@@ -236,7 +250,8 @@ class Runs:
             try:
                 fut = self._conn.send(header, frames)
             except Exception as e:  # noqa: BLE001 - closed, unreachable, unencodable
-                self._failed.append(("refused", tids, str(e)))
+                if tids:  # (a release's: nothing to report)
+                    self._failed.append(("refused", tids, str(e)))
                 continue
             self._in_flight.append(fut)
             fut.add_done_callback(lambda f, tids=tids: self._answered(f, tids))
@@ -273,7 +288,7 @@ class Runs:
         with self._lock:
             while not self._closed:
                 if not self._queue:
-                    self._wake.wait()
+                    self._idle()
                     continue
                 deadline = time.monotonic() + FLUSH_DELAY
                 while self._queue and not self._closed:
@@ -283,3 +298,15 @@ class Runs:
                         break
                     self._wake.wait(left)
 
+    def _idle(self) -> None:
+        """(The flusher, under the lock, nothing queued) Wait for a run(); give back the
+        rest of the lease once run() has taken no id for IDLE_RELEASE seconds."""
+        if self._next >= self._end:
+            self._wake.wait()
+            return
+        left = self._used_at + IDLE_RELEASE - time.monotonic()
+        if left > 0:
+            self._wake.wait(left)
+            return
+        self._next = self._end = 0  # (sent after every batch of it: the controller's order)
+        self._send([(to_request(Release()), [], [])])

@@ -22,9 +22,12 @@
 
 A holder is the client's receiving socket (`rt`); it usually has one lease at a time (it asks
 for the next when it has used the last one; two threads of one client may hold two). An id
-leased and not yet used reads as unfinished to every client (`pending`); ids that stop being
+leased and not yet used reads as unfinished to every client (`pending`), and a task `after`
+it waits for it to be stored (submits.after: the scheduler's `awaits`); ids that stop being
 pending without being stored (`take` passed over them, `release`, `expire`) are returned, so
-that the requests waiting for them are told they are unknown (results.py).
+that the requests waiting for them are told they are unknown and the tasks after them fail
+(results.gone). A client gives back what is left once its run() is idle for a moment
+(client/runs.py), so such a wait lasts only that long.
 """
 
 from __future__ import annotations

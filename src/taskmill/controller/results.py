@@ -275,8 +275,13 @@ class Results:
 
     def gone(self, tids: Iterable[int]) -> None:
         """These leased ids will not be stored (leases.py): who waits for them hears they
-        are unknown."""
-        waiters, is_active = self.waiters, self.ctx.sched.is_active
+        are unknown, and a task that waits for one (`after`) fails with DependencyError."""
+        waiters, sched = self.waiters, self.ctx.sched
+        is_active, is_awaited = sched.is_active, sched.is_awaited
+        tids = list(tids)
+        never = [t for t in tids if is_awaited(t) and not is_active(t)]
+        if never:  # (the scheduler finishes those tasks: `finish` is told)
+            sched.withdraw(never)
         if not waiters:
             return
         for tid in tids:

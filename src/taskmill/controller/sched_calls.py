@@ -59,9 +59,9 @@ class SchedulerCalls:
     # -- events: each one's actions are carried out before it returns ----------------------
     def submit(self, tid: int, nodes: list[Node], *, after: Iterable[int] = (),
                broken_after: int | None = None, resume: Resume | None = None,
-               dispatch: bool = True) -> None:
+               dispatch: bool = True, awaits: Iterable[int] = ()) -> None:
         actions = self.sched.handle(Submit(tid, nodes, after=after, broken_after=broken_after,
-                                           resume=resume, dispatch=dispatch))
+                                           resume=resume, dispatch=dispatch, awaits=awaits))
         if actions:  # (a submit without a pass has none, unless it fails at once)
             self.apply(actions, None)
 
@@ -122,6 +122,10 @@ class SchedulerCalls:
 
     def is_active(self, tid: int) -> bool:
         return self.sched.is_active(tid) or tid in self.backlog
+
+    def is_awaited(self, tid: int) -> bool:
+        """Whether a task waits for `tid`, not submitted yet (a run()'s leased taskid)."""
+        return self.sched.is_awaited(tid)
 
     def counts(self) -> tuple[int, int]:
         """(scheduled, pending)"""

@@ -18,7 +18,9 @@ Beyond the queue window a new task is stored but kept out of memory, in the back
 (backlog.py): `refill` reads the next ones back into the scheduler as the queue drains (as
 `reload` does, in taskid order), `promote` one out of order (an abort). A task whose `after`
 names a backlog task goes to the backlog too (it is read back after what it waits for); one
-whose `after` is broken already goes to the scheduler, which fails it at once. One whose
+whose `after` is broken already goes to the scheduler, which fails it at once, and so does
+one whose `after` names a run()'s leased taskid not stored yet (it waits there for that
+task's submit: `after`; and a task awaited is never held in the backlog). One whose
 `after` task fails while it waits in the backlog is read back at once to fail with it
 (`fail_doomed`, in the commit that stores that failure: backlog.py), so that clearing the
 failed result later cannot let it run.
@@ -57,6 +59,7 @@ class Submits:
         self.depends = depends
         self.slow_depends = slow_depends  # tasks whose depend callable was given up on
         self.raised_depends = raised_depends  # task -> what its depend callable raised first
+        self.reloading: set[int] = set()  # tasks `reload` has still to queue again
 
     def submit(self, rt: bytes, req: Any, msg: Submit, frames: list[Any]) -> None:
         ctx = self.ctx
@@ -81,11 +84,14 @@ class Submits:
         tids = []
         for i, (stored, nodes, task_frames) in enumerate(parsed):
             tid = store.allocate() if msg.tids is None else msg.tids[i]
-            held = windowed and backlog.holds(tid, ctx.sched.active_count(), store.held_bytes,
-                                              sum(map(frame_len, task_frames)))
-            if held and stored["after"]:  # (a broken one fails it at once, in memory)
-                waits_for, broken = self.after(stored, False)
-                held = broken is None
+            # (one a task waits for goes to the scheduler: that task waits there)
+            held = windowed and not ctx.sched.is_awaited(tid) and backlog.holds(
+                tid, ctx.sched.active_count(), store.held_bytes,
+                sum(map(frame_len, task_frames)))
+            if held and stored["after"]:  # (a broken one fails it at once, in memory; one
+                # that waits for a leased id not stored yet waits in the scheduler)
+                waits_for, awaits, broken = self.after(stored, False)
+                held = broken is None and not awaits
             store.add(StoredTask(tid, stored, task_frames, now), keep=not held)
             counters.submitted += 1
             tids.append(tid)
@@ -180,23 +186,29 @@ class Submits:
         for dep in spec["after"]:
             if dep in self.ctx.backlog:
                 self.promote(dep)
-        active, broken = self.after(spec, cleared_ok)
-        self.ctx.sched.submit(tid, nodes, after=active, broken_after=broken, **counters)
+        active, awaits, broken = self.after(spec, cleared_ok)
+        self.ctx.sched.submit(tid, nodes, after=active, broken_after=broken, awaits=awaits,
+                              **counters)
 
-    def after(self, spec: dict[str, Any], cleared_ok: bool) -> tuple[list[int], int | None]:
-        """The `after` tasks still active (the backlog's too), and one that failed (None:
-        none did)."""
+    def after(self, spec: dict[str, Any],
+              cleared_ok: bool) -> tuple[list[int], list[int], int | None]:
+        """The `after` tasks still active (the backlog's too); those not stored yet that
+        will be (a run()'s leased taskid, which reads as unfinished to every client; a task
+        still to be reloaded); and one that failed (None: none did)."""
         ctx = self.ctx
-        active = []
+        active: list[int] = []
+        awaits: list[int] = []
         for dep in spec["after"]:
             if ctx.sched.is_active(dep):
                 active.append(dep)
+            elif ctx.leases.pending(dep) or dep in self.reloading:
+                awaits.append(dep)
             else:
                 meta = ctx.store.result_meta(dep)  # (not its frames: they may be large)
                 if (meta is None and not cleared_ok) or (
                         meta is not None and meta.get("status") != "ok"):
-                    return active, dep
-        return active, None
+                    return active, awaits, dep
+        return active, awaits, None
 
     def nodes(self, spec: dict[str, Any], frames: list[Any]) -> list[Node]:
         """The scheduler's view of a stored task; a callable depend is unpickled here."""
@@ -331,10 +343,15 @@ class Submits:
         n = 0
         # (The queued tasks past the window stay in the store: their taskids go to the backlog.)
         # (and those past its bytes: the first always comes, as none is active yet)
-        for task, c in ctx.store.unfinished(ctx.backlog.window, ctx.backlog,
-                                            partial(ctx.backlog.fits, 0)):
+        rows = ctx.store.unfinished(ctx.backlog.window, ctx.backlog,
+                                    partial(ctx.backlog.fits, 0))
+        # (a task may wait for one reloaded after it: a run()'s leased taskid is not in order)
+        self.reloading = {task.tid for task, _ in rows}
+        for task, c in rows:
+            self.reloading.discard(task.tid)
             self.requeue(task, c)
             n += 1
+        self.reloading = set()
         ctx.store.held_from = ctx.backlog.first()
         self.settle_waits()
         self.engines.arm_lost()

@@ -105,6 +105,9 @@ class Views:
                 submitted=task.submitted if task else None, started=None,
                 kind=task.spec["nodes"][0]["exec"]["kind"] if task else None, story=[],
                 backlog=True)
+        if view is None and ctx.leases.pending(tid):  # (not stored yet: it reads as unfinished)
+            return TaskScheduled(tid=tid, engineid=None, attempts=0, submitted=None,
+                                 started=None, kind=None, story=[], leased=True)
         if view is None:
             return TaskUnknown(tid)
         running, engine, attempts, node = view

@@ -124,9 +124,11 @@ class TaskActive(TaskView, frozen=True):
 
 class TaskScheduled(TaskActive, frozen=True, tag="scheduled", omit_defaults=True):
     """Waiting in the controller (`backlog`: only in the store, beyond the queue window;
-    said only when true)."""
+    `leased`: a taskid run() numbered from its client's lease and not stored yet: unfinished
+    until it is, unknown if it is given back unused; each said only when true)."""
 
     backlog: bool = False
+    leased: bool = False
 
 
 class TaskPending(TaskActive, frozen=True, tag="pending"):

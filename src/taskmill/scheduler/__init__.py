@@ -40,6 +40,8 @@ Rules, in one place:
   failed node as handed over), so chains cannot loop.
 - `after`: a task waits for those tasks; when one fails, it finishes with `dependency` at once,
   and so do its own dependents.
+  One not submitted yet (`awaits`: a run()'s leased taskid) is waited for the same way once it
+  is submitted; withdrawn instead (it will never be stored), it fails its dependents too.
 - Unmet `depend`: if every registered engine is idle and none satisfies a waiting task for
   `unmet_timeout` seconds, it finishes with `unmet_timeout`. A task that waits only for a skip
   to end (below) is not unmet: an engine satisfies it, it just may not have it yet.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -192,6 +193,39 @@ class Book:
         heapq.heappush(self.ready, t.tid)
 
     # -- queries ---------------------------------------------------------------------------
+    def closes_loop(self, tid: int, after: Sequence[int]) -> int | None:
+        """The task of `after` that waits (through others) for `tid`, which a task awaited
+        before it was submitted (a Submit's `awaits`); None if none does."""
+        if tid not in self.dependents:
+            return None
+        return next((d for d in after if d in self.tasks and self.reaches(d, tid)), None)
+
+    def link(self, t: TaskEntry, after: Sequence[int], awaits: Sequence[int]) -> None:
+        """`t` waits for the active tasks of `after`, and for the ids of `awaits` not submitted
+        yet (their own Submit finds the link)."""
+        for dep in after:
+            if dep in self.tasks and dep != t.tid:
+                t.blocked_on = added(t.blocked_on, dep)
+                self.dependents.setdefault(dep, []).append(t.tid)
+        for dep in awaits:
+            if dep not in self.tasks and dep != t.tid:
+                t.blocked_on = added(t.blocked_on, dep)
+                self.dependents.setdefault(dep, []).append(t.tid)
+
+    def reaches(self, start: int, target: int) -> bool:
+        """Whether active task `start` waits for `target`, directly or through tasks it
+        waits for (a cycle, if `target` is to wait for `start`)."""
+        seen, todo = {start}, [start]
+        while todo:
+            t = self.tasks.get(todo.pop())
+            for dep in t.blocked_on if t is not None else ():
+                if dep == target:
+                    return True
+                if dep not in seen:
+                    seen.add(dep)
+                    todo.append(dep)
+        return False
+
     def is_current(self, tid: int, eid: int) -> bool:
         t = self.tasks.get(tid)
         return t is not None and t.state is TaskState.RUNNING and t.engine == eid
@@ -353,6 +387,8 @@ class Book:
             waiting = self.dependents.get(dep)
             if waiting is not None and t.tid in waiting:
                 waiting.remove(t.tid)
+                if not waiting:  # (none waits for it now: an id not submitted is not awaited)
+                    del self.dependents[dep]
 
     def finish(self, t: TaskEntry, outcome: str, ok: bool, *, engineid: int | None = None,
                detail: Any = None, why: str = "") -> None:

@@ -105,6 +105,11 @@ class Scheduler:
     def is_active(self, tid: int) -> bool:
         return tid in self._book.tasks
 
+    def is_awaited(self, tid: int) -> bool:
+        """Whether a task waits for `tid`, which is not submitted (a Submit's `awaits`)."""
+        b = self._book
+        return tid in b.dependents and tid not in b.tasks
+
     def active_count(self) -> int:
         """How many tasks are active (not finished)."""
         return len(self._book.tasks)
@@ -228,10 +233,11 @@ class Scheduler:
             b.finish(t, DEPENDENCY, False, detail=ev.broken_after,
                      why=f"task {ev.broken_after} it waits for failed or is unknown")
             return self._flush(ev.dispatch)
-        for dep in ev.after:
-            if dep in b.tasks and dep != tid:
-                t.blocked_on = added(t.blocked_on, dep)
-                b.dependents.setdefault(dep, []).append(tid)
+        loop = b.closes_loop(tid, ev.after)  # (awaited: tasks waiting for it wait for one)
+        if loop is not None:
+            b.finish(t, DEPENDENCY, False, detail=loop, why=f"task {loop} it waits for waits for it")
+            return self._flush(ev.dispatch)
+        b.link(t, ev.after, ev.awaits)
         if t.blocked_on:
             b.move(t, WAITING, f"waits for {len(t.blocked_on)} task(s)")
         else:
@@ -382,7 +388,8 @@ class Scheduler:
         orphans = []
         for tid in gone:
             t = b.tasks.pop(tid, None)
-            if t is None:
+            if t is None:  # (never submitted: who awaits it fails)
+                orphans.extend((c, tid) for c in b.dependents.pop(tid, ()) if c not in gone)
                 continue
             b.forget(t)
             if t.state is RUNNING and t.engine is not None:
@@ -390,17 +397,16 @@ class Scheduler:
                 if e is not None and tid in e.running:
                     b.release_slot(e, tid)
             b.move(t, WITHDRAWN, "its submit was not stored")
-            orphans.extend(c for c in b.dependents.pop(tid, ()) if c not in gone)
+            orphans.extend((c, tid) for c in b.dependents.pop(tid, ()) if c not in gone)
         for thief, (_, tid, _) in list(b.thieves.items()):
             if tid in gone:
                 del b.thieves[thief]
                 b.fresh.add(thief)
-        for child_id in orphans:
+        for child_id, lost in orphans:
             child = b.tasks.get(child_id)
             if child is not None:
-                lost = next(iter(gone))
                 b.finish(child, DEPENDENCY, False, detail=lost,
-                         why=f"task {lost} it waits for was withdrawn")
+                         why=f"task {lost} it waits for was withdrawn (or never stored)")
         return self._flush()
 
     def _abort(self, ev: Abort) -> list[Action]:

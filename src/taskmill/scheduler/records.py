@@ -96,7 +96,11 @@ class Submit:
     """A new task, or (`resume`) one reloaded after a restart.
 
     `after` holds the taskids this task still waits for, each active in this scheduler;
-    `broken_after` names one that already failed or is unknown (the task fails at once).
+    `awaits` those it waits for that are not submitted yet (a run()'s leased taskid not yet
+    stored, a task still to be reloaded): the task waits for their own Submit and then for
+    them as for `after` tasks, and fails with `dependency` if one is withdrawn instead (an id
+    that will never be stored is withdrawn: `Withdraw`); `broken_after` names one that
+    already failed or is unknown (the task fails at once).
     With `dispatch=False` no scheduling pass runs: the caller sends `RunPass` after a batch
     of events, and gets the same dispatches it would have got one by one."""
 
@@ -105,6 +109,7 @@ class Submit:
     _: KW_ONLY
     after: Iterable[int] = ()
     broken_after: int | None = None
+    awaits: Iterable[int] = ()
     resume: Resume | None = None
     dispatch: bool = True
 
@@ -166,7 +171,7 @@ class RevokeAnswered:
 class Withdraw:
     """Forget tasks as if they had never been submitted (their submit could not be stored):
     no Finish; a slot one took is free again. A task that waits for one of them fails with
-    `dependency`."""
+    `dependency` (also for one never submitted: a Submit's `awaits`)."""
 
     tids: Collection[int]
 
