@@ -661,3 +661,19 @@ def test_sqlite_an_attempt_given_back_reads_as_queued_after_a_restart(tmp_path):
         assert got == {a: ("queued", None, 0), b: ("running", 0, 1), c: ("queued", None, 0)}
     finally:
         s.close()
+
+
+def test_submit_keys_of_the_run_before_survive_a_clock_corrected_forward(tmp_path):
+    """A controller whose clock was 2 days behind stored submit keys; restarted with the clock
+    corrected, it dropped them at open as older than a day, and a client's resent submit then
+    found no key and ran its task twice. Keys are aged against the newest key too."""
+    from taskmill.store.schema import SCHEMA, connect, forget_old_rows
+
+    db = connect(str(tmp_path / "t.db"))
+    db.executescript(SCHEMA)
+    behind = time.time() - 2 * 86400  # (the run before: its clock 2 days behind)
+    db.executemany("INSERT INTO submits VALUES (?, ?, ?)",
+                   [("older", b"x", behind - 2 * 86400), ("recent", b"x", behind)])
+    forget_old_rows(db, time.time(), 0, 0)
+    assert [k for (k,) in db.execute("SELECT key FROM submits")] == ["recent"]
+    db.close()

@@ -167,11 +167,15 @@ def read_counters(db: sqlite3.Connection) -> tuple[int, int, int]:
 
 
 def forget_old_rows(db: sqlite3.Connection, now: float, low_tid: int, next_eid: int) -> None:
-    """At open: drop the submit keys older than SUBMIT_KEY_AGE and the engines registered
-    before ENGINE_ROW_AGE that no unfinished task names (and retiring ones that never came
-    back); write `next_eid`."""
+    """At open: drop the submit keys older than SUBMIT_KEY_AGE (by the clock now, and before
+    the newest key) and the engines registered before ENGINE_ROW_AGE that no unfinished task
+    names (and retiring ones that never came back); write `next_eid`."""
     db.execute("BEGIN")
-    db.execute("DELETE FROM submits WHERE at < ?", (now - SUBMIT_KEY_AGE,))
+    # Aged against the newest key too, not the wall clock alone: one corrected forward (NTP,
+    # a VM resumed) made the keys of the run before look old, so a client's resent submit
+    # found no key and its task ran twice.
+    db.execute("DELETE FROM submits WHERE at < ? AND at < (SELECT MAX(at) FROM submits) - ?",
+               (now - SUBMIT_KEY_AGE, SUBMIT_KEY_AGE))
     db.execute("DELETE FROM engines WHERE registered < ? AND eid NOT IN "
                "(SELECT engine FROM tasks WHERE tid >= ? AND state='running' "
                "AND engine IS NOT NULL)", (now - ENGINE_ROW_AGE, low_tid))
