@@ -215,3 +215,28 @@ def test_an_abort_overdue_after_the_controllers_own_pause_waits_for_the_engines_
     assert live_until(ctl, resumed, resumed + 1.0, key) is None  # (its reports read again)
     died = live_until(ctl, resumed + 1.5, resumed + 1.5 + 4 * HEARTBEAT, None)
     assert died is not None and "holds the GIL" in ctl.core.engines.death_reasons[0][1]
+
+
+def test_a_step_of_the_wall_clock_never_turns_an_engine_death_into_a_timeout(ctl):
+    """A task with a 20 s timeout ran 3 s when its engine died, while the controller's wall
+    clock had stepped an hour forward (an NTP correction, a VM resumed): the controller
+    compared wall times and failed it with TaskTimeout ("ran past its timeout ... so the
+    engine was ended") for a plain EngineDied. It measures on the monotonic clock now."""
+    register(ctl)
+    heartbeat(ctl, 0.0)
+    node = {**NODE, "timeout": 20.0}
+    out = send(ctl, 0, b"client", {"type": "submit", "req": 1, "watch": True,
+                                   "tasks": [{"nodes": [node]}]}, 0.5, [b"function", b"args"])
+    (task,) = [t for _, h in out if h.get("type") == "tasks" for t in h["tasks"]]
+    step = 3600.0
+    t = 1.0
+    while not ctl.engines[0].dead:  # (the engine is silent from here: it died)
+        assert t < 30, "the silent engine was never declared dead"
+        now = Now(T0 + t, time.time() + step)
+        ctl.core.turn_start = now.mono  # (a turn begins: the loop is not stalled)
+        ctl.core.fire_timers(now)
+        ctl.core.flush(now)
+        t += 0.5
+    result = ctl.core.ctx.store.result(task["tid"])
+    assert result is not None and result.meta["error"]["type"] == "EngineDied", result.meta
+    assert result.meta["completed"] - result.meta["started"] < 60  # (both on the new clock)

@@ -78,9 +78,10 @@ class EngineTasks:
         node = task.spec["nodes"][a.node]
         start, end = node["span"]
         store.mark_running(tid, a.eid, a.node, attempt, a.tries, list(a.handed_over))
-        now = ctx.started[tid] = ctx.now.wall
+        ctx.started[tid] = ctx.now.mono
+        now = ctx.now.wall
         if ctx.sched.first_held(a.eid) == (tid, attempt):  # (it runs it at once)
-            ctx.running_since[tid] = (attempt, now)
+            ctx.running_since[tid] = (attempt, ctx.now.mono)
         ctx.activity.dispatched(tid, a.eid, attempt, now)
         seq = self.engines.seq_of[(tid, attempt)] = next(self.engines.dispatch_seq)
         entry = {"tid": tid, "attempt": attempt, "dseq": seq, "exec": node["exec"],
@@ -398,7 +399,7 @@ class EngineTasks:
             tid, attempt = first
             since = self.ctx.running_since.get(tid)
             if since is None or since[0] != attempt:
-                self.ctx.running_since[tid] = (attempt, self.ctx.now.wall)
+                self.ctx.running_since[tid] = (attempt, self.ctx.now.mono)
 
     def result(self, rec: EngineRecord, entry: ResultEntry, frames: list[Any]) -> None:
         tid, attempt, status = entry.tid, entry.attempt, entry.status

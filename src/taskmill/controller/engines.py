@@ -62,8 +62,8 @@ DEAD_RECORDS_KEPT = 1000  # dead engines still listed (engines(), statistics) at
 # (at least; also LOST_GRACE_DEAD_AFTERS x dead_after) before its attempt counts as lost.
 LOST_GRACE = 5.0
 LOST_GRACE_DEAD_AFTERS = 4
-# A task an engine still runs after a controller restart keeps the start it names if it is
-# within this many seconds before now (else: the clocks disagree; the adoption's time).
+# A task an engine still runs after a controller restart keeps the start it names (how long it
+# has run, by the engine's monotonic clock) if it is below this (else: the adoption's time).
 MAX_ADOPTED_AGE = 30 * 24 * 3600.0
 REFUSAL_LOG_EVERY = 60.0  # seconds between log lines about one peer's refused messages
 # A loop turn longer than this share of a heartbeat kept the loop from reading: the engines'
@@ -144,7 +144,7 @@ class Engines:
         self.by_ident: dict[bytes, int] = {}
         self.by_uuid: dict[str, int] = {}
         self.death_reasons: dict[int, tuple[str, str]] = {}  # eid -> (which process, why)
-        self.heard_last: dict[int, float] = {}  # eid -> when a dead one was last heard (wall)
+        self.heard_last: dict[int, float] = {}  # eid -> when a dead one was last heard (mono)
         self.lost: dict[str | None, list[int]] = {}  # engine uuid -> tasks lost with it
         self.lost_expired: set[int] = set()  # tasks failed because their engine stayed away
         self.acking: set[int] = set()  # engines with results to acknowledge after a commit
@@ -270,16 +270,16 @@ class Engines:
                 (adopt if (tid, attempts) in claims else given_back).append(tid)
         ctx.sched.add_engine(rec.eid, rec.properties, adopt)
         now = ctx.now.wall
-        since = msg.running_since  # (the engine's clock: when the task it runs started there)
-        if isinstance(since, bool) or not isinstance(since, int | float) \
-                or not now - MAX_ADOPTED_AGE < since <= now:
-            since = now
+        ran = msg.running_for  # (seconds the task it runs has run there, by its own clock)
+        if isinstance(ran, bool) or not isinstance(ran, int | float) \
+                or not 0.0 <= ran < MAX_ADOPTED_AGE:
+            ran = 0.0
         for tid in adopt:
             node, attempts, tries, handed_over = ctx.sched.counters(tid)
             rec.sent[(tid, attempts)] = 0
             claims.discard((tid, attempts))
             ctx.store.mark_running(tid, rec.eid, node, attempts, tries, handed_over)
-            ctx.started[tid] = since if [tid, attempts] == running else now
+            ctx.started[tid] = ctx.now.mono - (ran if [tid, attempts] == running else 0.0)
             ctx.activity.dispatched(tid, rec.eid, attempts, now)
         for tid in given_back:
             ctx.sched.lost_returned(tid)
@@ -371,7 +371,7 @@ class Engines:
         ctx = self.ctx
         self.death_reasons[rec.eid] = (f"{rec.hostname} pid {rec.pid}", why)
         # (wall clock: the tasks it held ran until then at most; results.py's durations)
-        self.heard_last[rec.eid] = ctx.now.wall - max(0.0, ctx.now.mono - rec.last_seen)
+        self.heard_last[rec.eid] = min(ctx.now.mono, rec.last_seen)
         for tid in ctx.sched.engine_load(rec.eid):
             attempts = ctx.sched.attempts(tid)
             if attempts is not None:

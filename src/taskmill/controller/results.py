@@ -59,7 +59,7 @@ class FailureContext:
     """What the controller knows of why a task failed without an engine's report."""
 
     death_reasons: dict[int, tuple[str, str]]  # engine id -> (host and pid, why it is dead)
-    heard_last: dict[int, float]  # engine id -> when that dead engine was last heard (wall)
+    heard_last: dict[int, float]  # engine id -> when that dead engine was last heard (mono)
     lost_expired: set[int]  # tasks whose engine did not come back after a restart
     lost_grace: Callable[[], float]
     slow_depends: set[int]  # tasks whose depend callable was given up on
@@ -70,7 +70,8 @@ class FailureContext:
 
 def failure_text(a: Finish, node: dict[str, Any], started: float | None, now: float,
                  why: FailureContext) -> tuple[str, str, str]:
-    """(status, error type, message) of a task the controller finishes itself."""
+    """(status, error type, message) of a task the controller finishes itself (`started`,
+    `now`: monotonic, so a step of the wall clock never turns a death into a timeout)."""
     if a.outcome == ENGINE_DIED and a.engineid is None and a.tid in why.lost_expired:
         why.lost_expired.discard(a.tid)
         return "error", "EngineDied", (
@@ -141,7 +142,8 @@ class Results:
         ctx = self.ctx
         task = ctx.store.task(a.tid)
         now = ctx.now.wall
-        started = ctx.started.pop(a.tid, None)
+        dispatched = ctx.started.pop(a.tid, None)  # (monotonic)
+        started = None if dispatched is None else ctx.now.wall_at(dispatched)
         since = ctx.running_since.pop(a.tid, None)
         submitted = task.submitted if task else now
         frames: list[Any] = []
@@ -160,11 +162,11 @@ class Results:
             }
         else:
             node = task.spec["nodes"][a.node] if task else {}
-            status, etype, message = failure_text(a, node, started, now, self.why)
+            status, etype, message = failure_text(a, node, dispatched, ctx.now.mono, self.why)
             meta = {
                 "tid": a.tid, "engineid": a.engineid, "attempts": a.attempts,
                 "submitted": submitted, "completed": now, "started": started,
-                "duration": self.ran_for(a, since, now), "stdout": "", "stderr": "",
+                "duration": self.ran_for(a, since, ctx.now.mono), "stdout": "", "stderr": "",
                 "kind": node["exec"]["kind"] if node else "map", "status": status,
                 "error": {"type": etype, "message": message, "controller": True,
                           "traceback": ""},

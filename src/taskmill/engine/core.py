@@ -195,7 +195,7 @@ class Engine(EngineControl):
                 self.send_results(self.sockets.result_socket(), batch)  # (main thread: its socket)
             return None
         self.current = key
-        self.current_since = time.time()
+        self.current_since = time.monotonic()
         self.interrupt_req = None
         if self.reset_due:  # (declared dead, registered anew: a new engine, a new namespace)
             self.reset_due = False

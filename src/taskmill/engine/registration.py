@@ -44,7 +44,7 @@ class Registration:
     # Declared dead and registered anew: the namespace and the properties task code set are
     # dropped before the next task (they were the dead engine's; a new engine has none).
     reset_due = False
-    current_since = 0.0  # when (time.time()) the current task started (an adopter's `started`)
+    current_since = 0.0  # when (monotonic) the current task started (for an adopter)
     namespace: dict[str, Any]
     sockets: Any  # EngineSockets
     watch: ChannelWatch
@@ -98,7 +98,8 @@ class Registration:
         self._send(self.sockets.task, to_controller(Register(
             self.uuid, **self.sockets.idents(), hostname=self.hostname, pid=self.pid,
             properties=self._properties_now(), running=running, finished=finished,
-            running_since=self.current_since if running else None, t=time.monotonic()),
+            running_for=time.monotonic() - self.current_since if running else None,
+            t=time.monotonic()),
             session))
 
     def _properties_now(self) -> dict[str, Any]:

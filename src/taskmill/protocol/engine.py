@@ -42,7 +42,7 @@ class Register(msgspec.Struct, frozen=True):
     pid: int
     properties: dict[Any, Any] | None = None
     running: Any = None  # [tid, attempt] of the task it runs (malformed: ignored)
-    running_since: Any = None  # when (wall clock) that task started here
+    running_for: Any = None  # seconds that task has run here (the engine's monotonic clock)
     finished: Any = None  # [[tid, attempt], ...] of results it keeps (malformed: ignored)
     t: Any = None  # echoed in `registered`
 
