@@ -222,16 +222,17 @@ def test_a_step_of_the_wall_clock_never_turns_an_engine_death_into_a_timeout(ctl
     clock had stepped an hour forward (an NTP correction, a VM resumed): the controller
     compared wall times and failed it with TaskTimeout ("ran past its timeout ... so the
     engine was ended") for a plain EngineDied. It measures on the monotonic clock now."""
-    register(ctl)
-    heartbeat(ctl, 0.0)
+    at = time.monotonic() - T0  # (from now: the controller's timers count from its start)
+    register(ctl, at)
+    heartbeat(ctl, at)
     node = {**NODE, "timeout": 20.0}
     out = send(ctl, 0, b"client", {"type": "submit", "req": 1, "watch": True,
-                                   "tasks": [{"nodes": [node]}]}, 0.5, [b"function", b"args"])
+                                   "tasks": [{"nodes": [node]}]}, at + 0.5, [b"function", b"args"])
     (task,) = [t for _, h in out if h.get("type") == "tasks" for t in h["tasks"]]
     step = 3600.0
-    t = 1.0
+    t = at + 1.0
     while not ctl.engines[0].dead:  # (the engine is silent from here: it died)
-        assert t < 30, "the silent engine was never declared dead"
+        assert t < at + 30, "the silent engine was never declared dead"
         now = Now(T0 + t, time.time() + step)
         ctl.core.turn_start = now.mono  # (a turn begins: the loop is not stalled)
         ctl.core.fire_timers(now)
