@@ -82,6 +82,8 @@ def exit_text(status: int) -> str:
             how += f" ({signal.Signals(-status).name})"
         except ValueError:
             pass
+        if -status == signal.SIGKILL:
+            how += ": often the kernel's out-of-memory killer, or a memory limit"
     return how
 
 

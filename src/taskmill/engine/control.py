@@ -429,6 +429,11 @@ class EngineControl(Registration):
         except (OverflowError, ValueError):
             log.warning("a last-resort kill %.0fs away is too far to arm", at - time.monotonic())
             return
+        except RuntimeError as e:  # (no thread for its watchdog: a pids or threads limit)
+            log.warning("cannot arm the last-resort kill for the running task (%s: this "
+                        "process is at its thread or process limit?): it runs without it, so "
+                        "code that does not let an interruption through is not ended", e)
+            return
         self.kill_at = at
         self._report_kill(b"k")
 
