@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import payload_costs  # noqa: E402
 from compare import RayPeer, RelayPeer, echo  # noqa: E402
 
 PAYLOADS = {"1 MiB bytes": lambda: os.urandom(1 << 20),
@@ -45,12 +45,7 @@ TARGETS = {"1 MiB bytes": ("<= 1.5x the relay", lambda relay, ray: 1.5 * relay),
 
 def median_ms(fn: Callable[[], Any], trips: int) -> float:
     fn()  # (warm-up: first-touch page faults, imports)
-    times = []
-    for _ in range(trips):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+    return payload_costs.median_ms(fn, trips)
 
 
 def frames_of(value: Any) -> list[Any]:

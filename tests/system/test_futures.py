@@ -133,29 +133,37 @@ def test_a_done_callback_may_wait_for_other_futures_and_call_the_client(client, 
     assert client.submit(square, 4).result(timeout=60) == 16  # the client goes on
 
 
-def test_done_callbacks_queued_when_a_script_ends_all_run(cluster, tmp_path):
-    """The callbacks thread is a daemon: a script that read its results, closed its client
-    and ended lost the callbacks still queued (8 of 20). close() runs them first now."""
+def script_with_callbacks(cluster, tmp_path, callback: str):
+    """Run a script that submits 20 tasks in a `with TaskClient()` block, gives each future
+    the done-callback `callback` (the body of `def callback(f)`, which writes to the file
+    sys.argv[2]), prints the sum of the results and ends: (its CompletedProcess, that file)."""
     import subprocess
     import sys
 
-    out = tmp_path / "called"
+    out = tmp_path / "written"
     script = tmp_path / "script.py"
     script.write_text(
         "import sys, time\n"
         "from taskmill import TaskClient\n"
-        "def note(f):\n"
-        "    time.sleep(0.05)\n"
-        "    with open(sys.argv[2], 'a') as o:\n"
-        "        o.write(f'{f.result()}\\n')\n"
-        "with TaskClient(sys.argv[1]) as tc:\n"
+        "def callback(f):\n" + "".join(f"    {line}\n" for line in callback.splitlines())
+        + "with TaskClient(sys.argv[1]) as tc:\n"
         "    futs = [tc.submit(abs, -i) for i in range(20)]\n"
         "    for f in futs:\n"
-        "        f.add_done_callback(note)\n"
+        "        f.add_done_callback(callback)\n"
         "    print(sum(f.result(timeout=60) for f in futs))\n")
     done = subprocess.run([sys.executable, str(script), str(cluster.connection_file), str(out)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.split() == ["190"], done.stderr
+    return done, out
+
+
+def test_done_callbacks_queued_when_a_script_ends_all_run(cluster, tmp_path):
+    """The callbacks thread is a daemon: a script that read its results, closed its client
+    and ended lost the callbacks still queued (8 of 20). close() runs them first now."""
+    _, out = script_with_callbacks(cluster, tmp_path, (
+        "time.sleep(0.05)\n"
+        "with open(sys.argv[2], 'a') as o:\n"
+        "    o.write(f'{f.result()}\\n')"))
     assert sorted(int(x) for x in out.read_text().split()) == list(range(20))
 
 
@@ -165,27 +173,11 @@ def test_done_callbacks_queued_when_a_script_ends_may_still_use_the_client(clust
     the end of a `with TaskClient()` block: close() ran the queued callbacks after closing the
     connection, so every chained submit failed with ClientClosed (logged) and its task was
     never sent (0 of 20). They run while the client is open now, and their tasks are stored."""
-    import subprocess
-    import sys
-
-    out = tmp_path / "chained"
-    script = tmp_path / "script.py"
-    script.write_text(
-        "import sys, time\n"
-        "from taskmill import TaskClient\n"
-        "def chain(f):\n"
-        "    time.sleep(0.02)\n"
-        "    tid = tc.submit(abs, -10 * f.result()).taskid\n"
-        "    with open(sys.argv[2], 'a') as o:\n"
-        "        o.write(f'{tid}\\n')\n"
-        "with TaskClient(sys.argv[1]) as tc:\n"
-        "    futs = [tc.submit(abs, -i) for i in range(20)]\n"
-        "    for f in futs:\n"
-        "        f.add_done_callback(chain)\n"
-        "    print(sum(f.result(timeout=60) for f in futs))\n")
-    done = subprocess.run([sys.executable, str(script), str(cluster.connection_file), str(out)],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and done.stdout.split() == ["190"], done.stderr
+    done, out = script_with_callbacks(cluster, tmp_path, (
+        "time.sleep(0.02)\n"
+        "tid = tc.submit(abs, -10 * f.result()).taskid\n"
+        "with open(sys.argv[2], 'a') as o:\n"
+        "    o.write(f'{tid}\\n')"))
     assert "ClientClosed" not in done.stderr, done.stderr
     tids = [int(x) for x in out.read_text().split()] if out.exists() else []
     assert len(tids) == 20
