@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import msgpack
 import msgspec
 
 from ..defaults import ABORT_REPORTS_MISSED, KILL_GRACE, idle_answer_every
@@ -49,7 +48,7 @@ from ..scheduler import ABORTED, Dispatch, Interrupt, Revoke
 from ..wire import frame_len
 from .context import Context
 from .engines import EngineRecord, Engines
-from .outbox import ENGINE, META_FIELDS_BOUND, RESULTS_HEADER_ROOM, Outgoing
+from .outbox import ENGINE, Outgoing
 from .sched_calls import Report
 from .validation import is_int, pairs
 
@@ -87,35 +86,9 @@ class EngineTasks:
         entry = {"tid": tid, "attempt": attempt, "dseq": seq, "exec": node["exec"],
                  "pmac": node["pmac"], "timeout": node.get("timeout"), "n": end - start}
         frames = task.frames[start:end]
-        if self.too_large(entry, frames):
-            frames = []  # (the engine fails it with the entry's `too_large`)
-        elif node.get("args_from"):
+        if node.get("args_from"):
             frames = self.with_arguments(entry, a.eid, node["args_from"], frames)
         ctx.outbox.add_task(a.eid, entry, frames)
-
-    def too_large(self, entry: dict[str, Any], frames: list[Any]) -> bool:
-        """Whether the task's own payload cannot go in one message below the size limit
-        (submitted under a larger --max-message-size, before a restart with a smaller one):
-        its entry then carries `too_large`, the engine's SerializationError, and no frames.
-        Sent as it is, the engine's socket would drop the message, the engine reconnect, and
-        the task be queued again for ever."""
-        limit = self.ctx.wire.max_message
-        budget = limit - RESULTS_HEADER_ROOM
-        size = sum(frame_len(f) for f in frames)
-        if size + META_FIELDS_BOUND <= budget:  # (nearly always)
-            return False
-        need = size + len(msgpack.packb(entry, use_bin_type=True))
-        if need <= budget:
-            return False
-        entry["too_large"] = (
-            f"its payload is {size:,} bytes, more than one message may hold now ({limit:,} "
-            f"bytes, the controller's --max-message-size): it was submitted under a larger "
-            f"limit; restart the controller with --max-message-size {need + RESULTS_HEADER_ROOM} "
-            "or more to run it, or submit it again with smaller arguments")
-        entry["n"] = 0
-        log.error("task %d (attempt %d) cannot be sent: %s", entry["tid"], entry["attempt"],
-                  entry["too_large"])
-        return True
 
     def with_arguments(self, entry: dict[str, Any], eid: int, tids: list[int],
                        frames: list[Any]) -> list[Any]:

@@ -100,6 +100,19 @@ def too_large_entry(meta: dict[str, Any], need: int, limit: int) -> dict[str, An
                       "traceback": ""}}
 
 
+def too_large_task(entry: dict[str, Any], need: int, limit: int) -> dict[str, Any]:
+    """In place of a task's entry whose payload no longer fits one message of `limit` bytes
+    (submitted under a larger --max-message-size, before a restart: the engine's socket would
+    drop the message, the engine reconnect, and the task be queued again for ever): the entry
+    without its frames, whose `too_large` the engine fails it with (a SerializationError)."""
+    why = (f"its payload is {need:,} bytes, more than one message may hold now ({limit:,} "
+           f"bytes, the controller's --max-message-size): it was submitted under a larger "
+           f"limit; restart the controller with --max-message-size {need + RESULTS_HEADER_ROOM} "
+           "or more to run it, or submit it again with smaller arguments")
+    log.error("task %d (attempt %d) cannot be sent: %s", entry["tid"], entry["attempt"], why)
+    return {**entry, "too_large": why, "n": 0}
+
+
 class Outbox:
     def __init__(self, session: bytes, store: TaskStore, max_message: int, now: float,
                  credits: Credits | None = None) -> None:
@@ -287,7 +300,8 @@ class Outbox:
         below it (an engine fails a task whose result is not; one stored under a larger
         limit, before a restart, goes as an error that says so: too_large_entry). The same
         for the tasks of one engine (`count="n"`), each below the limit (a client never sends
-        a larger one)."""
+        a larger one; one submitted under a larger limit goes without its frames, for the
+        engine to fail it: too_large_task)."""
         budget = self.max_message - RESULTS_HEADER_ROOM
         bound = sum(map(frame_len, frames))
         # (a task's entry has no texts: meta_bound is META_FIELDS_BOUND for each)
@@ -304,8 +318,10 @@ class Outbox:
             own = frames[pos:pos + n]
             pos += n
             need = len(msgpack.packb(meta, use_bin_type=True)) + sum(map(frame_len, own))
-            if need > budget and count == "nframes":  # (stored under a larger limit)
-                meta, own = too_large_entry(meta, need, self.max_message), []
+            if need > budget:  # (stored under a larger limit, before a restart)
+                meta = (too_large_entry if count == "nframes" else too_large_task)(
+                    meta, need, self.max_message)
+                own = []
                 need = len(msgpack.packb(meta, use_bin_type=True))
             if part and size + need > budget:
                 parts.append((part, part_frames))
