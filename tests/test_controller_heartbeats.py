@@ -240,4 +240,4 @@ def test_a_step_of_the_wall_clock_never_turns_an_engine_death_into_a_timeout(ctl
         t += 0.5
     result = ctl.core.ctx.store.result(task["tid"])
     assert result is not None and result.meta["error"]["type"] == "EngineDied", result.meta
-    assert result.meta["completed"] - result.meta["started"] < 60  # (both on the new clock)
+    assert result.meta["duration"] < 60  # (the time it ran, on the monotonic clock)

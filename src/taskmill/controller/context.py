@@ -37,11 +37,6 @@ class Now(NamedTuple):
     mono: float  # time.monotonic(): deadlines, heartbeats, timers
     wall: float  # time.time(): what is stored and shown (submitted, started, completed)
 
-    def wall_at(self, mono: float) -> float:
-        """The wall clock time of monotonic time `mono`, as the wall clock reads now (a step
-        of the wall clock since then moves it too: what it is measured against moved)."""
-        return self.wall - (self.mono - mono)
-
 
 new_now = tuple.__new__
 
@@ -93,9 +88,9 @@ class Context:
     counters: Counters
     now: Now
     backlog: Backlog  # queued tasks kept only in the store (the scheduler's, as `sched.backlog`)
-    # tid -> its attempt's dispatch (monotonic: a step of the wall clock must not make it
-    # look as if it ran past its timeout; shown through Now.wall_at)
-    started: dict[int, float] = field(default_factory=dict)
+    # tid -> its attempt's dispatch: the monotonic time (a step of the wall clock must not
+    # make it look as if it ran past its timeout) and the wall time (shown)
+    started: dict[int, Now] = field(default_factory=dict)
     # tid -> (attempt, monotonic time from which its engine is known to run it: the dispatch to an
     # engine that held nothing else, or the report that made it the first the engine holds);
     # what a task the controller ends (aborted, its engine dead) ran counts from there

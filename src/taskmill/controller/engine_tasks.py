@@ -77,7 +77,7 @@ class EngineTasks:
         node = task.spec["nodes"][a.node]
         start, end = node["span"]
         store.mark_running(tid, a.eid, a.node, attempt, a.tries, list(a.handed_over))
-        ctx.started[tid] = ctx.now.mono
+        ctx.started[tid] = ctx.now  # (its monotonic time for timeouts, its wall time shown)
         now = ctx.now.wall
         if ctx.sched.first_held(a.eid) == (tid, attempt):  # (it runs it at once)
             ctx.running_since[tid] = (attempt, ctx.now.mono)

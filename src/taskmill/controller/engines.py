@@ -49,7 +49,7 @@ from ..protocol import (
     Welcome,
     to_engine,
 )
-from .context import Context
+from .context import Context, Now, new_now
 from .outbox import ENGINE, Outgoing
 
 log = logging.getLogger("taskmill.controller")
@@ -281,7 +281,8 @@ class Engines:
             rec.sent[(tid, attempts)] = 0
             claims.discard((tid, attempts))
             ctx.store.mark_running(tid, rec.eid, node, attempts, tries, handed_over)
-            ctx.started[tid] = ctx.now.mono - (ran if [tid, attempts] == running else 0.0)
+            back = ran if [tid, attempts] == running else 0.0
+            ctx.started[tid] = new_now(Now, (ctx.now.mono - back, ctx.now.wall - back))
             ctx.activity.dispatched(tid, rec.eid, attempts, now)
         for tid in given_back:
             ctx.sched.lost_returned(tid)

@@ -142,8 +142,9 @@ class Results:
         ctx = self.ctx
         task = ctx.store.task(a.tid)
         now = ctx.now.wall
-        dispatched = ctx.started.pop(a.tid, None)  # (monotonic)
-        started = None if dispatched is None else ctx.now.wall_at(dispatched)
+        at = ctx.started.pop(a.tid, None)
+        dispatched = None if at is None else at.mono
+        started = None if at is None else at.wall
         since = ctx.running_since.pop(a.tid, None)
         submitted = task.submitted if task else now
         frames: list[Any] = []

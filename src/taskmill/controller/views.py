@@ -115,8 +115,7 @@ class Views:
         return (TaskPending if running else TaskScheduled)(
             tid=tid, engineid=engine, attempts=attempts,
             submitted=task.submitted if task else None,
-            started=(ctx.now.wall_at(ctx.started[tid]) if running and tid in ctx.started
-                     else None),
+            started=ctx.started[tid].wall if running and tid in ctx.started else None,
             kind=task.spec["nodes"][node]["exec"]["kind"] if task else None,
             story=self.story(tid))
 
